@@ -1,0 +1,98 @@
+//! Agent API messages: enrollment and reports (`/api/v1/agent/*`).
+
+use serde::{Deserialize, Serialize};
+
+use crate::VrrpState;
+
+/// `POST /api/v1/agent/enroll`: trade a one-time enrollment token for a node credential.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnrollRequest {
+    pub token: String,
+    /// MAC of the interface the node booted from; must match the node the token was issued for.
+    pub mac: String,
+    #[serde(default)]
+    pub agent_version: Option<String>,
+    #[serde(default)]
+    pub image_version: Option<String>,
+}
+
+/// The answer to an enrollment: the credential is shown exactly once.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnrollResponse {
+    pub node_id: i64,
+    pub node: String,
+    /// Bearer credential for every later agent call. Stored only hashed on the server.
+    pub credential: String,
+}
+
+impl std::fmt::Debug for EnrollResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EnrollResponse")
+            .field("node_id", &self.node_id)
+            .field("node", &self.node)
+            .field("credential", &"<redacted>")
+            .finish()
+    }
+}
+
+/// Health of one real server as the agent's checker sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RealServerReport {
+    pub address: String,
+    pub port: u16,
+    pub healthy: bool,
+    /// Weight currently in the kernel.
+    #[serde(default)]
+    pub weight: u32,
+    #[serde(default)]
+    pub active_conns: u64,
+    #[serde(default)]
+    pub inactive_conns: u64,
+}
+
+/// One virtual service as the agent observed it in the kernel.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceReport {
+    pub vip: String,
+    pub port: u16,
+    pub protocol: crate::Protocol,
+    #[serde(default)]
+    pub connections: u64,
+    #[serde(default)]
+    pub packets_in: u64,
+    #[serde(default)]
+    pub packets_out: u64,
+    #[serde(default)]
+    pub bytes_in: u64,
+    #[serde(default)]
+    pub bytes_out: u64,
+    #[serde(default)]
+    pub real_servers: Vec<RealServerReport>,
+}
+
+/// `POST /api/v1/agent/report`: what the node has applied and how it is doing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct AgentReport {
+    /// Generation of the role document the kernel state now matches.
+    pub applied_generation: u64,
+    #[serde(default)]
+    pub vrrp_state: Option<VrrpState>,
+    #[serde(default)]
+    pub services: Vec<ServiceReport>,
+    /// Errors since the last report (failed netlink operations, bad role fields); empty when healthy.
+    #[serde(default)]
+    pub errors: Vec<String>,
+    #[serde(default)]
+    pub agent_version: Option<String>,
+    #[serde(default)]
+    pub image_version: Option<String>,
+    #[serde(default)]
+    pub uptime_s: u64,
+    /// Address the node uses to reach the server (for the dashboard).
+    #[serde(default)]
+    pub address: Option<String>,
+}

@@ -1,0 +1,345 @@
+//! Authentication: session cookies and API tokens for people and automation, node credentials for agents.
+//! Role checks are extractors (`Viewer`, `Operator`, `Admin`, `AgentNode`), so a handler cannot forget one.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use axum::extract::{ConnectInfo, FromRequestParts, State};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use lbfleet_proto::UserRole;
+use serde::{Deserialize, Serialize};
+
+use super::error::ApiError;
+use super::{ApiJson, AppState};
+use crate::fleet::Actor;
+use crate::secrets;
+use crate::store::{self, now_ms};
+
+pub const SESSION_COOKIE: &str = "lbfleet_session";
+pub const CSRF_HEADER: &str = "x-csrf-token";
+
+/// How a request proved who it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Via {
+    Session { csrf_token: String },
+    Token,
+}
+
+/// An authenticated person or automation account.
+#[derive(Debug, Clone)]
+pub struct Principal {
+    pub user_id: i64,
+    pub name: String,
+    pub role: UserRole,
+    pub via: Via,
+}
+
+impl Principal {
+    pub fn actor(&self) -> Actor {
+        Actor(self.name.clone())
+    }
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+/// The value of one cookie from the request's `Cookie` headers.
+pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
+
+impl FromRequestParts<AppState> for Principal {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let mut conn = state.fleet.store().read().await?;
+        if let Some(token) = bearer(&parts.headers) {
+            if token.starts_with(secrets::NODE_CREDENTIAL_PREFIX) {
+                return Err(ApiError::Forbidden("node credentials may only call /api/v1/agent/*".into()));
+            }
+            let p = store::auth::token_principal(&mut conn, &secrets::hash_secret(token))
+                .await?
+                .ok_or_else(|| ApiError::Unauthorized("API token is invalid, expired or revoked".into()))?;
+            return principal(p, Via::Token);
+        }
+        if let Some(session) = cookie(&parts.headers, SESSION_COOKIE) {
+            let p = store::auth::session(&mut conn, &secrets::hash_secret(session))
+                .await?
+                .ok_or_else(|| ApiError::Unauthorized("session expired; log in again".into()))?;
+            let csrf = p.csrf_token.clone().unwrap_or_default();
+            // Cookies ride along on cross-site requests; a state change must also prove it read our page.
+            if !matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS) {
+                let sent = parts.headers.get(CSRF_HEADER).and_then(|v| v.to_str().ok()).unwrap_or("");
+                if !secrets::constant_time_eq(sent, &csrf) {
+                    return Err(ApiError::Forbidden("missing or wrong CSRF token (X-CSRF-Token header)".into()));
+                }
+            }
+            return principal(p, Via::Session { csrf_token: csrf });
+        }
+        Err(ApiError::Unauthorized("authentication required: log in or send an API token (Authorization: Bearer ...)".into()))
+    }
+}
+
+fn principal(p: store::auth::Principal, via: Via) -> Result<Principal, ApiError> {
+    let role = p.role.parse().map_err(|e| store::StoreError::Corrupt(format!("user {}: {e}", p.name)))?;
+    Ok(Principal { user_id: p.user_id, name: p.name, role, via })
+}
+
+macro_rules! role_extractor {
+    ($(#[$m:meta])* $name:ident, $role:expr) => {
+        $(#[$m])*
+        #[derive(Debug, Clone)]
+        pub struct $name(pub Principal);
+
+        impl FromRequestParts<AppState> for $name {
+            type Rejection = ApiError;
+
+            async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+                let p = Principal::from_request_parts(parts, state).await?;
+                if p.role < $role {
+                    return Err(ApiError::Forbidden(format!(
+                        "this needs the {} role; user {:?} is {}", $role, p.name, p.role
+                    )));
+                }
+                Ok($name(p))
+            }
+        }
+    };
+}
+
+role_extractor!(
+    /// Any logged-in user: read-only access.
+    Viewer, UserRole::Viewer
+);
+role_extractor!(
+    /// May change the fleet: clusters, nodes, real servers.
+    Operator, UserRole::Operator
+);
+role_extractor!(
+    /// May also manage users and API tokens.
+    Admin, UserRole::Admin
+);
+
+/// An enrolled node, authenticated by its credential.
+#[derive(Debug, Clone, Copy)]
+pub struct AgentNode(pub i64);
+
+impl FromRequestParts<AppState> for AgentNode {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let token = bearer(&parts.headers)
+            .ok_or_else(|| ApiError::Unauthorized("agent calls need the node credential (Authorization: Bearer ...)".into()))?;
+        let node = state
+            .fleet
+            .authenticate_node(token)
+            .await?
+            .ok_or_else(|| ApiError::Unauthorized("node credential is invalid or revoked; enroll again".into()))?;
+        Ok(AgentNode(node))
+    }
+}
+
+/// Counts failed logins per (user, client address) and per client address, so a password cannot be guessed
+/// quickly from one place, and one place cannot lock every user out.
+#[derive(Debug)]
+pub struct LoginLimiter {
+    failures: Mutex<HashMap<(String, IpAddr), (u32, Instant)>>,
+    max_failures: u32,
+    window: Duration,
+}
+
+impl Default for LoginLimiter {
+    fn default() -> Self {
+        LoginLimiter { failures: Mutex::new(HashMap::new()), max_failures: 5, window: Duration::from_secs(300) }
+    }
+}
+
+impl LoginLimiter {
+    /// `Err(seconds to wait)` when this (user, address) has failed too often within the window.
+    pub fn check(&self, user: &str, ip: IpAddr) -> Result<(), u64> {
+        let mut map = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        let key = (user.to_ascii_lowercase(), ip);
+        if let Some((count, since)) = map.get(&key) {
+            let elapsed = since.elapsed();
+            if elapsed >= self.window {
+                map.remove(&key);
+            } else if *count >= self.max_failures {
+                return Err((self.window - elapsed).as_secs().max(1));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn failed(&self, user: &str, ip: IpAddr) {
+        let mut map = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() > 100_000 {
+            let window = self.window;
+            map.retain(|_, (_, since)| since.elapsed() < window);
+        }
+        let entry = map.entry((user.to_ascii_lowercase(), ip)).or_insert((0, Instant::now()));
+        entry.0 += 1;
+    }
+
+    pub fn succeeded(&self, user: &str, ip: IpAddr) {
+        let mut map = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        map.remove(&(user.to_ascii_lowercase(), ip));
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoginRequest {
+    pub username: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for LoginRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoginRequest").field("username", &self.username).field("password", &"<redacted>").finish()
+    }
+}
+
+#[derive(Serialize)]
+pub struct LoginResponse {
+    pub user: String,
+    pub role: UserRole,
+    /// Send back as `X-CSRF-Token` on every state-changing request made with the session cookie.
+    pub csrf_token: String,
+    pub expires_at: i64,
+}
+
+impl std::fmt::Debug for LoginResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoginResponse").field("user", &self.user).field("role", &self.role).finish_non_exhaustive()
+    }
+}
+
+/// Argon2 hash of a random password: verifying against it costs what a real check costs, so a missing user
+/// answers as slowly as a wrong password.
+fn dummy_hash() -> &'static str {
+    static HASH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    HASH.get_or_init(|| secrets::hash_password(&secrets::new_password()).unwrap_or_default())
+}
+
+/// `POST /api/v1/login`: checks a password and starts a session (cookie + CSRF token).
+pub async fn login(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ApiJson(req): ApiJson<LoginRequest>,
+) -> Result<Response, ApiError> {
+    let ip = peer.ip();
+    state.limiter.check(&req.username, ip).map_err(|retry_after_s| ApiError::TooManyRequests { retry_after_s })?;
+    let user = {
+        let mut conn = state.fleet.store().read().await?;
+        store::auth::user_by_name(&mut conn, &req.username).await?
+    };
+    let stored = user.as_ref().filter(|u| !u.disabled).map(|u| u.password_hash.clone());
+    let password = req.password;
+    let ok = tokio::task::spawn_blocking(move || {
+        let hash = stored.as_deref().unwrap_or_else(|| dummy_hash());
+        secrets::verify_password(&password, hash) && stored.is_some()
+    })
+    .await
+    .unwrap_or(false);
+    let user = match (ok, user) {
+        (true, Some(u)) => u,
+        _ => {
+            state.limiter.failed(&req.username, ip);
+            tracing::warn!(user = req.username, client = %ip, "login failed");
+            return Err(ApiError::Unauthorized("wrong user name or password".into()));
+        }
+    };
+    state.limiter.succeeded(&req.username, ip);
+    let session = secrets::new_secret("");
+    let csrf_token = secrets::new_secret("");
+    let ttl = state.config.session_ttl;
+    let expires_at = now_ms().saturating_add(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX));
+    {
+        let mut tx = state.fleet.store().begin().await?;
+        store::auth::insert_session(&mut tx, &secrets::hash_secret(&session), &csrf_token, user.id, expires_at).await?;
+        tx.commit().await.map_err(store::StoreError::from)?;
+    }
+    tracing::info!(user = user.name, client = %ip, "login");
+    let role: UserRole = user.role.parse().map_err(|e| store::StoreError::Corrupt(format!("user {}: {e}", user.name)))?;
+    let cookie = format!(
+        "{SESSION_COOKIE}={session}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}{}",
+        ttl.as_secs(),
+        if state.config.secure_cookies() { "; Secure" } else { "" }
+    );
+    let mut resp = Json(LoginResponse { user: user.name, role, csrf_token, expires_at }).into_response();
+    if let Ok(v) = HeaderValue::from_str(&cookie) {
+        resp.headers_mut().insert(header::SET_COOKIE, v);
+    }
+    Ok(resp)
+}
+
+/// `POST /api/v1/logout`: ends the session of the cookie sent.
+pub async fn logout(State(state): State<AppState>, Viewer(p): Viewer, headers: HeaderMap) -> Result<Response, ApiError> {
+    if let (Via::Session { .. }, Some(session)) = (&p.via, cookie(&headers, SESSION_COOKIE)) {
+        let mut tx = state.fleet.store().begin().await?;
+        store::auth::delete_session(&mut tx, &secrets::hash_secret(session)).await?;
+        tx.commit().await.map_err(store::StoreError::from)?;
+    }
+    let mut resp = StatusCode::NO_CONTENT.into_response();
+    resp.headers_mut().insert(
+        header::SET_COOKIE,
+        HeaderValue::from_static("lbfleet_session=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0"),
+    );
+    Ok(resp)
+}
+
+/// `GET /api/v1/whoami`.
+pub async fn whoami(Viewer(p): Viewer) -> Json<serde_json::Value> {
+    Json(serde_json::json!({
+        "user": p.name,
+        "role": p.role,
+        "via": match p.via { Via::Session { .. } => "session", Via::Token => "token" },
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limiter_blocks_after_five_failures_per_user_and_address() {
+        let l = LoginLimiter::default();
+        let ip: IpAddr = [127, 0, 0, 1].into();
+        let other: IpAddr = [127, 0, 0, 2].into();
+        for _ in 0..5 {
+            assert!(l.check("admin", ip).is_ok());
+            l.failed("admin", ip);
+        }
+        assert!(l.check("admin", ip).is_err());
+        assert!(l.check("ADMIN", ip).is_err());
+        assert!(l.check("admin", other).is_ok());
+        assert!(l.check("alice", ip).is_ok());
+        l.succeeded("admin", ip);
+        assert!(l.check("admin", ip).is_ok());
+    }
+
+    #[test]
+    fn cookies_and_bearer_are_parsed() {
+        let mut h = HeaderMap::new();
+        h.insert(header::COOKIE, HeaderValue::from_static("a=1; lbfleet_session=abc; b=2"));
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer lbf_tok_x"));
+        assert_eq!(cookie(&h, SESSION_COOKIE), Some("abc"));
+        assert_eq!(cookie(&h, "c"), None);
+        assert_eq!(bearer(&h), Some("lbf_tok_x"));
+    }
+}

@@ -1,0 +1,121 @@
+//! Node endpoints: list, pre-register, and the lifecycle actions (approve, reject, assign, unassign, retire).
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use lbfleet_proto::Role;
+use serde::Deserialize;
+
+use super::auth::{Operator, Viewer};
+use super::{ApiError, ApiJson, ApiQuery, AppState, OptionalJson};
+use crate::fleet::node_key;
+use crate::store::nodes::NodeFilter;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/nodes", get(list).post(register))
+        .route("/nodes/{node}", get(show))
+        .route("/nodes/{node}/role", get(role))
+        .route("/nodes/{node}/approve", post(approve))
+        .route("/nodes/{node}/reject", post(reject))
+        .route("/nodes/{node}/assign", post(assign))
+        .route("/nodes/{node}/unassign", post(unassign))
+        .route("/nodes/{node}/retire", post(retire))
+        .route("/nodes/{node}/enrollment-token", post(enrollment_token))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    state: Option<String>,
+    cluster: Option<String>,
+}
+
+async fn list(State(s): State<AppState>, _: Viewer, ApiQuery(q): ApiQuery<ListQuery>) -> Result<Response, ApiError> {
+    let nodes = s.fleet.list_nodes(&NodeFilter { state: q.state, cluster: q.cluster }).await?;
+    Ok(Json(serde_json::json!({"nodes": nodes})).into_response())
+}
+
+async fn show(State(s): State<AppState>, _: Viewer, Path(node): Path<String>) -> Result<Response, ApiError> {
+    Ok(Json(s.fleet.get_node(&node_key(&node)).await?).into_response())
+}
+
+/// The role document the node would receive now (what the agent pulls).
+async fn role(State(s): State<AppState>, _: Viewer, Path(node): Path<String>) -> Result<Response, ApiError> {
+    let view = s.fleet.get_node(&node_key(&node)).await?;
+    Ok(Json(s.fleet.role_document(view.id).await?).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RegisterRequest {
+    mac: String,
+    hostname: Option<String>,
+    image: Option<String>,
+}
+
+async fn register(
+    State(s): State<AppState>,
+    Operator(p): Operator,
+    ApiJson(req): ApiJson<RegisterRequest>,
+) -> Result<Response, ApiError> {
+    let view = s.fleet.register_node(&p.actor(), &req.mac, req.hostname.as_deref(), req.image.as_deref()).await?;
+    Ok((StatusCode::CREATED, Json(view)).into_response())
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ApproveRequest {
+    hostname: Option<String>,
+    image: Option<String>,
+}
+
+async fn approve(
+    State(s): State<AppState>,
+    Operator(p): Operator,
+    Path(node): Path<String>,
+    OptionalJson(req): OptionalJson<ApproveRequest>,
+) -> Result<Response, ApiError> {
+    Ok(Json(s.fleet.approve(&p.actor(), &node_key(&node), req.hostname, req.image).await?).into_response())
+}
+
+async fn reject(State(s): State<AppState>, Operator(p): Operator, Path(node): Path<String>) -> Result<Response, ApiError> {
+    Ok(Json(s.fleet.reject(&p.actor(), &node_key(&node)).await?).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AssignRequest {
+    cluster: String,
+    role: Role,
+    priority: Option<u32>,
+}
+
+async fn assign(
+    State(s): State<AppState>,
+    Operator(p): Operator,
+    Path(node): Path<String>,
+    ApiJson(req): ApiJson<AssignRequest>,
+) -> Result<Response, ApiError> {
+    Ok(Json(s.fleet.assign(&p.actor(), &node_key(&node), &req.cluster, req.role, req.priority).await?).into_response())
+}
+
+async fn unassign(State(s): State<AppState>, Operator(p): Operator, Path(node): Path<String>) -> Result<Response, ApiError> {
+    Ok(Json(s.fleet.unassign(&p.actor(), &node_key(&node)).await?).into_response())
+}
+
+async fn retire(State(s): State<AppState>, Operator(p): Operator, Path(node): Path<String>) -> Result<Response, ApiError> {
+    Ok(Json(s.fleet.retire(&p.actor(), &node_key(&node)).await?).into_response())
+}
+
+/// Issues a one-time enrollment token (for a node booted by other means than lbfleet's HTTP boot).
+async fn enrollment_token(
+    State(s): State<AppState>,
+    Operator(p): Operator,
+    Path(node): Path<String>,
+) -> Result<Response, ApiError> {
+    let t = s.fleet.issue_enrollment_token(&p.actor(), &node_key(&node)).await?;
+    Ok((StatusCode::CREATED, Json(t)).into_response())
+}

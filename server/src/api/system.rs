@@ -1,0 +1,64 @@
+//! `/healthz` (unauthenticated liveness), `/metrics` (Prometheus text, needs a viewer), and the landing page.
+
+use std::fmt::Write;
+
+use axum::extract::State;
+use axum::http::header;
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use lbfleet_proto::NodeState;
+
+use super::auth::Viewer;
+use super::{ApiError, AppState};
+use crate::store;
+
+pub fn router() -> Router<AppState> {
+    Router::new().route("/healthz", get(healthz)).route("/metrics", get(metrics)).route("/", get(index))
+}
+
+/// Liveness and readiness: answers 200 only if the database answers.
+async fn healthz(State(s): State<AppState>) -> Result<Response, ApiError> {
+    let mut conn = s.fleet.store().read().await?;
+    store::clusters::count(&mut conn).await?;
+    Ok(Json(serde_json::json!({"status": "ok", "version": env!("CARGO_PKG_VERSION")})).into_response())
+}
+
+async fn metrics(State(s): State<AppState>, _: Viewer) -> Result<Response, ApiError> {
+    let mut conn = s.fleet.store().read().await?;
+    let by_state = store::nodes::count_by_state(&mut conn).await?;
+    let clusters = store::clusters::count(&mut conn).await?;
+    let audit_rows = store::audit::count(&mut conn).await?;
+    drop(conn);
+    let mut out = String::new();
+    let _ = writeln!(out, "# HELP lbfleet_nodes Nodes by lifecycle state.\n# TYPE lbfleet_nodes gauge");
+    for state in NodeState::ALL {
+        let n = by_state.iter().find(|(s, _)| s == state.as_str()).map_or(0, |(_, n)| *n);
+        let _ = writeln!(out, "lbfleet_nodes{{state=\"{state}\"}} {n}");
+    }
+    let _ = writeln!(out, "# HELP lbfleet_clusters Clusters defined.\n# TYPE lbfleet_clusters gauge\nlbfleet_clusters {clusters}");
+    let _ = writeln!(
+        out,
+        "# HELP lbfleet_audit_rows Rows in the audit log.\n# TYPE lbfleet_audit_rows gauge\nlbfleet_audit_rows {audit_rows}"
+    );
+    let _ = writeln!(
+        out,
+        "# HELP lbfleet_role_pollers Nodes with a role long-poll waiting.\n# TYPE lbfleet_role_pollers gauge\nlbfleet_role_pollers {}",
+        s.fleet.notifier().waiting_nodes()
+    );
+    let _ = writeln!(
+        out,
+        "# HELP lbfleet_uptime_seconds Seconds since the server started.\n# TYPE lbfleet_uptime_seconds gauge\nlbfleet_uptime_seconds {}",
+        s.started.elapsed().as_secs()
+    );
+    let _ = writeln!(
+        out,
+        "# HELP lbfleet_build_info Build version.\n# TYPE lbfleet_build_info gauge\nlbfleet_build_info{{version=\"{}\"}} 1",
+        env!("CARGO_PKG_VERSION")
+    );
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], out).into_response())
+}
+
+async fn index() -> Html<&'static str> {
+    Html(lbfleet_web::LANDING_PAGE)
+}

@@ -1,0 +1,372 @@
+//! Command line and configuration. Every setting has a flag, an `LBFLEET_*` environment variable and a key in
+//! the optional TOML file (`--config`); a flag or variable beats the file, the file beats the default.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use lbfleet_proto::UserRole;
+use serde::Deserialize;
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+pub const DEFAULT_DATABASE: &str = "sqlite://lbfleet.db";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "lbfleet-server",
+    version,
+    about = "Runs a fleet of diskless, network-booted Linux load balancers",
+    long_about = "lbfleet-server keeps every load-balancer node's role in SQLite, serves the admin REST API, \
+                  the agent API and (with [boot] configured) PXE boot, and records every change in a \
+                  hash-chained audit log.\n\nStart with `lbfleet-server serve`; on first start it creates the \
+                  user `admin` and prints its password once."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the server (API, agent API, HTTP boot). Stops cleanly on SIGTERM or SIGINT.
+    Serve(ServeArgs),
+    /// Manage dashboard and API users.
+    #[command(subcommand)]
+    User(UserCommand),
+    /// Manage API tokens for automation.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Inspect the audit log.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DbArgs {
+    /// TOML configuration file (keys as in docs/configuration.md).
+    #[arg(long, env = "LBFLEET_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Database URL, e.g. sqlite://var/lbfleet.db; created if missing [default: sqlite://lbfleet.db]
+    #[arg(long, env = "LBFLEET_DATABASE", value_name = "URL")]
+    pub database: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub db: DbArgs,
+    /// Address for the API, agent API and HTTP boot [default: 127.0.0.1:8080]
+    #[arg(long, env = "LBFLEET_LISTEN", value_name = "ADDR:PORT")]
+    pub listen: Option<SocketAddr>,
+    /// URL at which nodes reach this server (put in boot scripts); https:// also marks cookies Secure
+    #[arg(long, env = "LBFLEET_PUBLIC_URL", value_name = "URL")]
+    pub public_url: Option<String>,
+    /// Longest time a role long-poll waits before answering 204 [default: 30s]
+    #[arg(long, env = "LBFLEET_LONG_POLL_TIMEOUT", value_name = "DURATION")]
+    pub long_poll_timeout: Option<String>,
+    /// Lifetime of a dashboard login session [default: 12h]
+    #[arg(long, env = "LBFLEET_SESSION_TTL", value_name = "DURATION")]
+    pub session_ttl: Option<String>,
+    /// Lifetime of a one-time enrollment token [default: 15m]
+    #[arg(long, env = "LBFLEET_ENROLLMENT_TOKEN_TTL", value_name = "DURATION")]
+    pub enrollment_token_ttl: Option<String>,
+    /// On first start, also write the generated admin password to this file (mode 0600)
+    #[arg(long, env = "LBFLEET_INITIAL_ADMIN_PASSWORD_FILE", value_name = "FILE")]
+    pub initial_admin_password_file: Option<PathBuf>,
+    /// Log line format [default: text]
+    #[arg(long, env = "LBFLEET_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UserCommand {
+    /// Create a user. The password is read from stdin with --password-stdin, else generated and printed once.
+    Add {
+        name: String,
+        #[arg(long, value_enum)]
+        role: RoleArg,
+        #[arg(long)]
+        password_stdin: bool,
+        #[command(flatten)]
+        db: DbArgs,
+    },
+    /// List users.
+    List {
+        #[command(flatten)]
+        db: DbArgs,
+    },
+    /// Set a new password (ends the user's sessions).
+    Passwd {
+        name: String,
+        #[arg(long)]
+        password_stdin: bool,
+        #[command(flatten)]
+        db: DbArgs,
+    },
+    /// Delete a user (not the last admin).
+    Delete {
+        name: String,
+        #[command(flatten)]
+        db: DbArgs,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum RoleArg {
+    Viewer,
+    Operator,
+    Admin,
+}
+
+impl From<RoleArg> for UserRole {
+    fn from(r: RoleArg) -> Self {
+        match r {
+            RoleArg::Viewer => UserRole::Viewer,
+            RoleArg::Operator => UserRole::Operator,
+            RoleArg::Admin => UserRole::Admin,
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Create an API token for a user; it acts with that user's role. Printed once.
+    Create {
+        #[arg(long)]
+        user: String,
+        /// A label to recognise the token by
+        #[arg(long, default_value = "cli")]
+        name: String,
+        /// Lifetime such as 90d; default: no expiry
+        #[arg(long, value_name = "DURATION")]
+        expires_in: Option<String>,
+        #[command(flatten)]
+        db: DbArgs,
+    },
+    /// List API tokens (never their values).
+    List {
+        #[command(flatten)]
+        db: DbArgs,
+    },
+    /// Revoke a token by id.
+    Revoke {
+        id: i64,
+        #[command(flatten)]
+        db: DbArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Check the audit log's hash chain; exits 1 if it was tampered with.
+    Verify {
+        #[command(flatten)]
+        db: DbArgs,
+    },
+}
+
+/// The TOML file. Unknown keys are errors, so a typo does not silently fall back to a default.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub listen: Option<SocketAddr>,
+    pub database: Option<String>,
+    pub public_url: Option<String>,
+    pub long_poll_timeout: Option<String>,
+    pub session_ttl: Option<String>,
+    pub enrollment_token_ttl: Option<String>,
+    pub initial_admin_password_file: Option<PathBuf>,
+    pub log_format: Option<LogFormat>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config file {path}: {source}")]
+    Parse { path: PathBuf, source: toml::de::Error },
+    #[error("{key}: {value:?} is not a duration ({reason}); use e.g. 30s, 15m, 12h")]
+    Duration { key: &'static str, value: String, reason: String },
+    #[error("{key}: {reason}")]
+    Invalid { key: &'static str, reason: String },
+}
+
+impl FileConfig {
+    pub fn load(path: Option<&Path>) -> Result<FileConfig, ConfigError> {
+        let Some(path) = path else { return Ok(FileConfig::default()) };
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        toml::from_str(&text).map_err(|source| ConfigError::Parse { path: path.to_owned(), source })
+    }
+}
+
+/// The server's resolved settings.
+#[derive(Clone)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub database: String,
+    pub public_url: Option<String>,
+    pub long_poll_timeout: Duration,
+    pub session_ttl: Duration,
+    pub enrollment_token_ttl: Duration,
+    pub initial_admin_password_file: Option<PathBuf>,
+    pub log_format: LogFormat,
+}
+
+impl std::fmt::Debug for ServerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerConfig")
+            .field("listen", &self.listen)
+            .field("database", &redact_url(&self.database))
+            .field("public_url", &self.public_url)
+            .field("long_poll_timeout", &self.long_poll_timeout)
+            .field("session_ttl", &self.session_ttl)
+            .field("enrollment_token_ttl", &self.enrollment_token_ttl)
+            .field("initial_admin_password_file", &self.initial_admin_password_file)
+            .field("log_format", &self.log_format)
+            .finish()
+    }
+}
+
+/// Hides a password in `scheme://user:password@host` URLs.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.split_once(':') {
+                Some((user, _)) => format!("{}{user}:<redacted>{}", &url[..s + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+fn duration(key: &'static str, value: Option<String>, default: &str) -> Result<Duration, ConfigError> {
+    let text = value.unwrap_or_else(|| default.to_owned());
+    humantime::parse_duration(&text).map_err(|e| ConfigError::Duration { key, value: text, reason: e.to_string() })
+}
+
+impl ServerConfig {
+    /// Merges flags and environment (already in `args`) over the file over the defaults.
+    pub fn resolve(args: ServeArgs) -> Result<ServerConfig, ConfigError> {
+        let file = FileConfig::load(args.db.config.as_deref())?;
+        let default_listen: SocketAddr = DEFAULT_LISTEN.parse().map_err(|_| ConfigError::Invalid {
+            key: "listen",
+            reason: "bad built-in default".into(),
+        })?;
+        let public_url = args.public_url.or(file.public_url);
+        if let Some(u) = &public_url {
+            if !(u.starts_with("http://") || u.starts_with("https://")) {
+                return Err(ConfigError::Invalid { key: "public_url", reason: format!("{u:?} must start with http:// or https://") });
+            }
+        }
+        let long_poll_timeout = duration("long_poll_timeout", args.long_poll_timeout.or(file.long_poll_timeout), "30s")?;
+        if long_poll_timeout.is_zero() || long_poll_timeout > Duration::from_secs(300) {
+            return Err(ConfigError::Invalid { key: "long_poll_timeout", reason: "must be between 1s and 5m".into() });
+        }
+        Ok(ServerConfig {
+            listen: args.listen.or(file.listen).unwrap_or(default_listen),
+            database: args.db.database.or(file.database).unwrap_or_else(|| DEFAULT_DATABASE.to_owned()),
+            public_url,
+            long_poll_timeout,
+            session_ttl: duration("session_ttl", args.session_ttl.or(file.session_ttl), "12h")?,
+            enrollment_token_ttl: duration(
+                "enrollment_token_ttl",
+                args.enrollment_token_ttl.or(file.enrollment_token_ttl),
+                "15m",
+            )?,
+            initial_admin_password_file: args.initial_admin_password_file.or(file.initial_admin_password_file),
+            log_format: args.log_format.or(file.log_format).unwrap_or_default(),
+        })
+    }
+
+    /// A config for tests and embedding: defaults, with the given database.
+    pub fn with_database(database: impl Into<String>) -> ServerConfig {
+        ServerConfig {
+            listen: ([127, 0, 0, 1], 0).into(),
+            database: database.into(),
+            public_url: None,
+            long_poll_timeout: Duration::from_secs(30),
+            session_ttl: Duration::from_secs(12 * 3600),
+            enrollment_token_ttl: Duration::from_secs(15 * 60),
+            initial_admin_password_file: None,
+            log_format: LogFormat::Text,
+        }
+    }
+
+    pub fn secure_cookies(&self) -> bool {
+        self.public_url.as_deref().is_some_and(|u| u.starts_with("https://"))
+    }
+}
+
+/// The database URL for the maintenance subcommands: flag or env, else the file, else the default.
+pub fn database_url(db: &DbArgs) -> Result<String, ConfigError> {
+    if let Some(d) = &db.database {
+        return Ok(d.clone());
+    }
+    let file = FileConfig::load(db.config.as_deref())?;
+    Ok(file.database.unwrap_or_else(|| DEFAULT_DATABASE.to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn serve_args(argv: &[&str]) -> ServeArgs {
+        let mut full = vec!["lbfleet-server", "serve"];
+        full.extend_from_slice(argv);
+        match Cli::try_parse_from(full).map(|c| c.command) {
+            Ok(Command::Serve(a)) => a,
+            other => panic!("unexpected parse: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults_file_and_flags_layer_in_order() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("lbfleet.toml");
+        std::fs::write(&path, "listen = \"127.0.0.1:9000\"\nsession_ttl = \"1h\"\ndatabase = \"sqlite://file.db\"\n")
+            .expect("write");
+        let cfg = ServerConfig::resolve(serve_args(&[])).expect("defaults");
+        assert_eq!(cfg.listen.to_string(), DEFAULT_LISTEN);
+        assert_eq!(cfg.database, DEFAULT_DATABASE);
+        assert_eq!(cfg.long_poll_timeout, Duration::from_secs(30));
+
+        let p = path.to_str().expect("utf-8 path");
+        let cfg = ServerConfig::resolve(serve_args(&["--config", p, "--database", "sqlite://flag.db"])).expect("file");
+        assert_eq!(cfg.listen.to_string(), "127.0.0.1:9000");
+        assert_eq!(cfg.session_ttl, Duration::from_secs(3600));
+        assert_eq!(cfg.database, "sqlite://flag.db");
+    }
+
+    #[test]
+    fn bad_files_and_values_are_clear_errors() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("bad.toml");
+        std::fs::write(&path, "listn = \"127.0.0.1:9000\"\n").expect("write");
+        let p = path.to_str().expect("utf-8 path");
+        let err = ServerConfig::resolve(serve_args(&["--config", p])).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains("unknown field `listn`"), "{err}");
+        let err = ServerConfig::resolve(serve_args(&["--session-ttl", "soon"])).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.starts_with("session_ttl: \"soon\" is not a duration"), "{err}");
+        let err = ServerConfig::resolve(serve_args(&["--public-url", "lb.example"])).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains("must start with http"), "{err}");
+    }
+
+    #[test]
+    fn database_passwords_are_redacted() {
+        assert_eq!(redact_url("postgres://lb:s3cret@db/lbfleet"), "postgres://lb:<redacted>@db/lbfleet");
+        assert_eq!(redact_url("sqlite://var/lbfleet.db"), "sqlite://var/lbfleet.db");
+        let cfg = ServerConfig::with_database("postgres://lb:s3cret@db/lbfleet");
+        assert!(!format!("{cfg:?}").contains("s3cret"));
+    }
+}

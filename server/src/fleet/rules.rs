@@ -1,0 +1,675 @@
+//! The fleet's domain rules that need no database: field validation and normalisation of a cluster spec,
+//! node names, MACs, priorities. Rules that need the whole fleet (VRID per interface, VIP:port:protocol
+//! fleet-wide, one active per cluster) live in `fleet::Fleet`, which calls these first.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::IpAddr;
+
+use lbfleet_proto::{CheckKind, ClusterSpec, ForwardMethod, HealthCheck, RealServerSpec, ServiceSpec};
+use serde::Serialize;
+
+/// One rejected field: `field` is a JSON path into the request (`services[0].real_servers[2].weight`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FieldError {
+    pub field: String,
+    pub message: String,
+}
+
+impl FieldError {
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        FieldError { field: field.into(), message: message.into() }
+    }
+}
+
+impl fmt::Display for FieldError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.field, self.message)
+    }
+}
+
+/// Every field error of one request, in document order. Never empty when returned as an error.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct FieldErrors(pub Vec<FieldError>);
+
+impl FieldErrors {
+    fn push(&mut self, field: impl Into<String>, message: impl Into<String>) {
+        self.0.push(FieldError::new(field, message));
+    }
+
+    fn into_result<T>(self, ok: T) -> Result<T, FieldErrors> {
+        if self.0.is_empty() {
+            Ok(ok)
+        } else {
+            Err(self)
+        }
+    }
+}
+
+impl From<FieldError> for FieldErrors {
+    fn from(e: FieldError) -> Self {
+        FieldErrors(vec![e])
+    }
+}
+
+impl fmt::Display for FieldErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let parts: Vec<String> = self.0.iter().map(ToString::to_string).collect();
+        f.write_str(&parts.join("; "))
+    }
+}
+
+/// Highest IPVS / keepalived weight.
+pub const MAX_WEIGHT: u32 = 65_535;
+/// Longest persistence timeout accepted (31 days).
+pub const MAX_PERSISTENCE_S: u32 = 31 * 24 * 3600;
+/// Default VRRP priority of the active node and of backups. 255 is reserved for the address owner.
+pub const ACTIVE_PRIORITY: u8 = 150;
+pub const BACKUP_PRIORITY: u8 = 100;
+
+/// A cluster name: what goes in URLs and audit targets.
+pub fn cluster_name(name: &str) -> Result<(), FieldError> {
+    dns_label(name).map_err(|m| FieldError::new("name", m))
+}
+
+/// A node hostname: a DNS label that starts with a letter, so it never reads as a node id or a MAC.
+pub fn hostname(name: &str) -> Result<(), FieldError> {
+    dns_label(name).map_err(|m| FieldError::new("hostname", m))?;
+    if !name.starts_with(|c: char| c.is_ascii_lowercase()) {
+        return Err(FieldError::new("hostname", "must start with a lowercase letter"));
+    }
+    Ok(())
+}
+
+fn dns_label(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > 63 {
+        return Err(format!("must be 1 to 63 characters, got {}", name.len()));
+    }
+    if !name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') {
+        return Err("may contain only lowercase letters, digits and '-'".into());
+    }
+    if name.starts_with('-') || name.ends_with('-') {
+        return Err("must not start or end with '-'".into());
+    }
+    Ok(())
+}
+
+/// Parses a MAC in `aa:bb:cc:dd:ee:ff` or `aa-bb-…` form and returns it lowercase with colons.
+pub fn mac(text: &str) -> Result<String, FieldError> {
+    let parts: Vec<&str> = text.split([':', '-']).collect();
+    let ok = parts.len() == 6 && parts.iter().all(|p| p.len() == 2 && p.bytes().all(|b| b.is_ascii_hexdigit()));
+    if !ok {
+        return Err(FieldError::new("mac", format!("{text:?} is not a MAC address (aa:bb:cc:dd:ee:ff)")));
+    }
+    Ok(parts.join(":").to_ascii_lowercase())
+}
+
+/// A VRRP priority for an assignment: 1–254 (255 is the address owner's).
+pub fn priority(p: u32) -> Result<u8, FieldError> {
+    match u8::try_from(p) {
+        Ok(v @ 1..=254) => Ok(v),
+        _ => Err(FieldError::new("priority", format!("must be 1 to 254, got {p}"))),
+    }
+}
+
+/// An image name: a version-like label (`2026.11.1`, `lb-6.1`).
+pub fn image_name(name: &str) -> Result<(), FieldError> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
+        && !name.starts_with('.');
+    if ok {
+        Ok(())
+    } else {
+        Err(FieldError::new("name", "must be 1 to 64 of [A-Za-z0-9._-], not starting with '.'"))
+    }
+}
+
+/// A file name inside an image directory: one path component, no traversal.
+pub fn image_file(field: &str, name: &str) -> Result<(), FieldError> {
+    let ok = !name.is_empty()
+        && name.len() <= 128
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
+        && !name.starts_with('.');
+    if ok {
+        Ok(())
+    } else {
+        Err(FieldError::new(field, "must be a plain file name of [A-Za-z0-9._-], not starting with '.'"))
+    }
+}
+
+/// A cluster spec after validation: addresses in canonical text, VIP prefixes explicit, every real server's
+/// `enabled` still as the request had it (the caller fills in omitted ones from the stored state).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ValidCluster(pub ClusterSpec);
+
+/// Validates a whole cluster spec and returns it normalised, or every problem found.
+pub fn cluster_spec(spec: &ClusterSpec) -> Result<ValidCluster, FieldErrors> {
+    let mut errs = FieldErrors::default();
+    let mut out = spec.clone();
+
+    if !(1..=255).contains(&spec.vrid) {
+        errs.push("vrid", format!("must be 1 to 255, got {}", spec.vrid));
+    }
+    if let Err(m) = interface_name(&spec.interface) {
+        errs.push("interface", m);
+    }
+    match spec.vrrp_version {
+        3 => {
+            if !(10..=40_950).contains(&spec.advert_interval_ms) || spec.advert_interval_ms % 10 != 0 {
+                errs.push(
+                    "advert_interval_ms",
+                    format!(
+                        "VRRPv3 needs 10 to 40950 ms in steps of 10 ms, got {}",
+                        spec.advert_interval_ms
+                    ),
+                );
+            }
+        }
+        2 => {
+            if !(1_000..=255_000).contains(&spec.advert_interval_ms) || spec.advert_interval_ms % 1000 != 0 {
+                errs.push(
+                    "advert_interval_ms",
+                    format!("VRRPv2 needs whole seconds from 1000 to 255000 ms, got {}", spec.advert_interval_ms),
+                );
+            }
+        }
+        v => errs.push("vrrp_version", format!("must be 2 or 3, got {v}")),
+    }
+
+    // VIPs: one address family per VRRP instance; v2 is IPv4 only.
+    if spec.vips.is_empty() {
+        errs.push("vips", "at least one VIP is required");
+    }
+    let mut vip_addrs: Vec<IpAddr> = Vec::new();
+    for (i, text) in spec.vips.iter().enumerate() {
+        let field = format!("vips[{i}]");
+        match prefixed_address(text) {
+            Ok((addr, prefix)) => {
+                if let Err(m) = unicast(addr) {
+                    errs.push(&field, m);
+                } else if vip_addrs.contains(&addr) {
+                    errs.push(&field, format!("{addr} is listed twice"));
+                } else if vip_addrs.first().is_some_and(|f| f.is_ipv4() != addr.is_ipv4()) {
+                    errs.push(&field, "all VIPs of a cluster must be one address family");
+                } else if spec.vrrp_version == 2 && addr.is_ipv6() {
+                    errs.push(&field, "VRRPv2 carries IPv4 addresses only; use vrrp_version 3");
+                } else {
+                    out.vips[i] = format!("{addr}/{prefix}");
+                    vip_addrs.push(addr);
+                }
+            }
+            Err(m) => errs.push(&field, m),
+        }
+    }
+    let family_v4 = vip_addrs.first().map(IpAddr::is_ipv4);
+
+    let mut peers = HashSet::new();
+    for (i, text) in spec.unicast_peers.iter().enumerate() {
+        let field = format!("unicast_peers[{i}]");
+        match text.parse::<IpAddr>() {
+            Ok(addr) => {
+                if let Err(m) = unicast(addr) {
+                    errs.push(&field, m);
+                } else if family_v4.is_some_and(|v4| v4 != addr.is_ipv4()) {
+                    errs.push(&field, "must be the same address family as the VIPs");
+                } else if !peers.insert(addr) {
+                    errs.push(&field, format!("{addr} is listed twice"));
+                } else {
+                    out.unicast_peers[i] = addr.to_string();
+                }
+            }
+            Err(_) => errs.push(&field, format!("{text:?} is not an IP address")),
+        }
+    }
+
+    let mut keys = HashSet::new();
+    for (i, svc) in spec.services.iter().enumerate() {
+        let field = format!("services[{i}]");
+        if let Some(norm) = service_spec(&field, svc, &vip_addrs, &mut errs) {
+            if !keys.insert((norm.vip.clone(), norm.port, norm.protocol)) {
+                errs.push(
+                    format!("{field}.port"),
+                    format!("service {}:{}:{} is listed twice", norm.protocol, norm.vip, norm.port),
+                );
+            }
+            out.services[i] = norm;
+        }
+    }
+
+    errs.into_result(ValidCluster(out))
+}
+
+fn service_spec(field: &str, svc: &ServiceSpec, vips: &[IpAddr], errs: &mut FieldErrors) -> Option<ServiceSpec> {
+    let before = errs.0.len();
+    let mut out = svc.clone();
+    let vip = match svc.vip.parse::<IpAddr>() {
+        Ok(vip) if vips.contains(&vip) => Some(vip),
+        Ok(vip) => {
+            errs.push(format!("{field}.vip"), format!("{vip} is not one of the cluster's VIPs"));
+            None
+        }
+        Err(_) => {
+            errs.push(format!("{field}.vip"), format!("{:?} is not an IP address", svc.vip));
+            None
+        }
+    };
+    if svc.port == 0 {
+        errs.push(format!("{field}.port"), "must be 1 to 65535");
+    }
+    if svc.persistence_s > MAX_PERSISTENCE_S {
+        errs.push(
+            format!("{field}.persistence_s"),
+            format!("must be 0 to {MAX_PERSISTENCE_S} seconds, got {}", svc.persistence_s),
+        );
+    }
+    if let Some(prefix) = svc.persistence_prefix {
+        let max = if vip.is_some_and(|v| v.is_ipv6()) { 128 } else { 32 };
+        if svc.persistence_s == 0 {
+            errs.push(format!("{field}.persistence_prefix"), "only meaningful with persistence_s > 0");
+        } else if prefix > max {
+            errs.push(format!("{field}.persistence_prefix"), format!("must be 0 to {max}, got {prefix}"));
+        }
+    }
+    health_check(&format!("{field}.check"), &svc.check, errs);
+
+    let mut seen = HashSet::new();
+    for (j, rs) in svc.real_servers.iter().enumerate() {
+        let rfield = format!("{field}.real_servers[{j}]");
+        if let Some(norm) = real_server(&rfield, rs, vip, svc, errs) {
+            if !seen.insert((norm.address.clone(), norm.port)) {
+                errs.push(
+                    format!("{rfield}.address"),
+                    format!("real server {}:{} is listed twice", norm.address, norm.port),
+                );
+            }
+            out.real_servers[j] = norm;
+        }
+    }
+    if let Some(vip) = vip {
+        out.vip = vip.to_string();
+    }
+    (errs.0.len() == before).then_some(out)
+}
+
+/// Validates one real server of `svc` (whose VIP parsed as `vip`, if it did).
+pub fn real_server(
+    field: &str,
+    rs: &RealServerSpec,
+    vip: Option<IpAddr>,
+    svc: &ServiceSpec,
+    errs: &mut FieldErrors,
+) -> Option<RealServerSpec> {
+    let before = errs.0.len();
+    let mut out = rs.clone();
+    match rs.address.parse::<IpAddr>() {
+        Ok(addr) => {
+            if let Err(m) = unicast(addr) {
+                errs.push(format!("{field}.address"), m);
+            } else if vip.is_some_and(|v| v.is_ipv4() != addr.is_ipv4()) {
+                errs.push(format!("{field}.address"), "must be the same address family as the VIP");
+            }
+            out.address = addr.to_string();
+        }
+        Err(_) => errs.push(format!("{field}.address"), format!("{:?} is not an IP address", rs.address)),
+    }
+    if rs.port == 0 {
+        errs.push(format!("{field}.port"), "must be 1 to 65535");
+    } else if svc.forward != ForwardMethod::Nat && rs.port != svc.port {
+        errs.push(
+            format!("{field}.port"),
+            format!(
+                "{} forwarding cannot change the port: must equal the service port {}, got {}",
+                svc.forward, svc.port, rs.port
+            ),
+        );
+    }
+    if rs.weight > MAX_WEIGHT {
+        errs.push(format!("{field}.weight"), format!("must be 0 to {MAX_WEIGHT}, got {}", rs.weight));
+    }
+    (errs.0.len() == before).then_some(out)
+}
+
+/// A real-server weight on its own (the set-weight endpoint).
+pub fn weight(w: u32) -> Result<u32, FieldError> {
+    if w > MAX_WEIGHT {
+        Err(FieldError::new("weight", format!("must be 0 to {MAX_WEIGHT}, got {w}")))
+    } else {
+        Ok(w)
+    }
+}
+
+fn health_check(field: &str, c: &HealthCheck, errs: &mut FieldErrors) {
+    if !(100..=3_600_000).contains(&c.interval_ms) {
+        errs.push(format!("{field}.interval_ms"), format!("must be 100 to 3600000 ms, got {}", c.interval_ms));
+    }
+    if c.timeout_ms < 10 || c.timeout_ms > c.interval_ms {
+        errs.push(
+            format!("{field}.timeout_ms"),
+            format!("must be at least 10 ms and at most interval_ms ({}), got {}", c.interval_ms, c.timeout_ms),
+        );
+    }
+    for (name, v) in [("rise", c.rise), ("fall", c.fall)] {
+        if !(1..=100).contains(&v) {
+            errs.push(format!("{field}.{name}"), format!("must be 1 to 100, got {v}"));
+        }
+    }
+    if c.port == Some(0) {
+        errs.push(format!("{field}.port"), "must be 1 to 65535");
+    }
+    match c.kind {
+        CheckKind::Http => {
+            match c.path.as_deref() {
+                None => errs.push(format!("{field}.path"), "an http check needs a path"),
+                Some(p) => {
+                    if !p.starts_with('/') || p.len() > 1024 || p.bytes().any(|b| b <= b' ' || b == 0x7f) {
+                        errs.push(
+                            format!("{field}.path"),
+                            "must start with '/', be at most 1024 characters and contain no spaces or control characters",
+                        );
+                    }
+                }
+            }
+            if let Some(s) = c.expect_status {
+                if !(100..=599).contains(&s) {
+                    errs.push(format!("{field}.expect_status"), format!("must be 100 to 599, got {s}"));
+                }
+            }
+        }
+        CheckKind::Tcp | CheckKind::None => {
+            if c.path.is_some() {
+                errs.push(format!("{field}.path"), format!("only an http check takes a path, this one is {}", c.kind));
+            }
+            if c.expect_status.is_some() {
+                errs.push(format!("{field}.expect_status"), format!("only an http check takes expect_status, this one is {}", c.kind));
+            }
+        }
+    }
+}
+
+/// A Linux interface name: 1–15 bytes, no '/', ':' or whitespace.
+fn interface_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > 15 {
+        return Err(format!("must be 1 to 15 characters, got {}", name.len()));
+    }
+    if !name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.')) {
+        return Err("may contain only letters, digits, '-', '_' and '.'".into());
+    }
+    Ok(())
+}
+
+/// `198.18.0.10` or `198.18.0.10/32` -> (address, prefix); a bare address is a host route.
+pub fn prefixed_address(text: &str) -> Result<(IpAddr, u8), String> {
+    let (addr_text, prefix_text) = match text.split_once('/') {
+        Some((a, p)) => (a, Some(p)),
+        None => (text, None),
+    };
+    let addr: IpAddr = addr_text.parse().map_err(|_| format!("{text:?} is not an IP address or address/prefix"))?;
+    let max = if addr.is_ipv4() { 32 } else { 128 };
+    let prefix = match prefix_text {
+        None => max,
+        Some(p) => match p.parse::<u8>() {
+            Ok(p) if p <= max => p,
+            _ => return Err(format!("{text:?}: prefix length must be 0 to {max}")),
+        },
+    };
+    Ok((addr, prefix))
+}
+
+fn unicast(addr: IpAddr) -> Result<(), String> {
+    let bad = match addr {
+        IpAddr::V4(a) => a.is_unspecified() || a.is_multicast() || a.is_broadcast(),
+        IpAddr::V6(a) => a.is_unspecified() || a.is_multicast(),
+    };
+    if bad {
+        Err(format!("{addr} is not a unicast address"))
+    } else {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lbfleet_proto::{Protocol, Scheduler};
+
+    fn spec() -> ClusterSpec {
+        ClusterSpec {
+            vrid: 51,
+            interface: "eth0".into(),
+            vrrp_version: 3,
+            advert_interval_ms: 100,
+            preempt: true,
+            vips: vec!["198.18.0.10".into()],
+            unicast_peers: vec![],
+            services: vec![ServiceSpec {
+                vip: "198.18.0.10".into(),
+                port: 80,
+                protocol: Protocol::Tcp,
+                scheduler: Scheduler::Wrr,
+                forward: ForwardMethod::Nat,
+                persistence_s: 0,
+                persistence_prefix: None,
+                check: HealthCheck::tcp(),
+                real_servers: vec![RealServerSpec {
+                    address: "198.18.2.1".into(),
+                    port: 8080,
+                    weight: 1,
+                    enabled: None,
+                }],
+            }],
+        }
+    }
+
+    fn fields(result: Result<ValidCluster, FieldErrors>) -> Vec<String> {
+        match result {
+            Ok(_) => vec![],
+            Err(e) => e.0.into_iter().map(|f| f.field).collect(),
+        }
+    }
+
+    #[test]
+    fn accepts_a_good_spec_and_normalises_it() {
+        let ValidCluster(v) = cluster_spec(&spec()).expect("valid");
+        assert_eq!(v.vips, vec!["198.18.0.10/32"]);
+        let mut s = spec();
+        s.vips = vec!["2001:DB8:0:0::10/128".into()];
+        s.services[0].vip = "2001:db8::10".into();
+        s.services[0].real_servers[0].address = "2001:DB8::2:1".into();
+        let ValidCluster(v) = cluster_spec(&s).expect("valid v6");
+        assert_eq!(v.vips, vec!["2001:db8::10/128"]);
+        assert_eq!(v.services[0].real_servers[0].address, "2001:db8::2:1");
+    }
+
+    #[test]
+    fn vrid_range() {
+        for ok in [1, 255] {
+            let mut s = spec();
+            s.vrid = ok;
+            assert!(cluster_spec(&s).is_ok(), "vrid {ok}");
+        }
+        for bad in [0, 256] {
+            let mut s = spec();
+            s.vrid = bad;
+            assert_eq!(fields(cluster_spec(&s)), vec!["vrid"], "vrid {bad}");
+        }
+    }
+
+    #[test]
+    fn advert_interval_v3_and_v2() {
+        for (version, ms, ok) in [
+            (3, 10, true),
+            (3, 40_950, true),
+            (3, 100, true),
+            (3, 0, false),
+            (3, 15, false),
+            (3, 40_960, false),
+            (2, 1000, true),
+            (2, 255_000, true),
+            (2, 1500, false),
+            (2, 100, false),
+            (2, 256_000, false),
+        ] {
+            let mut s = spec();
+            s.vrrp_version = version;
+            s.advert_interval_ms = ms;
+            let got = fields(cluster_spec(&s));
+            if ok {
+                assert!(got.is_empty(), "v{version} {ms} ms: {got:?}");
+            } else {
+                assert_eq!(got, vec!["advert_interval_ms"], "v{version} {ms} ms");
+            }
+        }
+        let mut s = spec();
+        s.vrrp_version = 4;
+        assert_eq!(fields(cluster_spec(&s)), vec!["vrrp_version"]);
+    }
+
+    #[test]
+    fn vips_must_be_unicast_one_family_and_v4_for_v2() {
+        let mut s = spec();
+        s.vips = vec!["198.18.0.10/33".into()];
+        assert!(fields(cluster_spec(&s)).contains(&"vips[0]".to_string()));
+        s.vips = vec!["198.18.0.10".into(), "198.18.0.10/32".into()];
+        assert_eq!(fields(cluster_spec(&s)), vec!["vips[1]"]);
+        s.vips = vec!["198.18.0.10".into(), "2001:db8::1".into()];
+        assert_eq!(fields(cluster_spec(&s)), vec!["vips[1]"]);
+        s.vips = vec!["198.18.0.10".into(), "224.0.0.18".into()];
+        assert_eq!(fields(cluster_spec(&s)), vec!["vips[1]"]);
+        s.vips = vec!["198.18.0.10".into(), "not-an-ip".into()];
+        assert_eq!(fields(cluster_spec(&s)), vec!["vips[1]"]);
+        s.vips = vec![];
+        assert!(fields(cluster_spec(&s)).contains(&"vips".to_string()));
+        let mut s = spec();
+        s.vrrp_version = 2;
+        s.advert_interval_ms = 1000;
+        s.vips.push("2001:db8::1".into());
+        assert_eq!(fields(cluster_spec(&s)), vec!["vips[1]"]);
+    }
+
+    #[test]
+    fn services_need_a_cluster_vip_and_unique_keys() {
+        let mut s = spec();
+        s.services[0].vip = "198.18.0.11".into();
+        assert_eq!(fields(cluster_spec(&s)), vec!["services[0].vip"]);
+        let mut s = spec();
+        s.services.push(s.services[0].clone());
+        assert_eq!(fields(cluster_spec(&s)), vec!["services[1].port"]);
+        // Same VIP and port, other protocol: allowed.
+        s.services[1].protocol = Protocol::Udp;
+        assert!(cluster_spec(&s).is_ok());
+        let mut s = spec();
+        s.services[0].port = 0;
+        assert_eq!(fields(cluster_spec(&s)), vec!["services[0].port"]);
+    }
+
+    #[test]
+    fn schedulers_are_the_kernels() {
+        for name in ["rr", "wrr", "lc", "wlc", "lblc", "lblcr", "dh", "sh", "sed", "nq", "fo", "ovf", "mh"] {
+            let parsed: Result<Scheduler, _> = name.parse();
+            assert!(parsed.is_ok(), "{name}");
+        }
+        assert!("maglev".parse::<Scheduler>().is_err());
+        let body = r#"{"vip":"198.18.0.10","port":80,"protocol":"tcp","scheduler":"random","forward":"nat"}"#;
+        assert!(serde_json::from_str::<ServiceSpec>(body).is_err());
+    }
+
+    #[test]
+    fn weights_ports_and_forwarding() {
+        let mut s = spec();
+        s.services[0].real_servers[0].weight = 65_535;
+        assert!(cluster_spec(&s).is_ok());
+        s.services[0].real_servers[0].weight = 65_536;
+        assert_eq!(fields(cluster_spec(&s)), vec!["services[0].real_servers[0].weight"]);
+        assert!(weight(0).is_ok() && weight(65_535).is_ok() && weight(65_536).is_err());
+
+        let mut s = spec();
+        s.services[0].forward = ForwardMethod::Dr;
+        assert_eq!(fields(cluster_spec(&s)), vec!["services[0].real_servers[0].port"]);
+        s.services[0].real_servers[0].port = 80;
+        assert!(cluster_spec(&s).is_ok());
+
+        let mut s = spec();
+        s.services[0].real_servers[0].address = "2001:db8::1".into();
+        assert_eq!(fields(cluster_spec(&s)), vec!["services[0].real_servers[0].address"]);
+        s.services[0].real_servers[0].address = "198.18.2.300".into();
+        assert_eq!(fields(cluster_spec(&s)), vec!["services[0].real_servers[0].address"]);
+
+        let mut s = spec();
+        s.services[0].real_servers.push(s.services[0].real_servers[0].clone());
+        assert_eq!(fields(cluster_spec(&s)), vec!["services[0].real_servers[1].address"]);
+    }
+
+    #[test]
+    fn health_checks() {
+        let mut s = spec();
+        s.services[0].check = HealthCheck {
+            kind: CheckKind::Http,
+            path: Some("/healthz".into()),
+            expect_status: Some(200),
+            ..HealthCheck::tcp()
+        };
+        assert!(cluster_spec(&s).is_ok());
+        s.services[0].check.path = Some("/a b".into());
+        assert_eq!(fields(cluster_spec(&s)), vec!["services[0].check.path"]);
+        s.services[0].check.path = None;
+        assert_eq!(fields(cluster_spec(&s)), vec!["services[0].check.path"]);
+        let mut s = spec();
+        s.services[0].check.timeout_ms = 2000;
+        assert_eq!(fields(cluster_spec(&s)), vec!["services[0].check.timeout_ms"]);
+        s.services[0].check.timeout_ms = 500;
+        s.services[0].check.fall = 0;
+        assert_eq!(fields(cluster_spec(&s)), vec!["services[0].check.fall"]);
+        s.services[0].check.fall = 3;
+        s.services[0].check.path = Some("/x".into());
+        assert_eq!(fields(cluster_spec(&s)), vec!["services[0].check.path"]);
+    }
+
+    #[test]
+    fn persistence() {
+        let mut s = spec();
+        s.services[0].persistence_s = 300;
+        s.services[0].persistence_prefix = Some(24);
+        assert!(cluster_spec(&s).is_ok());
+        s.services[0].persistence_prefix = Some(33);
+        assert_eq!(fields(cluster_spec(&s)), vec!["services[0].persistence_prefix"]);
+        s.services[0].persistence_prefix = Some(24);
+        s.services[0].persistence_s = MAX_PERSISTENCE_S + 1;
+        assert_eq!(fields(cluster_spec(&s)), vec!["services[0].persistence_s"]);
+        s.services[0].persistence_s = 0;
+        assert_eq!(fields(cluster_spec(&s)), vec!["services[0].persistence_prefix"]);
+    }
+
+    #[test]
+    fn several_errors_are_all_reported() {
+        let mut s = spec();
+        s.vrid = 0;
+        s.interface = "this-name-is-far-too-long".into();
+        s.services[0].real_servers[0].weight = 70_000;
+        assert_eq!(
+            fields(cluster_spec(&s)),
+            vec!["vrid", "interface", "services[0].real_servers[0].weight"]
+        );
+    }
+
+    #[test]
+    fn names_macs_priorities() {
+        assert!(cluster_name("ext").is_ok());
+        assert!(cluster_name("Ext").is_err());
+        assert!(cluster_name("-ext").is_err());
+        assert!(cluster_name("").is_err());
+        assert!(hostname("lb-01").is_ok());
+        assert!(hostname("01").is_err());
+        assert!(hostname("<script>").is_err());
+        assert_eq!(mac("52-54-00-AB-CD-EF").ok().as_deref(), Some("52:54:00:ab:cd:ef"));
+        assert!(mac("52:54:00:ab:cd").is_err());
+        assert!(mac("52:54:00:ab:cd:zz").is_err());
+        assert_eq!(priority(254).ok(), Some(254));
+        assert!(priority(0).is_err() && priority(255).is_err());
+        assert!(image_name("2026.11.1").is_ok());
+        assert!(image_name("../x").is_err());
+        assert!(image_file("kernel", "vmlinuz").is_ok());
+        assert!(image_file("kernel", "../vmlinuz").is_err());
+        assert!(image_file("kernel", "a/b").is_err());
+    }
+}

@@ -1,0 +1,166 @@
+//! `lbfleet-server`: parses the command line, starts logging, and hands over to the library.
+
+use std::io::Read;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+use lbfleet_server::config::{self, AuditCommand, Cli, Command, LogFormat, ServerConfig, TokenCommand, UserCommand};
+use lbfleet_server::fleet::Actor;
+use lbfleet_server::{open_fleet, store};
+use tracing_subscriber::EnvFilter;
+
+fn init_tracing(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,tower_http=info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {},
+                _ = tokio::signal::ctrl_c() => {},
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch SIGTERM; stopping on SIGINT only");
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+fn read_password_stdin() -> anyhow::Result<String> {
+    let mut s = String::new();
+    std::io::stdin().read_to_string(&mut s).context("reading the password from stdin")?;
+    let p = s.trim_end_matches(['\n', '\r']).to_owned();
+    anyhow::ensure!(!p.is_empty(), "no password on stdin");
+    Ok(p)
+}
+
+async fn fleet_for(db: &config::DbArgs) -> anyhow::Result<lbfleet_server::fleet::Fleet> {
+    let url = config::database_url(db)?;
+    let cfg = ServerConfig::with_database(url);
+    Ok(open_fleet(&cfg).await?)
+}
+
+/// Actor recorded for changes made from the command line.
+fn cli_actor() -> Actor {
+    let user = std::env::var("SUDO_USER").or_else(|_| std::env::var("USER")).unwrap_or_else(|_| "unknown".into());
+    Actor(format!("cli:{user}"))
+}
+
+async fn main_inner(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Serve(args) => {
+            let cfg = ServerConfig::resolve(args)?;
+            init_tracing(cfg.log_format);
+            tracing::info!(config = ?cfg, "starting");
+            let listener = tokio::net::TcpListener::bind(cfg.listen)
+                .await
+                .with_context(|| format!("cannot listen on {}", cfg.listen))?;
+            lbfleet_server::run(cfg, listener, shutdown_signal()).await?;
+        }
+        Command::User(cmd) => {
+            init_tracing(LogFormat::Text);
+            match cmd {
+                UserCommand::Add { name, role, password_stdin, db } => {
+                    let fleet = fleet_for(&db).await?;
+                    let given = if password_stdin { Some(read_password_stdin()?) } else { None };
+                    let generated = given.is_none();
+                    let password = fleet.create_user(&cli_actor(), &name, role.into(), given).await?;
+                    if generated {
+                        println!("user {name} created; password (shown once): {password}");
+                    } else {
+                        println!("user {name} created");
+                    }
+                }
+                UserCommand::List { db } => {
+                    let fleet = fleet_for(&db).await?;
+                    let mut conn = fleet.store().read().await?;
+                    println!("{:<24} {:<9} {}", "NAME", "ROLE", "DISABLED");
+                    for u in store::auth::users(&mut conn).await? {
+                        println!("{:<24} {:<9} {}", u.name, u.role, u.disabled);
+                    }
+                }
+                UserCommand::Passwd { name, password_stdin, db } => {
+                    let fleet = fleet_for(&db).await?;
+                    let given = if password_stdin { Some(read_password_stdin()?) } else { None };
+                    let generated = given.is_none();
+                    let password = fleet.set_password(&cli_actor(), &name, given).await?;
+                    if generated {
+                        println!("new password for {name} (shown once): {password}");
+                    } else {
+                        println!("password for {name} changed");
+                    }
+                }
+                UserCommand::Delete { name, db } => {
+                    fleet_for(&db).await?.delete_user(&cli_actor(), &name).await?;
+                    println!("user {name} deleted");
+                }
+            }
+        }
+        Command::Token(cmd) => {
+            init_tracing(LogFormat::Text);
+            match cmd {
+                TokenCommand::Create { user, name, expires_in, db } => {
+                    let ttl = expires_in
+                        .as_deref()
+                        .map(humantime::parse_duration)
+                        .transpose()
+                        .context("--expires-in")?;
+                    let (id, token) = fleet_for(&db).await?.create_token(&cli_actor(), &user, &name, ttl).await?;
+                    eprintln!("token {id} for {user} created; it is shown only now:");
+                    println!("{token}");
+                }
+                TokenCommand::List { db } => {
+                    let fleet = fleet_for(&db).await?;
+                    let mut conn = fleet.store().read().await?;
+                    println!("{:<6} {:<20} {:<20} {}", "ID", "USER", "NAME", "EXPIRES_AT_MS");
+                    for t in store::auth::tokens(&mut conn).await? {
+                        let exp = t.expires_at.map_or_else(|| "never".to_owned(), |e| e.to_string());
+                        println!("{:<6} {:<20} {:<20} {}", t.id, t.user, t.name, exp);
+                    }
+                }
+                TokenCommand::Revoke { id, db } => {
+                    fleet_for(&db).await?.revoke_token(&cli_actor(), id).await?;
+                    println!("token {id} revoked");
+                }
+            }
+        }
+        Command::Audit(AuditCommand::Verify { db }) => {
+            init_tracing(LogFormat::Text);
+            let fleet = fleet_for(&db).await?;
+            let mut conn = fleet.store().read().await?;
+            let v = store::audit::verify(&mut conn).await?;
+            println!("{}", serde_json::to_string_pretty(&v)?);
+            if !v.ok {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(main_inner(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

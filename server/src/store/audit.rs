@@ -1,0 +1,99 @@
+//! The audit log table: append (inside the caller's transaction) and queries.
+
+use serde_json::Value;
+use sqlx::SqliteConnection;
+
+use super::{now_ms, StoreError};
+use crate::audit::{row_hash, AuditRow, Verification, Verifier};
+
+/// Appends one row, chained to the current head, and moves the head. Call inside the mutation's transaction.
+pub async fn append(
+    conn: &mut SqliteConnection,
+    actor: &str,
+    action: &str,
+    target: &str,
+    before: Option<&Value>,
+    after: Option<&Value>,
+) -> Result<i64, StoreError> {
+    let (head_seq, head_hash): (i64, String) =
+        sqlx::query_as("SELECT seq, hash FROM audit_head WHERE id = 1").fetch_one(&mut *conn).await?;
+    let seq = head_seq + 1;
+    let at = now_ms();
+    let before = before.map(Value::to_string);
+    let after = after.map(Value::to_string);
+    let hash = row_hash(seq, at, actor, action, target, before.as_deref(), after.as_deref(), &head_hash);
+    sqlx::query(
+        "INSERT INTO audit_log (seq, at, actor, action, target, before_json, after_json, prev_hash, hash) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+    )
+    .bind(seq)
+    .bind(at)
+    .bind(actor)
+    .bind(action)
+    .bind(target)
+    .bind(before)
+    .bind(after)
+    .bind(&head_hash)
+    .bind(&hash)
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query("UPDATE audit_head SET seq = $1, hash = $2 WHERE id = 1").bind(seq).bind(hash).execute(conn).await?;
+    Ok(seq)
+}
+
+/// Filters for `GET /api/v1/audit`; `None` matches everything. `target` matches a prefix (`node:` or `cluster:ext`).
+#[derive(Debug, Clone, Default)]
+pub struct AuditFilter {
+    pub since: Option<i64>,
+    pub until: Option<i64>,
+    pub actor: Option<String>,
+    pub target: Option<String>,
+    pub action: Option<String>,
+    pub before_seq: Option<i64>,
+    pub limit: i64,
+}
+
+pub async fn list(conn: &mut SqliteConnection, f: &AuditFilter) -> Result<Vec<AuditRow>, StoreError> {
+    let target_prefix = f.target.as_ref().map(|t| format!("{}%", t.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_")));
+    Ok(sqlx::query_as(
+        "SELECT seq, at, actor, action, target, before_json, after_json, prev_hash, hash FROM audit_log \
+         WHERE ($1 IS NULL OR at >= $1) AND ($2 IS NULL OR at < $2) AND ($3 IS NULL OR actor = $3) \
+         AND ($4 IS NULL OR target LIKE $4 ESCAPE '\\') AND ($5 IS NULL OR action = $5) AND ($6 IS NULL OR seq < $6) \
+         ORDER BY seq DESC LIMIT $7",
+    )
+    .bind(f.since)
+    .bind(f.until)
+    .bind(&f.actor)
+    .bind(target_prefix)
+    .bind(&f.action)
+    .bind(f.before_seq)
+    .bind(f.limit)
+    .fetch_all(conn)
+    .await?)
+}
+
+/// Walks the whole chain in pages and checks every link and the stored head.
+pub async fn verify(conn: &mut SqliteConnection) -> Result<Verification, StoreError> {
+    let mut verifier = Verifier::default();
+    let mut after = 0i64;
+    loop {
+        let page: Vec<AuditRow> = sqlx::query_as(
+            "SELECT seq, at, actor, action, target, before_json, after_json, prev_hash, hash FROM audit_log \
+             WHERE seq > $1 ORDER BY seq LIMIT 1000",
+        )
+        .bind(after)
+        .fetch_all(&mut *conn)
+        .await?;
+        let Some(last) = page.last() else { break };
+        after = last.seq;
+        page.iter().for_each(|r| verifier.push(r));
+    }
+    let (head_seq, head_hash): (i64, String) =
+        sqlx::query_as("SELECT seq, hash FROM audit_head WHERE id = 1").fetch_one(conn).await?;
+    Ok(verifier.finish(head_seq, &head_hash))
+}
+
+pub async fn count(conn: &mut SqliteConnection) -> Result<i64, StoreError> {
+    Ok(sqlx::query_scalar("SELECT seq FROM audit_head WHERE id = 1").fetch_one(conn).await?)
+}
+

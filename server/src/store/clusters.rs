@@ -1,0 +1,385 @@
+//! Clusters, their VIPs, virtual services and real servers.
+
+use std::collections::HashMap;
+
+use lbfleet_proto::{ClusterSpec, HealthCheck, RealServerSpec, ServiceSpec};
+use sqlx::SqliteConnection;
+
+use super::{now_ms, StoreError};
+
+/// A cluster as stored: its spec with every real server's `enabled` explicit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredCluster {
+    pub id: i64,
+    pub name: String,
+    pub spec: ClusterSpec,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+#[derive(sqlx::FromRow)]
+struct ClusterRow {
+    id: i64,
+    name: String,
+    vrid: i64,
+    interface: String,
+    vrrp_version: i64,
+    advert_interval_ms: i64,
+    preempt: bool,
+    unicast_peers: String,
+    created_at: i64,
+    updated_at: i64,
+}
+
+#[derive(sqlx::FromRow)]
+struct ServiceRow {
+    id: i64,
+    cluster_id: i64,
+    vip: String,
+    port: i64,
+    protocol: String,
+    scheduler: String,
+    forward: String,
+    persistence_s: i64,
+    persistence_prefix: Option<i64>,
+    health_check: String,
+}
+
+#[derive(sqlx::FromRow)]
+struct RealServerRow {
+    service_id: i64,
+    address: String,
+    port: i64,
+    weight: i64,
+    enabled: bool,
+}
+
+fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(format!("{what}: {e}"))
+}
+
+fn int<T: TryFrom<i64>>(what: &str, v: i64) -> Result<T, StoreError> {
+    T::try_from(v).map_err(|_| corrupt(what, format!("{v} out of range")))
+}
+
+/// Loads one cluster (`Some(name)`) or all of them, ordered by name.
+pub async fn load(conn: &mut SqliteConnection, name: Option<&str>) -> Result<Vec<StoredCluster>, StoreError> {
+    let clusters: Vec<ClusterRow> = sqlx::query_as(
+        "SELECT id, name, vrid, interface, vrrp_version, advert_interval_ms, preempt, unicast_peers, created_at, \
+         updated_at FROM clusters WHERE ($1 IS NULL OR name = $1) ORDER BY name",
+    )
+    .bind(name)
+    .fetch_all(&mut *conn)
+    .await?;
+    if clusters.is_empty() {
+        return Ok(vec![]);
+    }
+    let filter = |sql: &str, order: &str| format!("{sql} WHERE ($1 IS NULL OR c.name = $1) ORDER BY {order}");
+    let vips: Vec<(i64, String, i64)> = sqlx::query_as(&filter(
+        "SELECT v.cluster_id, v.address, v.prefix FROM cluster_vips v JOIN clusters c ON c.id = v.cluster_id",
+        "v.cluster_id, v.position",
+    ))
+    .bind(name)
+    .fetch_all(&mut *conn)
+    .await?;
+    let services: Vec<ServiceRow> = sqlx::query_as(&filter(
+        "SELECT s.id, s.cluster_id, s.vip, s.port, s.protocol, s.scheduler, s.forward, s.persistence_s, \
+         s.persistence_prefix, s.health_check FROM virtual_services s JOIN clusters c ON c.id = s.cluster_id",
+        "s.cluster_id, s.position",
+    ))
+    .bind(name)
+    .fetch_all(&mut *conn)
+    .await?;
+    let servers: Vec<RealServerRow> = sqlx::query_as(&filter(
+        "SELECT r.service_id, r.address, r.port, r.weight, r.enabled FROM real_servers r \
+         JOIN virtual_services s ON s.id = r.service_id JOIN clusters c ON c.id = s.cluster_id",
+        "r.service_id, r.position",
+    ))
+    .bind(name)
+    .fetch_all(&mut *conn)
+    .await?;
+
+    let mut rs_by_service: HashMap<i64, Vec<RealServerSpec>> = HashMap::new();
+    for r in servers {
+        rs_by_service.entry(r.service_id).or_default().push(RealServerSpec {
+            address: r.address,
+            port: int("real_servers.port", r.port)?,
+            weight: int("real_servers.weight", r.weight)?,
+            enabled: Some(r.enabled),
+        });
+    }
+    let mut svc_by_cluster: HashMap<i64, Vec<ServiceSpec>> = HashMap::new();
+    for s in services {
+        let check: HealthCheck =
+            serde_json::from_str(&s.health_check).map_err(|e| corrupt("virtual_services.health_check", e))?;
+        svc_by_cluster.entry(s.cluster_id).or_default().push(ServiceSpec {
+            vip: s.vip,
+            port: int("virtual_services.port", s.port)?,
+            protocol: s.protocol.parse().map_err(|e| corrupt("virtual_services.protocol", e))?,
+            scheduler: s.scheduler.parse().map_err(|e| corrupt("virtual_services.scheduler", e))?,
+            forward: s.forward.parse().map_err(|e| corrupt("virtual_services.forward", e))?,
+            persistence_s: int("virtual_services.persistence_s", s.persistence_s)?,
+            persistence_prefix: s.persistence_prefix.map(|p| int("virtual_services.persistence_prefix", p)).transpose()?,
+            check,
+            real_servers: rs_by_service.remove(&s.id).unwrap_or_default(),
+        });
+    }
+    let mut vips_by_cluster: HashMap<i64, Vec<String>> = HashMap::new();
+    for (cid, addr, prefix) in vips {
+        vips_by_cluster.entry(cid).or_default().push(format!("{addr}/{prefix}"));
+    }
+
+    clusters
+        .into_iter()
+        .map(|c| {
+            Ok(StoredCluster {
+                spec: ClusterSpec {
+                    vrid: int("clusters.vrid", c.vrid)?,
+                    interface: c.interface,
+                    vrrp_version: int("clusters.vrrp_version", c.vrrp_version)?,
+                    advert_interval_ms: int("clusters.advert_interval_ms", c.advert_interval_ms)?,
+                    preempt: c.preempt,
+                    vips: vips_by_cluster.remove(&c.id).unwrap_or_default(),
+                    unicast_peers: serde_json::from_str(&c.unicast_peers)
+                        .map_err(|e| corrupt("clusters.unicast_peers", e))?,
+                    services: svc_by_cluster.remove(&c.id).unwrap_or_default(),
+                },
+                id: c.id,
+                name: c.name,
+                created_at: c.created_at,
+                updated_at: c.updated_at,
+            })
+        })
+        .collect()
+}
+
+pub async fn load_one(conn: &mut SqliteConnection, name: &str) -> Result<Option<StoredCluster>, StoreError> {
+    Ok(load(conn, Some(name)).await?.into_iter().next())
+}
+
+/// Creates the cluster row or updates its VRRP fields; returns its id.
+pub async fn upsert(conn: &mut SqliteConnection, name: &str, spec: &ClusterSpec) -> Result<i64, StoreError> {
+    let now = now_ms();
+    let peers = serde_json::to_string(&spec.unicast_peers).map_err(|e| corrupt("unicast_peers", e))?;
+    Ok(sqlx::query_scalar(
+        "INSERT INTO clusters (name, vrid, interface, vrrp_version, advert_interval_ms, preempt, unicast_peers, \
+         created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8) \
+         ON CONFLICT (name) DO UPDATE SET vrid = excluded.vrid, interface = excluded.interface, \
+         vrrp_version = excluded.vrrp_version, advert_interval_ms = excluded.advert_interval_ms, \
+         preempt = excluded.preempt, unicast_peers = excluded.unicast_peers, updated_at = excluded.updated_at \
+         RETURNING id",
+    )
+    .bind(name)
+    .bind(i64::from(spec.vrid))
+    .bind(&spec.interface)
+    .bind(i64::from(spec.vrrp_version))
+    .bind(i64::from(spec.advert_interval_ms))
+    .bind(spec.preempt)
+    .bind(peers)
+    .bind(now)
+    .fetch_one(conn)
+    .await?)
+}
+
+/// Replaces the cluster's VIPs and services (with their real servers) by those of `spec`.
+/// `spec` must be validated: VIPs in `address/prefix` form, every `enabled` explicit.
+pub async fn replace_contents(conn: &mut SqliteConnection, id: i64, spec: &ClusterSpec) -> Result<(), StoreError> {
+    sqlx::query("DELETE FROM cluster_vips WHERE cluster_id = $1").bind(id).execute(&mut *conn).await?;
+    sqlx::query("DELETE FROM virtual_services WHERE cluster_id = $1").bind(id).execute(&mut *conn).await?;
+    for (pos, vip) in spec.vips.iter().enumerate() {
+        let (addr, prefix) = vip.split_once('/').ok_or_else(|| corrupt("vips", format!("{vip} has no prefix")))?;
+        sqlx::query("INSERT INTO cluster_vips (cluster_id, position, address, prefix) VALUES ($1, $2, $3, $4)")
+            .bind(id)
+            .bind(pos as i64)
+            .bind(addr)
+            .bind(prefix.parse::<i64>().map_err(|e| corrupt("vips", e))?)
+            .execute(&mut *conn)
+            .await?;
+    }
+    for (pos, s) in spec.services.iter().enumerate() {
+        let check = serde_json::to_string(&s.check).map_err(|e| corrupt("health_check", e))?;
+        let sid: i64 = sqlx::query_scalar(
+            "INSERT INTO virtual_services (cluster_id, position, vip, port, protocol, scheduler, forward, \
+             persistence_s, persistence_prefix, health_check) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+             RETURNING id",
+        )
+        .bind(id)
+        .bind(pos as i64)
+        .bind(&s.vip)
+        .bind(i64::from(s.port))
+        .bind(s.protocol.as_str())
+        .bind(s.scheduler.as_str())
+        .bind(s.forward.as_str())
+        .bind(i64::from(s.persistence_s))
+        .bind(s.persistence_prefix.map(i64::from))
+        .bind(check)
+        .fetch_one(&mut *conn)
+        .await?;
+        for (rpos, r) in s.real_servers.iter().enumerate() {
+            insert_real_server(conn, sid, rpos as i64, r).await?;
+        }
+    }
+    Ok(())
+}
+
+async fn insert_real_server(
+    conn: &mut SqliteConnection,
+    service_id: i64,
+    position: i64,
+    r: &RealServerSpec,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO real_servers (service_id, position, address, port, weight, enabled) VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(service_id)
+    .bind(position)
+    .bind(&r.address)
+    .bind(i64::from(r.port))
+    .bind(i64::from(r.weight))
+    .bind(r.enabled.unwrap_or(true))
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+pub async fn touch(conn: &mut SqliteConnection, id: i64) -> Result<(), StoreError> {
+    sqlx::query("UPDATE clusters SET updated_at = $1 WHERE id = $2").bind(now_ms()).bind(id).execute(conn).await?;
+    Ok(())
+}
+
+pub async fn delete(conn: &mut SqliteConnection, id: i64) -> Result<(), StoreError> {
+    sqlx::query("DELETE FROM clusters WHERE id = $1").bind(id).execute(conn).await?;
+    Ok(())
+}
+
+/// Fleet-wide keys owned by clusters other than `except` (to name the owner of a conflict).
+#[derive(Debug, Default)]
+pub struct OtherKeys {
+    /// (interface, vrid) -> cluster name
+    pub vrids: HashMap<(String, u32), String>,
+    /// VIP address -> cluster name
+    pub vips: HashMap<String, String>,
+    /// (vip, port, protocol) -> cluster name
+    pub services: HashMap<(String, u16, String), String>,
+}
+
+pub async fn other_keys(conn: &mut SqliteConnection, except: Option<i64>) -> Result<OtherKeys, StoreError> {
+    let except = except.unwrap_or(-1);
+    let mut keys = OtherKeys::default();
+    let rows: Vec<(String, String, i64)> = sqlx::query_as("SELECT name, interface, vrid FROM clusters WHERE id != $1")
+        .bind(except)
+        .fetch_all(&mut *conn)
+        .await?;
+    for (name, iface, vrid) in rows {
+        keys.vrids.insert((iface, int("clusters.vrid", vrid)?), name);
+    }
+    let rows: Vec<(String, String)> = sqlx::query_as(
+        "SELECT c.name, v.address FROM cluster_vips v JOIN clusters c ON c.id = v.cluster_id WHERE c.id != $1",
+    )
+    .bind(except)
+    .fetch_all(&mut *conn)
+    .await?;
+    for (name, addr) in rows {
+        keys.vips.insert(addr, name);
+    }
+    let rows: Vec<(String, String, i64, String)> = sqlx::query_as(
+        "SELECT c.name, s.vip, s.port, s.protocol FROM virtual_services s JOIN clusters c ON c.id = s.cluster_id \
+         WHERE c.id != $1",
+    )
+    .bind(except)
+    .fetch_all(&mut *conn)
+    .await?;
+    for (name, vip, port, proto) in rows {
+        keys.services.insert((vip, int("virtual_services.port", port)?, proto), name);
+    }
+    Ok(keys)
+}
+
+/// Identifies one real server: its service (vip, port, protocol) and its own address and port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RealServerKey {
+    pub vip: String,
+    pub port: u16,
+    pub protocol: String,
+    pub address: String,
+    pub rs_port: u16,
+}
+
+async fn service_id(
+    conn: &mut SqliteConnection,
+    cluster_id: i64,
+    vip: &str,
+    port: u16,
+    protocol: &str,
+) -> Result<Option<i64>, StoreError> {
+    Ok(sqlx::query_scalar(
+        "SELECT id FROM virtual_services WHERE cluster_id = $1 AND vip = $2 AND port = $3 AND protocol = $4",
+    )
+    .bind(cluster_id)
+    .bind(vip)
+    .bind(i64::from(port))
+    .bind(protocol)
+    .fetch_optional(conn)
+    .await?)
+}
+
+/// Appends a real server to a service. Returns false if the service does not exist.
+pub async fn add_real_server(
+    conn: &mut SqliteConnection,
+    cluster_id: i64,
+    key: &RealServerKey,
+    r: &RealServerSpec,
+) -> Result<bool, StoreError> {
+    let Some(sid) = service_id(conn, cluster_id, &key.vip, key.port, &key.protocol).await? else {
+        return Ok(false);
+    };
+    let pos: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(position) + 1, 0) FROM real_servers WHERE service_id = $1")
+        .bind(sid)
+        .fetch_one(&mut *conn)
+        .await?;
+    insert_real_server(conn, sid, pos, r).await?;
+    Ok(true)
+}
+
+/// Changes one real server's weight and enabled flag; returns the number of rows changed (0 or 1).
+pub async fn update_real_server(
+    conn: &mut SqliteConnection,
+    cluster_id: i64,
+    key: &RealServerKey,
+    weight: u32,
+    enabled: bool,
+) -> Result<u64, StoreError> {
+    let Some(sid) = service_id(conn, cluster_id, &key.vip, key.port, &key.protocol).await? else {
+        return Ok(0);
+    };
+    Ok(sqlx::query("UPDATE real_servers SET weight = $1, enabled = $2 WHERE service_id = $3 AND address = $4 AND port = $5")
+        .bind(i64::from(weight))
+        .bind(enabled)
+        .bind(sid)
+        .bind(&key.address)
+        .bind(i64::from(key.rs_port))
+        .execute(conn)
+        .await?
+        .rows_affected())
+}
+
+pub async fn delete_real_server(
+    conn: &mut SqliteConnection,
+    cluster_id: i64,
+    key: &RealServerKey,
+) -> Result<u64, StoreError> {
+    let Some(sid) = service_id(conn, cluster_id, &key.vip, key.port, &key.protocol).await? else {
+        return Ok(0);
+    };
+    Ok(sqlx::query("DELETE FROM real_servers WHERE service_id = $1 AND address = $2 AND port = $3")
+        .bind(sid)
+        .bind(&key.address)
+        .bind(i64::from(key.rs_port))
+        .execute(conn)
+        .await?
+        .rows_affected())
+}
+
+pub async fn count(conn: &mut SqliteConnection) -> Result<i64, StoreError> {
+    Ok(sqlx::query_scalar("SELECT COUNT(*) FROM clusters").fetch_one(conn).await?)
+}

@@ -1,0 +1,61 @@
+//! Operational events (enrollments, VRRP transitions, health flaps, state changes).
+
+use serde::Serialize;
+use sqlx::SqliteConnection;
+
+use super::{now_ms, StoreError};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+pub struct EventRow {
+    pub id: i64,
+    pub at: i64,
+    pub kind: String,
+    pub node_id: Option<i64>,
+    pub node: Option<String>,
+    pub cluster: Option<String>,
+    pub message: String,
+}
+
+pub async fn insert(
+    conn: &mut SqliteConnection,
+    kind: &str,
+    node_id: Option<i64>,
+    cluster: Option<&str>,
+    message: &str,
+) -> Result<i64, StoreError> {
+    Ok(sqlx::query_scalar("INSERT INTO events (at, kind, node_id, cluster, message) VALUES ($1, $2, $3, $4, $5) RETURNING id")
+        .bind(now_ms())
+        .bind(kind)
+        .bind(node_id)
+        .bind(cluster)
+        .bind(message)
+        .fetch_one(conn)
+        .await?)
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct EventFilter {
+    pub since: Option<i64>,
+    pub kind: Option<String>,
+    pub node_id: Option<i64>,
+    pub cluster: Option<String>,
+    pub before_id: Option<i64>,
+    pub limit: i64,
+}
+
+pub async fn list(conn: &mut SqliteConnection, f: &EventFilter) -> Result<Vec<EventRow>, StoreError> {
+    Ok(sqlx::query_as(
+        "SELECT e.id, e.at, e.kind, e.node_id, COALESCE(n.hostname, n.mac) AS node, e.cluster, e.message \
+         FROM events e LEFT JOIN nodes n ON n.id = e.node_id \
+         WHERE ($1 IS NULL OR e.at >= $1) AND ($2 IS NULL OR e.kind = $2) AND ($3 IS NULL OR e.node_id = $3) \
+         AND ($4 IS NULL OR e.cluster = $4) AND ($5 IS NULL OR e.id < $5) ORDER BY e.id DESC LIMIT $6",
+    )
+    .bind(f.since)
+    .bind(&f.kind)
+    .bind(f.node_id)
+    .bind(&f.cluster)
+    .bind(f.before_id)
+    .bind(f.limit)
+    .fetch_all(conn)
+    .await?)
+}

@@ -1,0 +1,112 @@
+//! The SQLite store: connection pools, migrations, and every SQL statement of the server.
+//!
+//! One writer connection serialises all write transactions (SQLite allows one writer; queueing in the pool is
+//! cheaper and clearer than retrying `SQLITE_BUSY`), a pool of readers serves queries concurrently under WAL.
+//! Statements use `$N` placeholders and portable SQL so a PostgreSQL backend can share them.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{SqliteConnection, SqlitePool};
+
+pub mod audit;
+pub mod auth;
+pub mod clusters;
+pub mod events;
+pub mod images;
+pub mod nodes;
+
+/// A failure of the database layer.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("database migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("invalid database URL {url:?}: {reason}")]
+    Url { url: String, reason: String },
+    #[error("stored data is inconsistent: {0}")]
+    Corrupt(String),
+}
+
+impl StoreError {
+    /// True when the error is a UNIQUE or CHECK constraint violation (a conflict the caller may explain).
+    pub fn is_constraint(&self) -> bool {
+        match self {
+            StoreError::Db(sqlx::Error::Database(e)) => {
+                matches!(e.kind(), sqlx::error::ErrorKind::UniqueViolation | sqlx::error::ErrorKind::CheckViolation)
+            }
+            _ => false,
+        }
+    }
+}
+
+/// A write transaction on the single writer connection.
+pub type WriteTx = sqlx::Transaction<'static, sqlx::Sqlite>;
+
+/// Handle to the database; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Store {
+    writer: SqlitePool,
+    reader: SqlitePool,
+}
+
+impl Store {
+    /// Opens (creating if missing) the database at `url` (`sqlite://path`, `sqlite:path` or a plain path),
+    /// turns on WAL and foreign keys, and runs pending migrations.
+    pub async fn open(url: &str) -> Result<Store, StoreError> {
+        let path_url = if url.starts_with("sqlite:") { url.to_owned() } else { format!("sqlite://{url}") };
+        let options = SqliteConnectOptions::from_str(&path_url)
+            .map_err(|e| StoreError::Url { url: url.to_owned(), reason: e.to_string() })?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            // NORMAL under WAL: a commit survives a process crash; only an OS crash may lose the last commits.
+            .synchronous(SqliteSynchronous::Normal)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(10));
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .acquire_timeout(Duration::from_secs(30))
+            .connect_with(options.clone())
+            .await?;
+        sqlx::migrate!("../migrations").run(&writer).await?;
+        let reader = SqlitePoolOptions::new()
+            .max_connections(8)
+            .acquire_timeout(Duration::from_secs(30))
+            .connect_with(options.read_only(true))
+            .await?;
+        Ok(Store { writer, reader })
+    }
+
+    /// Starts a write transaction (waits for the writer connection).
+    pub async fn begin(&self) -> Result<WriteTx, StoreError> {
+        Ok(self.writer.begin().await?)
+    }
+
+    /// A read connection for queries outside a write transaction.
+    pub async fn read(&self) -> Result<sqlx::pool::PoolConnection<sqlx::Sqlite>, StoreError> {
+        Ok(self.reader.acquire().await?)
+    }
+
+    /// Closes both pools, waiting for connections to be returned.
+    pub async fn close(&self) {
+        self.reader.close().await;
+        self.writer.close().await;
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    let d = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// Takes the next fleet generation. Every node whose role changes in this transaction gets it.
+pub async fn next_generation(conn: &mut SqliteConnection) -> Result<u64, StoreError> {
+    let g: i64 = sqlx::query_scalar("UPDATE fleet_state SET generation = generation + 1 WHERE id = 1 RETURNING generation")
+        .fetch_one(conn)
+        .await?;
+    u64::try_from(g).map_err(|_| StoreError::Corrupt(format!("negative fleet generation {g}")))
+}

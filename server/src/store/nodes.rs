@@ -1,0 +1,262 @@
+//! Nodes, their assignments, role generations and agent reports.
+
+use sqlx::SqliteConnection;
+
+use super::{now_ms, StoreError};
+
+/// A node with its assignment (if any), as stored.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct NodeRow {
+    pub id: i64,
+    pub mac: String,
+    pub hostname: Option<String>,
+    pub state: String,
+    pub image: Option<String>,
+    pub address: Option<String>,
+    pub role_generation: i64,
+    pub applied_generation: i64,
+    pub agent_version: Option<String>,
+    pub image_version: Option<String>,
+    pub vrrp_state: Option<String>,
+    pub last_report: Option<String>,
+    pub last_seen_at: Option<i64>,
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub cluster_id: Option<i64>,
+    pub cluster: Option<String>,
+    pub role: Option<String>,
+    pub priority: Option<i64>,
+}
+
+impl NodeRow {
+    /// The name the node goes by: its hostname, else its MAC.
+    pub fn name(&self) -> &str {
+        self.hostname.as_deref().unwrap_or(&self.mac)
+    }
+}
+
+const SELECT_NODE: &str = "SELECT n.id, n.mac, n.hostname, n.state, n.image, n.address, n.role_generation, \
+     n.applied_generation, n.agent_version, n.image_version, n.vrrp_state, n.last_report, n.last_seen_at, \
+     n.created_at, n.updated_at, a.cluster_id, c.name AS cluster, a.role, a.priority \
+     FROM nodes n LEFT JOIN assignments a ON a.node_id = n.id LEFT JOIN clusters c ON c.id = a.cluster_id";
+
+/// How a node is named in a URL: numeric id, MAC, or hostname.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NodeKey {
+    Id(i64),
+    Mac(String),
+    Hostname(String),
+}
+
+pub async fn get(conn: &mut SqliteConnection, key: &NodeKey) -> Result<Option<NodeRow>, StoreError> {
+    let sql = match key {
+        NodeKey::Id(_) => format!("{SELECT_NODE} WHERE n.id = $1"),
+        NodeKey::Mac(_) => format!("{SELECT_NODE} WHERE n.mac = $1"),
+        NodeKey::Hostname(_) => format!("{SELECT_NODE} WHERE n.hostname = $1"),
+    };
+    let q = sqlx::query_as(&sql);
+    let q = match key {
+        NodeKey::Id(id) => q.bind(*id),
+        NodeKey::Mac(text) | NodeKey::Hostname(text) => q.bind(text.clone()),
+    };
+    Ok(q.fetch_optional(conn).await?)
+}
+
+/// Filters for listing nodes; `None` matches everything.
+#[derive(Debug, Clone, Default)]
+pub struct NodeFilter {
+    pub state: Option<String>,
+    pub cluster: Option<String>,
+}
+
+pub async fn list(conn: &mut SqliteConnection, f: &NodeFilter) -> Result<Vec<NodeRow>, StoreError> {
+    let sql = format!(
+        "{SELECT_NODE} WHERE ($1 IS NULL OR n.state = $1) AND ($2 IS NULL OR c.name = $2) ORDER BY n.id"
+    );
+    Ok(sqlx::query_as(&sql).bind(f.state.clone()).bind(f.cluster.clone()).fetch_all(conn).await?)
+}
+
+pub async fn insert(
+    conn: &mut SqliteConnection,
+    mac: &str,
+    hostname: Option<&str>,
+    state: &str,
+    image: Option<&str>,
+) -> Result<i64, StoreError> {
+    let now = now_ms();
+    Ok(sqlx::query_scalar(
+        "INSERT INTO nodes (mac, hostname, state, image, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $5) RETURNING id",
+    )
+    .bind(mac)
+    .bind(hostname)
+    .bind(state)
+    .bind(image)
+    .bind(now)
+    .fetch_one(conn)
+    .await?)
+}
+
+pub async fn set_state(conn: &mut SqliteConnection, id: i64, state: &str) -> Result<(), StoreError> {
+    sqlx::query("UPDATE nodes SET state = $1, updated_at = $2 WHERE id = $3")
+        .bind(state)
+        .bind(now_ms())
+        .bind(id)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+pub async fn set_identity(
+    conn: &mut SqliteConnection,
+    id: i64,
+    hostname: Option<&str>,
+    image: Option<&str>,
+) -> Result<(), StoreError> {
+    sqlx::query("UPDATE nodes SET hostname = $1, image = $2, updated_at = $3 WHERE id = $4")
+        .bind(hostname)
+        .bind(image)
+        .bind(now_ms())
+        .bind(id)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+pub async fn hostname_taken(conn: &mut SqliteConnection, hostname: &str, except: i64) -> Result<bool, StoreError> {
+    let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM nodes WHERE hostname = $1 AND id != $2")
+        .bind(hostname)
+        .bind(except)
+        .fetch_one(conn)
+        .await?;
+    Ok(n > 0)
+}
+
+/// Sets `generation` as the role generation of the given nodes.
+pub async fn set_generation(conn: &mut SqliteConnection, ids: &[i64], generation: u64) -> Result<(), StoreError> {
+    let g = i64::try_from(generation).map_err(|_| StoreError::Corrupt("generation overflow".into()))?;
+    for id in ids {
+        sqlx::query("UPDATE nodes SET role_generation = $1 WHERE id = $2").bind(g).bind(*id).execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
+pub async fn upsert_assignment(
+    conn: &mut SqliteConnection,
+    node_id: i64,
+    cluster_id: i64,
+    role: &str,
+    priority: u8,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO assignments (node_id, cluster_id, role, priority, created_at) VALUES ($1, $2, $3, $4, $5) \
+         ON CONFLICT (node_id) DO UPDATE SET cluster_id = excluded.cluster_id, role = excluded.role, \
+         priority = excluded.priority",
+    )
+    .bind(node_id)
+    .bind(cluster_id)
+    .bind(role)
+    .bind(i64::from(priority))
+    .bind(now_ms())
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+pub async fn delete_assignment(conn: &mut SqliteConnection, node_id: i64) -> Result<(), StoreError> {
+    sqlx::query("DELETE FROM assignments WHERE node_id = $1").bind(node_id).execute(conn).await?;
+    Ok(())
+}
+
+/// One member of a cluster.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Member {
+    pub node_id: i64,
+    pub name: String,
+    pub role: String,
+    pub priority: i64,
+    pub address: Option<String>,
+}
+
+pub async fn members(conn: &mut SqliteConnection, cluster_id: i64) -> Result<Vec<Member>, StoreError> {
+    Ok(sqlx::query_as(
+        "SELECT a.node_id, COALESCE(n.hostname, n.mac) AS name, a.role, a.priority, n.address \
+         FROM assignments a JOIN nodes n ON n.id = a.node_id WHERE a.cluster_id = $1 ORDER BY a.role, a.priority DESC, n.id",
+    )
+    .bind(cluster_id)
+    .fetch_all(conn)
+    .await?)
+}
+
+/// Members of every cluster, by cluster id (for listings).
+pub async fn all_members(conn: &mut SqliteConnection) -> Result<Vec<(i64, Member)>, StoreError> {
+    let rows: Vec<(i64, i64, String, String, i64, Option<String>)> = sqlx::query_as(
+        "SELECT a.cluster_id, a.node_id, COALESCE(n.hostname, n.mac), a.role, a.priority, n.address \
+         FROM assignments a JOIN nodes n ON n.id = a.node_id ORDER BY a.role, a.priority DESC, n.id",
+    )
+    .fetch_all(conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(c, node_id, name, role, priority, address)| (c, Member { node_id, name, role, priority, address }))
+        .collect())
+}
+
+/// The role generation of one node (what the long-poll compares against), with its state.
+pub async fn generation(conn: &mut SqliteConnection, id: i64) -> Result<Option<(i64, String)>, StoreError> {
+    Ok(sqlx::query_as("SELECT role_generation, state FROM nodes WHERE id = $1").bind(id).fetch_optional(conn).await?)
+}
+
+/// What an agent report writes onto its node.
+#[derive(Debug, Clone)]
+pub struct ReportUpdate<'a> {
+    pub applied_generation: i64,
+    pub vrrp_state: Option<&'a str>,
+    pub agent_version: Option<&'a str>,
+    pub image_version: Option<&'a str>,
+    pub address: Option<&'a str>,
+    pub report_json: &'a str,
+}
+
+pub async fn record_report(conn: &mut SqliteConnection, id: i64, r: &ReportUpdate<'_>) -> Result<(), StoreError> {
+    let now = now_ms();
+    sqlx::query(
+        "UPDATE nodes SET applied_generation = $1, vrrp_state = $2, agent_version = COALESCE($3, agent_version), \
+         image_version = COALESCE($4, image_version), address = COALESCE($5, address), last_report = $6, \
+         last_seen_at = $7 WHERE id = $8",
+    )
+    .bind(r.applied_generation)
+    .bind(r.vrrp_state)
+    .bind(r.agent_version)
+    .bind(r.image_version)
+    .bind(r.address)
+    .bind(r.report_json)
+    .bind(now)
+    .bind(id)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+pub async fn set_versions(
+    conn: &mut SqliteConnection,
+    id: i64,
+    agent_version: Option<&str>,
+    image_version: Option<&str>,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE nodes SET agent_version = COALESCE($1, agent_version), image_version = COALESCE($2, image_version), \
+         last_seen_at = $3 WHERE id = $4",
+    )
+    .bind(agent_version)
+    .bind(image_version)
+    .bind(now_ms())
+    .bind(id)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Node counts by state (for metrics and the overview).
+pub async fn count_by_state(conn: &mut SqliteConnection) -> Result<Vec<(String, i64)>, StoreError> {
+    Ok(sqlx::query_as("SELECT state, COUNT(*) FROM nodes GROUP BY state ORDER BY state").fetch_all(conn).await?)
+}
