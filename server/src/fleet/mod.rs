@@ -614,6 +614,8 @@ impl Fleet {
         Self::check_hostname(&mut tx, hostname, -1).await?;
         Self::check_image(&mut tx, image).await?;
         let id = store::nodes::insert(&mut tx, &mac, hostname, NodeState::Ready.as_str(), image).await?;
+        // Every node starts with a generation, so its agent's first poll (`after=0`) gets the empty role at once.
+        Self::bump(&mut tx, &[id]).await?;
         let row = Self::node_in(&mut tx, &NodeKey::Id(id)).await?;
         let view = NodeView::new(row, false);
         store::audit::append(&mut tx, &actor.0, "node.register", &format!("node:{}", view.name), None, Some(&to_value(&view)))
@@ -631,6 +633,7 @@ impl Fleet {
             return Ok(existing.id);
         }
         let id = store::nodes::insert(&mut tx, &mac, None, NodeState::Discovered.as_str(), None).await?;
+        Self::bump(&mut tx, &[id]).await?;
         store::audit::append(&mut tx, "system", "node.discover", &format!("node:{mac}"), None, Some(&json!({"mac": mac})))
             .await?;
         store::events::insert(&mut tx, "discovered", Some(id), None, &format!("new hardware {mac} discovered")).await?;

@@ -596,7 +596,8 @@ mod tests {
         assert_eq!(fields(cluster_spec(&s)), vec!["services[0].real_servers[0].address"]);
 
         let mut s = spec();
-        s.services[0].real_servers.push(s.services[0].real_servers[0].clone());
+        let copy = s.services[0].real_servers[0].clone();
+        s.services[0].real_servers.push(copy);
         assert_eq!(fields(cluster_spec(&s)), vec!["services[0].real_servers[1].address"]);
     }
 
