@@ -62,7 +62,13 @@ pub struct UnknownValue {
 
 impl fmt::Display for UnknownValue {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "unknown {} {:?} (expected one of: {})", self.kind, self.value, self.allowed.join(", "))
+        write!(
+            f,
+            "unknown {} {:?} (expected one of: {})",
+            self.kind,
+            self.value,
+            self.allowed.join(", ")
+        )
     }
 }
 
@@ -305,7 +311,10 @@ mod tests {
             assert_eq!(s.as_str().parse::<Scheduler>(), Ok(*s));
             assert_eq!(serde_json::to_string(s).ok(), Some(format!("\"{s}\"")));
         }
-        let err = "roundrobin".parse::<Scheduler>().err().map(|e| e.to_string());
+        let err = "roundrobin"
+            .parse::<Scheduler>()
+            .err()
+            .map(|e| e.to_string());
         assert_eq!(
             err.as_deref(),
             Some("unknown Scheduler \"roundrobin\" (expected one of: rr, wrr, lc, wlc, lblc, lblcr, dh, sh, sed, nq, fo, ovf, mh)")
@@ -327,7 +336,9 @@ mod tests {
         assert_eq!(spec.services[0].real_servers[0].weight, 1);
         assert_eq!(spec.services[0].real_servers[0].enabled, None);
 
-        let typo = serde_json::from_str::<ClusterSpec>(r#"{"vrid": 1, "interface": "eth0", "vips": [], "vipz": []}"#);
+        let typo = serde_json::from_str::<ClusterSpec>(
+            r#"{"vrid": 1, "interface": "eth0", "vips": [], "vipz": []}"#,
+        );
         assert!(typo.is_err_and(|e| e.to_string().contains("unknown field `vipz`")));
     }
 }

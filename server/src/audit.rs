@@ -40,7 +40,14 @@ pub fn row_hash(
     h.update(b"lbfleet-audit-v1");
     h.update(seq.to_be_bytes());
     h.update(at.to_be_bytes());
-    for field in [Some(actor), Some(action), Some(target), before, after, Some(prev_hash)] {
+    for field in [
+        Some(actor),
+        Some(action),
+        Some(target),
+        before,
+        after,
+        Some(prev_hash),
+    ] {
         match field {
             Some(s) => {
                 h.update((s.len() as u64).to_be_bytes());
@@ -76,7 +83,12 @@ pub struct Verifier {
 
 impl Default for Verifier {
     fn default() -> Self {
-        Verifier { expected_seq: 1, prev_hash: GENESIS.to_owned(), rows: 0, problem: None }
+        Verifier {
+            expected_seq: 1,
+            prev_hash: GENESIS.to_owned(),
+            rows: 0,
+            problem: None,
+        }
     }
 }
 
@@ -89,12 +101,18 @@ impl Verifier {
         if r.seq != self.expected_seq {
             self.problem = Some((
                 self.expected_seq,
-                format!("row {} is missing (next row present is {})", self.expected_seq, r.seq),
+                format!(
+                    "row {} is missing (next row present is {})",
+                    self.expected_seq, r.seq
+                ),
             ));
             return;
         }
         if r.prev_hash != self.prev_hash {
-            self.problem = Some((r.seq, format!("row {} does not chain to row {}", r.seq, r.seq - 1)));
+            self.problem = Some((
+                r.seq,
+                format!("row {} does not chain to row {}", r.seq, r.seq - 1),
+            ));
             return;
         }
         let computed = row_hash(
@@ -108,7 +126,13 @@ impl Verifier {
             &r.prev_hash,
         );
         if computed != r.hash {
-            self.problem = Some((r.seq, format!("row {} was modified: its content does not match its hash", r.seq)));
+            self.problem = Some((
+                r.seq,
+                format!(
+                    "row {} was modified: its content does not match its hash",
+                    r.seq
+                ),
+            ));
             return;
         }
         self.prev_hash = r.hash.clone();
@@ -145,7 +169,16 @@ mod tests {
         (1..=n)
             .map(|seq| {
                 let after = format!("{{\"n\":{seq}}}");
-                let hash = row_hash(seq, 1000 + seq, "admin", "cluster.put", "cluster:ext", None, Some(&after), &prev);
+                let hash = row_hash(
+                    seq,
+                    1000 + seq,
+                    "admin",
+                    "cluster.put",
+                    "cluster:ext",
+                    None,
+                    Some(&after),
+                    &prev,
+                );
                 let row = AuditRow {
                     seq,
                     at: 1000 + seq,

@@ -191,20 +191,38 @@ pub struct FileConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("config file {path}: {source}")]
-    Parse { path: PathBuf, source: toml::de::Error },
+    Parse {
+        path: PathBuf,
+        source: toml::de::Error,
+    },
     #[error("{key}: {value:?} is not a duration ({reason}); use e.g. 30s, 15m, 12h")]
-    Duration { key: &'static str, value: String, reason: String },
+    Duration {
+        key: &'static str,
+        value: String,
+        reason: String,
+    },
     #[error("{key}: {reason}")]
     Invalid { key: &'static str, reason: String },
 }
 
 impl FileConfig {
     pub fn load(path: Option<&Path>) -> Result<FileConfig, ConfigError> {
-        let Some(path) = path else { return Ok(FileConfig::default()) };
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
-        toml::from_str(&text).map_err(|source| ConfigError::Parse { path: path.to_owned(), source })
+        let Some(path) = path else {
+            return Ok(FileConfig::default());
+        };
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source,
+        })
     }
 }
 
@@ -230,7 +248,10 @@ impl std::fmt::Debug for ServerConfig {
             .field("long_poll_timeout", &self.long_poll_timeout)
             .field("session_ttl", &self.session_ttl)
             .field("enrollment_token_ttl", &self.enrollment_token_ttl)
-            .field("initial_admin_password_file", &self.initial_admin_password_file)
+            .field(
+                "initial_admin_password_file",
+                &self.initial_admin_password_file,
+            )
             .field("log_format", &self.log_format)
             .finish()
     }
@@ -250,32 +271,55 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
-fn duration(key: &'static str, value: Option<String>, default: &str) -> Result<Duration, ConfigError> {
+fn duration(
+    key: &'static str,
+    value: Option<String>,
+    default: &str,
+) -> Result<Duration, ConfigError> {
     let text = value.unwrap_or_else(|| default.to_owned());
-    humantime::parse_duration(&text).map_err(|e| ConfigError::Duration { key, value: text, reason: e.to_string() })
+    humantime::parse_duration(&text).map_err(|e| ConfigError::Duration {
+        key,
+        value: text,
+        reason: e.to_string(),
+    })
 }
 
 impl ServerConfig {
     /// Merges flags and environment (already in `args`) over the file over the defaults.
     pub fn resolve(args: ServeArgs) -> Result<ServerConfig, ConfigError> {
         let file = FileConfig::load(args.db.config.as_deref())?;
-        let default_listen: SocketAddr = DEFAULT_LISTEN.parse().map_err(|_| ConfigError::Invalid {
-            key: "listen",
-            reason: "bad built-in default".into(),
-        })?;
+        let default_listen: SocketAddr =
+            DEFAULT_LISTEN.parse().map_err(|_| ConfigError::Invalid {
+                key: "listen",
+                reason: "bad built-in default".into(),
+            })?;
         let public_url = args.public_url.or(file.public_url);
         if let Some(u) = &public_url {
             if !(u.starts_with("http://") || u.starts_with("https://")) {
-                return Err(ConfigError::Invalid { key: "public_url", reason: format!("{u:?} must start with http:// or https://") });
+                return Err(ConfigError::Invalid {
+                    key: "public_url",
+                    reason: format!("{u:?} must start with http:// or https://"),
+                });
             }
         }
-        let long_poll_timeout = duration("long_poll_timeout", args.long_poll_timeout.or(file.long_poll_timeout), "30s")?;
+        let long_poll_timeout = duration(
+            "long_poll_timeout",
+            args.long_poll_timeout.or(file.long_poll_timeout),
+            "30s",
+        )?;
         if long_poll_timeout.is_zero() || long_poll_timeout > Duration::from_secs(300) {
-            return Err(ConfigError::Invalid { key: "long_poll_timeout", reason: "must be between 1s and 5m".into() });
+            return Err(ConfigError::Invalid {
+                key: "long_poll_timeout",
+                reason: "must be between 1s and 5m".into(),
+            });
         }
         Ok(ServerConfig {
             listen: args.listen.or(file.listen).unwrap_or(default_listen),
-            database: args.db.database.or(file.database).unwrap_or_else(|| DEFAULT_DATABASE.to_owned()),
+            database: args
+                .db
+                .database
+                .or(file.database)
+                .unwrap_or_else(|| DEFAULT_DATABASE.to_owned()),
             public_url,
             long_poll_timeout,
             session_ttl: duration("session_ttl", args.session_ttl.or(file.session_ttl), "12h")?,
@@ -284,7 +328,9 @@ impl ServerConfig {
                 args.enrollment_token_ttl.or(file.enrollment_token_ttl),
                 "15m",
             )?,
-            initial_admin_password_file: args.initial_admin_password_file.or(file.initial_admin_password_file),
+            initial_admin_password_file: args
+                .initial_admin_password_file
+                .or(file.initial_admin_password_file),
             log_format: args.log_format.or(file.log_format).unwrap_or_default(),
         })
     }
@@ -304,7 +350,9 @@ impl ServerConfig {
     }
 
     pub fn secure_cookies(&self) -> bool {
-        self.public_url.as_deref().is_some_and(|u| u.starts_with("https://"))
+        self.public_url
+            .as_deref()
+            .is_some_and(|u| u.starts_with("https://"))
     }
 }
 
@@ -334,15 +382,24 @@ mod tests {
     fn defaults_file_and_flags_layer_in_order() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("lbfleet.toml");
-        std::fs::write(&path, "listen = \"127.0.0.1:9000\"\nsession_ttl = \"1h\"\ndatabase = \"sqlite://file.db\"\n")
-            .expect("write");
+        std::fs::write(
+            &path,
+            "listen = \"127.0.0.1:9000\"\nsession_ttl = \"1h\"\ndatabase = \"sqlite://file.db\"\n",
+        )
+        .expect("write");
         let cfg = ServerConfig::resolve(serve_args(&[])).expect("defaults");
         assert_eq!(cfg.listen.to_string(), DEFAULT_LISTEN);
         assert_eq!(cfg.database, DEFAULT_DATABASE);
         assert_eq!(cfg.long_poll_timeout, Duration::from_secs(30));
 
         let p = path.to_str().expect("utf-8 path");
-        let cfg = ServerConfig::resolve(serve_args(&["--config", p, "--database", "sqlite://flag.db"])).expect("file");
+        let cfg = ServerConfig::resolve(serve_args(&[
+            "--config",
+            p,
+            "--database",
+            "sqlite://flag.db",
+        ]))
+        .expect("file");
         assert_eq!(cfg.listen.to_string(), "127.0.0.1:9000");
         assert_eq!(cfg.session_ttl, Duration::from_secs(3600));
         assert_eq!(cfg.database, "sqlite://flag.db");
@@ -354,18 +411,36 @@ mod tests {
         let path = dir.path().join("bad.toml");
         std::fs::write(&path, "listn = \"127.0.0.1:9000\"\n").expect("write");
         let p = path.to_str().expect("utf-8 path");
-        let err = ServerConfig::resolve(serve_args(&["--config", p])).err().map(|e| e.to_string()).unwrap_or_default();
+        let err = ServerConfig::resolve(serve_args(&["--config", p]))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
         assert!(err.contains("unknown field `listn`"), "{err}");
-        let err = ServerConfig::resolve(serve_args(&["--session-ttl", "soon"])).err().map(|e| e.to_string()).unwrap_or_default();
-        assert!(err.starts_with("session_ttl: \"soon\" is not a duration"), "{err}");
-        let err = ServerConfig::resolve(serve_args(&["--public-url", "lb.example"])).err().map(|e| e.to_string()).unwrap_or_default();
+        let err = ServerConfig::resolve(serve_args(&["--session-ttl", "soon"]))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            err.starts_with("session_ttl: \"soon\" is not a duration"),
+            "{err}"
+        );
+        let err = ServerConfig::resolve(serve_args(&["--public-url", "lb.example"]))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
         assert!(err.contains("must start with http"), "{err}");
     }
 
     #[test]
     fn database_passwords_are_redacted() {
-        assert_eq!(redact_url("postgres://lb:s3cret@db/lbfleet"), "postgres://lb:<redacted>@db/lbfleet");
-        assert_eq!(redact_url("sqlite://var/lbfleet.db"), "sqlite://var/lbfleet.db");
+        assert_eq!(
+            redact_url("postgres://lb:s3cret@db/lbfleet"),
+            "postgres://lb:<redacted>@db/lbfleet"
+        );
+        assert_eq!(
+            redact_url("sqlite://var/lbfleet.db"),
+            "sqlite://var/lbfleet.db"
+        );
         let cfg = ServerConfig::with_database("postgres://lb:s3cret@db/lbfleet");
         assert!(!format!("{cfg:?}").contains("s3cret"));
     }

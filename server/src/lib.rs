@@ -38,13 +38,16 @@ pub async fn run(
     let addr = listener.local_addr()?;
     let app = api::router(api::AppState::new(fleet, config, stop_rx));
     tracing::info!(%addr, "lbfleet-server listening");
-    axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            tracing::info!("shutting down");
-            let _ = stop_tx.send(true);
-        })
-        .await?;
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move {
+        shutdown.await;
+        tracing::info!("shutting down");
+        let _ = stop_tx.send(true);
+    })
+    .await?;
     store.close().await;
     tracing::info!("stopped");
     Ok(())
@@ -60,7 +63,12 @@ fn announce_initial_admin(config: &ServerConfig, password: &str) -> anyhow::Resu
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
         }
-        let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(path)?;
         writeln!(f, "{password}")?;
     }
     Ok(())

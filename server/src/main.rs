@@ -5,14 +5,19 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
-use lbfleet_server::config::{self, AuditCommand, Cli, Command, LogFormat, ServerConfig, TokenCommand, UserCommand};
+use lbfleet_server::config::{
+    self, AuditCommand, Cli, Command, LogFormat, ServerConfig, TokenCommand, UserCommand,
+};
 use lbfleet_server::fleet::Actor;
 use lbfleet_server::{open_fleet, store};
 use tracing_subscriber::EnvFilter;
 
 fn init_tracing(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,tower_http=info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,tower_http=info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -37,7 +42,9 @@ async fn shutdown_signal() {
 
 fn read_password_stdin() -> anyhow::Result<String> {
     let mut s = String::new();
-    std::io::stdin().read_to_string(&mut s).context("reading the password from stdin")?;
+    std::io::stdin()
+        .read_to_string(&mut s)
+        .context("reading the password from stdin")?;
     let p = s.trim_end_matches(['\n', '\r']).to_owned();
     anyhow::ensure!(!p.is_empty(), "no password on stdin");
     Ok(p)
@@ -51,7 +58,9 @@ async fn fleet_for(db: &config::DbArgs) -> anyhow::Result<lbfleet_server::fleet:
 
 /// Actor recorded for changes made from the command line.
 fn cli_actor() -> Actor {
-    let user = std::env::var("SUDO_USER").or_else(|_| std::env::var("USER")).unwrap_or_else(|_| "unknown".into());
+    let user = std::env::var("SUDO_USER")
+        .or_else(|_| std::env::var("USER"))
+        .unwrap_or_else(|_| "unknown".into());
     Actor(format!("cli:{user}"))
 }
 
@@ -69,11 +78,22 @@ async fn main_inner(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::User(cmd) => {
             init_tracing(LogFormat::Text);
             match cmd {
-                UserCommand::Add { name, role, password_stdin, db } => {
+                UserCommand::Add {
+                    name,
+                    role,
+                    password_stdin,
+                    db,
+                } => {
                     let fleet = fleet_for(&db).await?;
-                    let given = if password_stdin { Some(read_password_stdin()?) } else { None };
+                    let given = if password_stdin {
+                        Some(read_password_stdin()?)
+                    } else {
+                        None
+                    };
                     let generated = given.is_none();
-                    let password = fleet.create_user(&cli_actor(), &name, role.into(), given).await?;
+                    let password = fleet
+                        .create_user(&cli_actor(), &name, role.into(), given)
+                        .await?;
                     if generated {
                         println!("user {name} created; password (shown once): {password}");
                     } else {
@@ -83,14 +103,22 @@ async fn main_inner(cli: Cli) -> anyhow::Result<ExitCode> {
                 UserCommand::List { db } => {
                     let fleet = fleet_for(&db).await?;
                     let mut conn = fleet.store().read().await?;
-                    println!("{:<24} {:<9} {}", "NAME", "ROLE", "DISABLED");
+                    println!("{:<24} {:<9} DISABLED", "NAME", "ROLE");
                     for u in store::auth::users(&mut conn).await? {
                         println!("{:<24} {:<9} {}", u.name, u.role, u.disabled);
                     }
                 }
-                UserCommand::Passwd { name, password_stdin, db } => {
+                UserCommand::Passwd {
+                    name,
+                    password_stdin,
+                    db,
+                } => {
                     let fleet = fleet_for(&db).await?;
-                    let given = if password_stdin { Some(read_password_stdin()?) } else { None };
+                    let given = if password_stdin {
+                        Some(read_password_stdin()?)
+                    } else {
+                        None
+                    };
                     let generated = given.is_none();
                     let password = fleet.set_password(&cli_actor(), &name, given).await?;
                     if generated {
@@ -100,7 +128,10 @@ async fn main_inner(cli: Cli) -> anyhow::Result<ExitCode> {
                     }
                 }
                 UserCommand::Delete { name, db } => {
-                    fleet_for(&db).await?.delete_user(&cli_actor(), &name).await?;
+                    fleet_for(&db)
+                        .await?
+                        .delete_user(&cli_actor(), &name)
+                        .await?;
                     println!("user {name} deleted");
                 }
             }
@@ -108,22 +139,32 @@ async fn main_inner(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Token(cmd) => {
             init_tracing(LogFormat::Text);
             match cmd {
-                TokenCommand::Create { user, name, expires_in, db } => {
+                TokenCommand::Create {
+                    user,
+                    name,
+                    expires_in,
+                    db,
+                } => {
                     let ttl = expires_in
                         .as_deref()
                         .map(humantime::parse_duration)
                         .transpose()
                         .context("--expires-in")?;
-                    let (id, token) = fleet_for(&db).await?.create_token(&cli_actor(), &user, &name, ttl).await?;
+                    let (id, token) = fleet_for(&db)
+                        .await?
+                        .create_token(&cli_actor(), &user, &name, ttl)
+                        .await?;
                     eprintln!("token {id} for {user} created; it is shown only now:");
                     println!("{token}");
                 }
                 TokenCommand::List { db } => {
                     let fleet = fleet_for(&db).await?;
                     let mut conn = fleet.store().read().await?;
-                    println!("{:<6} {:<20} {:<20} {}", "ID", "USER", "NAME", "EXPIRES_AT_MS");
+                    println!("{:<6} {:<20} {:<20} EXPIRES_AT_MS", "ID", "USER", "NAME");
                     for t in store::auth::tokens(&mut conn).await? {
-                        let exp = t.expires_at.map_or_else(|| "never".to_owned(), |e| e.to_string());
+                        let exp = t
+                            .expires_at
+                            .map_or_else(|| "never".to_owned(), |e| e.to_string());
                         println!("{:<6} {:<20} {:<20} {}", t.id, t.user, t.name, exp);
                     }
                 }

@@ -18,7 +18,10 @@ pub struct Notifier {
 
 impl Default for Notifier {
     fn default() -> Self {
-        Notifier { nodes: Mutex::new(HashMap::new()), fleet: watch::channel(0).0 }
+        Notifier {
+            nodes: Mutex::new(HashMap::new()),
+            fleet: watch::channel(0).0,
+        }
     }
 }
 
@@ -26,7 +29,10 @@ impl Notifier {
     /// A receiver that changes whenever a new generation is announced for `node_id`.
     pub fn subscribe(&self, node_id: i64) -> watch::Receiver<u64> {
         let mut nodes = self.nodes.lock().unwrap_or_else(|p| p.into_inner());
-        nodes.entry(node_id).or_insert_with(|| watch::channel(0).0).subscribe()
+        nodes
+            .entry(node_id)
+            .or_insert_with(|| watch::channel(0).0)
+            .subscribe()
     }
 
     /// Announces committed generations. Channels nobody listens to any more are dropped here.
@@ -82,7 +88,10 @@ mod tests {
         assert!(!b.has_changed().unwrap_or(true));
         assert_eq!(*a.borrow_and_update(), 5);
         n.announce(&[(1, 4)]);
-        assert!(!a.has_changed().unwrap_or(true), "an older generation must not wake anyone");
+        assert!(
+            !a.has_changed().unwrap_or(true),
+            "an older generation must not wake anyone"
+        );
         drop(b);
         n.announce(&[(2, 9)]);
         assert_eq!(n.waiting_nodes(), 1);

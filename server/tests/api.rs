@@ -31,14 +31,28 @@ async fn everything_but_healthz_needs_auth() {
         let (s, v) = srv.call(method.clone(), path, None, Some(json!({}))).await;
         assert_eq!(s, StatusCode::UNAUTHORIZED, "{method} {path}: {v}");
         assert_eq!(v["error"]["code"], "unauthorized");
-        let (s, _) = srv.call(method.clone(), path, Some("lbf_tok_forged"), Some(json!({}))).await;
-        assert_eq!(s, StatusCode::UNAUTHORIZED, "{method} {path} with a forged token");
+        let (s, _) = srv
+            .call(
+                method.clone(),
+                path,
+                Some("lbf_tok_forged"),
+                Some(json!({})),
+            )
+            .await;
+        assert_eq!(
+            s,
+            StatusCode::UNAUTHORIZED,
+            "{method} {path} with a forged token"
+        );
     }
     let (s, body) = srv.get("/metrics", &srv.tokens.viewer).await;
     assert_eq!(s, StatusCode::OK);
     let text = body.as_str().unwrap();
     assert!(text.contains("lbfleet_nodes{state=\"ready\"} 0"), "{text}");
-    assert!(text.contains("lbfleet_audit_rows 6"), "seeding wrote 3 users + 3 tokens: {text}");
+    assert!(
+        text.contains("lbfleet_audit_rows 6"),
+        "seeding wrote 3 users + 3 tokens: {text}"
+    );
 }
 
 #[tokio::test]
@@ -46,25 +60,66 @@ async fn viewer_reads_but_cannot_change_anything() {
     let dir = tempfile::tempdir().unwrap();
     let srv = TestServer::start(dir.path()).await;
     let (v, op) = (&srv.tokens.viewer, &srv.tokens.operator);
-    assert_eq!(srv.put("/api/v1/clusters/ext", op, cluster_spec(51, "198.18.0.10")).await.0, StatusCode::CREATED);
+    assert_eq!(
+        srv.put("/api/v1/clusters/ext", op, cluster_spec(51, "198.18.0.10"))
+            .await
+            .0,
+        StatusCode::CREATED
+    );
     let audit_before = srv.audit_len().await;
 
-    let (s, body) = srv.put("/api/v1/clusters/int", v, cluster_spec(52, "198.18.0.11")).await;
+    let (s, body) = srv
+        .put("/api/v1/clusters/int", v, cluster_spec(52, "198.18.0.11"))
+        .await;
     assert_eq!(s, StatusCode::FORBIDDEN, "{body}");
-    assert!(body["error"]["message"].as_str().unwrap().contains("operator role"));
-    assert_eq!(srv.delete("/api/v1/clusters/ext", v).await.0, StatusCode::FORBIDDEN);
-    assert_eq!(srv.post("/api/v1/nodes", v, json!({"mac": "52:54:00:00:00:01"})).await.0, StatusCode::FORBIDDEN);
-    assert_eq!(srv.post("/api/v1/clusters/ext/switchover", v, json!({})).await.0, StatusCode::FORBIDDEN);
+    assert!(body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("operator role"));
+    assert_eq!(
+        srv.delete("/api/v1/clusters/ext", v).await.0,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        srv.post("/api/v1/nodes", v, json!({"mac": "52:54:00:00:00:01"}))
+            .await
+            .0,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        srv.post("/api/v1/clusters/ext/switchover", v, json!({}))
+            .await
+            .0,
+        StatusCode::FORBIDDEN
+    );
     let rs = "/api/v1/clusters/ext/services/tcp:198.18.0.10:80/real-servers/198.18.2.1:8080";
-    assert_eq!(srv.post(&format!("{rs}/drain"), v, json!({})).await.0, StatusCode::FORBIDDEN);
-    assert_eq!(srv.put(&format!("{rs}/weight"), v, json!({"weight": 5})).await.0, StatusCode::FORBIDDEN);
+    assert_eq!(
+        srv.post(&format!("{rs}/drain"), v, json!({})).await.0,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        srv.put(&format!("{rs}/weight"), v, json!({"weight": 5}))
+            .await
+            .0,
+        StatusCode::FORBIDDEN
+    );
     // Operators cannot manage users; admins can.
     assert_eq!(srv.get("/api/v1/users", op).await.0, StatusCode::FORBIDDEN);
-    assert_eq!(srv.get("/api/v1/users", &srv.tokens.admin).await.0, StatusCode::OK);
+    assert_eq!(
+        srv.get("/api/v1/users", &srv.tokens.admin).await.0,
+        StatusCode::OK
+    );
 
     assert_eq!(srv.get("/api/v1/clusters/ext", v).await.0, StatusCode::OK);
-    assert_eq!(srv.get("/api/v1/clusters/int", v).await.0, StatusCode::NOT_FOUND);
-    assert_eq!(srv.audit_len().await, audit_before, "refused requests must not write audit rows");
+    assert_eq!(
+        srv.get("/api/v1/clusters/int", v).await.0,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        srv.audit_len().await,
+        audit_before,
+        "refused requests must not write audit rows"
+    );
     let (_, c) = srv.get("/api/v1/clusters/ext", v).await;
     assert_eq!(c["spec"]["services"][0]["real_servers"][0]["enabled"], true);
     assert_eq!(c["spec"]["services"][0]["real_servers"][0]["weight"], 1);
@@ -75,7 +130,12 @@ async fn bad_payloads_get_4xx_and_change_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let srv = TestServer::start(dir.path()).await;
     let op = srv.tokens.operator.clone();
-    assert_eq!(srv.put("/api/v1/clusters/ext", &op, cluster_spec(51, "198.18.0.10")).await.0, StatusCode::CREATED);
+    assert_eq!(
+        srv.put("/api/v1/clusters/ext", &op, cluster_spec(51, "198.18.0.10"))
+            .await
+            .0,
+        StatusCode::CREATED
+    );
     let (_, before) = srv.get("/api/v1/clusters/ext", &op).await;
     let audit_before = srv.audit_len().await;
 
@@ -107,40 +167,112 @@ async fn bad_payloads_get_4xx_and_change_nothing() {
     bad["advert_interval_ms"] = json!(15);
     let (s, body) = srv.put("/api/v1/clusters/ext", &op, bad).await;
     assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
-    let fields: Vec<&str> = body["error"]["fields"].as_array().unwrap().iter().map(|f| f["field"].as_str().unwrap()).collect();
-    assert_eq!(fields, vec!["vrid", "advert_interval_ms", "services[0].real_servers[1].weight"]);
+    let fields: Vec<&str> = body["error"]["fields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["field"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        fields,
+        vec![
+            "vrid",
+            "advert_interval_ms",
+            "services[0].real_servers[1].weight"
+        ]
+    );
 
     // Unknown scheduler name.
     let mut bad = cluster_spec(51, "198.18.0.10");
     bad["services"][0]["scheduler"] = json!("roundrobin");
-    assert_eq!(srv.put("/api/v1/clusters/ext", &op, bad).await.0, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(
+        srv.put("/api/v1/clusters/ext", &op, bad).await.0,
+        StatusCode::UNPROCESSABLE_ENTITY
+    );
 
     // Bad names and references.
-    assert_eq!(srv.put("/api/v1/clusters/Bad_Name", &op, cluster_spec(52, "198.18.0.11")).await.0, StatusCode::UNPROCESSABLE_ENTITY);
-    assert_eq!(srv.post("/api/v1/nodes", &op, json!({"mac": "not-a-mac"})).await.0, StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(
-        srv.post("/api/v1/nodes", &op, json!({"mac": "52:54:00:00:00:01", "hostname": "<script>"})).await.0,
+        srv.put(
+            "/api/v1/clusters/Bad_Name",
+            &op,
+            cluster_spec(52, "198.18.0.11")
+        )
+        .await
+        .0,
+        StatusCode::UNPROCESSABLE_ENTITY
+    );
+    assert_eq!(
+        srv.post("/api/v1/nodes", &op, json!({"mac": "not-a-mac"}))
+            .await
+            .0,
+        StatusCode::UNPROCESSABLE_ENTITY
+    );
+    assert_eq!(
+        srv.post(
+            "/api/v1/nodes",
+            &op,
+            json!({"mac": "52:54:00:00:00:01", "hostname": "<script>"})
+        )
+        .await
+        .0,
         StatusCode::UNPROCESSABLE_ENTITY
     );
     let rs = "/api/v1/clusters/ext/services/tcp:198.18.0.10:80/real-servers/198.18.2.1:8080";
-    assert_eq!(srv.put(&format!("{rs}/weight"), &op, json!({"weight": 65536})).await.0, StatusCode::UNPROCESSABLE_ENTITY);
-    assert_eq!(srv.put(&format!("{rs}/weight"), &op, json!({"weight": -1})).await.0, StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(
-        srv.post("/api/v1/clusters/ext/services/tcp:198.18.0.10/real-servers", &op, json!({"address": "198.18.2.9", "port": 80})).await.0,
+        srv.put(&format!("{rs}/weight"), &op, json!({"weight": 65536}))
+            .await
+            .0,
         StatusCode::UNPROCESSABLE_ENTITY
     );
     assert_eq!(
-        srv.post("/api/v1/clusters/ext/services/tcp:198.18.0.10:81/real-servers", &op, json!({"address": "198.18.2.9", "port": 80})).await.0,
+        srv.put(&format!("{rs}/weight"), &op, json!({"weight": -1}))
+            .await
+            .0,
+        StatusCode::UNPROCESSABLE_ENTITY
+    );
+    assert_eq!(
+        srv.post(
+            "/api/v1/clusters/ext/services/tcp:198.18.0.10/real-servers",
+            &op,
+            json!({"address": "198.18.2.9", "port": 80})
+        )
+        .await
+        .0,
+        StatusCode::UNPROCESSABLE_ENTITY
+    );
+    assert_eq!(
+        srv.post(
+            "/api/v1/clusters/ext/services/tcp:198.18.0.10:81/real-servers",
+            &op,
+            json!({"address": "198.18.2.9", "port": 80})
+        )
+        .await
+        .0,
         StatusCode::NOT_FOUND
     );
     // DR cannot remap ports.
     assert_eq!(
-        srv.post("/api/v1/clusters/ext/services/udp:198.18.0.10:53/real-servers", &op, json!({"address": "198.18.2.9", "port": 5353})).await.0,
+        srv.post(
+            "/api/v1/clusters/ext/services/udp:198.18.0.10:53/real-servers",
+            &op,
+            json!({"address": "198.18.2.9", "port": 5353})
+        )
+        .await
+        .0,
         StatusCode::UNPROCESSABLE_ENTITY
     );
-    assert_eq!(srv.get("/api/v1/audit?limit=0", &op).await.0, StatusCode::BAD_REQUEST);
-    assert_eq!(srv.get("/api/v1/audit?since=yesterday", &op).await.0, StatusCode::BAD_REQUEST);
-    assert_eq!(srv.get("/api/v1/nodes?state=sleeping", &op).await.0, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(
+        srv.get("/api/v1/audit?limit=0", &op).await.0,
+        StatusCode::BAD_REQUEST
+    );
+    assert_eq!(
+        srv.get("/api/v1/audit?since=yesterday", &op).await.0,
+        StatusCode::BAD_REQUEST
+    );
+    assert_eq!(
+        srv.get("/api/v1/nodes?state=sleeping", &op).await.0,
+        StatusCode::UNPROCESSABLE_ENTITY
+    );
 
     let (_, after) = srv.get("/api/v1/clusters/ext", &op).await;
     assert_eq!(before, after, "a rejected request must change nothing");
@@ -154,16 +286,29 @@ async fn fleet_wide_uniqueness_is_enforced_with_named_conflicts() {
     let dir = tempfile::tempdir().unwrap();
     let srv = TestServer::start(dir.path()).await;
     let op = srv.tokens.operator.clone();
-    assert_eq!(srv.put("/api/v1/clusters/ext", &op, cluster_spec(51, "198.18.0.10")).await.0, StatusCode::CREATED);
+    assert_eq!(
+        srv.put("/api/v1/clusters/ext", &op, cluster_spec(51, "198.18.0.10"))
+            .await
+            .0,
+        StatusCode::CREATED
+    );
 
     // Same VRID on the same interface.
-    let (s, body) = srv.put("/api/v1/clusters/int", &op, cluster_spec(51, "198.18.0.11")).await;
+    let (s, body) = srv
+        .put("/api/v1/clusters/int", &op, cluster_spec(51, "198.18.0.11"))
+        .await;
     assert_eq!(s, StatusCode::CONFLICT, "{body}");
-    assert!(body["error"]["message"].as_str().unwrap().contains("VRID 51 on interface eth0 is already used by cluster \"ext\""));
+    assert!(body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("VRID 51 on interface eth0 is already used by cluster \"ext\""));
     // Same VRID on another interface is fine.
     let mut other_if = cluster_spec(51, "198.18.0.11");
     other_if["interface"] = json!("eth1");
-    assert_eq!(srv.put("/api/v1/clusters/int", &op, other_if).await.0, StatusCode::CREATED);
+    assert_eq!(
+        srv.put("/api/v1/clusters/int", &op, other_if).await.0,
+        StatusCode::CREATED
+    );
 
     // The same VIP:port:protocol in another cluster.
     let mut dup = cluster_spec(53, "198.18.0.12");
@@ -172,27 +317,68 @@ async fn fleet_wide_uniqueness_is_enforced_with_named_conflicts() {
     let (s, body) = srv.put("/api/v1/clusters/third", &op, dup).await;
     assert_eq!(s, StatusCode::CONFLICT, "{body}");
     let msg = body["error"]["message"].as_str().unwrap();
-    assert!(msg.contains("VIP 198.18.0.10 already belongs to cluster \"ext\""), "{msg}");
-    assert!(msg.contains("service tcp:198.18.0.10:80 already exists in cluster \"ext\""), "{msg}");
-    assert_eq!(srv.get("/api/v1/clusters/third", &op).await.0, StatusCode::NOT_FOUND);
+    assert!(
+        msg.contains("VIP 198.18.0.10 already belongs to cluster \"ext\""),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("service tcp:198.18.0.10:80 already exists in cluster \"ext\""),
+        "{msg}"
+    );
+    assert_eq!(
+        srv.get("/api/v1/clusters/third", &op).await.0,
+        StatusCode::NOT_FOUND
+    );
 
     // Re-putting the same spec is a no-op (no audit row, no generation bump).
     let audit = srv.audit_len().await;
-    let (s, body) = srv.put("/api/v1/clusters/ext", &op, cluster_spec(51, "198.18.0.10")).await;
-    assert_eq!((s, body["outcome"].as_str()), (StatusCode::OK, Some("unchanged")));
+    let (s, body) = srv
+        .put("/api/v1/clusters/ext", &op, cluster_spec(51, "198.18.0.10"))
+        .await;
+    assert_eq!(
+        (s, body["outcome"].as_str()),
+        (StatusCode::OK, Some("unchanged"))
+    );
     assert_eq!(srv.audit_len().await, audit);
 
     // A node belongs to one cluster at most: assigning elsewhere moves it.
-    srv.post("/api/v1/nodes", &op, json!({"mac": "52:54:00:00:00:01", "hostname": "lb-01"})).await;
-    assert_eq!(srv.post("/api/v1/nodes/lb-01/assign", &op, json!({"cluster": "ext", "role": "active"})).await.0, StatusCode::OK);
-    let (s, n) = srv.post("/api/v1/nodes/lb-01/assign", &op, json!({"cluster": "int", "role": "backup"})).await;
-    assert_eq!((s, n["cluster"].as_str()), (StatusCode::OK, Some("int")), "{n}");
+    srv.post(
+        "/api/v1/nodes",
+        &op,
+        json!({"mac": "52:54:00:00:00:01", "hostname": "lb-01"}),
+    )
+    .await;
+    assert_eq!(
+        srv.post(
+            "/api/v1/nodes/lb-01/assign",
+            &op,
+            json!({"cluster": "ext", "role": "active"})
+        )
+        .await
+        .0,
+        StatusCode::OK
+    );
+    let (s, n) = srv
+        .post(
+            "/api/v1/nodes/lb-01/assign",
+            &op,
+            json!({"cluster": "int", "role": "backup"}),
+        )
+        .await;
+    assert_eq!(
+        (s, n["cluster"].as_str()),
+        (StatusCode::OK, Some("int")),
+        "{n}"
+    );
     let (_, ext) = srv.get("/api/v1/clusters/ext", &op).await;
     assert_eq!(ext["members"].as_array().unwrap().len(), 0);
     // A cluster with members cannot be deleted.
     let (s, body) = srv.delete("/api/v1/clusters/int", &op).await;
     assert_eq!(s, StatusCode::CONFLICT, "{body}");
-    assert_eq!(srv.delete("/api/v1/clusters/ext", &op).await.0, StatusCode::NO_CONTENT);
+    assert_eq!(
+        srv.delete("/api/v1/clusters/ext", &op).await.0,
+        StatusCode::NO_CONTENT
+    );
 }
 
 #[tokio::test]
@@ -200,24 +386,68 @@ async fn one_active_per_cluster_and_switchover_raises_before_lowering() {
     let dir = tempfile::tempdir().unwrap();
     let srv = TestServer::start(dir.path()).await;
     let op = srv.tokens.operator.clone();
-    srv.put("/api/v1/clusters/ext", &op, cluster_spec(51, "198.18.0.10")).await;
-    for (mac, name) in [("52:54:00:00:00:01", "lb-01"), ("52:54:00:00:00:02", "lb-02")] {
-        assert_eq!(srv.post("/api/v1/nodes", &op, json!({"mac": mac, "hostname": name})).await.0, StatusCode::CREATED);
+    srv.put("/api/v1/clusters/ext", &op, cluster_spec(51, "198.18.0.10"))
+        .await;
+    for (mac, name) in [
+        ("52:54:00:00:00:01", "lb-01"),
+        ("52:54:00:00:00:02", "lb-02"),
+    ] {
+        assert_eq!(
+            srv.post("/api/v1/nodes", &op, json!({"mac": mac, "hostname": name}))
+                .await
+                .0,
+            StatusCode::CREATED
+        );
     }
     // A discovered-but-unapproved node cannot be assigned; a ready one can.
-    let (s, a) = srv.post("/api/v1/nodes/lb-01/assign", &op, json!({"cluster": "ext", "role": "active"})).await;
-    assert_eq!((s, a["state"].as_str(), a["priority"].as_i64()), (StatusCode::OK, Some("assigned"), Some(150)), "{a}");
+    let (s, a) = srv
+        .post(
+            "/api/v1/nodes/lb-01/assign",
+            &op,
+            json!({"cluster": "ext", "role": "active"}),
+        )
+        .await;
+    assert_eq!(
+        (s, a["state"].as_str(), a["priority"].as_i64()),
+        (StatusCode::OK, Some("assigned"), Some(150)),
+        "{a}"
+    );
     let audit = srv.audit_len().await;
-    let (s, body) = srv.post("/api/v1/nodes/lb-02/assign", &op, json!({"cluster": "ext", "role": "active"})).await;
+    let (s, body) = srv
+        .post(
+            "/api/v1/nodes/lb-02/assign",
+            &op,
+            json!({"cluster": "ext", "role": "active"}),
+        )
+        .await;
     assert_eq!(s, StatusCode::CONFLICT, "{body}");
-    assert!(body["error"]["message"].as_str().unwrap().contains("already has an active node (lb-01)"));
+    assert!(body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("already has an active node (lb-01)"));
     let (_, b) = srv.get("/api/v1/nodes/lb-02", &op).await;
-    assert_eq!((b["state"].as_str(), b["cluster"].as_str()), (Some("ready"), None), "rejected assign changed the node");
+    assert_eq!(
+        (b["state"].as_str(), b["cluster"].as_str()),
+        (Some("ready"), None),
+        "rejected assign changed the node"
+    );
     assert_eq!(srv.audit_len().await, audit);
     // A backup may not outrank the active.
-    let (s, _) = srv.post("/api/v1/nodes/lb-02/assign", &op, json!({"cluster": "ext", "role": "backup", "priority": 200})).await;
+    let (s, _) = srv
+        .post(
+            "/api/v1/nodes/lb-02/assign",
+            &op,
+            json!({"cluster": "ext", "role": "backup", "priority": 200}),
+        )
+        .await;
     assert_eq!(s, StatusCode::CONFLICT);
-    let (s, b) = srv.post("/api/v1/nodes/lb-02/assign", &op, json!({"cluster": "ext", "role": "backup"})).await;
+    let (s, b) = srv
+        .post(
+            "/api/v1/nodes/lb-02/assign",
+            &op,
+            json!({"cluster": "ext", "role": "backup"}),
+        )
+        .await;
     assert_eq!((s, b["priority"].as_i64()), (StatusCode::OK, Some(100)));
 
     let gen = |v: &Value| v["generation"].as_u64().unwrap();
@@ -226,27 +456,55 @@ async fn one_active_per_cluster_and_switchover_raises_before_lowering() {
     assert_eq!(a_before["vrrp"]["priority"], 150);
     assert_eq!(b_before["vrrp"]["priority"], 100);
 
-    let (s, sw) = srv.post("/api/v1/clusters/ext/switchover", &op, json!({})).await;
+    let (s, sw) = srv
+        .post("/api/v1/clusters/ext/switchover", &op, json!({}))
+        .await;
     assert_eq!(s, StatusCode::OK, "{sw}");
-    assert_eq!((sw["new_active"].as_str(), sw["old_active"].as_str()), (Some("lb-02"), Some("lb-01")));
+    assert_eq!(
+        (sw["new_active"].as_str(), sw["old_active"].as_str()),
+        (Some("lb-02"), Some("lb-01"))
+    );
     let (_, a_after) = srv.get("/api/v1/nodes/lb-01/role", &op).await;
     let (_, b_after) = srv.get("/api/v1/nodes/lb-02/role", &op).await;
-    assert_eq!((b_after["role"].as_str(), b_after["vrrp"]["priority"].as_u64()), (Some("active"), Some(150)));
-    assert_eq!((a_after["role"].as_str(), a_after["vrrp"]["priority"].as_u64()), (Some("backup"), Some(100)));
+    assert_eq!(
+        (
+            b_after["role"].as_str(),
+            b_after["vrrp"]["priority"].as_u64()
+        ),
+        (Some("active"), Some(150))
+    );
+    assert_eq!(
+        (
+            a_after["role"].as_str(),
+            a_after["vrrp"]["priority"].as_u64()
+        ),
+        (Some("backup"), Some(100))
+    );
     // The raised node's document is issued first: its generation is lower than the lowered node's.
     assert!(gen(&b_after) > gen(&b_before) && gen(&a_after) > gen(&a_before));
-    assert!(gen(&b_after) < gen(&a_after), "raise the backup first, then lower the active: {b_after} {a_after}");
+    assert!(
+        gen(&b_after) < gen(&a_after),
+        "raise the backup first, then lower the active: {b_after} {a_after}"
+    );
     assert_eq!(sw["new_active_generation"].as_u64(), Some(gen(&b_after)));
 
-    let (_, audit) = srv.get("/api/v1/audit?action=cluster.switchover", &op).await;
+    let (_, audit) = srv
+        .get("/api/v1/audit?action=cluster.switchover", &op)
+        .await;
     let entry = &audit["entries"][0];
-    assert_eq!((entry["actor"].as_str(), entry["target"].as_str()), (Some("oper"), Some("cluster:ext")));
+    assert_eq!(
+        (entry["actor"].as_str(), entry["target"].as_str()),
+        (Some("oper"), Some("cluster:ext"))
+    );
     assert_eq!(entry["before"]["active"], "lb-01");
     assert_eq!(entry["after"]["new_active"], "lb-02");
 
     // No backup left to promote after unassigning it.
-    srv.post("/api/v1/nodes/lb-01/unassign", &op, json!({})).await;
-    let (s, body) = srv.post("/api/v1/clusters/ext/switchover", &op, json!({})).await;
+    srv.post("/api/v1/nodes/lb-01/unassign", &op, json!({}))
+        .await;
+    let (s, body) = srv
+        .post("/api/v1/clusters/ext/switchover", &op, json!({}))
+        .await;
     assert_eq!(s, StatusCode::CONFLICT, "{body}");
 }
 
@@ -255,40 +513,119 @@ async fn real_server_endpoints_touch_only_that_server() {
     let dir = tempfile::tempdir().unwrap();
     let srv = TestServer::start(dir.path()).await;
     let op = srv.tokens.operator.clone();
-    srv.put("/api/v1/clusters/ext", &op, cluster_spec(51, "198.18.0.10")).await;
+    srv.put("/api/v1/clusters/ext", &op, cluster_spec(51, "198.18.0.10"))
+        .await;
     let (_, before) = srv.get("/api/v1/clusters/ext", &op).await;
     let svc = "/api/v1/clusters/ext/services/tcp:198.18.0.10:80/real-servers";
 
-    let (s, rs) = srv.put(&format!("{svc}/198.18.2.2:8080/weight"), &op, json!({"weight": 7})).await;
-    assert_eq!((s, rs["weight"].as_u64()), (StatusCode::OK, Some(7)), "{rs}");
+    let (s, rs) = srv
+        .put(
+            &format!("{svc}/198.18.2.2:8080/weight"),
+            &op,
+            json!({"weight": 7}),
+        )
+        .await;
+    assert_eq!(
+        (s, rs["weight"].as_u64()),
+        (StatusCode::OK, Some(7)),
+        "{rs}"
+    );
     let (_, after) = srv.get("/api/v1/clusters/ext", &op).await;
     let mut expected = before["spec"].clone();
     expected["services"][0]["real_servers"][1]["weight"] = json!(7);
     assert_eq!(after["spec"], expected, "only the one weight may change");
 
-    assert_eq!(srv.post(&format!("{svc}/198.18.2.1:8080/drain"), &op, json!({})).await.0, StatusCode::OK);
+    assert_eq!(
+        srv.post(&format!("{svc}/198.18.2.1:8080/drain"), &op, json!({}))
+            .await
+            .0,
+        StatusCode::OK
+    );
     let (_, c) = srv.get("/api/v1/clusters/ext", &op).await;
-    assert_eq!(c["spec"]["services"][0]["real_servers"][0]["enabled"], false);
+    assert_eq!(
+        c["spec"]["services"][0]["real_servers"][0]["enabled"],
+        false
+    );
     // A declarative PUT that omits `enabled` keeps the server drained.
-    assert_eq!(srv.put("/api/v1/clusters/ext", &op, cluster_spec(51, "198.18.0.10")).await.0, StatusCode::OK);
+    assert_eq!(
+        srv.put("/api/v1/clusters/ext", &op, cluster_spec(51, "198.18.0.10"))
+            .await
+            .0,
+        StatusCode::OK
+    );
     let (_, c) = srv.get("/api/v1/clusters/ext", &op).await;
-    assert_eq!(c["spec"]["services"][0]["real_servers"][0]["enabled"], false);
-    assert_eq!(c["spec"]["services"][0]["real_servers"][1]["weight"], 2, "the PUT restored the declared weight");
-    assert_eq!(srv.post(&format!("{svc}/198.18.2.1:8080/enable"), &op, json!({})).await.0, StatusCode::OK);
+    assert_eq!(
+        c["spec"]["services"][0]["real_servers"][0]["enabled"],
+        false
+    );
+    assert_eq!(
+        c["spec"]["services"][0]["real_servers"][1]["weight"], 2,
+        "the PUT restored the declared weight"
+    );
+    assert_eq!(
+        srv.post(&format!("{svc}/198.18.2.1:8080/enable"), &op, json!({}))
+            .await
+            .0,
+        StatusCode::OK
+    );
 
-    let (s, _) = srv.post(svc, &op, json!({"address": "198.18.2.9", "port": 8080, "weight": 3})).await;
+    let (s, _) = srv
+        .post(
+            svc,
+            &op,
+            json!({"address": "198.18.2.9", "port": 8080, "weight": 3}),
+        )
+        .await;
     assert_eq!(s, StatusCode::CREATED);
-    assert_eq!(srv.post(svc, &op, json!({"address": "198.18.2.9", "port": 8080})).await.0, StatusCode::CONFLICT);
-    assert_eq!(srv.delete(&format!("{svc}/198.18.2.1:8080"), &op).await.0, StatusCode::NO_CONTENT);
-    assert_eq!(srv.delete(&format!("{svc}/198.18.2.1:8080"), &op).await.0, StatusCode::NOT_FOUND);
+    assert_eq!(
+        srv.post(svc, &op, json!({"address": "198.18.2.9", "port": 8080}))
+            .await
+            .0,
+        StatusCode::CONFLICT
+    );
+    assert_eq!(
+        srv.delete(&format!("{svc}/198.18.2.1:8080"), &op).await.0,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        srv.delete(&format!("{svc}/198.18.2.1:8080"), &op).await.0,
+        StatusCode::NOT_FOUND
+    );
     let (_, c) = srv.get("/api/v1/clusters/ext", &op).await;
-    let addrs: Vec<&str> = c["spec"]["services"][0]["real_servers"].as_array().unwrap().iter().map(|r| r["address"].as_str().unwrap()).collect();
+    let addrs: Vec<&str> = c["spec"]["services"][0]["real_servers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["address"].as_str().unwrap())
+        .collect();
     assert_eq!(addrs, vec!["198.18.2.2", "198.18.2.9"]);
-    assert_eq!(c["spec"]["services"][1], before["spec"]["services"][1], "the other service is untouched");
+    assert_eq!(
+        c["spec"]["services"][1], before["spec"]["services"][1],
+        "the other service is untouched"
+    );
 
-    let (_, audit) = srv.get("/api/v1/audit?target=cluster:ext/service:tcp:198.18.0.10:80", &op).await;
-    let actions: Vec<&str> = audit["entries"].as_array().unwrap().iter().map(|e| e["action"].as_str().unwrap()).collect();
-    assert_eq!(actions, vec!["real_server.remove", "real_server.add", "real_server.enable", "real_server.drain", "real_server.weight"]);
+    let (_, audit) = srv
+        .get(
+            "/api/v1/audit?target=cluster:ext/service:tcp:198.18.0.10:80",
+            &op,
+        )
+        .await;
+    let actions: Vec<&str> = audit["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        actions,
+        vec![
+            "real_server.remove",
+            "real_server.add",
+            "real_server.enable",
+            "real_server.drain",
+            "real_server.weight"
+        ]
+    );
 }
 
 #[tokio::test]
@@ -296,43 +633,120 @@ async fn node_lifecycle_enrollment_reports_and_serving() {
     let dir = tempfile::tempdir().unwrap();
     let srv = TestServer::start(dir.path()).await;
     let op = srv.tokens.operator.clone();
-    srv.put("/api/v1/clusters/ext", &op, cluster_spec(51, "198.18.0.10")).await;
+    srv.put("/api/v1/clusters/ext", &op, cluster_spec(51, "198.18.0.10"))
+        .await;
 
     // Hardware found by the boot services shows up as discovered; it can be approved and named.
-    let fleet = lbfleet_server::open_fleet(&lbfleet_server::ServerConfig::with_database(common::db_url(&srv.db_path))).await.unwrap();
+    let fleet = lbfleet_server::open_fleet(&lbfleet_server::ServerConfig::with_database(
+        common::db_url(&srv.db_path),
+    ))
+    .await
+    .unwrap();
     let id = fleet.discover("52:54:00:AA:00:01").await.unwrap();
-    assert_eq!(fleet.discover("52-54-00-aa-00-01").await.unwrap(), id, "discovery is idempotent");
+    assert_eq!(
+        fleet.discover("52-54-00-aa-00-01").await.unwrap(),
+        id,
+        "discovery is idempotent"
+    );
     fleet.store().close().await;
     let (_, d) = srv.get("/api/v1/nodes?state=discovered", &op).await;
     assert_eq!(d["nodes"][0]["mac"], "52:54:00:aa:00:01");
-    assert_eq!(srv.post("/api/v1/nodes/52:54:00:aa:00:01/assign", &op, json!({"cluster": "ext", "role": "active"})).await.0, StatusCode::CONFLICT);
-    let (s, n) = srv.post(&format!("/api/v1/nodes/{id}/approve"), &op, json!({"hostname": "lb-01"})).await;
-    assert_eq!((s, n["state"].as_str(), n["hostname"].as_str()), (StatusCode::OK, Some("ready"), Some("lb-01")), "{n}");
-    assert_eq!(srv.post("/api/v1/nodes/lb-01/approve", &op, json!({})).await.0, StatusCode::CONFLICT, "approve twice");
+    assert_eq!(
+        srv.post(
+            "/api/v1/nodes/52:54:00:aa:00:01/assign",
+            &op,
+            json!({"cluster": "ext", "role": "active"})
+        )
+        .await
+        .0,
+        StatusCode::CONFLICT
+    );
+    let (s, n) = srv
+        .post(
+            &format!("/api/v1/nodes/{id}/approve"),
+            &op,
+            json!({"hostname": "lb-01"}),
+        )
+        .await;
+    assert_eq!(
+        (s, n["state"].as_str(), n["hostname"].as_str()),
+        (StatusCode::OK, Some("ready"), Some("lb-01")),
+        "{n}"
+    );
+    assert_eq!(
+        srv.post("/api/v1/nodes/lb-01/approve", &op, json!({}))
+            .await
+            .0,
+        StatusCode::CONFLICT,
+        "approve twice"
+    );
 
     // Enrollment: a token works once, only for its own MAC.
-    let (_, t) = srv.post("/api/v1/nodes/lb-01/enrollment-token", &op, json!({})).await;
+    let (_, t) = srv
+        .post("/api/v1/nodes/lb-01/enrollment-token", &op, json!({}))
+        .await;
     let token = t["token"].as_str().unwrap().to_owned();
     let enroll = |token: String, mac: &'static str| {
         let srv = &srv;
-        async move { srv.call(Method::POST, "/api/v1/agent/enroll", None, Some(json!({"token": token, "mac": mac}))).await }
+        async move {
+            srv.call(
+                Method::POST,
+                "/api/v1/agent/enroll",
+                None,
+                Some(json!({"token": token, "mac": mac})),
+            )
+            .await
+        }
     };
-    assert_eq!(enroll("lbf_enr_bogus".into(), "52:54:00:aa:00:01").await.0, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        enroll("lbf_enr_bogus".into(), "52:54:00:aa:00:01").await.0,
+        StatusCode::UNAUTHORIZED
+    );
     let (s, e) = enroll(token.clone(), "52:54:00:aa:00:01").await;
     assert_eq!(s, StatusCode::OK, "{e}");
     let cred = e["credential"].as_str().unwrap().to_owned();
     assert!(cred.starts_with("lbf_node_"));
-    assert_eq!(enroll(token, "52:54:00:aa:00:01").await.0, StatusCode::UNAUTHORIZED, "single use");
-    let (_, t2) = srv.post("/api/v1/nodes/lb-01/enrollment-token", &op, json!({})).await;
-    assert_eq!(enroll(t2["token"].as_str().unwrap().to_owned(), "52:54:00:aa:00:99").await.0, StatusCode::UNAUTHORIZED, "wrong MAC");
+    assert_eq!(
+        enroll(token, "52:54:00:aa:00:01").await.0,
+        StatusCode::UNAUTHORIZED,
+        "single use"
+    );
+    let (_, t2) = srv
+        .post("/api/v1/nodes/lb-01/enrollment-token", &op, json!({}))
+        .await;
+    assert_eq!(
+        enroll(
+            t2["token"].as_str().unwrap().to_owned(),
+            "52:54:00:aa:00:99"
+        )
+        .await
+        .0,
+        StatusCode::UNAUTHORIZED,
+        "wrong MAC"
+    );
     // Node credentials are not admin credentials.
-    assert_eq!(srv.get("/api/v1/nodes", &cred).await.0, StatusCode::FORBIDDEN);
+    assert_eq!(
+        srv.get("/api/v1/nodes", &cred).await.0,
+        StatusCode::FORBIDDEN
+    );
 
     // Unassigned: an empty role.
     let (s, role) = srv.get("/api/v1/agent/role?after=0", &cred).await;
-    assert_eq!((s, role["cluster"].clone(), role["services"].as_array().map(Vec::len)), (StatusCode::OK, Value::Null, Some(0)));
+    assert_eq!(
+        (
+            s,
+            role["cluster"].clone(),
+            role["services"].as_array().map(Vec::len)
+        ),
+        (StatusCode::OK, Value::Null, Some(0))
+    );
 
-    srv.post("/api/v1/nodes/lb-01/assign", &op, json!({"cluster": "ext", "role": "active"})).await;
+    srv.post(
+        "/api/v1/nodes/lb-01/assign",
+        &op,
+        json!({"cluster": "ext", "role": "active"}),
+    )
+    .await;
     let (_, role) = srv.get("/api/v1/agent/role?after=0", &cred).await;
     assert_eq!(role["cluster"], "ext");
     assert_eq!(role["vrrp"]["vrid"], 51);
@@ -340,29 +754,80 @@ async fn node_lifecycle_enrollment_reports_and_serving() {
     let g = role["generation"].as_u64().unwrap();
 
     // A report from the future is refused; the real one moves the node to serving.
-    let (s, _) = srv.post("/api/v1/agent/report", &cred, json!({"applied_generation": g + 1})).await;
+    let (s, _) = srv
+        .post(
+            "/api/v1/agent/report",
+            &cred,
+            json!({"applied_generation": g + 1}),
+        )
+        .await;
     assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
     let report = json!({"applied_generation": g, "vrrp_state": "master", "agent_version": "0.1.0",
         "services": [{"vip": "198.18.0.10", "port": 80, "protocol": "tcp",
                       "real_servers": [{"address": "198.18.2.1", "port": 8080, "healthy": true}]}]});
-    assert_eq!(srv.post("/api/v1/agent/report", &cred, report.clone()).await.0, StatusCode::NO_CONTENT);
+    assert_eq!(
+        srv.post("/api/v1/agent/report", &cred, report.clone())
+            .await
+            .0,
+        StatusCode::NO_CONTENT
+    );
     let (_, n) = srv.get("/api/v1/nodes/lb-01", &op).await;
-    assert_eq!((n["state"].as_str(), n["vrrp_state"].as_str(), n["in_sync"].as_bool()), (Some("serving"), Some("master"), Some(true)), "{n}");
+    assert_eq!(
+        (
+            n["state"].as_str(),
+            n["vrrp_state"].as_str(),
+            n["in_sync"].as_bool()
+        ),
+        (Some("serving"), Some("master"), Some(true)),
+        "{n}"
+    );
     let mut flap = report.clone();
     flap["services"][0]["real_servers"][0]["healthy"] = json!(false);
     srv.post("/api/v1/agent/report", &cred, flap).await;
     let (_, ev) = srv.get("/api/v1/events?node=lb-01", &op).await;
-    let kinds: Vec<&str> = ev["events"].as_array().unwrap().iter().map(|e| e["kind"].as_str().unwrap()).collect();
-    assert_eq!(kinds, vec!["health", "serving", "vrrp", "enrolled", "discovered"], "{ev}");
+    let kinds: Vec<&str> = ev["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        kinds,
+        vec!["health", "serving", "vrrp", "enrolled", "discovered"],
+        "{ev}"
+    );
 
     // Retire: credentials stop working, the history stays.
     let (s, n) = srv.post("/api/v1/nodes/lb-01/retire", &op, json!({})).await;
-    assert_eq!((s, n["state"].as_str(), n["cluster"].as_str()), (StatusCode::OK, Some("retired"), None));
-    assert_eq!(srv.get("/api/v1/agent/role", &cred).await.0, StatusCode::UNAUTHORIZED);
-    assert_eq!(srv.post("/api/v1/nodes/lb-01/enrollment-token", &op, json!({})).await.0, StatusCode::CONFLICT);
+    assert_eq!(
+        (s, n["state"].as_str(), n["cluster"].as_str()),
+        (StatusCode::OK, Some("retired"), None)
+    );
+    assert_eq!(
+        srv.get("/api/v1/agent/role", &cred).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        srv.post("/api/v1/nodes/lb-01/enrollment-token", &op, json!({}))
+            .await
+            .0,
+        StatusCode::CONFLICT
+    );
     let (_, audit) = srv.get("/api/v1/audit?target=node:", &op).await;
-    let actions: Vec<&str> = audit["entries"].as_array().unwrap().iter().map(|e| e["action"].as_str().unwrap()).collect();
-    for a in ["node.discover", "node.approve", "node.enroll", "node.assign", "node.serving", "node.retire"] {
+    let actions: Vec<&str> = audit["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    for a in [
+        "node.discover",
+        "node.approve",
+        "node.enroll",
+        "node.assign",
+        "node.serving",
+        "node.retire",
+    ] {
         assert!(actions.contains(&a), "{a} missing from {actions:?}");
     }
 }
@@ -372,17 +837,32 @@ async fn long_poll_wakes_within_100ms_of_a_change() {
     let dir = tempfile::tempdir().unwrap();
     let srv = TestServer::start(dir.path()).await;
     let op = srv.tokens.operator.clone();
-    srv.put("/api/v1/clusters/ext", &op, cluster_spec(51, "198.18.0.10")).await;
+    srv.put("/api/v1/clusters/ext", &op, cluster_spec(51, "198.18.0.10"))
+        .await;
     let cred = srv.enrolled_node("52:54:00:00:00:01", "lb-01").await;
-    srv.post("/api/v1/nodes/lb-01/assign", &op, json!({"cluster": "ext", "role": "active"})).await;
+    srv.post(
+        "/api/v1/nodes/lb-01/assign",
+        &op,
+        json!({"cluster": "ext", "role": "active"}),
+    )
+    .await;
     let (_, role) = srv.get("/api/v1/agent/role", &cred).await;
     let mut generation = role["generation"].as_u64().unwrap();
 
     // A poll with nothing new waits for the full `wait` and answers 204.
     let t = Instant::now();
-    let (s, _) = srv.get(&format!("/api/v1/agent/role?after={generation}&wait=1"), &cred).await;
+    let (s, _) = srv
+        .get(
+            &format!("/api/v1/agent/role?after={generation}&wait=1"),
+            &cred,
+        )
+        .await;
     assert_eq!(s, StatusCode::NO_CONTENT);
-    assert!(t.elapsed() >= Duration::from_millis(950), "returned early: {:?}", t.elapsed());
+    assert!(
+        t.elapsed() >= Duration::from_millis(950),
+        "returned early: {:?}",
+        t.elapsed()
+    );
 
     let mut worst = Duration::ZERO;
     for weight in 10..15u32 {
@@ -415,11 +895,20 @@ async fn long_poll_wakes_within_100ms_of_a_change() {
         generation = doc["generation"].as_u64().unwrap();
         worst = worst.max(done.duration_since(t));
     }
-    assert!(worst < Duration::from_millis(100), "long-poll woke {worst:?} after the change");
+    assert!(
+        worst < Duration::from_millis(100),
+        "long-poll woke {worst:?} after the change"
+    );
 
     // A change to another cluster does not wake this node.
-    srv.put("/api/v1/clusters/int", &op, cluster_spec(52, "198.18.0.11")).await;
-    let (s, _) = srv.get(&format!("/api/v1/agent/role?after={generation}&wait=1"), &cred).await;
+    srv.put("/api/v1/clusters/int", &op, cluster_spec(52, "198.18.0.11"))
+        .await;
+    let (s, _) = srv
+        .get(
+            &format!("/api/v1/agent/role?after={generation}&wait=1"),
+            &cred,
+        )
+        .await;
     assert_eq!(s, StatusCode::NO_CONTENT);
 }
 
@@ -428,41 +917,79 @@ async fn audit_chain_verifies_and_detects_tampering() {
     let dir = tempfile::tempdir().unwrap();
     let srv = TestServer::start(dir.path()).await;
     let op = srv.tokens.operator.clone();
-    srv.put("/api/v1/clusters/ext", &op, cluster_spec(51, "198.18.0.10")).await;
-    srv.post("/api/v1/nodes", &op, json!({"mac": "52:54:00:00:00:01", "hostname": "lb-01"})).await;
-    srv.post("/api/v1/nodes/lb-01/assign", &op, json!({"cluster": "ext", "role": "active"})).await;
+    srv.put("/api/v1/clusters/ext", &op, cluster_spec(51, "198.18.0.10"))
+        .await;
+    srv.post(
+        "/api/v1/nodes",
+        &op,
+        json!({"mac": "52:54:00:00:00:01", "hostname": "lb-01"}),
+    )
+    .await;
+    srv.post(
+        "/api/v1/nodes/lb-01/assign",
+        &op,
+        json!({"cluster": "ext", "role": "active"}),
+    )
+    .await;
     let (s, v) = srv.get("/api/v1/audit/verify", &srv.tokens.viewer).await;
-    assert_eq!((s, v["ok"].as_bool(), v["rows"].as_u64()), (StatusCode::OK, Some(true), Some(9)), "{v}");
+    assert_eq!(
+        (s, v["ok"].as_bool(), v["rows"].as_u64()),
+        (StatusCode::OK, Some(true), Some(9)),
+        "{v}"
+    );
 
     // Audit filters.
-    let (_, a) = srv.get("/api/v1/audit?actor=oper&target=cluster:ext", &op).await;
+    let (_, a) = srv
+        .get("/api/v1/audit?actor=oper&target=cluster:ext", &op)
+        .await;
     assert_eq!(a["entries"].as_array().unwrap().len(), 1);
     assert_eq!(a["entries"][0]["after"]["vrid"], 51);
-    let (_, a) = srv.get("/api/v1/audit?since=2000-01-01T00:00:00Z&limit=2", &op).await;
+    let (_, a) = srv
+        .get("/api/v1/audit?since=2000-01-01T00:00:00Z&limit=2", &op)
+        .await;
     assert_eq!(a["entries"].as_array().unwrap().len(), 2);
     let next = a["next_before"].as_i64().unwrap();
-    let (_, a) = srv.get(&format!("/api/v1/audit?before={next}&limit=1000"), &op).await;
+    let (_, a) = srv
+        .get(&format!("/api/v1/audit?before={next}&limit=1000"), &op)
+        .await;
     assert_eq!(a["entries"].as_array().unwrap().len(), 7);
-    let (_, a) = srv.get("/api/v1/audit?until=2000-01-01T00:00:00Z", &op).await;
+    let (_, a) = srv
+        .get("/api/v1/audit?until=2000-01-01T00:00:00Z", &op)
+        .await;
     assert_eq!(a["entries"].as_array().unwrap().len(), 0);
 
     // Edit one row behind the server's back.
-    let pool = sqlx::SqlitePool::connect(&common::db_url(&srv.db_path)).await.unwrap();
-    sqlx::query("UPDATE audit_log SET actor = 'mallory' WHERE action = 'cluster.create'").execute(&pool).await.unwrap();
+    let pool = sqlx::SqlitePool::connect(&common::db_url(&srv.db_path))
+        .await
+        .unwrap();
+    sqlx::query("UPDATE audit_log SET actor = 'mallory' WHERE action = 'cluster.create'")
+        .execute(&pool)
+        .await
+        .unwrap();
     let (_, v) = srv.get("/api/v1/audit/verify", &op).await;
     assert_eq!(v["ok"], false, "{v}");
     assert!(v["problem"].as_str().unwrap().contains("was modified"));
-    sqlx::query("UPDATE audit_log SET actor = 'oper' WHERE action = 'cluster.create'").execute(&pool).await.unwrap();
+    sqlx::query("UPDATE audit_log SET actor = 'oper' WHERE action = 'cluster.create'")
+        .execute(&pool)
+        .await
+        .unwrap();
     assert_eq!(srv.get("/api/v1/audit/verify", &op).await.1["ok"], true);
 
     // Delete a row in the middle, then the newest.
     let mut tx = pool.begin().await.unwrap();
-    sqlx::query("DELETE FROM audit_log WHERE seq = 3").execute(&mut *tx).await.unwrap();
+    sqlx::query("DELETE FROM audit_log WHERE seq = 3")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
     let (_, v) = {
         tx.commit().await.unwrap();
         srv.get("/api/v1/audit/verify", &op).await
     };
-    assert_eq!((v["ok"].as_bool(), v["bad_seq"].as_i64()), (Some(false), Some(3)), "{v}");
+    assert_eq!(
+        (v["ok"].as_bool(), v["bad_seq"].as_i64()),
+        (Some(false), Some(3)),
+        "{v}"
+    );
     pool.close().await;
 }
 
@@ -470,12 +997,25 @@ async fn audit_chain_verifies_and_detects_tampering() {
 async fn newest_audit_rows_cannot_be_dropped_unnoticed() {
     let dir = tempfile::tempdir().unwrap();
     let srv = TestServer::start(dir.path()).await;
-    srv.put("/api/v1/clusters/ext", &srv.tokens.operator, cluster_spec(51, "198.18.0.10")).await;
-    let pool = sqlx::SqlitePool::connect(&common::db_url(&srv.db_path)).await.unwrap();
-    sqlx::query("DELETE FROM audit_log WHERE seq = (SELECT MAX(seq) FROM audit_log)").execute(&pool).await.unwrap();
+    srv.put(
+        "/api/v1/clusters/ext",
+        &srv.tokens.operator,
+        cluster_spec(51, "198.18.0.10"),
+    )
+    .await;
+    let pool = sqlx::SqlitePool::connect(&common::db_url(&srv.db_path))
+        .await
+        .unwrap();
+    sqlx::query("DELETE FROM audit_log WHERE seq = (SELECT MAX(seq) FROM audit_log)")
+        .execute(&pool)
+        .await
+        .unwrap();
     let (_, v) = srv.get("/api/v1/audit/verify", &srv.tokens.viewer).await;
     assert_eq!(v["ok"], false, "{v}");
-    assert!(v["problem"].as_str().unwrap().contains("newest rows"), "{v}");
+    assert!(
+        v["problem"].as_str().unwrap().contains("newest rows"),
+        "{v}"
+    );
     pool.close().await;
 }
 
@@ -484,10 +1024,21 @@ async fn restart_keeps_everything() {
     let dir = tempfile::tempdir().unwrap();
     let srv = TestServer::start(dir.path()).await;
     let op = srv.tokens.operator.clone();
-    srv.put("/api/v1/clusters/ext", &op, cluster_spec(51, "198.18.0.10")).await;
+    srv.put("/api/v1/clusters/ext", &op, cluster_spec(51, "198.18.0.10"))
+        .await;
     let cred = srv.enrolled_node("52:54:00:00:00:01", "lb-01").await;
-    srv.post("/api/v1/nodes/lb-01/assign", &op, json!({"cluster": "ext", "role": "active"})).await;
-    srv.post("/api/v1/clusters/ext/services/tcp:198.18.0.10:80/real-servers/198.18.2.2:8080/drain", &op, json!({})).await;
+    srv.post(
+        "/api/v1/nodes/lb-01/assign",
+        &op,
+        json!({"cluster": "ext", "role": "active"}),
+    )
+    .await;
+    srv.post(
+        "/api/v1/clusters/ext/services/tcp:198.18.0.10:80/real-servers/198.18.2.2:8080/drain",
+        &op,
+        json!({}),
+    )
+    .await;
     let (_, cluster) = srv.get("/api/v1/clusters/ext", &op).await;
     let (_, node) = srv.get("/api/v1/nodes/lb-01", &op).await;
     let (_, role) = srv.get("/api/v1/agent/role", &cred).await;
@@ -497,11 +1048,20 @@ async fn restart_keeps_everything() {
     let srv = TestServer::start_with(db, tokens, |_| {}).await;
     assert_eq!(srv.get("/api/v1/clusters/ext", &op).await.1, cluster);
     assert_eq!(srv.get("/api/v1/nodes/lb-01", &op).await.1, node);
-    assert_eq!(srv.get("/api/v1/agent/role", &cred).await.1, role, "the node credential survives a restart");
+    assert_eq!(
+        srv.get("/api/v1/agent/role", &cred).await.1,
+        role,
+        "the node credential survives a restart"
+    );
     assert_eq!(srv.get("/api/v1/audit?limit=1000", &op).await.1, audit);
     assert_eq!(srv.get("/api/v1/audit/verify", &op).await.1["ok"], true);
     // Generations keep growing across restarts.
-    srv.put("/api/v1/clusters/ext/services/tcp:198.18.0.10:80/real-servers/198.18.2.1:8080/weight", &op, json!({"weight": 9})).await;
+    srv.put(
+        "/api/v1/clusters/ext/services/tcp:198.18.0.10:80/real-servers/198.18.2.1:8080/weight",
+        &op,
+        json!({"weight": 9}),
+    )
+    .await;
     let (_, role2) = srv.get("/api/v1/agent/role", &cred).await;
     assert!(role2["generation"].as_u64() > role["generation"].as_u64());
 }
@@ -511,42 +1071,88 @@ async fn session_login_csrf_and_rate_limit() {
     let dir = tempfile::tempdir().unwrap();
     let srv = TestServer::start(dir.path()).await;
     let login = |user: &str, password: &str| {
-        srv.http.post(srv.url("/api/v1/login")).json(&json!({"username": user, "password": password})).send()
+        srv.http
+            .post(srv.url("/api/v1/login"))
+            .json(&json!({"username": user, "password": password}))
+            .send()
     };
     let resp = login("oper", common::PASSWORD).await.unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
     let cookie = resp.headers()["set-cookie"].to_str().unwrap().to_owned();
-    assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"), "{cookie}");
+    assert!(
+        cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"),
+        "{cookie}"
+    );
     let session = cookie.split(';').next().unwrap().to_owned();
     let body: Value = resp.json().await.unwrap();
     let csrf = body["csrf_token"].as_str().unwrap().to_owned();
 
-    let r = srv.http.get(srv.url("/api/v1/whoami")).header("cookie", &session).send().await.unwrap();
+    let r = srv
+        .http
+        .get(srv.url("/api/v1/whoami"))
+        .header("cookie", &session)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(r.json::<Value>().await.unwrap()["user"], "oper");
     let put = |with_csrf: bool| {
-        let mut r = srv.http.put(srv.url("/api/v1/clusters/ext")).header("cookie", &session).json(&cluster_spec(51, "198.18.0.10"));
+        let mut r = srv
+            .http
+            .put(srv.url("/api/v1/clusters/ext"))
+            .header("cookie", &session)
+            .json(&cluster_spec(51, "198.18.0.10"));
         if with_csrf {
             r = r.header("x-csrf-token", &csrf);
         }
         r.send()
     };
-    assert_eq!(put(false).await.unwrap().status(), StatusCode::FORBIDDEN, "no CSRF token");
-    assert_eq!(srv.get("/api/v1/clusters/ext", &srv.tokens.viewer).await.0, StatusCode::NOT_FOUND);
+    assert_eq!(
+        put(false).await.unwrap().status(),
+        StatusCode::FORBIDDEN,
+        "no CSRF token"
+    );
+    assert_eq!(
+        srv.get("/api/v1/clusters/ext", &srv.tokens.viewer).await.0,
+        StatusCode::NOT_FOUND
+    );
     assert_eq!(put(true).await.unwrap().status(), StatusCode::CREATED);
 
-    let r = srv.http.post(srv.url("/api/v1/logout")).header("cookie", &session).header("x-csrf-token", &csrf).send().await.unwrap();
+    let r = srv
+        .http
+        .post(srv.url("/api/v1/logout"))
+        .header("cookie", &session)
+        .header("x-csrf-token", &csrf)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
-    let r = srv.http.get(srv.url("/api/v1/whoami")).header("cookie", &session).send().await.unwrap();
+    let r = srv
+        .http
+        .get(srv.url("/api/v1/whoami"))
+        .header("cookie", &session)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "logged out");
 
     for _ in 0..5 {
-        assert_eq!(login("view", "wrong-password!").await.unwrap().status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            login("view", "wrong-password!").await.unwrap().status(),
+            StatusCode::UNAUTHORIZED
+        );
     }
     let r = login("view", common::PASSWORD).await.unwrap();
-    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS, "the right password is refused while limited");
+    assert_eq!(
+        r.status(),
+        StatusCode::TOO_MANY_REQUESTS,
+        "the right password is refused while limited"
+    );
     assert!(r.headers().contains_key("retry-after"));
-    assert_eq!(login("nobody", "whatever-password").await.unwrap().status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        login("nobody", "whatever-password").await.unwrap().status(),
+        StatusCode::UNAUTHORIZED
+    );
 }
 
 #[tokio::test]
@@ -554,27 +1160,107 @@ async fn users_tokens_and_images_admin() {
     let dir = tempfile::tempdir().unwrap();
     let srv = TestServer::start(dir.path()).await;
     let admin = srv.tokens.admin.clone();
-    let (s, u) = srv.post("/api/v1/users", &admin, json!({"name": "carol", "role": "viewer"})).await;
+    let (s, u) = srv
+        .post(
+            "/api/v1/users",
+            &admin,
+            json!({"name": "carol", "role": "viewer"}),
+        )
+        .await;
     assert_eq!(s, StatusCode::CREATED, "{u}");
     assert_eq!(u["password"].as_str().unwrap().len(), 20);
-    assert_eq!(srv.post("/api/v1/users", &admin, json!({"name": "carol", "role": "viewer"})).await.0, StatusCode::CONFLICT);
-    assert_eq!(srv.post("/api/v1/users", &admin, json!({"name": "dave", "role": "viewer", "password": "short"})).await.0, StatusCode::UNPROCESSABLE_ENTITY);
-    let (s, t) = srv.post("/api/v1/tokens", &admin, json!({"user": "carol", "name": "ci", "expires_in": "1h"})).await;
+    assert_eq!(
+        srv.post(
+            "/api/v1/users",
+            &admin,
+            json!({"name": "carol", "role": "viewer"})
+        )
+        .await
+        .0,
+        StatusCode::CONFLICT
+    );
+    assert_eq!(
+        srv.post(
+            "/api/v1/users",
+            &admin,
+            json!({"name": "dave", "role": "viewer", "password": "short"})
+        )
+        .await
+        .0,
+        StatusCode::UNPROCESSABLE_ENTITY
+    );
+    let (s, t) = srv
+        .post(
+            "/api/v1/tokens",
+            &admin,
+            json!({"user": "carol", "name": "ci", "expires_in": "1h"}),
+        )
+        .await;
     assert_eq!(s, StatusCode::CREATED);
     let token = t["token"].as_str().unwrap().to_owned();
     assert_eq!(srv.get("/api/v1/nodes", &token).await.0, StatusCode::OK);
     let (_, list) = srv.get("/api/v1/tokens", &admin).await;
-    assert!(!list.to_string().contains(&token), "token values are never listed");
-    assert_eq!(srv.delete(&format!("/api/v1/tokens/{}", t["id"]), &admin).await.0, StatusCode::NO_CONTENT);
-    assert_eq!(srv.get("/api/v1/nodes", &token).await.0, StatusCode::UNAUTHORIZED);
-    assert_eq!(srv.delete("/api/v1/users/admin", &admin).await.0, StatusCode::CONFLICT, "last admin");
+    assert!(
+        !list.to_string().contains(&token),
+        "token values are never listed"
+    );
+    assert_eq!(
+        srv.delete(&format!("/api/v1/tokens/{}", t["id"]), &admin)
+            .await
+            .0,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        srv.get("/api/v1/nodes", &token).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        srv.delete("/api/v1/users/admin", &admin).await.0,
+        StatusCode::CONFLICT,
+        "last admin"
+    );
 
     let op = srv.tokens.operator.clone();
     let img = json!({"kernel": "vmlinuz", "initrd": "initrd.img", "default": true});
-    assert_eq!(srv.put("/api/v1/images/2026.11.1", &op, img.clone()).await.0, StatusCode::CREATED);
-    assert_eq!(srv.put("/api/v1/images/2026.11.1", &op, img).await.1["outcome"], "unchanged");
-    assert_eq!(srv.put("/api/v1/images/bad", &op, json!({"kernel": "../etc/passwd", "initrd": "x"})).await.0, StatusCode::UNPROCESSABLE_ENTITY);
-    srv.post("/api/v1/nodes", &op, json!({"mac": "52:54:00:00:00:01", "hostname": "lb-01", "image": "2026.11.1"})).await;
-    assert_eq!(srv.post("/api/v1/nodes", &op, json!({"mac": "52:54:00:00:00:02", "image": "nope"})).await.0, StatusCode::UNPROCESSABLE_ENTITY);
-    assert_eq!(srv.delete("/api/v1/images/2026.11.1", &op).await.0, StatusCode::CONFLICT, "in use");
+    assert_eq!(
+        srv.put("/api/v1/images/2026.11.1", &op, img.clone())
+            .await
+            .0,
+        StatusCode::CREATED
+    );
+    assert_eq!(
+        srv.put("/api/v1/images/2026.11.1", &op, img).await.1["outcome"],
+        "unchanged"
+    );
+    assert_eq!(
+        srv.put(
+            "/api/v1/images/bad",
+            &op,
+            json!({"kernel": "../etc/passwd", "initrd": "x"})
+        )
+        .await
+        .0,
+        StatusCode::UNPROCESSABLE_ENTITY
+    );
+    srv.post(
+        "/api/v1/nodes",
+        &op,
+        json!({"mac": "52:54:00:00:00:01", "hostname": "lb-01", "image": "2026.11.1"}),
+    )
+    .await;
+    assert_eq!(
+        srv.post(
+            "/api/v1/nodes",
+            &op,
+            json!({"mac": "52:54:00:00:00:02", "image": "nope"})
+        )
+        .await
+        .0,
+        StatusCode::UNPROCESSABLE_ENTITY
+    );
+    assert_eq!(
+        srv.delete("/api/v1/images/2026.11.1", &op).await.0,
+        StatusCode::CONFLICT,
+        "in use"
+    );
 }

@@ -45,9 +45,16 @@ struct CreateUser {
     password: Option<String>,
 }
 
-async fn create_user(State(s): State<AppState>, Admin(p): Admin, ApiJson(req): ApiJson<CreateUser>) -> Result<Response, ApiError> {
+async fn create_user(
+    State(s): State<AppState>,
+    Admin(p): Admin,
+    ApiJson(req): ApiJson<CreateUser>,
+) -> Result<Response, ApiError> {
     let generated = req.password.is_none();
-    let password = s.fleet.create_user(&p.actor(), &req.name, req.role, req.password).await?;
+    let password = s
+        .fleet
+        .create_user(&p.actor(), &req.name, req.role, req.password)
+        .await?;
     let body = if generated {
         serde_json::json!({"name": req.name, "role": req.role, "password": password})
     } else {
@@ -56,7 +63,11 @@ async fn create_user(State(s): State<AppState>, Admin(p): Admin, ApiJson(req): A
     Ok((StatusCode::CREATED, Json(body)).into_response())
 }
 
-async fn delete_user(State(s): State<AppState>, Admin(p): Admin, Path(name): Path<String>) -> Result<Response, ApiError> {
+async fn delete_user(
+    State(s): State<AppState>,
+    Admin(p): Admin,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
     s.fleet.delete_user(&p.actor(), &name).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
@@ -74,8 +85,15 @@ async fn set_password(
     OptionalJson(req): OptionalJson<SetPassword>,
 ) -> Result<Response, ApiError> {
     let generated = req.password.is_none();
-    let password = s.fleet.set_password(&p.actor(), &name, req.password).await?;
-    let body = if generated { serde_json::json!({"password": password}) } else { serde_json::json!({}) };
+    let password = s
+        .fleet
+        .set_password(&p.actor(), &name, req.password)
+        .await?;
+    let body = if generated {
+        serde_json::json!({"password": password})
+    } else {
+        serde_json::json!({})
+    };
     Ok(Json(body).into_response())
 }
 
@@ -93,19 +111,34 @@ struct CreateToken {
     expires_in: Option<String>,
 }
 
-async fn create_token(State(s): State<AppState>, Admin(p): Admin, ApiJson(req): ApiJson<CreateToken>) -> Result<Response, ApiError> {
+async fn create_token(
+    State(s): State<AppState>,
+    Admin(p): Admin,
+    ApiJson(req): ApiJson<CreateToken>,
+) -> Result<Response, ApiError> {
     let ttl: Option<Duration> = match req.expires_in.as_deref() {
         Some(t) => Some(
-            humantime::parse_duration(t).map_err(|e| ApiError::bad_request(format!("expires_in: {e}")))?,
+            humantime::parse_duration(t)
+                .map_err(|e| ApiError::bad_request(format!("expires_in: {e}")))?,
         ),
         None => None,
     };
-    let (id, token) = s.fleet.create_token(&p.actor(), &req.user, &req.name, ttl).await?;
-    Ok((StatusCode::CREATED, Json(serde_json::json!({"id": id, "user": req.user, "name": req.name, "token": token})))
+    let (id, token) = s
+        .fleet
+        .create_token(&p.actor(), &req.user, &req.name, ttl)
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(serde_json::json!({"id": id, "user": req.user, "name": req.name, "token": token})),
+    )
         .into_response())
 }
 
-async fn revoke_token(State(s): State<AppState>, Admin(p): Admin, Path(id): Path<i64>) -> Result<Response, ApiError> {
+async fn revoke_token(
+    State(s): State<AppState>,
+    Admin(p): Admin,
+    Path(id): Path<i64>,
+) -> Result<Response, ApiError> {
     s.fleet.revoke_token(&p.actor(), id).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
@@ -140,11 +173,19 @@ async fn put_image(
         created_at: 0,
     };
     let outcome = s.fleet.put_image(&p.actor(), row).await?;
-    let status = if outcome == PutOutcome::Created { StatusCode::CREATED } else { StatusCode::OK };
+    let status = if outcome == PutOutcome::Created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
     Ok((status, Json(serde_json::json!({"outcome": outcome}))).into_response())
 }
 
-async fn delete_image(State(s): State<AppState>, Operator(p): Operator, Path(name): Path<String>) -> Result<Response, ApiError> {
+async fn delete_image(
+    State(s): State<AppState>,
+    Operator(p): Operator,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
     s.fleet.delete_image(&p.actor(), &name).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }

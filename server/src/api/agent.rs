@@ -14,10 +14,16 @@ use super::auth::AgentNode;
 use super::{ApiError, ApiJson, ApiQuery, AppState};
 
 pub fn router() -> Router<AppState> {
-    Router::new().route("/enroll", post(enroll)).route("/role", get(role)).route("/report", post(report))
+    Router::new()
+        .route("/enroll", post(enroll))
+        .route("/role", get(role))
+        .route("/report", post(report))
 }
 
-async fn enroll(State(s): State<AppState>, ApiJson(req): ApiJson<EnrollRequest>) -> Result<Response, ApiError> {
+async fn enroll(
+    State(s): State<AppState>,
+    ApiJson(req): ApiJson<EnrollRequest>,
+) -> Result<Response, ApiError> {
     Ok(Json(s.fleet.enroll(&req).await?).into_response())
 }
 
@@ -33,10 +39,18 @@ struct RoleQuery {
 
 /// `GET /api/v1/agent/role?after=GEN`: 200 with a newer role document as soon as one exists,
 /// 204 when none appeared within the wait.
-async fn role(State(s): State<AppState>, AgentNode(node): AgentNode, ApiQuery(q): ApiQuery<RoleQuery>) -> Result<Response, ApiError> {
+async fn role(
+    State(s): State<AppState>,
+    AgentNode(node): AgentNode,
+    ApiQuery(q): ApiQuery<RoleQuery>,
+) -> Result<Response, ApiError> {
     let max = s.config.long_poll_timeout;
     let wait = q.wait.map(Duration::from_secs).map_or(max, |w| w.min(max));
-    match s.fleet.wait_role(node, q.after, wait, s.shutdown.clone()).await? {
+    match s
+        .fleet
+        .wait_role(node, q.after, wait, s.shutdown.clone())
+        .await?
+    {
         Some(doc) => Ok(Json(doc).into_response()),
         None => Ok(StatusCode::NO_CONTENT.into_response()),
     }

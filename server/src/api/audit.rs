@@ -13,7 +13,10 @@ use crate::fleet::node_key;
 use crate::store::{self, audit::AuditFilter, events::EventFilter};
 
 pub fn router() -> Router<AppState> {
-    Router::new().route("/audit", get(list)).route("/audit/verify", get(verify)).route("/events", get(events))
+    Router::new()
+        .route("/audit", get(list))
+        .route("/audit/verify", get(verify))
+        .route("/events", get(events))
 }
 
 /// A time in a query: milliseconds since the epoch, or RFC 3339 (`2026-11-26T10:00:00Z`).
@@ -22,9 +25,15 @@ fn parse_time(field: &str, text: Option<&str>) -> Result<Option<i64>, ApiError> 
     if let Ok(ms) = text.parse::<i64>() {
         return Ok(Some(ms));
     }
-    let t = humantime::parse_rfc3339_weak(text)
-        .map_err(|_| ApiError::bad_request(format!("{field}: {text:?} is neither milliseconds since the epoch nor an RFC 3339 time")))?;
-    let ms = t.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
+    let t = humantime::parse_rfc3339_weak(text).map_err(|_| {
+        ApiError::bad_request(format!(
+            "{field}: {text:?} is neither milliseconds since the epoch nor an RFC 3339 time"
+        ))
+    })?;
+    let ms = t
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0);
     Ok(Some(i64::try_from(ms).unwrap_or(i64::MAX)))
 }
 
@@ -32,7 +41,9 @@ fn limit(l: Option<i64>) -> Result<i64, ApiError> {
     match l {
         None => Ok(100),
         Some(l @ 1..=1000) => Ok(l),
-        Some(l) => Err(ApiError::bad_request(format!("limit must be 1 to 1000, got {l}"))),
+        Some(l) => Err(ApiError::bad_request(format!(
+            "limit must be 1 to 1000, got {l}"
+        ))),
     }
 }
 
@@ -63,7 +74,11 @@ struct AuditEntry {
     hash: String,
 }
 
-async fn list(State(s): State<AppState>, _: Viewer, ApiQuery(q): ApiQuery<AuditQuery>) -> Result<Response, ApiError> {
+async fn list(
+    State(s): State<AppState>,
+    _: Viewer,
+    ApiQuery(q): ApiQuery<AuditQuery>,
+) -> Result<Response, ApiError> {
     let f = AuditFilter {
         since: parse_time("since", q.since.as_deref())?,
         until: parse_time("until", q.until.as_deref())?,
@@ -75,8 +90,15 @@ async fn list(State(s): State<AppState>, _: Viewer, ApiQuery(q): ApiQuery<AuditQ
     };
     let mut conn = s.fleet.store().read().await?;
     let rows = store::audit::list(&mut conn, &f).await?;
-    let parse = |j: Option<String>| j.and_then(|t| serde_json::from_str(&t).ok()).unwrap_or(Value::Null);
-    let next_before = if rows.len() as i64 == f.limit { rows.last().map(|r| r.seq) } else { None };
+    let parse = |j: Option<String>| {
+        j.and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or(Value::Null)
+    };
+    let next_before = if rows.len() as i64 == f.limit {
+        rows.last().map(|r| r.seq)
+    } else {
+        None
+    };
     let entries: Vec<AuditEntry> = rows
         .into_iter()
         .map(|r| AuditEntry {
@@ -99,7 +121,10 @@ async fn verify(State(s): State<AppState>, _: Viewer) -> Result<Response, ApiErr
     let mut conn = s.fleet.store().read().await?;
     let v = store::audit::verify(&mut conn).await?;
     if !v.ok {
-        tracing::error!(problem = v.problem.as_deref().unwrap_or(""), "audit chain verification failed");
+        tracing::error!(
+            problem = v.problem.as_deref().unwrap_or(""),
+            "audit chain verification failed"
+        );
     }
     Ok(Json(v).into_response())
 }
@@ -115,7 +140,11 @@ struct EventQuery {
     limit: Option<i64>,
 }
 
-async fn events(State(s): State<AppState>, _: Viewer, ApiQuery(q): ApiQuery<EventQuery>) -> Result<Response, ApiError> {
+async fn events(
+    State(s): State<AppState>,
+    _: Viewer,
+    ApiQuery(q): ApiQuery<EventQuery>,
+) -> Result<Response, ApiError> {
     let node_id = match q.node.as_deref() {
         Some(n) => Some(s.fleet.get_node(&node_key(n)).await?.id),
         None => None,

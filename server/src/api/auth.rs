@@ -70,11 +70,15 @@ impl FromRequestParts<AppState> for Principal {
         let mut conn = state.fleet.store().read().await?;
         if let Some(token) = bearer(&parts.headers) {
             if token.starts_with(secrets::NODE_CREDENTIAL_PREFIX) {
-                return Err(ApiError::Forbidden("node credentials may only call /api/v1/agent/*".into()));
+                return Err(ApiError::Forbidden(
+                    "node credentials may only call /api/v1/agent/*".into(),
+                ));
             }
             let p = store::auth::token_principal(&mut conn, &secrets::hash_secret(token))
                 .await?
-                .ok_or_else(|| ApiError::Unauthorized("API token is invalid, expired or revoked".into()))?;
+                .ok_or_else(|| {
+                    ApiError::Unauthorized("API token is invalid, expired or revoked".into())
+                })?;
             return principal(p, Via::Token);
         }
         if let Some(session) = cookie(&parts.headers, SESSION_COOKIE) {
@@ -84,20 +88,37 @@ impl FromRequestParts<AppState> for Principal {
             let csrf = p.csrf_token.clone().unwrap_or_default();
             // Cookies ride along on cross-site requests; a state change must also prove it read our page.
             if !matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS) {
-                let sent = parts.headers.get(CSRF_HEADER).and_then(|v| v.to_str().ok()).unwrap_or("");
+                let sent = parts
+                    .headers
+                    .get(CSRF_HEADER)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("");
                 if !secrets::constant_time_eq(sent, &csrf) {
-                    return Err(ApiError::Forbidden("missing or wrong CSRF token (X-CSRF-Token header)".into()));
+                    return Err(ApiError::Forbidden(
+                        "missing or wrong CSRF token (X-CSRF-Token header)".into(),
+                    ));
                 }
             }
             return principal(p, Via::Session { csrf_token: csrf });
         }
-        Err(ApiError::Unauthorized("authentication required: log in or send an API token (Authorization: Bearer ...)".into()))
+        Err(ApiError::Unauthorized(
+            "authentication required: log in or send an API token (Authorization: Bearer ...)"
+                .into(),
+        ))
     }
 }
 
 fn principal(p: store::auth::Principal, via: Via) -> Result<Principal, ApiError> {
-    let role = p.role.parse().map_err(|e| store::StoreError::Corrupt(format!("user {}: {e}", p.name)))?;
-    Ok(Principal { user_id: p.user_id, name: p.name, role, via })
+    let role = p
+        .role
+        .parse()
+        .map_err(|e| store::StoreError::Corrupt(format!("user {}: {e}", p.name)))?;
+    Ok(Principal {
+        user_id: p.user_id,
+        name: p.name,
+        role,
+        via,
+    })
 }
 
 macro_rules! role_extractor {
@@ -143,13 +164,14 @@ impl FromRequestParts<AppState> for AgentNode {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let token = bearer(&parts.headers)
-            .ok_or_else(|| ApiError::Unauthorized("agent calls need the node credential (Authorization: Bearer ...)".into()))?;
-        let node = state
-            .fleet
-            .authenticate_node(token)
-            .await?
-            .ok_or_else(|| ApiError::Unauthorized("node credential is invalid or revoked; enroll again".into()))?;
+        let token = bearer(&parts.headers).ok_or_else(|| {
+            ApiError::Unauthorized(
+                "agent calls need the node credential (Authorization: Bearer ...)".into(),
+            )
+        })?;
+        let node = state.fleet.authenticate_node(token).await?.ok_or_else(|| {
+            ApiError::Unauthorized("node credential is invalid or revoked; enroll again".into())
+        })?;
         Ok(AgentNode(node))
     }
 }
@@ -165,7 +187,11 @@ pub struct LoginLimiter {
 
 impl Default for LoginLimiter {
     fn default() -> Self {
-        LoginLimiter { failures: Mutex::new(HashMap::new()), max_failures: 5, window: Duration::from_secs(300) }
+        LoginLimiter {
+            failures: Mutex::new(HashMap::new()),
+            max_failures: 5,
+            window: Duration::from_secs(300),
+        }
     }
 }
 
@@ -191,7 +217,9 @@ impl LoginLimiter {
             let window = self.window;
             map.retain(|_, (_, since)| since.elapsed() < window);
         }
-        let entry = map.entry((user.to_ascii_lowercase(), ip)).or_insert((0, Instant::now()));
+        let entry = map
+            .entry((user.to_ascii_lowercase(), ip))
+            .or_insert((0, Instant::now()));
         entry.0 += 1;
     }
 
@@ -210,7 +238,10 @@ pub struct LoginRequest {
 
 impl std::fmt::Debug for LoginRequest {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LoginRequest").field("username", &self.username).field("password", &"<redacted>").finish()
+        f.debug_struct("LoginRequest")
+            .field("username", &self.username)
+            .field("password", &"<redacted>")
+            .finish()
     }
 }
 
@@ -225,7 +256,10 @@ pub struct LoginResponse {
 
 impl std::fmt::Debug for LoginResponse {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LoginResponse").field("user", &self.user).field("role", &self.role).finish_non_exhaustive()
+        f.debug_struct("LoginResponse")
+            .field("user", &self.user)
+            .field("role", &self.role)
+            .finish_non_exhaustive()
     }
 }
 
@@ -243,12 +277,18 @@ pub async fn login(
     ApiJson(req): ApiJson<LoginRequest>,
 ) -> Result<Response, ApiError> {
     let ip = peer.ip();
-    state.limiter.check(&req.username, ip).map_err(|retry_after_s| ApiError::TooManyRequests { retry_after_s })?;
+    state
+        .limiter
+        .check(&req.username, ip)
+        .map_err(|retry_after_s| ApiError::TooManyRequests { retry_after_s })?;
     let user = {
         let mut conn = state.fleet.store().read().await?;
         store::auth::user_by_name(&mut conn, &req.username).await?
     };
-    let stored = user.as_ref().filter(|u| !u.disabled).map(|u| u.password_hash.clone());
+    let stored = user
+        .as_ref()
+        .filter(|u| !u.disabled)
+        .map(|u| u.password_hash.clone());
     let password = req.password;
     let ok = tokio::task::spawn_blocking(move || {
         let hash = stored.as_deref().unwrap_or_else(|| dummy_hash());
@@ -271,17 +311,37 @@ pub async fn login(
     let expires_at = now_ms().saturating_add(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX));
     {
         let mut tx = state.fleet.store().begin().await?;
-        store::auth::insert_session(&mut tx, &secrets::hash_secret(&session), &csrf_token, user.id, expires_at).await?;
+        store::auth::insert_session(
+            &mut tx,
+            &secrets::hash_secret(&session),
+            &csrf_token,
+            user.id,
+            expires_at,
+        )
+        .await?;
         tx.commit().await.map_err(store::StoreError::from)?;
     }
     tracing::info!(user = user.name, client = %ip, "login");
-    let role: UserRole = user.role.parse().map_err(|e| store::StoreError::Corrupt(format!("user {}: {e}", user.name)))?;
+    let role: UserRole = user
+        .role
+        .parse()
+        .map_err(|e| store::StoreError::Corrupt(format!("user {}: {e}", user.name)))?;
     let cookie = format!(
         "{SESSION_COOKIE}={session}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}{}",
         ttl.as_secs(),
-        if state.config.secure_cookies() { "; Secure" } else { "" }
+        if state.config.secure_cookies() {
+            "; Secure"
+        } else {
+            ""
+        }
     );
-    let mut resp = Json(LoginResponse { user: user.name, role, csrf_token, expires_at }).into_response();
+    let mut resp = Json(LoginResponse {
+        user: user.name,
+        role,
+        csrf_token,
+        expires_at,
+    })
+    .into_response();
     if let Ok(v) = HeaderValue::from_str(&cookie) {
         resp.headers_mut().insert(header::SET_COOKIE, v);
     }
@@ -289,7 +349,11 @@ pub async fn login(
 }
 
 /// `POST /api/v1/logout`: ends the session of the cookie sent.
-pub async fn logout(State(state): State<AppState>, Viewer(p): Viewer, headers: HeaderMap) -> Result<Response, ApiError> {
+pub async fn logout(
+    State(state): State<AppState>,
+    Viewer(p): Viewer,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
     if let (Via::Session { .. }, Some(session)) = (&p.via, cookie(&headers, SESSION_COOKIE)) {
         let mut tx = state.fleet.store().begin().await?;
         store::auth::delete_session(&mut tx, &secrets::hash_secret(session)).await?;
@@ -336,8 +400,14 @@ mod tests {
     #[test]
     fn cookies_and_bearer_are_parsed() {
         let mut h = HeaderMap::new();
-        h.insert(header::COOKIE, HeaderValue::from_static("a=1; lbfleet_session=abc; b=2"));
-        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer lbf_tok_x"));
+        h.insert(
+            header::COOKIE,
+            HeaderValue::from_static("a=1; lbfleet_session=abc; b=2"),
+        );
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer lbf_tok_x"),
+        );
         assert_eq!(cookie(&h, SESSION_COOKIE), Some("abc"));
         assert_eq!(cookie(&h, "c"), None);
         assert_eq!(bearer(&h), Some("lbf_tok_x"));

@@ -18,18 +18,37 @@ pub fn router() -> Router<AppState> {
         .route("/clusters", get(list))
         .route("/clusters/{name}", get(show).put(replace).delete(remove))
         .route("/clusters/{name}/switchover", post(switchover))
-        .route("/clusters/{name}/services/{service}/real-servers", post(add_real_server))
-        .route("/clusters/{name}/services/{service}/real-servers/{rs}", axum::routing::delete(remove_real_server))
-        .route("/clusters/{name}/services/{service}/real-servers/{rs}/weight", put(set_weight))
-        .route("/clusters/{name}/services/{service}/real-servers/{rs}/drain", post(drain))
-        .route("/clusters/{name}/services/{service}/real-servers/{rs}/enable", post(enable))
+        .route(
+            "/clusters/{name}/services/{service}/real-servers",
+            post(add_real_server),
+        )
+        .route(
+            "/clusters/{name}/services/{service}/real-servers/{rs}",
+            axum::routing::delete(remove_real_server),
+        )
+        .route(
+            "/clusters/{name}/services/{service}/real-servers/{rs}/weight",
+            put(set_weight),
+        )
+        .route(
+            "/clusters/{name}/services/{service}/real-servers/{rs}/drain",
+            post(drain),
+        )
+        .route(
+            "/clusters/{name}/services/{service}/real-servers/{rs}/enable",
+            post(enable),
+        )
 }
 
 async fn list(State(s): State<AppState>, _: Viewer) -> Result<Response, ApiError> {
     Ok(Json(serde_json::json!({"clusters": s.fleet.list_clusters().await?})).into_response())
 }
 
-async fn show(State(s): State<AppState>, _: Viewer, Path(name): Path<String>) -> Result<Response, ApiError> {
+async fn show(
+    State(s): State<AppState>,
+    _: Viewer,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
     Ok(Json(s.fleet.get_cluster(&name).await?).into_response())
 }
 
@@ -40,11 +59,23 @@ async fn replace(
     ApiJson(spec): ApiJson<ClusterSpec>,
 ) -> Result<Response, ApiError> {
     let (outcome, view) = s.fleet.put_cluster(&p.actor(), &name, &spec).await?;
-    let status = if outcome == PutOutcome::Created { StatusCode::CREATED } else { StatusCode::OK };
-    Ok((status, Json(serde_json::json!({"outcome": outcome, "cluster": view}))).into_response())
+    let status = if outcome == PutOutcome::Created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((
+        status,
+        Json(serde_json::json!({"outcome": outcome, "cluster": view})),
+    )
+        .into_response())
 }
 
-async fn remove(State(s): State<AppState>, Operator(p): Operator, Path(name): Path<String>) -> Result<Response, ApiError> {
+async fn remove(
+    State(s): State<AppState>,
+    Operator(p): Operator,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
     s.fleet.delete_cluster(&p.actor(), &name).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
@@ -80,7 +111,10 @@ async fn add_real_server(
     Path((name, service)): Path<(String, String)>,
     ApiJson(rs): ApiJson<RealServerSpec>,
 ) -> Result<Response, ApiError> {
-    let added = s.fleet.add_real_server(&p.actor(), &name, &service_ref(&service)?, &rs).await?;
+    let added = s
+        .fleet
+        .add_real_server(&p.actor(), &name, &service_ref(&service)?, &rs)
+        .await?;
     Ok((StatusCode::CREATED, Json(added)).into_response())
 }
 
@@ -89,7 +123,9 @@ async fn remove_real_server(
     Operator(p): Operator,
     Path((name, service, rs)): Path<(String, String, String)>,
 ) -> Result<Response, ApiError> {
-    s.fleet.remove_real_server(&p.actor(), &name, &service_ref(&service)?, &rs_ref(&rs)?).await?;
+    s.fleet
+        .remove_real_server(&p.actor(), &name, &service_ref(&service)?, &rs_ref(&rs)?)
+        .await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -105,7 +141,15 @@ async fn set_weight(
     Path((name, service, rs)): Path<(String, String, String)>,
     ApiJson(req): ApiJson<WeightRequest>,
 ) -> Result<Response, ApiError> {
-    change(&s, &p, &name, &service, &rs, RealServerChange::Weight(req.weight)).await
+    change(
+        &s,
+        &p,
+        &name,
+        &service,
+        &rs,
+        RealServerChange::Weight(req.weight),
+    )
+    .await
 }
 
 async fn drain(
@@ -113,7 +157,15 @@ async fn drain(
     Operator(p): Operator,
     Path((name, service, rs)): Path<(String, String, String)>,
 ) -> Result<Response, ApiError> {
-    change(&s, &p, &name, &service, &rs, RealServerChange::Enabled(false)).await
+    change(
+        &s,
+        &p,
+        &name,
+        &service,
+        &rs,
+        RealServerChange::Enabled(false),
+    )
+    .await
 }
 
 async fn enable(
@@ -121,7 +173,15 @@ async fn enable(
     Operator(p): Operator,
     Path((name, service, rs)): Path<(String, String, String)>,
 ) -> Result<Response, ApiError> {
-    change(&s, &p, &name, &service, &rs, RealServerChange::Enabled(true)).await
+    change(
+        &s,
+        &p,
+        &name,
+        &service,
+        &rs,
+        RealServerChange::Enabled(true),
+    )
+    .await
 }
 
 async fn change(
@@ -132,6 +192,15 @@ async fn change(
     rs: &str,
     change: RealServerChange,
 ) -> Result<Response, ApiError> {
-    let after = s.fleet.change_real_server(&p.actor(), name, &service_ref(service)?, &rs_ref(rs)?, change).await?;
+    let after = s
+        .fleet
+        .change_real_server(
+            &p.actor(),
+            name,
+            &service_ref(service)?,
+            &rs_ref(rs)?,
+            change,
+        )
+        .await?;
     Ok(Json(after).into_response())
 }

@@ -25,7 +25,10 @@ pub enum ApiError {
 
 impl ApiError {
     pub fn bad_request(message: impl Into<String>) -> Self {
-        ApiError::Request { status: StatusCode::BAD_REQUEST, message: message.into() }
+        ApiError::Request {
+            status: StatusCode::BAD_REQUEST,
+            message: message.into(),
+        }
     }
 }
 
@@ -43,19 +46,28 @@ impl From<FieldError> for ApiError {
 
 impl From<JsonRejection> for ApiError {
     fn from(r: JsonRejection) -> Self {
-        ApiError::Request { status: r.status(), message: r.body_text() }
+        ApiError::Request {
+            status: r.status(),
+            message: r.body_text(),
+        }
     }
 }
 
 impl From<QueryRejection> for ApiError {
     fn from(r: QueryRejection) -> Self {
-        ApiError::Request { status: StatusCode::BAD_REQUEST, message: r.body_text() }
+        ApiError::Request {
+            status: StatusCode::BAD_REQUEST,
+            message: r.body_text(),
+        }
     }
 }
 
 impl From<PathRejection> for ApiError {
     fn from(r: PathRejection) -> Self {
-        ApiError::Request { status: StatusCode::BAD_REQUEST, message: r.body_text() }
+        ApiError::Request {
+            status: StatusCode::BAD_REQUEST,
+            message: r.body_text(),
+        }
     }
 }
 
@@ -64,9 +76,16 @@ impl IntoResponse for ApiError {
         let (status, code, message, fields) = match self {
             ApiError::Fleet(FleetError::Invalid(errs)) => {
                 let first = errs.0.first().map(ToString::to_string).unwrap_or_default();
-                (StatusCode::UNPROCESSABLE_ENTITY, "invalid", first, Some(errs.0))
+                (
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "invalid",
+                    first,
+                    Some(errs.0),
+                )
             }
-            ApiError::Fleet(FleetError::NotFound(m)) => (StatusCode::NOT_FOUND, "not_found", m, None),
+            ApiError::Fleet(FleetError::NotFound(m)) => {
+                (StatusCode::NOT_FOUND, "not_found", m, None)
+            }
             ApiError::Fleet(FleetError::Conflict(m)) => (StatusCode::CONFLICT, "conflict", m, None),
             ApiError::Fleet(FleetError::Unauthorized(m)) | ApiError::Unauthorized(m) => {
                 (StatusCode::UNAUTHORIZED, "unauthorized", m, None)
@@ -78,11 +97,21 @@ impl IntoResponse for ApiError {
                 // The fleet module checks rules first; a constraint firing here means a race or a rule we do
                 // not check up front. Still a conflict, not a server fault.
                 tracing::warn!(error = %e, "constraint violation");
-                (StatusCode::CONFLICT, "conflict", format!("the change conflicts with existing data ({e})"), None)
+                (
+                    StatusCode::CONFLICT,
+                    "conflict",
+                    format!("the change conflicts with existing data ({e})"),
+                    None,
+                )
             }
             ApiError::Fleet(FleetError::Store(e)) => {
                 tracing::error!(error = %e, "request failed");
-                (StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error; see the server log".to_owned(), None)
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "internal error; see the server log".to_owned(),
+                    None,
+                )
             }
             ApiError::Request { status, message } => (status, "bad_request", message, None),
             ApiError::TooManyRequests { retry_after_s } => {
@@ -104,7 +133,8 @@ impl IntoResponse for ApiError {
         }
         let mut resp = (status, axum::Json(body)).into_response();
         if status == StatusCode::UNAUTHORIZED {
-            resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            resp.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         resp
     }

@@ -33,17 +33,35 @@ struct ListQuery {
     cluster: Option<String>,
 }
 
-async fn list(State(s): State<AppState>, _: Viewer, ApiQuery(q): ApiQuery<ListQuery>) -> Result<Response, ApiError> {
-    let nodes = s.fleet.list_nodes(&NodeFilter { state: q.state, cluster: q.cluster }).await?;
+async fn list(
+    State(s): State<AppState>,
+    _: Viewer,
+    ApiQuery(q): ApiQuery<ListQuery>,
+) -> Result<Response, ApiError> {
+    let nodes = s
+        .fleet
+        .list_nodes(&NodeFilter {
+            state: q.state,
+            cluster: q.cluster,
+        })
+        .await?;
     Ok(Json(serde_json::json!({"nodes": nodes})).into_response())
 }
 
-async fn show(State(s): State<AppState>, _: Viewer, Path(node): Path<String>) -> Result<Response, ApiError> {
+async fn show(
+    State(s): State<AppState>,
+    _: Viewer,
+    Path(node): Path<String>,
+) -> Result<Response, ApiError> {
     Ok(Json(s.fleet.get_node(&node_key(&node)).await?).into_response())
 }
 
 /// The role document the node would receive now (what the agent pulls).
-async fn role(State(s): State<AppState>, _: Viewer, Path(node): Path<String>) -> Result<Response, ApiError> {
+async fn role(
+    State(s): State<AppState>,
+    _: Viewer,
+    Path(node): Path<String>,
+) -> Result<Response, ApiError> {
     let view = s.fleet.get_node(&node_key(&node)).await?;
     Ok(Json(s.fleet.role_document(view.id).await?).into_response())
 }
@@ -61,7 +79,15 @@ async fn register(
     Operator(p): Operator,
     ApiJson(req): ApiJson<RegisterRequest>,
 ) -> Result<Response, ApiError> {
-    let view = s.fleet.register_node(&p.actor(), &req.mac, req.hostname.as_deref(), req.image.as_deref()).await?;
+    let view = s
+        .fleet
+        .register_node(
+            &p.actor(),
+            &req.mac,
+            req.hostname.as_deref(),
+            req.image.as_deref(),
+        )
+        .await?;
     Ok((StatusCode::CREATED, Json(view)).into_response())
 }
 
@@ -78,10 +104,19 @@ async fn approve(
     Path(node): Path<String>,
     OptionalJson(req): OptionalJson<ApproveRequest>,
 ) -> Result<Response, ApiError> {
-    Ok(Json(s.fleet.approve(&p.actor(), &node_key(&node), req.hostname, req.image).await?).into_response())
+    Ok(Json(
+        s.fleet
+            .approve(&p.actor(), &node_key(&node), req.hostname, req.image)
+            .await?,
+    )
+    .into_response())
 }
 
-async fn reject(State(s): State<AppState>, Operator(p): Operator, Path(node): Path<String>) -> Result<Response, ApiError> {
+async fn reject(
+    State(s): State<AppState>,
+    Operator(p): Operator,
+    Path(node): Path<String>,
+) -> Result<Response, ApiError> {
     Ok(Json(s.fleet.reject(&p.actor(), &node_key(&node)).await?).into_response())
 }
 
@@ -99,14 +134,33 @@ async fn assign(
     Path(node): Path<String>,
     ApiJson(req): ApiJson<AssignRequest>,
 ) -> Result<Response, ApiError> {
-    Ok(Json(s.fleet.assign(&p.actor(), &node_key(&node), &req.cluster, req.role, req.priority).await?).into_response())
+    Ok(Json(
+        s.fleet
+            .assign(
+                &p.actor(),
+                &node_key(&node),
+                &req.cluster,
+                req.role,
+                req.priority,
+            )
+            .await?,
+    )
+    .into_response())
 }
 
-async fn unassign(State(s): State<AppState>, Operator(p): Operator, Path(node): Path<String>) -> Result<Response, ApiError> {
+async fn unassign(
+    State(s): State<AppState>,
+    Operator(p): Operator,
+    Path(node): Path<String>,
+) -> Result<Response, ApiError> {
     Ok(Json(s.fleet.unassign(&p.actor(), &node_key(&node)).await?).into_response())
 }
 
-async fn retire(State(s): State<AppState>, Operator(p): Operator, Path(node): Path<String>) -> Result<Response, ApiError> {
+async fn retire(
+    State(s): State<AppState>,
+    Operator(p): Operator,
+    Path(node): Path<String>,
+) -> Result<Response, ApiError> {
     Ok(Json(s.fleet.retire(&p.actor(), &node_key(&node)).await?).into_response())
 }
 
@@ -116,6 +170,9 @@ async fn enrollment_token(
     Operator(p): Operator,
     Path(node): Path<String>,
 ) -> Result<Response, ApiError> {
-    let t = s.fleet.issue_enrollment_token(&p.actor(), &node_key(&node)).await?;
+    let t = s
+        .fleet
+        .issue_enrollment_token(&p.actor(), &node_key(&node))
+        .await?;
     Ok((StatusCode::CREATED, Json(t)).into_response())
 }

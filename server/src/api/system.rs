@@ -14,14 +14,20 @@ use super::{ApiError, AppState};
 use crate::store;
 
 pub fn router() -> Router<AppState> {
-    Router::new().route("/healthz", get(healthz)).route("/metrics", get(metrics)).route("/", get(index))
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .route("/", get(index))
 }
 
 /// Liveness and readiness: answers 200 only if the database answers.
 async fn healthz(State(s): State<AppState>) -> Result<Response, ApiError> {
     let mut conn = s.fleet.store().read().await?;
     store::clusters::count(&mut conn).await?;
-    Ok(Json(serde_json::json!({"status": "ok", "version": env!("CARGO_PKG_VERSION")})).into_response())
+    Ok(
+        Json(serde_json::json!({"status": "ok", "version": env!("CARGO_PKG_VERSION")}))
+            .into_response(),
+    )
 }
 
 async fn metrics(State(s): State<AppState>, _: Viewer) -> Result<Response, ApiError> {
@@ -31,9 +37,15 @@ async fn metrics(State(s): State<AppState>, _: Viewer) -> Result<Response, ApiEr
     let audit_rows = store::audit::count(&mut conn).await?;
     drop(conn);
     let mut out = String::new();
-    let _ = writeln!(out, "# HELP lbfleet_nodes Nodes by lifecycle state.\n# TYPE lbfleet_nodes gauge");
+    let _ = writeln!(
+        out,
+        "# HELP lbfleet_nodes Nodes by lifecycle state.\n# TYPE lbfleet_nodes gauge"
+    );
     for state in NodeState::ALL {
-        let n = by_state.iter().find(|(s, _)| s == state.as_str()).map_or(0, |(_, n)| *n);
+        let n = by_state
+            .iter()
+            .find(|(s, _)| s == state.as_str())
+            .map_or(0, |(_, n)| *n);
         let _ = writeln!(out, "lbfleet_nodes{{state=\"{state}\"}} {n}");
     }
     let _ = writeln!(out, "# HELP lbfleet_clusters Clusters defined.\n# TYPE lbfleet_clusters gauge\nlbfleet_clusters {clusters}");
@@ -56,7 +68,14 @@ async fn metrics(State(s): State<AppState>, _: Viewer) -> Result<Response, ApiEr
         "# HELP lbfleet_build_info Build version.\n# TYPE lbfleet_build_info gauge\nlbfleet_build_info{{version=\"{}\"}} 1",
         env!("CARGO_PKG_VERSION")
     );
-    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], out).into_response())
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        out,
+    )
+        .into_response())
 }
 
 async fn index() -> Html<&'static str> {

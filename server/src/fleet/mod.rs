@@ -8,8 +8,8 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use lbfleet_proto::{
-    AgentReport, ClusterSpec, EnrollRequest, EnrollResponse, NodeState, RealServer, RealServerSpec, Role, RoleDocument,
-    UserRole, VirtualService, VrrpConfig,
+    AgentReport, ClusterSpec, EnrollRequest, EnrollResponse, NodeState, RealServer, RealServerSpec,
+    Role, RoleDocument, UserRole, VirtualService, VrrpConfig,
 };
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -107,7 +107,13 @@ pub struct NodeView {
 
 impl NodeView {
     fn new(row: NodeRow, with_report: bool) -> Self {
-        let last_report = if with_report { row.last_report.as_deref().and_then(|r| serde_json::from_str(r).ok()) } else { None };
+        let last_report = if with_report {
+            row.last_report
+                .as_deref()
+                .and_then(|r| serde_json::from_str(r).ok())
+        } else {
+            None
+        };
         NodeView {
             name: row.name().to_owned(),
             in_sync: row.applied_generation >= row.role_generation,
@@ -156,7 +162,14 @@ impl ClusterView {
         ClusterView {
             name: c.name,
             spec: c.spec,
-            members: members.into_iter().map(|m| MemberView { node: m.name, role: m.role, priority: m.priority }).collect(),
+            members: members
+                .into_iter()
+                .map(|m| MemberView {
+                    node: m.name,
+                    role: m.role,
+                    priority: m.priority,
+                })
+                .collect(),
             created_at: c.created_at,
             updated_at: c.updated_at,
         }
@@ -192,7 +205,10 @@ pub struct EnrollmentToken {
 
 impl std::fmt::Debug for EnrollmentToken {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EnrollmentToken").field("node", &self.node).field("expires_at", &self.expires_at).finish()
+        f.debug_struct("EnrollmentToken")
+            .field("node", &self.node)
+            .field("expires_at", &self.expires_at)
+            .finish()
     }
 }
 
@@ -227,7 +243,11 @@ pub fn node_key(text: &str) -> NodeKey {
 
 impl Fleet {
     pub fn new(store: Store, enrollment_token_ttl: Duration) -> Self {
-        Fleet { store, notifier: Notifier::default(), enrollment_token_ttl }
+        Fleet {
+            store,
+            notifier: Notifier::default(),
+            enrollment_token_ttl,
+        }
     }
 
     pub fn store(&self) -> &Store {
@@ -249,7 +269,9 @@ impl Fleet {
     }
 
     async fn cluster_in(conn: &mut SqliteConnection, name: &str) -> Result<StoredCluster> {
-        store::clusters::load_one(conn, name).await?.ok_or_else(|| FleetError::NotFound(format!("no cluster named {name:?}")))
+        store::clusters::load_one(conn, name)
+            .await?
+            .ok_or_else(|| FleetError::NotFound(format!("no cluster named {name:?}")))
     }
 
     /// Takes one new generation for `ids` (in this transaction) and returns what to announce after commit.
@@ -288,9 +310,15 @@ impl Fleet {
     }
 
     /// Creates or replaces a cluster's whole spec. Real servers whose `enabled` is omitted keep their state.
-    pub async fn put_cluster(&self, actor: &Actor, name: &str, spec: &ClusterSpec) -> Result<(PutOutcome, ClusterView)> {
+    pub async fn put_cluster(
+        &self,
+        actor: &Actor,
+        name: &str,
+        spec: &ClusterSpec,
+    ) -> Result<(PutOutcome, ClusterView)> {
         rules::cluster_name(name)?;
-        let rules::ValidCluster(mut spec) = rules::cluster_spec(spec).map_err(FleetError::Invalid)?;
+        let rules::ValidCluster(mut spec) =
+            rules::cluster_spec(spec).map_err(FleetError::Invalid)?;
 
         let mut tx = self.store.begin().await?;
         let before = store::clusters::load_one(&mut tx, name).await?;
@@ -300,7 +328,13 @@ impl Fleet {
         if let Some(b) = &before {
             for s in &b.spec.services {
                 for r in &s.real_servers {
-                    let key = (s.vip.clone(), s.port, s.protocol.to_string(), r.address.clone(), r.port);
+                    let key = (
+                        s.vip.clone(),
+                        s.port,
+                        s.protocol.to_string(),
+                        r.address.clone(),
+                        r.port,
+                    );
                     stored_enabled.insert(key, r.enabled.unwrap_or(true));
                 }
             }
@@ -308,7 +342,13 @@ impl Fleet {
         for s in &mut spec.services {
             for r in &mut s.real_servers {
                 if r.enabled.is_none() {
-                    let key = (s.vip.clone(), s.port, s.protocol.to_string(), r.address.clone(), r.port);
+                    let key = (
+                        s.vip.clone(),
+                        s.port,
+                        s.protocol.to_string(),
+                        r.address.clone(),
+                        r.port,
+                    );
                     r.enabled = Some(stored_enabled.get(&key).copied().unwrap_or(true));
                 }
             }
@@ -324,20 +364,33 @@ impl Fleet {
         if let Some(owner) = others.vrids.get(&(spec.interface.clone(), spec.vrid)) {
             errs.push(FieldError::new(
                 "vrid",
-                format!("VRID {} on interface {} is already used by cluster {owner:?}", spec.vrid, spec.interface),
+                format!(
+                    "VRID {} on interface {} is already used by cluster {owner:?}",
+                    spec.vrid, spec.interface
+                ),
             ));
         }
         for (i, vip) in spec.vips.iter().enumerate() {
             let addr = vip.split('/').next().unwrap_or(vip);
             if let Some(owner) = others.vips.get(addr) {
-                errs.push(FieldError::new(format!("vips[{i}]"), format!("VIP {addr} already belongs to cluster {owner:?}")));
+                errs.push(FieldError::new(
+                    format!("vips[{i}]"),
+                    format!("VIP {addr} already belongs to cluster {owner:?}"),
+                ));
             }
         }
         for (i, s) in spec.services.iter().enumerate() {
-            if let Some(owner) = others.services.get(&(s.vip.clone(), s.port, s.protocol.to_string())) {
+            if let Some(owner) =
+                others
+                    .services
+                    .get(&(s.vip.clone(), s.port, s.protocol.to_string()))
+            {
                 errs.push(FieldError::new(
                     format!("services[{i}]"),
-                    format!("service {}:{}:{} already exists in cluster {owner:?}", s.protocol, s.vip, s.port),
+                    format!(
+                        "service {}:{}:{} already exists in cluster {owner:?}",
+                        s.protocol, s.vip, s.port
+                    ),
                 ));
             }
         }
@@ -347,9 +400,17 @@ impl Fleet {
 
         let id = store::clusters::upsert(&mut tx, name, &spec).await?;
         store::clusters::replace_contents(&mut tx, id, &spec).await?;
-        let member_ids: Vec<i64> = store::nodes::members(&mut tx, id).await?.iter().map(|m| m.node_id).collect();
+        let member_ids: Vec<i64> = store::nodes::members(&mut tx, id)
+            .await?
+            .iter()
+            .map(|m| m.node_id)
+            .collect();
         let changes = Self::bump(&mut tx, &member_ids).await?;
-        let (outcome, action) = if before.is_some() { (PutOutcome::Updated, "cluster.update") } else { (PutOutcome::Created, "cluster.create") };
+        let (outcome, action) = if before.is_some() {
+            (PutOutcome::Updated, "cluster.update")
+        } else {
+            (PutOutcome::Created, "cluster.create")
+        };
         store::audit::append(
             &mut tx,
             &actor.0,
@@ -361,7 +422,13 @@ impl Fleet {
         .await?;
         tx.commit().await?;
         self.notifier.announce(&changes);
-        tracing::info!(cluster = name, actor = actor.0, ?outcome, nodes = changes.len(), "cluster spec written");
+        tracing::info!(
+            cluster = name,
+            actor = actor.0,
+            ?outcome,
+            nodes = changes.len(),
+            "cluster spec written"
+        );
         Ok((outcome, self.get_cluster(name).await?))
     }
 
@@ -378,8 +445,15 @@ impl Fleet {
             )));
         }
         store::clusters::delete(&mut tx, c.id).await?;
-        store::audit::append(&mut tx, &actor.0, "cluster.delete", &format!("cluster:{name}"), Some(&to_value(&c.spec)), None)
-            .await?;
+        store::audit::append(
+            &mut tx,
+            &actor.0,
+            "cluster.delete",
+            &format!("cluster:{name}"),
+            Some(&to_value(&c.spec)),
+            None,
+        )
+        .await?;
         tx.commit().await?;
         self.notifier.fleet_changed();
         Ok(())
@@ -402,7 +476,11 @@ impl Fleet {
             return Err(FleetError::Invalid(errs));
         };
         rs.enabled = Some(rs.enabled.unwrap_or(true));
-        if svc.real_servers.iter().any(|r| r.address == rs.address && r.port == rs.port) {
+        if svc
+            .real_servers
+            .iter()
+            .any(|r| r.address == rs.address && r.port == rs.port)
+        {
             return Err(FleetError::Conflict(format!(
                 "real server {}:{} already exists in service {service}",
                 rs.address, rs.port
@@ -410,19 +488,35 @@ impl Fleet {
         }
         let key = service.key(&rs.address, rs.port);
         store::clusters::add_real_server(&mut tx, c.id, &key, &rs).await?;
-        self.finish_real_server_change(tx, actor, &c, "real_server.add", &key, None, Some(&rs)).await?;
+        self.finish_real_server_change(tx, actor, &c, "real_server.add", &key, None, Some(&rs))
+            .await?;
         Ok(rs)
     }
 
     /// Removes one real server.
-    pub async fn remove_real_server(&self, actor: &Actor, cluster: &str, service: &ServiceRef, rs: &RealServerRef) -> Result<()> {
+    pub async fn remove_real_server(
+        &self,
+        actor: &Actor,
+        cluster: &str,
+        service: &ServiceRef,
+        rs: &RealServerRef,
+    ) -> Result<()> {
         let mut tx = self.store.begin().await?;
         let c = Self::cluster_in(&mut tx, cluster).await?;
         let svc = service.find(&c)?;
         let current = rs.find(svc, service)?.clone();
         let key = service.key(&current.address, current.port);
         store::clusters::delete_real_server(&mut tx, c.id, &key).await?;
-        self.finish_real_server_change(tx, actor, &c, "real_server.remove", &key, Some(&current), None).await
+        self.finish_real_server_change(
+            tx,
+            actor,
+            &c,
+            "real_server.remove",
+            &key,
+            Some(&current),
+            None,
+        )
+        .await
     }
 
     /// Sets one real server's weight, or drains / enables it.
@@ -460,8 +554,16 @@ impl Fleet {
             return Ok(after);
         }
         let key = service.key(&current.address, current.port);
-        store::clusters::update_real_server(&mut tx, c.id, &key, after.weight, after.enabled.unwrap_or(true)).await?;
-        self.finish_real_server_change(tx, actor, &c, action, &key, Some(&current), Some(&after)).await?;
+        store::clusters::update_real_server(
+            &mut tx,
+            c.id,
+            &key,
+            after.weight,
+            after.enabled.unwrap_or(true),
+        )
+        .await?;
+        self.finish_real_server_change(tx, actor, &c, action, &key, Some(&current), Some(&after))
+            .await?;
         Ok(after)
     }
 
@@ -477,7 +579,11 @@ impl Fleet {
         after: Option<&RealServerSpec>,
     ) -> Result<()> {
         store::clusters::touch(&mut tx, c.id).await?;
-        let member_ids: Vec<i64> = store::nodes::members(&mut tx, c.id).await?.iter().map(|m| m.node_id).collect();
+        let member_ids: Vec<i64> = store::nodes::members(&mut tx, c.id)
+            .await?
+            .iter()
+            .map(|m| m.node_id)
+            .collect();
         let changes = Self::bump(&mut tx, &member_ids).await?;
         let target = format!(
             "cluster:{}/service:{}:{}:{}/real_server:{}",
@@ -487,11 +593,24 @@ impl Fleet {
             key.port,
             socket_text(&key.address, key.rs_port)
         );
-        store::audit::append(&mut tx, &actor.0, action, &target, before.map(to_value).as_ref(), after.map(to_value).as_ref())
-            .await?;
+        store::audit::append(
+            &mut tx,
+            &actor.0,
+            action,
+            &target,
+            before.map(to_value).as_ref(),
+            after.map(to_value).as_ref(),
+        )
+        .await?;
         tx.commit().await?;
         self.notifier.announce(&changes);
-        tracing::info!(cluster = c.name, actor = actor.0, action, target, "real server changed");
+        tracing::info!(
+            cluster = c.name,
+            actor = actor.0,
+            action,
+            target,
+            "real server changed"
+        );
         Ok(())
     }
 
@@ -500,28 +619,48 @@ impl Fleet {
     /// The new active is raised first: its role document gets the lower of the two new generations and its
     /// poller is woken first; the old active's lowered document follows. Priorities are swapped, so the pair
     /// keeps the same two values and never passes through a moment with no node intended as master.
-    pub async fn switchover(&self, actor: &Actor, cluster: &str, to: Option<&NodeKey>) -> Result<Switchover> {
+    pub async fn switchover(
+        &self,
+        actor: &Actor,
+        cluster: &str,
+        to: Option<&NodeKey>,
+    ) -> Result<Switchover> {
         let mut tx = self.store.begin().await?;
         let c = Self::cluster_in(&mut tx, cluster).await?;
         let members = store::nodes::members(&mut tx, c.id).await?;
         let active = members
             .iter()
             .find(|m| m.role == "active")
-            .ok_or_else(|| FleetError::Conflict(format!("cluster {cluster:?} has no active node to switch over from")))?
+            .ok_or_else(|| {
+                FleetError::Conflict(format!(
+                    "cluster {cluster:?} has no active node to switch over from"
+                ))
+            })?
             .clone();
         let target = match to {
             Some(key) => {
                 let node = Self::node_in(&mut tx, key).await?;
-                members.iter().find(|m| m.node_id == node.id && m.role == "backup").cloned().ok_or_else(|| {
-                    FleetError::Conflict(format!("node {:?} is not a backup in cluster {cluster:?}", node.name()))
-                })?
+                members
+                    .iter()
+                    .find(|m| m.node_id == node.id && m.role == "backup")
+                    .cloned()
+                    .ok_or_else(|| {
+                        FleetError::Conflict(format!(
+                            "node {:?} is not a backup in cluster {cluster:?}",
+                            node.name()
+                        ))
+                    })?
             }
             None => members
                 .iter()
                 .filter(|m| m.role == "backup")
                 .max_by_key(|m| (m.priority, -m.node_id))
                 .cloned()
-                .ok_or_else(|| FleetError::Conflict(format!("cluster {cluster:?} has no backup node to switch over to")))?,
+                .ok_or_else(|| {
+                    FleetError::Conflict(format!(
+                        "cluster {cluster:?} has no backup node to switch over to"
+                    ))
+                })?,
         };
         let (hi, lo) = (active.priority as u8, target.priority as u8);
         // Order matters for the one-active index: demote, then promote, inside one transaction.
@@ -555,13 +694,22 @@ impl Fleet {
             "switchover",
             Some(target.node_id),
             Some(cluster),
-            &format!("switchover: {} becomes active (priority {hi}), {} becomes backup (priority {lo})", target.name, active.name),
+            &format!(
+                "switchover: {} becomes active (priority {hi}), {} becomes backup (priority {lo})",
+                target.name, active.name
+            ),
         )
         .await?;
         tx.commit().await?;
         self.notifier.announce(&raised);
         self.notifier.announce(&lowered);
-        tracing::info!(cluster, actor = actor.0, new_active = target.name, old_active = active.name, "switchover");
+        tracing::info!(
+            cluster,
+            actor = actor.0,
+            new_active = target.name,
+            old_active = active.name,
+            "switchover"
+        );
         Ok(result)
     }
 
@@ -569,10 +717,15 @@ impl Fleet {
 
     pub async fn list_nodes(&self, filter: &store::nodes::NodeFilter) -> Result<Vec<NodeView>> {
         if let Some(s) = &filter.state {
-            s.parse::<NodeState>().map_err(|e| FieldError::new("state", e.to_string()))?;
+            s.parse::<NodeState>()
+                .map_err(|e| FieldError::new("state", e.to_string()))?;
         }
         let mut conn = self.store.read().await?;
-        Ok(store::nodes::list(&mut conn, filter).await?.into_iter().map(|r| NodeView::new(r, false)).collect())
+        Ok(store::nodes::list(&mut conn, filter)
+            .await?
+            .into_iter()
+            .map(|r| NodeView::new(r, false))
+            .collect())
     }
 
     pub async fn get_node(&self, key: &NodeKey) -> Result<NodeView> {
@@ -589,18 +742,30 @@ impl Fleet {
         Ok(())
     }
 
-    async fn check_hostname(conn: &mut SqliteConnection, hostname: Option<&str>, except: i64) -> Result<()> {
+    async fn check_hostname(
+        conn: &mut SqliteConnection,
+        hostname: Option<&str>,
+        except: i64,
+    ) -> Result<()> {
         if let Some(h) = hostname {
             rules::hostname(h)?;
             if store::nodes::hostname_taken(conn, h, except).await? {
-                return Err(FleetError::Conflict(format!("hostname {h:?} is already used by another node")));
+                return Err(FleetError::Conflict(format!(
+                    "hostname {h:?} is already used by another node"
+                )));
             }
         }
         Ok(())
     }
 
     /// Pre-registers a MAC as an approved (`ready`) node: the allowlist path.
-    pub async fn register_node(&self, actor: &Actor, mac: &str, hostname: Option<&str>, image: Option<&str>) -> Result<NodeView> {
+    pub async fn register_node(
+        &self,
+        actor: &Actor,
+        mac: &str,
+        hostname: Option<&str>,
+        image: Option<&str>,
+    ) -> Result<NodeView> {
         let mac = rules::mac(mac)?;
         let mut tx = self.store.begin().await?;
         if let Some(existing) = store::nodes::get(&mut tx, &NodeKey::Mac(mac.clone())).await? {
@@ -608,18 +773,30 @@ impl Fleet {
                 "MAC {mac} is already known as node {:?} (state {}){}",
                 existing.name(),
                 existing.state,
-                if existing.state == "discovered" { "; approve it instead" } else { "" }
+                if existing.state == "discovered" {
+                    "; approve it instead"
+                } else {
+                    ""
+                }
             )));
         }
         Self::check_hostname(&mut tx, hostname, -1).await?;
         Self::check_image(&mut tx, image).await?;
-        let id = store::nodes::insert(&mut tx, &mac, hostname, NodeState::Ready.as_str(), image).await?;
+        let id =
+            store::nodes::insert(&mut tx, &mac, hostname, NodeState::Ready.as_str(), image).await?;
         // Every node starts with a generation, so its agent's first poll (`after=0`) gets the empty role at once.
         Self::bump(&mut tx, &[id]).await?;
         let row = Self::node_in(&mut tx, &NodeKey::Id(id)).await?;
         let view = NodeView::new(row, false);
-        store::audit::append(&mut tx, &actor.0, "node.register", &format!("node:{}", view.name), None, Some(&to_value(&view)))
-            .await?;
+        store::audit::append(
+            &mut tx,
+            &actor.0,
+            "node.register",
+            &format!("node:{}", view.name),
+            None,
+            Some(&to_value(&view)),
+        )
+        .await?;
         tx.commit().await?;
         self.notifier.fleet_changed();
         Ok(view)
@@ -632,11 +809,26 @@ impl Fleet {
         if let Some(existing) = store::nodes::get(&mut tx, &NodeKey::Mac(mac.clone())).await? {
             return Ok(existing.id);
         }
-        let id = store::nodes::insert(&mut tx, &mac, None, NodeState::Discovered.as_str(), None).await?;
+        let id =
+            store::nodes::insert(&mut tx, &mac, None, NodeState::Discovered.as_str(), None).await?;
         Self::bump(&mut tx, &[id]).await?;
-        store::audit::append(&mut tx, "system", "node.discover", &format!("node:{mac}"), None, Some(&json!({"mac": mac})))
-            .await?;
-        store::events::insert(&mut tx, "discovered", Some(id), None, &format!("new hardware {mac} discovered")).await?;
+        store::audit::append(
+            &mut tx,
+            "system",
+            "node.discover",
+            &format!("node:{mac}"),
+            None,
+            Some(&json!({"mac": mac})),
+        )
+        .await?;
+        store::events::insert(
+            &mut tx,
+            "discovered",
+            Some(id),
+            None,
+            &format!("new hardware {mac} discovered"),
+        )
+        .await?;
         tx.commit().await?;
         self.notifier.fleet_changed();
         Ok(id)
@@ -649,7 +841,10 @@ impl Fleet {
         key: &NodeKey,
         action: &str,
         allowed_from: &[NodeState],
-        apply: impl for<'c> FnOnce(&'c mut SqliteConnection, &'c NodeRow) -> futures::future::BoxFuture<'c, Result<NodeState>>,
+        apply: impl for<'c> FnOnce(
+            &'c mut SqliteConnection,
+            &'c NodeRow,
+        ) -> futures::future::BoxFuture<'c, Result<NodeState>>,
     ) -> Result<NodeView> {
         let mut tx = self.store.begin().await?;
         let row = Self::node_in(&mut tx, key).await?;
@@ -666,7 +861,11 @@ impl Fleet {
         let to = apply(&mut tx, &row).await?;
         store::nodes::set_state(&mut tx, row.id, to.as_str()).await?;
         let after_row = Self::node_in(&mut tx, &NodeKey::Id(row.id)).await?;
-        let changes = if before.cluster != after_row.cluster || before.role != after_row.role || before.priority != after_row.priority || to == NodeState::Retired {
+        let changes = if before.cluster != after_row.cluster
+            || before.role != after_row.role
+            || before.priority != after_row.priority
+            || to == NodeState::Retired
+        {
             Self::bump(&mut tx, &[row.id]).await?
         } else {
             vec![]
@@ -689,33 +888,59 @@ impl Fleet {
     }
 
     /// Approves discovered (or previously rejected) hardware, optionally naming it and picking its image.
-    pub async fn approve(&self, actor: &Actor, key: &NodeKey, hostname: Option<String>, image: Option<String>) -> Result<NodeView> {
-        self.transition(actor, key, "approve", &[NodeState::Discovered, NodeState::Rejected], move |conn, row| {
-            Box::pin(async move {
-                Self::check_hostname(conn, hostname.as_deref(), row.id).await?;
-                Self::check_image(conn, image.as_deref()).await?;
-                let hostname = hostname.or_else(|| row.hostname.clone());
-                let image = image.or_else(|| row.image.clone());
-                store::nodes::set_identity(conn, row.id, hostname.as_deref(), image.as_deref()).await?;
-                Ok(NodeState::Ready)
-            })
-        })
+    pub async fn approve(
+        &self,
+        actor: &Actor,
+        key: &NodeKey,
+        hostname: Option<String>,
+        image: Option<String>,
+    ) -> Result<NodeView> {
+        self.transition(
+            actor,
+            key,
+            "approve",
+            &[NodeState::Discovered, NodeState::Rejected],
+            move |conn, row| {
+                Box::pin(async move {
+                    Self::check_hostname(conn, hostname.as_deref(), row.id).await?;
+                    Self::check_image(conn, image.as_deref()).await?;
+                    let hostname = hostname.or_else(|| row.hostname.clone());
+                    let image = image.or_else(|| row.image.clone());
+                    store::nodes::set_identity(conn, row.id, hostname.as_deref(), image.as_deref())
+                        .await?;
+                    Ok(NodeState::Ready)
+                })
+            },
+        )
         .await
     }
 
     /// Rejects discovered hardware: it stays known (so it is not rediscovered) but never gets a role.
     pub async fn reject(&self, actor: &Actor, key: &NodeKey) -> Result<NodeView> {
-        self.transition(actor, key, "reject", &[NodeState::Discovered], |conn, row| {
-            Box::pin(async move {
-                store::auth::revoke_node(conn, row.id).await?;
-                Ok(NodeState::Rejected)
-            })
-        })
+        self.transition(
+            actor,
+            key,
+            "reject",
+            &[NodeState::Discovered],
+            |conn, row| {
+                Box::pin(async move {
+                    store::auth::revoke_node(conn, row.id).await?;
+                    Ok(NodeState::Rejected)
+                })
+            },
+        )
         .await
     }
 
     /// Assigns a node to a cluster as active or backup (moving it from another cluster if needed).
-    pub async fn assign(&self, actor: &Actor, key: &NodeKey, cluster: &str, role: Role, priority: Option<u32>) -> Result<NodeView> {
+    pub async fn assign(
+        &self,
+        actor: &Actor,
+        key: &NodeKey,
+        cluster: &str,
+        role: Role,
+        priority: Option<u32>,
+    ) -> Result<NodeView> {
         let priority = match priority {
             Some(p) => rules::priority(p)?,
             None => match role {
@@ -765,40 +990,65 @@ impl Fleet {
 
     /// Takes a node out of its cluster; it becomes `ready` and must drop its VIPs and services.
     pub async fn unassign(&self, actor: &Actor, key: &NodeKey) -> Result<NodeView> {
-        self.transition(actor, key, "unassign", &[NodeState::Assigned, NodeState::Serving], |conn, row| {
-            Box::pin(async move {
-                store::nodes::delete_assignment(conn, row.id).await?;
-                Ok(NodeState::Ready)
-            })
-        })
+        self.transition(
+            actor,
+            key,
+            "unassign",
+            &[NodeState::Assigned, NodeState::Serving],
+            |conn, row| {
+                Box::pin(async move {
+                    store::nodes::delete_assignment(conn, row.id).await?;
+                    Ok(NodeState::Ready)
+                })
+            },
+        )
         .await
     }
 
     /// Retires a node for good: no assignment, no credentials; its history stays.
     pub async fn retire(&self, actor: &Actor, key: &NodeKey) -> Result<NodeView> {
         use NodeState::*;
-        self.transition(actor, key, "retire", &[Discovered, Rejected, Ready, Assigned, Serving], |conn, row| {
-            Box::pin(async move {
-                store::nodes::delete_assignment(conn, row.id).await?;
-                store::auth::revoke_node(conn, row.id).await?;
-                Ok(Retired)
-            })
-        })
+        self.transition(
+            actor,
+            key,
+            "retire",
+            &[Discovered, Rejected, Ready, Assigned, Serving],
+            |conn, row| {
+                Box::pin(async move {
+                    store::nodes::delete_assignment(conn, row.id).await?;
+                    store::auth::revoke_node(conn, row.id).await?;
+                    Ok(Retired)
+                })
+            },
+        )
         .await
     }
 
     /// Issues a one-time enrollment token for a node (boot scripts embed it in the kernel command line).
-    pub async fn issue_enrollment_token(&self, actor: &Actor, key: &NodeKey) -> Result<EnrollmentToken> {
+    pub async fn issue_enrollment_token(
+        &self,
+        actor: &Actor,
+        key: &NodeKey,
+    ) -> Result<EnrollmentToken> {
         let mut tx = self.store.begin().await?;
         let row = Self::node_in(&mut tx, key).await?;
         let state = parse_state(&row)?;
         if matches!(state, NodeState::Retired | NodeState::Rejected) {
-            return Err(FleetError::Conflict(format!("node {:?} is {state} and cannot enroll", row.name())));
+            return Err(FleetError::Conflict(format!(
+                "node {:?} is {state} and cannot enroll",
+                row.name()
+            )));
         }
         let token = secrets::new_secret(secrets::ENROLLMENT_TOKEN_PREFIX);
         let ttl_ms = i64::try_from(self.enrollment_token_ttl.as_millis()).unwrap_or(i64::MAX);
         let expires_at = now_ms().saturating_add(ttl_ms);
-        store::auth::insert_enrollment_token(&mut tx, &secrets::hash_secret(&token), row.id, expires_at).await?;
+        store::auth::insert_enrollment_token(
+            &mut tx,
+            &secrets::hash_secret(&token),
+            row.id,
+            expires_at,
+        )
+        .await?;
         store::audit::append(
             &mut tx,
             &actor.0,
@@ -809,34 +1059,57 @@ impl Fleet {
         )
         .await?;
         tx.commit().await?;
-        Ok(EnrollmentToken { node: row.name().to_owned(), token, expires_at })
+        Ok(EnrollmentToken {
+            node: row.name().to_owned(),
+            token,
+            expires_at,
+        })
     }
 
     // ----- agent API ------------------------------------------------------------------------------------------
 
     /// Trades a one-time enrollment token for a node credential (replacing any earlier one).
     pub async fn enroll(&self, req: &EnrollRequest) -> Result<EnrollResponse> {
-        let refused = || FleetError::Unauthorized("enrollment token is invalid, expired or already used".into());
+        let refused = || {
+            FleetError::Unauthorized("enrollment token is invalid, expired or already used".into())
+        };
         let mac = rules::mac(&req.mac)?;
         let mut tx = self.store.begin().await?;
-        let Some(node_id) = store::auth::redeem_enrollment_token(&mut tx, &secrets::hash_secret(&req.token)).await? else {
+        let Some(node_id) =
+            store::auth::redeem_enrollment_token(&mut tx, &secrets::hash_secret(&req.token))
+                .await?
+        else {
             return Err(refused());
         };
         let row = Self::node_in(&mut tx, &NodeKey::Id(node_id)).await?;
         if row.mac != mac {
             // The token stays used: a token presented from the wrong machine is treated as leaked.
             tx.commit().await?;
-            tracing::warn!(node = row.name(), claimed_mac = mac, "enrollment refused: MAC does not match the token's node");
+            tracing::warn!(
+                node = row.name(),
+                claimed_mac = mac,
+                "enrollment refused: MAC does not match the token's node"
+            );
             return Err(refused());
         }
         let state = parse_state(&row)?;
         if matches!(state, NodeState::Retired | NodeState::Rejected) {
             tx.commit().await?;
-            return Err(FleetError::Forbidden(format!("node {:?} is {state}", row.name())));
+            return Err(FleetError::Forbidden(format!(
+                "node {:?} is {state}",
+                row.name()
+            )));
         }
         let credential = secrets::new_secret(secrets::NODE_CREDENTIAL_PREFIX);
-        store::auth::set_node_credential(&mut tx, node_id, &secrets::hash_secret(&credential)).await?;
-        store::nodes::set_versions(&mut tx, node_id, req.agent_version.as_deref(), req.image_version.as_deref()).await?;
+        store::auth::set_node_credential(&mut tx, node_id, &secrets::hash_secret(&credential))
+            .await?;
+        store::nodes::set_versions(
+            &mut tx,
+            node_id,
+            req.agent_version.as_deref(),
+            req.image_version.as_deref(),
+        )
+        .await?;
         store::audit::append(
             &mut tx,
             &Actor::node(row.name()).0,
@@ -846,12 +1119,22 @@ impl Fleet {
             Some(&json!({"agent_version": req.agent_version, "image_version": req.image_version})),
         )
         .await?;
-        store::events::insert(&mut tx, "enrolled", Some(node_id), row.cluster.as_deref(), &format!("node {} enrolled", row.name()))
-            .await?;
+        store::events::insert(
+            &mut tx,
+            "enrolled",
+            Some(node_id),
+            row.cluster.as_deref(),
+            &format!("node {} enrolled", row.name()),
+        )
+        .await?;
         tx.commit().await?;
         self.notifier.fleet_changed();
         tracing::info!(node = row.name(), mac, "node enrolled");
-        Ok(EnrollResponse { node_id, node: row.name().to_owned(), credential })
+        Ok(EnrollResponse {
+            node_id,
+            node: row.name().to_owned(),
+            credential,
+        })
     }
 
     /// Resolves a node credential to its node id; `None` for unknown or revoked credentials.
@@ -914,17 +1197,24 @@ impl Fleet {
         let row = Self::node_in(&mut tx, &NodeKey::Id(node_id)).await?;
         let state = parse_state(&row)?;
         if matches!(state, NodeState::Retired | NodeState::Rejected) {
-            return Err(FleetError::Forbidden(format!("node {:?} is {state}", row.name())));
+            return Err(FleetError::Forbidden(format!(
+                "node {:?} is {state}",
+                row.name()
+            )));
         }
         let applied = i64::try_from(report.applied_generation).unwrap_or(i64::MAX);
         if applied > row.role_generation {
             return Err(FieldError::new(
                 "applied_generation",
-                format!("{applied} is newer than the newest role issued to this node ({})", row.role_generation),
+                format!(
+                    "{applied} is newer than the newest role issued to this node ({})",
+                    row.role_generation
+                ),
             )
             .into());
         }
-        let report_json = serde_json::to_string(report).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let report_json =
+            serde_json::to_string(report).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let vrrp = report.vrrp_state.map(|s| s.as_str());
         store::nodes::record_report(
             &mut tx,
@@ -950,7 +1240,10 @@ impl Fleet {
             store::events::insert(&mut tx, "vrrp", Some(node_id), cluster, &msg).await?;
         }
         for (addr, healthy) in health_flips(row.last_report.as_deref(), report) {
-            let msg = format!("real server {addr} is {}", if healthy { "healthy" } else { "failing" });
+            let msg = format!(
+                "real server {addr} is {}",
+                if healthy { "healthy" } else { "failing" }
+            );
             store::events::insert(&mut tx, "health", Some(node_id), cluster, &msg).await?;
         }
         for e in &report.errors {
@@ -967,8 +1260,14 @@ impl Fleet {
                 Some(&json!({"state": "serving", "applied_generation": applied})),
             )
             .await?;
-            store::events::insert(&mut tx, "serving", Some(node_id), cluster, &format!("node {name} serves generation {applied}"))
-                .await?;
+            store::events::insert(
+                &mut tx,
+                "serving",
+                Some(node_id),
+                cluster,
+                &format!("node {name} serves generation {applied}"),
+            )
+            .await?;
         }
         tx.commit().await?;
         self.notifier.fleet_changed();
@@ -977,18 +1276,35 @@ impl Fleet {
 
     // ----- images ---------------------------------------------------------------------------------------------
 
-    pub async fn put_image(&self, actor: &Actor, img: store::images::ImageRow) -> Result<PutOutcome> {
+    pub async fn put_image(
+        &self,
+        actor: &Actor,
+        img: store::images::ImageRow,
+    ) -> Result<PutOutcome> {
         rules::image_name(&img.name)?;
         rules::image_file("kernel", &img.kernel)?;
         rules::image_file("initrd", &img.initrd)?;
         if img.cmdline.len() > 1024 || img.cmdline.chars().any(|c| c.is_control()) {
-            return Err(FieldError::new("cmdline", "must be at most 1024 characters without control characters").into());
+            return Err(FieldError::new(
+                "cmdline",
+                "must be at most 1024 characters without control characters",
+            )
+            .into());
         }
         let mut tx = self.store.begin().await?;
         let before = store::images::get(&mut tx, &img.name).await?;
         if before.as_ref().is_some_and(|b| {
-            (b.kernel.as_str(), b.initrd.as_str(), b.cmdline.as_str(), b.is_default)
-                == (img.kernel.as_str(), img.initrd.as_str(), img.cmdline.as_str(), img.is_default)
+            (
+                b.kernel.as_str(),
+                b.initrd.as_str(),
+                b.cmdline.as_str(),
+                b.is_default,
+            ) == (
+                img.kernel.as_str(),
+                img.initrd.as_str(),
+                img.cmdline.as_str(),
+                img.is_default,
+            )
         }) {
             return Ok(PutOutcome::Unchanged);
         }
@@ -996,25 +1312,45 @@ impl Fleet {
         store::audit::append(
             &mut tx,
             &actor.0,
-            if before.is_some() { "image.update" } else { "image.create" },
+            if before.is_some() {
+                "image.update"
+            } else {
+                "image.create"
+            },
             &format!("image:{}", img.name),
             before.as_ref().map(to_value).as_ref(),
             Some(&to_value(&img)),
         )
         .await?;
         tx.commit().await?;
-        Ok(if before.is_some() { PutOutcome::Updated } else { PutOutcome::Created })
+        Ok(if before.is_some() {
+            PutOutcome::Updated
+        } else {
+            PutOutcome::Created
+        })
     }
 
     pub async fn delete_image(&self, actor: &Actor, name: &str) -> Result<()> {
         let mut tx = self.store.begin().await?;
-        let before = store::images::get(&mut tx, name).await?.ok_or_else(|| FleetError::NotFound(format!("no image named {name:?}")))?;
+        let before = store::images::get(&mut tx, name)
+            .await?
+            .ok_or_else(|| FleetError::NotFound(format!("no image named {name:?}")))?;
         let users = store::images::users_of(&mut tx, name).await?;
         if users > 0 {
-            return Err(FleetError::Conflict(format!("image {name:?} is used by {users} node(s); move them to another image first")));
+            return Err(FleetError::Conflict(format!(
+                "image {name:?} is used by {users} node(s); move them to another image first"
+            )));
         }
         store::images::delete(&mut tx, name).await?;
-        store::audit::append(&mut tx, &actor.0, "image.delete", &format!("image:{name}"), Some(&to_value(&before)), None).await?;
+        store::audit::append(
+            &mut tx,
+            &actor.0,
+            "image.delete",
+            &format!("image:{name}"),
+            Some(&to_value(&before)),
+            None,
+        )
+        .await?;
         tx.commit().await?;
         Ok(())
     }
@@ -1027,7 +1363,13 @@ impl Fleet {
     // ----- users and tokens -----------------------------------------------------------------------------------
 
     /// Creates a user; returns the password (generated when `password` is `None`).
-    pub async fn create_user(&self, actor: &Actor, name: &str, role: UserRole, password: Option<String>) -> Result<String> {
+    pub async fn create_user(
+        &self,
+        actor: &Actor,
+        name: &str,
+        role: UserRole,
+        password: Option<String>,
+    ) -> Result<String> {
         rules::hostname(name).map_err(|e| FieldError::new("name", e.message))?;
         let password = password.unwrap_or_else(secrets::new_password);
         if password.len() < 12 {
@@ -1036,55 +1378,112 @@ impl Fleet {
         let hash = hash_password(password.clone()).await?;
         let mut tx = self.store.begin().await?;
         if store::auth::user_by_name(&mut tx, name).await?.is_some() {
-            return Err(FleetError::Conflict(format!("user {name:?} already exists")));
+            return Err(FleetError::Conflict(format!(
+                "user {name:?} already exists"
+            )));
         }
         store::auth::insert_user(&mut tx, name, role.as_str(), &hash).await?;
-        store::audit::append(&mut tx, &actor.0, "user.create", &format!("user:{name}"), None, Some(&json!({"role": role})))
-            .await?;
+        store::audit::append(
+            &mut tx,
+            &actor.0,
+            "user.create",
+            &format!("user:{name}"),
+            None,
+            Some(&json!({"role": role})),
+        )
+        .await?;
         tx.commit().await?;
         Ok(password)
     }
 
-    pub async fn set_password(&self, actor: &Actor, name: &str, password: Option<String>) -> Result<String> {
+    pub async fn set_password(
+        &self,
+        actor: &Actor,
+        name: &str,
+        password: Option<String>,
+    ) -> Result<String> {
         let password = password.unwrap_or_else(secrets::new_password);
         if password.len() < 12 {
             return Err(FieldError::new("password", "must be at least 12 characters").into());
         }
         let hash = hash_password(password.clone()).await?;
         let mut tx = self.store.begin().await?;
-        let user = store::auth::user_by_name(&mut tx, name).await?.ok_or_else(|| FleetError::NotFound(format!("no user {name:?}")))?;
+        let user = store::auth::user_by_name(&mut tx, name)
+            .await?
+            .ok_or_else(|| FleetError::NotFound(format!("no user {name:?}")))?;
         store::auth::set_password(&mut tx, user.id, &hash).await?;
-        store::audit::append(&mut tx, &actor.0, "user.password", &format!("user:{name}"), None, None).await?;
+        store::audit::append(
+            &mut tx,
+            &actor.0,
+            "user.password",
+            &format!("user:{name}"),
+            None,
+            None,
+        )
+        .await?;
         tx.commit().await?;
         Ok(password)
     }
 
     pub async fn delete_user(&self, actor: &Actor, name: &str) -> Result<()> {
         let mut tx = self.store.begin().await?;
-        let user = store::auth::user_by_name(&mut tx, name).await?.ok_or_else(|| FleetError::NotFound(format!("no user {name:?}")))?;
+        let user = store::auth::user_by_name(&mut tx, name)
+            .await?
+            .ok_or_else(|| FleetError::NotFound(format!("no user {name:?}")))?;
         if user.role == "admin" {
-            let admins = store::auth::users(&mut tx).await?.iter().filter(|u| u.role == "admin" && !u.disabled).count();
+            let admins = store::auth::users(&mut tx)
+                .await?
+                .iter()
+                .filter(|u| u.role == "admin" && !u.disabled)
+                .count();
             if admins <= 1 {
                 return Err(FleetError::Conflict("cannot delete the last admin".into()));
             }
         }
         store::auth::delete_user(&mut tx, user.id).await?;
-        store::audit::append(&mut tx, &actor.0, "user.delete", &format!("user:{name}"), Some(&json!({"role": user.role})), None)
-            .await?;
+        store::audit::append(
+            &mut tx,
+            &actor.0,
+            "user.delete",
+            &format!("user:{name}"),
+            Some(&json!({"role": user.role})),
+            None,
+        )
+        .await?;
         tx.commit().await?;
         Ok(())
     }
 
     /// Creates an API token for a user; the plain token is returned once.
-    pub async fn create_token(&self, actor: &Actor, user: &str, label: &str, ttl: Option<Duration>) -> Result<(i64, String)> {
+    pub async fn create_token(
+        &self,
+        actor: &Actor,
+        user: &str,
+        label: &str,
+        ttl: Option<Duration>,
+    ) -> Result<(i64, String)> {
         if label.is_empty() || label.len() > 64 || label.chars().any(|c| c.is_control()) {
-            return Err(FieldError::new("name", "must be 1 to 64 characters without control characters").into());
+            return Err(FieldError::new(
+                "name",
+                "must be 1 to 64 characters without control characters",
+            )
+            .into());
         }
         let mut tx = self.store.begin().await?;
-        let u = store::auth::user_by_name(&mut tx, user).await?.ok_or_else(|| FleetError::NotFound(format!("no user {user:?}")))?;
+        let u = store::auth::user_by_name(&mut tx, user)
+            .await?
+            .ok_or_else(|| FleetError::NotFound(format!("no user {user:?}")))?;
         let token = secrets::new_secret(secrets::API_TOKEN_PREFIX);
-        let expires_at = ttl.map(|t| now_ms().saturating_add(i64::try_from(t.as_millis()).unwrap_or(i64::MAX)));
-        let id = store::auth::insert_token(&mut tx, u.id, label, &secrets::hash_secret(&token), expires_at).await?;
+        let expires_at =
+            ttl.map(|t| now_ms().saturating_add(i64::try_from(t.as_millis()).unwrap_or(i64::MAX)));
+        let id = store::auth::insert_token(
+            &mut tx,
+            u.id,
+            label,
+            &secrets::hash_secret(&token),
+            expires_at,
+        )
+        .await?;
         store::audit::append(
             &mut tx,
             &actor.0,
@@ -1103,7 +1502,15 @@ impl Fleet {
         if store::auth::delete_token(&mut tx, id).await? == 0 {
             return Err(FleetError::NotFound(format!("no API token with id {id}")));
         }
-        store::audit::append(&mut tx, &actor.0, "token.revoke", &format!("token:{id}"), None, None).await?;
+        store::audit::append(
+            &mut tx,
+            &actor.0,
+            "token.revoke",
+            &format!("token:{id}"),
+            None,
+            None,
+        )
+        .await?;
         tx.commit().await?;
         Ok(())
     }
@@ -1115,7 +1522,10 @@ impl Fleet {
             return Ok(None);
         }
         drop(conn);
-        Ok(Some(self.create_user(&Actor::system(), "admin", UserRole::Admin, None).await?))
+        Ok(Some(
+            self.create_user(&Actor::system(), "admin", UserRole::Admin, None)
+                .await?,
+        ))
     }
 }
 
@@ -1134,13 +1544,18 @@ fn health_flips(previous: Option<&str>, now: &AgentReport) -> Vec<(String, bool)
     let mut before = HashMap::new();
     for s in &prev.services {
         for r in &s.real_servers {
-            before.insert((s.vip.clone(), s.port, s.protocol, r.address.clone(), r.port), r.healthy);
+            before.insert(
+                (s.vip.clone(), s.port, s.protocol, r.address.clone(), r.port),
+                r.healthy,
+            );
         }
     }
     let mut flips = Vec::new();
     for s in &now.services {
         for r in &s.real_servers {
-            if let Some(was) = before.get(&(s.vip.clone(), s.port, s.protocol, r.address.clone(), r.port)) {
+            if let Some(was) =
+                before.get(&(s.vip.clone(), s.port, s.protocol, r.address.clone(), r.port))
+            {
                 if *was != r.healthy {
                     flips.push((socket_text(&r.address, r.port), r.healthy));
                 }
@@ -1161,20 +1576,31 @@ pub fn socket_text(addr: &str, port: u16) -> String {
 
 async fn role_document_in(conn: &mut SqliteConnection, row: &NodeRow) -> Result<RoleDocument> {
     let generation = u64::try_from(row.role_generation).unwrap_or(0);
-    let mut doc =
-        RoleDocument { generation, node: row.name().to_owned(), cluster: None, role: None, vrrp: None, services: vec![] };
-    let (Some(cluster), Some(role), Some(priority)) = (&row.cluster, &row.role, row.priority) else {
+    let mut doc = RoleDocument {
+        generation,
+        node: row.name().to_owned(),
+        cluster: None,
+        role: None,
+        vrrp: None,
+        services: vec![],
+    };
+    let (Some(cluster), Some(role), Some(priority)) = (&row.cluster, &row.role, row.priority)
+    else {
         return Ok(doc);
     };
     let c = Fleet::cluster_in(conn, cluster).await?;
-    let role: Role = role.parse().map_err(|e| StoreError::Corrupt(format!("assignment of node {}: {e}", row.id)))?;
+    let role: Role = role
+        .parse()
+        .map_err(|e| StoreError::Corrupt(format!("assignment of node {}: {e}", row.id)))?;
     doc.cluster = Some(c.name.clone());
     doc.role = Some(role);
     doc.vrrp = Some(VrrpConfig {
         version: c.spec.vrrp_version,
-        vrid: u8::try_from(c.spec.vrid).map_err(|_| StoreError::Corrupt(format!("cluster {} vrid", c.name)))?,
+        vrid: u8::try_from(c.spec.vrid)
+            .map_err(|_| StoreError::Corrupt(format!("cluster {} vrid", c.name)))?,
         interface: c.spec.interface.clone(),
-        priority: u8::try_from(priority).map_err(|_| StoreError::Corrupt(format!("node {} priority", row.id)))?,
+        priority: u8::try_from(priority)
+            .map_err(|_| StoreError::Corrupt(format!("node {} priority", row.id)))?,
         advert_interval_ms: c.spec.advert_interval_ms,
         preempt: c.spec.preempt,
         vips: c.spec.vips.clone(),
@@ -1196,7 +1622,12 @@ async fn role_document_in(conn: &mut SqliteConnection, row: &NodeRow) -> Result<
             real_servers: s
                 .real_servers
                 .into_iter()
-                .map(|r| RealServer { address: r.address, port: r.port, weight: r.weight, enabled: r.enabled.unwrap_or(true) })
+                .map(|r| RealServer {
+                    address: r.address,
+                    port: r.port,
+                    weight: r.weight,
+                    enabled: r.enabled.unwrap_or(true),
+                })
                 .collect(),
         })
         .collect();
@@ -1220,11 +1651,20 @@ impl std::fmt::Display for ServiceRef {
 impl std::str::FromStr for ServiceRef {
     type Err = FieldError;
     fn from_str(s: &str) -> Result<Self, FieldError> {
-        let bad = || FieldError::new("service", format!("{s:?} is not PROTOCOL:VIP:PORT (e.g. tcp:198.18.0.10:80)"));
+        let bad = || {
+            FieldError::new(
+                "service",
+                format!("{s:?} is not PROTOCOL:VIP:PORT (e.g. tcp:198.18.0.10:80)"),
+            )
+        };
         let (proto, rest) = s.split_once(':').ok_or_else(bad)?;
         let protocol = proto.parse().map_err(|_| bad())?;
         let addr: std::net::SocketAddr = rest.parse().map_err(|_| bad())?;
-        Ok(ServiceRef { protocol, vip: addr.ip().to_string(), port: addr.port() })
+        Ok(ServiceRef {
+            protocol,
+            vip: addr.ip().to_string(),
+            port: addr.port(),
+        })
     }
 }
 
@@ -1234,7 +1674,9 @@ impl ServiceRef {
             .services
             .iter()
             .find(|s| s.vip == self.vip && s.port == self.port && s.protocol == self.protocol)
-            .ok_or_else(|| FleetError::NotFound(format!("cluster {:?} has no service {self}", c.name)))
+            .ok_or_else(|| {
+                FleetError::NotFound(format!("cluster {:?} has no service {self}", c.name))
+            })
     }
 
     fn key(&self, address: &str, rs_port: u16) -> RealServerKey {
@@ -1258,17 +1700,33 @@ pub struct RealServerRef {
 impl std::str::FromStr for RealServerRef {
     type Err = FieldError;
     fn from_str(s: &str) -> Result<Self, FieldError> {
-        let addr: std::net::SocketAddr = s
-            .parse()
-            .map_err(|_| FieldError::new("real_server", format!("{s:?} is not ADDRESS:PORT (e.g. 198.18.2.1:80)")))?;
-        Ok(RealServerRef { address: addr.ip().to_string(), port: addr.port() })
+        let addr: std::net::SocketAddr = s.parse().map_err(|_| {
+            FieldError::new(
+                "real_server",
+                format!("{s:?} is not ADDRESS:PORT (e.g. 198.18.2.1:80)"),
+            )
+        })?;
+        Ok(RealServerRef {
+            address: addr.ip().to_string(),
+            port: addr.port(),
+        })
     }
 }
 
 impl RealServerRef {
-    fn find<'a>(&self, svc: &'a lbfleet_proto::ServiceSpec, service: &ServiceRef) -> Result<&'a RealServerSpec> {
-        svc.real_servers.iter().find(|r| r.address == self.address && r.port == self.port).ok_or_else(|| {
-            FleetError::NotFound(format!("service {service} has no real server {}", socket_text(&self.address, self.port)))
-        })
+    fn find<'a>(
+        &self,
+        svc: &'a lbfleet_proto::ServiceSpec,
+        service: &ServiceRef,
+    ) -> Result<&'a RealServerSpec> {
+        svc.real_servers
+            .iter()
+            .find(|r| r.address == self.address && r.port == self.port)
+            .ok_or_else(|| {
+                FleetError::NotFound(format!(
+                    "service {service} has no real server {}",
+                    socket_text(&self.address, self.port)
+                ))
+            })
     }
 }

@@ -6,7 +6,9 @@ use std::collections::HashSet;
 use std::fmt;
 use std::net::IpAddr;
 
-use lbfleet_proto::{CheckKind, ClusterSpec, ForwardMethod, HealthCheck, RealServerSpec, ServiceSpec};
+use lbfleet_proto::{
+    CheckKind, ClusterSpec, ForwardMethod, HealthCheck, RealServerSpec, ServiceSpec,
+};
 use serde::Serialize;
 
 /// One rejected field: `field` is a JSON path into the request (`services[0].real_servers[2].weight`).
@@ -18,7 +20,10 @@ pub struct FieldError {
 
 impl FieldError {
     pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
-        FieldError { field: field.into(), message: message.into() }
+        FieldError {
+            field: field.into(),
+            message: message.into(),
+        }
     }
 }
 
@@ -76,7 +81,10 @@ pub fn cluster_name(name: &str) -> Result<(), FieldError> {
 pub fn hostname(name: &str) -> Result<(), FieldError> {
     dns_label(name).map_err(|m| FieldError::new("hostname", m))?;
     if !name.starts_with(|c: char| c.is_ascii_lowercase()) {
-        return Err(FieldError::new("hostname", "must start with a lowercase letter"));
+        return Err(FieldError::new(
+            "hostname",
+            "must start with a lowercase letter",
+        ));
     }
     Ok(())
 }
@@ -85,7 +93,10 @@ fn dns_label(name: &str) -> Result<(), String> {
     if name.is_empty() || name.len() > 63 {
         return Err(format!("must be 1 to 63 characters, got {}", name.len()));
     }
-    if !name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') {
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    {
         return Err("may contain only lowercase letters, digits and '-'".into());
     }
     if name.starts_with('-') || name.ends_with('-') {
@@ -97,9 +108,15 @@ fn dns_label(name: &str) -> Result<(), String> {
 /// Parses a MAC in `aa:bb:cc:dd:ee:ff` or `aa-bb-…` form and returns it lowercase with colons.
 pub fn mac(text: &str) -> Result<String, FieldError> {
     let parts: Vec<&str> = text.split([':', '-']).collect();
-    let ok = parts.len() == 6 && parts.iter().all(|p| p.len() == 2 && p.bytes().all(|b| b.is_ascii_hexdigit()));
+    let ok = parts.len() == 6
+        && parts
+            .iter()
+            .all(|p| p.len() == 2 && p.bytes().all(|b| b.is_ascii_hexdigit()));
     if !ok {
-        return Err(FieldError::new("mac", format!("{text:?} is not a MAC address (aa:bb:cc:dd:ee:ff)")));
+        return Err(FieldError::new(
+            "mac",
+            format!("{text:?} is not a MAC address (aa:bb:cc:dd:ee:ff)"),
+        ));
     }
     Ok(parts.join(":").to_ascii_lowercase())
 }
@@ -108,7 +125,10 @@ pub fn mac(text: &str) -> Result<String, FieldError> {
 pub fn priority(p: u32) -> Result<u8, FieldError> {
     match u8::try_from(p) {
         Ok(v @ 1..=254) => Ok(v),
-        _ => Err(FieldError::new("priority", format!("must be 1 to 254, got {p}"))),
+        _ => Err(FieldError::new(
+            "priority",
+            format!("must be 1 to 254, got {p}"),
+        )),
     }
 }
 
@@ -116,12 +136,17 @@ pub fn priority(p: u32) -> Result<u8, FieldError> {
 pub fn image_name(name: &str) -> Result<(), FieldError> {
     let ok = !name.is_empty()
         && name.len() <= 64
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
         && !name.starts_with('.');
     if ok {
         Ok(())
     } else {
-        Err(FieldError::new("name", "must be 1 to 64 of [A-Za-z0-9._-], not starting with '.'"))
+        Err(FieldError::new(
+            "name",
+            "must be 1 to 64 of [A-Za-z0-9._-], not starting with '.'",
+        ))
     }
 }
 
@@ -129,12 +154,17 @@ pub fn image_name(name: &str) -> Result<(), FieldError> {
 pub fn image_file(field: &str, name: &str) -> Result<(), FieldError> {
     let ok = !name.is_empty()
         && name.len() <= 128
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
         && !name.starts_with('.');
     if ok {
         Ok(())
     } else {
-        Err(FieldError::new(field, "must be a plain file name of [A-Za-z0-9._-], not starting with '.'"))
+        Err(FieldError::new(
+            field,
+            "must be a plain file name of [A-Za-z0-9._-], not starting with '.'",
+        ))
     }
 }
 
@@ -156,7 +186,9 @@ pub fn cluster_spec(spec: &ClusterSpec) -> Result<ValidCluster, FieldErrors> {
     }
     match spec.vrrp_version {
         3 => {
-            if !(10..=40_950).contains(&spec.advert_interval_ms) || spec.advert_interval_ms % 10 != 0 {
+            if !(10..=40_950).contains(&spec.advert_interval_ms)
+                || !spec.advert_interval_ms.is_multiple_of(10)
+            {
                 errs.push(
                     "advert_interval_ms",
                     format!(
@@ -167,10 +199,15 @@ pub fn cluster_spec(spec: &ClusterSpec) -> Result<ValidCluster, FieldErrors> {
             }
         }
         2 => {
-            if !(1_000..=255_000).contains(&spec.advert_interval_ms) || spec.advert_interval_ms % 1000 != 0 {
+            if !(1_000..=255_000).contains(&spec.advert_interval_ms)
+                || !spec.advert_interval_ms.is_multiple_of(1000)
+            {
                 errs.push(
                     "advert_interval_ms",
-                    format!("VRRPv2 needs whole seconds from 1000 to 255000 ms, got {}", spec.advert_interval_ms),
+                    format!(
+                        "VRRPv2 needs whole seconds from 1000 to 255000 ms, got {}",
+                        spec.advert_interval_ms
+                    ),
                 );
             }
         }
@@ -190,10 +227,16 @@ pub fn cluster_spec(spec: &ClusterSpec) -> Result<ValidCluster, FieldErrors> {
                     errs.push(&field, m);
                 } else if vip_addrs.contains(&addr) {
                     errs.push(&field, format!("{addr} is listed twice"));
-                } else if vip_addrs.first().is_some_and(|f| f.is_ipv4() != addr.is_ipv4()) {
+                } else if vip_addrs
+                    .first()
+                    .is_some_and(|f| f.is_ipv4() != addr.is_ipv4())
+                {
                     errs.push(&field, "all VIPs of a cluster must be one address family");
                 } else if spec.vrrp_version == 2 && addr.is_ipv6() {
-                    errs.push(&field, "VRRPv2 carries IPv4 addresses only; use vrrp_version 3");
+                    errs.push(
+                        &field,
+                        "VRRPv2 carries IPv4 addresses only; use vrrp_version 3",
+                    );
                 } else {
                     out.vips[i] = format!("{addr}/{prefix}");
                     vip_addrs.push(addr);
@@ -230,7 +273,10 @@ pub fn cluster_spec(spec: &ClusterSpec) -> Result<ValidCluster, FieldErrors> {
             if !keys.insert((norm.vip.clone(), norm.port, norm.protocol)) {
                 errs.push(
                     format!("{field}.port"),
-                    format!("service {}:{}:{} is listed twice", norm.protocol, norm.vip, norm.port),
+                    format!(
+                        "service {}:{}:{} is listed twice",
+                        norm.protocol, norm.vip, norm.port
+                    ),
                 );
             }
             out.services[i] = norm;
@@ -240,17 +286,28 @@ pub fn cluster_spec(spec: &ClusterSpec) -> Result<ValidCluster, FieldErrors> {
     errs.into_result(ValidCluster(out))
 }
 
-fn service_spec(field: &str, svc: &ServiceSpec, vips: &[IpAddr], errs: &mut FieldErrors) -> Option<ServiceSpec> {
+fn service_spec(
+    field: &str,
+    svc: &ServiceSpec,
+    vips: &[IpAddr],
+    errs: &mut FieldErrors,
+) -> Option<ServiceSpec> {
     let before = errs.0.len();
     let mut out = svc.clone();
     let vip = match svc.vip.parse::<IpAddr>() {
         Ok(vip) if vips.contains(&vip) => Some(vip),
         Ok(vip) => {
-            errs.push(format!("{field}.vip"), format!("{vip} is not one of the cluster's VIPs"));
+            errs.push(
+                format!("{field}.vip"),
+                format!("{vip} is not one of the cluster's VIPs"),
+            );
             None
         }
         Err(_) => {
-            errs.push(format!("{field}.vip"), format!("{:?} is not an IP address", svc.vip));
+            errs.push(
+                format!("{field}.vip"),
+                format!("{:?} is not an IP address", svc.vip),
+            );
             None
         }
     };
@@ -260,15 +317,28 @@ fn service_spec(field: &str, svc: &ServiceSpec, vips: &[IpAddr], errs: &mut Fiel
     if svc.persistence_s > MAX_PERSISTENCE_S {
         errs.push(
             format!("{field}.persistence_s"),
-            format!("must be 0 to {MAX_PERSISTENCE_S} seconds, got {}", svc.persistence_s),
+            format!(
+                "must be 0 to {MAX_PERSISTENCE_S} seconds, got {}",
+                svc.persistence_s
+            ),
         );
     }
     if let Some(prefix) = svc.persistence_prefix {
-        let max = if vip.is_some_and(|v| v.is_ipv6()) { 128 } else { 32 };
+        let max = if vip.is_some_and(|v| v.is_ipv6()) {
+            128
+        } else {
+            32
+        };
         if svc.persistence_s == 0 {
-            errs.push(format!("{field}.persistence_prefix"), "only meaningful with persistence_s > 0");
+            errs.push(
+                format!("{field}.persistence_prefix"),
+                "only meaningful with persistence_s > 0",
+            );
         } else if prefix > max {
-            errs.push(format!("{field}.persistence_prefix"), format!("must be 0 to {max}, got {prefix}"));
+            errs.push(
+                format!("{field}.persistence_prefix"),
+                format!("must be 0 to {max}, got {prefix}"),
+            );
         }
     }
     health_check(&format!("{field}.check"), &svc.check, errs);
@@ -307,11 +377,17 @@ pub fn real_server(
             if let Err(m) = unicast(addr) {
                 errs.push(format!("{field}.address"), m);
             } else if vip.is_some_and(|v| v.is_ipv4() != addr.is_ipv4()) {
-                errs.push(format!("{field}.address"), "must be the same address family as the VIP");
+                errs.push(
+                    format!("{field}.address"),
+                    "must be the same address family as the VIP",
+                );
             }
             out.address = addr.to_string();
         }
-        Err(_) => errs.push(format!("{field}.address"), format!("{:?} is not an IP address", rs.address)),
+        Err(_) => errs.push(
+            format!("{field}.address"),
+            format!("{:?} is not an IP address", rs.address),
+        ),
     }
     if rs.port == 0 {
         errs.push(format!("{field}.port"), "must be 1 to 65535");
@@ -325,7 +401,10 @@ pub fn real_server(
         );
     }
     if rs.weight > MAX_WEIGHT {
-        errs.push(format!("{field}.weight"), format!("must be 0 to {MAX_WEIGHT}, got {}", rs.weight));
+        errs.push(
+            format!("{field}.weight"),
+            format!("must be 0 to {MAX_WEIGHT}, got {}", rs.weight),
+        );
     }
     (errs.0.len() == before).then_some(out)
 }
@@ -333,7 +412,10 @@ pub fn real_server(
 /// A real-server weight on its own (the set-weight endpoint).
 pub fn weight(w: u32) -> Result<u32, FieldError> {
     if w > MAX_WEIGHT {
-        Err(FieldError::new("weight", format!("must be 0 to {MAX_WEIGHT}, got {w}")))
+        Err(FieldError::new(
+            "weight",
+            format!("must be 0 to {MAX_WEIGHT}, got {w}"),
+        ))
     } else {
         Ok(w)
     }
@@ -341,17 +423,26 @@ pub fn weight(w: u32) -> Result<u32, FieldError> {
 
 fn health_check(field: &str, c: &HealthCheck, errs: &mut FieldErrors) {
     if !(100..=3_600_000).contains(&c.interval_ms) {
-        errs.push(format!("{field}.interval_ms"), format!("must be 100 to 3600000 ms, got {}", c.interval_ms));
+        errs.push(
+            format!("{field}.interval_ms"),
+            format!("must be 100 to 3600000 ms, got {}", c.interval_ms),
+        );
     }
     if c.timeout_ms < 10 || c.timeout_ms > c.interval_ms {
         errs.push(
             format!("{field}.timeout_ms"),
-            format!("must be at least 10 ms and at most interval_ms ({}), got {}", c.interval_ms, c.timeout_ms),
+            format!(
+                "must be at least 10 ms and at most interval_ms ({}), got {}",
+                c.interval_ms, c.timeout_ms
+            ),
         );
     }
     for (name, v) in [("rise", c.rise), ("fall", c.fall)] {
         if !(1..=100).contains(&v) {
-            errs.push(format!("{field}.{name}"), format!("must be 1 to 100, got {v}"));
+            errs.push(
+                format!("{field}.{name}"),
+                format!("must be 1 to 100, got {v}"),
+            );
         }
     }
     if c.port == Some(0) {
@@ -362,7 +453,10 @@ fn health_check(field: &str, c: &HealthCheck, errs: &mut FieldErrors) {
             match c.path.as_deref() {
                 None => errs.push(format!("{field}.path"), "an http check needs a path"),
                 Some(p) => {
-                    if !p.starts_with('/') || p.len() > 1024 || p.bytes().any(|b| b <= b' ' || b == 0x7f) {
+                    if !p.starts_with('/')
+                        || p.len() > 1024
+                        || p.bytes().any(|b| b <= b' ' || b == 0x7f)
+                    {
                         errs.push(
                             format!("{field}.path"),
                             "must start with '/', be at most 1024 characters and contain no spaces or control characters",
@@ -372,16 +466,28 @@ fn health_check(field: &str, c: &HealthCheck, errs: &mut FieldErrors) {
             }
             if let Some(s) = c.expect_status {
                 if !(100..=599).contains(&s) {
-                    errs.push(format!("{field}.expect_status"), format!("must be 100 to 599, got {s}"));
+                    errs.push(
+                        format!("{field}.expect_status"),
+                        format!("must be 100 to 599, got {s}"),
+                    );
                 }
             }
         }
         CheckKind::Tcp | CheckKind::None => {
             if c.path.is_some() {
-                errs.push(format!("{field}.path"), format!("only an http check takes a path, this one is {}", c.kind));
+                errs.push(
+                    format!("{field}.path"),
+                    format!("only an http check takes a path, this one is {}", c.kind),
+                );
             }
             if c.expect_status.is_some() {
-                errs.push(format!("{field}.expect_status"), format!("only an http check takes expect_status, this one is {}", c.kind));
+                errs.push(
+                    format!("{field}.expect_status"),
+                    format!(
+                        "only an http check takes expect_status, this one is {}",
+                        c.kind
+                    ),
+                );
             }
         }
     }
@@ -392,7 +498,10 @@ fn interface_name(name: &str) -> Result<(), String> {
     if name.is_empty() || name.len() > 15 {
         return Err(format!("must be 1 to 15 characters, got {}", name.len()));
     }
-    if !name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.')) {
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+    {
         return Err("may contain only letters, digits, '-', '_' and '.'".into());
     }
     Ok(())
@@ -404,7 +513,9 @@ pub fn prefixed_address(text: &str) -> Result<(IpAddr, u8), String> {
         Some((a, p)) => (a, Some(p)),
         None => (text, None),
     };
-    let addr: IpAddr = addr_text.parse().map_err(|_| format!("{text:?} is not an IP address or address/prefix"))?;
+    let addr: IpAddr = addr_text
+        .parse()
+        .map_err(|_| format!("{text:?} is not an IP address or address/prefix"))?;
     let max = if addr.is_ipv4() { 32 } else { 128 };
     let prefix = match prefix_text {
         None => max,
@@ -565,7 +676,9 @@ mod tests {
 
     #[test]
     fn schedulers_are_the_kernels() {
-        for name in ["rr", "wrr", "lc", "wlc", "lblc", "lblcr", "dh", "sh", "sed", "nq", "fo", "ovf", "mh"] {
+        for name in [
+            "rr", "wrr", "lc", "wlc", "lblc", "lblcr", "dh", "sh", "sed", "nq", "fo", "ovf", "mh",
+        ] {
             let parsed: Result<Scheduler, _> = name.parse();
             assert!(parsed.is_ok(), "{name}");
         }
@@ -580,25 +693,40 @@ mod tests {
         s.services[0].real_servers[0].weight = 65_535;
         assert!(cluster_spec(&s).is_ok());
         s.services[0].real_servers[0].weight = 65_536;
-        assert_eq!(fields(cluster_spec(&s)), vec!["services[0].real_servers[0].weight"]);
+        assert_eq!(
+            fields(cluster_spec(&s)),
+            vec!["services[0].real_servers[0].weight"]
+        );
         assert!(weight(0).is_ok() && weight(65_535).is_ok() && weight(65_536).is_err());
 
         let mut s = spec();
         s.services[0].forward = ForwardMethod::Dr;
-        assert_eq!(fields(cluster_spec(&s)), vec!["services[0].real_servers[0].port"]);
+        assert_eq!(
+            fields(cluster_spec(&s)),
+            vec!["services[0].real_servers[0].port"]
+        );
         s.services[0].real_servers[0].port = 80;
         assert!(cluster_spec(&s).is_ok());
 
         let mut s = spec();
         s.services[0].real_servers[0].address = "2001:db8::1".into();
-        assert_eq!(fields(cluster_spec(&s)), vec!["services[0].real_servers[0].address"]);
+        assert_eq!(
+            fields(cluster_spec(&s)),
+            vec!["services[0].real_servers[0].address"]
+        );
         s.services[0].real_servers[0].address = "198.18.2.300".into();
-        assert_eq!(fields(cluster_spec(&s)), vec!["services[0].real_servers[0].address"]);
+        assert_eq!(
+            fields(cluster_spec(&s)),
+            vec!["services[0].real_servers[0].address"]
+        );
 
         let mut s = spec();
         let copy = s.services[0].real_servers[0].clone();
         s.services[0].real_servers.push(copy);
-        assert_eq!(fields(cluster_spec(&s)), vec!["services[0].real_servers[1].address"]);
+        assert_eq!(
+            fields(cluster_spec(&s)),
+            vec!["services[0].real_servers[1].address"]
+        );
     }
 
     #[test]
@@ -617,7 +745,10 @@ mod tests {
         assert_eq!(fields(cluster_spec(&s)), vec!["services[0].check.path"]);
         let mut s = spec();
         s.services[0].check.timeout_ms = 2000;
-        assert_eq!(fields(cluster_spec(&s)), vec!["services[0].check.timeout_ms"]);
+        assert_eq!(
+            fields(cluster_spec(&s)),
+            vec!["services[0].check.timeout_ms"]
+        );
         s.services[0].check.timeout_ms = 500;
         s.services[0].check.fall = 0;
         assert_eq!(fields(cluster_spec(&s)), vec!["services[0].check.fall"]);
@@ -633,12 +764,18 @@ mod tests {
         s.services[0].persistence_prefix = Some(24);
         assert!(cluster_spec(&s).is_ok());
         s.services[0].persistence_prefix = Some(33);
-        assert_eq!(fields(cluster_spec(&s)), vec!["services[0].persistence_prefix"]);
+        assert_eq!(
+            fields(cluster_spec(&s)),
+            vec!["services[0].persistence_prefix"]
+        );
         s.services[0].persistence_prefix = Some(24);
         s.services[0].persistence_s = MAX_PERSISTENCE_S + 1;
         assert_eq!(fields(cluster_spec(&s)), vec!["services[0].persistence_s"]);
         s.services[0].persistence_s = 0;
-        assert_eq!(fields(cluster_spec(&s)), vec!["services[0].persistence_prefix"]);
+        assert_eq!(
+            fields(cluster_spec(&s)),
+            vec!["services[0].persistence_prefix"]
+        );
     }
 
     #[test]
@@ -662,7 +799,10 @@ mod tests {
         assert!(hostname("lb-01").is_ok());
         assert!(hostname("01").is_err());
         assert!(hostname("<script>").is_err());
-        assert_eq!(mac("52-54-00-AB-CD-EF").ok().as_deref(), Some("52:54:00:ab:cd:ef"));
+        assert_eq!(
+            mac("52-54-00-AB-CD-EF").ok().as_deref(),
+            Some("52:54:00:ab:cd:ef")
+        );
         assert!(mac("52:54:00:ab:cd").is_err());
         assert!(mac("52:54:00:ab:cd:zz").is_err());
         assert_eq!(priority(254).ok(), Some(254));

@@ -16,12 +16,23 @@ pub async fn append(
     after: Option<&Value>,
 ) -> Result<i64, StoreError> {
     let (head_seq, head_hash): (i64, String) =
-        sqlx::query_as("SELECT seq, hash FROM audit_head WHERE id = 1").fetch_one(&mut *conn).await?;
+        sqlx::query_as("SELECT seq, hash FROM audit_head WHERE id = 1")
+            .fetch_one(&mut *conn)
+            .await?;
     let seq = head_seq + 1;
     let at = now_ms();
     let before = before.map(Value::to_string);
     let after = after.map(Value::to_string);
-    let hash = row_hash(seq, at, actor, action, target, before.as_deref(), after.as_deref(), &head_hash);
+    let hash = row_hash(
+        seq,
+        at,
+        actor,
+        action,
+        target,
+        before.as_deref(),
+        after.as_deref(),
+        &head_hash,
+    );
     sqlx::query(
         "INSERT INTO audit_log (seq, at, actor, action, target, before_json, after_json, prev_hash, hash) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
@@ -37,7 +48,11 @@ pub async fn append(
     .bind(&hash)
     .execute(&mut *conn)
     .await?;
-    sqlx::query("UPDATE audit_head SET seq = $1, hash = $2 WHERE id = 1").bind(seq).bind(hash).execute(conn).await?;
+    sqlx::query("UPDATE audit_head SET seq = $1, hash = $2 WHERE id = 1")
+        .bind(seq)
+        .bind(hash)
+        .execute(conn)
+        .await?;
     Ok(seq)
 }
 
@@ -53,8 +68,18 @@ pub struct AuditFilter {
     pub limit: i64,
 }
 
-pub async fn list(conn: &mut SqliteConnection, f: &AuditFilter) -> Result<Vec<AuditRow>, StoreError> {
-    let target_prefix = f.target.as_ref().map(|t| format!("{}%", t.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_")));
+pub async fn list(
+    conn: &mut SqliteConnection,
+    f: &AuditFilter,
+) -> Result<Vec<AuditRow>, StoreError> {
+    let target_prefix = f.target.as_ref().map(|t| {
+        format!(
+            "{}%",
+            t.replace('\\', "\\\\")
+                .replace('%', "\\%")
+                .replace('_', "\\_")
+        )
+    });
     Ok(sqlx::query_as(
         "SELECT seq, at, actor, action, target, before_json, after_json, prev_hash, hash FROM audit_log \
          WHERE ($1 IS NULL OR at >= $1) AND ($2 IS NULL OR at < $2) AND ($3 IS NULL OR actor = $3) \
@@ -89,11 +114,16 @@ pub async fn verify(conn: &mut SqliteConnection) -> Result<Verification, StoreEr
         page.iter().for_each(|r| verifier.push(r));
     }
     let (head_seq, head_hash): (i64, String) =
-        sqlx::query_as("SELECT seq, hash FROM audit_head WHERE id = 1").fetch_one(conn).await?;
+        sqlx::query_as("SELECT seq, hash FROM audit_head WHERE id = 1")
+            .fetch_one(conn)
+            .await?;
     Ok(verifier.finish(head_seq, &head_hash))
 }
 
 pub async fn count(conn: &mut SqliteConnection) -> Result<i64, StoreError> {
-    Ok(sqlx::query_scalar("SELECT seq FROM audit_head WHERE id = 1").fetch_one(conn).await?)
+    Ok(
+        sqlx::query_scalar("SELECT seq FROM audit_head WHERE id = 1")
+            .fetch_one(conn)
+            .await?,
+    )
 }
-

@@ -16,16 +16,26 @@ pub struct UserRow {
 
 const SELECT_USER: &str = "SELECT id, name, role, password_hash, disabled, created_at FROM users";
 
-pub async fn user_by_name(conn: &mut SqliteConnection, name: &str) -> Result<Option<UserRow>, StoreError> {
-    Ok(sqlx::query_as(&format!("{SELECT_USER} WHERE name = $1")).bind(name).fetch_optional(conn).await?)
+pub async fn user_by_name(
+    conn: &mut SqliteConnection,
+    name: &str,
+) -> Result<Option<UserRow>, StoreError> {
+    Ok(sqlx::query_as(&format!("{SELECT_USER} WHERE name = $1"))
+        .bind(name)
+        .fetch_optional(conn)
+        .await?)
 }
 
 pub async fn users(conn: &mut SqliteConnection) -> Result<Vec<UserRow>, StoreError> {
-    Ok(sqlx::query_as(&format!("{SELECT_USER} ORDER BY name")).fetch_all(conn).await?)
+    Ok(sqlx::query_as(&format!("{SELECT_USER} ORDER BY name"))
+        .fetch_all(conn)
+        .await?)
 }
 
 pub async fn user_count(conn: &mut SqliteConnection) -> Result<i64, StoreError> {
-    Ok(sqlx::query_scalar("SELECT COUNT(*) FROM users").fetch_one(conn).await?)
+    Ok(sqlx::query_scalar("SELECT COUNT(*) FROM users")
+        .fetch_one(conn)
+        .await?)
 }
 
 pub async fn insert_user(
@@ -45,15 +55,29 @@ pub async fn insert_user(
     .await?)
 }
 
-pub async fn set_password(conn: &mut SqliteConnection, user_id: i64, password_hash: &str) -> Result<(), StoreError> {
-    sqlx::query("UPDATE users SET password_hash = $1 WHERE id = $2").bind(password_hash).bind(user_id).execute(&mut *conn).await?;
+pub async fn set_password(
+    conn: &mut SqliteConnection,
+    user_id: i64,
+    password_hash: &str,
+) -> Result<(), StoreError> {
+    sqlx::query("UPDATE users SET password_hash = $1 WHERE id = $2")
+        .bind(password_hash)
+        .bind(user_id)
+        .execute(&mut *conn)
+        .await?;
     // A new password ends every session of the user.
-    sqlx::query("DELETE FROM sessions WHERE user_id = $1").bind(user_id).execute(conn).await?;
+    sqlx::query("DELETE FROM sessions WHERE user_id = $1")
+        .bind(user_id)
+        .execute(conn)
+        .await?;
     Ok(())
 }
 
 pub async fn delete_user(conn: &mut SqliteConnection, user_id: i64) -> Result<(), StoreError> {
-    sqlx::query("DELETE FROM users WHERE id = $1").bind(user_id).execute(conn).await?;
+    sqlx::query("DELETE FROM users WHERE id = $1")
+        .bind(user_id)
+        .execute(conn)
+        .await?;
     Ok(())
 }
 
@@ -76,7 +100,10 @@ pub async fn insert_session(
 ) -> Result<(), StoreError> {
     let now = now_ms();
     // Expired sessions are swept on each login, so the table stays small without a timer.
-    sqlx::query("DELETE FROM sessions WHERE expires_at < $1").bind(now).execute(&mut *conn).await?;
+    sqlx::query("DELETE FROM sessions WHERE expires_at < $1")
+        .bind(now)
+        .execute(&mut *conn)
+        .await?;
     sqlx::query(
         "INSERT INTO sessions (token_hash, csrf_token, user_id, created_at, expires_at) VALUES ($1, $2, $3, $4, $5)",
     )
@@ -90,7 +117,10 @@ pub async fn insert_session(
     Ok(())
 }
 
-pub async fn session(conn: &mut SqliteConnection, token_hash: &str) -> Result<Option<Principal>, StoreError> {
+pub async fn session(
+    conn: &mut SqliteConnection,
+    token_hash: &str,
+) -> Result<Option<Principal>, StoreError> {
     Ok(sqlx::query_as(
         "SELECT u.id AS user_id, u.name, u.role, s.csrf_token FROM sessions s JOIN users u ON u.id = s.user_id \
          WHERE s.token_hash = $1 AND s.expires_at > $2 AND u.disabled = 0",
@@ -101,8 +131,14 @@ pub async fn session(conn: &mut SqliteConnection, token_hash: &str) -> Result<Op
     .await?)
 }
 
-pub async fn delete_session(conn: &mut SqliteConnection, token_hash: &str) -> Result<(), StoreError> {
-    sqlx::query("DELETE FROM sessions WHERE token_hash = $1").bind(token_hash).execute(conn).await?;
+pub async fn delete_session(
+    conn: &mut SqliteConnection,
+    token_hash: &str,
+) -> Result<(), StoreError> {
+    sqlx::query("DELETE FROM sessions WHERE token_hash = $1")
+        .bind(token_hash)
+        .execute(conn)
+        .await?;
     Ok(())
 }
 
@@ -145,10 +181,17 @@ pub async fn tokens(conn: &mut SqliteConnection) -> Result<Vec<TokenRow>, StoreE
 }
 
 pub async fn delete_token(conn: &mut SqliteConnection, id: i64) -> Result<u64, StoreError> {
-    Ok(sqlx::query("DELETE FROM api_tokens WHERE id = $1").bind(id).execute(conn).await?.rows_affected())
+    Ok(sqlx::query("DELETE FROM api_tokens WHERE id = $1")
+        .bind(id)
+        .execute(conn)
+        .await?
+        .rows_affected())
 }
 
-pub async fn token_principal(conn: &mut SqliteConnection, token_hash: &str) -> Result<Option<Principal>, StoreError> {
+pub async fn token_principal(
+    conn: &mut SqliteConnection,
+    token_hash: &str,
+) -> Result<Option<Principal>, StoreError> {
     Ok(sqlx::query_as(
         "SELECT u.id AS user_id, u.name, u.role, NULL AS csrf_token FROM api_tokens t JOIN users u ON u.id = t.user_id \
          WHERE t.token_hash = $1 AND (t.expires_at IS NULL OR t.expires_at > $2) AND u.disabled = 0",
@@ -160,7 +203,11 @@ pub async fn token_principal(conn: &mut SqliteConnection, token_hash: &str) -> R
 }
 
 /// Replaces the node's credential (re-enrollment rotates it).
-pub async fn set_node_credential(conn: &mut SqliteConnection, node_id: i64, secret_hash: &str) -> Result<(), StoreError> {
+pub async fn set_node_credential(
+    conn: &mut SqliteConnection,
+    node_id: i64,
+    secret_hash: &str,
+) -> Result<(), StoreError> {
     sqlx::query(
         "INSERT INTO node_credentials (node_id, secret_hash, created_at) VALUES ($1, $2, $3) \
          ON CONFLICT (node_id) DO UPDATE SET secret_hash = excluded.secret_hash, created_at = excluded.created_at, \
@@ -174,16 +221,27 @@ pub async fn set_node_credential(conn: &mut SqliteConnection, node_id: i64, secr
     Ok(())
 }
 
-pub async fn node_by_credential(conn: &mut SqliteConnection, secret_hash: &str) -> Result<Option<i64>, StoreError> {
-    Ok(sqlx::query_scalar("SELECT node_id FROM node_credentials WHERE secret_hash = $1")
-        .bind(secret_hash)
-        .fetch_optional(conn)
-        .await?)
+pub async fn node_by_credential(
+    conn: &mut SqliteConnection,
+    secret_hash: &str,
+) -> Result<Option<i64>, StoreError> {
+    Ok(
+        sqlx::query_scalar("SELECT node_id FROM node_credentials WHERE secret_hash = $1")
+            .bind(secret_hash)
+            .fetch_optional(conn)
+            .await?,
+    )
 }
 
 pub async fn revoke_node(conn: &mut SqliteConnection, node_id: i64) -> Result<(), StoreError> {
-    sqlx::query("DELETE FROM node_credentials WHERE node_id = $1").bind(node_id).execute(&mut *conn).await?;
-    sqlx::query("DELETE FROM enrollment_tokens WHERE node_id = $1").bind(node_id).execute(conn).await?;
+    sqlx::query("DELETE FROM node_credentials WHERE node_id = $1")
+        .bind(node_id)
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query("DELETE FROM enrollment_tokens WHERE node_id = $1")
+        .bind(node_id)
+        .execute(conn)
+        .await?;
     Ok(())
 }
 
@@ -194,7 +252,10 @@ pub async fn insert_enrollment_token(
     expires_at: i64,
 ) -> Result<(), StoreError> {
     let now = now_ms();
-    sqlx::query("DELETE FROM enrollment_tokens WHERE expires_at < $1 OR used_at IS NOT NULL").bind(now).execute(&mut *conn).await?;
+    sqlx::query("DELETE FROM enrollment_tokens WHERE expires_at < $1 OR used_at IS NOT NULL")
+        .bind(now)
+        .execute(&mut *conn)
+        .await?;
     sqlx::query("INSERT INTO enrollment_tokens (token_hash, node_id, created_at, expires_at) VALUES ($1, $2, $3, $4)")
         .bind(token_hash)
         .bind(node_id)
@@ -206,7 +267,10 @@ pub async fn insert_enrollment_token(
 }
 
 /// Marks an unused, unexpired enrollment token used and returns its node; `None` if it is not redeemable.
-pub async fn redeem_enrollment_token(conn: &mut SqliteConnection, token_hash: &str) -> Result<Option<i64>, StoreError> {
+pub async fn redeem_enrollment_token(
+    conn: &mut SqliteConnection,
+    token_hash: &str,
+) -> Result<Option<i64>, StoreError> {
     let now = now_ms();
     Ok(sqlx::query_scalar(
         "UPDATE enrollment_tokens SET used_at = $1 WHERE token_hash = $2 AND used_at IS NULL AND expires_at > $1 \

@@ -63,7 +63,10 @@ fn int<T: TryFrom<i64>>(what: &str, v: i64) -> Result<T, StoreError> {
 }
 
 /// Loads one cluster (`Some(name)`) or all of them, ordered by name.
-pub async fn load(conn: &mut SqliteConnection, name: Option<&str>) -> Result<Vec<StoredCluster>, StoreError> {
+pub async fn load(
+    conn: &mut SqliteConnection,
+    name: Option<&str>,
+) -> Result<Vec<StoredCluster>, StoreError> {
     let clusters: Vec<ClusterRow> = sqlx::query_as(
         "SELECT id, name, vrid, interface, vrrp_version, advert_interval_ms, preempt, unicast_peers, created_at, \
          updated_at FROM clusters WHERE ($1 IS NULL OR name = $1) ORDER BY name",
@@ -74,7 +77,9 @@ pub async fn load(conn: &mut SqliteConnection, name: Option<&str>) -> Result<Vec
     if clusters.is_empty() {
         return Ok(vec![]);
     }
-    let filter = |sql: &str, order: &str| format!("{sql} WHERE ($1 IS NULL OR c.name = $1) ORDER BY {order}");
+    let filter = |sql: &str, order: &str| {
+        format!("{sql} WHERE ($1 IS NULL OR c.name = $1) ORDER BY {order}")
+    };
     let vips: Vec<(i64, String, i64)> = sqlx::query_as(&filter(
         "SELECT v.cluster_id, v.address, v.prefix FROM cluster_vips v JOIN clusters c ON c.id = v.cluster_id",
         "v.cluster_id, v.position",
@@ -101,32 +106,53 @@ pub async fn load(conn: &mut SqliteConnection, name: Option<&str>) -> Result<Vec
 
     let mut rs_by_service: HashMap<i64, Vec<RealServerSpec>> = HashMap::new();
     for r in servers {
-        rs_by_service.entry(r.service_id).or_default().push(RealServerSpec {
-            address: r.address,
-            port: int("real_servers.port", r.port)?,
-            weight: int("real_servers.weight", r.weight)?,
-            enabled: Some(r.enabled),
-        });
+        rs_by_service
+            .entry(r.service_id)
+            .or_default()
+            .push(RealServerSpec {
+                address: r.address,
+                port: int("real_servers.port", r.port)?,
+                weight: int("real_servers.weight", r.weight)?,
+                enabled: Some(r.enabled),
+            });
     }
     let mut svc_by_cluster: HashMap<i64, Vec<ServiceSpec>> = HashMap::new();
     for s in services {
-        let check: HealthCheck =
-            serde_json::from_str(&s.health_check).map_err(|e| corrupt("virtual_services.health_check", e))?;
-        svc_by_cluster.entry(s.cluster_id).or_default().push(ServiceSpec {
-            vip: s.vip,
-            port: int("virtual_services.port", s.port)?,
-            protocol: s.protocol.parse().map_err(|e| corrupt("virtual_services.protocol", e))?,
-            scheduler: s.scheduler.parse().map_err(|e| corrupt("virtual_services.scheduler", e))?,
-            forward: s.forward.parse().map_err(|e| corrupt("virtual_services.forward", e))?,
-            persistence_s: int("virtual_services.persistence_s", s.persistence_s)?,
-            persistence_prefix: s.persistence_prefix.map(|p| int("virtual_services.persistence_prefix", p)).transpose()?,
-            check,
-            real_servers: rs_by_service.remove(&s.id).unwrap_or_default(),
-        });
+        let check: HealthCheck = serde_json::from_str(&s.health_check)
+            .map_err(|e| corrupt("virtual_services.health_check", e))?;
+        svc_by_cluster
+            .entry(s.cluster_id)
+            .or_default()
+            .push(ServiceSpec {
+                vip: s.vip,
+                port: int("virtual_services.port", s.port)?,
+                protocol: s
+                    .protocol
+                    .parse()
+                    .map_err(|e| corrupt("virtual_services.protocol", e))?,
+                scheduler: s
+                    .scheduler
+                    .parse()
+                    .map_err(|e| corrupt("virtual_services.scheduler", e))?,
+                forward: s
+                    .forward
+                    .parse()
+                    .map_err(|e| corrupt("virtual_services.forward", e))?,
+                persistence_s: int("virtual_services.persistence_s", s.persistence_s)?,
+                persistence_prefix: s
+                    .persistence_prefix
+                    .map(|p| int("virtual_services.persistence_prefix", p))
+                    .transpose()?,
+                check,
+                real_servers: rs_by_service.remove(&s.id).unwrap_or_default(),
+            });
     }
     let mut vips_by_cluster: HashMap<i64, Vec<String>> = HashMap::new();
     for (cid, addr, prefix) in vips {
-        vips_by_cluster.entry(cid).or_default().push(format!("{addr}/{prefix}"));
+        vips_by_cluster
+            .entry(cid)
+            .or_default()
+            .push(format!("{addr}/{prefix}"));
     }
 
     clusters
@@ -153,14 +179,22 @@ pub async fn load(conn: &mut SqliteConnection, name: Option<&str>) -> Result<Vec
         .collect()
 }
 
-pub async fn load_one(conn: &mut SqliteConnection, name: &str) -> Result<Option<StoredCluster>, StoreError> {
+pub async fn load_one(
+    conn: &mut SqliteConnection,
+    name: &str,
+) -> Result<Option<StoredCluster>, StoreError> {
     Ok(load(conn, Some(name)).await?.into_iter().next())
 }
 
 /// Creates the cluster row or updates its VRRP fields; returns its id.
-pub async fn upsert(conn: &mut SqliteConnection, name: &str, spec: &ClusterSpec) -> Result<i64, StoreError> {
+pub async fn upsert(
+    conn: &mut SqliteConnection,
+    name: &str,
+    spec: &ClusterSpec,
+) -> Result<i64, StoreError> {
     let now = now_ms();
-    let peers = serde_json::to_string(&spec.unicast_peers).map_err(|e| corrupt("unicast_peers", e))?;
+    let peers =
+        serde_json::to_string(&spec.unicast_peers).map_err(|e| corrupt("unicast_peers", e))?;
     Ok(sqlx::query_scalar(
         "INSERT INTO clusters (name, vrid, interface, vrrp_version, advert_interval_ms, preempt, unicast_peers, \
          created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8) \
@@ -183,11 +217,23 @@ pub async fn upsert(conn: &mut SqliteConnection, name: &str, spec: &ClusterSpec)
 
 /// Replaces the cluster's VIPs and services (with their real servers) by those of `spec`.
 /// `spec` must be validated: VIPs in `address/prefix` form, every `enabled` explicit.
-pub async fn replace_contents(conn: &mut SqliteConnection, id: i64, spec: &ClusterSpec) -> Result<(), StoreError> {
-    sqlx::query("DELETE FROM cluster_vips WHERE cluster_id = $1").bind(id).execute(&mut *conn).await?;
-    sqlx::query("DELETE FROM virtual_services WHERE cluster_id = $1").bind(id).execute(&mut *conn).await?;
+pub async fn replace_contents(
+    conn: &mut SqliteConnection,
+    id: i64,
+    spec: &ClusterSpec,
+) -> Result<(), StoreError> {
+    sqlx::query("DELETE FROM cluster_vips WHERE cluster_id = $1")
+        .bind(id)
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query("DELETE FROM virtual_services WHERE cluster_id = $1")
+        .bind(id)
+        .execute(&mut *conn)
+        .await?;
     for (pos, vip) in spec.vips.iter().enumerate() {
-        let (addr, prefix) = vip.split_once('/').ok_or_else(|| corrupt("vips", format!("{vip} has no prefix")))?;
+        let (addr, prefix) = vip
+            .split_once('/')
+            .ok_or_else(|| corrupt("vips", format!("{vip} has no prefix")))?;
         sqlx::query("INSERT INTO cluster_vips (cluster_id, position, address, prefix) VALUES ($1, $2, $3, $4)")
             .bind(id)
             .bind(pos as i64)
@@ -243,12 +289,19 @@ async fn insert_real_server(
 }
 
 pub async fn touch(conn: &mut SqliteConnection, id: i64) -> Result<(), StoreError> {
-    sqlx::query("UPDATE clusters SET updated_at = $1 WHERE id = $2").bind(now_ms()).bind(id).execute(conn).await?;
+    sqlx::query("UPDATE clusters SET updated_at = $1 WHERE id = $2")
+        .bind(now_ms())
+        .bind(id)
+        .execute(conn)
+        .await?;
     Ok(())
 }
 
 pub async fn delete(conn: &mut SqliteConnection, id: i64) -> Result<(), StoreError> {
-    sqlx::query("DELETE FROM clusters WHERE id = $1").bind(id).execute(conn).await?;
+    sqlx::query("DELETE FROM clusters WHERE id = $1")
+        .bind(id)
+        .execute(conn)
+        .await?;
     Ok(())
 }
 
@@ -263,15 +316,20 @@ pub struct OtherKeys {
     pub services: HashMap<(String, u16, String), String>,
 }
 
-pub async fn other_keys(conn: &mut SqliteConnection, except: Option<i64>) -> Result<OtherKeys, StoreError> {
+pub async fn other_keys(
+    conn: &mut SqliteConnection,
+    except: Option<i64>,
+) -> Result<OtherKeys, StoreError> {
     let except = except.unwrap_or(-1);
     let mut keys = OtherKeys::default();
-    let rows: Vec<(String, String, i64)> = sqlx::query_as("SELECT name, interface, vrid FROM clusters WHERE id != $1")
-        .bind(except)
-        .fetch_all(&mut *conn)
-        .await?;
+    let rows: Vec<(String, String, i64)> =
+        sqlx::query_as("SELECT name, interface, vrid FROM clusters WHERE id != $1")
+            .bind(except)
+            .fetch_all(&mut *conn)
+            .await?;
     for (name, iface, vrid) in rows {
-        keys.vrids.insert((iface, int("clusters.vrid", vrid)?), name);
+        keys.vrids
+            .insert((iface, int("clusters.vrid", vrid)?), name);
     }
     let rows: Vec<(String, String)> = sqlx::query_as(
         "SELECT c.name, v.address FROM cluster_vips v JOIN clusters c ON c.id = v.cluster_id WHERE c.id != $1",
@@ -290,7 +348,8 @@ pub async fn other_keys(conn: &mut SqliteConnection, except: Option<i64>) -> Res
     .fetch_all(&mut *conn)
     .await?;
     for (name, vip, port, proto) in rows {
-        keys.services.insert((vip, int("virtual_services.port", port)?, proto), name);
+        keys.services
+            .insert((vip, int("virtual_services.port", port)?, proto), name);
     }
     Ok(keys)
 }
@@ -333,10 +392,12 @@ pub async fn add_real_server(
     let Some(sid) = service_id(conn, cluster_id, &key.vip, key.port, &key.protocol).await? else {
         return Ok(false);
     };
-    let pos: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(position) + 1, 0) FROM real_servers WHERE service_id = $1")
-        .bind(sid)
-        .fetch_one(&mut *conn)
-        .await?;
+    let pos: i64 = sqlx::query_scalar(
+        "SELECT COALESCE(MAX(position) + 1, 0) FROM real_servers WHERE service_id = $1",
+    )
+    .bind(sid)
+    .fetch_one(&mut *conn)
+    .await?;
     insert_real_server(conn, sid, pos, r).await?;
     Ok(true)
 }
@@ -371,15 +432,21 @@ pub async fn delete_real_server(
     let Some(sid) = service_id(conn, cluster_id, &key.vip, key.port, &key.protocol).await? else {
         return Ok(0);
     };
-    Ok(sqlx::query("DELETE FROM real_servers WHERE service_id = $1 AND address = $2 AND port = $3")
+    Ok(
+        sqlx::query(
+            "DELETE FROM real_servers WHERE service_id = $1 AND address = $2 AND port = $3",
+        )
         .bind(sid)
         .bind(&key.address)
         .bind(i64::from(key.rs_port))
         .execute(conn)
         .await?
-        .rows_affected())
+        .rows_affected(),
+    )
 }
 
 pub async fn count(conn: &mut SqliteConnection) -> Result<i64, StoreError> {
-    Ok(sqlx::query_scalar("SELECT COUNT(*) FROM clusters").fetch_one(conn).await?)
+    Ok(sqlx::query_scalar("SELECT COUNT(*) FROM clusters")
+        .fetch_one(conn)
+        .await?)
 }

@@ -43,7 +43,10 @@ pub struct EventFilter {
     pub limit: i64,
 }
 
-pub async fn list(conn: &mut SqliteConnection, f: &EventFilter) -> Result<Vec<EventRow>, StoreError> {
+pub async fn list(
+    conn: &mut SqliteConnection,
+    f: &EventFilter,
+) -> Result<Vec<EventRow>, StoreError> {
     Ok(sqlx::query_as(
         "SELECT e.id, e.at, e.kind, e.node_id, COALESCE(n.hostname, n.mac) AS node, e.cluster, e.message \
          FROM events e LEFT JOIN nodes n ON n.id = e.node_id \

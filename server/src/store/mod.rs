@@ -35,7 +35,11 @@ impl StoreError {
     pub fn is_constraint(&self) -> bool {
         match self {
             StoreError::Db(sqlx::Error::Database(e)) => {
-                matches!(e.kind(), sqlx::error::ErrorKind::UniqueViolation | sqlx::error::ErrorKind::CheckViolation)
+                matches!(
+                    e.kind(),
+                    sqlx::error::ErrorKind::UniqueViolation
+                        | sqlx::error::ErrorKind::CheckViolation
+                )
             }
             _ => false,
         }
@@ -56,9 +60,16 @@ impl Store {
     /// Opens (creating if missing) the database at `url` (`sqlite://path`, `sqlite:path` or a plain path),
     /// turns on WAL and foreign keys, and runs pending migrations.
     pub async fn open(url: &str) -> Result<Store, StoreError> {
-        let path_url = if url.starts_with("sqlite:") { url.to_owned() } else { format!("sqlite://{url}") };
+        let path_url = if url.starts_with("sqlite:") {
+            url.to_owned()
+        } else {
+            format!("sqlite://{url}")
+        };
         let options = SqliteConnectOptions::from_str(&path_url)
-            .map_err(|e| StoreError::Url { url: url.to_owned(), reason: e.to_string() })?
+            .map_err(|e| StoreError::Url {
+                url: url.to_owned(),
+                reason: e.to_string(),
+            })?
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             // NORMAL under WAL: a commit survives a process crash; only an OS crash may lose the last commits.
@@ -99,14 +110,18 @@ impl Store {
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
-    let d = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
 /// Takes the next fleet generation. Every node whose role changes in this transaction gets it.
 pub async fn next_generation(conn: &mut SqliteConnection) -> Result<u64, StoreError> {
-    let g: i64 = sqlx::query_scalar("UPDATE fleet_state SET generation = generation + 1 WHERE id = 1 RETURNING generation")
-        .fetch_one(conn)
-        .await?;
+    let g: i64 = sqlx::query_scalar(
+        "UPDATE fleet_state SET generation = generation + 1 WHERE id = 1 RETURNING generation",
+    )
+    .fetch_one(conn)
+    .await?;
     u64::try_from(g).map_err(|_| StoreError::Corrupt(format!("negative fleet generation {g}")))
 }

@@ -48,7 +48,10 @@ pub enum NodeKey {
     Hostname(String),
 }
 
-pub async fn get(conn: &mut SqliteConnection, key: &NodeKey) -> Result<Option<NodeRow>, StoreError> {
+pub async fn get(
+    conn: &mut SqliteConnection,
+    key: &NodeKey,
+) -> Result<Option<NodeRow>, StoreError> {
     let sql = match key {
         NodeKey::Id(_) => format!("{SELECT_NODE} WHERE n.id = $1"),
         NodeKey::Mac(_) => format!("{SELECT_NODE} WHERE n.mac = $1"),
@@ -73,7 +76,11 @@ pub async fn list(conn: &mut SqliteConnection, f: &NodeFilter) -> Result<Vec<Nod
     let sql = format!(
         "{SELECT_NODE} WHERE ($1 IS NULL OR n.state = $1) AND ($2 IS NULL OR c.name = $2) ORDER BY n.id"
     );
-    Ok(sqlx::query_as(&sql).bind(f.state.clone()).bind(f.cluster.clone()).fetch_all(conn).await?)
+    Ok(sqlx::query_as(&sql)
+        .bind(f.state.clone())
+        .bind(f.cluster.clone())
+        .fetch_all(conn)
+        .await?)
 }
 
 pub async fn insert(
@@ -96,7 +103,11 @@ pub async fn insert(
     .await?)
 }
 
-pub async fn set_state(conn: &mut SqliteConnection, id: i64, state: &str) -> Result<(), StoreError> {
+pub async fn set_state(
+    conn: &mut SqliteConnection,
+    id: i64,
+    state: &str,
+) -> Result<(), StoreError> {
     sqlx::query("UPDATE nodes SET state = $1, updated_at = $2 WHERE id = $3")
         .bind(state)
         .bind(now_ms())
@@ -122,7 +133,11 @@ pub async fn set_identity(
     Ok(())
 }
 
-pub async fn hostname_taken(conn: &mut SqliteConnection, hostname: &str, except: i64) -> Result<bool, StoreError> {
+pub async fn hostname_taken(
+    conn: &mut SqliteConnection,
+    hostname: &str,
+    except: i64,
+) -> Result<bool, StoreError> {
     let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM nodes WHERE hostname = $1 AND id != $2")
         .bind(hostname)
         .bind(except)
@@ -132,10 +147,19 @@ pub async fn hostname_taken(conn: &mut SqliteConnection, hostname: &str, except:
 }
 
 /// Sets `generation` as the role generation of the given nodes.
-pub async fn set_generation(conn: &mut SqliteConnection, ids: &[i64], generation: u64) -> Result<(), StoreError> {
-    let g = i64::try_from(generation).map_err(|_| StoreError::Corrupt("generation overflow".into()))?;
+pub async fn set_generation(
+    conn: &mut SqliteConnection,
+    ids: &[i64],
+    generation: u64,
+) -> Result<(), StoreError> {
+    let g =
+        i64::try_from(generation).map_err(|_| StoreError::Corrupt("generation overflow".into()))?;
     for id in ids {
-        sqlx::query("UPDATE nodes SET role_generation = $1 WHERE id = $2").bind(g).bind(*id).execute(&mut *conn).await?;
+        sqlx::query("UPDATE nodes SET role_generation = $1 WHERE id = $2")
+            .bind(g)
+            .bind(*id)
+            .execute(&mut *conn)
+            .await?;
     }
     Ok(())
 }
@@ -162,8 +186,14 @@ pub async fn upsert_assignment(
     Ok(())
 }
 
-pub async fn delete_assignment(conn: &mut SqliteConnection, node_id: i64) -> Result<(), StoreError> {
-    sqlx::query("DELETE FROM assignments WHERE node_id = $1").bind(node_id).execute(conn).await?;
+pub async fn delete_assignment(
+    conn: &mut SqliteConnection,
+    node_id: i64,
+) -> Result<(), StoreError> {
+    sqlx::query("DELETE FROM assignments WHERE node_id = $1")
+        .bind(node_id)
+        .execute(conn)
+        .await?;
     Ok(())
 }
 
@@ -177,7 +207,10 @@ pub struct Member {
     pub address: Option<String>,
 }
 
-pub async fn members(conn: &mut SqliteConnection, cluster_id: i64) -> Result<Vec<Member>, StoreError> {
+pub async fn members(
+    conn: &mut SqliteConnection,
+    cluster_id: i64,
+) -> Result<Vec<Member>, StoreError> {
     Ok(sqlx::query_as(
         "SELECT a.node_id, COALESCE(n.hostname, n.mac) AS name, a.role, a.priority, n.address \
          FROM assignments a JOIN nodes n ON n.id = a.node_id WHERE a.cluster_id = $1 ORDER BY a.role, a.priority DESC, n.id",
@@ -197,13 +230,32 @@ pub async fn all_members(conn: &mut SqliteConnection) -> Result<Vec<(i64, Member
     .await?;
     Ok(rows
         .into_iter()
-        .map(|(c, node_id, name, role, priority, address)| (c, Member { node_id, name, role, priority, address }))
+        .map(|(c, node_id, name, role, priority, address)| {
+            (
+                c,
+                Member {
+                    node_id,
+                    name,
+                    role,
+                    priority,
+                    address,
+                },
+            )
+        })
         .collect())
 }
 
 /// The role generation of one node (what the long-poll compares against), with its state.
-pub async fn generation(conn: &mut SqliteConnection, id: i64) -> Result<Option<(i64, String)>, StoreError> {
-    Ok(sqlx::query_as("SELECT role_generation, state FROM nodes WHERE id = $1").bind(id).fetch_optional(conn).await?)
+pub async fn generation(
+    conn: &mut SqliteConnection,
+    id: i64,
+) -> Result<Option<(i64, String)>, StoreError> {
+    Ok(
+        sqlx::query_as("SELECT role_generation, state FROM nodes WHERE id = $1")
+            .bind(id)
+            .fetch_optional(conn)
+            .await?,
+    )
 }
 
 /// What an agent report writes onto its node.
@@ -217,7 +269,11 @@ pub struct ReportUpdate<'a> {
     pub report_json: &'a str,
 }
 
-pub async fn record_report(conn: &mut SqliteConnection, id: i64, r: &ReportUpdate<'_>) -> Result<(), StoreError> {
+pub async fn record_report(
+    conn: &mut SqliteConnection,
+    id: i64,
+    r: &ReportUpdate<'_>,
+) -> Result<(), StoreError> {
     let now = now_ms();
     sqlx::query(
         "UPDATE nodes SET applied_generation = $1, vrrp_state = $2, agent_version = COALESCE($3, agent_version), \
@@ -258,5 +314,9 @@ pub async fn set_versions(
 
 /// Node counts by state (for metrics and the overview).
 pub async fn count_by_state(conn: &mut SqliteConnection) -> Result<Vec<(String, i64)>, StoreError> {
-    Ok(sqlx::query_as("SELECT state, COUNT(*) FROM nodes GROUP BY state ORDER BY state").fetch_all(conn).await?)
+    Ok(
+        sqlx::query_as("SELECT state, COUNT(*) FROM nodes GROUP BY state ORDER BY state")
+            .fetch_all(conn)
+            .await?,
+    )
 }

@@ -36,15 +36,34 @@ pub fn db_url(path: &Path) -> String {
 
 /// Creates the three users and their tokens in a fresh database.
 pub async fn seed(db_path: &Path) -> Tokens {
-    let fleet = lbfleet_server::open_fleet(&ServerConfig::with_database(db_url(db_path))).await.unwrap();
+    let fleet = lbfleet_server::open_fleet(&ServerConfig::with_database(db_url(db_path)))
+        .await
+        .unwrap();
     let sys = Actor::system();
     let mut out = Vec::new();
-    for (name, role) in [("admin", UserRole::Admin), ("oper", UserRole::Operator), ("view", UserRole::Viewer)] {
-        fleet.create_user(&sys, name, role, Some(PASSWORD.into())).await.unwrap();
-        out.push(fleet.create_token(&sys, name, "test", None).await.unwrap().1);
+    for (name, role) in [
+        ("admin", UserRole::Admin),
+        ("oper", UserRole::Operator),
+        ("view", UserRole::Viewer),
+    ] {
+        fleet
+            .create_user(&sys, name, role, Some(PASSWORD.into()))
+            .await
+            .unwrap();
+        out.push(
+            fleet
+                .create_token(&sys, name, "test", None)
+                .await
+                .unwrap()
+                .1,
+        );
     }
     fleet.store().close().await;
-    Tokens { viewer: out.pop().unwrap(), operator: out.pop().unwrap(), admin: out.pop().unwrap() }
+    Tokens {
+        viewer: out.pop().unwrap(),
+        operator: out.pop().unwrap(),
+        admin: out.pop().unwrap(),
+    }
 }
 
 impl TestServer {
@@ -56,7 +75,11 @@ impl TestServer {
     }
 
     /// A server on an existing database (for restarts), with a config tweak.
-    pub async fn start_with(db_path: PathBuf, tokens: Tokens, tweak: impl FnOnce(&mut ServerConfig)) -> TestServer {
+    pub async fn start_with(
+        db_path: PathBuf,
+        tokens: Tokens,
+        tweak: impl FnOnce(&mut ServerConfig),
+    ) -> TestServer {
         let mut config = ServerConfig::with_database(db_url(&db_path));
         tweak(&mut config);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -69,7 +92,10 @@ impl TestServer {
             base,
             db_path,
             tokens,
-            http: reqwest::Client::builder().pool_max_idle_per_host(256).build().unwrap(),
+            http: reqwest::Client::builder()
+                .pool_max_idle_per_host(256)
+                .build()
+                .unwrap(),
             stop: Some(tx),
             handle: Some(handle),
         }
@@ -78,7 +104,17 @@ impl TestServer {
     /// Stops the server and waits until it has closed the database.
     pub async fn stop(mut self) -> (PathBuf, Tokens) {
         self.shutdown().await;
-        (self.db_path.clone(), std::mem::replace(&mut self.tokens, Tokens { admin: String::new(), operator: String::new(), viewer: String::new() }))
+        (
+            self.db_path.clone(),
+            std::mem::replace(
+                &mut self.tokens,
+                Tokens {
+                    admin: String::new(),
+                    operator: String::new(),
+                    viewer: String::new(),
+                },
+            ),
+        )
     }
 
     async fn shutdown(&mut self) {
@@ -95,7 +131,13 @@ impl TestServer {
     }
 
     /// Sends a request with a bearer token (or none) and returns status and JSON body (Null if empty).
-    pub async fn call(&self, method: Method, path: &str, token: Option<&str>, body: Option<Value>) -> (StatusCode, Value) {
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
         let mut req = self.http.request(method, self.url(path));
         if let Some(t) = token {
             req = req.bearer_auth(t);
@@ -106,7 +148,11 @@ impl TestServer {
         let resp = req.send().await.unwrap();
         let status = resp.status();
         let text = resp.text().await.unwrap();
-        let value = if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) };
+        let value = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        };
         (status, value)
     }
 
@@ -125,7 +171,9 @@ impl TestServer {
 
     /// Number of rows in the audit log.
     pub async fn audit_len(&self) -> usize {
-        let (s, v) = self.get("/api/v1/audit?limit=1000", &self.tokens.admin).await;
+        let (s, v) = self
+            .get("/api/v1/audit?limit=1000", &self.tokens.admin)
+            .await;
         assert_eq!(s, StatusCode::OK, "{v}");
         v["entries"].as_array().unwrap().len()
     }
@@ -133,13 +181,30 @@ impl TestServer {
     /// Registers a node, issues an enrollment token and enrolls it; returns the node credential.
     pub async fn enrolled_node(&self, mac: &str, hostname: &str) -> String {
         let op = &self.tokens.operator;
-        let (s, v) = self.post("/api/v1/nodes", op, json!({"mac": mac, "hostname": hostname})).await;
+        let (s, v) = self
+            .post(
+                "/api/v1/nodes",
+                op,
+                json!({"mac": mac, "hostname": hostname}),
+            )
+            .await;
         assert_eq!(s, StatusCode::CREATED, "{v}");
-        let (s, v) = self.post(&format!("/api/v1/nodes/{hostname}/enrollment-token"), op, json!({})).await;
+        let (s, v) = self
+            .post(
+                &format!("/api/v1/nodes/{hostname}/enrollment-token"),
+                op,
+                json!({}),
+            )
+            .await;
         assert_eq!(s, StatusCode::CREATED, "{v}");
         let token = v["token"].as_str().unwrap().to_owned();
         let (s, v) = self
-            .call(Method::POST, "/api/v1/agent/enroll", None, Some(json!({"token": token, "mac": mac, "agent_version": "test"})))
+            .call(
+                Method::POST,
+                "/api/v1/agent/enroll",
+                None,
+                Some(json!({"token": token, "mac": mac, "agent_version": "test"})),
+            )
             .await;
         assert_eq!(s, StatusCode::OK, "{v}");
         v["credential"].as_str().unwrap().to_owned()

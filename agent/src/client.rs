@@ -1,0 +1,146 @@
+//! The agent's client for the server's agent API: enroll, long-poll the role, report.
+
+use std::time::Duration;
+
+use lbfleet_proto::{AgentReport, EnrollRequest, EnrollResponse, RoleDocument};
+use reqwest::StatusCode;
+
+/// Why a call to the server failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot reach the server: {0}")]
+    Transport(#[from] reqwest::Error),
+    #[error("the server refused the credential or token: {0}")]
+    Unauthorized(String),
+    #[error("the server refused the request ({status}): {message}")]
+    Refused { status: StatusCode, message: String },
+    #[error("not enrolled: no node credential")]
+    NotEnrolled,
+}
+
+impl ClientError {
+    /// Worth retrying later (network trouble, server overloaded or restarting), as opposed to a refusal.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ClientError::Transport(_) => true,
+            ClientError::Refused { status, .. } => {
+                status.is_server_error() || *status == StatusCode::TOO_MANY_REQUESTS
+            }
+            ClientError::Unauthorized(_) | ClientError::NotEnrolled => false,
+        }
+    }
+}
+
+/// Talks to one lbfleet-server.
+#[derive(Clone)]
+pub struct ServerClient {
+    http: reqwest::Client,
+    base: String,
+    credential: Option<String>,
+}
+
+impl std::fmt::Debug for ServerClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerClient")
+            .field("base", &self.base)
+            .field("enrolled", &self.credential.is_some())
+            .finish()
+    }
+}
+
+/// Extra time on top of the long-poll wait before the client gives up on a response.
+const POLL_MARGIN: Duration = Duration::from_secs(10);
+
+async fn refusal(resp: reqwest::Response) -> ClientError {
+    let status = resp.status();
+    let body: serde_json::Value = resp.json().await.unwrap_or_default();
+    let message = body["error"]["message"]
+        .as_str()
+        .unwrap_or("no details")
+        .to_owned();
+    if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+        ClientError::Unauthorized(message)
+    } else {
+        ClientError::Refused { status, message }
+    }
+}
+
+impl ServerClient {
+    /// `base` is the server's URL, e.g. `http://198.18.0.1:8080`.
+    pub fn new(base: &str, credential: Option<String>) -> Result<Self, ClientError> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .build()?;
+        Ok(ServerClient {
+            http,
+            base: base.trim_end_matches('/').to_owned(),
+            credential,
+        })
+    }
+
+    pub fn credential(&self) -> Option<&str> {
+        self.credential.as_deref()
+    }
+
+    /// Trades the one-time token for a node credential and keeps it.
+    pub async fn enroll(&mut self, req: &EnrollRequest) -> Result<EnrollResponse, ClientError> {
+        let resp = self
+            .http
+            .post(format!("{}/api/v1/agent/enroll", self.base))
+            .timeout(Duration::from_secs(30))
+            .json(req)
+            .send()
+            .await?;
+        if !resp.status().is_success() {
+            return Err(refusal(resp).await);
+        }
+        let enrolled: EnrollResponse = resp.json().await?;
+        self.credential = Some(enrolled.credential.clone());
+        Ok(enrolled)
+    }
+
+    fn credential_or_err(&self) -> Result<&str, ClientError> {
+        self.credential.as_deref().ok_or(ClientError::NotEnrolled)
+    }
+
+    /// Waits (up to `wait`, capped by the server) for a role newer than `after`; `None` if none came.
+    pub async fn poll_role(
+        &self,
+        after: u64,
+        wait: Duration,
+    ) -> Result<Option<RoleDocument>, ClientError> {
+        let resp = self
+            .http
+            .get(format!(
+                "{}/api/v1/agent/role?after={after}&wait={}",
+                self.base,
+                wait.as_secs()
+            ))
+            .bearer_auth(self.credential_or_err()?)
+            .timeout(wait + POLL_MARGIN)
+            .send()
+            .await?;
+        match resp.status() {
+            StatusCode::OK => Ok(Some(resp.json().await?)),
+            StatusCode::NO_CONTENT => Ok(None),
+            _ => Err(refusal(resp).await),
+        }
+    }
+
+    /// Sends a report of what is applied and how the node is doing.
+    pub async fn report(&self, report: &AgentReport) -> Result<(), ClientError> {
+        let resp = self
+            .http
+            .post(format!("{}/api/v1/agent/report", self.base))
+            .bearer_auth(self.credential_or_err()?)
+            .timeout(Duration::from_secs(30))
+            .json(report)
+            .send()
+            .await?;
+        if resp.status().is_success() {
+            Ok(())
+        } else {
+            Err(refusal(resp).await)
+        }
+    }
+}
