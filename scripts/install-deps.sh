@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Installs the Debian packages lbfleet needs to build, test and run. Idempotent: runs apt-get only when a
+# package is missing. Later tiers (boot services, QEMU lab, browser tests) add their packages here.
+set -euo pipefail
+
+packages=(build-essential pkg-config ca-certificates curl sqlite3)
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "install-deps: missing packages: ${missing[*]}; run as root (or: sudo apt-get install ${missing[*]})" >&2
+    exit 1
+  fi
+  echo "install-deps: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+if ! command -v cargo >/dev/null 2>&1; then
+  for d in "$HOME/.cargo/bin" /usr/local/cargo/bin; do
+    [ -x "$d/cargo" ] && { echo "install-deps: cargo is in $d but not on PATH; add it: export PATH=$d:\$PATH" >&2; exit 1; }
+  done
+  echo "install-deps: no Rust toolchain found (cargo); install Rust 1.87 or newer with rustup" >&2
+  exit 1
+fi
