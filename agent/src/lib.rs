@@ -1,4 +1,5 @@
-//! lbfleet-agent as a library. Today it holds the server client; reconciling IPVS, VRRP and health checks
-//! against the pulled role is the agent-core work that builds on it.
+//! lbfleet-agent as a library: the server client, the IPVS codec and netlink socket, the reconciler that
+//! turns a role document into minimal IPVS changes, and the run loops behind the CLI.
 
 pub mod client;
+pub mod ipvs;

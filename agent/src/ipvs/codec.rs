@@ -1,0 +1,715 @@
+//! Sans-IO codec for IPVS over generic netlink: builds request messages and parses replies, over bytes only.
+//!
+//! Layout (all integers native-endian unless marked big-endian, every block padded to 4 bytes):
+//!
+//! ```text
+//!  nlmsghdr (16)                      genlmsghdr (4)          attributes (nlattr: len u16, type u16, data)
+//! +--------+------+-------+-----+-----+-----+---------+------+--------------------------------------------+
+//! | len u32|type  |flags  |seq  |pid  | cmd | version | resv | CMD_ATTR_SERVICE { SVC_ATTR_* }             |
+//! |        |u16   |u16    |u32  |u32  | u8  | u8 (=1) | u16  | CMD_ATTR_DEST    { DEST_ATTR_* }            |
+//! +--------+------+-------+-----+-----+-----+---------+------+--------------------------------------------+
+//! ```
+//!
+//! Attribute numbers and encodings follow linux `include/uapi/linux/ip_vs.h` and `genetlink.h`. Ports and the
+//! IPv4 persistence netmask are big-endian; addresses are sent as a 16-byte `nf_inet_addr` (IPv4 in the first
+//! four bytes), like ipvsadm's libipvs does, so the kernel sees the same bytes from either tool.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use super::{
+    DestEntry, DestKey, Destination, Family, Forward, IpProto, Service, ServiceEntry, ServiceKey,
+    Stats,
+};
+
+// --- netlink (linux/netlink.h) ---
+pub const NLMSG_HDRLEN: usize = 16;
+pub const NLMSG_ERROR: u16 = 2;
+pub const NLMSG_DONE: u16 = 3;
+pub const NLM_F_REQUEST: u16 = 0x0001;
+pub const NLM_F_MULTI: u16 = 0x0002;
+pub const NLM_F_ACK: u16 = 0x0004;
+pub const NLM_F_DUMP: u16 = 0x0300;
+pub const NLA_HDRLEN: usize = 4;
+const NLA_TYPE_MASK: u16 = 0x3fff;
+
+// --- generic netlink controller (linux/genetlink.h) ---
+pub const GENL_HDRLEN: usize = 4;
+pub const GENL_ID_CTRL: u16 = 0x10;
+pub const CTRL_CMD_GETFAMILY: u8 = 3;
+pub const CTRL_ATTR_FAMILY_ID: u16 = 1;
+pub const CTRL_ATTR_FAMILY_NAME: u16 = 2;
+/// Name under which ip_vs registers its generic netlink family.
+pub const IPVS_GENL_NAME: &str = "IPVS";
+pub const IPVS_GENL_VERSION: u8 = 1;
+
+// --- IPVS commands (linux/ip_vs.h, enum IPVS_CMD_*) ---
+pub const IPVS_CMD_NEW_SERVICE: u8 = 1;
+pub const IPVS_CMD_SET_SERVICE: u8 = 2;
+pub const IPVS_CMD_DEL_SERVICE: u8 = 3;
+pub const IPVS_CMD_GET_SERVICE: u8 = 4;
+pub const IPVS_CMD_NEW_DEST: u8 = 5;
+pub const IPVS_CMD_SET_DEST: u8 = 6;
+pub const IPVS_CMD_DEL_DEST: u8 = 7;
+pub const IPVS_CMD_GET_DEST: u8 = 8;
+
+// IPVS_CMD_ATTR_*
+pub const IPVS_CMD_ATTR_SERVICE: u16 = 1;
+pub const IPVS_CMD_ATTR_DEST: u16 = 2;
+
+// IPVS_SVC_ATTR_*
+pub const IPVS_SVC_ATTR_AF: u16 = 1;
+pub const IPVS_SVC_ATTR_PROTOCOL: u16 = 2;
+pub const IPVS_SVC_ATTR_ADDR: u16 = 3;
+pub const IPVS_SVC_ATTR_PORT: u16 = 4;
+pub const IPVS_SVC_ATTR_FWMARK: u16 = 5;
+pub const IPVS_SVC_ATTR_SCHED_NAME: u16 = 6;
+pub const IPVS_SVC_ATTR_FLAGS: u16 = 7;
+pub const IPVS_SVC_ATTR_TIMEOUT: u16 = 8;
+pub const IPVS_SVC_ATTR_NETMASK: u16 = 9;
+pub const IPVS_SVC_ATTR_STATS: u16 = 10;
+pub const IPVS_SVC_ATTR_PE_NAME: u16 = 11;
+pub const IPVS_SVC_ATTR_STATS64: u16 = 12;
+
+// IPVS_DEST_ATTR_*
+pub const IPVS_DEST_ATTR_ADDR: u16 = 1;
+pub const IPVS_DEST_ATTR_PORT: u16 = 2;
+pub const IPVS_DEST_ATTR_FWD_METHOD: u16 = 3;
+pub const IPVS_DEST_ATTR_WEIGHT: u16 = 4;
+pub const IPVS_DEST_ATTR_U_THRESH: u16 = 5;
+pub const IPVS_DEST_ATTR_L_THRESH: u16 = 6;
+pub const IPVS_DEST_ATTR_ACTIVE_CONNS: u16 = 7;
+pub const IPVS_DEST_ATTR_INACT_CONNS: u16 = 8;
+pub const IPVS_DEST_ATTR_PERSIST_CONNS: u16 = 9;
+pub const IPVS_DEST_ATTR_STATS: u16 = 10;
+pub const IPVS_DEST_ATTR_ADDR_FAMILY: u16 = 11;
+pub const IPVS_DEST_ATTR_STATS64: u16 = 12;
+
+// IPVS_STATS_ATTR_* (u32 in STATS, u64 in STATS64; bytes are u64 in both)
+pub const IPVS_STATS_ATTR_CONNS: u16 = 1;
+pub const IPVS_STATS_ATTR_INPKTS: u16 = 2;
+pub const IPVS_STATS_ATTR_OUTPKTS: u16 = 3;
+pub const IPVS_STATS_ATTR_INBYTES: u16 = 4;
+pub const IPVS_STATS_ATTR_OUTBYTES: u16 = 5;
+pub const IPVS_STATS_ATTR_CPS: u16 = 6;
+pub const IPVS_STATS_ATTR_INPPS: u16 = 7;
+pub const IPVS_STATS_ATTR_OUTPPS: u16 = 8;
+pub const IPVS_STATS_ATTR_INBPS: u16 = 9;
+pub const IPVS_STATS_ATTR_OUTBPS: u16 = 10;
+
+/// Why bytes from the kernel could not be understood.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("truncated {what}: need {need} bytes, have {have}")]
+    Truncated {
+        what: &'static str,
+        need: usize,
+        have: usize,
+    },
+    #[error("{what} has length {len}, expected {expected}")]
+    BadLength {
+        what: &'static str,
+        len: usize,
+        expected: &'static str,
+    },
+    #[error("missing attribute {0}")]
+    Missing(&'static str),
+    #[error("bad value for {what}: {value}")]
+    BadValue { what: &'static str, value: u64 },
+    #[error("{0} is not valid UTF-8")]
+    BadString(&'static str),
+}
+
+fn align4(n: usize) -> usize {
+    (n + 3) & !3
+}
+
+/// Appends netlink attributes to a buffer; nests are opened and closed explicitly.
+#[derive(Debug, Default)]
+pub struct AttrWriter {
+    buf: Vec<u8>,
+}
+
+impl AttrWriter {
+    fn put(&mut self, ty: u16, data: &[u8]) {
+        let len = NLA_HDRLEN + data.len();
+        // Attribute payloads here are at most a few dozen bytes, far below u16::MAX.
+        self.buf.extend_from_slice(&(len as u16).to_ne_bytes());
+        self.buf.extend_from_slice(&ty.to_ne_bytes());
+        self.buf.extend_from_slice(data);
+        self.buf.resize(align4(self.buf.len()), 0);
+    }
+    pub fn u16(&mut self, ty: u16, v: u16) {
+        self.put(ty, &v.to_ne_bytes());
+    }
+    pub fn be16(&mut self, ty: u16, v: u16) {
+        self.put(ty, &v.to_be_bytes());
+    }
+    pub fn u32(&mut self, ty: u16, v: u32) {
+        self.put(ty, &v.to_ne_bytes());
+    }
+    pub fn bytes(&mut self, ty: u16, v: &[u8]) {
+        self.put(ty, v);
+    }
+    /// A NUL-terminated string (`NLA_STRING` as libnl's `NLA_PUT_STRING` sends it).
+    pub fn string(&mut self, ty: u16, s: &str) {
+        let mut v = Vec::with_capacity(s.len() + 1);
+        v.extend_from_slice(s.as_bytes());
+        v.push(0);
+        self.put(ty, &v);
+    }
+    /// Opens a nested attribute; returns its offset for `end_nest`.
+    pub fn begin_nest(&mut self, ty: u16) -> usize {
+        let at = self.buf.len();
+        self.buf.extend_from_slice(&0u16.to_ne_bytes());
+        self.buf.extend_from_slice(&ty.to_ne_bytes());
+        at
+    }
+    pub fn end_nest(&mut self, at: usize) {
+        let len = (self.buf.len() - at) as u16;
+        self.buf[at..at + 2].copy_from_slice(&len.to_ne_bytes());
+    }
+    pub fn into_bytes(self) -> Vec<u8> {
+        self.buf
+    }
+}
+
+/// Frames a generic netlink message: nlmsghdr + genlmsghdr + attributes.
+pub fn genl_message(
+    family: u16,
+    flags: u16,
+    seq: u32,
+    pid: u32,
+    cmd: u8,
+    version: u8,
+    attrs: &[u8],
+) -> Vec<u8> {
+    let len = NLMSG_HDRLEN + GENL_HDRLEN + attrs.len();
+    let mut out = Vec::with_capacity(len);
+    out.extend_from_slice(&(len as u32).to_ne_bytes());
+    out.extend_from_slice(&family.to_ne_bytes());
+    out.extend_from_slice(&flags.to_ne_bytes());
+    out.extend_from_slice(&seq.to_ne_bytes());
+    out.extend_from_slice(&pid.to_ne_bytes());
+    out.push(cmd);
+    out.push(version);
+    out.extend_from_slice(&0u16.to_ne_bytes());
+    out.extend_from_slice(attrs);
+    out
+}
+
+/// `CTRL_CMD_GETFAMILY` for "IPVS": asks the controller for the family id.
+pub fn get_family_request(seq: u32, pid: u32) -> Vec<u8> {
+    let mut w = AttrWriter::default();
+    w.string(CTRL_ATTR_FAMILY_NAME, IPVS_GENL_NAME);
+    genl_message(
+        GENL_ID_CTRL,
+        NLM_F_REQUEST | NLM_F_ACK,
+        seq,
+        pid,
+        CTRL_CMD_GETFAMILY,
+        1,
+        &w.into_bytes(),
+    )
+}
+
+/// One IPVS operation, before framing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IpvsRequest {
+    NewService(Service),
+    SetService(Service),
+    DelService(ServiceKey),
+    DumpServices,
+    NewDest(ServiceKey, Destination),
+    SetDest(ServiceKey, Destination),
+    DelDest(ServiceKey, DestKey),
+    DumpDests(ServiceKey),
+}
+
+fn addr16(addr: &IpAddr) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    match addr {
+        IpAddr::V4(a) => out[..4].copy_from_slice(&a.octets()),
+        IpAddr::V6(a) => out.copy_from_slice(&a.octets()),
+    }
+    out
+}
+
+fn put_service_key(w: &mut AttrWriter, key: &ServiceKey) {
+    w.u16(IPVS_SVC_ATTR_AF, key.family().to_raw());
+    match key {
+        ServiceKey::Fwmark { mark, .. } => w.u32(IPVS_SVC_ATTR_FWMARK, *mark),
+        ServiceKey::Addr {
+            protocol,
+            addr,
+            port,
+        } => {
+            w.u16(IPVS_SVC_ATTR_PROTOCOL, protocol.to_raw());
+            w.bytes(IPVS_SVC_ATTR_ADDR, &addr16(addr));
+            w.be16(IPVS_SVC_ATTR_PORT, *port);
+        }
+    }
+}
+
+/// The `IPVS_SVC_ATTR_NETMASK` value: a big-endian mask for IPv4, the prefix length for IPv6 (as the kernel
+/// reads it in `ip_vs_add_service`).
+fn netmask_raw(family: Family, prefix: u8) -> u32 {
+    match family {
+        Family::V4 => {
+            let p = u32::from(prefix.min(32));
+            let mask = if p == 0 { 0 } else { u32::MAX << (32 - p) };
+            // Sent as the big-endian bytes of the mask; `to_ne_bytes` of this value yields them.
+            u32::from_ne_bytes(mask.to_be_bytes())
+        }
+        Family::V6 => u32::from(prefix.min(128)),
+    }
+}
+
+fn netmask_prefix(family: Family, raw: u32) -> Result<u8, DecodeError> {
+    match family {
+        Family::V4 => {
+            let mask = u32::from_be_bytes(raw.to_ne_bytes());
+            let ones = mask.leading_ones();
+            if mask.checked_shl(ones).unwrap_or(0) != 0 {
+                return Err(DecodeError::BadValue {
+                    what: "IPv4 netmask",
+                    value: u64::from(mask),
+                });
+            }
+            Ok(ones as u8)
+        }
+        Family::V6 if raw <= 128 => Ok(raw as u8),
+        Family::V6 => Err(DecodeError::BadValue {
+            what: "IPv6 netmask",
+            value: u64::from(raw),
+        }),
+    }
+}
+
+fn put_service(w: &mut AttrWriter, svc: &Service) {
+    let nest = w.begin_nest(IPVS_CMD_ATTR_SERVICE);
+    put_service_key(w, &svc.key);
+    w.string(IPVS_SVC_ATTR_SCHED_NAME, &svc.scheduler);
+    if let Some(pe) = &svc.pe_name {
+        w.string(IPVS_SVC_ATTR_PE_NAME, pe);
+    }
+    // struct ip_vs_flags { __u32 flags; __u32 mask; }: set every user flag to exactly this value.
+    let mut flags = [0u8; 8];
+    flags[..4].copy_from_slice(&(svc.flags & super::SVC_F_USER_MASK).to_ne_bytes());
+    flags[4..].copy_from_slice(&u32::MAX.to_ne_bytes());
+    w.bytes(IPVS_SVC_ATTR_FLAGS, &flags);
+    w.u32(IPVS_SVC_ATTR_TIMEOUT, svc.timeout_s);
+    w.u32(
+        IPVS_SVC_ATTR_NETMASK,
+        netmask_raw(svc.key.family(), svc.netmask_prefix),
+    );
+    w.end_nest(nest);
+}
+
+fn put_service_key_nest(w: &mut AttrWriter, key: &ServiceKey) {
+    let nest = w.begin_nest(IPVS_CMD_ATTR_SERVICE);
+    put_service_key(w, key);
+    w.end_nest(nest);
+}
+
+fn put_dest(w: &mut AttrWriter, d: &Destination) {
+    let nest = w.begin_nest(IPVS_CMD_ATTR_DEST);
+    w.bytes(IPVS_DEST_ATTR_ADDR, &addr16(&d.key.addr));
+    w.be16(IPVS_DEST_ATTR_PORT, d.key.port);
+    w.u32(IPVS_DEST_ATTR_FWD_METHOD, d.forward.to_raw());
+    w.u32(IPVS_DEST_ATTR_WEIGHT, d.weight);
+    w.u32(IPVS_DEST_ATTR_U_THRESH, d.u_threshold);
+    w.u32(IPVS_DEST_ATTR_L_THRESH, d.l_threshold);
+    w.u16(IPVS_DEST_ATTR_ADDR_FAMILY, Family::of(&d.key.addr).to_raw());
+    w.end_nest(nest);
+}
+
+fn put_dest_key(w: &mut AttrWriter, k: &DestKey) {
+    let nest = w.begin_nest(IPVS_CMD_ATTR_DEST);
+    w.bytes(IPVS_DEST_ATTR_ADDR, &addr16(&k.addr));
+    w.be16(IPVS_DEST_ATTR_PORT, k.port);
+    w.end_nest(nest);
+}
+
+impl IpvsRequest {
+    pub fn cmd(&self) -> u8 {
+        match self {
+            IpvsRequest::NewService(_) => IPVS_CMD_NEW_SERVICE,
+            IpvsRequest::SetService(_) => IPVS_CMD_SET_SERVICE,
+            IpvsRequest::DelService(_) => IPVS_CMD_DEL_SERVICE,
+            IpvsRequest::DumpServices => IPVS_CMD_GET_SERVICE,
+            IpvsRequest::NewDest(..) => IPVS_CMD_NEW_DEST,
+            IpvsRequest::SetDest(..) => IPVS_CMD_SET_DEST,
+            IpvsRequest::DelDest(..) => IPVS_CMD_DEL_DEST,
+            IpvsRequest::DumpDests(_) => IPVS_CMD_GET_DEST,
+        }
+    }
+
+    pub fn is_dump(&self) -> bool {
+        matches!(self, IpvsRequest::DumpServices | IpvsRequest::DumpDests(_))
+    }
+
+    /// The attribute block (everything after the genl header).
+    pub fn attributes(&self) -> Vec<u8> {
+        let mut w = AttrWriter::default();
+        match self {
+            IpvsRequest::NewService(s) | IpvsRequest::SetService(s) => put_service(&mut w, s),
+            IpvsRequest::DelService(k) | IpvsRequest::DumpDests(k) => {
+                put_service_key_nest(&mut w, k)
+            }
+            IpvsRequest::DumpServices => {}
+            IpvsRequest::NewDest(k, d) | IpvsRequest::SetDest(k, d) => {
+                put_service_key_nest(&mut w, k);
+                put_dest(&mut w, d);
+            }
+            IpvsRequest::DelDest(k, d) => {
+                put_service_key_nest(&mut w, k);
+                put_dest_key(&mut w, d);
+            }
+        }
+        w.into_bytes()
+    }
+
+    /// The framed message for family id `family`: changes ask for an ACK, reads ask for a dump.
+    pub fn encode(&self, family: u16, seq: u32, pid: u32) -> Vec<u8> {
+        let flags = if self.is_dump() {
+            NLM_F_REQUEST | NLM_F_DUMP
+        } else {
+            NLM_F_REQUEST | NLM_F_ACK
+        };
+        genl_message(
+            family,
+            flags,
+            seq,
+            pid,
+            self.cmd(),
+            IPVS_GENL_VERSION,
+            &self.attributes(),
+        )
+    }
+}
+
+// ------------------------------------------------------------------------------------------------------------
+// Decoding
+
+/// One netlink message from a receive buffer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message<'a> {
+    pub msg_type: u16,
+    pub flags: u16,
+    pub seq: u32,
+    pub pid: u32,
+    pub body: Body<'a>,
+}
+
+/// What a netlink message carries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Body<'a> {
+    /// End of a dump.
+    Done,
+    /// `NLMSG_ERROR` with error 0: the request was applied.
+    Ack,
+    /// `NLMSG_ERROR` with a negative errno (stored positive here).
+    Error { errno: i32 },
+    /// A generic netlink message: command and its attribute block.
+    Genl { cmd: u8, attrs: &'a [u8] },
+}
+
+fn ne_u16(b: &[u8], at: usize) -> u16 {
+    u16::from_ne_bytes([b[at], b[at + 1]])
+}
+fn ne_u32(b: &[u8], at: usize) -> u32 {
+    u32::from_ne_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+
+/// Splits a receive buffer into netlink messages.
+pub fn decode_messages(mut buf: &[u8]) -> Result<Vec<Message<'_>>, DecodeError> {
+    let mut out = Vec::new();
+    while !buf.is_empty() {
+        if buf.len() < NLMSG_HDRLEN {
+            return Err(DecodeError::Truncated {
+                what: "nlmsghdr",
+                need: NLMSG_HDRLEN,
+                have: buf.len(),
+            });
+        }
+        let len = ne_u32(buf, 0) as usize;
+        if len < NLMSG_HDRLEN || len > buf.len() {
+            return Err(DecodeError::BadLength {
+                what: "netlink message",
+                len,
+                expected: "between 16 and the bytes received",
+            });
+        }
+        let msg_type = ne_u16(buf, 4);
+        let flags = ne_u16(buf, 6);
+        let seq = ne_u32(buf, 8);
+        let pid = ne_u32(buf, 12);
+        let payload = &buf[NLMSG_HDRLEN..len];
+        let body = match msg_type {
+            NLMSG_DONE => Body::Done,
+            NLMSG_ERROR => {
+                if payload.len() < 4 {
+                    return Err(DecodeError::Truncated {
+                        what: "nlmsgerr",
+                        need: 4,
+                        have: payload.len(),
+                    });
+                }
+                let code = ne_u32(payload, 0) as i32;
+                if code == 0 {
+                    Body::Ack
+                } else {
+                    Body::Error {
+                        errno: code.saturating_neg(),
+                    }
+                }
+            }
+            _ => {
+                if payload.len() < GENL_HDRLEN {
+                    return Err(DecodeError::Truncated {
+                        what: "genlmsghdr",
+                        need: GENL_HDRLEN,
+                        have: payload.len(),
+                    });
+                }
+                Body::Genl {
+                    cmd: payload[0],
+                    attrs: &payload[GENL_HDRLEN..],
+                }
+            }
+        };
+        out.push(Message {
+            msg_type,
+            flags,
+            seq,
+            pid,
+            body,
+        });
+        let next = align4(len).min(buf.len());
+        buf = &buf[next..];
+    }
+    Ok(out)
+}
+
+/// Attributes of one level, by type (the last occurrence wins, like `nla_parse`).
+#[derive(Debug, Default)]
+pub struct Attrs<'a> {
+    slots: Vec<Option<&'a [u8]>>,
+}
+
+impl<'a> Attrs<'a> {
+    pub fn parse(mut buf: &'a [u8]) -> Result<Attrs<'a>, DecodeError> {
+        let mut slots: Vec<Option<&'a [u8]>> = Vec::new();
+        while buf.len() >= NLA_HDRLEN {
+            let len = ne_u16(buf, 0) as usize;
+            let ty = ne_u16(buf, 2) & NLA_TYPE_MASK;
+            if len < NLA_HDRLEN || len > buf.len() {
+                return Err(DecodeError::BadLength {
+                    what: "attribute",
+                    len,
+                    expected: "between 4 and the bytes left",
+                });
+            }
+            let idx = usize::from(ty);
+            if slots.len() <= idx {
+                slots.resize(idx + 1, None);
+            }
+            slots[idx] = Some(&buf[NLA_HDRLEN..len]);
+            buf = &buf[align4(len).min(buf.len())..];
+        }
+        Ok(Attrs { slots })
+    }
+
+    pub fn get(&self, ty: u16) -> Option<&'a [u8]> {
+        self.slots.get(usize::from(ty)).copied().flatten()
+    }
+
+    fn req(&self, ty: u16, what: &'static str) -> Result<&'a [u8], DecodeError> {
+        self.get(ty).ok_or(DecodeError::Missing(what))
+    }
+
+    fn fixed<const N: usize>(&self, ty: u16, what: &'static str) -> Result<[u8; N], DecodeError> {
+        let b = self.req(ty, what)?;
+        b.get(..N)
+            .and_then(|s| <[u8; N]>::try_from(s).ok())
+            .ok_or(DecodeError::Truncated {
+                what,
+                need: N,
+                have: b.len(),
+            })
+    }
+
+    pub fn u16(&self, ty: u16, what: &'static str) -> Result<u16, DecodeError> {
+        Ok(u16::from_ne_bytes(self.fixed(ty, what)?))
+    }
+    pub fn be16(&self, ty: u16, what: &'static str) -> Result<u16, DecodeError> {
+        Ok(u16::from_be_bytes(self.fixed(ty, what)?))
+    }
+    pub fn u32(&self, ty: u16, what: &'static str) -> Result<u32, DecodeError> {
+        Ok(u32::from_ne_bytes(self.fixed(ty, what)?))
+    }
+    pub fn u64(&self, ty: u16, what: &'static str) -> Result<u64, DecodeError> {
+        Ok(u64::from_ne_bytes(self.fixed(ty, what)?))
+    }
+    /// A NUL-terminated (or unterminated) string.
+    pub fn string(&self, ty: u16, what: &'static str) -> Result<String, DecodeError> {
+        let b = self.req(ty, what)?;
+        let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
+        std::str::from_utf8(&b[..end])
+            .map(str::to_owned)
+            .map_err(|_| DecodeError::BadString(what))
+    }
+    /// Optional u32/u64 counter, whichever width the kernel used.
+    fn counter(&self, ty: u16) -> u64 {
+        match self.get(ty) {
+            Some(b) if b.len() >= 8 => self.u64(ty, "counter").unwrap_or(0),
+            Some(b) if b.len() >= 4 => u64::from(self.u32(ty, "counter").unwrap_or(0)),
+            _ => 0,
+        }
+    }
+}
+
+/// Family id from a `CTRL_CMD_GETFAMILY` reply's attributes.
+pub fn parse_family_id(attrs: &[u8]) -> Result<u16, DecodeError> {
+    Attrs::parse(attrs)?.u16(CTRL_ATTR_FAMILY_ID, "CTRL_ATTR_FAMILY_ID")
+}
+
+fn parse_addr(b: &[u8], family: Family, what: &'static str) -> Result<IpAddr, DecodeError> {
+    match family {
+        Family::V4 => b
+            .get(..4)
+            .and_then(|s| <[u8; 4]>::try_from(s).ok())
+            .map(|o| IpAddr::V4(Ipv4Addr::from(o))),
+        Family::V6 => b
+            .get(..16)
+            .and_then(|s| <[u8; 16]>::try_from(s).ok())
+            .map(|o| IpAddr::V6(Ipv6Addr::from(o))),
+    }
+    .ok_or(DecodeError::Truncated {
+        what,
+        need: if family == Family::V4 { 4 } else { 16 },
+        have: b.len(),
+    })
+}
+
+fn parse_stats(attrs: &Attrs<'_>, stats_ty: u16, stats64_ty: u16) -> Result<Stats, DecodeError> {
+    // Prefer the 64-bit set (kernel >= 4.1); fall back to the 32-bit one.
+    let Some(nest) = attrs.get(stats64_ty).or_else(|| attrs.get(stats_ty)) else {
+        return Ok(Stats::default());
+    };
+    let s = Attrs::parse(nest)?;
+    Ok(Stats {
+        conns: s.counter(IPVS_STATS_ATTR_CONNS),
+        inpkts: s.counter(IPVS_STATS_ATTR_INPKTS),
+        outpkts: s.counter(IPVS_STATS_ATTR_OUTPKTS),
+        inbytes: s.counter(IPVS_STATS_ATTR_INBYTES),
+        outbytes: s.counter(IPVS_STATS_ATTR_OUTBYTES),
+        cps: s.counter(IPVS_STATS_ATTR_CPS),
+        inpps: s.counter(IPVS_STATS_ATTR_INPPS),
+        outpps: s.counter(IPVS_STATS_ATTR_OUTPPS),
+        inbps: s.counter(IPVS_STATS_ATTR_INBPS),
+        outbps: s.counter(IPVS_STATS_ATTR_OUTBPS),
+    })
+}
+
+/// A service from a `GET_SERVICE` dump message (its top-level attribute block).
+pub fn parse_service(attrs: &[u8]) -> Result<ServiceEntry, DecodeError> {
+    let top = Attrs::parse(attrs)?;
+    let a = Attrs::parse(top.req(IPVS_CMD_ATTR_SERVICE, "IPVS_CMD_ATTR_SERVICE")?)?;
+    let af = a.u16(IPVS_SVC_ATTR_AF, "IPVS_SVC_ATTR_AF")?;
+    let family = Family::from_raw(af).ok_or(DecodeError::BadValue {
+        what: "address family",
+        value: u64::from(af),
+    })?;
+    let mark = match a.get(IPVS_SVC_ATTR_FWMARK) {
+        Some(_) => a.u32(IPVS_SVC_ATTR_FWMARK, "IPVS_SVC_ATTR_FWMARK")?,
+        None => 0,
+    };
+    let key = if mark != 0 {
+        ServiceKey::Fwmark { family, mark }
+    } else {
+        let raw = a.u16(IPVS_SVC_ATTR_PROTOCOL, "IPVS_SVC_ATTR_PROTOCOL")?;
+        let protocol = IpProto::from_raw(raw).ok_or(DecodeError::BadValue {
+            what: "protocol",
+            value: u64::from(raw),
+        })?;
+        ServiceKey::Addr {
+            protocol,
+            addr: parse_addr(
+                a.req(IPVS_SVC_ATTR_ADDR, "IPVS_SVC_ATTR_ADDR")?,
+                family,
+                "IPVS_SVC_ATTR_ADDR",
+            )?,
+            port: a.be16(IPVS_SVC_ATTR_PORT, "IPVS_SVC_ATTR_PORT")?,
+        }
+    };
+    let flags: [u8; 8] = a.fixed(IPVS_SVC_ATTR_FLAGS, "IPVS_SVC_ATTR_FLAGS")?;
+    let flags = u32::from_ne_bytes([flags[0], flags[1], flags[2], flags[3]]);
+    let netmask = a.u32(IPVS_SVC_ATTR_NETMASK, "IPVS_SVC_ATTR_NETMASK")?;
+    let service = Service {
+        key,
+        scheduler: a.string(IPVS_SVC_ATTR_SCHED_NAME, "IPVS_SVC_ATTR_SCHED_NAME")?,
+        flags,
+        timeout_s: a.u32(IPVS_SVC_ATTR_TIMEOUT, "IPVS_SVC_ATTR_TIMEOUT")?,
+        netmask_prefix: netmask_prefix(family, netmask)?,
+        pe_name: match a.get(IPVS_SVC_ATTR_PE_NAME) {
+            Some(_) => Some(a.string(IPVS_SVC_ATTR_PE_NAME, "IPVS_SVC_ATTR_PE_NAME")?),
+            None => None,
+        },
+    };
+    Ok(ServiceEntry {
+        service,
+        stats: parse_stats(&a, IPVS_SVC_ATTR_STATS, IPVS_SVC_ATTR_STATS64)?,
+    })
+}
+
+/// A destination from a `GET_DEST` dump message; `svc_family` is the service's family, used when the kernel
+/// is too old to send `IPVS_DEST_ATTR_ADDR_FAMILY`.
+pub fn parse_dest(attrs: &[u8], svc_family: Family) -> Result<DestEntry, DecodeError> {
+    let top = Attrs::parse(attrs)?;
+    let a = Attrs::parse(top.req(IPVS_CMD_ATTR_DEST, "IPVS_CMD_ATTR_DEST")?)?;
+    let family = match a.get(IPVS_DEST_ATTR_ADDR_FAMILY) {
+        Some(_) => {
+            let af = a.u16(IPVS_DEST_ATTR_ADDR_FAMILY, "IPVS_DEST_ATTR_ADDR_FAMILY")?;
+            Family::from_raw(af).ok_or(DecodeError::BadValue {
+                what: "destination address family",
+                value: u64::from(af),
+            })?
+        }
+        None => svc_family,
+    };
+    let fwd = a.u32(IPVS_DEST_ATTR_FWD_METHOD, "IPVS_DEST_ATTR_FWD_METHOD")?;
+    let forward = Forward::from_raw(fwd).ok_or(DecodeError::BadValue {
+        what: "forwarding method",
+        value: u64::from(fwd),
+    })?;
+    let opt_u32 = |ty, what| -> Result<u32, DecodeError> {
+        match a.get(ty) {
+            Some(_) => a.u32(ty, what),
+            None => Ok(0),
+        }
+    };
+    Ok(DestEntry {
+        dest: Destination {
+            key: DestKey {
+                addr: parse_addr(
+                    a.req(IPVS_DEST_ATTR_ADDR, "IPVS_DEST_ATTR_ADDR")?,
+                    family,
+                    "IPVS_DEST_ATTR_ADDR",
+                )?,
+                port: a.be16(IPVS_DEST_ATTR_PORT, "IPVS_DEST_ATTR_PORT")?,
+            },
+            forward,
+            weight: a.u32(IPVS_DEST_ATTR_WEIGHT, "IPVS_DEST_ATTR_WEIGHT")?,
+            u_threshold: opt_u32(IPVS_DEST_ATTR_U_THRESH, "IPVS_DEST_ATTR_U_THRESH")?,
+            l_threshold: opt_u32(IPVS_DEST_ATTR_L_THRESH, "IPVS_DEST_ATTR_L_THRESH")?,
+        },
+        active_conns: opt_u32(IPVS_DEST_ATTR_ACTIVE_CONNS, "IPVS_DEST_ATTR_ACTIVE_CONNS")?,
+        inactive_conns: opt_u32(IPVS_DEST_ATTR_INACT_CONNS, "IPVS_DEST_ATTR_INACT_CONNS")?,
+        persist_conns: opt_u32(IPVS_DEST_ATTR_PERSIST_CONNS, "IPVS_DEST_ATTR_PERSIST_CONNS")?,
+        stats: parse_stats(&a, IPVS_DEST_ATTR_STATS, IPVS_DEST_ATTR_STATS64)?,
+    })
+}
+
+#[cfg(test)]
+mod tests;
