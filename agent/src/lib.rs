@@ -4,3 +4,4 @@
 pub mod client;
 pub mod ipvs;
 pub mod netlink;
+pub mod reconcile;
