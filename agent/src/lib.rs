@@ -5,3 +5,6 @@ pub mod client;
 pub mod ipvs;
 pub mod netlink;
 pub mod reconcile;
+pub mod run;
+pub mod state;
+pub mod status;

@@ -1,18 +1,23 @@
-//! `lbfleet-agent`: runs on each diskless load balancer. This build can enroll and fetch the node's role;
-//! applying it to the kernel (IPVS, VRRP, health checks) is not implemented yet and the binary says so.
+//! `lbfleet-agent`: runs on each diskless load balancer. Thin binary: parses the command line, starts tracing
+//! and calls the library (`run::run`, `run::apply_file`, `status`).
 
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use lbfleet_agent::client::ServerClient;
+use lbfleet_agent::reconcile::{Applier, NetlinkApplier};
+use lbfleet_agent::run::{self, RunConfig};
+use lbfleet_agent::state::{self, StateDir, DEFAULT_STATE_DIR};
+use lbfleet_agent::status;
 use lbfleet_proto::EnrollRequest;
 
 #[derive(Debug, Parser)]
 #[command(
     name = "lbfleet-agent",
     version,
-    about = "lbfleet node agent: pulls this node's role from lbfleet-server"
+    about = "lbfleet node agent: pulls this node's role from lbfleet-server and programs IPVS"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -21,8 +26,49 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Server mode: enroll, long-poll the role, apply it to IPVS, resync periodically, report.
+    /// Server, token and MAC default to lbfleet.server=, lbfleet.token= and BOOTIF=/lbfleet.mac= on /proc/cmdline.
+    Run {
+        /// Server URL, e.g. http://198.18.0.1:8080
+        #[arg(long, env = "LBFLEET_SERVER")]
+        server: Option<String>,
+        /// One-time enrollment token
+        #[arg(long, env = "LBFLEET_TOKEN")]
+        token: Option<String>,
+        /// MAC of the boot interface (default: from the kernel command line, else the first interface)
+        #[arg(long, env = "LBFLEET_MAC")]
+        mac: Option<String>,
+        /// Node credential from an earlier enrollment (default: the one saved in the state directory)
+        #[arg(long, env = "LBFLEET_CREDENTIAL")]
+        credential: Option<String>,
+        /// Where the last role and the credential are kept
+        #[arg(long, env = "LBFLEET_STATE_DIR", default_value = DEFAULT_STATE_DIR)]
+        state_dir: PathBuf,
+        /// How often the kernel is re-read and out-of-band changes repaired (e.g. 10s, 500ms)
+        #[arg(long, env = "LBFLEET_RESYNC", default_value = "10s", value_parser = humantime::parse_duration)]
+        resync: Duration,
+        /// Kernel command line to read boot parameters from
+        #[arg(long, default_value = "/proc/cmdline")]
+        cmdline: PathBuf,
+    },
+    /// Standalone: apply a role document from a file (no server). With --watch, keep it applied.
+    Apply {
+        #[arg(long)]
+        role: PathBuf,
+        /// Re-apply when the file changes and on every resync
+        #[arg(long)]
+        watch: bool,
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        resync: Duration,
+    },
+    /// Show the kernel's IPVS table like `ipvsadm -Ln`.
+    Status {
+        #[arg(long)]
+        json: bool,
+        #[arg(long, env = "LBFLEET_STATE_DIR", default_value = DEFAULT_STATE_DIR)]
+        state_dir: PathBuf,
+    },
     /// Enroll with a one-time token (or use a credential) and print the node's current role document as JSON.
-    /// Applying the role (IPVS, VRRP, health checks) is not part of this build.
     FetchRole {
         /// Server URL, e.g. http://198.18.0.1:8080
         #[arg(long, env = "LBFLEET_SERVER")]
@@ -73,8 +119,101 @@ async fn fetch_role(
     Ok(())
 }
 
+async fn ctrl_c() {
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run_server_mode(
+    server: Option<String>,
+    token: Option<String>,
+    mac: Option<String>,
+    credential: Option<String>,
+    state_dir: PathBuf,
+    resync: Duration,
+    cmdline: &Path,
+) -> anyhow::Result<()> {
+    let boot = std::fs::read_to_string(cmdline)
+        .map(|c| state::parse_cmdline(&c))
+        .unwrap_or_default();
+    let server = server.or(boot.server).ok_or_else(|| {
+        anyhow::anyhow!("no server: pass --server or lbfleet.server= on the kernel command line")
+    })?;
+    let mut config = RunConfig::new(&server, state_dir);
+    config.token = token.or(boot.token);
+    config.mac = mac
+        .or(boot.mac)
+        .or_else(|| state::first_mac(Path::new("/sys/class/net")));
+    config.credential = credential;
+    config.resync = resync;
+    let applier: Box<dyn Applier> = Box::new(NetlinkApplier::new());
+    run::run(config, applier, async {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => return ctrl_c().await,
+            };
+        tokio::select! {
+            _ = ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    })
+    .await?;
+    Ok(())
+}
+
+async fn apply(role: PathBuf, watch: bool, resync: Duration) -> anyhow::Result<()> {
+    let out = run::apply_file(
+        role,
+        Box::new(NetlinkApplier::new()),
+        watch,
+        resync,
+        ctrl_c(),
+    )
+    .await?;
+    eprintln!(
+        "applied: {} change(s) planned, {} applied, {} failed",
+        out.planned,
+        out.applied,
+        out.errors.len()
+    );
+    for e in &out.errors {
+        eprintln!("  error: {e}");
+    }
+    anyhow::ensure!(out.errors.is_empty(), "the role was not fully applied");
+    Ok(())
+}
+
+fn show_status(json: bool, state_dir: &Path) -> anyhow::Result<()> {
+    let table = NetlinkApplier::new().observe()?;
+    let generation = StateDir::new(state_dir)
+        .load_role()
+        .ok()
+        .flatten()
+        .map(|r| r.generation);
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&status::status(&table, generation))?
+        );
+    } else {
+        if let Some(g) = generation {
+            println!("role generation {g}");
+        }
+        print!("{}", status::render_table(&table));
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -83,6 +222,23 @@ fn main() -> ExitCode {
         }
     };
     let result = match cli.command {
+        Command::Run {
+            server,
+            token,
+            mac,
+            credential,
+            state_dir,
+            resync,
+            cmdline,
+        } => runtime.block_on(run_server_mode(
+            server, token, mac, credential, state_dir, resync, &cmdline,
+        )),
+        Command::Apply {
+            role,
+            watch,
+            resync,
+        } => runtime.block_on(apply(role, watch, resync)),
+        Command::Status { json, state_dir } => show_status(json, &state_dir),
         Command::FetchRole {
             server,
             token,
