@@ -190,7 +190,7 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains("  -> 198.18.2.1:8080                Masq    3      2          1\n"),
+            text.contains("  -> 198.18.2.1:8080              Masq    3      2          1\n"),
             "{text}"
         );
     }
