@@ -1,0 +1,344 @@
+//! Component tests: the agent's server mode against a real lbfleet-server on 127.0.0.1 (real SQLite file),
+//! with the recording applier standing in for the kernel (the guest tests cover real IPVS).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "../../server/tests/common/mod.rs"]
+#[allow(unused_imports)]
+mod common;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use lbfleet_agent::ipvs::{DestKey, IpProto, ServiceKey};
+use lbfleet_agent::reconcile::{Op, RecordingApplier};
+use lbfleet_agent::run::{self, AgentError, RunConfig};
+use lbfleet_server::ServerConfig;
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+const MAC: &str = "52:54:00:12:34:56";
+
+/// A server on a fixed or fresh port that can be stopped and started again on the same port.
+struct Server {
+    addr: SocketAddr,
+    db: PathBuf,
+    operator: String,
+    http: reqwest::Client,
+    stop: Option<oneshot::Sender<()>>,
+    handle: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+impl Server {
+    async fn start(dir: &Path) -> Server {
+        let db = dir.join("lbfleet.db");
+        let tokens = common::seed(&db).await;
+        let mut s = Server {
+            addr: ([127, 0, 0, 1], 0).into(),
+            db,
+            operator: tokens.operator,
+            http: reqwest::Client::new(),
+            stop: None,
+            handle: None,
+        };
+        s.up().await;
+        s
+    }
+
+    async fn up(&mut self) {
+        let listener = tokio::net::TcpListener::bind(self.addr).await.unwrap();
+        self.addr = listener.local_addr().unwrap();
+        let (tx, rx) = oneshot::channel::<()>();
+        let config = ServerConfig::with_database(common::db_url(&self.db));
+        self.handle = Some(tokio::spawn(lbfleet_server::run(
+            config,
+            listener,
+            async move {
+                let _ = rx.await;
+            },
+        )));
+        self.stop = Some(tx);
+    }
+
+    async fn down(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(h) = self.handle.take() {
+            h.await.unwrap().unwrap();
+        }
+    }
+
+    fn base(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    async fn call(&self, method: reqwest::Method, path: &str, body: Value) -> (StatusCode, Value) {
+        let resp = self
+            .http
+            .request(method, format!("{}{path}", self.base()))
+            .bearer_auth(&self.operator)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status();
+        let text = resp.text().await.unwrap();
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    /// Cluster `ext`, node lb-01 assigned active; returns a one-time enrollment token.
+    async fn node_with_role(&self) -> String {
+        let (s, v) = self
+            .call(
+                reqwest::Method::PUT,
+                "/api/v1/clusters/ext",
+                common::cluster_spec(51, "198.18.0.10"),
+            )
+            .await;
+        assert!(s.is_success(), "{s} {v}");
+        let (s, v) = self
+            .call(
+                reqwest::Method::POST,
+                "/api/v1/nodes",
+                json!({"mac": MAC, "hostname": "lb-01"}),
+            )
+            .await;
+        assert_eq!(s, StatusCode::CREATED, "{v}");
+        let (s, v) = self
+            .call(
+                reqwest::Method::POST,
+                "/api/v1/nodes/lb-01/assign",
+                json!({"cluster": "ext", "role": "active"}),
+            )
+            .await;
+        assert!(s.is_success(), "{s} {v}");
+        self.token().await
+    }
+
+    async fn token(&self) -> String {
+        let (s, v) = self
+            .call(
+                reqwest::Method::POST,
+                "/api/v1/nodes/lb-01/enrollment-token",
+                json!({}),
+            )
+            .await;
+        assert_eq!(s, StatusCode::CREATED, "{v}");
+        v["token"].as_str().unwrap().to_owned()
+    }
+
+    /// Replaces the cluster spec with the 198.18.2.2 weight set to `weight`.
+    async fn set_weight(&self, weight: u32) {
+        let mut spec = common::cluster_spec(51, "198.18.0.10");
+        spec["services"][0]["real_servers"][1]["weight"] = json!(weight);
+        let (s, v) = self
+            .call(reqwest::Method::PUT, "/api/v1/clusters/ext", spec)
+            .await;
+        assert!(s.is_success(), "{s} {v}");
+    }
+}
+
+fn config(server: &Server, state: &Path, token: Option<String>) -> RunConfig {
+    let mut c = RunConfig::new(&server.base(), state);
+    c.token = token;
+    c.mac = Some(MAC.into());
+    c.resync = Duration::from_millis(100);
+    c.backoff_initial = Duration::from_millis(20);
+    c.backoff_max = Duration::from_millis(200);
+    c
+}
+
+struct Agent {
+    stop: Option<oneshot::Sender<()>>,
+    handle: JoinHandle<Result<(), AgentError>>,
+}
+
+fn spawn_agent(config: RunConfig, applier: &RecordingApplier) -> Agent {
+    let (tx, rx) = oneshot::channel::<()>();
+    let handle = tokio::spawn(run::run(config, Box::new(applier.clone()), async move {
+        let _ = rx.await;
+    }));
+    Agent {
+        stop: Some(tx),
+        handle,
+    }
+}
+
+impl Agent {
+    async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        self.handle.await.unwrap().unwrap();
+    }
+}
+
+/// Polls `cond` every millisecond until it holds; panics with `what` after `limit`.
+async fn wait_for(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < limit, "timed out after {limit:?}: {what}");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    start.elapsed()
+}
+
+fn tcp80() -> ServiceKey {
+    ServiceKey::Addr {
+        protocol: IpProto::Tcp,
+        addr: "198.18.0.10".parse().unwrap(),
+        port: 80,
+    }
+}
+
+fn weight_of(a: &RecordingApplier, addr: &str) -> Option<u32> {
+    let dk = DestKey {
+        addr: addr.parse().unwrap(),
+        port: 8080,
+    };
+    a.state()
+        .services
+        .get(&tcp80())
+        .and_then(|s| s.dests.get(&dk))
+        .map(|d| d.weight)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enrolls_applies_reports_and_follows_changes_within_100ms() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path()).await;
+    let token = server.node_with_role().await;
+    let kernel = RecordingApplier::new();
+    let agent = spawn_agent(
+        config(&server, &dir.path().join("state"), Some(token)),
+        &kernel,
+    );
+
+    wait_for(Duration::from_secs(10), "role applied", || {
+        kernel.state().services.len() == 2
+    })
+    .await;
+    assert_eq!(weight_of(&kernel, "198.18.2.2"), Some(2));
+
+    // The report makes the node `serving`.
+    let start = Instant::now();
+    loop {
+        let (_, v) = server
+            .call(reqwest::Method::GET, "/api/v1/nodes/lb-01", Value::Null)
+            .await;
+        if v["state"] == "serving" {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(5), "not serving: {v}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    // A weight change reaches the kernel as one operation, within 100 ms of the API call.
+    kernel.clear_log();
+    let t0 = Instant::now();
+    server.set_weight(7).await;
+    wait_for(Duration::from_secs(5), "weight 7", || {
+        weight_of(&kernel, "198.18.2.2") == Some(7)
+    })
+    .await;
+    let took = t0.elapsed();
+    assert!(
+        took < Duration::from_millis(100),
+        "role change took {took:?}"
+    );
+    let log = kernel.log();
+    assert_eq!(log.len(), 1, "{log:?}");
+    assert!(matches!(&log[0], Op::EditDest(k, d) if *k == tcp80() && d.weight == 7));
+
+    // Someone flushes the table behind the agent's back: the next resync repairs it.
+    let want = kernel.state();
+    kernel.tamper(|s| s.services.clear());
+    wait_for(Duration::from_secs(2), "flush repaired", || {
+        kernel.state() == want
+    })
+    .await;
+
+    agent.stop().await;
+    // The role was saved for a restart without the server.
+    let saved = std::fs::read_to_string(dir.path().join("state/role.json")).unwrap();
+    assert!(saved.contains("198.18.0.10"), "{saved}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_token_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path()).await;
+    server.node_with_role().await;
+    let kernel = RecordingApplier::new();
+    let agent = spawn_agent(
+        config(
+            &server,
+            &dir.path().join("state"),
+            Some("lbf_enr_not-a-real-token".into()),
+        ),
+        &kernel,
+    );
+    let result = tokio::time::timeout(Duration::from_secs(10), agent.handle)
+        .await
+        .expect("the agent must give up on a refused token")
+        .unwrap();
+    assert!(
+        matches!(result, Err(AgentError::EnrollRefused(_))),
+        "{result:?}"
+    );
+    assert!(kernel.log().is_empty());
+    assert!(!dir.path().join("state/credential").exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_down_keeps_the_role_and_reconnects() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let mut server = Server::start(dir.path()).await;
+    let token = server.node_with_role().await;
+    let kernel = RecordingApplier::new();
+    let agent = spawn_agent(config(&server, &state, Some(token)), &kernel);
+    wait_for(Duration::from_secs(10), "role applied", || {
+        kernel.state().services.len() == 2
+    })
+    .await;
+    let want = kernel.state();
+
+    server.down().await;
+    // Still serving, and still repairing, with the server gone.
+    kernel.tamper(|s| {
+        for svc in s.services.values_mut() {
+            svc.dests.clear();
+        }
+    });
+    wait_for(Duration::from_secs(2), "repaired while server down", || {
+        kernel.state() == want
+    })
+    .await;
+
+    // A restarted agent (fresh kernel, same state dir, no token) applies the saved role without the server.
+    let kernel2 = RecordingApplier::new();
+    let agent2 = spawn_agent(config(&server, &state, None), &kernel2);
+    wait_for(Duration::from_secs(2), "saved role applied", || {
+        kernel2.state() == want
+    })
+    .await;
+
+    // The server returns on the same address; a change made there reaches both agents.
+    server.up().await;
+    server.set_weight(9).await;
+    wait_for(Duration::from_secs(5), "reconnected (agent 1)", || {
+        weight_of(&kernel, "198.18.2.2") == Some(9)
+    })
+    .await;
+    wait_for(Duration::from_secs(5), "reconnected (agent 2)", || {
+        weight_of(&kernel2, "198.18.2.2") == Some(9)
+    })
+    .await;
+    agent.stop().await;
+    agent2.stop().await;
+    server.down().await;
+}
