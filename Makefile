@@ -2,7 +2,7 @@
 CARGO ?= cargo
 SERVER := target/release/lbfleet-server
 
-.PHONY: all deps build demo test lint unit bench bench-longpoll clean
+.PHONY: all deps build demo test lint unit guest bench bench-longpoll clean
 
 all: build
 
@@ -17,7 +17,8 @@ build: deps
 demo: build
 	@bash scripts/demo.sh
 
-# Formatting, lints, then every test tier that exists (unit + component).
+# Formatting, lints, then every test tier that exists: unit + component (`unit`) and the QEMU guest tests
+# with real IPVS (`guest`; they also run inside `cargo test --workspace`, this target runs them on their own).
 test: deps lint unit
 
 lint:
@@ -26,6 +27,9 @@ lint:
 
 unit:
 	$(CARGO) test --workspace
+
+guest: deps
+	$(CARGO) test -p lbfleet-tests --test guest_ipvs
 
 bench: bench-longpoll
 

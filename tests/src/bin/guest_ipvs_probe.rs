@@ -1,0 +1,156 @@
+//! Runs inside a QEMU guest: drives the agent's IPVS netlink layer directly through every kind of service
+//! (each scheduler, NAT/DR/TUN, persistence with netmask, firewall marks, IPv4 and IPv6) and prints the table
+//! it dumps back, normalized, so the host test can compare it with `ipvsadm -Ln` in the same guest.
+//!
+//! `setup`: program and print; `teardown`: delete what `setup` made and check the table is empty.
+
+use std::net::IpAddr;
+use std::process::ExitCode;
+
+use lbfleet_agent::ipvs::codec::IpvsRequest;
+use lbfleet_agent::ipvs::{
+    Destination, Family, Forward, IpProto, Service, ServiceKey, SVC_F_PERSISTENT,
+};
+use lbfleet_agent::netlink::{IpvsSocket, NetlinkError};
+use lbfleet_proto::Scheduler;
+use lbfleet_tests::ipvsadm::normalize_table;
+
+fn ip(s: &str) -> Result<IpAddr, String> {
+    s.parse().map_err(|e| format!("{s}: {e}"))
+}
+
+fn setup(sock: &mut IpvsSocket) -> Result<(), String> {
+    let mut reqs = Vec::new();
+    for (i, sched) in Scheduler::ALL.iter().enumerate() {
+        let port = 1000 + i as u16;
+        let key = ServiceKey::Addr {
+            protocol: IpProto::Tcp,
+            addr: ip("198.18.0.50")?,
+            port,
+        };
+        reqs.push(IpvsRequest::NewService(Service::new(key, sched.as_str())));
+        for (j, fwd) in [Forward::Masq, Forward::Route, Forward::Tunnel]
+            .into_iter()
+            .enumerate()
+        {
+            let addr = ip(&format!("198.18.2.{}", 10 + 3 * i + j))?;
+            reqs.push(IpvsRequest::NewDest(
+                key,
+                Destination::new(addr, port, fwd, (j + 1) as u32),
+            ));
+        }
+    }
+    // Persistence with a /24 netmask.
+    let persistent = ServiceKey::Addr {
+        protocol: IpProto::Udp,
+        addr: ip("198.18.0.51")?,
+        port: 53,
+    };
+    let mut svc = Service::new(persistent, "sh");
+    svc.flags = SVC_F_PERSISTENT;
+    svc.timeout_s = 600;
+    svc.netmask_prefix = 24;
+    reqs.push(IpvsRequest::NewService(svc));
+    reqs.push(IpvsRequest::NewDest(
+        persistent,
+        Destination::new(ip("198.18.2.60")?, 53, Forward::Masq, 4),
+    ));
+    // Firewall-mark services, IPv4 with a destination and IPv6 persistent with a prefix.
+    let fwm4 = ServiceKey::Fwmark {
+        family: Family::V4,
+        mark: 1,
+    };
+    reqs.push(IpvsRequest::NewService(Service::new(fwm4, "wlc")));
+    reqs.push(IpvsRequest::NewDest(
+        fwm4,
+        Destination::new(ip("198.18.2.70")?, 0, Forward::Route, 1),
+    ));
+    let fwm6 = ServiceKey::Fwmark {
+        family: Family::V6,
+        mark: 2,
+    };
+    let mut svc6 = Service::new(fwm6, "rr");
+    svc6.flags = SVC_F_PERSISTENT;
+    svc6.timeout_s = 60;
+    svc6.netmask_prefix = 64;
+    reqs.push(IpvsRequest::NewService(svc6));
+
+    for (req, r) in reqs.iter().zip(sock.execute_batch(&reqs)) {
+        r.map_err(|e| format!("{}: {e}", lbfleet_agent::netlink::describe(req)))?;
+    }
+
+    // Edits and deletes: a weight, a scheduler, one extra destination added and removed.
+    let first = ServiceKey::Addr {
+        protocol: IpProto::Tcp,
+        addr: ip("198.18.0.50")?,
+        port: 1000,
+    };
+    sock.execute(&IpvsRequest::SetDest(
+        first,
+        Destination::new(ip("198.18.2.10")?, 1000, Forward::Masq, 9),
+    ))
+    .map_err(|e| format!("set dest: {e}"))?;
+    sock.execute(&IpvsRequest::SetService(Service::new(first, "lc")))
+        .map_err(|e| format!("set service: {e}"))?;
+    let extra = Destination::new(ip("198.18.2.99")?, 1000, Forward::Masq, 1);
+    sock.execute(&IpvsRequest::NewDest(first, extra))
+        .map_err(|e| format!("add extra dest: {e}"))?;
+    sock.execute(&IpvsRequest::DelDest(first, extra.key))
+        .map_err(|e| format!("del extra dest: {e}"))?;
+
+    // The kernel's refusals come back as typed errors.
+    match sock.execute(&IpvsRequest::NewService(Service::new(first, "rr"))) {
+        Err(e @ NetlinkError::Kernel { .. }) if e.errno() == Some(17) => {
+            println!("PROBE eexist ok: {e}")
+        }
+        other => {
+            return Err(format!(
+                "duplicate service add: expected EEXIST, got {other:?}"
+            ))
+        }
+    }
+
+    let table = sock.table().map_err(|e| format!("dump: {e}"))?;
+    println!("PROBE services {}", table.services.len());
+    for line in normalize_table(&table) {
+        println!("{line}");
+    }
+    Ok(())
+}
+
+fn teardown(sock: &mut IpvsSocket) -> Result<(), String> {
+    let services = sock.services().map_err(|e| format!("dump: {e}"))?;
+    let reqs: Vec<IpvsRequest> = services
+        .iter()
+        .map(|s| IpvsRequest::DelService(s.service.key))
+        .collect();
+    for (req, r) in reqs.iter().zip(sock.execute_batch(&reqs)) {
+        r.map_err(|e| format!("{}: {e}", lbfleet_agent::netlink::describe(req)))?;
+    }
+    let left = sock.services().map_err(|e| format!("dump: {e}"))?;
+    if !left.is_empty() {
+        return Err(format!("{} services left after teardown", left.len()));
+    }
+    println!("PROBE teardown ok: deleted {}", reqs.len());
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let mode = std::env::args().nth(1).unwrap_or_default();
+    let result = IpvsSocket::open()
+        .map_err(|e| format!("open: {e}"))
+        .and_then(|mut sock| match mode.as_str() {
+            "setup" => setup(&mut sock),
+            "teardown" => teardown(&mut sock),
+            other => Err(format!(
+                "usage: guest-ipvs-probe setup|teardown (got {other:?})"
+            )),
+        });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            println!("PROBE error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,497 @@
+//! QEMU guest harness: boots Debian's kernel (`/boot/vmlinuz-*`) under TCG with an initramfs built here
+//! (static busybox, the ip_vs modules and their dependencies, host binaries with their shared libraries) and
+//! collects what the guest's test script prints on the serial console. The host kernel has no IPVS, so every
+//! test that touches IPVS runs in such a guest.
+//!
+//! The guest script marks its output with `=== BEGIN name ===` / `=== END name rc=N ===`; see `GuestOutput`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::cpio::CpioWriter;
+
+/// Why a guest could not be built or booted.
+#[derive(Debug, thiserror::Error)]
+pub enum HarnessError {
+    #[error("guest prerequisites missing: {}; install them with `make deps` (scripts/install-deps.sh)", .0.join(", "))]
+    Missing(Vec<String>),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Tool(String),
+    #[error("the guest did not finish within {timeout:?}; console so far:\n{console}")]
+    Timeout { timeout: Duration, console: String },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> HarnessError + '_ {
+    move |source| HarnessError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// Host programs and files a guest needs.
+#[derive(Debug, Clone)]
+pub struct Prereqs {
+    pub qemu: PathBuf,
+    pub kernel: PathBuf,
+    pub kernel_version: String,
+    pub busybox: PathBuf,
+    pub ipvsadm: PathBuf,
+}
+
+fn which(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/sbin", "/usr/bin", "/bin"].map(PathBuf::from))
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
+
+/// Finds QEMU, a Debian kernel with its modules, static busybox and ipvsadm.
+pub fn prereqs() -> Result<Prereqs, HarnessError> {
+    let mut missing = Vec::new();
+    let qemu = which("qemu-system-x86_64");
+    if qemu.is_none() {
+        missing.push("qemu-system-x86_64 (package qemu-system-x86)".to_owned());
+    }
+    // The newest /boot/vmlinuz-<ver> that has /lib/modules/<ver>/kernel/net/netfilter/ipvs.
+    let mut kernels: Vec<(String, PathBuf)> = std::fs::read_dir("/boot")
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .filter_map(|e| {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    let ver = name.strip_prefix("vmlinuz-")?.to_owned();
+                    Path::new("/lib/modules")
+                        .join(&ver)
+                        .join("kernel/net/netfilter/ipvs/ip_vs.ko")
+                        .is_file()
+                        .then(|| (ver, e.path()))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    kernels.sort();
+    let kernel = kernels.pop();
+    if kernel.is_none() {
+        missing.push("a kernel with ip_vs modules in /boot (package linux-image-amd64)".to_owned());
+    }
+    let busybox = ["/bin/busybox", "/usr/bin/busybox"]
+        .map(PathBuf::from)
+        .into_iter()
+        .find(|p| p.is_file());
+    if busybox.is_none() {
+        missing.push("busybox (package busybox-static)".to_owned());
+    }
+    let ipvsadm = which("ipvsadm");
+    if ipvsadm.is_none() {
+        missing.push("ipvsadm (package ipvsadm)".to_owned());
+    }
+    match (qemu, kernel, busybox, ipvsadm) {
+        (Some(qemu), Some((kernel_version, kernel)), Some(busybox), Some(ipvsadm)) => Ok(Prereqs {
+            qemu,
+            kernel,
+            kernel_version,
+            busybox,
+            ipvsadm,
+        }),
+        _ => Err(HarnessError::Missing(missing)),
+    }
+}
+
+/// The test tier's rule: a missing prerequisite fails the test. Outside CI a developer may opt out explicitly
+/// with `LBFLEET_SKIP_GUEST=1` (returns `None`, and says so on stderr); with `CI=true` that is refused too.
+pub fn require() -> Option<Prereqs> {
+    match prereqs() {
+        Ok(p) => Some(p),
+        Err(e) => {
+            let ci = std::env::var("CI").is_ok_and(|v| v == "true");
+            let opt_out = std::env::var("LBFLEET_SKIP_GUEST").is_ok_and(|v| v == "1");
+            if opt_out && !ci {
+                eprintln!("guest test SKIPPED by LBFLEET_SKIP_GUEST=1: {e}");
+                None
+            } else {
+                panic!("{e} (CI={})", if ci { "true" } else { "unset" });
+            }
+        }
+    }
+}
+
+/// Shared libraries of a dynamically linked program, from `ldd`.
+fn shared_libs(binary: &Path) -> Result<Vec<PathBuf>, HarnessError> {
+    let out = Command::new("ldd")
+        .arg(binary)
+        .output()
+        .map_err(io_err(Path::new("ldd")))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if text.contains("not a dynamic executable") || text.contains("statically linked") {
+        return Ok(Vec::new());
+    }
+    Ok(text
+        .lines()
+        .filter_map(|l| {
+            let l = l.trim();
+            let path = match l.split_once("=>") {
+                Some((_, rest)) => rest.split_whitespace().next()?,
+                None => l.split_whitespace().next()?,
+            };
+            path.starts_with('/').then(|| PathBuf::from(path))
+        })
+        .collect())
+}
+
+/// Module files (relative to /lib/modules/<ver>) to load for `names`, dependencies first.
+fn module_load_order(kernel_version: &str, names: &[&str]) -> Result<Vec<String>, HarnessError> {
+    let dep_path = Path::new("/lib/modules")
+        .join(kernel_version)
+        .join("modules.dep");
+    let text = std::fs::read_to_string(&dep_path).map_err(io_err(&dep_path))?;
+    let mut deps: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut by_name: BTreeMap<String, String> = BTreeMap::new();
+    for line in text.lines() {
+        let Some((module, rest)) = line.split_once(':') else {
+            continue;
+        };
+        let stem = Path::new(module)
+            .file_name()
+            .map(|f| {
+                f.to_string_lossy()
+                    .trim_end_matches(".ko")
+                    .replace('-', "_")
+            })
+            .unwrap_or_default();
+        by_name.insert(stem, module.to_owned());
+        deps.insert(
+            module.to_owned(),
+            rest.split_whitespace().map(str::to_owned).collect(),
+        );
+    }
+    fn visit(
+        m: &str,
+        deps: &BTreeMap<String, Vec<String>>,
+        seen: &mut BTreeSet<String>,
+        out: &mut Vec<String>,
+    ) {
+        if !seen.insert(m.to_owned()) {
+            return;
+        }
+        for d in deps.get(m).into_iter().flatten() {
+            visit(d, deps, seen, out);
+        }
+        out.push(m.to_owned());
+    }
+    let mut seen = BTreeSet::new();
+    let mut out = Vec::new();
+    for n in names {
+        let module = by_name.get(*n).ok_or_else(|| {
+            HarnessError::Tool(format!("module {n} not in {}", dep_path.display()))
+        })?;
+        visit(module, &deps, &mut seen, &mut out);
+    }
+    Ok(out)
+}
+
+/// The ip_vs core and every scheduler module. `crc32c_generic` comes first: libcrc32c (under nf_conntrack)
+/// only names it as a soft dependency, which modules.dep does not list, and fails to load without it.
+pub const IPVS_MODULES: &[&str] = &[
+    "crc32c_generic",
+    "ip_vs",
+    "ip_vs_rr",
+    "ip_vs_wrr",
+    "ip_vs_lc",
+    "ip_vs_wlc",
+    "ip_vs_lblc",
+    "ip_vs_lblcr",
+    "ip_vs_dh",
+    "ip_vs_sh",
+    "ip_vs_sed",
+    "ip_vs_nq",
+    "ip_vs_fo",
+    "ip_vs_ovf",
+    "ip_vs_mh",
+];
+
+const INIT: &str = r#"#!/bin/busybox sh
+/bin/busybox mkdir -p /proc /sys /dev /tmp /run /sbin /usr/bin /usr/sbin
+/bin/busybox --install -s
+export PATH=/bin:/sbin:/usr/bin:/usr/sbin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+# IPVS refuses IPv4 destinations while the kernel has no local routing table, which appears with the first
+# address; a real node has its interfaces up by now.
+ip link set lo up
+for m in $(cat /etc/modules.load); do insmod "$m" || echo "insmod $m failed"; done
+echo "=== GUEST READY ==="
+sh /test.sh
+echo "=== GUEST DONE ==="
+poweroff -f
+"#;
+
+/// Builds a guest initramfs.
+#[derive(Debug)]
+pub struct Initramfs {
+    prereqs: Prereqs,
+    cpio: CpioWriter,
+    libs: BTreeSet<PathBuf>,
+    scratch: tempfile::TempDir,
+}
+
+impl Initramfs {
+    /// Busybox as /bin/busybox, `ipvsadm` with its libraries, the ip_vs modules, and `/init`.
+    pub fn new(prereqs: &Prereqs) -> Result<Initramfs, HarnessError> {
+        let scratch = tempfile::tempdir().map_err(io_err(Path::new("tempdir")))?;
+        let mut me = Initramfs {
+            prereqs: prereqs.clone(),
+            cpio: CpioWriter::new(),
+            libs: BTreeSet::new(),
+            scratch,
+        };
+        let busybox = std::fs::read(&prereqs.busybox).map_err(io_err(&prereqs.busybox))?;
+        me.cpio.file("/bin/busybox", 0o755, &busybox);
+        me.cpio.file("/init", 0o755, INIT.as_bytes());
+        let ipvsadm = prereqs.ipvsadm.clone();
+        me.binary(&ipvsadm, "/usr/sbin/ipvsadm")?;
+        let order = module_load_order(&prereqs.kernel_version, IPVS_MODULES)?;
+        let base = Path::new("/lib/modules").join(&prereqs.kernel_version);
+        let mut load = String::new();
+        for m in &order {
+            let host = base.join(m);
+            let data = std::fs::read(&host).map_err(io_err(&host))?;
+            let guest = format!("/lib/modules/{}/{m}", prereqs.kernel_version);
+            me.cpio.file(&guest, 0o644, &data);
+            load.push_str(&guest);
+            load.push('\n');
+        }
+        me.cpio.file("/etc/modules.load", 0o644, load.as_bytes());
+        Ok(me)
+    }
+
+    /// Adds a host program at `guest_path`, stripped of debug info when `strip` is available, with its
+    /// shared libraries at their host paths.
+    pub fn binary(&mut self, host: &Path, guest_path: &str) -> Result<&mut Self, HarnessError> {
+        let stripped = self.scratch.path().join(
+            host.file_name()
+                .map(|f| f.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "bin".into()),
+        );
+        let data = match Command::new("strip")
+            .arg("--strip-debug")
+            .arg("-o")
+            .arg(&stripped)
+            .arg(host)
+            .status()
+        {
+            Ok(s) if s.success() => std::fs::read(&stripped).map_err(io_err(&stripped))?,
+            _ => std::fs::read(host).map_err(io_err(host))?,
+        };
+        self.cpio.file(guest_path, 0o755, &data);
+        for lib in shared_libs(host)? {
+            if self.libs.insert(lib.clone()) {
+                let data = std::fs::read(&lib).map_err(io_err(&lib))?;
+                self.cpio.file(&lib.to_string_lossy(), 0o755, &data);
+            }
+        }
+        Ok(self)
+    }
+
+    pub fn file(&mut self, guest_path: &str, data: &[u8]) -> &mut Self {
+        self.cpio.file(guest_path, 0o644, data);
+        self
+    }
+
+    /// The script `/init` runs after loading modules; its output is the test result.
+    pub fn script(&mut self, text: &str) -> &mut Self {
+        self.cpio.file("/test.sh", 0o755, text.as_bytes());
+        self
+    }
+
+    /// Writes the archive and returns its path (inside the builder's scratch directory).
+    pub fn write(self) -> Result<(PathBuf, tempfile::TempDir), HarnessError> {
+        let path = self.scratch.path().join("initrd.cpio");
+        std::fs::write(&path, self.cpio.finish()).map_err(io_err(&path))?;
+        Ok((path, self.scratch))
+    }
+
+    pub fn prereqs(&self) -> &Prereqs {
+        &self.prereqs
+    }
+}
+
+/// Kills QEMU when dropped, so a failing or panicking test never leaves a VM behind.
+struct QemuGuard(Child);
+
+impl Drop for QemuGuard {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+        }
+        let _ = self.0.wait();
+    }
+}
+
+/// The serial console of a finished guest.
+#[derive(Debug, Clone)]
+pub struct GuestOutput {
+    pub console: String,
+    pub elapsed: Duration,
+}
+
+/// One marked section of guest output.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Section {
+    pub text: String,
+    pub rc: i32,
+}
+
+impl GuestOutput {
+    /// The text between `=== BEGIN name ===` and `=== END name rc=N ===`.
+    pub fn section(&self, name: &str) -> Option<Section> {
+        let begin = format!("=== BEGIN {name} ===");
+        let end = format!("=== END {name} rc=");
+        let start = self.console.find(&begin)? + begin.len();
+        let rest = &self.console[start..];
+        let stop = rest.find(&end)?;
+        let rc = rest[stop + end.len()..]
+            .split(|c: char| !c.is_ascii_digit() && c != '-')
+            .next()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(-1);
+        Some(Section {
+            text: rest[..stop].replace('\r', "").trim_matches('\n').to_owned(),
+            rc,
+        })
+    }
+
+    pub fn finished(&self) -> bool {
+        self.console.contains("=== GUEST DONE ===")
+    }
+}
+
+/// Boots the kernel with `initrd` and returns the console once the guest powers off.
+pub fn boot(
+    prereqs: &Prereqs,
+    initrd: &Path,
+    timeout: Duration,
+) -> Result<GuestOutput, HarnessError> {
+    let start = Instant::now();
+    let child = Command::new(&prereqs.qemu)
+        .args([
+            "-accel",
+            "tcg",
+            "-m",
+            "1024",
+            "-smp",
+            "1",
+            "-nodefaults",
+            "-display",
+            "none",
+        ])
+        .args(["-no-reboot", "-serial", "stdio", "-monitor", "none"])
+        .arg("-kernel")
+        .arg(&prereqs.kernel)
+        .arg("-initrd")
+        .arg(initrd)
+        .args(["-append", "console=ttyS0 panic=-1 quiet loglevel=3"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(io_err(&prereqs.qemu))?;
+    let mut guard = QemuGuard(child);
+    let mut stdout = guard
+        .0
+        .stdout
+        .take()
+        .ok_or_else(|| HarnessError::Tool("no QEMU stdout".into()))?;
+    let (tx, rx) = std::sync::mpsc::channel::<Vec<u8>>();
+    let reader = std::thread::spawn(move || {
+        let mut buf = [0u8; 8192];
+        while let Ok(n) = stdout.read(&mut buf) {
+            if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                break;
+            }
+        }
+    });
+    let mut console = Vec::new();
+    let deadline = start + timeout;
+    loop {
+        while let Ok(chunk) = rx.try_recv() {
+            console.extend_from_slice(&chunk);
+        }
+        match guard.0.try_wait() {
+            Ok(Some(_)) => break,
+            Ok(None) => {}
+            Err(e) => return Err(HarnessError::Tool(format!("waiting for QEMU: {e}"))),
+        }
+        if Instant::now() >= deadline {
+            drop(guard);
+            let _ = reader.join();
+            while let Ok(chunk) = rx.try_recv() {
+                console.extend_from_slice(&chunk);
+            }
+            return Err(HarnessError::Timeout {
+                timeout,
+                console: String::from_utf8_lossy(&console).into_owned(),
+            });
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = reader.join();
+    while let Ok(chunk) = rx.try_recv() {
+        console.extend_from_slice(&chunk);
+    }
+    let mut stderr = String::new();
+    if let Some(mut e) = guard.0.stderr.take() {
+        let _ = e.read_to_string(&mut stderr);
+    }
+    let out = GuestOutput {
+        console: String::from_utf8_lossy(&console).into_owned(),
+        elapsed: start.elapsed(),
+    };
+    if !out.finished() {
+        return Err(HarnessError::Tool(format!(
+            "QEMU exited before the guest finished; stderr: {stderr}\nconsole:\n{}",
+            out.console
+        )));
+    }
+    Ok(out)
+}
+
+/// Path of a binary of another workspace package, built with the same profile as the running test
+/// (`target/<profile>/<name>`); runs `cargo build` for it first so it is never stale.
+pub fn workspace_binary(package: &str, name: &str) -> Result<PathBuf, HarnessError> {
+    let exe = std::env::current_exe().map_err(io_err(Path::new("current_exe")))?;
+    // target/<profile>/deps/<test> -> target/<profile>
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .ok_or_else(|| HarnessError::Tool(format!("unexpected test path {}", exe.display())))?;
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.args(["build", "-p", package, "--bin", name]);
+    if profile_dir.file_name().is_some_and(|p| p == "release") {
+        cmd.arg("--release");
+    }
+    let status = cmd.status().map_err(io_err(Path::new("cargo")))?;
+    if !status.success() {
+        return Err(HarnessError::Tool(format!(
+            "cargo build -p {package} failed"
+        )));
+    }
+    let bin = profile_dir.join(name);
+    if !bin.is_file() {
+        return Err(HarnessError::Tool(format!(
+            "{} was not built",
+            bin.display()
+        )));
+    }
+    Ok(bin)
+}
