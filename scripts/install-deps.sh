@@ -5,8 +5,8 @@ set -euo pipefail
 
 packages=(build-essential pkg-config ca-certificates curl sqlite3)
 # VM test tier (tests/): QEMU (TCG), Debian's kernel with the ip_vs modules, static busybox for the guest
-# initramfs, and ipvsadm as the reference the guest tests compare against.
-packages+=(qemu-system-x86 linux-image-amd64 busybox-static ipvsadm)
+# initramfs, ipvsadm as the reference the guest tests compare against, strace to record its netlink bytes.
+packages+=(qemu-system-x86 linux-image-amd64 busybox-static ipvsadm strace)
 
 missing=()
 for p in "${packages[@]}"; do

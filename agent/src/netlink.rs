@@ -285,7 +285,9 @@ impl IpvsSocket {
                             errno,
                         })
                     }
-                    Body::Ack => return Ok(out),
+                    // Dumps are sent with NLM_F_ACK like ipvsadm does; the kernel does not ack a started
+                    // dump, but an ack is never the end of one: DONE is.
+                    Body::Ack => continue,
                     Body::Genl { attrs, .. } => {
                         out.push(parse(attrs)?);
                         if m.flags & NLM_F_MULTI == 0 && m.msg_type != NLMSG_ERROR {

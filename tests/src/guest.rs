@@ -45,6 +45,8 @@ pub struct Prereqs {
     pub kernel_version: String,
     pub busybox: PathBuf,
     pub ipvsadm: PathBuf,
+    /// Records what ipvsadm sends and receives, for the codec comparison.
+    pub strace: PathBuf,
 }
 
 fn which(name: &str) -> Option<PathBuf> {
@@ -94,13 +96,24 @@ pub fn prereqs() -> Result<Prereqs, HarnessError> {
     if ipvsadm.is_none() {
         missing.push("ipvsadm (package ipvsadm)".to_owned());
     }
-    match (qemu, kernel, busybox, ipvsadm) {
-        (Some(qemu), Some((kernel_version, kernel)), Some(busybox), Some(ipvsadm)) => Ok(Prereqs {
+    let strace = which("strace");
+    if strace.is_none() {
+        missing.push("strace (package strace)".to_owned());
+    }
+    match (qemu, kernel, busybox, ipvsadm, strace) {
+        (
+            Some(qemu),
+            Some((kernel_version, kernel)),
+            Some(busybox),
+            Some(ipvsadm),
+            Some(strace),
+        ) => Ok(Prereqs {
             qemu,
             kernel,
             kernel_version,
             busybox,
             ipvsadm,
+            strace,
         }),
         _ => Err(HarnessError::Missing(missing)),
     }
@@ -259,6 +272,8 @@ impl Initramfs {
         me.cpio.file("/init", 0o755, INIT.as_bytes());
         let ipvsadm = prereqs.ipvsadm.clone();
         me.binary(&ipvsadm, "/usr/sbin/ipvsadm")?;
+        let strace = prereqs.strace.clone();
+        me.binary(&strace, "/usr/bin/strace")?;
         let order = module_load_order(&prereqs.kernel_version, IPVS_MODULES)?;
         let base = Path::new("/lib/modules").join(&prereqs.kernel_version);
         let mut load = String::new();

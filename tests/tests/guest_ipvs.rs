@@ -6,12 +6,17 @@
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use lbfleet_agent::ipvs::codec::{self, Body, IpvsRequest};
+use lbfleet_agent::ipvs::{
+    DestKey, Destination, Family, Forward, IpProto, Service, ServiceKey, SVC_F_PERSISTENT,
+};
 use lbfleet_agent::reconcile::{desired_state, HealthResults};
 use lbfleet_proto::{
     ForwardMethod, HealthCheck, Protocol, RealServer, RoleDocument, Scheduler, VirtualService,
 };
 use lbfleet_tests::guest::{self, GuestOutput, Initramfs, Section};
 use lbfleet_tests::ipvsadm::{normalize_ipvsadm, normalize_state};
+use lbfleet_tests::strace;
 
 fn rs(addr: &str, port: u16, weight: u32) -> RealServer {
     RealServer {
@@ -131,6 +136,21 @@ run probe_setup guest-ipvs-probe setup
 run probe_ipvsadm ipvsadm -Ln
 run probe_teardown guest-ipvs-probe teardown
 run probe_after ipvsadm -Ln
+ipvsadm -C
+cap() { name=$1; shift; echo "=== BEGIN $name ==="; strace -e trace=sendmsg,recvmsg -e write=all -e read=all "$@" 2>&1; echo "=== END $name rc=$? ==="; }
+cap cap_add_svc ipvsadm -A -t 198.18.0.10:80 -s wrr
+cap cap_add_dest ipvsadm -a -t 198.18.0.10:80 -r 198.18.2.1:8080 -m -w 3
+cap cap_edit_dest ipvsadm -e -t 198.18.0.10:80 -r 198.18.2.1:8080 -m -w 5
+cap cap_add_dest_dr ipvsadm -a -t 198.18.0.10:80 -r 198.18.2.2:80 -g -w 1
+cap cap_add_dest_tun ipvsadm -a -t 198.18.0.10:80 -r 198.18.2.3:80 -i -w 2
+cap cap_edit_svc ipvsadm -E -t 198.18.0.10:80 -s rr -p 300 -M 255.255.255.0
+cap cap_add_fwm ipvsadm -A -f 7 -s mh
+cap cap_add_fwm6 ipvsadm -A -f 2 -6 -s lc
+cap cap_add_udp ipvsadm -A -u 198.18.0.10:53 -s sh
+cap cap_list ipvsadm -Ln
+cap cap_del_dest ipvsadm -d -t 198.18.0.10:80 -r 198.18.2.1:8080
+cap cap_del_svc ipvsadm -D -t 198.18.0.10:80
+ipvsadm -C
 "#;
 
 static GUEST: OnceLock<Option<Result<GuestOutput, String>>> = OnceLock::new();
@@ -310,5 +330,246 @@ fn netlink_codec_matches_ipvsadm_for_every_kind_of_service() {
     assert_eq!(
         normalize_ipvsadm(&section("probe_after").unwrap().text),
         Vec::<String>::new()
+    );
+}
+
+fn hexdump(b: &[u8]) -> String {
+    b.chunks(16)
+        .map(|c| {
+            c.iter()
+                .map(|x| format!("{x:02x}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The IPVS request ipvsadm sent in section `name` (the one with `cmd`), as raw bytes.
+fn sent_by_ipvsadm(name: &str, cmd: u8) -> Option<Vec<u8>> {
+    let sec = section(name)?;
+    assert_eq!(sec.rc, 0, "{name}: {}", sec.text);
+    let caps = strace::parse(&sec.text);
+    for c in caps.iter().filter(|c| c.send) {
+        let msgs = codec::decode_messages(&c.bytes).unwrap_or_default();
+        if let Some(m) = msgs.first() {
+            if m.msg_type != codec::GENL_ID_CTRL
+                && matches!(m.body, Body::Genl { cmd: c2, .. } if c2 == cmd)
+            {
+                return Some(c.bytes.clone());
+            }
+        }
+    }
+    panic!("{name}: no IPVS command {cmd} sent:\n{}", sec.text);
+}
+
+fn header(b: &[u8]) -> (u16, u32, u32) {
+    let family = u16::from_ne_bytes([b[4], b[5]]);
+    let seq = u32::from_ne_bytes([b[8], b[9], b[10], b[11]]);
+    let pid = u32::from_ne_bytes([b[12], b[13], b[14], b[15]]);
+    (family, seq, pid)
+}
+
+fn tcp80() -> ServiceKey {
+    ServiceKey::Addr {
+        protocol: IpProto::Tcp,
+        addr: "198.18.0.10".parse().unwrap(),
+        port: 80,
+    }
+}
+
+fn dest(addr: &str, port: u16, forward: Forward, weight: u32) -> Destination {
+    Destination::new(addr.parse().unwrap(), port, forward, weight)
+}
+
+#[test]
+fn codec_sends_the_same_bytes_as_ipvsadm() {
+    let mut persistent = Service::new(tcp80(), "rr");
+    persistent.flags = SVC_F_PERSISTENT;
+    persistent.timeout_s = 300;
+    persistent.netmask_prefix = 24;
+    let cases: Vec<(&str, IpvsRequest)> = vec![
+        (
+            "cap_add_svc",
+            IpvsRequest::NewService(Service::new(tcp80(), "wrr")),
+        ),
+        (
+            "cap_add_dest",
+            IpvsRequest::NewDest(tcp80(), dest("198.18.2.1", 8080, Forward::Masq, 3)),
+        ),
+        (
+            "cap_edit_dest",
+            IpvsRequest::SetDest(tcp80(), dest("198.18.2.1", 8080, Forward::Masq, 5)),
+        ),
+        (
+            "cap_add_dest_dr",
+            IpvsRequest::NewDest(tcp80(), dest("198.18.2.2", 80, Forward::Route, 1)),
+        ),
+        (
+            "cap_add_dest_tun",
+            IpvsRequest::NewDest(tcp80(), dest("198.18.2.3", 80, Forward::Tunnel, 2)),
+        ),
+        ("cap_edit_svc", IpvsRequest::SetService(persistent)),
+        (
+            "cap_add_fwm",
+            IpvsRequest::NewService(Service::new(
+                ServiceKey::Fwmark {
+                    family: Family::V4,
+                    mark: 7,
+                },
+                "mh",
+            )),
+        ),
+        (
+            "cap_add_fwm6",
+            IpvsRequest::NewService(Service::new(
+                ServiceKey::Fwmark {
+                    family: Family::V6,
+                    mark: 2,
+                },
+                "lc",
+            )),
+        ),
+        (
+            "cap_add_udp",
+            IpvsRequest::NewService(Service::new(
+                ServiceKey::Addr {
+                    protocol: IpProto::Udp,
+                    addr: "198.18.0.10".parse().unwrap(),
+                    port: 53,
+                },
+                "sh",
+            )),
+        ),
+        ("cap_list", IpvsRequest::DumpServices),
+    ];
+    let mut mismatches = Vec::new();
+    for (name, req) in &cases {
+        let Some(theirs) = sent_by_ipvsadm(name, req.cmd()) else {
+            return;
+        };
+        let (family, seq, pid) = header(&theirs);
+        let ours = req.encode(family, seq, pid);
+        let same = match req {
+            // ipvsadm repeats the whole service before a destination; lbfleet sends its key. The destination
+            // nest must be identical and the service the same one.
+            IpvsRequest::NewDest(key, _) | IpvsRequest::SetDest(key, _) => {
+                let attrs = |b: &[u8]| b[codec::NLMSG_HDRLEN + codec::GENL_HDRLEN..].to_vec();
+                let (t, o) = (attrs(&theirs), attrs(&ours));
+                let (ta, oa) = (
+                    codec::Attrs::parse(&t).unwrap(),
+                    codec::Attrs::parse(&o).unwrap(),
+                );
+                ta.get(codec::IPVS_CMD_ATTR_DEST) == oa.get(codec::IPVS_CMD_ATTR_DEST)
+                    && codec::parse_service(&t).unwrap().service.key == *key
+            }
+            _ => ours == theirs,
+        };
+        if !same {
+            mismatches.push(format!(
+                "{name}:\nipvsadm:\n{}\nlbfleet:\n{}",
+                hexdump(&theirs),
+                hexdump(&ours)
+            ));
+        }
+    }
+    assert!(mismatches.is_empty(), "{}", mismatches.join("\n\n"));
+}
+
+#[test]
+fn deletes_name_the_same_objects_as_ipvsadm() {
+    // ipvsadm sends the full service/destination on delete; lbfleet sends only the key, which is all the
+    // kernel reads. Both must name the same objects.
+    let Some(theirs) = sent_by_ipvsadm("cap_del_svc", codec::IPVS_CMD_DEL_SERVICE) else {
+        return;
+    };
+    let msgs = codec::decode_messages(&theirs).unwrap();
+    let Body::Genl { attrs, .. } = msgs[0].body else {
+        panic!("not genl")
+    };
+    assert_eq!(codec::parse_service(attrs).unwrap().service.key, tcp80());
+
+    let theirs = sent_by_ipvsadm("cap_del_dest", codec::IPVS_CMD_DEL_DEST).unwrap();
+    let msgs = codec::decode_messages(&theirs).unwrap();
+    let Body::Genl { attrs, .. } = msgs[0].body else {
+        panic!("not genl")
+    };
+    let d = codec::parse_dest(attrs, Family::V4).unwrap();
+    assert_eq!(
+        d.dest.key,
+        DestKey {
+            addr: "198.18.2.1".parse().unwrap(),
+            port: 8080
+        }
+    );
+}
+
+#[test]
+fn codec_parses_the_dump_ipvsadm_received() {
+    let Some(list) = section("cap_list") else {
+        return;
+    };
+    let mut services = Vec::new();
+    let mut dests = Vec::new();
+    for c in strace::parse(&list.text).iter().filter(|c| !c.send) {
+        for m in codec::decode_messages(&c.bytes).unwrap() {
+            if let Body::Genl { cmd, attrs } = m.body {
+                if m.msg_type == codec::GENL_ID_CTRL {
+                    continue;
+                }
+                match cmd {
+                    codec::IPVS_CMD_NEW_SERVICE => {
+                        services.push(codec::parse_service(attrs).unwrap())
+                    }
+                    codec::IPVS_CMD_NEW_DEST => {
+                        dests.push(codec::parse_dest(attrs, Family::V4).unwrap())
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+    let mut keys: Vec<ServiceKey> = services.iter().map(|s| s.service.key).collect();
+    keys.sort();
+    let mut want = vec![
+        tcp80(),
+        ServiceKey::Addr {
+            protocol: IpProto::Udp,
+            addr: "198.18.0.10".parse().unwrap(),
+            port: 53,
+        },
+        ServiceKey::Fwmark {
+            family: Family::V4,
+            mark: 7,
+        },
+        ServiceKey::Fwmark {
+            family: Family::V6,
+            mark: 2,
+        },
+    ];
+    want.sort();
+    assert_eq!(keys, want, "{}", list.text);
+    let tcp = services.iter().find(|s| s.service.key == tcp80()).unwrap();
+    assert!(tcp.service.persistent());
+    assert_eq!(
+        (
+            tcp.service.scheduler.as_str(),
+            tcp.service.timeout_s,
+            tcp.service.netmask_prefix
+        ),
+        ("rr", 300, 24)
+    );
+    let mut got: Vec<(String, Forward, u32)> = dests
+        .iter()
+        .map(|d| (d.dest.key.to_string(), d.dest.forward, d.dest.weight))
+        .collect();
+    got.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(
+        got,
+        [
+            ("198.18.2.1:8080".to_owned(), Forward::Masq, 5),
+            ("198.18.2.2:80".to_owned(), Forward::Route, 1),
+            ("198.18.2.3:80".to_owned(), Forward::Tunnel, 2),
+        ]
     );
 }

@@ -50,7 +50,7 @@ fn new_service_tcp_v4_wrr_bytes() {
     let want = hex("
         68000000 2200 0500 01000000 00000000   # len 104, family 0x22, REQUEST|ACK, seq 1
         01 01 0000                             # IPVS_CMD_NEW_SERVICE, version 1
-        5400 0100                              # IPVS_CMD_ATTR_SERVICE, nest of 84
+        5400 0180                              # IPVS_CMD_ATTR_SERVICE | NLA_F_NESTED, nest of 84
           0600 0100 0200 0000                  # AF = AF_INET
           0600 0200 0600 0000                  # PROTOCOL = TCP
           1400 0300 c612000a 00000000 00000000 00000000  # ADDR 198.18.0.10 as nf_inet_addr
@@ -63,6 +63,54 @@ fn new_service_tcp_v4_wrr_bytes() {
     assert_eq!(got, want);
 }
 
+/// Captured in the guest with `strace -e write=all ipvsadm -A -t 198.18.0.10:80 -s wrr` (ipvsadm 1.31, libnl
+/// 3.7, Debian 12): family 0x20, seq 0x6b087b32, port id 0xe840008c.
+#[test]
+fn new_service_matches_ipvsadm_capture() {
+    let captured = hex("
+        68 00 00 00 20 00 05 00 32 7b 08 6b 8c 00 40 e8
+        01 01 00 00 54 00 01 80 06 00 01 00 02 00 00 00
+        06 00 02 00 06 00 00 00 14 00 03 00 c6 12 00 0a
+        00 00 00 00 00 00 00 00 00 00 00 00 06 00 04 00
+        00 50 00 00 08 00 06 00 77 72 72 00 0c 00 07 00
+        00 00 00 00 ff ff ff ff 08 00 08 00 00 00 00 00
+        08 00 09 00 ff ff ff ff
+        ");
+    let ours = IpvsRequest::NewService(Service::new(tcp80(), "wrr")).encode(
+        0x20,
+        0x6b08_7b32,
+        0xe840_008c,
+    );
+    assert_eq!(ours, captured);
+}
+
+/// The destination nest of `ipvsadm -a -t 198.18.0.10:80 -r 198.18.2.1:8080 -m -w 3`, captured as above.
+/// (ipvsadm repeats the whole service before it; lbfleet sends the service key only.)
+#[test]
+fn dest_nest_matches_ipvsadm_capture() {
+    let captured_dest_nest = hex("
+        60 00 02 80 06 00 0b 00 02 00 00 00 14 00 01 00
+        c6 12 02 01 00 00 00 00 00 00 00 00 00 00 00 00
+        06 00 02 00 1f 90 00 00 08 00 03 00 00 00 00 00
+        08 00 04 00 03 00 00 00 05 00 0d 00 00 00 00 00
+        06 00 0e 00 00 00 00 00 06 00 0f 00 00 00 00 00
+        08 00 05 00 00 00 00 00 08 00 06 00 00 00 00 00
+        ");
+    let d = Destination::new(v4("198.18.2.1"), 8080, Forward::Masq, 3);
+    let ours = IpvsRequest::NewDest(tcp80(), d).encode(0x20, 1, 0);
+    assert!(ours.ends_with(&captured_dest_nest), "{ours:02x?}");
+}
+
+/// `ipvsadm -Ln`'s dump request, captured as above.
+#[test]
+fn dump_request_matches_ipvsadm_capture() {
+    let captured = hex("14 00 00 00 20 00 05 03 5e 7b 08 6b 6d 01 40 d5 04 01 00 00");
+    assert_eq!(
+        IpvsRequest::DumpServices.encode(0x20, 0x6b08_7b5e, 0xd540_016d),
+        captured
+    );
+}
+
 #[test]
 fn set_service_persistent_v4_netmask_bytes() {
     let mut svc = Service::new(tcp80(), "rr");
@@ -73,7 +121,7 @@ fn set_service_persistent_v4_netmask_bytes() {
     let want = hex("
         68000000 2200 0500 07000000 00000000
         02 01 0000                             # IPVS_CMD_SET_SERVICE
-        5400 0100
+        5400 0180
           0600 0100 0200 0000
           0600 0200 0600 0000
           1400 0300 c612000a 00000000 00000000 00000000
@@ -102,7 +150,7 @@ fn new_service_fwmark_v6_bytes() {
     let want = hex("
         4c000000 2200 0500 02000000 00000000   # len 76
         01 01 0000
-        3800 0100                              # nest of 56
+        3800 0180                              # nest of 56
           0600 0100 0a00 0000                  # AF = AF_INET6
           0800 0500 2a000000                   # FWMARK 42
           0700 0600 6d6800 00                  # \"mh\\0\"
@@ -119,7 +167,7 @@ fn del_service_sends_only_the_key() {
     let want = hex("
         44000000 2200 0500 03000000 00000000   # len 68
         03 01 0000                             # IPVS_CMD_DEL_SERVICE
-        3000 0100                              # IPVS_CMD_ATTR_SERVICE (key only), nest of 48
+        3000 0180                              # IPVS_CMD_ATTR_SERVICE (key only) | NLA_F_NESTED, nest of 48
           0600 0100 0200 0000
           0600 0200 0600 0000
           1400 0300 c612000a 00000000 00000000 00000000
@@ -132,7 +180,7 @@ fn del_service_sends_only_the_key() {
 fn dump_services_bytes() {
     let got = IpvsRequest::DumpServices.encode(FAMILY, 4, 0);
     let want = hex("
-        14000000 2200 0103 04000000 00000000   # len 20, REQUEST|DUMP (0x301)
+        14000000 2200 0503 04000000 00000000   # len 20, REQUEST|ACK|DUMP (0x305), as ipvsadm
         04 01 0000                             # IPVS_CMD_GET_SERVICE, no attributes
         ");
     assert_eq!(got, want);
@@ -143,30 +191,33 @@ fn new_dest_nat_and_set_dest_weight_bytes() {
     let d = Destination::new(v4("198.18.2.1"), 8080, Forward::Masq, 3);
     let got = IpvsRequest::NewDest(tcp80(), d).encode(FAMILY, 5, 0);
     let dest_block = "
-        4800 0200                              # IPVS_CMD_ATTR_DEST, nest of 72
+        6000 0280                              # IPVS_CMD_ATTR_DEST | NLA_F_NESTED, nest of 96
+          0600 0b00 0200 0000                  # ADDR_FAMILY AF_INET
           1400 0100 c6120201 00000000 00000000 00000000   # ADDR 198.18.2.1
           0600 0200 1f90 0000                  # PORT 8080
           0800 0300 00000000                   # FWD_METHOD MASQ
           0800 0400 03000000                   # WEIGHT 3
+          0500 0d00 00 000000                  # TUN_TYPE 0 (u8) + 3 pad
+          0600 0e00 0000 0000                  # TUN_PORT 0
+          0600 0f00 0000 0000                  # TUN_FLAGS 0
           0800 0500 00000000                   # U_THRESH
           0800 0600 00000000                   # L_THRESH
-          0600 0b00 0200 0000                  # ADDR_FAMILY AF_INET
     ";
     let svc_key = "
-        3000 0100                              # IPVS_CMD_ATTR_SERVICE (key only), nest of 48
+        3000 0180                              # IPVS_CMD_ATTR_SERVICE (key only) | NLA_F_NESTED, nest of 48
           0600 0100 0200 0000
           0600 0200 0600 0000
           1400 0300 c612000a 00000000 00000000 00000000
           0600 0400 0050 0000
     ";
     let want = hex(&format!(
-        "8c000000 2200 0500 05000000 00000000  05 01 0000 {svc_key} {dest_block}"
+        "a4000000 2200 0500 05000000 00000000  05 01 0000 {svc_key} {dest_block}"
     ));
     assert_eq!(got, want);
 
     let got = IpvsRequest::SetDest(tcp80(), d).encode(FAMILY, 6, 0);
     let want = hex(&format!(
-        "8c000000 2200 0500 06000000 00000000  06 01 0000 {svc_key} {dest_block}"
+        "a4000000 2200 0500 06000000 00000000  06 01 0000 {svc_key} {dest_block}"
     ));
     assert_eq!(got, want);
 }
@@ -182,8 +233,8 @@ fn dest_forward_methods_encode_their_numbers() {
     ] {
         let d = Destination::new(v4("198.18.2.1"), 80, fwd, 1);
         let bytes = IpvsRequest::NewDest(tcp80(), d).encode(FAMILY, 1, 0);
-        // FWD_METHOD value sits after: hdr 20, svc nest 48, dest nest hdr 4, ADDR 20, PORT 8, attr hdr 4.
-        assert_eq!(bytes[20 + 48 + 4 + 20 + 8 + 4], raw, "{fwd:?}");
+        // FWD_METHOD value sits after: hdr 20, svc nest 48, dest nest hdr 4, AF 8, ADDR 20, PORT 8, attr hdr 4.
+        assert_eq!(bytes[20 + 48 + 4 + 8 + 20 + 8 + 4], raw, "{fwd:?}");
         assert_eq!(Forward::from_raw(u32::from(raw)), Some(fwd));
     }
 }
@@ -203,12 +254,12 @@ fn del_dest_v6_bytes() {
     let want = hex("
         64000000 2200 0500 09000000 00000000   # len 100
         07 01 0000                             # IPVS_CMD_DEL_DEST
-        3000 0100                              # IPVS_CMD_ATTR_SERVICE (key only), nest of 48
+        3000 0180                              # IPVS_CMD_ATTR_SERVICE (key only) | NLA_F_NESTED, nest of 48
           0600 0100 0a00 0000                  # AF_INET6
           0600 0200 1100 0000                  # UDP
           1400 0300 20010db8 00000000 00000000 00000010
           0600 0400 0035 0000                  # PORT 53
-        2000 0200
+        2000 0280                              # IPVS_CMD_ATTR_DEST (key only)
           1400 0100 20010db8 00000000 00000000 00020001
           0600 0200 0035 0000
         ");
