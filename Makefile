@@ -2,7 +2,7 @@
 CARGO ?= cargo
 SERVER := target/release/lbfleet-server
 
-.PHONY: all deps build demo test lint unit guest bench bench-longpoll clean
+.PHONY: all deps build demo test lint unit guest bench bench-longpoll bench-ipvs clean
 
 all: build
 
@@ -31,10 +31,14 @@ unit:
 guest: deps
 	$(CARGO) test -p lbfleet-tests --test guest_ipvs
 
-bench: bench-longpoll
+bench: bench-longpoll bench-ipvs
 
 bench-longpoll: deps
 	$(CARGO) run --release -p lbfleet-bench --bin bench-longpoll -- $(BENCH_ARGS)
+
+# IPVS programming in a QEMU guest: lbfleet-agent vs ipvsadm -R (release build of agent, probe and bench).
+bench-ipvs: deps
+	$(CARGO) run --release -p lbfleet-bench --bin bench-ipvs -- $(BENCH_ARGS)
 
 clean:
 	$(CARGO) clean

@@ -172,10 +172,12 @@ async fn apply(role: PathBuf, watch: bool, resync: Duration) -> anyhow::Result<(
     )
     .await?;
     eprintln!(
-        "applied: {} change(s) planned, {} applied, {} failed",
+        "applied: {} change(s) planned, {} applied, {} failed (read {:.3} ms, apply {:.3} ms)",
         out.planned,
         out.applied,
-        out.errors.len()
+        out.errors.len(),
+        out.observe_time.as_secs_f64() * 1e3,
+        out.apply_time.as_secs_f64() * 1e3
     );
     for e in &out.errors {
         eprintln!("  error: {e}");

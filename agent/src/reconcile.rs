@@ -473,6 +473,10 @@ pub struct ReconcileOutcome {
     pub errors: Vec<String>,
     /// The table as read after the pass (with counters).
     pub table: IpvsTable,
+    /// Reading the kernel before planning.
+    pub observe_time: std::time::Duration,
+    /// Sending the plan and collecting every ACK.
+    pub apply_time: std::time::Duration,
 }
 
 impl ReconcileOutcome {
@@ -488,17 +492,23 @@ pub fn reconcile(
     applier: &mut dyn Applier,
     desired: &IpvsState,
 ) -> Result<ReconcileOutcome, ApplyError> {
+    let started = std::time::Instant::now();
     let before = applier.observe()?;
+    let observe_time = started.elapsed();
     let plan = plan(desired, &IpvsState::from(&before));
     if plan.is_empty() {
         return Ok(ReconcileOutcome {
             table: before,
+            observe_time,
             ..Default::default()
         });
     }
+    let applying = std::time::Instant::now();
     let results = applier.apply(&plan.ops);
     let mut outcome = ReconcileOutcome {
         planned: plan.len(),
+        observe_time,
+        apply_time: applying.elapsed(),
         ..Default::default()
     };
     for (op, r) in plan.ops.iter().zip(results) {

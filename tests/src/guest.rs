@@ -484,11 +484,15 @@ pub fn boot(
 /// (`target/<profile>/<name>`); runs `cargo build` for it first so it is never stale.
 pub fn workspace_binary(package: &str, name: &str) -> Result<PathBuf, HarnessError> {
     let exe = std::env::current_exe().map_err(io_err(Path::new("current_exe")))?;
-    // target/<profile>/deps/<test> -> target/<profile>
-    let profile_dir = exe
+    // target/<profile>/deps/<test> or target/<profile>/<bin> -> target/<profile>
+    let parent = exe
         .parent()
-        .and_then(Path::parent)
-        .ok_or_else(|| HarnessError::Tool(format!("unexpected test path {}", exe.display())))?;
+        .ok_or_else(|| HarnessError::Tool(format!("unexpected path {}", exe.display())))?;
+    let profile_dir = if parent.file_name().is_some_and(|n| n == "deps") {
+        parent.parent().unwrap_or(parent)
+    } else {
+        parent
+    };
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.args(["build", "-p", package, "--bin", name]);

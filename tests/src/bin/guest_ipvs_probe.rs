@@ -2,7 +2,8 @@
 //! (each scheduler, NAT/DR/TUN, persistence with netmask, firewall marks, IPv4 and IPv6) and prints the table
 //! it dumps back, normalized, so the host test can compare it with `ipvsadm -Ln` in the same guest.
 //!
-//! `setup`: program and print; `teardown`: delete what `setup` made and check the table is empty.
+//! `setup`: program and print; `teardown`: delete what `setup` made and check the table is empty;
+//! `time CMD ARGS..`: run a command and print its wall time (busybox has no sub-millisecond clock).
 
 use std::net::IpAddr;
 use std::process::ExitCode;
@@ -135,8 +136,35 @@ fn teardown(sock: &mut IpvsSocket) -> Result<(), String> {
     Ok(())
 }
 
+/// Runs a command and prints `BENCH ms=<wall time>`; exits with the command's status.
+fn time(args: &[String]) -> ExitCode {
+    let Some((cmd, rest)) = args.split_first() else {
+        println!("PROBE error: time needs a command");
+        return ExitCode::FAILURE;
+    };
+    let start = std::time::Instant::now();
+    let status = std::process::Command::new(cmd).args(rest).status();
+    let ms = start.elapsed().as_secs_f64() * 1e3;
+    println!("BENCH ms={ms:.3}");
+    match status {
+        Ok(s) if s.success() => ExitCode::SUCCESS,
+        Ok(s) => {
+            println!("PROBE error: {cmd} exited with {s}");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            println!("PROBE error: {cmd}: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn main() -> ExitCode {
-    let mode = std::env::args().nth(1).unwrap_or_default();
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("time") {
+        return time(&args[2..]);
+    }
+    let mode = args.get(1).cloned().unwrap_or_default();
     let result = IpvsSocket::open()
         .map_err(|e| format!("open: {e}"))
         .and_then(|mut sock| match mode.as_str() {

@@ -1,0 +1,242 @@
+//! IPVS apply: 1,000 services x 10 destinations programmed from an empty table, and one destination's weight
+//! changed in that full table, by `lbfleet-agent apply` and by `ipvsadm -R` / `ipvsadm -e` fed the same rules,
+//! in the same QEMU guest (Debian kernel, TCG), alternating, several rounds. Times are wall times of the whole
+//! command (process start, reading the kernel, applying), measured in the guest.
+//!
+//! Targets (issue 4): full apply at most 0.5x ipvsadm's time; a one-destination change under 10 ms that
+//! touches nothing else (the agent's plan must be exactly one operation).
+
+#![allow(clippy::unwrap_used)]
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use anyhow::{ensure, Context};
+use clap::Parser;
+use lbfleet_proto::{
+    ForwardMethod, HealthCheck, Protocol, RealServer, RoleDocument, Scheduler, VirtualService,
+};
+use lbfleet_tests::guest::{self, GuestOutput, Initramfs};
+
+#[derive(Debug, Parser)]
+#[command(about = "Measure IPVS programming time: lbfleet-agent vs ipvsadm -R in one QEMU guest")]
+struct Args {
+    /// Virtual services
+    #[arg(long, default_value_t = 1000)]
+    services: usize,
+    /// Destinations per service
+    #[arg(long, default_value_t = 10)]
+    dests: usize,
+    /// Rounds (each runs both tools)
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+}
+
+/// Service `i`: VIP 198.18.0.10-.59, port 80.. ; destinations 198.18.2.1.. with a per-service port.
+fn role(services: usize, dests: usize, generation: u64) -> RoleDocument {
+    RoleDocument {
+        generation,
+        node: "bench".into(),
+        cluster: None,
+        role: None,
+        vrrp: None,
+        services: (0..services)
+            .map(|i| VirtualService {
+                vip: format!("198.18.0.{}", 10 + i % 50),
+                port: 80 + (i / 50) as u16,
+                protocol: Protocol::Tcp,
+                scheduler: Scheduler::Wrr,
+                forward: ForwardMethod::Nat,
+                persistence_s: 0,
+                persistence_prefix: None,
+                check: HealthCheck::tcp(),
+                real_servers: (0..dests)
+                    .map(|j| RealServer {
+                        address: format!("198.18.2.{}", 1 + j),
+                        port: 10000 + i as u16,
+                        weight: 1 + j as u32,
+                        enabled: true,
+                    })
+                    .collect(),
+            })
+            .collect(),
+    }
+}
+
+/// The same table as `ipvsadm -R` input.
+fn rules(role: &RoleDocument) -> String {
+    let mut out = String::new();
+    for s in &role.services {
+        let _ = writeln!(out, "-A -t {}:{} -s {}", s.vip, s.port, s.scheduler);
+        for r in &s.real_servers {
+            let _ = writeln!(
+                out,
+                "-a -t {}:{} -r {}:{} -m -w {}",
+                s.vip, s.port, r.address, r.port, r.weight
+            );
+        }
+    }
+    out
+}
+
+fn script(rounds: usize, changed: &str) -> String {
+    format!(
+        r#"
+run() {{ name=$1; shift; echo "=== BEGIN $name ==="; "$@" 2>&1; echo "=== END $name rc=$? ==="; }}
+T=guest-ipvs-probe
+for k in $(seq 1 {rounds}); do
+  ipvsadm -C
+  run ipvsadm_full_$k $T time sh -c 'ipvsadm -R < /bench/rules'
+  run ipvsadm_one_$k $T time ipvsadm -e {changed}
+  run count_ipvsadm_$k sh -c 'ipvsadm -Ln | wc -l'
+  ipvsadm -C
+  run lbfleet_full_$k $T time lbfleet-agent apply --role /bench/role1.json
+  run lbfleet_one_$k $T time lbfleet-agent apply --role /bench/role2.json
+  run count_lbfleet_$k sh -c 'ipvsadm -Ln | wc -l'
+done
+ipvsadm -C
+"#
+    )
+}
+
+fn ms(out: &GuestOutput, name: &str) -> anyhow::Result<f64> {
+    let s = out
+        .section(name)
+        .with_context(|| format!("no section {name}"))?;
+    ensure!(s.rc == 0, "{name} failed: {}", s.text);
+    s.text
+        .lines()
+        .find_map(|l| l.strip_prefix("BENCH ms="))
+        .and_then(|v| v.trim().parse().ok())
+        .with_context(|| format!("no timing in {name}: {}", s.text))
+}
+
+/// The agent's own account of a pass: (read ms, apply ms) from "applied: ... (read X ms, apply Y ms)".
+fn agent_times(out: &GuestOutput, name: &str) -> anyhow::Result<(f64, f64)> {
+    let s = out
+        .section(name)
+        .with_context(|| format!("no section {name}"))?;
+    let line = s
+        .text
+        .lines()
+        .find(|l| l.starts_with("applied:"))
+        .with_context(|| format!("no summary in {name}: {}", s.text))?;
+    let num = |key: &str| -> Option<f64> {
+        let at = line.find(key)? + key.len();
+        line[at..].split_whitespace().next()?.parse().ok()
+    };
+    Ok((
+        num("(read ").with_context(|| format!("no read time: {line}"))?,
+        num(", apply ").with_context(|| format!("no apply time: {line}"))?,
+    ))
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    ensure!(
+        args.rounds > 0 && args.services > 0 && args.dests > 0,
+        "nothing to measure"
+    );
+    let prereqs = guest::prereqs()?;
+    let agent = guest::workspace_binary("lbfleet-agent", "lbfleet-agent")?;
+    let probe = guest::workspace_binary("lbfleet-tests", "guest-ipvs-probe")?;
+
+    let role1 = role(args.services, args.dests, 1);
+    let mut role2 = role1.clone();
+    role2.generation = 2;
+    role2.services[0].real_servers[0].weight = 99;
+    let first = &role1.services[0];
+    let changed = format!(
+        "-t {}:{} -r {}:{} -m -w 99",
+        first.vip, first.port, first.real_servers[0].address, first.real_servers[0].port
+    );
+
+    let mut img = Initramfs::new(&prereqs)?;
+    img.binary(&agent, "/usr/bin/lbfleet-agent")?;
+    img.binary(&probe, "/usr/bin/guest-ipvs-probe")?;
+    img.file("/bench/role1.json", &serde_json::to_vec(&role1)?);
+    img.file("/bench/role2.json", &serde_json::to_vec(&role2)?);
+    img.file("/bench/rules", rules(&role1).as_bytes());
+    img.script(&script(args.rounds, &changed));
+    let (initrd, _scratch) = img.write()?;
+    eprintln!(
+        "booting the guest: {} services x {} destinations, {} rounds",
+        args.services, args.dests, args.rounds
+    );
+    let out = guest::boot(&prereqs, &initrd, Duration::from_secs(1800))?;
+
+    let lines = 3 + args.services * (1 + args.dests);
+    let mut ipvsadm_full = Vec::new();
+    let mut ipvsadm_one = Vec::new();
+    let mut lbfleet_full = Vec::new();
+    let mut lbfleet_one = Vec::new();
+    let mut full_inproc = (Vec::new(), Vec::new());
+    let mut one_inproc = (Vec::new(), Vec::new());
+    for k in 1..=args.rounds {
+        let (r, a) = agent_times(&out, &format!("lbfleet_full_{k}"))?;
+        full_inproc.0.push(r);
+        full_inproc.1.push(a);
+        let (r, a) = agent_times(&out, &format!("lbfleet_one_{k}"))?;
+        one_inproc.0.push(r);
+        one_inproc.1.push(a);
+        ipvsadm_full.push(ms(&out, &format!("ipvsadm_full_{k}"))?);
+        ipvsadm_one.push(ms(&out, &format!("ipvsadm_one_{k}"))?);
+        lbfleet_full.push(ms(&out, &format!("lbfleet_full_{k}"))?);
+        lbfleet_one.push(ms(&out, &format!("lbfleet_one_{k}"))?);
+        for tool in ["ipvsadm", "lbfleet"] {
+            let c = out
+                .section(&format!("count_{tool}_{k}"))
+                .context("no count")?;
+            ensure!(
+                c.text.trim() == lines.to_string(),
+                "{tool} round {k}: ipvsadm -Ln printed {} lines, expected {lines}",
+                c.text.trim()
+            );
+        }
+        let one = out
+            .section(&format!("lbfleet_one_{k}"))
+            .context("no lbfleet_one")?;
+        ensure!(
+            one.text.contains("applied: 1 change(s) planned, 1 applied"),
+            "the one-destination change was not exactly one operation: {}",
+            one.text
+        );
+        if k == 1 {
+            println!(
+                "lbfleet one-destination change, agent's own account: {}",
+                one.text.lines().last().unwrap_or("")
+            );
+        }
+    }
+    let (iff, io, lf, lo) = (
+        median(ipvsadm_full),
+        median(ipvsadm_one),
+        median(lbfleet_full),
+        median(lbfleet_one),
+    );
+    println!(
+        "IPVS apply, {} services x {} destinations, QEMU TCG guest, median of {} rounds",
+        args.services, args.dests, args.rounds
+    );
+    println!("| operation | lbfleet-agent apply (wall) | of which: read table / apply plan | ipvsadm (wall) | ratio (wall) | target |");
+    println!("|---|---|---|---|---|---|");
+    println!(
+        "| full table from empty | {lf:.1} ms | {:.1} ms / {:.1} ms | {iff:.1} ms (`-R`) | {:.2}x | <= 0.5x |",
+        median(full_inproc.0),
+        median(full_inproc.1),
+        lf / iff
+    );
+    println!(
+        "| one destination's weight | {lo:.1} ms | {:.1} ms / {:.1} ms (1 operation) | {io:.1} ms (`-e`) | {:.2}x | < 10 ms, 1 operation |",
+        median(one_inproc.0),
+        median(one_inproc.1),
+        lo / io
+    );
+    println!("guest run: {:?}", out.elapsed);
+    Ok(())
+}
