@@ -529,3 +529,86 @@ pub fn reconcile(
 
 #[cfg(test)]
 mod tests;
+
+/// Owns the applier and what the agent knows the kernel holds: the last table it read plus the changes the
+/// kernel acknowledged since. A role change is planned against that knowledge (no full read first, so a
+/// one-destination change costs one netlink round trip); a failed change drops the knowledge, and the
+/// periodic resync reads the kernel again and repairs whatever changed behind the agent's back.
+pub struct Reconciler {
+    applier: Box<dyn Applier>,
+    known: Option<IpvsState>,
+}
+
+impl std::fmt::Debug for Reconciler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reconciler")
+            .field(
+                "known_services",
+                &self.known.as_ref().map(|k| k.services.len()),
+            )
+            .finish()
+    }
+}
+
+impl Reconciler {
+    pub fn new(applier: Box<dyn Applier>) -> Reconciler {
+        Reconciler {
+            applier,
+            known: None,
+        }
+    }
+
+    /// The kernel's table, read now.
+    pub fn observe(&mut self) -> Result<IpvsTable, ApplyError> {
+        self.applier.observe()
+    }
+
+    /// Reads the kernel, applies the difference, reads again (start-up and every resync).
+    pub fn full(&mut self, desired: &IpvsState) -> Result<ReconcileOutcome, ApplyError> {
+        self.known = None;
+        let out = reconcile(self.applier.as_mut(), desired)?;
+        self.known = Some(IpvsState::from(&out.table));
+        Ok(out)
+    }
+
+    /// Applies `desired` against what is known; falls back to `full` when nothing is. The outcome's table
+    /// is left empty: read it with `observe` when counters are needed.
+    pub fn fast(&mut self, desired: &IpvsState) -> Result<ReconcileOutcome, ApplyError> {
+        let Some(known) = self.known.as_mut() else {
+            return self.full(desired);
+        };
+        let plan = plan(desired, known);
+        let mut outcome = ReconcileOutcome {
+            planned: plan.len(),
+            ..Default::default()
+        };
+        if plan.is_empty() {
+            return Ok(outcome);
+        }
+        let applying = std::time::Instant::now();
+        let results = self.applier.apply(&plan.ops);
+        outcome.apply_time = applying.elapsed();
+        let mut failed = false;
+        for (op, r) in plan.ops.iter().zip(results) {
+            match r {
+                Ok(()) => {
+                    outcome.applied += 1;
+                    // Mirrors what the kernel just acknowledged; cannot fail for a plan made from `known`.
+                    if apply_to(known, op).is_err() {
+                        failed = true;
+                    }
+                    debug!(op = %op, "applied");
+                }
+                Err(e) => {
+                    warn!(op = %op, error = %e, "IPVS change failed");
+                    outcome.errors.push(e.to_string());
+                    failed = true;
+                }
+            }
+        }
+        if failed {
+            self.known = None;
+        }
+        Ok(outcome)
+    }
+}

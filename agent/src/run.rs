@@ -12,7 +12,7 @@ use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
 use crate::client::{ClientError, ServerClient};
-use crate::reconcile::{self, Applier, ApplyError, HealthResults, ReconcileOutcome};
+use crate::reconcile::{self, Applier, ApplyError, HealthResults, ReconcileOutcome, Reconciler};
 use crate::state::{StateDir, StateError};
 use crate::status;
 
@@ -103,15 +103,31 @@ impl RunConfig {
     }
 }
 
-/// Runs a reconcile pass on a blocking thread (netlink calls block) and hands the applier back.
+/// How a pass learns the kernel's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pass {
+    /// Read the kernel first (start-up, resync).
+    Full,
+    /// Plan against what is known (a role change), then read the table for the report.
+    Fast,
+}
+
+/// Runs a reconcile pass on a blocking thread (netlink calls block) and hands the reconciler back.
 async fn reconcile_blocking(
-    applier: Box<dyn Applier>,
+    reconciler: Reconciler,
     desired: reconcile::IpvsState,
-) -> Result<(Box<dyn Applier>, Result<ReconcileOutcome, ApplyError>), AgentError> {
+    pass: Pass,
+) -> Result<(Reconciler, Result<ReconcileOutcome, ApplyError>), AgentError> {
     tokio::task::spawn_blocking(move || {
-        let mut applier = applier;
-        let r = reconcile::reconcile(applier.as_mut(), &desired);
-        (applier, r)
+        let mut reconciler = reconciler;
+        let r = match pass {
+            Pass::Full => reconciler.full(&desired),
+            Pass::Fast => reconciler.fast(&desired).and_then(|mut out| {
+                out.table = reconciler.observe()?;
+                Ok(out)
+            }),
+        };
+        (reconciler, r)
     })
     .await
     .map_err(|e| AgentError::Task(e.to_string()))
@@ -263,7 +279,7 @@ pub async fn run(
     let started = Instant::now();
     let state = StateDir::new(&config.state_dir);
     let health = HealthResults::default();
-    let mut applier = applier;
+    let mut reconciler = Reconciler::new(applier);
     let mut current = Current {
         role: None,
         desired: Default::default(),
@@ -277,8 +293,9 @@ pub async fn run(
         Ok(Some(role)) => {
             info!(generation = role.generation, "serving the saved role");
             current.set_role(role, &health);
-            let (a, r) = reconcile_blocking(applier, current.desired.clone()).await?;
-            applier = a;
+            let (rec, r) =
+                reconcile_blocking(reconciler, current.desired.clone(), Pass::Full).await?;
+            reconciler = rec;
             if let Ok(out) = &r {
                 if out.converged() && current.role_errors.is_empty() {
                     current.applied_generation = current.role.as_ref().map_or(0, |r| r.generation);
@@ -331,8 +348,13 @@ pub async fn run(
         if current.role.is_none() {
             continue;
         }
-        let (a, r) = reconcile_blocking(applier, current.desired.clone()).await?;
-        applier = a;
+        let pass = if reason == "role" {
+            Pass::Fast
+        } else {
+            Pass::Full
+        };
+        let (rec, r) = reconcile_blocking(reconciler, current.desired.clone(), pass).await?;
+        reconciler = rec;
         let generation = current.role.as_ref().map_or(0, |r| r.generation);
         let mut errors: Vec<String> = Vec::new();
         let services = match r {
@@ -416,14 +438,15 @@ pub async fn apply_file(
     };
     let mtime = |p: &PathBuf| std::fs::metadata(p).and_then(|m| m.modified()).ok();
     tokio::pin!(shutdown);
-    let mut applier = applier;
+    let mut reconciler = Reconciler::new(applier);
     let mut last_mtime = mtime(&role_file);
     let mut role = load(&role_file)?;
     let mut last_resync = Instant::now();
+    let mut pass = Pass::Full;
     loop {
         let (desired, role_errors) = reconcile::desired_state(&role, &health);
-        let (a, r) = reconcile_blocking(applier, desired).await?;
-        applier = a;
+        let (rec, r) = reconcile_blocking(reconciler, desired, pass).await?;
+        reconciler = rec;
         let mut out = r.map_err(AgentError::Observe)?;
         out.errors.extend(role_errors);
         info!(
@@ -436,7 +459,8 @@ pub async fn apply_file(
         if !watch {
             return Ok(out);
         }
-        // Wait for a file change or the resync tick.
+        // Wait for a file change (fast pass) or the resync tick (full pass).
+        pass = Pass::Full;
         loop {
             tokio::select! {
                 _ = &mut shutdown => return Ok(out),
@@ -448,6 +472,7 @@ pub async fn apply_file(
                 match load(&role_file) {
                     Ok(r) => {
                         role = r;
+                        pass = Pass::Fast;
                         break;
                     }
                     Err(e) => warn!(error = %e, "role file unreadable; keeping the previous one"),
@@ -457,7 +482,9 @@ pub async fn apply_file(
                 break;
             }
         }
-        last_resync = Instant::now();
+        if pass == Pass::Full {
+            last_resync = Instant::now();
+        }
     }
 }
 

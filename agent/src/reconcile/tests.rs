@@ -270,3 +270,32 @@ fn recording_applier_enforces_kernel_rules() {
     let ok: Vec<bool> = r.iter().map(Result::is_ok).collect();
     assert_eq!(ok, [false, true, false, true, false]);
 }
+
+#[test]
+fn reconciler_fast_path_plans_against_what_it_knows() {
+    let k = RecordingApplier::new();
+    let mut r = Reconciler::new(Box::new(k.clone()));
+    let want = desired(&example());
+    assert_eq!(r.full(&want).unwrap().applied, 5);
+    k.clear_log();
+    let mut changed = example();
+    changed.services[0].real_servers[0].weight = 4;
+    let out = r.fast(&desired(&changed)).unwrap();
+    assert_eq!((out.planned, out.applied), (1, 1));
+    assert_eq!(k.log().len(), 1);
+    assert_eq!(k.state(), desired(&changed));
+
+    // A change behind the agent's back is invisible to the fast path and repaired by the next full pass.
+    k.tamper(|s| s.services.clear());
+    assert_eq!(r.fast(&desired(&changed)).unwrap().planned, 0);
+    assert_eq!(r.full(&desired(&changed)).unwrap().planned, 5);
+    assert_eq!(k.state(), desired(&changed));
+
+    // A refused change drops the knowledge: the next fast pass reads the kernel first.
+    k.fail_next("Cannot allocate memory");
+    let out = r.fast(&want).unwrap();
+    assert_eq!(out.errors.len(), 1);
+    let retry = r.fast(&want).unwrap();
+    assert!(retry.converged());
+    assert_eq!(k.state(), want);
+}

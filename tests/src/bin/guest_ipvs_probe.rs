@@ -3,7 +3,9 @@
 //! it dumps back, normalized, so the host test can compare it with `ipvsadm -Ln` in the same guest.
 //!
 //! `setup`: program and print; `teardown`: delete what `setup` made and check the table is empty;
-//! `time CMD ARGS..`: run a command and print its wall time (busybox has no sub-millisecond clock).
+//! `time CMD ARGS..`: run a command and print its wall time (busybox has no sub-millisecond clock);
+//! `change FROM TO`: bring the kernel to role file FROM with a full pass, then time the agent's fast pass to
+//! role file TO (what the daemon does when a new role generation arrives).
 
 use std::net::IpAddr;
 use std::process::ExitCode;
@@ -159,10 +161,52 @@ fn time(args: &[String]) -> ExitCode {
     }
 }
 
+fn load_role(path: &str) -> Result<lbfleet_proto::RoleDocument, String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("{path}: {e}"))?;
+    serde_json::from_slice(&bytes).map_err(|e| format!("{path}: {e}"))
+}
+
+fn change(from: &str, to: &str) -> Result<(), String> {
+    use lbfleet_agent::reconcile::{desired_state, HealthResults, NetlinkApplier, Reconciler};
+    let health = HealthResults::default();
+    let (from, _) = desired_state(&load_role(from)?, &health);
+    let (to, _) = desired_state(&load_role(to)?, &health);
+    let mut r = Reconciler::new(Box::new(NetlinkApplier::new()));
+    let full = r.full(&from).map_err(|e| e.to_string())?;
+    if !full.converged() {
+        return Err(format!("full pass failed: {:?}", full.errors));
+    }
+    let start = std::time::Instant::now();
+    let out = r.fast(&to).map_err(|e| e.to_string())?;
+    let ms = start.elapsed().as_secs_f64() * 1e3;
+    println!("BENCH ms={ms:.3}");
+    println!(
+        "fast pass: {} change(s) planned, {} applied, {} failed",
+        out.planned,
+        out.applied,
+        out.errors.len()
+    );
+    if out.converged() {
+        Ok(())
+    } else {
+        Err(format!("{:?}", out.errors))
+    }
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
-    if args.get(1).map(String::as_str) == Some("time") {
-        return time(&args[2..]);
+    match args.get(1).map(String::as_str) {
+        Some("time") => return time(&args[2..]),
+        Some("change") if args.len() == 4 => {
+            return match change(&args[2], &args[3]) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    println!("PROBE error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        _ => {}
     }
     let mode = args.get(1).cloned().unwrap_or_default();
     let result = IpvsSocket::open()
