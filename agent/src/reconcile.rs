@@ -30,16 +30,20 @@ pub struct IpvsState {
 }
 
 impl From<&IpvsTable> for IpvsState {
+    /// Kernel-only service flags (`HASHED`) are dropped, so an unchanged service compares equal to its
+    /// desired state.
     fn from(t: &IpvsTable) -> Self {
         IpvsState {
             services: t
                 .services
                 .iter()
                 .map(|(s, dests)| {
+                    let mut service = s.service.clone();
+                    service.flags &= SVC_F_USER_MASK;
                     (
                         s.service.key,
                         ServiceState {
-                            service: s.service.clone(),
+                            service,
                             dests: dests.iter().map(|d| (d.dest.key, d.dest)).collect(),
                         },
                     )
@@ -198,6 +202,9 @@ pub fn plan(desired: &IpvsState, observed: &IpvsState) -> ReconcilePlan {
     for (key, want) in &desired.services {
         let empty = BTreeMap::new();
         let have_dests = match observed.services.get(key) {
+            // The common case on a role change: most services are untouched. One ordered comparison
+            // instead of a lookup per destination.
+            Some(have) if have == want => continue,
             Some(have) => {
                 if !same_service(&want.service, &have.service) {
                     edit_services.push(Op::EditService(want.service.clone()));
