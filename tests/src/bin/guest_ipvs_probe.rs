@@ -181,10 +181,11 @@ fn change(from: &str, to: &str) -> Result<(), String> {
     let ms = start.elapsed().as_secs_f64() * 1e3;
     println!("BENCH ms={ms:.3}");
     println!(
-        "fast pass: {} change(s) planned, {} applied, {} failed",
+        "fast pass: {} change(s) planned, {} applied, {} failed (netlink {:.3} ms of {ms:.3} ms)",
         out.planned,
         out.applied,
-        out.errors.len()
+        out.errors.len(),
+        out.apply_time.as_secs_f64() * 1e3
     );
     if out.converged() {
         Ok(())
