@@ -3,7 +3,7 @@
 # package is missing. Later tiers (boot services, QEMU lab, browser tests) add their packages here.
 set -euo pipefail
 
-packages=(build-essential pkg-config ca-certificates curl sqlite3)
+packages=(build-essential pkg-config ca-certificates curl sqlite3 tftp-hpa)
 
 missing=()
 for p in "${packages[@]}"; do

@@ -4,10 +4,12 @@
 use std::future::Future;
 use std::net::SocketAddr;
 
+use anyhow::Context;
 use tokio::net::TcpListener;
 
 pub mod api;
 pub mod audit;
+pub mod boot;
 pub mod config;
 pub mod fleet;
 pub mod notify;
@@ -19,14 +21,52 @@ pub use config::ServerConfig;
 /// Opens the store (running migrations) and builds the fleet service.
 pub async fn open_fleet(config: &ServerConfig) -> Result<fleet::Fleet, store::StoreError> {
     let store = store::Store::open(&config.database).await?;
-    Ok(fleet::Fleet::new(store, config.enrollment_token_ttl))
+    let fleet = fleet::Fleet::new(store, config.enrollment_token_ttl);
+    Ok(match &config.boot {
+        Some(b) => fleet.with_discovery_cap(b.max_discovered),
+        None => fleet,
+    })
 }
 
-/// Serves the API on `listener` until `shutdown` completes, then drains in-flight requests
-/// (waiting long-polls answer at once) and closes the database.
+/// Sockets of the boot services, bound before the server starts (tests bind port 0).
+#[derive(Debug, Default)]
+pub struct BootSockets {
+    pub tftp: Option<tokio::net::UdpSocket>,
+}
+
+impl BootSockets {
+    /// Binds what `config.boot` asks for: TFTP on `server_address:tftp_port` unless the port is 0.
+    pub async fn bind(config: &ServerConfig) -> anyhow::Result<BootSockets> {
+        let mut sockets = BootSockets::default();
+        if let Some(b) = &config.boot {
+            if b.tftp_port != 0 {
+                let addr = SocketAddr::from((b.server_address, b.tftp_port));
+                let sock = tokio::net::UdpSocket::bind(addr)
+                    .await
+                    .with_context(|| format!("cannot bind TFTP to {addr}"))?;
+                sockets.tftp = Some(sock);
+            }
+        }
+        Ok(sockets)
+    }
+}
+
+/// Serves the API on `listener` (and the boot services configured) until `shutdown` completes, then drains
+/// in-flight requests (waiting long-polls answer at once) and closes the database.
 pub async fn run(
     config: ServerConfig,
     listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let sockets = BootSockets::bind(&config).await?;
+    run_with(config, listener, sockets, shutdown).await
+}
+
+/// `run` with boot sockets the caller bound.
+pub async fn run_with(
+    config: ServerConfig,
+    listener: TcpListener,
+    sockets: BootSockets,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let fleet = open_fleet(&config).await?;
@@ -35,6 +75,20 @@ pub async fn run(
     }
     let store = fleet.store().clone();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut tasks = tokio::task::JoinSet::new();
+    if let (Some(boot), Some(sock)) = (&config.boot, sockets.tftp) {
+        let tftp_config = boot::tftp::TftpConfig {
+            root: boot.boot_dir.clone(),
+            limits: boot::tftp::transfer::Limits {
+                max_blksize: boot.tftp_max_blksize,
+                max_windowsize: boot.tftp_max_windowsize,
+                ..Default::default()
+            },
+            max_transfers: boot.tftp_max_transfers,
+        };
+        let stats = std::sync::Arc::new(boot::tftp::TftpStats::default());
+        tasks.spawn(boot::tftp::run(sock, tftp_config, stats, stop_rx.clone()));
+    }
     let addr = listener.local_addr()?;
     let app = api::router(api::AppState::new(fleet, config, stop_rx));
     tracing::info!(%addr, "lbfleet-server listening");
@@ -48,6 +102,11 @@ pub async fn run(
         let _ = stop_tx.send(true);
     })
     .await?;
+    while let Some(done) = tasks.join_next().await {
+        if let Ok(Err(e)) = done {
+            tracing::error!(error = %e, "boot service failed");
+        }
+    }
     store.close().await;
     tracing::info!("stopped");
     Ok(())

@@ -218,6 +218,22 @@ pub struct Fleet {
     store: Store,
     notifier: Notifier,
     enrollment_token_ttl: Duration,
+    /// Most nodes allowed in state `discovered` at once: a flood of random MACs cannot grow the database
+    /// without bound.
+    max_discovered: i64,
+}
+
+/// Default cap on waiting discovered nodes.
+pub const DEFAULT_MAX_DISCOVERED: i64 = 1024;
+
+/// What the boot services should hand a MAC.
+#[derive(Debug, Clone)]
+pub struct BootTarget {
+    pub node_id: i64,
+    pub name: String,
+    pub state: NodeState,
+    /// The node's image, else the default image; `None` if neither exists.
+    pub image: Option<store::images::ImageRow>,
 }
 
 fn to_value<T: Serialize>(v: &T) -> Value {
@@ -247,6 +263,7 @@ impl Fleet {
             store,
             notifier: Notifier::default(),
             enrollment_token_ttl,
+            max_discovered: DEFAULT_MAX_DISCOVERED,
         }
     }
 
@@ -256,6 +273,38 @@ impl Fleet {
 
     pub fn notifier(&self) -> &Notifier {
         &self.notifier
+    }
+
+    /// Sets the cap on nodes waiting in `discovered`.
+    pub fn with_discovery_cap(mut self, max_discovered: i64) -> Self {
+        self.max_discovered = max_discovered;
+        self
+    }
+
+    /// Decides what a booting MAC gets: records unknown MACs as discovered, refuses retired and rejected
+    /// nodes, and picks the node's image or the default one.
+    pub async fn boot_target(&self, mac: &str) -> Result<BootTarget> {
+        let mac = rules::mac(mac)?;
+        let node_id = self.discover(&mac).await?;
+        let mut conn = self.store.read().await?;
+        let row = Self::node_in(&mut conn, &NodeKey::Id(node_id)).await?;
+        let state = parse_state(&row)?;
+        if matches!(state, NodeState::Retired | NodeState::Rejected) {
+            return Err(FleetError::Forbidden(format!(
+                "node {} is {state}; it gets no boot image",
+                row.name()
+            )));
+        }
+        let image = match &row.image {
+            Some(name) => store::images::get(&mut conn, name).await?,
+            None => store::images::default_image(&mut conn).await?,
+        };
+        Ok(BootTarget {
+            node_id,
+            name: row.name().to_owned(),
+            state,
+            image,
+        })
     }
 
     async fn node_in(conn: &mut SqliteConnection, key: &NodeKey) -> Result<NodeRow> {
@@ -808,6 +857,19 @@ impl Fleet {
         let mut tx = self.store.begin().await?;
         if let Some(existing) = store::nodes::get(&mut tx, &NodeKey::Mac(mac.clone())).await? {
             return Ok(existing.id);
+        }
+        if store::nodes::count_in_state(&mut tx, NodeState::Discovered.as_str()).await?
+            >= self.max_discovered
+        {
+            tracing::warn!(
+                mac,
+                cap = self.max_discovered,
+                "discovery cap reached: new MAC not recorded"
+            );
+            return Err(FleetError::Conflict(format!(
+                "{} discovered nodes are waiting for approval (the cap); approve or reject some first",
+                self.max_discovered
+            )));
         }
         let id =
             store::nodes::insert(&mut tx, &mac, None, NodeState::Discovered.as_str(), None).await?;

@@ -320,3 +320,12 @@ pub async fn count_by_state(conn: &mut SqliteConnection) -> Result<Vec<(String, 
             .await?,
     )
 }
+
+pub async fn count_in_state(conn: &mut SqliteConnection, state: &str) -> Result<i64, StoreError> {
+    Ok(
+        sqlx::query_scalar("SELECT COUNT(*) FROM nodes WHERE state = $1")
+            .bind(state)
+            .fetch_one(conn)
+            .await?,
+    )
+}
