@@ -8,6 +8,7 @@ use tokio::net::TcpListener;
 
 pub mod api;
 pub mod audit;
+pub mod boot;
 pub mod config;
 pub mod fleet;
 pub mod notify;
