@@ -208,7 +208,9 @@ fn check_length(code: u8, len: usize) -> Result<(), DecodeError> {
         | 118
         | 150
         | 152..=155 => len == 4,
-        3..=11 | 41 | 42 | 44 | 45 | 48 | 49 | 65 | 68..=76 | 89 | 92 => len >= 4 && len.is_multiple_of(4),
+        3..=11 | 41 | 42 | 44 | 45 | 48 | 49 | 65 | 68..=76 | 89 | 92 => {
+            len >= 4 && len.is_multiple_of(4)
+        }
         21 | 33 => len >= 8 && len.is_multiple_of(8),
         25 => len >= 2 && len.is_multiple_of(2),
         93 => len >= 2 && len.is_multiple_of(2),

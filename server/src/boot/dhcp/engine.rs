@@ -27,8 +27,9 @@ pub enum Destination {
     Unicast(SocketAddrV4),
     /// 255.255.255.255:68 on the receiving interface.
     Broadcast,
-    /// To `address`:68 at link layer `mac`: the client has no address yet and cannot receive broadcasts'
-    /// alternative, so the socket loop needs an ARP entry or a raw socket; it may fall back to broadcast.
+    /// To `address`:68 at link-layer destination `mac`: the client has no address yet and did not ask for
+    /// broadcast, so it cannot answer ARP. The socket loop needs a static ARP entry or a raw socket; where it
+    /// has neither, broadcasting works with every client we boot.
     LinkUnicast { address: Ipv4Addr, mac: MacAddr },
 }
 
@@ -234,9 +235,11 @@ impl<'a, R: Reservations> Ctx<'a, R> {
 
     /// Enforces the discovery cap for an unknown MAC about to take a new address.
     fn check_discovery_cap(&self, table: &LeaseTable) -> Result<(), DropReason> {
-        if table
-            .lease_of(self.mac)
-            .is_some_and(|l| l.is_held(self.now))
+        // Fast path: fewer leases in total than the cap cannot be over it, and the count below is O(leases).
+        if table.len() < self.cfg.discovery_cap
+            || table
+                .lease_of(self.mac)
+                .is_some_and(|l| l.is_held(self.now))
         {
             return Ok(());
         }
@@ -1382,6 +1385,51 @@ mod tests {
         assert!(table.is_empty());
         // Nothing here changed the table; the lease time config is still what the replies carry.
         assert_eq!(cfg.lease_time, Duration::from_secs(3600));
+    }
+
+    #[test]
+    fn persisted_changes_rebuild_the_table_after_a_restart() {
+        let cfg = DhcpConfig::lab();
+        let res = no_reservations();
+        let mut table = LeaseTable::new();
+        let mut store: Vec<LeaseChange> = Vec::new();
+        for i in 1..=3 {
+            let offer = reply(handle(&discover(mac(i)), NOW, &mut table, &cfg, &res));
+            store.extend(offer.lease_changes);
+            let ack = reply(handle(
+                &select(mac(i), offer.message.yiaddr()),
+                NOW,
+                &mut table,
+                &cfg,
+                &res,
+            ));
+            store.extend(ack.lease_changes);
+        }
+        let mut release = request(
+            MessageType::Release,
+            mac(2),
+            vec![DhcpOption::ServerIdentifier(SERVER)],
+        );
+        release.set_ciaddr(Ipv4Addr::new(198, 18, 1, 1));
+        store.extend(
+            handle(&release, NOW, &mut table, &cfg, &res)
+                .lease_changes()
+                .to_vec(),
+        );
+
+        // Replaying what the caller persisted gives the same table the engine had.
+        let mut rebuilt = LeaseTable::new();
+        for change in &store {
+            rebuilt.apply(change);
+        }
+        let leases = |t: &LeaseTable| t.iter().cloned().collect::<Vec<_>>();
+        assert_eq!(leases(&rebuilt), leases(&table));
+        assert_eq!(rebuilt.len(), 2);
+        // A client renews against the rebuilt table without noticing the restart.
+        let mut renew = request(MessageType::Request, mac(3), vec![]);
+        renew.set_ciaddr(Ipv4Addr::new(198, 18, 1, 2));
+        let ack = reply(handle(&renew, NOW + 10, &mut rebuilt, &cfg, &res));
+        assert_eq!(ack.message_type(), Some(MessageType::Ack));
     }
 
     /// Deterministic xorshift so the corpus is the same on every run.
