@@ -354,7 +354,7 @@ mod tests {
             (row.mac.as_str(), row.state.as_str()),
             ("52:54:00:ab:cd:ef", "bound")
         );
-        assert_eq!(lease_from_row(&row), Some(l));
+        assert_eq!(lease_from_row(&row), Some(l.clone()));
         let offered = Lease {
             state: LeaseState::Offered,
             ..l
