@@ -357,11 +357,11 @@ mod tests {
         assert_eq!(lease_from_row(&row), Some(l.clone()));
         let offered = Lease {
             state: LeaseState::Offered,
-            ..l
+            ..l.clone()
         };
         let kept = durable(vec![
             LeaseChange::Upsert(offered),
-            LeaseChange::Upsert(l),
+            LeaseChange::Upsert(l.clone()),
             LeaseChange::Remove {
                 address: l.address,
                 mac: l.mac,
