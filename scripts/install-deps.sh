@@ -3,7 +3,7 @@
 # package is missing. Later tiers (boot services, QEMU lab, browser tests) add their packages here.
 set -euo pipefail
 
-packages=(build-essential pkg-config ca-certificates curl sqlite3 iproute2 busybox tftp-hpa isc-dhcp-client kea-admin)
+packages=(build-essential pkg-config ca-certificates curl sqlite3 iproute2 busybox-static tftp-hpa isc-dhcp-client kea-admin)
 
 missing=()
 for p in "${packages[@]}"; do

@@ -161,6 +161,7 @@ pub async fn run(
         })
     };
     let mut known: HashSet<MacAddr> = HashSet::new();
+    let mut discovery_budget = RateLimit::new(DISCOVERY_PER_SECOND);
     let mut fleet_changes = fleet.notifier().subscribe_fleet();
     let mut buf = vec![0u8; 1500];
 
@@ -246,9 +247,11 @@ pub async fn run(
                 if kind == Some(MessageType::Offer) {
                     if let Some(mac) = mac {
                         if reservations_lacks(&reservations, mac)
+                            && !known.contains(&mac)
                             && known.len() < 1_000_000
-                            && known.insert(mac)
+                            && discovery_budget.take()
                         {
+                            known.insert(mac);
                             let _ = discover_tx.try_send(mac);
                         }
                     }
@@ -280,6 +283,40 @@ pub async fn run(
     let _ = writer.await;
     discoverer.abort();
     Ok(())
+}
+
+/// New MACs recorded as discovered nodes per second at most: the database is not the place to absorb a flood.
+const DISCOVERY_PER_SECOND: u32 = 20;
+
+/// A per-second budget (fixed window): cheap, and precise enough for a flood guard.
+#[derive(Debug)]
+struct RateLimit {
+    per_second: u32,
+    used: u32,
+    window: std::time::Instant,
+}
+
+impl RateLimit {
+    fn new(per_second: u32) -> Self {
+        RateLimit {
+            per_second,
+            used: 0,
+            window: std::time::Instant::now(),
+        }
+    }
+
+    fn take(&mut self) -> bool {
+        if self.window.elapsed() >= std::time::Duration::from_secs(1) {
+            self.window = std::time::Instant::now();
+            self.used = 0;
+        }
+        if self.used < self.per_second {
+            self.used += 1;
+            true
+        } else {
+            false
+        }
+    }
 }
 
 fn reservations_lacks(r: &ReservationMap, mac: MacAddr) -> bool {
