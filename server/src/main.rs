@@ -67,7 +67,7 @@ fn cli_actor() -> Actor {
 async fn main_inner(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Serve(args) => {
-            let cfg = ServerConfig::resolve(args)?;
+            let cfg = ServerConfig::resolve(*args)?;
             init_tracing(cfg.log_format);
             tracing::info!(config = ?cfg, "starting");
             let listener = tokio::net::TcpListener::bind(cfg.listen)
