@@ -2,7 +2,7 @@
 CARGO ?= cargo
 SERVER := target/release/lbfleet-server
 
-.PHONY: all deps build demo test lint unit guest bench bench-longpoll bench-ipvs clean
+.PHONY: all deps build demo test lint unit guest bench bench-longpoll bench-dhcp bench-ipvs clean
 
 all: build
 
@@ -31,10 +31,14 @@ unit:
 guest: deps
 	$(CARGO) test -p lbfleet-tests --test guest_ipvs
 
-bench: bench-longpoll bench-ipvs
+bench: bench-longpoll bench-dhcp bench-ipvs
 
 bench-longpoll: deps
 	$(CARGO) run --release -p lbfleet-bench --bin bench-longpoll -- $(BENCH_ARGS)
+
+# perfdhcp against lbfleet, Kea and dnsmasq in namespaces this target creates (root).
+bench-dhcp: build
+	bash bench/dhcp.sh $(BENCH_SECONDS)
 
 # IPVS programming in a QEMU guest: lbfleet-agent vs ipvsadm -R (release build of agent, probe and bench).
 bench-ipvs: deps

@@ -3,10 +3,12 @@
 # package is missing. Later tiers (boot services, QEMU lab, browser tests) add their packages here.
 set -euo pipefail
 
-packages=(build-essential pkg-config ca-certificates curl sqlite3)
+# Build and run; test clients (tftp-hpa, udhcpc in busybox, dhclient, perfdhcp); benchmark peers (Kea, dnsmasq).
+packages=(build-essential pkg-config ca-certificates curl sqlite3 iproute2 busybox-static tftp-hpa isc-dhcp-client
+  kea-admin kea-dhcp4-server dnsmasq-base)
 # VM test tier (tests/): QEMU (TCG), Debian's kernel with the ip_vs modules, static busybox for the guest
 # initramfs, ipvsadm as the reference the guest tests compare against, strace to record its netlink bytes.
-packages+=(qemu-system-x86 linux-image-amd64 busybox-static ipvsadm strace)
+packages+=(qemu-system-x86 linux-image-amd64 ipvsadm strace)
 
 missing=()
 for p in "${packages[@]}"; do
@@ -19,6 +21,14 @@ if [ ${#missing[@]} -gt 0 ]; then
   fi
   echo "install-deps: installing ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
+  # Packages like kea-dhcp4-server would start their daemon on install and answer DHCP on the host's
+  # interfaces; the benchmarks start them by hand inside their own namespaces. Deny service starts meanwhile.
+  policy=/usr/sbin/policy-rc.d
+  created_policy=
+  if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod +x "$policy" && created_policy=1
+    trap 'rm -f "$policy"' EXIT
+  fi
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
