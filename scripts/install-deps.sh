@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Installs the Debian packages lbfleet needs to build, test and run. Idempotent: runs apt-get only when a
-# package is missing. Later tiers (boot services, QEMU lab, browser tests) add their packages here.
+# package is missing. Later tiers (boot services, QEMU lab) add their packages here.
+# chromium + chromium-driver: the dashboard's browser tests (server/tests/browser.rs) drive headless Chromium.
 set -euo pipefail
 
-packages=(build-essential pkg-config ca-certificates curl sqlite3)
+packages=(build-essential pkg-config ca-certificates curl sqlite3 chromium chromium-driver)
 
 missing=()
 for p in "${packages[@]}"; do

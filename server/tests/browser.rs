@@ -185,11 +185,7 @@ impl Browser {
     }
 
     async fn count(&self, css: &str) -> usize {
-        self.client
-            .find_all(Locator::Css(css))
-            .await
-            .unwrap()
-            .len()
+        self.client.find_all(Locator::Css(css)).await.unwrap().len()
     }
 
     async fn click(&self, css: &str) {
@@ -201,7 +197,6 @@ impl Browser {
             .await
             .unwrap();
     }
-
 
     /// Saves `target/screenshots/NAME-1280x800.png` and `NAME-390x844.png`.
     async fn screenshots(&self, name: &str) {
@@ -415,7 +410,10 @@ async fn operator_approves_assigns_switches_over_and_drains() {
     let (_, v) = srv.get("/api/v1/clusters/ext", &srv.tokens.viewer).await;
     assert_eq!(v["members"][0]["node"], "lb-02", "{v}");
     assert_eq!(v["members"][0]["role"], "active");
-    assert_eq!(v["spec"]["services"][0]["real_servers"][0]["enabled"], false);
+    assert_eq!(
+        v["spec"]["services"][0]["real_servers"][0]["enabled"],
+        false
+    );
 }
 
 #[tokio::test]
@@ -454,8 +452,13 @@ async fn viewer_cannot_change_anything_and_markup_renders_as_text() {
     with_browser(&srv, |b| async move {
         b.login("view").await;
         b.goto("/discovered").await;
-        b.wait_for_text("#discovered-table", "52:54:00:aa:bb:03").await;
-        assert_eq!(b.count("#discovered-table button").await, 0, "no approve/reject for a viewer");
+        b.wait_for_text("#discovered-table", "52:54:00:aa:bb:03")
+            .await;
+        assert_eq!(
+            b.count("#discovered-table button").await,
+            0,
+            "no approve/reject for a viewer"
+        );
         b.goto("/clusters/ext").await;
         b.wait_for_text("#members-h", "Members").await;
         for css in [
@@ -471,7 +474,11 @@ async fn viewer_cannot_change_anything_and_markup_renders_as_text() {
         assert_eq!(b.count("section.actions").await, 0);
         b.goto("/clusters").await;
         assert_eq!(b.count("#cluster-create").await, 0);
-        assert_eq!(b.count("a[href='/users']").await, 0, "no users link for a viewer");
+        assert_eq!(
+            b.count("a[href='/users']").await,
+            0,
+            "no users link for a viewer"
+        );
 
         // Forged posts from the viewer's own page: refused even with the right CSRF token.
         for path in [
@@ -480,21 +487,36 @@ async fn viewer_cannot_change_anything_and_markup_renders_as_text() {
             "/clusters/ext/switchover".to_owned(),
             "/users".to_owned(),
         ] {
-            assert_eq!(b.post_from_page(&path, true).await, 403, "viewer POST {path}");
+            assert_eq!(
+                b.post_from_page(&path, true).await,
+                403,
+                "viewer POST {path}"
+            );
         }
         b.goto("/users").await;
-        b.wait_for_text("#error-message", "this needs the admin role").await;
+        b.wait_for_text("#error-message", "this needs the admin role")
+            .await;
 
         // Markup renders as text and never runs.
         b.goto("/events").await;
-        b.wait_for_text("#events-table td.msg", "<script>window.__xss=1</script>").await;
+        b.wait_for_text("#events-table td.msg", "<script>window.__xss=1</script>")
+            .await;
         assert_eq!(b.count("#events-table td.msg img").await, 0);
         b.goto("/audit?action=image.create").await;
         b.wait_for_text("#audit-table", "image:evil").await;
-        b.click("#audit-table tr[data-action='image.create'] summary").await;
-        b.wait_for_text("#audit-table td.after", "<img src=x onerror=").await;
+        b.click("#audit-table tr[data-action='image.create'] summary")
+            .await;
+        b.wait_for_text("#audit-table td.after", "<img src=x onerror=")
+            .await;
         assert_eq!(b.count("#audit-table td.after img").await, 0);
-        let xss = b.client.execute("return window.__xss === undefined ? null : window.__xss;", vec![]).await.unwrap();
+        let xss = b
+            .client
+            .execute(
+                "return window.__xss === undefined ? null : window.__xss;",
+                vec![],
+            )
+            .await
+            .unwrap();
         assert_eq!(xss, Value::Null, "the payload never ran");
         b
     })
@@ -504,9 +526,11 @@ async fn viewer_cannot_change_anything_and_markup_renders_as_text() {
     with_browser(&srv, |b| async move {
         b.login("oper").await;
         b.goto("/discovered").await;
-        b.wait_for_text("#discovered-table", "52:54:00:aa:bb:03").await;
+        b.wait_for_text("#discovered-table", "52:54:00:aa:bb:03")
+            .await;
         assert_eq!(
-            b.post_from_page(&format!("/nodes/{new_id}/approve"), false).await,
+            b.post_from_page(&format!("/nodes/{new_id}/approve"), false)
+                .await,
             403
         );
         // The users page is for admins: operators get a 403 page, not the list.
@@ -516,7 +540,9 @@ async fn viewer_cannot_change_anything_and_markup_renders_as_text() {
     })
     .await;
     assert_eq!(srv.audit_len().await, audit_before, "nothing was changed");
-    let (_, v) = srv.get(&format!("/api/v1/nodes/{new_id}"), &srv.tokens.viewer).await;
+    let (_, v) = srv
+        .get(&format!("/api/v1/nodes/{new_id}"), &srv.tokens.viewer)
+        .await;
     assert_eq!(v["state"], "discovered");
 
     with_browser(&srv, |b| async move {

@@ -68,7 +68,10 @@ async fn login(srv: &TestServer, user: &str) -> Session {
         .find(|v| v.starts_with("lbfleet_session="))
         .unwrap()
         .to_owned();
-    assert!(set.contains("HttpOnly") && set.contains("SameSite=Strict"), "{set}");
+    assert!(
+        set.contains("HttpOnly") && set.contains("SameSite=Strict"),
+        "{set}"
+    );
     let cookie = set.split(';').next().unwrap().to_owned();
     let page = client()
         .get(srv.url("/"))
@@ -110,15 +113,32 @@ async fn post_form(
 async fn pages_need_a_session_and_carry_security_headers() {
     let dir = tempfile::tempdir().unwrap();
     let srv = TestServer::start(dir.path()).await;
-    let resp = client().get(srv.url("/nodes?state=ready")).send().await.unwrap();
+    let resp = client()
+        .get(srv.url("/nodes?state=ready"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), StatusCode::SEE_OTHER);
-    assert_eq!(resp.headers()[LOCATION], "/login?next=%2Fnodes%3Fstate%3Dready");
-    let resp = client().post(srv.url("/nodes/1/approve")).send().await.unwrap();
+    assert_eq!(
+        resp.headers()[LOCATION],
+        "/login?next=%2Fnodes%3Fstate%3Dready"
+    );
+    let resp = client()
+        .post(srv.url("/nodes/1/approve"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
 
     let s = login(&srv, "view").await;
     for path in [
-        "/", "/nodes", "/discovered", "/clusters", "/audit", "/events", "/login",
+        "/",
+        "/nodes",
+        "/discovered",
+        "/clusters",
+        "/audit",
+        "/events",
+        "/login",
     ] {
         let resp = client()
             .get(srv.url(path))
@@ -157,14 +177,21 @@ async fn forms_need_the_csrf_token_and_the_role() {
         .await;
     assert_eq!(st, StatusCode::CREATED, "{v}");
     let (st, _) = srv
-        .put("/api/v1/clusters/ext", &srv.tokens.operator, cluster_spec(51, "198.18.0.10"))
+        .put(
+            "/api/v1/clusters/ext",
+            &srv.tokens.operator,
+            cluster_spec(51, "198.18.0.10"),
+        )
         .await;
     assert_eq!(st, StatusCode::CREATED);
     let audit_before = srv.audit_len().await;
 
     let viewer = login(&srv, "view").await;
     let (_, html) = get_page(&srv, &viewer, "/clusters/ext").await;
-    assert!(!html.contains("Drain") && !html.contains("Assign a node"), "viewer sees no buttons");
+    assert!(
+        !html.contains("Drain") && !html.contains("Assign a node"),
+        "viewer sees no buttons"
+    );
     let assign = [
         ("csrf", viewer.csrf.as_str()),
         ("cluster", "ext"),
@@ -179,10 +206,18 @@ async fn forms_need_the_csrf_token_and_the_role() {
     let no_token = [("cluster", "ext"), ("role", "active")];
     let resp = post_form(&srv, &op, "/nodes/lb-01/assign", &no_token).await;
     assert_eq!(resp.status(), StatusCode::FORBIDDEN);
-    let wrong = [("csrf", viewer.csrf.as_str()), ("cluster", "ext"), ("role", "active")];
+    let wrong = [
+        ("csrf", viewer.csrf.as_str()),
+        ("cluster", "ext"),
+        ("role", "active"),
+    ];
     let resp = post_form(&srv, &op, "/nodes/lb-01/assign", &wrong).await;
     assert_eq!(resp.status(), StatusCode::FORBIDDEN);
-    assert_eq!(srv.audit_len().await, audit_before, "refused forms change nothing");
+    assert_eq!(
+        srv.audit_len().await,
+        audit_before,
+        "refused forms change nothing"
+    );
 
     let ok = [
         ("csrf", op.csrf.as_str()),
@@ -194,16 +229,24 @@ async fn forms_need_the_csrf_token_and_the_role() {
     assert_eq!(resp.status(), StatusCode::SEE_OTHER);
     assert_eq!(resp.headers()[LOCATION], "/clusters/ext");
     let (_, v) = srv.get("/api/v1/nodes/lb-01", &srv.tokens.viewer).await;
-    assert_eq!((v["cluster"].as_str(), v["role"].as_str()), (Some("ext"), Some("active")));
+    assert_eq!(
+        (v["cluster"].as_str(), v["role"].as_str()),
+        (Some("ext"), Some("active"))
+    );
     assert_eq!(srv.audit_len().await, audit_before + 1);
 
     // A refusal by the fleet's rules comes back as a message on the page, and changes nothing.
-    let resp = post_form(&srv, &op, "/nodes/lb-01/assign", &[
-        ("csrf", op.csrf.as_str()),
-        ("cluster", "nope"),
-        ("role", "backup"),
-        ("back", "/clusters/ext"),
-    ])
+    let resp = post_form(
+        &srv,
+        &op,
+        "/nodes/lb-01/assign",
+        &[
+            ("csrf", op.csrf.as_str()),
+            ("cluster", "nope"),
+            ("role", "backup"),
+            ("back", "/clusters/ext"),
+        ],
+    )
     .await;
     assert_eq!(resp.status(), StatusCode::SEE_OTHER);
     let flash = cookie_pair(&resp, "lbfleet_flash").unwrap();
@@ -214,7 +257,11 @@ async fn forms_need_the_csrf_token_and_the_role() {
         .await
         .unwrap();
     let html = page.text().await.unwrap();
-    assert!(html.contains("no cluster named &#34;nope&#34;") || html.contains("no cluster named &quot;nope&quot;"), "{html}");
+    assert!(
+        html.contains("no cluster named &#34;nope&#34;")
+            || html.contains("no cluster named &quot;nope&quot;"),
+        "{html}"
+    );
 
     // Logging out ends the session.
     let resp = post_form(&srv, &op, "/logout", &[("csrf", op.csrf.as_str())]).await;
@@ -232,13 +279,24 @@ async fn login_form_is_rate_limited_and_has_its_own_csrf_token() {
         .send()
         .await
         .unwrap();
-    assert_eq!(resp.status(), StatusCode::FORBIDDEN, "a login form without its token");
+    assert_eq!(
+        resp.status(),
+        StatusCode::FORBIDDEN,
+        "a login form without its token"
+    );
     for _ in 0..5 {
-        assert_eq!(try_login(&srv, "oper", "wrong").await.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            try_login(&srv, "oper", "wrong").await.status(),
+            StatusCode::UNAUTHORIZED
+        );
     }
     let resp = try_login(&srv, "oper", PASSWORD).await;
     assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
-    assert!(resp.text().await.unwrap().contains("Too many failed logins"));
+    assert!(resp
+        .text()
+        .await
+        .unwrap()
+        .contains("Too many failed logins"));
 }
 
 #[tokio::test]
@@ -262,7 +320,10 @@ async fn markup_in_stored_values_renders_as_text() {
     );
     assert!(!html.contains("<script>alert") && !html.contains("<img src=x"));
     let (_, html) = get_page(&srv, &s, "/audit?actor=%3Cscript%3E").await;
-    assert!(html.contains("value=\"&#60;script&#62;\""), "filters echo escaped");
+    assert!(
+        html.contains("value=\"&#60;script&#62;\""),
+        "filters echo escaped"
+    );
 }
 
 #[tokio::test]
@@ -270,14 +331,21 @@ async fn audit_page_filters_verifies_and_exports() {
     let dir = tempfile::tempdir().unwrap();
     let srv = TestServer::start(dir.path()).await;
     let (st, _) = srv
-        .put("/api/v1/clusters/ext", &srv.tokens.operator, cluster_spec(51, "198.18.0.10"))
+        .put(
+            "/api/v1/clusters/ext",
+            &srv.tokens.operator,
+            cluster_spec(51, "198.18.0.10"),
+        )
         .await;
     assert_eq!(st, StatusCode::CREATED);
     let s = login(&srv, "view").await;
     let (_, html) = get_page(&srv, &s, "/audit?action=cluster.create").await;
     assert!(html.contains("Chain verified"), "{html}");
     assert!(html.contains("cluster:ext") && !html.contains("user:view"));
-    assert!(html.contains("198.18.0.10/32"), "the diff shows the new VIP");
+    assert!(
+        html.contains("198.18.0.10/32"),
+        "the diff shows the new VIP"
+    );
 
     let resp = client()
         .get(srv.url("/audit/export.csv?target=cluster%3A"))
@@ -286,7 +354,10 @@ async fn audit_page_filters_verifies_and_exports() {
         .await
         .unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
-    assert!(resp.headers()["content-type"].to_str().unwrap().starts_with("text/csv"));
+    assert!(resp.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/csv"));
     let csv = resp.text().await.unwrap();
     let lines: Vec<&str> = csv.lines().collect();
     assert_eq!(lines.len(), 2, "{csv}");
@@ -311,54 +382,76 @@ async fn cluster_form_shows_validation_next_to_the_field() {
     let dir = tempfile::tempdir().unwrap();
     let srv = TestServer::start(dir.path()).await;
     let op = login(&srv, "oper").await;
-    let resp = post_form(&srv, &op, "/clusters", &[
-        ("csrf", op.csrf.as_str()),
-        ("name", "ext"),
-        ("vrid", "0"),
-        ("interface", "eth0"),
-        ("vrrp_version", "3"),
-        ("advert_interval_ms", "1000"),
-        ("vips", "198.18.0.10/32"),
-    ])
+    let resp = post_form(
+        &srv,
+        &op,
+        "/clusters",
+        &[
+            ("csrf", op.csrf.as_str()),
+            ("name", "ext"),
+            ("vrid", "0"),
+            ("interface", "eth0"),
+            ("vrrp_version", "3"),
+            ("advert_interval_ms", "1000"),
+            ("vips", "198.18.0.10/32"),
+        ],
+    )
     .await;
     assert_eq!(resp.status(), StatusCode::UNPROCESSABLE_ENTITY);
     let html = resp.text().await.unwrap();
     let err = html.split("id=\"c-vrid-err\">").nth(1).unwrap();
     assert!(err.starts_with("must be 1 to 255"), "{err}");
-    assert!(html.contains("id=\"c-vrid\" name=\"vrid\" inputmode=\"numeric\" value=\"0\" aria-invalid=\"true\""));
+    assert!(html.contains(
+        "id=\"c-vrid\" name=\"vrid\" inputmode=\"numeric\" value=\"0\" aria-invalid=\"true\""
+    ));
 
-    let resp = post_form(&srv, &op, "/clusters", &[
-        ("csrf", op.csrf.as_str()),
-        ("name", "ext"),
-        ("vrid", "51"),
-        ("interface", "eth0"),
-        ("vrrp_version", "3"),
-        ("advert_interval_ms", "1000"),
-        ("preempt", "on"),
-        ("vips", "198.18.0.10/32"),
-    ])
+    let resp = post_form(
+        &srv,
+        &op,
+        "/clusters",
+        &[
+            ("csrf", op.csrf.as_str()),
+            ("name", "ext"),
+            ("vrid", "51"),
+            ("interface", "eth0"),
+            ("vrrp_version", "3"),
+            ("advert_interval_ms", "1000"),
+            ("preempt", "on"),
+            ("vips", "198.18.0.10/32"),
+        ],
+    )
     .await;
     assert_eq!(resp.status(), StatusCode::SEE_OTHER);
-    let resp = post_form(&srv, &op, "/clusters/ext/services", &[
-        ("csrf", op.csrf.as_str()),
-        ("vip", "198.18.0.10"),
-        ("port", "80"),
-        ("protocol", "tcp"),
-        ("scheduler", "wrr"),
-        ("forward", "nat"),
-        ("check_kind", "http"),
-        ("check_path", "/healthz"),
-        ("check_status", "200"),
-    ])
+    let resp = post_form(
+        &srv,
+        &op,
+        "/clusters/ext/services",
+        &[
+            ("csrf", op.csrf.as_str()),
+            ("vip", "198.18.0.10"),
+            ("port", "80"),
+            ("protocol", "tcp"),
+            ("scheduler", "wrr"),
+            ("forward", "nat"),
+            ("check_kind", "http"),
+            ("check_path", "/healthz"),
+            ("check_status", "200"),
+        ],
+    )
     .await;
     assert_eq!(resp.status(), StatusCode::SEE_OTHER);
-    let resp = post_form(&srv, &op, "/clusters/ext/real-servers", &[
-        ("csrf", op.csrf.as_str()),
-        ("service", "tcp:198.18.0.10:80"),
-        ("address", "198.18.2.1"),
-        ("port", "8080"),
-        ("weight", "3"),
-    ])
+    let resp = post_form(
+        &srv,
+        &op,
+        "/clusters/ext/real-servers",
+        &[
+            ("csrf", op.csrf.as_str()),
+            ("service", "tcp:198.18.0.10:80"),
+            ("address", "198.18.2.1"),
+            ("port", "8080"),
+            ("weight", "3"),
+        ],
+    )
     .await;
     assert_eq!(resp.status(), StatusCode::SEE_OTHER);
     let (_, v) = srv.get("/api/v1/clusters/ext", &srv.tokens.viewer).await;

@@ -37,6 +37,9 @@ mod tests {
         assert!(asset("app.css").is_some());
         assert!(asset("../Cargo.toml").is_none());
         let js = asset("app.js").map(|a| a.body).unwrap_or_default();
-        assert!(js.contains("EventSource"), "the live-update script uses SSE");
+        assert!(
+            js.contains("EventSource"),
+            "the live-update script uses SSE"
+        );
     }
 }

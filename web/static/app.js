@@ -39,7 +39,15 @@
         var el = regions[i];
         var fresh = el.id ? doc.getElementById(el.id) : null;
         if (!fresh || busyIn(el)) { continue; }
-        if (el.innerHTML !== fresh.innerHTML) { el.innerHTML = fresh.innerHTML; }
+        if (el.innerHTML === fresh.innerHTML) { continue; }
+        // Keep what the reader opened (a diff, the role document) open across the swap.
+        var open = [];
+        el.querySelectorAll('details[open][id]').forEach(function (d) { open.push(d.id); });
+        el.innerHTML = fresh.innerHTML;
+        open.forEach(function (id) {
+          var d = document.getElementById(id);
+          if (d) { d.open = true; }
+        });
       }
       refreshes += 1;
       document.body.setAttribute('data-refreshes', String(refreshes));

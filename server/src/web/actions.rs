@@ -82,14 +82,20 @@ pub async fn login(
     };
     let session = auth::start_session(&s, user.id).await?;
     tracing::info!(user = user.name, client = %peer.ip(), "dashboard login");
-    let mut resp = Redirect::to(super::safe_back(if f.next.is_empty() { "/" } else { &f.next }))
-        .into_response();
+    let mut resp = Redirect::to(super::safe_back(if f.next.is_empty() {
+        "/"
+    } else {
+        &f.next
+    }))
+    .into_response();
     if let Ok(v) = HeaderValue::from_str(&session.set_cookie) {
         resp.headers_mut().append(header::SET_COOKIE, v);
     }
     resp.headers_mut().append(
         header::SET_COOKIE,
-        HeaderValue::from_static("lbfleet_login_csrf=; Path=/login; HttpOnly; SameSite=Strict; Max-Age=0"),
+        HeaderValue::from_static(
+            "lbfleet_login_csrf=; Path=/login; HttpOnly; SameSite=Strict; Max-Age=0",
+        ),
     );
     Ok(resp)
 }
@@ -222,7 +228,13 @@ pub async fn assign(
     }
     let role: Role = match form.role.parse() {
         Ok(r) => r,
-        Err(_) => return Ok(redirect_with(&form.back, false, "role: pick active or backup")),
+        Err(_) => {
+            return Ok(redirect_with(
+                &form.back,
+                false,
+                "role: pick active or backup",
+            ))
+        }
     };
     let priority = match form.priority.trim() {
         "" => None,
@@ -239,7 +251,13 @@ pub async fn assign(
     };
     let r = s
         .fleet
-        .assign(&user.actor(), &node_key(&node), &form.cluster, role, priority)
+        .assign(
+            &user.actor(),
+            &node_key(&node),
+            &form.cluster,
+            role,
+            priority,
+        )
         .await
         .map(|n| {
             format!(
@@ -300,17 +318,16 @@ impl ClusterSettingsForm {
     }
 
     /// The spec the form describes (keeping `services`), or the form with a message next to each bad number.
-    fn to_spec(
-        &self,
-        services: Vec<ServiceSpec>,
-    ) -> Result<ClusterSpec, Box<ClusterForm>> {
+    fn to_spec(&self, services: Vec<ServiceSpec>) -> Result<ClusterSpec, Box<ClusterForm>> {
         let mut form = self.to_form();
         let mut num = |field: &str, text: &str| -> u32 {
             match text.trim().parse::<u32>() {
                 Ok(v) => v,
                 Err(_) => {
-                    form.errors
-                        .insert(field.to_owned(), format!("{:?} is not a whole number", text.trim()));
+                    form.errors.insert(
+                        field.to_owned(),
+                        format!("{:?} is not a whole number", text.trim()),
+                    );
                     0
                 }
             }
@@ -352,11 +369,7 @@ fn apply_errors(
                         field = rest.to_owned();
                     }
                 }
-                let base = field
-                    .split(['[', '.'])
-                    .next()
-                    .unwrap_or(&field)
-                    .to_owned();
+                let base = field.split(['[', '.']).next().unwrap_or(&field).to_owned();
                 let base = if field.starts_with("check.") {
                     field.replace('.', "_")
                 } else {
@@ -389,8 +402,10 @@ pub async fn create_cluster(
     let name = form.name.trim().to_owned();
     if s.fleet.get_cluster(&name).await.is_ok() {
         let mut f = form.to_form();
-        f.errors
-            .insert("name".into(), format!("a cluster named {name:?} already exists"));
+        f.errors.insert(
+            "name".into(),
+            format!("a cluster named {name:?} already exists"),
+        );
         return clusters_page(&s, &user, &headers, f).await;
     }
     let spec = match form.to_spec(vec![]) {
@@ -452,7 +467,11 @@ pub async fn delete_cluster(
 ) -> Result<Response, WebError> {
     user.require(UserRole::Operator)?;
     match s.fleet.delete_cluster(&user.actor(), &name).await {
-        Ok(()) => Ok(redirect_with("/clusters", true, &format!("deleted cluster {name}"))),
+        Ok(()) => Ok(redirect_with(
+            "/clusters",
+            true,
+            &format!("deleted cluster {name}"),
+        )),
         Err(e) => done(&format!("/clusters/{name}"), Err(e)),
     }
 }
@@ -522,13 +541,16 @@ impl ServiceFormIn {
         }
     }
 
-    fn to_spec(&self) -> Result<ServiceSpec, ServiceForm> {
+    fn to_spec(&self) -> Result<ServiceSpec, Box<ServiceForm>> {
         let mut f = self.to_form();
         let mut bad = |field: &str, msg: String| {
             f.errors.insert(field.to_owned(), msg);
         };
         let port = self.port.trim().parse::<u16>().unwrap_or_else(|_| {
-            bad("port", format!("{:?} is not a port (1 to 65535)", self.port.trim()));
+            bad(
+                "port",
+                format!("{:?} is not a port (1 to 65535)", self.port.trim()),
+            );
             0
         });
         let persistence_s = match self.persistence_s.trim() {
@@ -538,11 +560,22 @@ impl ServiceFormIn {
                 0
             }),
         };
-        let protocol = self.protocol.parse().map_err(|e: lbfleet_proto::UnknownValue| e.to_string());
-        let scheduler = self.scheduler.parse().map_err(|e: lbfleet_proto::UnknownValue| e.to_string());
-        let forward = self.forward.parse().map_err(|e: lbfleet_proto::UnknownValue| e.to_string());
-        let kind: Result<CheckKind, String> =
-            self.check_kind.parse().map_err(|e: lbfleet_proto::UnknownValue| e.to_string());
+        let protocol = self
+            .protocol
+            .parse()
+            .map_err(|e: lbfleet_proto::UnknownValue| e.to_string());
+        let scheduler = self
+            .scheduler
+            .parse()
+            .map_err(|e: lbfleet_proto::UnknownValue| e.to_string());
+        let forward = self
+            .forward
+            .parse()
+            .map_err(|e: lbfleet_proto::UnknownValue| e.to_string());
+        let kind: Result<CheckKind, String> = self
+            .check_kind
+            .parse()
+            .map_err(|e: lbfleet_proto::UnknownValue| e.to_string());
         let status = match self.check_status.trim() {
             "" => None,
             t => match t.parse::<u16>() {
@@ -566,11 +599,11 @@ impl ServiceFormIn {
                         bad(field, m);
                     }
                 }
-                return Err(f);
+                return Err(Box::new(f));
             }
         };
         if !f.errors.is_empty() {
-            return Err(f);
+            return Err(Box::new(f));
         }
         let mut check = HealthCheck::tcp();
         check.kind = kind;
@@ -602,9 +635,13 @@ pub async fn add_service(
     let current = s.fleet.get_cluster(&name).await?;
     let svc = match form.to_spec() {
         Ok(svc) => svc,
-        Err(f) => return cluster_page(&s, &user, &headers, &name, None, f).await,
+        Err(f) => return cluster_page(&s, &user, &headers, &name, None, *f).await,
     };
-    let label = format!("{}:{}", svc.protocol, crate::fleet::socket_text(&svc.vip, svc.port));
+    let label = format!(
+        "{}:{}",
+        svc.protocol,
+        crate::fleet::socket_text(&svc.vip, svc.port)
+    );
     let mut spec = current.spec.clone();
     let index = spec.services.len();
     spec.services.push(svc);
@@ -651,7 +688,11 @@ pub async fn remove_service(
         !(sv.protocol == service.protocol && sv.vip == service.vip && sv.port == service.port)
     });
     if spec.services.len() == before {
-        return Ok(redirect_with(&back, false, &format!("no service {service} in {name}")));
+        return Ok(redirect_with(
+            &back,
+            false,
+            &format!("no service {service} in {name}"),
+        ));
     }
     let r = s
         .fleet
@@ -754,12 +795,26 @@ pub async fn real_server_op(
     let r = match op.as_str() {
         "drain" => s
             .fleet
-            .change_real_server(&actor, &name, &service, &rs, RealServerChange::Enabled(false))
+            .change_real_server(
+                &actor,
+                &name,
+                &service,
+                &rs,
+                RealServerChange::Enabled(false),
+            )
             .await
-            .map(|_| format!("drained {label}: weight 0 in the kernel, existing connections finish")),
+            .map(|_| {
+                format!("drained {label}: weight 0 in the kernel, existing connections finish")
+            }),
         "enable" => s
             .fleet
-            .change_real_server(&actor, &name, &service, &rs, RealServerChange::Enabled(true))
+            .change_real_server(
+                &actor,
+                &name,
+                &service,
+                &rs,
+                RealServerChange::Enabled(true),
+            )
             .await
             .map(|_| format!("enabled {label}")),
         "weight" => match form.weight.trim().parse::<u32>() {
@@ -772,7 +827,10 @@ pub async fn real_server_op(
                 return Ok(redirect_with(
                     &back,
                     false,
-                    &format!("weight: {:?} is not a number from 0 to 65535", form.weight.trim()),
+                    &format!(
+                        "weight: {:?} is not a number from 0 to 65535",
+                        form.weight.trim()
+                    ),
                 ))
             }
         },
@@ -781,7 +839,11 @@ pub async fn real_server_op(
             .remove_real_server(&actor, &name, &service, &rs)
             .await
             .map(|_| format!("removed {label} from {service}")),
-        other => return Err(WebError::NotFound(format!("no real-server action {other:?}"))),
+        other => {
+            return Err(WebError::NotFound(format!(
+                "no real-server action {other:?}"
+            )))
+        }
     };
     done(&back, r)
 }

@@ -138,7 +138,10 @@ pub async fn page(
     ])
     .unwrap_or_default();
     let older = (rows.len() as i64 == limit)
-        .then(|| rows.last().map(|r| format!("/audit?{query}&before={}", r.seq)))
+        .then(|| {
+            rows.last()
+                .map(|r| format!("/audit?{query}&before={}", r.seq))
+        })
         .flatten();
     render(&AuditPage {
         p: Chrome::new(&user, &headers, "audit", "Audit log".into()),

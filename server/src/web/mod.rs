@@ -50,7 +50,10 @@ pub fn router() -> Router<AppState> {
         .route("/nodes/{id}/unassign", post(actions::unassign))
         .route("/nodes/{id}/retire", post(actions::retire))
         .route("/discovered", get(pages::discovered))
-        .route("/clusters", get(pages::clusters).post(actions::create_cluster))
+        .route(
+            "/clusters",
+            get(pages::clusters).post(actions::create_cluster),
+        )
         .route("/clusters/{name}", get(pages::cluster))
         .route("/clusters/{name}/settings", post(actions::cluster_settings))
         .route("/clusters/{name}/delete", post(actions::delete_cluster))
@@ -59,8 +62,14 @@ pub fn router() -> Router<AppState> {
             get(pages::switchover_confirm).post(actions::switchover),
         )
         .route("/clusters/{name}/services", post(actions::add_service))
-        .route("/clusters/{name}/services/remove", post(actions::remove_service))
-        .route("/clusters/{name}/real-servers", post(actions::add_real_server))
+        .route(
+            "/clusters/{name}/services/remove",
+            post(actions::remove_service),
+        )
+        .route(
+            "/clusters/{name}/real-servers",
+            post(actions::add_real_server),
+        )
         .route(
             "/clusters/{name}/real-servers/{op}",
             post(actions::real_server_op),
@@ -118,7 +127,9 @@ async fn clear_flash(req: Request, next: axum::middleware::Next) -> Response {
     if had_flash && is_page && html && !resp.headers().contains_key(header::SET_COOKIE) {
         resp.headers_mut().append(
             header::SET_COOKIE,
-            HeaderValue::from_static("lbfleet_flash=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0"),
+            HeaderValue::from_static(
+                "lbfleet_flash=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0",
+            ),
         );
     }
     resp
@@ -235,7 +246,10 @@ impl<T: DeserializeOwned> FromRequest<AppState> for Posted<T> {
             csrf: String::new(),
         });
         if sent.csrf.is_empty() || !secrets::constant_time_eq(&sent.csrf, &user.csrf) {
-            tracing::warn!(user = user.name, "dashboard form refused: missing or wrong CSRF token");
+            tracing::warn!(
+                user = user.name,
+                "dashboard form refused: missing or wrong CSRF token"
+            );
             return Err(WebError::Forbidden(
                 "the form's security token is missing or out of date; reload the page and try again"
                     .into(),
@@ -251,7 +265,9 @@ impl<T: DeserializeOwned> FromRequest<AppState> for Posted<T> {
 #[derive(Debug)]
 pub enum WebError {
     /// No valid session: GET pages redirect to the login form, anything else gets 401.
-    LoginRequired { next: Option<String> },
+    LoginRequired {
+        next: Option<String>,
+    },
     Forbidden(String),
     NotFound(String),
     BadRequest(String),

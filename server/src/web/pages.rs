@@ -1005,7 +1005,9 @@ pub async fn cluster_page(
             },
         })
         .collect();
-    let has_errors = form.as_ref().is_some_and(|f| !f.errors.is_empty() || f.general.is_some())
+    let has_errors = form
+        .as_ref()
+        .is_some_and(|f| !f.errors.is_empty() || f.general.is_some())
         || !svc_form.errors.is_empty()
         || svc_form.general.is_some();
     let mut resp = render(&ClusterPage {
@@ -1195,12 +1197,7 @@ pub struct LoginQuery {
 /// The login form. It carries its own CSRF token (a cookie plus the same value in the form), so a login
 /// cannot be forced from another site either.
 pub async fn login_form(Query(q): Query<LoginQuery>) -> Result<Response, WebError> {
-    login_page(
-        &q.next,
-        "",
-        None,
-        axum::http::StatusCode::OK,
-    )
+    login_page(&q.next, "", None, axum::http::StatusCode::OK)
 }
 
 pub fn login_page(
@@ -1217,7 +1214,8 @@ pub fn login_page(
         error,
     })?;
     *resp.status_mut() = status;
-    let cookie = format!("{LOGIN_CSRF_COOKIE}={csrf}; Path=/login; HttpOnly; SameSite=Strict; Max-Age=3600");
+    let cookie =
+        format!("{LOGIN_CSRF_COOKIE}={csrf}; Path=/login; HttpOnly; SameSite=Strict; Max-Age=3600");
     if let Ok(v) = HeaderValue::from_str(&cookie) {
         resp.headers_mut().insert(header::SET_COOKIE, v);
     }

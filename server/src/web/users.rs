@@ -9,7 +9,9 @@ use axum::response::Response;
 use lbfleet_proto::UserRole;
 use serde::Deserialize;
 
-use super::{ago_text, fleet_error_text, redirect_with, render, time_text, Chrome, Posted, WebError, WebUser};
+use super::{
+    ago_text, fleet_error_text, redirect_with, render, time_text, Chrome, Posted, WebError, WebUser,
+};
 use crate::api::AppState;
 use crate::fleet::FleetError;
 use crate::store;
@@ -77,7 +79,10 @@ async fn users_page(
             user: t.user,
             name: t.name,
             created: time_text(t.created_at),
-            expires: t.expires_at.map(time_text).unwrap_or_else(|| "never".into()),
+            expires: t
+                .expires_at
+                .map(time_text)
+                .unwrap_or_else(|| "never".into()),
             last_used: ago_text(t.last_used_at),
         })
         .collect();
@@ -123,7 +128,11 @@ pub async fn create_user(
 ) -> Result<Response, WebError> {
     user.require(UserRole::Admin)?;
     let Ok(role) = form.role.parse::<UserRole>() else {
-        return Ok(redirect_with("/users", false, "role: pick viewer, operator or admin"));
+        return Ok(redirect_with(
+            "/users",
+            false,
+            "role: pick viewer, operator or admin",
+        ));
     };
     let name = form.name.trim().to_owned();
     let given = (!form.password.is_empty()).then(|| form.password.clone());
@@ -141,7 +150,11 @@ pub async fn create_user(
             )
             .await
         }
-        Ok(_) => Ok(redirect_with("/users", true, &format!("created user {name} ({role})"))),
+        Ok(_) => Ok(redirect_with(
+            "/users",
+            true,
+            &format!("created user {name} ({role})"),
+        )),
         Err(e) => refused(e),
     }
 }
@@ -159,7 +172,11 @@ pub async fn delete_user(
         return Ok(redirect_with("/users", false, "you cannot delete yourself"));
     }
     match s.fleet.delete_user(&user.actor(), &name).await {
-        Ok(()) => Ok(redirect_with("/users", true, &format!("deleted user {name}"))),
+        Ok(()) => Ok(redirect_with(
+            "/users",
+            true,
+            &format!("deleted user {name}"),
+        )),
         Err(e) => refused(e),
     }
 }
@@ -249,7 +266,11 @@ pub async fn revoke_token(
 ) -> Result<Response, WebError> {
     user.require(UserRole::Admin)?;
     match s.fleet.revoke_token(&user.actor(), id).await {
-        Ok(()) => Ok(redirect_with("/users", true, &format!("revoked API token #{id}"))),
+        Ok(()) => Ok(redirect_with(
+            "/users",
+            true,
+            &format!("revoked API token #{id}"),
+        )),
         Err(e) => refused(e),
     }
 }
