@@ -564,6 +564,15 @@ async fn a_change_through_the_api_shows_on_an_open_page_within_a_second() {
         .put("/api/v1/clusters/ext", &op, cluster_spec(51, "198.18.0.10"))
         .await;
     assert_eq!(s, StatusCode::CREATED);
+    let cred = srv.enrolled_node("52:54:00:aa:bb:05", "lb-05").await;
+    let (s, v) = srv
+        .post(
+            "/api/v1/nodes/lb-05/assign",
+            &op,
+            json!({"cluster": "ext", "role": "active"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
     let api = srv.http.clone();
     let base = srv.base.clone();
 
@@ -601,6 +610,37 @@ async fn a_change_through_the_api_shows_on_an_open_page_within_a_second() {
             .await
             .unwrap();
         assert_eq!(same, json!(42), "the page updated in place, without a reload");
+
+        // An agent report (VRRP master, one real server failing) shows on the open page: state, VRRP, health.
+        let node: Value = api
+            .get(format!("{base}/api/v1/nodes/lb-05"))
+            .bearer_auth(&op)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let sent = Instant::now();
+        let resp = api
+            .post(format!("{base}/api/v1/agent/report"))
+            .bearer_auth(&cred)
+            .json(&json!({
+                "applied_generation": node["role_generation"], "vrrp_state": "master",
+                "services": [{"vip": "198.18.0.10", "port": 80, "protocol": "tcp", "connections": 12,
+                              "real_servers": [
+                                  {"address": "198.18.2.1", "port": 8080, "healthy": true, "weight": 1},
+                                  {"address": "198.18.2.2", "port": 8080, "healthy": false, "weight": 2}]}]
+            }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+        b.wait_for_text("#members-table tr[data-node=lb-05]", "master").await;
+        b.wait_for_text("#members-table tr[data-node=lb-05]", "serving").await;
+        b.wait_for_text("tr[data-rs='198.18.2.2:8080']", "failing").await;
+        b.wait_for_text("tr[data-rs='198.18.2.1:8080']", "healthy").await;
+        latencies.push(sent.elapsed());
         // A new node registered through the API appears on the overview while it is open.
         b.goto("/nodes").await;
         b.wait_for_text("#live-status", "live").await;

@@ -457,4 +457,38 @@ async fn cluster_form_shows_validation_next_to_the_field() {
     let (_, v) = srv.get("/api/v1/clusters/ext", &srv.tokens.viewer).await;
     assert_eq!(v["spec"]["services"][0]["check"]["path"], "/healthz");
     assert_eq!(v["spec"]["services"][0]["real_servers"][0]["weight"], 3);
+    let resp = post_form(
+        &srv,
+        &op,
+        "/clusters/ext/real-servers/weight",
+        &[
+            ("csrf", op.csrf.as_str()),
+            ("service", "tcp:198.18.0.10:80"),
+            ("rs", "198.18.2.1:8080"),
+            ("weight", "70000"),
+        ],
+    )
+    .await;
+    assert_eq!(
+        resp.status(),
+        StatusCode::SEE_OTHER,
+        "refusals come back as a message"
+    );
+    let resp = post_form(
+        &srv,
+        &op,
+        "/clusters/ext/real-servers/weight",
+        &[
+            ("csrf", op.csrf.as_str()),
+            ("service", "tcp:198.18.0.10:80"),
+            ("rs", "198.18.2.1:8080"),
+            ("weight", "7"),
+        ],
+    )
+    .await;
+    assert_eq!(resp.status(), StatusCode::SEE_OTHER);
+    let (_, v) = srv.get("/api/v1/clusters/ext", &srv.tokens.viewer).await;
+    assert_eq!(v["spec"]["services"][0]["real_servers"][0]["weight"], 7);
+    let (_, html) = get_page(&srv, &op, "/clusters/ext").await;
+    assert!(html.contains("aria-label=\"Weight of 198.18.2.1:8080\""));
 }
