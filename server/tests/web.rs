@@ -492,3 +492,58 @@ async fn cluster_form_shows_validation_next_to_the_field() {
     let (_, html) = get_page(&srv, &op, "/clusters/ext").await;
     assert!(html.contains("aria-label=\"Weight of 198.18.2.1:8080\""));
 }
+
+#[tokio::test]
+async fn live_stream_says_changed_and_ends_when_the_server_stops() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = TestServer::start(dir.path()).await;
+    let s = login(&srv, "view").await;
+    let resp = client().get(srv.url("/live")).send().await.unwrap();
+    assert_eq!(
+        resp.status(),
+        StatusCode::SEE_OTHER,
+        "the stream needs a session"
+    );
+    let mut resp = client()
+        .get(srv.url("/live"))
+        .header(COOKIE, &s.cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert!(resp.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/event-stream"));
+    let mut seen = String::new();
+    while !seen.contains("event: hello") {
+        seen.push_str(&String::from_utf8_lossy(
+            &resp.chunk().await.unwrap().unwrap(),
+        ));
+    }
+    let (st, _) = srv
+        .post(
+            "/api/v1/nodes",
+            &srv.tokens.operator,
+            json!({"mac": "52:54:00:00:00:07"}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CREATED);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+    while !seen.contains("event: changed") {
+        let chunk = tokio::time::timeout_at(deadline.into(), resp.chunk())
+            .await
+            .expect("a changed event within 1 s")
+            .unwrap()
+            .unwrap();
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    // An open stream must not hold up a graceful stop.
+    tokio::time::timeout(std::time::Duration::from_secs(10), srv.stop())
+        .await
+        .expect("the server stops with a live stream open");
+    let rest = tokio::time::timeout(std::time::Duration::from_secs(5), resp.chunk())
+        .await
+        .expect("the stream ends");
+    assert!(matches!(rest, Ok(None) | Err(_)), "{rest:?}");
+}
