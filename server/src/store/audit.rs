@@ -142,3 +142,12 @@ pub async fn actors_and_actions(
             .await?;
     Ok((actors, actions))
 }
+
+/// The chain head: sequence number and hash of the newest row.
+pub async fn head(conn: &mut SqliteConnection) -> Result<(i64, String), StoreError> {
+    Ok(
+        sqlx::query_as("SELECT seq, hash FROM audit_head WHERE id = 1")
+            .fetch_one(conn)
+            .await?,
+    )
+}

@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use super::{json_diff, render, time_text, Chrome, DiffLine, WebError, WebUser};
 use crate::api::AppState;
-use crate::audit::AuditRow;
+use crate::audit::{AuditRow, Verification};
 use crate::store::{self, audit::AuditFilter};
 
 #[derive(Debug, Default, Deserialize)]
@@ -107,6 +107,36 @@ struct AuditPage {
     older: Option<String>,
 }
 
+/// The last full verification, by the head hash it ended on. A live refresh (the page updating itself after a
+/// change) reuses it while the head has not moved, so open audit pages do not re-hash the whole log on every
+/// fleet change; a page load always verifies the whole chain.
+static LAST_VERIFIED: std::sync::Mutex<Option<Verification>> = std::sync::Mutex::new(None);
+
+async fn verification(
+    conn: &mut sqlx::SqliteConnection,
+    live_refresh: bool,
+) -> Result<Verification, WebError> {
+    if live_refresh {
+        let (_, head_hash) = store::audit::head(conn).await?;
+        let cached = LAST_VERIFIED
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if let Some(v) = cached.filter(|v| v.ok && v.head_hash == head_hash) {
+            return Ok(v);
+        }
+    }
+    let v = store::audit::verify(conn).await?;
+    if !v.ok {
+        tracing::error!(
+            problem = v.problem.as_deref().unwrap_or(""),
+            "audit chain verification failed"
+        );
+    }
+    *LAST_VERIFIED.lock().unwrap_or_else(|p| p.into_inner()) = Some(v.clone());
+    Ok(v)
+}
+
 pub async fn page(
     State(s): State<AppState>,
     user: WebUser,
@@ -126,7 +156,7 @@ pub async fn page(
     };
     let mut conn = s.fleet.store().read().await?;
     let rows = store::audit::list(&mut conn, &f).await?;
-    let verification = store::audit::verify(&mut conn).await?;
+    let verification = verification(&mut conn, super::is_live_refresh(&headers)).await?;
     let (actors, actions) = store::audit::actors_and_actions(&mut conn).await?;
     drop(conn);
     let query = serde_urlencoded::to_string([

@@ -11,6 +11,9 @@ use axum::response::IntoResponse;
 use futures::stream::{self, Stream, StreamExt};
 
 use super::WebUser;
+
+/// Shortest time between two "changed" events on one stream.
+const MIN_GAP: Duration = Duration::from_millis(200);
 use crate::api::AppState;
 
 pub async fn stream(State(s): State<AppState>, user: WebUser) -> impl IntoResponse {
@@ -28,7 +31,17 @@ fn events(
     let hello = stream::once(async move {
         Ok::<_, Infallible>(Event::default().event("hello").data(first.to_string()))
     });
-    let changes = stream::unfold((rx, stop), |(mut rx, mut stop)| async move {
+    let changes = stream::unfold((rx, stop, None), |(mut rx, mut stop, last)| async move {
+        // During a burst (many agents reporting at once) send at most one event per MIN_GAP: the watch channel
+        // keeps only the newest value, so changes in the gap collapse into the next event. After a quiet spell
+        // the first change goes out at once.
+        if let Some(last) = last {
+            let wait = tokio::time::sleep_until(last + MIN_GAP);
+            tokio::select! {
+                _ = wait => {},
+                _ = stop.wait_for(|s| *s) => return None,
+            }
+        }
         let changed = tokio::select! {
             changed = rx.changed() => changed.is_ok(),
             _ = stop.wait_for(|s| *s) => false,
@@ -39,7 +52,7 @@ fn events(
         let v = *rx.borrow_and_update();
         Some((
             Ok(Event::default().event("changed").data(v.to_string())),
-            (rx, stop),
+            (rx, stop, Some(tokio::time::Instant::now())),
         ))
     });
     hello.chain(changes)
