@@ -198,8 +198,27 @@ impl Browser {
             .unwrap();
     }
 
+    /// Every visible form control has a label (a `<label>` or `aria-label`), and buttons have text.
+    async fn assert_controls_labelled(&self, page: &str) {
+        let unlabelled = self
+            .client
+            .execute(
+                r#"return Array.from(document.querySelectorAll('input, select, textarea, button'))
+                    .filter(el => el.type !== 'hidden')
+                    .filter(el => el.tagName === 'BUTTON'
+                        ? !(el.textContent.trim() || el.getAttribute('aria-label'))
+                        : !((el.labels && el.labels.length) || el.getAttribute('aria-label')))
+                    .map(el => el.outerHTML.slice(0, 120));"#,
+                vec![],
+            )
+            .await
+            .unwrap();
+        assert_eq!(unlabelled, json!([]), "unlabelled controls on {page}");
+    }
+
     /// Saves `target/screenshots/NAME-1280x800.png` and `NAME-390x844.png`.
     async fn screenshots(&self, name: &str) {
+        self.assert_controls_labelled(name).await;
         let dir = screenshot_dir();
         for (w, h) in [(1280u32, 800u32), (390, 844)] {
             self.client.set_window_size(w, h).await.unwrap();
@@ -231,8 +250,8 @@ impl Browser {
 }
 
 /// Records a MAC as discovered hardware (what the boot services do when an unknown machine PXE-boots), then lets
-/// it enroll through the agent API; returns the node id.
-async fn discovered_node(srv: &TestServer, mac: &str) -> i64 {
+/// it enroll through the agent API; returns the node id and its credential.
+async fn discovered_node(srv: &TestServer, mac: &str) -> (i64, String) {
     let fleet = lbfleet_server::open_fleet(&ServerConfig::with_database(db_url(&srv.db_path)))
         .await
         .unwrap();
@@ -255,7 +274,7 @@ async fn discovered_node(srv: &TestServer, mac: &str) -> i64 {
         )
         .await;
     assert_eq!(s, StatusCode::OK, "{v}");
-    id
+    (id, v["credential"].as_str().unwrap().to_owned())
 }
 
 #[tokio::test]
@@ -276,7 +295,10 @@ async fn operator_approves_assigns_switches_over_and_drains() {
         .await;
     assert_eq!(s, StatusCode::CREATED, "{v}");
     let lb01 = v["id"].as_i64().unwrap();
-    let new_id = discovered_node(&srv, "52:54:00:aa:bb:02").await;
+    let (new_id, cred) = discovered_node(&srv, "52:54:00:aa:bb:02").await;
+    let api = srv.http.clone();
+    let base = srv.base.clone();
+    let op_token = op.clone();
 
     with_browser(&srv, |b| async move {
         let started = Instant::now();
@@ -284,6 +306,16 @@ async fn operator_approves_assigns_switches_over_and_drains() {
         assert!(b.path().await.starts_with("/login"), "pages need a login");
         b.screenshots("login").await;
         b.login("oper").await;
+        // Keyboard: the first Tab lands on the skip link.
+        b.client
+            .find(Locator::Css("body"))
+            .await
+            .unwrap()
+            .send_keys("\u{E004}")
+            .await
+            .unwrap();
+        let first = b.client.active_element().await.unwrap().text().await.unwrap();
+        assert_eq!(first, "Skip to content");
 
         // The discovered machine waits on its page; approve it under a name.
         b.goto("/discovered").await;
@@ -356,6 +388,39 @@ async fn operator_approves_assigns_switches_over_and_drains() {
         b.wait_for_text("tr[data-rs='198.18.2.1:8080'] td.admin", "drained").await;
         assert!(b.count("button[aria-label='Enable 198.18.2.1:8080']").await == 1);
 
+        // The new active's agent reports: VRRP master, one real server failing. The node page shows its IPVS table.
+        let node: Value = api
+            .get(format!("{base}/api/v1/nodes/lb-02"))
+            .bearer_auth(&op_token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let resp = api
+            .post(format!("{base}/api/v1/agent/report"))
+            .bearer_auth(&cred)
+            .json(&json!({
+                "applied_generation": node["role_generation"], "vrrp_state": "master",
+                "agent_version": "0.1.0-test", "address": "198.18.1.2",
+                "services": [{"vip": "198.18.0.10", "port": 80, "protocol": "tcp", "connections": 1234,
+                              "packets_in": 9000, "packets_out": 8800, "bytes_in": 720000, "bytes_out": 9100000,
+                              "real_servers": [
+                                  {"address": "198.18.2.1", "port": 8080, "healthy": true, "weight": 0,
+                                   "active_conns": 3, "inactive_conns": 40},
+                                  {"address": "198.18.2.2", "port": 8080, "healthy": false, "weight": 2}]}]
+            }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+        b.goto(&format!("/nodes/{new_id}")).await;
+        b.wait_for_text("#node-state", "serving").await;
+        b.wait_for_text("#ipvs-h ~ .scroll", "198.18.2.2:8080").await;
+        assert!(b.texts("#ipvs-h ~ .scroll").await.contains("✖ failing"));
+        b.screenshots("node").await;
+
         // Every step is in the audit log, by this user.
         b.goto("/audit?actor=oper").await;
         b.wait_for_text("#chain-status", "Chain verified").await;
@@ -391,9 +456,6 @@ async fn operator_approves_assigns_switches_over_and_drains() {
         b.goto("/nodes").await;
         b.wait_for_text("#nodes-table", "lb-02").await;
         b.screenshots("nodes").await;
-        b.goto(&format!("/nodes/{new_id}")).await;
-        b.wait_for_text("#node-placement", "ext / active").await;
-        b.screenshots("node").await;
         b.goto("/clusters").await;
         b.wait_for_text("#clusters-table", "ext").await;
         b.screenshots("clusters").await;
@@ -425,7 +487,7 @@ async fn viewer_cannot_change_anything_and_markup_renders_as_text() {
         .put("/api/v1/clusters/ext", op, cluster_spec(51, "198.18.0.10"))
         .await;
     assert_eq!(s, StatusCode::CREATED);
-    let new_id = discovered_node(&srv, "52:54:00:aa:bb:03").await;
+    let (new_id, _) = discovered_node(&srv, "52:54:00:aa:bb:03").await;
     // Markup smuggled in through fields people can set: an image command line (audit page) and an agent error
     // report (events page).
     let payload = "<script>window.__xss=1</script><img src=x onerror=\"window.__xss=2\">";
