@@ -491,6 +491,33 @@ async fn cluster_form_shows_validation_next_to_the_field() {
     assert_eq!(v["spec"]["services"][0]["real_servers"][0]["weight"], 7);
     let (_, html) = get_page(&srv, &op, "/clusters/ext").await;
     assert!(html.contains("aria-label=\"Weight of 198.18.2.1:8080\""));
+
+    // Edit the service's scheduler and check; its real servers stay.
+    let resp = post_form(
+        &srv,
+        &op,
+        "/clusters/ext/services/edit",
+        &[
+            ("csrf", op.csrf.as_str()),
+            ("service", "tcp:198.18.0.10:80"),
+            ("scheduler", "rr"),
+            ("forward", "nat"),
+            ("persistence_s", "300"),
+            ("check_kind", "tcp"),
+            ("check_path", ""),
+            ("check_status", ""),
+        ],
+    )
+    .await;
+    assert_eq!(resp.status(), StatusCode::SEE_OTHER);
+    let (_, v) = srv.get("/api/v1/clusters/ext", &srv.tokens.viewer).await;
+    let svc = &v["spec"]["services"][0];
+    assert_eq!(
+        (svc["scheduler"].as_str(), svc["check"]["kind"].as_str()),
+        (Some("rr"), Some("tcp"))
+    );
+    assert_eq!(svc["persistence_s"], 300);
+    assert_eq!(svc["real_servers"][0]["weight"], 7);
 }
 
 #[tokio::test]

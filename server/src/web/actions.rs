@@ -665,6 +665,60 @@ pub async fn add_service(
 }
 
 #[derive(Deserialize)]
+pub struct EditServiceForm {
+    #[serde(default)]
+    service: String,
+    #[serde(flatten)]
+    settings: ServiceFormIn,
+}
+
+/// Changes a service's scheduler, forwarding, persistence and health check; its address and real servers stay.
+pub async fn edit_service(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+    Posted { user, form }: Posted<EditServiceForm>,
+) -> Result<Response, WebError> {
+    user.require(UserRole::Operator)?;
+    let back = format!("/clusters/{name}");
+    let service: ServiceRef = match form.service.parse() {
+        Ok(s) => s,
+        Err(e) => return Ok(redirect_with(&back, false, &e.to_string())),
+    };
+    let current = s.fleet.get_cluster(&name).await?;
+    let mut spec = current.spec.clone();
+    let Some(target) = spec.services.iter_mut().find(|sv| {
+        sv.protocol == service.protocol && sv.vip == service.vip && sv.port == service.port
+    }) else {
+        return Ok(redirect_with(
+            &back,
+            false,
+            &format!("no service {service} in {name}"),
+        ));
+    };
+    let mut settings = form.settings;
+    settings.vip = service.vip.clone();
+    settings.port = service.port.to_string();
+    settings.protocol = service.protocol.to_string();
+    let new = match settings.to_spec() {
+        Ok(new) => new,
+        Err(f) => {
+            let msg: Vec<String> = f.errors.iter().map(|(k, v)| format!("{k}: {v}")).collect();
+            return Ok(redirect_with(&back, false, &msg.join("; ")));
+        }
+    };
+    target.scheduler = new.scheduler;
+    target.forward = new.forward;
+    target.persistence_s = new.persistence_s;
+    target.check = new.check;
+    let r = s
+        .fleet
+        .put_cluster(&user.actor(), &name, &spec)
+        .await
+        .map(|(outcome, _)| format!("service {service}: settings {outcome:?}").to_lowercase());
+    done(&back, r)
+}
+
+#[derive(Deserialize)]
 pub struct ServiceRefForm {
     #[serde(default)]
     service: String,

@@ -63,6 +63,10 @@ pub fn router() -> Router<AppState> {
         )
         .route("/clusters/{name}/services", post(actions::add_service))
         .route(
+            "/clusters/{name}/services/edit",
+            post(actions::edit_service),
+        )
+        .route(
             "/clusters/{name}/services/remove",
             post(actions::remove_service),
         )

@@ -887,6 +887,12 @@ pub struct ServiceView {
     pub forward: String,
     pub check: String,
     pub persistence: String,
+    pub persistence_s: u32,
+    pub check_kind: String,
+    pub check_path: String,
+    pub check_status: String,
+    /// Position in the spec (ids of the edit form's fields).
+    pub index: usize,
     pub servers: Vec<RsView>,
 }
 
@@ -949,7 +955,17 @@ pub async fn cluster_page(
         .spec
         .services
         .iter()
-        .map(|sv| ServiceView {
+        .enumerate()
+        .map(|(index, sv)| ServiceView {
+            index,
+            persistence_s: sv.persistence_s,
+            check_kind: sv.check.kind.to_string(),
+            check_path: sv.check.path.clone().unwrap_or_default(),
+            check_status: sv
+                .check
+                .expect_status
+                .map(|s| s.to_string())
+                .unwrap_or_default(),
             key: format!("{}:{}", sv.protocol, socket_text(&sv.vip, sv.port)),
             label: format!("{} {}", sv.protocol, socket_text(&sv.vip, sv.port)),
             scheduler: sv.scheduler.to_string(),
