@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Installs the Debian packages lbfleet needs to build, test and run. Idempotent: runs apt-get only when a
-# package is missing. Later tiers (boot services, QEMU lab) add their packages here.
-# chromium + chromium-driver: the dashboard's browser tests (server/tests/browser.rs) drive headless Chromium.
+# package is missing. Later tiers (QEMU lab) add their packages here.
 set -euo pipefail
 
-packages=(build-essential pkg-config ca-certificates curl sqlite3 chromium chromium-driver)
+# Build and run; test clients (tftp-hpa, udhcpc in busybox, dhclient, perfdhcp); benchmark peers (Kea, dnsmasq);
+# headless Chromium and its WebDriver for the dashboard's browser tests.
+packages=(build-essential pkg-config ca-certificates curl sqlite3 iproute2 busybox-static tftp-hpa isc-dhcp-client
+  kea-admin kea-dhcp4-server dnsmasq-base chromium chromium-driver)
 
 missing=()
 for p in "${packages[@]}"; do
@@ -17,6 +19,14 @@ if [ ${#missing[@]} -gt 0 ]; then
   fi
   echo "install-deps: installing ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
+  # Packages like kea-dhcp4-server would start their daemon on install and answer DHCP on the host's
+  # interfaces; the benchmarks start them by hand inside their own namespaces. Deny service starts meanwhile.
+  policy=/usr/sbin/policy-rc.d
+  created_policy=
+  if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod +x "$policy" && created_policy=1
+    trap 'rm -f "$policy"' EXIT
+  fi
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi

@@ -30,7 +30,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the server (API, agent API, HTTP boot). Stops cleanly on SIGTERM or SIGINT.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Manage dashboard and API users.
     #[command(subcommand)]
     User(UserCommand),
@@ -85,6 +85,263 @@ pub struct ServeArgs {
     /// Log line format [default: text]
     #[arg(long, env = "LBFLEET_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
+    #[command(flatten)]
+    pub boot: BootArgs,
+}
+
+/// `[boot]`: PXE boot services. Without a `[boot]` table (and no `--boot-*` flag) the server runs no DHCP or
+/// TFTP and refuses HTTP boot requests.
+#[derive(Debug, Clone, Default, Args, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BootArgs {
+    /// Interface DHCP listens on (SO_BINDTODEVICE); no DHCP without it
+    #[arg(
+        long = "boot-interface",
+        env = "LBFLEET_BOOT_INTERFACE",
+        value_name = "IFACE"
+    )]
+    pub interface: Option<String>,
+    /// Address given to clients as next-server (siaddr), TFTP and HTTP boot server
+    #[arg(
+        long = "boot-server-address",
+        env = "LBFLEET_BOOT_SERVER_ADDRESS",
+        value_name = "IPV4"
+    )]
+    pub server_address: Option<std::net::Ipv4Addr>,
+    /// Boot subnet, e.g. 198.18.0.0/15
+    #[arg(long = "boot-subnet", env = "LBFLEET_BOOT_SUBNET", value_name = "CIDR")]
+    pub subnet: Option<String>,
+    /// Discovery pool, e.g. 198.18.1.0-198.18.1.255
+    #[arg(
+        long = "boot-pool",
+        env = "LBFLEET_BOOT_POOL",
+        value_name = "FIRST-LAST"
+    )]
+    pub pool: Option<String>,
+    /// Default gateway handed to clients
+    #[arg(long = "boot-router", env = "LBFLEET_BOOT_ROUTER", value_name = "IPV4")]
+    pub router: Option<std::net::Ipv4Addr>,
+    /// DNS servers handed to clients (repeat or comma-separate)
+    #[arg(
+        long = "boot-dns",
+        env = "LBFLEET_BOOT_DNS",
+        value_name = "IPV4",
+        value_delimiter = ','
+    )]
+    pub dns: Option<Vec<std::net::Ipv4Addr>>,
+    /// DNS domain handed to clients
+    #[arg(long = "boot-domain", env = "LBFLEET_BOOT_DOMAIN")]
+    pub domain: Option<String>,
+    /// Lease time [default: 1h]
+    #[arg(
+        long = "boot-lease-time",
+        env = "LBFLEET_BOOT_LEASE_TIME",
+        value_name = "DURATION"
+    )]
+    pub lease_time: Option<String>,
+    /// TFTP root and image directory (images/<version>/<file>) [default: var/boot]
+    #[arg(long = "boot-dir", env = "LBFLEET_BOOT_DIR", value_name = "DIR")]
+    pub boot_dir: Option<PathBuf>,
+    /// DHCP server port [default: 67]
+    #[arg(long = "boot-dhcp-port", env = "LBFLEET_BOOT_DHCP_PORT")]
+    pub dhcp_port: Option<u16>,
+    /// TFTP port; 0 turns TFTP off [default: 69]
+    #[arg(long = "boot-tftp-port", env = "LBFLEET_BOOT_TFTP_PORT")]
+    pub tftp_port: Option<u16>,
+    /// TFTP transfers at once [default: 64]
+    #[arg(
+        long = "boot-tftp-max-transfers",
+        env = "LBFLEET_BOOT_TFTP_MAX_TRANSFERS"
+    )]
+    pub tftp_max_transfers: Option<usize>,
+    /// Largest TFTP block size granted [default: 1468]
+    #[arg(long = "boot-tftp-max-blksize", env = "LBFLEET_BOOT_TFTP_MAX_BLKSIZE")]
+    pub tftp_max_blksize: Option<u16>,
+    /// Largest TFTP window (RFC 7440) granted [default: 64]
+    #[arg(
+        long = "boot-tftp-max-windowsize",
+        env = "LBFLEET_BOOT_TFTP_MAX_WINDOWSIZE"
+    )]
+    pub tftp_max_windowsize: Option<u16>,
+    /// Most unknown MACs waiting in `discovered` at once [default: 1024]
+    #[arg(long = "boot-max-discovered", env = "LBFLEET_BOOT_MAX_DISCOVERED")]
+    pub max_discovered: Option<i64>,
+}
+
+impl BootArgs {
+    fn is_empty(&self) -> bool {
+        self.interface.is_none()
+            && self.server_address.is_none()
+            && self.subnet.is_none()
+            && self.pool.is_none()
+            && self.router.is_none()
+            && self.dns.is_none()
+            && self.domain.is_none()
+            && self.lease_time.is_none()
+            && self.boot_dir.is_none()
+            && self.dhcp_port.is_none()
+            && self.tftp_port.is_none()
+            && self.tftp_max_transfers.is_none()
+            && self.tftp_max_blksize.is_none()
+            && self.tftp_max_windowsize.is_none()
+            && self.max_discovered.is_none()
+    }
+
+    /// Fields set here win over `other`'s.
+    fn over(self, other: BootArgs) -> BootArgs {
+        BootArgs {
+            interface: self.interface.or(other.interface),
+            server_address: self.server_address.or(other.server_address),
+            subnet: self.subnet.or(other.subnet),
+            pool: self.pool.or(other.pool),
+            router: self.router.or(other.router),
+            dns: self.dns.or(other.dns),
+            domain: self.domain.or(other.domain),
+            lease_time: self.lease_time.or(other.lease_time),
+            boot_dir: self.boot_dir.or(other.boot_dir),
+            dhcp_port: self.dhcp_port.or(other.dhcp_port),
+            tftp_port: self.tftp_port.or(other.tftp_port),
+            tftp_max_transfers: self.tftp_max_transfers.or(other.tftp_max_transfers),
+            tftp_max_blksize: self.tftp_max_blksize.or(other.tftp_max_blksize),
+            tftp_max_windowsize: self.tftp_max_windowsize.or(other.tftp_max_windowsize),
+            max_discovered: self.max_discovered.or(other.max_discovered),
+        }
+    }
+}
+
+/// Resolved `[boot]` settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BootConfig {
+    pub interface: Option<String>,
+    pub server_address: std::net::Ipv4Addr,
+    /// (network, prefix length)
+    pub subnet: Option<(std::net::Ipv4Addr, u8)>,
+    /// (first, last)
+    pub pool: Option<(std::net::Ipv4Addr, std::net::Ipv4Addr)>,
+    pub router: Option<std::net::Ipv4Addr>,
+    pub dns: Vec<std::net::Ipv4Addr>,
+    pub domain: Option<String>,
+    pub lease_time: Duration,
+    pub boot_dir: PathBuf,
+    pub dhcp_port: u16,
+    pub tftp_port: u16,
+    pub tftp_max_transfers: usize,
+    pub tftp_max_blksize: u16,
+    pub tftp_max_windowsize: u16,
+    pub max_discovered: i64,
+}
+
+fn parse_cidr(text: &str) -> Result<(std::net::Ipv4Addr, u8), ConfigError> {
+    let bad = || ConfigError::Invalid {
+        key: "boot.subnet",
+        reason: format!("{text:?} is not IPV4/PREFIX"),
+    };
+    let (a, p) = text.split_once('/').ok_or_else(bad)?;
+    let addr: std::net::Ipv4Addr = a.parse().map_err(|_| bad())?;
+    let prefix: u8 = p.parse().ok().filter(|p| *p <= 32).ok_or_else(bad)?;
+    let mask = if prefix == 0 {
+        0
+    } else {
+        u32::MAX << (32 - prefix)
+    };
+    Ok((std::net::Ipv4Addr::from(u32::from(addr) & mask), prefix))
+}
+
+fn parse_range(text: &str) -> Result<(std::net::Ipv4Addr, std::net::Ipv4Addr), ConfigError> {
+    let bad = || ConfigError::Invalid {
+        key: "boot.pool",
+        reason: format!("{text:?} is not FIRST-LAST (two IPv4 addresses)"),
+    };
+    let (a, b) = text.split_once('-').ok_or_else(bad)?;
+    let first: std::net::Ipv4Addr = a.trim().parse().map_err(|_| bad())?;
+    let last: std::net::Ipv4Addr = b.trim().parse().map_err(|_| bad())?;
+    if u32::from(first) > u32::from(last) {
+        return Err(ConfigError::Invalid {
+            key: "boot.pool",
+            reason: format!("{text:?}: first address is after the last"),
+        });
+    }
+    Ok((first, last))
+}
+
+impl BootConfig {
+    fn resolve(args: BootArgs) -> Result<BootConfig, ConfigError> {
+        let server_address = args.server_address.ok_or(ConfigError::Invalid {
+            key: "boot.server_address",
+            reason: "required when [boot] is configured".into(),
+        })?;
+        let subnet = args.subnet.as_deref().map(parse_cidr).transpose()?;
+        let pool = args.pool.as_deref().map(parse_range).transpose()?;
+        if args.interface.is_some() && (subnet.is_none() || pool.is_none()) {
+            return Err(ConfigError::Invalid {
+                key: "boot.interface",
+                reason: "DHCP needs boot.subnet and boot.pool too".into(),
+            });
+        }
+        if let (Some((net, prefix)), Some((first, last))) = (subnet, pool) {
+            let mask = if prefix == 0 {
+                0
+            } else {
+                u32::MAX << (32 - prefix)
+            };
+            for a in [first, last] {
+                if u32::from(a) & mask != u32::from(net) {
+                    return Err(ConfigError::Invalid {
+                        key: "boot.pool",
+                        reason: format!("{a} is outside boot.subnet {net}/{prefix}"),
+                    });
+                }
+            }
+        }
+        let blksize = args.tftp_max_blksize.unwrap_or(1468);
+        if !(512..=65464).contains(&blksize) {
+            return Err(ConfigError::Invalid {
+                key: "boot.tftp_max_blksize",
+                reason: "must be 512 to 65464".into(),
+            });
+        }
+        Ok(BootConfig {
+            interface: args.interface,
+            server_address,
+            subnet,
+            pool,
+            router: args.router,
+            dns: args.dns.unwrap_or_default(),
+            domain: args.domain,
+            lease_time: duration("boot.lease_time", args.lease_time, "1h")?,
+            boot_dir: args.boot_dir.unwrap_or_else(|| PathBuf::from("var/boot")),
+            dhcp_port: args.dhcp_port.unwrap_or(67),
+            tftp_port: args.tftp_port.unwrap_or(69),
+            tftp_max_transfers: args.tftp_max_transfers.unwrap_or(64).max(1),
+            tftp_max_blksize: blksize,
+            tftp_max_windowsize: args.tftp_max_windowsize.unwrap_or(64).clamp(1, 1024),
+            max_discovered: args
+                .max_discovered
+                .unwrap_or(crate::fleet::DEFAULT_MAX_DISCOVERED)
+                .max(0),
+        })
+    }
+
+    /// Defaults for tests: HTTP boot and TFTP over `boot_dir`, no DHCP.
+    pub fn for_dir(boot_dir: impl Into<PathBuf>) -> BootConfig {
+        BootConfig {
+            interface: None,
+            server_address: std::net::Ipv4Addr::LOCALHOST,
+            subnet: None,
+            pool: None,
+            router: None,
+            dns: vec![],
+            domain: None,
+            lease_time: Duration::from_secs(3600),
+            boot_dir: boot_dir.into(),
+            dhcp_port: 67,
+            tftp_port: 0,
+            tftp_max_transfers: 64,
+            tftp_max_blksize: 1468,
+            tftp_max_windowsize: 64,
+            max_discovered: crate::fleet::DEFAULT_MAX_DISCOVERED,
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -186,6 +443,7 @@ pub struct FileConfig {
     pub enrollment_token_ttl: Option<String>,
     pub initial_admin_password_file: Option<PathBuf>,
     pub log_format: Option<LogFormat>,
+    pub boot: Option<BootArgs>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -237,6 +495,7 @@ pub struct ServerConfig {
     pub enrollment_token_ttl: Duration,
     pub initial_admin_password_file: Option<PathBuf>,
     pub log_format: LogFormat,
+    pub boot: Option<BootConfig>,
 }
 
 impl std::fmt::Debug for ServerConfig {
@@ -253,6 +512,7 @@ impl std::fmt::Debug for ServerConfig {
                 &self.initial_admin_password_file,
             )
             .field("log_format", &self.log_format)
+            .field("boot", &self.boot)
             .finish()
     }
 }
@@ -332,6 +592,15 @@ impl ServerConfig {
                 .initial_admin_password_file
                 .or(file.initial_admin_password_file),
             log_format: args.log_format.or(file.log_format).unwrap_or_default(),
+            boot: {
+                let from_file = file.boot.is_some();
+                let merged = args.boot.over(file.boot.unwrap_or_default());
+                if from_file || !merged.is_empty() {
+                    Some(BootConfig::resolve(merged)?)
+                } else {
+                    None
+                }
+            },
         })
     }
 
@@ -346,6 +615,7 @@ impl ServerConfig {
             enrollment_token_ttl: Duration::from_secs(15 * 60),
             initial_admin_password_file: None,
             log_format: LogFormat::Text,
+            boot: None,
         }
     }
 
@@ -373,7 +643,7 @@ mod tests {
         let mut full = vec!["lbfleet-server", "serve"];
         full.extend_from_slice(argv);
         match Cli::try_parse_from(full).map(|c| c.command) {
-            Ok(Command::Serve(a)) => a,
+            Ok(Command::Serve(a)) => *a,
             other => panic!("unexpected parse: {other:?}"),
         }
     }

@@ -4,10 +4,12 @@
 use std::future::Future;
 use std::net::SocketAddr;
 
+use anyhow::Context;
 use tokio::net::TcpListener;
 
 pub mod api;
 pub mod audit;
+pub mod boot;
 pub mod config;
 pub mod fleet;
 pub mod notify;
@@ -20,22 +22,103 @@ pub use config::ServerConfig;
 /// Opens the store (running migrations) and builds the fleet service.
 pub async fn open_fleet(config: &ServerConfig) -> Result<fleet::Fleet, store::StoreError> {
     let store = store::Store::open(&config.database).await?;
-    Ok(fleet::Fleet::new(store, config.enrollment_token_ttl))
+    let fleet = fleet::Fleet::new(store, config.enrollment_token_ttl);
+    Ok(match &config.boot {
+        Some(b) => fleet.with_discovery_cap(b.max_discovered),
+        None => fleet,
+    })
 }
 
-/// Serves the API on `listener` until `shutdown` completes, then drains in-flight requests
-/// (waiting long-polls answer at once) and closes the database.
+/// Sockets of the boot services, bound before the server starts (tests bind port 0).
+#[derive(Debug, Default)]
+pub struct BootSockets {
+    pub tftp: Option<tokio::net::UdpSocket>,
+    pub dhcp: Option<tokio::net::UdpSocket>,
+}
+
+impl BootSockets {
+    /// Binds what `config.boot` asks for: TFTP on `server_address:tftp_port` unless the port is 0.
+    pub async fn bind(config: &ServerConfig) -> anyhow::Result<BootSockets> {
+        let mut sockets = BootSockets::default();
+        if let Some(b) = &config.boot {
+            if b.tftp_port != 0 {
+                let addr = SocketAddr::from((b.server_address, b.tftp_port));
+                let sock = tokio::net::UdpSocket::bind(addr)
+                    .await
+                    .with_context(|| format!("cannot bind TFTP to {addr}"))?;
+                sockets.tftp = Some(sock);
+            }
+            if let Some(iface) = &b.interface {
+                // DHCP must see broadcasts, so it binds the wildcard address, restricted to one interface.
+                let addr = SocketAddr::from(([0, 0, 0, 0], b.dhcp_port));
+                let sock = tokio::net::UdpSocket::bind(addr)
+                    .await
+                    .with_context(|| format!("cannot bind DHCP to {addr}"))?;
+                sock.bind_device(Some(iface.as_bytes())).with_context(|| {
+                    format!("cannot bind DHCP to interface {iface} (needs root or CAP_NET_RAW)")
+                })?;
+                sock.set_broadcast(true)?;
+                sockets.dhcp = Some(sock);
+            }
+        }
+        Ok(sockets)
+    }
+}
+
+/// Serves the API on `listener` (and the boot services configured) until `shutdown` completes, then drains
+/// in-flight requests (waiting long-polls answer at once) and closes the database.
 pub async fn run(
     config: ServerConfig,
     listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let sockets = BootSockets::bind(&config).await?;
+    run_with(config, listener, sockets, shutdown).await
+}
+
+/// `run` with boot sockets the caller bound.
+pub async fn run_with(
+    config: ServerConfig,
+    listener: TcpListener,
+    sockets: BootSockets,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let fleet = open_fleet(&config).await?;
     if let Some(password) = fleet.bootstrap_admin().await? {
         announce_initial_admin(&config, &password)?;
     }
+    let fleet = std::sync::Arc::new(fleet);
     let store = fleet.store().clone();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut tasks = tokio::task::JoinSet::new();
+    if let (Some(boot), Some(sock)) = (&config.boot, sockets.dhcp) {
+        let http_base = config.public_url.clone().unwrap_or_else(|| {
+            let port = listener.local_addr().map(|a| a.port()).unwrap_or(80);
+            format!("http://{}:{port}", boot.server_address)
+        });
+        let dhcp = dhcp_config(boot, http_base)?;
+        let stats = std::sync::Arc::new(boot::dhcp::server::DhcpStats::default());
+        tasks.spawn(boot::dhcp::server::run(
+            sock,
+            dhcp,
+            fleet.clone(),
+            stats,
+            stop_rx.clone(),
+        ));
+    }
+    if let (Some(boot), Some(sock)) = (&config.boot, sockets.tftp) {
+        let tftp_config = boot::tftp::TftpConfig {
+            root: boot.boot_dir.clone(),
+            limits: boot::tftp::transfer::Limits {
+                max_blksize: boot.tftp_max_blksize,
+                max_windowsize: boot.tftp_max_windowsize,
+                ..Default::default()
+            },
+            max_transfers: boot.tftp_max_transfers,
+        };
+        let stats = std::sync::Arc::new(boot::tftp::TftpStats::default());
+        tasks.spawn(boot::tftp::run(sock, tftp_config, stats, stop_rx.clone()));
+    }
     let addr = listener.local_addr()?;
     let app = api::router(api::AppState::new(fleet, config, stop_rx));
     tracing::info!(%addr, "lbfleet-server listening");
@@ -49,9 +132,42 @@ pub async fn run(
         let _ = stop_tx.send(true);
     })
     .await?;
+    while let Some(done) = tasks.join_next().await {
+        if let Ok(Err(e)) = done {
+            tracing::error!(error = %e, "boot service failed");
+        }
+    }
     store.close().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The DHCP engine's settings from `[boot]`.
+fn dhcp_config(
+    boot: &config::BootConfig,
+    http_boot_base: String,
+) -> anyhow::Result<boot::dhcp::DhcpConfig> {
+    use boot::dhcp::{BootFileMap, DhcpConfig, PoolRange, Subnet};
+    let (network, prefix) = boot.subnet.context("boot.subnet is required for DHCP")?;
+    let (first, last) = boot.pool.context("boot.pool is required for DHCP")?;
+    let cfg = DhcpConfig {
+        server_address: boot.server_address,
+        subnet: Subnet::new(network, prefix),
+        pools: vec![PoolRange::new(first, last)],
+        router: boot.router,
+        dns: boot.dns.clone(),
+        domain: boot.domain.clone(),
+        mtu: None,
+        ntp: vec![],
+        lease_time: boot.lease_time,
+        offer_timeout: std::time::Duration::from_secs(60),
+        decline_quarantine: std::time::Duration::from_secs(600),
+        boot_files: BootFileMap::default(),
+        http_boot_base,
+        discovery_cap: usize::try_from(boot.max_discovered).unwrap_or(0),
+    };
+    cfg.validate().map_err(|e| anyhow::anyhow!("[boot]: {e}"))?;
+    Ok(cfg)
 }
 
 /// Prints the first admin's password once (to stdout, never to the log) and optionally writes it to a file

@@ -24,26 +24,18 @@ fn init_tracing(format: LogFormat) {
     }
 }
 
-/// Watches SIGTERM and SIGINT. The handlers are installed here, before the server starts (not when the returned
-/// future is first polled), so a signal that arrives right after the "listening" line still stops it cleanly.
-fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+/// Installs the SIGTERM/SIGINT handlers now (before the server announces itself, so a signal that arrives
+/// right after start-up is not lost to the default action) and returns the future that waits for either.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()> + Send + 'static> {
     use tokio::signal::unix::{signal, SignalKind};
-    let term = signal(SignalKind::terminate());
-    let int = signal(SignalKind::interrupt());
-    async move {
-        match (term, int) {
-            (Ok(mut term), Ok(mut int)) => {
-                tokio::select! {
-                    _ = term.recv() => {},
-                    _ = int.recv() => {},
-                }
-            }
-            (Err(e), _) | (_, Err(e)) => {
-                tracing::warn!(error = %e, "cannot watch SIGTERM/SIGINT; stopping on Ctrl-C only");
-                let _ = tokio::signal::ctrl_c().await;
-            }
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {},
+            _ = int.recv() => {},
         }
-    }
+    })
 }
 
 fn read_password_stdin() -> anyhow::Result<String> {
@@ -73,13 +65,13 @@ fn cli_actor() -> Actor {
 async fn main_inner(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Serve(args) => {
-            let cfg = ServerConfig::resolve(args)?;
+            let cfg = ServerConfig::resolve(*args)?;
             init_tracing(cfg.log_format);
             tracing::info!(config = ?cfg, "starting");
             let listener = tokio::net::TcpListener::bind(cfg.listen)
                 .await
                 .with_context(|| format!("cannot listen on {}", cfg.listen))?;
-            lbfleet_server::run(cfg, listener, shutdown_signal()).await?;
+            lbfleet_server::run(cfg, listener, shutdown_signal()?).await?;
         }
         Command::User(cmd) => {
             init_tracing(LogFormat::Text);

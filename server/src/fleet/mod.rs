@@ -88,6 +88,8 @@ pub struct NodeView {
     pub state: String,
     pub image: Option<String>,
     pub address: Option<String>,
+    /// Fixed DHCP address of the node, if it has one.
+    pub reserved_address: Option<String>,
     pub cluster: Option<String>,
     pub role: Option<String>,
     pub priority: Option<i64>,
@@ -123,6 +125,7 @@ impl NodeView {
             state: row.state,
             image: row.image,
             address: row.address,
+            reserved_address: row.reserved_address,
             cluster: row.cluster,
             role: row.role,
             priority: row.priority,
@@ -218,6 +221,22 @@ pub struct Fleet {
     store: Store,
     notifier: Notifier,
     enrollment_token_ttl: Duration,
+    /// Most nodes allowed in state `discovered` at once: a flood of random MACs cannot grow the database
+    /// without bound.
+    max_discovered: i64,
+}
+
+/// Default cap on waiting discovered nodes.
+pub const DEFAULT_MAX_DISCOVERED: i64 = 1024;
+
+/// What the boot services should hand a MAC.
+#[derive(Debug, Clone)]
+pub struct BootTarget {
+    pub node_id: i64,
+    pub name: String,
+    pub state: NodeState,
+    /// The node's image, else the default image; `None` if neither exists.
+    pub image: Option<store::images::ImageRow>,
 }
 
 fn to_value<T: Serialize>(v: &T) -> Value {
@@ -247,6 +266,7 @@ impl Fleet {
             store,
             notifier: Notifier::default(),
             enrollment_token_ttl,
+            max_discovered: DEFAULT_MAX_DISCOVERED,
         }
     }
 
@@ -256,6 +276,38 @@ impl Fleet {
 
     pub fn notifier(&self) -> &Notifier {
         &self.notifier
+    }
+
+    /// Sets the cap on nodes waiting in `discovered`.
+    pub fn with_discovery_cap(mut self, max_discovered: i64) -> Self {
+        self.max_discovered = max_discovered;
+        self
+    }
+
+    /// Decides what a booting MAC gets: records unknown MACs as discovered, refuses retired and rejected
+    /// nodes, and picks the node's image or the default one.
+    pub async fn boot_target(&self, mac: &str) -> Result<BootTarget> {
+        let mac = rules::mac(mac)?;
+        let node_id = self.discover(&mac).await?;
+        let mut conn = self.store.read().await?;
+        let row = Self::node_in(&mut conn, &NodeKey::Id(node_id)).await?;
+        let state = parse_state(&row)?;
+        if matches!(state, NodeState::Retired | NodeState::Rejected) {
+            return Err(FleetError::Forbidden(format!(
+                "node {} is {state}; it gets no boot image",
+                row.name()
+            )));
+        }
+        let image = match &row.image {
+            Some(name) => store::images::get(&mut conn, name).await?,
+            None => store::images::default_image(&mut conn).await?,
+        };
+        Ok(BootTarget {
+            node_id,
+            name: row.name().to_owned(),
+            state,
+            image,
+        })
     }
 
     async fn node_in(conn: &mut SqliteConnection, key: &NodeKey) -> Result<NodeRow> {
@@ -758,6 +810,33 @@ impl Fleet {
         Ok(())
     }
 
+    /// Validates a fixed DHCP address and checks no other node holds it; returns its canonical text.
+    async fn check_reserved_address(
+        conn: &mut SqliteConnection,
+        address: Option<&str>,
+        except: &str,
+    ) -> Result<Option<String>> {
+        let Some(text) = address else { return Ok(None) };
+        let addr: std::net::Ipv4Addr = text
+            .parse()
+            .map_err(|_| FieldError::new("address", format!("{text:?} is not an IPv4 address")))?;
+        if addr.is_unspecified() || addr.is_multicast() || addr.is_broadcast() || addr.is_loopback()
+        {
+            return Err(
+                FieldError::new("address", format!("{addr} is not a usable host address")).into(),
+            );
+        }
+        let canonical = addr.to_string();
+        if let Some(holder) = store::nodes::address_reserved_by(conn, &canonical).await? {
+            if holder != except {
+                return Err(FleetError::Conflict(format!(
+                    "address {canonical} is already reserved for node {holder:?}"
+                )));
+            }
+        }
+        Ok(Some(canonical))
+    }
+
     /// Pre-registers a MAC as an approved (`ready`) node: the allowlist path.
     pub async fn register_node(
         &self,
@@ -765,6 +844,7 @@ impl Fleet {
         mac: &str,
         hostname: Option<&str>,
         image: Option<&str>,
+        address: Option<&str>,
     ) -> Result<NodeView> {
         let mac = rules::mac(mac)?;
         let mut tx = self.store.begin().await?;
@@ -782,8 +862,12 @@ impl Fleet {
         }
         Self::check_hostname(&mut tx, hostname, -1).await?;
         Self::check_image(&mut tx, image).await?;
+        let reserved = Self::check_reserved_address(&mut tx, address, &mac).await?;
         let id =
             store::nodes::insert(&mut tx, &mac, hostname, NodeState::Ready.as_str(), image).await?;
+        if reserved.is_some() {
+            store::nodes::set_reserved_address(&mut tx, id, reserved.as_deref()).await?;
+        }
         // Every node starts with a generation, so its agent's first poll (`after=0`) gets the empty role at once.
         Self::bump(&mut tx, &[id]).await?;
         let row = Self::node_in(&mut tx, &NodeKey::Id(id)).await?;
@@ -808,6 +892,19 @@ impl Fleet {
         let mut tx = self.store.begin().await?;
         if let Some(existing) = store::nodes::get(&mut tx, &NodeKey::Mac(mac.clone())).await? {
             return Ok(existing.id);
+        }
+        if store::nodes::count_in_state(&mut tx, NodeState::Discovered.as_str()).await?
+            >= self.max_discovered
+        {
+            tracing::warn!(
+                mac,
+                cap = self.max_discovered,
+                "discovery cap reached: new MAC not recorded"
+            );
+            return Err(FleetError::Conflict(format!(
+                "{} discovered nodes are waiting for approval (the cap); approve or reject some first",
+                self.max_discovered
+            )));
         }
         let id =
             store::nodes::insert(&mut tx, &mac, None, NodeState::Discovered.as_str(), None).await?;
@@ -894,6 +991,7 @@ impl Fleet {
         key: &NodeKey,
         hostname: Option<String>,
         image: Option<String>,
+        address: Option<String>,
     ) -> Result<NodeView> {
         self.transition(
             actor,
@@ -904,6 +1002,12 @@ impl Fleet {
                 Box::pin(async move {
                     Self::check_hostname(conn, hostname.as_deref(), row.id).await?;
                     Self::check_image(conn, image.as_deref()).await?;
+                    let reserved =
+                        Self::check_reserved_address(conn, address.as_deref(), row.name()).await?;
+                    if reserved.is_some() {
+                        store::nodes::set_reserved_address(conn, row.id, reserved.as_deref())
+                            .await?;
+                    }
                     let hostname = hostname.or_else(|| row.hostname.clone());
                     let image = image.or_else(|| row.image.clone());
                     store::nodes::set_identity(conn, row.id, hostname.as_deref(), image.as_deref())

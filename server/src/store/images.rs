@@ -32,6 +32,14 @@ pub async fn get(conn: &mut SqliteConnection, name: &str) -> Result<Option<Image
     .await?)
 }
 
+pub async fn default_image(conn: &mut SqliteConnection) -> Result<Option<ImageRow>, StoreError> {
+    Ok(sqlx::query_as(
+        "SELECT name, kernel, initrd, cmdline, is_default, created_at FROM images WHERE is_default = 1",
+    )
+    .fetch_optional(conn)
+    .await?)
+}
+
 /// Creates or replaces an image; a new default clears the old default's flag.
 pub async fn upsert(conn: &mut SqliteConnection, img: &ImageRow) -> Result<(), StoreError> {
     if img.is_default {

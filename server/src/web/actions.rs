@@ -125,6 +125,9 @@ pub struct ApproveForm {
     hostname: String,
     #[serde(default)]
     image: String,
+    /// A fixed address for the node (a DHCP reservation); empty for one from the pool.
+    #[serde(default)]
+    address: String,
     #[serde(default = "default_back")]
     back: String,
 }
@@ -147,6 +150,7 @@ pub async fn approve(
             &node_key(&id),
             non_empty(&form.hostname),
             non_empty(&form.image),
+            non_empty(&form.address),
         )
         .await
         .map(|n| format!("approved {} ({}); it is ready", n.name, n.mac));

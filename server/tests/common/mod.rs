@@ -101,6 +101,43 @@ impl TestServer {
         }
     }
 
+    /// A server with boot services: HTTP boot from `boot.boot_dir` and TFTP on the given socket.
+    pub async fn start_boot(
+        db_path: PathBuf,
+        tokens: Tokens,
+        boot: lbfleet_server::config::BootConfig,
+        tftp: tokio::net::UdpSocket,
+    ) -> TestServer {
+        let mut config = ServerConfig::with_database(db_url(&db_path));
+        config.boot = Some(boot);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let (tx, rx) = oneshot::channel::<()>();
+        let sockets = lbfleet_server::BootSockets {
+            tftp: Some(tftp),
+            dhcp: None,
+        };
+        let handle = tokio::spawn(lbfleet_server::run_with(
+            config,
+            listener,
+            sockets,
+            async move {
+                let _ = rx.await;
+            },
+        ));
+        TestServer {
+            base,
+            db_path,
+            tokens,
+            http: reqwest::Client::builder()
+                .pool_max_idle_per_host(256)
+                .build()
+                .unwrap(),
+            stop: Some(tx),
+            handle: Some(handle),
+        }
+    }
+
     /// Stops the server and waits until it has closed the database.
     pub async fn stop(mut self) -> (PathBuf, Tokens) {
         self.shutdown().await;

@@ -1,0 +1,156 @@
+//! HTTP boot: the per-MAC iPXE script and the image files it loads.
+//!
+//! `GET /boot/{mac}.ipxe` answers every MAC: an approved node gets its image, an unknown or unapproved one the
+//! default (discovery) image, so its agent can enroll and show up as `discovered`; retired and rejected nodes
+//! get nothing. Each script carries a fresh one-time enrollment token, which is never logged.
+//! `GET /images/{version}/{file}` streams files from `<boot_dir>/images/<version>/` with Range support.
+
+use std::path::{Path, PathBuf};
+
+use axum::body::Body;
+use axum::extract::{Path as UrlPath, Request, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use tower::ServiceExt;
+use tower_http::services::ServeFile;
+
+use crate::api::{ApiError, AppState};
+use crate::fleet::{rules, Actor, FleetError};
+use crate::store::nodes::NodeKey;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/boot/{script}", get(script))
+        .route("/images/{version}/{file}", get(image_file))
+}
+
+fn boot_disabled() -> ApiError {
+    ApiError::Request {
+        status: StatusCode::NOT_FOUND,
+        message: "boot services are not configured ([boot])".into(),
+    }
+}
+
+/// The server's URL as nodes should use it: `public_url` if set, else the Host the client asked for.
+fn server_url(state: &AppState, headers: &HeaderMap) -> Result<String, ApiError> {
+    if let Some(u) = &state.config.public_url {
+        return Ok(u.trim_end_matches('/').to_owned());
+    }
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .filter(|h| {
+            h.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b".:-[]".contains(&b))
+        })
+        .ok_or_else(|| ApiError::bad_request("no usable Host header; set public_url"))?;
+    Ok(format!("http://{host}"))
+}
+
+fn ipxe(lines: &[String]) -> Response {
+    let mut body = String::from("#!ipxe\n");
+    for l in lines {
+        body.push_str(l);
+        body.push('\n');
+    }
+    ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response()
+}
+
+async fn script(
+    State(state): State<AppState>,
+    UrlPath(script): UrlPath<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    if state.config.boot.is_none() {
+        return Err(boot_disabled());
+    }
+    let mac_text = script
+        .strip_suffix(".ipxe")
+        .ok_or_else(|| ApiError::bad_request("expected /boot/MAC.ipxe"))?;
+    let mac = rules::mac(mac_text)?;
+    let target = match state.fleet.boot_target(&mac).await {
+        Ok(t) => t,
+        Err(FleetError::Forbidden(m)) => {
+            tracing::warn!(mac, reason = m, "boot script refused");
+            return Err(ApiError::Forbidden(m));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let base = server_url(&state, &headers)?;
+    let Some(image) = target.image else {
+        // Nothing to boot yet: say so on the console and try again in a minute, instead of falling through to
+        // the next boot device.
+        tracing::warn!(
+            mac,
+            node = target.name,
+            "no image for node and no default image"
+        );
+        return Ok(ipxe(&[
+            format!(
+                "echo lbfleet: no boot image for {} ({}); retrying in 60 s",
+                target.name, target.state
+            ),
+            "sleep 60".into(),
+            format!("chain --autofree {base}/boot/{mac}.ipxe"),
+        ]));
+    };
+    let token = state
+        .fleet
+        .issue_enrollment_token(&Actor::system(), &NodeKey::Id(target.node_id))
+        .await?;
+    tracing::info!(mac, node = target.name, state = %target.state, image = image.name, "boot script served");
+    let files = format!("{base}/images/{}", image.name);
+    let extra = if image.cmdline.is_empty() {
+        String::new()
+    } else {
+        format!(" {}", image.cmdline)
+    };
+    Ok(ipxe(&[
+        format!("# lbfleet: {} ({}), image {}", target.name, target.state, image.name),
+        format!(
+            "kernel {files}/{} initrd={} lbfleet.server={base} lbfleet.token={} lbfleet.node={}{extra}",
+            image.kernel, image.initrd, token.token, target.name
+        ),
+        format!("initrd {files}/{}", image.initrd),
+        "boot".into(),
+    ]))
+}
+
+/// Resolves `<boot_dir>/images/<version>/<file>`, refusing anything that leaves that directory.
+fn image_path(boot_dir: &Path, version: &str, file: &str) -> Result<PathBuf, ApiError> {
+    rules::image_name(version).map_err(|_| ApiError::Forbidden("bad image name".into()))?;
+    rules::image_file("file", file).map_err(|_| ApiError::Forbidden("bad file name".into()))?;
+    let not_found = || {
+        ApiError::Fleet(FleetError::NotFound(format!(
+            "no file {file} in image {version}"
+        )))
+    };
+    let dir = boot_dir
+        .join("images")
+        .join(version)
+        .canonicalize()
+        .map_err(|_| not_found())?;
+    let root = boot_dir.canonicalize().map_err(|_| not_found())?;
+    let full = dir.join(file).canonicalize().map_err(|_| not_found())?;
+    if !full.starts_with(&root) || !full.is_file() {
+        return Err(ApiError::Forbidden(
+            "file is outside the image directory".into(),
+        ));
+    }
+    Ok(full)
+}
+
+async fn image_file(
+    State(state): State<AppState>,
+    UrlPath((version, file)): UrlPath<(String, String)>,
+    req: Request,
+) -> Result<Response, ApiError> {
+    let boot = state.config.boot.as_ref().ok_or_else(boot_disabled)?;
+    let path = image_path(&boot.boot_dir, &version, &file)?;
+    match ServeFile::new(path).oneshot(req).await {
+        Ok(resp) => Ok(resp.map(Body::new)),
+        Err(never) => match never {},
+    }
+}

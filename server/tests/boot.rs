@@ -1,0 +1,431 @@
+//! Boot services over loopback: TFTP against real clients (tftp-hpa, curl) and HTTP boot scripts and files.
+//! The TFTP clients are prerequisites: under CI=true a missing one fails the test.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::net::UdpSocket;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use common::TestServer;
+use lbfleet_server::boot::tftp::packet::{ErrorCode, Packet};
+use lbfleet_server::config::BootConfig;
+use reqwest::{Method, StatusCode};
+use serde_json::json;
+
+/// Writes `len` bytes of a deterministic pattern.
+fn pattern_file(path: &Path, len: usize) -> Vec<u8> {
+    let data: Vec<u8> = (0..len)
+        .map(|i| (i.wrapping_mul(31) ^ (i >> 11)) as u8)
+        .collect();
+    std::fs::write(path, &data).unwrap();
+    data
+}
+
+/// True if `tool` runs; panics under CI=true when it does not (a missing prerequisite must fail there).
+fn have(tool: &str) -> bool {
+    let ok = Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if !ok && std::env::var("CI").as_deref() == Ok("true") {
+        panic!("{tool} is required (scripts/install-deps.sh installs it)");
+    }
+    ok
+}
+
+struct BootLab {
+    srv: TestServer,
+    boot_dir: tempfile::TempDir,
+    tftp_port: u16,
+    _dir: tempfile::TempDir,
+}
+
+async fn boot_lab() -> BootLab {
+    let dir = tempfile::tempdir().unwrap();
+    let boot_dir = tempfile::tempdir().unwrap();
+    let db_path = dir.path().join("lbfleet.db");
+    let tokens = common::seed(&db_path).await;
+    let tftp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let tftp_port = tftp.local_addr().unwrap().port();
+    let boot = BootConfig::for_dir(boot_dir.path());
+    let srv = TestServer::start_boot(db_path, tokens, boot, tftp).await;
+    BootLab {
+        srv,
+        boot_dir,
+        tftp_port,
+        _dir: dir,
+    }
+}
+
+#[tokio::test]
+async fn tftp_serves_files_to_tftp_hpa_and_curl_with_any_blksize() {
+    let lab = boot_lab().await;
+    let data = pattern_file(&lab.boot_dir.path().join("undionly.kpxe"), 100_000);
+    let out = tempfile::tempdir().unwrap();
+    let port = lab.tftp_port;
+
+    if have("curl") {
+        for blksize in [512, 1024, 1468, 8192] {
+            let dest = out.path().join(format!("curl-{blksize}"));
+            let status = tokio::process::Command::new("curl")
+                .args([
+                    "-sS",
+                    "--max-time",
+                    "20",
+                    "--tftp-blksize",
+                    &blksize.to_string(),
+                    "-o",
+                ])
+                .arg(&dest)
+                .arg(format!("tftp://127.0.0.1:{port}/undionly.kpxe"))
+                .status()
+                .await
+                .unwrap();
+            assert!(status.success(), "curl blksize {blksize}");
+            assert_eq!(
+                std::fs::read(&dest).unwrap(),
+                data,
+                "curl blksize {blksize}"
+            );
+        }
+    }
+    if have("tftp") {
+        // tftp-hpa's client negotiates no options: plain RFC 1350, 512-byte lock-step.
+        let dest = out.path().join("hpa");
+        let output = tokio::process::Command::new("tftp")
+            .args([
+                "-m",
+                "binary",
+                "127.0.0.1",
+                &port.to_string(),
+                "-c",
+                "get",
+                "undionly.kpxe",
+            ])
+            .arg(&dest)
+            .output()
+            .await
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "tftp-hpa: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert_eq!(std::fs::read(&dest).unwrap(), data, "tftp-hpa");
+    }
+}
+
+#[tokio::test]
+async fn tftp_rolls_block_numbers_over_for_files_over_65535_blocks() {
+    let lab = boot_lab().await;
+    // 70,000 blocks of 512 bytes (+1 byte): curl's default block size, so the block number wraps.
+    let data = pattern_file(&lab.boot_dir.path().join("big.img"), 512 * 70_000 + 1);
+    if have("curl") {
+        let out = tempfile::tempdir().unwrap();
+        let dest = out.path().join("big");
+        let status = tokio::process::Command::new("curl")
+            .args(["-sS", "--max-time", "120", "-o"])
+            .arg(&dest)
+            .arg(format!("tftp://127.0.0.1:{}/big.img", lab.tftp_port))
+            .status()
+            .await
+            .unwrap();
+        assert!(status.success());
+        let got = std::fs::read(&dest).unwrap();
+        assert_eq!(got.len(), data.len());
+        assert!(got == data, "content differs");
+    }
+}
+
+/// A minimal client over our own codec: sends one request, returns the first reply.
+fn request(port: u16, packet: &[u8]) -> Packet {
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    sock.send_to(packet, ("127.0.0.1", port)).unwrap();
+    let mut buf = [0u8; 2048];
+    let (n, _) = sock.recv_from(&mut buf).unwrap();
+    Packet::decode(&buf[..n]).unwrap()
+}
+
+fn rrq(name: &str) -> Vec<u8> {
+    Packet::ReadRequest {
+        filename: name.into(),
+        mode: "octet".into(),
+        options: vec![],
+    }
+    .encode()
+}
+
+#[tokio::test]
+async fn tftp_refuses_traversal_absolute_paths_symlinks_and_writes() {
+    let lab = boot_lab().await;
+    pattern_file(&lab.boot_dir.path().join("ok"), 10);
+    let secret = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(secret.path(), b"secret").unwrap();
+    std::os::unix::fs::symlink(secret.path(), lab.boot_dir.path().join("escape")).unwrap();
+    let port = lab.tftp_port;
+    tokio::task::spawn_blocking(move || {
+        for name in [
+            "../etc/passwd",
+            "/etc/passwd",
+            "a/../../etc/passwd",
+            "escape",
+            "..",
+            "sub\\..\\x",
+        ] {
+            match request(port, &rrq(name)) {
+                Packet::Error { code, message } => {
+                    assert_eq!(code, ErrorCode::AccessViolation, "{name}");
+                    assert!(!message.contains('/'), "error leaks a path: {message}");
+                }
+                other => panic!("{name}: expected an error, got {other:?}"),
+            }
+        }
+        assert!(matches!(
+            request(port, &rrq("missing")),
+            Packet::Error {
+                code: ErrorCode::FileNotFound,
+                ..
+            }
+        ));
+        let wrq = Packet::WriteRequest {
+            filename: "ok".into(),
+        }
+        .encode();
+        assert!(matches!(
+            request(port, &wrq),
+            Packet::Error {
+                code: ErrorCode::AccessViolation,
+                ..
+            }
+        ));
+        // Malformed packets are dropped (no reply), and the server keeps serving.
+        let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        for junk in [
+            &b"\x00"[..],
+            b"\x00\x01abc",
+            b"\x00\x01f\x00octet\x00blksize\x00",
+            b"\x00\x63\x00\x00",
+        ] {
+            sock.send_to(junk, ("127.0.0.1", port)).unwrap();
+        }
+        let mut buf = [0u8; 64];
+        assert!(
+            sock.recv_from(&mut buf).is_err(),
+            "malformed packets must get no reply"
+        );
+        assert!(matches!(
+            request(port, &rrq("ok")),
+            Packet::Data { block: 1, .. }
+        ));
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn tftp_windowsize_transfer_with_our_codec() {
+    let lab = boot_lab().await;
+    let data = pattern_file(&lab.boot_dir.path().join("kernel"), 300_000);
+    let port = lab.tftp_port;
+    let got = tokio::task::spawn_blocking(move || {
+        let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+        sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let req = Packet::ReadRequest {
+            filename: "kernel".into(),
+            mode: "octet".into(),
+            options: vec![
+                ("blksize".into(), "1468".into()),
+                ("windowsize".into(), "8".into()),
+                ("tsize".into(), "0".into()),
+            ],
+        };
+        sock.send_to(&req.encode(), ("127.0.0.1", port)).unwrap();
+        let mut buf = [0u8; 2048];
+        let (n, peer) = sock.recv_from(&mut buf).unwrap();
+        let oack = Packet::decode(&buf[..n]).unwrap();
+        assert_eq!(
+            oack,
+            Packet::OptionAck {
+                options: vec![
+                    ("blksize".into(), "1468".into()),
+                    ("windowsize".into(), "8".into()),
+                    ("tsize".into(), "300000".into())
+                ]
+            }
+        );
+        sock.send_to(&Packet::Ack { block: 0 }.encode(), peer)
+            .unwrap();
+        let mut out = Vec::new();
+        let mut expect: u16 = 1;
+        let mut in_window = 0;
+        loop {
+            let (n, from) = sock.recv_from(&mut buf).unwrap();
+            assert_eq!(from, peer, "data comes from the transfer's own port");
+            let Packet::Data { block, data } = Packet::decode(&buf[..n]).unwrap() else {
+                panic!("not data")
+            };
+            assert_eq!(block, expect);
+            let last = data.len() < 1468;
+            out.extend_from_slice(&data);
+            in_window += 1;
+            if in_window == 8 || last {
+                sock.send_to(&Packet::Ack { block }.encode(), peer).unwrap();
+                in_window = 0;
+            }
+            if last {
+                return out;
+            }
+            expect = expect.wrapping_add(1);
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(got, data);
+}
+
+#[tokio::test]
+async fn http_boot_scripts_follow_node_state_and_files_support_ranges() {
+    let lab = boot_lab().await;
+    let srv = &lab.srv;
+    let op = srv.tokens.operator.clone();
+    let img_dir = lab.boot_dir.path().join("images/2026.11.1");
+    std::fs::create_dir_all(&img_dir).unwrap();
+    let kernel = pattern_file(&img_dir.join("vmlinuz"), 10_000);
+    pattern_file(&img_dir.join("initrd.img"), 1000);
+    let get = |path: String| {
+        let http = srv.http.clone();
+        let url = srv.url(&path);
+        async move {
+            let r = http.get(url).send().await.unwrap();
+            (r.status(), r.text().await.unwrap())
+        }
+    };
+
+    // No image yet: a script that waits and retries, and the MAC is now a discovered node.
+    let (s, body) = get("/boot/52:54:00:aa:00:01.ipxe".into()).await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(
+        body.starts_with("#!ipxe\n") && body.contains("no boot image") && body.contains("chain"),
+        "{body}"
+    );
+    let (_, nodes) = srv.get("/api/v1/nodes?state=discovered", &op).await;
+    assert_eq!(nodes["nodes"][0]["mac"], "52:54:00:aa:00:01");
+
+    srv.put("/api/v1/images/2026.11.1", &op, json!({"kernel": "vmlinuz", "initrd": "initrd.img", "cmdline": "console=ttyS0", "default": true})).await;
+    let (s, body) = get("/boot/52-54-00-AA-00-01.ipxe".into()).await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(
+        body.contains(
+            "/images/2026.11.1/vmlinuz initrd=initrd.img lbfleet.server=http://127.0.0.1:"
+        ),
+        "{body}"
+    );
+    assert!(
+        body.contains("console=ttyS0") && body.contains("\ninitrd ") && body.ends_with("boot\n"),
+        "{body}"
+    );
+    let token = body
+        .split("lbfleet.token=")
+        .nth(1)
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap()
+        .to_owned();
+    // The token in the script enrolls the node, once.
+    let enroll = json!({"token": token, "mac": "52:54:00:aa:00:01"});
+    assert_eq!(
+        srv.call(
+            Method::POST,
+            "/api/v1/agent/enroll",
+            None,
+            Some(enroll.clone())
+        )
+        .await
+        .0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        srv.call(Method::POST, "/api/v1/agent/enroll", None, Some(enroll))
+            .await
+            .0,
+        StatusCode::UNAUTHORIZED
+    );
+
+    // Retired nodes get nothing; bad MACs are refused.
+    srv.post("/api/v1/nodes/52:54:00:aa:00:01/retire", &op, json!({}))
+        .await;
+    assert_eq!(
+        get("/boot/52:54:00:aa:00:01.ipxe".into()).await.0,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        get("/boot/not-a-mac.ipxe".into()).await.0,
+        StatusCode::UNPROCESSABLE_ENTITY
+    );
+
+    // Image files: whole, ranged, and nothing outside the image directory.
+    let r = srv
+        .http
+        .get(srv.url("/images/2026.11.1/vmlinuz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.headers()["content-length"], "10000");
+    assert_eq!(r.bytes().await.unwrap().to_vec(), kernel);
+    let r = srv
+        .http
+        .get(srv.url("/images/2026.11.1/vmlinuz"))
+        .header("range", "bytes=100-199")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT);
+    assert_eq!(r.headers()["content-range"], "bytes 100-199/10000");
+    assert_eq!(r.bytes().await.unwrap().to_vec(), kernel[100..200].to_vec());
+    let secret = tempfile::NamedTempFile::new().unwrap();
+    std::os::unix::fs::symlink(secret.path(), img_dir.join("leak")).unwrap();
+    for path in [
+        "/images/2026.11.1/leak",
+        "/images/2026.11.1/..%2F..%2Fetc%2Fpasswd",
+        "/images/..%2F..%2Fetc/passwd",
+    ] {
+        let s = get(path.into()).await.0;
+        assert!(
+            s == StatusCode::FORBIDDEN || s == StatusCode::NOT_FOUND,
+            "{path}: {s}"
+        );
+    }
+    assert_eq!(
+        get("/images/2026.11.1/missing".into()).await.0,
+        StatusCode::NOT_FOUND
+    );
+}
+
+#[tokio::test]
+async fn boot_routes_are_off_without_boot_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = TestServer::start(dir.path()).await;
+    let r = srv
+        .http
+        .get(srv.url("/boot/52:54:00:aa:00:01.ipxe"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    let (_, nodes) = srv.get("/api/v1/nodes", &srv.tokens.viewer).await;
+    assert_eq!(
+        nodes["nodes"].as_array().unwrap().len(),
+        0,
+        "no discovery without boot services"
+    );
+}
