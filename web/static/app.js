@@ -72,6 +72,9 @@
       setStatus('○ reconnecting', 'off');
     };
     window.addEventListener('pagehide', function () { es.close(); });
+  } else if (status) {
+    // Pages without live parts (users, forms) do not follow the fleet; say nothing rather than "not live".
+    status.hidden = true;
   }
 
   document.addEventListener('submit', function (e) {
