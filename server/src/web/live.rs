@@ -13,7 +13,7 @@ use futures::stream::{self, Stream, StreamExt};
 use super::WebUser;
 
 /// Shortest time between two "changed" events on one stream.
-const MIN_GAP: Duration = Duration::from_millis(200);
+const MIN_GAP: Duration = Duration::from_millis(100);
 use crate::api::AppState;
 
 pub async fn stream(State(s): State<AppState>, user: WebUser) -> impl IntoResponse {
