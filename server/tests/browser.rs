@@ -641,7 +641,7 @@ async fn a_change_through_the_api_shows_on_an_open_page_within_a_second() {
     with_browser(&srv, |b| async move {
         b.login("view").await;
         b.goto("/clusters/ext").await;
-        b.wait_for_text("#live-status", "live").await;
+        b.wait_for_text("#live-status", "● live").await;
         b.client
             .execute("window.__sameDocument = 42; return null;", vec![])
             .await
@@ -705,7 +705,7 @@ async fn a_change_through_the_api_shows_on_an_open_page_within_a_second() {
         latencies.push(sent.elapsed());
         // A new node registered through the API appears on the overview while it is open.
         b.goto("/nodes").await;
-        b.wait_for_text("#live-status", "live").await;
+        b.wait_for_text("#live-status", "● live").await;
         let sent = Instant::now();
         let resp = api
             .post(format!("{base}/api/v1/nodes"))

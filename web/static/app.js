@@ -62,9 +62,11 @@
   if (window.EventSource && document.querySelector('[data-live]')) {
     var lost = false;
     var es = new EventSource('/live');
-    es.addEventListener('hello', function () {
+    // `hello` carries the fleet's change counter. If it moved since the server rendered this page (a change
+    // landed before the stream connected), or the stream was down for a while, catch up now.
+    es.addEventListener('hello', function (e) {
       setStatus('● live', 'on');
-      if (lost) { lost = false; refresh(); }
+      if (lost || e.data !== document.body.getAttribute('data-fleet-seq')) { lost = false; refresh(); }
     });
     es.addEventListener('changed', function () { refresh(); });
     es.onerror = function () {

@@ -154,6 +154,10 @@ pub struct WebUser {
     pub csrf: String,
     /// The plain session token from the cookie (to end it on logout).
     session: String,
+    /// The fleet change counter when the request arrived, before the page read any data. The page carries it;
+    /// its live stream compares it with the counter when it connects, so a change that lands between the page
+    /// and the stream still refreshes the page.
+    fleet_seq: u64,
 }
 
 impl WebUser {
@@ -202,6 +206,7 @@ impl FromRequestParts<AppState> for WebUser {
                 WebError::LoginRequired { next: None }
             }
         };
+        let fleet_seq = *state.fleet.notifier().subscribe_fleet().borrow();
         let Some(session) = cookie(&parts.headers, SESSION_COOKIE) else {
             return Err(login());
         };
@@ -219,6 +224,7 @@ impl FromRequestParts<AppState> for WebUser {
             role: p.role,
             csrf,
             session: session.to_owned(),
+            fleet_seq,
         })
     }
 }
@@ -396,6 +402,7 @@ pub struct Chrome {
     pub notice: Option<String>,
     pub error: Option<String>,
     pub version: &'static str,
+    pub fleet_seq: u64,
 }
 
 impl Chrome {
@@ -412,6 +419,7 @@ impl Chrome {
             notice,
             error,
             version: env!("CARGO_PKG_VERSION"),
+            fleet_seq: user.fleet_seq,
         }
     }
 
