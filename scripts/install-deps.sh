@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Installs the Debian packages lbfleet needs to build, test and run. Idempotent: runs apt-get only when a
-# package is missing. Later tiers (boot services, QEMU lab, browser tests) add their packages here.
+# package is missing. Later tiers (QEMU lab) add their packages here.
 set -euo pipefail
 
-# Build and run; test clients (tftp-hpa, udhcpc in busybox, dhclient, perfdhcp); benchmark peers (Kea, dnsmasq).
+# Build and run; test clients (tftp-hpa, udhcpc in busybox, dhclient, perfdhcp); benchmark peers (Kea, dnsmasq);
+# headless Chromium and its WebDriver for the dashboard's browser tests.
 packages=(build-essential pkg-config ca-certificates curl sqlite3 iproute2 busybox-static tftp-hpa isc-dhcp-client
-  kea-admin kea-dhcp4-server dnsmasq-base)
+  kea-admin kea-dhcp4-server dnsmasq-base chromium chromium-driver)
 # VM test tier (tests/): QEMU (TCG), Debian's kernel with the ip_vs modules, static busybox for the guest
 # initramfs, ipvsadm as the reference the guest tests compare against, strace to record its netlink bytes.
 packages+=(qemu-system-x86 linux-image-amd64 ipvsadm strace)

@@ -15,6 +15,7 @@ pub mod fleet;
 pub mod notify;
 pub mod secrets;
 pub mod store;
+pub mod web;
 
 pub use config::ServerConfig;
 

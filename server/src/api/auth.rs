@@ -108,7 +108,7 @@ impl FromRequestParts<AppState> for Principal {
     }
 }
 
-fn principal(p: store::auth::Principal, via: Via) -> Result<Principal, ApiError> {
+pub(crate) fn principal(p: store::auth::Principal, via: Via) -> Result<Principal, ApiError> {
     let role = p
         .role
         .parse()
@@ -270,63 +270,78 @@ fn dummy_hash() -> &'static str {
     HASH.get_or_init(|| secrets::hash_password(&secrets::new_password()).unwrap_or_default())
 }
 
-/// `POST /api/v1/login`: checks a password and starts a session (cookie + CSRF token).
-pub async fn login(
-    State(state): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    ApiJson(req): ApiJson<LoginRequest>,
-) -> Result<Response, ApiError> {
-    let ip = peer.ip();
+/// Checks a user name and password under the login rate limit; the user on success.
+/// Shared by the API login and the dashboard's login form.
+pub async fn check_password(
+    state: &AppState,
+    ip: IpAddr,
+    username: &str,
+    password: String,
+) -> Result<store::auth::UserRow, ApiError> {
     state
         .limiter
-        .check(&req.username, ip)
+        .check(username, ip)
         .map_err(|retry_after_s| ApiError::TooManyRequests { retry_after_s })?;
     let user = {
         let mut conn = state.fleet.store().read().await?;
-        store::auth::user_by_name(&mut conn, &req.username).await?
+        store::auth::user_by_name(&mut conn, username).await?
     };
     let stored = user
         .as_ref()
         .filter(|u| !u.disabled)
         .map(|u| u.password_hash.clone());
-    let password = req.password;
     let ok = tokio::task::spawn_blocking(move || {
         let hash = stored.as_deref().unwrap_or_else(|| dummy_hash());
         secrets::verify_password(&password, hash) && stored.is_some()
     })
     .await
     .unwrap_or(false);
-    let user = match (ok, user) {
-        (true, Some(u)) => u,
-        _ => {
-            state.limiter.failed(&req.username, ip);
-            tracing::warn!(user = req.username, client = %ip, "login failed");
-            return Err(ApiError::Unauthorized("wrong user name or password".into()));
+    match (ok, user) {
+        (true, Some(u)) => {
+            state.limiter.succeeded(username, ip);
+            Ok(u)
         }
-    };
-    state.limiter.succeeded(&req.username, ip);
+        _ => {
+            state.limiter.failed(username, ip);
+            tracing::warn!(user = username, client = %ip, "login failed");
+            Err(ApiError::Unauthorized("wrong user name or password".into()))
+        }
+    }
+}
+
+/// A session just started: the cookie to set and the CSRF token that goes with it.
+#[derive(Clone)]
+pub struct NewSession {
+    pub set_cookie: String,
+    pub csrf_token: String,
+    pub expires_at: i64,
+}
+
+impl std::fmt::Debug for NewSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NewSession")
+            .field("expires_at", &self.expires_at)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Stores a new session for `user_id` (only its hash is kept) and builds the `HttpOnly; SameSite=Strict` cookie.
+pub async fn start_session(state: &AppState, user_id: i64) -> Result<NewSession, ApiError> {
     let session = secrets::new_secret("");
     let csrf_token = secrets::new_secret("");
     let ttl = state.config.session_ttl;
     let expires_at = now_ms().saturating_add(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX));
-    {
-        let mut tx = state.fleet.store().begin().await?;
-        store::auth::insert_session(
-            &mut tx,
-            &secrets::hash_secret(&session),
-            &csrf_token,
-            user.id,
-            expires_at,
-        )
-        .await?;
-        tx.commit().await.map_err(store::StoreError::from)?;
-    }
-    tracing::info!(user = user.name, client = %ip, "login");
-    let role: UserRole = user
-        .role
-        .parse()
-        .map_err(|e| store::StoreError::Corrupt(format!("user {}: {e}", user.name)))?;
-    let cookie = format!(
+    let mut tx = state.fleet.store().begin().await?;
+    store::auth::insert_session(
+        &mut tx,
+        &secrets::hash_secret(&session),
+        &csrf_token,
+        user_id,
+        expires_at,
+    )
+    .await?;
+    tx.commit().await.map_err(store::StoreError::from)?;
+    let set_cookie = format!(
         "{SESSION_COOKIE}={session}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}{}",
         ttl.as_secs(),
         if state.config.secure_cookies() {
@@ -335,14 +350,47 @@ pub async fn login(
             ""
         }
     );
-    let mut resp = Json(LoginResponse {
-        user: user.name,
-        role,
+    Ok(NewSession {
+        set_cookie,
         csrf_token,
         expires_at,
     })
+}
+
+/// The `Set-Cookie` value that ends the session cookie in the browser.
+pub const CLEAR_SESSION_COOKIE: &str =
+    "lbfleet_session=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0";
+
+/// Deletes the session whose plain token is `session` (logout).
+pub async fn end_session(state: &AppState, session: &str) -> Result<(), ApiError> {
+    let mut tx = state.fleet.store().begin().await?;
+    store::auth::delete_session(&mut tx, &secrets::hash_secret(session)).await?;
+    tx.commit().await.map_err(store::StoreError::from)?;
+    Ok(())
+}
+
+/// `POST /api/v1/login`: checks a password and starts a session (cookie + CSRF token).
+pub async fn login(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ApiJson(req): ApiJson<LoginRequest>,
+) -> Result<Response, ApiError> {
+    let ip = peer.ip();
+    let user = check_password(&state, ip, &req.username, req.password).await?;
+    let session = start_session(&state, user.id).await?;
+    tracing::info!(user = user.name, client = %ip, "login");
+    let role: UserRole = user
+        .role
+        .parse()
+        .map_err(|e| store::StoreError::Corrupt(format!("user {}: {e}", user.name)))?;
+    let mut resp = Json(LoginResponse {
+        user: user.name,
+        role,
+        csrf_token: session.csrf_token,
+        expires_at: session.expires_at,
+    })
     .into_response();
-    if let Ok(v) = HeaderValue::from_str(&cookie) {
+    if let Ok(v) = HeaderValue::from_str(&session.set_cookie) {
         resp.headers_mut().insert(header::SET_COOKIE, v);
     }
     Ok(resp)
@@ -355,14 +403,12 @@ pub async fn logout(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     if let (Via::Session { .. }, Some(session)) = (&p.via, cookie(&headers, SESSION_COOKIE)) {
-        let mut tx = state.fleet.store().begin().await?;
-        store::auth::delete_session(&mut tx, &secrets::hash_secret(session)).await?;
-        tx.commit().await.map_err(store::StoreError::from)?;
+        end_session(&state, session).await?;
     }
     let mut resp = StatusCode::NO_CONTENT.into_response();
     resp.headers_mut().insert(
         header::SET_COOKIE,
-        HeaderValue::from_static("lbfleet_session=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0"),
+        HeaderValue::from_static(CLEAR_SESSION_COOKIE),
     );
     Ok(resp)
 }

@@ -134,6 +134,7 @@ pub fn router(state: AppState) -> Router {
         .nest("/api/v1", api)
         .merge(system::router())
         .merge(crate::boot::http::router())
+        .merge(crate::web::router())
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(SetResponseHeaderLayer::if_not_present(
             header::CACHE_CONTROL,

@@ -1,10 +1,10 @@
-//! `/healthz` (unauthenticated liveness), `/metrics` (Prometheus text, needs a viewer), and the landing page.
+//! `/healthz` (unauthenticated liveness) and `/metrics` (Prometheus text, needs a viewer). `/` is the dashboard.
 
 use std::fmt::Write;
 
 use axum::extract::State;
 use axum::http::header;
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use lbfleet_proto::NodeState;
@@ -17,7 +17,6 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
-        .route("/", get(index))
 }
 
 /// Liveness and readiness: answers 200 only if the database answers.
@@ -76,8 +75,4 @@ async fn metrics(State(s): State<AppState>, _: Viewer) -> Result<Response, ApiEr
         out,
     )
         .into_response())
-}
-
-async fn index() -> Html<&'static str> {
-    Html(lbfleet_web::LANDING_PAGE)
 }

@@ -127,3 +127,27 @@ pub async fn count(conn: &mut SqliteConnection) -> Result<i64, StoreError> {
             .await?,
     )
 }
+
+/// The distinct actors and actions in the log (for the dashboard's filter suggestions).
+pub async fn actors_and_actions(
+    conn: &mut SqliteConnection,
+) -> Result<(Vec<String>, Vec<String>), StoreError> {
+    let actors: Vec<String> =
+        sqlx::query_scalar("SELECT DISTINCT actor FROM audit_log ORDER BY actor LIMIT 500")
+            .fetch_all(&mut *conn)
+            .await?;
+    let actions: Vec<String> =
+        sqlx::query_scalar("SELECT DISTINCT action FROM audit_log ORDER BY action LIMIT 500")
+            .fetch_all(conn)
+            .await?;
+    Ok((actors, actions))
+}
+
+/// The chain head: sequence number and hash of the newest row.
+pub async fn head(conn: &mut SqliteConnection) -> Result<(i64, String), StoreError> {
+    Ok(
+        sqlx::query_as("SELECT seq, hash FROM audit_head WHERE id = 1")
+            .fetch_one(conn)
+            .await?,
+    )
+}

@@ -1,0 +1,324 @@
+//! The audit log page (filters, before/after diff of each change, chain verification) and its CSV / JSON export.
+
+use askama::Template;
+use axum::extract::{Query, State};
+use axum::http::{header, HeaderMap};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::{json_diff, render, time_text, Chrome, DiffLine, WebError, WebUser};
+use crate::api::AppState;
+use crate::audit::{AuditRow, Verification};
+use crate::store::{self, audit::AuditFilter};
+
+#[derive(Debug, Default, Deserialize)]
+pub struct AuditQuery {
+    #[serde(default)]
+    since: String,
+    #[serde(default)]
+    until: String,
+    #[serde(default)]
+    actor: String,
+    #[serde(default)]
+    target: String,
+    #[serde(default)]
+    action: String,
+    before: Option<i64>,
+}
+
+/// A time from the filter form: `datetime-local` (`2026-11-26T10:00`, read as UTC), RFC 3339, or epoch ms.
+fn parse_time(field: &str, text: &str) -> Result<Option<i64>, String> {
+    let t = text.trim();
+    if t.is_empty() {
+        return Ok(None);
+    }
+    if let Ok(ms) = t.parse::<i64>() {
+        return Ok(Some(ms));
+    }
+    let with_zone = if t.len() == 16 {
+        format!("{t}:00Z")
+    } else if t.ends_with('Z') || t.contains('+') {
+        t.to_owned()
+    } else {
+        format!("{t}Z")
+    };
+    humantime::parse_rfc3339_weak(&with_zone)
+        .map_err(|_| format!("{field}: {t:?} is not a time like 2026-11-26T10:00 (UTC)"))
+        .map(|st| {
+            st.duration_since(std::time::UNIX_EPOCH)
+                .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+                .unwrap_or(0)
+        })
+        .map(Some)
+}
+
+fn non_empty(s: &str) -> Option<String> {
+    let t = s.trim();
+    (!t.is_empty()).then(|| t.to_owned())
+}
+
+fn filter(q: &AuditQuery, limit: i64) -> Result<AuditFilter, String> {
+    Ok(AuditFilter {
+        since: parse_time("from", &q.since)?,
+        until: parse_time("until", &q.until)?,
+        actor: non_empty(&q.actor),
+        target: non_empty(&q.target),
+        action: non_empty(&q.action),
+        before_seq: q.before,
+        limit,
+    })
+}
+
+fn parse(j: Option<&str>) -> Value {
+    j.and_then(|t| serde_json::from_str(t).ok())
+        .unwrap_or(Value::Null)
+}
+
+#[derive(Debug, Clone)]
+pub struct AuditView {
+    pub seq: i64,
+    pub at: String,
+    pub actor: String,
+    pub action: String,
+    pub target: String,
+    pub diff: Vec<DiffLine>,
+    pub hash: String,
+}
+
+#[derive(Template)]
+#[template(path = "audit.html")]
+struct AuditPage {
+    p: Chrome,
+    rows: Vec<AuditView>,
+    since: String,
+    until: String,
+    actor: String,
+    target: String,
+    action: String,
+    actors: Vec<String>,
+    actions: Vec<String>,
+    chain_ok: bool,
+    chain_rows: u64,
+    chain_head: String,
+    chain_problem: String,
+    filter_error: Option<String>,
+    query: String,
+    older: Option<String>,
+}
+
+/// The last full verification, by the head hash it ended on. A live refresh (the page updating itself after a
+/// change) reuses it while the head has not moved, so open audit pages do not re-hash the whole log on every
+/// fleet change; a page load always verifies the whole chain.
+static LAST_VERIFIED: std::sync::Mutex<Option<Verification>> = std::sync::Mutex::new(None);
+
+async fn verification(
+    conn: &mut sqlx::SqliteConnection,
+    live_refresh: bool,
+) -> Result<Verification, WebError> {
+    if live_refresh {
+        let (_, head_hash) = store::audit::head(conn).await?;
+        let cached = LAST_VERIFIED
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if let Some(v) = cached.filter(|v| v.ok && v.head_hash == head_hash) {
+            return Ok(v);
+        }
+    }
+    let v = store::audit::verify(conn).await?;
+    if !v.ok {
+        tracing::error!(
+            problem = v.problem.as_deref().unwrap_or(""),
+            "audit chain verification failed"
+        );
+    }
+    *LAST_VERIFIED.lock().unwrap_or_else(|p| p.into_inner()) = Some(v.clone());
+    Ok(v)
+}
+
+pub async fn page(
+    State(s): State<AppState>,
+    user: WebUser,
+    headers: HeaderMap,
+    Query(q): Query<AuditQuery>,
+) -> Result<Response, WebError> {
+    let limit = 100;
+    let (f, filter_error) = match filter(&q, limit) {
+        Ok(f) => (f, None),
+        Err(e) => (
+            AuditFilter {
+                limit,
+                ..AuditFilter::default()
+            },
+            Some(e),
+        ),
+    };
+    let mut conn = s.fleet.store().read().await?;
+    let rows = store::audit::list(&mut conn, &f).await?;
+    let verification = verification(&mut conn, super::is_live_refresh(&headers)).await?;
+    let (actors, actions) = store::audit::actors_and_actions(&mut conn).await?;
+    drop(conn);
+    let query = serde_urlencoded::to_string([
+        ("since", q.since.as_str()),
+        ("until", q.until.as_str()),
+        ("actor", q.actor.as_str()),
+        ("target", q.target.as_str()),
+        ("action", q.action.as_str()),
+    ])
+    .unwrap_or_default();
+    let older = (rows.len() as i64 == limit)
+        .then(|| {
+            rows.last()
+                .map(|r| format!("/audit?{query}&before={}", r.seq))
+        })
+        .flatten();
+    render(&AuditPage {
+        p: Chrome::new(&user, &headers, "audit", "Audit log".into()),
+        rows: rows
+            .iter()
+            .map(|r| AuditView {
+                seq: r.seq,
+                at: time_text(r.at),
+                actor: r.actor.clone(),
+                action: r.action.clone(),
+                target: r.target.clone(),
+                diff: json_diff(
+                    &parse(r.before_json.as_deref()),
+                    &parse(r.after_json.as_deref()),
+                ),
+                hash: r.hash.chars().take(12).collect(),
+            })
+            .collect(),
+        since: q.since.clone(),
+        until: q.until.clone(),
+        actor: q.actor.clone(),
+        target: q.target.clone(),
+        action: q.action.clone(),
+        actors,
+        actions,
+        chain_ok: verification.ok,
+        chain_rows: verification.rows,
+        chain_head: verification.head_hash.chars().take(16).collect(),
+        chain_problem: verification.problem.unwrap_or_default(),
+        filter_error,
+        query,
+        older,
+    })
+}
+
+/// Every row matching the filter, newest first, in pages (the export is not capped at one page).
+async fn all_rows(s: &AppState, q: &AuditQuery) -> Result<Vec<AuditRow>, WebError> {
+    let mut f = filter(q, 1000).map_err(WebError::BadRequest)?;
+    let mut out = Vec::new();
+    let mut conn = s.fleet.store().read().await?;
+    loop {
+        let page = store::audit::list(&mut conn, &f).await?;
+        let n = page.len();
+        f.before_seq = page.last().map(|r| r.seq);
+        out.extend(page);
+        if n < 1000 || out.len() >= 1_000_000 {
+            break;
+        }
+    }
+    Ok(out)
+}
+
+/// A CSV field: quoted, quotes doubled, and a leading `= + - @` defused so spreadsheets do not run it.
+fn csv_field(s: &str) -> String {
+    let s = if s.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+        format!("'{s}")
+    } else {
+        s.to_owned()
+    };
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+pub async fn export_csv(
+    State(s): State<AppState>,
+    _user: WebUser,
+    Query(q): Query<AuditQuery>,
+) -> Result<Response, WebError> {
+    let rows = all_rows(&s, &q).await?;
+    let mut out = String::from("seq,at,time,actor,action,target,before,after,prev_hash,hash\r\n");
+    for r in rows {
+        let fields = [
+            r.seq.to_string(),
+            r.at.to_string(),
+            time_text(r.at),
+            r.actor,
+            r.action,
+            r.target,
+            r.before_json.unwrap_or_default(),
+            r.after_json.unwrap_or_default(),
+            r.prev_hash,
+            r.hash,
+        ];
+        let line: Vec<String> = fields.iter().map(|f| csv_field(f)).collect();
+        out.push_str(&line.join(","));
+        out.push_str("\r\n");
+    }
+    Ok((
+        [
+            (header::CONTENT_TYPE, "text/csv; charset=utf-8"),
+            (
+                header::CONTENT_DISPOSITION,
+                "attachment; filename=\"lbfleet-audit.csv\"",
+            ),
+        ],
+        out,
+    )
+        .into_response())
+}
+
+pub async fn export_json(
+    State(s): State<AppState>,
+    _user: WebUser,
+    Query(q): Query<AuditQuery>,
+) -> Result<Response, WebError> {
+    let rows = all_rows(&s, &q).await?;
+    let entries: Vec<Value> = rows
+        .into_iter()
+        .map(|r| {
+            serde_json::json!({
+                "seq": r.seq, "at": r.at, "actor": r.actor, "action": r.action, "target": r.target,
+                "before": parse(r.before_json.as_deref()), "after": parse(r.after_json.as_deref()),
+                "prev_hash": r.prev_hash, "hash": r.hash,
+            })
+        })
+        .collect();
+    let body = serde_json::to_string_pretty(&serde_json::json!({ "entries": entries }))
+        .unwrap_or_else(|_| "{}".into());
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/json"),
+            (
+                header::CONTENT_DISPOSITION,
+                "attachment; filename=\"lbfleet-audit.json\"",
+            ),
+        ],
+        body,
+    )
+        .into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn csv_fields_are_quoted_and_formulas_defused() {
+        assert_eq!(csv_field("a\"b"), "\"a\"\"b\"");
+        assert_eq!(csv_field("=SUM(A1)"), "\"'=SUM(A1)\"");
+        assert_eq!(csv_field("node:lb-01"), "\"node:lb-01\"");
+    }
+
+    #[test]
+    fn filter_times_accept_the_form_and_rfc3339() {
+        assert_eq!(parse_time("from", "1970-01-01T00:01"), Ok(Some(60_000)));
+        assert_eq!(parse_time("from", "1970-01-01T00:00:01Z"), Ok(Some(1000)));
+        assert_eq!(parse_time("from", "1234"), Ok(Some(1234)));
+        assert_eq!(parse_time("from", ""), Ok(None));
+        assert!(parse_time("from", "yesterday").is_err());
+    }
+}

@@ -1,0 +1,733 @@
+//! Browser tests: headless Chromium (Debian's `chromium` + `chromium-driver`) drives the dashboard of a real
+//! server on 127.0.0.1:0, through WebDriver with fantoccini. Screenshots of every page at 1280x800 and 390x844
+//! land in `target/screenshots/`.
+//!
+//! Without Chromium the tests say so and pass locally; with `CI=true` they fail, so CI never skips them.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use common::{cluster_spec, db_url, TestServer, PASSWORD};
+use fantoccini::{Client, ClientBuilder, Locator};
+use futures::FutureExt;
+use lbfleet_server::ServerConfig;
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+
+const CHROMIUM: &str = "/usr/bin/chromium";
+const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
+
+/// One browser at a time: the machine is small and Chromium is not.
+static ONE_BROWSER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+struct Browser {
+    client: Client,
+    _driver: tokio::process::Child,
+    _profile: tempfile::TempDir,
+    base: String,
+}
+
+/// Starts chromedriver + headless Chromium, or `None` (with a note) when they are not installed and CI is
+/// not set. With `CI=true`, a missing browser is a failure.
+async fn browser(base: &str) -> Option<Browser> {
+    let missing: Vec<&str> = [CHROMIUM, CHROMEDRIVER]
+        .into_iter()
+        .filter(|p| !Path::new(p).exists())
+        .collect();
+    if !missing.is_empty() {
+        let msg = format!(
+            "browser tests need {} (Debian packages chromium and chromium-driver; scripts/install-deps.sh installs them)",
+            missing.join(" and ")
+        );
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            panic!("CI=true: {msg}");
+        }
+        eprintln!("SKIPPING browser test: {msg}");
+        return None;
+    }
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let driver = tokio::process::Command::new(CHROMEDRIVER)
+        .arg(format!("--port={port}"))
+        .arg("--allowed-ips=127.0.0.1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start chromedriver");
+    let profile = tempfile::tempdir().unwrap();
+    let caps = json!({
+        "goog:chromeOptions": {
+            "binary": CHROMIUM,
+            "args": [
+                "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                "--disable-dev-shm-usage", "--hide-scrollbars", "--window-size=1280,800",
+                format!("--user-data-dir={}", profile.path().display()),
+            ]
+        }
+    });
+    let caps = match caps {
+        Value::Object(m) => m,
+        _ => unreachable!(),
+    };
+    let url = format!("http://127.0.0.1:{port}");
+    // chromedriver binds its port a moment after it starts; retry the session until it answers.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let client = loop {
+        let attempt = ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+            .capabilities(caps.clone())
+            .connect(&url)
+            .await;
+        match attempt {
+            Ok(c) => break c,
+            Err(e) if Instant::now() < deadline => {
+                let _ = e;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("could not start a Chromium session through chromedriver: {e}"),
+        }
+    };
+    Some(Browser {
+        client,
+        _driver: driver,
+        _profile: profile,
+        base: base.to_owned(),
+    })
+}
+
+/// Runs `body` with a browser on `srv`, closing the browser whether the body passes or panics.
+async fn with_browser<F, Fut>(srv: &TestServer, body: F)
+where
+    F: FnOnce(Browser) -> Fut,
+    Fut: Future<Output = Browser>,
+{
+    let _one = ONE_BROWSER.lock().await;
+    let Some(b) = browser(&srv.base).await else {
+        return;
+    };
+    let client = b.client.clone();
+    let result = std::panic::AssertUnwindSafe(body(b)).catch_unwind().await;
+    let _ = client.close().await;
+    if let Err(panic) = result {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+fn screenshot_dir() -> PathBuf {
+    let dir = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"))
+        .join("screenshots");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+impl Browser {
+    async fn goto(&self, path: &str) {
+        self.client
+            .goto(&format!("{}{path}", self.base))
+            .await
+            .unwrap();
+    }
+
+    async fn login(&self, user: &str) {
+        self.goto("/login").await;
+        let f = self.client.form(Locator::Css("#login-form")).await.unwrap();
+        f.set_by_name("username", user).await.unwrap();
+        f.set_by_name("password", PASSWORD).await.unwrap();
+        f.submit().await.unwrap();
+        self.wait_for_text("header .user", user).await;
+    }
+
+    async fn path(&self) -> String {
+        let u = self.client.current_url().await.unwrap();
+        match u.query() {
+            Some(q) => format!("{}?{q}", u.path()),
+            None => u.path().to_owned(),
+        }
+    }
+
+    /// Text of every element matching `css`, joined by newlines.
+    async fn texts(&self, css: &str) -> String {
+        let mut out = Vec::new();
+        for e in self.client.find_all(Locator::Css(css)).await.unwrap() {
+            out.push(e.text().await.unwrap_or_default());
+        }
+        out.join("\n")
+    }
+
+    /// Waits (up to 5 s) until an element matching `css` contains `text`; returns how long it took.
+    async fn wait_for_text(&self, css: &str, text: &str) -> Duration {
+        let start = Instant::now();
+        loop {
+            if self.texts(css).await.contains(text) {
+                return start.elapsed();
+            }
+            if start.elapsed() > Duration::from_secs(5) {
+                let src = self.client.source().await.unwrap_or_default();
+                panic!(
+                    "{css:?} never showed {text:?} on {}; it shows {:?}\n{src}",
+                    self.path().await,
+                    self.texts(css).await
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    async fn count(&self, css: &str) -> usize {
+        self.client.find_all(Locator::Css(css)).await.unwrap().len()
+    }
+
+    async fn click(&self, css: &str) {
+        self.client
+            .find(Locator::Css(css))
+            .await
+            .unwrap_or_else(|e| panic!("no {css:?}: {e}"))
+            .click()
+            .await
+            .unwrap();
+    }
+
+    /// Every visible form control has a label (a `<label>` or `aria-label`), and buttons have text.
+    async fn assert_controls_labelled(&self, page: &str) {
+        let unlabelled = self
+            .client
+            .execute(
+                r#"return Array.from(document.querySelectorAll('input, select, textarea, button'))
+                    .filter(el => el.type !== 'hidden')
+                    .filter(el => el.tagName === 'BUTTON'
+                        ? !(el.textContent.trim() || el.getAttribute('aria-label'))
+                        : !((el.labels && el.labels.length) || el.getAttribute('aria-label')))
+                    .map(el => el.outerHTML.slice(0, 120));"#,
+                vec![],
+            )
+            .await
+            .unwrap();
+        assert_eq!(unlabelled, json!([]), "unlabelled controls on {page}");
+    }
+
+    /// Saves `target/screenshots/NAME-1280x800.png` and `NAME-390x844.png`.
+    async fn screenshots(&self, name: &str) {
+        self.assert_controls_labelled(name).await;
+        let dir = screenshot_dir();
+        for (w, h) in [(1280u32, 800u32), (390, 844)] {
+            self.client.set_window_size(w, h).await.unwrap();
+            let png = self.client.screenshot().await.unwrap();
+            assert!(png.starts_with(b"\x89PNG"), "a PNG screenshot");
+            std::fs::write(dir.join(format!("{name}-{w}x{h}.png")), png).unwrap();
+        }
+        self.client.set_window_size(1280, 800).await.unwrap();
+    }
+
+    /// Runs a `fetch` POST from the page (same origin, with its cookies) and returns the status.
+    async fn post_from_page(&self, path: &str, with_csrf: bool) -> u64 {
+        let script = r#"
+            const [path, withCsrf] = arguments;
+            const body = new URLSearchParams();
+            const field = document.querySelector('input[name=csrf]');
+            if (withCsrf && field) { body.set('csrf', field.value); }
+            body.set('cluster', 'ext'); body.set('role', 'backup'); body.set('hostname', 'forged');
+            return fetch(path, { method: 'POST', body, credentials: 'same-origin', redirect: 'manual' })
+                .then(r => r.status);
+        "#;
+        self.client
+            .execute(script, vec![json!(path), json!(with_csrf)])
+            .await
+            .unwrap()
+            .as_u64()
+            .unwrap()
+    }
+}
+
+/// Records a MAC as discovered hardware (what the boot services do when an unknown machine PXE-boots), then lets
+/// it enroll through the agent API; returns the node id and its credential.
+async fn discovered_node(srv: &TestServer, mac: &str) -> (i64, String) {
+    let fleet = lbfleet_server::open_fleet(&ServerConfig::with_database(db_url(&srv.db_path)))
+        .await
+        .unwrap();
+    let id = fleet.discover(mac).await.unwrap();
+    fleet.store().close().await;
+    let (s, v) = srv
+        .post(
+            &format!("/api/v1/nodes/{id}/enrollment-token"),
+            &srv.tokens.operator,
+            json!({}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let (s, v) = srv
+        .call(
+            Method::POST,
+            "/api/v1/agent/enroll",
+            None,
+            Some(json!({"token": v["token"], "mac": mac, "agent_version": "0.1.0-test"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    (id, v["credential"].as_str().unwrap().to_owned())
+}
+
+#[tokio::test]
+async fn operator_approves_assigns_switches_over_and_drains() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = TestServer::start(dir.path()).await;
+    let op = &srv.tokens.operator;
+    let (s, v) = srv
+        .put("/api/v1/clusters/ext", op, cluster_spec(51, "198.18.0.10"))
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let (s, v) = srv
+        .post(
+            "/api/v1/nodes",
+            op,
+            json!({"mac": "52:54:00:00:01:01", "hostname": "lb-01"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let lb01 = v["id"].as_i64().unwrap();
+    let (new_id, cred) = discovered_node(&srv, "52:54:00:aa:bb:02").await;
+    let api = srv.http.clone();
+    let base = srv.base.clone();
+    let op_token = op.clone();
+
+    with_browser(&srv, |b| async move {
+        let started = Instant::now();
+        b.goto("/").await;
+        assert!(b.path().await.starts_with("/login"), "pages need a login");
+        b.screenshots("login").await;
+        b.login("oper").await;
+        // Keyboard: the first Tab lands on the skip link.
+        b.client
+            .find(Locator::Css("body"))
+            .await
+            .unwrap()
+            .send_keys("\u{E004}")
+            .await
+            .unwrap();
+        let first = b.client.active_element().await.unwrap().text().await.unwrap();
+        assert_eq!(first, "Skip to content");
+
+        // The discovered machine waits on its page; approve it under a name.
+        b.goto("/discovered").await;
+        b.wait_for_text("#discovered-table", "52:54:00:aa:bb:02").await;
+        b.screenshots("discovered").await;
+        let hostname = b
+            .client
+            .find(Locator::Css(&format!("#approve-{new_id} input[name=hostname]")))
+            .await
+            .unwrap();
+        hostname.clear().await.unwrap();
+        hostname.send_keys("lb-02").await.unwrap();
+        b.click(&format!("#approve-{new_id} button[type=submit]")).await;
+        b.wait_for_text(".flash", "approved lb-02").await;
+        assert!(b.texts("#discovered-table").await.contains("No new hardware"));
+
+        // Assign lb-01 active and lb-02 backup in cluster ext.
+        b.goto("/clusters/ext").await;
+        b.client
+            .find(Locator::Css("#assign-node"))
+            .await
+            .unwrap()
+            .select_by_value(&lb01.to_string())
+            .await
+            .unwrap();
+        b.client
+            .find(Locator::Css("#assign-role"))
+            .await
+            .unwrap()
+            .select_by_value("active")
+            .await
+            .unwrap();
+        b.click("#assign-submit").await;
+        b.wait_for_text(".flash", "lb-01 is now active in cluster ext (priority 150)")
+            .await;
+        b.client
+            .find(Locator::Css("#assign-node"))
+            .await
+            .unwrap()
+            .select_by_value(&new_id.to_string())
+            .await
+            .unwrap();
+        b.click("#assign-submit").await;
+        b.wait_for_text(".flash", "lb-02 is now backup in cluster ext (priority 100)")
+            .await;
+        b.wait_for_text("#members-table tr[data-role=active]", "lb-01").await;
+        b.wait_for_text("#members-table tr[data-role=backup]", "lb-02").await;
+        b.screenshots("cluster").await;
+
+        // Switchover: a confirmation that says what will happen, then the swap.
+        b.click("#switchover-link").await;
+        b.wait_for_text(
+            "#switchover-plan",
+            "This makes lb-02 the active node with priority 150 and turns lb-01 into a backup with priority 100",
+        )
+        .await;
+        b.screenshots("switchover").await;
+        b.click("#confirm-switchover").await;
+        b.wait_for_text(
+            ".flash",
+            "switchover done: lb-02 is active (priority 150), lb-01 is backup (priority 100)",
+        )
+        .await;
+        b.wait_for_text("#members-table tr[data-role=active]", "lb-02").await;
+        b.wait_for_text("#members-table tr[data-role=backup]", "lb-01").await;
+
+        // Drain one real server in one click.
+        b.click("button[aria-label='Drain 198.18.2.1:8080']").await;
+        b.wait_for_text(".flash", "drained 198.18.2.1:8080").await;
+        b.wait_for_text("tr[data-rs='198.18.2.1:8080'] td.admin", "drained").await;
+        assert!(b.count("button[aria-label='Enable 198.18.2.1:8080']").await == 1);
+
+        // The new active's agent reports: VRRP master, one real server failing. The node page shows its IPVS table.
+        let node: Value = api
+            .get(format!("{base}/api/v1/nodes/lb-02"))
+            .bearer_auth(&op_token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let resp = api
+            .post(format!("{base}/api/v1/agent/report"))
+            .bearer_auth(&cred)
+            .json(&json!({
+                "applied_generation": node["role_generation"], "vrrp_state": "master",
+                "agent_version": "0.1.0-test", "address": "198.18.1.2",
+                "services": [{"vip": "198.18.0.10", "port": 80, "protocol": "tcp", "connections": 1234,
+                              "packets_in": 9000, "packets_out": 8800, "bytes_in": 720000, "bytes_out": 9100000,
+                              "real_servers": [
+                                  {"address": "198.18.2.1", "port": 8080, "healthy": true, "weight": 0,
+                                   "active_conns": 3, "inactive_conns": 40},
+                                  {"address": "198.18.2.2", "port": 8080, "healthy": false, "weight": 2}]}]
+            }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+        b.goto(&format!("/nodes/{new_id}")).await;
+        b.wait_for_text("#node-state", "serving").await;
+        b.wait_for_text("#ipvs-h ~ .scroll", "198.18.2.2:8080").await;
+        assert!(b.texts("#ipvs-h ~ .scroll").await.contains("✖ failing"));
+        b.screenshots("node").await;
+
+        // Every step is in the audit log, by this user.
+        b.goto("/audit?actor=oper").await;
+        b.wait_for_text("#chain-status", "Chain verified").await;
+        let audit = b.texts("#audit-table tbody tr").await;
+        for (action, target) in [
+            ("node.approve", "node:lb-02"),
+            ("node.assign", "node:lb-01"),
+            ("node.assign", "node:lb-02"),
+            ("cluster.switchover", "cluster:ext"),
+            (
+                "real_server.drain",
+                "cluster:ext/service:tcp:198.18.0.10:80/real_server:198.18.2.1:8080",
+            ),
+        ] {
+            assert!(
+                audit
+                    .lines()
+                    .any(|l| l.contains(action) && l.contains(target) && l.contains("oper")),
+                "audit page lacks {action} {target}:\n{audit}"
+            );
+        }
+        // The diff of the approval names the new hostname.
+        b.click("#audit-table tr[data-action='node.approve'] summary").await;
+        b.wait_for_text("#audit-table tr[data-action='node.approve'] td.after", "lb-02")
+            .await;
+        b.screenshots("audit").await;
+
+        // The rest of the pages, for the screenshots (and to see they render for an operator).
+        b.goto("/").await;
+        b.wait_for_text("#state-counts", "nodes").await;
+        assert!(b.texts(".card[data-cluster=ext]").await.contains("lb-02"));
+        b.screenshots("overview").await;
+        b.goto("/nodes").await;
+        b.wait_for_text("#nodes-table", "lb-02").await;
+        b.screenshots("nodes").await;
+        b.goto("/clusters").await;
+        b.wait_for_text("#clusters-table", "ext").await;
+        b.screenshots("clusters").await;
+        b.goto("/events").await;
+        b.wait_for_text("#events-table", "switchover").await;
+        b.screenshots("events").await;
+        eprintln!(
+            "browser scenario (approve, assign x2, switchover, drain, audit) took {:?}",
+            started.elapsed()
+        );
+        b
+    })
+    .await;
+    let (_, v) = srv.get("/api/v1/clusters/ext", &srv.tokens.viewer).await;
+    assert_eq!(v["members"][0]["node"], "lb-02", "{v}");
+    assert_eq!(v["members"][0]["role"], "active");
+    assert_eq!(
+        v["spec"]["services"][0]["real_servers"][0]["enabled"],
+        false
+    );
+}
+
+#[tokio::test]
+async fn viewer_cannot_change_anything_and_markup_renders_as_text() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = TestServer::start(dir.path()).await;
+    let op = &srv.tokens.operator;
+    let (s, _) = srv
+        .put("/api/v1/clusters/ext", op, cluster_spec(51, "198.18.0.10"))
+        .await;
+    assert_eq!(s, StatusCode::CREATED);
+    let (new_id, _) = discovered_node(&srv, "52:54:00:aa:bb:03").await;
+    // Markup smuggled in through fields people can set: an image command line (audit page) and an agent error
+    // report (events page).
+    let payload = "<script>window.__xss=1</script><img src=x onerror=\"window.__xss=2\">";
+    let (s, v) = srv
+        .put(
+            "/api/v1/images/evil",
+            op,
+            json!({"kernel": "vmlinuz", "initrd": "initrd.img", "cmdline": payload}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let cred = srv.enrolled_node("52:54:00:aa:bb:04", "lb-04").await;
+    let (s, v) = srv
+        .call(
+            Method::POST,
+            "/api/v1/agent/report",
+            Some(&cred),
+            Some(json!({"applied_generation": 0, "errors": [payload]})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT, "{v}");
+    let audit_before = srv.audit_len().await;
+
+    with_browser(&srv, |b| async move {
+        b.login("view").await;
+        b.goto("/discovered").await;
+        b.wait_for_text("#discovered-table", "52:54:00:aa:bb:03")
+            .await;
+        assert_eq!(
+            b.count("#discovered-table button").await,
+            0,
+            "no approve/reject for a viewer"
+        );
+        b.goto("/clusters/ext").await;
+        b.wait_for_text("#members-h", "Members").await;
+        for css in [
+            "button.drain",
+            "#assign-form",
+            "#switchover-link",
+            "#service-form",
+            "#cluster-settings",
+        ] {
+            assert_eq!(b.count(css).await, 0, "a viewer sees no {css}");
+        }
+        b.goto(&format!("/nodes/{new_id}")).await;
+        assert_eq!(b.count("section.actions").await, 0);
+        b.goto("/clusters").await;
+        assert_eq!(b.count("#cluster-create").await, 0);
+        assert_eq!(
+            b.count("a[href='/users']").await,
+            0,
+            "no users link for a viewer"
+        );
+
+        // Forged posts from the viewer's own page: refused even with the right CSRF token.
+        for path in [
+            format!("/nodes/{new_id}/approve"),
+            "/nodes/lb-04/assign".to_owned(),
+            "/clusters/ext/switchover".to_owned(),
+            "/users".to_owned(),
+        ] {
+            assert_eq!(
+                b.post_from_page(&path, true).await,
+                403,
+                "viewer POST {path}"
+            );
+        }
+        b.goto("/users").await;
+        b.wait_for_text("#error-message", "this needs the admin role")
+            .await;
+
+        // Markup renders as text and never runs.
+        b.goto("/events").await;
+        b.wait_for_text("#events-table td.msg", "<script>window.__xss=1</script>")
+            .await;
+        assert_eq!(b.count("#events-table td.msg img").await, 0);
+        b.goto("/audit?action=image.create").await;
+        b.wait_for_text("#audit-table", "image:evil").await;
+        b.click("#audit-table tr[data-action='image.create'] summary")
+            .await;
+        b.wait_for_text("#audit-table td.after", "<img src=x onerror=")
+            .await;
+        assert_eq!(b.count("#audit-table td.after img").await, 0);
+        let xss = b
+            .client
+            .execute(
+                "return window.__xss === undefined ? null : window.__xss;",
+                vec![],
+            )
+            .await
+            .unwrap();
+        assert_eq!(xss, Value::Null, "the payload never ran");
+        b
+    })
+    .await;
+
+    // An operator's form without the CSRF token is refused too.
+    with_browser(&srv, |b| async move {
+        b.login("oper").await;
+        b.goto("/discovered").await;
+        b.wait_for_text("#discovered-table", "52:54:00:aa:bb:03")
+            .await;
+        assert_eq!(
+            b.post_from_page(&format!("/nodes/{new_id}/approve"), false)
+                .await,
+            403
+        );
+        // The users page is for admins: operators get a 403 page, not the list.
+        b.goto("/users").await;
+        b.wait_for_text("#error-message", "admin role").await;
+        b
+    })
+    .await;
+    assert_eq!(srv.audit_len().await, audit_before, "nothing was changed");
+    let (_, v) = srv
+        .get(&format!("/api/v1/nodes/{new_id}"), &srv.tokens.viewer)
+        .await;
+    assert_eq!(v["state"], "discovered");
+
+    with_browser(&srv, |b| async move {
+        b.login("admin").await;
+        b.goto("/users").await;
+        b.wait_for_text("#users-table", "view").await;
+        b.screenshots("users").await;
+        b
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_change_through_the_api_shows_on_an_open_page_within_a_second() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = TestServer::start(dir.path()).await;
+    let op = srv.tokens.operator.clone();
+    let (s, _) = srv
+        .put("/api/v1/clusters/ext", &op, cluster_spec(51, "198.18.0.10"))
+        .await;
+    assert_eq!(s, StatusCode::CREATED);
+    let cred = srv.enrolled_node("52:54:00:aa:bb:05", "lb-05").await;
+    let (s, v) = srv
+        .post(
+            "/api/v1/nodes/lb-05/assign",
+            &op,
+            json!({"cluster": "ext", "role": "active"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let api = srv.http.clone();
+    let base = srv.base.clone();
+
+    with_browser(&srv, |b| async move {
+        b.login("view").await;
+        b.goto("/clusters/ext").await;
+        b.wait_for_text("#live-status", "● live").await;
+        b.client
+            .execute("window.__sameDocument = 42; return null;", vec![])
+            .await
+            .unwrap();
+        let mut latencies = Vec::new();
+        for round in 0..5u32 {
+            let (op_path, want) = if round % 2 == 0 {
+                ("drain", "drained")
+            } else {
+                ("enable", "enabled")
+            };
+            let sent = Instant::now();
+            let resp = api
+                .post(format!(
+                    "{base}/api/v1/clusters/ext/services/tcp:198.18.0.10:80/real-servers/198.18.2.2:8080/{op_path}"
+                ))
+                .bearer_auth(&op)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), StatusCode::OK);
+            b.wait_for_text("tr[data-rs='198.18.2.2:8080'] td.admin", want).await;
+            latencies.push(sent.elapsed());
+        }
+        let same = b
+            .client
+            .execute("return window.__sameDocument === undefined ? null : window.__sameDocument;", vec![])
+            .await
+            .unwrap();
+        assert_eq!(same, json!(42), "the page updated in place, without a reload");
+
+        // An agent report (VRRP master, one real server failing) shows on the open page: state, VRRP, health.
+        let node: Value = api
+            .get(format!("{base}/api/v1/nodes/lb-05"))
+            .bearer_auth(&op)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let sent = Instant::now();
+        let resp = api
+            .post(format!("{base}/api/v1/agent/report"))
+            .bearer_auth(&cred)
+            .json(&json!({
+                "applied_generation": node["role_generation"], "vrrp_state": "master",
+                "services": [{"vip": "198.18.0.10", "port": 80, "protocol": "tcp", "connections": 12,
+                              "real_servers": [
+                                  {"address": "198.18.2.1", "port": 8080, "healthy": true, "weight": 1},
+                                  {"address": "198.18.2.2", "port": 8080, "healthy": false, "weight": 2}]}]
+            }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+        b.wait_for_text("#members-table tr[data-node=lb-05]", "master").await;
+        b.wait_for_text("#members-table tr[data-node=lb-05]", "serving").await;
+        b.wait_for_text("tr[data-rs='198.18.2.2:8080']", "failing").await;
+        b.wait_for_text("tr[data-rs='198.18.2.1:8080']", "healthy").await;
+        latencies.push(sent.elapsed());
+        // A new node registered through the API appears on the overview while it is open.
+        b.goto("/nodes").await;
+        b.wait_for_text("#live-status", "● live").await;
+        let sent = Instant::now();
+        let resp = api
+            .post(format!("{base}/api/v1/nodes"))
+            .bearer_auth(&op)
+            .json(&json!({"mac": "52:54:00:00:09:09", "hostname": "lb-09"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::CREATED);
+        b.wait_for_text("#nodes-table", "lb-09").await;
+        latencies.push(sent.elapsed());
+
+        latencies.sort();
+        let max = *latencies.last().unwrap();
+        eprintln!(
+            "SSE: API change visible in the open page after min {:?}, median {:?}, max {:?}",
+            latencies[0],
+            latencies[latencies.len() / 2],
+            max
+        );
+        assert!(max < Duration::from_secs(1), "a change took {max:?} to show");
+        b
+    })
+    .await;
+}

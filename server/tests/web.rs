@@ -1,0 +1,576 @@
+//! Component tests of the dashboard over plain HTTP (no browser): login, cookies, CSRF, roles, escaping,
+//! security headers, audit export.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::{cluster_spec, TestServer, PASSWORD};
+use reqwest::header::{CONTENT_SECURITY_POLICY, COOKIE, LOCATION, SET_COOKIE};
+use reqwest::StatusCode;
+use serde_json::json;
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+/// The value of the first `name="csrf"` field in a page.
+fn csrf_of(html: &str) -> String {
+    let at = html.find("name=\"csrf\" value=\"").unwrap() + "name=\"csrf\" value=\"".len();
+    html[at..].split('"').next().unwrap().to_owned()
+}
+
+fn cookie_pair(resp: &reqwest::Response, name: &str) -> Option<String> {
+    resp.headers()
+        .get_all(SET_COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|v| v.starts_with(&format!("{name}=")))
+        .map(|v| v.split(';').next().unwrap().to_owned())
+}
+
+/// A logged-in dashboard session: the cookie header and the CSRF token of its forms.
+struct Session {
+    cookie: String,
+    csrf: String,
+}
+
+async fn try_login(srv: &TestServer, user: &str, password: &str) -> reqwest::Response {
+    let http = client();
+    let page = http.get(srv.url("/login")).send().await.unwrap();
+    let login_cookie = cookie_pair(&page, "lbfleet_login_csrf").unwrap();
+    let csrf = csrf_of(&page.text().await.unwrap());
+    http.post(srv.url("/login"))
+        .header(COOKIE, login_cookie)
+        .form(&[
+            ("csrf", csrf.as_str()),
+            ("username", user),
+            ("password", password),
+            ("next", "/nodes"),
+        ])
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn login(srv: &TestServer, user: &str) -> Session {
+    let resp = try_login(srv, user, PASSWORD).await;
+    assert_eq!(resp.status(), StatusCode::SEE_OTHER);
+    assert_eq!(resp.headers()[LOCATION], "/nodes");
+    let set = resp
+        .headers()
+        .get_all(SET_COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|v| v.starts_with("lbfleet_session="))
+        .unwrap()
+        .to_owned();
+    assert!(
+        set.contains("HttpOnly") && set.contains("SameSite=Strict"),
+        "{set}"
+    );
+    let cookie = set.split(';').next().unwrap().to_owned();
+    let page = client()
+        .get(srv.url("/"))
+        .header(COOKIE, &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), StatusCode::OK);
+    let csrf = csrf_of(&page.text().await.unwrap());
+    Session { cookie, csrf }
+}
+
+async fn get_page(srv: &TestServer, s: &Session, path: &str) -> (StatusCode, String) {
+    let resp = client()
+        .get(srv.url(path))
+        .header(COOKIE, &s.cookie)
+        .send()
+        .await
+        .unwrap();
+    (resp.status(), resp.text().await.unwrap())
+}
+
+async fn post_form(
+    srv: &TestServer,
+    s: &Session,
+    path: &str,
+    form: &[(&str, &str)],
+) -> reqwest::Response {
+    client()
+        .post(srv.url(path))
+        .header(COOKIE, &s.cookie)
+        .form(form)
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn pages_need_a_session_and_carry_security_headers() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = TestServer::start(dir.path()).await;
+    let resp = client()
+        .get(srv.url("/nodes?state=ready"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::SEE_OTHER);
+    assert_eq!(
+        resp.headers()[LOCATION],
+        "/login?next=%2Fnodes%3Fstate%3Dready"
+    );
+    let resp = client()
+        .post(srv.url("/nodes/1/approve"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+
+    let s = login(&srv, "view").await;
+    for path in [
+        "/",
+        "/nodes",
+        "/discovered",
+        "/clusters",
+        "/audit",
+        "/events",
+        "/login",
+    ] {
+        let resp = client()
+            .get(srv.url(path))
+            .header(COOKIE, &s.cookie)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK, "{path}");
+        let csp = resp.headers()[CONTENT_SECURITY_POLICY].to_str().unwrap();
+        assert!(csp.contains("script-src 'self'"), "{path}: {csp}");
+        assert!(!csp.contains("unsafe-inline"), "{path}: {csp}");
+        assert_eq!(resp.headers()["x-frame-options"], "DENY");
+        assert_eq!(resp.headers()["x-content-type-options"], "nosniff");
+        let html = resp.text().await.unwrap();
+        assert!(!html.contains("<script>"), "{path} has an inline script");
+        assert!(!html.contains(" style="), "{path} has an inline style");
+    }
+    // Users and tokens are for admins only.
+    assert_eq!(get_page(&srv, &s, "/users").await.0, StatusCode::FORBIDDEN);
+    let admin = login(&srv, "admin").await;
+    let (st, html) = get_page(&srv, &admin, "/users").await;
+    assert_eq!(st, StatusCode::OK);
+    assert!(html.contains("API tokens") && html.contains("oper"));
+}
+
+#[tokio::test]
+async fn forms_need_the_csrf_token_and_the_role() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = TestServer::start(dir.path()).await;
+    let (st, v) = srv
+        .post(
+            "/api/v1/nodes",
+            &srv.tokens.operator,
+            json!({"mac": "52:54:00:00:00:01", "hostname": "lb-01"}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CREATED, "{v}");
+    let (st, _) = srv
+        .put(
+            "/api/v1/clusters/ext",
+            &srv.tokens.operator,
+            cluster_spec(51, "198.18.0.10"),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CREATED);
+    let audit_before = srv.audit_len().await;
+
+    let viewer = login(&srv, "view").await;
+    let (_, html) = get_page(&srv, &viewer, "/clusters/ext").await;
+    assert!(
+        !html.contains("Drain") && !html.contains("Assign a node"),
+        "viewer sees no buttons"
+    );
+    let assign = [
+        ("csrf", viewer.csrf.as_str()),
+        ("cluster", "ext"),
+        ("role", "active"),
+        ("back", "/"),
+    ];
+    let resp = post_form(&srv, &viewer, "/nodes/lb-01/assign", &assign).await;
+    assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+    assert!(resp.text().await.unwrap().contains("operator role"));
+
+    let op = login(&srv, "oper").await;
+    let no_token = [("cluster", "ext"), ("role", "active")];
+    let resp = post_form(&srv, &op, "/nodes/lb-01/assign", &no_token).await;
+    assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+    let wrong = [
+        ("csrf", viewer.csrf.as_str()),
+        ("cluster", "ext"),
+        ("role", "active"),
+    ];
+    let resp = post_form(&srv, &op, "/nodes/lb-01/assign", &wrong).await;
+    assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+    assert_eq!(
+        srv.audit_len().await,
+        audit_before,
+        "refused forms change nothing"
+    );
+
+    let ok = [
+        ("csrf", op.csrf.as_str()),
+        ("cluster", "ext"),
+        ("role", "active"),
+        ("back", "/clusters/ext"),
+    ];
+    let resp = post_form(&srv, &op, "/nodes/lb-01/assign", &ok).await;
+    assert_eq!(resp.status(), StatusCode::SEE_OTHER);
+    assert_eq!(resp.headers()[LOCATION], "/clusters/ext");
+    let (_, v) = srv.get("/api/v1/nodes/lb-01", &srv.tokens.viewer).await;
+    assert_eq!(
+        (v["cluster"].as_str(), v["role"].as_str()),
+        (Some("ext"), Some("active"))
+    );
+    assert_eq!(srv.audit_len().await, audit_before + 1);
+
+    // A refusal by the fleet's rules comes back as a message on the page, and changes nothing.
+    let resp = post_form(
+        &srv,
+        &op,
+        "/nodes/lb-01/assign",
+        &[
+            ("csrf", op.csrf.as_str()),
+            ("cluster", "nope"),
+            ("role", "backup"),
+            ("back", "/clusters/ext"),
+        ],
+    )
+    .await;
+    assert_eq!(resp.status(), StatusCode::SEE_OTHER);
+    let flash = cookie_pair(&resp, "lbfleet_flash").unwrap();
+    let page = client()
+        .get(srv.url("/clusters/ext"))
+        .header(COOKIE, format!("{}; {flash}", op.cookie))
+        .send()
+        .await
+        .unwrap();
+    let html = page.text().await.unwrap();
+    assert!(
+        html.contains("no cluster named &#34;nope&#34;")
+            || html.contains("no cluster named &quot;nope&quot;"),
+        "{html}"
+    );
+
+    // Logging out ends the session.
+    let resp = post_form(&srv, &op, "/logout", &[("csrf", op.csrf.as_str())]).await;
+    assert_eq!(resp.status(), StatusCode::SEE_OTHER);
+    assert_eq!(get_page(&srv, &op, "/").await.0, StatusCode::SEE_OTHER);
+}
+
+#[tokio::test]
+async fn login_form_is_rate_limited_and_has_its_own_csrf_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = TestServer::start(dir.path()).await;
+    let resp = client()
+        .post(srv.url("/login"))
+        .form(&[("username", "admin"), ("password", PASSWORD)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.status(),
+        StatusCode::FORBIDDEN,
+        "a login form without its token"
+    );
+    for _ in 0..5 {
+        assert_eq!(
+            try_login(&srv, "oper", "wrong").await.status(),
+            StatusCode::UNAUTHORIZED
+        );
+    }
+    let resp = try_login(&srv, "oper", PASSWORD).await;
+    assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(resp
+        .text()
+        .await
+        .unwrap()
+        .contains("Too many failed logins"));
+}
+
+#[tokio::test]
+async fn markup_in_stored_values_renders_as_text() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = TestServer::start(dir.path()).await;
+    let payload = "<script>alert('xss')</script><img src=x onerror=alert(1)>";
+    let (st, v) = srv
+        .put(
+            "/api/v1/images/evil",
+            &srv.tokens.operator,
+            json!({"kernel": "vmlinuz", "initrd": "initrd.img", "cmdline": payload}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CREATED, "{v}");
+    let s = login(&srv, "view").await;
+    let (_, html) = get_page(&srv, &s, "/audit").await;
+    assert!(
+        html.contains("&#60;script&#62;alert(&#39;xss&#39;)&#60;/script&#62;"),
+        "{html}"
+    );
+    assert!(!html.contains("<script>alert") && !html.contains("<img src=x"));
+    let (_, html) = get_page(&srv, &s, "/audit?actor=%3Cscript%3E").await;
+    assert!(
+        html.contains("value=\"&#60;script&#62;\""),
+        "filters echo escaped"
+    );
+}
+
+#[tokio::test]
+async fn audit_page_filters_verifies_and_exports() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = TestServer::start(dir.path()).await;
+    let (st, _) = srv
+        .put(
+            "/api/v1/clusters/ext",
+            &srv.tokens.operator,
+            cluster_spec(51, "198.18.0.10"),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CREATED);
+    let s = login(&srv, "view").await;
+    let (_, html) = get_page(&srv, &s, "/audit?action=cluster.create").await;
+    assert!(html.contains("Chain verified"), "{html}");
+    assert!(html.contains("cluster:ext") && !html.contains("user:view"));
+    assert!(
+        html.contains("198.18.0.10/32"),
+        "the diff shows the new VIP"
+    );
+
+    let resp = client()
+        .get(srv.url("/audit/export.csv?target=cluster%3A"))
+        .header(COOKIE, &s.cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert!(resp.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/csv"));
+    let csv = resp.text().await.unwrap();
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(lines.len(), 2, "{csv}");
+    assert!(lines[0].starts_with("seq,at,time,actor,action,target"));
+    assert!(lines[1].contains("\"cluster.create\"") && lines[1].contains("\"oper\""));
+
+    let resp = client()
+        .get(srv.url("/audit/export.json"))
+        .header(COOKIE, &s.cookie)
+        .send()
+        .await
+        .unwrap();
+    let v: serde_json::Value = resp.json().await.unwrap();
+    let entries = v["entries"].as_array().unwrap();
+    assert_eq!(entries.len(), srv.audit_len().await);
+    assert_eq!(entries[0]["action"], "cluster.create");
+    assert_eq!(entries[0]["after"]["vrid"], 51);
+}
+
+#[tokio::test]
+async fn cluster_form_shows_validation_next_to_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = TestServer::start(dir.path()).await;
+    let op = login(&srv, "oper").await;
+    let resp = post_form(
+        &srv,
+        &op,
+        "/clusters",
+        &[
+            ("csrf", op.csrf.as_str()),
+            ("name", "ext"),
+            ("vrid", "0"),
+            ("interface", "eth0"),
+            ("vrrp_version", "3"),
+            ("advert_interval_ms", "1000"),
+            ("vips", "198.18.0.10/32"),
+        ],
+    )
+    .await;
+    assert_eq!(resp.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let html = resp.text().await.unwrap();
+    let err = html.split("id=\"c-vrid-err\">").nth(1).unwrap();
+    assert!(err.starts_with("must be 1 to 255"), "{err}");
+    assert!(html.contains(
+        "id=\"c-vrid\" name=\"vrid\" inputmode=\"numeric\" value=\"0\" aria-invalid=\"true\""
+    ));
+
+    let resp = post_form(
+        &srv,
+        &op,
+        "/clusters",
+        &[
+            ("csrf", op.csrf.as_str()),
+            ("name", "ext"),
+            ("vrid", "51"),
+            ("interface", "eth0"),
+            ("vrrp_version", "3"),
+            ("advert_interval_ms", "1000"),
+            ("preempt", "on"),
+            ("vips", "198.18.0.10/32"),
+        ],
+    )
+    .await;
+    assert_eq!(resp.status(), StatusCode::SEE_OTHER);
+    let resp = post_form(
+        &srv,
+        &op,
+        "/clusters/ext/services",
+        &[
+            ("csrf", op.csrf.as_str()),
+            ("vip", "198.18.0.10"),
+            ("port", "80"),
+            ("protocol", "tcp"),
+            ("scheduler", "wrr"),
+            ("forward", "nat"),
+            ("check_kind", "http"),
+            ("check_path", "/healthz"),
+            ("check_status", "200"),
+        ],
+    )
+    .await;
+    assert_eq!(resp.status(), StatusCode::SEE_OTHER);
+    let resp = post_form(
+        &srv,
+        &op,
+        "/clusters/ext/real-servers",
+        &[
+            ("csrf", op.csrf.as_str()),
+            ("service", "tcp:198.18.0.10:80"),
+            ("address", "198.18.2.1"),
+            ("port", "8080"),
+            ("weight", "3"),
+        ],
+    )
+    .await;
+    assert_eq!(resp.status(), StatusCode::SEE_OTHER);
+    let (_, v) = srv.get("/api/v1/clusters/ext", &srv.tokens.viewer).await;
+    assert_eq!(v["spec"]["services"][0]["check"]["path"], "/healthz");
+    assert_eq!(v["spec"]["services"][0]["real_servers"][0]["weight"], 3);
+    let resp = post_form(
+        &srv,
+        &op,
+        "/clusters/ext/real-servers/weight",
+        &[
+            ("csrf", op.csrf.as_str()),
+            ("service", "tcp:198.18.0.10:80"),
+            ("rs", "198.18.2.1:8080"),
+            ("weight", "70000"),
+        ],
+    )
+    .await;
+    assert_eq!(
+        resp.status(),
+        StatusCode::SEE_OTHER,
+        "refusals come back as a message"
+    );
+    let resp = post_form(
+        &srv,
+        &op,
+        "/clusters/ext/real-servers/weight",
+        &[
+            ("csrf", op.csrf.as_str()),
+            ("service", "tcp:198.18.0.10:80"),
+            ("rs", "198.18.2.1:8080"),
+            ("weight", "7"),
+        ],
+    )
+    .await;
+    assert_eq!(resp.status(), StatusCode::SEE_OTHER);
+    let (_, v) = srv.get("/api/v1/clusters/ext", &srv.tokens.viewer).await;
+    assert_eq!(v["spec"]["services"][0]["real_servers"][0]["weight"], 7);
+    let (_, html) = get_page(&srv, &op, "/clusters/ext").await;
+    assert!(html.contains("aria-label=\"Weight of 198.18.2.1:8080\""));
+
+    // Edit the service's scheduler and check; its real servers stay.
+    let resp = post_form(
+        &srv,
+        &op,
+        "/clusters/ext/services/edit",
+        &[
+            ("csrf", op.csrf.as_str()),
+            ("service", "tcp:198.18.0.10:80"),
+            ("scheduler", "rr"),
+            ("forward", "nat"),
+            ("persistence_s", "300"),
+            ("check_kind", "tcp"),
+            ("check_path", ""),
+            ("check_status", ""),
+        ],
+    )
+    .await;
+    assert_eq!(resp.status(), StatusCode::SEE_OTHER);
+    let (_, v) = srv.get("/api/v1/clusters/ext", &srv.tokens.viewer).await;
+    let svc = &v["spec"]["services"][0];
+    assert_eq!(
+        (svc["scheduler"].as_str(), svc["check"]["kind"].as_str()),
+        (Some("rr"), Some("tcp"))
+    );
+    assert_eq!(svc["persistence_s"], 300);
+    assert_eq!(svc["real_servers"][0]["weight"], 7);
+}
+
+#[tokio::test]
+async fn live_stream_says_changed_and_ends_when_the_server_stops() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = TestServer::start(dir.path()).await;
+    let s = login(&srv, "view").await;
+    let resp = client().get(srv.url("/live")).send().await.unwrap();
+    assert_eq!(
+        resp.status(),
+        StatusCode::SEE_OTHER,
+        "the stream needs a session"
+    );
+    let mut resp = client()
+        .get(srv.url("/live"))
+        .header(COOKIE, &s.cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert!(resp.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/event-stream"));
+    let mut seen = String::new();
+    while !seen.contains("event: hello") {
+        seen.push_str(&String::from_utf8_lossy(
+            &resp.chunk().await.unwrap().unwrap(),
+        ));
+    }
+    let (st, _) = srv
+        .post(
+            "/api/v1/nodes",
+            &srv.tokens.operator,
+            json!({"mac": "52:54:00:00:00:07"}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CREATED);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+    while !seen.contains("event: changed") {
+        let chunk = tokio::time::timeout_at(deadline.into(), resp.chunk())
+            .await
+            .expect("a changed event within 1 s")
+            .unwrap()
+            .unwrap();
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    // An open stream must not hold up a graceful stop.
+    tokio::time::timeout(std::time::Duration::from_secs(10), srv.stop())
+        .await
+        .expect("the server stops with a live stream open");
+    let rest = tokio::time::timeout(std::time::Duration::from_secs(5), resp.chunk())
+        .await
+        .expect("the stream ends");
+    assert!(matches!(rest, Ok(None) | Err(_)), "{rest:?}");
+}
