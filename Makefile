@@ -2,7 +2,7 @@
 CARGO ?= cargo
 SERVER := target/release/lbfleet-server
 
-.PHONY: all deps build demo test lint unit bench bench-longpoll bench-tftp fuzz clean
+.PHONY: all deps build demo test lint unit bench bench-longpoll bench-dhcp bench-tftp fuzz clean
 
 all: build
 
@@ -27,10 +27,14 @@ lint:
 unit:
 	$(CARGO) test --workspace
 
-bench: bench-longpoll bench-tftp
+bench: bench-longpoll bench-dhcp bench-tftp
 
 bench-longpoll: deps
 	$(CARGO) run --release -p lbfleet-bench --bin bench-longpoll -- $(BENCH_ARGS)
+
+# perfdhcp against lbfleet, Kea and dnsmasq in namespaces this target creates (root).
+bench-dhcp: build
+	bash bench/dhcp.sh $(BENCH_SECONDS)
 
 # TFTP/HTTP boot throughput vs dnsmasq and tftpd-hpa. Needs root (creates and deletes its own netns).
 bench-tftp: deps

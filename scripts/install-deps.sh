@@ -3,10 +3,13 @@
 # package is missing. Later tiers (boot services, QEMU lab, browser tests) add their packages here.
 set -euo pipefail
 
-# dnsmasq and tftpd-hpa are benchmark peers (bench-tftp), iproute2 gives `ip netns` for their private namespace.
-packages=(build-essential pkg-config ca-certificates curl sqlite3 tftp-hpa iproute2 dnsmasq tftpd-hpa)
-# Packages whose Debian install also enables a system service we do not want running.
-services=(dnsmasq tftpd-hpa)
+# Build and run; test clients (tftp-hpa, udhcpc in busybox, dhclient, perfdhcp); benchmark peers (Kea, dnsmasq,
+# tftpd-hpa).
+packages=(build-essential pkg-config ca-certificates curl sqlite3 iproute2 busybox-static tftp-hpa isc-dhcp-client
+  kea-admin kea-dhcp4-server dnsmasq-base tftpd-hpa)
+# Installed services that must not run at boot either (bench-tftp starts tftpd-hpa itself, in its own netns).
+# dnsmasq-base ships no service.
+no_boot_services=(tftpd-hpa)
 
 missing=()
 for p in "${packages[@]}"; do
@@ -19,31 +22,25 @@ if [ ${#missing[@]} -gt 0 ]; then
   fi
   echo "install-deps: installing ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  # dnsmasq (DNS on :53) and tftpd-hpa (TFTP on :69) start system services when installed; lbfleet only runs
-  # them as benchmark peers, in a namespace of their own. Debian's policy-rc.d protocol keeps the install from
-  # starting them (used only when the machine has no policy of its own), then they are disabled at boot.
-  # Nothing is stopped by name: tftpd-hpa's init script would kill every in.tftpd on the machine.
+  # Packages like kea-dhcp4-server would start their daemon on install and answer DHCP on the host's
+  # interfaces; the benchmarks start them by hand inside their own namespaces. Deny service starts meanwhile.
   policy=/usr/sbin/policy-rc.d
+  created_policy=
   if [ ! -e "$policy" ]; then
-    printf '#!/bin/sh\n# temporary, from lbfleet scripts/install-deps.sh\nexit 101\n' > "$policy"
-    chmod 755 "$policy"
+    printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod +x "$policy" && created_policy=1
     trap 'rm -f "$policy"' EXIT
   fi
+  apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}"
-  if grep -q 'lbfleet scripts/install-deps.sh' "$policy" 2>/dev/null; then
-    rm -f "$policy"
-    trap - EXIT
-  fi
-  for svc in "${services[@]}"; do
+  # Nothing is stopped by name here: tftpd-hpa's init script stops every in.tftpd on the machine.
+  for svc in "${no_boot_services[@]}"; do
     [[ " ${missing[*]} " == *" $svc "* ]] || continue
     if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
-      # Stops only the unit's own processes (its cgroup).
-      systemctl disable --now "$svc" >/dev/null 2>&1 || true
+      systemctl disable --now "$svc" >/dev/null 2>&1 || true # only the unit's own processes
     elif command -v update-rc.d >/dev/null 2>&1; then
       update-rc.d "$svc" disable >/dev/null 2>&1 || true
     fi
-    echo "install-deps: disabled the $svc system service (bench-tftp starts its own in a private netns)"
+    echo "install-deps: disabled the $svc system service at boot (bench-tftp starts its own)"
   done
 fi
 

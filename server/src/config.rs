@@ -30,7 +30,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the server (API, agent API, HTTP boot). Stops cleanly on SIGTERM or SIGINT.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Manage dashboard and API users.
     #[command(subcommand)]
     User(UserCommand),
@@ -643,7 +643,7 @@ mod tests {
         let mut full = vec!["lbfleet-server", "serve"];
         full.extend_from_slice(argv);
         match Cli::try_parse_from(full).map(|c| c.command) {
-            Ok(Command::Serve(a)) => a,
+            Ok(Command::Serve(a)) => *a,
             other => panic!("unexpected parse: {other:?}"),
         }
     }

@@ -32,6 +32,7 @@ pub async fn open_fleet(config: &ServerConfig) -> Result<fleet::Fleet, store::St
 #[derive(Debug, Default)]
 pub struct BootSockets {
     pub tftp: Option<tokio::net::UdpSocket>,
+    pub dhcp: Option<tokio::net::UdpSocket>,
 }
 
 impl BootSockets {
@@ -45,6 +46,18 @@ impl BootSockets {
                     .await
                     .with_context(|| format!("cannot bind TFTP to {addr}"))?;
                 sockets.tftp = Some(sock);
+            }
+            if let Some(iface) = &b.interface {
+                // DHCP must see broadcasts, so it binds the wildcard address, restricted to one interface.
+                let addr = SocketAddr::from(([0, 0, 0, 0], b.dhcp_port));
+                let sock = tokio::net::UdpSocket::bind(addr)
+                    .await
+                    .with_context(|| format!("cannot bind DHCP to {addr}"))?;
+                sock.bind_device(Some(iface.as_bytes())).with_context(|| {
+                    format!("cannot bind DHCP to interface {iface} (needs root or CAP_NET_RAW)")
+                })?;
+                sock.set_broadcast(true)?;
+                sockets.dhcp = Some(sock);
             }
         }
         Ok(sockets)
@@ -73,9 +86,25 @@ pub async fn run_with(
     if let Some(password) = fleet.bootstrap_admin().await? {
         announce_initial_admin(&config, &password)?;
     }
+    let fleet = std::sync::Arc::new(fleet);
     let store = fleet.store().clone();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();
+    if let (Some(boot), Some(sock)) = (&config.boot, sockets.dhcp) {
+        let http_base = config.public_url.clone().unwrap_or_else(|| {
+            let port = listener.local_addr().map(|a| a.port()).unwrap_or(80);
+            format!("http://{}:{port}", boot.server_address)
+        });
+        let dhcp = dhcp_config(boot, http_base)?;
+        let stats = std::sync::Arc::new(boot::dhcp::server::DhcpStats::default());
+        tasks.spawn(boot::dhcp::server::run(
+            sock,
+            dhcp,
+            fleet.clone(),
+            stats,
+            stop_rx.clone(),
+        ));
+    }
     if let (Some(boot), Some(sock)) = (&config.boot, sockets.tftp) {
         let tftp_config = boot::tftp::TftpConfig {
             root: boot.boot_dir.clone(),
@@ -110,6 +139,34 @@ pub async fn run_with(
     store.close().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The DHCP engine's settings from `[boot]`.
+fn dhcp_config(
+    boot: &config::BootConfig,
+    http_boot_base: String,
+) -> anyhow::Result<boot::dhcp::DhcpConfig> {
+    use boot::dhcp::{BootFileMap, DhcpConfig, PoolRange, Subnet};
+    let (network, prefix) = boot.subnet.context("boot.subnet is required for DHCP")?;
+    let (first, last) = boot.pool.context("boot.pool is required for DHCP")?;
+    let cfg = DhcpConfig {
+        server_address: boot.server_address,
+        subnet: Subnet::new(network, prefix),
+        pools: vec![PoolRange::new(first, last)],
+        router: boot.router,
+        dns: boot.dns.clone(),
+        domain: boot.domain.clone(),
+        mtu: None,
+        ntp: vec![],
+        lease_time: boot.lease_time,
+        offer_timeout: std::time::Duration::from_secs(60),
+        decline_quarantine: std::time::Duration::from_secs(600),
+        boot_files: BootFileMap::default(),
+        http_boot_base,
+        discovery_cap: usize::try_from(boot.max_discovered).unwrap_or(0),
+    };
+    cfg.validate().map_err(|e| anyhow::anyhow!("[boot]: {e}"))?;
+    Ok(cfg)
 }
 
 /// Prints the first admin's password once (to stdout, never to the log) and optionally writes it to a file

@@ -24,20 +24,18 @@ fn init_tracing(format: LogFormat) {
     }
 }
 
-async fn shutdown_signal() {
+/// Installs the SIGTERM/SIGINT handlers now (before the server announces itself, so a signal that arrives
+/// right after start-up is not lost to the default action) and returns the future that waits for either.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()> + Send + 'static> {
     use tokio::signal::unix::{signal, SignalKind};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = term.recv() => {},
-                _ = tokio::signal::ctrl_c() => {},
-            }
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {},
+            _ = int.recv() => {},
         }
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot watch SIGTERM; stopping on SIGINT only");
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
+    })
 }
 
 fn read_password_stdin() -> anyhow::Result<String> {
@@ -67,13 +65,13 @@ fn cli_actor() -> Actor {
 async fn main_inner(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Serve(args) => {
-            let cfg = ServerConfig::resolve(args)?;
+            let cfg = ServerConfig::resolve(*args)?;
             init_tracing(cfg.log_format);
             tracing::info!(config = ?cfg, "starting");
             let listener = tokio::net::TcpListener::bind(cfg.listen)
                 .await
                 .with_context(|| format!("cannot listen on {}", cfg.listen))?;
-            lbfleet_server::run(cfg, listener, shutdown_signal()).await?;
+            lbfleet_server::run(cfg, listener, shutdown_signal()?).await?;
         }
         Command::User(cmd) => {
             init_tracing(LogFormat::Text);

@@ -33,7 +33,7 @@ pub const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
 
 #[derive(Debug)]
 pub struct Inner {
-    pub fleet: Fleet,
+    pub fleet: Arc<Fleet>,
     pub config: ServerConfig,
     pub limiter: auth::LoginLimiter,
     /// Turns true when the server shuts down, so long-polls return at once.
@@ -46,7 +46,7 @@ pub struct Inner {
 pub struct AppState(Arc<Inner>);
 
 impl AppState {
-    pub fn new(fleet: Fleet, config: ServerConfig, shutdown: watch::Receiver<bool>) -> Self {
+    pub fn new(fleet: Arc<Fleet>, config: ServerConfig, shutdown: watch::Receiver<bool>) -> Self {
         AppState(Arc::new(Inner {
             fleet,
             config,

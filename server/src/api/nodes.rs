@@ -72,6 +72,8 @@ struct RegisterRequest {
     mac: String,
     hostname: Option<String>,
     image: Option<String>,
+    /// Fixed DHCP address (reservation).
+    address: Option<String>,
 }
 
 async fn register(
@@ -86,6 +88,7 @@ async fn register(
             &req.mac,
             req.hostname.as_deref(),
             req.image.as_deref(),
+            req.address.as_deref(),
         )
         .await?;
     Ok((StatusCode::CREATED, Json(view)).into_response())
@@ -96,6 +99,8 @@ async fn register(
 struct ApproveRequest {
     hostname: Option<String>,
     image: Option<String>,
+    /// Fixed DHCP address (reservation).
+    address: Option<String>,
 }
 
 async fn approve(
@@ -106,7 +111,13 @@ async fn approve(
 ) -> Result<Response, ApiError> {
     Ok(Json(
         s.fleet
-            .approve(&p.actor(), &node_key(&node), req.hostname, req.image)
+            .approve(
+                &p.actor(),
+                &node_key(&node),
+                req.hostname,
+                req.image,
+                req.address,
+            )
             .await?,
     )
     .into_response())

@@ -88,6 +88,8 @@ pub struct NodeView {
     pub state: String,
     pub image: Option<String>,
     pub address: Option<String>,
+    /// Fixed DHCP address of the node, if it has one.
+    pub reserved_address: Option<String>,
     pub cluster: Option<String>,
     pub role: Option<String>,
     pub priority: Option<i64>,
@@ -123,6 +125,7 @@ impl NodeView {
             state: row.state,
             image: row.image,
             address: row.address,
+            reserved_address: row.reserved_address,
             cluster: row.cluster,
             role: row.role,
             priority: row.priority,
@@ -218,6 +221,9 @@ pub struct Fleet {
     store: Store,
     notifier: Notifier,
     enrollment_token_ttl: Duration,
+    /// Clusters as last loaded for role documents, by id, with the content generation they were loaded at:
+    /// a herd of agents woken by one change shares one load instead of each reading the whole cluster.
+    cluster_cache: std::sync::Mutex<HashMap<i64, (i64, std::sync::Arc<StoredCluster>)>>,
     /// Most nodes allowed in state `discovered` at once: a flood of random MACs cannot grow the database
     /// without bound.
     max_discovered: i64,
@@ -264,6 +270,7 @@ impl Fleet {
             notifier: Notifier::default(),
             enrollment_token_ttl,
             max_discovered: DEFAULT_MAX_DISCOVERED,
+            cluster_cache: std::sync::Mutex::new(HashMap::new()),
         }
     }
 
@@ -330,6 +337,19 @@ impl Fleet {
         }
         let g = store::next_generation(conn).await?;
         store::nodes::set_generation(conn, ids, g).await?;
+        Ok(ids.iter().map(|id| (*id, g)).collect())
+    }
+
+    /// A cluster's content changed: one new generation for the cluster and all its members.
+    async fn bump_cluster(conn: &mut SqliteConnection, cluster_id: i64) -> Result<Vec<(i64, u64)>> {
+        let g = store::next_generation(conn).await?;
+        store::clusters::touch(conn, cluster_id, g).await?;
+        let ids: Vec<i64> = store::nodes::members(conn, cluster_id)
+            .await?
+            .iter()
+            .map(|m| m.node_id)
+            .collect();
+        store::nodes::set_generation(conn, &ids, g).await?;
         Ok(ids.iter().map(|id| (*id, g)).collect())
     }
 
@@ -449,12 +469,7 @@ impl Fleet {
 
         let id = store::clusters::upsert(&mut tx, name, &spec).await?;
         store::clusters::replace_contents(&mut tx, id, &spec).await?;
-        let member_ids: Vec<i64> = store::nodes::members(&mut tx, id)
-            .await?
-            .iter()
-            .map(|m| m.node_id)
-            .collect();
-        let changes = Self::bump(&mut tx, &member_ids).await?;
+        let changes = Self::bump_cluster(&mut tx, id).await?;
         let (outcome, action) = if before.is_some() {
             (PutOutcome::Updated, "cluster.update")
         } else {
@@ -627,13 +642,7 @@ impl Fleet {
         before: Option<&RealServerSpec>,
         after: Option<&RealServerSpec>,
     ) -> Result<()> {
-        store::clusters::touch(&mut tx, c.id).await?;
-        let member_ids: Vec<i64> = store::nodes::members(&mut tx, c.id)
-            .await?
-            .iter()
-            .map(|m| m.node_id)
-            .collect();
-        let changes = Self::bump(&mut tx, &member_ids).await?;
+        let changes = Self::bump_cluster(&mut tx, c.id).await?;
         let target = format!(
             "cluster:{}/service:{}:{}:{}/real_server:{}",
             c.name,
@@ -807,6 +816,33 @@ impl Fleet {
         Ok(())
     }
 
+    /// Validates a fixed DHCP address and checks no other node holds it; returns its canonical text.
+    async fn check_reserved_address(
+        conn: &mut SqliteConnection,
+        address: Option<&str>,
+        except: &str,
+    ) -> Result<Option<String>> {
+        let Some(text) = address else { return Ok(None) };
+        let addr: std::net::Ipv4Addr = text
+            .parse()
+            .map_err(|_| FieldError::new("address", format!("{text:?} is not an IPv4 address")))?;
+        if addr.is_unspecified() || addr.is_multicast() || addr.is_broadcast() || addr.is_loopback()
+        {
+            return Err(
+                FieldError::new("address", format!("{addr} is not a usable host address")).into(),
+            );
+        }
+        let canonical = addr.to_string();
+        if let Some(holder) = store::nodes::address_reserved_by(conn, &canonical).await? {
+            if holder != except {
+                return Err(FleetError::Conflict(format!(
+                    "address {canonical} is already reserved for node {holder:?}"
+                )));
+            }
+        }
+        Ok(Some(canonical))
+    }
+
     /// Pre-registers a MAC as an approved (`ready`) node: the allowlist path.
     pub async fn register_node(
         &self,
@@ -814,6 +850,7 @@ impl Fleet {
         mac: &str,
         hostname: Option<&str>,
         image: Option<&str>,
+        address: Option<&str>,
     ) -> Result<NodeView> {
         let mac = rules::mac(mac)?;
         let mut tx = self.store.begin().await?;
@@ -831,8 +868,12 @@ impl Fleet {
         }
         Self::check_hostname(&mut tx, hostname, -1).await?;
         Self::check_image(&mut tx, image).await?;
+        let reserved = Self::check_reserved_address(&mut tx, address, &mac).await?;
         let id =
             store::nodes::insert(&mut tx, &mac, hostname, NodeState::Ready.as_str(), image).await?;
+        if reserved.is_some() {
+            store::nodes::set_reserved_address(&mut tx, id, reserved.as_deref()).await?;
+        }
         // Every node starts with a generation, so its agent's first poll (`after=0`) gets the empty role at once.
         Self::bump(&mut tx, &[id]).await?;
         let row = Self::node_in(&mut tx, &NodeKey::Id(id)).await?;
@@ -956,6 +997,7 @@ impl Fleet {
         key: &NodeKey,
         hostname: Option<String>,
         image: Option<String>,
+        address: Option<String>,
     ) -> Result<NodeView> {
         self.transition(
             actor,
@@ -966,6 +1008,12 @@ impl Fleet {
                 Box::pin(async move {
                     Self::check_hostname(conn, hostname.as_deref(), row.id).await?;
                     Self::check_image(conn, image.as_deref()).await?;
+                    let reserved =
+                        Self::check_reserved_address(conn, address.as_deref(), row.name()).await?;
+                    if reserved.is_some() {
+                        store::nodes::set_reserved_address(conn, row.id, reserved.as_deref())
+                            .await?;
+                    }
                     let hostname = hostname.or_else(|| row.hostname.clone());
                     let image = image.or_else(|| row.image.clone());
                     store::nodes::set_identity(conn, row.id, hostname.as_deref(), image.as_deref())
@@ -1209,7 +1257,101 @@ impl Fleet {
     pub async fn role_document(&self, node_id: i64) -> Result<RoleDocument> {
         let mut conn = self.store.read().await?;
         let row = Self::node_in(&mut conn, &NodeKey::Id(node_id)).await?;
-        role_document_in(&mut conn, &row).await
+        self.role_document_for(&mut conn, &row).await
+    }
+
+    /// Builds a node's role document; the cluster part comes from the cache while its content is unchanged.
+    async fn role_document_for(
+        &self,
+        conn: &mut SqliteConnection,
+        row: &NodeRow,
+    ) -> Result<RoleDocument> {
+        let generation = u64::try_from(row.role_generation).unwrap_or(0);
+        let mut doc = RoleDocument {
+            generation,
+            node: row.name().to_owned(),
+            cluster: None,
+            role: None,
+            vrrp: None,
+            services: vec![],
+        };
+        let (Some(cluster), Some(role), Some(priority)) = (&row.cluster, &row.role, row.priority)
+        else {
+            return Ok(doc);
+        };
+        let cluster_id = row.cluster_id.ok_or_else(|| {
+            StoreError::Corrupt(format!("node {} has a cluster but no id", row.id))
+        })?;
+        let c = self.cached_cluster(conn, cluster_id, cluster).await?;
+        let role: Role = role
+            .parse()
+            .map_err(|e| StoreError::Corrupt(format!("assignment of node {}: {e}", row.id)))?;
+        doc.cluster = Some(c.name.clone());
+        doc.role = Some(role);
+        doc.vrrp = Some(VrrpConfig {
+            version: c.spec.vrrp_version,
+            vrid: u8::try_from(c.spec.vrid)
+                .map_err(|_| StoreError::Corrupt(format!("cluster {} vrid", c.name)))?,
+            interface: c.spec.interface.clone(),
+            priority: u8::try_from(priority)
+                .map_err(|_| StoreError::Corrupt(format!("node {} priority", row.id)))?,
+            advert_interval_ms: c.spec.advert_interval_ms,
+            preempt: c.spec.preempt,
+            vips: c.spec.vips.clone(),
+            unicast_peers: c.spec.unicast_peers.clone(),
+        });
+        doc.services = c
+            .spec
+            .services
+            .iter()
+            .cloned()
+            .map(|s| VirtualService {
+                vip: s.vip,
+                port: s.port,
+                protocol: s.protocol,
+                scheduler: s.scheduler,
+                forward: s.forward,
+                persistence_s: s.persistence_s,
+                persistence_prefix: s.persistence_prefix,
+                check: s.check,
+                real_servers: s
+                    .real_servers
+                    .into_iter()
+                    .map(|r| RealServer {
+                        address: r.address,
+                        port: r.port,
+                        weight: r.weight,
+                        enabled: r.enabled.unwrap_or(true),
+                    })
+                    .collect(),
+            })
+            .collect();
+        Ok(doc)
+    }
+
+    async fn cached_cluster(
+        &self,
+        conn: &mut SqliteConnection,
+        cluster_id: i64,
+        name: &str,
+    ) -> Result<std::sync::Arc<StoredCluster>> {
+        let current = store::clusters::content_generation(conn, cluster_id)
+            .await?
+            .ok_or_else(|| FleetError::NotFound(format!("no cluster named {name:?}")))?;
+        {
+            let cache = self.cluster_cache.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some((g, c)) = cache.get(&cluster_id) {
+                if *g == current {
+                    return Ok(c.clone());
+                }
+            }
+        }
+        // Read the generation before the content: a change committed in between makes the cached copy newer
+        // than its key, which the next lookup corrects; never older.
+        let c = std::sync::Arc::new(Self::cluster_in(conn, name).await?);
+        let mut cache = self.cluster_cache.lock().unwrap_or_else(|p| p.into_inner());
+        cache.insert(cluster_id, (current, c.clone()));
+        Ok(c)
     }
 
     /// Long-poll: returns the node's role document as soon as its generation exceeds `after`, or `None` when
@@ -1228,15 +1370,14 @@ impl Fleet {
         loop {
             if check_db {
                 let mut conn = self.store.read().await?;
-                let (generation, state) = store::nodes::generation(&mut conn, node_id)
-                    .await?
-                    .ok_or_else(|| FleetError::NotFound(format!("no node with id {node_id}")))?;
-                if state == NodeState::Retired.as_str() || state == NodeState::Rejected.as_str() {
-                    return Err(FleetError::Forbidden(format!("node is {state}")));
+                let row = Self::node_in(&mut conn, &NodeKey::Id(node_id)).await?;
+                if row.state == NodeState::Retired.as_str()
+                    || row.state == NodeState::Rejected.as_str()
+                {
+                    return Err(FleetError::Forbidden(format!("node is {}", row.state)));
                 }
-                if u64::try_from(generation).unwrap_or(0) > after {
-                    let row = Self::node_in(&mut conn, &NodeKey::Id(node_id)).await?;
-                    return Ok(Some(role_document_in(&mut conn, &row).await?));
+                if u64::try_from(row.role_generation).unwrap_or(0) > after {
+                    return Ok(Some(self.role_document_for(&mut conn, &row).await?));
                 }
             }
             tokio::select! {
@@ -1634,66 +1775,6 @@ pub fn socket_text(addr: &str, port: u16) -> String {
     } else {
         format!("{addr}:{port}")
     }
-}
-
-async fn role_document_in(conn: &mut SqliteConnection, row: &NodeRow) -> Result<RoleDocument> {
-    let generation = u64::try_from(row.role_generation).unwrap_or(0);
-    let mut doc = RoleDocument {
-        generation,
-        node: row.name().to_owned(),
-        cluster: None,
-        role: None,
-        vrrp: None,
-        services: vec![],
-    };
-    let (Some(cluster), Some(role), Some(priority)) = (&row.cluster, &row.role, row.priority)
-    else {
-        return Ok(doc);
-    };
-    let c = Fleet::cluster_in(conn, cluster).await?;
-    let role: Role = role
-        .parse()
-        .map_err(|e| StoreError::Corrupt(format!("assignment of node {}: {e}", row.id)))?;
-    doc.cluster = Some(c.name.clone());
-    doc.role = Some(role);
-    doc.vrrp = Some(VrrpConfig {
-        version: c.spec.vrrp_version,
-        vrid: u8::try_from(c.spec.vrid)
-            .map_err(|_| StoreError::Corrupt(format!("cluster {} vrid", c.name)))?,
-        interface: c.spec.interface.clone(),
-        priority: u8::try_from(priority)
-            .map_err(|_| StoreError::Corrupt(format!("node {} priority", row.id)))?,
-        advert_interval_ms: c.spec.advert_interval_ms,
-        preempt: c.spec.preempt,
-        vips: c.spec.vips.clone(),
-        unicast_peers: c.spec.unicast_peers.clone(),
-    });
-    doc.services = c
-        .spec
-        .services
-        .into_iter()
-        .map(|s| VirtualService {
-            vip: s.vip,
-            port: s.port,
-            protocol: s.protocol,
-            scheduler: s.scheduler,
-            forward: s.forward,
-            persistence_s: s.persistence_s,
-            persistence_prefix: s.persistence_prefix,
-            check: s.check,
-            real_servers: s
-                .real_servers
-                .into_iter()
-                .map(|r| RealServer {
-                    address: r.address,
-                    port: r.port,
-                    weight: r.weight,
-                    enabled: r.enabled.unwrap_or(true),
-                })
-                .collect(),
-        })
-        .collect();
-    Ok(doc)
 }
 
 /// A service named in a URL: `tcp:198.18.0.10:80` or `udp:[2001:db8::10]:53`.

@@ -288,13 +288,33 @@ async fn insert_real_server(
     Ok(())
 }
 
-pub async fn touch(conn: &mut SqliteConnection, id: i64) -> Result<(), StoreError> {
-    sqlx::query("UPDATE clusters SET updated_at = $1 WHERE id = $2")
+/// Marks the cluster's content as changed at fleet generation `generation`.
+pub async fn touch(
+    conn: &mut SqliteConnection,
+    id: i64,
+    generation: u64,
+) -> Result<(), StoreError> {
+    let g =
+        i64::try_from(generation).map_err(|_| StoreError::Corrupt("generation overflow".into()))?;
+    sqlx::query("UPDATE clusters SET updated_at = $1, content_generation = $2 WHERE id = $3")
         .bind(now_ms())
+        .bind(g)
         .bind(id)
         .execute(conn)
         .await?;
     Ok(())
+}
+
+pub async fn content_generation(
+    conn: &mut SqliteConnection,
+    id: i64,
+) -> Result<Option<i64>, StoreError> {
+    Ok(
+        sqlx::query_scalar("SELECT content_generation FROM clusters WHERE id = $1")
+            .bind(id)
+            .fetch_optional(conn)
+            .await?,
+    )
 }
 
 pub async fn delete(conn: &mut SqliteConnection, id: i64) -> Result<(), StoreError> {

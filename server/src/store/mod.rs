@@ -15,6 +15,7 @@ pub mod auth;
 pub mod clusters;
 pub mod events;
 pub mod images;
+pub mod leases;
 pub mod nodes;
 
 /// A failure of the database layer.

@@ -13,6 +13,7 @@ pub struct NodeRow {
     pub state: String,
     pub image: Option<String>,
     pub address: Option<String>,
+    pub reserved_address: Option<String>,
     pub role_generation: i64,
     pub applied_generation: i64,
     pub agent_version: Option<String>,
@@ -35,7 +36,7 @@ impl NodeRow {
     }
 }
 
-const SELECT_NODE: &str = "SELECT n.id, n.mac, n.hostname, n.state, n.image, n.address, n.role_generation, \
+const SELECT_NODE: &str = "SELECT n.id, n.mac, n.hostname, n.state, n.image, n.address, n.reserved_address, n.role_generation, \
      n.applied_generation, n.agent_version, n.image_version, n.vrrp_state, n.last_report, n.last_seen_at, \
      n.created_at, n.updated_at, a.cluster_id, c.name AS cluster, a.role, a.priority \
      FROM nodes n LEFT JOIN assignments a ON a.node_id = n.id LEFT JOIN clusters c ON c.id = a.cluster_id";
@@ -115,6 +116,32 @@ pub async fn set_state(
         .execute(conn)
         .await?;
     Ok(())
+}
+
+pub async fn set_reserved_address(
+    conn: &mut SqliteConnection,
+    id: i64,
+    address: Option<&str>,
+) -> Result<(), StoreError> {
+    sqlx::query("UPDATE nodes SET reserved_address = $1, updated_at = $2 WHERE id = $3")
+        .bind(address)
+        .bind(now_ms())
+        .bind(id)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+pub async fn address_reserved_by(
+    conn: &mut SqliteConnection,
+    address: &str,
+) -> Result<Option<String>, StoreError> {
+    Ok(
+        sqlx::query_scalar("SELECT COALESCE(hostname, mac) FROM nodes WHERE reserved_address = $1")
+            .bind(address)
+            .fetch_optional(conn)
+            .await?,
+    )
 }
 
 pub async fn set_identity(

@@ -113,7 +113,10 @@ impl TestServer {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let (tx, rx) = oneshot::channel::<()>();
-        let sockets = lbfleet_server::BootSockets { tftp: Some(tftp) };
+        let sockets = lbfleet_server::BootSockets {
+            tftp: Some(tftp),
+            dhcp: None,
+        };
         let handle = tokio::spawn(lbfleet_server::run_with(
             config,
             listener,

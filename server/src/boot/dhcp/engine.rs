@@ -289,7 +289,16 @@ impl<'a, R: Reservations> Ctx<'a, R> {
                 .flat_map(|p| p.addresses())
                 .filter(|a| self.pool_allows(table, *a))
         };
-        if let Some(fresh) = candidates().find(|a| table.get(*a).is_none()) {
+        // Never-used addresses first, resuming where the last search stopped (see `LeaseTable::fresh_hint`).
+        let hint = table.fresh_hint();
+        let fresh = self
+            .cfg
+            .pools
+            .iter()
+            .flat_map(|p| (u32::from(p.start).max(hint)..=u32::from(p.end)).map(Ipv4Addr::from))
+            .find(|a| table.get(*a).is_none() && self.pool_allows(table, *a));
+        if let Some(fresh) = fresh {
+            table.set_fresh_hint(u32::from(fresh));
             return Ok(fresh);
         }
         candidates()

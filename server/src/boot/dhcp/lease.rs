@@ -80,6 +80,11 @@ pub enum LeaseChange {
 pub struct LeaseTable {
     by_address: BTreeMap<Ipv4Addr, Lease>,
     by_mac: HashMap<MacAddr, Ipv4Addr>,
+    /// Allocation hint: every pool address below this one was in the table when the allocator last looked,
+    /// so the search for a never-used address resumes here instead of rescanning the whole pool (which made
+    /// each new client O(leases)). Only a hint: addresses freed below it are still found by the fallback
+    /// search over expired and free addresses.
+    fresh_hint: std::cell::Cell<u32>,
 }
 
 impl LeaseTable {
@@ -97,6 +102,16 @@ impl LeaseTable {
             table.insert(lease);
         }
         table
+    }
+
+    /// Where the search for a never-used pool address may start.
+    pub fn fresh_hint(&self) -> u32 {
+        self.fresh_hint.get()
+    }
+
+    /// Records that every pool address below `next` is taken.
+    pub fn set_fresh_hint(&self, next: u32) {
+        self.fresh_hint.set(next);
     }
 
     pub fn get(&self, address: Ipv4Addr) -> Option<&Lease> {

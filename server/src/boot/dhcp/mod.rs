@@ -11,6 +11,7 @@ pub mod config;
 pub mod engine;
 pub mod lease;
 pub mod pxe;
+pub mod server;
 #[cfg(test)]
 mod testdata;
 

@@ -59,10 +59,8 @@ pub fn negotiate(options: &[(String, String)], file_size: u64, limits: &Limits) 
                     n.oack.push((name.clone(), v.to_string()));
                 }
             }
-            "tsize" => {
-                if value.parse::<u64>().is_ok() {
-                    n.oack.push((name.clone(), file_size.to_string()));
-                }
+            "tsize" if value.parse::<u64>().is_ok() => {
+                n.oack.push((name.clone(), file_size.to_string()));
             }
             "windowsize" => {
                 if let Ok(v @ 1..=65535) = value.parse::<u32>() {

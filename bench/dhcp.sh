@@ -1,0 +1,133 @@
+#!/usr/bin/env bash
+# DHCP throughput: lbfleet-server vs Kea (memfile, multi-threaded) vs dnsmasq (--no-ping), in one run, on the
+# same lab: two network namespaces made here and joined by a veth pair, server 198.18.0.1/15, perfdhcp as a
+# relay agent at 198.18.0.2. Each server hands out a /15 pool. perfdhcp runs DORA at increasing rates for a
+# fixed time; a server "sustains" a rate when at most 1% of DISCOVER-OFFER and REQUEST-ACK exchanges drop.
+# Every server restarts with an empty lease store for each step. Bounded: fixed steps, fixed seconds each.
+#
+# usage: bench/dhcp.sh [SECONDS_PER_STEP]        (as root; results table on stdout)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+STEP_SECONDS=${1:-5}
+RATES=(250 500 1000 2000 3000 4000 5000 6000 7000 8000 10000 12000 14000 16000)
+SERVER_BIN=${SERVER_BIN:-target/release/lbfleet-server}
+ID=$$
+NS_S=lbbs$ID NS_C=lbbc$ID IF_S=lbbs$ID IF_C=lbbc$ID
+WORK=$(mktemp -d /tmp/lbfleet-bench-dhcp.XXXXXX)
+SERVER_PID=
+
+for tool in perfdhcp kea-dhcp4 dnsmasq ip; do
+  command -v "$tool" >/dev/null || { echo "bench-dhcp: $tool is missing (scripts/install-deps.sh installs it)" >&2; exit 1; }
+done
+[ -x "$SERVER_BIN" ] || { echo "bench-dhcp: build first: cargo build --release -p lbfleet-server" >&2; exit 1; }
+
+cleanup() {
+  stop_server
+  ip netns pids "$NS_S" 2>/dev/null | xargs -r kill -9 2>/dev/null || true
+  ip netns pids "$NS_C" 2>/dev/null | xargs -r kill -9 2>/dev/null || true
+  ip netns del "$NS_S" 2>/dev/null || true
+  ip netns del "$NS_C" 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT INT TERM
+
+stop_server() {
+  if [ -n "$SERVER_PID" ]; then
+    kill "$SERVER_PID" 2>/dev/null || true
+    wait "$SERVER_PID" 2>/dev/null || true
+    SERVER_PID=
+  fi
+}
+
+ip netns add "$NS_S"
+ip netns add "$NS_C"
+ip link add "$IF_S" type veth peer name "$IF_C"
+ip link set "$IF_S" netns "$NS_S"
+ip link set "$IF_C" netns "$NS_C"
+ip -n "$NS_S" addr add 198.18.0.1/15 dev "$IF_S"
+ip -n "$NS_C" addr add 198.18.0.2/15 dev "$IF_C"
+for ns in "$NS_S" "$NS_C"; do ip -n "$ns" link set lo up; done
+ip -n "$NS_S" link set "$IF_S" up
+ip -n "$NS_C" link set "$IF_C" up
+
+POOL_FIRST=198.18.1.0 POOL_LAST=198.19.255.254
+
+start_lbfleet() {
+  rm -f "$WORK"/lbfleet.db*
+  ip netns exec "$NS_S" "$SERVER_BIN" serve --database "sqlite://$WORK/lbfleet.db" --listen 127.0.0.1:18081 \
+    --boot-interface "$IF_S" --boot-server-address 198.18.0.1 --boot-subnet 198.18.0.0/15 \
+    --boot-pool "$POOL_FIRST-$POOL_LAST" --boot-tftp-port 0 --boot-max-discovered 1000000 \
+    >"$WORK/lbfleet.out" 2>"$WORK/lbfleet.log" &
+  SERVER_PID=$!
+  for _ in $(seq 1 100); do
+    ip netns exec "$NS_S" curl -fs -o /dev/null http://127.0.0.1:18081/healthz && return 0
+    sleep 0.1
+  done
+  echo "lbfleet did not start" >&2; tail "$WORK/lbfleet.log" >&2; return 1
+}
+
+start_kea() {
+  rm -f "$WORK"/kea-leases4.csv*
+  cat >"$WORK/kea.json" <<EOF
+{ "Dhcp4": {
+    "interfaces-config": { "interfaces": ["$IF_S"], "dhcp-socket-type": "udp" },
+    "lease-database": { "type": "memfile", "persist": true, "name": "$WORK/kea-leases4.csv", "lfc-interval": 0 },
+    "multi-threading": { "enable-multi-threading": true, "thread-pool-size": 2, "packet-queue-size": 256 },
+    "valid-lifetime": 3600,
+    "subnet4": [ { "id": 1, "subnet": "198.18.0.0/15", "pools": [ { "pool": "$POOL_FIRST - $POOL_LAST" } ] } ],
+    "loggers": [ { "name": "kea-dhcp4", "severity": "WARN", "output_options": [ { "output": "$WORK/kea.log" } ] } ]
+} }
+EOF
+  KEA_PIDFILE_DIR=$WORK KEA_LOCKFILE_DIR=$WORK ip netns exec "$NS_S" kea-dhcp4 -c "$WORK/kea.json" >"$WORK/kea.out" 2>&1 &
+  SERVER_PID=$!
+  sleep 1.5
+  kill -0 "$SERVER_PID" 2>/dev/null || { echo "kea did not start" >&2; cat "$WORK/kea.out" >&2; return 1; }
+}
+
+start_dnsmasq() {
+  rm -f "$WORK/dnsmasq.leases"
+  ip netns exec "$NS_S" dnsmasq --no-daemon --conf-file=/dev/null --port=0 --interface="$IF_S" --bind-interfaces \
+    --dhcp-range="$POOL_FIRST,$POOL_LAST,255.254.0.0,1h" --dhcp-leasefile="$WORK/dnsmasq.leases" \
+    --dhcp-lease-max=200000 --no-ping --dhcp-authoritative --pid-file="$WORK/dnsmasq.pid" \
+    >"$WORK/dnsmasq.out" 2>&1 &
+  SERVER_PID=$!
+  sleep 1
+  kill -0 "$SERVER_PID" 2>/dev/null || { echo "dnsmasq did not start" >&2; cat "$WORK/dnsmasq.out" >&2; return 1; }
+}
+
+# Runs perfdhcp at $1 DORA/s; prints "achieved_rate max_drop_percent".
+measure() {
+  local rate=$1 out
+  out=$(ip netns exec "$NS_C" timeout $((STEP_SECONDS + 15)) perfdhcp -4 -l "$IF_C" -r "$rate" -R 1000000 \
+        -p "$STEP_SECONDS" 198.18.0.1 2>&1 || true)
+  local achieved drops
+  achieved=$(echo "$out" | awk '/^Rate:/ {print $2; exit}')
+  drops=$(echo "$out" | awk '/drops ratio:/ {gsub("%",""); if ($3+0 > m) m = $3+0} END {print m+0}')
+  local sent
+  sent=$(echo "$out" | awk '/sent packets:/ {print $3; exit}')
+  [ -n "$achieved" ] && [ -n "$sent" ] && [ "$sent" -gt 0 ] || { echo "0 100"; return; }
+  echo "$achieved $drops"
+}
+
+declare -A BEST
+for server in lbfleet kea dnsmasq; do
+  BEST[$server]=0
+  for rate in "${RATES[@]}"; do
+    "start_$server"
+    read -r achieved drops < <(measure "$rate")
+    stop_server
+    ok=$(awk -v d="$drops" -v a="$achieved" -v r="$rate" 'BEGIN { print (d <= 1.0 && a >= 0.95 * r) ? "yes" : "no" }')
+    printf '%-8s rate %6s/s  achieved %9s/s  max drops %6s%%  %s\n' "$server" "$rate" "$achieved" "$drops" "$ok" >&2
+    if [ "$ok" = yes ]; then BEST[$server]=$rate; else break; fi
+  done
+done
+
+echo
+echo "DHCP DORA/s sustained with <= 1% drops (perfdhcp, ${STEP_SECONDS}s per step, /15 pool, fresh lease store per step)"
+printf '  %-28s %8s\n' "lbfleet (SQLite, group commit)" "${BEST[lbfleet]}"
+printf '  %-28s %8s\n' "Kea memfile, 2 threads" "${BEST[kea]}"
+printf '  %-28s %8s\n' "dnsmasq --no-ping" "${BEST[dnsmasq]}"
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
+echo "  ratio lbfleet/kea:     $(ratio "${BEST[lbfleet]}" "${BEST[kea]}")"
+echo "  ratio lbfleet/dnsmasq: $(ratio "${BEST[lbfleet]}" "${BEST[dnsmasq]}")"

@@ -1,0 +1,179 @@
+//! `lbfleet-dhcp-probe`: a DHCP client that acts as a relay agent, runs full DORA exchanges for many MACs and
+//! prints one `ACK <mac> <address>` line per acknowledged lease as soon as it arrives. Operators use it to check
+//! that a DHCP server answers; tests use it to know exactly which leases a server promised (even if the server
+//! is killed mid-run). It sends only to the `--server` address given.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::Parser;
+use dhcproto::v4::{DhcpOption, Message, MessageType, Opcode, OptionCode};
+use dhcproto::{Decodable, Decoder, Encodable, Encoder};
+use tokio::net::UdpSocket;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "lbfleet-dhcp-probe",
+    about = "Run DHCP DORA exchanges as a relay agent and print each ACK"
+)]
+struct Args {
+    /// DHCP server to query, e.g. 198.18.0.1:67
+    #[arg(long)]
+    server: SocketAddrV4,
+    /// This host's address: the relay address (giaddr) replies come back to, on port --port
+    #[arg(long)]
+    giaddr: Ipv4Addr,
+    /// Local port to receive replies on (a relay agent uses 67)
+    #[arg(long, default_value_t = 67)]
+    port: u16,
+    /// Number of clients (MACs 02:00:xx:xx:xx:xx from --first)
+    #[arg(long, default_value_t = 1)]
+    count: u32,
+    /// First client number
+    #[arg(long, default_value_t = 1)]
+    first: u32,
+    /// Exchanges started per second
+    #[arg(long, default_value_t = 1000)]
+    rate: u32,
+    /// Give up on a client after this many milliseconds
+    #[arg(long, default_value_t = 2000)]
+    timeout_ms: u64,
+}
+
+fn mac_of(n: u32) -> [u8; 6] {
+    let b = n.to_be_bytes();
+    [0x02, 0x00, b[0], b[1], b[2], b[3]]
+}
+
+fn mac_text(m: &[u8]) -> String {
+    m.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+fn request(
+    kind: MessageType,
+    xid: u32,
+    mac: &[u8; 6],
+    giaddr: Ipv4Addr,
+    offer: Option<(Ipv4Addr, Ipv4Addr)>,
+) -> anyhow::Result<Vec<u8>> {
+    let mut msg = Message::new_with_id(
+        xid,
+        Ipv4Addr::UNSPECIFIED,
+        Ipv4Addr::UNSPECIFIED,
+        Ipv4Addr::UNSPECIFIED,
+        giaddr,
+        mac,
+    );
+    msg.set_opcode(Opcode::BootRequest);
+    msg.set_hops(1);
+    msg.opts_mut().insert(DhcpOption::MessageType(kind));
+    msg.opts_mut().insert(DhcpOption::ParameterRequestList(vec![
+        OptionCode::SubnetMask,
+        OptionCode::Router,
+        OptionCode::DomainNameServer,
+    ]));
+    if let Some((address, server)) = offer {
+        msg.opts_mut()
+            .insert(DhcpOption::RequestedIpAddress(address));
+        msg.opts_mut().insert(DhcpOption::ServerIdentifier(server));
+    }
+    let mut buf = Vec::with_capacity(300);
+    msg.encode(&mut Encoder::new(&mut buf))
+        .context("encoding a request")?;
+    Ok(buf)
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let sock = UdpSocket::bind(SocketAddr::from((args.giaddr, args.port)))
+        .await
+        .context("binding the relay port")?;
+    let server = SocketAddr::V4(args.server);
+    let timeout = Duration::from_millis(args.timeout_ms);
+    let interval = Duration::from_secs_f64(1.0 / f64::from(args.rate.max(1)));
+    // xid -> (client number, started)
+    let mut pending: HashMap<u32, (u32, Instant)> = HashMap::new();
+    let (mut started, mut acked, mut naks, mut timeouts) = (0u32, 0u32, 0u32, 0u32);
+    let mut next_start = Instant::now();
+    let deadline = Instant::now() + interval * args.count + timeout + Duration::from_secs(2);
+    let mut buf = [0u8; 1500];
+    let mut out = std::io::stdout().lock();
+    while (started < args.count || !pending.is_empty()) && Instant::now() < deadline {
+        if started < args.count && Instant::now() >= next_start {
+            let n = args.first + started;
+            let xid = n.wrapping_mul(2_654_435_761);
+            sock.send_to(
+                &request(MessageType::Discover, xid, &mac_of(n), args.giaddr, None)?,
+                server,
+            )
+            .await?;
+            pending.insert(xid, (n, Instant::now()));
+            started += 1;
+            next_start += interval;
+            continue;
+        }
+        let wait = if started < args.count {
+            next_start.saturating_duration_since(Instant::now())
+        } else {
+            Duration::from_millis(50)
+        };
+        if let Ok(Ok((len, _))) = tokio::time::timeout(
+            wait.max(Duration::from_micros(100)),
+            sock.recv_from(&mut buf),
+        )
+        .await
+        {
+            let Ok(msg) = Message::decode(&mut Decoder::new(&buf[..len])) else {
+                continue;
+            };
+            let Some(&(n, _)) = pending.get(&msg.xid()) else {
+                continue;
+            };
+            match msg.opts().msg_type() {
+                Some(MessageType::Offer) => {
+                    let server_id = match msg.opts().get(OptionCode::ServerIdentifier) {
+                        Some(DhcpOption::ServerIdentifier(s)) => *s,
+                        _ => *args.server.ip(),
+                    };
+                    let req = request(
+                        MessageType::Request,
+                        msg.xid(),
+                        &mac_of(n),
+                        args.giaddr,
+                        Some((msg.yiaddr(), server_id)),
+                    )?;
+                    sock.send_to(&req, server).await?;
+                }
+                Some(MessageType::Ack) => {
+                    pending.remove(&msg.xid());
+                    acked += 1;
+                    writeln!(out, "ACK {} {}", mac_text(&mac_of(n)), msg.yiaddr())?;
+                    out.flush()?;
+                }
+                Some(MessageType::Nak) => {
+                    pending.remove(&msg.xid());
+                    naks += 1;
+                }
+                _ => {}
+            }
+        }
+        let now = Instant::now();
+        pending.retain(|_, (_, t)| {
+            let alive = now.duration_since(*t) < timeout;
+            if !alive {
+                timeouts += 1;
+            }
+            alive
+        });
+    }
+    timeouts += pending.len() as u32;
+    eprintln!("started {started} acked {acked} nak {naks} timeout {timeouts}");
+    Ok(())
+}

@@ -1,0 +1,671 @@
+//! DHCP against real clients in network namespaces built by each test: busybox udhcpc, ISC dhclient, Kea's
+//! perfdhcp, and lbfleet-dhcp-probe (which records every ACK so durability can be checked after kill -9).
+//!
+//! Needs root, iproute2 and the clients (scripts/install-deps.sh installs them). A missing prerequisite fails
+//! the test; nothing is skipped. Everything runs inside the namespaces, which are deleted on drop, on
+//! 198.18.0.0/16: server 198.18.0.1, pool 198.18.1.0-198.18.1.255.
+
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+const SERVER_BIN: &str = env!("CARGO_BIN_EXE_lbfleet-server");
+const PROBE_BIN: &str = env!("CARGO_BIN_EXE_lbfleet-dhcp-probe");
+
+fn require(tool: &str) {
+    let ok = Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    assert!(
+        ok,
+        "{tool} is required for this test (scripts/install-deps.sh installs it)"
+    );
+}
+
+fn require_root() {
+    let uid = Command::new("id").arg("-u").output().unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&uid.stdout).trim(),
+        "0",
+        "network-namespace tests need root"
+    );
+}
+
+fn run(cmd: &mut Command) -> Output {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// Two namespaces joined by a veth pair: `srv` (198.18.0.1/16) and `cli`.
+struct Lab {
+    id: String,
+    dir: tempfile::TempDir,
+    server: Option<Child>,
+    api_token: String,
+}
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+impl Lab {
+    fn new(client_address: Option<&str>) -> Lab {
+        require_root();
+        require("ip");
+        let id = format!(
+            "{}{}",
+            std::process::id() % 100_000,
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        let lab = Lab {
+            id,
+            dir: tempfile::tempdir().unwrap(),
+            server: None,
+            api_token: String::new(),
+        };
+        let (s, c) = (lab.ns("s"), lab.ns("c"));
+        run(Command::new("ip").args(["netns", "add", &s]));
+        run(Command::new("ip").args(["netns", "add", &c]));
+        run(Command::new("ip").args([
+            "link",
+            "add",
+            &lab.ifname("s"),
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &lab.ifname("c"),
+        ]));
+        run(Command::new("ip").args(["link", "set", &lab.ifname("s"), "netns", &s]));
+        run(Command::new("ip").args(["link", "set", &lab.ifname("c"), "netns", &c]));
+        lab.exec(
+            "s",
+            &[
+                "ip",
+                "addr",
+                "add",
+                "198.18.0.1/16",
+                "dev",
+                &lab.ifname("s"),
+            ],
+        );
+        for side in ["s", "c"] {
+            lab.exec(side, &["ip", "link", "set", "lo", "up"]);
+            lab.exec(side, &["ip", "link", "set", &lab.ifname(side), "up"]);
+        }
+        if let Some(a) = client_address {
+            lab.exec("c", &["ip", "addr", "add", a, "dev", &lab.ifname("c")]);
+        }
+        lab
+    }
+
+    fn ns(&self, side: &str) -> String {
+        format!("lbf{side}{}", self.id)
+    }
+
+    fn ifname(&self, side: &str) -> String {
+        format!("lb{side}{}", self.id)
+    }
+
+    fn cmd(&self, side: &str, argv: &[&str]) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.ns(side)]).args(argv);
+        c
+    }
+
+    fn exec(&self, side: &str, argv: &[&str]) -> Output {
+        run(&mut self.cmd(side, argv))
+    }
+
+    fn db(&self) -> PathBuf {
+        self.dir.path().join("lbfleet.db")
+    }
+
+    fn db_url(&self) -> String {
+        format!("sqlite://{}", self.db().display())
+    }
+
+    /// Starts lbfleet-server inside the server namespace with DHCP on the veth; waits until it answers.
+    fn start_server(&mut self, max_discovered: u32) {
+        if self.api_token.is_empty() {
+            let db = self.db_url();
+            let mut add = Command::new(SERVER_BIN);
+            add.args([
+                "user",
+                "add",
+                "tester",
+                "--role",
+                "admin",
+                "--password-stdin",
+                "--database",
+                &db,
+            ])
+            .stdin(Stdio::piped());
+            let mut child = add.stdout(Stdio::null()).spawn().unwrap();
+            use std::io::Write;
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(b"tester-password-1\n")
+                .unwrap();
+            assert!(child.wait().unwrap().success());
+            let out = run(Command::new(SERVER_BIN).args([
+                "token",
+                "create",
+                "--user",
+                "tester",
+                "--database",
+                &db,
+            ]));
+            self.api_token = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        }
+        let log = std::fs::File::create(self.dir.path().join("server.log")).unwrap();
+        let child = self
+            .cmd(
+                "s",
+                &[
+                    SERVER_BIN,
+                    "serve",
+                    "--database",
+                    &self.db_url(),
+                    "--listen",
+                    "127.0.0.1:18080",
+                    "--boot-interface",
+                    &self.ifname("s"),
+                    "--boot-server-address",
+                    "198.18.0.1",
+                    "--boot-subnet",
+                    "198.18.0.0/16",
+                    "--boot-pool",
+                    "198.18.1.0-198.18.1.255",
+                    "--boot-router",
+                    "198.18.0.1",
+                    "--boot-dns",
+                    "198.18.0.1",
+                    "--boot-lease-time",
+                    "10m",
+                    "--boot-tftp-port",
+                    "0",
+                    "--boot-max-discovered",
+                    &max_discovered.to_string(),
+                ],
+            )
+            .env("RUST_LOG", "info,lbfleet_server::boot=debug")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.server = Some(child);
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_secs(30) {
+            if self
+                .cmd(
+                    "s",
+                    &[
+                        "curl",
+                        "-fs",
+                        "-o",
+                        "/dev/null",
+                        "http://127.0.0.1:18080/healthz",
+                    ],
+                )
+                .status()
+                .unwrap()
+                .success()
+            {
+                // The DHCP socket is bound before the HTTP listener starts serving.
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("server did not start: {}", self.server_log());
+    }
+
+    fn kill_server(&mut self, signal: &str) {
+        if let Some(mut child) = self.server.take() {
+            let _ = Command::new("kill")
+                .args([signal, &child.id().to_string()])
+                .status();
+            let _ = child.wait();
+        }
+    }
+
+    fn server_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
+    }
+
+    fn api(&self, method: &str, path: &str, body: Option<&str>) -> String {
+        let auth = format!("Authorization: Bearer {}", self.api_token);
+        let url = format!("http://127.0.0.1:18080{path}");
+        let mut argv = vec![
+            "curl",
+            "-sS",
+            "-X",
+            method,
+            "-H",
+            &auth,
+            "-H",
+            "Content-Type: application/json",
+            &url,
+        ];
+        if let Some(b) = body {
+            argv.extend(["-d", b]);
+        }
+        String::from_utf8_lossy(&self.exec("s", &argv).stdout).into_owned()
+    }
+
+    fn client_mac(&self) -> String {
+        let out = self.exec(
+            "c",
+            &[
+                "cat",
+                &format!("/sys/class/net/{}/address", self.ifname("c")),
+            ],
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    /// (address, mac, state) of every lease row.
+    fn leases(&self) -> Vec<(String, String, String)> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let pool = sqlx::SqlitePool::connect(&self.db_url()).await.unwrap();
+            let rows: Vec<(String, String, String)> =
+                sqlx::query_as("SELECT address, mac, state FROM leases ORDER BY address")
+                    .fetch_all(&pool)
+                    .await
+                    .unwrap();
+            pool.close().await;
+            rows
+        })
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        self.kill_server("-KILL");
+        for side in ["c", "s"] {
+            // Kill anything a test left running in the namespace, then delete it (which removes the veths).
+            if let Ok(out) = Command::new("ip")
+                .args(["netns", "pids", &self.ns(side)])
+                .output()
+            {
+                for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                    let _ = Command::new("kill").args(["-KILL", pid]).status();
+                }
+            }
+            let _ = Command::new("ip")
+                .args(["netns", "del", &self.ns(side)])
+                .status();
+        }
+    }
+}
+
+/// A udhcpc/dhclient hook script that configures the address and logs each event.
+fn hook_script(dir: &Path, name: &str, body: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}
+
+fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let t = Instant::now();
+    while t.elapsed() < timeout {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("timed out waiting for {what}");
+}
+
+#[test]
+fn udhcpc_gets_renews_and_releases_a_lease() {
+    require("busybox");
+    let mut lab = Lab::new(None);
+    lab.start_server(100);
+    let log = lab.dir.path().join("udhcpc.log");
+    let script = hook_script(
+        lab.dir.path(),
+        "udhcpc.sh",
+        &format!(
+            "echo \"$1 $ip\" >> {log}\ncase \"$1\" in bound|renew) busybox ifconfig \"$interface\" \"$ip\" netmask \"$subnet\" ;; esac",
+            log = log.display()
+        ),
+    );
+    let iface = lab.ifname("c");
+    let mut udhcpc = lab
+        .cmd(
+            "c",
+            &[
+                "busybox",
+                "udhcpc",
+                "-f",
+                "-i",
+                &iface,
+                "-s",
+                script.to_str().unwrap(),
+                "-t",
+                "5",
+                "-T",
+                "1",
+            ],
+        )
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
+    wait_for("udhcpc bound", Duration::from_secs(15), || {
+        read_log().contains("bound 198.18.1.")
+    });
+    let ip = read_log()
+        .lines()
+        .find(|l| l.starts_with("bound "))
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .to_owned();
+    let mac = lab.client_mac();
+    assert!(
+        lab.leases()
+            .contains(&(ip.clone(), mac.clone(), "bound".into())),
+        "{:?}",
+        lab.leases()
+    );
+
+    // SIGUSR1: renew (unicast from the leased address); the same address comes back.
+    let _ = Command::new("kill")
+        .args(["-USR1", &udhcpc.id().to_string()])
+        .status();
+    wait_for("udhcpc renew", Duration::from_secs(15), || {
+        read_log().contains(&format!("renew {ip}"))
+    });
+    // SIGUSR2: release; the server forgets the lease.
+    let _ = Command::new("kill")
+        .args(["-USR2", &udhcpc.id().to_string()])
+        .status();
+    wait_for("release recorded", Duration::from_secs(10), || {
+        !lab.leases().iter().any(|l| l.0 == ip && l.2 == "bound")
+    });
+    let _ = udhcpc.kill();
+    let _ = udhcpc.wait();
+
+    // The MAC is now a discovered node.
+    let nodes = lab.api("GET", "/api/v1/nodes?state=discovered", None);
+    assert!(nodes.contains(&mac), "{nodes}");
+}
+
+#[test]
+fn dhclient_gets_and_releases_a_lease_and_a_reserved_mac_gets_its_address() {
+    require("dhclient");
+    require("busybox");
+    let mut lab = Lab::new(None);
+    lab.start_server(100);
+    let mac = lab.client_mac();
+    let body = format!(r#"{{"mac": "{mac}", "hostname": "lb-07", "address": "198.18.0.50"}}"#);
+    let created = lab.api("POST", "/api/v1/nodes", Some(&body));
+    assert!(
+        created.contains("\"reserved_address\":\"198.18.0.50\""),
+        "{created}"
+    );
+    // The reservation reaches the DHCP loop through the fleet-change notification.
+    std::thread::sleep(Duration::from_millis(300));
+
+    let log = lab.dir.path().join("dhclient.log");
+    let script = hook_script(
+        lab.dir.path(),
+        "dhclient.sh",
+        &format!(
+            "echo \"$reason $new_ip_address $new_host_name\" >> {log}\ncase \"$reason\" in BOUND|RENEW|REBOOT) ip addr add \"$new_ip_address/16\" dev \"$interface\" 2>/dev/null ;; esac",
+            log = log.display()
+        ),
+    );
+    let iface = lab.ifname("c");
+    let lf = lab.dir.path().join("dhclient.leases");
+    let pf = lab.dir.path().join("dhclient.pid");
+    let (s, lf_s, pf_s) = (
+        script.to_str().unwrap(),
+        lf.to_str().unwrap(),
+        pf.to_str().unwrap(),
+    );
+    let out = lab
+        .cmd(
+            "c",
+            &[
+                "timeout", "30", "dhclient", "-4", "-1", "-sf", s, "-lf", lf_s, "-pf", pf_s, &iface,
+            ],
+        )
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "dhclient: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains("BOUND 198.18.0.50 lb-07"),
+        "reserved address and hostname expected: {text}"
+    );
+    assert!(lab
+        .leases()
+        .contains(&("198.18.0.50".into(), mac.clone(), "bound".into())));
+
+    let out = lab
+        .cmd(
+            "c",
+            &[
+                "timeout", "30", "dhclient", "-4", "-r", "-sf", s, "-lf", lf_s, "-pf", pf_s, &iface,
+            ],
+        )
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "dhclient -r: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_for("release recorded", Duration::from_secs(10), || {
+        !lab.leases().iter().any(|l| l.1 == mac && l.2 == "bound")
+    });
+
+    // The same MAC asks again (busybox udhcpc this time): the reservation holds.
+    let log2 = lab.dir.path().join("udhcpc.log");
+    let script2 = hook_script(
+        lab.dir.path(),
+        "u.sh",
+        &format!("echo \"$1 $ip\" >> {}", log2.display()),
+    );
+    let out = lab
+        .cmd(
+            "c",
+            &[
+                "busybox",
+                "udhcpc",
+                "-q",
+                "-n",
+                "-f",
+                "-i",
+                &iface,
+                "-s",
+                script2.to_str().unwrap(),
+                "-t",
+                "5",
+                "-T",
+                "1",
+            ],
+        )
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(std::fs::read_to_string(&log2)
+        .unwrap()
+        .contains("bound 198.18.0.50"));
+}
+
+#[test]
+fn perfdhcp_flood_of_random_macs_respects_the_discovery_cap() {
+    require("perfdhcp");
+    let mut lab = Lab::new(Some("198.18.0.2/16"));
+    lab.start_server(50);
+    // 10,000 random MACs (perfdhcp -R), bounded by count (-n) and time (timeout).
+    let out = lab
+        .cmd(
+            "c",
+            &[
+                "timeout",
+                "60",
+                "perfdhcp",
+                "-4",
+                "-l",
+                &lab.ifname("c"),
+                "-r",
+                "1000",
+                "-R",
+                "10000",
+                "-n",
+                "10000",
+                "-p",
+                "30",
+                "198.18.0.1",
+            ],
+        )
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        report.contains("sent packets"),
+        "perfdhcp did not run: {report} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The server is alive and answers.
+    assert!(lab
+        .cmd(
+            "s",
+            &[
+                "curl",
+                "-fs",
+                "-o",
+                "/dev/null",
+                "http://127.0.0.1:18080/healthz"
+            ]
+        )
+        .status()
+        .unwrap()
+        .success());
+    let discovered = lab.api("GET", "/api/v1/nodes?state=discovered", None);
+    let count = discovered.matches("\"mac\"").count();
+    assert!(
+        count > 0 && count <= 50,
+        "discovered nodes: {count} (cap 50)"
+    );
+    let bound = lab.leases().iter().filter(|l| l.2 == "bound").count();
+    assert!(bound <= 256, "more leases than the pool holds: {bound}");
+    assert!(bound > 0, "no client got a lease: {report}");
+}
+
+#[test]
+fn every_acked_lease_survives_kill_9() {
+    let mut lab = Lab::new(Some("198.18.0.2/16"));
+    lab.start_server(1000);
+    let out_path = lab.dir.path().join("acks.txt");
+    let out = std::fs::File::create(&out_path).unwrap();
+    // 200 clients at 100/s; the server is killed about a second in, mid-stream.
+    let mut probe = lab
+        .cmd(
+            "c",
+            &[
+                PROBE_BIN,
+                "--server",
+                "198.18.0.1:67",
+                "--giaddr",
+                "198.18.0.2",
+                "--count",
+                "200",
+                "--rate",
+                "100",
+                "--timeout-ms",
+                "1000",
+            ],
+        )
+        .stdout(out)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for("some ACKs", Duration::from_secs(15), || {
+        std::fs::read_to_string(&out_path)
+            .unwrap_or_default()
+            .lines()
+            .count()
+            >= 30
+    });
+    lab.kill_server("-KILL");
+    let status = probe.wait().unwrap();
+    assert!(status.success());
+    let acks: Vec<(String, String)> = std::fs::read_to_string(&out_path)
+        .unwrap()
+        .lines()
+        .filter_map(|l| {
+            let mut p = l.split(' ');
+            (p.next() == Some("ACK"))
+                .then(|| (p.next().unwrap().to_owned(), p.next().unwrap().to_owned()))
+        })
+        .collect();
+    assert!(
+        acks.len() >= 30 && acks.len() < 200,
+        "the kill should land mid-run: {} ACKs",
+        acks.len()
+    );
+
+    // Restart on the same database: every promised lease is there.
+    lab.start_server(1000);
+    let leases = lab.leases();
+    for (mac, ip) in &acks {
+        assert!(
+            leases.contains(&(ip.clone(), mac.clone(), "bound".into())),
+            "ACKed {mac} {ip} lost after kill -9"
+        );
+    }
+    // And the restarted server gives those clients the same addresses again.
+    let again = lab
+        .cmd(
+            "c",
+            &[
+                PROBE_BIN,
+                "--server",
+                "198.18.0.1:67",
+                "--giaddr",
+                "198.18.0.2",
+                "--count",
+                "5",
+                "--rate",
+                "100",
+            ],
+        )
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&again.stdout);
+    for line in text.lines() {
+        let parts: Vec<&str> = line.split(' ').collect();
+        if let Some((_, ip)) = acks.iter().find(|(m, _)| m == parts[1]) {
+            assert_eq!(parts[2], ip, "address changed across a restart");
+        }
+    }
+    assert_eq!(text.lines().count(), 5, "{text}");
+}
