@@ -326,7 +326,10 @@ async fn inside(args: Args, ns: String) -> anyhow::Result<()> {
     let server = tokio::spawn(lbfleet_server::run_with(
         config,
         listener,
-        BootSockets { tftp: Some(tftp) },
+        BootSockets {
+            tftp: Some(tftp),
+            ..Default::default()
+        },
         async move {
             let _ = stop_rx.await;
         },
