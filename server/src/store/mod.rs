@@ -73,8 +73,9 @@ impl Store {
             })?
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
-            // NORMAL under WAL: a commit survives a process crash; only an OS crash may lose the last commits.
-            .synchronous(SqliteSynchronous::Normal)
+            // FULL: every commit is fsynced, so an ACKed lease or an acknowledged change survives power loss,
+            // not only a process crash. Group commit (DHCP) keeps the fsync count low under load.
+            .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(10));
         let writer = SqlitePoolOptions::new()

@@ -272,19 +272,6 @@ pub async fn all_members(conn: &mut SqliteConnection) -> Result<Vec<(i64, Member
         .collect())
 }
 
-/// The role generation of one node (what the long-poll compares against), with its state.
-pub async fn generation(
-    conn: &mut SqliteConnection,
-    id: i64,
-) -> Result<Option<(i64, String)>, StoreError> {
-    Ok(
-        sqlx::query_as("SELECT role_generation, state FROM nodes WHERE id = $1")
-            .bind(id)
-            .fetch_optional(conn)
-            .await?,
-    )
-}
-
 /// What an agent report writes onto its node.
 #[derive(Debug, Clone)]
 pub struct ReportUpdate<'a> {
