@@ -2,7 +2,7 @@
 CARGO ?= cargo
 SERVER := target/release/lbfleet-server
 
-.PHONY: all deps build demo test lint unit guest bench bench-longpoll bench-dhcp bench-ipvs clean
+.PHONY: all deps build demo test lint unit guest bench bench-longpoll bench-dhcp bench-ipvs bench-tftp fuzz clean
 
 all: build
 
@@ -31,7 +31,7 @@ unit:
 guest: deps
 	$(CARGO) test -p lbfleet-tests --test guest_ipvs
 
-bench: bench-longpoll bench-dhcp bench-ipvs
+bench: bench-longpoll bench-dhcp bench-ipvs bench-tftp
 
 bench-longpoll: deps
 	$(CARGO) run --release -p lbfleet-bench --bin bench-longpoll -- $(BENCH_ARGS)
@@ -43,6 +43,22 @@ bench-dhcp: build
 # IPVS programming in a QEMU guest: lbfleet-agent vs ipvsadm -R (release build of agent, probe and bench).
 bench-ipvs: deps
 	$(CARGO) run --release -p lbfleet-bench --bin bench-ipvs -- $(BENCH_ARGS)
+
+# TFTP/HTTP boot throughput vs dnsmasq and tftpd-hpa. Needs root (creates and deletes its own netns).
+bench-tftp: deps
+	$(CARGO) build --release -p lbfleet-bench --bin bench-tftp
+	./target/release/bench-tftp $(BENCH_TFTP_ARGS)
+
+# cargo-fuzz on the DHCP and TFTP decoders, FUZZ_SECONDS per target (not part of `make test`). cargo-fuzz
+# needs nightly rustc flags; RUSTC_BOOTSTRAP=1 lets the machine's stable toolchain accept them.
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS := dhcp_decode dhcp_handle tftp_decode
+fuzz: deps
+	@command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
+	cd fuzz && for t in $(FUZZ_TARGETS); do \
+	  mkdir -p corpus/$$t && \
+	  RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run $$t corpus/$$t seeds/$$t -- -max_total_time=$(FUZZ_SECONDS) || exit 1; \
+	done
 
 clean:
 	$(CARGO) clean

@@ -3,13 +3,17 @@
 # package is missing. Later tiers (QEMU lab) add their packages here.
 set -euo pipefail
 
-# Build and run; test clients (tftp-hpa, udhcpc in busybox, dhclient, perfdhcp); benchmark peers (Kea, dnsmasq);
+# Build and run; test clients (tftp-hpa, udhcpc in busybox, dhclient, perfdhcp); benchmark peers (Kea, dnsmasq,
+# tftpd-hpa);
 # headless Chromium and its WebDriver for the dashboard's browser tests.
 packages=(build-essential pkg-config ca-certificates curl sqlite3 iproute2 busybox-static tftp-hpa isc-dhcp-client
-  kea-admin kea-dhcp4-server dnsmasq-base chromium chromium-driver)
+  kea-admin kea-dhcp4-server dnsmasq-base tftpd-hpa chromium chromium-driver)
 # VM test tier (tests/): QEMU (TCG), Debian's kernel with the ip_vs modules, static busybox for the guest
 # initramfs, ipvsadm as the reference the guest tests compare against, strace to record its netlink bytes.
 packages+=(qemu-system-x86 linux-image-amd64 ipvsadm strace)
+# Installed services that must not run at boot either (bench-tftp starts tftpd-hpa itself, in its own netns).
+# dnsmasq-base ships no service.
+no_boot_services=(tftpd-hpa)
 
 missing=()
 for p in "${packages[@]}"; do
@@ -32,6 +36,16 @@ if [ ${#missing[@]} -gt 0 ]; then
   fi
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}"
+  # Nothing is stopped by name here: tftpd-hpa's init script stops every in.tftpd on the machine.
+  for svc in "${no_boot_services[@]}"; do
+    [[ " ${missing[*]} " == *" $svc "* ]] || continue
+    if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
+      systemctl disable --now "$svc" >/dev/null 2>&1 || true # only the unit's own processes
+    elif command -v update-rc.d >/dev/null 2>&1; then
+      update-rc.d "$svc" disable >/dev/null 2>&1 || true
+    fi
+    echo "install-deps: disabled the $svc system service at boot (bench-tftp starts its own)"
+  done
 fi
 
 if ! command -v cargo >/dev/null 2>&1; then
