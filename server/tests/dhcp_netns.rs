@@ -524,6 +524,24 @@ fn perfdhcp_flood_of_random_macs_respects_the_discovery_cap() {
     require("perfdhcp");
     let mut lab = Lab::new(Some("198.18.0.2/16"));
     lab.start_server(50);
+    // Garbage on port 67 is dropped with a log line and does not disturb the server.
+    let junk = lab
+        .cmd(
+            "c",
+            &[
+                "bash",
+                "-c",
+                "printf 'not a dhcp packet' > /dev/udp/198.18.0.1/67",
+            ],
+        )
+        .output()
+        .unwrap();
+    assert!(junk.status.success(), "{junk:?}");
+    wait_for(
+        "the malformed-packet log line",
+        Duration::from_secs(5),
+        || lab.server_log().contains("malformed DHCP packet dropped"),
+    );
     // 10,000 random MACs (perfdhcp -R), bounded by count (-n) and time (timeout).
     let out = lab
         .cmd(

@@ -273,7 +273,13 @@ pub async fn run(
             }
             Decision::Drop { reason } => {
                 stats.dropped.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(%peer, %reason, "DHCP request dropped");
+                // Malformed packets are worth a warning; the other reasons (a request for another server, the
+                // discovery cap) are ordinary on a shared segment and stay at debug.
+                if matches!(reason, super::DropReason::Decode(_)) {
+                    tracing::warn!(%peer, %reason, len, "malformed DHCP packet dropped");
+                } else {
+                    tracing::debug!(%peer, %reason, "DHCP request dropped");
+                }
             }
         }
     }
