@@ -32,7 +32,10 @@ fn have(tool: &str) -> bool {
         .output()
         .map(|o| o.status.success())
         .unwrap_or(false);
-    assert!(ok, "{tool} is required (scripts/install-deps.sh installs it)");
+    assert!(
+        ok,
+        "{tool} is required (scripts/install-deps.sh installs it)"
+    );
     ok
 }
 
