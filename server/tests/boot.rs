@@ -410,6 +410,23 @@ async fn http_boot_scripts_follow_node_state_and_files_support_ranges() {
         get("/images/2026.11.1/missing".into()).await.0,
         StatusCode::NOT_FOUND
     );
+
+    // Script requests are bounded per MAC (each mints a token and an audit row).
+    let audit_before = srv.audit_len().await;
+    let mut statuses = Vec::new();
+    for _ in 0..12 {
+        statuses.push(get("/boot/52:54:00:aa:00:02.ipxe".into()).await.0);
+    }
+    assert!(
+        statuses[..10].iter().all(|s| *s == StatusCode::OK),
+        "{statuses:?}"
+    );
+    assert_eq!(
+        &statuses[10..],
+        &[StatusCode::TOO_MANY_REQUESTS, StatusCode::TOO_MANY_REQUESTS]
+    );
+    // Discovery of the MAC + 10 tokens; the refused requests wrote nothing.
+    assert_eq!(srv.audit_len().await, audit_before + 11);
 }
 
 #[tokio::test]

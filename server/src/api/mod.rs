@@ -36,6 +36,8 @@ pub struct Inner {
     pub fleet: Arc<Fleet>,
     pub config: ServerConfig,
     pub limiter: auth::LoginLimiter,
+    /// Bounds boot-script requests: each one mints an enrollment token and an audit row.
+    pub boot_limiter: crate::boot::http::BootScriptLimiter,
     /// Turns true when the server shuts down, so long-polls return at once.
     pub shutdown: watch::Receiver<bool>,
     pub started: Instant,
@@ -51,6 +53,7 @@ impl AppState {
             fleet,
             config,
             limiter: auth::LoginLimiter::default(),
+            boot_limiter: crate::boot::http::BootScriptLimiter::default(),
             shutdown,
             started: Instant::now(),
         }))
