@@ -270,6 +270,9 @@ async fn send_reports(
     }
 }
 
+/// First delay before a failed pass is retried.
+const RETRY_INITIAL: Duration = Duration::from_millis(500);
+
 /// Server mode. Returns when `shutdown` completes (Ok) or on a refusal that retrying cannot fix.
 pub async fn run(
     config: RunConfig,
@@ -326,6 +329,10 @@ pub async fn run(
     let mut resync = tokio::time::interval(config.resync);
     resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     resync.tick().await;
+    // A pass that failed (an operation refused, the table unreadable) is retried soon, with backoff capped at
+    // the resync interval, instead of waiting for the next resync.
+    let mut retry_at: Option<tokio::time::Instant> = None;
+    let mut retry_delay = RETRY_INITIAL;
 
     let result = loop {
         let reason = tokio::select! {
@@ -344,7 +351,14 @@ pub async fn run(
                 None => break Err(AgentError::Task("role poller stopped".into())),
             },
             _ = resync.tick() => "resync",
+            _ = async {
+                match retry_at {
+                    Some(t) => tokio::time::sleep_until(t).await,
+                    None => std::future::pending().await,
+                }
+            } => "retry",
         };
+        retry_at = None;
         if current.role.is_none() {
             continue;
         }
@@ -384,10 +398,18 @@ pub async fn run(
                 if out.converged() && current.role_errors.is_empty() {
                     current.applied_generation = generation;
                 }
+                if out.converged() {
+                    retry_delay = RETRY_INITIAL;
+                } else {
+                    retry_at = Some(tokio::time::Instant::now() + retry_delay);
+                    retry_delay = (retry_delay * 2).min(config.resync.max(RETRY_INITIAL));
+                }
                 errors.extend(out.errors.iter().cloned());
                 status::service_reports(&out.table, &health)
             }
             Err(e) => {
+                retry_at = Some(tokio::time::Instant::now() + retry_delay);
+                retry_delay = (retry_delay * 2).min(config.resync.max(RETRY_INITIAL));
                 warn!(error = %e, "cannot read the IPVS table");
                 errors.push(format!("cannot read the IPVS table: {e}"));
                 Vec::new()

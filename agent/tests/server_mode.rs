@@ -342,3 +342,41 @@ async fn server_down_keeps_the_role_and_reconnects() {
     agent2.stop().await;
     server.down().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_operation_is_retried_before_the_next_resync() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path()).await;
+    let token = server.node_with_role().await;
+    let kernel = RecordingApplier::new();
+    let mut cfg = config(&server, &dir.path().join("state"), Some(token));
+    // A resync far away: only the retry can repair the failed operation within the test's limit.
+    cfg.resync = Duration::from_secs(60);
+    let agent = spawn_agent(cfg, &kernel);
+    wait_for(Duration::from_secs(10), "role applied", || {
+        kernel.state().services.len() == 2
+    })
+    .await;
+
+    kernel.fail_next("injected failure");
+    server.set_weight(9).await;
+    // The first attempt fails; the retry (after 0.5 s) applies it.
+    let took = wait_for(Duration::from_secs(5), "weight 9 after a retry", || {
+        weight_of(&kernel, "198.18.2.2") == Some(9)
+    })
+    .await;
+    assert!(
+        took >= Duration::from_millis(300),
+        "applied without the injected failure? {took:?}"
+    );
+    // The failure was reported as an agent error event.
+    let (_, events) = server
+        .call(
+            reqwest::Method::GET,
+            "/api/v1/events?kind=agent_error",
+            Value::Null,
+        )
+        .await;
+    assert!(events.to_string().contains("injected failure"), "{events}");
+    agent.stop().await;
+}
