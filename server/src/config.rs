@@ -91,7 +91,7 @@ pub struct ServeArgs {
 
 /// `[boot]`: PXE boot services. Without a `[boot]` table (and no `--boot-*` flag) the server runs no DHCP or
 /// TFTP and refuses HTTP boot requests.
-#[derive(Debug, Clone, Default, Args, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Args, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BootArgs {
     /// Interface DHCP listens on (SO_BINDTODEVICE); no DHCP without it
@@ -170,21 +170,7 @@ pub struct BootArgs {
 
 impl BootArgs {
     fn is_empty(&self) -> bool {
-        self.interface.is_none()
-            && self.server_address.is_none()
-            && self.subnet.is_none()
-            && self.pool.is_none()
-            && self.router.is_none()
-            && self.dns.is_none()
-            && self.domain.is_none()
-            && self.lease_time.is_none()
-            && self.boot_dir.is_none()
-            && self.dhcp_port.is_none()
-            && self.tftp_port.is_none()
-            && self.tftp_max_transfers.is_none()
-            && self.tftp_max_blksize.is_none()
-            && self.tftp_max_windowsize.is_none()
-            && self.max_discovered.is_none()
+        *self == BootArgs::default()
     }
 
     /// Fields set here win over `other`'s.

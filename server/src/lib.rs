@@ -91,6 +91,7 @@ pub async fn run_with(
     let store = fleet.store().clone();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();
+    let mut boot_stats = boot::BootStats::default();
     if let (Some(boot), Some(sock)) = (&config.boot, sockets.dhcp) {
         let http_base = config.public_url.clone().unwrap_or_else(|| {
             let port = listener.local_addr().map(|a| a.port()).unwrap_or(80);
@@ -98,6 +99,7 @@ pub async fn run_with(
         });
         let dhcp = dhcp_config(boot, http_base)?;
         let stats = std::sync::Arc::new(boot::dhcp::server::DhcpStats::default());
+        boot_stats.dhcp = Some(stats.clone());
         tasks.spawn(boot::dhcp::server::run(
             sock,
             dhcp,
@@ -117,10 +119,11 @@ pub async fn run_with(
             max_transfers: boot.tftp_max_transfers,
         };
         let stats = std::sync::Arc::new(boot::tftp::TftpStats::default());
+        boot_stats.tftp = Some(stats.clone());
         tasks.spawn(boot::tftp::run(sock, tftp_config, stats, stop_rx.clone()));
     }
     let addr = listener.local_addr()?;
-    let app = api::router(api::AppState::new(fleet, config, stop_rx));
+    let app = api::router(api::AppState::new(fleet, config, boot_stats, stop_rx));
     tracing::info!(%addr, "lbfleet-server listening");
     axum::serve(
         listener,

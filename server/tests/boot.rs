@@ -290,6 +290,29 @@ async fn tftp_windowsize_transfer_with_our_codec() {
     .await
     .unwrap();
     assert_eq!(got, data);
+
+    // The transfer shows in /metrics (the server counts it once the last ACK is in).
+    let mut text = String::new();
+    for _ in 0..50 {
+        let (_, body) = lab.srv.get("/metrics", &lab.srv.tokens.viewer).await;
+        text = body.as_str().unwrap_or_default().to_owned();
+        if text.contains("lbfleet_tftp_requests_total{outcome=\"completed\"} 1") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        text.contains("lbfleet_tftp_requests_total{outcome=\"completed\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("lbfleet_tftp_bytes_sent_total 300000"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("lbfleet_dhcp_packets_total"),
+        "DHCP is not running here: {text}"
+    );
 }
 
 #[tokio::test]

@@ -596,6 +596,33 @@ fn perfdhcp_flood_of_random_macs_respects_the_discovery_cap() {
     let bound = lab.leases().iter().filter(|l| l.2 == "bound").count();
     assert!(bound <= 256, "more leases than the pool holds: {bound}");
     assert!(bound > 0, "no client got a lease: {report}");
+    // The DHCP counters in /metrics agree: ACKs went out after durable writes, the garbage was dropped.
+    let metrics = lab.api("GET", "/metrics", None);
+    let counter = |name: &str| -> u64 {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    assert!(
+        counter("lbfleet_dhcp_packets_total{outcome=\"acked\"}") >= bound as u64,
+        "{metrics}"
+    );
+    assert!(
+        counter("lbfleet_dhcp_packets_total{outcome=\"dropped\"}") >= 1,
+        "{metrics}"
+    );
+    assert!(
+        counter("lbfleet_dhcp_lease_writes_total") >= bound as u64,
+        "{metrics}"
+    );
+    assert_eq!(
+        counter("lbfleet_dhcp_lease_write_failures_total"),
+        0,
+        "{metrics}"
+    );
 }
 
 #[test]

@@ -36,6 +36,8 @@ pub struct Inner {
     pub fleet: Arc<Fleet>,
     pub config: ServerConfig,
     pub limiter: auth::LoginLimiter,
+    /// Counters of the running boot services, for `/metrics`.
+    pub boot_stats: crate::boot::BootStats,
     /// Bounds boot-script requests: each one mints an enrollment token and an audit row.
     pub boot_limiter: crate::boot::http::BootScriptLimiter,
     /// Turns true when the server shuts down, so long-polls return at once.
@@ -48,10 +50,16 @@ pub struct Inner {
 pub struct AppState(Arc<Inner>);
 
 impl AppState {
-    pub fn new(fleet: Arc<Fleet>, config: ServerConfig, shutdown: watch::Receiver<bool>) -> Self {
+    pub fn new(
+        fleet: Arc<Fleet>,
+        config: ServerConfig,
+        boot_stats: crate::boot::BootStats,
+        shutdown: watch::Receiver<bool>,
+    ) -> Self {
         AppState(Arc::new(Inner {
             fleet,
             config,
+            boot_stats,
             limiter: auth::LoginLimiter::default(),
             boot_limiter: crate::boot::http::BootScriptLimiter::default(),
             shutdown,

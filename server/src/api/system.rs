@@ -57,6 +57,7 @@ async fn metrics(State(s): State<AppState>, _: Viewer) -> Result<Response, ApiEr
         "# HELP lbfleet_role_pollers Nodes with a role long-poll waiting.\n# TYPE lbfleet_role_pollers gauge\nlbfleet_role_pollers {}",
         s.fleet.notifier().waiting_nodes()
     );
+    boot_metrics(&mut out, &s.boot_stats);
     let _ = writeln!(
         out,
         "# HELP lbfleet_uptime_seconds Seconds since the server started.\n# TYPE lbfleet_uptime_seconds gauge\nlbfleet_uptime_seconds {}",
@@ -75,4 +76,44 @@ async fn metrics(State(s): State<AppState>, _: Viewer) -> Result<Response, ApiEr
         out,
     )
         .into_response())
+}
+
+/// Counters of the DHCP and TFTP servers, when they run.
+fn boot_metrics(out: &mut String, stats: &crate::boot::BootStats) {
+    use std::sync::atomic::Ordering::Relaxed;
+    if let Some(d) = &stats.dhcp {
+        let _ = writeln!(out, "# HELP lbfleet_dhcp_packets_total DHCP packets by outcome.\n# TYPE lbfleet_dhcp_packets_total counter");
+        for (what, v) in [
+            ("received", &d.received),
+            ("replied", &d.replies),
+            ("acked", &d.acks),
+            ("dropped", &d.dropped),
+        ] {
+            let _ = writeln!(
+                out,
+                "lbfleet_dhcp_packets_total{{outcome=\"{what}\"}} {}",
+                v.load(Relaxed)
+            );
+        }
+        let _ = writeln!(out, "# HELP lbfleet_dhcp_lease_writes_total Lease rows made durable.\n# TYPE lbfleet_dhcp_lease_writes_total counter\nlbfleet_dhcp_lease_writes_total {}", d.leases_written.load(Relaxed));
+        let _ = writeln!(out, "# HELP lbfleet_dhcp_lease_batches_total Lease write transactions (group commits).\n# TYPE lbfleet_dhcp_lease_batches_total counter\nlbfleet_dhcp_lease_batches_total {}", d.batches.load(Relaxed));
+        let _ = writeln!(out, "# HELP lbfleet_dhcp_lease_write_failures_total Failed lease batches (their ACKs were withheld).\n# TYPE lbfleet_dhcp_lease_write_failures_total counter\nlbfleet_dhcp_lease_write_failures_total {}", d.write_failures.load(Relaxed));
+    }
+    if let Some(t) = &stats.tftp {
+        let _ = writeln!(out, "# HELP lbfleet_tftp_requests_total TFTP requests by outcome.\n# TYPE lbfleet_tftp_requests_total counter");
+        for (what, v) in [
+            ("received", &t.requests),
+            ("refused", &t.refused),
+            ("malformed", &t.malformed),
+            ("completed", &t.completed),
+            ("failed", &t.failed),
+        ] {
+            let _ = writeln!(
+                out,
+                "lbfleet_tftp_requests_total{{outcome=\"{what}\"}} {}",
+                v.load(Relaxed)
+            );
+        }
+        let _ = writeln!(out, "# HELP lbfleet_tftp_bytes_sent_total File bytes sent by TFTP.\n# TYPE lbfleet_tftp_bytes_sent_total counter\nlbfleet_tftp_bytes_sent_total {}", t.bytes_sent.load(Relaxed));
+    }
 }

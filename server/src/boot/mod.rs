@@ -4,3 +4,12 @@
 pub mod dhcp;
 pub mod http;
 pub mod tftp;
+
+use std::sync::Arc;
+
+/// Counters of the boot services that run, shared with `/metrics`.
+#[derive(Debug, Default, Clone)]
+pub struct BootStats {
+    pub dhcp: Option<Arc<dhcp::server::DhcpStats>>,
+    pub tftp: Option<Arc<tftp::TftpStats>>,
+}

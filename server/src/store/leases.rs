@@ -23,14 +23,6 @@ pub async fn active(conn: &mut SqliteConnection, now: i64) -> Result<Vec<LeaseRo
     .await?)
 }
 
-pub async fn all(conn: &mut SqliteConnection) -> Result<Vec<LeaseRow>, StoreError> {
-    Ok(
-        sqlx::query_as("SELECT address, mac, state, expires_at FROM leases ORDER BY address")
-            .fetch_all(conn)
-            .await?,
-    )
-}
-
 pub async fn upsert(conn: &mut SqliteConnection, row: &LeaseRow) -> Result<(), StoreError> {
     sqlx::query(
         "INSERT INTO leases (address, mac, state, expires_at, updated_at) VALUES ($1, $2, $3, $4, $5) \
