@@ -29,7 +29,7 @@ unit:
 	$(CARGO) test --workspace
 
 guest: deps
-	$(CARGO) test -p lbfleet-tests --test guest_ipvs
+	$(CARGO) test -p lbfleet-tests
 
 bench: bench-longpoll bench-dhcp bench-ipvs bench-tftp
 

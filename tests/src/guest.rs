@@ -47,6 +47,8 @@ pub struct Prereqs {
     pub ipvsadm: PathBuf,
     /// Records what ipvsadm sends and receives, for the codec comparison.
     pub strace: PathBuf,
+    /// iproute2's `ip`, for guests that build network namespaces and veth pairs (busybox's `ip` cannot).
+    pub iproute2: PathBuf,
 }
 
 fn which(name: &str) -> Option<PathBuf> {
@@ -100,13 +102,22 @@ pub fn prereqs() -> Result<Prereqs, HarnessError> {
     if strace.is_none() {
         missing.push("strace (package strace)".to_owned());
     }
-    match (qemu, kernel, busybox, ipvsadm, strace) {
+    let iproute2 = ["/usr/sbin/ip", "/sbin/ip", "/usr/bin/ip", "/bin/ip"]
+        .map(PathBuf::from)
+        .into_iter()
+        // Not busybox's applet (a symlink to busybox on some systems).
+        .find(|p| p.is_file() && !std::fs::read_link(p).is_ok_and(|t| t.ends_with("busybox")));
+    if iproute2.is_none() {
+        missing.push("ip (package iproute2)".to_owned());
+    }
+    match (qemu, kernel, busybox, ipvsadm, strace, iproute2) {
         (
             Some(qemu),
             Some((kernel_version, kernel)),
             Some(busybox),
             Some(ipvsadm),
             Some(strace),
+            Some(iproute2),
         ) => Ok(Prereqs {
             qemu,
             kernel,
@@ -114,6 +125,7 @@ pub fn prereqs() -> Result<Prereqs, HarnessError> {
             busybox,
             ipvsadm,
             strace,
+            iproute2,
         }),
         _ => Err(HarnessError::Missing(missing)),
     }
@@ -232,9 +244,9 @@ pub const IPVS_MODULES: &[&str] = &[
 ];
 
 const INIT: &str = r#"#!/bin/busybox sh
-/bin/busybox mkdir -p /proc /sys /dev /tmp /run /sbin /usr/bin /usr/sbin
+/bin/busybox mkdir -p /proc /sys /dev /tmp /run /sbin /usr/bin /usr/sbin /usr/local/sbin
 /bin/busybox --install -s
-export PATH=/bin:/sbin:/usr/bin:/usr/sbin
+export PATH=/bin:/sbin:/usr/bin:/usr/sbin:/usr/local/sbin
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
@@ -260,6 +272,12 @@ pub struct Initramfs {
 impl Initramfs {
     /// Busybox as /bin/busybox, `ipvsadm` with its libraries, the ip_vs modules, and `/init`.
     pub fn new(prereqs: &Prereqs) -> Result<Initramfs, HarnessError> {
+        Initramfs::with_modules(prereqs, &[])
+    }
+
+    /// Like `new`, with more kernel modules (and their dependencies) loaded after the ip_vs ones, e.g.
+    /// `veth` for a guest that builds network namespaces.
+    pub fn with_modules(prereqs: &Prereqs, extra: &[&str]) -> Result<Initramfs, HarnessError> {
         let scratch = tempfile::tempdir().map_err(io_err(Path::new("tempdir")))?;
         let mut me = Initramfs {
             prereqs: prereqs.clone(),
@@ -274,7 +292,8 @@ impl Initramfs {
         me.binary(&ipvsadm, "/usr/sbin/ipvsadm")?;
         let strace = prereqs.strace.clone();
         me.binary(&strace, "/usr/bin/strace")?;
-        let order = module_load_order(&prereqs.kernel_version, IPVS_MODULES)?;
+        let wanted: Vec<&str> = IPVS_MODULES.iter().chain(extra).copied().collect();
+        let order = module_load_order(&prereqs.kernel_version, &wanted)?;
         let base = Path::new("/lib/modules").join(&prereqs.kernel_version);
         let mut load = String::new();
         for m in &order {
@@ -315,6 +334,13 @@ impl Initramfs {
             }
         }
         Ok(self)
+    }
+
+    /// iproute2's `ip` as `/usr/local/sbin/ip` (it can create network namespaces and veth pairs). Busybox's
+    /// shell prefers its own applets to PATH, so scripts call it by that path.
+    pub fn iproute2(&mut self) -> Result<&mut Self, HarnessError> {
+        let ip = self.prereqs.iproute2.clone();
+        self.binary(&ip, "/usr/local/sbin/ip")
     }
 
     pub fn file(&mut self, guest_path: &str, data: &[u8]) -> &mut Self {
