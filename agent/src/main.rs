@@ -50,6 +50,10 @@ enum Command {
         /// Kernel command line to read boot parameters from
         #[arg(long, default_value = "/proc/cmdline")]
         cmdline: PathBuf,
+        /// Version of the image this node booted, reported to the server (default: lbfleet.image= on the
+        /// kernel command line, else the first line of /etc/lbfleet/image-version)
+        #[arg(long, env = "LBFLEET_IMAGE_VERSION")]
+        image_version: Option<String>,
     },
     /// Standalone: apply a role document from a file (no server). With --watch, keep it applied.
     Apply {
@@ -119,6 +123,9 @@ async fn fetch_role(
     Ok(())
 }
 
+/// Written into the netboot image by its builder.
+const IMAGE_VERSION_FILE: &str = "/etc/lbfleet/image-version";
+
 async fn ctrl_c() {
     let _ = tokio::signal::ctrl_c().await;
 }
@@ -132,6 +139,7 @@ async fn run_server_mode(
     state_dir: PathBuf,
     resync: Duration,
     cmdline: &Path,
+    image_version: Option<String>,
 ) -> anyhow::Result<()> {
     let boot = std::fs::read_to_string(cmdline)
         .map(|c| state::parse_cmdline(&c))
@@ -146,6 +154,12 @@ async fn run_server_mode(
         .or_else(|| state::first_mac(Path::new("/sys/class/net")));
     config.credential = credential;
     config.resync = resync;
+    config.image_version = image_version.or(boot.image).or_else(|| {
+        std::fs::read_to_string(IMAGE_VERSION_FILE)
+            .ok()
+            .and_then(|t| t.lines().next().map(|l| l.trim().to_owned()))
+            .filter(|v| !v.is_empty())
+    });
     let applier: Box<dyn Applier> = Box::new(NetlinkApplier::new());
     run::run(config, applier, async {
         let mut term =
@@ -233,8 +247,16 @@ fn main() -> ExitCode {
             state_dir,
             resync,
             cmdline,
+            image_version,
         } => runtime.block_on(run_server_mode(
-            server, token, mac, credential, state_dir, resync, &cmdline,
+            server,
+            token,
+            mac,
+            credential,
+            state_dir,
+            resync,
+            &cmdline,
+            image_version,
         )),
         Command::Apply {
             role,

@@ -3,6 +3,7 @@
 //! Standalone mode (`apply_file`): the same reconciler driven by a local role file.
 
 use std::future::Future;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -416,6 +417,7 @@ pub async fn run(
             }
         };
         errors.extend(current.role_errors.iter().cloned());
+        let address = local_address_towards(&config.server).await;
         let report = AgentReport {
             applied_generation: current.applied_generation,
             vrrp_state: None,
@@ -424,7 +426,7 @@ pub async fn run(
             agent_version: Some(env!("CARGO_PKG_VERSION").into()),
             image_version: config.image_version.clone(),
             uptime_s: started.elapsed().as_secs(),
-            address: None,
+            address,
         };
         // On a role change always report; on resync, too (fresh counters), the reporter keeps only the latest.
         let _ = report_tx.send(Some(report));
@@ -432,6 +434,30 @@ pub async fn run(
     poller.abort();
     reporter.abort();
     result
+}
+
+/// The local address this node uses to reach the server: the source the kernel's routing picks for a UDP
+/// socket connected to the server (connecting a UDP socket sends nothing). Looked up for every report, since a
+/// DHCP renewal may change it; `None` (and the server keeps the last one) when the server's name does not
+/// resolve or no route exists.
+async fn local_address_towards(server: &str) -> Option<String> {
+    let url = reqwest::Url::parse(server).ok()?;
+    let port = url.port_or_known_default()?;
+    let host = url.host_str()?;
+    // IPv6 literals come bracketed ("[2001:db8::1]").
+    let literal = host.trim_start_matches('[').trim_end_matches(']');
+    let target: SocketAddr = match literal.parse::<IpAddr>() {
+        Ok(ip) => (ip, port).into(),
+        Err(_) => tokio::net::lookup_host((host, port)).await.ok()?.next()?,
+    };
+    let unspecified: IpAddr = if target.is_ipv4() {
+        Ipv4Addr::UNSPECIFIED.into()
+    } else {
+        Ipv6Addr::UNSPECIFIED.into()
+    };
+    let sock = std::net::UdpSocket::bind((unspecified, 0)).ok()?;
+    sock.connect(target).ok()?;
+    Some(sock.local_addr().ok()?.ip().to_string())
 }
 
 /// Standalone mode: applies `role_file` once, or with `watch` again whenever the file changes and on every
@@ -513,6 +539,28 @@ pub async fn apply_file(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn local_address_is_the_source_towards_the_server() {
+        assert_eq!(
+            local_address_towards("http://127.0.0.1:8080")
+                .await
+                .as_deref(),
+            Some("127.0.0.1")
+        );
+        // Without IPv6 on the host there is no route, and no address to report.
+        let v6 = std::net::UdpSocket::bind("[::1]:0").is_ok();
+        assert_eq!(
+            local_address_towards("http://[::1]:8080").await.as_deref(),
+            v6.then_some("::1")
+        );
+        let by_name = local_address_towards("http://localhost:1").await;
+        assert!(
+            matches!(by_name.as_deref(), Some("127.0.0.1" | "::1")),
+            "{by_name:?}"
+        );
+        assert_eq!(local_address_towards("not a url").await, None);
+    }
 
     #[test]
     fn backoff_grows_with_jitter_and_caps() {

@@ -112,9 +112,12 @@ pub struct BootParams {
     pub server: Option<String>,
     pub token: Option<String>,
     pub mac: Option<String>,
+    /// The image the node booted (`lbfleet.image=`, written by the server's boot script).
+    pub image: Option<String>,
 }
 
-/// Parses `lbfleet.server=`, `lbfleet.token=`, `lbfleet.mac=` and PXELINUX's `BOOTIF=01-aa-bb-..`.
+/// Parses `lbfleet.server=`, `lbfleet.token=`, `lbfleet.mac=`, `lbfleet.image=` and PXELINUX's
+/// `BOOTIF=01-aa-bb-..`.
 pub fn parse_cmdline(cmdline: &str) -> BootParams {
     let mut p = BootParams::default();
     for word in cmdline.split_whitespace() {
@@ -122,6 +125,8 @@ pub fn parse_cmdline(cmdline: &str) -> BootParams {
             p.server = Some(v.to_owned());
         } else if let Some(v) = word.strip_prefix("lbfleet.token=") {
             p.token = Some(v.to_owned());
+        } else if let Some(v) = word.strip_prefix("lbfleet.image=") {
+            p.image = Some(v.to_owned());
         } else if let Some(v) = word.strip_prefix("lbfleet.mac=") {
             p.mac = Some(v.to_ascii_lowercase());
         } else if let Some(v) = word.strip_prefix("BOOTIF=") {
@@ -159,8 +164,9 @@ mod tests {
     #[test]
     fn cmdline_parameters() {
         let p = parse_cmdline(
-            "console=ttyS0 BOOTIF=01-52-54-00-AA-BB-CC lbfleet.server=http://198.18.0.1:8080 lbfleet.token=lbf_enr_x quiet",
+            "console=ttyS0 BOOTIF=01-52-54-00-AA-BB-CC lbfleet.server=http://198.18.0.1:8080 lbfleet.token=lbf_enr_x lbfleet.image=2026.11.1 quiet",
         );
+        assert_eq!(p.image.as_deref(), Some("2026.11.1"));
         assert_eq!(p.server.as_deref(), Some("http://198.18.0.1:8080"));
         assert_eq!(p.token.as_deref(), Some("lbf_enr_x"));
         assert_eq!(p.mac.as_deref(), Some("52:54:00:aa:bb:cc"));

@@ -212,10 +212,9 @@ async fn enrolls_applies_reports_and_follows_changes_within_100ms() {
     let server = Server::start(dir.path()).await;
     let token = server.node_with_role().await;
     let kernel = RecordingApplier::new();
-    let agent = spawn_agent(
-        config(&server, &dir.path().join("state"), Some(token)),
-        &kernel,
-    );
+    let mut cfg = config(&server, &dir.path().join("state"), Some(token));
+    cfg.image_version = Some("2026.11.1".into());
+    let agent = spawn_agent(cfg, &kernel);
 
     wait_for(Duration::from_secs(10), "role applied", || {
         kernel.state().services.len() == 2
@@ -223,13 +222,16 @@ async fn enrolls_applies_reports_and_follows_changes_within_100ms() {
     .await;
     assert_eq!(weight_of(&kernel, "198.18.2.2"), Some(2));
 
-    // The report makes the node `serving`.
+    // The report makes the node `serving`, and tells the server what the node runs and where it is.
     let start = Instant::now();
     loop {
         let (_, v) = server
             .call(reqwest::Method::GET, "/api/v1/nodes/lb-01", Value::Null)
             .await;
         if v["state"] == "serving" {
+            assert_eq!(v["address"], "127.0.0.1", "{v}");
+            assert_eq!(v["image_version"], "2026.11.1", "{v}");
+            assert_eq!(v["agent_version"], env!("CARGO_PKG_VERSION"), "{v}");
             break;
         }
         assert!(start.elapsed() < Duration::from_secs(5), "not serving: {v}");

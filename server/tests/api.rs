@@ -762,6 +762,22 @@ async fn node_lifecycle_enrollment_reports_and_serving() {
         )
         .await;
     assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
+    // So is one whose self-description is not an address / a version; nothing of it is stored.
+    let (s, body) = srv
+        .post(
+            "/api/v1/agent/report",
+            &cred,
+            json!({"applied_generation": g, "address": "lb-01.example", "image_version": "a b"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    let text = body.to_string();
+    assert!(
+        text.contains("address") && text.contains("image_version"),
+        "{body}"
+    );
+    let (_, n) = srv.get("/api/v1/nodes/lb-01", &op).await;
+    assert_eq!(n["applied_generation"], 0, "{n}");
     let report = json!({"applied_generation": g, "vrrp_state": "master", "agent_version": "0.1.0",
         "services": [{"vip": "198.18.0.10", "port": 80, "protocol": "tcp",
                       "real_servers": [{"address": "198.18.2.1", "port": 8080, "healthy": true}]}]});

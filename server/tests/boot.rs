@@ -353,7 +353,10 @@ async fn http_boot_scripts_follow_node_state_and_files_support_ranges() {
         "{body}"
     );
     assert!(
-        body.contains("console=ttyS0") && body.contains("\ninitrd ") && body.ends_with("boot\n"),
+        body.contains("console=ttyS0")
+            && body.contains(" lbfleet.image=2026.11.1 ")
+            && body.contains("\ninitrd ")
+            && body.ends_with("boot\n"),
         "{body}"
     );
     let token = body

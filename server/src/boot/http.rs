@@ -176,8 +176,8 @@ async fn script(
     Ok(ipxe(&[
         format!("# lbfleet: {} ({}), image {}", target.name, target.state, image.name),
         format!(
-            "kernel {files}/{} initrd={} lbfleet.server={base} lbfleet.token={} lbfleet.node={}{extra}",
-            image.kernel, image.initrd, token.token, target.name
+            "kernel {files}/{} initrd={} lbfleet.server={base} lbfleet.token={} lbfleet.node={} lbfleet.image={}{extra}",
+            image.kernel, image.initrd, token.token, target.name, image.name
         ),
         format!("initrd {files}/{}", image.initrd),
         "boot".into(),

@@ -1184,6 +1184,12 @@ impl Fleet {
             FleetError::Unauthorized("enrollment token is invalid, expired or already used".into())
         };
         let mac = rules::mac(&req.mac)?;
+        rules::report_fields(
+            None,
+            req.agent_version.as_deref(),
+            req.image_version.as_deref(),
+        )
+        .map_err(FleetError::Invalid)?;
         let mut tx = self.store.begin().await?;
         let Some(node_id) =
             store::auth::redeem_enrollment_token(&mut tx, &secrets::hash_secret(&req.token))
@@ -1416,6 +1422,12 @@ impl Fleet {
             )
             .into());
         }
+        rules::report_fields(
+            report.address.as_deref(),
+            report.agent_version.as_deref(),
+            report.image_version.as_deref(),
+        )
+        .map_err(FleetError::Invalid)?;
         let report_json =
             serde_json::to_string(report).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let vrrp = report.vrrp_state.map(|s| s.as_str());

@@ -151,6 +151,41 @@ pub fn image_name(name: &str) -> Result<(), FieldError> {
 }
 
 /// A file name inside an image directory: one path component, no traversal.
+/// The self-described fields of an agent report: `address` must be a unicast IP address; versions are short
+/// printable text (they are shown on the dashboard and stored per node).
+pub fn report_fields(
+    address: Option<&str>,
+    agent_version: Option<&str>,
+    image_version: Option<&str>,
+) -> Result<(), FieldErrors> {
+    let mut errs = FieldErrors::default();
+    if let Some(a) = address {
+        match a.parse::<IpAddr>() {
+            Ok(ip) => {
+                if let Err(m) = unicast(ip) {
+                    errs.push("address", m);
+                }
+            }
+            Err(_) => errs.push("address", format!("{a:?} is not an IP address")),
+        }
+    }
+    for (field, v) in [
+        ("agent_version", agent_version),
+        ("image_version", image_version),
+    ] {
+        if let Some(v) = v {
+            let ok = !v.is_empty() && v.len() <= 64 && v.chars().all(|c| c.is_ascii_graphic());
+            if !ok {
+                errs.push(
+                    field,
+                    "must be 1 to 64 printable ASCII characters without spaces",
+                );
+            }
+        }
+    }
+    errs.into_result(())
+}
+
 pub fn image_file(field: &str, name: &str) -> Result<(), FieldError> {
     let ok = !name.is_empty()
         && name.len() <= 128
@@ -812,5 +847,19 @@ mod tests {
         assert!(image_file("kernel", "vmlinuz").is_ok());
         assert!(image_file("kernel", "../vmlinuz").is_err());
         assert!(image_file("kernel", "a/b").is_err());
+    }
+
+    #[test]
+    fn report_fields_accept_addresses_and_versions_and_name_each_bad_field() {
+        assert!(report_fields(Some("198.18.1.7"), Some("0.1.0"), Some("lb-2026.11")).is_ok());
+        assert!(report_fields(Some("2001:db8::7"), None, None).is_ok());
+        assert!(report_fields(None, None, None).is_ok());
+        let Err(errs) = report_fields(Some("not-an-ip"), Some(""), Some("a b")) else {
+            panic!("a bad address and bad versions were accepted");
+        };
+        let fields: Vec<&str> = errs.0.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(fields, ["address", "agent_version", "image_version"]);
+        assert!(report_fields(Some("0.0.0.0"), None, None).is_err());
+        assert!(report_fields(None, Some(&"x".repeat(65)), None).is_err());
     }
 }
