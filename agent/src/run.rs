@@ -300,6 +300,16 @@ pub async fn run(
             let (rec, r) =
                 reconcile_blocking(reconciler, current.desired.clone(), Pass::Full).await?;
             reconciler = rec;
+            match &r {
+                Ok(out) => info!(
+                    generation = current.role.as_ref().map_or(0, |r| r.generation),
+                    planned = out.planned,
+                    applied = out.applied,
+                    failed = out.errors.len(),
+                    "saved role applied"
+                ),
+                Err(e) => warn!(error = %e, "cannot read the IPVS table"),
+            }
             if let Ok(out) = &r {
                 if out.converged() && current.role_errors.is_empty() {
                     current.applied_generation = current.role.as_ref().map_or(0, |r| r.generation);

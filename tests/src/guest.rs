@@ -416,13 +416,62 @@ impl GuestOutput {
     }
 }
 
+/// What a guest gets beyond the defaults (no network, the harness's kernel command line).
+#[derive(Debug, Clone, Default)]
+pub struct BootOptions {
+    /// Appended to the kernel command line (e.g. `lbfleet.server=... lbfleet.token=...`).
+    pub append: String,
+    /// More QEMU arguments (e.g. a NIC).
+    pub qemu_args: Vec<String>,
+}
+
+impl BootOptions {
+    /// A virtio NIC with MAC `mac` on QEMU's user-mode network `net` (a /24 inside 198.18.0.0/15), isolated
+    /// from the host (`restrict=on`) except for one forward: guest TCP connections to `guest_addr:guest_port`
+    /// are piped by a `busybox nc` per connection to `127.0.0.1:host_port`, so the guest reaches a server
+    /// the test runs on loopback and nothing else.
+    pub fn user_net_to_loopback(
+        prereqs: &Prereqs,
+        mac: &str,
+        net: &str,
+        guest_addr: &str,
+        guest_port: u16,
+        host_port: u16,
+    ) -> BootOptions {
+        let netdev = format!(
+            "user,id=n0,net={net},restrict=on,guestfwd=tcp:{guest_addr}:{guest_port}-cmd:{} nc 127.0.0.1 {host_port}",
+            prereqs.busybox.display()
+        );
+        BootOptions {
+            append: String::new(),
+            qemu_args: vec![
+                "-netdev".into(),
+                netdev,
+                "-device".into(),
+                format!("virtio-net-pci,netdev=n0,mac={mac}"),
+            ],
+        }
+    }
+}
+
 /// Boots the kernel with `initrd` and returns the console once the guest powers off.
 pub fn boot(
     prereqs: &Prereqs,
     initrd: &Path,
     timeout: Duration,
 ) -> Result<GuestOutput, HarnessError> {
+    boot_with(prereqs, initrd, &BootOptions::default(), timeout)
+}
+
+/// `boot` with a NIC, more kernel parameters, or other QEMU arguments.
+pub fn boot_with(
+    prereqs: &Prereqs,
+    initrd: &Path,
+    options: &BootOptions,
+    timeout: Duration,
+) -> Result<GuestOutput, HarnessError> {
     let start = Instant::now();
+    let append = format!("console=ttyS0 panic=-1 quiet loglevel=3 {}", options.append);
     let child = Command::new(&prereqs.qemu)
         .args([
             "-accel",
@@ -440,7 +489,9 @@ pub fn boot(
         .arg(&prereqs.kernel)
         .arg("-initrd")
         .arg(initrd)
-        .args(["-append", "console=ttyS0 panic=-1 quiet loglevel=3"])
+        .arg("-append")
+        .arg(append.trim_end())
+        .args(&options.qemu_args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
