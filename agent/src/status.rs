@@ -139,6 +139,11 @@ pub fn service_reports(table: &IpvsTable, health: &HealthResults) -> Vec<Service
                         weight: d.dest.weight,
                         active_conns: u64::from(d.active_conns),
                         inactive_conns: u64::from(d.inactive_conns),
+                        connections: d.stats.conns,
+                        packets_in: d.stats.inpkts,
+                        packets_out: d.stats.outpkts,
+                        bytes_in: d.stats.inbytes,
+                        bytes_out: d.stats.outbytes,
                     })
                     .collect(),
             })
@@ -176,7 +181,14 @@ mod tests {
                     active_conns: 2,
                     inactive_conns: 1,
                     persist_conns: 0,
-                    stats: Stats::default(),
+                    stats: Stats {
+                        conns: 3,
+                        inpkts: 40,
+                        outpkts: 30,
+                        inbytes: 4000,
+                        outbytes: 9000,
+                        ..Default::default()
+                    },
                 }],
             )],
         }
@@ -206,6 +218,17 @@ mod tests {
         assert_eq!(r[0].connections, 4);
         assert_eq!(r[0].real_servers[0].weight, 3);
         assert!(!r[0].real_servers[0].healthy);
+        let d = &r[0].real_servers[0];
+        assert_eq!(
+            (
+                d.connections,
+                d.packets_in,
+                d.packets_out,
+                d.bytes_in,
+                d.bytes_out
+            ),
+            (3, 40, 30, 4000, 9000)
+        );
         let json = serde_json::to_value(status(&t, Some(7))).unwrap();
         assert_eq!(json["role_generation"], 7);
         assert_eq!(json["services"][0]["destinations"][0]["forward"], "Masq");

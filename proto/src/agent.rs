@@ -50,6 +50,17 @@ pub struct RealServerReport {
     pub active_conns: u64,
     #[serde(default)]
     pub inactive_conns: u64,
+    /// Kernel counters of this destination since it was added (IPVS folds them every 2 s).
+    #[serde(default)]
+    pub connections: u64,
+    #[serde(default)]
+    pub packets_in: u64,
+    #[serde(default)]
+    pub packets_out: u64,
+    #[serde(default)]
+    pub bytes_in: u64,
+    #[serde(default)]
+    pub bytes_out: u64,
 }
 
 /// One virtual service as the agent observed it in the kernel.

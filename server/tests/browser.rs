@@ -402,7 +402,8 @@ async fn operator_approves_assigns_switches_over_and_drains() {
                               "packets_in": 9000, "packets_out": 8800, "bytes_in": 720000, "bytes_out": 9100000,
                               "real_servers": [
                                   {"address": "198.18.2.1", "port": 8080, "healthy": true, "weight": 0,
-                                   "active_conns": 3, "inactive_conns": 40},
+                                   "active_conns": 3, "inactive_conns": 40, "connections": 4321,
+                                   "bytes_in": 77, "bytes_out": 88},
                                   {"address": "198.18.2.2", "port": 8080, "healthy": false, "weight": 2}]}]
             }))
             .send()
@@ -412,7 +413,9 @@ async fn operator_approves_assigns_switches_over_and_drains() {
         b.goto(&format!("/nodes/{new_id}")).await;
         b.wait_for_text("#node-state", "serving").await;
         b.wait_for_text("#ipvs-h ~ .scroll", "198.18.2.2:8080").await;
-        assert!(b.texts("#ipvs-h ~ .scroll").await.contains("✖ failing"));
+        let table = b.texts("#ipvs-h ~ .scroll").await;
+        assert!(table.contains("✖ failing"), "{table}");
+        assert!(table.contains("4321") && table.contains("77 in / 88 out"), "{table}");
         b.screenshots("node").await;
 
         // Every step is in the audit log, by this user.

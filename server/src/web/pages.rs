@@ -494,6 +494,8 @@ pub struct IpvsServer {
     pub weight: u32,
     pub active: u64,
     pub inactive: u64,
+    pub connections: u64,
+    pub bytes: String,
     pub healthy: bool,
 }
 
@@ -569,6 +571,8 @@ pub async fn node(
                             weight: rs.weight,
                             active: rs.active_conns,
                             inactive: rs.inactive_conns,
+                            connections: rs.connections,
+                            bytes: format!("{} in / {} out", rs.bytes_in, rs.bytes_out),
                             healthy: rs.healthy,
                         })
                         .collect(),
