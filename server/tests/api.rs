@@ -1283,3 +1283,154 @@ async fn users_tokens_and_images_admin() {
         "in use"
     );
 }
+
+/// One conditional request: (status, ETag, body).
+async fn conditional(
+    srv: &TestServer,
+    method: Method,
+    path: &str,
+    header: Option<(&str, &str)>,
+    body: Option<Value>,
+) -> (StatusCode, Option<String>, Value) {
+    let mut req = srv
+        .http
+        .request(method, srv.url(path))
+        .bearer_auth(&srv.tokens.operator);
+    if let Some((name, value)) = header {
+        req = req.header(name, value);
+    }
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status();
+    let etag = resp
+        .headers()
+        .get("etag")
+        .map(|v| v.to_str().unwrap().to_owned());
+    let text = resp.text().await.unwrap();
+    (
+        status,
+        etag,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+#[tokio::test]
+async fn cluster_writes_with_if_match_never_overwrite_a_concurrent_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = TestServer::start(dir.path()).await;
+    let path = "/api/v1/clusters/ext";
+    let spec = cluster_spec(51, "198.18.0.10");
+
+    // Create-only: If-None-Match: * creates once, then refuses.
+    let (s, etag1, v) = conditional(
+        &srv,
+        Method::PUT,
+        path,
+        Some(("if-none-match", "*")),
+        Some(spec.clone()),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let etag1 = etag1.unwrap();
+    assert_eq!(etag1, format!("\"{}\"", v["cluster"]["revision"]), "{v}");
+    let (s, _, v) = conditional(
+        &srv,
+        Method::PUT,
+        path,
+        Some(("if-none-match", "*")),
+        Some(spec.clone()),
+    )
+    .await;
+    assert_eq!(s, StatusCode::PRECONDITION_FAILED, "{v}");
+
+    // GET carries the same ETag.
+    let (s, etag, _) = conditional(&srv, Method::GET, path, None, None).await;
+    assert_eq!((s, etag.as_deref()), (StatusCode::OK, Some(etag1.as_str())));
+
+    // Someone changes one weight (not through PUT): the revision moves on.
+    let (s, v) = srv
+        .put(
+            "/api/v1/clusters/ext/services/tcp:198.18.0.10:80/real-servers/198.18.2.1:8080/weight",
+            &srv.tokens.operator,
+            json!({"weight": 9}),
+        )
+        .await;
+    assert!(s.is_success(), "{s} {v}");
+    let audit_before = srv.get("/api/v1/audit", &srv.tokens.admin).await.1["entries"]
+        .as_array()
+        .map(Vec::len);
+
+    // A PUT computed from the first read is refused and changes nothing; the weight change survives.
+    let mut stale = spec.clone();
+    stale["advert_interval_ms"] = json!(200);
+    let (s, _, v) = conditional(
+        &srv,
+        Method::PUT,
+        path,
+        Some(("if-match", etag1.as_str())),
+        Some(stale.clone()),
+    )
+    .await;
+    assert_eq!(s, StatusCode::PRECONDITION_FAILED, "{v}");
+    assert!(v.to_string().contains("changed since revision"), "{v}");
+    let (_, etag2, now) = conditional(&srv, Method::GET, path, None, None).await;
+    assert_eq!(now["spec"]["advert_interval_ms"], 100, "{now}");
+    assert_eq!(
+        now["spec"]["services"][0]["real_servers"][0]["weight"], 9,
+        "{now}"
+    );
+    assert_eq!(
+        srv.get("/api/v1/audit", &srv.tokens.admin).await.1["entries"]
+            .as_array()
+            .map(Vec::len),
+        audit_before
+    );
+    let etag2 = etag2.unwrap();
+    assert_ne!(etag1, etag2);
+
+    // With the fresh ETag it goes through.
+    stale["services"][0]["real_servers"][0]["weight"] = json!(9);
+    let (s, etag3, v) = conditional(
+        &srv,
+        Method::PUT,
+        path,
+        Some(("if-match", etag2.as_str())),
+        Some(stale),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_ne!(etag3.unwrap(), etag2);
+
+    // Malformed conditions are 400s; a stale DELETE is refused and a matching one deletes.
+    for bad in [
+        ("if-match", "W/\"1\""),
+        ("if-match", "12"),
+        ("if-none-match", "\"1\""),
+    ] {
+        let (s, _, v) = conditional(&srv, Method::PUT, path, Some(bad), Some(spec.clone())).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{bad:?}: {v}");
+    }
+    let (s, _, _) = conditional(
+        &srv,
+        Method::DELETE,
+        path,
+        Some(("if-match", etag2.as_str())),
+        None,
+    )
+    .await;
+    assert_eq!(s, StatusCode::PRECONDITION_FAILED);
+    let (_, etag4, _) = conditional(&srv, Method::GET, path, None, None).await;
+    let (s, _, v) = conditional(
+        &srv,
+        Method::DELETE,
+        path,
+        Some(("if-match", etag4.unwrap().as_str())),
+        None,
+    )
+    .await;
+    assert_eq!(s, StatusCode::NO_CONTENT, "{v}");
+    let (s, _, _) = conditional(&srv, Method::PUT, path, Some(("if-match", "*")), Some(spec)).await;
+    assert_eq!(s, StatusCode::PRECONDITION_FAILED);
+}

@@ -574,3 +574,77 @@ async fn live_stream_says_changed_and_ends_when_the_server_stops() {
         .expect("the stream ends");
     assert!(matches!(rest, Ok(None) | Err(_)), "{rest:?}");
 }
+
+/// The value of the settings form's hidden `revision` input.
+fn revision_of(html: &str) -> String {
+    html.split("name=\"revision\" value=\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .unwrap_or_else(|| panic!("no revision input in page"))
+        .to_owned()
+}
+
+#[tokio::test]
+async fn settings_form_never_overwrites_a_change_made_after_the_page_was_loaded() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = TestServer::start(dir.path()).await;
+    let (s, v) = srv
+        .put(
+            "/api/v1/clusters/ext",
+            &srv.tokens.operator,
+            common::cluster_spec(51, "198.18.0.10"),
+        )
+        .await;
+    assert!(s.is_success(), "{v}");
+    let op = login(&srv, "oper").await;
+    let (_, page) = get_page(&srv, &op, "/clusters/ext").await;
+    let shown = revision_of(&page);
+
+    // Another operator changes the cluster through the API.
+    let (s, v) = srv
+        .put(
+            "/api/v1/clusters/ext/services/tcp:198.18.0.10:80/real-servers/198.18.2.1:8080/weight",
+            &srv.tokens.operator,
+            json!({"weight": 9}),
+        )
+        .await;
+    assert!(s.is_success(), "{v}");
+
+    let settings = |revision: String| {
+        vec![
+            ("csrf", op.csrf.clone()),
+            ("revision", revision),
+            ("vrid", "51".to_owned()),
+            ("interface", "eth0".to_owned()),
+            ("vrrp_version", "3".to_owned()),
+            ("advert_interval_ms", "300".to_owned()),
+            ("preempt", "on".to_owned()),
+            ("vips", "198.18.0.10/32".to_owned()),
+        ]
+    };
+    let form = settings(shown.clone());
+    let pairs: Vec<(&str, &str)> = form.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let resp = post_form(&srv, &op, "/clusters/ext/settings", &pairs).await;
+    assert_eq!(resp.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let html = resp.text().await.unwrap();
+    assert!(
+        html.contains("was changed by someone else since this page was loaded"),
+        "{html}"
+    );
+    // The operator's input is kept, the page now carries the current revision, and nothing was written.
+    assert!(html.contains("value=\"300\""));
+    let fresh = revision_of(&html);
+    assert_ne!(fresh, shown);
+    let (_, c) = srv.get("/api/v1/clusters/ext", &srv.tokens.operator).await;
+    assert_eq!(c["spec"]["advert_interval_ms"], 100, "{c}");
+    assert_eq!(c["spec"]["services"][0]["real_servers"][0]["weight"], 9);
+
+    // Saving again from the fresh page goes through and keeps the other operator's weight.
+    let form = settings(fresh);
+    let pairs: Vec<(&str, &str)> = form.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let resp = post_form(&srv, &op, "/clusters/ext/settings", &pairs).await;
+    assert_eq!(resp.status(), StatusCode::SEE_OTHER);
+    let (_, c) = srv.get("/api/v1/clusters/ext", &srv.tokens.operator).await;
+    assert_eq!(c["spec"]["advert_interval_ms"], 300, "{c}");
+    assert_eq!(c["spec"]["services"][0]["real_servers"][0]["weight"], 9);
+}

@@ -2,7 +2,7 @@
 //! that touch exactly one real server.
 
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
@@ -11,7 +11,9 @@ use serde::Deserialize;
 
 use super::auth::{Operator, Viewer};
 use super::{ApiError, ApiJson, AppState, OptionalJson};
-use crate::fleet::{node_key, PutOutcome, RealServerChange, RealServerRef, ServiceRef};
+use crate::fleet::{
+    node_key, Precondition, PutOutcome, RealServerChange, RealServerRef, ServiceRef,
+};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -44,21 +46,68 @@ async fn list(State(s): State<AppState>, _: Viewer) -> Result<Response, ApiError
     Ok(Json(serde_json::json!({"clusters": s.fleet.list_clusters().await?})).into_response())
 }
 
+/// `"N"` for revision N: a strong validator (the revision changes with every spec change).
+fn etag(revision: u64) -> HeaderValue {
+    // Digits and quotes only: always a valid header value.
+    HeaderValue::from_str(&format!("\"{revision}\"")).unwrap_or(HeaderValue::from_static("\"0\""))
+}
+
+/// The write condition from `If-Match` (`*` or one `"N"` from an earlier `ETag`) and `If-None-Match` (`*`).
+fn precondition(headers: &HeaderMap) -> Result<Precondition, ApiError> {
+    let text = |name: header::HeaderName| -> Result<Option<String>, ApiError> {
+        headers
+            .get(&name)
+            .map(|v| {
+                v.to_str()
+                    .map(|t| t.trim().to_owned())
+                    .map_err(|_| ApiError::bad_request(format!("{name} is not ASCII")))
+            })
+            .transpose()
+    };
+    match (text(header::IF_MATCH)?, text(header::IF_NONE_MATCH)?) {
+        (Some(_), Some(_)) => Err(ApiError::bad_request(
+            "send If-Match or If-None-Match, not both",
+        )),
+        (Some(m), None) if m == "*" => Ok(Precondition::Exists),
+        (Some(m), None) => m
+            .strip_prefix('"')
+            .and_then(|r| r.strip_suffix('"'))
+            .and_then(|n| n.parse().ok())
+            .map(Precondition::Revision)
+            .ok_or_else(|| {
+                ApiError::bad_request(format!(
+                    "If-Match must be * or one ETag of this cluster (\"N\"), got {m:?}"
+                ))
+            }),
+        (None, Some(m)) if m == "*" => Ok(Precondition::Absent),
+        (None, Some(m)) => Err(ApiError::bad_request(format!(
+            "If-None-Match supports only * (create, never replace), got {m:?}"
+        ))),
+        (None, None) => Ok(Precondition::Any),
+    }
+}
+
 async fn show(
     State(s): State<AppState>,
     _: Viewer,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
-    Ok(Json(s.fleet.get_cluster(&name).await?).into_response())
+    let view = s.fleet.get_cluster(&name).await?;
+    Ok(([(header::ETAG, etag(view.revision))], Json(view)).into_response())
 }
 
 async fn replace(
     State(s): State<AppState>,
     Operator(p): Operator,
     Path(name): Path<String>,
+    headers: HeaderMap,
     ApiJson(spec): ApiJson<ClusterSpec>,
 ) -> Result<Response, ApiError> {
-    let (outcome, view) = s.fleet.put_cluster(&p.actor(), &name, &spec).await?;
+    let pre = precondition(&headers)?;
+    let (outcome, view) = s
+        .fleet
+        .put_cluster_if(&p.actor(), &name, &spec, pre)
+        .await?;
     let status = if outcome == PutOutcome::Created {
         StatusCode::CREATED
     } else {
@@ -66,6 +115,7 @@ async fn replace(
     };
     Ok((
         status,
+        [(header::ETAG, etag(view.revision))],
         Json(serde_json::json!({"outcome": outcome, "cluster": view})),
     )
         .into_response())
@@ -75,8 +125,15 @@ async fn remove(
     State(s): State<AppState>,
     Operator(p): Operator,
     Path(name): Path<String>,
+    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    s.fleet.delete_cluster(&p.actor(), &name).await?;
+    let pre = precondition(&headers)?;
+    if pre == Precondition::Absent {
+        return Err(ApiError::bad_request(
+            "If-None-Match: * makes no sense on DELETE",
+        ));
+    }
+    s.fleet.delete_cluster_if(&p.actor(), &name, pre).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 

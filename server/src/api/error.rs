@@ -87,6 +87,12 @@ impl IntoResponse for ApiError {
                 (StatusCode::NOT_FOUND, "not_found", m, None)
             }
             ApiError::Fleet(FleetError::Conflict(m)) => (StatusCode::CONFLICT, "conflict", m, None),
+            ApiError::Fleet(FleetError::PreconditionFailed(m)) => (
+                StatusCode::PRECONDITION_FAILED,
+                "precondition_failed",
+                m,
+                None,
+            ),
             ApiError::Fleet(FleetError::Unauthorized(m)) | ApiError::Unauthorized(m) => {
                 (StatusCode::UNAUTHORIZED, "unauthorized", m, None)
             }

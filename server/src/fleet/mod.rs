@@ -38,8 +38,50 @@ pub enum FleetError {
     Unauthorized(String),
     #[error("{0}")]
     Forbidden(String),
+    /// The caller's `If-Match` / `If-None-Match` condition does not hold: someone changed the object since the
+    /// caller read it. Nothing was written.
+    #[error("{0}")]
+    PreconditionFailed(String),
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+/// A condition on the stored cluster for a write to proceed (optimistic concurrency for read-modify-write
+/// callers: the dashboard, scripts using `If-Match`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Precondition {
+    /// Write whatever is stored (last writer wins).
+    #[default]
+    Any,
+    /// Only if the cluster exists (`If-Match: *`).
+    Exists,
+    /// Only if the cluster does not exist yet (`If-None-Match: *`).
+    Absent,
+    /// Only if the cluster's spec is still at this revision (`If-Match: "N"`).
+    Revision(u64),
+}
+
+impl Precondition {
+    /// Checks `stored` (the current revision, `None` when the cluster does not exist).
+    fn check(self, name: &str, stored: Option<u64>) -> Result<()> {
+        let failed = |m: String| Err(FleetError::PreconditionFailed(m));
+        match (self, stored) {
+            (Precondition::Any, _)
+            | (Precondition::Exists, Some(_))
+            | (Precondition::Absent, None) => Ok(()),
+            (Precondition::Revision(want), Some(have)) if want == have => Ok(()),
+            (Precondition::Exists | Precondition::Revision(_), None) => {
+                failed(format!("cluster {name:?} does not exist (any more)"))
+            }
+            (Precondition::Absent, Some(have)) => failed(format!(
+                "cluster {name:?} already exists (revision {have})"
+            )),
+            (Precondition::Revision(want), Some(have)) => failed(format!(
+                "cluster {name:?} changed since revision {want}: it is at revision {have} now; read it again and \
+                 re-apply your change"
+            )),
+        }
+    }
 }
 
 impl From<FieldError> for FleetError {
@@ -158,6 +200,8 @@ pub struct ClusterView {
     pub members: Vec<MemberView>,
     pub created_at: i64,
     pub updated_at: i64,
+    /// Changes whenever the spec changes (also sent as the `ETag`); give it back in `If-Match`.
+    pub revision: u64,
 }
 
 impl ClusterView {
@@ -175,6 +219,7 @@ impl ClusterView {
                 .collect(),
             created_at: c.created_at,
             updated_at: c.updated_at,
+            revision: c.revision,
         }
     }
 }
@@ -385,12 +430,26 @@ impl Fleet {
         name: &str,
         spec: &ClusterSpec,
     ) -> Result<(PutOutcome, ClusterView)> {
+        self.put_cluster_if(actor, name, spec, Precondition::Any)
+            .await
+    }
+
+    /// `put_cluster` that writes only if `precondition` holds on what is stored, checked inside the write
+    /// transaction (so a concurrent change between the caller's read and this write is never overwritten).
+    pub async fn put_cluster_if(
+        &self,
+        actor: &Actor,
+        name: &str,
+        spec: &ClusterSpec,
+        precondition: Precondition,
+    ) -> Result<(PutOutcome, ClusterView)> {
         rules::cluster_name(name)?;
         let rules::ValidCluster(mut spec) =
             rules::cluster_spec(spec).map_err(FleetError::Invalid)?;
 
         let mut tx = self.store.begin().await?;
         let before = store::clusters::load_one(&mut tx, name).await?;
+        precondition.check(name, before.as_ref().map(|b| b.revision))?;
 
         // Omitted `enabled`: keep what is stored (a drained server stays drained), new servers start enabled.
         let mut stored_enabled: HashMap<(String, u16, String, String, u16), bool> = HashMap::new();
@@ -498,7 +557,19 @@ impl Fleet {
 
     /// Deletes a cluster that has no nodes assigned.
     pub async fn delete_cluster(&self, actor: &Actor, name: &str) -> Result<()> {
+        self.delete_cluster_if(actor, name, Precondition::Any).await
+    }
+
+    /// `delete_cluster` only if `precondition` holds (checked in the write transaction).
+    pub async fn delete_cluster_if(
+        &self,
+        actor: &Actor,
+        name: &str,
+        precondition: Precondition,
+    ) -> Result<()> {
         let mut tx = self.store.begin().await?;
+        let stored = store::clusters::load_one(&mut tx, name).await?;
+        precondition.check(name, stored.as_ref().map(|c| c.revision))?;
         let c = Self::cluster_in(&mut tx, name).await?;
         let members = store::nodes::members(&mut tx, c.id).await?;
         if !members.is_empty() {

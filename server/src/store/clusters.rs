@@ -15,6 +15,8 @@ pub struct StoredCluster {
     pub spec: ClusterSpec,
     pub created_at: i64,
     pub updated_at: i64,
+    /// The fleet generation of the spec's last change: what `ETag`/`If-Match` carry.
+    pub revision: u64,
 }
 
 #[derive(sqlx::FromRow)]
@@ -29,6 +31,7 @@ struct ClusterRow {
     unicast_peers: String,
     created_at: i64,
     updated_at: i64,
+    content_generation: i64,
 }
 
 #[derive(sqlx::FromRow)]
@@ -69,7 +72,7 @@ pub async fn load(
 ) -> Result<Vec<StoredCluster>, StoreError> {
     let clusters: Vec<ClusterRow> = sqlx::query_as(
         "SELECT id, name, vrid, interface, vrrp_version, advert_interval_ms, preempt, unicast_peers, created_at, \
-         updated_at FROM clusters WHERE ($1 IS NULL OR name = $1) ORDER BY name",
+         updated_at, content_generation FROM clusters WHERE ($1 IS NULL OR name = $1) ORDER BY name",
     )
     .bind(name)
     .fetch_all(&mut *conn)
@@ -174,6 +177,7 @@ pub async fn load(
                 name: c.name,
                 created_at: c.created_at,
                 updated_at: c.updated_at,
+                revision: int("clusters.content_generation", c.content_generation)?,
             })
         })
         .collect()

@@ -16,7 +16,10 @@ use super::pages::{cluster_page, clusters_page, login_page, ClusterForm, Service
 use super::{fleet_error_text, redirect_with, Posted, WebError, LOGIN_CSRF_COOKIE};
 use crate::api::auth::{self, cookie};
 use crate::api::{ApiError, AppState};
-use crate::fleet::{node_key, FleetError, RealServerChange, RealServerRef, ServiceRef};
+use crate::fleet::{
+    node_key, Actor, FleetError, Precondition, PutOutcome, RealServerChange, RealServerRef,
+    ServiceRef,
+};
 use crate::secrets;
 
 /// The outcome of a form: back to `back` with a message; refusals by the fleet's rules are messages too.
@@ -25,6 +28,43 @@ fn done(back: &str, result: Result<String, FleetError>) -> Result<Response, WebE
         Ok(msg) => Ok(redirect_with(back, true, &msg)),
         Err(FleetError::Store(e)) if !e.is_constraint() => Err(FleetError::Store(e).into()),
         Err(e) => Ok(redirect_with(back, false, &fleet_error_text(&e).1)),
+    }
+}
+
+/// Read-modify-write of a cluster's spec that never overwrites a concurrent change: the write carries the
+/// revision the edit was computed from, and when someone changed the cluster in between, `edit` is applied again
+/// to the fresh spec (at most 3 more times). `edit` refuses with a message for the operator (`Ok(Err(..))`).
+async fn edit_spec<T>(
+    s: &AppState,
+    actor: &Actor,
+    name: &str,
+    mut edit: impl FnMut(&mut ClusterSpec) -> Result<T, String>,
+) -> Result<Result<(T, PutOutcome), String>, FleetError> {
+    let mut retries = 0;
+    loop {
+        let current = s.fleet.get_cluster(name).await?;
+        let mut spec = current.spec;
+        let out = match edit(&mut spec) {
+            Ok(v) => v,
+            Err(m) => return Ok(Err(m)),
+        };
+        match s
+            .fleet
+            .put_cluster_if(actor, name, &spec, Precondition::Revision(current.revision))
+            .await
+        {
+            Ok((outcome, _)) => return Ok(Ok((out, outcome))),
+            Err(FleetError::PreconditionFailed(m)) if retries < 3 => {
+                retries += 1;
+                tracing::debug!(
+                    cluster = name,
+                    retries,
+                    reason = m,
+                    "cluster changed meanwhile; edit re-applied"
+                );
+            }
+            Err(e) => return Err(e),
+        }
     }
 }
 
@@ -295,6 +335,9 @@ pub struct ClusterSettingsForm {
     vips: String,
     #[serde(default)]
     unicast_peers: String,
+    /// The spec revision the form was rendered from (empty from older pages: no check).
+    #[serde(default)]
+    revision: String,
 }
 
 fn lines(text: &str) -> Vec<String> {
@@ -416,7 +459,11 @@ pub async fn create_cluster(
         Ok(spec) => spec,
         Err(f) => return clusters_page(&s, &user, &headers, *f).await,
     };
-    match s.fleet.put_cluster(&user.actor(), &name, &spec).await {
+    match s
+        .fleet
+        .put_cluster_if(&user.actor(), &name, &spec, Precondition::Absent)
+        .await
+    {
         Ok(_) => Ok(redirect_with(
             &format!("/clusters/{name}"),
             true,
@@ -444,13 +491,34 @@ pub async fn cluster_settings(
     let current = s.fleet.get_cluster(&name).await?;
     let mut form = form;
     form.name = name.clone();
+    // The settings were typed over the page's revision; if the cluster changed since, say so instead of
+    // overwriting (the page shown again carries the new revision, so saving again is a deliberate choice).
+    let shown: Option<u64> = form.revision.trim().parse().ok();
+    if let Some(shown) = shown.filter(|r| *r != current.revision) {
+        let mut f = form.to_form();
+        f.general = Some(format!(
+            "cluster {name} was changed by someone else since this page was loaded (revision {shown}, now {}); \
+             nothing was saved. Check the settings below and save again.",
+            current.revision
+        ));
+        return cluster_page(&s, &user, &headers, &name, Some(f), ServiceForm::blank()).await;
+    }
     let spec = match form.to_spec(current.spec.services.clone()) {
         Ok(spec) => spec,
         Err(f) => {
             return cluster_page(&s, &user, &headers, &name, Some(*f), ServiceForm::blank()).await
         }
     };
-    match s.fleet.put_cluster(&user.actor(), &name, &spec).await {
+    match s
+        .fleet
+        .put_cluster_if(
+            &user.actor(),
+            &name,
+            &spec,
+            Precondition::Revision(current.revision),
+        )
+        .await
+    {
         Ok((outcome, _)) => Ok(redirect_with(
             &format!("/clusters/{name}"),
             true,
@@ -636,7 +704,6 @@ pub async fn add_service(
     Posted { user, form }: Posted<ServiceFormIn>,
 ) -> Result<Response, WebError> {
     user.require(UserRole::Operator)?;
-    let current = s.fleet.get_cluster(&name).await?;
     let svc = match form.to_spec() {
         Ok(svc) => svc,
         Err(f) => return cluster_page(&s, &user, &headers, &name, None, *f).await,
@@ -646,15 +713,21 @@ pub async fn add_service(
         svc.protocol,
         crate::fleet::socket_text(&svc.vip, svc.port)
     );
-    let mut spec = current.spec.clone();
-    let index = spec.services.len();
-    spec.services.push(svc);
-    match s.fleet.put_cluster(&user.actor(), &name, &spec).await {
-        Ok(_) => Ok(redirect_with(
+    let mut index = 0;
+    let r = edit_spec(&s, &user.actor(), &name, |spec| {
+        index = spec.services.len();
+        spec.services.push(svc.clone());
+        Ok(())
+    })
+    .await;
+    match r {
+        Ok(Ok(_)) => Ok(redirect_with(
             &format!("/clusters/{name}"),
             true,
             &format!("added service {label}"),
         )),
+        Ok(Err(m)) => Ok(redirect_with(&format!("/clusters/{name}"), false, &m)),
+        Err(e @ FleetError::NotFound(_)) => Err(e.into()),
         Err(e) => {
             let mut f = form.to_form();
             let prefix = format!("services[{index}].");
@@ -688,17 +761,6 @@ pub async fn edit_service(
         Ok(s) => s,
         Err(e) => return Ok(redirect_with(&back, false, &e.to_string())),
     };
-    let current = s.fleet.get_cluster(&name).await?;
-    let mut spec = current.spec.clone();
-    let Some(target) = spec.services.iter_mut().find(|sv| {
-        sv.protocol == service.protocol && sv.vip == service.vip && sv.port == service.port
-    }) else {
-        return Ok(redirect_with(
-            &back,
-            false,
-            &format!("no service {service} in {name}"),
-        ));
-    };
     let mut settings = form.settings;
     settings.vip = service.vip.clone();
     settings.port = service.port.to_string();
@@ -710,16 +772,29 @@ pub async fn edit_service(
             return Ok(redirect_with(&back, false, &msg.join("; ")));
         }
     };
-    target.scheduler = new.scheduler;
-    target.forward = new.forward;
-    target.persistence_s = new.persistence_s;
-    target.check = new.check;
-    let r = s
-        .fleet
-        .put_cluster(&user.actor(), &name, &spec)
-        .await
-        .map(|(outcome, _)| format!("service {service}: settings {outcome:?}").to_lowercase());
-    done(&back, r)
+    let r = edit_spec(&s, &user.actor(), &name, |spec| {
+        let target = spec
+            .services
+            .iter_mut()
+            .find(|sv| {
+                sv.protocol == service.protocol && sv.vip == service.vip && sv.port == service.port
+            })
+            .ok_or_else(|| format!("no service {service} in {name}"))?;
+        target.scheduler = new.scheduler;
+        target.forward = new.forward;
+        target.persistence_s = new.persistence_s;
+        target.check = new.check.clone();
+        Ok(())
+    })
+    .await;
+    match r {
+        Ok(Ok(((), outcome))) => done(
+            &back,
+            Ok(format!("service {service}: settings {outcome:?}").to_lowercase()),
+        ),
+        Ok(Err(m)) => Ok(redirect_with(&back, false, &m)),
+        Err(e) => done(&back, Err(e)),
+    }
 }
 
 #[derive(Deserialize)]
@@ -739,25 +814,22 @@ pub async fn remove_service(
         Ok(s) => s,
         Err(e) => return Ok(redirect_with(&back, false, &e.to_string())),
     };
-    let current = s.fleet.get_cluster(&name).await?;
-    let mut spec = current.spec.clone();
-    let before = spec.services.len();
-    spec.services.retain(|sv| {
-        !(sv.protocol == service.protocol && sv.vip == service.vip && sv.port == service.port)
-    });
-    if spec.services.len() == before {
-        return Ok(redirect_with(
-            &back,
-            false,
-            &format!("no service {service} in {name}"),
-        ));
+    let r = edit_spec(&s, &user.actor(), &name, |spec| {
+        let before = spec.services.len();
+        spec.services.retain(|sv| {
+            !(sv.protocol == service.protocol && sv.vip == service.vip && sv.port == service.port)
+        });
+        if spec.services.len() == before {
+            return Err(format!("no service {service} in {name}"));
+        }
+        Ok(())
+    })
+    .await;
+    match r {
+        Ok(Ok(_)) => done(&back, Ok(format!("removed service {service}"))),
+        Ok(Err(m)) => Ok(redirect_with(&back, false, &m)),
+        Err(e) => done(&back, Err(e)),
     }
-    let r = s
-        .fleet
-        .put_cluster(&user.actor(), &name, &spec)
-        .await
-        .map(|_| format!("removed service {service}"));
-    done(&back, r)
 }
 
 #[derive(Deserialize)]

@@ -315,6 +315,7 @@ pub fn fleet_error_text(e: &FleetError) -> (StatusCode, String) {
         FleetError::Invalid(errs) => (StatusCode::UNPROCESSABLE_ENTITY, errs.to_string()),
         FleetError::NotFound(m) => (StatusCode::NOT_FOUND, m.clone()),
         FleetError::Conflict(m) => (StatusCode::CONFLICT, m.clone()),
+        FleetError::PreconditionFailed(m) => (StatusCode::PRECONDITION_FAILED, m.clone()),
         FleetError::Unauthorized(m) => (StatusCode::UNAUTHORIZED, m.clone()),
         FleetError::Forbidden(m) => (StatusCode::FORBIDDEN, m.clone()),
         FleetError::Store(e) if e.is_constraint() => (

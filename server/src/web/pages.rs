@@ -922,6 +922,9 @@ struct ClusterPage {
     svc_form: ServiceForm,
     schedulers: Vec<String>,
     updated: String,
+    /// The spec revision this page shows; the settings form sends it back so a save never overwrites a change
+    /// made in between.
+    revision: u64,
     back: String,
 }
 
@@ -1047,6 +1050,7 @@ pub async fn cluster_page(
             .map(|s| s.to_string())
             .collect(),
         updated: time_text(c.updated_at),
+        revision: c.revision,
         back: format!("/clusters/{}", c.name),
         name: c.name,
         card,
