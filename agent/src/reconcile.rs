@@ -484,6 +484,10 @@ pub struct ReconcileOutcome {
     pub observe_time: std::time::Duration,
     /// Sending the plan and collecting every ACK.
     pub apply_time: std::time::Duration,
+    /// Diffing desired against observed (or known) state.
+    pub plan_time: std::time::Duration,
+    /// Recording the acknowledged changes in what the reconciler knows of the kernel (fast pass only).
+    pub bookkeeping_time: std::time::Duration,
 }
 
 impl ReconcileOutcome {
@@ -502,11 +506,14 @@ pub fn reconcile(
     let started = std::time::Instant::now();
     let before = applier.observe()?;
     let observe_time = started.elapsed();
+    let planning = std::time::Instant::now();
     let plan = plan(desired, &IpvsState::from(&before));
+    let plan_time = planning.elapsed();
     if plan.is_empty() {
         return Ok(ReconcileOutcome {
             table: before,
             observe_time,
+            plan_time,
             ..Default::default()
         });
     }
@@ -516,6 +523,7 @@ pub fn reconcile(
         planned: plan.len(),
         observe_time,
         apply_time: applying.elapsed(),
+        plan_time,
         ..Default::default()
     };
     for (op, r) in plan.ops.iter().zip(results) {
@@ -584,9 +592,11 @@ impl Reconciler {
         let Some(known) = self.known.as_mut() else {
             return self.full(desired);
         };
+        let planning = std::time::Instant::now();
         let plan = plan(desired, known);
         let mut outcome = ReconcileOutcome {
             planned: plan.len(),
+            plan_time: planning.elapsed(),
             ..Default::default()
         };
         if plan.is_empty() {
@@ -595,6 +605,7 @@ impl Reconciler {
         let applying = std::time::Instant::now();
         let results = self.applier.apply(&plan.ops);
         outcome.apply_time = applying.elapsed();
+        let bookkeeping = std::time::Instant::now();
         let mut failed = false;
         for (op, r) in plan.ops.iter().zip(results) {
             match r {
@@ -616,6 +627,7 @@ impl Reconciler {
         if failed {
             self.known = None;
         }
+        outcome.bookkeeping_time = bookkeeping.elapsed();
         Ok(outcome)
     }
 }

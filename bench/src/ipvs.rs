@@ -132,6 +132,13 @@ fn agent_times(out: &GuestOutput, name: &str) -> anyhow::Result<(f64, f64)> {
     ))
 }
 
+/// The host's load average (`/proc/loadavg`, first three fields): the guest's CPU is emulated on it.
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "unknown".into())
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
@@ -143,6 +150,7 @@ fn main() -> anyhow::Result<()> {
         args.rounds > 0 && args.services > 0 && args.dests > 0,
         "nothing to measure"
     );
+    let load_start = loadavg();
     let prereqs = guest::prereqs()?;
     let agent = guest::workspace_binary("lbfleet-agent", "lbfleet-agent")?;
     let probe = guest::workspace_binary("lbfleet-tests", "guest-ipvs-probe")?;
@@ -178,6 +186,10 @@ fn main() -> anyhow::Result<()> {
     let mut lbfleet_one = Vec::new();
     let mut fast = Vec::new();
     let mut fast_netlink = Vec::new();
+    let mut fast_plan = Vec::new();
+    let mut fast_bookkeeping = Vec::new();
+    let mut fast_desired = Vec::new();
+    let mut fast_with_desired = Vec::new();
     let mut full_inproc = (Vec::new(), Vec::new());
     let mut one_inproc = (Vec::new(), Vec::new());
     for k in 1..=args.rounds {
@@ -195,13 +207,24 @@ fn main() -> anyhow::Result<()> {
         let f = out
             .section(&format!("lbfleet_fast_{k}"))
             .context("no lbfleet_fast")?;
-        fast_netlink.push(
+        let field = |key: &str| -> anyhow::Result<f64> {
             f.text
-                .split("(netlink ")
+                .split(key)
                 .nth(1)
                 .and_then(|r| r.split_whitespace().next())
                 .and_then(|v| v.parse::<f64>().ok())
-                .context("no netlink time in the fast pass")?,
+                .with_context(|| format!("no {key:?} in the fast pass: {}", f.text))
+        };
+        fast_netlink.push(field("(netlink ")?);
+        fast_plan.push(field("; plan ")?);
+        fast_bookkeeping.push(field(", bookkeeping ")?);
+        fast_desired.push(field("; desired_state ")?);
+        fast_with_desired.push(
+            f.text
+                .lines()
+                .find_map(|l| l.strip_prefix("BENCH with_desired_ms="))
+                .and_then(|v| v.trim().parse::<f64>().ok())
+                .context("no with_desired_ms in the fast pass")?,
         );
         ensure!(
             f.text.contains("fast pass: 1 change(s) planned, 1 applied"),
@@ -252,9 +275,33 @@ fn main() -> anyhow::Result<()> {
         lo / io
     );
     println!(
-        "| one destination's weight, running agent (new role generation; no re-read before applying) | {:.2} ms | of which netlink {:.2} ms (1 operation) | {io:.1} ms (`-e`, a new process) | | < 10 ms, 1 operation |",
-        median(fast),
-        median(fast_netlink)
+        "| one destination's weight, running agent (new role generation; no re-read before applying) | {:.2} ms | plan {:.2} ms / netlink {:.2} ms / bookkeeping {:.2} ms (1 operation) | {io:.1} ms (`-e`, a new process) | | < 10 ms, 1 operation |",
+        median(fast.clone()),
+        median(fast_plan.clone()),
+        median(fast_netlink.clone()),
+        median(fast_bookkeeping.clone()),
+    );
+    println!(
+        "| the same, plus building the desired state from the role document (`desired_state`) | {:.2} ms | desired_state {:.2} ms | | | |",
+        median(fast_with_desired.clone()),
+        median(fast_desired.clone()),
+    );
+    println!("running agent, per round (ms): total / plan / netlink / bookkeeping / desired_state / total with desired_state");
+    for k in 0..args.rounds {
+        println!(
+            "  round {}: {:.2} / {:.2} / {:.2} / {:.2} / {:.2} / {:.2}",
+            k + 1,
+            fast[k],
+            fast_plan[k],
+            fast_netlink[k],
+            fast_bookkeeping[k],
+            fast_desired[k],
+            fast_with_desired[k]
+        );
+    }
+    println!(
+        "host load average (1/5/15 min) at start: {load_start}, at end: {}",
+        loadavg()
     );
     println!("guest run: {:?}", out.elapsed);
     Ok(())
