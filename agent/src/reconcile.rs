@@ -3,6 +3,7 @@
 //! is an empty plan, a weight change is one operation, and whatever is not in the role is deleted one by one.
 
 use std::collections::{BTreeMap, HashSet};
+use std::hash::{Hash, Hasher};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
@@ -16,14 +17,201 @@ use crate::ipvs::{
 };
 use crate::netlink::{IpvsSocket, NetlinkError};
 
-/// One service and its destinations, as wanted or as found.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One service and its destinations, as wanted or as found, with a fingerprint of what the planner compares.
+///
+/// The content is private so the fingerprint always matches it: it is computed when the state is built and
+/// recomputed by every method that changes it. Destinations are kept in a vector sorted by key (cheaper to
+/// build and walk than a map; a service has tens of them, not thousands). Cloning shares the content until
+/// one side changes it, so cloning a whole table costs one reference count per service.
+#[derive(Debug, Clone, Eq)]
 pub struct ServiceState {
-    pub service: Service,
-    pub dests: BTreeMap<DestKey, Destination>,
+    /// Next to the shared content, so the planner's comparison reads no further.
+    fingerprint: u64,
+    inner: Arc<ServiceInner>,
 }
 
-/// A whole IPVS table keyed for diffing.
+#[derive(Debug, Clone, Eq, PartialEq)]
+struct ServiceInner {
+    service: Service,
+    dests: Vec<Destination>,
+}
+
+impl PartialEq for ServiceState {
+    /// Exact equality (kernel-only flags included). Equal states always have equal fingerprints, so differing
+    /// fingerprints settle it without looking further.
+    fn eq(&self, other: &Self) -> bool {
+        self.fingerprint == other.fingerprint
+            && (Arc::ptr_eq(&self.inner, &other.inner) || self.inner == other.inner)
+    }
+}
+
+impl ServiceState {
+    /// A service and its destinations, in any order; of two destinations with the same key the later wins.
+    pub fn new(service: Service, mut dests: Vec<Destination>) -> ServiceState {
+        if !dests.windows(2).all(|w| w[0].key < w[1].key) {
+            // Stable, so equal keys keep their order; `dedup_by` hands (later, kept): keep the later value.
+            dests.sort_by_key(|d| d.key);
+            dests.dedup_by(|later, kept| {
+                if later.key == kept.key {
+                    *kept = *later;
+                    true
+                } else {
+                    false
+                }
+            });
+        }
+        let fingerprint = fingerprint(&service, &dests);
+        ServiceState {
+            fingerprint,
+            inner: Arc::new(ServiceInner { service, dests }),
+        }
+    }
+
+    pub fn service(&self) -> &Service {
+        &self.inner.service
+    }
+
+    /// The destinations, sorted by key, each key once.
+    pub fn dests(&self) -> &[Destination] {
+        &self.inner.dests
+    }
+
+    pub fn dest(&self, key: &DestKey) -> Option<&Destination> {
+        let dests = &self.inner.dests;
+        dests
+            .binary_search_by_key(key, |d| d.key)
+            .ok()
+            .and_then(|i| dests.get(i))
+    }
+
+    /// A 64-bit digest of what decides whether the planner has anything to do for this service: the service
+    /// as `same_service` compares it (kernel-only flags, and persistence settings of a non-persistent
+    /// service, left out) and every destination exactly. Equal fingerprints mean no change (up to a 2^-64
+    /// chance of a collision between the two states compared; it is not a cryptographic hash).
+    pub fn fingerprint(&self) -> u64 {
+        self.fingerprint
+    }
+
+    pub fn set_service(&mut self, service: Service) {
+        let inner = Arc::make_mut(&mut self.inner);
+        inner.service = service;
+        self.fingerprint = inner.fingerprint();
+    }
+
+    /// Adds or replaces a destination; returns the one it replaced.
+    pub fn insert_dest(&mut self, dest: Destination) -> Option<Destination> {
+        let old = self.dest(&dest.key).copied();
+        self.put_dest(dest, old.is_some());
+        old
+    }
+
+    /// Replaces the destination with `dest`'s key (`exists`) or adds it (`!exists`), with one search; does
+    /// nothing and returns false when the destination's presence is not what `exists` says.
+    fn put_dest(&mut self, dest: Destination, exists: bool) -> bool {
+        match self.inner.dests.binary_search_by_key(&dest.key, |d| d.key) {
+            Ok(i) if exists => Arc::make_mut(&mut self.inner).dests[i] = dest,
+            Err(i) if !exists => Arc::make_mut(&mut self.inner).dests.insert(i, dest),
+            _ => return false,
+        }
+        self.fingerprint = self.inner.fingerprint();
+        true
+    }
+
+    pub fn remove_dest(&mut self, key: &DestKey) -> Option<Destination> {
+        let i = self.inner.dests.binary_search_by_key(key, |d| d.key).ok()?;
+        let inner = Arc::make_mut(&mut self.inner);
+        let old = inner.dests.remove(i);
+        self.fingerprint = inner.fingerprint();
+        Some(old)
+    }
+}
+
+impl ServiceInner {
+    fn fingerprint(&self) -> u64 {
+        fingerprint(&self.service, &self.dests)
+    }
+}
+
+/// A fast, deterministic 64-bit hasher for fingerprints (not a cryptographic one): each word is mixed in with
+/// a multiply by an odd constant and a xor-shift, both bijective, so two word sequences of the same length
+/// that differ in a single word never collide; otherwise two different contents collide with a chance of
+/// about 2^-64. A collision would make the planner skip that service's change.
+#[derive(Debug)]
+struct FingerprintHasher(u64);
+
+impl FingerprintHasher {
+    const K: u64 = 0x9e37_79b9_7f4a_7c15;
+
+    fn word(&mut self, w: u64) {
+        let h = (self.0 ^ w).wrapping_mul(Self::K);
+        self.0 = h ^ (h >> 32);
+    }
+}
+
+impl Hasher for FingerprintHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        // The length first, so zero padding of the last chunk cannot make two inputs alike.
+        self.word(bytes.len() as u64);
+        for chunk in bytes.chunks(8) {
+            let mut w = [0u8; 8];
+            w[..chunk.len()].copy_from_slice(chunk);
+            self.word(u64::from_le_bytes(w));
+        }
+    }
+    fn write_u8(&mut self, i: u8) {
+        self.word(u64::from(i));
+    }
+    fn write_u16(&mut self, i: u16) {
+        self.word(u64::from(i));
+    }
+    fn write_u32(&mut self, i: u32) {
+        self.word(u64::from(i));
+    }
+    fn write_u64(&mut self, i: u64) {
+        self.word(i);
+    }
+    fn write_usize(&mut self, i: usize) {
+        self.word(i as u64);
+    }
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+fn fingerprint(service: &Service, dests: &[Destination]) -> u64 {
+    let mut h = FingerprintHasher(0);
+    // Exactly what `same_service` compares.
+    service.scheduler.hash(&mut h);
+    (service.flags & SVC_F_USER_MASK).hash(&mut h);
+    service.pe_name.hash(&mut h);
+    if service.persistent() {
+        h.word(u64::from(service.timeout_s) | u64::from(service.netmask_prefix) << 32);
+    }
+    h.word(dests.len() as u64);
+    // Every field of every destination, packed into few words. The first word of each says whether one or
+    // two address words follow, so no two different lists give the same sequence of words.
+    for d in dests {
+        let v6 = matches!(d.key.addr, IpAddr::V6(_));
+        h.word(
+            u64::from(v6)
+                | u64::from(d.forward.to_raw()) << 8
+                | u64::from(d.key.port) << 16
+                | u64::from(d.weight) << 32,
+        );
+        match d.key.addr {
+            IpAddr::V4(a) => h.word(u64::from(u32::from(a))),
+            IpAddr::V6(a) => {
+                let a = u128::from(a);
+                h.word(a as u64);
+                h.word((a >> 64) as u64);
+            }
+        }
+        h.word(u64::from(d.u_threshold) | u64::from(d.l_threshold) << 32);
+    }
+    h.finish()
+}
+
+/// A whole IPVS table keyed for diffing. Each service is stored under its own key.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct IpvsState {
     pub services: BTreeMap<ServiceKey, ServiceState>,
@@ -42,10 +230,7 @@ impl From<&IpvsTable> for IpvsState {
                     service.flags &= SVC_F_USER_MASK;
                     (
                         s.service.key,
-                        ServiceState {
-                            service,
-                            dests: dests.iter().map(|d| (d.dest.key, d.dest)).collect(),
-                        },
+                        ServiceState::new(service, dests.iter().map(|d| d.dest).collect()),
                     )
                 })
                 .collect(),
@@ -71,16 +256,46 @@ impl HealthResults {
     }
 }
 
+/// `str::parse::<IpAddr>`, with a quicker path for the common case, a plain dotted quad (`198.18.2.1`). The
+/// quick path accepts only what the standard parser accepts (1 to 3 digits per octet, no leading zero, at
+/// most 255), with the same result; anything else goes to the standard parser.
+fn parse_ip(s: &str) -> Option<IpAddr> {
+    let mut octets = [0u8; 4];
+    let mut n = 0;
+    for part in s.as_bytes().split(|&b| b == b'.') {
+        let fits = n < 4
+            && (1..=3).contains(&part.len())
+            && part.iter().all(u8::is_ascii_digit)
+            && (part.len() == 1 || part[0] != b'0');
+        if !fits {
+            return s.parse().ok();
+        }
+        let v = part.iter().fold(0u16, |v, &b| v * 10 + u16::from(b - b'0'));
+        let Ok(v) = u8::try_from(v) else {
+            return s.parse().ok();
+        };
+        octets[n] = v;
+        n += 1;
+    }
+    if n != 4 {
+        return s.parse().ok();
+    }
+    Some(IpAddr::from(octets))
+}
+
 /// The kernel state a role asks for. A drained (`enabled = false`) or failed real server gets weight 0, so
 /// its existing connections finish. Entries the kernel could not hold (bad addresses) are skipped and named
 /// in the returned errors.
 pub fn desired_state(role: &RoleDocument, health: &HealthResults) -> (IpvsState, Vec<String>) {
-    let mut state = IpvsState::default();
+    // Collected into vectors and turned into the map at once (sorted, then built bottom-up), which is cheaper
+    // than inserting one entry at a time; on a duplicate key the later entry wins, as with inserts.
+    let mut services = Vec::with_capacity(role.services.len());
     let mut errors = Vec::new();
+    let any_failed = !health.failed.is_empty();
     for vs in &role.services {
-        let addr: IpAddr = match vs.vip.parse() {
-            Ok(a) => a,
-            Err(_) => {
+        let addr = match parse_ip(&vs.vip) {
+            Some(a) => a,
+            None => {
                 errors.push(format!(
                     "service {}:{}: bad VIP {:?}",
                     vs.vip, vs.port, vs.vip
@@ -102,9 +317,9 @@ pub fn desired_state(role: &RoleDocument, health: &HealthResults) -> (IpvsState,
             }
         }
         let forward = Forward::from(vs.forward);
-        let mut dests = BTreeMap::new();
+        let mut dests = Vec::with_capacity(vs.real_servers.len());
         for rs in &vs.real_servers {
-            let Ok(raddr) = rs.address.parse::<IpAddr>() else {
+            let Some(raddr) = parse_ip(&rs.address) else {
                 errors.push(format!(
                     "service {key}: bad real server address {:?}",
                     rs.address
@@ -115,16 +330,17 @@ pub fn desired_state(role: &RoleDocument, health: &HealthResults) -> (IpvsState,
                 addr: raddr,
                 port: rs.port,
             };
-            let weight = if rs.enabled && !health.is_failed(&key, &dk) {
+            let weight = if rs.enabled && !(any_failed && health.is_failed(&key, &dk)) {
                 rs.weight
             } else {
                 0
             };
-            dests.insert(dk, Destination::new(raddr, rs.port, forward, weight));
+            dests.push(Destination::new(raddr, rs.port, forward, weight));
         }
-        state.services.insert(key, ServiceState { service, dests });
+        services.push((key, ServiceState::new(service, dests)));
     }
-    (state, errors)
+    let services = services.into_iter().collect();
+    (IpvsState { services }, errors)
 }
 
 /// One IPVS change.
@@ -186,7 +402,23 @@ fn same_service(a: &Service, b: &Service) -> bool {
 /// Diffs desired against observed. Order: delete destinations of kept services, delete services (the kernel
 /// removes a deleted service's destinations with it, so they are not listed one by one), edit and add
 /// services, then add and edit destinations (a service always exists before its destinations).
+///
+/// Both tables are walked once, side by side in key order; a service whose fingerprint is unchanged is
+/// skipped with one comparison, so a change to one service costs little more than that walk.
 pub fn plan(desired: &IpvsState, observed: &IpvsState) -> ReconcilePlan {
+    plan_with(desired, observed, false)
+}
+
+/// `plan`, except that a service is only skipped once its content has been compared in full, not on its
+/// fingerprint alone. The same plan, barring a fingerprint collision; full passes (start-up and every
+/// resync), which read the whole kernel table anyway, use it so that even a collision is repaired.
+pub fn plan_exact(desired: &IpvsState, observed: &IpvsState) -> ReconcilePlan {
+    plan_with(desired, observed, true)
+}
+
+fn plan_with(desired: &IpvsState, observed: &IpvsState, exact: bool) -> ReconcilePlan {
+    use std::cmp::Ordering;
+
     let mut del_dests = Vec::new();
     let mut del_services = Vec::new();
     let mut edit_services = Vec::new();
@@ -194,38 +426,50 @@ pub fn plan(desired: &IpvsState, observed: &IpvsState) -> ReconcilePlan {
     let mut add_dests = Vec::new();
     let mut edit_dests = Vec::new();
 
-    for key in observed.services.keys() {
-        if !desired.services.contains_key(key) {
-            del_services.push(Op::DelService(*key));
-        }
-    }
-    for (key, want) in &desired.services {
-        let empty = BTreeMap::new();
-        let have_dests = match observed.services.get(key) {
-            // The common case on a role change: most services are untouched. One ordered comparison
-            // instead of a lookup per destination.
-            Some(have) if have == want => continue,
-            Some(have) => {
-                if !same_service(&want.service, &have.service) {
-                    edit_services.push(Op::EditService(want.service.clone()));
-                }
-                for dk in have.dests.keys() {
-                    if !want.dests.contains_key(dk) {
-                        del_dests.push(Op::DelDest(*key, *dk));
-                    }
-                }
-                &have.dests
-            }
-            None => {
-                add_services.push(Op::AddService(want.service.clone()));
-                &empty
-            }
+    let mut wants = desired.services.iter().peekable();
+    let mut haves = observed.services.iter().peekable();
+    loop {
+        let order = match (wants.peek(), haves.peek()) {
+            (None, None) => break,
+            (Some(_), None) => Ordering::Less,
+            (None, Some(_)) => Ordering::Greater,
+            (Some((wk, _)), Some((hk, _))) => wk.cmp(hk),
         };
-        for (dk, d) in &want.dests {
-            match have_dests.get(dk) {
-                None => add_dests.push(Op::AddDest(*key, *d)),
-                Some(h) if h != d => edit_dests.push(Op::EditDest(*key, *d)),
-                Some(_) => {}
+        match order {
+            Ordering::Greater => {
+                if let Some((key, _)) = haves.next() {
+                    del_services.push(Op::DelService(*key));
+                }
+            }
+            Ordering::Less => {
+                if let Some((key, want)) = wants.next() {
+                    add_services.push(Op::AddService(want.service().clone()));
+                    add_dests.extend(want.dests().iter().map(|d| Op::AddDest(*key, *d)));
+                }
+            }
+            Ordering::Equal => {
+                let (Some((key, want)), Some((_, have))) = (wants.next(), haves.next()) else {
+                    break;
+                };
+                // The common case on a role change: most services are untouched.
+                if want.fingerprint() == have.fingerprint()
+                    && (!exact
+                        || (same_service(want.service(), have.service())
+                            && want.dests() == have.dests()))
+                {
+                    continue;
+                }
+                if !same_service(want.service(), have.service()) {
+                    edit_services.push(Op::EditService(want.service().clone()));
+                }
+                diff_dests(
+                    *key,
+                    want.dests(),
+                    have.dests(),
+                    &mut del_dests,
+                    &mut add_dests,
+                    &mut edit_dests,
+                );
             }
         }
     }
@@ -236,6 +480,48 @@ pub fn plan(desired: &IpvsState, observed: &IpvsState) -> ReconcilePlan {
     ops.extend(add_dests);
     ops.extend(edit_dests);
     ReconcilePlan { ops }
+}
+
+/// The destination changes of one kept service, walking both sorted lists side by side.
+fn diff_dests(
+    key: ServiceKey,
+    want: &[Destination],
+    have: &[Destination],
+    del_dests: &mut Vec<Op>,
+    add_dests: &mut Vec<Op>,
+    edit_dests: &mut Vec<Op>,
+) {
+    use std::cmp::Ordering;
+
+    let mut wants = want.iter().peekable();
+    let mut haves = have.iter().peekable();
+    loop {
+        let order = match (wants.peek(), haves.peek()) {
+            (None, None) => break,
+            (Some(_), None) => Ordering::Less,
+            (None, Some(_)) => Ordering::Greater,
+            (Some(w), Some(h)) => w.key.cmp(&h.key),
+        };
+        match order {
+            Ordering::Greater => {
+                if let Some(h) = haves.next() {
+                    del_dests.push(Op::DelDest(key, h.key));
+                }
+            }
+            Ordering::Less => {
+                if let Some(w) = wants.next() {
+                    add_dests.push(Op::AddDest(key, *w));
+                }
+            }
+            Ordering::Equal => {
+                if let (Some(w), Some(h)) = (wants.next(), haves.next()) {
+                    if w != h {
+                        edit_dests.push(Op::EditDest(key, *w));
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// Why a change or a read of the IPVS table failed.
@@ -387,16 +673,10 @@ fn apply_to(kernel: &mut IpvsState, op: &Op) -> Result<(), ApplyError> {
             if svcs.contains_key(&s.key) {
                 return refused(op, "File exists");
             }
-            svcs.insert(
-                s.key,
-                ServiceState {
-                    service: s.clone(),
-                    dests: BTreeMap::new(),
-                },
-            );
+            svcs.insert(s.key, ServiceState::new(s.clone(), Vec::new()));
         }
         Op::EditService(s) => match svcs.get_mut(&s.key) {
-            Some(have) => have.service = s.clone(),
+            Some(have) => have.set_service(s.clone()),
             None => return refused(op, "No such process"),
         },
         Op::DelService(k) => {
@@ -404,19 +684,18 @@ fn apply_to(kernel: &mut IpvsState, op: &Op) -> Result<(), ApplyError> {
                 return refused(op, "No such process");
             }
         }
-        Op::AddDest(k, d) => match svcs.get_mut(k) {
-            Some(have) if have.dests.contains_key(&d.key) => return refused(op, "File exists"),
-            Some(have) => {
-                have.dests.insert(d.key, *d);
-            }
+        Op::AddDest(k, d) => match svcs.get_mut(k).map(|have| have.put_dest(*d, false)) {
+            Some(true) => {}
+            Some(false) => return refused(op, "File exists"),
             None => return refused(op, "No such process"),
         },
-        Op::EditDest(k, d) => match svcs.get_mut(k).and_then(|s| s.dests.get_mut(&d.key)) {
-            Some(have) => *have = *d,
-            None => return refused(op, "No such file or directory"),
-        },
+        Op::EditDest(k, d) => {
+            if svcs.get_mut(k).map(|have| have.put_dest(*d, true)) != Some(true) {
+                return refused(op, "No such file or directory");
+            }
+        }
         Op::DelDest(k, dk) => {
-            if svcs.get_mut(k).and_then(|s| s.dests.remove(dk)).is_none() {
+            if svcs.get_mut(k).and_then(|s| s.remove_dest(dk)).is_none() {
                 return refused(op, "No such file or directory");
             }
         }
@@ -434,11 +713,11 @@ impl Applier for RecordingApplier {
                 .map(|s| {
                     (
                         ServiceEntry {
-                            service: s.service.clone(),
+                            service: s.service().clone(),
                             stats: Stats::default(),
                         },
-                        s.dests
-                            .values()
+                        s.dests()
+                            .iter()
                             .map(|d| DestEntry {
                                 dest: *d,
                                 active_conns: 0,
@@ -484,6 +763,10 @@ pub struct ReconcileOutcome {
     pub observe_time: std::time::Duration,
     /// Sending the plan and collecting every ACK.
     pub apply_time: std::time::Duration,
+    /// Diffing desired against observed (or known) state.
+    pub plan_time: std::time::Duration,
+    /// Recording the acknowledged changes in what the reconciler knows of the kernel (fast pass only).
+    pub bookkeeping_time: std::time::Duration,
 }
 
 impl ReconcileOutcome {
@@ -502,11 +785,14 @@ pub fn reconcile(
     let started = std::time::Instant::now();
     let before = applier.observe()?;
     let observe_time = started.elapsed();
-    let plan = plan(desired, &IpvsState::from(&before));
+    let planning = std::time::Instant::now();
+    let plan = plan_exact(desired, &IpvsState::from(&before));
+    let plan_time = planning.elapsed();
     if plan.is_empty() {
         return Ok(ReconcileOutcome {
             table: before,
             observe_time,
+            plan_time,
             ..Default::default()
         });
     }
@@ -516,6 +802,7 @@ pub fn reconcile(
         planned: plan.len(),
         observe_time,
         apply_time: applying.elapsed(),
+        plan_time,
         ..Default::default()
     };
     for (op, r) in plan.ops.iter().zip(results) {
@@ -584,9 +871,11 @@ impl Reconciler {
         let Some(known) = self.known.as_mut() else {
             return self.full(desired);
         };
+        let planning = std::time::Instant::now();
         let plan = plan(desired, known);
         let mut outcome = ReconcileOutcome {
             planned: plan.len(),
+            plan_time: planning.elapsed(),
             ..Default::default()
         };
         if plan.is_empty() {
@@ -595,6 +884,7 @@ impl Reconciler {
         let applying = std::time::Instant::now();
         let results = self.applier.apply(&plan.ops);
         outcome.apply_time = applying.elapsed();
+        let bookkeeping = std::time::Instant::now();
         let mut failed = false;
         for (op, r) in plan.ops.iter().zip(results) {
             match r {
@@ -616,6 +906,7 @@ impl Reconciler {
         if failed {
             self.known = None;
         }
+        outcome.bookkeeping_time = bookkeeping.elapsed();
         Ok(outcome)
     }
 }

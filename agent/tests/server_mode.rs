@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use lbfleet_agent::ipvs::{DestKey, IpProto, ServiceKey};
-use lbfleet_agent::reconcile::{Op, RecordingApplier};
+use lbfleet_agent::reconcile::{Op, RecordingApplier, ServiceState};
 use lbfleet_agent::run::{self, AgentError, RunConfig};
 use lbfleet_server::ServerConfig;
 use reqwest::StatusCode;
@@ -202,7 +202,7 @@ fn weight_of(a: &RecordingApplier, addr: &str) -> Option<u32> {
     a.state()
         .services
         .get(&tcp80())
-        .and_then(|s| s.dests.get(&dk))
+        .and_then(|s| s.dest(&dk))
         .map(|d| d.weight)
 }
 
@@ -313,7 +313,7 @@ async fn server_down_keeps_the_role_and_reconnects() {
     // Still serving, and still repairing, with the server gone.
     kernel.tamper(|s| {
         for svc in s.services.values_mut() {
-            svc.dests.clear();
+            *svc = ServiceState::new(svc.service().clone(), Vec::new());
         }
     });
     wait_for(Duration::from_secs(2), "repaired while server down", || {

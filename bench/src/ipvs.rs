@@ -132,6 +132,54 @@ fn agent_times(out: &GuestOutput, name: &str) -> anyhow::Result<(f64, f64)> {
     ))
 }
 
+/// One timed role change of the running agent, from the probe's `LABEL: N change(s) planned, ... (netlink X ms
+/// of Y ms; plan .., bookkeeping ..; desired_state .., clone .. before it; total with them .. ms)` line.
+#[derive(Debug)]
+struct Split {
+    ops: String,
+    fast: f64,
+    plan: f64,
+    netlink: f64,
+    bookkeeping: f64,
+    desired: f64,
+    clone: f64,
+    total: f64,
+}
+
+impl Split {
+    fn parse(text: &str, label: &str) -> anyhow::Result<Split> {
+        let prefix = format!("{label}: ");
+        let line = text
+            .lines()
+            .find_map(|l| l.strip_prefix(prefix.as_str()))
+            .with_context(|| format!("no {label:?} line: {text}"))?;
+        let field = |key: &str| -> anyhow::Result<f64> {
+            line.split(key)
+                .nth(1)
+                .and_then(|r| r.split_whitespace().next())
+                .and_then(|v| v.parse::<f64>().ok())
+                .with_context(|| format!("no {key:?} in {line}"))
+        };
+        Ok(Split {
+            ops: line.split(" (").next().unwrap_or_default().to_owned(),
+            fast: field(" ms of ")?,
+            plan: field("; plan ")?,
+            netlink: field("(netlink ")?,
+            bookkeeping: field(", bookkeeping ")?,
+            desired: field("; desired_state ")?,
+            clone: field(", clone ")?,
+            total: field("total with them ")?,
+        })
+    }
+}
+
+/// The host's load average (`/proc/loadavg`, first three fields): the guest's CPU is emulated on it.
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "unknown".into())
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
@@ -143,6 +191,7 @@ fn main() -> anyhow::Result<()> {
         args.rounds > 0 && args.services > 0 && args.dests > 0,
         "nothing to measure"
     );
+    let load_start = loadavg();
     let prereqs = guest::prereqs()?;
     let agent = guest::workspace_binary("lbfleet-agent", "lbfleet-agent")?;
     let probe = guest::workspace_binary("lbfleet-tests", "guest-ipvs-probe")?;
@@ -176,8 +225,9 @@ fn main() -> anyhow::Result<()> {
     let mut ipvsadm_one = Vec::new();
     let mut lbfleet_full = Vec::new();
     let mut lbfleet_one = Vec::new();
-    let mut fast = Vec::new();
-    let mut fast_netlink = Vec::new();
+    // The running agent's change, first in the process (cold) and again later (warm).
+    let mut cold: Vec<Split> = Vec::new();
+    let mut warm: Vec<Split> = Vec::new();
     let mut full_inproc = (Vec::new(), Vec::new());
     let mut one_inproc = (Vec::new(), Vec::new());
     for k in 1..=args.rounds {
@@ -191,23 +241,19 @@ fn main() -> anyhow::Result<()> {
         ipvsadm_one.push(ms(&out, &format!("ipvsadm_one_{k}"))?);
         lbfleet_full.push(ms(&out, &format!("lbfleet_full_{k}"))?);
         lbfleet_one.push(ms(&out, &format!("lbfleet_one_{k}"))?);
-        fast.push(ms(&out, &format!("lbfleet_fast_{k}"))?);
         let f = out
             .section(&format!("lbfleet_fast_{k}"))
             .context("no lbfleet_fast")?;
-        fast_netlink.push(
-            f.text
-                .split("(netlink ")
-                .nth(1)
-                .and_then(|r| r.split_whitespace().next())
-                .and_then(|v| v.parse::<f64>().ok())
-                .context("no netlink time in the fast pass")?,
-        );
-        ensure!(
-            f.text.contains("fast pass: 1 change(s) planned, 1 applied"),
-            "the daemon's one-destination change was not exactly one operation: {}",
-            f.text
-        );
+        ensure!(f.rc == 0, "lbfleet_fast_{k} failed: {}", f.text);
+        for (label, into) in [("fast pass", &mut cold), ("warm pass", &mut warm)] {
+            let split = Split::parse(&f.text, label)?;
+            ensure!(
+                split.ops == "1 change(s) planned, 1 applied, 0 failed",
+                "the daemon's one-destination change was not exactly one operation: {}",
+                f.text
+            );
+            into.push(split);
+        }
         for tool in ["ipvsadm", "lbfleet"] {
             let c = out
                 .section(&format!("count_{tool}_{k}"))
@@ -251,11 +297,72 @@ fn main() -> anyhow::Result<()> {
         median(one_inproc.1),
         lo / io
     );
+    for (name, splits) in [("", &cold), (", warm", &warm)] {
+        let med = |f: fn(&Split) -> f64| median(splits.iter().map(f).collect());
+        println!(
+            "| one destination's weight, running agent{name} (new role generation; no re-read before applying) | {:.2} ms | plan {:.2} ms / netlink {:.2} ms / bookkeeping {:.2} ms (1 operation) | {io:.1} ms (`-e`, a new process) | | < 10 ms, 1 operation |",
+            med(|s| s.fast),
+            med(|s| s.plan),
+            med(|s| s.netlink),
+            med(|s| s.bookkeeping),
+        );
+        println!(
+            "| the same{name}, plus building the desired state from the role document (`desired_state`) and the daemon's clone of it | {:.2} ms | desired_state {:.2} ms / clone {:.2} ms | | | |",
+            med(|s| s.total),
+            med(|s| s.desired),
+            med(|s| s.clone),
+        );
+    }
+    println!("running agent, per round (ms): fast pass = plan + netlink + bookkeeping; desired_state; clone; total of all");
+    for (k, (c, w)) in cold.iter().zip(&warm).enumerate() {
+        for (name, s) in [("first", c), ("warm", w)] {
+            println!(
+                "  round {} {name:5}: {:.2} = {:.2} + {:.2} + {:.2}; {:.2}; {:.2}; {:.2}",
+                k + 1,
+                s.fast,
+                s.plan,
+                s.netlink,
+                s.bookkeeping,
+                s.desired,
+                s.clone,
+                s.total
+            );
+        }
+    }
     println!(
-        "| one destination's weight, running agent (new role generation; no re-read before applying) | {:.2} ms | of which netlink {:.2} ms (1 operation) | {io:.1} ms (`-e`, a new process) | | < 10 ms, 1 operation |",
-        median(fast),
-        median(fast_netlink)
+        "host load average (1/5/15 min) at start: {load_start}, at end: {}",
+        loadavg()
     );
     println!("guest run: {:?}", out.elapsed);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_probe_lines() {
+        let text = "fast pass: 1 change(s) planned, 1 applied, 0 failed (netlink 2.100 ms of 3.730 ms; plan 0.550 ms, bookkeeping 0.760 ms; desired_state 8.180 ms, clone 2.390 ms before it; total with them 14.300 ms)
+BENCH ms=3.730
+back: 1 change(s) planned, 1 applied, 0 failed (netlink 9 ms of 9 ms; plan 9 ms, bookkeeping 9 ms; desired_state 9 ms, clone 9 ms before it; total with them 9 ms)
+warm pass: 1 change(s) planned, 1 applied, 0 failed (netlink 2.000 ms of 3.000 ms; plan 0.500 ms, bookkeeping 0.100 ms; desired_state 7.000 ms, clone 1.000 ms before it; total with them 11.000 ms)";
+        let c = Split::parse(text, "fast pass").unwrap();
+        assert_eq!(c.ops, "1 change(s) planned, 1 applied, 0 failed");
+        assert_eq!(
+            (
+                c.fast,
+                c.plan,
+                c.netlink,
+                c.bookkeeping,
+                c.desired,
+                c.clone,
+                c.total
+            ),
+            (3.73, 0.55, 2.1, 0.76, 8.18, 2.39, 14.3)
+        );
+        let w = Split::parse(text, "warm pass").unwrap();
+        assert_eq!((w.fast, w.bookkeeping, w.total), (3.0, 0.1, 11.0));
+        assert!(Split::parse(text, "nothing").is_err());
+    }
 }

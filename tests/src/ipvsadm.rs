@@ -36,7 +36,7 @@ pub fn normalize_ipvsadm(text: &str) -> Vec<String> {
 }
 
 fn service_line(state: &lbfleet_agent::reconcile::ServiceState) -> String {
-    let svc = &state.service;
+    let svc = state.service();
     let mut s = match svc.key {
         ServiceKey::Addr { .. } => format!("{} {}", svc.key, svc.scheduler),
         ServiceKey::Fwmark {
@@ -71,7 +71,7 @@ pub fn normalize_state(state: &IpvsState) -> Vec<String> {
     for s in state.services.values() {
         let line = service_line(s);
         out.push(format!("S {line}"));
-        for d in s.dests.values() {
+        for d in s.dests() {
             let addr = match d.key.addr {
                 IpAddr::V4(a) => format!("{a}:{}", d.key.port),
                 IpAddr::V6(a) => format!("[{a}]:{}", d.key.port),
@@ -122,20 +122,10 @@ FWM  7 IPv6 rr
             mark: 7,
         };
         let mut state = IpvsState::default();
-        state.services.insert(
-            key,
-            ServiceState {
-                service: svc,
-                dests: [(d.key, d)].into_iter().collect(),
-            },
-        );
-        state.services.insert(
-            fwm,
-            ServiceState {
-                service: Service::new(fwm, "rr"),
-                dests: Default::default(),
-            },
-        );
+        state.services.insert(key, ServiceState::new(svc, vec![d]));
+        state
+            .services
+            .insert(fwm, ServiceState::new(Service::new(fwm, "rr"), Vec::new()));
         assert_eq!(normalize_ipvsadm(text), normalize_state(&state));
     }
 }

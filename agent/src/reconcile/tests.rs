@@ -5,6 +5,8 @@ use lbfleet_proto::{
     ForwardMethod, HealthCheck, Protocol, RealServer, RoleDocument, Scheduler, VirtualService,
 };
 
+use rand::Rng;
+
 use super::*;
 use crate::ipvs::IpProto;
 
@@ -118,8 +120,11 @@ fn hashed_flag_from_the_kernel_is_not_a_difference() {
     let want = desired(&example());
     let mut have = want.clone();
     for s in have.services.values_mut() {
-        s.service.flags |= crate::ipvs::SVC_F_HASHED;
+        let mut svc = s.service().clone();
+        svc.flags |= crate::ipvs::SVC_F_HASHED;
+        s.set_service(svc);
     }
+    assert_ne!(want, have);
     assert!(plan(&want, &have).is_empty());
 }
 
@@ -147,12 +152,18 @@ fn drained_and_failed_real_servers_get_weight_zero() {
     let svc = key("198.18.0.10", 80, IpProto::Tcp);
     health.mark_failed(svc, dkey("198.18.2.2", 8080));
     let (s, _) = desired_state(&r, &health);
-    let dests = &s.services[&svc].dests;
-    assert_eq!(dests[&dkey("198.18.2.1", 8080)].weight, 0);
-    assert_eq!(dests[&dkey("198.18.2.2", 8080)].weight, 0);
+    let st = &s.services[&svc];
+    assert_eq!(st.dest(&dkey("198.18.2.1", 8080)).unwrap().weight, 0);
+    assert_eq!(st.dest(&dkey("198.18.2.2", 8080)).unwrap().weight, 0);
     health.mark_healthy(svc, dkey("198.18.2.2", 8080));
     let (s, _) = desired_state(&r, &health);
-    assert_eq!(s.services[&svc].dests[&dkey("198.18.2.2", 8080)].weight, 2);
+    assert_eq!(
+        s.services[&svc]
+            .dest(&dkey("198.18.2.2", 8080))
+            .unwrap()
+            .weight,
+        2
+    );
 }
 
 #[test]
@@ -227,8 +238,8 @@ fn ipv6_services_and_bad_addresses() {
     let (s, errors) = desired_state(&r, &HealthResults::default());
     assert_eq!(errors.len(), 2, "{errors:?}");
     let v6 = &s.services[&key("2001:db8::10", 80, IpProto::Tcp)];
-    assert_eq!(v6.service.netmask_prefix, 128);
-    assert_eq!(v6.dests.len(), 1);
+    assert_eq!(v6.service().netmask_prefix, 128);
+    assert_eq!(v6.dests().len(), 1);
 }
 
 #[test]
@@ -298,4 +309,434 @@ fn reconciler_fast_path_plans_against_what_it_knows() {
     let retry = r.fast(&want).unwrap();
     assert!(retry.converged());
     assert_eq!(k.state(), want);
+}
+
+/// The planner as it was before fingerprints and the side-by-side walk: a lookup per service and per
+/// destination, and a full comparison of each kept service. The property tests below hold `plan` to it.
+fn reference_plan(desired: &IpvsState, observed: &IpvsState) -> ReconcilePlan {
+    let mut del_dests = Vec::new();
+    let mut del_services = Vec::new();
+    let mut edit_services = Vec::new();
+    let mut add_services = Vec::new();
+    let mut add_dests = Vec::new();
+    let mut edit_dests = Vec::new();
+    for key in observed.services.keys() {
+        if !desired.services.contains_key(key) {
+            del_services.push(Op::DelService(*key));
+        }
+    }
+    for (key, want) in &desired.services {
+        let empty = BTreeMap::new();
+        let have_dests = match observed.services.get(key) {
+            Some(have) => {
+                if !same_service(want.service(), have.service()) {
+                    edit_services.push(Op::EditService(want.service().clone()));
+                }
+                for d in have.dests() {
+                    if want.dest(&d.key).is_none() {
+                        del_dests.push(Op::DelDest(*key, d.key));
+                    }
+                }
+                have.dests().iter().map(|d| (d.key, *d)).collect()
+            }
+            None => {
+                add_services.push(Op::AddService(want.service().clone()));
+                empty
+            }
+        };
+        for d in want.dests() {
+            let dk = &d.key;
+            match have_dests.get(dk) {
+                None => add_dests.push(Op::AddDest(*key, *d)),
+                Some(h) if h != d => edit_dests.push(Op::EditDest(*key, *d)),
+                Some(_) => {}
+            }
+        }
+    }
+    let mut ops = del_dests;
+    ops.extend(del_services);
+    ops.extend(edit_services);
+    ops.extend(add_services);
+    ops.extend(add_dests);
+    ops.extend(edit_dests);
+    ReconcilePlan { ops }
+}
+
+mod random {
+    use rand::rngs::StdRng;
+    use rand::Rng;
+
+    use super::*;
+    use crate::ipvs::{Family, SVC_F_HASHED, SVC_F_ONEPACKET};
+
+    /// Keys from small pools, so two random tables share most services and destinations.
+    pub fn service_key(rng: &mut StdRng) -> ServiceKey {
+        match rng.gen_range(0..8) {
+            0 => ServiceKey::Fwmark {
+                family: if rng.gen() { Family::V4 } else { Family::V6 },
+                mark: rng.gen_range(1..4),
+            },
+            1 => ServiceKey::Addr {
+                protocol: IpProto::Udp,
+                addr: format!("2001:db8::{}", rng.gen_range(1..4))
+                    .parse()
+                    .unwrap(),
+                port: 53,
+            },
+            _ => ServiceKey::Addr {
+                protocol: if rng.gen_bool(0.8) {
+                    IpProto::Tcp
+                } else {
+                    IpProto::Udp
+                },
+                addr: format!("198.18.0.{}", rng.gen_range(1..6)).parse().unwrap(),
+                port: rng.gen_range(80..84),
+            },
+        }
+    }
+
+    pub fn service(rng: &mut StdRng, key: ServiceKey) -> Service {
+        let mut s = Service::new(key, ["rr", "wrr", "mh"][rng.gen_range(0..3)]);
+        if rng.gen_bool(0.3) {
+            s.flags |= SVC_F_PERSISTENT;
+        }
+        if rng.gen_bool(0.1) {
+            s.flags |= SVC_F_ONEPACKET;
+        }
+        if rng.gen_bool(0.2) {
+            s.flags |= SVC_F_HASHED;
+        }
+        // Persistence settings also on non-persistent services: they must not count there.
+        s.timeout_s = [0, 300, 600][rng.gen_range(0..3)];
+        s.netmask_prefix = [24, key.family().max_prefix()][rng.gen_range(0..2)];
+        if rng.gen_bool(0.05) {
+            s.pe_name = Some("sip".into());
+        }
+        s
+    }
+
+    pub fn dest(rng: &mut StdRng, family: Family) -> Destination {
+        let addr = match family {
+            Family::V4 => format!("198.18.2.{}", rng.gen_range(1..8)),
+            Family::V6 => format!("2001:db8::2:{}", rng.gen_range(1..8)),
+        };
+        let forward = [Forward::Masq, Forward::Route, Forward::Tunnel][rng.gen_range(0..3)];
+        let mut d = Destination::new(
+            addr.parse().unwrap(),
+            rng.gen_range(8080..8083),
+            forward,
+            rng.gen_range(0..4),
+        );
+        if rng.gen_bool(0.05) {
+            d.u_threshold = rng.gen_range(1..3);
+        }
+        if rng.gen_bool(0.05) {
+            d.l_threshold = rng.gen_range(1..3);
+        }
+        d
+    }
+
+    pub fn state(rng: &mut StdRng) -> IpvsState {
+        let mut st = IpvsState::default();
+        for _ in 0..rng.gen_range(0..12) {
+            let key = service_key(rng);
+            let dests = (0..rng.gen_range(0..6))
+                .map(|_| dest(rng, key.family()))
+                .collect();
+            st.services
+                .insert(key, ServiceState::new(service(rng, key), dests));
+        }
+        st
+    }
+
+    /// A few random edits of `st`: the kind of difference a new role generation or a tamperer makes.
+    pub fn mutate(rng: &mut StdRng, st: &IpvsState) -> IpvsState {
+        let mut out = st.clone();
+        for _ in 0..rng.gen_range(0..4) {
+            let keys: Vec<ServiceKey> = out.services.keys().copied().collect();
+            let pick = (!keys.is_empty()).then(|| keys[rng.gen_range(0..keys.len())]);
+            match (rng.gen_range(0..7), pick) {
+                (0, Some(k)) => {
+                    out.services.remove(&k);
+                }
+                (1, Some(k)) => {
+                    let s = service(rng, k);
+                    if let Some(have) = out.services.get_mut(&k) {
+                        have.set_service(s);
+                    }
+                }
+                (2, Some(k)) => {
+                    let d = dest(rng, k.family());
+                    if let Some(have) = out.services.get_mut(&k) {
+                        have.insert_dest(d);
+                    }
+                }
+                (3 | 4, Some(k)) => {
+                    if let Some(have) = out.services.get_mut(&k) {
+                        let dks: Vec<DestKey> = have.dests().iter().map(|d| d.key).collect();
+                        if !dks.is_empty() {
+                            let dk = dks[rng.gen_range(0..dks.len())];
+                            if rng.gen() {
+                                have.remove_dest(&dk);
+                            } else if let Some(mut d) = have.dest(&dk).copied() {
+                                d.weight = rng.gen_range(0..4);
+                                have.insert_dest(d);
+                            }
+                        }
+                    }
+                }
+                _ => {
+                    let k = service_key(rng);
+                    let s = ServiceState::new(service(rng, k), Vec::new());
+                    out.services.insert(k, s);
+                }
+            }
+        }
+        out
+    }
+}
+
+#[test]
+fn plan_matches_the_reference_planner_on_random_tables() {
+    use rand::SeedableRng;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0x1b5f_1ee7);
+    let mut nonempty = 0;
+    for _ in 0..5000 {
+        let a = random::state(&mut rng);
+        let b = if rng.gen_bool(0.8) {
+            random::mutate(&mut rng, &a)
+        } else {
+            random::state(&mut rng)
+        };
+        for (want, have) in [(&a, &b), (&b, &a)] {
+            let p = plan(want, have);
+            assert_eq!(
+                p,
+                reference_plan(want, have),
+                "want {want:?}\nhave {have:?}"
+            );
+            assert_eq!(p, plan_exact(want, have));
+            nonempty += usize::from(!p.is_empty());
+            // Applied to the observed table, the plan converges: nothing left to do, and what the kernel
+            // would hold equals the desired table up to what `same_service` ignores.
+            let mut kernel = have.clone();
+            for op in &p.ops {
+                apply_to(&mut kernel, op).unwrap();
+            }
+            assert!(plan(want, &kernel).is_empty());
+            assert_eq!(
+                kernel.services.keys().collect::<Vec<_>>(),
+                want.services.keys().collect::<Vec<_>>()
+            );
+            for (k, s) in &kernel.services {
+                assert_eq!(s.fingerprint(), want.services[k].fingerprint());
+                assert_eq!(s.dests(), want.services[k].dests());
+            }
+        }
+    }
+    assert!(nonempty > 5000, "the generator makes too few differences");
+}
+
+#[test]
+fn fingerprint_follows_every_change_the_planner_cares_about() {
+    let svc = Service::new(key("198.18.0.10", 80, IpProto::Tcp), "wrr");
+    let d1 = Destination::new("198.18.2.1".parse().unwrap(), 8080, Forward::Masq, 1);
+    let d2 = Destination::new("198.18.2.2".parse().unwrap(), 8080, Forward::Masq, 1);
+    let base = ServiceState::new(svc.clone(), vec![d1, d2]);
+    let fp = base.fingerprint();
+    assert_eq!(
+        fp,
+        ServiceState::new(svc.clone(), vec![d2, d1]).fingerprint()
+    );
+
+    let with_service = |f: &dyn Fn(&mut Service)| {
+        let mut s = base.clone();
+        let mut changed = svc.clone();
+        f(&mut changed);
+        s.set_service(changed);
+        s.fingerprint()
+    };
+    assert_ne!(fp, with_service(&|s| s.scheduler = "rr".into()));
+    assert_ne!(fp, with_service(&|s| s.scheduler = "wr".into()));
+    assert_ne!(fp, with_service(&|s| s.flags |= SVC_F_PERSISTENT));
+    assert_ne!(
+        fp,
+        with_service(&|s| s.flags |= crate::ipvs::SVC_F_ONEPACKET)
+    );
+    assert_ne!(fp, with_service(&|s| s.pe_name = Some("sip".into())));
+    // What `same_service` ignores, the fingerprint ignores too.
+    assert_eq!(fp, with_service(&|s| s.flags |= crate::ipvs::SVC_F_HASHED));
+    assert_eq!(fp, with_service(&|s| s.timeout_s = 300));
+    assert_eq!(fp, with_service(&|s| s.netmask_prefix = 24));
+    let persistent = with_service(&|s| s.flags |= SVC_F_PERSISTENT);
+    let p_timeout = with_service(&|s| {
+        s.flags |= SVC_F_PERSISTENT;
+        s.timeout_s = 300;
+    });
+    let p_mask = with_service(&|s| {
+        s.flags |= SVC_F_PERSISTENT;
+        s.netmask_prefix = 24;
+    });
+    assert_ne!(persistent, p_timeout);
+    assert_ne!(persistent, p_mask);
+    assert_ne!(p_timeout, p_mask);
+
+    let with_dest = |f: &dyn Fn(&mut Destination)| {
+        let mut s = base.clone();
+        let mut d = d2;
+        f(&mut d);
+        s.remove_dest(&d2.key);
+        s.insert_dest(d);
+        s.fingerprint()
+    };
+    assert_eq!(fp, with_dest(&|_| {}));
+    assert_ne!(fp, with_dest(&|d| d.weight = 2));
+    assert_ne!(fp, with_dest(&|d| d.forward = Forward::Route));
+    assert_ne!(fp, with_dest(&|d| d.u_threshold = 5));
+    assert_ne!(fp, with_dest(&|d| d.l_threshold = 5));
+    assert_ne!(fp, with_dest(&|d| d.key.port = 8081));
+    assert_ne!(
+        fp,
+        with_dest(&|d| d.key.addr = "198.18.2.3".parse().unwrap())
+    );
+
+    let mut fewer = base.clone();
+    assert_eq!(fewer.remove_dest(&d2.key), Some(d2));
+    assert_ne!(fp, fewer.fingerprint());
+    assert_eq!(fewer.remove_dest(&d2.key), None);
+    assert_eq!(
+        fewer.fingerprint(),
+        ServiceState::new(svc.clone(), vec![d1]).fingerprint()
+    );
+    assert_ne!(fp, ServiceState::new(svc.clone(), Vec::new()).fingerprint());
+    // Built from an unsorted list with a duplicate key: sorted, and the later duplicate wins.
+    let mut heavy = d1;
+    heavy.weight = 7;
+    let dup = ServiceState::new(svc.clone(), vec![d2, d1, heavy]);
+    assert_eq!(dup.dests(), [heavy, d2]);
+    let mut expected = base.clone();
+    expected.insert_dest(heavy);
+    assert_eq!(dup, expected);
+    assert_eq!(dup.fingerprint(), expected.fingerprint());
+    assert_eq!(base.dests(), [d1, d2]);
+    assert_eq!(base.fingerprint(), fp);
+}
+
+#[test]
+fn an_unchanged_large_table_plans_nothing_and_one_weight_is_one_edit() {
+    let services: Vec<VirtualService> = (0..200u16)
+        .map(|i| {
+            vs(
+                &format!("198.18.0.{}", 10 + i % 50),
+                80 + i / 50,
+                Protocol::Tcp,
+                (0..10u8)
+                    .map(|j| rs(&format!("198.18.2.{}", 1 + j), 10000 + i, 1 + u32::from(j)))
+                    .collect(),
+            )
+        })
+        .collect();
+    let before = desired(&role(1, services.clone()));
+    let mut after_role = role(2, services);
+    after_role.services[137].real_servers[4].weight = 99;
+    let after = desired(&after_role);
+    assert!(plan(&before, &before.clone()).is_empty());
+    let p = plan(&after, &before);
+    assert_eq!(p.len(), 1);
+    assert!(matches!(&p.ops[0], Op::EditDest(_, d) if d.weight == 99));
+    assert_eq!(p, reference_plan(&after, &before));
+}
+
+#[test]
+fn quick_address_parser_agrees_with_the_standard_one() {
+    let fixed = [
+        "198.18.2.1",
+        "0.0.0.0",
+        "255.255.255.255",
+        "256.1.1.1",
+        "1.2.3",
+        "1.2.3.4.5",
+        "01.2.3.4",
+        "1.2.3.04",
+        "1..3.4",
+        ".1.2.3",
+        "1.2.3.4.",
+        "1.2.3.4 ",
+        " 1.2.3.4",
+        "1.2.3.-4",
+        "+1.2.3.4",
+        "1234.1.1.1",
+        "1.2.3.999",
+        "",
+        ".",
+        "2001:db8::1",
+        "::ffff:1.2.3.4",
+        "::",
+        "fe80::1%eth0",
+        "not-an-ip",
+        "١.2.3.4",
+    ];
+    for s in fixed {
+        assert_eq!(parse_ip(s), s.parse::<IpAddr>().ok(), "{s:?}");
+    }
+    use rand::SeedableRng;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let alphabet = b"0123456789..:abf";
+    for _ in 0..50_000 {
+        let len = rng.gen_range(0..17);
+        let s: String = (0..len)
+            .map(|_| char::from(alphabet[rng.gen_range(0..alphabet.len())]))
+            .collect();
+        assert_eq!(parse_ip(&s), s.parse::<IpAddr>().ok(), "{s:?}");
+        let quad = format!(
+            "{}.{}.{}.{}",
+            rng.gen_range(0..300),
+            rng.gen_range(0..300),
+            rng.gen_range(0..300),
+            rng.gen_range(0..300)
+        );
+        assert_eq!(parse_ip(&quad), quad.parse::<IpAddr>().ok(), "{quad:?}");
+    }
+}
+
+#[test]
+fn duplicate_role_entries_keep_the_last_one() {
+    let mut r = example();
+    // The same destination twice in a service, and the same service twice: the later entry wins, as it did
+    // when the desired state was built by inserting entry after entry.
+    r.services[0].real_servers.push(rs("198.18.2.1", 8080, 9));
+    let mut again = r.services[1].clone();
+    again.scheduler = Scheduler::Mh;
+    again.real_servers = vec![rs("198.18.2.7", 53, 3)];
+    r.services.push(again);
+    let s = desired(&r);
+    assert_eq!(s.services.len(), 2);
+    let tcp = &s.services[&key("198.18.0.10", 80, IpProto::Tcp)];
+    assert_eq!(tcp.dests().len(), 2);
+    assert_eq!(tcp.dest(&dkey("198.18.2.1", 8080)).unwrap().weight, 9);
+    let udp = &s.services[&key("198.18.0.10", 53, IpProto::Udp)];
+    assert_eq!(udp.service().scheduler, "mh");
+    assert_eq!(
+        udp.dests().iter().map(|d| d.key).collect::<Vec<_>>(),
+        [dkey("198.18.2.7", 53)]
+    );
+}
+
+#[test]
+fn full_passes_do_not_trust_fingerprints_alone() {
+    // Two services that differ but (as if by a collision) carry the same fingerprint: the fast planner skips
+    // the service, the full passes' planner still finds the change.
+    let want = desired(&example());
+    let mut have = want.clone();
+    let tcp80 = key("198.18.0.10", 80, IpProto::Tcp);
+    let svc = have.services.get_mut(&tcp80).unwrap();
+    let fp = svc.fingerprint();
+    let mut d = *svc.dests().first().unwrap();
+    d.weight += 1;
+    svc.insert_dest(d);
+    svc.fingerprint = fp;
+    assert!(plan(&want, &have).is_empty());
+    let exact = plan_exact(&want, &have);
+    assert_eq!(exact.len(), 1);
+    assert!(matches!(&exact.ops[0], Op::EditDest(k, _) if *k == tcp80));
 }
