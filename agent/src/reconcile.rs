@@ -287,12 +287,29 @@ fn parse_ip(s: &str) -> Option<IpAddr> {
 /// its existing connections finish. Entries the kernel could not hold (bad addresses) are skipped and named
 /// in the returned errors.
 pub fn desired_state(role: &RoleDocument, health: &HealthResults) -> (IpvsState, Vec<String>) {
+    desired_state_reusing(role, health, None)
+}
+
+/// `desired_state` for a new role generation, reusing the entries of `previous` (an earlier role and the state
+/// built from it, with the same health results) for every service the role did not change: a role change
+/// usually touches one service, and rebuilding the others (parsing every address again) was most of the
+/// daemon's work for a one-destination change. A reused service is exactly what a rebuild would give: same
+/// position in the role, equal `VirtualService`, built from that one service, and it had no skipped entries
+/// (those are rebuilt, so their errors are reported again).
+pub fn desired_state_reusing(
+    role: &RoleDocument,
+    health: &HealthResults,
+    previous: Option<(&RoleDocument, &IpvsState)>,
+) -> (IpvsState, Vec<String>) {
     // Collected into vectors and turned into the map at once (sorted, then built bottom-up), which is cheaper
     // than inserting one entry at a time; on a duplicate key the later entry wins, as with inserts.
     let mut services = Vec::with_capacity(role.services.len());
     let mut errors = Vec::new();
     let any_failed = !health.failed.is_empty();
-    for vs in &role.services {
+    // Only from a previous state with one entry per service of its role: with a bad VIP or a duplicate key
+    // there, an entry could not be traced back to the one service it was built from.
+    let reusable = previous.filter(|(r, st)| st.services.len() == r.services.len());
+    for (index, vs) in role.services.iter().enumerate() {
         let addr = match parse_ip(&vs.vip) {
             Some(a) => a,
             None => {
@@ -308,6 +325,16 @@ pub fn desired_state(role: &RoleDocument, health: &HealthResults) -> (IpvsState,
             addr,
             port: vs.port,
         };
+        if let Some((prev_role, prev_state)) = reusable {
+            if prev_role.services.get(index) == Some(vs) {
+                if let Some(kept) = prev_state.services.get(&key) {
+                    if kept.dests().len() == vs.real_servers.len() {
+                        services.push((key, kept.clone()));
+                        continue;
+                    }
+                }
+            }
+        }
         let mut service = Service::new(key, vs.scheduler.as_str());
         if vs.persistence_s > 0 {
             service.flags |= SVC_F_PERSISTENT;

@@ -144,7 +144,10 @@ struct Current {
 
 impl Current {
     fn set_role(&mut self, role: RoleDocument, health: &HealthResults) {
-        let (desired, errors) = reconcile::desired_state(&role, health);
+        // Health results do not change between roles yet (no checker); once they do, a change of them must
+        // rebuild without reuse.
+        let previous = self.role.as_ref().map(|r| (r, &self.desired));
+        let (desired, errors) = reconcile::desired_state_reusing(&role, health, previous);
         for e in &errors {
             warn!(generation = role.generation, error = %e, "role entry skipped");
         }

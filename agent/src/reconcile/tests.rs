@@ -740,3 +740,114 @@ fn full_passes_do_not_trust_fingerprints_alone() {
     assert_eq!(exact.len(), 1);
     assert!(matches!(&exact.ops[0], Op::EditDest(k, _) if *k == tcp80));
 }
+
+/// A random role from small pools (so two of them share most services), with the odd bad address.
+fn random_role(rng: &mut rand::rngs::StdRng, generation: u64) -> RoleDocument {
+    let n = rng.gen_range(0..8);
+    let services = (0..n)
+        .map(|_| {
+            let vip = format!("198.18.0.{}", rng.gen_range(10..14));
+            let port = [80, 443, 53][rng.gen_range(0..3)];
+            let protocol = if rng.gen_bool(0.8) {
+                Protocol::Tcp
+            } else {
+                Protocol::Udp
+            };
+            let real_servers = (0..rng.gen_range(0..5))
+                .map(|_| {
+                    let address = if rng.gen_bool(0.05) {
+                        "198.18.2.x".to_owned()
+                    } else {
+                        format!("198.18.2.{}", rng.gen_range(1..6))
+                    };
+                    RealServer {
+                        address,
+                        port: 8080,
+                        weight: rng.gen_range(0..4),
+                        enabled: rng.gen_bool(0.9),
+                    }
+                })
+                .collect();
+            let mut v = vs(&vip, port, protocol, real_servers);
+            if rng.gen_bool(0.2) {
+                v.scheduler = Scheduler::Rr;
+            }
+            v
+        })
+        .collect();
+    role(generation, services)
+}
+
+/// Small edits of `r`: a weight, a removed or added service, a swap of two services.
+fn mutate_role(rng: &mut rand::rngs::StdRng, r: &RoleDocument) -> RoleDocument {
+    let mut out = r.clone();
+    out.generation += 1;
+    for _ in 0..rng.gen_range(1..3) {
+        let n = out.services.len();
+        match rng.gen_range(0..4) {
+            0 if n > 0 => {
+                let s = rng.gen_range(0..n);
+                if let Some(rs) = out.services[s].real_servers.first_mut() {
+                    rs.weight += 1;
+                }
+            }
+            1 if n > 0 => {
+                out.services.remove(rng.gen_range(0..n));
+            }
+            2 if n > 1 => out.services.swap(0, n - 1),
+            _ => {
+                let extra = random_role(rng, 0);
+                out.services.extend(extra.services.into_iter().take(1));
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn reusing_the_previous_desired_state_gives_exactly_a_rebuild() {
+    use rand::SeedableRng;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0x5eed_0004);
+    let health = HealthResults::default();
+    for i in 0..3_000 {
+        let before = random_role(&mut rng, 1);
+        let after = if i % 5 == 0 {
+            random_role(&mut rng, 2)
+        } else {
+            mutate_role(&mut rng, &before)
+        };
+        let (prev, _) = desired_state(&before, &health);
+        let fresh = desired_state(&after, &health);
+        let reused = desired_state_reusing(&after, &health, Some((&before, &prev)));
+        assert_eq!(reused, fresh, "before {before:?}\nafter {after:?}");
+        // And the planner sees no difference between them.
+        assert!(plan_exact(&reused.0, &fresh.0).is_empty());
+    }
+}
+
+#[test]
+fn reuse_shares_unchanged_services_and_rebuilds_the_changed_one() {
+    let health = HealthResults::default();
+    let before = example();
+    let mut after = before.clone();
+    after.generation += 1;
+    after.services[0].real_servers[0].weight += 5;
+    let (prev, _) = desired_state(&before, &health);
+    let (reused, errors) = desired_state_reusing(&after, &health, Some((&before, &prev)));
+    assert!(errors.is_empty());
+    let k0 = reused.services.keys().copied().collect::<Vec<_>>();
+    let changed = k0
+        .iter()
+        .find(|k| reused.services[k] != prev.services[k])
+        .copied();
+    assert!(changed.is_some(), "the weight change was not rebuilt");
+    for k in &k0 {
+        if Some(*k) != changed {
+            // Shared, not rebuilt.
+            assert!(Arc::ptr_eq(
+                &reused.services[k].inner,
+                &prev.services[k].inner
+            ));
+        }
+    }
+}

@@ -170,15 +170,22 @@ fn load_role(path: &str) -> Result<lbfleet_proto::RoleDocument, String> {
 /// One role change the way the daemon makes it: build the desired state from the (already parsed) role
 /// document, clone it (the daemon keeps one copy and hands one to the blocking pass), then
 /// `Reconciler::fast`. Prints one line `LABEL: ...` with the split; returns (fast pass ms, total ms).
+/// The role and desired state the daemon holds from its previous pass (it builds the next one reusing them).
+type Previous<'a> = (
+    &'a lbfleet_proto::RoleDocument,
+    &'a lbfleet_agent::reconcile::IpvsState,
+);
+
 fn timed_pass(
     r: &mut lbfleet_agent::reconcile::Reconciler,
     role: &lbfleet_proto::RoleDocument,
     health: &lbfleet_agent::reconcile::HealthResults,
+    previous: Previous<'_>,
     label: &str,
-) -> Result<(f64, f64), String> {
+) -> Result<(f64, f64, lbfleet_agent::reconcile::IpvsState), String> {
     let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
     let building = std::time::Instant::now();
-    let (kept, _) = lbfleet_agent::reconcile::desired_state(role, health);
+    let (kept, _) = lbfleet_agent::reconcile::desired_state_reusing(role, health, Some(previous));
     let desired_ms = ms(building.elapsed());
     let cloning = std::time::Instant::now();
     let desired = kept.clone();
@@ -197,15 +204,15 @@ fn timed_pass(
         ms(out.bookkeeping_time),
     );
     if out.converged() {
-        Ok((fast_ms, total))
+        Ok((fast_ms, total, kept))
     } else {
         Err(format!("{label}: {:?}", out.errors))
     }
 }
 
 /// Brings the kernel to role FROM with a full pass, then times the daemon's path to role TO (`timed_pass`):
-/// prints `BENCH ms=` (the fast pass alone) and `BENCH with_desired_ms=` (with building and cloning the
-/// desired state). That first change runs code the process has not run before; a daemon that has applied
+/// prints `BENCH ms=` (the fast pass alone) and `BENCH with_desired_ms=` (with building the desired state
+/// from the role, reusing the previous one for unchanged services as the daemon does, and cloning it). That first change runs code the process has not run before; a daemon that has applied
 /// role changes before runs it warm, so the change is then made back to FROM and to TO again ("warm pass").
 fn change(from: &str, to: &str) -> Result<(), String> {
     use lbfleet_agent::reconcile::{desired_state, HealthResults, NetlinkApplier, Reconciler};
@@ -218,11 +225,11 @@ fn change(from: &str, to: &str) -> Result<(), String> {
     if !full.converged() {
         return Err(format!("full pass failed: {:?}", full.errors));
     }
-    let (ms, total) = timed_pass(&mut r, &to_role, &health, "fast pass")?;
+    let (ms, total, to) = timed_pass(&mut r, &to_role, &health, (&from_role, &from), "fast pass")?;
     println!("BENCH ms={ms:.3}");
     println!("BENCH with_desired_ms={total:.3}");
-    timed_pass(&mut r, &from_role, &health, "back")?;
-    timed_pass(&mut r, &to_role, &health, "warm pass")?;
+    let (_, _, back) = timed_pass(&mut r, &from_role, &health, (&to_role, &to), "back")?;
+    timed_pass(&mut r, &to_role, &health, (&from_role, &back), "warm pass")?;
     Ok(())
 }
 
