@@ -109,8 +109,10 @@ impl RunConfig {
 enum Pass {
     /// Read the kernel first (start-up, resync).
     Full,
-    /// Plan against what is known (a role change), then read the table for the report.
+    /// Plan against what is known (a role change); nothing is read.
     Fast,
+    /// Only read the table (counters for the report after fast passes).
+    Read,
 }
 
 /// Runs a reconcile pass on a blocking thread (netlink calls block) and hands the reconciler back.
@@ -123,9 +125,10 @@ async fn reconcile_blocking(
         let mut reconciler = reconciler;
         let r = match pass {
             Pass::Full => reconciler.full(&desired),
-            Pass::Fast => reconciler.fast(&desired).and_then(|mut out| {
-                out.table = reconciler.observe()?;
-                Ok(out)
+            Pass::Fast => reconciler.fast(&desired),
+            Pass::Read => reconciler.observe().map(|table| ReconcileOutcome {
+                table,
+                ..Default::default()
             }),
         };
         (reconciler, r)
@@ -244,6 +247,7 @@ async fn poll_roles(
 /// Posts the newest report; while the server is down, retries with backoff and sends only the latest.
 async fn send_reports(
     client: ServerClient,
+    server: String,
     mut rx: watch::Receiver<Option<AgentReport>>,
     mut backoff: Backoff,
 ) {
@@ -252,9 +256,11 @@ async fn send_reports(
             return;
         }
         loop {
-            let Some(report) = rx.borrow_and_update().clone() else {
+            let Some(mut report) = rx.borrow_and_update().clone() else {
                 break;
             };
+            // Here, not in the reconcile loop: resolving the server's name may be slow.
+            report.address = local_address_towards(&server).await;
             match client.report(&report).await {
                 Ok(()) => {
                     debug!(generation = report.applied_generation, "report sent");
@@ -339,7 +345,12 @@ pub async fn run(
         backoff.clone(),
         role_tx,
     ));
-    let reporter = tokio::spawn(send_reports(client, report_rx, backoff));
+    let reporter = tokio::spawn(send_reports(
+        client,
+        config.server.clone(),
+        report_rx,
+        backoff,
+    ));
     let mut resync = tokio::time::interval(config.resync);
     resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     resync.tick().await;
@@ -348,8 +359,15 @@ pub async fn run(
     let mut retry_at: Option<tokio::time::Instant> = None;
     let mut retry_delay = RETRY_INITIAL;
 
+    // After a role change the report needs the kernel's counters, which means reading the whole table (one
+    // dump per service). That read waits until no newer role is queued, so a burst of role changes is applied
+    // back to back and reported once.
+    let mut report_due = false;
+    let mut pending_errors: Vec<String> = Vec::new();
+
     let result = loop {
         let reason = tokio::select! {
+            biased;
             _ = &mut shutdown => break Ok(()),
             ev = role_rx.recv() => match ev {
                 Some(PollEvent::Role(role)) => {
@@ -364,6 +382,7 @@ pub async fn run(
                 Some(PollEvent::Refused(e)) => break Err(AgentError::CredentialRefused(e)),
                 None => break Err(AgentError::Task("role poller stopped".into())),
             },
+            _ = std::future::ready(()), if report_due => "report",
             _ = resync.tick() => "resync",
             _ = async {
                 match retry_at {
@@ -372,19 +391,21 @@ pub async fn run(
                 }
             } => "retry",
         };
-        retry_at = None;
+        if reason != "report" {
+            retry_at = None;
+        }
         if current.role.is_none() {
+            report_due = false;
             continue;
         }
-        let pass = if reason == "role" {
-            Pass::Fast
-        } else {
-            Pass::Full
+        let pass = match reason {
+            "role" => Pass::Fast,
+            "report" => Pass::Read,
+            _ => Pass::Full,
         };
         let (rec, r) = reconcile_blocking(reconciler, current.desired.clone(), pass).await?;
         reconciler = rec;
         let generation = current.role.as_ref().map_or(0, |r| r.generation);
-        let mut errors: Vec<String> = Vec::new();
         let services = match r {
             Ok(out) => {
                 if out.planned > 0 {
@@ -403,34 +424,42 @@ pub async fn run(
                         repaired = out.applied,
                         "resync repaired out-of-band IPVS changes"
                     );
-                    errors.push(format!(
+                    pending_errors.push(format!(
                         "resync repaired {} out-of-band IPVS change(s) ({} failed)",
                         out.applied,
                         out.errors.len()
                     ));
                 }
-                if out.converged() && current.role_errors.is_empty() {
-                    current.applied_generation = generation;
+                if pass != Pass::Read {
+                    if out.converged() && current.role_errors.is_empty() {
+                        current.applied_generation = generation;
+                    }
+                    if out.converged() {
+                        retry_delay = RETRY_INITIAL;
+                    } else {
+                        retry_at = Some(tokio::time::Instant::now() + retry_delay);
+                        retry_delay = (retry_delay * 2).min(config.resync.max(RETRY_INITIAL));
+                    }
                 }
-                if out.converged() {
-                    retry_delay = RETRY_INITIAL;
-                } else {
-                    retry_at = Some(tokio::time::Instant::now() + retry_delay);
-                    retry_delay = (retry_delay * 2).min(config.resync.max(RETRY_INITIAL));
+                pending_errors.extend(out.errors.iter().cloned());
+                if pass == Pass::Fast {
+                    // Counters come from the read that follows once no newer role is waiting.
+                    report_due = true;
+                    continue;
                 }
-                errors.extend(out.errors.iter().cloned());
                 status::service_reports(&out.table, &health)
             }
             Err(e) => {
                 retry_at = Some(tokio::time::Instant::now() + retry_delay);
                 retry_delay = (retry_delay * 2).min(config.resync.max(RETRY_INITIAL));
                 warn!(error = %e, "cannot read the IPVS table");
-                errors.push(format!("cannot read the IPVS table: {e}"));
+                pending_errors.push(format!("cannot read the IPVS table: {e}"));
                 Vec::new()
             }
         };
+        report_due = false;
+        let mut errors = std::mem::take(&mut pending_errors);
         errors.extend(current.role_errors.iter().cloned());
-        let address = local_address_towards(&config.server).await;
         let report = AgentReport {
             applied_generation: current.applied_generation,
             vrrp_state: None,
@@ -439,9 +468,10 @@ pub async fn run(
             agent_version: Some(env!("CARGO_PKG_VERSION").into()),
             image_version: config.image_version.clone(),
             uptime_s: started.elapsed().as_secs(),
-            address,
+            // Filled in by the reporter.
+            address: None,
         };
-        // On a role change always report; on resync, too (fresh counters), the reporter keeps only the latest.
+        // The reporter sends only the latest report.
         let _ = report_tx.send(Some(report));
     };
     poller.abort();
