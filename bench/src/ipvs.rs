@@ -82,7 +82,7 @@ fn rules(role: &RoleDocument) -> String {
 fn script(rounds: usize, changed: &str) -> String {
     format!(
         r#"
-run() {{ name=$1; shift; echo "=== BEGIN $name ==="; "$@" 2>&1; echo "=== END $name rc=$? ==="; }}
+. /lib/guest-lib.sh
 T=guest-ipvs-probe
 for k in $(seq 1 {rounds}); do
   ipvsadm -C

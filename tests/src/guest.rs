@@ -260,6 +260,20 @@ echo "=== GUEST DONE ==="
 poweroff -f
 "#;
 
+/// Shell helpers for test scripts (`. /lib/guest-lib.sh`): `run NAME CMD...` prints CMD's output as a marked
+/// section (see `GuestOutput::section`); `waitfor FILE PATTERN` waits at most 30 s for PATTERN in FILE.
+const GUEST_LIB: &str = r#"
+run() { name=$1; shift; echo "=== BEGIN $name ==="; "$@" 2>&1; echo "=== END $name rc=$? ==="; }
+waitfor() {
+  i=0
+  while ! grep -q "$2" "$1" 2>/dev/null; do
+    i=$((i+1))
+    if [ $i -gt 300 ]; then echo "TIMEOUT waiting for '$2' in $1"; cat "$1"; return 1; fi
+    sleep 0.1
+  done
+}
+"#;
+
 /// Builds a guest initramfs.
 #[derive(Debug)]
 pub struct Initramfs {
@@ -288,6 +302,8 @@ impl Initramfs {
         let busybox = std::fs::read(&prereqs.busybox).map_err(io_err(&prereqs.busybox))?;
         me.cpio.file("/bin/busybox", 0o755, &busybox);
         me.cpio.file("/init", 0o755, INIT.as_bytes());
+        me.cpio
+            .file("/lib/guest-lib.sh", 0o644, GUEST_LIB.as_bytes());
         let ipvsadm = prereqs.ipvsadm.clone();
         me.binary(&ipvsadm, "/usr/sbin/ipvsadm")?;
         let strace = prereqs.strace.clone();
@@ -411,6 +427,12 @@ impl GuestOutput {
         })
     }
 
+    /// The named section; panics naming what is missing, with the console for diagnosis.
+    pub fn require_section(&self, name: &str) -> Section {
+        self.section(name)
+            .unwrap_or_else(|| panic!("no section {name} in guest console:\n{}", self.console))
+    }
+
     pub fn finished(&self) -> bool {
         self.console.contains("=== GUEST DONE ===")
     }
@@ -451,6 +473,69 @@ impl BootOptions {
                 format!("virtio-net-pci,netdev=n0,mac={mac}"),
             ],
         }
+    }
+}
+
+/// Writes `img`, boots it and keeps the console in `$TMPDIR/<log_name>` for diagnosis after a failure.
+pub fn boot_image(
+    img: Initramfs,
+    options: &BootOptions,
+    timeout: Duration,
+    log_name: &str,
+) -> Result<GuestOutput, HarnessError> {
+    let prereqs = img.prereqs().clone();
+    let (initrd, _scratch) = img.write()?;
+    let out = boot_with(&prereqs, &initrd, options, timeout)?;
+    eprintln!("guest finished in {:?}", out.elapsed);
+    let _ = std::fs::write(std::env::temp_dir().join(log_name), &out.console);
+    Ok(out)
+}
+
+/// One guest boot shared by all tests of a test binary: booted by the first test that asks, its console
+/// read by the others.
+#[derive(Debug)]
+pub struct SharedGuest(std::sync::OnceLock<Option<Result<GuestOutput, String>>>);
+
+impl SharedGuest {
+    pub const fn new() -> Self {
+        SharedGuest(std::sync::OnceLock::new())
+    }
+
+    /// The guest's output, booting it with `build` (which returns the image to boot) on first use; `None`
+    /// when guest tests are skipped explicitly (see `require`). A failed boot panics in every test.
+    pub fn output(
+        &self,
+        build: impl FnOnce(&Prereqs) -> Result<Initramfs, HarnessError>,
+        log_name: &str,
+    ) -> Option<&GuestOutput> {
+        let result = self
+            .0
+            .get_or_init(|| {
+                let prereqs = require()?;
+                Some(
+                    build(&prereqs)
+                        .and_then(|img| {
+                            boot_image(
+                                img,
+                                &BootOptions::default(),
+                                Duration::from_secs(300),
+                                log_name,
+                            )
+                        })
+                        .map_err(|e| e.to_string()),
+                )
+            })
+            .as_ref()?;
+        match result {
+            Ok(out) => Some(out),
+            Err(e) => panic!("guest failed: {e}"),
+        }
+    }
+}
+
+impl Default for SharedGuest {
+    fn default() -> Self {
+        Self::new()
     }
 }
 

@@ -3,9 +3,6 @@
 //! busybox-static and ipvsadm (`make deps`); fails without them (see `guest::require`).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::sync::OnceLock;
-use std::time::Duration;
-
 use lbfleet_agent::ipvs::codec::{self, Body, IpvsRequest};
 use lbfleet_agent::ipvs::{
     DestKey, Destination, Family, Forward, IpProto, Service, ServiceKey, SVC_F_PERSISTENT,
@@ -14,7 +11,7 @@ use lbfleet_agent::reconcile::{desired_state, HealthResults};
 use lbfleet_proto::{
     ForwardMethod, HealthCheck, Protocol, RealServer, RoleDocument, Scheduler, VirtualService,
 };
-use lbfleet_tests::guest::{self, GuestOutput, Initramfs, Section};
+use lbfleet_tests::guest::{self, Initramfs, Section, SharedGuest};
 use lbfleet_tests::ipvsadm::{normalize_ipvsadm, normalize_state};
 use lbfleet_tests::strace;
 
@@ -112,7 +109,7 @@ fn role2() -> RoleDocument {
 }
 
 const SCRIPT: &str = r#"
-run() { name=$1; shift; echo "=== BEGIN $name ==="; "$@" 2>&1; echo "=== END $name rc=$? ==="; }
+. /lib/guest-lib.sh
 export RUST_LOG=info
 run empty ipvsadm -Ln
 run apply1 lbfleet-agent apply --role /role1.json
@@ -153,49 +150,25 @@ cap cap_del_svc ipvsadm -D -t 198.18.0.10:80
 ipvsadm -C
 "#;
 
-static GUEST: OnceLock<Option<Result<GuestOutput, String>>> = OnceLock::new();
+static GUEST: SharedGuest = SharedGuest::new();
 
-/// Boots the guest once for all tests in this file; `None` when skipped explicitly.
-fn guest_run() -> Option<&'static Result<GuestOutput, String>> {
-    GUEST
-        .get_or_init(|| {
-            let prereqs = guest::require()?;
-            let result = (|| -> Result<GuestOutput, String> {
-                let agent = guest::workspace_binary("lbfleet-agent", "lbfleet-agent")
-                    .map_err(|e| e.to_string())?;
-                let probe = std::path::PathBuf::from(env!("CARGO_BIN_EXE_guest-ipvs-probe"));
-                let mut img = Initramfs::new(&prereqs).map_err(|e| e.to_string())?;
-                img.binary(&agent, "/usr/bin/lbfleet-agent")
-                    .map_err(|e| e.to_string())?;
-                img.binary(&probe, "/usr/bin/guest-ipvs-probe")
-                    .map_err(|e| e.to_string())?;
-                img.file("/role1.json", &serde_json::to_vec(&role1()).unwrap());
-                img.file("/role2.json", &serde_json::to_vec(&role2()).unwrap());
-                img.script(SCRIPT);
-                let (initrd, _scratch) = img.write().map_err(|e| e.to_string())?;
-                let out = guest::boot(&prereqs, &initrd, Duration::from_secs(300))
-                    .map_err(|e| e.to_string())?;
-                eprintln!("guest finished in {:?}", out.elapsed);
-                // Kept for diagnosis after a failure.
-                let log = std::env::temp_dir().join("lbfleet-guest-ipvs-console.log");
-                let _ = std::fs::write(&log, &out.console);
-                Ok(out)
-            })();
-            Some(result)
-        })
-        .as_ref()
-}
-
-/// The named section, or a failure naming what is missing (with the console for diagnosis).
+/// The named section of the one guest run of this file; `None` when guest tests are skipped explicitly.
 fn section(name: &str) -> Option<Section> {
-    let out = match guest_run()? {
-        Ok(out) => out,
-        Err(e) => panic!("guest failed: {e}"),
-    };
-    Some(
-        out.section(name)
-            .unwrap_or_else(|| panic!("no section {name} in guest console:\n{}", out.console)),
-    )
+    let out = GUEST.output(
+        |prereqs| {
+            let agent = guest::workspace_binary("lbfleet-agent", "lbfleet-agent")?;
+            let probe = std::path::PathBuf::from(env!("CARGO_BIN_EXE_guest-ipvs-probe"));
+            let mut img = Initramfs::new(prereqs)?;
+            img.binary(&agent, "/usr/bin/lbfleet-agent")?;
+            img.binary(&probe, "/usr/bin/guest-ipvs-probe")?;
+            img.file("/role1.json", &serde_json::to_vec(&role1()).unwrap());
+            img.file("/role2.json", &serde_json::to_vec(&role2()).unwrap());
+            img.script(SCRIPT);
+            Ok(img)
+        },
+        "lbfleet-guest-ipvs-console.log",
+    )?;
+    Some(out.require_section(name))
 }
 
 fn expected(role: &RoleDocument) -> Vec<String> {

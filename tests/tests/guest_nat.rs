@@ -10,13 +10,10 @@
 //! the held connection breaks, and the re-added service's counter starts from zero.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::sync::OnceLock;
-use std::time::Duration;
-
 use lbfleet_proto::{
     ForwardMethod, HealthCheck, Protocol, RealServer, RoleDocument, Scheduler, VirtualService,
 };
-use lbfleet_tests::guest::{self, GuestOutput, Initramfs, Section};
+use lbfleet_tests::guest::{self, Initramfs, Section, SharedGuest};
 
 fn role(generation: u64, w1: u32, second_enabled: bool) -> RoleDocument {
     RoleDocument {
@@ -56,16 +53,7 @@ fn role(generation: u64, w1: u32, second_enabled: bool) -> RoleDocument {
 const SCRIPT: &str = r#"
 # Busybox's shell runs its own applets before anything on PATH; iproute2's ip by path.
 ip() { /usr/local/sbin/ip "$@"; }
-run() { name=$1; shift; echo "=== BEGIN $name ==="; "$@" 2>&1; echo "=== END $name rc=$? ==="; }
-# Waits (at most 30 s) until file $1 contains pattern $2.
-waitfor() {
-  i=0
-  while ! grep -q "$2" "$1" 2>/dev/null; do
-    i=$((i+1))
-    if [ $i -gt 300 ]; then echo "TIMEOUT waiting for '$2' in $1"; cat "$1"; return 1; fi
-    sleep 0.1
-  done
-}
+. /lib/guest-lib.sh
 start_agent() {
   lbfleet-agent apply --role /tmp/role.json --watch --resync 1s > "$1" 2>&1 &
   APID=$!
@@ -152,55 +140,32 @@ kill $EPID
 ipvsadm -C
 "#;
 
-static GUEST: OnceLock<Option<Result<GuestOutput, String>>> = OnceLock::new();
+static GUEST: SharedGuest = SharedGuest::new();
 
-/// Boots the guest once for all tests in this file; `None` when skipped explicitly.
-fn guest_run() -> Option<&'static Result<GuestOutput, String>> {
-    GUEST
-        .get_or_init(|| {
-            let prereqs = guest::require()?;
-            let result = (|| -> Result<GuestOutput, String> {
-                let agent = guest::workspace_binary("lbfleet-agent", "lbfleet-agent")
-                    .map_err(|e| e.to_string())?;
-                let tcp = std::path::PathBuf::from(env!("CARGO_BIN_EXE_guest-tcp"));
-                let mut img =
-                    Initramfs::with_modules(&prereqs, &["veth"]).map_err(|e| e.to_string())?;
-                img.iproute2().map_err(|e| e.to_string())?;
-                img.binary(&agent, "/usr/bin/lbfleet-agent")
-                    .map_err(|e| e.to_string())?;
-                img.binary(&tcp, "/usr/bin/guest-tcp")
-                    .map_err(|e| e.to_string())?;
-                img.file(
-                    "/role1.json",
-                    &serde_json::to_vec(&role(1, 1, false)).unwrap(),
-                );
-                img.file(
-                    "/role2.json",
-                    &serde_json::to_vec(&role(2, 3, true)).unwrap(),
-                );
-                img.script(SCRIPT);
-                let (initrd, _scratch) = img.write().map_err(|e| e.to_string())?;
-                let out = guest::boot(&prereqs, &initrd, Duration::from_secs(300))
-                    .map_err(|e| e.to_string())?;
-                eprintln!("guest finished in {:?}", out.elapsed);
-                let log = std::env::temp_dir().join("lbfleet-guest-nat-console.log");
-                let _ = std::fs::write(&log, &out.console);
-                Ok(out)
-            })();
-            Some(result)
-        })
-        .as_ref()
-}
-
+/// The named section of the one guest run of this file; `None` when guest tests are skipped explicitly.
 fn section(name: &str) -> Option<Section> {
-    let out = match guest_run()? {
-        Ok(out) => out,
-        Err(e) => panic!("guest failed: {e}"),
-    };
-    Some(
-        out.section(name)
-            .unwrap_or_else(|| panic!("no section {name} in guest console:\n{}", out.console)),
-    )
+    let out = GUEST.output(
+        |prereqs| {
+            let agent = guest::workspace_binary("lbfleet-agent", "lbfleet-agent")?;
+            let tcp = std::path::PathBuf::from(env!("CARGO_BIN_EXE_guest-tcp"));
+            let mut img = Initramfs::with_modules(prereqs, &["veth"])?;
+            img.iproute2()?;
+            img.binary(&agent, "/usr/bin/lbfleet-agent")?;
+            img.binary(&tcp, "/usr/bin/guest-tcp")?;
+            img.file(
+                "/role1.json",
+                &serde_json::to_vec(&role(1, 1, false)).unwrap(),
+            );
+            img.file(
+                "/role2.json",
+                &serde_json::to_vec(&role(2, 3, true)).unwrap(),
+            );
+            img.script(SCRIPT);
+            Ok(img)
+        },
+        "lbfleet-guest-nat-console.log",
+    )?;
+    Some(out.require_section(name))
 }
 
 /// The service line's `Conns` column of `ipvsadm -Ln --stats` for 198.18.0.10:80.
