@@ -33,13 +33,13 @@ enum Command {
         #[arg(long, env = "LBFLEET_SERVER")]
         server: Option<String>,
         /// One-time enrollment token
-        #[arg(long, env = "LBFLEET_TOKEN")]
+        #[arg(long, env = "LBFLEET_TOKEN", hide_env_values = true)]
         token: Option<String>,
         /// MAC of the boot interface (default: from the kernel command line, else the first interface)
         #[arg(long, env = "LBFLEET_MAC")]
         mac: Option<String>,
         /// Node credential from an earlier enrollment (default: the one saved in the state directory)
-        #[arg(long, env = "LBFLEET_CREDENTIAL")]
+        #[arg(long, env = "LBFLEET_CREDENTIAL", hide_env_values = true)]
         credential: Option<String>,
         /// Where the last role and the credential are kept
         #[arg(long, env = "LBFLEET_STATE_DIR", default_value = DEFAULT_STATE_DIR)]
@@ -78,13 +78,18 @@ enum Command {
         #[arg(long, env = "LBFLEET_SERVER")]
         server: String,
         /// One-time enrollment token (from the boot script's lbfleet.token=)
-        #[arg(long, env = "LBFLEET_TOKEN", conflicts_with = "credential")]
+        #[arg(
+            long,
+            env = "LBFLEET_TOKEN",
+            hide_env_values = true,
+            conflicts_with = "credential"
+        )]
         token: Option<String>,
         /// MAC of the boot interface (required with --token)
         #[arg(long, env = "LBFLEET_MAC", requires = "token")]
         mac: Option<String>,
         /// Node credential from an earlier enrollment
-        #[arg(long, env = "LBFLEET_CREDENTIAL")]
+        #[arg(long, env = "LBFLEET_CREDENTIAL", hide_env_values = true)]
         credential: Option<String>,
     },
 }
