@@ -23,19 +23,45 @@ pub async fn active(conn: &mut SqliteConnection, now: i64) -> Result<Vec<LeaseRo
     .await?)
 }
 
-pub async fn upsert(conn: &mut SqliteConnection, row: &LeaseRow) -> Result<(), StoreError> {
-    sqlx::query(
-        "INSERT INTO leases (address, mac, state, expires_at, updated_at) VALUES ($1, $2, $3, $4, $5) \
-         ON CONFLICT (address) DO UPDATE SET mac = excluded.mac, state = excluded.state, \
-         expires_at = excluded.expires_at, updated_at = excluded.updated_at",
-    )
-    .bind(&row.address)
-    .bind(&row.mac)
-    .bind(&row.state)
-    .bind(row.expires_at)
-    .bind(now_ms())
-    .execute(conn)
-    .await?;
+/// Rows per statement in `upsert_many`: 5 parameters each, far below SQLite's parameter limit.
+const UPSERT_CHUNK: usize = 200;
+
+/// `upsert` of many rows with one statement per `UPSERT_CHUNK` rows. Rows apply in order, so when one address
+/// appears twice the later row wins, exactly as with one `upsert` per row.
+pub async fn upsert_many(conn: &mut SqliteConnection, rows: &[LeaseRow]) -> Result<(), StoreError> {
+    let now = now_ms();
+    for chunk in rows.chunks(UPSERT_CHUNK) {
+        let mut sql = String::with_capacity(160 + chunk.len() * 32);
+        sql.push_str("INSERT INTO leases (address, mac, state, expires_at, updated_at) VALUES ");
+        for i in 0..chunk.len() {
+            let p = i * 5;
+            if i > 0 {
+                sql.push(',');
+            }
+            sql.push_str(&format!(
+                "(${}, ${}, ${}, ${}, ${})",
+                p + 1,
+                p + 2,
+                p + 3,
+                p + 4,
+                p + 5
+            ));
+        }
+        sql.push_str(
+            " ON CONFLICT (address) DO UPDATE SET mac = excluded.mac, state = excluded.state, \
+             expires_at = excluded.expires_at, updated_at = excluded.updated_at",
+        );
+        let mut q = sqlx::query(&sql);
+        for row in chunk {
+            q = q
+                .bind(&row.address)
+                .bind(&row.mac)
+                .bind(&row.state)
+                .bind(row.expires_at)
+                .bind(now);
+        }
+        q.execute(&mut *conn).await?;
+    }
     Ok(())
 }
 
@@ -71,4 +97,54 @@ pub async fn refused_macs(conn: &mut SqliteConnection) -> Result<Vec<String>, St
             .fetch_all(conn)
             .await?,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn row(address: &str, mac: &str, expires_at: i64) -> LeaseRow {
+        LeaseRow {
+            address: address.into(),
+            mac: mac.into(),
+            state: "bound".into(),
+            expires_at,
+        }
+    }
+
+    #[tokio::test]
+    async fn upsert_many_writes_every_row_and_the_later_of_two_wins() {
+        let dir = tempfile::tempdir().unwrap();
+        let store =
+            super::super::Store::open(&format!("sqlite://{}", dir.path().join("t.db").display()))
+                .await
+                .unwrap();
+        // More rows than one statement holds, an address twice (in different statements and in one).
+        let mut rows: Vec<LeaseRow> = (0..450)
+            .map(|i| {
+                row(
+                    &format!("198.18.1.{}", i % 250),
+                    &format!("52:54:00:00:{:02x}:{:02x}", i / 256, i % 256),
+                    1_000 + i,
+                )
+            })
+            .collect();
+        rows.push(row("198.18.1.7", "52:54:00:aa:aa:aa", 9_999));
+        let mut tx = store.begin().await.unwrap();
+        upsert_many(&mut tx, &rows).await.unwrap();
+        upsert_many(&mut tx, &[]).await.unwrap();
+        tx.commit().await.unwrap();
+        let mut conn = store.read().await.unwrap();
+        let stored = active(&mut conn, 0).await.unwrap();
+        assert_eq!(stored.len(), 250);
+        let seven = stored.iter().find(|r| r.address == "198.18.1.7").unwrap();
+        assert_eq!(
+            (seven.mac.as_str(), seven.expires_at),
+            ("52:54:00:aa:aa:aa", 9_999)
+        );
+        // The last of the generated rows for .10 is i = 260 (i % 250 == 10, i < 450).
+        let ten = stored.iter().find(|r| r.address == "198.18.1.10").unwrap();
+        assert_eq!(ten.expires_at, 1_260);
+    }
 }

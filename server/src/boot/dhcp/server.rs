@@ -368,14 +368,20 @@ async fn writer(
 
 async fn write_batch(fleet: &Fleet, batch: &[Pending]) -> Result<(), store::StoreError> {
     let mut tx = fleet.store().begin().await?;
+    // Runs of upserts go out as multi-row statements (a statement is a round trip to SQLite's thread); a
+    // removal ends the run, so the changes still apply in order.
+    let mut run: Vec<LeaseRow> = Vec::new();
     for change in batch.iter().flat_map(|p| &p.changes) {
         match change {
-            LeaseChange::Upsert(l) => store::leases::upsert(&mut tx, &lease_row(l)).await?,
+            LeaseChange::Upsert(l) => run.push(lease_row(l)),
             LeaseChange::Remove { address, mac } => {
+                store::leases::upsert_many(&mut tx, &run).await?;
+                run.clear();
                 store::leases::remove(&mut tx, &address.to_string(), &mac.to_string()).await?
             }
         }
     }
+    store::leases::upsert_many(&mut tx, &run).await?;
     tx.commit().await?;
     Ok(())
 }
