@@ -98,6 +98,10 @@ impl From<sqlx::Error> for FleetError {
 
 type Result<T, E = FleetError> = std::result::Result<T, E>;
 
+fn no_cluster(name: &str) -> FleetError {
+    FleetError::NotFound(format!("no cluster named {name:?}"))
+}
+
 /// Who is making a change, as written in the audit log: a user name, `node:NAME` or `system`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Actor(pub String);
@@ -372,7 +376,7 @@ impl Fleet {
     async fn cluster_in(conn: &mut SqliteConnection, name: &str) -> Result<StoredCluster> {
         store::clusters::load_one(conn, name)
             .await?
-            .ok_or_else(|| FleetError::NotFound(format!("no cluster named {name:?}")))
+            .ok_or_else(|| no_cluster(name))
     }
 
     /// Takes one new generation for `ids` (in this transaction) and returns what to announce after commit.
@@ -570,7 +574,7 @@ impl Fleet {
         let mut tx = self.store.begin().await?;
         let stored = store::clusters::load_one(&mut tx, name).await?;
         precondition.check(name, stored.as_ref().map(|c| c.revision))?;
-        let c = Self::cluster_in(&mut tx, name).await?;
+        let c = stored.ok_or_else(|| no_cluster(name))?;
         let members = store::nodes::members(&mut tx, c.id).await?;
         if !members.is_empty() {
             let names: Vec<&str> = members.iter().map(|m| m.name.as_str()).collect();
@@ -1414,7 +1418,7 @@ impl Fleet {
     ) -> Result<std::sync::Arc<StoredCluster>> {
         let current = store::clusters::content_generation(conn, cluster_id)
             .await?
-            .ok_or_else(|| FleetError::NotFound(format!("no cluster named {name:?}")))?;
+            .ok_or_else(|| no_cluster(name))?;
         {
             let cache = self.cluster_cache.lock().unwrap_or_else(|p| p.into_inner());
             if let Some((g, c)) = cache.get(&cluster_id) {
