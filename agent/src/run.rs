@@ -470,6 +470,7 @@ pub async fn run(
             uptime_s: started.elapsed().as_secs(),
             // Filled in by the reporter.
             address: None,
+            health_events: Vec::new(),
         };
         // The reporter sends only the latest report.
         let _ = report_tx.send(Some(report));

@@ -144,6 +144,7 @@ pub fn service_reports(table: &IpvsTable, health: &HealthResults) -> Vec<Service
                         packets_out: d.stats.outpkts,
                         bytes_in: d.stats.inbytes,
                         bytes_out: d.stats.outbytes,
+                        health: None,
                     })
                     .collect(),
             })

@@ -977,15 +977,7 @@ pub async fn cluster_page(
             label: format!("{} {}", sv.protocol, socket_text(&sv.vip, sv.port)),
             scheduler: sv.scheduler.to_string(),
             forward: sv.forward.to_string(),
-            check: match sv.check.kind {
-                lbfleet_proto::CheckKind::Http => format!(
-                    "HTTP {} expects {}",
-                    sv.check.path.as_deref().unwrap_or("/"),
-                    sv.check.expect_status.unwrap_or(200)
-                ),
-                lbfleet_proto::CheckKind::Tcp => "TCP connect".into(),
-                lbfleet_proto::CheckKind::None => "none".into(),
-            },
+            check: sv.check.describe(),
             persistence: if sv.persistence_s == 0 {
                 "off".into()
             } else {
