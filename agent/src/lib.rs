@@ -2,6 +2,7 @@
 //! turns a role document into minimal IPVS changes, and the run loops behind the CLI.
 
 pub mod client;
+pub mod health;
 pub mod ipvs;
 pub mod netlink;
 pub mod reconcile;
