@@ -330,28 +330,30 @@ impl Probe {
                 _ => fail(io_text(&e)),
             })?;
         let group = ProcessGroup(child.id());
-        let stdout = child.stdout.take();
-        let stderr = child.stderr.take();
-        let output = async {
-            let (mut a, mut b) = (Vec::new(), Vec::new());
-            tokio::join!(read_bounded(stdout, &mut a), read_bounded(stderr, &mut b));
-            a.extend_from_slice(&b);
-            a
-        };
-        tokio::pin!(output);
+        // Read while the script runs (a full pipe would block it), in tasks of their own.
+        let stdout = tokio::spawn(read_bounded(child.stdout.take()));
+        let stderr = tokio::spawn(read_bounded(child.stderr.take()));
         let status = tokio::select! {
-            s = child.wait() => s.map_err(|e| fail(io_text(&e)))?,
-            _ = tokio::time::sleep(timeout) => {
-                drop(group);
-                let _ = child.wait().await;
-                return Err(ProbeError::Timeout(self.check.timeout_ms));
-            }
+            s = child.wait() => s.map_err(|e| fail(io_text(&e))),
+            _ = tokio::time::sleep(timeout) => Err(ProbeError::Timeout(self.check.timeout_ms)),
         };
         // Anything the script left behind in its group goes too, so the pipes close.
         drop(group);
-        let out = tokio::time::timeout(Duration::from_millis(100), &mut output)
-            .await
-            .unwrap_or_default();
+        let mut out = Vec::new();
+        for reader in [stdout, stderr] {
+            let abort = reader.abort_handle();
+            match tokio::time::timeout(Duration::from_millis(100), reader).await {
+                Ok(Ok(bytes)) => out.extend_from_slice(&bytes),
+                _ => abort.abort(),
+            }
+        }
+        let status = match status {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = child.wait().await;
+                return Err(e);
+            }
+        };
         if status.success() {
             return Ok(());
         }
@@ -384,9 +386,10 @@ async fn read_some<S: AsyncRead + Unpin>(
         .map_err(|e| ProbeError::Io("read", io_text(&e)))
 }
 
-/// Reads a pipe to its end, keeping at most `SCRIPT_OUTPUT_LIMIT` bytes in `kept`.
-async fn read_bounded<R: AsyncRead + Unpin>(pipe: Option<R>, kept: &mut Vec<u8>) {
-    let Some(mut pipe) = pipe else { return };
+/// Reads a pipe to its end, keeping at most `SCRIPT_OUTPUT_LIMIT` bytes.
+async fn read_bounded<R: AsyncRead + Unpin>(pipe: Option<R>) -> Vec<u8> {
+    let mut kept = Vec::new();
+    let Some(mut pipe) = pipe else { return kept };
     let mut buf = [0u8; 4096];
     while let Ok(n) = pipe.read(&mut buf).await {
         if n == 0 {
@@ -395,6 +398,7 @@ async fn read_bounded<R: AsyncRead + Unpin>(pipe: Option<R>, kept: &mut Vec<u8>)
         let room = SCRIPT_OUTPUT_LIMIT.saturating_sub(kept.len());
         kept.extend_from_slice(&buf[..n.min(room)]);
     }
+    kept
 }
 
 /// A script's process group, killed (SIGKILL) when this is dropped: at the timeout, after the script exits
