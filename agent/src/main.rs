@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use lbfleet_agent::client::ServerClient;
+use lbfleet_agent::health::HealthConfig;
 use lbfleet_agent::reconcile::{Applier, NetlinkApplier};
 use lbfleet_agent::run::{self, RunConfig};
 use lbfleet_agent::state::{self, StateDir, DEFAULT_STATE_DIR};
@@ -54,6 +55,8 @@ enum Command {
         /// kernel command line, else the first line of /etc/lbfleet/image-version)
         #[arg(long, env = "LBFLEET_IMAGE_VERSION")]
         image_version: Option<String>,
+        #[command(flatten)]
+        health: HealthArgs,
     },
     /// Standalone: apply a role document from a file (no server). With --watch, keep it applied.
     Apply {
@@ -64,6 +67,8 @@ enum Command {
         watch: bool,
         #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
         resync: Duration,
+        #[command(flatten)]
+        health: HealthArgs,
     },
     /// Show the kernel's IPVS table like `ipvsadm -Ln`.
     Status {
@@ -92,6 +97,26 @@ enum Command {
         #[arg(long, env = "LBFLEET_CREDENTIAL", hide_env_values = true)]
         credential: Option<String>,
     },
+}
+
+/// Health-check settings shared by `run` and `apply --watch`.
+#[derive(Debug, clap::Args)]
+struct HealthArgs {
+    /// Most health probes (sockets or scripts) open at once
+    #[arg(long, env = "LBFLEET_HEALTH_MAX_IN_FLIGHT", default_value_t = 256)]
+    health_max_in_flight: usize,
+    /// Directory of the executables `script` checks may name
+    #[arg(long, env = "LBFLEET_CHECKS_DIR", default_value = lbfleet_agent::health::probe::DEFAULT_CHECKS_DIR)]
+    checks_dir: PathBuf,
+}
+
+impl HealthArgs {
+    fn config(self) -> HealthConfig {
+        HealthConfig {
+            max_in_flight: self.health_max_in_flight,
+            checks_dir: self.checks_dir,
+        }
+    }
 }
 
 async fn fetch_role(
@@ -145,6 +170,7 @@ async fn run_server_mode(
     resync: Duration,
     cmdline: &Path,
     image_version: Option<String>,
+    health: HealthConfig,
 ) -> anyhow::Result<()> {
     let boot = std::fs::read_to_string(cmdline)
         .map(|c| state::parse_cmdline(&c))
@@ -159,6 +185,7 @@ async fn run_server_mode(
         .or_else(|| state::first_mac(Path::new("/sys/class/net")));
     config.credential = credential;
     config.resync = resync;
+    config.health = health;
     config.image_version = image_version.or(boot.image).or_else(|| {
         std::fs::read_to_string(IMAGE_VERSION_FILE)
             .ok()
@@ -181,12 +208,18 @@ async fn run_server_mode(
     Ok(())
 }
 
-async fn apply(role: PathBuf, watch: bool, resync: Duration) -> anyhow::Result<()> {
+async fn apply(
+    role: PathBuf,
+    watch: bool,
+    resync: Duration,
+    health: HealthConfig,
+) -> anyhow::Result<()> {
     let out = run::apply_file(
         role,
         Box::new(NetlinkApplier::new()),
         watch,
         resync,
+        health,
         ctrl_c(),
     )
     .await?;
@@ -207,21 +240,22 @@ async fn apply(role: PathBuf, watch: bool, resync: Duration) -> anyhow::Result<(
 
 fn show_status(json: bool, state_dir: &Path) -> anyhow::Result<()> {
     let table = NetlinkApplier::new().observe()?;
-    let generation = StateDir::new(state_dir)
-        .load_role()
-        .ok()
-        .flatten()
-        .map(|r| r.generation);
+    let dir = StateDir::new(state_dir);
+    // Written by a running agent; without one there is no health to show.
+    let health = std::fs::read(dir.health_path())
+        .map(|b| status::parse_health_file(&b))
+        .unwrap_or_default();
+    let generation = dir.load_role().ok().flatten().map(|r| r.generation);
     if json {
         println!(
             "{}",
-            serde_json::to_string_pretty(&status::status(&table, generation))?
+            serde_json::to_string_pretty(&status::status(&table, generation, &health))?
         );
     } else {
         if let Some(g) = generation {
             println!("role generation {g}");
         }
-        print!("{}", status::render_table(&table));
+        print!("{}", status::render_table(&table, &health));
     }
     Ok(())
 }
@@ -253,6 +287,7 @@ fn main() -> ExitCode {
             resync,
             cmdline,
             image_version,
+            health,
         } => runtime.block_on(run_server_mode(
             server,
             token,
@@ -262,12 +297,14 @@ fn main() -> ExitCode {
             resync,
             &cmdline,
             image_version,
+            health.config(),
         )),
         Command::Apply {
             role,
             watch,
             resync,
-        } => runtime.block_on(apply(role, watch, resync)),
+            health,
+        } => runtime.block_on(apply(role, watch, resync, health.config())),
         Command::Status { json, state_dir } => show_status(json, &state_dir),
         Command::FetchRole {
             server,

@@ -5,6 +5,7 @@
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use lbfleet_proto::{AgentReport, EnrollRequest, RoleDocument};
@@ -13,6 +14,7 @@ use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
 use crate::client::{ClientError, ServerClient};
+use crate::health::{HealthChecks, HealthConfig, PrioritySink};
 use crate::reconcile::{self, Applier, ApplyError, HealthResults, ReconcileOutcome, Reconciler};
 use crate::state::{StateDir, StateError};
 use crate::status;
@@ -85,6 +87,10 @@ pub struct RunConfig {
     pub backoff_initial: Duration,
     pub backoff_max: Duration,
     pub image_version: Option<String>,
+    /// Health-check settings (concurrency, script directory).
+    pub health: HealthConfig,
+    /// Where the quorum's VRRP priority goes (the VRRP instance's `SetPriority`).
+    pub priority_sink: Option<Arc<dyn PrioritySink>>,
 }
 
 impl RunConfig {
@@ -100,6 +106,8 @@ impl RunConfig {
             backoff_initial: Duration::from_millis(250),
             backoff_max: Duration::from_secs(30),
             image_version: None,
+            health: HealthConfig::default(),
+            priority_sink: None,
         }
     }
 }
@@ -146,17 +154,35 @@ struct Current {
 }
 
 impl Current {
-    fn set_role(&mut self, role: RoleDocument, health: &HealthResults) {
-        // Health results do not change between roles yet (no checker); once they do, a change of them must
-        // rebuild without reuse.
-        let previous = self.role.as_ref().map(|r| (r, &self.desired));
-        let (desired, errors) = reconcile::desired_state_reusing(&role, health, previous);
+    /// A new role: health checks follow it, and the desired state reuses the previous one's unchanged
+    /// services unless the health results changed with it.
+    fn set_role(&mut self, role: RoleDocument, checks: &mut HealthChecks) {
+        let health_changed = checks.set_role(&role);
+        let previous = self
+            .role
+            .as_ref()
+            .filter(|_| !health_changed)
+            .map(|r| (r, &self.desired));
+        let (desired, errors) = reconcile::desired_state_reusing(&role, checks.results(), previous);
         for e in &errors {
             warn!(generation = role.generation, error = %e, "role entry skipped");
         }
         self.desired = desired;
         self.role_errors = errors;
         self.role = Some(role);
+    }
+
+    /// Health results changed: rebuild from the role, reusing nothing (`desired_state_reusing` assumes the
+    /// health it was built with). Returns false without a role or when the results are the same.
+    fn health_changed(&mut self, checks: &mut HealthChecks) -> bool {
+        let Some(role) = &self.role else { return false };
+        if !checks.refresh(role) {
+            return false;
+        }
+        let (desired, errors) = reconcile::desired_state(role, checks.results());
+        self.desired = desired;
+        self.role_errors = errors;
+        true
     }
 }
 
@@ -291,7 +317,7 @@ pub async fn run(
 ) -> Result<(), AgentError> {
     let started = Instant::now();
     let state = StateDir::new(&config.state_dir);
-    let health = HealthResults::default();
+    let mut checks = HealthChecks::new(config.health.clone(), config.priority_sink.clone());
     let mut reconciler = Reconciler::new(applier);
     let mut current = Current {
         role: None,
@@ -305,7 +331,7 @@ pub async fn run(
     match state.load_role() {
         Ok(Some(role)) => {
             info!(generation = role.generation, "serving the saved role");
-            current.set_role(role, &health);
+            current.set_role(role, &mut checks);
             let (rec, r) =
                 reconcile_blocking(reconciler, current.desired.clone(), Pass::Full).await?;
             reconciler = rec;
@@ -376,13 +402,22 @@ pub async fn run(
                     if let Err(e) = state.save_role(&role) {
                         warn!(error = %e, "cannot save the role");
                     }
-                    current.set_role(role, &health);
+                    current.set_role(role, &mut checks);
                     "role"
                 }
                 Some(PollEvent::Refused(e)) => break Err(AgentError::CredentialRefused(e)),
                 None => break Err(AgentError::Task("role poller stopped".into())),
             },
             _ = std::future::ready(()), if report_due => "report",
+            _ = checks.changed() => {
+                if current.health_changed(&mut checks) {
+                    "health"
+                } else {
+                    // Nothing for the kernel (a first result, say); the transition goes out in a report.
+                    report_due = true;
+                    continue;
+                }
+            }
             _ = resync.tick() => "resync",
             _ = async {
                 match retry_at {
@@ -399,7 +434,7 @@ pub async fn run(
             continue;
         }
         let pass = match reason {
-            "role" => Pass::Fast,
+            "role" | "health" => Pass::Fast,
             "report" => Pass::Read,
             _ => Pass::Full,
         };
@@ -447,7 +482,11 @@ pub async fn run(
                     report_due = true;
                     continue;
                 }
-                status::service_reports(&out.table, &health)
+                let snapshot = checks.snapshot();
+                if let Err(e) = state.save_health(&status::health_file(&snapshot)) {
+                    debug!(error = %e, "cannot save the health state");
+                }
+                status::service_reports(&out.table, &snapshot)
             }
             Err(e) => {
                 retry_at = Some(tokio::time::Instant::now() + retry_delay);
@@ -470,7 +509,7 @@ pub async fn run(
             uptime_s: started.elapsed().as_secs(),
             // Filled in by the reporter.
             address: None,
-            health_events: Vec::new(),
+            health_events: checks.take_transitions(),
         };
         // The reporter sends only the latest report.
         let _ = report_tx.send(Some(report));
@@ -504,16 +543,18 @@ async fn local_address_towards(server: &str) -> Option<String> {
     Some(sock.local_addr().ok()?.ip().to_string())
 }
 
-/// Standalone mode: applies `role_file` once, or with `watch` again whenever the file changes and on every
-/// resync tick, until `shutdown`. Returns the last pass's outcome.
+/// Standalone mode: applies `role_file` once, or with `watch` again whenever the file changes, when a real
+/// server's health changes (checks run only with `watch`) and on every resync tick, until `shutdown`.
+/// Returns the last pass's outcome.
 pub async fn apply_file(
     role_file: PathBuf,
     applier: Box<dyn Applier>,
     watch: bool,
     resync: Duration,
+    health: HealthConfig,
     shutdown: impl Future<Output = ()>,
 ) -> Result<ReconcileOutcome, AgentError> {
-    let health = HealthResults::default();
+    let mut checks = HealthChecks::new(health, None);
     let load = |path: &PathBuf| -> Result<RoleDocument, AgentError> {
         let bytes = std::fs::read(path).map_err(|source| {
             AgentError::State(StateError::Io {
@@ -536,7 +577,13 @@ pub async fn apply_file(
     let mut last_resync = Instant::now();
     let mut pass = Pass::Full;
     loop {
-        let (desired, role_errors) = reconcile::desired_state(&role, &health);
+        let results = if watch {
+            checks.set_role(&role);
+            checks.results().clone()
+        } else {
+            HealthResults::default()
+        };
+        let (desired, role_errors) = reconcile::desired_state(&role, &results);
         let (rec, r) = reconcile_blocking(reconciler, desired, pass).await?;
         reconciler = rec;
         let mut out = r.map_err(AgentError::Observe)?;
@@ -557,6 +604,12 @@ pub async fn apply_file(
             tokio::select! {
                 _ = &mut shutdown => return Ok(out),
                 _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                _ = checks.changed() => {
+                    if checks.refresh(&role) {
+                        pass = Pass::Fast;
+                        break;
+                    }
+                }
             }
             let m = mtime(&role_file);
             if m != last_mtime {

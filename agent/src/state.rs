@@ -41,6 +41,15 @@ impl StateDir {
         self.dir.join("role.json")
     }
 
+    /// Health of the real servers as the running agent last saw it, for `lbfleet-agent status`.
+    pub fn health_path(&self) -> PathBuf {
+        self.dir.join("health.json")
+    }
+
+    pub fn save_health(&self, bytes: &[u8]) -> Result<(), StateError> {
+        self.write_atomic(&self.health_path(), bytes, false)
+    }
+
     fn credential_path(&self) -> PathBuf {
         self.dir.join("credential")
     }

@@ -1,13 +1,15 @@
-//! Views of the kernel's IPVS table: the `ipvsadm -Ln`-like text of `lbfleet-agent status`, its JSON form,
-//! and the per-service statistics the agent reports to the server.
+//! Views of the kernel's IPVS table: the `ipvsadm -Ln`-like text of `lbfleet-agent status` (with each real
+//! server's health as the running agent last saved it), its JSON form, and the per-service statistics and
+//! health the agent reports to the server.
 
+use std::collections::HashMap;
 use std::fmt::Write as _;
 
-use lbfleet_proto::{Protocol, RealServerReport, ServiceReport};
-use serde::Serialize;
+use lbfleet_proto::{HealthState, Protocol, RealServerHealth, RealServerReport, ServiceReport};
+use serde::{Deserialize, Serialize};
 
+use crate::health::HealthSnapshot;
 use crate::ipvs::{IpProto, IpvsTable, ServiceKey, Stats};
-use crate::reconcile::HealthResults;
 
 /// One destination in `status --json`.
 #[derive(Debug, Clone, Serialize)]
@@ -19,6 +21,8 @@ pub struct DestStatus {
     pub active_conns: u32,
     pub inactive_conns: u32,
     pub stats: Stats,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub health: Option<RealServerHealth>,
 }
 
 /// One service in `status --json`.
@@ -41,7 +45,81 @@ pub struct Status {
     pub services: Vec<ServiceStatus>,
 }
 
-pub fn status(table: &IpvsTable, role_generation: Option<u64>) -> Status {
+/// One real server's health in the state directory's `health.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HealthEntry {
+    /// `TCP 198.18.0.10:80`, as the table prints it.
+    pub service: String,
+    /// `198.18.2.1:8080`.
+    pub dest: String,
+    pub health: RealServerHealth,
+}
+
+/// Health by (service, destination) text, as `status` looks it up.
+pub type HealthByDest = HashMap<(String, String), RealServerHealth>;
+
+/// `health.json` for a snapshot.
+pub fn health_file(snapshot: &HealthSnapshot) -> Vec<u8> {
+    let mut entries: Vec<HealthEntry> = snapshot
+        .servers
+        .iter()
+        .map(|((s, d), h)| HealthEntry {
+            service: s.to_string(),
+            dest: d.to_string(),
+            health: h.clone(),
+        })
+        .collect();
+    entries.sort_by(|a, b| (&a.service, &a.dest).cmp(&(&b.service, &b.dest)));
+    serde_json::to_vec_pretty(&entries).unwrap_or_default()
+}
+
+/// Reads `health.json`; anything unreadable is no health information.
+pub fn parse_health_file(bytes: &[u8]) -> HealthByDest {
+    serde_json::from_slice::<Vec<HealthEntry>>(bytes)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|e| ((e.service, e.dest), e.health))
+        .collect()
+}
+
+/// `up 1.2 ms`, `down since 12:00:03: HTTP 500 from /healthz`, for the status table.
+pub fn health_text(h: &RealServerHealth, now_unix: u64) -> String {
+    let ago = |since: Option<u64>| {
+        since
+            .map(|s| {
+                format!(
+                    " for {}",
+                    humantime::format_duration(std::time::Duration::from_secs(
+                        now_unix.saturating_sub(s)
+                    ))
+                )
+            })
+            .unwrap_or_default()
+    };
+    let flaps = if h.flaps > 0 {
+        format!(", {} flap(s)", h.flaps)
+    } else {
+        String::new()
+    };
+    match h.state {
+        HealthState::Up => format!(
+            "up{}{}{flaps}",
+            ago(h.since),
+            h.latency_us
+                .map(|us| format!(", {:.1} ms", us as f64 / 1000.0))
+                .unwrap_or_default()
+        ),
+        HealthState::Down => format!(
+            "DOWN{}{flaps}: {}",
+            ago(h.since),
+            h.last_error.as_deref().unwrap_or("?")
+        ),
+        HealthState::NotChecked => "not checked".into(),
+        HealthState::AdminDrained => "drained (admin)".into(),
+    }
+}
+
+pub fn status(table: &IpvsTable, role_generation: Option<u64>, health: &HealthByDest) -> Status {
     Status {
         role_generation,
         services: table
@@ -63,6 +141,9 @@ pub fn status(table: &IpvsTable, role_generation: Option<u64>) -> Status {
                         active_conns: d.active_conns,
                         inactive_conns: d.inactive_conns,
                         stats: d.stats,
+                        health: health
+                            .get(&(s.service.key.to_string(), d.dest.key.to_string()))
+                            .cloned(),
                     })
                     .collect(),
             })
@@ -70,11 +151,15 @@ pub fn status(table: &IpvsTable, role_generation: Option<u64>) -> Status {
     }
 }
 
-/// The table as `ipvsadm -Ln` lays it out.
-pub fn render_table(table: &IpvsTable) -> String {
+/// The table as `ipvsadm -Ln` lays it out, with a Health column when `health` knows the destinations.
+pub fn render_table(table: &IpvsTable, health: &HealthByDest) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
     let mut out = String::new();
     out.push_str("Prot LocalAddress:Port Scheduler Flags\n");
-    out.push_str("  -> RemoteAddress:Port           Forward Weight ActiveConn InActConn\n");
+    out.push_str("  -> RemoteAddress:Port           Forward Weight ActiveConn InActConn");
+    out.push_str(if health.is_empty() { "\n" } else { " Health\n" });
     for (s, dests) in &table.services {
         let svc = &s.service;
         let _ = write!(out, "{} {}", svc.key, svc.scheduler);
@@ -86,7 +171,7 @@ pub fn render_table(table: &IpvsTable) -> String {
         }
         out.push('\n');
         for d in dests {
-            let _ = writeln!(
+            let _ = write!(
                 out,
                 "  -> {:<28} {:<7} {:<6} {:<10} {}",
                 d.dest.key.to_string(),
@@ -95,6 +180,10 @@ pub fn render_table(table: &IpvsTable) -> String {
                 d.active_conns,
                 d.inactive_conns
             );
+            if let Some(h) = health.get(&(svc.key.to_string(), d.dest.key.to_string())) {
+                let _ = write!(out, "{:<9} {}", "", health_text(h, now));
+            }
+            out.push('\n');
         }
     }
     out
@@ -102,7 +191,7 @@ pub fn render_table(table: &IpvsTable) -> String {
 
 /// Per-service counters for the agent report. Only address services map to the proto's (VIP, port,
 /// protocol); firewall-mark and SCTP services are not part of role documents and are left out.
-pub fn service_reports(table: &IpvsTable, health: &HealthResults) -> Vec<ServiceReport> {
+pub fn service_reports(table: &IpvsTable, health: &HealthSnapshot) -> Vec<ServiceReport> {
     table
         .services
         .iter()
@@ -135,7 +224,7 @@ pub fn service_reports(table: &IpvsTable, health: &HealthResults) -> Vec<Service
                     .map(|d| RealServerReport {
                         address: d.dest.key.addr.to_string(),
                         port: d.dest.key.port,
-                        healthy: !health.is_failed(&key, &d.dest.key),
+                        healthy: !health.results.is_failed(&key, &d.dest.key),
                         weight: d.dest.weight,
                         active_conns: u64::from(d.active_conns),
                         inactive_conns: u64::from(d.inactive_conns),
@@ -144,7 +233,7 @@ pub fn service_reports(table: &IpvsTable, health: &HealthResults) -> Vec<Service
                         packets_out: d.stats.outpkts,
                         bytes_in: d.stats.inbytes,
                         bytes_out: d.stats.outbytes,
-                        health: None,
+                        health: health.health_of(&key, &d.dest.key).cloned(),
                     })
                     .collect(),
             })
@@ -197,7 +286,7 @@ mod tests {
 
     #[test]
     fn renders_like_ipvsadm() {
-        let text = render_table(&table());
+        let text = render_table(&table(), &HealthByDest::new());
         assert!(
             text.contains("TCP 198.18.0.10:80 wrr persistent 300 mask /24\n"),
             "{text}"
@@ -210,11 +299,35 @@ mod tests {
 
     #[test]
     fn reports_carry_counters_and_health() {
-        let mut health = HealthResults::default();
+        let mut health = HealthSnapshot::default();
         let t = table();
         let key = t.services[0].0.service.key;
-        health.mark_failed(key, t.services[0].1[0].dest.key);
+        let dest = t.services[0].1[0].dest.key;
+        health.results.mark_failed(key, dest);
+        let down = RealServerHealth {
+            state: HealthState::Down,
+            since: Some(1_000),
+            last_error: Some("HTTP 500 from /healthz".into()),
+            latency_us: None,
+            flaps: 2,
+            check: Some("HTTP GET /healthz expects 2xx".into()),
+        };
+        health.servers.insert((key, dest), down.clone());
         let r = service_reports(&t, &health);
+        assert_eq!(r[0].real_servers[0].health.as_ref(), Some(&down));
+        // The file `status` reads, and the column it prints.
+        let by_dest = parse_health_file(&health_file(&health));
+        let text = render_table(&t, &by_dest);
+        assert!(text.contains("InActConn Health\n"), "{text}");
+        assert!(text.contains(" DOWN for "), "{text}");
+        assert!(
+            text.ends_with(", 2 flap(s): HTTP 500 from /healthz\n"),
+            "{text}"
+        );
+        assert_eq!(
+            health_text(&down, 1_090),
+            "DOWN for 1m 30s, 2 flap(s): HTTP 500 from /healthz"
+        );
         assert_eq!(r.len(), 1);
         assert_eq!(r[0].connections, 4);
         assert_eq!(r[0].real_servers[0].weight, 3);
@@ -230,7 +343,11 @@ mod tests {
             ),
             (3, 40, 30, 4000, 9000)
         );
-        let json = serde_json::to_value(status(&t, Some(7))).unwrap();
+        let json = serde_json::to_value(status(&t, Some(7), &by_dest)).unwrap();
+        assert_eq!(
+            json["services"][0]["destinations"][0]["health"]["state"],
+            "down"
+        );
         assert_eq!(json["role_generation"], 7);
         assert_eq!(json["services"][0]["destinations"][0]["forward"], "Masq");
     }

@@ -3,6 +3,7 @@
 //! distinct (target, check) with bounded concurrency (`monitor`), and the service quorum that lowers the
 //! node's VRRP priority (`quorum`).
 
+pub mod checks;
 pub mod dns;
 pub mod http;
 pub mod monitor;
@@ -10,6 +11,7 @@ pub mod probe;
 pub mod quorum;
 pub mod tracker;
 
+pub use checks::HealthChecks;
 pub use monitor::{HealthConfig, HealthMonitor, HealthSnapshot, ProbeKey, Prober};
 pub use probe::{Probe, ProbeError};
 pub use quorum::{ChannelPrioritySink, PrioritySink, QuorumStatus};
