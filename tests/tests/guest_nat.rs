@@ -31,7 +31,7 @@ fn role(generation: u64, w1: u32, second_enabled: bool) -> RoleDocument {
             persistence_s: 0,
             persistence_prefix: None,
             // No probes: these real servers are not what this test is about (health checks: guest_health.rs).
-        check: HealthCheck::of_kind(lbfleet_proto::CheckKind::None),
+            check: HealthCheck::of_kind(lbfleet_proto::CheckKind::None),
             real_servers: vec![
                 RealServer {
                     address: "198.18.2.1".into(),
