@@ -152,6 +152,8 @@ impl DownAction {
     }
 }
 
+// By hand: `wire_enum!` cannot mark a `#[default]` variant.
+#[allow(clippy::derivable_impls)]
 impl Default for DownAction {
     fn default() -> Self {
         DownAction::Drain
