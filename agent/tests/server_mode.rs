@@ -514,6 +514,32 @@ async fn a_failing_real_server_is_drained_reported_and_restored_and_quorum_lower
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // The transition became a node event with its reason.
+    let want =
+        format!("real server 127.0.0.1:{pa} of 198.18.0.10:80/tcp is down: HTTP 500 from /healthz");
+    let start = Instant::now();
+    loop {
+        let (_, v) = server
+            .call(
+                reqwest::Method::GET,
+                "/api/v1/events?kind=health",
+                Value::Null,
+            )
+            .await;
+        let found = v["events"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|e| e["message"] == want.as_str());
+        if found {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "no event {want:?}: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     // `lbfleet-agent status` reads what the daemon saved.
     let saved = std::fs::read(dir.path().join("state/health.json")).unwrap();
     let by_dest = lbfleet_agent::status::parse_health_file(&saved);

@@ -187,6 +187,56 @@ pub fn report_fields(
     errs.into_result(())
 }
 
+/// Most health transitions one report may carry (the agent keeps at most 1,000 between reports).
+pub const MAX_HEALTH_EVENTS: usize = 1000;
+/// Longest health text (an error, a check description, a service name) a report may carry.
+pub const MAX_HEALTH_TEXT: usize = 512;
+
+/// The health parts of an agent report are shown on the dashboard and stored as events: bounded, printable.
+pub fn report_health(report: &lbfleet_proto::AgentReport) -> Result<(), FieldErrors> {
+    let mut errs = FieldErrors::default();
+    let text_ok = |t: &str| t.len() <= MAX_HEALTH_TEXT && !t.chars().any(char::is_control);
+    for (i, s) in report.services.iter().enumerate() {
+        for (j, r) in s.real_servers.iter().enumerate() {
+            let Some(h) = &r.health else { continue };
+            for (name, t) in [("last_error", &h.last_error), ("check", &h.check)] {
+                if t.as_deref().is_some_and(|t| !text_ok(t)) {
+                    errs.push(
+                        format!("services[{i}].real_servers[{j}].health.{name}"),
+                        format!(
+                            "must be at most {MAX_HEALTH_TEXT} bytes without control characters"
+                        ),
+                    );
+                }
+            }
+        }
+    }
+    if report.health_events.len() > MAX_HEALTH_EVENTS {
+        errs.push(
+            "health_events",
+            format!(
+                "at most {MAX_HEALTH_EVENTS} per report, got {}",
+                report.health_events.len()
+            ),
+        );
+    } else {
+        for (i, e) in report.health_events.iter().enumerate() {
+            let bad = !text_ok(&e.service)
+                || !text_ok(&e.address)
+                || e.reason.as_deref().is_some_and(|t| !text_ok(t));
+            if bad {
+                errs.push(
+                    format!("health_events[{i}]"),
+                    format!(
+                        "texts must be at most {MAX_HEALTH_TEXT} bytes without control characters"
+                    ),
+                );
+            }
+        }
+    }
+    errs.into_result(())
+}
+
 pub fn image_file(field: &str, name: &str) -> Result<(), FieldError> {
     let ok = !name.is_empty()
         && name.len() <= 128
@@ -1151,6 +1201,78 @@ mod tests {
         s.services[0].check = serde_json::from_str(r#"{"kind":"none"}"#).unwrap_or_default();
         assert_eq!(s.services[0].check.kind, CheckKind::None);
         assert!(cluster_spec(&s).is_ok());
+    }
+
+    #[test]
+    fn report_health_texts_are_bounded() {
+        use lbfleet_proto::{
+            AgentReport, HealthState, HealthTransition, Protocol, RealServerHealth,
+            RealServerReport, ServiceReport,
+        };
+        let health = |e: &str| RealServerHealth {
+            state: HealthState::Down,
+            since: Some(1),
+            last_error: Some(e.into()),
+            latency_us: None,
+            flaps: 1,
+            check: None,
+        };
+        let rs = |e: &str| RealServerReport {
+            address: "198.18.2.1".into(),
+            port: 80,
+            healthy: false,
+            weight: 0,
+            active_conns: 0,
+            inactive_conns: 0,
+            connections: 0,
+            packets_in: 0,
+            packets_out: 0,
+            bytes_in: 0,
+            bytes_out: 0,
+            health: Some(health(e)),
+        };
+        let mut r = AgentReport {
+            services: vec![ServiceReport {
+                vip: "198.18.0.10".into(),
+                port: 80,
+                protocol: Protocol::Tcp,
+                connections: 0,
+                packets_in: 0,
+                packets_out: 0,
+                bytes_in: 0,
+                bytes_out: 0,
+                real_servers: vec![rs("HTTP 500 from /healthz")],
+            }],
+            ..Default::default()
+        };
+        assert!(report_health(&r).is_ok());
+        r.services[0].real_servers.push(rs(&"x".repeat(513)));
+        r.services[0].real_servers.push(rs("a\nb"));
+        let t = HealthTransition {
+            service: "198.18.0.10:80/tcp".into(),
+            address: "198.18.2.1".into(),
+            port: 80,
+            from: HealthState::Up,
+            to: HealthState::Down,
+            at: 1,
+            reason: Some("\u{1b}[31m".into()),
+        };
+        r.health_events = vec![t.clone()];
+        let fields: Vec<String> = report_health(&r)
+            .err()
+            .map(|e| e.0.into_iter().map(|f| f.field).collect())
+            .unwrap_or_default();
+        assert_eq!(
+            fields,
+            vec![
+                "services[0].real_servers[1].health.last_error",
+                "services[0].real_servers[2].health.last_error",
+                "health_events[0]"
+            ]
+        );
+        r.services[0].real_servers.truncate(1);
+        r.health_events = vec![HealthTransition { reason: None, ..t }; MAX_HEALTH_EVENTS + 1];
+        assert!(report_health(&r).is_err());
     }
 
     #[test]
