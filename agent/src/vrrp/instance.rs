@@ -13,6 +13,8 @@
 //!
 //! Beyond the RFC, as keepalived: `preempt_delay` keeps a Backup from preempting a lower-priority master for
 //! that long after startup, and [`Input::SetPriority`] lets health quorum lower (and restore) the priority.
+//! The preempt delay needs no timer of its own: it is decided from `now` when a lower-priority advert
+//! arrives, and once it has passed the Backup stops resetting its master-down timer for such adverts.
 
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
@@ -70,7 +72,7 @@ impl InstanceConfig {
             }
             Version::V3 => {
                 let ms = i.as_millis();
-                if i.as_nanos() % 10_000_000 != 0 || ms < 10 || ms > 40_950 {
+                if !i.as_nanos().is_multiple_of(10_000_000) || !(10..=40_950).contains(&ms) {
                     return Err(ConfigError::V3Interval(i));
                 }
             }
