@@ -384,3 +384,121 @@ fn quorum_lowers_the_priority_by_the_drops_of_services_below_it() {
     // 150 - 160 stays a valid priority.
     assert_eq!(QuorumStatus::evaluate(&r, &health).priority(150), 1);
 }
+
+/// The hook end to end with the real VRRP state machine: a Master at 150 whose service drops below quorum
+/// advertises 90 (150 - 60) and yields to a Backup advertising 120; back at quorum it advertises 150 again.
+#[tokio::test(start_paused = true)]
+async fn quorum_lowers_a_vrrp_masters_priority_until_it_yields() {
+    use crate::health::{HealthChecks, PrioritySink};
+    use crate::vrrp::instance::{Action, Input, Instance, InstanceConfig, State};
+    use crate::vrrp::packet::{Advertisement, Auth, Version};
+    use std::net::Ipv4Addr;
+
+    /// Feeds priorities to the instance as `Input::SetPriority`, as the VRRP task does with its channel.
+    #[derive(Debug)]
+    struct ToInstance(Arc<Mutex<(Instance, Vec<Action>)>>);
+    impl PrioritySink for ToInstance {
+        fn set_priority(&self, priority: u8) {
+            let mut g = self.0.lock().unwrap();
+            let actions =
+                g.0.handle(Input::SetPriority(priority), std::time::Instant::now());
+            g.1.extend(actions);
+        }
+    }
+    let lab = |n: u8| Ipv4Addr::new(198, 18, 0, n);
+    let vips = vec![lab(10)];
+    let mut instance = Instance::new(InstanceConfig {
+        version: Version::V3,
+        vrid: 51,
+        priority: 150,
+        advert_interval: Duration::from_secs(1),
+        preempt: true,
+        preempt_delay: Duration::ZERO,
+        accept: false,
+        primary_address: lab(2),
+        vips: vips.clone(),
+        auth: Auth::NONE,
+    })
+    .unwrap();
+    let t0 = std::time::Instant::now();
+    instance.handle(Input::Startup, t0);
+    let at = instance.master_down_deadline().unwrap();
+    instance.handle(Input::MasterDownTimerExpired, at);
+    assert_eq!(instance.state(), State::Master);
+    let shared = Arc::new(Mutex::new((instance, Vec::new())));
+
+    let fake = Arc::new(Fake::default());
+    let mut c = check();
+    c.quorum = Some(Quorum {
+        min_healthy: 2,
+        priority_drop: 60,
+    });
+    let mut r = role(vec![service(
+        "198.18.0.10",
+        80,
+        c,
+        &[("198.18.2.1", 80), ("198.18.2.2", 80)],
+    )]);
+    r.vrrp = Some(lbfleet_proto::VrrpConfig {
+        version: 3,
+        vrid: 51,
+        interface: "eth0".into(),
+        priority: 150,
+        advert_interval_ms: 1000,
+        preempt: true,
+        vips: vec!["198.18.0.10/32".into()],
+        unicast_peers: vec![],
+    });
+    let mut checks = HealthChecks::with_monitor(
+        monitor(&fake, 16),
+        Some(Arc::new(ToInstance(shared.clone()))),
+    );
+    let start = Instant::now();
+    checks.set_role(&r);
+    assert_eq!(checks.priority(), Some(150));
+    at(start, 100).await;
+    fake.set("198.18.2.2:80", Behaviour::Refuse);
+    // fall = 3 failures one second apart; each change wakes the loop, which refreshes.
+    while checks.priority() != Some(90) {
+        tokio::time::timeout(Duration::from_secs(10), checks.changed())
+            .await
+            .unwrap();
+        checks.refresh(&r);
+    }
+    assert_eq!(checks.priority(), Some(90));
+    {
+        let mut g = shared.lock().unwrap();
+        assert!(
+            g.1.iter()
+                .any(|a| matches!(a, Action::SendAdvert(ad) if ad.priority == 90)),
+            "{:?}",
+            g.1
+        );
+        // A Backup at 120 now preempts this Master.
+        let now = std::time::Instant::now();
+        g.0.handle(
+            Input::AdvertReceived {
+                from: lab(3),
+                advert: Advertisement {
+                    version: Version::V3,
+                    vrid: 51,
+                    priority: 120,
+                    advert_interval: 100,
+                    auth: Auth::NONE,
+                    addresses: vips.clone(),
+                },
+            },
+            now,
+        );
+        assert_eq!(g.0.state(), State::Backup);
+        g.1.clear();
+    }
+    fake.set("198.18.2.2:80", Behaviour::Up);
+    while checks.priority() != Some(150) {
+        tokio::time::timeout(Duration::from_secs(10), checks.changed())
+            .await
+            .unwrap();
+        checks.refresh(&r);
+    }
+    assert_eq!(shared.lock().unwrap().0.priority(), 150);
+}
