@@ -422,8 +422,8 @@ async fn quorum_lowers_a_vrrp_masters_priority_until_it_yields() {
     .unwrap();
     let t0 = std::time::Instant::now();
     instance.handle(Input::Startup, t0);
-    let at = instance.master_down_deadline().unwrap();
-    instance.handle(Input::MasterDownTimerExpired, at);
+    let down = instance.master_down_deadline().unwrap();
+    instance.handle(Input::MasterDownTimerExpired, down);
     assert_eq!(instance.state(), State::Master);
     let shared = Arc::new(Mutex::new((instance, Vec::new())));
 
