@@ -121,7 +121,6 @@ struct Entry {
 #[derive(Debug, Default)]
 struct Board {
     probes: HashMap<ProbeKey, Entry>,
-    by_member: HashMap<Member, ProbeKey>,
     drained: HashSet<Member>,
     unchecked: HashSet<Member>,
     transitions: VecDeque<HealthTransition>,
@@ -257,11 +256,7 @@ impl HealthMonitor {
             }
             keep
         });
-        board.by_member.clear();
         for (key, members) in wanted {
-            for m in &members {
-                board.by_member.insert(*m, key.clone());
-            }
             if let Some(entry) = board.probes.get_mut(&key) {
                 entry.members = members;
                 continue;
