@@ -38,6 +38,9 @@ struct Args {
     /// Seconds of CPU measurement per checker (after 5 s of warm-up)
     #[arg(long, default_value_t = 20)]
     cpu_seconds: u32,
+    /// lbfleet-agent binary to put in the guest (default: built with this bench's profile)
+    #[arg(long)]
+    agent: Option<std::path::PathBuf>,
 }
 
 fn http_check() -> HealthCheck {
@@ -253,7 +256,10 @@ fn main() -> anyhow::Result<()> {
         "--servers must be a multiple of 4 from 4 to 1000"
     );
     let prereqs = guest::prereqs()?;
-    let agent = guest::workspace_binary("lbfleet-agent", "lbfleet-agent")?;
+    let agent = match &args.agent {
+        Some(a) => a.clone(),
+        None => guest::workspace_binary("lbfleet-agent", "lbfleet-agent")?,
+    };
     let http = guest::workspace_binary("lbfleet-tests", "guest-http")?;
     let keepalived =
         which("keepalived").context("keepalived is required (scripts/install-deps.sh)")?;
