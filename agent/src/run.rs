@@ -112,6 +112,20 @@ impl RunConfig {
     }
 }
 
+/// What woke the server-mode loop. (The typed daemon loop of the VRRP work replaces this loop; health
+/// changes map to its `Event::HealthChange`.)
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Event {
+    /// A new role generation was applied to the desired state.
+    NewRole,
+    /// Fast passes are done and no newer role is waiting: read the counters and report.
+    ReportDue,
+    /// A real server's health changed the desired state (rebuilt without reuse).
+    HealthChange,
+    Resync,
+    Retry,
+}
+
 /// How a pass learns the kernel's state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Pass {
@@ -403,30 +417,30 @@ pub async fn run(
                         warn!(error = %e, "cannot save the role");
                     }
                     current.set_role(role, &mut checks);
-                    "role"
+                    Event::NewRole
                 }
                 Some(PollEvent::Refused(e)) => break Err(AgentError::CredentialRefused(e)),
                 None => break Err(AgentError::Task("role poller stopped".into())),
             },
-            _ = std::future::ready(()), if report_due => "report",
+            _ = std::future::ready(()), if report_due => Event::ReportDue,
             _ = checks.changed() => {
                 if current.health_changed(&mut checks) {
-                    "health"
+                    Event::HealthChange
                 } else {
                     // Nothing for the kernel (a first result, say); the transition goes out in a report.
                     report_due = true;
                     continue;
                 }
             }
-            _ = resync.tick() => "resync",
+            _ = resync.tick() => Event::Resync,
             _ = async {
                 match retry_at {
                     Some(t) => tokio::time::sleep_until(t).await,
                     None => std::future::pending().await,
                 }
-            } => "retry",
+            } => Event::Retry,
         };
-        if reason != "report" {
+        if reason != Event::ReportDue {
             retry_at = None;
         }
         if current.role.is_none() {
@@ -434,9 +448,9 @@ pub async fn run(
             continue;
         }
         let pass = match reason {
-            "role" | "health" => Pass::Fast,
-            "report" => Pass::Read,
-            _ => Pass::Full,
+            Event::NewRole | Event::HealthChange => Pass::Fast,
+            Event::ReportDue => Pass::Read,
+            Event::Resync | Event::Retry => Pass::Full,
         };
         let (rec, r) = reconcile_blocking(reconciler, current.desired.clone(), pass).await?;
         reconciler = rec;
@@ -445,7 +459,7 @@ pub async fn run(
             Ok(out) => {
                 if out.planned > 0 {
                     info!(
-                        reason,
+                        ?reason,
                         generation,
                         planned = out.planned,
                         applied = out.applied,
@@ -453,7 +467,7 @@ pub async fn run(
                         "IPVS reconciled"
                     );
                 }
-                if reason == "resync" && out.planned > 0 {
+                if reason == Event::Resync && out.planned > 0 {
                     warn!(
                         generation,
                         repaired = out.applied,

@@ -166,13 +166,13 @@ cpu() {{
 # lbfleet, drain trials
 lbfleet-agent apply --role /bench/drain.json --watch --resync 10s > /tmp/agent.log 2>&1 &
 P=$!
-run lbfleet_trials trials lbfleet
+[ {trials} -gt 0 ] && run lbfleet_trials trials lbfleet
 kill $P; wait $P
 ipvsadm -C
 # keepalived, drain trials
 keepalived -n -l -C -f /bench/drain.conf -p /run/keepalived/k.pid -c /run/keepalived/c.pid > /tmp/ka.log 2>&1 &
 P=$!
-run keepalived_trials trials keepalived
+[ {trials} -gt 0 ] && run keepalived_trials trials keepalived
 kill $P; wait $P
 ipvsadm -C
 # CPU with {servers} real servers
@@ -185,8 +185,9 @@ ipvsadm -C
 keepalived -n -l -C -f /bench/scale.conf -p /run/keepalived/k.pid -c /run/keepalived/c.pid > /tmp/ka2.log 2>&1 &
 P=$!
 # keepalived forks a checker child; measure that one (the parent only supervises).
-sleep 1
+waitfor /run/keepalived/c.pid .
 C=$(cat /run/keepalived/c.pid)
+echo "keepalived checker pid $C"
 run keepalived_cpu cpu keepalived $C
 run keepalived_table sh -c 'ipvsadm -Ln | grep -c "Masq *1 "'
 kill $P; wait $P
@@ -250,7 +251,6 @@ fn max(v: &[f64]) -> f64 {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    ensure!(args.trials > 0, "nothing to measure");
     ensure!(
         args.servers >= 4 && args.servers <= 1000 && args.servers % 4 == 0,
         "--servers must be a multiple of 4 from 4 to 1000"
@@ -297,9 +297,20 @@ fn main() -> anyhow::Result<()> {
         args.trials, args.servers
     );
     let out = guest::boot(&prereqs, &initrd, Duration::from_secs(3600))?;
+    let console = std::env::temp_dir().join("lbfleet-bench-health-console.log");
+    if std::fs::write(&console, &out.console).is_ok() {
+        eprintln!("guest console: {}", console.display());
+    }
 
-    let lb = trials(&out, "lbfleet_trials", "lbfleet")?;
-    let ka = trials(&out, "keepalived_trials", "keepalived")?;
+    if args.trials > 0 {
+        drain_report(&out)?;
+    }
+    cpu_report(&out, &args)
+}
+
+fn drain_report(out: &GuestOutput) -> anyhow::Result<()> {
+    let lb = trials(out, "lbfleet_trials", "lbfleet")?;
+    let ka = trials(out, "keepalived_trials", "keepalived")?;
     let (lb_med, ka_med) = (median(&lb), median(&ka));
     println!("drain time, real server failing -> weight 0 in the kernel (interval 1 s, timeout 0.5 s, 3 failures), ms:");
     println!(
@@ -317,8 +328,12 @@ fn main() -> anyhow::Result<()> {
         lb_med / ka_med,
         max(&lb) / max(&ka)
     );
-    let (lc, lr, lf) = cpu(&out, "lbfleet_cpu")?;
-    let (kc, kr, kf) = cpu(&out, "keepalived_cpu")?;
+    Ok(())
+}
+
+fn cpu_report(out: &GuestOutput, args: &Args) -> anyhow::Result<()> {
+    let (lc, lr, lf) = cpu(out, "lbfleet_cpu")?;
+    let (kc, kr, kf) = cpu(out, "keepalived_cpu")?;
     println!(
         "{} real servers, HTTP GET every 1 s, {} s:",
         args.servers, args.cpu_seconds
