@@ -119,6 +119,7 @@ pub const ARG_SERVER: &str = "lbfleet.server";
 pub const ARG_SERVER_CERT: &str = "lbfleet.server_cert";
 pub const ARG_TOKEN: &str = "lbfleet.token";
 pub const ARG_IMAGE: &str = "lbfleet.image";
+pub const ARG_CONSOLE_SHELL: &str = "lbfleet.console_shell";
 
 /// What the boot script tells a node on its kernel command line.
 #[derive(Clone, Default, PartialEq, Eq)]
@@ -134,6 +135,9 @@ pub struct KernelArgs {
     pub token: Option<String>,
     /// Version of the image the node booted (`lbfleet.image=`).
     pub image: Option<String>,
+    /// `lbfleet.console_shell=1`: `/init` keeps a root shell on the console (for a lab or a repair; an
+    /// operator adds it to an image's command line, the boot script never does by itself).
+    pub console_shell: bool,
 }
 
 impl fmt::Debug for KernelArgs {
@@ -144,6 +148,7 @@ impl fmt::Debug for KernelArgs {
             .field("server_cert", &self.server_cert)
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
             .field("image", &self.image)
+            .field("console_shell", &self.console_shell)
             .finish()
     }
 }
@@ -245,6 +250,9 @@ impl KernelArgs {
             check_value(ARG_IMAGE, v)?;
             parts.push(format!("{ARG_IMAGE}={v}"));
         }
+        if self.console_shell {
+            parts.push(format!("{ARG_CONSOLE_SHELL}=1"));
+        }
         Ok(parts.join(" "))
     }
 
@@ -272,6 +280,18 @@ impl KernelArgs {
                     check_value(ARG_IMAGE, value)?;
                     args.image = Some(value.to_owned());
                 }
+                ARG_CONSOLE_SHELL => {
+                    args.console_shell = match value {
+                        "1" => true,
+                        "0" => false,
+                        _ => {
+                            return Err(KernelArgsError::BadValue {
+                                arg: ARG_CONSOLE_SHELL,
+                                reason: format!("{value:?} is not 0 or 1"),
+                            })
+                        }
+                    }
+                }
                 _ => {}
             }
         }
@@ -279,17 +299,20 @@ impl KernelArgs {
     }
 
     /// Shell assignments for `/init` (`eval "$(lbfleet-agent bootargs)"`): `BOOTARG_MAC`, `BOOTARG_SERVER`,
-    /// `BOOTARG_SERVER_CERT`, `BOOTARG_IMAGE` (empty when absent) and `BOOTARG_TOKEN_GIVEN` (`yes`/`no`; the token
-    /// itself stays out of the shell and the console). Every value is single-quoted.
+    /// `BOOTARG_SERVER_CERT`, `BOOTARG_IMAGE` (empty when absent), `BOOTARG_TOKEN_GIVEN` (`yes`/`no`; the token
+    /// itself stays out of the shell and the console) and `BOOTARG_CONSOLE_SHELL` (`yes`/`no`). Every value is
+    /// single-quoted.
     pub fn shell_assignments(&self) -> String {
         let opt = |v: &Option<String>| shell_quote(v.as_deref().unwrap_or(""));
         format!(
-            "BOOTARG_MAC={}\nBOOTARG_SERVER={}\nBOOTARG_SERVER_CERT={}\nBOOTARG_IMAGE={}\nBOOTARG_TOKEN_GIVEN={}\n",
+            "BOOTARG_MAC={}\nBOOTARG_SERVER={}\nBOOTARG_SERVER_CERT={}\nBOOTARG_IMAGE={}\nBOOTARG_TOKEN_GIVEN={}\n\
+             BOOTARG_CONSOLE_SHELL={}\n",
             shell_quote(&self.bootif.map(|m| m.to_string()).unwrap_or_default()),
             opt(&self.server),
             opt(&self.server_cert),
             opt(&self.image),
             if self.token.is_some() { "yes" } else { "no" },
+            if self.console_shell { "yes" } else { "no" },
         )
     }
 }
@@ -308,6 +331,7 @@ mod tests {
             server_cert: Some(PIN.into()),
             token: Some("lbf_enr_AbC-d_9".into()),
             image: Some("2026.11.30-1".into()),
+            console_shell: false,
         }
     }
 
@@ -457,13 +481,13 @@ mod tests {
             text,
             format!(
                 "BOOTARG_MAC='52:54:00:aa:bb:0c'\nBOOTARG_SERVER='http://198.18.0.1:8080'\nBOOTARG_SERVER_CERT='{PIN}'\n\
-                 BOOTARG_IMAGE='2026.11.30-1'\nBOOTARG_TOKEN_GIVEN=yes\n"
+                 BOOTARG_IMAGE='2026.11.30-1'\nBOOTARG_TOKEN_GIVEN=yes\nBOOTARG_CONSOLE_SHELL=no\n"
             )
         );
         assert!(!text.contains("lbf_enr_"));
         assert_eq!(
             KernelArgs::default().shell_assignments(),
-            "BOOTARG_MAC=''\nBOOTARG_SERVER=''\nBOOTARG_SERVER_CERT=''\nBOOTARG_IMAGE=''\nBOOTARG_TOKEN_GIVEN=no\n"
+            "BOOTARG_MAC=''\nBOOTARG_SERVER=''\nBOOTARG_SERVER_CERT=''\nBOOTARG_IMAGE=''\nBOOTARG_TOKEN_GIVEN=no\nBOOTARG_CONSOLE_SHELL=no\n"
         );
         assert_eq!(shell_quote("a'b"), r"'a'\''b'");
     }

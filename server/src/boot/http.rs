@@ -184,6 +184,7 @@ async fn script(
         server_cert: None,
         token: Some(token.token),
         image: Some(image.name.clone()),
+        console_shell: false,
     };
     let cmdline = args.to_cmdline().map_err(|e| {
         tracing::error!(mac, error = %e, "boot script: kernel arguments refused (check public_url)");
