@@ -15,9 +15,10 @@ use crate::{ImageError, INITRD_FILE, INIT_SCRIPT, KERNEL_FILE, MANIFEST_FILE, UD
 /// The initrd budget: a node loads it over the boot network on every boot.
 pub const MAX_INITRD_BYTES: u64 = 40 * 1024 * 1024;
 
-/// Kernel arguments an image asks for besides the boot contract's: kernel and `/init` messages on the first
-/// serial port (the last `console=` is `/dev/console`) and on the screen.
-pub const DEFAULT_CMDLINE: &str = "console=tty0 console=ttyS0,115200n8";
+/// Kernel arguments an image asks for besides the boot contract's: `/init` and agent messages on the first
+/// serial port (the last `console=` is `/dev/console`) and on the screen. `quiet` keeps the kernel's own
+/// notices, among them the whole command line with the enrollment token, off the console (`dmesg` has them).
+pub const DEFAULT_CMDLINE: &str = "console=tty0 console=ttyS0,115200n8 quiet";
 
 /// Where the agent and the scripts go in the image.
 pub const AGENT_PATH: &str = "/usr/bin/lbfleet-agent";

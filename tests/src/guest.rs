@@ -540,3 +540,112 @@ pub fn workspace_binary(package: &str, name: &str) -> Result<PathBuf, HarnessErr
     }
     Ok(bin)
 }
+
+/// A guest that runs until dropped (a boot image whose `/init` never powers off): QEMU with a kernel, an
+/// initrd and `options`, its serial console collected in the background. Dropping it kills QEMU.
+#[derive(Debug)]
+pub struct RunningGuest {
+    child: Option<Child>,
+    console: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    reader: Option<std::thread::JoinHandle<()>>,
+}
+
+impl RunningGuest {
+    /// Starts QEMU (TCG, 1 GiB, serial console on stdout) with `append` as the whole kernel command line.
+    pub fn start(
+        prereqs: &Prereqs,
+        kernel: &Path,
+        initrd: &Path,
+        append: &str,
+        qemu_args: &[String],
+    ) -> Result<RunningGuest, HarnessError> {
+        let mut child = Command::new(&prereqs.qemu)
+            .args(["-accel", "tcg", "-m", "1024", "-smp", "1", "-nodefaults"])
+            .args(["-display", "none", "-no-reboot", "-serial", "stdio"])
+            .args(["-monitor", "none"])
+            .arg("-kernel")
+            .arg(kernel)
+            .arg("-initrd")
+            .arg(initrd)
+            .arg("-append")
+            .arg(append)
+            .args(qemu_args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(io_err(&prereqs.qemu))?;
+        let mut stdout = child
+            .stdout
+            .take()
+            .ok_or_else(|| HarnessError::Tool("no QEMU stdout".into()))?;
+        let console = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = console.clone();
+        let reader = std::thread::spawn(move || {
+            let mut buf = [0u8; 8192];
+            while let Ok(n) = stdout.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .extend_from_slice(&buf[..n]);
+            }
+        });
+        Ok(RunningGuest {
+            child: Some(child),
+            console,
+            reader: Some(reader),
+        })
+    }
+
+    /// The console so far.
+    pub fn console(&self) -> String {
+        let bytes = self.console.lock().unwrap_or_else(|p| p.into_inner());
+        String::from_utf8_lossy(&bytes).replace('\r', "")
+    }
+
+    /// Whether QEMU still runs.
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// Waits until the console contains `pattern`, QEMU exits, or `timeout` passes.
+    pub fn wait_for(&mut self, pattern: &str, timeout: Duration) -> Result<(), HarnessError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.console().contains(pattern) {
+                return Ok(());
+            }
+            if !self.is_running() {
+                return Err(HarnessError::Tool(format!(
+                    "QEMU exited before {pattern:?} appeared; console:\n{}",
+                    self.console()
+                )));
+            }
+            if Instant::now() >= deadline {
+                return Err(HarnessError::Timeout {
+                    timeout,
+                    console: self.console(),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for RunningGuest {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            if let Ok(None) = child.try_wait() {
+                let _ = child.kill();
+            }
+            let _ = child.wait();
+        }
+        if let Some(r) = self.reader.take() {
+            let _ = r.join();
+        }
+    }
+}
