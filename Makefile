@@ -15,9 +15,10 @@ build: deps
 
 # A boot image (Debian kernel + initramfs with busybox, modules, the release agent, /init) in
 # target/images/<version>/; `lbfleet-server image add target/images/<version>` serves it. See docs/images.md.
+IMAGE_OUT ?= target/images
 image: deps
 	$(CARGO) build --release -p lbfleet-agent -p lbfleet-images
-	./target/release/lbfleet-images build --agent target/release/lbfleet-agent --out target/images $(IMAGE_ARGS)
+	./target/release/lbfleet-images build --agent target/release/lbfleet-agent --out $(IMAGE_OUT) $(IMAGE_ARGS)
 
 # Build, start lbfleet-server on 127.0.0.1:8080 with var/lbfleet.db, print the URL and the admin login.
 demo: build
