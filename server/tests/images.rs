@@ -164,6 +164,45 @@ async fn image_add_list_remove_and_boot_from_the_default() {
         "{err}"
     );
     assert!(boot.join("images/v1").is_dir());
+    // Its own image, set through the API, is what its next boot script loads; null means the default again.
+    let (s, v) = srv
+        .put(
+            "/api/v1/nodes/52:54:00:aa:00:09/image",
+            &op,
+            json!({"image": "v2"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["image"], "v2", "{v}");
+    let script = srv
+        .http
+        .get(srv.url("/boot/52:54:00:aa:00:09.ipxe"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        script.contains("/images/v2/vmlinuz ") && script.contains(" lbfleet.image=v2 "),
+        "{script}"
+    );
+    let (s, v) = srv
+        .put(
+            "/api/v1/nodes/52:54:00:aa:00:09/image",
+            &op,
+            json!({"image": "v9"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+    let (s, v) = srv
+        .put(
+            "/api/v1/nodes/52:54:00:aa:00:09/image",
+            &op,
+            json!({"image": null}),
+        )
+        .await;
+    assert!(s.is_success() && v["image"].is_null(), "{s} {v}");
     // A node that names v2 keeps v2.
     let (s, v) = srv
         .post(

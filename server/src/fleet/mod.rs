@@ -21,6 +21,7 @@ use crate::store::clusters::{RealServerKey, StoredCluster};
 use crate::store::nodes::{Member, NodeKey, NodeRow};
 use crate::store::{self, now_ms, Store, StoreError};
 
+mod node_image;
 pub mod rules;
 
 pub use rules::{FieldError, FieldErrors};
