@@ -4,5 +4,6 @@
 
 pub mod cpio;
 pub mod guest;
+pub mod lab;
 pub mod ipvsadm;
 pub mod strace;

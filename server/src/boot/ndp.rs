@@ -27,14 +27,14 @@
 //! fills in the checksum and the link-local source). A site with a real IPv6 router on the boot network turns
 //! this off (`boot.answer_router_solicitations = false`): iPXE acts on the first advertisement it sees.
 
-use std::io::{self, Read};
-use std::net::{Ipv6Addr, SocketAddrV6};
+use std::io;
+use std::net::{Ipv6Addr, SocketAddr, SocketAddrV6};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use thiserror::Error;
-use tokio::io::unix::AsyncFd;
+use tokio::net::UdpSocket;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -153,8 +153,9 @@ pub async fn run(
     stats: Arc<NdpStats>,
     mut shutdown: watch::Receiver<bool>,
 ) -> io::Result<()> {
-    let fd = AsyncFd::new(socket)?;
-    let dest = socket2::SockAddr::from(SocketAddrV6::new(ALL_NODES, 0, 0, ifindex));
+    // tokio's UdpSocket only needs readiness plus recv/sendto on the descriptor, which a raw socket has.
+    let socket = UdpSocket::from_std(std::net::UdpSocket::from(socket))?;
+    let dest = SocketAddr::V6(SocketAddrV6::new(ALL_NODES, 0, 0, ifindex));
     let mut buf = [0u8; 1500];
     let mut last_sent: Option<Instant> = None;
     let mut pending = false;
@@ -164,16 +165,12 @@ pub async fn run(
         tokio::select! {
             _ = shutdown.changed() => return Ok(()),
             _ = tokio::time::sleep_until(due), if pending => {
-                send(&fd, &dest, &stats);
+                send(&socket, dest, &stats).await;
                 last_sent = Some(Instant::now());
                 pending = false;
             }
-            ready = fd.readable() => {
-                let mut guard = ready?;
-                let n = match guard.try_io(|s| s.get_ref().read(&mut buf)) {
-                    Ok(result) => result?,
-                    Err(_would_block) => continue,
-                };
+            received = socket.recv(&mut buf) => {
+                let n = received?;
                 match parse_solicitation(&buf[..n]) {
                     Ok(_) => {
                         stats.solicitations.fetch_add(1, Ordering::Relaxed);
@@ -191,8 +188,8 @@ pub async fn run(
     }
 }
 
-fn send(fd: &AsyncFd<socket2::Socket>, dest: &socket2::SockAddr, stats: &NdpStats) {
-    match fd.get_ref().send_to(&advertisement(), dest) {
+async fn send(socket: &UdpSocket, dest: SocketAddr, stats: &NdpStats) {
+    match socket.send_to(&advertisement(), dest).await {
         Ok(_) => {
             stats.advertisements.fetch_add(1, Ordering::Relaxed);
             tracing::debug!("router advertisement sent (lifetime 0, no prefixes)");
