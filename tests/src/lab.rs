@@ -187,6 +187,8 @@ pub fn unique_suffix() -> String {
 pub struct Site {
     pub vms: Vec<Vm>,
     pub server: Option<LabServer>,
+    /// Background processes in the namespaces (real servers), killed before the namespaces go.
+    pub processes: Vec<net::NsProcess>,
     /// Extra namespaces (clients, real servers), deleted before the site namespace.
     pub extra: Vec<Netns>,
     pub ns: Netns,
@@ -217,6 +219,7 @@ impl Site {
         Ok(Site {
             vms: Vec::new(),
             server: None,
+            processes: Vec::new(),
             extra: Vec::new(),
             ns,
             prereqs,

@@ -81,3 +81,45 @@ pub fn run(cmd: &mut Command) -> Result<Output, LabError> {
         })
     }
 }
+
+/// A process started in a namespace (a real server, a client load); killed by PID on drop.
+#[derive(Debug)]
+pub struct NsProcess {
+    child: std::process::Child,
+}
+
+impl NsProcess {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for NsProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+    }
+}
+
+impl Netns {
+    /// Starts `argv` in the namespace in the background, output discarded.
+    pub fn spawn(&self, argv: &[&str]) -> Result<NsProcess, LabError> {
+        let (program, args) = argv
+            .split_first()
+            .ok_or_else(|| LabError::Other("empty command".into()))?;
+        let child = self
+            .command(program)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| LabError::Command {
+                command: argv.join(" "),
+                stderr: e.to_string(),
+            })?;
+        Ok(NsProcess { child })
+    }
+}

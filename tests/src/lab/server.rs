@@ -231,6 +231,23 @@ impl LabServer {
         .map(|_| ())
     }
 
+    /// Registers a built image directory (`vmlinuz`, `initrd.img`, as `lbfleet-images` writes them) under its
+    /// directory name.
+    pub fn add_image_dir(&self, dir: &Path, cmdline: &str, default: bool) -> Result<String, LabError> {
+        let name = dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .ok_or_else(|| LabError::Other(format!("{} has no name", dir.display())))?;
+        self.add_image(
+            &name,
+            &dir.join("vmlinuz"),
+            &dir.join("initrd.img"),
+            cmdline,
+            default,
+        )?;
+        Ok(name)
+    }
+
     /// The node record with `mac`, if the server knows one.
     pub fn node_by_mac(&self, mac: &str) -> Result<Option<serde_json::Value>, LabError> {
         let nodes = self.api_ok("GET", "/nodes", None)?;

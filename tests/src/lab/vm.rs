@@ -71,6 +71,7 @@ pub struct Vm {
     child: Child,
     spec: VmSpec,
     console_path: PathBuf,
+    console_socket: PathBuf,
     started: Instant,
 }
 
@@ -82,13 +83,25 @@ impl Vm {
         spec: VmSpec,
     ) -> Result<Vm, LabError> {
         let console_path = dir.join(format!("{}.console", spec.name));
+        let console_socket = dir.join(format!("{}.sock", spec.name));
         let pidfile = dir.join(format!("{}.pid", spec.name));
         let mut cmd = ns.command(&prereqs.qemu.display().to_string());
         cmd.args(["-accel", "tcg", "-nodefaults", "-no-user-config"])
             .args(["-machine", "q35,graphics=off", "-cpu", "max"])
             .args(["-m", &spec.memory_mib.to_string()])
             .args(["-display", "none", "-monitor", "none", "-vga", "none"])
-            .args(["-serial", &format!("file:{}", console_path.display())])
+            // The serial console: everything the machine prints goes to the log file; a test may type into
+            // it through the socket (`Vm::type_line`).
+            .args([
+                "-chardev",
+                &format!(
+                    "socket,id=con0,path={},server=on,wait=off,logfile={},logappend=off",
+                    console_socket.display(),
+                    console_path.display()
+                ),
+                "-serial",
+                "chardev:con0",
+            ])
             .args(["-pidfile", &pidfile.display().to_string()])
             .args(["-boot", "n"]);
         if spec.firmware.is_uefi() {
@@ -134,6 +147,7 @@ impl Vm {
             child,
             spec,
             console_path,
+            console_socket,
             started: Instant::now(),
         })
     }
@@ -160,6 +174,15 @@ impl Vm {
         std::fs::read(&self.console_path)
             .map(|b| String::from_utf8_lossy(&b).into_owned())
             .unwrap_or_default()
+    }
+
+    /// Types `line` and a newline on the serial console (for an image with a console shell).
+    pub fn type_line(&self, line: &str) -> Result<(), LabError> {
+        use std::io::Write;
+        let mut s = std::os::unix::net::UnixStream::connect(&self.console_socket)
+            .map_err(io_err(&self.console_socket))?;
+        s.write_all(format!("{line}\n").as_bytes())
+            .map_err(io_err(&self.console_socket))
     }
 
     /// Whether QEMU is still running.
