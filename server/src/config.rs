@@ -169,6 +169,15 @@ pub struct BootArgs {
     /// Most unknown MACs waiting in `discovered` at once [default: 1024]
     #[arg(long = "boot-max-discovered", env = "LBFLEET_BOOT_MAX_DISCOVERED")]
     pub max_discovered: Option<i64>,
+    /// Answer IPv6 router solicitations on the DHCP interface (no router, no prefix), so iPXE does not wait
+    /// ~16 s for IPv6; turn off where a real IPv6 router serves the boot network [default: true]
+    #[arg(
+        long = "boot-answer-router-solicitations",
+        env = "LBFLEET_BOOT_ANSWER_ROUTER_SOLICITATIONS",
+        value_name = "BOOL",
+        action = clap::ArgAction::Set
+    )]
+    pub answer_router_solicitations: Option<bool>,
 }
 
 impl BootArgs {
@@ -194,6 +203,9 @@ impl BootArgs {
             tftp_max_blksize: self.tftp_max_blksize.or(other.tftp_max_blksize),
             tftp_max_windowsize: self.tftp_max_windowsize.or(other.tftp_max_windowsize),
             max_discovered: self.max_discovered.or(other.max_discovered),
+            answer_router_solicitations: self
+                .answer_router_solicitations
+                .or(other.answer_router_solicitations),
         }
     }
 }
@@ -218,6 +230,8 @@ pub struct BootConfig {
     pub tftp_max_blksize: u16,
     pub tftp_max_windowsize: u16,
     pub max_discovered: i64,
+    /// Run the IPv6 router-advertisement responder on `interface` (`boot::ndp`).
+    pub answer_router_solicitations: bool,
 }
 
 fn parse_cidr(text: &str) -> Result<(std::net::Ipv4Addr, u8), ConfigError> {
@@ -308,6 +322,7 @@ impl BootConfig {
                 .max_discovered
                 .unwrap_or(crate::fleet::DEFAULT_MAX_DISCOVERED)
                 .max(0),
+            answer_router_solicitations: args.answer_router_solicitations.unwrap_or(true),
         })
     }
 
@@ -329,6 +344,7 @@ impl BootConfig {
             tftp_max_blksize: 1468,
             tftp_max_windowsize: 64,
             max_discovered: crate::fleet::DEFAULT_MAX_DISCOVERED,
+            answer_router_solicitations: false,
         }
     }
 }

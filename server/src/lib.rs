@@ -34,6 +34,8 @@ pub async fn open_fleet(config: &ServerConfig) -> Result<fleet::Fleet, store::St
 pub struct BootSockets {
     pub tftp: Option<tokio::net::UdpSocket>,
     pub dhcp: Option<tokio::net::UdpSocket>,
+    /// Raw ICMPv6 socket on the DHCP interface and its index, for `boot::ndp`.
+    pub ndp: Option<(socket2::Socket, u32)>,
 }
 
 impl BootSockets {
@@ -59,6 +61,14 @@ impl BootSockets {
                 })?;
                 sock.set_broadcast(true)?;
                 sockets.dhcp = Some(sock);
+                if b.answer_router_solicitations {
+                    // Optional: without IPv6 on the interface iPXE merely waits longer.
+                    match boot::ndp::open(iface) {
+                        Ok(s) => sockets.ndp = Some(s),
+                        Err(e) => tracing::warn!(interface = %iface, error = %e,
+                            "cannot answer IPv6 router solicitations; iPXE will wait ~16 s for IPv6"),
+                    }
+                }
             }
         }
         Ok(sockets)
@@ -107,6 +117,10 @@ pub async fn run_with(
             stats,
             stop_rx.clone(),
         ));
+    }
+    if let Some((sock, ifindex)) = sockets.ndp {
+        let stats = std::sync::Arc::new(boot::ndp::NdpStats::default());
+        tasks.spawn(boot::ndp::run(sock, ifindex, stats, stop_rx.clone()));
     }
     if let (Some(boot), Some(sock)) = (&config.boot, sockets.tftp) {
         let tftp_config = boot::tftp::TftpConfig {

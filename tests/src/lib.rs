@@ -3,5 +3,6 @@
 //! bytes out of strace dumps (`strace`).
 
 pub mod guest;
+pub mod lab;
 pub mod ipvsadm;
 pub mod strace;

@@ -4,6 +4,7 @@
 pub mod dhcp;
 pub mod http;
 pub mod images;
+pub mod ndp;
 pub mod tftp;
 
 use std::sync::Arc;

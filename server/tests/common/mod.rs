@@ -115,7 +115,7 @@ impl TestServer {
         let (tx, rx) = oneshot::channel::<()>();
         let sockets = lbfleet_server::BootSockets {
             tftp: Some(tftp),
-            dhcp: None,
+            ..Default::default()
         };
         let handle = tokio::spawn(lbfleet_server::run_with(
             config,

@@ -562,6 +562,9 @@ impl<'a, R: Reservations> Ctx<'a, R> {
             if boot.pxe_class {
                 available.push((DhcpOption::ClassIdentifier(b"PXEClient".to_vec()), true));
             }
+            if let Some(vendor) = boot.vendor_options {
+                available.push((DhcpOption::VendorExtensions(vendor), true));
+            }
         }
 
         let requested: Option<Vec<OptionCode>> =
@@ -778,6 +781,14 @@ mod tests {
             } else {
                 assert_eq!(class, None, "{name}");
             }
+            // Option 43 on the wire, byte for byte: PXE_DISCOVERY_CONTROL (6) = 8, end. Without it EDK2's PXE
+            // client takes the offer for a BINL offer and asks port 4011 for its boot file.
+            let vendor = option_bytes(&wire, 43);
+            if pxe_class {
+                assert_eq!(vendor, Some(&[0x06, 0x01, 0x08, 0xff][..]), "{name}");
+            } else {
+                assert_eq!(vendor, None, "{name}");
+            }
             assert_eq!(
                 opt(&m, OptionCode::ServerIdentifier),
                 Some(&DhcpOption::ServerIdentifier(SERVER))
@@ -827,8 +838,27 @@ mod tests {
         // then the unrequested essentials, then the echoed client identifier.
         assert_eq!(
             codes,
-            vec![53, 54, 1, 3, 6, 15, 26, 60, 66, 67, 51, 58, 59, 61]
+            vec![53, 54, 1, 3, 6, 15, 26, 43, 60, 66, 67, 51, 58, 59, 61]
         );
+    }
+
+    /// The value of option `code` as it appears in the encoded reply.
+    fn option_bytes(wire: &[u8], code: u8) -> Option<&[u8]> {
+        let mut i = codec::HEADER_LEN;
+        while let Some(&c) = wire.get(i) {
+            match c {
+                0 => i += 1,
+                255 => return None,
+                _ => {
+                    let len = usize::from(*wire.get(i + 1)?);
+                    if c == code {
+                        return wire.get(i + 2..i + 2 + len);
+                    }
+                    i += 2 + len;
+                }
+            }
+        }
+        None
     }
 
     fn option_codes(wire: &[u8]) -> Vec<u8> {
