@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use lbfleet_agent::client::ServerClient;
+use lbfleet_agent::daemon::{self, RunConfig};
 use lbfleet_agent::reconcile::{Applier, NetlinkApplier};
-use lbfleet_agent::run::{self, RunConfig};
 use lbfleet_agent::state::{self, StateDir, DEFAULT_STATE_DIR};
 use lbfleet_agent::status;
 use lbfleet_proto::EnrollRequest;
@@ -64,8 +64,11 @@ enum Command {
         watch: bool,
         #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
         resync: Duration,
+        /// Where the status file (`lbfleet-agent status`) is written with --watch
+        #[arg(long, env = "LBFLEET_STATE_DIR", default_value = DEFAULT_STATE_DIR)]
+        state_dir: PathBuf,
     },
-    /// Show the kernel's IPVS table like `ipvsadm -Ln`.
+    /// Show the kernel's IPVS table like `ipvsadm -Ln`, and the running agent's VRRP state.
     Status {
         #[arg(long)]
         json: bool,
@@ -135,6 +138,18 @@ async fn ctrl_c() {
     let _ = tokio::signal::ctrl_c().await;
 }
 
+/// SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return ctrl_c().await,
+    };
+    tokio::select! {
+        _ = ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn run_server_mode(
     server: Option<String>,
@@ -166,7 +181,7 @@ async fn run_server_mode(
             .filter(|v| !v.is_empty())
     });
     let applier: Box<dyn Applier> = Box::new(NetlinkApplier::new());
-    run::run(config, applier, async {
+    daemon::run(config, applier, async {
         let mut term =
             match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
                 Ok(s) => s,
@@ -181,13 +196,19 @@ async fn run_server_mode(
     Ok(())
 }
 
-async fn apply(role: PathBuf, watch: bool, resync: Duration) -> anyhow::Result<()> {
-    let out = run::apply_file(
+async fn apply(
+    role: PathBuf,
+    watch: bool,
+    resync: Duration,
+    state_dir: PathBuf,
+) -> anyhow::Result<()> {
+    let out = daemon::apply_file(
         role,
         Box::new(NetlinkApplier::new()),
         watch,
         resync,
-        ctrl_c(),
+        state_dir,
+        shutdown_signal(),
     )
     .await?;
     eprintln!(
@@ -267,7 +288,8 @@ fn main() -> ExitCode {
             role,
             watch,
             resync,
-        } => runtime.block_on(apply(role, watch, resync)),
+            state_dir,
+        } => runtime.block_on(apply(role, watch, resync, state_dir)),
         Command::Status { json, state_dir } => show_status(json, &state_dir),
         Command::FetchRole {
             server,

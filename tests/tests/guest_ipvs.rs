@@ -3,10 +3,11 @@
 //! busybox-static and ipvsadm (`make deps`); fails without them (see `guest::require`).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use lbfleet_agent::ipvs::codec::{self, Body, IpvsRequest};
+use lbfleet_agent::ipvs::codec::{self, IpvsRequest};
 use lbfleet_agent::ipvs::{
     DestKey, Destination, Family, Forward, IpProto, Service, ServiceKey, SVC_F_PERSISTENT,
 };
+use lbfleet_agent::netlink::{self, genl};
 use lbfleet_agent::reconcile::{desired_state, HealthResults};
 use lbfleet_proto::{
     ForwardMethod, HealthCheck, Protocol, RealServer, RoleDocument, Scheduler, VirtualService,
@@ -324,11 +325,9 @@ fn sent_by_ipvsadm(name: &str, cmd: u8) -> Option<Vec<u8>> {
     assert_eq!(sec.rc, 0, "{name}: {}", sec.text);
     let caps = strace::parse(&sec.text);
     for c in caps.iter().filter(|c| c.send) {
-        let msgs = codec::decode_messages(&c.bytes).unwrap_or_default();
+        let msgs = netlink::decode_messages(&c.bytes).unwrap_or_default();
         if let Some(m) = msgs.first() {
-            if m.msg_type != codec::GENL_ID_CTRL
-                && matches!(m.body, Body::Genl { cmd: c2, .. } if c2 == cmd)
-            {
+            if m.msg_type != genl::GENL_ID_CTRL && matches!(m.genl(), Some((c2, _)) if c2 == cmd) {
                 return Some(c.bytes.clone());
             }
         }
@@ -427,11 +426,11 @@ fn codec_sends_the_same_bytes_as_ipvsadm() {
             // ipvsadm repeats the whole service before a destination; lbfleet sends its key. The destination
             // nest must be identical and the service the same one.
             IpvsRequest::NewDest(key, _) | IpvsRequest::SetDest(key, _) => {
-                let attrs = |b: &[u8]| b[codec::NLMSG_HDRLEN + codec::GENL_HDRLEN..].to_vec();
+                let attrs = |b: &[u8]| b[netlink::NLMSG_HDRLEN + genl::GENL_HDRLEN..].to_vec();
                 let (t, o) = (attrs(&theirs), attrs(&ours));
                 let (ta, oa) = (
-                    codec::Attrs::parse(&t).unwrap(),
-                    codec::Attrs::parse(&o).unwrap(),
+                    netlink::Attrs::parse(&t).unwrap(),
+                    netlink::Attrs::parse(&o).unwrap(),
                 );
                 ta.get(codec::IPVS_CMD_ATTR_DEST) == oa.get(codec::IPVS_CMD_ATTR_DEST)
                     && codec::parse_service(&t).unwrap().service.key == *key
@@ -456,15 +455,15 @@ fn deletes_name_the_same_objects_as_ipvsadm() {
     let Some(theirs) = sent_by_ipvsadm("cap_del_svc", codec::IPVS_CMD_DEL_SERVICE) else {
         return;
     };
-    let msgs = codec::decode_messages(&theirs).unwrap();
-    let Body::Genl { attrs, .. } = msgs[0].body else {
+    let msgs = netlink::decode_messages(&theirs).unwrap();
+    let Some((_, attrs)) = msgs[0].genl() else {
         panic!("not genl")
     };
     assert_eq!(codec::parse_service(attrs).unwrap().service.key, tcp80());
 
     let theirs = sent_by_ipvsadm("cap_del_dest", codec::IPVS_CMD_DEL_DEST).unwrap();
-    let msgs = codec::decode_messages(&theirs).unwrap();
-    let Body::Genl { attrs, .. } = msgs[0].body else {
+    let msgs = netlink::decode_messages(&theirs).unwrap();
+    let Some((_, attrs)) = msgs[0].genl() else {
         panic!("not genl")
     };
     let d = codec::parse_dest(attrs, Family::V4).unwrap();
@@ -485,9 +484,9 @@ fn codec_parses_the_dump_ipvsadm_received() {
     let mut services = Vec::new();
     let mut dests = Vec::new();
     for c in strace::parse(&list.text).iter().filter(|c| !c.send) {
-        for m in codec::decode_messages(&c.bytes).unwrap() {
-            if let Body::Genl { cmd, attrs } = m.body {
-                if m.msg_type == codec::GENL_ID_CTRL {
+        for m in netlink::decode_messages(&c.bytes).unwrap() {
+            if let Some((cmd, attrs)) = m.genl() {
+                if m.msg_type == genl::GENL_ID_CTRL {
                     continue;
                 }
                 match cmd {

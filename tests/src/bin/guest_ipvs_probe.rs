@@ -12,10 +12,11 @@ use std::net::IpAddr;
 use std::process::ExitCode;
 
 use lbfleet_agent::ipvs::codec::IpvsRequest;
+use lbfleet_agent::ipvs::IpvsSocket;
 use lbfleet_agent::ipvs::{
     Destination, Family, Forward, IpProto, Service, ServiceKey, SVC_F_PERSISTENT,
 };
-use lbfleet_agent::netlink::{IpvsSocket, NetlinkError};
+use lbfleet_agent::netlink::NetlinkError;
 use lbfleet_proto::Scheduler;
 use lbfleet_tests::ipvsadm::normalize_table;
 
@@ -80,7 +81,7 @@ fn setup(sock: &mut IpvsSocket) -> Result<(), String> {
     reqs.push(IpvsRequest::NewService(svc6));
 
     for (req, r) in reqs.iter().zip(sock.execute_batch(&reqs)) {
-        r.map_err(|e| format!("{}: {e}", lbfleet_agent::netlink::describe(req)))?;
+        r.map_err(|e| format!("{}: {e}", lbfleet_agent::ipvs::describe(req)))?;
     }
 
     // Edits and deletes: a weight, a scheduler, one extra destination added and removed.
@@ -129,7 +130,7 @@ fn teardown(sock: &mut IpvsSocket) -> Result<(), String> {
         .map(|s| IpvsRequest::DelService(s.service.key))
         .collect();
     for (req, r) in reqs.iter().zip(sock.execute_batch(&reqs)) {
-        r.map_err(|e| format!("{}: {e}", lbfleet_agent::netlink::describe(req)))?;
+        r.map_err(|e| format!("{}: {e}", lbfleet_agent::ipvs::describe(req)))?;
     }
     let left = sock.services().map_err(|e| format!("dump: {e}"))?;
     if !left.is_empty() {
