@@ -112,6 +112,9 @@ pub struct AgentReport {
     /// records those newer than the last one it saw.
     #[serde(default)]
     pub vrrp_transitions: Vec<VrrpTransition>,
+    /// VRRP adverts dropped since the agent started, by reason (`ttl`, `checksum`, `vrid_mismatch`, ...).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub vrrp_dropped: std::collections::BTreeMap<String, u64>,
     #[serde(default)]
     pub services: Vec<ServiceReport>,
     /// Errors since the last report (failed netlink operations, bad role fields); empty when healthy.

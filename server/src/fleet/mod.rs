@@ -503,7 +503,7 @@ impl Fleet {
             ));
         }
         for (i, vip) in spec.vips.iter().enumerate() {
-            let addr = vip.split('/').next().unwrap_or(vip);
+            let addr = vip.addr();
             if let Some(owner) = others.vips.get(addr) {
                 errs.push(FieldError::new(
                     format!("vips[{i}]"),
@@ -1378,8 +1378,11 @@ impl Fleet {
                 .map_err(|_| StoreError::Corrupt(format!("node {} priority", row.id)))?,
             advert_interval_ms: c.spec.advert_interval_ms,
             preempt: c.spec.preempt,
+            preempt_delay_ms: c.spec.preempt_delay_ms,
             vips: c.spec.vips.clone(),
             unicast_peers: c.spec.unicast_peers.clone(),
+            garp: c.spec.garp,
+            conn_sync: c.spec.conn_sync.clone(),
         });
         doc.services = c
             .spec

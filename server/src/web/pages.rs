@@ -184,7 +184,7 @@ async fn fleet_picture(s: &AppState) -> Result<(FleetPicture, Vec<NodeView>), We
         }
         cards.push(ClusterCard {
             name: c.name.clone(),
-            vips: c.spec.vips.join(", "),
+            vips: vip_list(&c.spec.vips, ", "),
             members,
             services_up: up,
             services_total: c.spec.services.len(),
@@ -738,7 +738,7 @@ impl ClusterForm {
             vrrp_version: spec.vrrp_version.to_string(),
             advert_interval_ms: spec.advert_interval_ms.to_string(),
             preempt: spec.preempt,
-            vips: spec.vips.join("\n"),
+            vips: vip_list(&spec.vips, "\n"),
             unicast_peers: spec.unicast_peers.join("\n"),
             errors: HashMap::new(),
             general: None,
@@ -843,7 +843,7 @@ pub async fn clusters_page(
                 "VRID {} on {} (v{}, {} ms)",
                 c.spec.vrid, c.spec.interface, c.spec.vrrp_version, c.spec.advert_interval_ms
             ),
-            vips: c.spec.vips.join(", "),
+            vips: vip_list(&c.spec.vips, ", "),
             active: c
                 .members
                 .iter()
@@ -1037,12 +1037,7 @@ pub async fn cluster_page(
         p: Chrome::new(user, headers, "clusters", format!("Cluster {}", c.name)),
         has_active: c.members.iter().any(|m| m.role == "active"),
         has_backup: c.members.iter().any(|m| m.role == "backup"),
-        vips: c
-            .spec
-            .vips
-            .iter()
-            .map(|v| v.split('/').next().unwrap_or(v).to_owned())
-            .collect(),
+        vips: c.spec.vips.iter().map(|v| v.addr().to_owned()).collect(),
         form: form.unwrap_or_else(|| ClusterForm::from_spec(&c.name, &c.spec)),
         svc_form,
         schedulers: lbfleet_proto::Scheduler::ALL
@@ -1244,4 +1239,12 @@ pub fn login_page(
         resp.headers_mut().insert(header::SET_COOKIE, v);
     }
     Ok(resp.into_response())
+}
+
+/// VIPs as text: `198.18.0.10/32`, `198.18.2.254/24 dev eth1`.
+fn vip_list(vips: &[lbfleet_proto::VipSpec], sep: &str) -> String {
+    vips.iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(sep)
 }
