@@ -9,3 +9,4 @@ pub mod reconcile;
 pub mod rtnl;
 pub mod state;
 pub mod status;
+pub mod vrrp;
