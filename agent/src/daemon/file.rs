@@ -48,6 +48,9 @@ pub async fn apply_file(
 ) -> Result<ReconcileOutcome, AgentError> {
     let role = load(&role_file)?;
     if !watch {
+        if role.vrrp.is_some() {
+            warn!("the role has VRRP settings: VRRP runs only with --watch (a one-shot apply cannot hold VIPs)");
+        }
         let health = HealthResults::default();
         let (desired, role_errors) = reconcile::desired_state(&role, &health);
         let mut out = tokio::task::spawn_blocking(move || {

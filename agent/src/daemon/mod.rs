@@ -15,9 +15,12 @@ use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
 use crate::client::ClientError;
+use crate::ipvs::codec::{SyncDaemon, SyncState};
+use crate::ipvs::IpvsSocket;
 use crate::reconcile::{self, Applier, ApplyError, HealthResults, ReconcileOutcome, Reconciler};
 use crate::state::{StateDir, StateError};
 use crate::status;
+use crate::vrrp::tasks::VrrpSupervisor;
 
 pub use file::apply_file;
 pub use server::{run, Backoff, RunConfig};
@@ -172,8 +175,14 @@ struct Daemon {
     last_outcome: Option<ReconcileOutcome>,
     last_services: Vec<lbfleet_proto::ServiceReport>,
     vrrp: Option<VrrpStatus>,
-    /// Transitions not yet acknowledged by a sent report (server mode) / the recent ones (status).
+    /// The most recent transitions, oldest first (reports and `status`).
     transitions: Vec<VrrpTransition>,
+    /// The VRRP instance of the current role (VIPs, GARP).
+    vrrp_task: VrrpSupervisor,
+    /// The connection-sync daemon last put in place.
+    sync_daemon: Option<SyncDaemon>,
+    /// Handed to subsystems so they can send events.
+    events_tx: mpsc::Sender<Event>,
 }
 
 /// Milliseconds since the Unix epoch, now.
@@ -187,7 +196,7 @@ pub fn now_ms() -> u64 {
 pub(crate) async fn run_loop(
     config: LoopConfig,
     applier: Box<dyn Applier>,
-    _events_tx: mpsc::Sender<Event>,
+    events_tx: mpsc::Sender<Event>,
     mut events: mpsc::Receiver<Event>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<Option<ReconcileOutcome>, AgentError> {
@@ -209,6 +218,9 @@ pub(crate) async fn run_loop(
         last_services: Vec::new(),
         vrrp: None,
         transitions: Vec::new(),
+        vrrp_task: VrrpSupervisor::new(),
+        sync_daemon: None,
+        events_tx,
         config,
     };
     let resync_every = d.config.resync;
@@ -226,10 +238,19 @@ pub(crate) async fn run_loop(
         .await;
         match event {
             Event::Shutdown => break,
-            Event::Fatal(e) => return Err(e),
-            event => d.handle(event).await?,
+            Event::Fatal(e) => {
+                d.shutdown().await;
+                return Err(e);
+            }
+            event => {
+                if let Err(e) = d.handle(event).await {
+                    d.shutdown().await;
+                    return Err(e);
+                }
+            }
         }
     }
+    d.shutdown().await;
     Ok(d.last_outcome)
 }
 
@@ -275,6 +296,14 @@ impl Daemon {
                     }
                 }
                 self.set_role(*role, true);
+                let vrrp = self.role.as_ref().and_then(|r| r.vrrp.clone());
+                if vrrp.is_none() && self.vrrp.is_some() {
+                    self.vrrp = None;
+                }
+                self.vrrp_task.apply(vrrp.as_ref(), &self.events_tx).await;
+                if vrrp.is_none() {
+                    self.set_sync_daemon(None).await;
+                }
                 if first || origin == RoleOrigin::Saved {
                     Pass::Full
                 } else {
@@ -297,8 +326,25 @@ impl Daemon {
                     master = ?status.master,
                     "VRRP transition"
                 );
+                let want = self
+                    .role
+                    .as_ref()
+                    .and_then(|r| r.vrrp.as_ref())
+                    .and_then(|v| {
+                        let state = match status.state {
+                            VrrpState::Master => SyncState::Master,
+                            VrrpState::Backup => SyncState::Backup,
+                            _ => return None,
+                        };
+                        v.conn_sync.as_ref().map(|c| SyncDaemon {
+                            state,
+                            interface: c.interface.clone(),
+                            sync_id: c.sync_id,
+                        })
+                    });
                 self.vrrp = Some(status);
                 self.transitions.push(transition);
+                self.set_sync_daemon(want).await;
                 let excess = self.transitions.len().saturating_sub(TRANSITIONS_KEPT);
                 self.transitions.drain(..excess);
                 self.publish(self.last_services.clone());
@@ -316,6 +362,37 @@ impl Daemon {
             return Ok(());
         }
         self.pass(pass, is_resync).await
+    }
+
+    /// Graceful stop: VRRP hands over (priority 0) and removes the VIPs; the sync daemon stops.
+    async fn shutdown(&mut self) {
+        self.vrrp_task.stop().await;
+        self.set_sync_daemon(None).await;
+    }
+
+    /// Runs the kernel's IPVS connection-sync daemon as `want` says (none: stop ours). Only touches IPVS when
+    /// a sync daemon is or was wanted, so VRRP alone never needs ip_vs.
+    async fn set_sync_daemon(&mut self, want: Option<SyncDaemon>) {
+        if want == self.sync_daemon {
+            return;
+        }
+        let w = want.clone();
+        let r = tokio::task::spawn_blocking(move || {
+            IpvsSocket::open().and_then(|mut s| s.ensure_sync_daemon(w.as_ref()))
+        })
+        .await;
+        match r {
+            Ok(Ok(_)) => {
+                info!(sync_daemon = ?want, "IPVS connection sync set");
+                self.sync_daemon = want;
+            }
+            Ok(Err(e)) => {
+                warn!(error = %e, "cannot set the IPVS connection sync daemon");
+                self.pending_errors
+                    .push(format!("cannot set the IPVS connection sync daemon: {e}"));
+            }
+            Err(e) => warn!(error = %e, "sync daemon task failed"),
+        }
     }
 
     fn set_role(&mut self, role: RoleDocument, reuse: bool) {
@@ -418,6 +495,7 @@ impl Daemon {
                 .and_then(|v| v.master)
                 .map(|m| m.to_string()),
             vrrp_transitions: self.transitions.clone(),
+            vrrp_dropped: self.vrrp_task.drops().to_map(),
             services,
             errors,
             agent_version: Some(env!("CARGO_PKG_VERSION").into()),

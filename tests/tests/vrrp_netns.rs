@@ -1,0 +1,554 @@
+//! VRRP on the host kernel in network namespaces: lbfleet-agent (`apply --role FILE --watch`) against
+//! keepalived (Debian's, v2 and v3, one VRID) and against another agent, with a prober namespace pinging the
+//! VIP every 10 ms; its log is the evidence of outages. Needs root, iproute2 and keepalived (`make deps`);
+//! fails without them (see `vrrp_lab::require`).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use lbfleet_tests::guest::workspace_binary;
+use lbfleet_tests::vrrp_lab::{self, holds, ip, prober_summary, wait_for, Lab};
+use serde_json::json;
+
+const VIP: &str = "198.18.0.10";
+const INTERNAL_VIP: &str = "198.18.2.254";
+const A: &str = "198.18.0.2";
+const B: &str = "198.18.0.3";
+const PROBER: &str = "198.18.0.200";
+/// Generous bounds: the machine is shared; precise figures are in bench/vrrp.
+const ELECTION: Duration = Duration::from_secs(15);
+
+fn agent_bin() -> PathBuf {
+    workspace_binary("lbfleet-agent", "lbfleet-agent").expect("build lbfleet-agent")
+}
+
+fn tool(name: &str) -> PathBuf {
+    workspace_binary("lbfleet-tests", name).expect("build test tool")
+}
+
+struct Vrrp {
+    version: u8,
+    interval_ms: u32,
+    priority: u8,
+    preempt: bool,
+    peers: Vec<&'static str>,
+    internal: bool,
+}
+
+impl Vrrp {
+    fn v3(priority: u8) -> Vrrp {
+        Vrrp {
+            version: 3,
+            interval_ms: 100,
+            priority,
+            preempt: true,
+            peers: vec![],
+            internal: false,
+        }
+    }
+}
+
+/// Starts an agent named `name` in `ns`; returns its state directory.
+fn start_agent(lab: &mut Lab, ns: &str, name: &str, v: &Vrrp) -> PathBuf {
+    let mut vips = vec![json!(format!("{VIP}/32"))];
+    if v.internal {
+        vips.push(json!({"address": format!("{INTERNAL_VIP}/24"), "interface": "int0"}));
+    }
+    let role = json!({
+        "generation": 1, "node": name, "cluster": "ext", "role": "active",
+        "vrrp": {"version": v.version, "vrid": 51, "interface": "eth0", "priority": v.priority,
+                 "advert_interval_ms": v.interval_ms, "preempt": v.preempt, "vips": vips,
+                 "unicast_peers": v.peers, "garp": {"count": 2, "spacing_ms": 50, "refresh_ms": 0}},
+        "services": []
+    });
+    let role_file = lab.path(&format!("{name}.role.json"));
+    std::fs::write(&role_file, serde_json::to_vec(&role).unwrap()).unwrap();
+    let state = lab.path(&format!("{name}.state"));
+    let bin = agent_bin();
+    lab.spawn(
+        ns,
+        name,
+        &bin,
+        &[
+            "apply",
+            "--role",
+            role_file.to_str().unwrap(),
+            "--watch",
+            "--resync",
+            "200ms",
+            "--state-dir",
+            state.to_str().unwrap(),
+        ],
+    );
+    state
+}
+
+/// Starts keepalived named `name` in `ns` with the same VRID and VIP.
+fn start_keepalived(lab: &mut Lab, ns: &str, name: &str, v: &Vrrp) {
+    let interval = if v.version == 2 {
+        format!("{}", v.interval_ms / 1000)
+    } else {
+        format!("{:.2}", f64::from(v.interval_ms) / 1000.0)
+    };
+    let peers = if v.peers.is_empty() {
+        String::new()
+    } else {
+        format!("unicast_peer {{ {} }}", v.peers.join(" "))
+    };
+    let conf = format!(
+        "global_defs {{\n  router_id {name}\n  vrrp_version {}\n  script_user root\n  enable_script_security\n}}\n\
+         vrrp_instance VI_51 {{\n  state BACKUP\n  interface eth0\n  virtual_router_id 51\n  priority {}\n  \
+         advert_int {interval}\n  {}\n  {peers}\n  virtual_ipaddress {{\n    {VIP}/32\n  }}\n}}\n",
+        v.version,
+        v.priority,
+        if v.preempt { "" } else { "nopreempt" },
+    );
+    let conf_file = lab.path(&format!("{name}.conf"));
+    std::fs::write(&conf_file, conf).unwrap();
+    let pid = |k: &str| {
+        lab.path(&format!("{name}.{k}.pid"))
+            .to_str()
+            .unwrap()
+            .to_owned()
+    };
+    let (p, r, c) = (pid("main"), pid("vrrp"), pid("checkers"));
+    lab.spawn(
+        ns,
+        name,
+        &PathBuf::from("/usr/sbin/keepalived"),
+        &[
+            "--dont-fork",
+            "--log-console",
+            "--log-detail",
+            "--vrrp",
+            "--use-file",
+            conf_file.to_str().unwrap(),
+            "--pid",
+            &p,
+            "--vrrp_pid",
+            &r,
+            "--checkers_pid",
+            &c,
+        ],
+    );
+}
+
+fn status(state: &PathBuf) -> serde_json::Value {
+    std::fs::read(state.join("status.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or(serde_json::Value::Null)
+}
+
+fn agent_state(state: &PathBuf) -> String {
+    status(state)["vrrp_state"]
+        .as_str()
+        .unwrap_or("")
+        .to_owned()
+}
+
+/// Starts the prober in its own namespace; stop it with `stop_prober`.
+fn start_prober(lab: &mut Lab, count: u32) -> String {
+    let ns = lab.host("pr", PROBER);
+    let stop = lab.path("prober.stop");
+    let bin = tool("vrrp-prober");
+    lab.spawn(
+        &ns,
+        "prober",
+        &bin,
+        &[
+            VIP,
+            "--interval-ms",
+            "10",
+            "--count",
+            &count.to_string(),
+            "--stop-file",
+            stop.to_str().unwrap(),
+        ],
+    );
+    ns
+}
+
+/// Stops the prober and returns (sent, answered, longest outage ms, outages).
+fn stop_prober(lab: &mut Lab) -> (u64, u64, f64, u64) {
+    std::fs::write(lab.path("prober.stop"), b"").unwrap();
+    wait_for(Duration::from_secs(10), "prober summary", || {
+        prober_summary(&lab.log("prober")).is_some()
+    });
+    let s = prober_summary(&lab.log("prober")).unwrap();
+    eprintln!(
+        "prober: sent {} answered {} longest outage {} ms, outages {}",
+        s.0, s.1, s.2, s.3
+    );
+    s
+}
+
+#[test]
+fn keepalived_v3_higher_priority_wins_whichever_starts_first() {
+    if !vrrp_lab::require(true) {
+        return;
+    }
+    let mut lab = Lab::new("v3");
+    let a = lab.host("a", A);
+    let k = lab.host("k", B);
+    // keepalived first (priority 100), then the agent (150): the agent preempts.
+    start_keepalived(&mut lab, &k, "ka", &Vrrp::v3(100));
+    wait_for(ELECTION, "keepalived holds the VIP", || holds(&k, VIP));
+    let state = start_agent(&mut lab, &a, "agent", &Vrrp::v3(150));
+    wait_for(
+        ELECTION,
+        "the agent (150) takes the VIP from keepalived (100)",
+        || holds(&a, VIP) && !holds(&k, VIP),
+    );
+    wait_for(ELECTION, "agent reports master", || {
+        agent_state(&state) == "master"
+    });
+    assert!(
+        lab.stop("agent", Duration::from_secs(5)),
+        "agent stops on SIGTERM"
+    );
+    assert!(!holds(&a, VIP), "a stopped agent leaves no VIP behind");
+    wait_for(
+        ELECTION,
+        "keepalived takes over after the agent's priority 0",
+        || holds(&k, VIP),
+    );
+    assert!(lab.stop("ka", Duration::from_secs(5)));
+
+    // The agent first (100), then keepalived (150): keepalived preempts.
+    let state = start_agent(&mut lab, &a, "agent2", &Vrrp::v3(100));
+    wait_for(ELECTION, "the lone agent holds the VIP", || holds(&a, VIP));
+    start_keepalived(&mut lab, &k, "ka2", &Vrrp::v3(150));
+    wait_for(
+        ELECTION,
+        "keepalived (150) takes the VIP from the agent (100)",
+        || holds(&k, VIP) && !holds(&a, VIP),
+    );
+    wait_for(ELECTION, "agent reports backup, master keepalived", || {
+        let s = status(&state);
+        s["vrrp_state"] == "backup" && s["vrrp_master"] == B
+    });
+}
+
+#[test]
+fn keepalived_v2_interop_agent_takes_over_when_keepalived_loses_its_link() {
+    if !vrrp_lab::require(true) {
+        return;
+    }
+    let mut lab = Lab::new("v2");
+    let a = lab.host("a", A);
+    let k = lab.host("k", B);
+    let v2 = |priority| Vrrp {
+        version: 2,
+        interval_ms: 1000,
+        ..Vrrp::v3(priority)
+    };
+    start_keepalived(&mut lab, &k, "ka", &v2(150));
+    wait_for(ELECTION, "keepalived holds the VIP", || holds(&k, VIP));
+    let state = start_agent(&mut lab, &a, "agent", &v2(100));
+    wait_for(ELECTION, "agent is backup of keepalived", || {
+        let s = status(&state);
+        s["vrrp_state"] == "backup" && s["vrrp_master"] == B
+    });
+    assert!(!holds(&a, VIP));
+    start_prober(&mut lab, 3000);
+    // Not a killed process (that would leave keepalived's VIP on its interface): the node loses its link.
+    ip(&["-n", &k, "link", "set", "eth0", "down"]);
+    let took = wait_for(ELECTION, "the agent takes over", || holds(&a, VIP));
+    eprintln!("agent took over {took:?} after keepalived's link went down");
+    wait_for(ELECTION, "agent reports master", || {
+        agent_state(&state) == "master"
+    });
+    let (_, answered, longest_ms, _) = stop_prober(&mut lab);
+    assert!(answered > 0, "the VIP answered the prober");
+    // v2 with 1 s adverts: Master_Down_Interval is 3.6 s at priority 100.
+    assert!(longest_ms < 10_000.0, "outage {longest_ms} ms");
+    // keepalived's link comes back: with the higher priority and preempt it takes the VIP back.
+    ip(&["-n", &k, "link", "set", "eth0", "up"]);
+    wait_for(
+        ELECTION,
+        "keepalived takes the VIP back, the agent releases it",
+        || holds(&k, VIP) && !holds(&a, VIP),
+    );
+}
+
+#[test]
+fn keepalived_takes_over_when_the_agents_node_loses_its_link() {
+    if !vrrp_lab::require(true) {
+        return;
+    }
+    let mut lab = Lab::new("ln");
+    let a = lab.host("a", A);
+    let k = lab.host("k", B);
+    let state = start_agent(&mut lab, &a, "agent", &Vrrp::v3(150));
+    wait_for(ELECTION, "agent holds the VIP", || holds(&a, VIP));
+    start_keepalived(&mut lab, &k, "ka", &Vrrp::v3(100));
+    wait_for(ELECTION, "keepalived is backup", || {
+        lab.log("ka").contains("Entering BACKUP STATE")
+    });
+    assert!(holds(&a, VIP) && !holds(&k, VIP));
+    wait_for(ELECTION, "agent reports master", || {
+        agent_state(&state) == "master"
+    });
+    start_prober(&mut lab, 3000);
+    ip(&["-n", &a, "link", "set", "eth0", "down"]);
+    let took = wait_for(ELECTION, "keepalived takes over", || holds(&k, VIP));
+    eprintln!("keepalived took over {took:?} after the agent's link went down");
+    let (_, answered, longest_ms, _) = stop_prober(&mut lab);
+    assert!(answered > 0);
+    assert!(longest_ms < 5_000.0, "outage {longest_ms} ms");
+    // The link returns: the agent (150, preempt) is master again and keepalived releases the VIP.
+    ip(&["-n", &a, "link", "set", "eth0", "up"]);
+    wait_for(ELECTION, "keepalived releases the VIP", || {
+        !holds(&k, VIP) && holds(&a, VIP)
+    });
+}
+
+#[test]
+fn preempt_off_keeps_the_running_master() {
+    if !vrrp_lab::require(true) {
+        return;
+    }
+    let mut lab = Lab::new("np");
+    let a = lab.host("a", A);
+    let k = lab.host("k", B);
+    // keepalived (100) is master; an agent with a higher priority but no preempt stays backup.
+    start_keepalived(&mut lab, &k, "ka", &Vrrp::v3(100));
+    wait_for(ELECTION, "keepalived holds the VIP", || holds(&k, VIP));
+    let state = start_agent(
+        &mut lab,
+        &a,
+        "agent",
+        &Vrrp {
+            preempt: false,
+            ..Vrrp::v3(200)
+        },
+    );
+    wait_for(ELECTION, "agent is backup", || {
+        agent_state(&state) == "backup"
+    });
+    // Sample for 20 advert intervals (well past Master_Down_Interval): no preemption.
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(2) {
+        assert!(
+            holds(&k, VIP) && !holds(&a, VIP),
+            "the agent preempted with preempt off"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(agent_state(&state), "backup");
+    assert!(lab.stop("agent", Duration::from_secs(5)));
+    assert!(lab.stop("ka", Duration::from_secs(5)));
+
+    // The other way round: an agent master (100), keepalived (200) with nopreempt stays backup.
+    start_agent(&mut lab, &a, "agent2", &Vrrp::v3(100));
+    wait_for(ELECTION, "agent holds the VIP", || holds(&a, VIP));
+    start_keepalived(
+        &mut lab,
+        &k,
+        "ka2",
+        &Vrrp {
+            preempt: false,
+            ..Vrrp::v3(200)
+        },
+    );
+    wait_for(ELECTION, "keepalived is backup", || {
+        lab.log("ka2").contains("Entering BACKUP STATE")
+    });
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(2) {
+        assert!(
+            holds(&a, VIP) && !holds(&k, VIP),
+            "keepalived preempted with nopreempt"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn unicast_peers_with_keepalived() {
+    if !vrrp_lab::require(true) {
+        return;
+    }
+    let mut lab = Lab::new("uc");
+    let a = lab.host("a", A);
+    let k = lab.host("k", B);
+    start_keepalived(
+        &mut lab,
+        &k,
+        "ka",
+        &Vrrp {
+            peers: vec![A],
+            ..Vrrp::v3(100)
+        },
+    );
+    wait_for(ELECTION, "keepalived holds the VIP", || holds(&k, VIP));
+    let state = start_agent(
+        &mut lab,
+        &a,
+        "agent",
+        &Vrrp {
+            peers: vec![B],
+            ..Vrrp::v3(150)
+        },
+    );
+    wait_for(ELECTION, "agent (150) takes over over unicast", || {
+        holds(&a, VIP) && !holds(&k, VIP)
+    });
+    wait_for(ELECTION, "agent reports master", || {
+        agent_state(&state) == "master"
+    });
+    assert!(lab.stop("agent", Duration::from_secs(5)));
+    assert!(!holds(&a, VIP));
+    wait_for(
+        ELECTION,
+        "keepalived takes over after the agent stops",
+        || holds(&k, VIP),
+    );
+}
+
+#[test]
+fn two_agents_one_vip_holder_graceful_handover_and_internal_vip() {
+    if !vrrp_lab::require(false) {
+        return;
+    }
+    let mut lab = Lab::new("aa");
+    let a = lab.host("a", A);
+    let b = lab.host("b", B);
+    let v = |priority| Vrrp {
+        internal: true,
+        ..Vrrp::v3(priority)
+    };
+    let sa = start_agent(&mut lab, &a, "agent-a", &v(150));
+    let sb = start_agent(&mut lab, &b, "agent-b", &v(100));
+    wait_for(ELECTION, "a is master, b backup", || {
+        agent_state(&sa) == "master" && agent_state(&sb) == "backup"
+    });
+    wait_for(ELECTION, "only a holds the VIPs", || {
+        holds(&a, VIP) && holds(&a, INTERNAL_VIP) && !holds(&b, VIP) && !holds(&b, INTERNAL_VIP)
+    });
+    start_prober(&mut lab, 3000);
+    // Steady state: exactly one holder at every sampled instant, and it holds the internal VIP too.
+    let start = Instant::now();
+    let mut samples = 0;
+    while start.elapsed() < Duration::from_secs(2) {
+        let (ha, hb) = (holds(&a, VIP), holds(&b, VIP));
+        assert!(ha ^ hb, "VIP holders: a {ha}, b {hb}");
+        let holder = if ha { &a } else { &b };
+        assert!(
+            holds(holder, INTERNAL_VIP),
+            "the internal VIP is with the external one"
+        );
+        samples += 1;
+    }
+    assert!(samples > 20, "{samples} samples");
+    // Graceful stop of the master: priority 0, so b takes over after Skew_Time, within about one interval.
+    let stopped_at = Instant::now();
+    assert!(lab.stop("agent-a", Duration::from_secs(5)));
+    let took = wait_for(ELECTION, "b takes both VIPs", || {
+        holds(&b, VIP) && holds(&b, INTERNAL_VIP)
+    });
+    let handover = stopped_at.elapsed();
+    eprintln!("graceful handover: b holds the VIPs {took:?} after a's stop returned ({handover:?} after SIGTERM)");
+    assert!(
+        !holds(&a, VIP) && !holds(&a, INTERNAL_VIP),
+        "a left a VIP behind"
+    );
+    // About one advert interval (100 ms) plus scheduling on a loaded machine.
+    assert!(
+        handover < Duration::from_secs(2),
+        "handover took {handover:?}"
+    );
+    let (_, answered, longest_ms, _) = stop_prober(&mut lab);
+    assert!(answered > 0);
+    assert!(longest_ms < 2_000.0, "outage {longest_ms} ms");
+    let tb = status(&sb)["vrrp_transitions"].clone();
+    assert!(
+        tb.as_array()
+            .is_some_and(|t| t.iter().any(|t| t["to"] == "master"
+                && t["reason"]
+                    .as_str()
+                    .is_some_and(|r| r.contains("priority 0")))),
+        "b's transitions: {tb}"
+    );
+}
+
+#[test]
+fn an_agent_restarted_while_master_keeps_its_vip() {
+    if !vrrp_lab::require(false) {
+        return;
+    }
+    let mut lab = Lab::new("rs");
+    let a = lab.host("a", A);
+    let b = lab.host("b", B);
+    let sa = start_agent(&mut lab, &a, "agent-a", &Vrrp::v3(150));
+    let sb = start_agent(&mut lab, &b, "agent-b", &Vrrp::v3(100));
+    wait_for(ELECTION, "a master, b backup", || {
+        agent_state(&sa) == "master" && agent_state(&sb) == "backup" && holds(&a, VIP)
+    });
+    // Killed (no graceful stop): the VIP stays on a's interface. A new agent adopts it.
+    lab.kill("agent-a");
+    assert!(holds(&a, VIP));
+    std::fs::remove_file(sa.join("status.json")).ok();
+    let sa = start_agent(&mut lab, &a, "agent-a2", &Vrrp::v3(150));
+    let start = Instant::now();
+    while agent_state(&sa) != "master" {
+        assert!(holds(&a, VIP), "the restarted agent dropped the VIP");
+        assert!(!holds(&b, VIP), "b took the VIP during a's restart");
+        assert!(start.elapsed() < ELECTION, "a never became master again");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(
+        lab.log("agent-a2").contains("resuming"),
+        "{}",
+        lab.log("agent-a2")
+    );
+    assert!(holds(&a, VIP) && !holds(&b, VIP));
+}
+
+#[test]
+fn malformed_and_spoofed_adverts_are_dropped_and_counted() {
+    if !vrrp_lab::require(false) {
+        return;
+    }
+    let mut lab = Lab::new("mf");
+    let a = lab.host("a", A);
+    let x = lab.host("x", "198.18.0.66");
+    let sa = start_agent(&mut lab, &a, "agent", &Vrrp::v3(100));
+    wait_for(ELECTION, "agent master", || agent_state(&sa) == "master");
+    let inject = tool("vrrp-inject");
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", &x])
+        .arg(&inject)
+        .args(["198.18.0.66", "51"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_for(ELECTION, "every bad advert counted", || {
+        let d = &status(&sa)["vrrp_dropped"];
+        [
+            "bad_ttl",
+            "vrid_mismatch",
+            "bad_checksum",
+            "truncated",
+            "version_mismatch",
+        ]
+        .iter()
+        .all(|k| d[*k].as_u64().unwrap_or(0) >= 1)
+    });
+    // A priority-254 advert from 198.18.0.66 would have preempted the agent: none was accepted.
+    assert_eq!(agent_state(&sa), "master");
+    assert!(holds(&a, VIP));
+    let t = status(&sa)["vrrp_transitions"].clone();
+    assert_eq!(
+        t.as_array()
+            .map(|t| t.iter().filter(|t| t["to"] == "backup").count()),
+        Some(1),
+        "only the startup transition to backup: {t}"
+    );
+}
