@@ -19,8 +19,13 @@ const PROBER: &str = "198.18.0.200";
 /// Generous bounds: the machine is shared; precise figures are in bench/vrrp.
 const ELECTION: Duration = Duration::from_secs(15);
 
+/// Built once per test binary: `cargo build` between a kill and a restart would be slower than a failover.
 fn agent_bin() -> PathBuf {
-    workspace_binary("lbfleet-agent", "lbfleet-agent").expect("build lbfleet-agent")
+    static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        workspace_binary("lbfleet-agent", "lbfleet-agent").expect("build lbfleet-agent")
+    })
+    .clone()
 }
 
 fn tool(name: &str) -> PathBuf {
@@ -170,6 +175,22 @@ fn start_prober(lab: &mut Lab, count: u32) -> String {
     ns
 }
 
+/// Waits until the prober's probes are answered.
+fn wait_prober_ready(lab: &Lab) {
+    wait_for(ELECTION, "prober gets answers", || {
+        lab.log("prober").lines().any(|l| l == "ready")
+    });
+}
+
+/// Waits until an answer follows unanswered probes (the outage is over).
+fn wait_prober_recovered(lab: &Lab) {
+    wait_for(ELECTION, "prober answered again after the outage", || {
+        lab.log("prober")
+            .lines()
+            .any(|l| l.starts_with("recovered"))
+    });
+}
+
 /// Stops the prober and returns (sent, answered, longest outage ms, outages).
 fn stop_prober(lab: &mut Lab) -> (u64, u64, f64, u64) {
     std::fs::write(lab.path("prober.stop"), b"").unwrap();
@@ -247,12 +268,23 @@ fn keepalived_v2_interop_agent_takes_over_when_keepalived_loses_its_link() {
     start_keepalived(&mut lab, &k, "ka", &v2(150));
     wait_for(ELECTION, "keepalived holds the VIP", || holds(&k, VIP));
     let state = start_agent(&mut lab, &a, "agent", &v2(100));
-    wait_for(ELECTION, "agent is backup of keepalived", || {
+    let backup = || {
         let s = status(&state);
         s["vrrp_state"] == "backup" && s["vrrp_master"] == B
-    });
+    };
+    if std::panic::catch_unwind(|| wait_for(ELECTION, "agent is backup of keepalived", backup))
+        .is_err()
+    {
+        panic!(
+            "agent is not backup of keepalived: {}\n{}\n{}",
+            status(&state),
+            lab.log("agent"),
+            lab.log("ka")
+        );
+    }
     assert!(!holds(&a, VIP));
     start_prober(&mut lab, 3000);
+    wait_prober_ready(&lab);
     // Not a killed process (that would leave keepalived's VIP on its interface): the node loses its link.
     ip(&["-n", &k, "link", "set", "eth0", "down"]);
     let took = wait_for(ELECTION, "the agent takes over", || holds(&a, VIP));
@@ -292,11 +324,13 @@ fn keepalived_takes_over_when_the_agents_node_loses_its_link() {
         agent_state(&state) == "master"
     });
     start_prober(&mut lab, 3000);
+    wait_prober_ready(&lab);
     ip(&["-n", &a, "link", "set", "eth0", "down"]);
     let took = wait_for(ELECTION, "keepalived takes over", || holds(&k, VIP));
     eprintln!("keepalived took over {took:?} after the agent's link went down");
-    let (_, answered, longest_ms, _) = stop_prober(&mut lab);
-    assert!(answered > 0);
+    wait_prober_recovered(&lab);
+    let (_, answered, longest_ms, outages) = stop_prober(&mut lab);
+    assert!(answered > 0 && outages >= 1);
     assert!(longest_ms < 5_000.0, "outage {longest_ms} ms");
     // The link returns: the agent (150, preempt) is master again and keepalived releases the VIP.
     ip(&["-n", &a, "link", "set", "eth0", "up"]);
@@ -429,6 +463,7 @@ fn two_agents_one_vip_holder_graceful_handover_and_internal_vip() {
         holds(&a, VIP) && holds(&a, INTERNAL_VIP) && !holds(&b, VIP) && !holds(&b, INTERNAL_VIP)
     });
     start_prober(&mut lab, 3000);
+    wait_prober_ready(&lab);
     // Steady state: exactly one holder at every sampled instant, and it holds the internal VIP too.
     let start = Instant::now();
     let mut samples = 0;
@@ -482,20 +517,33 @@ fn an_agent_restarted_while_master_keeps_its_vip() {
     let mut lab = Lab::new("rs");
     let a = lab.host("a", A);
     let b = lab.host("b", B);
-    let sa = start_agent(&mut lab, &a, "agent-a", &Vrrp::v3(150));
-    let sb = start_agent(&mut lab, &b, "agent-b", &Vrrp::v3(100));
+    // 1 s adverts: the restart must beat b's Master_Down_Interval (3.6 s) even on a loaded machine.
+    let v = |priority| Vrrp {
+        interval_ms: 1000,
+        ..Vrrp::v3(priority)
+    };
+    let sa = start_agent(&mut lab, &a, "agent-a", &v(150));
+    let sb = start_agent(&mut lab, &b, "agent-b", &v(100));
     wait_for(ELECTION, "a master, b backup", || {
         agent_state(&sa) == "master" && agent_state(&sb) == "backup" && holds(&a, VIP)
     });
     // Killed (no graceful stop): the VIP stays on a's interface. A new agent adopts it.
+    let bin = agent_bin();
+    assert!(bin.is_file());
     lab.kill("agent-a");
     assert!(holds(&a, VIP));
     std::fs::remove_file(sa.join("status.json")).ok();
-    let sa = start_agent(&mut lab, &a, "agent-a2", &Vrrp::v3(150));
+    let sa = start_agent(&mut lab, &a, "agent-a2", &v(150));
     let start = Instant::now();
     while agent_state(&sa) != "master" {
         assert!(holds(&a, VIP), "the restarted agent dropped the VIP");
-        assert!(!holds(&b, VIP), "b took the VIP during a's restart");
+        assert!(
+            !holds(&b, VIP),
+            "b took the VIP during a's restart after {:?}\n{}\n{}",
+            start.elapsed(),
+            lab.log("agent-a2"),
+            lab.log("agent-b")
+        );
         assert!(start.elapsed() < ELECTION, "a never became master again");
         std::thread::sleep(Duration::from_millis(5));
     }

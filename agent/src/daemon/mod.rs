@@ -84,6 +84,8 @@ pub enum Event {
         status: VrrpStatus,
         transition: VrrpTransition,
     },
+    /// The master this node follows changed without a state change (a Backup heard a new master).
+    VrrpMasterChanged(VrrpStatus),
     /// New real-server health results (sent by the health checker): rebuild the desired state with them.
     HealthChange(HealthResults),
     /// A role source hit a refusal retrying cannot fix.
@@ -347,6 +349,12 @@ impl Daemon {
                 self.set_sync_daemon(want).await;
                 let excess = self.transitions.len().saturating_sub(TRANSITIONS_KEPT);
                 self.transitions.drain(..excess);
+                self.publish(self.last_services.clone());
+                return Ok(());
+            }
+            Event::VrrpMasterChanged(status) => {
+                info!(master = ?status.master, state = %status.state, "VRRP master");
+                self.vrrp = Some(status);
                 self.publish(self.last_services.clone());
                 return Ok(());
             }

@@ -225,6 +225,8 @@ struct Worker {
     resumed: bool,
     resume_advert_at: Option<Instant>,
     ip_id: u16,
+    /// The master last reported to the daemon.
+    reported_master: Option<Ipv4Addr>,
 }
 
 impl Worker {
@@ -258,6 +260,7 @@ impl Worker {
             resume_advert_at: resumed.then(Instant::now),
             resolved,
             ip_id: 0,
+            reported_master: None,
         })
     }
 
@@ -464,6 +467,17 @@ impl Worker {
             }
         }
         // Reported after the kernel work, so a failover is never delayed by the daemon loop.
+        let master = self.instance.master();
+        if transitions.is_empty() && master != self.reported_master {
+            let _ = self
+                .events
+                .send(Event::VrrpMasterChanged(VrrpStatus {
+                    state: self.instance.state().into(),
+                    master,
+                }))
+                .await;
+        }
+        self.reported_master = master;
         for (from, to, reason) in transitions {
             let status = VrrpStatus {
                 state: to.into(),

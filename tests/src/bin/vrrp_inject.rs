@@ -75,6 +75,9 @@ fn main() -> Result<(), String> {
         .map_err(|e| format!("raw socket: {e}"))?;
     sock.set_header_included_v4(true)
         .map_err(|e| format!("IP_HDRINCL: {e}"))?;
+    // No multicast route in a test namespace: send out of the interface that has SRC.
+    sock.set_multicast_if_v4(&src)
+        .map_err(|e| format!("IP_MULTICAST_IF: {e}"))?;
     let to = SockAddr::from(SocketAddrV4::new(dst, 0));
     for (kind, p) in packets {
         sock.send_to(&p, &to)

@@ -3,7 +3,9 @@
 //! one line per probe: `seq <n> sent_us <t> reply_us <t|->`. The last line is a summary:
 //! `summary sent <n> answered <n> longest_outage_ms <ms> outages <k>`, where an outage is a run of unanswered
 //! probes between answered ones (its length is the time from the last answered probe before it to the first
-//! answered one after it). Stops early (and still prints everything) once `--stop-file` exists.
+//! answered one after it). While running it prints `ready` at the first answer and `recovered seq <n>` when
+//! an answer follows unanswered probes, so a test can wait for them. Stops early (and still prints
+//! everything) once `--stop-file` exists.
 //!
 //! Usage: vrrp-prober ADDRESS [--interval-ms 10] [--count 6000] [--timeout-ms 1000] [--stop-file PATH]
 
@@ -74,6 +76,8 @@ fn main() -> Result<(), String> {
     let mut reply: Vec<Option<u64>> = Vec::new();
     let mut buf = [0u8; 1500];
     let mut next = Instant::now();
+    let mut last_answered: Option<usize> = None;
+    let mut live = std::io::stdout();
     let mut last_send = Instant::now();
     loop {
         let now = Instant::now();
@@ -112,8 +116,21 @@ fn main() -> Result<(), String> {
             let seq = usize::from(u16::from_be_bytes([icmp[6], icmp[7]]));
             // Sequence numbers wrap at 65536; match the newest probe with this number.
             let idx = (0..reply.len()).rev().find(|i| i % 65536 == seq);
-            if let Some(slot) = idx.and_then(|i| reply.get_mut(i)) {
-                slot.get_or_insert(start.elapsed().as_micros() as u64);
+            if let Some(i) = idx {
+                if let Some(slot) = reply.get_mut(i) {
+                    slot.get_or_insert(start.elapsed().as_micros() as u64);
+                }
+                match last_answered {
+                    None => {
+                        let _ = writeln!(live, "ready");
+                    }
+                    Some(prev) if i > prev + 1 => {
+                        let _ = writeln!(live, "recovered seq {i}");
+                    }
+                    _ => {}
+                }
+                let _ = live.flush();
+                last_answered = Some(last_answered.map_or(i, |p| p.max(i)));
             }
         }
         std::thread::sleep(Duration::from_micros(500));
