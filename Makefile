@@ -2,7 +2,7 @@
 CARGO ?= cargo
 SERVER := target/release/lbfleet-server
 
-.PHONY: all deps build demo test lint unit guest bench bench-longpoll bench-dhcp bench-ipvs bench-tftp fuzz clean
+.PHONY: all deps build demo test lint unit guest bench bench-longpoll bench-dhcp bench-ipvs bench-tftp bench-vrrp fuzz clean
 
 all: build
 
@@ -31,7 +31,7 @@ unit:
 guest: deps
 	$(CARGO) test -p lbfleet-tests
 
-bench: bench-longpoll bench-dhcp bench-ipvs bench-tftp
+bench: bench-longpoll bench-dhcp bench-ipvs bench-tftp bench-vrrp
 
 bench-longpoll: deps
 	$(CARGO) run --release -p lbfleet-bench --bin bench-longpoll -- $(BENCH_ARGS)
@@ -48,6 +48,12 @@ bench-ipvs: deps
 bench-tftp: deps
 	$(CARGO) build --release -p lbfleet-bench --bin bench-tftp
 	./target/release/bench-tftp $(BENCH_TFTP_ARGS)
+
+# VRRP failover outage seen by a prober, lbfleet-agent vs keepalived (v2 1 s, v3 100 ms), netns lab (root).
+# BENCH_VRRP_ARGS: --trials N, --only v2|v3, or --soak SECONDS for the CPU-saturation false-failover soak.
+bench-vrrp: deps
+	$(CARGO) build --release -p lbfleet-agent -p lbfleet-tests -p lbfleet-bench --bins
+	./target/release/bench-vrrp $(BENCH_VRRP_ARGS)
 
 # cargo-fuzz on the DHCP, TFTP and VRRP decoders, FUZZ_SECONDS per target (not part of `make test`). cargo-fuzz
 # needs nightly rustc flags; RUSTC_BOOTSTRAP=1 lets the machine's stable toolchain accept them.

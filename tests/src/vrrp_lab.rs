@@ -3,12 +3,19 @@
 //! bridge (the internal network, for internal VIPs), and a
 //! prober namespace. Names carry a per-lab suffix (pid + counter), addresses come from 198.18.0.0/24, and
 //! everything the lab started or created (processes by PID, namespaces by name) is removed on drop, also when
-//! a test panics.
+//! a test panics. The contenders (`start_agent`, `start_keepalived`) and the prober are shared by the tests
+//! (`tests/vrrp_netns.rs`) and the benchmark (`bench/src/vrrp.rs`). Setup failures panic: they are test
+//! failures.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::guest::workspace_binary;
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
@@ -307,4 +314,203 @@ pub fn prober_summary(log: &str) -> Option<(u64, u64, f64, u64)> {
         w.get(6)?.parse().ok()?,
         w.get(8)?.parse().ok()?,
     ))
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Contenders: lbfleet-agent (`apply --watch`) and keepalived, and the prober.
+
+pub const VIP: &str = "198.18.0.10";
+pub const INTERNAL_VIP: &str = "198.18.2.254";
+pub const A: &str = "198.18.0.2";
+pub const B: &str = "198.18.0.3";
+pub const PROBER: &str = "198.18.0.200";
+/// Generous bounds: the machine is shared; precise figures are in bench/vrrp.
+pub const ELECTION: Duration = Duration::from_secs(15);
+
+/// Built once per test binary: `cargo build` between a kill and a restart would be slower than a failover.
+pub fn agent_bin() -> PathBuf {
+    static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        workspace_binary("lbfleet-agent", "lbfleet-agent").expect("build lbfleet-agent")
+    })
+    .clone()
+}
+
+pub fn tool(name: &str) -> PathBuf {
+    workspace_binary("lbfleet-tests", name).expect("build test tool")
+}
+
+/// VRRP settings of one contender (the agent's role or keepalived's config).
+#[derive(Debug, Clone)]
+pub struct Vrrp {
+    pub version: u8,
+    pub interval_ms: u32,
+    pub priority: u8,
+    pub preempt: bool,
+    pub peers: Vec<&'static str>,
+    pub internal: bool,
+}
+
+impl Vrrp {
+    pub fn v3(priority: u8) -> Vrrp {
+        Vrrp {
+            version: 3,
+            interval_ms: 100,
+            priority,
+            preempt: true,
+            peers: vec![],
+            internal: false,
+        }
+    }
+}
+
+/// Starts an agent named `name` in `ns`; returns its state directory.
+pub fn start_agent(lab: &mut Lab, ns: &str, name: &str, v: &Vrrp) -> PathBuf {
+    let mut vips = vec![json!(format!("{VIP}/32"))];
+    if v.internal {
+        vips.push(json!({"address": format!("{INTERNAL_VIP}/24"), "interface": "int0"}));
+    }
+    let role = json!({
+        "generation": 1, "node": name, "cluster": "ext", "role": "active",
+        "vrrp": {"version": v.version, "vrid": 51, "interface": "eth0", "priority": v.priority,
+                 "advert_interval_ms": v.interval_ms, "preempt": v.preempt, "vips": vips,
+                 "unicast_peers": v.peers, "garp": {"count": 2, "spacing_ms": 50, "refresh_ms": 0}},
+        "services": []
+    });
+    let role_file = lab.path(&format!("{name}.role.json"));
+    std::fs::write(&role_file, serde_json::to_vec(&role).unwrap()).unwrap();
+    let state = lab.path(&format!("{name}.state"));
+    let bin = agent_bin();
+    lab.spawn(
+        ns,
+        name,
+        &bin,
+        &[
+            "apply",
+            "--role",
+            role_file.to_str().unwrap(),
+            "--watch",
+            "--resync",
+            "200ms",
+            "--state-dir",
+            state.to_str().unwrap(),
+        ],
+    );
+    state
+}
+
+/// Starts keepalived named `name` in `ns` with the same VRID and VIP.
+pub fn start_keepalived(lab: &mut Lab, ns: &str, name: &str, v: &Vrrp) {
+    let interval = if v.version == 2 {
+        format!("{}", v.interval_ms / 1000)
+    } else {
+        format!("{:.2}", f64::from(v.interval_ms) / 1000.0)
+    };
+    let peers = if v.peers.is_empty() {
+        String::new()
+    } else {
+        format!("unicast_peer {{ {} }}", v.peers.join(" "))
+    };
+    let conf = format!(
+        "global_defs {{\n  router_id {name}\n  vrrp_version {}\n  script_user root\n  enable_script_security\n}}\n\
+         vrrp_instance VI_51 {{\n  state BACKUP\n  interface eth0\n  virtual_router_id 51\n  priority {}\n  \
+         advert_int {interval}\n  {}\n  {peers}\n  virtual_ipaddress {{\n    {VIP}/32\n  }}\n}}\n",
+        v.version,
+        v.priority,
+        if v.preempt { "" } else { "nopreempt" },
+    );
+    let conf_file = lab.path(&format!("{name}.conf"));
+    std::fs::write(&conf_file, conf).unwrap();
+    let pid = |k: &str| {
+        lab.path(&format!("{name}.{k}.pid"))
+            .to_str()
+            .unwrap()
+            .to_owned()
+    };
+    let (p, r, c) = (pid("main"), pid("vrrp"), pid("checkers"));
+    lab.spawn(
+        ns,
+        name,
+        &PathBuf::from("/usr/sbin/keepalived"),
+        &[
+            "--dont-fork",
+            "--log-console",
+            "--log-detail",
+            "--vrrp",
+            "--use-file",
+            conf_file.to_str().unwrap(),
+            "--pid",
+            &p,
+            "--vrrp_pid",
+            &r,
+            "--checkers_pid",
+            &c,
+        ],
+    );
+}
+
+pub fn status(state: &Path) -> serde_json::Value {
+    std::fs::read(state.join("status.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or(serde_json::Value::Null)
+}
+
+pub fn agent_state(state: &Path) -> String {
+    status(state)["vrrp_state"]
+        .as_str()
+        .unwrap_or("")
+        .to_owned()
+}
+
+/// Starts the prober in its own namespace; stop it with `stop_prober`.
+pub fn start_prober(lab: &mut Lab, count: u32) -> String {
+    let ns = lab.host("pr", PROBER);
+    let stop = lab.path("prober.stop");
+    let bin = tool("vrrp-prober");
+    lab.spawn(
+        &ns,
+        "prober",
+        &bin,
+        &[
+            VIP,
+            "--interval-ms",
+            "10",
+            "--count",
+            &count.to_string(),
+            "--stop-file",
+            stop.to_str().unwrap(),
+        ],
+    );
+    ns
+}
+
+/// Waits until the prober's probes are answered.
+pub fn wait_prober_ready(lab: &Lab) {
+    wait_for(ELECTION, "prober gets answers", || {
+        lab.log("prober").lines().any(|l| l == "ready")
+    });
+}
+
+/// Waits until an answer follows unanswered probes (the outage is over).
+pub fn wait_prober_recovered(lab: &Lab) {
+    wait_for(ELECTION, "prober answered again after the outage", || {
+        lab.log("prober")
+            .lines()
+            .any(|l| l.starts_with("recovered"))
+    });
+}
+
+/// Stops the prober and returns (sent, answered, longest outage ms, outages).
+pub fn stop_prober(lab: &mut Lab) -> (u64, u64, f64, u64) {
+    std::fs::write(lab.path("prober.stop"), b"").unwrap();
+    wait_for(Duration::from_secs(10), "prober summary", || {
+        prober_summary(&lab.log("prober")).is_some()
+    });
+    let s = prober_summary(&lab.log("prober")).unwrap();
+    eprintln!(
+        "prober: sent {} answered {} longest outage {} ms, outages {}",
+        s.0, s.1, s.2, s.3
+    );
+    s
 }
