@@ -228,19 +228,22 @@ async fn apply(
 
 fn show_status(json: bool, state_dir: &Path) -> anyhow::Result<()> {
     let table = NetlinkApplier::new().observe()?;
-    let generation = StateDir::new(state_dir)
-        .load_role()
-        .ok()
-        .flatten()
-        .map(|r| r.generation);
+    let dir = StateDir::new(state_dir);
+    let generation = dir.load_role().ok().flatten().map(|r| r.generation);
+    // Written by the running daemon (server mode or apply --watch) with every report.
+    let report = dir.load_status().ok().flatten();
     if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&status::status(&table, generation))?
-        );
+        let mut v = serde_json::to_value(status::status(&table, generation))?;
+        if let (Some(obj), Some(r)) = (v.as_object_mut(), &report) {
+            obj.insert("vrrp".into(), serde_json::to_value(status::vrrp_status(r))?);
+        }
+        println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
         if let Some(g) = generation {
             println!("role generation {g}");
+        }
+        if let Some(r) = &report {
+            print!("{}", status::render_vrrp(&status::vrrp_status(r)));
         }
         print!("{}", status::render_table(&table));
     }

@@ -336,8 +336,16 @@ pub fn agent_bin() -> PathBuf {
     .clone()
 }
 
+/// A binary of this crate (prober, injector), built once per process.
 pub fn tool(name: &str) -> PathBuf {
-    workspace_binary("lbfleet-tests", name).expect("build test tool")
+    static BINS: std::sync::Mutex<Vec<(String, PathBuf)>> = std::sync::Mutex::new(Vec::new());
+    let mut bins = BINS.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, p)) = bins.iter().find(|(n, _)| n == name) {
+        return p.clone();
+    }
+    let p = workspace_binary("lbfleet-tests", name).expect("build test tool");
+    bins.push((name.to_owned(), p.clone()));
+    p
 }
 
 /// VRRP settings of one contender (the agent's role or keepalived's config).

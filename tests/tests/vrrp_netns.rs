@@ -396,6 +396,25 @@ fn malformed_and_spoofed_adverts_are_dropped_and_counted() {
         .iter()
         .all(|k| d[*k].as_u64().unwrap_or(0) >= 1)
     });
+    // `lbfleet-agent status` shows the state and the counters (from the daemon's status file).
+    let out = std::process::Command::new(agent_bin())
+        .args(["status", "--state-dir", sa.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains(&format!("VRRP master (master {A})")),
+        "{text}"
+    );
+    assert!(
+        text.contains("init -> backup: startup") && text.contains("bad_ttl=1"),
+        "{text}"
+    );
     // A priority-254 advert from 198.18.0.66 would have preempted the agent: none was accepted.
     assert_eq!(agent_state(&sa), "master");
     assert!(holds(&a, VIP));

@@ -749,7 +749,7 @@ impl ClusterForm {
         ClusterForm {
             interface: "eth0".into(),
             vrrp_version: "3".into(),
-            advert_interval_ms: "1000".into(),
+            advert_interval_ms: "100".into(),
             preempt: true,
             ..ClusterForm::default()
         }
