@@ -939,7 +939,7 @@ mod tests {
             sync_id: 9,
         });
         s.preempt_delay_ms = 5000;
-        let v = cluster_spec(&s).unwrap().0;
+        let ValidCluster(v) = cluster_spec(&s).expect("valid");
         assert_eq!(v.vips[0], "198.18.0.10/32");
         assert_eq!(v.vips[1].interface.as_deref(), Some("eth1"));
         // The cluster's own interface named explicitly is stored the plain way.
@@ -955,7 +955,7 @@ mod tests {
             interface: "".into(),
             sync_id: 0,
         });
-        let errs = cluster_spec(&bad).unwrap_err().to_string();
+        let errs = cluster_spec(&bad).expect_err("invalid").to_string();
         for field in [
             "vips[1].interface",
             "garp.count",
