@@ -69,7 +69,8 @@ pub struct VrrpSupervisor {
 struct Running {
     config: VrrpConfig,
     stop: Option<oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<()>,
+    /// Completes when the instance's thread has finished (VIPs released).
+    done: oneshot::Receiver<()>,
 }
 
 impl VrrpSupervisor {
@@ -86,17 +87,33 @@ impl VrrpSupervisor {
         self.stop().await;
         if let Some(config) = config {
             let (stop_tx, stop_rx) = oneshot::channel();
-            let task = tokio::spawn(run_instance(
-                config.clone(),
-                events.clone(),
-                self.drops.clone(),
-                stop_rx,
-            ));
+            let (done_tx, done) = oneshot::channel();
+            let (cfg, ev, drops) = (config.clone(), events.clone(), self.drops.clone());
+            let vrid = config.vrid;
+            // Its own thread, with a real-time priority when allowed: adverts must go out on time even when
+            // the node's CPUs are saturated, or the backup takes over from a healthy master.
+            let spawned = std::thread::Builder::new()
+                .name(format!("vrrp-{vrid}"))
+                .spawn(move || {
+                    raise_to_realtime(vrid);
+                    match tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                    {
+                        Ok(rt) => rt.block_on(run_instance(cfg, ev, drops, stop_rx)),
+                        Err(e) => warn!(vrid, error = %e, "cannot start the VRRP runtime"),
+                    }
+                    let _ = done_tx.send(());
+                });
+            if let Err(e) = spawned {
+                warn!(vrid, error = %e, "cannot start the VRRP thread");
+                return;
+            }
             info!(vrid = config.vrid, interface = %config.interface, priority = config.priority, "VRRP started");
             self.running = Some(Running {
                 config: config.clone(),
                 stop: Some(stop_tx),
-                task,
+                done,
             });
         }
     }
@@ -109,12 +126,9 @@ impl VrrpSupervisor {
         if let Some(tx) = r.stop.take() {
             let _ = tx.send(());
         }
-        match tokio::time::timeout(STOP_TIMEOUT, &mut r.task).await {
+        match tokio::time::timeout(STOP_TIMEOUT, &mut r.done).await {
             Ok(_) => info!(vrid = r.config.vrid, "VRRP stopped"),
-            Err(_) => {
-                warn!(vrid = r.config.vrid, "VRRP did not stop in time; aborted");
-                r.task.abort();
-            }
+            Err(_) => warn!(vrid = r.config.vrid, "VRRP did not stop in time"),
         }
     }
 
@@ -125,6 +139,25 @@ impl VrrpSupervisor {
 
     pub fn config(&self) -> Option<&VrrpConfig> {
         self.running.as_ref().map(|r| &r.config)
+    }
+}
+
+/// Real-time priority of the VRRP thread (SCHED_RR; busy user processes run at SCHED_OTHER below it).
+const RT_PRIORITY: libc::c_int = 10;
+
+/// Puts the calling thread in SCHED_RR, so a saturated CPU cannot delay adverts past Master_Down_Interval.
+/// Without CAP_SYS_NICE it stays where it is (logged).
+fn raise_to_realtime(vrid: u8) {
+    let param = libc::sched_param {
+        sched_priority: RT_PRIORITY,
+    };
+    // SAFETY: `param` is a live, initialised sched_param; pid 0 is the calling thread on Linux.
+    #[allow(unsafe_code)]
+    let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_RR, &param) };
+    if rc != 0 {
+        warn!(vrid, error = %std::io::Error::last_os_error(), "VRRP thread keeps normal scheduling");
+    } else {
+        debug!(vrid, priority = RT_PRIORITY, "VRRP thread on SCHED_RR");
     }
 }
 
@@ -310,8 +343,30 @@ impl Worker {
             };
             let shutdown = input == Input::Shutdown;
             let was_master_known = self.instance.master();
+            // Another router advertising a lower priority while we are Master (it took over while our adverts
+            // were late, or its link came back): it yields on our next advert, but the clients' ARP caches
+            // point at it. Answer at once and announce the VIPs again, as keepalived does.
+            let lower = match &input {
+                Input::AdvertReceived { from, advert } => {
+                    self.instance.state() == State::Master
+                        && *from != self.resolved.primary
+                        && advert.priority != 0
+                        && advert.priority < self.instance.priority()
+                }
+                _ => false,
+            };
             let actions = self.instance.handle(input, std::time::Instant::now());
+            let accepted = !actions.iter().any(|a| matches!(a, Action::Dropped(_)));
             self.execute(actions).await;
+            if lower && accepted && self.instance.state() == State::Master {
+                info!(
+                    vrid = self.vrid,
+                    "a lower-priority router claims master: re-asserting"
+                );
+                let advert = self.instance.advert(self.instance.priority());
+                self.send_advert(&advert).await;
+                self.start_garp();
+            }
             if self.resumed && self.instance.state() == State::Backup {
                 if let Some(m) = self.instance.master() {
                     if m != self.resolved.primary && was_master_known != Some(m) {
