@@ -532,6 +532,8 @@ struct NodePage {
     role_json: String,
     ipvs: Vec<IpvsRow>,
     has_report: bool,
+    /// The VRRP master this node reported following (itself when master), or "".
+    vrrp_master: String,
     report_errors: Vec<String>,
     events: Vec<EventView>,
     images: Vec<String>,
@@ -619,6 +621,10 @@ pub async fn node(
         created: time_text(n.created_at),
         role_json: serde_json::to_string_pretty(&role).unwrap_or_default(),
         has_report: report.is_some(),
+        vrrp_master: report
+            .as_ref()
+            .and_then(|r| r.vrrp_master.clone())
+            .unwrap_or_default(),
         report_errors: report.map(|r| r.errors).unwrap_or_default(),
         ipvs,
         events: events.iter().map(event_view).collect(),
