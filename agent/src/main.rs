@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use lbfleet_agent::client::ServerClient;
+use lbfleet_agent::daemon::{self, RunConfig};
 use lbfleet_agent::reconcile::{Applier, NetlinkApplier};
-use lbfleet_agent::run::{self, RunConfig};
 use lbfleet_agent::state::{self, StateDir, DEFAULT_STATE_DIR};
 use lbfleet_agent::status;
 use lbfleet_proto::{EnrollRequest, Mac};
@@ -64,6 +64,9 @@ enum Command {
         watch: bool,
         #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
         resync: Duration,
+        /// Where the status file (`lbfleet-agent status`) is written with --watch
+        #[arg(long, env = "LBFLEET_STATE_DIR", default_value = DEFAULT_STATE_DIR)]
+        state_dir: PathBuf,
     },
     /// Print the boot script's kernel arguments as shell assignments for /init (`eval "$(lbfleet-agent
     /// bootargs)"`): BOOTARG_MAC, BOOTARG_SERVER, BOOTARG_SERVER_CERT, BOOTARG_IMAGE, BOOTARG_TOKEN_GIVEN.
@@ -73,7 +76,7 @@ enum Command {
         #[arg(long, default_value = "/proc/cmdline")]
         cmdline: PathBuf,
     },
-    /// Show the kernel's IPVS table like `ipvsadm -Ln`.
+    /// Show the kernel's IPVS table like `ipvsadm -Ln`, and the running agent's VRRP state.
     Status {
         #[arg(long)]
         json: bool,
@@ -143,6 +146,18 @@ async fn ctrl_c() {
     let _ = tokio::signal::ctrl_c().await;
 }
 
+/// SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return ctrl_c().await,
+    };
+    tokio::select! {
+        _ = ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn run_server_mode(
     server: Option<String>,
@@ -182,7 +197,7 @@ async fn run_server_mode(
             .filter(|v| !v.is_empty())
     });
     let applier: Box<dyn Applier> = Box::new(NetlinkApplier::new());
-    run::run(config, applier, async {
+    daemon::run(config, applier, async {
         let mut term =
             match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
                 Ok(s) => s,
@@ -197,13 +212,19 @@ async fn run_server_mode(
     Ok(())
 }
 
-async fn apply(role: PathBuf, watch: bool, resync: Duration) -> anyhow::Result<()> {
-    let out = run::apply_file(
+async fn apply(
+    role: PathBuf,
+    watch: bool,
+    resync: Duration,
+    state_dir: PathBuf,
+) -> anyhow::Result<()> {
+    let out = daemon::apply_file(
         role,
         Box::new(NetlinkApplier::new()),
         watch,
         resync,
-        ctrl_c(),
+        state_dir,
+        shutdown_signal(),
     )
     .await?;
     eprintln!(
@@ -223,19 +244,22 @@ async fn apply(role: PathBuf, watch: bool, resync: Duration) -> anyhow::Result<(
 
 fn show_status(json: bool, state_dir: &Path) -> anyhow::Result<()> {
     let table = NetlinkApplier::new().observe()?;
-    let generation = StateDir::new(state_dir)
-        .load_role()
-        .ok()
-        .flatten()
-        .map(|r| r.generation);
+    let dir = StateDir::new(state_dir);
+    let generation = dir.load_role().ok().flatten().map(|r| r.generation);
+    // Written by the running daemon (server mode or apply --watch) with every report.
+    let report = dir.load_status().ok().flatten();
     if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&status::status(&table, generation))?
-        );
+        let mut v = serde_json::to_value(status::status(&table, generation))?;
+        if let (Some(obj), Some(r)) = (v.as_object_mut(), &report) {
+            obj.insert("vrrp".into(), serde_json::to_value(status::vrrp_status(r))?);
+        }
+        println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
         if let Some(g) = generation {
             println!("role generation {g}");
+        }
+        if let Some(r) = &report {
+            print!("{}", status::render_vrrp(&status::vrrp_status(r)));
         }
         print!("{}", status::render_table(&table));
     }
@@ -288,7 +312,8 @@ fn main() -> ExitCode {
             role,
             watch,
             resync,
-        } => runtime.block_on(apply(role, watch, resync)),
+            state_dir,
+        } => runtime.block_on(apply(role, watch, resync, state_dir)),
         Command::Status { json, state_dir } => show_status(json, &state_dir),
         Command::Bootargs { cmdline } => state::read_kernel_args(&cmdline)
             .map(|args| print!("{}", args.shell_assignments()))

@@ -813,6 +813,40 @@ async fn node_lifecycle_enrollment_reports_and_serving() {
         "{ev}"
     );
 
+    // Reports carry the agent's recent VRRP transitions with reasons: each becomes one event, once.
+    let mut with_transitions = report.clone();
+    with_transitions["vrrp_state"] = json!("backup");
+    with_transitions["vrrp_master"] = json!("198.18.0.3");
+    with_transitions["vrrp_transitions"] = json!([
+        {"from": "init", "to": "master", "reason": "startup", "at_ms": 1_000},
+        {"from": "master", "to": "backup", "reason": "higher priority advert from 198.18.0.3 (priority 200)",
+         "at_ms": 2_000}]);
+    for _ in 0..2 {
+        assert_eq!(
+            srv.post("/api/v1/agent/report", &cred, with_transitions.clone())
+                .await
+                .0,
+            StatusCode::NO_CONTENT
+        );
+    }
+    let (_, ev) = srv.get("/api/v1/events?node=lb-01", &op).await;
+    let vrrp: Vec<&str> = ev["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "vrrp")
+        .map(|e| e["message"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(
+        vrrp,
+        vec![
+            "VRRP master -> backup: higher priority advert from 198.18.0.3 (priority 200)",
+            "VRRP init -> master: startup",
+            "VRRP unknown -> master"
+        ],
+        "{ev}"
+    );
+
     // Retire: credentials stop working, the history stays.
     let (s, n) = srv.post("/api/v1/nodes/lb-01/retire", &op, json!({})).await;
     assert_eq!(

@@ -504,7 +504,7 @@ impl Fleet {
             ));
         }
         for (i, vip) in spec.vips.iter().enumerate() {
-            let addr = vip.split('/').next().unwrap_or(vip);
+            let addr = vip.addr();
             if let Some(owner) = others.vips.get(addr) {
                 errs.push(FieldError::new(
                     format!("vips[{i}]"),
@@ -1379,8 +1379,11 @@ impl Fleet {
                 .map_err(|_| StoreError::Corrupt(format!("node {} priority", row.id)))?,
             advert_interval_ms: c.spec.advert_interval_ms,
             preempt: c.spec.preempt,
+            preempt_delay_ms: c.spec.preempt_delay_ms,
             vips: c.spec.vips.clone(),
             unicast_peers: c.spec.unicast_peers.clone(),
+            garp: c.spec.garp,
+            conn_sync: c.spec.conn_sync.clone(),
         });
         doc.services = c
             .spec
@@ -1522,7 +1525,13 @@ impl Fleet {
         .await?;
         let name = row.name().to_owned();
         let cluster = row.cluster.as_deref();
-        if row.vrrp_state.as_deref() != vrrp {
+        let transitions = new_vrrp_transitions(row.last_report.as_deref(), report);
+        for t in &transitions {
+            // The agent's own account: what changed and why (its clock, ms since the epoch, in `at_ms`).
+            let msg = format!("VRRP {} -> {}: {}", t.from, t.to, t.reason);
+            store::events::insert(&mut tx, "vrrp", Some(node_id), cluster, &msg).await?;
+        }
+        if transitions.is_empty() && row.vrrp_state.as_deref() != vrrp {
             let msg = format!(
                 "VRRP {} -> {}",
                 row.vrrp_state.as_deref().unwrap_or("unknown"),
@@ -1830,6 +1839,22 @@ async fn hash_password(password: String) -> Result<String> {
 }
 
 /// Real servers whose health changed between two reports: (address:port, healthy now).
+/// The transitions of `now` that are newer than the newest one of the previous report (a report carries the
+/// agent's recent transitions, so the same ones arrive again until they age out).
+fn new_vrrp_transitions<'a>(
+    previous: Option<&str>,
+    now: &'a AgentReport,
+) -> Vec<&'a lbfleet_proto::VrrpTransition> {
+    let seen = previous
+        .and_then(|p| serde_json::from_str::<AgentReport>(p).ok())
+        .and_then(|r| r.vrrp_transitions.iter().map(|t| t.at_ms).max())
+        .unwrap_or(0);
+    now.vrrp_transitions
+        .iter()
+        .filter(|t| t.at_ms > seen)
+        .collect()
+}
+
 fn health_flips(previous: Option<&str>, now: &AgentReport) -> Vec<(String, bool)> {
     let Some(prev) = previous.and_then(|p| serde_json::from_str::<AgentReport>(p).ok()) else {
         return vec![];
