@@ -206,7 +206,15 @@ impl Site {
         ns.ip(&["link", "set", "lo", "up"])?;
         ns.ip(&["link", "add", BOOT_BRIDGE, "type", "bridge"])?;
         // No STP listening/learning delay: a new tap forwards at once.
-        ns.ip(&["link", "set", BOOT_BRIDGE, "type", "bridge", "forward_delay", "0"])?;
+        ns.ip(&[
+            "link",
+            "set",
+            BOOT_BRIDGE,
+            "type",
+            "bridge",
+            "forward_delay",
+            "0",
+        ])?;
         ns.ip(&[
             "addr",
             "add",
@@ -250,7 +258,8 @@ impl Site {
     pub fn tap(&mut self, bridge: &str) -> Result<String, LabError> {
         let name = format!("tap{}", self.next_tap);
         self.next_tap += 1;
-        self.ns.ip(&["tuntap", "add", "dev", &name, "mode", "tap"])?;
+        self.ns
+            .ip(&["tuntap", "add", "dev", &name, "mode", "tap"])?;
         self.ns.ip(&["link", "set", &name, "master", bridge])?;
         self.ns.ip(&["link", "set", &name, "up"])?;
         Ok(name)

@@ -4,7 +4,7 @@
 //! (`vrrp_lab`).
 
 pub mod guest;
-pub mod lab;
 pub mod ipvsadm;
+pub mod lab;
 pub mod strace;
 pub mod vrrp_lab;
