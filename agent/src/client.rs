@@ -1,6 +1,9 @@
 //! The agent's client for the server's agent API: enroll, long-poll the role, report.
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use crate::pin::{pinned_config, CertPin};
 
 use lbfleet_proto::{AgentReport, EnrollRequest, EnrollResponse, RoleDocument};
 use reqwest::StatusCode;
@@ -16,6 +19,10 @@ pub enum ClientError {
     Refused { status: StatusCode, message: String },
     #[error("not enrolled: no node credential")]
     NotEnrolled,
+    #[error("refusing to talk to the server: its certificate {got} is not the pinned {expected} (lbfleet.server_cert=); someone else may be answering in its place")]
+    CertificateMismatch { expected: CertPin, got: CertPin },
+    #[error("bad TLS settings: {0}")]
+    Tls(String),
 }
 
 impl ClientError {
@@ -26,7 +33,10 @@ impl ClientError {
             ClientError::Refused { status, .. } => {
                 status.is_server_error() || *status == StatusCode::TOO_MANY_REQUESTS
             }
-            ClientError::Unauthorized(_) | ClientError::NotEnrolled => false,
+            ClientError::Unauthorized(_)
+            | ClientError::NotEnrolled
+            | ClientError::CertificateMismatch { .. }
+            | ClientError::Tls(_) => false,
         }
     }
 }
@@ -37,6 +47,8 @@ pub struct ServerClient {
     http: reqwest::Client,
     base: String,
     credential: Option<String>,
+    /// The pinned certificate and where the verifier puts a certificate it refused.
+    pin: Option<(CertPin, Arc<Mutex<Option<CertPin>>>)>,
 }
 
 impl std::fmt::Debug for ServerClient {
@@ -68,14 +80,41 @@ async fn refusal(resp: reqwest::Response) -> ClientError {
 impl ServerClient {
     /// `base` is the server's URL, e.g. `http://198.18.0.1:8080`.
     pub fn new(base: &str, credential: Option<String>) -> Result<Self, ClientError> {
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(5))
-            .build()?;
+        Self::pinned(base, credential, None)
+    }
+
+    /// Like `new`, trusting over HTTPS only the certificate `pin` names (whoever issued it).
+    pub fn pinned(
+        base: &str,
+        credential: Option<String>,
+        pin: Option<CertPin>,
+    ) -> Result<Self, ClientError> {
+        let mut builder = reqwest::Client::builder().connect_timeout(Duration::from_secs(5));
+        let mut pin_state = None;
+        if let Some(pin) = pin {
+            let (tls, refused) = pinned_config(pin).map_err(|e| ClientError::Tls(e.to_string()))?;
+            builder = builder.use_preconfigured_tls(tls).https_only(true);
+            pin_state = Some((pin, refused));
+        }
         Ok(ServerClient {
-            http,
+            http: builder.build()?,
             base: base.trim_end_matches('/').to_owned(),
             credential,
+            pin: pin_state,
         })
+    }
+
+    /// A transport error, or the pin mismatch behind it.
+    fn transport(&self, e: reqwest::Error) -> ClientError {
+        if let Some((expected, refused)) = &self.pin {
+            if let Some(got) = refused.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                return ClientError::CertificateMismatch {
+                    expected: *expected,
+                    got,
+                };
+            }
+        }
+        ClientError::Transport(e)
     }
 
     pub fn credential(&self) -> Option<&str> {
@@ -90,7 +129,8 @@ impl ServerClient {
             .timeout(Duration::from_secs(30))
             .json(req)
             .send()
-            .await?;
+            .await
+            .map_err(|e| self.transport(e))?;
         if !resp.status().is_success() {
             return Err(refusal(resp).await);
         }
@@ -119,7 +159,8 @@ impl ServerClient {
             .bearer_auth(self.credential_or_err()?)
             .timeout(wait + POLL_MARGIN)
             .send()
-            .await?;
+            .await
+            .map_err(|e| self.transport(e))?;
         match resp.status() {
             StatusCode::OK => Ok(Some(resp.json().await?)),
             StatusCode::NO_CONTENT => Ok(None),
@@ -136,7 +177,8 @@ impl ServerClient {
             .timeout(Duration::from_secs(30))
             .json(report)
             .send()
-            .await?;
+            .await
+            .map_err(|e| self.transport(e))?;
         if resp.status().is_success() {
             Ok(())
         } else {

@@ -4,6 +4,7 @@
 pub mod client;
 pub mod ipvs;
 pub mod netlink;
+pub mod pin;
 pub mod reconcile;
 pub mod run;
 pub mod state;

@@ -32,6 +32,10 @@ enum Command {
         /// Server URL, e.g. http://198.18.0.1:8080
         #[arg(long, env = "LBFLEET_SERVER")]
         server: Option<String>,
+        /// Trust only the server certificate with this SHA-256 (sha256:HEX; default: lbfleet.server_cert= on
+        /// the kernel command line)
+        #[arg(long, env = "LBFLEET_SERVER_CERT")]
+        server_cert: Option<String>,
         /// One-time enrollment token
         #[arg(long, env = "LBFLEET_TOKEN", hide_env_values = true)]
         token: Option<String>,
@@ -77,6 +81,9 @@ enum Command {
         /// Server URL, e.g. http://198.18.0.1:8080
         #[arg(long, env = "LBFLEET_SERVER")]
         server: String,
+        /// Trust only the server certificate with this SHA-256 (sha256:HEX)
+        #[arg(long, env = "LBFLEET_SERVER_CERT")]
+        server_cert: Option<String>,
         /// One-time enrollment token (from the boot script's lbfleet.token=)
         #[arg(
             long,
@@ -96,11 +103,13 @@ enum Command {
 
 async fn fetch_role(
     server: String,
+    server_cert: Option<String>,
     token: Option<String>,
     mac: Option<String>,
     credential: Option<String>,
 ) -> anyhow::Result<()> {
-    let mut client = ServerClient::new(&server, credential)?;
+    let pin = server_cert.as_deref().map(str::parse).transpose()?;
+    let mut client = ServerClient::pinned(&server, credential, pin)?;
     if let Some(token) = token {
         let mac = mac.ok_or_else(|| anyhow::anyhow!("--mac is required with --token"))?;
         let enrolled = client
@@ -138,6 +147,7 @@ async fn ctrl_c() {
 #[allow(clippy::too_many_arguments)]
 async fn run_server_mode(
     server: Option<String>,
+    server_cert: Option<String>,
     token: Option<String>,
     mac: Option<String>,
     credential: Option<String>,
@@ -153,6 +163,11 @@ async fn run_server_mode(
         anyhow::anyhow!("no server: pass --server or lbfleet.server= on the kernel command line")
     })?;
     let mut config = RunConfig::new(&server, state_dir);
+    config.server_cert = server_cert
+        .or(boot.server_cert)
+        .as_deref()
+        .map(str::parse)
+        .transpose()?;
     config.token = token.or(boot.token);
     config.mac = mac
         .or(boot.mac)
@@ -246,6 +261,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run {
             server,
+            server_cert,
             token,
             mac,
             credential,
@@ -255,6 +271,7 @@ fn main() -> ExitCode {
             image_version,
         } => runtime.block_on(run_server_mode(
             server,
+            server_cert,
             token,
             mac,
             credential,
@@ -271,10 +288,11 @@ fn main() -> ExitCode {
         Command::Status { json, state_dir } => show_status(json, &state_dir),
         Command::FetchRole {
             server,
+            server_cert,
             token,
             mac,
             credential,
-        } => runtime.block_on(fetch_role(server, token, mac, credential)),
+        } => runtime.block_on(fetch_role(server, server_cert, token, mac, credential)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

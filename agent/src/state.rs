@@ -114,6 +114,8 @@ pub struct BootParams {
     pub mac: Option<String>,
     /// The image the node booted (`lbfleet.image=`, written by the server's boot script).
     pub image: Option<String>,
+    /// The server certificate to pin (`lbfleet.server_cert=sha256:HEX`), as written.
+    pub server_cert: Option<String>,
 }
 
 /// Parses `lbfleet.server=`, `lbfleet.token=`, `lbfleet.mac=`, `lbfleet.image=` and PXELINUX's
@@ -125,6 +127,8 @@ pub fn parse_cmdline(cmdline: &str) -> BootParams {
             p.server = Some(v.to_owned());
         } else if let Some(v) = word.strip_prefix("lbfleet.token=") {
             p.token = Some(v.to_owned());
+        } else if let Some(v) = word.strip_prefix("lbfleet.server_cert=") {
+            p.server_cert = Some(v.to_owned());
         } else if let Some(v) = word.strip_prefix("lbfleet.image=") {
             p.image = Some(v.to_owned());
         } else if let Some(v) = word.strip_prefix("lbfleet.mac=") {

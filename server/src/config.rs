@@ -85,6 +85,25 @@ pub struct ServeArgs {
     /// Log line format [default: text]
     #[arg(long, env = "LBFLEET_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
+    /// TLS certificate chain (PEM); with --tls-key, serves HTTPS
+    #[arg(long, env = "LBFLEET_TLS_CERT", value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM)
+    #[arg(long, env = "LBFLEET_TLS_KEY", value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+    /// Serve HTTPS with a self-signed certificate created on first start next to the database [default: false]
+    #[arg(long, env = "LBFLEET_TLS_SELF_SIGNED", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub tls_self_signed: Option<bool>,
+    /// Allow plain HTTP (no TLS) on a non-loopback address; passwords and credentials then cross the network
+    /// in the clear [default: false]
+    #[arg(long, env = "LBFLEET_ALLOW_INSECURE_HTTP", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub allow_insecure_http: Option<bool>,
+    /// Open HTTP connections at most (also kept below the open-file limit) [default: 4096]
+    #[arg(long, env = "LBFLEET_MAX_CONNECTIONS", value_name = "N")]
+    pub max_connections: Option<usize>,
+    /// Longest time a client may take to send a request head; also closes idle connections [default: 10s]
+    #[arg(long, env = "LBFLEET_HEADER_READ_TIMEOUT", value_name = "DURATION")]
+    pub header_read_timeout: Option<String>,
     #[command(flatten)]
     pub boot: BootArgs,
 }
@@ -166,6 +185,17 @@ pub struct BootArgs {
     /// Most unknown MACs waiting in `discovered` at once [default: 1024]
     #[arg(long = "boot-max-discovered", env = "LBFLEET_BOOT_MAX_DISCOVERED")]
     pub max_discovered: Option<i64>,
+    /// INSECURE: put enrollment tokens in boot scripts requested from any address, not only from the MAC's
+    /// lbfleet DHCP lease (for sites whose DHCP is not lbfleet's; anyone on the boot network can then take
+    /// over a node) [default: false]
+    #[arg(
+        long = "boot-allow-token-without-lease",
+        env = "LBFLEET_BOOT_ALLOW_TOKEN_WITHOUT_LEASE",
+        num_args = 0..=1,
+        default_missing_value = "true",
+        value_name = "BOOL"
+    )]
+    pub allow_token_without_lease: Option<bool>,
 }
 
 impl BootArgs {
@@ -191,6 +221,9 @@ impl BootArgs {
             tftp_max_blksize: self.tftp_max_blksize.or(other.tftp_max_blksize),
             tftp_max_windowsize: self.tftp_max_windowsize.or(other.tftp_max_windowsize),
             max_discovered: self.max_discovered.or(other.max_discovered),
+            allow_token_without_lease: self
+                .allow_token_without_lease
+                .or(other.allow_token_without_lease),
         }
     }
 }
@@ -215,6 +248,8 @@ pub struct BootConfig {
     pub tftp_max_blksize: u16,
     pub tftp_max_windowsize: u16,
     pub max_discovered: i64,
+    /// Boot scripts carry enrollment tokens whatever address asks (see `boot::trust`).
+    pub allow_token_without_lease: bool,
 }
 
 fn parse_cidr(text: &str) -> Result<(std::net::Ipv4Addr, u8), ConfigError> {
@@ -305,6 +340,7 @@ impl BootConfig {
                 .max_discovered
                 .unwrap_or(crate::fleet::DEFAULT_MAX_DISCOVERED)
                 .max(0),
+            allow_token_without_lease: args.allow_token_without_lease.unwrap_or(false),
         })
     }
 
@@ -326,6 +362,7 @@ impl BootConfig {
             tftp_max_blksize: 1468,
             tftp_max_windowsize: 64,
             max_discovered: crate::fleet::DEFAULT_MAX_DISCOVERED,
+            allow_token_without_lease: false,
         }
     }
 }
@@ -429,6 +466,12 @@ pub struct FileConfig {
     pub enrollment_token_ttl: Option<String>,
     pub initial_admin_password_file: Option<PathBuf>,
     pub log_format: Option<LogFormat>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub tls_self_signed: Option<bool>,
+    pub allow_insecure_http: Option<bool>,
+    pub max_connections: Option<usize>,
+    pub header_read_timeout: Option<String>,
     pub boot: Option<BootArgs>,
 }
 
@@ -482,6 +525,12 @@ pub struct ServerConfig {
     pub initial_admin_password_file: Option<PathBuf>,
     pub log_format: LogFormat,
     pub boot: Option<BootConfig>,
+    pub tls: crate::tls::TlsSetting,
+    pub allow_insecure_http: bool,
+    pub max_connections: usize,
+    pub header_read_timeout: Duration,
+    /// `sha256:HEX` of the certificate being served; set at start-up once TLS is loaded, `None` without TLS.
+    pub tls_pin: Option<String>,
 }
 
 impl std::fmt::Debug for ServerConfig {
@@ -499,6 +548,10 @@ impl std::fmt::Debug for ServerConfig {
             )
             .field("log_format", &self.log_format)
             .field("boot", &self.boot)
+            .field("tls", &self.tls)
+            .field("allow_insecure_http", &self.allow_insecure_http)
+            .field("max_connections", &self.max_connections)
+            .field("header_read_timeout", &self.header_read_timeout)
             .finish()
     }
 }
@@ -559,13 +612,68 @@ impl ServerConfig {
                 reason: "must be between 1s and 5m".into(),
             });
         }
+        let listen = args.listen.or(file.listen).unwrap_or(default_listen);
+        let database = args
+            .db
+            .database
+            .or(file.database)
+            .unwrap_or_else(|| DEFAULT_DATABASE.to_owned());
+        let tls = match (
+            args.tls_cert.or(file.tls_cert),
+            args.tls_key.or(file.tls_key),
+            args.tls_self_signed
+                .or(file.tls_self_signed)
+                .unwrap_or(false),
+        ) {
+            (Some(cert), Some(key), _) => crate::tls::TlsSetting::Files { cert, key },
+            (Some(_), None, _) | (None, Some(_), _) => {
+                return Err(ConfigError::Invalid {
+                    key: "tls_cert",
+                    reason: "tls_cert and tls_key go together".into(),
+                })
+            }
+            (None, None, true) => crate::tls::TlsSetting::SelfSigned {
+                dir: database_dir(&database),
+            },
+            (None, None, false) => crate::tls::TlsSetting::Off,
+        };
+        let allow_insecure_http = args
+            .allow_insecure_http
+            .or(file.allow_insecure_http)
+            .unwrap_or(false);
+        if !tls.is_on() && !listen.ip().is_loopback() && !allow_insecure_http {
+            return Err(ConfigError::Invalid {
+                key: "listen",
+                reason: format!(
+                    "{listen} is not a loopback address and TLS is off: set tls_cert and tls_key or \
+                     tls_self_signed, or pass --allow-insecure-http to accept passwords and node credentials \
+                     in the clear"
+                ),
+            });
+        }
+        let header_read_timeout = duration(
+            "header_read_timeout",
+            args.header_read_timeout.or(file.header_read_timeout),
+            "10s",
+        )?;
+        if header_read_timeout.is_zero() {
+            return Err(ConfigError::Invalid {
+                key: "header_read_timeout",
+                reason: "must be more than 0".into(),
+            });
+        }
         Ok(ServerConfig {
-            listen: args.listen.or(file.listen).unwrap_or(default_listen),
-            database: args
-                .db
-                .database
-                .or(file.database)
-                .unwrap_or_else(|| DEFAULT_DATABASE.to_owned()),
+            listen,
+            database,
+            tls,
+            allow_insecure_http,
+            max_connections: args
+                .max_connections
+                .or(file.max_connections)
+                .unwrap_or(4096)
+                .max(1),
+            header_read_timeout,
+            tls_pin: None,
             public_url,
             long_poll_timeout,
             session_ttl: duration("session_ttl", args.session_ttl.or(file.session_ttl), "12h")?,
@@ -602,13 +710,35 @@ impl ServerConfig {
             initial_admin_password_file: None,
             log_format: LogFormat::Text,
             boot: None,
+            tls: crate::tls::TlsSetting::Off,
+            allow_insecure_http: false,
+            max_connections: 4096,
+            header_read_timeout: Duration::from_secs(10),
+            tls_pin: None,
         }
     }
 
+    /// Session cookies are `Secure` when the server speaks HTTPS (or sits behind an HTTPS public URL).
     pub fn secure_cookies(&self) -> bool {
-        self.public_url
-            .as_deref()
-            .is_some_and(|u| u.starts_with("https://"))
+        self.tls.is_on()
+            || self
+                .public_url
+                .as_deref()
+                .is_some_and(|u| u.starts_with("https://"))
+    }
+}
+
+/// The directory of an SQLite database URL (`sqlite://var/lbfleet.db` -> `var`), where the self-signed TLS pair
+/// is kept; the current directory for in-memory or other databases.
+pub fn database_dir(database: &str) -> PathBuf {
+    let path = database
+        .strip_prefix("sqlite://")
+        .or_else(|| database.strip_prefix("sqlite:"))
+        .map(|p| p.split('?').next().unwrap_or(p))
+        .filter(|p| !p.is_empty() && !p.starts_with(':'));
+    match path.and_then(|p| Path::new(p).parent()) {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.to_owned(),
+        _ => PathBuf::from("."),
     }
 }
 

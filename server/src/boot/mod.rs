@@ -4,6 +4,7 @@
 pub mod dhcp;
 pub mod http;
 pub mod tftp;
+pub mod trust;
 
 use std::sync::Arc;
 

@@ -21,6 +21,7 @@ use crate::store::clusters::{RealServerKey, StoredCluster};
 use crate::store::nodes::{Member, NodeKey, NodeRow};
 use crate::store::{self, now_ms, Store, StoreError};
 
+pub mod reenrollment;
 pub mod rules;
 
 pub use rules::{FieldError, FieldErrors};
@@ -1291,6 +1292,7 @@ impl Fleet {
                 row.name()
             )));
         }
+        reenrollment::note_if_alive(&mut tx, &row).await?;
         let credential = secrets::new_secret(secrets::NODE_CREDENTIAL_PREFIX);
         store::auth::set_node_credential(&mut tx, node_id, &secrets::hash_secret(&credential))
             .await?;

@@ -281,3 +281,15 @@ pub async fn redeem_enrollment_token(
     .fetch_optional(conn)
     .await?)
 }
+
+/// True when the node has a live credential (it enrolled and was not revoked since).
+pub async fn has_node_credential(
+    conn: &mut SqliteConnection,
+    node_id: i64,
+) -> Result<bool, StoreError> {
+    let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM node_credentials WHERE node_id = $1")
+        .bind(node_id)
+        .fetch_one(conn)
+        .await?;
+    Ok(n > 0)
+}

@@ -148,3 +148,21 @@ mod tests {
         assert_eq!(ten.expires_at, 1_260);
     }
 }
+
+/// True when `mac` holds a bound, unexpired lease on `address` (the boot-trust check for enrollment tokens).
+pub async fn bound_to(
+    conn: &mut SqliteConnection,
+    mac: &str,
+    address: &str,
+    now: i64,
+) -> Result<bool, StoreError> {
+    let n: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM leases WHERE mac = $1 AND address = $2 AND state = 'bound' AND expires_at > $3",
+    )
+    .bind(mac)
+    .bind(address)
+    .bind(now)
+    .fetch_one(conn)
+    .await?;
+    Ok(n > 0)
+}
