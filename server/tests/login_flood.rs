@@ -6,28 +6,17 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+mod common;
+
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rand::distributions::{Alphanumeric, DistString};
 
-const BIN: &str = env!("CARGO_BIN_EXE_lbfleet-server");
 const RSS_LIMIT_KIB: u64 = 256 * 1024;
 const FLOOD: usize = 2_000;
 const CONCURRENCY: usize = 200;
-
-/// Kills the server this test started, also when an assertion fails.
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn rss_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -35,46 +24,15 @@ fn rss_kib(pid: u32) -> Option<u64> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
-/// Starts the binary on 127.0.0.1:0; returns it, its address and the admin password.
-fn start(dir: &std::path::Path) -> (Server, String, String) {
-    let pw_file = dir.join("admin-password");
-    let mut child = Command::new(BIN)
-        .args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json"])
-        .arg("--database")
-        .arg(format!("sqlite://{}", dir.join("lbfleet.db").display()))
-        .arg("--initial-admin-password-file")
-        .arg(&pw_file)
-        .env("RUST_LOG", "info,sqlx=warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let server = Server(child);
-    let mut lines = BufReader::new(stderr).lines();
-    let addr = loop {
-        let line = lines
-            .next()
-            .expect("server exited before listening")
-            .unwrap();
-        let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
-            continue;
-        };
-        if v["fields"]["message"] == "lbfleet-server listening" {
-            break v["fields"]["addr"].as_str().unwrap().to_owned();
-        }
-    };
-    // Keep draining the log so the server never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
-    let password = std::fs::read_to_string(&pw_file).unwrap().trim().to_owned();
-    (server, addr, password)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn login_flood_keeps_memory_bounded_and_other_addresses_served() {
     let dir = tempfile::tempdir().unwrap();
-    let (server, addr, password) = start(dir.path());
-    let pid = server.0.id();
+    let server = common::ServerProcess::start(dir.path(), None, &[]);
+    let (pid, addr, password) = (
+        server.pid(),
+        server.addr.clone(),
+        server.admin_password.clone(),
+    );
     let url = format!("http://{addr}/api/v1/login");
 
     let stop = Arc::new(AtomicBool::new(false));
