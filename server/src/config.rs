@@ -818,6 +818,49 @@ mod tests {
     }
 
     #[test]
+    fn plain_http_off_loopback_needs_tls_or_the_explicit_flag() {
+        let err = ServerConfig::resolve(serve_args(&["--listen", "0.0.0.0:8080"]))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            err.starts_with("listen: 0.0.0.0:8080 is not a loopback address and TLS is off")
+                && err.contains("--allow-insecure-http"),
+            "{err}"
+        );
+        let cfg = ServerConfig::resolve(serve_args(&[
+            "--listen",
+            "0.0.0.0:8080",
+            "--allow-insecure-http",
+        ]))
+        .expect("explicitly allowed");
+        assert!(!cfg.tls.is_on() && !cfg.secure_cookies());
+        let cfg = ServerConfig::resolve(serve_args(&[
+            "--listen",
+            "0.0.0.0:8080",
+            "--tls-self-signed",
+            "--database",
+            "sqlite://var/x/lbfleet.db",
+        ]))
+        .expect("TLS");
+        assert_eq!(
+            cfg.tls,
+            crate::tls::TlsSetting::SelfSigned {
+                dir: PathBuf::from("var/x")
+            }
+        );
+        assert!(cfg.secure_cookies());
+        // Loopback stays plain by default (make demo).
+        let cfg = ServerConfig::resolve(serve_args(&[])).expect("defaults");
+        assert!(!cfg.tls.is_on());
+        let err = ServerConfig::resolve(serve_args(&["--tls-cert", "c.pem"]))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("tls_cert and tls_key go together"), "{err}");
+    }
+
+    #[test]
     fn database_passwords_are_redacted() {
         assert_eq!(
             redact_url("postgres://lb:s3cret@db/lbfleet"),

@@ -374,7 +374,8 @@ mod tests {
         ));
         assert!(g.precheck("someone", ip(4)).is_ok());
         // Per user name: one name from many addresses.
-        for i in 0..3 {
+        for i in 0..8 {
+            assert!(g.precheck("bob", ip(10 + i)).is_ok());
             g.failed("bob", ip(10 + i));
         }
         assert!(g.precheck("bob", ip(20)).is_err());

@@ -5,7 +5,7 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod common;
+mod process;
 
 use std::time::{Duration, Instant};
 
@@ -17,7 +17,7 @@ const HALF_OPEN: usize = 3_000;
 async fn half_open_connections_do_not_stop_new_requests() {
     let dir = tempfile::tempdir().unwrap();
     // A long header-read timeout, so only the connection cap can keep the server answering here.
-    let server = common::ServerProcess::start(
+    let server = process::ServerProcess::start(
         dir.path(),
         Some(1024),
         &[("LBFLEET_HEADER_READ_TIMEOUT", "5m")],

@@ -6,7 +6,7 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod common;
+mod process;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -27,7 +27,7 @@ fn rss_kib(pid: u32) -> Option<u64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn login_flood_keeps_memory_bounded_and_other_addresses_served() {
     let dir = tempfile::tempdir().unwrap();
-    let server = common::ServerProcess::start(dir.path(), None, &[]);
+    let server = process::ServerProcess::start(dir.path(), None, &[]);
     let (pid, addr, password) = (
         server.pid(),
         server.addr.clone(),
