@@ -126,6 +126,7 @@ pub async fn run_with(
                 ..Default::default()
             },
             max_transfers: boot.tftp_max_transfers,
+            max_per_client: boot::tftp::DEFAULT_MAX_PER_CLIENT,
         };
         let stats = std::sync::Arc::new(boot::tftp::TftpStats::default());
         boot_stats.tftp = Some(stats.clone());

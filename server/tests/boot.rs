@@ -652,3 +652,108 @@ async fn reenrollment_while_alive_is_an_event_and_an_alert() {
         "{overview}"
     );
 }
+
+/// Issue 13, TFTP slot hogging: one client address gets at most `DEFAULT_MAX_PER_CLIENT` transfers at once
+/// (the next is refused with an error), while another address is still served.
+#[tokio::test]
+async fn tftp_limits_concurrent_transfers_per_client_address() {
+    let lab = boot_lab().await;
+    pattern_file(&lab.boot_dir.path().join("undionly.kpxe"), 100_000);
+    let port = lab.tftp_port;
+    let max = lbfleet_server::boot::tftp::DEFAULT_MAX_PER_CLIENT;
+    let answers = tokio::task::spawn_blocking(move || {
+        let request = Packet::ReadRequest {
+            filename: "undionly.kpxe".into(),
+            mode: "octet".into(),
+            options: vec![("tsize".into(), "0".into())],
+        }
+        .encode();
+        let mut held = Vec::new();
+        let mut answers = Vec::new();
+        for i in 0..=max + 1 {
+            // The last request comes from another loopback address.
+            let from = if i == max + 1 {
+                "127.0.0.2:0"
+            } else {
+                "127.0.0.1:0"
+            };
+            let sock = UdpSocket::bind(from).unwrap();
+            sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            sock.send_to(&request, ("127.0.0.1", port)).unwrap();
+            let mut buf = [0u8; 2048];
+            let (n, _) = sock.recv_from(&mut buf).unwrap();
+            answers.push(Packet::decode(&buf[..n]).unwrap());
+            // Never acknowledged: the transfer keeps its slot until it times out.
+            held.push(sock);
+        }
+        answers
+    })
+    .await
+    .unwrap();
+    for (i, a) in answers.iter().enumerate() {
+        let refused = matches!(a, Packet::Error { message, .. } if message.contains("too many transfers from your address"));
+        let accepted = matches!(a, Packet::OptionAck { .. });
+        if i == max {
+            assert!(refused, "request {i}: {a:?}");
+        } else {
+            assert!(accepted, "request {i}: {a:?}");
+        }
+    }
+}
+
+/// Issue 13, slow TFTP clients: a transfer that a client drags out (acknowledging just before each
+/// retransmission) ends with an error once it has held its slot for `max_duration`.
+#[tokio::test]
+async fn tftp_transfer_time_is_bounded() {
+    use lbfleet_server::boot::tftp::{self, transfer::Limits, TftpConfig};
+    let root = tempfile::tempdir().unwrap();
+    pattern_file(&root.path().join("big"), 200_000);
+    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let port = sock.local_addr().unwrap().port();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let config = TftpConfig {
+        root: root.path().to_owned(),
+        limits: Limits {
+            max_duration: Duration::from_secs(1),
+            ..Limits::default()
+        },
+        max_transfers: 4,
+        max_per_client: 4,
+    };
+    let server = tokio::spawn(tftp::run(sock, config, Default::default(), stop_rx));
+    let outcome = tokio::task::spawn_blocking(move || {
+        let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+        sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let request = Packet::ReadRequest {
+            filename: "big".into(),
+            mode: "octet".into(),
+            options: vec![],
+        };
+        sock.send_to(&request.encode(), ("127.0.0.1", port))
+            .unwrap();
+        let started = std::time::Instant::now();
+        let mut buf = [0u8; 2048];
+        loop {
+            let (n, peer) = sock.recv_from(&mut buf).unwrap();
+            match Packet::decode(&buf[..n]).unwrap() {
+                Packet::Data { block, .. } => {
+                    assert!(
+                        started.elapsed() < Duration::from_secs(10),
+                        "still sending after 10 s"
+                    );
+                    // 512-byte lock-step at ~3 blocks a second: 200 kB would take two minutes.
+                    std::thread::sleep(Duration::from_millis(300));
+                    sock.send_to(&Packet::Ack { block }.encode(), peer).unwrap();
+                }
+                Packet::Error { message, .. } => return (message, started.elapsed()),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(outcome.0, "transfer took too long");
+    assert!(outcome.1 < Duration::from_secs(5), "{:?}", outcome.1);
+    let _ = stop_tx.send(true);
+    server.await.unwrap().unwrap();
+}
