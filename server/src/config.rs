@@ -314,6 +314,24 @@ impl BootConfig {
                 }
             }
         }
+        let pool_size = pool.map(|(first, last)| i64::from(u32::from(last) - u32::from(first)) + 1);
+        let max_discovered = match (args.max_discovered, pool_size) {
+            (Some(m), Some(size)) if m >= size => {
+                return Err(ConfigError::Invalid {
+                    key: "boot.max_discovered",
+                    reason: format!(
+                        "{m} leaves no address of boot.pool ({size} addresses) for registered nodes once \
+                         unknown MACs took their share; set boot.max_discovered below {size} (e.g. {}) or \
+                         widen boot.pool",
+                        size / 2
+                    ),
+                })
+            }
+            (Some(m), _) => m.max(0),
+            // Unset: at most half the pool goes to unknown MACs.
+            (None, Some(size)) => crate::fleet::DEFAULT_MAX_DISCOVERED.min(size / 2),
+            (None, None) => crate::fleet::DEFAULT_MAX_DISCOVERED,
+        };
         let blksize = args.tftp_max_blksize.unwrap_or(1468);
         if !(512..=65464).contains(&blksize) {
             return Err(ConfigError::Invalid {
@@ -336,10 +354,7 @@ impl BootConfig {
             tftp_max_transfers: args.tftp_max_transfers.unwrap_or(64).max(1),
             tftp_max_blksize: blksize,
             tftp_max_windowsize: args.tftp_max_windowsize.unwrap_or(64).clamp(1, 1024),
-            max_discovered: args
-                .max_discovered
-                .unwrap_or(crate::fleet::DEFAULT_MAX_DISCOVERED)
-                .max(0),
+            max_discovered,
             allow_token_without_lease: args.allow_token_without_lease.unwrap_or(false),
         })
     }
@@ -858,6 +873,37 @@ mod tests {
             .map(|e| e.to_string())
             .unwrap_or_default();
         assert!(err.contains("tls_cert and tls_key go together"), "{err}");
+    }
+
+    #[test]
+    fn max_discovered_must_leave_pool_addresses_for_registered_nodes() {
+        let boot = [
+            "--boot-server-address",
+            "198.18.0.1",
+            "--boot-subnet",
+            "198.18.0.0/16",
+            "--boot-pool",
+            "198.18.1.0-198.18.1.255",
+        ];
+        let mut args = boot.to_vec();
+        args.extend(["--boot-max-discovered", "256"]);
+        let err = ServerConfig::resolve(serve_args(&args))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            err.starts_with(
+                "boot.max_discovered: 256 leaves no address of boot.pool (256 addresses)"
+            ),
+            "{err}"
+        );
+        let mut args = boot.to_vec();
+        args.extend(["--boot-max-discovered", "255"]);
+        let cfg = ServerConfig::resolve(serve_args(&args)).expect("one address left");
+        assert_eq!(cfg.boot.map(|b| b.max_discovered), Some(255));
+        // Unset: half the pool.
+        let cfg = ServerConfig::resolve(serve_args(&boot)).expect("default");
+        assert_eq!(cfg.boot.map(|b| b.max_discovered), Some(128));
     }
 
     #[test]

@@ -90,6 +90,15 @@ pub async fn reservations(
     .await?)
 }
 
+/// MACs of registered (approved) nodes: they boot outside the DHCP discovery budget.
+pub async fn registered_macs(conn: &mut SqliteConnection) -> Result<Vec<String>, StoreError> {
+    Ok(sqlx::query_scalar(
+        "SELECT mac FROM nodes WHERE state NOT IN ('discovered', 'retired', 'rejected')",
+    )
+    .fetch_all(conn)
+    .await?)
+}
+
 /// Whether a MAC is a node that must not be served (retired or rejected).
 pub async fn refused_macs(conn: &mut SqliteConnection) -> Result<Vec<String>, StoreError> {
     Ok(
