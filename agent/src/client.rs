@@ -23,13 +23,19 @@ pub enum ClientError {
     CertificateMismatch { expected: CertPin, got: CertPin },
     #[error("bad TLS settings: {0}")]
     Tls(String),
+    #[error("refusing a role document over {limit} bytes")]
+    RoleTooLarge { limit: usize },
 }
+
+/// Largest role document the agent accepts (the server's own bound on a cluster spec is 16 MiB).
+pub const MAX_ROLE_BYTES: usize = 16 * 1024 * 1024;
 
 impl ClientError {
     /// Worth retrying later (network trouble, server overloaded or restarting), as opposed to a refusal.
     pub fn is_transient(&self) -> bool {
         match self {
-            ClientError::Transport(_) => true,
+            // A role over the bound may shrink again; the agent keeps serving its last role meanwhile.
+            ClientError::Transport(_) | ClientError::RoleTooLarge { .. } => true,
             ClientError::Refused { status, .. } => {
                 status.is_server_error() || *status == StatusCode::TOO_MANY_REQUESTS
             }
@@ -75,6 +81,21 @@ async fn refusal(resp: reqwest::Response) -> ClientError {
     } else {
         ClientError::Refused { status, message }
     }
+}
+
+/// The response body, refused once it passes `limit` bytes (by Content-Length at once, else while reading).
+async fn read_bounded(mut resp: reqwest::Response, limit: usize) -> Result<Vec<u8>, ClientError> {
+    if resp.content_length().is_some_and(|n| n > limit as u64) {
+        return Err(ClientError::RoleTooLarge { limit });
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = resp.chunk().await? {
+        if body.len() + chunk.len() > limit {
+            return Err(ClientError::RoleTooLarge { limit });
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
 }
 
 impl ServerClient {
@@ -162,7 +183,15 @@ impl ServerClient {
             .await
             .map_err(|e| self.transport(e))?;
         match resp.status() {
-            StatusCode::OK => Ok(Some(resp.json().await?)),
+            StatusCode::OK => {
+                let body = read_bounded(resp, MAX_ROLE_BYTES).await?;
+                serde_json::from_slice(&body)
+                    .map(Some)
+                    .map_err(|e| ClientError::Refused {
+                        status: StatusCode::OK,
+                        message: format!("unreadable role document: {e}"),
+                    })
+            }
             StatusCode::NO_CONTENT => Ok(None),
             _ => Err(refusal(resp).await),
         }

@@ -12,6 +12,7 @@ pub mod audit;
 pub mod boot;
 pub mod config;
 pub mod fleet;
+pub mod limits;
 pub mod login_gate;
 pub mod notify;
 pub mod secrets;
@@ -140,9 +141,11 @@ pub async fn run_with(
     };
     let connections = serve::Connections::new(limits.max_connections);
     let tls_on = tls.is_some();
-    let app = api::router(api::AppState::new(fleet, config, boot_stats, stop_rx)).layer(
-        axum::middleware::from_fn(move |req, next| serve::https_only(tls_on, req, next)),
-    );
+    let app = api::router(api::AppState::new(fleet, config, boot_stats, stop_rx))
+        .layer(axum::middleware::from_fn(limits::bound_request))
+        .layer(axum::middleware::from_fn(move |req, next| {
+            serve::https_only(tls_on, req, next)
+        }));
     tracing::info!(%addr, tls = tls_on, max_connections = connections.cap(), "lbfleet-server listening");
     serve::serve(
         listener,

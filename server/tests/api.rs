@@ -1434,3 +1434,83 @@ async fn cluster_writes_with_if_match_never_overwrite_a_concurrent_change() {
     let (s, _, _) = conditional(&srv, Method::PUT, path, Some(("if-match", "*")), Some(spec)).await;
     assert_eq!(s, StatusCode::PRECONDITION_FAILED);
 }
+
+/// Issue 13: every endpoint has a body bound (413 past it, by Content-Length or while reading); the cluster PUT
+/// and agent reports have larger ones.
+#[tokio::test]
+async fn oversized_bodies_get_413_per_endpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = TestServer::start(dir.path()).await;
+    let credential = srv.enrolled_node("52:54:00:cc:00:01", "lb-b1").await;
+    let big = |n: usize| "x".repeat(n);
+    // A 5 MiB agent report (the bound is 4 MiB).
+    let report = json!({"applied_generation": 0, "errors": [big(5 * 1024 * 1024)]});
+    let r = srv
+        .http
+        .post(srv.url("/api/v1/agent/report"))
+        .bearer_auth(&credential)
+        .json(&report)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    // A 100 KiB login (64 KiB bound), also when streamed without a length.
+    let login = json!({"username": "admin", "password": big(100 * 1024)}).to_string();
+    let r = srv
+        .http
+        .post(srv.url("/api/v1/login"))
+        .header("content-type", "application/json")
+        .body(login.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    let stream = futures::stream::iter(
+        login
+            .into_bytes()
+            .chunks(8192)
+            .map(|c| Ok::<_, std::io::Error>(c.to_vec()))
+            .collect::<Vec<_>>(),
+    );
+    let r = srv
+        .http
+        .post(srv.url("/api/v1/login"))
+        .header("content-type", "application/json")
+        .body(reqwest::Body::wrap_stream(stream))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    // A 2 MiB cluster spec is read (and judged on its content, not its size).
+    let mut spec = common::cluster_spec(51, "198.18.0.10");
+    spec["description"] = json!(big(2 * 1024 * 1024));
+    let (s, _) = srv
+        .put("/api/v1/clusters/ext", &srv.tokens.operator, spec)
+        .await;
+    assert_ne!(s, StatusCode::PAYLOAD_TOO_LARGE);
+}
+
+/// Issue 13: a report keeps at most 10 error strings, each cut to 512 bytes, and says how many it left out.
+#[tokio::test]
+async fn report_errors_are_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = TestServer::start(dir.path()).await;
+    let credential = srv.enrolled_node("52:54:00:cc:00:02", "lb-b2").await;
+    let errors: Vec<String> = (0..200)
+        .map(|i| format!("{i} {}", "e".repeat(4000)))
+        .collect();
+    let (s, v) = srv
+        .call(
+            Method::POST,
+            "/api/v1/agent/report",
+            Some(&credential),
+            Some(json!({"applied_generation": 0, "errors": errors})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT, "{v}");
+    let (_, node) = srv.get("/api/v1/nodes/lb-b2", &srv.tokens.viewer).await;
+    let kept = node["last_report"]["errors"].as_array().unwrap();
+    assert_eq!(kept.len(), 11, "{node}");
+    assert!(kept[..10].iter().all(|e| e.as_str().unwrap().len() <= 515));
+    assert_eq!(kept[10], "... and 190 more errors");
+}
