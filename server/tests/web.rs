@@ -648,3 +648,39 @@ async fn settings_form_never_overwrites_a_change_made_after_the_page_was_loaded(
     assert_eq!(c["spec"]["advert_interval_ms"], 300, "{c}");
     assert_eq!(c["spec"]["services"][0]["real_servers"][0]["weight"], 9);
 }
+
+/// Issue 13: after login, only local paths are followed; anything a browser would read as another site goes to
+/// `/`.
+#[tokio::test]
+async fn login_redirects_only_to_local_paths() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = TestServer::start(dir.path()).await;
+    for (next, expected) in [
+        ("/\t/evil.example", "/"),
+        ("//evil", "/"),
+        ("/\\evil", "/"),
+        ("/\n/evil.example", "/"),
+        ("https://evil.example/", "/"),
+        ("/ /evil", "/"),
+        ("/clusters/ext?tab=1", "/clusters/ext?tab=1"),
+    ] {
+        let http = client();
+        let page = http.get(srv.url("/login")).send().await.unwrap();
+        let login_cookie = cookie_pair(&page, "lbfleet_login_csrf").unwrap();
+        let csrf = csrf_of(&page.text().await.unwrap());
+        let resp = http
+            .post(srv.url("/login"))
+            .header(COOKIE, login_cookie)
+            .form(&[
+                ("csrf", csrf.as_str()),
+                ("username", "view"),
+                ("password", PASSWORD),
+                ("next", next),
+            ])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::SEE_OTHER, "{next:?}");
+        assert_eq!(resp.headers()[LOCATION], expected, "{next:?}");
+    }
+}

@@ -1576,13 +1576,7 @@ impl Fleet {
         rules::image_name(&img.name)?;
         rules::image_file("kernel", &img.kernel)?;
         rules::image_file("initrd", &img.initrd)?;
-        if img.cmdline.len() > 1024 || img.cmdline.chars().any(|c| c.is_control()) {
-            return Err(FieldError::new(
-                "cmdline",
-                "must be at most 1024 characters without control characters",
-            )
-            .into());
-        }
+        rules::image_cmdline(&img.cmdline)?;
         let mut tx = self.store.begin().await?;
         let before = store::images::get(&mut tx, &img.name).await?;
         if before.as_ref().is_some_and(|b| {
