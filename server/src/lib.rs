@@ -19,6 +19,7 @@ pub mod secrets;
 pub mod serve;
 pub mod store;
 pub mod tls;
+pub mod token_use;
 pub mod web;
 
 pub use config::ServerConfig;

@@ -1547,3 +1547,27 @@ async fn image_cmdline_is_limited_to_kernel_arguments() {
     let (s, v) = put("console=ttyS0,115200n8 net.ifnames=0 panic=10 isolcpus=1-3 quiet").await;
     assert!(s.is_success(), "{v}");
 }
+
+/// Issue 13: API tokens record when they were last used.
+#[tokio::test]
+async fn api_tokens_record_their_last_use() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = TestServer::start(dir.path()).await;
+    let (s, v) = srv.get("/api/v1/tokens", &srv.tokens.admin).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let viewer_token = |v: &Value| {
+        v["tokens"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["user"] == "view")
+            .unwrap()
+            .clone()
+    };
+    assert!(viewer_token(&v)["last_used_at"].is_null(), "{v}");
+    let (s, _) = srv.get("/api/v1/whoami", &srv.tokens.viewer).await;
+    assert_eq!(s, StatusCode::OK);
+    let (_, v) = srv.get("/api/v1/tokens", &srv.tokens.admin).await;
+    let used = viewer_token(&v)["last_used_at"].as_i64().unwrap_or(0);
+    assert!(used > 0, "{v}");
+}

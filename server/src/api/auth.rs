@@ -72,11 +72,14 @@ impl FromRequestParts<AppState> for Principal {
                     "node credentials may only call /api/v1/agent/*".into(),
                 ));
             }
-            let p = store::auth::token_principal(&mut conn, &secrets::hash_secret(token))
+            let hash = secrets::hash_secret(token);
+            let p = store::auth::token_principal(&mut conn, &hash)
                 .await?
                 .ok_or_else(|| {
                     ApiError::Unauthorized("API token is invalid, expired or revoked".into())
                 })?;
+            drop(conn);
+            crate::token_use::record(state.fleet.store(), &hash).await;
             return principal(p, Via::Token);
         }
         if let Some(session) = cookie(&parts.headers, SESSION_COOKIE) {
