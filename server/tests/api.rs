@@ -1571,3 +1571,24 @@ async fn api_tokens_record_their_last_use() {
     let used = viewer_token(&v)["last_used_at"].as_i64().unwrap_or(0);
     assert!(used > 0, "{v}");
 }
+
+/// Issue 13: the database (and SQLite's WAL beside it) is created readable only by its owner.
+#[tokio::test]
+async fn database_files_are_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let srv = TestServer::start(dir.path()).await;
+    let (s, _) = srv
+        .post(
+            "/api/v1/nodes",
+            &srv.tokens.operator,
+            json!({"mac": "52:54:00:cc:00:09"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED);
+    let wal = srv.db_path.with_extension("db-wal");
+    for path in [&srv.db_path, &wal] {
+        let mode = std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{}", path.display());
+    }
+}
