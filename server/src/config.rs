@@ -104,6 +104,12 @@ pub struct ServeArgs {
     /// Longest time a client may take to send a request head; also closes idle connections [default: 10s]
     #[arg(long, env = "LBFLEET_HEADER_READ_TIMEOUT", value_name = "DURATION")]
     pub header_read_timeout: Option<String>,
+    /// Events (enrollments, boot scripts, VRRP and health changes) older than this are pruned [default: 30d]
+    #[arg(long, env = "LBFLEET_EVENT_RETENTION", value_name = "DURATION")]
+    pub event_retention: Option<String>,
+    /// At most this many events are kept (the newest) [default: 100000]
+    #[arg(long, env = "LBFLEET_EVENT_MAX_ROWS", value_name = "N")]
+    pub event_max_rows: Option<i64>,
     #[command(flatten)]
     pub boot: BootArgs,
 }
@@ -487,6 +493,8 @@ pub struct FileConfig {
     pub allow_insecure_http: Option<bool>,
     pub max_connections: Option<usize>,
     pub header_read_timeout: Option<String>,
+    pub event_retention: Option<String>,
+    pub event_max_rows: Option<i64>,
     pub boot: Option<BootArgs>,
 }
 
@@ -546,6 +554,7 @@ pub struct ServerConfig {
     pub header_read_timeout: Duration,
     /// `sha256:HEX` of the certificate being served; set at start-up once TLS is loaded, `None` without TLS.
     pub tls_pin: Option<String>,
+    pub retention: crate::retention::Retention,
 }
 
 impl std::fmt::Debug for ServerConfig {
@@ -567,6 +576,7 @@ impl std::fmt::Debug for ServerConfig {
             .field("allow_insecure_http", &self.allow_insecure_http)
             .field("max_connections", &self.max_connections)
             .field("header_read_timeout", &self.header_read_timeout)
+            .field("retention", &self.retention)
             .finish()
     }
 }
@@ -689,6 +699,18 @@ impl ServerConfig {
                 .max(1),
             header_read_timeout,
             tls_pin: None,
+            retention: crate::retention::Retention {
+                max_age: duration(
+                    "event_retention",
+                    args.event_retention.or(file.event_retention),
+                    "30d",
+                )?,
+                max_rows: args
+                    .event_max_rows
+                    .or(file.event_max_rows)
+                    .unwrap_or(100_000)
+                    .max(1),
+            },
             public_url,
             long_poll_timeout,
             session_ttl: duration("session_ttl", args.session_ttl.or(file.session_ttl), "12h")?,
@@ -730,6 +752,7 @@ impl ServerConfig {
             max_connections: 4096,
             header_read_timeout: Duration::from_secs(10),
             tls_pin: None,
+            retention: crate::retention::Retention::default(),
         }
     }
 

@@ -15,6 +15,7 @@ pub mod fleet;
 pub mod limits;
 pub mod login_gate;
 pub mod notify;
+pub mod retention;
 pub mod secrets;
 pub mod serve;
 pub mod store;
@@ -134,6 +135,11 @@ pub async fn run_with(
         boot_stats.tftp = Some(stats.clone());
         tasks.spawn(boot::tftp::run(sock, tftp_config, stats, stop_rx.clone()));
     }
+    tasks.spawn(retention::run(
+        store.clone(),
+        config.retention,
+        stop_rx.clone(),
+    ));
     let addr = listener.local_addr()?;
     let limits = serve::ServeLimits {
         max_connections: config.max_connections,

@@ -1235,15 +1235,31 @@ impl Fleet {
             expires_at,
         )
         .await?;
-        store::audit::append(
-            &mut tx,
-            &actor.0,
-            "node.enrollment_token",
-            &format!("node:{}", row.name()),
-            None,
-            Some(&json!({"expires_at": expires_at})),
-        )
-        .await?;
+        if *actor == Actor::system() {
+            // A boot script: an event, not an audit row (anyone on the boot network can ask for scripts, and
+            // the audit chain is for changes people make).
+            store::events::insert(
+                &mut tx,
+                "boot_script",
+                Some(row.id),
+                row.cluster.as_deref(),
+                &format!(
+                    "boot script with an enrollment token for node {}",
+                    row.name()
+                ),
+            )
+            .await?;
+        } else {
+            store::audit::append(
+                &mut tx,
+                &actor.0,
+                "node.enrollment_token",
+                &format!("node:{}", row.name()),
+                None,
+                Some(&json!({"expires_at": expires_at})),
+            )
+            .await?;
+        }
         tx.commit().await?;
         Ok(EnrollmentToken {
             node: row.name().to_owned(),
