@@ -18,6 +18,7 @@ pub mod notify;
 pub mod retention;
 pub mod secrets;
 pub mod serve;
+pub mod session_watch;
 pub mod store;
 pub mod tls;
 pub mod token_use;

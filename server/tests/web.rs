@@ -684,3 +684,36 @@ async fn login_redirects_only_to_local_paths() {
         assert_eq!(resp.headers()[LOCATION], expected, "{next:?}");
     }
 }
+
+/// Issue 13: the live stream ends when its session ends (here: logout), not only when the server stops.
+#[tokio::test]
+async fn live_stream_ends_on_logout() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = TestServer::start(dir.path()).await;
+    let s = login(&srv, "view").await;
+    let mut resp = client()
+        .get(srv.url("/live"))
+        .header(COOKIE, &s.cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let mut seen = String::new();
+    while !seen.contains("event: hello") {
+        seen.push_str(&String::from_utf8_lossy(
+            &resp.chunk().await.unwrap().unwrap(),
+        ));
+    }
+    let out = post_form(&srv, &s, "/logout", &[("csrf", s.csrf.as_str())]).await;
+    assert_eq!(out.status(), StatusCode::SEE_OTHER);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let next = tokio::time::timeout_at(deadline.into(), resp.chunk())
+            .await
+            .expect("the stream ends within 10 s of the logout");
+        match next {
+            Ok(Some(_)) => continue, // keep-alive comments
+            Ok(None) | Err(_) => break,
+        }
+    }
+}
