@@ -1,9 +1,8 @@
 //! The agent's client for the server's agent API: enroll, long-poll the role, report.
 
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::pin::{pinned_config, CertPin};
+use crate::pin::{pinned_config, CertPin, RefusedSlot};
 
 use lbfleet_proto::{AgentReport, EnrollRequest, EnrollResponse, RoleDocument};
 use reqwest::StatusCode;
@@ -54,7 +53,7 @@ pub struct ServerClient {
     base: String,
     credential: Option<String>,
     /// The pinned certificate and where the verifier puts a certificate it refused.
-    pin: Option<(CertPin, Arc<Mutex<Option<CertPin>>>)>,
+    pin: Option<(CertPin, RefusedSlot)>,
 }
 
 impl std::fmt::Debug for ServerClient {

@@ -112,10 +112,11 @@ impl ServerCertVerifier for PinnedVerifier {
     }
 }
 
+/// Where the verifier puts the pin of a certificate it refused.
+pub type RefusedSlot = Arc<Mutex<Option<CertPin>>>;
+
 /// A rustls client configuration that trusts only `pin`, and the slot where a refused certificate's pin lands.
-pub fn pinned_config(
-    pin: CertPin,
-) -> Result<(rustls::ClientConfig, Arc<Mutex<Option<CertPin>>>), rustls::Error> {
+pub fn pinned_config(pin: CertPin) -> Result<(rustls::ClientConfig, RefusedSlot), rustls::Error> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let refused = Arc::new(Mutex::new(None));
     let verifier = Arc::new(PinnedVerifier {

@@ -108,6 +108,24 @@ pub async fn refused_macs(conn: &mut SqliteConnection) -> Result<Vec<String>, St
     )
 }
 
+/// True when `mac` holds a bound, unexpired lease on `address` (the boot-trust check for enrollment tokens).
+pub async fn bound_to(
+    conn: &mut SqliteConnection,
+    mac: &str,
+    address: &str,
+    now: i64,
+) -> Result<bool, StoreError> {
+    let n: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM leases WHERE mac = $1 AND address = $2 AND state = 'bound' AND expires_at > $3",
+    )
+    .bind(mac)
+    .bind(address)
+    .bind(now)
+    .fetch_one(conn)
+    .await?;
+    Ok(n > 0)
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -156,22 +174,4 @@ mod tests {
         let ten = stored.iter().find(|r| r.address == "198.18.1.10").unwrap();
         assert_eq!(ten.expires_at, 1_260);
     }
-}
-
-/// True when `mac` holds a bound, unexpired lease on `address` (the boot-trust check for enrollment tokens).
-pub async fn bound_to(
-    conn: &mut SqliteConnection,
-    mac: &str,
-    address: &str,
-    now: i64,
-) -> Result<bool, StoreError> {
-    let n: i64 = sqlx::query_scalar(
-        "SELECT COUNT(*) FROM leases WHERE mac = $1 AND address = $2 AND state = 'bound' AND expires_at > $3",
-    )
-    .bind(mac)
-    .bind(address)
-    .bind(now)
-    .fetch_one(conn)
-    .await?;
-    Ok(n > 0)
 }
