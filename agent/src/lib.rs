@@ -5,6 +5,7 @@ pub mod client;
 pub mod daemon;
 pub mod ipvs;
 pub mod netlink;
+pub mod pin;
 pub mod reconcile;
 pub mod rtnl;
 pub mod state;

@@ -32,6 +32,10 @@ enum Command {
         /// Server URL, e.g. http://198.18.0.1:8080
         #[arg(long, env = "LBFLEET_SERVER")]
         server: Option<String>,
+        /// Trust only the server certificate with this SHA-256 (sha256:HEX; default: lbfleet.server_cert= on
+        /// the kernel command line)
+        #[arg(long, env = "LBFLEET_SERVER_CERT")]
+        server_cert: Option<String>,
         /// One-time enrollment token
         #[arg(long, env = "LBFLEET_TOKEN", hide_env_values = true)]
         token: Option<String>,
@@ -88,6 +92,9 @@ enum Command {
         /// Server URL, e.g. http://198.18.0.1:8080
         #[arg(long, env = "LBFLEET_SERVER")]
         server: String,
+        /// Trust only the server certificate with this SHA-256 (sha256:HEX)
+        #[arg(long, env = "LBFLEET_SERVER_CERT")]
+        server_cert: Option<String>,
         /// One-time enrollment token (from the boot script's lbfleet.token=)
         #[arg(
             long,
@@ -107,11 +114,13 @@ enum Command {
 
 async fn fetch_role(
     server: String,
+    server_cert: Option<String>,
     token: Option<String>,
     mac: Option<String>,
     credential: Option<String>,
 ) -> anyhow::Result<()> {
-    let mut client = ServerClient::new(&server, credential)?;
+    let pin = server_cert.as_deref().map(str::parse).transpose()?;
+    let mut client = ServerClient::pinned(&server, credential, pin)?;
     if let Some(token) = token {
         let mac = mac.ok_or_else(|| anyhow::anyhow!("--mac is required with --token"))?;
         let enrolled = client
@@ -161,6 +170,7 @@ async fn shutdown_signal() {
 #[allow(clippy::too_many_arguments)]
 async fn run_server_mode(
     server: Option<String>,
+    server_cert: Option<String>,
     token: Option<String>,
     mac: Option<String>,
     credential: Option<String>,
@@ -174,6 +184,11 @@ async fn run_server_mode(
         anyhow::anyhow!("no server: pass --server or lbfleet.server= on the kernel command line")
     })?;
     let mut config = RunConfig::new(&server, state_dir);
+    config.server_cert = server_cert
+        .or(boot.server_cert)
+        .as_deref()
+        .map(str::parse)
+        .transpose()?;
     config.token = token.or(boot.token);
     // The MAC the token is bound to is the boot NIC's (BOOTIF), never a guess such as the first NIC by name:
     // on a two-NIC balancer that guess fails the server's MAC check and burns the one-time token.
@@ -291,6 +306,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run {
             server,
+            server_cert,
             token,
             mac,
             credential,
@@ -300,6 +316,7 @@ fn main() -> ExitCode {
             image_version,
         } => runtime.block_on(run_server_mode(
             server,
+            server_cert,
             token,
             mac,
             credential,
@@ -320,10 +337,11 @@ fn main() -> ExitCode {
             .map_err(Into::into),
         Command::FetchRole {
             server,
+            server_cert,
             token,
             mac,
             credential,
-        } => runtime.block_on(fetch_role(server, token, mac, credential)),
+        } => runtime.block_on(fetch_role(server, server_cert, token, mac, credential)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -648,3 +648,72 @@ async fn settings_form_never_overwrites_a_change_made_after_the_page_was_loaded(
     assert_eq!(c["spec"]["advert_interval_ms"], 300, "{c}");
     assert_eq!(c["spec"]["services"][0]["real_servers"][0]["weight"], 9);
 }
+
+/// Issue 13: after login, only local paths are followed; anything a browser would read as another site goes to
+/// `/`.
+#[tokio::test]
+async fn login_redirects_only_to_local_paths() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = TestServer::start(dir.path()).await;
+    for (next, expected) in [
+        ("/\t/evil.example", "/"),
+        ("//evil", "/"),
+        ("/\\evil", "/"),
+        ("/\n/evil.example", "/"),
+        ("https://evil.example/", "/"),
+        ("/ /evil", "/"),
+        ("/clusters/ext?tab=1", "/clusters/ext?tab=1"),
+    ] {
+        let http = client();
+        let page = http.get(srv.url("/login")).send().await.unwrap();
+        let login_cookie = cookie_pair(&page, "lbfleet_login_csrf").unwrap();
+        let csrf = csrf_of(&page.text().await.unwrap());
+        let resp = http
+            .post(srv.url("/login"))
+            .header(COOKIE, login_cookie)
+            .form(&[
+                ("csrf", csrf.as_str()),
+                ("username", "view"),
+                ("password", PASSWORD),
+                ("next", next),
+            ])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::SEE_OTHER, "{next:?}");
+        assert_eq!(resp.headers()[LOCATION], expected, "{next:?}");
+    }
+}
+
+/// Issue 13: the live stream ends when its session ends (here: logout), not only when the server stops.
+#[tokio::test]
+async fn live_stream_ends_on_logout() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = TestServer::start(dir.path()).await;
+    let s = login(&srv, "view").await;
+    let mut resp = client()
+        .get(srv.url("/live"))
+        .header(COOKIE, &s.cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let mut seen = String::new();
+    while !seen.contains("event: hello") {
+        seen.push_str(&String::from_utf8_lossy(
+            &resp.chunk().await.unwrap().unwrap(),
+        ));
+    }
+    let out = post_form(&srv, &s, "/logout", &[("csrf", s.csrf.as_str())]).await;
+    assert_eq!(out.status(), StatusCode::SEE_OTHER);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let next = tokio::time::timeout_at(deadline.into(), resp.chunk())
+            .await
+            .expect("the stream ends within 10 s of the logout");
+        match next {
+            Ok(Some(_)) => continue, // keep-alive comments
+            Ok(None) | Err(_) => break,
+        }
+    }
+}

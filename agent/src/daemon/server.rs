@@ -64,6 +64,8 @@ pub struct RunConfig {
     pub backoff_initial: Duration,
     pub backoff_max: Duration,
     pub image_version: Option<String>,
+    /// Trust only this server certificate over HTTPS (`lbfleet.server_cert=`).
+    pub server_cert: Option<crate::pin::CertPin>,
 }
 
 impl RunConfig {
@@ -79,6 +81,7 @@ impl RunConfig {
             backoff_initial: Duration::from_millis(250),
             backoff_max: Duration::from_secs(30),
             image_version: None,
+            server_cert: None,
         }
     }
 }
@@ -89,7 +92,8 @@ async fn connect(config: &RunConfig, state: &StateDir) -> Result<ServerClient, A
         Some(c) => Some(c),
         None => state.load_credential()?,
     };
-    let mut client = ServerClient::new(&config.server, saved).map_err(AgentError::Client)?;
+    let mut client = ServerClient::pinned(&config.server, saved, config.server_cert)
+        .map_err(AgentError::Client)?;
     if client.credential().is_some() {
         return Ok(client);
     }

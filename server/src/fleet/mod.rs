@@ -22,6 +22,7 @@ use crate::store::nodes::{Member, NodeKey, NodeRow};
 use crate::store::{self, now_ms, Store, StoreError};
 
 mod node_image;
+pub mod reenrollment;
 pub mod rules;
 
 pub use rules::{FieldError, FieldErrors};
@@ -1235,15 +1236,31 @@ impl Fleet {
             expires_at,
         )
         .await?;
-        store::audit::append(
-            &mut tx,
-            &actor.0,
-            "node.enrollment_token",
-            &format!("node:{}", row.name()),
-            None,
-            Some(&json!({"expires_at": expires_at})),
-        )
-        .await?;
+        if *actor == Actor::system() {
+            // A boot script: an event, not an audit row (anyone on the boot network can ask for scripts, and
+            // the audit chain is for changes people make).
+            store::events::insert(
+                &mut tx,
+                "boot_script",
+                Some(row.id),
+                row.cluster.as_deref(),
+                &format!(
+                    "boot script with an enrollment token for node {}",
+                    row.name()
+                ),
+            )
+            .await?;
+        } else {
+            store::audit::append(
+                &mut tx,
+                &actor.0,
+                "node.enrollment_token",
+                &format!("node:{}", row.name()),
+                None,
+                Some(&json!({"expires_at": expires_at})),
+            )
+            .await?;
+        }
         tx.commit().await?;
         Ok(EnrollmentToken {
             node: row.name().to_owned(),
@@ -1292,6 +1309,7 @@ impl Fleet {
                 row.name()
             )));
         }
+        reenrollment::note_if_alive(&mut tx, &row).await?;
         let credential = secrets::new_secret(secrets::NODE_CREDENTIAL_PREFIX);
         store::auth::set_node_credential(&mut tx, node_id, &secrets::hash_secret(&credential))
             .await?;
@@ -1584,13 +1602,7 @@ impl Fleet {
         rules::image_name(&img.name)?;
         rules::image_file("kernel", &img.kernel)?;
         rules::image_file("initrd", &img.initrd)?;
-        if img.cmdline.len() > 1024 || img.cmdline.chars().any(|c| c.is_control()) {
-            return Err(FieldError::new(
-                "cmdline",
-                "must be at most 1024 characters without control characters",
-            )
-            .into());
-        }
+        rules::image_cmdline(&img.cmdline)?;
         let mut tx = self.store.begin().await?;
         let before = store::images::get(&mut tx, &img.name).await?;
         if before.as_ref().is_some_and(|b| {

@@ -186,6 +186,39 @@ pub fn report_fields(
     errs.into_result(())
 }
 
+/// An image's extra kernel arguments. They end up on an iPXE `kernel` line, where `|`, `;`, `&`, `$`, quotes,
+/// backquotes and newlines have meaning of their own, so only kernel-argument characters are allowed
+/// (`[A-Za-z0-9 ._,:=/+@%~-]`), and no `lbfleet.*` key: those are the server's to set (a second
+/// `lbfleet.server=` would send every node of the image elsewhere).
+pub fn image_cmdline(text: &str) -> Result<(), FieldError> {
+    if text.len() > 1024 {
+        return Err(FieldError::new(
+            "cmdline",
+            "must be at most 1024 characters",
+        ));
+    }
+    if let Some(bad) = text
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || " ._,:=/+@%~-".contains(*c)))
+    {
+        return Err(FieldError::new(
+            "cmdline",
+            format!("{bad:?} is not allowed; kernel arguments use [A-Za-z0-9 ._,:=/+@%~-]"),
+        ));
+    }
+    if let Some(word) = text
+        .split_whitespace()
+        .find(|w| w.to_ascii_lowercase().starts_with("lbfleet."))
+    {
+        let key = word.split('=').next().unwrap_or(word);
+        return Err(FieldError::new(
+            "cmdline",
+            format!("{key} is set by the server; lbfleet.* arguments are not allowed here"),
+        ));
+    }
+    Ok(())
+}
+
 pub fn image_file(field: &str, name: &str) -> Result<(), FieldError> {
     let ok = !name.is_empty()
         && name.len() <= 128

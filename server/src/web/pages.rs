@@ -223,6 +223,16 @@ async fn fleet_picture(s: &AppState) -> Result<(FleetPicture, Vec<NodeView>), We
             });
         }
     }
+    for e in s.fleet.recent_takeover_alerts().await? {
+        alerts.push(Alert {
+            level: "crit",
+            label: "Re-enrolled",
+            text: e.message,
+            link: e
+                .node_id
+                .map_or_else(|| "/events".into(), |id| format!("/nodes/{id}")),
+        });
+    }
     let waiting = nodes.iter().filter(|n| n.state == "discovered").count();
     if waiting > 0 {
         alerts.push(Alert {
