@@ -2,7 +2,7 @@
 CARGO ?= cargo
 SERVER := target/release/lbfleet-server
 
-.PHONY: all deps build demo test lint unit guest bench bench-longpoll bench-dhcp bench-ipvs bench-tftp bench-vrrp fuzz clean
+.PHONY: all deps build image demo test lint unit guest bench bench-longpoll bench-dhcp bench-ipvs bench-tftp bench-vrrp fuzz clean
 
 all: build
 
@@ -12,6 +12,13 @@ deps:
 
 build: deps
 	$(CARGO) build --release --workspace --bins
+
+# A boot image (Debian kernel + initramfs with busybox, modules, the release agent, /init) in
+# target/images/<version>/; `lbfleet-server image add target/images/<version>` serves it. See docs/images.md.
+IMAGE_OUT ?= target/images
+image: deps
+	$(CARGO) build --release -p lbfleet-agent -p lbfleet-images
+	./target/release/lbfleet-images build --agent target/release/lbfleet-agent --out $(IMAGE_OUT) $(IMAGE_ARGS)
 
 # Build, start lbfleet-server on 127.0.0.1:8080 with var/lbfleet.db, print the URL and the admin login.
 demo: build
