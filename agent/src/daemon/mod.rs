@@ -104,6 +104,8 @@ pub(crate) struct LoopConfig {
     pub save_roles: bool,
     /// Where reports go (server mode); `None` keeps them local (the status file only).
     pub report: Option<watch::Sender<Option<AgentReport>>>,
+    /// Standalone mode: every applying pass logs "role file applied" (scripts wait for that line).
+    pub log_file_passes: bool,
 }
 
 /// Aborts a task when dropped (a subsystem's task lives as long as its owner).
@@ -448,6 +450,15 @@ impl Daemon {
                         out.applied,
                         out.errors.len()
                     ));
+                }
+                if pass != Pass::Read && self.config.log_file_passes {
+                    info!(
+                        generation,
+                        planned = out.planned,
+                        applied = out.applied,
+                        failed = out.errors.len() + self.role_errors.len(),
+                        "role file applied"
+                    );
                 }
                 if pass != Pass::Read {
                     if out.converged() && self.role_errors.is_empty() {
