@@ -1,5 +1,5 @@
 //! `lbfleet-agent`: runs on each diskless load balancer. Thin binary: parses the command line, starts tracing
-//! and calls the library (`run::run`, `run::apply_file`, `status`).
+//! and calls the library (`daemon::run`, `daemon::apply_file`, `status`).
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;

@@ -85,6 +85,7 @@ pub async fn apply_file(
             image_version: None,
             save_roles: false,
             report: None,
+            log_file_passes: true,
         },
         applier,
         events_tx,

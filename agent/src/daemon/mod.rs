@@ -104,6 +104,8 @@ pub(crate) struct LoopConfig {
     pub save_roles: bool,
     /// Where reports go (server mode); `None` keeps them local (the status file only).
     pub report: Option<watch::Sender<Option<AgentReport>>>,
+    /// Standalone mode: every applying pass logs "role file applied" (scripts wait for that line).
+    pub log_file_passes: bool,
 }
 
 /// Aborts a task when dropped (a subsystem's task lives as long as its owner).
@@ -185,6 +187,8 @@ struct Daemon {
     sync_daemon: Option<SyncDaemon>,
     /// Handed to subsystems so they can send events.
     events_tx: mpsc::Sender<Event>,
+    /// The next pass applies the role saved before a restart (logged as such).
+    saved_pass: bool,
 }
 
 /// Milliseconds since the Unix epoch, now.
@@ -223,6 +227,7 @@ pub(crate) async fn run_loop(
         vrrp_task: VrrpSupervisor::new(),
         sync_daemon: None,
         events_tx,
+        saved_pass: false,
         config,
     };
     let resync_every = d.config.resync;
@@ -298,6 +303,7 @@ impl Daemon {
                     }
                 }
                 self.set_role(*role, true);
+                self.saved_pass = origin == RoleOrigin::Saved;
                 let vrrp = self.role.as_ref().and_then(|r| r.vrrp.clone());
                 if vrrp.is_none() && self.vrrp.is_some() {
                     self.vrrp = None;
@@ -427,7 +433,15 @@ impl Daemon {
         let generation = self.role.as_ref().map_or(0, |r| r.generation);
         let services = match r {
             Ok(out) => {
-                if out.planned > 0 {
+                if std::mem::take(&mut self.saved_pass) {
+                    info!(
+                        generation,
+                        planned = out.planned,
+                        applied = out.applied,
+                        failed = out.errors.len(),
+                        "saved role applied"
+                    );
+                } else if out.planned > 0 {
                     info!(
                         ?pass,
                         generation,
@@ -448,6 +462,15 @@ impl Daemon {
                         out.applied,
                         out.errors.len()
                     ));
+                }
+                if pass != Pass::Read && self.config.log_file_passes {
+                    info!(
+                        generation,
+                        planned = out.planned,
+                        applied = out.applied,
+                        failed = out.errors.len() + self.role_errors.len(),
+                        "role file applied"
+                    );
                 }
                 if pass != Pass::Read {
                     if out.converged() && self.role_errors.is_empty() {

@@ -247,6 +247,7 @@ pub async fn run(
             image_version: config.image_version.clone(),
             save_roles: true,
             report: Some(report_tx),
+            log_file_passes: false,
         },
         applier,
         events_tx,
