@@ -2,7 +2,7 @@
 CARGO ?= cargo
 SERVER := target/release/lbfleet-server
 
-.PHONY: all deps build demo test lint unit guest bench bench-longpoll bench-dhcp bench-ipvs bench-tftp bench-pxe fuzz clean
+.PHONY: all deps build image demo test lint unit guest bench bench-longpoll bench-dhcp bench-ipvs bench-tftp bench-pxe fuzz clean
 
 all: build
 
@@ -12,6 +12,13 @@ deps:
 
 build: deps
 	$(CARGO) build --release --workspace --bins
+
+# A boot image (Debian kernel + initramfs with busybox, modules, the release agent, /init) in
+# target/images/<version>/; `lbfleet-server image add target/images/<version>` serves it. See docs/images.md.
+IMAGE_OUT ?= target/images
+image: deps
+	$(CARGO) build --release -p lbfleet-agent -p lbfleet-images
+	./target/release/lbfleet-images build --agent target/release/lbfleet-agent --out $(IMAGE_OUT) $(IMAGE_ARGS)
 
 # Build, start lbfleet-server on 127.0.0.1:8080 with var/lbfleet.db, print the URL and the admin login.
 demo: build
@@ -55,10 +62,10 @@ bench-pxe: deps
 	$(CARGO) build --release -p lbfleet-bench --bin bench-pxe
 	./target/release/bench-pxe $(BENCH_PXE_ARGS)
 
-# cargo-fuzz on the DHCP and TFTP decoders, FUZZ_SECONDS per target (not part of `make test`). cargo-fuzz
+# cargo-fuzz on the DHCP, TFTP and VRRP decoders, FUZZ_SECONDS per target (not part of `make test`). cargo-fuzz
 # needs nightly rustc flags; RUSTC_BOOTSTRAP=1 lets the machine's stable toolchain accept them.
 FUZZ_SECONDS ?= 60
-FUZZ_TARGETS := dhcp_decode dhcp_handle tftp_decode
+FUZZ_TARGETS := dhcp_decode dhcp_handle tftp_decode vrrp_decode
 fuzz: deps
 	@command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
 	cd fuzz && for t in $(FUZZ_TARGETS); do \
