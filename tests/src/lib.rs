@@ -3,6 +3,6 @@
 //! bytes out of strace dumps (`strace`).
 
 pub mod guest;
-pub mod lab;
 pub mod ipvsadm;
+pub mod lab;
 pub mod strace;

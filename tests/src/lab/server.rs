@@ -181,7 +181,14 @@ impl LabServer {
         let auth = format!("Authorization: Bearer {}", self.token);
         let url = format!("{}/api/v1{path}", self.base_url());
         let data = body.map(|b| b.to_string());
-        let mut args = vec!["-X", method, "-H", &auth, "-H", "Content-Type: application/json"];
+        let mut args = vec![
+            "-X",
+            method,
+            "-H",
+            &auth,
+            "-H",
+            "Content-Type: application/json",
+        ];
         if let Some(d) = &data {
             args.extend(["--data-binary", d]);
         }
@@ -233,7 +240,12 @@ impl LabServer {
 
     /// Registers a built image directory (`vmlinuz`, `initrd.img`, as `lbfleet-images` writes them) under its
     /// directory name.
-    pub fn add_image_dir(&self, dir: &Path, cmdline: &str, default: bool) -> Result<String, LabError> {
+    pub fn add_image_dir(
+        &self,
+        dir: &Path,
+        cmdline: &str,
+        default: bool,
+    ) -> Result<String, LabError> {
         let name = dir
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())

@@ -72,6 +72,8 @@ pub struct Vm {
     spec: VmSpec,
     console_path: PathBuf,
     console_socket: PathBuf,
+    /// The connection `type_line` writes to, once opened.
+    console_input: Option<std::os::unix::net::UnixStream>,
     started: Instant,
 }
 
@@ -121,10 +123,7 @@ impl Vm {
         for (i, nic) in spec.nics.iter().enumerate() {
             cmd.args([
                 "-netdev",
-                &format!(
-                    "tap,id=n{i},ifname={},script=no,downscript=no",
-                    nic.tap
-                ),
+                &format!("tap,id=n{i},ifname={},script=no,downscript=no", nic.tap),
             ]);
             let mut device = format!("virtio-net-pci,netdev=n{i},mac={}", nic.mac);
             if nic.boot {
@@ -148,6 +147,7 @@ impl Vm {
             spec,
             console_path,
             console_socket,
+            console_input: None,
             started: Instant::now(),
         })
     }
@@ -176,13 +176,25 @@ impl Vm {
             .unwrap_or_default()
     }
 
-    /// Types `line` and a newline on the serial console (for an image with a console shell).
-    pub fn type_line(&self, line: &str) -> Result<(), LabError> {
+    /// Types `line` and a newline on the serial console (for an image with a console shell), one byte every
+    /// 10 ms over one connection kept open, as a person would: a burst written at once and a disconnect lost
+    /// input under TCG.
+    pub fn type_line(&mut self, line: &str) -> Result<(), LabError> {
         use std::io::Write;
-        let mut s = std::os::unix::net::UnixStream::connect(&self.console_socket)
-            .map_err(io_err(&self.console_socket))?;
-        s.write_all(format!("{line}\n").as_bytes())
-            .map_err(io_err(&self.console_socket))
+        if self.console_input.is_none() {
+            let s = std::os::unix::net::UnixStream::connect(&self.console_socket)
+                .map_err(io_err(&self.console_socket))?;
+            self.console_input = Some(s);
+        }
+        let path = self.console_socket.clone();
+        let Some(s) = self.console_input.as_mut() else {
+            return Err(LabError::Other("console not connected".into()));
+        };
+        for b in line.bytes().chain(std::iter::once(b'\n')) {
+            s.write_all(&[b]).map_err(io_err(&path))?;
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Ok(())
     }
 
     /// Whether QEMU is still running.
@@ -228,7 +240,12 @@ impl Vm {
     }
 
     /// Kills QEMU and starts the same machine again (a cold reboot), console appended to the same file.
-    pub fn restart(&mut self, ns: &Netns, dir: &Path, prereqs: &LabPrereqs) -> Result<(), LabError> {
+    pub fn restart(
+        &mut self,
+        ns: &Netns,
+        dir: &Path,
+        prereqs: &LabPrereqs,
+    ) -> Result<(), LabError> {
         self.kill();
         let old = std::fs::read(&self.console_path).unwrap_or_default();
         let fresh = Vm::start(ns, dir, prereqs, self.spec.clone())?;
