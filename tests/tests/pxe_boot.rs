@@ -143,11 +143,9 @@ fn bios_unknown_mac_to_serving_balancer() {
 
     // 1. Unknown MAC: boots the default image and is discovered with its MAC.
     wait_state(&site, boot_mac, "discovered", SERVING_TIMEOUT);
-    let first_token = wait::until(
-        "first boot's kernel command line",
-        SERVING_TIMEOUT,
-        || last_token(&site.vms[vm].console()),
-    )
+    let first_token = wait::until("first boot's kernel command line", SERVING_TIMEOUT, || {
+        last_token(&site.vms[vm].console())
+    })
     .expect("token on the first kernel line");
 
     // 2. Approve and assign through the API, then reboot the machine.
