@@ -212,14 +212,19 @@ fn bios_unknown_mac_to_serving_balancer() {
     assert!(report.contains(VIP), "report names the VIP: {report}");
     let vmh = &mut site.vms[vm];
     let mark = vmh.console_len();
-    let addr_cmd = format!(
-        "B=$(grep -l {boot_mac} /sys/class/net/*/address | cut -d/ -f5); \
-         I=$(grep -l {inner_mac} /sys/class/net/*/address | cut -d/ -f5); \
-         ip addr add {VIP}/32 dev $B; ip addr add {INTERNAL_VIP}/24 dev $I; \
-         echo 1 > /proc/sys/net/ipv4/ip_forward; ipvsadm -Ln; echo LAB-IPVS-$((40+2))"
-    );
+    // Short lines: a long one typed into the serial console lost its tail in the guest's tty.
+    let lines = [
+        format!("B=$(grep -l {boot_mac} /sys/class/net/*/address | cut -d/ -f5)"),
+        format!("I=$(grep -l {inner_mac} /sys/class/net/*/address | cut -d/ -f5)"),
+        format!("ip addr add {VIP}/32 dev $B"),
+        format!("ip addr add {INTERNAL_VIP}/24 dev $I"),
+        "echo 1 > /proc/sys/net/ipv4/ip_forward".to_owned(),
+        "ipvsadm -Ln; echo LAB-IPVS-$((40+2))".to_owned(),
+    ];
     vmh.type_line("").expect("console");
-    vmh.type_line(&addr_cmd).expect("console");
+    for line in &lines {
+        vmh.type_line(line).expect("console");
+    }
     vmh.wait_console_from(mark, "LAB-IPVS-42", Duration::from_secs(60))
         .expect("console shell answers");
     let out = vmh.console();
