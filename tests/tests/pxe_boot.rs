@@ -16,6 +16,8 @@
 //!
 //! Needs root, QEMU, OVMF, ipxe, ipxe-qemu, busybox-static (scripts/install-deps.sh); fails without them.
 
+#![allow(clippy::unwrap_used)]
+
 use std::time::Duration;
 
 use lbfleet_tests::lab::{self, wait, Firmware, Nic, ServerOptions, Site, VmSpec};
@@ -76,8 +78,7 @@ fn wait_state(site: &Site, mac: &str, state: &str, timeout: Duration) {
 fn last_token(console: &str) -> Option<String> {
     console
         .lines()
-        .filter(|l| l.contains("Kernel command line:"))
-        .next_back()?
+        .rfind(|l| l.contains("Kernel command line:"))?
         .split_whitespace()
         .find_map(|w| w.strip_prefix("lbfleet.token="))
         .map(str::to_owned)
