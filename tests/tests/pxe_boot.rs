@@ -45,11 +45,7 @@ fn site_with_image() -> Option<Site> {
         .expect("lbfleet-server in the lab");
     let image = lab::image::balancer_image(site.dir.path()).expect("balancer image");
     site.server()
-        .add_image_dir(
-            &image,
-            lab::KERNEL_ARGS,
-            true,
-        )
+        .add_image_dir(&image, lab::KERNEL_ARGS, true)
         .expect("default image");
     Some(site)
 }
