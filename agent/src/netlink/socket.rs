@@ -388,7 +388,20 @@ fn set_opt<T>(
     name: libc::c_int,
     val: &T,
 ) -> Result<(), NetlinkError> {
-    // SAFETY: `val` points to a live `T` and its exact size is passed.
+    setsockopt(fd, level, name, val).map_err(|source| NetlinkError::Io {
+        op: "setsockopt",
+        source,
+    })
+}
+
+/// `setsockopt(2)` with a typed value: the one unsafe call every socket of the agent (netlink, VRRP) uses.
+pub(crate) fn setsockopt<T>(
+    fd: &OwnedFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    val: &T,
+) -> io::Result<()> {
+    // SAFETY: `val` points to a live `T` and its exact size is passed; the fd is owned by the caller.
     #[allow(unsafe_code)]
     let rc = unsafe {
         libc::setsockopt(
@@ -400,7 +413,7 @@ fn set_opt<T>(
         )
     };
     if rc < 0 {
-        return Err(last_os_error("setsockopt"));
+        return Err(io::Error::last_os_error());
     }
     Ok(())
 }

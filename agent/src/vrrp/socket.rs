@@ -28,18 +28,7 @@ fn check(rc: libc::c_int) -> io::Result<()> {
 }
 
 fn set_opt<T>(fd: &OwnedFd, level: libc::c_int, name: libc::c_int, val: &T) -> io::Result<()> {
-    // SAFETY: `val` points to a live `T` and its exact size is passed; the fd is owned by the caller.
-    #[allow(unsafe_code)]
-    let rc = unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            level,
-            name,
-            (val as *const T).cast(),
-            std::mem::size_of::<T>() as libc::socklen_t,
-        )
-    };
-    check(rc)
+    crate::netlink::socket::setsockopt(fd, level, name, val)
 }
 
 fn in_addr(a: Ipv4Addr) -> libc::in_addr {
