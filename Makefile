@@ -2,7 +2,7 @@
 CARGO ?= cargo
 SERVER := target/release/lbfleet-server
 
-.PHONY: all deps build image demo test lint unit guest bench bench-longpoll bench-dhcp bench-ipvs bench-tftp bench-health fuzz clean
+.PHONY: all deps build image demo test lint unit guest bench bench-longpoll bench-dhcp bench-ipvs bench-tftp bench-pxe bench-vrrp bench-health fuzz clean
 
 all: build
 
@@ -38,7 +38,7 @@ unit:
 guest: deps
 	$(CARGO) test -p lbfleet-tests
 
-bench: bench-longpoll bench-dhcp bench-ipvs bench-tftp bench-health
+bench: bench-longpoll bench-dhcp bench-ipvs bench-tftp bench-pxe bench-vrrp bench-health
 
 bench-longpoll: deps
 	$(CARGO) run --release -p lbfleet-bench --bin bench-longpoll -- $(BENCH_ARGS)
@@ -59,6 +59,18 @@ bench-health: deps
 bench-tftp: deps
 	$(CARGO) build --release -p lbfleet-bench --bin bench-tftp
 	./target/release/bench-tftp $(BENCH_TFTP_ARGS)
+
+# PXE boot of QEMU machines (TCG) in a netns lab: lbfleet to serving vs dnsmasq DHCP+TFTP to /init, BIOS and
+# UEFI, plus a boot storm. Root. BENCH_PXE_ARGS e.g. `--image target/images/<version> --runs 3 --storm 4`.
+bench-pxe: deps
+	$(CARGO) build --release -p lbfleet-bench --bin bench-pxe
+	./target/release/bench-pxe $(BENCH_PXE_ARGS)
+
+# VRRP failover outage seen by a prober, lbfleet-agent vs keepalived (v2 1 s, v3 100 ms), netns lab (root).
+# BENCH_VRRP_ARGS: --trials N, --only v2|v3, or --soak SECONDS for the CPU-saturation false-failover soak.
+bench-vrrp: deps
+	$(CARGO) build --release -p lbfleet-agent -p lbfleet-tests -p lbfleet-bench --bins
+	./target/release/bench-vrrp $(BENCH_VRRP_ARGS)
 
 # cargo-fuzz on the DHCP, TFTP and VRRP decoders, FUZZ_SECONDS per target (not part of `make test`). cargo-fuzz
 # needs nightly rustc flags; RUSTC_BOOTSTRAP=1 lets the machine's stable toolchain accept them.

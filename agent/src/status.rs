@@ -1,15 +1,18 @@
 //! Views of the kernel's IPVS table: the `ipvsadm -Ln`-like text of `lbfleet-agent status` (with each real
-//! server's health as the running agent last saved it), its JSON form, and the per-service statistics and
-//! health the agent reports to the server.
+//! server's health from the running daemon's last report), its JSON form, and the per-service statistics and
+//! health the agent reports to the server; and the VRRP part of `status`.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
 
-use lbfleet_proto::{HealthState, Protocol, RealServerHealth, RealServerReport, ServiceReport};
-use serde::{Deserialize, Serialize};
+use lbfleet_proto::{
+    AgentReport, HealthState, Protocol, RealServerHealth, RealServerReport, ServiceReport,
+    VrrpState, VrrpTransition,
+};
+use serde::Serialize;
 
 use crate::health::HealthSnapshot;
-use crate::ipvs::{IpProto, IpvsTable, ServiceKey, Stats};
+use crate::ipvs::{DestKey, IpProto, IpvsTable, ServiceKey, Stats};
 
 /// One destination in `status --json`.
 #[derive(Debug, Clone, Serialize)]
@@ -45,41 +48,29 @@ pub struct Status {
     pub services: Vec<ServiceStatus>,
 }
 
-/// One real server's health in the state directory's `health.json`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct HealthEntry {
-    /// `TCP 198.18.0.10:80`, as the table prints it.
-    pub service: String,
-    /// `198.18.2.1:8080`.
-    pub dest: String,
-    pub health: RealServerHealth,
-}
-
-/// Health by (service, destination) text, as `status` looks it up.
+/// Health by (service, destination) text, as `status` looks it up: (`TCP 198.18.0.10:80`, `198.18.2.1:8080`).
 pub type HealthByDest = HashMap<(String, String), RealServerHealth>;
 
-/// `health.json` for a snapshot.
-pub fn health_file(snapshot: &HealthSnapshot) -> Vec<u8> {
-    let mut entries: Vec<HealthEntry> = snapshot
-        .servers
-        .iter()
-        .map(|((s, d), h)| HealthEntry {
-            service: s.to_string(),
-            dest: d.to_string(),
-            health: h.clone(),
-        })
-        .collect();
-    entries.sort_by(|a, b| (&a.service, &a.dest).cmp(&(&b.service, &b.dest)));
-    serde_json::to_vec_pretty(&entries).unwrap_or_default()
-}
-
-/// Reads `health.json`; anything unreadable is no health information.
-pub fn parse_health_file(bytes: &[u8]) -> HealthByDest {
-    serde_json::from_slice::<Vec<HealthEntry>>(bytes)
-        .unwrap_or_default()
-        .into_iter()
-        .map(|e| ((e.service, e.dest), e.health))
-        .collect()
+/// The per-server health of a report (the status file the running daemon writes), keyed as the table prints
+/// services and destinations. Entries whose addresses do not parse are left out.
+pub fn health_by_dest(report: &AgentReport) -> HealthByDest {
+    let mut out = HealthByDest::new();
+    for s in &report.services {
+        let Ok(vip) = s.vip.parse() else { continue };
+        let service = ServiceKey::Addr {
+            protocol: s.protocol.into(),
+            addr: vip,
+            port: s.port,
+        };
+        for r in &s.real_servers {
+            let (Some(h), Ok(addr)) = (&r.health, r.address.parse()) else {
+                continue;
+            };
+            let dest = DestKey { addr, port: r.port };
+            out.insert((service.to_string(), dest.to_string()), h.clone());
+        }
+    }
+    out
 }
 
 /// `up 1.2 ms`, `down since 12:00:03: HTTP 500 from /healthz`, for the status table.
@@ -241,6 +232,46 @@ pub fn service_reports(table: &IpvsTable, health: &HealthSnapshot) -> Vec<Servic
         .collect()
 }
 
+/// The VRRP part of `status` (from the running daemon's status file).
+#[derive(Debug, Clone, Serialize)]
+pub struct VrrpStatusView {
+    pub state: Option<VrrpState>,
+    pub master: Option<String>,
+    pub transitions: Vec<VrrpTransition>,
+    pub dropped: std::collections::BTreeMap<String, u64>,
+}
+
+pub fn vrrp_status(report: &AgentReport) -> VrrpStatusView {
+    VrrpStatusView {
+        state: report.vrrp_state,
+        master: report.vrrp_master.clone(),
+        transitions: report.vrrp_transitions.clone(),
+        dropped: report.vrrp_dropped.clone(),
+    }
+}
+
+/// `VRRP master (master 198.18.0.2)`, the transitions (time in ms since the epoch), the drop counters.
+pub fn render_vrrp(v: &VrrpStatusView) -> String {
+    let mut out = String::new();
+    let Some(state) = v.state else {
+        out.push_str("VRRP not running\n");
+        return out;
+    };
+    let _ = writeln!(
+        out,
+        "VRRP {state} (master {})",
+        v.master.as_deref().unwrap_or("unknown")
+    );
+    for t in &v.transitions {
+        let _ = writeln!(out, "  {} {} -> {}: {}", t.at_ms, t.from, t.to, t.reason);
+    }
+    if !v.dropped.is_empty() {
+        let list: Vec<String> = v.dropped.iter().map(|(k, n)| format!("{k}={n}")).collect();
+        let _ = writeln!(out, "  adverts dropped: {}", list.join(" "));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -315,8 +346,13 @@ mod tests {
         health.servers.insert((key, dest), down.clone());
         let r = service_reports(&t, &health);
         assert_eq!(r[0].real_servers[0].health.as_ref(), Some(&down));
-        // The file `status` reads, and the column it prints.
-        let by_dest = parse_health_file(&health_file(&health));
+        // What `status` reads back from the status file, and the column it prints.
+        let report = AgentReport {
+            services: r.clone(),
+            ..Default::default()
+        };
+        let by_dest = health_by_dest(&report);
+        assert_eq!(by_dest.len(), 1);
         let text = render_table(&t, &by_dest);
         assert!(text.contains("InActConn Health\n"), "{text}");
         assert!(text.contains(" DOWN for "), "{text}");

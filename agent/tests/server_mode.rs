@@ -10,9 +10,9 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use lbfleet_agent::daemon::{self as run, AgentError, RunConfig};
 use lbfleet_agent::ipvs::{DestKey, IpProto, ServiceKey};
 use lbfleet_agent::reconcile::{Op, RecordingApplier, ServiceState};
-use lbfleet_agent::run::{self, AgentError, RunConfig};
 use lbfleet_server::ServerConfig;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -95,7 +95,7 @@ impl Server {
             .call(
                 reqwest::Method::PUT,
                 "/api/v1/clusters/ext",
-                unchecked(common::cluster_spec(51, "198.18.0.10")),
+                unchecked(cluster_spec()),
             )
             .await;
         assert!(s.is_success(), "{s} {v}");
@@ -137,7 +137,7 @@ impl Server {
 
     /// Replaces the cluster spec with the 198.18.2.2 weight set to `weight`.
     async fn set_weight(&self, weight: u32) {
-        let mut spec = unchecked(common::cluster_spec(51, "198.18.0.10"));
+        let mut spec = unchecked(cluster_spec());
         spec["services"][0]["real_servers"][1]["weight"] = json!(weight);
         let (s, v) = self
             .call(reqwest::Method::PUT, "/api/v1/clusters/ext", spec)
@@ -388,6 +388,15 @@ async fn a_failed_operation_is_retried_before_the_next_resync() {
     agent.stop().await;
 }
 
+/// The common cluster spec with its VRRP interface renamed to one that does not exist: the daemon's VRRP
+/// instance then reports Fault and retries, instead of advertising and adding the VIP on the host's `eth0`
+/// (these tests run in the host's namespace; VRRP has its own netns tests).
+fn cluster_spec() -> serde_json::Value {
+    let mut spec = common::cluster_spec(51, "198.18.0.10");
+    spec["interface"] = serde_json::json!("lbf-absent0");
+    spec
+}
+
 /// The common spec without health checks: its real servers do not exist, and probes must not leave the
 /// test's own network (health checks have their own tests).
 fn unchecked(mut spec: serde_json::Value) -> serde_json::Value {
@@ -434,7 +443,7 @@ async fn a_failing_real_server_is_drained_reported_and_restored_and_quorum_lower
     let (a, b) = (Arc::new(AtomicU16::new(200)), Arc::new(AtomicU16::new(200)));
     let (pa, _ha) = real_server(a.clone()).await;
     let (pb, _hb) = real_server(b.clone()).await;
-    let mut spec = common::cluster_spec(51, "198.18.0.10");
+    let mut spec = cluster_spec();
     spec["services"] = json!([{
         "vip": "198.18.0.10", "port": 80, "protocol": "tcp", "scheduler": "wrr", "forward": "nat",
         "check": {"kind": "http", "path": "/healthz", "expect_status": 200, "interval_ms": 200,
@@ -450,7 +459,7 @@ async fn a_failing_real_server_is_drained_reported_and_restored_and_quorum_lower
     let kernel = RecordingApplier::new();
     let (prio_tx, mut prio_rx) = tokio::sync::mpsc::unbounded_channel();
     let mut cfg = config(&server, &dir.path().join("state"), Some(token));
-    cfg.priority_sink = Some(Arc::new(lbfleet_agent::health::ChannelPrioritySink(
+    cfg.priority_observer = Some(Arc::new(lbfleet_agent::health::ChannelPrioritySink(
         prio_tx,
     )));
     let agent = spawn_agent(cfg, &kernel);
@@ -472,10 +481,17 @@ async fn a_failing_real_server_is_drained_reported_and_restored_and_quorum_lower
     .await;
     assert_eq!(prio_rx.recv().await, Some(150));
     // Both checked and up (the first success marks a server up), as saved for `status`.
-    let saved = dir.path().join("state/health.json");
+    let state = lbfleet_agent::state::StateDir::new(dir.path().join("state"));
+    let saved_health = || {
+        state
+            .load_status()
+            .ok()
+            .flatten()
+            .map(|r| lbfleet_agent::status::health_by_dest(&r))
+            .unwrap_or_default()
+    };
     wait_for(Duration::from_secs(10), "both servers up", || {
-        let by_dest =
-            lbfleet_agent::status::parse_health_file(&std::fs::read(&saved).unwrap_or_default());
+        let by_dest = saved_health();
         by_dest.len() == 2
             && by_dest
                 .values()
@@ -541,8 +557,7 @@ async fn a_failing_real_server_is_drained_reported_and_restored_and_quorum_lower
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // `lbfleet-agent status` reads what the daemon saved.
-    let saved = std::fs::read(dir.path().join("state/health.json")).unwrap();
-    let by_dest = lbfleet_agent::status::parse_health_file(&saved);
+    let by_dest = saved_health();
     let h = &by_dest[&("TCP 198.18.0.10:80".to_owned(), format!("127.0.0.1:{pa}"))];
     assert_eq!(h.last_error.as_deref(), Some("HTTP 500 from /healthz"));
 

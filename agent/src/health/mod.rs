@@ -14,7 +14,7 @@ pub mod tracker;
 pub use checks::HealthChecks;
 pub use monitor::{HealthConfig, HealthMonitor, HealthSnapshot, ProbeKey, Prober};
 pub use probe::{Probe, ProbeError};
-pub use quorum::{ChannelPrioritySink, PrioritySink, QuorumStatus};
+pub use quorum::{ChannelPrioritySink, PrioritySink, PrioritySinks, QuorumStatus};
 
 #[cfg(test)]
 mod tests;

@@ -1,7 +1,7 @@
 //! Service quorum: a service with fewer healthy real servers than its `quorum.min_healthy` lowers the node's
 //! VRRP priority by its `priority_drop` (drops of several services add up), so the balancer that still has
 //! healthy servers takes the VIP. The priority goes to the VRRP instance through a `PrioritySink`
-//! (`SetPriority` of the VRRP state machine).
+//! (`crate::vrrp::tasks::QuorumPriority`, which the running instance turns into `Input::SetPriority`).
 
 use std::fmt;
 use std::net::IpAddr;
@@ -15,6 +15,18 @@ use crate::reconcile::HealthResults;
 /// Where the effective VRRP priority goes.
 pub trait PrioritySink: Send + Sync + fmt::Debug {
     fn set_priority(&self, priority: u8);
+}
+
+/// Several sinks told the same priority (the VRRP instance, and an observer).
+#[derive(Debug, Clone, Default)]
+pub struct PrioritySinks(pub Vec<std::sync::Arc<dyn PrioritySink>>);
+
+impl PrioritySink for PrioritySinks {
+    fn set_priority(&self, priority: u8) {
+        for s in &self.0 {
+            s.set_priority(priority);
+        }
+    }
 }
 
 /// A sink that forwards priorities over a channel (to the VRRP task, or to a test).

@@ -446,8 +446,11 @@ async fn quorum_lowers_a_vrrp_masters_priority_until_it_yields() {
         priority: 150,
         advert_interval_ms: 1000,
         preempt: true,
+        preempt_delay_ms: 0,
         vips: vec!["198.18.0.10/32".into()],
         unicast_peers: vec![],
+        garp: Default::default(),
+        conn_sync: None,
     });
     let mut checks = HealthChecks::with_monitor(
         monitor(&fake, 16),

@@ -4,7 +4,9 @@
 pub mod dhcp;
 pub mod http;
 pub mod images;
+pub mod ndp;
 pub mod tftp;
+pub mod trust;
 
 use std::sync::Arc;
 

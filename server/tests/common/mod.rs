@@ -115,7 +115,7 @@ impl TestServer {
         let (tx, rx) = oneshot::channel::<()>();
         let sockets = lbfleet_server::BootSockets {
             tftp: Some(tftp),
-            dhcp: None,
+            ..Default::default()
         };
         let handle = tokio::spawn(lbfleet_server::run_with(
             config,
@@ -213,6 +213,34 @@ impl TestServer {
             .await;
         assert_eq!(s, StatusCode::OK, "{v}");
         v["entries"].as_array().unwrap().len()
+    }
+
+    /// Logs in as `user` (password `PASSWORD`) through the API and returns the dashboard page at `path`.
+    pub async fn page_as(&self, user: &str, path: &str) -> String {
+        let resp = self
+            .http
+            .post(self.url("/api/v1/login"))
+            .json(&json!({"username": user, "password": PASSWORD}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        let cookie = resp.headers()["set-cookie"]
+            .to_str()
+            .unwrap()
+            .split(';')
+            .next()
+            .unwrap()
+            .to_owned();
+        self.http
+            .get(self.url(path))
+            .header("cookie", cookie)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
     }
 
     /// Registers a node, issues an enrollment token and enrolls it; returns the node credential.

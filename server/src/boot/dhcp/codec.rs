@@ -227,7 +227,7 @@ fn check_length(code: u8, len: usize) -> Result<(), DecodeError> {
 }
 
 /// Options a reply never sheds to fit the client's size limit: without them the reply is useless or wrong.
-const ESSENTIAL: [OptionCode; 14] = [
+const ESSENTIAL: [OptionCode; 15] = [
     OptionCode::MessageType,
     OptionCode::ServerIdentifier,
     OptionCode::AddressLeaseTime,
@@ -237,6 +237,8 @@ const ESSENTIAL: [OptionCode; 14] = [
     OptionCode::Router,
     OptionCode::DomainNameServer,
     OptionCode::ClassIdentifier,
+    // PXE vendor options: without them UEFI PXE takes the offer for a BINL one and ignores its boot file.
+    OptionCode::VendorExtensions,
     OptionCode::TFTPServerName,
     OptionCode::BootfileName,
     OptionCode::ClientIdentifier,

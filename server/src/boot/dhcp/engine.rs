@@ -233,8 +233,12 @@ impl<'a, R: Reservations> Ctx<'a, R> {
             }
     }
 
-    /// Enforces the discovery cap for an unknown MAC about to take a new address.
+    /// Enforces the discovery cap for an unknown MAC about to take a new address. Registered nodes have their
+    /// own budget (the rest of the pool) and neither count nor are held back.
     fn check_discovery_cap(&self, table: &LeaseTable) -> Result<(), DropReason> {
+        if self.reservations.is_registered(self.mac) {
+            return Ok(());
+        }
         // Fast path: fewer leases in total than the cap cannot be over it, and the count below is O(leases).
         if table.len() < self.cfg.discovery_cap
             || table
@@ -246,9 +250,7 @@ impl<'a, R: Reservations> Ctx<'a, R> {
         let holders = table
             .iter()
             .filter(|l| {
-                l.is_held(self.now)
-                    && l.mac != self.mac
-                    && self.reservations.by_mac(l.mac).is_none()
+                l.is_held(self.now) && l.mac != self.mac && !self.reservations.is_registered(l.mac)
             })
             .count();
         if holders >= self.cfg.discovery_cap {
@@ -562,6 +564,9 @@ impl<'a, R: Reservations> Ctx<'a, R> {
             if boot.pxe_class {
                 available.push((DhcpOption::ClassIdentifier(b"PXEClient".to_vec()), true));
             }
+            if let Some(vendor) = boot.vendor_options {
+                available.push((DhcpOption::VendorExtensions(vendor), true));
+            }
         }
 
         let requested: Option<Vec<OptionCode>> =
@@ -778,6 +783,14 @@ mod tests {
             } else {
                 assert_eq!(class, None, "{name}");
             }
+            // Option 43 on the wire, byte for byte: PXE_DISCOVERY_CONTROL (6) = 8, end. Without it EDK2's PXE
+            // client takes the offer for a BINL offer and asks port 4011 for its boot file.
+            let vendor = option_bytes(&wire, 43);
+            if pxe_class {
+                assert_eq!(vendor, Some(&[0x06, 0x01, 0x08, 0xff][..]), "{name}");
+            } else {
+                assert_eq!(vendor, None, "{name}");
+            }
             assert_eq!(
                 opt(&m, OptionCode::ServerIdentifier),
                 Some(&DhcpOption::ServerIdentifier(SERVER))
@@ -827,8 +840,27 @@ mod tests {
         // then the unrequested essentials, then the echoed client identifier.
         assert_eq!(
             codes,
-            vec![53, 54, 1, 3, 6, 15, 26, 60, 66, 67, 51, 58, 59, 61]
+            vec![53, 54, 1, 3, 6, 15, 26, 43, 60, 66, 67, 51, 58, 59, 61]
         );
+    }
+
+    /// The value of option `code` as it appears in the encoded reply.
+    fn option_bytes(wire: &[u8], code: u8) -> Option<&[u8]> {
+        let mut i = codec::HEADER_LEN;
+        while let Some(&c) = wire.get(i) {
+            match c {
+                0 => i += 1,
+                255 => return None,
+                _ => {
+                    let len = usize::from(*wire.get(i + 1)?);
+                    if c == code {
+                        return wire.get(i + 2..i + 2 + len);
+                    }
+                    i += 2 + len;
+                }
+            }
+        }
+        None
     }
 
     fn option_codes(wire: &[u8]) -> Vec<u8> {
@@ -1230,6 +1262,36 @@ mod tests {
             reply(handle(&discover(mac(3)), later, &mut table, &cfg, &res)).message_type(),
             Some(MessageType::Offer)
         );
+    }
+
+    #[test]
+    fn registered_nodes_boot_outside_the_discovery_budget() {
+        // Issue 13: unknown MACs used up the discovery budget; a registered node (no reservation) still gets
+        // an address and a lease, and does not count against the budget itself.
+        let cfg = tiny_pool_config(200, 2);
+        let mut res = no_reservations();
+        res.register(MacAddr(mac(9)));
+        let mut table = LeaseTable::new();
+        reply(handle(&discover(mac(1)), NOW, &mut table, &cfg, &res));
+        reply(handle(&discover(mac(2)), NOW, &mut table, &cfg, &res));
+        assert!(matches!(
+            dropped(handle(&discover(mac(3)), NOW, &mut table, &cfg, &res)),
+            DropReason::DiscoveryCapReached { cap: 2 }
+        ));
+        let offer = reply(handle(&discover(mac(9)), NOW, &mut table, &cfg, &res));
+        assert_eq!(offer.message_type(), Some(MessageType::Offer));
+        let ack = reply(handle(
+            &select(mac(9), offer.message.yiaddr()),
+            NOW,
+            &mut table,
+            &cfg,
+            &res,
+        ));
+        assert_eq!(ack.message_type(), Some(MessageType::Ack));
+        // The registered node's lease does not use up room of unknown MACs either.
+        let later = NOW + 60_000;
+        reply(handle(&discover(mac(4)), later, &mut table, &cfg, &res));
+        reply(handle(&discover(mac(5)), later, &mut table, &cfg, &res));
     }
 
     #[test]

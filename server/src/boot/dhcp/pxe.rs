@@ -11,6 +11,29 @@ use super::lease::MacAddr;
 const PXE_CLASS: &[u8] = b"PXEClient";
 const IPXE_USER_CLASS: &[u8] = b"iPXE";
 
+/// PXE 2.1 vendor sub-option 6, `PXE_DISCOVERY_CONTROL`.
+const PXE_DISCOVERY_CONTROL: u8 = 6;
+/// Bit 3 of `PXE_DISCOVERY_CONTROL`: with a boot file in the offer, download it; no prompt, menu or discovery.
+const DISCOVERY_USE_BOOT_FILE: u8 = 1 << 3;
+/// Ends the encapsulated vendor options.
+const PXE_END: u8 = 255;
+
+/// The PXE vendor options (DHCP option 43) sent with every `PXEClient` answer:
+///
+/// ```text
+/// +------+-----+---------------------+------+
+/// | 0x06 | 0x01| 0x08 (bit 3 set)    | 0xff |
+/// +------+-----+---------------------+------+
+///   tag    len   PXE_DISCOVERY_CONTROL  end
+/// ```
+///
+/// An offer with option 60 `PXEClient` but no option 43 is, by PXE 2.1, a BINL offer: UEFI firmware (EDK2's
+/// PxeBcDxe) then asks the boot server on UDP port 4011 for the boot file and ignores the one in the offer.
+/// Discovery control bit 3 says "use the boot file named here", which is what dnsmasq sends for the same case.
+pub fn pxe_vendor_options() -> Vec<u8> {
+    vec![PXE_DISCOVERY_CONTROL, 1, DISCOVERY_USE_BOOT_FILE, PXE_END]
+}
+
 /// What a request tells about the client's boot firmware.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct BootClient {
@@ -86,6 +109,8 @@ pub struct BootAnswer {
     pub next_server: Ipv4Addr,
     /// Echo option 60 `PXEClient`: PXE ROMs ignore offers without it.
     pub pxe_class: bool,
+    /// Option 43, sent with `pxe_class`: see [`pxe_vendor_options`].
+    pub vendor_options: Option<Vec<u8>>,
 }
 
 /// What `client` (with Ethernet address `mac`) should boot, or `None` for clients that are not network
@@ -109,6 +134,7 @@ pub fn boot_answer(client: &BootClient, mac: MacAddr, cfg: &DhcpConfig) -> Optio
         file,
         next_server: cfg.server_address,
         pxe_class: client.pxe_class,
+        vendor_options: client.pxe_class.then(pxe_vendor_options),
     })
 }
 
@@ -157,6 +183,22 @@ mod tests {
         );
         let udhcpc = client_of(&testdata::udhcpc_discover());
         assert!(!udhcpc.is_network_boot());
+    }
+
+    #[test]
+    fn vendor_options_golden_bytes() {
+        // What dnsmasq sends a PXEClient that gets a boot file and no PXE menu: discovery control = 8.
+        assert_eq!(pxe_vendor_options(), [0x06, 0x01, 0x08, 0xff]);
+        let cfg = DhcpConfig::lab();
+        let mac = MacAddr(testdata::QEMU_MAC);
+        let uefi = boot_answer(&client_of(&testdata::uefi_x64_discover()), mac, &cfg);
+        assert_eq!(
+            uefi.and_then(|a| a.vendor_options),
+            Some(vec![0x06, 0x01, 0x08, 0xff])
+        );
+        // Not a PXE client (iPXE without the PXEClient class): no vendor options.
+        let plain = boot_answer(&client_of(&testdata::plain_ipxe_discover()), mac, &cfg);
+        assert_eq!(plain.map(|a| a.vendor_options), Some(None));
     }
 
     #[test]

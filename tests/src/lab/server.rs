@@ -1,0 +1,289 @@
+//! lbfleet-server in the site namespace, with `[boot]` on the boot bridge: DHCP, TFTP (undionly.kpxe and
+//! ipxe.efi from Debian's `ipxe`) and HTTP boot on 198.18.0.1. The API is reached with curl inside the
+//! namespace, with an admin API token made by the server's own CLI before it starts.
+
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use super::net::{run, Netns};
+use super::{io_err, wait, LabError, LabPrereqs, BOOT_BRIDGE, BOOT_POOL, BOOT_SUBNET, HTTP_PORT};
+use super::{SERVER_ADDRESS, SERVER_ADDRESS as ROUTER};
+
+/// How the lab server is started.
+#[derive(Debug, Clone)]
+pub struct ServerOptions {
+    /// `--boot-answer-router-solicitations` (on by default, as in production).
+    pub answer_router_solicitations: bool,
+    /// More `serve` flags.
+    pub extra_args: Vec<String>,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        ServerOptions {
+            answer_router_solicitations: true,
+            extra_args: Vec::new(),
+        }
+    }
+}
+
+/// A running lbfleet-server, killed by PID on drop.
+#[allow(missing_debug_implementations)] // owns a child process
+pub struct LabServer {
+    child: Child,
+    ns_name: String,
+    binary: PathBuf,
+    database: String,
+    log_path: PathBuf,
+    pub boot_dir: PathBuf,
+    pub token: String,
+}
+
+impl LabServer {
+    pub fn start(
+        ns: &Netns,
+        dir: &Path,
+        prereqs: &LabPrereqs,
+        opts: ServerOptions,
+    ) -> Result<LabServer, LabError> {
+        let binary = crate::guest::workspace_binary("lbfleet-server", "lbfleet-server")
+            .map_err(|e| LabError::Other(e.to_string()))?;
+        let boot_dir = dir.join("boot");
+        std::fs::create_dir_all(boot_dir.join("images")).map_err(io_err(&boot_dir))?;
+        for f in ["undionly.kpxe", "ipxe.efi"] {
+            let from = prereqs.ipxe_dir.join(f);
+            std::fs::copy(&from, boot_dir.join(f)).map_err(io_err(&from))?;
+        }
+        let database = format!("sqlite://{}", dir.join("lbfleet.db").display());
+        // An admin user and API token, made through the CLI (the server is not running yet).
+        let mut add = Command::new(&binary)
+            .args(["user", "add", "lab", "--role", "admin", "--password-stdin"])
+            .args(["--database", &database])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(io_err(&binary))?;
+        if let Some(mut stdin) = add.stdin.take() {
+            let _ = stdin.write_all(b"lab-password-not-secret\n");
+        }
+        let out = add.wait_with_output().map_err(io_err(&binary))?;
+        if !out.status.success() {
+            return Err(LabError::Command {
+                command: "lbfleet-server user add lab".into(),
+                stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            });
+        }
+        let out = run(Command::new(&binary)
+            .args(["token", "create", "--user", "lab", "--name", "lab"])
+            .args(["--database", &database]))?;
+        let token = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+
+        let log_path = dir.join("server.log");
+        let log = File::create(&log_path).map_err(io_err(&log_path))?;
+        let log2 = log.try_clone().map_err(io_err(&log_path))?;
+        let listen = format!("{SERVER_ADDRESS}:{HTTP_PORT}");
+        let boot_dir_text = boot_dir.display().to_string();
+        let mut cmd = ns.command(&binary.display().to_string());
+        // The lab's boot network is a bridge in a namespace of its own: plain HTTP there is what the test wants.
+        cmd.args(["serve", "--database", &database, "--listen", &listen])
+            .arg("--allow-insecure-http")
+            .args(["--boot-interface", BOOT_BRIDGE])
+            .args(["--boot-server-address", SERVER_ADDRESS])
+            .args(["--boot-subnet", BOOT_SUBNET, "--boot-pool", BOOT_POOL])
+            .args(["--boot-router", ROUTER, "--boot-dir", &boot_dir_text])
+            .args([
+                "--boot-answer-router-solicitations",
+                if opts.answer_router_solicitations {
+                    "true"
+                } else {
+                    "false"
+                },
+            ])
+            .args(&opts.extra_args)
+            .env("RUST_LOG", "info,lbfleet_server=debug")
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log2);
+        let child = cmd.spawn().map_err(io_err(&binary))?;
+        let server = LabServer {
+            child,
+            ns_name: ns.name().to_owned(),
+            binary,
+            database,
+            log_path,
+            boot_dir,
+            token,
+        };
+        wait::until("lbfleet-server /healthz", Duration::from_secs(30), || {
+            server
+                .get_raw("/healthz")
+                .ok()
+                .filter(|(status, _)| *status == 200)
+        })
+        .map_err(|e| LabError::Other(format!("{e}\nserver log:\n{}", server.log())))?;
+        Ok(server)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn binary(&self) -> &Path {
+        &self.binary
+    }
+
+    pub fn database(&self) -> &str {
+        &self.database
+    }
+
+    pub fn base_url(&self) -> String {
+        format!("http://{SERVER_ADDRESS}:{HTTP_PORT}")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    fn curl(&self, args: &[&str]) -> Result<(u16, String), LabError> {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.ns_name, "curl", "-s", "-m", "10"])
+            .args(["-w", "\n%{http_code}"])
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(io_err(Path::new("curl")))?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+        let status = code.trim().parse().unwrap_or(0);
+        if status == 0 {
+            return Err(LabError::Command {
+                command: format!("curl {args:?}"),
+                stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            });
+        }
+        Ok((status, body.to_owned()))
+    }
+
+    /// GET without credentials (boot scripts, health).
+    pub fn get_raw(&self, path: &str) -> Result<(u16, String), LabError> {
+        self.curl(&[&format!("{}{path}", self.base_url())])
+    }
+
+    /// An API call as the lab admin: `(status, JSON body or Null)`.
+    pub fn api(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&serde_json::Value>,
+    ) -> Result<(u16, serde_json::Value), LabError> {
+        let auth = format!("Authorization: Bearer {}", self.token);
+        let url = format!("{}/api/v1{path}", self.base_url());
+        let data = body.map(|b| b.to_string());
+        let mut args = vec![
+            "-X",
+            method,
+            "-H",
+            &auth,
+            "-H",
+            "Content-Type: application/json",
+        ];
+        if let Some(d) = &data {
+            args.extend(["--data-binary", d]);
+        }
+        args.push(&url);
+        let (status, text) = self.curl(&args)?;
+        let json = serde_json::from_str(&text).unwrap_or(serde_json::Value::Null);
+        Ok((status, json))
+    }
+
+    /// Like `api`, but a status outside 2xx is an error naming the body.
+    pub fn api_ok(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&serde_json::Value>,
+    ) -> Result<serde_json::Value, LabError> {
+        let (status, json) = self.api(method, path, body)?;
+        if (200..300).contains(&status) {
+            Ok(json)
+        } else {
+            Err(LabError::Other(format!(
+                "{method} {path} answered {status}: {json}"
+            )))
+        }
+    }
+
+    /// Places `kernel` and `initrd` in `boot_dir/images/<name>/` and registers the image through the API.
+    pub fn add_image(
+        &self,
+        name: &str,
+        kernel: &Path,
+        initrd: &Path,
+        cmdline: &str,
+        default: bool,
+    ) -> Result<(), LabError> {
+        let dir = self.boot_dir.join("images").join(name);
+        std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+        std::fs::copy(kernel, dir.join("vmlinuz")).map_err(io_err(kernel))?;
+        std::fs::copy(initrd, dir.join("initrd.img")).map_err(io_err(initrd))?;
+        self.api_ok(
+            "PUT",
+            &format!("/images/{name}"),
+            Some(&serde_json::json!({
+                "kernel": "vmlinuz", "initrd": "initrd.img", "cmdline": cmdline, "default": default
+            })),
+        )
+        .map(|_| ())
+    }
+
+    /// Registers a built image directory (`vmlinuz`, `initrd.img`, as `lbfleet-images` writes them) under its
+    /// directory name.
+    pub fn add_image_dir(
+        &self,
+        dir: &Path,
+        cmdline: &str,
+        default: bool,
+    ) -> Result<String, LabError> {
+        let name = dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .ok_or_else(|| LabError::Other(format!("{} has no name", dir.display())))?;
+        self.add_image(
+            &name,
+            &dir.join("vmlinuz"),
+            &dir.join("initrd.img"),
+            cmdline,
+            default,
+        )?;
+        Ok(name)
+    }
+
+    /// The node record with `mac`, if the server knows one.
+    pub fn node_by_mac(&self, mac: &str) -> Result<Option<serde_json::Value>, LabError> {
+        let nodes = self.api_ok("GET", "/nodes", None)?;
+        let list = nodes
+            .get("nodes")
+            .and_then(|n| n.as_array())
+            .cloned()
+            .or_else(|| nodes.as_array().cloned())
+            .unwrap_or_default();
+        Ok(list.into_iter().find(|n| {
+            n.get("mac")
+                .and_then(|m| m.as_str())
+                .is_some_and(|m| m.eq_ignore_ascii_case(mac))
+        }))
+    }
+}
+
+impl Drop for LabServer {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+    }
+}
