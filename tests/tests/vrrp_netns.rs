@@ -426,3 +426,113 @@ fn malformed_and_spoofed_adverts_are_dropped_and_counted() {
         "only the startup transition to backup: {t}"
     );
 }
+
+/// Agent `name`'s role: VRRP v3 at `priority` (as `start_agent`), and one service whose real server is
+/// `guest-http` on the node's own loopback, checked by HTTP every 100 ms with a quorum of one that lowers the
+/// priority by 60 (150 -> 90, below the backup's 100).
+fn role_with_quorum(priority: u8, http_port: u16) -> serde_json::Value {
+    serde_json::json!({
+        "generation": u64::from(priority), "node": "agent-a", "cluster": "ext", "role": "active",
+        "vrrp": {"version": 3, "vrid": 51, "interface": "eth0", "priority": priority,
+                 "advert_interval_ms": 100, "preempt": true, "vips": [format!("{VIP}/32")],
+                 "unicast_peers": [], "garp": {"count": 2, "spacing_ms": 50, "refresh_ms": 0}},
+        "services": [{
+            "vip": VIP, "port": 80, "protocol": "tcp", "scheduler": "wrr", "forward": "nat",
+            "persistence_s": 0,
+            "check": {"kind": "http", "path": "/", "expect_status": 200, "interval_ms": 100,
+                      "timeout_ms": 100, "rise": 1, "fall": 2, "jitter_ms": 0,
+                      "quorum": {"min_healthy": 1, "priority_drop": 60}},
+            "real_servers": [{"address": "127.0.0.1", "port": http_port, "weight": 1, "enabled": true}]
+        }]
+    })
+}
+
+fn transitions(state: &std::path::Path) -> usize {
+    status(state)["vrrp_transitions"]
+        .as_array()
+        .map_or(0, Vec::len)
+}
+
+/// The health quorum drives VRRP through the running instance (`SetPriority`): the master's only real server
+/// fails its check, its priority drops below the backup's and the backup takes the VIP; the server passes
+/// again and the master preempts back. A role change of the priority alone keeps the instance: no
+/// transition on either node, the VIP never moves.
+#[test]
+fn quorum_lowers_the_masters_priority_and_a_priority_only_change_keeps_the_instance() {
+    if !vrrp_lab::require(false) {
+        return;
+    }
+    let mut lab = Lab::new("qp");
+    let a = lab.host("a", A);
+    let b = lab.host("b", B);
+    // The real server: answers 200 while its health file exists (the host's own loopback, in a's namespace).
+    let health = lab.path("rs.health");
+    std::fs::write(&health, b"ok").unwrap();
+    let port = 18_081;
+    let rs_log = lab.spawn(
+        &a,
+        "real-server",
+        &tool("guest-http"),
+        &[health.to_str().unwrap(), &format!("127.0.0.1:{port}")],
+    );
+    wait_for(ELECTION, "real server listening", || {
+        std::fs::read_to_string(&rs_log).is_ok_and(|l| l.contains("listening"))
+    });
+    let role_file = lab.path("agent-a.role.json");
+    std::fs::write(&role_file, role_with_quorum(150, port).to_string()).unwrap();
+    let sa = lab.path("agent-a.state");
+    lab.spawn(
+        &a,
+        "agent-a",
+        &agent_bin(),
+        &[
+            "apply",
+            "--role",
+            role_file.to_str().unwrap(),
+            "--watch",
+            "--resync",
+            "10s",
+            "--state-dir",
+            sa.to_str().unwrap(),
+        ],
+    );
+    let sb = start_agent(&mut lab, &b, "agent-b", &Vrrp::v3(100));
+    // (The host kernel has no IPVS, so a's service never reaches a table or a report; its checks and the
+    // quorum run all the same, and the agent logs each health change.)
+    wait_for(ELECTION, "a is master with its real server up", || {
+        agent_state(&sa) == "master"
+            && agent_state(&sb) == "backup"
+            && lab.log("agent-a").contains("real server health changed")
+    });
+    wait_for(ELECTION, "only a holds the VIP", || {
+        holds(&a, VIP) && !holds(&b, VIP)
+    });
+
+    // A priority-only role change: the instance stays (no transition anywhere, the VIP stays on a).
+    let (ta, tb) = (transitions(&sa), transitions(&sb));
+    std::fs::write(&role_file, role_with_quorum(140, port).to_string()).unwrap();
+    wait_for(ELECTION, "a applies the new priority", || {
+        lab.log("agent-a")
+            .contains("VRRP priority changed (instance kept)")
+    });
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(1) {
+        assert!(holds(&a, VIP) && !holds(&b, VIP), "the VIP moved");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!((transitions(&sa), transitions(&sb)), (ta, tb));
+    assert!(!lab.log("agent-a").contains("VRRP stopped"));
+
+    // The real server fails: below quorum, a advertises 140 - 60 = 80 and b (100) takes over.
+    std::fs::remove_file(&health).unwrap();
+    wait_for(ELECTION, "b takes the VIP from a below quorum", || {
+        agent_state(&sb) == "master" && holds(&b, VIP) && !holds(&a, VIP)
+    });
+    assert_eq!(agent_state(&sa), "backup");
+    assert!(lab.log("agent-a").contains("VRRP priority set"));
+    // It passes again: a is back at 140 and preempts.
+    std::fs::write(&health, b"ok").unwrap();
+    wait_for(ELECTION, "a takes the VIP back at quorum", || {
+        agent_state(&sa) == "master" && holds(&a, VIP) && !holds(&b, VIP)
+    });
+}
