@@ -184,8 +184,8 @@ fn last(console: &str, key: &str) -> Option<String> {
     let prefix = format!("lbtest: {key} ");
     console
         .lines()
-        .filter_map(|l| l.trim().strip_prefix(prefix.as_str()))
-        .last()
+        .rev()
+        .find_map(|l| l.trim().strip_prefix(prefix.as_str()))
         .map(str::to_owned)
 }
 
@@ -284,7 +284,7 @@ fn start_pair(guest_prereqs: &guest::Prereqs, lab_prereqs: lab::LabPrereqs, sync
         _initrd: initrd_dir,
     };
     let started = Instant::now();
-    pair.wait("A master and B backup", Duration::from_secs(150), |p| {
+    pair.wait("A master and B backup", Duration::from_secs(240), |p| {
         last(&p.a.console(), "state").as_deref() == Some("master")
             && last(&p.b.console(), "state").as_deref() == Some("backup")
     });
