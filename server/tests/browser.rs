@@ -1,8 +1,12 @@
 //! Browser tests: headless Chromium (Debian's `chromium` + `chromium-driver`) drives the dashboard of a real
-//! server on 127.0.0.1:0, through WebDriver with fantoccini. Screenshots of every page at 1280x800 and 390x844
-//! land in `target/screenshots/`.
+//! server on 127.0.0.1:0 over HTTPS, through WebDriver with fantoccini. The server has its self-signed
+//! certificate (made before it starts), and Chromium trusts exactly that key, by its SPKI hash
+//! (`--ignore-certificate-errors-spki-list`), not by ignoring certificate errors in general. Every login checks
+//! that the session cookie is `Secure` and `HttpOnly`. Screenshots of every page at 1280x800 and 390x844 land in
+//! `target/screenshots/`.
 //!
-//! Without Chromium the tests say so and pass locally; with `CI=true` they fail, so CI never skips them.
+//! Without Chromium and chromedriver the tests fail (locally and under CI alike): a missing prerequisite is never
+//! a silent pass. `scripts/install-deps.sh` installs both.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -33,9 +37,10 @@ struct Browser {
     base: String,
 }
 
-/// Starts chromedriver + headless Chromium. A missing browser fails the test (under CI and everywhere else):
+/// Starts chromedriver + headless Chromium that trusts the server certificate whose SubjectPublicKeyInfo hashes
+/// to `spki_sha256` (base64 SHA-256). A missing browser fails the test (under CI and everywhere else):
 /// a prerequisite that is not there is never a silent skip.
-async fn browser(base: &str) -> Browser {
+async fn browser(base: &str, spki_sha256: &str) -> Browser {
     let missing: Vec<&str> = [CHROMIUM, CHROMEDRIVER]
         .into_iter()
         .filter(|p| !Path::new(p).exists())
@@ -68,6 +73,7 @@ async fn browser(base: &str) -> Browser {
                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
                 "--disable-dev-shm-usage", "--hide-scrollbars", "--window-size=1280,800",
                 format!("--user-data-dir={}", profile.path().display()),
+                format!("--ignore-certificate-errors-spki-list={spki_sha256}"),
             ]
         }
     });
@@ -107,7 +113,15 @@ where
     Fut: Future<Output = Browser>,
 {
     let _one = ONE_BROWSER.lock().await;
-    let b = browser(&srv.base).await;
+    assert!(
+        srv.base.starts_with("https://"),
+        "browser tests run over HTTPS"
+    );
+    let spki = srv
+        .spki_sha256
+        .as_deref()
+        .expect("an HTTPS test server (TestServer::start_tls)");
+    let b = browser(&srv.base, spki).await;
     let client = b.client.clone();
     let result = std::panic::AssertUnwindSafe(body(b)).catch_unwind().await;
     let _ = client.close().await;
@@ -140,6 +154,27 @@ impl Browser {
         f.set_by_name("password", PASSWORD).await.unwrap();
         f.submit().await.unwrap();
         self.wait_for_text("header .user", user).await;
+        let url = self.client.current_url().await.unwrap();
+        assert_eq!(
+            url.scheme(),
+            "https",
+            "the dashboard runs over HTTPS: {url}"
+        );
+        let session = self
+            .client
+            .get_named_cookie("lbfleet_session")
+            .await
+            .expect("a session cookie after login");
+        assert_eq!(
+            session.secure(),
+            Some(true),
+            "session cookie is Secure: {session}"
+        );
+        assert_eq!(
+            session.http_only(),
+            Some(true),
+            "session cookie is HttpOnly: {session}"
+        );
     }
 
     async fn path(&self) -> String {
@@ -274,7 +309,7 @@ async fn discovered_node(srv: &TestServer, mac: &str) -> (i64, String) {
 #[tokio::test]
 async fn operator_approves_assigns_switches_over_and_drains() {
     let dir = tempfile::tempdir().unwrap();
-    let srv = TestServer::start(dir.path()).await;
+    let srv = TestServer::start_tls(dir.path()).await;
     let op = &srv.tokens.operator;
     let (s, v) = srv
         .put("/api/v1/clusters/ext", op, cluster_spec(51, "198.18.0.10"))
@@ -478,7 +513,7 @@ async fn operator_approves_assigns_switches_over_and_drains() {
 #[tokio::test]
 async fn viewer_cannot_change_anything_and_markup_renders_as_text() {
     let dir = tempfile::tempdir().unwrap();
-    let srv = TestServer::start(dir.path()).await;
+    let srv = TestServer::start_tls(dir.path()).await;
     let op = &srv.tokens.operator;
     let (s, _) = srv
         .put("/api/v1/clusters/ext", op, cluster_spec(51, "198.18.0.10"))
@@ -618,7 +653,7 @@ async fn viewer_cannot_change_anything_and_markup_renders_as_text() {
 #[tokio::test]
 async fn a_change_through_the_api_shows_on_an_open_page_within_a_second() {
     let dir = tempfile::tempdir().unwrap();
-    let srv = TestServer::start(dir.path()).await;
+    let srv = TestServer::start_tls(dir.path()).await;
     let op = srv.tokens.operator.clone();
     let (s, _) = srv
         .put("/api/v1/clusters/ext", &op, cluster_spec(51, "198.18.0.10"))
