@@ -9,6 +9,7 @@ use tokio::net::TcpListener;
 
 pub mod api;
 pub mod audit;
+pub mod audit_export;
 pub mod boot;
 pub mod config;
 pub mod fleet;
