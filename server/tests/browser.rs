@@ -324,6 +324,14 @@ async fn operator_approves_assigns_switches_over_and_drains() {
         .await;
     assert_eq!(s, StatusCode::CREATED, "{v}");
     let lb01 = v["id"].as_i64().unwrap();
+    let (s, v) = srv
+        .put(
+            "/api/v1/images/2026.11.1",
+            &srv.tokens.admin,
+            json!({"kernel": "vmlinuz", "initrd": "initrd.img", "default": true}),
+        )
+        .await;
+    assert!(s.is_success(), "{v}");
     let (new_id, cred) = discovered_node(&srv, "52:54:00:aa:bb:02").await;
     let api = srv.http.clone();
     let base = srv.base.clone();
@@ -494,6 +502,9 @@ async fn operator_approves_assigns_switches_over_and_drains() {
         b.goto("/events").await;
         b.wait_for_text("#events-table", "switchover").await;
         b.screenshots("events").await;
+        b.goto("/images").await;
+        b.wait_for_text("#images-table tr[data-image='2026.11.1']", "default").await;
+        b.screenshots("images").await;
         eprintln!(
             "browser scenario (approve, assign x2, switchover, drain, audit) took {:?}",
             started.elapsed()

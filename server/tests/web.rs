@@ -479,6 +479,147 @@ async fn audit_export_streams_every_row_of_a_long_log() {
     }
 }
 
+/// Issue 14: the dashboard shows the registered images and lets an operator change an approved node's image
+/// (what the API's `PUT /nodes/{node}/image` does), audited under the operator's name; viewers see the images
+/// but no form, and their posts are refused.
+#[tokio::test]
+async fn images_page_and_changing_a_nodes_image_after_approval() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = TestServer::start(dir.path()).await;
+    let admin = srv.tokens.admin.clone();
+    for (name, default) in [("2026.11.1", true), ("2026.12.0", false)] {
+        let (st, v) = srv
+            .put(
+                &format!("/api/v1/images/{name}"),
+                &admin,
+                json!({"kernel": "vmlinuz", "initrd": "initrd.img", "default": default,
+                       "cmdline": "console=ttyS0"}),
+            )
+            .await;
+        assert!(st.is_success(), "{st} {v}");
+    }
+    let (st, v) = srv
+        .post(
+            "/api/v1/nodes",
+            &srv.tokens.operator,
+            json!({"mac": "52:54:00:dd:00:01", "hostname": "lb-01"}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CREATED, "{v}");
+    let id = v["id"].as_i64().unwrap();
+    assert_eq!(v["state"], "ready", "{v}");
+
+    let view = login(&srv, "view").await;
+    let (st, html) = get_page(&srv, &view, "/images").await;
+    assert_eq!(st, StatusCode::OK);
+    let row = |html: &str, name: &str| -> String {
+        let at = html
+            .find(&format!("<tr data-image=\"{name}\">"))
+            .unwrap_or_else(|| panic!("no row for {name}:\n{html}"));
+        html[at..].split("</tr>").next().unwrap().to_owned()
+    };
+    let nodes_of = |row: &str| -> String {
+        row.split("class=\"nodes\">")
+            .nth(1)
+            .unwrap()
+            .split('<')
+            .next()
+            .unwrap()
+            .to_owned()
+    };
+    let first = row(&html, "2026.11.1");
+    assert!(
+        first.contains("default") && first.contains("console=ttyS0"),
+        "{first}"
+    );
+    assert_eq!(nodes_of(&first), "1", "lb-01 boots the default: {first}");
+    assert_eq!(nodes_of(&row(&html, "2026.12.0")), "0");
+    assert!(html.contains("href=\"/images\" aria-current=\"page\""));
+    let (_, html) = get_page(&srv, &view, &format!("/nodes/{id}")).await;
+    assert!(
+        !html.contains("id=\"node-image\""),
+        "no image form for a viewer"
+    );
+    let resp = post_form(
+        &srv,
+        &view,
+        &format!("/nodes/{id}/image"),
+        &[("csrf", view.csrf.as_str()), ("image", "2026.12.0")],
+    )
+    .await;
+    assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+
+    let op = login(&srv, "oper").await;
+    let (_, html) = get_page(&srv, &op, &format!("/nodes/{id}")).await;
+    let form = html
+        .split("id=\"node-image\"")
+        .nth(1)
+        .unwrap_or_else(|| panic!("an image form on an approved node's page:\n{html}"))
+        .split("</form>")
+        .next()
+        .unwrap()
+        .to_owned();
+    assert!(
+        form.contains("<option value=\"\" selected>default</option>")
+            && form.contains("<option value=\"2026.12.0\">2026.12.0</option>"),
+        "{form}"
+    );
+    let resp = post_form(
+        &srv,
+        &op,
+        &format!("/nodes/{id}/image"),
+        &[
+            ("csrf", op.csrf.as_str()),
+            ("image", "2026.12.0"),
+            ("back", &format!("/nodes/{id}")),
+        ],
+    )
+    .await;
+    assert_eq!(resp.status(), StatusCode::SEE_OTHER);
+    assert_eq!(resp.headers()[LOCATION], format!("/nodes/{id}").as_str());
+    let (_, v) = srv.get("/api/v1/nodes/lb-01", &srv.tokens.viewer).await;
+    assert_eq!(v["image"], "2026.12.0", "{v}");
+    let (_, html) = get_page(&srv, &op, &format!("/nodes/{id}")).await;
+    assert!(
+        html.contains("<option value=\"2026.12.0\" selected>2026.12.0</option>"),
+        "the form shows the node's image"
+    );
+    let (_, html) = get_page(&srv, &op, "/images").await;
+    assert_eq!(nodes_of(&row(&html, "2026.12.0")), "1");
+    assert_eq!(nodes_of(&row(&html, "2026.11.1")), "0");
+    let (_, v) = srv
+        .get("/api/v1/audit?action=node.image", &srv.tokens.admin)
+        .await;
+    let e = &v["entries"][0];
+    assert_eq!(
+        (&e["actor"], &e["target"], &e["after"]["image"]),
+        (&json!("oper"), &json!("node:lb-01"), &json!("2026.12.0")),
+        "{v}"
+    );
+
+    // An unknown image is refused with a message; an empty choice goes back to the default.
+    let resp = post_form(
+        &srv,
+        &op,
+        &format!("/nodes/{id}/image"),
+        &[("csrf", op.csrf.as_str()), ("image", "no-such-image")],
+    )
+    .await;
+    assert_eq!(resp.status(), StatusCode::SEE_OTHER);
+    let (_, v) = srv.get("/api/v1/nodes/lb-01", &srv.tokens.viewer).await;
+    assert_eq!(v["image"], "2026.12.0");
+    let resp = post_form(
+        &srv,
+        &op,
+        &format!("/nodes/{id}/image"),
+        &[("csrf", op.csrf.as_str()), ("image", "")],
+    )
+    .await;
+    assert_eq!(resp.status(), StatusCode::SEE_OTHER);
+    let (_, v) = srv.get("/api/v1/nodes/lb-01", &srv.tokens.viewer).await;
+    assert_eq!(v["image"], serde_json::Value::Null, "{v}");
+}
+
 #[tokio::test]
 async fn cluster_form_shows_validation_next_to_the_field() {
     let dir = tempfile::tempdir().unwrap();
