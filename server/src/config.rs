@@ -755,11 +755,13 @@ impl ServerConfig {
                 _ => {}
             }
         }
+        // Port 0 (any free port) never clashes.
         if boot_listen.is_some_and(|b| {
-            b == listen
-                || (b.port() == listen.port()
-                    && b.port() != 0
-                    && (b.ip().is_unspecified() || listen.ip().is_unspecified()))
+            b.port() == listen.port()
+                && b.port() != 0
+                && (b.ip() == listen.ip()
+                    || b.ip().is_unspecified()
+                    || listen.ip().is_unspecified())
         }) {
             return Err(ConfigError::Invalid {
                 key: "boot_listen",
@@ -1036,6 +1038,14 @@ mod tests {
             "--allow-insecure-http"
         ]))
         .is_ok());
+        let cfg = ServerConfig::resolve(serve_args(&[
+            "--listen",
+            "127.0.0.1:0",
+            "--boot-listen",
+            "127.0.0.1:0",
+        ]))
+        .expect("two free ports");
+        assert_eq!(cfg.boot_listen.map(|b| b.port()), Some(0));
         for clash in ["127.0.0.1:8080", "0.0.0.0:8080"] {
             let err = ServerConfig::resolve(serve_args(&[
                 "--boot-listen",

@@ -84,15 +84,19 @@ impl BootSockets {
     }
 }
 
-/// Serves the API on `listener` (and the boot services configured) until `shutdown` completes, then drains
-/// in-flight requests (waiting long-polls answer at once) and closes the database.
+/// Serves the API on `listener` (and on `boot_listen` and the boot services, as configured) until `shutdown`
+/// completes, then drains in-flight requests (waiting long-polls answer at once) and closes the database.
 pub async fn run(
     config: ServerConfig,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let sockets = BootSockets::bind(&config).await?;
-    run_with(config, listener, sockets, shutdown).await
+    let listeners = Listeners {
+        main: listener,
+        boot: Listeners::bind_boot(&config).await?,
+    };
+    run_listeners(config, listeners, sockets, shutdown).await
 }
 
 /// `run` with boot sockets the caller bound.
@@ -124,15 +128,21 @@ impl Listeners {
         let main = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("cannot listen on {}", config.listen))?;
-        let boot = match config.boot_listen {
-            Some(addr) => Some(
-                TcpListener::bind(addr)
-                    .await
-                    .with_context(|| format!("cannot listen on {addr} (boot_listen)"))?,
-            ),
-            None => None,
+        Ok(Listeners {
+            main,
+            boot: Self::bind_boot(config).await?,
+        })
+    }
+
+    /// Binds `config.boot_listen` if it is set.
+    pub async fn bind_boot(config: &ServerConfig) -> anyhow::Result<Option<TcpListener>> {
+        let Some(addr) = config.boot_listen else {
+            return Ok(None);
         };
-        Ok(Listeners { main, boot })
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr} (boot_listen)"))?;
+        Ok(Some(listener))
     }
 }
 

@@ -6,6 +6,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod common;
+mod process;
 
 use lbfleet_server::config::BootConfig;
 use lbfleet_server::ServerConfig;
@@ -235,4 +236,36 @@ async fn boot_and_agent_paths_and_admin_paths_live_on_separate_listeners() {
         "test"
     );
     srv.stop().await;
+}
+
+/// The binary: `LBFLEET_BOOT_LISTEN` (the `--boot-listen` flag's variable) opens the second listener and splits
+/// the paths the same way.
+#[tokio::test]
+async fn the_binary_opens_the_boot_listener_from_its_setting() {
+    let dir = tempfile::tempdir().unwrap();
+    let server =
+        process::ServerProcess::start(dir.path(), None, &[("LBFLEET_BOOT_LISTEN", "127.0.0.1:0")]);
+    let boot = server
+        .boot_addr
+        .clone()
+        .expect("the server logs its boot listener");
+    assert_ne!(boot, server.addr);
+    let http = reqwest::Client::new();
+    let get = |url: String| {
+        let http = http.clone();
+        async move {
+            let r = http.get(url).send().await.unwrap();
+            (r.status(), r.text().await.unwrap())
+        }
+    };
+    let (s, b) = get(format!("http://{}/login", server.addr)).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let (s, b) = get(format!("http://{boot}/login")).await;
+    not_here(s, &b, "dashboard on the boot listener");
+    // The agent API answers on the boot listener (401: no credential) and not on the main one.
+    let (s, b) = get(format!("http://{boot}/api/v1/agent/role")).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED, "{b}");
+    let (s, b) = get(format!("http://{}/api/v1/agent/role", server.addr)).await;
+    not_here(s, &b, "agent API on the main listener");
+    drop(server);
 }
