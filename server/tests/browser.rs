@@ -106,6 +106,40 @@ async fn browser(base: &str, spki_sha256: &str) -> Browser {
     }
 }
 
+/// A server over HTTPS with a self-signed certificate kept in `dir` (created here first, so the test knows
+/// it before the server starts); `http` trusts exactly that certificate.
+async fn start_https(dir: &Path) -> TestServer {
+    use base64::Engine;
+    use sha2::Digest;
+    let db_path = dir.join("lbfleet.db");
+    let tokens = common::seed(&db_path).await;
+    let setting = lbfleet_server::tls::TlsSetting::SelfSigned {
+        dir: dir.to_owned(),
+    };
+    lbfleet_server::tls::load(&setting, &["localhost".into(), "127.0.0.1".into()]).unwrap();
+    let (cert_path, key_path) = lbfleet_server::tls::self_signed_paths(dir);
+    let cert_pem = std::fs::read(&cert_path).unwrap();
+    let key_pem = std::fs::read_to_string(&key_path).unwrap();
+    let spki = rcgen::KeyPair::from_pem(&key_pem).unwrap().public_key_der();
+    let cert_der = rustls::pki_types::pem::PemObject::from_pem_slice(&cert_pem)
+        .map(|c: rustls::pki_types::CertificateDer<'static>| c.to_vec())
+        .unwrap();
+    assert!(
+        cert_der.windows(spki.len()).any(|w| w == spki.as_slice()),
+        "the certificate carries the key's SubjectPublicKeyInfo"
+    );
+    let spki_sha256 = base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(&spki));
+    let mut srv = TestServer::start_with(db_path, tokens, |c| c.tls = setting).await;
+    srv.base = srv.base.replacen("http://", "https://", 1);
+    srv.http = reqwest::Client::builder()
+        .pool_max_idle_per_host(256)
+        .add_root_certificate(reqwest::Certificate::from_pem(&cert_pem).unwrap())
+        .build()
+        .unwrap();
+    srv.spki_sha256 = Some(spki_sha256);
+    srv
+}
+
 /// Runs `body` with a browser on `srv`, closing the browser whether the body passes or panics.
 async fn with_browser<F, Fut>(srv: &TestServer, body: F)
 where
@@ -120,7 +154,7 @@ where
     let spki = srv
         .spki_sha256
         .as_deref()
-        .expect("an HTTPS test server (TestServer::start_tls)");
+        .expect("an HTTPS test server (start_https)");
     let b = browser(&srv.base, spki).await;
     let client = b.client.clone();
     let result = std::panic::AssertUnwindSafe(body(b)).catch_unwind().await;
@@ -309,7 +343,7 @@ async fn discovered_node(srv: &TestServer, mac: &str) -> (i64, String) {
 #[tokio::test]
 async fn operator_approves_assigns_switches_over_and_drains() {
     let dir = tempfile::tempdir().unwrap();
-    let srv = TestServer::start_tls(dir.path()).await;
+    let srv = start_https(dir.path()).await;
     let op = &srv.tokens.operator;
     let (s, v) = srv
         .put("/api/v1/clusters/ext", op, cluster_spec(51, "198.18.0.10"))
@@ -524,7 +558,7 @@ async fn operator_approves_assigns_switches_over_and_drains() {
 #[tokio::test]
 async fn viewer_cannot_change_anything_and_markup_renders_as_text() {
     let dir = tempfile::tempdir().unwrap();
-    let srv = TestServer::start_tls(dir.path()).await;
+    let srv = start_https(dir.path()).await;
     let op = &srv.tokens.operator;
     let (s, _) = srv
         .put("/api/v1/clusters/ext", op, cluster_spec(51, "198.18.0.10"))
@@ -664,7 +698,7 @@ async fn viewer_cannot_change_anything_and_markup_renders_as_text() {
 #[tokio::test]
 async fn a_change_through_the_api_shows_on_an_open_page_within_a_second() {
     let dir = tempfile::tempdir().unwrap();
-    let srv = TestServer::start_tls(dir.path()).await;
+    let srv = start_https(dir.path()).await;
     let op = srv.tokens.operator.clone();
     let (s, _) = srv
         .put("/api/v1/clusters/ext", &op, cluster_spec(51, "198.18.0.10"))

@@ -26,8 +26,8 @@ pub struct TestServer {
     pub db_path: PathBuf,
     pub tokens: Tokens,
     pub http: reqwest::Client,
-    /// With HTTPS: base64 of the SHA-256 of the certificate's SubjectPublicKeyInfo (what Chromium's
-    /// `--ignore-certificate-errors-spki-list` takes).
+    /// With HTTPS (browser tests): base64 of the SHA-256 of the certificate's SubjectPublicKeyInfo (what
+    /// Chromium's `--ignore-certificate-errors-spki-list` takes).
     pub spki_sha256: Option<String>,
     stop: Option<oneshot::Sender<()>>,
     handle: Option<JoinHandle<anyhow::Result<()>>>,
@@ -103,41 +103,6 @@ impl TestServer {
             stop: Some(tx),
             handle: Some(handle),
         }
-    }
-
-    /// A server over HTTPS with a self-signed certificate kept in `dir` (created here first, so the test knows
-    /// it before the server starts); `http` trusts exactly that certificate.
-    pub async fn start_tls(dir: &Path) -> TestServer {
-        use base64::Engine;
-        use sha2::Digest;
-        let db_path = dir.join("lbfleet.db");
-        let tokens = seed(&db_path).await;
-        let setting = lbfleet_server::tls::TlsSetting::SelfSigned {
-            dir: dir.to_owned(),
-        };
-        lbfleet_server::tls::load(&setting, &["localhost".into(), "127.0.0.1".into()]).unwrap();
-        let (cert_path, key_path) = lbfleet_server::tls::self_signed_paths(dir);
-        let cert_pem = std::fs::read(&cert_path).unwrap();
-        let key_pem = std::fs::read_to_string(&key_path).unwrap();
-        let spki = rcgen::KeyPair::from_pem(&key_pem).unwrap().public_key_der();
-        let cert_der = rustls::pki_types::pem::PemObject::from_pem_slice(&cert_pem)
-            .map(|c: rustls::pki_types::CertificateDer<'static>| c.to_vec())
-            .unwrap();
-        assert!(
-            cert_der.windows(spki.len()).any(|w| w == spki.as_slice()),
-            "the certificate carries the key's SubjectPublicKeyInfo"
-        );
-        let spki_sha256 =
-            base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(&spki));
-        let mut srv = Self::start_with(db_path, tokens, |c| c.tls = setting).await;
-        srv.base = srv.base.replacen("http://", "https://", 1);
-        srv.http = reqwest::Client::builder()
-            .pool_max_idle_per_host(256)
-            .add_root_certificate(reqwest::Certificate::from_pem(&cert_pem).unwrap())
-            .build()
-            .unwrap();
-        srv.spki_sha256 = Some(spki_sha256);
-        srv
     }
 
     /// A server with boot services: HTTP boot from `boot.boot_dir` and TFTP on the given socket.
