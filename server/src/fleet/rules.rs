@@ -333,7 +333,7 @@ pub fn cluster_spec(spec: &ClusterSpec) -> Result<ValidCluster, FieldErrors> {
         v => errs.push("vrrp_version", format!("must be 2 or 3, got {v}")),
     }
 
-    // VIPs: one address family per VRRP instance; v2 is IPv4 only.
+    // VIPs: IPv4 only (the agent implements VRRP for IPv4), one family per VRRP instance.
     if spec.vips.is_empty() {
         errs.push("vips", "at least one VIP is required");
     }
@@ -354,10 +354,14 @@ pub fn cluster_spec(spec: &ClusterSpec) -> Result<ValidCluster, FieldErrors> {
                     .is_some_and(|f| f.is_ipv4() != addr.is_ipv4())
                 {
                     errs.push(&field, "all VIPs of a cluster must be one address family");
-                } else if spec.vrrp_version == 2 && addr.is_ipv6() {
+                } else if addr.is_ipv6() {
+                    // The agent's VRRP (both versions) and its gratuitous ARP are IPv4-only: an IPv6 VIP
+                    // would be accepted here and never held by any node.
                     errs.push(
                         &field,
-                        "VRRPv2 carries IPv4 addresses only; use vrrp_version 3",
+                        format!(
+                            "{addr}: IPv6 VIPs are not supported (the agent's VRRP is IPv4-only)"
+                        ),
                     );
                 } else {
                     out.vips[i].address = format!("{addr}/{prefix}");
@@ -951,7 +955,7 @@ fn unicast(addr: IpAddr) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use lbfleet_proto::{Protocol, Scheduler};
+    use lbfleet_proto::{Protocol, Scheduler, VipSpec};
 
     fn spec() -> ClusterSpec {
         ClusterSpec {
@@ -995,13 +999,38 @@ mod tests {
     fn accepts_a_good_spec_and_normalises_it() {
         let ValidCluster(v) = cluster_spec(&spec()).expect("valid");
         assert_eq!(v.vips, vec!["198.18.0.10/32"]);
-        let mut s = spec();
-        s.vips = vec!["2001:DB8:0:0::10/128".into()];
-        s.services[0].vip = "2001:db8::10".into();
-        s.services[0].real_servers[0].address = "2001:DB8::2:1".into();
-        let ValidCluster(v) = cluster_spec(&s).expect("valid v6");
-        assert_eq!(v.vips, vec!["2001:db8::10/128"]);
-        assert_eq!(v.services[0].real_servers[0].address, "2001:db8::2:1");
+    }
+
+    #[test]
+    fn ipv6_vips_are_refused_in_both_vrrp_versions() {
+        for version in [3, 2] {
+            let mut s = spec();
+            s.vrrp_version = version;
+            s.advert_interval_ms = 1000;
+            s.vips = vec!["2001:DB8:0:0::10/128".into()];
+            s.services[0].vip = "2001:db8::10".into();
+            s.services[0].real_servers[0].address = "2001:db8::2:1".into();
+            let errs = cluster_spec(&s).expect_err("an IPv6 VIP must be refused");
+            let vip = errs
+                .0
+                .iter()
+                .find(|f| f.field == "vips[0]")
+                .unwrap_or_else(|| panic!("no vips[0] error in {errs:?}"));
+            assert!(
+                vip.message.contains("IPv6 VIPs are not supported"),
+                "{}",
+                vip.message
+            );
+            // As an internal VIP on its own interface too.
+            let mut s = spec();
+            s.vrrp_version = version;
+            s.advert_interval_ms = 1000;
+            s.vips.push(VipSpec {
+                address: "2001:db8::254/64".into(),
+                interface: Some("eth1".into()),
+            });
+            assert_eq!(fields(cluster_spec(&s)), vec!["vips[1]"], "v{version}");
+        }
     }
 
     #[test]

@@ -26,6 +26,7 @@ use crate::{secrets, store};
 mod actions;
 mod audit;
 mod health;
+mod images;
 mod live;
 mod pages;
 mod users;
@@ -50,7 +51,9 @@ pub fn router() -> Router<AppState> {
         .route("/nodes/{id}/assign", post(actions::assign))
         .route("/nodes/{id}/unassign", post(actions::unassign))
         .route("/nodes/{id}/retire", post(actions::retire))
+        .route("/nodes/{id}/image", post(images::set_node_image))
         .route("/discovered", get(pages::discovered))
+        .route("/images", get(images::page))
         .route(
             "/clusters",
             get(pages::clusters).post(actions::create_cluster),

@@ -548,8 +548,11 @@ struct NodePage {
     report_errors: Vec<String>,
     events: Vec<EventView>,
     images: Vec<String>,
+    /// The node's own image, "" when it boots the default.
+    current_image: String,
     clusters: Vec<String>,
     can_approve: bool,
+    can_set_image: bool,
     can_reject: bool,
     can_assign: bool,
     can_unassign: bool,
@@ -640,8 +643,11 @@ pub async fn node(
         ipvs,
         events: events.iter().map(event_view).collect(),
         images,
+        current_image: n.image.clone().unwrap_or_default(),
         clusters,
         can_approve: op && matches!(st, "discovered" | "rejected"),
+        // Before approval the image is chosen in the approve form.
+        can_set_image: op && !matches!(st, "discovered" | "rejected" | "retired"),
         can_reject: op && st == "discovered",
         can_assign: op && matches!(st, "ready" | "assigned" | "serving"),
         can_unassign: op && matches!(st, "assigned" | "serving"),
