@@ -5,26 +5,65 @@ use std::future::Future;
 use std::net::SocketAddr;
 
 use anyhow::Context;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{header, HeaderValue};
+use axum::Router;
 use tokio::net::TcpListener;
+use tower_http::set_header::SetResponseHeaderLayer;
+use tower_http::trace::TraceLayer;
 
-pub mod api;
+use state::AppState;
+
+mod api;
 pub mod audit;
+pub mod auth;
 pub mod boot;
 pub mod config;
+pub mod error;
+pub mod extract;
 pub mod fleet;
-pub mod limits;
-pub mod login_gate;
 pub mod notify;
 pub mod retention;
 pub mod secrets;
 pub mod serve;
-pub mod session_watch;
+pub mod state;
 pub mod store;
 pub mod tls;
-pub mod token_use;
 pub mod web;
 
 pub use config::ServerConfig;
+
+/// Largest request body accepted (a cluster spec with thousands of real servers fits easily).
+pub const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
+
+/// Every route of the server: the API, the dashboard and HTTP boot, behind the common layers (body limits and
+/// request time bounds, security headers, request tracing). `run_with` adds the HTTPS-only redirect.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .merge(api::router())
+        .merge(boot::http::router())
+        .merge(web::router())
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("no-store"),
+        ))
+        .layer(SetResponseHeaderLayer::overriding(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        ))
+        .layer(SetResponseHeaderLayer::overriding(
+            header::X_FRAME_OPTIONS,
+            HeaderValue::from_static("DENY"),
+        ))
+        .layer(SetResponseHeaderLayer::overriding(
+            header::REFERRER_POLICY,
+            HeaderValue::from_static("no-referrer"),
+        ))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+        .layer(axum::middleware::from_fn(auth::limits::bound_request))
+}
 
 /// Opens the store (running migrations) and builds the fleet service.
 pub async fn open_fleet(config: &ServerConfig) -> Result<fleet::Fleet, store::StoreError> {
@@ -163,11 +202,9 @@ pub async fn run_with(
     };
     let connections = serve::Connections::new(limits.max_connections);
     let tls_on = tls.is_some();
-    let app = api::router(api::AppState::new(fleet, config, boot_stats, stop_rx))
-        .layer(axum::middleware::from_fn(limits::bound_request))
-        .layer(axum::middleware::from_fn(move |req, next| {
-            serve::https_only(tls_on, req, next)
-        }));
+    let app = router(AppState::new(fleet, config, boot_stats, stop_rx)).layer(
+        axum::middleware::from_fn(move |req, next| serve::https_only(tls_on, req, next)),
+    );
     tracing::info!(%addr, tls = tls_on, max_connections = connections.cap(), "lbfleet-server listening");
     serve::serve(
         listener,

@@ -10,9 +10,11 @@ use axum::{Json, Router};
 use lbfleet_proto::UserRole;
 use serde::Deserialize;
 
-use super::auth::{Admin, Operator, Viewer};
-use super::{ApiError, ApiJson, AppState, OptionalJson};
+use crate::auth::{Admin, Operator, Viewer};
+use crate::error::ApiError;
+use crate::extract::{ApiJson, OptionalJson};
 use crate::fleet::PutOutcome;
+use crate::state::AppState;
 use crate::store::{self, images::ImageRow};
 
 pub fn router() -> Router<AppState> {

@@ -7,9 +7,11 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::auth::Viewer;
-use super::{ApiError, ApiQuery, AppState};
+use crate::auth::Viewer;
+use crate::error::ApiError;
+use crate::extract::ApiQuery;
 use crate::fleet::node_key;
+use crate::state::AppState;
 use crate::store::{self, audit::AuditFilter, events::EventFilter};
 
 pub fn router() -> Router<AppState> {

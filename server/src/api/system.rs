@@ -9,8 +9,9 @@ use axum::routing::get;
 use axum::{Json, Router};
 use lbfleet_proto::NodeState;
 
-use super::auth::Viewer;
-use super::{ApiError, AppState};
+use crate::auth::Viewer;
+use crate::error::ApiError;
+use crate::state::AppState;
 use crate::store;
 
 pub fn router() -> Router<AppState> {

@@ -14,13 +14,14 @@ use serde::Deserialize;
 
 use super::pages::{cluster_page, clusters_page, login_page, ClusterForm, ServiceForm};
 use super::{fleet_error_text, redirect_with, Posted, WebError, LOGIN_CSRF_COOKIE};
-use crate::api::auth::{self, cookie};
-use crate::api::{ApiError, AppState};
+use crate::auth::{self, cookie};
+use crate::error::ApiError;
 use crate::fleet::{
     node_key, Actor, FleetError, Precondition, PutOutcome, RealServerChange, RealServerRef,
     ServiceRef,
 };
 use crate::secrets;
+use crate::state::AppState;
 
 /// The outcome of a form: back to `back` with a message; refusals by the fleet's rules are messages too.
 fn done(back: &str, result: Result<String, FleetError>) -> Result<Response, WebError> {

@@ -8,8 +8,8 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::{json_diff, render, time_text, Chrome, DiffLine, WebError, WebUser};
-use crate::api::AppState;
 use crate::audit::{AuditRow, Verification};
+use crate::state::AppState;
 use crate::store::{self, audit::AuditFilter};
 
 #[derive(Debug, Default, Deserialize)]

@@ -18,9 +18,10 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use tower_http::set_header::SetResponseHeaderLayer;
 
-use crate::api::auth::{cookie, SESSION_COOKIE};
-use crate::api::{ApiError, AppState};
+use crate::auth::{cookie, SESSION_COOKIE};
+use crate::error::{fleet_status, ApiError};
 use crate::fleet::{Actor, FleetError};
+use crate::state::AppState;
 use crate::{secrets, store};
 
 mod actions;
@@ -36,7 +37,7 @@ pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'
 const FLASH_COOKIE: &str = "lbfleet_flash";
 const LOGIN_CSRF_COOKIE: &str = "lbfleet_login_csrf";
 
-/// Every dashboard route. Merged into the server's router in `api::router`.
+/// Every dashboard route. Merged into the server's router in `lib.rs`.
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/", get(pages::overview))
@@ -218,7 +219,7 @@ impl FromRequestParts<AppState> for WebUser {
             return Err(login());
         };
         let csrf = p.csrf_token.clone().unwrap_or_default();
-        let p = crate::api::auth::principal(p, crate::api::auth::Via::Token)?;
+        let p = crate::auth::principal(p, crate::auth::Via::Token)?;
         Ok(WebUser {
             name: p.name,
             role: p.role,
@@ -309,25 +310,14 @@ impl From<askama::Error> for WebError {
     }
 }
 
-/// Status and a message for people; internals go to the log only.
+/// Status and a message for people (the shared `fleet_status` mapping; a form shows every invalid field at
+/// once, not only the first).
 pub fn fleet_error_text(e: &FleetError) -> (StatusCode, String) {
     match e {
         FleetError::Invalid(errs) => (StatusCode::UNPROCESSABLE_ENTITY, errs.to_string()),
-        FleetError::NotFound(m) => (StatusCode::NOT_FOUND, m.clone()),
-        FleetError::Conflict(m) => (StatusCode::CONFLICT, m.clone()),
-        FleetError::PreconditionFailed(m) => (StatusCode::PRECONDITION_FAILED, m.clone()),
-        FleetError::Unauthorized(m) => (StatusCode::UNAUTHORIZED, m.clone()),
-        FleetError::Forbidden(m) => (StatusCode::FORBIDDEN, m.clone()),
-        FleetError::Store(e) if e.is_constraint() => (
-            StatusCode::CONFLICT,
-            format!("the change conflicts with existing data ({e})"),
-        ),
-        FleetError::Store(e) => {
-            tracing::error!(error = %e, "dashboard request failed");
-            (
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal error; see the server log".into(),
-            )
+        other => {
+            let (status, _, message) = fleet_status(other);
+            (status, message)
         }
     }
 }
@@ -358,13 +348,10 @@ impl IntoResponse for WebError {
             WebError::NotFound(m) => (StatusCode::NOT_FOUND, m),
             WebError::BadRequest(m) => (StatusCode::BAD_REQUEST, m),
             WebError::Api(ApiError::Fleet(e)) => fleet_error_text(&e),
-            WebError::Api(ApiError::TooManyRequests { retry_after_s }) => (
-                StatusCode::TOO_MANY_REQUESTS,
-                format!("too many failed logins; try again in {retry_after_s} s"),
-            ),
-            WebError::Api(ApiError::Unauthorized(m)) => (StatusCode::UNAUTHORIZED, m),
-            WebError::Api(ApiError::Forbidden(m)) => (StatusCode::FORBIDDEN, m),
-            WebError::Api(ApiError::Request { status, message }) => (status, message),
+            WebError::Api(e) => {
+                let (status, _, message) = e.status();
+                (status, message)
+            }
             WebError::Render(e) => {
                 tracing::error!(error = %e, "template rendering failed");
                 (

@@ -11,8 +11,8 @@ use lbfleet_proto::{AgentReport, ClusterSpec, NodeState, UserRole};
 use serde::Deserialize;
 
 use super::{ago_text, render, time_text, Chrome, WebError, WebUser, LOGIN_CSRF_COOKIE};
-use crate::api::AppState;
 use crate::fleet::{node_key, socket_text, ClusterView, NodeView};
+use crate::state::AppState;
 use crate::store::events::{EventFilter, EventRow};
 use crate::store::nodes::NodeFilter;
 use crate::{secrets, store};

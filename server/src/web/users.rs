@@ -12,8 +12,8 @@ use serde::Deserialize;
 use super::{
     ago_text, fleet_error_text, redirect_with, render, time_text, Chrome, Posted, WebError, WebUser,
 };
-use crate::api::AppState;
 use crate::fleet::FleetError;
+use crate::state::AppState;
 use crate::store;
 
 #[derive(Debug, Clone)]
