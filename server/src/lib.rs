@@ -150,7 +150,6 @@ pub async fn run_with(
         announce_initial_admin(&config, &password)?;
     }
     let fleet = std::sync::Arc::new(fleet);
-    let store = fleet.store().clone();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();
     let mut boot_stats = boot::BootStats::default();
@@ -190,7 +189,7 @@ pub async fn run_with(
         tasks.spawn(boot::tftp::run(sock, tftp_config, stats, stop_rx.clone()));
     }
     tasks.spawn(retention::run(
-        store.clone(),
+        fleet.clone(),
         config.retention,
         stop_rx.clone(),
     ));
@@ -202,7 +201,7 @@ pub async fn run_with(
     };
     let connections = serve::Connections::new(limits.max_connections);
     let tls_on = tls.is_some();
-    let app = router(AppState::new(fleet, config, boot_stats, stop_rx)).layer(
+    let app = router(AppState::new(fleet.clone(), config, boot_stats, stop_rx)).layer(
         axum::middleware::from_fn(move |req, next| serve::https_only(tls_on, req, next)),
     );
     tracing::info!(%addr, tls = tls_on, max_connections = connections.cap(), "lbfleet-server listening");
@@ -224,7 +223,7 @@ pub async fn run_with(
             tracing::error!(error = %e, "boot service failed");
         }
     }
-    store.close().await;
+    fleet.close().await;
     tracing::info!("stopped");
     Ok(())
 }

@@ -250,7 +250,7 @@ async fn discovered_node(srv: &TestServer, mac: &str) -> (i64, String) {
         .await
         .unwrap();
     let id = fleet.discover(mac).await.unwrap();
-    fleet.store().close().await;
+    fleet.close().await;
     let (s, v) = srv
         .post(
             &format!("/api/v1/nodes/{id}/enrollment-token"),

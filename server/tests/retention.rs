@@ -6,6 +6,7 @@ mod common;
 
 use std::time::Duration;
 
+use lbfleet_server::fleet::Fleet;
 use lbfleet_server::retention::{self, Retention};
 use lbfleet_server::store::{self, Store};
 
@@ -31,8 +32,9 @@ async fn events_are_pruned_by_age_and_count() {
         store::audit::verify(&mut conn).await.unwrap()
     };
 
+    let fleet = Fleet::new(store.clone(), Duration::from_secs(60));
     let deleted = retention::prune(
-        &store,
+        &fleet,
         Retention {
             max_age: Duration::from_secs(3600),
             max_rows: 10,

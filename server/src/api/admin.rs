@@ -15,7 +15,7 @@ use crate::error::ApiError;
 use crate::extract::{ApiJson, OptionalJson};
 use crate::fleet::PutOutcome;
 use crate::state::AppState;
-use crate::store::{self, images::ImageRow};
+use crate::store::images::ImageRow;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -29,8 +29,9 @@ pub fn router() -> Router<AppState> {
 }
 
 async fn users(State(s): State<AppState>, _: Admin) -> Result<Response, ApiError> {
-    let mut conn = s.fleet.store().read().await?;
-    let users: Vec<serde_json::Value> = store::auth::users(&mut conn)
+    let users: Vec<serde_json::Value> = s
+        .fleet
+        .users()
         .await?
         .into_iter()
         .map(|u| serde_json::json!({"name": u.name, "role": u.role, "disabled": u.disabled, "created_at": u.created_at}))
@@ -100,8 +101,7 @@ async fn set_password(
 }
 
 async fn tokens(State(s): State<AppState>, _: Admin) -> Result<Response, ApiError> {
-    let mut conn = s.fleet.store().read().await?;
-    Ok(Json(serde_json::json!({"tokens": store::auth::tokens(&mut conn).await?})).into_response())
+    Ok(Json(serde_json::json!({"tokens": s.fleet.tokens().await?})).into_response())
 }
 
 #[derive(Debug, Deserialize)]

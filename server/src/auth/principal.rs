@@ -57,7 +57,6 @@ impl FromRequestParts<AppState> for Principal {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let mut conn = state.fleet.store().read().await?;
         if let Some(token) = bearer(&parts.headers) {
             if token.starts_with(secrets::NODE_CREDENTIAL_PREFIX) {
                 return Err(ApiError::Forbidden(
@@ -65,17 +64,16 @@ impl FromRequestParts<AppState> for Principal {
                 ));
             }
             let hash = secrets::hash_secret(token);
-            let p = store::auth::token_principal(&mut conn, &hash)
-                .await?
-                .ok_or_else(|| {
-                    ApiError::Unauthorized("API token is invalid, expired or revoked".into())
-                })?;
-            drop(conn);
-            super::token_use::record(state.fleet.store(), &hash).await;
+            let p = state.fleet.token_principal(&hash).await?.ok_or_else(|| {
+                ApiError::Unauthorized("API token is invalid, expired or revoked".into())
+            })?;
+            super::token_use::record(&state.fleet, &hash).await;
             return principal(p, Via::Token);
         }
         if let Some(session) = cookie(&parts.headers, SESSION_COOKIE) {
-            let p = store::auth::session(&mut conn, &secrets::hash_secret(session))
+            let p = state
+                .fleet
+                .session_principal(&secrets::hash_secret(session))
                 .await?
                 .ok_or_else(|| ApiError::Unauthorized("session expired; log in again".into()))?;
             let csrf = p.csrf_token.clone().unwrap_or_default();

@@ -46,10 +46,7 @@ pub async fn check_password(
             return Err(ApiError::TooManyRequests { retry_after_s: 1 });
         }
     };
-    let user = {
-        let mut conn = state.fleet.store().read().await?;
-        store::auth::user_by_name(&mut conn, username).await?
-    };
+    let user = state.fleet.user_for_login(username).await?;
     let stored = user
         .as_ref()
         .filter(|u| !u.disabled)
@@ -98,16 +95,15 @@ pub async fn start_session(state: &AppState, user_id: i64) -> Result<NewSession,
     let csrf_token = secrets::new_secret("");
     let ttl = state.config.session_ttl;
     let expires_at = now_ms().saturating_add(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX));
-    let mut tx = state.fleet.store().begin().await?;
-    store::auth::insert_session(
-        &mut tx,
-        &secrets::hash_secret(&session),
-        &csrf_token,
-        user_id,
-        expires_at,
-    )
-    .await?;
-    tx.commit().await.map_err(store::StoreError::from)?;
+    state
+        .fleet
+        .start_session(
+            &secrets::hash_secret(&session),
+            &csrf_token,
+            user_id,
+            expires_at,
+        )
+        .await?;
     let set_cookie = format!(
         "{SESSION_COOKIE}={session}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}{}",
         ttl.as_secs(),
@@ -130,8 +126,9 @@ pub const CLEAR_SESSION_COOKIE: &str =
 
 /// Deletes the session whose plain token is `session` (logout).
 pub async fn end_session(state: &AppState, session: &str) -> Result<(), ApiError> {
-    let mut tx = state.fleet.store().begin().await?;
-    store::auth::delete_session(&mut tx, &secrets::hash_secret(session)).await?;
-    tx.commit().await.map_err(store::StoreError::from)?;
+    state
+        .fleet
+        .end_session(&secrets::hash_secret(session))
+        .await?;
     Ok(())
 }

@@ -122,7 +122,7 @@ async fn script(
         ]));
     };
     let decision = trust::token_decision(
-        state.fleet.store(),
+        &state.fleet,
         boot.allow_token_without_lease,
         &mac,
         peer.ip(),

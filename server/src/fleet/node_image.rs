@@ -38,7 +38,7 @@ impl Fleet {
             Some(&serde_json::json!({ "image": image })),
         )
         .await?;
-        tx.commit().await?;
+        store::commit(tx).await?;
         self.notifier.fleet_changed();
         self.get_node(&NodeKey::Id(row.id)).await
     }

@@ -1,14 +1,13 @@
 //! The audit log table: append (inside the caller's transaction) and queries.
 
 use serde_json::Value;
-use sqlx::SqliteConnection;
 
-use super::{now_ms, StoreError};
+use super::{now_ms, Conn, StoreError};
 use crate::audit::{row_hash, AuditRow, Verification, Verifier};
 
 /// Appends one row, chained to the current head, and moves the head. Call inside the mutation's transaction.
 pub async fn append(
-    conn: &mut SqliteConnection,
+    conn: &mut Conn,
     actor: &str,
     action: &str,
     target: &str,
@@ -68,10 +67,7 @@ pub struct AuditFilter {
     pub limit: i64,
 }
 
-pub async fn list(
-    conn: &mut SqliteConnection,
-    f: &AuditFilter,
-) -> Result<Vec<AuditRow>, StoreError> {
+pub async fn list(conn: &mut Conn, f: &AuditFilter) -> Result<Vec<AuditRow>, StoreError> {
     let target_prefix = f.target.as_ref().map(|t| {
         format!(
             "{}%",
@@ -98,7 +94,7 @@ pub async fn list(
 }
 
 /// Walks the whole chain in pages and checks every link and the stored head.
-pub async fn verify(conn: &mut SqliteConnection) -> Result<Verification, StoreError> {
+pub async fn verify(conn: &mut Conn) -> Result<Verification, StoreError> {
     let mut verifier = Verifier::default();
     let mut after = 0i64;
     loop {
@@ -120,7 +116,7 @@ pub async fn verify(conn: &mut SqliteConnection) -> Result<Verification, StoreEr
     Ok(verifier.finish(head_seq, &head_hash))
 }
 
-pub async fn count(conn: &mut SqliteConnection) -> Result<i64, StoreError> {
+pub async fn count(conn: &mut Conn) -> Result<i64, StoreError> {
     Ok(
         sqlx::query_scalar("SELECT seq FROM audit_head WHERE id = 1")
             .fetch_one(conn)
@@ -129,9 +125,7 @@ pub async fn count(conn: &mut SqliteConnection) -> Result<i64, StoreError> {
 }
 
 /// The distinct actors and actions in the log (for the dashboard's filter suggestions).
-pub async fn actors_and_actions(
-    conn: &mut SqliteConnection,
-) -> Result<(Vec<String>, Vec<String>), StoreError> {
+pub async fn actors_and_actions(conn: &mut Conn) -> Result<(Vec<String>, Vec<String>), StoreError> {
     let actors: Vec<String> =
         sqlx::query_scalar("SELECT DISTINCT actor FROM audit_log ORDER BY actor LIMIT 500")
             .fetch_all(&mut *conn)
@@ -144,7 +138,7 @@ pub async fn actors_and_actions(
 }
 
 /// The chain head: sequence number and hash of the newest row.
-pub async fn head(conn: &mut SqliteConnection) -> Result<(i64, String), StoreError> {
+pub async fn head(conn: &mut Conn) -> Result<(i64, String), StoreError> {
     Ok(
         sqlx::query_as("SELECT seq, hash FROM audit_head WHERE id = 1")
             .fetch_one(conn)

@@ -1,9 +1,8 @@
 //! Operational events (enrollments, VRRP transitions, health flaps, state changes).
 
 use serde::Serialize;
-use sqlx::SqliteConnection;
 
-use super::{now_ms, StoreError};
+use super::{now_ms, Conn, StoreError};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
 pub struct EventRow {
@@ -17,7 +16,7 @@ pub struct EventRow {
 }
 
 pub async fn insert(
-    conn: &mut SqliteConnection,
+    conn: &mut Conn,
     kind: &str,
     node_id: Option<i64>,
     cluster: Option<&str>,
@@ -34,7 +33,7 @@ pub async fn insert(
 }
 
 /// Deletes events older than `before` (ms) and all but the newest `keep`; the number deleted.
-pub async fn prune(conn: &mut SqliteConnection, before: i64, keep: i64) -> Result<u64, StoreError> {
+pub async fn prune(conn: &mut Conn, before: i64, keep: i64) -> Result<u64, StoreError> {
     let old = sqlx::query("DELETE FROM events WHERE at < $1")
         .bind(before)
         .execute(&mut *conn)
@@ -60,10 +59,7 @@ pub struct EventFilter {
     pub limit: i64,
 }
 
-pub async fn list(
-    conn: &mut SqliteConnection,
-    f: &EventFilter,
-) -> Result<Vec<EventRow>, StoreError> {
+pub async fn list(conn: &mut Conn, f: &EventFilter) -> Result<Vec<EventRow>, StoreError> {
     Ok(sqlx::query_as(
         "SELECT e.id, e.at, e.kind, e.node_id, COALESCE(n.hostname, n.mac) AS node, e.cluster, e.message \
          FROM events e LEFT JOIN nodes n ON n.id = e.node_id \

@@ -10,7 +10,7 @@ use serde_json::Value;
 use super::{json_diff, render, time_text, Chrome, DiffLine, WebError, WebUser};
 use crate::audit::{AuditRow, Verification};
 use crate::state::AppState;
-use crate::store::{self, audit::AuditFilter};
+use crate::store::audit::AuditFilter;
 
 #[derive(Debug, Default, Deserialize)]
 pub struct AuditQuery {
@@ -112,12 +112,9 @@ struct AuditPage {
 /// fleet change; a page load always verifies the whole chain.
 static LAST_VERIFIED: std::sync::Mutex<Option<Verification>> = std::sync::Mutex::new(None);
 
-async fn verification(
-    conn: &mut sqlx::SqliteConnection,
-    live_refresh: bool,
-) -> Result<Verification, WebError> {
+async fn verification(s: &AppState, live_refresh: bool) -> Result<Verification, WebError> {
     if live_refresh {
-        let (_, head_hash) = store::audit::head(conn).await?;
+        let head_hash = s.fleet.audit_head_hash().await?;
         let cached = LAST_VERIFIED
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -126,7 +123,7 @@ async fn verification(
             return Ok(v);
         }
     }
-    let v = store::audit::verify(conn).await?;
+    let v = s.fleet.verify_audit().await?;
     if !v.ok {
         tracing::error!(
             problem = v.problem.as_deref().unwrap_or(""),
@@ -154,11 +151,9 @@ pub async fn page(
             Some(e),
         ),
     };
-    let mut conn = s.fleet.store().read().await?;
-    let rows = store::audit::list(&mut conn, &f).await?;
-    let verification = verification(&mut conn, super::is_live_refresh(&headers)).await?;
-    let (actors, actions) = store::audit::actors_and_actions(&mut conn).await?;
-    drop(conn);
+    let rows = s.fleet.audit_page(&f).await?;
+    let verification = verification(&s, super::is_live_refresh(&headers)).await?;
+    let (actors, actions) = s.fleet.audit_facets().await?;
     let query = serde_urlencoded::to_string([
         ("since", q.since.as_str()),
         ("until", q.until.as_str()),
@@ -211,9 +206,8 @@ pub async fn page(
 async fn all_rows(s: &AppState, q: &AuditQuery) -> Result<Vec<AuditRow>, WebError> {
     let mut f = filter(q, 1000).map_err(WebError::BadRequest)?;
     let mut out = Vec::new();
-    let mut conn = s.fleet.store().read().await?;
     loop {
-        let page = store::audit::list(&mut conn, &f).await?;
+        let page = s.fleet.audit_page(&f).await?;
         let n = page.len();
         f.before_seq = page.last().map(|r| r.seq);
         out.extend(page);

@@ -19,7 +19,7 @@ use crate::state::AppState;
 pub async fn stream(State(s): State<AppState>, user: WebUser) -> impl IntoResponse {
     let rx = s.fleet.notifier().subscribe_fleet();
     let stop = crate::auth::session_watch::until_server_stops_or_session_ends(
-        s.fleet.store().clone(),
+        s.fleet.clone(),
         user.session(),
         s.shutdown.clone(),
     );

@@ -211,10 +211,10 @@ impl FromRequestParts<AppState> for WebUser {
         let Some(session) = cookie(&parts.headers, SESSION_COOKIE) else {
             return Err(login());
         };
-        let mut conn = state.fleet.store().read().await.map_err(ApiError::from)?;
-        let Some(p) = store::auth::session(&mut conn, &secrets::hash_secret(session))
-            .await
-            .map_err(ApiError::from)?
+        let Some(p) = state
+            .fleet
+            .session_principal(&secrets::hash_secret(session))
+            .await?
         else {
             return Err(login());
         };

@@ -11,14 +11,11 @@ use lbfleet_proto::{AgentReport, ClusterSpec, NodeState, UserRole};
 use serde::Deserialize;
 
 use super::{ago_text, render, time_text, Chrome, WebError, WebUser, LOGIN_CSRF_COOKIE};
-use crate::fleet::{node_key, socket_text, ClusterView, NodeView};
+use crate::fleet::{node_key, socket_text, AlertKind, ClusterView, NodeView};
+use crate::secrets;
 use crate::state::AppState;
 use crate::store::events::{EventFilter, EventRow};
 use crate::store::nodes::NodeFilter;
-use crate::{secrets, store};
-
-/// A node counts as not reporting when its agent has been silent this long.
-pub const STALE_AFTER_MS: i64 = 60_000;
 
 // ----- shared view pieces -------------------------------------------------------------------------------------
 
@@ -103,19 +100,17 @@ async fn fleet_picture(s: &AppState) -> Result<(FleetPicture, Vec<NodeView>), We
     let clusters = s.fleet.list_clusters().await?;
     let nodes = s.fleet.list_nodes(&NodeFilter::default()).await?;
     let by_name: HashMap<&str, &NodeView> = nodes.iter().map(|n| (n.name.as_str(), n)).collect();
-    let now = store::now_ms();
-    let mut alerts = Vec::new();
     let mut cards = Vec::new();
     for c in &clusters {
         let mut members = Vec::new();
-        let mut masters = Vec::new();
+        let mut masters = 0;
         let mut active_report = None;
         for m in &c.members {
             let Some(n) = by_name.get(m.node.as_str()) else {
                 continue;
             };
             if n.vrrp_state.as_deref() == Some("master") {
-                masters.push(n.name.clone());
+                masters += 1;
             }
             if m.role == "active" {
                 active_report = report_of(&s.fleet.get_node(&node_key(&n.id.to_string())).await?);
@@ -131,18 +126,6 @@ async fn fleet_picture(s: &AppState) -> Result<(FleetPicture, Vec<NodeView>), We
                 let enabled = r.enabled.unwrap_or(true);
                 if !enabled {
                     drained += 1;
-                    alerts.push(Alert {
-                        level: "info",
-                        label: "Drained",
-                        text: format!(
-                            "real server {} of {}:{} in cluster {} is drained",
-                            socket_text(&r.address, r.port),
-                            svc.protocol,
-                            socket_text(&svc.vip, svc.port),
-                            c.name
-                        ),
-                        link: format!("/clusters/{}", c.name),
-                    });
                 }
                 let key = (
                     svc.protocol.to_string(),
@@ -160,28 +143,6 @@ async fn fleet_picture(s: &AppState) -> Result<(FleetPicture, Vec<NodeView>), We
                 up += 1;
             }
         }
-        if !c.members.is_empty() {
-            if masters.is_empty() {
-                alerts.push(Alert {
-                    level: "crit",
-                    label: "No master",
-                    text: format!("cluster {} has no VRRP master", c.name),
-                    link: format!("/clusters/{}", c.name),
-                });
-            } else if masters.len() > 1 {
-                alerts.push(Alert {
-                    level: "crit",
-                    label: "Split brain",
-                    text: format!(
-                        "cluster {} has {} masters: {}",
-                        c.name,
-                        masters.len(),
-                        masters.join(", ")
-                    ),
-                    link: format!("/clusters/{}", c.name),
-                });
-            }
-        }
         cards.push(ClusterCard {
             name: c.name.clone(),
             vips: vip_list(&c.spec.vips, ", "),
@@ -192,62 +153,28 @@ async fn fleet_picture(s: &AppState) -> Result<(FleetPicture, Vec<NodeView>), We
             rs_total,
             drained,
             health_known: active_report.is_some(),
-            masters: masters.len(),
+            masters,
         });
     }
-    for n in &nodes {
-        if n.cluster.is_none() {
-            continue;
-        }
-        if n.last_seen_at.is_none_or(|t| now - t > STALE_AFTER_MS) {
-            alerts.push(Alert {
-                level: "warn",
-                label: "Not reporting",
-                text: format!(
-                    "node {} is not reporting (last seen {})",
-                    n.name,
-                    ago_text(n.last_seen_at)
-                ),
-                link: format!("/nodes/{}", n.id),
-            });
-        }
-        if !n.in_sync {
-            alerts.push(Alert {
-                level: "warn",
-                label: "Lagging",
-                text: format!(
-                    "node {} applied generation {}, newest is {}",
-                    n.name, n.applied_generation, n.role_generation
-                ),
-                link: format!("/nodes/{}", n.id),
-            });
-        }
-    }
-    for e in s.fleet.recent_takeover_alerts().await? {
-        alerts.push(Alert {
-            level: "crit",
-            label: "Re-enrolled",
-            text: e.message,
-            link: e
-                .node_id
-                .map_or_else(|| "/events".into(), |id| format!("/nodes/{id}")),
-        });
-    }
-    let waiting = nodes.iter().filter(|n| n.state == "discovered").count();
-    if waiting > 0 {
-        alerts.push(Alert {
-            level: "info",
-            label: "New hardware",
-            text: format!("{waiting} new machine(s) waiting for approval"),
-            link: "/discovered".into(),
-        });
-    }
-    alerts.sort_by_key(|a| match a.level {
-        "crit" => 0,
-        "warn" => 1,
-        _ => 2,
-    });
+    let alerts = s.fleet.alerts().await?.iter().map(alert_view).collect();
     Ok((FleetPicture { cards, alerts }, nodes))
+}
+
+/// An alert from the fleet as the overview lists it, linked to what it is about.
+fn alert_view(a: &crate::fleet::Alert) -> Alert {
+    let link = match (a.kind, a.node_id, &a.cluster) {
+        (AlertKind::HardwareWaiting, _, _) => "/discovered".to_owned(),
+        (_, Some(id), _) => format!("/nodes/{id}"),
+        (AlertKind::Reenrolled, None, _) => "/events".to_owned(),
+        (_, None, Some(c)) => format!("/clusters/{c}"),
+        (_, None, None) => "/".to_owned(),
+    };
+    Alert {
+        level: a.level.as_str(),
+        label: a.kind.label(),
+        text: a.message.clone(),
+        link,
+    }
 }
 
 fn member_row(n: &NodeView, role: &str, priority: i64) -> MemberRow {
@@ -592,18 +519,14 @@ pub async fn node(
                 .collect()
         })
         .unwrap_or_default();
-    let events = {
-        let mut conn = s.fleet.store().read().await?;
-        store::events::list(
-            &mut conn,
-            &EventFilter {
-                node_id: Some(n.id),
-                limit: 20,
-                ..EventFilter::default()
-            },
-        )
-        .await?
-    };
+    let events = s
+        .fleet
+        .events(&EventFilter {
+            node_id: Some(n.id),
+            limit: 20,
+            ..EventFilter::default()
+        })
+        .await?;
     let images = s
         .fleet
         .list_images()
@@ -1162,21 +1085,17 @@ pub async fn events(
         }
     };
     let limit = 200;
-    let rows = {
-        let mut conn = s.fleet.store().read().await?;
-        store::events::list(
-            &mut conn,
-            &EventFilter {
-                kind: (!q.kind.is_empty()).then(|| q.kind.clone()),
-                node_id,
-                cluster: (!q.cluster.trim().is_empty()).then(|| q.cluster.trim().to_owned()),
-                before_id: q.before,
-                limit,
-                ..EventFilter::default()
-            },
-        )
-        .await?
-    };
+    let rows = s
+        .fleet
+        .events(&EventFilter {
+            kind: (!q.kind.is_empty()).then(|| q.kind.clone()),
+            node_id,
+            cluster: (!q.cluster.trim().is_empty()).then(|| q.cluster.trim().to_owned()),
+            before_id: q.before,
+            limit,
+            ..EventFilter::default()
+        })
+        .await?;
     let older = (rows.len() as i64 == limit).then(|| {
         let last = rows.last().map(|r| r.id).unwrap_or(0);
         format!(

@@ -14,7 +14,6 @@ use super::{
 };
 use crate::fleet::FleetError;
 use crate::state::AppState;
-use crate::store;
 
 #[derive(Debug, Clone)]
 pub struct UserView {
@@ -59,8 +58,9 @@ async fn users_page(
     revealed: Option<Revealed>,
 ) -> Result<Response, WebError> {
     user.require(UserRole::Admin)?;
-    let mut conn = s.fleet.store().read().await?;
-    let users = store::auth::users(&mut conn)
+    let users = s
+        .fleet
+        .users()
         .await?
         .into_iter()
         .map(|u| UserView {
@@ -71,7 +71,9 @@ async fn users_page(
             disabled: u.disabled,
         })
         .collect();
-    let tokens = store::auth::tokens(&mut conn)
+    let tokens = s
+        .fleet
+        .tokens()
         .await?
         .into_iter()
         .map(|t| TokenView {
@@ -86,7 +88,6 @@ async fn users_page(
             last_used: ago_text(t.last_used_at),
         })
         .collect();
-    drop(conn);
     render(&UsersPage {
         p: Chrome::new(user, headers, "users", "Users and API tokens".into()),
         users,
