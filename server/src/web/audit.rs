@@ -7,7 +7,13 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{json_diff, render, time_text, Chrome, DiffLine, WebError, WebUser};
+use axum::routing::get;
+use axum::Router;
+
+use super::error::WebError;
+use super::format::{json_diff, time_text, DiffLine};
+use super::page::{render, Chrome};
+use super::session::WebUser;
 use crate::audit::{AuditRow, Verification};
 use crate::state::AppState;
 use crate::store::audit::AuditFilter;
@@ -134,6 +140,13 @@ async fn verification(s: &AppState, live_refresh: bool) -> Result<Verification, 
     Ok(v)
 }
 
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/audit", get(page))
+        .route("/audit/export.csv", get(export_csv))
+        .route("/audit/export.json", get(export_json))
+}
+
 pub async fn page(
     State(s): State<AppState>,
     user: WebUser,
@@ -152,7 +165,7 @@ pub async fn page(
         ),
     };
     let rows = s.fleet.audit_page(&f).await?;
-    let verification = verification(&s, super::is_live_refresh(&headers)).await?;
+    let verification = verification(&s, super::flash::is_live_refresh(&headers)).await?;
     let (actors, actions) = s.fleet.audit_facets().await?;
     let query = serde_urlencoded::to_string([
         ("since", q.since.as_str()),

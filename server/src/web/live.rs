@@ -10,7 +10,7 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::IntoResponse;
 use futures::stream::{self, Stream, StreamExt};
 
-use super::WebUser;
+use super::session::WebUser;
 
 /// Shortest time between two "changed" events on one stream.
 const MIN_GAP: Duration = Duration::from_millis(100);

@@ -9,9 +9,14 @@ use axum::response::Response;
 use lbfleet_proto::UserRole;
 use serde::Deserialize;
 
-use super::{
-    ago_text, fleet_error_text, redirect_with, render, time_text, Chrome, Posted, WebError, WebUser,
-};
+use axum::routing::{get, post};
+use axum::Router;
+
+use super::error::{fleet_error_text, WebError};
+use super::flash::redirect_with;
+use super::format::{ago_text, time_text};
+use super::page::{render, Chrome};
+use super::session::{Posted, WebUser};
 use crate::fleet::FleetError;
 use crate::state::AppState;
 
@@ -95,6 +100,15 @@ async fn users_page(
         roles: UserRole::ALL.iter().map(|r| r.to_string()).collect(),
         revealed,
     })
+}
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/users", get(page).post(create_user))
+        .route("/users/{name}/delete", post(delete_user))
+        .route("/users/{name}/password", post(reset_password))
+        .route("/tokens", post(create_token))
+        .route("/tokens/{id}/revoke", post(revoke_token))
 }
 
 pub async fn page(
