@@ -138,6 +138,8 @@ pub fn service_reports(table: &IpvsTable, health: &HealthResults) -> Vec<Service
                         address: d.dest.key.addr.to_string(),
                         port: d.dest.key.port,
                         healthy: !health.is_failed(&key, &d.dest.key),
+                        // The agent runs no health checks yet: nothing has looked at this server.
+                        checked: false,
                         weight: d.dest.weight,
                         active_conns: u64::from(d.active_conns),
                         inactive_conns: u64::from(d.inactive_conns),

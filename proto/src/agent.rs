@@ -42,7 +42,11 @@ impl std::fmt::Debug for EnrollResponse {
 pub struct RealServerReport {
     pub address: String,
     pub port: u16,
+    /// False only when a check found the real server failing; true also when nothing checked it.
     pub healthy: bool,
+    /// True once a health check has looked at this real server; until then `healthy` says nothing.
+    #[serde(default)]
+    pub checked: bool,
     /// Weight currently in the kernel.
     #[serde(default)]
     pub weight: u32,

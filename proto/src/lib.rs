@@ -56,6 +56,13 @@ macro_rules! wire_enum {
             }
         }
 
+        impl ::std::convert::TryFrom<String> for $name {
+            type Error = $crate::UnknownValue;
+            fn try_from(s: String) -> ::std::result::Result<Self, Self::Error> {
+                s.parse()
+            }
+        }
+
         impl ::std::str::FromStr for $name {
             type Err = $crate::UnknownValue;
             fn from_str(s: &str) -> ::std::result::Result<Self, Self::Err> {

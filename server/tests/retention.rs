@@ -17,9 +17,15 @@ async fn events_are_pruned_by_age_and_count() {
     let store = Store::open(&common::db_url(&db)).await.unwrap();
     let mut tx = store.begin().await.unwrap();
     for i in 0..30 {
-        store::events::insert(&mut tx, "test", None, None, &format!("event {i}"))
-            .await
-            .unwrap();
+        store::events::insert(
+            &mut tx,
+            store::events::EventKind::AgentError,
+            None,
+            None,
+            &format!("event {i}"),
+        )
+        .await
+        .unwrap();
     }
     // Five of them happened long ago.
     sqlx::query("UPDATE events SET at = 1000 WHERE id <= 5")

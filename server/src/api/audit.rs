@@ -151,7 +151,12 @@ async fn events(
     };
     let f = EventFilter {
         since: parse_time("since", q.since.as_deref())?,
-        kind: q.kind,
+        kind: q
+            .kind
+            .as_deref()
+            .map(str::parse)
+            .transpose()
+            .map_err(|e| ApiError::bad_request(format!("kind: {e}")))?,
         node_id,
         cluster: q.cluster,
         before_id: q.before,

@@ -115,6 +115,7 @@ fn boot_metrics(out: &mut String, stats: &crate::boot::BootStats) {
         }
         let _ = writeln!(out, "# HELP lbfleet_dhcp_lease_writes_total Lease rows made durable.\n# TYPE lbfleet_dhcp_lease_writes_total counter\nlbfleet_dhcp_lease_writes_total {}", d.leases_written.load(Relaxed));
         let _ = writeln!(out, "# HELP lbfleet_dhcp_lease_batches_total Lease write transactions (group commits).\n# TYPE lbfleet_dhcp_lease_batches_total counter\nlbfleet_dhcp_lease_batches_total {}", d.batches.load(Relaxed));
+        let _ = writeln!(out, "# HELP lbfleet_dhcp_reservation_loads_total Reservation snapshots loaded (at start and after fleet changes).\n# TYPE lbfleet_dhcp_reservation_loads_total counter\nlbfleet_dhcp_reservation_loads_total {}", d.reservation_loads.load(Relaxed));
         let _ = writeln!(out, "# HELP lbfleet_dhcp_lease_write_failures_total Failed lease batches (their ACKs were withheld).\n# TYPE lbfleet_dhcp_lease_write_failures_total counter\nlbfleet_dhcp_lease_write_failures_total {}", d.write_failures.load(Relaxed));
     }
     if let Some(t) = &stats.tftp {

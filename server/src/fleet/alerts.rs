@@ -109,7 +109,7 @@ impl Fleet {
             &mut conn,
             &store::events::EventFilter {
                 since: Some(now_ms().saturating_sub(reenrollment::ALERT_FOR_MS)),
-                kind: Some(reenrollment::REENROLLED_ALIVE.into()),
+                kind: Some(reenrollment::REENROLLED_ALIVE),
                 limit: 20,
                 ..Default::default()
             },
@@ -204,7 +204,7 @@ impl Fleet {
         }
         let waiting = nodes
             .iter()
-            .filter(|n| n.state == NodeState::Discovered.as_str())
+            .filter(|n| n.state == NodeState::Discovered)
             .count();
         if waiting > 0 {
             alerts.push(Alert {

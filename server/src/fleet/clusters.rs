@@ -9,6 +9,8 @@ use super::{
     no_cluster, rules, to_value, Actor, ClusterView, FieldError, FieldErrors, Fleet, FleetError,
     PutOutcome, Result,
 };
+use crate::audit::AuditAction;
+use crate::store::clusters::RealServerKey;
 use crate::store::{self, nodes::Member};
 
 /// A condition on the stored cluster for a write to proceed (optimistic concurrency for read-modify-write
@@ -102,31 +104,18 @@ impl Fleet {
         precondition.check(name, before.as_ref().map(|b| b.revision))?;
 
         // Omitted `enabled`: keep what is stored (a drained server stays drained), new servers start enabled.
-        let mut stored_enabled: HashMap<(String, u16, String, String, u16), bool> = HashMap::new();
+        let mut stored_enabled: HashMap<RealServerKey, bool> = HashMap::new();
         if let Some(b) = &before {
             for s in &b.spec.services {
                 for r in &s.real_servers {
-                    let key = (
-                        s.vip.clone(),
-                        s.port,
-                        s.protocol.to_string(),
-                        r.address.clone(),
-                        r.port,
-                    );
-                    stored_enabled.insert(key, r.enabled.unwrap_or(true));
+                    stored_enabled.insert(RealServerKey::of_spec(s, r), r.enabled.unwrap_or(true));
                 }
             }
         }
         for s in &mut spec.services {
             for r in &mut s.real_servers {
                 if r.enabled.is_none() {
-                    let key = (
-                        s.vip.clone(),
-                        s.port,
-                        s.protocol.to_string(),
-                        r.address.clone(),
-                        r.port,
-                    );
+                    let key = RealServerKey::new(s.protocol, &s.vip, s.port, &r.address, r.port);
                     r.enabled = Some(stored_enabled.get(&key).copied().unwrap_or(true));
                 }
             }
@@ -180,9 +169,9 @@ impl Fleet {
         store::clusters::replace_contents(&mut tx, id, &spec).await?;
         let changes = Self::bump_cluster(&mut tx, id).await?;
         let (outcome, action) = if before.is_some() {
-            (PutOutcome::Updated, "cluster.update")
+            (PutOutcome::Updated, AuditAction::ClusterUpdate)
         } else {
-            (PutOutcome::Created, "cluster.create")
+            (PutOutcome::Created, AuditAction::ClusterCreate)
         };
         store::audit::append(
             &mut tx,
@@ -233,7 +222,7 @@ impl Fleet {
         store::audit::append(
             &mut tx,
             &actor.0,
-            "cluster.delete",
+            AuditAction::ClusterDelete,
             &format!("cluster:{name}"),
             Some(&to_value(&c.spec)),
             None,

@@ -7,10 +7,11 @@ use lbfleet_proto::{AgentReport, EnrollRequest, EnrollResponse, NodeState};
 use serde::Serialize;
 use serde_json::json;
 
-use super::{
-    parse_state, reenrollment, rules, socket_text, Actor, FieldError, Fleet, FleetError, Result,
-};
+use super::{reenrollment, rules, socket_text, Actor, FieldError, Fleet, FleetError, Result};
+use crate::audit::AuditAction;
 use crate::secrets;
+use crate::store::clusters::RealServerKey;
+use crate::store::events::EventKind;
 use crate::store::{self, nodes::NodeKey, now_ms, StoreError};
 
 /// A freshly issued one-time enrollment token; the plain token exists only here.
@@ -39,7 +40,7 @@ impl Fleet {
     ) -> Result<EnrollmentToken> {
         let mut tx = self.store.begin().await?;
         let row = Self::node_in(&mut tx, key).await?;
-        let state = parse_state(&row)?;
+        let state = row.state;
         if matches!(state, NodeState::Retired | NodeState::Rejected) {
             return Err(FleetError::Conflict(format!(
                 "node {:?} is {state} and cannot enroll",
@@ -61,7 +62,7 @@ impl Fleet {
             // the audit chain is for changes people make).
             store::events::insert(
                 &mut tx,
-                "boot_script",
+                EventKind::BootScript,
                 Some(row.id),
                 row.cluster.as_deref(),
                 &format!(
@@ -74,7 +75,7 @@ impl Fleet {
             store::audit::append(
                 &mut tx,
                 &actor.0,
-                "node.enrollment_token",
+                AuditAction::NodeEnrollmentToken,
                 &format!("node:{}", row.name()),
                 None,
                 Some(&json!({"expires_at": expires_at})),
@@ -119,7 +120,7 @@ impl Fleet {
             );
             return Err(refused());
         }
-        let state = parse_state(&row)?;
+        let state = row.state;
         if matches!(state, NodeState::Retired | NodeState::Rejected) {
             store::commit(tx).await?;
             return Err(FleetError::Forbidden(format!(
@@ -141,7 +142,7 @@ impl Fleet {
         store::audit::append(
             &mut tx,
             &Actor::node(row.name()).0,
-            "node.enroll",
+            AuditAction::NodeEnroll,
             &format!("node:{}", row.name()),
             None,
             Some(&json!({"agent_version": req.agent_version, "image_version": req.image_version})),
@@ -149,7 +150,7 @@ impl Fleet {
         .await?;
         store::events::insert(
             &mut tx,
-            "enrolled",
+            EventKind::Enrolled,
             Some(node_id),
             row.cluster.as_deref(),
             &format!("node {} enrolled", row.name()),
@@ -175,7 +176,7 @@ impl Fleet {
     pub async fn report(&self, node_id: i64, report: &AgentReport) -> Result<()> {
         let mut tx = self.store.begin().await?;
         let row = Self::node_in(&mut tx, &NodeKey::Id(node_id)).await?;
-        let state = parse_state(&row)?;
+        let state = row.state;
         if matches!(state, NodeState::Retired | NodeState::Rejected) {
             return Err(FleetError::Forbidden(format!(
                 "node {:?} is {state}",
@@ -221,7 +222,7 @@ impl Fleet {
         for t in &transitions {
             // The agent's own account: what changed and why (its clock, ms since the epoch, in `at_ms`).
             let msg = format!("VRRP {} -> {}: {}", t.from, t.to, t.reason);
-            store::events::insert(&mut tx, "vrrp", Some(node_id), cluster, &msg).await?;
+            store::events::insert(&mut tx, EventKind::Vrrp, Some(node_id), cluster, &msg).await?;
         }
         if transitions.is_empty() && row.vrrp_state.as_deref() != vrrp {
             let msg = format!(
@@ -229,24 +230,25 @@ impl Fleet {
                 row.vrrp_state.as_deref().unwrap_or("unknown"),
                 vrrp.unwrap_or("unknown")
             );
-            store::events::insert(&mut tx, "vrrp", Some(node_id), cluster, &msg).await?;
+            store::events::insert(&mut tx, EventKind::Vrrp, Some(node_id), cluster, &msg).await?;
         }
         for (addr, healthy) in health_flips(row.last_report.as_deref(), report) {
             let msg = format!(
                 "real server {addr} is {}",
                 if healthy { "healthy" } else { "failing" }
             );
-            store::events::insert(&mut tx, "health", Some(node_id), cluster, &msg).await?;
+            store::events::insert(&mut tx, EventKind::Health, Some(node_id), cluster, &msg).await?;
         }
         for e in &report.errors {
-            store::events::insert(&mut tx, "agent_error", Some(node_id), cluster, e).await?;
+            store::events::insert(&mut tx, EventKind::AgentError, Some(node_id), cluster, e)
+                .await?;
         }
         if state == NodeState::Assigned && row.cluster.is_some() && applied >= row.role_generation {
-            store::nodes::set_state(&mut tx, node_id, NodeState::Serving.as_str()).await?;
+            store::nodes::set_state(&mut tx, node_id, NodeState::Serving).await?;
             store::audit::append(
                 &mut tx,
                 &Actor::node(&name).0,
-                "node.serving",
+                AuditAction::NodeServing,
                 &format!("node:{name}"),
                 Some(&json!({"state": "assigned"})),
                 Some(&json!({"state": "serving", "applied_generation": applied})),
@@ -254,7 +256,7 @@ impl Fleet {
             .await?;
             store::events::insert(
                 &mut tx,
-                "serving",
+                EventKind::Serving,
                 Some(node_id),
                 cluster,
                 &format!("node {name} serves generation {applied}"),
@@ -291,18 +293,13 @@ fn health_flips(previous: Option<&str>, now: &AgentReport) -> Vec<(String, bool)
     let mut before = HashMap::new();
     for s in &prev.services {
         for r in &s.real_servers {
-            before.insert(
-                (s.vip.clone(), s.port, s.protocol, r.address.clone(), r.port),
-                r.healthy,
-            );
+            before.insert(RealServerKey::of_report(s, r), r.healthy);
         }
     }
     let mut flips = Vec::new();
     for s in &now.services {
         for r in &s.real_servers {
-            if let Some(was) =
-                before.get(&(s.vip.clone(), s.port, s.protocol, r.address.clone(), r.port))
-            {
+            if let Some(was) = before.get(&RealServerKey::of_report(s, r)) {
                 if *was != r.healthy {
                     flips.push((socket_text(&r.address, r.port), r.healthy));
                 }
@@ -381,7 +378,10 @@ mod tests {
             ..AgentReport::default()
         };
         f.report(r.node_id, &behind).await.expect("report");
-        assert_eq!(f.get_node(&key).await.expect("node").state, "assigned");
+        assert_eq!(
+            f.get_node(&key).await.expect("node").state,
+            NodeState::Assigned
+        );
         let applied = AgentReport {
             applied_generation: newest,
             errors: vec!["ipvs: no such service".into()],
@@ -389,7 +389,7 @@ mod tests {
         };
         f.report(r.node_id, &applied).await.expect("report");
         let n = f.get_node(&key).await.expect("node");
-        assert_eq!((n.state.as_str(), n.in_sync), ("serving", true));
+        assert_eq!((n.state, n.in_sync), (NodeState::Serving, true));
         let kinds: Vec<String> = f
             .events(&store::events::EventFilter {
                 node_id: Some(r.node_id),
@@ -399,7 +399,7 @@ mod tests {
             .await
             .expect("events")
             .into_iter()
-            .map(|e| e.kind)
+            .map(|e| e.kind.to_string())
             .collect();
         assert_eq!(kinds, ["serving", "agent_error", "enrolled"]);
 

@@ -108,7 +108,7 @@ mod tests {
             .await
             .expect("events");
         assert_eq!(events.len(), 1);
-        assert_eq!(events[0].kind, "discovered");
+        assert_eq!(events[0].kind.as_str(), "discovered");
         let c = f.counts().await.expect("counts");
         assert_eq!(c.clusters, 1);
         assert_eq!(c.nodes_by_state, vec![("discovered".to_owned(), 1)]);

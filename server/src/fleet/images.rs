@@ -1,6 +1,7 @@
 //! Boot images: the kernel, initrd and command line a node boots, and which one is the default.
 
 use super::{rules, to_value, Actor, Fleet, FleetError, PutOutcome, Result};
+use crate::audit::AuditAction;
 use crate::store;
 
 impl Fleet {
@@ -31,9 +32,9 @@ impl Fleet {
             &mut tx,
             &actor.0,
             if before.is_some() {
-                "image.update"
+                AuditAction::ImageUpdate
             } else {
-                "image.create"
+                AuditAction::ImageCreate
             },
             &format!("image:{}", img.name),
             before.as_ref().map(to_value).as_ref(),
@@ -69,7 +70,7 @@ impl Fleet {
         store::audit::append(
             &mut tx,
             &actor.0,
-            "image.delete",
+            AuditAction::ImageDelete,
             &format!("image:{name}"),
             Some(&to_value(&before)),
             None,

@@ -1,14 +1,54 @@
 //! Node lifecycle: discovery by the boot services, registration (allowlist), approval, rejection, assignment to
 //! a cluster, unassignment and retirement. Every transition is checked, audited and announced in one place.
 
-use lbfleet_proto::{NodeState, Role};
+use lbfleet_proto::{wire_enum, NodeState, Role};
 use serde_json::json;
 
-use super::{parse_state, rules, to_value, Actor, FieldError, Fleet, FleetError, NodeView, Result};
+use super::{rules, to_value, Actor, FieldError, Fleet, FleetError, NodeView, Result};
+use crate::audit::AuditAction;
+use crate::store::events::EventKind;
 use crate::store::{
     self,
     nodes::{Member, NodeKey, NodeRow},
 };
+
+wire_enum!(
+    /// An operator's lifecycle action on a node (see ARCHITECTURE.md, "Node lifecycle").
+    NodeAction {
+        Approve => "approve", Reject => "reject", Assign => "assign", Unassign => "unassign", Retire => "retire",
+    }
+);
+
+impl NodeAction {
+    /// The node transition table: the states each action starts from. The fleet enforces it; the dashboard
+    /// offers an action only where it applies.
+    pub fn from_states(self) -> &'static [NodeState] {
+        use NodeState::*;
+        match self {
+            NodeAction::Approve => &[Discovered, Rejected],
+            NodeAction::Reject => &[Discovered],
+            NodeAction::Assign => &[Ready, Assigned, Serving],
+            NodeAction::Unassign => &[Assigned, Serving],
+            NodeAction::Retire => &[Discovered, Rejected, Ready, Assigned, Serving],
+        }
+    }
+
+    /// Whether this action applies to a node in state `from`.
+    pub fn allowed_from(self, from: NodeState) -> bool {
+        self.from_states().contains(&from)
+    }
+
+    /// The audit row this action writes.
+    pub fn audit_action(self) -> AuditAction {
+        match self {
+            NodeAction::Approve => AuditAction::NodeApprove,
+            NodeAction::Reject => AuditAction::NodeReject,
+            NodeAction::Assign => AuditAction::NodeAssign,
+            NodeAction::Unassign => AuditAction::NodeUnassign,
+            NodeAction::Retire => AuditAction::NodeRetire,
+        }
+    }
+}
 
 /// What the boot services should hand a MAC.
 #[derive(Debug, Clone)]
@@ -28,7 +68,7 @@ impl Fleet {
         let node_id = self.discover(&mac).await?;
         let mut conn = self.store.read().await?;
         let row = Self::node_in(&mut conn, &NodeKey::Id(node_id)).await?;
-        let state = parse_state(&row)?;
+        let state = row.state;
         if matches!(state, NodeState::Retired | NodeState::Rejected) {
             return Err(FleetError::Forbidden(format!(
                 "node {} is {state}; it gets no boot image",
@@ -57,12 +97,12 @@ impl Fleet {
             .await?
             .into_iter()
             .map(|r| NodeView::new(r, false))
-            .collect())
+            .collect::<Result<_, _>>()?)
     }
 
     pub async fn get_node(&self, key: &NodeKey) -> Result<NodeView> {
         let mut conn = self.store.read().await?;
-        Ok(NodeView::new(Self::node_in(&mut conn, key).await?, true))
+        Ok(NodeView::new(Self::node_in(&mut conn, key).await?, true)?)
     }
 
     pub(super) async fn check_image(conn: &mut store::Conn, image: Option<&str>) -> Result<()> {
@@ -133,7 +173,7 @@ impl Fleet {
                 "MAC {mac} is already known as node {:?} (state {}){}",
                 existing.name(),
                 existing.state,
-                if existing.state == "discovered" {
+                if existing.state == NodeState::Discovered {
                     "; approve it instead"
                 } else {
                     ""
@@ -143,19 +183,18 @@ impl Fleet {
         Self::check_hostname(&mut tx, hostname, -1).await?;
         Self::check_image(&mut tx, image).await?;
         let reserved = Self::check_reserved_address(&mut tx, address, &mac).await?;
-        let id =
-            store::nodes::insert(&mut tx, &mac, hostname, NodeState::Ready.as_str(), image).await?;
+        let id = store::nodes::insert(&mut tx, &mac, hostname, NodeState::Ready, image).await?;
         if reserved.is_some() {
             store::nodes::set_reserved_address(&mut tx, id, reserved.as_deref()).await?;
         }
         // Every node starts with a generation, so its agent's first poll (`after=0`) gets the empty role at once.
         Self::bump(&mut tx, &[id]).await?;
         let row = Self::node_in(&mut tx, &NodeKey::Id(id)).await?;
-        let view = NodeView::new(row, false);
+        let view = NodeView::new(row, false)?;
         store::audit::append(
             &mut tx,
             &actor.0,
-            "node.register",
+            AuditAction::NodeRegister,
             &format!("node:{}", view.name),
             None,
             Some(&to_value(&view)),
@@ -173,7 +212,7 @@ impl Fleet {
         if let Some(existing) = store::nodes::get(&mut tx, &NodeKey::Mac(mac.clone())).await? {
             return Ok(existing.id);
         }
-        if store::nodes::count_in_state(&mut tx, NodeState::Discovered.as_str()).await?
+        if store::nodes::count_in_state(&mut tx, NodeState::Discovered).await?
             >= self.max_discovered
         {
             tracing::warn!(
@@ -186,13 +225,12 @@ impl Fleet {
                 self.max_discovered
             )));
         }
-        let id =
-            store::nodes::insert(&mut tx, &mac, None, NodeState::Discovered.as_str(), None).await?;
+        let id = store::nodes::insert(&mut tx, &mac, None, NodeState::Discovered, None).await?;
         Self::bump(&mut tx, &[id]).await?;
         store::audit::append(
             &mut tx,
             "system",
-            "node.discover",
+            AuditAction::NodeDiscover,
             &format!("node:{mac}"),
             None,
             Some(&json!({"mac": mac})),
@@ -200,7 +238,7 @@ impl Fleet {
         .await?;
         store::events::insert(
             &mut tx,
-            "discovered",
+            EventKind::Discovered,
             Some(id),
             None,
             &format!("new hardware {mac} discovered"),
@@ -216,8 +254,7 @@ impl Fleet {
         &self,
         actor: &Actor,
         key: &NodeKey,
-        action: &str,
-        allowed_from: &[NodeState],
+        action: NodeAction,
         apply: impl for<'c> FnOnce(
             &'c mut store::Conn,
             &'c NodeRow,
@@ -225,21 +262,21 @@ impl Fleet {
     ) -> Result<NodeView> {
         let mut tx = self.store.begin().await?;
         let row = Self::node_in(&mut tx, key).await?;
-        let from = parse_state(&row)?;
-        if !allowed_from.contains(&from) {
-            let allowed: Vec<&str> = allowed_from.iter().map(|s| s.as_str()).collect();
+        let from = row.state;
+        if !action.allowed_from(from) {
+            let allowed: Vec<&str> = action.from_states().iter().map(|s| s.as_str()).collect();
             return Err(FleetError::Conflict(format!(
                 "node {:?} is {from}; {action} needs a node that is {}",
                 row.name(),
                 allowed.join(" or ")
             )));
         }
-        let before = NodeView::new(row.clone(), false);
+        let before = NodeView::new(row.clone(), false)?;
         let to = apply(&mut tx, &row).await?;
-        store::nodes::set_state(&mut tx, row.id, to.as_str()).await?;
+        store::nodes::set_state(&mut tx, row.id, to).await?;
         let after_row = Self::node_in(&mut tx, &NodeKey::Id(row.id)).await?;
         let changes = if before.cluster != after_row.cluster
-            || before.role != after_row.role
+            || before.role.map(Role::as_str) != after_row.role.as_deref()
             || before.priority != after_row.priority
             || to == NodeState::Retired
         {
@@ -248,11 +285,11 @@ impl Fleet {
             vec![]
         };
         let after_row = Self::node_in(&mut tx, &NodeKey::Id(row.id)).await?;
-        let after = NodeView::new(after_row, false);
+        let after = NodeView::new(after_row, false)?;
         store::audit::append(
             &mut tx,
             &actor.0,
-            &format!("node.{action}"),
+            action.audit_action(),
             &format!("node:{}", after.name),
             Some(&to_value(&before)),
             Some(&to_value(&after)),
@@ -260,7 +297,7 @@ impl Fleet {
         .await?;
         store::commit(tx).await?;
         self.notifier.announce(&changes);
-        tracing::info!(node = after.name, actor = actor.0, action, from = %from, to = %to, "node transition");
+        tracing::info!(node = after.name, actor = actor.0, action = action.as_str(), from = %from, to = %to, "node transition");
         Ok(after)
     }
 
@@ -273,46 +310,33 @@ impl Fleet {
         image: Option<String>,
         address: Option<String>,
     ) -> Result<NodeView> {
-        self.transition(
-            actor,
-            key,
-            "approve",
-            &[NodeState::Discovered, NodeState::Rejected],
-            move |conn, row| {
-                Box::pin(async move {
-                    Self::check_hostname(conn, hostname.as_deref(), row.id).await?;
-                    Self::check_image(conn, image.as_deref()).await?;
-                    let reserved =
-                        Self::check_reserved_address(conn, address.as_deref(), row.name()).await?;
-                    if reserved.is_some() {
-                        store::nodes::set_reserved_address(conn, row.id, reserved.as_deref())
-                            .await?;
-                    }
-                    let hostname = hostname.or_else(|| row.hostname.clone());
-                    let image = image.or_else(|| row.image.clone());
-                    store::nodes::set_identity(conn, row.id, hostname.as_deref(), image.as_deref())
-                        .await?;
-                    Ok(NodeState::Ready)
-                })
-            },
-        )
+        self.transition(actor, key, NodeAction::Approve, move |conn, row| {
+            Box::pin(async move {
+                Self::check_hostname(conn, hostname.as_deref(), row.id).await?;
+                Self::check_image(conn, image.as_deref()).await?;
+                let reserved =
+                    Self::check_reserved_address(conn, address.as_deref(), row.name()).await?;
+                if reserved.is_some() {
+                    store::nodes::set_reserved_address(conn, row.id, reserved.as_deref()).await?;
+                }
+                let hostname = hostname.or_else(|| row.hostname.clone());
+                let image = image.or_else(|| row.image.clone());
+                store::nodes::set_identity(conn, row.id, hostname.as_deref(), image.as_deref())
+                    .await?;
+                Ok(NodeState::Ready)
+            })
+        })
         .await
     }
 
     /// Rejects discovered hardware: it stays known (so it is not rediscovered) but never gets a role.
     pub async fn reject(&self, actor: &Actor, key: &NodeKey) -> Result<NodeView> {
-        self.transition(
-            actor,
-            key,
-            "reject",
-            &[NodeState::Discovered],
-            |conn, row| {
-                Box::pin(async move {
-                    store::auth::revoke_node(conn, row.id).await?;
-                    Ok(NodeState::Rejected)
-                })
-            },
-        )
+        self.transition(actor, key, NodeAction::Reject, |conn, row| {
+            Box::pin(async move {
+                store::auth::revoke_node(conn, row.id).await?;
+                Ok(NodeState::Rejected)
+            })
+        })
         .await
     }
 
@@ -333,20 +357,20 @@ impl Fleet {
             },
         };
         let cluster = cluster.to_owned();
-        self.transition(actor, key, "assign", &[NodeState::Ready, NodeState::Assigned, NodeState::Serving], move |conn, row| {
+        self.transition(actor, key, NodeAction::Assign, move |conn, row| {
             Box::pin(async move {
                 let c = Self::cluster_in(conn, &cluster).await?;
                 let others: Vec<Member> =
                     store::nodes::members(conn, c.id).await?.into_iter().filter(|m| m.node_id != row.id).collect();
                 match role {
                     Role::Active => {
-                        if let Some(a) = others.iter().find(|m| m.role == "active") {
+                        if let Some(a) = others.iter().find(|m| m.role == Role::Active) {
                             return Err(FleetError::Conflict(format!(
                                 "cluster {cluster:?} already has an active node ({}); assign this one as backup or use switchover",
                                 a.name
                             )));
                         }
-                        if let Some(b) = others.iter().find(|m| m.role == "backup" && m.priority >= i64::from(priority)) {
+                        if let Some(b) = others.iter().find(|m| m.role == Role::Backup && m.priority >= i64::from(priority)) {
                             return Err(FleetError::Conflict(format!(
                                 "the active node needs a higher priority than every backup: backup {} has {}, asked for {priority}",
                                 b.name, b.priority
@@ -354,7 +378,7 @@ impl Fleet {
                         }
                     }
                     Role::Backup => {
-                        if let Some(a) = others.iter().find(|m| m.role == "active" && m.priority <= i64::from(priority)) {
+                        if let Some(a) = others.iter().find(|m| m.role == Role::Active && m.priority <= i64::from(priority)) {
                             return Err(FleetError::Conflict(format!(
                                 "a backup needs a lower priority than the active node: active {} has {}, asked for {priority}",
                                 a.name, a.priority
@@ -362,11 +386,11 @@ impl Fleet {
                         }
                     }
                 }
-                store::nodes::upsert_assignment(conn, row.id, c.id, role.as_str(), priority).await?;
+                store::nodes::upsert_assignment(conn, row.id, c.id, role, priority).await?;
                 let unchanged = row.cluster.as_deref() == Some(cluster.as_str())
                     && row.role.as_deref() == Some(role.as_str())
                     && row.priority == Some(i64::from(priority));
-                Ok(if unchanged && row.state == "serving" { NodeState::Serving } else { NodeState::Assigned })
+                Ok(if unchanged && row.state == NodeState::Serving { NodeState::Serving } else { NodeState::Assigned })
             })
         })
         .await
@@ -374,37 +398,24 @@ impl Fleet {
 
     /// Takes a node out of its cluster; it becomes `ready` and must drop its VIPs and services.
     pub async fn unassign(&self, actor: &Actor, key: &NodeKey) -> Result<NodeView> {
-        self.transition(
-            actor,
-            key,
-            "unassign",
-            &[NodeState::Assigned, NodeState::Serving],
-            |conn, row| {
-                Box::pin(async move {
-                    store::nodes::delete_assignment(conn, row.id).await?;
-                    Ok(NodeState::Ready)
-                })
-            },
-        )
+        self.transition(actor, key, NodeAction::Unassign, |conn, row| {
+            Box::pin(async move {
+                store::nodes::delete_assignment(conn, row.id).await?;
+                Ok(NodeState::Ready)
+            })
+        })
         .await
     }
 
     /// Retires a node for good: no assignment, no credentials; its history stays.
     pub async fn retire(&self, actor: &Actor, key: &NodeKey) -> Result<NodeView> {
-        use NodeState::*;
-        self.transition(
-            actor,
-            key,
-            "retire",
-            &[Discovered, Rejected, Ready, Assigned, Serving],
-            |conn, row| {
-                Box::pin(async move {
-                    store::nodes::delete_assignment(conn, row.id).await?;
-                    store::auth::revoke_node(conn, row.id).await?;
-                    Ok(Retired)
-                })
-            },
-        )
+        self.transition(actor, key, NodeAction::Retire, |conn, row| {
+            Box::pin(async move {
+                store::nodes::delete_assignment(conn, row.id).await?;
+                store::auth::revoke_node(conn, row.id).await?;
+                Ok(NodeState::Retired)
+            })
+        })
         .await
     }
 }
@@ -421,7 +432,10 @@ mod tests {
         let id = f.discover(mac).await.expect("discover");
         assert_eq!(f.discover("52-54-00-00-00-07").await.expect("again"), id);
         let key = NodeKey::Id(id);
-        assert_eq!(f.get_node(&key).await.expect("node").state, "discovered");
+        assert_eq!(
+            f.get_node(&key).await.expect("node").state,
+            NodeState::Discovered
+        );
         // A discovered node cannot be assigned before approval.
         f.put_cluster(&admin(), "ext", &spec(51, "198.18.0.10"))
             .await
@@ -440,14 +454,14 @@ mod tests {
             )
             .await
             .expect("approve");
-        assert_eq!((n.state.as_str(), n.name.as_str()), ("ready", "lb-07"));
+        assert_eq!((n.state, n.name.as_str()), (NodeState::Ready, "lb-07"));
         assert_eq!(n.reserved_address.as_deref(), Some("198.18.1.70"));
         let n = f
             .assign(&admin(), &key, "ext", Role::Active, None)
             .await
             .expect("assign");
         assert_eq!(
-            (n.state.as_str(), n.role.as_deref()),
+            (n.state.as_str(), n.role.map(Role::as_str)),
             ("assigned", Some("active"))
         );
         // A second active, or a backup above the active's priority, is refused.
@@ -462,9 +476,9 @@ mod tests {
             Err(FleetError::Conflict(_))
         ));
         let n = f.unassign(&admin(), &key).await.expect("unassign");
-        assert_eq!((n.state.as_str(), n.cluster.as_deref()), ("ready", None));
+        assert_eq!((n.state, n.cluster.as_deref()), (NodeState::Ready, None));
         let n = f.retire(&admin(), &key).await.expect("retire");
-        assert_eq!(n.state, "retired");
+        assert_eq!(n.state, NodeState::Retired);
         assert!(matches!(
             f.retire(&admin(), &key).await,
             Err(FleetError::Conflict(_))

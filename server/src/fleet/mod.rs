@@ -7,7 +7,6 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use lbfleet_proto::NodeState;
 use serde::Serialize;
 use serde_json::Value;
 
@@ -40,7 +39,7 @@ pub use clusters::Precondition;
 pub use enrollment::EnrollmentToken;
 pub use history::FleetCounts;
 pub use leases::{DhcpReservations, LeaseWrite};
-pub use lifecycle::BootTarget;
+pub use lifecycle::{BootTarget, NodeAction};
 pub use real_servers::{RealServerChange, RealServerRef, ServiceRef};
 pub use rules::{FieldError, FieldErrors};
 pub use switchover::Switchover;
@@ -120,12 +119,6 @@ pub const DEFAULT_MAX_DISCOVERED: i64 = 1024;
 
 fn to_value<T: Serialize>(v: &T) -> Value {
     serde_json::to_value(v).unwrap_or(Value::Null)
-}
-
-fn parse_state(row: &NodeRow) -> Result<NodeState> {
-    row.state
-        .parse()
-        .map_err(|e| FleetError::Store(StoreError::Corrupt(format!("node {}: {e}", row.id))))
 }
 
 /// Parses a node reference from a URL: a numeric id, a MAC, or a hostname.

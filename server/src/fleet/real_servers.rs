@@ -6,6 +6,7 @@ use lbfleet_proto::RealServerSpec;
 use super::{
     rules, socket_text, to_value, Actor, FieldError, FieldErrors, Fleet, FleetError, Result,
 };
+use crate::audit::AuditAction;
 use crate::store::{
     self,
     clusters::{RealServerKey, StoredCluster},
@@ -48,8 +49,16 @@ impl Fleet {
         }
         let key = service.key(&rs.address, rs.port);
         store::clusters::add_real_server(&mut tx, c.id, &key, &rs).await?;
-        self.finish_real_server_change(tx, actor, &c, "real_server.add", &key, None, Some(&rs))
-            .await?;
+        self.finish_real_server_change(
+            tx,
+            actor,
+            &c,
+            AuditAction::RealServerAdd,
+            &key,
+            None,
+            Some(&rs),
+        )
+        .await?;
         Ok(rs)
     }
 
@@ -71,7 +80,7 @@ impl Fleet {
             tx,
             actor,
             &c,
-            "real_server.remove",
+            AuditAction::RealServerRemove,
             &key,
             Some(&current),
             None,
@@ -99,15 +108,15 @@ impl Fleet {
         let action = match change {
             RealServerChange::Weight(w) => {
                 after.weight = w;
-                "real_server.weight"
+                AuditAction::RealServerWeight
             }
             RealServerChange::Enabled(true) => {
                 after.enabled = Some(true);
-                "real_server.enable"
+                AuditAction::RealServerEnable
             }
             RealServerChange::Enabled(false) => {
                 after.enabled = Some(false);
-                "real_server.drain"
+                AuditAction::RealServerDrain
             }
         };
         if after == current {
@@ -133,7 +142,7 @@ impl Fleet {
         mut tx: store::WriteTx,
         actor: &Actor,
         c: &StoredCluster,
-        action: &str,
+        action: AuditAction,
         key: &RealServerKey,
         before: Option<&RealServerSpec>,
         after: Option<&RealServerSpec>,
@@ -161,7 +170,7 @@ impl Fleet {
         tracing::info!(
             cluster = c.name,
             actor = actor.0,
-            action,
+            action = action.as_str(),
             target,
             "real server changed"
         );
@@ -215,13 +224,7 @@ impl ServiceRef {
     }
 
     fn key(&self, address: &str, rs_port: u16) -> RealServerKey {
-        RealServerKey {
-            vip: self.vip.clone(),
-            port: self.port,
-            protocol: self.protocol.to_string(),
-            address: address.to_owned(),
-            rs_port,
-        }
+        RealServerKey::new(self.protocol, &self.vip, self.port, address, rs_port)
     }
 }
 

@@ -2,10 +2,11 @@
 //! the node) or of a node that booted twice. Either way an operator should look, so it becomes an event of
 //! kind `REENROLLED_ALIVE`, which `alerts` turns into an alert for `ALERT_FOR_MS`.
 
+use crate::store::events::EventKind;
 use crate::store::{self, nodes::NodeRow, now_ms, Conn, StoreError};
 
 /// Event kind recorded (and alerted on) when a node re-enrolls while its previous credential was in use.
-pub const REENROLLED_ALIVE: &str = "reenrolled_while_alive";
+pub const REENROLLED_ALIVE: EventKind = EventKind::ReenrolledWhileAlive;
 
 /// How recently the previous credential must have been used for a re-enrollment to be suspicious.
 pub const ALIVE_WINDOW_MS: i64 = 2 * 60 * 1000;

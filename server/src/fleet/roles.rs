@@ -135,9 +135,7 @@ impl Fleet {
             if check_db {
                 let mut conn = self.store.read().await?;
                 let row = Self::node_in(&mut conn, &NodeKey::Id(node_id)).await?;
-                if row.state == NodeState::Retired.as_str()
-                    || row.state == NodeState::Rejected.as_str()
-                {
+                if matches!(row.state, NodeState::Retired | NodeState::Rejected) {
                     return Err(FleetError::Forbidden(format!("node is {}", row.state)));
                 }
                 if u64::try_from(row.role_generation).unwrap_or(0) > after {

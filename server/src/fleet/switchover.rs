@@ -3,9 +3,11 @@
 use serde::Serialize;
 use serde_json::json;
 
-use lbfleet_proto::NodeState;
+use lbfleet_proto::{NodeState, Role};
 
 use super::{to_value, Actor, Fleet, FleetError, Result};
+use crate::audit::AuditAction;
+use crate::store::events::EventKind;
 use crate::store::{self, nodes::NodeKey};
 
 /// Result of a switchover, in the order the roles were changed.
@@ -37,7 +39,7 @@ impl Fleet {
         let members = store::nodes::members(&mut tx, c.id).await?;
         let active = members
             .iter()
-            .find(|m| m.role == "active")
+            .find(|m| m.role == Role::Active)
             .ok_or_else(|| {
                 FleetError::Conflict(format!(
                     "cluster {cluster:?} has no active node to switch over from"
@@ -49,7 +51,7 @@ impl Fleet {
                 let node = Self::node_in(&mut tx, key).await?;
                 members
                     .iter()
-                    .find(|m| m.node_id == node.id && m.role == "backup")
+                    .find(|m| m.node_id == node.id && m.role == Role::Backup)
                     .cloned()
                     .ok_or_else(|| {
                         FleetError::Conflict(format!(
@@ -60,7 +62,7 @@ impl Fleet {
             }
             None => members
                 .iter()
-                .filter(|m| m.role == "backup")
+                .filter(|m| m.role == Role::Backup)
                 .max_by_key(|m| (m.priority, -m.node_id))
                 .cloned()
                 .ok_or_else(|| {
@@ -71,12 +73,12 @@ impl Fleet {
         };
         let (hi, lo) = (active.priority as u8, target.priority as u8);
         // Order matters for the one-active index: demote, then promote, inside one transaction.
-        store::nodes::upsert_assignment(&mut tx, active.node_id, c.id, "backup", lo).await?;
-        store::nodes::upsert_assignment(&mut tx, target.node_id, c.id, "active", hi).await?;
+        store::nodes::upsert_assignment(&mut tx, active.node_id, c.id, Role::Backup, lo).await?;
+        store::nodes::upsert_assignment(&mut tx, target.node_id, c.id, Role::Active, hi).await?;
         let raised = Self::bump(&mut tx, &[target.node_id]).await?;
         let lowered = Self::bump(&mut tx, &[active.node_id]).await?;
         for id in [active.node_id, target.node_id] {
-            store::nodes::set_state(&mut tx, id, NodeState::Assigned.as_str()).await?;
+            store::nodes::set_state(&mut tx, id, NodeState::Assigned).await?;
         }
         let result = Switchover {
             cluster: cluster.to_owned(),
@@ -90,7 +92,7 @@ impl Fleet {
         store::audit::append(
             &mut tx,
             &actor.0,
-            "cluster.switchover",
+            AuditAction::ClusterSwitchover,
             &format!("cluster:{cluster}"),
             Some(&json!({"active": active.name, "backup": target.name})),
             Some(&to_value(&result)),
@@ -98,7 +100,7 @@ impl Fleet {
         .await?;
         store::events::insert(
             &mut tx,
-            "switchover",
+            EventKind::Switchover,
             Some(target.node_id),
             Some(cluster),
             &format!(
@@ -162,8 +164,8 @@ mod tests {
             f.get_node(&a).await.expect("a"),
             f.get_node(&b).await.expect("b"),
         );
-        assert_eq!(na.role.as_deref(), Some("backup"));
-        assert_eq!(nb.role.as_deref(), Some("active"));
+        assert_eq!(na.role, Some(Role::Backup));
+        assert_eq!(nb.role, Some(Role::Active));
         assert_eq!(nb.priority, Some(i64::from(s.new_active_priority)));
         assert_eq!(nb.role_generation, s.new_active_generation as i64);
         assert!(matches!(

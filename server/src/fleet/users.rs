@@ -7,6 +7,7 @@ use lbfleet_proto::UserRole;
 use serde_json::json;
 
 use super::{rules, Actor, FieldError, Fleet, FleetError, Result};
+use crate::audit::AuditAction;
 use crate::secrets;
 use crate::store::{self, now_ms, StoreError};
 
@@ -35,7 +36,7 @@ impl Fleet {
         store::audit::append(
             &mut tx,
             &actor.0,
-            "user.create",
+            AuditAction::UserCreate,
             &format!("user:{name}"),
             None,
             Some(&json!({"role": role})),
@@ -64,7 +65,7 @@ impl Fleet {
         store::audit::append(
             &mut tx,
             &actor.0,
-            "user.password",
+            AuditAction::UserPassword,
             &format!("user:{name}"),
             None,
             None,
@@ -93,7 +94,7 @@ impl Fleet {
         store::audit::append(
             &mut tx,
             &actor.0,
-            "user.delete",
+            AuditAction::UserDelete,
             &format!("user:{name}"),
             Some(&json!({"role": user.role})),
             None,
@@ -136,7 +137,7 @@ impl Fleet {
         store::audit::append(
             &mut tx,
             &actor.0,
-            "token.create",
+            AuditAction::TokenCreate,
             &format!("user:{user}"),
             None,
             Some(&json!({"token_id": id, "name": label, "expires_at": expires_at})),
@@ -154,7 +155,7 @@ impl Fleet {
         store::audit::append(
             &mut tx,
             &actor.0,
-            "token.revoke",
+            AuditAction::TokenRevoke,
             &format!("token:{id}"),
             None,
             None,

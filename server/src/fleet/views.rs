@@ -1,11 +1,12 @@
 //! How the admin API (and the dashboard) sees nodes and clusters.
 
-use lbfleet_proto::ClusterSpec;
+use lbfleet_proto::{ClusterSpec, NodeState, Role, VrrpState};
 use serde::Serialize;
 use serde_json::Value;
 
 use crate::store::clusters::StoredCluster;
 use crate::store::nodes::{Member, NodeRow};
+use crate::store::StoreError;
 
 /// A node as the admin API shows it.
 #[derive(Debug, Clone, Serialize)]
@@ -14,19 +15,19 @@ pub struct NodeView {
     pub name: String,
     pub mac: String,
     pub hostname: Option<String>,
-    pub state: String,
+    pub state: NodeState,
     pub image: Option<String>,
     pub address: Option<String>,
     /// Fixed DHCP address of the node, if it has one.
     pub reserved_address: Option<String>,
     pub cluster: Option<String>,
-    pub role: Option<String>,
+    pub role: Option<Role>,
     pub priority: Option<i64>,
     pub role_generation: i64,
     pub applied_generation: i64,
     /// True when the agent reported the newest role generation as applied.
     pub in_sync: bool,
-    pub vrrp_state: Option<String>,
+    pub vrrp_state: Option<VrrpState>,
     pub agent_version: Option<String>,
     pub image_version: Option<String>,
     pub last_seen_at: Option<i64>,
@@ -37,7 +38,22 @@ pub struct NodeView {
 }
 
 impl NodeView {
-    pub(super) fn new(row: NodeRow, with_report: bool) -> Self {
+    pub(super) fn new(row: NodeRow, with_report: bool) -> Result<Self, StoreError> {
+        let corrupt = |what: &str, e: lbfleet_proto::UnknownValue| {
+            StoreError::Corrupt(format!("node {} {what}: {e}", row.id))
+        };
+        let role = row
+            .role
+            .as_deref()
+            .map(str::parse)
+            .transpose()
+            .map_err(|e| corrupt("role", e))?;
+        let vrrp_state = row
+            .vrrp_state
+            .as_deref()
+            .map(str::parse)
+            .transpose()
+            .map_err(|e| corrupt("VRRP state", e))?;
         let last_report = if with_report {
             row.last_report
                 .as_deref()
@@ -45,7 +61,7 @@ impl NodeView {
         } else {
             None
         };
-        NodeView {
+        Ok(NodeView {
             name: row.name().to_owned(),
             in_sync: row.applied_generation >= row.role_generation,
             id: row.id,
@@ -56,18 +72,18 @@ impl NodeView {
             address: row.address,
             reserved_address: row.reserved_address,
             cluster: row.cluster,
-            role: row.role,
+            role,
             priority: row.priority,
             role_generation: row.role_generation,
             applied_generation: row.applied_generation,
-            vrrp_state: row.vrrp_state,
+            vrrp_state,
             agent_version: row.agent_version,
             image_version: row.image_version,
             last_seen_at: row.last_seen_at,
             created_at: row.created_at,
             updated_at: row.updated_at,
             last_report,
-        }
+        })
     }
 }
 
@@ -75,7 +91,7 @@ impl NodeView {
 #[derive(Debug, Clone, Serialize)]
 pub struct MemberView {
     pub node: String,
-    pub role: String,
+    pub role: Role,
     pub priority: i64,
 }
 

@@ -3,13 +3,13 @@
 use serde_json::Value;
 
 use super::{now_ms, Conn, StoreError};
-use crate::audit::{row_hash, AuditRow, Verification, Verifier};
+use crate::audit::{row_hash, AuditAction, AuditRow, Verification, Verifier};
 
 /// Appends one row, chained to the current head, and moves the head. Call inside the mutation's transaction.
 pub async fn append(
     conn: &mut Conn,
     actor: &str,
-    action: &str,
+    action: AuditAction,
     target: &str,
     before: Option<&Value>,
     after: Option<&Value>,
@@ -26,7 +26,7 @@ pub async fn append(
         seq,
         at,
         actor,
-        action,
+        action.as_str(),
         target,
         before.as_deref(),
         after.as_deref(),
@@ -39,7 +39,7 @@ pub async fn append(
     .bind(seq)
     .bind(at)
     .bind(actor)
-    .bind(action)
+    .bind(action.as_str())
     .bind(target)
     .bind(before)
     .bind(after)

@@ -3,7 +3,8 @@
 use std::collections::HashMap;
 
 use lbfleet_proto::{
-    ClusterSpec, ConnSyncSpec, GarpSpec, HealthCheck, RealServerSpec, ServiceSpec, VipSpec,
+    ClusterSpec, ConnSyncSpec, GarpSpec, HealthCheck, Protocol, RealServerReport, RealServerSpec,
+    ServiceReport, ServiceSpec, VipSpec,
 };
 
 use super::{now_ms, Conn, StoreError};
@@ -394,14 +395,49 @@ pub async fn other_keys(conn: &mut Conn, except: Option<i64>) -> Result<OtherKey
     Ok(keys)
 }
 
-/// Identifies one real server: its service (vip, port, protocol) and its own address and port.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Identifies one real server: its service (protocol, vip, port) and its own address and port. The one key
+/// for a real server everywhere: specs, agent reports, the dashboard's health map and the store.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct RealServerKey {
+    pub protocol: Protocol,
     pub vip: String,
     pub port: u16,
-    pub protocol: String,
     pub address: String,
     pub rs_port: u16,
+}
+
+impl RealServerKey {
+    pub fn new(protocol: Protocol, vip: &str, port: u16, address: &str, rs_port: u16) -> Self {
+        RealServerKey {
+            protocol,
+            vip: vip.to_owned(),
+            port,
+            address: address.to_owned(),
+            rs_port,
+        }
+    }
+
+    /// The key of real server `rs` of service `svc` in a cluster spec.
+    pub fn of_spec(svc: &ServiceSpec, rs: &RealServerSpec) -> Self {
+        RealServerKey {
+            protocol: svc.protocol,
+            vip: svc.vip.clone(),
+            port: svc.port,
+            address: rs.address.clone(),
+            rs_port: rs.port,
+        }
+    }
+
+    /// The key of a real server as an agent reports it.
+    pub fn of_report(svc: &ServiceReport, rs: &RealServerReport) -> Self {
+        RealServerKey {
+            protocol: svc.protocol,
+            vip: svc.vip.clone(),
+            port: svc.port,
+            address: rs.address.clone(),
+            rs_port: rs.port,
+        }
+    }
 }
 
 async fn service_id(
@@ -429,7 +465,8 @@ pub async fn add_real_server(
     key: &RealServerKey,
     r: &RealServerSpec,
 ) -> Result<bool, StoreError> {
-    let Some(sid) = service_id(conn, cluster_id, &key.vip, key.port, &key.protocol).await? else {
+    let Some(sid) = service_id(conn, cluster_id, &key.vip, key.port, key.protocol.as_str()).await?
+    else {
         return Ok(false);
     };
     let pos: i64 = sqlx::query_scalar(
@@ -450,7 +487,8 @@ pub async fn update_real_server(
     weight: u32,
     enabled: bool,
 ) -> Result<u64, StoreError> {
-    let Some(sid) = service_id(conn, cluster_id, &key.vip, key.port, &key.protocol).await? else {
+    let Some(sid) = service_id(conn, cluster_id, &key.vip, key.port, key.protocol.as_str()).await?
+    else {
         return Ok(0);
     };
     Ok(sqlx::query("UPDATE real_servers SET weight = $1, enabled = $2 WHERE service_id = $3 AND address = $4 AND port = $5")
@@ -469,7 +507,8 @@ pub async fn delete_real_server(
     cluster_id: i64,
     key: &RealServerKey,
 ) -> Result<u64, StoreError> {
-    let Some(sid) = service_id(conn, cluster_id, &key.vip, key.port, &key.protocol).await? else {
+    let Some(sid) = service_id(conn, cluster_id, &key.vip, key.port, key.protocol.as_str()).await?
+    else {
         return Ok(0);
     };
     Ok(

@@ -1,5 +1,7 @@
 //! Nodes, their assignments, role generations and agent reports.
 
+use lbfleet_proto::{NodeState, Role};
+
 use super::{now_ms, Conn, StoreError};
 
 /// A node with its assignment (if any), as stored.
@@ -8,7 +10,8 @@ pub struct NodeRow {
     pub id: i64,
     pub mac: String,
     pub hostname: Option<String>,
-    pub state: String,
+    #[sqlx(try_from = "String")]
+    pub state: NodeState,
     pub image: Option<String>,
     pub address: Option<String>,
     pub reserved_address: Option<String>,
@@ -83,7 +86,7 @@ pub async fn insert(
     conn: &mut Conn,
     mac: &str,
     hostname: Option<&str>,
-    state: &str,
+    state: NodeState,
     image: Option<&str>,
 ) -> Result<i64, StoreError> {
     let now = now_ms();
@@ -92,16 +95,16 @@ pub async fn insert(
     )
     .bind(mac)
     .bind(hostname)
-    .bind(state)
+    .bind(state.as_str())
     .bind(image)
     .bind(now)
     .fetch_one(conn)
     .await?)
 }
 
-pub async fn set_state(conn: &mut Conn, id: i64, state: &str) -> Result<(), StoreError> {
+pub async fn set_state(conn: &mut Conn, id: i64, state: NodeState) -> Result<(), StoreError> {
     sqlx::query("UPDATE nodes SET state = $1, updated_at = $2 WHERE id = $3")
-        .bind(state)
+        .bind(state.as_str())
         .bind(now_ms())
         .bind(id)
         .execute(conn)
@@ -186,7 +189,7 @@ pub async fn upsert_assignment(
     conn: &mut Conn,
     node_id: i64,
     cluster_id: i64,
-    role: &str,
+    role: Role,
     priority: u8,
 ) -> Result<(), StoreError> {
     sqlx::query(
@@ -196,7 +199,7 @@ pub async fn upsert_assignment(
     )
     .bind(node_id)
     .bind(cluster_id)
-    .bind(role)
+    .bind(role.as_str())
     .bind(i64::from(priority))
     .bind(now_ms())
     .execute(conn)
@@ -217,7 +220,8 @@ pub async fn delete_assignment(conn: &mut Conn, node_id: i64) -> Result<(), Stor
 pub struct Member {
     pub node_id: i64,
     pub name: String,
-    pub role: String,
+    #[sqlx(try_from = "String")]
+    pub role: Role,
     pub priority: i64,
     pub address: Option<String>,
 }
@@ -240,10 +244,12 @@ pub async fn all_members(conn: &mut Conn) -> Result<Vec<(i64, Member)>, StoreErr
     )
     .fetch_all(conn)
     .await?;
-    Ok(rows
-        .into_iter()
+    rows.into_iter()
         .map(|(c, node_id, name, role, priority, address)| {
-            (
+            let role = role
+                .parse()
+                .map_err(|e| StoreError::Corrupt(format!("assignment of node {node_id}: {e}")))?;
+            Ok((
                 c,
                 Member {
                     node_id,
@@ -252,9 +258,9 @@ pub async fn all_members(conn: &mut Conn) -> Result<Vec<(i64, Member)>, StoreErr
                     priority,
                     address,
                 },
-            )
+            ))
         })
-        .collect())
+        .collect()
 }
 
 /// What an agent report writes onto its node.
@@ -320,10 +326,10 @@ pub async fn count_by_state(conn: &mut Conn) -> Result<Vec<(String, i64)>, Store
     )
 }
 
-pub async fn count_in_state(conn: &mut Conn, state: &str) -> Result<i64, StoreError> {
+pub async fn count_in_state(conn: &mut Conn, state: NodeState) -> Result<i64, StoreError> {
     Ok(
         sqlx::query_scalar("SELECT COUNT(*) FROM nodes WHERE state = $1")
-            .bind(state)
+            .bind(state.as_str())
             .fetch_one(conn)
             .await?,
     )

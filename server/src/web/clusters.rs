@@ -9,7 +9,7 @@ use axum::http::HeaderMap;
 use axum::response::Response;
 use axum::routing::{get, post};
 use axum::Router;
-use lbfleet_proto::{ClusterSpec, UserRole};
+use lbfleet_proto::{ClusterSpec, Role, UserRole};
 use serde::Deserialize;
 
 use super::error::{fleet_error_text, WebError};
@@ -19,8 +19,9 @@ use super::format::{time_text, vip_list};
 use super::page::{render, Chrome};
 use super::picture::*;
 use super::session::{Posted, WebUser};
-use crate::fleet::{node_key, socket_text, ClusterView, FleetError, Precondition};
+use crate::fleet::{node_key, socket_text, ClusterView, FleetError, NodeAction, Precondition};
 use crate::state::AppState;
+use crate::store::clusters::RealServerKey;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -180,14 +181,14 @@ pub async fn clusters_page(
             active: c
                 .members
                 .iter()
-                .filter(|m| m.role == "active")
+                .filter(|m| m.role == Role::Active)
                 .map(|m| m.node.clone())
                 .collect::<Vec<_>>()
                 .join(", "),
             backups: c
                 .members
                 .iter()
-                .filter(|m| m.role == "backup")
+                .filter(|m| m.role == Role::Backup)
                 .map(|m| m.node.clone())
                 .collect::<Vec<_>>()
                 .join(", "),
@@ -212,8 +213,8 @@ pub struct RsView {
     pub address: String,
     pub weight: u32,
     pub enabled: bool,
-    /// `healthy`, `failing` or `unknown` (no report from the active node).
-    pub health: &'static str,
+    /// As the active node's checks report it; `not checked` until a check looked at it.
+    pub health: Health,
 }
 
 #[derive(Debug, Clone)]
@@ -285,7 +286,7 @@ pub async fn cluster_page(
         .into_iter()
         .find(|k| k.name == c.name)
         .ok_or_else(|| WebError::NotFound(format!("no cluster named {name:?}")))?;
-    let active = c.members.iter().find(|m| m.role == "active");
+    let active = c.members.iter().find(|m| m.role == Role::Active);
     let report = match active {
         Some(m) => report_of(&s.fleet.get_node(&node_key(&m.node)).await?),
         None => None,
@@ -331,17 +332,7 @@ pub async fn cluster_page(
                     address: socket_text(&r.address, r.port),
                     weight: r.weight,
                     enabled: r.enabled.unwrap_or(true),
-                    health: match health.get(&(
-                        sv.protocol.to_string(),
-                        sv.vip.clone(),
-                        sv.port,
-                        r.address.clone(),
-                        r.port,
-                    )) {
-                        Some(true) => "healthy",
-                        Some(false) => "failing",
-                        None => "unknown",
-                    },
+                    health: Health::of(health.get(&RealServerKey::of_spec(sv, r)).copied()),
                 })
                 .collect(),
         })
@@ -349,7 +340,7 @@ pub async fn cluster_page(
     let candidates = nodes
         .iter()
         .filter(|n| {
-            matches!(n.state.as_str(), "ready" | "assigned" | "serving")
+            NodeAction::Assign.allowed_from(n.state)
                 && n.cluster.as_deref() != Some(c.name.as_str())
         })
         .map(|n| Candidate {
@@ -357,7 +348,7 @@ pub async fn cluster_page(
             name: n.name.clone(),
             state: match &n.cluster {
                 Some(other) => format!("in {other}"),
-                None => n.state.clone(),
+                None => n.state.to_string(),
             },
         })
         .collect();
@@ -368,8 +359,8 @@ pub async fn cluster_page(
         || svc_form.general.is_some();
     let mut resp = render(&ClusterPage {
         p: Chrome::new(user, headers, "clusters", format!("Cluster {}", c.name)),
-        has_active: c.members.iter().any(|m| m.role == "active"),
-        has_backup: c.members.iter().any(|m| m.role == "backup"),
+        has_active: c.members.iter().any(|m| m.role == Role::Active),
+        has_backup: c.members.iter().any(|m| m.role == Role::Backup),
         vips: c.spec.vips.iter().map(|v| v.addr().to_owned()).collect(),
         form: form.unwrap_or_else(|| ClusterForm::from_spec(&c.name, &c.spec)),
         svc_form,
@@ -415,12 +406,12 @@ pub async fn switchover_confirm(
     let active = c
         .members
         .iter()
-        .find(|m| m.role == "active")
+        .find(|m| m.role == Role::Active)
         .ok_or_else(|| WebError::BadRequest(format!("cluster {name} has no active node")))?;
     let backups: Vec<(String, i64)> = c
         .members
         .iter()
-        .filter(|m| m.role == "backup")
+        .filter(|m| m.role == Role::Backup)
         .map(|m| (m.node.clone(), m.priority))
         .collect();
     let target = backups

@@ -33,7 +33,7 @@ pub struct EventView {
 pub(super) fn event_view(e: &EventRow) -> EventView {
     EventView {
         at: time_text(e.at),
-        kind: e.kind.clone(),
+        kind: e.kind.to_string(),
         node: e.node.clone().unwrap_or_default(),
         node_id: e.node_id,
         cluster: e.cluster.clone().unwrap_or_default(),
@@ -84,7 +84,7 @@ pub async fn events(
     let rows = s
         .fleet
         .events(&EventFilter {
-            kind: (!q.kind.is_empty()).then(|| q.kind.clone()),
+            kind: q.kind.parse().ok(),
             node_id,
             cluster: (!q.cluster.trim().is_empty()).then(|| q.cluster.trim().to_owned()),
             before_id: q.before,

@@ -20,7 +20,7 @@ use super::format::{ago_text, time_text};
 use super::page::{render, Chrome};
 use super::picture::*;
 use super::session::{Posted, WebUser};
-use crate::fleet::{node_key, socket_text, NodeView};
+use crate::fleet::{node_key, socket_text, NodeAction, NodeView};
 use crate::state::AppState;
 use crate::store::events::EventFilter;
 use crate::store::nodes::NodeFilter;
@@ -62,7 +62,7 @@ pub(super) fn node_row(n: &NodeView) -> NodeRowView {
         mac: n.mac.clone(),
         hostname: n.hostname.clone().unwrap_or_default(),
         address: n.address.clone().unwrap_or_else(|| "-".into()),
-        state: n.state.clone(),
+        state: n.state.to_string(),
         placement: match (&n.cluster, &n.role) {
             (Some(c), Some(r)) => format!("{c} / {r}"),
             _ => "-".into(),
@@ -128,7 +128,7 @@ pub async fn nodes(
     let needle = q.q.trim().to_ascii_lowercase();
     let mut rows: Vec<NodeRowView> = all
         .iter()
-        .filter(|n| state.as_deref().is_none_or(|st| n.state == st))
+        .filter(|n| state.as_deref().is_none_or(|st| n.state.as_str() == st))
         .filter(|n| q.cluster.is_empty() || n.cluster.as_deref() == Some(q.cluster.as_str()))
         .filter(|n| {
             needle.is_empty()
@@ -245,7 +245,7 @@ pub struct IpvsServer {
     pub inactive: u64,
     pub connections: u64,
     pub bytes: String,
-    pub healthy: bool,
+    pub health: Health,
 }
 
 #[derive(Template)]
@@ -303,7 +303,7 @@ pub async fn node(
                             inactive: rs.inactive_conns,
                             connections: rs.connections,
                             bytes: format!("{} in / {} out", rs.bytes_in, rs.bytes_out),
-                            healthy: rs.healthy,
+                            health: Health::of(rs.checked.then_some(rs.healthy)),
                         })
                         .collect(),
                 })
@@ -332,7 +332,7 @@ pub async fn node(
         .into_iter()
         .map(|c| c.name)
         .collect();
-    let st = n.state.as_str();
+    let st = n.state;
     let op = user.can_operate();
     render(&NodePage {
         p: Chrome::new(&user, &headers, "nodes", format!("Node {}", n.name)),
@@ -354,11 +354,11 @@ pub async fn node(
         events: events.iter().map(event_view).collect(),
         images,
         clusters,
-        can_approve: op && matches!(st, "discovered" | "rejected"),
-        can_reject: op && st == "discovered",
-        can_assign: op && matches!(st, "ready" | "assigned" | "serving"),
-        can_unassign: op && matches!(st, "assigned" | "serving"),
-        can_retire: op && st != "retired",
+        can_approve: op && NodeAction::Approve.allowed_from(st),
+        can_reject: op && NodeAction::Reject.allowed_from(st),
+        can_assign: op && NodeAction::Assign.allowed_from(st),
+        can_unassign: op && NodeAction::Unassign.allowed_from(st),
+        can_retire: op && NodeAction::Retire.allowed_from(st),
         back: format!("/nodes/{}", n.id),
         n: node_row(&n),
     })

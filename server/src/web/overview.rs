@@ -39,7 +39,7 @@ pub async fn overview(
     let counts: Vec<(String, i64)> = NodeState::ALL
         .iter()
         .map(|st| {
-            let n = nodes.iter().filter(|n| n.state == st.as_str()).count();
+            let n = nodes.iter().filter(|n| n.state == *st).count();
             (st.to_string(), i64::try_from(n).unwrap_or(i64::MAX))
         })
         .collect();

@@ -3,19 +3,21 @@
 
 use std::collections::HashMap;
 
-use lbfleet_proto::AgentReport;
+use lbfleet_proto::{AgentReport, Role, VrrpState};
 
 use super::error::WebError;
 use super::format::{ago_text, vip_list};
 use crate::fleet::{node_key, AlertKind, NodeView};
 use crate::state::AppState;
+use crate::store::clusters::RealServerKey;
 use crate::store::nodes::NodeFilter;
 
 // ----- shared view pieces -------------------------------------------------------------------------------------
 
 /// A node's VRRP state for people: the reported state, or "no report".
 pub(super) fn vrrp_text(n: &NodeView) -> String {
-    n.vrrp_state.clone().unwrap_or_else(|| "no report".into())
+    n.vrrp_state
+        .map_or_else(|| "no report".into(), |v| v.to_string())
 }
 
 pub(super) fn report_of(n: &NodeView) -> Option<AgentReport> {
@@ -24,24 +26,49 @@ pub(super) fn report_of(n: &NodeView) -> Option<AgentReport> {
         .and_then(|v| serde_json::from_value(v).ok())
 }
 
-/// Health of real servers as one node's agent reported it: (proto, vip, port, address, rs_port) -> healthy.
-pub(super) type HealthKey = (String, String, u16, String, u16);
+/// A real server's health for people: only a check that ran may say healthy or failing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Health {
+    Healthy,
+    Failing,
+    NotChecked,
+}
 
-pub(super) fn health_map(report: Option<&AgentReport>) -> HashMap<HealthKey, bool> {
+impl Health {
+    /// From a check result, `None` when no check has looked at the server.
+    pub fn of(checked: Option<bool>) -> Self {
+        match checked {
+            Some(true) => Health::Healthy,
+            Some(false) => Health::Failing,
+            None => Health::NotChecked,
+        }
+    }
+
+    pub fn text(&self) -> &'static str {
+        match self {
+            Health::Healthy => "✔ healthy",
+            Health::Failing => "✖ failing",
+            Health::NotChecked => "not checked",
+        }
+    }
+
+    /// The CSS class suffix (`h-...`).
+    pub fn class(&self) -> &'static str {
+        match self {
+            Health::Healthy => "healthy",
+            Health::Failing => "failing",
+            Health::NotChecked => "unknown",
+        }
+    }
+}
+
+/// Results of the health checks one node's agent reported (real servers no check looked at are absent).
+pub(super) fn health_map(report: Option<&AgentReport>) -> HashMap<RealServerKey, bool> {
     let mut out = HashMap::new();
     if let Some(r) = report {
         for s in &r.services {
-            for rs in &s.real_servers {
-                out.insert(
-                    (
-                        s.protocol.to_string(),
-                        s.vip.clone(),
-                        s.port,
-                        rs.address.clone(),
-                        rs.port,
-                    ),
-                    rs.healthy,
-                );
+            for rs in s.real_servers.iter().filter(|rs| rs.checked) {
+                out.insert(RealServerKey::of_report(s, rs), rs.healthy);
             }
         }
     }
@@ -103,13 +130,13 @@ pub(super) async fn fleet_picture(s: &AppState) -> Result<(FleetPicture, Vec<Nod
             let Some(n) = by_name.get(m.node.as_str()) else {
                 continue;
             };
-            if n.vrrp_state.as_deref() == Some("master") {
+            if n.vrrp_state == Some(VrrpState::Master) {
                 masters += 1;
             }
-            if m.role == "active" {
+            if m.role == Role::Active {
                 active_report = report_of(&s.fleet.get_node(&node_key(&n.id.to_string())).await?);
             }
-            members.push(member_row(n, &m.role, m.priority));
+            members.push(member_row(n, m.role, m.priority));
         }
         let health = health_map(active_report.as_ref());
         let (mut up, mut rs_total, mut rs_healthy, mut drained) = (0, 0, 0, 0);
@@ -121,14 +148,7 @@ pub(super) async fn fleet_picture(s: &AppState) -> Result<(FleetPicture, Vec<Nod
                 if !enabled {
                     drained += 1;
                 }
-                let key = (
-                    svc.protocol.to_string(),
-                    svc.vip.clone(),
-                    svc.port,
-                    r.address.clone(),
-                    r.port,
-                );
-                if health.get(&key) == Some(&true) {
+                if health.get(&RealServerKey::of_spec(svc, r)) == Some(&true) {
                     rs_healthy += 1;
                     any_up |= enabled;
                 }
@@ -146,7 +166,7 @@ pub(super) async fn fleet_picture(s: &AppState) -> Result<(FleetPicture, Vec<Nod
             rs_healthy,
             rs_total,
             drained,
-            health_known: active_report.is_some(),
+            health_known: !health.is_empty(),
             masters,
         });
     }
@@ -171,13 +191,13 @@ pub(super) fn alert_view(a: &crate::fleet::Alert) -> Alert {
     }
 }
 
-pub(super) fn member_row(n: &NodeView, role: &str, priority: i64) -> MemberRow {
+pub(super) fn member_row(n: &NodeView, role: Role, priority: i64) -> MemberRow {
     MemberRow {
         id: n.id,
         name: n.name.clone(),
-        role: role.to_owned(),
+        role: role.to_string(),
         priority,
-        state: n.state.clone(),
+        state: n.state.to_string(),
         vrrp: vrrp_text(n),
         in_sync: n.in_sync,
         generation: format!("{}/{}", n.applied_generation, n.role_generation),

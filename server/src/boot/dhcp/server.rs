@@ -33,6 +33,8 @@ pub struct DhcpStats {
     pub batches: AtomicU64,
     pub leases_written: AtomicU64,
     pub write_failures: AtomicU64,
+    /// Reservation snapshots loaded (at start and after each fleet change).
+    pub reservation_loads: AtomicU64,
 }
 
 /// Lease changes to make durable, and the reply waiting for them.
@@ -133,6 +135,7 @@ pub async fn run(
     let rows = { fleet.active_leases(now_ms()).await.map_err(to_io)? };
     let mut table = LeaseTable::restore(rows.iter().filter_map(lease_from_row));
     let (mut reservations, mut refused) = load_reservations(&fleet).await.map_err(to_io)?;
+    stats.reservation_loads.fetch_add(1, Ordering::Relaxed);
     tracing::info!(local = %socket.local_addr()?, leases = table.len(), "DHCP listening");
 
     let socket = Arc::new(socket);
@@ -173,7 +176,10 @@ pub async fn run(
             Ok(()) = fleet_changes.changed() => {
                 // A node was registered, approved, retired...: refresh the reservation snapshot.
                 match load_reservations(&fleet).await {
-                    Ok((r, x)) => (reservations, refused) = (r, x),
+                    Ok((r, x)) => {
+                        (reservations, refused) = (r, x);
+                        stats.reservation_loads.fetch_add(1, Ordering::Relaxed);
+                    }
                     Err(e) => tracing::error!(error = %e, "cannot reload DHCP reservations"),
                 }
                 continue;
