@@ -404,8 +404,7 @@ async fn operator_approves_assigns_switches_over_and_drains() {
                                   {"address": "198.18.2.1", "port": 8080, "healthy": true, "weight": 0,
                                    "active_conns": 3, "inactive_conns": 40, "connections": 4321,
                                    "bytes_in": 77, "bytes_out": 88},
-                                  {"address": "198.18.2.2", "port": 8080, "healthy": false, "checked": true,
-                                   "weight": 2}]}]
+                                  {"address": "198.18.2.2", "port": 8080, "healthy": false, "weight": 2}]}]
             }))
             .send()
             .await
@@ -692,10 +691,10 @@ async fn a_change_through_the_api_shows_on_an_open_page_within_a_second() {
                 "applied_generation": node["role_generation"], "vrrp_state": "master",
                 "services": [{"vip": "198.18.0.10", "port": 80, "protocol": "tcp", "connections": 12,
                               "real_servers": [
-                                  {"address": "198.18.2.1", "port": 8080, "healthy": true, "checked": true,
-                                   "weight": 1},
-                                  {"address": "198.18.2.2", "port": 8080, "healthy": false, "checked": true,
-                                   "weight": 2}]}]
+                                  {"address": "198.18.2.1", "port": 8080, "healthy": true, "weight": 1,
+                                   "health": {"state": "up"}},
+                                  {"address": "198.18.2.2", "port": 8080, "healthy": false, "weight": 2,
+                                   "health": {"state": "down", "last_error": "connect: refused"}}]}]
             }))
             .send()
             .await
@@ -703,8 +702,8 @@ async fn a_change_through_the_api_shows_on_an_open_page_within_a_second() {
         assert_eq!(resp.status(), StatusCode::NO_CONTENT);
         b.wait_for_text("#members-table tr[data-node=lb-05]", "master").await;
         b.wait_for_text("#members-table tr[data-node=lb-05]", "serving").await;
-        b.wait_for_text("tr[data-rs='198.18.2.2:8080']", "failing").await;
-        b.wait_for_text("tr[data-rs='198.18.2.1:8080']", "healthy").await;
+        b.wait_for_text("tr[data-rs='198.18.2.2:8080']", "✖ down").await;
+        b.wait_for_text("tr[data-rs='198.18.2.1:8080']", "✔ up").await;
         latencies.push(sent.elapsed());
         // A new node registered through the API appears on the overview while it is open.
         b.goto("/nodes").await;

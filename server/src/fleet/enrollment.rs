@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use lbfleet_proto::{AgentReport, EnrollRequest, EnrollResponse, NodeState};
+use lbfleet_proto::{AgentReport, EnrollRequest, EnrollResponse, HealthState, NodeState};
 use serde::Serialize;
 use serde_json::json;
 
@@ -200,6 +200,7 @@ impl Fleet {
             report.image_version.as_deref(),
         )
         .map_err(FleetError::Invalid)?;
+        rules::report_health(report).map_err(FleetError::Invalid)?;
         let report_json =
             serde_json::to_string(report).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let vrrp = report.vrrp_state.map(|s| s.as_str());
@@ -232,11 +233,7 @@ impl Fleet {
             );
             store::events::insert(&mut tx, EventKind::Vrrp, Some(node_id), cluster, &msg).await?;
         }
-        for (addr, healthy) in health_flips(row.last_report.as_deref(), report) {
-            let msg = format!(
-                "real server {addr} is {}",
-                if healthy { "healthy" } else { "failing" }
-            );
+        for msg in health_messages(row.last_report.as_deref(), report) {
             store::events::insert(&mut tx, EventKind::Health, Some(node_id), cluster, &msg).await?;
         }
         for e in &report.errors {
@@ -282,6 +279,50 @@ fn new_vrrp_transitions<'a>(
     now.vrrp_transitions
         .iter()
         .filter(|t| t.at_ms > seen)
+        .collect()
+}
+
+/// The health events of a report: its transitions (with the reason) from an agent that runs health checks,
+/// else the `healthy` flags that changed since the previous report.
+fn health_messages(previous: Option<&str>, now: &AgentReport) -> Vec<String> {
+    let checks = !now.health_events.is_empty()
+        || now
+            .services
+            .iter()
+            .any(|s| s.real_servers.iter().any(|r| r.health.is_some()));
+    if !checks {
+        return health_flips(previous, now)
+            .into_iter()
+            .map(|(addr, healthy)| {
+                format!(
+                    "real server {addr} is {}",
+                    if healthy { "healthy" } else { "failing" }
+                )
+            })
+            .collect();
+    }
+    now.health_events
+        .iter()
+        // A first success is no news: the server had its weight already.
+        .filter(|e| !(e.from == HealthState::NotChecked && e.to == HealthState::Up))
+        .map(|e| {
+            let state = match e.to {
+                HealthState::Up => "up",
+                HealthState::Down => "down",
+                HealthState::NotChecked => "not checked",
+                HealthState::AdminDrained => "drained",
+            };
+            let reason = e
+                .reason
+                .as_deref()
+                .map(|r| format!(": {r}"))
+                .unwrap_or_default();
+            format!(
+                "real server {} of {} is {state}{reason}",
+                socket_text(&e.address, e.port),
+                e.service
+            )
+        })
         .collect()
 }
 

@@ -16,6 +16,7 @@ use super::error::{fleet_error_text, WebError};
 use super::flash::redirect_with;
 use super::form::*;
 use super::format::{time_text, vip_list};
+use super::health::{check_extras, health_views, HealthView};
 use super::page::{render, Chrome};
 use super::picture::*;
 use super::session::{Posted, WebUser};
@@ -213,8 +214,8 @@ pub struct RsView {
     pub address: String,
     pub weight: u32,
     pub enabled: bool,
-    /// As the active node's checks report it; `not checked` until a check looked at it.
-    pub health: Health,
+    /// As the active node reported it (unknown without a report, `not checked` until a check looked at it).
+    pub health: HealthView,
 }
 
 #[derive(Debug, Clone)]
@@ -229,6 +230,10 @@ pub struct ServiceView {
     pub check_kind: String,
     pub check_path: String,
     pub check_status: String,
+    /// The check as it is, for the edit form (which keeps whatever it does not show).
+    pub check_spec: lbfleet_proto::HealthCheck,
+    /// What the check does beyond its one-line description (`on down: remove`, `quorum 2 (-60)`, ...).
+    pub check_extras: Vec<String>,
     /// Position in the spec (ids of the edit form's fields).
     pub index: usize,
     pub servers: Vec<RsView>,
@@ -291,7 +296,7 @@ pub async fn cluster_page(
         Some(m) => report_of(&s.fleet.get_node(&node_key(&m.node)).await?),
         None => None,
     };
-    let health = health_map(report.as_ref());
+    let health = health_views(report.as_ref());
     let services = c
         .spec
         .services
@@ -299,6 +304,8 @@ pub async fn cluster_page(
         .enumerate()
         .map(|(index, sv)| ServiceView {
             index,
+            check_spec: sv.check.clone(),
+            check_extras: check_extras(&sv.check),
             persistence_s: sv.persistence_s,
             check_kind: sv.check.kind.to_string(),
             check_path: sv.check.path.clone().unwrap_or_default(),
@@ -311,15 +318,7 @@ pub async fn cluster_page(
             label: format!("{} {}", sv.protocol, socket_text(&sv.vip, sv.port)),
             scheduler: sv.scheduler.to_string(),
             forward: sv.forward.to_string(),
-            check: match sv.check.kind {
-                lbfleet_proto::CheckKind::Http => format!(
-                    "HTTP {} expects {}",
-                    sv.check.path.as_deref().unwrap_or("/"),
-                    sv.check.expect_status.unwrap_or(200)
-                ),
-                lbfleet_proto::CheckKind::Tcp => "TCP connect".into(),
-                lbfleet_proto::CheckKind::None => "none".into(),
-            },
+            check: sv.check.describe(),
             persistence: if sv.persistence_s == 0 {
                 "off".into()
             } else {
@@ -332,7 +331,10 @@ pub async fn cluster_page(
                     address: socket_text(&r.address, r.port),
                     weight: r.weight,
                     enabled: r.enabled.unwrap_or(true),
-                    health: Health::of(health.get(&RealServerKey::of_spec(sv, r)).copied()),
+                    health: health
+                        .get(&RealServerKey::of_spec(sv, r))
+                        .cloned()
+                        .unwrap_or_else(HealthView::unknown),
                 })
                 .collect(),
         })

@@ -20,6 +20,7 @@ mod events;
 mod flash;
 mod form;
 mod format;
+mod health;
 mod live;
 mod login;
 mod nodes;

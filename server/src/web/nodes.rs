@@ -17,6 +17,7 @@ use super::events::{event_view, EventView};
 use super::flash::redirect_with;
 use super::form::*;
 use super::format::{ago_text, time_text};
+use super::health::HealthView;
 use super::page::{render, Chrome};
 use super::picture::*;
 use super::session::{Posted, WebUser};
@@ -245,7 +246,7 @@ pub struct IpvsServer {
     pub inactive: u64,
     pub connections: u64,
     pub bytes: String,
-    pub health: Health,
+    pub health: HealthView,
 }
 
 #[derive(Template)]
@@ -303,7 +304,7 @@ pub async fn node(
                             inactive: rs.inactive_conns,
                             connections: rs.connections,
                             bytes: format!("{} in / {} out", rs.bytes_in, rs.bytes_out),
-                            health: Health::of(rs.checked.then_some(rs.healthy)),
+                            health: HealthView::of(rs),
                         })
                         .collect(),
                 })

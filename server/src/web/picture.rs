@@ -26,49 +26,15 @@ pub(super) fn report_of(n: &NodeView) -> Option<AgentReport> {
         .and_then(|v| serde_json::from_value(v).ok())
 }
 
-/// A real server's health for people: only a check that ran may say healthy or failing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Health {
-    Healthy,
-    Failing,
-    NotChecked,
-}
-
-impl Health {
-    /// From a check result, `None` when no check has looked at the server.
-    pub fn of(checked: Option<bool>) -> Self {
-        match checked {
-            Some(true) => Health::Healthy,
-            Some(false) => Health::Failing,
-            None => Health::NotChecked,
-        }
-    }
-
-    pub fn text(&self) -> &'static str {
-        match self {
-            Health::Healthy => "✔ healthy",
-            Health::Failing => "✖ failing",
-            Health::NotChecked => "not checked",
-        }
-    }
-
-    /// The CSS class suffix (`h-...`).
-    pub fn class(&self) -> &'static str {
-        match self {
-            Health::Healthy => "healthy",
-            Health::Failing => "failing",
-            Health::NotChecked => "unknown",
-        }
-    }
-}
-
-/// Results of the health checks one node's agent reported (real servers no check looked at are absent).
+/// Results of the health checks one node's agent reported (real servers no check has a result for are absent).
 pub(super) fn health_map(report: Option<&AgentReport>) -> HashMap<RealServerKey, bool> {
     let mut out = HashMap::new();
     if let Some(r) = report {
         for s in &r.services {
-            for rs in s.real_servers.iter().filter(|rs| rs.checked) {
-                out.insert(RealServerKey::of_report(s, rs), rs.healthy);
+            for rs in &s.real_servers {
+                if let Some(up) = super::health::checked_up(rs) {
+                    out.insert(RealServerKey::of_report(s, rs), up);
+                }
             }
         }
     }
