@@ -70,6 +70,10 @@ pub struct ServeArgs {
     /// Address for the API, agent API and HTTP boot [default: 127.0.0.1:8080]
     #[arg(long, env = "LBFLEET_LISTEN", value_name = "ADDR:PORT")]
     pub listen: Option<SocketAddr>,
+    /// A second listener for the boot network: HTTP boot and the agent API move there, and --listen keeps only
+    /// the admin API and dashboard [default: none, one listener serves everything]
+    #[arg(long, env = "LBFLEET_BOOT_LISTEN", value_name = "ADDR:PORT")]
+    pub boot_listen: Option<SocketAddr>,
     /// URL at which nodes reach this server (put in boot scripts); https:// also marks cookies Secure
     #[arg(long, env = "LBFLEET_PUBLIC_URL", value_name = "URL")]
     pub public_url: Option<String>,
@@ -545,6 +549,7 @@ pub enum AuditCommand {
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
     pub listen: Option<SocketAddr>,
+    pub boot_listen: Option<SocketAddr>,
     pub database: Option<String>,
     pub public_url: Option<String>,
     pub long_poll_timeout: Option<String>,
@@ -605,6 +610,8 @@ impl FileConfig {
 #[derive(Clone)]
 pub struct ServerConfig {
     pub listen: SocketAddr,
+    /// The boot network's own listener (HTTP boot and agent API); `None`: `listen` serves everything.
+    pub boot_listen: Option<SocketAddr>,
     pub database: String,
     pub public_url: Option<String>,
     pub long_poll_timeout: Duration,
@@ -626,6 +633,7 @@ impl std::fmt::Debug for ServerConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ServerConfig")
             .field("listen", &self.listen)
+            .field("boot_listen", &self.boot_listen)
             .field("database", &redact_url(&self.database))
             .field("public_url", &self.public_url)
             .field("long_poll_timeout", &self.long_poll_timeout)
@@ -731,13 +739,35 @@ impl ServerConfig {
             .allow_insecure_http
             .or(file.allow_insecure_http)
             .unwrap_or(false);
-        if !tls.is_on() && !listen.ip().is_loopback() && !allow_insecure_http {
+        let boot_listen = args.boot_listen.or(file.boot_listen);
+        for (key, addr) in [("listen", Some(listen)), ("boot_listen", boot_listen)] {
+            match addr {
+                Some(addr) if !tls.is_on() && !addr.ip().is_loopback() && !allow_insecure_http => {
+                    return Err(ConfigError::Invalid {
+                        key,
+                        reason: format!(
+                            "{addr} is not a loopback address and TLS is off: set tls_cert and tls_key or \
+                             tls_self_signed, or pass --allow-insecure-http to accept passwords and node \
+                             credentials in the clear"
+                        ),
+                    });
+                }
+                _ => {}
+            }
+        }
+        // Port 0 (any free port) never clashes.
+        if boot_listen.is_some_and(|b| {
+            b.port() == listen.port()
+                && b.port() != 0
+                && (b.ip() == listen.ip()
+                    || b.ip().is_unspecified()
+                    || listen.ip().is_unspecified())
+        }) {
             return Err(ConfigError::Invalid {
-                key: "listen",
+                key: "boot_listen",
                 reason: format!(
-                    "{listen} is not a loopback address and TLS is off: set tls_cert and tls_key or \
-                     tls_self_signed, or pass --allow-insecure-http to accept passwords and node credentials \
-                     in the clear"
+                    "{} overlaps listen ({listen}); the boot network's listener needs an address or port of its own",
+                    boot_listen.map(|b| b.to_string()).unwrap_or_default()
                 ),
             });
         }
@@ -754,6 +784,7 @@ impl ServerConfig {
         }
         Ok(ServerConfig {
             listen,
+            boot_listen,
             database,
             tls,
             allow_insecure_http,
@@ -804,6 +835,7 @@ impl ServerConfig {
     pub fn with_database(database: impl Into<String>) -> ServerConfig {
         ServerConfig {
             listen: ([127, 0, 0, 1], 0).into(),
+            boot_listen: None,
             database: database.into(),
             public_url: None,
             long_poll_timeout: Duration::from_secs(30),
@@ -974,6 +1006,58 @@ mod tests {
             .map(|e| e.to_string())
             .unwrap_or_default();
         assert!(err.contains("tls_cert and tls_key go together"), "{err}");
+    }
+
+    #[test]
+    fn boot_listen_is_optional_secured_like_listen_and_apart_from_it() {
+        assert_eq!(
+            ServerConfig::resolve(serve_args(&[]))
+                .expect("defaults")
+                .boot_listen,
+            None
+        );
+        let cfg =
+            ServerConfig::resolve(serve_args(&["--boot-listen", "127.0.0.1:8081"])).expect("split");
+        assert_eq!(
+            cfg.boot_listen,
+            Some("127.0.0.1:8081".parse().expect("addr"))
+        );
+        let err = ServerConfig::resolve(serve_args(&["--boot-listen", "198.18.0.1:8081"]))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            err.starts_with(
+                "boot_listen: 198.18.0.1:8081 is not a loopback address and TLS is off"
+            ),
+            "{err}"
+        );
+        assert!(ServerConfig::resolve(serve_args(&[
+            "--boot-listen",
+            "198.18.0.1:8081",
+            "--allow-insecure-http"
+        ]))
+        .is_ok());
+        let cfg = ServerConfig::resolve(serve_args(&[
+            "--listen",
+            "127.0.0.1:0",
+            "--boot-listen",
+            "127.0.0.1:0",
+        ]))
+        .expect("two free ports");
+        assert_eq!(cfg.boot_listen.map(|b| b.port()), Some(0));
+        for clash in ["127.0.0.1:8080", "0.0.0.0:8080"] {
+            let err = ServerConfig::resolve(serve_args(&[
+                "--boot-listen",
+                clash,
+                "--allow-insecure-http",
+            ]))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+            assert!(err.starts_with("boot_listen: "), "{clash}: {err}");
+            assert!(err.contains("overlaps listen"), "{clash}: {err}");
+        }
     }
 
     #[test]

@@ -16,12 +16,14 @@ use state::AppState;
 
 mod api;
 pub mod audit;
+pub mod audit_export;
 pub mod auth;
 pub mod boot;
 pub mod config;
 pub mod error;
 pub mod extract;
 pub mod fleet;
+pub mod listeners;
 pub mod notify;
 pub mod retention;
 pub mod secrets;
@@ -121,21 +123,72 @@ impl BootSockets {
     }
 }
 
-/// Serves the API on `listener` (and the boot services configured) until `shutdown` completes, then drains
-/// in-flight requests (waiting long-polls answer at once) and closes the database.
+/// Serves the API on `listener` (and on `boot_listen` and the boot services, as configured) until `shutdown`
+/// completes, then drains in-flight requests (waiting long-polls answer at once) and closes the database.
 pub async fn run(
     config: ServerConfig,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let sockets = BootSockets::bind(&config).await?;
-    run_with(config, listener, sockets, shutdown).await
+    let listeners = Listeners {
+        main: listener,
+        boot: Listeners::bind_boot(&config).await?,
+    };
+    run_listeners(config, listeners, sockets, shutdown).await
 }
 
 /// `run` with boot sockets the caller bound.
 pub async fn run_with(
-    mut config: ServerConfig,
+    config: ServerConfig,
     listener: TcpListener,
+    sockets: BootSockets,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let listeners = Listeners {
+        main: listener,
+        boot: None,
+    };
+    run_listeners(config, listeners, sockets, shutdown).await
+}
+
+/// The server's TCP listeners, bound before it starts (tests bind port 0).
+#[derive(Debug)]
+pub struct Listeners {
+    /// Serves everything, or with `boot` set, the admin API and dashboard (the management network).
+    pub main: TcpListener,
+    /// `boot_listen`: HTTP boot and the agent API only (the boot network); see `listeners`.
+    pub boot: Option<TcpListener>,
+}
+
+impl Listeners {
+    /// Binds `config.listen` and, if set, `config.boot_listen`.
+    pub async fn bind(config: &ServerConfig) -> anyhow::Result<Listeners> {
+        let main = TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", config.listen))?;
+        Ok(Listeners {
+            main,
+            boot: Self::bind_boot(config).await?,
+        })
+    }
+
+    /// Binds `config.boot_listen` if it is set.
+    pub async fn bind_boot(config: &ServerConfig) -> anyhow::Result<Option<TcpListener>> {
+        let Some(addr) = config.boot_listen else {
+            return Ok(None);
+        };
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr} (boot_listen)"))?;
+        Ok(Some(listener))
+    }
+}
+
+/// `run_with` on one or two listeners (`Listeners`).
+pub async fn run_listeners(
+    mut config: ServerConfig,
+    listeners: Listeners,
     sockets: BootSockets,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
@@ -155,7 +208,14 @@ pub async fn run_with(
     let mut boot_stats = boot::BootStats::default();
     if let (Some(boot), Some(sock)) = (&config.boot, sockets.dhcp) {
         let http_base = config.public_url.clone().unwrap_or_else(|| {
-            let port = listener.local_addr().map(|a| a.port()).unwrap_or(80);
+            // Nodes fetch their boot scripts from the boot network's listener when there is one.
+            let port = listeners
+                .boot
+                .as_ref()
+                .unwrap_or(&listeners.main)
+                .local_addr()
+                .map(|a| a.port())
+                .unwrap_or(80);
             format!("http://{}:{port}", boot.server_address)
         });
         let dhcp = dhcp_config(boot, http_base)?;
@@ -193,7 +253,12 @@ pub async fn run_with(
         config.retention,
         stop_rx.clone(),
     ));
-    let addr = listener.local_addr()?;
+    let addr = listeners.main.local_addr()?;
+    let boot_addr = listeners
+        .boot
+        .as_ref()
+        .map(|l| l.local_addr())
+        .transpose()?;
     let limits = serve::ServeLimits {
         max_connections: config.max_connections,
         header_read_timeout: config.header_read_timeout,
@@ -201,23 +266,64 @@ pub async fn run_with(
     };
     let connections = serve::Connections::new(limits.max_connections);
     let tls_on = tls.is_some();
-    let app = router(AppState::new(fleet.clone(), config, boot_stats, stop_rx)).layer(
-        axum::middleware::from_fn(move |req, next| serve::https_only(tls_on, req, next)),
+    let app = router(AppState::new(
+        fleet.clone(),
+        config,
+        boot_stats,
+        stop_rx.clone(),
+    ))
+    .layer(axum::middleware::from_fn(move |req, next| {
+        serve::https_only(tls_on, req, next)
+    }));
+    let on = |surface: listeners::Surface| {
+        app.clone()
+            .layer(axum::middleware::from_fn(move |req, next| {
+                listeners::restrict(surface, req, next)
+            }))
+    };
+    let main_surface = if listeners.boot.is_some() {
+        listeners::Surface::Management
+    } else {
+        listeners::Surface::Everything
+    };
+    tracing::info!(%addr, boot_listen = ?boot_addr, tls = tls_on, max_connections = connections.cap(),
+        "lbfleet-server listening");
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    let tls_config = tls.map(|t| t.server_config);
+    let main = serve::serve(
+        listeners.main,
+        on(main_surface),
+        tls_config.clone(),
+        limits.clone(),
+        connections.clone(),
+        stopped(stop_rx.clone()),
     );
-    tracing::info!(%addr, tls = tls_on, max_connections = connections.cap(), "lbfleet-server listening");
-    serve::serve(
-        listener,
-        app,
-        tls.map(|t| t.server_config),
-        limits,
-        connections,
-        async move {
-            shutdown.await;
-            tracing::info!("shutting down");
-            let _ = stop_tx.send(true);
-        },
-    )
-    .await?;
+    let boot = async {
+        match listeners.boot {
+            Some(l) => {
+                serve::serve(
+                    l,
+                    on(listeners::Surface::Boot),
+                    tls_config.clone(),
+                    limits.clone(),
+                    connections.clone(),
+                    stopped(stop_rx.clone()),
+                )
+                .await
+            }
+            None => Ok(()),
+        }
+    };
+    let signal = async move {
+        shutdown.await;
+        tracing::info!("shutting down");
+        let _ = stop_tx.send(true);
+    };
+    let (main, boot, ()) = tokio::join!(main, boot, signal);
+    main?;
+    boot?;
     while let Some(done) = tasks.join_next().await {
         if let Ok(Err(e)) = done {
             tracing::error!(error = %e, "boot service failed");
@@ -231,8 +337,10 @@ pub async fn run_with(
 /// Names the self-signed certificate is made out to (agents pin it by hash, so these matter only to browsers).
 fn tls_names(config: &ServerConfig) -> Vec<String> {
     let mut names = vec!["localhost".to_owned()];
-    if !config.listen.ip().is_unspecified() {
-        names.push(config.listen.ip().to_string());
+    for addr in std::iter::once(config.listen).chain(config.boot_listen) {
+        if !addr.ip().is_unspecified() {
+            names.push(addr.ip().to_string());
+        }
     }
     if let Some(b) = &config.boot {
         names.push(b.server_address.to_string());
@@ -252,12 +360,14 @@ fn tls_names(config: &ServerConfig) -> Vec<String> {
 
 /// Logs a warning for every setting that weakens the trust model (docs/security.md).
 fn warn_insecure_settings(config: &ServerConfig) {
-    if !config.tls.is_on() && !config.listen.ip().is_loopback() {
-        tracing::warn!(
-            listen = %config.listen,
-            "plain HTTP on a non-loopback address (--allow-insecure-http): passwords and node credentials \
-             cross the network in the clear"
-        );
+    for addr in std::iter::once(config.listen).chain(config.boot_listen) {
+        if !config.tls.is_on() && !addr.ip().is_loopback() {
+            tracing::warn!(
+                listen = %addr,
+                "plain HTTP on a non-loopback address (--allow-insecure-http): passwords and node \
+                 credentials cross the network in the clear"
+            );
+        }
     }
     if let Some(boot) = &config.boot {
         if boot.allow_token_without_lease {

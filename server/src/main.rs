@@ -70,10 +70,9 @@ async fn main_inner(cli: Cli) -> anyhow::Result<ExitCode> {
             let cfg = ServerConfig::resolve(*args)?;
             init_tracing(cfg.log_format);
             tracing::info!(config = ?cfg, "starting");
-            let listener = tokio::net::TcpListener::bind(cfg.listen)
-                .await
-                .with_context(|| format!("cannot listen on {}", cfg.listen))?;
-            lbfleet_server::run(cfg, listener, shutdown_signal()?).await?;
+            let listeners = lbfleet_server::Listeners::bind(&cfg).await?;
+            let sockets = lbfleet_server::BootSockets::bind(&cfg).await?;
+            lbfleet_server::run_listeners(cfg, listeners, sockets, shutdown_signal()?).await?;
         }
         Command::User(cmd) => {
             init_tracing(LogFormat::Text);

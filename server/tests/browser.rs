@@ -1,8 +1,12 @@
 //! Browser tests: headless Chromium (Debian's `chromium` + `chromium-driver`) drives the dashboard of a real
-//! server on 127.0.0.1:0, through WebDriver with fantoccini. Screenshots of every page at 1280x800 and 390x844
-//! land in `target/screenshots/`.
+//! server on 127.0.0.1:0 over HTTPS, through WebDriver with fantoccini. The server has its self-signed
+//! certificate (made before it starts), and Chromium trusts exactly that key, by its SPKI hash
+//! (`--ignore-certificate-errors-spki-list`), not by ignoring certificate errors in general. Every login checks
+//! that the session cookie is `Secure` and `HttpOnly`. Screenshots of every page at 1280x800 and 390x844 land in
+//! `target/screenshots/`.
 //!
-//! Without Chromium the tests say so and pass locally; with `CI=true` they fail, so CI never skips them.
+//! Without Chromium and chromedriver the tests fail (locally and under CI alike): a missing prerequisite is never
+//! a silent pass. `scripts/install-deps.sh` installs both.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -33,9 +37,10 @@ struct Browser {
     base: String,
 }
 
-/// Starts chromedriver + headless Chromium. A missing browser fails the test (under CI and everywhere else):
+/// Starts chromedriver + headless Chromium that trusts the server certificate whose SubjectPublicKeyInfo hashes
+/// to `spki_sha256` (base64 SHA-256). A missing browser fails the test (under CI and everywhere else):
 /// a prerequisite that is not there is never a silent skip.
-async fn browser(base: &str) -> Browser {
+async fn browser(base: &str, spki_sha256: &str) -> Browser {
     let missing: Vec<&str> = [CHROMIUM, CHROMEDRIVER]
         .into_iter()
         .filter(|p| !Path::new(p).exists())
@@ -68,6 +73,7 @@ async fn browser(base: &str) -> Browser {
                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
                 "--disable-dev-shm-usage", "--hide-scrollbars", "--window-size=1280,800",
                 format!("--user-data-dir={}", profile.path().display()),
+                format!("--ignore-certificate-errors-spki-list={spki_sha256}"),
             ]
         }
     });
@@ -100,6 +106,40 @@ async fn browser(base: &str) -> Browser {
     }
 }
 
+/// A server over HTTPS with a self-signed certificate kept in `dir` (created here first, so the test knows
+/// it before the server starts); `http` trusts exactly that certificate.
+async fn start_https(dir: &Path) -> TestServer {
+    use base64::Engine;
+    use sha2::Digest;
+    let db_path = dir.join("lbfleet.db");
+    let tokens = common::seed(&db_path).await;
+    let setting = lbfleet_server::tls::TlsSetting::SelfSigned {
+        dir: dir.to_owned(),
+    };
+    lbfleet_server::tls::load(&setting, &["localhost".into(), "127.0.0.1".into()]).unwrap();
+    let (cert_path, key_path) = lbfleet_server::tls::self_signed_paths(dir);
+    let cert_pem = std::fs::read(&cert_path).unwrap();
+    let key_pem = std::fs::read_to_string(&key_path).unwrap();
+    let spki = rcgen::KeyPair::from_pem(&key_pem).unwrap().public_key_der();
+    let cert_der = rustls::pki_types::pem::PemObject::from_pem_slice(&cert_pem)
+        .map(|c: rustls::pki_types::CertificateDer<'static>| c.to_vec())
+        .unwrap();
+    assert!(
+        cert_der.windows(spki.len()).any(|w| w == spki.as_slice()),
+        "the certificate carries the key's SubjectPublicKeyInfo"
+    );
+    let spki_sha256 = base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(&spki));
+    let mut srv = TestServer::start_with(db_path, tokens, |c| c.tls = setting).await;
+    srv.base = srv.base.replacen("http://", "https://", 1);
+    srv.http = reqwest::Client::builder()
+        .pool_max_idle_per_host(256)
+        .add_root_certificate(reqwest::Certificate::from_pem(&cert_pem).unwrap())
+        .build()
+        .unwrap();
+    srv.spki_sha256 = Some(spki_sha256);
+    srv
+}
+
 /// Runs `body` with a browser on `srv`, closing the browser whether the body passes or panics.
 async fn with_browser<F, Fut>(srv: &TestServer, body: F)
 where
@@ -107,7 +147,15 @@ where
     Fut: Future<Output = Browser>,
 {
     let _one = ONE_BROWSER.lock().await;
-    let b = browser(&srv.base).await;
+    assert!(
+        srv.base.starts_with("https://"),
+        "browser tests run over HTTPS"
+    );
+    let spki = srv
+        .spki_sha256
+        .as_deref()
+        .expect("an HTTPS test server (start_https)");
+    let b = browser(&srv.base, spki).await;
     let client = b.client.clone();
     let result = std::panic::AssertUnwindSafe(body(b)).catch_unwind().await;
     let _ = client.close().await;
@@ -140,6 +188,27 @@ impl Browser {
         f.set_by_name("password", PASSWORD).await.unwrap();
         f.submit().await.unwrap();
         self.wait_for_text("header .user", user).await;
+        let url = self.client.current_url().await.unwrap();
+        assert_eq!(
+            url.scheme(),
+            "https",
+            "the dashboard runs over HTTPS: {url}"
+        );
+        let session = self
+            .client
+            .get_named_cookie("lbfleet_session")
+            .await
+            .expect("a session cookie after login");
+        assert_eq!(
+            session.secure(),
+            Some(true),
+            "session cookie is Secure: {session}"
+        );
+        assert_eq!(
+            session.http_only(),
+            Some(true),
+            "session cookie is HttpOnly: {session}"
+        );
     }
 
     async fn path(&self) -> String {
@@ -274,7 +343,7 @@ async fn discovered_node(srv: &TestServer, mac: &str) -> (i64, String) {
 #[tokio::test]
 async fn operator_approves_assigns_switches_over_and_drains() {
     let dir = tempfile::tempdir().unwrap();
-    let srv = TestServer::start(dir.path()).await;
+    let srv = start_https(dir.path()).await;
     let op = &srv.tokens.operator;
     let (s, v) = srv
         .put("/api/v1/clusters/ext", op, cluster_spec(51, "198.18.0.10"))
@@ -289,6 +358,14 @@ async fn operator_approves_assigns_switches_over_and_drains() {
         .await;
     assert_eq!(s, StatusCode::CREATED, "{v}");
     let lb01 = v["id"].as_i64().unwrap();
+    let (s, v) = srv
+        .put(
+            "/api/v1/images/2026.11.1",
+            &srv.tokens.admin,
+            json!({"kernel": "vmlinuz", "initrd": "initrd.img", "default": true}),
+        )
+        .await;
+    assert!(s.is_success(), "{v}");
     let (new_id, cred) = discovered_node(&srv, "52:54:00:aa:bb:02").await;
     let api = srv.http.clone();
     let base = srv.base.clone();
@@ -461,6 +538,9 @@ async fn operator_approves_assigns_switches_over_and_drains() {
         b.goto("/events").await;
         b.wait_for_text("#events-table", "switchover").await;
         b.screenshots("events").await;
+        b.goto("/images").await;
+        b.wait_for_text("#images-table tr[data-image='2026.11.1']", "default").await;
+        b.screenshots("images").await;
         eprintln!(
             "browser scenario (approve, assign x2, switchover, drain, audit) took {:?}",
             started.elapsed()
@@ -480,7 +560,7 @@ async fn operator_approves_assigns_switches_over_and_drains() {
 #[tokio::test]
 async fn viewer_cannot_change_anything_and_markup_renders_as_text() {
     let dir = tempfile::tempdir().unwrap();
-    let srv = TestServer::start(dir.path()).await;
+    let srv = start_https(dir.path()).await;
     let op = &srv.tokens.operator;
     let (s, _) = srv
         .put("/api/v1/clusters/ext", op, cluster_spec(51, "198.18.0.10"))
@@ -620,7 +700,7 @@ async fn viewer_cannot_change_anything_and_markup_renders_as_text() {
 #[tokio::test]
 async fn a_change_through_the_api_shows_on_an_open_page_within_a_second() {
     let dir = tempfile::tempdir().unwrap();
-    let srv = TestServer::start(dir.path()).await;
+    let srv = start_https(dir.path()).await;
     let op = srv.tokens.operator.clone();
     let (s, _) = srv
         .put("/api/v1/clusters/ext", &op, cluster_spec(51, "198.18.0.10"))

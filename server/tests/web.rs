@@ -379,6 +379,246 @@ async fn audit_page_filters_verifies_and_exports() {
     assert_eq!(entries[0]["after"]["vrid"], 51);
 }
 
+/// The export streams from one database cursor instead of building the whole log in memory: a log of 20,000
+/// rows comes back complete, newest first, every row chained to the next, as a chunked body (no
+/// Content-Length: the server never held the whole export), in CSV and JSON and filtered.
+#[tokio::test]
+async fn audit_export_streams_every_row_of_a_long_log() {
+    const ROWS: usize = 20_000;
+    let dir = tempfile::tempdir().unwrap();
+    let db_path = dir.path().join("lbfleet.db");
+    let tokens = common::seed(&db_path).await;
+    // Rows of an action the seed never writes, straight through the store (as a long-lived site would have).
+    let store = lbfleet_server::store::Store::open(&common::db_url(&db_path))
+        .await
+        .unwrap();
+    let mut tx = store.begin().await.unwrap();
+    for i in 0..ROWS {
+        lbfleet_server::store::audit::append(
+            &mut tx,
+            "bulk",
+            lbfleet_server::audit::AuditAction::ImageCreate,
+            &format!("node:n{i}"),
+            None,
+            Some(&json!({"i": i, "note": "a \"quoted\", comma'd value"})),
+        )
+        .await
+        .unwrap();
+    }
+    tx.commit().await.unwrap();
+    store.close().await;
+    let srv = TestServer::start_with(db_path, tokens, |_| {}).await;
+    let total = {
+        let (_, v) = srv.get("/api/v1/audit?limit=1", &srv.tokens.admin).await;
+        usize::try_from(v["entries"][0]["seq"].as_i64().unwrap()).unwrap()
+    };
+    assert!(total > ROWS);
+    let s = login(&srv, "view").await;
+    let fetch = |path: &'static str| {
+        let (url, cookie) = (srv.url(path), s.cookie.clone());
+        async move {
+            let resp = client()
+                .get(url)
+                .header(COOKIE, cookie)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), StatusCode::OK);
+            assert!(
+                resp.headers().get("content-length").is_none(),
+                "{path}: the export is streamed, not buffered: {:?}",
+                resp.headers()
+            );
+            resp.text().await.unwrap()
+        }
+    };
+
+    // CSV: (seq, prev_hash, hash) of every line; before/after hold commas and quotes, so read from both ends.
+    let links = |csv: &str| -> Vec<(usize, String, String)> {
+        let mut lines = csv.split("\r\n");
+        assert!(lines.next().unwrap().starts_with("seq,at,time,actor"));
+        lines
+            .filter(|l| !l.is_empty())
+            .map(|l| {
+                let seq = l[1..].split('"').next().unwrap().parse().unwrap();
+                let mut tail = l.rsplitn(3, "\",\"");
+                let hash = tail.next().unwrap().trim_end_matches('"').to_owned();
+                let prev = tail.next().unwrap().to_owned();
+                (seq, prev, hash)
+            })
+            .collect()
+    };
+    let rows = links(&fetch("/audit/export.csv").await);
+    assert_eq!(rows.len(), total, "every row is exported");
+    for (i, w) in rows.windows(2).enumerate() {
+        assert_eq!(w[0].0, total - i, "newest first, none missing");
+        assert_eq!(
+            w[0].1, w[1].2,
+            "row {} is chained to row {}",
+            w[0].0, w[1].0
+        );
+    }
+    let filtered = links(&fetch("/audit/export.csv?action=image.create").await);
+    assert_eq!(filtered.len(), ROWS);
+
+    let v: serde_json::Value = serde_json::from_str(&fetch("/audit/export.json").await).unwrap();
+    let entries = v["entries"].as_array().unwrap();
+    assert_eq!(entries.len(), total);
+    assert_eq!(entries[0]["seq"].as_u64(), Some(total as u64));
+    assert_eq!(entries[total - 1]["seq"], 1);
+    let bulk: Vec<_> = entries
+        .iter()
+        .filter(|e| e["action"] == "image.create")
+        .collect();
+    assert_eq!(bulk.len(), ROWS);
+    assert_eq!(bulk[0]["after"]["i"].as_u64(), Some(ROWS as u64 - 1));
+    assert_eq!(bulk[0]["after"]["note"], "a \"quoted\", comma'd value");
+    for w in entries.windows(2) {
+        assert_eq!(w[0]["prev_hash"], w[1]["hash"]);
+    }
+}
+
+/// Issue 14: the dashboard shows the registered images and lets an operator change an approved node's image
+/// (what the API's `PUT /nodes/{node}/image` does), audited under the operator's name; viewers see the images
+/// but no form, and their posts are refused.
+#[tokio::test]
+async fn images_page_and_changing_a_nodes_image_after_approval() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = TestServer::start(dir.path()).await;
+    let admin = srv.tokens.admin.clone();
+    for (name, default) in [("2026.11.1", true), ("2026.12.0", false)] {
+        let (st, v) = srv
+            .put(
+                &format!("/api/v1/images/{name}"),
+                &admin,
+                json!({"kernel": "vmlinuz", "initrd": "initrd.img", "default": default,
+                       "cmdline": "console=ttyS0"}),
+            )
+            .await;
+        assert!(st.is_success(), "{st} {v}");
+    }
+    let (st, v) = srv
+        .post(
+            "/api/v1/nodes",
+            &srv.tokens.operator,
+            json!({"mac": "52:54:00:dd:00:01", "hostname": "lb-01"}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CREATED, "{v}");
+    let id = v["id"].as_i64().unwrap();
+    assert_eq!(v["state"], "ready", "{v}");
+
+    let view = login(&srv, "view").await;
+    let (st, html) = get_page(&srv, &view, "/images").await;
+    assert_eq!(st, StatusCode::OK);
+    let row = |html: &str, name: &str| -> String {
+        let at = html
+            .find(&format!("<tr data-image=\"{name}\">"))
+            .unwrap_or_else(|| panic!("no row for {name}:\n{html}"));
+        html[at..].split("</tr>").next().unwrap().to_owned()
+    };
+    let nodes_of = |row: &str| -> String {
+        row.split("class=\"nodes\">")
+            .nth(1)
+            .unwrap()
+            .split('<')
+            .next()
+            .unwrap()
+            .to_owned()
+    };
+    let first = row(&html, "2026.11.1");
+    assert!(
+        first.contains("default") && first.contains("console=ttyS0"),
+        "{first}"
+    );
+    assert_eq!(nodes_of(&first), "1", "lb-01 boots the default: {first}");
+    assert_eq!(nodes_of(&row(&html, "2026.12.0")), "0");
+    assert!(html.contains("href=\"/images\" aria-current=\"page\""));
+    let (_, html) = get_page(&srv, &view, &format!("/nodes/{id}")).await;
+    assert!(
+        !html.contains("id=\"node-image\""),
+        "no image form for a viewer"
+    );
+    let resp = post_form(
+        &srv,
+        &view,
+        &format!("/nodes/{id}/image"),
+        &[("csrf", view.csrf.as_str()), ("image", "2026.12.0")],
+    )
+    .await;
+    assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+
+    let op = login(&srv, "oper").await;
+    let (_, html) = get_page(&srv, &op, &format!("/nodes/{id}")).await;
+    let form = html
+        .split("id=\"node-image\"")
+        .nth(1)
+        .unwrap_or_else(|| panic!("an image form on an approved node's page:\n{html}"))
+        .split("</form>")
+        .next()
+        .unwrap()
+        .to_owned();
+    assert!(
+        form.contains("<option value=\"\" selected>default</option>")
+            && form.contains("<option value=\"2026.12.0\">2026.12.0</option>"),
+        "{form}"
+    );
+    let resp = post_form(
+        &srv,
+        &op,
+        &format!("/nodes/{id}/image"),
+        &[
+            ("csrf", op.csrf.as_str()),
+            ("image", "2026.12.0"),
+            ("back", &format!("/nodes/{id}")),
+        ],
+    )
+    .await;
+    assert_eq!(resp.status(), StatusCode::SEE_OTHER);
+    assert_eq!(resp.headers()[LOCATION], format!("/nodes/{id}").as_str());
+    let (_, v) = srv.get("/api/v1/nodes/lb-01", &srv.tokens.viewer).await;
+    assert_eq!(v["image"], "2026.12.0", "{v}");
+    let (_, html) = get_page(&srv, &op, &format!("/nodes/{id}")).await;
+    assert!(
+        html.contains("<option value=\"2026.12.0\" selected>2026.12.0</option>"),
+        "the form shows the node's image"
+    );
+    let (_, html) = get_page(&srv, &op, "/images").await;
+    assert_eq!(nodes_of(&row(&html, "2026.12.0")), "1");
+    assert_eq!(nodes_of(&row(&html, "2026.11.1")), "0");
+    let (_, v) = srv
+        .get("/api/v1/audit?action=node.image", &srv.tokens.admin)
+        .await;
+    let e = &v["entries"][0];
+    assert_eq!(
+        (&e["actor"], &e["target"], &e["after"]["image"]),
+        (&json!("oper"), &json!("node:lb-01"), &json!("2026.12.0")),
+        "{v}"
+    );
+
+    // An unknown image is refused with a message; an empty choice goes back to the default.
+    let resp = post_form(
+        &srv,
+        &op,
+        &format!("/nodes/{id}/image"),
+        &[("csrf", op.csrf.as_str()), ("image", "no-such-image")],
+    )
+    .await;
+    assert_eq!(resp.status(), StatusCode::SEE_OTHER);
+    let (_, v) = srv.get("/api/v1/nodes/lb-01", &srv.tokens.viewer).await;
+    assert_eq!(v["image"], "2026.12.0");
+    let resp = post_form(
+        &srv,
+        &op,
+        &format!("/nodes/{id}/image"),
+        &[("csrf", op.csrf.as_str()), ("image", "")],
+    )
+    .await;
+    assert_eq!(resp.status(), StatusCode::SEE_OTHER);
+    let (_, v) = srv.get("/api/v1/nodes/lb-01", &srv.tokens.viewer).await;
+    assert_eq!(v["image"], serde_json::Value::Null, "{v}");
+}
+
 #[tokio::test]
 async fn cluster_form_shows_validation_next_to_the_field() {
     let dir = tempfile::tempdir().unwrap();

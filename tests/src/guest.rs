@@ -559,7 +559,45 @@ impl RunningGuest {
         append: &str,
         qemu_args: &[String],
     ) -> Result<RunningGuest, HarnessError> {
-        let mut child = Command::new(&prereqs.qemu)
+        RunningGuest::spawn(
+            Command::new(&prereqs.qemu),
+            prereqs,
+            kernel,
+            initrd,
+            append,
+            qemu_args,
+        )
+    }
+
+    /// `start` inside the network namespace `netns` (`ip netns exec`, which execs QEMU: the child's PID is
+    /// QEMU's), so `-netdev tap,ifname=...` opens taps that live in that namespace (a lab site's bridges).
+    pub fn start_in_netns(
+        netns: &crate::lab::Netns,
+        prereqs: &Prereqs,
+        kernel: &Path,
+        initrd: &Path,
+        append: &str,
+        qemu_args: &[String],
+    ) -> Result<RunningGuest, HarnessError> {
+        RunningGuest::spawn(
+            netns.command(&prereqs.qemu.display().to_string()),
+            prereqs,
+            kernel,
+            initrd,
+            append,
+            qemu_args,
+        )
+    }
+
+    fn spawn(
+        mut command: Command,
+        prereqs: &Prereqs,
+        kernel: &Path,
+        initrd: &Path,
+        append: &str,
+        qemu_args: &[String],
+    ) -> Result<RunningGuest, HarnessError> {
+        let mut child = command
             .args(["-accel", "tcg", "-m", "1024", "-smp", "1", "-nodefaults"])
             .args(["-display", "none", "-no-reboot", "-serial", "stdio"])
             .args(["-monitor", "none"])

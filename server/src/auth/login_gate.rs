@@ -7,8 +7,8 @@
 //! hold at most `per_address_in_flight`. Past any bound the answer is 429 at once, so memory stays bounded and a
 //! login from another address is not stuck behind a flood.
 //!
-//! The checks run on `workers` threads of the gate's own, not on tokio's blocking pool: the allocator keeps an
-//! argon2 buffer around per thread that used one, so hundreds of blocking-pool threads would each keep 19 MiB.
+//! The checks run on `workers` threads of the gate's own, not on tokio's blocking pool, and in argon2 buffers
+//! from `secrets`' bounded pool (one per core, reused), so a flood never allocates 19 MiB per attempt.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -43,7 +43,8 @@ pub struct LoginLimits {
 
 impl Default for LoginLimits {
     fn default() -> Self {
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        // As many as the argon2 buffers `secrets` keeps (one per core).
+        let cores = crate::secrets::hashing_concurrency();
         LoginLimits {
             workers: cores,
             queue: 4 * cores + 4,

@@ -42,6 +42,12 @@ impl Fleet {
         Ok(store::audit::actors_and_actions(&mut conn).await?)
     }
 
+    /// A read connection held by one streamed audit export (`audit_export`), which reads the rows through
+    /// `store::audit::stream` from one snapshot.
+    pub async fn audit_export_reader(&self) -> Result<store::ReadConn> {
+        Ok(self.store.read().await?)
+    }
+
     /// Events (VRRP changes, health flips, enrollments, ...), newest first.
     pub async fn events(&self, filter: &EventFilter) -> Result<Vec<EventRow>> {
         let mut conn = self.store.read().await?;

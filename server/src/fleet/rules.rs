@@ -6,11 +6,13 @@ use std::collections::HashSet;
 use std::fmt;
 use std::net::IpAddr;
 
-use lbfleet_proto::{
-    valid_script_name, CheckKind, ClusterSpec, DownAction, ForwardMethod, HealthCheck,
-    RealServerSpec, ServiceSpec,
-};
+use lbfleet_proto::{ClusterSpec, ForwardMethod, RealServerSpec, ServiceSpec};
 use serde::Serialize;
+
+mod checks;
+
+use checks::health_check;
+pub use checks::{report_health, MAX_HEALTH_EVENTS, MAX_HEALTH_TEXT};
 
 /// One rejected field: `field` is a JSON path into the request (`services[0].real_servers[2].weight`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -187,56 +189,6 @@ pub fn report_fields(
     errs.into_result(())
 }
 
-/// Most health transitions one report may carry (the agent keeps at most 1,000 between reports).
-pub const MAX_HEALTH_EVENTS: usize = 1000;
-/// Longest health text (an error, a check description, a service name) a report may carry.
-pub const MAX_HEALTH_TEXT: usize = 512;
-
-/// The health parts of an agent report are shown on the dashboard and stored as events: bounded, printable.
-pub fn report_health(report: &lbfleet_proto::AgentReport) -> Result<(), FieldErrors> {
-    let mut errs = FieldErrors::default();
-    let text_ok = |t: &str| t.len() <= MAX_HEALTH_TEXT && !t.chars().any(char::is_control);
-    for (i, s) in report.services.iter().enumerate() {
-        for (j, r) in s.real_servers.iter().enumerate() {
-            let Some(h) = &r.health else { continue };
-            for (name, t) in [("last_error", &h.last_error), ("check", &h.check)] {
-                if t.as_deref().is_some_and(|t| !text_ok(t)) {
-                    errs.push(
-                        format!("services[{i}].real_servers[{j}].health.{name}"),
-                        format!(
-                            "must be at most {MAX_HEALTH_TEXT} bytes without control characters"
-                        ),
-                    );
-                }
-            }
-        }
-    }
-    if report.health_events.len() > MAX_HEALTH_EVENTS {
-        errs.push(
-            "health_events",
-            format!(
-                "at most {MAX_HEALTH_EVENTS} per report, got {}",
-                report.health_events.len()
-            ),
-        );
-    } else {
-        for (i, e) in report.health_events.iter().enumerate() {
-            let bad = !text_ok(&e.service)
-                || !text_ok(&e.address)
-                || e.reason.as_deref().is_some_and(|t| !text_ok(t));
-            if bad {
-                errs.push(
-                    format!("health_events[{i}]"),
-                    format!(
-                        "texts must be at most {MAX_HEALTH_TEXT} bytes without control characters"
-                    ),
-                );
-            }
-        }
-    }
-    errs.into_result(())
-}
-
 /// An image's extra kernel arguments. They end up on an iPXE `kernel` line, where `|`, `;`, `&`, `$`, quotes,
 /// backquotes and newlines have meaning of their own, so only kernel-argument characters are allowed
 /// (`[A-Za-z0-9 ._,:=/+@%~-]`), and no `lbfleet.*` key: those are the server's to set (a second
@@ -333,7 +285,7 @@ pub fn cluster_spec(spec: &ClusterSpec) -> Result<ValidCluster, FieldErrors> {
         v => errs.push("vrrp_version", format!("must be 2 or 3, got {v}")),
     }
 
-    // VIPs: one address family per VRRP instance; v2 is IPv4 only.
+    // VIPs: IPv4 only (the agent implements VRRP for IPv4), one family per VRRP instance.
     if spec.vips.is_empty() {
         errs.push("vips", "at least one VIP is required");
     }
@@ -354,10 +306,14 @@ pub fn cluster_spec(spec: &ClusterSpec) -> Result<ValidCluster, FieldErrors> {
                     .is_some_and(|f| f.is_ipv4() != addr.is_ipv4())
                 {
                     errs.push(&field, "all VIPs of a cluster must be one address family");
-                } else if spec.vrrp_version == 2 && addr.is_ipv6() {
+                } else if addr.is_ipv6() {
+                    // The agent's VRRP (both versions) and its gratuitous ARP are IPv4-only: an IPv6 VIP
+                    // would be accepted here and never held by any node.
                     errs.push(
                         &field,
-                        "VRRPv2 carries IPv4 addresses only; use vrrp_version 3",
+                        format!(
+                            "{addr}: IPv6 VIPs are not supported (the agent's VRRP is IPv4-only)"
+                        ),
                     );
                 } else {
                     out.vips[i].address = format!("{addr}/{prefix}");
@@ -586,314 +542,6 @@ pub fn weight(w: u32) -> Result<u32, FieldError> {
     }
 }
 
-/// Validates a service's check: timings, the parameters of its kind (and only those), the down action's
-/// companions (sorry server, quorum) and per-real-server overrides.
-fn health_check(
-    field: &str,
-    c: &HealthCheck,
-    svc: &ServiceSpec,
-    vip: Option<IpAddr>,
-    errs: &mut FieldErrors,
-) {
-    probe(field, c, errs);
-    if let Some(sorry) = &c.sorry_server {
-        let f = format!("{field}.sorry_server");
-        match sorry.address.parse::<IpAddr>() {
-            Ok(addr) => {
-                if let Err(m) = unicast(addr) {
-                    errs.push(format!("{f}.address"), m);
-                } else if vip.is_some_and(|v| v.is_ipv4() != addr.is_ipv4()) {
-                    errs.push(
-                        format!("{f}.address"),
-                        "must be the same address family as the VIP",
-                    );
-                } else if svc.real_servers.iter().any(|rs| {
-                    rs.port == sorry.port && rs.address.parse::<IpAddr>().ok() == Some(addr)
-                }) {
-                    errs.push(
-                        format!("{f}.address"),
-                        "is also a real server of this service",
-                    );
-                }
-            }
-            Err(_) => errs.push(
-                format!("{f}.address"),
-                format!("{:?} is not an IP address", sorry.address),
-            ),
-        }
-        if sorry.port == 0 {
-            errs.push(format!("{f}.port"), "must be 1 to 65535");
-        } else if svc.forward != ForwardMethod::Nat && sorry.port != svc.port {
-            errs.push(
-                format!("{f}.port"),
-                format!(
-                    "{} forwarding cannot change the port: must equal the service port {}",
-                    svc.forward, svc.port
-                ),
-            );
-        }
-    }
-    if let Some(q) = &c.quorum {
-        let n = svc.real_servers.len();
-        if q.min_healthy == 0 || q.min_healthy as usize > n {
-            errs.push(
-                format!("{field}.quorum.min_healthy"),
-                format!(
-                    "must be 1 to the number of real servers ({n}), got {}",
-                    q.min_healthy
-                ),
-            );
-        }
-        if !(1..=254).contains(&q.priority_drop) {
-            errs.push(
-                format!("{field}.quorum.priority_drop"),
-                format!("must be 1 to 254, got {}", q.priority_drop),
-            );
-        }
-    }
-    let mut seen = HashSet::new();
-    for (i, o) in c.overrides.iter().enumerate() {
-        let f = format!("{field}.overrides[{i}]");
-        let addr = o.address.parse::<IpAddr>().ok();
-        let known = addr.is_some_and(|a| {
-            svc.real_servers
-                .iter()
-                .any(|rs| rs.port == o.port && rs.address.parse::<IpAddr>().ok() == Some(a))
-        });
-        if !known {
-            errs.push(
-                format!("{f}.address"),
-                format!(
-                    "{}:{} is not a real server of this service",
-                    o.address, o.port
-                ),
-            );
-        } else if !seen.insert((addr, o.port)) {
-            errs.push(
-                format!("{f}.address"),
-                format!("{}:{} has two overrides", o.address, o.port),
-            );
-        }
-        let inner = &o.check;
-        if inner.on_down != DownAction::Drain
-            || inner.sorry_server.is_some()
-            || inner.quorum.is_some()
-            || !inner.overrides.is_empty()
-        {
-            errs.push(
-                format!("{f}.check"),
-                "on_down, sorry_server, quorum and overrides belong to the service's check, not to an override",
-            );
-        }
-        probe(&format!("{f}.check"), inner, errs);
-    }
-}
-
-/// The probe part of a check: timings and the parameters of its kind.
-fn probe(field: &str, c: &HealthCheck, errs: &mut FieldErrors) {
-    if !(100..=3_600_000).contains(&c.interval_ms) {
-        errs.push(
-            format!("{field}.interval_ms"),
-            format!("must be 100 to 3600000 ms, got {}", c.interval_ms),
-        );
-    }
-    if c.timeout_ms < 10 || c.timeout_ms > c.interval_ms {
-        errs.push(
-            format!("{field}.timeout_ms"),
-            format!(
-                "must be at least 10 ms and at most interval_ms ({}), got {}",
-                c.interval_ms, c.timeout_ms
-            ),
-        );
-    }
-    for (name, v) in [("rise", c.rise), ("fall", c.fall)] {
-        if !(1..=100).contains(&v) {
-            errs.push(
-                format!("{field}.{name}"),
-                format!("must be 1 to 100, got {v}"),
-            );
-        }
-    }
-    if c.warmup_ms > 3_600_000 {
-        errs.push(
-            format!("{field}.warmup_ms"),
-            format!("must be at most 3600000 ms, got {}", c.warmup_ms),
-        );
-    }
-    if let Some(j) = c.jitter_ms {
-        if j > c.interval_ms {
-            errs.push(
-                format!("{field}.jitter_ms"),
-                format!("must be at most interval_ms ({}), got {j}", c.interval_ms),
-            );
-        }
-    }
-    if c.port == Some(0) {
-        errs.push(format!("{field}.port"), "must be 1 to 65535");
-    }
-    let http = matches!(c.kind, CheckKind::Http | CheckKind::Https);
-    let https = c.kind == CheckKind::Https;
-    let dns = c.kind == CheckKind::Dns;
-    // Each parameter with the kinds that take it: anything else set is a mistake worth reporting.
-    let given: [(&str, bool, bool, &str); 13] = [
-        ("path", c.path.is_some(), http, "an http or https"),
-        (
-            "expect_status",
-            c.expect_status.is_some(),
-            http,
-            "an http or https",
-        ),
-        (
-            "expect_codes",
-            !c.expect_codes.is_empty(),
-            http,
-            "an http or https",
-        ),
-        ("host", c.host.is_some(), http, "an http or https"),
-        (
-            "body_contains",
-            c.body_contains.is_some(),
-            http,
-            "an http or https",
-        ),
-        ("sni", c.sni.is_some(), https, "an https"),
-        ("tls_verify", c.tls_verify, https, "an https"),
-        ("tls_ca", c.tls_ca.is_some(), https, "an https"),
-        ("dns_name", c.dns_name.is_some(), dns, "a dns"),
-        ("dns_type", c.dns_type.is_some(), dns, "a dns"),
-        ("dns_expect", c.dns_expect.is_some(), dns, "a dns"),
-        (
-            "script",
-            c.script.is_some(),
-            c.kind == CheckKind::Script,
-            "a script",
-        ),
-        (
-            "port",
-            c.port.is_some() && c.kind == CheckKind::None,
-            false,
-            "a probing",
-        ),
-    ];
-    for (name, set, allowed, which) in given {
-        if set && !allowed {
-            errs.push(
-                format!("{field}.{name}"),
-                format!("only {which} check takes {name}, this one is {}", c.kind),
-            );
-        }
-    }
-    if http {
-        match c.path.as_deref() {
-            None => errs.push(
-                format!("{field}.path"),
-                format!("an {} check needs a path", c.kind),
-            ),
-            Some(p) => {
-                if !p.starts_with('/')
-                    || p.len() > 1024
-                    || p.bytes().any(|b| b <= b' ' || b == 0x7f)
-                {
-                    errs.push(
-                        format!("{field}.path"),
-                        "must start with '/', be at most 1024 characters and contain no spaces or control characters",
-                    );
-                }
-            }
-        }
-        for s in c.expect_status.iter().chain(&c.expect_codes) {
-            if !(100..=599).contains(s) {
-                let name = if c.expect_status == Some(*s) {
-                    "expect_status"
-                } else {
-                    "expect_codes"
-                };
-                errs.push(
-                    format!("{field}.{name}"),
-                    format!("must be 100 to 599, got {s}"),
-                );
-            }
-        }
-        if let Some(h) = &c.host {
-            if h.is_empty() || h.len() > 255 || h.bytes().any(|b| b <= b' ' || b >= 0x7f) {
-                errs.push(
-                    format!("{field}.host"),
-                    "must be 1 to 255 printable characters without spaces",
-                );
-            }
-        }
-        if let Some(b) = &c.body_contains {
-            if b.is_empty() || b.len() > 1024 {
-                errs.push(format!("{field}.body_contains"), "must be 1 to 1024 bytes");
-            }
-        }
-    }
-    if https {
-        if let Some(sni) = &c.sni {
-            if let Err(m) = dns_name(sni) {
-                errs.push(format!("{field}.sni"), m);
-            }
-        }
-        if let Some(ca) = &c.tls_ca {
-            if ca.len() > 65_536 || !ca.contains("-----BEGIN CERTIFICATE-----") {
-                errs.push(
-                    format!("{field}.tls_ca"),
-                    "must be PEM certificates, at most 64 KiB",
-                );
-            }
-        }
-    }
-    if dns {
-        match c.dns_name.as_deref() {
-            None => errs.push(
-                format!("{field}.dns_name"),
-                "a dns check needs a name to query",
-            ),
-            Some(n) => {
-                if let Err(m) = dns_name(n) {
-                    errs.push(format!("{field}.dns_name"), m);
-                }
-            }
-        }
-        if let Some(e) = &c.dns_expect {
-            if e.is_empty() || e.len() > 255 {
-                errs.push(format!("{field}.dns_expect"), "must be 1 to 255 bytes");
-            }
-        }
-    }
-    if c.kind == CheckKind::Script {
-        match c.script.as_deref() {
-            None => errs.push(format!("{field}.script"), "a script check needs the name of a script in /etc/lbfleet/checks/"),
-            Some(name) if !valid_script_name(name) => errs.push(
-                format!("{field}.script"),
-                format!(
-                    "{name:?} is not a script name: a file name in /etc/lbfleet/checks/ (letters, digits, '.', '_', '-'; no '/' or '..'), never a path or a command"
-                ),
-            ),
-            Some(_) => {}
-        }
-    }
-}
-
-/// A DNS name (for a query or SNI): at most 253 bytes, dot-separated labels of 1 to 63 letters, digits, '-'
-/// or '_', an optional final dot.
-fn dns_name(name: &str) -> Result<(), String> {
-    let trimmed = name.strip_suffix('.').unwrap_or(name);
-    let ok = !trimmed.is_empty()
-        && trimmed.len() <= 253
-        && trimmed.split('.').all(|l| {
-            !l.is_empty()
-                && l.len() <= 63
-                && l.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        });
-    if ok {
-        Ok(())
-    } else {
-        Err(format!("{name:?} is not a DNS name"))
-    }
-}
-
 /// Longest preempt delay (keepalived allows up to an hour too).
 const MAX_PREEMPT_DELAY_MS: u32 = 3_600_000;
 /// Gratuitous ARPs per VIP and burst.
@@ -951,7 +599,7 @@ fn unicast(addr: IpAddr) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use lbfleet_proto::{Protocol, Scheduler};
+    use lbfleet_proto::{CheckKind, DownAction, HealthCheck, Protocol, Scheduler, VipSpec};
 
     fn spec() -> ClusterSpec {
         ClusterSpec {
@@ -995,13 +643,38 @@ mod tests {
     fn accepts_a_good_spec_and_normalises_it() {
         let ValidCluster(v) = cluster_spec(&spec()).expect("valid");
         assert_eq!(v.vips, vec!["198.18.0.10/32"]);
-        let mut s = spec();
-        s.vips = vec!["2001:DB8:0:0::10/128".into()];
-        s.services[0].vip = "2001:db8::10".into();
-        s.services[0].real_servers[0].address = "2001:DB8::2:1".into();
-        let ValidCluster(v) = cluster_spec(&s).expect("valid v6");
-        assert_eq!(v.vips, vec!["2001:db8::10/128"]);
-        assert_eq!(v.services[0].real_servers[0].address, "2001:db8::2:1");
+    }
+
+    #[test]
+    fn ipv6_vips_are_refused_in_both_vrrp_versions() {
+        for version in [3, 2] {
+            let mut s = spec();
+            s.vrrp_version = version;
+            s.advert_interval_ms = 1000;
+            s.vips = vec!["2001:DB8:0:0::10/128".into()];
+            s.services[0].vip = "2001:db8::10".into();
+            s.services[0].real_servers[0].address = "2001:db8::2:1".into();
+            let errs = cluster_spec(&s).expect_err("an IPv6 VIP must be refused");
+            let vip = errs
+                .0
+                .iter()
+                .find(|f| f.field == "vips[0]")
+                .unwrap_or_else(|| panic!("no vips[0] error in {errs:?}"));
+            assert!(
+                vip.message.contains("IPv6 VIPs are not supported"),
+                "{}",
+                vip.message
+            );
+            // As an internal VIP on its own interface too.
+            let mut s = spec();
+            s.vrrp_version = version;
+            s.advert_interval_ms = 1000;
+            s.vips.push(VipSpec {
+                address: "2001:db8::254/64".into(),
+                interface: Some("eth1".into()),
+            });
+            assert_eq!(fields(cluster_spec(&s)), vec!["vips[1]"], "v{version}");
+        }
     }
 
     #[test]

@@ -67,15 +67,44 @@ pub struct AuditFilter {
     pub limit: i64,
 }
 
-pub async fn list(conn: &mut Conn, f: &AuditFilter) -> Result<Vec<AuditRow>, StoreError> {
-    let target_prefix = f.target.as_ref().map(|t| {
+/// `target` as a `LIKE` prefix pattern, with the pattern's own metacharacters escaped.
+fn target_pattern(target: Option<&String>) -> Option<String> {
+    target.map(|t| {
         format!(
             "{}%",
             t.replace('\\', "\\\\")
                 .replace('%', "\\%")
                 .replace('_', "\\_")
         )
-    });
+    })
+}
+
+/// Every row matching `f` (its `limit` ignored), newest first, straight from one database cursor (sqlx
+/// `fetch`): rows are decoded one at a time as the stream is polled, so memory does not grow with the log, and
+/// the rows come from one read snapshot.
+pub fn stream<'c>(
+    conn: &'c mut Conn,
+    f: &AuditFilter,
+) -> impl futures::Stream<Item = Result<AuditRow, StoreError>> + Send + 'c {
+    use futures::StreamExt;
+    sqlx::query_as::<_, AuditRow>(
+        "SELECT seq, at, actor, action, target, before_json, after_json, prev_hash, hash FROM audit_log \
+         WHERE ($1 IS NULL OR at >= $1) AND ($2 IS NULL OR at < $2) AND ($3 IS NULL OR actor = $3) \
+         AND ($4 IS NULL OR target LIKE $4 ESCAPE '\\') AND ($5 IS NULL OR action = $5) AND ($6 IS NULL OR seq < $6) \
+         ORDER BY seq DESC",
+    )
+    .bind(f.since)
+    .bind(f.until)
+    .bind(f.actor.clone())
+    .bind(target_pattern(f.target.as_ref()))
+    .bind(f.action.clone())
+    .bind(f.before_seq)
+    .fetch(conn)
+    .map(|r| r.map_err(StoreError::from))
+}
+
+pub async fn list(conn: &mut Conn, f: &AuditFilter) -> Result<Vec<AuditRow>, StoreError> {
+    let target_prefix = target_pattern(f.target.as_ref());
     Ok(sqlx::query_as(
         "SELECT seq, at, actor, action, target, before_json, after_json, prev_hash, hash FROM audit_log \
          WHERE ($1 IS NULL OR at >= $1) AND ($2 IS NULL OR at < $2) AND ($3 IS NULL OR actor = $3) \

@@ -14,7 +14,8 @@ use super::error::WebError;
 use super::format::{json_diff, time_text, DiffLine};
 use super::page::{render, Chrome};
 use super::session::WebUser;
-use crate::audit::{AuditRow, Verification};
+use crate::audit::Verification;
+use crate::audit_export::{self, ExportFormat};
 use crate::state::AppState;
 use crate::store::audit::AuditFilter;
 
@@ -215,30 +216,28 @@ pub async fn page(
     })
 }
 
-/// Every row matching the filter, newest first, in pages (the export is not capped at one page).
-async fn all_rows(s: &AppState, q: &AuditQuery) -> Result<Vec<AuditRow>, WebError> {
-    let mut f = filter(q, 1000).map_err(WebError::BadRequest)?;
-    let mut out = Vec::new();
-    loop {
-        let page = s.fleet.audit_page(&f).await?;
-        let n = page.len();
-        f.before_seq = page.last().map(|r| r.seq);
-        out.extend(page);
-        if n < 1000 || out.len() >= 1_000_000 {
-            break;
-        }
-    }
-    Ok(out)
-}
-
-/// A CSV field: quoted, quotes doubled, and a leading `= + - @` defused so spreadsheets do not run it.
-fn csv_field(s: &str) -> String {
-    let s = if s.starts_with(['=', '+', '-', '@', '\t', '\r']) {
-        format!("'{s}")
-    } else {
-        s.to_owned()
+/// The CSV and JSON exports: every row matching the filter, newest first, streamed (`audit_export`).
+async fn export(s: &AppState, q: &AuditQuery, format: ExportFormat) -> Result<Response, WebError> {
+    let f = filter(q, 0).map_err(WebError::BadRequest)?;
+    let conn = s.fleet.audit_export_reader().await?;
+    let (content_type, disposition) = match format {
+        ExportFormat::Csv => (
+            "text/csv; charset=utf-8",
+            "attachment; filename=\"lbfleet-audit.csv\"",
+        ),
+        ExportFormat::Json => (
+            "application/json",
+            "attachment; filename=\"lbfleet-audit.json\"",
+        ),
     };
-    format!("\"{}\"", s.replace('"', "\"\""))
+    Ok((
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::CONTENT_DISPOSITION, disposition),
+        ],
+        audit_export::body(conn, f, format),
+    )
+        .into_response())
 }
 
 pub async fn export_csv(
@@ -246,36 +245,7 @@ pub async fn export_csv(
     _user: WebUser,
     Query(q): Query<AuditQuery>,
 ) -> Result<Response, WebError> {
-    let rows = all_rows(&s, &q).await?;
-    let mut out = String::from("seq,at,time,actor,action,target,before,after,prev_hash,hash\r\n");
-    for r in rows {
-        let fields = [
-            r.seq.to_string(),
-            r.at.to_string(),
-            time_text(r.at),
-            r.actor,
-            r.action,
-            r.target,
-            r.before_json.unwrap_or_default(),
-            r.after_json.unwrap_or_default(),
-            r.prev_hash,
-            r.hash,
-        ];
-        let line: Vec<String> = fields.iter().map(|f| csv_field(f)).collect();
-        out.push_str(&line.join(","));
-        out.push_str("\r\n");
-    }
-    Ok((
-        [
-            (header::CONTENT_TYPE, "text/csv; charset=utf-8"),
-            (
-                header::CONTENT_DISPOSITION,
-                "attachment; filename=\"lbfleet-audit.csv\"",
-            ),
-        ],
-        out,
-    )
-        .into_response())
+    export(&s, &q, ExportFormat::Csv).await
 }
 
 pub async fn export_json(
@@ -283,42 +253,12 @@ pub async fn export_json(
     _user: WebUser,
     Query(q): Query<AuditQuery>,
 ) -> Result<Response, WebError> {
-    let rows = all_rows(&s, &q).await?;
-    let entries: Vec<Value> = rows
-        .into_iter()
-        .map(|r| {
-            serde_json::json!({
-                "seq": r.seq, "at": r.at, "actor": r.actor, "action": r.action, "target": r.target,
-                "before": parse(r.before_json.as_deref()), "after": parse(r.after_json.as_deref()),
-                "prev_hash": r.prev_hash, "hash": r.hash,
-            })
-        })
-        .collect();
-    let body = serde_json::to_string_pretty(&serde_json::json!({ "entries": entries }))
-        .unwrap_or_else(|_| "{}".into());
-    Ok((
-        [
-            (header::CONTENT_TYPE, "application/json"),
-            (
-                header::CONTENT_DISPOSITION,
-                "attachment; filename=\"lbfleet-audit.json\"",
-            ),
-        ],
-        body,
-    )
-        .into_response())
+    export(&s, &q, ExportFormat::Json).await
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn csv_fields_are_quoted_and_formulas_defused() {
-        assert_eq!(csv_field("a\"b"), "\"a\"\"b\"");
-        assert_eq!(csv_field("=SUM(A1)"), "\"'=SUM(A1)\"");
-        assert_eq!(csv_field("node:lb-01"), "\"node:lb-01\"");
-    }
 
     #[test]
     fn filter_times_accept_the_form_and_rfc3339() {

@@ -21,6 +21,7 @@ mod flash;
 mod form;
 mod format;
 mod health;
+mod images;
 mod live;
 mod login;
 mod nodes;
@@ -32,6 +33,7 @@ mod session;
 mod users;
 
 pub use error::{fleet_error_text, WebError};
+pub use format::time_text;
 pub use session::{Posted, WebUser};
 
 /// No inline script, no inline style, nothing from elsewhere; forms only post back here.
@@ -44,6 +46,7 @@ pub fn router() -> Router<AppState> {
         .merge(overview::router())
         .merge(login::router())
         .merge(nodes::router())
+        .merge(images::router())
         .merge(clusters::router())
         .merge(services::router())
         .merge(events::router())

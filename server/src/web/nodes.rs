@@ -266,8 +266,11 @@ pub(super) struct NodePage {
     report_errors: Vec<String>,
     events: Vec<EventView>,
     images: Vec<String>,
+    /// The node's own image, "" when it boots the default.
+    current_image: String,
     clusters: Vec<String>,
     can_approve: bool,
+    can_set_image: bool,
     can_reject: bool,
     can_assign: bool,
     can_unassign: bool,
@@ -354,8 +357,15 @@ pub async fn node(
         ipvs,
         events: events.iter().map(event_view).collect(),
         images,
+        current_image: n.image.clone().unwrap_or_default(),
         clusters,
         can_approve: op && NodeAction::Approve.allowed_from(st),
+        // Before approval the image is chosen in the approve form.
+        can_set_image: op
+            && !matches!(
+                st,
+                NodeState::Discovered | NodeState::Rejected | NodeState::Retired
+            ),
         can_reject: op && NodeAction::Reject.allowed_from(st),
         can_assign: op && NodeAction::Assign.allowed_from(st),
         can_unassign: op && NodeAction::Unassign.allowed_from(st),

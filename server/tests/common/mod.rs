@@ -26,6 +26,9 @@ pub struct TestServer {
     pub db_path: PathBuf,
     pub tokens: Tokens,
     pub http: reqwest::Client,
+    /// With HTTPS (browser tests): base64 of the SHA-256 of the certificate's SubjectPublicKeyInfo (what
+    /// Chromium's `--ignore-certificate-errors-spki-list` takes).
+    pub spki_sha256: Option<String>,
     stop: Option<oneshot::Sender<()>>,
     handle: Option<JoinHandle<anyhow::Result<()>>>,
 }
@@ -96,6 +99,7 @@ impl TestServer {
                 .pool_max_idle_per_host(256)
                 .build()
                 .unwrap(),
+            spki_sha256: None,
             stop: Some(tx),
             handle: Some(handle),
         }
@@ -133,6 +137,7 @@ impl TestServer {
                 .pool_max_idle_per_host(256)
                 .build()
                 .unwrap(),
+            spki_sha256: None,
             stop: Some(tx),
             handle: Some(handle),
         }

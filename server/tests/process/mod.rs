@@ -16,6 +16,8 @@ fn db_url(path: &Path) -> String {
 pub struct ServerProcess {
     pub child: std::process::Child,
     pub addr: String,
+    /// The boot network's listener, when `LBFLEET_BOOT_LISTEN` was given.
+    pub boot_addr: Option<String>,
     pub admin_password: String,
 }
 
@@ -56,7 +58,7 @@ impl ServerProcess {
             .unwrap();
         let stderr = child.stderr.take().unwrap();
         let mut lines = BufReader::new(stderr).lines();
-        let addr = loop {
+        let (addr, boot_addr) = loop {
             let Some(Ok(line)) = lines.next() else {
                 let _ = child.kill();
                 panic!("server exited before listening");
@@ -65,7 +67,13 @@ impl ServerProcess {
                 continue;
             };
             if v["fields"]["message"] == "lbfleet-server listening" {
-                break v["fields"]["addr"].as_str().unwrap().to_owned();
+                // `boot_listen` is logged as `Some(ADDR)` or `None`.
+                let boot = v["fields"]["boot_listen"]
+                    .as_str()
+                    .and_then(|b| b.strip_prefix("Some("))
+                    .and_then(|b| b.strip_suffix(')'))
+                    .map(str::to_owned);
+                break (v["fields"]["addr"].as_str().unwrap().to_owned(), boot);
             }
         };
         // Keep draining the log so the server never blocks on a full pipe.
@@ -74,6 +82,7 @@ impl ServerProcess {
         ServerProcess {
             child,
             addr,
+            boot_addr,
             admin_password,
         }
     }
