@@ -48,9 +48,9 @@ echo "  URL:    $url/"
 if [ -f var/initial-admin-password ]; then
   echo "  login:  admin / $(cat var/initial-admin-password)"
 else
-  echo "  login:  admin (reset the password with: $server user passwd admin)"
+  echo "  login:  admin (reset the password with: $server user passwd admin --database $LBFLEET_DATABASE)"
 fi
 echo "  try:    curl -s -c var/cookies -H 'Content-Type: application/json' -d '{\"username\":\"admin\",\"password\":\"...\"}' $url/api/v1/login"
-echo "  or:     TOKEN=\$($server token create --user admin) && curl -s -H \"Authorization: Bearer \$TOKEN\" $url/api/v1/clusters"
+echo "  or:     TOKEN=\$($server token create --user admin --name demo --database $LBFLEET_DATABASE) && curl -s -H \"Authorization: Bearer \$TOKEN\" $url/api/v1/clusters"
 echo "Press Ctrl-C to stop."
 wait $pid

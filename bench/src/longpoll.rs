@@ -66,7 +66,7 @@ async fn main() -> anyhow::Result<()> {
     let (_, token) = fleet
         .create_token(&Actor::system(), "bench", "bench", None)
         .await?;
-    fleet.store().close().await;
+    fleet.close().await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let base = format!("http://{}", listener.local_addr()?);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();

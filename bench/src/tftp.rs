@@ -313,7 +313,7 @@ async fn inside(args: Args, ns: String) -> anyhow::Result<()> {
     let mut config = ServerConfig::with_database(db.clone());
     let fleet = lbfleet_server::open_fleet(&config).await?;
     let _ = fleet.bootstrap_admin().await?; // so the server does not print a password
-    fleet.store().close().await;
+    fleet.close().await;
     let listener = tokio::net::TcpListener::bind((LBFLEET_ADDR, HTTP_PORT)).await?;
     let tftp = tokio::net::UdpSocket::bind((LBFLEET_ADDR, 69)).await?;
     config.listen = listener.local_addr()?;

@@ -4,12 +4,7 @@
 //! Everything new is optional with a default, so a spec written before these fields existed (`{"kind":
 //! "http", "path": "/healthz", "expect_status": 200}`) reads the same and serializes back unchanged.
 
-use std::fmt;
-use std::str::FromStr;
-
 use serde::{Deserialize, Serialize};
-
-use crate::UnknownValue;
 
 wire_enum!(
     /// What a real-server health check does.

@@ -15,12 +15,30 @@ pub mod boot;
 pub use agent::*;
 pub use boot::{KernelArgs, KernelArgsError, Mac};
 
-/// Declares a closed string enum with its wire spelling, `Display` and `FromStr`.
+/// Declares a closed string enum with its wire spelling, `Display` and `FromStr` (exported: the server declares
+/// its domain enums with it too).
+#[macro_export]
 macro_rules! wire_enum {
     ($(#[$m:meta])* $name:ident { $($variant:ident => $text:literal),+ $(,)? }) => {
         $(#[$m])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-        pub enum $name { $(#[serde(rename = $text)] $variant),+ }
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub enum $name { $($variant),+ }
+
+        impl $crate::__serde::Serialize for $name {
+            fn serialize<S: $crate::__serde::Serializer>(&self, s: S) -> ::std::result::Result<S::Ok, S::Error> {
+                s.serialize_str(self.as_str())
+            }
+        }
+
+        impl<'de> $crate::__serde::Deserialize<'de> for $name {
+            fn deserialize<D: $crate::__serde::Deserializer<'de>>(d: D) -> ::std::result::Result<Self, D::Error> {
+                let text = <::std::borrow::Cow<'de, str> as $crate::__serde::Deserialize>::deserialize(d)?;
+                match text.as_ref() {
+                    $($text => Ok($name::$variant),)+
+                    other => Err(<D::Error as $crate::__serde::de::Error>::unknown_variant(other, &[$($text),+])),
+                }
+            }
+        }
 
         impl $name {
             /// Every value, in declaration order.
@@ -32,18 +50,25 @@ macro_rules! wire_enum {
             }
         }
 
-        impl fmt::Display for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        impl ::std::fmt::Display for $name {
+            fn fmt(&self, f: &mut ::std::fmt::Formatter<'_>) -> ::std::fmt::Result {
                 f.write_str(self.as_str())
             }
         }
 
-        impl FromStr for $name {
-            type Err = UnknownValue;
-            fn from_str(s: &str) -> Result<Self, Self::Err> {
+        impl ::std::convert::TryFrom<String> for $name {
+            type Error = $crate::UnknownValue;
+            fn try_from(s: String) -> ::std::result::Result<Self, Self::Error> {
+                s.parse()
+            }
+        }
+
+        impl ::std::str::FromStr for $name {
+            type Err = $crate::UnknownValue;
+            fn from_str(s: &str) -> ::std::result::Result<Self, Self::Err> {
                 match s {
                     $($text => Ok($name::$variant),)+
-                    _ => Err(UnknownValue {
+                    _ => Err($crate::UnknownValue {
                         kind: stringify!($name),
                         value: s.to_owned(),
                         allowed: &[$($text),+],
@@ -53,6 +78,10 @@ macro_rules! wire_enum {
         }
     };
 }
+
+/// serde, for `wire_enum!` used outside this crate.
+#[doc(hidden)]
+pub use serde as __serde;
 
 /// A string that is not one of an enum's wire spellings.
 #[derive(Debug, Clone, PartialEq, Eq)]

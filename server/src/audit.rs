@@ -4,8 +4,27 @@
 //! (a missing JSON value has its own marker), so no two different rows encode alike. Editing a row breaks its
 //! hash; deleting one breaks the next row's `prev_hash` (or, for the newest rows, the stored chain head).
 
+use lbfleet_proto::wire_enum;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
+
+wire_enum!(
+    /// What an audit row records; the wire name is what the row stores (and what its hash covers).
+    AuditAction {
+        ClusterCreate => "cluster.create", ClusterUpdate => "cluster.update", ClusterDelete => "cluster.delete",
+        ClusterSwitchover => "cluster.switchover",
+        RealServerAdd => "real_server.add", RealServerRemove => "real_server.remove",
+        RealServerWeight => "real_server.weight", RealServerEnable => "real_server.enable",
+        RealServerDrain => "real_server.drain",
+        NodeRegister => "node.register", NodeDiscover => "node.discover", NodeApprove => "node.approve",
+        NodeReject => "node.reject", NodeAssign => "node.assign", NodeUnassign => "node.unassign",
+        NodeRetire => "node.retire", NodeEnrollmentToken => "node.enrollment_token", NodeEnroll => "node.enroll",
+        NodeServing => "node.serving", NodeImage => "node.image",
+        ImageCreate => "image.create", ImageUpdate => "image.update", ImageDelete => "image.delete",
+        UserCreate => "user.create", UserPassword => "user.password", UserDelete => "user.delete",
+        TokenCreate => "token.create", TokenRevoke => "token.revoke",
+    }
+);
 
 /// Hash that the first row chains from.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";

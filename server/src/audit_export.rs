@@ -8,8 +8,6 @@ use std::time::Duration;
 use axum::body::{Body, Bytes};
 use futures::StreamExt;
 use serde_json::Value;
-use sqlx::pool::PoolConnection;
-use sqlx::Sqlite;
 
 use crate::audit::AuditRow;
 use crate::store::{self, audit::AuditFilter};
@@ -84,7 +82,7 @@ fn json_entry(r: AuditRow, first: bool, out: &mut String) {
 /// The export of every row matching `filter` (newest first) as a body that is written while it is sent.
 /// `conn` is a reader connection taken by the caller (so a database that cannot be reached is an error before
 /// the response starts); the export gives it back when done.
-pub fn body(conn: PoolConnection<Sqlite>, filter: AuditFilter, format: ExportFormat) -> Body {
+pub fn body(conn: store::ReadConn, filter: AuditFilter, format: ExportFormat) -> Body {
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(CHUNKS_IN_FLIGHT);
     tokio::spawn(write_rows(conn, filter, format, tx));
     Body::from_stream(futures::stream::unfold(rx, |mut rx| async move {
@@ -93,7 +91,7 @@ pub fn body(conn: PoolConnection<Sqlite>, filter: AuditFilter, format: ExportFor
 }
 
 async fn write_rows(
-    mut conn: PoolConnection<Sqlite>,
+    mut conn: store::ReadConn,
     filter: AuditFilter,
     format: ExportFormat,
     tx: tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>,

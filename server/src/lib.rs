@@ -5,28 +5,67 @@ use std::future::Future;
 use std::net::SocketAddr;
 
 use anyhow::Context;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{header, HeaderValue};
+use axum::Router;
 use tokio::net::TcpListener;
+use tower_http::set_header::SetResponseHeaderLayer;
+use tower_http::trace::TraceLayer;
 
-pub mod api;
+use state::AppState;
+
+mod api;
 pub mod audit;
 pub mod audit_export;
+pub mod auth;
 pub mod boot;
 pub mod config;
+pub mod error;
+pub mod extract;
 pub mod fleet;
-pub mod limits;
 pub mod listeners;
-pub mod login_gate;
 pub mod notify;
 pub mod retention;
 pub mod secrets;
 pub mod serve;
-pub mod session_watch;
+pub mod state;
 pub mod store;
 pub mod tls;
-pub mod token_use;
 pub mod web;
 
 pub use config::ServerConfig;
+
+/// Largest request body accepted (a cluster spec with thousands of real servers fits easily).
+pub const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
+
+/// Every route of the server: the API, the dashboard and HTTP boot, behind the common layers (body limits and
+/// request time bounds, security headers, request tracing). `run_with` adds the HTTPS-only redirect.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .merge(api::router())
+        .merge(boot::http::router())
+        .merge(web::router())
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("no-store"),
+        ))
+        .layer(SetResponseHeaderLayer::overriding(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        ))
+        .layer(SetResponseHeaderLayer::overriding(
+            header::X_FRAME_OPTIONS,
+            HeaderValue::from_static("DENY"),
+        ))
+        .layer(SetResponseHeaderLayer::overriding(
+            header::REFERRER_POLICY,
+            HeaderValue::from_static("no-referrer"),
+        ))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+        .layer(axum::middleware::from_fn(auth::limits::bound_request))
+}
 
 /// Opens the store (running migrations) and builds the fleet service.
 pub async fn open_fleet(config: &ServerConfig) -> Result<fleet::Fleet, store::StoreError> {
@@ -164,7 +203,6 @@ pub async fn run_listeners(
         announce_initial_admin(&config, &password)?;
     }
     let fleet = std::sync::Arc::new(fleet);
-    let store = fleet.store().clone();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();
     let mut boot_stats = boot::BootStats::default();
@@ -211,7 +249,7 @@ pub async fn run_listeners(
         tasks.spawn(boot::tftp::run(sock, tftp_config, stats, stop_rx.clone()));
     }
     tasks.spawn(retention::run(
-        store.clone(),
+        fleet.clone(),
         config.retention,
         stop_rx.clone(),
     ));
@@ -228,13 +266,12 @@ pub async fn run_listeners(
     };
     let connections = serve::Connections::new(limits.max_connections);
     let tls_on = tls.is_some();
-    let app = api::router(api::AppState::new(
-        fleet,
+    let app = router(AppState::new(
+        fleet.clone(),
         config,
         boot_stats,
         stop_rx.clone(),
     ))
-    .layer(axum::middleware::from_fn(limits::bound_request))
     .layer(axum::middleware::from_fn(move |req, next| {
         serve::https_only(tls_on, req, next)
     }));
@@ -292,7 +329,7 @@ pub async fn run_listeners(
             tracing::error!(error = %e, "boot service failed");
         }
     }
-    store.close().await;
+    fleet.close().await;
     tracing::info!("stopped");
     Ok(())
 }

@@ -11,7 +11,7 @@ use lbfleet_server::config::{
     UserCommand,
 };
 use lbfleet_server::fleet::Actor;
-use lbfleet_server::{open_fleet, store};
+use lbfleet_server::open_fleet;
 use tracing_subscriber::EnvFilter;
 
 fn init_tracing(format: LogFormat) {
@@ -101,9 +101,8 @@ async fn main_inner(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
                 UserCommand::List { db } => {
                     let fleet = fleet_for(&db).await?;
-                    let mut conn = fleet.store().read().await?;
                     println!("{:<24} {:<9} DISABLED", "NAME", "ROLE");
-                    for u in store::auth::users(&mut conn).await? {
+                    for u in fleet.users().await? {
                         println!("{:<24} {:<9} {}", u.name, u.role, u.disabled);
                     }
                 }
@@ -158,9 +157,8 @@ async fn main_inner(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
                 TokenCommand::List { db } => {
                     let fleet = fleet_for(&db).await?;
-                    let mut conn = fleet.store().read().await?;
                     println!("{:<6} {:<20} {:<20} EXPIRES_AT_MS", "ID", "USER", "NAME");
-                    for t in store::auth::tokens(&mut conn).await? {
+                    for t in fleet.tokens().await? {
                         let exp = t
                             .expires_at
                             .map_or_else(|| "never".to_owned(), |e| e.to_string());
@@ -180,8 +178,7 @@ async fn main_inner(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Audit(AuditCommand::Verify { db }) => {
             init_tracing(LogFormat::Text);
             let fleet = fleet_for(&db).await?;
-            let mut conn = fleet.store().read().await?;
-            let v = store::audit::verify(&mut conn).await?;
+            let v = fleet.verify_audit().await?;
             println!("{}", serde_json::to_string_pretty(&v)?);
             if !v.ok {
                 return Ok(ExitCode::FAILURE);
@@ -217,13 +214,11 @@ async fn image_command(cmd: ImageCommand) -> anyhow::Result<ExitCode> {
         ImageCommand::List { args } => {
             let boot_dir = config::boot_dir(&args)?;
             let fleet = fleet_for(&args.db).await?;
-            let mut conn = fleet.store().read().await?;
             println!(
                 "{:<28} {:<7} {:<18} {:<10} {:<5} FILES",
                 "NAME", "DEFAULT", "KERNEL", "AGENT", "NODES"
             );
-            for i in store::images::list(&mut conn).await? {
-                let users = store::images::users_with_default(&mut conn, &i.name).await?;
+            for (i, users) in fleet.images_in_use().await? {
                 let dir = images::image_dir(&boot_dir, &i.name);
                 let files = if [&i.kernel, &i.initrd].iter().all(|f| dir.join(f).is_file()) {
                     "present"

@@ -5,9 +5,12 @@
 
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use tokio::sync::watch;
 
-use crate::store::{self, now_ms, Store, StoreError};
+use crate::fleet::Fleet;
+use crate::store::{now_ms, StoreError};
 
 /// How often the pruning runs.
 const EVERY: Duration = Duration::from_secs(600);
@@ -31,22 +34,21 @@ impl Default for Retention {
 }
 
 /// Prunes once; the number of events deleted.
-pub async fn prune(store: &Store, r: Retention) -> Result<u64, StoreError> {
+pub async fn prune(fleet: &Fleet, r: Retention) -> Result<u64, StoreError> {
     let age_ms = i64::try_from(r.max_age.as_millis()).unwrap_or(i64::MAX);
-    let mut tx = store.begin().await?;
-    let n = store::events::prune(&mut tx, now_ms().saturating_sub(age_ms), r.max_rows).await?;
-    tx.commit().await?;
-    Ok(n)
+    fleet
+        .prune_events(now_ms().saturating_sub(age_ms), r.max_rows)
+        .await
 }
 
 /// Prunes now and every `EVERY` until `stop` turns true.
 pub async fn run(
-    store: Store,
+    fleet: Arc<Fleet>,
     r: Retention,
     mut stop: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
     loop {
-        match prune(&store, r).await {
+        match prune(&fleet, r).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(deleted = n, "old events pruned"),
             Err(e) => tracing::warn!(error = %e, "cannot prune events"),

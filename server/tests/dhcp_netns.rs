@@ -263,6 +263,15 @@ impl Lab {
         String::from_utf8_lossy(&self.exec("s", &argv).stdout).into_owned()
     }
 
+    /// `lbfleet_dhcp_reservation_loads_total` from `/metrics` (0 if absent).
+    fn reservation_loads(&self) -> u64 {
+        self.api("GET", "/metrics", None)
+            .lines()
+            .find_map(|l| l.strip_prefix("lbfleet_dhcp_reservation_loads_total "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
     fn client_mac(&self) -> String {
         let out = self.exec(
             "c",
@@ -418,14 +427,24 @@ fn dhclient_gets_and_releases_a_lease_and_a_reserved_mac_gets_its_address() {
     let mut lab = Lab::new(None);
     lab.start_server(100);
     let mac = lab.client_mac();
+    wait_for(
+        "the DHCP loop's first reservation load",
+        Duration::from_secs(10),
+        || lab.reservation_loads() > 0,
+    );
+    let loads = lab.reservation_loads();
     let body = format!(r#"{{"mac": "{mac}", "hostname": "lb-07", "address": "198.18.0.50"}}"#);
     let created = lab.api("POST", "/api/v1/nodes", Some(&body));
     assert!(
         created.contains("\"reserved_address\":\"198.18.0.50\""),
         "{created}"
     );
-    // The reservation reaches the DHCP loop through the fleet-change notification.
-    std::thread::sleep(Duration::from_millis(300));
+    // The reservation reaches the DHCP loop through the fleet-change notification: wait until it reloaded.
+    wait_for(
+        "the DHCP loop to reload reservations",
+        Duration::from_secs(10),
+        || lab.reservation_loads() > loads,
+    );
 
     let log = lab.dir.path().join("dhclient.log");
     let script = hook_script(

@@ -6,6 +6,7 @@ mod common;
 
 use std::time::Duration;
 
+use lbfleet_server::fleet::Fleet;
 use lbfleet_server::retention::{self, Retention};
 use lbfleet_server::store::{self, Store};
 
@@ -16,9 +17,15 @@ async fn events_are_pruned_by_age_and_count() {
     let store = Store::open(&common::db_url(&db)).await.unwrap();
     let mut tx = store.begin().await.unwrap();
     for i in 0..30 {
-        store::events::insert(&mut tx, "test", None, None, &format!("event {i}"))
-            .await
-            .unwrap();
+        store::events::insert(
+            &mut tx,
+            store::events::EventKind::AgentError,
+            None,
+            None,
+            &format!("event {i}"),
+        )
+        .await
+        .unwrap();
     }
     // Five of them happened long ago.
     sqlx::query("UPDATE events SET at = 1000 WHERE id <= 5")
@@ -31,8 +38,9 @@ async fn events_are_pruned_by_age_and_count() {
         store::audit::verify(&mut conn).await.unwrap()
     };
 
+    let fleet = Fleet::new(store.clone(), Duration::from_secs(60));
     let deleted = retention::prune(
-        &store,
+        &fleet,
         Retention {
             max_age: Duration::from_secs(3600),
             max_rows: 10,

@@ -122,10 +122,11 @@ run apply2 lbfleet-agent apply --role /role2.json
 run ipvsadm2 ipvsadm -Ln
 lbfleet-agent apply --role /role2.json --watch --resync 2s > /tmp/watch.log 2>&1 &
 WPID=$!
-sleep 3
+waitfor /tmp/watch.log "role file applied"
 ipvsadm -C
 run flushed ipvsadm -Ln
-sleep 3
+# The next resync pass finds the flushed table and re-adds everything (planned > 0).
+waitfor /tmp/watch.log "role file applied.*planned=[1-9]"
 run repaired ipvsadm -Ln
 kill $WPID
 wait $WPID

@@ -46,12 +46,13 @@ wait $APID
 run saved ls /run/lbfleet
 
 # Restart: the token is spent; the saved credential and role carry the agent.
-lbfleet-agent run --resync 2s > /tmp/agent2.log 2>&1 &
+RUST_LOG=info,lbfleet_agent::daemon=debug lbfleet-agent run --resync 2s > /tmp/agent2.log 2>&1 &
 APID=$!
 waitfor /tmp/agent2.log "saved role applied"
 waitfor /tmp/agent2.log "new role"
-# Long enough for a resync pass and a report.
-sleep 3
+# A resync pass ran (and found nothing to repair) and a report went out after it.
+waitfor /tmp/agent2.log "reconcile pass.*resync=true"
+waitfor /tmp/agent2.log "report sent"
 kill $APID
 wait $APID
 run ipvsadm3 ipvsadm -Ln
@@ -213,6 +214,12 @@ async fn server_mode_in_a_guest_enrolls_applies_follows_and_reports() {
         .find(|l| l.contains("saved role applied"))
         .unwrap();
     assert!(saved_pass.contains("planned=0"), "{saved_pass}");
+    // A resync pass ran and planned nothing (the test would pass vacuously if none had run).
+    let resync = second_log
+        .lines()
+        .find(|l| l.contains("reconcile pass") && l.contains("resync=true"))
+        .unwrap_or_else(|| panic!("no resync pass ran:\n{second_log}"));
+    assert!(resync.contains("planned=0"), "{resync}");
     assert!(
         !second_log.contains("IPVS reconciled") && !second_log.contains("repaired"),
         "{second_log}"

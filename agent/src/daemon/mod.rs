@@ -15,7 +15,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use lbfleet_proto::{AgentReport, HealthTransition, RoleDocument, VrrpState, VrrpTransition};
 use tokio::sync::{mpsc, watch};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::client::ClientError;
 use crate::health::{HealthChecks, HealthConfig, PrioritySink, PrioritySinks};
@@ -534,6 +534,14 @@ impl Daemon {
         let generation = self.role.as_ref().map_or(0, |r| r.generation);
         let services = match r {
             Ok(out) => {
+                // Every pass, also the ones that change nothing (a test proves a resync ran from this line).
+                debug!(
+                    ?pass,
+                    resync,
+                    generation,
+                    planned = out.planned,
+                    "reconcile pass"
+                );
                 if std::mem::take(&mut self.saved_pass) {
                     info!(
                         generation,

@@ -10,10 +10,12 @@ use axum::{Json, Router};
 use lbfleet_proto::UserRole;
 use serde::Deserialize;
 
-use super::auth::{Admin, Operator, Viewer};
-use super::{ApiError, ApiJson, AppState, OptionalJson};
+use crate::auth::{Admin, Operator, Viewer};
+use crate::error::ApiError;
+use crate::extract::{ApiJson, OptionalJson};
 use crate::fleet::PutOutcome;
-use crate::store::{self, images::ImageRow};
+use crate::state::AppState;
+use crate::store::images::ImageRow;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -27,8 +29,9 @@ pub fn router() -> Router<AppState> {
 }
 
 async fn users(State(s): State<AppState>, _: Admin) -> Result<Response, ApiError> {
-    let mut conn = s.fleet.store().read().await?;
-    let users: Vec<serde_json::Value> = store::auth::users(&mut conn)
+    let users: Vec<serde_json::Value> = s
+        .fleet
+        .users()
         .await?
         .into_iter()
         .map(|u| serde_json::json!({"name": u.name, "role": u.role, "disabled": u.disabled, "created_at": u.created_at}))
@@ -98,8 +101,7 @@ async fn set_password(
 }
 
 async fn tokens(State(s): State<AppState>, _: Admin) -> Result<Response, ApiError> {
-    let mut conn = s.fleet.store().read().await?;
-    Ok(Json(serde_json::json!({"tokens": store::auth::tokens(&mut conn).await?})).into_response())
+    Ok(Json(serde_json::json!({"tokens": s.fleet.tokens().await?})).into_response())
 }
 
 #[derive(Debug, Deserialize)]

@@ -10,8 +10,10 @@ use axum::{Json, Router};
 use lbfleet_proto::{AgentReport, EnrollRequest};
 use serde::Deserialize;
 
-use super::auth::AgentNode;
-use super::{ApiError, ApiJson, ApiQuery, AppState};
+use crate::auth::AgentNode;
+use crate::error::ApiError;
+use crate::extract::{ApiJson, ApiQuery};
+use crate::state::AppState;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -61,7 +63,7 @@ async fn report(
     AgentNode(node): AgentNode,
     ApiJson(mut r): ApiJson<AgentReport>,
 ) -> Result<Response, ApiError> {
-    crate::limits::bound_report(&mut r);
+    crate::auth::limits::bound_report(&mut r);
     s.fleet.report(node, &r).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }

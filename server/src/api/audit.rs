@@ -7,10 +7,12 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::auth::Viewer;
-use super::{ApiError, ApiQuery, AppState};
+use crate::auth::Viewer;
+use crate::error::ApiError;
+use crate::extract::ApiQuery;
 use crate::fleet::node_key;
-use crate::store::{self, audit::AuditFilter, events::EventFilter};
+use crate::state::AppState;
+use crate::store::{audit::AuditFilter, events::EventFilter};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -88,8 +90,7 @@ async fn list(
         before_seq: q.before,
         limit: limit(q.limit)?,
     };
-    let mut conn = s.fleet.store().read().await?;
-    let rows = store::audit::list(&mut conn, &f).await?;
+    let rows = s.fleet.audit_page(&f).await?;
     let parse = |j: Option<String>| {
         j.and_then(|t| serde_json::from_str(&t).ok())
             .unwrap_or(Value::Null)
@@ -118,8 +119,7 @@ async fn list(
 
 /// Recomputes the whole hash chain; `ok: false` names the first bad row.
 async fn verify(State(s): State<AppState>, _: Viewer) -> Result<Response, ApiError> {
-    let mut conn = s.fleet.store().read().await?;
-    let v = store::audit::verify(&mut conn).await?;
+    let v = s.fleet.verify_audit().await?;
     if !v.ok {
         tracing::error!(
             problem = v.problem.as_deref().unwrap_or(""),
@@ -151,13 +151,17 @@ async fn events(
     };
     let f = EventFilter {
         since: parse_time("since", q.since.as_deref())?,
-        kind: q.kind,
+        kind: q
+            .kind
+            .as_deref()
+            .map(str::parse)
+            .transpose()
+            .map_err(|e| ApiError::bad_request(format!("kind: {e}")))?,
         node_id,
         cluster: q.cluster,
         before_id: q.before,
         limit: limit(q.limit)?,
     };
-    let mut conn = s.fleet.store().read().await?;
-    let rows = store::events::list(&mut conn, &f).await?;
+    let rows = s.fleet.events(&f).await?;
     Ok(Json(serde_json::json!({"events": rows})).into_response())
 }

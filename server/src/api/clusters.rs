@@ -9,11 +9,13 @@ use axum::{Json, Router};
 use lbfleet_proto::{ClusterSpec, RealServerSpec};
 use serde::Deserialize;
 
-use super::auth::{Operator, Viewer};
-use super::{ApiError, ApiJson, AppState, OptionalJson};
+use crate::auth::{Operator, Viewer};
+use crate::error::ApiError;
+use crate::extract::{ApiJson, OptionalJson};
 use crate::fleet::{
     node_key, Precondition, PutOutcome, RealServerChange, RealServerRef, ServiceRef,
 };
+use crate::state::AppState;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -243,7 +245,7 @@ async fn enable(
 
 async fn change(
     s: &AppState,
-    p: &super::auth::Principal,
+    p: &crate::auth::Principal,
     name: &str,
     service: &str,
     rs: &str,

@@ -8,9 +8,11 @@ use axum::{Json, Router};
 use lbfleet_proto::Role;
 use serde::Deserialize;
 
-use super::auth::{Operator, Viewer};
-use super::{ApiError, ApiJson, ApiQuery, AppState, OptionalJson};
+use crate::auth::{Operator, Viewer};
+use crate::error::ApiError;
+use crate::extract::{ApiJson, ApiQuery, OptionalJson};
 use crate::fleet::node_key;
+use crate::state::AppState;
 use crate::store::nodes::NodeFilter;
 
 pub fn router() -> Router<AppState> {

@@ -1,4 +1,5 @@
-//! `/healthz` (unauthenticated liveness) and `/metrics` (Prometheus text, needs a viewer). `/` is the dashboard.
+//! `/healthz` (unauthenticated liveness), `/metrics` (Prometheus text, needs a viewer) and `/api/v1/alerts`.
+//! `/` is the dashboard.
 
 use std::fmt::Write;
 
@@ -9,32 +10,37 @@ use axum::routing::get;
 use axum::{Json, Router};
 use lbfleet_proto::NodeState;
 
-use super::auth::Viewer;
-use super::{ApiError, AppState};
-use crate::store;
+use crate::auth::Viewer;
+use crate::error::ApiError;
+use crate::fleet::AlertKind;
+use crate::state::AppState;
 
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
+        .route("/api/v1/alerts", get(alerts))
 }
 
 /// Liveness and readiness: answers 200 only if the database answers.
 async fn healthz(State(s): State<AppState>) -> Result<Response, ApiError> {
-    let mut conn = s.fleet.store().read().await?;
-    store::clusters::count(&mut conn).await?;
+    s.fleet.ping().await?;
     Ok(
         Json(serde_json::json!({"status": "ok", "version": env!("CARGO_PKG_VERSION")}))
             .into_response(),
     )
 }
 
+/// `GET /api/v1/alerts`: what needs attention now, most urgent first.
+async fn alerts(State(s): State<AppState>, _: Viewer) -> Result<Response, ApiError> {
+    Ok(Json(serde_json::json!({"alerts": s.fleet.alerts().await?})).into_response())
+}
+
 async fn metrics(State(s): State<AppState>, _: Viewer) -> Result<Response, ApiError> {
-    let mut conn = s.fleet.store().read().await?;
-    let by_state = store::nodes::count_by_state(&mut conn).await?;
-    let clusters = store::clusters::count(&mut conn).await?;
-    let audit_rows = store::audit::count(&mut conn).await?;
-    drop(conn);
+    let counts = s.fleet.counts().await?;
+    let alerts = s.fleet.alerts().await?;
+    let (by_state, clusters, audit_rows) =
+        (counts.nodes_by_state, counts.clusters, counts.audit_rows);
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -57,6 +63,18 @@ async fn metrics(State(s): State<AppState>, _: Viewer) -> Result<Response, ApiEr
         "# HELP lbfleet_role_pollers Nodes with a role long-poll waiting.\n# TYPE lbfleet_role_pollers gauge\nlbfleet_role_pollers {}",
         s.fleet.notifier().waiting_nodes()
     );
+    let _ = writeln!(
+        out,
+        "# HELP lbfleet_alerts Current alerts by kind and level (see GET /api/v1/alerts).\n# TYPE lbfleet_alerts gauge"
+    );
+    for kind in AlertKind::ALL {
+        let n = alerts.iter().filter(|a| a.kind == *kind).count();
+        let _ = writeln!(
+            out,
+            "lbfleet_alerts{{kind=\"{kind}\",level=\"{}\"}} {n}",
+            kind.level()
+        );
+    }
     boot_metrics(&mut out, &s.boot_stats);
     let _ = writeln!(
         out,
@@ -97,6 +115,7 @@ fn boot_metrics(out: &mut String, stats: &crate::boot::BootStats) {
         }
         let _ = writeln!(out, "# HELP lbfleet_dhcp_lease_writes_total Lease rows made durable.\n# TYPE lbfleet_dhcp_lease_writes_total counter\nlbfleet_dhcp_lease_writes_total {}", d.leases_written.load(Relaxed));
         let _ = writeln!(out, "# HELP lbfleet_dhcp_lease_batches_total Lease write transactions (group commits).\n# TYPE lbfleet_dhcp_lease_batches_total counter\nlbfleet_dhcp_lease_batches_total {}", d.batches.load(Relaxed));
+        let _ = writeln!(out, "# HELP lbfleet_dhcp_reservation_loads_total Reservation snapshots loaded (at start and after fleet changes).\n# TYPE lbfleet_dhcp_reservation_loads_total counter\nlbfleet_dhcp_reservation_loads_total {}", d.reservation_loads.load(Relaxed));
         let _ = writeln!(out, "# HELP lbfleet_dhcp_lease_write_failures_total Failed lease batches (their ACKs were withheld).\n# TYPE lbfleet_dhcp_lease_write_failures_total counter\nlbfleet_dhcp_lease_write_failures_total {}", d.write_failures.load(Relaxed));
     }
     if let Some(t) = &stats.tftp {

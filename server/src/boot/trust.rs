@@ -9,7 +9,8 @@
 
 use std::net::IpAddr;
 
-use crate::store::{self, Store, StoreError};
+use crate::fleet::Fleet;
+use crate::store::StoreError;
 
 /// Why a script carries a token or not (logged with every script).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,7 +39,7 @@ impl TokenDecision {
 
 /// Decides for a script request for `mac` (normalised `aa:bb:..`) from `peer`.
 pub async fn token_decision(
-    store: &Store,
+    fleet: &Fleet,
     allow_without_lease: bool,
     mac: &str,
     peer: IpAddr,
@@ -54,8 +55,7 @@ pub async fn token_decision(
             None => return Ok(TokenDecision::NoLease),
         },
     };
-    let mut conn = store.read().await?;
-    let bound = store::leases::bound_to(&mut conn, mac, &v4.to_string(), store::now_ms()).await?;
+    let bound = fleet.lease_bound_to(mac, &v4.to_string()).await?;
     Ok(if bound {
         TokenDecision::LeaseMatches
     } else {

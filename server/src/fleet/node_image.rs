@@ -1,7 +1,10 @@
 //! Which image a node boots: its own (`image` on the node) or, with none, the default. Changing it takes
 //! effect at the node's next boot (its next boot script).
 
+use lbfleet_proto::NodeState;
+
 use super::{Actor, Fleet, FleetError, NodeView, Result};
+use crate::audit::AuditAction;
 use crate::store;
 use crate::store::nodes::NodeKey;
 
@@ -16,7 +19,7 @@ impl Fleet {
     ) -> Result<NodeView> {
         let mut tx = self.store.begin().await?;
         let row = Self::node_in(&mut tx, key).await?;
-        if row.state == "retired" {
+        if row.state == NodeState::Retired {
             return Err(FleetError::Conflict(format!(
                 "node {} is retired; it boots nothing",
                 row.name()
@@ -32,13 +35,13 @@ impl Fleet {
         store::audit::append(
             &mut tx,
             &actor.0,
-            "node.image",
+            AuditAction::NodeImage,
             &format!("node:{}", row.name()),
             Some(&serde_json::json!({ "image": row.image })),
             Some(&serde_json::json!({ "image": image })),
         )
         .await?;
-        tx.commit().await?;
+        store::commit(tx).await?;
         self.notifier.fleet_changed();
         self.get_node(&NodeKey::Id(row.id)).await
     }

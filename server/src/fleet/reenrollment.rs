@@ -1,20 +1,19 @@
 //! Re-enrollment while the node's agent is alive: the sign of a takeover (someone else redeemed a token for
 //! the node) or of a node that booted twice. Either way an operator should look, so it becomes an event of
-//! kind `REENROLLED_ALIVE`, which the dashboard shows as an alert.
+//! kind `REENROLLED_ALIVE`, which `alerts` turns into an alert for `ALERT_FOR_MS`.
 
-use sqlx::SqliteConnection;
-
-use crate::store::{self, nodes::NodeRow, now_ms, StoreError};
+use crate::store::events::EventKind;
+use crate::store::{self, nodes::NodeRow, now_ms, Conn, StoreError};
 
 /// Event kind recorded (and alerted on) when a node re-enrolls while its previous credential was in use.
-pub const REENROLLED_ALIVE: &str = "reenrolled_while_alive";
+pub const REENROLLED_ALIVE: EventKind = EventKind::ReenrolledWhileAlive;
 
 /// How recently the previous credential must have been used for a re-enrollment to be suspicious.
 pub const ALIVE_WINDOW_MS: i64 = 2 * 60 * 1000;
 
 /// Records the event when `row` (the node, before its credential is replaced) still has a credential that was
 /// used within `ALIVE_WINDOW_MS`. True when it did.
-pub async fn note_if_alive(conn: &mut SqliteConnection, row: &NodeRow) -> Result<bool, StoreError> {
+pub async fn note_if_alive(conn: &mut Conn, row: &NodeRow) -> Result<bool, StoreError> {
     let recently = row
         .last_seen_at
         .is_some_and(|t| now_ms().saturating_sub(t) <= ALIVE_WINDOW_MS);
@@ -41,22 +40,5 @@ pub async fn note_if_alive(conn: &mut SqliteConnection, row: &NodeRow) -> Result
     Ok(true)
 }
 
-/// How long a re-enrollment alert stays on the dashboard.
+/// How long a re-enrollment stays an alert.
 pub const ALERT_FOR_MS: i64 = 24 * 3600 * 1000;
-
-impl super::Fleet {
-    /// Re-enrollments of live nodes within `ALERT_FOR_MS`, newest first (the dashboard's alerts).
-    pub async fn recent_takeover_alerts(&self) -> Result<Vec<store::events::EventRow>, StoreError> {
-        let mut conn = self.store().read().await?;
-        store::events::list(
-            &mut conn,
-            &store::events::EventFilter {
-                since: Some(now_ms().saturating_sub(ALERT_FOR_MS)),
-                kind: Some(REENROLLED_ALIVE.into()),
-                limit: 20,
-                ..Default::default()
-            },
-        )
-        .await
-    }
-}

@@ -1,16 +1,15 @@
 //! The audit log table: append (inside the caller's transaction) and queries.
 
 use serde_json::Value;
-use sqlx::SqliteConnection;
 
-use super::{now_ms, StoreError};
-use crate::audit::{row_hash, AuditRow, Verification, Verifier};
+use super::{now_ms, Conn, StoreError};
+use crate::audit::{row_hash, AuditAction, AuditRow, Verification, Verifier};
 
 /// Appends one row, chained to the current head, and moves the head. Call inside the mutation's transaction.
 pub async fn append(
-    conn: &mut SqliteConnection,
+    conn: &mut Conn,
     actor: &str,
-    action: &str,
+    action: AuditAction,
     target: &str,
     before: Option<&Value>,
     after: Option<&Value>,
@@ -27,7 +26,7 @@ pub async fn append(
         seq,
         at,
         actor,
-        action,
+        action.as_str(),
         target,
         before.as_deref(),
         after.as_deref(),
@@ -40,7 +39,7 @@ pub async fn append(
     .bind(seq)
     .bind(at)
     .bind(actor)
-    .bind(action)
+    .bind(action.as_str())
     .bind(target)
     .bind(before)
     .bind(after)
@@ -84,7 +83,7 @@ fn target_pattern(target: Option<&String>) -> Option<String> {
 /// `fetch`): rows are decoded one at a time as the stream is polled, so memory does not grow with the log, and
 /// the rows come from one read snapshot.
 pub fn stream<'c>(
-    conn: &'c mut SqliteConnection,
+    conn: &'c mut Conn,
     f: &AuditFilter,
 ) -> impl futures::Stream<Item = Result<AuditRow, StoreError>> + Send + 'c {
     use futures::StreamExt;
@@ -104,10 +103,7 @@ pub fn stream<'c>(
     .map(|r| r.map_err(StoreError::from))
 }
 
-pub async fn list(
-    conn: &mut SqliteConnection,
-    f: &AuditFilter,
-) -> Result<Vec<AuditRow>, StoreError> {
+pub async fn list(conn: &mut Conn, f: &AuditFilter) -> Result<Vec<AuditRow>, StoreError> {
     let target_prefix = target_pattern(f.target.as_ref());
     Ok(sqlx::query_as(
         "SELECT seq, at, actor, action, target, before_json, after_json, prev_hash, hash FROM audit_log \
@@ -127,7 +123,7 @@ pub async fn list(
 }
 
 /// Walks the whole chain in pages and checks every link and the stored head.
-pub async fn verify(conn: &mut SqliteConnection) -> Result<Verification, StoreError> {
+pub async fn verify(conn: &mut Conn) -> Result<Verification, StoreError> {
     let mut verifier = Verifier::default();
     let mut after = 0i64;
     loop {
@@ -149,7 +145,7 @@ pub async fn verify(conn: &mut SqliteConnection) -> Result<Verification, StoreEr
     Ok(verifier.finish(head_seq, &head_hash))
 }
 
-pub async fn count(conn: &mut SqliteConnection) -> Result<i64, StoreError> {
+pub async fn count(conn: &mut Conn) -> Result<i64, StoreError> {
     Ok(
         sqlx::query_scalar("SELECT seq FROM audit_head WHERE id = 1")
             .fetch_one(conn)
@@ -158,9 +154,7 @@ pub async fn count(conn: &mut SqliteConnection) -> Result<i64, StoreError> {
 }
 
 /// The distinct actors and actions in the log (for the dashboard's filter suggestions).
-pub async fn actors_and_actions(
-    conn: &mut SqliteConnection,
-) -> Result<(Vec<String>, Vec<String>), StoreError> {
+pub async fn actors_and_actions(conn: &mut Conn) -> Result<(Vec<String>, Vec<String>), StoreError> {
     let actors: Vec<String> =
         sqlx::query_scalar("SELECT DISTINCT actor FROM audit_log ORDER BY actor LIMIT 500")
             .fetch_all(&mut *conn)
@@ -173,7 +167,7 @@ pub async fn actors_and_actions(
 }
 
 /// The chain head: sequence number and hash of the newest row.
-pub async fn head(conn: &mut SqliteConnection) -> Result<(i64, String), StoreError> {
+pub async fn head(conn: &mut Conn) -> Result<(i64, String), StoreError> {
     Ok(
         sqlx::query_as("SELECT seq, hash FROM audit_head WHERE id = 1")
             .fetch_one(conn)

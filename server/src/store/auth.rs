@@ -1,8 +1,6 @@
 //! Users, sessions, API tokens, node credentials and enrollment tokens. Secrets are stored only as hashes.
 
-use sqlx::SqliteConnection;
-
-use super::{now_ms, StoreError};
+use super::{now_ms, Conn, StoreError};
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct UserRow {
@@ -16,30 +14,27 @@ pub struct UserRow {
 
 const SELECT_USER: &str = "SELECT id, name, role, password_hash, disabled, created_at FROM users";
 
-pub async fn user_by_name(
-    conn: &mut SqliteConnection,
-    name: &str,
-) -> Result<Option<UserRow>, StoreError> {
+pub async fn user_by_name(conn: &mut Conn, name: &str) -> Result<Option<UserRow>, StoreError> {
     Ok(sqlx::query_as(&format!("{SELECT_USER} WHERE name = $1"))
         .bind(name)
         .fetch_optional(conn)
         .await?)
 }
 
-pub async fn users(conn: &mut SqliteConnection) -> Result<Vec<UserRow>, StoreError> {
+pub async fn users(conn: &mut Conn) -> Result<Vec<UserRow>, StoreError> {
     Ok(sqlx::query_as(&format!("{SELECT_USER} ORDER BY name"))
         .fetch_all(conn)
         .await?)
 }
 
-pub async fn user_count(conn: &mut SqliteConnection) -> Result<i64, StoreError> {
+pub async fn user_count(conn: &mut Conn) -> Result<i64, StoreError> {
     Ok(sqlx::query_scalar("SELECT COUNT(*) FROM users")
         .fetch_one(conn)
         .await?)
 }
 
 pub async fn insert_user(
-    conn: &mut SqliteConnection,
+    conn: &mut Conn,
     name: &str,
     role: &str,
     password_hash: &str,
@@ -56,7 +51,7 @@ pub async fn insert_user(
 }
 
 pub async fn set_password(
-    conn: &mut SqliteConnection,
+    conn: &mut Conn,
     user_id: i64,
     password_hash: &str,
 ) -> Result<(), StoreError> {
@@ -73,7 +68,7 @@ pub async fn set_password(
     Ok(())
 }
 
-pub async fn delete_user(conn: &mut SqliteConnection, user_id: i64) -> Result<(), StoreError> {
+pub async fn delete_user(conn: &mut Conn, user_id: i64) -> Result<(), StoreError> {
     sqlx::query("DELETE FROM users WHERE id = $1")
         .bind(user_id)
         .execute(conn)
@@ -92,7 +87,7 @@ pub struct Principal {
 }
 
 pub async fn insert_session(
-    conn: &mut SqliteConnection,
+    conn: &mut Conn,
     token_hash: &str,
     csrf_token: &str,
     user_id: i64,
@@ -117,10 +112,7 @@ pub async fn insert_session(
     Ok(())
 }
 
-pub async fn session(
-    conn: &mut SqliteConnection,
-    token_hash: &str,
-) -> Result<Option<Principal>, StoreError> {
+pub async fn session(conn: &mut Conn, token_hash: &str) -> Result<Option<Principal>, StoreError> {
     Ok(sqlx::query_as(
         "SELECT u.id AS user_id, u.name, u.role, s.csrf_token FROM sessions s JOIN users u ON u.id = s.user_id \
          WHERE s.token_hash = $1 AND s.expires_at > $2 AND u.disabled = 0",
@@ -131,10 +123,7 @@ pub async fn session(
     .await?)
 }
 
-pub async fn delete_session(
-    conn: &mut SqliteConnection,
-    token_hash: &str,
-) -> Result<(), StoreError> {
+pub async fn delete_session(conn: &mut Conn, token_hash: &str) -> Result<(), StoreError> {
     sqlx::query("DELETE FROM sessions WHERE token_hash = $1")
         .bind(token_hash)
         .execute(conn)
@@ -153,7 +142,7 @@ pub struct TokenRow {
 }
 
 pub async fn insert_token(
-    conn: &mut SqliteConnection,
+    conn: &mut Conn,
     user_id: i64,
     name: &str,
     token_hash: &str,
@@ -171,7 +160,7 @@ pub async fn insert_token(
     .await?)
 }
 
-pub async fn tokens(conn: &mut SqliteConnection) -> Result<Vec<TokenRow>, StoreError> {
+pub async fn tokens(conn: &mut Conn) -> Result<Vec<TokenRow>, StoreError> {
     Ok(sqlx::query_as(
         "SELECT t.id, u.name AS user, t.name, t.created_at, t.expires_at, t.last_used_at FROM api_tokens t \
          JOIN users u ON u.id = t.user_id ORDER BY t.id",
@@ -180,7 +169,7 @@ pub async fn tokens(conn: &mut SqliteConnection) -> Result<Vec<TokenRow>, StoreE
     .await?)
 }
 
-pub async fn delete_token(conn: &mut SqliteConnection, id: i64) -> Result<u64, StoreError> {
+pub async fn delete_token(conn: &mut Conn, id: i64) -> Result<u64, StoreError> {
     Ok(sqlx::query("DELETE FROM api_tokens WHERE id = $1")
         .bind(id)
         .execute(conn)
@@ -189,7 +178,7 @@ pub async fn delete_token(conn: &mut SqliteConnection, id: i64) -> Result<u64, S
 }
 
 pub async fn token_principal(
-    conn: &mut SqliteConnection,
+    conn: &mut Conn,
     token_hash: &str,
 ) -> Result<Option<Principal>, StoreError> {
     Ok(sqlx::query_as(
@@ -208,7 +197,7 @@ pub const TOKEN_TOUCH_INTERVAL_MS: i64 = 60_000;
 
 /// Records that the token with `token_hash` was used now, unless that was recorded within
 /// `TOKEN_TOUCH_INTERVAL_MS`.
-pub async fn touch_token(conn: &mut SqliteConnection, token_hash: &str) -> Result<(), StoreError> {
+pub async fn touch_token(conn: &mut Conn, token_hash: &str) -> Result<(), StoreError> {
     let now = now_ms();
     sqlx::query(
         "UPDATE api_tokens SET last_used_at = $2 WHERE token_hash = $1          AND (last_used_at IS NULL OR last_used_at < $3)",
@@ -223,7 +212,7 @@ pub async fn touch_token(conn: &mut SqliteConnection, token_hash: &str) -> Resul
 
 /// Replaces the node's credential (re-enrollment rotates it).
 pub async fn set_node_credential(
-    conn: &mut SqliteConnection,
+    conn: &mut Conn,
     node_id: i64,
     secret_hash: &str,
 ) -> Result<(), StoreError> {
@@ -241,7 +230,7 @@ pub async fn set_node_credential(
 }
 
 pub async fn node_by_credential(
-    conn: &mut SqliteConnection,
+    conn: &mut Conn,
     secret_hash: &str,
 ) -> Result<Option<i64>, StoreError> {
     Ok(
@@ -252,7 +241,7 @@ pub async fn node_by_credential(
     )
 }
 
-pub async fn revoke_node(conn: &mut SqliteConnection, node_id: i64) -> Result<(), StoreError> {
+pub async fn revoke_node(conn: &mut Conn, node_id: i64) -> Result<(), StoreError> {
     sqlx::query("DELETE FROM node_credentials WHERE node_id = $1")
         .bind(node_id)
         .execute(&mut *conn)
@@ -265,7 +254,7 @@ pub async fn revoke_node(conn: &mut SqliteConnection, node_id: i64) -> Result<()
 }
 
 pub async fn insert_enrollment_token(
-    conn: &mut SqliteConnection,
+    conn: &mut Conn,
     token_hash: &str,
     node_id: i64,
     expires_at: i64,
@@ -287,7 +276,7 @@ pub async fn insert_enrollment_token(
 
 /// Marks an unused, unexpired enrollment token used and returns its node; `None` if it is not redeemable.
 pub async fn redeem_enrollment_token(
-    conn: &mut SqliteConnection,
+    conn: &mut Conn,
     token_hash: &str,
 ) -> Result<Option<i64>, StoreError> {
     let now = now_ms();
@@ -302,10 +291,7 @@ pub async fn redeem_enrollment_token(
 }
 
 /// True when the node has a live credential (it enrolled and was not revoked since).
-pub async fn has_node_credential(
-    conn: &mut SqliteConnection,
-    node_id: i64,
-) -> Result<bool, StoreError> {
+pub async fn has_node_credential(conn: &mut Conn, node_id: i64) -> Result<bool, StoreError> {
     let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM node_credentials WHERE node_id = $1")
         .bind(node_id)
         .fetch_one(conn)

@@ -3,11 +3,11 @@
 use std::collections::HashMap;
 
 use lbfleet_proto::{
-    ClusterSpec, ConnSyncSpec, GarpSpec, HealthCheck, RealServerSpec, ServiceSpec, VipSpec,
+    ClusterSpec, ConnSyncSpec, GarpSpec, HealthCheck, Protocol, RealServerReport, RealServerSpec,
+    ServiceReport, ServiceSpec, VipSpec,
 };
-use sqlx::SqliteConnection;
 
-use super::{now_ms, StoreError};
+use super::{now_ms, Conn, StoreError};
 
 /// A cluster as stored: its spec with every real server's `enabled` explicit.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -74,10 +74,7 @@ fn int<T: TryFrom<i64>>(what: &str, v: i64) -> Result<T, StoreError> {
 }
 
 /// Loads one cluster (`Some(name)`) or all of them, ordered by name.
-pub async fn load(
-    conn: &mut SqliteConnection,
-    name: Option<&str>,
-) -> Result<Vec<StoredCluster>, StoreError> {
+pub async fn load(conn: &mut Conn, name: Option<&str>) -> Result<Vec<StoredCluster>, StoreError> {
     let clusters: Vec<ClusterRow> = sqlx::query_as(
         "SELECT id, name, vrid, interface, vrrp_version, advert_interval_ms, preempt, unicast_peers, \
          preempt_delay_ms, garp_count, garp_spacing_ms, garp_refresh_ms, sync_interface, sync_id, created_at, \
@@ -205,19 +202,12 @@ pub async fn load(
         .collect()
 }
 
-pub async fn load_one(
-    conn: &mut SqliteConnection,
-    name: &str,
-) -> Result<Option<StoredCluster>, StoreError> {
+pub async fn load_one(conn: &mut Conn, name: &str) -> Result<Option<StoredCluster>, StoreError> {
     Ok(load(conn, Some(name)).await?.into_iter().next())
 }
 
 /// Creates the cluster row or updates its VRRP fields; returns its id.
-pub async fn upsert(
-    conn: &mut SqliteConnection,
-    name: &str,
-    spec: &ClusterSpec,
-) -> Result<i64, StoreError> {
+pub async fn upsert(conn: &mut Conn, name: &str, spec: &ClusterSpec) -> Result<i64, StoreError> {
     let now = now_ms();
     let peers =
         serde_json::to_string(&spec.unicast_peers).map_err(|e| corrupt("unicast_peers", e))?;
@@ -254,7 +244,7 @@ pub async fn upsert(
 /// Replaces the cluster's VIPs and services (with their real servers) by those of `spec`.
 /// `spec` must be validated: VIPs in `address/prefix` form, every `enabled` explicit.
 pub async fn replace_contents(
-    conn: &mut SqliteConnection,
+    conn: &mut Conn,
     id: i64,
     spec: &ClusterSpec,
 ) -> Result<(), StoreError> {
@@ -310,7 +300,7 @@ pub async fn replace_contents(
 }
 
 async fn insert_real_server(
-    conn: &mut SqliteConnection,
+    conn: &mut Conn,
     service_id: i64,
     position: i64,
     r: &RealServerSpec,
@@ -330,11 +320,7 @@ async fn insert_real_server(
 }
 
 /// Marks the cluster's content as changed at fleet generation `generation`.
-pub async fn touch(
-    conn: &mut SqliteConnection,
-    id: i64,
-    generation: u64,
-) -> Result<(), StoreError> {
+pub async fn touch(conn: &mut Conn, id: i64, generation: u64) -> Result<(), StoreError> {
     let g =
         i64::try_from(generation).map_err(|_| StoreError::Corrupt("generation overflow".into()))?;
     sqlx::query("UPDATE clusters SET updated_at = $1, content_generation = $2 WHERE id = $3")
@@ -346,10 +332,7 @@ pub async fn touch(
     Ok(())
 }
 
-pub async fn content_generation(
-    conn: &mut SqliteConnection,
-    id: i64,
-) -> Result<Option<i64>, StoreError> {
+pub async fn content_generation(conn: &mut Conn, id: i64) -> Result<Option<i64>, StoreError> {
     Ok(
         sqlx::query_scalar("SELECT content_generation FROM clusters WHERE id = $1")
             .bind(id)
@@ -358,7 +341,7 @@ pub async fn content_generation(
     )
 }
 
-pub async fn delete(conn: &mut SqliteConnection, id: i64) -> Result<(), StoreError> {
+pub async fn delete(conn: &mut Conn, id: i64) -> Result<(), StoreError> {
     sqlx::query("DELETE FROM clusters WHERE id = $1")
         .bind(id)
         .execute(conn)
@@ -377,10 +360,7 @@ pub struct OtherKeys {
     pub services: HashMap<(String, u16, String), String>,
 }
 
-pub async fn other_keys(
-    conn: &mut SqliteConnection,
-    except: Option<i64>,
-) -> Result<OtherKeys, StoreError> {
+pub async fn other_keys(conn: &mut Conn, except: Option<i64>) -> Result<OtherKeys, StoreError> {
     let except = except.unwrap_or(-1);
     let mut keys = OtherKeys::default();
     let rows: Vec<(String, String, i64)> =
@@ -415,18 +395,53 @@ pub async fn other_keys(
     Ok(keys)
 }
 
-/// Identifies one real server: its service (vip, port, protocol) and its own address and port.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Identifies one real server: its service (protocol, vip, port) and its own address and port. The one key
+/// for a real server everywhere: specs, agent reports, the dashboard's health map and the store.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct RealServerKey {
+    pub protocol: Protocol,
     pub vip: String,
     pub port: u16,
-    pub protocol: String,
     pub address: String,
     pub rs_port: u16,
 }
 
+impl RealServerKey {
+    pub fn new(protocol: Protocol, vip: &str, port: u16, address: &str, rs_port: u16) -> Self {
+        RealServerKey {
+            protocol,
+            vip: vip.to_owned(),
+            port,
+            address: address.to_owned(),
+            rs_port,
+        }
+    }
+
+    /// The key of real server `rs` of service `svc` in a cluster spec.
+    pub fn of_spec(svc: &ServiceSpec, rs: &RealServerSpec) -> Self {
+        RealServerKey {
+            protocol: svc.protocol,
+            vip: svc.vip.clone(),
+            port: svc.port,
+            address: rs.address.clone(),
+            rs_port: rs.port,
+        }
+    }
+
+    /// The key of a real server as an agent reports it.
+    pub fn of_report(svc: &ServiceReport, rs: &RealServerReport) -> Self {
+        RealServerKey {
+            protocol: svc.protocol,
+            vip: svc.vip.clone(),
+            port: svc.port,
+            address: rs.address.clone(),
+            rs_port: rs.port,
+        }
+    }
+}
+
 async fn service_id(
-    conn: &mut SqliteConnection,
+    conn: &mut Conn,
     cluster_id: i64,
     vip: &str,
     port: u16,
@@ -445,12 +460,13 @@ async fn service_id(
 
 /// Appends a real server to a service. Returns false if the service does not exist.
 pub async fn add_real_server(
-    conn: &mut SqliteConnection,
+    conn: &mut Conn,
     cluster_id: i64,
     key: &RealServerKey,
     r: &RealServerSpec,
 ) -> Result<bool, StoreError> {
-    let Some(sid) = service_id(conn, cluster_id, &key.vip, key.port, &key.protocol).await? else {
+    let Some(sid) = service_id(conn, cluster_id, &key.vip, key.port, key.protocol.as_str()).await?
+    else {
         return Ok(false);
     };
     let pos: i64 = sqlx::query_scalar(
@@ -465,13 +481,14 @@ pub async fn add_real_server(
 
 /// Changes one real server's weight and enabled flag; returns the number of rows changed (0 or 1).
 pub async fn update_real_server(
-    conn: &mut SqliteConnection,
+    conn: &mut Conn,
     cluster_id: i64,
     key: &RealServerKey,
     weight: u32,
     enabled: bool,
 ) -> Result<u64, StoreError> {
-    let Some(sid) = service_id(conn, cluster_id, &key.vip, key.port, &key.protocol).await? else {
+    let Some(sid) = service_id(conn, cluster_id, &key.vip, key.port, key.protocol.as_str()).await?
+    else {
         return Ok(0);
     };
     Ok(sqlx::query("UPDATE real_servers SET weight = $1, enabled = $2 WHERE service_id = $3 AND address = $4 AND port = $5")
@@ -486,11 +503,12 @@ pub async fn update_real_server(
 }
 
 pub async fn delete_real_server(
-    conn: &mut SqliteConnection,
+    conn: &mut Conn,
     cluster_id: i64,
     key: &RealServerKey,
 ) -> Result<u64, StoreError> {
-    let Some(sid) = service_id(conn, cluster_id, &key.vip, key.port, &key.protocol).await? else {
+    let Some(sid) = service_id(conn, cluster_id, &key.vip, key.port, key.protocol.as_str()).await?
+    else {
         return Ok(0);
     };
     Ok(
@@ -506,7 +524,7 @@ pub async fn delete_real_server(
     )
 }
 
-pub async fn count(conn: &mut SqliteConnection) -> Result<i64, StoreError> {
+pub async fn count(conn: &mut Conn) -> Result<i64, StoreError> {
     Ok(sqlx::query_scalar("SELECT COUNT(*) FROM clusters")
         .fetch_one(conn)
         .await?)

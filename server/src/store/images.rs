@@ -1,9 +1,8 @@
 //! Boot images: a named kernel + initrd pair under the boot directory.
 
 use serde::{Deserialize, Serialize};
-use sqlx::SqliteConnection;
 
-use super::{now_ms, StoreError};
+use super::{now_ms, Conn, StoreError};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, sqlx::FromRow)]
 pub struct ImageRow {
@@ -28,7 +27,7 @@ const COLUMNS: &str =
     "name, kernel, initrd, cmdline, is_default, created_at, kernel_version, agent_version, \
                        kernel_sha256, initrd_sha256";
 
-pub async fn list(conn: &mut SqliteConnection) -> Result<Vec<ImageRow>, StoreError> {
+pub async fn list(conn: &mut Conn) -> Result<Vec<ImageRow>, StoreError> {
     Ok(
         sqlx::query_as(&format!("SELECT {COLUMNS} FROM images ORDER BY name"))
             .fetch_all(conn)
@@ -36,7 +35,7 @@ pub async fn list(conn: &mut SqliteConnection) -> Result<Vec<ImageRow>, StoreErr
     )
 }
 
-pub async fn get(conn: &mut SqliteConnection, name: &str) -> Result<Option<ImageRow>, StoreError> {
+pub async fn get(conn: &mut Conn, name: &str) -> Result<Option<ImageRow>, StoreError> {
     Ok(
         sqlx::query_as(&format!("SELECT {COLUMNS} FROM images WHERE name = $1"))
             .bind(name)
@@ -45,7 +44,7 @@ pub async fn get(conn: &mut SqliteConnection, name: &str) -> Result<Option<Image
     )
 }
 
-pub async fn default_image(conn: &mut SqliteConnection) -> Result<Option<ImageRow>, StoreError> {
+pub async fn default_image(conn: &mut Conn) -> Result<Option<ImageRow>, StoreError> {
     Ok(sqlx::query_as(&format!(
         "SELECT {COLUMNS} FROM images WHERE is_default = 1"
     ))
@@ -54,7 +53,7 @@ pub async fn default_image(conn: &mut SqliteConnection) -> Result<Option<ImageRo
 }
 
 /// Creates or replaces an image; a new default clears the old default's flag.
-pub async fn upsert(conn: &mut SqliteConnection, img: &ImageRow) -> Result<(), StoreError> {
+pub async fn upsert(conn: &mut Conn, img: &ImageRow) -> Result<(), StoreError> {
     if img.is_default {
         sqlx::query("UPDATE images SET is_default = 0 WHERE name != $1")
             .bind(&img.name)
@@ -84,7 +83,7 @@ pub async fn upsert(conn: &mut SqliteConnection, img: &ImageRow) -> Result<(), S
     Ok(())
 }
 
-pub async fn users_of(conn: &mut SqliteConnection, name: &str) -> Result<i64, StoreError> {
+pub async fn users_of(conn: &mut Conn, name: &str) -> Result<i64, StoreError> {
     Ok(
         sqlx::query_scalar("SELECT COUNT(*) FROM nodes WHERE image = $1 AND state != 'retired'")
             .bind(name)
@@ -94,10 +93,7 @@ pub async fn users_of(conn: &mut SqliteConnection, name: &str) -> Result<i64, St
 }
 
 /// Nodes (not retired) that boot `name`: named on the node, or, for the default image, nodes that name none.
-pub async fn users_with_default(
-    conn: &mut SqliteConnection,
-    name: &str,
-) -> Result<i64, StoreError> {
+pub async fn users_with_default(conn: &mut Conn, name: &str) -> Result<i64, StoreError> {
     Ok(sqlx::query_scalar(
         "SELECT COUNT(*) FROM nodes WHERE state != 'retired' AND (image = $1 OR (image IS NULL AND \
          EXISTS (SELECT 1 FROM images WHERE name = $1 AND is_default = 1)))",
@@ -109,7 +105,7 @@ pub async fn users_with_default(
 
 /// Deletes an image; retired nodes that named it forget it (they boot nothing, and the audit log keeps the
 /// history). Callers check first that no other node uses it.
-pub async fn delete(conn: &mut SqliteConnection, name: &str) -> Result<u64, StoreError> {
+pub async fn delete(conn: &mut Conn, name: &str) -> Result<u64, StoreError> {
     sqlx::query("UPDATE nodes SET image = NULL WHERE image = $1 AND state = 'retired'")
         .bind(name)
         .execute(&mut *conn)

@@ -1,8 +1,6 @@
 //! DHCP leases: the durable copy of the DHCP server's in-memory lease table.
 
-use sqlx::SqliteConnection;
-
-use super::{now_ms, StoreError};
+use super::{now_ms, Conn, StoreError};
 
 /// One stored lease row.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
@@ -14,7 +12,7 @@ pub struct LeaseRow {
 }
 
 /// Leases still worth restoring (bound or declined, not yet expired).
-pub async fn active(conn: &mut SqliteConnection, now: i64) -> Result<Vec<LeaseRow>, StoreError> {
+pub async fn active(conn: &mut Conn, now: i64) -> Result<Vec<LeaseRow>, StoreError> {
     Ok(sqlx::query_as(
         "SELECT address, mac, state, expires_at FROM leases WHERE expires_at > $1 AND state IN ('bound', 'declined')",
     )
@@ -28,7 +26,7 @@ const UPSERT_CHUNK: usize = 200;
 
 /// `upsert` of many rows with one statement per `UPSERT_CHUNK` rows. Rows apply in order, so when one address
 /// appears twice the later row wins, exactly as with one `upsert` per row.
-pub async fn upsert_many(conn: &mut SqliteConnection, rows: &[LeaseRow]) -> Result<(), StoreError> {
+pub async fn upsert_many(conn: &mut Conn, rows: &[LeaseRow]) -> Result<(), StoreError> {
     let now = now_ms();
     for chunk in rows.chunks(UPSERT_CHUNK) {
         let mut sql = String::with_capacity(160 + chunk.len() * 32);
@@ -65,11 +63,7 @@ pub async fn upsert_many(conn: &mut SqliteConnection, rows: &[LeaseRow]) -> Resu
     Ok(())
 }
 
-pub async fn remove(
-    conn: &mut SqliteConnection,
-    address: &str,
-    mac: &str,
-) -> Result<(), StoreError> {
+pub async fn remove(conn: &mut Conn, address: &str, mac: &str) -> Result<(), StoreError> {
     sqlx::query("DELETE FROM leases WHERE address = $1 AND mac = $2")
         .bind(address)
         .bind(mac)
@@ -80,7 +74,7 @@ pub async fn remove(
 
 /// Registered nodes with a fixed address: (mac, address, hostname).
 pub async fn reservations(
-    conn: &mut SqliteConnection,
+    conn: &mut Conn,
 ) -> Result<Vec<(String, String, Option<String>)>, StoreError> {
     Ok(sqlx::query_as(
         "SELECT mac, reserved_address, hostname FROM nodes WHERE reserved_address IS NOT NULL \
@@ -91,7 +85,7 @@ pub async fn reservations(
 }
 
 /// MACs of registered (approved) nodes: they boot outside the DHCP discovery budget.
-pub async fn registered_macs(conn: &mut SqliteConnection) -> Result<Vec<String>, StoreError> {
+pub async fn registered_macs(conn: &mut Conn) -> Result<Vec<String>, StoreError> {
     Ok(sqlx::query_scalar(
         "SELECT mac FROM nodes WHERE state NOT IN ('discovered', 'retired', 'rejected')",
     )
@@ -100,7 +94,7 @@ pub async fn registered_macs(conn: &mut SqliteConnection) -> Result<Vec<String>,
 }
 
 /// Whether a MAC is a node that must not be served (retired or rejected).
-pub async fn refused_macs(conn: &mut SqliteConnection) -> Result<Vec<String>, StoreError> {
+pub async fn refused_macs(conn: &mut Conn) -> Result<Vec<String>, StoreError> {
     Ok(
         sqlx::query_scalar("SELECT mac FROM nodes WHERE state IN ('retired', 'rejected')")
             .fetch_all(conn)
@@ -110,7 +104,7 @@ pub async fn refused_macs(conn: &mut SqliteConnection) -> Result<Vec<String>, St
 
 /// True when `mac` holds a bound, unexpired lease on `address` (the boot-trust check for enrollment tokens).
 pub async fn bound_to(
-    conn: &mut SqliteConnection,
+    conn: &mut Conn,
     mac: &str,
     address: &str,
     now: i64,

@@ -8,7 +8,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{SqliteConnection, SqlitePool};
+use sqlx::SqlitePool;
 
 pub mod audit;
 pub mod auth;
@@ -47,8 +47,20 @@ impl StoreError {
     }
 }
 
-/// A write transaction on the single writer connection.
+/// A connection as the store's functions take it (inside a transaction or not). The fleet names only this alias
+/// and `WriteTx`, never the backend's types, so another database changes `store/` alone.
+pub type Conn = sqlx::SqliteConnection;
+
+/// A write transaction on the single writer connection; finish it with `commit`.
 pub type WriteTx = sqlx::Transaction<'static, sqlx::Sqlite>;
+
+/// A pooled read connection (derefs to `Conn`).
+pub type ReadConn = sqlx::pool::PoolConnection<sqlx::Sqlite>;
+
+/// Commits a write transaction.
+pub async fn commit(tx: WriteTx) -> Result<(), StoreError> {
+    Ok(tx.commit().await?)
+}
 
 /// Handle to the database; cheap to clone.
 #[derive(Debug, Clone)]
@@ -100,7 +112,7 @@ impl Store {
     }
 
     /// A read connection for queries outside a write transaction.
-    pub async fn read(&self) -> Result<sqlx::pool::PoolConnection<sqlx::Sqlite>, StoreError> {
+    pub async fn read(&self) -> Result<ReadConn, StoreError> {
         Ok(self.reader.acquire().await?)
     }
 
@@ -155,7 +167,7 @@ pub fn now_ms() -> i64 {
 }
 
 /// Takes the next fleet generation. Every node whose role changes in this transaction gets it.
-pub async fn next_generation(conn: &mut SqliteConnection) -> Result<u64, StoreError> {
+pub async fn next_generation(conn: &mut Conn) -> Result<u64, StoreError> {
     let g: i64 = sqlx::query_scalar(
         "UPDATE fleet_state SET generation = generation + 1 WHERE id = 1 RETURNING generation",
     )

@@ -1,8 +1,8 @@
 //! Nodes, their assignments, role generations and agent reports.
 
-use sqlx::SqliteConnection;
+use lbfleet_proto::{NodeState, Role};
 
-use super::{now_ms, StoreError};
+use super::{now_ms, Conn, StoreError};
 
 /// A node with its assignment (if any), as stored.
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -10,7 +10,8 @@ pub struct NodeRow {
     pub id: i64,
     pub mac: String,
     pub hostname: Option<String>,
-    pub state: String,
+    #[sqlx(try_from = "String")]
+    pub state: NodeState,
     pub image: Option<String>,
     pub address: Option<String>,
     pub reserved_address: Option<String>,
@@ -49,10 +50,7 @@ pub enum NodeKey {
     Hostname(String),
 }
 
-pub async fn get(
-    conn: &mut SqliteConnection,
-    key: &NodeKey,
-) -> Result<Option<NodeRow>, StoreError> {
+pub async fn get(conn: &mut Conn, key: &NodeKey) -> Result<Option<NodeRow>, StoreError> {
     let sql = match key {
         NodeKey::Id(_) => format!("{SELECT_NODE} WHERE n.id = $1"),
         NodeKey::Mac(_) => format!("{SELECT_NODE} WHERE n.mac = $1"),
@@ -73,7 +71,7 @@ pub struct NodeFilter {
     pub cluster: Option<String>,
 }
 
-pub async fn list(conn: &mut SqliteConnection, f: &NodeFilter) -> Result<Vec<NodeRow>, StoreError> {
+pub async fn list(conn: &mut Conn, f: &NodeFilter) -> Result<Vec<NodeRow>, StoreError> {
     let sql = format!(
         "{SELECT_NODE} WHERE ($1 IS NULL OR n.state = $1) AND ($2 IS NULL OR c.name = $2) ORDER BY n.id"
     );
@@ -85,10 +83,10 @@ pub async fn list(conn: &mut SqliteConnection, f: &NodeFilter) -> Result<Vec<Nod
 }
 
 pub async fn insert(
-    conn: &mut SqliteConnection,
+    conn: &mut Conn,
     mac: &str,
     hostname: Option<&str>,
-    state: &str,
+    state: NodeState,
     image: Option<&str>,
 ) -> Result<i64, StoreError> {
     let now = now_ms();
@@ -97,20 +95,16 @@ pub async fn insert(
     )
     .bind(mac)
     .bind(hostname)
-    .bind(state)
+    .bind(state.as_str())
     .bind(image)
     .bind(now)
     .fetch_one(conn)
     .await?)
 }
 
-pub async fn set_state(
-    conn: &mut SqliteConnection,
-    id: i64,
-    state: &str,
-) -> Result<(), StoreError> {
+pub async fn set_state(conn: &mut Conn, id: i64, state: NodeState) -> Result<(), StoreError> {
     sqlx::query("UPDATE nodes SET state = $1, updated_at = $2 WHERE id = $3")
-        .bind(state)
+        .bind(state.as_str())
         .bind(now_ms())
         .bind(id)
         .execute(conn)
@@ -119,7 +113,7 @@ pub async fn set_state(
 }
 
 pub async fn set_reserved_address(
-    conn: &mut SqliteConnection,
+    conn: &mut Conn,
     id: i64,
     address: Option<&str>,
 ) -> Result<(), StoreError> {
@@ -133,7 +127,7 @@ pub async fn set_reserved_address(
 }
 
 pub async fn address_reserved_by(
-    conn: &mut SqliteConnection,
+    conn: &mut Conn,
     address: &str,
 ) -> Result<Option<String>, StoreError> {
     Ok(
@@ -145,7 +139,7 @@ pub async fn address_reserved_by(
 }
 
 pub async fn set_identity(
-    conn: &mut SqliteConnection,
+    conn: &mut Conn,
     id: i64,
     hostname: Option<&str>,
     image: Option<&str>,
@@ -161,7 +155,7 @@ pub async fn set_identity(
 }
 
 pub async fn hostname_taken(
-    conn: &mut SqliteConnection,
+    conn: &mut Conn,
     hostname: &str,
     except: i64,
 ) -> Result<bool, StoreError> {
@@ -175,7 +169,7 @@ pub async fn hostname_taken(
 
 /// Sets `generation` as the role generation of the given nodes.
 pub async fn set_generation(
-    conn: &mut SqliteConnection,
+    conn: &mut Conn,
     ids: &[i64],
     generation: u64,
 ) -> Result<(), StoreError> {
@@ -192,10 +186,10 @@ pub async fn set_generation(
 }
 
 pub async fn upsert_assignment(
-    conn: &mut SqliteConnection,
+    conn: &mut Conn,
     node_id: i64,
     cluster_id: i64,
-    role: &str,
+    role: Role,
     priority: u8,
 ) -> Result<(), StoreError> {
     sqlx::query(
@@ -205,7 +199,7 @@ pub async fn upsert_assignment(
     )
     .bind(node_id)
     .bind(cluster_id)
-    .bind(role)
+    .bind(role.as_str())
     .bind(i64::from(priority))
     .bind(now_ms())
     .execute(conn)
@@ -213,10 +207,7 @@ pub async fn upsert_assignment(
     Ok(())
 }
 
-pub async fn delete_assignment(
-    conn: &mut SqliteConnection,
-    node_id: i64,
-) -> Result<(), StoreError> {
+pub async fn delete_assignment(conn: &mut Conn, node_id: i64) -> Result<(), StoreError> {
     sqlx::query("DELETE FROM assignments WHERE node_id = $1")
         .bind(node_id)
         .execute(conn)
@@ -229,15 +220,13 @@ pub async fn delete_assignment(
 pub struct Member {
     pub node_id: i64,
     pub name: String,
-    pub role: String,
+    #[sqlx(try_from = "String")]
+    pub role: Role,
     pub priority: i64,
     pub address: Option<String>,
 }
 
-pub async fn members(
-    conn: &mut SqliteConnection,
-    cluster_id: i64,
-) -> Result<Vec<Member>, StoreError> {
+pub async fn members(conn: &mut Conn, cluster_id: i64) -> Result<Vec<Member>, StoreError> {
     Ok(sqlx::query_as(
         "SELECT a.node_id, COALESCE(n.hostname, n.mac) AS name, a.role, a.priority, n.address \
          FROM assignments a JOIN nodes n ON n.id = a.node_id WHERE a.cluster_id = $1 ORDER BY a.role, a.priority DESC, n.id",
@@ -248,17 +237,19 @@ pub async fn members(
 }
 
 /// Members of every cluster, by cluster id (for listings).
-pub async fn all_members(conn: &mut SqliteConnection) -> Result<Vec<(i64, Member)>, StoreError> {
+pub async fn all_members(conn: &mut Conn) -> Result<Vec<(i64, Member)>, StoreError> {
     let rows: Vec<(i64, i64, String, String, i64, Option<String>)> = sqlx::query_as(
         "SELECT a.cluster_id, a.node_id, COALESCE(n.hostname, n.mac), a.role, a.priority, n.address \
          FROM assignments a JOIN nodes n ON n.id = a.node_id ORDER BY a.role, a.priority DESC, n.id",
     )
     .fetch_all(conn)
     .await?;
-    Ok(rows
-        .into_iter()
+    rows.into_iter()
         .map(|(c, node_id, name, role, priority, address)| {
-            (
+            let role = role
+                .parse()
+                .map_err(|e| StoreError::Corrupt(format!("assignment of node {node_id}: {e}")))?;
+            Ok((
                 c,
                 Member {
                     node_id,
@@ -267,9 +258,9 @@ pub async fn all_members(conn: &mut SqliteConnection) -> Result<Vec<(i64, Member
                     priority,
                     address,
                 },
-            )
+            ))
         })
-        .collect())
+        .collect()
 }
 
 /// What an agent report writes onto its node.
@@ -284,7 +275,7 @@ pub struct ReportUpdate<'a> {
 }
 
 pub async fn record_report(
-    conn: &mut SqliteConnection,
+    conn: &mut Conn,
     id: i64,
     r: &ReportUpdate<'_>,
 ) -> Result<(), StoreError> {
@@ -308,7 +299,7 @@ pub async fn record_report(
 }
 
 pub async fn set_versions(
-    conn: &mut SqliteConnection,
+    conn: &mut Conn,
     id: i64,
     agent_version: Option<&str>,
     image_version: Option<&str>,
@@ -327,7 +318,7 @@ pub async fn set_versions(
 }
 
 /// Node counts by state (for metrics and the overview).
-pub async fn count_by_state(conn: &mut SqliteConnection) -> Result<Vec<(String, i64)>, StoreError> {
+pub async fn count_by_state(conn: &mut Conn) -> Result<Vec<(String, i64)>, StoreError> {
     Ok(
         sqlx::query_as("SELECT state, COUNT(*) FROM nodes GROUP BY state ORDER BY state")
             .fetch_all(conn)
@@ -335,10 +326,10 @@ pub async fn count_by_state(conn: &mut SqliteConnection) -> Result<Vec<(String, 
     )
 }
 
-pub async fn count_in_state(conn: &mut SqliteConnection, state: &str) -> Result<i64, StoreError> {
+pub async fn count_in_state(conn: &mut Conn, state: NodeState) -> Result<i64, StoreError> {
     Ok(
         sqlx::query_scalar("SELECT COUNT(*) FROM nodes WHERE state = $1")
-            .bind(state)
+            .bind(state.as_str())
             .fetch_one(conn)
             .await?,
     )

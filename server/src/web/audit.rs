@@ -7,11 +7,17 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{json_diff, render, time_text, Chrome, DiffLine, WebError, WebUser};
-use crate::api::AppState;
+use axum::routing::get;
+use axum::Router;
+
+use super::error::WebError;
+use super::format::{json_diff, time_text, DiffLine};
+use super::page::{render, Chrome};
+use super::session::WebUser;
 use crate::audit::Verification;
 use crate::audit_export::{self, ExportFormat};
-use crate::store::{self, audit::AuditFilter};
+use crate::state::AppState;
+use crate::store::audit::AuditFilter;
 
 #[derive(Debug, Default, Deserialize)]
 pub struct AuditQuery {
@@ -113,12 +119,9 @@ struct AuditPage {
 /// fleet change; a page load always verifies the whole chain.
 static LAST_VERIFIED: std::sync::Mutex<Option<Verification>> = std::sync::Mutex::new(None);
 
-async fn verification(
-    conn: &mut sqlx::SqliteConnection,
-    live_refresh: bool,
-) -> Result<Verification, WebError> {
+async fn verification(s: &AppState, live_refresh: bool) -> Result<Verification, WebError> {
     if live_refresh {
-        let (_, head_hash) = store::audit::head(conn).await?;
+        let head_hash = s.fleet.audit_head_hash().await?;
         let cached = LAST_VERIFIED
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -127,7 +130,7 @@ async fn verification(
             return Ok(v);
         }
     }
-    let v = store::audit::verify(conn).await?;
+    let v = s.fleet.verify_audit().await?;
     if !v.ok {
         tracing::error!(
             problem = v.problem.as_deref().unwrap_or(""),
@@ -136,6 +139,13 @@ async fn verification(
     }
     *LAST_VERIFIED.lock().unwrap_or_else(|p| p.into_inner()) = Some(v.clone());
     Ok(v)
+}
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/audit", get(page))
+        .route("/audit/export.csv", get(export_csv))
+        .route("/audit/export.json", get(export_json))
 }
 
 pub async fn page(
@@ -155,11 +165,9 @@ pub async fn page(
             Some(e),
         ),
     };
-    let mut conn = s.fleet.store().read().await?;
-    let rows = store::audit::list(&mut conn, &f).await?;
-    let verification = verification(&mut conn, super::is_live_refresh(&headers)).await?;
-    let (actors, actions) = store::audit::actors_and_actions(&mut conn).await?;
-    drop(conn);
+    let rows = s.fleet.audit_page(&f).await?;
+    let verification = verification(&s, super::flash::is_live_refresh(&headers)).await?;
+    let (actors, actions) = s.fleet.audit_facets().await?;
     let query = serde_urlencoded::to_string([
         ("since", q.since.as_str()),
         ("until", q.until.as_str()),
@@ -211,7 +219,7 @@ pub async fn page(
 /// The CSV and JSON exports: every row matching the filter, newest first, streamed (`audit_export`).
 async fn export(s: &AppState, q: &AuditQuery, format: ExportFormat) -> Result<Response, WebError> {
     let f = filter(q, 0).map_err(WebError::BadRequest)?;
-    let conn = s.fleet.store().read().await?;
+    let conn = s.fleet.audit_export_reader().await?;
     let (content_type, disposition) = match format {
         ExportFormat::Csv => (
             "text/csv; charset=utf-8",

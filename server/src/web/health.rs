@@ -1,20 +1,22 @@
 //! A real server's health for people, as the node and cluster pages show it: the state its node's agent
 //! reported (up, down, not checked, administratively drained), since when, the last error, the last latency
-//! and the flap count. Agents without health checks report only a `healthy` flag, shown as before.
+//! and the flap count. A report without a health result says only `healthy` (true by default): failing is shown
+//! as failing, anything else as "not checked", never as healthy.
 
 use std::collections::HashMap;
 
 use lbfleet_proto::{AgentReport, HealthState, RealServerHealth, RealServerReport};
 
-use super::time_text;
+use super::format::time_text;
+use crate::store::clusters::RealServerKey;
 
 /// One real server's health on a page. Every text is escaped by askama.
 #[derive(Debug, Clone, Default)]
 pub struct HealthView {
     /// CSS class suffix (`h-…`): `healthy`, `failing`, `unknown` or `drained`.
     pub class: &'static str,
-    /// `✔ up`, `✖ down`, `not checked`, `drained (admin)`; `✔ healthy` / `✖ failing` from an agent without
-    /// health checks; `unknown` without a report.
+    /// `✔ up`, `✖ down`, `not checked`, `drained (admin)`; `✖ failing` from a report without a health result
+    /// (`not checked` when it says healthy); `unknown` without a report.
     pub label: String,
     /// When the state last changed (`2026-11-30 23:59:01`), or "".
     pub since: String,
@@ -41,10 +43,11 @@ impl HealthView {
     /// A real server as the agent reported it.
     pub fn of(rs: &RealServerReport) -> HealthView {
         let Some(h) = &rs.health else {
+            // Without a health result, `healthy` defaults to true: nothing says a check looked at the server.
             return if rs.healthy {
                 HealthView {
-                    class: "healthy",
-                    label: "✔ healthy".into(),
+                    class: "unknown",
+                    label: "not checked".into(),
                     ..HealthView::default()
                 }
             } else {
@@ -89,24 +92,65 @@ impl HealthView {
     }
 }
 
-/// Real servers of one node's report by (protocol, VIP, port, address, real-server port).
-pub type HealthKey = (String, String, u16, String, u16);
-
-pub fn health_views(report: Option<&AgentReport>) -> HashMap<HealthKey, HealthView> {
+/// The real servers of one node's report, for the pages.
+pub fn health_views(report: Option<&AgentReport>) -> HashMap<RealServerKey, HealthView> {
     let mut out = HashMap::new();
     for s in report.map(|r| r.services.as_slice()).unwrap_or_default() {
         for rs in &s.real_servers {
-            out.insert(
-                (
-                    s.protocol.to_string(),
-                    s.vip.clone(),
-                    s.port,
-                    rs.address.clone(),
-                    rs.port,
-                ),
-                HealthView::of(rs),
-            );
+            out.insert(RealServerKey::of_report(s, rs), HealthView::of(rs));
         }
+    }
+    out
+}
+
+/// Whether a check found the real server up (`Some(true)`) or down (`Some(false)`); `None` when no check has a
+/// result for it (cluster cards count only checked servers).
+pub fn checked_up(rs: &RealServerReport) -> Option<bool> {
+    match rs.health.as_ref().map(|h| h.state) {
+        Some(HealthState::Up) => Some(true),
+        Some(HealthState::Down) => Some(false),
+        Some(HealthState::NotChecked | HealthState::AdminDrained) => None,
+        None => (!rs.healthy).then_some(false),
+    }
+}
+
+/// The parts of a check its one-line description leaves out, for the cluster page.
+pub fn check_extras(c: &lbfleet_proto::HealthCheck) -> Vec<String> {
+    if c.kind == lbfleet_proto::CheckKind::None {
+        return Vec::new();
+    }
+    let mut out = vec![format!(
+        "every {} ms, timeout {} ms, rise {}, fall {}",
+        c.interval_ms, c.timeout_ms, c.rise, c.fall
+    )];
+    out.push(format!("on down: {}", c.on_down));
+    if let Some(h) = &c.host {
+        out.push(format!("Host {h}"));
+    }
+    if let Some(b) = &c.body_contains {
+        out.push(format!("body contains {b:?}"));
+    }
+    if c.kind == lbfleet_proto::CheckKind::Https {
+        out.push(if c.tls_verify {
+            "TLS verified".into()
+        } else {
+            "TLS not verified".into()
+        });
+    }
+    if let Some(q) = &c.quorum {
+        out.push(format!(
+            "quorum {} (priority -{})",
+            q.min_healthy, q.priority_drop
+        ));
+    }
+    if let Some(s) = &c.sorry_server {
+        out.push(format!(
+            "sorry server {}",
+            crate::fleet::socket_text(&s.address, s.port)
+        ));
+    }
+    if !c.overrides.is_empty() {
+        out.push(format!("{} per-server override(s)", c.overrides.len()));
     }
     out
 }
@@ -133,5 +177,13 @@ mod tests {
         }))
         .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(HealthView::of(&legacy).label, "✖ failing");
+        let unchecked: RealServerReport = serde_json::from_value(serde_json::json!({
+            "address": "198.18.2.1", "port": 8080, "healthy": true, "weight": 1
+        }))
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(HealthView::of(&unchecked).label, "not checked");
+        assert_eq!(checked_up(&unchecked), None);
+        assert_eq!(checked_up(&legacy), Some(false));
+        assert_eq!(checked_up(&rs), Some(false));
     }
 }

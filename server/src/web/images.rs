@@ -6,15 +6,24 @@ use askama::Template;
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
+use axum::routing::{get, post};
+use axum::Router;
 use lbfleet_proto::UserRole;
 use serde::Deserialize;
 
-use super::{
-    fleet_error_text, redirect_with, render, time_text, Chrome, Posted, WebError, WebUser,
-};
-use crate::api::AppState;
+use super::error::{fleet_error_text, WebError};
+use super::flash::redirect_with;
+use super::format::time_text;
+use super::page::{render, Chrome};
+use super::session::{Posted, WebUser};
 use crate::fleet::{node_key, FleetError};
-use crate::store;
+use crate::state::AppState;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/images", get(page))
+        .route("/nodes/{id}/image", post(set_node_image))
+}
 
 #[derive(Debug, Clone)]
 pub struct ImageView {
@@ -42,10 +51,8 @@ pub async fn page(
     user: WebUser,
     headers: HeaderMap,
 ) -> Result<Response, WebError> {
-    let mut conn = s.fleet.store().read().await?;
     let mut images = Vec::new();
-    for i in store::images::list(&mut conn).await? {
-        let nodes = store::images::users_with_default(&mut conn, &i.name).await?;
+    for (i, nodes) in s.fleet.images_in_use().await? {
         images.push(ImageView {
             nodes,
             added: time_text(i.created_at),
@@ -58,7 +65,6 @@ pub async fn page(
             cmdline: i.cmdline,
         });
     }
-    drop(conn);
     render(&ImagesPage {
         p: Chrome::new(&user, &headers, "images", "Boot images".into()),
         images,

@@ -10,16 +10,16 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::IntoResponse;
 use futures::stream::{self, Stream, StreamExt};
 
-use super::WebUser;
+use super::session::WebUser;
 
 /// Shortest time between two "changed" events on one stream.
 const MIN_GAP: Duration = Duration::from_millis(100);
-use crate::api::AppState;
+use crate::state::AppState;
 
 pub async fn stream(State(s): State<AppState>, user: WebUser) -> impl IntoResponse {
     let rx = s.fleet.notifier().subscribe_fleet();
-    let stop = crate::session_watch::until_server_stops_or_session_ends(
-        s.fleet.store().clone(),
+    let stop = crate::auth::session_watch::until_server_stops_or_session_ends(
+        s.fleet.clone(),
         user.session(),
         s.shutdown.clone(),
     );

@@ -9,12 +9,16 @@ use axum::response::Response;
 use lbfleet_proto::UserRole;
 use serde::Deserialize;
 
-use super::{
-    ago_text, fleet_error_text, redirect_with, render, time_text, Chrome, Posted, WebError, WebUser,
-};
-use crate::api::AppState;
+use axum::routing::{get, post};
+use axum::Router;
+
+use super::error::{fleet_error_text, WebError};
+use super::flash::redirect_with;
+use super::format::{ago_text, time_text};
+use super::page::{render, Chrome};
+use super::session::{Posted, WebUser};
 use crate::fleet::FleetError;
-use crate::store;
+use crate::state::AppState;
 
 #[derive(Debug, Clone)]
 pub struct UserView {
@@ -59,8 +63,9 @@ async fn users_page(
     revealed: Option<Revealed>,
 ) -> Result<Response, WebError> {
     user.require(UserRole::Admin)?;
-    let mut conn = s.fleet.store().read().await?;
-    let users = store::auth::users(&mut conn)
+    let users = s
+        .fleet
+        .users()
         .await?
         .into_iter()
         .map(|u| UserView {
@@ -71,7 +76,9 @@ async fn users_page(
             disabled: u.disabled,
         })
         .collect();
-    let tokens = store::auth::tokens(&mut conn)
+    let tokens = s
+        .fleet
+        .tokens()
         .await?
         .into_iter()
         .map(|t| TokenView {
@@ -86,7 +93,6 @@ async fn users_page(
             last_used: ago_text(t.last_used_at),
         })
         .collect();
-    drop(conn);
     render(&UsersPage {
         p: Chrome::new(user, headers, "users", "Users and API tokens".into()),
         users,
@@ -94,6 +100,15 @@ async fn users_page(
         roles: UserRole::ALL.iter().map(|r| r.to_string()).collect(),
         revealed,
     })
+}
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/users", get(page).post(create_user))
+        .route("/users/{name}/delete", post(delete_user))
+        .route("/users/{name}/password", post(reset_password))
+        .route("/tokens", post(create_token))
+        .route("/tokens/{id}/revoke", post(revoke_token))
 }
 
 pub async fn page(

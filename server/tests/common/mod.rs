@@ -61,7 +61,7 @@ pub async fn seed(db_path: &Path) -> Tokens {
                 .1,
         );
     }
-    fleet.store().close().await;
+    fleet.close().await;
     Tokens {
         viewer: out.pop().unwrap(),
         operator: out.pop().unwrap(),

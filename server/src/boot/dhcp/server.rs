@@ -20,7 +20,7 @@ use super::{
     handle_datagram, Decision, Destination, DhcpConfig, Lease, LeaseChange, LeaseState, LeaseTable,
     MacAddr, ReservationMap, CLIENT_PORT,
 };
-use crate::fleet::Fleet;
+use crate::fleet::{Fleet, LeaseWrite};
 use crate::store::{self, leases::LeaseRow, now_ms};
 
 /// Counters for metrics and tests.
@@ -33,6 +33,8 @@ pub struct DhcpStats {
     pub batches: AtomicU64,
     pub leases_written: AtomicU64,
     pub write_failures: AtomicU64,
+    /// Reservation snapshots loaded (at start and after each fleet change).
+    pub reservation_loads: AtomicU64,
 }
 
 /// Lease changes to make durable, and the reply waiting for them.
@@ -91,24 +93,20 @@ fn durable(changes: Vec<LeaseChange>) -> Vec<LeaseChange> {
 async fn load_reservations(
     fleet: &Fleet,
 ) -> Result<(ReservationMap, HashSet<MacAddr>), store::StoreError> {
-    let mut conn = fleet.store().read().await?;
+    let stored = fleet.dhcp_reservations().await?;
     let mut map = ReservationMap::default();
-    for (mac, address, hostname) in store::leases::reservations(&mut conn).await? {
+    for (mac, address, hostname) in stored.fixed {
         match (parse_mac(&mac), address.parse::<Ipv4Addr>()) {
             (Some(m), Ok(a)) => map.insert(m, a, hostname),
             _ => tracing::warn!(mac, address, "unusable reservation skipped"),
         }
     }
-    for mac in store::leases::registered_macs(&mut conn).await? {
-        if let Some(m) = parse_mac(&mac) {
+    for mac in &stored.registered {
+        if let Some(m) = parse_mac(mac) {
             map.register(m);
         }
     }
-    let refused = store::leases::refused_macs(&mut conn)
-        .await?
-        .iter()
-        .filter_map(|m| parse_mac(m))
-        .collect();
+    let refused = stored.refused.iter().filter_map(|m| parse_mac(m)).collect();
     Ok((map, refused))
 }
 
@@ -134,14 +132,10 @@ pub async fn run(
     cfg.validate()
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("DHCP config: {e}")))?;
     let to_io = |e: store::StoreError| io::Error::other(e.to_string());
-    let rows = {
-        let mut conn = fleet.store().read().await.map_err(to_io)?;
-        store::leases::active(&mut conn, now_ms())
-            .await
-            .map_err(to_io)?
-    };
+    let rows = { fleet.active_leases(now_ms()).await.map_err(to_io)? };
     let mut table = LeaseTable::restore(rows.iter().filter_map(lease_from_row));
     let (mut reservations, mut refused) = load_reservations(&fleet).await.map_err(to_io)?;
+    stats.reservation_loads.fetch_add(1, Ordering::Relaxed);
     tracing::info!(local = %socket.local_addr()?, leases = table.len(), "DHCP listening");
 
     let socket = Arc::new(socket);
@@ -182,7 +176,10 @@ pub async fn run(
             Ok(()) = fleet_changes.changed() => {
                 // A node was registered, approved, retired...: refresh the reservation snapshot.
                 match load_reservations(&fleet).await {
-                    Ok((r, x)) => (reservations, refused) = (r, x),
+                    Ok((r, x)) => {
+                        (reservations, refused) = (r, x);
+                        stats.reservation_loads.fetch_add(1, Ordering::Relaxed);
+                    }
                     Err(e) => tracing::error!(error = %e, "cannot reload DHCP reservations"),
                 }
                 continue;
@@ -372,23 +369,21 @@ async fn writer(
 }
 
 async fn write_batch(fleet: &Fleet, batch: &[Pending]) -> Result<(), store::StoreError> {
-    let mut tx = fleet.store().begin().await?;
-    // Runs of upserts go out as multi-row statements (a statement is a round trip to SQLite's thread); a
-    // removal ends the run, so the changes still apply in order.
-    let mut run: Vec<LeaseRow> = Vec::new();
-    for change in batch.iter().flat_map(|p| &p.changes) {
-        match change {
-            LeaseChange::Upsert(l) => run.push(lease_row(l)),
-            LeaseChange::Remove { address, mac } => {
-                store::leases::upsert_many(&mut tx, &run).await?;
-                run.clear();
-                store::leases::remove(&mut tx, &address.to_string(), &mac.to_string()).await?
-            }
-        }
-    }
-    store::leases::upsert_many(&mut tx, &run).await?;
-    tx.commit().await?;
-    Ok(())
+    fleet
+        .write_leases(
+            batch
+                .iter()
+                .flat_map(|p| &p.changes)
+                .map(|change| match change {
+                    LeaseChange::Upsert(l) => LeaseWrite::Upsert(lease_row(l)),
+                    LeaseChange::Remove { address, mac } => LeaseWrite::Remove {
+                        address: address.to_string(),
+                        mac: mac.to_string(),
+                    },
+                })
+                .collect(),
+        )
+        .await
 }
 
 #[cfg(test)]

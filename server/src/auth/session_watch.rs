@@ -4,10 +4,12 @@
 
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use tokio::sync::watch;
 
+use crate::fleet::Fleet;
 use crate::secrets;
-use crate::store::{self, Store};
 
 /// How often an open stream's session is checked.
 pub const CHECK_EVERY: Duration = Duration::from_secs(1);
@@ -15,7 +17,7 @@ pub const CHECK_EVERY: Duration = Duration::from_secs(1);
 /// A receiver that turns true when the server stops or when the session whose plain token is `session` no
 /// longer exists.
 pub fn until_server_stops_or_session_ends(
-    store: Store,
+    fleet: Arc<Fleet>,
     session: &str,
     mut server_stop: watch::Receiver<bool>,
 ) -> watch::Receiver<bool> {
@@ -29,10 +31,8 @@ pub fn until_server_stops_or_session_ends(
                 // Nobody listens any more: the stream ended by itself.
                 _ = tx.closed() => return,
             }
-            let alive = match store.read().await {
-                Ok(mut conn) => !matches!(store::auth::session(&mut conn, &hash).await, Ok(None)),
-                Err(_) => true,
-            };
+            // A database error keeps the stream open: only a session known to be gone ends it.
+            let alive = !matches!(fleet.session_principal(&hash).await, Ok(None));
             if !alive {
                 tracing::debug!("live stream closed: its session ended");
                 break;

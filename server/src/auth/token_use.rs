@@ -6,7 +6,8 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use crate::store::{self, Store};
+use crate::fleet::Fleet;
+use crate::store;
 
 const INTERVAL: Duration = Duration::from_millis(store::auth::TOKEN_TOUCH_INTERVAL_MS as u64);
 
@@ -31,16 +32,11 @@ fn due(token_hash: &str) -> bool {
 }
 
 /// Records a use of the token whose hash is `token_hash`.
-pub async fn record(store: &Store, token_hash: &str) {
+pub async fn record(fleet: &Fleet, token_hash: &str) {
     if !due(token_hash) {
         return;
     }
-    let done = async {
-        let mut tx = store.begin().await?;
-        store::auth::touch_token(&mut tx, token_hash).await?;
-        tx.commit().await.map_err(store::StoreError::from)
-    };
-    if let Err(e) = done.await {
+    if let Err(e) = fleet.touch_token(token_hash).await {
         tracing::warn!(error = %e, "cannot record API token use");
     }
 }

@@ -1,0 +1,119 @@
+//! The durable side of DHCP: restoring the lease table at start, fixed addresses of registered nodes, MACs that
+//! must not be served, and group commits of lease changes. The lease decisions themselves live in `boot::dhcp`.
+
+use super::Fleet;
+use crate::store::leases::LeaseRow;
+use crate::store::{self, StoreError};
+
+/// One durable change to the lease table, applied in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LeaseWrite {
+    Upsert(LeaseRow),
+    Remove { address: String, mac: String },
+}
+
+/// Fixed addresses of registered nodes and the MACs that get no answer.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DhcpReservations {
+    /// (MAC, address, hostname) of nodes with a reserved address.
+    pub fixed: Vec<(String, String, Option<String>)>,
+    /// MACs of registered (approved) nodes: they boot outside the DHCP discovery budget.
+    pub registered: Vec<String>,
+    /// MACs of retired and rejected nodes.
+    pub refused: Vec<String>,
+}
+
+impl Fleet {
+    /// Leases still worth restoring (bound or declined, not expired at `now_ms`).
+    pub async fn active_leases(&self, now_ms: i64) -> Result<Vec<LeaseRow>, StoreError> {
+        let mut conn = self.store.read().await?;
+        store::leases::active(&mut conn, now_ms).await
+    }
+
+    /// What DHCP must know about registered nodes.
+    pub async fn dhcp_reservations(&self) -> Result<DhcpReservations, StoreError> {
+        let mut conn = self.store.read().await?;
+        Ok(DhcpReservations {
+            fixed: store::leases::reservations(&mut conn).await?,
+            registered: store::leases::registered_macs(&mut conn).await?,
+            refused: store::leases::refused_macs(&mut conn).await?,
+        })
+    }
+
+    /// True when `mac` holds a bound, unexpired lease on `address` (the boot-trust check for enrollment tokens).
+    pub async fn lease_bound_to(&self, mac: &str, address: &str) -> Result<bool, StoreError> {
+        let mut conn = self.store.read().await?;
+        store::leases::bound_to(&mut conn, mac, address, store::now_ms()).await
+    }
+
+    /// Writes lease changes in one transaction, in order. Runs of upserts go out as multi-row statements (a
+    /// statement is a round trip to SQLite's thread); a removal ends the run.
+    pub async fn write_leases(&self, changes: Vec<LeaseWrite>) -> Result<(), StoreError> {
+        let mut tx = self.store.begin().await?;
+        let mut run: Vec<LeaseRow> = Vec::new();
+        for change in changes {
+            match change {
+                LeaseWrite::Upsert(row) => run.push(row),
+                LeaseWrite::Remove { address, mac } => {
+                    store::leases::upsert_many(&mut tx, &run).await?;
+                    run.clear();
+                    store::leases::remove(&mut tx, &address, &mac).await?;
+                }
+            }
+        }
+        store::leases::upsert_many(&mut tx, &run).await?;
+        store::commit(tx).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::{admin, fleet};
+    use super::*;
+
+    fn row(address: &str, mac: &str, expires_at: i64) -> LeaseRow {
+        LeaseRow {
+            address: address.into(),
+            mac: mac.into(),
+            state: "bound".into(),
+            expires_at,
+        }
+    }
+
+    #[tokio::test]
+    async fn lease_writes_apply_in_order_and_reservations_follow_nodes() {
+        let (f, _dir) = fleet().await;
+        let (a, b) = ("52:54:00:00:00:01", "52:54:00:00:00:02");
+        f.write_leases(vec![
+            LeaseWrite::Upsert(row("198.18.1.1", a, 10_000)),
+            LeaseWrite::Remove {
+                address: "198.18.1.1".into(),
+                mac: a.into(),
+            },
+            LeaseWrite::Upsert(row("198.18.1.2", b, 10_000)),
+            LeaseWrite::Upsert(row("198.18.1.3", a, 500)),
+        ])
+        .await
+        .expect("write");
+        let active = f.active_leases(1_000).await.expect("active");
+        assert_eq!(active, vec![row("198.18.1.2", b, 10_000)]);
+
+        f.register_node(&admin(), a, Some("lb-01"), None, Some("198.18.1.50"))
+            .await
+            .expect("register");
+        f.discover(b).await.expect("discover");
+        f.reject(&admin(), &crate::store::nodes::NodeKey::Mac(b.into()))
+            .await
+            .expect("reject");
+        let r = f.dhcp_reservations().await.expect("reservations");
+        assert_eq!(
+            r.fixed,
+            vec![(
+                a.to_owned(),
+                "198.18.1.50".to_owned(),
+                Some("lb-01".to_owned())
+            )]
+        );
+        assert_eq!(r.refused, vec![b.to_owned()]);
+    }
+}
