@@ -2,7 +2,7 @@
 CARGO ?= cargo
 SERVER := target/release/lbfleet-server
 
-.PHONY: all deps build demo test lint unit guest bench bench-longpoll bench-dhcp bench-ipvs bench-tftp bench-pxe fuzz clean
+.PHONY: all deps build demo demo-down demo-status test lint unit guest bench bench-longpoll bench-dhcp bench-ipvs bench-tftp bench-pxe fuzz clean
 
 all: build
 
@@ -13,9 +13,18 @@ deps:
 build: deps
 	$(CARGO) build --release --workspace --bins
 
-# Build, start lbfleet-server on 127.0.0.1:8080 with var/lbfleet.db, print the URL and the admin login.
+# A whole virtual site in the background (root): lbfleet-server, real servers, a client and three PXE-booted
+# QEMU machines; prints the dashboard URL (127.0.0.1:8080, or the next free port), the admin login and what to
+# try. State and logs under var/. `make demo` again starts over; `make demo-down` removes everything.
 demo: build
 	@bash scripts/demo.sh
+
+demo-down:
+	@if [ -x target/release/lbfleet-lab ]; then target/release/lbfleet-lab down --var var; \
+	else $(CARGO) run --release -p lbfleet-tests --bin lbfleet-lab -- down --var var; fi
+
+demo-status:
+	@target/release/lbfleet-lab status --var var
 
 # Formatting, lints, then every test tier that exists: unit + component (`unit`) and the QEMU guest tests
 # with real IPVS (`guest`; they also run inside `cargo test --workspace`, this target runs them on their own).

@@ -4,6 +4,6 @@
 
 pub mod cpio;
 pub mod guest;
-pub mod lab;
 pub mod ipvsadm;
+pub mod lab;
 pub mod strace;

@@ -31,7 +31,11 @@ fn bios_uefi_ipxe_and_edk2_pxe_reach_init_and_are_discovered() {
         .add_image("marker", &kernel, &initrd, "console=ttyS0", true)
         .expect("default image");
 
-    let firmwares = [Firmware::BiosIpxe, Firmware::UefiIpxe, Firmware::UefiEdk2Pxe];
+    let firmwares = [
+        Firmware::BiosIpxe,
+        Firmware::UefiIpxe,
+        Firmware::UefiEdk2Pxe,
+    ];
     for (i, fw) in firmwares.iter().enumerate() {
         let tap = site.tap(lab::BOOT_BRIDGE).expect("tap");
         let nic = Nic {

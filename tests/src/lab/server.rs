@@ -19,6 +19,8 @@ pub struct ServerOptions {
     pub answer_router_solicitations: bool,
     /// More `serve` flags.
     pub extra_args: Vec<String>,
+    /// The admin user made before the server starts (name, password); its API token is `LabServer::token`.
+    pub admin: (String, String),
 }
 
 impl Default for ServerOptions {
@@ -26,6 +28,7 @@ impl Default for ServerOptions {
         ServerOptions {
             answer_router_solicitations: true,
             extra_args: Vec::new(),
+            admin: ("lab".into(), "lab-password-not-secret".into()),
         }
     }
 }
@@ -60,7 +63,14 @@ impl LabServer {
         let database = format!("sqlite://{}", dir.join("lbfleet.db").display());
         // An admin user and API token, made through the CLI (the server is not running yet).
         let mut add = Command::new(&binary)
-            .args(["user", "add", "lab", "--role", "admin", "--password-stdin"])
+            .args([
+                "user",
+                "add",
+                &opts.admin.0,
+                "--role",
+                "admin",
+                "--password-stdin",
+            ])
             .args(["--database", &database])
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
@@ -68,17 +78,17 @@ impl LabServer {
             .spawn()
             .map_err(io_err(&binary))?;
         if let Some(mut stdin) = add.stdin.take() {
-            let _ = stdin.write_all(b"lab-password-not-secret\n");
+            let _ = stdin.write_all(format!("{}\n", opts.admin.1).as_bytes());
         }
         let out = add.wait_with_output().map_err(io_err(&binary))?;
         if !out.status.success() {
             return Err(LabError::Command {
-                command: "lbfleet-server user add lab".into(),
+                command: format!("lbfleet-server user add {}", opts.admin.0),
                 stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
             });
         }
         let out = run(Command::new(&binary)
-            .args(["token", "create", "--user", "lab", "--name", "lab"])
+            .args(["token", "create", "--user", &opts.admin.0, "--name", "lab"])
             .args(["--database", &database]))?;
         let token = String::from_utf8_lossy(&out.stdout).trim().to_owned();
 
@@ -181,7 +191,14 @@ impl LabServer {
         let auth = format!("Authorization: Bearer {}", self.token);
         let url = format!("{}/api/v1{path}", self.base_url());
         let data = body.map(|b| b.to_string());
-        let mut args = vec!["-X", method, "-H", &auth, "-H", "Content-Type: application/json"];
+        let mut args = vec![
+            "-X",
+            method,
+            "-H",
+            &auth,
+            "-H",
+            "Content-Type: application/json",
+        ];
         if let Some(d) = &data {
             args.extend(["--data-binary", d]);
         }
@@ -233,7 +250,12 @@ impl LabServer {
 
     /// Registers a built image directory (`vmlinuz`, `initrd.img`, as `lbfleet-images` writes them) under its
     /// directory name.
-    pub fn add_image_dir(&self, dir: &Path, cmdline: &str, default: bool) -> Result<String, LabError> {
+    pub fn add_image_dir(
+        &self,
+        dir: &Path,
+        cmdline: &str,
+        default: bool,
+    ) -> Result<String, LabError> {
         let name = dir
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())

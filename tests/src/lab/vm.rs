@@ -121,10 +121,7 @@ impl Vm {
         for (i, nic) in spec.nics.iter().enumerate() {
             cmd.args([
                 "-netdev",
-                &format!(
-                    "tap,id=n{i},ifname={},script=no,downscript=no",
-                    nic.tap
-                ),
+                &format!("tap,id=n{i},ifname={},script=no,downscript=no", nic.tap),
             ]);
             let mut device = format!("virtio-net-pci,netdev=n{i},mac={}", nic.mac);
             if nic.boot {
@@ -228,7 +225,12 @@ impl Vm {
     }
 
     /// Kills QEMU and starts the same machine again (a cold reboot), console appended to the same file.
-    pub fn restart(&mut self, ns: &Netns, dir: &Path, prereqs: &LabPrereqs) -> Result<(), LabError> {
+    pub fn restart(
+        &mut self,
+        ns: &Netns,
+        dir: &Path,
+        prereqs: &LabPrereqs,
+    ) -> Result<(), LabError> {
         self.kill();
         let old = std::fs::read(&self.console_path).unwrap_or_default();
         let fresh = Vm::start(ns, dir, prereqs, self.spec.clone())?;
