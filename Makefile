@@ -64,10 +64,10 @@ bench-pxe: deps
 	$(CARGO) build --release -p lbfleet-bench --bin bench-pxe
 	./target/release/bench-pxe $(BENCH_PXE_ARGS)
 
-# cargo-fuzz on the DHCP and TFTP decoders, FUZZ_SECONDS per target (not part of `make test`). cargo-fuzz
+# cargo-fuzz on the DHCP, TFTP and VRRP decoders, FUZZ_SECONDS per target (not part of `make test`). cargo-fuzz
 # needs nightly rustc flags; RUSTC_BOOTSTRAP=1 lets the machine's stable toolchain accept them.
 FUZZ_SECONDS ?= 60
-FUZZ_TARGETS := dhcp_decode dhcp_handle tftp_decode
+FUZZ_TARGETS := dhcp_decode dhcp_handle tftp_decode vrrp_decode
 fuzz: deps
 	@command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
 	cd fuzz && for t in $(FUZZ_TARGETS); do \

@@ -8,3 +8,4 @@ pub mod reconcile;
 pub mod run;
 pub mod state;
 pub mod status;
+pub mod vrrp;
