@@ -31,7 +31,9 @@ use lbfleet_tests::lab::{self, wait, Firmware, Nic, ServerOptions, Site, VmSpec}
 const RUN_INIT: &str = "Run /init as init process";
 
 #[derive(Debug, Parser)]
-#[command(about = "PXE boot to serving with lbfleet vs dnsmasq DHCP+TFTP to /init, QEMU TCG in a netns lab")]
+#[command(
+    about = "PXE boot to serving with lbfleet vs dnsmasq DHCP+TFTP to /init, QEMU TCG in a netns lab"
+)]
 struct Args {
     /// A built lbfleet image directory (vmlinuz, initrd.img, manifest.json; `make image`). Without it a
     /// minimal marker initrd is booted and every case is timed to `/init` only.
@@ -231,7 +233,10 @@ fn dnsmasq_boot(
         .arg("--dhcp-boot=boot.ipxe")
         .arg("--enable-tftp")
         .arg(format!("--tftp-root={}", root.display()))
-        .arg(format!("--dhcp-leasefile={}", site.dir.path().join("leases").display()))
+        .arg(format!(
+            "--dhcp-leasefile={}",
+            site.dir.path().join("leases").display()
+        ))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log)?)

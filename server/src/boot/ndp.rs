@@ -159,7 +159,10 @@ pub async fn run(
     let mut buf = [0u8; 1500];
     let mut last_sent: Option<Instant> = None;
     let mut pending = false;
-    tracing::info!(ifindex, "answering IPv6 router solicitations on the boot network");
+    tracing::info!(
+        ifindex,
+        "answering IPv6 router solicitations on the boot network"
+    );
     loop {
         let due = last_sent.map_or_else(Instant::now, |t| t + MIN_INTERVAL);
         tokio::select! {

@@ -31,12 +31,7 @@ const PXE_END: u8 = 255;
 /// PxeBcDxe) then asks the boot server on UDP port 4011 for the boot file and ignores the one in the offer.
 /// Discovery control bit 3 says "use the boot file named here", which is what dnsmasq sends for the same case.
 pub fn pxe_vendor_options() -> Vec<u8> {
-    vec![
-        PXE_DISCOVERY_CONTROL,
-        1,
-        DISCOVERY_USE_BOOT_FILE,
-        PXE_END,
-    ]
+    vec![PXE_DISCOVERY_CONTROL, 1, DISCOVERY_USE_BOOT_FILE, PXE_END]
 }
 
 /// What a request tells about the client's boot firmware.
