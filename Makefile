@@ -2,7 +2,7 @@
 CARGO ?= cargo
 SERVER := target/release/lbfleet-server
 
-.PHONY: all deps build demo demo-down demo-status test lint unit guest bench bench-longpoll bench-dhcp bench-ipvs bench-tftp bench-pxe fuzz clean
+.PHONY: all deps build image demo demo-down demo-status test lint unit guest bench bench-longpoll bench-dhcp bench-ipvs bench-tftp bench-pxe fuzz clean
 
 all: build
 
@@ -13,10 +13,18 @@ deps:
 build: deps
 	$(CARGO) build --release --workspace --bins
 
+# A boot image (Debian kernel + initramfs with busybox, modules, the release agent, /init) in
+# target/images/<version>/; `lbfleet-server image add target/images/<version>` serves it. See docs/images.md.
+IMAGE_OUT ?= target/images
+image: deps
+	$(CARGO) build --release -p lbfleet-agent -p lbfleet-images
+	./target/release/lbfleet-images build --agent target/release/lbfleet-agent --out $(IMAGE_OUT) $(IMAGE_ARGS)
+
 # A whole virtual site in the background (root): lbfleet-server, real servers, a client and three PXE-booted
-# QEMU machines; prints the dashboard URL (127.0.0.1:8080, or the next free port), the admin login and what to
-# try. State and logs under var/. `make demo` again starts over; `make demo-down` removes everything.
-demo: build
+# QEMU machines booting the image `make image` built; prints the dashboard URL (127.0.0.1:8080, or the next
+# free port), the admin login and what to try. State and logs under var/. `make demo` again starts over;
+# `make demo-down` removes everything.
+demo: build image
 	@bash scripts/demo.sh
 
 demo-down:

@@ -13,6 +13,13 @@ fi
 mkdir -p var
 # The binaries `make build` just made, as they are (no second build from inside the lab tool).
 export LBFLEET_BIN_DIR="$PWD/target/release"
+# The image `make image` just built (the newest under target/images/).
+image=$(ls -td target/images/*/ 2>/dev/null | head -1)
+if [ -z "$image" ] || [ ! -f "$image/initrd.img" ]; then
+  echo "demo: no image under target/images/; run: make image" >&2
+  exit 1
+fi
+export LBFLEET_IMAGE_DIR="$PWD/${image%/}"
 # Its own session: the machines and the server keep running after this returns, and a Ctrl-C here does not
 # reach them.
 exec setsid -w "$LBFLEET_BIN_DIR/lbfleet-lab" up --var var ${DEMO_PORT:+--port "$DEMO_PORT"} ${DEMO_ARGS:-}

@@ -11,7 +11,7 @@ use lbfleet_agent::reconcile::{Applier, NetlinkApplier};
 use lbfleet_agent::run::{self, RunConfig};
 use lbfleet_agent::state::{self, StateDir, DEFAULT_STATE_DIR};
 use lbfleet_agent::status;
-use lbfleet_proto::EnrollRequest;
+use lbfleet_proto::{EnrollRequest, Mac};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -27,7 +27,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Server mode: enroll, long-poll the role, apply it to IPVS, resync periodically, report.
-    /// Server, token and MAC default to lbfleet.server=, lbfleet.token= and BOOTIF=/lbfleet.mac= on /proc/cmdline.
+    /// Server, token and MAC default to lbfleet.server=, lbfleet.token= and BOOTIF= on /proc/cmdline.
     Run {
         /// Server URL, e.g. http://198.18.0.1:8080
         #[arg(long, env = "LBFLEET_SERVER")]
@@ -35,7 +35,7 @@ enum Command {
         /// One-time enrollment token
         #[arg(long, env = "LBFLEET_TOKEN", hide_env_values = true)]
         token: Option<String>,
-        /// MAC of the boot interface (default: from the kernel command line, else the first interface)
+        /// MAC of the boot interface (default: BOOTIF= on the kernel command line)
         #[arg(long, env = "LBFLEET_MAC")]
         mac: Option<String>,
         /// Node credential from an earlier enrollment (default: the one saved in the state directory)
@@ -64,6 +64,14 @@ enum Command {
         watch: bool,
         #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
         resync: Duration,
+    },
+    /// Print the boot script's kernel arguments as shell assignments for /init (`eval "$(lbfleet-agent
+    /// bootargs)"`): BOOTARG_MAC, BOOTARG_SERVER, BOOTARG_SERVER_CERT, BOOTARG_IMAGE, BOOTARG_TOKEN_GIVEN.
+    /// The token itself is never printed.
+    Bootargs {
+        /// Kernel command line to read
+        #[arg(long, default_value = "/proc/cmdline")]
+        cmdline: PathBuf,
     },
     /// Show the kernel's IPVS table like `ipvsadm -Ln`.
     Status {
@@ -146,17 +154,25 @@ async fn run_server_mode(
     cmdline: &Path,
     image_version: Option<String>,
 ) -> anyhow::Result<()> {
-    let boot = std::fs::read_to_string(cmdline)
-        .map(|c| state::parse_cmdline(&c))
-        .unwrap_or_default();
+    let boot = state::read_kernel_args(cmdline)?;
     let server = server.or(boot.server).ok_or_else(|| {
         anyhow::anyhow!("no server: pass --server or lbfleet.server= on the kernel command line")
     })?;
     let mut config = RunConfig::new(&server, state_dir);
     config.token = token.or(boot.token);
-    config.mac = mac
-        .or(boot.mac)
-        .or_else(|| state::first_mac(Path::new("/sys/class/net")));
+    // The MAC the token is bound to is the boot NIC's (BOOTIF), never a guess such as the first NIC by name:
+    // on a two-NIC balancer that guess fails the server's MAC check and burns the one-time token.
+    let mac = match mac {
+        Some(m) => Some(m.parse::<Mac>()?),
+        None => boot.bootif,
+    };
+    if let Some(mac) = mac {
+        match state::interface_with_mac(Path::new("/sys/class/net"), mac) {
+            Some(interface) => tracing::info!(%mac, interface, "boot interface"),
+            None => tracing::warn!(%mac, "no interface has the boot MAC"),
+        }
+    }
+    config.mac = mac.map(|m| m.to_string());
     config.credential = credential;
     config.resync = resync;
     config.image_version = image_version.or(boot.image).or_else(|| {
@@ -234,7 +250,12 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        // A node's /init sets NO_COLOR: its console is a serial line read by people and tests, not a terminal
+        // that renders colours.
+        .with_ansi(
+            std::io::IsTerminal::is_terminal(&std::io::stderr())
+                && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
+        )
         .init();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
@@ -269,6 +290,9 @@ fn main() -> ExitCode {
             resync,
         } => runtime.block_on(apply(role, watch, resync)),
         Command::Status { json, state_dir } => show_status(json, &state_dir),
+        Command::Bootargs { cmdline } => state::read_kernel_args(&cmdline)
+            .map(|args| print!("{}", args.shell_assignments()))
+            .map_err(Into::into),
         Command::FetchRole {
             server,
             token,

@@ -26,7 +26,7 @@ pub enum AgentError {
     CredentialRefused(ClientError),
     #[error("no enrollment token and no saved credential: pass --token or lbfleet.token= on the kernel command line")]
     NoCredential,
-    #[error("no MAC address for enrollment: pass --mac")]
+    #[error("no MAC address for enrollment: no BOOTIF= on the kernel command line; pass --mac")]
     NoMac,
     #[error(transparent)]
     State(#[from] StateError),

@@ -4,7 +4,7 @@
 use std::io;
 use std::path::{Path, PathBuf};
 
-use lbfleet_proto::RoleDocument;
+use lbfleet_proto::{KernelArgs, KernelArgsError, Mac, RoleDocument};
 
 /// Default state directory on a node.
 pub const DEFAULT_STATE_DIR: &str = "/run/lbfleet";
@@ -106,53 +106,52 @@ impl StateDir {
     }
 }
 
-/// Settings the boot script passes on the kernel command line.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct BootParams {
-    pub server: Option<String>,
-    pub token: Option<String>,
-    pub mac: Option<String>,
-    /// The image the node booted (`lbfleet.image=`, written by the server's boot script).
-    pub image: Option<String>,
+/// Why the boot arguments could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum BootArgsError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{path}: {source}")]
+    Bad {
+        path: PathBuf,
+        #[source]
+        source: KernelArgsError,
+    },
 }
 
-/// Parses `lbfleet.server=`, `lbfleet.token=`, `lbfleet.mac=`, `lbfleet.image=` and PXELINUX's
-/// `BOOTIF=01-aa-bb-..`.
-pub fn parse_cmdline(cmdline: &str) -> BootParams {
-    let mut p = BootParams::default();
-    for word in cmdline.split_whitespace() {
-        if let Some(v) = word.strip_prefix("lbfleet.server=") {
-            p.server = Some(v.to_owned());
-        } else if let Some(v) = word.strip_prefix("lbfleet.token=") {
-            p.token = Some(v.to_owned());
-        } else if let Some(v) = word.strip_prefix("lbfleet.image=") {
-            p.image = Some(v.to_owned());
-        } else if let Some(v) = word.strip_prefix("lbfleet.mac=") {
-            p.mac = Some(v.to_ascii_lowercase());
-        } else if let Some(v) = word.strip_prefix("BOOTIF=") {
-            // "01-" is the ARP hardware type (Ethernet).
-            if p.mac.is_none() {
-                if let Some(hw) = v.strip_prefix("01-") {
-                    p.mac = Some(hw.replace('-', ":").to_ascii_lowercase());
-                }
-            }
-        }
+/// The boot script's arguments from the kernel command line (`/proc/cmdline`), read with the contract's one
+/// parser (`lbfleet_proto::KernelArgs`). A missing file gives no arguments (the agent may run off a PXE
+/// boot with flags); a malformed contract argument is an error.
+pub fn read_kernel_args(cmdline: &Path) -> Result<KernelArgs, BootArgsError> {
+    match std::fs::read_to_string(cmdline) {
+        Ok(text) => KernelArgs::parse(&text).map_err(|source| BootArgsError::Bad {
+            path: cmdline.to_owned(),
+            source,
+        }),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(KernelArgs::default()),
+        Err(source) => Err(BootArgsError::Io {
+            path: cmdline.to_owned(),
+            source,
+        }),
     }
-    p
 }
 
-/// MAC of the first interface with a real hardware address, from `/sys/class/net`.
-pub fn first_mac(sys_class_net: &Path) -> Option<String> {
-    let mut names: Vec<_> = std::fs::read_dir(sys_class_net)
+/// The interface (under `/sys/class/net`) whose hardware address is `mac`, e.g. the `BOOTIF` NIC.
+pub fn interface_with_mac(sys_class_net: &Path, mac: Mac) -> Option<String> {
+    let mut names: Vec<String> = std::fs::read_dir(sys_class_net)
         .ok()?
-        .filter_map(|e| e.ok().map(|e| e.file_name()))
-        .filter(|n| n != "lo")
+        .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
         .collect();
     names.sort();
-    names.into_iter().find_map(|n| {
-        let mac = std::fs::read_to_string(sys_class_net.join(&n).join("address")).ok()?;
-        let mac = mac.trim().to_ascii_lowercase();
-        (mac.len() == 17 && mac != "00:00:00:00:00:00").then_some(mac)
+    names.into_iter().find(|n| {
+        std::fs::read_to_string(sys_class_net.join(n).join("address"))
+            .ok()
+            .and_then(|a| a.trim().parse::<Mac>().ok())
+            == Some(mac)
     })
 }
 
@@ -162,17 +161,48 @@ mod tests {
     use super::*;
 
     #[test]
-    fn cmdline_parameters() {
-        let p = parse_cmdline(
-            "console=ttyS0 BOOTIF=01-52-54-00-AA-BB-CC lbfleet.server=http://198.18.0.1:8080 lbfleet.token=lbf_enr_x lbfleet.image=2026.11.1 quiet",
+    fn kernel_args_from_the_command_line_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let cmdline = dir.path().join("cmdline");
+        std::fs::write(
+            &cmdline,
+            "console=ttyS0 BOOTIF=01-52-54-00-AA-BB-CC lbfleet.server=http://198.18.0.1:8080 lbfleet.token=lbf_enr_x lbfleet.image=2026.11.1 quiet\n",
+        )
+        .unwrap();
+        let args = read_kernel_args(&cmdline).unwrap();
+        assert_eq!(args.image.as_deref(), Some("2026.11.1"));
+        assert_eq!(args.server.as_deref(), Some("http://198.18.0.1:8080"));
+        assert_eq!(args.token.as_deref(), Some("lbf_enr_x"));
+        assert_eq!(args.bootif.unwrap().to_string(), "52:54:00:aa:bb:cc");
+        assert_eq!(
+            read_kernel_args(&dir.path().join("absent")).unwrap(),
+            KernelArgs::default()
         );
-        assert_eq!(p.image.as_deref(), Some("2026.11.1"));
-        assert_eq!(p.server.as_deref(), Some("http://198.18.0.1:8080"));
-        assert_eq!(p.token.as_deref(), Some("lbf_enr_x"));
-        assert_eq!(p.mac.as_deref(), Some("52:54:00:aa:bb:cc"));
-        let p = parse_cmdline("lbfleet.mac=52:54:00:00:00:01 BOOTIF=01-52-54-00-aa-bb-cc");
-        assert_eq!(p.mac.as_deref(), Some("52:54:00:00:00:01"));
-        assert_eq!(parse_cmdline("quiet"), BootParams::default());
+        std::fs::write(&cmdline, "BOOTIF=01-52-54").unwrap();
+        assert!(matches!(
+            read_kernel_args(&cmdline),
+            Err(BootArgsError::Bad { .. })
+        ));
+    }
+
+    #[test]
+    fn boot_interface_is_found_by_mac_not_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, mac) in [
+            ("lo", "00:00:00:00:00:00"),
+            ("eth0", "52:54:00:00:00:01"),
+            ("eth1", "52:54:00:00:00:02"),
+        ] {
+            std::fs::create_dir(dir.path().join(name)).unwrap();
+            std::fs::write(dir.path().join(name).join("address"), format!("{mac}\n")).unwrap();
+        }
+        let second: Mac = "52:54:00:00:00:02".parse().unwrap();
+        assert_eq!(
+            interface_with_mac(dir.path(), second).as_deref(),
+            Some("eth1")
+        );
+        let absent: Mac = "52:54:00:00:00:03".parse().unwrap();
+        assert_eq!(interface_with_mac(dir.path(), absent), None);
     }
 
     #[test]

@@ -10,8 +10,10 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 pub mod agent;
+pub mod boot;
 
 pub use agent::*;
+pub use boot::{KernelArgs, KernelArgsError, Mac};
 
 /// Declares a closed string enum with its wire spelling, `Display` and `FromStr`.
 macro_rules! wire_enum {

@@ -40,6 +40,9 @@ pub enum Command {
     /// Inspect the audit log.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Manage boot images (built by `make image`; see docs/images.md).
+    #[command(subcommand)]
+    Image(ImageCommand),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -424,6 +427,52 @@ pub enum TokenCommand {
     },
 }
 
+/// Database and boot directory, for commands that touch image files.
+#[derive(Debug, Clone, Args)]
+pub struct BootDirArgs {
+    #[command(flatten)]
+    pub db: DbArgs,
+    /// Boot directory; images live in DIR/images/<version>/ [default: boot_dir of the config file's [boot],
+    /// else var/boot]
+    #[arg(long = "boot-dir", env = "LBFLEET_BOOT_DIR", value_name = "DIR")]
+    pub boot_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ImageCommand {
+    /// Copy a built image (a directory with manifest.json, e.g. target/images/<version>) into the boot
+    /// directory and register it; every file is checked against the manifest first. The first image added
+    /// becomes the default.
+    Add {
+        dir: PathBuf,
+        /// Make it the default image (what discovered and unassigned nodes boot)
+        #[arg(long)]
+        default: bool,
+        /// Kernel arguments the boot script adds (default: the manifest's cmdline)
+        #[arg(long)]
+        cmdline: Option<String>,
+        #[command(flatten)]
+        args: BootDirArgs,
+    },
+    /// List registered images, the nodes that boot each, and whether its files are in the boot directory.
+    List {
+        #[command(flatten)]
+        args: BootDirArgs,
+    },
+    /// Unregister an image and delete its files; refused while a node boots it (by name, or as the default).
+    Remove {
+        name: String,
+        #[command(flatten)]
+        args: BootDirArgs,
+    },
+    /// Make a registered image the default.
+    Default {
+        name: String,
+        #[command(flatten)]
+        db: DbArgs,
+    },
+}
+
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
     /// Check the audit log's hash chain; exits 1 if it was tampered with.
@@ -629,6 +678,19 @@ impl ServerConfig {
 }
 
 /// The database URL for the maintenance subcommands: flag or env, else the file, else the default.
+/// The boot directory for image commands: the flag or variable, else the config file's `[boot] boot_dir`,
+/// else `var/boot` (as for `serve`).
+pub fn boot_dir(args: &BootDirArgs) -> Result<PathBuf, ConfigError> {
+    if let Some(d) = &args.boot_dir {
+        return Ok(d.clone());
+    }
+    let file = FileConfig::load(args.db.config.as_deref())?;
+    Ok(file
+        .boot
+        .and_then(|b| b.boot_dir)
+        .unwrap_or_else(|| PathBuf::from("var/boot")))
+}
+
 pub fn database_url(db: &DbArgs) -> Result<String, ConfigError> {
     if let Some(d) = &db.database {
         return Ok(d.clone());

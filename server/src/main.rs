@@ -5,8 +5,10 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
+use lbfleet_server::boot::images;
 use lbfleet_server::config::{
-    self, AuditCommand, Cli, Command, LogFormat, ServerConfig, TokenCommand, UserCommand,
+    self, AuditCommand, Cli, Command, ImageCommand, LogFormat, ServerConfig, TokenCommand,
+    UserCommand,
 };
 use lbfleet_server::fleet::Actor;
 use lbfleet_server::{open_fleet, store};
@@ -172,6 +174,10 @@ async fn main_inner(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             }
         }
+        Command::Image(cmd) => {
+            init_tracing(LogFormat::Text);
+            return image_command(cmd).await;
+        }
         Command::Audit(AuditCommand::Verify { db }) => {
             init_tracing(LogFormat::Text);
             let fleet = fleet_for(&db).await?;
@@ -181,6 +187,84 @@ async fn main_inner(cli: Cli) -> anyhow::Result<ExitCode> {
             if !v.ok {
                 return Ok(ExitCode::FAILURE);
             }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn image_command(cmd: ImageCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        ImageCommand::Add {
+            dir,
+            default,
+            cmdline,
+            args,
+        } => {
+            let boot_dir = config::boot_dir(&args)?;
+            let fleet = fleet_for(&args.db).await?;
+            let added =
+                images::add(&fleet, &cli_actor(), &boot_dir, &dir, default, cmdline).await?;
+            let m = &added.installed.manifest;
+            println!(
+                "image {} ({:?}{}): kernel {}, agent {}, files verified in {}",
+                m.version,
+                added.outcome,
+                if added.is_default { ", default" } else { "" },
+                m.kernel_version,
+                m.agent_version,
+                added.installed.dir.display()
+            );
+        }
+        ImageCommand::List { args } => {
+            let boot_dir = config::boot_dir(&args)?;
+            let fleet = fleet_for(&args.db).await?;
+            let mut conn = fleet.store().read().await?;
+            println!(
+                "{:<28} {:<7} {:<18} {:<10} {:<5} FILES",
+                "NAME", "DEFAULT", "KERNEL", "AGENT", "NODES"
+            );
+            for i in store::images::list(&mut conn).await? {
+                let users = store::images::users_with_default(&mut conn, &i.name).await?;
+                let dir = images::image_dir(&boot_dir, &i.name);
+                let files = if [&i.kernel, &i.initrd].iter().all(|f| dir.join(f).is_file()) {
+                    "present"
+                } else {
+                    "MISSING"
+                };
+                println!(
+                    "{:<28} {:<7} {:<18} {:<10} {:<5} {files}",
+                    i.name,
+                    if i.is_default { "yes" } else { "" },
+                    i.kernel_version.as_deref().unwrap_or("-"),
+                    i.agent_version.as_deref().unwrap_or("-"),
+                    users
+                );
+            }
+        }
+        ImageCommand::Remove { name, args } => {
+            let boot_dir = config::boot_dir(&args)?;
+            let fleet = fleet_for(&args.db).await?;
+            let removed = images::remove_registered(&fleet, &cli_actor(), &boot_dir, &name).await?;
+            if removed {
+                println!("image {name} removed (and its files)");
+            } else {
+                println!(
+                    "image {name} removed (it had no files in {})",
+                    boot_dir.display()
+                );
+            }
+        }
+        ImageCommand::Default { name, db } => {
+            let fleet = fleet_for(&db).await?;
+            let mut row = fleet
+                .list_images()
+                .await?
+                .into_iter()
+                .find(|i| i.name == name)
+                .ok_or_else(|| anyhow::anyhow!("no image named {name:?}"))?;
+            row.is_default = true;
+            fleet.put_image(&cli_actor(), row).await?;
+            println!("image {name} is the default");
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -347,9 +347,7 @@ async fn http_boot_scripts_follow_node_state_and_files_support_ranges() {
     let (s, body) = get("/boot/52-54-00-AA-00-01.ipxe".into()).await;
     assert_eq!(s, StatusCode::OK);
     assert!(
-        body.contains(
-            "/images/2026.11.1/vmlinuz initrd=initrd.img lbfleet.server=http://127.0.0.1:"
-        ),
+        body.contains("/images/2026.11.1/vmlinuz initrd=initrd.img BOOTIF=01-52-54-00-aa-00-01 lbfleet.server=http://127.0.0.1:"),
         "{body}"
     );
     assert!(
@@ -359,14 +357,19 @@ async fn http_boot_scripts_follow_node_state_and_files_support_ranges() {
             && body.ends_with("boot\n"),
         "{body}"
     );
-    let token = body
-        .split("lbfleet.token=")
-        .nth(1)
+    // The node reads the kernel line with the one parser of the contract: every argument the script wrote
+    // comes back, and nothing the node would not read (the old `lbfleet.node=`) is written.
+    assert!(!body.contains("lbfleet.node="), "{body}");
+    let kernel_line = body.lines().find(|l| l.starts_with("kernel ")).unwrap();
+    let args = lbfleet_proto::KernelArgs::parse(kernel_line).unwrap();
+    assert_eq!(args.bootif.unwrap().to_string(), "52:54:00:aa:00:01");
+    assert_eq!(args.image.as_deref(), Some("2026.11.1"));
+    assert!(args
+        .server
+        .as_deref()
         .unwrap()
-        .split(' ')
-        .next()
-        .unwrap()
-        .to_owned();
+        .starts_with("http://127.0.0.1:"));
+    let token = args.token.clone().unwrap();
     // The token in the script enrolls the node, once.
     let enroll = json!({"token": token, "mac": "52:54:00:aa:00:01"});
     assert_eq!(

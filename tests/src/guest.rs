@@ -5,13 +5,13 @@
 //!
 //! The guest script marks its output with `=== BEGIN name ===` / `=== END name rc=N ===`; see `GuestOutput`.
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::cpio::CpioWriter;
+use lbfleet_images::modules::ModuleIndex;
+use lbfleet_images::ImageError;
 
 /// Why a guest could not be built or booted.
 #[derive(Debug, thiserror::Error)]
@@ -26,6 +26,8 @@ pub enum HarnessError {
     },
     #[error("{0}")]
     Tool(String),
+    #[error(transparent)]
+    Image(#[from] ImageError),
     #[error("the guest did not finish within {timeout:?}; console so far:\n{console}")]
     Timeout { timeout: Duration, console: String },
 }
@@ -66,27 +68,15 @@ pub fn prereqs() -> Result<Prereqs, HarnessError> {
     if qemu.is_none() {
         missing.push("qemu-system-x86_64 (package qemu-system-x86)".to_owned());
     }
-    // The newest /boot/vmlinuz-<ver> that has /lib/modules/<ver>/kernel/net/netfilter/ipvs.
-    let mut kernels: Vec<(String, PathBuf)> = std::fs::read_dir("/boot")
-        .map(|rd| {
-            rd.filter_map(|e| e.ok())
-                .filter_map(|e| {
-                    let name = e.file_name().to_string_lossy().into_owned();
-                    let ver = name.strip_prefix("vmlinuz-")?.to_owned();
-                    Path::new("/lib/modules")
-                        .join(&ver)
-                        .join("kernel/net/netfilter/ipvs/ip_vs.ko")
-                        .is_file()
-                        .then(|| (ver, e.path()))
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    kernels.sort();
-    let kernel = kernels.pop();
-    if kernel.is_none() {
-        missing.push("a kernel with ip_vs modules in /boot (package linux-image-amd64)".to_owned());
-    }
+    // The newest /boot/vmlinuz-<ver> that has IPVS modules: the kernel the images are built with.
+    let kernel =
+        match lbfleet_images::find_kernel(Path::new("/boot"), Path::new("/lib/modules"), None) {
+            Ok(k) => Some((k.version, k.path)),
+            Err(e) => {
+                missing.push(e.to_string());
+                None
+            }
+        };
     let busybox = ["/bin/busybox", "/usr/bin/busybox"]
         .map(PathBuf::from)
         .into_iter()
@@ -149,99 +139,8 @@ pub fn require() -> Option<Prereqs> {
     }
 }
 
-/// Shared libraries of a dynamically linked program, from `ldd`.
-fn shared_libs(binary: &Path) -> Result<Vec<PathBuf>, HarnessError> {
-    let out = Command::new("ldd")
-        .arg(binary)
-        .output()
-        .map_err(io_err(Path::new("ldd")))?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    if text.contains("not a dynamic executable") || text.contains("statically linked") {
-        return Ok(Vec::new());
-    }
-    Ok(text
-        .lines()
-        .filter_map(|l| {
-            let l = l.trim();
-            let path = match l.split_once("=>") {
-                Some((_, rest)) => rest.split_whitespace().next()?,
-                None => l.split_whitespace().next()?,
-            };
-            path.starts_with('/').then(|| PathBuf::from(path))
-        })
-        .collect())
-}
-
-/// Module files (relative to /lib/modules/<ver>) to load for `names`, dependencies first.
-fn module_load_order(kernel_version: &str, names: &[&str]) -> Result<Vec<String>, HarnessError> {
-    let dep_path = Path::new("/lib/modules")
-        .join(kernel_version)
-        .join("modules.dep");
-    let text = std::fs::read_to_string(&dep_path).map_err(io_err(&dep_path))?;
-    let mut deps: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    let mut by_name: BTreeMap<String, String> = BTreeMap::new();
-    for line in text.lines() {
-        let Some((module, rest)) = line.split_once(':') else {
-            continue;
-        };
-        let stem = Path::new(module)
-            .file_name()
-            .map(|f| {
-                f.to_string_lossy()
-                    .trim_end_matches(".ko")
-                    .replace('-', "_")
-            })
-            .unwrap_or_default();
-        by_name.insert(stem, module.to_owned());
-        deps.insert(
-            module.to_owned(),
-            rest.split_whitespace().map(str::to_owned).collect(),
-        );
-    }
-    fn visit(
-        m: &str,
-        deps: &BTreeMap<String, Vec<String>>,
-        seen: &mut BTreeSet<String>,
-        out: &mut Vec<String>,
-    ) {
-        if !seen.insert(m.to_owned()) {
-            return;
-        }
-        for d in deps.get(m).into_iter().flatten() {
-            visit(d, deps, seen, out);
-        }
-        out.push(m.to_owned());
-    }
-    let mut seen = BTreeSet::new();
-    let mut out = Vec::new();
-    for n in names {
-        let module = by_name.get(*n).ok_or_else(|| {
-            HarnessError::Tool(format!("module {n} not in {}", dep_path.display()))
-        })?;
-        visit(module, &deps, &mut seen, &mut out);
-    }
-    Ok(out)
-}
-
-/// The ip_vs core and every scheduler module. `crc32c_generic` comes first: libcrc32c (under nf_conntrack)
-/// only names it as a soft dependency, which modules.dep does not list, and fails to load without it.
-pub const IPVS_MODULES: &[&str] = &[
-    "crc32c_generic",
-    "ip_vs",
-    "ip_vs_rr",
-    "ip_vs_wrr",
-    "ip_vs_lc",
-    "ip_vs_wlc",
-    "ip_vs_lblc",
-    "ip_vs_lblcr",
-    "ip_vs_dh",
-    "ip_vs_sh",
-    "ip_vs_sed",
-    "ip_vs_nq",
-    "ip_vs_fo",
-    "ip_vs_ovf",
-    "ip_vs_mh",
-];
+/// The ip_vs core and every scheduler module (the image's list).
+pub use lbfleet_images::modules::IPVS_MODULES;
 
 const INIT: &str = r#"#!/bin/busybox sh
 /bin/busybox mkdir -p /proc /sys /dev /tmp /run /sbin /usr/bin /usr/sbin /usr/local/sbin
@@ -253,7 +152,7 @@ mount -t devtmpfs devtmpfs /dev
 # IPVS refuses IPv4 destinations while the kernel has no local routing table, which appears with the first
 # address; a real node has its interfaces up by now.
 ip link set lo up
-for m in $(cat /etc/modules.load); do insmod "$m" || echo "insmod $m failed"; done
+for m in $(cat /etc/lbfleet/modules.load); do insmod "$m" || echo "insmod $m failed"; done
 echo "=== GUEST READY ==="
 sh /test.sh
 echo "=== GUEST DONE ==="
@@ -274,12 +173,12 @@ waitfor() {
 }
 "#;
 
-/// Builds a guest initramfs.
+/// Builds a guest initramfs with the image crate's builder (`lbfleet_images::Initramfs`): the same busybox,
+/// module resolution and library copying as a boot image, with the test `/init` above.
 #[derive(Debug)]
 pub struct Initramfs {
     prereqs: Prereqs,
-    cpio: CpioWriter,
-    libs: BTreeSet<PathBuf>,
+    image: lbfleet_images::Initramfs,
     scratch: tempfile::TempDir,
 }
 
@@ -293,62 +192,26 @@ impl Initramfs {
     /// `veth` for a guest that builds network namespaces.
     pub fn with_modules(prereqs: &Prereqs, extra: &[&str]) -> Result<Initramfs, HarnessError> {
         let scratch = tempfile::tempdir().map_err(io_err(Path::new("tempdir")))?;
-        let mut me = Initramfs {
-            prereqs: prereqs.clone(),
-            cpio: CpioWriter::new(),
-            libs: BTreeSet::new(),
-            scratch,
-        };
-        let busybox = std::fs::read(&prereqs.busybox).map_err(io_err(&prereqs.busybox))?;
-        me.cpio.file("/bin/busybox", 0o755, &busybox);
-        me.cpio.file("/init", 0o755, INIT.as_bytes());
-        me.cpio
-            .file("/lib/guest-lib.sh", 0o644, GUEST_LIB.as_bytes());
-        let ipvsadm = prereqs.ipvsadm.clone();
-        me.binary(&ipvsadm, "/usr/sbin/ipvsadm")?;
-        let strace = prereqs.strace.clone();
-        me.binary(&strace, "/usr/bin/strace")?;
+        let mut image = lbfleet_images::Initramfs::new()?;
+        image.busybox(&prereqs.busybox)?;
+        image.file("/init", 0o755, INIT.as_bytes());
+        image.file("/lib/guest-lib.sh", 0o644, GUEST_LIB.as_bytes());
+        image.binary(&prereqs.ipvsadm, "/usr/sbin/ipvsadm")?;
+        image.binary(&prereqs.strace, "/usr/bin/strace")?;
+        let index = ModuleIndex::load(Path::new("/lib/modules"), &prereqs.kernel_version)?;
         let wanted: Vec<&str> = IPVS_MODULES.iter().chain(extra).copied().collect();
-        let order = module_load_order(&prereqs.kernel_version, &wanted)?;
-        let base = Path::new("/lib/modules").join(&prereqs.kernel_version);
-        let mut load = String::new();
-        for m in &order {
-            let host = base.join(m);
-            let data = std::fs::read(&host).map_err(io_err(&host))?;
-            let guest = format!("/lib/modules/{}/{m}", prereqs.kernel_version);
-            me.cpio.file(&guest, 0o644, &data);
-            load.push_str(&guest);
-            load.push('\n');
-        }
-        me.cpio.file("/etc/modules.load", 0o644, load.as_bytes());
-        Ok(me)
+        image.modules(&index, &wanted, &[])?;
+        Ok(Initramfs {
+            prereqs: prereqs.clone(),
+            image,
+            scratch,
+        })
     }
 
     /// Adds a host program at `guest_path`, stripped of debug info when `strip` is available, with its
     /// shared libraries at their host paths.
     pub fn binary(&mut self, host: &Path, guest_path: &str) -> Result<&mut Self, HarnessError> {
-        let stripped = self.scratch.path().join(
-            host.file_name()
-                .map(|f| f.to_string_lossy().into_owned())
-                .unwrap_or_else(|| "bin".into()),
-        );
-        let data = match Command::new("strip")
-            .arg("--strip-debug")
-            .arg("-o")
-            .arg(&stripped)
-            .arg(host)
-            .status()
-        {
-            Ok(s) if s.success() => std::fs::read(&stripped).map_err(io_err(&stripped))?,
-            _ => std::fs::read(host).map_err(io_err(host))?,
-        };
-        self.cpio.file(guest_path, 0o755, &data);
-        for lib in shared_libs(host)? {
-            if self.libs.insert(lib.clone()) {
-                let data = std::fs::read(&lib).map_err(io_err(&lib))?;
-                self.cpio.file(&lib.to_string_lossy(), 0o755, &data);
-            }
-        }
+        self.image.binary(host, guest_path)?;
         Ok(self)
     }
 
@@ -360,20 +223,21 @@ impl Initramfs {
     }
 
     pub fn file(&mut self, guest_path: &str, data: &[u8]) -> &mut Self {
-        self.cpio.file(guest_path, 0o644, data);
+        self.image.file(guest_path, 0o644, data);
         self
     }
 
     /// The script `/init` runs after loading modules; its output is the test result.
     pub fn script(&mut self, text: &str) -> &mut Self {
-        self.cpio.file("/test.sh", 0o755, text.as_bytes());
+        self.image.file("/test.sh", 0o755, text.as_bytes());
         self
     }
 
-    /// Writes the archive and returns its path (inside the builder's scratch directory).
+    /// Writes the archive (uncompressed: the kernel takes it as is) and returns its path (inside the
+    /// builder's scratch directory).
     pub fn write(self) -> Result<(PathBuf, tempfile::TempDir), HarnessError> {
         let path = self.scratch.path().join("initrd.cpio");
-        std::fs::write(&path, self.cpio.finish()).map_err(io_err(&path))?;
+        std::fs::write(&path, self.image.to_cpio()).map_err(io_err(&path))?;
         Ok((path, self.scratch))
     }
 
@@ -689,4 +553,113 @@ pub fn workspace_binary(package: &str, name: &str) -> Result<PathBuf, HarnessErr
         )));
     }
     Ok(bin)
+}
+
+/// A guest that runs until dropped (a boot image whose `/init` never powers off): QEMU with a kernel, an
+/// initrd and `options`, its serial console collected in the background. Dropping it kills QEMU.
+#[derive(Debug)]
+pub struct RunningGuest {
+    child: Option<Child>,
+    console: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    reader: Option<std::thread::JoinHandle<()>>,
+}
+
+impl RunningGuest {
+    /// Starts QEMU (TCG, 1 GiB, serial console on stdout) with `append` as the whole kernel command line.
+    pub fn start(
+        prereqs: &Prereqs,
+        kernel: &Path,
+        initrd: &Path,
+        append: &str,
+        qemu_args: &[String],
+    ) -> Result<RunningGuest, HarnessError> {
+        let mut child = Command::new(&prereqs.qemu)
+            .args(["-accel", "tcg", "-m", "1024", "-smp", "1", "-nodefaults"])
+            .args(["-display", "none", "-no-reboot", "-serial", "stdio"])
+            .args(["-monitor", "none"])
+            .arg("-kernel")
+            .arg(kernel)
+            .arg("-initrd")
+            .arg(initrd)
+            .arg("-append")
+            .arg(append)
+            .args(qemu_args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(io_err(&prereqs.qemu))?;
+        let mut stdout = child
+            .stdout
+            .take()
+            .ok_or_else(|| HarnessError::Tool("no QEMU stdout".into()))?;
+        let console = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = console.clone();
+        let reader = std::thread::spawn(move || {
+            let mut buf = [0u8; 8192];
+            while let Ok(n) = stdout.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .extend_from_slice(&buf[..n]);
+            }
+        });
+        Ok(RunningGuest {
+            child: Some(child),
+            console,
+            reader: Some(reader),
+        })
+    }
+
+    /// The console so far.
+    pub fn console(&self) -> String {
+        let bytes = self.console.lock().unwrap_or_else(|p| p.into_inner());
+        String::from_utf8_lossy(&bytes).replace('\r', "")
+    }
+
+    /// Whether QEMU still runs.
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// Waits until the console contains `pattern`, QEMU exits, or `timeout` passes.
+    pub fn wait_for(&mut self, pattern: &str, timeout: Duration) -> Result<(), HarnessError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.console().contains(pattern) {
+                return Ok(());
+            }
+            if !self.is_running() {
+                return Err(HarnessError::Tool(format!(
+                    "QEMU exited before {pattern:?} appeared; console:\n{}",
+                    self.console()
+                )));
+            }
+            if Instant::now() >= deadline {
+                return Err(HarnessError::Timeout {
+                    timeout,
+                    console: self.console(),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for RunningGuest {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            if let Ok(None) = child.try_wait() {
+                let _ = child.kill();
+            }
+            let _ = child.wait();
+        }
+        if let Some(r) = self.reader.take() {
+            let _ = r.join();
+        }
+    }
 }

@@ -32,9 +32,7 @@ fn full_fleet_boots_serves_and_discovers() {
         return;
     };
     let mut site = Site::new(prereqs).expect("lab site");
-    let image =
-        lab::image::interim_agent_image(&site.dir.path().join("images").join("interim-agent"))
-            .expect("image");
+    let image = lab::image::balancer_image(&site.dir.path().join("images")).expect("image");
     let opts = FleetOptions {
         image_dir: image,
         cmdline: String::new(),

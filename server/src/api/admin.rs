@@ -171,6 +171,11 @@ async fn put_image(
         cmdline: spec.cmdline,
         is_default: spec.default,
         created_at: 0,
+        // Files placed by hand: nothing verified them.
+        kernel_version: None,
+        agent_version: None,
+        kernel_sha256: None,
+        initrd_sha256: None,
     };
     let outcome = s.fleet.put_image(&p.actor(), row).await?;
     let status = if outcome == PutOutcome::Created {

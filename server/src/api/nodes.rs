@@ -24,6 +24,7 @@ pub fn router() -> Router<AppState> {
         .route("/nodes/{node}/unassign", post(unassign))
         .route("/nodes/{node}/retire", post(retire))
         .route("/nodes/{node}/enrollment-token", post(enrollment_token))
+        .route("/nodes/{node}/image", axum::routing::put(set_image))
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -186,4 +187,26 @@ async fn enrollment_token(
         .issue_enrollment_token(&p.actor(), &node_key(&node))
         .await?;
     Ok((StatusCode::CREATED, Json(t)).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ImageRequest {
+    /// An image name, or null: the node boots the default image.
+    image: Option<String>,
+}
+
+/// `PUT /nodes/{node}/image`: the image the node boots from its next boot on.
+async fn set_image(
+    State(s): State<AppState>,
+    Operator(p): Operator,
+    Path(node): Path<String>,
+    ApiJson(req): ApiJson<ImageRequest>,
+) -> Result<Response, ApiError> {
+    Ok(Json(
+        s.fleet
+            .set_node_image(&p.actor(), &node_key(&node), req.image)
+            .await?,
+    )
+    .into_response())
 }

@@ -13,6 +13,7 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
+use lbfleet_proto::boot::{BadMac, KernelArgs};
 use tower::ServiceExt;
 use tower_http::services::ServeFile;
 
@@ -173,11 +174,34 @@ async fn script(
     } else {
         format!(" {}", image.cmdline)
     };
+    let args = KernelArgs {
+        // The MAC the script was asked for is the one whose DHCP lease chained here: the NIC that booted.
+        bootif: Some(
+            mac.parse()
+                .map_err(|e: BadMac| ApiError::bad_request(e.to_string()))?,
+        ),
+        server: Some(base.clone()),
+        server_cert: None,
+        token: Some(token.token),
+        image: Some(image.name.clone()),
+        console_shell: false,
+    };
+    let cmdline = args.to_cmdline().map_err(|e| {
+        tracing::error!(mac, error = %e, "boot script: kernel arguments refused (check public_url)");
+        ApiError::Request {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            message: format!("cannot write the kernel command line: {e}"),
+        }
+    })?;
     Ok(ipxe(&[
-        format!("# lbfleet: {} ({}), image {}", target.name, target.state, image.name),
         format!(
-            "kernel {files}/{} initrd={} lbfleet.server={base} lbfleet.token={} lbfleet.node={} lbfleet.image={}{extra}",
-            image.kernel, image.initrd, token.token, target.name, image.name
+            "# lbfleet: {} ({}), image {}",
+            target.name, target.state, image.name
+        ),
+        // `initrd=NAME` is for the kernel's EFI stub under iPXE on UEFI; the kernel ignores it otherwise.
+        format!(
+            "kernel {files}/{} initrd={} {cmdline}{extra}",
+            image.kernel, image.initrd
         ),
         format!("initrd {files}/{}", image.initrd),
         "boot".into(),

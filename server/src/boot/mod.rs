@@ -3,6 +3,7 @@
 
 pub mod dhcp;
 pub mod http;
+pub mod images;
 pub mod ndp;
 pub mod tftp;
 

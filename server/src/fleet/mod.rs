@@ -21,6 +21,7 @@ use crate::store::clusters::{RealServerKey, StoredCluster};
 use crate::store::nodes::{Member, NodeKey, NodeRow};
 use crate::store::{self, now_ms, Store, StoreError};
 
+mod node_image;
 pub mod rules;
 
 pub use rules::{FieldError, FieldErrors};
@@ -1584,17 +1585,13 @@ impl Fleet {
         let mut tx = self.store.begin().await?;
         let before = store::images::get(&mut tx, &img.name).await?;
         if before.as_ref().is_some_and(|b| {
-            (
-                b.kernel.as_str(),
-                b.initrd.as_str(),
-                b.cmdline.as_str(),
-                b.is_default,
-            ) == (
-                img.kernel.as_str(),
-                img.initrd.as_str(),
-                img.cmdline.as_str(),
-                img.is_default,
-            )
+            store::images::ImageRow {
+                created_at: 0,
+                ..b.clone()
+            } == store::images::ImageRow {
+                created_at: 0,
+                ..img.clone()
+            }
         }) {
             return Ok(PutOutcome::Unchanged);
         }
@@ -1625,10 +1622,16 @@ impl Fleet {
         let before = store::images::get(&mut tx, name)
             .await?
             .ok_or_else(|| FleetError::NotFound(format!("no image named {name:?}")))?;
-        let users = store::images::users_of(&mut tx, name).await?;
+        // A node that names no image boots the default one, so it uses the default too.
+        let users = store::images::users_with_default(&mut tx, name).await?;
         if users > 0 {
             return Err(FleetError::Conflict(format!(
-                "image {name:?} is used by {users} node(s); move them to another image first"
+                "image {name:?} is used by {users} node(s){}; move them to another image first",
+                if before.is_default {
+                    " (it is the default image)"
+                } else {
+                    ""
+                }
             )));
         }
         store::images::delete(&mut tx, name).await?;

@@ -139,7 +139,7 @@ fn up(var: &Path, port: u16, wait_serving: bool) -> Result<(), LabError> {
 
     let prereqs = lab::prereqs()?;
     println!("demo: building the balancer image");
-    let image = lab::image::interim_agent_image(&dir.join("images").join("interim-agent"))?;
+    let image = lab::image::balancer_image(&dir.join("images"))?;
     let password = random_password()?;
     let mut site = Site::named(prereqs, SUFFIX, &dir)?;
     let opts = FleetOptions {

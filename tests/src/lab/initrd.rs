@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::cpio::CpioWriter;
+use lbfleet_images::cpio::CpioWriter;
 
 use super::{io_err, LabError, LabPrereqs};
 
