@@ -80,7 +80,7 @@ pub fn prereqs() -> Result<LabPrereqs, LabError> {
     let mut missing = Vec::new();
     let file = |p: &str| Path::new(p).is_file().then(|| PathBuf::from(p));
     let uid = Command::new("id").arg("-u").output().ok();
-    if !uid.is_some_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0") {
+    if uid.is_none_or(|o| String::from_utf8_lossy(&o.stdout).trim() != "0") {
         missing.push("root (network namespaces, bridges, taps)".to_owned());
     }
     for tool in ["ip", "curl"] {

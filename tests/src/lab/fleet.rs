@@ -138,7 +138,7 @@ pub fn build(site: &mut Site, opts: &FleetOptions) -> Result<FleetLayout, LabErr
     let server = site.server();
     server.add_image_dir(
         &opts.image_dir,
-        &format!("console=ttyS0 {}", opts.cmdline).trim_end(),
+        format!("console=ttyS0 {}", opts.cmdline).trim_end(),
         true,
     )?;
     server.api_ok(
