@@ -459,7 +459,7 @@ fn http_get(addr: &str, path: &str, timeout: Duration) -> Result<String, String>
     let (head, body) = text
         .split_once("\r\n\r\n")
         .ok_or_else(|| format!("no HTTP header in {} bytes", data.len()))?;
-    if !head.starts_with("HTTP/1.") || !head.split_whitespace().nth(1).is_some_and(|c| c == "200") {
+    if !head.starts_with("HTTP/1.") || head.split_whitespace().nth(1).is_none_or(|c| c != "200") {
         return Err(format!("status: {}", head.lines().next().unwrap_or("")));
     }
     Ok(body.trim().to_owned())
