@@ -2,7 +2,7 @@
 CARGO ?= cargo
 SERVER := target/release/lbfleet-server
 
-.PHONY: all deps build image demo demo-down demo-status test lint unit guest bench bench-longpoll bench-dhcp bench-ipvs bench-tftp bench-pxe fuzz clean
+.PHONY: all deps build image demo demo-down demo-status test lint unit guest bench bench-longpoll bench-dhcp bench-ipvs bench-tftp bench-pxe bench-vrrp fuzz clean
 
 all: build
 
@@ -48,7 +48,7 @@ unit:
 guest: deps
 	$(CARGO) test -p lbfleet-tests
 
-bench: bench-longpoll bench-dhcp bench-ipvs bench-tftp bench-pxe
+bench: bench-longpoll bench-dhcp bench-ipvs bench-tftp bench-pxe bench-vrrp
 
 bench-longpoll: deps
 	$(CARGO) run --release -p lbfleet-bench --bin bench-longpoll -- $(BENCH_ARGS)
@@ -71,6 +71,12 @@ bench-tftp: deps
 bench-pxe: deps
 	$(CARGO) build --release -p lbfleet-bench --bin bench-pxe
 	./target/release/bench-pxe $(BENCH_PXE_ARGS)
+
+# VRRP failover outage seen by a prober, lbfleet-agent vs keepalived (v2 1 s, v3 100 ms), netns lab (root).
+# BENCH_VRRP_ARGS: --trials N, --only v2|v3, or --soak SECONDS for the CPU-saturation false-failover soak.
+bench-vrrp: deps
+	$(CARGO) build --release -p lbfleet-agent -p lbfleet-tests -p lbfleet-bench --bins
+	./target/release/bench-vrrp $(BENCH_VRRP_ARGS)
 
 # cargo-fuzz on the DHCP, TFTP and VRRP decoders, FUZZ_SECONDS per target (not part of `make test`). cargo-fuzz
 # needs nightly rustc flags; RUSTC_BOOTSTRAP=1 lets the machine's stable toolchain accept them.

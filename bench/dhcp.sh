@@ -57,7 +57,7 @@ start_lbfleet() {
   rm -f "$WORK"/lbfleet.db*
   ip netns exec "$NS_S" "$SERVER_BIN" serve --database "sqlite://$WORK/lbfleet.db" --listen 127.0.0.1:18081 \
     --boot-interface "$IF_S" --boot-server-address 198.18.0.1 --boot-subnet 198.18.0.0/15 \
-    --boot-pool "$POOL_FIRST-$POOL_LAST" --boot-tftp-port 0 --boot-max-discovered 1000000 \
+    --boot-pool "$POOL_FIRST-$POOL_LAST" --boot-tftp-port 0 --boot-max-discovered 130000 \
     >"$WORK/lbfleet.out" 2>"$WORK/lbfleet.log" &
   SERVER_PID=$!
   for _ in $(seq 1 100); do

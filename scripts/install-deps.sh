@@ -14,9 +14,11 @@ packages+=(qemu-system-x86 linux-image-amd64 ipvsadm strace)
 # netns PXE lab (tests/src/lab, bench-pxe): UEFI firmware (OVMF), iPXE for TFTP chainloading (undionly.kpxe,
 # ipxe.efi) and QEMU's iPXE option ROMs; dnsmasq-base (above) is the PXE benchmark's peer.
 packages+=(ovmf ipxe ipxe-qemu)
+# VRRP netns tests and bench-vrrp: keepalived as the independent peer (started by hand in test namespaces).
+packages+=(keepalived)
 # Installed services that must not run at boot either (bench-tftp starts tftpd-hpa itself, in its own netns).
 # dnsmasq-base ships no service.
-no_boot_services=(tftpd-hpa)
+no_boot_services=(tftpd-hpa keepalived)
 
 missing=()
 for p in "${packages[@]}"; do
@@ -47,7 +49,7 @@ if [ ${#missing[@]} -gt 0 ]; then
     elif command -v update-rc.d >/dev/null 2>&1; then
       update-rc.d "$svc" disable >/dev/null 2>&1 || true
     fi
-    echo "install-deps: disabled the $svc system service at boot (bench-tftp starts its own)"
+    echo "install-deps: disabled the $svc system service at boot (tests and benchmarks start their own)"
   done
 fi
 

@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use crate::pin::{pinned_config, CertPin, RefusedSlot};
+
 use lbfleet_proto::{AgentReport, EnrollRequest, EnrollResponse, RoleDocument};
 use reqwest::StatusCode;
 
@@ -16,17 +18,30 @@ pub enum ClientError {
     Refused { status: StatusCode, message: String },
     #[error("not enrolled: no node credential")]
     NotEnrolled,
+    #[error("refusing to talk to the server: its certificate {got} is not the pinned {expected} (lbfleet.server_cert=); someone else may be answering in its place")]
+    CertificateMismatch { expected: CertPin, got: CertPin },
+    #[error("bad TLS settings: {0}")]
+    Tls(String),
+    #[error("refusing a role document over {limit} bytes")]
+    RoleTooLarge { limit: usize },
 }
+
+/// Largest role document the agent accepts (the server's own bound on a cluster spec is 16 MiB).
+pub const MAX_ROLE_BYTES: usize = 16 * 1024 * 1024;
 
 impl ClientError {
     /// Worth retrying later (network trouble, server overloaded or restarting), as opposed to a refusal.
     pub fn is_transient(&self) -> bool {
         match self {
-            ClientError::Transport(_) => true,
+            // A role over the bound may shrink again; the agent keeps serving its last role meanwhile.
+            ClientError::Transport(_) | ClientError::RoleTooLarge { .. } => true,
             ClientError::Refused { status, .. } => {
                 status.is_server_error() || *status == StatusCode::TOO_MANY_REQUESTS
             }
-            ClientError::Unauthorized(_) | ClientError::NotEnrolled => false,
+            ClientError::Unauthorized(_)
+            | ClientError::NotEnrolled
+            | ClientError::CertificateMismatch { .. }
+            | ClientError::Tls(_) => false,
         }
     }
 }
@@ -37,6 +52,8 @@ pub struct ServerClient {
     http: reqwest::Client,
     base: String,
     credential: Option<String>,
+    /// The pinned certificate and where the verifier puts a certificate it refused.
+    pin: Option<(CertPin, RefusedSlot)>,
 }
 
 impl std::fmt::Debug for ServerClient {
@@ -65,17 +82,59 @@ async fn refusal(resp: reqwest::Response) -> ClientError {
     }
 }
 
+/// The response body, refused once it passes `limit` bytes (by Content-Length at once, else while reading).
+async fn read_bounded(mut resp: reqwest::Response, limit: usize) -> Result<Vec<u8>, ClientError> {
+    if resp.content_length().is_some_and(|n| n > limit as u64) {
+        return Err(ClientError::RoleTooLarge { limit });
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = resp.chunk().await? {
+        if body.len() + chunk.len() > limit {
+            return Err(ClientError::RoleTooLarge { limit });
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
 impl ServerClient {
     /// `base` is the server's URL, e.g. `http://198.18.0.1:8080`.
     pub fn new(base: &str, credential: Option<String>) -> Result<Self, ClientError> {
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(5))
-            .build()?;
+        Self::pinned(base, credential, None)
+    }
+
+    /// Like `new`, trusting over HTTPS only the certificate `pin` names (whoever issued it).
+    pub fn pinned(
+        base: &str,
+        credential: Option<String>,
+        pin: Option<CertPin>,
+    ) -> Result<Self, ClientError> {
+        let mut builder = reqwest::Client::builder().connect_timeout(Duration::from_secs(5));
+        let mut pin_state = None;
+        if let Some(pin) = pin {
+            let (tls, refused) = pinned_config(pin).map_err(|e| ClientError::Tls(e.to_string()))?;
+            builder = builder.use_preconfigured_tls(tls).https_only(true);
+            pin_state = Some((pin, refused));
+        }
         Ok(ServerClient {
-            http,
+            http: builder.build()?,
             base: base.trim_end_matches('/').to_owned(),
             credential,
+            pin: pin_state,
         })
+    }
+
+    /// A transport error, or the pin mismatch behind it.
+    fn transport(&self, e: reqwest::Error) -> ClientError {
+        if let Some((expected, refused)) = &self.pin {
+            if let Some(got) = refused.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                return ClientError::CertificateMismatch {
+                    expected: *expected,
+                    got,
+                };
+            }
+        }
+        ClientError::Transport(e)
     }
 
     pub fn credential(&self) -> Option<&str> {
@@ -90,7 +149,8 @@ impl ServerClient {
             .timeout(Duration::from_secs(30))
             .json(req)
             .send()
-            .await?;
+            .await
+            .map_err(|e| self.transport(e))?;
         if !resp.status().is_success() {
             return Err(refusal(resp).await);
         }
@@ -119,9 +179,18 @@ impl ServerClient {
             .bearer_auth(self.credential_or_err()?)
             .timeout(wait + POLL_MARGIN)
             .send()
-            .await?;
+            .await
+            .map_err(|e| self.transport(e))?;
         match resp.status() {
-            StatusCode::OK => Ok(Some(resp.json().await?)),
+            StatusCode::OK => {
+                let body = read_bounded(resp, MAX_ROLE_BYTES).await?;
+                serde_json::from_slice(&body)
+                    .map(Some)
+                    .map_err(|e| ClientError::Refused {
+                        status: StatusCode::OK,
+                        message: format!("unreadable role document: {e}"),
+                    })
+            }
             StatusCode::NO_CONTENT => Ok(None),
             _ => Err(refusal(resp).await),
         }
@@ -136,7 +205,8 @@ impl ServerClient {
             .timeout(Duration::from_secs(30))
             .json(report)
             .send()
-            .await?;
+            .await
+            .map_err(|e| self.transport(e))?;
         if resp.status().is_success() {
             Ok(())
         } else {

@@ -1,11 +1,13 @@
-//! lbfleet-agent as a library: the server client, the IPVS codec and netlink socket, the reconciler that
-//! turns a role document into minimal IPVS changes, and the run loops behind the CLI.
+//! lbfleet-agent as a library: the server client, netlink (framing, IPVS, route), the reconciler that turns a
+//! role document into minimal IPVS changes, VRRP, and the daemon loop behind the CLI.
 
 pub mod client;
+pub mod daemon;
 pub mod ipvs;
 pub mod netlink;
+pub mod pin;
 pub mod reconcile;
-pub mod run;
+pub mod rtnl;
 pub mod state;
 pub mod status;
 pub mod vrrp;

@@ -1,5 +1,5 @@
 //! `lbfleet-agent`: runs on each diskless load balancer. Thin binary: parses the command line, starts tracing
-//! and calls the library (`run::run`, `run::apply_file`, `status`).
+//! and calls the library (`daemon::run`, `daemon::apply_file`, `status`).
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use lbfleet_agent::client::ServerClient;
+use lbfleet_agent::daemon::{self, RunConfig};
 use lbfleet_agent::reconcile::{Applier, NetlinkApplier};
-use lbfleet_agent::run::{self, RunConfig};
 use lbfleet_agent::state::{self, StateDir, DEFAULT_STATE_DIR};
 use lbfleet_agent::status;
 use lbfleet_proto::{EnrollRequest, Mac};
@@ -32,6 +32,10 @@ enum Command {
         /// Server URL, e.g. http://198.18.0.1:8080
         #[arg(long, env = "LBFLEET_SERVER")]
         server: Option<String>,
+        /// Trust only the server certificate with this SHA-256 (sha256:HEX; default: lbfleet.server_cert= on
+        /// the kernel command line)
+        #[arg(long, env = "LBFLEET_SERVER_CERT")]
+        server_cert: Option<String>,
         /// One-time enrollment token
         #[arg(long, env = "LBFLEET_TOKEN", hide_env_values = true)]
         token: Option<String>,
@@ -64,6 +68,9 @@ enum Command {
         watch: bool,
         #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
         resync: Duration,
+        /// Where the status file (`lbfleet-agent status`) is written with --watch
+        #[arg(long, env = "LBFLEET_STATE_DIR", default_value = DEFAULT_STATE_DIR)]
+        state_dir: PathBuf,
     },
     /// Print the boot script's kernel arguments as shell assignments for /init (`eval "$(lbfleet-agent
     /// bootargs)"`): BOOTARG_MAC, BOOTARG_SERVER, BOOTARG_SERVER_CERT, BOOTARG_IMAGE, BOOTARG_TOKEN_GIVEN.
@@ -73,7 +80,7 @@ enum Command {
         #[arg(long, default_value = "/proc/cmdline")]
         cmdline: PathBuf,
     },
-    /// Show the kernel's IPVS table like `ipvsadm -Ln`.
+    /// Show the kernel's IPVS table like `ipvsadm -Ln`, and the running agent's VRRP state.
     Status {
         #[arg(long)]
         json: bool,
@@ -85,6 +92,9 @@ enum Command {
         /// Server URL, e.g. http://198.18.0.1:8080
         #[arg(long, env = "LBFLEET_SERVER")]
         server: String,
+        /// Trust only the server certificate with this SHA-256 (sha256:HEX)
+        #[arg(long, env = "LBFLEET_SERVER_CERT")]
+        server_cert: Option<String>,
         /// One-time enrollment token (from the boot script's lbfleet.token=)
         #[arg(
             long,
@@ -104,11 +114,13 @@ enum Command {
 
 async fn fetch_role(
     server: String,
+    server_cert: Option<String>,
     token: Option<String>,
     mac: Option<String>,
     credential: Option<String>,
 ) -> anyhow::Result<()> {
-    let mut client = ServerClient::new(&server, credential)?;
+    let pin = server_cert.as_deref().map(str::parse).transpose()?;
+    let mut client = ServerClient::pinned(&server, credential, pin)?;
     if let Some(token) = token {
         let mac = mac.ok_or_else(|| anyhow::anyhow!("--mac is required with --token"))?;
         let enrolled = client
@@ -143,9 +155,22 @@ async fn ctrl_c() {
     let _ = tokio::signal::ctrl_c().await;
 }
 
+/// SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return ctrl_c().await,
+    };
+    tokio::select! {
+        _ = ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn run_server_mode(
     server: Option<String>,
+    server_cert: Option<String>,
     token: Option<String>,
     mac: Option<String>,
     credential: Option<String>,
@@ -159,6 +184,11 @@ async fn run_server_mode(
         anyhow::anyhow!("no server: pass --server or lbfleet.server= on the kernel command line")
     })?;
     let mut config = RunConfig::new(&server, state_dir);
+    config.server_cert = server_cert
+        .or(boot.server_cert)
+        .as_deref()
+        .map(str::parse)
+        .transpose()?;
     config.token = token.or(boot.token);
     // The MAC the token is bound to is the boot NIC's (BOOTIF), never a guess such as the first NIC by name:
     // on a two-NIC balancer that guess fails the server's MAC check and burns the one-time token.
@@ -182,7 +212,7 @@ async fn run_server_mode(
             .filter(|v| !v.is_empty())
     });
     let applier: Box<dyn Applier> = Box::new(NetlinkApplier::new());
-    run::run(config, applier, async {
+    daemon::run(config, applier, async {
         let mut term =
             match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
                 Ok(s) => s,
@@ -197,13 +227,19 @@ async fn run_server_mode(
     Ok(())
 }
 
-async fn apply(role: PathBuf, watch: bool, resync: Duration) -> anyhow::Result<()> {
-    let out = run::apply_file(
+async fn apply(
+    role: PathBuf,
+    watch: bool,
+    resync: Duration,
+    state_dir: PathBuf,
+) -> anyhow::Result<()> {
+    let out = daemon::apply_file(
         role,
         Box::new(NetlinkApplier::new()),
         watch,
         resync,
-        ctrl_c(),
+        state_dir,
+        shutdown_signal(),
     )
     .await?;
     eprintln!(
@@ -223,19 +259,22 @@ async fn apply(role: PathBuf, watch: bool, resync: Duration) -> anyhow::Result<(
 
 fn show_status(json: bool, state_dir: &Path) -> anyhow::Result<()> {
     let table = NetlinkApplier::new().observe()?;
-    let generation = StateDir::new(state_dir)
-        .load_role()
-        .ok()
-        .flatten()
-        .map(|r| r.generation);
+    let dir = StateDir::new(state_dir);
+    let generation = dir.load_role().ok().flatten().map(|r| r.generation);
+    // Written by the running daemon (server mode or apply --watch) with every report.
+    let report = dir.load_status().ok().flatten();
     if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&status::status(&table, generation))?
-        );
+        let mut v = serde_json::to_value(status::status(&table, generation))?;
+        if let (Some(obj), Some(r)) = (v.as_object_mut(), &report) {
+            obj.insert("vrrp".into(), serde_json::to_value(status::vrrp_status(r))?);
+        }
+        println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
         if let Some(g) = generation {
             println!("role generation {g}");
+        }
+        if let Some(r) = &report {
+            print!("{}", status::render_vrrp(&status::vrrp_status(r)));
         }
         print!("{}", status::render_table(&table));
     }
@@ -267,6 +306,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run {
             server,
+            server_cert,
             token,
             mac,
             credential,
@@ -276,6 +316,7 @@ fn main() -> ExitCode {
             image_version,
         } => runtime.block_on(run_server_mode(
             server,
+            server_cert,
             token,
             mac,
             credential,
@@ -288,17 +329,19 @@ fn main() -> ExitCode {
             role,
             watch,
             resync,
-        } => runtime.block_on(apply(role, watch, resync)),
+            state_dir,
+        } => runtime.block_on(apply(role, watch, resync, state_dir)),
         Command::Status { json, state_dir } => show_status(json, &state_dir),
         Command::Bootargs { cmdline } => state::read_kernel_args(&cmdline)
             .map(|args| print!("{}", args.shell_assignments()))
             .map_err(Into::into),
         Command::FetchRole {
             server,
+            server_cert,
             token,
             mac,
             credential,
-        } => runtime.block_on(fetch_role(server, token, mac, credential)),
+        } => runtime.block_on(fetch_role(server, server_cert, token, mac, credential)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -11,11 +11,12 @@ use lbfleet_proto::RoleDocument;
 use tracing::{debug, warn};
 
 use crate::ipvs::codec::IpvsRequest;
+use crate::ipvs::IpvsSocket;
 use crate::ipvs::{
     DestEntry, DestKey, Destination, Forward, IpvsTable, Service, ServiceEntry, ServiceKey, Stats,
     SVC_F_PERSISTENT, SVC_F_USER_MASK,
 };
-use crate::netlink::{IpvsSocket, NetlinkError};
+use crate::netlink::NetlinkError;
 
 /// One service and its destinations, as wanted or as found, with a fingerprint of what the planner compares.
 ///
@@ -397,7 +398,7 @@ impl Op {
 
 impl std::fmt::Display for Op {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&crate::netlink::describe(&self.request()))
+        f.write_str(&crate::ipvs::describe(&self.request()))
     }
 }
 
@@ -590,8 +591,16 @@ impl NetlinkApplier {
     }
 }
 
+/// Present only while the kernel has IPVS loaded.
+const PROC_IP_VS: &str = "/proc/net/ip_vs";
+
 impl Applier for NetlinkApplier {
     fn observe(&mut self) -> Result<IpvsTable, ApplyError> {
+        // A kernel without ip_vs holds no virtual services: nothing to read, and no reason to open (and so
+        // maybe load) IPVS. A role with no services therefore never touches it; VRRP works without ip_vs.
+        if self.sock.is_none() && !std::path::Path::new(PROC_IP_VS).exists() {
+            return Ok(IpvsTable::default());
+        }
         let result = self.socket()?.table();
         if matches!(
             result,

@@ -4,7 +4,7 @@
 use std::io;
 use std::path::{Path, PathBuf};
 
-use lbfleet_proto::{KernelArgs, KernelArgsError, Mac, RoleDocument};
+use lbfleet_proto::{AgentReport, KernelArgs, KernelArgsError, Mac, RoleDocument};
 
 /// Default state directory on a node.
 pub const DEFAULT_STATE_DIR: &str = "/run/lbfleet";
@@ -20,6 +20,12 @@ pub enum StateError {
     },
     #[error("{path}: not a role document: {source}")]
     BadRole {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("{path}: not a status document: {source}")]
+    BadStatus {
         path: PathBuf,
         #[source]
         source: serde_json::Error,
@@ -103,6 +109,32 @@ impl StateDir {
 
     pub fn save_credential(&self, credential: &str) -> Result<(), StateError> {
         self.write_atomic(&self.credential_path(), credential.as_bytes(), true)
+    }
+
+    /// Where the running daemon writes its latest report (for `lbfleet-agent status`).
+    pub fn status_path(&self) -> PathBuf {
+        self.dir.join("status.json")
+    }
+
+    pub fn save_status(&self, report: &AgentReport) -> Result<(), StateError> {
+        let path = self.status_path();
+        let bytes = serde_json::to_vec_pretty(report).map_err(|source| StateError::BadStatus {
+            path: path.clone(),
+            source,
+        })?;
+        self.write_atomic(&path, &bytes, false)
+    }
+
+    /// The running (or last) daemon's latest report, if any.
+    pub fn load_status(&self) -> Result<Option<AgentReport>, StateError> {
+        let path = self.status_path();
+        match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|source| StateError::BadStatus { path, source }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(StateError::Io { path, source }),
+        }
     }
 }
 

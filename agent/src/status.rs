@@ -1,9 +1,11 @@
 //! Views of the kernel's IPVS table: the `ipvsadm -Ln`-like text of `lbfleet-agent status`, its JSON form,
-//! and the per-service statistics the agent reports to the server.
+//! and the per-service statistics the agent reports to the server; and the VRRP part of `status`.
 
 use std::fmt::Write as _;
 
-use lbfleet_proto::{Protocol, RealServerReport, ServiceReport};
+use lbfleet_proto::{
+    AgentReport, Protocol, RealServerReport, ServiceReport, VrrpState, VrrpTransition,
+};
 use serde::Serialize;
 
 use crate::ipvs::{IpProto, IpvsTable, ServiceKey, Stats};
@@ -149,6 +151,46 @@ pub fn service_reports(table: &IpvsTable, health: &HealthResults) -> Vec<Service
             })
         })
         .collect()
+}
+
+/// The VRRP part of `status` (from the running daemon's status file).
+#[derive(Debug, Clone, Serialize)]
+pub struct VrrpStatusView {
+    pub state: Option<VrrpState>,
+    pub master: Option<String>,
+    pub transitions: Vec<VrrpTransition>,
+    pub dropped: std::collections::BTreeMap<String, u64>,
+}
+
+pub fn vrrp_status(report: &AgentReport) -> VrrpStatusView {
+    VrrpStatusView {
+        state: report.vrrp_state,
+        master: report.vrrp_master.clone(),
+        transitions: report.vrrp_transitions.clone(),
+        dropped: report.vrrp_dropped.clone(),
+    }
+}
+
+/// `VRRP master (master 198.18.0.2)`, the transitions (time in ms since the epoch), the drop counters.
+pub fn render_vrrp(v: &VrrpStatusView) -> String {
+    let mut out = String::new();
+    let Some(state) = v.state else {
+        out.push_str("VRRP not running\n");
+        return out;
+    };
+    let _ = writeln!(
+        out,
+        "VRRP {state} (master {})",
+        v.master.as_deref().unwrap_or("unknown")
+    );
+    for t in &v.transitions {
+        let _ = writeln!(out, "  {} {} -> {}: {}", t.at_ms, t.from, t.to, t.reason);
+    }
+    if !v.dropped.is_empty() {
+        let list: Vec<String> = v.dropped.iter().map(|(k, n)| format!("{k}={n}")).collect();
+        let _ = writeln!(out, "  adverts dropped: {}", list.join(" "));
+    }
+    out
 }
 
 #[cfg(test)]

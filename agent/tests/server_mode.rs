@@ -10,9 +10,9 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use lbfleet_agent::daemon::{self as run, AgentError, RunConfig};
 use lbfleet_agent::ipvs::{DestKey, IpProto, ServiceKey};
 use lbfleet_agent::reconcile::{Op, RecordingApplier, ServiceState};
-use lbfleet_agent::run::{self, AgentError, RunConfig};
 use lbfleet_server::ServerConfig;
 use reqwest::StatusCode;
 use serde_json::{json, Value};

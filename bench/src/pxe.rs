@@ -131,7 +131,13 @@ fn lbfleet_boot(
         ..Default::default()
     })?;
     let server = site.server();
-    server.add_image("bench", &files.kernel, &files.initrd, "console=ttyS0", true)?;
+    server.add_image(
+        "bench",
+        &files.kernel,
+        &files.initrd,
+        lab::KERNEL_ARGS,
+        true,
+    )?;
     if files.with_agent {
         server.api_ok("PUT", "/clusters/bench", Some(&cluster_spec()))?;
         for i in 0..count {
@@ -220,8 +226,11 @@ fn dnsmasq_boot(
     // QEMU's ROM is iPXE already: a script it fetches by TFTP, loading both files by TFTP.
     std::fs::write(
         root.join("boot.ipxe"),
-        "#!ipxe\nkernel tftp://198.18.0.1/vmlinuz initrd=initrd.img console=ttyS0\n\
-         initrd tftp://198.18.0.1/initrd.img\nboot\n",
+        format!(
+            "#!ipxe\nkernel tftp://198.18.0.1/vmlinuz initrd=initrd.img {}\n\
+             initrd tftp://198.18.0.1/initrd.img\nboot\n",
+            lab::KERNEL_ARGS
+        ),
     )?;
     let log = site.dir.path().join("dnsmasq.log");
     let child = site
@@ -273,6 +282,31 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    // Drop guards do not run on a signal: clean up this process's namespaces and machines, then exit.
+    std::thread::spawn(|| {
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        else {
+            return;
+        };
+        rt.block_on(async {
+            use tokio::signal::unix::{signal, SignalKind};
+            let (Ok(mut int), Ok(mut term)) = (
+                signal(SignalKind::interrupt()),
+                signal(SignalKind::terminate()),
+            ) else {
+                return;
+            };
+            tokio::select! {
+                _ = int.recv() => {}
+                _ = term.recv() => {}
+            }
+            eprintln!("bench-pxe: interrupted; removing this run's namespaces and machines");
+            lab::cleanup_this_process();
+            std::process::exit(130);
+        });
+    });
     let prereqs = lab::prereqs()?;
     let files = boot_files(&args, &prereqs)?;
     let deadline = Duration::from_secs(args.deadline_secs);
@@ -302,26 +336,55 @@ fn main() -> anyhow::Result<()> {
         let (mut lb_init, mut lb_serving, mut nora_init, mut dm_init) =
             (vec![], vec![], vec![], vec![]);
         for run in 0..args.runs {
-            // Interleaved, so load changes hit every case alike.
-            let t = lbfleet_boot(&prereqs, &files, fw, 1, true, deadline)?[0];
-            lb_init.push(t.init);
-            if let Some(s) = t.serving {
-                lb_serving.push(s);
+            // Interleaved, so load changes hit every case alike. A failed boot (printed with its console) is
+            // reported and the run goes on; its figures are left out of the medians.
+            let report = |case: &str, e: anyhow::Error| {
+                println!("  {} run {}: {case} FAILED: {e:#}", fw.label(), run + 1);
+            };
+            let t = match lbfleet_boot(&prereqs, &files, fw, 1, true, deadline) {
+                Ok(t) => Some(t[0]),
+                Err(e) => {
+                    report("lbfleet", e);
+                    None
+                }
+            };
+            let n = match lbfleet_boot(&prereqs, &files, fw, 1, false, deadline) {
+                Ok(t) => Some(t[0]),
+                Err(e) => {
+                    report("lbfleet without RA", e);
+                    None
+                }
+            };
+            let d = match dnsmasq_boot(&prereqs, &files, fw, deadline) {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    report("dnsmasq", e);
+                    None
+                }
+            };
+            if let Some(t) = t {
+                lb_init.push(t.init);
+                if let Some(s) = t.serving {
+                    lb_serving.push(s);
+                }
             }
-            let n = lbfleet_boot(&prereqs, &files, fw, 1, false, deadline)?[0];
-            nora_init.push(n.init);
-            let d = dnsmasq_boot(&prereqs, &files, fw, deadline)?;
-            dm_init.push(d.init);
+            if let Some(n) = n {
+                nora_init.push(n.init);
+            }
+            if let Some(d) = d {
+                dm_init.push(d.init);
+            }
+            let secs = |v: Option<f64>| v.map_or("failed".to_owned(), |v| format!("{v:.1} s"));
             println!(
-                "  {} run {}: lbfleet /init {:.1} s{}, lbfleet without RA /init {:.1} s, dnsmasq /init {:.1} s (load {})",
+                "  {} run {}: lbfleet /init {}{}, lbfleet without RA /init {}, dnsmasq /init {} (load {})",
                 fw.label(),
                 run + 1,
-                t.init,
-                t.serving
+                secs(t.map(|t| t.init)),
+                t.and_then(|t| t.serving)
                     .map(|s| format!(", serving {s:.1} s"))
                     .unwrap_or_default(),
-                n.init,
-                d.init,
+                secs(n.map(|n| n.init)),
+                secs(d.map(|d| d.init)),
                 load()
             );
         }

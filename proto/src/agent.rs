@@ -84,6 +84,18 @@ pub struct ServiceReport {
     pub real_servers: Vec<RealServerReport>,
 }
 
+/// One change of a node's VRRP state, with why it happened.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VrrpTransition {
+    pub from: VrrpState,
+    pub to: VrrpState,
+    /// Why, in words ("master down timer expired", "higher priority advert from 198.18.0.3", "shutdown").
+    pub reason: String,
+    /// When, in milliseconds since the Unix epoch (the node's clock).
+    pub at_ms: u64,
+}
+
 /// `POST /api/v1/agent/report`: what the node has applied and how it is doing.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -92,6 +104,17 @@ pub struct AgentReport {
     pub applied_generation: u64,
     #[serde(default)]
     pub vrrp_state: Option<VrrpState>,
+    /// Address of the VRRP master as this node sees it (itself when MASTER, the source of the adverts it
+    /// follows when BACKUP); `None` when no VRRP runs or no master is known.
+    #[serde(default)]
+    pub vrrp_master: Option<String>,
+    /// The node's most recent VRRP transitions, oldest first (the agent keeps a bounded number); the server
+    /// records those newer than the last one it saw.
+    #[serde(default)]
+    pub vrrp_transitions: Vec<VrrpTransition>,
+    /// VRRP adverts dropped since the agent started, by reason (`ttl`, `checksum`, `vrid_mismatch`, ...).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub vrrp_dropped: std::collections::BTreeMap<String, u64>,
     #[serde(default)]
     pub services: Vec<ServiceReport>,
     /// Errors since the last report (failed netlink operations, bad role fields); empty when healthy.

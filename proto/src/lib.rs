@@ -235,18 +235,189 @@ pub struct ClusterSpec {
     pub advert_interval_ms: u32,
     #[serde(default = "default_true")]
     pub preempt: bool,
-    pub vips: Vec<String>,
+    /// With `preempt`: how long a higher-priority backup waits before taking over from a running master
+    /// (lets a rebooted node settle first). 0 = at once.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub preempt_delay_ms: u32,
+    pub vips: Vec<VipSpec>,
     #[serde(default)]
     pub unicast_peers: Vec<String>,
+    /// Gratuitous ARP sent by a new master.
+    #[serde(default, skip_serializing_if = "GarpSpec::is_default")]
+    pub garp: GarpSpec,
+    /// The kernel's IPVS connection sync between the cluster's nodes; `None` = no sync.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conn_sync: Option<ConnSyncSpec>,
     #[serde(default)]
     pub services: Vec<ServiceSpec>,
+}
+
+fn is_zero(v: &u32) -> bool {
+    *v == 0
+}
+
+/// A VIP the VRRP master holds. On the wire either a plain `"198.18.0.10/32"` (on the cluster's interface) or
+/// `{"address": "198.18.2.254/24", "interface": "eth1"}` (an internal VIP, the NAT real servers' default
+/// gateway, moved together with the external ones). In text forms (the dashboard) `198.18.2.254/24 dev eth1`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct VipSpec {
+    /// `address/prefix` (a bare address is accepted and normalized by the server).
+    pub address: String,
+    /// Interface to hold it on; `None` = the cluster's VRRP interface.
+    pub interface: Option<String>,
+}
+
+impl VipSpec {
+    /// A VIP on the cluster's interface.
+    pub fn new(address: impl Into<String>) -> VipSpec {
+        VipSpec {
+            address: address.into(),
+            interface: None,
+        }
+    }
+
+    /// The address without its prefix.
+    pub fn addr(&self) -> &str {
+        self.address.split('/').next().unwrap_or(&self.address)
+    }
+}
+
+impl From<&str> for VipSpec {
+    fn from(s: &str) -> VipSpec {
+        VipSpec::new(s)
+    }
+}
+
+/// A plain VIP (no interface of its own) equals its address text.
+impl PartialEq<&str> for VipSpec {
+    fn eq(&self, other: &&str) -> bool {
+        self.interface.is_none() && self.address == *other
+    }
+}
+
+impl fmt::Display for VipSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.interface {
+            Some(i) => write!(f, "{} dev {i}", self.address),
+            None => f.write_str(&self.address),
+        }
+    }
+}
+
+impl FromStr for VipSpec {
+    type Err = String;
+    /// `ADDRESS[/PREFIX] [dev INTERFACE]`.
+    fn from_str(s: &str) -> Result<VipSpec, String> {
+        let words: Vec<&str> = s.split_whitespace().collect();
+        match words.as_slice() {
+            [a] => Ok(VipSpec::new(*a)),
+            [a, "dev", i] => Ok(VipSpec {
+                address: (*a).to_owned(),
+                interface: Some((*i).to_owned()),
+            }),
+            _ => Err(format!(
+                "{s:?} is not ADDRESS/PREFIX or ADDRESS/PREFIX dev INTERFACE"
+            )),
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(untagged)]
+enum VipWire {
+    Plain(String),
+    Detailed(VipObject),
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VipObject {
+    address: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    interface: Option<String>,
+}
+
+impl Serialize for VipSpec {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match &self.interface {
+            None => s.serialize_str(&self.address),
+            Some(i) => VipObject {
+                address: self.address.clone(),
+                interface: Some(i.clone()),
+            }
+            .serialize(s),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for VipSpec {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<VipSpec, D::Error> {
+        match VipWire::deserialize(d).map_err(|_| {
+            serde::de::Error::custom(
+                "a VIP is \"ADDRESS/PREFIX\" or {\"address\": \"ADDRESS/PREFIX\", \"interface\": \"NAME\"}",
+            )
+        })? {
+            VipWire::Plain(address) => Ok(VipSpec::new(address)),
+            VipWire::Detailed(o) => Ok(VipSpec {
+                address: o.address,
+                interface: o.interface,
+            }),
+        }
+    }
+}
+
+/// Gratuitous ARP of a new master: `count` ARPs per VIP, `spacing_ms` apart, and again every `refresh_ms`
+/// while master (0 = no refresh).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GarpSpec {
+    #[serde(default = "GarpSpec::default_count")]
+    pub count: u32,
+    #[serde(default = "GarpSpec::default_spacing_ms")]
+    pub spacing_ms: u32,
+    #[serde(default)]
+    pub refresh_ms: u32,
+}
+
+impl GarpSpec {
+    fn default_count() -> u32 {
+        3
+    }
+    fn default_spacing_ms() -> u32 {
+        100
+    }
+    fn is_default(&self) -> bool {
+        *self == GarpSpec::default()
+    }
+}
+
+impl Default for GarpSpec {
+    fn default() -> Self {
+        GarpSpec {
+            count: Self::default_count(),
+            spacing_ms: Self::default_spacing_ms(),
+            refresh_ms: 0,
+        }
+    }
+}
+
+/// IPVS connection synchronisation: the MASTER runs the kernel's sync daemon as master, the BACKUP as
+/// backup, on `interface` with `sync_id`, so connections survive a failover.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConnSyncSpec {
+    pub interface: String,
+    #[serde(default)]
+    pub sync_id: u8,
 }
 
 fn default_vrrp_version() -> u8 {
     3
 }
+/// The default profile fails over in well under 0.4 s: Master_Down_Interval = 3 x 100 ms + Skew_Time (61 ms
+/// for the default backup priority 100). See docs/benchmarks.md, VRRP.
 fn default_advert_interval_ms() -> u32 {
-    1000
+    100
 }
 fn default_true() -> bool {
     true
@@ -261,8 +432,14 @@ pub struct VrrpConfig {
     pub priority: u8,
     pub advert_interval_ms: u32,
     pub preempt: bool,
-    pub vips: Vec<String>,
+    #[serde(default)]
+    pub preempt_delay_ms: u32,
+    pub vips: Vec<VipSpec>,
     pub unicast_peers: Vec<String>,
+    #[serde(default)]
+    pub garp: GarpSpec,
+    #[serde(default)]
+    pub conn_sync: Option<ConnSyncSpec>,
 }
 
 /// A real server inside a role document: what the kernel should hold, before health results.
@@ -332,15 +509,61 @@ mod tests {
         )
         .expect("valid spec");
         assert_eq!(spec.vrrp_version, 3);
-        assert_eq!(spec.advert_interval_ms, 1000);
+        assert_eq!(spec.advert_interval_ms, 100);
         assert!(spec.preempt);
         assert_eq!(spec.services[0].check, HealthCheck::tcp());
         assert_eq!(spec.services[0].real_servers[0].weight, 1);
         assert_eq!(spec.services[0].real_servers[0].enabled, None);
 
+        assert_eq!(spec.garp, GarpSpec::default());
+        assert_eq!(spec.conn_sync, None);
+        // Defaults are not written back: a spec without the new knobs reads and writes as before.
+        let back = serde_json::to_value(&spec).expect("serializes");
+        assert!(back.get("garp").is_none() && back.get("preempt_delay_ms").is_none());
+        assert_eq!(back["vips"], serde_json::json!(["198.18.0.10/32"]));
+
         let typo = serde_json::from_str::<ClusterSpec>(
             r#"{"vrid": 1, "interface": "eth0", "vips": [], "vipz": []}"#,
         );
         assert!(typo.is_err_and(|e| e.to_string().contains("unknown field `vipz`")));
+    }
+
+    #[test]
+    fn vips_are_strings_or_objects_with_an_interface() {
+        let spec: ClusterSpec = serde_json::from_str(
+            r#"{"vrid": 51, "interface": "eth0",
+                "vips": ["198.18.0.10/32", {"address": "198.18.2.254/24", "interface": "eth1"},
+                         {"address": "198.18.0.11/32"}],
+                "garp": {"count": 5, "refresh_ms": 10000},
+                "conn_sync": {"interface": "eth1", "sync_id": 7}}"#,
+        )
+        .expect("valid spec");
+        assert_eq!(spec.vips[0], VipSpec::new("198.18.0.10/32"));
+        assert_eq!(spec.vips[1].interface.as_deref(), Some("eth1"));
+        assert_eq!(spec.vips[1].addr(), "198.18.2.254");
+        assert_eq!(spec.vips[2], VipSpec::new("198.18.0.11/32"));
+        assert_eq!(spec.garp.count, 5);
+        assert_eq!(spec.garp.spacing_ms, 100);
+        assert_eq!(spec.conn_sync.as_ref().map(|c| c.sync_id), Some(7));
+        let back = serde_json::to_value(&spec).expect("serializes");
+        assert_eq!(
+            back["vips"],
+            serde_json::json!(["198.18.0.10/32", {"address": "198.18.2.254/24", "interface": "eth1"},
+                               "198.18.0.11/32"])
+        );
+        for bad in [
+            r#"[1]"#,
+            r#"[{"address": "198.18.0.10/32", "dev": "eth1"}]"#,
+            r#"[{}]"#,
+        ] {
+            let doc = format!(r#"{{"vrid": 1, "interface": "eth0", "vips": {bad}}}"#);
+            assert!(serde_json::from_str::<ClusterSpec>(&doc).is_err(), "{bad}");
+        }
+        assert_eq!(
+            "198.18.2.254/24 dev eth1".parse::<VipSpec>(),
+            Ok(spec.vips[1].clone())
+        );
+        assert_eq!(spec.vips[1].to_string(), "198.18.2.254/24 dev eth1");
+        assert!("198.18.2.254/24 eth1".parse::<VipSpec>().is_err());
     }
 }

@@ -88,6 +88,31 @@ pub struct ServeArgs {
     /// Log line format [default: text]
     #[arg(long, env = "LBFLEET_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
+    /// TLS certificate chain (PEM); with --tls-key, serves HTTPS
+    #[arg(long, env = "LBFLEET_TLS_CERT", value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM)
+    #[arg(long, env = "LBFLEET_TLS_KEY", value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+    /// Serve HTTPS with a self-signed certificate created on first start next to the database [default: false]
+    #[arg(long, env = "LBFLEET_TLS_SELF_SIGNED", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub tls_self_signed: Option<bool>,
+    /// Allow plain HTTP (no TLS) on a non-loopback address; passwords and credentials then cross the network
+    /// in the clear [default: false]
+    #[arg(long, env = "LBFLEET_ALLOW_INSECURE_HTTP", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub allow_insecure_http: Option<bool>,
+    /// Open HTTP connections at most (also kept below the open-file limit) [default: 4096]
+    #[arg(long, env = "LBFLEET_MAX_CONNECTIONS", value_name = "N")]
+    pub max_connections: Option<usize>,
+    /// Longest time a client may take to send a request head; also closes idle connections [default: 10s]
+    #[arg(long, env = "LBFLEET_HEADER_READ_TIMEOUT", value_name = "DURATION")]
+    pub header_read_timeout: Option<String>,
+    /// Events (enrollments, boot scripts, VRRP and health changes) older than this are pruned [default: 30d]
+    #[arg(long, env = "LBFLEET_EVENT_RETENTION", value_name = "DURATION")]
+    pub event_retention: Option<String>,
+    /// At most this many events are kept (the newest) [default: 100000]
+    #[arg(long, env = "LBFLEET_EVENT_MAX_ROWS", value_name = "N")]
+    pub event_max_rows: Option<i64>,
     #[command(flatten)]
     pub boot: BootArgs,
 }
@@ -178,6 +203,17 @@ pub struct BootArgs {
         action = clap::ArgAction::Set
     )]
     pub answer_router_solicitations: Option<bool>,
+    /// INSECURE: put enrollment tokens in boot scripts requested from any address, not only from the MAC's
+    /// lbfleet DHCP lease (for sites whose DHCP is not lbfleet's; anyone on the boot network can then take
+    /// over a node) [default: false]
+    #[arg(
+        long = "boot-allow-token-without-lease",
+        env = "LBFLEET_BOOT_ALLOW_TOKEN_WITHOUT_LEASE",
+        num_args = 0..=1,
+        default_missing_value = "true",
+        value_name = "BOOL"
+    )]
+    pub allow_token_without_lease: Option<bool>,
 }
 
 impl BootArgs {
@@ -206,6 +242,9 @@ impl BootArgs {
             answer_router_solicitations: self
                 .answer_router_solicitations
                 .or(other.answer_router_solicitations),
+            allow_token_without_lease: self
+                .allow_token_without_lease
+                .or(other.allow_token_without_lease),
         }
     }
 }
@@ -232,6 +271,8 @@ pub struct BootConfig {
     pub max_discovered: i64,
     /// Run the IPv6 router-advertisement responder on `interface` (`boot::ndp`).
     pub answer_router_solicitations: bool,
+    /// Boot scripts carry enrollment tokens whatever address asks (see `boot::trust`).
+    pub allow_token_without_lease: bool,
 }
 
 fn parse_cidr(text: &str) -> Result<(std::net::Ipv4Addr, u8), ConfigError> {
@@ -296,6 +337,24 @@ impl BootConfig {
                 }
             }
         }
+        let pool_size = pool.map(|(first, last)| i64::from(u32::from(last) - u32::from(first)) + 1);
+        let max_discovered = match (args.max_discovered, pool_size) {
+            (Some(m), Some(size)) if m >= size => {
+                return Err(ConfigError::Invalid {
+                    key: "boot.max_discovered",
+                    reason: format!(
+                        "{m} leaves no address of boot.pool ({size} addresses) for registered nodes once \
+                         unknown MACs took their share; set boot.max_discovered below {size} (e.g. {}) or \
+                         widen boot.pool",
+                        size / 2
+                    ),
+                })
+            }
+            (Some(m), _) => m.max(0),
+            // Unset: at most half the pool goes to unknown MACs.
+            (None, Some(size)) => crate::fleet::DEFAULT_MAX_DISCOVERED.min(size / 2),
+            (None, None) => crate::fleet::DEFAULT_MAX_DISCOVERED,
+        };
         let blksize = args.tftp_max_blksize.unwrap_or(1468);
         if !(512..=65464).contains(&blksize) {
             return Err(ConfigError::Invalid {
@@ -318,11 +377,9 @@ impl BootConfig {
             tftp_max_transfers: args.tftp_max_transfers.unwrap_or(64).max(1),
             tftp_max_blksize: blksize,
             tftp_max_windowsize: args.tftp_max_windowsize.unwrap_or(64).clamp(1, 1024),
-            max_discovered: args
-                .max_discovered
-                .unwrap_or(crate::fleet::DEFAULT_MAX_DISCOVERED)
-                .max(0),
             answer_router_solicitations: args.answer_router_solicitations.unwrap_or(true),
+            max_discovered,
+            allow_token_without_lease: args.allow_token_without_lease.unwrap_or(false),
         })
     }
 
@@ -345,6 +402,7 @@ impl BootConfig {
             tftp_max_windowsize: 64,
             max_discovered: crate::fleet::DEFAULT_MAX_DISCOVERED,
             answer_router_solicitations: false,
+            allow_token_without_lease: false,
         }
     }
 }
@@ -494,6 +552,14 @@ pub struct FileConfig {
     pub enrollment_token_ttl: Option<String>,
     pub initial_admin_password_file: Option<PathBuf>,
     pub log_format: Option<LogFormat>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub tls_self_signed: Option<bool>,
+    pub allow_insecure_http: Option<bool>,
+    pub max_connections: Option<usize>,
+    pub header_read_timeout: Option<String>,
+    pub event_retention: Option<String>,
+    pub event_max_rows: Option<i64>,
     pub boot: Option<BootArgs>,
 }
 
@@ -547,6 +613,13 @@ pub struct ServerConfig {
     pub initial_admin_password_file: Option<PathBuf>,
     pub log_format: LogFormat,
     pub boot: Option<BootConfig>,
+    pub tls: crate::tls::TlsSetting,
+    pub allow_insecure_http: bool,
+    pub max_connections: usize,
+    pub header_read_timeout: Duration,
+    /// `sha256:HEX` of the certificate being served; set at start-up once TLS is loaded, `None` without TLS.
+    pub tls_pin: Option<String>,
+    pub retention: crate::retention::Retention,
 }
 
 impl std::fmt::Debug for ServerConfig {
@@ -564,6 +637,11 @@ impl std::fmt::Debug for ServerConfig {
             )
             .field("log_format", &self.log_format)
             .field("boot", &self.boot)
+            .field("tls", &self.tls)
+            .field("allow_insecure_http", &self.allow_insecure_http)
+            .field("max_connections", &self.max_connections)
+            .field("header_read_timeout", &self.header_read_timeout)
+            .field("retention", &self.retention)
             .finish()
     }
 }
@@ -624,13 +702,80 @@ impl ServerConfig {
                 reason: "must be between 1s and 5m".into(),
             });
         }
+        let listen = args.listen.or(file.listen).unwrap_or(default_listen);
+        let database = args
+            .db
+            .database
+            .or(file.database)
+            .unwrap_or_else(|| DEFAULT_DATABASE.to_owned());
+        let tls = match (
+            args.tls_cert.or(file.tls_cert),
+            args.tls_key.or(file.tls_key),
+            args.tls_self_signed
+                .or(file.tls_self_signed)
+                .unwrap_or(false),
+        ) {
+            (Some(cert), Some(key), _) => crate::tls::TlsSetting::Files { cert, key },
+            (Some(_), None, _) | (None, Some(_), _) => {
+                return Err(ConfigError::Invalid {
+                    key: "tls_cert",
+                    reason: "tls_cert and tls_key go together".into(),
+                })
+            }
+            (None, None, true) => crate::tls::TlsSetting::SelfSigned {
+                dir: database_dir(&database),
+            },
+            (None, None, false) => crate::tls::TlsSetting::Off,
+        };
+        let allow_insecure_http = args
+            .allow_insecure_http
+            .or(file.allow_insecure_http)
+            .unwrap_or(false);
+        if !tls.is_on() && !listen.ip().is_loopback() && !allow_insecure_http {
+            return Err(ConfigError::Invalid {
+                key: "listen",
+                reason: format!(
+                    "{listen} is not a loopback address and TLS is off: set tls_cert and tls_key or \
+                     tls_self_signed, or pass --allow-insecure-http to accept passwords and node credentials \
+                     in the clear"
+                ),
+            });
+        }
+        let header_read_timeout = duration(
+            "header_read_timeout",
+            args.header_read_timeout.or(file.header_read_timeout),
+            "10s",
+        )?;
+        if header_read_timeout.is_zero() {
+            return Err(ConfigError::Invalid {
+                key: "header_read_timeout",
+                reason: "must be more than 0".into(),
+            });
+        }
         Ok(ServerConfig {
-            listen: args.listen.or(file.listen).unwrap_or(default_listen),
-            database: args
-                .db
-                .database
-                .or(file.database)
-                .unwrap_or_else(|| DEFAULT_DATABASE.to_owned()),
+            listen,
+            database,
+            tls,
+            allow_insecure_http,
+            max_connections: args
+                .max_connections
+                .or(file.max_connections)
+                .unwrap_or(4096)
+                .max(1),
+            header_read_timeout,
+            tls_pin: None,
+            retention: crate::retention::Retention {
+                max_age: duration(
+                    "event_retention",
+                    args.event_retention.or(file.event_retention),
+                    "30d",
+                )?,
+                max_rows: args
+                    .event_max_rows
+                    .or(file.event_max_rows)
+                    .unwrap_or(100_000)
+                    .max(1),
+            },
             public_url,
             long_poll_timeout,
             session_ttl: duration("session_ttl", args.session_ttl.or(file.session_ttl), "12h")?,
@@ -667,13 +812,36 @@ impl ServerConfig {
             initial_admin_password_file: None,
             log_format: LogFormat::Text,
             boot: None,
+            tls: crate::tls::TlsSetting::Off,
+            allow_insecure_http: false,
+            max_connections: 4096,
+            header_read_timeout: Duration::from_secs(10),
+            tls_pin: None,
+            retention: crate::retention::Retention::default(),
         }
     }
 
+    /// Session cookies are `Secure` when the server speaks HTTPS (or sits behind an HTTPS public URL).
     pub fn secure_cookies(&self) -> bool {
-        self.public_url
-            .as_deref()
-            .is_some_and(|u| u.starts_with("https://"))
+        self.tls.is_on()
+            || self
+                .public_url
+                .as_deref()
+                .is_some_and(|u| u.starts_with("https://"))
+    }
+}
+
+/// The directory of an SQLite database URL (`sqlite://var/lbfleet.db` -> `var`), where the self-signed TLS pair
+/// is kept; the current directory for in-memory or other databases.
+pub fn database_dir(database: &str) -> PathBuf {
+    let path = database
+        .strip_prefix("sqlite://")
+        .or_else(|| database.strip_prefix("sqlite:"))
+        .map(|p| p.split('?').next().unwrap_or(p))
+        .filter(|p| !p.is_empty() && !p.starts_with(':'));
+    match path.and_then(|p| Path::new(p).parent()) {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.to_owned(),
+        _ => PathBuf::from("."),
     }
 }
 
@@ -763,6 +931,80 @@ mod tests {
             .map(|e| e.to_string())
             .unwrap_or_default();
         assert!(err.contains("must start with http"), "{err}");
+    }
+
+    #[test]
+    fn plain_http_off_loopback_needs_tls_or_the_explicit_flag() {
+        let err = ServerConfig::resolve(serve_args(&["--listen", "0.0.0.0:8080"]))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            err.starts_with("listen: 0.0.0.0:8080 is not a loopback address and TLS is off")
+                && err.contains("--allow-insecure-http"),
+            "{err}"
+        );
+        let cfg = ServerConfig::resolve(serve_args(&[
+            "--listen",
+            "0.0.0.0:8080",
+            "--allow-insecure-http",
+        ]))
+        .expect("explicitly allowed");
+        assert!(!cfg.tls.is_on() && !cfg.secure_cookies());
+        let cfg = ServerConfig::resolve(serve_args(&[
+            "--listen",
+            "0.0.0.0:8080",
+            "--tls-self-signed",
+            "--database",
+            "sqlite://var/x/lbfleet.db",
+        ]))
+        .expect("TLS");
+        assert_eq!(
+            cfg.tls,
+            crate::tls::TlsSetting::SelfSigned {
+                dir: PathBuf::from("var/x")
+            }
+        );
+        assert!(cfg.secure_cookies());
+        // Loopback stays plain by default (make demo).
+        let cfg = ServerConfig::resolve(serve_args(&[])).expect("defaults");
+        assert!(!cfg.tls.is_on());
+        let err = ServerConfig::resolve(serve_args(&["--tls-cert", "c.pem"]))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("tls_cert and tls_key go together"), "{err}");
+    }
+
+    #[test]
+    fn max_discovered_must_leave_pool_addresses_for_registered_nodes() {
+        let boot = [
+            "--boot-server-address",
+            "198.18.0.1",
+            "--boot-subnet",
+            "198.18.0.0/16",
+            "--boot-pool",
+            "198.18.1.0-198.18.1.255",
+        ];
+        let mut args = boot.to_vec();
+        args.extend(["--boot-max-discovered", "256"]);
+        let err = ServerConfig::resolve(serve_args(&args))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            err.starts_with(
+                "boot.max_discovered: 256 leaves no address of boot.pool (256 addresses)"
+            ),
+            "{err}"
+        );
+        let mut args = boot.to_vec();
+        args.extend(["--boot-max-discovered", "255"]);
+        let cfg = ServerConfig::resolve(serve_args(&args)).expect("one address left");
+        assert_eq!(cfg.boot.map(|b| b.max_discovered), Some(255));
+        // Unset: half the pool.
+        let cfg = ServerConfig::resolve(serve_args(&boot)).expect("default");
+        assert_eq!(cfg.boot.map(|b| b.max_discovered), Some(128));
     }
 
     #[test]

@@ -12,9 +12,16 @@ pub mod audit;
 pub mod boot;
 pub mod config;
 pub mod fleet;
+pub mod limits;
+pub mod login_gate;
 pub mod notify;
+pub mod retention;
 pub mod secrets;
+pub mod serve;
+pub mod session_watch;
 pub mod store;
+pub mod tls;
+pub mod token_use;
 pub mod web;
 
 pub use config::ServerConfig;
@@ -88,11 +95,17 @@ pub async fn run(
 
 /// `run` with boot sockets the caller bound.
 pub async fn run_with(
-    config: ServerConfig,
+    mut config: ServerConfig,
     listener: TcpListener,
     sockets: BootSockets,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    warn_insecure_settings(&config);
+    let tls = tls::load(&config.tls, &tls_names(&config))?;
+    if let Some(t) = &tls {
+        tracing::info!(cert = %t.cert_path.display(), pin = t.pin, "serving HTTPS (and plain HTTP for iPXE)");
+        config.tls_pin = Some(t.pin.clone());
+    }
     let fleet = open_fleet(&config).await?;
     if let Some(password) = fleet.bootstrap_admin().await? {
         announce_initial_admin(&config, &password)?;
@@ -131,23 +144,43 @@ pub async fn run_with(
                 ..Default::default()
             },
             max_transfers: boot.tftp_max_transfers,
+            max_per_client: boot::tftp::DEFAULT_MAX_PER_CLIENT,
         };
         let stats = std::sync::Arc::new(boot::tftp::TftpStats::default());
         boot_stats.tftp = Some(stats.clone());
         tasks.spawn(boot::tftp::run(sock, tftp_config, stats, stop_rx.clone()));
     }
+    tasks.spawn(retention::run(
+        store.clone(),
+        config.retention,
+        stop_rx.clone(),
+    ));
     let addr = listener.local_addr()?;
-    let app = api::router(api::AppState::new(fleet, config, boot_stats, stop_rx));
-    tracing::info!(%addr, "lbfleet-server listening");
-    axum::serve(
+    let limits = serve::ServeLimits {
+        max_connections: config.max_connections,
+        header_read_timeout: config.header_read_timeout,
+        ..Default::default()
+    };
+    let connections = serve::Connections::new(limits.max_connections);
+    let tls_on = tls.is_some();
+    let app = api::router(api::AppState::new(fleet, config, boot_stats, stop_rx))
+        .layer(axum::middleware::from_fn(limits::bound_request))
+        .layer(axum::middleware::from_fn(move |req, next| {
+            serve::https_only(tls_on, req, next)
+        }));
+    tracing::info!(%addr, tls = tls_on, max_connections = connections.cap(), "lbfleet-server listening");
+    serve::serve(
         listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
+        app,
+        tls.map(|t| t.server_config),
+        limits,
+        connections,
+        async move {
+            shutdown.await;
+            tracing::info!("shutting down");
+            let _ = stop_tx.send(true);
+        },
     )
-    .with_graceful_shutdown(async move {
-        shutdown.await;
-        tracing::info!("shutting down");
-        let _ = stop_tx.send(true);
-    })
     .await?;
     while let Some(done) = tasks.join_next().await {
         if let Ok(Err(e)) = done {
@@ -157,6 +190,52 @@ pub async fn run_with(
     store.close().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Names the self-signed certificate is made out to (agents pin it by hash, so these matter only to browsers).
+fn tls_names(config: &ServerConfig) -> Vec<String> {
+    let mut names = vec!["localhost".to_owned()];
+    if !config.listen.ip().is_unspecified() {
+        names.push(config.listen.ip().to_string());
+    }
+    if let Some(b) = &config.boot {
+        names.push(b.server_address.to_string());
+    }
+    if let Some(host) = config
+        .public_url
+        .as_deref()
+        .and_then(|u| u.split_once("://"))
+        .map(|(_, rest)| rest.split(['/', ':']).next().unwrap_or(rest))
+    {
+        names.push(host.to_owned());
+    }
+    names.sort();
+    names.dedup();
+    names
+}
+
+/// Logs a warning for every setting that weakens the trust model (docs/security.md).
+fn warn_insecure_settings(config: &ServerConfig) {
+    if !config.tls.is_on() && !config.listen.ip().is_loopback() {
+        tracing::warn!(
+            listen = %config.listen,
+            "plain HTTP on a non-loopback address (--allow-insecure-http): passwords and node credentials \
+             cross the network in the clear"
+        );
+    }
+    if let Some(boot) = &config.boot {
+        if boot.allow_token_without_lease {
+            tracing::warn!(
+                "boot.allow_token_without_lease is on: boot scripts carry enrollment tokens for any requester, \
+                 so anyone on the boot network can take over a node (docs/security.md)"
+            );
+        } else if boot.interface.is_none() {
+            tracing::warn!(
+                "lbfleet runs no DHCP (boot.interface unset): boot scripts carry no enrollment tokens; give \
+                 agents a token by hand or set boot.allow_token_without_lease (docs/security.md)"
+            );
+        }
+    }
 }
 
 /// The DHCP engine's settings from `[boot]`.

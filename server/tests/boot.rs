@@ -25,6 +25,34 @@ fn pattern_file(path: &Path, len: usize) -> Vec<u8> {
     data
 }
 
+/// Writes a bound DHCP lease of `mac` on `address` (as lbfleet's DHCP would) into the server's database.
+async fn bind_lease(db_path: &Path, mac: &str, address: &str, expires_in_ms: i64) {
+    let store = lbfleet_server::store::Store::open(&common::db_url(db_path))
+        .await
+        .unwrap();
+    let mut tx = store.begin().await.unwrap();
+    lbfleet_server::store::leases::upsert_many(
+        &mut tx,
+        &[lbfleet_server::store::leases::LeaseRow {
+            address: address.into(),
+            mac: mac.into(),
+            state: "bound".into(),
+            expires_at: lbfleet_server::store::now_ms() + expires_in_ms,
+        }],
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    store.close().await;
+}
+
+/// The token argument of a boot script, if any.
+fn script_token(body: &str) -> Option<String> {
+    body.split("lbfleet.token=")
+        .nth(1)
+        .map(|t| t.split([' ', '\n']).next().unwrap().to_owned())
+}
+
 /// Returns true if `tool` is installed and fails the test otherwise: a missing client is never a silent skip.
 fn have(tool: &str) -> bool {
     let ok = Command::new("sh")
@@ -344,6 +372,8 @@ async fn http_boot_scripts_follow_node_state_and_files_support_ranges() {
     assert_eq!(nodes["nodes"][0]["mac"], "52:54:00:aa:00:01");
 
     srv.put("/api/v1/images/2026.11.1", &op, json!({"kernel": "vmlinuz", "initrd": "initrd.img", "cmdline": "console=ttyS0", "default": true})).await;
+    // The script carries a token only for the MAC's own lease address (here: this client's, 127.0.0.1).
+    bind_lease(&srv.db_path, "52:54:00:aa:00:01", "127.0.0.1", 60_000).await;
     let (s, body) = get("/boot/52-54-00-AA-00-01.ipxe".into()).await;
     assert_eq!(s, StatusCode::OK);
     assert!(
@@ -441,6 +471,7 @@ async fn http_boot_scripts_follow_node_state_and_files_support_ranges() {
     );
 
     // Script requests are bounded per MAC (each mints a token and an audit row).
+    bind_lease(&srv.db_path, "52:54:00:aa:00:02", "127.0.0.1", 60_000).await;
     let audit_before = srv.audit_len().await;
     let mut statuses = Vec::new();
     for _ in 0..12 {
@@ -454,8 +485,22 @@ async fn http_boot_scripts_follow_node_state_and_files_support_ranges() {
         &statuses[10..],
         &[StatusCode::TOO_MANY_REQUESTS, StatusCode::TOO_MANY_REQUESTS]
     );
-    // Discovery of the MAC + 10 tokens; the refused requests wrote nothing.
-    assert_eq!(srv.audit_len().await, audit_before + 11);
+    // Discovery of the MAC is audited; the 10 scripts with tokens are events, not audit rows (issue 13); the
+    // refused requests wrote nothing.
+    assert_eq!(srv.audit_len().await, audit_before + 1);
+    let (_, events) = srv
+        .get(
+            "/api/v1/events?kind=boot_script&limit=100",
+            &srv.tokens.viewer,
+        )
+        .await;
+    let for_mac = events["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["node"] == "52:54:00:aa:00:02")
+        .count();
+    assert_eq!(for_mac, 10, "{events}");
 }
 
 #[tokio::test]
@@ -475,4 +520,264 @@ async fn boot_routes_are_off_without_boot_config() {
         0,
         "no discovery without boot services"
     );
+}
+
+/// Issue 13, node takeover: an assigned, serving node's boot script asked for from an address that is not the
+/// node's lease gets the image but no enrollment token; from the lease address (while the lease is bound) it
+/// gets one; after the lease expired, none. With `allow_token_without_lease` the old behaviour returns.
+#[tokio::test]
+async fn boot_script_tokens_only_for_the_macs_lease_address() {
+    let lab = boot_lab().await;
+    let srv = &lab.srv;
+    let op = srv.tokens.operator.clone();
+    let img_dir = lab.boot_dir.path().join("images/2026.11.1");
+    std::fs::create_dir_all(&img_dir).unwrap();
+    pattern_file(&img_dir.join("vmlinuz"), 100);
+    pattern_file(&img_dir.join("initrd.img"), 100);
+    srv.put(
+        "/api/v1/images/2026.11.1",
+        &op,
+        json!({"kernel": "vmlinuz", "initrd": "initrd.img", "default": true}),
+    )
+    .await;
+    let mac = "52:54:00:aa:00:31";
+    // The real node booted and enrolled; its lease is 127.0.0.31.
+    let credential = srv.enrolled_node(mac, "lb-31").await;
+    bind_lease(&srv.db_path, mac, "127.0.0.31", 60_000).await;
+    let from = |last: u8| {
+        reqwest::Client::builder()
+            .local_address(std::net::IpAddr::from([127, 0, 0, last]))
+            .build()
+            .unwrap()
+    };
+    let script = |client: reqwest::Client| {
+        let url = srv.url(&format!("/boot/{mac}.ipxe"));
+        async move {
+            let r = client.get(url).send().await.unwrap();
+            assert_eq!(r.status(), StatusCode::OK);
+            r.text().await.unwrap()
+        }
+    };
+
+    // The attacker, elsewhere on the boot network: the image, no token.
+    let body = script(from(66)).await;
+    assert!(body.contains("/images/2026.11.1/vmlinuz"), "{body}");
+    assert_eq!(script_token(&body), None, "takeover got a token: {body}");
+    // The real agent keeps its credential.
+    let (s, _) = srv
+        .call(Method::GET, "/api/v1/agent/role", Some(&credential), None)
+        .await;
+    assert_eq!(s, StatusCode::OK);
+
+    // The node itself, from its lease address: a token.
+    let body = script(from(31)).await;
+    assert!(script_token(&body).is_some(), "{body}");
+
+    // Lease expired: no token, even from that address.
+    bind_lease(&srv.db_path, mac, "127.0.0.31", -1).await;
+    let body = script(from(31)).await;
+    assert_eq!(script_token(&body), None, "{body}");
+}
+
+#[tokio::test]
+async fn allow_token_without_lease_restores_tokens_for_any_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let boot_dir = tempfile::tempdir().unwrap();
+    let db_path = dir.path().join("lbfleet.db");
+    let tokens = common::seed(&db_path).await;
+    let tftp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let mut boot = BootConfig::for_dir(boot_dir.path());
+    boot.allow_token_without_lease = true;
+    let srv = TestServer::start_boot(db_path, tokens, boot, tftp).await;
+    let img_dir = boot_dir.path().join("images/2026.11.1");
+    std::fs::create_dir_all(&img_dir).unwrap();
+    pattern_file(&img_dir.join("vmlinuz"), 100);
+    pattern_file(&img_dir.join("initrd.img"), 100);
+    srv.put(
+        "/api/v1/images/2026.11.1",
+        &srv.tokens.operator,
+        json!({"kernel": "vmlinuz", "initrd": "initrd.img", "default": true}),
+    )
+    .await;
+    let body = srv
+        .http
+        .get(srv.url("/boot/52:54:00:aa:00:32.ipxe"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(script_token(&body).is_some(), "{body}");
+}
+
+/// A node re-enrolling while its previous credential was in use in the last two minutes is an event and a
+/// dashboard alert (the sign of a takeover).
+#[tokio::test]
+async fn reenrollment_while_alive_is_an_event_and_an_alert() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = TestServer::start(dir.path()).await;
+    let mac = "52:54:00:aa:00:41";
+    let credential = srv.enrolled_node(mac, "lb-41").await;
+    // The agent reports: its credential is in use.
+    let (s, v) = srv
+        .call(
+            Method::POST,
+            "/api/v1/agent/report",
+            Some(&credential),
+            Some(json!({"applied_generation": 0})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT, "{v}");
+    let (_, events) = srv
+        .get(
+            "/api/v1/events?kind=reenrolled_while_alive",
+            &srv.tokens.viewer,
+        )
+        .await;
+    assert_eq!(
+        events["events"].as_array().map(Vec::len),
+        Some(0),
+        "{events}"
+    );
+    // Someone redeems a fresh token for the same node.
+    let (s, v) = srv
+        .post(
+            "/api/v1/nodes/lb-41/enrollment-token",
+            &srv.tokens.operator,
+            json!({}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let (s, _) = srv
+        .call(
+            Method::POST,
+            "/api/v1/agent/enroll",
+            None,
+            Some(json!({"token": v["token"], "mac": mac})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let (_, events) = srv
+        .get(
+            "/api/v1/events?kind=reenrolled_while_alive",
+            &srv.tokens.viewer,
+        )
+        .await;
+    let msg = events["events"][0]["message"].as_str().unwrap_or_default();
+    assert!(
+        msg.contains("node lb-41 re-enrolled while its agent was alive"),
+        "{events}"
+    );
+    let overview = srv.page_as("view", "/").await;
+    assert!(
+        overview.contains("Re-enrolled")
+            && overview.contains("node lb-41 re-enrolled while its agent was alive"),
+        "{overview}"
+    );
+}
+
+/// Issue 13, TFTP slot hogging: one client address gets at most `DEFAULT_MAX_PER_CLIENT` transfers at once
+/// (the next is refused with an error), while another address is still served.
+#[tokio::test]
+async fn tftp_limits_concurrent_transfers_per_client_address() {
+    let lab = boot_lab().await;
+    pattern_file(&lab.boot_dir.path().join("undionly.kpxe"), 100_000);
+    let port = lab.tftp_port;
+    let max = lbfleet_server::boot::tftp::DEFAULT_MAX_PER_CLIENT;
+    let answers = tokio::task::spawn_blocking(move || {
+        let request = Packet::ReadRequest {
+            filename: "undionly.kpxe".into(),
+            mode: "octet".into(),
+            options: vec![("tsize".into(), "0".into())],
+        }
+        .encode();
+        let mut held = Vec::new();
+        let mut answers = Vec::new();
+        for i in 0..=max + 1 {
+            // The last request comes from another loopback address.
+            let from = if i == max + 1 {
+                "127.0.0.2:0"
+            } else {
+                "127.0.0.1:0"
+            };
+            let sock = UdpSocket::bind(from).unwrap();
+            sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            sock.send_to(&request, ("127.0.0.1", port)).unwrap();
+            let mut buf = [0u8; 2048];
+            let (n, _) = sock.recv_from(&mut buf).unwrap();
+            answers.push(Packet::decode(&buf[..n]).unwrap());
+            // Never acknowledged: the transfer keeps its slot until it times out.
+            held.push(sock);
+        }
+        answers
+    })
+    .await
+    .unwrap();
+    for (i, a) in answers.iter().enumerate() {
+        let refused = matches!(a, Packet::Error { message, .. } if message.contains("too many transfers from your address"));
+        let accepted = matches!(a, Packet::OptionAck { .. });
+        if i == max {
+            assert!(refused, "request {i}: {a:?}");
+        } else {
+            assert!(accepted, "request {i}: {a:?}");
+        }
+    }
+}
+
+/// Issue 13, slow TFTP clients: a transfer that a client drags out (acknowledging just before each
+/// retransmission) ends with an error once it has held its slot for `max_duration`.
+#[tokio::test]
+async fn tftp_transfer_time_is_bounded() {
+    use lbfleet_server::boot::tftp::{self, transfer::Limits, TftpConfig};
+    let root = tempfile::tempdir().unwrap();
+    pattern_file(&root.path().join("big"), 200_000);
+    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let port = sock.local_addr().unwrap().port();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let config = TftpConfig {
+        root: root.path().to_owned(),
+        limits: Limits {
+            max_duration: Duration::from_secs(1),
+            ..Limits::default()
+        },
+        max_transfers: 4,
+        max_per_client: 4,
+    };
+    let server = tokio::spawn(tftp::run(sock, config, Default::default(), stop_rx));
+    let outcome = tokio::task::spawn_blocking(move || {
+        let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+        sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let request = Packet::ReadRequest {
+            filename: "big".into(),
+            mode: "octet".into(),
+            options: vec![],
+        };
+        sock.send_to(&request.encode(), ("127.0.0.1", port))
+            .unwrap();
+        let started = std::time::Instant::now();
+        let mut buf = [0u8; 2048];
+        loop {
+            let (n, peer) = sock.recv_from(&mut buf).unwrap();
+            match Packet::decode(&buf[..n]).unwrap() {
+                Packet::Data { block, .. } => {
+                    assert!(
+                        started.elapsed() < Duration::from_secs(10),
+                        "still sending after 10 s"
+                    );
+                    // 512-byte lock-step at ~3 blocks a second: 200 kB would take two minutes.
+                    std::thread::sleep(Duration::from_millis(300));
+                    sock.send_to(&Packet::Ack { block }.encode(), peer).unwrap();
+                }
+                Packet::Error { message, .. } => return (message, started.elapsed()),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(outcome.0, "transfer took too long");
+    assert!(outcome.1 < Duration::from_secs(5), "{:?}", outcome.1);
+    let _ = stop_tx.send(true);
+    server.await.unwrap().unwrap();
 }

@@ -485,14 +485,14 @@ async fn viewer_cannot_change_anything_and_markup_renders_as_text() {
         .await;
     assert_eq!(s, StatusCode::CREATED);
     let (new_id, _) = discovered_node(&srv, "52:54:00:aa:bb:03").await;
-    // Markup smuggled in through fields people can set: an image command line (audit page) and an agent error
-    // report (events page).
-    let payload = "<script>window.__xss=1</script><img src=x onerror=\"window.__xss=2\">";
+    // Markup smuggled in through fields people can set: an API token's name (audit page; an image cmdline no
+    // longer takes markup, issue 13) and an agent error report (events page).
+    let payload = "<script>window.__xss=1</script><img src=x onerror=__xss=2>";
     let (s, v) = srv
-        .put(
-            "/api/v1/images/evil",
-            op,
-            json!({"kernel": "vmlinuz", "initrd": "initrd.img", "cmdline": payload}),
+        .post(
+            "/api/v1/tokens",
+            &srv.tokens.admin,
+            json!({"user": "view", "name": payload}),
         )
         .await;
     assert_eq!(s, StatusCode::CREATED, "{v}");
@@ -561,9 +561,10 @@ async fn viewer_cannot_change_anything_and_markup_renders_as_text() {
         b.wait_for_text("#events-table td.msg", "<script>window.__xss=1</script>")
             .await;
         assert_eq!(b.count("#events-table td.msg img").await, 0);
-        b.goto("/audit?action=image.create").await;
-        b.wait_for_text("#audit-table", "image:evil").await;
-        b.click("#audit-table tr[data-action='image.create'] summary")
+        // The newest token.create row (listed first) is the one with the markup.
+        b.goto("/audit?action=token.create").await;
+        b.wait_for_text("#audit-table", "user:view").await;
+        b.click("#audit-table tr[data-action='token.create'] summary")
             .await;
         b.wait_for_text("#audit-table td.after", "<img src=x onerror=")
             .await;

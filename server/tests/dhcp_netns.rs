@@ -628,7 +628,7 @@ fn perfdhcp_flood_of_random_macs_respects_the_discovery_cap() {
 #[test]
 fn every_acked_lease_survives_kill_9() {
     let mut lab = Lab::new(Some("198.18.0.2/16"));
-    lab.start_server(1000);
+    lab.start_server(250);
     let out_path = lab.dir.path().join("acks.txt");
     let out = std::fs::File::create(&out_path).unwrap();
     // 200 clients at 100/s; the server is killed about a second in, mid-stream.
@@ -679,7 +679,7 @@ fn every_acked_lease_survives_kill_9() {
     );
 
     // Restart on the same database: every promised lease is there.
-    lab.start_server(1000);
+    lab.start_server(250);
     let leases = lab.leases();
     for (mac, ip) in &acks {
         assert!(

@@ -303,12 +303,14 @@ async fn login_form_is_rate_limited_and_has_its_own_csrf_token() {
 async fn markup_in_stored_values_renders_as_text() {
     let dir = tempfile::tempdir().unwrap();
     let srv = TestServer::start(dir.path()).await;
+    // An API token's name carries the markup into the audit log (an image cmdline no longer can: issue 13
+    // limits it to kernel-argument characters).
     let payload = "<script>alert('xss')</script><img src=x onerror=alert(1)>";
     let (st, v) = srv
-        .put(
-            "/api/v1/images/evil",
-            &srv.tokens.operator,
-            json!({"kernel": "vmlinuz", "initrd": "initrd.img", "cmdline": payload}),
+        .post(
+            "/api/v1/tokens",
+            &srv.tokens.admin,
+            json!({"user": "view", "name": payload}),
         )
         .await;
     assert_eq!(st, StatusCode::CREATED, "{v}");
@@ -647,4 +649,73 @@ async fn settings_form_never_overwrites_a_change_made_after_the_page_was_loaded(
     let (_, c) = srv.get("/api/v1/clusters/ext", &srv.tokens.operator).await;
     assert_eq!(c["spec"]["advert_interval_ms"], 300, "{c}");
     assert_eq!(c["spec"]["services"][0]["real_servers"][0]["weight"], 9);
+}
+
+/// Issue 13: after login, only local paths are followed; anything a browser would read as another site goes to
+/// `/`.
+#[tokio::test]
+async fn login_redirects_only_to_local_paths() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = TestServer::start(dir.path()).await;
+    for (next, expected) in [
+        ("/\t/evil.example", "/"),
+        ("//evil", "/"),
+        ("/\\evil", "/"),
+        ("/\n/evil.example", "/"),
+        ("https://evil.example/", "/"),
+        ("/ /evil", "/"),
+        ("/clusters/ext?tab=1", "/clusters/ext?tab=1"),
+    ] {
+        let http = client();
+        let page = http.get(srv.url("/login")).send().await.unwrap();
+        let login_cookie = cookie_pair(&page, "lbfleet_login_csrf").unwrap();
+        let csrf = csrf_of(&page.text().await.unwrap());
+        let resp = http
+            .post(srv.url("/login"))
+            .header(COOKIE, login_cookie)
+            .form(&[
+                ("csrf", csrf.as_str()),
+                ("username", "view"),
+                ("password", PASSWORD),
+                ("next", next),
+            ])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::SEE_OTHER, "{next:?}");
+        assert_eq!(resp.headers()[LOCATION], expected, "{next:?}");
+    }
+}
+
+/// Issue 13: the live stream ends when its session ends (here: logout), not only when the server stops.
+#[tokio::test]
+async fn live_stream_ends_on_logout() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = TestServer::start(dir.path()).await;
+    let s = login(&srv, "view").await;
+    let mut resp = client()
+        .get(srv.url("/live"))
+        .header(COOKIE, &s.cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let mut seen = String::new();
+    while !seen.contains("event: hello") {
+        seen.push_str(&String::from_utf8_lossy(
+            &resp.chunk().await.unwrap().unwrap(),
+        ));
+    }
+    let out = post_form(&srv, &s, "/logout", &[("csrf", s.csrf.as_str())]).await;
+    assert_eq!(out.status(), StatusCode::SEE_OTHER);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let next = tokio::time::timeout_at(deadline.into(), resp.chunk())
+            .await
+            .expect("the stream ends within 10 s of the logout");
+        match next {
+            Ok(Some(_)) => continue, // keep-alive comments
+            Ok(None) | Err(_) => break,
+        }
+    }
 }

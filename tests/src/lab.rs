@@ -34,6 +34,9 @@ pub const BOOT_SUBNET: &str = "198.18.0.0/15";
 pub const BOOT_POOL: &str = "198.18.1.0-198.18.1.255";
 /// The HTTP port of the lab server (API, agent API and HTTP boot).
 pub const HTTP_PORT: u16 = 8080;
+/// Kernel arguments every lab image gets: the serial console, and no IO-APIC timer check, which fails under
+/// TCG on a busy host ("IO-APIC + timer doesn't work!" panics) and proves nothing about lbfleet.
+pub const KERNEL_ARGS: &str = "console=ttyS0 no_timer_check";
 /// The boot bridge inside the site namespace.
 pub const BOOT_BRIDGE: &str = "br0";
 
@@ -399,5 +402,32 @@ impl Drop for Site {
             eprintln!("{}", self.report());
         }
         // Fields then drop in order: VMs (killed), server (killed), namespaces (deleted).
+    }
+}
+
+/// For a benchmark's signal handler (Drop does not run on SIGINT/SIGTERM): kills every process inside the
+/// namespaces this process created (names ending in `-<pid>x<n>`, see [`unique_suffix`]) by PID and deletes
+/// those namespaces. Tests need not call it: their failures unwind and drop.
+pub fn cleanup_this_process() {
+    let mine = format!("-{}x", std::process::id() % 100_000);
+    let Ok(out) = Command::new("ip").args(["netns", "list"]).output() else {
+        return;
+    };
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Some(name) = line.split_whitespace().next() else {
+            continue;
+        };
+        let ours = name
+            .rsplit_once(&mine)
+            .is_some_and(|(_, n)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+        if !ours {
+            continue;
+        }
+        if let Ok(pids) = Command::new("ip").args(["netns", "pids", name]).output() {
+            for pid in String::from_utf8_lossy(&pids.stdout).split_whitespace() {
+                let _ = Command::new("kill").args(["-9", pid]).status();
+            }
+        }
+        let _ = Command::new("ip").args(["netns", "del", name]).status();
     }
 }

@@ -159,7 +159,7 @@ async fn boot_image_init_brings_up_the_bootif_nic_and_the_agent_enrolls_and_serv
         "lbfleet-init: interface eth0 up".to_owned(),
         "enrollment token given: yes".to_owned(),
         // The agent's log, without colour codes (NO_COLOR from /init).
-        "INFO lbfleet_agent::run: enrolled node=lb-img".to_owned(),
+        "INFO lbfleet_agent::daemon::server: enrolled node=lb-img".to_owned(),
     ] {
         assert!(
             console.contains(&line),

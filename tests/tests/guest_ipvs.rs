@@ -3,10 +3,11 @@
 //! busybox-static and ipvsadm (`make deps`); fails without them (see `guest::require`).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use lbfleet_agent::ipvs::codec::{self, Body, IpvsRequest};
+use lbfleet_agent::ipvs::codec::{self, IpvsRequest};
 use lbfleet_agent::ipvs::{
     DestKey, Destination, Family, Forward, IpProto, Service, ServiceKey, SVC_F_PERSISTENT,
 };
+use lbfleet_agent::netlink::{self, genl};
 use lbfleet_agent::reconcile::{desired_state, HealthResults};
 use lbfleet_proto::{
     ForwardMethod, HealthCheck, Protocol, RealServer, RoleDocument, Scheduler, VirtualService,
@@ -134,6 +135,13 @@ run probe_ipvsadm ipvsadm -Ln
 run probe_teardown guest-ipvs-probe teardown
 run probe_after ipvsadm -Ln
 ipvsadm -C
+run sync_master guest-ipvs-probe sync master
+run sync_master_list ipvsadm -L --daemon
+run sync_backup guest-ipvs-probe sync backup
+run sync_backup_list ipvsadm -L --daemon
+run sync_again guest-ipvs-probe sync backup
+run sync_none guest-ipvs-probe sync none
+run sync_none_list ipvsadm -L --daemon
 cap() { name=$1; shift; echo "=== BEGIN $name ==="; strace -e trace=sendmsg,recvmsg -e write=all -e read=all "$@" 2>&1; echo "=== END $name rc=$? ==="; }
 cap cap_add_svc ipvsadm -A -t 198.18.0.10:80 -s wrr
 cap cap_add_dest ipvsadm -a -t 198.18.0.10:80 -r 198.18.2.1:8080 -m -w 3
@@ -148,6 +156,8 @@ cap cap_list ipvsadm -Ln
 cap cap_del_dest ipvsadm -d -t 198.18.0.10:80 -r 198.18.2.1:8080
 cap cap_del_svc ipvsadm -D -t 198.18.0.10:80
 ipvsadm -C
+cap cap_start_daemon ipvsadm --start-daemon master --mcast-interface lo --syncid 7
+ipvsadm --stop-daemon master
 "#;
 
 static GUEST: SharedGuest = SharedGuest::new();
@@ -253,7 +263,9 @@ fn ipvsadm_flush_is_repaired_within_one_resync() {
     assert_eq!(
         normalize_ipvsadm(&flushed.text),
         Vec::<String>::new(),
-        "flush did not happen"
+        "flush did not happen:\n{}\nagent log:\n{}",
+        flushed.text,
+        section("watchlog").map(|s| s.text).unwrap_or_default()
     );
     let repaired = section("repaired").unwrap();
     assert_eq!(
@@ -324,11 +336,9 @@ fn sent_by_ipvsadm(name: &str, cmd: u8) -> Option<Vec<u8>> {
     assert_eq!(sec.rc, 0, "{name}: {}", sec.text);
     let caps = strace::parse(&sec.text);
     for c in caps.iter().filter(|c| c.send) {
-        let msgs = codec::decode_messages(&c.bytes).unwrap_or_default();
+        let msgs = netlink::decode_messages(&c.bytes).unwrap_or_default();
         if let Some(m) = msgs.first() {
-            if m.msg_type != codec::GENL_ID_CTRL
-                && matches!(m.body, Body::Genl { cmd: c2, .. } if c2 == cmd)
-            {
+            if m.msg_type != genl::GENL_ID_CTRL && matches!(m.genl(), Some((c2, _)) if c2 == cmd) {
                 return Some(c.bytes.clone());
             }
         }
@@ -427,11 +437,11 @@ fn codec_sends_the_same_bytes_as_ipvsadm() {
             // ipvsadm repeats the whole service before a destination; lbfleet sends its key. The destination
             // nest must be identical and the service the same one.
             IpvsRequest::NewDest(key, _) | IpvsRequest::SetDest(key, _) => {
-                let attrs = |b: &[u8]| b[codec::NLMSG_HDRLEN + codec::GENL_HDRLEN..].to_vec();
+                let attrs = |b: &[u8]| b[netlink::NLMSG_HDRLEN + genl::GENL_HDRLEN..].to_vec();
                 let (t, o) = (attrs(&theirs), attrs(&ours));
                 let (ta, oa) = (
-                    codec::Attrs::parse(&t).unwrap(),
-                    codec::Attrs::parse(&o).unwrap(),
+                    netlink::Attrs::parse(&t).unwrap(),
+                    netlink::Attrs::parse(&o).unwrap(),
                 );
                 ta.get(codec::IPVS_CMD_ATTR_DEST) == oa.get(codec::IPVS_CMD_ATTR_DEST)
                     && codec::parse_service(&t).unwrap().service.key == *key
@@ -456,15 +466,15 @@ fn deletes_name_the_same_objects_as_ipvsadm() {
     let Some(theirs) = sent_by_ipvsadm("cap_del_svc", codec::IPVS_CMD_DEL_SERVICE) else {
         return;
     };
-    let msgs = codec::decode_messages(&theirs).unwrap();
-    let Body::Genl { attrs, .. } = msgs[0].body else {
+    let msgs = netlink::decode_messages(&theirs).unwrap();
+    let Some((_, attrs)) = msgs[0].genl() else {
         panic!("not genl")
     };
     assert_eq!(codec::parse_service(attrs).unwrap().service.key, tcp80());
 
     let theirs = sent_by_ipvsadm("cap_del_dest", codec::IPVS_CMD_DEL_DEST).unwrap();
-    let msgs = codec::decode_messages(&theirs).unwrap();
-    let Body::Genl { attrs, .. } = msgs[0].body else {
+    let msgs = netlink::decode_messages(&theirs).unwrap();
+    let Some((_, attrs)) = msgs[0].genl() else {
         panic!("not genl")
     };
     let d = codec::parse_dest(attrs, Family::V4).unwrap();
@@ -485,9 +495,9 @@ fn codec_parses_the_dump_ipvsadm_received() {
     let mut services = Vec::new();
     let mut dests = Vec::new();
     for c in strace::parse(&list.text).iter().filter(|c| !c.send) {
-        for m in codec::decode_messages(&c.bytes).unwrap() {
-            if let Body::Genl { cmd, attrs } = m.body {
-                if m.msg_type == codec::GENL_ID_CTRL {
+        for m in netlink::decode_messages(&c.bytes).unwrap() {
+            if let Some((cmd, attrs)) = m.genl() {
+                if m.msg_type == genl::GENL_ID_CTRL {
                     continue;
                 }
                 match cmd {
@@ -545,4 +555,57 @@ fn codec_parses_the_dump_ipvsadm_received() {
             ("198.18.2.3:80".to_owned(), Forward::Tunnel, 2),
         ]
     );
+}
+
+#[test]
+fn sync_daemon_follows_the_vrrp_state_and_matches_ipvsadm() {
+    let Some(master) = section("sync_master") else {
+        return;
+    };
+    assert_eq!(master.rc, 0, "{}", master.text);
+    assert!(master.text.contains("changed=true"), "{}", master.text);
+    let list = section("sync_master_list").unwrap().text;
+    assert!(
+        list.contains("master sync daemon (mcast=lo, syncid=7,"),
+        "{list}"
+    );
+    let list = section("sync_backup_list").unwrap().text;
+    assert!(
+        list.contains("backup sync daemon (mcast=lo, syncid=7,") && !list.contains("master sync"),
+        "{list}\n{:?}",
+        section("sync_backup").unwrap()
+    );
+    // Already as wanted: nothing sent.
+    let again = section("sync_again").unwrap();
+    assert!(again.text.contains("changed=false"), "{}", again.text);
+    let none = section("sync_none").unwrap();
+    assert_eq!(none.rc, 0, "{}", none.text);
+    let list = section("sync_none_list").unwrap().text;
+    assert!(!list.contains("sync daemon"), "{list}");
+    // ipvsadm's IPVS_CMD_NEW_DAEMON carries the same daemon nest as lbfleet's.
+    let theirs = sent_by_ipvsadm("cap_start_daemon", codec::IPVS_CMD_NEW_DAEMON).unwrap();
+    let msgs = netlink::decode_messages(&theirs).unwrap();
+    let Some((_, attrs)) = msgs[0].genl() else {
+        panic!("not genl")
+    };
+    let ours = codec::SyncDaemon {
+        state: codec::SyncState::Master,
+        interface: "lo".into(),
+        sync_id: 7,
+    };
+    assert_eq!(codec::parse_daemon(attrs).unwrap(), ours);
+    let mine = IpvsRequest::NewDaemon(ours).attributes();
+    let a = netlink::Attrs::parse(attrs).unwrap();
+    let m = netlink::Attrs::parse(&mine).unwrap();
+    let (theirs_nest, mine_nest) = (
+        netlink::Attrs::parse(a.get(codec::IPVS_CMD_ATTR_DAEMON).unwrap()).unwrap(),
+        netlink::Attrs::parse(m.get(codec::IPVS_CMD_ATTR_DAEMON).unwrap()).unwrap(),
+    );
+    for ty in [
+        codec::IPVS_DAEMON_ATTR_STATE,
+        codec::IPVS_DAEMON_ATTR_MCAST_IFN,
+        codec::IPVS_DAEMON_ATTR_SYNC_ID,
+    ] {
+        assert_eq!(theirs_nest.get(ty), mine_nest.get(ty), "attribute {ty}");
+    }
 }

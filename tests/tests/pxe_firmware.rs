@@ -28,7 +28,7 @@ fn bios_uefi_ipxe_and_edk2_pxe_reach_init_and_are_discovered() {
     let initrd = marker_initrd(&site.prereqs, site.dir.path()).expect("marker initrd");
     let kernel = site.prereqs.kernel.clone();
     site.server()
-        .add_image("marker", &kernel, &initrd, "console=ttyS0", true)
+        .add_image("marker", &kernel, &initrd, lab::KERNEL_ARGS, true)
         .expect("default image");
 
     let firmwares = [
@@ -63,6 +63,12 @@ fn bios_uefi_ipxe_and_edk2_pxe_reach_init_and_are_discovered() {
         assert!(cmdline.contains("initrd=initrd.img"), "{cmdline}");
         assert!(cmdline.contains("lbfleet.image=marker"), "{cmdline}");
     }
+    // EDK2 took the offer as a PXE offer with a boot file (without option 43 it asked port 4011 and fell to
+    // the shell), and iPXE's IPv6 configuration was answered instead of timing out.
+    let edk2 = site.vms[2].console();
+    assert!(edk2.contains("NBP filename is ipxe.efi"), "{edk2}");
+    let log = site.server().log();
+    assert!(log.contains("router advertisement sent"), "{log}");
     for i in 0..firmwares.len() {
         let node = site
             .server()

@@ -19,30 +19,14 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
+use crate::netlink::genl::genl_message;
+use crate::netlink::{AttrWriter, Attrs, DecodeError, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST};
+
 use super::{
     DestEntry, DestKey, Destination, Family, Forward, IpProto, Service, ServiceEntry, ServiceKey,
     Stats,
 };
 
-// --- netlink (linux/netlink.h) ---
-pub const NLMSG_HDRLEN: usize = 16;
-pub const NLMSG_ERROR: u16 = 2;
-pub const NLMSG_DONE: u16 = 3;
-pub const NLM_F_REQUEST: u16 = 0x0001;
-pub const NLM_F_MULTI: u16 = 0x0002;
-pub const NLM_F_ACK: u16 = 0x0004;
-pub const NLM_F_DUMP: u16 = 0x0300;
-pub const NLA_HDRLEN: usize = 4;
-/// Marks an attribute as a nest; libnl (and so ipvsadm) sets it, the kernel accepts it either way.
-pub const NLA_F_NESTED: u16 = 0x8000;
-const NLA_TYPE_MASK: u16 = 0x3fff;
-
-// --- generic netlink controller (linux/genetlink.h) ---
-pub const GENL_HDRLEN: usize = 4;
-pub const GENL_ID_CTRL: u16 = 0x10;
-pub const CTRL_CMD_GETFAMILY: u8 = 3;
-pub const CTRL_ATTR_FAMILY_ID: u16 = 1;
-pub const CTRL_ATTR_FAMILY_NAME: u16 = 2;
 /// Name under which ip_vs registers its generic netlink family.
 pub const IPVS_GENL_NAME: &str = "IPVS";
 pub const IPVS_GENL_VERSION: u8 = 1;
@@ -56,10 +40,19 @@ pub const IPVS_CMD_NEW_DEST: u8 = 5;
 pub const IPVS_CMD_SET_DEST: u8 = 6;
 pub const IPVS_CMD_DEL_DEST: u8 = 7;
 pub const IPVS_CMD_GET_DEST: u8 = 8;
+pub const IPVS_CMD_NEW_DAEMON: u8 = 9;
+pub const IPVS_CMD_DEL_DAEMON: u8 = 10;
+pub const IPVS_CMD_GET_DAEMON: u8 = 11;
 
 // IPVS_CMD_ATTR_*
 pub const IPVS_CMD_ATTR_SERVICE: u16 = 1;
 pub const IPVS_CMD_ATTR_DEST: u16 = 2;
+pub const IPVS_CMD_ATTR_DAEMON: u16 = 3;
+
+// IPVS_DAEMON_ATTR_* (the connection-sync daemon)
+pub const IPVS_DAEMON_ATTR_STATE: u16 = 1;
+pub const IPVS_DAEMON_ATTR_MCAST_IFN: u16 = 2;
+pub const IPVS_DAEMON_ATTR_SYNC_ID: u16 = 3;
 
 // IPVS_SVC_ATTR_*
 pub const IPVS_SVC_ATTR_AF: u16 = 1;
@@ -104,126 +97,6 @@ pub const IPVS_STATS_ATTR_OUTPPS: u16 = 8;
 pub const IPVS_STATS_ATTR_INBPS: u16 = 9;
 pub const IPVS_STATS_ATTR_OUTBPS: u16 = 10;
 
-/// Why bytes from the kernel could not be understood.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum DecodeError {
-    #[error("truncated {what}: need {need} bytes, have {have}")]
-    Truncated {
-        what: &'static str,
-        need: usize,
-        have: usize,
-    },
-    #[error("{what} has length {len}, expected {expected}")]
-    BadLength {
-        what: &'static str,
-        len: usize,
-        expected: &'static str,
-    },
-    #[error("missing attribute {0}")]
-    Missing(&'static str),
-    #[error("bad value for {what}: {value}")]
-    BadValue { what: &'static str, value: u64 },
-    #[error("{0} is not valid UTF-8")]
-    BadString(&'static str),
-}
-
-fn align4(n: usize) -> usize {
-    (n + 3) & !3
-}
-
-/// Appends netlink attributes to a buffer; nests are opened and closed explicitly.
-#[derive(Debug, Default)]
-pub struct AttrWriter {
-    buf: Vec<u8>,
-}
-
-impl AttrWriter {
-    fn put(&mut self, ty: u16, data: &[u8]) {
-        let len = NLA_HDRLEN + data.len();
-        // Attribute payloads here are at most a few dozen bytes, far below u16::MAX.
-        self.buf.extend_from_slice(&(len as u16).to_ne_bytes());
-        self.buf.extend_from_slice(&ty.to_ne_bytes());
-        self.buf.extend_from_slice(data);
-        self.buf.resize(align4(self.buf.len()), 0);
-    }
-    pub fn u16(&mut self, ty: u16, v: u16) {
-        self.put(ty, &v.to_ne_bytes());
-    }
-    pub fn be16(&mut self, ty: u16, v: u16) {
-        self.put(ty, &v.to_be_bytes());
-    }
-    pub fn u8(&mut self, ty: u16, v: u8) {
-        self.put(ty, &[v]);
-    }
-    pub fn u32(&mut self, ty: u16, v: u32) {
-        self.put(ty, &v.to_ne_bytes());
-    }
-    pub fn bytes(&mut self, ty: u16, v: &[u8]) {
-        self.put(ty, v);
-    }
-    /// A NUL-terminated string (`NLA_STRING` as libnl's `NLA_PUT_STRING` sends it).
-    pub fn string(&mut self, ty: u16, s: &str) {
-        let mut v = Vec::with_capacity(s.len() + 1);
-        v.extend_from_slice(s.as_bytes());
-        v.push(0);
-        self.put(ty, &v);
-    }
-    /// Opens a nested attribute; returns its offset for `end_nest`.
-    pub fn begin_nest(&mut self, ty: u16) -> usize {
-        let at = self.buf.len();
-        self.buf.extend_from_slice(&0u16.to_ne_bytes());
-        self.buf
-            .extend_from_slice(&(ty | NLA_F_NESTED).to_ne_bytes());
-        at
-    }
-    pub fn end_nest(&mut self, at: usize) {
-        let len = (self.buf.len() - at) as u16;
-        self.buf[at..at + 2].copy_from_slice(&len.to_ne_bytes());
-    }
-    pub fn into_bytes(self) -> Vec<u8> {
-        self.buf
-    }
-}
-
-/// Frames a generic netlink message: nlmsghdr + genlmsghdr + attributes.
-pub fn genl_message(
-    family: u16,
-    flags: u16,
-    seq: u32,
-    pid: u32,
-    cmd: u8,
-    version: u8,
-    attrs: &[u8],
-) -> Vec<u8> {
-    let len = NLMSG_HDRLEN + GENL_HDRLEN + attrs.len();
-    let mut out = Vec::with_capacity(len);
-    out.extend_from_slice(&(len as u32).to_ne_bytes());
-    out.extend_from_slice(&family.to_ne_bytes());
-    out.extend_from_slice(&flags.to_ne_bytes());
-    out.extend_from_slice(&seq.to_ne_bytes());
-    out.extend_from_slice(&pid.to_ne_bytes());
-    out.push(cmd);
-    out.push(version);
-    out.extend_from_slice(&0u16.to_ne_bytes());
-    out.extend_from_slice(attrs);
-    out
-}
-
-/// `CTRL_CMD_GETFAMILY` for "IPVS": asks the controller for the family id.
-pub fn get_family_request(seq: u32, pid: u32) -> Vec<u8> {
-    let mut w = AttrWriter::default();
-    w.string(CTRL_ATTR_FAMILY_NAME, IPVS_GENL_NAME);
-    genl_message(
-        GENL_ID_CTRL,
-        NLM_F_REQUEST | NLM_F_ACK,
-        seq,
-        pid,
-        CTRL_CMD_GETFAMILY,
-        1,
-        &w.into_bytes(),
-    )
-}
-
 /// One IPVS operation, before framing.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum IpvsRequest {
@@ -235,6 +108,44 @@ pub enum IpvsRequest {
     SetDest(ServiceKey, Destination),
     DelDest(ServiceKey, DestKey),
     DumpDests(ServiceKey),
+    /// Starts a connection-sync daemon (`ipvsadm --start-daemon`).
+    NewDaemon(SyncDaemon),
+    /// Stops the sync daemon of that state (`ipvsadm --stop-daemon`).
+    DelDaemon(SyncState),
+    DumpDaemons,
+}
+
+/// Role of a kernel connection-sync daemon (`IP_VS_STATE_MASTER` / `IP_VS_STATE_BACKUP`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SyncState {
+    /// Sends the connection table to the backups (multicast on the sync interface).
+    Master,
+    /// Receives it and installs the connections.
+    Backup,
+}
+
+impl SyncState {
+    pub fn to_raw(self) -> u32 {
+        match self {
+            SyncState::Master => 1,
+            SyncState::Backup => 2,
+        }
+    }
+    pub fn from_raw(raw: u32) -> Option<SyncState> {
+        match raw {
+            1 => Some(SyncState::Master),
+            2 => Some(SyncState::Backup),
+            _ => None,
+        }
+    }
+}
+
+/// One running (or wanted) sync daemon.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct SyncDaemon {
+    pub state: SyncState,
+    pub interface: String,
+    pub sync_id: u8,
 }
 
 fn addr16(addr: &IpAddr) -> [u8; 16] {
@@ -358,11 +269,17 @@ impl IpvsRequest {
             IpvsRequest::SetDest(..) => IPVS_CMD_SET_DEST,
             IpvsRequest::DelDest(..) => IPVS_CMD_DEL_DEST,
             IpvsRequest::DumpDests(_) => IPVS_CMD_GET_DEST,
+            IpvsRequest::NewDaemon(_) => IPVS_CMD_NEW_DAEMON,
+            IpvsRequest::DelDaemon(_) => IPVS_CMD_DEL_DAEMON,
+            IpvsRequest::DumpDaemons => IPVS_CMD_GET_DAEMON,
         }
     }
 
     pub fn is_dump(&self) -> bool {
-        matches!(self, IpvsRequest::DumpServices | IpvsRequest::DumpDests(_))
+        matches!(
+            self,
+            IpvsRequest::DumpServices | IpvsRequest::DumpDests(_) | IpvsRequest::DumpDaemons
+        )
     }
 
     /// The attribute block (everything after the genl header).
@@ -373,7 +290,19 @@ impl IpvsRequest {
             IpvsRequest::DelService(k) | IpvsRequest::DumpDests(k) => {
                 put_service_key_nest(&mut w, k)
             }
-            IpvsRequest::DumpServices => {}
+            IpvsRequest::DumpServices | IpvsRequest::DumpDaemons => {}
+            IpvsRequest::NewDaemon(d) => {
+                let nest = w.begin_nest(IPVS_CMD_ATTR_DAEMON);
+                w.u32(IPVS_DAEMON_ATTR_STATE, d.state.to_raw());
+                w.string(IPVS_DAEMON_ATTR_MCAST_IFN, &d.interface);
+                w.u32(IPVS_DAEMON_ATTR_SYNC_ID, u32::from(d.sync_id));
+                w.end_nest(nest);
+            }
+            IpvsRequest::DelDaemon(state) => {
+                let nest = w.begin_nest(IPVS_CMD_ATTR_DAEMON);
+                w.u32(IPVS_DAEMON_ATTR_STATE, state.to_raw());
+                w.end_nest(nest);
+            }
             IpvsRequest::NewDest(k, d) | IpvsRequest::SetDest(k, d) => {
                 put_service_key_nest(&mut w, k);
                 put_dest(&mut w, d);
@@ -408,189 +337,6 @@ impl IpvsRequest {
 
 // ------------------------------------------------------------------------------------------------------------
 // Decoding
-
-/// One netlink message from a receive buffer.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Message<'a> {
-    pub msg_type: u16,
-    pub flags: u16,
-    pub seq: u32,
-    pub pid: u32,
-    pub body: Body<'a>,
-}
-
-/// What a netlink message carries.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Body<'a> {
-    /// End of a dump.
-    Done,
-    /// `NLMSG_ERROR` with error 0: the request was applied.
-    Ack,
-    /// `NLMSG_ERROR` with a negative errno (stored positive here).
-    Error { errno: i32 },
-    /// A generic netlink message: command and its attribute block.
-    Genl { cmd: u8, attrs: &'a [u8] },
-}
-
-fn ne_u16(b: &[u8], at: usize) -> u16 {
-    u16::from_ne_bytes([b[at], b[at + 1]])
-}
-fn ne_u32(b: &[u8], at: usize) -> u32 {
-    u32::from_ne_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
-}
-
-/// Splits a receive buffer into netlink messages.
-pub fn decode_messages(mut buf: &[u8]) -> Result<Vec<Message<'_>>, DecodeError> {
-    let mut out = Vec::new();
-    while !buf.is_empty() {
-        if buf.len() < NLMSG_HDRLEN {
-            return Err(DecodeError::Truncated {
-                what: "nlmsghdr",
-                need: NLMSG_HDRLEN,
-                have: buf.len(),
-            });
-        }
-        let len = ne_u32(buf, 0) as usize;
-        if len < NLMSG_HDRLEN || len > buf.len() {
-            return Err(DecodeError::BadLength {
-                what: "netlink message",
-                len,
-                expected: "between 16 and the bytes received",
-            });
-        }
-        let msg_type = ne_u16(buf, 4);
-        let flags = ne_u16(buf, 6);
-        let seq = ne_u32(buf, 8);
-        let pid = ne_u32(buf, 12);
-        let payload = &buf[NLMSG_HDRLEN..len];
-        let body = match msg_type {
-            NLMSG_DONE => Body::Done,
-            NLMSG_ERROR => {
-                if payload.len() < 4 {
-                    return Err(DecodeError::Truncated {
-                        what: "nlmsgerr",
-                        need: 4,
-                        have: payload.len(),
-                    });
-                }
-                let code = ne_u32(payload, 0) as i32;
-                if code == 0 {
-                    Body::Ack
-                } else {
-                    Body::Error {
-                        errno: code.saturating_neg(),
-                    }
-                }
-            }
-            _ => {
-                if payload.len() < GENL_HDRLEN {
-                    return Err(DecodeError::Truncated {
-                        what: "genlmsghdr",
-                        need: GENL_HDRLEN,
-                        have: payload.len(),
-                    });
-                }
-                Body::Genl {
-                    cmd: payload[0],
-                    attrs: &payload[GENL_HDRLEN..],
-                }
-            }
-        };
-        out.push(Message {
-            msg_type,
-            flags,
-            seq,
-            pid,
-            body,
-        });
-        let next = align4(len).min(buf.len());
-        buf = &buf[next..];
-    }
-    Ok(out)
-}
-
-/// Attributes of one level, by type (the last occurrence wins, like `nla_parse`).
-#[derive(Debug, Default)]
-pub struct Attrs<'a> {
-    slots: Vec<Option<&'a [u8]>>,
-}
-
-impl<'a> Attrs<'a> {
-    pub fn parse(mut buf: &'a [u8]) -> Result<Attrs<'a>, DecodeError> {
-        let mut slots: Vec<Option<&'a [u8]>> = Vec::new();
-        while buf.len() >= NLA_HDRLEN {
-            let len = ne_u16(buf, 0) as usize;
-            let ty = ne_u16(buf, 2) & NLA_TYPE_MASK;
-            if len < NLA_HDRLEN || len > buf.len() {
-                return Err(DecodeError::BadLength {
-                    what: "attribute",
-                    len,
-                    expected: "between 4 and the bytes left",
-                });
-            }
-            let idx = usize::from(ty);
-            if slots.len() <= idx {
-                slots.resize(idx + 1, None);
-            }
-            slots[idx] = Some(&buf[NLA_HDRLEN..len]);
-            buf = &buf[align4(len).min(buf.len())..];
-        }
-        Ok(Attrs { slots })
-    }
-
-    pub fn get(&self, ty: u16) -> Option<&'a [u8]> {
-        self.slots.get(usize::from(ty)).copied().flatten()
-    }
-
-    fn req(&self, ty: u16, what: &'static str) -> Result<&'a [u8], DecodeError> {
-        self.get(ty).ok_or(DecodeError::Missing(what))
-    }
-
-    fn fixed<const N: usize>(&self, ty: u16, what: &'static str) -> Result<[u8; N], DecodeError> {
-        let b = self.req(ty, what)?;
-        b.get(..N)
-            .and_then(|s| <[u8; N]>::try_from(s).ok())
-            .ok_or(DecodeError::Truncated {
-                what,
-                need: N,
-                have: b.len(),
-            })
-    }
-
-    pub fn u16(&self, ty: u16, what: &'static str) -> Result<u16, DecodeError> {
-        Ok(u16::from_ne_bytes(self.fixed(ty, what)?))
-    }
-    pub fn be16(&self, ty: u16, what: &'static str) -> Result<u16, DecodeError> {
-        Ok(u16::from_be_bytes(self.fixed(ty, what)?))
-    }
-    pub fn u32(&self, ty: u16, what: &'static str) -> Result<u32, DecodeError> {
-        Ok(u32::from_ne_bytes(self.fixed(ty, what)?))
-    }
-    pub fn u64(&self, ty: u16, what: &'static str) -> Result<u64, DecodeError> {
-        Ok(u64::from_ne_bytes(self.fixed(ty, what)?))
-    }
-    /// A NUL-terminated (or unterminated) string.
-    pub fn string(&self, ty: u16, what: &'static str) -> Result<String, DecodeError> {
-        let b = self.req(ty, what)?;
-        let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
-        std::str::from_utf8(&b[..end])
-            .map(str::to_owned)
-            .map_err(|_| DecodeError::BadString(what))
-    }
-    /// Optional u32/u64 counter, whichever width the kernel used.
-    fn counter(&self, ty: u16) -> u64 {
-        match self.get(ty) {
-            Some(b) if b.len() >= 8 => self.u64(ty, "counter").unwrap_or(0),
-            Some(b) if b.len() >= 4 => u64::from(self.u32(ty, "counter").unwrap_or(0)),
-            _ => 0,
-        }
-    }
-}
-
-/// Family id from a `CTRL_CMD_GETFAMILY` reply's attributes.
-pub fn parse_family_id(attrs: &[u8]) -> Result<u16, DecodeError> {
-    Attrs::parse(attrs)?.u16(CTRL_ATTR_FAMILY_ID, "CTRL_ATTR_FAMILY_ID")
-}
 
 fn parse_addr(b: &[u8], family: Family, what: &'static str) -> Result<IpAddr, DecodeError> {
     match family {
@@ -726,6 +472,25 @@ pub fn parse_dest(attrs: &[u8], svc_family: Family) -> Result<DestEntry, DecodeE
         inactive_conns: opt_u32(IPVS_DEST_ATTR_INACT_CONNS, "IPVS_DEST_ATTR_INACT_CONNS")?,
         persist_conns: opt_u32(IPVS_DEST_ATTR_PERSIST_CONNS, "IPVS_DEST_ATTR_PERSIST_CONNS")?,
         stats: parse_stats(&a, IPVS_DEST_ATTR_STATS, IPVS_DEST_ATTR_STATS64)?,
+    })
+}
+
+/// A sync daemon from a `GET_DAEMON` dump message (its top-level attribute block).
+pub fn parse_daemon(attrs: &[u8]) -> Result<SyncDaemon, DecodeError> {
+    let top = Attrs::parse(attrs)?;
+    let a = Attrs::parse(top.req(IPVS_CMD_ATTR_DAEMON, "IPVS_CMD_ATTR_DAEMON")?)?;
+    let raw = a.u32(IPVS_DAEMON_ATTR_STATE, "IPVS_DAEMON_ATTR_STATE")?;
+    let sync_id = a.u32(IPVS_DAEMON_ATTR_SYNC_ID, "IPVS_DAEMON_ATTR_SYNC_ID")?;
+    Ok(SyncDaemon {
+        state: SyncState::from_raw(raw).ok_or(DecodeError::BadValue {
+            what: "sync daemon state",
+            value: u64::from(raw),
+        })?,
+        interface: a.string(IPVS_DAEMON_ATTR_MCAST_IFN, "IPVS_DAEMON_ATTR_MCAST_IFN")?,
+        sync_id: u8::try_from(sync_id).map_err(|_| DecodeError::BadValue {
+            what: "sync id",
+            value: u64::from(sync_id),
+        })?,
     })
 }
 

@@ -1,7 +1,11 @@
 //! IPVS over generic netlink: the kernel's view of virtual services and destinations as plain Rust types
-//! (this file) and the sans-IO message codec (`codec`). Socket I/O lives in `crate::netlink`.
+//! (this file), the sans-IO message codec (`codec`) and the family on a netlink socket (`socket`). Framing and
+//! the socket itself live in `crate::netlink`.
 
 pub mod codec;
+pub mod socket;
+
+pub use socket::{describe, IpvsSocket};
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};

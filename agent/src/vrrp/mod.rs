@@ -5,14 +5,20 @@
 //! - [`instance`]: one virtual router as a state machine ([`Instance::handle`] takes an [`Input`] and the
 //!   caller's `now`, returns [`Action`]s), no sockets, no clock.
 //! - [`error`]: [`DecodeError`], [`DropReason`] and the [`DropCounters`] the socket task keeps.
+//! - [`tasks`]: the I/O around them: the instance's task (raw [`socket`], timers, [`vips`] over rtnetlink,
+//!   [`garp`]) and the supervisor the daemon loop starts and stops it with.
 //!
 //! A receive path, in short: `decode_ip_packet(bytes)` (drop and `counters.record(e.reason())` on error),
 //! then `instance.handle(Input::AdvertReceived { from: header.src, advert }, now)`, which itself answers
 //! [`Action::Dropped`] for adverts that fail the checks against the instance's config.
 
 pub mod error;
+pub mod garp;
 pub mod instance;
 pub mod packet;
+pub mod socket;
+pub mod tasks;
+pub mod vips;
 
 #[cfg(test)]
 mod tests;

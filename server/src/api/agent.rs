@@ -59,8 +59,9 @@ async fn role(
 async fn report(
     State(s): State<AppState>,
     AgentNode(node): AgentNode,
-    ApiJson(r): ApiJson<AgentReport>,
+    ApiJson(mut r): ApiJson<AgentReport>,
 ) -> Result<Response, ApiError> {
+    crate::limits::bound_report(&mut r);
     s.fleet.report(node, &r).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }

@@ -1,10 +1,7 @@
 //! Authentication: session cookies and API tokens for people and automation, node credentials for agents.
 //! Role checks are extractors (`Viewer`, `Operator`, `Admin`, `AgentNode`), so a handler cannot forget one.
 
-use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
 
 use axum::extract::{ConnectInfo, FromRequestParts, State};
 use axum::http::request::Parts;
@@ -17,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use super::error::ApiError;
 use super::{ApiJson, AppState};
 use crate::fleet::Actor;
+use crate::login_gate::{loggable_name, LoginRefused, MAX_USERNAME_BYTES};
 use crate::secrets;
 use crate::store::{self, now_ms};
 
@@ -74,11 +72,14 @@ impl FromRequestParts<AppState> for Principal {
                     "node credentials may only call /api/v1/agent/*".into(),
                 ));
             }
-            let p = store::auth::token_principal(&mut conn, &secrets::hash_secret(token))
+            let hash = secrets::hash_secret(token);
+            let p = store::auth::token_principal(&mut conn, &hash)
                 .await?
                 .ok_or_else(|| {
                     ApiError::Unauthorized("API token is invalid, expired or revoked".into())
                 })?;
+            drop(conn);
+            crate::token_use::record(state.fleet.store(), &hash).await;
             return principal(p, Via::Token);
         }
         if let Some(session) = cookie(&parts.headers, SESSION_COOKIE) {
@@ -176,59 +177,6 @@ impl FromRequestParts<AppState> for AgentNode {
     }
 }
 
-/// Counts failed logins per (user, client address) and per client address, so a password cannot be guessed
-/// quickly from one place, and one place cannot lock every user out.
-#[derive(Debug)]
-pub struct LoginLimiter {
-    failures: Mutex<HashMap<(String, IpAddr), (u32, Instant)>>,
-    max_failures: u32,
-    window: Duration,
-}
-
-impl Default for LoginLimiter {
-    fn default() -> Self {
-        LoginLimiter {
-            failures: Mutex::new(HashMap::new()),
-            max_failures: 5,
-            window: Duration::from_secs(300),
-        }
-    }
-}
-
-impl LoginLimiter {
-    /// `Err(seconds to wait)` when this (user, address) has failed too often within the window.
-    pub fn check(&self, user: &str, ip: IpAddr) -> Result<(), u64> {
-        let mut map = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-        let key = (user.to_ascii_lowercase(), ip);
-        if let Some((count, since)) = map.get(&key) {
-            let elapsed = since.elapsed();
-            if elapsed >= self.window {
-                map.remove(&key);
-            } else if *count >= self.max_failures {
-                return Err((self.window - elapsed).as_secs().max(1));
-            }
-        }
-        Ok(())
-    }
-
-    pub fn failed(&self, user: &str, ip: IpAddr) {
-        let mut map = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-        if map.len() > 100_000 {
-            let window = self.window;
-            map.retain(|_, (_, since)| since.elapsed() < window);
-        }
-        let entry = map
-            .entry((user.to_ascii_lowercase(), ip))
-            .or_insert((0, Instant::now()));
-        entry.0 += 1;
-    }
-
-    pub fn succeeded(&self, user: &str, ip: IpAddr) {
-        let mut map = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-        map.remove(&(user.to_ascii_lowercase(), ip));
-    }
-}
-
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LoginRequest {
@@ -278,10 +226,23 @@ pub async fn check_password(
     username: &str,
     password: String,
 ) -> Result<store::auth::UserRow, ApiError> {
-    state
-        .limiter
-        .check(username, ip)
-        .map_err(|retry_after_s| ApiError::TooManyRequests { retry_after_s })?;
+    let slot = match state.login_gate.admit(username, ip).await {
+        Ok(slot) => slot,
+        Err(LoginRefused::NameTooLong) => {
+            tracing::warn!(user = %loggable_name(username), client = %ip, "login refused: user name too long");
+            return Err(ApiError::Request {
+                status: StatusCode::UNPROCESSABLE_ENTITY,
+                message: format!("user names are at most {MAX_USERNAME_BYTES} bytes"),
+            });
+        }
+        Err(LoginRefused::TooManyFailures { retry_after_s }) => {
+            return Err(ApiError::TooManyRequests { retry_after_s })
+        }
+        Err(LoginRefused::Busy) => {
+            tracing::warn!(client = %ip, "login refused: password checks busy");
+            return Err(ApiError::TooManyRequests { retry_after_s: 1 });
+        }
+    };
     let user = {
         let mut conn = state.fleet.store().read().await?;
         store::auth::user_by_name(&mut conn, username).await?
@@ -290,19 +251,22 @@ pub async fn check_password(
         .as_ref()
         .filter(|u| !u.disabled)
         .map(|u| u.password_hash.clone());
-    let ok = tokio::task::spawn_blocking(move || {
-        let hash = stored.as_deref().unwrap_or_else(|| dummy_hash());
-        secrets::verify_password(&password, hash) && stored.is_some()
-    })
-    .await
-    .unwrap_or(false);
+    let ok = state
+        .login_gate
+        .run(&slot, move || {
+            let hash = stored.as_deref().unwrap_or_else(|| dummy_hash());
+            secrets::verify_password(&password, hash) && stored.is_some()
+        })
+        .await
+        .unwrap_or(false);
+    drop(slot);
     match (ok, user) {
         (true, Some(u)) => {
-            state.limiter.succeeded(username, ip);
+            state.login_gate.succeeded(username, ip);
             Ok(u)
         }
         _ => {
-            state.limiter.failed(username, ip);
+            state.login_gate.failed(username, ip);
             tracing::warn!(user = username, client = %ip, "login failed");
             Err(ApiError::Unauthorized("wrong user name or password".into()))
         }
@@ -425,23 +389,6 @@ pub async fn whoami(Viewer(p): Viewer) -> Json<serde_json::Value> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn limiter_blocks_after_five_failures_per_user_and_address() {
-        let l = LoginLimiter::default();
-        let ip: IpAddr = [127, 0, 0, 1].into();
-        let other: IpAddr = [127, 0, 0, 2].into();
-        for _ in 0..5 {
-            assert!(l.check("admin", ip).is_ok());
-            l.failed("admin", ip);
-        }
-        assert!(l.check("admin", ip).is_err());
-        assert!(l.check("ADMIN", ip).is_err());
-        assert!(l.check("admin", other).is_ok());
-        assert!(l.check("alice", ip).is_ok());
-        l.succeeded("admin", ip);
-        assert!(l.check("admin", ip).is_ok());
-    }
 
     #[test]
     fn cookies_and_bearer_are_parsed() {

@@ -19,7 +19,7 @@ pub enum ApiError {
     Unauthorized(String),
     #[error("{0}")]
     Forbidden(String),
-    #[error("too many failed logins; try again in {retry_after_s} s")]
+    #[error("too many login attempts; try again in {retry_after_s} s")]
     TooManyRequests { retry_after_s: u64 },
 }
 
@@ -124,7 +124,7 @@ impl IntoResponse for ApiError {
                 let mut resp = (
                     StatusCode::TOO_MANY_REQUESTS,
                     axum::Json(json!({"error": {"code": "rate_limited",
-                        "message": format!("too many failed logins; try again in {retry_after_s} s")}})),
+                        "message": format!("too many login attempts; try again in {retry_after_s} s")}})),
                 )
                     .into_response();
                 if let Ok(v) = HeaderValue::from_str(&retry_after_s.to_string()) {

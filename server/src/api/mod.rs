@@ -35,7 +35,8 @@ pub const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
 pub struct Inner {
     pub fleet: Arc<Fleet>,
     pub config: ServerConfig,
-    pub limiter: auth::LoginLimiter,
+    /// Bounds password checks (argon2 is memory- and CPU-hungry and the login needs no credentials).
+    pub login_gate: crate::login_gate::LoginGate,
     /// Counters of the running boot services, for `/metrics`.
     pub boot_stats: crate::boot::BootStats,
     /// Bounds boot-script requests: each one mints an enrollment token and an audit row.
@@ -60,7 +61,7 @@ impl AppState {
             fleet,
             config,
             boot_stats,
-            limiter: auth::LoginLimiter::default(),
+            login_gate: crate::login_gate::LoginGate::default(),
             boot_limiter: crate::boot::http::BootScriptLimiter::default(),
             shutdown,
             started: Instant::now(),

@@ -2,13 +2,14 @@
 //!
 //! `GET /boot/{mac}.ipxe` answers every MAC: an approved node gets its image, an unknown or unapproved one the
 //! default (discovery) image, so its agent can enroll and show up as `discovered`; retired and rejected nodes
-//! get nothing. Each script carries a fresh one-time enrollment token, which is never logged.
+//! get nothing. A script carries a fresh one-time enrollment token (never logged) only when `boot::trust` says
+//! the request comes from the MAC's own lease.
 //! `GET /images/{version}/{file}` streams files from `<boot_dir>/images/<version>/` with Range support.
 
 use std::path::{Path, PathBuf};
 
 use axum::body::Body;
-use axum::extract::{Path as UrlPath, Request, State};
+use axum::extract::{ConnectInfo, Path as UrlPath, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -20,6 +21,8 @@ use tower_http::services::ServeFile;
 use crate::api::{ApiError, AppState};
 use crate::fleet::{rules, Actor, FleetError};
 use crate::store::nodes::NodeKey;
+
+use super::trust;
 
 /// Boot scripts per MAC per minute: a node boots (and fetches its script) a few times a minute at most.
 const SCRIPTS_PER_MAC_PER_MINUTE: u32 = 10;
@@ -93,6 +96,20 @@ fn boot_disabled() -> ApiError {
     }
 }
 
+/// The server's URLs as nodes should use them: (plain HTTP for what iPXE fetches, the agent API's). Without TLS
+/// both are the same; with TLS the agent's is `https://` on the same port (the port speaks both).
+fn server_urls(state: &AppState, headers: &HeaderMap) -> Result<(String, String), ApiError> {
+    let base = server_url(state, headers)?;
+    if state.config.tls_pin.is_none() {
+        return Ok((base.clone(), base));
+    }
+    let rest = base
+        .strip_prefix("https://")
+        .or_else(|| base.strip_prefix("http://"))
+        .unwrap_or(&base);
+    Ok((format!("http://{rest}"), format!("https://{rest}")))
+}
+
 /// The server's URL as nodes should use it: `public_url` if set, else the Host the client asked for.
 fn server_url(state: &AppState, headers: &HeaderMap) -> Result<String, ApiError> {
     if let Some(u) = &state.config.public_url {
@@ -120,12 +137,11 @@ fn ipxe(lines: &[String]) -> Response {
 
 async fn script(
     State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
     UrlPath(script): UrlPath<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    if state.config.boot.is_none() {
-        return Err(boot_disabled());
-    }
+    let boot = state.config.boot.as_ref().ok_or_else(boot_disabled)?;
     let mac_text = script
         .strip_suffix(".ipxe")
         .ok_or_else(|| ApiError::bad_request("expected /boot/MAC.ipxe"))?;
@@ -145,7 +161,7 @@ async fn script(
         }
         Err(e) => return Err(e.into()),
     };
-    let base = server_url(&state, &headers)?;
+    let (base, agent_base) = server_urls(&state, &headers)?;
     let Some(image) = target.image else {
         // Nothing to boot yet: say so on the console and try again in a minute, instead of falling through to
         // the next boot device.
@@ -163,11 +179,25 @@ async fn script(
             format!("chain --autofree {base}/boot/{mac}.ipxe"),
         ]));
     };
-    let token = state
-        .fleet
-        .issue_enrollment_token(&Actor::system(), &NodeKey::Id(target.node_id))
-        .await?;
-    tracing::info!(mac, node = target.name, state = %target.state, image = image.name, "boot script served");
+    let decision = trust::token_decision(
+        state.fleet.store(),
+        boot.allow_token_without_lease,
+        &mac,
+        peer.ip(),
+    )
+    .await?;
+    let token = if decision.carries_token() {
+        let token = state
+            .fleet
+            .issue_enrollment_token(&Actor::system(), &NodeKey::Id(target.node_id))
+            .await?;
+        Some(token.token)
+    } else {
+        None
+    };
+    let server_cert = state.config.tls_pin.clone();
+    tracing::info!(mac, node = target.name, state = %target.state, image = image.name, client = %peer.ip(),
+        token = decision.carries_token(), reason = decision.as_str(), "boot script served");
     let files = format!("{base}/images/{}", image.name);
     let extra = if image.cmdline.is_empty() {
         String::new()
@@ -180,9 +210,9 @@ async fn script(
             mac.parse()
                 .map_err(|e: BadMac| ApiError::bad_request(e.to_string()))?,
         ),
-        server: Some(base.clone()),
-        server_cert: None,
-        token: Some(token.token),
+        server: Some(agent_base.clone()),
+        server_cert,
+        token,
         image: Some(image.name.clone()),
         console_shell: false,
     };

@@ -6,6 +6,7 @@ pub mod http;
 pub mod images;
 pub mod ndp;
 pub mod tftp;
+pub mod trust;
 
 use std::sync::Arc;
 

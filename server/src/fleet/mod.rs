@@ -22,6 +22,7 @@ use crate::store::nodes::{Member, NodeKey, NodeRow};
 use crate::store::{self, now_ms, Store, StoreError};
 
 mod node_image;
+pub mod reenrollment;
 pub mod rules;
 
 pub use rules::{FieldError, FieldErrors};
@@ -504,7 +505,7 @@ impl Fleet {
             ));
         }
         for (i, vip) in spec.vips.iter().enumerate() {
-            let addr = vip.split('/').next().unwrap_or(vip);
+            let addr = vip.addr();
             if let Some(owner) = others.vips.get(addr) {
                 errs.push(FieldError::new(
                     format!("vips[{i}]"),
@@ -1235,15 +1236,31 @@ impl Fleet {
             expires_at,
         )
         .await?;
-        store::audit::append(
-            &mut tx,
-            &actor.0,
-            "node.enrollment_token",
-            &format!("node:{}", row.name()),
-            None,
-            Some(&json!({"expires_at": expires_at})),
-        )
-        .await?;
+        if *actor == Actor::system() {
+            // A boot script: an event, not an audit row (anyone on the boot network can ask for scripts, and
+            // the audit chain is for changes people make).
+            store::events::insert(
+                &mut tx,
+                "boot_script",
+                Some(row.id),
+                row.cluster.as_deref(),
+                &format!(
+                    "boot script with an enrollment token for node {}",
+                    row.name()
+                ),
+            )
+            .await?;
+        } else {
+            store::audit::append(
+                &mut tx,
+                &actor.0,
+                "node.enrollment_token",
+                &format!("node:{}", row.name()),
+                None,
+                Some(&json!({"expires_at": expires_at})),
+            )
+            .await?;
+        }
         tx.commit().await?;
         Ok(EnrollmentToken {
             node: row.name().to_owned(),
@@ -1292,6 +1309,7 @@ impl Fleet {
                 row.name()
             )));
         }
+        reenrollment::note_if_alive(&mut tx, &row).await?;
         let credential = secrets::new_secret(secrets::NODE_CREDENTIAL_PREFIX);
         store::auth::set_node_credential(&mut tx, node_id, &secrets::hash_secret(&credential))
             .await?;
@@ -1379,8 +1397,11 @@ impl Fleet {
                 .map_err(|_| StoreError::Corrupt(format!("node {} priority", row.id)))?,
             advert_interval_ms: c.spec.advert_interval_ms,
             preempt: c.spec.preempt,
+            preempt_delay_ms: c.spec.preempt_delay_ms,
             vips: c.spec.vips.clone(),
             unicast_peers: c.spec.unicast_peers.clone(),
+            garp: c.spec.garp,
+            conn_sync: c.spec.conn_sync.clone(),
         });
         doc.services = c
             .spec
@@ -1522,7 +1543,13 @@ impl Fleet {
         .await?;
         let name = row.name().to_owned();
         let cluster = row.cluster.as_deref();
-        if row.vrrp_state.as_deref() != vrrp {
+        let transitions = new_vrrp_transitions(row.last_report.as_deref(), report);
+        for t in &transitions {
+            // The agent's own account: what changed and why (its clock, ms since the epoch, in `at_ms`).
+            let msg = format!("VRRP {} -> {}: {}", t.from, t.to, t.reason);
+            store::events::insert(&mut tx, "vrrp", Some(node_id), cluster, &msg).await?;
+        }
+        if transitions.is_empty() && row.vrrp_state.as_deref() != vrrp {
             let msg = format!(
                 "VRRP {} -> {}",
                 row.vrrp_state.as_deref().unwrap_or("unknown"),
@@ -1575,13 +1602,7 @@ impl Fleet {
         rules::image_name(&img.name)?;
         rules::image_file("kernel", &img.kernel)?;
         rules::image_file("initrd", &img.initrd)?;
-        if img.cmdline.len() > 1024 || img.cmdline.chars().any(|c| c.is_control()) {
-            return Err(FieldError::new(
-                "cmdline",
-                "must be at most 1024 characters without control characters",
-            )
-            .into());
-        }
+        rules::image_cmdline(&img.cmdline)?;
         let mut tx = self.store.begin().await?;
         let before = store::images::get(&mut tx, &img.name).await?;
         if before.as_ref().is_some_and(|b| {
@@ -1830,6 +1851,22 @@ async fn hash_password(password: String) -> Result<String> {
 }
 
 /// Real servers whose health changed between two reports: (address:port, healthy now).
+/// The transitions of `now` that are newer than the newest one of the previous report (a report carries the
+/// agent's recent transitions, so the same ones arrive again until they age out).
+fn new_vrrp_transitions<'a>(
+    previous: Option<&str>,
+    now: &'a AgentReport,
+) -> Vec<&'a lbfleet_proto::VrrpTransition> {
+    let seen = previous
+        .and_then(|p| serde_json::from_str::<AgentReport>(p).ok())
+        .and_then(|r| r.vrrp_transitions.iter().map(|t| t.at_ms).max())
+        .unwrap_or(0);
+    now.vrrp_transitions
+        .iter()
+        .filter(|t| t.at_ms > seen)
+        .collect()
+}
+
 fn health_flips(previous: Option<&str>, now: &AgentReport) -> Vec<(String, bool)> {
     let Some(prev) = previous.and_then(|p| serde_json::from_str::<AgentReport>(p).ok()) else {
         return vec![];

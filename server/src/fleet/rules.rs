@@ -186,6 +186,39 @@ pub fn report_fields(
     errs.into_result(())
 }
 
+/// An image's extra kernel arguments. They end up on an iPXE `kernel` line, where `|`, `;`, `&`, `$`, quotes,
+/// backquotes and newlines have meaning of their own, so only kernel-argument characters are allowed
+/// (`[A-Za-z0-9 ._,:=/+@%~-]`), and no `lbfleet.*` key: those are the server's to set (a second
+/// `lbfleet.server=` would send every node of the image elsewhere).
+pub fn image_cmdline(text: &str) -> Result<(), FieldError> {
+    if text.len() > 1024 {
+        return Err(FieldError::new(
+            "cmdline",
+            "must be at most 1024 characters",
+        ));
+    }
+    if let Some(bad) = text
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || " ._,:=/+@%~-".contains(*c)))
+    {
+        return Err(FieldError::new(
+            "cmdline",
+            format!("{bad:?} is not allowed; kernel arguments use [A-Za-z0-9 ._,:=/+@%~-]"),
+        ));
+    }
+    if let Some(word) = text
+        .split_whitespace()
+        .find(|w| w.to_ascii_lowercase().starts_with("lbfleet."))
+    {
+        let key = word.split('=').next().unwrap_or(word);
+        return Err(FieldError::new(
+            "cmdline",
+            format!("{key} is set by the server; lbfleet.* arguments are not allowed here"),
+        ));
+    }
+    Ok(())
+}
+
 pub fn image_file(field: &str, name: &str) -> Result<(), FieldError> {
     let ok = !name.is_empty()
         && name.len() <= 128
@@ -254,9 +287,12 @@ pub fn cluster_spec(spec: &ClusterSpec) -> Result<ValidCluster, FieldErrors> {
         errs.push("vips", "at least one VIP is required");
     }
     let mut vip_addrs: Vec<IpAddr> = Vec::new();
-    for (i, text) in spec.vips.iter().enumerate() {
+    for (i, vip) in spec.vips.iter().enumerate() {
         let field = format!("vips[{i}]");
-        match prefixed_address(text) {
+        if let Some(Err(m)) = vip.interface.as_deref().map(interface_name) {
+            errs.push(format!("{field}.interface"), m);
+        }
+        match prefixed_address(&vip.address) {
             Ok((addr, prefix)) => {
                 if let Err(m) = unicast(addr) {
                     errs.push(&field, m);
@@ -273,7 +309,11 @@ pub fn cluster_spec(spec: &ClusterSpec) -> Result<ValidCluster, FieldErrors> {
                         "VRRPv2 carries IPv4 addresses only; use vrrp_version 3",
                     );
                 } else {
-                    out.vips[i] = format!("{addr}/{prefix}");
+                    out.vips[i].address = format!("{addr}/{prefix}");
+                    if out.vips[i].interface.as_deref() == Some(spec.interface.as_str()) {
+                        // The cluster's own interface, named explicitly: store it the plain way.
+                        out.vips[i].interface = None;
+                    }
                     vip_addrs.push(addr);
                 }
             }
@@ -298,6 +338,45 @@ pub fn cluster_spec(spec: &ClusterSpec) -> Result<ValidCluster, FieldErrors> {
                 }
             }
             Err(_) => errs.push(&field, format!("{text:?} is not an IP address")),
+        }
+    }
+
+    if spec.preempt_delay_ms > MAX_PREEMPT_DELAY_MS {
+        errs.push(
+            "preempt_delay_ms",
+            format!(
+                "must be at most {MAX_PREEMPT_DELAY_MS} ms, got {}",
+                spec.preempt_delay_ms
+            ),
+        );
+    }
+    if !(1..=MAX_GARP_COUNT).contains(&spec.garp.count) {
+        errs.push(
+            "garp.count",
+            format!("must be 1 to {MAX_GARP_COUNT}, got {}", spec.garp.count),
+        );
+    }
+    if spec.garp.spacing_ms > MAX_GARP_SPACING_MS {
+        errs.push(
+            "garp.spacing_ms",
+            format!(
+                "must be at most {MAX_GARP_SPACING_MS} ms, got {}",
+                spec.garp.spacing_ms
+            ),
+        );
+    }
+    if spec.garp.refresh_ms != 0 && spec.garp.refresh_ms < MIN_GARP_REFRESH_MS {
+        errs.push(
+            "garp.refresh_ms",
+            format!(
+                "must be 0 (off) or at least {MIN_GARP_REFRESH_MS} ms, got {}",
+                spec.garp.refresh_ms
+            ),
+        );
+    }
+    if let Some(sync) = &spec.conn_sync {
+        if let Err(m) = interface_name(&sync.interface) {
+            errs.push("conn_sync.interface", m);
         }
     }
 
@@ -528,6 +607,14 @@ fn health_check(field: &str, c: &HealthCheck, errs: &mut FieldErrors) {
     }
 }
 
+/// Longest preempt delay (keepalived allows up to an hour too).
+const MAX_PREEMPT_DELAY_MS: u32 = 3_600_000;
+/// Gratuitous ARPs per VIP and burst.
+const MAX_GARP_COUNT: u32 = 100;
+const MAX_GARP_SPACING_MS: u32 = 10_000;
+/// A refresh more often than once a second only floods the segment.
+const MIN_GARP_REFRESH_MS: u32 = 1_000;
+
 /// A Linux interface name: 1–15 bytes, no '/', ':' or whitespace.
 fn interface_name(name: &str) -> Result<(), String> {
     if name.is_empty() || name.len() > 15 {
@@ -586,8 +673,11 @@ mod tests {
             vrrp_version: 3,
             advert_interval_ms: 100,
             preempt: true,
+            preempt_delay_ms: 0,
             vips: vec!["198.18.0.10".into()],
             unicast_peers: vec![],
+            garp: Default::default(),
+            conn_sync: None,
             services: vec![ServiceSpec {
                 vip: "198.18.0.10".into(),
                 port: 80,
@@ -861,5 +951,53 @@ mod tests {
         assert_eq!(fields, ["address", "agent_version", "image_version"]);
         assert!(report_fields(Some("0.0.0.0"), None, None).is_err());
         assert!(report_fields(None, Some(&"x".repeat(65)), None).is_err());
+    }
+
+    #[test]
+    fn vip_interfaces_garp_sync_and_preempt_delay() {
+        let mut s = spec();
+        s.vips = vec![
+            "198.18.0.10".into(),
+            lbfleet_proto::VipSpec {
+                address: "198.18.2.254/24".into(),
+                interface: Some("eth1".into()),
+            },
+            lbfleet_proto::VipSpec {
+                address: "198.18.0.11".into(),
+                interface: Some("eth0".into()),
+            },
+        ];
+        s.conn_sync = Some(lbfleet_proto::ConnSyncSpec {
+            interface: "eth1".into(),
+            sync_id: 9,
+        });
+        s.preempt_delay_ms = 5000;
+        let ValidCluster(v) = cluster_spec(&s).expect("valid");
+        assert_eq!(v.vips[0], "198.18.0.10/32");
+        assert_eq!(v.vips[1].interface.as_deref(), Some("eth1"));
+        // The cluster's own interface named explicitly is stored the plain way.
+        assert_eq!(v.vips[2], "198.18.0.11/32");
+
+        let mut bad = s.clone();
+        bad.vips[1].interface = Some("eth 1".into());
+        bad.garp.count = 0;
+        bad.garp.spacing_ms = 60_000;
+        bad.garp.refresh_ms = 10;
+        bad.preempt_delay_ms = 4_000_000;
+        bad.conn_sync = Some(lbfleet_proto::ConnSyncSpec {
+            interface: "".into(),
+            sync_id: 0,
+        });
+        let errs = cluster_spec(&bad).expect_err("invalid").to_string();
+        for field in [
+            "vips[1].interface",
+            "garp.count",
+            "garp.spacing_ms",
+            "garp.refresh_ms",
+            "preempt_delay_ms",
+            "conn_sync.interface",
+        ] {
+            assert!(errs.contains(field), "{field} missing in {errs}");
+        }
     }
 }

@@ -202,6 +202,25 @@ pub async fn token_principal(
     .await?)
 }
 
+/// How often a token's `last_used_at` is written at most (a write per request would serialise every API call
+/// on the one writer connection).
+pub const TOKEN_TOUCH_INTERVAL_MS: i64 = 60_000;
+
+/// Records that the token with `token_hash` was used now, unless that was recorded within
+/// `TOKEN_TOUCH_INTERVAL_MS`.
+pub async fn touch_token(conn: &mut SqliteConnection, token_hash: &str) -> Result<(), StoreError> {
+    let now = now_ms();
+    sqlx::query(
+        "UPDATE api_tokens SET last_used_at = $2 WHERE token_hash = $1          AND (last_used_at IS NULL OR last_used_at < $3)",
+    )
+    .bind(token_hash)
+    .bind(now)
+    .bind(now - TOKEN_TOUCH_INTERVAL_MS)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
 /// Replaces the node's credential (re-enrollment rotates it).
 pub async fn set_node_credential(
     conn: &mut SqliteConnection,
@@ -280,4 +299,16 @@ pub async fn redeem_enrollment_token(
     .bind(token_hash)
     .fetch_optional(conn)
     .await?)
+}
+
+/// True when the node has a live credential (it enrolled and was not revoked since).
+pub async fn has_node_credential(
+    conn: &mut SqliteConnection,
+    node_id: i64,
+) -> Result<bool, StoreError> {
+    let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM node_credentials WHERE node_id = $1")
+        .bind(node_id)
+        .fetch_one(conn)
+        .await?;
+    Ok(n > 0)
 }

@@ -2,7 +2,9 @@
 
 use std::collections::HashMap;
 
-use lbfleet_proto::{ClusterSpec, HealthCheck, RealServerSpec, ServiceSpec};
+use lbfleet_proto::{
+    ClusterSpec, ConnSyncSpec, GarpSpec, HealthCheck, RealServerSpec, ServiceSpec, VipSpec,
+};
 use sqlx::SqliteConnection;
 
 use super::{now_ms, StoreError};
@@ -29,6 +31,12 @@ struct ClusterRow {
     advert_interval_ms: i64,
     preempt: bool,
     unicast_peers: String,
+    preempt_delay_ms: i64,
+    garp_count: i64,
+    garp_spacing_ms: i64,
+    garp_refresh_ms: i64,
+    sync_interface: Option<String>,
+    sync_id: Option<i64>,
     created_at: i64,
     updated_at: i64,
     content_generation: i64,
@@ -71,7 +79,8 @@ pub async fn load(
     name: Option<&str>,
 ) -> Result<Vec<StoredCluster>, StoreError> {
     let clusters: Vec<ClusterRow> = sqlx::query_as(
-        "SELECT id, name, vrid, interface, vrrp_version, advert_interval_ms, preempt, unicast_peers, created_at, \
+        "SELECT id, name, vrid, interface, vrrp_version, advert_interval_ms, preempt, unicast_peers, \
+         preempt_delay_ms, garp_count, garp_spacing_ms, garp_refresh_ms, sync_interface, sync_id, created_at, \
          updated_at, content_generation FROM clusters WHERE ($1 IS NULL OR name = $1) ORDER BY name",
     )
     .bind(name)
@@ -83,8 +92,8 @@ pub async fn load(
     let filter = |sql: &str, order: &str| {
         format!("{sql} WHERE ($1 IS NULL OR c.name = $1) ORDER BY {order}")
     };
-    let vips: Vec<(i64, String, i64)> = sqlx::query_as(&filter(
-        "SELECT v.cluster_id, v.address, v.prefix FROM cluster_vips v JOIN clusters c ON c.id = v.cluster_id",
+    let vips: Vec<(i64, String, i64, Option<String>)> = sqlx::query_as(&filter(
+        "SELECT v.cluster_id, v.address, v.prefix, v.interface FROM cluster_vips v JOIN clusters c ON c.id = v.cluster_id",
         "v.cluster_id, v.position",
     ))
     .bind(name)
@@ -150,12 +159,12 @@ pub async fn load(
                 real_servers: rs_by_service.remove(&s.id).unwrap_or_default(),
             });
     }
-    let mut vips_by_cluster: HashMap<i64, Vec<String>> = HashMap::new();
-    for (cid, addr, prefix) in vips {
-        vips_by_cluster
-            .entry(cid)
-            .or_default()
-            .push(format!("{addr}/{prefix}"));
+    let mut vips_by_cluster: HashMap<i64, Vec<VipSpec>> = HashMap::new();
+    for (cid, addr, prefix, interface) in vips {
+        vips_by_cluster.entry(cid).or_default().push(VipSpec {
+            address: format!("{addr}/{prefix}"),
+            interface,
+        });
     }
 
     clusters
@@ -168,9 +177,22 @@ pub async fn load(
                     vrrp_version: int("clusters.vrrp_version", c.vrrp_version)?,
                     advert_interval_ms: int("clusters.advert_interval_ms", c.advert_interval_ms)?,
                     preempt: c.preempt,
+                    preempt_delay_ms: int("clusters.preempt_delay_ms", c.preempt_delay_ms)?,
                     vips: vips_by_cluster.remove(&c.id).unwrap_or_default(),
                     unicast_peers: serde_json::from_str(&c.unicast_peers)
                         .map_err(|e| corrupt("clusters.unicast_peers", e))?,
+                    garp: GarpSpec {
+                        count: int("clusters.garp_count", c.garp_count)?,
+                        spacing_ms: int("clusters.garp_spacing_ms", c.garp_spacing_ms)?,
+                        refresh_ms: int("clusters.garp_refresh_ms", c.garp_refresh_ms)?,
+                    },
+                    conn_sync: match (c.sync_interface, c.sync_id) {
+                        (Some(interface), Some(id)) => Some(ConnSyncSpec {
+                            interface,
+                            sync_id: int("clusters.sync_id", id)?,
+                        }),
+                        _ => None,
+                    },
                     services: svc_by_cluster.remove(&c.id).unwrap_or_default(),
                 },
                 id: c.id,
@@ -201,10 +223,14 @@ pub async fn upsert(
         serde_json::to_string(&spec.unicast_peers).map_err(|e| corrupt("unicast_peers", e))?;
     Ok(sqlx::query_scalar(
         "INSERT INTO clusters (name, vrid, interface, vrrp_version, advert_interval_ms, preempt, unicast_peers, \
-         created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8) \
+         created_at, updated_at, preempt_delay_ms, garp_count, garp_spacing_ms, garp_refresh_ms, sync_interface, \
+         sync_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, $9, $10, $11, $12, $13, $14) \
          ON CONFLICT (name) DO UPDATE SET vrid = excluded.vrid, interface = excluded.interface, \
          vrrp_version = excluded.vrrp_version, advert_interval_ms = excluded.advert_interval_ms, \
-         preempt = excluded.preempt, unicast_peers = excluded.unicast_peers, updated_at = excluded.updated_at \
+         preempt = excluded.preempt, unicast_peers = excluded.unicast_peers, updated_at = excluded.updated_at, \
+         preempt_delay_ms = excluded.preempt_delay_ms, garp_count = excluded.garp_count, \
+         garp_spacing_ms = excluded.garp_spacing_ms, garp_refresh_ms = excluded.garp_refresh_ms, \
+         sync_interface = excluded.sync_interface, sync_id = excluded.sync_id \
          RETURNING id",
     )
     .bind(name)
@@ -215,6 +241,12 @@ pub async fn upsert(
     .bind(spec.preempt)
     .bind(peers)
     .bind(now)
+    .bind(i64::from(spec.preempt_delay_ms))
+    .bind(i64::from(spec.garp.count))
+    .bind(i64::from(spec.garp.spacing_ms))
+    .bind(i64::from(spec.garp.refresh_ms))
+    .bind(spec.conn_sync.as_ref().map(|c| c.interface.clone()))
+    .bind(spec.conn_sync.as_ref().map(|c| i64::from(c.sync_id)))
     .fetch_one(conn)
     .await?)
 }
@@ -236,15 +268,20 @@ pub async fn replace_contents(
         .await?;
     for (pos, vip) in spec.vips.iter().enumerate() {
         let (addr, prefix) = vip
+            .address
             .split_once('/')
-            .ok_or_else(|| corrupt("vips", format!("{vip} has no prefix")))?;
-        sqlx::query("INSERT INTO cluster_vips (cluster_id, position, address, prefix) VALUES ($1, $2, $3, $4)")
-            .bind(id)
-            .bind(pos as i64)
-            .bind(addr)
-            .bind(prefix.parse::<i64>().map_err(|e| corrupt("vips", e))?)
-            .execute(&mut *conn)
-            .await?;
+            .ok_or_else(|| corrupt("vips", format!("{} has no prefix", vip.address)))?;
+        sqlx::query(
+            "INSERT INTO cluster_vips (cluster_id, position, address, prefix, interface) \
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(id)
+        .bind(pos as i64)
+        .bind(addr)
+        .bind(prefix.parse::<i64>().map_err(|e| corrupt("vips", e))?)
+        .bind(&vip.interface)
+        .execute(&mut *conn)
+        .await?;
     }
     for (pos, s) in spec.services.iter().enumerate() {
         let check = serde_json::to_string(&s.check).map_err(|e| corrupt("health_check", e))?;

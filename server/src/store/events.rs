@@ -33,6 +33,23 @@ pub async fn insert(
         .await?)
 }
 
+/// Deletes events older than `before` (ms) and all but the newest `keep`; the number deleted.
+pub async fn prune(conn: &mut SqliteConnection, before: i64, keep: i64) -> Result<u64, StoreError> {
+    let old = sqlx::query("DELETE FROM events WHERE at < $1")
+        .bind(before)
+        .execute(&mut *conn)
+        .await?
+        .rows_affected();
+    let over = sqlx::query(
+        "DELETE FROM events WHERE id <= (SELECT id FROM events ORDER BY id DESC LIMIT 1 OFFSET $1)",
+    )
+    .bind(keep.max(0))
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    Ok(old + over)
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct EventFilter {
     pub since: Option<i64>,

@@ -90,6 +90,15 @@ pub async fn reservations(
     .await?)
 }
 
+/// MACs of registered (approved) nodes: they boot outside the DHCP discovery budget.
+pub async fn registered_macs(conn: &mut SqliteConnection) -> Result<Vec<String>, StoreError> {
+    Ok(sqlx::query_scalar(
+        "SELECT mac FROM nodes WHERE state NOT IN ('discovered', 'retired', 'rejected')",
+    )
+    .fetch_all(conn)
+    .await?)
+}
+
 /// Whether a MAC is a node that must not be served (retired or rejected).
 pub async fn refused_macs(conn: &mut SqliteConnection) -> Result<Vec<String>, StoreError> {
     Ok(
@@ -97,6 +106,24 @@ pub async fn refused_macs(conn: &mut SqliteConnection) -> Result<Vec<String>, St
             .fetch_all(conn)
             .await?,
     )
+}
+
+/// True when `mac` holds a bound, unexpired lease on `address` (the boot-trust check for enrollment tokens).
+pub async fn bound_to(
+    conn: &mut SqliteConnection,
+    mac: &str,
+    address: &str,
+    now: i64,
+) -> Result<bool, StoreError> {
+    let n: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM leases WHERE mac = $1 AND address = $2 AND state = 'bound' AND expires_at > $3",
+    )
+    .bind(mac)
+    .bind(address)
+    .bind(now)
+    .fetch_one(conn)
+    .await?;
+    Ok(n > 0)
 }
 
 #[cfg(test)]

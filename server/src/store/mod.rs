@@ -66,6 +66,7 @@ impl Store {
         } else {
             format!("sqlite://{url}")
         };
+        create_private(&path_url)?;
         let options = SqliteConnectOptions::from_str(&path_url)
             .map_err(|e| StoreError::Url {
                 url: url.to_owned(),
@@ -107,6 +108,41 @@ impl Store {
     pub async fn close(&self) {
         self.reader.close().await;
         self.writer.close().await;
+    }
+}
+
+/// Creates the SQLite file of `url` readable and writable only by its owner, before SQLite creates it with the
+/// process's umask (often world-readable). SQLite gives its WAL and shared-memory files the database file's
+/// permissions. An existing file is left as it is; in-memory databases have no file.
+fn create_private(url: &str) -> Result<(), StoreError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+        .map(|p| p.split('?').next().unwrap_or(p))
+        .filter(|p| !p.is_empty() && !p.starts_with(':'));
+    let Some(path) = path else {
+        return Ok(());
+    };
+    let path = std::path::Path::new(path);
+    if path.exists() {
+        return Ok(());
+    }
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(StoreError::Url {
+            url: url.to_owned(),
+            reason: format!("cannot create {}: {e}", path.display()),
+        }),
     }
 }
 

@@ -365,7 +365,8 @@ impl ClusterSettingsForm {
     }
 
     /// The spec the form describes (keeping `services`), or the form with a message next to each bad number.
-    fn to_spec(&self, services: Vec<ServiceSpec>) -> Result<ClusterSpec, Box<ClusterForm>> {
+    /// `current` keeps what the form does not show (services, GARP, connection sync, preempt delay).
+    fn to_spec(&self, current: Option<&ClusterSpec>) -> Result<ClusterSpec, Box<ClusterForm>> {
         let mut form = self.to_form();
         let mut num = |field: &str, text: &str| -> u32 {
             match text.trim().parse::<u32>() {
@@ -383,6 +384,21 @@ impl ClusterSettingsForm {
         let version = num("vrrp_version", &self.vrrp_version);
         let advert = num("advert_interval_ms", &self.advert_interval_ms);
         let vrrp_version = u8::try_from(version).unwrap_or(0);
+        // One VIP per line (or comma-separated): `ADDRESS/PREFIX [dev INTERFACE]`.
+        let mut vips = Vec::new();
+        for line in self
+            .vips
+            .split(['\n', ','])
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+        {
+            match line.parse::<lbfleet_proto::VipSpec>() {
+                Ok(v) => vips.push(v),
+                Err(m) => {
+                    form.errors.insert("vips".into(), m);
+                }
+            }
+        }
         if !form.errors.is_empty() {
             return Err(Box::new(form));
         }
@@ -392,9 +408,12 @@ impl ClusterSettingsForm {
             vrrp_version,
             advert_interval_ms: advert,
             preempt: self.preempt.is_some(),
-            vips: lines(&self.vips),
+            preempt_delay_ms: current.map_or(0, |c| c.preempt_delay_ms),
+            vips,
             unicast_peers: lines(&self.unicast_peers),
-            services,
+            garp: current.map(|c| c.garp).unwrap_or_default(),
+            conn_sync: current.and_then(|c| c.conn_sync.clone()),
+            services: current.map(|c| c.services.clone()).unwrap_or_default(),
         })
     }
 }
@@ -455,7 +474,7 @@ pub async fn create_cluster(
         );
         return clusters_page(&s, &user, &headers, f).await;
     }
-    let spec = match form.to_spec(vec![]) {
+    let spec = match form.to_spec(None) {
         Ok(spec) => spec,
         Err(f) => return clusters_page(&s, &user, &headers, *f).await,
     };
@@ -503,7 +522,7 @@ pub async fn cluster_settings(
         ));
         return cluster_page(&s, &user, &headers, &name, Some(f), ServiceForm::blank()).await;
     }
-    let spec = match form.to_spec(current.spec.services.clone()) {
+    let spec = match form.to_spec(Some(&current.spec)) {
         Ok(spec) => spec,
         Err(f) => {
             return cluster_page(&s, &user, &headers, &name, Some(*f), ServiceForm::blank()).await

@@ -18,7 +18,11 @@ use crate::api::AppState;
 
 pub async fn stream(State(s): State<AppState>, user: WebUser) -> impl IntoResponse {
     let rx = s.fleet.notifier().subscribe_fleet();
-    let stop = s.shutdown.clone();
+    let stop = crate::session_watch::until_server_stops_or_session_ends(
+        s.fleet.store().clone(),
+        user.session(),
+        s.shutdown.clone(),
+    );
     tracing::debug!(user = user.name, "live stream opened");
     Sse::new(events(rx, stop)).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
 }

@@ -474,7 +474,13 @@ pub fn redirect_with(back: &str, ok: bool, message: &str) -> Response {
 
 /// Only local paths are followed after a form (no open redirects).
 pub fn safe_back(back: &str) -> &str {
-    if back.starts_with('/') && !back.starts_with("//") && !back.contains('\\') {
+    // Browsers drop tabs and newlines from URLs and read `\` as `/`, so `/\t/evil.example`, `/\evil` and
+    // `//evil` all leave the site. A local path here is `/` followed by printable characters, none of them a
+    // backslash, and not a second `/` right away.
+    let local = back.starts_with('/')
+        && !back.starts_with("//")
+        && back.bytes().all(|b| b.is_ascii_graphic() && b != b'\\');
+    if local {
         back
     } else {
         "/"

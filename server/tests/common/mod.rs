@@ -215,6 +215,34 @@ impl TestServer {
         v["entries"].as_array().unwrap().len()
     }
 
+    /// Logs in as `user` (password `PASSWORD`) through the API and returns the dashboard page at `path`.
+    pub async fn page_as(&self, user: &str, path: &str) -> String {
+        let resp = self
+            .http
+            .post(self.url("/api/v1/login"))
+            .json(&json!({"username": user, "password": PASSWORD}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        let cookie = resp.headers()["set-cookie"]
+            .to_str()
+            .unwrap()
+            .split(';')
+            .next()
+            .unwrap()
+            .to_owned();
+        self.http
+            .get(self.url(path))
+            .header("cookie", cookie)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     /// Registers a node, issues an enrollment token and enrolls it; returns the node credential.
     pub async fn enrolled_node(&self, mac: &str, hostname: &str) -> String {
         let op = &self.tokens.operator;

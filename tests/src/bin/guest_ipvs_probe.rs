@@ -12,10 +12,11 @@ use std::net::IpAddr;
 use std::process::ExitCode;
 
 use lbfleet_agent::ipvs::codec::IpvsRequest;
+use lbfleet_agent::ipvs::IpvsSocket;
 use lbfleet_agent::ipvs::{
     Destination, Family, Forward, IpProto, Service, ServiceKey, SVC_F_PERSISTENT,
 };
-use lbfleet_agent::netlink::{IpvsSocket, NetlinkError};
+use lbfleet_agent::netlink::NetlinkError;
 use lbfleet_proto::Scheduler;
 use lbfleet_tests::ipvsadm::normalize_table;
 
@@ -80,7 +81,7 @@ fn setup(sock: &mut IpvsSocket) -> Result<(), String> {
     reqs.push(IpvsRequest::NewService(svc6));
 
     for (req, r) in reqs.iter().zip(sock.execute_batch(&reqs)) {
-        r.map_err(|e| format!("{}: {e}", lbfleet_agent::netlink::describe(req)))?;
+        r.map_err(|e| format!("{}: {e}", lbfleet_agent::ipvs::describe(req)))?;
     }
 
     // Edits and deletes: a weight, a scheduler, one extra destination added and removed.
@@ -129,7 +130,7 @@ fn teardown(sock: &mut IpvsSocket) -> Result<(), String> {
         .map(|s| IpvsRequest::DelService(s.service.key))
         .collect();
     for (req, r) in reqs.iter().zip(sock.execute_batch(&reqs)) {
-        r.map_err(|e| format!("{}: {e}", lbfleet_agent::netlink::describe(req)))?;
+        r.map_err(|e| format!("{}: {e}", lbfleet_agent::ipvs::describe(req)))?;
     }
     let left = sock.services().map_err(|e| format!("dump: {e}"))?;
     if !left.is_empty() {
@@ -233,9 +234,42 @@ fn change(from: &str, to: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// `sync master|backup|none`: puts the connection-sync daemon on `lo` (sync id 7) in that state the way the
+/// agent's daemon does (`IpvsSocket::ensure_sync_daemon`).
+fn sync(state: &str) -> Result<(), String> {
+    use lbfleet_agent::ipvs::codec::{SyncDaemon, SyncState};
+    let want = match state {
+        "master" => Some(SyncState::Master),
+        "backup" => Some(SyncState::Backup),
+        "none" => None,
+        other => return Err(format!("sync master|backup|none, not {other:?}")),
+    }
+    .map(|state| SyncDaemon {
+        state,
+        interface: "lo".into(),
+        sync_id: 7,
+    });
+    let mut sock = IpvsSocket::open().map_err(|e| format!("open: {e}"))?;
+    let changed = sock
+        .ensure_sync_daemon(want.as_ref())
+        .map_err(|e| e.to_string())?;
+    let running = sock.sync_daemons().map_err(|e| e.to_string())?;
+    println!("PROBE sync changed={changed} running={running:?}");
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
     match args.get(1).map(String::as_str) {
+        Some("sync") if args.len() == 3 => {
+            return match sync(&args[2]) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    println!("PROBE error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Some("time") => return time(&args[2..]),
         Some("change") if args.len() == 4 => {
             return match change(&args[2], &args[3]) {

@@ -98,7 +98,9 @@ impl LabServer {
         let listen = format!("{SERVER_ADDRESS}:{HTTP_PORT}");
         let boot_dir_text = boot_dir.display().to_string();
         let mut cmd = ns.command(&binary.display().to_string());
+        // The lab's boot network is a bridge in a namespace of its own: plain HTTP there is what the test wants.
         cmd.args(["serve", "--database", &database, "--listen", &listen])
+            .arg("--allow-insecure-http")
             .args(["--boot-interface", BOOT_BRIDGE])
             .args(["--boot-server-address", SERVER_ADDRESS])
             .args(["--boot-subnet", BOOT_SUBNET, "--boot-pool", BOOT_POOL])

@@ -72,6 +72,8 @@ pub struct Vm {
     spec: VmSpec,
     console_path: PathBuf,
     console_socket: PathBuf,
+    /// The connection `type_line` writes to, once opened.
+    console_input: Option<std::os::unix::net::UnixStream>,
     started: Instant,
 }
 
@@ -145,6 +147,7 @@ impl Vm {
             spec,
             console_path,
             console_socket,
+            console_input: None,
             started: Instant::now(),
         })
     }
@@ -173,13 +176,25 @@ impl Vm {
             .unwrap_or_default()
     }
 
-    /// Types `line` and a newline on the serial console (for an image with a console shell).
-    pub fn type_line(&self, line: &str) -> Result<(), LabError> {
+    /// Types `line` and a newline on the serial console (for an image with a console shell), one byte every
+    /// 10 ms over one connection kept open, as a person would: a burst written at once and a disconnect lost
+    /// input under TCG.
+    pub fn type_line(&mut self, line: &str) -> Result<(), LabError> {
         use std::io::Write;
-        let mut s = std::os::unix::net::UnixStream::connect(&self.console_socket)
-            .map_err(io_err(&self.console_socket))?;
-        s.write_all(format!("{line}\n").as_bytes())
-            .map_err(io_err(&self.console_socket))
+        if self.console_input.is_none() {
+            let s = std::os::unix::net::UnixStream::connect(&self.console_socket)
+                .map_err(io_err(&self.console_socket))?;
+            self.console_input = Some(s);
+        }
+        let path = self.console_socket.clone();
+        let Some(s) = self.console_input.as_mut() else {
+            return Err(LabError::Other("console not connected".into()));
+        };
+        for b in line.bytes().chain(std::iter::once(b'\n')) {
+            s.write_all(&[b]).map_err(io_err(&path))?;
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Ok(())
     }
 
     /// Whether QEMU is still running.

@@ -4,6 +4,8 @@
 
 use super::*;
 use crate::ipvs::SVC_F_PERSISTENT;
+use crate::netlink::genl::{get_family_request, parse_family_id};
+use crate::netlink::{decode_messages, Body, NLM_F_MULTI};
 
 /// Parses a hex dump, ignoring whitespace and `#` comments to the end of the line.
 fn hex(s: &str) -> Vec<u8> {
@@ -35,7 +37,7 @@ const FAMILY: u16 = 0x22;
 
 #[test]
 fn get_family_request_bytes() {
-    let got = get_family_request(1, 0);
+    let got = get_family_request(IPVS_GENL_NAME, 1, 0);
     let want = hex("
         20000000 1000 0500 01000000 00000000   # len 32, GENL_ID_CTRL, REQUEST|ACK, seq 1, pid 0
         03 01 0000                             # CTRL_CMD_GETFAMILY, version 1
@@ -301,7 +303,7 @@ fn parses_a_service_dump() {
     assert_eq!(msgs[0].seq, 4);
     assert_eq!(msgs[0].flags & NLM_F_MULTI, NLM_F_MULTI);
     assert_eq!(msgs[1].body, Body::Done);
-    let Body::Genl { cmd, attrs } = msgs[0].body else {
+    let Some((cmd, attrs)) = msgs[0].genl() else {
         panic!("not genl: {:?}", msgs[0].body)
     };
     assert_eq!(cmd, IPVS_CMD_NEW_SERVICE);
@@ -339,7 +341,7 @@ fn parses_a_dest_dump_with_32_bit_stats() {
             0800 0600 00000000
         ");
     let msgs = decode_messages(&buf).unwrap();
-    let Body::Genl { attrs, .. } = msgs[0].body else {
+    let Some((_, attrs)) = msgs[0].genl() else {
         panic!("not genl")
     };
     let e = parse_dest(attrs, Family::V4).unwrap();
@@ -371,7 +373,7 @@ fn parses_ack_error_and_family_reply() {
     let msgs = decode_messages(&buf).unwrap();
     assert_eq!(msgs[0].body, Body::Ack);
     assert_eq!(msgs[1].body, Body::Error { errno: 17 });
-    let Body::Genl { attrs, .. } = msgs[2].body else {
+    let Some((_, attrs)) = msgs[2].genl() else {
         panic!("not genl")
     };
     assert_eq!(parse_family_id(attrs).unwrap(), 0x22);
@@ -393,7 +395,7 @@ fn service_round_trips_through_a_dump_shaped_message() {
     s.pe_name = Some("sip".into());
     let msg = IpvsRequest::NewService(s.clone()).encode(FAMILY, 1, 0);
     let msgs = decode_messages(&msg).unwrap();
-    let Body::Genl { attrs, .. } = msgs[0].body else {
+    let Some((_, attrs)) = msgs[0].genl() else {
         panic!("not genl")
     };
     assert_eq!(parse_service(attrs).unwrap().service, s);
@@ -424,7 +426,7 @@ fn bad_input_is_an_error_not_a_panic() {
         // Every prefix must decode or fail cleanly.
         if let Ok(msgs) = decode_messages(&full[..cut]) {
             for m in msgs {
-                if let Body::Genl { attrs, .. } = m.body {
+                if let Some((_, attrs)) = m.genl() {
                     let _ = parse_service(attrs);
                 }
             }
@@ -440,11 +442,44 @@ fn bad_input_is_an_error_not_a_panic() {
         decode_messages(&bad_len),
         Err(DecodeError::BadLength { .. })
     ));
-    let Body::Genl { attrs, .. } = decode_messages(&full).unwrap()[0].body else {
+    let Some((_, attrs)) = decode_messages(&full).unwrap()[0].genl() else {
         panic!("not genl")
     };
     assert_eq!(
         parse_dest(attrs, Family::V4),
         Err(DecodeError::Missing("IPVS_CMD_ATTR_DEST"))
     );
+}
+
+#[test]
+fn sync_daemon_requests_bytes_and_dump() {
+    let d = SyncDaemon {
+        state: SyncState::Master,
+        interface: "eth0".into(),
+        sync_id: 7,
+    };
+    let got = IpvsRequest::NewDaemon(d.clone()).encode(FAMILY, 3, 0);
+    let want = hex("
+        34000000 2200 0500 03000000 00000000   # len 52, REQUEST|ACK, seq 3
+        09 01 0000                             # IPVS_CMD_NEW_DAEMON, version 1
+        2000 0380                              # IPVS_CMD_ATTR_DAEMON | NESTED, nest of 32
+          0800 0100 01000000                   # STATE = IP_VS_STATE_MASTER
+          0900 0200 65746830 00 000000         # MCAST_IFN \"eth0\\0\"
+          0800 0300 07000000                   # SYNC_ID 7
+        ");
+    assert_eq!(got, want);
+    let del = IpvsRequest::DelDaemon(SyncState::Backup).encode(FAMILY, 4, 0);
+    let want = hex("
+        20000000 2200 0500 04000000 00000000
+        0a 01 0000                             # IPVS_CMD_DEL_DAEMON
+        0c00 0380 0800 0100 02000000           # DAEMON { STATE = BACKUP }
+        ");
+    assert_eq!(del, want);
+    // A GET_DAEMON reply carries the same nest; it parses back to the daemon.
+    let Some((cmd, attrs)) = decode_messages(&got).unwrap()[0].genl() else {
+        panic!("not genl")
+    };
+    assert_eq!(cmd, IPVS_CMD_NEW_DAEMON);
+    assert_eq!(parse_daemon(attrs).unwrap(), d);
+    assert!(parse_daemon(&attrs[..attrs.len() - 8]).is_err());
 }

@@ -233,8 +233,12 @@ impl<'a, R: Reservations> Ctx<'a, R> {
             }
     }
 
-    /// Enforces the discovery cap for an unknown MAC about to take a new address.
+    /// Enforces the discovery cap for an unknown MAC about to take a new address. Registered nodes have their
+    /// own budget (the rest of the pool) and neither count nor are held back.
     fn check_discovery_cap(&self, table: &LeaseTable) -> Result<(), DropReason> {
+        if self.reservations.is_registered(self.mac) {
+            return Ok(());
+        }
         // Fast path: fewer leases in total than the cap cannot be over it, and the count below is O(leases).
         if table.len() < self.cfg.discovery_cap
             || table
@@ -246,9 +250,7 @@ impl<'a, R: Reservations> Ctx<'a, R> {
         let holders = table
             .iter()
             .filter(|l| {
-                l.is_held(self.now)
-                    && l.mac != self.mac
-                    && self.reservations.by_mac(l.mac).is_none()
+                l.is_held(self.now) && l.mac != self.mac && !self.reservations.is_registered(l.mac)
             })
             .count();
         if holders >= self.cfg.discovery_cap {
@@ -1260,6 +1262,36 @@ mod tests {
             reply(handle(&discover(mac(3)), later, &mut table, &cfg, &res)).message_type(),
             Some(MessageType::Offer)
         );
+    }
+
+    #[test]
+    fn registered_nodes_boot_outside_the_discovery_budget() {
+        // Issue 13: unknown MACs used up the discovery budget; a registered node (no reservation) still gets
+        // an address and a lease, and does not count against the budget itself.
+        let cfg = tiny_pool_config(200, 2);
+        let mut res = no_reservations();
+        res.register(MacAddr(mac(9)));
+        let mut table = LeaseTable::new();
+        reply(handle(&discover(mac(1)), NOW, &mut table, &cfg, &res));
+        reply(handle(&discover(mac(2)), NOW, &mut table, &cfg, &res));
+        assert!(matches!(
+            dropped(handle(&discover(mac(3)), NOW, &mut table, &cfg, &res)),
+            DropReason::DiscoveryCapReached { cap: 2 }
+        ));
+        let offer = reply(handle(&discover(mac(9)), NOW, &mut table, &cfg, &res));
+        assert_eq!(offer.message_type(), Some(MessageType::Offer));
+        let ack = reply(handle(
+            &select(mac(9), offer.message.yiaddr()),
+            NOW,
+            &mut table,
+            &cfg,
+            &res,
+        ));
+        assert_eq!(ack.message_type(), Some(MessageType::Ack));
+        // The registered node's lease does not use up room of unknown MACs either.
+        let later = NOW + 60_000;
+        reply(handle(&discover(mac(4)), later, &mut table, &cfg, &res));
+        reply(handle(&discover(mac(5)), later, &mut table, &cfg, &res));
     }
 
     #[test]

@@ -186,6 +186,11 @@ pub struct Reservation {
 pub trait Reservations {
     fn by_mac(&self, mac: MacAddr) -> Option<Reservation>;
     fn holder_of(&self, address: Ipv4Addr) -> Option<MacAddr>;
+    /// A registered (approved) node: it boots outside the discovery budget, so a flood of unknown MACs never
+    /// blocks it. Reserved MACs are registered too.
+    fn is_registered(&self, mac: MacAddr) -> bool {
+        self.by_mac(mac).is_some()
+    }
 }
 
 /// An in-memory reservation set, e.g. a snapshot of the registered nodes refreshed by the socket loop.
@@ -193,11 +198,18 @@ pub trait Reservations {
 pub struct ReservationMap {
     by_mac: HashMap<MacAddr, Reservation>,
     by_address: HashMap<Ipv4Addr, MacAddr>,
+    /// Registered nodes without a fixed address (they take pool addresses, outside the discovery budget).
+    registered: std::collections::HashSet<MacAddr>,
 }
 
 impl ReservationMap {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Marks `mac` as a registered node (see `Reservations::is_registered`).
+    pub fn register(&mut self, mac: MacAddr) {
+        self.registered.insert(mac);
     }
 
     /// Reserves `address` for `mac`, replacing an earlier reservation of either.
@@ -219,6 +231,10 @@ impl Reservations for ReservationMap {
 
     fn holder_of(&self, address: Ipv4Addr) -> Option<MacAddr> {
         self.by_address.get(&address).copied()
+    }
+
+    fn is_registered(&self, mac: MacAddr) -> bool {
+        self.by_mac.contains_key(&mac) || self.registered.contains(&mac)
     }
 }
 

@@ -99,6 +99,11 @@ async fn load_reservations(
             _ => tracing::warn!(mac, address, "unusable reservation skipped"),
         }
     }
+    for mac in store::leases::registered_macs(&mut conn).await? {
+        if let Some(m) = parse_mac(&mac) {
+            map.register(m);
+        }
+    }
     let refused = store::leases::refused_macs(&mut conn)
         .await?
         .iter()

@@ -36,6 +36,47 @@ pub struct TftpConfig {
     pub limits: Limits,
     /// Transfers running at once; more are refused with "server busy".
     pub max_transfers: usize,
+    /// Transfers one client address may run at once, so one host cannot take every slot.
+    pub max_per_client: usize,
+}
+
+/// A PXE client fetches one file at a time; a few retries in parallel are fine, a slot-hogger is not.
+pub const DEFAULT_MAX_PER_CLIENT: usize = 4;
+
+/// Transfers per client address; a slot is given back when its guard drops.
+#[derive(Debug, Default)]
+struct PerClient(std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>);
+
+struct ClientSlot {
+    table: Arc<PerClient>,
+    ip: std::net::IpAddr,
+}
+
+impl PerClient {
+    fn take(self: &Arc<Self>, ip: std::net::IpAddr, max: usize) -> Option<ClientSlot> {
+        let mut t = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let n = t.entry(ip).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(ClientSlot {
+            table: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        let mut t = self.table.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = t.get_mut(&self.ip) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                t.remove(&self.ip);
+            }
+        }
+    }
 }
 
 /// Counters for metrics and tests.
@@ -64,6 +105,7 @@ pub async fn run(
     })?;
     let local = socket.local_addr()?;
     let slots = Arc::new(Semaphore::new(config.max_transfers.max(1)));
+    let per_client = Arc::new(PerClient::default());
     let stop = Arc::new(AtomicBool::new(false));
     let mut buf = vec![0u8; 2048];
     let mut out = Vec::with_capacity(128);
@@ -125,6 +167,18 @@ pub async fn run(
                         continue;
                     }
                 };
+                let Some(client_slot) = per_client.take(client.ip(), config.max_per_client.max(1))
+                else {
+                    stats.refused.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(%client, file = filename, "TFTP transfer refused: too many from this address");
+                    reply_error(
+                        ErrorCode::NotDefined,
+                        "too many transfers from your address, retry later",
+                        &mut out,
+                    );
+                    let _ = socket.send_to(&out, client).await;
+                    continue;
+                };
                 let Ok(permit) = slots.clone().try_acquire_owned() else {
                     stats.refused.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(%client, file = filename, "TFTP busy: transfer refused");
@@ -136,6 +190,7 @@ pub async fn run(
                 let local_ip = local.ip();
                 tokio::task::spawn_blocking(move || {
                     let _permit = permit;
+                    let _client_slot = client_slot;
                     let started = Instant::now();
                     match send_file(local_ip, client, &path, &options, &limits, &stop) {
                         Ok(bytes) => {
@@ -177,6 +232,8 @@ pub enum TransferError {
     Timeout,
     #[error("server shutting down")]
     Shutdown,
+    #[error("transfer took longer than {0:?}")]
+    TooLong(std::time::Duration),
 }
 
 /// Sends one file to `client` from a fresh socket; returns the bytes sent (payload only).
@@ -188,6 +245,7 @@ fn send_file(
     limits: &Limits,
     stop: &AtomicBool,
 ) -> Result<u64, TransferError> {
+    let started = Instant::now();
     let file = File::open(path)?;
     let size = file.metadata()?.len();
     let n: Negotiated = negotiate(options, size, limits);
@@ -225,6 +283,16 @@ fn send_file(
     loop {
         if stop.load(Ordering::Relaxed) {
             return Err(TransferError::Shutdown);
+        }
+        if started.elapsed() > limits.max_duration {
+            // Tell the client, so it stops waiting too.
+            Packet::Error {
+                code: ErrorCode::NotDefined,
+                message: "transfer took too long".into(),
+            }
+            .encode_into(&mut out);
+            let _ = sock.send(&out);
+            return Err(TransferError::TooLong(limits.max_duration));
         }
         let window = sender.window();
         let (first_off, _) = sender.block_span(*window.start(), size);

@@ -14,6 +14,12 @@ pub struct Limits {
     pub max_windowsize: u16,
     /// Retransmission timeout when the client does not ask for one.
     pub default_timeout: Duration,
+    /// Largest retransmission timeout a client may ask for (RFC 2349 allows 255 s; with retries that would let
+    /// one silent client hold a transfer slot for over twenty minutes). Larger requests are not acknowledged,
+    /// so the default applies.
+    pub max_timeout: Duration,
+    /// Longest time one transfer may hold its slot, however slowly the client acknowledges.
+    pub max_duration: Duration,
 }
 
 impl Default for Limits {
@@ -22,6 +28,8 @@ impl Default for Limits {
             max_blksize: 1468,
             max_windowsize: 64,
             default_timeout: Duration::from_secs(1),
+            max_timeout: Duration::from_secs(5),
+            max_duration: Duration::from_secs(300),
         }
     }
 }
@@ -55,6 +63,9 @@ pub fn negotiate(options: &[(String, String)], file_size: u64, limits: &Limits) 
             }
             "timeout" => {
                 if let Ok(v @ 1..=255) = value.parse::<u64>() {
+                    if Duration::from_secs(v) > limits.max_timeout {
+                        continue;
+                    }
                     n.timeout = Duration::from_secs(v);
                     n.oack.push((name.clone(), v.to_string()));
                 }
@@ -233,6 +244,12 @@ mod tests {
         assert_eq!((n.blksize, n.windowsize, n.oack.len()), (512, 1, 0));
         let n = negotiate(&opts(&[("windowsize", "1000")]), 1, &l);
         assert_eq!(n.windowsize, 64);
+        // A timeout over the cap is left out of the OACK: the default applies.
+        let n = negotiate(&opts(&[("timeout", "255"), ("tsize", "0")]), 1, &l);
+        assert_eq!(n.timeout, l.default_timeout);
+        assert_eq!(n.oack, opts(&[("tsize", "1")]));
+        let n = negotiate(&opts(&[("timeout", "5")]), 1, &l);
+        assert_eq!(n.timeout, Duration::from_secs(5));
     }
 
     #[test]

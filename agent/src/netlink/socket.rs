@@ -1,6 +1,7 @@
-//! The thin I/O layer under the IPVS codec: one raw `AF_NETLINK`/`NETLINK_GENERIC` socket, bound to the IPVS
-//! family, with sequence checks, ACK/error handling, batched changes and dumps. Blocking, with a receive
-//! timeout so a silent kernel can never hang the agent.
+//! The thin I/O layer under the netlink codecs: one raw `AF_NETLINK` socket of a given protocol
+//! (`NETLINK_GENERIC` for IPVS, `NETLINK_ROUTE` for addresses and links) with sequence checks, ACK/error
+//! handling, batched changes and dumps. Blocking, with a receive timeout so a silent kernel can never hang the
+//! agent.
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -8,8 +9,8 @@ use std::time::Duration;
 
 use tracing::trace;
 
-use crate::ipvs::codec::{self, Body, DecodeError, IpvsRequest, NLMSG_ERROR, NLM_F_MULTI};
-use crate::ipvs::{DestEntry, IpvsTable, ServiceEntry, ServiceKey};
+use super::genl;
+use super::{decode_messages, Body, DecodeError, NLMSG_ERROR, NLM_F_MULTI};
 
 /// How long one receive may wait for the kernel.
 const RECV_TIMEOUT: Duration = Duration::from_secs(5);
@@ -27,8 +28,8 @@ pub enum NetlinkError {
         #[source]
         source: io::Error,
     },
-    #[error("the IPVS generic netlink family is not registered (is the ip_vs module loaded?)")]
-    NoIpvs,
+    #[error("the {0} generic netlink family is not registered (is its kernel module loaded?)")]
+    NoFamily(&'static str),
     #[error("kernel refused {op}: {} (errno {errno})", io::Error::from_raw_os_error(*.errno))]
     Kernel { op: String, errno: i32 },
     #[error("cannot decode a kernel reply: {0}")]
@@ -54,76 +55,68 @@ fn last_os_error(op: &'static str) -> NetlinkError {
     }
 }
 
-/// A generic netlink socket talking to the kernel's IPVS family.
+/// One netlink socket: a protocol, its port id and the sequence counter.
 #[derive(Debug)]
-pub struct IpvsSocket {
+pub struct NetlinkSocket {
     fd: OwnedFd,
     pid: u32,
     seq: u32,
-    family: u16,
     buf: Vec<u8>,
 }
 
-impl IpvsSocket {
-    /// Opens the socket and resolves the `IPVS` family id.
-    pub fn open() -> Result<IpvsSocket, NetlinkError> {
-        let fd = open_socket()?;
-        let mut sock = IpvsSocket {
+impl NetlinkSocket {
+    /// Opens and binds a socket of `protocol` (`libc::NETLINK_GENERIC`, `libc::NETLINK_ROUTE`).
+    pub fn open(protocol: libc::c_int) -> Result<NetlinkSocket, NetlinkError> {
+        let fd = open_socket(protocol)?;
+        Ok(NetlinkSocket {
             pid: local_port_id(&fd)?,
             fd,
             seq: 0,
-            family: 0,
             buf: vec![0; RECV_BUF],
-        };
-        sock.family = sock.resolve_family()?;
-        trace!(
-            family = sock.family,
-            pid = sock.pid,
-            "IPVS netlink socket open"
-        );
-        Ok(sock)
+        })
     }
 
-    pub fn family(&self) -> u16 {
-        self.family
+    pub fn pid(&self) -> u32 {
+        self.pid
     }
 
-    fn next_seq(&mut self) -> u32 {
+    pub fn next_seq(&mut self) -> u32 {
         self.seq = self.seq.wrapping_add(1);
         self.seq
     }
 
-    fn resolve_family(&mut self) -> Result<u16, NetlinkError> {
+    /// Resolves a generic netlink family id by name (`NoFamily` when the kernel has none by that name).
+    pub fn resolve_family(&mut self, name: &'static str) -> Result<u16, NetlinkError> {
         let seq = self.next_seq();
-        self.send(&codec::get_family_request(seq, self.pid))?;
+        self.send(&genl::get_family_request(name, seq, self.pid))?;
         let mut family = None;
         loop {
             let n = self.recv()?;
-            for m in codec::decode_messages(&self.buf[..n])? {
+            for m in decode_messages(&self.buf[..n])? {
                 if m.seq != seq {
                     trace!(seq = m.seq, want = seq, "stale netlink message ignored");
                     continue;
                 }
                 match m.body {
-                    Body::Genl { attrs, .. } => family = Some(codec::parse_family_id(attrs)?),
+                    Body::Data(d) => family = Some(genl::parse_family_id(genl::split(d)?.attrs)?),
                     Body::Error { errno } if errno == libc::ENOENT => {
-                        return Err(NetlinkError::NoIpvs)
+                        return Err(NetlinkError::NoFamily(name))
                     }
                     Body::Error { errno } => {
                         return Err(NetlinkError::Kernel {
-                            op: "CTRL_CMD_GETFAMILY".into(),
+                            op: format!("CTRL_CMD_GETFAMILY {name}"),
                             errno,
                         })
                     }
                     Body::Ack | Body::Done => {
-                        return family.ok_or(NetlinkError::NoIpvs);
+                        return family.ok_or(NetlinkError::NoFamily(name));
                     }
                 }
             }
         }
     }
 
-    fn send(&self, bytes: &[u8]) -> Result<(), NetlinkError> {
+    pub fn send(&self, bytes: &[u8]) -> Result<(), NetlinkError> {
         let mut addr = sockaddr_kernel();
         // SAFETY: `bytes` is a live slice for the duration of the call; `addr` is a valid sockaddr_nl and its
         // exact size is passed; the fd is owned by `self`.
@@ -144,7 +137,7 @@ impl IpvsSocket {
         Ok(())
     }
 
-    /// Receives one datagram into `self.buf`; returns its length.
+    /// Receives one datagram into the socket's buffer; returns its length.
     fn recv(&mut self) -> Result<usize, NetlinkError> {
         loop {
             // SAFETY: `self.buf` is a live, writable buffer of the length passed; the fd is owned by `self`.
@@ -171,24 +164,54 @@ impl IpvsSocket {
         }
     }
 
-    /// Sends one change and waits for its ACK.
-    pub fn execute(&mut self, req: &IpvsRequest) -> Result<(), NetlinkError> {
-        self.execute_batch(std::slice::from_ref(req))
-            .pop()
-            .unwrap_or_else(|| Err(NetlinkError::NoReply(describe(req))))
+    /// Sends one change (framed by `encode(seq, pid)`) and waits for its ACK.
+    pub fn execute(
+        &mut self,
+        op: &str,
+        encode: impl Fn(u32, u32) -> Vec<u8>,
+    ) -> Result<(), NetlinkError> {
+        let seq = self.next_seq();
+        let msg = encode(seq, self.pid);
+        trace!(seq, op, len = msg.len(), "netlink request");
+        self.send(&msg)?;
+        loop {
+            let n = self.recv()?;
+            for m in decode_messages(&self.buf[..n])? {
+                if m.seq != seq {
+                    trace!(seq = m.seq, want = seq, "stale netlink message ignored");
+                    continue;
+                }
+                match m.body {
+                    Body::Ack => return Ok(()),
+                    Body::Error { errno } => {
+                        return Err(NetlinkError::Kernel {
+                            op: op.to_owned(),
+                            errno,
+                        })
+                    }
+                    _ => continue,
+                }
+            }
+        }
     }
 
     /// Sends changes in batches (several messages per `send`) and returns one result per request, in order.
-    /// The kernel processes the messages of a batch one by one, so a refused one does not stop the rest.
-    pub fn execute_batch(&mut self, reqs: &[IpvsRequest]) -> Vec<Result<(), NetlinkError>> {
+    /// `encode(req, seq, pid)` frames one request; `describe` names it in errors. The kernel processes the
+    /// messages of a batch one by one, so a refused one does not stop the rest.
+    pub fn execute_batch<R>(
+        &mut self,
+        reqs: &[R],
+        encode: impl Fn(&R, u32, u32) -> Vec<u8>,
+        describe: impl Fn(&R) -> String,
+    ) -> Vec<Result<(), NetlinkError>> {
         let mut results = Vec::with_capacity(reqs.len());
         for chunk in reqs.chunks(BATCH) {
             let first = self.seq.wrapping_add(1);
             let mut out = Vec::with_capacity(chunk.len() * 128);
             for req in chunk {
                 let seq = self.next_seq();
-                let msg = req.encode(self.family, seq, self.pid);
-                trace!(seq, cmd = req.cmd(), len = msg.len(), "netlink request");
+                let msg = encode(req, seq, self.pid);
+                trace!(seq, len = msg.len(), "netlink request");
                 out.extend_from_slice(&msg);
             }
             let mut chunk_results: Vec<Option<Result<(), NetlinkError>>> =
@@ -203,7 +226,7 @@ impl IpvsSocket {
                         }));
                     }
                 }
-                Ok(()) => self.collect_acks(first, chunk, &mut chunk_results),
+                Ok(()) => self.collect_acks(first, chunk, &describe, &mut chunk_results),
             }
             results.extend(
                 chunk_results
@@ -215,10 +238,11 @@ impl IpvsSocket {
         results
     }
 
-    fn collect_acks(
+    fn collect_acks<R>(
         &mut self,
         first: u32,
-        chunk: &[IpvsRequest],
+        chunk: &[R],
+        describe: &impl Fn(&R) -> String,
         slots: &mut [Option<Result<(), NetlinkError>>],
     ) {
         let mut pending = chunk.len();
@@ -230,7 +254,7 @@ impl IpvsSocket {
                     return;
                 }
             };
-            let msgs = match codec::decode_messages(&self.buf[..n]) {
+            let msgs = match decode_messages(&self.buf[..n]) {
                 Ok(m) => m,
                 Err(e) => {
                     tracing::warn!(error = %e, "netlink: undecodable reply");
@@ -260,18 +284,20 @@ impl IpvsSocket {
         }
     }
 
-    /// Runs a dump request and returns each reply's attribute block, parsed by `parse`.
-    fn dump<T>(
+    /// Runs a dump request (framed by `encode(seq, pid)`) and returns each reply's payload parsed by `parse`
+    /// (`msg_type`, payload after the `nlmsghdr`); `parse` returning `None` skips a message.
+    pub fn dump<T>(
         &mut self,
-        req: &IpvsRequest,
-        mut parse: impl FnMut(&[u8]) -> Result<T, DecodeError>,
+        op: &str,
+        encode: impl FnOnce(u32, u32) -> Vec<u8>,
+        mut parse: impl FnMut(u16, &[u8]) -> Result<Option<T>, DecodeError>,
     ) -> Result<Vec<T>, NetlinkError> {
         let seq = self.next_seq();
-        self.send(&req.encode(self.family, seq, self.pid))?;
+        self.send(&encode(seq, self.pid))?;
         let mut out = Vec::new();
         loop {
             let n = self.recv()?;
-            let msgs = codec::decode_messages(&self.buf[..n])?;
+            let msgs = decode_messages(&self.buf[..n])?;
             for m in msgs {
                 if m.seq != seq {
                     trace!(seq = m.seq, want = seq, "stale netlink message ignored");
@@ -281,15 +307,17 @@ impl IpvsSocket {
                     Body::Done => return Ok(out),
                     Body::Error { errno } => {
                         return Err(NetlinkError::Kernel {
-                            op: describe(req),
+                            op: op.to_owned(),
                             errno,
                         })
                     }
-                    // Dumps are sent with NLM_F_ACK like ipvsadm does; the kernel does not ack a started
+                    // Dumps may be sent with NLM_F_ACK like ipvsadm does; the kernel does not ack a started
                     // dump, but an ack is never the end of one: DONE is.
                     Body::Ack => continue,
-                    Body::Genl { attrs, .. } => {
-                        out.push(parse(attrs)?);
+                    Body::Data(d) => {
+                        if let Some(item) = parse(m.msg_type, d)? {
+                            out.push(item);
+                        }
                         if m.flags & NLM_F_MULTI == 0 && m.msg_type != NLMSG_ERROR {
                             return Ok(out);
                         }
@@ -297,44 +325,6 @@ impl IpvsSocket {
                 }
             }
         }
-    }
-
-    pub fn services(&mut self) -> Result<Vec<ServiceEntry>, NetlinkError> {
-        self.dump(&IpvsRequest::DumpServices, codec::parse_service)
-    }
-
-    pub fn dests(&mut self, key: &ServiceKey) -> Result<Vec<DestEntry>, NetlinkError> {
-        let family = key.family();
-        self.dump(&IpvsRequest::DumpDests(*key), |a| {
-            codec::parse_dest(a, family)
-        })
-    }
-
-    /// The kernel's whole IPVS table, services and destinations sorted.
-    pub fn table(&mut self) -> Result<IpvsTable, NetlinkError> {
-        let mut services = self.services()?;
-        services.sort_by_key(|s| s.service.key);
-        let mut table = IpvsTable::default();
-        for s in services {
-            let mut dests = self.dests(&s.service.key)?;
-            dests.sort_by_key(|d| d.dest.key);
-            table.services.push((s, dests));
-        }
-        Ok(table)
-    }
-}
-
-/// A short name for a request in errors and logs.
-pub fn describe(req: &IpvsRequest) -> String {
-    match req {
-        IpvsRequest::NewService(s) => format!("add service {}", s.key),
-        IpvsRequest::SetService(s) => format!("edit service {}", s.key),
-        IpvsRequest::DelService(k) => format!("delete service {k}"),
-        IpvsRequest::DumpServices => "dump services".into(),
-        IpvsRequest::NewDest(k, d) => format!("add destination {} to {k}", d.key),
-        IpvsRequest::SetDest(k, d) => format!("edit destination {} of {k}", d.key),
-        IpvsRequest::DelDest(k, d) => format!("delete destination {d} of {k}"),
-        IpvsRequest::DumpDests(k) => format!("dump destinations of {k}"),
     }
 }
 
@@ -346,14 +336,14 @@ fn sockaddr_kernel() -> libc::sockaddr_nl {
     addr
 }
 
-fn open_socket() -> Result<OwnedFd, NetlinkError> {
+fn open_socket(protocol: libc::c_int) -> Result<OwnedFd, NetlinkError> {
     // SAFETY: plain syscall with constant arguments; the result is checked before use.
     #[allow(unsafe_code)]
     let raw = unsafe {
         libc::socket(
             libc::AF_NETLINK,
             libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-            libc::NETLINK_GENERIC,
+            protocol,
         )
     };
     if raw < 0 {
@@ -398,7 +388,20 @@ fn set_opt<T>(
     name: libc::c_int,
     val: &T,
 ) -> Result<(), NetlinkError> {
-    // SAFETY: `val` points to a live `T` and its exact size is passed.
+    setsockopt(fd, level, name, val).map_err(|source| NetlinkError::Io {
+        op: "setsockopt",
+        source,
+    })
+}
+
+/// `setsockopt(2)` with a typed value: the one unsafe call every socket of the agent (netlink, VRRP) uses.
+pub(crate) fn setsockopt<T>(
+    fd: &OwnedFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    val: &T,
+) -> io::Result<()> {
+    // SAFETY: `val` points to a live `T` and its exact size is passed; the fd is owned by the caller.
     #[allow(unsafe_code)]
     let rc = unsafe {
         libc::setsockopt(
@@ -410,7 +413,7 @@ fn set_opt<T>(
         )
     };
     if rc < 0 {
-        return Err(last_os_error("setsockopt"));
+        return Err(io::Error::last_os_error());
     }
     Ok(())
 }
@@ -437,19 +440,14 @@ fn local_port_id(fd: &OwnedFd) -> Result<u32, NetlinkError> {
 mod tests {
     use super::*;
 
-    /// The host kernel has no IPVS (it runs in the guest tests), so opening must fail with a typed error,
-    /// never hang or panic. With ip_vs loaded, it must succeed.
+    /// Any kernel has the generic netlink controller; an unknown family is a typed error, never a hang.
     #[test]
-    fn open_resolves_the_family_or_reports_no_ipvs() {
-        match IpvsSocket::open() {
-            Ok(mut s) => {
-                assert_ne!(s.family(), 0);
-                assert!(s.table().is_ok());
-            }
-            Err(e) => assert!(
-                matches!(e, NetlinkError::NoIpvs | NetlinkError::Io { .. }),
-                "{e}"
-            ),
-        }
+    fn resolves_the_controller_and_refuses_an_unknown_family() {
+        let mut s = NetlinkSocket::open(libc::NETLINK_GENERIC).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(s.resolve_family("nlctrl").ok(), Some(genl::GENL_ID_CTRL));
+        assert!(matches!(
+            s.resolve_family("lbfleet-nofam"),
+            Err(NetlinkError::NoFamily(_))
+        ));
     }
 }

@@ -1,0 +1,546 @@
+//! The agent's daemon: one loop that consumes typed [`Event`]s. Each subsystem is a task that sends events
+//! (the role source in `server` or `file`, the resync ticker, the VRRP instance in `crate::vrrp::tasks`, and
+//! later the health checker); the loop owns the reconciler and the report, so adding a subsystem means adding
+//! an `Event` variant and its arm in [`Daemon::handle`], never a new branch of a string match.
+
+pub mod file;
+pub mod server;
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use lbfleet_proto::{AgentReport, RoleDocument, VrrpState, VrrpTransition};
+use tokio::sync::{mpsc, watch};
+use tracing::{info, warn};
+
+use crate::client::ClientError;
+use crate::ipvs::codec::{SyncDaemon, SyncState};
+use crate::ipvs::IpvsSocket;
+use crate::reconcile::{self, Applier, ApplyError, HealthResults, ReconcileOutcome, Reconciler};
+use crate::state::{StateDir, StateError};
+use crate::status;
+use crate::vrrp::tasks::VrrpSupervisor;
+
+pub use file::apply_file;
+pub use server::{run, Backoff, RunConfig};
+
+/// Why the agent stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("enrollment refused: {0}")]
+    EnrollRefused(ClientError),
+    #[error("the server refused the node credential: {0}")]
+    CredentialRefused(ClientError),
+    #[error("no enrollment token and no saved credential: pass --token or lbfleet.token= on the kernel command line")]
+    NoCredential,
+    #[error("no MAC address for enrollment: no BOOTIF= on the kernel command line; pass --mac")]
+    NoMac,
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error(transparent)]
+    Client(ClientError),
+    #[error("cannot read the IPVS table: {0}")]
+    Observe(ApplyError),
+    #[error("the apply task failed: {0}")]
+    Task(String),
+}
+
+/// Where a role document came from; decides how the first pass learns the kernel's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RoleOrigin {
+    /// The role saved in the state directory, served before the server answers.
+    Saved,
+    /// The server's long-poll.
+    Server,
+    /// The standalone role file.
+    File,
+}
+
+/// A change of this node's VRRP state, as the VRRP task reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VrrpStatus {
+    pub state: VrrpState,
+    /// The master's address as this node sees it.
+    pub master: Option<std::net::Ipv4Addr>,
+}
+
+/// Everything the daemon loop reacts to.
+#[derive(Debug)]
+pub enum Event {
+    /// A role document to apply (server poll, saved role, role file).
+    NewRole {
+        role: Box<RoleDocument>,
+        origin: RoleOrigin,
+    },
+    /// Periodic: re-read the kernel and repair out-of-band changes.
+    Resync,
+    /// A failed pass's retry timer expired.
+    Retry,
+    /// Fast passes are done and no newer role is waiting: read the counters and report.
+    ReportDue,
+    /// The VRRP instance changed state (sent by `crate::vrrp::tasks`).
+    VrrpTransition {
+        status: VrrpStatus,
+        transition: VrrpTransition,
+    },
+    /// The master this node follows changed without a state change (a Backup heard a new master).
+    VrrpMasterChanged(VrrpStatus),
+    /// New real-server health results (sent by the health checker): rebuild the desired state with them.
+    HealthChange(HealthResults),
+    /// A role source hit a refusal retrying cannot fix.
+    Fatal(AgentError),
+    /// Stop: release the VIPs, stop the sync daemon, return.
+    Shutdown,
+}
+
+/// Settings of one daemon loop.
+#[derive(Debug)]
+pub(crate) struct LoopConfig {
+    pub state_dir: PathBuf,
+    pub resync: Duration,
+    pub image_version: Option<String>,
+    /// Save each new server role in the state directory (server mode).
+    pub save_roles: bool,
+    /// Where reports go (server mode); `None` keeps them local (the status file only).
+    pub report: Option<watch::Sender<Option<AgentReport>>>,
+    /// Standalone mode: every applying pass logs "role file applied" (scripts wait for that line).
+    pub log_file_passes: bool,
+}
+
+/// Aborts a task when dropped (a subsystem's task lives as long as its owner).
+#[derive(Debug)]
+pub(crate) struct AbortOnDrop<T>(pub tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// How a pass learns the kernel's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pass {
+    /// Read the kernel first (start-up, resync).
+    Full,
+    /// Plan against what is known (a role change); nothing is read.
+    Fast,
+    /// Only read the table (counters for the report after fast passes).
+    Read,
+}
+
+/// Runs a reconcile pass on a blocking thread (netlink calls block) and hands the reconciler back.
+async fn reconcile_blocking(
+    reconciler: Reconciler,
+    desired: reconcile::IpvsState,
+    pass: Pass,
+) -> Result<(Reconciler, Result<ReconcileOutcome, ApplyError>), AgentError> {
+    tokio::task::spawn_blocking(move || {
+        let mut reconciler = reconciler;
+        let r = match pass {
+            Pass::Full => reconciler.full(&desired),
+            Pass::Fast => reconciler.fast(&desired),
+            Pass::Read => reconciler.observe().map(|table| ReconcileOutcome {
+                table,
+                ..Default::default()
+            }),
+        };
+        (reconciler, r)
+    })
+    .await
+    .map_err(|e| AgentError::Task(e.to_string()))
+}
+
+/// First delay before a failed pass is retried.
+const RETRY_INITIAL: Duration = Duration::from_millis(500);
+/// Transitions kept for the next report and for `status` (older ones are dropped).
+const TRANSITIONS_KEPT: usize = 32;
+
+/// The loop's state: what the kernel should hold, what was applied, what the next report says.
+struct Daemon {
+    config: LoopConfig,
+    state: StateDir,
+    started: Instant,
+    reconciler: Option<Reconciler>,
+    health: HealthResults,
+    role: Option<RoleDocument>,
+    desired: reconcile::IpvsState,
+    role_errors: Vec<String>,
+    applied_generation: u64,
+    /// A pass that failed (an operation refused, the table unreadable) is retried soon, with backoff capped
+    /// at the resync interval, instead of waiting for the next resync.
+    retry_at: Option<tokio::time::Instant>,
+    retry_delay: Duration,
+    /// After a role change the report needs the kernel's counters, which means reading the whole table (one
+    /// dump per service). That read waits until no newer role is queued, so a burst of role changes is applied
+    /// back to back and reported once.
+    report_due: bool,
+    pending_errors: Vec<String>,
+    last_outcome: Option<ReconcileOutcome>,
+    last_services: Vec<lbfleet_proto::ServiceReport>,
+    vrrp: Option<VrrpStatus>,
+    /// The most recent transitions, oldest first (reports and `status`).
+    transitions: Vec<VrrpTransition>,
+    /// The VRRP instance of the current role (VIPs, GARP).
+    vrrp_task: VrrpSupervisor,
+    /// The connection-sync daemon last put in place.
+    sync_daemon: Option<SyncDaemon>,
+    /// Handed to subsystems so they can send events.
+    events_tx: mpsc::Sender<Event>,
+    /// The next pass applies the role saved before a restart (logged as such).
+    saved_pass: bool,
+}
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Runs the daemon loop until `shutdown` or a fatal event. Returns the last pass's outcome.
+pub(crate) async fn run_loop(
+    config: LoopConfig,
+    applier: Box<dyn Applier>,
+    events_tx: mpsc::Sender<Event>,
+    mut events: mpsc::Receiver<Event>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<Option<ReconcileOutcome>, AgentError> {
+    tokio::pin!(shutdown);
+    let mut d = Daemon {
+        state: StateDir::new(&config.state_dir),
+        started: Instant::now(),
+        reconciler: Some(Reconciler::new(applier)),
+        health: HealthResults::default(),
+        role: None,
+        desired: Default::default(),
+        role_errors: Vec::new(),
+        applied_generation: 0,
+        retry_at: None,
+        retry_delay: RETRY_INITIAL,
+        report_due: false,
+        pending_errors: Vec::new(),
+        last_outcome: None,
+        last_services: Vec::new(),
+        vrrp: None,
+        transitions: Vec::new(),
+        vrrp_task: VrrpSupervisor::new(),
+        sync_daemon: None,
+        events_tx,
+        saved_pass: false,
+        config,
+    };
+    let resync_every = d.config.resync;
+    let mut resync =
+        tokio::time::interval_at(tokio::time::Instant::now() + resync_every, resync_every);
+    resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let event = next_event(
+            d.report_due,
+            d.retry_at,
+            &mut events,
+            &mut resync,
+            shutdown.as_mut(),
+        )
+        .await;
+        match event {
+            Event::Shutdown => break,
+            Event::Fatal(e) => {
+                d.shutdown().await;
+                return Err(e);
+            }
+            event => {
+                if let Err(e) = d.handle(event).await {
+                    d.shutdown().await;
+                    return Err(e);
+                }
+            }
+        }
+    }
+    d.shutdown().await;
+    Ok(d.last_outcome)
+}
+
+/// Waits for the next event from any source. Roles and subsystem events come first; a due report waits until
+/// none is queued.
+async fn next_event(
+    report_due: bool,
+    retry_at: Option<tokio::time::Instant>,
+    events: &mut mpsc::Receiver<Event>,
+    resync: &mut tokio::time::Interval,
+    shutdown: std::pin::Pin<&mut impl Future<Output = ()>>,
+) -> Event {
+    tokio::select! {
+            biased;
+            _ = shutdown => Event::Shutdown,
+            ev = events.recv() => ev.unwrap_or(Event::Shutdown),
+            _ = std::future::ready(()), if report_due => Event::ReportDue,
+            _ = resync.tick() => Event::Resync,
+            _ = async {
+                match retry_at {
+                    Some(t) => tokio::time::sleep_until(t).await,
+                    None => std::future::pending().await,
+                }
+            } => Event::Retry,
+    }
+}
+
+impl Daemon {
+    async fn handle(&mut self, event: Event) -> Result<(), AgentError> {
+        let is_resync = matches!(event, Event::Resync);
+        let pass = match event {
+            Event::NewRole { role, origin } => {
+                let first = self.role.is_none();
+                info!(
+                    generation = role.generation,
+                    services = role.services.len(),
+                    ?origin,
+                    "new role"
+                );
+                if origin == RoleOrigin::Server && self.config.save_roles {
+                    if let Err(e) = self.state.save_role(&role) {
+                        warn!(error = %e, "cannot save the role");
+                    }
+                }
+                self.set_role(*role, true);
+                self.saved_pass = origin == RoleOrigin::Saved;
+                let vrrp = self.role.as_ref().and_then(|r| r.vrrp.clone());
+                if vrrp.is_none() && self.vrrp.is_some() {
+                    self.vrrp = None;
+                }
+                self.vrrp_task.apply(vrrp.as_ref(), &self.events_tx).await;
+                if vrrp.is_none() {
+                    self.set_sync_daemon(None).await;
+                }
+                if first || origin == RoleOrigin::Saved {
+                    Pass::Full
+                } else {
+                    Pass::Fast
+                }
+            }
+            Event::HealthChange(results) => {
+                self.health = results;
+                if let Some(role) = self.role.take() {
+                    // Health changed: rebuild without reuse (reused entries carry the old weights).
+                    self.set_role(role, false);
+                }
+                Pass::Fast
+            }
+            Event::VrrpTransition { status, transition } => {
+                info!(
+                    from = %transition.from,
+                    to = %transition.to,
+                    reason = %transition.reason,
+                    master = ?status.master,
+                    "VRRP transition"
+                );
+                let want = self
+                    .role
+                    .as_ref()
+                    .and_then(|r| r.vrrp.as_ref())
+                    .and_then(|v| {
+                        let state = match status.state {
+                            VrrpState::Master => SyncState::Master,
+                            VrrpState::Backup => SyncState::Backup,
+                            _ => return None,
+                        };
+                        v.conn_sync.as_ref().map(|c| SyncDaemon {
+                            state,
+                            interface: c.interface.clone(),
+                            sync_id: c.sync_id,
+                        })
+                    });
+                self.vrrp = Some(status);
+                self.transitions.push(transition);
+                self.set_sync_daemon(want).await;
+                let excess = self.transitions.len().saturating_sub(TRANSITIONS_KEPT);
+                self.transitions.drain(..excess);
+                self.publish(self.last_services.clone());
+                return Ok(());
+            }
+            Event::VrrpMasterChanged(status) => {
+                info!(master = ?status.master, state = %status.state, "VRRP master");
+                self.vrrp = Some(status);
+                self.publish(self.last_services.clone());
+                return Ok(());
+            }
+            Event::ReportDue => Pass::Read,
+            Event::Resync | Event::Retry => Pass::Full,
+            Event::Shutdown | Event::Fatal(_) => return Ok(()),
+        };
+        if pass != Pass::Read {
+            self.retry_at = None;
+        }
+        if self.role.is_none() {
+            self.report_due = false;
+            return Ok(());
+        }
+        self.pass(pass, is_resync).await
+    }
+
+    /// Graceful stop: VRRP hands over (priority 0) and removes the VIPs; the sync daemon stops.
+    async fn shutdown(&mut self) {
+        self.vrrp_task.stop().await;
+        self.set_sync_daemon(None).await;
+    }
+
+    /// Runs the kernel's IPVS connection-sync daemon as `want` says (none: stop ours). Only touches IPVS when
+    /// a sync daemon is or was wanted, so VRRP alone never needs ip_vs.
+    async fn set_sync_daemon(&mut self, want: Option<SyncDaemon>) {
+        if want == self.sync_daemon {
+            return;
+        }
+        let w = want.clone();
+        let r = tokio::task::spawn_blocking(move || {
+            IpvsSocket::open().and_then(|mut s| s.ensure_sync_daemon(w.as_ref()))
+        })
+        .await;
+        match r {
+            Ok(Ok(_)) => {
+                info!(sync_daemon = ?want, "IPVS connection sync set");
+                self.sync_daemon = want;
+            }
+            Ok(Err(e)) => {
+                warn!(error = %e, "cannot set the IPVS connection sync daemon");
+                self.pending_errors
+                    .push(format!("cannot set the IPVS connection sync daemon: {e}"));
+            }
+            Err(e) => warn!(error = %e, "sync daemon task failed"),
+        }
+    }
+
+    fn set_role(&mut self, role: RoleDocument, reuse: bool) {
+        let previous = if reuse {
+            self.role.as_ref().map(|r| (r, &self.desired))
+        } else {
+            None
+        };
+        let (desired, errors) = reconcile::desired_state_reusing(&role, &self.health, previous);
+        for e in &errors {
+            warn!(generation = role.generation, error = %e, "role entry skipped");
+        }
+        self.desired = desired;
+        self.role_errors = errors;
+        self.role = Some(role);
+    }
+
+    async fn pass(&mut self, pass: Pass, resync: bool) -> Result<(), AgentError> {
+        let Some(reconciler) = self.reconciler.take() else {
+            return Err(AgentError::Task("reconciler lost".into()));
+        };
+        let (rec, r) = reconcile_blocking(reconciler, self.desired.clone(), pass).await?;
+        self.reconciler = Some(rec);
+        let generation = self.role.as_ref().map_or(0, |r| r.generation);
+        let services = match r {
+            Ok(out) => {
+                if std::mem::take(&mut self.saved_pass) {
+                    info!(
+                        generation,
+                        planned = out.planned,
+                        applied = out.applied,
+                        failed = out.errors.len(),
+                        "saved role applied"
+                    );
+                } else if out.planned > 0 {
+                    info!(
+                        ?pass,
+                        generation,
+                        planned = out.planned,
+                        applied = out.applied,
+                        failed = out.errors.len(),
+                        "IPVS reconciled"
+                    );
+                }
+                if resync && out.planned > 0 {
+                    warn!(
+                        generation,
+                        repaired = out.applied,
+                        "resync repaired out-of-band IPVS changes"
+                    );
+                    self.pending_errors.push(format!(
+                        "resync repaired {} out-of-band IPVS change(s) ({} failed)",
+                        out.applied,
+                        out.errors.len()
+                    ));
+                }
+                if pass != Pass::Read && self.config.log_file_passes {
+                    info!(
+                        generation,
+                        planned = out.planned,
+                        applied = out.applied,
+                        failed = out.errors.len() + self.role_errors.len(),
+                        "role file applied"
+                    );
+                }
+                if pass != Pass::Read {
+                    if out.converged() && self.role_errors.is_empty() {
+                        self.applied_generation = generation;
+                    }
+                    if out.converged() {
+                        self.retry_delay = RETRY_INITIAL;
+                    } else {
+                        self.arm_retry();
+                    }
+                }
+                self.pending_errors.extend(out.errors.iter().cloned());
+                let fast = pass == Pass::Fast;
+                let services = status::service_reports(&out.table, &self.health);
+                self.last_outcome = Some(out);
+                if fast {
+                    // Counters come from the read that follows once no newer role is waiting.
+                    self.report_due = true;
+                    return Ok(());
+                }
+                services
+            }
+            Err(e) => {
+                self.arm_retry();
+                warn!(error = %e, "cannot read the IPVS table");
+                self.pending_errors
+                    .push(format!("cannot read the IPVS table: {e}"));
+                Vec::new()
+            }
+        };
+        self.report_due = false;
+        self.last_services = services.clone();
+        self.publish(services);
+        Ok(())
+    }
+
+    fn arm_retry(&mut self) {
+        self.retry_at = Some(tokio::time::Instant::now() + self.retry_delay);
+        self.retry_delay = (self.retry_delay * 2).min(self.config.resync.max(RETRY_INITIAL));
+    }
+
+    /// Builds the report: hands it to the reporter (server mode; it sends only the latest) and writes the
+    /// status file `lbfleet-agent status` reads.
+    fn publish(&mut self, services: Vec<lbfleet_proto::ServiceReport>) {
+        let mut errors = std::mem::take(&mut self.pending_errors);
+        errors.extend(self.role_errors.iter().cloned());
+        let report = AgentReport {
+            applied_generation: self.applied_generation,
+            vrrp_state: self.vrrp.as_ref().map(|v| v.state),
+            vrrp_master: self
+                .vrrp
+                .as_ref()
+                .and_then(|v| v.master)
+                .map(|m| m.to_string()),
+            vrrp_transitions: self.transitions.clone(),
+            vrrp_dropped: self.vrrp_task.drops().to_map(),
+            services,
+            errors,
+            agent_version: Some(env!("CARGO_PKG_VERSION").into()),
+            image_version: self.config.image_version.clone(),
+            uptime_s: self.started.elapsed().as_secs(),
+            // Filled in by the reporter.
+            address: None,
+        };
+        if let Err(e) = self.state.save_status(&report) {
+            warn!(error = %e, "cannot write the status file");
+        }
+        if let Some(tx) = &self.config.report {
+            // The reporter sends only the latest; transitions ride along until a newer report replaces it.
+            let _ = tx.send(Some(report));
+        }
+    }
+}

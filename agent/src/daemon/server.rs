@@ -1,0 +1,349 @@
+//! Server mode: the role source (enroll, then long-poll the role with capped exponential backoff and jitter)
+//! and the reporter (posts the newest report, only the latest while the server is down). The daemon loop
+//! (`super`) does the rest.
+
+use std::future::Future;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use lbfleet_proto::{AgentReport, EnrollRequest};
+use rand::Rng;
+use tokio::sync::{mpsc, watch};
+use tracing::{debug, info, warn};
+
+use super::{AgentError, Event, LoopConfig, RoleOrigin};
+use crate::client::ServerClient;
+use crate::reconcile::Applier;
+use crate::state::StateDir;
+
+/// Capped exponential backoff with full jitter.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    pub initial: Duration,
+    pub max: Duration,
+    current: Duration,
+}
+
+impl Backoff {
+    pub fn new(initial: Duration, max: Duration) -> Backoff {
+        Backoff {
+            initial,
+            max,
+            current: initial,
+        }
+    }
+
+    /// The next wait: uniform in [current/2, current], then current doubles up to `max`.
+    pub fn next_delay(&mut self) -> Duration {
+        let cur = self.current;
+        self.current = (self.current * 2).min(self.max);
+        let half = cur / 2;
+        half + rand::thread_rng().gen_range(Duration::ZERO..=half)
+    }
+
+    pub fn reset(&mut self) {
+        self.current = self.initial;
+    }
+}
+
+/// Server-mode settings.
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    pub server: String,
+    /// One-time enrollment token; used when no credential is saved.
+    pub token: Option<String>,
+    pub mac: Option<String>,
+    /// A node credential from an earlier enrollment (overrides the saved one).
+    pub credential: Option<String>,
+    pub state_dir: PathBuf,
+    /// How often the kernel is re-read and repaired.
+    pub resync: Duration,
+    /// Long-poll wait per request.
+    pub poll_wait: Duration,
+    pub backoff_initial: Duration,
+    pub backoff_max: Duration,
+    pub image_version: Option<String>,
+    /// Trust only this server certificate over HTTPS (`lbfleet.server_cert=`).
+    pub server_cert: Option<crate::pin::CertPin>,
+}
+
+impl RunConfig {
+    pub fn new(server: &str, state_dir: impl Into<PathBuf>) -> RunConfig {
+        RunConfig {
+            server: server.to_owned(),
+            token: None,
+            mac: None,
+            credential: None,
+            state_dir: state_dir.into(),
+            resync: Duration::from_secs(10),
+            poll_wait: Duration::from_secs(30),
+            backoff_initial: Duration::from_millis(250),
+            backoff_max: Duration::from_secs(30),
+            image_version: None,
+            server_cert: None,
+        }
+    }
+}
+
+/// Enrolls if needed and returns a client holding a credential.
+async fn connect(config: &RunConfig, state: &StateDir) -> Result<ServerClient, AgentError> {
+    let saved = match config.credential.clone() {
+        Some(c) => Some(c),
+        None => state.load_credential()?,
+    };
+    let mut client = ServerClient::pinned(&config.server, saved, config.server_cert)
+        .map_err(AgentError::Client)?;
+    if client.credential().is_some() {
+        return Ok(client);
+    }
+    let token = config.token.clone().ok_or(AgentError::NoCredential)?;
+    let mac = config.mac.clone().ok_or(AgentError::NoMac)?;
+    let req = EnrollRequest {
+        token,
+        mac: mac.clone(),
+        agent_version: Some(env!("CARGO_PKG_VERSION").into()),
+        image_version: config.image_version.clone(),
+    };
+    let mut backoff = Backoff::new(config.backoff_initial, config.backoff_max);
+    loop {
+        match client.enroll(&req).await {
+            Ok(enrolled) => {
+                info!(node = %enrolled.node, node_id = enrolled.node_id, mac = %mac, "enrolled");
+                state.save_credential(&enrolled.credential)?;
+                return Ok(client);
+            }
+            Err(e) if e.is_transient() => {
+                let delay = backoff.next_delay();
+                warn!(error = %e, retry_ms = delay.as_millis() as u64, "enrollment failed, retrying");
+                tokio::time::sleep(delay).await;
+            }
+            Err(e) => return Err(AgentError::EnrollRefused(e)),
+        }
+    }
+}
+
+/// Long-polls the role forever; sends each newer document. Backs off while the server is unreachable.
+async fn poll_roles(
+    client: ServerClient,
+    mut after: u64,
+    wait: Duration,
+    mut backoff: Backoff,
+    tx: mpsc::Sender<Event>,
+) {
+    let mut was_down = false;
+    loop {
+        match client.poll_role(after, wait).await {
+            Ok(role) => {
+                if was_down {
+                    info!(after, "server reachable again");
+                    was_down = false;
+                }
+                backoff.reset();
+                if let Some(role) = role {
+                    if role.generation > after {
+                        after = role.generation;
+                        if tx
+                            .send(Event::NewRole {
+                                role: Box::new(role),
+                                origin: RoleOrigin::Server,
+                            })
+                            .await
+                            .is_err()
+                        {
+                            return;
+                        }
+                    }
+                }
+            }
+            Err(e) if e.is_transient() => {
+                let delay = backoff.next_delay();
+                if !was_down {
+                    warn!(error = %e, "server unreachable; keeping the current role");
+                    was_down = true;
+                }
+                debug!(retry_ms = delay.as_millis() as u64, "role poll backoff");
+                tokio::time::sleep(delay).await;
+            }
+            Err(e) => {
+                let _ = tx
+                    .send(Event::Fatal(AgentError::CredentialRefused(e)))
+                    .await;
+                return;
+            }
+        }
+    }
+}
+
+/// Posts the newest report; while the server is down, retries with backoff and sends only the latest.
+async fn send_reports(
+    client: ServerClient,
+    server: String,
+    mut rx: watch::Receiver<Option<AgentReport>>,
+    mut backoff: Backoff,
+) {
+    loop {
+        if rx.changed().await.is_err() {
+            return;
+        }
+        loop {
+            let Some(mut report) = rx.borrow_and_update().clone() else {
+                break;
+            };
+            // Here, not in the reconcile loop: resolving the server's name may be slow.
+            report.address = local_address_towards(&server).await;
+            match client.report(&report).await {
+                Ok(()) => {
+                    debug!(generation = report.applied_generation, "report sent");
+                    backoff.reset();
+                    break;
+                }
+                Err(e) => {
+                    let delay = backoff.next_delay();
+                    debug!(error = %e, retry_ms = delay.as_millis() as u64, "report failed");
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        changed = rx.changed() => if changed.is_err() { return },
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Server mode. Returns when `shutdown` completes (Ok) or on a refusal that retrying cannot fix.
+pub async fn run(
+    config: RunConfig,
+    applier: Box<dyn Applier>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), AgentError> {
+    let state = StateDir::new(&config.state_dir);
+    let (events_tx, events_rx) = mpsc::channel(16);
+    // Serve the last role before talking to the server: the server may be down.
+    match state.load_role() {
+        Ok(Some(role)) => {
+            info!(generation = role.generation, "serving the saved role");
+            let _ = events_tx
+                .send(Event::NewRole {
+                    role: Box::new(role),
+                    origin: RoleOrigin::Saved,
+                })
+                .await;
+        }
+        Ok(None) => {}
+        Err(e) => warn!(error = %e, "ignoring the saved role"),
+    }
+    let (report_tx, report_rx) = watch::channel(None);
+    let source = tokio::spawn(role_source(
+        config.clone(),
+        state,
+        events_tx.clone(),
+        report_rx,
+    ));
+    let result = super::run_loop(
+        LoopConfig {
+            state_dir: config.state_dir.clone(),
+            resync: config.resync,
+            image_version: config.image_version.clone(),
+            save_roles: true,
+            report: Some(report_tx),
+            log_file_passes: false,
+        },
+        applier,
+        events_tx,
+        events_rx,
+        shutdown,
+    )
+    .await
+    .map(|_| ());
+    source.abort();
+    result
+}
+
+/// Enrolls (retrying transient failures), then runs the role poller and the reporter until aborted.
+async fn role_source(
+    config: RunConfig,
+    state: StateDir,
+    tx: mpsc::Sender<Event>,
+    report_rx: watch::Receiver<Option<AgentReport>>,
+) {
+    let client = match connect(&config, &state).await {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = tx.send(Event::Fatal(e)).await;
+            return;
+        }
+    };
+    let backoff = Backoff::new(config.backoff_initial, config.backoff_max);
+    let _reporter = super::AbortOnDrop(tokio::spawn(send_reports(
+        client.clone(),
+        config.server.clone(),
+        report_rx,
+        backoff.clone(),
+    )));
+    // Ask from 0: the server answers at once with the current document, which may be newer than the saved one
+    // or (after a server-side restore) the same.
+    poll_roles(client, 0, config.poll_wait, backoff, tx).await;
+}
+
+/// The local address this node uses to reach the server: the source the kernel's routing picks for a UDP
+/// socket connected to the server (connecting a UDP socket sends nothing). Looked up for every report, since a
+/// DHCP renewal may change it; `None` (and the server keeps the last one) when the server's name does not
+/// resolve or no route exists.
+async fn local_address_towards(server: &str) -> Option<String> {
+    let url = reqwest::Url::parse(server).ok()?;
+    let port = url.port_or_known_default()?;
+    let host = url.host_str()?;
+    // IPv6 literals come bracketed ("[2001:db8::1]").
+    let literal = host.trim_start_matches('[').trim_end_matches(']');
+    let target: SocketAddr = match literal.parse::<IpAddr>() {
+        Ok(ip) => (ip, port).into(),
+        Err(_) => tokio::net::lookup_host((host, port)).await.ok()?.next()?,
+    };
+    let unspecified: IpAddr = if target.is_ipv4() {
+        Ipv4Addr::UNSPECIFIED.into()
+    } else {
+        Ipv6Addr::UNSPECIFIED.into()
+    };
+    let sock = std::net::UdpSocket::bind((unspecified, 0)).ok()?;
+    sock.connect(target).ok()?;
+    Some(sock.local_addr().ok()?.ip().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn local_address_is_the_source_towards_the_server() {
+        assert_eq!(
+            local_address_towards("http://127.0.0.1:8080")
+                .await
+                .as_deref(),
+            Some("127.0.0.1")
+        );
+        // Without IPv6 on the host there is no route, and no address to report.
+        let v6 = std::net::UdpSocket::bind("[::1]:0").is_ok();
+        assert_eq!(
+            local_address_towards("http://[::1]:8080").await.as_deref(),
+            v6.then_some("::1")
+        );
+        let by_name = local_address_towards("http://localhost:1").await;
+        assert!(
+            matches!(by_name.as_deref(), Some("127.0.0.1" | "::1")),
+            "{by_name:?}"
+        );
+        assert_eq!(local_address_towards("not a url").await, None);
+    }
+
+    #[test]
+    fn backoff_grows_with_jitter_and_caps() {
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_millis(800));
+        let delays: Vec<Duration> = (0..8).map(|_| b.next_delay()).collect();
+        assert!(delays[0] >= Duration::from_millis(50) && delays[0] <= Duration::from_millis(100));
+        assert!(delays[3] >= Duration::from_millis(400) && delays[3] <= Duration::from_millis(800));
+        assert!(delays.iter().all(|d| *d <= Duration::from_millis(800)));
+        b.reset();
+        assert!(b.next_delay() <= Duration::from_millis(100));
+    }
+}

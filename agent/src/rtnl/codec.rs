@@ -1,0 +1,216 @@
+//! Sans-IO rtnetlink codec for the two things the agent needs: IPv4 addresses (`RTM_NEWADDR`/`RTM_DELADDR`/
+//! `RTM_GETADDR`) and links (`RTM_GETLINK`). Layouts from linux `if_addr.h` and `rtnetlink.h`:
+//!
+//! ```text
+//!  nlmsghdr (16) | ifaddrmsg: family u8 | prefixlen u8 | flags u8 | scope u8 | index u32 | IFA_* attrs
+//!  nlmsghdr (16) | ifinfomsg: family u8 | pad u8 | type u16 | index i32 | flags u32 | change u32 | IFLA_* attrs
+//! ```
+
+use std::net::Ipv4Addr;
+
+use crate::netlink::{
+    message, AttrWriter, Attrs, DecodeError, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL,
+    NLM_F_REQUEST,
+};
+
+pub const RTM_NEWLINK: u16 = 16;
+pub const RTM_GETLINK: u16 = 18;
+pub const RTM_NEWADDR: u16 = 20;
+pub const RTM_DELADDR: u16 = 21;
+pub const RTM_GETADDR: u16 = 22;
+
+pub const IFA_ADDRESS: u16 = 1;
+pub const IFA_LOCAL: u16 = 2;
+pub const IFA_LABEL: u16 = 3;
+
+pub const IFLA_ADDRESS: u16 = 1;
+pub const IFLA_IFNAME: u16 = 3;
+
+pub const IFF_UP: u32 = 0x1;
+pub const IFF_RUNNING: u32 = 0x40;
+
+const AF_INET: u8 = 2;
+const AF_UNSPEC: u8 = 0;
+const IFADDRMSG_LEN: usize = 8;
+const IFINFOMSG_LEN: usize = 16;
+
+/// An IPv4 address with its prefix on one interface.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct InterfaceAddress {
+    pub index: u32,
+    pub address: Ipv4Addr,
+    pub prefix: u8,
+}
+
+/// A network interface as `RTM_GETLINK` reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Link {
+    pub index: u32,
+    pub name: String,
+    /// Hardware address (6 bytes on Ethernet; empty on loopback-like links).
+    pub mac: Vec<u8>,
+    /// Administratively up (`IFF_UP`).
+    pub up: bool,
+    /// Operationally up (`IFF_RUNNING`: carrier and up).
+    pub running: bool,
+}
+
+fn ifaddrmsg(prefix: u8, index: u32) -> [u8; IFADDRMSG_LEN] {
+    let mut h = [0u8; IFADDRMSG_LEN];
+    h[0] = AF_INET;
+    h[1] = prefix;
+    // flags 0, scope RT_SCOPE_UNIVERSE (0)
+    h[4..8].copy_from_slice(&index.to_ne_bytes());
+    h
+}
+
+fn addr_message(msg_type: u16, flags: u16, a: &InterfaceAddress, seq: u32, pid: u32) -> Vec<u8> {
+    let mut w = AttrWriter::default();
+    w.bytes(IFA_LOCAL, &a.address.octets());
+    w.bytes(IFA_ADDRESS, &a.address.octets());
+    let mut payload = ifaddrmsg(a.prefix, a.index).to_vec();
+    payload.extend_from_slice(&w.into_bytes());
+    message(msg_type, flags, seq, pid, &payload)
+}
+
+/// `ip addr add A/P dev IDX`: fails with EEXIST when the address is already there (the caller adopts it).
+pub fn new_address(a: &InterfaceAddress, seq: u32, pid: u32) -> Vec<u8> {
+    addr_message(
+        RTM_NEWADDR,
+        NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
+        a,
+        seq,
+        pid,
+    )
+}
+
+/// `ip addr del A/P dev IDX`: fails with EADDRNOTAVAIL when it is not there.
+pub fn del_address(a: &InterfaceAddress, seq: u32, pid: u32) -> Vec<u8> {
+    addr_message(RTM_DELADDR, NLM_F_REQUEST | NLM_F_ACK, a, seq, pid)
+}
+
+/// Dump of every IPv4 address.
+pub fn dump_addresses(seq: u32, pid: u32) -> Vec<u8> {
+    let mut h = [0u8; IFADDRMSG_LEN];
+    h[0] = AF_INET;
+    message(RTM_GETADDR, NLM_F_REQUEST | NLM_F_DUMP, seq, pid, &h)
+}
+
+/// Dump of every link.
+pub fn dump_links(seq: u32, pid: u32) -> Vec<u8> {
+    let mut h = [0u8; IFINFOMSG_LEN];
+    h[0] = AF_UNSPEC;
+    message(RTM_GETLINK, NLM_F_REQUEST | NLM_F_DUMP, seq, pid, &h)
+}
+
+/// An address from an `RTM_NEWADDR` dump payload; `None` for non-IPv4 entries.
+pub fn parse_address(
+    msg_type: u16,
+    payload: &[u8],
+) -> Result<Option<InterfaceAddress>, DecodeError> {
+    if msg_type != RTM_NEWADDR {
+        return Ok(None);
+    }
+    let h = payload.get(..IFADDRMSG_LEN).ok_or(DecodeError::Truncated {
+        what: "ifaddrmsg",
+        need: IFADDRMSG_LEN,
+        have: payload.len(),
+    })?;
+    if h[0] != AF_INET {
+        return Ok(None);
+    }
+    let attrs = Attrs::parse(&payload[IFADDRMSG_LEN..])?;
+    // IFA_LOCAL is the interface's own address; IFA_ADDRESS is the peer on point-to-point links.
+    let ty = if attrs.get(IFA_LOCAL).is_some() {
+        IFA_LOCAL
+    } else {
+        IFA_ADDRESS
+    };
+    let octets: [u8; 4] = attrs.fixed(ty, "IFA_LOCAL")?;
+    Ok(Some(InterfaceAddress {
+        index: u32::from_ne_bytes([h[4], h[5], h[6], h[7]]),
+        address: Ipv4Addr::from(octets),
+        prefix: h[1],
+    }))
+}
+
+/// A link from an `RTM_NEWLINK` dump payload.
+pub fn parse_link(msg_type: u16, payload: &[u8]) -> Result<Option<Link>, DecodeError> {
+    if msg_type != RTM_NEWLINK {
+        return Ok(None);
+    }
+    let h = payload.get(..IFINFOMSG_LEN).ok_or(DecodeError::Truncated {
+        what: "ifinfomsg",
+        need: IFINFOMSG_LEN,
+        have: payload.len(),
+    })?;
+    let index = u32::from_ne_bytes([h[4], h[5], h[6], h[7]]);
+    let flags = u32::from_ne_bytes([h[8], h[9], h[10], h[11]]);
+    let attrs = Attrs::parse(&payload[IFINFOMSG_LEN..])?;
+    Ok(Some(Link {
+        index,
+        name: attrs.string(IFLA_IFNAME, "IFLA_IFNAME")?,
+        mac: attrs
+            .get(IFLA_ADDRESS)
+            .map(<[u8]>::to_vec)
+            .unwrap_or_default(),
+        up: flags & IFF_UP != 0,
+        running: flags & IFF_RUNNING != 0,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::netlink::decode_messages;
+
+    /// What `ip addr add 198.18.0.10/32 dev <index 7>` sends (iproute2 6.1, strace), minus its
+    /// IFA_FLAGS/IFA_CACHEINFO extras: ifaddrmsg then IFA_LOCAL and IFA_ADDRESS.
+    #[test]
+    fn new_address_bytes() {
+        let a = InterfaceAddress {
+            index: 7,
+            address: "198.18.0.10".parse().unwrap(),
+            prefix: 32,
+        };
+        let got = new_address(&a, 9, 0);
+        #[rustfmt::skip]
+        let want: Vec<u8> = [
+            &[0x28, 0, 0, 0, 20, 0, 0x05, 0x06, 9, 0, 0, 0, 0, 0, 0, 0][..], // len 40, NEWADDR, REQ|ACK|EXCL|CREATE
+            &[2, 32, 0, 0, 7, 0, 0, 0],                                       // AF_INET /32, index 7
+            &[8, 0, 2, 0, 198, 18, 0, 10],                                    // IFA_LOCAL
+            &[8, 0, 1, 0, 198, 18, 0, 10],                                    // IFA_ADDRESS
+        ]
+        .concat();
+        assert_eq!(got, want);
+        let del = del_address(&a, 10, 0);
+        assert_eq!(&del[4..8], &[21, 0, 0x05, 0]);
+        // The kernel's dump entry has the same layout: it parses back.
+        let m = &decode_messages(&got).unwrap()[0];
+        let crate::netlink::Body::Data(payload) = m.body else {
+            panic!()
+        };
+        assert_eq!(parse_address(RTM_NEWADDR, payload).unwrap(), Some(a));
+        assert!(parse_address(RTM_NEWADDR, &payload[..6]).is_err());
+        assert!(parse_address(RTM_NEWADDR, &payload[..12]).is_err());
+    }
+
+    #[test]
+    fn parses_a_link() {
+        #[rustfmt::skip]
+        let payload: Vec<u8> = [
+            &[0, 0, 1, 0, 3, 0, 0, 0][..], &[0x43, 0x10, 1, 0], &[0, 0, 0, 0], // ARPHRD_ETHER, index 3, UP|RUNNING|LOWER_UP
+            &[9, 0, 3, 0, b'e', b't', b'h', b'0', 0, 0, 0, 0],                  // IFLA_IFNAME "eth0"
+            &[10, 0, 1, 0, 2, 0, 0, 0, 0, 1, 0, 0],                             // IFLA_ADDRESS 02:00:00:00:00:01
+        ]
+        .concat();
+        let link = parse_link(RTM_NEWLINK, &payload).unwrap().unwrap();
+        assert_eq!(link.index, 3);
+        assert_eq!(link.name, "eth0");
+        assert_eq!(link.mac, vec![2, 0, 0, 0, 0, 1]);
+        assert!(link.up && link.running);
+        assert_eq!(parse_link(RTM_GETADDR, &payload).unwrap(), None);
+        assert!(parse_link(RTM_NEWLINK, &payload[..10]).is_err());
+    }
+}

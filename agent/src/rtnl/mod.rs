@@ -1,0 +1,96 @@
+//! Route netlink (`NETLINK_ROUTE`) for the VIPs: list links and IPv4 addresses, add and remove an address.
+//! Own code on `crate::netlink` rather than the `rtnetlink` crate: four messages over the framing the agent
+//! already has, blocking like the rest of its netlink use, instead of an async stack (netlink-proto, futures,
+//! netlink-packet-route) for the same four calls.
+
+pub mod codec;
+
+use crate::netlink::{NetlinkError, NetlinkSocket};
+
+pub use codec::{InterfaceAddress, Link};
+
+/// A route netlink socket.
+#[derive(Debug)]
+pub struct RouteSocket {
+    sock: NetlinkSocket,
+}
+
+/// What `add_address` / `remove_address` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AddressChange {
+    /// The kernel added (or removed) it.
+    Done,
+    /// It was already there (or already gone): nothing changed.
+    Unchanged,
+}
+
+impl RouteSocket {
+    pub fn open() -> Result<RouteSocket, NetlinkError> {
+        Ok(RouteSocket {
+            sock: NetlinkSocket::open(libc::NETLINK_ROUTE)?,
+        })
+    }
+
+    pub fn links(&mut self) -> Result<Vec<Link>, NetlinkError> {
+        self.sock
+            .dump("dump links", codec::dump_links, codec::parse_link)
+    }
+
+    /// The link called `name`, if any.
+    pub fn link(&mut self, name: &str) -> Result<Option<Link>, NetlinkError> {
+        Ok(self.links()?.into_iter().find(|l| l.name == name))
+    }
+
+    /// Every IPv4 address on every interface.
+    pub fn addresses(&mut self) -> Result<Vec<InterfaceAddress>, NetlinkError> {
+        self.sock.dump(
+            "dump addresses",
+            codec::dump_addresses,
+            codec::parse_address,
+        )
+    }
+
+    /// Adds the address; an address already present (an agent restarted while MASTER) is adopted.
+    pub fn add_address(&mut self, a: &InterfaceAddress) -> Result<AddressChange, NetlinkError> {
+        let op = format!("add {}/{} on interface {}", a.address, a.prefix, a.index);
+        match self
+            .sock
+            .execute(&op, |seq, pid| codec::new_address(a, seq, pid))
+        {
+            Ok(()) => Ok(AddressChange::Done),
+            Err(e) if e.errno() == Some(libc::EEXIST) => Ok(AddressChange::Unchanged),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Removes the address; one already gone is not an error.
+    pub fn remove_address(&mut self, a: &InterfaceAddress) -> Result<AddressChange, NetlinkError> {
+        let op = format!("delete {}/{} on interface {}", a.address, a.prefix, a.index);
+        match self
+            .sock
+            .execute(&op, |seq, pid| codec::del_address(a, seq, pid))
+        {
+            Ok(()) => Ok(AddressChange::Done),
+            Err(e) if e.errno() == Some(libc::EADDRNOTAVAIL) => Ok(AddressChange::Unchanged),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every host has a loopback link with 127.0.0.1 on it.
+    #[test]
+    fn reads_loopback() {
+        let mut s = RouteSocket::open().unwrap_or_else(|e| panic!("{e}"));
+        let lo = s.link("lo").unwrap_or_else(|e| panic!("{e}"));
+        let lo = lo.unwrap_or_else(|| panic!("no lo"));
+        assert!(lo.up);
+        let addrs = s.addresses().unwrap_or_else(|e| panic!("{e}"));
+        assert!(addrs.iter().any(|a| a.index == lo.index
+            && a.address == std::net::Ipv4Addr::LOCALHOST
+            && a.prefix == 8));
+    }
+}

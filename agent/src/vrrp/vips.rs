@@ -1,0 +1,157 @@
+//! The VIPs of one VRRP instance as kernel addresses: each VIP resolved to its interface (the role's VRRP
+//! interface, or the one the VIP names) with that interface's MAC for gratuitous ARP. Adding an address that is
+//! already there adopts it (an agent restarted while MASTER), removing one already gone is not an error.
+
+use std::net::Ipv4Addr;
+
+use lbfleet_proto::VrrpConfig;
+
+use crate::netlink::NetlinkError;
+use crate::rtnl::{AddressChange, InterfaceAddress, Link, RouteSocket};
+
+/// One VIP on its interface.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Vip {
+    pub address: InterfaceAddress,
+    pub interface: String,
+    /// The interface's MAC (empty when it has none: no gratuitous ARP there).
+    pub mac: Option<[u8; 6]>,
+}
+
+/// Why a role's VRRP settings cannot be run here.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error("interface {0} does not exist")]
+    NoInterface(String),
+    #[error("interface {0} has no IPv4 address to send adverts from")]
+    NoPrimaryAddress(String),
+    #[error("VIP {0:?} is not an IPv4 address/prefix (this agent runs VRRP for IPv4)")]
+    BadVip(String),
+    #[error("unicast peer {0:?} is not an IPv4 address")]
+    BadPeer(String),
+    #[error(transparent)]
+    Netlink(#[from] NetlinkError),
+    #[error("socket: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("{0}")]
+    Config(#[from] super::ConfigError),
+}
+
+/// The VRRP interface, its primary address and the resolved VIPs.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    pub link: Link,
+    pub primary: Ipv4Addr,
+    pub vips: Vec<Vip>,
+    pub peers: Vec<Ipv4Addr>,
+}
+
+fn parse_vip(text: &str) -> Option<(Ipv4Addr, u8)> {
+    let (a, p) = match text.split_once('/') {
+        Some((a, p)) => (a, p.parse::<u8>().ok().filter(|p| *p <= 32)?),
+        None => (text, 32),
+    };
+    Some((a.parse().ok()?, p))
+}
+
+fn mac_of(link: &Link) -> Option<[u8; 6]> {
+    <[u8; 6]>::try_from(link.mac.as_slice()).ok()
+}
+
+/// Resolves interfaces, the primary address and the VIPs of `config` against the running kernel.
+pub fn resolve(rt: &mut RouteSocket, config: &VrrpConfig) -> Result<Resolved, SetupError> {
+    let links = rt.links()?;
+    let find = |name: &str| -> Result<Link, SetupError> {
+        links
+            .iter()
+            .find(|l| l.name == name)
+            .cloned()
+            .ok_or_else(|| SetupError::NoInterface(name.to_owned()))
+    };
+    let link = find(&config.interface)?;
+    let mut vips = Vec::new();
+    for v in &config.vips {
+        let (address, prefix) =
+            parse_vip(&v.address).ok_or_else(|| SetupError::BadVip(v.address.clone()))?;
+        let on = find(v.interface.as_deref().unwrap_or(&config.interface))?;
+        vips.push(Vip {
+            address: InterfaceAddress {
+                index: on.index,
+                address,
+                prefix,
+            },
+            mac: mac_of(&on),
+            interface: on.name,
+        });
+    }
+    let addrs = rt.addresses()?;
+    let primary = addrs
+        .iter()
+        .filter(|a| a.index == link.index)
+        .map(|a| a.address)
+        .find(|a| !vips.iter().any(|v| v.address.address == *a))
+        .ok_or_else(|| SetupError::NoPrimaryAddress(config.interface.clone()))?;
+    let peers = config
+        .unicast_peers
+        .iter()
+        .map(|p| p.parse().map_err(|_| SetupError::BadPeer(p.clone())))
+        .collect::<Result<Vec<Ipv4Addr>, _>>()?;
+    Ok(Resolved {
+        link,
+        primary,
+        vips,
+        peers,
+    })
+}
+
+/// Whether every VIP is on its interface now.
+pub fn all_present(rt: &mut RouteSocket, vips: &[Vip]) -> Result<bool, NetlinkError> {
+    let addrs = rt.addresses()?;
+    Ok(vips.iter().all(|v| addrs.contains(&v.address)))
+}
+
+/// Adds every VIP; returns how many were new (the others were adopted).
+pub fn add_all(rt: &mut RouteSocket, vips: &[Vip]) -> Result<usize, NetlinkError> {
+    let mut added = 0;
+    for v in vips {
+        if rt.add_address(&v.address)? == AddressChange::Done {
+            added += 1;
+        }
+    }
+    Ok(added)
+}
+
+/// Removes every VIP (all are tried even when one fails; the first error is returned).
+pub fn remove_all(rt: &mut RouteSocket, vips: &[Vip]) -> Result<(), NetlinkError> {
+    let mut first = None;
+    for v in vips {
+        if let Err(e) = rt.remove_address(&v.address) {
+            first.get_or_insert(e);
+        }
+    }
+    first.map_or(Ok(()), Err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vip_text() {
+        assert_eq!(
+            parse_vip("198.18.0.10/32"),
+            Some((Ipv4Addr::new(198, 18, 0, 10), 32))
+        );
+        assert_eq!(
+            parse_vip("198.18.2.254/24"),
+            Some((Ipv4Addr::new(198, 18, 2, 254), 24))
+        );
+        assert_eq!(
+            parse_vip("198.18.0.10"),
+            Some((Ipv4Addr::new(198, 18, 0, 10), 32))
+        );
+        assert_eq!(parse_vip("198.18.0.10/33"), None);
+        assert_eq!(parse_vip("2001:db8::1/128"), None);
+        assert_eq!(parse_vip("x/1"), None);
+    }
+}

@@ -1,0 +1,143 @@
+//! Login flood (issue 13): 2,000 failed logins with random user names, 200 at a time, from one address, against
+//! the real `lbfleet-server` binary. Its RSS must stay under 256 MiB and a login from another address must
+//! succeed within 2 s meanwhile. Before the login gate, argon2 ran unbounded (19 MiB per check) and the server
+//! grew to gigabytes; the watchdog here stops the flood as soon as RSS passes the bound, so a regression fails
+//! fast instead of exhausting the machine.
+
+#![allow(clippy::unwrap_used)]
+
+mod process;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rand::distributions::{Alphanumeric, DistString};
+
+const RSS_LIMIT_KIB: u64 = 256 * 1024;
+const FLOOD: usize = 2_000;
+const CONCURRENCY: usize = 200;
+
+fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn login_flood_keeps_memory_bounded_and_other_addresses_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = process::ServerProcess::start(dir.path(), None, &[]);
+    let (pid, addr, password) = (
+        server.pid(),
+        server.addr.clone(),
+        server.admin_password.clone(),
+    );
+    let url = format!("http://{addr}/api/v1/login");
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let peak = Arc::new(AtomicU64::new(rss_kib(pid).unwrap()));
+    let watchdog = {
+        let (stop, peak) = (stop.clone(), peak.clone());
+        tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                if let Some(kib) = rss_kib(pid) {
+                    peak.fetch_max(kib, Ordering::Relaxed);
+                    if kib > RSS_LIMIT_KIB {
+                        stop.store(true, Ordering::Relaxed);
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+
+    let flood_client = reqwest::Client::builder()
+        .pool_max_idle_per_host(CONCURRENCY)
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let next = Arc::new(AtomicUsize::new(0));
+    let done = Arc::new(AtomicUsize::new(0));
+    let statuses = Arc::new(std::sync::Mutex::new(std::collections::BTreeMap::new()));
+    let flood_started = Instant::now();
+    let mut workers = Vec::new();
+    for _ in 0..CONCURRENCY {
+        let (client, url, next, done, stop, statuses) = (
+            flood_client.clone(),
+            url.clone(),
+            next.clone(),
+            done.clone(),
+            stop.clone(),
+            statuses.clone(),
+        );
+        workers.push(tokio::spawn(async move {
+            while next.fetch_add(1, Ordering::Relaxed) < FLOOD && !stop.load(Ordering::Relaxed) {
+                let name = Alphanumeric.sample_string(&mut rand::thread_rng(), 12);
+                let status = match client
+                    .post(&url)
+                    .json(&serde_json::json!({"username": name, "password": "wrong-password"}))
+                    .send()
+                    .await
+                {
+                    Ok(r) => r.status().as_u16(),
+                    Err(_) => 0,
+                };
+                *statuses.lock().unwrap().entry(status).or_insert(0usize) += 1;
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+
+    // While the flood runs: the real admin logs in from another loopback address.
+    let t = Instant::now();
+    while done.load(Ordering::Relaxed) < 100 && t.elapsed() < Duration::from_secs(30) {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let other = reqwest::Client::builder()
+        .local_address(std::net::IpAddr::from([127, 0, 0, 2]))
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let t = Instant::now();
+    let resp = other
+        .post(&url)
+        .json(&serde_json::json!({"username": "admin", "password": password}))
+        .send()
+        .await;
+    let legit_elapsed = t.elapsed();
+    let in_flood = done.load(Ordering::Relaxed) < FLOOD;
+
+    for w in workers {
+        w.await.unwrap();
+    }
+    let flood_elapsed = flood_started.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    watchdog.await.unwrap();
+    let peak_kib = peak.load(Ordering::Relaxed);
+    let statuses = statuses.lock().unwrap().clone();
+    eprintln!(
+        "flood: {} requests in {flood_elapsed:?}, statuses {statuses:?}, peak RSS {} MiB; \
+         other address logged in after {legit_elapsed:?} (during the flood: {in_flood})",
+        done.load(Ordering::Relaxed),
+        peak_kib / 1024
+    );
+    assert!(
+        peak_kib <= RSS_LIMIT_KIB,
+        "server RSS reached {} MiB (limit 256 MiB)",
+        peak_kib / 1024
+    );
+    assert_eq!(done.load(Ordering::Relaxed), FLOOD, "the whole flood ran");
+    assert!(
+        statuses.keys().all(|s| *s == 401 || *s == 429),
+        "flood answers must be 401 or 429: {statuses:?}"
+    );
+    let resp = resp.expect("login from another address answered");
+    assert_eq!(resp.status().as_u16(), 200, "login from another address");
+    assert!(
+        legit_elapsed < Duration::from_secs(2),
+        "login from another address took {legit_elapsed:?}"
+    );
+    // The server is still healthy afterwards.
+    drop(server);
+}

@@ -1,0 +1,524 @@
+//! A small network-namespace lab for the VRRP tests and benchmark, on the host kernel: one switch namespace
+//! with a bridge, load-balancer namespaces each with `eth0` on it and `int0` on a second
+//! bridge (the internal network, for internal VIPs), and a
+//! prober namespace. Names carry a per-lab suffix (pid + counter), addresses come from 198.18.0.0/24, and
+//! everything the lab started or created (processes by PID, namespaces by name) is removed on drop, also when
+//! a test panics. The contenders (`start_agent`, `start_keepalived`) and the prober are shared by the tests
+//! (`tests/vrrp_netns.rs`) and the benchmark (`bench/src/vrrp.rs`). Setup failures panic: they are test
+//! failures.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::guest::workspace_binary;
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+/// Fails (or, outside CI with `LBFLEET_SKIP_NETNS=1`, skips) when the lab cannot run here: it needs root, `ip`
+/// and, for the interop tests, keepalived. Returns `false` to skip.
+pub fn require(keepalived: bool) -> bool {
+    let mut missing = Vec::new();
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false);
+    if !root {
+        missing.push("root");
+    }
+    if !Path::new("/usr/sbin/ip").exists() && !Path::new("/sbin/ip").exists() {
+        missing.push("iproute2 (ip)");
+    }
+    if keepalived && !Path::new("/usr/sbin/keepalived").exists() {
+        missing.push("keepalived");
+    }
+    if missing.is_empty() {
+        return true;
+    }
+    let ci = std::env::var("CI").is_ok_and(|v| v == "true");
+    let opt_out = std::env::var("LBFLEET_SKIP_NETNS").is_ok_and(|v| v == "1");
+    if opt_out && !ci {
+        eprintln!("netns test SKIPPED by LBFLEET_SKIP_NETNS=1: missing {missing:?}");
+        return false;
+    }
+    panic!(
+        "netns test needs {missing:?} (make deps; run as root) (CI={})",
+        if ci { "true" } else { "unset" }
+    );
+}
+
+/// Runs `ip` with `args`; panics with its stderr on failure (lab setup errors are test failures).
+pub fn ip(args: &[&str]) {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("ip {args:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "ip {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// One lab: its namespaces, processes and scratch directory.
+#[derive(Debug)]
+pub struct Lab {
+    pub suffix: String,
+    pub switch: String,
+    pub dir: tempfile::TempDir,
+    namespaces: Vec<String>,
+    children: Vec<(String, Child)>,
+    ports: u32,
+}
+
+impl Lab {
+    /// A switch namespace with bridge `br0` (multicast snooping off, so 224.0.0.18 floods like on a plain
+    /// switch).
+    pub fn new(tag: &str) -> Lab {
+        let suffix = format!(
+            "{tag}{}x{}",
+            std::process::id() % 100_000,
+            NEXT.fetch_add(1, Ordering::SeqCst)
+        );
+        let mut lab = Lab {
+            switch: format!("sw-{suffix}"),
+            suffix,
+            dir: tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}")),
+            namespaces: Vec::new(),
+            children: Vec::new(),
+            ports: 0,
+        };
+        let sw = lab.switch.clone();
+        lab.add_ns(&sw);
+        ip(&[
+            "-n",
+            &sw,
+            "link",
+            "add",
+            "br0",
+            "type",
+            "bridge",
+            "mcast_snooping",
+            "0",
+        ]);
+        ip(&["-n", &sw, "link", "set", "br0", "up"]);
+        ip(&[
+            "-n",
+            &sw,
+            "link",
+            "add",
+            "br1",
+            "type",
+            "bridge",
+            "mcast_snooping",
+            "0",
+        ]);
+        ip(&["-n", &sw, "link", "set", "br1", "up"]);
+        lab
+    }
+
+    fn add_ns(&mut self, name: &str) {
+        ip(&["netns", "add", name]);
+        self.namespaces.push(name.to_owned());
+        ip(&["-n", name, "link", "set", "lo", "up"]);
+    }
+
+    /// A host namespace `<role>-<suffix>` with `eth0` = `address`/24 on the switch and `int0` on the internal
+    /// bridge.
+    pub fn host(&mut self, role: &str, address: &str) -> String {
+        let ns = format!("{role}-{}", self.suffix);
+        self.add_ns(&ns);
+        self.ports += 1;
+        let port = format!("p{}", self.ports);
+        ip(&[
+            "-n",
+            &self.switch,
+            "link",
+            "add",
+            &port,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            &ns,
+        ]);
+        ip(&[
+            "-n",
+            &self.switch,
+            "link",
+            "set",
+            &port,
+            "master",
+            "br0",
+            "up",
+        ]);
+        ip(&[
+            "-n",
+            &ns,
+            "addr",
+            "add",
+            &format!("{address}/24"),
+            "dev",
+            "eth0",
+        ]);
+        ip(&["-n", &ns, "link", "set", "eth0", "up"]);
+        // The internal network (real servers, internal VIP 198.18.2.254) on the second bridge.
+        let iport = format!("i{}", self.ports);
+        ip(&[
+            "-n",
+            &self.switch,
+            "link",
+            "add",
+            &iport,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "int0",
+            "netns",
+            &ns,
+        ]);
+        ip(&[
+            "-n",
+            &self.switch,
+            "link",
+            "set",
+            &iport,
+            "master",
+            "br1",
+            "up",
+        ]);
+        let internal = format!("198.18.2.{}/24", 240 + self.ports);
+        ip(&["-n", &ns, "addr", "add", &internal, "dev", "int0"]);
+        ip(&["-n", &ns, "link", "set", "int0", "up"]);
+        ns
+    }
+
+    /// Starts `program args` inside `ns`, output to `<dir>/<name>.log`.
+    pub fn spawn(&mut self, ns: &str, name: &str, program: &Path, args: &[&str]) -> PathBuf {
+        let log = self.dir.path().join(format!("{name}.log"));
+        let file = std::fs::File::create(&log).unwrap_or_else(|e| panic!("{}: {e}", log.display()));
+        let err = file.try_clone().unwrap_or_else(|e| panic!("log: {e}"));
+        let child = Command::new("ip")
+            .args(["netns", "exec", ns])
+            .arg(program)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(file)
+            .stderr(err)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {}: {e}", program.display()));
+        self.children.push((name.to_owned(), child));
+        log
+    }
+
+    /// SIGTERM to the process `name` started (graceful stop) and waits for it (up to `limit`).
+    pub fn stop(&mut self, name: &str, limit: Duration) -> bool {
+        let Some(i) = self.children.iter().position(|(n, _)| n == name) else {
+            return false;
+        };
+        let (_, mut child) = self.children.remove(i);
+        signal(&child, "TERM");
+        wait_child(&mut child, limit)
+    }
+
+    /// SIGKILL to the process `name` (no cleanup by it).
+    pub fn kill(&mut self, name: &str) {
+        if let Some(i) = self.children.iter().position(|(n, _)| n == name) {
+            let (_, mut child) = self.children.remove(i);
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.dir.path().join(format!("{name}.log"))).unwrap_or_default()
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+}
+
+fn signal(child: &Child, sig: &str) {
+    // `ip netns exec` execs the program, so the child's PID is the program's.
+    let _ = Command::new("kill")
+        .args([&format!("-{sig}"), &child.id().to_string()])
+        .status();
+}
+
+fn wait_child(child: &mut Child, limit: Duration) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if let Ok(Some(_)) = child.try_wait() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    false
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for (name, child) in &mut self.children {
+            signal(child, "TERM");
+            if !wait_child(child, Duration::from_secs(3)) {
+                eprintln!("lab: {name} did not stop on SIGTERM; killed");
+            }
+        }
+        for ns in self.namespaces.iter().rev() {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+/// Whether `ns` holds `address` on any interface now.
+pub fn holds(ns: &str, address: &str) -> bool {
+    Command::new("ip")
+        .args(["-n", ns, "-4", "-o", "addr", "show"])
+        .output()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .split_whitespace()
+                .any(|w| w.split('/').next() == Some(address))
+        })
+        .unwrap_or(false)
+}
+
+/// Polls `cond` every 10 ms until it holds; panics with `what` after `limit`. Returns the time it took.
+pub fn wait_for(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < limit, "timed out after {limit:?}: {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    start.elapsed()
+}
+
+/// The prober's summary line: (sent, answered, longest outage in ms, outages).
+pub fn prober_summary(log: &str) -> Option<(u64, u64, f64, u64)> {
+    let line = log.lines().rev().find(|l| l.starts_with("summary "))?;
+    let w: Vec<&str> = line.split_whitespace().collect();
+    Some((
+        w.get(2)?.parse().ok()?,
+        w.get(4)?.parse().ok()?,
+        w.get(6)?.parse().ok()?,
+        w.get(8)?.parse().ok()?,
+    ))
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Contenders: lbfleet-agent (`apply --watch`) and keepalived, and the prober.
+
+pub const VIP: &str = "198.18.0.10";
+pub const INTERNAL_VIP: &str = "198.18.2.254";
+pub const A: &str = "198.18.0.2";
+pub const B: &str = "198.18.0.3";
+pub const PROBER: &str = "198.18.0.200";
+/// Generous bounds: the machine is shared; precise figures are in bench/vrrp.
+pub const ELECTION: Duration = Duration::from_secs(15);
+
+/// Built once per test binary: `cargo build` between a kill and a restart would be slower than a failover.
+pub fn agent_bin() -> PathBuf {
+    static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        workspace_binary("lbfleet-agent", "lbfleet-agent").expect("build lbfleet-agent")
+    })
+    .clone()
+}
+
+/// A binary of this crate (prober, injector), built once per process.
+pub fn tool(name: &str) -> PathBuf {
+    static BINS: std::sync::Mutex<Vec<(String, PathBuf)>> = std::sync::Mutex::new(Vec::new());
+    let mut bins = BINS.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, p)) = bins.iter().find(|(n, _)| n == name) {
+        return p.clone();
+    }
+    let p = workspace_binary("lbfleet-tests", name).expect("build test tool");
+    bins.push((name.to_owned(), p.clone()));
+    p
+}
+
+/// VRRP settings of one contender (the agent's role or keepalived's config).
+#[derive(Debug, Clone)]
+pub struct Vrrp {
+    pub version: u8,
+    pub interval_ms: u32,
+    pub priority: u8,
+    pub preempt: bool,
+    pub peers: Vec<&'static str>,
+    pub internal: bool,
+}
+
+impl Vrrp {
+    pub fn v3(priority: u8) -> Vrrp {
+        Vrrp {
+            version: 3,
+            interval_ms: 100,
+            priority,
+            preempt: true,
+            peers: vec![],
+            internal: false,
+        }
+    }
+}
+
+/// Starts an agent named `name` in `ns`; returns its state directory.
+pub fn start_agent(lab: &mut Lab, ns: &str, name: &str, v: &Vrrp) -> PathBuf {
+    let mut vips = vec![json!(format!("{VIP}/32"))];
+    if v.internal {
+        vips.push(json!({"address": format!("{INTERNAL_VIP}/24"), "interface": "int0"}));
+    }
+    let role = json!({
+        "generation": 1, "node": name, "cluster": "ext", "role": "active",
+        "vrrp": {"version": v.version, "vrid": 51, "interface": "eth0", "priority": v.priority,
+                 "advert_interval_ms": v.interval_ms, "preempt": v.preempt, "vips": vips,
+                 "unicast_peers": v.peers, "garp": {"count": 2, "spacing_ms": 50, "refresh_ms": 0}},
+        "services": []
+    });
+    let role_file = lab.path(&format!("{name}.role.json"));
+    std::fs::write(&role_file, serde_json::to_vec(&role).unwrap()).unwrap();
+    let state = lab.path(&format!("{name}.state"));
+    let bin = agent_bin();
+    lab.spawn(
+        ns,
+        name,
+        &bin,
+        &[
+            "apply",
+            "--role",
+            role_file.to_str().unwrap(),
+            "--watch",
+            "--resync",
+            "200ms",
+            "--state-dir",
+            state.to_str().unwrap(),
+        ],
+    );
+    state
+}
+
+/// Starts keepalived named `name` in `ns` with the same VRID and VIP.
+pub fn start_keepalived(lab: &mut Lab, ns: &str, name: &str, v: &Vrrp) {
+    let interval = if v.version == 2 {
+        format!("{}", v.interval_ms / 1000)
+    } else {
+        format!("{:.2}", f64::from(v.interval_ms) / 1000.0)
+    };
+    let peers = if v.peers.is_empty() {
+        String::new()
+    } else {
+        format!("unicast_peer {{ {} }}", v.peers.join(" "))
+    };
+    let conf = format!(
+        "global_defs {{\n  router_id {name}\n  vrrp_version {}\n  script_user root\n  enable_script_security\n}}\n\
+         vrrp_instance VI_51 {{\n  state BACKUP\n  interface eth0\n  virtual_router_id 51\n  priority {}\n  \
+         advert_int {interval}\n  {}\n  {peers}\n  virtual_ipaddress {{\n    {VIP}/32\n  }}\n}}\n",
+        v.version,
+        v.priority,
+        if v.preempt { "" } else { "nopreempt" },
+    );
+    let conf_file = lab.path(&format!("{name}.conf"));
+    std::fs::write(&conf_file, conf).unwrap();
+    let pid = |k: &str| {
+        lab.path(&format!("{name}.{k}.pid"))
+            .to_str()
+            .unwrap()
+            .to_owned()
+    };
+    let (p, r, c) = (pid("main"), pid("vrrp"), pid("checkers"));
+    lab.spawn(
+        ns,
+        name,
+        &PathBuf::from("/usr/sbin/keepalived"),
+        &[
+            "--dont-fork",
+            "--log-console",
+            "--log-detail",
+            "--vrrp",
+            "--use-file",
+            conf_file.to_str().unwrap(),
+            "--pid",
+            &p,
+            "--vrrp_pid",
+            &r,
+            "--checkers_pid",
+            &c,
+        ],
+    );
+}
+
+pub fn status(state: &Path) -> serde_json::Value {
+    std::fs::read(state.join("status.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or(serde_json::Value::Null)
+}
+
+pub fn agent_state(state: &Path) -> String {
+    status(state)["vrrp_state"]
+        .as_str()
+        .unwrap_or("")
+        .to_owned()
+}
+
+/// Starts the prober in its own namespace; stop it with `stop_prober`.
+pub fn start_prober(lab: &mut Lab, count: u32) -> String {
+    let ns = lab.host("pr", PROBER);
+    let stop = lab.path("prober.stop");
+    let bin = tool("vrrp-prober");
+    lab.spawn(
+        &ns,
+        "prober",
+        &bin,
+        &[
+            VIP,
+            "--interval-ms",
+            "10",
+            "--count",
+            &count.to_string(),
+            "--stop-file",
+            stop.to_str().unwrap(),
+        ],
+    );
+    ns
+}
+
+/// Waits until the prober's probes are answered.
+pub fn wait_prober_ready(lab: &Lab) {
+    wait_for(ELECTION, "prober gets answers", || {
+        lab.log("prober").lines().any(|l| l == "ready")
+    });
+}
+
+/// Waits until an answer follows unanswered probes (the outage is over).
+pub fn wait_prober_recovered(lab: &Lab) {
+    wait_for(ELECTION, "prober answered again after the outage", || {
+        lab.log("prober")
+            .lines()
+            .any(|l| l.starts_with("recovered"))
+    });
+}
+
+/// Stops the prober and returns (sent, answered, longest outage ms, outages).
+pub fn stop_prober(lab: &mut Lab) -> (u64, u64, f64, u64) {
+    std::fs::write(lab.path("prober.stop"), b"").unwrap();
+    wait_for(Duration::from_secs(10), "prober summary", || {
+        prober_summary(&lab.log("prober")).is_some()
+    });
+    let s = prober_summary(&lab.log("prober")).unwrap();
+    eprintln!(
+        "prober: sent {} answered {} longest outage {} ms, outages {}",
+        s.0, s.1, s.2, s.3
+    );
+    s
+}

@@ -1,0 +1,428 @@
+//! VRRP on the host kernel in network namespaces: lbfleet-agent (`apply --role FILE --watch`) against
+//! keepalived (Debian's, v2 and v3, one VRID) and against another agent, with a prober namespace pinging the
+//! VIP every 10 ms; its log is the evidence of outages. Needs root, iproute2 and keepalived (`make deps`);
+//! fails without them (see `vrrp_lab::require`).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::{Duration, Instant};
+
+use lbfleet_tests::vrrp_lab::{
+    self, agent_bin, agent_state, holds, ip, start_agent, start_keepalived, start_prober, status,
+    stop_prober, tool, wait_for, wait_prober_ready, wait_prober_recovered, Lab, Vrrp, A, B,
+    ELECTION, INTERNAL_VIP, VIP,
+};
+
+#[test]
+fn keepalived_v3_higher_priority_wins_whichever_starts_first() {
+    if !vrrp_lab::require(true) {
+        return;
+    }
+    let mut lab = Lab::new("v3");
+    let a = lab.host("a", A);
+    let k = lab.host("k", B);
+    // keepalived first (priority 100), then the agent (150): the agent preempts.
+    start_keepalived(&mut lab, &k, "ka", &Vrrp::v3(100));
+    wait_for(ELECTION, "keepalived holds the VIP", || holds(&k, VIP));
+    let state = start_agent(&mut lab, &a, "agent", &Vrrp::v3(150));
+    wait_for(
+        ELECTION,
+        "the agent (150) takes the VIP from keepalived (100)",
+        || holds(&a, VIP) && !holds(&k, VIP),
+    );
+    wait_for(ELECTION, "agent reports master", || {
+        agent_state(&state) == "master"
+    });
+    assert!(
+        lab.stop("agent", Duration::from_secs(5)),
+        "agent stops on SIGTERM"
+    );
+    assert!(!holds(&a, VIP), "a stopped agent leaves no VIP behind");
+    wait_for(
+        ELECTION,
+        "keepalived takes over after the agent's priority 0",
+        || holds(&k, VIP),
+    );
+    assert!(lab.stop("ka", Duration::from_secs(5)));
+
+    // The agent first (100), then keepalived (150): keepalived preempts.
+    let state = start_agent(&mut lab, &a, "agent2", &Vrrp::v3(100));
+    wait_for(ELECTION, "the lone agent holds the VIP", || holds(&a, VIP));
+    start_keepalived(&mut lab, &k, "ka2", &Vrrp::v3(150));
+    wait_for(
+        ELECTION,
+        "keepalived (150) takes the VIP from the agent (100)",
+        || holds(&k, VIP) && !holds(&a, VIP),
+    );
+    wait_for(ELECTION, "agent reports backup, master keepalived", || {
+        let s = status(&state);
+        s["vrrp_state"] == "backup" && s["vrrp_master"] == B
+    });
+}
+
+#[test]
+fn keepalived_v2_interop_agent_takes_over_when_keepalived_loses_its_link() {
+    if !vrrp_lab::require(true) {
+        return;
+    }
+    let mut lab = Lab::new("v2");
+    let a = lab.host("a", A);
+    let k = lab.host("k", B);
+    let v2 = |priority| Vrrp {
+        version: 2,
+        interval_ms: 1000,
+        ..Vrrp::v3(priority)
+    };
+    start_keepalived(&mut lab, &k, "ka", &v2(150));
+    wait_for(ELECTION, "keepalived holds the VIP", || holds(&k, VIP));
+    let state = start_agent(&mut lab, &a, "agent", &v2(100));
+    let backup = || {
+        let s = status(&state);
+        s["vrrp_state"] == "backup" && s["vrrp_master"] == B
+    };
+    if std::panic::catch_unwind(|| wait_for(ELECTION, "agent is backup of keepalived", backup))
+        .is_err()
+    {
+        panic!(
+            "agent is not backup of keepalived: {}\n{}\n{}",
+            status(&state),
+            lab.log("agent"),
+            lab.log("ka")
+        );
+    }
+    assert!(!holds(&a, VIP));
+    start_prober(&mut lab, 3000);
+    wait_prober_ready(&lab);
+    // Not a killed process (that would leave keepalived's VIP on its interface): the node loses its link.
+    ip(&["-n", &k, "link", "set", "eth0", "down"]);
+    let took = wait_for(ELECTION, "the agent takes over", || holds(&a, VIP));
+    eprintln!("agent took over {took:?} after keepalived's link went down");
+    wait_for(ELECTION, "agent reports master", || {
+        agent_state(&state) == "master"
+    });
+    let (_, answered, longest_ms, _) = stop_prober(&mut lab);
+    assert!(answered > 0, "the VIP answered the prober");
+    // v2 with 1 s adverts: Master_Down_Interval is 3.6 s at priority 100.
+    assert!(longest_ms < 10_000.0, "outage {longest_ms} ms");
+    // keepalived's link comes back: with the higher priority and preempt it takes the VIP back.
+    ip(&["-n", &k, "link", "set", "eth0", "up"]);
+    wait_for(
+        ELECTION,
+        "keepalived takes the VIP back, the agent releases it",
+        || holds(&k, VIP) && !holds(&a, VIP),
+    );
+}
+
+#[test]
+fn keepalived_takes_over_when_the_agents_node_loses_its_link() {
+    if !vrrp_lab::require(true) {
+        return;
+    }
+    let mut lab = Lab::new("ln");
+    let a = lab.host("a", A);
+    let k = lab.host("k", B);
+    let state = start_agent(&mut lab, &a, "agent", &Vrrp::v3(150));
+    wait_for(ELECTION, "agent holds the VIP", || holds(&a, VIP));
+    start_keepalived(&mut lab, &k, "ka", &Vrrp::v3(100));
+    wait_for(ELECTION, "keepalived is backup", || {
+        lab.log("ka").contains("Entering BACKUP STATE")
+    });
+    assert!(holds(&a, VIP) && !holds(&k, VIP));
+    wait_for(ELECTION, "agent reports master", || {
+        agent_state(&state) == "master"
+    });
+    start_prober(&mut lab, 3000);
+    wait_prober_ready(&lab);
+    ip(&["-n", &a, "link", "set", "eth0", "down"]);
+    let took = wait_for(ELECTION, "keepalived takes over", || holds(&k, VIP));
+    eprintln!("keepalived took over {took:?} after the agent's link went down");
+    wait_prober_recovered(&lab);
+    let (_, answered, longest_ms, outages) = stop_prober(&mut lab);
+    assert!(answered > 0 && outages >= 1);
+    assert!(longest_ms < 5_000.0, "outage {longest_ms} ms");
+    // The link returns: the agent (150, preempt) is master again and keepalived releases the VIP.
+    ip(&["-n", &a, "link", "set", "eth0", "up"]);
+    wait_for(ELECTION, "keepalived releases the VIP", || {
+        !holds(&k, VIP) && holds(&a, VIP)
+    });
+}
+
+#[test]
+fn preempt_off_keeps_the_running_master() {
+    if !vrrp_lab::require(true) {
+        return;
+    }
+    let mut lab = Lab::new("np");
+    let a = lab.host("a", A);
+    let k = lab.host("k", B);
+    // keepalived (100) is master; an agent with a higher priority but no preempt stays backup.
+    start_keepalived(&mut lab, &k, "ka", &Vrrp::v3(100));
+    wait_for(ELECTION, "keepalived holds the VIP", || holds(&k, VIP));
+    let state = start_agent(
+        &mut lab,
+        &a,
+        "agent",
+        &Vrrp {
+            preempt: false,
+            ..Vrrp::v3(200)
+        },
+    );
+    wait_for(ELECTION, "agent is backup", || {
+        agent_state(&state) == "backup"
+    });
+    // Sample for 20 advert intervals (well past Master_Down_Interval): no preemption.
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(2) {
+        assert!(
+            holds(&k, VIP) && !holds(&a, VIP),
+            "the agent preempted with preempt off"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(agent_state(&state), "backup");
+    assert!(lab.stop("agent", Duration::from_secs(5)));
+    assert!(lab.stop("ka", Duration::from_secs(5)));
+
+    // The other way round: an agent master (100), keepalived (200) with nopreempt stays backup.
+    start_agent(&mut lab, &a, "agent2", &Vrrp::v3(100));
+    wait_for(ELECTION, "agent holds the VIP", || holds(&a, VIP));
+    start_keepalived(
+        &mut lab,
+        &k,
+        "ka2",
+        &Vrrp {
+            preempt: false,
+            ..Vrrp::v3(200)
+        },
+    );
+    wait_for(ELECTION, "keepalived is backup", || {
+        lab.log("ka2").contains("Entering BACKUP STATE")
+    });
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(2) {
+        assert!(
+            holds(&a, VIP) && !holds(&k, VIP),
+            "keepalived preempted with nopreempt"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn unicast_peers_with_keepalived() {
+    if !vrrp_lab::require(true) {
+        return;
+    }
+    let mut lab = Lab::new("uc");
+    let a = lab.host("a", A);
+    let k = lab.host("k", B);
+    start_keepalived(
+        &mut lab,
+        &k,
+        "ka",
+        &Vrrp {
+            peers: vec![A],
+            ..Vrrp::v3(100)
+        },
+    );
+    wait_for(ELECTION, "keepalived holds the VIP", || holds(&k, VIP));
+    let state = start_agent(
+        &mut lab,
+        &a,
+        "agent",
+        &Vrrp {
+            peers: vec![B],
+            ..Vrrp::v3(150)
+        },
+    );
+    wait_for(ELECTION, "agent (150) takes over over unicast", || {
+        holds(&a, VIP) && !holds(&k, VIP)
+    });
+    wait_for(ELECTION, "agent reports master", || {
+        agent_state(&state) == "master"
+    });
+    assert!(lab.stop("agent", Duration::from_secs(5)));
+    assert!(!holds(&a, VIP));
+    wait_for(
+        ELECTION,
+        "keepalived takes over after the agent stops",
+        || holds(&k, VIP),
+    );
+}
+
+#[test]
+fn two_agents_one_vip_holder_graceful_handover_and_internal_vip() {
+    if !vrrp_lab::require(false) {
+        return;
+    }
+    let mut lab = Lab::new("aa");
+    let a = lab.host("a", A);
+    let b = lab.host("b", B);
+    let v = |priority| Vrrp {
+        internal: true,
+        ..Vrrp::v3(priority)
+    };
+    let sa = start_agent(&mut lab, &a, "agent-a", &v(150));
+    let sb = start_agent(&mut lab, &b, "agent-b", &v(100));
+    wait_for(ELECTION, "a is master, b backup", || {
+        agent_state(&sa) == "master" && agent_state(&sb) == "backup"
+    });
+    wait_for(ELECTION, "only a holds the VIPs", || {
+        holds(&a, VIP) && holds(&a, INTERNAL_VIP) && !holds(&b, VIP) && !holds(&b, INTERNAL_VIP)
+    });
+    start_prober(&mut lab, 3000);
+    wait_prober_ready(&lab);
+    // Steady state: exactly one holder at every sampled instant, and it holds the internal VIP too.
+    let start = Instant::now();
+    let mut samples = 0;
+    while start.elapsed() < Duration::from_secs(2) {
+        let (ha, hb) = (holds(&a, VIP), holds(&b, VIP));
+        assert!(ha ^ hb, "VIP holders: a {ha}, b {hb}");
+        let holder = if ha { &a } else { &b };
+        assert!(
+            holds(holder, INTERNAL_VIP),
+            "the internal VIP is with the external one"
+        );
+        samples += 1;
+    }
+    assert!(samples > 20, "{samples} samples");
+    // Graceful stop of the master: priority 0, so b takes over after Skew_Time, within about one interval.
+    let stopped_at = Instant::now();
+    assert!(lab.stop("agent-a", Duration::from_secs(5)));
+    let took = wait_for(ELECTION, "b takes both VIPs", || {
+        holds(&b, VIP) && holds(&b, INTERNAL_VIP)
+    });
+    let handover = stopped_at.elapsed();
+    eprintln!("graceful handover: b holds the VIPs {took:?} after a's stop returned ({handover:?} after SIGTERM)");
+    assert!(
+        !holds(&a, VIP) && !holds(&a, INTERNAL_VIP),
+        "a left a VIP behind"
+    );
+    // About one advert interval (100 ms) plus scheduling on a loaded machine.
+    assert!(
+        handover < Duration::from_secs(2),
+        "handover took {handover:?}"
+    );
+    let (_, answered, longest_ms, _) = stop_prober(&mut lab);
+    assert!(answered > 0);
+    assert!(longest_ms < 2_000.0, "outage {longest_ms} ms");
+    let tb = status(&sb)["vrrp_transitions"].clone();
+    assert!(
+        tb.as_array()
+            .is_some_and(|t| t.iter().any(|t| t["to"] == "master"
+                && t["reason"]
+                    .as_str()
+                    .is_some_and(|r| r.contains("priority 0")))),
+        "b's transitions: {tb}"
+    );
+}
+
+#[test]
+fn an_agent_restarted_while_master_keeps_its_vip() {
+    if !vrrp_lab::require(false) {
+        return;
+    }
+    let mut lab = Lab::new("rs");
+    let a = lab.host("a", A);
+    let b = lab.host("b", B);
+    // 1 s adverts: the restart must beat b's Master_Down_Interval (3.6 s) even on a loaded machine.
+    let v = |priority| Vrrp {
+        interval_ms: 1000,
+        ..Vrrp::v3(priority)
+    };
+    let sa = start_agent(&mut lab, &a, "agent-a", &v(150));
+    let sb = start_agent(&mut lab, &b, "agent-b", &v(100));
+    wait_for(ELECTION, "a master, b backup", || {
+        agent_state(&sa) == "master" && agent_state(&sb) == "backup" && holds(&a, VIP)
+    });
+    // Killed (no graceful stop): the VIP stays on a's interface. A new agent adopts it.
+    let bin = agent_bin();
+    assert!(bin.is_file());
+    lab.kill("agent-a");
+    assert!(holds(&a, VIP));
+    std::fs::remove_file(sa.join("status.json")).ok();
+    let sa = start_agent(&mut lab, &a, "agent-a2", &v(150));
+    let start = Instant::now();
+    while agent_state(&sa) != "master" {
+        assert!(holds(&a, VIP), "the restarted agent dropped the VIP");
+        assert!(
+            !holds(&b, VIP),
+            "b took the VIP during a's restart after {:?}\n{}\n{}",
+            start.elapsed(),
+            lab.log("agent-a2"),
+            lab.log("agent-b")
+        );
+        assert!(start.elapsed() < ELECTION, "a never became master again");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(
+        lab.log("agent-a2").contains("resuming"),
+        "{}",
+        lab.log("agent-a2")
+    );
+    assert!(holds(&a, VIP) && !holds(&b, VIP));
+}
+
+#[test]
+fn malformed_and_spoofed_adverts_are_dropped_and_counted() {
+    if !vrrp_lab::require(false) {
+        return;
+    }
+    let mut lab = Lab::new("mf");
+    let a = lab.host("a", A);
+    let x = lab.host("x", "198.18.0.66");
+    let sa = start_agent(&mut lab, &a, "agent", &Vrrp::v3(100));
+    wait_for(ELECTION, "agent master", || agent_state(&sa) == "master");
+    let inject = tool("vrrp-inject");
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", &x])
+        .arg(&inject)
+        .args(["198.18.0.66", "51"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_for(ELECTION, "every bad advert counted", || {
+        let d = &status(&sa)["vrrp_dropped"];
+        [
+            "bad_ttl",
+            "vrid_mismatch",
+            "bad_checksum",
+            "truncated",
+            "version_mismatch",
+        ]
+        .iter()
+        .all(|k| d[*k].as_u64().unwrap_or(0) >= 1)
+    });
+    // `lbfleet-agent status` shows the state and the counters (from the daemon's status file).
+    let out = std::process::Command::new(agent_bin())
+        .args(["status", "--state-dir", sa.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains(&format!("VRRP master (master {A})")),
+        "{text}"
+    );
+    assert!(
+        text.contains("init -> backup: startup") && text.contains("bad_ttl=1"),
+        "{text}"
+    );
+    // A priority-254 advert from 198.18.0.66 would have preempted the agent: none was accepted.
+    assert_eq!(agent_state(&sa), "master");
+    assert!(holds(&a, VIP));
+    let t = status(&sa)["vrrp_transitions"].clone();
+    assert_eq!(
+        t.as_array()
+            .map(|t| t.iter().filter(|t| t["to"] == "backup").count()),
+        Some(1),
+        "only the startup transition to backup: {t}"
+    );
+}
