@@ -9,7 +9,8 @@
 //! server log. Addresses are 198.18.0.0/15 only (server 198.18.0.1, DHCP pool from 198.18.1.0).
 //!
 //! Layers: [`net`] (namespaces, links), [`server`] (lbfleet-server in a namespace, its API through curl),
-//! [`vm`] (QEMU machines, consoles), [`wait`] (deadline polling), [`initrd`] (a minimal marker initramfs).
+//! [`vm`] (QEMU machines, consoles), [`wait`] (deadline polling), [`initrd`] (a minimal marker initramfs),
+//! [`traffic`] (client requests through a VIP), [`fleet`] (the whole demo site), [`state`] (a detached site).
 
 pub mod fleet;
 pub mod image;
@@ -17,6 +18,7 @@ pub mod initrd;
 pub mod net;
 pub mod server;
 pub mod state;
+pub mod traffic;
 pub mod vm;
 pub mod wait;
 

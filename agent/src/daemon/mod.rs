@@ -308,7 +308,13 @@ impl Daemon {
                 if vrrp.is_none() && self.vrrp.is_some() {
                     self.vrrp = None;
                 }
-                self.vrrp_task.apply(vrrp.as_ref(), &self.events_tx).await;
+                let master = self
+                    .vrrp
+                    .as_ref()
+                    .is_some_and(|v| v.state == VrrpState::Master);
+                self.vrrp_task
+                    .apply(vrrp.as_ref(), master, &self.events_tx)
+                    .await;
                 if vrrp.is_none() {
                     self.set_sync_daemon(None).await;
                 }

@@ -69,6 +69,8 @@ pub struct VrrpSupervisor {
 struct Running {
     config: VrrpConfig,
     stop: Option<oneshot::Sender<()>>,
+    /// A new priority for the running instance (see [`priority_change_in_place`]).
+    priority: mpsc::UnboundedSender<u8>,
     /// Completes when the instance's thread has finished (VIPs released).
     done: oneshot::Receiver<()>,
 }
@@ -78,14 +80,34 @@ impl VrrpSupervisor {
         VrrpSupervisor::default()
     }
 
-    /// Runs `config` (or nothing): an unchanged config keeps the running instance, a changed one stops it
-    /// gracefully and starts the new one.
-    pub async fn apply(&mut self, config: Option<&VrrpConfig>, events: &mpsc::Sender<Event>) {
+    /// Runs `config` (or nothing): an unchanged config keeps the running instance; a change of priority
+    /// alone that needs no handover (see [`priority_change_in_place`]) is applied to the running instance;
+    /// any other change stops it gracefully and starts the new one. `master`: the instance is MASTER now.
+    pub async fn apply(
+        &mut self,
+        config: Option<&VrrpConfig>,
+        master: bool,
+        events: &mpsc::Sender<Event>,
+    ) {
         if self.running.as_ref().map(|r| &r.config) == config {
             return;
         }
+        if let (Some(r), Some(new)) = (self.running.as_mut(), config) {
+            if let Some(p) = priority_change_in_place(&r.config, new, master) {
+                if r.priority.send(p).is_ok() {
+                    info!(
+                        vrid = new.vrid,
+                        priority = p,
+                        "VRRP priority changed in place"
+                    );
+                    r.config = new.clone();
+                    return;
+                }
+            }
+        }
         self.stop().await;
         if let Some(config) = config {
+            let (priority_tx, priority_rx) = mpsc::unbounded_channel();
             let (stop_tx, stop_rx) = oneshot::channel();
             let (done_tx, done) = oneshot::channel();
             let (cfg, ev, drops) = (config.clone(), events.clone(), self.drops.clone());
@@ -100,7 +122,7 @@ impl VrrpSupervisor {
                         .enable_all()
                         .build()
                     {
-                        Ok(rt) => rt.block_on(run_instance(cfg, ev, drops, stop_rx)),
+                        Ok(rt) => rt.block_on(run_instance(cfg, ev, drops, stop_rx, priority_rx)),
                         Err(e) => warn!(vrid, error = %e, "cannot start the VRRP runtime"),
                     }
                     let _ = done_tx.send(());
@@ -113,6 +135,7 @@ impl VrrpSupervisor {
             self.running = Some(Running {
                 config: config.clone(),
                 stop: Some(stop_tx),
+                priority: priority_tx,
                 done,
             });
         }
@@ -140,6 +163,19 @@ impl VrrpSupervisor {
     pub fn config(&self) -> Option<&VrrpConfig> {
         self.running.as_ref().map(|r| &r.config)
     }
+}
+
+/// The priority to set on the running instance when `new` differs from `old` in the priority only and no
+/// handover is due: a raise, or any change while not MASTER (a switchover raises the backup this way without
+/// a restart, so it never sends priority 0 or flaps). A MASTER whose priority goes down restarts instead: its
+/// priority-0 advert hands the VIPs over at once (Skew_Time), whether or not the backup preempts.
+pub fn priority_change_in_place(old: &VrrpConfig, new: &VrrpConfig, master: bool) -> Option<u8> {
+    let same_but_priority = VrrpConfig {
+        priority: new.priority,
+        ..old.clone()
+    } == *new;
+    (same_but_priority && new.priority != old.priority && (!master || new.priority > old.priority))
+        .then_some(new.priority)
 }
 
 /// Real-time priority of the VRRP thread (SCHED_RR; busy user processes run at SCHED_OTHER below it).
@@ -203,12 +239,18 @@ async fn run_instance(
     events: mpsc::Sender<Event>,
     drops: Arc<Mutex<DropStats>>,
     mut stop: oneshot::Receiver<()>,
+    mut priority: mpsc::UnboundedReceiver<u8>,
 ) {
     let mut last_fault: Option<String> = None;
     loop {
+        // A priority change that came while setup kept failing is the configured priority of the next try.
+        let mut config = config.clone();
+        while let Ok(p) = priority.try_recv() {
+            config.priority = p;
+        }
         match Worker::setup(&config, &events, &drops) {
             Ok(worker) => {
-                worker.run(stop).await;
+                worker.run(stop, priority).await;
                 return;
             }
             Err(e) => {
@@ -297,7 +339,11 @@ impl Worker {
         })
     }
 
-    async fn run(mut self, mut stop: oneshot::Receiver<()>) {
+    async fn run(
+        mut self,
+        mut stop: oneshot::Receiver<()>,
+        mut priority: mpsc::UnboundedReceiver<u8>,
+    ) {
         if self.resumed {
             info!(
                 vrid = self.vrid,
@@ -313,6 +359,7 @@ impl Worker {
             let input = tokio::select! {
                 biased;
                 _ = &mut stop => Input::Shutdown,
+                Some(p) = priority.recv() => Input::SetPriority(p),
                 r = self.socket.recv(&mut buf) => match r {
                     Ok(n) => match self.received(&buf[..n]) {
                         Some(input) => input,
@@ -559,5 +606,58 @@ async fn sleep_until(at: Option<Instant>) {
     match at {
         Some(t) => tokio::time::sleep_until(t).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(priority: u8) -> VrrpConfig {
+        VrrpConfig {
+            version: 3,
+            vrid: 10,
+            interface: "eth0".into(),
+            priority,
+            advert_interval_ms: 100,
+            preempt: true,
+            preempt_delay_ms: 0,
+            vips: vec![],
+            unicast_peers: vec![],
+            garp: Default::default(),
+            conn_sync: None,
+        }
+    }
+
+    #[test]
+    fn a_switchover_raises_the_backup_in_place_and_restarts_the_lowered_master() {
+        // The backup being raised, and a master being raised: in place, no priority-0 advert.
+        assert_eq!(
+            priority_change_in_place(&config(100), &config(150), false),
+            Some(150)
+        );
+        assert_eq!(
+            priority_change_in_place(&config(100), &config(150), true),
+            Some(150)
+        );
+        // A backup lowered: in place too.
+        assert_eq!(
+            priority_change_in_place(&config(150), &config(100), false),
+            Some(100)
+        );
+        // The master lowered: restart, so its priority-0 advert hands over at once.
+        assert_eq!(
+            priority_change_in_place(&config(150), &config(100), true),
+            None
+        );
+        // Anything else changed as well: restart.
+        let mut other = config(150);
+        other.advert_interval_ms = 200;
+        assert_eq!(priority_change_in_place(&config(100), &other, false), None);
+        // Nothing changed: nothing to do here (the caller keeps the instance).
+        assert_eq!(
+            priority_change_in_place(&config(100), &config(100), false),
+            None
+        );
     }
 }

@@ -2,7 +2,9 @@
 //! running in the background. `up` tears down what an earlier run left (from its state file), builds the site
 //! under `var/demo/`, forwards a host port to the dashboard and prints how to use it; `down` removes every
 //! process and namespace the state file names; `status` shows them and the nodes. `forward`/`connect` are the
-//! host-port forwarder it starts (a host socket cannot be bound from inside the site's namespace).
+//! host-port forwarder it starts (a host socket cannot be bound from inside the site's namespace). `probe` and
+//! `get` are the client's side of the lab's traffic (`lab::traffic` runs them inside a client namespace):
+//! requests on a fixed schedule, and one slow streaming response.
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -20,7 +22,7 @@ const USAGE: &str = "usage: lbfleet-lab up [--var DIR] [--port PORT] [--no-wait]
        lbfleet-lab status [--var DIR]
        lbfleet-lab forward LISTEN_ADDR NETNS TARGET_ADDR
        lbfleet-lab connect TARGET_ADDR
-       lbfleet-lab probe ADDR PATH INTERVAL_MS COUNT
+       lbfleet-lab probe ADDR PATH INTERVAL_MS COUNT [TIMEOUT_MS]
        lbfleet-lab get ADDR PATH";
 
 fn main() -> ExitCode {
@@ -43,10 +45,15 @@ fn main() -> ExitCode {
         Some("status") => status(&var),
         Some("forward") if args.len() == 4 => forward(&args[1], &args[2], &args[3]),
         Some("connect") if args.len() == 2 => connect(&args[1]),
-        Some("probe") if args.len() == 5 => match (args[3].parse(), args[4].parse()) {
-            (Ok(interval), Ok(count)) => probe(&args[1], &args[2], interval, count),
-            _ => Err(LabError::Other(USAGE.into())),
-        },
+        Some("probe") if args.len() == 5 || args.len() == 6 => {
+            let timeout = args.get(5).map_or(Ok(1000), |t| t.parse());
+            match (args[3].parse(), args[4].parse(), timeout) {
+                (Ok(interval), Ok(count), Ok(timeout)) => {
+                    probe(&args[1], &args[2], interval, count, timeout)
+                }
+                _ => Err(LabError::Other(USAGE.into())),
+            }
+        }
         Some("get") if args.len() == 3 => get(&args[1], &args[2]),
         _ => {
             eprintln!("{USAGE}");
@@ -76,6 +83,7 @@ fn planned_namespaces() -> Vec<String> {
         .iter()
         .map(|(name, _, _)| Site::extra_namespace_name(name, SUFFIX))
         .chain([Site::extra_namespace_name("client", SUFFIX)])
+        .chain([Site::extra_namespace_name("idhcp", SUFFIX)])
         .chain([Site::namespace_name(SUFFIX)])
         .collect()
 }
@@ -200,8 +208,6 @@ fn up(var: &Path, port: u16, wait_serving: bool) -> Result<(), LabError> {
         BALANCERS[2].mac
     );
     println!("  status: make demo-status    stop and remove everything: make demo-down");
-    // TODO(issue-12a): until VRRP is on main the balancers program IPVS but nobody holds the VIPs, so the
-    // curl line above has no answer yet.
     if wait_serving {
         wait_for_serving(&record, first_vm_started);
     }
@@ -445,16 +451,31 @@ fn connect(target: &str) -> Result<(), LabError> {
     Ok(())
 }
 
-/// One HTTP/1.0 GET with a 1 s connect/read timeout: the body, or why it failed.
-fn http_get(addr: &str, path: &str, timeout: Duration) -> Result<String, String> {
+/// One HTTP/1.0 GET, all of it (connect, send, read to the end) before `deadline`: the body, or why it failed.
+fn http_get(
+    addr: &str,
+    path: &str,
+    timeout: Duration,
+    deadline: Instant,
+) -> Result<String, String> {
     let sock: std::net::SocketAddr = addr.parse().map_err(|e| format!("{addr}: {e}"))?;
     let mut s = TcpStream::connect_timeout(&sock, timeout).map_err(|e| format!("connect: {e}"))?;
-    s.set_read_timeout(Some(timeout))
-        .map_err(|e| e.to_string())?;
     s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
         .map_err(|e| format!("send: {e}"))?;
     let mut data = Vec::new();
-    s.read_to_end(&mut data).map_err(|e| format!("read: {e}"))?;
+    let mut buf = [0u8; 4096];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(format!("timeout after {} bytes", data.len()));
+        }
+        s.set_read_timeout(Some(left)).map_err(|e| e.to_string())?;
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => data.extend_from_slice(&buf[..n]),
+            Err(e) => return Err(format!("read: {e}")),
+        }
+    }
     let text = String::from_utf8_lossy(&data);
     let (head, body) = text
         .split_once("\r\n\r\n")
@@ -465,24 +486,44 @@ fn http_get(addr: &str, path: &str, timeout: Duration) -> Result<String, String>
     Ok(body.trim().to_owned())
 }
 
-/// `COUNT` GETs, one every `INTERVAL_MS` (each starts on its own schedule slot, so a hung request shows as a
-/// gap): one line per request, `<ms since start> ok <body>` or `<ms since start> err <why>`.
-fn probe(addr: &str, path: &str, interval_ms: u64, count: u32) -> Result<(), LabError> {
+/// `COUNT` GETs, one every `INTERVAL_MS`, each on its own thread started at its slot (so a request that hangs
+/// never delays the next) and failed when not answered within `TIMEOUT_MS`. One line per request as it ends:
+/// `<slot ms> ok <latency ms> <body>` or `<slot ms> err <latency ms> <why>` (see `lab::traffic`).
+fn probe(
+    addr: &str,
+    path: &str,
+    interval_ms: u64,
+    count: u32,
+    timeout_ms: u64,
+) -> Result<(), LabError> {
     let start = Instant::now();
-    let mut out = std::io::stdout().lock();
+    let out = std::sync::Arc::new(std::sync::Mutex::new(std::io::stdout()));
+    let timeout = Duration::from_millis(timeout_ms.max(1));
+    let mut threads = Vec::new();
     for i in 0..count {
         let due = Duration::from_millis(interval_ms * u64::from(i));
         if let Some(wait) = due.checked_sub(start.elapsed()) {
             std::thread::sleep(wait);
         }
-        let at = start.elapsed().as_millis();
-        let line = match http_get(addr, path, Duration::from_secs(1)) {
-            Ok(body) => format!("{at} ok {}", body.replace('\n', " ")),
-            Err(e) => format!("{at} err {e}"),
-        };
-        if writeln!(out, "{line}").and_then(|_| out.flush()).is_err() {
-            break;
-        }
+        let (addr, path, out) = (addr.to_owned(), path.to_owned(), out.clone());
+        threads.push(std::thread::spawn(move || {
+            let sent = Instant::now();
+            let slot = due.as_millis();
+            let result = http_get(&addr, &path, timeout, sent + timeout);
+            let latency = sent.elapsed().as_millis();
+            let line = match result {
+                Ok(body) => format!("{slot} ok {latency} {}", body.replace('\n', " ")),
+                Err(e) => format!("{slot} err {latency} {e}"),
+            };
+            if let Ok(mut o) = out.lock() {
+                let _ = writeln!(o, "{line}").and_then(|_| o.flush());
+            }
+        }));
+        // Bounded: finished threads are joined as the run goes, so at most timeout/interval are alive.
+        threads.retain(|t| !t.is_finished());
+    }
+    for t in threads {
+        let _ = t.join();
     }
     Ok(())
 }

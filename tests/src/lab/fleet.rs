@@ -3,7 +3,9 @@
 //! (each answering with its own name, default gateway = the cluster's internal VIP), a client namespace on the
 //! external side, cluster `web` with two pre-registered balancers (active, backup) and a third machine whose
 //! MAC nobody registered (it shows up as discovered). Every balancer is a QEMU machine with two NICs: the
-//! first on the boot/external bridge, the second on the internal one.
+//! first on the boot/external bridge, the second on the internal one, where a small DHCP server (busybox
+//! udhcpd) gives each balancer an address of its own. The VRRP master holds the VIP on eth0 and the internal
+//! VIP on eth1 (NAT: the real servers answer through it); the kernel's connection sync runs on eth0.
 
 use std::path::{Path, PathBuf};
 
@@ -24,6 +26,11 @@ pub const VRID: u32 = 10;
 pub const ADVERT_INTERVAL_MS: u32 = 100;
 /// The client namespace's address on the external side (outside the VIP range and the DHCP pool).
 pub const CLIENT_ADDRESS: &str = "198.18.0.200";
+/// The internal network's DHCP server (busybox udhcpd in a namespace of its own): each balancer's second NIC
+/// gets an address of its own there, so its health checks reach the real servers while it is a backup and the
+/// internal VIP is only ever an extra address.
+pub const INTERNAL_DHCP_ADDRESS: &str = "198.18.2.250";
+pub const INTERNAL_POOL: (&str, &str) = ("198.18.2.100", "198.18.2.119");
 /// Real servers: name (namespace role and what it answers), address, weight.
 pub const REAL_SERVERS: [(&str, &str, u32); 3] = [
     ("rs1", "198.18.2.1", 1),
@@ -86,12 +93,12 @@ pub fn cluster_spec() -> Value {
         .iter()
         .map(|(_, address, weight)| json!({"address": address, "port": 80, "weight": weight}))
         .collect();
-    // TODO(issue-12a): once VIPs may name their own interface and connection sync is in the spec, add the
-    // internal VIP {"address": "198.18.2.254/24", "interface": "eth1"} and sync on eth1.
+    // One VRRP group moves both VIPs: the external one on eth0 and the internal one (the real servers' default
+    // gateway) on eth1. The kernel's connection sync runs on eth0, where both balancers have a leased address.
     json!({
         "vrid": VRID, "interface": "eth0", "vrrp_version": 3, "advert_interval_ms": ADVERT_INTERVAL_MS,
-        "preempt": false,
-        "vips": [format!("{VIP}/32")],
+        "vips": [format!("{VIP}/32"), {"address": format!("{INTERNAL_VIP}/24"), "interface": "eth1"}],
+        "conn_sync": {"interface": "eth0", "sync_id": VRID},
         "services": [{
             "vip": VIP, "port": VIP_PORT, "protocol": "tcp", "scheduler": "wrr", "forward": "nat",
             "check": {"kind": "http", "path": "/healthz", "expect_status": 200,
@@ -112,6 +119,9 @@ pub struct FleetLayout {
     pub real_server_process: Vec<usize>,
     /// `site.vms` index of each started machine (in [`BALANCERS`] order).
     pub vms: Vec<usize>,
+    /// Each started machine's taps (boot/external, internal), in `vms` order: `ip link set TAP down` in the
+    /// site namespace cuts that link.
+    pub taps: Vec<(String, String)>,
 }
 
 /// Builds the whole site on `site` (fresh, from `Site::new` or `Site::named`). Machines are started, not
@@ -121,19 +131,20 @@ pub fn build(site: &mut Site, opts: &FleetOptions) -> Result<FleetLayout, LabErr
     site.start_server(opts.server.clone())?;
     site.bridge(INTERNAL_BRIDGE)?;
     for (name, address, _) in REAL_SERVERS {
-        let ns = site.attach_namespace(
-            name,
-            INTERNAL_BRIDGE,
-            &format!("{address}/24"),
-            Some(INTERNAL_VIP),
-        )?;
+        let (ns, process) = add_real_server(site, name, address, INTERNAL_BRIDGE)?;
         layout.real_server_ns.push(ns);
-        let process = real_server(site, ns, name)?;
-        site.processes.push(process);
-        layout.real_server_process.push(site.processes.len() - 1);
+        layout.real_server_process.push(process);
     }
     layout.client =
         site.attach_namespace("client", BOOT_BRIDGE, &format!("{CLIENT_ADDRESS}/15"), None)?;
+    let dhcp = site.attach_namespace(
+        "idhcp",
+        INTERNAL_BRIDGE,
+        &format!("{INTERNAL_DHCP_ADDRESS}/24"),
+        None,
+    )?;
+    let process = internal_dhcp(site, dhcp)?;
+    site.processes.push(process);
 
     let server = site.server();
     server.add_image_dir(
@@ -164,6 +175,7 @@ pub fn build(site: &mut Site, opts: &FleetOptions) -> Result<FleetLayout, LabErr
             continue;
         }
         let boot_tap = site.tap(BOOT_BRIDGE)?;
+        let boot_tap_name = boot_tap.clone();
         let internal_tap = site.tap(INTERNAL_BRIDGE)?;
         let name = if b.hostname.is_empty() {
             format!("unknown-{i}")
@@ -180,7 +192,7 @@ pub fn build(site: &mut Site, opts: &FleetOptions) -> Result<FleetLayout, LabErr
                     boot: true,
                 },
                 Nic {
-                    tap: internal_tap,
+                    tap: internal_tap.clone(),
                     mac: b.internal_mac.to_owned(),
                     boot: false,
                 },
@@ -188,12 +200,33 @@ pub fn build(site: &mut Site, opts: &FleetOptions) -> Result<FleetLayout, LabErr
         );
         spec.memory_mib = 384;
         layout.vms.push(site.start_vm(spec)?);
+        layout.taps.push((boot_tap_name, internal_tap));
     }
     Ok(layout)
 }
 
-/// Serves `name` as `/` (its own name), `/healthz`, and `/cgi-bin/slow` (ten lines, one every 300 ms: a long
-/// TCP session) with busybox httpd in the real server's namespace.
+/// How many lines `/cgi-bin/slow` streams, one every [`SLOW_LINE_MS`]: a TCP session long enough to live
+/// through a failover.
+pub const SLOW_LINES: u32 = 30;
+pub const SLOW_LINE_MS: u32 = 300;
+
+/// A real server `name` at `address` (/24) on `bridge` whose default gateway is [`INTERNAL_VIP`] (NAT): a
+/// namespace `lb<name>-<suffix>` running busybox httpd (see [`real_server`]). Returns the indexes of its
+/// namespace in `site.extra` and of its HTTP server in `site.processes`.
+pub fn add_real_server(
+    site: &mut Site,
+    name: &str,
+    address: &str,
+    bridge: &str,
+) -> Result<(usize, usize), LabError> {
+    let ns = site.attach_namespace(name, bridge, &format!("{address}/24"), Some(INTERNAL_VIP))?;
+    let process = real_server(site, ns, name)?;
+    site.processes.push(process);
+    Ok((ns, site.processes.len() - 1))
+}
+
+/// Serves `name` as `/` (its own name), `/healthz`, and `/cgi-bin/slow` ([`SLOW_LINES`] lines `<name> <i>`,
+/// one every [`SLOW_LINE_MS`]) with busybox httpd in the real server's namespace.
 fn real_server(site: &Site, ns: usize, name: &str) -> Result<NsProcess, LabError> {
     let root = site.dir.path().join(name);
     let cgi = root.join("cgi-bin");
@@ -205,12 +238,39 @@ fn real_server(site: &Site, ns: usize, name: &str) -> Result<NsProcess, LabError
         &cgi.join("slow"),
         &format!(
             "#!{busybox} sh\nprintf 'Content-Type: text/plain\\r\\n\\r\\n'\n\
-             for i in 1 2 3 4 5 6 7 8 9 10; do echo \"{name} $i\"; {busybox} sleep 0.3; done\n"
+             i=1; while [ $i -le {SLOW_LINES} ]; do echo \"{name} $i\"; {busybox} sleep {sleep}; \
+             i=$((i + 1)); done\n",
+            sleep = f64::from(SLOW_LINE_MS) / 1000.0
         ),
         0o755,
     )?;
     let root_text = root.display().to_string();
     site.extra[ns].spawn(&[&busybox, "httpd", "-f", "-p", "80", "-h", &root_text])
+}
+
+/// busybox udhcpd on the internal bridge: leases from [`INTERNAL_POOL`], no router (the balancers' default
+/// route stays on the boot network).
+fn internal_dhcp(site: &Site, ns: usize) -> Result<NsProcess, LabError> {
+    let dir = site.dir.path().join("idhcp");
+    std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+    let conf = dir.join("udhcpd.conf");
+    let leases = dir.join("udhcpd.leases");
+    write(&leases, "", 0o644)?;
+    write(
+        &conf,
+        &format!(
+            "start {}\nend {}\ninterface eth0\nlease_file {}\npidfile {}\noption subnet 255.255.255.0\n\
+             option lease 3600\n",
+            INTERNAL_POOL.0,
+            INTERNAL_POOL.1,
+            leases.display(),
+            dir.join("udhcpd.pid").display()
+        ),
+        0o644,
+    )?;
+    let busybox = site.prereqs.busybox.display().to_string();
+    let conf_text = conf.display().to_string();
+    site.extra[ns].spawn(&[&busybox, "udhcpd", "-f", &conf_text])
 }
 
 fn write(path: &Path, text: &str, mode: u32) -> Result<(), LabError> {
