@@ -2,7 +2,7 @@
 CARGO ?= cargo
 SERVER := target/release/lbfleet-server
 
-.PHONY: all deps build image demo demo-down demo-status test lint unit guest bench bench-longpoll bench-dhcp bench-ipvs bench-tftp bench-pxe bench-vrrp fuzz clean
+.PHONY: all deps build image demo demo-down demo-status test lint unit guest bench bench-longpoll bench-dhcp bench-ipvs bench-tftp bench-pxe bench-vrrp bench-site fuzz clean
 
 all: build
 
@@ -48,7 +48,7 @@ unit:
 guest: deps
 	$(CARGO) test -p lbfleet-tests
 
-bench: bench-longpoll bench-dhcp bench-ipvs bench-tftp bench-pxe bench-vrrp
+bench: bench-longpoll bench-dhcp bench-ipvs bench-tftp bench-pxe bench-vrrp bench-site
 
 bench-longpoll: deps
 	$(CARGO) run --release -p lbfleet-bench --bin bench-longpoll -- $(BENCH_ARGS)
@@ -77,6 +77,12 @@ bench-pxe: deps
 bench-vrrp: deps
 	$(CARGO) build --release -p lbfleet-agent -p lbfleet-tests -p lbfleet-bench --bins
 	./target/release/bench-vrrp $(BENCH_VRRP_ARGS)
+
+# The demo site measured by its client (root, QEMU TCG): boot to serving, failover outage, drain time, each
+# against its goal. BENCH_SITE_ARGS: --failovers N, --drains N, --interval-ms MS, --image DIR.
+bench-site: deps
+	$(CARGO) build --release -p lbfleet-server -p lbfleet-agent -p lbfleet-tests -p lbfleet-bench --bins
+	./target/release/bench-site $(BENCH_SITE_ARGS)
 
 # cargo-fuzz on the DHCP, TFTP and VRRP decoders, FUZZ_SECONDS per target (not part of `make test`). cargo-fuzz
 # needs nightly rustc flags; RUSTC_BOOTSTRAP=1 lets the machine's stable toolchain accept them.

@@ -40,6 +40,7 @@ pub const REAL_SERVERS: [(&str, &str, u32); 3] = [
 /// Health check of the cluster's service (what the agent's checker polls on each real server).
 pub const CHECK_INTERVAL_MS: u32 = 500;
 pub const CHECK_FALL: u32 = 2;
+pub const CHECK_TIMEOUT_MS: u32 = 400;
 
 /// One balancer machine of the site.
 #[derive(Debug, Clone)]
@@ -102,7 +103,7 @@ pub fn cluster_spec() -> Value {
         "services": [{
             "vip": VIP, "port": VIP_PORT, "protocol": "tcp", "scheduler": "wrr", "forward": "nat",
             "check": {"kind": "http", "path": "/healthz", "expect_status": 200,
-                      "interval_ms": CHECK_INTERVAL_MS, "timeout_ms": 400, "rise": 2, "fall": CHECK_FALL},
+                      "interval_ms": CHECK_INTERVAL_MS, "timeout_ms": CHECK_TIMEOUT_MS, "rise": 2, "fall": CHECK_FALL},
             "real_servers": real_servers
         }]
     })
@@ -223,6 +224,24 @@ pub fn add_real_server(
     let process = real_server(site, ns, name)?;
     site.processes.push(process);
     Ok((ns, site.processes.len() - 1))
+}
+
+/// Starts real server `i` (in [`REAL_SERVERS`] order) of a built site again, after a test stopped it.
+pub fn restart_real_server(
+    site: &mut Site,
+    layout: &FleetLayout,
+    i: usize,
+) -> Result<(), LabError> {
+    let (Some(name), Some(&ns), Some(&process)) = (
+        REAL_SERVERS.get(i).map(|r| r.0),
+        layout.real_server_ns.get(i),
+        layout.real_server_process.get(i),
+    ) else {
+        return Err(LabError::Other(format!("no real server {i}")));
+    };
+    site.processes[process].kill();
+    site.processes[process] = real_server(site, ns, name)?;
+    Ok(())
 }
 
 /// Serves `name` as `/` (its own name), `/healthz`, and `/cgi-bin/slow` ([`SLOW_LINES`] lines `<name> <i>`,
