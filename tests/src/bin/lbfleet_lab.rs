@@ -243,6 +243,7 @@ fn wait_for_serving(record: &SiteRecord, started: Option<Instant>) {
                 "demo: both balancers serving {:.1} s after the first machine started",
                 started.elapsed().as_secs_f64()
             );
+            wait_for_vip(record, started, limit);
             return;
         }
         std::thread::sleep(Duration::from_millis(500));
@@ -250,6 +251,33 @@ fn wait_for_serving(record: &SiteRecord, started: Option<Instant>) {
     println!(
         "demo: still not serving; the site keeps running, see `make demo-status` and the consoles"
     );
+}
+
+/// Waits (bounded) for the VIP to answer the client, the way the printed `curl` line asks it.
+fn wait_for_vip(record: &SiteRecord, started: Instant, limit: Duration) {
+    let Some(client_ns) = record.notes.get("client_ns") else {
+        return;
+    };
+    while started.elapsed() < limit {
+        let answer = Command::new("ip")
+            .args(["netns", "exec", client_ns, "curl", "-fsS", "-m", "2"])
+            .arg(format!("http://{VIP}/"))
+            .stdin(Stdio::null())
+            .stderr(Stdio::null())
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned());
+        if let Some(name) = answer {
+            println!(
+                "demo: the VIP answers ({name}) {:.1} s after the first machine started",
+                started.elapsed().as_secs_f64()
+            );
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    println!("demo: the VIP does not answer yet; see `make demo-status` and the consoles");
 }
 
 fn api_get(record: &SiteRecord, path: &str) -> Option<serde_json::Value> {

@@ -121,6 +121,7 @@ pub fn probe(
 pub struct Background {
     child: Child,
     out: PathBuf,
+    started: std::time::Instant,
 }
 
 impl Background {
@@ -138,7 +139,13 @@ impl Background {
         Ok(Background {
             child,
             out: out.to_owned(),
+            started: std::time::Instant::now(),
         })
+    }
+
+    /// When the program was started (a probe's slots count from about then).
+    pub fn started(&self) -> std::time::Instant {
+        self.started
     }
 
     /// A probe (as [`probe`]) running in the background; its output goes to `out`.
