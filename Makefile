@@ -2,7 +2,7 @@
 CARGO ?= cargo
 SERVER := target/release/lbfleet-server
 
-.PHONY: all deps build image demo demo-down demo-status test lint unit guest bench bench-longpoll bench-dhcp bench-ipvs bench-tftp bench-pxe bench-vrrp bench-site fuzz clean
+.PHONY: all deps build image demo demo-down demo-status test lint unit guest bench bench-longpoll bench-dhcp bench-ipvs bench-tftp bench-pxe bench-vrrp bench-health bench-site fuzz clean
 
 all: build
 
@@ -48,7 +48,7 @@ unit:
 guest: deps
 	$(CARGO) test -p lbfleet-tests
 
-bench: bench-longpoll bench-dhcp bench-ipvs bench-tftp bench-pxe bench-vrrp bench-site
+bench: bench-longpoll bench-dhcp bench-ipvs bench-tftp bench-pxe bench-vrrp bench-health bench-site
 
 bench-longpoll: deps
 	$(CARGO) run --release -p lbfleet-bench --bin bench-longpoll -- $(BENCH_ARGS)
@@ -60,6 +60,10 @@ bench-dhcp: build
 # IPVS programming in a QEMU guest: lbfleet-agent vs ipvsadm -R (release build of agent, probe and bench).
 bench-ipvs: deps
 	$(CARGO) run --release -p lbfleet-bench --bin bench-ipvs -- $(BENCH_ARGS)
+
+# Health-check drain time and CPU in a QEMU guest: lbfleet-agent vs keepalived HTTP_GET (same settings).
+bench-health: deps
+	$(CARGO) run --release -p lbfleet-bench --bin bench-health -- $(BENCH_ARGS)
 
 # TFTP/HTTP boot throughput vs dnsmasq and tftpd-hpa. Needs root (creates and deletes its own netns).
 bench-tftp: deps

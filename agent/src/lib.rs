@@ -3,6 +3,7 @@
 
 pub mod client;
 pub mod daemon;
+pub mod health;
 pub mod ipvs;
 pub mod netlink;
 pub mod pin;

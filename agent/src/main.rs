@@ -8,6 +8,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use lbfleet_agent::client::ServerClient;
 use lbfleet_agent::daemon::{self, RunConfig};
+use lbfleet_agent::health::HealthConfig;
 use lbfleet_agent::reconcile::{Applier, NetlinkApplier};
 use lbfleet_agent::state::{self, StateDir, DEFAULT_STATE_DIR};
 use lbfleet_agent::status;
@@ -58,6 +59,8 @@ enum Command {
         /// kernel command line, else the first line of /etc/lbfleet/image-version)
         #[arg(long, env = "LBFLEET_IMAGE_VERSION")]
         image_version: Option<String>,
+        #[command(flatten)]
+        health: HealthArgs,
     },
     /// Standalone: apply a role document from a file (no server). With --watch, keep it applied.
     Apply {
@@ -71,6 +74,8 @@ enum Command {
         /// Where the status file (`lbfleet-agent status`) is written with --watch
         #[arg(long, env = "LBFLEET_STATE_DIR", default_value = DEFAULT_STATE_DIR)]
         state_dir: PathBuf,
+        #[command(flatten)]
+        health: HealthArgs,
     },
     /// Print the boot script's kernel arguments as shell assignments for /init (`eval "$(lbfleet-agent
     /// bootargs)"`): BOOTARG_MAC, BOOTARG_SERVER, BOOTARG_SERVER_CERT, BOOTARG_IMAGE, BOOTARG_TOKEN_GIVEN.
@@ -110,6 +115,26 @@ enum Command {
         #[arg(long, env = "LBFLEET_CREDENTIAL", hide_env_values = true)]
         credential: Option<String>,
     },
+}
+
+/// Health-check settings shared by `run` and `apply --watch`.
+#[derive(Debug, clap::Args)]
+struct HealthArgs {
+    /// Most health probes (sockets or scripts) open at once
+    #[arg(long, env = "LBFLEET_HEALTH_MAX_IN_FLIGHT", default_value_t = 256)]
+    health_max_in_flight: usize,
+    /// Directory of the executables `script` checks may name
+    #[arg(long, env = "LBFLEET_CHECKS_DIR", default_value = lbfleet_agent::health::probe::DEFAULT_CHECKS_DIR)]
+    checks_dir: PathBuf,
+}
+
+impl HealthArgs {
+    fn config(self) -> HealthConfig {
+        HealthConfig {
+            max_in_flight: self.health_max_in_flight,
+            checks_dir: self.checks_dir,
+        }
+    }
 }
 
 async fn fetch_role(
@@ -178,6 +203,7 @@ async fn run_server_mode(
     resync: Duration,
     cmdline: &Path,
     image_version: Option<String>,
+    health: HealthConfig,
 ) -> anyhow::Result<()> {
     let boot = state::read_kernel_args(cmdline)?;
     let server = server.or(boot.server).ok_or_else(|| {
@@ -205,6 +231,7 @@ async fn run_server_mode(
     config.mac = mac.map(|m| m.to_string());
     config.credential = credential;
     config.resync = resync;
+    config.health = health;
     config.image_version = image_version.or(boot.image).or_else(|| {
         std::fs::read_to_string(IMAGE_VERSION_FILE)
             .ok()
@@ -232,6 +259,7 @@ async fn apply(
     watch: bool,
     resync: Duration,
     state_dir: PathBuf,
+    health: HealthConfig,
 ) -> anyhow::Result<()> {
     let out = daemon::apply_file(
         role,
@@ -239,6 +267,7 @@ async fn apply(
         watch,
         resync,
         state_dir,
+        health,
         shutdown_signal(),
     )
     .await?;
@@ -261,10 +290,15 @@ fn show_status(json: bool, state_dir: &Path) -> anyhow::Result<()> {
     let table = NetlinkApplier::new().observe()?;
     let dir = StateDir::new(state_dir);
     let generation = dir.load_role().ok().flatten().map(|r| r.generation);
-    // Written by the running daemon (server mode or apply --watch) with every report.
+    // Written by the running daemon (server mode or apply --watch) with every report; without one there is
+    // no VRRP state and no health to show.
     let report = dir.load_status().ok().flatten();
+    let health = report
+        .as_ref()
+        .map(status::health_by_dest)
+        .unwrap_or_default();
     if json {
-        let mut v = serde_json::to_value(status::status(&table, generation))?;
+        let mut v = serde_json::to_value(status::status(&table, generation, &health))?;
         if let (Some(obj), Some(r)) = (v.as_object_mut(), &report) {
             obj.insert("vrrp".into(), serde_json::to_value(status::vrrp_status(r))?);
         }
@@ -276,7 +310,7 @@ fn show_status(json: bool, state_dir: &Path) -> anyhow::Result<()> {
         if let Some(r) = &report {
             print!("{}", status::render_vrrp(&status::vrrp_status(r)));
         }
-        print!("{}", status::render_table(&table));
+        print!("{}", status::render_table(&table, &health));
     }
     Ok(())
 }
@@ -314,6 +348,7 @@ fn main() -> ExitCode {
             resync,
             cmdline,
             image_version,
+            health,
         } => runtime.block_on(run_server_mode(
             server,
             server_cert,
@@ -324,13 +359,15 @@ fn main() -> ExitCode {
             resync,
             &cmdline,
             image_version,
+            health.config(),
         )),
         Command::Apply {
             role,
             watch,
             resync,
             state_dir,
-        } => runtime.block_on(apply(role, watch, resync, state_dir)),
+            health,
+        } => runtime.block_on(apply(role, watch, resync, state_dir, health.config())),
         Command::Status { json, state_dir } => show_status(json, &state_dir),
         Command::Bootargs { cmdline } => state::read_kernel_args(&cmdline)
             .map(|args| print!("{}", args.shell_assignments()))

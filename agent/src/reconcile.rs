@@ -7,7 +7,7 @@ use std::hash::{Hash, Hasher};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
-use lbfleet_proto::RoleDocument;
+use lbfleet_proto::{DownAction, RoleDocument};
 use tracing::{debug, warn};
 
 use crate::ipvs::codec::IpvsRequest;
@@ -284,8 +284,10 @@ fn parse_ip(s: &str) -> Option<IpAddr> {
     Some(IpAddr::from(octets))
 }
 
-/// The kernel state a role asks for. A drained (`enabled = false`) or failed real server gets weight 0, so
-/// its existing connections finish. Entries the kernel could not hold (bad addresses) are skipped and named
+/// The kernel state a role asks for. A drained (`enabled = false`) real server gets weight 0, so its existing
+/// connections finish; so does one its check marked down, unless the service's `on_down` is `remove` (then it
+/// is left out). While no real server has a weight above 0, the service's sorry server (if any) is added
+/// with weight 1. Entries the kernel could not hold (bad addresses) are skipped and named
 /// in the returned errors.
 pub fn desired_state(role: &RoleDocument, health: &HealthResults) -> (IpvsState, Vec<String>) {
     desired_state_reusing(role, health, None)
@@ -346,6 +348,7 @@ pub fn desired_state_reusing(
         }
         let forward = Forward::from(vs.forward);
         let mut dests = Vec::with_capacity(vs.real_servers.len());
+        let mut in_service = false;
         for rs in &vs.real_servers {
             let Some(raddr) = parse_ip(&rs.address) else {
                 errors.push(format!(
@@ -358,12 +361,23 @@ pub fn desired_state_reusing(
                 addr: raddr,
                 port: rs.port,
             };
-            let weight = if rs.enabled && !(any_failed && health.is_failed(&key, &dk)) {
-                rs.weight
-            } else {
-                0
-            };
+            let failed = any_failed && health.is_failed(&key, &dk);
+            if failed && vs.check.on_down == DownAction::Remove {
+                continue;
+            }
+            let weight = if rs.enabled && !failed { rs.weight } else { 0 };
+            in_service |= weight > 0;
             dests.push(Destination::new(raddr, rs.port, forward, weight));
+        }
+        // The sorry server takes the traffic while no real server can.
+        if let (false, Some(sorry)) = (in_service, &vs.check.sorry_server) {
+            match parse_ip(&sorry.address) {
+                Some(addr) => dests.push(Destination::new(addr, sorry.port, forward, 1)),
+                None => errors.push(format!(
+                    "service {key}: bad sorry server address {:?}",
+                    sorry.address
+                )),
+            }
         }
         services.push((key, ServiceState::new(service, dests)));
     }

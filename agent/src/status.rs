@@ -1,15 +1,18 @@
-//! Views of the kernel's IPVS table: the `ipvsadm -Ln`-like text of `lbfleet-agent status`, its JSON form,
-//! and the per-service statistics the agent reports to the server; and the VRRP part of `status`.
+//! Views of the kernel's IPVS table: the `ipvsadm -Ln`-like text of `lbfleet-agent status` (with each real
+//! server's health from the running daemon's last report), its JSON form, and the per-service statistics and
+//! health the agent reports to the server; and the VRRP part of `status`.
 
+use std::collections::HashMap;
 use std::fmt::Write as _;
 
 use lbfleet_proto::{
-    AgentReport, Protocol, RealServerReport, ServiceReport, VrrpState, VrrpTransition,
+    AgentReport, HealthState, Protocol, RealServerHealth, RealServerReport, ServiceReport,
+    VrrpState, VrrpTransition,
 };
 use serde::Serialize;
 
-use crate::ipvs::{IpProto, IpvsTable, ServiceKey, Stats};
-use crate::reconcile::HealthResults;
+use crate::health::HealthSnapshot;
+use crate::ipvs::{DestKey, IpProto, IpvsTable, ServiceKey, Stats};
 
 /// One destination in `status --json`.
 #[derive(Debug, Clone, Serialize)]
@@ -21,6 +24,8 @@ pub struct DestStatus {
     pub active_conns: u32,
     pub inactive_conns: u32,
     pub stats: Stats,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub health: Option<RealServerHealth>,
 }
 
 /// One service in `status --json`.
@@ -43,7 +48,69 @@ pub struct Status {
     pub services: Vec<ServiceStatus>,
 }
 
-pub fn status(table: &IpvsTable, role_generation: Option<u64>) -> Status {
+/// Health by (service, destination) text, as `status` looks it up: (`TCP 198.18.0.10:80`, `198.18.2.1:8080`).
+pub type HealthByDest = HashMap<(String, String), RealServerHealth>;
+
+/// The per-server health of a report (the status file the running daemon writes), keyed as the table prints
+/// services and destinations. Entries whose addresses do not parse are left out.
+pub fn health_by_dest(report: &AgentReport) -> HealthByDest {
+    let mut out = HealthByDest::new();
+    for s in &report.services {
+        let Ok(vip) = s.vip.parse() else { continue };
+        let service = ServiceKey::Addr {
+            protocol: s.protocol.into(),
+            addr: vip,
+            port: s.port,
+        };
+        for r in &s.real_servers {
+            let (Some(h), Ok(addr)) = (&r.health, r.address.parse()) else {
+                continue;
+            };
+            let dest = DestKey { addr, port: r.port };
+            out.insert((service.to_string(), dest.to_string()), h.clone());
+        }
+    }
+    out
+}
+
+/// `up 1.2 ms`, `down since 12:00:03: HTTP 500 from /healthz`, for the status table.
+pub fn health_text(h: &RealServerHealth, now_unix: u64) -> String {
+    let ago = |since: Option<u64>| {
+        since
+            .map(|s| {
+                format!(
+                    " for {}",
+                    humantime::format_duration(std::time::Duration::from_secs(
+                        now_unix.saturating_sub(s)
+                    ))
+                )
+            })
+            .unwrap_or_default()
+    };
+    let flaps = if h.flaps > 0 {
+        format!(", {} flap(s)", h.flaps)
+    } else {
+        String::new()
+    };
+    match h.state {
+        HealthState::Up => format!(
+            "up{}{}{flaps}",
+            ago(h.since),
+            h.latency_us
+                .map(|us| format!(", {:.1} ms", us as f64 / 1000.0))
+                .unwrap_or_default()
+        ),
+        HealthState::Down => format!(
+            "DOWN{}{flaps}: {}",
+            ago(h.since),
+            h.last_error.as_deref().unwrap_or("?")
+        ),
+        HealthState::NotChecked => "not checked".into(),
+        HealthState::AdminDrained => "drained (admin)".into(),
+    }
+}
+
+pub fn status(table: &IpvsTable, role_generation: Option<u64>, health: &HealthByDest) -> Status {
     Status {
         role_generation,
         services: table
@@ -65,6 +132,9 @@ pub fn status(table: &IpvsTable, role_generation: Option<u64>) -> Status {
                         active_conns: d.active_conns,
                         inactive_conns: d.inactive_conns,
                         stats: d.stats,
+                        health: health
+                            .get(&(s.service.key.to_string(), d.dest.key.to_string()))
+                            .cloned(),
                     })
                     .collect(),
             })
@@ -72,11 +142,15 @@ pub fn status(table: &IpvsTable, role_generation: Option<u64>) -> Status {
     }
 }
 
-/// The table as `ipvsadm -Ln` lays it out.
-pub fn render_table(table: &IpvsTable) -> String {
+/// The table as `ipvsadm -Ln` lays it out, with a Health column when `health` knows the destinations.
+pub fn render_table(table: &IpvsTable, health: &HealthByDest) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
     let mut out = String::new();
     out.push_str("Prot LocalAddress:Port Scheduler Flags\n");
-    out.push_str("  -> RemoteAddress:Port           Forward Weight ActiveConn InActConn\n");
+    out.push_str("  -> RemoteAddress:Port           Forward Weight ActiveConn InActConn");
+    out.push_str(if health.is_empty() { "\n" } else { " Health\n" });
     for (s, dests) in &table.services {
         let svc = &s.service;
         let _ = write!(out, "{} {}", svc.key, svc.scheduler);
@@ -88,7 +162,7 @@ pub fn render_table(table: &IpvsTable) -> String {
         }
         out.push('\n');
         for d in dests {
-            let _ = writeln!(
+            let _ = write!(
                 out,
                 "  -> {:<28} {:<7} {:<6} {:<10} {}",
                 d.dest.key.to_string(),
@@ -97,6 +171,10 @@ pub fn render_table(table: &IpvsTable) -> String {
                 d.active_conns,
                 d.inactive_conns
             );
+            if let Some(h) = health.get(&(svc.key.to_string(), d.dest.key.to_string())) {
+                let _ = write!(out, "{:<9} {}", "", health_text(h, now));
+            }
+            out.push('\n');
         }
     }
     out
@@ -104,7 +182,7 @@ pub fn render_table(table: &IpvsTable) -> String {
 
 /// Per-service counters for the agent report. Only address services map to the proto's (VIP, port,
 /// protocol); firewall-mark and SCTP services are not part of role documents and are left out.
-pub fn service_reports(table: &IpvsTable, health: &HealthResults) -> Vec<ServiceReport> {
+pub fn service_reports(table: &IpvsTable, health: &HealthSnapshot) -> Vec<ServiceReport> {
     table
         .services
         .iter()
@@ -137,7 +215,7 @@ pub fn service_reports(table: &IpvsTable, health: &HealthResults) -> Vec<Service
                     .map(|d| RealServerReport {
                         address: d.dest.key.addr.to_string(),
                         port: d.dest.key.port,
-                        healthy: !health.is_failed(&key, &d.dest.key),
+                        healthy: !health.results.is_failed(&key, &d.dest.key),
                         weight: d.dest.weight,
                         active_conns: u64::from(d.active_conns),
                         inactive_conns: u64::from(d.inactive_conns),
@@ -146,6 +224,7 @@ pub fn service_reports(table: &IpvsTable, health: &HealthResults) -> Vec<Service
                         packets_out: d.stats.outpkts,
                         bytes_in: d.stats.inbytes,
                         bytes_out: d.stats.outbytes,
+                        health: health.health_of(&key, &d.dest.key).cloned(),
                     })
                     .collect(),
             })
@@ -238,7 +317,7 @@ mod tests {
 
     #[test]
     fn renders_like_ipvsadm() {
-        let text = render_table(&table());
+        let text = render_table(&table(), &HealthByDest::new());
         assert!(
             text.contains("TCP 198.18.0.10:80 wrr persistent 300 mask /24\n"),
             "{text}"
@@ -251,11 +330,40 @@ mod tests {
 
     #[test]
     fn reports_carry_counters_and_health() {
-        let mut health = HealthResults::default();
+        let mut health = HealthSnapshot::default();
         let t = table();
         let key = t.services[0].0.service.key;
-        health.mark_failed(key, t.services[0].1[0].dest.key);
+        let dest = t.services[0].1[0].dest.key;
+        health.results.mark_failed(key, dest);
+        let down = RealServerHealth {
+            state: HealthState::Down,
+            since: Some(1_000),
+            last_error: Some("HTTP 500 from /healthz".into()),
+            latency_us: None,
+            flaps: 2,
+            check: Some("HTTP GET /healthz expects 2xx".into()),
+        };
+        health.servers.insert((key, dest), down.clone());
         let r = service_reports(&t, &health);
+        assert_eq!(r[0].real_servers[0].health.as_ref(), Some(&down));
+        // What `status` reads back from the status file, and the column it prints.
+        let report = AgentReport {
+            services: r.clone(),
+            ..Default::default()
+        };
+        let by_dest = health_by_dest(&report);
+        assert_eq!(by_dest.len(), 1);
+        let text = render_table(&t, &by_dest);
+        assert!(text.contains("InActConn Health\n"), "{text}");
+        assert!(text.contains(" DOWN for "), "{text}");
+        assert!(
+            text.ends_with(", 2 flap(s): HTTP 500 from /healthz\n"),
+            "{text}"
+        );
+        assert_eq!(
+            health_text(&down, 1_090),
+            "DOWN for 1m 30s, 2 flap(s): HTTP 500 from /healthz"
+        );
         assert_eq!(r.len(), 1);
         assert_eq!(r[0].connections, 4);
         assert_eq!(r[0].real_servers[0].weight, 3);
@@ -271,7 +379,11 @@ mod tests {
             ),
             (3, 40, 30, 4000, 9000)
         );
-        let json = serde_json::to_value(status(&t, Some(7))).unwrap();
+        let json = serde_json::to_value(status(&t, Some(7), &by_dest)).unwrap();
+        assert_eq!(
+            json["services"][0]["destinations"][0]["health"]["state"],
+            "down"
+        );
         assert_eq!(json["role_generation"], 7);
         assert_eq!(json["services"][0]["destinations"][0]["forward"], "Masq");
     }

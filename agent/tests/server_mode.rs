@@ -95,10 +95,15 @@ impl Server {
             .call(
                 reqwest::Method::PUT,
                 "/api/v1/clusters/ext",
-                common::cluster_spec(51, "198.18.0.10"),
+                unchecked(cluster_spec()),
             )
             .await;
         assert!(s.is_success(), "{s} {v}");
+        self.node_with_role_keeping_spec().await
+    }
+
+    /// Node lb-01 assigned active in the existing cluster `ext`; returns a one-time enrollment token.
+    async fn node_with_role_keeping_spec(&self) -> String {
         let (s, v) = self
             .call(
                 reqwest::Method::POST,
@@ -132,7 +137,7 @@ impl Server {
 
     /// Replaces the cluster spec with the 198.18.2.2 weight set to `weight`.
     async fn set_weight(&self, weight: u32) {
-        let mut spec = common::cluster_spec(51, "198.18.0.10");
+        let mut spec = unchecked(cluster_spec());
         spec["services"][0]["real_servers"][1]["weight"] = json!(weight);
         let (s, v) = self
             .call(reqwest::Method::PUT, "/api/v1/clusters/ext", spec)
@@ -380,5 +385,187 @@ async fn a_failed_operation_is_retried_before_the_next_resync() {
         )
         .await;
     assert!(events.to_string().contains("injected failure"), "{events}");
+    agent.stop().await;
+}
+
+/// The common cluster spec with its VRRP interface renamed to one that does not exist: the daemon's VRRP
+/// instance then reports Fault and retries, instead of advertising and adding the VIP on the host's `eth0`
+/// (these tests run in the host's namespace; VRRP has its own netns tests).
+fn cluster_spec() -> serde_json::Value {
+    let mut spec = common::cluster_spec(51, "198.18.0.10");
+    spec["interface"] = serde_json::json!("lbf-absent0");
+    spec
+}
+
+/// The common spec without health checks: its real servers do not exist, and probes must not leave the
+/// test's own network (health checks have their own tests).
+fn unchecked(mut spec: serde_json::Value) -> serde_json::Value {
+    if let Some(services) = spec["services"].as_array_mut() {
+        for s in services {
+            s["check"] = serde_json::json!({"kind": "none"});
+        }
+    }
+    spec
+}
+
+/// An HTTP real server on loopback whose status can be switched.
+async fn real_server(
+    status: std::sync::Arc<std::sync::atomic::AtomicU16>,
+) -> (u16, JoinHandle<()>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    let h = tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let status = status.load(std::sync::atomic::Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = [0u8; 1024];
+                let _ = s.read(&mut buf).await;
+                let resp = format!(
+                    "HTTP/1.1 {status} X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                );
+                let _ = s.write_all(resp.as_bytes()).await;
+            });
+        }
+    });
+    (port, h)
+}
+
+/// Health checks inside the daemon: a failing real server (HTTP 500, on loopback) gets weight 0 in the
+/// kernel and the report says why; the service drops below its quorum and the VRRP priority goes down by
+/// the configured amount; it comes back by itself. The other server stays untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_real_server_is_drained_reported_and_restored_and_quorum_lowers_the_priority() {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    use std::sync::Arc;
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path()).await;
+    let (a, b) = (Arc::new(AtomicU16::new(200)), Arc::new(AtomicU16::new(200)));
+    let (pa, _ha) = real_server(a.clone()).await;
+    let (pb, _hb) = real_server(b.clone()).await;
+    let mut spec = cluster_spec();
+    spec["services"] = json!([{
+        "vip": "198.18.0.10", "port": 80, "protocol": "tcp", "scheduler": "wrr", "forward": "nat",
+        "check": {"kind": "http", "path": "/healthz", "expect_status": 200, "interval_ms": 200,
+                  "timeout_ms": 100, "rise": 2, "fall": 2, "jitter_ms": 0,
+                  "quorum": {"min_healthy": 2, "priority_drop": 60}},
+        "real_servers": [{"address": "127.0.0.1", "port": pa, "weight": 3},
+                         {"address": "127.0.0.1", "port": pb, "weight": 2}]}]);
+    let (s, v) = server
+        .call(reqwest::Method::PUT, "/api/v1/clusters/ext", spec)
+        .await;
+    assert!(s.is_success(), "{s} {v}");
+    let token = server.node_with_role_keeping_spec().await;
+    let kernel = RecordingApplier::new();
+    let (prio_tx, mut prio_rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut cfg = config(&server, &dir.path().join("state"), Some(token));
+    cfg.priority_observer = Some(Arc::new(lbfleet_agent::health::ChannelPrioritySink(
+        prio_tx,
+    )));
+    let agent = spawn_agent(cfg, &kernel);
+    let weight = |port: u16| {
+        let dk = DestKey {
+            addr: "127.0.0.1".parse().unwrap(),
+            port,
+        };
+        kernel
+            .state()
+            .services
+            .get(&tcp80())
+            .and_then(|s| s.dest(&dk))
+            .map(|d| d.weight)
+    };
+    wait_for(Duration::from_secs(10), "role applied", || {
+        weight(pa) == Some(3)
+    })
+    .await;
+    assert_eq!(prio_rx.recv().await, Some(150));
+    // Both checked and up (the first success marks a server up), as saved for `status`.
+    let state = lbfleet_agent::state::StateDir::new(dir.path().join("state"));
+    let saved_health = || {
+        state
+            .load_status()
+            .ok()
+            .flatten()
+            .map(|r| lbfleet_agent::status::health_by_dest(&r))
+            .unwrap_or_default()
+    };
+    wait_for(Duration::from_secs(10), "both servers up", || {
+        let by_dest = saved_health();
+        by_dest.len() == 2
+            && by_dest
+                .values()
+                .all(|h| h.state == lbfleet_proto::HealthState::Up)
+    })
+    .await;
+
+    a.store(500, Ordering::SeqCst);
+    wait_for(Duration::from_secs(10), "failing server drained", || {
+        weight(pa) == Some(0)
+    })
+    .await;
+    assert_eq!(weight(pb), Some(2));
+    assert_eq!(prio_rx.recv().await, Some(90));
+    // The report carries the state and the reason; the server keeps it.
+    let start = Instant::now();
+    loop {
+        let (_, v) = server
+            .call(reqwest::Method::GET, "/api/v1/nodes/lb-01", Value::Null)
+            .await;
+        let servers = &v["last_report"]["services"][0]["real_servers"];
+        let down = servers
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|r| r["port"] == pa && r["health"]["state"] == "down");
+        if let Some(r) = down {
+            assert_eq!(r["health"]["last_error"], "HTTP 500 from /healthz", "{r}");
+            assert_eq!(r["healthy"], false, "{r}");
+            assert_eq!(r["health"]["flaps"], 1, "{r}");
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "no down report: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The transition became a node event with its reason.
+    let want =
+        format!("real server 127.0.0.1:{pa} of 198.18.0.10:80/tcp is down: HTTP 500 from /healthz");
+    let start = Instant::now();
+    loop {
+        let (_, v) = server
+            .call(
+                reqwest::Method::GET,
+                "/api/v1/events?kind=health",
+                Value::Null,
+            )
+            .await;
+        let found = v["events"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|e| e["message"] == want.as_str());
+        if found {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "no event {want:?}: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // `lbfleet-agent status` reads what the daemon saved.
+    let by_dest = saved_health();
+    let h = &by_dest[&("TCP 198.18.0.10:80".to_owned(), format!("127.0.0.1:{pa}"))];
+    assert_eq!(h.last_error.as_deref(), Some("HTTP 500 from /healthz"));
+
+    a.store(200, Ordering::SeqCst);
+    wait_for(Duration::from_secs(10), "server restored", || {
+        weight(pa) == Some(3)
+    })
+    .await;
+    assert_eq!(prio_rx.recv().await, Some(150));
     agent.stop().await;
 }

@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::VrrpState;
+use crate::{HealthTransition, RealServerHealth, VrrpState};
 
 /// `POST /api/v1/agent/enroll`: trade a one-time enrollment token for a node credential.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -61,6 +61,9 @@ pub struct RealServerReport {
     pub bytes_in: u64,
     #[serde(default)]
     pub bytes_out: u64,
+    /// What the health check found (absent from agents that predate health checks).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<RealServerHealth>,
 }
 
 /// One virtual service as the agent observed it in the kernel.
@@ -129,4 +132,7 @@ pub struct AgentReport {
     /// Address the node uses to reach the server (for the dashboard).
     #[serde(default)]
     pub address: Option<String>,
+    /// Real-server health changes since the last report, oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub health_events: Vec<HealthTransition>,
 }

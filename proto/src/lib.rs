@@ -76,6 +76,11 @@ impl fmt::Display for UnknownValue {
 
 impl std::error::Error for UnknownValue {}
 
+// After the macro, which it uses.
+pub mod health;
+
+pub use health::*;
+
 wire_enum!(
     /// Transport protocol of a virtual service.
     Protocol { Tcp => "tcp", Udp => "udp" }
@@ -108,11 +113,6 @@ wire_enum!(
 );
 
 wire_enum!(
-    /// What a real-server health check does.
-    CheckKind { None => "none", Tcp => "tcp", Http => "http" }
-);
-
-wire_enum!(
     /// Access level of a user or API token.
     UserRole { Viewer => "viewer", Operator => "operator", Admin => "admin" }
 );
@@ -121,67 +121,6 @@ wire_enum!(
     /// VRRP state as the agent reports it.
     VrrpState { Init => "init", Backup => "backup", Master => "master", Fault => "fault" }
 );
-
-/// Health check of the real servers of one virtual service.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct HealthCheck {
-    pub kind: CheckKind,
-    /// HTTP path, `kind = "http"` only.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub path: Option<String>,
-    /// Expected HTTP status, `kind = "http"` only.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub expect_status: Option<u16>,
-    /// Port to probe instead of the real server's own port.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub port: Option<u16>,
-    #[serde(default = "HealthCheck::default_interval_ms")]
-    pub interval_ms: u32,
-    #[serde(default = "HealthCheck::default_timeout_ms")]
-    pub timeout_ms: u32,
-    /// Consecutive successes before a failed server is put back.
-    #[serde(default = "HealthCheck::default_rise")]
-    pub rise: u32,
-    /// Consecutive failures before a server is taken out.
-    #[serde(default = "HealthCheck::default_fall")]
-    pub fall: u32,
-}
-
-impl HealthCheck {
-    fn default_interval_ms() -> u32 {
-        1000
-    }
-    fn default_timeout_ms() -> u32 {
-        500
-    }
-    fn default_rise() -> u32 {
-        2
-    }
-    fn default_fall() -> u32 {
-        3
-    }
-
-    /// A TCP connect check with the default timings.
-    pub fn tcp() -> Self {
-        HealthCheck {
-            kind: CheckKind::Tcp,
-            path: None,
-            expect_status: None,
-            port: None,
-            interval_ms: Self::default_interval_ms(),
-            timeout_ms: Self::default_timeout_ms(),
-            rise: Self::default_rise(),
-            fall: Self::default_fall(),
-        }
-    }
-}
-
-impl Default for HealthCheck {
-    fn default() -> Self {
-        Self::tcp()
-    }
-}
 
 /// A real server behind a virtual service, as an operator declares it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

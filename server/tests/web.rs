@@ -719,3 +719,136 @@ async fn live_stream_ends_on_logout() {
         }
     }
 }
+
+/// A real server its node's checks marked down shows why (and since when, its latency, its flaps) on the node
+/// and cluster pages; the transition is an event on the node page. The service edit form keeps the check
+/// fields it does not show, and sets the ones it does.
+#[tokio::test]
+async fn a_down_real_server_shows_its_reason_and_the_edit_form_keeps_the_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = TestServer::start(dir.path()).await;
+    let op_token = srv.tokens.operator.clone();
+    let mut spec = cluster_spec(51, "198.18.0.10");
+    spec["services"][0]["check"] = json!({
+        "kind": "http", "path": "/healthz", "expect_status": 200, "host": "www.example",
+        "on_down": "remove", "quorum": {"min_healthy": 2, "priority_drop": 60},
+        "sorry_server": {"address": "198.18.2.9", "port": 8080}
+    });
+    let (s, v) = srv.put("/api/v1/clusters/ext", &op_token, spec).await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let cred = srv.enrolled_node("52:54:00:00:00:01", "lb-01").await;
+    let (s, v) = srv
+        .post(
+            "/api/v1/nodes/lb-01/assign",
+            &op_token,
+            json!({"cluster": "ext", "role": "active"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let (_, role) = srv.get("/api/v1/agent/role", &cred).await;
+    let check = "HTTP GET /healthz expects 200";
+    let (s, v) = srv
+        .post(
+            "/api/v1/agent/report",
+            &cred,
+            json!({
+                "applied_generation": role["generation"],
+                "services": [{"vip": "198.18.0.10", "port": 80, "protocol": "tcp",
+                    "real_servers": [
+                        {"address": "198.18.2.1", "port": 8080, "healthy": false, "weight": 0,
+                         "health": {"state": "down", "since": 1_764_547_200u64,
+                                    "last_error": "HTTP 500 from /healthz", "flaps": 3, "check": check}},
+                        {"address": "198.18.2.2", "port": 8080, "healthy": true, "weight": 2,
+                         "health": {"state": "up", "since": 1_764_547_100u64, "latency_us": 1500,
+                                    "check": check}}]}],
+                "health_events": [{"service": "198.18.0.10:80/tcp", "address": "198.18.2.1", "port": 8080,
+                                   "from": "up", "to": "down", "at": 1_764_547_200u64,
+                                   "reason": "HTTP 500 from /healthz"}]
+            }),
+        )
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT, "{v}");
+
+    let op = login(&srv, "oper").await;
+    let (s, html) = get_page(&srv, &op, "/nodes/1").await;
+    assert_eq!(s, StatusCode::OK);
+    let row = html
+        .split("<tr data-rs=\"198.18.2.1:8080\">")
+        .nth(1)
+        .and_then(|r| r.split("</tr>").next())
+        .unwrap_or_else(|| panic!("no row for 198.18.2.1:8080: {html}"));
+    assert!(row.contains("✖ down"), "{row}");
+    assert!(
+        row.contains("<td class=\"rs-error\">HTTP 500 from /healthz</td>"),
+        "{row}"
+    );
+    assert!(row.contains("2025-12-01 00:00:00Z"), "{row}");
+    assert!(row.contains("<td class=\"rs-flaps\">3</td>"), "{row}");
+    let up = html
+        .split("<tr data-rs=\"198.18.2.2:8080\">")
+        .nth(1)
+        .and_then(|r| r.split("</tr>").next())
+        .unwrap_or_default();
+    assert!(up.contains("✔ up") && up.contains("1.5 ms"), "{up}");
+    assert!(
+        html.contains(
+            "real server 198.18.2.1:8080 of 198.18.0.10:80/tcp is down: HTTP 500 from /healthz"
+        ),
+        "no health event on the node page"
+    );
+
+    // The cluster page shows the active node's view, with the reason.
+    let (_, html) = get_page(&srv, &op, "/clusters/ext").await;
+    let row = html
+        .split("<tr data-rs=\"198.18.2.1:8080\">")
+        .nth(1)
+        .and_then(|r| r.split("</tr>").next())
+        .unwrap_or_default();
+    assert!(
+        row.contains("✖ down")
+            && row.contains("HTTP 500 from /healthz")
+            && row.contains("3 flap(s)"),
+        "{row}"
+    );
+    assert!(
+        html.contains("quorum 2 (priority -60)"),
+        "check details missing"
+    );
+
+    // Saving the service's settings changes what the form shows and keeps the rest of the check.
+    let resp = post_form(
+        &srv,
+        &op,
+        "/clusters/ext/services/edit",
+        &[
+            ("csrf", op.csrf.as_str()),
+            ("service", "tcp:198.18.0.10:80"),
+            ("scheduler", "wrr"),
+            ("forward", "nat"),
+            ("persistence_s", "0"),
+            ("check_kind", "http"),
+            ("check_path", "/ready"),
+            ("check_status", ""),
+            ("check_interval_ms", "2000"),
+            ("check_timeout_ms", "700"),
+            ("check_rise", "3"),
+            ("check_fall", "4"),
+            ("check_on_down", "remove"),
+        ],
+    )
+    .await;
+    assert_eq!(resp.status(), StatusCode::SEE_OTHER);
+    let (_, v) = srv.get("/api/v1/clusters/ext", &srv.tokens.viewer).await;
+    let c = &v["spec"]["services"][0]["check"];
+    assert_eq!(c["path"], "/ready", "{c}");
+    assert_eq!(c["expect_status"], 200, "{c}");
+    assert_eq!(
+        (&c["interval_ms"], &c["timeout_ms"], &c["rise"], &c["fall"]),
+        (&json!(2000), &json!(700), &json!(3), &json!(4)),
+        "{c}"
+    );
+    assert_eq!(c["host"], "www.example", "{c}");
+    assert_eq!(c["on_down"], "remove", "{c}");
+    assert_eq!(c["quorum"]["min_healthy"], 2, "{c}");
+    assert_eq!(c["sorry_server"]["address"], "198.18.2.9", "{c}");
+}

@@ -43,7 +43,8 @@ fn vs(
         forward,
         persistence_s: persistence.map_or(0, |p| p.0),
         persistence_prefix: persistence.map(|p| p.1),
-        check: HealthCheck::tcp(),
+        // No probes: these real servers are not what this test is about (health checks: guest_health.rs).
+        check: HealthCheck::of_kind(lbfleet_proto::CheckKind::None),
         real_servers,
     }
 }

@@ -30,7 +30,8 @@ fn role(generation: u64, w1: u32, second_enabled: bool) -> RoleDocument {
             forward: ForwardMethod::Nat,
             persistence_s: 0,
             persistence_prefix: None,
-            check: HealthCheck::tcp(),
+            // No probes: these real servers are not what this test is about (health checks: guest_health.rs).
+            check: HealthCheck::of_kind(lbfleet_proto::CheckKind::None),
             real_servers: vec![
                 RealServer {
                     address: "198.18.2.1".into(),

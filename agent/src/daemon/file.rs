@@ -11,6 +11,7 @@ use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use super::{AgentError, Event, LoopConfig, RoleOrigin};
+use crate::health::HealthConfig;
 use crate::reconcile::{self, Applier, HealthResults, ReconcileOutcome, Reconciler};
 use crate::state::StateError;
 
@@ -37,13 +38,15 @@ fn mtime(p: &Path) -> Option<std::time::SystemTime> {
 }
 
 /// Applies `role_file` once, or with `watch` runs the daemon on it until `shutdown` (re-applying when the file
-/// changes and on every resync; VRRP runs as the role says). Returns the last pass's outcome.
+/// changes, when a real server's health changes and on every resync; VRRP and the health checks run as the
+/// role says, only with `watch`). Returns the last pass's outcome.
 pub async fn apply_file(
     role_file: PathBuf,
     applier: Box<dyn Applier>,
     watch: bool,
     resync: Duration,
     state_dir: PathBuf,
+    health: HealthConfig,
     shutdown: impl Future<Output = ()>,
 ) -> Result<ReconcileOutcome, AgentError> {
     let role = load(&role_file)?;
@@ -86,6 +89,9 @@ pub async fn apply_file(
             save_roles: false,
             report: None,
             log_file_passes: true,
+            health,
+            priority_observer: None,
+            health_outbox: None,
         },
         applier,
         events_tx,

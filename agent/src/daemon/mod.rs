@@ -1,23 +1,27 @@
 //! The agent's daemon: one loop that consumes typed [`Event`]s. Each subsystem is a task that sends events
 //! (the role source in `server` or `file`, the resync ticker, the VRRP instance in `crate::vrrp::tasks`, and
-//! later the health checker); the loop owns the reconciler and the report, so adding a subsystem means adding
-//! an `Event` variant and its arm in [`Daemon::handle`], never a new branch of a string match.
+//! the health checks' change notifier); the loop owns the reconciler, the health checks and the report, so
+//! adding a subsystem means adding an `Event` variant and its arm in [`Daemon::handle`], never a new branch of
+//! a string match. The health quorum's VRRP priority goes to the instance through [`VrrpSupervisor`].
 
 pub mod file;
 pub mod server;
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use lbfleet_proto::{AgentReport, RoleDocument, VrrpState, VrrpTransition};
+use lbfleet_proto::{AgentReport, HealthTransition, RoleDocument, VrrpState, VrrpTransition};
 use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
 use crate::client::ClientError;
+use crate::health::{HealthChecks, HealthConfig, PrioritySink, PrioritySinks};
 use crate::ipvs::codec::{SyncDaemon, SyncState};
 use crate::ipvs::IpvsSocket;
-use crate::reconcile::{self, Applier, ApplyError, HealthResults, ReconcileOutcome, Reconciler};
+use crate::reconcile::{self, Applier, ApplyError, ReconcileOutcome, Reconciler};
 use crate::state::{StateDir, StateError};
 use crate::status;
 use crate::vrrp::tasks::VrrpSupervisor;
@@ -86,8 +90,9 @@ pub enum Event {
     },
     /// The master this node follows changed without a state change (a Backup heard a new master).
     VrrpMasterChanged(VrrpStatus),
-    /// New real-server health results (sent by the health checker): rebuild the desired state with them.
-    HealthChange(HealthResults),
+    /// A real server's health changed (sent by the health checks' notifier): re-read the results, rebuild
+    /// the desired state if they changed, report the transitions.
+    HealthChange,
     /// A role source hit a refusal retrying cannot fix.
     Fatal(AgentError),
     /// Stop: release the VIPs, stop the sync daemon, return.
@@ -106,6 +111,63 @@ pub(crate) struct LoopConfig {
     pub report: Option<watch::Sender<Option<AgentReport>>>,
     /// Standalone mode: every applying pass logs "role file applied" (scripts wait for that line).
     pub log_file_passes: bool,
+    /// Health-check settings (concurrency, script directory).
+    pub health: HealthConfig,
+    /// Also told the quorum's VRRP priority (besides the VRRP instance): for tests and embedders.
+    pub priority_observer: Option<Arc<dyn PrioritySink>>,
+    /// Health transitions waiting for the reporter (server mode).
+    pub health_outbox: Option<HealthOutbox>,
+}
+
+/// Most health transitions waiting for the server; the oldest are dropped first (the server refuses more
+/// per report).
+pub const HEALTH_OUTBOX_MAX: usize = 1000;
+
+/// Health transitions on their way to the server. The daemon adds them as they happen; the reporter puts
+/// all waiting ones into each report it sends and removes them once the server accepted it, so none is lost
+/// when reports replace each other while the server is slow or down.
+#[derive(Debug, Clone, Default)]
+pub struct HealthOutbox(Arc<Mutex<OutboxInner>>);
+
+#[derive(Debug, Default)]
+struct OutboxInner {
+    /// Sequence number of the front entry.
+    first_seq: u64,
+    waiting: VecDeque<HealthTransition>,
+}
+
+impl HealthOutbox {
+    fn lock(&self) -> std::sync::MutexGuard<'_, OutboxInner> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn push(&self, transitions: impl IntoIterator<Item = HealthTransition>) {
+        let mut o = self.lock();
+        for t in transitions {
+            if o.waiting.len() >= HEALTH_OUTBOX_MAX {
+                o.waiting.pop_front();
+                o.first_seq += 1;
+            }
+            o.waiting.push_back(t);
+        }
+    }
+
+    /// Everything waiting, and the mark to pass to [`HealthOutbox::sent`] once the server has it.
+    pub fn waiting(&self) -> (Vec<HealthTransition>, u64) {
+        let o = self.lock();
+        (
+            o.waiting.iter().cloned().collect(),
+            o.first_seq + o.waiting.len() as u64,
+        )
+    }
+
+    /// Removes what was sent up to `mark` (entries added since stay).
+    pub fn sent(&self, mark: u64) {
+        let mut o = self.lock();
+        let n = mark.saturating_sub(o.first_seq).min(o.waiting.len() as u64);
+        o.waiting.drain(..n as usize);
+        o.first_seq += n;
+    }
 }
 
 /// Aborts a task when dropped (a subsystem's task lives as long as its owner).
@@ -162,7 +224,8 @@ struct Daemon {
     state: StateDir,
     started: Instant,
     reconciler: Option<Reconciler>,
-    health: HealthResults,
+    /// The probes of the current role, their results and the quorum.
+    checks: HealthChecks,
     role: Option<RoleDocument>,
     desired: reconcile::IpvsState,
     role_errors: Vec<String>,
@@ -189,6 +252,8 @@ struct Daemon {
     events_tx: mpsc::Sender<Event>,
     /// The next pass applies the role saved before a restart (logged as such).
     saved_pass: bool,
+    /// Turns the health checks' change notifications into `Event::HealthChange`.
+    _health_notifier: AbortOnDrop<()>,
 }
 
 /// Milliseconds since the Unix epoch, now.
@@ -207,11 +272,19 @@ pub(crate) async fn run_loop(
     shutdown: impl Future<Output = ()>,
 ) -> Result<Option<ReconcileOutcome>, AgentError> {
     tokio::pin!(shutdown);
+    let vrrp_task = VrrpSupervisor::new();
+    let mut sinks: Vec<Arc<dyn PrioritySink>> = vec![Arc::new(vrrp_task.quorum_priority())];
+    sinks.extend(config.priority_observer.clone());
+    let checks = HealthChecks::new(config.health.clone(), Some(Arc::new(PrioritySinks(sinks))));
+    let health_notifier = AbortOnDrop(tokio::spawn(notify_health_changes(
+        checks.monitor().subscribe(),
+        events_tx.clone(),
+    )));
     let mut d = Daemon {
         state: StateDir::new(&config.state_dir),
         started: Instant::now(),
         reconciler: Some(Reconciler::new(applier)),
-        health: HealthResults::default(),
+        checks,
         role: None,
         desired: Default::default(),
         role_errors: Vec::new(),
@@ -224,10 +297,11 @@ pub(crate) async fn run_loop(
         last_services: Vec::new(),
         vrrp: None,
         transitions: Vec::new(),
-        vrrp_task: VrrpSupervisor::new(),
+        vrrp_task,
         sync_daemon: None,
         events_tx,
         saved_pass: false,
+        _health_notifier: health_notifier,
         config,
     };
     let resync_every = d.config.resync;
@@ -259,6 +333,16 @@ pub(crate) async fn run_loop(
     }
     d.shutdown().await;
     Ok(d.last_outcome)
+}
+
+/// The health checks' notifier: one `Event::HealthChange` per burst of state changes (the watch coalesces
+/// changes that happen while the loop is busy).
+async fn notify_health_changes(mut changes: watch::Receiver<u64>, events: mpsc::Sender<Event>) {
+    while changes.changed().await.is_ok() {
+        if events.send(Event::HealthChange).await.is_err() {
+            return;
+        }
+    }
 }
 
 /// Waits for the next event from any source. Roles and subsystem events come first; a due report waits until
@@ -308,13 +392,7 @@ impl Daemon {
                 if vrrp.is_none() && self.vrrp.is_some() {
                     self.vrrp = None;
                 }
-                let master = self
-                    .vrrp
-                    .as_ref()
-                    .is_some_and(|v| v.state == VrrpState::Master);
-                self.vrrp_task
-                    .apply(vrrp.as_ref(), master, &self.events_tx)
-                    .await;
+                self.vrrp_task.apply(vrrp.as_ref(), &self.events_tx).await;
                 if vrrp.is_none() {
                     self.set_sync_daemon(None).await;
                 }
@@ -324,13 +402,20 @@ impl Daemon {
                     Pass::Fast
                 }
             }
-            Event::HealthChange(results) => {
-                self.health = results;
-                if let Some(role) = self.role.take() {
+            Event::HealthChange => {
+                let Some(role) = self.role.take() else {
+                    return Ok(());
+                };
+                if self.checks.refresh(&role) {
                     // Health changed: rebuild without reuse (reused entries carry the old weights).
-                    self.set_role(role, false);
+                    self.rebuild(role, false);
+                    Pass::Fast
+                } else {
+                    // Nothing for the kernel (a first success, say): the transition goes out in a report.
+                    self.role = Some(role);
+                    self.report_due = true;
+                    return Ok(());
                 }
-                Pass::Fast
             }
             Event::VrrpTransition { status, transition } => {
                 info!(
@@ -415,13 +500,23 @@ impl Daemon {
         }
     }
 
+    /// A new role: the health checks follow it first (probes added and removed, the quorum's priority
+    /// re-evaluated and sent before the VRRP instance is reconfigured), then the desired state is built,
+    /// reusing the previous one's unchanged services unless the health results changed with the role.
     fn set_role(&mut self, role: RoleDocument, reuse: bool) {
+        let health_changed = self.checks.set_role(&role);
+        self.rebuild(role, reuse && !health_changed);
+    }
+
+    /// Builds the desired state of `role` from the current health results.
+    fn rebuild(&mut self, role: RoleDocument, reuse: bool) {
         let previous = if reuse {
             self.role.as_ref().map(|r| (r, &self.desired))
         } else {
             None
         };
-        let (desired, errors) = reconcile::desired_state_reusing(&role, &self.health, previous);
+        let (desired, errors) =
+            reconcile::desired_state_reusing(&role, self.checks.results(), previous);
         for e in &errors {
             warn!(generation = role.generation, error = %e, "role entry skipped");
         }
@@ -490,7 +585,7 @@ impl Daemon {
                 }
                 self.pending_errors.extend(out.errors.iter().cloned());
                 let fast = pass == Pass::Fast;
-                let services = status::service_reports(&out.table, &self.health);
+                let services = status::service_reports(&out.table, &self.checks.snapshot());
                 self.last_outcome = Some(out);
                 if fast {
                     // Counters come from the read that follows once no newer role is waiting.
@@ -521,6 +616,10 @@ impl Daemon {
     /// Builds the report: hands it to the reporter (server mode; it sends only the latest) and writes the
     /// status file `lbfleet-agent status` reads.
     fn publish(&mut self, services: Vec<lbfleet_proto::ServiceReport>) {
+        let transitions = self.checks.take_transitions();
+        if let Some(outbox) = &self.config.health_outbox {
+            outbox.push(transitions);
+        }
         let mut errors = std::mem::take(&mut self.pending_errors);
         errors.extend(self.role_errors.iter().cloned());
         let report = AgentReport {
@@ -540,6 +639,7 @@ impl Daemon {
             uptime_s: self.started.elapsed().as_secs(),
             // Filled in by the reporter.
             address: None,
+            health_events: Vec::new(),
         };
         if let Err(e) = self.state.save_status(&report) {
             warn!(error = %e, "cannot write the status file");

@@ -5,6 +5,7 @@
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use lbfleet_proto::{AgentReport, EnrollRequest};
@@ -12,8 +13,9 @@ use rand::Rng;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
-use super::{AgentError, Event, LoopConfig, RoleOrigin};
+use super::{AgentError, Event, HealthOutbox, LoopConfig, RoleOrigin};
 use crate::client::ServerClient;
+use crate::health::{HealthConfig, PrioritySink};
 use crate::reconcile::Applier;
 use crate::state::StateDir;
 
@@ -66,6 +68,10 @@ pub struct RunConfig {
     pub image_version: Option<String>,
     /// Trust only this server certificate over HTTPS (`lbfleet.server_cert=`).
     pub server_cert: Option<crate::pin::CertPin>,
+    /// Health-check settings (concurrency, script directory).
+    pub health: HealthConfig,
+    /// Also told the health quorum's VRRP priority (the VRRP instance always is): tests, embedders.
+    pub priority_observer: Option<Arc<dyn PrioritySink>>,
 }
 
 impl RunConfig {
@@ -82,6 +88,8 @@ impl RunConfig {
             backoff_max: Duration::from_secs(30),
             image_version: None,
             server_cert: None,
+            health: HealthConfig::default(),
+            priority_observer: None,
         }
     }
 }
@@ -175,11 +183,13 @@ async fn poll_roles(
     }
 }
 
-/// Posts the newest report; while the server is down, retries with backoff and sends only the latest.
+/// Posts the newest report; while the server is down, retries with backoff and sends only the latest. Each
+/// report carries every health transition still waiting in `outbox`; they leave it once the server took them.
 async fn send_reports(
     client: ServerClient,
     server: String,
     mut rx: watch::Receiver<Option<AgentReport>>,
+    outbox: HealthOutbox,
     mut backoff: Backoff,
 ) {
     loop {
@@ -192,8 +202,11 @@ async fn send_reports(
             };
             // Here, not in the reconcile loop: resolving the server's name may be slow.
             report.address = local_address_towards(&server).await;
+            let (events, mark) = outbox.waiting();
+            report.health_events = events;
             match client.report(&report).await {
                 Ok(()) => {
+                    outbox.sent(mark);
                     debug!(generation = report.applied_generation, "report sent");
                     backoff.reset();
                     break;
@@ -234,11 +247,13 @@ pub async fn run(
         Err(e) => warn!(error = %e, "ignoring the saved role"),
     }
     let (report_tx, report_rx) = watch::channel(None);
+    let outbox = HealthOutbox::default();
     let source = tokio::spawn(role_source(
         config.clone(),
         state,
         events_tx.clone(),
         report_rx,
+        outbox.clone(),
     ));
     let result = super::run_loop(
         LoopConfig {
@@ -248,6 +263,9 @@ pub async fn run(
             save_roles: true,
             report: Some(report_tx),
             log_file_passes: false,
+            health: config.health.clone(),
+            priority_observer: config.priority_observer.clone(),
+            health_outbox: Some(outbox),
         },
         applier,
         events_tx,
@@ -266,6 +284,7 @@ async fn role_source(
     state: StateDir,
     tx: mpsc::Sender<Event>,
     report_rx: watch::Receiver<Option<AgentReport>>,
+    outbox: HealthOutbox,
 ) {
     let client = match connect(&config, &state).await {
         Ok(c) => c,
@@ -279,6 +298,7 @@ async fn role_source(
         client.clone(),
         config.server.clone(),
         report_rx,
+        outbox,
         backoff.clone(),
     )));
     // Ask from 0: the server answers at once with the current document, which may be newer than the saved one

@@ -167,6 +167,62 @@ fn drained_and_failed_real_servers_get_weight_zero() {
 }
 
 #[test]
+fn down_servers_are_removed_by_policy_and_the_sorry_server_takes_over_when_none_serves() {
+    use lbfleet_proto::{DownAction, SorryServer};
+    let mut r = example();
+    r.services[0].check.on_down = DownAction::Remove;
+    r.services[0].check.sorry_server = Some(SorryServer {
+        address: "198.18.2.200".into(),
+        port: 80,
+    });
+    let svc = key("198.18.0.10", 80, IpProto::Tcp);
+    let sorry = dkey("198.18.2.200", 80);
+    let mut health = HealthResults::default();
+    let (s, _) = desired_state(&r, &health);
+    assert_eq!(s.services[&svc].dests().len(), 2);
+    assert!(s.services[&svc].dest(&sorry).is_none());
+    // One down: removed, no sorry server yet.
+    health.mark_failed(svc, dkey("198.18.2.1", 8080));
+    let (s, _) = desired_state(&r, &health);
+    assert!(s.services[&svc].dest(&dkey("198.18.2.1", 8080)).is_none());
+    assert!(s.services[&svc].dest(&sorry).is_none());
+    // The other drained by the API: nobody serves, the sorry server does (weight 1). The drained one stays
+    // at weight 0 whatever its check says (the API wins).
+    r.services[0].real_servers[1].enabled = false;
+    let (s, _) = desired_state(&r, &health);
+    let st = &s.services[&svc];
+    assert_eq!(st.dest(&dkey("198.18.2.2", 8080)).unwrap().weight, 0);
+    assert_eq!(st.dest(&sorry).unwrap().weight, 1);
+    // Back up: the sorry server goes, the server returns with its weight.
+    health.mark_healthy(svc, dkey("198.18.2.1", 8080));
+    let (s, _) = desired_state(&r, &health);
+    assert!(s.services[&svc].dest(&sorry).is_none());
+    assert_eq!(
+        s.services[&svc]
+            .dest(&dkey("198.18.2.1", 8080))
+            .unwrap()
+            .weight,
+        1
+    );
+    // The plan from "all down" to "one back" is two operations: add the server, delete the sorry server.
+    health.mark_failed(svc, dkey("198.18.2.1", 8080));
+    let (down, _) = desired_state(&r, &health);
+    health.mark_healthy(svc, dkey("198.18.2.1", 8080));
+    let (up, _) = desired_state(&r, &health);
+    let p = plan(&up, &down);
+    assert_eq!(
+        p.ops,
+        vec![
+            Op::DelDest(svc, sorry),
+            Op::AddDest(
+                svc,
+                Destination::new("198.18.2.1".parse().unwrap(), 8080, Forward::Masq, 1)
+            ),
+        ]
+    );
+}
+
+#[test]
 fn services_not_in_the_role_are_deleted_whole_and_first() {
     let before = desired(&example());
     let mut r = example();

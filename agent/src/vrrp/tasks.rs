@@ -2,7 +2,9 @@
 //! the VIPs, and drives the sans-IO [`Instance`]: every received advert and every timer expiry becomes an
 //! [`Input`], every [`Action`] is carried out here (send the advert, add/remove the VIPs over rtnetlink, send
 //! gratuitous ARP, restart a timer) and each transition goes to the daemon loop as [`Event::VrrpTransition`].
-//! [`VrrpSupervisor`] starts, reconfigures and stops that task for the daemon.
+//! [`VrrpSupervisor`] starts, reconfigures and stops that task for the daemon. A role change that only changes
+//! the priority keeps the instance and feeds it [`Input::SetPriority`], as does the health quorum through
+//! [`QuorumPriority`] (the supervisor's `PrioritySink`).
 //!
 //! Two behaviours beyond the RFC: a graceful stop sends priority 0 and removes the VIPs before the task ends
 //! (no VIP left behind), and an agent that starts while its VIPs are already on the interface (restarted while
@@ -14,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use lbfleet_proto::{VrrpConfig, VrrpState};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
@@ -23,10 +25,11 @@ use super::socket::VrrpSocket;
 use super::vips::{self, Resolved, SetupError};
 use super::{
     decode_ip_packet, encode_ip_packet, Action, Advertisement, Auth, DropCounters, DropReason,
-    Input, Instance, InstanceConfig, Ipv4Header, State, TransitionReason, Version,
+    Input, Instance, InstanceConfig, Ipv4Header, State, TransitionReason, Version, OWNER_PRIORITY,
     VRRP_MULTICAST_V4,
 };
 use crate::daemon::{now_ms, Event, VrrpStatus};
+use crate::health::PrioritySink;
 use crate::rtnl::RouteSocket;
 
 /// How long a graceful stop may take before the task is abandoned.
@@ -58,21 +61,73 @@ impl DropStats {
     }
 }
 
+/// The priority the health quorum wants advertised (`None`: the role's own). The daemon hands it to the
+/// health checks as their `PrioritySink`; the running instance turns each change into
+/// [`Input::SetPriority`], and a new instance starts with it.
+#[derive(Debug, Clone)]
+pub struct QuorumPriority(Arc<watch::Sender<Option<u8>>>);
+
+impl Default for QuorumPriority {
+    fn default() -> Self {
+        QuorumPriority(Arc::new(watch::channel(None).0))
+    }
+}
+
+impl PrioritySink for QuorumPriority {
+    fn set_priority(&self, priority: u8) {
+        self.0.send_replace(Some(priority));
+    }
+}
+
+/// What a new VRRP config means for the running instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConfigChange {
+    /// Nothing to do.
+    Same,
+    /// Only the priority differs: keep the instance (its state, its VIPs) and set the new priority.
+    Priority(u8),
+    /// Stop the running instance (if any) and start one for the new config (if any).
+    Restart,
+}
+
+impl ConfigChange {
+    pub fn between(running: Option<&VrrpConfig>, wanted: Option<&VrrpConfig>) -> ConfigChange {
+        match (running, wanted) {
+            (None, None) => ConfigChange::Same,
+            (Some(r), Some(w)) if r == w => ConfigChange::Same,
+            // The address owner (255) is a different kind of router (Master at once, ignores adverts): a change
+            // to or from it restarts.
+            (Some(r), Some(w))
+                if r.priority != OWNER_PRIORITY
+                    && w.priority != OWNER_PRIORITY
+                    && VrrpConfig {
+                        priority: w.priority,
+                        ..r.clone()
+                    } == *w =>
+            {
+                ConfigChange::Priority(w.priority)
+            }
+            _ => ConfigChange::Restart,
+        }
+    }
+}
+
 /// Starts, reconfigures and stops the VRRP task of the current role.
 #[derive(Debug, Default)]
 pub struct VrrpSupervisor {
     running: Option<Running>,
     drops: Arc<Mutex<DropStats>>,
+    quorum: QuorumPriority,
 }
 
 #[derive(Debug)]
 struct Running {
     config: VrrpConfig,
     stop: Option<oneshot::Sender<()>>,
-    /// A new priority for the running instance (see [`priority_change_in_place`]).
-    priority: mpsc::UnboundedSender<u8>,
     /// Completes when the instance's thread has finished (VIPs released).
     done: oneshot::Receiver<()>,
+    /// The role's priority, changed in place by a priority-only role change.
+    base_priority: watch::Sender<u8>,
 }
 
 impl VrrpSupervisor {
@@ -80,36 +135,41 @@ impl VrrpSupervisor {
         VrrpSupervisor::default()
     }
 
-    /// Runs `config` (or nothing): an unchanged config keeps the running instance; a change of priority
-    /// alone that needs no handover (see [`priority_change_in_place`]) is applied to the running instance;
-    /// any other change stops it gracefully and starts the new one. `master`: the instance is MASTER now.
-    pub async fn apply(
-        &mut self,
-        config: Option<&VrrpConfig>,
-        master: bool,
-        events: &mpsc::Sender<Event>,
-    ) {
-        if self.running.as_ref().map(|r| &r.config) == config {
-            return;
-        }
-        if let (Some(r), Some(new)) = (self.running.as_mut(), config) {
-            if let Some(p) = priority_change_in_place(&r.config, new, master) {
-                if r.priority.send(p).is_ok() {
+    /// The sink the health quorum sends its priority to.
+    pub fn quorum_priority(&self) -> QuorumPriority {
+        self.quorum.clone()
+    }
+
+    /// Runs `config` (or nothing): an unchanged config keeps the running instance, one that changes only the
+    /// priority keeps it too (`SetPriority`: no VIP moves, no state is lost), any other change stops it
+    /// gracefully and starts the new one.
+    pub async fn apply(&mut self, config: Option<&VrrpConfig>, events: &mpsc::Sender<Event>) {
+        match ConfigChange::between(self.running.as_ref().map(|r| &r.config), config) {
+            ConfigChange::Same => return,
+            ConfigChange::Priority(priority) => {
+                if let (Some(r), Some(c)) = (self.running.as_mut(), config) {
                     info!(
-                        vrid = new.vrid,
-                        priority = p,
-                        "VRRP priority changed in place"
+                        vrid = c.vrid,
+                        from = r.config.priority,
+                        to = priority,
+                        "VRRP priority changed (instance kept)"
                     );
-                    r.config = new.clone();
+                    r.config = c.clone();
+                    r.base_priority.send_replace(priority);
                     return;
                 }
             }
+            ConfigChange::Restart => {}
         }
         self.stop().await;
         if let Some(config) = config {
-            let (priority_tx, priority_rx) = mpsc::unbounded_channel();
             let (stop_tx, stop_rx) = oneshot::channel();
             let (done_tx, done) = oneshot::channel();
+            let (base_tx, base_rx) = watch::channel(config.priority);
+            let priority = Priority {
+                base: base_rx,
+                quorum: self.quorum.0.subscribe(),
+            };
             let (cfg, ev, drops) = (config.clone(), events.clone(), self.drops.clone());
             let vrid = config.vrid;
             // Its own thread, with a real-time priority when allowed: adverts must go out on time even when
@@ -122,7 +182,7 @@ impl VrrpSupervisor {
                         .enable_all()
                         .build()
                     {
-                        Ok(rt) => rt.block_on(run_instance(cfg, ev, drops, stop_rx, priority_rx)),
+                        Ok(rt) => rt.block_on(run_instance(cfg, ev, drops, priority, stop_rx)),
                         Err(e) => warn!(vrid, error = %e, "cannot start the VRRP runtime"),
                     }
                     let _ = done_tx.send(());
@@ -135,8 +195,8 @@ impl VrrpSupervisor {
             self.running = Some(Running {
                 config: config.clone(),
                 stop: Some(stop_tx),
-                priority: priority_tx,
                 done,
+                base_priority: base_tx,
             });
         }
     }
@@ -163,19 +223,6 @@ impl VrrpSupervisor {
     pub fn config(&self) -> Option<&VrrpConfig> {
         self.running.as_ref().map(|r| &r.config)
     }
-}
-
-/// The priority to set on the running instance when `new` differs from `old` in the priority only and no
-/// handover is due: a raise, or any change while not MASTER (a switchover raises the backup this way without
-/// a restart, so it never sends priority 0 or flaps). A MASTER whose priority goes down restarts instead: its
-/// priority-0 advert hands the VIPs over at once (Skew_Time), whether or not the backup preempts.
-pub fn priority_change_in_place(old: &VrrpConfig, new: &VrrpConfig, master: bool) -> Option<u8> {
-    let same_but_priority = VrrpConfig {
-        priority: new.priority,
-        ..old.clone()
-    } == *new;
-    (same_but_priority && new.priority != old.priority && (!master || new.priority > old.priority))
-        .then_some(new.priority)
 }
 
 /// Real-time priority of the VRRP thread (SCHED_RR; busy user processes run at SCHED_OTHER below it).
@@ -233,24 +280,64 @@ pub fn instance_config(config: &VrrpConfig, r: &Resolved) -> Result<InstanceConf
     })
 }
 
+/// The priority an instance should run at: the quorum's when it set one, else the role's.
+#[derive(Debug)]
+struct Priority {
+    base: watch::Receiver<u8>,
+    quorum: watch::Receiver<Option<u8>>,
+}
+
+impl Priority {
+    fn wanted(&self) -> u8 {
+        (*self.quorum.borrow()).unwrap_or(*self.base.borrow())
+    }
+
+    /// Completes when either changed (marking both seen); pending forever once both senders are gone.
+    async fn changed(&mut self) {
+        let (base, quorum) = (&mut self.base, &mut self.quorum);
+        let mut base_open = true;
+        let mut quorum_open = true;
+        loop {
+            tokio::select! {
+                r = base.changed(), if base_open => match r {
+                    Ok(()) => break,
+                    Err(_) => base_open = false,
+                },
+                r = quorum.changed(), if quorum_open => match r {
+                    Ok(()) => break,
+                    Err(_) => quorum_open = false,
+                },
+                else => std::future::pending::<()>().await,
+            }
+        }
+        base.borrow_and_update();
+        quorum.borrow_and_update();
+    }
+}
+
 /// Runs one instance until `stop` (retrying setup while the interface or its address is missing).
 async fn run_instance(
     config: VrrpConfig,
     events: mpsc::Sender<Event>,
     drops: Arc<Mutex<DropStats>>,
+    mut priority: Priority,
     mut stop: oneshot::Receiver<()>,
-    mut priority: mpsc::UnboundedReceiver<u8>,
 ) {
     let mut last_fault: Option<String> = None;
     loop {
-        // A priority change that came while setup kept failing is the configured priority of the next try.
-        let mut config = config.clone();
-        while let Ok(p) = priority.try_recv() {
-            config.priority = p;
-        }
         match Worker::setup(&config, &events, &drops) {
-            Ok(worker) => {
-                worker.run(stop, priority).await;
+            Ok(mut worker) => {
+                // Before Startup: a node below quorum must not start (or resume) at the role's priority.
+                priority.base.borrow_and_update();
+                priority.quorum.borrow_and_update();
+                let wanted = priority.wanted();
+                if wanted != worker.instance.priority() {
+                    worker
+                        .instance
+                        .handle(Input::SetPriority(wanted), std::time::Instant::now());
+                }
+                worker.priority = Some(priority);
+                worker.run(stop).await;
                 return;
             }
             Err(e) => {
@@ -302,6 +389,8 @@ struct Worker {
     ip_id: u16,
     /// The master last reported to the daemon.
     reported_master: Option<Ipv4Addr>,
+    /// Where priority changes come from (role and quorum).
+    priority: Option<Priority>,
 }
 
 impl Worker {
@@ -336,14 +425,11 @@ impl Worker {
             resolved,
             ip_id: 0,
             reported_master: None,
+            priority: None,
         })
     }
 
-    async fn run(
-        mut self,
-        mut stop: oneshot::Receiver<()>,
-        mut priority: mpsc::UnboundedReceiver<u8>,
-    ) {
+    async fn run(mut self, mut stop: oneshot::Receiver<()>) {
         if self.resumed {
             info!(
                 vrid = self.vrid,
@@ -359,7 +445,6 @@ impl Worker {
             let input = tokio::select! {
                 biased;
                 _ = &mut stop => Input::Shutdown,
-                Some(p) = priority.recv() => Input::SetPriority(p),
                 r = self.socket.recv(&mut buf) => match r {
                     Ok(n) => match self.received(&buf[..n]) {
                         Some(input) => input,
@@ -386,6 +471,10 @@ impl Worker {
                 _ = sleep_until(self.garp_refresh_at) => {
                     self.start_garp();
                     continue;
+                }
+                Some(p) = priority_changed(self.priority.as_mut()) => {
+                    info!(vrid = self.vrid, from = self.instance.priority(), to = p, "VRRP priority set");
+                    Input::SetPriority(p)
                 }
             };
             let shutdown = input == Input::Shutdown;
@@ -602,6 +691,17 @@ impl Worker {
     }
 }
 
+/// The next wanted priority; pending forever without a source.
+async fn priority_changed(p: Option<&mut Priority>) -> Option<u8> {
+    match p {
+        Some(p) => {
+            p.changed().await;
+            Some(p.wanted())
+        }
+        None => std::future::pending().await,
+    }
+}
+
 async fn sleep_until(at: Option<Instant>) {
     match at {
         Some(t) => tokio::time::sleep_until(t).await,
@@ -611,53 +711,113 @@ async fn sleep_until(at: Option<Instant>) {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
 
     fn config(priority: u8) -> VrrpConfig {
-        VrrpConfig {
-            version: 3,
-            vrid: 10,
-            interface: "eth0".into(),
-            priority,
-            advert_interval_ms: 100,
-            preempt: true,
-            preempt_delay_ms: 0,
-            vips: vec![],
-            unicast_peers: vec![],
-            garp: Default::default(),
-            conn_sync: None,
-        }
+        serde_json::from_value(serde_json::json!({
+            "version": 3, "vrid": 51, "interface": "lbf-missing0", "priority": priority,
+            "advert_interval_ms": 100, "preempt": true, "vips": ["198.18.0.10/32"],
+            "unicast_peers": []
+        }))
+        .unwrap()
     }
 
     #[test]
-    fn a_switchover_raises_the_backup_in_place_and_restarts_the_lowered_master() {
-        // The backup being raised, and a master being raised: in place, no priority-0 advert.
+    fn a_priority_only_change_keeps_the_instance() {
+        let (a, b) = (config(150), config(120));
         assert_eq!(
-            priority_change_in_place(&config(100), &config(150), false),
-            Some(150)
+            ConfigChange::between(Some(&a), Some(&a)),
+            ConfigChange::Same
+        );
+        assert_eq!(ConfigChange::between(None, None), ConfigChange::Same);
+        assert_eq!(
+            ConfigChange::between(Some(&a), Some(&b)),
+            ConfigChange::Priority(120)
+        );
+        let mut other_vrid = b.clone();
+        other_vrid.vrid = 52;
+        assert_eq!(
+            ConfigChange::between(Some(&a), Some(&other_vrid)),
+            ConfigChange::Restart
+        );
+        // To or from the address owner is another kind of router.
+        assert_eq!(
+            ConfigChange::between(Some(&a), Some(&config(255))),
+            ConfigChange::Restart
         );
         assert_eq!(
-            priority_change_in_place(&config(100), &config(150), true),
-            Some(150)
+            ConfigChange::between(Some(&config(255)), Some(&a)),
+            ConfigChange::Restart
         );
-        // A backup lowered: in place too.
-        assert_eq!(
-            priority_change_in_place(&config(150), &config(100), false),
-            Some(100)
-        );
-        // The master lowered: restart, so its priority-0 advert hands over at once.
-        assert_eq!(
-            priority_change_in_place(&config(150), &config(100), true),
-            None
-        );
-        // Anything else changed as well: restart.
-        let mut other = config(150);
-        other.advert_interval_ms = 200;
-        assert_eq!(priority_change_in_place(&config(100), &other, false), None);
-        // Nothing changed: nothing to do here (the caller keeps the instance).
-        assert_eq!(
-            priority_change_in_place(&config(100), &config(100), false),
-            None
+        assert_eq!(ConfigChange::between(None, Some(&a)), ConfigChange::Restart);
+        assert_eq!(ConfigChange::between(Some(&a), None), ConfigChange::Restart);
+    }
+
+    /// Waits for the next Fault transition the instance reports (its interface does not exist, so setup fails
+    /// and each new instance reports Fault once).
+    async fn next_fault(rx: &mut mpsc::Receiver<Event>, within: Duration) -> Option<String> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some(Event::VrrpTransition { transition, .. })) => {
+                    if transition.to == VrrpState::Fault {
+                        return Some(transition.reason);
+                    }
+                }
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => return None,
+            }
+        }
+    }
+
+    /// The supervisor keeps the running instance when only the priority changes (no restart: a restarted
+    /// instance reports its Fault again), and restarts it for any other change.
+    #[tokio::test]
+    async fn the_supervisor_sets_the_priority_instead_of_restarting() {
+        let (tx, mut rx) = mpsc::channel(16);
+        let mut sup = VrrpSupervisor::new();
+        sup.apply(Some(&config(150)), &tx).await;
+        assert!(next_fault(&mut rx, Duration::from_secs(10)).await.is_some());
+        sup.apply(Some(&config(120)), &tx).await;
+        assert_eq!(sup.config().map(|c| c.priority), Some(120));
+        // Well past a setup retry (2 s): the kept instance reports no new fault.
+        assert_eq!(next_fault(&mut rx, SETUP_RETRY * 2).await, None);
+        let running = sup.running.as_ref().unwrap();
+        assert_eq!(*running.base_priority.borrow(), 120);
+        let mut moved = config(120);
+        moved.vrid = 52;
+        sup.apply(Some(&moved), &tx).await;
+        assert!(next_fault(&mut rx, Duration::from_secs(10)).await.is_some());
+        sup.stop().await;
+    }
+
+    /// The wanted priority is the quorum's when it set one, else the role's; a change of either wakes the
+    /// instance.
+    #[tokio::test]
+    async fn the_quorum_priority_overrides_the_role_priority() {
+        let sup = VrrpSupervisor::new();
+        let (base_tx, base_rx) = watch::channel(150);
+        let mut p = Priority {
+            base: base_rx,
+            quorum: sup.quorum.0.subscribe(),
+        };
+        assert_eq!(p.wanted(), 150);
+        sup.quorum_priority().set_priority(90);
+        tokio::time::timeout(Duration::from_secs(1), p.changed())
+            .await
+            .unwrap();
+        assert_eq!(p.wanted(), 90);
+        base_tx.send_replace(140);
+        tokio::time::timeout(Duration::from_secs(1), p.changed())
+            .await
+            .unwrap();
+        assert_eq!(p.wanted(), 90);
+        // Without a source nothing ever changes.
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), priority_changed(None))
+                .await
+                .is_err()
         );
     }
 }

@@ -1525,6 +1525,7 @@ impl Fleet {
             report.image_version.as_deref(),
         )
         .map_err(FleetError::Invalid)?;
+        rules::report_health(report).map_err(FleetError::Invalid)?;
         let report_json =
             serde_json::to_string(report).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let vrrp = report.vrrp_state.map(|s| s.as_str());
@@ -1557,11 +1558,7 @@ impl Fleet {
             );
             store::events::insert(&mut tx, "vrrp", Some(node_id), cluster, &msg).await?;
         }
-        for (addr, healthy) in health_flips(row.last_report.as_deref(), report) {
-            let msg = format!(
-                "real server {addr} is {}",
-                if healthy { "healthy" } else { "failing" }
-            );
+        for msg in health_messages(row.last_report.as_deref(), report) {
             store::events::insert(&mut tx, "health", Some(node_id), cluster, &msg).await?;
         }
         for e in &report.errors {
@@ -1850,7 +1847,53 @@ async fn hash_password(password: String) -> Result<String> {
         .map_err(|e| FleetError::Store(StoreError::Corrupt(e.to_string())))
 }
 
-/// Real servers whose health changed between two reports: (address:port, healthy now).
+/// The health events of a report: its transitions (with the reason) from an agent that runs health checks,
+/// else the `healthy` flags that changed since the previous report.
+fn health_messages(previous: Option<&str>, now: &AgentReport) -> Vec<String> {
+    let checks = !now.health_events.is_empty()
+        || now
+            .services
+            .iter()
+            .any(|s| s.real_servers.iter().any(|r| r.health.is_some()));
+    if !checks {
+        return health_flips(previous, now)
+            .into_iter()
+            .map(|(addr, healthy)| {
+                format!(
+                    "real server {addr} is {}",
+                    if healthy { "healthy" } else { "failing" }
+                )
+            })
+            .collect();
+    }
+    now.health_events
+        .iter()
+        // A first success is no news: the server had its weight already.
+        .filter(|e| {
+            !(e.from == lbfleet_proto::HealthState::NotChecked
+                && e.to == lbfleet_proto::HealthState::Up)
+        })
+        .map(|e| {
+            let state = match e.to {
+                lbfleet_proto::HealthState::Up => "up",
+                lbfleet_proto::HealthState::Down => "down",
+                lbfleet_proto::HealthState::NotChecked => "not checked",
+                lbfleet_proto::HealthState::AdminDrained => "drained",
+            };
+            let reason = e
+                .reason
+                .as_deref()
+                .map(|r| format!(": {r}"))
+                .unwrap_or_default();
+            format!(
+                "real server {} of {} is {state}{reason}",
+                socket_text(&e.address, e.port),
+                e.service
+            )
+        })
+        .collect()
+}
+
 /// The transitions of `now` that are newer than the newest one of the previous report (a report carries the
 /// agent's recent transitions, so the same ones arrive again until they age out).
 fn new_vrrp_transitions<'a>(
@@ -1867,6 +1910,7 @@ fn new_vrrp_transitions<'a>(
         .collect()
 }
 
+/// Real servers whose health changed between two reports: (address:port, healthy now).
 fn health_flips(previous: Option<&str>, now: &AgentReport) -> Vec<(String, bool)> {
     let Some(prev) = previous.and_then(|p| serde_json::from_str::<AgentReport>(p).ok()) else {
         return vec![];

@@ -7,7 +7,8 @@ use std::fmt;
 use std::net::IpAddr;
 
 use lbfleet_proto::{
-    CheckKind, ClusterSpec, ForwardMethod, HealthCheck, RealServerSpec, ServiceSpec,
+    valid_script_name, CheckKind, ClusterSpec, DownAction, ForwardMethod, HealthCheck,
+    RealServerSpec, ServiceSpec,
 };
 use serde::Serialize;
 
@@ -179,6 +180,56 @@ pub fn report_fields(
                 errs.push(
                     field,
                     "must be 1 to 64 printable ASCII characters without spaces",
+                );
+            }
+        }
+    }
+    errs.into_result(())
+}
+
+/// Most health transitions one report may carry (the agent keeps at most 1,000 between reports).
+pub const MAX_HEALTH_EVENTS: usize = 1000;
+/// Longest health text (an error, a check description, a service name) a report may carry.
+pub const MAX_HEALTH_TEXT: usize = 512;
+
+/// The health parts of an agent report are shown on the dashboard and stored as events: bounded, printable.
+pub fn report_health(report: &lbfleet_proto::AgentReport) -> Result<(), FieldErrors> {
+    let mut errs = FieldErrors::default();
+    let text_ok = |t: &str| t.len() <= MAX_HEALTH_TEXT && !t.chars().any(char::is_control);
+    for (i, s) in report.services.iter().enumerate() {
+        for (j, r) in s.real_servers.iter().enumerate() {
+            let Some(h) = &r.health else { continue };
+            for (name, t) in [("last_error", &h.last_error), ("check", &h.check)] {
+                if t.as_deref().is_some_and(|t| !text_ok(t)) {
+                    errs.push(
+                        format!("services[{i}].real_servers[{j}].health.{name}"),
+                        format!(
+                            "must be at most {MAX_HEALTH_TEXT} bytes without control characters"
+                        ),
+                    );
+                }
+            }
+        }
+    }
+    if report.health_events.len() > MAX_HEALTH_EVENTS {
+        errs.push(
+            "health_events",
+            format!(
+                "at most {MAX_HEALTH_EVENTS} per report, got {}",
+                report.health_events.len()
+            ),
+        );
+    } else {
+        for (i, e) in report.health_events.iter().enumerate() {
+            let bad = !text_ok(&e.service)
+                || !text_ok(&e.address)
+                || e.reason.as_deref().is_some_and(|t| !text_ok(t));
+            if bad {
+                errs.push(
+                    format!("health_events[{i}]"),
+                    format!(
+                        "texts must be at most {MAX_HEALTH_TEXT} bytes without control characters"
+                    ),
                 );
             }
         }
@@ -455,7 +506,7 @@ fn service_spec(
             );
         }
     }
-    health_check(&format!("{field}.check"), &svc.check, errs);
+    health_check(&format!("{field}.check"), &svc.check, svc, vip, errs);
 
     let mut seen = HashSet::new();
     for (j, rs) in svc.real_servers.iter().enumerate() {
@@ -535,7 +586,111 @@ pub fn weight(w: u32) -> Result<u32, FieldError> {
     }
 }
 
-fn health_check(field: &str, c: &HealthCheck, errs: &mut FieldErrors) {
+/// Validates a service's check: timings, the parameters of its kind (and only those), the down action's
+/// companions (sorry server, quorum) and per-real-server overrides.
+fn health_check(
+    field: &str,
+    c: &HealthCheck,
+    svc: &ServiceSpec,
+    vip: Option<IpAddr>,
+    errs: &mut FieldErrors,
+) {
+    probe(field, c, errs);
+    if let Some(sorry) = &c.sorry_server {
+        let f = format!("{field}.sorry_server");
+        match sorry.address.parse::<IpAddr>() {
+            Ok(addr) => {
+                if let Err(m) = unicast(addr) {
+                    errs.push(format!("{f}.address"), m);
+                } else if vip.is_some_and(|v| v.is_ipv4() != addr.is_ipv4()) {
+                    errs.push(
+                        format!("{f}.address"),
+                        "must be the same address family as the VIP",
+                    );
+                } else if svc.real_servers.iter().any(|rs| {
+                    rs.port == sorry.port && rs.address.parse::<IpAddr>().ok() == Some(addr)
+                }) {
+                    errs.push(
+                        format!("{f}.address"),
+                        "is also a real server of this service",
+                    );
+                }
+            }
+            Err(_) => errs.push(
+                format!("{f}.address"),
+                format!("{:?} is not an IP address", sorry.address),
+            ),
+        }
+        if sorry.port == 0 {
+            errs.push(format!("{f}.port"), "must be 1 to 65535");
+        } else if svc.forward != ForwardMethod::Nat && sorry.port != svc.port {
+            errs.push(
+                format!("{f}.port"),
+                format!(
+                    "{} forwarding cannot change the port: must equal the service port {}",
+                    svc.forward, svc.port
+                ),
+            );
+        }
+    }
+    if let Some(q) = &c.quorum {
+        let n = svc.real_servers.len();
+        if q.min_healthy == 0 || q.min_healthy as usize > n {
+            errs.push(
+                format!("{field}.quorum.min_healthy"),
+                format!(
+                    "must be 1 to the number of real servers ({n}), got {}",
+                    q.min_healthy
+                ),
+            );
+        }
+        if !(1..=254).contains(&q.priority_drop) {
+            errs.push(
+                format!("{field}.quorum.priority_drop"),
+                format!("must be 1 to 254, got {}", q.priority_drop),
+            );
+        }
+    }
+    let mut seen = HashSet::new();
+    for (i, o) in c.overrides.iter().enumerate() {
+        let f = format!("{field}.overrides[{i}]");
+        let addr = o.address.parse::<IpAddr>().ok();
+        let known = addr.is_some_and(|a| {
+            svc.real_servers
+                .iter()
+                .any(|rs| rs.port == o.port && rs.address.parse::<IpAddr>().ok() == Some(a))
+        });
+        if !known {
+            errs.push(
+                format!("{f}.address"),
+                format!(
+                    "{}:{} is not a real server of this service",
+                    o.address, o.port
+                ),
+            );
+        } else if !seen.insert((addr, o.port)) {
+            errs.push(
+                format!("{f}.address"),
+                format!("{}:{} has two overrides", o.address, o.port),
+            );
+        }
+        let inner = &o.check;
+        if inner.on_down != DownAction::Drain
+            || inner.sorry_server.is_some()
+            || inner.quorum.is_some()
+            || !inner.overrides.is_empty()
+        {
+            errs.push(
+                format!("{f}.check"),
+                "on_down, sorry_server, quorum and overrides belong to the service's check, not to an override",
+            );
+        }
+        probe(&format!("{f}.check"), inner, errs);
+    }
+}
+
+/// The probe part of a check: timings and the parameters of its kind.
+fn probe(field: &str, c: &HealthCheck, errs: &mut FieldErrors) {
     if !(100..=3_600_000).contains(&c.interval_ms) {
         errs.push(
             format!("{field}.interval_ms"),
@@ -559,51 +714,183 @@ fn health_check(field: &str, c: &HealthCheck, errs: &mut FieldErrors) {
             );
         }
     }
+    if c.warmup_ms > 3_600_000 {
+        errs.push(
+            format!("{field}.warmup_ms"),
+            format!("must be at most 3600000 ms, got {}", c.warmup_ms),
+        );
+    }
+    if let Some(j) = c.jitter_ms {
+        if j > c.interval_ms {
+            errs.push(
+                format!("{field}.jitter_ms"),
+                format!("must be at most interval_ms ({}), got {j}", c.interval_ms),
+            );
+        }
+    }
     if c.port == Some(0) {
         errs.push(format!("{field}.port"), "must be 1 to 65535");
     }
-    match c.kind {
-        CheckKind::Http => {
-            match c.path.as_deref() {
-                None => errs.push(format!("{field}.path"), "an http check needs a path"),
-                Some(p) => {
-                    if !p.starts_with('/')
-                        || p.len() > 1024
-                        || p.bytes().any(|b| b <= b' ' || b == 0x7f)
-                    {
-                        errs.push(
-                            format!("{field}.path"),
-                            "must start with '/', be at most 1024 characters and contain no spaces or control characters",
-                        );
-                    }
-                }
-            }
-            if let Some(s) = c.expect_status {
-                if !(100..=599).contains(&s) {
+    let http = matches!(c.kind, CheckKind::Http | CheckKind::Https);
+    let https = c.kind == CheckKind::Https;
+    let dns = c.kind == CheckKind::Dns;
+    // Each parameter with the kinds that take it: anything else set is a mistake worth reporting.
+    let given: [(&str, bool, bool, &str); 13] = [
+        ("path", c.path.is_some(), http, "an http or https"),
+        (
+            "expect_status",
+            c.expect_status.is_some(),
+            http,
+            "an http or https",
+        ),
+        (
+            "expect_codes",
+            !c.expect_codes.is_empty(),
+            http,
+            "an http or https",
+        ),
+        ("host", c.host.is_some(), http, "an http or https"),
+        (
+            "body_contains",
+            c.body_contains.is_some(),
+            http,
+            "an http or https",
+        ),
+        ("sni", c.sni.is_some(), https, "an https"),
+        ("tls_verify", c.tls_verify, https, "an https"),
+        ("tls_ca", c.tls_ca.is_some(), https, "an https"),
+        ("dns_name", c.dns_name.is_some(), dns, "a dns"),
+        ("dns_type", c.dns_type.is_some(), dns, "a dns"),
+        ("dns_expect", c.dns_expect.is_some(), dns, "a dns"),
+        (
+            "script",
+            c.script.is_some(),
+            c.kind == CheckKind::Script,
+            "a script",
+        ),
+        (
+            "port",
+            c.port.is_some() && c.kind == CheckKind::None,
+            false,
+            "a probing",
+        ),
+    ];
+    for (name, set, allowed, which) in given {
+        if set && !allowed {
+            errs.push(
+                format!("{field}.{name}"),
+                format!("only {which} check takes {name}, this one is {}", c.kind),
+            );
+        }
+    }
+    if http {
+        match c.path.as_deref() {
+            None => errs.push(
+                format!("{field}.path"),
+                format!("an {} check needs a path", c.kind),
+            ),
+            Some(p) => {
+                if !p.starts_with('/')
+                    || p.len() > 1024
+                    || p.bytes().any(|b| b <= b' ' || b == 0x7f)
+                {
                     errs.push(
-                        format!("{field}.expect_status"),
-                        format!("must be 100 to 599, got {s}"),
+                        format!("{field}.path"),
+                        "must start with '/', be at most 1024 characters and contain no spaces or control characters",
                     );
                 }
             }
         }
-        CheckKind::Tcp | CheckKind::None => {
-            if c.path.is_some() {
+        for s in c.expect_status.iter().chain(&c.expect_codes) {
+            if !(100..=599).contains(s) {
+                let name = if c.expect_status == Some(*s) {
+                    "expect_status"
+                } else {
+                    "expect_codes"
+                };
                 errs.push(
-                    format!("{field}.path"),
-                    format!("only an http check takes a path, this one is {}", c.kind),
-                );
-            }
-            if c.expect_status.is_some() {
-                errs.push(
-                    format!("{field}.expect_status"),
-                    format!(
-                        "only an http check takes expect_status, this one is {}",
-                        c.kind
-                    ),
+                    format!("{field}.{name}"),
+                    format!("must be 100 to 599, got {s}"),
                 );
             }
         }
+        if let Some(h) = &c.host {
+            if h.is_empty() || h.len() > 255 || h.bytes().any(|b| b <= b' ' || b >= 0x7f) {
+                errs.push(
+                    format!("{field}.host"),
+                    "must be 1 to 255 printable characters without spaces",
+                );
+            }
+        }
+        if let Some(b) = &c.body_contains {
+            if b.is_empty() || b.len() > 1024 {
+                errs.push(format!("{field}.body_contains"), "must be 1 to 1024 bytes");
+            }
+        }
+    }
+    if https {
+        if let Some(sni) = &c.sni {
+            if let Err(m) = dns_name(sni) {
+                errs.push(format!("{field}.sni"), m);
+            }
+        }
+        if let Some(ca) = &c.tls_ca {
+            if ca.len() > 65_536 || !ca.contains("-----BEGIN CERTIFICATE-----") {
+                errs.push(
+                    format!("{field}.tls_ca"),
+                    "must be PEM certificates, at most 64 KiB",
+                );
+            }
+        }
+    }
+    if dns {
+        match c.dns_name.as_deref() {
+            None => errs.push(
+                format!("{field}.dns_name"),
+                "a dns check needs a name to query",
+            ),
+            Some(n) => {
+                if let Err(m) = dns_name(n) {
+                    errs.push(format!("{field}.dns_name"), m);
+                }
+            }
+        }
+        if let Some(e) = &c.dns_expect {
+            if e.is_empty() || e.len() > 255 {
+                errs.push(format!("{field}.dns_expect"), "must be 1 to 255 bytes");
+            }
+        }
+    }
+    if c.kind == CheckKind::Script {
+        match c.script.as_deref() {
+            None => errs.push(format!("{field}.script"), "a script check needs the name of a script in /etc/lbfleet/checks/"),
+            Some(name) if !valid_script_name(name) => errs.push(
+                format!("{field}.script"),
+                format!(
+                    "{name:?} is not a script name: a file name in /etc/lbfleet/checks/ (letters, digits, '.', '_', '-'; no '/' or '..'), never a path or a command"
+                ),
+            ),
+            Some(_) => {}
+        }
+    }
+}
+
+/// A DNS name (for a query or SNI): at most 253 bytes, dot-separated labels of 1 to 63 letters, digits, '-'
+/// or '_', an optional final dot.
+fn dns_name(name: &str) -> Result<(), String> {
+    let trimmed = name.strip_suffix('.').unwrap_or(name);
+    let ok = !trimmed.is_empty()
+        && trimmed.len() <= 253
+        && trimmed.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("{name:?} is not a DNS name"))
     }
 }
 
@@ -880,6 +1167,202 @@ mod tests {
         s.services[0].check.fall = 3;
         s.services[0].check.path = Some("/x".into());
         assert_eq!(fields(cluster_spec(&s)), vec!["services[0].check.path"]);
+    }
+
+    #[test]
+    fn health_check_kinds_and_parameters() {
+        use lbfleet_proto::{CheckOverride, DnsType, Quorum, SorryServer};
+        let mut s = spec();
+        let ok = |s: &ClusterSpec| fields(cluster_spec(s));
+        // https with SNI, codes and body; dns; script.
+        s.services[0].check = HealthCheck {
+            path: Some("/healthz".into()),
+            expect_codes: vec![200, 204],
+            host: Some("app.example".into()),
+            sni: Some("app.example".into()),
+            tls_verify: true,
+            body_contains: Some("ok".into()),
+            ..HealthCheck::of_kind(CheckKind::Https)
+        };
+        assert_eq!(ok(&s), Vec::<String>::new());
+        s.services[0].check.sni = Some("bad name".into());
+        s.services[0].check.expect_codes = vec![700];
+        assert_eq!(
+            ok(&s),
+            vec!["services[0].check.expect_codes", "services[0].check.sni"]
+        );
+        s.services[0].check = HealthCheck {
+            dns_name: Some("www.example".into()),
+            dns_type: Some(DnsType::Aaaa),
+            dns_expect: Some("2001:db8::1".into()),
+            ..HealthCheck::of_kind(CheckKind::Dns)
+        };
+        assert_eq!(ok(&s), Vec::<String>::new());
+        s.services[0].check.dns_name = None;
+        s.services[0].check.path = Some("/x".into());
+        assert_eq!(
+            ok(&s),
+            vec!["services[0].check.path", "services[0].check.dns_name"]
+        );
+        // A script is a name in the image's check directory, never a path or a command line.
+        s.services[0].check = HealthCheck {
+            script: Some("pg-ready".into()),
+            ..HealthCheck::of_kind(CheckKind::Script)
+        };
+        assert_eq!(ok(&s), Vec::<String>::new());
+        for bad in ["../../bin/sh", "/bin/sh", "x/y", "sh -c 'id'", "..", ""] {
+            s.services[0].check.script = Some(bad.into());
+            assert_eq!(ok(&s), vec!["services[0].check.script"], "{bad:?}");
+        }
+        s.services[0].check.script = None;
+        assert_eq!(ok(&s), vec!["services[0].check.script"]);
+        // A tcp check takes no script; jitter and warm-up bounds.
+        s.services[0].check = HealthCheck {
+            script: Some("x".into()),
+            jitter_ms: Some(5000),
+            warmup_ms: 4_000_000,
+            ..HealthCheck::tcp()
+        };
+        assert_eq!(
+            ok(&s),
+            vec![
+                "services[0].check.warmup_ms",
+                "services[0].check.jitter_ms",
+                "services[0].check.script"
+            ]
+        );
+        // Sorry server, quorum and overrides.
+        s.services[0].check = HealthCheck {
+            on_down: DownAction::Remove,
+            sorry_server: Some(SorryServer {
+                address: "198.18.2.200".into(),
+                port: 80,
+            }),
+            quorum: Some(Quorum {
+                min_healthy: 1,
+                priority_drop: 60,
+            }),
+            overrides: vec![CheckOverride {
+                address: "198.18.2.1".into(),
+                port: 8080,
+                check: HealthCheck {
+                    path: Some("/other".into()),
+                    ..HealthCheck::of_kind(CheckKind::Http)
+                },
+            }],
+            ..HealthCheck::tcp()
+        };
+        assert_eq!(ok(&s), Vec::<String>::new());
+        let c = &mut s.services[0].check;
+        c.sorry_server = Some(SorryServer {
+            address: "198.18.2.1".into(),
+            port: 8080,
+        });
+        c.quorum = Some(Quorum {
+            min_healthy: 2,
+            priority_drop: 0,
+        });
+        c.overrides[0].port = 9;
+        c.overrides[0].check.quorum = Some(Quorum {
+            min_healthy: 1,
+            priority_drop: 1,
+        });
+        assert_eq!(
+            ok(&s),
+            vec![
+                "services[0].check.sorry_server.address",
+                "services[0].check.quorum.min_healthy",
+                "services[0].check.quorum.priority_drop",
+                "services[0].check.overrides[0].address",
+                "services[0].check.overrides[0].check"
+            ]
+        );
+    }
+
+    #[test]
+    fn plain_old_checks_still_validate() {
+        let mut s = spec();
+        s.services[0].check = serde_json::from_str(
+            r#"{"kind":"http","path":"/healthz","expect_status":200,"interval_ms":1000,"timeout_ms":500,"rise":2,"fall":3}"#,
+        )
+        .unwrap_or_default();
+        assert_eq!(s.services[0].check.kind, CheckKind::Http);
+        assert!(cluster_spec(&s).is_ok());
+        s.services[0].check = serde_json::from_str(r#"{"kind":"none"}"#).unwrap_or_default();
+        assert_eq!(s.services[0].check.kind, CheckKind::None);
+        assert!(cluster_spec(&s).is_ok());
+    }
+
+    #[test]
+    fn report_health_texts_are_bounded() {
+        use lbfleet_proto::{
+            AgentReport, HealthState, HealthTransition, Protocol, RealServerHealth,
+            RealServerReport, ServiceReport,
+        };
+        let health = |e: &str| RealServerHealth {
+            state: HealthState::Down,
+            since: Some(1),
+            last_error: Some(e.into()),
+            latency_us: None,
+            flaps: 1,
+            check: None,
+        };
+        let rs = |e: &str| RealServerReport {
+            address: "198.18.2.1".into(),
+            port: 80,
+            healthy: false,
+            weight: 0,
+            active_conns: 0,
+            inactive_conns: 0,
+            connections: 0,
+            packets_in: 0,
+            packets_out: 0,
+            bytes_in: 0,
+            bytes_out: 0,
+            health: Some(health(e)),
+        };
+        let mut r = AgentReport {
+            services: vec![ServiceReport {
+                vip: "198.18.0.10".into(),
+                port: 80,
+                protocol: Protocol::Tcp,
+                connections: 0,
+                packets_in: 0,
+                packets_out: 0,
+                bytes_in: 0,
+                bytes_out: 0,
+                real_servers: vec![rs("HTTP 500 from /healthz")],
+            }],
+            ..Default::default()
+        };
+        assert!(report_health(&r).is_ok());
+        r.services[0].real_servers.push(rs(&"x".repeat(513)));
+        r.services[0].real_servers.push(rs("a\nb"));
+        let t = HealthTransition {
+            service: "198.18.0.10:80/tcp".into(),
+            address: "198.18.2.1".into(),
+            port: 80,
+            from: HealthState::Up,
+            to: HealthState::Down,
+            at: 1,
+            reason: Some("\u{1b}[31m".into()),
+        };
+        r.health_events = vec![t.clone()];
+        let fields: Vec<String> = report_health(&r)
+            .err()
+            .map(|e| e.0.into_iter().map(|f| f.field).collect())
+            .unwrap_or_default();
+        assert_eq!(
+            fields,
+            vec![
+                "services[0].real_servers[1].health.last_error",
+                "services[0].real_servers[2].health.last_error",
+                "health_events[0]"
+            ]
+        );
+        r.services[0].real_servers.truncate(1);
+        r.health_events = vec![HealthTransition { reason: None, ..t }; MAX_HEALTH_EVENTS + 1];
+        assert!(report_health(&r).is_err());
     }
 
     #[test]

@@ -613,9 +613,97 @@ pub struct ServiceFormIn {
     check_path: String,
     #[serde(default)]
     check_status: String,
+    // The edit form's further check fields. Blank keeps what the service has; a check field no form shows
+    // (headers, TLS, sorry server, quorum, overrides, ...) is always kept.
+    #[serde(default)]
+    check_interval_ms: String,
+    #[serde(default)]
+    check_timeout_ms: String,
+    #[serde(default)]
+    check_rise: String,
+    #[serde(default)]
+    check_fall: String,
+    #[serde(default)]
+    check_on_down: String,
+    #[serde(default)]
+    check_dns_name: String,
+    #[serde(default)]
+    check_script: String,
 }
 
 impl ServiceFormIn {
+    /// The form's check applied onto `base` (the service's current check, or the default for a new service):
+    /// the fields the form has replace base's, every other field is kept. A new kind starts from that kind's
+    /// defaults but keeps what belongs to the service (timings, action, sorry server, quorum, overrides).
+    fn check_onto(
+        &self,
+        base: &HealthCheck,
+        kind: CheckKind,
+        status: Option<u16>,
+        bad: &mut dyn FnMut(&str, String),
+    ) -> HealthCheck {
+        let mut check = if kind == base.kind {
+            base.clone()
+        } else {
+            HealthCheck {
+                interval_ms: base.interval_ms,
+                timeout_ms: base.timeout_ms,
+                rise: base.rise,
+                fall: base.fall,
+                warmup_ms: base.warmup_ms,
+                jitter_ms: base.jitter_ms,
+                on_down: base.on_down,
+                sorry_server: base.sorry_server.clone(),
+                quorum: base.quorum.clone(),
+                overrides: base.overrides.clone(),
+                ..HealthCheck::of_kind(kind)
+            }
+        };
+        if matches!(kind, CheckKind::Http | CheckKind::Https) {
+            check.path = non_empty(&self.check_path)
+                .or(check.path)
+                .or(Some("/".into()));
+            if status.is_some() || check.expect_codes.is_empty() {
+                check.expect_status = status.or(check.expect_status).or(Some(200));
+            }
+        }
+        if kind == CheckKind::Dns {
+            check.dns_name = non_empty(&self.check_dns_name).or(check.dns_name);
+        }
+        if kind == CheckKind::Script {
+            check.script = non_empty(&self.check_script).or(check.script);
+        }
+        let mut number = |field: &str, text: &str, what: &str, into: &mut u32| match text.trim() {
+            "" => {}
+            t => match t.parse::<u32>() {
+                Ok(v) => *into = v,
+                Err(_) => bad(field, format!("{t:?} is not {what}")),
+            },
+        };
+        number(
+            "check_interval_ms",
+            &self.check_interval_ms,
+            "a number of milliseconds",
+            &mut check.interval_ms,
+        );
+        number(
+            "check_timeout_ms",
+            &self.check_timeout_ms,
+            "a number of milliseconds",
+            &mut check.timeout_ms,
+        );
+        number("check_rise", &self.check_rise, "a count", &mut check.rise);
+        number("check_fall", &self.check_fall, "a count", &mut check.fall);
+        match self.check_on_down.trim() {
+            "" => {}
+            t => match t.parse() {
+                Ok(a) => check.on_down = a,
+                Err(e) => bad("check_on_down", format!("{e}")),
+            },
+        }
+        check
+    }
+
     fn to_form(&self) -> ServiceForm {
         ServiceForm {
             vip: self.vip.clone(),
@@ -693,14 +781,9 @@ impl ServiceFormIn {
                 return Err(Box::new(f));
             }
         };
+        let check = self.check_onto(&HealthCheck::tcp(), kind, status, &mut bad);
         if !f.errors.is_empty() {
             return Err(Box::new(f));
-        }
-        let mut check = HealthCheck::tcp();
-        check.kind = kind;
-        if kind == CheckKind::Http {
-            check.path = non_empty(&self.check_path).or(Some("/".into()));
-            check.expect_status = status.or(Some(200));
         }
         Ok(ServiceSpec {
             vip: self.vip.trim().to_owned(),
@@ -802,7 +885,14 @@ pub async fn edit_service(
         target.scheduler = new.scheduler;
         target.forward = new.forward;
         target.persistence_s = new.persistence_s;
-        target.check = new.check.clone();
+        // Onto the service's own check, so fields the form does not show survive (the parse errors were
+        // reported by `to_spec` above, so none can occur here).
+        target.check = settings.check_onto(
+            &target.check,
+            new.check.kind,
+            settings.check_status.trim().parse().ok(),
+            &mut |_, _| {},
+        );
         Ok(())
     })
     .await;

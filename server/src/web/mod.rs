@@ -25,6 +25,7 @@ use crate::{secrets, store};
 
 mod actions;
 mod audit;
+mod health;
 mod live;
 mod pages;
 mod users;

@@ -10,6 +10,7 @@ use axum::response::{IntoResponse, Response};
 use lbfleet_proto::{AgentReport, ClusterSpec, NodeState, UserRole};
 use serde::Deserialize;
 
+use super::health::{health_views, HealthView};
 use super::{ago_text, render, time_text, Chrome, WebError, WebUser, LOGIN_CSRF_COOKIE};
 use crate::api::AppState;
 use crate::fleet::{node_key, socket_text, ClusterView, NodeView};
@@ -506,7 +507,7 @@ pub struct IpvsServer {
     pub inactive: u64,
     pub connections: u64,
     pub bytes: String,
-    pub healthy: bool,
+    pub health: HealthView,
 }
 
 #[derive(Debug, Clone)]
@@ -585,7 +586,7 @@ pub async fn node(
                             inactive: rs.inactive_conns,
                             connections: rs.connections,
                             bytes: format!("{} in / {} out", rs.bytes_in, rs.bytes_out),
-                            healthy: rs.healthy,
+                            health: HealthView::of(rs),
                         })
                         .collect(),
                 })
@@ -895,8 +896,8 @@ pub struct RsView {
     pub address: String,
     pub weight: u32,
     pub enabled: bool,
-    /// `healthy`, `failing` or `unknown` (no report from the active node).
-    pub health: &'static str,
+    /// As the active node reported it (unknown without a report).
+    pub health: HealthView,
 }
 
 #[derive(Debug, Clone)]
@@ -911,6 +912,10 @@ pub struct ServiceView {
     pub check_kind: String,
     pub check_path: String,
     pub check_status: String,
+    /// The check as it is, for the edit form (which keeps whatever it does not show).
+    pub check_spec: lbfleet_proto::HealthCheck,
+    /// What the check does beyond its one-line description (`on down: remove`, `quorum 2 (-60)`, ...).
+    pub check_extras: Vec<String>,
     /// Position in the spec (ids of the edit form's fields).
     pub index: usize,
     pub servers: Vec<RsView>,
@@ -944,6 +949,44 @@ struct ClusterPage {
     back: String,
 }
 
+/// The parts of a check its one-line description leaves out, for the cluster page.
+fn check_extras(c: &lbfleet_proto::HealthCheck) -> Vec<String> {
+    if c.kind == lbfleet_proto::CheckKind::None {
+        return Vec::new();
+    }
+    let mut out = vec![format!(
+        "every {} ms, timeout {} ms, rise {}, fall {}",
+        c.interval_ms, c.timeout_ms, c.rise, c.fall
+    )];
+    out.push(format!("on down: {}", c.on_down));
+    if let Some(h) = &c.host {
+        out.push(format!("Host {h}"));
+    }
+    if let Some(b) = &c.body_contains {
+        out.push(format!("body contains {b:?}"));
+    }
+    if c.kind == lbfleet_proto::CheckKind::Https {
+        out.push(if c.tls_verify {
+            "TLS verified".into()
+        } else {
+            "TLS not verified".into()
+        });
+    }
+    if let Some(q) = &c.quorum {
+        out.push(format!(
+            "quorum {} (priority -{})",
+            q.min_healthy, q.priority_drop
+        ));
+    }
+    if let Some(s) = &c.sorry_server {
+        out.push(format!("sorry server {}", socket_text(&s.address, s.port)));
+    }
+    if !c.overrides.is_empty() {
+        out.push(format!("{} per-server override(s)", c.overrides.len()));
+    }
+    out
+}
+
 pub async fn cluster(
     State(s): State<AppState>,
     user: WebUser,
@@ -973,7 +1016,7 @@ pub async fn cluster_page(
         Some(m) => report_of(&s.fleet.get_node(&node_key(&m.node)).await?),
         None => None,
     };
-    let health = health_map(report.as_ref());
+    let health = health_views(report.as_ref());
     let services = c
         .spec
         .services
@@ -981,6 +1024,8 @@ pub async fn cluster_page(
         .enumerate()
         .map(|(index, sv)| ServiceView {
             index,
+            check_spec: sv.check.clone(),
+            check_extras: check_extras(&sv.check),
             persistence_s: sv.persistence_s,
             check_kind: sv.check.kind.to_string(),
             check_path: sv.check.path.clone().unwrap_or_default(),
@@ -993,15 +1038,7 @@ pub async fn cluster_page(
             label: format!("{} {}", sv.protocol, socket_text(&sv.vip, sv.port)),
             scheduler: sv.scheduler.to_string(),
             forward: sv.forward.to_string(),
-            check: match sv.check.kind {
-                lbfleet_proto::CheckKind::Http => format!(
-                    "HTTP {} expects {}",
-                    sv.check.path.as_deref().unwrap_or("/"),
-                    sv.check.expect_status.unwrap_or(200)
-                ),
-                lbfleet_proto::CheckKind::Tcp => "TCP connect".into(),
-                lbfleet_proto::CheckKind::None => "none".into(),
-            },
+            check: sv.check.describe(),
             persistence: if sv.persistence_s == 0 {
                 "off".into()
             } else {
@@ -1014,17 +1051,16 @@ pub async fn cluster_page(
                     address: socket_text(&r.address, r.port),
                     weight: r.weight,
                     enabled: r.enabled.unwrap_or(true),
-                    health: match health.get(&(
-                        sv.protocol.to_string(),
-                        sv.vip.clone(),
-                        sv.port,
-                        r.address.clone(),
-                        r.port,
-                    )) {
-                        Some(true) => "healthy",
-                        Some(false) => "failing",
-                        None => "unknown",
-                    },
+                    health: health
+                        .get(&(
+                            sv.protocol.to_string(),
+                            sv.vip.clone(),
+                            sv.port,
+                            r.address.clone(),
+                            r.port,
+                        ))
+                        .cloned()
+                        .unwrap_or_else(HealthView::unknown),
                 })
                 .collect(),
         })
