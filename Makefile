@@ -2,7 +2,7 @@
 CARGO ?= cargo
 SERVER := target/release/lbfleet-server
 
-.PHONY: all deps build image demo test lint unit guest bench bench-longpoll bench-dhcp bench-ipvs bench-tftp bench-pxe bench-vrrp bench-health fuzz clean
+.PHONY: all deps build image demo demo-down demo-status test lint unit guest bench bench-longpoll bench-dhcp bench-ipvs bench-tftp bench-pxe bench-vrrp bench-health bench-site fuzz clean
 
 all: build
 
@@ -20,9 +20,19 @@ image: deps
 	$(CARGO) build --release -p lbfleet-agent -p lbfleet-images
 	./target/release/lbfleet-images build --agent target/release/lbfleet-agent --out $(IMAGE_OUT) $(IMAGE_ARGS)
 
-# Build, start lbfleet-server on 127.0.0.1:8080 with var/lbfleet.db, print the URL and the admin login.
-demo: build
+# A whole virtual site in the background (root): lbfleet-server, real servers, a client and three PXE-booted
+# QEMU machines booting the image `make image` built; prints the dashboard URL (127.0.0.1:8080, or the next
+# free port), the admin login and what to try. State and logs under var/. `make demo` again starts over;
+# `make demo-down` removes everything.
+demo: build image
 	@bash scripts/demo.sh
+
+demo-down:
+	@if [ -x target/release/lbfleet-lab ]; then target/release/lbfleet-lab down --var var; \
+	else $(CARGO) run --release -p lbfleet-tests --bin lbfleet-lab -- down --var var; fi
+
+demo-status:
+	@target/release/lbfleet-lab status --var var
 
 # Formatting, lints, then every test tier that exists: unit + component (`unit`) and the QEMU guest tests
 # with real IPVS (`guest`; they also run inside `cargo test --workspace`, this target runs them on their own).
@@ -38,7 +48,7 @@ unit:
 guest: deps
 	$(CARGO) test -p lbfleet-tests
 
-bench: bench-longpoll bench-dhcp bench-ipvs bench-tftp bench-pxe bench-vrrp bench-health
+bench: bench-longpoll bench-dhcp bench-ipvs bench-tftp bench-pxe bench-vrrp bench-health bench-site
 
 bench-longpoll: deps
 	$(CARGO) run --release -p lbfleet-bench --bin bench-longpoll -- $(BENCH_ARGS)
@@ -71,6 +81,12 @@ bench-pxe: deps
 bench-vrrp: deps
 	$(CARGO) build --release -p lbfleet-agent -p lbfleet-tests -p lbfleet-bench --bins
 	./target/release/bench-vrrp $(BENCH_VRRP_ARGS)
+
+# The demo site measured by its client (root, QEMU TCG): boot to serving, failover outage, drain time, each
+# against its goal. BENCH_SITE_ARGS: --failovers N, --drains N, --interval-ms MS, --image DIR.
+bench-site: deps
+	$(CARGO) build --release -p lbfleet-server -p lbfleet-agent -p lbfleet-tests -p lbfleet-bench --bins
+	./target/release/bench-site $(BENCH_SITE_ARGS)
 
 # cargo-fuzz on the DHCP, TFTP and VRRP decoders, FUZZ_SECONDS per target (not part of `make test`). cargo-fuzz
 # needs nightly rustc flags; RUSTC_BOOTSTRAP=1 lets the machine's stable toolchain accept them.

@@ -508,7 +508,21 @@ pub fn boot_with(
 
 /// Path of a binary of another workspace package, built with the same profile as the running test
 /// (`target/<profile>/<name>`); runs `cargo build` for it first so it is never stale.
+///
+/// With `LBFLEET_BIN_DIR` set (`make demo`, which has just built the release binaries), the binary is taken
+/// from that directory as is.
 pub fn workspace_binary(package: &str, name: &str) -> Result<PathBuf, HarnessError> {
+    if let Some(dir) = std::env::var_os("LBFLEET_BIN_DIR") {
+        let bin = PathBuf::from(dir).join(name);
+        return if bin.is_file() {
+            Ok(bin)
+        } else {
+            Err(HarnessError::Tool(format!(
+                "{} does not exist (LBFLEET_BIN_DIR)",
+                bin.display()
+            )))
+        };
+    }
     let exe = std::env::current_exe().map_err(io_err(Path::new("current_exe")))?;
     // target/<profile>/deps/<test> or target/<profile>/<bin> -> target/<profile>
     let parent = exe

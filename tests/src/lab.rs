@@ -9,12 +9,16 @@
 //! server log. Addresses are 198.18.0.0/15 only (server 198.18.0.1, DHCP pool from 198.18.1.0).
 //!
 //! Layers: [`net`] (namespaces, links), [`server`] (lbfleet-server in a namespace, its API through curl),
-//! [`vm`] (QEMU machines, consoles), [`wait`] (deadline polling), [`initrd`] (a minimal marker initramfs).
+//! [`vm`] (QEMU machines, consoles), [`wait`] (deadline polling), [`initrd`] (a minimal marker initramfs),
+//! [`traffic`] (client requests through a VIP), [`fleet`] (the whole demo site), [`state`] (a detached site).
 
+pub mod fleet;
 pub mod image;
 pub mod initrd;
 pub mod net;
 pub mod server;
+pub mod state;
+pub mod traffic;
 pub mod vm;
 pub mod wait;
 
@@ -197,7 +201,7 @@ pub struct Site {
     pub extra: Vec<Netns>,
     pub ns: Netns,
     pub prereqs: LabPrereqs,
-    pub dir: tempfile::TempDir,
+    pub dir: LabDir,
     suffix: String,
     next_tap: u32,
 }
@@ -205,8 +209,29 @@ pub struct Site {
 impl Site {
     /// Builds the site namespace with the boot bridge up and addressed. Does not start the server.
     pub fn new(prereqs: LabPrereqs) -> Result<Site, LabError> {
-        let suffix = unique_suffix();
-        let ns = Netns::create(&format!("lbs-{suffix}"))?;
+        let dir = tempfile::tempdir().map_err(io_err(Path::new("tempdir")))?;
+        Site::build(prereqs, unique_suffix(), LabDir::Temp(dir))
+    }
+
+    /// A site whose names carry `suffix` (e.g. `demo`) and whose files live in `dir` (kept after the site
+    /// goes), for a site that outlives the process that built it (see [`Site::detach`]).
+    pub fn named(prereqs: LabPrereqs, suffix: &str, dir: &Path) -> Result<Site, LabError> {
+        std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+        Site::build(prereqs, suffix.to_owned(), LabDir::Kept(dir.to_owned()))
+    }
+
+    /// The site namespace's name for `suffix`.
+    pub fn namespace_name(suffix: &str) -> String {
+        format!("lbs-{suffix}")
+    }
+
+    /// The name of an extra namespace `role` (see [`Site::attach_namespace`]).
+    pub fn extra_namespace_name(role: &str, suffix: &str) -> String {
+        format!("lb{role}-{suffix}")
+    }
+
+    fn build(prereqs: LabPrereqs, suffix: String, dir: LabDir) -> Result<Site, LabError> {
+        let ns = Netns::create(&Site::namespace_name(&suffix))?;
         ns.ip(&["link", "set", "lo", "up"])?;
         ns.ip(&["link", "add", BOOT_BRIDGE, "type", "bridge"])?;
         // No STP listening/learning delay: a new tap forwards at once.
@@ -227,7 +252,6 @@ impl Site {
             BOOT_BRIDGE,
         ])?;
         ns.ip(&["link", "set", BOOT_BRIDGE, "up"])?;
-        let dir = tempfile::tempdir().map_err(io_err(Path::new("tempdir")))?;
         Ok(Site {
             vms: Vec::new(),
             server: None,
@@ -286,7 +310,7 @@ impl Site {
         address: &str,
         gateway: Option<&str>,
     ) -> Result<usize, LabError> {
-        let ns = Netns::create(&format!("lb{role}-{}", self.suffix))?;
+        let ns = Netns::create(&Site::extra_namespace_name(role, &self.suffix))?;
         let host_end = format!("v{role}");
         net::veth(&self.ns, &host_end, &ns, "eth0")?;
         self.ns.ip(&["link", "set", &host_end, "master", bridge])?;
@@ -308,6 +332,39 @@ impl Site {
         Ok(self.vms.len() - 1)
     }
 
+    /// Every process and namespace of the site, for a state file; then forgets them, so they outlive this
+    /// process (nothing is killed or deleted on drop). `lab::state` tears such a site down.
+    pub fn detach(self) -> state::SiteRecord {
+        let record = state::SiteRecord {
+            suffix: self.suffix.clone(),
+            dir: self.dir.path().to_owned(),
+            pids: self
+                .vms
+                .iter()
+                .map(|v| state::ProcessRecord::new(v.pid(), v.name()))
+                .chain(
+                    self.server
+                        .iter()
+                        .map(|s| state::ProcessRecord::new(s.pid(), "lbfleet-server")),
+                )
+                .chain(
+                    self.processes
+                        .iter()
+                        .map(|p| state::ProcessRecord::new(p.pid(), "namespace process")),
+                )
+                .collect(),
+            namespaces: self
+                .extra
+                .iter()
+                .map(|n| n.name().to_owned())
+                .chain([self.ns.name().to_owned()])
+                .collect(),
+            notes: Default::default(),
+        };
+        std::mem::forget(self);
+        record
+    }
+
     /// Every console and the server log, for a failure message.
     pub fn report(&self) -> String {
         let mut out = String::new();
@@ -322,6 +379,22 @@ impl Site {
             out.push_str(&format!("\n===== server log =====\n{}\n", s.log()));
         }
         out
+    }
+}
+
+/// Where a site keeps its files: a temporary directory (tests) or a kept one (the demo, under `var/`).
+#[derive(Debug)]
+pub enum LabDir {
+    Temp(tempfile::TempDir),
+    Kept(PathBuf),
+}
+
+impl LabDir {
+    pub fn path(&self) -> &Path {
+        match self {
+            LabDir::Temp(t) => t.path(),
+            LabDir::Kept(p) => p,
+        }
     }
 }
 

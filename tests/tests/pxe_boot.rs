@@ -5,9 +5,11 @@
 //! the first) boots the default image and shows up as `discovered`; the test approves it and assigns it as the
 //! active node of a NAT cluster through the API and reboots it: the agent enrolls with its new one-time token
 //! (the same token is refused a second time), applies its role and the node is `serving`, with the agent's
-//! report naming the service. Not here yet: `ipvsadm -Ln` typed on the console and client traffic through
-//! the VIP to real servers in other namespaces (the serial console stalled on typed input under TCG on this
-//! busy machine; see the issue-14b report).
+//! report naming the service. Then a client namespace on the boot network sends HTTP requests to the VIP:
+//! the VM forwards them by IPVS NAT to two real servers in namespaces on its second network (their default
+//! gateway is the cluster's internal VIP, which the VM holds as VRRP master), and answers come from each.
+//! Not here: `ipvsadm -Ln` typed on the console (the serial console stalled on typed input under TCG on this
+//! busy machine; the agent's report, read from the kernel, stands for it).
 //!
 //! `uefi_two_nics_and_edk2_pxe_enroll_and_serve`: OVMF with QEMU's iPXE EFI ROM on a machine with two NICs
 //! that boots from the second (it must enroll with that NIC's MAC), and OVMF with EDK2's own PXE client (no
@@ -19,7 +21,8 @@
 
 use std::time::Duration;
 
-use lbfleet_tests::lab::{self, wait, Firmware, Nic, ServerOptions, Site, VmSpec};
+use lbfleet_tests::lab::fleet;
+use lbfleet_tests::lab::{self, traffic, wait, Firmware, Nic, ServerOptions, Site, VmSpec};
 
 /// TCG boots to serving take 30-120 s here; several machines share two busy cores.
 const SERVING_TIMEOUT: Duration = Duration::from_secs(420);
@@ -27,9 +30,14 @@ const SERVING_TIMEOUT: Duration = Duration::from_secs(420);
 const VIP: &str = "198.18.0.10";
 const REAL_SERVERS: [&str; 2] = ["198.18.2.1", "198.18.2.2"];
 
-fn cluster_spec(vrid: u8, vip: &str) -> serde_json::Value {
+/// A NAT cluster on `vip`; with `internal_vip` the master also holds the real servers' gateway on eth1.
+fn cluster_spec(vrid: u8, vip: &str, internal_vip: bool) -> serde_json::Value {
+    let mut vips = vec![serde_json::json!(format!("{vip}/32"))];
+    if internal_vip {
+        vips.push(serde_json::json!({"address": format!("{}/24", fleet::INTERNAL_VIP), "interface": "eth1"}));
+    }
     serde_json::json!({
-        "vrid": vrid, "interface": "eth0", "vips": [format!("{vip}/32")],
+        "vrid": vrid, "interface": "eth0", "vips": vips,
         "services": [ { "vip": vip, "port": 80, "protocol": "tcp", "scheduler": "rr", "forward": "nat",
                         "real_servers": [ { "address": REAL_SERVERS[0], "port": 80, "weight": 1 },
                                           { "address": REAL_SERVERS[1], "port": 80, "weight": 1 } ] } ]
@@ -43,7 +51,8 @@ fn site_with_image() -> Option<Site> {
     let mut site = Site::new(prereqs).expect("lab site");
     site.start_server(ServerOptions::default())
         .expect("lbfleet-server in the lab");
-    let image = lab::image::balancer_image(site.dir.path()).expect("balancer image");
+    let image =
+        lab::image::balancer_image(&site.dir.path().join("images")).expect("balancer image");
     site.server()
         .add_image_dir(&image, lab::KERNEL_ARGS, true)
         .expect("default image");
@@ -118,7 +127,7 @@ fn bios_unknown_mac_to_serving_balancer() {
     // 2. Approve and assign through the API, then reboot the machine.
     let server = site.server();
     server
-        .api_ok("PUT", "/clusters/ext", Some(&cluster_spec(51, VIP)))
+        .api_ok("PUT", "/clusters/ext", Some(&cluster_spec(51, VIP, true)))
         .expect("cluster");
     server
         .api_ok(
@@ -177,6 +186,44 @@ fn bios_unknown_mac_to_serving_balancer() {
         .expect("node");
     let report = shown["last_report"].to_string();
     assert!(report.contains(VIP), "report names the VIP: {report}");
+
+    // 5. Client traffic through the VIP: NAT through the VM to the real servers behind its second NIC.
+    for (i, address) in REAL_SERVERS.iter().enumerate() {
+        fleet::add_real_server(&mut site, &format!("rs{}", i + 1), address, "br1")
+            .expect("real server");
+    }
+    let client = site
+        .attach_namespace(
+            "client",
+            lab::BOOT_BRIDGE,
+            &format!("{}/15", fleet::CLIENT_ADDRESS),
+            None,
+        )
+        .expect("client namespace");
+    let addr = format!("{VIP}:80");
+    // The first answer once the VM holds the VIPs and its checks found the real servers healthy.
+    wait::until(
+        "a first answer through the VIP",
+        wait::scaled(Duration::from_secs(90)),
+        || {
+            let r = traffic::probe(&site.extra[client], &addr, "/", 0, 1, 2000).ok()?;
+            r.first()?.answer.is_ok().then_some(())
+        },
+    )
+    .unwrap_or_else(|e| {
+        panic!(
+            "{e}; node: {}",
+            site.server().api_ok("GET", "/nodes/lb-01", None).unwrap()
+        )
+    });
+    let results = traffic::probe(&site.extra[client], &addr, "/", 50, 20, 2000).expect("probe");
+    let by = traffic::answers_by_body(&results);
+    assert!(traffic::failures(&results).is_empty(), "{results:?}");
+    // rr over two equal real servers: half each (a health-check flap may shift one).
+    for name in ["rs1", "rs2"] {
+        let got = by.get(name).copied().unwrap_or(0);
+        assert!(got.abs_diff(10) <= 1, "{name} answered {got} of 20: {by:?}");
+    }
 }
 
 #[test]
@@ -189,7 +236,7 @@ fn uefi_two_nics_and_edk2_pxe_enroll_and_serve() {
         .api_ok(
             "PUT",
             "/clusters/uefi",
-            Some(&cluster_spec(52, "198.18.0.11")),
+            Some(&cluster_spec(52, "198.18.0.11", false)),
         )
         .expect("cluster");
     // Machine A: two NICs, boots from the second. Machine B: EDK2's own PXE.

@@ -92,6 +92,14 @@ impl NsProcess {
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
+
+    /// Stops it now (SIGKILL) and reaps it, e.g. a real server that must go away in a test.
+    pub fn kill(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+    }
 }
 
 impl Drop for NsProcess {

@@ -2,7 +2,6 @@
 //! ipxe.efi from Debian's `ipxe`) and HTTP boot on 198.18.0.1. The API is reached with curl inside the
 //! namespace, with an admin API token made by the server's own CLI before it starts.
 
-use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -19,6 +18,8 @@ pub struct ServerOptions {
     pub answer_router_solicitations: bool,
     /// More `serve` flags.
     pub extra_args: Vec<String>,
+    /// The admin user made before the server starts (name, password); its API token is `LabServer::token`.
+    pub admin: (String, String),
 }
 
 impl Default for ServerOptions {
@@ -26,6 +27,7 @@ impl Default for ServerOptions {
         ServerOptions {
             answer_router_solicitations: true,
             extra_args: Vec::new(),
+            admin: ("lab".into(), "lab-password-not-secret".into()),
         }
     }
 }
@@ -40,6 +42,52 @@ pub struct LabServer {
     log_path: PathBuf,
     pub boot_dir: PathBuf,
     pub token: String,
+    opts: ServerOptions,
+}
+
+/// `lbfleet-server serve` in namespace `ns` with `[boot]` on the boot bridge, output to `log_path`.
+fn spawn_serve(
+    ns: &str,
+    binary: &Path,
+    database: &str,
+    boot_dir: &Path,
+    log_path: &Path,
+    opts: &ServerOptions,
+    append: bool,
+) -> Result<Child, LabError> {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .append(append)
+        .truncate(!append)
+        .open(log_path)
+        .map_err(io_err(log_path))?;
+    let log2 = log.try_clone().map_err(io_err(log_path))?;
+    let listen = format!("{SERVER_ADDRESS}:{HTTP_PORT}");
+    let boot_dir_text = boot_dir.display().to_string();
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", ns]).arg(binary);
+    // The lab's boot network is a bridge in a namespace of its own: plain HTTP there is what the test wants.
+    cmd.args(["serve", "--database", database, "--listen", &listen])
+        .arg("--allow-insecure-http")
+        .args(["--boot-interface", BOOT_BRIDGE])
+        .args(["--boot-server-address", SERVER_ADDRESS])
+        .args(["--boot-subnet", BOOT_SUBNET, "--boot-pool", BOOT_POOL])
+        .args(["--boot-router", ROUTER, "--boot-dir", &boot_dir_text])
+        .args([
+            "--boot-answer-router-solicitations",
+            if opts.answer_router_solicitations {
+                "true"
+            } else {
+                "false"
+            },
+        ])
+        .args(&opts.extra_args)
+        .env("RUST_LOG", "info,lbfleet_server=debug")
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(log2);
+    cmd.spawn().map_err(io_err(binary))
 }
 
 impl LabServer {
@@ -60,7 +108,14 @@ impl LabServer {
         let database = format!("sqlite://{}", dir.join("lbfleet.db").display());
         // An admin user and API token, made through the CLI (the server is not running yet).
         let mut add = Command::new(&binary)
-            .args(["user", "add", "lab", "--role", "admin", "--password-stdin"])
+            .args([
+                "user",
+                "add",
+                &opts.admin.0,
+                "--role",
+                "admin",
+                "--password-stdin",
+            ])
             .args(["--database", &database])
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
@@ -68,47 +123,30 @@ impl LabServer {
             .spawn()
             .map_err(io_err(&binary))?;
         if let Some(mut stdin) = add.stdin.take() {
-            let _ = stdin.write_all(b"lab-password-not-secret\n");
+            let _ = stdin.write_all(format!("{}\n", opts.admin.1).as_bytes());
         }
         let out = add.wait_with_output().map_err(io_err(&binary))?;
         if !out.status.success() {
             return Err(LabError::Command {
-                command: "lbfleet-server user add lab".into(),
+                command: format!("lbfleet-server user add {}", opts.admin.0),
                 stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
             });
         }
         let out = run(Command::new(&binary)
-            .args(["token", "create", "--user", "lab", "--name", "lab"])
+            .args(["token", "create", "--user", &opts.admin.0, "--name", "lab"])
             .args(["--database", &database]))?;
         let token = String::from_utf8_lossy(&out.stdout).trim().to_owned();
 
         let log_path = dir.join("server.log");
-        let log = File::create(&log_path).map_err(io_err(&log_path))?;
-        let log2 = log.try_clone().map_err(io_err(&log_path))?;
-        let listen = format!("{SERVER_ADDRESS}:{HTTP_PORT}");
-        let boot_dir_text = boot_dir.display().to_string();
-        let mut cmd = ns.command(&binary.display().to_string());
-        // The lab's boot network is a bridge in a namespace of its own: plain HTTP there is what the test wants.
-        cmd.args(["serve", "--database", &database, "--listen", &listen])
-            .arg("--allow-insecure-http")
-            .args(["--boot-interface", BOOT_BRIDGE])
-            .args(["--boot-server-address", SERVER_ADDRESS])
-            .args(["--boot-subnet", BOOT_SUBNET, "--boot-pool", BOOT_POOL])
-            .args(["--boot-router", ROUTER, "--boot-dir", &boot_dir_text])
-            .args([
-                "--boot-answer-router-solicitations",
-                if opts.answer_router_solicitations {
-                    "true"
-                } else {
-                    "false"
-                },
-            ])
-            .args(&opts.extra_args)
-            .env("RUST_LOG", "info,lbfleet_server=debug")
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(log2);
-        let child = cmd.spawn().map_err(io_err(&binary))?;
+        let child = spawn_serve(
+            ns.name(),
+            &binary,
+            &database,
+            &boot_dir,
+            &log_path,
+            &opts,
+            false,
+        )?;
         let server = LabServer {
             child,
             ns_name: ns.name().to_owned(),
@@ -117,15 +155,50 @@ impl LabServer {
             log_path,
             boot_dir,
             token,
+            opts,
         };
+        server.wait_healthy()?;
+        Ok(server)
+    }
+
+    fn wait_healthy(&self) -> Result<(), LabError> {
         wait::until("lbfleet-server /healthz", Duration::from_secs(30), || {
-            server
-                .get_raw("/healthz")
+            self.get_raw("/healthz")
                 .ok()
                 .filter(|(status, _)| *status == 200)
         })
-        .map_err(|e| LabError::Other(format!("{e}\nserver log:\n{}", server.log())))?;
-        Ok(server)
+        .map(|_| ())
+        .map_err(|e| LabError::Other(format!("{e}\nserver log:\n{}", self.log())))
+    }
+
+    /// Stops the server (SIGTERM, as an operator's restart; SIGKILL after 10 s) and starts it again on the
+    /// same database and boot directory; returns once it answers `/healthz`. The log is appended to.
+    pub fn restart(&mut self) -> Result<(), LabError> {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let stopped = wait::until("lbfleet-server to stop", Duration::from_secs(10), || {
+            matches!(self.child.try_wait(), Ok(Some(_)) | Err(_)).then_some(())
+        });
+        if stopped.is_err() {
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+        self.child = spawn_serve(
+            &self.ns_name,
+            &self.binary,
+            &self.database,
+            &self.boot_dir,
+            &self.log_path,
+            &self.opts,
+            true,
+        )?;
+        self.wait_healthy()
+    }
+
+    /// The lab admin's user name (the actor the audit log names for the lab's API calls).
+    pub fn admin_name(&self) -> &str {
+        &self.opts.admin.0
     }
 
     pub fn pid(&self) -> u32 {
