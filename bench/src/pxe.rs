@@ -282,31 +282,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    // Drop guards do not run on a signal: clean up this process's namespaces and machines, then exit.
-    std::thread::spawn(|| {
-        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-        else {
-            return;
-        };
-        rt.block_on(async {
-            use tokio::signal::unix::{signal, SignalKind};
-            let (Ok(mut int), Ok(mut term)) = (
-                signal(SignalKind::interrupt()),
-                signal(SignalKind::terminate()),
-            ) else {
-                return;
-            };
-            tokio::select! {
-                _ = int.recv() => {}
-                _ = term.recv() => {}
-            }
-            eprintln!("bench-pxe: interrupted; removing this run's namespaces and machines");
-            lab::cleanup_this_process();
-            std::process::exit(130);
-        });
-    });
+    lbfleet_bench::cleanup_on_signal("bench-pxe");
     let prereqs = lab::prereqs()?;
     let files = boot_files(&args, &prereqs)?;
     let deadline = Duration::from_secs(args.deadline_secs);

@@ -95,31 +95,7 @@ fn wait_answers(site: &Site, client: usize, all: bool) -> anyhow::Result<()> {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    // Drop guards do not run on a signal: clean up this process's namespaces and machines, then exit.
-    std::thread::spawn(|| {
-        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-        else {
-            return;
-        };
-        rt.block_on(async {
-            use tokio::signal::unix::{signal, SignalKind};
-            let (Ok(mut int), Ok(mut term)) = (
-                signal(SignalKind::interrupt()),
-                signal(SignalKind::terminate()),
-            ) else {
-                return;
-            };
-            tokio::select! {
-                _ = int.recv() => {}
-                _ = term.recv() => {}
-            }
-            eprintln!("bench-site: interrupted; removing this run's namespaces and machines");
-            lab::cleanup_this_process();
-            std::process::exit(130);
-        });
-    });
+    lbfleet_bench::cleanup_on_signal("bench-site");
     let prereqs = lab::prereqs()?;
     let mut site = Site::new(prereqs)?;
     let image = match &args.image {
