@@ -486,6 +486,25 @@ fn full_fleet_serves_fails_over_and_switches_over() {
                 && e["message"].as_str().unwrap_or("").contains("-> master")),
         "no VRRP transition of lb-01 to master after the cut in {events}"
     );
+    // And on lb-01's dashboard page, as an operator logged in with a password sees it: VRRP master, and the
+    // transition among its recent events.
+    let (status, page) = site
+        .server()
+        .dashboard_page("/nodes/lb-01")
+        .expect("dashboard node page");
+    assert_eq!(status, 200, "GET /nodes/lb-01 answered {status}: {page}");
+    let page = page.replace("&gt;", ">").replace("&#62;", ">");
+    assert!(
+        page.contains(r#"<span class="vrrp v-master">master</span>"#),
+        "lb-01's node page does not show VRRP master: {page}"
+    );
+    let events_html = page.split(r#"id="events-h""#).nth(1).unwrap_or("");
+    assert!(
+        events_html
+            .split("<li>")
+            .any(|li| li.contains(">vrrp</span>") && li.contains("-> master")),
+        "lb-01's node page lists no VRRP transition to master: {events_html}"
+    );
     eprintln!(
         "full-fleet test done in {:.1} s",
         test_started.elapsed().as_secs_f64()

@@ -8,8 +8,8 @@
 //! report naming the service. Then a client namespace on the boot network sends HTTP requests to the VIP:
 //! the VM forwards them by IPVS NAT to two real servers in namespaces on its second network (their default
 //! gateway is the cluster's internal VIP, which the VM holds as VRRP master), and answers come from each.
-//! Not here: `ipvsadm -Ln` typed on the console (the serial console stalled on typed input under TCG on this
-//! busy machine; the agent's report, read from the kernel, stands for it).
+//! The VM's own `ipvsadm -Ln` (which the image's `/init` prints on the serial console after every applied role
+//! generation; typing on the console stalls under TCG) must show the service and both real servers (Masq).
 //!
 //! `uefi_two_nics_and_edk2_pxe_enroll_and_serve`: OVMF with QEMU's iPXE EFI ROM on a machine with two NICs
 //! that boots from the second (it must enroll with that NIC's MAC), and OVMF with EDK2's own PXE client (no
@@ -76,6 +76,17 @@ fn wait_state(site: &Site, mac: &str, state: &str, timeout: Duration) {
     if let Err(e) = r {
         panic!("{e} (state now {:?})", node_state(site, mac));
     }
+}
+
+/// The last `ipvsadm -Ln` table `/init` printed on a console (its `lbfleet-ipvs: ` lines, prefix removed).
+fn console_ipvs_table(console: &str) -> Option<String> {
+    let start = console.rfind("ipvsadm -Ln after role generation")?;
+    let lines: Vec<&str> = console[start..]
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.trim_end_matches('\r').strip_prefix("lbfleet-ipvs: "))
+        .collect();
+    (!lines.is_empty()).then(|| lines.join("\n"))
 }
 
 /// The `lbfleet.token=` of the last kernel command line on a console.
@@ -186,6 +197,26 @@ fn bios_unknown_mac_to_serving_balancer() {
         .expect("node");
     let report = shown["last_report"].to_string();
     assert!(report.contains(VIP), "report names the VIP: {report}");
+    // ... and `ipvsadm -Ln` in the VM, which `/init` prints on the console after each applied generation,
+    // shows the service with both real servers forwarded by NAT (Masq).
+    let table = wait::until(
+        "ipvsadm -Ln on the console with the service and its real servers",
+        wait::scaled(Duration::from_secs(30)),
+        || {
+            let table = console_ipvs_table(&site.vms[vm].console())?;
+            let service = table
+                .lines()
+                .any(|l| l.starts_with(&format!("TCP  {VIP}:80 ")));
+            let masq = REAL_SERVERS.iter().all(|rs| {
+                table
+                    .lines()
+                    .any(|l| l.contains(&format!("-> {rs}:80")) && l.contains("Masq"))
+            });
+            (service && masq).then_some(table)
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}; console:\n{}", site.vms[vm].console()));
+    eprintln!("ipvsadm -Ln on the console:\n{table}");
 
     // 5. Client traffic through the VIP: NAT through the VM to the real servers behind its second NIC.
     for (i, address) in REAL_SERVERS.iter().enumerate() {

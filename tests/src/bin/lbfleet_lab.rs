@@ -6,6 +6,7 @@
 //! `get` are the client's side of the lab's traffic (`lab::traffic` runs them inside a client namespace):
 //! requests on a fixed schedule, and one slow streaming response.
 
+use std::fmt::Write as _;
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -300,12 +301,14 @@ fn node_state(record: &SiteRecord, hostname: &str) -> Option<String> {
 }
 
 fn status(var: &Path) -> Result<(), LabError> {
+    let mut out = String::new();
     let Some(record) = SiteRecord::load(&state_path(var))? else {
-        println!("demo: not running (no {})", state_path(var).display());
-        return Ok(());
+        let _ = writeln!(out, "demo: not running (no {})", state_path(var).display());
+        return print_out(&out);
     };
     for p in &record.pids {
-        println!(
+        let _ = writeln!(
+            out,
             "{:<22} pid {:>7}  {}",
             p.what,
             p.pid,
@@ -314,13 +317,14 @@ fn status(var: &Path) -> Result<(), LabError> {
     }
     for ns in &record.namespaces {
         let here = Path::new("/run/netns").join(ns).exists();
-        println!(
+        let _ = writeln!(
+            out,
             "namespace {ns:<16} {}",
             if here { "present" } else { "gone" }
         );
     }
     if let Some(url) = record.notes.get("url") {
-        println!("dashboard {url}");
+        let _ = writeln!(out, "dashboard {url}");
     }
     match api_get(&record, "/nodes") {
         Some(v) => {
@@ -331,7 +335,8 @@ fn status(var: &Path) -> Result<(), LabError> {
                 .cloned()
                 .unwrap_or_default();
             for n in list {
-                println!(
+                let _ = writeln!(
+                    out,
                     "node {:<8} {:<18} {:<11} cluster={} role={}",
                     n["hostname"].as_str().unwrap_or("-"),
                     n["mac"].as_str().unwrap_or("-"),
@@ -341,10 +346,24 @@ fn status(var: &Path) -> Result<(), LabError> {
                 );
             }
         }
-        None => println!("the API does not answer (is lbfleet-server running?)"),
+        None => {
+            let _ = writeln!(out, "the API does not answer (is lbfleet-server running?)");
+        }
     }
     let _ = CLUSTER;
-    Ok(())
+    print_out(&out)
+}
+
+/// Writes `text` to stdout; a reader that went away (`lbfleet-lab status | head`) is not an error.
+fn print_out(text: &str) -> Result<(), LabError> {
+    use std::io::Write as _;
+    match std::io::stdout().lock().write_all(text.as_bytes()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(LabError::Io {
+            path: "stdout".into(),
+            source: e,
+        }),
+        _ => Ok(()),
+    }
 }
 
 /// Starts `lbfleet-lab forward` on the first free port from `port` on 127.0.0.1; returns the address and PID.

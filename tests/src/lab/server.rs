@@ -246,6 +246,48 @@ impl LabServer {
         self.curl(&[&format!("{}{path}", self.base_url())])
     }
 
+    /// A dashboard page as a person sees it: logs in through `/login` as the lab admin (the form's CSRF
+    /// token from its cookie and hidden field, then user name and password), then GETs `path` with the
+    /// session cookie. `(status, HTML)`; a refused login is an error naming the answer.
+    pub fn dashboard_page(&self, path: &str) -> Result<(u16, String), LabError> {
+        let jar = self
+            .log_path
+            .with_extension(format!("cookies.{}", std::process::id()));
+        let jar_s = jar.to_string_lossy().into_owned();
+        let base = self.base_url();
+        let result = (|| {
+            let (_, form) = self.curl(&["-c", &jar_s, &format!("{base}/login")])?;
+            let csrf = form
+                .split("name=\"csrf\" value=\"")
+                .nth(1)
+                .and_then(|rest| rest.split('"').next())
+                .ok_or_else(|| LabError::Other("no csrf field on /login".into()))?
+                .to_owned();
+            let (status, body) = self.curl(&[
+                "-b",
+                &jar_s,
+                "-c",
+                &jar_s,
+                "--data-urlencode",
+                &format!("csrf={csrf}"),
+                "--data-urlencode",
+                &format!("username={}", self.opts.admin.0),
+                "--data-urlencode",
+                &format!("password={}", self.opts.admin.1),
+                &format!("{base}/login"),
+            ])?;
+            // A good login redirects (303) and sets the session cookie; a refused one shows the form again.
+            if !(300..400).contains(&status) {
+                return Err(LabError::Other(format!(
+                    "dashboard login answered {status}: {body}"
+                )));
+            }
+            self.curl(&["-b", &jar_s, &format!("{base}{path}")])
+        })();
+        let _ = std::fs::remove_file(&jar);
+        result
+    }
+
     /// An API call as the lab admin: `(status, JSON body or Null)`.
     pub fn api(
         &self,
