@@ -84,12 +84,15 @@ fn wait_states(site: &Site, master: &str, backup: &str) -> anyhow::Result<()> {
 /// Waits until `n` requests in a row are answered (by every real server when `all` is set).
 fn wait_answers(site: &Site, client: usize, all: bool) -> anyhow::Result<()> {
     let addr = format!("{}:{}", fleet::VIP, fleet::VIP_PORT);
+    let last = std::cell::RefCell::new(String::new());
     wait::until("the VIP answering", Duration::from_secs(120), || {
         let r = traffic::probe(&site.extra[client], &addr, "/", 20, 12, 2000).ok()?;
         let by = traffic::answers_by_body(&r);
+        *last.borrow_mut() = format!("answers {by:?}, failures {:?}", traffic::failures(&r));
         let ok = traffic::failures(&r).is_empty() && (!all || by.len() == REAL_SERVERS.len());
         ok.then_some(())
-    })?;
+    })
+    .with_context(|| format!("last probe: {}", last.borrow()))?;
     Ok(())
 }
 
@@ -109,6 +112,21 @@ fn main() -> anyhow::Result<()> {
         discovered_machine: false,
     };
     let layout = fleet::build(&mut site, &opts)?;
+    let result = measure(&mut site, &layout, &args);
+    if result.is_err() {
+        // What the machines and the server said, before the site is removed.
+        eprintln!("{}", site.report());
+        for n in ["lb-01", "lb-02"] {
+            if let Ok(node) = site.server().api_ok("GET", &format!("/nodes/{n}"), None) {
+                eprintln!("===== {n} in the API =====\n{node}");
+            }
+        }
+    }
+    result
+}
+
+/// Boot to serving, then the failover and drain trials, printing each figure as it comes.
+fn measure(site: &mut Site, layout: &fleet::FleetLayout, args: &Args) -> anyhow::Result<()> {
     let first_start = site.vms[layout.vms[0]].started();
     wait::until("both balancers serving", Duration::from_secs(600), || {
         ["lb-01", "lb-02"]
@@ -221,7 +239,7 @@ fn main() -> anyhow::Result<()> {
             results.len()
         );
         drains.push(drain_s);
-        fleet::restart_real_server(&mut site, &layout, victim)?;
+        fleet::restart_real_server(site, layout, victim)?;
         wait_answers(&site, layout.client, true)?;
     }
     if !drains.is_empty() {

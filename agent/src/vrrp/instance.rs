@@ -456,6 +456,11 @@ impl Instance {
         } else {
             return;
         };
+        // Two masters at once (a link between them was down): the hosts' ARP caches point at us, the one
+        // that yields, and the other master may never have heard us. One last advert at our own priority
+        // tells it a lower-priority router was master, so it announces the VIPs again (gratuitous ARP), as
+        // this agent and keepalived do on a lower-priority advert; RFC routers just discard it.
+        out.push(Action::SendAdvert(self.advert(self.priority)));
         self.advert_at = None;
         out.push(Action::CancelAdvertTimer);
         self.learn_interval(advert);

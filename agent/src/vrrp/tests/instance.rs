@@ -315,6 +315,9 @@ fn master_yields_to_a_higher_priority() {
     assert_eq!(
         actions,
         vec![
+            // A last advert at its own priority, so the new master re-announces the VIPs (the hosts'
+            // caches point at the one that yields).
+            Action::SendAdvert(advert(Version::V3, 100, 100)),
             Action::CancelAdvertTimer,
             transition(
                 State::Master,
@@ -350,7 +353,11 @@ fn equal_priority_breaks_the_tie_on_the_higher_address() {
     // Higher address, same priority: yield.
     let actions = m.handle(recv(lab(3), advert(Version::V3, 100, 100)), at + 2 * MS);
     assert_eq!(
-        actions[1],
+        actions[0],
+        Action::SendAdvert(advert(Version::V3, 100, 100))
+    );
+    assert_eq!(
+        actions[2],
         transition(
             State::Master,
             State::Backup,
