@@ -536,3 +536,115 @@ fn quorum_lowers_the_masters_priority_and_a_priority_only_change_keeps_the_insta
         agent_state(&sa) == "master" && holds(&a, VIP) && !holds(&b, VIP)
     });
 }
+
+/// The MAC of `dev` in namespace `ns`.
+fn mac_of(ns: &str, dev: &str) -> String {
+    let out = std::process::Command::new("ip")
+        .args(["-n", ns, "-o", "link", "show", "dev", dev])
+        .output()
+        .expect("ip link show");
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.split_whitespace()
+        .skip_while(|w| *w != "link/ether")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no MAC of {dev} in {ns}: {text}"))
+        .to_owned()
+}
+
+/// The MAC the prober's ARP cache holds for the VIP ("" when it has none).
+fn prober_vip_mac(prober: &str) -> String {
+    let out = std::process::Command::new("ip")
+        .args(["-n", prober, "neigh", "show", VIP])
+        .output()
+        .expect("ip neigh show");
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.split_whitespace()
+        .skip_while(|w| *w != "lladdr")
+        .nth(1)
+        .unwrap_or("")
+        .to_owned()
+}
+
+/// Stops (`on`) or restores the switch's multicast flooding to a bridge port: the router behind it no
+/// longer hears VRRP adverts (224.0.0.18), while ARP (broadcast) and pings (unicast) still flow, so the hosts
+/// still see every gratuitous ARP. (The host kernel here has no tc actions to drop protocol 112 with.)
+fn deaf_to_vrrp(lab: &Lab, port: &str, on: bool) {
+    let flood = if on { "off" } else { "on" };
+    ip(&[
+        "-n",
+        &lab.switch,
+        "link",
+        "set",
+        port,
+        "type",
+        "bridge_slave",
+        "mcast_flood",
+        flood,
+    ]);
+}
+
+/// A split heals: while the two routers could not hear each other both were master and the hosts' ARP caches
+/// followed the backup's gratuitous ARP. When they hear each other again, the master's advert (every 100 ms)
+/// reaches the other (every 1 s) first, so the master itself never hears a competing advert. The one that
+/// yields sends a last advert at its own priority; the master answers it by announcing the VIP again, and the
+/// prober's ARP cache points at the master within a second (before that advert, it kept the yielded router's
+/// MAC until its ARP entry aged out, tens of seconds of lost traffic).
+#[test]
+fn a_healed_split_points_the_hosts_back_at_the_master() {
+    if !vrrp_lab::require(false) {
+        return;
+    }
+    let mut lab = Lab::new("hs");
+    let a = lab.host("a", A);
+    let b = lab.host("b", B);
+    let sa = start_agent(&mut lab, &a, "agent-a", &Vrrp::v3(150));
+    let sb = start_agent(
+        &mut lab,
+        &b,
+        "agent-b",
+        &Vrrp {
+            interval_ms: 1000,
+            ..Vrrp::v3(100)
+        },
+    );
+    wait_for(ELECTION, "a is master, b backup", || {
+        agent_state(&sa) == "master" && agent_state(&sb) == "backup"
+    });
+    let prober = start_prober(&mut lab, 3000);
+    wait_prober_ready(&lab);
+    let (mac_a, mac_b) = (mac_of(&a, "eth0"), mac_of(&b, "eth0"));
+    assert_eq!(prober_vip_mac(&prober), mac_a, "the prober reaches a");
+
+    // The split: b takes the VIP too and its gratuitous ARP moves the prober to b.
+    // a and b are the switch's ports p1 and p2 (in the order `host` made them).
+    deaf_to_vrrp(&lab, "p1", true);
+    deaf_to_vrrp(&lab, "p2", true);
+    wait_for(ELECTION, "b master during the split", || {
+        agent_state(&sb) == "master" && holds(&b, VIP)
+    });
+    wait_for(ELECTION, "the prober's ARP cache follows b", || {
+        prober_vip_mac(&prober) == mac_b
+    });
+    assert_eq!(agent_state(&sa), "master", "a never noticed the split");
+
+    // Heal: a's next advert reaches b first; b yields.
+    deaf_to_vrrp(&lab, "p1", false);
+    deaf_to_vrrp(&lab, "p2", false);
+    let healed = Instant::now();
+    wait_for(ELECTION, "b backup again", || {
+        agent_state(&sb) == "backup" && !holds(&b, VIP)
+    });
+    let took = wait_for(
+        Duration::from_secs(3),
+        "the prober's ARP cache back at a",
+        || prober_vip_mac(&prober) == mac_a,
+    );
+    eprintln!(
+        "split healed: prober back at a {:?} after the heal ({took:?} of waiting)",
+        healed.elapsed()
+    );
+    // Pings every 10 ms: whatever the heal cost them was short.
+    let (_, answered, longest_ms, _) = stop_prober(&mut lab);
+    assert!(answered > 0);
+    assert!(longest_ms < 1_000.0, "outage {longest_ms} ms around the heal");
+}
