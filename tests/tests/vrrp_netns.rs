@@ -646,5 +646,8 @@ fn a_healed_split_points_the_hosts_back_at_the_master() {
     // Pings every 10 ms: whatever the heal cost them was short.
     let (_, answered, longest_ms, _) = stop_prober(&mut lab);
     assert!(answered > 0);
-    assert!(longest_ms < 1_000.0, "outage {longest_ms} ms around the heal");
+    assert!(
+        longest_ms < 1_000.0,
+        "outage {longest_ms} ms around the heal"
+    );
 }

@@ -127,9 +127,12 @@ impl Fleet {
         for c in &clusters {
             let members = by_cluster.get(&c.id).map(Vec::as_slice).unwrap_or_default();
             if !members.is_empty() {
+                // A silent node's last word does not count: a balancer cut off from the server (and from its
+                // peer) still "says" master; the not-reporting alert names it instead.
                 let masters: Vec<&str> = members
                     .iter()
                     .filter(|n| n.vrrp_state.as_deref() == Some(VrrpState::Master.as_str()))
+                    .filter(|n| n.last_seen_at.is_some_and(|t| now - t <= STALE_AFTER_MS))
                     .map(|n| n.name())
                     .collect();
                 if masters.is_empty() {
@@ -290,6 +293,28 @@ mod tests {
             ]
         );
         assert_eq!(got[0].message, "cluster ext has 2 masters: lb-01, lb-02");
+
+        // lb-01 goes silent (cut off from the server and its peer, its last report still says master): it is
+        // not reporting, and its stale word makes no split brain.
+        let mut tx = f.store.begin().await.expect("begin");
+        sqlx::query("UPDATE nodes SET last_seen_at = $1 WHERE id = $2")
+            .bind(now_ms() - STALE_AFTER_MS - 1_000)
+            .bind(ida)
+            .execute(&mut *tx)
+            .await
+            .expect("age lb-01");
+        store::commit(tx).await.expect("commit");
+        let got = f.alerts().await.expect("alerts");
+        assert_eq!(
+            kinds(&got),
+            vec![
+                (AlertKind::NotReporting, Some("lb-01")),
+                (AlertKind::HardwareWaiting, None)
+            ]
+        );
+        f.report(ida, &report(ga, Some(VrrpState::Master)))
+            .await
+            .expect("report a again");
 
         // The backup settles; draining a real server raises an info alert (and a new generation to apply).
         f.report(idb, &report(gb, Some(VrrpState::Backup)))
