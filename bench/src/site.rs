@@ -144,8 +144,8 @@ fn measure(site: &mut Site, layout: &fleet::FleetLayout, args: &Args) -> anyhow:
         "boot to serving (both balancers, booting together): {boot_s:.1} s; goal {PXE_GOAL_S:.1} s per machine: ratio {:.2}",
         boot_s / PXE_GOAL_S
     );
-    wait_states(&site, "lb-01", "lb-02")?;
-    wait_answers(&site, layout.client, true)?;
+    wait_states(site, "lb-01", "lb-02")?;
+    wait_answers(site, layout.client, true)?;
 
     let addr = format!("{}:{}", fleet::VIP, fleet::VIP_PORT);
     let interval = args.interval_ms.max(5);
@@ -183,8 +183,8 @@ fn measure(site: &mut Site, layout: &fleet::FleetLayout, args: &Args) -> anyhow:
         );
         outages.push(outage_s);
         // lb-01 (priority 150) takes the VIPs back once its links are up; the next trial starts from there.
-        wait_states(&site, "lb-01", "lb-02")?;
-        wait_answers(&site, layout.client, false)?;
+        wait_states(site, "lb-01", "lb-02")?;
+        wait_answers(site, layout.client, false)?;
     }
     if !outages.is_empty() {
         let m = median(&mut outages.clone());
@@ -240,7 +240,7 @@ fn measure(site: &mut Site, layout: &fleet::FleetLayout, args: &Args) -> anyhow:
         );
         drains.push(drain_s);
         fleet::restart_real_server(site, layout, victim)?;
-        wait_answers(&site, layout.client, true)?;
+        wait_answers(site, layout.client, true)?;
     }
     if !drains.is_empty() {
         let m = median(&mut drains.clone());
