@@ -507,11 +507,25 @@ pub fn boot_with(
 }
 
 /// Path of a binary of another workspace package, built with the same profile as the running test
-/// (`target/<profile>/<name>`); runs `cargo build` for it first so it is never stale.
+/// (`target/<profile>/<name>`); runs `cargo build` for it the first time a process asks, so it is never stale
+/// and a bench or test that asks on every probe does not run cargo every time.
 ///
 /// With `LBFLEET_BIN_DIR` set (`make demo`, which has just built the release binaries), the binary is taken
 /// from that directory as is.
 pub fn workspace_binary(package: &str, name: &str) -> Result<PathBuf, HarnessError> {
+    static BUILT: std::sync::Mutex<Vec<(String, PathBuf)>> = std::sync::Mutex::new(Vec::new());
+    let key = format!("{package}/{name}");
+    // Held across the build: two threads asking for binaries at once would race on cargo's lock anyway.
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, path)) = built.iter().find(|(k, _)| *k == key) {
+        return Ok(path.clone());
+    }
+    let path = build_workspace_binary(package, name)?;
+    built.push((key, path.clone()));
+    Ok(path)
+}
+
+fn build_workspace_binary(package: &str, name: &str) -> Result<PathBuf, HarnessError> {
     if let Some(dir) = std::env::var_os("LBFLEET_BIN_DIR") {
         let bin = PathBuf::from(dir).join(name);
         return if bin.is_file() {
