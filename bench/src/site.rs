@@ -84,15 +84,15 @@ fn wait_states(site: &Site, master: &str, backup: &str) -> anyhow::Result<()> {
 /// Waits until `n` requests in a row are answered (by every real server when `all` is set).
 fn wait_answers(site: &Site, client: usize, all: bool) -> anyhow::Result<()> {
     let addr = format!("{}:{}", fleet::VIP, fleet::VIP_PORT);
-    let last = std::cell::RefCell::new(String::new());
+    let mut last = String::new();
     wait::until("the VIP answering", Duration::from_secs(120), || {
         let r = traffic::probe(&site.extra[client], &addr, "/", 20, 12, 2000).ok()?;
         let by = traffic::answers_by_body(&r);
-        *last.borrow_mut() = format!("answers {by:?}, failures {:?}", traffic::failures(&r));
+        last = format!("answers {by:?}, failures {:?}", traffic::failures(&r));
         let ok = traffic::failures(&r).is_empty() && (!all || by.len() == REAL_SERVERS.len());
         ok.then_some(())
     })
-    .with_context(|| format!("last probe: {}", last.borrow()))?;
+    .with_context(|| format!("last probe: {last}"))?;
     Ok(())
 }
 

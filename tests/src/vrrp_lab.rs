@@ -327,25 +327,15 @@ pub const PROBER: &str = "198.18.0.200";
 /// Generous bounds: the machine is shared; precise figures are in bench/vrrp.
 pub const ELECTION: Duration = Duration::from_secs(15);
 
-/// Built once per test binary: `cargo build` between a kill and a restart would be slower than a failover.
+/// The agent binary (`workspace_binary` builds it once per process: `cargo build` between a kill and a
+/// restart would be slower than a failover).
 pub fn agent_bin() -> PathBuf {
-    static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    BIN.get_or_init(|| {
-        workspace_binary("lbfleet-agent", "lbfleet-agent").expect("build lbfleet-agent")
-    })
-    .clone()
+    workspace_binary("lbfleet-agent", "lbfleet-agent").expect("build lbfleet-agent")
 }
 
 /// A binary of this crate (prober, injector), built once per process.
 pub fn tool(name: &str) -> PathBuf {
-    static BINS: std::sync::Mutex<Vec<(String, PathBuf)>> = std::sync::Mutex::new(Vec::new());
-    let mut bins = BINS.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some((_, p)) = bins.iter().find(|(n, _)| n == name) {
-        return p.clone();
-    }
-    let p = workspace_binary("lbfleet-tests", name).expect("build test tool");
-    bins.push((name.to_owned(), p.clone()));
-    p
+    workspace_binary("lbfleet-tests", name).expect("build test tool")
 }
 
 /// VRRP settings of one contender (the agent's role or keepalived's config).

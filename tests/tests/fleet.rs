@@ -23,11 +23,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::path::Path;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use lbfleet_tests::lab::fleet::{self, FleetOptions, BALANCERS, REAL_SERVERS};
 use lbfleet_tests::lab::traffic::{self, Background, ProbeResult};
-use lbfleet_tests::lab::{self, wait, ServerOptions, Site};
+use lbfleet_tests::lab::{self, wait, Netns, ServerOptions, Site};
 use serde_json::Value;
 
 /// Three TCG machines booting at once on a shared two-core box.
@@ -94,6 +95,28 @@ fn summary(results: &[ProbeResult]) -> String {
 }
 
 /// Waits until a background probe has `n` results (so traffic is flowing before the disturbance).
+/// A client in `client` sending 200 requests to the VIP, one every `INTERVAL_MS` (its output in
+/// `dir/probe-NAME.txt`), returned once the first 20 are done: the disturbance comes after that.
+fn start_probe(client: &Netns, dir: &Path, name: &str) -> Background {
+    let probe = Background::probe(
+        client,
+        &vip_addr(),
+        "/",
+        INTERVAL_MS,
+        200,
+        REQUEST_TIMEOUT_MS,
+        &dir.join(format!("probe-{name}.txt")),
+    )
+    .expect("probe");
+    wait_results(&probe, 20);
+    probe
+}
+
+/// Waits (bounded) for the client's last request and returns every result.
+fn finish_probe(probe: Background) -> Vec<ProbeResult> {
+    traffic::parse_probe(&probe.finish(Duration::from_secs(60)).expect("probe"))
+}
+
 fn wait_results(probe: &Background, n: usize) {
     wait::until(
         &format!("{n} client requests done"),
@@ -212,18 +235,7 @@ fn full_fleet_serves_fails_over_and_switches_over() {
         .api_ok("GET", "/audit?limit=1000", None)
         .expect("audit");
     let nodes_before = site.server().api_ok("GET", "/nodes", None).expect("nodes");
-    let probe_out = site.dir.path().join("probe-restart.txt");
-    let probe = Background::probe(
-        client,
-        &vip_addr(),
-        "/",
-        INTERVAL_MS,
-        200,
-        REQUEST_TIMEOUT_MS,
-        &probe_out,
-    )
-    .expect("probe");
-    wait_results(&probe, 20);
+    let probe = start_probe(client, site.dir.path(), "restart");
     let restarted_at = now_ms();
     site.server
         .as_mut()
@@ -231,7 +243,7 @@ fn full_fleet_serves_fails_over_and_switches_over() {
         .restart()
         .expect("server restart");
     eprintln!("lbfleet-server restarted");
-    let results = traffic::parse_probe(&probe.finish(Duration::from_secs(60)).expect("probe"));
+    let results = finish_probe(probe);
     assert_eq!(results.len(), 200, "{}", summary(&results));
     assert!(
         traffic::failures(&results).is_empty(),
@@ -291,18 +303,7 @@ fn full_fleet_serves_fails_over_and_switches_over() {
     }
 
     // 4. Switchover from the API: roles swap, at most one failed request, the audit log names who asked.
-    let probe_out = site.dir.path().join("probe-switchover.txt");
-    let probe = Background::probe(
-        client,
-        &vip_addr(),
-        "/",
-        INTERVAL_MS,
-        200,
-        REQUEST_TIMEOUT_MS,
-        &probe_out,
-    )
-    .expect("probe");
-    wait_results(&probe, 20);
+    let probe = start_probe(client, site.dir.path(), "switchover");
     let result = site
         .server()
         .api_ok(
@@ -314,7 +315,7 @@ fn full_fleet_serves_fails_over_and_switches_over() {
     assert_eq!(result["new_active"], "lb-02", "{result}");
     wait_vrrp(&site, "lb-02", "master");
     wait_vrrp(&site, "lb-01", "backup");
-    let results = traffic::parse_probe(&probe.finish(Duration::from_secs(60)).expect("probe"));
+    let results = finish_probe(probe);
     eprintln!("switchover: {}", summary(&results));
     assert_eq!(results.len(), 200, "{}", summary(&results));
     assert!(
@@ -335,21 +336,10 @@ fn full_fleet_serves_fails_over_and_switches_over() {
     // interval for the agent to apply the weight), and no request fails after that.
     let victim = REAL_SERVERS.len() - 1;
     let victim_name = REAL_SERVERS[victim].0;
-    let probe_out = site.dir.path().join("probe-drain.txt");
-    let probe = Background::probe(
-        client,
-        &vip_addr(),
-        "/",
-        INTERVAL_MS,
-        200,
-        REQUEST_TIMEOUT_MS,
-        &probe_out,
-    )
-    .expect("probe");
-    wait_results(&probe, 20);
+    let probe = start_probe(client, site.dir.path(), "drain");
     let killed_ms = probe.started().elapsed().as_millis() as u64;
     site.processes[layout.real_server_process[victim]].kill();
-    let results = traffic::parse_probe(&probe.finish(Duration::from_secs(60)).expect("probe"));
+    let results = finish_probe(probe);
     let interval = u64::from(fleet::CHECK_INTERVAL_MS);
     let drain_bound_ms = interval * (u64::from(fleet::CHECK_FALL) + 1)
         + u64::from(fleet::CHECK_TIMEOUT_MS)
@@ -412,18 +402,7 @@ fn full_fleet_serves_fails_over_and_switches_over() {
         || (stream.output().matches(" data ").count() >= lines_before_cut).then_some(()),
     )
     .unwrap_or_else(|e| panic!("{e}: {}", stream.output()));
-    let probe_out = site.dir.path().join("probe-failover.txt");
-    let probe = Background::probe(
-        client,
-        &vip_addr(),
-        "/",
-        INTERVAL_MS,
-        200,
-        REQUEST_TIMEOUT_MS,
-        &probe_out,
-    )
-    .expect("probe");
-    wait_results(&probe, 20);
+    let probe = start_probe(client, site.dir.path(), "failover");
     let cut_at = now_ms();
     let (boot_tap, internal_tap) = layout.taps[1].clone();
     for tap in [&boot_tap, &internal_tap] {
@@ -431,7 +410,7 @@ fn full_fleet_serves_fails_over_and_switches_over() {
     }
     eprintln!("lb-02's links cut");
     wait_vrrp(&site, "lb-01", "master");
-    let results = traffic::parse_probe(&probe.finish(Duration::from_secs(60)).expect("probe"));
+    let results = finish_probe(probe);
     let streamed = stream
         .finish(wait::scaled(Duration::from_secs(60)))
         .expect("stream");

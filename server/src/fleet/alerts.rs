@@ -91,6 +91,11 @@ impl Alert {
     }
 }
 
+/// Whether the node's agent was heard within `STALE_AFTER_MS` of `now`.
+fn reporting(now: i64, n: &store::nodes::NodeRow) -> bool {
+    n.last_seen_at.is_some_and(|t| now - t <= STALE_AFTER_MS)
+}
+
 /// Whole seconds since `at` in words, for alert messages.
 fn silent_for(now: i64, at: Option<i64>) -> String {
     match at {
@@ -132,7 +137,7 @@ impl Fleet {
                 let masters: Vec<&str> = members
                     .iter()
                     .filter(|n| n.vrrp_state.as_deref() == Some(VrrpState::Master.as_str()))
-                    .filter(|n| n.last_seen_at.is_some_and(|t| now - t <= STALE_AFTER_MS))
+                    .filter(|n| reporting(now, n))
                     .map(|n| n.name())
                     .collect();
                 if masters.is_empty() {
@@ -171,7 +176,7 @@ impl Fleet {
             }
         }
         for n in nodes.iter().filter(|n| n.cluster.is_some()) {
-            if n.last_seen_at.is_none_or(|t| now - t > STALE_AFTER_MS) {
+            if !reporting(now, n) {
                 alerts.push(Alert::node(
                     AlertKind::NotReporting,
                     n,

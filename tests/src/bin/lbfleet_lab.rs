@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
-use lbfleet_tests::lab::fleet::{self, FleetOptions, BALANCERS, CLIENT_ADDRESS, CLUSTER, VIP};
+use lbfleet_tests::lab::fleet::{self, FleetOptions, BALANCERS, CLIENT_ADDRESS, VIP};
 use lbfleet_tests::lab::state::{ProcessRecord, SiteRecord};
 use lbfleet_tests::lab::{self, LabError, ServerOptions, Site, HTTP_PORT, SERVER_ADDRESS};
 
@@ -350,7 +350,6 @@ fn status(var: &Path) -> Result<(), LabError> {
             let _ = writeln!(out, "the API does not answer (is lbfleet-server running?)");
         }
     }
-    let _ = CLUSTER;
     print_out(&out)
 }
 
