@@ -2,7 +2,7 @@
 CARGO ?= cargo
 SERVER := target/release/lbfleet-server
 
-.PHONY: all deps build image demo demo-down demo-status test lint unit guest bench bench-longpoll bench-dhcp bench-ipvs bench-tftp bench-pxe bench-vrrp bench-health bench-site fuzz clean
+.PHONY: all deps build image demo demo-down demo-status check test lint guest bench bench-longpoll bench-dhcp bench-ipvs bench-tftp bench-pxe bench-vrrp bench-health bench-site fuzz clean
 
 all: build
 
@@ -34,19 +34,25 @@ demo-down:
 demo-status:
 	@target/release/lbfleet-lab status --var var
 
-# Formatting, lints, then every test tier that exists: unit + component (`unit`) and the QEMU guest tests
-# with real IPVS (`guest`; they also run inside `cargo test --workspace`, this target runs them on their own).
-test: deps lint unit
+# The test tiers (scripts/test.sh; CONTRIBUTING.md#tests). Both build every binary once, before any test, and
+# print each tier's time at the end.
+# `make check`: fmt, clippy, unit and component tests; needs neither root, namespaces, QEMU nor Chromium.
+check:
+	@bash scripts/test.sh check
+
+# `make test` (the README's and CI's command): `check`, then the netns, VM and browser tiers (root).
+test: deps
+	@bash scripts/test.sh full
 
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
-unit:
-	$(CARGO) test --workspace
-
+# The QEMU/netns end-to-end tests of tests/ alone (root), on binaries built first.
 guest: deps
-	$(CARGO) test -p lbfleet-tests
+	$(CARGO) test --workspace --no-run
+	LBFLEET_BIN_DIR=$(CURDIR)/target/debug $(CARGO) test --workspace \
+	  $(foreach t,$(basename $(notdir $(wildcard tests/tests/*.rs))),--test $(t))
 
 bench: bench-longpoll bench-dhcp bench-ipvs bench-tftp bench-pxe bench-vrrp bench-health bench-site
 
@@ -59,11 +65,13 @@ bench-dhcp: build
 
 # IPVS programming in a QEMU guest: lbfleet-agent vs ipvsadm -R (release build of agent, probe and bench).
 bench-ipvs: deps
-	$(CARGO) run --release -p lbfleet-bench --bin bench-ipvs -- $(BENCH_ARGS)
+	$(CARGO) build --release -p lbfleet-agent -p lbfleet-tests -p lbfleet-bench --bins
+	./target/release/bench-ipvs $(BENCH_ARGS)
 
 # Health-check drain time and CPU in a QEMU guest: lbfleet-agent vs keepalived HTTP_GET (same settings).
 bench-health: deps
-	$(CARGO) run --release -p lbfleet-bench --bin bench-health -- $(BENCH_ARGS)
+	$(CARGO) build --release -p lbfleet-agent -p lbfleet-tests -p lbfleet-bench --bins
+	./target/release/bench-health $(BENCH_ARGS)
 
 # TFTP/HTTP boot throughput vs dnsmasq and tftpd-hpa. Needs root (creates and deletes its own netns).
 bench-tftp: deps
@@ -73,7 +81,7 @@ bench-tftp: deps
 # PXE boot of QEMU machines (TCG) in a netns lab: lbfleet to serving vs dnsmasq DHCP+TFTP to /init, BIOS and
 # UEFI, plus a boot storm. Root. BENCH_PXE_ARGS e.g. `--image target/images/<version> --runs 3 --storm 4`.
 bench-pxe: deps
-	$(CARGO) build --release -p lbfleet-bench --bin bench-pxe
+	$(CARGO) build --release -p lbfleet-server -p lbfleet-agent -p lbfleet-tests -p lbfleet-bench --bins
 	./target/release/bench-pxe $(BENCH_PXE_ARGS)
 
 # VRRP failover outage seen by a prober, lbfleet-agent vs keepalived (v2 1 s, v3 100 ms), netns lab (root).

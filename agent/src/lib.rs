@@ -11,4 +11,5 @@ pub mod reconcile;
 pub mod rtnl;
 pub mod state;
 pub mod status;
+pub mod tls_verify;
 pub mod vrrp;

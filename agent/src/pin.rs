@@ -4,11 +4,10 @@
 
 use std::sync::{Arc, Mutex};
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{DigitallySignedStruct, SignatureScheme};
+use rustls::pki_types::CertificateDer;
 use sha2::{Digest, Sha256};
+
+use crate::tls_verify::{EndEntityPolicy, PolicyVerifier};
 
 /// A parsed `sha256:HEX` pin.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -48,67 +47,25 @@ impl CertPin {
     }
 }
 
-/// Verifies the server certificate by its hash alone (names and issuers do not matter), and remembers the
-/// last certificate it refused so the caller can say which one it got.
+/// The pin as a verifier policy: the certificate's hash alone decides (names and issuers do not matter); the
+/// last certificate refused is remembered so the caller can say which one it got.
 #[derive(Debug)]
-pub struct PinnedVerifier {
+struct Pinned {
     pin: CertPin,
-    provider: Arc<CryptoProvider>,
-    refused: Arc<Mutex<Option<CertPin>>>,
+    refused: RefusedSlot,
 }
 
-impl ServerCertVerifier for PinnedVerifier {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
+impl EndEntityPolicy for Pinned {
+    fn check(&self, end_entity: &CertificateDer<'_>) -> Result<(), rustls::Error> {
         let got = CertPin::of(end_entity.as_ref());
         if got == self.pin {
-            return Ok(ServerCertVerified::assertion());
+            return Ok(());
         }
         *self.refused.lock().unwrap_or_else(|p| p.into_inner()) = Some(got);
         Err(rustls::Error::General(format!(
             "server certificate {got} is not the pinned {}",
             self.pin
         )))
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
     }
 }
 
@@ -119,11 +76,13 @@ pub type RefusedSlot = Arc<Mutex<Option<CertPin>>>;
 pub fn pinned_config(pin: CertPin) -> Result<(rustls::ClientConfig, RefusedSlot), rustls::Error> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let refused = Arc::new(Mutex::new(None));
-    let verifier = Arc::new(PinnedVerifier {
-        pin,
-        provider: provider.clone(),
-        refused: refused.clone(),
-    });
+    let verifier = Arc::new(PolicyVerifier::new(
+        Pinned {
+            pin,
+            refused: refused.clone(),
+        },
+        provider.clone(),
+    ));
     let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .dangerous()

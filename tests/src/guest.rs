@@ -121,20 +121,14 @@ pub fn prereqs() -> Result<Prereqs, HarnessError> {
     }
 }
 
-/// The test tier's rule: a missing prerequisite fails the test. Outside CI a developer may opt out explicitly
-/// with `LBFLEET_SKIP_GUEST=1` (returns `None`, and says so on stderr); with `CI=true` that is refused too.
+/// The guest tier's prerequisites, or the rule of `prereq::missing` (fail; `None` only when `LBFLEET_SKIP`
+/// names `vm` outside CI).
 pub fn require() -> Option<Prereqs> {
     match prereqs() {
         Ok(p) => Some(p),
         Err(e) => {
-            let ci = std::env::var("CI").is_ok_and(|v| v == "true");
-            let opt_out = std::env::var("LBFLEET_SKIP_GUEST").is_ok_and(|v| v == "1");
-            if opt_out && !ci {
-                eprintln!("guest test SKIPPED by LBFLEET_SKIP_GUEST=1: {e}");
-                None
-            } else {
-                panic!("{e} (CI={})", if ci { "true" } else { "unset" });
-            }
+            crate::prereq::missing(crate::prereq::Tier::Vm, e);
+            None
         }
     }
 }
@@ -506,67 +500,46 @@ pub fn boot_with(
     Ok(out)
 }
 
-/// Path of a binary of another workspace package, built with the same profile as the running test
-/// (`target/<profile>/<name>`); runs `cargo build` for it the first time a process asks, so it is never stale
-/// and a bench or test that asks on every probe does not run cargo every time.
+/// Path of a binary of another workspace package. Tests and benchmarks never build: `make test` (and each
+/// `make bench-*` target) builds every binary once before any test runs, so all tests use the same build.
 ///
-/// With `LBFLEET_BIN_DIR` set (`make demo`, which has just built the release binaries), the binary is taken
-/// from that directory as is.
+/// The binary is taken from `LBFLEET_BIN_DIR` when set (`make test` sets `target/debug`, `make demo` and the
+/// benchmarks `target/release`), else from the profile directory of the running executable
+/// (`target/<profile>/`). A missing binary is an error that says which command builds it.
 pub fn workspace_binary(package: &str, name: &str) -> Result<PathBuf, HarnessError> {
-    static BUILT: std::sync::Mutex<Vec<(String, PathBuf)>> = std::sync::Mutex::new(Vec::new());
-    let key = format!("{package}/{name}");
-    // Held across the build: two threads asking for binaries at once would race on cargo's lock anyway.
-    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some((_, path)) = built.iter().find(|(k, _)| *k == key) {
-        return Ok(path.clone());
+    let (dir, origin) = match std::env::var_os("LBFLEET_BIN_DIR") {
+        Some(dir) => (PathBuf::from(dir), "LBFLEET_BIN_DIR"),
+        None => (profile_dir()?, "the running executable's profile directory"),
+    };
+    let bin = dir.join(name);
+    if bin.is_file() {
+        Ok(bin)
+    } else {
+        let release = if dir.file_name().is_some_and(|p| p == "release") {
+            " --release"
+        } else {
+            ""
+        };
+        Err(HarnessError::Tool(format!(
+            "{} does not exist ({origin}); build it first: cargo build{release} -p {package} --bin {name} \
+             (make test builds every binary before the tests)",
+            bin.display()
+        )))
     }
-    let path = build_workspace_binary(package, name)?;
-    built.push((key, path.clone()));
-    Ok(path)
 }
 
-fn build_workspace_binary(package: &str, name: &str) -> Result<PathBuf, HarnessError> {
-    if let Some(dir) = std::env::var_os("LBFLEET_BIN_DIR") {
-        let bin = PathBuf::from(dir).join(name);
-        return if bin.is_file() {
-            Ok(bin)
-        } else {
-            Err(HarnessError::Tool(format!(
-                "{} does not exist (LBFLEET_BIN_DIR)",
-                bin.display()
-            )))
-        };
-    }
+/// `target/<profile>` of the running test or benchmark (`target/<profile>/deps/<test>` or
+/// `target/<profile>/<bin>`).
+fn profile_dir() -> Result<PathBuf, HarnessError> {
     let exe = std::env::current_exe().map_err(io_err(Path::new("current_exe")))?;
-    // target/<profile>/deps/<test> or target/<profile>/<bin> -> target/<profile>
     let parent = exe
         .parent()
         .ok_or_else(|| HarnessError::Tool(format!("unexpected path {}", exe.display())))?;
-    let profile_dir = if parent.file_name().is_some_and(|n| n == "deps") {
-        parent.parent().unwrap_or(parent)
+    Ok(if parent.file_name().is_some_and(|n| n == "deps") {
+        parent.parent().unwrap_or(parent).to_path_buf()
     } else {
-        parent
-    };
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut cmd = Command::new(cargo);
-    cmd.args(["build", "-p", package, "--bin", name]);
-    if profile_dir.file_name().is_some_and(|p| p == "release") {
-        cmd.arg("--release");
-    }
-    let status = cmd.status().map_err(io_err(Path::new("cargo")))?;
-    if !status.success() {
-        return Err(HarnessError::Tool(format!(
-            "cargo build -p {package} failed"
-        )));
-    }
-    let bin = profile_dir.join(name);
-    if !bin.is_file() {
-        return Err(HarnessError::Tool(format!(
-            "{} was not built",
-            bin.display()
-        )));
-    }
-    Ok(bin)
+        parent.to_path_buf()
+    })
 }
 
 /// A guest that runs until dropped (a boot image whose `/init` never powers off): QEMU with a kernel, an

@@ -158,20 +158,14 @@ fn newest_kernel() -> Option<PathBuf> {
     kernels.pop()
 }
 
-/// The test tier's rule (as `guest::require`): a missing prerequisite fails the test; outside CI a developer
-/// may opt out with `LBFLEET_SKIP_GUEST=1` (returns `None` and says so); with `CI=true` that is refused too.
+/// The PXE lab's prerequisites, or the rule of `prereq::missing` (fail; `None` only when `LBFLEET_SKIP`
+/// names `vm` outside CI).
 pub fn require() -> Option<LabPrereqs> {
     match prereqs() {
         Ok(p) => Some(p),
         Err(e) => {
-            let ci = std::env::var("CI").is_ok_and(|v| v == "true");
-            let opt_out = std::env::var("LBFLEET_SKIP_GUEST").is_ok_and(|v| v == "1");
-            if opt_out && !ci {
-                eprintln!("lab test SKIPPED by LBFLEET_SKIP_GUEST=1: {e}");
-                None
-            } else {
-                panic!("{e} (CI={})", if ci { "true" } else { "unset" });
-            }
+            crate::prereq::missing(crate::prereq::Tier::Vm, e);
+            None
         }
     }
 }

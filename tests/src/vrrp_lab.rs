@@ -19,8 +19,8 @@ use crate::guest::workspace_binary;
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
-/// Fails (or, outside CI with `LBFLEET_SKIP_NETNS=1`, skips) when the lab cannot run here: it needs root, `ip`
-/// and, for the interop tests, keepalived. Returns `false` to skip.
+/// Fails (or, outside CI with `LBFLEET_SKIP=netns`, skips: `prereq::missing`) when the lab cannot run here: it
+/// needs root, `ip` and, for the interop tests, keepalived. Returns `false` to skip.
 pub fn require(keepalived: bool) -> bool {
     let mut missing = Vec::new();
     let root = Command::new("id")
@@ -40,16 +40,11 @@ pub fn require(keepalived: bool) -> bool {
     if missing.is_empty() {
         return true;
     }
-    let ci = std::env::var("CI").is_ok_and(|v| v == "true");
-    let opt_out = std::env::var("LBFLEET_SKIP_NETNS").is_ok_and(|v| v == "1");
-    if opt_out && !ci {
-        eprintln!("netns test SKIPPED by LBFLEET_SKIP_NETNS=1: missing {missing:?}");
-        return false;
-    }
-    panic!(
-        "netns test needs {missing:?} (make deps; run as root) (CI={})",
-        if ci { "true" } else { "unset" }
+    crate::prereq::missing(
+        crate::prereq::Tier::Netns,
+        format_args!("missing {missing:?}"),
     );
+    false
 }
 
 /// Runs `ip` with `args`; panics with its stderr on failure (lab setup errors are test failures).
@@ -327,15 +322,14 @@ pub const PROBER: &str = "198.18.0.200";
 /// Generous bounds: the machine is shared; precise figures are in bench/vrrp.
 pub const ELECTION: Duration = Duration::from_secs(15);
 
-/// The agent binary (`workspace_binary` builds it once per process: `cargo build` between a kill and a
-/// restart would be slower than a failover).
+/// The agent binary, built before the tests (`workspace_binary`).
 pub fn agent_bin() -> PathBuf {
-    workspace_binary("lbfleet-agent", "lbfleet-agent").expect("build lbfleet-agent")
+    workspace_binary("lbfleet-agent", "lbfleet-agent").expect("the lbfleet-agent binary")
 }
 
-/// A binary of this crate (prober, injector), built once per process.
+/// A binary of this crate (prober, injector), built before the tests.
 pub fn tool(name: &str) -> PathBuf {
-    workspace_binary("lbfleet-tests", name).expect("build test tool")
+    workspace_binary("lbfleet-tests", name).expect("a test tool binary")
 }
 
 /// VRRP settings of one contender (the agent's role or keepalived's config).

@@ -60,8 +60,17 @@ start_agent() {
   APID=$!
   waitfor "$1" "role file applied"
 }
-# IPVS folds its per-CPU counters into the totals every 2 s (kernel 6.1's estimator); wait for a fold.
-stats() { sleep 2.5; run "$1" ipvsadm -Ln --stats; }
+# IPVS folds its per-CPU counters into the totals every 2 s (kernel 6.1's estimator): wait (bounded, 8 s) until
+# the service's connection counter reaches $2, then record the table (the test asserts on the recorded value).
+stats() {
+  i=0
+  while c=$(ipvsadm -Ln --stats | awk '$1 == "TCP" { print $3; exit }'); [ "${c:-0}" -lt "$2" ]; do
+    i=$((i+1))
+    if [ $i -gt 80 ]; then echo "TIMEOUT waiting for $2 connection(s) in the IPVS counters"; break; fi
+    sleep 0.1
+  done
+  run "$1" ipvsadm -Ln --stats
+}
 export RUST_LOG=info
 mount -t tmpfs tmpfs /run
 
@@ -97,7 +106,7 @@ ip netns exec cl guest-tcp hold 198.18.0.10:80 /tmp/go1 /tmp/go2 /tmp/go3 /tmp/g
 HPID=$!
 waitfor /tmp/hold.log "exchange 0"
 run conn_before ipvsadm -Lnc
-stats stats_before
+stats stats_before 1
 
 # 1: SIGTERM, restart.
 kill $APID
@@ -121,7 +130,7 @@ run ipvsadm2 ipvsadm -Ln
 touch /tmp/go3
 waitfor /tmp/hold.log "exchange 3"
 run conn_after ipvsadm -Lnc
-stats stats_after
+stats stats_after 1
 kill $APID
 wait $APID
 
@@ -135,7 +144,7 @@ run hold cat /tmp/hold.log
 start_agent /tmp/agent4.log
 kill $APID
 wait $APID
-stats stats_control
+stats stats_control 0
 run agent_logs sh -c 'for f in /tmp/agent1.log /tmp/agent2.log /tmp/agent3.log /tmp/agent4.log; do echo "--- $f"; cat $f; done'
 kill $EPID
 ipvsadm -C

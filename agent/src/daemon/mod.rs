@@ -11,7 +11,7 @@ use std::collections::VecDeque;
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use lbfleet_proto::{AgentReport, HealthTransition, RoleDocument, VrrpState, VrrpTransition};
 use tokio::sync::{mpsc, watch};
@@ -24,6 +24,8 @@ use crate::ipvs::IpvsSocket;
 use crate::reconcile::{self, Applier, ApplyError, ReconcileOutcome, Reconciler};
 use crate::state::{StateDir, StateError};
 use crate::status;
+use crate::vrrp::notice::VrrpNotice;
+pub use crate::vrrp::notice::{now_ms, VrrpStatus};
 use crate::vrrp::tasks::VrrpSupervisor;
 
 pub use file::apply_file;
@@ -61,14 +63,6 @@ pub enum RoleOrigin {
     File,
 }
 
-/// A change of this node's VRRP state, as the VRRP task reports it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct VrrpStatus {
-    pub state: VrrpState,
-    /// The master's address as this node sees it.
-    pub master: Option<std::net::Ipv4Addr>,
-}
-
 /// Everything the daemon loop reacts to.
 #[derive(Debug)]
 pub enum Event {
@@ -83,7 +77,7 @@ pub enum Event {
     Retry,
     /// Fast passes are done and no newer role is waiting: read the counters and report.
     ReportDue,
-    /// The VRRP instance changed state (sent by `crate::vrrp::tasks`).
+    /// The VRRP instance changed state (a `VrrpNotice` from `crate::vrrp::tasks`).
     VrrpTransition {
         status: VrrpStatus,
         transition: VrrpTransition,
@@ -97,6 +91,17 @@ pub enum Event {
     Fatal(AgentError),
     /// Stop: release the VIPs, stop the sync daemon, return.
     Shutdown,
+}
+
+impl From<VrrpNotice> for Event {
+    fn from(notice: VrrpNotice) -> Event {
+        match notice {
+            VrrpNotice::Transition { status, transition } => {
+                Event::VrrpTransition { status, transition }
+            }
+            VrrpNotice::MasterChanged(status) => Event::VrrpMasterChanged(status),
+        }
+    }
 }
 
 /// Settings of one daemon loop.
@@ -254,13 +259,6 @@ struct Daemon {
     saved_pass: bool,
     /// Turns the health checks' change notifications into `Event::HealthChange`.
     _health_notifier: AbortOnDrop<()>,
-}
-
-/// Milliseconds since the Unix epoch, now.
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Runs the daemon loop until `shutdown` or a fatal event. Returns the last pass's outcome.

@@ -6,7 +6,8 @@
 //!   caller's `now`, returns [`Action`]s), no sockets, no clock.
 //! - [`error`]: [`DecodeError`], [`DropReason`] and the [`DropCounters`] the socket task keeps.
 //! - [`tasks`]: the I/O around them: the instance's task (raw [`socket`], timers, [`vips`] over rtnetlink,
-//!   [`garp`]) and the supervisor the daemon loop starts and stops it with.
+//!   [`garp`]) and the supervisor the daemon loop starts and stops it with; what they report is a
+//!   [`notice::VrrpNotice`].
 //!
 //! A receive path, in short: `decode_ip_packet(bytes)` (drop and `counters.record(e.reason())` on error),
 //! then `instance.handle(Input::AdvertReceived { from: header.src, advert }, now)`, which itself answers
@@ -15,6 +16,7 @@
 pub mod error;
 pub mod garp;
 pub mod instance;
+pub mod notice;
 pub mod packet;
 pub mod socket;
 pub mod tasks;

@@ -1,14 +1,6 @@
-//! The VRRP instance at work: one tokio task per role owns the raw socket (`socket`), the two RFC timers and
-//! the VIPs, and drives the sans-IO [`Instance`]: every received advert and every timer expiry becomes an
-//! [`Input`], every [`Action`] is carried out here (send the advert, add/remove the VIPs over rtnetlink, send
-//! gratuitous ARP, restart a timer) and each transition goes to the daemon loop as [`Event::VrrpTransition`].
-//! [`VrrpSupervisor`] starts, reconfigures and stops that task for the daemon. A role change that only changes
-//! the priority keeps the instance and feeds it [`Input::SetPriority`], as does the health quorum through
-//! [`QuorumPriority`] (the supervisor's `PrioritySink`).
-//!
-//! Two behaviours beyond the RFC: a graceful stop sends priority 0 and removes the VIPs before the task ends
-//! (no VIP left behind), and an agent that starts while its VIPs are already on the interface (restarted while
-//! MASTER) keeps them and keeps advertising at its priority until it hears another master or becomes master
+//! The task of one running VRRP instance: raw socket, the two RFC timers, the VIPs and gratuitous ARP around
+//! the sans-IO `Instance`, and the notices it sends.
+
 //! again, so a quick restart moves no traffic.
 
 use std::net::Ipv4Addr;
@@ -20,217 +12,25 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use super::garp::ArpSocket;
-use super::socket::VrrpSocket;
-use super::vips::{self, Resolved, SetupError};
-use super::{
-    decode_ip_packet, encode_ip_packet, Action, Advertisement, Auth, DropCounters, DropReason,
-    Input, Instance, InstanceConfig, Ipv4Header, State, TransitionReason, Version, OWNER_PRIORITY,
-    VRRP_MULTICAST_V4,
+use super::super::garp::ArpSocket;
+use super::super::notice::{now_ms, VrrpNotice, VrrpStatus};
+use super::super::socket::VrrpSocket;
+use super::super::vips::{self, Resolved, SetupError};
+use super::super::{
+    decode_ip_packet, encode_ip_packet, Action, Advertisement, Auth, DropReason, Input, Instance,
+    InstanceConfig, Ipv4Header, State, TransitionReason, Version, VRRP_MULTICAST_V4,
 };
-use crate::daemon::{now_ms, Event, VrrpStatus};
-use crate::health::PrioritySink;
 use crate::rtnl::RouteSocket;
 
 /// How long a graceful stop may take before the task is abandoned.
-const STOP_TIMEOUT: Duration = Duration::from_secs(3);
-/// Delay before a failed setup (missing interface or address) is tried again.
-const SETUP_RETRY: Duration = Duration::from_secs(2);
-const RECV_BUF: usize = 2048;
-
-/// Adverts dropped: the decoder's and the state machine's reasons, and adverts from a source that is not
-/// one of the configured unicast peers.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct DropStats {
-    pub by_reason: DropCounters,
-    pub not_a_peer: u64,
-}
-
-impl DropStats {
-    /// Non-zero counters by name (`ttl`, `checksum`, ..., `not_a_peer`), for reports and `status`.
-    pub fn to_map(&self) -> std::collections::BTreeMap<String, u64> {
-        let mut m: std::collections::BTreeMap<String, u64> = self
-            .by_reason
-            .nonzero()
-            .map(|(r, n)| (r.as_str().to_owned(), n))
-            .collect();
-        if self.not_a_peer > 0 {
-            m.insert("not_a_peer".into(), self.not_a_peer);
-        }
-        m
-    }
-}
-
-/// The priority the health quorum wants advertised (`None`: the role's own). The daemon hands it to the
-/// health checks as their `PrioritySink`; the running instance turns each change into
-/// [`Input::SetPriority`], and a new instance starts with it.
-#[derive(Debug, Clone)]
-pub struct QuorumPriority(Arc<watch::Sender<Option<u8>>>);
-
-impl Default for QuorumPriority {
-    fn default() -> Self {
-        QuorumPriority(Arc::new(watch::channel(None).0))
-    }
-}
-
-impl PrioritySink for QuorumPriority {
-    fn set_priority(&self, priority: u8) {
-        self.0.send_replace(Some(priority));
-    }
-}
-
-/// What a new VRRP config means for the running instance.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ConfigChange {
-    /// Nothing to do.
-    Same,
-    /// Only the priority differs: keep the instance (its state, its VIPs) and set the new priority.
-    Priority(u8),
-    /// Stop the running instance (if any) and start one for the new config (if any).
-    Restart,
-}
-
-impl ConfigChange {
-    pub fn between(running: Option<&VrrpConfig>, wanted: Option<&VrrpConfig>) -> ConfigChange {
-        match (running, wanted) {
-            (None, None) => ConfigChange::Same,
-            (Some(r), Some(w)) if r == w => ConfigChange::Same,
-            // The address owner (255) is a different kind of router (Master at once, ignores adverts): a change
-            // to or from it restarts.
-            (Some(r), Some(w))
-                if r.priority != OWNER_PRIORITY
-                    && w.priority != OWNER_PRIORITY
-                    && VrrpConfig {
-                        priority: w.priority,
-                        ..r.clone()
-                    } == *w =>
-            {
-                ConfigChange::Priority(w.priority)
-            }
-            _ => ConfigChange::Restart,
-        }
-    }
-}
-
-/// Starts, reconfigures and stops the VRRP task of the current role.
-#[derive(Debug, Default)]
-pub struct VrrpSupervisor {
-    running: Option<Running>,
-    drops: Arc<Mutex<DropStats>>,
-    quorum: QuorumPriority,
-}
-
-#[derive(Debug)]
-struct Running {
-    config: VrrpConfig,
-    stop: Option<oneshot::Sender<()>>,
-    /// Completes when the instance's thread has finished (VIPs released).
-    done: oneshot::Receiver<()>,
-    /// The role's priority, changed in place by a priority-only role change.
-    base_priority: watch::Sender<u8>,
-}
-
-impl VrrpSupervisor {
-    pub fn new() -> VrrpSupervisor {
-        VrrpSupervisor::default()
-    }
-
-    /// The sink the health quorum sends its priority to.
-    pub fn quorum_priority(&self) -> QuorumPriority {
-        self.quorum.clone()
-    }
-
-    /// Runs `config` (or nothing): an unchanged config keeps the running instance, one that changes only the
-    /// priority keeps it too (`SetPriority`: no VIP moves, no state is lost), any other change stops it
-    /// gracefully and starts the new one.
-    pub async fn apply(&mut self, config: Option<&VrrpConfig>, events: &mpsc::Sender<Event>) {
-        match ConfigChange::between(self.running.as_ref().map(|r| &r.config), config) {
-            ConfigChange::Same => return,
-            ConfigChange::Priority(priority) => {
-                if let (Some(r), Some(c)) = (self.running.as_mut(), config) {
-                    info!(
-                        vrid = c.vrid,
-                        from = r.config.priority,
-                        to = priority,
-                        "VRRP priority changed (instance kept)"
-                    );
-                    r.config = c.clone();
-                    r.base_priority.send_replace(priority);
-                    return;
-                }
-            }
-            ConfigChange::Restart => {}
-        }
-        self.stop().await;
-        if let Some(config) = config {
-            let (stop_tx, stop_rx) = oneshot::channel();
-            let (done_tx, done) = oneshot::channel();
-            let (base_tx, base_rx) = watch::channel(config.priority);
-            let priority = Priority {
-                base: base_rx,
-                quorum: self.quorum.0.subscribe(),
-            };
-            let (cfg, ev, drops) = (config.clone(), events.clone(), self.drops.clone());
-            let vrid = config.vrid;
-            // Its own thread, with a real-time priority when allowed: adverts must go out on time even when
-            // the node's CPUs are saturated, or the backup takes over from a healthy master.
-            let spawned = std::thread::Builder::new()
-                .name(format!("vrrp-{vrid}"))
-                .spawn(move || {
-                    raise_to_realtime(vrid);
-                    match tokio::runtime::Builder::new_current_thread()
-                        .enable_all()
-                        .build()
-                    {
-                        Ok(rt) => rt.block_on(run_instance(cfg, ev, drops, priority, stop_rx)),
-                        Err(e) => warn!(vrid, error = %e, "cannot start the VRRP runtime"),
-                    }
-                    let _ = done_tx.send(());
-                });
-            if let Err(e) = spawned {
-                warn!(vrid, error = %e, "cannot start the VRRP thread");
-                return;
-            }
-            info!(vrid = config.vrid, interface = %config.interface, priority = config.priority, "VRRP started");
-            self.running = Some(Running {
-                config: config.clone(),
-                stop: Some(stop_tx),
-                done,
-                base_priority: base_tx,
-            });
-        }
-    }
-
-    /// Stops the instance gracefully: priority 0 advert, VIPs removed.
-    pub async fn stop(&mut self) {
-        let Some(mut r) = self.running.take() else {
-            return;
-        };
-        if let Some(tx) = r.stop.take() {
-            let _ = tx.send(());
-        }
-        match tokio::time::timeout(STOP_TIMEOUT, &mut r.done).await {
-            Ok(_) => info!(vrid = r.config.vrid, "VRRP stopped"),
-            Err(_) => warn!(vrid = r.config.vrid, "VRRP did not stop in time"),
-        }
-    }
-
-    /// Adverts dropped so far, by reason.
-    pub fn drops(&self) -> DropStats {
-        self.drops.lock().map(|d| d.clone()).unwrap_or_default()
-    }
-
-    pub fn config(&self) -> Option<&VrrpConfig> {
-        self.running.as_ref().map(|r| &r.config)
-    }
-}
+use super::{DropStats, RECV_BUF, SETUP_RETRY};
 
 /// Real-time priority of the VRRP thread (SCHED_RR; busy user processes run at SCHED_OTHER below it).
 const RT_PRIORITY: libc::c_int = 10;
 
 /// Puts the calling thread in SCHED_RR, so a saturated CPU cannot delay adverts past Master_Down_Interval.
 /// Without CAP_SYS_NICE it stays where it is (logged).
-fn raise_to_realtime(vrid: u8) {
+pub(super) fn raise_to_realtime(vrid: u8) {
     let param = libc::sched_param {
         sched_priority: RT_PRIORITY,
     };
@@ -282,18 +82,18 @@ pub fn instance_config(config: &VrrpConfig, r: &Resolved) -> Result<InstanceConf
 
 /// The priority an instance should run at: the quorum's when it set one, else the role's.
 #[derive(Debug)]
-struct Priority {
-    base: watch::Receiver<u8>,
-    quorum: watch::Receiver<Option<u8>>,
+pub(super) struct Priority {
+    pub(super) base: watch::Receiver<u8>,
+    pub(super) quorum: watch::Receiver<Option<u8>>,
 }
 
 impl Priority {
-    fn wanted(&self) -> u8 {
+    pub(super) fn wanted(&self) -> u8 {
         (*self.quorum.borrow()).unwrap_or(*self.base.borrow())
     }
 
     /// Completes when either changed (marking both seen); pending forever once both senders are gone.
-    async fn changed(&mut self) {
+    pub(super) async fn changed(&mut self) {
         let (base, quorum) = (&mut self.base, &mut self.quorum);
         let mut base_open = true;
         let mut quorum_open = true;
@@ -316,9 +116,9 @@ impl Priority {
 }
 
 /// Runs one instance until `stop` (retrying setup while the interface or its address is missing).
-async fn run_instance(
+pub(super) async fn run_instance<E: From<VrrpNotice> + Send + 'static>(
     config: VrrpConfig,
-    events: mpsc::Sender<Event>,
+    events: mpsc::Sender<E>,
     drops: Arc<Mutex<DropStats>>,
     mut priority: Priority,
     mut stop: oneshot::Receiver<()>,
@@ -344,20 +144,19 @@ async fn run_instance(
                 let text = e.to_string();
                 if last_fault.as_deref() != Some(text.as_str()) {
                     warn!(vrid = config.vrid, error = %text, "VRRP cannot start; retrying");
-                    let _ = events
-                        .send(Event::VrrpTransition {
-                            status: VrrpStatus {
-                                state: VrrpState::Fault,
-                                master: None,
-                            },
-                            transition: lbfleet_proto::VrrpTransition {
-                                from: VrrpState::Init,
-                                to: VrrpState::Fault,
-                                reason: text.clone(),
-                                at_ms: now_ms(),
-                            },
-                        })
-                        .await;
+                    let notice = VrrpNotice::Transition {
+                        status: VrrpStatus {
+                            state: VrrpState::Fault,
+                            master: None,
+                        },
+                        transition: lbfleet_proto::VrrpTransition {
+                            from: VrrpState::Init,
+                            to: VrrpState::Fault,
+                            reason: text.clone(),
+                            at_ms: now_ms(),
+                        },
+                    };
+                    let _ = events.send(E::from(notice)).await;
                     last_fault = Some(text);
                 }
                 tokio::select! {
@@ -369,15 +168,15 @@ async fn run_instance(
     }
 }
 
-/// The running instance and everything it owns.
-struct Worker {
+/// The running instance and everything it owns; `E` is what its notices are sent as.
+struct Worker<E> {
     vrid: u8,
     instance: Instance,
     socket: VrrpSocket,
     route: RouteSocket,
     resolved: Resolved,
     garp: lbfleet_proto::GarpSpec,
-    events: mpsc::Sender<Event>,
+    events: mpsc::Sender<E>,
     drops: Arc<Mutex<DropStats>>,
     master_down_at: Option<Instant>,
     advert_at: Option<Instant>,
@@ -393,12 +192,12 @@ struct Worker {
     priority: Option<Priority>,
 }
 
-impl Worker {
+impl<E: From<VrrpNotice> + Send + 'static> Worker<E> {
     fn setup(
         config: &VrrpConfig,
-        events: &mpsc::Sender<Event>,
+        events: &mpsc::Sender<E>,
         drops: &Arc<Mutex<DropStats>>,
-    ) -> Result<Worker, SetupError> {
+    ) -> Result<Worker<E>, SetupError> {
         let mut route = RouteSocket::open()?;
         let resolved = vips::resolve(&mut route, config)?;
         let instance = Instance::new(instance_config(config, &resolved)?)?;
@@ -660,13 +459,11 @@ impl Worker {
         // Reported after the kernel work, so a failover is never delayed by the daemon loop.
         let master = self.instance.master();
         if transitions.is_empty() && master != self.reported_master {
-            let _ = self
-                .events
-                .send(Event::VrrpMasterChanged(VrrpStatus {
-                    state: self.instance.state().into(),
-                    master,
-                }))
-                .await;
+            let notice = VrrpNotice::MasterChanged(VrrpStatus {
+                state: self.instance.state().into(),
+                master,
+            });
+            let _ = self.events.send(E::from(notice)).await;
         }
         self.reported_master = master;
         for (from, to, reason) in transitions {
@@ -675,24 +472,22 @@ impl Worker {
                 master: self.instance.master(),
             };
             info!(vrid = self.vrid, from = ?from, to = ?to, reason = %reason_text(&reason), "VRRP transition");
-            let _ = self
-                .events
-                .send(Event::VrrpTransition {
-                    status,
-                    transition: lbfleet_proto::VrrpTransition {
-                        from: from.into(),
-                        to: to.into(),
-                        reason: reason_text(&reason),
-                        at_ms: now_ms(),
-                    },
-                })
-                .await;
+            let notice = VrrpNotice::Transition {
+                status,
+                transition: lbfleet_proto::VrrpTransition {
+                    from: from.into(),
+                    to: to.into(),
+                    reason: reason_text(&reason),
+                    at_ms: now_ms(),
+                },
+            };
+            let _ = self.events.send(E::from(notice)).await;
         }
     }
 }
 
 /// The next wanted priority; pending forever without a source.
-async fn priority_changed(p: Option<&mut Priority>) -> Option<u8> {
+pub(super) async fn priority_changed(p: Option<&mut Priority>) -> Option<u8> {
     match p {
         Some(p) => {
             p.changed().await;
@@ -706,118 +501,5 @@ async fn sleep_until(at: Option<Instant>) {
     match at {
         Some(t) => tokio::time::sleep_until(t).await,
         None => std::future::pending().await,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used)]
-    use super::*;
-
-    fn config(priority: u8) -> VrrpConfig {
-        serde_json::from_value(serde_json::json!({
-            "version": 3, "vrid": 51, "interface": "lbf-missing0", "priority": priority,
-            "advert_interval_ms": 100, "preempt": true, "vips": ["198.18.0.10/32"],
-            "unicast_peers": []
-        }))
-        .unwrap()
-    }
-
-    #[test]
-    fn a_priority_only_change_keeps_the_instance() {
-        let (a, b) = (config(150), config(120));
-        assert_eq!(
-            ConfigChange::between(Some(&a), Some(&a)),
-            ConfigChange::Same
-        );
-        assert_eq!(ConfigChange::between(None, None), ConfigChange::Same);
-        assert_eq!(
-            ConfigChange::between(Some(&a), Some(&b)),
-            ConfigChange::Priority(120)
-        );
-        let mut other_vrid = b.clone();
-        other_vrid.vrid = 52;
-        assert_eq!(
-            ConfigChange::between(Some(&a), Some(&other_vrid)),
-            ConfigChange::Restart
-        );
-        // To or from the address owner is another kind of router.
-        assert_eq!(
-            ConfigChange::between(Some(&a), Some(&config(255))),
-            ConfigChange::Restart
-        );
-        assert_eq!(
-            ConfigChange::between(Some(&config(255)), Some(&a)),
-            ConfigChange::Restart
-        );
-        assert_eq!(ConfigChange::between(None, Some(&a)), ConfigChange::Restart);
-        assert_eq!(ConfigChange::between(Some(&a), None), ConfigChange::Restart);
-    }
-
-    /// Waits for the next Fault transition the instance reports (its interface does not exist, so setup fails
-    /// and each new instance reports Fault once).
-    async fn next_fault(rx: &mut mpsc::Receiver<Event>, within: Duration) -> Option<String> {
-        let deadline = tokio::time::Instant::now() + within;
-        loop {
-            match tokio::time::timeout_at(deadline, rx.recv()).await {
-                Ok(Some(Event::VrrpTransition { transition, .. })) => {
-                    if transition.to == VrrpState::Fault {
-                        return Some(transition.reason);
-                    }
-                }
-                Ok(Some(_)) => {}
-                Ok(None) | Err(_) => return None,
-            }
-        }
-    }
-
-    /// The supervisor keeps the running instance when only the priority changes (no restart: a restarted
-    /// instance reports its Fault again), and restarts it for any other change.
-    #[tokio::test]
-    async fn the_supervisor_sets_the_priority_instead_of_restarting() {
-        let (tx, mut rx) = mpsc::channel(16);
-        let mut sup = VrrpSupervisor::new();
-        sup.apply(Some(&config(150)), &tx).await;
-        assert!(next_fault(&mut rx, Duration::from_secs(10)).await.is_some());
-        sup.apply(Some(&config(120)), &tx).await;
-        assert_eq!(sup.config().map(|c| c.priority), Some(120));
-        // Well past a setup retry (2 s): the kept instance reports no new fault.
-        assert_eq!(next_fault(&mut rx, SETUP_RETRY * 2).await, None);
-        let running = sup.running.as_ref().unwrap();
-        assert_eq!(*running.base_priority.borrow(), 120);
-        let mut moved = config(120);
-        moved.vrid = 52;
-        sup.apply(Some(&moved), &tx).await;
-        assert!(next_fault(&mut rx, Duration::from_secs(10)).await.is_some());
-        sup.stop().await;
-    }
-
-    /// The wanted priority is the quorum's when it set one, else the role's; a change of either wakes the
-    /// instance.
-    #[tokio::test]
-    async fn the_quorum_priority_overrides_the_role_priority() {
-        let sup = VrrpSupervisor::new();
-        let (base_tx, base_rx) = watch::channel(150);
-        let mut p = Priority {
-            base: base_rx,
-            quorum: sup.quorum.0.subscribe(),
-        };
-        assert_eq!(p.wanted(), 150);
-        sup.quorum_priority().set_priority(90);
-        tokio::time::timeout(Duration::from_secs(1), p.changed())
-            .await
-            .unwrap();
-        assert_eq!(p.wanted(), 90);
-        base_tx.send_replace(140);
-        tokio::time::timeout(Duration::from_secs(1), p.changed())
-            .await
-            .unwrap();
-        assert_eq!(p.wanted(), 90);
-        // Without a source nothing ever changes.
-        assert!(
-            tokio::time::timeout(Duration::from_millis(50), priority_changed(None))
-                .await
-                .is_err()
-        );
     }
 }

@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# The test tiers behind `make check` and `make test`, each timed; the times are printed at the end.
+#
+#   scripts/test.sh check   fmt, clippy, unit tests and the component tests that need neither root, network
+#                           namespaces, QEMU nor Chromium (any developer machine)
+#   scripts/test.sh full    the same, then the privileged tiers: netns (root), vm (QEMU), browser (Chromium)
+#
+# Every binary is built once, before any test runs (`cargo test --workspace --no-run`); tests only locate the
+# binaries they start (LBFLEET_BIN_DIR=target/debug), they never run cargo themselves.
+# Every integration-test file is in exactly one list below; the script refuses to run when one is not, so a new
+# test cannot silently fall out of both tiers.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+mode=${1:-full}
+CARGO=${CARGO:-cargo}
+
+# package:test-file of the component tier (no privileges).
+component=(
+  lbfleet-server:api lbfleet-server:boot lbfleet-server:cli lbfleet-server:connections lbfleet-server:images
+  lbfleet-server:listeners lbfleet-server:login_flood lbfleet-server:retention lbfleet-server:tls
+  lbfleet-server:web
+  lbfleet-agent:cli lbfleet-agent:role_limit lbfleet-agent:server_mode
+)
+# package:test-file of the privileged tiers, in the order they run. Every file of tests/tests is privileged.
+privileged=(
+  lbfleet-server:dhcp_netns lbfleet-agent:health_netns lbfleet-server:browser
+)
+for f in tests/tests/*.rs; do privileged+=("lbfleet-tests:$(basename "$f" .rs)"); done
+
+declare -A dir_of=([lbfleet-server]=server [lbfleet-agent]=agent [lbfleet-tests]=tests)
+listed=" ${component[*]} ${privileged[*]} "
+unlisted=()
+for d in server agent; do
+  for f in "$d"/tests/*.rs; do
+    [ -e "$f" ] || continue
+    key="lbfleet-$d:$(basename "$f" .rs)"
+    [[ "$listed" == *" $key "* ]] || unlisted+=("$f")
+  done
+done
+for key in "${component[@]}" "${privileged[@]}"; do
+  f="${dir_of[${key%%:*}]}/tests/${key#*:}.rs"
+  [ -e "$f" ] || unlisted+=("$f (listed, missing)")
+done
+if [ ${#unlisted[@]} -gt 0 ]; then
+  echo "scripts/test.sh: not in exactly one tier list: ${unlisted[*]}" >&2
+  exit 1
+fi
+
+times=()
+total_start=$SECONDS
+tier() { # name, command...
+  local name=$1 start=$SECONDS
+  shift
+  echo "== tier $name: $*"
+  "$@"
+  times+=("$(printf '%-10s %4ds' "$name" $((SECONDS - start)))")
+}
+
+# `cargo test --workspace --test a --test b ...` for the files of a list. Always `--workspace`: `-p` resolves
+# another feature set and would build everything a second time. (A name in two packages, like `cli`, runs both,
+# which is fine as long as both are in the same tier.)
+run_list() {
+  local args=() key
+  for key in "$@"; do args+=(--test "${key#*:}"); done
+  "$CARGO" test --workspace --no-fail-fast "${args[@]}"
+}
+
+export LBFLEET_BIN_DIR="$PWD/target/debug"
+tier layout bash scripts/check-layout.sh
+tier fmt "$CARGO" fmt --all -- --check
+tier clippy "$CARGO" clippy --workspace --all-targets -- -D warnings
+tier build "$CARGO" test --workspace --no-run
+tier unit "$CARGO" test --no-fail-fast --workspace --lib --bins
+tier doc "$CARGO" test --workspace --doc
+tier component run_list "${component[@]}"
+if [ "$mode" = full ]; then
+  tier privileged run_list "${privileged[@]}"
+fi
+
+echo
+echo "== times ($mode)"
+printf '%s\n' "${times[@]}"
+printf '%-10s %4ds\n' total $((SECONDS - total_start))
