@@ -156,6 +156,19 @@ async fn pages_need_a_session_and_carry_security_headers() {
         assert!(!html.contains("<script>"), "{path} has an inline script");
         assert!(!html.contains(" style="), "{path} has an inline style");
     }
+    // The events filter offers every kind of event (from the enum, not a list that falls behind it).
+    let (_, html) = get_page(&srv, &s, "/events").await;
+    for kind in [
+        "boot_script",
+        "reenrolled_while_alive",
+        "vrrp",
+        "discovered",
+    ] {
+        assert!(
+            html.contains(&format!("<option value=\"{kind}\"")),
+            "{kind}"
+        );
+    }
     // Users and tokens are for admins only.
     assert_eq!(get_page(&srv, &s, "/users").await.0, StatusCode::FORBIDDEN);
     let admin = login(&srv, "admin").await;

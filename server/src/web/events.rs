@@ -14,7 +14,7 @@ use super::page::{render, Chrome};
 use super::session::WebUser;
 use crate::fleet::node_key;
 use crate::state::AppState;
-use crate::store::events::{EventFilter, EventRow};
+use crate::store::events::{EventFilter, EventKind, EventRow};
 
 pub fn router() -> Router<AppState> {
     Router::new().route("/events", get(events))
@@ -111,18 +111,10 @@ pub async fn events(
         kind: q.kind.clone(),
         node: q.node.clone(),
         cluster: q.cluster.clone(),
-        kinds: [
-            "discovered",
-            "enrolled",
-            "serving",
-            "vrrp",
-            "health",
-            "agent_error",
-            "switchover",
-        ]
-        .iter()
-        .map(|k| k.to_string())
-        .collect(),
+        kinds: EventKind::ALL
+            .iter()
+            .map(|k| k.as_str().to_string())
+            .collect(),
         older,
     })
 }

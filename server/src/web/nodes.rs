@@ -31,10 +31,19 @@ pub fn router() -> Router<AppState> {
         .route("/nodes", get(nodes))
         .route("/nodes/{id}", get(node))
         .route("/nodes/{id}/approve", post(approve))
-        .route("/nodes/{id}/reject", post(reject))
+        .route(
+            "/nodes/{id}/reject",
+            simple_action_route(NodeAction::Reject),
+        )
         .route("/nodes/{id}/assign", post(assign))
-        .route("/nodes/{id}/unassign", post(unassign))
-        .route("/nodes/{id}/retire", post(retire))
+        .route(
+            "/nodes/{id}/unassign",
+            simple_action_route(NodeAction::Unassign),
+        )
+        .route(
+            "/nodes/{id}/retire",
+            simple_action_route(NodeAction::Retire),
+        )
         .route("/discovered", get(discovered))
 }
 
@@ -483,46 +492,47 @@ pub struct BackForm {
     back: String,
 }
 
-pub async fn reject(
-    State(s): State<AppState>,
-    Path(id): Path<String>,
+/// The node actions that need nothing but the node (reject, unassign, retire): one handler, one route each.
+async fn simple_action(
+    action: NodeAction,
+    s: AppState,
+    id: String,
     Posted { user, form }: Posted<BackForm>,
 ) -> Result<Response, WebError> {
     user.require(UserRole::Operator)?;
-    let r = s
-        .fleet
-        .reject(&user.actor(), &node_key(&id))
-        .await
-        .map(|n| format!("rejected {}", n.mac));
+    let (actor, key) = (user.actor(), node_key(&id));
+    let r = match action {
+        NodeAction::Reject => s
+            .fleet
+            .reject(&actor, &key)
+            .await
+            .map(|n| format!("rejected {}", n.mac)),
+        NodeAction::Unassign => s
+            .fleet
+            .unassign(&actor, &key)
+            .await
+            .map(|n| format!("{} left its cluster and is ready", n.name)),
+        NodeAction::Retire => s
+            .fleet
+            .retire(&actor, &key)
+            .await
+            .map(|n| format!("{} is retired", n.name)),
+        other => {
+            return Err(WebError::BadRequest(format!(
+                "{other:?} is not a simple node action"
+            )))
+        }
+    };
     done(&form.back, r)
 }
 
-pub async fn unassign(
-    State(s): State<AppState>,
-    Path(id): Path<String>,
-    Posted { user, form }: Posted<BackForm>,
-) -> Result<Response, WebError> {
-    user.require(UserRole::Operator)?;
-    let r = s
-        .fleet
-        .unassign(&user.actor(), &node_key(&id))
-        .await
-        .map(|n| format!("{} left its cluster and is ready", n.name));
-    done(&form.back, r)
-}
-
-pub async fn retire(
-    State(s): State<AppState>,
-    Path(id): Path<String>,
-    Posted { user, form }: Posted<BackForm>,
-) -> Result<Response, WebError> {
-    user.require(UserRole::Operator)?;
-    let r = s
-        .fleet
-        .retire(&user.actor(), &node_key(&id))
-        .await
-        .map(|n| format!("{} is retired", n.name));
-    done(&form.back, r)
+/// `POST /nodes/{id}/reject`, `/unassign`, `/retire`.
+fn simple_action_route(action: NodeAction) -> axum::routing::MethodRouter<AppState> {
+    post(
+        move |State(s): State<AppState>, Path(id): Path<String>, posted: Posted<BackForm>| {
+            simple_action(action, s, id, posted)
+        },
+    )
 }
 
 #[derive(Deserialize)]
