@@ -1105,3 +1105,61 @@ async fn a_down_real_server_shows_its_reason_and_the_edit_form_keeps_the_check()
     assert_eq!(c["quorum"]["min_healthy"], 2, "{c}");
     assert_eq!(c["sorry_server"]["address"], "198.18.2.9", "{c}");
 }
+
+/// The node actions without fields (unassign, retire, reject) share one handler: each does its own thing,
+/// is audited, and a refusal by the lifecycle comes back as a message.
+#[tokio::test]
+async fn unassign_retire_and_reject_forms() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = TestServer::start(dir.path()).await;
+    let (st, v) = srv
+        .post(
+            "/api/v1/nodes",
+            &srv.tokens.operator,
+            json!({"mac": "52:54:00:00:00:01", "hostname": "lb-01"}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CREATED, "{v}");
+    let (st, _) = srv
+        .put(
+            "/api/v1/clusters/ext",
+            &srv.tokens.operator,
+            cluster_spec(51, "198.18.0.10"),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CREATED);
+    let op = login(&srv, "oper").await;
+    let back = [("csrf", op.csrf.as_str()), ("back", "/nodes")];
+    let assign = [
+        ("csrf", op.csrf.as_str()),
+        ("cluster", "ext"),
+        ("role", "active"),
+        ("back", "/nodes"),
+    ];
+    let resp = post_form(&srv, &op, "/nodes/lb-01/assign", &assign).await;
+    assert_eq!(resp.status(), StatusCode::SEE_OTHER);
+
+    let audit_before = srv.audit_len().await;
+    let resp = post_form(&srv, &op, "/nodes/lb-01/unassign", &back).await;
+    assert_eq!(resp.status(), StatusCode::SEE_OTHER);
+    let (_, v) = srv.get("/api/v1/nodes/lb-01", &srv.tokens.viewer).await;
+    assert_eq!(
+        (v["state"].as_str(), v["cluster"].as_str()),
+        (Some("ready"), None),
+        "{v}"
+    );
+    assert_eq!(srv.audit_len().await, audit_before + 1);
+
+    // Reject is for discovered hardware only: refused, nothing changes.
+    let resp = post_form(&srv, &op, "/nodes/lb-01/reject", &back).await;
+    assert_eq!(resp.status(), StatusCode::SEE_OTHER);
+    let (_, v) = srv.get("/api/v1/nodes/lb-01", &srv.tokens.viewer).await;
+    assert_eq!(v["state"].as_str(), Some("ready"), "{v}");
+    assert_eq!(srv.audit_len().await, audit_before + 1);
+
+    let resp = post_form(&srv, &op, "/nodes/lb-01/retire", &back).await;
+    assert_eq!(resp.status(), StatusCode::SEE_OTHER);
+    let (_, v) = srv.get("/api/v1/nodes/lb-01", &srv.tokens.viewer).await;
+    assert_eq!(v["state"].as_str(), Some("retired"), "{v}");
+    assert_eq!(srv.audit_len().await, audit_before + 2);
+}
