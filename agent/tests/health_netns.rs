@@ -80,17 +80,9 @@ where
     }
 }
 
-/// Polls `cond` every 10 ms until it holds; panics with `what` after `limit`. Returns the time it took.
-async fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) -> Duration {
-    let start = Instant::now();
-    while !cond() {
-        assert!(
-            start.elapsed() < limit,
-            "timed out after {limit:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    start.elapsed()
+/// Polls `cond` every 10 ms until it holds; panics with `what` after `limit` (the kit's helper).
+async fn wait_for(what: &str, limit: Duration, cond: impl FnMut() -> bool) -> Duration {
+    lbfleet_tests::wait::wait_for_async(what, limit, Duration::from_millis(10), cond).await
 }
 
 fn fast(kind: CheckKind) -> HealthCheck {

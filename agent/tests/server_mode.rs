@@ -2,9 +2,8 @@
 //! with the recording applier standing in for the kernel (the guest tests cover real IPVS).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "../../server/tests/common/mod.rs"]
-#[allow(unused_imports)]
-mod common;
+use lbfleet_tests::server as common;
+use lbfleet_tests::wait;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -181,14 +180,9 @@ impl Agent {
     }
 }
 
-/// Polls `cond` every millisecond until it holds; panics with `what` after `limit`.
-async fn wait_for(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) -> Duration {
-    let start = Instant::now();
-    while !cond() {
-        assert!(start.elapsed() < limit, "timed out after {limit:?}: {what}");
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-    start.elapsed()
+/// Polls `cond` every millisecond until it holds; panics with `what` after `limit` (the kit's helper).
+async fn wait_for(limit: Duration, what: &str, cond: impl FnMut() -> bool) -> Duration {
+    wait::wait_for_async(what, limit, Duration::from_millis(1), cond).await
 }
 
 fn tcp80() -> ServiceKey {

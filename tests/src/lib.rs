@@ -1,11 +1,17 @@
-//! lbfleet's end-to-end harness: QEMU guests with real IPVS (`guest`, initramfs built with `lbfleet-images`),
-//! helpers to compare IPVS tables as `ipvsadm -Ln` prints them (`ipvsadm`) and to read netlink bytes out of
-//! strace dumps (`strace`), the netns/QEMU PXE lab (`lab`) and the network-namespace lab of the VRRP tests
-//! (`vrrp_lab`); `prereq` is the one rule for a missing prerequisite (fail; `LBFLEET_SKIP` outside CI).
+//! lbfleet's test kit, used by the tests of every crate:
+//! - `server`: the component tests' server fixture (the real server on 127.0.0.1:0, users and tokens);
+//! - `wait`: the one deadline helper (wait for an observable condition, never a fixed sleep);
+//! - `prereq`: the one rule for a missing prerequisite (fail; `LBFLEET_SKIP` only outside CI);
+//! - `guest`: QEMU guests with Debian's kernel and real IPVS (initramfs built with `lbfleet-images`), and
+//!   `workspace_binary`, which locates the binaries built before the tests;
+//! - `lab`: the netns/QEMU PXE lab and the demo site; `vrrp_lab`: the VRRP lab (agent, keepalived, prober);
+//! - `ipvsadm`, `strace`: comparing IPVS tables as `ipvsadm -Ln` prints them, netlink bytes from strace dumps.
 
 pub mod guest;
 pub mod ipvsadm;
 pub mod lab;
 pub mod prereq;
+pub mod server;
 pub mod strace;
 pub mod vrrp_lab;
+pub mod wait;

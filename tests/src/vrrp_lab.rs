@@ -289,14 +289,9 @@ pub fn holds(ns: &str, address: &str) -> bool {
         .unwrap_or(false)
 }
 
-/// Polls `cond` every 10 ms until it holds; panics with `what` after `limit`. Returns the time it took.
-pub fn wait_for(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) -> Duration {
-    let start = Instant::now();
-    while !cond() {
-        assert!(start.elapsed() < limit, "timed out after {limit:?}: {what}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    start.elapsed()
+/// Polls `cond` every 10 ms until it holds; panics with `what` after `limit` (`crate::wait::wait_for`).
+pub fn wait_for(limit: Duration, what: &str, cond: impl FnMut() -> bool) -> Duration {
+    crate::wait::wait_for(what, limit, Duration::from_millis(10), cond)
 }
 
 /// The prober's summary line: (sent, answered, longest outage in ms, outages).

@@ -9,9 +9,7 @@
 //! one-time token and reports the role applied (node `serving`, image version from `lbfleet.image=`).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "../../server/tests/common/mod.rs"]
-#[allow(unused_imports)]
-mod common;
+use lbfleet_tests::server as common;
 
 use std::time::{Duration, Instant};
 

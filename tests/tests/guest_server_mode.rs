@@ -9,9 +9,7 @@
 //! spent) and changes nothing in the kernel.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "../../server/tests/common/mod.rs"]
-#[allow(unused_imports)]
-mod common;
+use lbfleet_tests::server as common;
 
 use std::time::{Duration, Instant};
 

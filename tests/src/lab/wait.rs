@@ -1,31 +1,23 @@
 //! Deadline polling: wait for an observable condition (a console line, an API state), never a fixed sleep.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::LabError;
 
 /// How often conditions are polled.
 pub const POLL: Duration = Duration::from_millis(100);
 
-/// Polls `check` every [`POLL`] until it returns `Some`, or fails with `Timeout` after `timeout`.
+/// Polls `check` every [`POLL`] until it returns `Some`, or fails with `Timeout` after `timeout`
+/// ([`crate::wait::until`] with the lab's poll and error type).
 pub fn until<T>(
     what: &str,
     timeout: Duration,
-    mut check: impl FnMut() -> Option<T>,
+    check: impl FnMut() -> Option<T>,
 ) -> Result<T, LabError> {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = check() {
-            return Ok(v);
-        }
-        if start.elapsed() >= timeout {
-            return Err(LabError::Timeout {
-                what: what.to_owned(),
-                seconds: start.elapsed().as_secs_f64(),
-            });
-        }
-        std::thread::sleep(POLL);
-    }
+    crate::wait::until(what, timeout, POLL, check).map_err(|e| LabError::Timeout {
+        what: e.what,
+        seconds: e.waited.as_secs_f64(),
+    })
 }
 
 /// The load factor for deadlines: `LBFLEET_LAB_SLOWDOWN` (default 1) multiplies every timeout, for machines
