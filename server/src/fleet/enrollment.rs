@@ -173,7 +173,12 @@ impl Fleet {
     }
 
     /// Stores an agent report; moves an assigned node to `serving` once it has applied its newest role.
+    /// A report that breaks a bound (`rules::report`) is refused whole, before anything is written.
     pub async fn report(&self, node_id: i64, report: &AgentReport) -> Result<()> {
+        if let Err(errs) = rules::report(report) {
+            tracing::debug!(node_id, problems = %errs, "agent report refused");
+            return Err(FleetError::Invalid(errs));
+        }
         let mut tx = self.store.begin().await?;
         let row = Self::node_in(&mut tx, &NodeKey::Id(node_id)).await?;
         let state = row.state;
@@ -194,13 +199,6 @@ impl Fleet {
             )
             .into());
         }
-        rules::report_fields(
-            report.address.as_deref(),
-            report.agent_version.as_deref(),
-            report.image_version.as_deref(),
-        )
-        .map_err(FleetError::Invalid)?;
-        rules::report_health(report).map_err(FleetError::Invalid)?;
         let report_json =
             serde_json::to_string(report).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let vrrp = report.vrrp_state.map(|s| s.as_str());
