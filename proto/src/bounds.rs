@@ -133,7 +133,10 @@ mod tests {
         };
         fit_report(&mut r);
         assert_eq!(r.vrrp_transitions.len(), MAX_VRRP_TRANSITIONS);
-        assert_eq!(r.vrrp_transitions[0].at_ms, 200 - MAX_VRRP_TRANSITIONS as u64);
+        assert_eq!(
+            r.vrrp_transitions[0].at_ms,
+            200 - MAX_VRRP_TRANSITIONS as u64
+        );
         assert!(r
             .vrrp_transitions
             .iter()

@@ -406,10 +406,10 @@ mod tests {
             .iter()
             .all(|t| text_ok(&t.reason, bounds::MAX_TEXT)));
         assert_eq!(report.health_events.len(), bounds::MAX_HEALTH_EVENTS);
-        assert!(report
-            .health_events
-            .iter()
-            .all(|e| e.reason.as_deref().is_some_and(|r| text_ok(r, bounds::MAX_TEXT))));
+        assert!(report.health_events.iter().all(|e| e
+            .reason
+            .as_deref()
+            .is_some_and(|r| text_ok(r, bounds::MAX_TEXT))));
     }
 
     #[test]

@@ -259,8 +259,10 @@ impl Fleet {
             &actor.0,
             AuditAction::AlertAcknowledge,
             &format!("alert:{id}"),
-            Some(&serde_json::json!({"kind": row.kind, "node": row.node, "message": row.message,
-                "first_at": row.first_at, "count": row.count})),
+            Some(
+                &serde_json::json!({"kind": row.kind, "node": row.node, "message": row.message,
+                "first_at": row.first_at, "count": row.count}),
+            ),
             Some(&serde_json::json!({"acknowledged": true})),
         )
         .await?;

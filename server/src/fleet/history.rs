@@ -154,7 +154,9 @@ impl Fleet {
     /// early), and returns what to wait on: retention runs early under a flood instead of every few minutes.
     pub fn prune_early_after(&self, rows: i64, bytes: i64) -> &tokio::sync::Notify {
         self.event_writes.early_rows.store(rows, Ordering::Relaxed);
-        self.event_writes.early_bytes.store(bytes, Ordering::Relaxed);
+        self.event_writes
+            .early_bytes
+            .store(bytes, Ordering::Relaxed);
         &self.event_writes.wake
     }
 

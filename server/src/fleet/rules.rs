@@ -1146,7 +1146,10 @@ mod tests {
         }
         // Counts: over the bound, the list is named and its items are not looked into.
         let flood = AgentReport {
-            vrrp_transitions: vec![transition("x\n"); lbfleet_proto::bounds::MAX_VRRP_TRANSITIONS + 1],
+            vrrp_transitions: vec![
+                transition("x\n");
+                lbfleet_proto::bounds::MAX_VRRP_TRANSITIONS + 1
+            ],
             errors: vec![String::new(); lbfleet_proto::bounds::MAX_ERRORS + 1],
             ..AgentReport::default()
         };
@@ -1157,7 +1160,10 @@ mod tests {
             ..AgentReport::default()
         };
         let got = fields_of(&many);
-        assert_eq!((got.len(), got.last().map(String::as_str)), (21, Some("...")));
+        assert_eq!(
+            (got.len(), got.last().map(String::as_str)),
+            (21, Some("..."))
+        );
         // What the agent fits passes.
         let mut fitted = bad.clone();
         fitted.vrrp_master = None;

@@ -32,7 +32,11 @@ pub fn report(r: &AgentReport) -> Result<(), FieldErrors> {
         }
     }
     let counts = [
-        ("vrrp_transitions", r.vrrp_transitions.len(), MAX_VRRP_TRANSITIONS),
+        (
+            "vrrp_transitions",
+            r.vrrp_transitions.len(),
+            MAX_VRRP_TRANSITIONS,
+        ),
         ("health_events", r.health_events.len(), MAX_HEALTH_EVENTS),
         ("errors", r.errors.len(), MAX_ERRORS),
         ("vrrp_dropped", r.vrrp_dropped.len(), MAX_DROP_COUNTERS),
@@ -99,16 +103,16 @@ pub fn report(r: &AgentReport) -> Result<(), FieldErrors> {
     }
     let mut address = |field: String, a: &str| {
         if a.parse::<IpAddr>().is_err() {
-            errs.push(
-                field,
-                format!("{:?} is not an IP address", fit_text(a, 60)),
-            );
+            errs.push(field, format!("{:?} is not an IP address", fit_text(a, 60)));
         }
     };
     for (i, s) in r.services.iter().enumerate() {
         address(format!("services[{i}].vip"), &s.vip);
         for (j, rs) in s.real_servers.iter().enumerate() {
-            address(format!("services[{i}].real_servers[{j}].address"), &rs.address);
+            address(
+                format!("services[{i}].real_servers[{j}].address"),
+                &rs.address,
+            );
         }
     }
     for (i, e) in r.health_events.iter().enumerate() {
