@@ -118,8 +118,16 @@ pub fn report(r: &AgentReport) -> Result<(), FieldErrors> {
     for (i, e) in r.health_events.iter().enumerate() {
         address(format!("health_events[{i}].address"), &e.address);
     }
+    if errs.0.len() > MAX_LISTED {
+        let more = errs.0.len() - MAX_LISTED;
+        errs.0.truncate(MAX_LISTED);
+        errs.push("...", format!("and {more} more bad fields"));
+    }
     errs.into_result(())
 }
+
+/// Most bad fields named in one refusal (the answer stays short).
+const MAX_LISTED: usize = 20;
 
 /// Bad input quoted back in an error message, shortened and printable.
 fn fit_text(t: &str, max: usize) -> String {
