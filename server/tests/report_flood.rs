@@ -332,3 +332,51 @@ async fn the_events_api_answers_a_bounded_number_of_bytes() {
     let n = v["events"].as_array().unwrap().len();
     assert!(n > 500 && n < 1000, "{n} rows");
 }
+
+/// A stored alert leaves the list when an operator acknowledges it (a viewer may not), and the audit log says
+/// who did.
+#[tokio::test]
+async fn an_operator_acknowledges_a_stored_alert_and_it_is_audited() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = TestServer::start(dir.path()).await;
+    let first = srv.enrolled_node(MAC, "lb-51").await;
+    let (s, _) = report(&srv, &first, &json!({"applied_generation": 0})).await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let (_, v) = srv
+        .post(
+            "/api/v1/nodes/lb-51/enrollment-token",
+            &srv.tokens.operator,
+            json!({}),
+        )
+        .await;
+    let (s, _) = srv
+        .call(
+            Method::POST,
+            "/api/v1/agent/enroll",
+            None,
+            Some(json!({"token": v["token"], "mac": MAC})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let (_, alerts) = srv.get("/api/v1/alerts", &srv.tokens.viewer).await;
+    let got = reenrolled(&alerts);
+    assert_eq!(got.len(), 1, "{alerts}");
+    assert_eq!(got[0]["count"], 1, "{alerts}");
+    let id = got[0]["id"].as_i64().unwrap();
+    let path = format!("/api/v1/alerts/{id}/acknowledge");
+    let (s, _) = srv.post(&path, &srv.tokens.viewer, json!({})).await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    let (s, v) = srv.post(&path, &srv.tokens.operator, json!({})).await;
+    assert_eq!(s, StatusCode::NO_CONTENT, "{v}");
+    let (_, alerts) = srv.get("/api/v1/alerts", &srv.tokens.viewer).await;
+    assert!(reenrolled(&alerts).is_empty(), "{alerts}");
+    let (s, _) = srv.post(&path, &srv.tokens.operator, json!({})).await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "an alert is acknowledged once");
+    let (_, audit) = srv
+        .get("/api/v1/audit?action=alert.acknowledge", &srv.tokens.admin)
+        .await;
+    let entries = audit["entries"].as_array().unwrap();
+    assert_eq!(entries.len(), 1, "{audit}");
+    assert_eq!(entries[0]["actor"], "oper");
+    assert_eq!(entries[0]["target"], format!("alert:{id}"));
+}
