@@ -2,7 +2,8 @@
 //!
 //! Everything here is plain data with serde derives: the cluster spec an operator PUTs, the role document a node
 //! pulls, and the agent's enrollment and report messages. No I/O and no validation live here; the server's
-//! `fleet` module owns the rules, so the agent can decode any document the server is able to produce.
+//! `fleet` module owns the rules, so the agent can decode any document the server is able to produce. The one
+//! exception is `bounds`: the numbers a report must stay within, which both ends must agree on.
 
 use std::fmt;
 use std::str::FromStr;
@@ -11,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 pub mod agent;
 pub mod boot;
+pub mod bounds;
 
 pub use agent::*;
 pub use boot::{KernelArgs, KernelArgsError, Mac};

@@ -23,6 +23,7 @@ wire_enum!(
         ImageCreate => "image.create", ImageUpdate => "image.update", ImageDelete => "image.delete",
         UserCreate => "user.create", UserPassword => "user.password", UserDelete => "user.delete",
         TokenCreate => "token.create", TokenRevoke => "token.revoke",
+        AlertAcknowledge => "alert.acknowledge",
     }
 );
 

@@ -117,6 +117,10 @@ pub struct ServeArgs {
     /// At most this many events are kept (the newest) [default: 100000]
     #[arg(long, env = "LBFLEET_EVENT_MAX_ROWS", value_name = "N")]
     pub event_max_rows: Option<i64>,
+    /// At most this many bytes of events are kept (the newest; messages plus 64 bytes a row)
+    /// [default: 67108864 (64 MiB)]
+    #[arg(long, env = "LBFLEET_EVENT_MAX_BYTES", value_name = "BYTES")]
+    pub event_max_bytes: Option<i64>,
     #[command(flatten)]
     pub boot: BootArgs,
 }
@@ -565,6 +569,7 @@ pub struct FileConfig {
     pub header_read_timeout: Option<String>,
     pub event_retention: Option<String>,
     pub event_max_rows: Option<i64>,
+    pub event_max_bytes: Option<i64>,
     pub boot: Option<BootArgs>,
 }
 
@@ -806,6 +811,16 @@ impl ServerConfig {
                     .or(file.event_max_rows)
                     .unwrap_or(100_000)
                     .max(1),
+                max_bytes: match args.event_max_bytes.or(file.event_max_bytes) {
+                    None => crate::retention::DEFAULT_MAX_BYTES,
+                    Some(b) if b >= 64 * 1024 => b,
+                    Some(_) => {
+                        return Err(ConfigError::Invalid {
+                            key: "event_max_bytes",
+                            reason: "must be at least 65536".into(),
+                        })
+                    }
+                },
             },
             public_url,
             long_poll_timeout,

@@ -1,7 +1,8 @@
 //! Retention of operational events (enrollments, boot scripts, VRRP transitions, health flaps): they are pruned
-//! by age and by count, at start-up and every few minutes, so a chatty fleet or a boot-network flood cannot
-//! grow the database without bound. The audit log is never pruned (it is hash-chained and is the record of
-//! what people changed).
+//! by age, by count and by bytes, at start-up, every few minutes, and early as soon as an eighth of either
+//! bound was written since the last run, so a chatty fleet, an agent flooding reports or a boot-network flood
+//! cannot grow the database without bound. The audit log is never pruned (it is hash-chained and is the
+//! record of what people changed), nor open alerts (they live in rows of their own, `store::alerts`).
 
 use std::time::Duration;
 
@@ -22,13 +23,19 @@ pub struct Retention {
     pub max_age: Duration,
     /// At most this many events are kept (the newest).
     pub max_rows: i64,
+    /// At most this many bytes of events are kept (the newest; messages plus a fixed overhead a row).
+    pub max_bytes: i64,
 }
+
+/// Default byte bound of the events: 100,000 typical rows take about 20 MiB.
+pub const DEFAULT_MAX_BYTES: i64 = 64 * 1024 * 1024;
 
 impl Default for Retention {
     fn default() -> Self {
         Retention {
             max_age: Duration::from_secs(30 * 24 * 3600),
             max_rows: 100_000,
+            max_bytes: DEFAULT_MAX_BYTES,
         }
     }
 }
@@ -37,7 +44,7 @@ impl Default for Retention {
 pub async fn prune(fleet: &Fleet, r: Retention) -> Result<u64, StoreError> {
     let age_ms = i64::try_from(r.max_age.as_millis()).unwrap_or(i64::MAX);
     fleet
-        .prune_events(now_ms().saturating_sub(age_ms), r.max_rows)
+        .prune_events(now_ms().saturating_sub(age_ms), r.max_rows, r.max_bytes)
         .await
 }
 
@@ -47,6 +54,7 @@ pub async fn run(
     r: Retention,
     mut stop: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
+    let early = fleet.prune_early_after(r.max_rows / 8, r.max_bytes / 8);
     loop {
         match prune(&fleet, r).await {
             Ok(0) => {}
@@ -55,6 +63,7 @@ pub async fn run(
         }
         tokio::select! {
             _ = tokio::time::sleep(EVERY) => {}
+            _ = early.notified() => {}
             _ = stop.wait_for(|s| *s) => return Ok(()),
         }
     }

@@ -203,7 +203,7 @@ async fn send_reports(
             // Here, not in the reconcile loop: resolving the server's name may be slow.
             report.address = local_address_towards(&server).await;
             let (events, mark) = outbox.waiting();
-            report.health_events = events;
+            outgoing(&mut report, events);
             match client.report(&report).await {
                 Ok(()) => {
                     outbox.sent(mark);
@@ -222,6 +222,14 @@ async fn send_reports(
             }
         }
     }
+}
+
+/// Completes a report for the wire: the waiting health transitions, then everything cut to the bounds the
+/// server enforces (`lbfleet_proto::bounds`), so a busy or failing node is never refused: many errors become a
+/// count, long or multi-line texts are cut.
+fn outgoing(report: &mut AgentReport, health_events: Vec<lbfleet_proto::HealthTransition>) {
+    report.health_events = health_events;
+    lbfleet_proto::bounds::fit_report(report);
 }
 
 /// Server mode. Returns when `shutdown` completes (Ok) or on a refusal that retrying cannot fix.
@@ -354,6 +362,54 @@ mod tests {
             "{by_name:?}"
         );
         assert_eq!(local_address_towards("not a url").await, None);
+    }
+
+    #[test]
+    fn outgoing_reports_stay_within_the_servers_bounds() {
+        use lbfleet_proto::bounds::{self, text_ok};
+        use lbfleet_proto::{HealthState, HealthTransition, VrrpState, VrrpTransition};
+        // A node that has been failing for a while: far more errors than a report may carry, a netlink error
+        // text with a newline, VRRP flapping, a long health reason.
+        let mut report = AgentReport {
+            errors: (0..500)
+                .map(|i| format!("ipvs: add destination {i} failed:\n{}", "x".repeat(900)))
+                .collect(),
+            vrrp_transitions: (0..100)
+                .map(|i| VrrpTransition {
+                    from: VrrpState::Backup,
+                    to: VrrpState::Master,
+                    reason: format!("higher priority advert\tfrom 198.18.0.{i}"),
+                    at_ms: i,
+                })
+                .collect(),
+            ..AgentReport::default()
+        };
+        let events = vec![
+            HealthTransition {
+                service: "198.18.0.10:80/tcp".into(),
+                address: "198.18.2.1".into(),
+                port: 80,
+                from: HealthState::Up,
+                to: HealthState::Down,
+                at: 1,
+                reason: Some("é".repeat(2000)),
+            };
+            1500
+        ];
+        outgoing(&mut report, events);
+        assert_eq!(report.errors.len(), bounds::MAX_ERRORS);
+        assert!(report.errors.iter().all(|e| text_ok(e, bounds::MAX_TEXT)));
+        assert_eq!(report.vrrp_transitions.len(), bounds::MAX_VRRP_TRANSITIONS);
+        assert_eq!(report.vrrp_transitions.last().map(|t| t.at_ms), Some(99));
+        assert!(report
+            .vrrp_transitions
+            .iter()
+            .all(|t| text_ok(&t.reason, bounds::MAX_TEXT)));
+        assert_eq!(report.health_events.len(), bounds::MAX_HEALTH_EVENTS);
+        assert!(report.health_events.iter().all(|e| e
+            .reason
+            .as_deref()
+            .is_some_and(|r| text_ok(r, bounds::MAX_TEXT))));
     }
 
     #[test]

@@ -162,6 +162,6 @@ async fn events(
         before_id: q.before,
         limit: limit(q.limit)?,
     };
-    let rows = s.fleet.events(&f).await?;
-    Ok(Json(serde_json::json!({"events": rows})).into_response())
+    // Bounded in bytes: long messages cut (`message_cut`), rows past the budget left out (`truncated`).
+    Ok(Json(s.fleet.events_page(&f).await?).into_response())
 }

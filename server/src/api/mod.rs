@@ -7,6 +7,7 @@ use crate::state::AppState;
 
 pub mod admin;
 pub mod agent;
+pub mod alerts;
 pub mod audit;
 pub mod clusters;
 pub mod nodes;
@@ -21,6 +22,7 @@ pub fn router() -> Router<AppState> {
         .merge(nodes::router())
         .merge(audit::router())
         .merge(admin::router())
+        .merge(alerts::router())
         .nest("/agent", agent::router());
     Router::new().nest("/api/v1", v1).merge(system::router())
 }

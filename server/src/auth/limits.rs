@@ -84,51 +84,9 @@ pub async fn bound_request(req: Request, next: Next) -> Response {
     }
 }
 
-/// Error strings kept per agent report.
-pub const MAX_REPORT_ERRORS: usize = 10;
-/// Bytes kept of each error string.
-pub const MAX_REPORT_ERROR_BYTES: usize = 512;
-
-/// Keeps at most `MAX_REPORT_ERRORS` error strings of a report, each cut to `MAX_REPORT_ERROR_BYTES`, and says
-/// how many were left out, so a misbehaving agent cannot fill the database and the dashboard with errors.
-pub fn bound_report(report: &mut lbfleet_proto::AgentReport) {
-    let total = report.errors.len();
-    report.errors.truncate(MAX_REPORT_ERRORS);
-    for e in &mut report.errors {
-        if e.len() > MAX_REPORT_ERROR_BYTES {
-            let mut end = MAX_REPORT_ERROR_BYTES;
-            while !e.is_char_boundary(end) {
-                end -= 1;
-            }
-            e.truncate(end);
-            e.push_str("...");
-        }
-    }
-    if total > MAX_REPORT_ERRORS {
-        report
-            .errors
-            .push(format!("... and {} more errors", total - MAX_REPORT_ERRORS));
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn reports_keep_a_few_short_errors() {
-        let mut r: lbfleet_proto::AgentReport =
-            serde_json::from_value(serde_json::json!({"applied_generation": 1})).expect("report");
-        r.errors = (0..1000)
-            .map(|i| format!("{i}{}", "é".repeat(1000)))
-            .collect();
-        bound_report(&mut r);
-        assert_eq!(r.errors.len(), MAX_REPORT_ERRORS + 1);
-        assert!(r.errors[..MAX_REPORT_ERRORS]
-            .iter()
-            .all(|e| e.len() <= MAX_REPORT_ERROR_BYTES + 3 && e.ends_with("...")));
-        assert_eq!(r.errors[MAX_REPORT_ERRORS], "... and 990 more errors");
-    }
 
     #[test]
     fn cluster_puts_and_reports_get_larger_bounds() {

@@ -1,15 +1,17 @@
-//! Alerts: what needs an operator's attention, derived from stored state on each call (no alert table): a
-//! cluster with no VRRP master or with several (split brain), an assigned node that stopped reporting or lags
-//! behind its newest role, a node that re-enrolled while its agent was alive (`reenrollment`), drained real
-//! servers, and hardware waiting for approval. Served at
-//! `GET /api/v1/alerts`, counted in `/metrics`, listed on the dashboard's overview.
+//! Alerts: what needs an operator's attention. Most are derived from current state on each call: a cluster
+//! with no VRRP master or with several (split brain), an assigned node that stopped reporting or lags behind
+//! its newest role, drained real servers, hardware waiting for approval. Alerts about something that happened
+//! (a node that re-enrolled while its agent was alive, `reenrollment`) live in rows of their own
+//! (`store::alerts`), which event retention never touches, until acknowledged (`acknowledge_alert`, audited)
+//! or expired. Served at `GET /api/v1/alerts`, counted in `/metrics`, listed on the dashboard's overview.
 
 use std::collections::HashMap;
 
 use lbfleet_proto::{wire_enum, NodeState, VrrpState};
 use serde::Serialize;
 
-use super::{reenrollment, socket_text, Fleet, Result};
+use super::{socket_text, Actor, Fleet, FleetError, Result};
+use crate::audit::AuditAction;
 use crate::store::{self, now_ms};
 
 /// A node counts as not reporting when its agent has been silent this long.
@@ -65,6 +67,16 @@ pub struct Alert {
     pub node: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub node_id: Option<i64>,
+    /// The stored alert's id, for `POST /api/v1/alerts/{id}/acknowledge`; `None` for alerts derived from
+    /// current state (they end when the state does).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<i64>,
+    /// When a stored alert was first raised (ms since the epoch).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub since: Option<i64>,
+    /// How often a stored alert was raised while open.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub count: Option<i64>,
 }
 
 impl Alert {
@@ -76,6 +88,9 @@ impl Alert {
             cluster: Some(cluster.to_owned()),
             node: None,
             node_id: None,
+            id: None,
+            since: None,
+            count: None,
         }
     }
 
@@ -87,6 +102,9 @@ impl Alert {
             cluster: row.cluster.clone(),
             node: Some(row.name().to_owned()),
             node_id: Some(row.id),
+            id: None,
+            since: None,
+            count: None,
         }
     }
 }
@@ -110,16 +128,7 @@ impl Fleet {
         let mut conn = self.store.read().await?;
         let clusters = store::clusters::load(&mut conn, None).await?;
         let nodes = store::nodes::list(&mut conn, &store::nodes::NodeFilter::default()).await?;
-        let reenrolled = store::events::list(
-            &mut conn,
-            &store::events::EventFilter {
-                since: Some(now_ms().saturating_sub(reenrollment::ALERT_FOR_MS)),
-                kind: Some(reenrollment::REENROLLED_ALIVE),
-                limit: 20,
-                ..Default::default()
-            },
-        )
-        .await?;
+        let stored = store::alerts::open(&mut conn, now_ms(), MAX_STORED_ALERTS).await?;
         drop(conn);
         let now = now_ms();
         let mut by_cluster: HashMap<i64, Vec<&store::nodes::NodeRow>> = HashMap::new();
@@ -200,14 +209,21 @@ impl Fleet {
                 ));
             }
         }
-        for e in reenrolled {
+        for a in stored {
+            let Ok(kind) = a.kind.parse::<AlertKind>() else {
+                tracing::warn!(id = a.id, kind = a.kind, "stored alert of an unknown kind");
+                continue;
+            };
             alerts.push(Alert {
-                level: AlertKind::Reenrolled.level(),
-                kind: AlertKind::Reenrolled,
-                message: e.message,
-                cluster: e.cluster,
-                node: e.node,
-                node_id: e.node_id,
+                level: kind.level(),
+                kind,
+                message: a.message,
+                cluster: a.cluster,
+                node: a.node,
+                node_id: a.node_id,
+                id: Some(a.id),
+                since: Some(a.first_at),
+                count: Some(a.count),
             });
         }
         let waiting = nodes
@@ -222,13 +238,42 @@ impl Fleet {
                 cluster: None,
                 node: None,
                 node_id: None,
+                id: None,
+                since: None,
+                count: None,
             });
         }
         // Stable: within a level, the order above (clusters, nodes, re-enrollments, hardware) stays.
         alerts.sort_by_key(|a| a.level);
         Ok(alerts)
     }
+
+    /// Acknowledges a stored alert (an operator has looked): it leaves the list, and the audit log says who.
+    pub async fn acknowledge_alert(&self, actor: &Actor, id: i64) -> Result<()> {
+        let mut tx = self.store.begin().await?;
+        let Some(row) = store::alerts::acknowledge(&mut tx, id, &actor.0, now_ms()).await? else {
+            return Err(FleetError::NotFound(format!("no open alert with id {id}")));
+        };
+        store::audit::append(
+            &mut tx,
+            &actor.0,
+            AuditAction::AlertAcknowledge,
+            &format!("alert:{id}"),
+            Some(
+                &serde_json::json!({"kind": row.kind, "node": row.node, "message": row.message,
+                "first_at": row.first_at, "count": row.count}),
+            ),
+            Some(&serde_json::json!({"acknowledged": true})),
+        )
+        .await?;
+        store::commit(tx).await?;
+        self.notifier.fleet_changed();
+        Ok(())
+    }
 }
+
+/// Most stored alerts listed at once (one open row per kind and node bounds them anyway).
+const MAX_STORED_ALERTS: i64 = 1000;
 
 #[cfg(test)]
 mod tests {

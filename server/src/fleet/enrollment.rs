@@ -57,20 +57,23 @@ impl Fleet {
             expires_at,
         )
         .await?;
+        let mut event = None;
         if *actor == Actor::system() {
             // A boot script: an event, not an audit row (anyone on the boot network can ask for scripts, and
             // the audit chain is for changes people make).
+            let msg = format!(
+                "boot script with an enrollment token for node {}",
+                row.name()
+            );
             store::events::insert(
                 &mut tx,
                 EventKind::BootScript,
                 Some(row.id),
                 row.cluster.as_deref(),
-                &format!(
-                    "boot script with an enrollment token for node {}",
-                    row.name()
-                ),
+                &msg,
             )
             .await?;
+            event = Some(msg);
         } else {
             store::audit::append(
                 &mut tx,
@@ -83,6 +86,7 @@ impl Fleet {
             .await?;
         }
         store::commit(tx).await?;
+        self.event_writes.add(event.as_deref());
         Ok(EnrollmentToken {
             node: row.name().to_owned(),
             token,
@@ -173,7 +177,12 @@ impl Fleet {
     }
 
     /// Stores an agent report; moves an assigned node to `serving` once it has applied its newest role.
+    /// A report that breaks a bound (`rules::report`) is refused whole, before anything is written.
     pub async fn report(&self, node_id: i64, report: &AgentReport) -> Result<()> {
+        if let Err(errs) = rules::report(report) {
+            tracing::debug!(node_id, problems = %errs, "agent report refused");
+            return Err(FleetError::Invalid(errs));
+        }
         let mut tx = self.store.begin().await?;
         let row = Self::node_in(&mut tx, &NodeKey::Id(node_id)).await?;
         let state = row.state;
@@ -194,13 +203,6 @@ impl Fleet {
             )
             .into());
         }
-        rules::report_fields(
-            report.address.as_deref(),
-            report.agent_version.as_deref(),
-            report.image_version.as_deref(),
-        )
-        .map_err(FleetError::Invalid)?;
-        rules::report_health(report).map_err(FleetError::Invalid)?;
         let report_json =
             serde_json::to_string(report).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let vrrp = report.vrrp_state.map(|s| s.as_str());
@@ -219,11 +221,12 @@ impl Fleet {
         .await?;
         let name = row.name().to_owned();
         let cluster = row.cluster.as_deref();
+        let mut events: Vec<(EventKind, String)> = Vec::new();
         let transitions = new_vrrp_transitions(row.last_report.as_deref(), report);
         for t in &transitions {
             // The agent's own account: what changed and why (its clock, ms since the epoch, in `at_ms`).
             let msg = format!("VRRP {} -> {}: {}", t.from, t.to, t.reason);
-            store::events::insert(&mut tx, EventKind::Vrrp, Some(node_id), cluster, &msg).await?;
+            events.push((EventKind::Vrrp, msg));
         }
         if transitions.is_empty() && row.vrrp_state.as_deref() != vrrp {
             let msg = format!(
@@ -231,14 +234,16 @@ impl Fleet {
                 row.vrrp_state.as_deref().unwrap_or("unknown"),
                 vrrp.unwrap_or("unknown")
             );
-            store::events::insert(&mut tx, EventKind::Vrrp, Some(node_id), cluster, &msg).await?;
+            events.push((EventKind::Vrrp, msg));
         }
         for msg in health_messages(row.last_report.as_deref(), report) {
-            store::events::insert(&mut tx, EventKind::Health, Some(node_id), cluster, &msg).await?;
+            events.push((EventKind::Health, msg));
         }
         for e in &report.errors {
-            store::events::insert(&mut tx, EventKind::AgentError, Some(node_id), cluster, e)
-                .await?;
+            events.push((EventKind::AgentError, e.clone()));
+        }
+        for (kind, msg) in &events {
+            store::events::insert(&mut tx, *kind, Some(node_id), cluster, msg).await?;
         }
         if state == NodeState::Assigned && row.cluster.is_some() && applied >= row.role_generation {
             store::nodes::set_state(&mut tx, node_id, NodeState::Serving).await?;
@@ -261,6 +266,8 @@ impl Fleet {
             .await?;
         }
         store::commit(tx).await?;
+        self.event_writes
+            .add(events.iter().map(|(_, m)| m.as_str()));
         self.notifier.fleet_changed();
         Ok(())
     }

@@ -37,7 +37,7 @@ mod testing;
 pub use alerts::{Alert, AlertKind, AlertLevel, STALE_AFTER_MS};
 pub use clusters::Precondition;
 pub use enrollment::EnrollmentToken;
-pub use history::FleetCounts;
+pub use history::{EventPage, FleetCounts, MAX_EVENTS_BYTES};
 pub use leases::{DhcpReservations, LeaseWrite};
 pub use lifecycle::{BootTarget, NodeAction};
 pub use real_servers::{RealServerChange, RealServerRef, ServiceRef};
@@ -112,6 +112,8 @@ pub struct Fleet {
     /// Most nodes allowed in state `discovered` at once: a flood of random MACs cannot grow the database
     /// without bound.
     max_discovered: i64,
+    /// Events written since the last prune (retention runs early under a flood).
+    event_writes: history::EventWrites,
 }
 
 /// Default cap on waiting discovered nodes.
@@ -139,6 +141,7 @@ impl Fleet {
             enrollment_token_ttl,
             max_discovered: DEFAULT_MAX_DISCOVERED,
             cluster_cache: std::sync::Mutex::new(HashMap::new()),
+            event_writes: history::EventWrites::default(),
         }
     }
 

@@ -1,7 +1,9 @@
 //! Re-enrollment while the node's agent is alive: the sign of a takeover (someone else redeemed a token for
 //! the node) or of a node that booted twice. Either way an operator should look, so it becomes an event of
-//! kind `REENROLLED_ALIVE`, which `alerts` turns into an alert for `ALERT_FOR_MS`.
+//! kind `REENROLLED_ALIVE` (the feed) and an alert in its own row (`store::alerts`), open for `ALERT_FOR_MS`
+//! or until acknowledged: event retention, which a flood of agent events drives, cannot erase it.
 
+use super::AlertKind;
 use crate::store::events::EventKind;
 use crate::store::{self, nodes::NodeRow, now_ms, Conn, StoreError};
 
@@ -20,17 +22,28 @@ pub async fn note_if_alive(conn: &mut Conn, row: &NodeRow) -> Result<bool, Store
     if !recently || !store::auth::has_node_credential(conn, row.id).await? {
         return Ok(false);
     }
+    let now = now_ms();
+    let message = format!(
+        "node {} re-enrolled while its agent was alive (previous credential used {} s ago)",
+        row.name(),
+        row.last_seen_at.map_or(0, |t| now.saturating_sub(t) / 1000)
+    );
     store::events::insert(
         conn,
         REENROLLED_ALIVE,
         Some(row.id),
         row.cluster.as_deref(),
-        &format!(
-            "node {} re-enrolled while its agent was alive (previous credential used {} s ago)",
-            row.name(),
-            row.last_seen_at
-                .map_or(0, |t| now_ms().saturating_sub(t) / 1000)
-        ),
+        &message,
+    )
+    .await?;
+    store::alerts::raise(
+        conn,
+        AlertKind::Reenrolled.as_str(),
+        Some(row.id),
+        row.cluster.as_deref(),
+        &message,
+        now,
+        now.saturating_add(ALERT_FOR_MS),
     )
     .await?;
     tracing::warn!(
@@ -40,5 +53,5 @@ pub async fn note_if_alive(conn: &mut Conn, row: &NodeRow) -> Result<bool, Store
     Ok(true)
 }
 
-/// How long a re-enrollment stays an alert.
+/// How long a re-enrollment stays an alert (unless acknowledged sooner).
 pub const ALERT_FOR_MS: i64 = 24 * 3600 * 1000;

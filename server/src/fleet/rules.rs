@@ -10,9 +10,10 @@ use lbfleet_proto::{ClusterSpec, ForwardMethod, RealServerSpec, ServiceSpec};
 use serde::Serialize;
 
 mod checks;
+mod report;
 
 use checks::health_check;
-pub use checks::{report_health, MAX_HEALTH_EVENTS, MAX_HEALTH_TEXT};
+pub use report::report;
 
 /// One rejected field: `field` is a JSON path into the request (`services[0].real_servers[2].weight`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -80,13 +81,51 @@ pub fn cluster_name(name: &str) -> Result<(), FieldError> {
     dns_label(name).map_err(|m| FieldError::new("name", m))
 }
 
-/// A node hostname: a DNS label that starts with a letter, so it never reads as a node id or a MAC.
+/// A node hostname: a DNS label that starts with a letter and does not read as a MAC in any spelling, so it
+/// never reads as a node id or a MAC (`{node}` in a URL is an id, a MAC or a hostname: `aa-bb-cc-00-00-01` as a
+/// hostname would name another node).
 pub fn hostname(name: &str) -> Result<(), FieldError> {
     dns_label(name).map_err(|m| FieldError::new("hostname", m))?;
     if !name.starts_with(|c: char| c.is_ascii_lowercase()) {
         return Err(FieldError::new(
             "hostname",
             "must start with a lowercase letter",
+        ));
+    }
+    if looks_like_mac(name) {
+        return Err(FieldError::new(
+            "hostname",
+            format!("{name:?} reads as a MAC address; choose a name that does not"),
+        ));
+    }
+    Ok(())
+}
+
+/// Whether `text` is a MAC in some spelling: twelve hex digits, with or without separators (`:`, `-`, `.`,
+/// `_`, space) anywhere (`aa-bb-cc-00-00-01`, `aabb.cc00.0001`, `aabbcc000001`).
+pub fn looks_like_mac(text: &str) -> bool {
+    let mut digits = 0;
+    for c in text.chars() {
+        if c.is_ascii_hexdigit() {
+            digits += 1;
+        } else if !matches!(c, ':' | '-' | '.' | '_' | ' ') {
+            return false;
+        }
+    }
+    digits == 12
+}
+
+/// Fewest characters a password must have, not counting whitespace.
+pub const MIN_PASSWORD_CHARS: usize = 12;
+
+/// A password: at least `MIN_PASSWORD_CHARS` characters that are not whitespace (twelve tabs or spaces are
+/// no password; `len()` would count bytes, so six two-byte letters would pass).
+pub fn password(password: &str) -> Result<(), FieldError> {
+    let counted = password.chars().filter(|c| !c.is_whitespace()).count();
+    if counted < MIN_PASSWORD_CHARS {
+        return Err(FieldError::new(
+            "password",
+            format!("must have at least {MIN_PASSWORD_CHARS} characters that are not whitespace"),
         ));
     }
     Ok(())
@@ -153,7 +192,6 @@ pub fn image_name(name: &str) -> Result<(), FieldError> {
     }
 }
 
-/// A file name inside an image directory: one path component, no traversal.
 /// The self-described fields of an agent report: `address` must be a unicast IP address; versions are short
 /// printable text (they are shown on the dashboard and stored per node).
 pub fn report_fields(
@@ -192,7 +230,10 @@ pub fn report_fields(
 /// An image's extra kernel arguments. They end up on an iPXE `kernel` line, where `|`, `;`, `&`, `$`, quotes,
 /// backquotes and newlines have meaning of their own, so only kernel-argument characters are allowed
 /// (`[A-Za-z0-9 ._,:=/+@%~-]`), and no `lbfleet.*` key: those are the server's to set (a second
-/// `lbfleet.server=` would send every node of the image elsewhere).
+/// `lbfleet.server=` would send every node of the image elsewhere). Nor `BOOTIF=` (the server sets it; a second
+/// one makes the agent enroll with the wrong MAC and burn the token), `init=` or `rdinit=` (they replace the
+/// image's `/init`: `rdinit=/bin/sh` is a root shell past the console-shell control). Keys are compared
+/// without regard to case, and `-`/`_` alike, as the kernel does for parameter names.
 pub fn image_cmdline(text: &str) -> Result<(), FieldError> {
     if text.len() > 1024 {
         return Err(FieldError::new(
@@ -219,9 +260,20 @@ pub fn image_cmdline(text: &str) -> Result<(), FieldError> {
             format!("{key} is set by the server; lbfleet.* arguments are not allowed here"),
         ));
     }
+    for word in text.split_whitespace() {
+        let key = word.split('=').next().unwrap_or(word);
+        let norm = key.to_ascii_lowercase().replace('-', "_");
+        if matches!(norm.as_str(), "bootif" | "init" | "rdinit") {
+            return Err(FieldError::new(
+                "cmdline",
+                format!("{key}= is not allowed here: BOOTIF is the server's to set, init and rdinit replace the image's /init"),
+            ));
+        }
+    }
     Ok(())
 }
 
+/// A file name inside an image directory: one path component, no traversal.
 pub fn image_file(field: &str, name: &str) -> Result<(), FieldError> {
     let ok = !name.is_empty()
         && name.len() <= 128
@@ -967,7 +1019,7 @@ mod tests {
     }
 
     #[test]
-    fn report_health_texts_are_bounded() {
+    fn report_texts_counts_names_and_addresses_are_bounded() {
         use lbfleet_proto::{
             AgentReport, HealthState, HealthTransition, Protocol, RealServerHealth,
             RealServerReport, ServiceReport,
@@ -1008,7 +1060,7 @@ mod tests {
             }],
             ..Default::default()
         };
-        assert!(report_health(&r).is_ok());
+        assert!(report(&r).is_ok());
         r.services[0].real_servers.push(rs(&"x".repeat(513)));
         r.services[0].real_servers.push(rs("a\nb"));
         let t = HealthTransition {
@@ -1021,21 +1073,106 @@ mod tests {
             reason: Some("\u{1b}[31m".into()),
         };
         r.health_events = vec![t.clone()];
-        let fields: Vec<String> = report_health(&r)
+        let fields: Vec<String> = report(&r)
             .err()
             .map(|e| e.0.into_iter().map(|f| f.field).collect())
             .unwrap_or_default();
         assert_eq!(
             fields,
             vec![
+                "health_events[0].reason",
                 "services[0].real_servers[1].health.last_error",
                 "services[0].real_servers[2].health.last_error",
-                "health_events[0]"
             ]
         );
         r.services[0].real_servers.truncate(1);
-        r.health_events = vec![HealthTransition { reason: None, ..t }; MAX_HEALTH_EVENTS + 1];
-        assert!(report_health(&r).is_err());
+        r.health_events = vec![
+            HealthTransition {
+                reason: None,
+                ..t.clone()
+            };
+            lbfleet_proto::bounds::MAX_HEALTH_EVENTS + 1
+        ];
+        assert!(report(&r).is_err());
+        r.health_events.clear();
+        assert!(report(&r).is_ok());
+
+        // The agent-sent texts outside health: one rule for all.
+        let transition = |reason: &str| lbfleet_proto::VrrpTransition {
+            from: lbfleet_proto::VrrpState::Backup,
+            to: lbfleet_proto::VrrpState::Master,
+            reason: reason.into(),
+            at_ms: 1,
+        };
+        let fields_of = |r: &AgentReport| -> Vec<String> {
+            report(r)
+                .err()
+                .map(|e| e.0.into_iter().map(|f| f.field).collect())
+                .unwrap_or_default()
+        };
+        let mut bad = r.clone();
+        bad.vrrp_transitions = vec![
+            transition("master down timer expired"),
+            transition("a\u{7}b"),
+            transition(&"r".repeat(lbfleet_proto::bounds::MAX_TEXT + 1)),
+        ];
+        bad.errors = vec!["ok".into(), "line\nbreak".into()];
+        bad.vrrp_master = Some("lb-02 <- trust me".into());
+        bad.vrrp_dropped.insert("ttl".into(), 1);
+        bad.vrrp_dropped.insert("<b>x</b>".into(), 1);
+        bad.services[0].vip = "198.18.0.10; drop".into();
+        bad.services[0].real_servers[0].address = "rs-1".into();
+        bad.address = Some("here".into());
+        assert_eq!(
+            fields_of(&bad),
+            vec![
+                "address",
+                "vrrp_master",
+                "vrrp_transitions[1].reason",
+                "vrrp_transitions[2].reason",
+                "errors[1]",
+                "vrrp_dropped[\"<b>x</b>\"]",
+                "services[0].vip",
+                "services[0].real_servers[0].address",
+            ]
+        );
+        // vrrp_master: an address or a node name.
+        for good in ["198.18.0.3", "fe80::1", "lb-02"] {
+            let ok = AgentReport {
+                vrrp_master: Some(good.into()),
+                ..AgentReport::default()
+            };
+            assert!(report(&ok).is_ok(), "{good}");
+        }
+        // Counts: over the bound, the list is named and its items are not looked into.
+        let flood = AgentReport {
+            vrrp_transitions: vec![
+                transition("x\n");
+                lbfleet_proto::bounds::MAX_VRRP_TRANSITIONS + 1
+            ],
+            errors: vec![String::new(); lbfleet_proto::bounds::MAX_ERRORS + 1],
+            ..AgentReport::default()
+        };
+        assert_eq!(fields_of(&flood), vec!["vrrp_transitions", "errors"]);
+        // Many bad fields: the first twenty are named, then a count.
+        let many = AgentReport {
+            vrrp_transitions: vec![transition("x\n"); lbfleet_proto::bounds::MAX_VRRP_TRANSITIONS],
+            ..AgentReport::default()
+        };
+        let got = fields_of(&many);
+        assert_eq!(
+            (got.len(), got.last().map(String::as_str)),
+            (21, Some("..."))
+        );
+        // What the agent fits passes.
+        let mut fitted = bad.clone();
+        fitted.vrrp_master = None;
+        fitted.vrrp_dropped.remove("<b>x</b>");
+        fitted.services[0].vip = "198.18.0.10".into();
+        fitted.services[0].real_servers[0].address = "198.18.2.1".into();
+        fitted.address = None;
+        lbfleet_proto::bounds::fit_report(&mut fitted);
+        assert!(report(&fitted).is_ok(), "{:?}", report(&fitted));
     }
 
     #[test]
@@ -1080,6 +1217,33 @@ mod tests {
         assert!(hostname("lb-01").is_ok());
         assert!(hostname("01").is_err());
         assert!(hostname("<script>").is_err());
+        for mac_like in [
+            "aa-bb-cc-00-00-01",
+            "aabbcc000001",
+            "aabb-cc00-0001",
+            "dead-beef-cafe",
+        ] {
+            let err = hostname(mac_like).err().map(|e| e.message);
+            assert!(
+                err.as_deref().is_some_and(|m| m.contains("MAC")),
+                "{mac_like}: {err:?}"
+            );
+        }
+        for mac_like in ["aabb.cc00.0001", "aa:bb:cc:00:00:01", "AA_BB_CC_00_00_01"] {
+            assert!(looks_like_mac(mac_like), "{mac_like}");
+        }
+        // Hex-looking names that are not twelve digits stay names.
+        for name in ["lb-ext-01", "cafe", "bad-cafe-face-01", "aabbcc00000"] {
+            assert!(hostname(name).is_ok(), "{name}");
+        }
+        assert!(password("correct horse battery").is_ok());
+        assert!(password(&"\t".repeat(12)).is_err());
+        assert!(password(&" ".repeat(40)).is_err());
+        assert!(password("a b c d e f g h i j k").is_err());
+        assert!(password("abcdefghijkl").is_ok());
+        // Characters, not bytes: six two-byte letters are six.
+        assert!(password("éééééé").is_err());
+        assert!(password("éééééééééééé").is_ok());
         assert_eq!(
             mac("52-54-00-AB-CD-EF").ok().as_deref(),
             Some("52:54:00:ab:cd:ef")
@@ -1093,6 +1257,30 @@ mod tests {
         assert!(image_file("kernel", "vmlinuz").is_ok());
         assert!(image_file("kernel", "../vmlinuz").is_err());
         assert!(image_file("kernel", "a/b").is_err());
+    }
+
+    #[test]
+    fn image_cmdlines_cannot_replace_init_or_the_boot_interface() {
+        assert!(image_cmdline("console=ttyS0,115200n8 quiet panic=10").is_ok());
+        // Words that merely contain the keys are fine.
+        assert!(image_cmdline("systemd.unit=x initcall_debug").is_ok());
+        for bad in [
+            "BOOTIF=01-aa-bb-cc-00-00-01",
+            "quiet bootif=01-aa-bb-cc-00-00-01",
+            "init=/bin/sh",
+            "rdinit=/bin/sh",
+            "console=ttyS0 RDINIT=/bin/sh",
+            "quiet -- init=/bin/sh",
+            "lbfleet.console_shell=1",
+            "LBFLEET.server=http://198.18.0.66",
+        ] {
+            let err = image_cmdline(bad).err();
+            assert_eq!(
+                err.as_ref().map(|e| e.field.as_str()),
+                Some("cmdline"),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

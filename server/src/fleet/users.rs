@@ -22,9 +22,7 @@ impl Fleet {
     ) -> Result<String> {
         rules::hostname(name).map_err(|e| FieldError::new("name", e.message))?;
         let password = password.unwrap_or_else(secrets::new_password);
-        if password.len() < 12 {
-            return Err(FieldError::new("password", "must be at least 12 characters").into());
-        }
+        rules::password(&password)?;
         let hash = hash_password(password.clone()).await?;
         let mut tx = self.store.begin().await?;
         if store::auth::user_by_name(&mut tx, name).await?.is_some() {
@@ -53,9 +51,7 @@ impl Fleet {
         password: Option<String>,
     ) -> Result<String> {
         let password = password.unwrap_or_else(secrets::new_password);
-        if password.len() < 12 {
-            return Err(FieldError::new("password", "must be at least 12 characters").into());
-        }
+        rules::password(&password)?;
         let hash = hash_password(password.clone()).await?;
         let mut tx = self.store.begin().await?;
         let user = store::auth::user_by_name(&mut tx, name)

@@ -23,8 +23,15 @@ pub struct EventRow {
     pub node_id: Option<i64>,
     pub node: Option<String>,
     pub cluster: Option<String>,
+    /// At most `MAX_LISTED_MESSAGE_CHARS` characters of the stored message (see `message_cut`).
     pub message: String,
+    /// The stored message was longer and is cut here (rows written before reports were bounded).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub message_cut: bool,
 }
+
+/// Longest message a listing returns, in characters; longer ones are cut and marked (`message_cut`).
+pub const MAX_LISTED_MESSAGE_CHARS: i64 = 2048;
 
 pub async fn insert(
     conn: &mut Conn,
@@ -43,8 +50,25 @@ pub async fn insert(
         .await?)
 }
 
-/// Deletes events older than `before` (ms) and all but the newest `keep`; the number deleted.
-pub async fn prune(conn: &mut Conn, before: i64, keep: i64) -> Result<u64, StoreError> {
+/// What one event row is counted as, besides its message, for the byte bound (time, kind, node, cluster, id
+/// and SQLite's own overhead, roughly).
+pub const ROW_OVERHEAD_BYTES: i64 = 64;
+
+/// The bytes an event with this message counts for.
+pub fn event_bytes(message: &str) -> i64 {
+    i64::try_from(message.len())
+        .unwrap_or(i64::MAX)
+        .saturating_add(ROW_OVERHEAD_BYTES)
+}
+
+/// Deletes events older than `before` (ms), all but the newest `keep`, and the oldest past `keep_bytes`
+/// (messages plus `ROW_OVERHEAD_BYTES` a row, counted from the newest); the number deleted.
+pub async fn prune(
+    conn: &mut Conn,
+    before: i64,
+    keep: i64,
+    keep_bytes: i64,
+) -> Result<u64, StoreError> {
     let old = sqlx::query("DELETE FROM events WHERE at < $1")
         .bind(before)
         .execute(&mut *conn)
@@ -57,7 +81,28 @@ pub async fn prune(conn: &mut Conn, before: i64, keep: i64) -> Result<u64, Store
     .execute(&mut *conn)
     .await?
     .rows_affected();
-    Ok(old + over)
+    // The newest row whose running total (newest first) passes the budget, and everything older, goes.
+    let heavy = sqlx::query(
+        "DELETE FROM events WHERE id <= (SELECT id FROM (SELECT id, SUM(length(CAST(message AS BLOB)) + $1) \
+         OVER (ORDER BY id DESC ROWS UNBOUNDED PRECEDING) AS total FROM events) WHERE total > $2 \
+         ORDER BY id DESC LIMIT 1)",
+    )
+    .bind(ROW_OVERHEAD_BYTES)
+    .bind(keep_bytes.max(0))
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    Ok(old + over + heavy)
+}
+
+/// The events' size as the byte bound counts it.
+pub async fn total_bytes(conn: &mut Conn) -> Result<i64, StoreError> {
+    Ok(sqlx::query_scalar(
+        "SELECT COALESCE(SUM(length(CAST(message AS BLOB)) + $1), 0) FROM events",
+    )
+    .bind(ROW_OVERHEAD_BYTES)
+    .fetch_one(conn)
+    .await?)
 }
 
 #[derive(Debug, Clone, Default)]
@@ -72,7 +117,8 @@ pub struct EventFilter {
 
 pub async fn list(conn: &mut Conn, f: &EventFilter) -> Result<Vec<EventRow>, StoreError> {
     Ok(sqlx::query_as(
-        "SELECT e.id, e.at, e.kind, e.node_id, COALESCE(n.hostname, n.mac) AS node, e.cluster, e.message \
+        "SELECT e.id, e.at, e.kind, e.node_id, COALESCE(n.hostname, n.mac) AS node, e.cluster, \
+         substr(e.message, 1, $7) AS message, length(e.message) > $7 AS message_cut \
          FROM events e LEFT JOIN nodes n ON n.id = e.node_id \
          WHERE ($1 IS NULL OR e.at >= $1) AND ($2 IS NULL OR e.kind = $2) AND ($3 IS NULL OR e.node_id = $3) \
          AND ($4 IS NULL OR e.cluster = $4) AND ($5 IS NULL OR e.id < $5) ORDER BY e.id DESC LIMIT $6",
@@ -83,6 +129,7 @@ pub async fn list(conn: &mut Conn, f: &EventFilter) -> Result<Vec<EventRow>, Sto
     .bind(&f.cluster)
     .bind(f.before_id)
     .bind(f.limit)
+    .bind(MAX_LISTED_MESSAGE_CHARS)
     .fetch_all(conn)
     .await?)
 }

@@ -1,61 +1,12 @@
 //! Validation of health checks (a service's check, its kind's parameters, overrides, the down action's
-//! companions) and of the health parts of an agent report. Part of `rules`: pure functions, no database.
+//! companions). Part of `rules`: pure functions, no database. (The health parts of an agent report are checked
+//! with the rest of the report, in `report`.)
 
 use std::net::IpAddr;
 
 use lbfleet_proto::{valid_script_name, CheckKind, DownAction, HealthCheck, ServiceSpec};
 
 use super::*;
-
-/// Most health transitions one report may carry (the agent keeps at most 1,000 between reports).
-pub const MAX_HEALTH_EVENTS: usize = 1000;
-/// Longest health text (an error, a check description, a service name) a report may carry.
-pub const MAX_HEALTH_TEXT: usize = 512;
-
-/// The health parts of an agent report are shown on the dashboard and stored as events: bounded, printable.
-pub fn report_health(report: &lbfleet_proto::AgentReport) -> Result<(), FieldErrors> {
-    let mut errs = FieldErrors::default();
-    let text_ok = |t: &str| t.len() <= MAX_HEALTH_TEXT && !t.chars().any(char::is_control);
-    for (i, s) in report.services.iter().enumerate() {
-        for (j, r) in s.real_servers.iter().enumerate() {
-            let Some(h) = &r.health else { continue };
-            for (name, t) in [("last_error", &h.last_error), ("check", &h.check)] {
-                if t.as_deref().is_some_and(|t| !text_ok(t)) {
-                    errs.push(
-                        format!("services[{i}].real_servers[{j}].health.{name}"),
-                        format!(
-                            "must be at most {MAX_HEALTH_TEXT} bytes without control characters"
-                        ),
-                    );
-                }
-            }
-        }
-    }
-    if report.health_events.len() > MAX_HEALTH_EVENTS {
-        errs.push(
-            "health_events",
-            format!(
-                "at most {MAX_HEALTH_EVENTS} per report, got {}",
-                report.health_events.len()
-            ),
-        );
-    } else {
-        for (i, e) in report.health_events.iter().enumerate() {
-            let bad = !text_ok(&e.service)
-                || !text_ok(&e.address)
-                || e.reason.as_deref().is_some_and(|t| !text_ok(t));
-            if bad {
-                errs.push(
-                    format!("health_events[{i}]"),
-                    format!(
-                        "texts must be at most {MAX_HEALTH_TEXT} bytes without control characters"
-                    ),
-                );
-            }
-        }
-    }
-    errs.into_result(())
-}
 
 /// Validates a service's check: timings, the parameters of its kind (and only those), the down action's
 /// companions (sorry server, quorum) and per-real-server overrides.
