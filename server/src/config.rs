@@ -114,7 +114,7 @@ pub struct ServeArgs {
     /// Open HTTP connections at most on the boot network's listener (boot_listen) [default: max_connections]
     #[arg(long, env = "LBFLEET_BOOT_MAX_CONNECTIONS", value_name = "N")]
     pub boot_max_connections: Option<usize>,
-    /// Open HTTP connections of one client address at most, on each listener [default: 64]
+    /// Open HTTP connections of one client address at most, on each listener [default: 256]
     #[arg(long, env = "LBFLEET_MAX_CONNECTIONS_PER_ADDRESS", value_name = "N")]
     pub max_connections_per_address: Option<usize>,
     /// A response the client takes nothing of for this long is cut; also the grace before min_send_rate
@@ -846,7 +846,7 @@ impl ServerConfig {
             max_connections_per_address: args
                 .max_connections_per_address
                 .or(file.max_connections_per_address)
-                .unwrap_or(64)
+                .unwrap_or(256)
                 .max(1),
             send_timeout,
             min_send_rate: args.min_send_rate.or(file.min_send_rate).unwrap_or(8192),
@@ -905,7 +905,7 @@ impl ServerConfig {
             max_connections: 4096,
             header_read_timeout: Duration::from_secs(10),
             boot_max_connections: 4096,
-            max_connections_per_address: 64,
+            max_connections_per_address: 256,
             send_timeout: Duration::from_secs(30),
             min_send_rate: 8192,
             tls_pin: None,

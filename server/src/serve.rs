@@ -64,7 +64,7 @@ impl Default for ServeLimits {
     fn default() -> Self {
         ServeLimits {
             max_connections: 4096,
-            max_per_address: 64,
+            max_per_address: 256,
             header_read_timeout: Duration::from_secs(10),
             handshake_timeout: Duration::from_secs(10),
             send_timeout: Duration::from_secs(30),
