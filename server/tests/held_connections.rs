@@ -326,7 +326,7 @@ async fn session_cookie(srv: &common::TestServer, user: &str) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn live_streams_per_user_and_long_polls_per_node_are_capped() {
+async fn live_streams_per_user_are_capped() {
     let dir = tempfile::tempdir().unwrap();
     let srv = common::TestServer::start(dir.path()).await;
 
@@ -363,8 +363,15 @@ async fn live_streams_per_user_and_long_polls_per_node_are_capped() {
         .unwrap();
     assert_eq!(resp.status(), StatusCode::OK, "another user's stream");
     drop(resp);
+    drop(streams);
+    drop(srv);
+}
 
-    // Long-polls: four waiting per node credential; the fifth is refused at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_polls_per_node_credential_are_capped() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = common::TestServer::start(dir.path()).await;
+    // Four waiting per node credential; the fifth is refused at once.
     let cred = srv.enrolled_node("52:54:00:dd:00:01", "lb-01").await;
     let (s, doc) = srv
         .call(
@@ -402,6 +409,5 @@ async fn live_streams_per_user_and_long_polls_per_node_are_capped() {
     for p in waiting {
         p.abort();
     }
-    drop(streams);
     drop(srv);
 }
