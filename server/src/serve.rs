@@ -192,7 +192,11 @@ impl ConnTable {
 impl Connections {
     /// A registry for one listener of `listeners`: `max_connections` at most (within its share of the
     /// open-file limit), `max_per_address` of them from one client address.
-    pub fn for_listener(max_connections: usize, max_per_address: usize, listeners: usize) -> Arc<Self> {
+    pub fn for_listener(
+        max_connections: usize,
+        max_per_address: usize,
+        listeners: usize,
+    ) -> Arc<Self> {
         let cap = effective_share(max_connections, listeners);
         Arc::new(Connections {
             cap,

@@ -115,9 +115,12 @@ async fn healthz_api_and_agents_answer_while_eight_exports_crawl() {
     let mut crawling = Vec::new();
     let mut statuses = Vec::new();
     for i in 0..8u8 {
-        let (status, s) =
-            crawling_export(addr, IpAddr::from([127, 0, 0, 10 + i]), &cookies[usize::from(i % 2)])
-                .await;
+        let (status, s) = crawling_export(
+            addr,
+            IpAddr::from([127, 0, 0, 10 + i]),
+            &cookies[usize::from(i % 2)],
+        )
+        .await;
         statuses.push(status);
         crawling.push(s);
     }
@@ -159,7 +162,10 @@ async fn healthz_api_and_agents_answer_while_eight_exports_crawl() {
         assert_eq!(api.expect("API answered").status(), StatusCode::OK);
         assert_eq!(role.expect("agent answered").status(), StatusCode::OK);
         for took in [healthz_took, api_took, role_took] {
-            assert!(took < Duration::from_secs(2), "round {round}: took {took:?}");
+            assert!(
+                took < Duration::from_secs(2),
+                "round {round}: took {took:?}"
+            );
         }
     }
     drop(crawling);

@@ -14,7 +14,10 @@ use serde_json::Value;
 use sqlx::Connection;
 
 /// Polls `/healthz` until its status is `want` (or the deadline passes); returns the last status and body.
-async fn healthz_until(srv: &common::TestServer, want: StatusCode) -> (StatusCode, Value, Duration) {
+async fn healthz_until(
+    srv: &common::TestServer,
+    want: StatusCode,
+) -> (StatusCode, Value, Duration) {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let t = Instant::now();
@@ -59,10 +62,7 @@ async fn healthz_is_503_while_the_database_cannot_write() {
     eprintln!("healthz while writes are blocked: {s} {body} after {took:?}");
     assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{body}");
     assert_eq!(body["status"], "unavailable");
-    assert!(
-        body["reason"].as_str().unwrap().contains("write"),
-        "{body}"
-    );
+    assert!(body["reason"].as_str().unwrap().contains("write"), "{body}");
     assert!(took < Duration::from_secs(5), "bounded in time: {took:?}");
 
     // The lock goes: healthy again.

@@ -179,7 +179,10 @@ async fn management_answers_while_the_boot_listener_is_held_full_and_the_reverse
     const CAP: usize = 40;
     let dir = tempfile::tempdir().unwrap();
     let srv = start_split(dir.path(), CAP).await;
-    let (main_base, boot_base) = (format!("http://{}", srv.main), format!("http://{}", srv.boot));
+    let (main_base, boot_base) = (
+        format!("http://{}", srv.main),
+        format!("http://{}", srv.boot),
+    );
 
     // The boot listener held full: CAP unread image downloads from 4 addresses (10 each, under the
     // per-address bound), every one with its response head received and its body not taken.
@@ -388,9 +391,7 @@ async fn long_polls_per_node_credential_are_capped() {
     for _ in 0..5 {
         let req = srv
             .http
-            .get(srv.url(&format!(
-                "/api/v1/agent/role?after={generation}&wait=30"
-            )))
+            .get(srv.url(&format!("/api/v1/agent/role?after={generation}&wait=30")))
             .bearer_auth(&cred)
             .send();
         polls.push(tokio::spawn(req));
@@ -400,7 +401,11 @@ async fn long_polls_per_node_credential_are_capped() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let (done, waiting): (Vec<_>, Vec<_>) = polls.into_iter().partition(|p| p.is_finished());
-    assert_eq!(done.len(), 1, "exactly one of five polls is answered at once");
+    assert_eq!(
+        done.len(),
+        1,
+        "exactly one of five polls is answered at once"
+    );
     for p in done {
         let status = p.await.unwrap().unwrap().status();
         assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);

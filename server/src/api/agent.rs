@@ -48,7 +48,10 @@ async fn role(
 ) -> Result<Response, ApiError> {
     // A few waiting polls per credential at most, so one credential cannot hold many connections.
     let Some(_slot) = s.streams.role_polls.try_take(node) else {
-        tracing::info!(node, "role long-poll refused: too many waiting for this node");
+        tracing::info!(
+            node,
+            "role long-poll refused: too many waiting for this node"
+        );
         return Err(ApiError::Request {
             status: StatusCode::TOO_MANY_REQUESTS,
             message: "too many role long-polls for this node".into(),

@@ -39,8 +39,10 @@ async fn healthz(State(s): State<AppState>) -> Response {
             .into_response(),
         Err(reason) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(serde_json::json!({"status": "unavailable", "reason": reason,
-                "version": env!("CARGO_PKG_VERSION")})),
+            Json(
+                serde_json::json!({"status": "unavailable", "reason": reason,
+                "version": env!("CARGO_PKG_VERSION")}),
+            ),
         )
             .into_response(),
     }

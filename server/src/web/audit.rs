@@ -15,8 +15,8 @@ use super::format::{json_diff, time_text, DiffLine};
 use super::page::{render, Chrome};
 use super::session::WebUser;
 use crate::audit::Verification;
-use crate::error::ApiError;
 use crate::audit_export::{self, ExportFormat};
+use crate::error::ApiError;
 use crate::state::AppState;
 use crate::store::audit::AuditFilter;
 
