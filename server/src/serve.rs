@@ -588,3 +588,92 @@ pub async fn https_only(tls_on: bool, req: Request, next: Next) -> Response {
     )
         .into_response()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(last: u8) -> IpAddr {
+        IpAddr::from([127, 0, 0, last])
+    }
+
+    fn busy(r: &Registered) {
+        r.conn.busy.fetch_add(1, Ordering::Relaxed);
+    }
+
+    #[test]
+    fn an_address_at_its_bound_gives_up_an_idle_connection_or_is_refused() {
+        let c = Connections::for_listener(10, 2, 1);
+        let a1 = c.admit(ip(1)).expect("first");
+        let a2 = c.admit(ip(1)).expect("second");
+        busy(&a2);
+        // The idle one makes room for the third.
+        let a3 = c.admit(ip(1)).expect("third, in place of the idle one");
+        assert!(a1.conn.evicted.load(Ordering::Relaxed));
+        busy(&a3);
+        assert!(c.admit(ip(1)).is_none(), "both busy: refused");
+        assert!(c.admit(ip(2)).is_some(), "another address is not affected");
+    }
+
+    #[test]
+    fn at_the_cap_the_heaviest_address_gives_up_a_busy_connection() {
+        let c = Connections::for_listener(4, 4, 1);
+        let held: Vec<_> = (0..4).map(|_| c.admit(ip(1)).expect("held")).collect();
+        held.iter().for_each(busy);
+        let other = c.admit(ip(2)).expect("a newcomer gets in");
+        busy(&other);
+        assert_eq!(
+            held.iter()
+                .filter(|r| r.conn.evicted.load(Ordering::Relaxed))
+                .count(),
+            1
+        );
+        assert_eq!(c.evictions(), 1);
+        // Shares 3, 1: more addresses get in while some address holds two more than they do ...
+        let mut more = Vec::new();
+        for last in 3..=4 {
+            let r = c.admit(ip(last)).expect("another address");
+            busy(&r);
+            more.push(r);
+        }
+        // ... and at one each, a fifth address would take from an equal share, and is refused.
+        assert!(c.admit(ip(5)).is_none());
+        assert_eq!(c.evictions(), 3);
+    }
+
+    #[test]
+    fn a_body_without_progress_or_under_the_rate_is_too_slow() {
+        let limits = ServeLimits {
+            send_timeout: Duration::from_secs(10),
+            min_send_rate: 1000,
+            ..ServeLimits::default()
+        };
+        let c = Connections::for_listener(4, 4, 1);
+        let r = c.admit(ip(1)).expect("conn");
+        let conn = &r.conn;
+        assert!(
+            !conn.sending_too_slowly(100_000, &limits),
+            "no body in flight"
+        );
+        conn.body_since.store(1_000 + 1, Ordering::Relaxed);
+        conn.body_progress.store(1_000, Ordering::Relaxed);
+        assert!(
+            !conn.sending_too_slowly(10_000, &limits),
+            "within the grace"
+        );
+        assert!(
+            conn.sending_too_slowly(11_001, &limits),
+            "no progress for send_timeout"
+        );
+        // Progress, but 20 s past the grace at 1000 B/s asks for 20,000 bytes.
+        conn.body_progress.store(30_000, Ordering::Relaxed);
+        conn.body_bytes.store(19_000, Ordering::Relaxed);
+        assert!(conn.sending_too_slowly(31_000, &limits));
+        conn.body_bytes.store(21_000, Ordering::Relaxed);
+        assert!(!conn.sending_too_slowly(31_000, &limits));
+        // Event streams are held to progress only.
+        conn.body_bytes.store(0, Ordering::Relaxed);
+        conn.body_stream.store(true, Ordering::Relaxed);
+        assert!(!conn.sending_too_slowly(31_000, &limits));
+    }
+}

@@ -356,6 +356,29 @@ async fn live_streams_per_user_are_capped() {
         .await
         .unwrap();
     assert_eq!(fifth.status(), StatusCode::TOO_MANY_REQUESTS);
+    // A stream whose tab closes gives its place back promptly (the next page's stream gets in).
+    drop(streams.pop());
+    let t = Instant::now();
+    loop {
+        let resp = srv
+            .http
+            .get(srv.url("/live"))
+            .header("cookie", &cookie)
+            .send()
+            .await
+            .unwrap();
+        if resp.status() == StatusCode::OK {
+            eprintln!("a closed stream's place came back after {:?}", t.elapsed());
+            streams.push(resp);
+            break;
+        }
+        assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "a closed stream still holds its place"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let other = session_cookie(&srv, "oper").await;
     let resp = srv
         .http
