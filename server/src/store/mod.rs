@@ -137,13 +137,24 @@ impl Store {
         Ok(self.export.acquire().await?)
     }
 
-    /// Proves the database takes a write: a no-op update committed (and so synced to disk) on the writer
+    /// Proves the database takes a write: a one-page change committed (and so synced to disk) on the writer
     /// connection. Fails when the disk is full or read-only, or the database cannot be locked for writing.
+    ///
+    /// SQLite writes nothing for an update that leaves a row's bytes as they were, so the probe flips the low
+    /// bit of the header's `user_version`, which lbfleet uses for nothing else (migrations are tracked in
+    /// `_sqlx_migrations`).
     pub async fn probe_write(&self) -> Result<(), StoreError> {
         let mut tx = self.writer.begin().await?;
-        sqlx::query("UPDATE fleet_state SET generation = generation WHERE id = 1")
-            .execute(&mut *tx)
+        let version: i64 = sqlx::query_scalar("PRAGMA user_version")
+            .fetch_one(&mut *tx)
             .await?;
+        // A PRAGMA takes no bound parameter; the value is a number this function computed.
+        sqlx::query(&format!(
+            "PRAGMA user_version = {}",
+            (version ^ 1) & 0x7fff_ffff
+        ))
+        .execute(&mut *tx)
+        .await?;
         Ok(tx.commit().await?)
     }
 
