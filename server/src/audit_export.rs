@@ -1,7 +1,10 @@
 //! The audit log's CSV and JSON export as a streamed response body: one database cursor (`store::audit::stream`,
 //! sqlx `fetch`) feeds a small bounded channel, a few rows at a time, so an export of a million rows holds a few
-//! kilobytes in memory, never the whole log. A client that stops reading holds its reader connection at most
-//! `STALL_TIMEOUT`; a database error mid-way aborts the body, so a cut export never looks complete.
+//! kilobytes in memory, never the whole log. Exports read on connections of their own (`Store::export_read`),
+//! one per user and two in all at once (`auth::streams`), so slow exports never hold the readers the API,
+//! agents and `/healthz` need. A client that stops reading holds its export connection at most
+//! `STALL_TIMEOUT` (sooner, the server's `send_timeout` cuts it); a database error mid-way aborts the body, so a
+//! cut export never looks complete.
 
 use std::time::Duration;
 
@@ -82,9 +85,18 @@ fn json_entry(r: AuditRow, first: bool, out: &mut String) {
 /// The export of every row matching `filter` (newest first) as a body that is written while it is sent.
 /// `conn` is a reader connection taken by the caller (so a database that cannot be reached is an error before
 /// the response starts); the export gives it back when done.
-pub fn body(conn: store::ReadConn, filter: AuditFilter, format: ExportFormat) -> Body {
+/// `slot` (the caller's cap on concurrent exports) is held until the export is done.
+pub fn body<S: Send + 'static>(
+    conn: store::ReadConn,
+    filter: AuditFilter,
+    format: ExportFormat,
+    slot: S,
+) -> Body {
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(CHUNKS_IN_FLIGHT);
-    tokio::spawn(write_rows(conn, filter, format, tx));
+    tokio::spawn(async move {
+        write_rows(conn, filter, format, tx).await;
+        drop(slot);
+    });
     Body::from_stream(futures::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|chunk| (chunk, rx))
     }))

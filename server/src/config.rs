@@ -111,6 +111,19 @@ pub struct ServeArgs {
     /// Longest time a client may take to send a request head; also closes idle connections [default: 10s]
     #[arg(long, env = "LBFLEET_HEADER_READ_TIMEOUT", value_name = "DURATION")]
     pub header_read_timeout: Option<String>,
+    /// Open HTTP connections at most on the boot network's listener (boot_listen) [default: max_connections]
+    #[arg(long, env = "LBFLEET_BOOT_MAX_CONNECTIONS", value_name = "N")]
+    pub boot_max_connections: Option<usize>,
+    /// Open HTTP connections of one client address at most, on each listener [default: 256]
+    #[arg(long, env = "LBFLEET_MAX_CONNECTIONS_PER_ADDRESS", value_name = "N")]
+    pub max_connections_per_address: Option<usize>,
+    /// A response the client takes nothing of for this long is cut; also the grace before min_send_rate
+    /// [default: 30s]
+    #[arg(long, env = "LBFLEET_SEND_TIMEOUT", value_name = "DURATION")]
+    pub send_timeout: Option<String>,
+    /// Bytes per second a response must average after send_timeout, else it is cut (0: no minimum) [default: 8192]
+    #[arg(long, env = "LBFLEET_MIN_SEND_RATE", value_name = "BYTES")]
+    pub min_send_rate: Option<u64>,
     /// Events (enrollments, boot scripts, VRRP and health changes) older than this are pruned [default: 30d]
     #[arg(long, env = "LBFLEET_EVENT_RETENTION", value_name = "DURATION")]
     pub event_retention: Option<String>,
@@ -567,6 +580,10 @@ pub struct FileConfig {
     pub allow_insecure_http: Option<bool>,
     pub max_connections: Option<usize>,
     pub header_read_timeout: Option<String>,
+    pub boot_max_connections: Option<usize>,
+    pub max_connections_per_address: Option<usize>,
+    pub send_timeout: Option<String>,
+    pub min_send_rate: Option<u64>,
     pub event_retention: Option<String>,
     pub event_max_rows: Option<i64>,
     pub event_max_bytes: Option<i64>,
@@ -629,6 +646,14 @@ pub struct ServerConfig {
     pub allow_insecure_http: bool,
     pub max_connections: usize,
     pub header_read_timeout: Duration,
+    /// Open connections at most on `boot_listen`'s listener.
+    pub boot_max_connections: usize,
+    /// Open connections of one client address at most, on each listener.
+    pub max_connections_per_address: usize,
+    /// A response body without progress for this long is cut (also the grace before `min_send_rate`).
+    pub send_timeout: Duration,
+    /// Bytes per second a response body must average after `send_timeout` (0: no minimum).
+    pub min_send_rate: u64,
     /// `sha256:HEX` of the certificate being served; set at start-up once TLS is loaded, `None` without TLS.
     pub tls_pin: Option<String>,
     pub retention: crate::retention::Retention,
@@ -654,6 +679,13 @@ impl std::fmt::Debug for ServerConfig {
             .field("allow_insecure_http", &self.allow_insecure_http)
             .field("max_connections", &self.max_connections)
             .field("header_read_timeout", &self.header_read_timeout)
+            .field("boot_max_connections", &self.boot_max_connections)
+            .field(
+                "max_connections_per_address",
+                &self.max_connections_per_address,
+            )
+            .field("send_timeout", &self.send_timeout)
+            .field("min_send_rate", &self.min_send_rate)
             .field("retention", &self.retention)
             .finish()
     }
@@ -787,18 +819,42 @@ impl ServerConfig {
                 reason: "must be more than 0".into(),
             });
         }
+        let send_timeout = duration(
+            "send_timeout",
+            args.send_timeout.or(file.send_timeout),
+            "30s",
+        )?;
+        if send_timeout.is_zero() {
+            return Err(ConfigError::Invalid {
+                key: "send_timeout",
+                reason: "must be more than 0".into(),
+            });
+        }
+        let max_connections = args
+            .max_connections
+            .or(file.max_connections)
+            .unwrap_or(4096)
+            .max(1);
         Ok(ServerConfig {
             listen,
             boot_listen,
             database,
             tls,
             allow_insecure_http,
-            max_connections: args
-                .max_connections
-                .or(file.max_connections)
-                .unwrap_or(4096)
-                .max(1),
+            max_connections,
             header_read_timeout,
+            boot_max_connections: args
+                .boot_max_connections
+                .or(file.boot_max_connections)
+                .unwrap_or(max_connections)
+                .max(1),
+            max_connections_per_address: args
+                .max_connections_per_address
+                .or(file.max_connections_per_address)
+                .unwrap_or(256)
+                .max(1),
+            send_timeout,
+            min_send_rate: args.min_send_rate.or(file.min_send_rate).unwrap_or(8192),
             tls_pin: None,
             retention: crate::retention::Retention {
                 max_age: duration(
@@ -863,6 +919,10 @@ impl ServerConfig {
             allow_insecure_http: false,
             max_connections: 4096,
             header_read_timeout: Duration::from_secs(10),
+            boot_max_connections: 4096,
+            max_connections_per_address: 256,
+            send_timeout: Duration::from_secs(30),
+            min_send_rate: 8192,
             tls_pin: None,
             retention: crate::retention::Retention::default(),
         }

@@ -23,6 +23,7 @@ pub mod config;
 pub mod error;
 pub mod extract;
 pub mod fleet;
+pub mod health;
 pub mod listeners;
 pub mod notify;
 pub mod retention;
@@ -261,10 +262,28 @@ pub async fn run_listeners(
         .transpose()?;
     let limits = serve::ServeLimits {
         max_connections: config.max_connections,
+        max_per_address: config.max_connections_per_address,
         header_read_timeout: config.header_read_timeout,
+        send_timeout: config.send_timeout,
+        min_send_rate: config.min_send_rate,
         ..Default::default()
     };
-    let connections = serve::Connections::new(limits.max_connections);
+    // Each listener has connections of its own, so one network cannot take the other's.
+    let listener_count = if listeners.boot.is_some() { 2 } else { 1 };
+    let connections = serve::Connections::for_listener(
+        limits.max_connections,
+        limits.max_per_address,
+        listener_count,
+    );
+    let boot_limits = serve::ServeLimits {
+        max_connections: config.boot_max_connections,
+        ..limits.clone()
+    };
+    let boot_connections = serve::Connections::for_listener(
+        boot_limits.max_connections,
+        boot_limits.max_per_address,
+        listener_count,
+    );
     let tls_on = tls.is_some();
     let app = router(AppState::new(
         fleet.clone(),
@@ -287,7 +306,8 @@ pub async fn run_listeners(
         listeners::Surface::Everything
     };
     tracing::info!(%addr, boot_listen = ?boot_addr, tls = tls_on, max_connections = connections.cap(),
-        "lbfleet-server listening");
+        boot_max_connections = boot_addr.map(|_| boot_connections.cap()),
+        max_connections_per_address = connections.per_address(), "lbfleet-server listening");
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
     };
@@ -307,8 +327,8 @@ pub async fn run_listeners(
                     l,
                     on(listeners::Surface::Boot),
                     tls_config.clone(),
-                    limits.clone(),
-                    connections.clone(),
+                    boot_limits.clone(),
+                    boot_connections.clone(),
                     stopped(stop_rx.clone()),
                 )
                 .await

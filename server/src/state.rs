@@ -24,6 +24,10 @@ pub struct Inner {
     pub boot_stats: BootStats,
     /// Bounds boot-script requests: each one mints an enrollment token and an event.
     pub boot_limiter: BootScriptLimiter,
+    /// Caps on live streams, role long-polls and audit exports per credential.
+    pub streams: crate::auth::streams::StreamCaps,
+    /// `/healthz`'s database write probe, shared by concurrent checks.
+    pub health: crate::health::WriteProbe,
     /// Turns true when the server shuts down, so long-polls return at once.
     pub shutdown: watch::Receiver<bool>,
     pub started: Instant,
@@ -46,6 +50,8 @@ impl AppState {
             boot_stats,
             login_gate: LoginGate::default(),
             boot_limiter: BootScriptLimiter::default(),
+            streams: Default::default(),
+            health: Default::default(),
             shutdown,
             started: Instant::now(),
         }))

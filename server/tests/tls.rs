@@ -241,3 +241,26 @@ async fn plain_http_serves_only_boot_paths_and_cookies_are_secure() {
     );
     srv.stop().await;
 }
+
+#[tokio::test]
+async fn https_responses_carry_hsts_and_plain_http_does_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = start(dir.path()).await;
+    let http = insecure_client();
+    for path in ["/healthz", "/api/v1/whoami", "/login"] {
+        let r = http.get(srv.https(path)).send().await.unwrap();
+        let hsts = r
+            .headers()
+            .get("strict-transport-security")
+            .unwrap_or_else(|| panic!("no HSTS on https {path} ({})", r.status()));
+        assert!(
+            hsts.to_str().unwrap().starts_with("max-age=31536000"),
+            "{hsts:?}"
+        );
+    }
+    // Over plain HTTP the header means nothing to browsers and is not sent.
+    let r = http.get(srv.http("/healthz")).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    assert!(r.headers().get("strict-transport-security").is_none());
+    srv.stop().await;
+}

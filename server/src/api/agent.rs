@@ -46,6 +46,17 @@ async fn role(
     AgentNode(node): AgentNode,
     ApiQuery(q): ApiQuery<RoleQuery>,
 ) -> Result<Response, ApiError> {
+    // A few waiting polls per credential at most, so one credential cannot hold many connections.
+    let Some(_slot) = s.streams.role_polls.try_take(node) else {
+        tracing::info!(
+            node,
+            "role long-poll refused: too many waiting for this node"
+        );
+        return Err(ApiError::Request {
+            status: StatusCode::TOO_MANY_REQUESTS,
+            message: "too many role long-polls for this node".into(),
+        });
+    };
     let max = s.config.long_poll_timeout;
     let wait = q.wait.map(Duration::from_secs).map_or(max, |w| w.min(max));
     match s

@@ -4,7 +4,7 @@
 use std::fmt::Write;
 
 use axum::extract::State;
-use axum::http::header;
+use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -22,13 +22,30 @@ pub fn router() -> Router<AppState> {
         .route("/api/v1/alerts", get(alerts))
 }
 
-/// Liveness and readiness: answers 200 only if the database answers.
-async fn healthz(State(s): State<AppState>) -> Result<Response, ApiError> {
-    s.fleet.ping().await?;
-    Ok(
-        Json(serde_json::json!({"status": "ok", "version": env!("CARGO_PKG_VERSION")}))
+/// Liveness and readiness: answers 200 only if the database answers a read and takes a write
+/// (`health::WriteProbe`), else 503 with the reason.
+async fn healthz(State(s): State<AppState>) -> Response {
+    let read = match tokio::time::timeout(crate::health::PROBE_TIMEOUT, s.fleet.ping()).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(format!("the database cannot read: {e}")),
+        Err(_) => Err("the database did not answer a read in time".to_owned()),
+    };
+    let outcome = match read {
+        Ok(()) => s.health.check(&s.fleet).await,
+        Err(e) => Err(e),
+    };
+    match outcome {
+        Ok(()) => Json(serde_json::json!({"status": "ok", "version": env!("CARGO_PKG_VERSION")}))
             .into_response(),
-    )
+        Err(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(
+                serde_json::json!({"status": "unavailable", "reason": reason,
+                "version": env!("CARGO_PKG_VERSION")}),
+            ),
+        )
+            .into_response(),
+    }
 }
 
 /// `GET /api/v1/alerts`: what needs attention now, most urgent first.

@@ -4,8 +4,15 @@
 //! every check is admitted here first: user names longer than `MAX_USERNAME_BYTES` are refused before
 //! anything else, failures are counted per client address, per (user name, address) and per user name, and at
 //! most `workers` checks run at once behind a queue of at most `queue` waiting ones, of which one address may
-//! hold at most `per_address_in_flight`. Past any bound the answer is 429 at once, so memory stays bounded and a
-//! login from another address is not stuck behind a flood.
+//! hold at most `per_address_in_flight`. Past the address and (user name, address) counts, or a bound of the
+//! queue, the answer is 429 at once, so memory stays bounded and a login from another address is not stuck
+//! behind a flood.
+//!
+//! The per-user-name count never refuses: anyone can send wrong passwords for a name from many addresses, and
+//! a hard lock would lock the real user out. Past `per_user_failures`, each check of that name first waits a
+//! delay that grows with the failures, up to `per_user_max_delay`, while holding its address's in-flight share
+//! (not a queue place): a guessing run from many addresses is slowed to a few tries per address and delay,
+//! and the owner, from an address of their own, still logs in after at most that delay.
 //!
 //! The checks run on `workers` threads of the gate's own, not on tokio's blocking pool, and in argon2 buffers
 //! from `secrets`' bounded pool (one per core, reused), so a flood never allocates 19 MiB per attempt.
@@ -36,8 +43,12 @@ pub struct LoginLimits {
     pub per_user_address_failures: u32,
     /// Failed logins per client address (any user name) within `window`.
     pub per_address_failures: u32,
-    /// Failed logins per user name (any address) within `window`.
+    /// Failed logins per user name (any address) within `window` before checks of that name are delayed.
     pub per_user_failures: u32,
+    /// The delay added per failure past `per_user_failures`.
+    pub per_user_delay_step: Duration,
+    /// The longest delay added to a check of one user name.
+    pub per_user_max_delay: Duration,
     pub window: Duration,
 }
 
@@ -52,7 +63,9 @@ impl Default for LoginLimits {
             per_address_in_flight: (cores / 2).max(1),
             per_user_address_failures: 5,
             per_address_failures: 30,
-            per_user_failures: 100,
+            per_user_failures: 20,
+            per_user_delay_step: Duration::from_millis(100),
+            per_user_max_delay: Duration::from_secs(2),
             window: Duration::from_secs(300),
         }
     }
@@ -168,12 +181,16 @@ struct Waiting<'a> {
     gate: &'a LoginGate,
     ip: IpAddr,
     armed: bool,
+    /// Holds a queue place (not while it serves a per-user delay).
+    queued: bool,
 }
 
 impl Drop for Waiting<'_> {
     fn drop(&mut self) {
         let mut c = self.gate.lock();
-        c.waiting = c.waiting.saturating_sub(1);
+        if self.queued {
+            c.waiting = c.waiting.saturating_sub(1);
+        }
         drop(c);
         if self.armed {
             self.gate.leave(self.ip);
@@ -257,8 +274,9 @@ impl LoginGate {
         }
     }
 
-    /// Checks the cheap limits (name length, failure counts) without taking a worker.
-    pub fn precheck(&self, user: &str, ip: IpAddr) -> Result<(), LoginRefused> {
+    /// Checks the cheap limits (name length, failure counts) without taking a worker; `Ok` carries the delay
+    /// the check must wait first (zero unless the user name is past `per_user_failures`).
+    pub fn precheck(&self, user: &str, ip: IpAddr) -> Result<Duration, LoginRefused> {
         if user.len() > MAX_USERNAME_BYTES {
             return Err(LoginRefused::NameTooLong);
         }
@@ -274,35 +292,60 @@ impl LoginGate {
                 l.window,
             )
             .err(),
-            over(&mut c.per_user, &k, l.per_user_failures, l.window).err(),
         ]
         .into_iter()
         .flatten()
         .max();
-        match retry {
-            Some(retry_after_s) => Err(LoginRefused::TooManyFailures { retry_after_s }),
-            None => Ok(()),
+        if let Some(retry_after_s) = retry {
+            return Err(LoginRefused::TooManyFailures { retry_after_s });
         }
+        let failures = match c.per_user.get(&k) {
+            Some(n) if n.since.elapsed() < l.window => n.n,
+            _ => 0,
+        };
+        let past = failures.saturating_sub(l.per_user_failures.saturating_sub(1));
+        Ok(l.per_user_delay_step
+            .saturating_mul(past)
+            .min(l.per_user_max_delay))
     }
 
     /// Admits one password check: the cheap limits, then a worker, waiting in the bounded queue.
     /// `Busy` at once when the queue or this address's share of it is full.
     pub async fn admit(&self, user: &str, ip: IpAddr) -> Result<HashSlot<'_>, LoginRefused> {
-        self.precheck(user, ip)?;
+        let delay = self.precheck(user, ip)?;
         {
             let mut c = self.lock();
             let mine = c.in_flight.get(&ip).copied().unwrap_or(0);
-            if mine >= self.limits.per_address_in_flight || c.waiting >= self.limits.queue {
+            if mine >= self.limits.per_address_in_flight
+                || (delay.is_zero() && c.waiting >= self.limits.queue)
+            {
                 return Err(LoginRefused::Busy);
             }
             *c.in_flight.entry(ip).or_insert(0) += 1;
-            c.waiting += 1;
         }
         let mut waiting = Waiting {
             gate: self,
             ip,
             armed: true,
+            queued: false,
         };
+        if !delay.is_zero() {
+            tracing::debug!(
+                user = loggable_name(user),
+                client = %ip,
+                delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+                "login delayed: many failed logins for this user name"
+            );
+            tokio::time::sleep(delay).await;
+        }
+        {
+            let mut c = self.lock();
+            if c.waiting >= self.limits.queue {
+                return Err(LoginRefused::Busy);
+            }
+            c.waiting += 1;
+            waiting.queued = true;
+        }
         let permit = self
             .workers
             .clone()
@@ -374,12 +417,22 @@ mod tests {
             Err(LoginRefused::TooManyFailures { .. })
         ));
         assert!(g.precheck("someone", ip(4)).is_ok());
-        // Per user name: one name from many addresses.
+        // Per user name: one name from many addresses is delayed, never refused, and the delay is bounded.
         for i in 0..8 {
-            assert!(g.precheck("bob", ip(10 + i)).is_ok());
+            assert_eq!(g.precheck("bob", ip(10 + i)), Ok(Duration::ZERO));
             g.failed("bob", ip(10 + i));
         }
-        assert!(g.precheck("bob", ip(20)).is_err());
+        assert_eq!(
+            g.precheck("bob", ip(20)),
+            Ok(g.limits().per_user_delay_step)
+        );
+        for i in 0..200u8 {
+            g.failed("bob", ip(30 + (i % 100)));
+        }
+        assert_eq!(
+            g.precheck("bob", ip(200)),
+            Ok(g.limits().per_user_max_delay)
+        );
     }
 
     #[test]

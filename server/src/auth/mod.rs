@@ -1,7 +1,8 @@
 //! Authentication and the bounds in front of it, shared by the API, the dashboard and HTTP boot: who is calling
 //! (`principal`), sessions and password checks (`session`), the gate that bounds password checks
 //! (`login_gate`), ending live streams with their session (`session_watch`), API-token "last used"
-//! (`token_use`), per-request body and time bounds (`limits`) and the boot-script rate limit (`limiter`).
+//! (`token_use`), per-request body and time bounds (`limits`), caps on long-lived requests per credential
+//! (`streams`) and the boot-script rate limit (`limiter`).
 
 pub mod limiter;
 pub mod limits;
@@ -9,6 +10,7 @@ pub mod login_gate;
 pub mod principal;
 pub mod session;
 pub mod session_watch;
+pub mod streams;
 pub mod token_use;
 
 pub use limiter::BootScriptLimiter;

@@ -98,7 +98,7 @@ impl Fleet {
     /// A read connection held by one streamed audit export (`audit_export`), which reads the rows through
     /// `store::audit::stream` from one snapshot.
     pub async fn audit_export_reader(&self) -> Result<store::ReadConn> {
-        Ok(self.store.read().await?)
+        Ok(self.store.export_read().await?)
     }
 
     /// Events (VRRP changes, health flips, enrollments, ...), newest first, within `MAX_EVENTS_BYTES`.
@@ -175,6 +175,11 @@ impl Fleet {
         let mut conn = self.store.read().await?;
         store::clusters::count(&mut conn).await?;
         Ok(())
+    }
+
+    /// Answers only if the database takes a write (`Store::probe_write`).
+    pub async fn ping_write(&self) -> Result<(), StoreError> {
+        self.store.probe_write().await
     }
 }
 

@@ -68,7 +68,13 @@ pub async fn commit(tx: WriteTx) -> Result<(), StoreError> {
 pub struct Store {
     writer: SqlitePool,
     reader: SqlitePool,
+    /// Connections of their own for long audit exports, so slow exports never hold the readers everything
+    /// else needs (the callers cap exports at `EXPORT_CONNECTIONS`).
+    export: SqlitePool,
 }
+
+/// Connections the audit exports may hold at once.
+pub const EXPORT_CONNECTIONS: u32 = 2;
 
 impl Store {
     /// Opens (creating if missing) the database at `url` (`sqlite://path`, `sqlite:path` or a plain path),
@@ -102,9 +108,19 @@ impl Store {
         let reader = SqlitePoolOptions::new()
             .max_connections(8)
             .acquire_timeout(Duration::from_secs(30))
-            .connect_with(options.read_only(true))
+            .connect_with(options.clone().read_only(true))
             .await?;
-        Ok(Store { writer, reader })
+        let export = SqlitePoolOptions::new()
+            .max_connections(EXPORT_CONNECTIONS)
+            .min_connections(0)
+            .acquire_timeout(Duration::from_secs(5))
+            .idle_timeout(Duration::from_secs(60))
+            .connect_lazy_with(options.read_only(true));
+        Ok(Store {
+            writer,
+            reader,
+            export,
+        })
     }
 
     /// Starts a write transaction (waits for the writer connection).
@@ -117,8 +133,35 @@ impl Store {
         Ok(self.reader.acquire().await?)
     }
 
-    /// Closes both pools, waiting for connections to be returned.
+    /// A read connection of the exports' own pool (never one of the readers).
+    pub async fn export_read(&self) -> Result<ReadConn, StoreError> {
+        Ok(self.export.acquire().await?)
+    }
+
+    /// Proves the database takes a write: a one-page change committed (and so synced to disk) on the writer
+    /// connection. Fails when the disk is full or read-only, or the database cannot be locked for writing.
+    ///
+    /// SQLite writes nothing for an update that leaves a row's bytes as they were, so the probe flips the low
+    /// bit of the header's `user_version`, which lbfleet uses for nothing else (migrations are tracked in
+    /// `_sqlx_migrations`).
+    pub async fn probe_write(&self) -> Result<(), StoreError> {
+        let mut tx = self.writer.begin().await?;
+        let version: i64 = sqlx::query_scalar("PRAGMA user_version")
+            .fetch_one(&mut *tx)
+            .await?;
+        // A PRAGMA takes no bound parameter; the value is a number this function computed.
+        sqlx::query(&format!(
+            "PRAGMA user_version = {}",
+            (version ^ 1) & 0x7fff_ffff
+        ))
+        .execute(&mut *tx)
+        .await?;
+        Ok(tx.commit().await?)
+    }
+
+    /// Closes the pools, waiting for connections to be returned.
     pub async fn close(&self) {
+        self.export.close().await;
         self.reader.close().await;
         self.writer.close().await;
     }

@@ -2,7 +2,7 @@
 
 use askama::Template;
 use axum::extract::{Query, State};
-use axum::http::{header, HeaderMap};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::Value;
@@ -16,6 +16,7 @@ use super::page::{render, Chrome};
 use super::session::WebUser;
 use crate::audit::Verification;
 use crate::audit_export::{self, ExportFormat};
+use crate::error::ApiError;
 use crate::state::AppState;
 use crate::store::audit::AuditFilter;
 
@@ -217,8 +218,21 @@ pub async fn page(
 }
 
 /// The CSV and JSON exports: every row matching the filter, newest first, streamed (`audit_export`).
-async fn export(s: &AppState, q: &AuditQuery, format: ExportFormat) -> Result<Response, WebError> {
+async fn export(
+    s: &AppState,
+    user: &WebUser,
+    q: &AuditQuery,
+    format: ExportFormat,
+) -> Result<Response, WebError> {
     let f = filter(q, 0).map_err(WebError::BadRequest)?;
+    // One export per user and two in all at once, each on a connection of its own (not a reader).
+    let Some(slot) = s.streams.exports.try_take(user.name.clone()) else {
+        tracing::info!(user = user.name, "audit export refused: another is running");
+        return Err(WebError::Api(ApiError::Request {
+            status: StatusCode::TOO_MANY_REQUESTS,
+            message: "an audit export is already running; retry when it is done".into(),
+        }));
+    };
     let conn = s.fleet.audit_export_reader().await?;
     let (content_type, disposition) = match format {
         ExportFormat::Csv => (
@@ -235,25 +249,25 @@ async fn export(s: &AppState, q: &AuditQuery, format: ExportFormat) -> Result<Re
             (header::CONTENT_TYPE, content_type),
             (header::CONTENT_DISPOSITION, disposition),
         ],
-        audit_export::body(conn, f, format),
+        audit_export::body(conn, f, format, slot),
     )
         .into_response())
 }
 
 pub async fn export_csv(
     State(s): State<AppState>,
-    _user: WebUser,
+    user: WebUser,
     Query(q): Query<AuditQuery>,
 ) -> Result<Response, WebError> {
-    export(&s, &q, ExportFormat::Csv).await
+    export(&s, &user, &q, ExportFormat::Csv).await
 }
 
 pub async fn export_json(
     State(s): State<AppState>,
-    _user: WebUser,
+    user: WebUser,
     Query(q): Query<AuditQuery>,
 ) -> Result<Response, WebError> {
-    export(&s, &q, ExportFormat::Json).await
+    export(&s, &user, &q, ExportFormat::Json).await
 }
 
 #[cfg(test)]
