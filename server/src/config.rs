@@ -218,6 +218,17 @@ pub struct BootArgs {
         value_name = "BOOL"
     )]
     pub allow_token_without_lease: Option<bool>,
+    /// Check the link-layer address of boot clients: a DHCP request whose Ethernet source is not its chaddr gets
+    /// no lease (needs CAP_NET_RAW for a packet socket on boot.interface), and a boot script carries a token
+    /// only when the server's neighbour entry for the requesting address names the MAC. Turn off only where
+    /// boot clients reach the server through a router [default: true]
+    #[arg(
+        long = "boot-check-link-address",
+        env = "LBFLEET_BOOT_CHECK_LINK_ADDRESS",
+        value_name = "BOOL",
+        action = clap::ArgAction::Set
+    )]
+    pub check_link_address: Option<bool>,
 }
 
 impl BootArgs {
@@ -249,6 +260,7 @@ impl BootArgs {
             allow_token_without_lease: self
                 .allow_token_without_lease
                 .or(other.allow_token_without_lease),
+            check_link_address: self.check_link_address.or(other.check_link_address),
         }
     }
 }
@@ -277,6 +289,8 @@ pub struct BootConfig {
     pub answer_router_solicitations: bool,
     /// Boot scripts carry enrollment tokens whatever address asks (see `boot::trust`).
     pub allow_token_without_lease: bool,
+    /// Check DHCP frames' source against chaddr and the neighbour entry of boot-script clients (`boot::trust`).
+    pub check_link_address: bool,
 }
 
 fn parse_cidr(text: &str) -> Result<(std::net::Ipv4Addr, u8), ConfigError> {
@@ -384,6 +398,7 @@ impl BootConfig {
             answer_router_solicitations: args.answer_router_solicitations.unwrap_or(true),
             max_discovered,
             allow_token_without_lease: args.allow_token_without_lease.unwrap_or(false),
+            check_link_address: args.check_link_address.unwrap_or(true),
         })
     }
 
@@ -407,6 +422,7 @@ impl BootConfig {
             max_discovered: crate::fleet::DEFAULT_MAX_DISCOVERED,
             answer_router_solicitations: false,
             allow_token_without_lease: false,
+            check_link_address: true,
         }
     }
 }

@@ -106,6 +106,9 @@ fn boot_metrics(out: &mut String, stats: &crate::boot::BootStats) {
             ("replied", &d.replies),
             ("acked", &d.acks),
             ("dropped", &d.dropped),
+            // Both also counted in "dropped": undecodable packets, and chaddr not the sending NIC's.
+            ("malformed", &d.malformed),
+            ("spoofed", &d.spoofed),
         ] {
             let _ = writeln!(
                 out,

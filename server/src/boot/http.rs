@@ -121,9 +121,14 @@ async fn script(
             format!("chain --autofree {base}/boot/{mac}.ipxe"),
         ]));
     };
+    let policy = trust::TrustPolicy {
+        allow_without_lease: boot.allow_token_without_lease,
+        check_link_address: boot.check_link_address,
+    };
     let decision = trust::token_decision(
         &state.fleet,
-        boot.allow_token_without_lease,
+        policy,
+        &trust::KernelNeighbours,
         &mac,
         peer.ip(),
     )
