@@ -229,6 +229,17 @@ pub struct BootArgs {
         action = clap::ArgAction::Set
     )]
     pub check_link_address: Option<bool>,
+    /// A known (not `discovered`) node's boot script carries an enrollment token only while an operator has
+    /// opened its enrollment window (POST /api/v1/nodes/{node}/expect-boot); outside one, no token and a
+    /// `boot_not_expected` event [default: false]
+    #[arg(
+        long = "boot-require-armed-enrollment",
+        env = "LBFLEET_BOOT_REQUIRE_ARMED_ENROLLMENT",
+        num_args = 0..=1,
+        default_missing_value = "true",
+        value_name = "BOOL"
+    )]
+    pub require_armed_enrollment: Option<bool>,
 }
 
 impl BootArgs {
@@ -261,6 +272,9 @@ impl BootArgs {
                 .allow_token_without_lease
                 .or(other.allow_token_without_lease),
             check_link_address: self.check_link_address.or(other.check_link_address),
+            require_armed_enrollment: self
+                .require_armed_enrollment
+                .or(other.require_armed_enrollment),
         }
     }
 }
@@ -291,6 +305,8 @@ pub struct BootConfig {
     pub allow_token_without_lease: bool,
     /// Check DHCP frames' source against chaddr and the neighbour entry of boot-script clients (`boot::trust`).
     pub check_link_address: bool,
+    /// Tokens for known nodes only inside an operator-opened enrollment window (`fleet::boot_window`).
+    pub require_armed_enrollment: bool,
 }
 
 fn parse_cidr(text: &str) -> Result<(std::net::Ipv4Addr, u8), ConfigError> {
@@ -399,6 +415,7 @@ impl BootConfig {
             max_discovered,
             allow_token_without_lease: args.allow_token_without_lease.unwrap_or(false),
             check_link_address: args.check_link_address.unwrap_or(true),
+            require_armed_enrollment: args.require_armed_enrollment.unwrap_or(false),
         })
     }
 
@@ -423,6 +440,7 @@ impl BootConfig {
             answer_router_solicitations: false,
             allow_token_without_lease: false,
             check_link_address: true,
+            require_armed_enrollment: false,
         }
     }
 }

@@ -133,6 +133,17 @@ async fn script(
         peer.ip(),
     )
     .await?;
+    let decision = if decision.carries_token()
+        && boot.require_armed_enrollment
+        && !state
+            .fleet
+            .boot_expected(target.node_id, &peer.ip().to_string())
+            .await?
+    {
+        trust::TokenDecision::NotExpected
+    } else {
+        decision
+    };
     let token = if decision.carries_token() {
         let token = state
             .fleet

@@ -32,6 +32,9 @@ pub enum TokenDecision {
     /// The lease matches, but the server's neighbour entry for the requesting address names another MAC (or
     /// there is none): another NIC uses the node's address. No token.
     OtherLinkAddress,
+    /// Everything matches, but the node is known and no operator opened its enrollment window
+    /// (`boot.require_armed_enrollment`). No token.
+    NotExpected,
 }
 
 impl TokenDecision {
@@ -50,6 +53,7 @@ impl TokenDecision {
             TokenDecision::OtherLinkAddress => {
                 "the requesting address's neighbour entry does not name this MAC"
             }
+            TokenDecision::NotExpected => "no enrollment window open for this node",
         }
     }
 }
