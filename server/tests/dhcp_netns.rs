@@ -974,3 +974,86 @@ fn malformed_dhcp_flood_logs_a_few_lines_and_counts_every_packet() {
     );
     assert!(malformed >= 300, "{metrics}");
 }
+
+/// Issue 20 item 1, relayed networks: a reservation pinned to a relay circuit-id (option 82) is leased only to
+/// requests relayed with that circuit-id; the same MAC through another circuit, or with none, gets nothing.
+#[test]
+fn a_circuit_pinned_reservation_is_leased_only_through_its_circuit() {
+    let mut lab = Lab::new(Some("198.18.0.2/16"));
+    lab.start_server(100);
+    wait_for(
+        "the DHCP loop's first reservation load",
+        Duration::from_secs(10),
+        || lab.reservation_loads() > 0,
+    );
+    let mac = "52:54:00:ab:00:60";
+    let created = lab.api(
+        "POST",
+        "/api/v1/nodes",
+        Some(&format!(
+            r#"{{"mac": "{mac}", "hostname": "lb-60", "address": "198.18.0.60"}}"#
+        )),
+    );
+    assert!(created.contains("198.18.0.60"), "{created}");
+    let loads = lab.reservation_loads();
+    let pinned = lab.api(
+        "PUT",
+        "/api/v1/nodes/lb-60/circuit-id",
+        Some(r#"{"circuit_id": "sw1/0/7"}"#),
+    );
+    assert!(pinned.contains(&hex_of("sw1/0/7")), "{pinned}");
+    wait_for(
+        "the DHCP loop to reload reservations",
+        Duration::from_secs(10),
+        || lab.reservation_loads() > loads,
+    );
+    let relay = |circuit: Option<&str>| {
+        let mut argv = vec![
+            "timeout",
+            "20",
+            PROBE_BIN,
+            "--server",
+            "198.18.0.1:67",
+            "--giaddr",
+            "198.18.0.2",
+            "--chaddr",
+            mac,
+            "--timeout-ms",
+            "2000",
+        ];
+        if let Some(c) = circuit {
+            argv.extend(["--circuit-id", c]);
+        }
+        let out = lab.cmd("c", &argv).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(!relay(None).contains("ACK"), "no circuit-id got a lease");
+    assert!(
+        !relay(Some("sw1/0/8")).contains("ACK"),
+        "another circuit got the lease"
+    );
+    assert!(
+        !lab.leases().iter().any(|l| l.1 == mac),
+        "{:?}",
+        lab.leases()
+    );
+    let metrics = lab.api("GET", "/metrics", None);
+    assert!(
+        metric(
+            &metrics,
+            "lbfleet_dhcp_packets_total{outcome=\"wrong_circuit\"}"
+        ) >= 2,
+        "{metrics}"
+    );
+    let own = relay(Some("sw1/0/7"));
+    assert!(own.contains(&format!("ACK {mac} 198.18.0.60")), "{own}");
+}
+
+fn hex_of(text: &str) -> String {
+    text.bytes().map(|b| format!("{b:02x}")).collect()
+}

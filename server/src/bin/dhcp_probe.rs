@@ -39,6 +39,9 @@ struct Args {
     /// The client hardware address to claim (with --count 1), instead of 02:00:xx:xx:xx:xx
     #[arg(long)]
     chaddr: Option<String>,
+    /// As a relay: add option 82 with this circuit-id (sub-option 1)
+    #[arg(long, conflicts_with = "interface")]
+    circuit_id: Option<String>,
     /// Number of clients (MACs 02:00:xx:xx:xx:xx from --first)
     #[arg(long, default_value_t = 1)]
     count: u32,
@@ -82,6 +85,7 @@ fn request(
     mac: &[u8; 6],
     giaddr: Ipv4Addr,
     offer: Option<(Ipv4Addr, Ipv4Addr)>,
+    circuit_id: Option<&str>,
 ) -> anyhow::Result<Vec<u8>> {
     let direct = giaddr.is_unspecified();
     let mut msg = Message::new_with_id(
@@ -105,6 +109,13 @@ fn request(
         OptionCode::Router,
         OptionCode::DomainNameServer,
     ]));
+    if let Some(c) = circuit_id {
+        use dhcproto::v4::relay::{RelayAgentInformation, RelayInfo};
+        let mut info = RelayAgentInformation::default();
+        info.insert(RelayInfo::AgentCircuitId(c.as_bytes().to_vec()));
+        msg.opts_mut()
+            .insert(DhcpOption::RelayAgentInformation(info));
+    }
     if let Some((address, server)) = offer {
         msg.opts_mut()
             .insert(DhcpOption::RequestedIpAddress(address));
@@ -157,7 +168,14 @@ async fn main() -> anyhow::Result<()> {
             let n = args.first + started;
             let xid = n.wrapping_mul(2_654_435_761);
             sock.send_to(
-                &request(MessageType::Discover, xid, &mac(n), giaddr, None)?,
+                &request(
+                    MessageType::Discover,
+                    xid,
+                    &mac(n),
+                    giaddr,
+                    None,
+                    args.circuit_id.as_deref(),
+                )?,
                 server,
             )
             .await?;
@@ -195,6 +213,7 @@ async fn main() -> anyhow::Result<()> {
                         &mac(n),
                         giaddr,
                         Some((msg.yiaddr(), server_id)),
+                        args.circuit_id.as_deref(),
                     )?;
                     sock.send_to(&req, server).await?;
                 }

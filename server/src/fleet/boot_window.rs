@@ -31,9 +31,9 @@ impl Fleet {
                 row.state
             )));
         }
-        let before = store::boot_expected::until(&mut tx, row.id).await?;
+        let before = store::boot_trust::expected_until(&mut tx, row.id).await?;
         let until = now_ms().saturating_add(for_ms);
-        store::boot_expected::set(&mut tx, row.id, until, &actor.0).await?;
+        store::boot_trust::set_expected(&mut tx, row.id, until, &actor.0).await?;
         store::audit::append(
             &mut tx,
             &actor.0,
@@ -56,7 +56,7 @@ impl Fleet {
         if row.state == NodeState::Discovered {
             return Ok(true);
         }
-        let until = store::boot_expected::until(&mut tx, node_id).await?;
+        let until = store::boot_trust::expected_until(&mut tx, node_id).await?;
         if until.is_some_and(|u| now_ms() <= u) {
             return Ok(true);
         }
@@ -80,6 +80,44 @@ impl Fleet {
             "boot outside its enrollment window: no token"
         );
         Ok(false)
+    }
+}
+
+/// Longest circuit-id a relay can send (RFC 3046: a sub-option holds 255 bytes).
+pub const MAX_CIRCUIT_ID: usize = 255;
+
+impl Fleet {
+    /// Pins (or with `None` unpins) the node's DHCP requests to a relay circuit-id (option 82 sub-option 1): a
+    /// request for its MAC that arrives with another circuit-id, or none, gets no lease. Audited as
+    /// `node.circuit_pin`; the DHCP loop reloads its reservations.
+    pub async fn pin_circuit_id(
+        &self,
+        actor: &Actor,
+        key: &NodeKey,
+        circuit_id: Option<Vec<u8>>,
+    ) -> Result<()> {
+        if circuit_id
+            .as_ref()
+            .is_some_and(|c| c.is_empty() || c.len() > MAX_CIRCUIT_ID)
+        {
+            return Err(super::FieldError::new("circuit_id", "must be 1 to 255 bytes").into());
+        }
+        let mut tx = self.store.begin().await?;
+        let row = Self::node_in(&mut tx, key).await?;
+        let before = store::boot_trust::circuit_pin(&mut tx, row.id).await?;
+        store::boot_trust::set_circuit_pin(&mut tx, row.id, circuit_id.as_deref()).await?;
+        store::audit::append(
+            &mut tx,
+            &actor.0,
+            AuditAction::NodeCircuitPin,
+            &format!("node:{}", row.name()),
+            Some(&serde_json::json!({ "circuit_id_hex": before.map(hex::encode) })),
+            Some(&serde_json::json!({ "circuit_id_hex": circuit_id.as_ref().map(hex::encode) })),
+        )
+        .await?;
+        store::commit(tx).await?;
+        self.notifier.fleet_changed();
+        Ok(())
     }
 }
 

@@ -12,7 +12,7 @@ use sqlx::SqlitePool;
 
 pub mod audit;
 pub mod auth;
-pub mod boot_expected;
+pub mod boot_trust;
 pub mod clusters;
 pub mod events;
 pub mod images;

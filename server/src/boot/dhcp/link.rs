@@ -15,7 +15,12 @@ use std::net::Ipv4Addr;
 
 use socket2::{Domain, Protocol, SockFilter, SockRef, Socket, Type};
 
-use super::SERVER_PORT;
+use std::collections::HashMap;
+
+use dhcproto::v4::relay::{RelayCode, RelayInfo};
+use dhcproto::v4::{DhcpOption, OptionCode};
+
+use super::{MacAddr, SERVER_PORT};
 
 const ETHERTYPE_IPV4: u16 = 0x0800;
 const ETH_HEADER: usize = 14;
@@ -123,6 +128,58 @@ pub fn check_source(dhcp: &[u8], source: [u8; 6]) -> SourceCheck {
         let mut c = [0u8; 6];
         c.copy_from_slice(chaddr);
         SourceCheck::Spoofed { chaddr: c }
+    }
+}
+
+/// Relay circuit-id pins (option 82 sub-option 1, RFC 3046), by client MAC.
+pub type CircuitPins = HashMap<MacAddr, Vec<u8>>;
+
+/// Whether a request for a pinned MAC came through its relay circuit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CircuitCheck {
+    /// The MAC has no pin.
+    Unpinned,
+    /// Relayed with the pinned circuit-id.
+    Matches,
+    /// Not relayed, or relayed with another circuit-id or none: refused.
+    Mismatch { got: Option<Vec<u8>> },
+}
+
+/// Checks a request against the pins. Decodes only requests for pinned MACs, so unpinned traffic costs a
+/// hash lookup. A pinned MAC must arrive relayed (`giaddr` set): a client on the server's own segment could
+/// write option 82 itself. Renewals unicast straight to the server therefore fail for pinned nodes, which
+/// rebind through the relay at T2.
+pub fn check_circuit(dhcp: &[u8], pins: &CircuitPins) -> CircuitCheck {
+    if pins.is_empty() {
+        return CircuitCheck::Unpinned;
+    }
+    let Some(pin) = dhcp
+        .get(28..34)
+        .and_then(MacAddr::from_chaddr)
+        .and_then(|mac| pins.get(&mac))
+    else {
+        return CircuitCheck::Unpinned;
+    };
+    let relayed = dhcp.get(24..28).is_some_and(|g| g != [0; 4]);
+    let got = if relayed {
+        super::decode(dhcp).ok().and_then(|m| {
+            match m.opts().get(OptionCode::RelayAgentInformation) {
+                Some(DhcpOption::RelayAgentInformation(info)) => {
+                    match info.get(RelayCode::AgentCircuitId) {
+                        Some(RelayInfo::AgentCircuitId(id)) => Some(id.clone()),
+                        _ => None,
+                    }
+                }
+                _ => None,
+            }
+        })
+    } else {
+        None
+    };
+    if relayed && got.as_ref() == Some(pin) {
+        CircuitCheck::Matches
+    } else {
+        CircuitCheck::Mismatch { got }
     }
 }
 
@@ -320,5 +377,65 @@ mod tests {
         );
         // Too short to carry chaddr: left to the decoder, which refuses it.
         assert_eq!(check_source(&[1, 2, 3], NIC), SourceCheck::Matches);
+    }
+
+    /// A DISCOVER for `mac`, relayed through `giaddr` with `circuit` in option 82 (if any).
+    fn relayed(mac: [u8; 6], giaddr: [u8; 4], circuit: Option<&[u8]>) -> Vec<u8> {
+        use dhcproto::v4::relay::RelayAgentInformation;
+        use dhcproto::v4::{Message, MessageType};
+        use dhcproto::{Encodable, Encoder};
+        let mut m = Message::new_with_id(
+            7,
+            Ipv4Addr::UNSPECIFIED,
+            Ipv4Addr::UNSPECIFIED,
+            Ipv4Addr::UNSPECIFIED,
+            Ipv4Addr::from(giaddr),
+            &mac,
+        );
+        m.opts_mut()
+            .insert(DhcpOption::MessageType(MessageType::Discover));
+        if let Some(c) = circuit {
+            let mut info = RelayAgentInformation::default();
+            info.insert(RelayInfo::AgentCircuitId(c.to_vec()));
+            m.opts_mut().insert(DhcpOption::RelayAgentInformation(info));
+        }
+        let mut buf = Vec::new();
+        m.encode(&mut Encoder::new(&mut buf)).unwrap();
+        buf
+    }
+
+    #[test]
+    fn a_pinned_mac_must_come_through_its_relay_circuit() {
+        let relay = [198, 18, 0, 2];
+        let mut pins = CircuitPins::new();
+        assert_eq!(
+            check_circuit(&relayed(VICTIM, relay, None), &pins),
+            CircuitCheck::Unpinned
+        );
+        pins.insert(MacAddr(VICTIM), b"sw1/0/7".to_vec());
+        assert_eq!(
+            check_circuit(&relayed(VICTIM, relay, Some(b"sw1/0/7")), &pins),
+            CircuitCheck::Matches
+        );
+        assert_eq!(
+            check_circuit(&relayed(VICTIM, relay, Some(b"sw1/0/8")), &pins),
+            CircuitCheck::Mismatch {
+                got: Some(b"sw1/0/8".to_vec())
+            }
+        );
+        assert_eq!(
+            check_circuit(&relayed(VICTIM, relay, None), &pins),
+            CircuitCheck::Mismatch { got: None }
+        );
+        // Option 82 written by a client on the server's own segment (no giaddr) does not count.
+        assert_eq!(
+            check_circuit(&relayed(VICTIM, [0; 4], Some(b"sw1/0/7")), &pins),
+            CircuitCheck::Mismatch { got: None }
+        );
+        // Other MACs are not affected.
+        assert_eq!(
+            check_circuit(&relayed(NIC, relay, None), &pins),
+            CircuitCheck::Unpinned
+        );
     }
 }

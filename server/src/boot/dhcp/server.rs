@@ -16,7 +16,7 @@ use dhcproto::v4::MessageType;
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, watch};
 
-use super::link::{self, LinkSocket, SourceCheck};
+use super::link::{self, CircuitCheck, CircuitPins, LinkSocket, SourceCheck};
 use super::{
     handle_datagram, Decision, Destination, DhcpConfig, Lease, LeaseChange, LeaseState, LeaseTable,
     MacAddr, ReservationMap, CLIENT_PORT,
@@ -36,6 +36,8 @@ pub struct DhcpStats {
     pub malformed: AtomicU64,
     /// Of `dropped`: requests whose `chaddr` is not the address of the NIC that sent them.
     pub spoofed: AtomicU64,
+    /// Of `dropped`: requests for a MAC pinned to a relay circuit-id that came another way.
+    pub wrong_circuit: AtomicU64,
     pub batches: AtomicU64,
     pub leases_written: AtomicU64,
     pub write_failures: AtomicU64,
@@ -95,10 +97,17 @@ fn durable(changes: Vec<LeaseChange>) -> Vec<LeaseChange> {
         .collect()
 }
 
-/// Registered nodes with fixed addresses, and MACs that must not be served.
-async fn load_reservations(
-    fleet: &Fleet,
-) -> Result<(ReservationMap, HashSet<MacAddr>), store::StoreError> {
+/// What the DHCP loop knows about registered nodes, reloaded after each fleet change.
+#[derive(Debug, Default)]
+struct Snapshot {
+    reservations: ReservationMap,
+    /// Retired and rejected nodes: no answer.
+    refused: HashSet<MacAddr>,
+    circuit_pins: CircuitPins,
+}
+
+/// Registered nodes with fixed addresses, MACs that must not be served, relay circuit pins.
+async fn load_reservations(fleet: &Fleet) -> Result<Snapshot, store::StoreError> {
     let stored = fleet.dhcp_reservations().await?;
     let mut map = ReservationMap::default();
     for (mac, address, hostname) in stored.fixed {
@@ -113,7 +122,16 @@ async fn load_reservations(
         }
     }
     let refused = stored.refused.iter().filter_map(|m| parse_mac(m)).collect();
-    Ok((map, refused))
+    let circuit_pins = stored
+        .circuit_pins
+        .into_iter()
+        .filter_map(|(m, c)| Some((parse_mac(&m)?, c)))
+        .collect();
+    Ok(Snapshot {
+        reservations: map,
+        refused,
+        circuit_pins,
+    })
 }
 
 fn destination(d: &Destination) -> SocketAddr {
@@ -163,7 +181,11 @@ pub async fn run(
     let to_io = |e: store::StoreError| io::Error::other(e.to_string());
     let rows = { fleet.active_leases(now_ms()).await.map_err(to_io)? };
     let mut table = LeaseTable::restore(rows.iter().filter_map(lease_from_row));
-    let (mut reservations, mut refused) = load_reservations(&fleet).await.map_err(to_io)?;
+    let Snapshot {
+        mut reservations,
+        mut refused,
+        mut circuit_pins,
+    } = load_reservations(&fleet).await.map_err(to_io)?;
     stats.reservation_loads.fetch_add(1, Ordering::Relaxed);
     if link.is_some() {
         link::discard_received(&socket)?;
@@ -197,6 +219,7 @@ pub async fn run(
     let mut fleet_changes = fleet.notifier().subscribe_fleet();
     let mut buf = vec![0u8; 2048];
     let (mut malformed_log, mut spoofed_log) = (LogLimit::default(), LogLimit::default());
+    let mut circuit_log = LogLimit::default();
     // Where a request may be addressed: broadcast, or unicast to us (renewals, relays).
     let for_us = |ip: Ipv4Addr| {
         ip == Ipv4Addr::BROADCAST || ip == cfg.server_address || ip == cfg.subnet.broadcast()
@@ -214,8 +237,9 @@ pub async fn run(
             Ok(()) = fleet_changes.changed() => {
                 // A node was registered, approved, retired...: refresh the reservation snapshot.
                 match load_reservations(&fleet).await {
-                    Ok((r, x)) => {
-                        (reservations, refused) = (r, x);
+                    Ok(snap) => {
+                        (reservations, refused, circuit_pins) =
+                            (snap.reservations, snap.refused, snap.circuit_pins);
                         stats.reservation_loads.fetch_add(1, Ordering::Relaxed);
                     }
                     Err(e) => tracing::error!(error = %e, "cannot reload DHCP reservations"),
@@ -264,6 +288,17 @@ pub async fn run(
                 tracing::debug!(%mac, "DHCP request from a retired or rejected node ignored");
                 continue;
             }
+        }
+        if let CircuitCheck::Mismatch { got } = link::check_circuit(bytes, &circuit_pins) {
+            stats.dropped.fetch_add(1, Ordering::Relaxed);
+            stats.wrong_circuit.fetch_add(1, Ordering::Relaxed);
+            if let Some(suppressed) = circuit_log.allow(std::time::Instant::now()) {
+                let chaddr = bytes.get(28..34).and_then(MacAddr::from_chaddr);
+                tracing::warn!(%peer, chaddr = ?chaddr.map(|m| m.to_string()),
+                    circuit_id = ?got.as_ref().map(hex::encode), suppressed,
+                    "DHCP request refused: the MAC is pinned to another relay circuit-id");
+            }
+            continue;
         }
         match handle_datagram(
             bytes,
