@@ -285,6 +285,7 @@ impl LinkSocket {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
 
     /// An Ethernet frame from `src` carrying `payload` over UDP 68 -> 67, broadcast.
