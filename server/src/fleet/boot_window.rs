@@ -51,15 +51,20 @@ impl Fleet {
     /// is new (`discovered`: it has nothing to take over yet) or its window is open. Otherwise records the
     /// `boot_not_expected` event.
     pub async fn boot_expected(&self, node_id: i64, client: &str) -> Result<bool> {
+        // Read first: the common answers need no write transaction.
+        let row = {
+            let mut conn = self.store.read().await?;
+            let row = Self::node_in(&mut conn, &NodeKey::Id(node_id)).await?;
+            if row.state == NodeState::Discovered {
+                return Ok(true);
+            }
+            let until = store::boot_trust::expected_until(&mut conn, node_id).await?;
+            if until.is_some_and(|u| now_ms() <= u) {
+                return Ok(true);
+            }
+            row
+        };
         let mut tx = self.store.begin().await?;
-        let row = Self::node_in(&mut tx, &NodeKey::Id(node_id)).await?;
-        if row.state == NodeState::Discovered {
-            return Ok(true);
-        }
-        let until = store::boot_trust::expected_until(&mut tx, node_id).await?;
-        if until.is_some_and(|u| now_ms() <= u) {
-            return Ok(true);
-        }
         store::events::insert(
             &mut tx,
             EventKind::BootNotExpected,

@@ -219,7 +219,7 @@ pub async fn run(
     let mut fleet_changes = fleet.notifier().subscribe_fleet();
     let mut buf = vec![0u8; 2048];
     let (mut malformed_log, mut spoofed_log) = (LogLimit::default(), LogLimit::default());
-    let mut circuit_log = LogLimit::default();
+    let (mut circuit_log, mut receive_log) = (LogLimit::default(), LogLimit::default());
     // Where a request may be addressed: broadcast, or unicast to us (renewals, relays).
     let for_us = |ip: Ipv4Addr| {
         ip == Ipv4Addr::BROADCAST || ip == cfg.server_address || ip == cfg.subnet.broadcast()
@@ -230,7 +230,9 @@ pub async fn run(
             r = receive(&socket, link.as_ref(), &mut buf) => match r {
                 Ok(v) => v,
                 Err(e) => {
-                    tracing::warn!(error = %e, "DHCP receive failed");
+                    if let Some(suppressed) = receive_log.allow(std::time::Instant::now()) {
+                        tracing::warn!(error = %e, suppressed, "DHCP receive failed");
+                    }
                     continue;
                 }
             },
