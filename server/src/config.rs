@@ -1126,6 +1126,42 @@ mod tests {
     }
 
     #[test]
+    fn link_checks_default_on_and_enrollment_windows_off_file_and_flags_override() {
+        let boot = [
+            "--boot-server-address",
+            "198.18.0.1",
+            "--boot-subnet",
+            "198.18.0.0/16",
+            "--boot-pool",
+            "198.18.1.0-198.18.1.255",
+        ];
+        let cfg = ServerConfig::resolve(serve_args(&boot)).expect("defaults");
+        let b = cfg.boot.expect("boot");
+        assert!(b.check_link_address && !b.require_armed_enrollment);
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("lbfleet.toml");
+        std::fs::write(
+            &path,
+            "[boot]\ncheck_link_address = false\nrequire_armed_enrollment = true\n",
+        )
+        .expect("write");
+        let mut args = boot.to_vec();
+        args.extend(["--config", path.to_str().expect("utf-8 path")]);
+        let b = ServerConfig::resolve(serve_args(&args))
+            .expect("file")
+            .boot
+            .expect("boot");
+        assert!(!b.check_link_address && b.require_armed_enrollment);
+        args.extend(["--boot-check-link-address", "true"]);
+        let b = ServerConfig::resolve(serve_args(&args))
+            .expect("flag")
+            .boot
+            .expect("boot");
+        assert!(b.check_link_address);
+    }
+
+    #[test]
     fn database_passwords_are_redacted() {
         assert_eq!(
             redact_url("postgres://lb:s3cret@db/lbfleet"),
