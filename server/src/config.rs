@@ -240,6 +240,16 @@ pub struct BootArgs {
         value_name = "BOOL"
     )]
     pub require_armed_enrollment: Option<bool>,
+    /// Answer DHCP requests forwarded by relay agents (giaddr set). Turn off where no relay serves the boot
+    /// network: a client on it could otherwise set giaddr itself and get any MAC's lease, since a relayed
+    /// request's chaddr cannot be checked against the sender [default: true]
+    #[arg(
+        long = "boot-accept-relayed",
+        env = "LBFLEET_BOOT_ACCEPT_RELAYED",
+        value_name = "BOOL",
+        action = clap::ArgAction::Set
+    )]
+    pub accept_relayed: Option<bool>,
 }
 
 impl BootArgs {
@@ -275,6 +285,7 @@ impl BootArgs {
             require_armed_enrollment: self
                 .require_armed_enrollment
                 .or(other.require_armed_enrollment),
+            accept_relayed: self.accept_relayed.or(other.accept_relayed),
         }
     }
 }
@@ -307,6 +318,8 @@ pub struct BootConfig {
     pub check_link_address: bool,
     /// Tokens for known nodes only inside an operator-opened enrollment window (`fleet::boot_window`).
     pub require_armed_enrollment: bool,
+    /// DHCP answers relayed requests (`boot::dhcp::DhcpConfig::accept_relayed`).
+    pub accept_relayed: bool,
 }
 
 fn parse_cidr(text: &str) -> Result<(std::net::Ipv4Addr, u8), ConfigError> {
@@ -416,6 +429,7 @@ impl BootConfig {
             allow_token_without_lease: args.allow_token_without_lease.unwrap_or(false),
             check_link_address: args.check_link_address.unwrap_or(true),
             require_armed_enrollment: args.require_armed_enrollment.unwrap_or(false),
+            accept_relayed: args.accept_relayed.unwrap_or(true),
         })
     }
 
@@ -441,6 +455,7 @@ impl BootConfig {
             allow_token_without_lease: false,
             check_link_address: true,
             require_armed_enrollment: false,
+            accept_relayed: true,
         }
     }
 }

@@ -426,6 +426,7 @@ fn dhcp_config(
         boot_files: BootFileMap::default(),
         http_boot_base,
         discovery_cap: usize::try_from(boot.max_discovered).unwrap_or(0),
+        accept_relayed: boot.accept_relayed,
     };
     cfg.validate().map_err(|e| anyhow::anyhow!("[boot]: {e}"))?;
     Ok(cfg)

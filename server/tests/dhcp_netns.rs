@@ -1057,3 +1057,56 @@ fn a_circuit_pinned_reservation_is_leased_only_through_its_circuit() {
 fn hex_of(text: &str) -> String {
     text.bytes().map(|b| format!("{b:02x}")).collect()
 }
+
+/// Issue 20 item 1: a relayed request's frame is the relay's, so on a directly attached segment a client could
+/// set `giaddr` itself and pose as a relay for the victim's MAC. With `boot.accept_relayed = false` (a site
+/// without relays) that gets nothing, while the victim, from its own NIC, still gets its lease.
+#[test]
+fn a_client_posing_as_a_relay_gets_no_lease_where_relays_are_off() {
+    let mut lab = Lab::new(None);
+    let attacker_if = lab.add_attacker();
+    lab.exec(
+        "a",
+        &["ip", "addr", "add", "198.18.0.3/16", "dev", &attacker_if],
+    );
+    let victim = lab.client_mac();
+    lab.start_server_with(100, &["--boot-accept-relayed", "false"]);
+    let probe = |side: &str, extra: &[&str]| {
+        let mut argv = vec![
+            "timeout",
+            "20",
+            PROBE_BIN,
+            "--server",
+            "198.18.0.1:67",
+            "--chaddr",
+            &victim,
+            "--timeout-ms",
+            "2000",
+        ];
+        argv.extend(extra);
+        let out = lab.cmd(side, &argv).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let posing = probe("a", &["--giaddr", "198.18.0.3"]);
+    assert!(
+        !posing.contains("ACK"),
+        "a fake relay got a lease: {posing}"
+    );
+    assert!(
+        !lab.leases().iter().any(|l| l.1 == victim),
+        "{:?}",
+        lab.leases()
+    );
+    assert!(lab.server_log().contains("boot.accept_relayed is off"));
+    let iface = lab.ifname("c");
+    let own = probe("c", &["--interface", &iface]);
+    assert!(
+        own.contains(&format!("ACK {victim} 198.18.1.")),
+        "the victim did not get a lease: {own}"
+    );
+}
