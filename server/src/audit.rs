@@ -20,6 +20,7 @@ wire_enum!(
         NodeReject => "node.reject", NodeAssign => "node.assign", NodeUnassign => "node.unassign",
         NodeRetire => "node.retire", NodeEnrollmentToken => "node.enrollment_token", NodeEnroll => "node.enroll",
         NodeServing => "node.serving", NodeImage => "node.image",
+        NodeExpectBoot => "node.expect_boot", NodeCircuitPin => "node.circuit_pin",
         ImageCreate => "image.create", ImageUpdate => "image.update", ImageDelete => "image.delete",
         UserCreate => "user.create", UserPassword => "user.password", UserDelete => "user.delete",
         TokenCreate => "token.create", TokenRevoke => "token.revoke",

@@ -235,6 +235,38 @@ pub struct BootArgs {
         value_name = "BOOL"
     )]
     pub allow_token_without_lease: Option<bool>,
+    /// Check the link-layer address of boot clients: a DHCP request whose Ethernet source is not its chaddr gets
+    /// no lease (needs CAP_NET_RAW for a packet socket on boot.interface), and a boot script carries a token
+    /// only when the server's neighbour entry for the requesting address names the MAC. Turn off only where
+    /// boot clients reach the server through a router [default: true]
+    #[arg(
+        long = "boot-check-link-address",
+        env = "LBFLEET_BOOT_CHECK_LINK_ADDRESS",
+        value_name = "BOOL",
+        action = clap::ArgAction::Set
+    )]
+    pub check_link_address: Option<bool>,
+    /// A known (not `discovered`) node's boot script carries an enrollment token only while an operator has
+    /// opened its enrollment window (POST /api/v1/nodes/{node}/expect-boot); outside one, no token and a
+    /// `boot_not_expected` event [default: false]
+    #[arg(
+        long = "boot-require-armed-enrollment",
+        env = "LBFLEET_BOOT_REQUIRE_ARMED_ENROLLMENT",
+        num_args = 0..=1,
+        default_missing_value = "true",
+        value_name = "BOOL"
+    )]
+    pub require_armed_enrollment: Option<bool>,
+    /// Answer DHCP requests forwarded by relay agents (giaddr set). Turn off where no relay serves the boot
+    /// network: a client on it could otherwise set giaddr itself and get any MAC's lease, since a relayed
+    /// request's chaddr cannot be checked against the sender [default: true]
+    #[arg(
+        long = "boot-accept-relayed",
+        env = "LBFLEET_BOOT_ACCEPT_RELAYED",
+        value_name = "BOOL",
+        action = clap::ArgAction::Set
+    )]
+    pub accept_relayed: Option<bool>,
 }
 
 impl BootArgs {
@@ -266,6 +298,11 @@ impl BootArgs {
             allow_token_without_lease: self
                 .allow_token_without_lease
                 .or(other.allow_token_without_lease),
+            check_link_address: self.check_link_address.or(other.check_link_address),
+            require_armed_enrollment: self
+                .require_armed_enrollment
+                .or(other.require_armed_enrollment),
+            accept_relayed: self.accept_relayed.or(other.accept_relayed),
         }
     }
 }
@@ -294,6 +331,12 @@ pub struct BootConfig {
     pub answer_router_solicitations: bool,
     /// Boot scripts carry enrollment tokens whatever address asks (see `boot::trust`).
     pub allow_token_without_lease: bool,
+    /// Check DHCP frames' source against chaddr and the neighbour entry of boot-script clients (`boot::trust`).
+    pub check_link_address: bool,
+    /// Tokens for known nodes only inside an operator-opened enrollment window (`fleet::boot_window`).
+    pub require_armed_enrollment: bool,
+    /// DHCP answers relayed requests (`boot::dhcp::DhcpConfig::accept_relayed`).
+    pub accept_relayed: bool,
 }
 
 fn parse_cidr(text: &str) -> Result<(std::net::Ipv4Addr, u8), ConfigError> {
@@ -401,6 +444,9 @@ impl BootConfig {
             answer_router_solicitations: args.answer_router_solicitations.unwrap_or(true),
             max_discovered,
             allow_token_without_lease: args.allow_token_without_lease.unwrap_or(false),
+            check_link_address: args.check_link_address.unwrap_or(true),
+            require_armed_enrollment: args.require_armed_enrollment.unwrap_or(false),
+            accept_relayed: args.accept_relayed.unwrap_or(true),
         })
     }
 
@@ -424,6 +470,9 @@ impl BootConfig {
             max_discovered: crate::fleet::DEFAULT_MAX_DISCOVERED,
             answer_router_solicitations: false,
             allow_token_without_lease: false,
+            check_link_address: true,
+            require_armed_enrollment: false,
+            accept_relayed: true,
         }
     }
 }
@@ -1164,6 +1213,42 @@ mod tests {
         // Unset: half the pool.
         let cfg = ServerConfig::resolve(serve_args(&boot)).expect("default");
         assert_eq!(cfg.boot.map(|b| b.max_discovered), Some(128));
+    }
+
+    #[test]
+    fn link_checks_default_on_and_enrollment_windows_off_file_and_flags_override() {
+        let boot = [
+            "--boot-server-address",
+            "198.18.0.1",
+            "--boot-subnet",
+            "198.18.0.0/16",
+            "--boot-pool",
+            "198.18.1.0-198.18.1.255",
+        ];
+        let cfg = ServerConfig::resolve(serve_args(&boot)).expect("defaults");
+        let b = cfg.boot.expect("boot");
+        assert!(b.check_link_address && !b.require_armed_enrollment);
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("lbfleet.toml");
+        std::fs::write(
+            &path,
+            "[boot]\ncheck_link_address = false\nrequire_armed_enrollment = true\n",
+        )
+        .expect("write");
+        let mut args = boot.to_vec();
+        args.extend(["--config", path.to_str().expect("utf-8 path")]);
+        let b = ServerConfig::resolve(serve_args(&args))
+            .expect("file")
+            .boot
+            .expect("boot");
+        assert!(!b.check_link_address && b.require_armed_enrollment);
+        args.extend(["--boot-check-link-address", "true"]);
+        let b = ServerConfig::resolve(serve_args(&args))
+            .expect("flag")
+            .boot
+            .expect("boot");
+        assert!(b.check_link_address);
     }
 
     #[test]

@@ -83,6 +83,9 @@ pub async fn open_fleet(config: &ServerConfig) -> Result<fleet::Fleet, store::St
 pub struct BootSockets {
     pub tftp: Option<tokio::net::UdpSocket>,
     pub dhcp: Option<tokio::net::UdpSocket>,
+    /// Packet socket on the DHCP interface: requests are read from it so their Ethernet source can be checked
+    /// against `chaddr` (`boot.check_link_address`).
+    pub dhcp_link: Option<boot::dhcp::link::LinkSocket>,
     /// Raw ICMPv6 socket on the DHCP interface and its index, for `boot::ndp`.
     pub ndp: Option<(socket2::Socket, u32)>,
 }
@@ -110,6 +113,16 @@ impl BootSockets {
                 })?;
                 sock.set_broadcast(true)?;
                 sockets.dhcp = Some(sock);
+                if b.check_link_address {
+                    let link = boot::dhcp::link::LinkSocket::open(iface).with_context(|| {
+                        format!(
+                            "cannot open a packet socket on {iface} to check DHCP clients' Ethernet \
+                             addresses (needs root or CAP_NET_RAW; boot.check_link_address = false turns \
+                             the check off)"
+                        )
+                    })?;
+                    sockets.dhcp_link = Some(link);
+                }
                 if b.answer_router_solicitations {
                     // Optional: without IPv6 on the interface iPXE merely waits longer.
                     match boot::ndp::open(iface) {
@@ -224,6 +237,7 @@ pub async fn run_listeners(
         boot_stats.dhcp = Some(stats.clone());
         tasks.spawn(boot::dhcp::server::run(
             sock,
+            sockets.dhcp_link,
             dhcp,
             fleet.clone(),
             stats,
@@ -395,6 +409,11 @@ fn warn_insecure_settings(config: &ServerConfig) {
                 "boot.allow_token_without_lease is on: boot scripts carry enrollment tokens for any requester, \
                  so anyone on the boot network can take over a node (docs/security.md)"
             );
+        } else if !boot.check_link_address {
+            tracing::warn!(
+                "boot.check_link_address is off: a client on the boot network can claim another node's MAC \
+                 in DHCP and take over that node (docs/security.md)"
+            );
         } else if boot.interface.is_none() {
             tracing::warn!(
                 "lbfleet runs no DHCP (boot.interface unset): boot scripts carry no enrollment tokens; give \
@@ -427,6 +446,7 @@ fn dhcp_config(
         boot_files: BootFileMap::default(),
         http_boot_base,
         discovery_cap: usize::try_from(boot.max_discovered).unwrap_or(0),
+        accept_relayed: boot.accept_relayed,
     };
     cfg.validate().map_err(|e| anyhow::anyhow!("[boot]: {e}"))?;
     Ok(cfg)

@@ -579,6 +579,91 @@ async fn boot_script_tokens_only_for_the_macs_lease_address() {
     assert_eq!(script_token(&body), None, "{body}");
 }
 
+/// Issue 20 item 1, relayed networks: with `boot.require_armed_enrollment`, a known node's script carries a
+/// token only while an operator has opened its enrollment window (audited); outside it, no token and an event,
+/// even from the node's own lease address.
+#[tokio::test]
+async fn armed_enrollment_gives_tokens_only_inside_an_operator_window() {
+    let dir = tempfile::tempdir().unwrap();
+    let boot_dir = tempfile::tempdir().unwrap();
+    let db_path = dir.path().join("lbfleet.db");
+    let tokens = common::seed(&db_path).await;
+    let tftp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let mut boot = BootConfig::for_dir(boot_dir.path());
+    boot.require_armed_enrollment = true;
+    let srv = TestServer::start_boot(db_path, tokens, boot, tftp).await;
+    let img_dir = boot_dir.path().join("images/2026.11.1");
+    std::fs::create_dir_all(&img_dir).unwrap();
+    pattern_file(&img_dir.join("vmlinuz"), 100);
+    pattern_file(&img_dir.join("initrd.img"), 100);
+    let op = srv.tokens.operator.clone();
+    srv.put(
+        "/api/v1/images/2026.11.1",
+        &op,
+        json!({"kernel": "vmlinuz", "initrd": "initrd.img", "default": true}),
+    )
+    .await;
+    let mac = "52:54:00:aa:00:35";
+    srv.enrolled_node(mac, "lb-35").await;
+    bind_lease(&srv.db_path, mac, "127.0.0.35", 60_000).await;
+    let client = reqwest::Client::builder()
+        .local_address(std::net::IpAddr::from([127, 0, 0, 35]))
+        .build()
+        .unwrap();
+    let script = || {
+        let url = srv.url(&format!("/boot/{mac}.ipxe"));
+        let client = client.clone();
+        async move { client.get(url).send().await.unwrap().text().await.unwrap() }
+    };
+
+    // Lease and address match, but nobody expects lb-35 to boot: no token, an event.
+    let body = script().await;
+    assert!(body.contains("/images/2026.11.1/vmlinuz"), "{body}");
+    assert_eq!(script_token(&body), None, "{body}");
+    let (_, events) = srv
+        .get("/api/v1/events?kind=boot_not_expected", &srv.tokens.viewer)
+        .await;
+    assert!(events.to_string().contains("lb-35"), "{events}");
+
+    // A viewer cannot open a window; an operator can, and it is audited.
+    let (s, _) = srv
+        .post(
+            "/api/v1/nodes/lb-35/expect-boot",
+            &srv.tokens.viewer,
+            json!({"for": "10m"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    let (s, v) = srv
+        .post(
+            "/api/v1/nodes/lb-35/expect-boot",
+            &op,
+            json!({"for": "10m"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let (s, v) = srv
+        .post(
+            "/api/v1/nodes/lb-35/expect-boot",
+            &op,
+            json!({"for": "25h"}),
+        )
+        .await;
+    assert!(s.is_client_error(), "{s} {v}");
+    let body = script().await;
+    assert!(script_token(&body).is_some(), "{body}");
+    let (_, audit) = srv.get("/api/v1/audit", &srv.tokens.admin).await;
+    assert!(audit.to_string().contains("node.expect_boot"), "{audit}");
+
+    // Closed again: no token.
+    let (s, _) = srv
+        .post("/api/v1/nodes/lb-35/expect-boot", &op, json!({"for": "0s"}))
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let body = script().await;
+    assert_eq!(script_token(&body), None, "{body}");
+}
+
 #[tokio::test]
 async fn allow_token_without_lease_restores_tokens_for_any_address() {
     let dir = tempfile::tempdir().unwrap();

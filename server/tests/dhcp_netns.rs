@@ -133,8 +133,39 @@ impl Lab {
         format!("sqlite://{}", self.db().display())
     }
 
+    /// A third namespace `a` with a second NIC on the client's link: a macvlan on the client's veth, with its
+    /// own MAC (an attacker plugged into the same boot network).
+    fn add_attacker(&self) -> String {
+        let a = self.ns("a");
+        let ifname = self.ifname("a");
+        run(Command::new("ip").args(["netns", "add", &a]));
+        self.exec(
+            "c",
+            &[
+                "ip",
+                "link",
+                "add",
+                &ifname,
+                "link",
+                &self.ifname("c"),
+                "type",
+                "macvlan",
+                "mode",
+                "bridge",
+            ],
+        );
+        self.exec("c", &["ip", "link", "set", &ifname, "netns", &a]);
+        self.exec("a", &["ip", "link", "set", "lo", "up"]);
+        self.exec("a", &["ip", "link", "set", &ifname, "up"]);
+        ifname
+    }
+
     /// Starts lbfleet-server inside the server namespace with DHCP on the veth; waits until it answers.
     fn start_server(&mut self, max_discovered: u32) {
+        self.start_server_with(max_discovered, &[]);
+    }
+
+    fn start_server_with(&mut self, max_discovered: u32, extra: &[&str]) {
         if self.api_token.is_empty() {
             let db = self.db_url();
             let mut add = Command::new(SERVER_BIN);
@@ -197,7 +228,10 @@ impl Lab {
                     "0",
                     "--boot-max-discovered",
                     &max_discovered.to_string(),
-                ],
+                ]
+                .into_iter()
+                .chain(extra.iter().copied())
+                .collect::<Vec<_>>(),
             )
             .env("RUST_LOG", "info,lbfleet_server::boot=debug")
             .stdout(Stdio::null())
@@ -273,11 +307,15 @@ impl Lab {
     }
 
     fn client_mac(&self) -> String {
+        self.mac_of("c")
+    }
+
+    fn mac_of(&self, side: &str) -> String {
         let out = self.exec(
-            "c",
+            side,
             &[
                 "cat",
-                &format!("/sys/class/net/{}/address", self.ifname("c")),
+                &format!("/sys/class/net/{}/address", self.ifname(side)),
             ],
         );
         String::from_utf8_lossy(&out.stdout).trim().to_owned()
@@ -305,7 +343,7 @@ impl Lab {
 impl Drop for Lab {
     fn drop(&mut self) {
         self.kill_server("-KILL");
-        for side in ["c", "s"] {
+        for side in ["a", "c", "s"] {
             // Kill anything a test left running in the namespace, then delete it (which removes the veths).
             if let Ok(out) = Command::new("ip")
                 .args(["netns", "pids", &self.ns(side)])
@@ -317,6 +355,7 @@ impl Drop for Lab {
             }
             let _ = Command::new("ip")
                 .args(["netns", "del", &self.ns(side)])
+                .stderr(Stdio::null())
                 .status();
         }
     }
@@ -732,4 +771,342 @@ fn every_acked_lease_survives_kill_9() {
         }
     }
     assert_eq!(text.lines().count(), 5, "{text}");
+}
+
+/// `name` from a Prometheus text page (0 if absent).
+fn metric(page: &str, name: &str) -> u64 {
+    page.lines()
+        .find(|l| l.starts_with(name))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Issue 20 item 1: a second NIC on the boot network claims the victim's MAC in `chaddr`. It gets neither the
+/// victim's reserved lease (its frames come from another MAC) nor, after putting the victim's address on its
+/// interface anyway, a token in the victim's boot script (the server's neighbour entry for the address names
+/// the attacker's NIC). The victim, from its own NIC, gets its lease and its token.
+#[test]
+fn spoofed_chaddr_gets_neither_the_victims_lease_nor_a_token() {
+    require("curl");
+    let mut lab = Lab::new(None);
+    let attacker_if = lab.add_attacker();
+    let victim = lab.client_mac();
+    let attacker = lab.mac_of("a");
+    assert_ne!(victim, attacker);
+    let boot_dir = lab.dir.path().join("boot");
+    let image = boot_dir.join("images/2026.12.1");
+    std::fs::create_dir_all(&image).unwrap();
+    std::fs::write(image.join("vmlinuz"), b"kernel").unwrap();
+    std::fs::write(image.join("initrd.img"), b"initrd").unwrap();
+    lab.start_server_with(
+        100,
+        &[
+            "--boot-dir",
+            boot_dir.to_str().unwrap(),
+            "--boot-listen",
+            "198.18.0.1:18081",
+            "--allow-insecure-http",
+        ],
+    );
+    wait_for(
+        "the DHCP loop's first reservation load",
+        Duration::from_secs(10),
+        || lab.reservation_loads() > 0,
+    );
+    let loads = lab.reservation_loads();
+    let body = format!(r#"{{"mac": "{victim}", "hostname": "lb-09", "address": "198.18.0.50"}}"#);
+    let created = lab.api("POST", "/api/v1/nodes", Some(&body));
+    assert!(created.contains("198.18.0.50"), "{created}");
+    wait_for(
+        "the DHCP loop to reload reservations",
+        Duration::from_secs(10),
+        || lab.reservation_loads() > loads,
+    );
+    let put = lab.api(
+        "PUT",
+        "/api/v1/images/2026.12.1",
+        Some(r#"{"kernel": "vmlinuz", "initrd": "initrd.img", "default": true}"#),
+    );
+    assert!(put.contains("created"), "{put}");
+
+    // The attacker runs DORA from its own NIC with the victim's MAC in chaddr.
+    let probe = |side: &str, iface: &str, chaddr: &str| {
+        let out = lab
+            .cmd(
+                side,
+                &[
+                    "timeout",
+                    "20",
+                    PROBE_BIN,
+                    "--server",
+                    "198.18.0.1:67",
+                    "--interface",
+                    iface,
+                    "--chaddr",
+                    chaddr,
+                    "--timeout-ms",
+                    "3000",
+                ],
+            )
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(
+            out.status.success() && stderr.contains("started 1"),
+            "probe failed: {stderr}"
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let stolen = probe("a", &attacker_if, &victim);
+    assert!(
+        !stolen.contains("ACK"),
+        "a spoofed chaddr got the victim's lease: {stolen}"
+    );
+    assert!(
+        !lab.leases().iter().any(|l| l.1 == victim),
+        "{:?}",
+        lab.leases()
+    );
+    let metrics = lab.api("GET", "/metrics", None);
+    assert!(
+        metric(&metrics, "lbfleet_dhcp_packets_total{outcome=\"spoofed\"}") >= 1,
+        "{metrics}"
+    );
+    assert!(lab
+        .server_log()
+        .contains("chaddr is not the address of the NIC that sent it"));
+
+    // The victim, from its own NIC: its reserved address.
+    let own = probe("c", &lab.ifname("c"), &victim);
+    assert!(
+        own.contains(&format!("ACK {victim} 198.18.0.50")),
+        "the victim did not get its lease: {own}\n{}",
+        lab.server_log()
+    );
+    assert!(lab
+        .leases()
+        .contains(&("198.18.0.50".into(), victim.clone(), "bound".into())));
+
+    let script_url = format!("http://198.18.0.1:18081/boot/{victim}.ipxe");
+    let fetch = |side: &str| {
+        let out = lab.exec(side, &["curl", "-sS", "--max-time", "10", &script_url]);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    // The victim fetches its script from its address: a token (so the fetch below can see one).
+    let iface_c = lab.ifname("c");
+    lab.exec(
+        "c",
+        &["ip", "addr", "add", "198.18.0.50/16", "dev", &iface_c],
+    );
+    let script = fetch("c");
+    assert!(script.contains("lbfleet.token="), "{script}");
+    lab.exec(
+        "c",
+        &["ip", "addr", "del", "198.18.0.50/16", "dev", &iface_c],
+    );
+
+    // The attacker puts the victim's address on its NIC and asks for the victim's script: the image, no token.
+    lab.exec(
+        "a",
+        &["ip", "addr", "add", "198.18.0.50/16", "dev", &attacker_if],
+    );
+    let script = fetch("a");
+    assert!(
+        script.contains("kernel ")
+            && script.contains(&format!("BOOTIF=01-{}", victim.replace(':', "-"))),
+        "{script}"
+    );
+    assert!(
+        !script.contains("lbfleet.token="),
+        "the attacker got the victim's token: {script}"
+    );
+    assert!(lab
+        .server_log()
+        .contains("requested from its lease address by another NIC"));
+}
+
+/// Issue 20 item 6: a flood of malformed DHCP packets writes a few log lines, and every packet is counted.
+#[test]
+fn malformed_dhcp_flood_logs_a_few_lines_and_counts_every_packet() {
+    let mut lab = Lab::new(Some("198.18.0.2/16"));
+    lab.start_server(50);
+    let started = Instant::now();
+    // 300 datagrams, bounded by count and by time.
+    let flood = lab
+        .cmd(
+            "c",
+            &[
+                "timeout",
+                "30",
+                "bash",
+                "-c",
+                "for i in $(seq 300); do printf 'not a dhcp packet' > /dev/udp/198.18.0.1/67; done",
+            ],
+        )
+        .output()
+        .unwrap();
+    assert!(flood.status.success(), "{flood:?}");
+    // "dropped" (counted before this change too) first, so the log bound below is what fails on old code.
+    wait_for(
+        "300 dropped packets counted",
+        Duration::from_secs(10),
+        || {
+            metric(
+                &lab.api("GET", "/metrics", None),
+                "lbfleet_dhcp_packets_total{outcome=\"dropped\"}",
+            ) >= 300
+        },
+    );
+    let windows = started.elapsed().as_secs() / 10 + 1;
+    let lines = lab
+        .server_log()
+        .matches("malformed DHCP packet dropped")
+        .count() as u64;
+    assert!(
+        lines >= 1 && lines <= 5 * windows,
+        "{lines} log lines for 300 malformed packets in {windows} window(s)"
+    );
+    let metrics = lab.api("GET", "/metrics", None);
+    let malformed = metric(
+        &metrics,
+        "lbfleet_dhcp_packets_total{outcome=\"malformed\"}",
+    );
+    assert!(malformed >= 300, "{metrics}");
+}
+
+/// Issue 20 item 1, relayed networks: a reservation pinned to a relay circuit-id (option 82) is leased only to
+/// requests relayed with that circuit-id; the same MAC through another circuit, or with none, gets nothing.
+#[test]
+fn a_circuit_pinned_reservation_is_leased_only_through_its_circuit() {
+    let mut lab = Lab::new(Some("198.18.0.2/16"));
+    lab.start_server(100);
+    wait_for(
+        "the DHCP loop's first reservation load",
+        Duration::from_secs(10),
+        || lab.reservation_loads() > 0,
+    );
+    let mac = "52:54:00:ab:00:60";
+    let created = lab.api(
+        "POST",
+        "/api/v1/nodes",
+        Some(&format!(
+            r#"{{"mac": "{mac}", "hostname": "lb-60", "address": "198.18.0.60"}}"#
+        )),
+    );
+    assert!(created.contains("198.18.0.60"), "{created}");
+    let loads = lab.reservation_loads();
+    let pinned = lab.api(
+        "PUT",
+        "/api/v1/nodes/lb-60/circuit-id",
+        Some(r#"{"circuit_id": "sw1/0/7"}"#),
+    );
+    assert!(pinned.contains(&hex_of("sw1/0/7")), "{pinned}");
+    wait_for(
+        "the DHCP loop to reload reservations",
+        Duration::from_secs(10),
+        || lab.reservation_loads() > loads,
+    );
+    let relay = |circuit: Option<&str>| {
+        let mut argv = vec![
+            "timeout",
+            "20",
+            PROBE_BIN,
+            "--server",
+            "198.18.0.1:67",
+            "--giaddr",
+            "198.18.0.2",
+            "--chaddr",
+            mac,
+            "--timeout-ms",
+            "2000",
+        ];
+        if let Some(c) = circuit {
+            argv.extend(["--circuit-id", c]);
+        }
+        let out = lab.cmd("c", &argv).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(!relay(None).contains("ACK"), "no circuit-id got a lease");
+    assert!(
+        !relay(Some("sw1/0/8")).contains("ACK"),
+        "another circuit got the lease"
+    );
+    assert!(
+        !lab.leases().iter().any(|l| l.1 == mac),
+        "{:?}",
+        lab.leases()
+    );
+    let metrics = lab.api("GET", "/metrics", None);
+    assert!(
+        metric(
+            &metrics,
+            "lbfleet_dhcp_packets_total{outcome=\"wrong_circuit\"}"
+        ) >= 2,
+        "{metrics}"
+    );
+    let own = relay(Some("sw1/0/7"));
+    assert!(own.contains(&format!("ACK {mac} 198.18.0.60")), "{own}");
+}
+
+fn hex_of(text: &str) -> String {
+    text.bytes().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Issue 20 item 1: a relayed request's frame is the relay's, so on a directly attached segment a client could
+/// set `giaddr` itself and pose as a relay for the victim's MAC. With `boot.accept_relayed = false` (a site
+/// without relays) that gets nothing, while the victim, from its own NIC, still gets its lease.
+#[test]
+fn a_client_posing_as_a_relay_gets_no_lease_where_relays_are_off() {
+    let mut lab = Lab::new(None);
+    let attacker_if = lab.add_attacker();
+    lab.exec(
+        "a",
+        &["ip", "addr", "add", "198.18.0.3/16", "dev", &attacker_if],
+    );
+    let victim = lab.client_mac();
+    lab.start_server_with(100, &["--boot-accept-relayed", "false"]);
+    let probe = |side: &str, extra: &[&str]| {
+        let mut argv = vec![
+            "timeout",
+            "20",
+            PROBE_BIN,
+            "--server",
+            "198.18.0.1:67",
+            "--chaddr",
+            &victim,
+            "--timeout-ms",
+            "2000",
+        ];
+        argv.extend(extra);
+        let out = lab.cmd(side, &argv).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let posing = probe("a", &["--giaddr", "198.18.0.3"]);
+    assert!(
+        !posing.contains("ACK"),
+        "a fake relay got a lease: {posing}"
+    );
+    assert!(
+        !lab.leases().iter().any(|l| l.1 == victim),
+        "{:?}",
+        lab.leases()
+    );
+    assert!(lab.server_log().contains("boot.accept_relayed is off"));
+    let iface = lab.ifname("c");
+    let own = probe("c", &["--interface", &iface]);
+    assert!(
+        own.contains(&format!("ACK {victim} 198.18.1.")),
+        "the victim did not get a lease: {own}"
+    );
 }

@@ -27,6 +27,8 @@ pub fn router() -> Router<AppState> {
         .route("/nodes/{node}/retire", post(retire))
         .route("/nodes/{node}/enrollment-token", post(enrollment_token))
         .route("/nodes/{node}/image", axum::routing::put(set_image))
+        .route("/nodes/{node}/expect-boot", post(expect_boot))
+        .route("/nodes/{node}/circuit-id", axum::routing::put(pin_circuit))
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -211,4 +213,68 @@ async fn set_image(
             .await?,
     )
     .into_response())
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ExpectBootRequest {
+    /// How long the window stays open, e.g. "30m" (at most 24h; "0s" closes it) [default: 30m].
+    #[serde(rename = "for")]
+    duration: Option<String>,
+}
+
+/// `POST /nodes/{node}/expect-boot`: opens the node's enrollment window (`boot.require_armed_enrollment`).
+async fn expect_boot(
+    State(s): State<AppState>,
+    Operator(p): Operator,
+    Path(node): Path<String>,
+    ApiJson(req): ApiJson<ExpectBootRequest>,
+) -> Result<Response, ApiError> {
+    let text = req.duration.as_deref().unwrap_or("30m");
+    let for_ms = humantime::parse_duration(text)
+        .ok()
+        .and_then(|d| i64::try_from(d.as_millis()).ok())
+        .ok_or_else(|| {
+            ApiError::bad_request(format!("\"for\": {text:?} is not a duration like 30m"))
+        })?;
+    let until = s
+        .fleet
+        .expect_boot(&p.actor(), &node_key(&node), for_ms)
+        .await?;
+    Ok(Json(serde_json::json!({"node": node, "expect_boot_until_ms": until})).into_response())
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CircuitPinRequest {
+    /// The relay circuit-id as text (e.g. "sw1/0/7"), or
+    circuit_id: Option<String>,
+    /// as hex bytes; neither (or null) unpins.
+    circuit_id_hex: Option<String>,
+}
+
+/// `PUT /nodes/{node}/circuit-id`: the node's DHCP requests must come through this relay circuit (option 82).
+async fn pin_circuit(
+    State(s): State<AppState>,
+    Operator(p): Operator,
+    Path(node): Path<String>,
+    ApiJson(req): ApiJson<CircuitPinRequest>,
+) -> Result<Response, ApiError> {
+    let circuit = match (req.circuit_id, req.circuit_id_hex) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::bad_request(
+                "give circuit_id or circuit_id_hex, not both",
+            ))
+        }
+        (Some(text), None) => Some(text.into_bytes()),
+        (None, Some(h)) => Some(
+            hex::decode(&h).map_err(|_| ApiError::bad_request("circuit_id_hex: not hex bytes"))?,
+        ),
+        (None, None) => None,
+    };
+    let pinned = circuit.as_ref().map(hex::encode);
+    s.fleet
+        .pin_circuit_id(&p.actor(), &node_key(&node), circuit)
+        .await?;
+    Ok(Json(serde_json::json!({"node": node, "circuit_id_hex": pinned})).into_response())
 }

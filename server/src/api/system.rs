@@ -123,6 +123,10 @@ fn boot_metrics(out: &mut String, stats: &crate::boot::BootStats) {
             ("replied", &d.replies),
             ("acked", &d.acks),
             ("dropped", &d.dropped),
+            // Both also counted in "dropped": undecodable packets, and chaddr not the sending NIC's.
+            ("malformed", &d.malformed),
+            ("spoofed", &d.spoofed),
+            ("wrong_circuit", &d.wrong_circuit),
         ] {
             let _ = writeln!(
                 out,

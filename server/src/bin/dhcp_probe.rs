@@ -2,6 +2,10 @@
 //! prints one `ACK <mac> <address>` line per acknowledged lease as soon as it arrives. Operators use it to check
 //! that a DHCP server answers; tests use it to know exactly which leases a server promised (even if the server
 //! is killed mid-run). It sends only to the `--server` address given.
+//!
+//! With `--interface`, it is a directly attached client instead: it broadcasts from that NIC (port 68, giaddr
+//! 0, broadcast flag) and listens for the broadcast replies. `--chaddr` puts a chosen MAC in the requests,
+//! whatever the NIC's own address is (a spoofing client, for tests of the server's link-layer check).
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -24,11 +28,20 @@ struct Args {
     #[arg(long)]
     server: SocketAddrV4,
     /// This host's address: the relay address (giaddr) replies come back to, on port --port
+    #[arg(long, required_unless_present = "interface")]
+    giaddr: Option<Ipv4Addr>,
+    /// Local port to receive replies on (a relay agent uses 67; a direct client 68)
     #[arg(long)]
-    giaddr: Ipv4Addr,
-    /// Local port to receive replies on (a relay agent uses 67)
-    #[arg(long, default_value_t = 67)]
-    port: u16,
+    port: Option<u16>,
+    /// Act as a directly attached client on this interface (broadcast, no giaddr) instead of as a relay
+    #[arg(long, conflicts_with = "giaddr")]
+    interface: Option<String>,
+    /// The client hardware address to claim (with --count 1), instead of 02:00:xx:xx:xx:xx
+    #[arg(long)]
+    chaddr: Option<String>,
+    /// As a relay: add option 82 with this circuit-id (sub-option 1)
+    #[arg(long, conflicts_with = "interface")]
+    circuit_id: Option<String>,
     /// Number of clients (MACs 02:00:xx:xx:xx:xx from --first)
     #[arg(long, default_value_t = 1)]
     count: u32,
@@ -48,6 +61,17 @@ fn mac_of(n: u32) -> [u8; 6] {
     [0x02, 0x00, b[0], b[1], b[2], b[3]]
 }
 
+fn parse_mac(text: &str) -> anyhow::Result<[u8; 6]> {
+    let mut mac = [0u8; 6];
+    let mut parts = text.split([':', '-']);
+    for b in &mut mac {
+        let part = parts.next().context("a MAC has six bytes")?;
+        *b = u8::from_str_radix(part, 16).context("a MAC byte is two hex digits")?;
+    }
+    anyhow::ensure!(parts.next().is_none(), "a MAC has six bytes");
+    Ok(mac)
+}
+
 fn mac_text(m: &[u8]) -> String {
     m.iter()
         .map(|b| format!("{b:02x}"))
@@ -61,7 +85,9 @@ fn request(
     mac: &[u8; 6],
     giaddr: Ipv4Addr,
     offer: Option<(Ipv4Addr, Ipv4Addr)>,
+    circuit_id: Option<&str>,
 ) -> anyhow::Result<Vec<u8>> {
+    let direct = giaddr.is_unspecified();
     let mut msg = Message::new_with_id(
         xid,
         Ipv4Addr::UNSPECIFIED,
@@ -71,13 +97,25 @@ fn request(
         mac,
     );
     msg.set_opcode(Opcode::BootRequest);
-    msg.set_hops(1);
+    if direct {
+        // No address yet: ask for broadcast replies.
+        msg.set_flags(dhcproto::v4::Flags::default().set_broadcast());
+    } else {
+        msg.set_hops(1);
+    }
     msg.opts_mut().insert(DhcpOption::MessageType(kind));
     msg.opts_mut().insert(DhcpOption::ParameterRequestList(vec![
         OptionCode::SubnetMask,
         OptionCode::Router,
         OptionCode::DomainNameServer,
     ]));
+    if let Some(c) = circuit_id {
+        use dhcproto::v4::relay::{RelayAgentInformation, RelayInfo};
+        let mut info = RelayAgentInformation::default();
+        info.insert(RelayInfo::AgentCircuitId(c.as_bytes().to_vec()));
+        msg.opts_mut()
+            .insert(DhcpOption::RelayAgentInformation(info));
+    }
     if let Some((address, server)) = offer {
         msg.opts_mut()
             .insert(DhcpOption::RequestedIpAddress(address));
@@ -92,10 +130,30 @@ fn request(
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let sock = UdpSocket::bind(SocketAddr::from((args.giaddr, args.port)))
-        .await
-        .context("binding the relay port")?;
-    let server = SocketAddr::V4(args.server);
+    let giaddr = args.giaddr.unwrap_or(Ipv4Addr::UNSPECIFIED);
+    let chosen = args.chaddr.as_deref().map(parse_mac).transpose()?;
+    let mac = |n: u32| chosen.unwrap_or_else(|| mac_of(n));
+    let (sock, server) = match &args.interface {
+        Some(iface) => {
+            let sock = UdpSocket::bind(SocketAddr::from((
+                Ipv4Addr::UNSPECIFIED,
+                args.port.unwrap_or(68),
+            )))
+            .await
+            .context("binding the client port")?;
+            sock.bind_device(Some(iface.as_bytes()))
+                .with_context(|| format!("binding to {iface} (needs root)"))?;
+            sock.set_broadcast(true)?;
+            let server = SocketAddr::from((Ipv4Addr::BROADCAST, args.server.port()));
+            (sock, server)
+        }
+        None => {
+            let sock = UdpSocket::bind(SocketAddr::from((giaddr, args.port.unwrap_or(67))))
+                .await
+                .context("binding the relay port")?;
+            (sock, SocketAddr::V4(args.server))
+        }
+    };
     let timeout = Duration::from_millis(args.timeout_ms);
     let interval = Duration::from_secs_f64(1.0 / f64::from(args.rate.max(1)));
     // xid -> (client number, started)
@@ -110,7 +168,14 @@ async fn main() -> anyhow::Result<()> {
             let n = args.first + started;
             let xid = n.wrapping_mul(2_654_435_761);
             sock.send_to(
-                &request(MessageType::Discover, xid, &mac_of(n), args.giaddr, None)?,
+                &request(
+                    MessageType::Discover,
+                    xid,
+                    &mac(n),
+                    giaddr,
+                    None,
+                    args.circuit_id.as_deref(),
+                )?,
                 server,
             )
             .await?;
@@ -145,16 +210,17 @@ async fn main() -> anyhow::Result<()> {
                     let req = request(
                         MessageType::Request,
                         msg.xid(),
-                        &mac_of(n),
-                        args.giaddr,
+                        &mac(n),
+                        giaddr,
                         Some((msg.yiaddr(), server_id)),
+                        args.circuit_id.as_deref(),
                     )?;
                     sock.send_to(&req, server).await?;
                 }
                 Some(MessageType::Ack) => {
                     pending.remove(&msg.xid());
                     acked += 1;
-                    writeln!(out, "ACK {} {}", mac_text(&mac_of(n)), msg.yiaddr())?;
+                    writeln!(out, "ACK {} {}", mac_text(&mac(n)), msg.yiaddr())?;
                     out.flush()?;
                 }
                 Some(MessageType::Nak) => {

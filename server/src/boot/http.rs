@@ -121,13 +121,29 @@ async fn script(
             format!("chain --autofree {base}/boot/{mac}.ipxe"),
         ]));
     };
+    let policy = trust::TrustPolicy {
+        allow_without_lease: boot.allow_token_without_lease,
+        check_link_address: boot.check_link_address,
+    };
     let decision = trust::token_decision(
         &state.fleet,
-        boot.allow_token_without_lease,
+        policy,
+        &trust::KernelNeighbours,
         &mac,
         peer.ip(),
     )
     .await?;
+    let decision = if decision.carries_token()
+        && boot.require_armed_enrollment
+        && !state
+            .fleet
+            .boot_expected(target.node_id, &peer.ip().to_string())
+            .await?
+    {
+        trust::TokenDecision::NotExpected
+    } else {
+        decision
+    };
     let token = if decision.carries_token() {
         let token = state
             .fleet

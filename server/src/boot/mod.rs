@@ -4,6 +4,7 @@
 pub mod dhcp;
 pub mod http;
 pub mod images;
+pub mod loglimit;
 pub mod ndp;
 pub mod tftp;
 pub mod trust;

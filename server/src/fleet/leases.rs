@@ -21,6 +21,8 @@ pub struct DhcpReservations {
     pub registered: Vec<String>,
     /// MACs of retired and rejected nodes.
     pub refused: Vec<String>,
+    /// (MAC, relay circuit-id) of nodes whose requests must arrive through that relay circuit (option 82).
+    pub circuit_pins: Vec<(String, Vec<u8>)>,
 }
 
 impl Fleet {
@@ -37,6 +39,7 @@ impl Fleet {
             fixed: store::leases::reservations(&mut conn).await?,
             registered: store::leases::registered_macs(&mut conn).await?,
             refused: store::leases::refused_macs(&mut conn).await?,
+            circuit_pins: store::boot_trust::circuit_pins(&mut conn).await?,
         })
     }
 

@@ -16,6 +16,7 @@ use crate::store::nodes::{NodeKey, NodeRow};
 use crate::store::{self, Store, StoreError};
 
 mod alerts;
+mod boot_window;
 mod clusters;
 mod enrollment;
 mod history;

@@ -10,7 +10,7 @@ wire_enum!(
     EventKind {
         Discovered => "discovered", Enrolled => "enrolled", Serving => "serving", Switchover => "switchover",
         Vrrp => "vrrp", Health => "health", AgentError => "agent_error", BootScript => "boot_script",
-        ReenrolledWhileAlive => "reenrolled_while_alive",
+        ReenrolledWhileAlive => "reenrolled_while_alive", BootNotExpected => "boot_not_expected",
     }
 );
 

@@ -13,6 +13,7 @@ use sqlx::SqlitePool;
 pub mod alerts;
 pub mod audit;
 pub mod auth;
+pub mod boot_trust;
 pub mod clusters;
 pub mod events;
 pub mod images;

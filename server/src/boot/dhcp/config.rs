@@ -115,6 +115,10 @@ pub struct DhcpConfig {
     /// Most unknown MACs (no reservation) that may hold an offer or lease at once, so a flood of random MACs
     /// cannot drain the pool that new racks boot from.
     pub discovery_cap: usize,
+    /// Answer relayed requests (`giaddr` set). A relayed request's frame is the relay's, so its `chaddr` cannot
+    /// be checked against the sender (`link`): a site without relays turns this off, and then a client on the
+    /// boot segment cannot pose as a relay to get another MAC's lease.
+    pub accept_relayed: bool,
 }
 
 impl DhcpConfig {
@@ -139,6 +143,7 @@ impl DhcpConfig {
             boot_files: BootFileMap::default(),
             http_boot_base: "http://198.18.0.1:8080".to_owned(),
             discovery_cap: 64,
+            accept_relayed: true,
         }
     }
 

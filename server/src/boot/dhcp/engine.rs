@@ -93,6 +93,8 @@ pub enum DropReason {
     UnsupportedMessageType(MessageType),
     #[error("relay {0} is not on a subnet we serve")]
     RelayOutsideSubnet(Ipv4Addr),
+    #[error("relayed request (giaddr {0}) refused: boot.accept_relayed is off")]
+    RelayRefused(Ipv4Addr),
     #[error("client addressed server {0}, not us")]
     ForOtherServer(Ipv4Addr),
     #[error("no free address in the pool")]
@@ -177,6 +179,9 @@ impl<'a, R: Reservations> Ctx<'a, R> {
         let mac = MacAddr::from_chaddr(req.chaddr()).ok_or(DropReason::InvalidClientMac)?;
         let giaddr = req.giaddr();
         // One subnet today; a relay from elsewhere would get addresses that do not route on its link.
+        if !giaddr.is_unspecified() && !cfg.accept_relayed {
+            return Err(DropReason::RelayRefused(giaddr));
+        }
         if !giaddr.is_unspecified() && !cfg.subnet.contains(giaddr) {
             return Err(DropReason::RelayOutsideSubnet(giaddr));
         }
@@ -1328,6 +1333,15 @@ mod tests {
         assert!(matches!(
             dropped(handle(&elsewhere, NOW, &mut table, &cfg, &res)),
             DropReason::RelayOutsideSubnet(_)
+        ));
+        // A site without relays refuses them all: a client on the segment cannot pose as one.
+        let no_relays = DhcpConfig {
+            accept_relayed: false,
+            ..DhcpConfig::lab()
+        };
+        assert!(matches!(
+            dropped(handle(&m, NOW, &mut table, &no_relays, &res)),
+            DropReason::RelayRefused(_)
         ));
     }
 

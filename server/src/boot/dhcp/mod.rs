@@ -10,6 +10,7 @@ pub mod codec;
 pub mod config;
 pub mod engine;
 pub mod lease;
+pub mod link;
 pub mod pxe;
 pub mod server;
 #[cfg(test)]

@@ -16,10 +16,12 @@ use dhcproto::v4::MessageType;
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, watch};
 
+use super::link::{self, CircuitCheck, CircuitPins, LinkSocket, SourceCheck};
 use super::{
     handle_datagram, Decision, Destination, DhcpConfig, Lease, LeaseChange, LeaseState, LeaseTable,
     MacAddr, ReservationMap, CLIENT_PORT,
 };
+use crate::boot::loglimit::LogLimit;
 use crate::fleet::{Fleet, LeaseWrite};
 use crate::store::{self, leases::LeaseRow, now_ms};
 
@@ -30,6 +32,12 @@ pub struct DhcpStats {
     pub replies: AtomicU64,
     pub acks: AtomicU64,
     pub dropped: AtomicU64,
+    /// Of `dropped`: undecodable datagrams and broken frames.
+    pub malformed: AtomicU64,
+    /// Of `dropped`: requests whose `chaddr` is not the address of the NIC that sent them.
+    pub spoofed: AtomicU64,
+    /// Of `dropped`: requests for a MAC pinned to a relay circuit-id that came another way.
+    pub wrong_circuit: AtomicU64,
     pub batches: AtomicU64,
     pub leases_written: AtomicU64,
     pub write_failures: AtomicU64,
@@ -89,10 +97,17 @@ fn durable(changes: Vec<LeaseChange>) -> Vec<LeaseChange> {
         .collect()
 }
 
-/// Registered nodes with fixed addresses, and MACs that must not be served.
-async fn load_reservations(
-    fleet: &Fleet,
-) -> Result<(ReservationMap, HashSet<MacAddr>), store::StoreError> {
+/// What the DHCP loop knows about registered nodes, reloaded after each fleet change.
+#[derive(Debug, Default)]
+struct Snapshot {
+    reservations: ReservationMap,
+    /// Retired and rejected nodes: no answer.
+    refused: HashSet<MacAddr>,
+    circuit_pins: CircuitPins,
+}
+
+/// Registered nodes with fixed addresses, MACs that must not be served, relay circuit pins.
+async fn load_reservations(fleet: &Fleet) -> Result<Snapshot, store::StoreError> {
     let stored = fleet.dhcp_reservations().await?;
     let mut map = ReservationMap::default();
     for (mac, address, hostname) in stored.fixed {
@@ -107,7 +122,16 @@ async fn load_reservations(
         }
     }
     let refused = stored.refused.iter().filter_map(|m| parse_mac(m)).collect();
-    Ok((map, refused))
+    let circuit_pins = stored
+        .circuit_pins
+        .into_iter()
+        .filter_map(|(m, c)| Some((parse_mac(&m)?, c)))
+        .collect();
+    Ok(Snapshot {
+        reservations: map,
+        refused,
+        circuit_pins,
+    })
 }
 
 fn destination(d: &Destination) -> SocketAddr {
@@ -121,9 +145,32 @@ fn destination(d: &Destination) -> SocketAddr {
     }
 }
 
-/// Serves DHCP on `socket` (bound to port 67 on the boot interface, broadcast enabled) until `shutdown`.
+/// Receives the next request: a frame from the packet socket when there is one, else a datagram.
+async fn receive(
+    socket: &UdpSocket,
+    link: Option<&LinkSocket>,
+    buf: &mut [u8],
+) -> io::Result<(usize, SocketAddr)> {
+    match link {
+        Some(l) => Ok((
+            l.recv(buf).await?,
+            SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)),
+        )),
+        None => socket.recv_from(buf).await,
+    }
+}
+
+/// Formats a MAC for the log.
+fn mac_text(m: [u8; 6]) -> String {
+    MacAddr(m).to_string()
+}
+
+/// Serves DHCP on `socket` (bound to port 67 on the boot interface, broadcast enabled) until `shutdown`. With
+/// `link` (a packet socket on the same interface), requests are read from it instead, so each one's Ethernet
+/// source can be checked against its `chaddr`; `socket` then only sends.
 pub async fn run(
     socket: UdpSocket,
+    link: Option<LinkSocket>,
     cfg: DhcpConfig,
     fleet: Arc<Fleet>,
     stats: Arc<DhcpStats>,
@@ -134,9 +181,17 @@ pub async fn run(
     let to_io = |e: store::StoreError| io::Error::other(e.to_string());
     let rows = { fleet.active_leases(now_ms()).await.map_err(to_io)? };
     let mut table = LeaseTable::restore(rows.iter().filter_map(lease_from_row));
-    let (mut reservations, mut refused) = load_reservations(&fleet).await.map_err(to_io)?;
+    let Snapshot {
+        mut reservations,
+        mut refused,
+        mut circuit_pins,
+    } = load_reservations(&fleet).await.map_err(to_io)?;
     stats.reservation_loads.fetch_add(1, Ordering::Relaxed);
-    tracing::info!(local = %socket.local_addr()?, leases = table.len(), "DHCP listening");
+    if link.is_some() {
+        link::discard_received(&socket)?;
+    }
+    tracing::info!(local = %socket.local_addr()?, leases = table.len(),
+        link_check = link.as_ref().map(LinkSocket::interface), "DHCP listening");
 
     let socket = Arc::new(socket);
     let (write_tx, write_rx) = mpsc::channel::<Pending>(8192);
@@ -162,22 +217,31 @@ pub async fn run(
     let mut known: HashSet<MacAddr> = HashSet::new();
     let mut discovery_budget = RateLimit::new(DISCOVERY_PER_SECOND);
     let mut fleet_changes = fleet.notifier().subscribe_fleet();
-    let mut buf = vec![0u8; 1500];
+    let mut buf = vec![0u8; 2048];
+    let (mut malformed_log, mut spoofed_log) = (LogLimit::default(), LogLimit::default());
+    let (mut circuit_log, mut receive_log) = (LogLimit::default(), LogLimit::default());
+    // Where a request may be addressed: broadcast, or unicast to us (renewals, relays).
+    let for_us = |ip: Ipv4Addr| {
+        ip == Ipv4Addr::BROADCAST || ip == cfg.server_address || ip == cfg.subnet.broadcast()
+    };
 
     loop {
         let (len, peer) = tokio::select! {
-            r = socket.recv_from(&mut buf) => match r {
+            r = receive(&socket, link.as_ref(), &mut buf) => match r {
                 Ok(v) => v,
                 Err(e) => {
-                    tracing::warn!(error = %e, "DHCP receive failed");
+                    if let Some(suppressed) = receive_log.allow(std::time::Instant::now()) {
+                        tracing::warn!(error = %e, suppressed, "DHCP receive failed");
+                    }
                     continue;
                 }
             },
             Ok(()) = fleet_changes.changed() => {
                 // A node was registered, approved, retired...: refresh the reservation snapshot.
                 match load_reservations(&fleet).await {
-                    Ok((r, x)) => {
-                        (reservations, refused) = (r, x);
+                    Ok(snap) => {
+                        (reservations, refused, circuit_pins) =
+                            (snap.reservations, snap.refused, snap.circuit_pins);
                         stats.reservation_loads.fetch_add(1, Ordering::Relaxed);
                     }
                     Err(e) => tracing::error!(error = %e, "cannot reload DHCP reservations"),
@@ -187,7 +251,38 @@ pub async fn run(
             _ = async { let _ = shutdown.wait_for(|s| *s).await; } => break,
         };
         stats.received.fetch_add(1, Ordering::Relaxed);
-        let bytes = &buf[..len];
+        let (bytes, peer) = if link.is_some() {
+            let frame = match link::parse_frame(&buf[..len]) {
+                Ok(f) => f,
+                Err(e) => {
+                    stats.dropped.fetch_add(1, Ordering::Relaxed);
+                    stats.malformed.fetch_add(1, Ordering::Relaxed);
+                    if let Some(suppressed) = malformed_log.allow(std::time::Instant::now()) {
+                        tracing::warn!(error = %e, len, suppressed, "malformed DHCP frame dropped");
+                    }
+                    continue;
+                }
+            };
+            if !for_us(frame.dst_ip) {
+                stats.dropped.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(dst = %frame.dst_ip, "DHCP request for another address ignored");
+                continue;
+            }
+            let peer = SocketAddr::from((frame.src_ip, frame.src_port));
+            if let SourceCheck::Spoofed { chaddr } = link::check_source(frame.payload, frame.source)
+            {
+                stats.dropped.fetch_add(1, Ordering::Relaxed);
+                stats.spoofed.fetch_add(1, Ordering::Relaxed);
+                if let Some(suppressed) = spoofed_log.allow(std::time::Instant::now()) {
+                    tracing::warn!(%peer, chaddr = mac_text(chaddr), source = mac_text(frame.source),
+                        suppressed, "DHCP request refused: chaddr is not the address of the NIC that sent it");
+                }
+                continue;
+            }
+            (frame.payload, peer)
+        } else {
+            (&buf[..len], peer)
+        };
         // chaddr lives at bytes 28..34 of every BOOTP packet; refuse retired/rejected nodes before deciding.
         if let Some(mac) = bytes.get(28..34).and_then(MacAddr::from_chaddr) {
             if refused.contains(&mac) {
@@ -195,6 +290,17 @@ pub async fn run(
                 tracing::debug!(%mac, "DHCP request from a retired or rejected node ignored");
                 continue;
             }
+        }
+        if let CircuitCheck::Mismatch { got } = link::check_circuit(bytes, &circuit_pins) {
+            stats.dropped.fetch_add(1, Ordering::Relaxed);
+            stats.wrong_circuit.fetch_add(1, Ordering::Relaxed);
+            if let Some(suppressed) = circuit_log.allow(std::time::Instant::now()) {
+                let chaddr = bytes.get(28..34).and_then(MacAddr::from_chaddr);
+                tracing::warn!(%peer, chaddr = ?chaddr.map(|m| m.to_string()),
+                    circuit_id = ?got.as_ref().map(hex::encode), suppressed,
+                    "DHCP request refused: the MAC is pinned to another relay circuit-id");
+            }
+            continue;
         }
         match handle_datagram(
             bytes,
@@ -278,7 +384,10 @@ pub async fn run(
                 // Malformed packets are worth a warning; the other reasons (a request for another server, the
                 // discovery cap) are ordinary on a shared segment and stay at debug.
                 if matches!(reason, super::DropReason::Decode(_)) {
-                    tracing::warn!(%peer, %reason, len, "malformed DHCP packet dropped");
+                    stats.malformed.fetch_add(1, Ordering::Relaxed);
+                    if let Some(suppressed) = malformed_log.allow(std::time::Instant::now()) {
+                        tracing::warn!(%peer, %reason, len, suppressed, "malformed DHCP packet dropped");
+                    }
                 } else {
                     tracing::debug!(%peer, %reason, "DHCP request dropped");
                 }

@@ -109,6 +109,11 @@ pub async fn run(
     let stop = Arc::new(AtomicBool::new(false));
     let mut buf = vec![0u8; 2048];
     let mut out = Vec::with_capacity(128);
+    // A flood of bad or refused requests logs a few lines per interval; every one is counted in /metrics.
+    let (mut malformed_log, mut refused_log) = (
+        crate::boot::loglimit::LogLimit::default(),
+        crate::boot::loglimit::LogLimit::default(),
+    );
     tracing::info!(%local, root = %root.display(), "TFTP listening");
     loop {
         let (len, client) = tokio::select! {
@@ -125,7 +130,9 @@ pub async fn run(
             Ok(p) => p,
             Err(e) => {
                 stats.malformed.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(%client, error = %e, len, "malformed TFTP packet dropped");
+                if let Some(suppressed) = malformed_log.allow(Instant::now()) {
+                    tracing::warn!(%client, error = %e, len, suppressed, "malformed TFTP packet dropped");
+                }
                 continue;
             }
         };
@@ -157,7 +164,10 @@ pub async fn run(
                     Ok(p) => p,
                     Err(refusal) => {
                         stats.refused.fetch_add(1, Ordering::Relaxed);
-                        tracing::warn!(%client, file = filename, reason = %refusal, "TFTP request refused");
+                        if let Some(suppressed) = refused_log.allow(Instant::now()) {
+                            tracing::warn!(%client, file = filename, reason = %refusal, suppressed,
+                                "TFTP request refused");
+                        }
                         let code = match refusal {
                             Refusal::Forbidden => ErrorCode::AccessViolation,
                             Refusal::NotFound => ErrorCode::FileNotFound,
@@ -170,7 +180,10 @@ pub async fn run(
                 let Some(client_slot) = per_client.take(client.ip(), config.max_per_client.max(1))
                 else {
                     stats.refused.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(%client, file = filename, "TFTP transfer refused: too many from this address");
+                    if let Some(suppressed) = refused_log.allow(Instant::now()) {
+                        tracing::warn!(%client, file = filename, suppressed,
+                            "TFTP transfer refused: too many from this address");
+                    }
                     reply_error(
                         ErrorCode::NotDefined,
                         "too many transfers from your address, retry later",
@@ -181,7 +194,9 @@ pub async fn run(
                 };
                 let Ok(permit) = slots.clone().try_acquire_owned() else {
                     stats.refused.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(%client, file = filename, "TFTP busy: transfer refused");
+                    if let Some(suppressed) = refused_log.allow(Instant::now()) {
+                        tracing::warn!(%client, file = filename, suppressed, "TFTP busy: transfer refused");
+                    }
                     reply_error(ErrorCode::NotDefined, "server busy, retry later", &mut out);
                     let _ = socket.send_to(&out, client).await;
                     continue;
@@ -207,7 +222,9 @@ pub async fn run(
             }
             Packet::WriteRequest { filename } => {
                 stats.refused.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(%client, file = filename, "TFTP write refused");
+                if let Some(suppressed) = refused_log.allow(Instant::now()) {
+                    tracing::warn!(%client, file = filename, suppressed, "TFTP write refused");
+                }
                 reply_error(ErrorCode::AccessViolation, "read-only server", &mut out);
                 let _ = socket.send_to(&out, client).await;
             }
