@@ -47,7 +47,7 @@ fn csv_line(r: AuditRow, out: &mut String) {
     let fields = [
         r.seq.to_string(),
         r.at.to_string(),
-        crate::web::time_text(r.at),
+        crate::clock::time_text(r.at),
         r.actor,
         r.action,
         r.target,

@@ -19,6 +19,7 @@ pub mod audit;
 pub mod audit_export;
 pub mod auth;
 pub mod boot;
+pub mod clock;
 pub mod config;
 pub mod error;
 pub mod extract;

@@ -2,18 +2,8 @@
 
 use std::collections::BTreeMap;
 
+pub use crate::clock::time_text;
 use crate::store;
-
-/// Milliseconds since the epoch as `2026-11-26 10:00:00Z`.
-pub fn time_text(ms: i64) -> String {
-    let Ok(ms) = u64::try_from(ms) else {
-        return "-".into();
-    };
-    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
-    humantime::format_rfc3339_seconds(t)
-        .to_string()
-        .replacen('T', " ", 1)
-}
 
 /// How long ago, in words (`12 s ago`, `3 min ago`), or `never`.
 pub fn ago_text(ms: Option<i64>) -> String {

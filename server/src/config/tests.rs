@@ -1,0 +1,239 @@
+//! `ServerConfig::resolve` and the file/flag/variable precedence, setting by setting.
+
+use clap::Parser;
+
+use super::*;
+
+fn serve_args(argv: &[&str]) -> ServeArgs {
+    let mut full = vec!["lbfleet-server", "serve"];
+    full.extend_from_slice(argv);
+    match Cli::try_parse_from(full).map(|c| c.command) {
+        Ok(Command::Serve(a)) => *a,
+        other => panic!("unexpected parse: {other:?}"),
+    }
+}
+
+#[test]
+fn defaults_file_and_flags_layer_in_order() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("lbfleet.toml");
+    std::fs::write(
+        &path,
+        "listen = \"127.0.0.1:9000\"\nsession_ttl = \"1h\"\ndatabase = \"sqlite://file.db\"\n",
+    )
+    .expect("write");
+    let cfg = ServerConfig::resolve(serve_args(&[])).expect("defaults");
+    assert_eq!(cfg.listen.to_string(), DEFAULT_LISTEN);
+    assert_eq!(cfg.database, DEFAULT_DATABASE);
+    assert_eq!(cfg.long_poll_timeout, Duration::from_secs(30));
+
+    let p = path.to_str().expect("utf-8 path");
+    let cfg = ServerConfig::resolve(serve_args(&[
+        "--config",
+        p,
+        "--database",
+        "sqlite://flag.db",
+    ]))
+    .expect("file");
+    assert_eq!(cfg.listen.to_string(), "127.0.0.1:9000");
+    assert_eq!(cfg.session_ttl, Duration::from_secs(3600));
+    assert_eq!(cfg.database, "sqlite://flag.db");
+}
+
+#[test]
+fn bad_files_and_values_are_clear_errors() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("bad.toml");
+    std::fs::write(&path, "listn = \"127.0.0.1:9000\"\n").expect("write");
+    let p = path.to_str().expect("utf-8 path");
+    let err = ServerConfig::resolve(serve_args(&["--config", p]))
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(err.contains("unknown field `listn`"), "{err}");
+    let err = ServerConfig::resolve(serve_args(&["--session-ttl", "soon"]))
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(
+        err.starts_with("session_ttl: \"soon\" is not a duration"),
+        "{err}"
+    );
+    let err = ServerConfig::resolve(serve_args(&["--public-url", "lb.example"]))
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(err.contains("must start with http"), "{err}");
+}
+
+#[test]
+fn plain_http_off_loopback_needs_tls_or_the_explicit_flag() {
+    let err = ServerConfig::resolve(serve_args(&["--listen", "0.0.0.0:8080"]))
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(
+        err.starts_with("listen: 0.0.0.0:8080 is not a loopback address and TLS is off")
+            && err.contains("--allow-insecure-http"),
+        "{err}"
+    );
+    let cfg = ServerConfig::resolve(serve_args(&[
+        "--listen",
+        "0.0.0.0:8080",
+        "--allow-insecure-http",
+    ]))
+    .expect("explicitly allowed");
+    assert!(!cfg.tls.is_on() && !cfg.secure_cookies());
+    let cfg = ServerConfig::resolve(serve_args(&[
+        "--listen",
+        "0.0.0.0:8080",
+        "--tls-self-signed",
+        "--database",
+        "sqlite://var/x/lbfleet.db",
+    ]))
+    .expect("TLS");
+    assert_eq!(
+        cfg.tls,
+        crate::tls::TlsSetting::SelfSigned {
+            dir: PathBuf::from("var/x")
+        }
+    );
+    assert!(cfg.secure_cookies());
+    // Loopback stays plain by default (make demo).
+    let cfg = ServerConfig::resolve(serve_args(&[])).expect("defaults");
+    assert!(!cfg.tls.is_on());
+    let err = ServerConfig::resolve(serve_args(&["--tls-cert", "c.pem"]))
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(err.contains("tls_cert and tls_key go together"), "{err}");
+}
+
+#[test]
+fn boot_listen_is_optional_secured_like_listen_and_apart_from_it() {
+    assert_eq!(
+        ServerConfig::resolve(serve_args(&[]))
+            .expect("defaults")
+            .boot_listen,
+        None
+    );
+    let cfg =
+        ServerConfig::resolve(serve_args(&["--boot-listen", "127.0.0.1:8081"])).expect("split");
+    assert_eq!(
+        cfg.boot_listen,
+        Some("127.0.0.1:8081".parse().expect("addr"))
+    );
+    let err = ServerConfig::resolve(serve_args(&["--boot-listen", "198.18.0.1:8081"]))
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(
+        err.starts_with("boot_listen: 198.18.0.1:8081 is not a loopback address and TLS is off"),
+        "{err}"
+    );
+    assert!(ServerConfig::resolve(serve_args(&[
+        "--boot-listen",
+        "198.18.0.1:8081",
+        "--allow-insecure-http"
+    ]))
+    .is_ok());
+    let cfg = ServerConfig::resolve(serve_args(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--boot-listen",
+        "127.0.0.1:0",
+    ]))
+    .expect("two free ports");
+    assert_eq!(cfg.boot_listen.map(|b| b.port()), Some(0));
+    for clash in ["127.0.0.1:8080", "0.0.0.0:8080"] {
+        let err = ServerConfig::resolve(serve_args(&[
+            "--boot-listen",
+            clash,
+            "--allow-insecure-http",
+        ]))
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+        assert!(err.starts_with("boot_listen: "), "{clash}: {err}");
+        assert!(err.contains("overlaps listen"), "{clash}: {err}");
+    }
+}
+
+#[test]
+fn max_discovered_must_leave_pool_addresses_for_registered_nodes() {
+    let boot = [
+        "--boot-server-address",
+        "198.18.0.1",
+        "--boot-subnet",
+        "198.18.0.0/16",
+        "--boot-pool",
+        "198.18.1.0-198.18.1.255",
+    ];
+    let mut args = boot.to_vec();
+    args.extend(["--boot-max-discovered", "256"]);
+    let err = ServerConfig::resolve(serve_args(&args))
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(
+        err.starts_with("boot.max_discovered: 256 leaves no address of boot.pool (256 addresses)"),
+        "{err}"
+    );
+    let mut args = boot.to_vec();
+    args.extend(["--boot-max-discovered", "255"]);
+    let cfg = ServerConfig::resolve(serve_args(&args)).expect("one address left");
+    assert_eq!(cfg.boot.map(|b| b.max_discovered), Some(255));
+    // Unset: half the pool.
+    let cfg = ServerConfig::resolve(serve_args(&boot)).expect("default");
+    assert_eq!(cfg.boot.map(|b| b.max_discovered), Some(128));
+}
+
+#[test]
+fn link_checks_default_on_and_enrollment_windows_off_file_and_flags_override() {
+    let boot = [
+        "--boot-server-address",
+        "198.18.0.1",
+        "--boot-subnet",
+        "198.18.0.0/16",
+        "--boot-pool",
+        "198.18.1.0-198.18.1.255",
+    ];
+    let cfg = ServerConfig::resolve(serve_args(&boot)).expect("defaults");
+    let b = cfg.boot.expect("boot");
+    assert!(b.check_link_address && !b.require_armed_enrollment);
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("lbfleet.toml");
+    std::fs::write(
+        &path,
+        "[boot]\ncheck_link_address = false\nrequire_armed_enrollment = true\n",
+    )
+    .expect("write");
+    let mut args = boot.to_vec();
+    args.extend(["--config", path.to_str().expect("utf-8 path")]);
+    let b = ServerConfig::resolve(serve_args(&args))
+        .expect("file")
+        .boot
+        .expect("boot");
+    assert!(!b.check_link_address && b.require_armed_enrollment);
+    args.extend(["--boot-check-link-address", "true"]);
+    let b = ServerConfig::resolve(serve_args(&args))
+        .expect("flag")
+        .boot
+        .expect("boot");
+    assert!(b.check_link_address);
+}
+
+#[test]
+fn database_passwords_are_redacted() {
+    assert_eq!(
+        redact_url("postgres://lb:s3cret@db/lbfleet"),
+        "postgres://lb:<redacted>@db/lbfleet"
+    );
+    assert_eq!(
+        redact_url("sqlite://var/lbfleet.db"),
+        "sqlite://var/lbfleet.db"
+    );
+    let cfg = ServerConfig::with_database("postgres://lb:s3cret@db/lbfleet");
+    assert!(!format!("{cfg:?}").contains("s3cret"));
+}
