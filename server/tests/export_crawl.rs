@@ -3,7 +3,7 @@
 //! exports made every API call, the dashboard, agents and `/healthz` wait 30 s and fail. Now exports read on
 //! connections of their own, one per user and two in all at once (the others get 429 at once).
 
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 

@@ -17,7 +17,7 @@
 //!
 //! Needs root, QEMU, OVMF, ipxe, ipxe-qemu, busybox-static (scripts/install-deps.sh); fails without them.
 
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::Duration;
 
