@@ -72,7 +72,7 @@ async fn main() {
         vrrp: None,
         services: (0..servers.div_ceil(100))
             .map(|k| VirtualService {
-                vip: "198.18.0.10".into(),
+                vip: "198.18.0.10".parse().unwrap(),
                 port: 80 + k as u16,
                 protocol: Protocol::Tcp,
                 scheduler: Scheduler::Wrr,
@@ -82,7 +82,9 @@ async fn main() {
                 check: check.clone(),
                 real_servers: (k * 100..((k + 1) * 100).min(servers))
                     .map(|i| RealServer {
-                        address: format!("127.0.{}.{}", 1 + i / 1000, 1 + (i / 4) % 250),
+                        address: format!("127.0.{}.{}", 1 + i / 1000, 1 + (i / 4) % 250)
+                            .parse()
+                            .unwrap(),
                         port: 18081 + (i % 4) as u16,
                         weight: 1,
                         enabled: true,

@@ -18,7 +18,7 @@ fn role(services: usize, dests: usize, generation: u64) -> RoleDocument {
         vrrp: None,
         services: (0..services)
             .map(|i| VirtualService {
-                vip: format!("198.18.0.{}", 10 + i % 50),
+                vip: format!("198.18.0.{}", 10 + i % 50).parse().unwrap(),
                 port: 80 + (i / 50) as u16,
                 protocol: Protocol::Tcp,
                 scheduler: Scheduler::Wrr,
@@ -28,7 +28,7 @@ fn role(services: usize, dests: usize, generation: u64) -> RoleDocument {
                 check: HealthCheck::tcp(),
                 real_servers: (0..dests)
                     .map(|j| RealServer {
-                        address: format!("198.18.2.{}", 1 + j),
+                        address: format!("198.18.2.{}", 1 + j).parse().unwrap(),
                         port: 10000 + i as u16,
                         weight: 1 + j as u32,
                         enabled: true,
@@ -61,7 +61,7 @@ fn main() {
         let mut c = 0usize;
         for v in &r2.services {
             for rs in &v.real_servers {
-                c += usize::from(rs.address.parse::<std::net::IpAddr>().is_ok());
+                c += usize::from(rs.address.to_string().parse::<std::net::IpAddr>().is_ok());
             }
         }
         std::hint::black_box(c);

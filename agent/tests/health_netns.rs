@@ -106,7 +106,7 @@ fn role_with(services: Vec<(u16, HealthCheck, &str, u16)>) -> RoleDocument {
         services: services
             .into_iter()
             .map(|(vport, check, addr, port)| VirtualService {
-                vip: "198.18.0.10".into(),
+                vip: "198.18.0.10".parse().unwrap(),
                 port: vport,
                 protocol: Protocol::Tcp,
                 scheduler: Scheduler::Wrr,
@@ -115,7 +115,7 @@ fn role_with(services: Vec<(u16, HealthCheck, &str, u16)>) -> RoleDocument {
                 persistence_prefix: None,
                 check,
                 real_servers: vec![RealServer {
-                    address: addr.into(),
+                    address: addr.parse().unwrap(),
                     port,
                     weight: 1,
                     enabled: true,

@@ -72,7 +72,7 @@ fn role(servers: &[(String, u16, u32)], per_service: usize) -> RoleDocument {
             .chunks(per_service)
             .enumerate()
             .map(|(k, chunk)| VirtualService {
-                vip: "198.18.0.10".into(),
+                vip: "198.18.0.10".parse().unwrap(),
                 port: 80 + k as u16,
                 protocol: Protocol::Tcp,
                 scheduler: Scheduler::Wrr,
@@ -83,7 +83,7 @@ fn role(servers: &[(String, u16, u32)], per_service: usize) -> RoleDocument {
                 real_servers: chunk
                     .iter()
                     .map(|(a, p, w)| RealServer {
-                        address: a.clone(),
+                        address: a.parse().unwrap(),
                         port: *p,
                         weight: *w,
                         enabled: true,

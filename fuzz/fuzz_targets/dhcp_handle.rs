@@ -7,7 +7,7 @@
 use std::net::Ipv4Addr;
 
 use lbfleet_server::boot::dhcp::{
-    handle_datagram, Decision, DhcpConfig, LeaseTable, MacAddr, ReservationMap,
+    handle_datagram, Decision, DhcpConfig, LeaseTable, Mac, ReservationMap,
 };
 use libfuzzer_sys::fuzz_target;
 
@@ -18,7 +18,7 @@ fuzz_target!(|data: &[u8]| {
     let config = DhcpConfig::lab();
     let mut reservations = ReservationMap::new();
     reservations.insert(
-        MacAddr([0x52, 0x54, 0x00, 0x12, 0x34, 0x56]),
+        Mac([0x52, 0x54, 0x00, 0x12, 0x34, 0x56]),
         Ipv4Addr::new(198, 18, 0, 50),
         Some("lb-01".to_owned()),
     );

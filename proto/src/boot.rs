@@ -20,6 +20,17 @@ use std::str::FromStr;
 pub struct Mac(pub [u8; 6]);
 
 impl Mac {
+    /// The MAC in a packet's hardware-address field (DHCP `chaddr`), if it is a usable unicast Ethernet
+    /// address: all-zero and group (multicast/broadcast) addresses cannot belong to a NIC, so a forged or broken
+    /// packet gives `None`.
+    pub fn from_unicast_bytes(bytes: &[u8]) -> Option<Mac> {
+        let bytes: [u8; 6] = bytes.try_into().ok()?;
+        if bytes == [0; 6] || bytes[0] & 1 == 1 {
+            return None;
+        }
+        Some(Mac(bytes))
+    }
+
     /// `01-aa-bb-cc-dd-ee-ff`: the value of `BOOTIF=`.
     pub fn bootif(&self) -> String {
         let mut s = String::from("01");

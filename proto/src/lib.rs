@@ -6,6 +6,7 @@
 //! exception is `bounds`: the numbers a report must stay within, which both ends must agree on.
 
 use std::fmt;
+use std::net::IpAddr;
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
@@ -405,17 +406,20 @@ pub struct VrrpConfig {
     #[serde(default)]
     pub preempt_delay_ms: u32,
     pub vips: Vec<VipSpec>,
-    pub unicast_peers: Vec<String>,
+    /// Peers' addresses for unicast adverts (empty: multicast).
+    pub unicast_peers: Vec<IpAddr>,
     #[serde(default)]
     pub garp: GarpSpec,
     #[serde(default)]
     pub conn_sync: Option<ConnSyncSpec>,
 }
 
-/// A real server inside a role document: what the kernel should hold, before health results.
+/// A real server inside a role document: what the kernel should hold, before health results. Addresses are
+/// typed here (the server validated the spec's text), and written as before (`"198.18.2.1"`): see the golden
+/// JSON in `proto/tests/golden/`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RealServer {
-    pub address: String,
+    pub address: IpAddr,
     pub port: u16,
     pub weight: u32,
     pub enabled: bool,
@@ -424,7 +428,7 @@ pub struct RealServer {
 /// A virtual service inside a role document.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VirtualService {
-    pub vip: String,
+    pub vip: IpAddr,
     pub port: u16,
     pub protocol: Protocol,
     pub scheduler: Scheduler,

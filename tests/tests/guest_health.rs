@@ -25,7 +25,7 @@ fn check() -> HealthCheck {
 
 fn service(port: u16, check: HealthCheck, servers: &[(&str, u32)]) -> VirtualService {
     VirtualService {
-        vip: "198.18.0.10".into(),
+        vip: "198.18.0.10".parse().unwrap(),
         port,
         protocol: Protocol::Tcp,
         scheduler: Scheduler::Wrr,
@@ -36,7 +36,7 @@ fn service(port: u16, check: HealthCheck, servers: &[(&str, u32)]) -> VirtualSer
         real_servers: servers
             .iter()
             .map(|(a, w)| RealServer {
-                address: (*a).into(),
+                address: a.parse().unwrap(),
                 port: 8080,
                 weight: *w,
                 enabled: true,

@@ -18,7 +18,7 @@ use lbfleet_tests::strace;
 
 fn rs(addr: &str, port: u16, weight: u32) -> RealServer {
     RealServer {
-        address: addr.into(),
+        address: addr.parse().unwrap(),
         port,
         weight,
         enabled: true,
@@ -36,7 +36,7 @@ fn vs(
     real_servers: Vec<RealServer>,
 ) -> VirtualService {
     VirtualService {
-        vip: vip.into(),
+        vip: vip.parse().unwrap(),
         port,
         protocol,
         scheduler,

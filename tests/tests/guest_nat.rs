@@ -23,7 +23,7 @@ fn role(generation: u64, w1: u32, second_enabled: bool) -> RoleDocument {
         role: None,
         vrrp: None,
         services: vec![VirtualService {
-            vip: "198.18.0.10".into(),
+            vip: "198.18.0.10".parse().unwrap(),
             port: 80,
             protocol: Protocol::Tcp,
             scheduler: Scheduler::Wrr,
@@ -34,14 +34,14 @@ fn role(generation: u64, w1: u32, second_enabled: bool) -> RoleDocument {
             check: HealthCheck::of_kind(lbfleet_proto::CheckKind::None),
             real_servers: vec![
                 RealServer {
-                    address: "198.18.2.1".into(),
+                    address: "198.18.2.1".parse().unwrap(),
                     port: 8080,
                     weight: w1,
                     enabled: true,
                 },
                 // Drained at first, so the held connection lands on .1; enabled by the role change.
                 RealServer {
-                    address: "198.18.2.2".into(),
+                    address: "198.18.2.2".parse().unwrap(),
                     port: 8080,
                     weight: 1,
                     enabled: second_enabled,

@@ -74,7 +74,7 @@ fn role(node: &str, priority: u8, sync: bool) -> RoleDocument {
             }),
         }),
         services: vec![VirtualService {
-            vip: VIP.into(),
+            vip: VIP.parse().unwrap(),
             port: 80,
             protocol: Protocol::Tcp,
             scheduler: Scheduler::Wrr,
@@ -87,7 +87,7 @@ fn role(node: &str, priority: u8, sync: bool) -> RoleDocument {
                 ..HealthCheck::tcp()
             },
             real_servers: vec![RealServer {
-                address: REAL_SERVER.into(),
+                address: REAL_SERVER.parse().unwrap(),
                 port: ECHO_PORT,
                 weight: 1,
                 enabled: true,

@@ -211,18 +211,13 @@ impl HealthMonitor {
         let mut drained = HashSet::new();
         let mut unchecked = HashSet::new();
         for vs in &role.services {
-            let Ok(vip) = vs.vip.parse::<IpAddr>() else {
-                continue;
-            };
             let service = ServiceKey::Addr {
                 protocol: vs.protocol.into(),
-                addr: vip,
+                addr: vs.vip,
                 port: vs.port,
             };
             for rs in &vs.real_servers {
-                let Ok(addr) = rs.address.parse::<IpAddr>() else {
-                    continue;
-                };
+                let addr = rs.address;
                 let dest = DestKey {
                     addr,
                     port: rs.port,

@@ -4,7 +4,6 @@
 //! (`crate::vrrp::tasks::QuorumPriority`, which the running instance turns into `Input::SetPriority`).
 
 use std::fmt;
-use std::net::IpAddr;
 
 use lbfleet_proto::RoleDocument;
 use tokio::sync::mpsc;
@@ -54,12 +53,9 @@ impl QuorumStatus {
         let mut status = QuorumStatus::default();
         for vs in &role.services {
             let Some(q) = &vs.check.quorum else { continue };
-            let Ok(vip) = vs.vip.parse::<IpAddr>() else {
-                continue;
-            };
             let service = ServiceKey::Addr {
                 protocol: vs.protocol.into(),
-                addr: vip,
+                addr: vs.vip,
                 port: vs.port,
             };
             let healthy = vs
@@ -67,15 +63,13 @@ impl QuorumStatus {
                 .iter()
                 .filter(|rs| {
                     rs.enabled
-                        && rs.address.parse::<IpAddr>().is_ok_and(|addr| {
-                            !health.is_failed(
-                                &service,
-                                &DestKey {
-                                    addr,
-                                    port: rs.port,
-                                },
-                            )
-                        })
+                        && !health.is_failed(
+                            &service,
+                            &DestKey {
+                                addr: rs.address,
+                                port: rs.port,
+                            },
+                        )
                 })
                 .count();
             if (healthy as u64) < u64::from(q.min_healthy) {

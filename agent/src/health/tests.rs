@@ -97,7 +97,7 @@ fn check() -> HealthCheck {
 
 fn service(vip: &str, port: u16, check: HealthCheck, servers: &[(&str, u16)]) -> VirtualService {
     VirtualService {
-        vip: vip.into(),
+        vip: vip.parse().unwrap(),
         port,
         protocol: Protocol::Tcp,
         scheduler: Scheduler::Wrr,
@@ -108,7 +108,7 @@ fn service(vip: &str, port: u16, check: HealthCheck, servers: &[(&str, u16)]) ->
         real_servers: servers
             .iter()
             .map(|(a, p)| RealServer {
-                address: (*a).into(),
+                address: a.parse().unwrap(),
                 port: *p,
                 weight: 1,
                 enabled: true,

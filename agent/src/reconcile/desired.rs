@@ -7,37 +7,11 @@ use lbfleet_proto::{DownAction, RoleDocument};
 use super::state::{HealthResults, IpvsState, ServiceState};
 use crate::ipvs::{DestKey, Destination, Forward, Service, ServiceKey, SVC_F_PERSISTENT};
 
-/// `str::parse::<IpAddr>`, with a quicker path for the common case, a plain dotted quad (`198.18.2.1`). The
-/// quick path accepts only what the standard parser accepts (1 to 3 digits per octet, no leading zero, at
-/// most 255), with the same result; anything else goes to the standard parser.
-pub(crate) fn parse_ip(s: &str) -> Option<IpAddr> {
-    let mut octets = [0u8; 4];
-    let mut n = 0;
-    for part in s.as_bytes().split(|&b| b == b'.') {
-        let fits = n < 4
-            && (1..=3).contains(&part.len())
-            && part.iter().all(u8::is_ascii_digit)
-            && (part.len() == 1 || part[0] != b'0');
-        if !fits {
-            return s.parse().ok();
-        }
-        let v = part.iter().fold(0u16, |v, &b| v * 10 + u16::from(b - b'0'));
-        let Ok(v) = u8::try_from(v) else {
-            return s.parse().ok();
-        };
-        octets[n] = v;
-        n += 1;
-    }
-    if n != 4 {
-        return s.parse().ok();
-    }
-    Some(IpAddr::from(octets))
-}
-
 /// The kernel state a role asks for. A drained (`enabled = false`) real server gets weight 0, so its existing
 /// connections finish; so does one its check marked down, unless the service's `on_down` is `remove` (then it
 /// is left out). While no real server has a weight above 0, the service's sorry server (if any) is added
-/// with weight 1. Entries the kernel could not hold (bad addresses) are skipped and named
+/// with weight 1. Addresses are typed in the role document (a document with a bad one does not parse); a sorry
+/// server's address is text (it is part of the health check) and one that does not parse is skipped and named
 /// in the returned errors.
 pub fn desired_state(role: &RoleDocument, health: &HealthResults) -> (IpvsState, Vec<String>) {
     desired_state_reusing(role, health, None)
@@ -63,16 +37,7 @@ pub fn desired_state_reusing(
     // there, an entry could not be traced back to the one service it was built from.
     let reusable = previous.filter(|(r, st)| st.services.len() == r.services.len());
     for (index, vs) in role.services.iter().enumerate() {
-        let addr = match parse_ip(&vs.vip) {
-            Some(a) => a,
-            None => {
-                errors.push(format!(
-                    "service {}:{}: bad VIP {:?}",
-                    vs.vip, vs.port, vs.vip
-                ));
-                continue;
-            }
-        };
+        let addr = vs.vip;
         let key = ServiceKey::Addr {
             protocol: vs.protocol.into(),
             addr,
@@ -100,13 +65,7 @@ pub fn desired_state_reusing(
         let mut dests = Vec::with_capacity(vs.real_servers.len());
         let mut in_service = false;
         for rs in &vs.real_servers {
-            let Some(raddr) = parse_ip(&rs.address) else {
-                errors.push(format!(
-                    "service {key}: bad real server address {:?}",
-                    rs.address
-                ));
-                continue;
-            };
+            let raddr = rs.address;
             let dk = DestKey {
                 addr: raddr,
                 port: rs.port,
@@ -121,7 +80,7 @@ pub fn desired_state_reusing(
         }
         // The sorry server takes the traffic while no real server can.
         if let (false, Some(sorry)) = (in_service, &vs.check.sorry_server) {
-            match parse_ip(&sorry.address) {
+            match sorry.address.parse::<IpAddr>().ok() {
                 Some(addr) => dests.push(Destination::new(addr, sorry.port, forward, 1)),
                 None => errors.push(format!(
                     "service {key}: bad sorry server address {:?}",

@@ -94,7 +94,10 @@ pub fn resolve(rt: &mut RouteSocket, config: &VrrpConfig) -> Result<Resolved, Se
     let peers = config
         .unicast_peers
         .iter()
-        .map(|p| p.parse().map_err(|_| SetupError::BadPeer(p.clone())))
+        .map(|p| match p {
+            std::net::IpAddr::V4(a) => Ok(*a),
+            other => Err(SetupError::BadPeer(other.to_string())),
+        })
         .collect::<Result<Vec<Ipv4Addr>, _>>()?;
     Ok(Resolved {
         link,

@@ -60,7 +60,12 @@ impl Fleet {
             preempt: c.spec.preempt,
             preempt_delay_ms: c.spec.preempt_delay_ms,
             vips: c.spec.vips.clone(),
-            unicast_peers: c.spec.unicast_peers.clone(),
+            unicast_peers: c
+                .spec
+                .unicast_peers
+                .iter()
+                .map(|p| stored_address(&c.name, p))
+                .collect::<Result<_>>()?,
             garp: c.spec.garp,
             conn_sync: c.spec.conn_sync.clone(),
         });
@@ -68,28 +73,31 @@ impl Fleet {
             .spec
             .services
             .iter()
-            .cloned()
-            .map(|s| VirtualService {
-                vip: s.vip,
-                port: s.port,
-                protocol: s.protocol,
-                scheduler: s.scheduler,
-                forward: s.forward,
-                persistence_s: s.persistence_s,
-                persistence_prefix: s.persistence_prefix,
-                check: s.check,
-                real_servers: s
-                    .real_servers
-                    .into_iter()
-                    .map(|r| RealServer {
-                        address: r.address,
-                        port: r.port,
-                        weight: r.weight,
-                        enabled: r.enabled.unwrap_or(true),
-                    })
-                    .collect(),
+            .map(|s| {
+                Ok(VirtualService {
+                    vip: stored_address(&c.name, &s.vip)?,
+                    port: s.port,
+                    protocol: s.protocol,
+                    scheduler: s.scheduler,
+                    forward: s.forward,
+                    persistence_s: s.persistence_s,
+                    persistence_prefix: s.persistence_prefix,
+                    check: s.check.clone(),
+                    real_servers: s
+                        .real_servers
+                        .iter()
+                        .map(|r| {
+                            Ok(RealServer {
+                                address: stored_address(&c.name, &r.address)?,
+                                port: r.port,
+                                weight: r.weight,
+                                enabled: r.enabled.unwrap_or(true),
+                            })
+                        })
+                        .collect::<Result<_>>()?,
+                })
             })
-            .collect();
+            .collect::<Result<_>>()?;
         Ok(doc)
     }
 
@@ -155,6 +163,14 @@ impl Fleet {
             }
         }
     }
+}
+
+/// An address of a stored cluster spec, typed for the role document. The spec was validated before it was
+/// stored, so a failure means the database was changed behind lbfleet's back.
+fn stored_address(cluster: &str, text: &str) -> Result<std::net::IpAddr> {
+    text.parse().map_err(|_| {
+        StoreError::Corrupt(format!("cluster {cluster}: {text:?} is not an IP address")).into()
+    })
 }
 
 #[cfg(test)]

@@ -12,7 +12,7 @@ use thiserror::Error;
 
 use super::codec::{self, DecodeError, EncodeError};
 use super::config::DhcpConfig;
-use super::lease::{Lease, LeaseChange, LeaseState, LeaseTable, MacAddr, Reservations, UnixMillis};
+use super::lease::{Lease, LeaseChange, LeaseState, LeaseTable, Mac, Reservations, UnixMillis};
 use super::pxe::{boot_answer, BootClient};
 
 pub const SERVER_PORT: u16 = 67;
@@ -30,7 +30,7 @@ pub enum Destination {
     /// To `address`:68 at link-layer destination `mac`: the client has no address yet and did not ask for
     /// broadcast, so it cannot answer ARP. The socket loop needs a static ARP entry or a raw socket; where it
     /// has neither, broadcasting works with every client we boot.
-    LinkUnicast { address: Ipv4Addr, mac: MacAddr },
+    LinkUnicast { address: Ipv4Addr, mac: Mac },
 }
 
 /// A message to send, and the lease rows that must be durable before it leaves.
@@ -163,7 +163,7 @@ struct Ctx<'a, R> {
     now: UnixMillis,
     cfg: &'a DhcpConfig,
     reservations: &'a R,
-    mac: MacAddr,
+    mac: Mac,
 }
 
 impl<'a, R: Reservations> Ctx<'a, R> {
@@ -176,7 +176,7 @@ impl<'a, R: Reservations> Ctx<'a, R> {
         if req.opcode() != Opcode::BootRequest || req.htype() != HType::Eth {
             return Err(DropReason::NotEthernetRequest);
         }
-        let mac = MacAddr::from_chaddr(req.chaddr()).ok_or(DropReason::InvalidClientMac)?;
+        let mac = Mac::from_unicast_bytes(req.chaddr()).ok_or(DropReason::InvalidClientMac)?;
         let giaddr = req.giaddr();
         // One subnet today; a relay from elsewhere would get addresses that do not route on its link.
         if !giaddr.is_unspecified() && !cfg.accept_relayed {

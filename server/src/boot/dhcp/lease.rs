@@ -6,31 +6,11 @@
 //! must land on the same address.
 
 use std::collections::{BTreeMap, HashMap};
-use std::fmt;
 use std::net::Ipv4Addr;
 
-/// An Ethernet address; `Display` is the lowercase colon form used in boot URLs and the store.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct MacAddr(pub [u8; 6]);
-
-impl MacAddr {
-    /// The chaddr of a request, if it is a usable unicast Ethernet address.
-    pub fn from_chaddr(chaddr: &[u8]) -> Option<Self> {
-        let bytes: [u8; 6] = chaddr.try_into().ok()?;
-        // All-zero and group (multicast/broadcast) addresses cannot belong to a NIC: a forged or broken packet.
-        if bytes == [0; 6] || bytes[0] & 1 == 1 {
-            return None;
-        }
-        Some(Self(bytes))
-    }
-}
-
-impl fmt::Display for MacAddr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let [a, b, c, d, e, g] = self.0;
-        write!(f, "{a:02x}:{b:02x}:{c:02x}:{d:02x}:{e:02x}:{g:02x}")
-    }
-}
+/// An Ethernet address: the one MAC type of the workspace (`lbfleet_proto::Mac`); `Display` is the lowercase
+/// colon form used in boot URLs and the store.
+pub use lbfleet_proto::Mac;
 
 /// Milliseconds since the Unix epoch: the engine's only notion of time, supplied by the caller.
 pub type UnixMillis = u64;
@@ -48,7 +28,7 @@ pub enum LeaseState {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lease {
     pub address: Ipv4Addr,
-    pub mac: MacAddr,
+    pub mac: Mac,
     pub state: LeaseState,
     /// End of the offer hold, of the lease, or of the quarantine, by state.
     pub expires_at: UnixMillis,
@@ -71,7 +51,7 @@ pub enum LeaseChange {
     /// Insert or replace the lease row for `lease.address`.
     Upsert(Lease),
     /// Delete the lease row for `address`.
-    Remove { address: Ipv4Addr, mac: MacAddr },
+    Remove { address: Ipv4Addr, mac: Mac },
 }
 
 /// Leases by address, with an index from MAC to the address it holds (offered or bound, possibly expired,
@@ -79,7 +59,7 @@ pub enum LeaseChange {
 #[derive(Debug, Default, Clone)]
 pub struct LeaseTable {
     by_address: BTreeMap<Ipv4Addr, Lease>,
-    by_mac: HashMap<MacAddr, Ipv4Addr>,
+    by_mac: HashMap<Mac, Ipv4Addr>,
     /// Allocation hint: every pool address below this one was in the table when the allocator last looked,
     /// so the search for a never-used address resumes here instead of rescanning the whole pool (which made
     /// each new client O(leases)). Only a hint: addresses freed below it are still found by the fallback
@@ -119,7 +99,7 @@ impl LeaseTable {
     }
 
     /// The offer or binding (possibly expired) of `mac`.
-    pub fn lease_of(&self, mac: MacAddr) -> Option<&Lease> {
+    pub fn lease_of(&self, mac: Mac) -> Option<&Lease> {
         self.by_mac.get(&mac).and_then(|a| self.by_address.get(a))
     }
 
@@ -184,11 +164,11 @@ pub struct Reservation {
 /// Lookup of reservations in both directions: by MAC to answer a node, by address so a pool lease never
 /// hands out an address that belongs to a registered node.
 pub trait Reservations {
-    fn by_mac(&self, mac: MacAddr) -> Option<Reservation>;
-    fn holder_of(&self, address: Ipv4Addr) -> Option<MacAddr>;
+    fn by_mac(&self, mac: Mac) -> Option<Reservation>;
+    fn holder_of(&self, address: Ipv4Addr) -> Option<Mac>;
     /// A registered (approved) node: it boots outside the discovery budget, so a flood of unknown MACs never
     /// blocks it. Reserved MACs are registered too.
-    fn is_registered(&self, mac: MacAddr) -> bool {
+    fn is_registered(&self, mac: Mac) -> bool {
         self.by_mac(mac).is_some()
     }
 }
@@ -196,10 +176,10 @@ pub trait Reservations {
 /// An in-memory reservation set, e.g. a snapshot of the registered nodes refreshed by the socket loop.
 #[derive(Debug, Default, Clone)]
 pub struct ReservationMap {
-    by_mac: HashMap<MacAddr, Reservation>,
-    by_address: HashMap<Ipv4Addr, MacAddr>,
+    by_mac: HashMap<Mac, Reservation>,
+    by_address: HashMap<Ipv4Addr, Mac>,
     /// Registered nodes without a fixed address (they take pool addresses, outside the discovery budget).
-    registered: std::collections::HashSet<MacAddr>,
+    registered: std::collections::HashSet<Mac>,
 }
 
 impl ReservationMap {
@@ -208,12 +188,12 @@ impl ReservationMap {
     }
 
     /// Marks `mac` as a registered node (see `Reservations::is_registered`).
-    pub fn register(&mut self, mac: MacAddr) {
+    pub fn register(&mut self, mac: Mac) {
         self.registered.insert(mac);
     }
 
     /// Reserves `address` for `mac`, replacing an earlier reservation of either.
-    pub fn insert(&mut self, mac: MacAddr, address: Ipv4Addr, hostname: Option<String>) {
+    pub fn insert(&mut self, mac: Mac, address: Ipv4Addr, hostname: Option<String>) {
         if let Some(old) = self.by_mac.remove(&mac) {
             self.by_address.remove(&old.address);
         }
@@ -225,15 +205,15 @@ impl ReservationMap {
 }
 
 impl Reservations for ReservationMap {
-    fn by_mac(&self, mac: MacAddr) -> Option<Reservation> {
+    fn by_mac(&self, mac: Mac) -> Option<Reservation> {
         self.by_mac.get(&mac).cloned()
     }
 
-    fn holder_of(&self, address: Ipv4Addr) -> Option<MacAddr> {
+    fn holder_of(&self, address: Ipv4Addr) -> Option<Mac> {
         self.by_address.get(&address).copied()
     }
 
-    fn is_registered(&self, mac: MacAddr) -> bool {
+    fn is_registered(&self, mac: Mac) -> bool {
         self.by_mac.contains_key(&mac) || self.registered.contains(&mac)
     }
 }
@@ -248,7 +228,7 @@ mod tests {
     fn lease(address: Ipv4Addr, mac: u8, state: LeaseState, expires_at: u64) -> Lease {
         Lease {
             address,
-            mac: MacAddr([2, 0, 0, 0, 0, mac]),
+            mac: Mac([2, 0, 0, 0, 0, mac]),
             state,
             expires_at,
         }
@@ -257,16 +237,16 @@ mod tests {
     #[test]
     fn mac_display_and_validation() {
         assert_eq!(
-            MacAddr([0x52, 0x54, 0, 0xAB, 0x3c, 0x0f]).to_string(),
+            Mac([0x52, 0x54, 0, 0xAB, 0x3c, 0x0f]).to_string(),
             "52:54:00:ab:3c:0f"
         );
-        assert!(MacAddr::from_chaddr(&[0; 6]).is_none());
-        assert!(MacAddr::from_chaddr(&[0xff; 6]).is_none());
-        assert!(MacAddr::from_chaddr(&[1, 0, 0x5e, 0, 0, 1]).is_none());
-        assert!(MacAddr::from_chaddr(&[2, 0, 0, 0, 0]).is_none());
+        assert!(Mac::from_unicast_bytes(&[0; 6]).is_none());
+        assert!(Mac::from_unicast_bytes(&[0xff; 6]).is_none());
+        assert!(Mac::from_unicast_bytes(&[1, 0, 0x5e, 0, 0, 1]).is_none());
+        assert!(Mac::from_unicast_bytes(&[2, 0, 0, 0, 0]).is_none());
         assert_eq!(
-            MacAddr::from_chaddr(&[2, 0, 0, 0, 0, 1]),
-            Some(MacAddr([2, 0, 0, 0, 0, 1]))
+            Mac::from_unicast_bytes(&[2, 0, 0, 0, 0, 1]),
+            Some(Mac([2, 0, 0, 0, 0, 1]))
         );
     }
 
@@ -278,7 +258,7 @@ mod tests {
         assert_eq!(evicted, vec![lease(A, 1, LeaseState::Bound, 10)]);
         assert!(t.get(A).is_none());
         assert_eq!(
-            t.lease_of(MacAddr([2, 0, 0, 0, 0, 1])).map(|l| l.address),
+            t.lease_of(Mac([2, 0, 0, 0, 0, 1])).map(|l| l.address),
             Some(B)
         );
     }
@@ -287,7 +267,7 @@ mod tests {
     fn declined_leases_are_not_indexed_by_mac() {
         let mut t = LeaseTable::new();
         t.insert(lease(A, 1, LeaseState::Declined, 10));
-        assert!(t.lease_of(MacAddr([2, 0, 0, 0, 0, 1])).is_none());
+        assert!(t.lease_of(Mac([2, 0, 0, 0, 0, 1])).is_none());
         assert_eq!(t.len(), 1);
     }
 
@@ -298,7 +278,7 @@ mod tests {
             lease(A, 1, LeaseState::Bound, 10),
         ]);
         assert_eq!(
-            t.lease_of(MacAddr([2, 0, 0, 0, 0, 1])).map(|l| l.address),
+            t.lease_of(Mac([2, 0, 0, 0, 0, 1])).map(|l| l.address),
             Some(B)
         );
     }
@@ -306,8 +286,8 @@ mod tests {
     #[test]
     fn reservation_map_is_one_to_one() {
         let mut r = ReservationMap::new();
-        let m1 = MacAddr([2, 0, 0, 0, 0, 1]);
-        let m2 = MacAddr([2, 0, 0, 0, 0, 2]);
+        let m1 = Mac([2, 0, 0, 0, 0, 1]);
+        let m2 = Mac([2, 0, 0, 0, 0, 2]);
         r.insert(m1, A, None);
         r.insert(m2, A, Some("lb-02".into()));
         assert!(r.by_mac(m1).is_none());

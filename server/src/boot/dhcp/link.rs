@@ -20,7 +20,7 @@ use std::collections::HashMap;
 use dhcproto::v4::relay::{RelayCode, RelayInfo};
 use dhcproto::v4::{DhcpOption, OptionCode};
 
-use super::{MacAddr, SERVER_PORT};
+use super::{Mac, SERVER_PORT};
 
 const ETHERTYPE_IPV4: u16 = 0x0800;
 const ETH_HEADER: usize = 14;
@@ -132,7 +132,7 @@ pub fn check_source(dhcp: &[u8], source: [u8; 6]) -> SourceCheck {
 }
 
 /// Relay circuit-id pins (option 82 sub-option 1, RFC 3046), by client MAC.
-pub type CircuitPins = HashMap<MacAddr, Vec<u8>>;
+pub type CircuitPins = HashMap<Mac, Vec<u8>>;
 
 /// Whether a request for a pinned MAC came through its relay circuit.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -155,7 +155,7 @@ pub fn check_circuit(dhcp: &[u8], pins: &CircuitPins) -> CircuitCheck {
     }
     let Some(pin) = dhcp
         .get(28..34)
-        .and_then(MacAddr::from_chaddr)
+        .and_then(Mac::from_unicast_bytes)
         .and_then(|mac| pins.get(&mac))
     else {
         return CircuitCheck::Unpinned;
@@ -413,7 +413,7 @@ mod tests {
             check_circuit(&relayed(VICTIM, relay, None), &pins),
             CircuitCheck::Unpinned
         );
-        pins.insert(MacAddr(VICTIM), b"sw1/0/7".to_vec());
+        pins.insert(Mac(VICTIM), b"sw1/0/7".to_vec());
         assert_eq!(
             check_circuit(&relayed(VICTIM, relay, Some(b"sw1/0/7")), &pins),
             CircuitCheck::Matches

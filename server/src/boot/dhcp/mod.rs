@@ -22,7 +22,7 @@ pub use engine::{
     handle, handle_datagram, Decision, Destination, DropReason, Reply, CLIENT_PORT, SERVER_PORT,
 };
 pub use lease::{
-    Lease, LeaseChange, LeaseState, LeaseTable, MacAddr, Reservation, ReservationMap, Reservations,
+    Lease, LeaseChange, LeaseState, LeaseTable, Mac, Reservation, ReservationMap, Reservations,
     UnixMillis,
 };
 pub use pxe::{boot_answer, BootAnswer, BootClient};

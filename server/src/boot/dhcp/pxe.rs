@@ -6,7 +6,7 @@ use std::net::Ipv4Addr;
 use dhcproto::v4::{DhcpOption, Message, OptionCode};
 
 use super::config::{DhcpConfig, MAX_BOOT_FILE_LEN};
-use super::lease::MacAddr;
+use super::lease::Mac;
 
 const PXE_CLASS: &[u8] = b"PXEClient";
 const IPXE_USER_CLASS: &[u8] = b"iPXE";
@@ -115,7 +115,7 @@ pub struct BootAnswer {
 
 /// What `client` (with Ethernet address `mac`) should boot, or `None` for clients that are not network
 /// booting or whose architecture has no boot file configured.
-pub fn boot_answer(client: &BootClient, mac: MacAddr, cfg: &DhcpConfig) -> Option<BootAnswer> {
+pub fn boot_answer(client: &BootClient, mac: Mac, cfg: &DhcpConfig) -> Option<BootAnswer> {
     if !client.is_network_boot() {
         return None;
     }
@@ -190,7 +190,7 @@ mod tests {
         // What dnsmasq sends a PXEClient that gets a boot file and no PXE menu: discovery control = 8.
         assert_eq!(pxe_vendor_options(), [0x06, 0x01, 0x08, 0xff]);
         let cfg = DhcpConfig::lab();
-        let mac = MacAddr(testdata::QEMU_MAC);
+        let mac = Mac(testdata::QEMU_MAC);
         let uefi = boot_answer(&client_of(&testdata::uefi_x64_discover()), mac, &cfg);
         assert_eq!(
             uefi.and_then(|a| a.vendor_options),
@@ -224,7 +224,7 @@ mod tests {
     #[test]
     fn boot_files_by_client() {
         let cfg = DhcpConfig::lab();
-        let mac = MacAddr(testdata::QEMU_MAC);
+        let mac = Mac(testdata::QEMU_MAC);
         let file = |c: BootClient| boot_answer(&c, mac, &cfg).map(|a| a.file);
         let pxe = |arch| BootClient {
             pxe_class: true,

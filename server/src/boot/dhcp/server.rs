@@ -19,7 +19,7 @@ use tokio::sync::{mpsc, watch};
 use super::link::{self, CircuitCheck, CircuitPins, LinkSocket, SourceCheck};
 use super::{
     handle_datagram, Decision, Destination, DhcpConfig, Lease, LeaseChange, LeaseState, LeaseTable,
-    MacAddr, ReservationMap, CLIENT_PORT,
+    Mac, ReservationMap, CLIENT_PORT,
 };
 use crate::boot::loglimit::LogLimit;
 use crate::fleet::{Fleet, LeaseWrite};
@@ -66,13 +66,13 @@ fn lease_row(l: &Lease) -> LeaseRow {
     }
 }
 
-fn parse_mac(text: &str) -> Option<MacAddr> {
+fn parse_mac(text: &str) -> Option<Mac> {
     let mut bytes = [0u8; 6];
     let mut parts = text.split(':');
     for b in &mut bytes {
         *b = u8::from_str_radix(parts.next()?, 16).ok()?;
     }
-    parts.next().is_none().then_some(MacAddr(bytes))
+    parts.next().is_none().then_some(Mac(bytes))
 }
 
 fn lease_from_row(r: &LeaseRow) -> Option<Lease> {
@@ -102,7 +102,7 @@ fn durable(changes: Vec<LeaseChange>) -> Vec<LeaseChange> {
 struct Snapshot {
     reservations: ReservationMap,
     /// Retired and rejected nodes: no answer.
-    refused: HashSet<MacAddr>,
+    refused: HashSet<Mac>,
     circuit_pins: CircuitPins,
 }
 
@@ -162,7 +162,7 @@ async fn receive(
 
 /// Formats a MAC for the log.
 fn mac_text(m: [u8; 6]) -> String {
-    MacAddr(m).to_string()
+    Mac(m).to_string()
 }
 
 /// Serves DHCP on `socket` (bound to port 67 on the boot interface, broadcast enabled) until `shutdown`. With
@@ -203,7 +203,7 @@ pub async fn run(
     ));
     // Unknown MACs become discovered nodes off the hot path; a full queue drops the record (the node is
     // recorded on its next DISCOVER or when it fetches its boot script).
-    let (discover_tx, mut discover_rx) = mpsc::channel::<MacAddr>(64);
+    let (discover_tx, mut discover_rx) = mpsc::channel::<Mac>(64);
     let discoverer = {
         let fleet = fleet.clone();
         tokio::spawn(async move {
@@ -214,7 +214,7 @@ pub async fn run(
             }
         })
     };
-    let mut known: HashSet<MacAddr> = HashSet::new();
+    let mut known: HashSet<Mac> = HashSet::new();
     let mut discovery_budget = RateLimit::new(DISCOVERY_PER_SECOND);
     let mut fleet_changes = fleet.notifier().subscribe_fleet();
     let mut buf = vec![0u8; 2048];
@@ -284,7 +284,7 @@ pub async fn run(
             (&buf[..len], peer)
         };
         // chaddr lives at bytes 28..34 of every BOOTP packet; refuse retired/rejected nodes before deciding.
-        if let Some(mac) = bytes.get(28..34).and_then(MacAddr::from_chaddr) {
+        if let Some(mac) = bytes.get(28..34).and_then(Mac::from_unicast_bytes) {
             if refused.contains(&mac) {
                 stats.dropped.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(%mac, "DHCP request from a retired or rejected node ignored");
@@ -295,7 +295,7 @@ pub async fn run(
             stats.dropped.fetch_add(1, Ordering::Relaxed);
             stats.wrong_circuit.fetch_add(1, Ordering::Relaxed);
             if let Some(suppressed) = circuit_log.allow(std::time::Instant::now()) {
-                let chaddr = bytes.get(28..34).and_then(MacAddr::from_chaddr);
+                let chaddr = bytes.get(28..34).and_then(Mac::from_unicast_bytes);
                 tracing::warn!(%peer, chaddr = ?chaddr.map(|m| m.to_string()),
                     circuit_id = ?got.as_ref().map(hex::encode), suppressed,
                     "DHCP request refused: the MAC is pinned to another relay circuit-id");
@@ -320,7 +320,7 @@ pub async fn run(
                         continue;
                     }
                 };
-                let mac = MacAddr::from_chaddr(
+                let mac = Mac::from_unicast_bytes(
                     &reply.message.chaddr()[..6.min(reply.message.chaddr().len())],
                 );
                 let changes = durable(reply.lease_changes);
@@ -436,7 +436,7 @@ impl RateLimit {
     }
 }
 
-fn reservations_lacks(r: &ReservationMap, mac: MacAddr) -> bool {
+fn reservations_lacks(r: &ReservationMap, mac: Mac) -> bool {
     use super::Reservations;
     r.by_mac(mac).is_none()
 }
@@ -503,7 +503,7 @@ mod tests {
     fn lease_rows_round_trip_and_offers_are_not_durable() {
         let l = Lease {
             address: Ipv4Addr::new(198, 18, 1, 7),
-            mac: MacAddr([0x52, 0x54, 0, 0xab, 0xcd, 0xef]),
+            mac: Mac([0x52, 0x54, 0, 0xab, 0xcd, 0xef]),
             state: LeaseState::Bound,
             expires_at: 1_000,
         };

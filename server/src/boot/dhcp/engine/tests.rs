@@ -148,7 +148,7 @@ fn golden_pxe_clients_get_their_boot_files() {
         let expected_dest = if name == "plain-ipxe" {
             Destination::LinkUnicast {
                 address: POOL_START,
-                mac: MacAddr(testdata::QEMU_MAC),
+                mac: Mac(testdata::QEMU_MAC),
             }
         } else {
             Destination::Broadcast
@@ -270,7 +270,7 @@ fn non_pxe_client_gets_no_boot_file_and_only_what_it_asked_for() {
         r.destination,
         Destination::LinkUnicast {
             address: POOL_START,
-            mac: MacAddr(testdata::QEMU_MAC)
+            mac: Mac(testdata::QEMU_MAC)
         }
     );
     assert!(reply_bytes(&r).len() <= 576 - 28);
@@ -302,12 +302,12 @@ fn full_dora_binds_and_asks_to_persist() {
     assert_eq!(ack.destination, Destination::Broadcast);
     let bound = Lease {
         address: addr,
-        mac: MacAddr(m),
+        mac: Mac(m),
         state: LeaseState::Bound,
         expires_at: NOW + 500 + 3_600_000,
     };
     assert_eq!(ack.lease_changes, vec![LeaseChange::Upsert(bound.clone())]);
-    assert_eq!(table.lease_of(MacAddr(m)), Some(&bound));
+    assert_eq!(table.lease_of(Mac(m)), Some(&bound));
 
     // A second client gets the next address.
     assert_eq!(
@@ -393,10 +393,7 @@ fn requests_for_foreign_or_taken_addresses_are_nakked() {
     );
     assert!(nak.lease_changes.is_empty());
     // The client's binding is untouched.
-    assert_eq!(
-        table.lease_of(MacAddr(mac(1))).map(|l| l.address),
-        Some(addr)
-    );
+    assert_eq!(table.lease_of(Mac(mac(1))).map(|l| l.address), Some(addr));
 
     // SELECTING an address that is another client's.
     let nak = reply(handle(&select(mac(2), addr), NOW, &mut table, &cfg, &res));
@@ -475,7 +472,7 @@ fn release_frees_the_address() {
                 lease_changes,
                 vec![LeaseChange::Remove {
                     address: addr,
-                    mac: MacAddr(mac(1))
+                    mac: Mac(mac(1))
                 }]
             );
         }
@@ -541,8 +538,8 @@ fn reservation_always_gets_its_address() {
     let reserved_in_pool = Ipv4Addr::new(198, 18, 1, 1);
     let node_addr = Ipv4Addr::new(198, 18, 0, 50); // outside the pool, as registered nodes are
     let mut res = ReservationMap::new();
-    res.insert(MacAddr(mac(10)), node_addr, Some("lb-01".into()));
-    res.insert(MacAddr(mac(11)), reserved_in_pool, None);
+    res.insert(Mac(mac(10)), node_addr, Some("lb-01".into()));
+    res.insert(Mac(mac(11)), reserved_in_pool, None);
     let mut table = LeaseTable::new();
     // Unknown clients fill the pool and the cap; the reserved pool address is not theirs to take.
     assert_eq!(dora(mac(1), NOW, &mut table, &cfg, &res), POOL_START);
@@ -616,7 +613,7 @@ fn registered_nodes_boot_outside_the_discovery_budget() {
     // an address and a lease, and does not count against the budget itself.
     let cfg = tiny_pool_config(200, 2);
     let mut res = no_reservations();
-    res.register(MacAddr(mac(9)));
+    res.register(Mac(mac(9)));
     let mut table = LeaseTable::new();
     reply(handle(&discover(mac(1)), NOW, &mut table, &cfg, &res));
     reply(handle(&discover(mac(2)), NOW, &mut table, &cfg, &res));
@@ -763,14 +760,14 @@ fn moving_to_a_reservation_removes_the_old_pool_lease() {
     let old = dora(mac(1), NOW, &mut table, &cfg, &res);
     // The node gets approved and a fixed address while it still holds its discovery lease.
     let fixed = Ipv4Addr::new(198, 18, 0, 40);
-    res.insert(MacAddr(mac(1)), fixed, None);
+    res.insert(Mac(mac(1)), fixed, None);
     let offer = reply(handle(&discover(mac(1)), NOW + 10, &mut table, &cfg, &res));
     assert_eq!(offer.message.yiaddr(), fixed);
     assert_eq!(
         offer.lease_changes,
         vec![LeaseChange::Remove {
             address: old,
-            mac: MacAddr(mac(1))
+            mac: Mac(mac(1))
         }]
     );
     // And a renewal of the old address is refused so the node moves over.
