@@ -1,9 +1,9 @@
 //! A small network-namespace lab for the VRRP tests and benchmark, on the host kernel: one switch namespace
-//! with a bridge, load-balancer namespaces each with `eth0` on it and `int0` on a second
-//! bridge (the internal network, for internal VIPs), and a
-//! prober namespace. Names carry a per-lab suffix (`netns::unique_suffix`), addresses come from
-//! 198.18.0.0/24, and everything the lab started or created (processes by PID, namespaces: the kit's
-//! `netns::Netns`) is removed on drop, also when a test panics. The contenders (`start_agent`, `start_keepalived`) and the prober are shared by the tests
+//! with a bridge, load-balancer namespaces each with `eth0` on it and `int0` on a second bridge (the internal
+//! network, for internal VIPs), and a prober namespace. Names carry a per-lab suffix
+//! (`netns::unique_suffix`), addresses come from 198.18.0.0/24, and everything the lab started or created
+//! (processes by PID, namespaces: the kit's `netns::Netns`) is removed on drop, also when a test panics. The
+//! contenders (`start_agent`, `start_keepalived`) and the prober are shared by the tests
 //! (`tests/vrrp_netns.rs`) and the benchmark (`bench/src/vrrp.rs`). Setup failures panic: they are test
 //! failures.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
