@@ -2,10 +2,10 @@
 //! server answering 200 or 500, one that accepts and never answers, an HTTPS server with a self-signed
 //! certificate, dnsmasq as DNS responder, and check scripts. Each checker goes up -> down -> up.
 //!
-//! Every test runs on a thread that `unshare(CLONE_NEWNET)`s into a fresh, nameless namespace (so nothing can
-//! collide with another test or helper, and the kernel removes it when the thread ends, also on failure).
-//! Addresses are 198.18.2.x on that namespace's loopback. Needs root, iproute2 and dnsmasq: a missing one
-//! fails the test.
+//! Every test creates its own namespace with the kit (`lbfleet_tests::netns::Netns`, a unique name, deleted on
+//! drop, also on failure) and runs on a thread inside it. Addresses are 198.18.2.x on that namespace's
+//! loopback. Needs root, iproute2 and dnsmasq: a missing one fails the test (`netns::require`: only outside CI
+//! may `LBFLEET_SKIP=netns` skip it).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -22,62 +22,31 @@ use lbfleet_proto::{
     CheckKind, DnsType, ForwardMethod, HealthCheck, HealthState, Protocol, RealServer,
     RoleDocument, Scheduler, VirtualService,
 };
+use lbfleet_tests::netns::{self, Netns};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
-
-fn require(tool: &str) {
-    let ok = Command::new("sh")
-        .args(["-c", &format!("command -v {tool}")])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    assert!(
-        ok,
-        "{tool} is required for this test (scripts/install-deps.sh installs it)"
-    );
-}
 
 /// Runs `body` on a thread inside a fresh network namespace with 198.18.2.1-.9 on its loopback.
 fn in_netns<F, Fut>(body: F)
 where
-    F: FnOnce() -> Fut + Send + 'static,
+    F: FnOnce() -> Fut + Send,
     Fut: Future<Output = ()>,
 {
-    // SAFETY: geteuid has no preconditions and touches no memory.
-    #[allow(unsafe_code)]
-    let euid = unsafe { libc::geteuid() };
-    assert_eq!(euid, 0, "network-namespace tests need root");
-    require("ip");
-    let t = std::thread::spawn(move || {
-        // SAFETY: unshare(2) takes a flag word; CLONE_NEWNET moves only this thread into a new namespace.
-        #[allow(unsafe_code)]
-        let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
-        assert_eq!(
-            rc,
-            0,
-            "unshare(CLONE_NEWNET): {}",
-            std::io::Error::last_os_error()
-        );
-        let ip = |args: &[&str]| {
-            let out = Command::new("ip").args(args).output().unwrap();
-            assert!(
-                out.status.success(),
-                "ip {args:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        };
-        ip(&["link", "set", "lo", "up"]);
-        for i in 1..=9 {
-            ip(&["addr", "add", &format!("198.18.2.{i}/32"), "dev", "lo"]);
-        }
+    if !netns::require(&[]) {
+        return;
+    }
+    let ns = Netns::unique("lbh").unwrap();
+    for i in 1..=9 {
+        ns.addr_add(&format!("198.18.2.{i}/32"), "lo").unwrap();
+    }
+    ns.run_inside(|| {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .unwrap();
         rt.block_on(body());
-    });
-    if let Err(panic) = t.join() {
-        std::panic::resume_unwind(panic);
-    }
+    })
+    .unwrap();
 }
 
 /// Polls `cond` every 10 ms until it holds; panics with `what` after `limit` (the kit's helper).
@@ -418,7 +387,6 @@ struct Dnsmasq(Child);
 
 impl Dnsmasq {
     fn start(addr: &str, answer: &str) -> Dnsmasq {
-        require("dnsmasq");
         let child = Command::new("dnsmasq")
             .args([
                 "--keep-in-foreground",
@@ -450,6 +418,9 @@ impl Drop for Dnsmasq {
 
 #[test]
 fn dns_check_against_dnsmasq() {
+    if !netns::require(&["dnsmasq"]) {
+        return;
+    }
     in_netns(|| async {
         let dns = |name: &str, expect: Option<&str>| HealthCheck {
             dns_name: Some(name.into()),

@@ -2,127 +2,90 @@
 //! perfdhcp, and lbfleet-dhcp-probe (which records every ACK so durability can be checked after kill -9).
 //!
 //! Needs root, iproute2 and the clients (scripts/install-deps.sh installs them). A missing prerequisite fails
-//! the test; nothing is skipped. Everything runs inside the namespaces, which are deleted on drop, on
-//! 198.18.0.0/16: server 198.18.0.1, pool 198.18.1.0-198.18.1.255.
+//! the test (`lbfleet_tests::netns::require`: only outside CI may `LBFLEET_SKIP=netns` skip it). Everything
+//! runs inside the kit's namespaces (`lbfleet_tests::netns::Netns`), deleted on drop, on 198.18.0.0/16:
+//! server 198.18.0.1, pool 198.18.1.0-198.18.1.255.
 
 #![allow(clippy::unwrap_used)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
+
+use lbfleet_tests::netns::{self, Netns};
 
 const SERVER_BIN: &str = env!("CARGO_BIN_EXE_lbfleet-server");
 const PROBE_BIN: &str = env!("CARGO_BIN_EXE_lbfleet-dhcp-probe");
 
-fn require(tool: &str) {
-    let ok = Command::new("sh")
-        .args(["-c", &format!("command -v {tool}")])
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    assert!(
-        ok,
-        "{tool} is required for this test (scripts/install-deps.sh installs it)"
-    );
-}
+const POLL: Duration = Duration::from_millis(100);
 
-fn require_root() {
-    let uid = Command::new("id").arg("-u").output().unwrap();
-    assert_eq!(
-        String::from_utf8_lossy(&uid.stdout).trim(),
-        "0",
-        "network-namespace tests need root"
-    );
-}
+/// The server's end of the veth (`s`), the client's (`c`) and the attacker's macvlan (`a`).
+const S_IF: &str = "lbs0";
+const C_IF: &str = "lbc0";
+const A_IF: &str = "lba0";
 
-fn run(cmd: &mut Command) -> Output {
-    let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-/// Two namespaces joined by a veth pair: `srv` (198.18.0.1/16) and `cli`.
+/// Two namespaces joined by a veth pair: `s` (198.18.0.1/16) and `c`; `add_attacker` adds a third, `a`.
+/// Field order is drop order: the server is killed in `drop`, then the namespaces go, then the directory.
 struct Lab {
-    id: String,
-    dir: tempfile::TempDir,
     server: Option<Child>,
     api_token: String,
+    a: Option<Netns>,
+    c: Netns,
+    s: Netns,
+    dir: tempfile::TempDir,
 }
 
-static NEXT: AtomicU32 = AtomicU32::new(0);
-
 impl Lab {
-    fn new(client_address: Option<&str>) -> Lab {
-        require_root();
-        require("ip");
-        let id = format!(
-            "{}{}",
-            std::process::id() % 100_000,
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        );
-        let lab = Lab {
-            id,
-            dir: tempfile::tempdir().unwrap(),
+    /// The lab, or `None` when `netns::require` (root, `ip`, curl and `tools`) lets the test skip.
+    fn new(client_address: Option<&str>, tools: &[&str]) -> Option<Lab> {
+        if !netns::require(&[&["curl"], tools].concat()) {
+            return None;
+        }
+        let s = Netns::unique("lbfs").unwrap();
+        let c = Netns::unique("lbfc").unwrap();
+        netns::veth(&s, S_IF, &c, C_IF).unwrap();
+        s.addr_add("198.18.0.1/16", S_IF).unwrap();
+        s.link_up(S_IF).unwrap();
+        c.link_up(C_IF).unwrap();
+        if let Some(a) = client_address {
+            c.addr_add(a, C_IF).unwrap();
+        }
+        Some(Lab {
             server: None,
             api_token: String::new(),
-        };
-        let (s, c) = (lab.ns("s"), lab.ns("c"));
-        run(Command::new("ip").args(["netns", "add", &s]));
-        run(Command::new("ip").args(["netns", "add", &c]));
-        run(Command::new("ip").args([
-            "link",
-            "add",
-            &lab.ifname("s"),
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &lab.ifname("c"),
-        ]));
-        run(Command::new("ip").args(["link", "set", &lab.ifname("s"), "netns", &s]));
-        run(Command::new("ip").args(["link", "set", &lab.ifname("c"), "netns", &c]));
-        lab.exec(
-            "s",
-            &[
-                "ip",
-                "addr",
-                "add",
-                "198.18.0.1/16",
-                "dev",
-                &lab.ifname("s"),
-            ],
-        );
-        for side in ["s", "c"] {
-            lab.exec(side, &["ip", "link", "set", "lo", "up"]);
-            lab.exec(side, &["ip", "link", "set", &lab.ifname(side), "up"]);
-        }
-        if let Some(a) = client_address {
-            lab.exec("c", &["ip", "addr", "add", a, "dev", &lab.ifname("c")]);
-        }
-        lab
+            a: None,
+            c,
+            s,
+            dir: tempfile::tempdir().unwrap(),
+        })
     }
 
-    fn ns(&self, side: &str) -> String {
-        format!("lbf{side}{}", self.id)
+    fn ns(&self, side: &str) -> &Netns {
+        match side {
+            "s" => &self.s,
+            "c" => &self.c,
+            "a" => self.a.as_ref().expect("add_attacker was called"),
+            _ => panic!("no side {side}"),
+        }
     }
 
     fn ifname(&self, side: &str) -> String {
-        format!("lb{side}{}", self.id)
+        match side {
+            "s" => S_IF,
+            "c" => C_IF,
+            _ => A_IF,
+        }
+        .to_owned()
     }
 
     fn cmd(&self, side: &str, argv: &[&str]) -> Command {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", &self.ns(side)]).args(argv);
+        let mut c = self.ns(side).command(argv[0]);
+        c.args(&argv[1..]);
         c
     }
 
     fn exec(&self, side: &str, argv: &[&str]) -> Output {
-        run(&mut self.cmd(side, argv))
+        self.ns(side).exec(argv).unwrap()
     }
 
     fn db(&self) -> PathBuf {
@@ -135,29 +98,12 @@ impl Lab {
 
     /// A third namespace `a` with a second NIC on the client's link: a macvlan on the client's veth, with its
     /// own MAC (an attacker plugged into the same boot network).
-    fn add_attacker(&self) -> String {
-        let a = self.ns("a");
-        let ifname = self.ifname("a");
-        run(Command::new("ip").args(["netns", "add", &a]));
-        self.exec(
-            "c",
-            &[
-                "ip",
-                "link",
-                "add",
-                &ifname,
-                "link",
-                &self.ifname("c"),
-                "type",
-                "macvlan",
-                "mode",
-                "bridge",
-            ],
-        );
-        self.exec("c", &["ip", "link", "set", &ifname, "netns", &a]);
-        self.exec("a", &["ip", "link", "set", "lo", "up"]);
-        self.exec("a", &["ip", "link", "set", &ifname, "up"]);
-        ifname
+    fn add_attacker(&mut self) -> String {
+        let a = Netns::unique("lbfa").unwrap();
+        self.c.macvlan(C_IF, A_IF, "bridge", &a).unwrap();
+        a.link_up(A_IF).unwrap();
+        self.a = Some(a);
+        A_IF.to_owned()
     }
 
     /// Starts lbfleet-server inside the server namespace with DHCP on the veth; waits until it answers.
@@ -189,14 +135,15 @@ impl Lab {
                 .write_all(b"tester-password-1\n")
                 .unwrap();
             assert!(child.wait().unwrap().success());
-            let out = run(Command::new(SERVER_BIN).args([
+            let out = netns::run(Command::new(SERVER_BIN).args([
                 "token",
                 "create",
                 "--user",
                 "tester",
                 "--database",
                 &db,
-            ]));
+            ]))
+            .unwrap();
             self.api_token = String::from_utf8_lossy(&out.stdout).trim().to_owned();
         }
         let log = std::fs::File::create(self.dir.path().join("server.log")).unwrap();
@@ -239,10 +186,13 @@ impl Lab {
             .spawn()
             .unwrap();
         self.server = Some(child);
-        let t = Instant::now();
-        while t.elapsed() < Duration::from_secs(30) {
-            if self
-                .cmd(
+        // The DHCP socket is bound before the HTTP listener starts serving.
+        let up = lbfleet_tests::wait::until(
+            "the server's /healthz",
+            Duration::from_secs(30),
+            POLL,
+            || {
+                self.cmd(
                     "s",
                     &[
                         "curl",
@@ -255,13 +205,12 @@ impl Lab {
                 .status()
                 .unwrap()
                 .success()
-            {
-                // The DHCP socket is bound before the HTTP listener starts serving.
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
+                .then_some(())
+            },
+        );
+        if let Err(e) = up {
+            panic!("server did not start ({e}): {}", self.server_log());
         }
-        panic!("server did not start: {}", self.server_log());
     }
 
     fn kill_server(&mut self, signal: &str) {
@@ -311,14 +260,7 @@ impl Lab {
     }
 
     fn mac_of(&self, side: &str) -> String {
-        let out = self.exec(
-            side,
-            &[
-                "cat",
-                &format!("/sys/class/net/{}/address", self.ifname(side)),
-            ],
-        );
-        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+        self.ns(side).mac(&self.ifname(side)).unwrap()
     }
 
     /// (address, mac, state) of every lease row.
@@ -342,22 +284,8 @@ impl Lab {
 
 impl Drop for Lab {
     fn drop(&mut self) {
+        // Then the namespaces go (each kills what still runs inside by PID, then is deleted with its links).
         self.kill_server("-KILL");
-        for side in ["a", "c", "s"] {
-            // Kill anything a test left running in the namespace, then delete it (which removes the veths).
-            if let Ok(out) = Command::new("ip")
-                .args(["netns", "pids", &self.ns(side)])
-                .output()
-            {
-                for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
-                    let _ = Command::new("kill").args(["-KILL", pid]).status();
-                }
-            }
-            let _ = Command::new("ip")
-                .args(["netns", "del", &self.ns(side)])
-                .stderr(Stdio::null())
-                .status();
-        }
     }
 }
 
@@ -370,21 +298,16 @@ fn hook_script(dir: &Path, name: &str, body: &str) -> PathBuf {
     path
 }
 
-fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let t = Instant::now();
-    while t.elapsed() < timeout {
-        if f() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("timed out waiting for {what}");
+/// The kit's `wait::wait_for`, polling every 100 ms.
+fn wait_for(what: &str, within: Duration, cond: impl FnMut() -> bool) {
+    lbfleet_tests::wait::wait_for(what, within, POLL, cond);
 }
 
 #[test]
 fn udhcpc_gets_renews_and_releases_a_lease() {
-    require("busybox");
-    let mut lab = Lab::new(None);
+    let Some(mut lab) = Lab::new(None, &["busybox"]) else {
+        return;
+    };
     lab.start_server(100);
     let log = lab.dir.path().join("udhcpc.log");
     let script = hook_script(
@@ -461,9 +384,9 @@ fn udhcpc_gets_renews_and_releases_a_lease() {
 
 #[test]
 fn dhclient_gets_and_releases_a_lease_and_a_reserved_mac_gets_its_address() {
-    require("dhclient");
-    require("busybox");
-    let mut lab = Lab::new(None);
+    let Some(mut lab) = Lab::new(None, &["dhclient", "busybox"]) else {
+        return;
+    };
     lab.start_server(100);
     let mac = lab.client_mac();
     wait_for(
@@ -579,8 +502,9 @@ fn dhclient_gets_and_releases_a_lease_and_a_reserved_mac_gets_its_address() {
 
 #[test]
 fn perfdhcp_flood_of_random_macs_respects_the_discovery_cap() {
-    require("perfdhcp");
-    let mut lab = Lab::new(Some("198.18.0.2/16"));
+    let Some(mut lab) = Lab::new(Some("198.18.0.2/16"), &["perfdhcp"]) else {
+        return;
+    };
     lab.start_server(50);
     // Garbage on port 67 is dropped with a log line and does not disturb the server.
     let junk = lab
@@ -685,7 +609,9 @@ fn perfdhcp_flood_of_random_macs_respects_the_discovery_cap() {
 
 #[test]
 fn every_acked_lease_survives_kill_9() {
-    let mut lab = Lab::new(Some("198.18.0.2/16"));
+    let Some(mut lab) = Lab::new(Some("198.18.0.2/16"), &[]) else {
+        return;
+    };
     lab.start_server(250);
     let out_path = lab.dir.path().join("acks.txt");
     let out = std::fs::File::create(&out_path).unwrap();
@@ -788,8 +714,9 @@ fn metric(page: &str, name: &str) -> u64 {
 /// the attacker's NIC). The victim, from its own NIC, gets its lease and its token.
 #[test]
 fn spoofed_chaddr_gets_neither_the_victims_lease_nor_a_token() {
-    require("curl");
-    let mut lab = Lab::new(None);
+    let Some(mut lab) = Lab::new(None, &[]) else {
+        return;
+    };
     let attacker_if = lab.add_attacker();
     let victim = lab.client_mac();
     let attacker = lab.mac_of("a");
@@ -929,7 +856,9 @@ fn spoofed_chaddr_gets_neither_the_victims_lease_nor_a_token() {
 /// Issue 20 item 6: a flood of malformed DHCP packets writes a few log lines, and every packet is counted.
 #[test]
 fn malformed_dhcp_flood_logs_a_few_lines_and_counts_every_packet() {
-    let mut lab = Lab::new(Some("198.18.0.2/16"));
+    let Some(mut lab) = Lab::new(Some("198.18.0.2/16"), &[]) else {
+        return;
+    };
     lab.start_server(50);
     let started = Instant::now();
     // 300 datagrams, bounded by count and by time.
@@ -979,7 +908,9 @@ fn malformed_dhcp_flood_logs_a_few_lines_and_counts_every_packet() {
 /// requests relayed with that circuit-id; the same MAC through another circuit, or with none, gets nothing.
 #[test]
 fn a_circuit_pinned_reservation_is_leased_only_through_its_circuit() {
-    let mut lab = Lab::new(Some("198.18.0.2/16"));
+    let Some(mut lab) = Lab::new(Some("198.18.0.2/16"), &[]) else {
+        return;
+    };
     lab.start_server(100);
     wait_for(
         "the DHCP loop's first reservation load",
@@ -1063,7 +994,9 @@ fn hex_of(text: &str) -> String {
 /// without relays) that gets nothing, while the victim, from its own NIC, still gets its lease.
 #[test]
 fn a_client_posing_as_a_relay_gets_no_lease_where_relays_are_off() {
-    let mut lab = Lab::new(None);
+    let Some(mut lab) = Lab::new(None, &[]) else {
+        return;
+    };
     let attacker_if = lab.add_attacker();
     lab.exec(
         "a",

@@ -8,14 +8,13 @@
 //! bridge, tap and veth inside), also when the test panics; on a panic it first prints every console and the
 //! server log. Addresses are 198.18.0.0/15 only (server 198.18.0.1, DHCP pool from 198.18.1.0).
 //!
-//! Layers: [`net`] (namespaces, links), [`server`] (lbfleet-server in a namespace, its API through curl),
+//! Layers: namespaces and links come from the kit's [`crate::netns`]; [`server`] (lbfleet-server in a namespace, its API through curl),
 //! [`vm`] (QEMU machines, consoles), [`wait`] (deadline polling), [`initrd`] (a minimal marker initramfs),
 //! [`traffic`] (client requests through a VIP), [`fleet`] (the whole demo site), [`state`] (a detached site).
 
 pub mod fleet;
 pub mod image;
 pub mod initrd;
-pub mod net;
 pub mod server;
 pub mod state;
 pub mod traffic;
@@ -24,9 +23,9 @@ pub mod wait;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicU32, Ordering};
 
-pub use net::Netns;
+use crate::netns::{self, NetnsError};
+pub use crate::netns::{unique_suffix, Netns, NsProcess};
 pub use server::{LabServer, ServerOptions};
 pub use vm::{Firmware, Nic, Vm, VmSpec};
 
@@ -59,6 +58,15 @@ pub enum LabError {
     Timeout { what: String, seconds: f64 },
     #[error("{0}")]
     Other(String),
+}
+
+impl From<NetnsError> for LabError {
+    fn from(e: NetnsError) -> LabError {
+        match e {
+            NetnsError::Command { command, stderr } => LabError::Command { command, stderr },
+            other => LabError::Other(other.to_string()),
+        }
+    }
 }
 
 pub(crate) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> LabError + '_ {
@@ -170,17 +178,6 @@ pub fn require() -> Option<LabPrereqs> {
     }
 }
 
-static NEXT_LAB: AtomicU32 = AtomicU32::new(0);
-
-/// A suffix unique to this process and call: `<pid mod 100000>x<counter>`, short enough for names.
-pub fn unique_suffix() -> String {
-    format!(
-        "{}x{}",
-        std::process::id() % 100_000,
-        NEXT_LAB.fetch_add(1, Ordering::Relaxed)
-    )
-}
-
 /// One boot site: the site namespace `lbs-<suffix>` holds the boot bridge (198.18.0.1/15), the taps of the
 /// machines and lbfleet-server. More namespaces (clients, real servers) join through veth pairs.
 ///
@@ -190,7 +187,7 @@ pub struct Site {
     pub vms: Vec<Vm>,
     pub server: Option<LabServer>,
     /// Background processes in the namespaces (real servers), killed before the namespaces go.
-    pub processes: Vec<net::NsProcess>,
+    pub processes: Vec<NsProcess>,
     /// Extra namespaces (clients, real servers), deleted before the site namespace.
     pub extra: Vec<Netns>,
     pub ns: Netns,
@@ -292,7 +289,7 @@ impl Site {
         self.ns.ip(&["link", "add", name, "type", "bridge"])?;
         self.ns
             .ip(&["link", "set", name, "type", "bridge", "forward_delay", "0"])?;
-        self.ns.ip(&["link", "set", name, "up"])
+        Ok(self.ns.link_up(name)?)
     }
 
     /// A namespace `lb<role>-<suffix>` joined to `bridge` by a veth pair, its end `eth0` with `address`
@@ -306,7 +303,7 @@ impl Site {
     ) -> Result<usize, LabError> {
         let ns = Netns::create(&Site::extra_namespace_name(role, &self.suffix))?;
         let host_end = format!("v{role}");
-        net::veth(&self.ns, &host_end, &ns, "eth0")?;
+        netns::veth(&self.ns, &host_end, &ns, "eth0")?;
         self.ns.ip(&["link", "set", &host_end, "master", bridge])?;
         self.ns.ip(&["link", "set", &host_end, "up"])?;
         ns.ip(&["link", "set", "lo", "up"])?;

@@ -4,12 +4,15 @@
 //! - `prereq`: the one rule for a missing prerequisite (fail; `LBFLEET_SKIP` only outside CI);
 //! - `guest`: QEMU guests with Debian's kernel and real IPVS (initramfs built with `lbfleet-images`), and
 //!   `workspace_binary`, which locates the binaries built before the tests;
+//! - `netns`: network namespaces (deleted on drop), veth pairs, addresses, commands and threads inside a
+//!   namespace, and the netns prerequisite check (`require`), for every netns test and lab;
 //! - `lab`: the netns/QEMU PXE lab and the demo site; `vrrp_lab`: the VRRP lab (agent, keepalived, prober);
 //! - `ipvsadm`, `strace`: comparing IPVS tables as `ipvsadm -Ln` prints them, netlink bytes from strace dumps.
 
 pub mod guest;
 pub mod ipvsadm;
 pub mod lab;
+pub mod netns;
 pub mod prereq;
 pub mod server;
 pub mod strace;

@@ -1,63 +1,40 @@
 //! A small network-namespace lab for the VRRP tests and benchmark, on the host kernel: one switch namespace
-//! with a bridge, load-balancer namespaces each with `eth0` on it and `int0` on a second
-//! bridge (the internal network, for internal VIPs), and a
-//! prober namespace. Names carry a per-lab suffix (pid + counter), addresses come from 198.18.0.0/24, and
-//! everything the lab started or created (processes by PID, namespaces by name) is removed on drop, also when
-//! a test panics. The contenders (`start_agent`, `start_keepalived`) and the prober are shared by the tests
+//! with a bridge, load-balancer namespaces each with `eth0` on it and `int0` on a second bridge (the internal
+//! network, for internal VIPs), and a prober namespace. Names carry a per-lab suffix
+//! (`netns::unique_suffix`), addresses come from 198.18.0.0/24, and everything the lab started or created
+//! (processes by PID, namespaces: the kit's `netns::Netns`) is removed on drop, also when a test panics. The
+//! contenders (`start_agent`, `start_keepalived`) and the prober are shared by the tests
 //! (`tests/vrrp_netns.rs`) and the benchmark (`bench/src/vrrp.rs`). Setup failures panic: they are test
 //! failures.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
 
 use crate::guest::workspace_binary;
-
-static NEXT: AtomicU32 = AtomicU32::new(0);
+pub use crate::netns::holds;
+use crate::netns::{self, Netns, NetnsError};
 
 /// Fails (or, outside CI with `LBFLEET_SKIP=netns`, skips: `prereq::missing`) when the lab cannot run here: it
 /// needs root, `ip` and, for the interop tests, keepalived. Returns `false` to skip.
 pub fn require(keepalived: bool) -> bool {
-    let mut missing = Vec::new();
-    let root = Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-        .unwrap_or(false);
-    if !root {
-        missing.push("root");
-    }
-    if !Path::new("/usr/sbin/ip").exists() && !Path::new("/sbin/ip").exists() {
-        missing.push("iproute2 (ip)");
-    }
-    if keepalived && !Path::new("/usr/sbin/keepalived").exists() {
-        missing.push("keepalived");
-    }
-    if missing.is_empty() {
-        return true;
-    }
-    crate::prereq::missing(
-        crate::prereq::Tier::Netns,
-        format_args!("missing {missing:?}"),
-    );
-    false
+    netns::require(if keepalived {
+        &["/usr/sbin/keepalived"]
+    } else {
+        &[]
+    })
 }
 
 /// Runs `ip` with `args`; panics with its stderr on failure (lab setup errors are test failures).
 pub fn ip(args: &[&str]) {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("ip {args:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "ip {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    must(netns::run(Command::new("ip").args(args)));
+}
+
+fn must<T>(r: Result<T, NetnsError>) -> T {
+    r.unwrap_or_else(|e| panic!("lab: {e}"))
 }
 
 /// One lab: its namespaces, processes and scratch directory.
@@ -66,7 +43,8 @@ pub struct Lab {
     pub suffix: String,
     pub switch: String,
     pub dir: tempfile::TempDir,
-    namespaces: Vec<String>,
+    /// The switch first; deleted last.
+    namespaces: Vec<Netns>,
     children: Vec<(String, Child)>,
     ports: u32,
 }
@@ -75,11 +53,7 @@ impl Lab {
     /// A switch namespace with bridge `br0` (multicast snooping off, so 224.0.0.18 floods like on a plain
     /// switch).
     pub fn new(tag: &str) -> Lab {
-        let suffix = format!(
-            "{tag}{}x{}",
-            std::process::id() % 100_000,
-            NEXT.fetch_add(1, Ordering::SeqCst)
-        );
+        let suffix = format!("{tag}{}", netns::unique_suffix());
         let mut lab = Lab {
             switch: format!("sw-{suffix}"),
             suffix,
@@ -89,111 +63,44 @@ impl Lab {
             ports: 0,
         };
         let sw = lab.switch.clone();
-        lab.add_ns(&sw);
-        ip(&[
-            "-n",
-            &sw,
-            "link",
-            "add",
-            "br0",
-            "type",
-            "bridge",
-            "mcast_snooping",
-            "0",
-        ]);
-        ip(&["-n", &sw, "link", "set", "br0", "up"]);
-        ip(&[
-            "-n",
-            &sw,
-            "link",
-            "add",
-            "br1",
-            "type",
-            "bridge",
-            "mcast_snooping",
-            "0",
-        ]);
-        ip(&["-n", &sw, "link", "set", "br1", "up"]);
+        let sw = lab.add_ns(&sw);
+        for br in ["br0", "br1"] {
+            must(sw.ip(&["link", "add", br, "type", "bridge", "mcast_snooping", "0"]));
+            must(sw.link_up(br));
+        }
         lab
     }
 
-    fn add_ns(&mut self, name: &str) {
-        ip(&["netns", "add", name]);
-        self.namespaces.push(name.to_owned());
-        ip(&["-n", name, "link", "set", "lo", "up"]);
+    fn add_ns(&mut self, name: &str) -> &Netns {
+        let ns = must(Netns::create(name));
+        must(ns.link_up("lo"));
+        self.namespaces.push(ns);
+        &self.namespaces[self.namespaces.len() - 1]
     }
 
     /// A host namespace `<role>-<suffix>` with `eth0` = `address`/24 on the switch and `int0` on the internal
     /// bridge.
     pub fn host(&mut self, role: &str, address: &str) -> String {
-        let ns = format!("{role}-{}", self.suffix);
-        self.add_ns(&ns);
+        let name = format!("{role}-{}", self.suffix);
         self.ports += 1;
-        let port = format!("p{}", self.ports);
-        ip(&[
-            "-n",
-            &self.switch,
-            "link",
-            "add",
-            &port,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            &ns,
-        ]);
-        ip(&[
-            "-n",
-            &self.switch,
-            "link",
-            "set",
-            &port,
-            "master",
-            "br0",
-            "up",
-        ]);
-        ip(&[
-            "-n",
-            &ns,
-            "addr",
-            "add",
-            &format!("{address}/24"),
-            "dev",
-            "eth0",
-        ]);
-        ip(&["-n", &ns, "link", "set", "eth0", "up"]);
+        let (port, iport) = (format!("p{}", self.ports), format!("i{}", self.ports));
         // The internal network (real servers, internal VIP 198.18.2.254) on the second bridge.
-        let iport = format!("i{}", self.ports);
-        ip(&[
-            "-n",
-            &self.switch,
-            "link",
-            "add",
-            &iport,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "int0",
-            "netns",
-            &ns,
-        ]);
-        ip(&[
-            "-n",
-            &self.switch,
-            "link",
-            "set",
-            &iport,
-            "master",
-            "br1",
-            "up",
-        ]);
         let internal = format!("198.18.2.{}/24", 240 + self.ports);
-        ip(&["-n", &ns, "addr", "add", &internal, "dev", "int0"]);
-        ip(&["-n", &ns, "link", "set", "int0", "up"]);
-        ns
+        self.add_ns(&name);
+        let (sw, ns) = (
+            &self.namespaces[0],
+            &self.namespaces[self.namespaces.len() - 1],
+        );
+        for (sw_end, host_end, bridge, cidr) in [
+            (&port, "eth0", "br0", format!("{address}/24")),
+            (&iport, "int0", "br1", internal),
+        ] {
+            must(netns::veth(sw, sw_end, ns, host_end));
+            must(sw.ip(&["link", "set", sw_end, "master", bridge, "up"]));
+            must(ns.addr_add(&cidr, host_end));
+            must(ns.link_up(host_end));
+        }
+        name
     }
 
     /// Starts `program args` inside `ns`, output to `<dir>/<name>.log`.
@@ -270,23 +177,11 @@ impl Drop for Lab {
                 eprintln!("lab: {name} did not stop on SIGTERM; killed");
             }
         }
-        for ns in self.namespaces.iter().rev() {
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        // Hosts first, the switch last (each kills what still runs inside by PID, then is deleted).
+        while let Some(ns) = self.namespaces.pop() {
+            drop(ns);
         }
     }
-}
-
-/// Whether `ns` holds `address` on any interface now.
-pub fn holds(ns: &str, address: &str) -> bool {
-    Command::new("ip")
-        .args(["-n", ns, "-4", "-o", "addr", "show"])
-        .output()
-        .map(|o| {
-            String::from_utf8_lossy(&o.stdout)
-                .split_whitespace()
-                .any(|w| w.split('/').next() == Some(address))
-        })
-        .unwrap_or(false)
 }
 
 /// Polls `cond` every 10 ms until it holds; panics with `what` after `limit` (`crate::wait::wait_for`).

@@ -132,7 +132,7 @@ struct Pair {
     // Drop order: guests and processes before the site's namespaces.
     a: RunningGuest,
     b: RunningGuest,
-    client: Option<lab::net::NsProcess>,
+    client: Option<lbfleet_tests::netns::NsProcess>,
     /// A's taps (external, internal) in the site namespace.
     a_taps: Vec<String>,
     site: Site,

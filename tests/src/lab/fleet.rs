@@ -11,9 +11,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value};
 
-use super::{
-    io_err, net::NsProcess, Firmware, LabError, Nic, ServerOptions, Site, VmSpec, BOOT_BRIDGE,
-};
+use super::{io_err, Firmware, LabError, Nic, NsProcess, ServerOptions, Site, VmSpec, BOOT_BRIDGE};
 
 /// The internal bridge (real servers and the balancers' second NICs).
 pub const INTERNAL_BRIDGE: &str = "br1";
@@ -264,7 +262,7 @@ fn real_server(site: &Site, ns: usize, name: &str) -> Result<NsProcess, LabError
         0o755,
     )?;
     let root_text = root.display().to_string();
-    site.extra[ns].spawn(&[&busybox, "httpd", "-f", "-p", "80", "-h", &root_text])
+    Ok(site.extra[ns].spawn(&[&busybox, "httpd", "-f", "-p", "80", "-h", &root_text])?)
 }
 
 /// busybox udhcpd on the internal bridge: leases from [`INTERNAL_POOL`], no router (the balancers' default
@@ -291,7 +289,7 @@ fn internal_dhcp(site: &Site, ns: usize) -> Result<NsProcess, LabError> {
     let conf_text = conf.display().to_string();
     // `-a 200`: udhcpd ARP-pings an address before offering it, 2 s by default; on this small lab network a
     // fifth of that finds a conflict just as well, and the balancers' second NICs get their leases at once.
-    site.extra[ns].spawn(&[&busybox, "udhcpd", "-f", "-a", "200", &conf_text])
+    Ok(site.extra[ns].spawn(&[&busybox, "udhcpd", "-f", "-a", "200", &conf_text])?)
 }
 
 fn write(path: &Path, text: &str, mode: u32) -> Result<(), LabError> {

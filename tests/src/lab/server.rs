@@ -7,9 +7,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use super::net::{run, Netns};
 use super::{io_err, wait, LabError, LabPrereqs, BOOT_BRIDGE, BOOT_POOL, BOOT_SUBNET, HTTP_PORT};
 use super::{SERVER_ADDRESS, SERVER_ADDRESS as ROUTER};
+use crate::netns::{run, Netns};
 
 /// How the lab server is started.
 #[derive(Debug, Clone)]

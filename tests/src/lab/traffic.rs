@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::time::Duration;
 
-use super::net::Netns;
 use super::{io_err, wait, LabError};
+use crate::netns::Netns;
 
 /// One request of a probe run.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use super::net::Netns;
 use super::{io_err, wait, LabError, LabPrereqs};
+use crate::netns::Netns;
 
 /// What the machine boots with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
