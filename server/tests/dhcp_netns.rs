@@ -6,7 +6,7 @@
 //! runs inside the kit's namespaces (`lbfleet_tests::netns::Netns`), deleted on drop, on 198.18.0.0/16:
 //! server 198.18.0.1, pool 198.18.1.0-198.18.1.255.
 
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
