@@ -220,50 +220,8 @@ pub async fn run_listeners(
     let fleet = std::sync::Arc::new(fleet);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();
-    let mut boot_stats = boot::BootStats::default();
-    if let (Some(boot), Some(sock)) = (&config.boot, sockets.dhcp) {
-        let http_base = config.public_url.clone().unwrap_or_else(|| {
-            // Nodes fetch their boot scripts from the boot network's listener when there is one.
-            let port = listeners
-                .boot
-                .as_ref()
-                .unwrap_or(&listeners.main)
-                .local_addr()
-                .map(|a| a.port())
-                .unwrap_or(80);
-            format!("http://{}:{port}", boot.server_address)
-        });
-        let dhcp = dhcp_config(boot, http_base)?;
-        let stats = std::sync::Arc::new(boot::dhcp::server::DhcpStats::default());
-        boot_stats.dhcp = Some(stats.clone());
-        tasks.spawn(boot::dhcp::server::run(
-            sock,
-            sockets.dhcp_link,
-            dhcp,
-            fleet.clone(),
-            stats,
-            stop_rx.clone(),
-        ));
-    }
-    if let Some((sock, ifindex)) = sockets.ndp {
-        let stats = std::sync::Arc::new(boot::ndp::NdpStats::default());
-        tasks.spawn(boot::ndp::run(sock, ifindex, stats, stop_rx.clone()));
-    }
-    if let (Some(boot), Some(sock)) = (&config.boot, sockets.tftp) {
-        let tftp_config = boot::tftp::TftpConfig {
-            root: boot.boot_dir.clone(),
-            limits: boot::tftp::transfer::Limits {
-                max_blksize: boot.tftp_max_blksize,
-                max_windowsize: boot.tftp_max_windowsize,
-                ..Default::default()
-            },
-            max_transfers: boot.tftp_max_transfers,
-            max_per_client: boot::tftp::DEFAULT_MAX_PER_CLIENT,
-        };
-        let stats = std::sync::Arc::new(boot::tftp::TftpStats::default());
-        boot_stats.tftp = Some(stats.clone());
-        tasks.spawn(boot::tftp::run(sock, tftp_config, stats, stop_rx.clone()));
-    }
+    let boot_stats =
+        spawn_boot_services(&config, &listeners, sockets, &fleet, &stop_rx, &mut tasks)?;
     tasks.spawn(retention::run(
         fleet.clone(),
         config.retention,
@@ -275,30 +233,8 @@ pub async fn run_listeners(
         .as_ref()
         .map(|l| l.local_addr())
         .transpose()?;
-    let limits = serve::ServeLimits {
-        max_connections: config.max_connections,
-        max_per_address: config.max_connections_per_address,
-        header_read_timeout: config.header_read_timeout,
-        send_timeout: config.send_timeout,
-        min_send_rate: config.min_send_rate,
-        ..Default::default()
-    };
-    // Each listener has connections of its own, so one network cannot take the other's.
-    let listener_count = if listeners.boot.is_some() { 2 } else { 1 };
-    let connections = serve::Connections::for_listener(
-        limits.max_connections,
-        limits.max_per_address,
-        listener_count,
-    );
-    let boot_limits = serve::ServeLimits {
-        max_connections: config.boot_max_connections,
-        ..limits.clone()
-    };
-    let boot_connections = serve::Connections::for_listener(
-        boot_limits.max_connections,
-        boot_limits.max_per_address,
-        listener_count,
-    );
+    let (limits, connections, boot_limits, boot_connections) =
+        listener_limits(&config, listeners.boot.is_some());
     let tls_on = tls.is_some();
     let app = router(AppState::new(
         fleet.clone(),
@@ -367,6 +303,100 @@ pub async fn run_listeners(
     fleet.close().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Starts the boot network's services the configuration asks for (DHCP, the router-advertisement answer,
+/// TFTP) as tasks that end when `stop` turns true, and returns their counters for `/metrics`.
+fn spawn_boot_services(
+    config: &ServerConfig,
+    listeners: &Listeners,
+    sockets: BootSockets,
+    fleet: &std::sync::Arc<fleet::Fleet>,
+    stop: &tokio::sync::watch::Receiver<bool>,
+    tasks: &mut tokio::task::JoinSet<std::io::Result<()>>,
+) -> anyhow::Result<boot::BootStats> {
+    let mut boot_stats = boot::BootStats::default();
+    if let (Some(boot), Some(sock)) = (&config.boot, sockets.dhcp) {
+        let http_base = config.public_url.clone().unwrap_or_else(|| {
+            // Nodes fetch their boot scripts from the boot network's listener when there is one.
+            let port = listeners
+                .boot
+                .as_ref()
+                .unwrap_or(&listeners.main)
+                .local_addr()
+                .map(|a| a.port())
+                .unwrap_or(80);
+            format!("http://{}:{port}", boot.server_address)
+        });
+        let dhcp = dhcp_config(boot, http_base)?;
+        let stats = std::sync::Arc::new(boot::dhcp::server::DhcpStats::default());
+        boot_stats.dhcp = Some(stats.clone());
+        tasks.spawn(boot::dhcp::server::run(
+            sock,
+            sockets.dhcp_link,
+            dhcp,
+            fleet.clone(),
+            stats,
+            stop.clone(),
+        ));
+    }
+    if let Some((sock, ifindex)) = sockets.ndp {
+        let stats = std::sync::Arc::new(boot::ndp::NdpStats::default());
+        tasks.spawn(boot::ndp::run(sock, ifindex, stats, stop.clone()));
+    }
+    if let (Some(boot), Some(sock)) = (&config.boot, sockets.tftp) {
+        let tftp_config = boot::tftp::TftpConfig {
+            root: boot.boot_dir.clone(),
+            limits: boot::tftp::transfer::Limits {
+                max_blksize: boot.tftp_max_blksize,
+                max_windowsize: boot.tftp_max_windowsize,
+                ..Default::default()
+            },
+            max_transfers: boot.tftp_max_transfers,
+            max_per_client: boot::tftp::DEFAULT_MAX_PER_CLIENT,
+        };
+        let stats = std::sync::Arc::new(boot::tftp::TftpStats::default());
+        boot_stats.tftp = Some(stats.clone());
+        tasks.spawn(boot::tftp::run(sock, tftp_config, stats, stop.clone()));
+    }
+    Ok(boot_stats)
+}
+
+/// The connection limits of the main listener and of the boot listener: each listener has connections of its
+/// own, so one network cannot take the other's (with one listener, the boot pair is unused).
+fn listener_limits(
+    config: &ServerConfig,
+    has_boot_listener: bool,
+) -> (
+    serve::ServeLimits,
+    std::sync::Arc<serve::Connections>,
+    serve::ServeLimits,
+    std::sync::Arc<serve::Connections>,
+) {
+    let limits = serve::ServeLimits {
+        max_connections: config.max_connections,
+        max_per_address: config.max_connections_per_address,
+        header_read_timeout: config.header_read_timeout,
+        send_timeout: config.send_timeout,
+        min_send_rate: config.min_send_rate,
+        ..Default::default()
+    };
+    let listener_count = if has_boot_listener { 2 } else { 1 };
+    let connections = serve::Connections::for_listener(
+        limits.max_connections,
+        limits.max_per_address,
+        listener_count,
+    );
+    let boot_limits = serve::ServeLimits {
+        max_connections: config.boot_max_connections,
+        ..limits.clone()
+    };
+    let boot_connections = serve::Connections::for_listener(
+        boot_limits.max_connections,
+        boot_limits.max_per_address,
+        listener_count,
+    );
+    (limits, connections, boot_limits, boot_connections)
 }
 
 /// Names the self-signed certificate is made out to (agents pin it by hash, so these matter only to browsers).
