@@ -18,6 +18,14 @@
 
 #![allow(clippy::unwrap_used)]
 
+#[path = "tftp/client.rs"]
+mod client;
+#[path = "tftp/report.rs"]
+mod report;
+
+use client::fetch_windowed;
+use report::report;
+
 use std::fmt::Write as _;
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::os::unix::fs::PermissionsExt;
@@ -32,6 +40,7 @@ use clap::Parser;
 use lbfleet_server::boot::tftp::packet::Packet;
 use lbfleet_server::config::BootConfig;
 use lbfleet_server::{BootSockets, ServerConfig};
+use lbfleet_tests::netns::Netns;
 use tokio::process::Command;
 use tokio::signal::unix::{signal, SignalKind};
 
@@ -94,69 +103,6 @@ async fn main() -> anyhow::Result<()> {
 // ---------------------------------------------------------------------------------------------------------
 // Outside: create the namespace, run ourselves in it, always delete it.
 
-/// A network namespace this process created; dropping it ends what still runs inside and deletes it.
-#[derive(Debug)]
-struct Netns {
-    name: String,
-}
-
-impl Netns {
-    fn create(name: String) -> anyhow::Result<Netns> {
-        run_ip(&["netns", "add", &name]).context("ip netns add")?;
-        let ns = Netns { name };
-        ns.exec(&["ip", "link", "set", "lo", "up"])?;
-        for addr in [LBFLEET_ADDR, DNSMASQ_ADDR, TFTPD_HPA_ADDR] {
-            ns.exec(&["ip", "addr", "add", &format!("{addr}/32"), "dev", "lo"])?;
-        }
-        Ok(ns)
-    }
-
-    fn exec(&self, cmd: &[&str]) -> anyhow::Result<()> {
-        let mut args = vec!["netns", "exec", self.name.as_str()];
-        args.extend_from_slice(cmd);
-        run_ip(&args)
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        // Only processes in our own namespace: the benchmark, its curls and the peers it started.
-        if let Ok(out) = std::process::Command::new("ip")
-            .args(["netns", "pids", &self.name])
-            .output()
-        {
-            for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
-                if pid.parse::<u32>().is_ok() {
-                    let _ = std::process::Command::new("kill")
-                        .args(["-KILL", pid])
-                        .status();
-                }
-            }
-        }
-        match run_ip(&["netns", "delete", &self.name]) {
-            Ok(()) => eprintln!("bench-tftp: deleted netns {}", self.name),
-            Err(e) => eprintln!(
-                "bench-tftp: could not delete netns {}: {e:#} (run: ip netns delete {})",
-                self.name, self.name
-            ),
-        }
-    }
-}
-
-fn run_ip(args: &[&str]) -> anyhow::Result<()> {
-    let out = std::process::Command::new("ip")
-        .args(args)
-        .output()
-        .context("running ip (iproute2)")?;
-    ensure!(
-        out.status.success(),
-        "ip {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr).trim()
-    );
-    Ok(())
-}
-
 fn have(tool: &str) -> bool {
     std::process::Command::new("sh")
         .args(["-c", &format!("command -v {tool}")])
@@ -188,12 +134,16 @@ async fn outside(args: Args) -> anyhow::Result<()> {
             "{tool} is missing (scripts/install-deps.sh installs it)"
         );
     }
-    let ns = Netns::create(format!("lbbench-{}", std::process::id()))?;
+    // The kit's namespace: deleted on drop, with whatever still runs inside it (by PID).
+    let ns = Netns::unique("lbbench")?;
+    for addr in [LBFLEET_ADDR, DNSMASQ_ADDR, TFTPD_HPA_ADDR] {
+        ns.addr_add(&format!("{addr}/32"), "lo")?;
+    }
     let exe = std::env::current_exe()?;
     let mut child = Command::new("ip")
-        .args(["netns", "exec", &ns.name])
+        .args(["netns", "exec", ns.name()])
         .arg(&exe)
-        .args(["--inside-netns", &ns.name])
+        .args(["--inside-netns", ns.name()])
         .args(["--size-mib", &args.size_mib.to_string()])
         .args(["--streams", &args.streams.to_string()])
         .args(["--runs", &args.runs.to_string()])
@@ -626,158 +576,6 @@ async fn measure(lab: &Lab, case: &Case, peer: Peer) -> anyhow::Result<Measured>
     Ok(m)
 }
 
-#[derive(Debug)]
-struct Fetched {
-    bytes: u64,
-    window: u16,
-    /// Times the client heard nothing for 300 ms and re-sent its last ACK.
-    timeouts: u32,
-    /// Out-of-order or duplicate blocks (loss, or a window the server re-sent).
-    gaps: u32,
-}
-
-/// Reads `file` from a TFTP server, asking for `blksize` and `windowsize` (RFC 2348, 7440). Acknowledges
-/// every `window`-th block (every block if the server did not grant a window) and the last one; on a gap it
-/// acknowledges the last block received in order, once, so the server restarts from there. `expect`, when
-/// given, is compared with every byte received.
-fn fetch_windowed(
-    server: SocketAddr,
-    file: &str,
-    blksize: u16,
-    window: u16,
-    deadline: Instant,
-    expect: Option<&[u8]>,
-    stop: &AtomicBool,
-) -> anyhow::Result<Fetched> {
-    let sock = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?;
-    sock.set_read_timeout(Some(Duration::from_millis(300)))?;
-    let mut options = vec![
-        ("blksize".to_owned(), blksize.to_string()),
-        ("tsize".to_owned(), "0".to_owned()),
-    ];
-    if window > 1 {
-        options.push(("windowsize".to_owned(), window.to_string()));
-    }
-    let rrq = Packet::ReadRequest {
-        filename: file.to_owned(),
-        mode: "octet".to_owned(),
-        options,
-    }
-    .encode();
-    let mut buf = vec![0u8; 65_536];
-    let mut tries = 0;
-    let (first_len, tid) = loop {
-        sock.send_to(&rrq, server)?;
-        match sock.recv_from(&mut buf) {
-            Ok(v) => break v,
-            Err(e) if is_timeout(&e) => {
-                tries += 1;
-                ensure!(
-                    tries < 5 && Instant::now() < deadline,
-                    "no answer from {server}"
-                );
-            }
-            Err(e) => return Err(e.into()),
-        }
-    };
-    let ack = |block: u16| Packet::Ack { block }.encode();
-    let (mut blk, mut win) = (512usize, 1u16);
-    let mut got: u64 = 0;
-    let mut expected: u16 = 1;
-    let mut in_window: u16 = 0;
-    let mut last_ack: u16 = 0;
-    let mut gap_acked = false;
-    let mut retries = 0;
-    let (mut timeouts, mut gaps) = (0u32, 0u32);
-    let mut pending = Some(first_len);
-    loop {
-        let n = match pending.take() {
-            Some(n) => n,
-            None => {
-                ensure!(
-                    Instant::now() < deadline && !stop.load(Ordering::Relaxed),
-                    "deadline passed after {got} bytes"
-                );
-                match sock.recv_from(&mut buf) {
-                    Ok((n, from)) if from == tid => {
-                        retries = 0;
-                        n
-                    }
-                    Ok(_) => continue,
-                    Err(e) if is_timeout(&e) => {
-                        retries += 1;
-                        timeouts += 1;
-                        ensure!(retries <= 10, "server silent after {got} bytes");
-                        sock.send_to(&ack(last_ack), tid)?;
-                        continue;
-                    }
-                    Err(e) => return Err(e.into()),
-                }
-            }
-        };
-        match Packet::decode(&buf[..n]) {
-            Ok(Packet::OptionAck { options }) if got == 0 && expected == 1 => {
-                for (k, v) in &options {
-                    match k.as_str() {
-                        "blksize" => blk = v.parse().context("OACK blksize")?,
-                        "windowsize" => win = v.parse().context("OACK windowsize")?,
-                        _ => {}
-                    }
-                }
-                sock.send_to(&ack(0), tid)?;
-            }
-            Ok(Packet::Data { block, data }) if block == expected => {
-                ensure!(data.len() <= blk, "block {block} larger than blksize");
-                if let Some(expect) = expect {
-                    let at = usize::try_from(got)?;
-                    ensure!(
-                        expect.get(at..at + data.len()) == Some(&data[..]),
-                        "wrong bytes at offset {at}"
-                    );
-                }
-                got += data.len() as u64;
-                in_window += 1;
-                gap_acked = false;
-                let last = data.len() < blk;
-                if in_window >= win || last {
-                    sock.send_to(&ack(block), tid)?;
-                    last_ack = block;
-                    in_window = 0;
-                }
-                if last {
-                    return Ok(Fetched {
-                        bytes: got,
-                        window: win,
-                        timeouts,
-                        gaps,
-                    });
-                }
-                expected = expected.wrapping_add(1);
-            }
-            Ok(Packet::Data { .. }) => {
-                // Out of order or a duplicate: acknowledge what we hold, once per gap (RFC 7440 section 4).
-                gaps += 1;
-                if !gap_acked {
-                    last_ack = expected.wrapping_sub(1);
-                    sock.send_to(&ack(last_ack), tid)?;
-                    in_window = 0;
-                    gap_acked = true;
-                }
-            }
-            Ok(Packet::Error { code, message }) => bail!("server error {code}: {message}"),
-            Ok(other) => bail!("unexpected packet {other:?}"),
-            Err(e) => bail!("undecodable packet: {e}"),
-        }
-    }
-}
-
-fn is_timeout(e: &std::io::Error) -> bool {
-    matches!(
-        e.kind(),
-        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-    )
-}
-
 /// Deterministic, incompressible-looking bytes (xorshift), so no layer can shortcut the transfer.
 fn pattern(len: usize) -> Vec<u8> {
     let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
@@ -813,121 +611,4 @@ fn median(v: &[f64]) -> f64 {
     let mut s = v.to_vec();
     s.sort_by(f64::total_cmp);
     s[s.len() / 2]
-}
-
-fn report(args: &Args, cases: &[Case], ns: &str, elapsed: Duration, root: &Path) -> String {
-    let mut o = String::new();
-    let _ = writeln!(
-        o,
-        "\nbench-tftp: {} MiB file, median of {} runs per cell, netns {ns} (lo only), {:.0} s of transfers",
-        args.size_mib,
-        args.runs,
-        elapsed.as_secs_f64()
-    );
-    let _ = writeln!(
-        o,
-        "served from {} by lbfleet {LBFLEET_ADDR}:69 (HTTP :{HTTP_PORT}), dnsmasq {DNSMASQ_ADDR}:69, tftpd-hpa {TFTPD_HPA_ADDR}:69\n",
-        root.display()
-    );
-    let _ = writeln!(
-        o,
-        "| case | lbfleet MiB/s | dnsmasq MiB/s | tftpd-hpa MiB/s | lbfleet/dnsmasq | lbfleet/tftpd-hpa |"
-    );
-    let _ = writeln!(o, "|---|---:|---:|---:|---:|---:|");
-    let mut worst_lockstep = f64::INFINITY;
-    let mut worst_window = f64::INFINITY;
-    let mut notes = Vec::new();
-    for c in cases {
-        let med: Vec<Option<f64>> = Peer::ALL
-            .iter()
-            .map(|p| {
-                c.peers
-                    .iter()
-                    .position(|q| q == p)
-                    .map(|i| median(&c.samples[i]))
-            })
-            .collect();
-        let cell = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.1}"));
-        let ratio = |i: usize| match (med[0], med[i]) {
-            (Some(a), Some(b)) if b > 0.0 => Some(a / b),
-            _ => None,
-        };
-        let rs: Vec<Option<f64>> = vec![ratio(1), ratio(2)];
-        for r in rs.iter().flatten() {
-            match c.method {
-                Method::CurlTftp { .. } => worst_lockstep = worst_lockstep.min(*r),
-                Method::Windowed { .. } => worst_window = worst_window.min(*r),
-                Method::Http => {}
-            }
-        }
-        let mut label = c.label.clone();
-        if let Method::Windowed { .. } = c.method {
-            let granted: Vec<String> = c
-                .peers
-                .iter()
-                .zip(&c.granted)
-                .map(|(p, g)| format!("{} {}", p.name(), g.unwrap_or(1)))
-                .collect();
-            label.push_str(" *");
-            let note = format!(
-                "* windowsize granted: {} (a peer that grants none runs lock-step)",
-                granted.join(", ")
-            );
-            if !notes.contains(&note) {
-                notes.push(note);
-            }
-        }
-        let _ = writeln!(
-            o,
-            "| {label} | {} | {} | {} | {} | {} |",
-            cell(med[0]),
-            cell(med[1]),
-            cell(med[2]),
-            rs[0].map_or("-".to_owned(), |r| format!("{r:.2}x")),
-            rs[1].map_or("-".to_owned(), |r| format!("{r:.2}x")),
-        );
-    }
-    for n in notes {
-        let _ = writeln!(o, "\n{n}");
-    }
-    let verdict = |v: f64, goal: f64| {
-        if v >= goal {
-            "met"
-        } else {
-            "NOT met"
-        }
-    };
-    // The windowsize goal compares with the peers as PXE clients meet them: lock-step (curl), same
-    // blksize and stream count.
-    let mut worst_window_vs_curl = f64::INFINITY;
-    for c in cases {
-        let Method::Windowed { blksize, .. } = c.method else {
-            continue;
-        };
-        let curl = cases.iter().find(|d| {
-            d.streams == c.streams
-                && matches!(d.method, Method::CurlTftp { blksize: Some(b) } if b == blksize)
-        });
-        if let Some(curl) = curl {
-            let ours = median(&c.samples[0]);
-            for i in 1..curl.peers.len() {
-                worst_window_vs_curl = worst_window_vs_curl.min(ours / median(&curl.samples[i]));
-            }
-        }
-    }
-    let _ = writeln!(
-        o,
-        "\ngoal lock-step (curl tftp): lbfleet >= 1.0x each peer; worst ratio {worst_lockstep:.2}x: {}",
-        verdict(worst_lockstep, 1.0)
-    );
-    let _ = writeln!(
-        o,
-        "goal windowsize-{WINDOW}: lbfleet with the windowsize-{WINDOW} client >= 3x each peer with curl (lock-step, same blksize and streams); worst ratio {worst_window_vs_curl:.2}x: {}",
-        verdict(worst_window_vs_curl, 3.0)
-    );
-    let _ = writeln!(
-        o,
-        "(same client against every server, peers lock-step because they grant no window: worst ratio {worst_window:.2}x)"
-    );
-    o
 }
