@@ -214,16 +214,15 @@ pub async fn run(
             }
         })
     };
-    let mut known: HashSet<Mac> = HashSet::new();
-    let mut discovery_budget = RateLimit::new(DISCOVERY_PER_SECOND);
+    let mut discovery = Discovery {
+        known: HashSet::new(),
+        budget: RateLimit::new(DISCOVERY_PER_SECOND),
+        tx: discover_tx,
+    };
     let mut fleet_changes = fleet.notifier().subscribe_fleet();
     let mut buf = vec![0u8; 2048];
-    let (mut malformed_log, mut spoofed_log) = (LogLimit::default(), LogLimit::default());
-    let (mut circuit_log, mut receive_log) = (LogLimit::default(), LogLimit::default());
-    // Where a request may be addressed: broadcast, or unicast to us (renewals, relays).
-    let for_us = |ip: Ipv4Addr| {
-        ip == Ipv4Addr::BROADCAST || ip == cfg.server_address || ip == cfg.subnet.broadcast()
-    };
+    let mut gate = Gate::default();
+    let mut receive_log = LogLimit::default();
 
     loop {
         let (len, peer) = tokio::select! {
@@ -251,57 +250,17 @@ pub async fn run(
             _ = async { let _ = shutdown.wait_for(|s| *s).await; } => break,
         };
         stats.received.fetch_add(1, Ordering::Relaxed);
-        let (bytes, peer) = if link.is_some() {
-            let frame = match link::parse_frame(&buf[..len]) {
-                Ok(f) => f,
-                Err(e) => {
-                    stats.dropped.fetch_add(1, Ordering::Relaxed);
-                    stats.malformed.fetch_add(1, Ordering::Relaxed);
-                    if let Some(suppressed) = malformed_log.allow(std::time::Instant::now()) {
-                        tracing::warn!(error = %e, len, suppressed, "malformed DHCP frame dropped");
-                    }
-                    continue;
-                }
-            };
-            if !for_us(frame.dst_ip) {
-                stats.dropped.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(dst = %frame.dst_ip, "DHCP request for another address ignored");
-                continue;
-            }
-            let peer = SocketAddr::from((frame.src_ip, frame.src_port));
-            if let SourceCheck::Spoofed { chaddr } = link::check_source(frame.payload, frame.source)
-            {
-                stats.dropped.fetch_add(1, Ordering::Relaxed);
-                stats.spoofed.fetch_add(1, Ordering::Relaxed);
-                if let Some(suppressed) = spoofed_log.allow(std::time::Instant::now()) {
-                    tracing::warn!(%peer, chaddr = mac_text(chaddr), source = mac_text(frame.source),
-                        suppressed, "DHCP request refused: chaddr is not the address of the NIC that sent it");
-                }
-                continue;
-            }
-            (frame.payload, peer)
-        } else {
-            (&buf[..len], peer)
-        };
-        // chaddr lives at bytes 28..34 of every BOOTP packet; refuse retired/rejected nodes before deciding.
-        if let Some(mac) = bytes.get(28..34).and_then(Mac::from_unicast_bytes) {
-            if refused.contains(&mac) {
-                stats.dropped.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(%mac, "DHCP request from a retired or rejected node ignored");
-                continue;
-            }
-        }
-        if let CircuitCheck::Mismatch { got } = link::check_circuit(bytes, &circuit_pins) {
-            stats.dropped.fetch_add(1, Ordering::Relaxed);
-            stats.wrong_circuit.fetch_add(1, Ordering::Relaxed);
-            if let Some(suppressed) = circuit_log.allow(std::time::Instant::now()) {
-                let chaddr = bytes.get(28..34).and_then(Mac::from_unicast_bytes);
-                tracing::warn!(%peer, chaddr = ?chaddr.map(|m| m.to_string()),
-                    circuit_id = ?got.as_ref().map(hex::encode), suppressed,
-                    "DHCP request refused: the MAC is pinned to another relay circuit-id");
-            }
+        let Some((bytes, peer)) = gate.admit(
+            &buf[..len],
+            peer,
+            link.is_some(),
+            &cfg,
+            &refused,
+            &circuit_pins,
+            &stats,
+        ) else {
             continue;
-        }
+        };
         match handle_datagram(
             bytes,
             now_ms().max(0) as u64,
@@ -352,17 +311,8 @@ pub async fn run(
                         break;
                     }
                 }
-                if kind == Some(MessageType::Offer) {
-                    if let Some(mac) = mac {
-                        if reservations_lacks(&reservations, mac)
-                            && !known.contains(&mac)
-                            && known.len() < 1_000_000
-                            && discovery_budget.take()
-                        {
-                            known.insert(mac);
-                            let _ = discover_tx.try_send(mac);
-                        }
-                    }
+                if let (Some(MessageType::Offer), Some(mac)) = (kind, mac) {
+                    discovery.offered(mac, &reservations);
                 }
             }
             Decision::Record { lease_changes } => {
@@ -385,7 +335,7 @@ pub async fn run(
                 // discovery cap) are ordinary on a shared segment and stay at debug.
                 if matches!(reason, super::DropReason::Decode(_)) {
                     stats.malformed.fetch_add(1, Ordering::Relaxed);
-                    if let Some(suppressed) = malformed_log.allow(std::time::Instant::now()) {
+                    if let Some(suppressed) = gate.malformed_log.allow(std::time::Instant::now()) {
                         tracing::warn!(%peer, %reason, len, suppressed, "malformed DHCP packet dropped");
                     }
                 } else {
@@ -395,11 +345,118 @@ pub async fn run(
         }
     }
     drop(write_tx);
-    drop(discover_tx);
+    drop(discovery);
     // Let the writer flush what is queued: those ACKs were promised to clients that are waiting.
     let _ = writer.await;
     discoverer.abort();
     Ok(())
+}
+
+/// The checks a received request passes before the lease decision, with their rate-limited warnings: a frame
+/// from the packet socket must parse, be addressed to us and come from the NIC its `chaddr` names; retired or
+/// rejected MACs are ignored; a MAC pinned to a relay circuit must arrive through it.
+#[derive(Debug, Default)]
+struct Gate {
+    malformed_log: LogLimit,
+    spoofed_log: LogLimit,
+    circuit_log: LogLimit,
+}
+
+impl Gate {
+    /// The BOOTP bytes and the sender of an admitted request (`received` is a frame when `from_link`, else the
+    /// UDP payload from `peer`); `None`, counted and (rate-limited) logged, for anything refused.
+    #[allow(clippy::too_many_arguments)]
+    fn admit<'a>(
+        &mut self,
+        received: &'a [u8],
+        peer: SocketAddr,
+        from_link: bool,
+        cfg: &DhcpConfig,
+        refused: &HashSet<Mac>,
+        circuit_pins: &CircuitPins,
+        stats: &DhcpStats,
+    ) -> Option<(&'a [u8], SocketAddr)> {
+        let len = received.len();
+        let (bytes, peer) = if from_link {
+            let frame = match link::parse_frame(received) {
+                Ok(f) => f,
+                Err(e) => {
+                    stats.dropped.fetch_add(1, Ordering::Relaxed);
+                    stats.malformed.fetch_add(1, Ordering::Relaxed);
+                    if let Some(suppressed) = self.malformed_log.allow(std::time::Instant::now()) {
+                        tracing::warn!(error = %e, len, suppressed, "malformed DHCP frame dropped");
+                    }
+                    return None;
+                }
+            };
+            if !addressed_to_us(cfg, frame.dst_ip) {
+                stats.dropped.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(dst = %frame.dst_ip, "DHCP request for another address ignored");
+                return None;
+            }
+            let peer = SocketAddr::from((frame.src_ip, frame.src_port));
+            if let SourceCheck::Spoofed { chaddr } = link::check_source(frame.payload, frame.source)
+            {
+                stats.dropped.fetch_add(1, Ordering::Relaxed);
+                stats.spoofed.fetch_add(1, Ordering::Relaxed);
+                if let Some(suppressed) = self.spoofed_log.allow(std::time::Instant::now()) {
+                    tracing::warn!(%peer, chaddr = mac_text(chaddr), source = mac_text(frame.source),
+                        suppressed, "DHCP request refused: chaddr is not the address of the NIC that sent it");
+                }
+                return None;
+            }
+            (frame.payload, peer)
+        } else {
+            (received, peer)
+        };
+        // chaddr lives at bytes 28..34 of every BOOTP packet; refuse retired/rejected nodes before deciding.
+        if let Some(mac) = bytes.get(28..34).and_then(Mac::from_unicast_bytes) {
+            if refused.contains(&mac) {
+                stats.dropped.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(%mac, "DHCP request from a retired or rejected node ignored");
+                return None;
+            }
+        }
+        if let CircuitCheck::Mismatch { got } = link::check_circuit(bytes, circuit_pins) {
+            stats.dropped.fetch_add(1, Ordering::Relaxed);
+            stats.wrong_circuit.fetch_add(1, Ordering::Relaxed);
+            if let Some(suppressed) = self.circuit_log.allow(std::time::Instant::now()) {
+                let chaddr = bytes.get(28..34).and_then(Mac::from_unicast_bytes);
+                tracing::warn!(%peer, chaddr = ?chaddr.map(|m| m.to_string()),
+                    circuit_id = ?got.as_ref().map(hex::encode), suppressed,
+                    "DHCP request refused: the MAC is pinned to another relay circuit-id");
+            }
+            return None;
+        }
+        Some((bytes, peer))
+    }
+}
+
+/// Where a request may be addressed: broadcast, or unicast to us (renewals, relays).
+fn addressed_to_us(cfg: &DhcpConfig, ip: Ipv4Addr) -> bool {
+    ip == Ipv4Addr::BROADCAST || ip == cfg.server_address || ip == cfg.subnet.broadcast()
+}
+
+/// Unknown MACs that were offered an address become discovered nodes, off the hot path: at most
+/// `DISCOVERY_PER_SECOND`, each once per process (the set is bounded), through a queue that drops when full.
+#[derive(Debug)]
+struct Discovery {
+    known: HashSet<Mac>,
+    budget: RateLimit,
+    tx: mpsc::Sender<Mac>,
+}
+
+impl Discovery {
+    fn offered(&mut self, mac: Mac, reservations: &ReservationMap) {
+        if reservations_lacks(reservations, mac)
+            && !self.known.contains(&mac)
+            && self.known.len() < 1_000_000
+            && self.budget.take()
+        {
+            self.known.insert(mac);
+            let _ = self.tx.try_send(mac);
+        }
+    }
 }
 
 /// New MACs recorded as discovered nodes per second at most: the database is not the place to absorb a flood.
