@@ -11,7 +11,7 @@ use serde::Deserialize;
 use crate::auth::{Operator, Viewer};
 use crate::error::ApiError;
 use crate::extract::{ApiJson, ApiQuery, OptionalJson};
-use crate::fleet::node_key;
+use crate::fleet::{node_key, rules, FleetError};
 use crate::state::AppState;
 use crate::store::nodes::NodeFilter;
 
@@ -46,7 +46,12 @@ async fn list(
     let nodes = s
         .fleet
         .list_nodes(&NodeFilter {
-            state: q.state,
+            state: q
+                .state
+                .as_deref()
+                .map(rules::node_state)
+                .transpose()
+                .map_err(FleetError::from)?,
             cluster: q.cluster,
         })
         .await?;

@@ -88,10 +88,6 @@ impl Fleet {
     }
 
     pub async fn list_nodes(&self, filter: &store::nodes::NodeFilter) -> Result<Vec<NodeView>> {
-        if let Some(s) = &filter.state {
-            s.parse::<NodeState>()
-                .map_err(|e| FieldError::new("state", e.to_string()))?;
-        }
         let mut conn = self.store.read().await?;
         Ok(store::nodes::list(&mut conn, filter)
             .await?
@@ -532,19 +528,12 @@ mod tests {
         assert!(f.discover("52:54:00:00:00:04").await.is_ok());
         let waiting = f
             .list_nodes(&store::nodes::NodeFilter {
-                state: Some("discovered".into()),
+                state: Some(NodeState::Discovered),
                 cluster: None,
             })
             .await
             .expect("list");
         assert_eq!(waiting.len(), 1);
-        assert!(matches!(
-            f.list_nodes(&store::nodes::NodeFilter {
-                state: Some("asleep".into()),
-                cluster: None
-            })
-            .await,
-            Err(FleetError::Invalid(_))
-        ));
+        assert!(crate::fleet::rules::node_state("asleep").is_err());
     }
 }

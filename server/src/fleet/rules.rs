@@ -81,6 +81,12 @@ pub fn cluster_name(name: &str) -> Result<(), FieldError> {
     dns_label(name).map_err(|m| FieldError::new("name", m))
 }
 
+/// A node state named in a filter (`?state=`): one of the lifecycle's states.
+pub fn node_state(text: &str) -> Result<lbfleet_proto::NodeState, FieldError> {
+    text.parse()
+        .map_err(|e: lbfleet_proto::UnknownValue| FieldError::new("state", e.to_string()))
+}
+
 /// A node hostname: a DNS label that starts with a letter and does not read as a MAC in any spelling, so it
 /// never reads as a node id or a MAC (`{node}` in a URL is an id, a MAC or a hostname: `aa-bb-cc-00-00-01` as a
 /// hostname would name another node).

@@ -67,7 +67,7 @@ pub async fn get(conn: &mut Conn, key: &NodeKey) -> Result<Option<NodeRow>, Stor
 /// Filters for listing nodes; `None` matches everything.
 #[derive(Debug, Clone, Default)]
 pub struct NodeFilter {
-    pub state: Option<String>,
+    pub state: Option<NodeState>,
     pub cluster: Option<String>,
 }
 
@@ -76,7 +76,7 @@ pub async fn list(conn: &mut Conn, f: &NodeFilter) -> Result<Vec<NodeRow>, Store
         "{SELECT_NODE} WHERE ($1 IS NULL OR n.state = $1) AND ($2 IS NULL OR c.name = $2) ORDER BY n.id"
     );
     Ok(sqlx::query_as(&sql)
-        .bind(f.state.clone())
+        .bind(f.state.map(NodeState::as_str))
         .bind(f.cluster.clone())
         .fetch_all(conn)
         .await?)

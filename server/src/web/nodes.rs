@@ -409,9 +409,8 @@ pub async fn discovered(
     user: WebUser,
     headers: HeaderMap,
 ) -> Result<Response, WebError> {
-    let rows = |state: &str| {
+    let rows = |state: NodeState| {
         let s = s.clone();
-        let state = state.to_owned();
         async move {
             let nodes = s
                 .fleet
@@ -434,8 +433,8 @@ pub async fn discovered(
             )
         }
     };
-    let waiting = rows("discovered").await?;
-    let rejected = rows("rejected").await?;
+    let waiting = rows(NodeState::Discovered).await?;
+    let rejected = rows(NodeState::Rejected).await?;
     let images = s
         .fleet
         .list_images()
