@@ -113,6 +113,23 @@ pub(super) fn health_check(
 
 /// The probe part of a check: timings and the parameters of its kind.
 fn probe(field: &str, c: &HealthCheck, errs: &mut FieldErrors) {
+    timings(field, c, errs);
+    parameters_of_other_kinds(field, c, errs);
+    match c.kind {
+        CheckKind::Http | CheckKind::Https => {
+            http_parameters(field, c, errs);
+            if c.kind == CheckKind::Https {
+                https_parameters(field, c, errs);
+            }
+        }
+        CheckKind::Dns => dns_parameters(field, c, errs),
+        CheckKind::Script => script_parameter(field, c, errs),
+        CheckKind::None | CheckKind::Tcp => {}
+    }
+}
+
+/// Interval, timeout, rise/fall, warm-up, jitter and port: every kind has them.
+fn timings(field: &str, c: &HealthCheck, errs: &mut FieldErrors) {
     if !(100..=3_600_000).contains(&c.interval_ms) {
         errs.push(
             format!("{field}.interval_ms"),
@@ -153,10 +170,13 @@ fn probe(field: &str, c: &HealthCheck, errs: &mut FieldErrors) {
     if c.port == Some(0) {
         errs.push(format!("{field}.port"), "must be 1 to 65535");
     }
+}
+
+/// Each parameter with the kinds that take it: anything else set is a mistake worth reporting.
+fn parameters_of_other_kinds(field: &str, c: &HealthCheck, errs: &mut FieldErrors) {
     let http = matches!(c.kind, CheckKind::Http | CheckKind::Https);
     let https = c.kind == CheckKind::Https;
     let dns = c.kind == CheckKind::Dns;
-    // Each parameter with the kinds that take it: anything else set is a mistake worth reporting.
     let given: [(&str, bool, bool, &str); 13] = [
         ("path", c.path.is_some(), http, "an http or https"),
         (
@@ -205,95 +225,100 @@ fn probe(field: &str, c: &HealthCheck, errs: &mut FieldErrors) {
             );
         }
     }
-    if http {
-        match c.path.as_deref() {
-            None => errs.push(
-                format!("{field}.path"),
-                format!("an {} check needs a path", c.kind),
-            ),
-            Some(p) => {
-                if !p.starts_with('/')
-                    || p.len() > 1024
-                    || p.bytes().any(|b| b <= b' ' || b == 0x7f)
-                {
-                    errs.push(
-                        format!("{field}.path"),
-                        "must start with '/', be at most 1024 characters and contain no spaces or control characters",
-                    );
-                }
-            }
-        }
-        for s in c.expect_status.iter().chain(&c.expect_codes) {
-            if !(100..=599).contains(s) {
-                let name = if c.expect_status == Some(*s) {
-                    "expect_status"
-                } else {
-                    "expect_codes"
-                };
+}
+
+/// `http` and `https`: path, expected statuses, host header, body match.
+fn http_parameters(field: &str, c: &HealthCheck, errs: &mut FieldErrors) {
+    match c.path.as_deref() {
+        None => errs.push(
+            format!("{field}.path"),
+            format!("an {} check needs a path", c.kind),
+        ),
+        Some(p) => {
+            if !p.starts_with('/') || p.len() > 1024 || p.bytes().any(|b| b <= b' ' || b == 0x7f) {
                 errs.push(
-                    format!("{field}.{name}"),
-                    format!("must be 100 to 599, got {s}"),
-                );
-            }
-        }
-        if let Some(h) = &c.host {
-            if h.is_empty() || h.len() > 255 || h.bytes().any(|b| b <= b' ' || b >= 0x7f) {
-                errs.push(
-                    format!("{field}.host"),
-                    "must be 1 to 255 printable characters without spaces",
-                );
-            }
-        }
-        if let Some(b) = &c.body_contains {
-            if b.is_empty() || b.len() > 1024 {
-                errs.push(format!("{field}.body_contains"), "must be 1 to 1024 bytes");
-            }
-        }
-    }
-    if https {
-        if let Some(sni) = &c.sni {
-            if let Err(m) = dns_name(sni) {
-                errs.push(format!("{field}.sni"), m);
-            }
-        }
-        if let Some(ca) = &c.tls_ca {
-            if ca.len() > 65_536 || !ca.contains("-----BEGIN CERTIFICATE-----") {
-                errs.push(
-                    format!("{field}.tls_ca"),
-                    "must be PEM certificates, at most 64 KiB",
+                    format!("{field}.path"),
+                    "must start with '/', be at most 1024 characters and contain no spaces or control characters",
                 );
             }
         }
     }
-    if dns {
-        match c.dns_name.as_deref() {
-            None => errs.push(
-                format!("{field}.dns_name"),
-                "a dns check needs a name to query",
-            ),
-            Some(n) => {
-                if let Err(m) = dns_name(n) {
-                    errs.push(format!("{field}.dns_name"), m);
-                }
-            }
+    for s in c.expect_status.iter().chain(&c.expect_codes) {
+        if !(100..=599).contains(s) {
+            let name = if c.expect_status == Some(*s) {
+                "expect_status"
+            } else {
+                "expect_codes"
+            };
+            errs.push(
+                format!("{field}.{name}"),
+                format!("must be 100 to 599, got {s}"),
+            );
         }
-        if let Some(e) = &c.dns_expect {
-            if e.is_empty() || e.len() > 255 {
-                errs.push(format!("{field}.dns_expect"), "must be 1 to 255 bytes");
+    }
+    if let Some(h) = &c.host {
+        if h.is_empty() || h.len() > 255 || h.bytes().any(|b| b <= b' ' || b >= 0x7f) {
+            errs.push(
+                format!("{field}.host"),
+                "must be 1 to 255 printable characters without spaces",
+            );
+        }
+    }
+    if let Some(b) = &c.body_contains {
+        if b.is_empty() || b.len() > 1024 {
+            errs.push(format!("{field}.body_contains"), "must be 1 to 1024 bytes");
+        }
+    }
+}
+
+/// `https`: SNI and CA certificates.
+fn https_parameters(field: &str, c: &HealthCheck, errs: &mut FieldErrors) {
+    if let Some(sni) = &c.sni {
+        if let Err(m) = dns_name(sni) {
+            errs.push(format!("{field}.sni"), m);
+        }
+    }
+    if let Some(ca) = &c.tls_ca {
+        if ca.len() > 65_536 || !ca.contains("-----BEGIN CERTIFICATE-----") {
+            errs.push(
+                format!("{field}.tls_ca"),
+                "must be PEM certificates, at most 64 KiB",
+            );
+        }
+    }
+}
+
+/// `dns`: the name to query and the expected answer.
+fn dns_parameters(field: &str, c: &HealthCheck, errs: &mut FieldErrors) {
+    match c.dns_name.as_deref() {
+        None => errs.push(
+            format!("{field}.dns_name"),
+            "a dns check needs a name to query",
+        ),
+        Some(n) => {
+            if let Err(m) = dns_name(n) {
+                errs.push(format!("{field}.dns_name"), m);
             }
         }
     }
-    if c.kind == CheckKind::Script {
-        match c.script.as_deref() {
-            None => errs.push(format!("{field}.script"), "a script check needs the name of a script in /etc/lbfleet/checks/"),
-            Some(name) if !valid_script_name(name) => errs.push(
-                format!("{field}.script"),
-                format!(
-                    "{name:?} is not a script name: a file name in /etc/lbfleet/checks/ (letters, digits, '.', '_', '-'; no '/' or '..'), never a path or a command"
-                ),
-            ),
-            Some(_) => {}
+    if let Some(e) = &c.dns_expect {
+        if e.is_empty() || e.len() > 255 {
+            errs.push(format!("{field}.dns_expect"), "must be 1 to 255 bytes");
         }
+    }
+}
+
+/// `script`: the name of an executable shipped in the image, never a path or a command.
+fn script_parameter(field: &str, c: &HealthCheck, errs: &mut FieldErrors) {
+    match c.script.as_deref() {
+        None => errs.push(format!("{field}.script"), "a script check needs the name of a script in /etc/lbfleet/checks/"),
+        Some(name) if !valid_script_name(name) => errs.push(
+            format!("{field}.script"),
+            format!(
+                "{name:?} is not a script name: a file name in /etc/lbfleet/checks/ (letters, digits, '.', '_', '-'; no '/' or '..'), never a path or a command"
+            ),
+        ),
+        Some(_) => {}
     }
 }
 
