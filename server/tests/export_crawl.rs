@@ -79,24 +79,6 @@ async fn crawling_export(
     (status, s)
 }
 
-async fn session_cookie(srv: &common::TestServer, user: &str) -> String {
-    let resp = srv
-        .http
-        .post(srv.url("/api/v1/login"))
-        .json(&serde_json::json!({"username": user, "password": common::PASSWORD}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), StatusCode::OK);
-    resp.headers()["set-cookie"]
-        .to_str()
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_owned()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn healthz_api_and_agents_answer_while_eight_exports_crawl() {
     let dir = tempfile::tempdir().unwrap();
@@ -109,8 +91,8 @@ async fn healthz_api_and_agents_answer_while_eight_exports_crawl() {
 
     // Eight exports that crawl: four by the viewer, four by the operator, from eight addresses.
     let cookies = [
-        session_cookie(&srv, "view").await,
-        session_cookie(&srv, "oper").await,
+        srv.session_cookie("view").await,
+        srv.session_cookie("oper").await,
     ];
     let mut crawling = Vec::new();
     let mut statuses = Vec::new();

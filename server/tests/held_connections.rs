@@ -309,32 +309,13 @@ async fn an_unread_image_download_is_cut() {
     drop(srv);
 }
 
-/// Logs `user` in through the API and returns the session cookie.
-async fn session_cookie(srv: &common::TestServer, user: &str) -> String {
-    let resp = srv
-        .http
-        .post(srv.url("/api/v1/login"))
-        .json(&serde_json::json!({"username": user, "password": common::PASSWORD}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), StatusCode::OK);
-    resp.headers()["set-cookie"]
-        .to_str()
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_owned()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn live_streams_per_user_are_capped() {
     let dir = tempfile::tempdir().unwrap();
     let srv = common::TestServer::start(dir.path()).await;
 
     // Live streams: four per user, the fifth refused at once; another user still gets one.
-    let cookie = session_cookie(&srv, "view").await;
+    let cookie = srv.session_cookie("view").await;
     let mut streams = Vec::new();
     for i in 0..4 {
         let resp = srv
@@ -379,7 +360,7 @@ async fn live_streams_per_user_are_capped() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let other = session_cookie(&srv, "oper").await;
+    let other = srv.session_cookie("oper").await;
     let resp = srv
         .http
         .get(srv.url("/live"))

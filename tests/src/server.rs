@@ -97,6 +97,17 @@ impl TestServer {
         let handle = tokio::spawn(lbfleet_server::run(config, listener, async move {
             let _ = rx.await;
         }));
+        TestServer::running(base, db_path, tokens, tx, handle)
+    }
+
+    /// The fixture around a server task already started on `base`, stopped through `stop`.
+    fn running(
+        base: String,
+        db_path: PathBuf,
+        tokens: Tokens,
+        stop: oneshot::Sender<()>,
+        handle: JoinHandle<anyhow::Result<()>>,
+    ) -> TestServer {
         TestServer {
             base,
             db_path,
@@ -106,7 +117,7 @@ impl TestServer {
                 .build()
                 .unwrap(),
             spki_sha256: None,
-            stop: Some(tx),
+            stop: Some(stop),
             handle: Some(handle),
         }
     }
@@ -135,18 +146,7 @@ impl TestServer {
                 let _ = rx.await;
             },
         ));
-        TestServer {
-            base,
-            db_path,
-            tokens,
-            http: reqwest::Client::builder()
-                .pool_max_idle_per_host(256)
-                .build()
-                .unwrap(),
-            spki_sha256: None,
-            stop: Some(tx),
-            handle: Some(handle),
-        }
+        TestServer::running(base, db_path, tokens, tx, handle)
     }
 
     /// Stops the server and waits until it has closed the database.
@@ -226,8 +226,9 @@ impl TestServer {
         v["entries"].as_array().unwrap().len()
     }
 
-    /// Logs in as `user` (password `PASSWORD`) through the API and returns the dashboard page at `path`.
-    pub async fn page_as(&self, user: &str, path: &str) -> String {
+    /// Logs in as `user` (password `PASSWORD`) through the API and returns the session cookie
+    /// (`lbfleet_session=...`).
+    pub async fn session_cookie(&self, user: &str) -> String {
         let resp = self
             .http
             .post(self.url("/api/v1/login"))
@@ -236,13 +237,18 @@ impl TestServer {
             .await
             .unwrap();
         assert_eq!(resp.status(), StatusCode::OK);
-        let cookie = resp.headers()["set-cookie"]
+        resp.headers()["set-cookie"]
             .to_str()
             .unwrap()
             .split(';')
             .next()
             .unwrap()
-            .to_owned();
+            .to_owned()
+    }
+
+    /// Logs in as `user` and returns the dashboard page at `path`.
+    pub async fn page_as(&self, user: &str, path: &str) -> String {
+        let cookie = self.session_cookie(user).await;
         self.http
             .get(self.url(path))
             .header("cookie", cookie)
