@@ -259,11 +259,11 @@ mod known {
             ),
             Decision::Drop { .. }
         ));
-        // An expired lease is not knowledge.
+        // An expired lease is not knowledge (the ACK above renewed it for the lease time).
         assert!(matches!(
             answer_known(
                 &discover(bound),
-                now + 120_000,
+                now + cfg.lease_time.as_millis() as u64 + 1,
                 &mut table,
                 &cfg,
                 &reservations
@@ -271,5 +271,122 @@ mod known {
             Decision::Drop { .. }
         ));
         assert!(before <= table.len());
+    }
+}
+
+/// Two servers' elections on one database, driven step by step. The database is one parameter:
+/// `LBFLEET_TEST_DATABASE_URL` (e.g. a PostgreSQL URL), else a fresh SQLite file.
+mod on_a_database {
+    use super::super::*;
+    use crate::fleet::LeaseWrite;
+    use crate::store::leases::LeaseRow;
+    use crate::store::Store;
+
+    async fn two_servers() -> (Fleet, Fleet, Option<tempfile::TempDir>) {
+        let (url, dir) = match std::env::var("LBFLEET_TEST_DATABASE_URL") {
+            Ok(u) => (u, None),
+            Err(_) => {
+                let d = tempfile::tempdir().unwrap();
+                (
+                    format!("sqlite://{}", d.path().join("ha.db").display()),
+                    Some(d),
+                )
+            }
+        };
+        let a = Store::open(&url).await.unwrap();
+        let b = Store::open(&url).await.unwrap();
+        (
+            Fleet::new(a, Duration::from_secs(600)),
+            Fleet::new(b, Duration::from_secs(600)),
+            dir,
+        )
+    }
+
+    fn leadership(name: &str, network: &str) -> Leadership {
+        Leadership::new(
+            LeaderClaim {
+                network: network.into(),
+                holder: format!("{name}/{:08x}", rand::random::<u32>()),
+                holder_address: name.into(),
+                ttl_ms: 400,
+            },
+            Timers {
+                renew: Duration::from_millis(100),
+                ttl: Duration::from_millis(400),
+            },
+        )
+    }
+
+    fn lease(address: &str, mac: &str) -> Vec<LeaseWrite> {
+        vec![LeaseWrite::Upsert(LeaseRow {
+            address: address.into(),
+            mac: mac.into(),
+            state: "bound".into(),
+            expires_at: crate::store::now_ms() + 600_000,
+        })]
+    }
+
+    #[tokio::test]
+    async fn one_active_a_takeover_after_the_ttl_and_a_deposed_server_cannot_write_leases() {
+        let network = format!("198.18.{}.0/24", rand::random::<u8>());
+        let (fa, fb, _dir) = two_servers().await;
+        let (a, b) = (leadership("a", &network), leadership("b", &network));
+        assert!(matches!(a.step(&fa).await, Role::Standby)); // observes: no row
+        let Role::Active { epoch: ea } = a.step(&fa).await else {
+            panic!("a claims the vacant network")
+        };
+        // b only ever sees a's row renewed: it never becomes active.
+        let mut last_renewal = Instant::now();
+        for _ in 0..8 {
+            last_renewal = Instant::now();
+            assert_eq!(a.step(&fa).await, Role::Active { epoch: ea });
+            assert_eq!(b.step(&fb).await, Role::Standby);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(fa
+            .write_leases_fenced(Some(&a.fence(ea)), lease("198.18.1.1", "52:54:00:00:00:01"))
+            .await
+            .unwrap());
+        // a stops renewing (as if killed): within about a TTL b takes over, with a new epoch.
+        let stopped = Instant::now();
+        let eb = loop {
+            if let Role::Active { epoch } = b.step(&fb).await {
+                break epoch;
+            }
+            assert!(stopped.elapsed() < Duration::from_secs(5), "no takeover");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        // Not before a whole TTL after the start of a's last renewal.
+        let since_renewal = last_renewal.elapsed();
+        assert!(
+            since_renewal >= Duration::from_millis(400),
+            "took over {since_renewal:?} after a's last renewal began, less than the TTL"
+        );
+        assert!(eb > ea);
+        // a stopped answering by its own clock before b could take over.
+        assert_eq!(a.role(), Role::Standby);
+        // a's writer, late, cannot commit a lease under the old epoch; b can.
+        assert!(!fa
+            .write_leases_fenced(Some(&a.fence(ea)), lease("198.18.1.2", "52:54:00:00:00:02"))
+            .await
+            .unwrap());
+        assert!(fb
+            .write_leases_fenced(Some(&b.fence(eb)), lease("198.18.1.2", "52:54:00:00:00:03"))
+            .await
+            .unwrap());
+        let rows = fb.active_leases(0).await.unwrap();
+        assert!(rows.iter().any(|r| r.address == "198.18.1.1"), "{rows:?}");
+        assert!(
+            rows.iter()
+                .any(|r| r.address == "198.18.1.2" && r.mac == "52:54:00:00:00:03"),
+            "{rows:?}"
+        );
+        // a's next renewal finds itself deposed.
+        assert_eq!(a.step(&fa).await, Role::Standby);
+        assert_eq!(a.with(|e| e.held_epoch()), None);
+        // A graceful release hands the network back without a TTL's wait.
+        b.release(&fb).await;
+        let _ = a.step(&fa).await; // observes the released row
+        assert!(matches!(a.step(&fa).await, Role::Active { .. }));
     }
 }
