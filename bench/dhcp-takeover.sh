@@ -231,8 +231,8 @@ echo "DHCP takeover after kill -9 of the active server (median of rounds; ms fro
 echo "first ACK for a new client; relayed clients every 20 ms)"
 for label in "lbfleet default (renew 250ms, ttl 1s)" "lbfleet tightened (renew 100ms, ttl 400ms)" \
   "Kea HA default timers (unacked 0)" "Kea HA tightened (hb 1s, resp 2s, ack 1s)"; do
-  printf '  %-44s %8s ms\n' "$label" "${RESULT[$label]}"
+  printf '  %-44s %8s ms\n' "$label" "${RESULT[$label]:-n/a}"
 done
-echo "  ratio lbfleet/Kea, default timers:   $(ratio "${RESULT["lbfleet default (renew 250ms, ttl 1s)"]}" "${RESULT["Kea HA default timers (unacked 0)"]}")"
-echo "  ratio lbfleet/Kea, tightened timers: $(ratio "${RESULT["lbfleet tightened (renew 100ms, ttl 400ms)"]}" "${RESULT["Kea HA tightened (hb 1s, resp 2s, ack 1s)"]}")"
-echo "  ratio lbfleet default/Kea tightened: $(ratio "${RESULT["lbfleet default (renew 250ms, ttl 1s)"]}" "${RESULT["Kea HA tightened (hb 1s, resp 2s, ack 1s)"]}")"
+echo "  ratio lbfleet/Kea, default timers:   $(ratio "${RESULT["lbfleet default (renew 250ms, ttl 1s)"]:-n/a}" "${RESULT["Kea HA default timers (unacked 0)"]:-n/a}")"
+echo "  ratio lbfleet/Kea, tightened timers: $(ratio "${RESULT["lbfleet tightened (renew 100ms, ttl 400ms)"]:-n/a}" "${RESULT["Kea HA tightened (hb 1s, resp 2s, ack 1s)"]:-n/a}")"
+echo "  ratio lbfleet default/Kea tightened: $(ratio "${RESULT["lbfleet default (renew 250ms, ttl 1s)"]:-n/a}" "${RESULT["Kea HA tightened (hb 1s, resp 2s, ack 1s)"]:-n/a}")"

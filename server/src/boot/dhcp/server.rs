@@ -381,7 +381,7 @@ pub async fn run(
                         reply.lease_changes.clear();
                         Decision::Reply(reply)
                     }
-                    other => {
+                    _ => {
                         stats
                             .refused_without_database
                             .fetch_add(1, Ordering::Relaxed);
@@ -391,7 +391,6 @@ pub async fn run(
                             tracing::warn!(%peer, suppressed,
                                 "DHCP request refused: database unreachable and the MAC is not known here");
                         }
-                        let _ = other;
                         continue;
                     }
                 }
