@@ -454,3 +454,134 @@ fn only_the_active_answers_and_the_standby_takes_over_after_kill_9_without_a_col
         );
     }
 }
+
+/// Holds the SQLite database's write lock from the test (as a stuck or unreachable database looks to the
+/// servers: every election write times out), until dropped.
+struct DatabaseLock {
+    rt: tokio::runtime::Runtime,
+    conn: Option<sqlx::SqliteConnection>,
+}
+
+impl DatabaseLock {
+    fn take(url: &str) -> DatabaseLock {
+        use sqlx::Connection;
+        assert!(
+            url.starts_with("sqlite:"),
+            "this test makes the database unreachable by holding SQLite's write lock; {url} needs its own way"
+        );
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let conn = rt.block_on(async {
+            let mut c = sqlx::SqliteConnection::connect(url).await.unwrap();
+            sqlx::query("BEGIN EXCLUSIVE")
+                .execute(&mut c)
+                .await
+                .unwrap();
+            c
+        });
+        DatabaseLock {
+            rt,
+            conn: Some(conn),
+        }
+    }
+}
+
+impl Drop for DatabaseLock {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.conn.take() {
+            self.rt.block_on(async {
+                let _ = sqlx::query("ROLLBACK").execute(&mut c).await;
+            });
+        }
+    }
+}
+
+#[test]
+fn without_the_database_every_server_answers_only_the_macs_it_knows() {
+    let Some(mut lab) = Lab::new() else {
+        return;
+    };
+    if !lab.db_url.starts_with("sqlite:") {
+        // The lock below is SQLite's; on another backend this test would prove nothing.
+        panic!("set LBFLEET_TEST_DATABASE_URL to a sqlite:// URL (or unset) for this test");
+    }
+    lab.start(0);
+    lbfleet_tests::wait::wait_for("server 1 active", Duration::from_secs(10), POLL, || {
+        lab.metric(0, "lbfleet_dhcp_active{") == 1
+    });
+    lab.start(1);
+    let known = lab.probe(1, 10, 100).finish();
+    assert_eq!(known.len(), 10);
+    // Server 2, standby, reloads its table from the database every 2 s: wait for a reload after the leases.
+    let reloads = lab.metric(1, "lbfleet_dhcp_table_reloads_total{");
+    lbfleet_tests::wait::wait_for(
+        "server 2 reloaded its lease table",
+        Duration::from_secs(10),
+        POLL,
+        || lab.metric(1, "lbfleet_dhcp_table_reloads_total{") > reloads,
+    );
+
+    let lock = DatabaseLock::take(&lab.db_url);
+    for i in 0..2 {
+        lbfleet_tests::wait::wait_for(
+            &format!("server {} sees the database unreachable", i + 1),
+            Duration::from_secs(15),
+            POLL,
+            || lab.metric(i, "lbfleet_dhcp_database_unreachable{") == 1,
+        );
+        assert_eq!(lab.metric(i, "lbfleet_dhcp_active{"), 0);
+        assert!(lab.servers[i].log().contains("the database is unreachable"));
+    }
+    // Known MACs get their known address; new MACs get nothing, from either server.
+    let again = lab.probe(1, 10, 100).finish();
+    assert_eq!(again.len(), 10, "every known MAC answered");
+    for (_, mac, ip) in &again {
+        let (_, _, was) = known.iter().find(|(_, m, _)| m == mac).unwrap();
+        assert_eq!(ip, was, "{mac} got another address without the database");
+    }
+    let strangers = lab.probe(5000, 10, 100).finish();
+    assert!(
+        strangers.is_empty(),
+        "pool addresses handed out without the database: {strangers:?}"
+    );
+    let answered = |i| {
+        lab.metric(
+            i,
+            "lbfleet_dhcp_standby_packets_total{network=\"198.18.0.0/16\",outcome=\"answered_without_database\"}",
+        )
+    };
+    let refused = |i| {
+        lab.metric(
+            i,
+            "lbfleet_dhcp_standby_packets_total{network=\"198.18.0.0/16\",outcome=\"refused_without_database\"}",
+        )
+    };
+    // Both servers answered known MACs (each client takes the first OFFER); both refused the strangers.
+    assert!(
+        answered(0) >= 1 && answered(1) >= 1,
+        "{} {}",
+        answered(0),
+        answered(1)
+    );
+    assert!(
+        refused(0) >= 10 && refused(1) >= 10,
+        "{} {}",
+        refused(0),
+        refused(1)
+    );
+
+    // The database is back: one server is elected again and new MACs get leases.
+    drop(lock);
+    lbfleet_tests::wait::wait_for(
+        "one server active again",
+        Duration::from_secs(15),
+        POLL,
+        || lab.metric(0, "lbfleet_dhcp_active{") + lab.metric(1, "lbfleet_dhcp_active{") == 1,
+    );
+    let after = lab.probe(6000, 5, 100).finish();
+    assert_eq!(after.len(), 5);
+    let all: Vec<_> = known.iter().chain(after.iter()).cloned().collect();
+    assert_no_address_twice(&all);
+}
