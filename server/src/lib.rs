@@ -337,6 +337,10 @@ fn spawn_boot_services(
             dhcp,
             fleet.clone(),
             stats,
+            boot::dhcp::leader::Timers {
+                renew: boot.dhcp_leader_renew,
+                ttl: boot.dhcp_leader_ttl,
+            },
             stop.clone(),
         ));
     }

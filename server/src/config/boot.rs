@@ -138,6 +138,22 @@ pub struct BootArgs {
         action = clap::ArgAction::Set
     )]
     pub accept_relayed: Option<bool>,
+    /// DHCP hot standby: how often the server answering DHCP on the boot network renews its leadership in
+    /// the database [default: 250ms]
+    #[arg(
+        long = "boot-dhcp-leader-renew",
+        env = "LBFLEET_BOOT_DHCP_LEADER_RENEW",
+        value_name = "DURATION"
+    )]
+    pub dhcp_leader_renew: Option<String>,
+    /// DHCP hot standby: how long a standby waits, seeing the leadership unrenewed, before it takes the boot
+    /// network over; the active stops answering after 3/4 of it without a renewal [default: 1s]
+    #[arg(
+        long = "boot-dhcp-leader-ttl",
+        env = "LBFLEET_BOOT_DHCP_LEADER_TTL",
+        value_name = "DURATION"
+    )]
+    pub dhcp_leader_ttl: Option<String>,
 }
 
 impl BootArgs {
@@ -174,6 +190,8 @@ impl BootArgs {
                 .require_armed_enrollment
                 .or(other.require_armed_enrollment),
             accept_relayed: self.accept_relayed.or(other.accept_relayed),
+            dhcp_leader_renew: self.dhcp_leader_renew.or(other.dhcp_leader_renew),
+            dhcp_leader_ttl: self.dhcp_leader_ttl.or(other.dhcp_leader_ttl),
         }
     }
 }
@@ -208,6 +226,10 @@ pub struct BootConfig {
     pub require_armed_enrollment: bool,
     /// DHCP answers relayed requests (`boot::dhcp::DhcpConfig::accept_relayed`).
     pub accept_relayed: bool,
+    /// DHCP leadership renewal interval (`boot::dhcp::leader`).
+    pub dhcp_leader_renew: Duration,
+    /// DHCP leadership TTL: a standby takes over after seeing no renewal for this long.
+    pub dhcp_leader_ttl: Duration,
 }
 
 fn parse_cidr(text: &str) -> Result<(std::net::Ipv4Addr, u8), ConfigError> {
@@ -297,6 +319,21 @@ impl BootConfig {
                 reason: "must be 512 to 65464".into(),
             });
         }
+        let dhcp_leader_renew =
+            duration("boot.dhcp_leader_renew", args.dhcp_leader_renew, "250ms")?;
+        let dhcp_leader_ttl = duration("boot.dhcp_leader_ttl", args.dhcp_leader_ttl, "1s")?;
+        if dhcp_leader_renew.is_zero() || dhcp_leader_renew * 2 > dhcp_leader_ttl * 3 / 4 {
+            return Err(ConfigError::Invalid {
+                key: "boot.dhcp_leader_ttl",
+                reason: format!(
+                    "{} leaves no room for renewals every {}: the active stops answering after 3/4 of the \
+                     TTL without one, so the TTL must be at least 8/3 of boot.dhcp_leader_renew (e.g. {})",
+                    humantime::format_duration(dhcp_leader_ttl),
+                    humantime::format_duration(dhcp_leader_renew),
+                    humantime::format_duration(dhcp_leader_renew * 4)
+                ),
+            });
+        }
         Ok(BootConfig {
             interface: args.interface,
             server_address,
@@ -318,6 +355,8 @@ impl BootConfig {
             check_link_address: args.check_link_address.unwrap_or(true),
             require_armed_enrollment: args.require_armed_enrollment.unwrap_or(false),
             accept_relayed: args.accept_relayed.unwrap_or(true),
+            dhcp_leader_renew,
+            dhcp_leader_ttl,
         })
     }
 
@@ -344,6 +383,8 @@ impl BootConfig {
             check_link_address: true,
             require_armed_enrollment: false,
             accept_relayed: true,
+            dhcp_leader_renew: Duration::from_millis(250),
+            dhcp_leader_ttl: Duration::from_secs(1),
         }
     }
 }

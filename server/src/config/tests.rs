@@ -237,3 +237,45 @@ fn database_passwords_are_redacted() {
     let cfg = ServerConfig::with_database("postgres://lb:s3cret@db/lbfleet");
     assert!(!format!("{cfg:?}").contains("s3cret"));
 }
+
+#[test]
+fn dhcp_leader_timers_default_read_the_file_and_refuse_a_ttl_without_room_for_renewals() {
+    let boot = [
+        "--boot-server-address",
+        "198.18.0.1",
+        "--boot-subnet",
+        "198.18.0.0/16",
+        "--boot-pool",
+        "198.18.1.0-198.18.1.255",
+    ];
+    let b = ServerConfig::resolve(serve_args(&boot))
+        .expect("defaults")
+        .boot
+        .expect("boot");
+    assert_eq!(
+        (b.dhcp_leader_renew, b.dhcp_leader_ttl),
+        (Duration::from_millis(250), Duration::from_secs(1))
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("lbfleet.toml");
+    std::fs::write(
+        &path,
+        "[boot]\ndhcp_leader_renew = \"100ms\"\ndhcp_leader_ttl = \"400ms\"\n",
+    )
+    .expect("write");
+    let mut args = boot.to_vec();
+    args.extend(["--config", path.to_str().expect("utf-8 path")]);
+    let b = ServerConfig::resolve(serve_args(&args))
+        .expect("file")
+        .boot
+        .expect("boot");
+    assert_eq!(
+        (b.dhcp_leader_renew, b.dhcp_leader_ttl),
+        (Duration::from_millis(100), Duration::from_millis(400))
+    );
+    // 3/4 of 500 ms leaves room for one 250 ms renewal only: refused, naming the key.
+    args.extend(["--boot-dhcp-leader-ttl", "500ms"]);
+    args.extend(["--boot-dhcp-leader-renew", "250ms"]);
+    let err = ServerConfig::resolve(serve_args(&args)).expect_err("too short");
+    assert!(err.to_string().contains("boot.dhcp_leader_ttl"), "{err}");
+}

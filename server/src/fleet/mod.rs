@@ -39,7 +39,7 @@ pub use alerts::{Alert, AlertKind, AlertLevel, STALE_AFTER_MS};
 pub use clusters::Precondition;
 pub use enrollment::EnrollmentToken;
 pub use history::{EventPage, FleetCounts, MAX_EVENTS_BYTES};
-pub use leases::{DhcpReservations, LeaseWrite};
+pub use leases::{DhcpReservations, LeaderClaim, LeaseFence, LeaseWrite};
 pub use lifecycle::{BootTarget, NodeAction};
 pub use real_servers::{RealServerChange, RealServerRef, ServiceRef};
 pub use rules::{FieldError, FieldErrors};
