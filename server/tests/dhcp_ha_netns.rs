@@ -7,8 +7,9 @@
 //! Clients are relayed (perfdhcp at 198.18.0.2 and lbfleet-dhcp-probe at 198.18.0.4 as relay agents, forwarding to the
 //! segment's broadcast address, as a relay with both servers as helpers would), so relayed requests are the
 //! path under test. Needs root, iproute2, curl and perfdhcp: a missing one fails the test
-//! (`lbfleet_tests::netns::require`). The database is one parameter: `LBFLEET_TEST_DATABASE_URL` (e.g.
-//! PostgreSQL), else a fresh SQLite file both servers share.
+//! (`lbfleet_tests::netns::require`). The takeover runs on PostgreSQL (the configuration several servers are
+//! for; a cluster the test starts, reached over its Unix socket from the servers' namespaces); the test of a
+//! locked database on a SQLite file both servers share. `LBFLEET_TEST_DATABASE_URL` overrides the takeover's.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -66,8 +67,14 @@ impl Drop for Lab {
     }
 }
 
+/// Which database the lab's servers share.
+enum Backend {
+    Postgres,
+    Sqlite,
+}
+
 impl Lab {
-    fn new() -> Option<Lab> {
+    fn new(backend: Backend) -> Option<Lab> {
         if !netns::require(&["curl", "perfdhcp"]) {
             return None;
         }
@@ -94,8 +101,15 @@ impl Lab {
             ns.default_route("198.18.0.254").unwrap();
         }
         let dir = tempfile::tempdir().unwrap();
-        let db_url = std::env::var("LBFLEET_TEST_DATABASE_URL")
-            .unwrap_or_else(|_| format!("sqlite://{}", dir.path().join("ha.db").display()));
+        let db_url = match backend {
+            Backend::Postgres => std::env::var("LBFLEET_TEST_DATABASE_URL").unwrap_or_else(|_| {
+                let cluster = lbfleet_tests::postgres::shared();
+                let name = format!("dhcp_ha_{}", std::process::id());
+                cluster.database(&name);
+                cluster.socket_url(&name)
+            }),
+            Backend::Sqlite => format!("sqlite://{}", dir.path().join("ha.db").display()),
+        };
         let mut servers = Vec::new();
         for (i, address) in ["198.18.0.1", "198.18.0.3"].into_iter().enumerate() {
             let ns = Netns::unique(&format!("lbh{}", i + 1)).unwrap();
@@ -337,7 +351,7 @@ fn assert_no_address_twice(acks: &[(Instant, String, String)]) {
 
 #[test]
 fn only_the_active_answers_and_the_standby_takes_over_after_kill_9_without_a_collision() {
-    let Some(mut lab) = Lab::new() else {
+    let Some(mut lab) = Lab::new(Backend::Postgres) else {
         return;
     };
     lab.start(0);
@@ -500,13 +514,10 @@ impl Drop for DatabaseLock {
 
 #[test]
 fn without_the_database_every_server_answers_only_the_macs_it_knows() {
-    let Some(mut lab) = Lab::new() else {
+    // The lock below is SQLite's.
+    let Some(mut lab) = Lab::new(Backend::Sqlite) else {
         return;
     };
-    if !lab.db_url.starts_with("sqlite:") {
-        // The lock below is SQLite's; on another backend this test would prove nothing.
-        panic!("set LBFLEET_TEST_DATABASE_URL to a sqlite:// URL (or unset) for this test");
-    }
     lab.start(0);
     lbfleet_tests::wait::wait_for("server 1 active", Duration::from_secs(10), POLL, || {
         lab.metric(0, "lbfleet_dhcp_active{") == 1

@@ -262,6 +262,16 @@ rm -rf "$1""#;
         format!("postgres://lbfleet@127.0.0.1:{}/{name}", self.port)
     }
 
+    /// The URL of database `name` over the cluster's Unix socket: for servers in a network namespace of their
+    /// own, which cannot reach 127.0.0.1 of the test's namespace (a socket is a file, seen from every one).
+    pub fn socket_url(&self, name: &str) -> String {
+        format!(
+            "postgres://lbfleet@localhost/{name}?host={}&port={}",
+            self.dir.display(),
+            self.port
+        )
+    }
+
     /// Creates database `name` if this process has not yet, and returns its URL.
     pub fn database(&self, name: &str) -> String {
         let mut made = self.databases.lock().unwrap();
