@@ -13,12 +13,14 @@ use sqlx::SqlitePool;
 pub mod alerts;
 pub mod audit;
 pub mod auth;
+pub mod boot_credentials;
 pub mod boot_trust;
 pub mod clusters;
 pub mod events;
 pub mod images;
 pub mod leases;
 pub mod nodes;
+mod unreachable;
 
 /// A failure of the database layer.
 #[derive(Debug, thiserror::Error)]
@@ -122,6 +124,43 @@ impl Store {
             reader,
             export,
         })
+    }
+
+    /// Like `open`, for a database that cannot be reached now (the server starts from its boot cache): the pools
+    /// connect on first use, and `migrate` runs the migrations once the database answers.
+    pub async fn open_lazy(url: &str) -> Result<Store, StoreError> {
+        let path_url = if url.starts_with("sqlite:") {
+            url.to_owned()
+        } else {
+            format!("sqlite://{url}")
+        };
+        let options = SqliteConnectOptions::from_str(&path_url)
+            .map_err(|e| StoreError::Url {
+                url: url.to_owned(),
+                reason: e.to_string(),
+            })?
+            .create_if_missing(false)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(10));
+        let pool = |max: u32, read_only: bool| {
+            SqlitePoolOptions::new()
+                .max_connections(max)
+                .min_connections(0)
+                .acquire_timeout(Duration::from_secs(5))
+                .connect_lazy_with(options.clone().read_only(read_only))
+        };
+        Ok(Store {
+            writer: pool(1, false),
+            reader: pool(8, true),
+            export: pool(EXPORT_CONNECTIONS, true),
+        })
+    }
+
+    /// Runs pending migrations (after `open_lazy`, once the database answers).
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        Ok(sqlx::migrate!("../migrations").run(&self.writer).await?)
     }
 
     /// Starts a write transaction (waits for the writer connection).
