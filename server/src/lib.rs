@@ -242,7 +242,7 @@ pub async fn run_listeners(
     let boot_cache = open_boot_cache(&config)?;
     let (fleet, started_degraded) = match open_fleet(&config).await {
         Ok(f) => (f, false),
-        Err(e) if e.is_unreachable() && boot_cache.as_ref().is_some_and(|c| c.boot_key().is_some()) => {
+        Err(e) if e.is_unreachable() && boot_cache.is_some() => {
             tracing::error!(error = %e, "database unreachable at start: serving known nodes from the boot \
                 cache, refusing changes, until it answers");
             (open_fleet_lazy(&config).await?, true)
