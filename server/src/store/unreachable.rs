@@ -30,10 +30,12 @@ impl StoreError {
 /// primary code in the low byte), PostgreSQL's class 08 (connection exception) and 57P0x (the server shuts
 /// down or does not accept connections yet).
 fn unusable_code(code: &str) -> bool {
-    if let Ok(n) = code.parse::<i64>() {
-        return SQLITE_UNUSABLE.contains(&(n & 0xff));
+    // SQLSTATEs are five characters, some all digits ("08006"); SQLite's codes never start with a zero.
+    if code.len() == 5 && (code.starts_with("08") || code.starts_with("57P0")) {
+        return true;
     }
-    code.starts_with("08") || code.starts_with("57P0")
+    code.parse::<i64>()
+        .is_ok_and(|n| !code.starts_with('0') && SQLITE_UNUSABLE.contains(&(n & 0xff)))
 }
 
 #[cfg(test)]
