@@ -103,6 +103,17 @@ async fn bind_lease(db_path: &Path, mac: &str, address: &str) {
     store.close().await;
 }
 
+/// The site's cluster, without health checks (nothing answers at the real servers' addresses, and a check would
+/// drain them), with `weight` for its first real server.
+fn spec(weight: u32) -> Value {
+    let mut spec = cluster_spec(51, "198.18.0.10");
+    for s in spec["services"].as_array_mut().unwrap() {
+        s.as_object_mut().unwrap().remove("check");
+    }
+    spec["services"][0]["real_servers"][0]["weight"] = json!(weight);
+    spec
+}
+
 fn script_token(body: &str) -> Option<String> {
     body.split("lbfleet.token=")
         .nth(1)
@@ -154,7 +165,7 @@ async fn site_with_a_known_node() -> (Site, Tokens, u64) {
     let srv = site.start(tokens).await;
     let op = srv.tokens.operator.clone();
     assert_eq!(
-        srv.put("/api/v1/clusters/ext", &op, cluster_spec(51, "198.18.0.10"))
+        srv.put("/api/v1/clusters/ext", &op, spec(1))
             .await
             .0,
         StatusCode::CREATED
@@ -390,4 +401,88 @@ async fn a_tampered_cache_is_refused() {
     }
     let (s, _) = get(&srv, &format!("/images/{IMAGE}/vmlinuz"), None).await;
     assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
+}
+
+/// The agent's side: a node rebooted (no saved credential, no saved role) while the database is down boots with
+/// a boot credential, applies its last role from the cache and keeps it, and once the database is back trades
+/// the credential for a node credential, reports (the node becomes `serving`) and follows changes again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebooted_agent_serves_its_last_role_and_enrolls_when_the_database_returns() {
+    use lbfleet_agent::daemon::{self as agent, RunConfig};
+    use lbfleet_agent::reconcile::RecordingApplier;
+
+    let (site, tokens, _) = site_with_a_known_node().await;
+    site.database_down();
+    let srv = site.start(tokens).await;
+    let (s, body) = get(&srv, &format!("/boot/{MAC}.ipxe"), None).await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    let credential = script_token(&body).expect("a boot credential");
+
+    let state = tempfile::tempdir().unwrap();
+    let mut config = RunConfig::new(&srv.base, state.path());
+    config.token = Some(credential);
+    config.mac = Some(MAC.into());
+    config.resync = Duration::from_millis(200);
+    config.backoff_initial = Duration::from_millis(50);
+    config.backoff_max = Duration::from_millis(300);
+    config.poll_wait = Duration::from_secs(2);
+    let kernel = RecordingApplier::new();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let handle = tokio::spawn(agent::run(config, Box::new(kernel.clone()), async move {
+        let _ = stop_rx.await;
+    }));
+
+    lbfleet_tests::wait::wait_for_async(
+        "the role from the boot cache applied",
+        Duration::from_secs(20),
+        Duration::from_millis(20),
+        || kernel.state().services.len() == 2,
+    )
+    .await;
+    assert!(
+        !state.path().join("credential").exists(),
+        "no node credential while the database is down"
+    );
+
+    site.database_back();
+    lbfleet_tests::wait::wait_for_async(
+        "the boot credential exchanged for a node credential",
+        Duration::from_secs(30),
+        Duration::from_millis(50),
+        || state.path().join("credential").exists(),
+    )
+    .await;
+    let admin = srv.tokens.admin.clone();
+    lbfleet_tests::wait::until_async(
+        "the node to serve again",
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        || {
+            let (srv, admin) = (&srv, admin.clone());
+            async move {
+                let (_, n) = srv.get("/api/v1/nodes/lb-1", &admin).await;
+                (n["state"] == "serving").then_some(())
+            }
+        },
+    )
+    .await
+    .unwrap();
+    // A change made now reaches the agent through its normal long-poll.
+    let (s, v) = srv.put("/api/v1/clusters/ext", &admin, spec(7)).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    lbfleet_tests::wait::wait_for_async(
+        "the new weight applied",
+        Duration::from_secs(20),
+        Duration::from_millis(20),
+        || {
+            kernel
+                .state()
+                .services
+                .values()
+                .any(|s| s.dests().iter().any(|d| d.weight == 7))
+        },
+    )
+    .await;
+    let _ = stop_tx.send(());
+    handle.await.unwrap().unwrap();
 }
