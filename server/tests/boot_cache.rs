@@ -165,9 +165,7 @@ async fn site_with_a_known_node() -> (Site, Tokens, u64) {
     let srv = site.start(tokens).await;
     let op = srv.tokens.operator.clone();
     assert_eq!(
-        srv.put("/api/v1/clusters/ext", &op, spec(1))
-            .await
-            .0,
+        srv.put("/api/v1/clusters/ext", &op, spec(1)).await.0,
         StatusCode::CREATED
     );
     srv.enrolled_node(MAC, "lb-1").await;
@@ -230,7 +228,9 @@ async fn a_known_node_boots_from_the_cache_while_the_database_is_down() {
     let (s, body) = get(&srv, &format!("/boot/{MAC}.ipxe"), None).await;
     assert_eq!(s, StatusCode::OK, "{body}");
     assert!(
-        body.contains(&format!("/images/{IMAGE}/vmlinuz initrd=initrd.img BOOTIF=01-52-54-00-cc-00-01")),
+        body.contains(&format!(
+            "/images/{IMAGE}/vmlinuz initrd=initrd.img BOOTIF=01-52-54-00-cc-00-01"
+        )),
         "{body}"
     );
     let credential = script_token(&body).expect("a boot credential in the script");
@@ -251,7 +251,12 @@ async fn a_known_node_boots_from_the_cache_while_the_database_is_down() {
     // Image files are served when they match the cached manifest, refused when they do not.
     let (s, body) = get(&srv, &format!("/images/{IMAGE}/vmlinuz"), None).await;
     assert_eq!((s, body.as_str()), (StatusCode::OK, "kernel bytes"));
-    let initrd = site.boot_dir.path().join("images").join(IMAGE).join("initrd.img");
+    let initrd = site
+        .boot_dir
+        .path()
+        .join("images")
+        .join(IMAGE)
+        .join("initrd.img");
     std::fs::write(&initrd, b"initrd bytes, changed").unwrap();
     let (s, _) = get(&srv, &format!("/images/{IMAGE}/initrd.img"), None).await;
     assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
@@ -290,14 +295,23 @@ async fn a_known_node_boots_from_the_cache_while_the_database_is_down() {
     for (method, path, body) in [
         (Method::GET, "/api/v1/nodes", None),
         (Method::POST, "/api/v1/nodes/lb-1/unassign", Some(json!({}))),
-        (Method::PUT, "/api/v1/clusters/ext", Some(cluster_spec(51, "198.18.0.11"))),
+        (
+            Method::PUT,
+            "/api/v1/clusters/ext",
+            Some(cluster_spec(51, "198.18.0.11")),
+        ),
     ] {
         let (s, v) = srv.call(method, path, Some(&credential), body).await;
         assert_eq!(s, StatusCode::FORBIDDEN, "{path}: {v}");
     }
     let enroll = json!({"token": credential, "mac": MAC});
     let (s, v) = srv
-        .call(Method::POST, "/api/v1/agent/enroll", None, Some(enroll.clone()))
+        .call(
+            Method::POST,
+            "/api/v1/agent/enroll",
+            None,
+            Some(enroll.clone()),
+        )
         .await;
     assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{v}");
     // People's changes wait too, with a clear error.
@@ -311,7 +325,10 @@ async fn a_known_node_boots_from_the_cache_while_the_database_is_down() {
     assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{v}");
     assert_eq!(v["error"]["code"], "database_unreachable");
     assert!(
-        v["error"]["message"].as_str().unwrap().contains("database unreachable"),
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("database unreachable"),
         "{v}"
     );
 

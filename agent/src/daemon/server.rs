@@ -132,9 +132,12 @@ async fn connect(
                     && req.token.starts_with(BOOT_CREDENTIAL_PREFIX) =>
             {
                 warn!("server's database unreachable: reading the role with the boot credential until it can be exchanged");
-                let degraded =
-                    ServerClient::pinned(&config.server, Some(req.token.clone()), config.server_cert)
-                        .map_err(AgentError::Client)?;
+                let degraded = ServerClient::pinned(
+                    &config.server,
+                    Some(req.token.clone()),
+                    config.server_cert,
+                )
+                .map_err(AgentError::Client)?;
                 return Ok((degraded, Some(req)));
             }
             Err(e) if e.is_transient() => {

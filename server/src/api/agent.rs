@@ -56,13 +56,16 @@ impl FromRequestParts<AppState> for AgentCaller {
         let cache = state.boot_cache.as_ref().ok_or_else(|| {
             refused("this server keeps no boot cache; boot credentials are not accepted".into())
         })?;
-        let key = cache
-            .boot_key()
-            .ok_or_else(|| refused("the boot cache is empty; boot credentials are not accepted".into()))?;
+        let key = cache.boot_key().ok_or_else(|| {
+            refused("the boot cache is empty; boot credentials are not accepted".into())
+        })?;
         let claim = boot_cache::verify(&key, token, crate::store::now_ms())
             .map_err(|e| refused(format!("{e}; reboot the node or enroll it again")))?;
         let node = cache.node(&claim.mac).ok_or_else(|| {
-            refused(format!("{} is not a known node in the boot cache", claim.mac))
+            refused(format!(
+                "{} is not a known node in the boot cache",
+                claim.mac
+            ))
         })?;
         Ok(AgentCaller::Boot {
             node_id: node.node_id,
@@ -142,7 +145,11 @@ async fn role_from_cache(
             ApiError::Forbidden(format!("{mac} is no longer a known node in the boot cache"))
         })?;
         if let Some(doc) = node.role.filter(|d| d.generation > after) {
-            tracing::info!(node = node.name, generation = doc.generation, "role served from the boot cache");
+            tracing::info!(
+                node = node.name,
+                generation = doc.generation,
+                "role served from the boot cache"
+            );
             return Ok(Json(doc).into_response());
         }
         tokio::select! {

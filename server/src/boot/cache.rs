@@ -87,7 +87,8 @@ struct Loaded {
 
 impl Loaded {
     fn new(snapshot: BootSnapshot) -> Result<Loaded, String> {
-        let key = BootKey::from_hex(&snapshot.boot_key).ok_or("the boot key is not 32 bytes of hex")?;
+        let key =
+            BootKey::from_hex(&snapshot.boot_key).ok_or("the boot key is not 32 bytes of hex")?;
         let by_mac = snapshot
             .nodes
             .iter()
@@ -129,7 +130,9 @@ fn load_or_make_key(dir: &Path) -> Result<[u8; 32], CacheError> {
     let path = dir.join(KEY_FILE);
     match std::fs::read_to_string(&path) {
         Ok(text) => {
-            let bytes = hex::decode(text.trim()).ok().and_then(|b| <[u8; 32]>::try_from(b).ok());
+            let bytes = hex::decode(text.trim())
+                .ok()
+                .and_then(|b| <[u8; 32]>::try_from(b).ok());
             bytes.ok_or_else(|| CacheError::Format {
                 path: path.clone(),
                 reason: "the key file does not hold 32 bytes of hex".into(),
@@ -245,12 +248,16 @@ impl BootCache {
                         cache.set(Some(Arc::new(l)));
                         tracing::info!(nodes, dir = %dir.display(), "boot cache loaded");
                     }
-                    Err(reason) => tracing::error!(dir = %dir.display(), reason, "boot cache refused"),
+                    Err(reason) => {
+                        tracing::error!(dir = %dir.display(), reason, "boot cache refused")
+                    }
                 }
             }
             Ok(None) => tracing::info!(dir = %dir.display(), "no boot cache yet"),
-            Err(e) => tracing::error!(error = %e, "boot cache refused; booting from the cache is off until \
-                the database is reachable and the cache is written again"),
+            Err(e) => {
+                tracing::error!(error = %e, "boot cache refused; booting from the cache is off until \
+                the database is reachable and the cache is written again")
+            }
         }
         Ok(cache)
     }
@@ -294,10 +301,7 @@ impl BootCache {
 
     /// Keeps `snapshot`: writes the file atomically when it differs from what is held. True when it wrote.
     pub fn store(&self, snapshot: BootSnapshot) -> Result<bool, CacheError> {
-        if self
-            .loaded()
-            .is_some_and(|l| l.snapshot == snapshot)
-        {
+        if self.loaded().is_some_and(|l| l.snapshot == snapshot) {
             return Ok(false);
         }
         let bytes = encode(&self.key, &snapshot)?;
@@ -365,8 +369,10 @@ impl BootCache {
     pub fn set_db_reachable(&self, up: bool) {
         let was = self.db_reachable.swap(up, Ordering::Relaxed);
         if was && !up {
-            tracing::error!("database unreachable: booting known nodes from the boot cache; changes are \
-                refused until it is back");
+            tracing::error!(
+                "database unreachable: booting known nodes from the boot cache; changes are \
+                refused until it is back"
+            );
         } else if !was && up {
             tracing::info!("database reachable again");
         }
@@ -378,7 +384,10 @@ impl BootCache {
         let meta = tokio::fs::metadata(path)
             .await
             .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-        let stamp = (meta.len(), meta.modified().unwrap_or(SystemTime::UNIX_EPOCH));
+        let stamp = (
+            meta.len(),
+            meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+        );
         {
             let seen = self.verified.lock().unwrap_or_else(|p| p.into_inner());
             if let Some((len, mtime, digest)) = seen.get(path) {
@@ -517,7 +526,10 @@ mod tests {
         assert_eq!(mode(&state), 0o700);
 
         let reopened = BootCache::open(&state, Duration::from_secs(60)).expect("open");
-        assert_eq!(reopened.node("52:54:00:00:00:01").map(|n| n.name), Some("lb-1".into()));
+        assert_eq!(
+            reopened.node("52:54:00:00:00:01").map(|n| n.name),
+            Some("lb-1".into())
+        );
         assert!(reopened.node("52:54:00:00:00:99").is_none());
         assert_eq!(reopened.read_file().expect("read"), Some(snap));
 
@@ -525,7 +537,10 @@ mod tests {
         let path = state.join(CACHE_FILE);
         let text = std::fs::read_to_string(&path).expect("read");
         std::fs::write(&path, text.replacen("198.18.0.51", "198.18.0.99", 1)).expect("write");
-        assert!(matches!(reopened.read_file(), Err(CacheError::Tampered { .. })));
+        assert!(matches!(
+            reopened.read_file(),
+            Err(CacheError::Tampered { .. })
+        ));
         let after = BootCache::open(&state, Duration::from_secs(60)).expect("open");
         assert!(after.node("52:54:00:00:00:01").is_none());
         assert!(after.boot_key().is_none());

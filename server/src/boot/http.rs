@@ -26,8 +26,8 @@ use tower_http::services::ServeFile;
 use crate::config::BootConfig;
 use crate::error::ApiError;
 use crate::fleet::{boot_cache, rules, Actor, BootTarget, FleetError};
-use crate::store::images::ImageRow;
 use crate::state::AppState;
+use crate::store::images::ImageRow;
 use crate::store::nodes::NodeKey;
 
 use super::trust;
@@ -102,10 +102,7 @@ async fn script(
             message: "too many boot requests for this MAC; retry in a minute".into(),
         });
     }
-    let (target, decision, token) = if state
-        .boot_cache
-        .as_ref()
-        .is_some_and(|c| !c.db_reachable())
+    let (target, decision, token) = if state.boot_cache.as_ref().is_some_and(|c| !c.db_reachable())
     {
         from_cache(&state, boot, &mac, peer.ip())?
     } else {
@@ -267,9 +264,7 @@ fn from_cache(
     let decision = match v4 {
         _ if boot.require_armed_enrollment => trust::TokenDecision::NotExpected,
         Some(_) if policy.allow_without_lease => trust::TokenDecision::CheckDisabled,
-        Some(a) if node.holds(a) => {
-            trust::link_decision(policy, &trust::KernelNeighbours, mac, a)
-        }
+        Some(a) if node.holds(a) => trust::link_decision(policy, &trust::KernelNeighbours, mac, a),
         _ => trust::TokenDecision::NoLease,
     };
     let token = match (decision.carries_token(), v4) {
@@ -342,7 +337,12 @@ async fn image_file(
             None => Err(format!("{version}/{file} is not in the boot cache")),
         };
         if let Err(reason) = verified {
-            tracing::error!(image = version, file, reason, "database unreachable: image file refused");
+            tracing::error!(
+                image = version,
+                file,
+                reason,
+                "database unreachable: image file refused"
+            );
             return Err(ApiError::Request {
                 status: StatusCode::SERVICE_UNAVAILABLE,
                 message: format!(

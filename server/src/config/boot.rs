@@ -335,7 +335,8 @@ impl BootConfig {
         if cache_dir.starts_with(&boot_dir) {
             return Err(ConfigError::Invalid {
                 key: "boot.cache_dir",
-                reason: "must not be inside boot.boot_dir: TFTP serves that directory to anyone".into(),
+                reason: "must not be inside boot.boot_dir: TFTP serves that directory to anyone"
+                    .into(),
             });
         }
         Ok(BootConfig {

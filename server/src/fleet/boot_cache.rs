@@ -344,8 +344,13 @@ impl Fleet {
         if !boots_from_cache(row.state) {
             return Ok(None);
         }
-        if !store::boot_credentials::redeem(conn, &hex::encode(claim.nonce), row.id, claim.expires_at_ms)
-            .await?
+        if !store::boot_credentials::redeem(
+            conn,
+            &hex::encode(claim.nonce),
+            row.id,
+            claim.expires_at_ms,
+        )
+        .await?
         {
             tracing::warn!(
                 node = row.name(),
@@ -400,8 +405,18 @@ mod tests {
             verify(&key, &forged, 0),
             Err(BootCredentialError::BadSignature)
         );
-        for bad in ["", "lbf_boot_", "lbf_boot_!!", "lbf_node_abc", &c[..c.len() - 2]] {
-            assert_eq!(verify(&key, bad, 0), Err(BootCredentialError::Malformed), "{bad}");
+        for bad in [
+            "",
+            "lbf_boot_",
+            "lbf_boot_!!",
+            "lbf_node_abc",
+            &c[..c.len() - 2],
+        ] {
+            assert_eq!(
+                verify(&key, bad, 0),
+                Err(BootCredentialError::Malformed),
+                "{bad}"
+            );
         }
         assert!(mint(&key, "not a mac", Ipv4Addr::LOCALHOST, 0).is_none());
     }

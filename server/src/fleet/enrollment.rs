@@ -109,12 +109,14 @@ impl Fleet {
         .map_err(FleetError::Invalid)?;
         let mut tx = self.store.begin().await?;
         // A boot credential (handed out while the database was down) is exchanged like a token, once.
-        let redeemed = if req.token.starts_with(super::boot_cache::BOOT_CREDENTIAL_PREFIX) {
+        let redeemed = if req
+            .token
+            .starts_with(super::boot_cache::BOOT_CREDENTIAL_PREFIX)
+        {
             self.redeem_boot_credential(&mut tx, &req.token, &mac)
                 .await?
         } else {
-            store::auth::redeem_enrollment_token(&mut tx, &secrets::hash_secret(&req.token))
-                .await?
+            store::auth::redeem_enrollment_token(&mut tx, &secrets::hash_secret(&req.token)).await?
         };
         let Some(node_id) = redeemed else {
             // A refused boot credential may still have pruned expired rows: keep nothing half-done.
