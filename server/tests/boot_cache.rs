@@ -5,7 +5,7 @@
 //! changes nothing and expires; a tampered cache is refused; once the database is back the credential is
 //! exchanged, once, for a node credential.
 
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
