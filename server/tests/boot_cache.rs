@@ -122,8 +122,9 @@ fn script_token(body: &str) -> Option<String> {
 
 /// A site whose known node `lb-1` (MAC `MAC`, lease 127.0.0.1, assigned active in cluster `ext`) boots image
 /// `IMAGE` (registered with its manifest digests), with the boot cache written; the server is stopped again.
-/// Returns the site, the tokens, and the role generation the cache holds.
-async fn site_with_a_known_node() -> (Site, Tokens, u64) {
+/// Returns the site, the tokens, the role generation the cache holds, the node's credential (from before the
+/// outage) and an admin's dashboard session cookie.
+async fn site_with_a_known_node() -> (Site, Tokens, u64, String, String) {
     let dir = tempfile::tempdir().unwrap();
     let site = Site {
         db_path: dir.path().join("lbfleet.db"),
@@ -168,7 +169,8 @@ async fn site_with_a_known_node() -> (Site, Tokens, u64) {
         srv.put("/api/v1/clusters/ext", &op, spec(1)).await.0,
         StatusCode::CREATED
     );
-    srv.enrolled_node(MAC, "lb-1").await;
+    let node_credential = srv.enrolled_node(MAC, "lb-1").await;
+    let cookie = srv.session_cookie("admin").await;
     let (s, v) = srv
         .post(
             "/api/v1/nodes/lb-1/assign",
@@ -198,7 +200,7 @@ async fn site_with_a_known_node() -> (Site, Tokens, u64) {
     .await
     .unwrap();
     let (_, tokens) = srv.stop().await;
-    (site, tokens, generation)
+    (site, tokens, generation, node_credential, cookie)
 }
 
 async fn get(srv: &TestServer, path: &str, bearer: Option<&str>) -> (StatusCode, String) {
@@ -219,7 +221,7 @@ fn from_address(last: u8) -> reqwest::Client {
 
 #[tokio::test]
 async fn a_known_node_boots_from_the_cache_while_the_database_is_down() {
-    let (site, tokens, generation) = site_with_a_known_node().await;
+    let (site, tokens, generation, old_credential, cookie) = site_with_a_known_node().await;
     site.database_down();
     let srv = site.start(tokens).await;
     let admin = srv.tokens.admin.clone();
@@ -332,6 +334,35 @@ async fn a_known_node_boots_from_the_cache_while_the_database_is_down() {
         "{v}"
     );
 
+    // An agent that did not reboot (it has its node credential): 503 on its role poll and its reports, which it
+    // understands as "keep your role and retry".
+    let (s, body) = get(&srv, "/api/v1/agent/role", Some(&old_credential)).await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    let (s, v) = srv
+        .call(
+            Method::POST,
+            "/api/v1/agent/report",
+            Some(&old_credential),
+            Some(json!({"applied_generation": generation})),
+        )
+        .await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, Some("database_unreachable")),
+        "{v}"
+    );
+    // The dashboard says why it cannot show or change anything.
+    let r = srv
+        .http
+        .get(srv.url("/nodes"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let page = r.text().await.unwrap();
+    assert!(page.contains("database unreachable"), "{page}");
+
     // Expired, forged or another node's: refused.
     let key = site.cached_key();
     let addr = std::net::Ipv4Addr::LOCALHOST;
@@ -399,7 +430,7 @@ async fn a_known_node_boots_from_the_cache_while_the_database_is_down() {
 
 #[tokio::test]
 async fn a_tampered_cache_is_refused() {
-    let (site, tokens, _) = site_with_a_known_node().await;
+    let (site, tokens, ..) = site_with_a_known_node().await;
     // Someone with write access to the state directory points the node at another address.
     let path = site.state_dir().join(CACHE_FILE);
     let text = std::fs::read_to_string(&path).unwrap();
@@ -428,7 +459,7 @@ async fn a_rebooted_agent_serves_its_last_role_and_enrolls_when_the_database_ret
     use lbfleet_agent::daemon::{self as agent, RunConfig};
     use lbfleet_agent::reconcile::RecordingApplier;
 
-    let (site, tokens, _) = site_with_a_known_node().await;
+    let (site, tokens, ..) = site_with_a_known_node().await;
     site.database_down();
     let srv = site.start(tokens).await;
     let (s, body) = get(&srv, &format!("/boot/{MAC}.ipxe"), None).await;
