@@ -281,6 +281,14 @@ async fn a_known_node_boots_from_the_cache_while_the_database_is_down() {
     )
     .await;
     assert_eq!(s, StatusCode::NO_CONTENT);
+    // A copy of the credential used from another address reads nothing.
+    let r = from_address(66)
+        .get(srv.url("/api/v1/agent/role"))
+        .bearer_auth(&credential)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
 
     // It changes nothing: a report is dropped with 503 (the agent keeps its role), the admin API refuses it,
     // and it cannot be exchanged while the database is down.
@@ -348,7 +356,10 @@ async fn a_known_node_boots_from_the_cache_while_the_database_is_down() {
         .await;
     assert_eq!(
         (s, v["error"]["code"].as_str()),
-        (StatusCode::SERVICE_UNAVAILABLE, Some("database_unreachable")),
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Some("database_unreachable")
+        ),
         "{v}"
     );
     // The dashboard says why it cannot show or change anything.

@@ -61,6 +61,22 @@ impl FromRequestParts<AppState> for AgentCaller {
         })?;
         let claim = boot_cache::verify(&key, token, crate::store::now_ms())
             .map_err(|e| refused(format!("{e}; reboot the node or enroll it again")))?;
+        // Bound to the address its script was fetched from: a copy used from elsewhere reads nothing.
+        let peer = parts
+            .extensions
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map(|c| match c.0.ip() {
+                std::net::IpAddr::V6(a) => a
+                    .to_ipv4_mapped()
+                    .map_or(std::net::IpAddr::V6(a), std::net::IpAddr::V4),
+                v4 => v4,
+            });
+        if peer.is_some_and(|p| p != std::net::IpAddr::V4(claim.address)) {
+            tracing::warn!(mac = claim.mac, client = ?peer, "boot credential presented from another address");
+            return Err(refused(
+                "this boot credential belongs to another address".into(),
+            ));
+        }
         let node = cache.node(&claim.mac).ok_or_else(|| {
             refused(format!(
                 "{} is not a known node in the boot cache",
