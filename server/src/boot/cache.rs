@@ -41,8 +41,9 @@ pub const MAX_NODES: usize = 10_000;
 /// How often the database is read again while it answers (besides every change), and probed while it does not.
 const REFRESH_UP: Duration = Duration::from_secs(10);
 const PROBE_DOWN: Duration = Duration::from_secs(2);
-/// Changes arriving within this time are folded into one refresh.
-const DEBOUNCE: Duration = Duration::from_millis(300);
+/// Changes arriving within this time are folded into one refresh (agent reports are changes too, and a refresh
+/// reads every known node).
+const DEBOUNCE: Duration = Duration::from_secs(1);
 
 const MAGIC: &str = "lbfleet-boot-cache 1 hmac-sha256=";
 
