@@ -129,6 +129,9 @@ pub const ARG_BOOTIF: &str = "BOOTIF";
 pub const ARG_SERVER: &str = "lbfleet.server";
 pub const ARG_SERVER_CERT: &str = "lbfleet.server_cert";
 pub const ARG_TOKEN: &str = "lbfleet.token";
+/// A `lbfleet.token=` with this prefix is a boot credential: handed out while the server's database is down,
+/// it reads the node's last role and is exchanged for a node credential once the database is back.
+pub const BOOT_CREDENTIAL_PREFIX: &str = "lbf_boot_";
 pub const ARG_IMAGE: &str = "lbfleet.image";
 pub const ARG_CONSOLE_SHELL: &str = "lbfleet.console_shell";
 

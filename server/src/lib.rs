@@ -79,6 +79,32 @@ pub async fn open_fleet(config: &ServerConfig) -> Result<fleet::Fleet, store::St
     })
 }
 
+/// The fleet over a database that cannot be reached now: it connects on first use (`store::Store::open_lazy`).
+async fn open_fleet_lazy(config: &ServerConfig) -> Result<fleet::Fleet, store::StoreError> {
+    let store = store::Store::open_lazy(&config.database).await?;
+    let fleet = fleet::Fleet::new(store, config.enrollment_token_ttl);
+    Ok(match &config.boot {
+        Some(b) => fleet.with_discovery_cap(b.max_discovered),
+        None => fleet,
+    })
+}
+
+/// The boot cache, when `[boot]` names a state directory for it.
+fn open_boot_cache(
+    config: &ServerConfig,
+) -> anyhow::Result<Option<std::sync::Arc<boot::cache::BootCache>>> {
+    let Some((dir, ttl)) = config
+        .boot
+        .as_ref()
+        .and_then(|b| b.cache_dir.as_ref().map(|d| (d, b.credential_ttl)))
+    else {
+        return Ok(None);
+    };
+    let cache = boot::cache::BootCache::open(dir, ttl)
+        .with_context(|| format!("cannot open the boot cache in {}", dir.display()))?;
+    Ok(Some(std::sync::Arc::new(cache)))
+}
+
 /// Sockets of the boot services, bound before the server starts (tests bind port 0).
 #[derive(Debug, Default)]
 pub struct BootSockets {
@@ -213,13 +239,34 @@ pub async fn run_listeners(
         tracing::info!(cert = %t.cert_path.display(), pin = t.pin, "serving HTTPS (and plain HTTP for iPXE)");
         config.tls_pin = Some(t.pin.clone());
     }
-    let fleet = open_fleet(&config).await?;
-    if let Some(password) = fleet.bootstrap_admin().await? {
-        announce_initial_admin(&config, &password)?;
+    let boot_cache = open_boot_cache(&config)?;
+    let (fleet, started_degraded) = match open_fleet(&config).await {
+        Ok(f) => (f, false),
+        Err(e) if e.is_unreachable() && boot_cache.is_some() => {
+            tracing::error!(error = %e, "database unreachable at start: serving known nodes from the boot \
+                cache, refusing changes, until it answers");
+            (open_fleet_lazy(&config).await?, true)
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if !started_degraded {
+        if let Some(password) = fleet.bootstrap_admin().await? {
+            announce_initial_admin(&config, &password)?;
+        }
     }
     let fleet = std::sync::Arc::new(fleet);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();
+    if let Some(cache) = &boot_cache {
+        if started_degraded {
+            cache.set_db_reachable(false);
+        }
+        let (cache, fleet, stop) = (cache.clone(), fleet.clone(), stop_rx.clone());
+        tasks.spawn(async move {
+            boot::cache::run(cache, fleet, started_degraded, stop).await;
+            Ok(())
+        });
+    }
     let boot_stats =
         spawn_boot_services(&config, &listeners, sockets, &fleet, &stop_rx, &mut tasks)?;
     tasks.spawn(retention::run(
@@ -240,6 +287,7 @@ pub async fn run_listeners(
         fleet.clone(),
         config,
         boot_stats,
+        boot_cache,
         stop_rx.clone(),
     ))
     .layer(axum::middleware::from_fn(move |req, next| {

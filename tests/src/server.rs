@@ -170,7 +170,19 @@ impl TestServer {
         boot: lbfleet_server::config::BootConfig,
         tftp: tokio::net::UdpSocket,
     ) -> TestServer {
-        let mut config = ServerConfig::with_database(db_url(&db_path));
+        let url = db_url(&db_path);
+        Self::start_boot_url(url, db_path, tokens, boot, tftp).await
+    }
+
+    /// `start_boot` on the database at `url` (`db_path` names the test's database as in `db_url`).
+    pub async fn start_boot_url(
+        url: String,
+        db_path: PathBuf,
+        tokens: Tokens,
+        boot: lbfleet_server::config::BootConfig,
+        tftp: tokio::net::UdpSocket,
+    ) -> TestServer {
+        let mut config = ServerConfig::with_database(url);
         config.boot = Some(boot);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());

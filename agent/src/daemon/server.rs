@@ -8,13 +8,14 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use lbfleet_proto::boot::BOOT_CREDENTIAL_PREFIX;
 use lbfleet_proto::{AgentReport, EnrollRequest};
 use rand::Rng;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
 use super::{AgentError, Event, HealthOutbox, LoopConfig, RoleOrigin};
-use crate::client::ServerClient;
+use crate::client::{ClientError, ServerClient};
 use crate::health::{HealthConfig, PrioritySink};
 use crate::reconcile::Applier;
 use crate::state::StateDir;
@@ -94,8 +95,13 @@ impl RunConfig {
     }
 }
 
-/// Enrolls if needed and returns a client holding a credential.
-async fn connect(config: &RunConfig, state: &StateDir) -> Result<ServerClient, AgentError> {
+/// Enrolls if needed and returns a client holding a credential. With a boot credential (`lbf_boot_`, handed out
+/// while the server's database is down) that the server cannot exchange yet (503), the client holds the boot
+/// credential itself, which reads the role only, and the enrollment request to retry comes back too.
+async fn connect(
+    config: &RunConfig,
+    state: &StateDir,
+) -> Result<(ServerClient, Option<EnrollRequest>), AgentError> {
     let saved = match config.credential.clone() {
         Some(c) => Some(c),
         None => state.load_credential()?,
@@ -103,7 +109,7 @@ async fn connect(config: &RunConfig, state: &StateDir) -> Result<ServerClient, A
     let mut client = ServerClient::pinned(&config.server, saved, config.server_cert)
         .map_err(AgentError::Client)?;
     if client.credential().is_some() {
-        return Ok(client);
+        return Ok((client, None));
     }
     let token = config.token.clone().ok_or(AgentError::NoCredential)?;
     let mac = config.mac.clone().ok_or(AgentError::NoMac)?;
@@ -119,7 +125,20 @@ async fn connect(config: &RunConfig, state: &StateDir) -> Result<ServerClient, A
             Ok(enrolled) => {
                 info!(node = %enrolled.node, node_id = enrolled.node_id, mac = %mac, "enrolled");
                 state.save_credential(&enrolled.credential)?;
-                return Ok(client);
+                return Ok((client, None));
+            }
+            Err(ClientError::Refused { status, .. })
+                if status == reqwest::StatusCode::SERVICE_UNAVAILABLE
+                    && req.token.starts_with(BOOT_CREDENTIAL_PREFIX) =>
+            {
+                warn!("server's database unreachable: reading the role with the boot credential until it can be exchanged");
+                let degraded = ServerClient::pinned(
+                    &config.server,
+                    Some(req.token.clone()),
+                    config.server_cert,
+                )
+                .map_err(AgentError::Client)?;
+                return Ok((degraded, Some(req)));
             }
             Err(e) if e.is_transient() => {
                 let delay = backoff.next_delay();
@@ -131,13 +150,16 @@ async fn connect(config: &RunConfig, state: &StateDir) -> Result<ServerClient, A
     }
 }
 
-/// Long-polls the role forever; sends each newer document. Backs off while the server is unreachable.
+/// Long-polls the role forever; sends each newer document. Backs off while the server is unreachable. A
+/// refusal ends the agent (`fatal_on_refusal`) or, for a boot credential, only the polling: the node keeps the
+/// role it has while the credential's exchange goes on.
 async fn poll_roles(
     client: ServerClient,
     mut after: u64,
     wait: Duration,
     mut backoff: Backoff,
     tx: mpsc::Sender<Event>,
+    fatal_on_refusal: bool,
 ) {
     let mut was_down = false;
     loop {
@@ -172,6 +194,10 @@ async fn poll_roles(
                 }
                 debug!(retry_ms = delay.as_millis() as u64, "role poll backoff");
                 tokio::time::sleep(delay).await;
+            }
+            Err(e) if !fatal_on_refusal => {
+                warn!(error = %e, "boot credential refused; keeping the current role");
+                return;
             }
             Err(e) => {
                 let _ = tx
@@ -294,7 +320,7 @@ async fn role_source(
     report_rx: watch::Receiver<Option<AgentReport>>,
     outbox: HealthOutbox,
 ) {
-    let client = match connect(&config, &state).await {
+    let (mut client, mut pending) = match connect(&config, &state).await {
         Ok(c) => c,
         Err(e) => {
             let _ = tx.send(Event::Fatal(e)).await;
@@ -302,16 +328,62 @@ async fn role_source(
         }
     };
     let backoff = Backoff::new(config.backoff_initial, config.backoff_max);
-    let _reporter = super::AbortOnDrop(tokio::spawn(send_reports(
-        client.clone(),
-        config.server.clone(),
-        report_rx,
-        outbox,
-        backoff.clone(),
-    )));
-    // Ask from 0: the server answers at once with the current document, which may be newer than the saved one
-    // or (after a server-side restore) the same.
-    poll_roles(client, 0, config.poll_wait, backoff, tx).await;
+    loop {
+        let _reporter = super::AbortOnDrop(tokio::spawn(send_reports(
+            client.clone(),
+            config.server.clone(),
+            report_rx.clone(),
+            outbox.clone(),
+            backoff.clone(),
+        )));
+        // Ask from 0: the server answers at once with the current document, which may be newer than the saved
+        // one or (after a server-side restore) the same.
+        let Some(req) = pending.take() else {
+            poll_roles(client, 0, config.poll_wait, backoff, tx, true).await;
+            return;
+        };
+        // Booted while the server's database was down: read the role with the boot credential, and trade the
+        // credential for a node credential as soon as the server can (then start over with it).
+        let poller = super::AbortOnDrop(tokio::spawn(poll_roles(
+            client.clone(),
+            0,
+            config.poll_wait,
+            backoff.clone(),
+            tx.clone(),
+            false,
+        )));
+        match exchange(&mut client, &req, &state, backoff.clone()).await {
+            Ok(()) => drop(poller),
+            Err(e) => {
+                warn!(error = %e, "cannot exchange the boot credential; keeping the role from the server's boot cache");
+                let mut poller = poller;
+                let _ = (&mut poller.0).await;
+                return;
+            }
+        }
+    }
+}
+
+/// Retries the enrollment with a boot credential (backing off while the server answers 503 or cannot be
+/// reached) until it gives a node credential, saved and kept in `client`.
+async fn exchange(
+    client: &mut ServerClient,
+    req: &EnrollRequest,
+    state: &StateDir,
+    mut backoff: Backoff,
+) -> Result<(), AgentError> {
+    loop {
+        tokio::time::sleep(backoff.next_delay()).await;
+        match client.enroll(req).await {
+            Ok(enrolled) => {
+                info!(node = %enrolled.node, node_id = enrolled.node_id, "boot credential exchanged: enrolled");
+                state.save_credential(&enrolled.credential)?;
+                return Ok(());
+            }
+            Err(e) if e.is_transient() => debug!(error = %e, "boot credential exchange: retrying"),
+            Err(e) => return Err(AgentError::EnrollRefused(e)),
+        }
+    }
 }
 
 /// The local address this node uses to reach the server: the source the kernel's routing picks for a UDP

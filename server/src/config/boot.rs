@@ -154,6 +154,22 @@ pub struct BootArgs {
         value_name = "DURATION"
     )]
     pub dhcp_leader_ttl: Option<String>,
+    /// State directory of the boot cache that boots known nodes while the database is unreachable (made 0700;
+    /// must not be inside boot_dir, which TFTP serves) [default: the directory `state` beside boot_dir]
+    #[arg(
+        long = "boot-cache-dir",
+        env = "LBFLEET_BOOT_CACHE_DIR",
+        value_name = "DIR"
+    )]
+    pub cache_dir: Option<PathBuf>,
+    /// How long a boot credential handed out while the database is unreachable stays valid (to read the node's
+    /// last role, and to be exchanged once for a node credential when the database is back) [default: 24h]
+    #[arg(
+        long = "boot-credential-ttl",
+        env = "LBFLEET_BOOT_CREDENTIAL_TTL",
+        value_name = "DURATION"
+    )]
+    pub credential_ttl: Option<String>,
 }
 
 impl BootArgs {
@@ -192,6 +208,8 @@ impl BootArgs {
             accept_relayed: self.accept_relayed.or(other.accept_relayed),
             dhcp_leader_renew: self.dhcp_leader_renew.or(other.dhcp_leader_renew),
             dhcp_leader_ttl: self.dhcp_leader_ttl.or(other.dhcp_leader_ttl),
+            cache_dir: self.cache_dir.or(other.cache_dir),
+            credential_ttl: self.credential_ttl.or(other.credential_ttl),
         }
     }
 }
@@ -230,6 +248,19 @@ pub struct BootConfig {
     pub dhcp_leader_renew: Duration,
     /// DHCP leadership TTL: a standby takes over after seeing no renewal for this long.
     pub dhcp_leader_ttl: Duration,
+    /// The boot cache's state directory (`boot::cache`); `None`: no cache, nothing boots while the database is
+    /// unreachable (the test default).
+    pub cache_dir: Option<PathBuf>,
+    /// Validity of boot credentials handed out from the cache.
+    pub credential_ttl: Duration,
+}
+
+/// The default state directory: `state` beside the boot directory (never inside it: TFTP serves that).
+fn default_cache_dir(boot_dir: &std::path::Path) -> PathBuf {
+    match boot_dir.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.join("state"),
+        _ => PathBuf::from("state"),
+    }
 }
 
 fn parse_cidr(text: &str) -> Result<(std::net::Ipv4Addr, u8), ConfigError> {
@@ -334,7 +365,20 @@ impl BootConfig {
                 ),
             });
         }
+        let boot_dir = args.boot_dir.unwrap_or_else(|| PathBuf::from("var/boot"));
+        let cache_dir = args
+            .cache_dir
+            .unwrap_or_else(|| default_cache_dir(&boot_dir));
+        if cache_dir.starts_with(&boot_dir) {
+            return Err(ConfigError::Invalid {
+                key: "boot.cache_dir",
+                reason: "must not be inside boot.boot_dir: TFTP serves that directory to anyone"
+                    .into(),
+            });
+        }
         Ok(BootConfig {
+            cache_dir: Some(cache_dir),
+            credential_ttl: duration("boot.credential_ttl", args.credential_ttl, "24h")?,
             interface: args.interface,
             server_address,
             subnet,
@@ -343,7 +387,7 @@ impl BootConfig {
             dns: args.dns.unwrap_or_default(),
             domain: args.domain,
             lease_time: duration("boot.lease_time", args.lease_time, "1h")?,
-            boot_dir: args.boot_dir.unwrap_or_else(|| PathBuf::from("var/boot")),
+            boot_dir,
             dhcp_port: args.dhcp_port.unwrap_or(67),
             tftp_port: args.tftp_port.unwrap_or(69),
             tftp_max_transfers: args.tftp_max_transfers.unwrap_or(64).max(1),
@@ -363,6 +407,8 @@ impl BootConfig {
     /// Defaults for tests: HTTP boot and TFTP over `boot_dir`, no DHCP.
     pub fn for_dir(boot_dir: impl Into<PathBuf>) -> BootConfig {
         BootConfig {
+            cache_dir: None,
+            credential_ttl: Duration::from_secs(24 * 3600),
             interface: None,
             server_address: std::net::Ipv4Addr::LOCALHOST,
             subnet: None,

@@ -279,3 +279,45 @@ fn dhcp_leader_timers_default_read_the_file_and_refuse_a_ttl_without_room_for_re
     let err = ServerConfig::resolve(serve_args(&args)).expect_err("too short");
     assert!(err.to_string().contains("boot.dhcp_leader_ttl"), "{err}");
 }
+
+#[test]
+fn the_boot_cache_lives_beside_the_boot_directory_never_inside_it() {
+    let boot = [
+        "--boot-server-address",
+        "198.18.0.1",
+        "--boot-dir",
+        "/srv/lbfleet/boot",
+    ];
+    let b = ServerConfig::resolve(serve_args(&boot))
+        .expect("defaults")
+        .boot
+        .expect("boot");
+    assert_eq!(
+        b.cache_dir.as_deref(),
+        Some(std::path::Path::new("/srv/lbfleet/state"))
+    );
+    assert_eq!(b.credential_ttl, std::time::Duration::from_secs(24 * 3600));
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("lbfleet.toml");
+    std::fs::write(
+        &path,
+        "[boot]\ncache_dir = \"/var/lib/lbfleet/cache\"\ncredential_ttl = \"2h\"\n",
+    )
+    .expect("write");
+    let mut args = boot.to_vec();
+    args.extend(["--config", path.to_str().expect("utf-8 path")]);
+    let b = ServerConfig::resolve(serve_args(&args))
+        .expect("file")
+        .boot
+        .expect("boot");
+    assert_eq!(
+        b.cache_dir.as_deref(),
+        Some(std::path::Path::new("/var/lib/lbfleet/cache"))
+    );
+    assert_eq!(b.credential_ttl, std::time::Duration::from_secs(7200));
+    // Inside the TFTP root, anyone could read the boot key: refused.
+    args.extend(["--boot-cache-dir", "/srv/lbfleet/boot/state"]);
+    let err = ServerConfig::resolve(serve_args(&args)).expect_err("inside boot_dir");
+    assert!(err.to_string().contains("boot.cache_dir"), "{err}");
+}

@@ -16,6 +16,7 @@ use crate::store::nodes::{NodeKey, NodeRow};
 use crate::store::{self, Store, StoreError};
 
 mod alerts;
+pub mod boot_cache;
 mod boot_window;
 mod clusters;
 mod enrollment;
@@ -144,6 +145,11 @@ impl Fleet {
             cluster_cache: std::sync::Mutex::new(HashMap::new()),
             event_writes: history::EventWrites::default(),
         }
+    }
+
+    /// Runs pending migrations (a server that started while the database was unreachable, once it answers).
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        self.store.migrate().await
     }
 
     /// Closes the database, waiting for connections in use to be returned (server shutdown).

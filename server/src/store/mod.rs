@@ -20,6 +20,7 @@ use sqlx::{AnyPool, Executor};
 pub mod alerts;
 pub mod audit;
 pub mod auth;
+pub mod boot_credentials;
 pub mod boot_trust;
 pub mod clusters;
 pub mod copy;
@@ -27,6 +28,7 @@ pub mod events;
 pub mod images;
 pub mod leases;
 pub mod nodes;
+mod unreachable;
 
 /// A failure of the database layer.
 #[derive(Debug, thiserror::Error)]
@@ -176,124 +178,109 @@ impl Store {
     /// SQLite, created if missing (0600), WAL, foreign keys on, every commit synced. `postgres://...`: an
     /// existing PostgreSQL database the server may create tables in.
     pub async fn open(url: &str) -> Result<Store, StoreError> {
-        install_drivers();
-        match Backend::of(url) {
-            Backend::Sqlite => Self::open_sqlite(url).await,
-            Backend::Postgres => Self::open_postgres(url).await,
+        let store = Self::pools(url, true)?;
+        // Connect first, so an unreachable database is a connection error (`is_unreachable`), not a failed
+        // migration.
+        drop(store.writer.acquire().await?);
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// Like `open`, for a database that cannot be reached now (the server starts from its boot cache): the pools
+    /// connect on first use, and `migrate` runs the migrations once the database answers. A SQLite file is not
+    /// created here.
+    pub async fn open_lazy(url: &str) -> Result<Store, StoreError> {
+        Self::pools(url, false)
+    }
+
+    /// Runs pending migrations. On PostgreSQL under a session advisory lock, so two servers starting at once do
+    /// not both run them (sqlx's own migration lock covers the runs, this covers the check before them).
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        match self.backend {
+            Backend::Sqlite => Ok(sqlx::migrate!("../migrations/sqlite")
+                .run(&self.writer)
+                .await?),
+            Backend::Postgres => {
+                let mut conn = self.writer.acquire().await?;
+                sqlx::query("SELECT pg_advisory_lock($1)")
+                    .bind(WRITE_LOCK_KEY)
+                    .execute(&mut *conn)
+                    .await?;
+                let migrated = sqlx::migrate!("../migrations/postgres")
+                    .run_direct(&mut *conn)
+                    .await;
+                sqlx::query("SELECT pg_advisory_unlock($1)")
+                    .bind(WRITE_LOCK_KEY)
+                    .execute(&mut *conn)
+                    .await?;
+                Ok(migrated?)
+            }
         }
     }
 
-    async fn open_sqlite(url: &str) -> Result<Store, StoreError> {
-        let path_url = if url.starts_with("sqlite:") {
-            url.to_owned()
-        } else {
-            format!("sqlite://{url}")
-        };
-        create_private(&path_url)?;
+    /// The pools of `url`, connecting on first use. `create`: a missing SQLite file is created (0600).
+    fn pools(url: &str, create: bool) -> Result<Store, StoreError> {
+        install_drivers();
         let bad_url = |e: sqlx::Error| StoreError::Url {
-            url: url.to_owned(),
-            reason: e.to_string(),
-        };
-        let with_mode = |mode: &str| {
-            let sep = if path_url.contains('?') { '&' } else { '?' };
-            format!("{path_url}{sep}mode={mode}")
-        };
-        let rw: AnyConnectOptions = with_mode("rwc").parse().map_err(bad_url)?;
-        let ro: AnyConnectOptions = with_mode("ro").parse().map_err(bad_url)?;
-        // FULL: every commit is fsynced, so an ACKed lease or an acknowledged change survives power loss, not
-        // only a process crash. Group commit (DHCP) keeps the fsync count low under load.
-        let pragmas =
-            "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; \
-                       PRAGMA busy_timeout = 10000;";
-        let writer = AnyPoolOptions::new()
-            .max_connections(1)
-            .min_connections(1)
-            .acquire_timeout(Duration::from_secs(30))
-            .after_connect(move |conn, _| {
-                Box::pin(async move {
-                    conn.execute(pragmas).await?;
-                    Ok(())
-                })
-            })
-            .connect_with(rw)
-            .await?;
-        sqlx::migrate!("../migrations/sqlite").run(&writer).await?;
-        let read_pragmas = "PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 10000;";
-        let reader = AnyPoolOptions::new()
-            .max_connections(8)
-            .acquire_timeout(Duration::from_secs(30))
-            .after_connect(move |conn, _| {
-                Box::pin(async move {
-                    conn.execute(read_pragmas).await?;
-                    Ok(())
-                })
-            })
-            .connect_with(ro.clone())
-            .await?;
-        let export = AnyPoolOptions::new()
-            .max_connections(EXPORT_CONNECTIONS)
-            .min_connections(0)
-            .acquire_timeout(Duration::from_secs(5))
-            .idle_timeout(Duration::from_secs(60))
-            .after_connect(move |conn, _| {
-                Box::pin(async move {
-                    conn.execute(read_pragmas).await?;
-                    Ok(())
-                })
-            })
-            .connect_lazy_with(ro);
-        Ok(Store {
-            backend: Backend::Sqlite,
-            writer,
-            reader,
-            export,
-            display_url: redact_url(url),
-        })
-    }
-
-    async fn open_postgres(url: &str) -> Result<Store, StoreError> {
-        let options: AnyConnectOptions = url.parse().map_err(|e: sqlx::Error| StoreError::Url {
             url: redact_url(url),
             reason: e.to_string(),
-        })?;
-        // One writer connection per server, like SQLite: writes of one server queue here, writes of several
-        // servers queue on the advisory lock (`begin`).
-        let writer = AnyPoolOptions::new()
-            .max_connections(1)
-            .min_connections(1)
-            .acquire_timeout(Duration::from_secs(30))
-            .connect_with(options.clone())
-            .await?;
-        {
-            // Two servers starting at once must not both run the migrations: they take the write lock for it
-            // (sqlx's own migration lock covers the runs, this covers the check before them).
-            let mut conn = writer.acquire().await?;
-            sqlx::query("SELECT pg_advisory_lock($1)")
-                .bind(WRITE_LOCK_KEY)
-                .execute(&mut *conn)
-                .await?;
-            let migrated = sqlx::migrate!("../migrations/postgres")
-                .run_direct(&mut *conn)
-                .await;
-            sqlx::query("SELECT pg_advisory_unlock($1)")
-                .bind(WRITE_LOCK_KEY)
-                .execute(&mut *conn)
-                .await?;
-            migrated?;
-        }
-        let reader = AnyPoolOptions::new()
-            .max_connections(8)
-            .acquire_timeout(Duration::from_secs(30))
-            .connect_with(options.clone())
-            .await?;
-        let export = AnyPoolOptions::new()
-            .max_connections(EXPORT_CONNECTIONS)
-            .min_connections(0)
-            .acquire_timeout(Duration::from_secs(5))
-            .idle_timeout(Duration::from_secs(60))
-            .connect_lazy_with(options);
+        };
+        let backend = Backend::of(url);
+        let (rw, ro, write_setup, read_setup): (AnyConnectOptions, AnyConnectOptions, &str, &str) =
+            match backend {
+                Backend::Sqlite => {
+                    let path_url = if url.starts_with("sqlite:") {
+                        url.to_owned()
+                    } else {
+                        format!("sqlite://{url}")
+                    };
+                    if create {
+                        create_private(&path_url)?;
+                    }
+                    let with_mode = |mode: &str| {
+                        let sep = if path_url.contains('?') { '&' } else { '?' };
+                        format!("{path_url}{sep}mode={mode}")
+                    };
+                    (
+                        with_mode(if create { "rwc" } else { "rw" })
+                            .parse()
+                            .map_err(bad_url)?,
+                        with_mode("ro").parse().map_err(bad_url)?,
+                        // FULL: every commit is fsynced, so an ACKed lease or an acknowledged change survives
+                        // power loss, not only a process crash. Group commit (DHCP) keeps the fsync count low.
+                        "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; \
+                         PRAGMA busy_timeout = 10000;",
+                        "PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 10000;",
+                    )
+                }
+                Backend::Postgres => {
+                    let options: AnyConnectOptions = url.parse().map_err(bad_url)?;
+                    (options.clone(), options, "", "")
+                }
+            };
+        let pool =
+            |max: u32, timeout: Duration, setup: &'static str, options: AnyConnectOptions| {
+                let mut p = AnyPoolOptions::new()
+                    .max_connections(max)
+                    .min_connections(0)
+                    .acquire_timeout(timeout);
+                if !setup.is_empty() {
+                    p = p.after_connect(move |conn, _| {
+                        Box::pin(async move {
+                            conn.execute(setup).await?;
+                            Ok(())
+                        })
+                    });
+                }
+                p.connect_lazy_with(options)
+            };
+        // One writer connection per server: writes of one server queue here, writes of several servers (on
+        // PostgreSQL) queue on the advisory lock (`begin`).
+        let writer = pool(1, Duration::from_secs(30), write_setup, rw);
+        let reader = pool(8, Duration::from_secs(30), read_setup, ro.clone());
+        let export = pool(EXPORT_CONNECTIONS, Duration::from_secs(5), read_setup, ro);
         Ok(Store {
-            backend: Backend::Postgres,
+            backend,
             writer,
             reader,
             export,
