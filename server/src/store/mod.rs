@@ -19,6 +19,7 @@ pub mod events;
 pub mod images;
 pub mod leases;
 pub mod nodes;
+pub mod servers;
 
 /// A failure of the database layer.
 #[derive(Debug, thiserror::Error)]
@@ -124,9 +125,11 @@ impl Store {
         })
     }
 
-    /// Starts a write transaction (waits for the writer connection).
+    /// Starts a write transaction (waits for the writer connection). `BEGIN IMMEDIATE` takes SQLite's write
+    /// lock at once (waiting up to the busy timeout): with two server processes on one file, a deferred
+    /// transaction that read first fails with SQLITE_BUSY when the other process wrote meanwhile.
     pub async fn begin(&self) -> Result<WriteTx, StoreError> {
-        Ok(self.writer.begin().await?)
+        Ok(self.writer.begin_with("BEGIN IMMEDIATE").await?)
     }
 
     /// A read connection for queries outside a write transaction.
