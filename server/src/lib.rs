@@ -280,6 +280,22 @@ pub async fn run_listeners(
         .as_ref()
         .map(|l| l.local_addr())
         .transpose()?;
+    let server_id = fleet::servers::server_id(&config.state_dir)?;
+    let identity = server_identity(&config, server_id.clone(), addr, boot_addr);
+    tracing::info!(id = identity.id, name = identity.name, management_url = identity.management_url,
+        boot_url = ?identity.boot_url, "registering in the control plane");
+    config.server_id = Some(server_id);
+    tasks.spawn(fleet::servers::run_registry(
+        fleet.clone(),
+        identity,
+        fleet::servers::RegistrySettings {
+            liveness: fleet::servers::Liveness {
+                misses: config.heartbeat_misses,
+            },
+            retention: config.server_retention,
+        },
+        stop_rx.clone(),
+    ));
     let (limits, connections, boot_limits, boot_connections) =
         listener_limits(&config, listeners.boot.is_some());
     let tls_on = tls.is_some();
@@ -351,6 +367,79 @@ pub async fn run_listeners(
     fleet.close().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The host's name (for the registry), if it has one.
+fn host_name() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+}
+
+/// `scheme://ip:port`, the host name for an unspecified address, IPv6 bracketed.
+fn url_of(scheme: &str, addr: SocketAddr) -> String {
+    let host = if addr.ip().is_unspecified() {
+        host_name().unwrap_or_else(|| "localhost".into())
+    } else if addr.is_ipv6() {
+        format!("[{}]", addr.ip())
+    } else {
+        addr.ip().to_string()
+    };
+    format!("{scheme}://{host}:{}", addr.port())
+}
+
+/// What this server tells the control plane's registry about itself: where people reach it (the main
+/// listener), where nodes reach its agent API (`public_url`, else the boot address and the boot listener's
+/// port, else the main listener), its certificate pin and the networks its DHCP answers.
+fn server_identity(
+    config: &ServerConfig,
+    id: String,
+    main: SocketAddr,
+    boot: Option<SocketAddr>,
+) -> fleet::servers::ServerIdentity {
+    let scheme = if config.tls_pin.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let management_url = url_of(scheme, main);
+    let boot_url = match (&config.public_url, &config.boot) {
+        (Some(u), _) => {
+            let rest = u
+                .trim_end_matches('/')
+                .split_once("://")
+                .map_or(u.as_str(), |(_, r)| r)
+                .to_owned();
+            format!("{scheme}://{rest}")
+        }
+        (None, Some(b)) => url_of(
+            scheme,
+            SocketAddr::from((b.server_address, boot.unwrap_or(main).port())),
+        ),
+        (None, None) => url_of(scheme, boot.unwrap_or(main)),
+    };
+    let dhcp_networks = match &config.boot {
+        Some(b) if b.interface.is_some() => b
+            .subnet
+            .map(|(net, prefix)| vec![format!("{net}/{prefix}")])
+            .unwrap_or_default(),
+        _ => Vec::new(),
+    };
+    fleet::servers::ServerIdentity {
+        id,
+        name: config
+            .server_name
+            .clone()
+            .or_else(host_name)
+            .unwrap_or_else(|| "lbfleet-server".into()),
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        management_url,
+        boot_url: Some(boot_url),
+        tls_pin: config.tls_pin.clone(),
+        dhcp_networks,
+        heartbeat_interval: config.heartbeat_interval,
+    }
 }
 
 /// Starts the boot network's services the configuration asks for (DHCP, the router-advertisement answer,

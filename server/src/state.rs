@@ -62,6 +62,15 @@ impl AppState {
     }
 }
 
+impl AppState {
+    /// How this server judges the other servers' heartbeats (`heartbeat_misses`).
+    pub fn liveness(&self) -> crate::fleet::servers::Liveness {
+        crate::fleet::servers::Liveness {
+            misses: self.config.heartbeat_misses,
+        }
+    }
+}
+
 impl Deref for AppState {
     type Target = Inner;
     fn deref(&self) -> &Inner {

@@ -11,6 +11,7 @@ pub mod alerts;
 pub mod audit;
 pub mod clusters;
 pub mod nodes;
+pub mod servers;
 pub mod session;
 pub mod system;
 
@@ -23,6 +24,7 @@ pub fn router() -> Router<AppState> {
         .merge(audit::router())
         .merge(admin::router())
         .merge(alerts::router())
+        .merge(servers::router())
         .nest("/agent", agent::router());
     Router::new().nest("/api/v1", v1).merge(system::router())
 }

@@ -92,6 +92,7 @@ async fn metrics(State(s): State<AppState>, _: Viewer) -> Result<Response, ApiEr
             kind.level()
         );
     }
+    server_metrics(&mut out, &s.fleet.servers(s.liveness()).await?);
     boot_metrics(&mut out, &s.boot_stats);
     let _ = writeln!(
         out,
@@ -136,6 +137,40 @@ fn dhcp_leadership_metrics(out: &mut String, d: &crate::boot::dhcp::server::Dhcp
     }
     let _ = writeln!(out, "# HELP lbfleet_dhcp_fenced_batches_total Lease batches refused because another server took the network over (their ACKs were withheld).\n# TYPE lbfleet_dhcp_fenced_batches_total counter\nlbfleet_dhcp_fenced_batches_total{{network=\"{network}\"}} {}", d.fenced_batches.load(Relaxed));
     let _ = writeln!(out, "# HELP lbfleet_dhcp_table_reloads_total Lease tables reloaded from the database (on becoming active, and while standby).\n# TYPE lbfleet_dhcp_table_reloads_total counter\nlbfleet_dhcp_table_reloads_total{{network=\"{network}\"}} {}", d.table_reloads.load(Relaxed));
+}
+
+/// The control plane as the registry says: each server up or not, and how old its last heartbeat is (its
+/// last successful write to the database).
+fn server_metrics(out: &mut String, servers: &[crate::fleet::servers::ServerView]) {
+    use crate::fleet::servers::ServerState;
+    let _ = writeln!(out, "# HELP lbfleet_server_up Whether each registered lbfleet-server heartbeats (1) or not (0).\n# TYPE lbfleet_server_up gauge");
+    // Names and ids come from the database: quotes, backslashes and newlines are escaped as the text format
+    // requires.
+    let esc = |v: &str| {
+        v.replace('\\', "\\\\")
+            .replace('"', "\\\"")
+            .replace('\n', "\\n")
+    };
+    for sv in servers {
+        let _ = writeln!(
+            out,
+            "lbfleet_server_up{{server=\"{}\",id=\"{}\",version=\"{}\"}} {}",
+            esc(&sv.name),
+            esc(&sv.id),
+            esc(&sv.version),
+            u8::from(sv.state == ServerState::Up)
+        );
+    }
+    let _ = writeln!(out, "# HELP lbfleet_server_heartbeat_age_seconds Seconds since each registered lbfleet-server's last heartbeat.\n# TYPE lbfleet_server_heartbeat_age_seconds gauge");
+    for sv in servers {
+        let _ = writeln!(
+            out,
+            "lbfleet_server_heartbeat_age_seconds{{server=\"{}\",id=\"{}\"}} {:.3}",
+            esc(&sv.name),
+            esc(&sv.id),
+            sv.heartbeat_age_ms as f64 / 1000.0
+        );
+    }
 }
 
 /// Counters of the DHCP and TFTP servers, when they run.

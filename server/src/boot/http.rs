@@ -102,8 +102,8 @@ async fn script(
             message: "too many boot requests for this MAC; retry in a minute".into(),
         });
     }
-    let (target, decision, token) = if state.boot_cache.as_ref().is_some_and(|c| !c.db_reachable())
-    {
+    let mut from_cache_now = state.boot_cache.as_ref().is_some_and(|c| !c.db_reachable());
+    let (target, decision, token) = if from_cache_now {
         from_cache(&state, boot, &mac, peer.ip())?
     } else {
         match from_database(&state, boot, &mac, peer.ip()).await {
@@ -113,6 +113,7 @@ async fn script(
                 if let Some(c) = &state.boot_cache {
                     c.set_db_reachable(false);
                 }
+                from_cache_now = true;
                 from_cache(&state, boot, &mac, peer.ip())?
             }
             other => other?,
@@ -136,7 +137,12 @@ async fn script(
             format!("chain --autofree {base}/boot/{mac}.ipxe"),
         ]));
     };
-    let server_cert = state.config.tls_pin.clone();
+    // From the cache the database is down: the registry cannot be read either, so this server alone.
+    let (server, server_cert) = if from_cache_now {
+        (agent_base.clone(), state.config.tls_pin.clone())
+    } else {
+        every_server(&state, &agent_base).await
+    };
     tracing::info!(mac, node = target.name, state = %target.state, image = image.name, client = %peer.ip(),
         token = decision.carries_token(), reason = decision.as_str(), "boot script served");
     let files = format!("{base}/images/{}", image.name);
@@ -151,7 +157,7 @@ async fn script(
             mac.parse()
                 .map_err(|e: BadMac| ApiError::bad_request(e.to_string()))?,
         ),
-        server: Some(agent_base.clone()),
+        server: Some(server),
         server_cert,
         token,
         image: Some(image.name.clone()),
@@ -294,6 +300,38 @@ fn from_cache(
         }),
     };
     Ok((target, decision, token))
+}
+
+/// `lbfleet.server=` and `lbfleet.server_cert=` for a boot script: this server first (as the node reached it),
+/// then every other live server in the registry, each with its pin (`none` without TLS); no pins at all when
+/// no server has one. With one live server this is the single form older images read. A registry that cannot
+/// be read leaves this server alone in the list (the node can still boot and enroll here).
+async fn every_server(state: &AppState, agent_base: &str) -> (String, Option<String>) {
+    let mut urls = vec![agent_base.to_owned()];
+    let mut pins = vec![state.config.tls_pin.clone()];
+    match state.fleet.live_servers(state.liveness()).await {
+        Ok(live) => {
+            for sv in live {
+                let Some(url) = sv.boot_url else { continue };
+                if state.config.server_id.as_deref() == Some(sv.id.as_str()) || urls.contains(&url)
+                {
+                    continue;
+                }
+                urls.push(url);
+                pins.push(sv.tls_pin);
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "boot script: cannot read the server registry; naming this server only")
+        }
+    }
+    let pins = pins.iter().any(Option::is_some).then(|| {
+        pins.iter()
+            .map(|p| p.as_deref().unwrap_or(lbfleet_proto::boot::NO_PIN))
+            .collect::<Vec<_>>()
+            .join(",")
+    });
+    (urls.join(","), pins)
 }
 
 /// Resolves `<boot_dir>/images/<version>/<file>`, refusing anything that leaves that directory.

@@ -132,6 +132,23 @@ pub struct ServeArgs {
     /// [default: 67108864 (64 MiB)]
     #[arg(long, env = "LBFLEET_EVENT_MAX_BYTES", value_name = "BYTES")]
     pub event_max_bytes: Option<i64>,
+    /// Directory of this server's own state (its server id, kept across restarts) [default: the SQLite
+    /// database's directory, else the current directory]
+    #[arg(long, env = "LBFLEET_STATE_DIR", value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// This server's name in the control plane's registry [default: the host name]
+    #[arg(long, env = "LBFLEET_SERVER_NAME", value_name = "NAME")]
+    pub server_name: Option<String>,
+    /// How often this server writes its heartbeat to the database [default: 2s]
+    #[arg(long, env = "LBFLEET_HEARTBEAT_INTERVAL", value_name = "DURATION")]
+    pub heartbeat_interval: Option<String>,
+    /// A server that misses this many of its heartbeats counts as dead (alert, left out of boot scripts)
+    /// [default: 3]
+    #[arg(long, env = "LBFLEET_HEARTBEAT_MISSES", value_name = "N")]
+    pub heartbeat_misses: Option<u32>,
+    /// Entries of servers not heard from for this long are removed from the registry [default: 7d]
+    #[arg(long, env = "LBFLEET_SERVER_RETENTION", value_name = "DURATION")]
+    pub server_retention: Option<String>,
     #[command(flatten)]
     pub boot: BootArgs,
 }

@@ -29,6 +29,7 @@ mod real_servers;
 pub mod reenrollment;
 mod roles;
 pub mod rules;
+pub mod servers;
 mod switchover;
 mod users;
 mod views;

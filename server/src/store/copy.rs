@@ -35,6 +35,8 @@ pub const FLEET_TABLES: &[&str] = &[
     "alerts",
     "boot_expected",
     "dhcp_circuit_pins",
+    "boot_credential_key",
+    "boot_credentials_redeemed",
 ];
 
 /// Tables about the running servers (registrations, DHCP leadership): rebuilt by the servers on the new database.

@@ -28,6 +28,7 @@ pub mod events;
 pub mod images;
 pub mod leases;
 pub mod nodes;
+pub mod servers;
 mod unreachable;
 
 /// A failure of the database layer.
@@ -298,17 +299,22 @@ impl Store {
         &self.display_url
     }
 
-    /// Starts a write transaction: waits for this server's writer connection and, on PostgreSQL, for the
-    /// fleet-wide write lock (released by the commit or rollback).
+    /// Starts a write transaction: waits for this server's writer connection, then for the database's write
+    /// lock. On SQLite `BEGIN IMMEDIATE` takes it at once (waiting up to the busy timeout): with two server
+    /// processes on one file, a deferred transaction that read first fails with SQLITE_BUSY when the other
+    /// process wrote meanwhile. On PostgreSQL the fleet-wide advisory lock (released by the commit or rollback).
     pub async fn begin(&self) -> Result<WriteTx, StoreError> {
-        let mut tx = self.writer.begin().await?;
-        if self.backend == Backend::Postgres {
-            sqlx::query("SELECT pg_advisory_xact_lock($1)")
-                .bind(WRITE_LOCK_KEY)
-                .execute(&mut *tx)
-                .await?;
+        match self.backend {
+            Backend::Sqlite => Ok(self.writer.begin_with("BEGIN IMMEDIATE").await?),
+            Backend::Postgres => {
+                let mut tx = self.writer.begin().await?;
+                sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                    .bind(WRITE_LOCK_KEY)
+                    .execute(&mut *tx)
+                    .await?;
+                Ok(tx)
+            }
         }
-        Ok(tx)
     }
 
     /// A read connection for queries outside a write transaction.
