@@ -1,9 +1,11 @@
-//! Route netlink (`NETLINK_ROUTE`) for the VIPs: list links and IPv4 addresses, add and remove an address.
+//! Route netlink (`NETLINK_ROUTE`) for the VIPs: list links and IPv4 addresses, add and remove an address;
+//! link events for the VRRP task's link tracking (`watch`).
 //! Own code on `crate::netlink` rather than the `rtnetlink` crate: four messages over the framing the agent
 //! already has, blocking like the rest of its netlink use, instead of an async stack (netlink-proto, futures,
 //! netlink-packet-route) for the same four calls.
 
 pub mod codec;
+pub mod watch;
 
 use crate::netlink::{NetlinkError, NetlinkSocket};
 

@@ -44,6 +44,8 @@ pub struct Resolved {
     pub primary: Ipv4Addr,
     pub vips: Vec<Vip>,
     pub peers: Vec<Ipv4Addr>,
+    /// Interface indexes whose link the instance tracks: the VRRP interface (and a VLAN's parent).
+    pub tracked: Vec<u32>,
 }
 
 fn parse_vip(text: &str) -> Option<(Ipv4Addr, u8)> {
@@ -99,12 +101,25 @@ pub fn resolve(rt: &mut RouteSocket, config: &VrrpConfig) -> Result<Resolved, Se
             other => Err(SetupError::BadPeer(other.to_string())),
         })
         .collect::<Result<Vec<Ipv4Addr>, _>>()?;
+    let tracked = vec![link.index];
     Ok(Resolved {
         link,
         primary,
         vips,
         peers,
+        tracked,
     })
+}
+
+/// Whether every tracked link is up and running (`IFF_UP` and `IFF_RUNNING`: administratively up with a
+/// carrier); `None` when one of them no longer exists.
+pub fn links_up(links: &[Link], tracked: &[u32]) -> Option<bool> {
+    let mut up = true;
+    for index in tracked {
+        let link = links.iter().find(|l| l.index == *index)?;
+        up &= link.up && link.running;
+    }
+    Some(up)
 }
 
 /// Whether every VIP is on its interface now.
@@ -156,5 +171,30 @@ mod tests {
         assert_eq!(parse_vip("198.18.0.10/33"), None);
         assert_eq!(parse_vip("2001:db8::1/128"), None);
         assert_eq!(parse_vip("x/1"), None);
+    }
+
+    fn link(index: u32, up: bool, running: bool) -> Link {
+        Link {
+            index,
+            name: format!("eth{index}"),
+            mac: vec![2, 0, 0, 0, 0, index as u8],
+            up,
+            running,
+        }
+    }
+
+    #[test]
+    fn tracked_links() {
+        let links = [
+            link(2, true, true),
+            link(3, true, false),
+            link(4, false, false),
+        ];
+        assert_eq!(links_up(&links, &[2]), Some(true));
+        // No carrier, or administratively down: down.
+        assert_eq!(links_up(&links, &[2, 3]), Some(false));
+        assert_eq!(links_up(&links, &[4]), Some(false));
+        // Gone.
+        assert_eq!(links_up(&links, &[2, 9]), None);
     }
 }
