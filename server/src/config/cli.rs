@@ -41,6 +41,27 @@ pub enum Command {
     /// Manage boot images (built by `make image`; see docs/images.md).
     #[command(subcommand)]
     Image(ImageCommand),
+    /// Print what the real servers of a cluster's DR and TUN services need (the VIPs on the loopback with
+    /// ARP suppressed, the ipip tunnel): a shell script to run as is on each of them (`up`, or `down` to
+    /// undo), or JSON. See docs/data-path.md.
+    Realserver(RealServerArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RealServerArgs {
+    /// The cluster's name.
+    pub cluster: String,
+    /// Output: a POSIX shell script, or the same as JSON.
+    #[arg(long, value_enum, default_value_t = RealServerFormat::Sh)]
+    pub format: RealServerFormat,
+    #[command(flatten)]
+    pub db: DbArgs,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RealServerFormat {
+    Sh,
+    Json,
 }
 
 #[derive(Debug, Clone, Args)]

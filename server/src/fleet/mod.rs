@@ -25,6 +25,7 @@ mod images;
 mod leases;
 mod lifecycle;
 mod node_image;
+pub mod real_server_setup;
 mod real_servers;
 pub mod reenrollment;
 mod roles;
