@@ -3,6 +3,7 @@
 //! could not carry over, each with its file and line.
 
 pub mod lexer;
+pub mod mapping;
 pub mod parser;
 pub mod source;
 
@@ -11,3 +12,4 @@ mod tests;
 
 pub use parser::{parse, Config, Diagnostic, Limits, Loc, ParseError, Statement};
 pub use source::{FsSource, MemorySource, Source, SourceError};
+pub use mapping::{plan, ImportPlan, Machine, NotImported, PlannedCluster, PlannedMember};

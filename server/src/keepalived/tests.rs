@@ -280,3 +280,198 @@ fn globs_and_braces() {
     );
     assert!(expand_braces("{a,b}{a,b}{a,b}{a,b}", 8).is_err());
 }
+
+mod mapping {
+    use lbfleet_proto::{CheckKind, DownAction, ForwardMethod, Protocol, Role, Scheduler};
+
+    use super::super::mapping::{node_name, plan, ImportPlan, Machine};
+    use super::*;
+
+    fn machine(text: &str, id: &str) -> Machine {
+        let config = one(text, id);
+        Machine {
+            node: node_name(&config, id),
+            config,
+        }
+    }
+
+    fn reasons(p: &ImportPlan) -> Vec<String> {
+        p.not_imported
+            .iter()
+            .map(|n| format!("{}:{} {}", n.loc.line, n.directive, n.reason))
+            .collect()
+    }
+
+    const PAIR: &str = r#"
+global_defs {
+  @lb1 router_id lb1
+  @lb2 router_id lb2
+}
+vrrp_instance VI_1 {
+  @lb1 state MASTER
+  @lb2 state BACKUP
+  interface eth0
+  virtual_router_id 51
+  @lb1 priority 150
+  @lb2 priority 100
+  advert_int 1
+  virtual_ipaddress {
+    198.18.0.10/32
+    198.18.2.254/24 dev eth1
+  }
+}
+virtual_server 198.18.0.10 80 {
+  delay_loop 6
+  lb_algo wrr
+  lb_kind NAT
+  persistence_timeout 300
+  persistence_granularity 255.255.255.0
+  protocol TCP
+  inhibit_on_failure
+  sorry_server 198.18.2.9 8080
+  real_server 198.18.2.1 8080 {
+    weight 2
+    HTTP_GET {
+      url {
+        path /healthz
+        status_code 200
+      }
+      connect_timeout 3
+      retry 2
+    }
+  }
+  real_server 198.18.2.2 8080 {
+    weight 1
+    HTTP_GET {
+      url {
+        path /healthz
+        status_code 200
+      }
+      connect_timeout 3
+      retry 2
+    }
+  }
+  real_server 198.18.2.3 8080 {
+    TCP_CHECK {
+      connect_timeout 2
+    }
+  }
+}
+"#;
+
+    #[test]
+    fn one_file_with_conditionals_is_one_cluster_with_active_and_backup() {
+        let p = plan(&[machine(PAIR, "lb1"), machine(PAIR, "lb2")]);
+        assert!(p.lossless(), "{:?}", reasons(&p));
+        assert_eq!(p.clusters.len(), 1);
+        let c = &p.clusters[0];
+        assert_eq!(c.name, "vi-1");
+        assert_eq!(
+            c.members
+                .iter()
+                .map(|m| (m.node.as_str(), m.role, m.priority))
+                .collect::<Vec<_>>(),
+            [("lb1", Role::Active, 150), ("lb2", Role::Backup, 100)]
+        );
+        let s = &c.spec;
+        assert_eq!((s.vrid, s.interface.as_str(), s.vrrp_version, s.advert_interval_ms), (51, "eth0", 2, 1000));
+        assert_eq!(s.vips[1].to_string(), "198.18.2.254/24 dev eth1");
+        assert_eq!(s.services.len(), 1);
+        let svc = &s.services[0];
+        assert_eq!(
+            (svc.port, svc.protocol, svc.scheduler, svc.forward, svc.persistence_s, svc.persistence_prefix),
+            (80, Protocol::Tcp, Scheduler::Wrr, ForwardMethod::Nat, 300, Some(24))
+        );
+        let weights: Vec<(String, u16, u32)> =
+            svc.real_servers.iter().map(|r| (r.address.clone(), r.port, r.weight)).collect();
+        assert_eq!(
+            weights,
+            [("198.18.2.1".into(), 8080, 2), ("198.18.2.2".into(), 8080, 1), ("198.18.2.3".into(), 8080, 1)]
+        );
+        let chk = &svc.check;
+        assert_eq!(chk.kind, CheckKind::Http);
+        assert_eq!((chk.path.as_deref(), chk.expect_status), (Some("/healthz"), Some(200)));
+        assert_eq!((chk.interval_ms, chk.timeout_ms, chk.rise, chk.fall), (6000, 3000, 1, 3));
+        assert_eq!(chk.on_down, DownAction::Drain);
+        assert_eq!(chk.sorry_server.as_ref().map(|s| s.port), Some(8080));
+        assert_eq!(chk.overrides.len(), 1);
+        assert_eq!(chk.overrides[0].address, "198.18.2.3");
+        assert_eq!(chk.overrides[0].check.kind, CheckKind::Tcp);
+        assert_eq!(chk.overrides[0].check.timeout_ms, 2000);
+    }
+
+    #[test]
+    fn two_files_pair_by_vrid_and_vips_and_report_differences() {
+        let a = "vrrp_instance A { state MASTER\n interface eth0\n virtual_router_id 7\n priority 200\n virtual_ipaddress {\n 198.18.0.20\n }\n}\n";
+        let b = "vrrp_instance B { state BACKUP\n interface ens3\n virtual_router_id 7\n priority 90\n virtual_ipaddress {\n 198.18.0.20\n }\n notify_master /bin/x\n}\n";
+        let p = plan(&[machine(a, "one"), machine(b, "two")]);
+        assert_eq!(p.clusters.len(), 1);
+        assert_eq!(p.clusters[0].spec.interface, "eth0");
+        assert_eq!(p.clusters[0].members[1].role, Role::Backup);
+        assert!(!p.lossless());
+        let r = reasons(&p);
+        assert!(r.iter().any(|l| l.starts_with("8:notify_master /bin/x lbfleet runs no notify")), "{r:?}");
+        assert!(r.iter().any(|l| l.contains("interface ens3") && l.contains("differs from eth0")), "{r:?}");
+
+        // The same VRID with other VIPs is not a pair.
+        let c = "vrrp_instance C { interface eth0\n virtual_router_id 7\n virtual_ipaddress {\n 198.18.0.21\n }\n}\n";
+        let p = plan(&[machine(a, "one"), machine(c, "two")]);
+        assert_eq!(p.clusters.len(), 1);
+        assert!(reasons(&p).iter().any(|l| l.contains("VRID 7 is also used")), "{:?}", reasons(&p));
+    }
+
+    #[test]
+    fn sync_group_is_one_cluster_whose_vips_move_together() {
+        let text = "vrrp_sync_group G1 {\n group {\n VI_EXT\n VI_INT\n }\n}\nvrrp_instance VI_EXT {\n state MASTER\n interface eth0\n virtual_router_id 51\n priority 150\n virtual_ipaddress {\n 198.18.0.10\n }\n}\nvrrp_instance VI_INT {\n state MASTER\n interface eth1\n virtual_router_id 52\n priority 150\n virtual_ipaddress {\n 198.18.2.254/24\n }\n}\n";
+        let p = plan(&[machine(text, "lb1")]);
+        assert!(p.lossless(), "{:?}", reasons(&p));
+        assert_eq!(p.clusters.len(), 1);
+        let c = &p.clusters[0];
+        assert_eq!((c.name.as_str(), c.spec.vrid), ("g1", 51));
+        assert_eq!(
+            c.spec.vips.iter().map(|v| v.to_string()).collect::<Vec<_>>(),
+            ["198.18.0.10/32", "198.18.2.254/24 dev eth1"]
+        );
+        assert_eq!(c.members[0].role, Role::Active);
+    }
+
+    #[test]
+    fn groups_fwmarks_and_unsupported_directives_are_named_with_their_lines() {
+        let text = "vrrp_instance V {\n interface eth0\n virtual_router_id 9\n virtual_ipaddress {\n 198.18.0.30\n 198.18.0.31\n 198.18.0.32\n }\n}\nvirtual_server_group G {\n 198.18.0.30-31 80\n fwmark 1\n}\nvirtual_server group G {\n lb_kind DR\n real_server 198.18.2.1 8080 {\n MISC_CHECK {\n misc_path \"/usr/bin/check --fast\"\n misc_dynamic\n }\n }\n}\nvirtual_server fwmark 3 {\n}\nvirtual_server 198.18.0.99 53 {\n protocol UDP\n}\nvirtual_server 198.18.0.32 443 {\n alpha\n quorum 2\n real_server 198.18.2.1 443 {\n weight 3\n SSL_GET {\n url {\n path /\n digest abc\n }\n }\n }\n real_server 198.18.2.2 443 {\n }\n}\n";
+        let p = plan(&[machine(text, "lb1")]);
+        let svcs: Vec<String> = p.clusters[0]
+            .spec
+            .services
+            .iter()
+            .map(|s| format!("{}:{} {} rs:{}", s.vip, s.port, s.forward, s.real_servers[0].port))
+            .collect();
+        // DR real servers take the service's port, as keepalived does.
+        assert_eq!(svcs, ["198.18.0.30:80 dr rs:80", "198.18.0.31:80 dr rs:80", "198.18.0.32:443 nat rs:443"]);
+        let s30 = &p.clusters[0].spec.services[0];
+        assert_eq!((s30.check.kind, s30.check.script.as_deref()), (CheckKind::Script, Some("check")));
+        assert_eq!(s30.check.on_down, DownAction::Remove);
+        let r = reasons(&p);
+        for want in [
+            "12:fwmark 1 firewall-mark services are not supported",
+            "18:misc_path /usr/bin/check --fast script arguments are not passed",
+            "19:misc_dynamic a script cannot set the weight",
+            "23:virtual_server fwmark 3 firewall-mark services",
+            "25:virtual_server 198.18.0.99 53 198.18.0.99 is not a VIP",
+            "29:alpha lbfleet starts",
+            "28:quorum 2 keepalived's quorum is a sum of weights",
+            "36:digest abc lbfleet does not compare",
+        ] {
+            assert!(r.iter().any(|l| l.starts_with(want)), "{want}: {r:?}");
+        }
+        assert_eq!(r.len(), 8, "{r:?}");
+    }
+
+    #[test]
+    fn a_cluster_the_fleet_would_refuse_is_reported_whole() {
+        let text = "vrrp_instance V6 {\n interface eth0\n virtual_router_id 9\n virtual_ipaddress {\n 2001:2::10/64\n }\n}\n";
+        let p = plan(&[machine(text, "lb1")]);
+        assert!(p.clusters.is_empty());
+        let r = reasons(&p);
+        assert!(r.iter().any(|l| l.starts_with("1:cluster v6 the cluster is not imported: vips[0]") && l.contains("IPv6")), "{r:?}");
+    }
+}
