@@ -19,7 +19,7 @@ component=(
   lbfleet-server:api lbfleet-server:boot lbfleet-server:cli lbfleet-server:connections lbfleet-server:images
   lbfleet-server:listeners lbfleet-server:login_flood lbfleet-server:retention lbfleet-server:tls
   lbfleet-server:web lbfleet-server:report_flood lbfleet-server:held_connections lbfleet-server:export_crawl
-  lbfleet-server:healthz
+  lbfleet-server:healthz lbfleet-server:keepalived_import
   lbfleet-agent:cli lbfleet-agent:role_limit lbfleet-agent:server_mode
 )
 # package:test-file of the privileged tiers, in the order they run. Every file of tests/tests is privileged.

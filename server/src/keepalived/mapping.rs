@@ -5,7 +5,7 @@
 //! `not_imported` with its file:line and the reason; nothing is dropped silently. Every planned cluster has
 //! passed the fleet's own validation (`rules::cluster_spec`), so the plan applies as planned.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::net::IpAddr;
 
 use lbfleet_proto::{
@@ -94,13 +94,13 @@ pub fn plan(machines: &[Machine]) -> ImportPlan {
     }
     // Per machine: its clusters and its services.
     let mut candidates: Vec<Candidate> = Vec::new();
-    let mut services: Vec<(usize, ServiceSpec, Loc)> = Vec::new();
+    let mut services: Vec<(usize, ServiceSpec, Loc, String)> = Vec::new();
     for (mi, m) in machines.iter().enumerate() {
         let read = read_machine(m, &mut out);
         for c in read.clusters {
             candidates.push(Candidate { machine: mi, ..c });
         }
-        services.extend(read.services.into_iter().map(|(s, l)| (mi, s, l)));
+        services.extend(read.services.into_iter().map(|(s, l, t)| (mi, s, l, t)));
     }
 
     // Pairs: one cluster per (VRID, VIPs), the highest priority machine's settings.
@@ -204,7 +204,7 @@ pub fn plan(machines: &[Machine]) -> ImportPlan {
             )
         })
         .collect();
-    for (mi, svc, loc) in services {
+    for (mi, svc, loc, title) in services {
         let vip: Option<IpAddr> = svc.vip.parse().ok();
         let target = planned.iter().position(|(p, _)| {
             p.members.iter().any(|mm| mm.node == machines[mi].node)
@@ -213,7 +213,6 @@ pub fn plan(machines: &[Machine]) -> ImportPlan {
                     .iter()
                     .any(|v| v.addr().parse::<IpAddr>().ok() == vip)
         });
-        let title = format!("virtual_server {} {}", svc.vip, svc.port);
         let Some(t) = target else {
             out.skip_at(
                 &loc,
@@ -274,6 +273,8 @@ pub fn plan(machines: &[Machine]) -> ImportPlan {
         }
     }
     out.not_imported.sort_by(|a, b| a.loc.cmp(&b.loc));
+    // One file read as several machines reports its lines once.
+    out.not_imported.dedup();
     ImportPlan {
         clusters: result,
         not_imported: out.not_imported,
@@ -361,7 +362,8 @@ struct Merged {
 
 struct MachineRead {
     clusters: Vec<Candidate>,
-    services: Vec<(ServiceSpec, Loc)>,
+    /// Each service, where it was declared and as what (`virtual_server A P`, or a group's line).
+    services: Vec<(ServiceSpec, Loc, String)>,
 }
 
 /// A VRRP instance as declared.
@@ -599,7 +601,11 @@ fn read_instance(st: &Statement, default_version: u8, out: &mut Out) -> Option<I
             "virtual_ipaddress" | "virtual_ipaddress_excluded" => {
                 for v in c.children() {
                     if let Some(vip) = read_vip(v, out) {
-                        spec.vips.push(vip);
+                        if spec.vips.iter().any(|x| x.addr() == vip.addr()) {
+                            out.skip(v, "the address is listed twice (imported once)");
+                        } else {
+                            spec.vips.push(vip);
+                        }
                     }
                 }
             }
@@ -714,9 +720,9 @@ fn read_virtual_server(
     st: &Statement,
     groups: &HashMap<String, &Statement>,
     out: &mut Out,
-) -> Vec<(ServiceSpec, Loc)> {
+) -> Vec<(ServiceSpec, Loc, String)> {
     // The addresses it serves.
-    let mut endpoints: Vec<(String, u16, Loc)> = Vec::new();
+    let mut endpoints: Vec<(String, u16, Loc, String)> = Vec::new();
     match st.args() {
         [kw, _] if kw == "fwmark" => {
             out.skip(st, "firewall-mark services are not supported (services are VIP, port, protocol)");
@@ -737,11 +743,18 @@ fn read_virtual_server(
                             match addr.split_once('-') {
                                 Some((base, last)) => match range(base, last) {
                                     Some(addrs) => endpoints.extend(
-                                        addrs.into_iter().map(|a| (a, port, m.loc.clone())),
+                                        addrs.into_iter().map(|a| {
+                                            (a, port, m.loc.clone(), m.words.join(" "))
+                                        }),
                                     ),
                                     None => out.skip(m, "not an IPv4 address range"),
                                 },
-                                None => endpoints.push((addr.clone(), port, m.loc.clone())),
+                                None => endpoints.push((
+                                    addr.clone(),
+                                    port,
+                                    m.loc.clone(),
+                                    m.words.join(" "),
+                                )),
                             }
                         }
                         _ => out.skip(m, "not ADDRESS PORT"),
@@ -754,7 +767,7 @@ fn read_virtual_server(
             }
         },
         [addr, port] => match port.parse::<u16>() {
-            Ok(p) => endpoints.push((addr.clone(), p, st.loc.clone())),
+            Ok(p) => endpoints.push((addr.clone(), p, st.loc.clone(), st.words.join(" "))),
             Err(_) => {
                 out.skip(st, "not ADDRESS PORT");
                 return vec![];
@@ -925,7 +938,7 @@ fn read_virtual_server(
 
     endpoints
         .into_iter()
-        .map(|(vip, port, loc)| {
+        .map(|(vip, port, loc, title)| {
             let mut s = template.clone();
             s.vip = vip;
             s.port = port;
@@ -935,7 +948,7 @@ fn read_virtual_server(
                     r.port = port;
                 }
             }
-            (s, loc)
+            (s, loc, title)
         })
         .collect()
 }
@@ -1186,12 +1199,4 @@ pub fn node_name(config: &Config, fallback: &str) -> String {
         .find(|s| s.keyword() == "router_id")
         .and_then(|s| s.args().first().cloned())
         .unwrap_or_else(|| fallback.to_owned())
-}
-
-/// Services per cluster in a stable order, for the plan's text form.
-pub fn summary(plan: &ImportPlan) -> BTreeMap<String, usize> {
-    plan.clusters
-        .iter()
-        .map(|c| (c.name.clone(), c.spec.services.len()))
-        .collect()
 }

@@ -2,6 +2,7 @@
 //! a `Source`), `mapping` turns what was read into a plan of clusters for the fleet and a list of what it
 //! could not carry over, each with its file and line.
 
+pub mod import;
 pub mod lexer;
 pub mod mapping;
 pub mod parser;
@@ -13,3 +14,4 @@ mod tests;
 pub use parser::{parse, Config, Diagnostic, Limits, Loc, ParseError, Statement};
 pub use source::{FsSource, MemorySource, Source, SourceError};
 pub use mapping::{plan, ImportPlan, Machine, NotImported, PlannedCluster, PlannedMember};
+pub use import::{apply, import, read_machines, ImportError, ImportReport};
