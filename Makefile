@@ -100,10 +100,10 @@ bench-site: deps
 	$(CARGO) build --release -p lbfleet-server -p lbfleet-agent -p lbfleet-tests -p lbfleet-bench --bins
 	./target/release/bench-site $(BENCH_SITE_ARGS)
 
-# cargo-fuzz on the DHCP, TFTP and VRRP decoders, FUZZ_SECONDS per target (not part of `make test`). cargo-fuzz
+# cargo-fuzz on the DHCP, TFTP and VRRP decoders and the keepalived.conf parser, FUZZ_SECONDS per target (not part of `make test`). cargo-fuzz
 # needs nightly rustc flags; RUSTC_BOOTSTRAP=1 lets the machine's stable toolchain accept them.
 FUZZ_SECONDS ?= 60
-FUZZ_TARGETS := dhcp_decode dhcp_handle tftp_decode vrrp_decode
+FUZZ_TARGETS := dhcp_decode dhcp_handle tftp_decode vrrp_decode keepalived_parse
 fuzz: deps
 	@command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
 	cd fuzz && for t in $(FUZZ_TARGETS); do \

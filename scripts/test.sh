@@ -20,7 +20,7 @@ component=(
   lbfleet-server:api lbfleet-server:boot lbfleet-server:cli lbfleet-server:connections lbfleet-server:images
   lbfleet-server:listeners lbfleet-server:login_flood lbfleet-server:retention lbfleet-server:tls
   lbfleet-server:web lbfleet-server:report_flood lbfleet-server:held_connections lbfleet-server:export_crawl
-  lbfleet-server:healthz lbfleet-server:boot_cache lbfleet-server:servers
+  lbfleet-server:healthz lbfleet-server:boot_cache lbfleet-server:servers lbfleet-server:keepalived_import
   lbfleet-agent:cli lbfleet-agent:role_limit lbfleet-agent:server_mode lbfleet-agent:failover
 )
 # package:test-file of the privileged tiers, in the order they run. Every file of tests/tests is privileged.

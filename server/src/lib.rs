@@ -25,6 +25,7 @@ pub mod error;
 pub mod extract;
 pub mod fleet;
 pub mod health;
+pub mod keepalived;
 pub mod listeners;
 pub mod notify;
 pub mod retention;

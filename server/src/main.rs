@@ -7,8 +7,8 @@ use anyhow::Context;
 use clap::Parser;
 use lbfleet_server::boot::images;
 use lbfleet_server::config::{
-    self, AuditCommand, Cli, Command, ImageCommand, LogFormat, RealServerFormat, ServerConfig,
-    TokenCommand, UserCommand,
+    self, AuditCommand, Cli, Command, ImageCommand, ImportCommand, LogFormat, RealServerFormat,
+    ServerConfig, TokenCommand, UserCommand,
 };
 use lbfleet_server::fleet::Actor;
 use lbfleet_server::open_fleet;
@@ -54,6 +54,15 @@ async fn fleet_for(db: &config::DbArgs) -> anyhow::Result<lbfleet_server::fleet:
     let url = config::database_url(db)?;
     let cfg = ServerConfig::with_database(url);
     Ok(open_fleet(&cfg).await?)
+}
+
+/// keepalived's default config id: the first part of the host name.
+fn host_config_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .and_then(|h| h.trim().split('.').next().map(str::to_owned))
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into())
 }
 
 /// Actor recorded for changes made from the command line.
@@ -185,6 +194,34 @@ async fn main_inner(cli: Cli) -> anyhow::Result<ExitCode> {
             match args.format {
                 RealServerFormat::Sh => print!("{}", plan.script()),
                 RealServerFormat::Json => println!("{}", serde_json::to_string_pretty(&plan)?),
+            }
+        }
+        Command::Import(ImportCommand::Keepalived {
+            files,
+            config_ids,
+            dry_run,
+            json,
+            db,
+        }) => {
+            init_tracing(LogFormat::Text);
+            let fleet = fleet_for(&db).await?;
+            let report = lbfleet_server::keepalived::import(
+                &fleet,
+                &cli_actor(),
+                &mut lbfleet_server::keepalived::FsSource,
+                &files,
+                &config_ids,
+                &host_config_id(),
+                dry_run,
+            )
+            .await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", report.to_text());
+            }
+            if !report.lossless {
+                return Ok(ExitCode::from(2));
             }
         }
         Command::Audit(AuditCommand::Verify { db }) => {

@@ -10,6 +10,7 @@ pub mod agent;
 pub mod alerts;
 pub mod audit;
 pub mod clusters;
+pub mod import;
 pub mod nodes;
 pub mod servers;
 pub mod session;
@@ -20,6 +21,7 @@ pub fn router() -> Router<AppState> {
     let v1 = Router::new()
         .merge(session::router())
         .merge(clusters::router())
+        .merge(import::router())
         .merge(nodes::router())
         .merge(audit::router())
         .merge(admin::router())

@@ -45,6 +45,9 @@ pub enum Command {
     /// ARP suppressed, the ipip tunnel): a shell script to run as is on each of them (`up`, or `down` to
     /// undo), or JSON. See docs/data-path.md.
     Realserver(RealServerArgs),
+    /// Import another tool's configuration (docs/keepalived-import.md).
+    #[command(subcommand)]
+    Import(ImportCommand),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -62,6 +65,30 @@ pub struct RealServerArgs {
 pub enum RealServerFormat {
     Sh,
     Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ImportCommand {
+    /// Read keepalived.conf files (one per machine, or one with @id lines) and create their clusters in one
+    /// audited change. Prints the plan and every directive not imported; exits 0 when lossless, 2 when
+    /// something was not imported, 1 on an error.
+    Keepalived {
+        /// keepalived.conf of each machine (includes are followed)
+        #[arg(required = true, value_name = "FILE")]
+        files: Vec<PathBuf>,
+        /// Config id deciding @id lines, as keepalived's -i; repeat for one file read as several machines
+        /// [default: the host name]
+        #[arg(long = "config-id", value_name = "ID")]
+        config_ids: Vec<String>,
+        /// Check everything against the database and print the plan, write nothing
+        #[arg(long)]
+        dry_run: bool,
+        /// Print the report as JSON
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        db: DbArgs,
+    },
 }
 
 #[derive(Debug, Clone, Args)]

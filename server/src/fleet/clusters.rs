@@ -95,12 +95,80 @@ impl Fleet {
         spec: &ClusterSpec,
         precondition: Precondition,
     ) -> Result<(PutOutcome, ClusterView)> {
+        let mut tx = self.store.begin().await?;
+        let Some((outcome, changes)) =
+            Self::put_cluster_in(&mut tx, actor, name, spec, precondition).await?
+        else {
+            drop(tx);
+            return Ok((PutOutcome::Unchanged, self.get_cluster(name).await?));
+        };
+        store::commit(tx).await?;
+        self.notifier.announce(&changes);
+        tracing::info!(
+            cluster = name,
+            actor = actor.0,
+            ?outcome,
+            nodes = changes.len(),
+            "cluster spec written"
+        );
+        Ok((outcome, self.get_cluster(name).await?))
+    }
+
+    /// Creates or replaces several clusters in one transaction, all or none, each with its audit row
+    /// (`cluster.create` / `cluster.update`) and every rule of `put_cluster` (the later clusters are checked
+    /// against the earlier ones). `dry_run` runs everything and rolls back. Returns each cluster's outcome.
+    pub async fn put_clusters(
+        &self,
+        actor: &Actor,
+        clusters: &[(String, ClusterSpec)],
+        dry_run: bool,
+    ) -> Result<Vec<(String, PutOutcome)>> {
+        let mut tx = self.store.begin().await?;
+        let mut outcomes = Vec::new();
+        let mut changes = Vec::new();
+        for (i, (name, spec)) in clusters.iter().enumerate() {
+            if clusters[..i].iter().any(|(n, _)| n == name) {
+                return Err(FleetError::Conflict(format!(
+                    "cluster {name:?} is named twice in one change"
+                )));
+            }
+            match Self::put_cluster_in(&mut tx, actor, name, spec, Precondition::Any).await? {
+                Some((outcome, c)) => {
+                    outcomes.push((name.clone(), outcome));
+                    changes.extend(c);
+                }
+                None => outcomes.push((name.clone(), PutOutcome::Unchanged)),
+            }
+        }
+        if dry_run {
+            drop(tx);
+            return Ok(outcomes);
+        }
+        store::commit(tx).await?;
+        self.notifier.announce(&changes);
+        tracing::info!(
+            actor = actor.0,
+            clusters = clusters.len(),
+            nodes = changes.len(),
+            "cluster specs written in one change"
+        );
+        Ok(outcomes)
+    }
+
+    /// The write of `put_cluster_if` inside `tx`: `None` when the stored spec is already this one, else the
+    /// outcome and the generations to announce after commit.
+    async fn put_cluster_in(
+        tx: &mut store::WriteTx,
+        actor: &Actor,
+        name: &str,
+        spec: &ClusterSpec,
+        precondition: Precondition,
+    ) -> Result<Option<(PutOutcome, Vec<(i64, u64)>)>> {
         rules::cluster_name(name)?;
         let rules::ValidCluster(mut spec) =
             rules::cluster_spec(spec).map_err(FleetError::Invalid)?;
 
-        let mut tx = self.store.begin().await?;
-        let before = store::clusters::load_one(&mut tx, name).await?;
+        let before = store::clusters::load_one(&mut *tx, name).await?;
         precondition.check(name, before.as_ref().map(|b| b.revision))?;
 
         // Omitted `enabled`: keep what is stored (a drained server stays drained), new servers start enabled.
@@ -121,12 +189,11 @@ impl Fleet {
             }
         }
         if before.as_ref().is_some_and(|b| b.spec == spec) {
-            drop(tx);
-            return Ok((PutOutcome::Unchanged, self.get_cluster(name).await?));
+            return Ok(None);
         }
 
         // Fleet-wide uniqueness, reported with the owner's name.
-        let others = store::clusters::other_keys(&mut tx, before.as_ref().map(|b| b.id)).await?;
+        let others = store::clusters::other_keys(&mut *tx, before.as_ref().map(|b| b.id)).await?;
         let mut errs = Vec::new();
         if let Some(owner) = others.vrids.get(&(spec.interface.clone(), spec.vrid)) {
             errs.push(FieldError::new(
@@ -165,16 +232,16 @@ impl Fleet {
             return Err(FleetError::Conflict(FieldErrors(errs).to_string()));
         }
 
-        let id = store::clusters::upsert(&mut tx, name, &spec).await?;
-        store::clusters::replace_contents(&mut tx, id, &spec).await?;
-        let changes = Self::bump_cluster(&mut tx, id).await?;
+        let id = store::clusters::upsert(&mut *tx, name, &spec).await?;
+        store::clusters::replace_contents(&mut *tx, id, &spec).await?;
+        let changes = Self::bump_cluster(&mut *tx, id).await?;
         let (outcome, action) = if before.is_some() {
             (PutOutcome::Updated, AuditAction::ClusterUpdate)
         } else {
             (PutOutcome::Created, AuditAction::ClusterCreate)
         };
         store::audit::append(
-            &mut tx,
+            &mut *tx,
             &actor.0,
             action,
             &format!("cluster:{name}"),
@@ -182,16 +249,7 @@ impl Fleet {
             Some(&to_value(&spec)),
         )
         .await?;
-        store::commit(tx).await?;
-        self.notifier.announce(&changes);
-        tracing::info!(
-            cluster = name,
-            actor = actor.0,
-            ?outcome,
-            nodes = changes.len(),
-            "cluster spec written"
-        );
-        Ok((outcome, self.get_cluster(name).await?))
+        Ok(Some((outcome, changes)))
     }
 
     /// Deletes a cluster that has no nodes assigned.

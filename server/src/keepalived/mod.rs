@@ -1,0 +1,17 @@
+//! keepalived.conf import and export: `parser` reads the files as keepalived 2.2 does (sans-IO, files through
+//! a `Source`), `mapping` turns what was read into a plan of clusters for the fleet and a list of what it
+//! could not carry over, each with its file and line.
+
+pub mod import;
+pub mod lexer;
+pub mod mapping;
+pub mod parser;
+pub mod source;
+
+#[cfg(test)]
+mod tests;
+
+pub use import::{apply, import, read_machines, ImportError, ImportReport};
+pub use mapping::{plan, ImportPlan, Machine, NotImported, PlannedCluster, PlannedMember};
+pub use parser::{parse, Config, Diagnostic, Limits, Loc, ParseError, Statement};
+pub use source::{FsSource, MemorySource, Source, SourceError};

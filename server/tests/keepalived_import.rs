@@ -1,0 +1,356 @@
+//! keepalived.conf import end to end: the `lbfleet-server import keepalived` command against a real database
+//! (dry run, apply as one change, all or nothing, exit status by losslessness), `POST /api/v1/import/keepalived`
+//! on the real server, and every sample Debian's keepalived package ships.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::{cluster_spec, TestServer};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+const BIN: &str = env!("CARGO_BIN_EXE_lbfleet-server");
+
+/// One file for a pair (lb1 active, lb2 backup), its services in an included file.
+const MAIN: &str = r#"
+global_defs {
+  @lb1 router_id lb1
+  @lb2 router_id lb2
+}
+vrrp_instance EXT {
+  @lb1 state MASTER
+  @lb2 state BACKUP
+  interface eth0
+  virtual_router_id 61
+  @lb1 priority 150
+  @lb2 priority 100
+  virtual_ipaddress {
+    198.18.0.40/32
+  }
+}
+include conf.d/*.conf
+"#;
+
+const SERVICES: &str = r#"
+$RS_CHECK= \
+  TCP_CHECK { \
+    connect_timeout 2 \
+  }
+virtual_server 198.18.0.40 80 {
+  delay_loop 5
+  lb_algo rr
+  lb_kind NAT
+  protocol TCP
+  ~SEQ(N, 1, 3) real_server 198.18.2.${N} 8080 { $RS_CHECK }
+}
+"#;
+
+fn write_site(dir: &Path, services: &str) -> String {
+    std::fs::create_dir_all(dir.join("conf.d")).unwrap();
+    std::fs::write(dir.join("keepalived.conf"), MAIN).unwrap();
+    std::fs::write(dir.join("conf.d/web.conf"), services).unwrap();
+    dir.join("keepalived.conf").display().to_string()
+}
+
+/// Runs the CLI: (exit code, stdout, stderr).
+fn cli(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(BIN)
+        .args(args)
+        .env_remove("LBFLEET_DATABASE")
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn import(db: &str, file: &str, extra: &[&str]) -> (i32, String, String) {
+    let mut args = vec![
+        "import",
+        "keepalived",
+        file,
+        "--config-id",
+        "lb1",
+        "--config-id",
+        "lb2",
+        "--database",
+        db,
+    ];
+    args.extend_from_slice(extra);
+    cli(&args)
+}
+
+#[test]
+fn cli_dry_run_then_apply_as_one_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write_site(dir.path(), SERVICES);
+    let db = format!("sqlite://{}", dir.path().join("lbfleet.db").display());
+
+    let (code, out, err) = import(&db, &file, &["--dry-run"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.starts_with("plan (dry run, nothing written):"), "{out}");
+    assert!(out.contains("cluster.create cluster:ext"), "{out}");
+    assert!(out.contains("node lb1: active with priority 150"), "{out}");
+    assert!(out.contains("node lb2: backup with priority 100"), "{out}");
+    assert!(
+        out.contains("real server 198.18.2.3:8080 weight 1"),
+        "{out}"
+    );
+    assert!(out.contains("lossless"), "{out}");
+
+    // The dry run wrote nothing: the audit log is empty, and the same plan still creates.
+    let (code, out, _) = cli(&["audit", "verify", "--database", &db]);
+    assert_eq!(code, 0);
+    assert_eq!(serde_json::from_str::<Value>(&out).unwrap()["rows"], 0);
+
+    let (code, out, err) = import(&db, &file, &["--json"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let report: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["dry_run"], false);
+    assert_eq!(report["clusters"][0]["action"], "cluster.create");
+    assert_eq!(report["clusters"][0]["target"], "cluster:ext");
+    let svc = &report["clusters"][0]["spec"]["services"][0];
+    assert_eq!(svc["real_servers"].as_array().unwrap().len(), 3);
+    assert_eq!(svc["check"]["kind"], "tcp");
+    assert_eq!(svc["check"]["on_down"], "remove");
+    let (_, out, _) = cli(&["audit", "verify", "--database", &db]);
+    let audit: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (audit["ok"].as_bool(), audit["rows"].as_i64()),
+        (Some(true), Some(1))
+    );
+
+    // Again: nothing changes.
+    let (code, out, _) = import(&db, &file, &[]);
+    assert_eq!(code, 0);
+    assert!(out.contains("unchanged cluster:ext"), "{out}");
+}
+
+#[test]
+fn exit_status_says_whether_the_import_was_lossless() {
+    let dir = tempfile::tempdir().unwrap();
+    let lossy = SERVICES.replace("lb_algo rr", "lb_algo rr\n  alpha\n  notify_up /bin/true");
+    let file = write_site(dir.path(), &lossy);
+    let db = format!("sqlite://{}", dir.path().join("lbfleet.db").display());
+    let (code, out, _) = import(&db, &file, &[]);
+    assert_eq!(code, 2, "{out}");
+    let web = dir.path().join("conf.d/web.conf").display().to_string();
+    assert!(
+        out.contains(&format!("{web}:9: alpha: lbfleet starts")),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("{web}:10: notify_up /bin/true:")),
+        "{out}"
+    );
+    assert!(out.contains("NOT lossless"), "{out}");
+    // What could be imported was.
+    assert!(out.contains("cluster.create cluster:ext"), "{out}");
+}
+
+#[test]
+fn all_or_nothing_when_the_fleet_refuses_one_cluster() {
+    let dir = tempfile::tempdir().unwrap();
+    let two = format!(
+        "{MAIN}\nvrrp_instance INT {{\n interface eth1\n virtual_router_id 62\n virtual_ipaddress {{\n 198.18.0.41\n }}\n}}\n"
+    );
+    std::fs::write(dir.path().join("two.conf"), two).unwrap();
+    std::fs::create_dir_all(dir.path().join("conf.d")).unwrap();
+    let file = dir.path().join("two.conf").display().to_string();
+    let db = format!("sqlite://{}", dir.path().join("lbfleet.db").display());
+
+    // Another cluster already owns the second cluster's VIP: nothing of the import may be written.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (path, tokens) = rt.block_on(async {
+        let srv = TestServer::start(dir.path()).await;
+        let (s, _) = srv
+            .put(
+                "/api/v1/clusters/other",
+                &srv.tokens.admin,
+                cluster_spec(70, "198.18.0.41"),
+            )
+            .await;
+        assert_eq!(s, StatusCode::CREATED);
+        srv.stop().await
+    });
+    let (code, out, err) = import(&db, &file, &[]);
+    assert_eq!(code, 1, "{out}\n{err}");
+    assert!(
+        err.contains("VIP 198.18.0.41 already belongs to cluster \"other\""),
+        "{err}"
+    );
+    rt.block_on(async {
+        let srv = TestServer::start_with(path, tokens, |_| {}).await;
+        let (s, v) = srv.get("/api/v1/clusters", &srv.tokens.viewer).await;
+        assert_eq!(s, StatusCode::OK);
+        let names: Vec<&str> = v["clusters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            names,
+            ["other"],
+            "the import's first cluster was not written either"
+        );
+        srv.stop().await;
+    });
+}
+
+#[tokio::test]
+async fn api_import_with_dry_run_then_apply() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = TestServer::start(dir.path()).await;
+    let body = |dry_run: bool| {
+        json!({
+            "files": [
+                {"name": "keepalived.conf", "text": MAIN},
+                {"name": "conf.d/web.conf", "text": SERVICES},
+            ],
+            "config_ids": ["lb1", "lb2"],
+            "dry_run": dry_run,
+        })
+    };
+    let (s, _) = srv
+        .post("/api/v1/import/keepalived", &srv.tokens.viewer, body(true))
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+
+    let before = srv.audit_len().await;
+    let (s, v) = srv
+        .post(
+            "/api/v1/import/keepalived",
+            &srv.tokens.operator,
+            body(true),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(
+        (v["dry_run"].as_bool(), v["lossless"].as_bool()),
+        (Some(true), Some(true))
+    );
+    assert_eq!(v["clusters"][0]["action"], "cluster.create");
+    assert_eq!(v["clusters"][0]["members"][0]["node"], "lb1");
+    assert_eq!(srv.audit_len().await, before);
+    let (s, _) = srv.get("/api/v1/clusters/ext", &srv.tokens.viewer).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+
+    let (s, v) = srv
+        .post(
+            "/api/v1/import/keepalived",
+            &srv.tokens.operator,
+            body(false),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(srv.audit_len().await, before + 1);
+    let (s, c) = srv.get("/api/v1/clusters/ext", &srv.tokens.viewer).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(c["spec"]["vrid"], 61);
+    assert_eq!(
+        c["spec"]["services"][0]["real_servers"]
+            .as_array()
+            .unwrap()
+            .len(),
+        3
+    );
+
+    // Bad requests: a name escaping the upload, a parse that does not end, no file.
+    for (bad, want) in [
+        (
+            json!({"files": [{"name": "../x", "text": ""}]}),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            json!({"files": [{"name": "k.conf", "text": "$A=x${A}\nv $A\n"}]}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (json!({"files": []}), StatusCode::BAD_REQUEST),
+    ] {
+        let (s, v) = srv
+            .post(
+                "/api/v1/import/keepalived",
+                &srv.tokens.operator,
+                bad.clone(),
+            )
+            .await;
+        assert_eq!(s, want, "{bad}: {v}");
+    }
+    srv.stop().await;
+}
+
+/// Every sample Debian's keepalived package ships imports without a panic, and every directive it did not
+/// import is named with a line of that file that holds it.
+#[test]
+fn every_shipped_sample_imports_or_names_what_it_did_not() {
+    let samples = Path::new("/usr/share/doc/keepalived/samples");
+    assert!(
+        samples.is_dir(),
+        "{} is missing: install keepalived (scripts/install-deps.sh)",
+        samples.display()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let mut seen = 0;
+    let mut entries: Vec<_> = std::fs::read_dir(samples)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    entries.sort();
+    for path in entries {
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        if !name.starts_with("keepalived.conf") {
+            continue;
+        }
+        seen += 1;
+        let db = format!(
+            "sqlite://{}",
+            dir.path().join(format!("{name}.db")).display()
+        );
+        let (code, out, err) = cli(&[
+            "import",
+            "keepalived",
+            path.to_str().unwrap(),
+            "--config-id",
+            "lb1",
+            "--dry-run",
+            "--json",
+            "--database",
+            &db,
+        ]);
+        assert!(code == 0 || code == 2, "{name}: exit {code}\n{err}");
+        let report: Value = serde_json::from_str(&out).unwrap();
+        let lines: Vec<String> = std::fs::read_to_string(&path)
+            .unwrap()
+            .lines()
+            .map(str::to_owned)
+            .collect();
+        let not = report["not_imported"].as_array().unwrap();
+        assert_eq!(code == 0, not.is_empty(), "{name}");
+        for n in not {
+            let loc = n["loc"].as_str().unwrap();
+            let (file, line) = loc.rsplit_once(':').unwrap();
+            assert_eq!(file, path.to_str().unwrap(), "{name}: {n}");
+            let text = &lines[line.parse::<usize>().unwrap() - 1];
+            // The keyword, or for a service from a virtual_server_group its address on the group's line.
+            let words: Vec<&str> = n["directive"]
+                .as_str()
+                .unwrap()
+                .split_whitespace()
+                .take(2)
+                .collect();
+            assert!(
+                words.is_empty() || words.iter().any(|w| text.contains(w)),
+                "{name}: line {line} ({text:?}) does not hold {words:?}"
+            );
+        }
+    }
+    assert!(seen >= 20, "only {seen} samples in {}", samples.display());
+}
