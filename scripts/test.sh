@@ -23,6 +23,11 @@ component=(
   lbfleet-server:healthz lbfleet-server:boot_cache lbfleet-server:servers lbfleet-server:keepalived_import
   lbfleet-agent:cli lbfleet-agent:role_limit lbfleet-agent:server_mode lbfleet-agent:failover
 )
+# package:test-file of the tests that need PostgreSQL whatever the backend (several servers on one database): run
+# in full mode with the component tier's PostgreSQL pass.
+postgres=(
+  lbfleet-server:ha_postgres
+)
 # package:test-file of the privileged tiers, in the order they run. Every file of tests/tests is privileged.
 privileged=(
   lbfleet-server:dhcp_netns lbfleet-server:dhcp_ha_netns lbfleet-agent:health_netns lbfleet-server:browser
@@ -30,7 +35,7 @@ privileged=(
 for f in tests/tests/*.rs; do privileged+=("lbfleet-tests:$(basename "$f" .rs)"); done
 
 declare -A dir_of=([lbfleet-server]=server [lbfleet-agent]=agent [lbfleet-tests]=tests)
-listed=" ${component[*]} ${privileged[*]} "
+listed=" ${component[*]} ${postgres[*]} ${privileged[*]} "
 unlisted=()
 for d in server agent; do
   for f in "$d"/tests/*.rs; do
@@ -39,7 +44,7 @@ for d in server agent; do
     [[ "$listed" == *" $key "* ]] || unlisted+=("$f")
   done
 done
-for key in "${component[@]}" "${privileged[@]}"; do
+for key in "${component[@]}" "${postgres[@]}" "${privileged[@]}"; do
   f="${dir_of[${key%%:*}]}/tests/${key#*:}.rs"
   [ -e "$f" ] || unlisted+=("$f (listed, missing)")
 done
@@ -82,7 +87,7 @@ tier doc "$CARGO" test --workspace --doc
 tier component run_list "${component[@]}"
 if [ "$mode" = full ]; then
   # The component tests again on PostgreSQL: each test binary starts its own cluster (tests/src/postgres.rs).
-  tier component-pg run_list_pg "${component[@]}"
+  tier component-pg run_list_pg "${component[@]}" "${postgres[@]}"
   tier privileged run_list "${privileged[@]}"
 fi
 

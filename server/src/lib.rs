@@ -275,6 +275,11 @@ pub async fn run_listeners(
         config.retention,
         stop_rx.clone(),
     ));
+    tasks.spawn(notify::peers::run(
+        fleet.clone(),
+        config.database.clone(),
+        stop_rx.clone(),
+    ));
     let addr = listeners.main.local_addr()?;
     let boot_addr = listeners
         .boot

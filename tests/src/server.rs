@@ -131,7 +131,12 @@ impl TestServer {
         Self::start_config(db_path, tokens, config).await
     }
 
-    async fn start_config(db_path: PathBuf, tokens: Tokens, config: ServerConfig) -> TestServer {
+    /// A server with this configuration (its database already seeded; `db_path` names it as in `db_url`).
+    pub async fn start_config(
+        db_path: PathBuf,
+        tokens: Tokens,
+        config: ServerConfig,
+    ) -> TestServer {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let (tx, rx) = oneshot::channel::<()>();

@@ -149,6 +149,29 @@ impl Fleet {
         }
     }
 
+    /// The database engine behind the fleet.
+    pub fn backend(&self) -> crate::store::Backend {
+        self.store.backend()
+    }
+
+    /// The fleet generation: the newest role generation any node got.
+    pub async fn fleet_generation(&self) -> Result<u64, StoreError> {
+        let mut conn = self.store.read().await?;
+        crate::store::fleet_generation(&mut conn).await
+    }
+
+    /// The nodes whose role generation is newer than `after`, with it (wake-ups across servers).
+    pub async fn generations_after(&self, after: u64) -> Result<Vec<(i64, u64)>, StoreError> {
+        let mut conn = self.store.read().await?;
+        crate::store::nodes::generations_after(&mut conn, after).await
+    }
+
+    /// Sends `payload` to every server listening on `channel` (PostgreSQL only).
+    pub async fn notify_peers(&self, channel: &str, payload: &str) -> Result<(), StoreError> {
+        let mut conn = self.store.read().await?;
+        crate::store::notify(&mut conn, channel, payload).await
+    }
+
     /// Runs pending migrations (a server that started while the database was unreachable, once it answers).
     pub async fn migrate(&self) -> Result<(), StoreError> {
         self.store.migrate().await

@@ -427,6 +427,24 @@ pub fn now_ms() -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
+/// The fleet generation (the last one taken).
+pub async fn fleet_generation(conn: &mut Conn) -> Result<u64, StoreError> {
+    let g: i64 = sqlx::query_scalar("SELECT generation FROM fleet_state WHERE id = 1")
+        .fetch_one(conn)
+        .await?;
+    u64::try_from(g).map_err(|_| StoreError::Corrupt(format!("negative fleet generation {g}")))
+}
+
+/// PostgreSQL `NOTIFY channel, payload` (delivered to listeners once this statement's transaction commits).
+pub async fn notify(conn: &mut Conn, channel: &str, payload: &str) -> Result<(), StoreError> {
+    sqlx::query("SELECT CAST(pg_notify($1, $2) AS TEXT)")
+        .bind(channel)
+        .bind(payload)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
 /// Takes the next fleet generation. Every node whose role changes in this transaction gets it.
 pub async fn next_generation(conn: &mut Conn) -> Result<u64, StoreError> {
     let g: i64 = sqlx::query_scalar(

@@ -167,6 +167,20 @@ pub async fn hostname_taken(
     Ok(n > 0)
 }
 
+/// The nodes whose role generation is newer than `after`, with it.
+pub async fn generations_after(conn: &mut Conn, after: u64) -> Result<Vec<(i64, u64)>, StoreError> {
+    let after = i64::try_from(after).unwrap_or(i64::MAX);
+    let rows: Vec<(i64, i64)> =
+        sqlx::query_as("SELECT id, role_generation FROM nodes WHERE role_generation > $1")
+            .bind(after)
+            .fetch_all(conn)
+            .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(id, g)| (id, u64::try_from(g).unwrap_or(0)))
+        .collect())
+}
+
 /// Sets `generation` as the role generation of the given nodes.
 pub async fn set_generation(
     conn: &mut Conn,
