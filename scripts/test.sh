@@ -26,7 +26,7 @@ component=(
 # package:test-file of the tests that need PostgreSQL whatever the backend (several servers on one database): run
 # in full mode with the component tier's PostgreSQL pass.
 postgres=(
-  lbfleet-server:ha_postgres
+  lbfleet-server:ha_postgres lbfleet-server:db_copy
 )
 # package:test-file of the privileged tiers, in the order they run. Every file of tests/tests is privileged.
 privileged=(

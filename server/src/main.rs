@@ -7,8 +7,8 @@ use anyhow::Context;
 use clap::Parser;
 use lbfleet_server::boot::images;
 use lbfleet_server::config::{
-    self, AuditCommand, Cli, Command, ImageCommand, ImportCommand, LogFormat, RealServerFormat,
-    ServerConfig, TokenCommand, UserCommand,
+    self, AuditCommand, Cli, Command, DbCommand, ImageCommand, ImportCommand, LogFormat,
+    RealServerFormat, ServerConfig, TokenCommand, UserCommand,
 };
 use lbfleet_server::fleet::Actor;
 use lbfleet_server::open_fleet;
@@ -54,6 +54,50 @@ async fn fleet_for(db: &config::DbArgs) -> anyhow::Result<lbfleet_server::fleet:
     let url = config::database_url(db)?;
     let cfg = ServerConfig::with_database(url);
     Ok(open_fleet(&cfg).await?)
+}
+
+/// `lbfleet-server db copy`: the whole fleet from one database into a new one.
+async fn db_copy(from: &str, to: &str, json: bool) -> anyhow::Result<ExitCode> {
+    use lbfleet_server::store::{redact_url, Backend, Store};
+    if Backend::of(from) == Backend::Sqlite {
+        let path = from
+            .strip_prefix("sqlite://")
+            .or_else(|| from.strip_prefix("sqlite:"))
+            .unwrap_or(from);
+        let path = path.split('?').next().unwrap_or(path);
+        anyhow::ensure!(
+            std::path::Path::new(path).is_file(),
+            "source {from}: no such SQLite database file"
+        );
+    }
+    anyhow::ensure!(
+        redact_url(from) != redact_url(to),
+        "--from and --to name the same database"
+    );
+    let source = Store::open(from)
+        .await
+        .map_err(|e| anyhow::anyhow!("source {}: {e}", redact_url(from)))?;
+    let dest = Store::open(to)
+        .await
+        .map_err(|e| anyhow::anyhow!("destination {}: {e}", redact_url(to)))?;
+    let report = lbfleet_server::store::copy::copy(&source, &dest).await;
+    source.close().await;
+    dest.close().await;
+    let report = report?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        for (table, rows) in &report.rows {
+            println!("{table:<28} {rows:>10} rows");
+        }
+        println!(
+            "copied {} -> {}; audit chain verified on the destination ({} rows)",
+            redact_url(from),
+            redact_url(to),
+            report.audit_rows
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// keepalived's default config id: the first part of the host name.
@@ -183,6 +227,10 @@ async fn main_inner(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Image(cmd) => {
             init_tracing(LogFormat::Text);
             return image_command(cmd).await;
+        }
+        Command::Db(DbCommand::Copy { from, to, json }) => {
+            init_tracing(LogFormat::Text);
+            return db_copy(&from, &to, json).await;
         }
         Command::Realserver(args) => {
             init_tracing(LogFormat::Text);

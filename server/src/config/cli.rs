@@ -48,6 +48,31 @@ pub enum Command {
     /// Import another tool's configuration (docs/keepalived-import.md).
     #[command(subcommand)]
     Import(ImportCommand),
+    /// Database maintenance (docs/high-availability.md#moving-from-sqlite).
+    #[command(subcommand)]
+    Db(DbCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DbCommand {
+    /// Copy a whole fleet (users, sessions, tokens, images, nodes, clusters, leases, credentials, the audit
+    /// log, events, alerts) from one database to another, e.g. from the embedded SQLite file to PostgreSQL.
+    /// Stop every lbfleet-server using the source first. The source is migrated to this version first (as
+    /// `serve` would); the destination must be new or empty and is created and migrated here. Everything is
+    /// copied in one transaction: on any error the destination is left as it was. The audit chain is verified
+    /// on the destination before the commit. Server registrations and DHCP leadership are not copied (servers
+    /// register again).
+    Copy {
+        /// Source database URL, e.g. sqlite:///var/lib/lbfleet/lbfleet.db
+        #[arg(long, value_name = "URL")]
+        from: String,
+        /// Destination database URL, e.g. postgres://lbfleet@db1/lbfleet (password: PGPASSWORD or ~/.pgpass)
+        #[arg(long, value_name = "URL")]
+        to: String,
+        /// Print the report as JSON
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Clone, Args)]

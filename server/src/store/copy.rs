@@ -62,7 +62,7 @@ enum Value {
 }
 
 /// What `copy` did, table by table.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct CopyReport {
     /// Rows copied per table (fleet tables only), as counted on the destination after the copy.
     pub rows: BTreeMap<String, i64>,
@@ -197,7 +197,23 @@ impl From<sqlx::Error> for CopyError {
 /// checks the counts and the audit chain on `to`.
 pub async fn copy(from: &Store, to: &Store) -> Result<CopyReport, CopyError> {
     let mut src = from.read().await?;
-    let source_tables = table_names(&mut src, from.backend()).await?;
+    // One snapshot of the source for every table read.
+    let begin = match from.backend() {
+        Backend::Sqlite => "BEGIN",
+        Backend::Postgres => "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
+    };
+    sqlx::query(begin).execute(&mut *src).await?;
+    let copied = copy_from(&mut src, from.backend(), to).await;
+    let _ = sqlx::query("ROLLBACK").execute(&mut *src).await;
+    copied
+}
+
+async fn copy_from(
+    src: &mut Conn,
+    from_backend: Backend,
+    to: &Store,
+) -> Result<CopyReport, CopyError> {
+    let source_tables = table_names(&mut *src, from_backend).await?;
     if let Some(t) = source_tables
         .iter()
         .find(|t| !FLEET_TABLES.contains(&t.as_str()) && !RUNTIME_TABLES.contains(&t.as_str()))
@@ -218,7 +234,7 @@ pub async fn copy(from: &Store, to: &Store) -> Result<CopyReport, CopyError> {
             continue;
         }
         let cols = columns(&mut tx, to.backend(), table).await?;
-        let src_cols = columns(&mut src, from.backend(), table).await?;
+        let src_cols = columns(&mut *src, from_backend, table).await?;
         // Columns the source lacks (an older schema) keep the destination's defaults.
         let cols: Vec<(String, Kind)> = cols
             .into_iter()
