@@ -256,7 +256,8 @@ impl Vm {
         Ok(())
     }
 
-    fn kill(&mut self) {
+    /// Kills QEMU (the machine loses power) and reaps it.
+    pub fn kill(&mut self) {
         if let Ok(None) = self.child.try_wait() {
             let _ = self.child.kill();
         }
