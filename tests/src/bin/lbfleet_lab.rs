@@ -407,6 +407,25 @@ fn servers(record: &SiteRecord) -> Vec<(usize, String, String)> {
     out
 }
 
+/// What `/healthz` says of a server whose `/metrics` did not answer (it needs the database for the token).
+fn healthz_state(ns: &str, addr: &str) -> String {
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns, "curl", "-sS", "-m", "5"])
+        .arg(format!("http://{addr}:{HTTP_PORT}/healthz"))
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output();
+    let body: Option<serde_json::Value> = out.ok().and_then(|o| serde_json::from_slice(&o.stdout).ok());
+    match body {
+        None => "not answering".to_owned(),
+        Some(v) => format!(
+            "answering, {}: {}",
+            v["status"].as_str().unwrap_or("?"),
+            v["reason"].as_str().unwrap_or("-")
+        ),
+    }
+}
+
 /// Kills the QEMU of balancer `host` by its recorded PID and starts the same machine again (same command
 /// line, same taps, same MACs), as pulling the power and plugging it back in; updates the state file.
 fn power_cycle(var: &Path, host: &str) -> Result<(), LabError> {
@@ -613,7 +632,7 @@ fn status(var: &Path) -> Result<(), LabError> {
     if record.notes.contains_key("server_2") {
         for (i, ns, addr) in servers(&record) {
             let state = match http_get_in(&record, &ns, &addr, "/metrics") {
-                None => "not answering".to_owned(),
+                None => healthz_state(&ns, &addr),
                 Some(text) => {
                     let active = text.lines().any(|l| {
                         l.starts_with("lbfleet_dhcp_active") && l.trim_end().ends_with(" 1")
