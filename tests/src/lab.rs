@@ -13,8 +13,8 @@
 //! [`traffic`] (client requests through a VIP), [`fleet`] (the whole demo site), [`state`] (a detached site),
 //! [`database`] (the detached PostgreSQL cluster of `make demo-ha`).
 
-pub mod fleet;
 pub mod database;
+pub mod fleet;
 pub mod image;
 pub mod initrd;
 pub mod server;
@@ -283,7 +283,9 @@ impl Site {
         let dir = self.dir.path().join(name);
         std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
         let Some(first) = self.server.as_ref() else {
-            return Err(LabError::Other("Site::start_peer before start_server".into()));
+            return Err(LabError::Other(
+                "Site::start_peer before start_server".into(),
+            ));
         };
         let peer = LabServer::start_peer(&self.extra[ns], &dir, &self.prereqs, first, opts)?;
         self.peers.push(peer);

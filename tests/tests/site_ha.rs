@@ -86,9 +86,7 @@ fn console_ipvs_table(console: &str) -> Option<String> {
 }
 
 fn node(server: &LabServer, host: &str) -> Option<Value> {
-    server
-        .api_ok("GET", &format!("/nodes/{host}"), None)
-        .ok()
+    server.api_ok("GET", &format!("/nodes/{host}"), None).ok()
 }
 
 fn summary(results: &[ProbeResult]) -> String {
@@ -186,7 +184,11 @@ fn balancer_boots_from_the_surviving_server_and_from_its_cache_without_the_datab
         };
         s.metric("lbfleet_dhcp_active")
     };
-    assert_eq!(active(booter), Some(1.0), "the booting server is DHCP active");
+    assert_eq!(
+        active(booter),
+        Some(1.0),
+        "the booting server is DHCP active"
+    );
     assert_eq!(active(survivor), Some(0.0), "the other one is standby");
     eprintln!("the balancers booted from {booted_by}; killing it");
 

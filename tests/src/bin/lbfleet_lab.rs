@@ -176,7 +176,10 @@ fn up(var: &Path, port: u16, wait_serving: bool, ha: bool) -> Result<(), LabErro
 
     let prereqs = lab::prereqs()?;
     let database = if ha {
-        println!("demo: starting PostgreSQL (initdb in {})", dir.join("pg").display());
+        println!(
+            "demo: starting PostgreSQL (initdb in {})",
+            dir.join("pg").display()
+        );
         let db = lab::database::start(&dir.join("pg"))?;
         // Recorded at once: a failure from here on still stops and removes it.
         let mut record = SiteRecord::load(&state)?.unwrap_or_default();
@@ -328,7 +331,9 @@ fn up(var: &Path, port: u16, wait_serving: bool, ha: bool) -> Result<(), LabErro
             let active = dhcp_active(&record);
             println!(
                 "demo: DHCP and boot answered by {}",
-                active.as_deref().unwrap_or("(neither server says it is active)")
+                active
+                    .as_deref()
+                    .unwrap_or("(neither server says it is active)")
             );
         }
     }
@@ -355,7 +360,9 @@ fn print_ha_help(record: &SiteRecord, server_pids: &[u32], var: &Path) {
         "      kill -9 {}",
         server_pids.first().copied().unwrap_or_default()
     );
-    println!("       the balancers keep serving; their agents move to the other server within seconds.");
+    println!(
+        "       the balancers keep serving; their agents move to the other server within seconds."
+    );
     println!("    2. power-cycle a balancer (its QEMU is killed by PID and started again):");
     println!("      {lab} power-cycle lb-02 --var {var_text}");
     println!(
@@ -415,7 +422,9 @@ fn healthz_state(ns: &str, addr: &str) -> String {
         .stdin(Stdio::null())
         .stderr(Stdio::null())
         .output();
-    let body: Option<serde_json::Value> = out.ok().and_then(|o| serde_json::from_slice(&o.stdout).ok());
+    let body: Option<serde_json::Value> = out
+        .ok()
+        .and_then(|o| serde_json::from_slice(&o.stdout).ok());
     match body {
         None => "not answering".to_owned(),
         Some(v) => format!(
@@ -639,7 +648,11 @@ fn status(var: &Path) -> Result<(), LabError> {
                     });
                     format!(
                         "answering{}",
-                        if active { ", DHCP active" } else { ", DHCP standby" }
+                        if active {
+                            ", DHCP active"
+                        } else {
+                            ", DHCP standby"
+                        }
                     )
                 }
             };
