@@ -56,8 +56,6 @@ pub struct LabServer {
     database: String,
     log_path: PathBuf,
     pub boot_dir: PathBuf,
-    /// Its own state (server id, boot cache).
-    state_dir: PathBuf,
     pub token: String,
     opts: ServerOptions,
 }
@@ -68,11 +66,13 @@ fn spawn_serve(
     binary: &Path,
     database: &str,
     boot_dir: &Path,
-    state_dir: &Path,
     log_path: &Path,
     opts: &ServerOptions,
     append: bool,
 ) -> Result<Child, LabError> {
+    // Its own state (server id; the boot cache defaults to `state/` beside the boot directory): the server's
+    // lab directory, which holds the boot directory. Two servers on one database must not share it.
+    let state_dir = boot_dir.parent().unwrap_or(boot_dir);
     let log = std::fs::OpenOptions::new()
         .create(true)
         .write(true)
@@ -198,13 +198,11 @@ impl LabServer {
             std::fs::copy(&from, boot_dir.join(f)).map_err(io_err(&from))?;
         }
         let log_path = dir.join("server.log");
-        let state_dir = dir.to_owned();
         let child = spawn_serve(
             ns.name(),
             &binary,
             &database,
             &boot_dir,
-            &state_dir,
             &log_path,
             &opts,
             false,
@@ -216,7 +214,6 @@ impl LabServer {
             database,
             log_path,
             boot_dir,
-            state_dir,
             token,
             opts,
         };
@@ -252,7 +249,6 @@ impl LabServer {
             &self.binary,
             &self.database,
             &self.boot_dir,
-            &self.state_dir,
             &self.log_path,
             &self.opts,
             true,
