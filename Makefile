@@ -2,7 +2,7 @@
 CARGO ?= cargo
 SERVER := target/release/lbfleet-server
 
-.PHONY: all deps build image demo demo-down demo-status check test lint guest bench bench-longpoll bench-dhcp bench-dhcp-takeover bench-ipvs bench-tftp bench-pxe bench-vrrp bench-health bench-site fuzz clean
+.PHONY: all deps build image demo demo-ha demo-down demo-status check test lint guest bench bench-longpoll bench-dhcp bench-dhcp-takeover bench-ipvs bench-tftp bench-pxe bench-vrrp bench-health bench-site fuzz clean
 
 all: build
 
@@ -26,6 +26,13 @@ image: deps
 # `make demo-down` removes everything.
 demo: build image
 	@bash scripts/demo.sh
+
+# The same site with two lbfleet-servers on one boot network, both on a PostgreSQL cluster this target starts
+# itself (initdb in var/demo/pg as the postgres user, Unix socket only); prints besides what `make demo`
+# prints how to kill a server and power-cycle a balancer to watch it boot from the other. `make demo-down`
+# removes it all, the database included. See docs/high-availability.md#try-it.
+demo-ha: build image
+	@DEMO_ARGS="--ha $(DEMO_ARGS)" bash scripts/demo.sh
 
 demo-down:
 	@if [ -x target/release/lbfleet-lab ]; then target/release/lbfleet-lab down --var var; \

@@ -110,6 +110,7 @@ fn main() -> anyhow::Result<()> {
         cmdline: String::new(),
         server: ServerOptions::default(),
         discovered_machine: false,
+        second_server: false,
     };
     let layout = fleet::build(&mut site, &opts)?;
     let result = measure(&mut site, &layout, &args);

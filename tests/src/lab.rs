@@ -10,8 +10,10 @@
 //!
 //! Layers: namespaces and links come from the kit's [`crate::netns`]; [`server`] (lbfleet-server in a namespace, its API through curl),
 //! [`vm`] (QEMU machines, consoles), [`wait`] (deadline polling), [`initrd`] (a minimal marker initramfs),
-//! [`traffic`] (client requests through a VIP), [`fleet`] (the whole demo site), [`state`] (a detached site).
+//! [`traffic`] (client requests through a VIP), [`fleet`] (the whole demo site), [`state`] (a detached site),
+//! [`database`] (the detached PostgreSQL cluster of `make demo-ha`).
 
+pub mod database;
 pub mod fleet;
 pub mod image;
 pub mod initrd;
@@ -186,6 +188,8 @@ pub fn require() -> Option<LabPrereqs> {
 pub struct Site {
     pub vms: Vec<Vm>,
     pub server: Option<LabServer>,
+    /// More servers on the first one's database, each in a namespace of its own ([`Site::start_peer`]).
+    pub peers: Vec<LabServer>,
     /// Background processes in the namespaces (real servers), killed before the namespaces go.
     pub processes: Vec<NsProcess>,
     /// Extra namespaces (clients, real servers), deleted before the site namespace.
@@ -246,6 +250,7 @@ impl Site {
         Ok(Site {
             vms: Vec::new(),
             server: None,
+            peers: Vec::new(),
             processes: Vec::new(),
             extra: Vec::new(),
             ns,
@@ -264,6 +269,27 @@ impl Site {
     pub fn start_server(&mut self, opts: ServerOptions) -> Result<&LabServer, LabError> {
         let server = LabServer::start(&self.ns, self.dir.path(), &self.prereqs, opts)?;
         Ok(self.server.insert(server))
+    }
+
+    /// Starts another lbfleet-server on the first one's database, in extra namespace `ns` (see
+    /// [`Site::attach_namespace`]), its files in `<site dir>/<name>/`; `opts` give its address and interface
+    /// there. Returns its index in `peers`.
+    pub fn start_peer(
+        &mut self,
+        ns: usize,
+        name: &str,
+        opts: ServerOptions,
+    ) -> Result<usize, LabError> {
+        let dir = self.dir.path().join(name);
+        std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+        let Some(first) = self.server.as_ref() else {
+            return Err(LabError::Other(
+                "Site::start_peer before start_server".into(),
+            ));
+        };
+        let peer = LabServer::start_peer(&self.extra[ns], &dir, &self.prereqs, first, opts)?;
+        self.peers.push(peer);
+        Ok(self.peers.len() - 1)
     }
 
     pub fn server(&self) -> &LabServer {
@@ -338,6 +364,9 @@ impl Site {
                         .iter()
                         .map(|s| state::ProcessRecord::new(s.pid(), "lbfleet-server")),
                 )
+                .chain(self.peers.iter().enumerate().map(|(i, s)| {
+                    state::ProcessRecord::new(s.pid(), &format!("lbfleet-server {}", i + 2))
+                }))
                 .chain(
                     self.processes
                         .iter()
@@ -368,6 +397,14 @@ impl Site {
         }
         if let Some(s) = &self.server {
             out.push_str(&format!("\n===== server log =====\n{}\n", s.log()));
+        }
+        for (i, s) in self.peers.iter().enumerate() {
+            out.push_str(&format!(
+                "\n===== log of server {} ({}) =====\n{}\n",
+                i + 2,
+                s.address(),
+                s.log()
+            ));
         }
         out
     }

@@ -52,7 +52,7 @@ pub fn bin_dir() -> Result<PathBuf, String> {
     })
 }
 
-fn is_root() -> bool {
+pub(crate) fn is_root() -> bool {
     static ROOT: OnceLock<bool> = OnceLock::new();
     *ROOT.get_or_init(|| {
         Command::new("id")
@@ -64,7 +64,7 @@ fn is_root() -> bool {
 
 /// A command run as the cluster's owner: `postgres` when we are root (through `setpriv`, which execs, so the
 /// child's PID is the command's), ourselves otherwise.
-fn as_owner(program: &Path) -> Command {
+pub(crate) fn as_owner(program: &Path) -> Command {
     if is_root() {
         let mut c = Command::new("setpriv");
         c.args([

@@ -139,6 +139,7 @@ fn full_fleet_serves_fails_over_and_switches_over() {
         cmdline: String::new(),
         server: ServerOptions::default(),
         discovered_machine: true,
+        second_server: false,
     };
     let layout = fleet::build(&mut site, &opts).expect("fleet site");
     assert_eq!(layout.vms.len(), 3);

@@ -5,6 +5,10 @@
 //! host-port forwarder it starts (a host socket cannot be bound from inside the site's namespace). `probe` and
 //! `get` are the client's side of the lab's traffic (`lab::traffic` runs them inside a client namespace):
 //! requests on a fixed schedule, and one slow streaming response.
+//!
+//! `up --ha` (`make demo-ha`) builds the same site with two servers on a PostgreSQL cluster of the site's own
+//! (`lab::database`), each with a dashboard forwarder; `power-cycle HOST` kills a balancer's QEMU by its PID
+//! and starts the same machine again (it PXE-boots from whichever server answers).
 
 use std::fmt::Write as _;
 use std::io::{Read, Write};
@@ -13,14 +17,15 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
-use lbfleet_tests::lab::fleet::{self, FleetOptions, BALANCERS, CLIENT_ADDRESS, VIP};
+use lbfleet_tests::lab::fleet::{self, FleetOptions, BALANCERS, CLIENT_ADDRESS, PEER_ADDRESS, VIP};
 use lbfleet_tests::lab::state::{ProcessRecord, SiteRecord};
 use lbfleet_tests::lab::{self, LabError, ServerOptions, Site, HTTP_PORT, SERVER_ADDRESS};
 
 const SUFFIX: &str = "demo";
-const USAGE: &str = "usage: lbfleet-lab up [--var DIR] [--port PORT] [--no-wait]
+const USAGE: &str = "usage: lbfleet-lab up [--var DIR] [--port PORT] [--no-wait] [--ha]
        lbfleet-lab down [--var DIR]
        lbfleet-lab status [--var DIR]
+       lbfleet-lab power-cycle HOST [--var DIR]
        lbfleet-lab forward LISTEN_ADDR NETNS TARGET_ADDR
        lbfleet-lab connect TARGET_ADDR
        lbfleet-lab probe ADDR PATH INTERVAL_MS COUNT [TIMEOUT_MS]
@@ -40,8 +45,14 @@ fn main() -> ExitCode {
             let port = flag("--port")
                 .and_then(|p| p.parse().ok())
                 .unwrap_or(8080u16);
-            up(&var, port, !args.iter().any(|a| a == "--no-wait"))
+            up(
+                &var,
+                port,
+                !args.iter().any(|a| a == "--no-wait"),
+                args.iter().any(|a| a == "--ha"),
+            )
         }
+        Some("power-cycle") if args.len() >= 2 => power_cycle(&var, &args[1]),
         Some("down") => down(&var),
         Some("status") => status(&var),
         Some("forward") if args.len() == 4 => forward(&args[1], &args[2], &args[3]),
@@ -85,6 +96,10 @@ fn planned_namespaces() -> Vec<String> {
         .map(|(name, _, _)| Site::extra_namespace_name(name, SUFFIX))
         .chain([Site::extra_namespace_name("client", SUFFIX)])
         .chain([Site::extra_namespace_name("idhcp", SUFFIX)])
+        .chain([Site::extra_namespace_name(
+            fleet::PEER_NAMESPACE_ROLE,
+            SUFFIX,
+        )])
         .chain([Site::namespace_name(SUFFIX)])
         .collect()
 }
@@ -100,6 +115,19 @@ fn down(var: &Path) -> Result<(), LabError> {
     }
     for line in record.teardown(Duration::from_secs(5)) {
         println!("demo-down: {line}");
+    }
+    // The database of `up --ha` (its postmaster was in the record: stopped above).
+    if let Some(dir) = record.notes.get("database_dir") {
+        match std::fs::remove_dir_all(dir) {
+            Ok(()) => println!("demo-down: removed the database in {dir}"),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => {
+                return Err(LabError::Io {
+                    path: dir.into(),
+                    source,
+                })
+            }
+        }
     }
     match std::fs::remove_file(&path) {
         Ok(()) => Ok(()),
@@ -119,7 +147,7 @@ fn random_password() -> Result<String, LabError> {
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
-fn up(var: &Path, port: u16, wait_serving: bool) -> Result<(), LabError> {
+fn up(var: &Path, port: u16, wait_serving: bool, ha: bool) -> Result<(), LabError> {
     down(var)?;
     let dir = site_dir(var);
     if dir.exists() {
@@ -147,6 +175,25 @@ fn up(var: &Path, port: u16, wait_serving: bool) -> Result<(), LabError> {
     .save(&state)?;
 
     let prereqs = lab::prereqs()?;
+    let database = if ha {
+        println!(
+            "demo: starting PostgreSQL (initdb in {})",
+            dir.join("pg").display()
+        );
+        let db = lab::database::start(&dir.join("pg"))?;
+        // Recorded at once: a failure from here on still stops and removes it.
+        let mut record = SiteRecord::load(&state)?.unwrap_or_default();
+        record
+            .pids
+            .push(ProcessRecord::new(db.pid, "postgres").with_stop_signal("INT"));
+        record
+            .notes
+            .insert("database_dir".into(), db.dir.display().to_string());
+        record.save(&state)?;
+        Some(db)
+    } else {
+        None
+    };
     println!("demo: building the balancer image");
     let image = lab::image::balancer_image(&dir.join("images"))?;
     let password = random_password()?;
@@ -156,25 +203,72 @@ fn up(var: &Path, port: u16, wait_serving: bool) -> Result<(), LabError> {
         cmdline: String::new(),
         server: ServerOptions {
             admin: ("admin".into(), password.clone()),
+            database: database.as_ref().map(|d| d.url.clone()),
+            name: ha.then(|| "server-1".to_owned()),
             ..ServerOptions::default()
         },
         discovered_machine: true,
+        second_server: ha,
     };
-    println!("demo: starting lbfleet-server, real servers, client and three machines");
+    if ha {
+        println!("demo: starting two lbfleet-servers, real servers, client and three machines");
+    } else {
+        println!("demo: starting lbfleet-server, real servers, client and three machines");
+    }
     let layout = fleet::build(&mut site, &opts)?;
     let token = site.server().token.clone();
     let site_ns = site.ns.name().to_owned();
     let client_ns = site.extra[layout.client].name().to_owned();
     let first_vm_started = site.vms.first().map(|v| v.started());
+    let server_pids: Vec<u32> = site
+        .server
+        .iter()
+        .chain(&site.peers)
+        .map(|s| s.pid())
+        .collect();
+    let peer_ns = layout.peer.map(|(ns, _)| site.extra[ns].name().to_owned());
     let mut record = site.detach();
+    if let Some(db) = &database {
+        record
+            .pids
+            .push(ProcessRecord::new(db.pid, "postgres").with_stop_signal("INT"));
+        record
+            .notes
+            .insert("database_dir".into(), db.dir.display().to_string());
+    }
+    record
+        .notes
+        .insert("server_1".into(), format!("{site_ns} {SERVER_ADDRESS}"));
+    if let Some(ns) = &peer_ns {
+        record
+            .notes
+            .insert("server_2".into(), format!("{ns} {PEER_ADDRESS}"));
+    }
+    record.save(&state)?;
 
     // The dashboard on the host: the first free port from `port`.
-    let (listen, forwarder) = start_forwarder(port, &site_ns, var)?;
+    let (listen, forwarder) = start_forwarder(port, &site_ns, SERVER_ADDRESS, var, "forwarder")?;
     record
         .pids
         .push(ProcessRecord::new(forwarder, "dashboard forwarder"));
     let url = format!("http://{listen}/");
     record.notes.insert("url".into(), url.clone());
+    // With two servers, a second forwarder to the second one's dashboard (the first may be killed).
+    let mut url2 = None;
+    if let Some(ns) = &peer_ns {
+        let next = listen
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse::<u16>().ok())
+            .map_or(port, |p| p.saturating_add(1));
+        let (listen2, forwarder2) = start_forwarder(next, ns, PEER_ADDRESS, var, "forwarder-2")?;
+        record
+            .pids
+            .push(ProcessRecord::new(forwarder2, "dashboard forwarder 2"));
+        let u = format!("http://{listen2}/");
+        record.notes.insert("url_2".into(), u.clone());
+        url2 = Some(u);
+    }
     record.notes.insert("token".into(), token.clone());
     record.notes.insert("site_ns".into(), site_ns.clone());
     record.notes.insert("client_ns".into(), client_ns.clone());
@@ -191,9 +285,28 @@ fn up(var: &Path, port: u16, wait_serving: bool) -> Result<(), LabError> {
         state.display(),
         dir.display()
     );
-    println!("  dashboard:  {url}");
+    match &url2 {
+        Some(u2) => {
+            println!("  dashboard:  {url} (server-1, {SERVER_ADDRESS})");
+            println!("              {u2} (server-2, {PEER_ADDRESS}; same fleet, same login)");
+        }
+        None => println!("  dashboard:  {url}"),
+    }
     println!("  login:      admin / {password}");
     println!("  server log: {}", dir.join("server.log").display());
+    if url2.is_some() {
+        println!(
+            "              {}",
+            dir.join(fleet::PEER_DIR).join("server.log").display()
+        );
+        if let Some(db) = &database {
+            println!(
+                "  database:   PostgreSQL in {} (socket only; psql -h {} -U lbfleet lbfleet)",
+                db.dir.display(),
+                db.dir.display()
+            );
+        }
+    }
     println!(
         "  consoles:   {}/lb-01.console, lb-02.console, unknown-2.console",
         dir.display()
@@ -208,10 +321,196 @@ fn up(var: &Path, port: u16, wait_serving: bool) -> Result<(), LabError> {
         "  the machine with MAC {} is not registered: approve it on the dashboard's nodes page",
         BALANCERS[2].mac
     );
+    if url2.is_some() {
+        print_ha_help(&record, &server_pids, var);
+    }
     println!("  status: make demo-status    stop and remove everything: make demo-down");
     if wait_serving {
         wait_for_serving(&record, first_vm_started);
+        if url2.is_some() {
+            let active = dhcp_active(&record);
+            println!(
+                "demo: DHCP and boot answered by {}",
+                active
+                    .as_deref()
+                    .unwrap_or("(neither server says it is active)")
+            );
+        }
     }
+    Ok(())
+}
+
+/// What to try on the two-server site: kill a server, power-cycle a balancer, watch it boot from the other.
+fn print_ha_help(record: &SiteRecord, server_pids: &[u32], var: &Path) {
+    let lab = std::env::current_exe()
+        .ok()
+        .and_then(|p| std::path::absolute(p).ok())
+        .map_or_else(|| "lbfleet-lab".to_owned(), |p| p.display().to_string());
+    let var_text = var.display();
+    println!("  two servers, one fleet (DHCP hot standby; boot scripts name both):");
+    for (i, pid) in server_pids.iter().enumerate() {
+        println!(
+            "      server-{}  pid {pid:<8} {}",
+            i + 1,
+            if i == 0 { SERVER_ADDRESS } else { PEER_ADDRESS }
+        );
+    }
+    println!("    1. kill the server that answers DHCP (server-1 unless `make demo-status` says otherwise):");
+    println!(
+        "      kill -9 {}",
+        server_pids.first().copied().unwrap_or_default()
+    );
+    println!(
+        "       the balancers keep serving; their agents move to the other server within seconds."
+    );
+    println!("    2. power-cycle a balancer (its QEMU is killed by PID and started again):");
+    println!("      {lab} power-cycle lb-02 --var {var_text}");
+    println!(
+        "       it PXE-boots from the survivor: its console ({}/lb-02.console) shows",
+        record.dir.display()
+    );
+    println!(
+        "       `lbfleet.server=http://<survivor>:8080,...` on the kernel line; make demo-status shows it serving."
+    );
+    println!("    3. stop the database and power-cycle it again: it boots from the survivor's boot cache:");
+    if let Some(pid) = record
+        .pids
+        .iter()
+        .find(|p| p.what == "postgres")
+        .map(|p| p.pid)
+    {
+        println!("      kill -INT {pid}     # PostgreSQL's fast shutdown (make demo-down removes it all)");
+    }
+    println!("      {lab} power-cycle lb-02 --var {var_text}");
+}
+
+/// The server (name and address) whose `/metrics` says it answers DHCP, if one does.
+fn dhcp_active(record: &SiteRecord) -> Option<String> {
+    servers(record).into_iter().find_map(|(i, ns, addr)| {
+        let text = http_get_in(record, &ns, &addr, "/metrics")?;
+        text.lines()
+            .any(|l| l.starts_with("lbfleet_dhcp_active") && l.trim_end().ends_with(" 1"))
+            .then(|| format!("server-{i} ({addr})"))
+    })
+}
+
+/// `(number, namespace, address)` of every server the record names (the single server of `make demo`).
+fn servers(record: &SiteRecord) -> Vec<(usize, String, String)> {
+    let mut out = Vec::new();
+    for i in 1..=2 {
+        if let Some((ns, addr)) = record
+            .notes
+            .get(&format!("server_{i}"))
+            .and_then(|v| v.split_once(' '))
+        {
+            out.push((i, ns.to_owned(), addr.to_owned()));
+        }
+    }
+    if out.is_empty() {
+        if let Some(ns) = record.notes.get("site_ns") {
+            out.push((1, ns.clone(), SERVER_ADDRESS.to_owned()));
+        }
+    }
+    out
+}
+
+/// What `/healthz` says of a server whose `/metrics` did not answer (it needs the database for the token).
+fn healthz_state(ns: &str, addr: &str) -> String {
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns, "curl", "-sS", "-m", "5"])
+        .arg(format!("http://{addr}:{HTTP_PORT}/healthz"))
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output();
+    let body: Option<serde_json::Value> = out
+        .ok()
+        .and_then(|o| serde_json::from_slice(&o.stdout).ok());
+    match body {
+        None => "not answering".to_owned(),
+        Some(v) => format!(
+            "answering, {}: {}",
+            v["status"].as_str().unwrap_or("?"),
+            v["reason"].as_str().unwrap_or("-")
+        ),
+    }
+}
+
+/// Kills the QEMU of balancer `host` by its recorded PID and starts the same machine again (same command
+/// line, same taps, same MACs), as pulling the power and plugging it back in; updates the state file.
+fn power_cycle(var: &Path, host: &str) -> Result<(), LabError> {
+    let path = state_path(var);
+    let Some(mut record) = SiteRecord::load(&path)? else {
+        return Err(LabError::Other(format!(
+            "no demo site ({} is missing); start one with make demo-ha",
+            path.display()
+        )));
+    };
+    let ns = record
+        .notes
+        .get("site_ns")
+        .cloned()
+        .ok_or_else(|| LabError::Other("the state file names no site namespace".into()))?;
+    let Some(index) = record.pids.iter().position(|p| p.what == host) else {
+        let machines: Vec<&str> = record
+            .pids
+            .iter()
+            .filter(|p| p.what.starts_with("lb-") || p.what.starts_with("unknown-"))
+            .map(|p| p.what.as_str())
+            .collect();
+        return Err(LabError::Other(format!(
+            "no machine {host} in the demo (machines: {})",
+            machines.join(", ")
+        )));
+    };
+    let old = record.pids[index].clone();
+    if !old.alive() {
+        return Err(LabError::Other(format!(
+            "{host}'s QEMU (pid {}) is not running",
+            old.pid
+        )));
+    }
+    let cmdline_path = PathBuf::from(format!("/proc/{}/cmdline", old.pid));
+    let argv: Vec<String> = std::fs::read(&cmdline_path)
+        .map_err(|source| LabError::Io {
+            path: cmdline_path.clone(),
+            source,
+        })?
+        .split(|b| *b == 0)
+        .filter(|a| !a.is_empty())
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
+    if argv.is_empty() {
+        return Err(LabError::Other(format!("{host}: empty command line")));
+    }
+    let _ = Command::new("kill")
+        .args(["-KILL", &old.pid.to_string()])
+        .status();
+    lab::wait::until(
+        &format!("{host}'s QEMU to exit"),
+        Duration::from_secs(10),
+        || (!old.alive()).then_some(()),
+    )?;
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", &ns])
+        .args(&argv)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    // Its own process group (a Ctrl-C here does not reach it); left running on purpose, init reaps it.
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    #[allow(clippy::zombie_processes)]
+    let child = cmd.spawn().map_err(|source| LabError::Io {
+        path: "ip netns exec".into(),
+        source,
+    })?;
+    record.pids[index] = ProcessRecord::new(child.id(), host);
+    record.save(&path)?;
+    println!(
+        "power-cycle: {host} off (QEMU pid {} killed) and on again (pid {}); console: {}/{host}.console",
+        old.pid,
+        child.id(),
+        record.dir.display()
+    );
     Ok(())
 }
 
@@ -281,18 +580,28 @@ fn wait_for_vip(record: &SiteRecord, started: Instant, limit: Duration) {
     println!("demo: the VIP does not answer yet; see `make demo-status` and the consoles");
 }
 
+/// An API GET as the demo's admin, from the first server that answers.
 fn api_get(record: &SiteRecord, path: &str) -> Option<serde_json::Value> {
-    let ns = record.notes.get("site_ns")?;
+    servers(record).into_iter().find_map(|(_, ns, addr)| {
+        let text = http_get_in(record, &ns, &addr, &format!("/api/v1{path}"))?;
+        serde_json::from_str(&text).ok()
+    })
+}
+
+/// A GET with the admin's token to the server at `addr` in namespace `ns`: the body of a 2xx answer.
+fn http_get_in(record: &SiteRecord, ns: &str, addr: &str, path: &str) -> Option<String> {
     let token = record.notes.get("token")?;
     let out = Command::new("ip")
         .args(["netns", "exec", ns, "curl", "-fsS", "-m", "5", "-H"])
         .arg(format!("Authorization: Bearer {token}"))
-        .arg(format!("http://{SERVER_ADDRESS}:{HTTP_PORT}/api/v1{path}"))
+        .arg(format!("http://{addr}:{HTTP_PORT}{path}"))
         .stdin(Stdio::null())
         .stderr(Stdio::null())
         .output()
         .ok()?;
-    serde_json::from_slice(&out.stdout).ok()
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 fn node_state(record: &SiteRecord, hostname: &str) -> Option<String> {
@@ -325,6 +634,30 @@ fn status(var: &Path) -> Result<(), LabError> {
     }
     if let Some(url) = record.notes.get("url") {
         let _ = writeln!(out, "dashboard {url}");
+    }
+    if let Some(url) = record.notes.get("url_2") {
+        let _ = writeln!(out, "dashboard {url} (server-2)");
+    }
+    if record.notes.contains_key("server_2") {
+        for (i, ns, addr) in servers(&record) {
+            let state = match http_get_in(&record, &ns, &addr, "/metrics") {
+                None => healthz_state(&ns, &addr),
+                Some(text) => {
+                    let active = text.lines().any(|l| {
+                        l.starts_with("lbfleet_dhcp_active") && l.trim_end().ends_with(" 1")
+                    });
+                    format!(
+                        "answering{}",
+                        if active {
+                            ", DHCP active"
+                        } else {
+                            ", DHCP standby"
+                        }
+                    )
+                }
+            };
+            let _ = writeln!(out, "server-{i} {addr:<12} {state}");
+        }
     }
     match api_get(&record, "/nodes") {
         Some(v) => {
@@ -366,19 +699,25 @@ fn print_out(text: &str) -> Result<(), LabError> {
 }
 
 /// Starts `lbfleet-lab forward` on the first free port from `port` on 127.0.0.1; returns the address and PID.
-fn start_forwarder(port: u16, site_ns: &str, var: &Path) -> Result<(String, u32), LabError> {
+fn start_forwarder(
+    port: u16,
+    site_ns: &str,
+    address: &str,
+    var: &Path,
+    log_name: &str,
+) -> Result<(String, u32), LabError> {
     let exe = std::env::current_exe().map_err(|source| LabError::Io {
         path: "current_exe".into(),
         source,
     })?;
-    let target = format!("{SERVER_ADDRESS}:{HTTP_PORT}");
+    let target = format!("{address}:{HTTP_PORT}");
     for p in port..port.saturating_add(20) {
         let listen = format!("127.0.0.1:{p}");
         // Probe first: the forwarder itself reports a failed bind only through its exit.
         if TcpListener::bind(&listen).is_err() {
             continue;
         }
-        let log_path = var.join("demo").join("forwarder.log");
+        let log_path = var.join("demo").join(format!("{log_name}.log"));
         let log = std::fs::File::create(&log_path).map_err(|source| LabError::Io {
             path: log_path.clone(),
             source,

@@ -6,12 +6,24 @@
 //! first on the boot/external bridge, the second on the internal one, where a small DHCP server (busybox
 //! udhcpd) gives each balancer an address of its own. The VRRP master holds the VIP on eth0 and the internal
 //! VIP on eth1 (NAT: the real servers answer through it); the kernel's connection sync runs on eth0.
+//!
+//! With [`FleetOptions::second_server`] (`make demo-ha`, the HA site test) a second lbfleet-server runs on the
+//! same boot bridge at [`PEER_ADDRESS`], in a namespace of its own, on the first one's database (PostgreSQL):
+//! DHCP hot standby between the two, both serving TFTP and HTTP boot, boot scripts naming both. The image is
+//! then installed on each with `lbfleet-server image add` (its manifest's digests registered), so either
+//! server can also boot a known balancer from its boot cache while the database is down.
 
 use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value};
 
 use super::{io_err, Firmware, LabError, Nic, NsProcess, ServerOptions, Site, VmSpec, BOOT_BRIDGE};
+
+/// The second server's address on the boot bridge (a site with [`FleetOptions::second_server`]).
+pub const PEER_ADDRESS: &str = "198.18.0.3";
+/// The second server's namespace role (`lbsrv2-<suffix>`) and its directory in the site's.
+pub const PEER_NAMESPACE_ROLE: &str = "srv2";
+pub const PEER_DIR: &str = "server-2";
 
 /// The internal bridge (real servers and the balancers' second NICs).
 pub const INTERNAL_BRIDGE: &str = "br1";
@@ -84,6 +96,8 @@ pub struct FleetOptions {
     pub server: ServerOptions,
     /// Start the unregistered third machine too.
     pub discovered_machine: bool,
+    /// Run a second server at [`PEER_ADDRESS`] on `server.database` (which must be PostgreSQL).
+    pub second_server: bool,
 }
 
 /// The cluster `web` as the API takes it.
@@ -121,6 +135,8 @@ pub struct FleetLayout {
     /// Each started machine's taps (boot/external, internal), in `vms` order: `ip link set TAP down` in the
     /// site namespace cuts that link.
     pub taps: Vec<(String, String)>,
+    /// `site.extra` index of the second server's namespace and its index in `site.peers`.
+    pub peer: Option<(usize, usize)>,
 }
 
 /// Builds the whole site on `site` (fresh, from `Site::new` or `Site::named`). Machines are started, not
@@ -128,6 +144,25 @@ pub struct FleetLayout {
 pub fn build(site: &mut Site, opts: &FleetOptions) -> Result<FleetLayout, LabError> {
     let mut layout = FleetLayout::default();
     site.start_server(opts.server.clone())?;
+    if opts.second_server {
+        let ns = site.attach_namespace(
+            PEER_NAMESPACE_ROLE,
+            BOOT_BRIDGE,
+            &format!("{PEER_ADDRESS}/15"),
+            None,
+        )?;
+        let peer = site.start_peer(
+            ns,
+            PEER_DIR,
+            ServerOptions {
+                address: PEER_ADDRESS.into(),
+                boot_interface: "eth0".into(),
+                name: Some("server-2".into()),
+                ..opts.server.clone()
+            },
+        )?;
+        layout.peer = Some((ns, peer));
+    }
     site.bridge(INTERNAL_BRIDGE)?;
     for (name, address, _) in REAL_SERVERS {
         let (ns, process) = add_real_server(site, name, address, INTERNAL_BRIDGE)?;
@@ -146,11 +181,14 @@ pub fn build(site: &mut Site, opts: &FleetOptions) -> Result<FleetLayout, LabErr
     site.processes.push(process);
 
     let server = site.server();
-    server.add_image_dir(
-        &opts.image_dir,
-        format!("console=ttyS0 {}", opts.cmdline).trim_end(),
-        true,
-    )?;
+    let cmdline = format!("console=ttyS0 {}", opts.cmdline);
+    if opts.second_server {
+        for s in std::iter::once(server).chain(&site.peers) {
+            s.install_image(&opts.image_dir, cmdline.trim_end(), true)?;
+        }
+    } else {
+        server.add_image_dir(&opts.image_dir, cmdline.trim_end(), true)?;
+    }
     server.api_ok(
         "PUT",
         &format!("/clusters/{CLUSTER}"),

@@ -1,6 +1,9 @@
 //! lbfleet-server in the site namespace, with `[boot]` on the boot bridge: DHCP, TFTP (undionly.kpxe and
 //! ipxe.efi from Debian's `ipxe`) and HTTP boot on 198.18.0.1. The API is reached with curl inside the
 //! namespace, with an admin API token made by the server's own CLI before it starts.
+//!
+//! A site may run a second server (a *peer*, [`LabServer::start_peer`]) in a namespace of its own on the same
+//! boot bridge and the same (PostgreSQL) database: the two-server site of `make demo-ha` and the HA site test.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -20,6 +23,14 @@ pub struct ServerOptions {
     pub extra_args: Vec<String>,
     /// The admin user made before the server starts (name, password); its API token is `LabServer::token`.
     pub admin: (String, String),
+    /// The database URL; `None`: a SQLite file of its own in the lab directory.
+    pub database: Option<String>,
+    /// The server's address on the boot network (its HTTP listener, `next-server` and boot URL).
+    pub address: String,
+    /// The interface its DHCP answers on, in its namespace.
+    pub boot_interface: String,
+    /// Its name in the control plane's registry (`--server-name`); `None`: the host name.
+    pub name: Option<String>,
 }
 
 impl Default for ServerOptions {
@@ -28,6 +39,10 @@ impl Default for ServerOptions {
             answer_router_solicitations: true,
             extra_args: Vec::new(),
             admin: ("lab".into(), "lab-password-not-secret".into()),
+            database: None,
+            address: SERVER_ADDRESS.into(),
+            boot_interface: BOOT_BRIDGE.into(),
+            name: None,
         }
     }
 }
@@ -55,6 +70,9 @@ fn spawn_serve(
     opts: &ServerOptions,
     append: bool,
 ) -> Result<Child, LabError> {
+    // Its own state (server id; the boot cache defaults to `state/` beside the boot directory): the server's
+    // lab directory, which holds the boot directory. Two servers on one database must not share it.
+    let state_dir = boot_dir.parent().unwrap_or(boot_dir);
     let log = std::fs::OpenOptions::new()
         .create(true)
         .write(true)
@@ -63,15 +81,15 @@ fn spawn_serve(
         .open(log_path)
         .map_err(io_err(log_path))?;
     let log2 = log.try_clone().map_err(io_err(log_path))?;
-    let listen = format!("{SERVER_ADDRESS}:{HTTP_PORT}");
+    let listen = format!("{}:{HTTP_PORT}", opts.address);
     let boot_dir_text = boot_dir.display().to_string();
     let mut cmd = Command::new("ip");
     cmd.args(["netns", "exec", ns]).arg(binary);
     // The lab's boot network is a bridge in a namespace of its own: plain HTTP there is what the test wants.
     cmd.args(["serve", "--database", database, "--listen", &listen])
         .arg("--allow-insecure-http")
-        .args(["--boot-interface", BOOT_BRIDGE])
-        .args(["--boot-server-address", SERVER_ADDRESS])
+        .args(["--boot-interface", &opts.boot_interface])
+        .args(["--boot-server-address", &opts.address])
         .args(["--boot-subnet", BOOT_SUBNET, "--boot-pool", BOOT_POOL])
         .args(["--boot-router", ROUTER, "--boot-dir", &boot_dir_text])
         .args([
@@ -82,6 +100,9 @@ fn spawn_serve(
                 "false"
             },
         ])
+        .arg("--state-dir")
+        .arg(state_dir)
+        .args(opts.name.iter().flat_map(|n| ["--server-name", n.as_str()]))
         .args(&opts.extra_args)
         .env("RUST_LOG", "info,lbfleet_server=debug")
         .stdin(Stdio::null())
@@ -91,6 +112,8 @@ fn spawn_serve(
 }
 
 impl LabServer {
+    /// Starts the site's first server: its admin user and API token are made through the CLI first (on a
+    /// SQLite file of its own in `dir`, or on `opts.database`).
     pub fn start(
         ns: &Netns,
         dir: &Path,
@@ -99,13 +122,10 @@ impl LabServer {
     ) -> Result<LabServer, LabError> {
         let binary = crate::guest::workspace_binary("lbfleet-server", "lbfleet-server")
             .map_err(|e| LabError::Other(e.to_string()))?;
-        let boot_dir = dir.join("boot");
-        std::fs::create_dir_all(boot_dir.join("images")).map_err(io_err(&boot_dir))?;
-        for f in ["undionly.kpxe", "ipxe.efi"] {
-            let from = prereqs.ipxe_dir.join(f);
-            std::fs::copy(&from, boot_dir.join(f)).map_err(io_err(&from))?;
-        }
-        let database = format!("sqlite://{}", dir.join("lbfleet.db").display());
+        let database = opts
+            .database
+            .clone()
+            .unwrap_or_else(|| format!("sqlite://{}", dir.join("lbfleet.db").display()));
         // An admin user and API token, made through the CLI (the server is not running yet).
         let mut add = Command::new(&binary)
             .args([
@@ -136,7 +156,47 @@ impl LabServer {
             .args(["token", "create", "--user", &opts.admin.0, "--name", "lab"])
             .args(["--database", &database]))?;
         let token = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        LabServer::spawn(ns, dir, prereqs, opts, binary, database, token)
+    }
 
+    /// Starts another server on `first`'s database (which must be one several servers can share, i.e.
+    /// PostgreSQL), with its files in `dir` and the same admin token; `opts` give its address, interface and
+    /// name.
+    pub fn start_peer(
+        ns: &Netns,
+        dir: &Path,
+        prereqs: &LabPrereqs,
+        first: &LabServer,
+        mut opts: ServerOptions,
+    ) -> Result<LabServer, LabError> {
+        opts.database = Some(first.database.clone());
+        opts.admin = first.opts.admin.clone();
+        LabServer::spawn(
+            ns,
+            dir,
+            prereqs,
+            opts,
+            first.binary.clone(),
+            first.database.clone(),
+            first.token.clone(),
+        )
+    }
+
+    fn spawn(
+        ns: &Netns,
+        dir: &Path,
+        prereqs: &LabPrereqs,
+        opts: ServerOptions,
+        binary: PathBuf,
+        database: String,
+        token: String,
+    ) -> Result<LabServer, LabError> {
+        let boot_dir = dir.join("boot");
+        std::fs::create_dir_all(boot_dir.join("images")).map_err(io_err(&boot_dir))?;
+        for f in ["undionly.kpxe", "ipxe.efi"] {
+            let from = prereqs.ipxe_dir.join(f);
+            std::fs::copy(&from, boot_dir.join(f)).map_err(io_err(&from))?;
+        }
         let log_path = dir.join("server.log");
         let child = spawn_serve(
             ns.name(),
@@ -214,7 +274,59 @@ impl LabServer {
     }
 
     pub fn base_url(&self) -> String {
-        format!("http://{SERVER_ADDRESS}:{HTTP_PORT}")
+        format!("http://{}:{HTTP_PORT}", self.opts.address)
+    }
+
+    /// Its address on the boot network.
+    pub fn address(&self) -> &str {
+        &self.opts.address
+    }
+
+    /// `kill -9`: the server dies at once, as in a crash (nothing released, no clean stop in the registry).
+    pub fn kill_hard(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+    }
+
+    /// Whether the process still runs.
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// A metric of its `/metrics` (the first sample whose line starts with `name`, labels included), or
+    /// `None` when the server does not answer or has no such sample.
+    pub fn metric(&self, name: &str) -> Option<f64> {
+        let auth = format!("Authorization: Bearer {}", self.token);
+        let (status, text) = self
+            .curl(&["-H", &auth, &format!("{}/metrics", self.base_url())])
+            .ok()?;
+        if status != 200 {
+            return None;
+        }
+        text.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.trim().parse().ok())
+    }
+
+    /// `lbfleet-server image add DIR --boot-dir <its boot dir>`: copies a built image (with its
+    /// `manifest.json`) into this server's boot directory, checked against the manifest, and registers it
+    /// with the manifest's digests (which booting from the boot cache needs). On a shared database the second
+    /// server's call finds the image registered already and only installs the files.
+    pub fn install_image(&self, dir: &Path, cmdline: &str, default: bool) -> Result<(), LabError> {
+        let mut cmd = Command::new(&self.binary);
+        cmd.args(["image", "add"])
+            .arg(dir)
+            .args(["--cmdline", cmdline, "--database", &self.database])
+            .arg("--boot-dir")
+            .arg(&self.boot_dir);
+        if default {
+            cmd.arg("--default");
+        }
+        run(&mut cmd)?;
+        Ok(())
     }
 
     pub fn log(&self) -> String {

@@ -18,6 +18,9 @@ pub struct ProcessRecord {
     pub what: String,
     /// Field 22 of `/proc/<pid>/stat` (clock ticks after boot) when the record was made.
     pub start_ticks: Option<u64>,
+    /// The signal that stops it cleanly (`INT` for PostgreSQL's fast shutdown); `TERM` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_signal: Option<String>,
 }
 
 impl ProcessRecord {
@@ -26,7 +29,14 @@ impl ProcessRecord {
             pid,
             what: what.to_owned(),
             start_ticks: start_ticks(pid),
+            stop_signal: None,
         }
+    }
+
+    /// The same, stopped with `signal` instead of `TERM`.
+    pub fn with_stop_signal(mut self, signal: &str) -> ProcessRecord {
+        self.stop_signal = Some(signal.to_owned());
+        self
     }
 
     /// Whether the process this record names still runs (same PID, same start time).
@@ -76,7 +86,7 @@ impl SiteRecord {
         let mut done = Vec::new();
         let alive: Vec<&ProcessRecord> = self.pids.iter().filter(|p| p.alive()).collect();
         for p in &alive {
-            signal(p.pid, "TERM");
+            signal(p.pid, p.stop_signal.as_deref().unwrap_or("TERM"));
         }
         let start = Instant::now();
         while alive.iter().any(|p| p.alive()) && start.elapsed() < grace {

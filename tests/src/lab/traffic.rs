@@ -182,6 +182,15 @@ impl Background {
         std::fs::read_to_string(&self.out).unwrap_or_default()
     }
 
+    /// Stops the program now (a probe's requests still in flight are not reported); returns its output.
+    pub fn stop(mut self) -> String {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+        self.output()
+    }
+
     /// Waits (at most `timeout`) for the program to end; returns its whole output.
     pub fn finish(mut self, timeout: Duration) -> Result<String, LabError> {
         let what = format!("client program ({})", self.out.display());

@@ -248,15 +248,18 @@ impl Vm {
     ) -> Result<(), LabError> {
         self.kill();
         let old = std::fs::read(&self.console_path).unwrap_or_default();
-        let fresh = Vm::start(ns, dir, prereqs, self.spec.clone())?;
-        // QEMU truncates the console file; keep what came before for failure reports.
+        // Keep what came before for failure reports, and remove it: until the new QEMU truncates the file,
+        // a reader would take the last boot's lines for this one's.
         let prefix_path = self.console_path.with_extension("console.previous");
         let _ = std::fs::write(prefix_path, old);
+        let _ = std::fs::remove_file(&self.console_path);
+        let fresh = Vm::start(ns, dir, prereqs, self.spec.clone())?;
         let _ = std::mem::replace(self, fresh);
         Ok(())
     }
 
-    fn kill(&mut self) {
+    /// Kills QEMU (the machine loses power) and reaps it.
+    pub fn kill(&mut self) {
         if let Ok(None) = self.child.try_wait() {
             let _ = self.child.kill();
         }
