@@ -30,6 +30,8 @@ pub struct Inner {
     pub health: crate::health::WriteProbe,
     /// What boots known nodes while the database is unreachable (`boot::cache`); `None` without `[boot]`.
     pub boot_cache: Option<Arc<crate::boot::cache::BootCache>>,
+    /// Image files already checked against their manifest (`boot::digests`).
+    pub file_digests: crate::boot::digests::FileDigests,
     /// Turns true when the server shuts down, so long-polls return at once.
     pub shutdown: watch::Receiver<bool>,
     pub started: Instant,
@@ -56,6 +58,7 @@ impl AppState {
             streams: Default::default(),
             health: Default::default(),
             boot_cache,
+            file_digests: Default::default(),
             shutdown,
             started: Instant::now(),
         }))

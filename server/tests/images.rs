@@ -250,3 +250,69 @@ async fn image_add_list_remove_and_boot_from_the_default() {
         assert!(actions.contains(&a), "{audit}");
     }
 }
+
+/// Several servers on one database each hold their own copy of an image's files (`image add` on each), and
+/// each serves only the bytes of the manifest the fleet stored: a copy changed on one server is refused there
+/// (503, nothing served) while the other keeps serving its intact copy.
+#[tokio::test]
+async fn every_server_serves_an_image_only_as_its_manifest_says() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("lbfleet.db");
+    let tokens = common::seed(&db).await;
+    let v1 = built(dir.path(), "v1", b"initrd-1");
+    let (boot_a, boot_b) = (dir.path().join("boot-a"), dir.path().join("boot-b"));
+    for boot in [&boot_a, &boot_b] {
+        let (ok, out, err) = cli(&db, boot, &["image", "add", v1.to_str().unwrap()]);
+        assert!(ok, "{out}{err}");
+        assert_eq!(
+            std::fs::read(boot.join("images/v1").join(INITRD_FILE)).unwrap(),
+            b"initrd-1"
+        );
+    }
+    let copy = |t: &common::Tokens| common::Tokens {
+        admin: t.admin.clone(),
+        operator: t.operator.clone(),
+        viewer: t.viewer.clone(),
+    };
+    let mut servers = Vec::new();
+    for (boot, tokens) in [(&boot_a, copy(&tokens)), (&boot_b, tokens)] {
+        servers.push(
+            common::TestServer::start_boot(
+                db.clone(),
+                tokens,
+                lbfleet_server::config::BootConfig::for_dir(boot),
+                tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap(),
+            )
+            .await,
+        );
+    }
+    let fetch = |srv: &common::TestServer| {
+        let req = srv.http.get(srv.url("/images/v1/initrd.img")).send();
+        async move {
+            let r = req.await.unwrap();
+            (r.status(), r.bytes().await.unwrap().to_vec())
+        }
+    };
+    for srv in &servers {
+        assert_eq!(fetch(srv).await, (StatusCode::OK, b"initrd-1".to_vec()));
+    }
+    // B's copy changes (same length, other bytes): B refuses it, A still serves its own.
+    std::fs::write(boot_b.join("images/v1").join(INITRD_FILE), b"initrd-X").unwrap();
+    let (status, body) = fetch(&servers[1]).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        String::from_utf8_lossy(&body).contains("does not match the image's manifest"),
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
+    assert_eq!(
+        fetch(&servers[0]).await,
+        (StatusCode::OK, b"initrd-1".to_vec())
+    );
+    // Put back, it is served again.
+    std::fs::write(boot_b.join("images/v1").join(INITRD_FILE), b"initrd-1").unwrap();
+    assert_eq!(
+        fetch(&servers[1]).await,
+        (StatusCode::OK, b"initrd-1".to_vec())
+    );
+}

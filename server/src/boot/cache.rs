@@ -18,12 +18,12 @@ use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, SystemTime};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
+use sha2::Sha256;
 use tokio::sync::watch;
 
 use crate::fleet::boot_cache::{BootKey, BootSnapshot, CachedImage, CachedNode};
@@ -115,7 +115,7 @@ pub struct BootCache {
     changed: watch::Sender<u64>,
     db_reachable: AtomicBool,
     /// Image files whose digest matched: (path) -> (length, modification time, digest).
-    verified: Mutex<HashMap<PathBuf, (u64, SystemTime, String)>>,
+    verified: super::digests::FileDigests,
     /// How long a boot credential handed out from the cache is valid.
     pub credential_ttl: Duration,
 }
@@ -238,7 +238,7 @@ impl BootCache {
             current: RwLock::new(None),
             changed: watch::channel(0).0,
             db_reachable: AtomicBool::new(true),
-            verified: Mutex::new(HashMap::new()),
+            verified: Default::default(),
             credential_ttl,
         };
         match cache.read_file() {
@@ -379,46 +379,9 @@ impl BootCache {
         }
     }
 
-    /// Checks an image file against the cached manifest digest (`expected`, hex), reading it only when its
-    /// length or modification time changed since the last match.
+    /// Checks an image file against the cached manifest digest (`expected`, hex).
     pub async fn verify_file(&self, path: &Path, expected: &str) -> Result<(), String> {
-        let meta = tokio::fs::metadata(path)
-            .await
-            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-        let stamp = (
-            meta.len(),
-            meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
-        );
-        {
-            let seen = self.verified.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some((len, mtime, digest)) = seen.get(path) {
-                if (*len, *mtime) == stamp && digest.eq_ignore_ascii_case(expected) {
-                    return Ok(());
-                }
-            }
-        }
-        let owned = path.to_owned();
-        let digest = tokio::task::spawn_blocking(move || -> std::io::Result<String> {
-            let mut f = std::fs::File::open(&owned)?;
-            let mut h = Sha256::new();
-            std::io::copy(&mut f, &mut h)?;
-            Ok(hex::encode(h.finalize()))
-        })
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-        if !digest.eq_ignore_ascii_case(expected) {
-            return Err(format!(
-                "{} does not match the manifest (sha256 {digest}, expected {expected})",
-                path.display()
-            ));
-        }
-        let mut seen = self.verified.lock().unwrap_or_else(|p| p.into_inner());
-        if seen.len() > 1024 {
-            seen.clear();
-        }
-        seen.insert(path.to_owned(), (stamp.0, stamp.1, digest));
-        Ok(())
+        self.verified.verify(path, expected).await
     }
 }
 
@@ -485,6 +448,7 @@ pub async fn run(
 mod tests {
     use super::*;
     use lbfleet_proto::NodeState;
+    use sha2::Digest;
 
     fn snapshot(n: usize) -> BootSnapshot {
         BootSnapshot {

@@ -365,7 +365,36 @@ async fn image_file(
 ) -> Result<Response, ApiError> {
     let boot = state.config.boot.as_ref().ok_or_else(boot_disabled)?;
     let path = image_path(&boot.boot_dir, &version, &file)?;
-    if let Some(cache) = state.boot_cache.as_ref().filter(|c| !c.db_reachable()) {
+    let from_cache = state.boot_cache.as_ref().filter(|c| !c.db_reachable());
+    if from_cache.is_none() {
+        // Each server holds its own copy of the files: serve only bytes the fleet's manifest vouches for.
+        let expected = match state.fleet.image(&version).await {
+            Ok(Some(img)) if img.kernel == file => img.kernel_sha256,
+            Ok(Some(img)) if img.initrd == file => img.initrd_sha256,
+            Ok(_) => None,
+            // The database went away between the check above and here: the cache path decides next time.
+            Err(FleetError::Store(e)) if e.is_unreachable() => None,
+            Err(e) => return Err(e.into()),
+        };
+        if let Some(sha) = expected {
+            if let Err(reason) = state.file_digests.verify(&path, &sha).await {
+                tracing::error!(
+                    image = version,
+                    file,
+                    reason,
+                    "image file refused: not the manifest's bytes"
+                );
+                return Err(ApiError::Request {
+                    status: StatusCode::SERVICE_UNAVAILABLE,
+                    message: format!(
+                        "{version}/{file} on this server does not match the image's manifest; install the image \
+                         on this server again (lbfleet-server image add)"
+                    ),
+                });
+            }
+        }
+    }
+    if let Some(cache) = from_cache {
         // Booting from the cache: serve only files the cached manifest vouches for.
         let expected = cache
             .image(&version)

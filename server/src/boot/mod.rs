@@ -3,6 +3,7 @@
 
 pub mod cache;
 pub mod dhcp;
+pub mod digests;
 pub mod http;
 pub mod images;
 pub mod loglimit;

@@ -80,6 +80,12 @@ impl Fleet {
         Ok(())
     }
 
+    /// One image's row (its manifest's digests included), if it exists.
+    pub async fn image(&self, name: &str) -> Result<Option<store::images::ImageRow>> {
+        let mut conn = self.store.read().await?;
+        Ok(store::images::get(&mut conn, name).await?)
+    }
+
     pub async fn list_images(&self) -> Result<Vec<store::images::ImageRow>> {
         let mut conn = self.store.read().await?;
         Ok(store::images::list(&mut conn).await?)
