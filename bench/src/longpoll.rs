@@ -7,6 +7,11 @@
 //!
 //! No peer exists for this figure (keepalived has no central role server); it is compared with the 100 ms
 //! target of the foundation issue.
+//!
+//! `--database postgres` runs on a PostgreSQL cluster the benchmark starts itself (initdb in a temporary
+//! directory, removed afterwards); `--across-servers` starts a second lbfleet-server on the same database: the
+//! pollers wait on server B while the changes go through server A (the wake crosses servers by PostgreSQL
+//! NOTIFY), and the same run is made with pollers and changes on one server, for the ratio.
 
 #![allow(clippy::unwrap_used)]
 
@@ -30,6 +35,39 @@ struct Args {
     /// Changes to make
     #[arg(long, default_value_t = 1000)]
     changes: usize,
+    /// The database: the embedded SQLite file, or a PostgreSQL cluster started for the run
+    #[arg(long, value_parser = ["sqlite", "postgres"], default_value = "sqlite")]
+    database: String,
+    /// Pollers on a second server, changes on the first (implies --database postgres); also runs the
+    /// one-server case on the same database for the ratio
+    #[arg(long)]
+    across_servers: bool,
+}
+
+/// A server on `db`, listening on a port-0 loopback listener.
+async fn start_server(
+    db: &str,
+    state_dir: &std::path::Path,
+) -> anyhow::Result<(
+    String,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<anyhow::Result<()>>,
+)> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let base = format!("http://{}", listener.local_addr()?);
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let mut config = ServerConfig::with_database(db.to_owned());
+    config.state_dir = state_dir.to_owned();
+    let server = tokio::spawn(lbfleet_server::run(config, listener, async move {
+        let _ = stop_rx.await;
+    }));
+    Ok((base, stop_tx, server))
+}
+
+/// Wake samples and admin-API call times of one run.
+struct Run {
+    samples: Vec<Duration>,
+    api_times: Vec<Duration>,
 }
 
 const TARGET: Duration = Duration::from_millis(100);
@@ -50,8 +88,35 @@ async fn main() -> anyhow::Result<()> {
         args.pollers >= 1 && args.changes >= 1,
         "need at least one poller and one change"
     );
-    let dir = tempfile::tempdir()?;
-    let db = format!("sqlite://{}", dir.path().join("bench.db").display());
+    let postgres = args.across_servers || args.database == "postgres";
+    let cluster = postgres.then(lbfleet_tests::postgres::Cluster::start);
+    let mut runs = Vec::new();
+    for across in if args.across_servers {
+        vec![false, true]
+    } else {
+        vec![false]
+    } {
+        let dir = tempfile::tempdir()?;
+        let db = match &cluster {
+            Some(c) => c.database(if across { "bench_across" } else { "bench_one" }),
+            None => format!("sqlite://{}", dir.path().join("bench.db").display()),
+        };
+        let run = run(&args, &db, dir.path(), across).await?;
+        report(&args, postgres, across, &run);
+        runs.push(run);
+    }
+    if let [one, across] = runs.as_slice() {
+        let p99 = |r: &Run| percentile(&r.samples, 0.99).as_secs_f64();
+        println!(
+            "  ratio p99 across servers / one server: {:.2}",
+            p99(across) / p99(one)
+        );
+    }
+    Ok(())
+}
+
+async fn run(args: &Args, db: &str, dir: &std::path::Path, across: bool) -> anyhow::Result<Run> {
+    let db = db.to_owned();
 
     // Seed an operator token, then start the real server on a port-0 listener.
     let fleet = lbfleet_server::open_fleet(&ServerConfig::with_database(db.clone())).await?;
@@ -67,16 +132,16 @@ async fn main() -> anyhow::Result<()> {
         .create_token(&Actor::system(), "bench", "bench", None)
         .await?;
     fleet.close().await;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let base = format!("http://{}", listener.local_addr()?);
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(lbfleet_server::run(
-        ServerConfig::with_database(db),
-        listener,
-        async move {
-            let _ = stop_rx.await;
-        },
-    ));
+    let (base, stop_tx, server) = start_server(&db, &dir.join("a")).await?;
+    // Where the pollers wait: the same server, or a second one on the same database.
+    let second = if across {
+        Some(start_server(&db, &dir.join("b")).await?)
+    } else {
+        None
+    };
+    let poll_base = second
+        .as_ref()
+        .map_or(base.clone(), |(b, _, _)| b.clone());
 
     let http = reqwest::Client::new();
     let api = |path: &str| format!("{base}/api/v1{path}");
@@ -133,7 +198,7 @@ async fn main() -> anyhow::Result<()> {
             .await?
             .json()
             .await?;
-        let mut client = ServerClient::new(&base, None)?;
+        let mut client = ServerClient::new(&poll_base, None)?;
         client
             .enroll(&EnrollRequest {
                 token: t["token"].as_str().context("enrollment token")?.to_owned(),
@@ -215,15 +280,29 @@ async fn main() -> anyhow::Result<()> {
     for p in &pollers {
         p.abort();
     }
+    if let Some((_, stop, handle)) = second {
+        let _ = stop.send(());
+        handle.await??;
+    }
     let _ = stop_tx.send(());
     server.await??;
-
     samples.sort();
     api_times.sort();
-    let p50 = percentile(&samples, 0.50);
-    let p99 = percentile(&samples, 0.99);
+    Ok(Run { samples, api_times })
+}
+
+fn report(args: &Args, postgres: bool, across: bool, run: &Run) {
+    let (samples, api_times) = (&run.samples, &run.api_times);
+    let p50 = percentile(samples, 0.50);
+    let p99 = percentile(samples, 0.99);
     println!(
-        "long-poll wake latency: {} pollers, {} changes, {} samples",
+        "long-poll wake latency ({}, {}): {} pollers, {} changes, {} samples",
+        if postgres { "PostgreSQL" } else { "SQLite" },
+        if across {
+            "pollers on server B, changes through server A"
+        } else {
+            "one server"
+        },
         args.pollers,
         args.changes,
         samples.len()
@@ -236,8 +315,8 @@ async fn main() -> anyhow::Result<()> {
     );
     println!(
         "  admin API change call:                       p50 {:.2} ms  p99 {:.2} ms",
-        ms(percentile(&api_times, 0.50)),
-        ms(percentile(&api_times, 0.99))
+        ms(percentile(api_times, 0.50)),
+        ms(percentile(api_times, 0.99))
     );
     println!(
         "  ratio p99 / target ({} ms): {:.3}  ({})",
@@ -249,5 +328,4 @@ async fn main() -> anyhow::Result<()> {
             "OVER target"
         }
     );
-    Ok(())
 }
