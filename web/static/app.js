@@ -79,6 +79,17 @@
     status.hidden = true;
   }
 
+  // A file input with data-into="ID" loads the chosen file's text into that text box (the import page).
+  document.addEventListener('change', function (e) {
+    var t = e.target;
+    var into = t && t.getAttribute && t.getAttribute('data-into');
+    if (!into || !t.files || !t.files[0]) { return; }
+    var box = document.getElementById(into);
+    var reader = new FileReader();
+    reader.onload = function () { if (box) { box.value = String(reader.result); } };
+    reader.readAsText(t.files[0]);
+  });
+
   document.addEventListener('submit', function (e) {
     var msg = e.target && e.target.getAttribute && e.target.getAttribute('data-confirm');
     if (msg && !window.confirm(msg)) { e.preventDefault(); }
