@@ -2,7 +2,7 @@
 CARGO ?= cargo
 SERVER := target/release/lbfleet-server
 
-.PHONY: all deps build image demo demo-down demo-status check test lint guest bench bench-longpoll bench-dhcp bench-ipvs bench-tftp bench-pxe bench-vrrp bench-health bench-site fuzz clean
+.PHONY: all deps build image demo demo-down demo-status check test lint guest bench bench-longpoll bench-dhcp bench-dhcp-takeover bench-ipvs bench-tftp bench-pxe bench-vrrp bench-health bench-site fuzz clean
 
 all: build
 
@@ -54,7 +54,7 @@ guest: deps
 	LBFLEET_BIN_DIR=$(CURDIR)/target/debug $(CARGO) test --workspace \
 	  $(foreach t,$(basename $(notdir $(wildcard tests/tests/*.rs))),--test $(t))
 
-bench: bench-longpoll bench-dhcp bench-ipvs bench-tftp bench-pxe bench-vrrp bench-health bench-site
+bench: bench-longpoll bench-dhcp bench-dhcp-takeover bench-ipvs bench-tftp bench-pxe bench-vrrp bench-health bench-site
 
 bench-longpoll: deps
 	$(CARGO) run --release -p lbfleet-bench --bin bench-longpoll -- $(BENCH_ARGS)
@@ -62,6 +62,10 @@ bench-longpoll: deps
 # perfdhcp against lbfleet, Kea and dnsmasq in namespaces this target creates (root).
 bench-dhcp: build
 	bash bench/dhcp.sh $(BENCH_SECONDS)
+
+# DHCP takeover after kill -9: lbfleet hot standby vs Kea's HA hook, in namespaces this target creates (root).
+bench-dhcp-takeover: build
+	bash bench/dhcp-takeover.sh $(BENCH_ROUNDS)
 
 # IPVS programming in a QEMU guest: lbfleet-agent vs ipvsadm -R (release build of agent, probe and bench).
 bench-ipvs: deps

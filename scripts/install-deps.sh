@@ -16,9 +16,12 @@ packages+=(qemu-system-x86 linux-image-amd64 ipvsadm strace)
 packages+=(ovmf ipxe ipxe-qemu)
 # VRRP netns tests and bench-vrrp: keepalived as the independent peer (started by hand in test namespaces).
 packages+=(keepalived)
+# PostgreSQL backend (issue 21): the component tests and `make demo-ha` start their own clusters with initdb in
+# a temporary directory (never the packaged cluster); Kea's PostgreSQL lease backend for bench-dhcp-pg.
+packages+=(postgresql kea-common)
 # Installed services that must not run at boot either (bench-tftp starts tftpd-hpa itself, in its own netns).
 # dnsmasq-base ships no service.
-no_boot_services=(tftpd-hpa keepalived)
+no_boot_services=(tftpd-hpa keepalived postgresql)
 
 missing=()
 for p in "${packages[@]}"; do

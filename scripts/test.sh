@@ -3,7 +3,8 @@
 #
 #   scripts/test.sh check   fmt, clippy, unit tests and the component tests that need neither root, network
 #                           namespaces, QEMU nor Chromium (any developer machine)
-#   scripts/test.sh full    the same, then the privileged tiers: netns (root), vm (QEMU), browser (Chromium)
+#   scripts/test.sh full    the same, then the component tests on PostgreSQL (a cluster each test binary starts
+#                           itself) and the privileged tiers: netns (root), vm (QEMU), browser (Chromium)
 #
 # Every binary is built once, before any test runs (`cargo test --workspace --no-run`); tests only locate the
 # binaries they start (LBFLEET_BIN_DIR=target/debug), they never run cargo themselves.
@@ -19,12 +20,12 @@ component=(
   lbfleet-server:api lbfleet-server:boot lbfleet-server:cli lbfleet-server:connections lbfleet-server:images
   lbfleet-server:listeners lbfleet-server:login_flood lbfleet-server:retention lbfleet-server:tls
   lbfleet-server:web lbfleet-server:report_flood lbfleet-server:held_connections lbfleet-server:export_crawl
-  lbfleet-server:healthz lbfleet-server:keepalived_import
-  lbfleet-agent:cli lbfleet-agent:role_limit lbfleet-agent:server_mode
+  lbfleet-server:healthz lbfleet-server:boot_cache lbfleet-server:servers lbfleet-server:keepalived_import
+  lbfleet-agent:cli lbfleet-agent:role_limit lbfleet-agent:server_mode lbfleet-agent:failover
 )
 # package:test-file of the privileged tiers, in the order they run. Every file of tests/tests is privileged.
 privileged=(
-  lbfleet-server:dhcp_netns lbfleet-agent:health_netns lbfleet-server:browser
+  lbfleet-server:dhcp_netns lbfleet-server:dhcp_ha_netns lbfleet-agent:health_netns lbfleet-server:browser
 )
 for f in tests/tests/*.rs; do privileged+=("lbfleet-tests:$(basename "$f" .rs)"); done
 
@@ -66,6 +67,11 @@ run_list() {
   "$CARGO" test --workspace --no-fail-fast "${args[@]}"
 }
 
+# The same on PostgreSQL: the kit maps every test database to one of a cluster each test binary starts.
+run_list_pg() {
+  LBFLEET_TEST_DATABASE=postgres run_list "$@"
+}
+
 export LBFLEET_BIN_DIR="$PWD/target/debug"
 tier layout bash scripts/check-layout.sh
 tier fmt "$CARGO" fmt --all -- --check
@@ -75,6 +81,8 @@ tier unit "$CARGO" test --no-fail-fast --workspace --lib --bins
 tier doc "$CARGO" test --workspace --doc
 tier component run_list "${component[@]}"
 if [ "$mode" = full ]; then
+  # The component tests again on PostgreSQL: each test binary starts its own cluster (tests/src/postgres.rs).
+  tier component-pg run_list_pg "${component[@]}"
   tier privileged run_list "${privileged[@]}"
 fi
 

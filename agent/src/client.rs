@@ -30,6 +30,13 @@ pub enum ClientError {
 pub const MAX_ROLE_BYTES: usize = 16 * 1024 * 1024;
 
 impl ClientError {
+    /// Worth trying another server at once: this one does not answer, answers 5xx/429, or is not the server
+    /// it should be (its certificate is not its pin). A refusal of the token or credential is not: every
+    /// server shares them.
+    pub fn is_server_failure(&self) -> bool {
+        self.is_transient() || matches!(self, ClientError::CertificateMismatch { .. })
+    }
+
     /// Worth retrying later (network trouble, server overloaded or restarting), as opposed to a refusal.
     pub fn is_transient(&self) -> bool {
         match self {
@@ -139,6 +146,16 @@ impl ServerClient {
 
     pub fn credential(&self) -> Option<&str> {
         self.credential.as_deref()
+    }
+
+    /// Uses `credential` from now on (node credentials are fleet-wide: one enrollment serves every server).
+    pub fn set_credential(&mut self, credential: String) {
+        self.credential = Some(credential);
+    }
+
+    /// The server's URL, without a trailing slash.
+    pub fn base(&self) -> &str {
+        &self.base
     }
 
     /// Trades the one-time token for a node credential and keeps it.

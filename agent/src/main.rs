@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use lbfleet_agent::client::ServerClient;
-use lbfleet_agent::daemon::{self, RunConfig};
+use lbfleet_agent::daemon::{self, Endpoint, RunConfig};
 use lbfleet_agent::health::HealthConfig;
 use lbfleet_agent::reconcile::{Applier, NetlinkApplier};
 use lbfleet_agent::state::{self, StateDir, DEFAULT_STATE_DIR};
@@ -30,11 +30,13 @@ enum Command {
     /// Server mode: enroll, long-poll the role, apply it to IPVS, resync periodically, report.
     /// Server, token and MAC default to lbfleet.server=, lbfleet.token= and BOOTIF= on /proc/cmdline.
     Run {
-        /// Server URL, e.g. http://198.18.0.1:8080
+        /// Server URL, e.g. http://198.18.0.1:8080; several servers comma-separated, in order of preference
+        /// (the agent moves to the next when one stops answering)
         #[arg(long, env = "LBFLEET_SERVER")]
         server: Option<String>,
-        /// Trust only the server certificate with this SHA-256 (sha256:HEX; default: lbfleet.server_cert= on
-        /// the kernel command line)
+        /// Trust only the server certificate with this SHA-256 (sha256:HEX); with several servers, one per
+        /// server, comma-separated, `none` for a server without TLS (default: lbfleet.server_cert= on the
+        /// kernel command line)
         #[arg(long, env = "LBFLEET_SERVER_CERT")]
         server_cert: Option<String>,
         /// One-time enrollment token
@@ -94,10 +96,10 @@ enum Command {
     },
     /// Enroll with a one-time token (or use a credential) and print the node's current role document as JSON.
     FetchRole {
-        /// Server URL, e.g. http://198.18.0.1:8080
+        /// Server URL, e.g. http://198.18.0.1:8080 (several comma-separated: the first that answers)
         #[arg(long, env = "LBFLEET_SERVER")]
         server: String,
-        /// Trust only the server certificate with this SHA-256 (sha256:HEX)
+        /// Trust only the server certificate with this SHA-256 (sha256:HEX; one per server, comma-separated)
         #[arg(long, env = "LBFLEET_SERVER_CERT")]
         server_cert: Option<String>,
         /// One-time enrollment token (from the boot script's lbfleet.token=)
@@ -144,8 +146,27 @@ async fn fetch_role(
     mac: Option<String>,
     credential: Option<String>,
 ) -> anyhow::Result<()> {
-    let pin = server_cert.as_deref().map(str::parse).transpose()?;
-    let mut client = ServerClient::pinned(&server, credential, pin)?;
+    let endpoints = Endpoint::list(&server, server_cert.as_deref())?;
+    let mut last_error = None;
+    for endpoint in endpoints {
+        match fetch_role_from(&endpoint, token.clone(), mac.clone(), credential.clone()).await {
+            Ok(()) => return Ok(()),
+            Err(e) => {
+                eprintln!("{}: {e:#}", endpoint.url);
+                last_error = Some(e);
+            }
+        }
+    }
+    Err(last_error.unwrap_or_else(|| anyhow::anyhow!("no server")))
+}
+
+async fn fetch_role_from(
+    endpoint: &Endpoint,
+    token: Option<String>,
+    mac: Option<String>,
+    credential: Option<String>,
+) -> anyhow::Result<()> {
+    let mut client = ServerClient::pinned(&endpoint.url, credential, endpoint.pin)?;
     if let Some(token) = token {
         let mac = mac.ok_or_else(|| anyhow::anyhow!("--mac is required with --token"))?;
         let enrolled = client
@@ -209,12 +230,10 @@ async fn run_server_mode(
     let server = server.or(boot.server).ok_or_else(|| {
         anyhow::anyhow!("no server: pass --server or lbfleet.server= on the kernel command line")
     })?;
-    let mut config = RunConfig::new(&server, state_dir);
-    config.server_cert = server_cert
-        .or(boot.server_cert)
-        .as_deref()
-        .map(str::parse)
-        .transpose()?;
+    // The pins pair with the servers position by position (Endpoint::list refuses a list that does not).
+    let server_cert = server_cert.or(boot.server_cert);
+    let mut config =
+        RunConfig::with_servers(Endpoint::list(&server, server_cert.as_deref())?, state_dir);
     config.token = token.or(boot.token);
     // The MAC the token is bound to is the boot NIC's (BOOTIF), never a guess such as the first NIC by name:
     // on a two-NIC balancer that guess fails the server's MAC check and burns the one-time token.

@@ -40,8 +40,8 @@ pub const IPVS_MODULES: &[&str] = &[
 ];
 
 /// The rest of a balancer's kernel: connection tracking, IP-in-IP (IPVS tunnel forwarding), packet sockets
-/// (DHCP) where modular, veth (namespaced tests inside a node).
-pub const BALANCER_MODULES: &[&str] = &["nf_conntrack", "ipip", "af_packet", "veth"];
+/// (DHCP) where modular, veth (namespaced tests inside a node), 802.1Q (the VLAN interfaces a role asks for).
+pub const BALANCER_MODULES: &[&str] = &["nf_conntrack", "ipip", "af_packet", "veth", "8021q"];
 
 /// A kernel's module index: `modules.dep` and `modules.builtin` under `<root>/<version>/`.
 #[derive(Debug, Clone)]

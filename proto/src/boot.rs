@@ -6,6 +6,10 @@
 //! BOOTIF=01-52-54-00-aa-bb-cc lbfleet.server=http://198.18.0.1 lbfleet.server_cert=sha256:HEX \
 //!     lbfleet.token=lbf_enr_... lbfleet.image=2026.11.30-1
 //! ```
+//! With several servers (docs/high-availability.md) `lbfleet.server=` is a comma-separated list, the server
+//! that wrote the script first, and `lbfleet.server_cert=` a list aligned with it (`none` for a server without
+//! TLS): `lbfleet.server=https://a:8443,https://b:8443 lbfleet.server_cert=sha256:HEXA,sha256:HEXB`. One URL
+//! and one pin is the single-server form older images read.
 //! `BOOTIF=` is PXELINUX's spelling (ARP hardware type `01`, then the MAC with hyphens), which is what iPXE's
 //! `${netX/mac:hexhyp}` gives; the parser also takes colons and a bare MAC with colons. Values never contain whitespace,
 //! quotes, backslashes, `$`, braces or backticks: the writer refuses them, so a value can neither split the
@@ -129,6 +133,9 @@ pub const ARG_BOOTIF: &str = "BOOTIF";
 pub const ARG_SERVER: &str = "lbfleet.server";
 pub const ARG_SERVER_CERT: &str = "lbfleet.server_cert";
 pub const ARG_TOKEN: &str = "lbfleet.token";
+/// A `lbfleet.token=` with this prefix is a boot credential: handed out while the server's database is down,
+/// it reads the node's last role and is exchanged for a node credential once the database is back.
+pub const BOOT_CREDENTIAL_PREFIX: &str = "lbf_boot_";
 pub const ARG_IMAGE: &str = "lbfleet.image";
 pub const ARG_CONSOLE_SHELL: &str = "lbfleet.console_shell";
 
@@ -138,9 +145,12 @@ pub struct KernelArgs {
     /// MAC of the NIC the node booted from (`BOOTIF=`): the NIC `/init` configures and the MAC the agent
     /// enrolls with.
     pub bootif: Option<Mac>,
-    /// The server's base URL (`lbfleet.server=`), e.g. `http://198.18.0.1:8080`.
+    /// The server's base URL (`lbfleet.server=`), e.g. `http://198.18.0.1:8080`; with several servers a
+    /// comma-separated list, the answering server first (`servers()` splits it).
     pub server: Option<String>,
-    /// Pin of the server's TLS certificate (`lbfleet.server_cert=sha256:HEX`, 64 lower-case hex digits).
+    /// Pin of the server's TLS certificate (`lbfleet.server_cert=sha256:HEX`, 64 lower-case hex digits); with
+    /// several servers a comma-separated list aligned with `server`, `none` for a server without TLS
+    /// (`server_certs()` splits it).
     pub server_cert: Option<String>,
     /// One-time enrollment token (`lbfleet.token=`). Secret: `Debug` redacts it.
     pub token: Option<String>,
@@ -203,6 +213,52 @@ fn check_cert_pin(v: &str) -> Result<String, KernelArgsError> {
     }
 }
 
+/// What `lbfleet.server_cert=` says for one server: `none`, or `sha256:` and 64 hex digits (lower-cased).
+pub const NO_PIN: &str = "none";
+
+/// A comma-separated list of pins (`check_cert_pin` each, or `none`); returns the normalised list.
+fn check_cert_pins(v: &str) -> Result<String, KernelArgsError> {
+    let pins: Result<Vec<String>, KernelArgsError> = v
+        .split(',')
+        .map(|p| {
+            if p == NO_PIN {
+                Ok(NO_PIN.to_owned())
+            } else {
+                check_cert_pin(p)
+            }
+        })
+        .collect();
+    Ok(pins?.join(","))
+}
+
+/// A comma-separated list of server URLs: each one a safe, non-empty value.
+fn check_servers(v: &str) -> Result<(), KernelArgsError> {
+    check_value(ARG_SERVER, v)?;
+    if v.split(',').any(str::is_empty) {
+        return Err(KernelArgsError::BadValue {
+            arg: ARG_SERVER,
+            reason: "an empty entry in the list of servers".into(),
+        });
+    }
+    Ok(())
+}
+
+/// Pins, when given with servers, name one per server.
+fn check_aligned(args: &KernelArgs) -> Result<(), KernelArgsError> {
+    if let (Some(servers), Some(pins)) = (&args.server, &args.server_cert) {
+        let (s, p) = (servers.split(',').count(), pins.split(',').count());
+        if s != p {
+            return Err(KernelArgsError::BadValue {
+                arg: ARG_SERVER_CERT,
+                reason: format!(
+                    "{p} pin(s) for {s} server(s); give one per server (none for no TLS)"
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// Splits a command line the way the kernel does: on whitespace outside double quotes; quotes are dropped.
 fn words(cmdline: &str) -> Vec<String> {
     let mut out = Vec::new();
@@ -246,12 +302,13 @@ impl KernelArgs {
         if let Some(mac) = &self.bootif {
             parts.push(format!("{ARG_BOOTIF}={}", mac.bootif()));
         }
+        check_aligned(self)?;
         if let Some(v) = &self.server {
-            check_value(ARG_SERVER, v)?;
+            check_servers(v)?;
             parts.push(format!("{ARG_SERVER}={v}"));
         }
         if let Some(v) = &self.server_cert {
-            parts.push(format!("{ARG_SERVER_CERT}={}", check_cert_pin(v)?));
+            parts.push(format!("{ARG_SERVER_CERT}={}", check_cert_pins(v)?));
         }
         if let Some(v) = &self.token {
             check_value(ARG_TOKEN, v)?;
@@ -279,10 +336,10 @@ impl KernelArgs {
             match name {
                 ARG_BOOTIF => args.bootif = Some(Mac::from_bootif(value)?),
                 ARG_SERVER => {
-                    check_value(ARG_SERVER, value)?;
+                    check_servers(value)?;
                     args.server = Some(value.to_owned());
                 }
-                ARG_SERVER_CERT => args.server_cert = Some(check_cert_pin(value)?),
+                ARG_SERVER_CERT => args.server_cert = Some(check_cert_pins(value)?),
                 ARG_TOKEN => {
                     check_value(ARG_TOKEN, value)?;
                     args.token = Some(value.to_owned());
@@ -306,7 +363,24 @@ impl KernelArgs {
                 _ => {}
             }
         }
+        check_aligned(&args)?;
         Ok(args)
+    }
+
+    /// The servers `lbfleet.server=` names, in order (the server that wrote the script first).
+    pub fn servers(&self) -> Vec<&str> {
+        self.server
+            .as_deref()
+            .map(|s| s.split(',').collect())
+            .unwrap_or_default()
+    }
+
+    /// The pins `lbfleet.server_cert=` names, in the servers' order; `None` for a server without one.
+    pub fn server_certs(&self) -> Vec<Option<&str>> {
+        self.server_cert
+            .as_deref()
+            .map(|s| s.split(',').map(|p| (p != NO_PIN).then_some(p)).collect())
+            .unwrap_or_default()
     }
 
     /// Shell assignments for `/init` (`eval "$(lbfleet-agent bootargs)"`): `BOOTARG_MAC`, `BOOTARG_SERVER`,
@@ -501,6 +575,59 @@ mod tests {
             "BOOTARG_MAC=''\nBOOTARG_SERVER=''\nBOOTARG_SERVER_CERT=''\nBOOTARG_IMAGE=''\nBOOTARG_TOKEN_GIVEN=no\nBOOTARG_CONSOLE_SHELL=no\n"
         );
         assert_eq!(shell_quote("a'b"), r"'a'\''b'");
+    }
+
+    #[test]
+    fn several_servers_and_aligned_pins_round_trip() {
+        let other = PIN.replace("00112233", "ffeeddcc");
+        let args = KernelArgs {
+            server: Some(
+                "https://198.18.0.1:8443,https://198.18.0.2:8443,http://198.18.0.3".into(),
+            ),
+            server_cert: Some(format!(
+                "{PIN},{},none",
+                other.to_ascii_uppercase().replace("SHA256", "sha256")
+            )),
+            ..full()
+        };
+        let line = args.to_cmdline().unwrap();
+        assert!(
+            line.contains(&format!("lbfleet.server_cert={PIN},{other},none ")),
+            "{line}"
+        );
+        let back = KernelArgs::parse(&line).unwrap();
+        assert_eq!(
+            back.servers(),
+            [
+                "https://198.18.0.1:8443",
+                "https://198.18.0.2:8443",
+                "http://198.18.0.3"
+            ]
+        );
+        assert_eq!(back.server_certs(), [Some(PIN), Some(other.as_str()), None]);
+        // The single form older images were given still reads as one server with one pin.
+        let single = KernelArgs::parse(&full().to_cmdline().unwrap()).unwrap();
+        assert_eq!(single.servers(), ["http://198.18.0.1:8080"]);
+        assert_eq!(single.server_certs(), [Some(PIN)]);
+        assert!(KernelArgs::default().servers().is_empty());
+        // Pins that do not line up with the servers, empty entries and bad pins are refused, by the writer
+        // and by the parser.
+        for bad in [
+            format!("lbfleet.server=http://a,http://b lbfleet.server_cert={PIN}"),
+            format!("lbfleet.server=http://a lbfleet.server_cert={PIN},none"),
+            "lbfleet.server=http://a,,http://b".to_owned(),
+            "lbfleet.server=http://a,".to_owned(),
+            "lbfleet.server=http://a,http://b lbfleet.server_cert=none,sha256:00".to_owned(),
+        ] {
+            assert!(KernelArgs::parse(&bad).is_err(), "{bad}");
+        }
+        assert!(KernelArgs {
+            server: Some("http://a,http://b".into()),
+            server_cert: Some(PIN.into()),
+            ..Default::default()
+        }
+        .to_cmdline()
+        .is_err());
     }
 
     #[test]

@@ -394,11 +394,49 @@ fn default_true() -> bool {
     true
 }
 
+/// The tagged VLAN an interface name asks for: `eth0.100` is VLAN 100 on `eth0` (the parent not empty, the
+/// VLAN ID 1-4094), the name iproute2 and the kernel's `vconfig` scheme give it.
+pub fn vlan_of(name: &str) -> Option<(&str, u16)> {
+    let (parent, vid) = name.rsplit_once('.')?;
+    if parent.is_empty() || vid.is_empty() || !vid.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let vid: u16 = vid.parse().ok()?;
+    (1..=4094).contains(&vid).then_some((parent, vid))
+}
+
+/// A role document's VRRP interface: a name (`"eth0"`, `"eth0.100"`) or a tagged VLAN on a parent
+/// (`{"parent": "eth0", "vlan": 100}`), which is read as its name, `eth0.100` (see [`vlan_of`]).
+fn interface_from_wire<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Wire {
+        Name(String),
+        Vlan { parent: String, vlan: u16 },
+    }
+    match Wire::deserialize(d)? {
+        Wire::Name(n) => Ok(n),
+        Wire::Vlan { parent, vlan } => {
+            let name = format!("{parent}.{vlan}");
+            if vlan_of(&name) != Some((parent.as_str(), vlan)) {
+                return Err(serde::de::Error::custom(format!(
+                    "vlan {vlan} on {parent:?}: the VLAN ID must be 1 to 4094 on a named parent"
+                )));
+            }
+            Ok(name)
+        }
+    }
+}
+
 /// VRRP settings inside a role document.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VrrpConfig {
     pub version: u8,
     pub vrid: u8,
+    /// The VRRP interface, also where VIPs without their own interface go. A VLAN name the node lacks
+    /// (`eth0.100` when `eth0` exists) is created by the agent; `{"parent": "eth0", "vlan": 100}` on the wire
+    /// is the same as `"eth0.100"`.
+    #[serde(deserialize_with = "interface_from_wire")]
     pub interface: String,
     pub priority: u8,
     pub advert_interval_ms: u32,
@@ -472,6 +510,40 @@ mod tests {
             err.as_deref(),
             Some("unknown Scheduler \"roundrobin\" (expected one of: rr, wrr, lc, wlc, lblc, lblcr, dh, sh, sed, nq, fo, ovf, mh)")
         );
+    }
+
+    #[test]
+    fn a_vlan_interface_by_name_or_by_parent_and_id() {
+        assert_eq!(vlan_of("eth0.100"), Some(("eth0", 100)));
+        assert_eq!(vlan_of("bond0.4094"), Some(("bond0", 4094)));
+        for not in [
+            "eth0",
+            "eth0.0",
+            "eth0.4095",
+            ".100",
+            "eth0.",
+            "eth0.1a",
+            "eth0.+1",
+        ] {
+            assert_eq!(vlan_of(not), None, "{not}");
+        }
+        let vrrp = |interface: &str| {
+            serde_json::from_str::<VrrpConfig>(&format!(
+                r#"{{"version": 3, "vrid": 51, "interface": {interface}, "priority": 150,
+                    "advert_interval_ms": 100, "preempt": true, "vips": ["198.18.0.10/32"],
+                    "unicast_peers": []}}"#
+            ))
+        };
+        assert_eq!(vrrp(r#""eth0.100""#).unwrap().interface, "eth0.100");
+        let v = vrrp(r#"{"parent": "eth0", "vlan": 100}"#).unwrap();
+        assert_eq!(v.interface, "eth0.100");
+        // Written back as the name, which older agents read too.
+        assert!(serde_json::to_string(&v)
+            .unwrap()
+            .contains(r#""interface":"eth0.100""#));
+        assert!(vrrp(r#"{"parent": "eth0", "vlan": 0}"#).is_err());
+        assert!(vrrp(r#"{"parent": "", "vlan": 100}"#).is_err());
+        assert!(vrrp(r#"{"parent": "eth0"}"#).is_err());
     }
 
     #[test]

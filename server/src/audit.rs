@@ -25,6 +25,7 @@ wire_enum!(
         UserCreate => "user.create", UserPassword => "user.password", UserDelete => "user.delete",
         TokenCreate => "token.create", TokenRevoke => "token.revoke",
         AlertAcknowledge => "alert.acknowledge",
+        ServerRemove => "server.remove",
     }
 );
 

@@ -73,6 +73,9 @@ impl From<PathRejection> for ApiError {
     }
 }
 
+/// The machine code of a 503 while the database is unreachable (agents keep their last role on it).
+pub const DATABASE_UNREACHABLE: &str = "database_unreachable";
+
 /// How the HTTP layer answers a refused fleet operation: status, machine code and a message for people.
 /// The API and the dashboard both use this one mapping; internals go to the log only.
 pub fn fleet_status(e: &FleetError) -> (StatusCode, &'static str, String) {
@@ -99,6 +102,16 @@ pub fn fleet_status(e: &FleetError) -> (StatusCode, &'static str, String) {
                 StatusCode::CONFLICT,
                 "conflict",
                 format!("the change conflicts with existing data ({e})"),
+            )
+        }
+        FleetError::Store(e) if e.is_unreachable() => {
+            tracing::warn!(error = %e, "request refused: database unreachable");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                DATABASE_UNREACHABLE,
+                "database unreachable: nothing can be changed until it is back (known nodes still boot \
+                 and serve their last role)"
+                    .to_owned(),
             )
         }
         FleetError::Store(e) => {

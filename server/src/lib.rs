@@ -80,6 +80,32 @@ pub async fn open_fleet(config: &ServerConfig) -> Result<fleet::Fleet, store::St
     })
 }
 
+/// The fleet over a database that cannot be reached now: it connects on first use (`store::Store::open_lazy`).
+async fn open_fleet_lazy(config: &ServerConfig) -> Result<fleet::Fleet, store::StoreError> {
+    let store = store::Store::open_lazy(&config.database).await?;
+    let fleet = fleet::Fleet::new(store, config.enrollment_token_ttl);
+    Ok(match &config.boot {
+        Some(b) => fleet.with_discovery_cap(b.max_discovered),
+        None => fleet,
+    })
+}
+
+/// The boot cache, when `[boot]` names a state directory for it.
+fn open_boot_cache(
+    config: &ServerConfig,
+) -> anyhow::Result<Option<std::sync::Arc<boot::cache::BootCache>>> {
+    let Some((dir, ttl)) = config
+        .boot
+        .as_ref()
+        .and_then(|b| b.cache_dir.as_ref().map(|d| (d, b.credential_ttl)))
+    else {
+        return Ok(None);
+    };
+    let cache = boot::cache::BootCache::open(dir, ttl)
+        .with_context(|| format!("cannot open the boot cache in {}", dir.display()))?;
+    Ok(Some(std::sync::Arc::new(cache)))
+}
+
 /// Sockets of the boot services, bound before the server starts (tests bind port 0).
 #[derive(Debug, Default)]
 pub struct BootSockets {
@@ -214,13 +240,34 @@ pub async fn run_listeners(
         tracing::info!(cert = %t.cert_path.display(), pin = t.pin, "serving HTTPS (and plain HTTP for iPXE)");
         config.tls_pin = Some(t.pin.clone());
     }
-    let fleet = open_fleet(&config).await?;
-    if let Some(password) = fleet.bootstrap_admin().await? {
-        announce_initial_admin(&config, &password)?;
+    let boot_cache = open_boot_cache(&config)?;
+    let (fleet, started_degraded) = match open_fleet(&config).await {
+        Ok(f) => (f, false),
+        Err(e) if e.is_unreachable() && boot_cache.is_some() => {
+            tracing::error!(error = %e, "database unreachable at start: serving known nodes from the boot \
+                cache, refusing changes, until it answers");
+            (open_fleet_lazy(&config).await?, true)
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if !started_degraded {
+        if let Some(password) = fleet.bootstrap_admin().await? {
+            announce_initial_admin(&config, &password)?;
+        }
     }
     let fleet = std::sync::Arc::new(fleet);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();
+    if let Some(cache) = &boot_cache {
+        if started_degraded {
+            cache.set_db_reachable(false);
+        }
+        let (cache, fleet, stop) = (cache.clone(), fleet.clone(), stop_rx.clone());
+        tasks.spawn(async move {
+            boot::cache::run(cache, fleet, started_degraded, stop).await;
+            Ok(())
+        });
+    }
     let boot_stats =
         spawn_boot_services(&config, &listeners, sockets, &fleet, &stop_rx, &mut tasks)?;
     tasks.spawn(retention::run(
@@ -234,6 +281,22 @@ pub async fn run_listeners(
         .as_ref()
         .map(|l| l.local_addr())
         .transpose()?;
+    let server_id = fleet::servers::server_id(&config.state_dir)?;
+    let identity = server_identity(&config, server_id.clone(), addr, boot_addr);
+    tracing::info!(id = identity.id, name = identity.name, management_url = identity.management_url,
+        boot_url = ?identity.boot_url, "registering in the control plane");
+    config.server_id = Some(server_id);
+    tasks.spawn(fleet::servers::run_registry(
+        fleet.clone(),
+        identity,
+        fleet::servers::RegistrySettings {
+            liveness: fleet::servers::Liveness {
+                misses: config.heartbeat_misses,
+            },
+            retention: config.server_retention,
+        },
+        stop_rx.clone(),
+    ));
     let (limits, connections, boot_limits, boot_connections) =
         listener_limits(&config, listeners.boot.is_some());
     let tls_on = tls.is_some();
@@ -241,6 +304,7 @@ pub async fn run_listeners(
         fleet.clone(),
         config,
         boot_stats,
+        boot_cache,
         stop_rx.clone(),
     ))
     .layer(axum::middleware::from_fn(move |req, next| {
@@ -306,6 +370,79 @@ pub async fn run_listeners(
     Ok(())
 }
 
+/// The host's name (for the registry), if it has one.
+fn host_name() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+}
+
+/// `scheme://ip:port`, the host name for an unspecified address, IPv6 bracketed.
+fn url_of(scheme: &str, addr: SocketAddr) -> String {
+    let host = if addr.ip().is_unspecified() {
+        host_name().unwrap_or_else(|| "localhost".into())
+    } else if addr.is_ipv6() {
+        format!("[{}]", addr.ip())
+    } else {
+        addr.ip().to_string()
+    };
+    format!("{scheme}://{host}:{}", addr.port())
+}
+
+/// What this server tells the control plane's registry about itself: where people reach it (the main
+/// listener), where nodes reach its agent API (`public_url`, else the boot address and the boot listener's
+/// port, else the main listener), its certificate pin and the networks its DHCP answers.
+fn server_identity(
+    config: &ServerConfig,
+    id: String,
+    main: SocketAddr,
+    boot: Option<SocketAddr>,
+) -> fleet::servers::ServerIdentity {
+    let scheme = if config.tls_pin.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let management_url = url_of(scheme, main);
+    let boot_url = match (&config.public_url, &config.boot) {
+        (Some(u), _) => {
+            let rest = u
+                .trim_end_matches('/')
+                .split_once("://")
+                .map_or(u.as_str(), |(_, r)| r)
+                .to_owned();
+            format!("{scheme}://{rest}")
+        }
+        (None, Some(b)) => url_of(
+            scheme,
+            SocketAddr::from((b.server_address, boot.unwrap_or(main).port())),
+        ),
+        (None, None) => url_of(scheme, boot.unwrap_or(main)),
+    };
+    let dhcp_networks = match &config.boot {
+        Some(b) if b.interface.is_some() => b
+            .subnet
+            .map(|(net, prefix)| vec![format!("{net}/{prefix}")])
+            .unwrap_or_default(),
+        _ => Vec::new(),
+    };
+    fleet::servers::ServerIdentity {
+        id,
+        name: config
+            .server_name
+            .clone()
+            .or_else(host_name)
+            .unwrap_or_else(|| "lbfleet-server".into()),
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        management_url,
+        boot_url: Some(boot_url),
+        tls_pin: config.tls_pin.clone(),
+        dhcp_networks,
+        heartbeat_interval: config.heartbeat_interval,
+    }
+}
+
 /// Starts the boot network's services the configuration asks for (DHCP, the router-advertisement answer,
 /// TFTP) as tasks that end when `stop` turns true, and returns their counters for `/metrics`.
 fn spawn_boot_services(
@@ -338,6 +475,10 @@ fn spawn_boot_services(
             dhcp,
             fleet.clone(),
             stats,
+            boot::dhcp::leader::Timers {
+                renew: boot.dhcp_leader_renew,
+                ttl: boot.dhcp_leader_ttl,
+            },
             stop.clone(),
         ));
     }

@@ -7,8 +7,8 @@ use anyhow::Context;
 use clap::Parser;
 use lbfleet_server::boot::images;
 use lbfleet_server::config::{
-    self, AuditCommand, Cli, Command, ImageCommand, ImportCommand, LogFormat, ServerConfig, TokenCommand,
-    UserCommand,
+    self, AuditCommand, Cli, Command, ImageCommand, ImportCommand, LogFormat, RealServerFormat,
+    ServerConfig, TokenCommand, UserCommand,
 };
 use lbfleet_server::fleet::Actor;
 use lbfleet_server::open_fleet;
@@ -183,6 +183,18 @@ async fn main_inner(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Image(cmd) => {
             init_tracing(LogFormat::Text);
             return image_command(cmd).await;
+        }
+        Command::Realserver(args) => {
+            init_tracing(LogFormat::Text);
+            let cluster = fleet_for(&args.db)
+                .await?
+                .get_cluster(&args.cluster)
+                .await?;
+            let plan = lbfleet_server::fleet::real_server_setup::plan(&cluster.name, &cluster.spec);
+            match args.format {
+                RealServerFormat::Sh => print!("{}", plan.script()),
+                RealServerFormat::Json => println!("{}", serde_json::to_string_pretty(&plan)?),
+            }
         }
         Command::Import(ImportCommand::Keepalived {
             files,

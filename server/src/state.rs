@@ -28,6 +28,8 @@ pub struct Inner {
     pub streams: crate::auth::streams::StreamCaps,
     /// `/healthz`'s database write probe, shared by concurrent checks.
     pub health: crate::health::WriteProbe,
+    /// What boots known nodes while the database is unreachable (`boot::cache`); `None` without `[boot]`.
+    pub boot_cache: Option<Arc<crate::boot::cache::BootCache>>,
     /// Turns true when the server shuts down, so long-polls return at once.
     pub shutdown: watch::Receiver<bool>,
     pub started: Instant,
@@ -42,6 +44,7 @@ impl AppState {
         fleet: Arc<Fleet>,
         config: ServerConfig,
         boot_stats: BootStats,
+        boot_cache: Option<Arc<crate::boot::cache::BootCache>>,
         shutdown: watch::Receiver<bool>,
     ) -> Self {
         AppState(Arc::new(Inner {
@@ -52,9 +55,19 @@ impl AppState {
             boot_limiter: BootScriptLimiter::default(),
             streams: Default::default(),
             health: Default::default(),
+            boot_cache,
             shutdown,
             started: Instant::now(),
         }))
+    }
+}
+
+impl AppState {
+    /// How this server judges the other servers' heartbeats (`heartbeat_misses`).
+    pub fn liveness(&self) -> crate::fleet::servers::Liveness {
+        crate::fleet::servers::Liveness {
+            misses: self.config.heartbeat_misses,
+        }
     }
 }
 

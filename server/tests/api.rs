@@ -1089,9 +1089,7 @@ async fn audit_chain_verifies_and_detects_tampering() {
     assert_eq!(a["entries"].as_array().unwrap().len(), 0);
 
     // Edit one row behind the server's back.
-    let pool = sqlx::SqlitePool::connect(&common::db_url(&srv.db_path))
-        .await
-        .unwrap();
+    let pool = common::raw_pool(&srv.db_path).await;
     sqlx::query("UPDATE audit_log SET actor = 'mallory' WHERE action = 'cluster.create'")
         .execute(&pool)
         .await
@@ -1133,9 +1131,7 @@ async fn newest_audit_rows_cannot_be_dropped_unnoticed() {
         cluster_spec(51, "198.18.0.10"),
     )
     .await;
-    let pool = sqlx::SqlitePool::connect(&common::db_url(&srv.db_path))
-        .await
-        .unwrap();
+    let pool = common::raw_pool(&srv.db_path).await;
     sqlx::query("DELETE FROM audit_log WHERE seq = (SELECT MAX(seq) FROM audit_log)")
         .execute(&pool)
         .await
@@ -1699,8 +1695,9 @@ async fn api_tokens_record_their_last_use() {
 #[tokio::test]
 async fn database_files_are_private() {
     use std::os::unix::fs::PermissionsExt;
+    // The SQLite file and its WAL, whichever backend the other component tests run on.
     let dir = tempfile::tempdir().unwrap();
-    let srv = TestServer::start(dir.path()).await;
+    let srv = TestServer::start_sqlite(dir.path()).await;
     let (s, _) = srv
         .post(
             "/api/v1/nodes",

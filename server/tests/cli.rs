@@ -199,3 +199,66 @@ fn help_explains_and_bad_config_is_a_clear_error() {
     let (ok, _, err) = run(&["serve", "--config", cfg.to_str().unwrap()], None);
     assert!(!ok && err.contains("bad.toml"), "{err}");
 }
+
+/// `realserver CLUSTER`: what the DR and TUN real servers need, as a script (the default) or JSON; an unknown
+/// cluster is a clear error.
+#[test]
+fn realserver_prints_the_dr_and_tun_setup() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("rs.db").display());
+    let spec: lbfleet_proto::ClusterSpec = serde_json::from_value(serde_json::json!({
+        "vrid": 51, "interface": "eth0", "vips": ["198.18.0.10/24", "198.18.0.11/32"],
+        "services": [
+            {"vip": "198.18.0.10", "port": 80, "protocol": "tcp", "scheduler": "wrr", "forward": "dr",
+             "real_servers": [{"address": "198.18.0.51", "port": 80}, {"address": "198.18.0.52", "port": 80}]},
+            {"vip": "198.18.0.11", "port": 53, "protocol": "udp", "scheduler": "rr", "forward": "tun",
+             "real_servers": [{"address": "198.18.3.7", "port": 53}]},
+            {"vip": "198.18.0.11", "port": 80, "protocol": "tcp", "scheduler": "rr", "forward": "nat",
+             "real_servers": [{"address": "198.18.2.1", "port": 8080}]}
+        ]
+    }))
+    .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let fleet = lbfleet_server::open_fleet(
+            &lbfleet_server::config::ServerConfig::with_database(db.clone()),
+        )
+        .await
+        .unwrap();
+        fleet
+            .put_cluster(&lbfleet_server::fleet::Actor("test".into()), "ext", &spec)
+            .await
+            .unwrap();
+    });
+    let (ok, script, err) = run(&["realserver", "ext", "--database", &db], None);
+    assert!(ok, "{err}");
+    assert!(script.starts_with("#!/bin/sh"), "{script}");
+    for want in [
+        "if is_local '198.18.0.51'; then",
+        "if is_local '198.18.0.52'; then",
+        "if is_local '198.18.3.7'; then",
+        "ip addr replace 198.18.0.10/32 dev lo",
+        "ip addr replace 198.18.0.11/32 dev tunl0",
+        "arp_ignore=1",
+    ] {
+        assert!(script.contains(want), "{want:?} missing from\n{script}");
+    }
+    assert!(
+        !script.contains("198.18.2.1"),
+        "a NAT real server needs nothing"
+    );
+    let (ok, json, err) = run(
+        &["realserver", "ext", "--format", "json", "--database", &db],
+        None,
+    );
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v["real_servers"].as_array().map(Vec::len), Some(3));
+    assert_eq!(v["real_servers"][2]["tun_vips"][0], "198.18.0.11/32");
+    let (ok, _, err) = run(&["realserver", "nope", "--database", &db], None);
+    assert!(!ok);
+    assert!(err.contains("nope"), "{err}");
+}

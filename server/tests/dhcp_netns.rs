@@ -664,6 +664,13 @@ fn every_acked_lease_survives_kill_9() {
 
     // Restart on the same database: every promised lease is there.
     lab.start_server(250);
+    // The dead process still holds the boot network's DHCP leadership row; the new one takes it over once it
+    // saw the row unrenewed for a TTL (boot::dhcp::leader).
+    wait_for(
+        "the restarted server active",
+        Duration::from_secs(10),
+        || metric(&lab.api("GET", "/metrics", None), "lbfleet_dhcp_active{") == 1,
+    );
     let leases = lab.leases();
     for (mac, ip) in &acks {
         assert!(

@@ -18,17 +18,19 @@ const ROWS: usize = 40_000;
 
 /// Appends `ROWS` large rows to the audit log straight in the database (the export does not check the chain).
 async fn grow_audit_log(db_path: &std::path::Path) {
-    use sqlx::Connection;
-    let mut conn = sqlx::SqliteConnection::connect(&common::db_url(db_path))
+    let pool = common::raw_pool(db_path).await;
+    let mut tx = pool.begin().await.unwrap();
+    let first: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) + 1 FROM audit_log")
+        .fetch_one(&mut *tx)
         .await
         .unwrap();
-    let mut tx = conn.begin().await.unwrap();
     let after = format!("{{\"note\":\"{}\"}}", "x".repeat(900));
     for i in 0..ROWS {
         sqlx::query(
-            "INSERT INTO audit_log (at, actor, action, target, before_json, after_json, prev_hash, hash) \
-             VALUES ($1, 'test', 'test.bulk', $2, NULL, $3, 'x', 'y')",
+            "INSERT INTO audit_log (seq, at, actor, action, target, before_json, after_json, prev_hash, hash) \
+             VALUES ($1, $2, 'test', 'test.bulk', $3, NULL, $4, 'x', 'y')",
         )
+        .bind(first + i64::try_from(i).unwrap())
         .bind(i64::try_from(i).unwrap())
         .bind(format!("node:bulk-{i}"))
         .bind(&after)
@@ -42,7 +44,7 @@ async fn grow_audit_log(db_path: &std::path::Path) {
         .await
         .unwrap();
     tx.commit().await.unwrap();
-    conn.close().await.unwrap();
+    pool.close().await;
 }
 
 /// Starts an export as `cookie` from `from` and reads only its response head: the status code.

@@ -41,12 +41,13 @@ async fn healthz_until(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn healthz_is_503_while_the_database_cannot_write() {
     let dir = tempfile::tempdir().unwrap();
-    let srv = common::TestServer::start(dir.path()).await;
+    // SQLite's write lock (one writer per file); PostgreSQL writers do not lock the probe out.
+    let srv = common::TestServer::start_sqlite(dir.path()).await;
     let (s, _, _) = healthz_until(&srv, StatusCode::OK).await;
     assert_eq!(s, StatusCode::OK);
 
     // Another process's connection takes the write lock and keeps it.
-    let mut locker = sqlx::SqliteConnection::connect(&common::db_url(&srv.db_path))
+    let mut locker = sqlx::SqliteConnection::connect(&common::sqlite_url(&srv.db_path))
         .await
         .unwrap();
     sqlx::query("BEGIN IMMEDIATE")
@@ -111,7 +112,7 @@ impl OnTinyDisk {
             .arg(env!("CARGO_BIN_EXE_lbfleet-server"))
             .args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json"])
             .arg("--database")
-            .arg(common::db_url(&db_dir.join("lbfleet.db")))
+            .arg(common::sqlite_url(&db_dir.join("lbfleet.db")))
             .env("RUST_LOG", "info,sqlx=warn")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

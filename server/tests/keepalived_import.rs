@@ -98,7 +98,10 @@ fn cli_dry_run_then_apply_as_one_change() {
     assert!(out.contains("cluster.create cluster:ext"), "{out}");
     assert!(out.contains("node lb1: active with priority 150"), "{out}");
     assert!(out.contains("node lb2: backup with priority 100"), "{out}");
-    assert!(out.contains("real server 198.18.2.3:8080 weight 1"), "{out}");
+    assert!(
+        out.contains("real server 198.18.2.3:8080 weight 1"),
+        "{out}"
+    );
     assert!(out.contains("lossless"), "{out}");
 
     // The dry run wrote nothing: the audit log is empty, and the same plan still creates.
@@ -118,7 +121,10 @@ fn cli_dry_run_then_apply_as_one_change() {
     assert_eq!(svc["check"]["on_down"], "remove");
     let (_, out, _) = cli(&["audit", "verify", "--database", &db]);
     let audit: Value = serde_json::from_str(&out).unwrap();
-    assert_eq!((audit["ok"].as_bool(), audit["rows"].as_i64()), (Some(true), Some(1)));
+    assert_eq!(
+        (audit["ok"].as_bool(), audit["rows"].as_i64()),
+        (Some(true), Some(1))
+    );
 
     // Again: nothing changes.
     let (code, out, _) = import(&db, &file, &[]);
@@ -135,8 +141,14 @@ fn exit_status_says_whether_the_import_was_lossless() {
     let (code, out, _) = import(&db, &file, &[]);
     assert_eq!(code, 2, "{out}");
     let web = dir.path().join("conf.d/web.conf").display().to_string();
-    assert!(out.contains(&format!("{web}:9: alpha: lbfleet starts")), "{out}");
-    assert!(out.contains(&format!("{web}:10: notify_up /bin/true:")), "{out}");
+    assert!(
+        out.contains(&format!("{web}:9: alpha: lbfleet starts")),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("{web}:10: notify_up /bin/true:")),
+        "{out}"
+    );
     assert!(out.contains("NOT lossless"), "{out}");
     // What could be imported was.
     assert!(out.contains("cluster.create cluster:ext"), "{out}");
@@ -158,14 +170,21 @@ fn all_or_nothing_when_the_fleet_refuses_one_cluster() {
     let (path, tokens) = rt.block_on(async {
         let srv = TestServer::start(dir.path()).await;
         let (s, _) = srv
-            .put("/api/v1/clusters/other", &srv.tokens.admin, cluster_spec(70, "198.18.0.41"))
+            .put(
+                "/api/v1/clusters/other",
+                &srv.tokens.admin,
+                cluster_spec(70, "198.18.0.41"),
+            )
             .await;
         assert_eq!(s, StatusCode::CREATED);
         srv.stop().await
     });
     let (code, out, err) = import(&db, &file, &[]);
     assert_eq!(code, 1, "{out}\n{err}");
-    assert!(err.contains("VIP 198.18.0.41 already belongs to cluster \"other\""), "{err}");
+    assert!(
+        err.contains("VIP 198.18.0.41 already belongs to cluster \"other\""),
+        "{err}"
+    );
     rt.block_on(async {
         let srv = TestServer::start_with(path, tokens, |_| {}).await;
         let (s, v) = srv.get("/api/v1/clusters", &srv.tokens.viewer).await;
@@ -176,7 +195,11 @@ fn all_or_nothing_when_the_fleet_refuses_one_cluster() {
             .iter()
             .map(|c| c["name"].as_str().unwrap())
             .collect();
-        assert_eq!(names, ["other"], "the import's first cluster was not written either");
+        assert_eq!(
+            names,
+            ["other"],
+            "the import's first cluster was not written either"
+        );
         srv.stop().await;
     });
 }
@@ -202,10 +225,17 @@ async fn api_import_with_dry_run_then_apply() {
 
     let before = srv.audit_len().await;
     let (s, v) = srv
-        .post("/api/v1/import/keepalived", &srv.tokens.operator, body(true))
+        .post(
+            "/api/v1/import/keepalived",
+            &srv.tokens.operator,
+            body(true),
+        )
         .await;
     assert_eq!(s, StatusCode::OK, "{v}");
-    assert_eq!((v["dry_run"].as_bool(), v["lossless"].as_bool()), (Some(true), Some(true)));
+    assert_eq!(
+        (v["dry_run"].as_bool(), v["lossless"].as_bool()),
+        (Some(true), Some(true))
+    );
     assert_eq!(v["clusters"][0]["action"], "cluster.create");
     assert_eq!(v["clusters"][0]["members"][0]["node"], "lb1");
     assert_eq!(srv.audit_len().await, before);
@@ -213,23 +243,43 @@ async fn api_import_with_dry_run_then_apply() {
     assert_eq!(s, StatusCode::NOT_FOUND);
 
     let (s, v) = srv
-        .post("/api/v1/import/keepalived", &srv.tokens.operator, body(false))
+        .post(
+            "/api/v1/import/keepalived",
+            &srv.tokens.operator,
+            body(false),
+        )
         .await;
     assert_eq!(s, StatusCode::OK, "{v}");
     assert_eq!(srv.audit_len().await, before + 1);
     let (s, c) = srv.get("/api/v1/clusters/ext", &srv.tokens.viewer).await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(c["spec"]["vrid"], 61);
-    assert_eq!(c["spec"]["services"][0]["real_servers"].as_array().unwrap().len(), 3);
+    assert_eq!(
+        c["spec"]["services"][0]["real_servers"]
+            .as_array()
+            .unwrap()
+            .len(),
+        3
+    );
 
     // Bad requests: a name escaping the upload, a parse that does not end, no file.
     for (bad, want) in [
-        (json!({"files": [{"name": "../x", "text": ""}]}), StatusCode::BAD_REQUEST),
-        (json!({"files": [{"name": "k.conf", "text": "$A=x${A}\nv $A\n"}]}), StatusCode::UNPROCESSABLE_ENTITY),
+        (
+            json!({"files": [{"name": "../x", "text": ""}]}),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            json!({"files": [{"name": "k.conf", "text": "$A=x${A}\nv $A\n"}]}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
         (json!({"files": []}), StatusCode::BAD_REQUEST),
     ] {
         let (s, v) = srv
-            .post("/api/v1/import/keepalived", &srv.tokens.operator, bad.clone())
+            .post(
+                "/api/v1/import/keepalived",
+                &srv.tokens.operator,
+                bad.clone(),
+            )
             .await;
         assert_eq!(s, want, "{bad}: {v}");
     }
@@ -248,7 +298,11 @@ fn every_shipped_sample_imports_or_names_what_it_did_not() {
     );
     let dir = tempfile::tempdir().unwrap();
     let mut seen = 0;
-    let mut entries: Vec<_> = std::fs::read_dir(samples).unwrap().flatten().map(|e| e.path()).collect();
+    let mut entries: Vec<_> = std::fs::read_dir(samples)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
     entries.sort();
     for path in entries {
         let name = path.file_name().unwrap().to_string_lossy().into_owned();
@@ -256,10 +310,20 @@ fn every_shipped_sample_imports_or_names_what_it_did_not() {
             continue;
         }
         seen += 1;
-        let db = format!("sqlite://{}", dir.path().join(format!("{name}.db")).display());
+        let db = format!(
+            "sqlite://{}",
+            dir.path().join(format!("{name}.db")).display()
+        );
         let (code, out, err) = cli(&[
-            "import", "keepalived", path.to_str().unwrap(), "--config-id", "lb1", "--dry-run", "--json",
-            "--database", &db,
+            "import",
+            "keepalived",
+            path.to_str().unwrap(),
+            "--config-id",
+            "lb1",
+            "--dry-run",
+            "--json",
+            "--database",
+            &db,
         ]);
         assert!(code == 0 || code == 2, "{name}: exit {code}\n{err}");
         let report: Value = serde_json::from_str(&out).unwrap();
@@ -276,7 +340,12 @@ fn every_shipped_sample_imports_or_names_what_it_did_not() {
             assert_eq!(file, path.to_str().unwrap(), "{name}: {n}");
             let text = &lines[line.parse::<usize>().unwrap() - 1];
             // The keyword, or for a service from a virtual_server_group its address on the group's line.
-            let words: Vec<&str> = n["directive"].as_str().unwrap().split_whitespace().take(2).collect();
+            let words: Vec<&str> = n["directive"]
+                .as_str()
+                .unwrap()
+                .split_whitespace()
+                .take(2)
+                .collect();
             assert!(
                 words.is_empty() || words.iter().any(|w| text.contains(w)),
                 "{name}: line {line} ({text:?}) does not hold {words:?}"

@@ -21,8 +21,18 @@ const MAX_EVENT_BYTES: i64 = 256 * 1024;
 const FLOOD_REPORTS: u64 = 60;
 const FLOOD_DEADLINE: Duration = Duration::from_secs(240);
 
-/// The database file and its WAL, in bytes.
-fn db_bytes(db: &Path) -> u64 {
+/// The database's size in bytes: the SQLite file and its WAL, or PostgreSQL's size of the database.
+async fn db_bytes(db: &Path) -> u64 {
+    if lbfleet_tests::postgres::test_backend_is_postgres() {
+        let pool = common::raw_pool(db).await;
+        let n: i64 =
+            sqlx::query_scalar("SELECT CAST(pg_database_size(current_database()) AS BIGINT)")
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        pool.close().await;
+        return u64::try_from(n).unwrap();
+    }
     let wal = db.with_extension("db-wal");
     [db.to_path_buf(), wal]
         .iter()
@@ -53,11 +63,9 @@ async fn report(srv: &TestServer, credential: &str, body: &Value) -> (StatusCode
 
 /// Events of the node as the database holds them (count, bytes of messages), read on a connection of its own.
 async fn stored_events(db: &Path) -> (i64, i64) {
-    let pool = sqlx::SqlitePool::connect(&common::db_url(db))
-        .await
-        .unwrap();
+    let pool = common::raw_pool(db).await;
     let row: (i64, i64) = sqlx::query_as(
-        "SELECT COUNT(*), COALESCE(SUM(length(CAST(message AS BLOB))), 0) FROM events",
+        "SELECT COUNT(*), CAST(COALESCE(SUM(octet_length(message)), 0) AS BIGINT) FROM events",
     )
     .fetch_one(&pool)
     .await
@@ -124,7 +132,7 @@ async fn an_alert_survives_a_report_flood_and_the_database_stays_bounded() {
     let (_, alerts) = srv.get("/api/v1/alerts", &srv.tokens.viewer).await;
     assert_eq!(reenrolled(&alerts).len(), 1, "{alerts}");
     let (events_before, _) = stored_events(&db).await;
-    let size_before = db_bytes(&db);
+    let size_before = db_bytes(&db).await;
 
     // Over the bounds: refused whole, naming the field, and nothing of it stored.
     let many: Vec<Value> = (0..10_000u64)
@@ -199,7 +207,7 @@ async fn an_alert_survives_a_report_flood_and_the_database_stays_bounded() {
         written += body.to_string().len();
         let (s, v) = report(&srv, &credential, &body).await;
         assert_eq!(s, StatusCode::NO_CONTENT, "round {round}: {v}");
-        peak_growth = peak_growth.max(db_bytes(&db).saturating_sub(size_before));
+        peak_growth = peak_growth.max(db_bytes(&db).await.saturating_sub(size_before));
     }
     let flood_time = started.elapsed();
 
@@ -224,7 +232,7 @@ async fn an_alert_survives_a_report_flood_and_the_database_stays_bounded() {
     .unwrap();
     retention::prune(&fleet, bounded).await.unwrap();
     fleet.close().await;
-    peak_growth = peak_growth.max(db_bytes(&db).saturating_sub(size_before));
+    peak_growth = peak_growth.max(db_bytes(&db).await.saturating_sub(size_before));
 
     // The alert is still there.
     let (_, alerts) = srv.get("/api/v1/alerts", &srv.tokens.viewer).await;
@@ -256,9 +264,7 @@ async fn an_alert_survives_a_report_flood_and_the_database_stays_bounded() {
 async fn the_events_api_answers_a_bounded_number_of_bytes() {
     let dir = tempfile::tempdir().unwrap();
     let srv = TestServer::start(dir.path()).await;
-    let pool = sqlx::SqlitePool::connect(&common::db_url(&srv.db_path))
-        .await
-        .unwrap();
+    let pool = common::raw_pool(&srv.db_path).await;
     // Recent (retention prunes by age at start), in the past (before the server's own events).
     let at = i64::try_from(
         std::time::SystemTime::now()

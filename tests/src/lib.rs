@@ -6,6 +6,8 @@
 //!   `workspace_binary`, which locates the binaries built before the tests;
 //! - `netns`: network namespaces (deleted on drop), veth pairs, addresses, commands and threads inside a
 //!   namespace, and the netns prerequisite check (`require`), for every netns test and lab;
+//! - `postgres`: PostgreSQL clusters of the tests' own (initdb in a temporary directory, removed by a watchdog
+//!   even when the test process is killed), and the component tests' backend switch;
 //! - `lab`: the netns/QEMU PXE lab and the demo site; `vrrp_lab`: the VRRP lab (agent, keepalived, prober);
 //! - `ipvsadm`, `strace`: comparing IPVS tables as `ipvsadm -Ln` prints them, netlink bytes from strace dumps.
 
@@ -13,6 +15,7 @@ pub mod guest;
 pub mod ipvsadm;
 pub mod lab;
 pub mod netns;
+pub mod postgres;
 pub mod prereq;
 pub mod server;
 pub mod strace;

@@ -39,13 +39,40 @@ pub struct TestServer {
     handle: Option<JoinHandle<anyhow::Result<()>>>,
 }
 
+/// The database of a test, named by a path in the test's directory: that SQLite file, or, when the component
+/// tests run on PostgreSQL (`LBFLEET_TEST_DATABASE=postgres`), a database of the process's shared test cluster
+/// named after the path (created on first use; the same path names the same database, so restarts find it).
 pub fn db_url(path: &Path) -> String {
+    if crate::postgres::test_backend_is_postgres() {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        path.hash(&mut h);
+        crate::postgres::shared().database(&format!("t_{:016x}", h.finish()))
+    } else {
+        sqlite_url(path)
+    }
+}
+
+/// The SQLite URL of `path`, whatever backend the tests run on (tests of the SQLite file itself).
+pub fn sqlite_url(path: &Path) -> String {
     format!("sqlite://{}", path.display())
+}
+
+/// A pool straight on the test's database (either backend), for tests that read or edit it behind the
+/// server's back.
+pub async fn raw_pool(db_path: &Path) -> sqlx::AnyPool {
+    sqlx::any::install_default_drivers();
+    sqlx::AnyPool::connect(&db_url(db_path)).await.unwrap()
 }
 
 /// Creates the three users and their tokens in a fresh database.
 pub async fn seed(db_path: &Path) -> Tokens {
-    let fleet = lbfleet_server::open_fleet(&ServerConfig::with_database(db_url(db_path)))
+    seed_url(&db_url(db_path)).await
+}
+
+/// `seed` on the database at `url`.
+pub async fn seed_url(url: &str) -> Tokens {
+    let fleet = lbfleet_server::open_fleet(&ServerConfig::with_database(url.to_owned()))
         .await
         .unwrap();
     let sys = Actor::system();
@@ -83,6 +110,16 @@ impl TestServer {
         Self::start_with(db_path, tokens, |_| {}).await
     }
 
+    /// A server on a new SQLite database in `dir`, whatever backend the other tests run on (tests of the
+    /// SQLite file itself).
+    pub async fn start_sqlite(dir: &Path) -> TestServer {
+        let db_path = dir.join("lbfleet.db");
+        let url = sqlite_url(&db_path);
+        let tokens = seed_url(&url).await;
+        let config = ServerConfig::with_database(url);
+        Self::start_config(db_path, tokens, config).await
+    }
+
     /// A server on an existing database (for restarts), with a config tweak.
     pub async fn start_with(
         db_path: PathBuf,
@@ -91,6 +128,10 @@ impl TestServer {
     ) -> TestServer {
         let mut config = ServerConfig::with_database(db_url(&db_path));
         tweak(&mut config);
+        Self::start_config(db_path, tokens, config).await
+    }
+
+    async fn start_config(db_path: PathBuf, tokens: Tokens, config: ServerConfig) -> TestServer {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let (tx, rx) = oneshot::channel::<()>();
@@ -129,7 +170,19 @@ impl TestServer {
         boot: lbfleet_server::config::BootConfig,
         tftp: tokio::net::UdpSocket,
     ) -> TestServer {
-        let mut config = ServerConfig::with_database(db_url(&db_path));
+        let url = db_url(&db_path);
+        Self::start_boot_url(url, db_path, tokens, boot, tftp).await
+    }
+
+    /// `start_boot` on the database at `url` (`db_path` names the test's database as in `db_url`).
+    pub async fn start_boot_url(
+        url: String,
+        db_path: PathBuf,
+        tokens: Tokens,
+        boot: lbfleet_server::config::BootConfig,
+        tftp: tokio::net::UdpSocket,
+    ) -> TestServer {
+        let mut config = ServerConfig::with_database(url);
         config.boot = Some(boot);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());

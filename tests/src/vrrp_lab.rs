@@ -201,6 +201,59 @@ pub fn prober_summary(log: &str) -> Option<(u64, u64, f64, u64)> {
     ))
 }
 
+/// One run of unanswered probes between answered ones, from the prober's per-probe lines.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Outage {
+    /// Wall-clock time (µs since the Unix epoch) the first unanswered probe was sent.
+    pub begins_unix_us: u64,
+    /// From the last answered probe before it to the first answered one after it, as the summary counts.
+    pub ms: f64,
+}
+
+/// Every outage in a finished prober log (`start_unix_us` line, then `seq N sent_us T reply_us T|-` lines),
+/// in order; empty when the log has no start line.
+pub fn prober_outages(log: &str) -> Vec<Outage> {
+    let Some(origin) = log
+        .lines()
+        .find_map(|l| l.strip_prefix("start_unix_us "))
+        .and_then(|t| t.trim().parse::<u64>().ok())
+    else {
+        return Vec::new();
+    };
+    let probes: Vec<(u64, bool)> = log
+        .lines()
+        .filter(|l| l.starts_with("seq "))
+        .filter_map(|l| {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            Some((w.get(3)?.parse().ok()?, *w.get(5)? != "-"))
+        })
+        .collect();
+    let mut out = Vec::new();
+    let mut last_ok: Option<usize> = None;
+    for (i, &(sent, answered)) in probes.iter().enumerate() {
+        if !answered {
+            continue;
+        }
+        if let Some(prev) = last_ok {
+            if i > prev + 1 {
+                out.push(Outage {
+                    begins_unix_us: origin + probes[prev + 1].0,
+                    ms: (sent - probes[prev].0) as f64 / 1000.0,
+                });
+            }
+        }
+        last_ok = Some(i);
+    }
+    out
+}
+
+/// Now, in µs since the Unix epoch (the clock of [`Outage::begins_unix_us`]).
+pub fn unix_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
 // ---------------------------------------------------------------------------------------------------------
 // Contenders: lbfleet-agent (`apply --watch`) and keepalived, and the prober.
 
@@ -395,4 +448,37 @@ pub fn stop_prober(lab: &mut Lab) -> (u64, u64, f64, u64) {
         s.0, s.1, s.2, s.3
     );
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outages_are_runs_of_unanswered_probes_on_the_wall_clock() {
+        let log = "start_unix_us 1000000\nready\nseq 0 sent_us 0 reply_us 100\n\
+                   seq 1 sent_us 10000 reply_us -\nseq 2 sent_us 20000 reply_us -\n\
+                   seq 3 sent_us 30000 reply_us 30100\nseq 4 sent_us 40000 reply_us -\n\
+                   seq 5 sent_us 50000 reply_us 50100\nsummary sent 6 answered 3 longest_outage_ms 30.0 outages 2\n";
+        assert_eq!(
+            prober_outages(log),
+            vec![
+                Outage {
+                    begins_unix_us: 1_010_000,
+                    ms: 30.0
+                },
+                Outage {
+                    begins_unix_us: 1_040_000,
+                    ms: 20.0
+                }
+            ]
+        );
+        // Unanswered probes at the end are no outage (nothing answered after them), nor is a log without
+        // its start line.
+        assert!(prober_outages(
+            "start_unix_us 5\nseq 0 sent_us 0 reply_us 1\nseq 1 sent_us 10 reply_us -\n"
+        )
+        .is_empty());
+        assert!(prober_outages("seq 0 sent_us 0 reply_us 1\nseq 1 sent_us 10 reply_us -\nseq 2 sent_us 20 reply_us 21\n").is_empty());
+    }
 }

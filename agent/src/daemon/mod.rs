@@ -29,7 +29,7 @@ pub use crate::vrrp::notice::{now_ms, VrrpStatus};
 use crate::vrrp::tasks::VrrpSupervisor;
 
 pub use file::apply_file;
-pub use server::{run, Backoff, RunConfig};
+pub use server::{run, Backoff, Endpoint, RunConfig};
 
 /// Why the agent stopped.
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +40,8 @@ pub enum AgentError {
     CredentialRefused(ClientError),
     #[error("no enrollment token and no saved credential: pass --token or lbfleet.token= on the kernel command line")]
     NoCredential,
+    #[error("no server to talk to: pass --server or lbfleet.server= on the kernel command line")]
+    NoServer,
     #[error("no MAC address for enrollment: no BOOTIF= on the kernel command line; pass --mac")]
     NoMac,
     #[error(transparent)]

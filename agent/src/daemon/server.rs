@@ -5,16 +5,18 @@
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use lbfleet_proto::boot::BOOT_CREDENTIAL_PREFIX;
 use lbfleet_proto::{AgentReport, EnrollRequest};
 use rand::Rng;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
 use super::{AgentError, Event, HealthOutbox, LoopConfig, RoleOrigin};
-use crate::client::ServerClient;
+use crate::client::{ClientError, ServerClient};
 use crate::health::{HealthConfig, PrioritySink};
 use crate::reconcile::Applier;
 use crate::state::StateDir;
@@ -49,10 +51,75 @@ impl Backoff {
     }
 }
 
+/// One lbfleet-server the agent may talk to: its URL and the pin of its certificate (`lbfleet.server=` and
+/// `lbfleet.server_cert=`, position by position).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    pub url: String,
+    /// Trust only this certificate over HTTPS; `None`: the server speaks plain HTTP (or is trusted as is).
+    pub pin: Option<crate::pin::CertPin>,
+}
+
+/// Why `--server`/`--server-cert` (or `lbfleet.server=`/`lbfleet.server_cert=`) do not make a list of servers.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EndpointsError {
+    #[error("an empty entry in the list of servers {0:?}")]
+    EmptyServer(String),
+    #[error("{pins} certificate pin(s) for {servers} server(s): give one per server (none for a server without TLS)")]
+    NotAligned { servers: usize, pins: usize },
+    #[error(transparent)]
+    BadPin(#[from] crate::pin::BadPin),
+}
+
+impl Endpoint {
+    pub fn new(url: &str, pin: Option<crate::pin::CertPin>) -> Endpoint {
+        Endpoint {
+            url: url.to_owned(),
+            pin,
+        }
+    }
+
+    /// Pairs a comma-separated list of server URLs with a comma-separated list of pins (`sha256:HEX` or
+    /// `none`), position by position; without pins, no server is pinned.
+    pub fn list(servers: &str, pins: Option<&str>) -> Result<Vec<Endpoint>, EndpointsError> {
+        let urls: Vec<&str> = servers.split(',').map(str::trim).collect();
+        if urls.iter().any(|u| u.is_empty()) {
+            return Err(EndpointsError::EmptyServer(servers.to_owned()));
+        }
+        let pins: Vec<Option<crate::pin::CertPin>> = match pins {
+            None => vec![None; urls.len()],
+            Some(p) => p
+                .split(',')
+                .map(str::trim)
+                .map(|p| {
+                    if p == lbfleet_proto::boot::NO_PIN {
+                        Ok(None)
+                    } else {
+                        p.parse().map(Some)
+                    }
+                })
+                .collect::<Result<_, _>>()?,
+        };
+        if pins.len() != urls.len() {
+            return Err(EndpointsError::NotAligned {
+                servers: urls.len(),
+                pins: pins.len(),
+            });
+        }
+        Ok(urls
+            .into_iter()
+            .zip(pins)
+            .map(|(u, p)| Endpoint::new(u, p))
+            .collect())
+    }
+}
+
 /// Server-mode settings.
 #[derive(Debug, Clone)]
 pub struct RunConfig {
-    pub server: String,
+    /// The servers, in order of preference (the one that wrote the boot script first). Enrollment, the role
+    /// long-poll and reports go to one of them at a time and move to the next when it stops answering.
+    pub servers: Vec<Endpoint>,
     /// One-time enrollment token; used when no credential is saved.
     pub token: Option<String>,
     pub mac: Option<String>,
@@ -66,8 +133,6 @@ pub struct RunConfig {
     pub backoff_initial: Duration,
     pub backoff_max: Duration,
     pub image_version: Option<String>,
-    /// Trust only this server certificate over HTTPS (`lbfleet.server_cert=`).
-    pub server_cert: Option<crate::pin::CertPin>,
     /// Health-check settings (concurrency, script directory).
     pub health: HealthConfig,
     /// Also told the health quorum's VRRP priority (the VRRP instance always is): tests, embedders.
@@ -75,9 +140,15 @@ pub struct RunConfig {
 }
 
 impl RunConfig {
+    /// Settings for one server without a pin.
     pub fn new(server: &str, state_dir: impl Into<PathBuf>) -> RunConfig {
+        Self::with_servers(vec![Endpoint::new(server, None)], state_dir)
+    }
+
+    /// Settings for several servers, each with its own pin.
+    pub fn with_servers(servers: Vec<Endpoint>, state_dir: impl Into<PathBuf>) -> RunConfig {
         RunConfig {
-            server: server.to_owned(),
+            servers,
             token: None,
             mac: None,
             credential: None,
@@ -87,23 +158,111 @@ impl RunConfig {
             backoff_initial: Duration::from_millis(250),
             backoff_max: Duration::from_secs(30),
             image_version: None,
-            server_cert: None,
             health: HealthConfig::default(),
             priority_observer: None,
         }
     }
 }
 
-/// Enrolls if needed and returns a client holding a credential.
-async fn connect(config: &RunConfig, state: &StateDir) -> Result<ServerClient, AgentError> {
+/// Every server the agent may use, one client each (each with its own pin), and which one answers now. The
+/// role poller moves `current` on; the reporter starts from it.
+#[derive(Debug, Clone)]
+struct ServerSet {
+    clients: Vec<ServerClient>,
+    current: Arc<AtomicUsize>,
+}
+
+/// What one round over every server came to.
+enum RoundEnd {
+    /// Some server did not answer: wait (backoff) and go round again.
+    Retry,
+    /// Every server refused to be trusted (certificate not its pin): retrying cannot help.
+    AllRefused(ClientError),
+}
+
+impl ServerSet {
+    fn new(config: &RunConfig, credential: Option<String>) -> Result<ServerSet, AgentError> {
+        if config.servers.is_empty() {
+            return Err(AgentError::NoServer);
+        }
+        let clients = config
+            .servers
+            .iter()
+            .map(|e| ServerClient::pinned(&e.url, credential.clone(), e.pin))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(AgentError::Client)?;
+        Ok(ServerSet {
+            clients,
+            current: Arc::new(AtomicUsize::new(0)),
+        })
+    }
+
+    fn len(&self) -> usize {
+        self.clients.len()
+    }
+
+    fn current(&self) -> usize {
+        self.current.load(Ordering::Relaxed) % self.len()
+    }
+
+    /// Moves on from server `from` to the next (unless someone already moved on); the new index.
+    fn advance(&self, from: usize) -> usize {
+        let next = (from + 1) % self.len();
+        let _ = self
+            .current
+            .compare_exchange(from, next, Ordering::Relaxed, Ordering::Relaxed);
+        self.current()
+    }
+
+    fn set_credential(&mut self, credential: &str) {
+        for c in &mut self.clients {
+            c.set_credential(credential.to_owned());
+        }
+    }
+}
+
+/// Counts the failures of one round over the servers: once every server failed, the round ends.
+#[derive(Debug, Default)]
+struct Round {
+    failed: usize,
+    refused: usize,
+}
+
+impl Round {
+    /// Records a failure of one server; `Some` when that completed a round over `servers`.
+    fn failed(&mut self, servers: usize, e: ClientError) -> Option<RoundEnd> {
+        self.failed += 1;
+        if matches!(e, ClientError::CertificateMismatch { .. }) {
+            self.refused += 1;
+        }
+        if self.failed < servers {
+            return None;
+        }
+        let all_refused = self.refused == self.failed;
+        *self = Round::default();
+        Some(if all_refused {
+            RoundEnd::AllRefused(e)
+        } else {
+            RoundEnd::Retry
+        })
+    }
+}
+
+/// Enrolls if needed (with whichever server answers) and returns the servers holding a credential. With a boot
+/// credential (`lbf_boot_`, handed out while the database is down) that no server can exchange yet (503), the
+/// servers hold the boot credential itself, which reads the role only, and the enrollment request to retry
+/// comes back too.
+async fn connect(
+    config: &RunConfig,
+    state: &StateDir,
+) -> Result<(ServerSet, Option<EnrollRequest>), AgentError> {
     let saved = match config.credential.clone() {
         Some(c) => Some(c),
         None => state.load_credential()?,
     };
-    let mut client = ServerClient::pinned(&config.server, saved, config.server_cert)
-        .map_err(AgentError::Client)?;
-    if client.credential().is_some() {
-        return Ok(client);
+    let mut set = ServerSet::new(config, saved)?;
+    if set.clients[0].credential().is_some() {
+        return Ok((set, None));
     }
     let token = config.token.clone().ok_or(AgentError::NoCredential)?;
     let mac = config.mac.clone().ok_or(AgentError::NoMac)?;
@@ -114,39 +273,82 @@ async fn connect(config: &RunConfig, state: &StateDir) -> Result<ServerClient, A
         image_version: config.image_version.clone(),
     };
     let mut backoff = Backoff::new(config.backoff_initial, config.backoff_max);
+    let mut round = Round::default();
     loop {
+        let i = set.current();
+        let mut client = set.clients[i].clone();
         match client.enroll(&req).await {
             Ok(enrolled) => {
-                info!(node = %enrolled.node, node_id = enrolled.node_id, mac = %mac, "enrolled");
+                info!(node = %enrolled.node, node_id = enrolled.node_id, mac = %mac,
+                    server = client.base(), "enrolled");
                 state.save_credential(&enrolled.credential)?;
-                return Ok(client);
+                set.set_credential(&enrolled.credential);
+                return Ok((set, None));
             }
-            Err(e) if e.is_transient() => {
-                let delay = backoff.next_delay();
-                warn!(error = %e, retry_ms = delay.as_millis() as u64, "enrollment failed, retrying");
-                tokio::time::sleep(delay).await;
+            Err(ClientError::Refused { status, .. })
+                if status == reqwest::StatusCode::SERVICE_UNAVAILABLE
+                    && req.token.starts_with(BOOT_CREDENTIAL_PREFIX) =>
+            {
+                warn!(
+                    server = client.base(),
+                    "server's database unreachable: reading the role with the boot \
+                    credential until it can be exchanged"
+                );
+                set.set_credential(&req.token);
+                return Ok((set, Some(req)));
+            }
+            Err(e) if e.is_server_failure() => {
+                warn!(error = %e, server = client.base(), "enrollment failed; trying the next server");
+                set.advance(i);
+                match round.failed(set.len(), e) {
+                    None => {}
+                    Some(RoundEnd::Retry) => {
+                        let delay = backoff.next_delay();
+                        warn!(
+                            retry_ms = delay.as_millis() as u64,
+                            "no server enrolled us, retrying"
+                        );
+                        tokio::time::sleep(delay).await;
+                    }
+                    Some(RoundEnd::AllRefused(e)) => return Err(AgentError::EnrollRefused(e)),
+                }
             }
             Err(e) => return Err(AgentError::EnrollRefused(e)),
         }
     }
 }
 
-/// Long-polls the role forever; sends each newer document. Backs off while the server is unreachable.
+/// Long-polls the role forever, from whichever server answers; sends each newer document. When the server in
+/// use stops answering (connect error, timeout, 5xx, a certificate that is not its pin) the next one is asked
+/// at once; once every server failed, it backs off and goes round again. A refusal ends the agent
+/// (`fatal_on_refusal`) or, for a boot credential, only the polling: the node keeps the role it has while the
+/// credential's exchange goes on.
 async fn poll_roles(
-    client: ServerClient,
+    servers: ServerSet,
     mut after: u64,
     wait: Duration,
     mut backoff: Backoff,
     tx: mpsc::Sender<Event>,
+    fatal_on_refusal: bool,
 ) {
     let mut was_down = false;
+    let mut round = Round::default();
+    let mut last_ok: Option<usize> = None;
     loop {
+        let i = servers.current();
+        let client = &servers.clients[i];
         match client.poll_role(after, wait).await {
             Ok(role) => {
-                if was_down {
-                    info!(after, "server reachable again");
+                if was_down || last_ok != Some(i) {
+                    info!(
+                        after,
+                        server = client.base(),
+                        "polling the role from this server"
+                    );
                     was_down = false;
                 }
+                last_ok = Some(i);
+                round = Round::default();
                 backoff.reset();
                 if let Some(role) = role {
                     if role.generation > after {
@@ -164,14 +366,31 @@ async fn poll_roles(
                     }
                 }
             }
-            Err(e) if e.is_transient() => {
-                let delay = backoff.next_delay();
-                if !was_down {
-                    warn!(error = %e, "server unreachable; keeping the current role");
-                    was_down = true;
+            Err(e) if e.is_server_failure() => {
+                warn!(error = %e, server = client.base(), "server not answering; trying the next one");
+                servers.advance(i);
+                match round.failed(servers.len(), e) {
+                    None => {}
+                    Some(RoundEnd::Retry) => {
+                        let delay = backoff.next_delay();
+                        if !was_down {
+                            warn!("no server reachable; keeping the current role");
+                            was_down = true;
+                        }
+                        debug!(retry_ms = delay.as_millis() as u64, "role poll backoff");
+                        tokio::time::sleep(delay).await;
+                    }
+                    Some(RoundEnd::AllRefused(e)) => {
+                        let _ = tx
+                            .send(Event::Fatal(AgentError::CredentialRefused(e)))
+                            .await;
+                        return;
+                    }
                 }
-                debug!(retry_ms = delay.as_millis() as u64, "role poll backoff");
-                tokio::time::sleep(delay).await;
+            }
+            Err(e) if !fatal_on_refusal => {
+                warn!(error = %e, "boot credential refused; keeping the current role");
+                return;
             }
             Err(e) => {
                 let _ = tx
@@ -183,11 +402,11 @@ async fn poll_roles(
     }
 }
 
-/// Posts the newest report; while the server is down, retries with backoff and sends only the latest. Each
-/// report carries every health transition still waiting in `outbox`; they leave it once the server took them.
+/// Posts the newest report to the server in use, else to the next that takes it; while none does, retries
+/// with backoff and sends only the latest. Each report carries every health transition still waiting in
+/// `outbox`; they leave it once a server took them.
 async fn send_reports(
-    client: ServerClient,
-    server: String,
+    servers: ServerSet,
     mut rx: watch::Receiver<Option<AgentReport>>,
     outbox: HealthOutbox,
     mut backoff: Backoff,
@@ -196,24 +415,40 @@ async fn send_reports(
         if rx.changed().await.is_err() {
             return;
         }
+        let mut tried = 0;
         loop {
             let Some(mut report) = rx.borrow_and_update().clone() else {
                 break;
             };
+            let i = servers.current();
+            let client = &servers.clients[i];
             // Here, not in the reconcile loop: resolving the server's name may be slow.
-            report.address = local_address_towards(&server).await;
+            report.address = local_address_towards(client.base()).await;
             let (events, mark) = outbox.waiting();
             outgoing(&mut report, events);
             match client.report(&report).await {
                 Ok(()) => {
                     outbox.sent(mark);
-                    debug!(generation = report.applied_generation, "report sent");
+                    debug!(
+                        generation = report.applied_generation,
+                        server = client.base(),
+                        "report sent"
+                    );
                     backoff.reset();
                     break;
                 }
                 Err(e) => {
+                    debug!(error = %e, server = client.base(), "report failed");
+                    tried += 1;
+                    if e.is_server_failure() {
+                        servers.advance(i);
+                    }
+                    if tried < servers.len() && e.is_server_failure() {
+                        continue;
+                    }
+                    tried = 0;
                     let delay = backoff.next_delay();
-                    debug!(error = %e, retry_ms = delay.as_millis() as u64, "report failed");
+                    debug!(retry_ms = delay.as_millis() as u64, "report backoff");
                     tokio::select! {
                         _ = tokio::time::sleep(delay) => {}
                         changed = rx.changed() => if changed.is_err() { return },
@@ -294,7 +529,7 @@ async fn role_source(
     report_rx: watch::Receiver<Option<AgentReport>>,
     outbox: HealthOutbox,
 ) {
-    let client = match connect(&config, &state).await {
+    let (mut servers, mut pending) = match connect(&config, &state).await {
         Ok(c) => c,
         Err(e) => {
             let _ = tx.send(Event::Fatal(e)).await;
@@ -302,16 +537,68 @@ async fn role_source(
         }
     };
     let backoff = Backoff::new(config.backoff_initial, config.backoff_max);
-    let _reporter = super::AbortOnDrop(tokio::spawn(send_reports(
-        client.clone(),
-        config.server.clone(),
-        report_rx,
-        outbox,
-        backoff.clone(),
-    )));
-    // Ask from 0: the server answers at once with the current document, which may be newer than the saved one
-    // or (after a server-side restore) the same.
-    poll_roles(client, 0, config.poll_wait, backoff, tx).await;
+    loop {
+        let _reporter = super::AbortOnDrop(tokio::spawn(send_reports(
+            servers.clone(),
+            report_rx.clone(),
+            outbox.clone(),
+            backoff.clone(),
+        )));
+        // Ask from 0: the server answers at once with the current document, which may be newer than the saved
+        // one or (after a server-side restore) the same.
+        let Some(req) = pending.take() else {
+            poll_roles(servers, 0, config.poll_wait, backoff, tx, true).await;
+            return;
+        };
+        // Booted while the database was down: read the role with the boot credential, and trade the credential
+        // for a node credential as soon as a server can (then start over with it).
+        let poller = super::AbortOnDrop(tokio::spawn(poll_roles(
+            servers.clone(),
+            0,
+            config.poll_wait,
+            backoff.clone(),
+            tx.clone(),
+            false,
+        )));
+        match exchange(&mut servers, &req, &state, backoff.clone()).await {
+            Ok(()) => drop(poller),
+            Err(e) => {
+                warn!(error = %e, "cannot exchange the boot credential; keeping the role from the server's boot cache");
+                let mut poller = poller;
+                let _ = (&mut poller.0).await;
+                return;
+            }
+        }
+    }
+}
+
+/// Retries the enrollment with a boot credential, server after server (backing off while they answer 503 or
+/// cannot be reached), until one gives a node credential, saved and kept in `servers`.
+async fn exchange(
+    servers: &mut ServerSet,
+    req: &EnrollRequest,
+    state: &StateDir,
+    mut backoff: Backoff,
+) -> Result<(), AgentError> {
+    loop {
+        tokio::time::sleep(backoff.next_delay()).await;
+        let i = servers.current();
+        let mut client = servers.clients[i].clone();
+        match client.enroll(req).await {
+            Ok(enrolled) => {
+                info!(node = %enrolled.node, node_id = enrolled.node_id, server = client.base(),
+                    "boot credential exchanged: enrolled");
+                state.save_credential(&enrolled.credential)?;
+                servers.set_credential(&enrolled.credential);
+                return Ok(());
+            }
+            Err(e) if e.is_server_failure() => {
+                debug!(error = %e, server = client.base(), "boot credential exchange: retrying");
+                servers.advance(i);
+            }
+            Err(e) => return Err(AgentError::EnrollRefused(e)),
+        }
+    }
 }
 
 /// The local address this node uses to reach the server: the source the kernel's routing picks for a UDP
@@ -410,6 +697,72 @@ mod tests {
             .reason
             .as_deref()
             .is_some_and(|r| text_ok(r, bounds::MAX_TEXT))));
+    }
+
+    #[test]
+    fn servers_pair_with_their_pins() {
+        let a = format!("sha256:{}", "ab".repeat(32));
+        let b = format!("sha256:{}", "cd".repeat(32));
+        let list = Endpoint::list(
+            "https://198.18.0.1:8443,https://198.18.0.2:8443,http://198.18.0.3",
+            Some(&format!("{a},{b},none")),
+        )
+        .unwrap();
+        assert_eq!(
+            list,
+            [
+                Endpoint::new("https://198.18.0.1:8443", Some(a.parse().unwrap())),
+                Endpoint::new("https://198.18.0.2:8443", Some(b.parse().unwrap())),
+                Endpoint::new("http://198.18.0.3", None),
+            ]
+        );
+        // The single form of older images.
+        assert_eq!(
+            Endpoint::list("https://198.18.0.1", Some(&a)).unwrap(),
+            [Endpoint::new(
+                "https://198.18.0.1",
+                Some(a.parse().unwrap())
+            )]
+        );
+        assert_eq!(
+            Endpoint::list("http://x", None).unwrap(),
+            [Endpoint::new("http://x", None)]
+        );
+        assert_eq!(
+            Endpoint::list("http://x,http://y", Some(&a)),
+            Err(EndpointsError::NotAligned {
+                servers: 2,
+                pins: 1
+            })
+        );
+        assert!(matches!(
+            Endpoint::list("http://x,", None),
+            Err(EndpointsError::EmptyServer(_))
+        ));
+        assert!(matches!(
+            Endpoint::list("http://x", Some("sha256:00")),
+            Err(EndpointsError::BadPin(_))
+        ));
+    }
+
+    #[test]
+    fn a_round_ends_when_every_server_failed_and_says_whether_all_refused() {
+        let mismatch = || ClientError::CertificateMismatch {
+            expected: crate::pin::CertPin::of(b"a"),
+            got: crate::pin::CertPin::of(b"b"),
+        };
+        let down = || ClientError::NotEnrolled;
+        let mut r = Round::default();
+        assert!(r.failed(2, mismatch()).is_none());
+        assert!(matches!(
+            r.failed(2, mismatch()),
+            Some(RoundEnd::AllRefused(_))
+        ));
+        // One server refused, the other is merely down: retry later.
+        assert!(r.failed(2, mismatch()).is_none());
+        assert!(matches!(r.failed(2, down()), Some(RoundEnd::Retry)));
+        // One server: each failure ends a round.
+        assert!(matches!(r.failed(1, down()), Some(RoundEnd::Retry)));
     }
 
     #[test]

@@ -505,3 +505,29 @@ async fn quorum_lowers_a_vrrp_masters_priority_until_it_yields() {
     }
     assert_eq!(shared.lock().unwrap().0.priority(), 150);
 }
+
+/// DR and TUN (issue 23 item 1): a real server's check goes to its own address (and the check's port), never
+/// through the VIP, which a DR/TUN real server holds too and the balancer would answer itself.
+#[tokio::test(start_paused = true)]
+async fn dr_and_tun_real_servers_are_probed_at_their_own_address() {
+    let fake = Arc::new(Fake::default());
+    let m = monitor(&fake, 16);
+    let start = Instant::now();
+    let mut dr = service("198.18.0.10", 80, check(), &[("198.18.0.51", 80)]);
+    dr.forward = ForwardMethod::Dr;
+    let mut c = check();
+    c.port = Some(8080);
+    let mut tun = service("198.18.0.11", 443, c, &[("198.18.3.7", 443)]);
+    tun.forward = ForwardMethod::Tun;
+    m.set_role(&role(vec![dr, tun]));
+    at(start, 3_000).await;
+    assert!(fake.probes("198.18.0.51:80") >= 2);
+    assert!(fake.probes("198.18.3.7:8080") >= 2);
+    assert_eq!(fake.probes("198.18.3.7:443"), 0);
+    let seen: Vec<SocketAddr> = fake.probes.lock().unwrap().keys().copied().collect();
+    assert!(
+        seen.iter()
+            .all(|t| !["198.18.0.10", "198.18.0.11"].contains(&t.ip().to_string().as_str())),
+        "a probe went to a VIP: {seen:?}"
+    );
+}

@@ -1,9 +1,11 @@
-//! Route netlink (`NETLINK_ROUTE`) for the VIPs: list links and IPv4 addresses, add and remove an address.
+//! Route netlink (`NETLINK_ROUTE`) for the VIPs: list links and IPv4 addresses, add and remove an address,
+//! create and delete the VLAN links a role asks for; link events for the VRRP task's link tracking (`watch`).
 //! Own code on `crate::netlink` rather than the `rtnetlink` crate: four messages over the framing the agent
 //! already has, blocking like the rest of its netlink use, instead of an async stack (netlink-proto, futures,
 //! netlink-packet-route) for the same four calls.
 
 pub mod codec;
+pub mod watch;
 
 use crate::netlink::{NetlinkError, NetlinkSocket};
 
@@ -48,6 +50,41 @@ impl RouteSocket {
             codec::dump_addresses,
             codec::parse_address,
         )
+    }
+
+    /// Creates VLAN `vid` on link `parent` as `name`, sets it up and marks it with `alias` (so the agent can
+    /// tell the links it created from the ones it found); returns the new link.
+    pub fn create_vlan(
+        &mut self,
+        name: &str,
+        parent: u32,
+        vid: u16,
+        alias: &str,
+    ) -> Result<Link, NetlinkError> {
+        let op = format!("add vlan {vid} as {name} on interface {parent}");
+        self.sock
+            .execute(&op, |seq, pid| codec::new_vlan(name, parent, vid, seq, pid))?;
+        let link = self
+            .link(name)?
+            .ok_or_else(|| NetlinkError::NoReply(op.clone()))?;
+        let op = format!("set {name} up");
+        self.sock.execute(&op, |seq, pid| {
+            codec::set_up_with_alias(link.index, alias, seq, pid)
+        })?;
+        Ok(link)
+    }
+
+    /// Deletes a link; one already gone is not an error.
+    pub fn delete_link(&mut self, index: u32) -> Result<AddressChange, NetlinkError> {
+        let op = format!("delete interface {index}");
+        match self
+            .sock
+            .execute(&op, |seq, pid| codec::del_link(index, seq, pid))
+        {
+            Ok(()) => Ok(AddressChange::Done),
+            Err(e) if e.errno() == Some(libc::ENODEV) => Ok(AddressChange::Unchanged),
+            Err(e) => Err(e),
+        }
     }
 
     /// Adds the address; an address already present (an agent restarted while MASTER) is adopted.

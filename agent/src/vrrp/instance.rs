@@ -15,6 +15,12 @@
 //! that long after startup, and [`Input::SetPriority`] lets health quorum lower (and restore) the priority.
 //! The preempt delay needs no timer of its own: it is decided from `now` when a lower-priority advert
 //! arrives, and once it has passed the Backup stops resetting its master-down timer for such adverts.
+//!
+//! Also as keepalived: the link of the VRRP interface is tracked ([`Input::LinkDown`], [`Input::LinkUp`]). A
+//! lost link puts the instance in Fault (timers stopped, no adverts, the VIPs released); its return goes
+//! through Backup, so the router becomes Master again only by the election, announcing the VIPs (gratuitous
+//! ARP) as on every transition to Master. A Master that stayed Master on a dead link would, on the link's
+//! return, leave the hosts' ARP caches pointing at the router that took over meanwhile.
 
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
@@ -107,6 +113,8 @@ pub enum State {
     Backup,
     /// Sends adverts and holds the virtual addresses.
     Master,
+    /// The tracked link is down: no adverts, no timers, no virtual address, until [`Input::LinkUp`].
+    Fault,
 }
 
 impl From<State> for lbfleet_proto::VrrpState {
@@ -115,6 +123,7 @@ impl From<State> for lbfleet_proto::VrrpState {
             State::Initialize => lbfleet_proto::VrrpState::Init,
             State::Backup => lbfleet_proto::VrrpState::Backup,
             State::Master => lbfleet_proto::VrrpState::Master,
+            State::Fault => lbfleet_proto::VrrpState::Fault,
         }
     }
 }
@@ -138,6 +147,11 @@ pub enum Input {
     AdvertTimerExpired,
     /// Change the running priority (health quorum). 0 becomes 1; 255 only when configured as owner.
     SetPriority(u8),
+    /// The tracked link lost its carrier or went down: Backup and Master go to Fault; before Startup it is
+    /// remembered, so Startup goes to Fault.
+    LinkDown,
+    /// The tracked link is up again: Fault goes to Backup (or, for the owner, Master), as at startup.
+    LinkUp,
 }
 
 /// What the caller must do, in order.
@@ -185,6 +199,10 @@ pub enum TransitionReason {
     HigherAddress { from: Ipv4Addr },
     /// To Initialize on [`Input::Shutdown`].
     Shutdown,
+    /// To Fault: the tracked link is down.
+    LinkDown,
+    /// Out of Fault: the tracked link is up again.
+    LinkUp,
 }
 
 /// One VRRP virtual router. See the module documentation.
@@ -200,6 +218,8 @@ pub struct Instance {
     advert_at: Option<Instant>,
     preempt_after: Option<Instant>,
     master_released: bool,
+    /// The tracked link, as last reported (up until told otherwise).
+    link_up: bool,
 }
 
 impl Instance {
@@ -216,6 +236,7 @@ impl Instance {
             advert_at: None,
             preempt_after: None,
             master_released: false,
+            link_up: true,
             config,
         })
     }
@@ -363,24 +384,68 @@ impl Instance {
             Input::AdvertReceived { from, advert } => match self.validate(from, &advert) {
                 Err(reason) => out.push(Action::Dropped(reason)),
                 Ok(()) => match self.state {
-                    State::Initialize => {}
+                    State::Initialize | State::Fault => {}
                     State::Backup => self.backup_receive(from, &advert, now, &mut out),
                     State::Master => self.master_receive(from, &advert, now, &mut out),
                 },
             },
             Input::SetPriority(p) => self.set_priority(p, now, &mut out),
+            Input::LinkDown => self.link_down(&mut out),
+            Input::LinkUp => {
+                self.link_up = true;
+                if self.state == State::Fault {
+                    self.elect(TransitionReason::LinkUp, now, &mut out);
+                }
+            }
         }
         out
+    }
+
+    /// The link is gone: stop everything (nothing can be sent) and release the VIPs, so that the router that
+    /// takes over meanwhile is the only holder and this one comes back through the election.
+    fn link_down(&mut self, out: &mut Vec<Action>) {
+        self.link_up = false;
+        match self.state {
+            State::Initialize | State::Fault => return,
+            State::Backup => {
+                self.master_down_at = None;
+                out.push(Action::CancelMasterDownTimer);
+            }
+            State::Master => {
+                self.advert_at = None;
+                out.push(Action::CancelAdvertTimer);
+                out.push(Action::RemoveVips);
+            }
+        }
+        self.transition(State::Fault, TransitionReason::LinkDown, out);
+        self.master = None;
+        self.master_priority = None;
+        self.master_released = false;
     }
 
     fn startup(&mut self, now: Instant, out: &mut Vec<Action>) {
         self.preempt_after = (self.config.preempt && !self.config.preempt_delay.is_zero())
             .then(|| now + self.config.preempt_delay);
+        if self.link_up {
+            self.elect(TransitionReason::Startup, now, out);
+        } else {
+            self.transition(State::Fault, TransitionReason::LinkDown, out);
+        }
+    }
+
+    /// Into the election from Initialize or Fault: the owner is Master at once, any other router Backup until
+    /// the master-down timer says otherwise.
+    fn elect(&mut self, reason: TransitionReason, now: Instant, out: &mut Vec<Action>) {
         if self.priority == OWNER_PRIORITY {
-            self.become_master(TransitionReason::Owner, now, out);
+            let reason = if reason == TransitionReason::Startup {
+                TransitionReason::Owner
+            } else {
+                reason
+            };
+            self.become_master(reason, now, out);
         } else {
             self.master_adver_interval = self.config.advert_interval;
-            self.transition(State::Backup, TransitionReason::Startup, out);
+            self.transition(State::Backup, reason, out);
             self.start_master_down(self.master_down_interval(), now, out);
         }
     }
@@ -388,6 +453,7 @@ impl Instance {
     fn shutdown(&mut self, out: &mut Vec<Action>) {
         match self.state {
             State::Initialize => return,
+            State::Fault => {}
             State::Backup => {
                 self.master_down_at = None;
                 out.push(Action::CancelMasterDownTimer);

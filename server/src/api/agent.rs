@@ -1,8 +1,11 @@
-//! The agent API: enrollment, role long-poll and reports. Authenticated by per-node credentials.
+//! The agent API: enrollment, role long-poll and reports. Authenticated by per-node credentials, or, for a node
+//! booted while the database was unreachable, by its boot credential (`fleet::boot_cache`), which reads the
+//! node's last role from the boot cache and long-polls it, and changes nothing.
 
 use std::time::Duration;
 
-use axum::extract::State;
+use axum::extract::{FromRequestParts, State};
+use axum::http::request::Parts;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -11,8 +14,9 @@ use lbfleet_proto::{AgentReport, EnrollRequest};
 use serde::Deserialize;
 
 use crate::auth::AgentNode;
-use crate::error::ApiError;
+use crate::error::{ApiError, DATABASE_UNREACHABLE};
 use crate::extract::{ApiJson, ApiQuery};
+use crate::fleet::boot_cache::{self, BootClaim, BOOT_CREDENTIAL_PREFIX};
 use crate::state::AppState;
 
 pub fn router() -> Router<AppState> {
@@ -29,6 +33,71 @@ async fn enroll(
     Ok(Json(s.fleet.enroll(&req).await?).into_response())
 }
 
+/// Who calls: an enrolled node (its credential checked in the database), or a node holding a boot credential
+/// (checked against the fleet's boot key in the boot cache, no database involved).
+#[derive(Debug)]
+enum AgentCaller {
+    Node(i64),
+    Boot { node_id: i64, claim: BootClaim },
+}
+
+impl FromRequestParts<AppState> for AgentCaller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let Some(token) = crate::auth::principal::bearer(&parts.headers)
+            .filter(|t| t.starts_with(BOOT_CREDENTIAL_PREFIX))
+        else {
+            return Ok(AgentCaller::Node(
+                AgentNode::from_request_parts(parts, state).await?.0,
+            ));
+        };
+        let refused = |why: String| ApiError::Unauthorized(why);
+        let cache = state.boot_cache.as_ref().ok_or_else(|| {
+            refused("this server keeps no boot cache; boot credentials are not accepted".into())
+        })?;
+        let key = cache.boot_key().ok_or_else(|| {
+            refused("the boot cache is empty; boot credentials are not accepted".into())
+        })?;
+        let claim = boot_cache::verify(&key, token, crate::store::now_ms())
+            .map_err(|e| refused(format!("{e}; reboot the node or enroll it again")))?;
+        // Bound to the address its script was fetched from: a copy used from elsewhere reads nothing.
+        let peer = parts
+            .extensions
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map(|c| match c.0.ip() {
+                std::net::IpAddr::V6(a) => a
+                    .to_ipv4_mapped()
+                    .map_or(std::net::IpAddr::V6(a), std::net::IpAddr::V4),
+                v4 => v4,
+            });
+        if peer.is_some_and(|p| p != std::net::IpAddr::V4(claim.address)) {
+            tracing::warn!(mac = claim.mac, client = ?peer, "boot credential presented from another address");
+            return Err(refused(
+                "this boot credential belongs to another address".into(),
+            ));
+        }
+        let node = cache.node(&claim.mac).ok_or_else(|| {
+            refused(format!(
+                "{} is not a known node in the boot cache",
+                claim.mac
+            ))
+        })?;
+        Ok(AgentCaller::Boot {
+            node_id: node.node_id,
+            claim,
+        })
+    }
+}
+
+impl AgentCaller {
+    fn node_id(&self) -> i64 {
+        match self {
+            AgentCaller::Node(id) | AgentCaller::Boot { node_id: id, .. } => *id,
+        }
+    }
+}
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RoleQuery {
@@ -43,9 +112,10 @@ struct RoleQuery {
 /// 204 when none appeared within the wait.
 async fn role(
     State(s): State<AppState>,
-    AgentNode(node): AgentNode,
+    caller: AgentCaller,
     ApiQuery(q): ApiQuery<RoleQuery>,
 ) -> Result<Response, ApiError> {
+    let node = caller.node_id();
     // A few waiting polls per credential at most, so one credential cannot hold many connections.
     let Some(_slot) = s.streams.role_polls.try_take(node) else {
         tracing::info!(
@@ -59,6 +129,9 @@ async fn role(
     };
     let max = s.config.long_poll_timeout;
     let wait = q.wait.map(Duration::from_secs).map_or(max, |w| w.min(max));
+    if let AgentCaller::Boot { claim, .. } = &caller {
+        return role_from_cache(&s, &claim.mac, q.after, wait).await;
+    }
     match s
         .fleet
         .wait_role(node, q.after, wait, s.shutdown.clone())
@@ -69,11 +142,69 @@ async fn role(
     }
 }
 
+/// The role long-poll of a boot credential: the node's role document as the boot cache holds it (the last one
+/// the database gave), waking when the cache changes (the database is back and the role changed).
+async fn role_from_cache(
+    s: &AppState,
+    mac: &str,
+    after: u64,
+    wait: Duration,
+) -> Result<Response, ApiError> {
+    let Some(cache) = &s.boot_cache else {
+        return Ok(StatusCode::NO_CONTENT.into_response());
+    };
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut changed = cache.subscribe();
+    let mut shutdown = s.shutdown.clone();
+    loop {
+        let node = cache.node(mac).ok_or_else(|| {
+            ApiError::Forbidden(format!("{mac} is no longer a known node in the boot cache"))
+        })?;
+        if let Some(doc) = node.role.filter(|d| d.generation > after) {
+            tracing::info!(
+                node = node.name,
+                generation = doc.generation,
+                "role served from the boot cache"
+            );
+            return Ok(Json(doc).into_response());
+        }
+        tokio::select! {
+            c = changed.changed() => if c.is_err() { return Ok(StatusCode::NO_CONTENT.into_response()) },
+            _ = tokio::time::sleep_until(deadline) => return Ok(StatusCode::NO_CONTENT.into_response()),
+            _ = shutdown.wait_for(|s| *s) => return Ok(StatusCode::NO_CONTENT.into_response()),
+        }
+    }
+}
+
 async fn report(
     State(s): State<AppState>,
-    AgentNode(node): AgentNode,
+    caller: AgentCaller,
     ApiJson(r): ApiJson<AgentReport>,
 ) -> Result<Response, ApiError> {
+    let node = match caller {
+        AgentCaller::Node(id) => id,
+        AgentCaller::Boot { .. } => {
+            // A boot credential changes nothing: its reports are dropped. 503 while the database is down (the
+            // agent keeps its role and retries with the latest report), 403 once it is back (enroll first).
+            let down = s.boot_cache.as_ref().is_some_and(|c| !c.db_reachable());
+            let (status, message) = if down {
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "database unreachable: the report was dropped; keep serving your role",
+                )
+            } else {
+                (
+                    StatusCode::FORBIDDEN,
+                    "a boot credential cannot report; exchange it for a node credential (POST /api/v1/agent/enroll)",
+                )
+            };
+            return Ok((
+                status,
+                Json(serde_json::json!({"error": {"code": if down { DATABASE_UNREACHABLE } else { "forbidden" }, "message": message}})),
+            )
+                .into_response());
+        }
+    };
     // Refused whole (422, naming each bad field) when a field breaks the report bounds; nothing is stored.
     s.fleet.report(node, &r).await?;
     Ok(StatusCode::NO_CONTENT.into_response())

@@ -12,6 +12,7 @@ pub mod audit;
 pub mod clusters;
 pub mod import;
 pub mod nodes;
+pub mod servers;
 pub mod session;
 pub mod system;
 
@@ -25,6 +26,7 @@ pub fn router() -> Router<AppState> {
         .merge(audit::router())
         .merge(admin::router())
         .merge(alerts::router())
+        .merge(servers::router())
         .nest("/agent", agent::router());
     Router::new().nest("/api/v1", v1).merge(system::router())
 }

@@ -92,6 +92,7 @@ async fn metrics(State(s): State<AppState>, _: Viewer) -> Result<Response, ApiEr
             kind.level()
         );
     }
+    server_metrics(&mut out, &s.fleet.servers(s.liveness()).await?);
     boot_metrics(&mut out, &s.boot_stats);
     let _ = writeln!(
         out,
@@ -111,6 +112,65 @@ async fn metrics(State(s): State<AppState>, _: Viewer) -> Result<Response, ApiEr
         out,
     )
         .into_response())
+}
+
+/// DHCP hot standby (`boot::dhcp::leader`), labelled with the boot network.
+fn dhcp_leadership_metrics(out: &mut String, d: &crate::boot::dhcp::server::DhcpStats) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let network = d.network.get().map(String::as_str).unwrap_or("");
+    let gauge = |v: &std::sync::atomic::AtomicBool| u8::from(v.load(Relaxed));
+    let _ = writeln!(out, "# HELP lbfleet_dhcp_active 1 when this server is the one answering DHCP on the boot network.\n# TYPE lbfleet_dhcp_active gauge\nlbfleet_dhcp_active{{network=\"{network}\"}} {}", gauge(&d.active));
+    let _ = writeln!(out, "# HELP lbfleet_dhcp_takeovers_total Times this server became the active DHCP server of the boot network.\n# TYPE lbfleet_dhcp_takeovers_total counter\nlbfleet_dhcp_takeovers_total{{network=\"{network}\"}} {}", d.takeovers.load(Relaxed));
+    let _ = writeln!(out, "# HELP lbfleet_dhcp_database_unreachable 1 while the database has not answered the DHCP election for a TTL (only known MACs are answered).\n# TYPE lbfleet_dhcp_database_unreachable gauge\nlbfleet_dhcp_database_unreachable{{network=\"{network}\"}} {}", gauge(&d.database_unreachable));
+    let _ = writeln!(out, "# HELP lbfleet_dhcp_database_unreachable_periods_total Times the database became unreachable for the DHCP election.\n# TYPE lbfleet_dhcp_database_unreachable_periods_total counter\nlbfleet_dhcp_database_unreachable_periods_total{{network=\"{network}\"}} {}", d.unreachable_periods.load(Relaxed));
+    let _ = writeln!(out, "# HELP lbfleet_dhcp_standby_packets_total DHCP requests by outcome on a server that is not the active one.\n# TYPE lbfleet_dhcp_standby_packets_total counter");
+    for (what, v) in [
+        ("ignored_as_standby", &d.standby_ignored),
+        ("answered_without_database", &d.answered_without_database),
+        ("refused_without_database", &d.refused_without_database),
+    ] {
+        let _ = writeln!(
+            out,
+            "lbfleet_dhcp_standby_packets_total{{network=\"{network}\",outcome=\"{what}\"}} {}",
+            v.load(Relaxed)
+        );
+    }
+    let _ = writeln!(out, "# HELP lbfleet_dhcp_fenced_batches_total Lease batches refused because another server took the network over (their ACKs were withheld).\n# TYPE lbfleet_dhcp_fenced_batches_total counter\nlbfleet_dhcp_fenced_batches_total{{network=\"{network}\"}} {}", d.fenced_batches.load(Relaxed));
+    let _ = writeln!(out, "# HELP lbfleet_dhcp_table_reloads_total Lease tables reloaded from the database (on becoming active, and while standby).\n# TYPE lbfleet_dhcp_table_reloads_total counter\nlbfleet_dhcp_table_reloads_total{{network=\"{network}\"}} {}", d.table_reloads.load(Relaxed));
+}
+
+/// The control plane as the registry says: each server up or not, and how old its last heartbeat is (its
+/// last successful write to the database).
+fn server_metrics(out: &mut String, servers: &[crate::fleet::servers::ServerView]) {
+    use crate::fleet::servers::ServerState;
+    let _ = writeln!(out, "# HELP lbfleet_server_up Whether each registered lbfleet-server heartbeats (1) or not (0).\n# TYPE lbfleet_server_up gauge");
+    // Names and ids come from the database: quotes, backslashes and newlines are escaped as the text format
+    // requires.
+    let esc = |v: &str| {
+        v.replace('\\', "\\\\")
+            .replace('"', "\\\"")
+            .replace('\n', "\\n")
+    };
+    for sv in servers {
+        let _ = writeln!(
+            out,
+            "lbfleet_server_up{{server=\"{}\",id=\"{}\",version=\"{}\"}} {}",
+            esc(&sv.name),
+            esc(&sv.id),
+            esc(&sv.version),
+            u8::from(sv.state == ServerState::Up)
+        );
+    }
+    let _ = writeln!(out, "# HELP lbfleet_server_heartbeat_age_seconds Seconds since each registered lbfleet-server's last heartbeat.\n# TYPE lbfleet_server_heartbeat_age_seconds gauge");
+    for sv in servers {
+        let _ = writeln!(
+            out,
+            "lbfleet_server_heartbeat_age_seconds{{server=\"{}\",id=\"{}\"}} {:.3}",
+            esc(&sv.name),
+            esc(&sv.id),
+            sv.heartbeat_age_ms as f64 / 1000.0
+        );
+    }
 }
 
 /// Counters of the DHCP and TFTP servers, when they run.
@@ -137,6 +197,7 @@ fn boot_metrics(out: &mut String, stats: &crate::boot::BootStats) {
         let _ = writeln!(out, "# HELP lbfleet_dhcp_lease_writes_total Lease rows made durable.\n# TYPE lbfleet_dhcp_lease_writes_total counter\nlbfleet_dhcp_lease_writes_total {}", d.leases_written.load(Relaxed));
         let _ = writeln!(out, "# HELP lbfleet_dhcp_lease_batches_total Lease write transactions (group commits).\n# TYPE lbfleet_dhcp_lease_batches_total counter\nlbfleet_dhcp_lease_batches_total {}", d.batches.load(Relaxed));
         let _ = writeln!(out, "# HELP lbfleet_dhcp_reservation_loads_total Reservation snapshots loaded (at start and after fleet changes).\n# TYPE lbfleet_dhcp_reservation_loads_total counter\nlbfleet_dhcp_reservation_loads_total {}", d.reservation_loads.load(Relaxed));
+        dhcp_leadership_metrics(out, d);
         let _ = writeln!(out, "# HELP lbfleet_dhcp_lease_write_failures_total Failed lease batches (their ACKs were withheld).\n# TYPE lbfleet_dhcp_lease_write_failures_total counter\nlbfleet_dhcp_lease_write_failures_total {}", d.write_failures.load(Relaxed));
     }
     if let Some(t) = &stats.tftp {

@@ -58,7 +58,9 @@ impl FromRequestParts<AppState> for Principal {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         if let Some(token) = bearer(&parts.headers) {
-            if token.starts_with(secrets::NODE_CREDENTIAL_PREFIX) {
+            if token.starts_with(secrets::NODE_CREDENTIAL_PREFIX)
+                || token.starts_with(lbfleet_proto::boot::BOOT_CREDENTIAL_PREFIX)
+            {
                 return Err(ApiError::Forbidden(
                     "node credentials may only call /api/v1/agent/*".into(),
                 ));

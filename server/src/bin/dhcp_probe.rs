@@ -24,7 +24,7 @@ use tokio::net::UdpSocket;
     about = "Run DHCP DORA exchanges as a relay agent and print each ACK"
 )]
 struct Args {
-    /// DHCP server to query, e.g. 198.18.0.1:67
+    /// DHCP server to query, e.g. 198.18.0.1:67 (255.255.255.255:67: every server on the segment)
     #[arg(long)]
     server: SocketAddrV4,
     /// This host's address: the relay address (giaddr) replies come back to, on port --port
@@ -151,6 +151,8 @@ async fn main() -> anyhow::Result<()> {
             let sock = UdpSocket::bind(SocketAddr::from((giaddr, args.port.unwrap_or(67))))
                 .await
                 .context("binding the relay port")?;
+            // A relay with several servers (hot standby) may forward to a broadcast address.
+            sock.set_broadcast(true)?;
             (sock, SocketAddr::V4(args.server))
         }
     };

@@ -138,6 +138,38 @@ pub struct BootArgs {
         action = clap::ArgAction::Set
     )]
     pub accept_relayed: Option<bool>,
+    /// DHCP hot standby: how often the server answering DHCP on the boot network renews its leadership in
+    /// the database [default: 250ms]
+    #[arg(
+        long = "boot-dhcp-leader-renew",
+        env = "LBFLEET_BOOT_DHCP_LEADER_RENEW",
+        value_name = "DURATION"
+    )]
+    pub dhcp_leader_renew: Option<String>,
+    /// DHCP hot standby: how long a standby waits, seeing the leadership unrenewed, before it takes the boot
+    /// network over; the active stops answering after 3/4 of it without a renewal [default: 1s]
+    #[arg(
+        long = "boot-dhcp-leader-ttl",
+        env = "LBFLEET_BOOT_DHCP_LEADER_TTL",
+        value_name = "DURATION"
+    )]
+    pub dhcp_leader_ttl: Option<String>,
+    /// State directory of the boot cache that boots known nodes while the database is unreachable (made 0700;
+    /// must not be inside boot_dir, which TFTP serves) [default: the directory `state` beside boot_dir]
+    #[arg(
+        long = "boot-cache-dir",
+        env = "LBFLEET_BOOT_CACHE_DIR",
+        value_name = "DIR"
+    )]
+    pub cache_dir: Option<PathBuf>,
+    /// How long a boot credential handed out while the database is unreachable stays valid (to read the node's
+    /// last role, and to be exchanged once for a node credential when the database is back) [default: 24h]
+    #[arg(
+        long = "boot-credential-ttl",
+        env = "LBFLEET_BOOT_CREDENTIAL_TTL",
+        value_name = "DURATION"
+    )]
+    pub credential_ttl: Option<String>,
 }
 
 impl BootArgs {
@@ -174,6 +206,10 @@ impl BootArgs {
                 .require_armed_enrollment
                 .or(other.require_armed_enrollment),
             accept_relayed: self.accept_relayed.or(other.accept_relayed),
+            dhcp_leader_renew: self.dhcp_leader_renew.or(other.dhcp_leader_renew),
+            dhcp_leader_ttl: self.dhcp_leader_ttl.or(other.dhcp_leader_ttl),
+            cache_dir: self.cache_dir.or(other.cache_dir),
+            credential_ttl: self.credential_ttl.or(other.credential_ttl),
         }
     }
 }
@@ -208,6 +244,23 @@ pub struct BootConfig {
     pub require_armed_enrollment: bool,
     /// DHCP answers relayed requests (`boot::dhcp::DhcpConfig::accept_relayed`).
     pub accept_relayed: bool,
+    /// DHCP leadership renewal interval (`boot::dhcp::leader`).
+    pub dhcp_leader_renew: Duration,
+    /// DHCP leadership TTL: a standby takes over after seeing no renewal for this long.
+    pub dhcp_leader_ttl: Duration,
+    /// The boot cache's state directory (`boot::cache`); `None`: no cache, nothing boots while the database is
+    /// unreachable (the test default).
+    pub cache_dir: Option<PathBuf>,
+    /// Validity of boot credentials handed out from the cache.
+    pub credential_ttl: Duration,
+}
+
+/// The default state directory: `state` beside the boot directory (never inside it: TFTP serves that).
+fn default_cache_dir(boot_dir: &std::path::Path) -> PathBuf {
+    match boot_dir.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.join("state"),
+        _ => PathBuf::from("state"),
+    }
 }
 
 fn parse_cidr(text: &str) -> Result<(std::net::Ipv4Addr, u8), ConfigError> {
@@ -297,7 +350,35 @@ impl BootConfig {
                 reason: "must be 512 to 65464".into(),
             });
         }
+        let dhcp_leader_renew =
+            duration("boot.dhcp_leader_renew", args.dhcp_leader_renew, "250ms")?;
+        let dhcp_leader_ttl = duration("boot.dhcp_leader_ttl", args.dhcp_leader_ttl, "1s")?;
+        if dhcp_leader_renew.is_zero() || dhcp_leader_renew * 2 > dhcp_leader_ttl * 3 / 4 {
+            return Err(ConfigError::Invalid {
+                key: "boot.dhcp_leader_ttl",
+                reason: format!(
+                    "{} leaves no room for renewals every {}: the active stops answering after 3/4 of the \
+                     TTL without one, so the TTL must be at least 8/3 of boot.dhcp_leader_renew (e.g. {})",
+                    humantime::format_duration(dhcp_leader_ttl),
+                    humantime::format_duration(dhcp_leader_renew),
+                    humantime::format_duration(dhcp_leader_renew * 4)
+                ),
+            });
+        }
+        let boot_dir = args.boot_dir.unwrap_or_else(|| PathBuf::from("var/boot"));
+        let cache_dir = args
+            .cache_dir
+            .unwrap_or_else(|| default_cache_dir(&boot_dir));
+        if cache_dir.starts_with(&boot_dir) {
+            return Err(ConfigError::Invalid {
+                key: "boot.cache_dir",
+                reason: "must not be inside boot.boot_dir: TFTP serves that directory to anyone"
+                    .into(),
+            });
+        }
         Ok(BootConfig {
+            cache_dir: Some(cache_dir),
+            credential_ttl: duration("boot.credential_ttl", args.credential_ttl, "24h")?,
             interface: args.interface,
             server_address,
             subnet,
@@ -306,7 +387,7 @@ impl BootConfig {
             dns: args.dns.unwrap_or_default(),
             domain: args.domain,
             lease_time: duration("boot.lease_time", args.lease_time, "1h")?,
-            boot_dir: args.boot_dir.unwrap_or_else(|| PathBuf::from("var/boot")),
+            boot_dir,
             dhcp_port: args.dhcp_port.unwrap_or(67),
             tftp_port: args.tftp_port.unwrap_or(69),
             tftp_max_transfers: args.tftp_max_transfers.unwrap_or(64).max(1),
@@ -318,12 +399,16 @@ impl BootConfig {
             check_link_address: args.check_link_address.unwrap_or(true),
             require_armed_enrollment: args.require_armed_enrollment.unwrap_or(false),
             accept_relayed: args.accept_relayed.unwrap_or(true),
+            dhcp_leader_renew,
+            dhcp_leader_ttl,
         })
     }
 
     /// Defaults for tests: HTTP boot and TFTP over `boot_dir`, no DHCP.
     pub fn for_dir(boot_dir: impl Into<PathBuf>) -> BootConfig {
         BootConfig {
+            cache_dir: None,
+            credential_ttl: Duration::from_secs(24 * 3600),
             interface: None,
             server_address: std::net::Ipv4Addr::LOCALHOST,
             subnet: None,
@@ -344,6 +429,8 @@ impl BootConfig {
             check_link_address: true,
             require_armed_enrollment: false,
             accept_relayed: true,
+            dhcp_leader_renew: Duration::from_millis(250),
+            dhcp_leader_ttl: Duration::from_secs(1),
         }
     }
 }

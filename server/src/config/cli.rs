@@ -41,9 +41,30 @@ pub enum Command {
     /// Manage boot images (built by `make image`; see docs/images.md).
     #[command(subcommand)]
     Image(ImageCommand),
+    /// Print what the real servers of a cluster's DR and TUN services need (the VIPs on the loopback with
+    /// ARP suppressed, the ipip tunnel): a shell script to run as is on each of them (`up`, or `down` to
+    /// undo), or JSON. See docs/data-path.md.
+    Realserver(RealServerArgs),
     /// Import another tool's configuration (docs/keepalived-import.md).
     #[command(subcommand)]
     Import(ImportCommand),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RealServerArgs {
+    /// The cluster's name.
+    pub cluster: String,
+    /// Output: a POSIX shell script, or the same as JSON.
+    #[arg(long, value_enum, default_value_t = RealServerFormat::Sh)]
+    pub format: RealServerFormat,
+    #[command(flatten)]
+    pub db: DbArgs,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RealServerFormat {
+    Sh,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -159,6 +180,23 @@ pub struct ServeArgs {
     /// [default: 67108864 (64 MiB)]
     #[arg(long, env = "LBFLEET_EVENT_MAX_BYTES", value_name = "BYTES")]
     pub event_max_bytes: Option<i64>,
+    /// Directory of this server's own state (its server id, kept across restarts) [default: the SQLite
+    /// database's directory, else the current directory]
+    #[arg(long, env = "LBFLEET_STATE_DIR", value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// This server's name in the control plane's registry [default: the host name]
+    #[arg(long, env = "LBFLEET_SERVER_NAME", value_name = "NAME")]
+    pub server_name: Option<String>,
+    /// How often this server writes its heartbeat to the database [default: 2s]
+    #[arg(long, env = "LBFLEET_HEARTBEAT_INTERVAL", value_name = "DURATION")]
+    pub heartbeat_interval: Option<String>,
+    /// A server that misses this many of its heartbeats counts as dead (alert, left out of boot scripts)
+    /// [default: 3]
+    #[arg(long, env = "LBFLEET_HEARTBEAT_MISSES", value_name = "N")]
+    pub heartbeat_misses: Option<u32>,
+    /// Entries of servers not heard from for this long are removed from the registry [default: 7d]
+    #[arg(long, env = "LBFLEET_SERVER_RETENTION", value_name = "DURATION")]
+    pub server_retention: Option<String>,
     #[command(flatten)]
     pub boot: BootArgs,
 }

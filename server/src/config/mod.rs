@@ -46,6 +46,11 @@ pub struct FileConfig {
     pub event_retention: Option<String>,
     pub event_max_rows: Option<i64>,
     pub event_max_bytes: Option<i64>,
+    pub state_dir: Option<PathBuf>,
+    pub server_name: Option<String>,
+    pub heartbeat_interval: Option<String>,
+    pub heartbeat_misses: Option<u32>,
+    pub server_retention: Option<String>,
     pub boot: Option<BootArgs>,
 }
 
@@ -116,6 +121,17 @@ pub struct ServerConfig {
     /// `sha256:HEX` of the certificate being served; set at start-up once TLS is loaded, `None` without TLS.
     pub tls_pin: Option<String>,
     pub retention: crate::retention::Retention,
+    /// This server's own state (its id in the control plane's registry).
+    pub state_dir: PathBuf,
+    /// Name in the registry; `None`: the host name.
+    pub server_name: Option<String>,
+    pub heartbeat_interval: Duration,
+    /// A server silent for this many of its heartbeat intervals counts as dead.
+    pub heartbeat_misses: u32,
+    /// Registry entries not heard from for this long are deleted.
+    pub server_retention: Duration,
+    /// This server's id in the registry; set at start-up from `state_dir`.
+    pub server_id: Option<String>,
 }
 
 impl std::fmt::Debug for ServerConfig {
@@ -146,6 +162,11 @@ impl std::fmt::Debug for ServerConfig {
             .field("send_timeout", &self.send_timeout)
             .field("min_send_rate", &self.min_send_rate)
             .field("retention", &self.retention)
+            .field("state_dir", &self.state_dir)
+            .field("server_name", &self.server_name)
+            .field("heartbeat_interval", &self.heartbeat_interval)
+            .field("heartbeat_misses", &self.heartbeat_misses)
+            .field("server_retention", &self.server_retention)
             .finish()
     }
 }
@@ -289,6 +310,36 @@ impl ServerConfig {
                 reason: "must be more than 0".into(),
             });
         }
+        let heartbeat_interval = duration(
+            "heartbeat_interval",
+            args.heartbeat_interval.or(file.heartbeat_interval),
+            "2s",
+        )?;
+        if heartbeat_interval < Duration::from_millis(10)
+            || heartbeat_interval > Duration::from_secs(600)
+        {
+            return Err(ConfigError::Invalid {
+                key: "heartbeat_interval",
+                reason: "must be between 10ms and 10m".into(),
+            });
+        }
+        let heartbeat_misses = args.heartbeat_misses.or(file.heartbeat_misses).unwrap_or(3);
+        if heartbeat_misses == 0 {
+            return Err(ConfigError::Invalid {
+                key: "heartbeat_misses",
+                reason: "must be at least 1".into(),
+            });
+        }
+        let state_dir = args
+            .state_dir
+            .or(file.state_dir)
+            .unwrap_or_else(|| database_dir(&database));
+        let server_name = args.server_name.or(file.server_name);
+        let server_retention = duration(
+            "server_retention",
+            args.server_retention.or(file.server_retention),
+            "7d",
+        )?;
         let max_connections = args
             .max_connections
             .or(file.max_connections)
@@ -315,6 +366,12 @@ impl ServerConfig {
             send_timeout,
             min_send_rate: args.min_send_rate.or(file.min_send_rate).unwrap_or(8192),
             tls_pin: None,
+            state_dir,
+            server_name,
+            heartbeat_interval,
+            heartbeat_misses,
+            server_retention,
+            server_id: None,
             retention: crate::retention::Retention {
                 max_age: duration(
                     "event_retention",
@@ -363,10 +420,17 @@ impl ServerConfig {
 
     /// A config for tests and embedding: defaults, with the given database.
     pub fn with_database(database: impl Into<String>) -> ServerConfig {
+        let database = database.into();
         ServerConfig {
             listen: ([127, 0, 0, 1], 0).into(),
             boot_listen: None,
-            database: database.into(),
+            state_dir: database_dir(&database),
+            server_name: None,
+            heartbeat_interval: Duration::from_secs(2),
+            heartbeat_misses: 3,
+            server_retention: Duration::from_secs(7 * 24 * 3600),
+            server_id: None,
+            database,
             public_url: None,
             long_poll_timeout: Duration::from_secs(30),
             session_ttl: Duration::from_secs(12 * 3600),

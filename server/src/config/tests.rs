@@ -237,3 +237,87 @@ fn database_passwords_are_redacted() {
     let cfg = ServerConfig::with_database("postgres://lb:s3cret@db/lbfleet");
     assert!(!format!("{cfg:?}").contains("s3cret"));
 }
+
+#[test]
+fn dhcp_leader_timers_default_read_the_file_and_refuse_a_ttl_without_room_for_renewals() {
+    let boot = [
+        "--boot-server-address",
+        "198.18.0.1",
+        "--boot-subnet",
+        "198.18.0.0/16",
+        "--boot-pool",
+        "198.18.1.0-198.18.1.255",
+    ];
+    let b = ServerConfig::resolve(serve_args(&boot))
+        .expect("defaults")
+        .boot
+        .expect("boot");
+    assert_eq!(
+        (b.dhcp_leader_renew, b.dhcp_leader_ttl),
+        (Duration::from_millis(250), Duration::from_secs(1))
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("lbfleet.toml");
+    std::fs::write(
+        &path,
+        "[boot]\ndhcp_leader_renew = \"100ms\"\ndhcp_leader_ttl = \"400ms\"\n",
+    )
+    .expect("write");
+    let mut args = boot.to_vec();
+    args.extend(["--config", path.to_str().expect("utf-8 path")]);
+    let b = ServerConfig::resolve(serve_args(&args))
+        .expect("file")
+        .boot
+        .expect("boot");
+    assert_eq!(
+        (b.dhcp_leader_renew, b.dhcp_leader_ttl),
+        (Duration::from_millis(100), Duration::from_millis(400))
+    );
+    // 3/4 of 500 ms leaves room for one 250 ms renewal only: refused, naming the key.
+    args.extend(["--boot-dhcp-leader-ttl", "500ms"]);
+    args.extend(["--boot-dhcp-leader-renew", "250ms"]);
+    let err = ServerConfig::resolve(serve_args(&args)).expect_err("too short");
+    assert!(err.to_string().contains("boot.dhcp_leader_ttl"), "{err}");
+}
+
+#[test]
+fn the_boot_cache_lives_beside_the_boot_directory_never_inside_it() {
+    let boot = [
+        "--boot-server-address",
+        "198.18.0.1",
+        "--boot-dir",
+        "/srv/lbfleet/boot",
+    ];
+    let b = ServerConfig::resolve(serve_args(&boot))
+        .expect("defaults")
+        .boot
+        .expect("boot");
+    assert_eq!(
+        b.cache_dir.as_deref(),
+        Some(std::path::Path::new("/srv/lbfleet/state"))
+    );
+    assert_eq!(b.credential_ttl, std::time::Duration::from_secs(24 * 3600));
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("lbfleet.toml");
+    std::fs::write(
+        &path,
+        "[boot]\ncache_dir = \"/var/lib/lbfleet/cache\"\ncredential_ttl = \"2h\"\n",
+    )
+    .expect("write");
+    let mut args = boot.to_vec();
+    args.extend(["--config", path.to_str().expect("utf-8 path")]);
+    let b = ServerConfig::resolve(serve_args(&args))
+        .expect("file")
+        .boot
+        .expect("boot");
+    assert_eq!(
+        b.cache_dir.as_deref(),
+        Some(std::path::Path::new("/var/lib/lbfleet/cache"))
+    );
+    assert_eq!(b.credential_ttl, std::time::Duration::from_secs(7200));
+    // Inside the TFTP root, anyone could read the boot key: refused.
+    args.extend(["--boot-cache-dir", "/srv/lbfleet/boot/state"]);
+    let err = ServerConfig::resolve(serve_args(&args)).expect_err("inside boot_dir");
+    assert!(err.to_string().contains("boot.cache_dir"), "{err}");
+}

@@ -27,7 +27,7 @@ wire_enum!(
     AlertKind {
         NoMaster => "no_master", SplitBrain => "split_brain", NotReporting => "not_reporting",
         GenerationLag => "generation_lag", Reenrolled => "reenrolled", Drained => "drained",
-        HardwareWaiting => "hardware_waiting",
+        HardwareWaiting => "hardware_waiting", ServerDown => "server_down",
     }
 );
 
@@ -35,7 +35,10 @@ impl AlertKind {
     /// How urgent this kind is.
     pub fn level(self) -> AlertLevel {
         match self {
-            AlertKind::NoMaster | AlertKind::SplitBrain | AlertKind::Reenrolled => AlertLevel::Crit,
+            AlertKind::NoMaster
+            | AlertKind::SplitBrain
+            | AlertKind::Reenrolled
+            | AlertKind::ServerDown => AlertLevel::Crit,
             AlertKind::NotReporting | AlertKind::GenerationLag => AlertLevel::Warn,
             AlertKind::Drained | AlertKind::HardwareWaiting => AlertLevel::Info,
         }
@@ -51,6 +54,7 @@ impl AlertKind {
             AlertKind::Reenrolled => "Re-enrolled",
             AlertKind::Drained => "Drained",
             AlertKind::HardwareWaiting => "New hardware",
+            AlertKind::ServerDown => "Server down",
         }
     }
 }

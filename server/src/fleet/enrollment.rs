@@ -1,5 +1,6 @@
-//! Enrollment and reports: one-time enrollment tokens traded for node credentials, credential checks, and agent
-//! reports (state `serving` once the newest role is applied; VRRP, health and error events).
+//! Enrollment and reports: one-time enrollment tokens (or a boot credential, `boot_cache`) traded for node
+//! credentials, credential checks, and agent reports (state `serving` once the newest role is applied; VRRP,
+//! health and error events).
 
 use std::collections::HashMap;
 
@@ -107,10 +108,19 @@ impl Fleet {
         )
         .map_err(FleetError::Invalid)?;
         let mut tx = self.store.begin().await?;
-        let Some(node_id) =
-            store::auth::redeem_enrollment_token(&mut tx, &secrets::hash_secret(&req.token))
+        // A boot credential (handed out while the database was down) is exchanged like a token, once.
+        let redeemed = if req
+            .token
+            .starts_with(super::boot_cache::BOOT_CREDENTIAL_PREFIX)
+        {
+            self.redeem_boot_credential(&mut tx, &req.token, &mac)
                 .await?
-        else {
+        } else {
+            store::auth::redeem_enrollment_token(&mut tx, &secrets::hash_secret(&req.token)).await?
+        };
+        let Some(node_id) = redeemed else {
+            // A refused boot credential may still have pruned expired rows: keep nothing half-done.
+            drop(tx);
             return Err(refused());
         };
         let row = Self::node_in(&mut tx, &NodeKey::Id(node_id)).await?;

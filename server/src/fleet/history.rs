@@ -141,6 +141,9 @@ impl Fleet {
         let n = store::events::prune(&mut tx, before, keep, keep_bytes).await?;
         store::alerts::prune(&mut tx, before).await?;
         store::commit(tx).await?;
+        if n > 0 {
+            self.store.reclaim(&["events", "alerts"]).await?;
+        }
         Ok(n)
     }
 

@@ -2,7 +2,7 @@
 //! must not be served, and group commits of lease changes. The lease decisions themselves live in `boot::dhcp`.
 
 use super::Fleet;
-use crate::store::leases::LeaseRow;
+use crate::store::leases::{leaders, leaders::LeaderRow, LeaseRow};
 use crate::store::{self, StoreError};
 
 /// One durable change to the lease table, applied in order.
@@ -52,7 +52,22 @@ impl Fleet {
     /// Writes lease changes in one transaction, in order. Runs of upserts go out as multi-row statements (a
     /// statement is a round trip to SQLite's thread); a removal ends the run.
     pub async fn write_leases(&self, changes: Vec<LeaseWrite>) -> Result<(), StoreError> {
+        self.write_leases_fenced(None, changes).await.map(|_| ())
+    }
+
+    /// `write_leases`, in a transaction that first proves `fence` still holds its boot network
+    /// (`store::leases::leaders::fence`): `Ok(false)`, and nothing written, when another server took it over.
+    pub async fn write_leases_fenced(
+        &self,
+        fence: Option<&LeaseFence>,
+        changes: Vec<LeaseWrite>,
+    ) -> Result<bool, StoreError> {
         let mut tx = self.store.begin().await?;
+        if let Some(f) = fence {
+            if !leaders::fence(&mut tx, &f.network, &f.holder, f.epoch).await? {
+                return Ok(false);
+            }
+        }
         let mut run: Vec<LeaseRow> = Vec::new();
         for change in changes {
             match change {
@@ -65,8 +80,101 @@ impl Fleet {
             }
         }
         store::leases::upsert_many(&mut tx, &run).await?;
-        store::commit(tx).await
+        store::commit(tx).await?;
+        Ok(true)
     }
+
+    /// The DHCP leadership row of `network` (`boot::dhcp::leader`).
+    pub async fn dhcp_leader(&self, network: &str) -> Result<Option<LeaderRow>, StoreError> {
+        let mut conn = self.store.read().await?;
+        leaders::get(&mut conn, network).await
+    }
+
+    /// Every boot network's DHCP leadership row.
+    pub async fn dhcp_leaders(&self) -> Result<Vec<LeaderRow>, StoreError> {
+        let mut conn = self.store.read().await?;
+        leaders::all(&mut conn).await
+    }
+
+    /// Claims `network`'s DHCP leadership: when `expected` is `None`, only if nobody ever held it; else only
+    /// if the row is still `(holder, seq)` as last seen. The new epoch, or `None` when the claim lost.
+    pub async fn claim_dhcp_leader(
+        &self,
+        claim: &LeaderClaim,
+        expected: Option<(&str, i64)>,
+    ) -> Result<Option<i64>, StoreError> {
+        let mut tx = self.store.begin().await?;
+        let now = store::now_ms();
+        let epoch = match expected {
+            None => {
+                leaders::claim_vacant(
+                    &mut tx,
+                    &claim.network,
+                    &claim.holder,
+                    &claim.holder_address,
+                    claim.ttl_ms,
+                    now,
+                )
+                .await?
+            }
+            Some((holder, seq)) => {
+                leaders::take_over(
+                    &mut tx,
+                    &claim.network,
+                    &claim.holder,
+                    &claim.holder_address,
+                    holder,
+                    seq,
+                    claim.ttl_ms,
+                    now,
+                )
+                .await?
+            }
+        };
+        store::commit(tx).await?;
+        Ok(epoch)
+    }
+
+    /// Renews `fence`'s term: false when another server took the network over.
+    pub async fn renew_dhcp_leader(&self, fence: &LeaseFence) -> Result<bool, StoreError> {
+        let mut tx = self.store.begin().await?;
+        let held = leaders::renew(
+            &mut tx,
+            &fence.network,
+            &fence.holder,
+            fence.epoch,
+            store::now_ms(),
+        )
+        .await?;
+        store::commit(tx).await?;
+        Ok(held)
+    }
+
+    /// Gives the network up (graceful shutdown), so a standby need not wait for the TTL.
+    pub async fn release_dhcp_leader(&self, fence: &LeaseFence) -> Result<bool, StoreError> {
+        let mut tx = self.store.begin().await?;
+        let released =
+            leaders::release(&mut tx, &fence.network, &fence.holder, fence.epoch).await?;
+        store::commit(tx).await?;
+        Ok(released)
+    }
+}
+
+/// The DHCP leadership a lease write must still hold: boot network, this server's holder id, its epoch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseFence {
+    pub network: String,
+    pub holder: String,
+    pub epoch: i64,
+}
+
+/// Who claims a boot network's DHCP leadership, and the TTL it promises to renew within.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaderClaim {
+    pub network: String,
+    pub holder: String,
+    pub holder_address: String,
+    pub ttl_ms: i64,
 }
 
 #[cfg(test)]

@@ -16,6 +16,7 @@ use crate::store::nodes::{NodeKey, NodeRow};
 use crate::store::{self, Store, StoreError};
 
 mod alerts;
+pub mod boot_cache;
 mod boot_window;
 mod clusters;
 mod enrollment;
@@ -24,10 +25,12 @@ mod images;
 mod leases;
 mod lifecycle;
 mod node_image;
+pub mod real_server_setup;
 mod real_servers;
 pub mod reenrollment;
 mod roles;
 pub mod rules;
+pub mod servers;
 mod switchover;
 mod users;
 mod views;
@@ -39,7 +42,7 @@ pub use alerts::{Alert, AlertKind, AlertLevel, STALE_AFTER_MS};
 pub use clusters::Precondition;
 pub use enrollment::EnrollmentToken;
 pub use history::{EventPage, FleetCounts, MAX_EVENTS_BYTES};
-pub use leases::{DhcpReservations, LeaseWrite};
+pub use leases::{DhcpReservations, LeaderClaim, LeaseFence, LeaseWrite};
 pub use lifecycle::{BootTarget, NodeAction};
 pub use real_servers::{RealServerChange, RealServerRef, ServiceRef};
 pub use rules::{FieldError, FieldErrors};
@@ -144,6 +147,11 @@ impl Fleet {
             cluster_cache: std::sync::Mutex::new(HashMap::new()),
             event_writes: history::EventWrites::default(),
         }
+    }
+
+    /// Runs pending migrations (a server that started while the database was unreachable, once it answers).
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        self.store.migrate().await
     }
 
     /// Closes the database, waiting for connections in use to be returned (server shutdown).

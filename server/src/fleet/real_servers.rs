@@ -33,7 +33,14 @@ impl Fleet {
         let svc = service.find(&c)?;
         let mut errs = FieldErrors::default();
         let vip = svc.vip.parse().ok();
-        let Some(mut rs) = rules::real_server("real_server", rs, vip, svc, &mut errs) else {
+        let Some(mut rs) = rules::real_server(
+            "real_server",
+            rs,
+            vip,
+            svc,
+            &rules::on_link_subnets(&c.spec),
+            &mut errs,
+        ) else {
             return Err(FleetError::Invalid(errs));
         };
         rs.enabled = Some(rs.enabled.unwrap_or(true));

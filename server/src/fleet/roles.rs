@@ -22,7 +22,7 @@ impl Fleet {
     }
 
     /// Builds a node's role document; the cluster part comes from the cache while its content is unchanged.
-    async fn role_document_for(
+    pub(super) async fn role_document_for(
         &self,
         conn: &mut store::Conn,
         row: &NodeRow,

@@ -386,6 +386,7 @@ pub fn cluster_spec(spec: &ClusterSpec) -> Result<ValidCluster, FieldErrors> {
         }
     }
     let family_v4 = vip_addrs.first().map(IpAddr::is_ipv4);
+    let subnets = on_link_subnets(spec);
 
     let mut peers = HashSet::new();
     for (i, text) in spec.unicast_peers.iter().enumerate() {
@@ -448,7 +449,7 @@ pub fn cluster_spec(spec: &ClusterSpec) -> Result<ValidCluster, FieldErrors> {
     let mut keys = HashSet::new();
     for (i, svc) in spec.services.iter().enumerate() {
         let field = format!("services[{i}]");
-        if let Some(norm) = service_spec(&field, svc, &vip_addrs, &mut errs) {
+        if let Some(norm) = service_spec(&field, svc, &vip_addrs, &subnets, &mut errs) {
             if !keys.insert((norm.vip.clone(), norm.port, norm.protocol)) {
                 errs.push(
                     format!("{field}.port"),
@@ -469,6 +470,7 @@ fn service_spec(
     field: &str,
     svc: &ServiceSpec,
     vips: &[IpAddr],
+    subnets: &[(IpAddr, u8)],
     errs: &mut FieldErrors,
 ) -> Option<ServiceSpec> {
     let before = errs.0.len();
@@ -525,7 +527,7 @@ fn service_spec(
     let mut seen = HashSet::new();
     for (j, rs) in svc.real_servers.iter().enumerate() {
         let rfield = format!("{field}.real_servers[{j}]");
-        if let Some(norm) = real_server(&rfield, rs, vip, svc, errs) {
+        if let Some(norm) = real_server(&rfield, rs, vip, svc, subnets, errs) {
             if !seen.insert((norm.address.clone(), norm.port)) {
                 errs.push(
                     format!("{rfield}.address"),
@@ -541,12 +543,45 @@ fn service_spec(
     (errs.0.len() == before).then_some(out)
 }
 
-/// Validates one real server of `svc` (whose VIP parsed as `vip`, if it did).
+/// The subnets the cluster's balancers are on, as far as the spec says: those of its VIPs written with a
+/// prefix shorter than a host's (`198.18.0.10/24` on the VRRP interface, `198.18.2.254/24` on the internal
+/// one). A spec whose VIPs are all host addresses (`/32`) names none.
+pub fn on_link_subnets(spec: &ClusterSpec) -> Vec<(IpAddr, u8)> {
+    spec.vips
+        .iter()
+        .filter_map(|v| prefixed_address(&v.address).ok())
+        .filter(|(a, p)| *p < if a.is_ipv4() { 32 } else { 128 })
+        .collect()
+}
+
+/// Whether `addr` is inside `net/prefix` (different families: no).
+pub fn in_subnet(addr: IpAddr, net: IpAddr, prefix: u8) -> bool {
+    match (addr, net) {
+        (IpAddr::V4(a), IpAddr::V4(n)) => {
+            let mask = u32::MAX
+                .checked_shl(32 - u32::from(prefix.min(32)))
+                .unwrap_or(0);
+            u32::from(a) & mask == u32::from(n) & mask
+        }
+        (IpAddr::V6(a), IpAddr::V6(n)) => {
+            let mask = u128::MAX
+                .checked_shl(128 - u32::from(prefix.min(128)))
+                .unwrap_or(0);
+            u128::from(a) & mask == u128::from(n) & mask
+        }
+        _ => false,
+    }
+}
+
+/// Validates one real server of `svc` (whose VIP parsed as `vip`, if it did). `subnets` are the cluster's
+/// [`on_link_subnets`]: a DR real server must be in one of them when there are any (IPVS's direct routing
+/// rewrites only the MAC, so the real server must be on a segment the balancer is on).
 pub fn real_server(
     field: &str,
     rs: &RealServerSpec,
     vip: Option<IpAddr>,
     svc: &ServiceSpec,
+    subnets: &[(IpAddr, u8)],
     errs: &mut FieldErrors,
 ) -> Option<RealServerSpec> {
     let before = errs.0.len();
@@ -559,6 +594,19 @@ pub fn real_server(
                 errs.push(
                     format!("{field}.address"),
                     "must be the same address family as the VIP",
+                );
+            } else if svc.forward == ForwardMethod::Dr
+                && !subnets.is_empty()
+                && !subnets.iter().any(|(n, p)| in_subnet(addr, *n, *p))
+            {
+                let nets: Vec<String> = subnets.iter().map(|(n, p)| format!("{n}/{p}")).collect();
+                errs.push(
+                    format!("{field}.address"),
+                    format!(
+                        "dr forwarding needs the real server on the balancers' segment: {addr} is in none of \
+                         the subnets of the cluster's VIPs ({}); use tun (or nat) to reach another subnet",
+                        nets.join(", ")
+                    ),
                 );
             }
             out.address = addr.to_string();

@@ -36,7 +36,10 @@ pub fn read_machines<S: Source>(
 ) -> Result<Vec<Machine>, ImportError> {
     let pairs: Vec<(&PathBuf, String, bool)> = match (files.len(), ids.len()) {
         (0, _) => return Err(ImportError::Usage("no keepalived.conf given".into())),
-        (_, 0) => files.iter().map(|f| (f, default_id.to_owned(), false)).collect(),
+        (_, 0) => files
+            .iter()
+            .map(|f| (f, default_id.to_owned(), false))
+            .collect(),
         (_, 1) => files.iter().map(|f| (f, ids[0].clone(), true)).collect(),
         (1, _) => ids.iter().map(|i| (&files[0], i.clone(), true)).collect(),
         (f, i) if f == i => files
@@ -44,11 +47,9 @@ pub fn read_machines<S: Source>(
             .zip(ids)
             .map(|(f, i)| (f, i.clone(), true))
             .collect(),
-        (f, i) => {
-            return Err(ImportError::Usage(format!(
-                "{f} files and {i} config ids: give none, one, one per file, or several for one file"
-            )))
-        }
+        (f, i) => return Err(ImportError::Usage(format!(
+            "{f} files and {i} config ids: give none, one, one per file, or several for one file"
+        ))),
     };
     let mut machines: Vec<Machine> = Vec::new();
     for (file, id, explicit) in pairs {
@@ -179,7 +180,11 @@ impl ImportReport {
                 let _ = writeln!(t, "  unicast peers {}", s.unicast_peers.join(", "));
             }
             if let Some(sync) = &s.conn_sync {
-                let _ = writeln!(t, "  connection sync on {} id {}", sync.interface, sync.sync_id);
+                let _ = writeln!(
+                    t,
+                    "  connection sync on {} id {}",
+                    sync.interface, sync.sync_id
+                );
             }
             for svc in &s.services {
                 let persistence = if svc.persistence_s > 0 {
@@ -207,7 +212,11 @@ impl ImportReport {
                     svc.check.on_down
                 );
                 if let Some(sorry) = &svc.check.sorry_server {
-                    let _ = writeln!(t, "    sorry server {}", crate::fleet::socket_text(&sorry.address, sorry.port));
+                    let _ = writeln!(
+                        t,
+                        "    sorry server {}",
+                        crate::fleet::socket_text(&sorry.address, sorry.port)
+                    );
                 }
                 for r in &svc.real_servers {
                     let _ = writeln!(

@@ -172,8 +172,14 @@ mod tests {
             words(r#"abcd "efg h jkl" mnop"#),
             ["abcd", "efg h jkl", "mnop"]
         );
-        assert_eq!(words(r#"'a\tb' "q\"x" "\x41\101\cA""#), ["a\tb", "q\"x", "AA\x01"]);
-        assert_eq!(words(r#""unterminated to the end"#), ["unterminated to the end"]);
+        assert_eq!(
+            words(r#"'a\tb' "q\"x" "\x41\101\cA""#),
+            ["a\tb", "q\"x", "AA\x01"]
+        );
+        assert_eq!(
+            words(r#""unterminated to the end"#),
+            ["unterminated to the end"]
+        );
     }
 
     #[test]

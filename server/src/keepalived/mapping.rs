@@ -117,7 +117,8 @@ pub fn plan(machines: &[Machine]) -> ImportPlan {
                     );
                     continue;
                 }
-                m.members.push((c.machine, c.state_master, c.priority, c.loc.clone()));
+                m.members
+                    .push((c.machine, c.state_master, c.priority, c.loc.clone()));
                 if c.priority > m.best.priority {
                     let old = std::mem::replace(&mut m.best, c);
                     m.others.push(old);
@@ -225,9 +226,12 @@ pub fn plan(machines: &[Machine]) -> ImportPlan {
             continue;
         };
         let (p, locs) = &mut planned[t];
-        match p.spec.services.iter().position(|s| {
-            s.vip == svc.vip && s.port == svc.port && s.protocol == svc.protocol
-        }) {
+        match p
+            .spec
+            .services
+            .iter()
+            .position(|s| s.vip == svc.vip && s.port == svc.port && s.protocol == svc.protocol)
+        {
             Some(i) if p.spec.services[i] == svc => {}
             Some(i) => out.skip_at(
                 &loc,
@@ -253,9 +257,9 @@ pub fn plan(machines: &[Machine]) -> ImportPlan {
         if *n > 1 {
             p.name = format!("{}-{}", p.name, n);
         }
-        p.spec.services.sort_by(|a, b| {
-            (&a.vip, a.port, a.protocol).cmp(&(&b.vip, b.port, b.protocol))
-        });
+        p.spec
+            .services
+            .sort_by(|a, b| (&a.vip, a.port, a.protocol).cmp(&(&b.vip, b.port, b.protocol)));
         match rules::cluster_spec(&p.spec) {
             Ok(rules::ValidCluster(spec)) => {
                 p.spec = spec;
@@ -400,12 +404,20 @@ fn read_machine(m: &Machine, out: &mut Out) -> MachineRead {
                                 id = a.get(i + 1).and_then(|v| v.parse().ok()).unwrap_or(0);
                                 i += 2;
                             }
-                            w if i == 1 && !w.contains(|c: char| c.is_ascii_digit() && w.len() < 3) => {
+                            w if i == 1
+                                && !w.contains(|c: char| c.is_ascii_digit() && w.len() < 3) =>
+                            {
                                 inst = Some(w.to_owned());
                                 i += 1;
                             }
                             _ => {
-                                out.skip(st, format!("option {:?} of lvs_sync_daemon has no lbfleet counterpart", a[i]));
+                                out.skip(
+                                    st,
+                                    format!(
+                                        "option {:?} of lvs_sync_daemon has no lbfleet counterpart",
+                                        a[i]
+                                    ),
+                                );
                                 i += 1;
                             }
                         }
@@ -450,7 +462,10 @@ fn read_machine(m: &Machine, out: &mut Out) -> MachineRead {
         for n in &members {
             match instances.iter().position(|i| &i.name == n) {
                 Some(p) => parts.push(instances.remove(p)),
-                None => out.skip(g, format!("instance {n} of the group is not declared (or not imported)")),
+                None => out.skip(
+                    g,
+                    format!("instance {n} of the group is not declared (or not imported)"),
+                ),
             }
             grouped.insert(n.clone(), ());
         }
@@ -615,7 +630,10 @@ fn read_instance(st: &Statement, default_version: u8, out: &mut Out) -> Option<I
                         spec.unicast_peers.push(a.clone());
                     }
                     if p.words.len() > 1 {
-                        out.skip(p, "peer options (min_ttl, max_ttl) have no lbfleet counterpart");
+                        out.skip(
+                            p,
+                            "peer options (min_ttl, max_ttl) have no lbfleet counterpart",
+                        );
                     }
                 }
             }
@@ -643,12 +661,20 @@ fn read_instance(st: &Statement, default_version: u8, out: &mut Out) -> Option<I
                 }
             }
             "unicast_src_ip" => out.skip(c, "the agent sends from the interface's primary address"),
-            "authentication" => out.skip(c, "VRRP authentication is not supported (RFC 3768 deprecates it; VRRPv3 has none)"),
-            "notify" | "notify_master" | "notify_backup" | "notify_fault" | "notify_stop" | "notify_deleted" => {
-                out.skip(c, "lbfleet runs no notify scripts; state changes are events and alerts")
-            }
+            "authentication" => out.skip(
+                c,
+                "VRRP authentication is not supported (RFC 3768 deprecates it; VRRPv3 has none)",
+            ),
+            "notify" | "notify_master" | "notify_backup" | "notify_fault" | "notify_stop"
+            | "notify_deleted" => out.skip(
+                c,
+                "lbfleet runs no notify scripts; state changes are events and alerts",
+            ),
             "track_script" | "track_interface" | "track_file" | "track_process" | "track_bfd" => {
-                out.skip(c, "tracking has no lbfleet counterpart (priority drops only by service quorum)")
+                out.skip(
+                    c,
+                    "tracking has no lbfleet counterpart (priority drops only by service quorum)",
+                )
             }
             "smtp_alert" => out.skip(c, "lbfleet sends no mail"),
             _ => out.skip(c, "a VRRP setting with no lbfleet counterpart"),
@@ -725,7 +751,10 @@ fn read_virtual_server(
     let mut endpoints: Vec<(String, u16, Loc, String)> = Vec::new();
     match st.args() {
         [kw, _] if kw == "fwmark" => {
-            out.skip(st, "firewall-mark services are not supported (services are VIP, port, protocol)");
+            out.skip(
+                st,
+                "firewall-mark services are not supported (services are VIP, port, protocol)",
+            );
             return vec![];
         }
         [kw, name] if kw == "group" => match groups.get(name) {
@@ -743,9 +772,9 @@ fn read_virtual_server(
                             match addr.split_once('-') {
                                 Some((base, last)) => match range(base, last) {
                                     Some(addrs) => endpoints.extend(
-                                        addrs.into_iter().map(|a| {
-                                            (a, port, m.loc.clone(), m.words.join(" "))
-                                        }),
+                                        addrs
+                                            .into_iter()
+                                            .map(|a| (a, port, m.loc.clone(), m.words.join(" "))),
                                     ),
                                     None => out.skip(m, "not an IPv4 address range"),
                                 },
@@ -814,7 +843,11 @@ fn read_virtual_server(
                 _ => out.skip(c, "not a scheduler lbfleet knows"),
             },
             "lb_kind" | "lvs_method" => {
-                match c.args().first().map(|a| a.to_ascii_lowercase().parse::<ForwardMethod>()) {
+                match c
+                    .args()
+                    .first()
+                    .map(|a| a.to_ascii_lowercase().parse::<ForwardMethod>())
+                {
                     Some(Ok(f)) => template.forward = f,
                     _ => out.skip(c, "forwarding is NAT, DR or TUN"),
                 }
@@ -862,20 +895,24 @@ fn read_virtual_server(
             "inhibit_on_failure" => d.on_down = DownAction::Drain,
             "virtualhost" => d.host = c.args().first().cloned(),
             "retry" => d.retry = out.arg(c, 0, "a count").map(|r| (r, c.loc.clone())),
-            "delay_before_retry" => {
-                d.delay_before_retry = out.timer(c).map(|ms| (ms, c.clone()))
-            }
+            "delay_before_retry" => d.delay_before_retry = out.timer(c).map(|ms| (ms, c.clone())),
             "connect_timeout" => d.timeout_ms = out.timer(c),
             "warmup" => d.warmup_ms = out.timer(c),
             "real_server" => real_servers.push(c),
-            "alpha" => out.skip(c, "lbfleet starts a new real server in service until its check says otherwise"),
+            "alpha" => out.skip(
+                c,
+                "lbfleet starts a new real server in service until its check says otherwise",
+            ),
             "omega" | "quorum_up" | "quorum_down" => out.skip(c, "lbfleet runs no quorum scripts"),
             "ha_suspend" => out.skip(c, "lbfleet checks real servers on backups too"),
-            "ops" | "one_packet_scheduling" => out.skip(c, "one-packet scheduling is not supported"),
-            "persistence_engine" => out.skip(c, "persistence engines are not supported"),
-            "sorry_server_inhibit" | "sorry_server_lvs_method" => {
-                out.skip(c, "the sorry server is added like the real servers, by the service's down action")
+            "ops" | "one_packet_scheduling" => {
+                out.skip(c, "one-packet scheduling is not supported")
             }
+            "persistence_engine" => out.skip(c, "persistence engines are not supported"),
+            "sorry_server_inhibit" | "sorry_server_lvs_method" => out.skip(
+                c,
+                "the sorry server is added like the real servers, by the service's down action",
+            ),
             "smtp_alert" => out.skip(c, "lbfleet sends no mail"),
             _ => out.skip(c, "a virtual_server setting with no lbfleet counterpart"),
         }
@@ -1009,19 +1046,25 @@ fn read_real_server(
                 }
             }
             "retry" => local.retry = out.arg(c, 0, "a count").map(|r| (r, c.loc.clone())),
-            "delay_before_retry" => local.delay_before_retry = out.timer(c).map(|ms| (ms, c.clone())),
+            "delay_before_retry" => {
+                local.delay_before_retry = out.timer(c).map(|ms| (ms, c.clone()))
+            }
             "connect_timeout" => local.timeout_ms = out.timer(c),
             "warmup" => local.warmup_ms = out.timer(c),
             "HTTP_GET" | "SSL_GET" | "TCP_CHECK" | "MISC_CHECK" | "DNS_CHECK" => {
                 if check.is_some() {
-                    out.skip(c, "lbfleet runs one check per real server (the first is imported)");
+                    out.skip(
+                        c,
+                        "lbfleet runs one check per real server (the first is imported)",
+                    );
                 } else {
                     check = read_check(c, svc, &local, out);
                 }
             }
-            "SMTP_CHECK" | "PING_CHECK" | "UDP_CHECK" | "FILE_CHECK" | "BFD_CHECK" => {
-                out.skip(c, "this check type is not supported (tcp, http, https, dns, script are)")
-            }
+            "SMTP_CHECK" | "PING_CHECK" | "UDP_CHECK" | "FILE_CHECK" | "BFD_CHECK" => out.skip(
+                c,
+                "this check type is not supported (tcp, http, https, dns, script are)",
+            ),
             "notify_up" | "notify_down" => out.skip(c, "lbfleet runs no notify scripts"),
             "smtp_alert" => out.skip(c, "lbfleet sends no mail"),
             _ => out.skip(c, "a real_server setting with no lbfleet counterpart"),
@@ -1059,8 +1102,12 @@ fn read_check(
         match (s.keyword(), kind) {
             ("connect_port", _) => c.port = out.arg(s, 0, "a port"),
             ("connect_timeout", _) => timeout_ms = out.timer(s),
-            ("retry" | "nb_get_retry", _) => retry = out.arg(s, 0, "a count").map(|r| (r, s.loc.clone())),
-            ("delay_before_retry", _) => delay_before_retry = out.timer(s).map(|ms| (ms, s.clone())),
+            ("retry" | "nb_get_retry", _) => {
+                retry = out.arg(s, 0, "a count").map(|r| (r, s.loc.clone()))
+            }
+            ("delay_before_retry", _) => {
+                delay_before_retry = out.timer(s).map(|ms| (ms, s.clone()))
+            }
             ("delay_loop", _) => {
                 if let Some(ms) = out.timer(s) {
                     c.interval_ms = ms;
@@ -1070,7 +1117,10 @@ fn read_check(
             ("virtualhost", CheckKind::Http | CheckKind::Https) => host = s.args().first().cloned(),
             ("url", CheckKind::Http | CheckKind::Https) => {
                 if !first_url {
-                    out.skip(s, "lbfleet checks one URL per real server (the first is imported)");
+                    out.skip(
+                        s,
+                        "lbfleet checks one URL per real server (the first is imported)",
+                    );
                     continue;
                 }
                 first_url = false;
@@ -1113,8 +1163,14 @@ fn read_check(
                 c.script = Some(name);
             }
             ("misc_timeout", CheckKind::Script) => timeout_ms = out.timer(s),
-            ("misc_dynamic", CheckKind::Script) => out.skip(s, "a script cannot set the weight in lbfleet"),
-            ("type", CheckKind::Dns) => match s.args().first().map(|t| t.to_ascii_uppercase().parse::<DnsType>()) {
+            ("misc_dynamic", CheckKind::Script) => {
+                out.skip(s, "a script cannot set the weight in lbfleet")
+            }
+            ("type", CheckKind::Dns) => match s
+                .args()
+                .first()
+                .map(|t| t.to_ascii_uppercase().parse::<DnsType>())
+            {
                 Some(Ok(t)) => c.dns_type = Some(t),
                 _ => out.skip(s, "not a DNS type lbfleet queries"),
             },

@@ -11,7 +11,7 @@ pub mod source;
 #[cfg(test)]
 mod tests;
 
+pub use import::{apply, import, read_machines, ImportError, ImportReport};
+pub use mapping::{plan, ImportPlan, Machine, NotImported, PlannedCluster, PlannedMember};
 pub use parser::{parse, Config, Diagnostic, Limits, Loc, ParseError, Statement};
 pub use source::{FsSource, MemorySource, Source, SourceError};
-pub use mapping::{plan, ImportPlan, Machine, NotImported, PlannedCluster, PlannedMember};
-pub use import::{apply, import, read_machines, ImportError, ImportReport};

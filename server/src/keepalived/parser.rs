@@ -259,7 +259,11 @@ impl<S: Source> Preprocessor<'_, S> {
 
     fn include(&mut self, from: &Path, line: &str, loc: &Loc) -> Result<(), ParseError> {
         // The file name as written (braces are glob syntax here, not blocks), quotes removed.
-        let rest = line.split_once(char::is_whitespace).map(|r| r.1).unwrap_or("").trim();
+        let rest = line
+            .split_once(char::is_whitespace)
+            .map(|r| r.1)
+            .unwrap_or("")
+            .trim();
         let pattern = match rest.chars().next() {
             Some(q @ ('"' | '\'')) => rest[1..].split(q).next().unwrap_or("").to_owned(),
             _ => rest.to_owned(),
@@ -295,15 +299,15 @@ impl<S: Source> Preprocessor<'_, S> {
             if self.stack.contains(&f) {
                 self.note(
                     loc,
-                    format!("include of {} skipped: it is already being read (an include loop)", f.display()),
+                    format!(
+                        "include of {} skipped: it is already being read (an include loop)",
+                        f.display()
+                    ),
                 );
                 continue;
             }
             if self.files_read >= self.limits.files {
-                return Err(self.limit(
-                    loc,
-                    format!("more than {} files read", self.limits.files),
-                ));
+                return Err(self.limit(loc, format!("more than {} files read", self.limits.files)));
             }
             match self.src.read(&f) {
                 Ok(text) => self.file(&f, &text)?,
@@ -333,7 +337,10 @@ impl<S: Source> Preprocessor<'_, S> {
         if self.steps > self.limits.lines.saturating_mul(4) {
             return Err(self.limit(
                 loc,
-                format!("the configuration expands to more than {} lines", self.limits.lines),
+                format!(
+                    "the configuration expands to more than {} lines",
+                    self.limits.lines
+                ),
             ));
         }
         if depth > self.limits.expansion_depth {
@@ -361,7 +368,12 @@ impl<S: Source> Preprocessor<'_, S> {
                 for bindings in var_values {
                     let saved: Vec<(String, Option<Value>)> = bindings
                         .iter()
-                        .map(|(k, v)| (k.clone(), self.vars.insert(k.clone(), Value::Line(v.clone()))))
+                        .map(|(k, v)| {
+                            (
+                                k.clone(),
+                                self.vars.insert(k.clone(), Value::Line(v.clone())),
+                            )
+                        })
                         .collect();
                     let r = self.logical(rest, loc, depth + 1);
                     for (k, old) in saved {
@@ -426,7 +438,10 @@ impl<S: Source> Preprocessor<'_, S> {
             if next.len() > self.limits.line_bytes {
                 return Err(self.limit(
                     loc,
-                    format!("a line grows past {} bytes by substitution", self.limits.line_bytes),
+                    format!(
+                        "a line grows past {} bytes by substitution",
+                        self.limits.line_bytes
+                    ),
                 ));
             }
             text = next;
@@ -456,10 +471,7 @@ impl<S: Source> Preprocessor<'_, S> {
                 let end = after
                     .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
                     .unwrap_or(after.len());
-                let followed_ok = after[end..]
-                    .chars()
-                    .next()
-                    .is_none_or(char::is_whitespace);
+                let followed_ok = after[end..].chars().next().is_none_or(char::is_whitespace);
                 if followed_ok {
                     (&after[..end], end)
                 } else {
@@ -703,7 +715,8 @@ fn build_tree(lines: Vec<Line>, diagnostics: &mut Vec<Diagnostic>) -> Vec<Statem
     let mut stack: Vec<(Option<Statement>, Vec<Statement>)> = vec![(None, Vec::new())];
     for line in lines {
         let mut words: Vec<String> = Vec::new();
-        let flush = |words: &mut Vec<String>, stack: &mut Vec<(Option<Statement>, Vec<Statement>)>| {
+        let flush = |words: &mut Vec<String>,
+                     stack: &mut Vec<(Option<Statement>, Vec<Statement>)>| {
             if !words.is_empty() {
                 let s = Statement {
                     loc: line.loc.clone(),

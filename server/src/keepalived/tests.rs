@@ -7,7 +7,13 @@ use super::parser::{parse, Config, Limits, ParseError, Statement};
 use super::source::{expand_braces, matches, MemorySource};
 
 fn read(src: &mut MemorySource, id: &str) -> Config {
-    parse(src, Path::new("/etc/keepalived/keepalived.conf"), id, Limits::default()).expect("parses")
+    parse(
+        src,
+        Path::new("/etc/keepalived/keepalived.conf"),
+        id,
+        Limits::default(),
+    )
+    .expect("parses")
 }
 
 fn one(text: &str, id: &str) -> Config {
@@ -78,7 +84,10 @@ fn includes_glob_relative_to_the_including_file() {
             "/etc/keepalived/keepalived.conf",
             "include conf.d/*.conf\ninclude /srv/{a,b}.conf\ninclude missing/*.conf\n",
         )
-        .with("/etc/keepalived/conf.d/20-b.conf", "b 1\ninclude ../inc/x.conf\n")
+        .with(
+            "/etc/keepalived/conf.d/20-b.conf",
+            "b 1\ninclude ../inc/x.conf\n",
+        )
         .with("/etc/keepalived/conf.d/10-a.conf", "a 1\n")
         .with("/etc/keepalived/conf.d/skip.txt", "no 1\n")
         .with("/etc/keepalived/inc/x.conf", "x 1\n")
@@ -103,8 +112,14 @@ fn includes_glob_relative_to_the_including_file() {
 #[test]
 fn a_block_may_span_an_include() {
     let mut src = MemorySource::new()
-        .with("/etc/keepalived/keepalived.conf", "virtual_server 198.18.0.10 80 {\ninclude rs.conf\n}\n")
-        .with("/etc/keepalived/rs.conf", "real_server 198.18.2.1 80 {\n}\n");
+        .with(
+            "/etc/keepalived/keepalived.conf",
+            "virtual_server 198.18.0.10 80 {\ninclude rs.conf\n}\n",
+        )
+        .with(
+            "/etc/keepalived/rs.conf",
+            "real_server 198.18.2.1 80 {\n}\n",
+        );
     assert_eq!(
         flat(&read(&mut src, "x")),
         [
@@ -117,12 +132,18 @@ fn a_block_may_span_an_include() {
 #[test]
 fn include_loops_are_cut_and_reported() {
     let mut src = MemorySource::new()
-        .with("/etc/keepalived/keepalived.conf", "a 1\ninclude keepalived.conf\ninclude b.conf\n")
+        .with(
+            "/etc/keepalived/keepalived.conf",
+            "a 1\ninclude keepalived.conf\ninclude b.conf\n",
+        )
         .with("/etc/keepalived/b.conf", "b 1\ninclude keepalived.conf\n");
     let c = read(&mut src, "x");
     assert_eq!(flat(&c), ["keepalived.conf:1 a 1", "b.conf:1 b 1"]);
     assert_eq!(c.diagnostics.len(), 2, "{:?}", c.diagnostics);
-    assert!(c.diagnostics.iter().all(|d| d.message.contains("include loop")));
+    assert!(c
+        .diagnostics
+        .iter()
+        .all(|d| d.message.contains("include loop")));
 }
 
 #[test]
@@ -131,21 +152,44 @@ fn conditional_lines_follow_the_config_id() {
     let words = |id: &str| -> Vec<String> {
         flat(&one(text, id))
             .into_iter()
-            .map(|l| l.trim_start().split_once(' ').map(|x| x.1.to_owned()).unwrap_or_default())
+            .map(|l| {
+                l.trim_start()
+                    .split_once(' ')
+                    .map(|x| x.1.to_owned())
+                    .unwrap_or_default()
+            })
             .collect()
     };
     // The man page's example: main gets router_id main_router and peers .5 and .6.
     assert_eq!(
         words("main"),
-        ["global_defs", "router_id main_router", "unicast_peer", "1.2.3.5", "1.2.3.6"]
+        [
+            "global_defs",
+            "router_id main_router",
+            "unicast_peer",
+            "1.2.3.5",
+            "1.2.3.6"
+        ]
     );
     assert_eq!(
         words("backup"),
-        ["global_defs", "router_id backup_router", "unicast_peer", "1.2.3.4", "1.2.3.6"]
+        [
+            "global_defs",
+            "router_id backup_router",
+            "unicast_peer",
+            "1.2.3.4",
+            "1.2.3.6"
+        ]
     );
     assert_eq!(
         words("other"),
-        ["global_defs", "unicast_peer", "1.2.3.4", "1.2.3.5", "1.2.3.6"]
+        [
+            "global_defs",
+            "unicast_peer",
+            "1.2.3.4",
+            "1.2.3.5",
+            "1.2.3.6"
+        ]
     );
 }
 
@@ -166,7 +210,10 @@ fn parameters_substitute_recursively_at_use_time() {
             "keepalived.conf:12 x #! main /etc/keepalived",
         ]
     );
-    let backup = one("@main $P=240\n@backup $P=200\npriority $P\n$IF=@main\n$IF weight 3\n", "backup");
+    let backup = one(
+        "@main $P=240\n@backup $P=200\npriority $P\n$IF=@main\n$IF weight 3\n",
+        "backup",
+    );
     assert_eq!(flat(&backup), ["keepalived.conf:3 priority 200"]);
 }
 
@@ -201,7 +248,12 @@ fn seq_and_lst_repeat_the_rest_of_the_line() {
     );
     let words: Vec<String> = flat(&c)
         .into_iter()
-        .map(|l| l.trim_start().split_once(' ').map(|x| x.1.to_owned()).unwrap_or_default())
+        .map(|l| {
+            l.trim_start()
+                .split_once(' ')
+                .map(|x| x.1.to_owned())
+                .unwrap_or_default()
+        })
         .collect();
     assert_eq!(
         words,
@@ -256,7 +308,10 @@ fn runaway_expansion_is_an_error_not_a_hang() {
             "x",
             small,
         );
-        assert!(matches!(r, Err(ParseError::Limit { .. })), "{text:?}: {r:?}");
+        assert!(
+            matches!(r, Err(ParseError::Limit { .. })),
+            "{text:?}: {r:?}"
+        );
     }
     let r = parse(
         &mut MemorySource::new().with("/k.conf", "a 1\n"),
@@ -374,24 +429,59 @@ virtual_server 198.18.0.10 80 {
             [("lb1", Role::Active, 150), ("lb2", Role::Backup, 100)]
         );
         let s = &c.spec;
-        assert_eq!((s.vrid, s.interface.as_str(), s.vrrp_version, s.advert_interval_ms), (51, "eth0", 2, 1000));
+        assert_eq!(
+            (
+                s.vrid,
+                s.interface.as_str(),
+                s.vrrp_version,
+                s.advert_interval_ms
+            ),
+            (51, "eth0", 2, 1000)
+        );
         assert_eq!(s.vips[1].to_string(), "198.18.2.254/24 dev eth1");
         assert_eq!(s.services.len(), 1);
         let svc = &s.services[0];
         assert_eq!(
-            (svc.port, svc.protocol, svc.scheduler, svc.forward, svc.persistence_s, svc.persistence_prefix),
-            (80, Protocol::Tcp, Scheduler::Wrr, ForwardMethod::Nat, 300, Some(24))
+            (
+                svc.port,
+                svc.protocol,
+                svc.scheduler,
+                svc.forward,
+                svc.persistence_s,
+                svc.persistence_prefix
+            ),
+            (
+                80,
+                Protocol::Tcp,
+                Scheduler::Wrr,
+                ForwardMethod::Nat,
+                300,
+                Some(24)
+            )
         );
-        let weights: Vec<(String, u16, u32)> =
-            svc.real_servers.iter().map(|r| (r.address.clone(), r.port, r.weight)).collect();
+        let weights: Vec<(String, u16, u32)> = svc
+            .real_servers
+            .iter()
+            .map(|r| (r.address.clone(), r.port, r.weight))
+            .collect();
         assert_eq!(
             weights,
-            [("198.18.2.1".into(), 8080, 2), ("198.18.2.2".into(), 8080, 1), ("198.18.2.3".into(), 8080, 1)]
+            [
+                ("198.18.2.1".into(), 8080, 2),
+                ("198.18.2.2".into(), 8080, 1),
+                ("198.18.2.3".into(), 8080, 1)
+            ]
         );
         let chk = &svc.check;
         assert_eq!(chk.kind, CheckKind::Http);
-        assert_eq!((chk.path.as_deref(), chk.expect_status), (Some("/healthz"), Some(200)));
-        assert_eq!((chk.interval_ms, chk.timeout_ms, chk.rise, chk.fall), (6000, 3000, 1, 3));
+        assert_eq!(
+            (chk.path.as_deref(), chk.expect_status),
+            (Some("/healthz"), Some(200))
+        );
+        assert_eq!(
+            (chk.interval_ms, chk.timeout_ms, chk.rise, chk.fall),
+            (6000, 3000, 1, 3)
+        );
         assert_eq!(chk.on_down, DownAction::Drain);
         assert_eq!(chk.sorry_server.as_ref().map(|s| s.port), Some(8080));
         assert_eq!(chk.overrides.len(), 1);
@@ -410,14 +500,28 @@ virtual_server 198.18.0.10 80 {
         assert_eq!(p.clusters[0].members[1].role, Role::Backup);
         assert!(!p.lossless());
         let r = reasons(&p);
-        assert!(r.iter().any(|l| l.starts_with("8:notify_master /bin/x lbfleet runs no notify")), "{r:?}");
-        assert!(r.iter().any(|l| l.contains("interface ens3") && l.contains("differs from eth0")), "{r:?}");
+        assert!(
+            r.iter()
+                .any(|l| l.starts_with("8:notify_master /bin/x lbfleet runs no notify")),
+            "{r:?}"
+        );
+        assert!(
+            r.iter()
+                .any(|l| l.contains("interface ens3") && l.contains("differs from eth0")),
+            "{r:?}"
+        );
 
         // The same VRID with other VIPs is not a pair.
         let c = "vrrp_instance C { interface eth0\n virtual_router_id 7\n virtual_ipaddress {\n 198.18.0.21\n }\n}\n";
         let p = plan(&[machine(a, "one"), machine(c, "two")]);
         assert_eq!(p.clusters.len(), 1);
-        assert!(reasons(&p).iter().any(|l| l.contains("VRID 7 is also used")), "{:?}", reasons(&p));
+        assert!(
+            reasons(&p)
+                .iter()
+                .any(|l| l.contains("VRID 7 is also used")),
+            "{:?}",
+            reasons(&p)
+        );
     }
 
     #[test]
@@ -429,7 +533,11 @@ virtual_server 198.18.0.10 80 {
         let c = &p.clusters[0];
         assert_eq!((c.name.as_str(), c.spec.vrid), ("g1", 51));
         assert_eq!(
-            c.spec.vips.iter().map(|v| v.to_string()).collect::<Vec<_>>(),
+            c.spec
+                .vips
+                .iter()
+                .map(|v| v.to_string())
+                .collect::<Vec<_>>(),
             ["198.18.0.10/32", "198.18.2.254/24 dev eth1"]
         );
         assert_eq!(c.members[0].role, Role::Active);
@@ -443,12 +551,27 @@ virtual_server 198.18.0.10 80 {
             .spec
             .services
             .iter()
-            .map(|s| format!("{}:{} {} rs:{}", s.vip, s.port, s.forward, s.real_servers[0].port))
+            .map(|s| {
+                format!(
+                    "{}:{} {} rs:{}",
+                    s.vip, s.port, s.forward, s.real_servers[0].port
+                )
+            })
             .collect();
         // DR real servers take the service's port, as keepalived does.
-        assert_eq!(svcs, ["198.18.0.30:80 dr rs:80", "198.18.0.31:80 dr rs:80", "198.18.0.32:443 nat rs:443"]);
+        assert_eq!(
+            svcs,
+            [
+                "198.18.0.30:80 dr rs:80",
+                "198.18.0.31:80 dr rs:80",
+                "198.18.0.32:443 nat rs:443"
+            ]
+        );
         let s30 = &p.clusters[0].spec.services[0];
-        assert_eq!((s30.check.kind, s30.check.script.as_deref()), (CheckKind::Script, Some("check")));
+        assert_eq!(
+            (s30.check.kind, s30.check.script.as_deref()),
+            (CheckKind::Script, Some("check"))
+        );
         assert_eq!(s30.check.on_down, DownAction::Remove);
         let r = reasons(&p);
         for want in [
@@ -472,6 +595,12 @@ virtual_server 198.18.0.10 80 {
         let p = plan(&[machine(text, "lb1")]);
         assert!(p.clusters.is_empty());
         let r = reasons(&p);
-        assert!(r.iter().any(|l| l.starts_with("1:cluster v6 the cluster is not imported: vips[0]") && l.contains("IPv6")), "{r:?}");
+        assert!(
+            r.iter().any(
+                |l| l.starts_with("1:cluster v6 the cluster is not imported: vips[0]")
+                    && l.contains("IPv6")
+            ),
+            "{r:?}"
+        );
     }
 }

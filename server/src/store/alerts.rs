@@ -33,7 +33,7 @@ pub async fn raise(
     expires_at: i64,
 ) -> Result<i64, StoreError> {
     let open: Option<i64> = sqlx::query_scalar(
-        "SELECT id FROM alerts WHERE kind = $1 AND node_id IS $2 AND acked_at IS NULL AND expires_at > $3 \
+        "SELECT id FROM alerts WHERE kind = $1 AND node_id IS NOT DISTINCT FROM $2 AND acked_at IS NULL AND expires_at > $3 \
          ORDER BY id DESC LIMIT 1",
     )
     .bind(kind)

@@ -8,6 +8,7 @@ pub struct UserRow {
     pub name: String,
     pub role: String,
     pub password_hash: String,
+    #[sqlx(try_from = "super::Flag")]
     pub disabled: bool,
     pub created_at: i64,
 }

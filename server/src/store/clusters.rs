@@ -29,6 +29,7 @@ struct ClusterRow {
     interface: String,
     vrrp_version: i64,
     advert_interval_ms: i64,
+    #[sqlx(try_from = "super::Flag")]
     preempt: bool,
     unicast_peers: String,
     preempt_delay_ms: i64,
@@ -62,6 +63,7 @@ struct RealServerRow {
     address: String,
     port: i64,
     weight: i64,
+    #[sqlx(try_from = "super::Flag")]
     enabled: bool,
 }
 
@@ -228,7 +230,7 @@ pub async fn upsert(conn: &mut Conn, name: &str, spec: &ClusterSpec) -> Result<i
     .bind(&spec.interface)
     .bind(i64::from(spec.vrrp_version))
     .bind(i64::from(spec.advert_interval_ms))
-    .bind(spec.preempt)
+    .bind(i64::from(spec.preempt))
     .bind(peers)
     .bind(now)
     .bind(i64::from(spec.preempt_delay_ms))
@@ -313,7 +315,7 @@ async fn insert_real_server(
     .bind(&r.address)
     .bind(i64::from(r.port))
     .bind(i64::from(r.weight))
-    .bind(r.enabled.unwrap_or(true))
+    .bind(i64::from(r.enabled.unwrap_or(true)))
     .execute(conn)
     .await?;
     Ok(())
@@ -493,7 +495,7 @@ pub async fn update_real_server(
     };
     Ok(sqlx::query("UPDATE real_servers SET weight = $1, enabled = $2 WHERE service_id = $3 AND address = $4 AND port = $5")
         .bind(i64::from(weight))
-        .bind(enabled)
+        .bind(i64::from(enabled))
         .bind(sid)
         .bind(&key.address)
         .bind(i64::from(key.rs_port))

@@ -11,6 +11,7 @@ wire_enum!(
         Discovered => "discovered", Enrolled => "enrolled", Serving => "serving", Switchover => "switchover",
         Vrrp => "vrrp", Health => "health", AgentError => "agent_error", BootScript => "boot_script",
         ReenrolledWhileAlive => "reenrolled_while_alive", BootNotExpected => "boot_not_expected",
+        Server => "server",
     }
 );
 
@@ -27,6 +28,7 @@ pub struct EventRow {
     pub message: String,
     /// The stored message was longer and is cut here (rows written before reports were bounded).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
+    #[sqlx(try_from = "super::Flag")]
     pub message_cut: bool,
 }
 
@@ -83,8 +85,8 @@ pub async fn prune(
     .rows_affected();
     // The newest row whose running total (newest first) passes the budget, and everything older, goes.
     let heavy = sqlx::query(
-        "DELETE FROM events WHERE id <= (SELECT id FROM (SELECT id, SUM(length(CAST(message AS BLOB)) + $1) \
-         OVER (ORDER BY id DESC ROWS UNBOUNDED PRECEDING) AS total FROM events) WHERE total > $2 \
+        "DELETE FROM events WHERE id <= (SELECT id FROM (SELECT id, SUM(octet_length(message) + $1) \
+         OVER (ORDER BY id DESC ROWS UNBOUNDED PRECEDING) AS total FROM events) AS running WHERE total > $2 \
          ORDER BY id DESC LIMIT 1)",
     )
     .bind(ROW_OVERHEAD_BYTES)
@@ -98,7 +100,7 @@ pub async fn prune(
 /// The events' size as the byte bound counts it.
 pub async fn total_bytes(conn: &mut Conn) -> Result<i64, StoreError> {
     Ok(sqlx::query_scalar(
-        "SELECT COALESCE(SUM(length(CAST(message AS BLOB)) + $1), 0) FROM events",
+        "SELECT CAST(COALESCE(SUM(octet_length(message) + $1), 0) AS BIGINT) FROM events",
     )
     .bind(ROW_OVERHEAD_BYTES)
     .fetch_one(conn)
@@ -118,7 +120,8 @@ pub struct EventFilter {
 pub async fn list(conn: &mut Conn, f: &EventFilter) -> Result<Vec<EventRow>, StoreError> {
     Ok(sqlx::query_as(
         "SELECT e.id, e.at, e.kind, e.node_id, COALESCE(n.hostname, n.mac) AS node, e.cluster, \
-         substr(e.message, 1, $7) AS message, length(e.message) > $7 AS message_cut \
+         substr(e.message, 1, CAST($7 AS INTEGER)) AS message, \
+         CASE WHEN length(e.message) > $7 THEN 1 ELSE 0 END AS message_cut \
          FROM events e LEFT JOIN nodes n ON n.id = e.node_id \
          WHERE ($1 IS NULL OR e.at >= $1) AND ($2 IS NULL OR e.kind = $2) AND ($3 IS NULL OR e.node_id = $3) \
          AND ($4 IS NULL OR e.cluster = $4) AND ($5 IS NULL OR e.id < $5) ORDER BY e.id DESC LIMIT $6",

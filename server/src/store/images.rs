@@ -10,6 +10,7 @@ pub struct ImageRow {
     pub kernel: String,
     pub initrd: String,
     pub cmdline: String,
+    #[sqlx(try_from = "super::Flag")]
     pub is_default: bool,
     pub created_at: i64,
     /// From the manifest `image add` verified; `None` for an image registered by hand.
@@ -72,7 +73,7 @@ pub async fn upsert(conn: &mut Conn, img: &ImageRow) -> Result<(), StoreError> {
     .bind(&img.kernel)
     .bind(&img.initrd)
     .bind(&img.cmdline)
-    .bind(img.is_default)
+    .bind(i64::from(img.is_default))
     .bind(now_ms())
     .bind(&img.kernel_version)
     .bind(&img.agent_version)

@@ -1,5 +1,7 @@
 //! DHCP leases: the durable copy of the DHCP server's in-memory lease table.
 
+pub mod leaders;
+
 use super::{now_ms, Conn, StoreError};
 
 /// One stored lease row.

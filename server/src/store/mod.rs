@@ -1,24 +1,35 @@
-//! The SQLite store: connection pools, migrations, and every SQL statement of the server.
+//! The store: connection pools, migrations, and every SQL statement of the server, on SQLite (the default, one
+//! server) or PostgreSQL (several servers on one database).
 //!
-//! One writer connection serialises all write transactions (SQLite allows one writer; queueing in the pool is
-//! cheaper and clearer than retrying `SQLITE_BUSY`), a pool of readers serves queries concurrently under WAL.
-//! Statements use `$N` placeholders and portable SQL so a PostgreSQL backend can share them.
+//! Both backends go through sqlx's `Any` driver, so every statement is written once: `$N` placeholders, SQL that
+//! SQLite 3.46 and PostgreSQL 15 both accept, integers read as `i64`, flags as integers 0/1. Only the schema
+//! (`migrations/sqlite`, `migrations/postgres`), the connection set-up and the write probe differ per backend.
+//!
+//! Writes are serialised fleet-wide, as SQLite does by nature: one writer connection per server, and on
+//! PostgreSQL every write transaction first takes one transaction-scoped advisory lock, so write transactions of
+//! several servers run one after another. Every domain rule that reads and then writes (one active per
+//! cluster, the audit chain's head, fleet generations) therefore holds across servers without retries.
+//! Readers never wait for it.
 
-use std::str::FromStr;
+use std::sync::Once;
 use std::time::Duration;
 
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::SqlitePool;
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::{AnyPool, Executor};
 
 pub mod alerts;
 pub mod audit;
 pub mod auth;
+pub mod boot_credentials;
 pub mod boot_trust;
 pub mod clusters;
+pub mod copy;
 pub mod events;
 pub mod images;
 pub mod leases;
 pub mod nodes;
+pub mod servers;
+mod unreachable;
 
 /// A failure of the database layer.
 #[derive(Debug, thiserror::Error)]
@@ -50,83 +61,260 @@ impl StoreError {
 }
 
 /// A connection as the store's functions take it (inside a transaction or not). The fleet names only this alias
-/// and `WriteTx`, never the backend's types, so another database changes `store/` alone.
-pub type Conn = sqlx::SqliteConnection;
+/// and `WriteTx`, never the backend's types.
+pub type Conn = sqlx::AnyConnection;
 
-/// A write transaction on the single writer connection; finish it with `commit`.
-pub type WriteTx = sqlx::Transaction<'static, sqlx::Sqlite>;
+/// A write transaction on the writer connection, holding the fleet-wide write lock; finish it with `commit`.
+pub type WriteTx = sqlx::Transaction<'static, sqlx::Any>;
 
 /// A pooled read connection (derefs to `Conn`).
-pub type ReadConn = sqlx::pool::PoolConnection<sqlx::Sqlite>;
+pub type ReadConn = sqlx::pool::PoolConnection<sqlx::Any>;
 
 /// Commits a write transaction.
 pub async fn commit(tx: WriteTx) -> Result<(), StoreError> {
     Ok(tx.commit().await?)
 }
 
+/// A flag stored as an integer 0/1 (both backends), read into a `bool` field with
+/// `#[sqlx(try_from = "super::Flag")]`: sqlx's `Any` driver reads integers, not booleans, from such columns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Flag(pub bool);
+
+impl From<Flag> for bool {
+    fn from(f: Flag) -> bool {
+        f.0
+    }
+}
+
+impl sqlx::Type<sqlx::Any> for Flag {
+    fn type_info() -> sqlx::any::AnyTypeInfo {
+        <i64 as sqlx::Type<sqlx::Any>>::type_info()
+    }
+
+    fn compatible(ty: &sqlx::any::AnyTypeInfo) -> bool {
+        <i64 as sqlx::Type<sqlx::Any>>::compatible(ty)
+    }
+}
+
+impl<'r> sqlx::Decode<'r, sqlx::Any> for Flag {
+    fn decode(value: sqlx::any::AnyValueRef<'r>) -> Result<Self, sqlx::error::BoxDynError> {
+        Ok(Flag(<i64 as sqlx::Decode<sqlx::Any>>::decode(value)? != 0))
+    }
+}
+
+/// Which database engine a URL names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    /// `postgres://` and `postgresql://` URLs are PostgreSQL; `sqlite:` URLs and plain paths are SQLite.
+    pub fn of(url: &str) -> Backend {
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Backend::Postgres
+        } else {
+            Backend::Sqlite
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Backend::Sqlite => "sqlite",
+            Backend::Postgres => "postgres",
+        }
+    }
+}
+
+/// The advisory lock every PostgreSQL write transaction takes first (an arbitrary constant: "lbfleet" in ASCII).
+const WRITE_LOCK_KEY: i64 = 0x006c_6266_6c65_6574;
+
 /// Handle to the database; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Store {
-    writer: SqlitePool,
-    reader: SqlitePool,
+    backend: Backend,
+    writer: AnyPool,
+    reader: AnyPool,
     /// Connections of their own for long audit exports, so slow exports never hold the readers everything
     /// else needs (the callers cap exports at `EXPORT_CONNECTIONS`).
-    export: SqlitePool,
+    export: AnyPool,
+    /// The URL without its password, for logs and the control-plane page.
+    display_url: String,
 }
 
 /// Connections the audit exports may hold at once.
 pub const EXPORT_CONNECTIONS: u32 = 2;
 
+/// Registers sqlx's SQLite and PostgreSQL drivers for the `Any` driver (once per process).
+fn install_drivers() {
+    static DRIVERS: Once = Once::new();
+    DRIVERS.call_once(sqlx::any::install_default_drivers);
+}
+
+/// `url` with any password replaced by `***`, for logs.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let (authority, tail) = match rest.find('/') {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split(':').next().unwrap_or("");
+            if userinfo.contains(':') {
+                format!("{scheme}://{user}:***@{host}{tail}")
+            } else {
+                format!("{scheme}://{user}@{host}{tail}")
+            }
+        }
+        None => url.to_owned(),
+    }
+}
+
 impl Store {
-    /// Opens (creating if missing) the database at `url` (`sqlite://path`, `sqlite:path` or a plain path),
-    /// turns on WAL and foreign keys, and runs pending migrations.
+    /// Opens the database at `url` and runs pending migrations. `sqlite://path`, `sqlite:path` or a plain path:
+    /// SQLite, created if missing (0600), WAL, foreign keys on, every commit synced. `postgres://...`: an
+    /// existing PostgreSQL database the server may create tables in.
     pub async fn open(url: &str) -> Result<Store, StoreError> {
-        let path_url = if url.starts_with("sqlite:") {
-            url.to_owned()
-        } else {
-            format!("sqlite://{url}")
+        let store = Self::pools(url, true)?;
+        // Connect first, so an unreachable database is a connection error (`is_unreachable`), not a failed
+        // migration.
+        drop(store.writer.acquire().await?);
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// Like `open`, for a database that cannot be reached now (the server starts from its boot cache): the pools
+    /// connect on first use, and `migrate` runs the migrations once the database answers. A SQLite file is not
+    /// created here.
+    pub async fn open_lazy(url: &str) -> Result<Store, StoreError> {
+        Self::pools(url, false)
+    }
+
+    /// Runs pending migrations. On PostgreSQL under a session advisory lock, so two servers starting at once do
+    /// not both run them (sqlx's own migration lock covers the runs, this covers the check before them).
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        match self.backend {
+            Backend::Sqlite => Ok(sqlx::migrate!("../migrations/sqlite")
+                .run(&self.writer)
+                .await?),
+            Backend::Postgres => {
+                let mut conn = self.writer.acquire().await?;
+                sqlx::query("SELECT pg_advisory_lock($1)")
+                    .bind(WRITE_LOCK_KEY)
+                    .execute(&mut *conn)
+                    .await?;
+                let migrated = sqlx::migrate!("../migrations/postgres")
+                    .run_direct(&mut *conn)
+                    .await;
+                sqlx::query("SELECT pg_advisory_unlock($1)")
+                    .bind(WRITE_LOCK_KEY)
+                    .execute(&mut *conn)
+                    .await?;
+                Ok(migrated?)
+            }
+        }
+    }
+
+    /// The pools of `url`, connecting on first use. `create`: a missing SQLite file is created (0600).
+    fn pools(url: &str, create: bool) -> Result<Store, StoreError> {
+        install_drivers();
+        let bad_url = |e: sqlx::Error| StoreError::Url {
+            url: redact_url(url),
+            reason: e.to_string(),
         };
-        create_private(&path_url)?;
-        let options = SqliteConnectOptions::from_str(&path_url)
-            .map_err(|e| StoreError::Url {
-                url: url.to_owned(),
-                reason: e.to_string(),
-            })?
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            // FULL: every commit is fsynced, so an ACKed lease or an acknowledged change survives power loss,
-            // not only a process crash. Group commit (DHCP) keeps the fsync count low under load.
-            .synchronous(SqliteSynchronous::Full)
-            .foreign_keys(true)
-            .busy_timeout(Duration::from_secs(10));
-        let writer = SqlitePoolOptions::new()
-            .max_connections(1)
-            .min_connections(1)
-            .acquire_timeout(Duration::from_secs(30))
-            .connect_with(options.clone())
-            .await?;
-        sqlx::migrate!("../migrations").run(&writer).await?;
-        let reader = SqlitePoolOptions::new()
-            .max_connections(8)
-            .acquire_timeout(Duration::from_secs(30))
-            .connect_with(options.clone().read_only(true))
-            .await?;
-        let export = SqlitePoolOptions::new()
-            .max_connections(EXPORT_CONNECTIONS)
-            .min_connections(0)
-            .acquire_timeout(Duration::from_secs(5))
-            .idle_timeout(Duration::from_secs(60))
-            .connect_lazy_with(options.read_only(true));
+        let backend = Backend::of(url);
+        let (rw, ro, write_setup, read_setup): (AnyConnectOptions, AnyConnectOptions, &str, &str) =
+            match backend {
+                Backend::Sqlite => {
+                    let path_url = if url.starts_with("sqlite:") {
+                        url.to_owned()
+                    } else {
+                        format!("sqlite://{url}")
+                    };
+                    if create {
+                        create_private(&path_url)?;
+                    }
+                    let with_mode = |mode: &str| {
+                        let sep = if path_url.contains('?') { '&' } else { '?' };
+                        format!("{path_url}{sep}mode={mode}")
+                    };
+                    (
+                        with_mode(if create { "rwc" } else { "rw" })
+                            .parse()
+                            .map_err(bad_url)?,
+                        with_mode("ro").parse().map_err(bad_url)?,
+                        // FULL: every commit is fsynced, so an ACKed lease or an acknowledged change survives
+                        // power loss, not only a process crash. Group commit (DHCP) keeps the fsync count low.
+                        "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; \
+                         PRAGMA busy_timeout = 10000;",
+                        "PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 10000;",
+                    )
+                }
+                Backend::Postgres => {
+                    let options: AnyConnectOptions = url.parse().map_err(bad_url)?;
+                    (options.clone(), options, "", "")
+                }
+            };
+        let pool =
+            |max: u32, timeout: Duration, setup: &'static str, options: AnyConnectOptions| {
+                let mut p = AnyPoolOptions::new()
+                    .max_connections(max)
+                    .min_connections(0)
+                    .acquire_timeout(timeout);
+                if !setup.is_empty() {
+                    p = p.after_connect(move |conn, _| {
+                        Box::pin(async move {
+                            conn.execute(setup).await?;
+                            Ok(())
+                        })
+                    });
+                }
+                p.connect_lazy_with(options)
+            };
+        // One writer connection per server: writes of one server queue here, writes of several servers (on
+        // PostgreSQL) queue on the advisory lock (`begin`).
+        let writer = pool(1, Duration::from_secs(30), write_setup, rw);
+        let reader = pool(8, Duration::from_secs(30), read_setup, ro.clone());
+        let export = pool(EXPORT_CONNECTIONS, Duration::from_secs(5), read_setup, ro);
         Ok(Store {
+            backend,
             writer,
             reader,
             export,
+            display_url: redact_url(url),
         })
     }
 
-    /// Starts a write transaction (waits for the writer connection).
+    /// The database engine behind this store.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// The database URL without its password.
+    pub fn display_url(&self) -> &str {
+        &self.display_url
+    }
+
+    /// Starts a write transaction: waits for this server's writer connection, then for the database's write
+    /// lock. On SQLite `BEGIN IMMEDIATE` takes it at once (waiting up to the busy timeout): with two server
+    /// processes on one file, a deferred transaction that read first fails with SQLITE_BUSY when the other
+    /// process wrote meanwhile. On PostgreSQL the fleet-wide advisory lock (released by the commit or rollback).
     pub async fn begin(&self) -> Result<WriteTx, StoreError> {
-        Ok(self.writer.begin().await?)
+        match self.backend {
+            Backend::Sqlite => Ok(self.writer.begin_with("BEGIN IMMEDIATE").await?),
+            Backend::Postgres => {
+                let mut tx = self.writer.begin().await?;
+                sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                    .bind(WRITE_LOCK_KEY)
+                    .execute(&mut *tx)
+                    .await?;
+                Ok(tx)
+            }
+        }
     }
 
     /// A read connection for queries outside a write transaction.
@@ -139,25 +327,53 @@ impl Store {
         Ok(self.export.acquire().await?)
     }
 
-    /// Proves the database takes a write: a one-page change committed (and so synced to disk) on the writer
-    /// connection. Fails when the disk is full or read-only, or the database cannot be locked for writing.
+    /// Proves the database takes a write: a change committed (and so synced to disk) on the writer connection.
+    /// Fails when the disk is full or read-only, or the database cannot be locked for writing.
     ///
-    /// SQLite writes nothing for an update that leaves a row's bytes as they were, so the probe flips the low
-    /// bit of the header's `user_version`, which lbfleet uses for nothing else (migrations are tracked in
-    /// `_sqlx_migrations`).
+    /// SQLite writes nothing for an update that leaves a row's bytes as they were, so on SQLite the probe flips
+    /// the low bit of the header's `user_version`, which lbfleet uses for nothing else (migrations are tracked
+    /// in `_sqlx_migrations`). On PostgreSQL a transaction that takes a transaction id writes and flushes a
+    /// commit record; it takes no lock any other transaction waits for.
     pub async fn probe_write(&self) -> Result<(), StoreError> {
         let mut tx = self.writer.begin().await?;
-        let version: i64 = sqlx::query_scalar("PRAGMA user_version")
-            .fetch_one(&mut *tx)
-            .await?;
-        // A PRAGMA takes no bound parameter; the value is a number this function computed.
-        sqlx::query(&format!(
-            "PRAGMA user_version = {}",
-            (version ^ 1) & 0x7fff_ffff
-        ))
-        .execute(&mut *tx)
-        .await?;
+        match self.backend {
+            Backend::Sqlite => {
+                let version: i64 = sqlx::query_scalar("PRAGMA user_version")
+                    .fetch_one(&mut *tx)
+                    .await?;
+                // A PRAGMA takes no bound parameter; the value is a number this function computed.
+                sqlx::query(&format!(
+                    "PRAGMA user_version = {}",
+                    (version ^ 1) & 0x7fff_ffff
+                ))
+                .execute(&mut *tx)
+                .await?;
+            }
+            Backend::Postgres => {
+                sqlx::query("SELECT CAST(txid_current() AS BIGINT)")
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        }
         Ok(tx.commit().await?)
+    }
+
+    /// Makes the space of rows just deleted reusable at once. On PostgreSQL a plain `VACUUM` of the tables
+    /// (it takes no lock writers wait for, and cannot run inside a transaction); without it a flood of
+    /// pruned events grows the database until autovacuum comes by. SQLite reuses freed pages by itself.
+    pub async fn reclaim(&self, tables: &[&str]) -> Result<(), StoreError> {
+        if self.backend != Backend::Postgres {
+            return Ok(());
+        }
+        let mut conn = self.reader.acquire().await?;
+        for table in tables {
+            // Table names are the caller's constants, never input; VACUUM takes no bound parameter.
+            debug_assert!(table.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'));
+            sqlx::query(&format!("VACUUM {table}"))
+                .execute(&mut *conn)
+                .await?;
+        }
+        Ok(())
     }
 
     /// Closes the pools, waiting for connections to be returned.

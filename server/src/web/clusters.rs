@@ -265,6 +265,8 @@ pub(super) struct ClusterPage {
     /// made in between.
     revision: u64,
     back: String,
+    /// What the DR and TUN real servers need (`lbfleet-server realserver`'s content).
+    real_server_setup: Vec<crate::fleet::real_server_setup::RealServerSetup>,
 }
 
 pub async fn cluster(
@@ -359,8 +361,10 @@ pub async fn cluster_page(
         .is_some_and(|f| !f.errors.is_empty() || f.general.is_some())
         || !svc_form.errors.is_empty()
         || svc_form.general.is_some();
+    let real_server_setup = crate::fleet::real_server_setup::plan(&c.name, &c.spec).real_servers;
     let mut resp = render(&ClusterPage {
         p: Chrome::new(user, headers, "clusters", format!("Cluster {}", c.name)),
+        real_server_setup,
         has_active: c.members.iter().any(|m| m.role == Role::Active),
         has_backup: c.members.iter().any(|m| m.role == Role::Backup),
         vips: c.spec.vips.iter().map(|v| v.addr().to_owned()).collect(),

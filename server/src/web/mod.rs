@@ -29,6 +29,7 @@ mod nodes;
 mod overview;
 mod page;
 mod picture;
+mod servers;
 mod services;
 mod session;
 mod users;
@@ -54,6 +55,7 @@ pub fn router() -> Router<AppState> {
         .merge(events::router())
         .merge(audit::router())
         .merge(users::router())
+        .merge(servers::router())
         .route("/live", get(live::stream))
         .route("/static/{file}", get(static_file))
         .layer(axum::middleware::from_fn(flash::clear_flash))

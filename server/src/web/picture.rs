@@ -144,6 +144,7 @@ pub(super) async fn fleet_picture(s: &AppState) -> Result<(FleetPicture, Vec<Nod
 pub(super) fn alert_view(a: &crate::fleet::Alert) -> Alert {
     let link = match (a.kind, a.node_id, &a.cluster) {
         (AlertKind::HardwareWaiting, _, _) => "/discovered".to_owned(),
+        (AlertKind::ServerDown, _, _) => "/servers".to_owned(),
         (_, Some(id), _) => format!("/nodes/{id}"),
         (AlertKind::Reenrolled, None, _) => "/events".to_owned(),
         (_, None, Some(c)) => format!("/clusters/{c}"),

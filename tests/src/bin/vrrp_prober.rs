@@ -5,7 +5,8 @@
 //! probes between answered ones (its length is the time from the last answered probe before it to the first
 //! answered one after it). While running it prints `ready` at the first answer and `recovered seq <n>` when
 //! an answer follows unanswered probes, so a test can wait for them. Stops early (and still prints
-//! everything) once `--stop-file` exists.
+//! everything) once `--stop-file` exists. Its first line, `start_unix_us <t>`, is the wall-clock time of its
+//! time origin, so a test can place the probes' times next to the moments it changed something.
 //!
 //! Usage: vrrp-prober ADDRESS [--interval-ms 10] [--count 6000] [--timeout-ms 1000] [--stop-file PATH]
 
@@ -72,12 +73,17 @@ fn main() -> Result<(), String> {
     let addr = SockAddr::from(SocketAddrV4::new(target, 0));
     let id = (std::process::id() & 0xffff) as u16;
     let start = Instant::now();
+    let start_unix_us = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros());
+    let mut live = std::io::stdout();
+    let _ = writeln!(live, "start_unix_us {start_unix_us}");
+    let _ = live.flush();
     let mut sent: Vec<u64> = Vec::new();
     let mut reply: Vec<Option<u64>> = Vec::new();
     let mut buf = [0u8; 1500];
     let mut next = Instant::now();
     let mut last_answered: Option<usize> = None;
-    let mut live = std::io::stdout();
     let mut last_send = Instant::now();
     loop {
         let now = Instant::now();

@@ -164,6 +164,14 @@ impl VrrpSupervisor {
             ConfigChange::Restart => {}
         }
         self.stop().await;
+        // VLAN links an earlier role made this agent create and the new one does not use.
+        let keep = config.map(|c| c.interface.clone());
+        match crate::rtnl::RouteSocket::open()
+            .and_then(|mut rt| super::vips::remove_created_vlans(&mut rt, keep.as_deref()))
+        {
+            Ok(_) => {}
+            Err(e) => warn!(error = %e, "cannot check for VLAN interfaces to remove"),
+        }
         if let Some(config) = config {
             let (stop_tx, stop_rx) = oneshot::channel();
             let (done_tx, done) = oneshot::channel();

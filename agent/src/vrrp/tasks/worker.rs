@@ -1,7 +1,8 @@
 //! The task of one running VRRP instance: raw socket, the two RFC timers, the VIPs and gratuitous ARP around
-//! the sans-IO `Instance`, and the notices it sends.
-
-//! again, so a quick restart moves no traffic.
+//! the sans-IO `Instance`, and the notices it sends. It also tracks the link of the VRRP interface (and of a
+//! VLAN's parent): link events (`rtnl::watch`) wake it, a fresh link dump decides, and the instance hears
+//! [`Input::LinkDown`] / [`Input::LinkUp`]. A tracked link that disappears ends the worker; the supervisor's
+//! retry loop sets it up again when the interface is back.
 
 use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex};
@@ -20,10 +21,22 @@ use super::super::{
     decode_ip_packet, encode_ip_packet, Action, Advertisement, Auth, DropReason, Input, Instance,
     InstanceConfig, Ipv4Header, State, TransitionReason, Version, VRRP_MULTICAST_V4,
 };
+use crate::rtnl::watch::LinkWatch;
 use crate::rtnl::RouteSocket;
 
-/// How long a graceful stop may take before the task is abandoned.
 use super::{DropStats, RECV_BUF, SETUP_RETRY};
+
+/// How often the links are read when the link-event socket could not be opened.
+const LINK_POLL: Duration = Duration::from_millis(100);
+
+/// Why a worker's run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Ended {
+    /// Stopped by the supervisor (priority 0 sent, VIPs released).
+    Stopped,
+    /// A tracked link disappeared: set the instance up again when it is back.
+    LinkGone,
+}
 
 /// Real-time priority of the VRRP thread (SCHED_RR; busy user processes run at SCHED_OTHER below it).
 const RT_PRIORITY: libc::c_int = 10;
@@ -57,6 +70,8 @@ fn reason_text(r: &TransitionReason) -> String {
             format!("same priority advert from higher address {from}")
         }
         TransitionReason::Shutdown => "shutdown".into(),
+        TransitionReason::LinkDown => "link down".into(),
+        TransitionReason::LinkUp => "link up".into(),
     }
 }
 
@@ -137,8 +152,14 @@ pub(super) async fn run_instance<E: From<VrrpNotice> + Send + 'static>(
                         .handle(Input::SetPriority(wanted), std::time::Instant::now());
                 }
                 worker.priority = Some(priority);
-                worker.run(stop).await;
-                return;
+                let ended = worker.run(&mut stop).await;
+                match (ended, worker.priority.take()) {
+                    (Ended::LinkGone, Some(p)) => {
+                        priority = p;
+                        last_fault = None;
+                    }
+                    _ => return,
+                }
             }
             Err(e) => {
                 let text = e.to_string();
@@ -190,6 +211,9 @@ struct Worker<E> {
     reported_master: Option<Ipv4Addr>,
     /// Where priority changes come from (role and quorum).
     priority: Option<Priority>,
+    /// Wakes on link changes; `None` when it could not be opened (the links are polled instead).
+    link_watch: Option<LinkWatch>,
+    link_poll_at: Option<Instant>,
 }
 
 impl<E: From<VrrpNotice> + Send + 'static> Worker<E> {
@@ -207,6 +231,14 @@ impl<E: From<VrrpNotice> + Send + 'static> Worker<E> {
             resolved.peers.is_empty(),
         )?;
         let resumed = vips::all_present(&mut route, &resolved.vips)?;
+        let link_watch = match LinkWatch::open() {
+            Ok(w) => Some(w),
+            Err(e) => {
+                warn!(vrid = config.vrid, error = %e, "no link events; polling the links");
+                None
+            }
+        };
+        let link_poll_at = link_watch.is_none().then(|| Instant::now() + LINK_POLL);
         Ok(Worker {
             vrid: config.vrid,
             instance,
@@ -225,25 +257,59 @@ impl<E: From<VrrpNotice> + Send + 'static> Worker<E> {
             ip_id: 0,
             reported_master: None,
             priority: None,
+            link_watch,
+            link_poll_at,
         })
     }
 
-    async fn run(mut self, mut stop: oneshot::Receiver<()>) {
+    /// The tracked links now: `Some(true)` all up and running, `Some(false)` one is down, `None` one is gone.
+    fn tracked_links_up(&mut self) -> Option<bool> {
+        match self.route.links() {
+            Ok(links) => vips::links_up(&links, &self.resolved.tracked),
+            Err(e) => {
+                warn!(vrid = self.vrid, error = %e, "cannot read the links");
+                Some(self.instance.state() != State::Fault)
+            }
+        }
+    }
+
+    async fn run(&mut self, stop: &mut oneshot::Receiver<()>) -> Ended {
         if self.resumed {
             info!(
                 vrid = self.vrid,
                 "VIPs already present: resuming as the master they belong to"
             );
         }
+        if self.tracked_links_up() != Some(true) {
+            info!(vrid = self.vrid, interface = %self.resolved.link.name, "VRRP interface link is down");
+            self.instance
+                .handle(Input::LinkDown, std::time::Instant::now());
+        }
         let actions = self
             .instance
             .handle(Input::Startup, std::time::Instant::now());
         self.execute(actions).await;
+        if self.resumed && self.instance.state() == State::Fault {
+            self.release_resumed();
+        }
         let mut buf = vec![0u8; RECV_BUF];
         loop {
+            let mut link_gone = false;
             let input = tokio::select! {
                 biased;
-                _ = &mut stop => Input::Shutdown,
+                _ = &mut *stop => Input::Shutdown,
+                r = link_changed(self.link_watch.as_mut()) => {
+                    if let Err(e) = r {
+                        warn!(vrid = self.vrid, error = %e, "link events failed; polling the links");
+                        self.link_watch = None;
+                        self.link_poll_at = Some(Instant::now() + LINK_POLL);
+                    }
+                    self.link_input(&mut link_gone)
+                }
+                _ = sleep_until(self.link_poll_at) => {
+                    self.link_poll_at = Some(Instant::now() + LINK_POLL);
+                    self.link_input(&mut link_gone)
+                }
                 r = self.socket.recv(&mut buf) => match r {
                     Ok(n) => match self.received(&buf[..n]) {
                         Some(input) => input,
@@ -311,11 +377,41 @@ impl<E: From<VrrpNotice> + Send + 'static> Worker<E> {
                     }
                 }
             }
+            if self.resumed && self.instance.state() == State::Fault {
+                self.release_resumed();
+            }
             if shutdown {
                 if self.resumed {
                     self.release_resumed();
                 }
-                return;
+                return Ended::Stopped;
+            }
+            if link_gone {
+                warn!(vrid = self.vrid, interface = %self.resolved.link.name, "VRRP interface gone; waiting for it");
+                return Ended::LinkGone;
+            }
+        }
+    }
+
+    /// The input a link change means (`LinkUp`/`LinkDown`; the instance ignores one that changes nothing);
+    /// sets `gone` when a tracked link disappeared.
+    fn link_input(&mut self, gone: &mut bool) -> Input {
+        match self.tracked_links_up() {
+            Some(true) => {
+                if self.instance.state() == State::Fault {
+                    info!(vrid = self.vrid, interface = %self.resolved.link.name, "VRRP interface link is up");
+                }
+                Input::LinkUp
+            }
+            Some(false) => {
+                if self.instance.state() != State::Fault {
+                    info!(vrid = self.vrid, interface = %self.resolved.link.name, "VRRP interface link is down");
+                }
+                Input::LinkDown
+            }
+            None => {
+                *gone = true;
+                Input::LinkDown
             }
         }
     }
@@ -493,6 +589,14 @@ pub(super) async fn priority_changed(p: Option<&mut Priority>) -> Option<u8> {
             p.changed().await;
             Some(p.wanted())
         }
+        None => std::future::pending().await,
+    }
+}
+
+/// The next link change; pending forever without a watch socket.
+async fn link_changed(w: Option<&mut LinkWatch>) -> std::io::Result<()> {
+    match w {
+        Some(w) => w.changed().await,
         None => std::future::pending().await,
     }
 }

@@ -594,3 +594,101 @@ fn states_map_to_the_reported_state() {
     assert_eq!(VrrpState::from(State::Backup), VrrpState::Backup);
     assert_eq!(VrrpState::from(State::Master), VrrpState::Master);
 }
+
+/// Link tracking (issue 23 item 0): a Master whose link goes down releases its VIPs and stops advertising; it
+/// comes back as Backup and becomes Master again only through the election, announcing the VIPs.
+#[test]
+fn a_lost_link_is_fault_and_its_return_goes_through_backup() {
+    let t0 = Instant::now();
+    let (mut i, t1) = master(config(Version::V3, 150), t0);
+    assert_eq!(
+        i.handle(Input::LinkDown, t1 + MS),
+        vec![
+            Action::CancelAdvertTimer,
+            Action::RemoveVips,
+            transition(State::Master, State::Fault, TransitionReason::LinkDown),
+        ]
+    );
+    assert_eq!(
+        (i.state(), i.master(), i.advert_deadline()),
+        (State::Fault, None, None)
+    );
+    // In Fault nothing is sent and nothing is heard; a second LinkDown changes nothing.
+    assert_eq!(i.handle(Input::LinkDown, t1 + 2 * MS), vec![]);
+    assert_eq!(
+        i.handle(Input::AdvertTimerExpired, t1 + Duration::from_secs(1)),
+        vec![]
+    );
+    assert_eq!(
+        i.handle(recv(lab(3), advert(Version::V3, 100, 100)), t1 + 3 * MS),
+        vec![]
+    );
+    assert_eq!(i.state(), State::Fault);
+    // Back: Backup first, with a full Master_Down_Interval.
+    let t2 = t1 + Duration::from_secs(3);
+    let down = i.master_down_interval();
+    assert_eq!(
+        i.handle(Input::LinkUp, t2),
+        vec![
+            transition(State::Fault, State::Backup, TransitionReason::LinkUp),
+            Action::StartMasterDownTimer(down),
+        ]
+    );
+    // The lower-priority router that took over meanwhile does not hold it back (preempt) ...
+    i.handle(recv(lab(3), advert(Version::V3, 100, 100)), t2 + MS);
+    assert_eq!(i.master_down_deadline(), Some(t2 + down));
+    // ... and the return to Master announces the VIPs.
+    let actions = i.handle(Input::MasterDownTimerExpired, t2 + down);
+    assert_eq!(
+        actions[0],
+        transition(State::Backup, State::Master, TransitionReason::MasterDown)
+    );
+    assert!(actions.contains(&Action::AddVips) && actions.contains(&Action::SendGratuitousArp));
+    // A LinkUp while running changes nothing.
+    assert_eq!(i.handle(Input::LinkUp, t2 + down + MS), vec![]);
+}
+
+#[test]
+fn a_backup_without_link_is_fault_and_a_link_down_at_startup_starts_in_fault() {
+    let t0 = Instant::now();
+    let mut i = backup(config(Version::V3, 100), t0);
+    assert_eq!(
+        i.handle(Input::LinkDown, t0 + MS),
+        vec![
+            Action::CancelMasterDownTimer,
+            transition(State::Backup, State::Fault, TransitionReason::LinkDown),
+        ]
+    );
+    assert_eq!(i.master_down_deadline(), None);
+    // Shutdown from Fault: nothing to send on a dead link.
+    assert_eq!(
+        i.handle(Input::Shutdown, t0 + 2 * MS),
+        vec![transition(
+            State::Fault,
+            State::Initialize,
+            TransitionReason::Shutdown
+        )]
+    );
+
+    // The link is down before Startup: Startup goes to Fault; LinkUp to Backup (the owner: to Master).
+    let mut i = instance(config(Version::V3, 255));
+    assert_eq!(i.handle(Input::LinkDown, t0), vec![]);
+    assert_eq!(
+        i.handle(Input::Startup, t0),
+        vec![transition(
+            State::Initialize,
+            State::Fault,
+            TransitionReason::LinkDown
+        )]
+    );
+    let actions = i.handle(Input::LinkUp, t0 + MS);
+    assert_eq!(
+        actions[0],
+        transition(State::Fault, State::Master, TransitionReason::LinkUp)
+    );
+    assert!(actions.contains(&Action::SendGratuitousArp));
+    assert_eq!(
+        lbfleet_proto::VrrpState::from(State::Fault),
+        lbfleet_proto::VrrpState::Fault
+    );
+}

@@ -5,10 +5,14 @@
 //! 1. `handle_datagram(bytes, now_ms, &mut table, &config, &reservations)`;
 //! 2. on `Decision::Reply`, persist `reply.lease_changes`, then send `reply.encode()?` to `reply.destination`;
 //!    on `Decision::Record`, persist the changes; on `Decision::Drop`, log the reason.
+//!
+//! With several servers on one boot network, `leader` decides which one answers (the database holds one
+//! leadership row per network) and what a server answers while the database is unreachable.
 
 pub mod codec;
 pub mod config;
 pub mod engine;
+pub mod leader;
 pub mod lease;
 pub mod link;
 pub mod pxe;

@@ -5,24 +5,29 @@
 //! batch, the next batch queues up behind it: group commit without a timer, so one transaction carries every
 //! ACK of the last few milliseconds under load, and a lone ACK goes out after a single small commit.
 //! OFFERs and NAKs promise nothing durable and leave at once.
+//!
+//! Several servers may share one boot network (`leader`): only the active one answers, its lease writes are
+//! fenced by its leadership epoch, and it reloads the lease table from the database each time it becomes
+//! active, so it knows every lease the previous active acknowledged.
 
 use std::collections::HashSet;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use dhcproto::v4::MessageType;
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, watch};
 
+use super::leader::{self, Leadership, Role, Timers};
 use super::link::{self, CircuitCheck, CircuitPins, LinkSocket, SourceCheck};
 use super::{
-    handle_datagram, Decision, Destination, DhcpConfig, Lease, LeaseChange, LeaseState, LeaseTable,
-    Mac, ReservationMap, CLIENT_PORT,
+    Decision, Destination, DhcpConfig, Lease, LeaseChange, LeaseState, LeaseTable, Mac,
+    ReservationMap, CLIENT_PORT,
 };
 use crate::boot::loglimit::LogLimit;
-use crate::fleet::{Fleet, LeaseWrite};
+use crate::fleet::{Fleet, LeaderClaim, LeaseWrite};
 use crate::store::{self, leases::LeaseRow, now_ms};
 
 /// Counters for metrics and tests.
@@ -43,6 +48,26 @@ pub struct DhcpStats {
     pub write_failures: AtomicU64,
     /// Reservation snapshots loaded (at start and after each fleet change).
     pub reservation_loads: AtomicU64,
+    /// The boot network this server's DHCP leadership is about (`leader`), e.g. `198.18.0.0/16`.
+    pub network: std::sync::OnceLock<String>,
+    /// This server is the active DHCP server of its boot network.
+    pub active: AtomicBool,
+    /// Times this server became the active one.
+    pub takeovers: AtomicU64,
+    /// The database has not answered the election for a TTL.
+    pub database_unreachable: AtomicBool,
+    /// Times the database became unreachable for the election.
+    pub unreachable_periods: AtomicU64,
+    /// Requests ignored because another server is active.
+    pub standby_ignored: AtomicU64,
+    /// Known MACs answered while the database was unreachable.
+    pub answered_without_database: AtomicU64,
+    /// Requests refused while the database was unreachable (unknown MAC, or an answer other than its address).
+    pub refused_without_database: AtomicU64,
+    /// Lease batches refused by the leadership fence (another server took over): their ACKs were withheld.
+    pub fenced_batches: AtomicU64,
+    /// Lease-table reloads from the database (each time this server becomes active, and while standby).
+    pub table_reloads: AtomicU64,
 }
 
 /// Lease changes to make durable, and the reply waiting for them.
@@ -50,6 +75,8 @@ pub struct DhcpStats {
 struct Pending {
     changes: Vec<LeaseChange>,
     reply: Option<(Vec<u8>, SocketAddr)>,
+    /// The leadership epoch the decision was made under: the write commits only while it still holds.
+    epoch: i64,
 }
 
 fn lease_row(l: &Lease) -> LeaseRow {
@@ -174,13 +201,47 @@ pub async fn run(
     cfg: DhcpConfig,
     fleet: Arc<Fleet>,
     stats: Arc<DhcpStats>,
+    timers: Timers,
     mut shutdown: watch::Receiver<bool>,
 ) -> io::Result<()> {
     cfg.validate()
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("DHCP config: {e}")))?;
     let to_io = |e: store::StoreError| io::Error::other(e.to_string());
-    let rows = { fleet.active_leases(now_ms()).await.map_err(to_io)? };
-    let mut table = LeaseTable::restore(rows.iter().filter_map(lease_from_row));
+    let mut table = load_table(&fleet).await.map_err(to_io)?;
+    let network = format!("{}/{}", cfg.subnet.network, cfg.subnet.prefix_len);
+    let _ = stats.network.set(network.clone());
+    let leadership = Arc::new(Leadership::new(
+        LeaderClaim {
+            holder: format!(
+                "{}/{}/{:08x}",
+                cfg.server_address,
+                std::process::id(),
+                rand::random::<u32>()
+            ),
+            holder_address: cfg.server_address.to_string(),
+            network,
+            ttl_ms: i64::try_from(timers.ttl.as_millis()).unwrap_or(i64::MAX),
+        },
+        timers,
+    ));
+    // The first round before the first request: on a network nobody holds (a new database, or after a
+    // graceful release) this server is active at once.
+    for _ in 0..2 {
+        if matches!(leadership.step(&fleet).await, Role::Active { .. }) {
+            break;
+        }
+    }
+    // The table just loaded is this epoch's if the first round made us active.
+    let mut serving_epoch = match leadership.role() {
+        Role::Active { epoch } => Some(epoch),
+        _ => None,
+    };
+    let election = tokio::spawn(leader::run(
+        leadership.clone(),
+        fleet.clone(),
+        stats.clone(),
+        shutdown.clone(),
+    ));
     let Snapshot {
         mut reservations,
         mut refused,
@@ -198,6 +259,7 @@ pub async fn run(
     let writer = tokio::spawn(writer(
         write_rx,
         fleet.clone(),
+        leadership.clone(),
         socket.clone(),
         stats.clone(),
     ));
@@ -220,6 +282,10 @@ pub async fn run(
         tx: discover_tx,
     };
     let mut fleet_changes = fleet.notifier().subscribe_fleet();
+    // While standby, the lease table follows the database, so that this server knows the bound MACs if the
+    // database becomes unreachable (`leader::answer_known`).
+    let mut standby_refresh = tokio::time::interval(STANDBY_REFRESH);
+    standby_refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut buf = vec![0u8; 2048];
     let mut gate = Gate::default();
     let mut receive_log = LogLimit::default();
@@ -247,6 +313,15 @@ pub async fn run(
                 }
                 continue;
             }
+            _ = standby_refresh.tick() => {
+                if leadership.role() == Role::Standby {
+                    if let Ok(t) = load_table(&fleet).await {
+                        table = t;
+                        stats.table_reloads.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                continue;
+            }
             _ = async { let _ = shutdown.wait_for(|s| *s).await; } => break,
         };
         stats.received.fetch_add(1, Ordering::Relaxed);
@@ -261,13 +336,68 @@ pub async fn run(
         ) else {
             continue;
         };
-        match handle_datagram(
-            bytes,
-            now_ms().max(0) as u64,
-            &mut table,
-            &cfg,
-            &reservations,
-        ) {
+        let role = leadership.role();
+        let epoch = match role {
+            Role::Standby => {
+                stats.standby_ignored.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            Role::Active { epoch } if serving_epoch != Some(epoch) => {
+                // Newly active: the previous active's leases are in the database (written before each ACK, and
+                // fenced, so none can land after this read), not in our table.
+                match load_table(&fleet).await {
+                    Ok(t) => {
+                        table = t;
+                        serving_epoch = Some(epoch);
+                        stats.table_reloads.fetch_add(1, Ordering::Relaxed);
+                        tracing::info!(
+                            epoch,
+                            leases = table.len(),
+                            "DHCP lease table reloaded as the active server"
+                        );
+                    }
+                    Err(e) => {
+                        stats.dropped.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(error = %e, "lease table not reloaded; request dropped");
+                        continue;
+                    }
+                }
+                Some(epoch)
+            }
+            Role::Active { epoch } => Some(epoch),
+            Role::Unreachable => None,
+        };
+        let now = now_ms().max(0) as u64;
+        let decision = match (epoch, super::decode(bytes)) {
+            (_, Err(e)) => Decision::Drop { reason: e.into() },
+            (Some(_), Ok(request)) => super::handle(&request, now, &mut table, &cfg, &reservations),
+            (None, Ok(request)) => {
+                match leader::answer_known(&request, now, &mut table, &cfg, &reservations) {
+                    Decision::Reply(mut reply) => {
+                        stats
+                            .answered_without_database
+                            .fetch_add(1, Ordering::Relaxed);
+                        // Nothing can be made durable: the answer leaves at once.
+                        reply.lease_changes.clear();
+                        Decision::Reply(reply)
+                    }
+                    _ => {
+                        stats
+                            .refused_without_database
+                            .fetch_add(1, Ordering::Relaxed);
+                        if let Some(suppressed) =
+                            gate.unreachable_log.allow(std::time::Instant::now())
+                        {
+                            tracing::warn!(%peer, suppressed,
+                                "DHCP request refused: database unreachable and the MAC is not known here");
+                        }
+                        continue;
+                    }
+                }
+            }
+        };
+        let epoch = epoch.unwrap_or(0);
+        match decision {
             Decision::Reply(reply) => {
                 let kind = reply.message_type();
                 let dest = destination(&reply.destination);
@@ -288,6 +418,7 @@ pub async fn run(
                         .send(Pending {
                             changes,
                             reply: Some((encoded, dest)),
+                            epoch,
                         })
                         .await
                         .is_err()
@@ -304,6 +435,7 @@ pub async fn run(
                             .send(Pending {
                                 changes,
                                 reply: None,
+                                epoch,
                             })
                             .await
                             .is_err()
@@ -322,6 +454,7 @@ pub async fn run(
                         .send(Pending {
                             changes,
                             reply: None,
+                            epoch,
                         })
                         .await
                         .is_err()
@@ -349,7 +482,19 @@ pub async fn run(
     // Let the writer flush what is queued: those ACKs were promised to clients that are waiting.
     let _ = writer.await;
     discoverer.abort();
+    let _ = election.await;
+    // After the last lease write: a standby takes over without waiting for the TTL.
+    leadership.release(&fleet).await;
     Ok(())
+}
+
+/// How often a standby reloads its lease table from the database.
+const STANDBY_REFRESH: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The lease table as the database has it.
+async fn load_table(fleet: &Fleet) -> Result<LeaseTable, store::StoreError> {
+    let rows = fleet.active_leases(now_ms()).await?;
+    Ok(LeaseTable::restore(rows.iter().filter_map(lease_from_row)))
 }
 
 /// The checks a received request passes before the lease decision, with their rate-limited warnings: a frame
@@ -358,6 +503,7 @@ pub async fn run(
 #[derive(Debug, Default)]
 struct Gate {
     malformed_log: LogLimit,
+    unreachable_log: LogLimit,
     spoofed_log: LogLimit,
     circuit_log: LogLimit,
 }
@@ -502,14 +648,44 @@ fn reservations_lacks(r: &ReservationMap, mac: Mac) -> bool {
 async fn writer(
     mut rx: mpsc::Receiver<Pending>,
     fleet: Arc<Fleet>,
+    leadership: Arc<Leadership>,
     socket: Arc<UdpSocket>,
     stats: Arc<DhcpStats>,
 ) {
-    let mut batch: Vec<Pending> = Vec::new();
-    while rx.recv_many(&mut batch, 1024).await > 0 {
+    let mut received: Vec<Pending> = Vec::new();
+    while rx.recv_many(&mut received, 1024).await > 0 {
+        // One transaction per epoch: nearly always the whole batch.
+        while !received.is_empty() {
+            let epoch = received[0].epoch;
+            let same = received.iter().take_while(|p| p.epoch == epoch).count();
+            let batch: Vec<Pending> = received.drain(..same).collect();
+            write_and_send(&fleet, &leadership.fence(epoch), batch, &socket, &stats).await;
+        }
+    }
+}
+
+/// Writes one batch under `fence`, then sends the replies that waited for it.
+async fn write_and_send(
+    fleet: &Fleet,
+    fence: &crate::fleet::LeaseFence,
+    mut batch: Vec<Pending>,
+    socket: &UdpSocket,
+    stats: &DhcpStats,
+) {
+    {
         let written: usize = batch.iter().map(|p| p.changes.len()).sum();
-        match write_batch(&fleet, &batch).await {
-            Ok(()) => {
+        match write_batch(fleet, fence, &batch).await {
+            Ok(false) => {
+                // Another server took the network over since these were decided: not durable here, so
+                // not acknowledged; the clients retry and the new active answers.
+                stats.fenced_batches.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    leases = written,
+                    epoch = fence.epoch,
+                    "lease write refused: another server is active now; ACKs withheld"
+                );
+            }
+            Ok(true) => {
                 stats.batches.fetch_add(1, Ordering::Relaxed);
                 stats
                     .leases_written
@@ -534,9 +710,14 @@ async fn writer(
     }
 }
 
-async fn write_batch(fleet: &Fleet, batch: &[Pending]) -> Result<(), store::StoreError> {
+async fn write_batch(
+    fleet: &Fleet,
+    fence: &crate::fleet::LeaseFence,
+    batch: &[Pending],
+) -> Result<bool, store::StoreError> {
     fleet
-        .write_leases(
+        .write_leases_fenced(
+            Some(fence),
             batch
                 .iter()
                 .flat_map(|p| &p.changes)

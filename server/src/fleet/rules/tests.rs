@@ -692,3 +692,56 @@ fn vip_interfaces_garp_sync_and_preempt_delay() {
         assert!(errs.contains(field), "{field} missing in {errs}");
     }
 }
+
+/// DR rewrites only the MAC: a DR real server outside every subnet the cluster's VIPs name cannot be reached.
+/// TUN and NAT can route; a spec of host-only VIPs names no subnet, so nothing is refused on that ground.
+#[test]
+fn a_dr_real_server_must_be_on_the_balancers_segment() {
+    let mut s = spec();
+    s.vips = vec![
+        "198.18.0.10/24".into(),
+        VipSpec {
+            address: "198.18.2.254/24".into(),
+            interface: Some("eth1".into()),
+        },
+    ];
+    s.services[0].forward = ForwardMethod::Dr;
+    s.services[0].real_servers[0].port = 80;
+    s.services[0].real_servers[0].address = "198.18.0.51".into();
+    assert!(cluster_spec(&s).is_ok());
+    s.services[0].real_servers[0].address = "198.18.2.51".into();
+    assert!(cluster_spec(&s).is_ok(), "the internal VIP's subnet counts");
+    s.services[0].real_servers[0].address = "198.18.5.1".into();
+    let err = cluster_spec(&s).expect_err("another subnet");
+    assert_eq!(err.0[0].field, "services[0].real_servers[0].address");
+    assert!(
+        err.0[0].message.contains("198.18.0.0/24") || err.0[0].message.contains("198.18.0.10/24"),
+        "{}",
+        err.0[0].message
+    );
+    s.services[0].forward = ForwardMethod::Tun;
+    assert!(cluster_spec(&s).is_ok(), "tun routes to any subnet");
+    s.services[0].forward = ForwardMethod::Dr;
+    s.vips = vec!["198.18.0.10/32".into()];
+    assert!(cluster_spec(&s).is_ok(), "no subnet known: not refused");
+    assert!(in_subnet(
+        "198.18.0.77".parse().unwrap(),
+        "198.18.0.10".parse().unwrap(),
+        24
+    ));
+    assert!(!in_subnet(
+        "198.18.1.77".parse().unwrap(),
+        "198.18.0.10".parse().unwrap(),
+        24
+    ));
+    assert!(in_subnet(
+        "2001:2::9".parse().unwrap(),
+        "2001:2::1".parse().unwrap(),
+        64
+    ));
+    assert!(!in_subnet(
+        "198.18.0.1".parse().unwrap(),
+        "2001:2::1".parse().unwrap(),
+        0
+    ));
+}
