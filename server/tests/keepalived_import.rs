@@ -9,7 +9,7 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
-use common::{cluster_spec, TestServer};
+use common::{cluster_spec, db_url, TestServer};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
@@ -90,7 +90,7 @@ fn import(db: &str, file: &str, extra: &[&str]) -> (i32, String, String) {
 fn cli_dry_run_then_apply_as_one_change() {
     let dir = tempfile::tempdir().unwrap();
     let file = write_site(dir.path(), SERVICES);
-    let db = format!("sqlite://{}", dir.path().join("lbfleet.db").display());
+    let db = db_url(&dir.path().join("lbfleet.db"));
 
     let (code, out, err) = import(&db, &file, &["--dry-run"]);
     assert_eq!(code, 0, "{out}\n{err}");
@@ -137,7 +137,7 @@ fn exit_status_says_whether_the_import_was_lossless() {
     let dir = tempfile::tempdir().unwrap();
     let lossy = SERVICES.replace("lb_algo rr", "lb_algo rr\n  alpha\n  notify_up /bin/true");
     let file = write_site(dir.path(), &lossy);
-    let db = format!("sqlite://{}", dir.path().join("lbfleet.db").display());
+    let db = db_url(&dir.path().join("lbfleet.db"));
     let (code, out, _) = import(&db, &file, &[]);
     assert_eq!(code, 2, "{out}");
     let web = dir.path().join("conf.d/web.conf").display().to_string();
@@ -163,7 +163,7 @@ fn all_or_nothing_when_the_fleet_refuses_one_cluster() {
     std::fs::write(dir.path().join("two.conf"), two).unwrap();
     std::fs::create_dir_all(dir.path().join("conf.d")).unwrap();
     let file = dir.path().join("two.conf").display().to_string();
-    let db = format!("sqlite://{}", dir.path().join("lbfleet.db").display());
+    let db = db_url(&dir.path().join("lbfleet.db"));
 
     // Another cluster already owns the second cluster's VIP: nothing of the import may be written.
     let rt = tokio::runtime::Runtime::new().unwrap();
@@ -310,10 +310,7 @@ fn every_shipped_sample_imports_or_names_what_it_did_not() {
             continue;
         }
         seen += 1;
-        let db = format!(
-            "sqlite://{}",
-            dir.path().join(format!("{name}.db")).display()
-        );
+        let db = db_url(&dir.path().join(format!("{name}.db")));
         let (code, out, err) = cli(&[
             "import",
             "keepalived",
