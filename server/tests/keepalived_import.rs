@@ -1,6 +1,7 @@
 //! keepalived.conf import end to end: the `lbfleet-server import keepalived` command against a real database
 //! (dry run, apply as one change, all or nothing, exit status by losslessness), `POST /api/v1/import/keepalived`
-//! on the real server, and every sample Debian's keepalived package ships.
+//! on the real server, the dashboard's import page (preview, apply, CSRF, role), and every sample Debian's
+//! keepalived package ships.
 
 #![allow(clippy::unwrap_used)]
 
@@ -9,7 +10,8 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
-use common::{cluster_spec, db_url, TestServer};
+use common::{cluster_spec, db_url, TestServer, PASSWORD};
+use reqwest::header::{COOKIE, SET_COOKIE};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
@@ -350,4 +352,220 @@ fn every_shipped_sample_imports_or_names_what_it_did_not() {
         }
     }
     assert!(seen >= 20, "only {seen} samples in {}", samples.display());
+}
+
+fn no_redirects() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+/// The value of the first `name="csrf"` field of a page.
+fn csrf_of(html: &str) -> String {
+    let at = html.find("name=\"csrf\" value=\"").unwrap() + "name=\"csrf\" value=\"".len();
+    html[at..].split('"').next().unwrap().to_owned()
+}
+
+fn cookie_of(resp: &reqwest::Response, name: &str) -> String {
+    resp.headers()
+        .get_all(SET_COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|v| v.starts_with(&format!("{name}=")))
+        .map(|v| v.split(';').next().unwrap().to_owned())
+        .unwrap()
+}
+
+/// Logs in to the dashboard: (session cookie, CSRF token of its forms).
+async fn dashboard_login(srv: &TestServer, user: &str) -> (String, String) {
+    let http = no_redirects();
+    let page = http.get(srv.url("/login")).send().await.unwrap();
+    let login_cookie = cookie_of(&page, "lbfleet_login_csrf");
+    let csrf = csrf_of(&page.text().await.unwrap());
+    let resp = http
+        .post(srv.url("/login"))
+        .header(COOKIE, login_cookie)
+        .form(&[
+            ("csrf", csrf.as_str()),
+            ("username", user),
+            ("password", PASSWORD),
+            ("next", "/import"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::SEE_OTHER);
+    let cookie = cookie_of(&resp, "lbfleet_session");
+    let page = http
+        .get(srv.url("/"))
+        .header(COOKIE, &cookie)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    (cookie.clone(), csrf_of(&page))
+}
+
+async fn post_import(
+    srv: &TestServer,
+    cookie: &str,
+    form: &[(&str, &str)],
+) -> (StatusCode, String) {
+    let resp = no_redirects()
+        .post(srv.url("/import"))
+        .header(COOKIE, cookie)
+        .form(form)
+        .send()
+        .await
+        .unwrap();
+    (resp.status(), resp.text().await.unwrap())
+}
+
+/// The dashboard's import page: a preview (dry run) of the text box and the uploaded included files shows the
+/// plan and every directive not imported with its file:line and writes nothing; apply writes it as one audited
+/// change; the form needs the CSRF token and the operator role; bad uploads and refused plans say why.
+#[tokio::test]
+async fn dashboard_import_page_previews_then_applies() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = TestServer::start(dir.path()).await;
+    let lossy = SERVICES.replace("lb_algo rr", "lb_algo rr\n  alpha");
+    let extra = json!([{"name": "conf.d/web.conf", "text": lossy}]).to_string();
+
+    // A viewer sees the page without the form, and may not post it.
+    let (view_cookie, view_csrf) = dashboard_login(&srv, "view").await;
+    let page = no_redirects()
+        .get(srv.url("/import"))
+        .header(COOKIE, &view_cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), StatusCode::OK);
+    let html = page.text().await.unwrap();
+    assert!(html.contains("Importing needs the operator role"), "{html}");
+    assert!(!html.contains("id=\"import-form\""), "{html}");
+    let (st, _) = post_import(
+        &srv,
+        &view_cookie,
+        &[("csrf", &view_csrf), ("text", MAIN), ("action", "apply")],
+    )
+    .await;
+    assert_eq!(st, StatusCode::FORBIDDEN);
+
+    let (cookie, csrf) = dashboard_login(&srv, "oper").await;
+    let html = no_redirects()
+        .get(srv.url("/import"))
+        .header(COOKIE, &cookie)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(html.contains("id=\"import-form\""), "{html}");
+    assert!(html.contains("href=\"/import\""), "the menu links the page");
+
+    // Without the CSRF token: refused, nothing written.
+    let before = srv.audit_len().await;
+    let (st, _) = post_import(
+        &srv,
+        &cookie,
+        &[("text", MAIN), ("extra_files", &extra), ("action", "apply")],
+    )
+    .await;
+    assert_eq!(st, StatusCode::FORBIDDEN);
+
+    // Preview: the plan, what was not imported with its file:line, nothing written, and an Apply button.
+    let form = |action: &'static str| {
+        vec![
+            ("csrf", csrf.clone()),
+            ("text", MAIN.to_owned()),
+            ("main_name", "keepalived.conf".to_owned()),
+            ("config_ids", "lb1 lb2".to_owned()),
+            ("extra_files", extra.clone()),
+            ("action", action.to_owned()),
+        ]
+    };
+    let preview = form("preview");
+    let refs: Vec<(&str, &str)> = preview.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let (st, html) = post_import(&srv, &cookie, &refs).await;
+    assert_eq!(st, StatusCode::OK, "{html}");
+    assert!(
+        html.contains("Preview: 1 cluster(s), 1 directive(s) not imported"),
+        "{html}"
+    );
+    assert!(html.contains("cluster.create cluster:ext"), "{html}");
+    assert!(
+        html.contains("node lb2: backup with priority 100"),
+        "{html}"
+    );
+    assert!(html.contains("/upload/conf.d/web.conf:9"), "{html}");
+    assert!(html.contains("id=\"import-apply\""), "{html}");
+    assert!(html.contains("<li>conf.d/web.conf</li>"), "{html}");
+    assert_eq!(srv.audit_len().await, before);
+    let (s, _) = srv.get("/api/v1/clusters/ext", &srv.tokens.viewer).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+
+    // Apply: one audited change by the user; no Apply button any more.
+    let apply = form("apply");
+    let refs: Vec<(&str, &str)> = apply.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let (st, html) = post_import(&srv, &cookie, &refs).await;
+    assert_eq!(st, StatusCode::OK, "{html}");
+    assert!(html.contains("Applied: 1 cluster(s)"), "{html}");
+    assert!(!html.contains("id=\"import-apply\""), "{html}");
+    assert_eq!(srv.audit_len().await, before + 1);
+    let (s, c) = srv.get("/api/v1/clusters/ext", &srv.tokens.viewer).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(c["spec"]["vrid"], 61);
+    let (_, audit) = srv.get("/api/v1/audit", &srv.tokens.viewer).await;
+    let rows = audit["entries"].as_array().unwrap();
+    assert!(
+        rows.iter()
+            .any(|r| r["actor"] == "oper" && r["action"] == "cluster.create"),
+        "{audit}"
+    );
+
+    // A file name escaping the upload, an unreadable upload field and a plan the fleet refuses: the reason,
+    // nothing written.
+    let taken = MAIN.replace("198.18.0.40/32", "198.18.0.40/32\n 198.18.0.41");
+    let (s, _) = srv
+        .put(
+            "/api/v1/clusters/other",
+            &srv.tokens.admin,
+            cluster_spec(70, "198.18.0.41"),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED);
+    let before = srv.audit_len().await;
+    let bad_name = json!([{"name": "../x.conf", "text": ""}]).to_string();
+    for (text, extra_files, want) in [
+        (MAIN, bad_name.as_str(), "must be a relative path without"),
+        (MAIN, "{not json", "the uploaded files could not be read"),
+        (
+            taken.as_str(),
+            "[]",
+            "VIP 198.18.0.41 already belongs to cluster &#34;other&#34;",
+        ),
+        ("", "[]", "paste a keepalived.conf or load one"),
+    ] {
+        let (st, html) = post_import(
+            &srv,
+            &cookie,
+            &[
+                ("csrf", &csrf),
+                ("text", text),
+                ("config_ids", "lb1"),
+                ("extra_files", extra_files),
+                ("action", "apply"),
+            ],
+        )
+        .await;
+        assert_eq!(st, StatusCode::OK, "{html}");
+        assert!(html.contains("id=\"import-failure\""), "{html}");
+        assert!(html.contains(want), "{want}: {html}");
+    }
+    assert_eq!(srv.audit_len().await, before);
+    srv.stop().await;
 }
