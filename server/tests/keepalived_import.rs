@@ -1,11 +1,13 @@
 //! keepalived.conf import end to end: the `lbfleet-server import keepalived` command against a real database
 //! (dry run, apply as one change, all or nothing, exit status by losslessness), `POST /api/v1/import/keepalived`
 //! on the real server, the dashboard's import page (preview, apply, CSRF, role), and every sample Debian's
-//! keepalived package ships.
+//! keepalived package ships; the export (`lbfleet-server export keepalived`, `GET .../keepalived`) read back by
+//! the import gives every test cluster back.
 
 #![allow(clippy::unwrap_used)]
 
 mod common;
+mod keepalived_clusters;
 
 use std::path::Path;
 use std::process::Command;
@@ -567,5 +569,176 @@ async fn dashboard_import_page_previews_then_applies() {
         assert!(html.contains(want), "{want}: {html}");
     }
     assert_eq!(srv.audit_len().await, before);
+    srv.stop().await;
+}
+
+/// Every test cluster's members exported (the CLI, and the API giving the same text), then both files imported
+/// (a dry run against the same database): the same spec, "unchanged", the same members, nothing lost either way.
+#[tokio::test]
+async fn import_of_the_export_gives_every_test_cluster_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = TestServer::start(dir.path()).await;
+    keepalived_clusters::create_all(&srv).await;
+    let db = db_url(&srv.db_path);
+    for (name, _, members) in keepalived_clusters::clusters() {
+        let (s, stored) = srv
+            .get(&format!("/api/v1/clusters/{name}"), &srv.tokens.viewer)
+            .await;
+        assert_eq!(s, StatusCode::OK);
+        let mut files = Vec::new();
+        for (node, _, _, _) in &members {
+            let out_file = dir.path().join(format!("{name}-{node}.conf"));
+            let (code, out, err) = cli(&[
+                "export",
+                "keepalived",
+                name,
+                "--node",
+                node,
+                "--output",
+                out_file.to_str().unwrap(),
+                "--database",
+                &db,
+            ]);
+            assert_eq!(code, 0, "{name} {node}: {out}\n{err}");
+            let text = std::fs::read_to_string(&out_file).unwrap();
+            assert!(text.contains(&format!("vrrp_instance {name} {{")), "{text}");
+            // The API gives the same file.
+            let resp = srv
+                .http
+                .get(srv.url(&format!("/api/v1/clusters/{name}/keepalived?node={node}")))
+                .bearer_auth(&srv.tokens.viewer)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), StatusCode::OK);
+            assert_eq!(resp.headers()["x-lbfleet-not-exported"], "0");
+            assert_eq!(resp.text().await.unwrap(), text, "{name} {node}");
+            files.push(json!({"name": format!("{node}.conf"), "text": text}));
+        }
+        let mains: Vec<String> = members.iter().map(|m| format!("{}.conf", m.0)).collect();
+        let (s, report) = srv
+            .post(
+                "/api/v1/import/keepalived",
+                &srv.tokens.operator,
+                json!({"files": files, "main": mains, "dry_run": true}),
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{name}: {report}");
+        assert_eq!(report["not_imported"], json!([]), "{name}: {report}");
+        assert_eq!(report["lossless"], true, "{name}");
+        let clusters = report["clusters"].as_array().unwrap();
+        assert_eq!(clusters.len(), 1, "{name}: {report}");
+        let c = &clusters[0];
+        assert_eq!(c["target"], format!("cluster:{name}"));
+        assert_eq!(
+            c["spec"],
+            keepalived_clusters::comparable(stored["spec"].clone()),
+            "{name}: the import of the export differs from the cluster"
+        );
+        assert_eq!(c["action"], "unchanged", "{name}: {report}");
+        let mut got: Vec<(String, String, i64)> = c["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| {
+                (
+                    m["node"].as_str().unwrap().to_owned(),
+                    m["role"].as_str().unwrap().to_owned(),
+                    m["priority"].as_i64().unwrap(),
+                )
+            })
+            .collect();
+        got.sort();
+        let mut want: Vec<(String, String, i64)> = members
+            .iter()
+            .map(|(n, _, r, p)| (n.to_string(), r.to_string(), i64::from(*p)))
+            .collect();
+        want.sort();
+        assert_eq!(got, want, "{name}: members");
+    }
+
+    // Not a member, an unknown cluster: said, nothing written.
+    let (code, _, err) = cli(&[
+        "export",
+        "keepalived",
+        "web",
+        "--node",
+        "lb-dr-a",
+        "--database",
+        &db,
+    ]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains(
+            "node \"lb-dr-a\" is not a member of cluster \"web\" (members: lb-web-a, lb-web-b)"
+        ),
+        "{err}"
+    );
+    let resp = srv
+        .http
+        .get(srv.url("/api/v1/clusters/web/keepalived?node=lb-dr-a"))
+        .bearer_auth(&srv.tokens.viewer)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+    let (code, _, _) = cli(&[
+        "export",
+        "keepalived",
+        "nope",
+        "--node",
+        "lb-dr-a",
+        "--database",
+        &db,
+    ]);
+    assert_eq!(code, 1);
+    srv.stop().await;
+}
+
+/// What keepalived cannot express is named, in the file and on stderr, and the exit status says so.
+#[tokio::test]
+async fn export_names_what_keepalived_cannot_express() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = TestServer::start(dir.path()).await;
+    let mut spec = cluster_spec(71, "198.18.0.71");
+    spec["services"][0]["check"]["rise"] = json!(3);
+    spec["services"][0]["check"]["body_contains"] = json!("ok");
+    let (s, v) = srv
+        .put("/api/v1/clusters/lossy", &srv.tokens.operator, spec)
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    srv.enrolled_node("52:54:00:00:71:01", "lb-71").await;
+    let (s, v) = srv
+        .post(
+            "/api/v1/nodes/lb-71/assign",
+            &srv.tokens.operator,
+            json!({"cluster": "lossy", "role": "active"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let db = db_url(&srv.db_path);
+    let (code, out, err) = cli(&[
+        "export",
+        "keepalived",
+        "lossy",
+        "--node",
+        "lb-71",
+        "--database",
+        &db,
+    ]);
+    assert_eq!(code, 2, "{out}\n{err}");
+    for want in [
+        "rise 3: keepalived marks a server up after one good check",
+        "body_contains: keepalived's HTTP check has no counterpart",
+    ] {
+        assert!(
+            out.contains(&format!(
+                "# not exported: service tcp 198.18.0.71:80 real server 198.18.2.1:8080: {want}"
+            )),
+            "{out}"
+        );
+        assert!(err.contains(want), "{err}");
+    }
+    assert!(out.contains("virtual_server 198.18.0.71 80 {"), "{out}");
     srv.stop().await;
 }

@@ -48,6 +48,28 @@ pub enum Command {
     /// Import another tool's configuration (docs/keepalived-import.md).
     #[command(subcommand)]
     Import(ImportCommand),
+    /// Write another tool's configuration from the fleet's (docs/keepalived-import.md).
+    #[command(subcommand)]
+    Export(ExportCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ExportCommand {
+    /// Write the keepalived.conf that does what NODE's role in CLUSTER does (its VRRP instance, VIPs,
+    /// services, real servers and checks). Exits 0 when everything is carried, 2 when some settings have no
+    /// keepalived counterpart (named in comments at the top of the file), 1 on an error.
+    Keepalived {
+        /// The cluster's name.
+        cluster: String,
+        /// The member node whose part is written (its state and priority).
+        #[arg(long, value_name = "NAME")]
+        node: String,
+        /// Write to this file instead of standard output.
+        #[arg(long, short = 'o', value_name = "FILE")]
+        output: Option<PathBuf>,
+        #[command(flatten)]
+        db: DbArgs,
+    },
 }
 
 #[derive(Debug, Clone, Args)]
