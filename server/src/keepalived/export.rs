@@ -130,7 +130,7 @@ pub fn export(cluster: &str, spec: &ClusterSpec, part: &NodePart<'_>) -> Export 
     }
     let _ = writeln!(body, "  garp_master_repeat {}", spec.garp.count);
     if spec.garp.refresh_ms > 0 {
-        if spec.garp.refresh_ms % 1000 != 0 {
+        if !spec.garp.refresh_ms.is_multiple_of(1000) {
             lost.push(format!(
                 "garp.refresh_ms {}: keepalived refreshes in whole seconds (written rounded up)",
                 spec.garp.refresh_ms

@@ -9,12 +9,11 @@ use serde_json::{json, Value};
 
 use crate::common::TestServer;
 
-/// (cluster name, spec, [(node, MAC, role, priority)]).
-pub fn clusters() -> Vec<(
-    &'static str,
-    Value,
-    Vec<(&'static str, &'static str, &'static str, u32)>,
-)> {
+/// A member: (node, MAC, role, priority).
+pub type Member = (&'static str, &'static str, &'static str, u32);
+
+/// (cluster name, spec, members).
+pub fn clusters() -> Vec<(&'static str, Value, Vec<Member>)> {
     vec![
         (
             // NAT, VRRPv3 at 100 ms, preemption after a delay, an internal VIP on its own interface, connection
