@@ -742,3 +742,61 @@ async fn export_names_what_keepalived_cannot_express() {
     assert!(out.contains("virtual_server 198.18.0.71 80 {"), "{out}");
     srv.stop().await;
 }
+
+/// A site of 500 virtual servers (well over the 64 KiB an ordinary form or API body may have) imports through
+/// the API and the dashboard's page: the import endpoints take bodies as large as a cluster PUT.
+#[tokio::test]
+async fn a_large_site_imports_through_the_api_and_the_page() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = TestServer::start(dir.path()).await;
+    let mut services = String::new();
+    for port in 1000..1500u16 {
+        services.push_str(&format!(
+            "virtual_server 198.18.0.40 {port} {{\n  delay_loop 5\n  lb_algo rr\n  lb_kind NAT\n  protocol TCP\n  real_server 198.18.2.1 {port} {{\n    weight 1\n    TCP_CHECK {{\n      connect_timeout 2\n    }}\n  }}\n  real_server 198.18.2.2 {port} {{\n    weight 2\n    TCP_CHECK {{\n      connect_timeout 2\n    }}\n  }}\n}}\n"
+        ));
+    }
+    assert!(services.len() > 128 * 1024, "{} bytes", services.len());
+    let (s, v) = srv
+        .post(
+            "/api/v1/import/keepalived",
+            &srv.tokens.operator,
+            json!({
+                "files": [
+                    {"name": "keepalived.conf", "text": MAIN},
+                    {"name": "conf.d/web.conf", "text": services},
+                ],
+                "config_ids": ["lb1"],
+                "dry_run": true,
+            }),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(
+        v["clusters"][0]["spec"]["services"]
+            .as_array()
+            .unwrap()
+            .len(),
+        500
+    );
+
+    let (cookie, csrf) = dashboard_login(&srv, "oper").await;
+    let extra = json!([{"name": "conf.d/web.conf", "text": services}]).to_string();
+    let (st, html) = post_import(
+        &srv,
+        &cookie,
+        &[
+            ("csrf", &csrf),
+            ("text", MAIN),
+            ("config_ids", "lb1"),
+            ("extra_files", &extra),
+            ("action", "apply"),
+        ],
+    )
+    .await;
+    assert_eq!(st, StatusCode::OK, "{html}");
+    assert!(html.contains("Applied: 1 cluster(s), lossless"), "{html}");
+    let (s, c) = srv.get("/api/v1/clusters/ext", &srv.tokens.viewer).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(c["spec"]["services"].as_array().unwrap().len(), 500);
+    srv.stop().await;
+}
