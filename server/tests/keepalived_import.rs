@@ -411,6 +411,13 @@ async fn dashboard_login(srv: &TestServer, user: &str) -> (String, String) {
     (cookie.clone(), csrf_of(&page))
 }
 
+/// The `previewed` digest a preview page carries to its Apply button.
+fn previewed_of(html: &str) -> String {
+    let at =
+        html.find("name=\"previewed\" value=\"").unwrap() + "name=\"previewed\" value=\"".len();
+    html[at..].split('"').next().unwrap().to_owned()
+}
+
 async fn post_import(
     srv: &TestServer,
     cookie: &str,
@@ -510,8 +517,29 @@ async fn dashboard_import_page_previews_then_applies() {
     let (s, _) = srv.get("/api/v1/clusters/ext", &srv.tokens.viewer).await;
     assert_eq!(s, StatusCode::NOT_FOUND);
 
+    let previewed = previewed_of(&html);
+    assert_eq!(previewed.len(), 64, "{html}");
+
+    // Apply takes exactly what was previewed: other config ids, or no preview at all, are refused.
+    let mut changed = form("apply");
+    changed.push(("previewed", previewed.clone()));
+    changed[3].1 = "lb2 lb1".to_owned();
+    let refs: Vec<(&str, &str)> = changed.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let (st, html) = post_import(&srv, &cookie, &refs).await;
+    assert_eq!(st, StatusCode::OK, "{html}");
+    assert!(html.contains("changed since the preview"), "{html}");
+    let unpreviewed = form("apply");
+    let refs: Vec<(&str, &str)> = unpreviewed.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let (_, html) = post_import(&srv, &cookie, &refs).await;
+    assert!(
+        html.contains("changed since the preview (or there was none)"),
+        "{html}"
+    );
+    assert_eq!(srv.audit_len().await, before);
+
     // Apply: one audited change by the user; no Apply button any more.
-    let apply = form("apply");
+    let mut apply = form("apply");
+    apply.push(("previewed", previewed));
     let refs: Vec<(&str, &str)> = apply.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let (st, html) = post_import(&srv, &cookie, &refs).await;
     assert_eq!(st, StatusCode::OK, "{html}");
@@ -560,7 +588,7 @@ async fn dashboard_import_page_previews_then_applies() {
                 ("text", text),
                 ("config_ids", "lb1"),
                 ("extra_files", extra_files),
-                ("action", "apply"),
+                ("action", "preview"),
             ],
         )
         .await;
@@ -781,18 +809,19 @@ async fn a_large_site_imports_through_the_api_and_the_page() {
 
     let (cookie, csrf) = dashboard_login(&srv, "oper").await;
     let extra = json!([{"name": "conf.d/web.conf", "text": services}]).to_string();
-    let (st, html) = post_import(
-        &srv,
-        &cookie,
-        &[
-            ("csrf", &csrf),
-            ("text", MAIN),
-            ("config_ids", "lb1"),
-            ("extra_files", &extra),
-            ("action", "apply"),
-        ],
-    )
-    .await;
+    let mut form = vec![
+        ("csrf", csrf.as_str()),
+        ("text", MAIN),
+        ("config_ids", "lb1"),
+        ("extra_files", extra.as_str()),
+        ("action", "preview"),
+    ];
+    let (st, html) = post_import(&srv, &cookie, &form).await;
+    assert_eq!(st, StatusCode::OK, "{html}");
+    let previewed = previewed_of(&html);
+    form[4].1 = "apply";
+    form.push(("previewed", previewed.as_str()));
+    let (st, html) = post_import(&srv, &cookie, &form).await;
     assert_eq!(st, StatusCode::OK, "{html}");
     assert!(html.contains("Applied: 1 cluster(s), lossless"), "{html}");
     let (s, c) = srv.get("/api/v1/clusters/ext", &srv.tokens.viewer).await;

@@ -42,6 +42,8 @@ struct ImportPage {
     /// The uploaded included files, as the hidden field carries them (JSON), and their names to list.
     extra_json: String,
     extra_names: Vec<String>,
+    /// The digest of what a preview read (carried to Apply, which refuses other input).
+    previewed: String,
     report: Option<ImportReport>,
     plan_text: String,
     failure: Option<String>,
@@ -56,6 +58,7 @@ impl ImportPage {
             config_ids: String::new(),
             extra_json: "[]".into(),
             extra_names: Vec::new(),
+            previewed: String::new(),
             report: None,
             plan_text: String::new(),
             failure: None,
@@ -89,6 +92,29 @@ pub struct ImportForm {
     /// `preview` (a dry run) or `apply`.
     #[serde(default)]
     action: String,
+    /// The digest of the input the preview showed; Apply applies only that input.
+    #[serde(default)]
+    previewed: String,
+}
+
+/// What a preview read, as one digest: Apply must be given the same files, names and config ids.
+fn input_digest(main_name: &str, text: &str, config_ids: &[String], extra: &[ExtraFile]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    let mut field = |b: &[u8]| {
+        h.update((b.len() as u64).to_be_bytes());
+        h.update(b);
+    };
+    field(main_name.as_bytes());
+    field(text.as_bytes());
+    for id in config_ids {
+        field(id.as_bytes());
+    }
+    for f in extra {
+        field(f.name.as_bytes());
+        field(f.text.as_bytes());
+    }
+    hex::encode(h.finalize())
 }
 
 pub async fn submit(
@@ -131,6 +157,14 @@ pub async fn submit(
     page.extra_json = serde_json::to_string(&extra).unwrap_or_else(|_| "[]".into());
     if form.text.trim().is_empty() {
         page.failure = Some("paste a keepalived.conf or load one".into());
+        return render(&page);
+    }
+    let digest = input_digest(&main_name, &form.text, &ids, &extra);
+    if !dry_run && form.previewed != digest {
+        page.failure = Some(
+            "the files or config ids changed since the preview (or there was none): preview again, then apply"
+                .into(),
+        );
         return render(&page);
     }
 
@@ -176,6 +210,9 @@ pub async fn submit(
                 );
             }
             page.plan_text = r.to_text();
+            if r.dry_run {
+                page.previewed = digest;
+            }
             page.report = Some(r);
         }
         Err(ImportError::Fleet(crate::fleet::FleetError::Store(e))) if !e.is_constraint() => {
