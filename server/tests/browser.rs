@@ -817,7 +817,8 @@ async fn a_change_through_the_api_shows_on_an_open_page_within_a_second() {
 
 /// The import page in Chromium: an operator loads a keepalived.conf and the file it includes through the file
 /// input (read by the page's script into the form), previews (the plan and the directive not imported, with
-/// its file:line; nothing written), then applies it as one change the cluster pages show.
+/// its file:line; nothing written), then applies it as one change the cluster pages show; then loads the same
+/// site as a directory (its keepalived.conf the main file), whose preview changes nothing.
 #[tokio::test]
 async fn operator_imports_a_keepalived_conf_with_preview_then_apply() {
     let dir = tempfile::tempdir().unwrap();
@@ -914,6 +915,37 @@ async fn operator_imports_a_keepalived_conf_with_preview_then_apply() {
         );
         b.goto("/clusters/ext").await;
         b.wait_for_text("main", "198.18.2.1").await;
+
+        // The same site as a directory: its keepalived.conf is the main file, the rest are included files
+        // named relative to the directory; previewed against what is stored now, nothing changes.
+        b.goto("/import").await;
+        b.client
+            .find(Locator::Css("#import-dir"))
+            .await
+            .unwrap()
+            .send_keys(&files.display().to_string())
+            .await
+            .unwrap();
+        b.wait_for_text("#import-extra", "web.conf").await;
+        let main_name = b
+            .client
+            .execute(
+                "return document.getElementById('import-main').value;",
+                vec![],
+            )
+            .await
+            .unwrap();
+        assert_eq!(main_name, "keepalived.conf");
+        b.client
+            .find(Locator::Css("#import-ids"))
+            .await
+            .unwrap()
+            .send_keys("lb1 lb2")
+            .await
+            .unwrap();
+        b.click("#import-preview").await;
+        b.wait_for_text("#import-plan", "unchanged cluster:ext")
+            .await;
         b
     })
     .await;
