@@ -31,6 +31,7 @@ postgres=(
 # package:test-file of the privileged tiers, in the order they run. Every file of tests/tests is privileged.
 privileged=(
   lbfleet-server:dhcp_netns lbfleet-server:dhcp_ha_netns lbfleet-agent:health_netns lbfleet-server:browser
+  lbfleet-server:keepalived_export_netns
 )
 for f in tests/tests/*.rs; do privileged+=("lbfleet-tests:$(basename "$f" .rs)"); done
 

@@ -139,9 +139,7 @@ async fn run(args: &Args, db: &str, dir: &std::path::Path, across: bool) -> anyh
     } else {
         None
     };
-    let poll_base = second
-        .as_ref()
-        .map_or(base.clone(), |(b, _, _)| b.clone());
+    let poll_base = second.as_ref().map_or(base.clone(), |(b, _, _)| b.clone());
 
     let http = reqwest::Client::new();
     let api = |path: &str| format!("{base}/api/v1{path}");

@@ -7,8 +7,8 @@ use anyhow::Context;
 use clap::Parser;
 use lbfleet_server::boot::images;
 use lbfleet_server::config::{
-    self, AuditCommand, Cli, Command, DbCommand, ImageCommand, ImportCommand, LogFormat,
-    RealServerFormat, ServerConfig, TokenCommand, UserCommand,
+    self, AuditCommand, Cli, Command, DbCommand, ExportCommand, ImageCommand, ImportCommand,
+    LogFormat, RealServerFormat, ServerConfig, TokenCommand, UserCommand,
 };
 use lbfleet_server::fleet::Actor;
 use lbfleet_server::open_fleet;
@@ -269,6 +269,27 @@ async fn main_inner(cli: Cli) -> anyhow::Result<ExitCode> {
                 print!("{}", report.to_text());
             }
             if !report.lossless {
+                return Ok(ExitCode::from(2));
+            }
+        }
+        Command::Export(ExportCommand::Keepalived {
+            cluster,
+            node,
+            output,
+            db,
+        }) => {
+            init_tracing(LogFormat::Text);
+            let view = fleet_for(&db).await?.get_cluster(&cluster).await?;
+            let export = lbfleet_server::keepalived::export_member(&view, &node)?;
+            match output {
+                Some(path) => std::fs::write(&path, &export.text)
+                    .map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))?,
+                None => print!("{}", export.text),
+            }
+            for n in &export.not_exported {
+                eprintln!("not exported: {n}");
+            }
+            if !export.lossless() {
                 return Ok(ExitCode::from(2));
             }
         }

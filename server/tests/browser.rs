@@ -814,3 +814,140 @@ async fn a_change_through_the_api_shows_on_an_open_page_within_a_second() {
     })
     .await;
 }
+
+/// The import page in Chromium: an operator loads a keepalived.conf and the file it includes through the file
+/// input (read by the page's script into the form), previews (the plan and the directive not imported, with
+/// its file:line; nothing written), then applies it as one change the cluster pages show; then loads the same
+/// site as a directory (its keepalived.conf the main file), whose preview changes nothing.
+#[tokio::test]
+async fn operator_imports_a_keepalived_conf_with_preview_then_apply() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = start_https(dir.path()).await;
+    let files = dir.path().join("site");
+    std::fs::create_dir_all(&files).unwrap();
+    let main = files.join("keepalived.conf");
+    std::fs::write(
+        &main,
+        "vrrp_instance EXT {\n  @lb1 state MASTER\n  @lb2 state BACKUP\n  interface eth0\n  virtual_router_id 61\n  @lb1 priority 150\n  @lb2 priority 100\n  virtual_ipaddress {\n    198.18.0.40/32\n  }\n}\ninclude web.conf\n",
+    )
+    .unwrap();
+    let web = files.join("web.conf");
+    std::fs::write(
+        &web,
+        "virtual_server 198.18.0.40 80 {\n  delay_loop 5\n  lb_algo rr\n  alpha\n  lb_kind NAT\n  protocol TCP\n  real_server 198.18.2.1 8080 {\n    TCP_CHECK {\n      connect_timeout 2\n    }\n  }\n}\n",
+    )
+    .unwrap();
+    let api = srv.http.clone();
+    let base = srv.base.clone();
+    let op = srv.tokens.operator.clone();
+    let audit_before = srv.audit_len().await;
+
+    with_browser(&srv, |b| async move {
+        b.login("oper").await;
+        b.click("nav a[href='/import']").await;
+        b.wait_for_text("h1", "Import keepalived.conf").await;
+        // Both files at once, the main one first (chromedriver takes several paths separated by newlines).
+        b.client
+            .find(Locator::Css("#import-file"))
+            .await
+            .unwrap()
+            .send_keys(&format!("{}\n{}", main.display(), web.display()))
+            .await
+            .unwrap();
+        b.wait_for_text("#import-extra", "web.conf").await;
+        let text = b
+            .client
+            .execute(
+                "return document.getElementById('import-text').value;",
+                vec![],
+            )
+            .await
+            .unwrap();
+        assert!(
+            text.as_str().unwrap().contains("include web.conf"),
+            "the main file is in the text box: {text}"
+        );
+        let ids = b.client.find(Locator::Css("#import-ids")).await.unwrap();
+        ids.send_keys("lb1 lb2").await.unwrap();
+        b.click("#import-preview").await;
+        b.wait_for_text(
+            "#import-status",
+            "Preview: 1 cluster(s), 1 directive(s) not imported",
+        )
+        .await;
+        b.wait_for_text("#import-plan", "cluster.create cluster:ext")
+            .await;
+        b.wait_for_text("#import-plan", "node lb2: backup with priority 100")
+            .await;
+        b.wait_for_text("#not-imported", "/upload/web.conf:4").await;
+        b.wait_for_text("#not-imported", "alpha").await;
+        b.screenshots("import").await;
+        let resp = api
+            .get(format!("{base}/api/v1/clusters/ext"))
+            .bearer_auth(&op)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            resp.status(),
+            StatusCode::NOT_FOUND,
+            "a preview writes nothing"
+        );
+
+        // Apply: the included file is still carried by the form (kept through the preview).
+        b.click("#import-apply").await;
+        b.wait_for_text("#import-status", "Applied: 1 cluster(s)")
+            .await;
+        assert_eq!(b.count("#import-apply").await, 0);
+        let c: Value = api
+            .get(format!("{base}/api/v1/clusters/ext"))
+            .bearer_auth(&op)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(c["spec"]["vrid"], 61, "{c}");
+        assert_eq!(
+            c["spec"]["services"][0]["real_servers"][0]["address"], "198.18.2.1",
+            "{c}"
+        );
+        b.goto("/clusters/ext").await;
+        b.wait_for_text("main", "198.18.2.1").await;
+
+        // The same site as a directory: its keepalived.conf is the main file, the rest are included files
+        // named relative to the directory; previewed against what is stored now, nothing changes.
+        b.goto("/import").await;
+        b.client
+            .find(Locator::Css("#import-dir"))
+            .await
+            .unwrap()
+            .send_keys(&files.display().to_string())
+            .await
+            .unwrap();
+        b.wait_for_text("#import-extra", "web.conf").await;
+        let main_name = b
+            .client
+            .execute(
+                "return document.getElementById('import-main').value;",
+                vec![],
+            )
+            .await
+            .unwrap();
+        assert_eq!(main_name, "keepalived.conf");
+        b.client
+            .find(Locator::Css("#import-ids"))
+            .await
+            .unwrap()
+            .send_keys("lb1 lb2")
+            .await
+            .unwrap();
+        b.click("#import-preview").await;
+        b.wait_for_text("#import-plan", "unchanged cluster:ext")
+            .await;
+        b
+    })
+    .await;
+    assert_eq!(srv.audit_len().await, audit_before + 1);
+}

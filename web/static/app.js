@@ -79,6 +79,56 @@
     status.hidden = true;
   }
 
+  // The import page: a file input with data-into="ID" loads the main file's text into that text box and its
+  // name into data-name's field; the other chosen files (the included ones) go as JSON [{name, text}] into
+  // data-extra's hidden field and are listed in data-list. For a directory, names are relative to it and its
+  // keepalived.conf (else the first file) is the main one.
+  document.addEventListener('change', function (e) {
+    var t = e.target;
+    var into = t && t.getAttribute && t.getAttribute('data-into');
+    if (!into || !t.files || !t.files.length) { return; }
+    var files = Array.prototype.slice.call(t.files);
+    var named = files.map(function (f) {
+      var path = f.webkitRelativePath || f.name;
+      if (f.webkitRelativePath) { path = path.split('/').slice(1).join('/'); }
+      return { file: f, name: path };
+    });
+    var main = 0;
+    if (t.hasAttribute('webkitdirectory')) {
+      named.sort(function (a, b) { return a.name < b.name ? -1 : a.name > b.name ? 1 : 0; });
+      main = 0;
+      named.forEach(function (n, i) { if (n.name === 'keepalived.conf') { main = i; } });
+    }
+    var texts = new Array(named.length);
+    var left = named.length;
+    named.forEach(function (n, i) {
+      var reader = new FileReader();
+      reader.onload = function () {
+        texts[i] = String(reader.result);
+        left -= 1;
+        if (left > 0) { return; }
+        var box = document.getElementById(into);
+        var nameField = document.getElementById(t.getAttribute('data-name'));
+        var extraField = document.getElementById(t.getAttribute('data-extra'));
+        var list = document.getElementById(t.getAttribute('data-list'));
+        if (box) { box.value = texts[main]; }
+        if (nameField) { nameField.value = named[main].name; }
+        var extra = [];
+        named.forEach(function (m, j) { if (j !== main) { extra.push({ name: m.name, text: texts[j] }); } });
+        if (extraField) { extraField.value = JSON.stringify(extra); }
+        if (list) {
+          while (list.firstChild) { list.removeChild(list.firstChild); }
+          extra.forEach(function (x) {
+            var li = document.createElement('li');
+            li.textContent = x.name;
+            list.appendChild(li);
+          });
+        }
+      };
+      reader.readAsText(n.file);
+    });
+  });
+
   document.addEventListener('submit', function (e) {
     var msg = e.target && e.target.getAttribute && e.target.getAttribute('data-confirm');
     if (msg && !window.confirm(msg)) { e.preventDefault(); }

@@ -1,23 +1,26 @@
 //! `POST /api/v1/import/keepalived`: keepalived.conf files in the body (an upload: includes resolve among
 //! them), the plan and what was not imported in the answer; applied as one audited change unless `dry_run`.
+//! `GET /api/v1/clusters/{name}/keepalived?node=NAME`: the keepalived.conf of a member's role (the export).
 
 use std::path::PathBuf;
 
-use axum::extract::State;
-use axum::http::StatusCode;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 
-use crate::auth::Operator;
+use crate::auth::{Operator, Viewer};
 use crate::error::ApiError;
 use crate::extract::ApiJson;
 use crate::keepalived::{self, ImportError, MemorySource};
 use crate::state::AppState;
 
 pub fn router() -> Router<AppState> {
-    Router::new().route("/import/keepalived", post(import_keepalived))
+    Router::new()
+        .route("/import/keepalived", post(import_keepalived))
+        .route("/clusters/{name}/keepalived", get(export_keepalived))
 }
 
 /// Most files one upload may carry.
@@ -116,4 +119,43 @@ async fn import_keepalived(
         .await
         .map_err(import_error)?;
     Ok(Json(report).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ExportQuery {
+    node: String,
+}
+
+/// The keepalived.conf of `node`'s part in the cluster, as text; `X-Lbfleet-Not-Exported` counts the settings
+/// keepalived has no counterpart for (named in comments at the top of the text).
+async fn export_keepalived(
+    State(s): State<AppState>,
+    _: Viewer,
+    Path(name): Path<String>,
+    Query(q): Query<ExportQuery>,
+) -> Result<Response, ApiError> {
+    let view = s.fleet.get_cluster(&name).await?;
+    let export = keepalived::export_member(&view, &q.node).map_err(|e| ApiError::Request {
+        status: match e {
+            keepalived::ExportError::NotMember { .. } => StatusCode::NOT_FOUND,
+            keepalived::ExportError::Priority { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+        },
+        message: e.to_string(),
+    })?;
+    let lost = HeaderValue::from(export.not_exported.len());
+    Ok((
+        [
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; charset=utf-8"),
+            ),
+            (
+                header::HeaderName::from_static("x-lbfleet-not-exported"),
+                lost,
+            ),
+        ],
+        export.text,
+    )
+        .into_response())
 }

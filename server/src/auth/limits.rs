@@ -15,7 +15,8 @@ use axum::response::{IntoResponse, Response};
 pub const DEFAULT_BODY_BYTES: usize = 64 * 1024;
 /// Agent reports: one line per service and real server.
 pub const REPORT_BODY_BYTES: usize = 4 * 1024 * 1024;
-/// A whole cluster spec (thousands of real servers), through the API or the dashboard's service forms.
+/// A whole cluster spec (thousands of real servers), through the API or the dashboard's service forms; and a
+/// keepalived.conf import (a site's files, API or dashboard).
 pub const CLUSTER_BODY_BYTES: usize = 16 * 1024 * 1024;
 /// How long an ordinary request may take.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -26,6 +27,9 @@ pub fn body_limit(method: &Method, path: &str) -> usize {
         return CLUSTER_BODY_BYTES;
     }
     if *method == Method::POST && path.starts_with("/clusters/") {
+        return CLUSTER_BODY_BYTES;
+    }
+    if *method == Method::POST && (path == "/api/v1/import/keepalived" || path == "/import") {
         return CLUSTER_BODY_BYTES;
     }
     if path == "/api/v1/agent/report" {

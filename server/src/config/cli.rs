@@ -51,6 +51,9 @@ pub enum Command {
     /// Database maintenance (docs/high-availability.md#moving-from-sqlite).
     #[command(subcommand)]
     Db(DbCommand),
+    /// Write another tool's configuration from the fleet's (docs/keepalived-import.md).
+    #[command(subcommand)]
+    Export(ExportCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -72,6 +75,25 @@ pub enum DbCommand {
         /// Print the report as JSON
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ExportCommand {
+    /// Write the keepalived.conf that does what NODE's role in CLUSTER does (its VRRP instance, VIPs,
+    /// services, real servers and checks). Exits 0 when everything is carried, 2 when some settings have no
+    /// keepalived counterpart (named in comments at the top of the file), 1 on an error.
+    Keepalived {
+        /// The cluster's name.
+        cluster: String,
+        /// The member node whose part is written (its state and priority).
+        #[arg(long, value_name = "NAME")]
+        node: String,
+        /// Write to this file instead of standard output.
+        #[arg(long, short = 'o', value_name = "FILE")]
+        output: Option<PathBuf>,
+        #[command(flatten)]
+        db: DbArgs,
     },
 }
 

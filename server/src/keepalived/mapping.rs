@@ -382,11 +382,19 @@ struct Instance {
 fn read_machine(m: &Machine, out: &mut Out) -> MachineRead {
     let top = &m.config.statements;
     let mut default_version = 2u8;
+    // keepalived 2.2 sets the GARP spacing globally (vrrp_garp_interval); an instance's garp_interval
+    // (older keepalived) still wins.
+    let mut default_garp = GarpSpec::default();
     let mut sync_daemon: Option<(String, Option<String>, u8)> = None;
     for g in top.iter().filter(|s| s.keyword() == "global_defs") {
         for st in g.children() {
             match st.keyword() {
                 "router_id" => {}
+                "vrrp_garp_interval" => {
+                    if let Some(ms) = out.timer(st) {
+                        default_garp.spacing_ms = ms;
+                    }
+                }
                 "vrrp_version" => {
                     if let Some(v) = out.arg::<u8>(st, 0, "2 or 3") {
                         default_version = v;
@@ -431,7 +439,7 @@ fn read_machine(m: &Machine, out: &mut Out) -> MachineRead {
 
     let mut instances: Vec<Instance> = Vec::new();
     for st in top.iter().filter(|s| s.keyword() == "vrrp_instance") {
-        if let Some(i) = read_instance(st, default_version, out) {
+        if let Some(i) = read_instance(st, default_version, default_garp, out) {
             instances.push(i);
         }
     }
@@ -557,7 +565,12 @@ fn cluster_name(name: &str) -> String {
     }
 }
 
-fn read_instance(st: &Statement, default_version: u8, out: &mut Out) -> Option<Instance> {
+fn read_instance(
+    st: &Statement,
+    default_version: u8,
+    default_garp: GarpSpec,
+    out: &mut Out,
+) -> Option<Instance> {
     let name = st.args().first().cloned().unwrap_or_default();
     let mut spec = ClusterSpec {
         vrid: 0,
@@ -568,7 +581,7 @@ fn read_instance(st: &Statement, default_version: u8, out: &mut Out) -> Option<I
         preempt_delay_ms: 0,
         vips: Vec::new(),
         unicast_peers: Vec::new(),
-        garp: GarpSpec::default(),
+        garp: default_garp,
         conn_sync: None,
         services: Vec::new(),
     };

@@ -22,6 +22,7 @@ mod form;
 mod format;
 mod health;
 mod images;
+mod import;
 mod live;
 mod login;
 mod nodes;
@@ -48,6 +49,7 @@ pub fn router() -> Router<AppState> {
         .merge(login::router())
         .merge(nodes::router())
         .merge(images::router())
+        .merge(import::router())
         .merge(clusters::router())
         .merge(services::router())
         .merge(events::router())
