@@ -364,11 +364,16 @@ pub fn cluster_spec(spec: &ClusterSpec) -> Result<ValidCluster, FieldErrors> {
                 } else if addr.is_ipv6() && spec.vrrp_version == 2 {
                     errs.push(
                         &field,
-                        format!("{addr}: VRRPv2 is IPv4-only (RFC 3768); IPv6 VIPs need vrrp_version 3"),
+                        format!(
+                            "{addr}: VRRPv2 is IPv4-only (RFC 3768); IPv6 VIPs need vrrp_version 3"
+                        ),
                     );
                 } else if matches!(addr, IpAddr::V6(a) if a.segments()[0] & 0xffc0 == 0xfe80) {
                     // fe80::/10 is each interface's own; VRRP's adverts come from it, not to it.
-                    errs.push(&field, format!("{addr}: a link-local address cannot be a VIP"));
+                    errs.push(
+                        &field,
+                        format!("{addr}: a link-local address cannot be a VIP"),
+                    );
                 } else {
                     out.vips[i].address = format!("{addr}/{prefix}");
                     if out.vips[i].interface.as_deref() == Some(spec.interface.as_str()) {

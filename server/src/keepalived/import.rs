@@ -47,9 +47,11 @@ pub fn read_machines<S: Source>(
             .zip(ids)
             .map(|(f, i)| (f, i.clone(), true))
             .collect(),
-        (f, i) => return Err(ImportError::Usage(format!(
+        (f, i) => {
+            return Err(ImportError::Usage(format!(
             "{f} files and {i} config ids: give none, one, one per file, or several for one file"
-        ))),
+        )))
+        }
     };
     let mut machines: Vec<Machine> = Vec::new();
     for (file, id, explicit) in pairs {

@@ -117,7 +117,10 @@ fn ipv6_vips_need_vrrpv3() {
     s.vips = vec!["2001:2::10".into()];
     s.services.clear();
     let errs = cluster_spec(&s).expect_err("VRRPv2 is IPv4-only");
-    assert!(errs.0[0].message.contains("VRRPv2 is IPv4-only"), "{errs:?}");
+    assert!(
+        errs.0[0].message.contains("VRRPv2 is IPv4-only"),
+        "{errs:?}"
+    );
     // As an internal VIP on its own interface too.
     let mut s = spec();
     s.vrrp_version = 2;
