@@ -1,5 +1,7 @@
 //! Sans-IO rtnetlink codec for what the agent needs: IPv4 and IPv6 addresses (`RTM_NEWADDR`/`RTM_DELADDR`/
-//! `RTM_GETADDR`; IPv6 VIPs are added with `IFA_F_NODAD`, usable at once as `ip -6 addr add ... nodad`), links (`RTM_GETLINK`), and the 802.1Q links it creates for a VLAN interface
+//! `RTM_GETADDR`; IPv6 VIPs are added with `IFA_F_NODAD`, usable at once, and deprecated, never picked as
+//! the source of the node's own connections (`ip -6 addr add ... nodad preferred_lft 0`, as keepalived users
+//! do): a health check of a DR real server from the VIP would get its answer on the real server's own `lo`), links (`RTM_GETLINK`), and the 802.1Q links it creates for a VLAN interface
 //! (`RTM_NEWLINK` with `IFLA_LINKINFO` kind `vlan`, `RTM_DELLINK`). Layouts from linux `if_addr.h`,
 //! `if_link.h` and `rtnetlink.h`:
 //!
@@ -25,6 +27,7 @@ pub const RTM_GETADDR: u16 = 22;
 pub const IFA_ADDRESS: u16 = 1;
 pub const IFA_LOCAL: u16 = 2;
 pub const IFA_LABEL: u16 = 3;
+pub const IFA_CACHEINFO: u16 = 6;
 
 pub const IFLA_ADDRESS: u16 = 1;
 pub const IFLA_IFNAME: u16 = 3;
@@ -97,6 +100,14 @@ fn addr_message(msg_type: u16, flags: u16, a: &InterfaceAddress, seq: u32, pid: 
     let mut w = AttrWriter::default();
     w.bytes(IFA_LOCAL, &octets(a.address));
     w.bytes(IFA_ADDRESS, &octets(a.address));
+    if msg_type == RTM_NEWADDR && a.address.is_ipv6() {
+        // struct ifa_cacheinfo: preferred 0 (deprecated), valid forever, two time stamps.
+        let mut info = Vec::with_capacity(16);
+        for v in [0u32, u32::MAX, 0, 0] {
+            info.extend_from_slice(&v.to_ne_bytes());
+        }
+        w.bytes(IFA_CACHEINFO, &info);
+    }
     let mut payload = ifaddrmsg(a.address, a.prefix, a.index).to_vec();
     payload.extend_from_slice(&w.into_bytes());
     message(msg_type, flags, seq, pid, &payload)
@@ -300,8 +311,9 @@ mod tests {
         assert!(parse_address(RTM_NEWADDR, &payload[..12]).is_err());
     }
 
-    /// What `ip -6 addr add 2001:2::10/128 dev <index 7> nodad` sends (iproute2 6.1, strace): AF_INET6,
-    /// IFA_F_NODAD in ifa_flags, IFA_LOCAL and IFA_ADDRESS of 16 bytes each.
+    /// What `ip -6 addr add 2001:2::10/128 dev <index 7> nodad preferred_lft 0` sends (iproute2 6.1, strace):
+    /// AF_INET6, IFA_F_NODAD in ifa_flags, IFA_LOCAL and IFA_ADDRESS of 16 bytes each, IFA_CACHEINFO
+    /// {ifa_prefered=0, ifa_valid=4294967295, cstamp=0, tstamp=0}.
     #[test]
     fn new_ipv6_address_bytes() {
         let a = InterfaceAddress {
@@ -313,10 +325,11 @@ mod tests {
         let v6 = [0x20, 0x01, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10];
         #[rustfmt::skip]
         let want: Vec<u8> = [
-            &[64, 0, 0, 0, 20, 0, 0x05, 0x06, 9, 0, 0, 0, 0, 0, 0, 0][..], // len 64, NEWADDR
+            &[84, 0, 0, 0, 20, 0, 0x05, 0x06, 9, 0, 0, 0, 0, 0, 0, 0][..], // len 84, NEWADDR
             &[10, 128, 0x02, 0, 7, 0, 0, 0],                               // AF_INET6 /128 NODAD, index 7
             &[20, 0, 2, 0], &v6,                                           // IFA_LOCAL
             &[20, 0, 1, 0], &v6,                                           // IFA_ADDRESS
+            &[20, 0, 6, 0, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0, 0, 0, 0, 0], // IFA_CACHEINFO
         ]
         .concat();
         assert_eq!(got, want);
@@ -325,6 +338,8 @@ mod tests {
             panic!()
         };
         assert_eq!(parse_address(RTM_NEWADDR, payload).unwrap(), Some(a));
+        // A delete names the address only.
+        assert_eq!(del_address(&a, 10, 0).len(), 64);
         // A tentative address (DAD running) is not reported.
         let mut tentative = payload.to_vec();
         tentative[2] = IFA_F_TENTATIVE;
