@@ -3,7 +3,7 @@
 //! network, for internal VIPs), and a prober namespace. Names carry a per-lab suffix
 //! (`netns::unique_suffix`), addresses come from 198.18.0.0/24 (and, for the IPv6 tests, 2001:2::/64: a host
 //! `198.18.0.x` also has `2001:2::x/64` on `eth0`; duplicate address detection is off in the lab, so
-//! link-local addresses are usable at once), and everything the lab started or created
+//! link-local addresses are usable at once, and addresses survive a link flap), and everything the lab started or created
 //! (processes by PID, namespaces: the kit's `netns::Netns`) is removed on drop, also when a test panics. The
 //! contenders (`start_agent`, `start_keepalived`) and the prober are shared by the tests
 //! (`tests/vrrp_netns.rs`) and the benchmark (`bench/src/vrrp.rs`). Setup failures panic: they are test
@@ -85,6 +85,10 @@ impl Lab {
             "-qw",
             "net.ipv6.conf.all.accept_dad=0",
             "net.ipv6.conf.default.accept_dad=0",
+            // A link flap keeps the IPv6 addresses, as it keeps the IPv4 ones (the kernel's default flushes
+            // them; a host's network manager would put them back).
+            "net.ipv6.conf.all.keep_addr_on_down=1",
+            "net.ipv6.conf.default.keep_addr_on_down=1",
         ])));
         self.namespaces.push(ns);
         &self.namespaces[self.namespaces.len() - 1]

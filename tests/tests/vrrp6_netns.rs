@@ -158,6 +158,38 @@ fn two_agents_fail_over_an_ipv6_vip() {
     }
 }
 
+/// Unicast adverts over IPv6 to peers named by their global addresses: each agent sends from its own global
+/// address (the one its peer lists), and the pair elects and fails over as with multicast.
+#[test]
+fn two_agents_with_ipv6_unicast_peers() {
+    if !vrrp_lab::require(false) {
+        return;
+    }
+    let mut lab = Lab::new("6u");
+    let a = lab.host("a", A);
+    let b = lab.host("b", B);
+    let peer = |priority, to: &'static str| Vrrp {
+        peers: vec![to],
+        ..Vrrp::v6(priority)
+    };
+    let sa = start_agent(&mut lab, &a, "agent-a", &peer(150, "2001:2::3"));
+    let sb = start_agent(&mut lab, &b, "agent-b", &peer(100, "2001:2::2"));
+    wait_for(ELECTION, "a master of VIP6, b its backup", || {
+        let s = status(&sb);
+        agent_state(&sa) == "master"
+            && s["vrrp_state"] == "backup"
+            && s["vrrp_master"] == "2001:2::2"
+            && holds(&a, VIP6)
+            && !holds(&b, VIP6)
+    });
+    fail_over_and_back(&mut lab, &a, Some(&sa), &b, &[VIP6]);
+    assert!(
+        status(&sb)["vrrp_dropped"].get("not_a_peer").is_none(),
+        "{}",
+        status(&sb)
+    );
+}
+
 #[test]
 fn agent_master_keepalived_backup_over_ipv6() {
     if !vrrp_lab::require(true) {

@@ -8,7 +8,8 @@
 //! address (as keepalived's `mcast_src_ip` allows).
 //!
 //! The instance runs over IPv4 when the role has an IPv4 VIP, else over IPv6 ([`election_is_ipv4`]); over
-//! IPv6 the adverts' source is the interface's link-local address. VIPs of the other family (a dual-stack
+//! IPv6 the adverts' source is the interface's link-local address (a global one of its addresses when the
+//! unicast peers are named by global addresses). VIPs of the other family (a dual-stack
 //! cluster's IPv6 VIPs) are added and removed with the rest but not carried in the adverts, as keepalived
 //! does with addresses of the other family in one `vrrp_instance`.
 
@@ -138,15 +139,22 @@ pub fn resolve(rt: &mut RouteSocket, config: &VrrpConfig) -> Result<Resolved, Se
         });
     }
     let v4 = election_is_ipv4(config);
+    // Over IPv6 the adverts come from the link-local address (RFC 5798), except to unicast peers named by
+    // global addresses: those see (and match against their own peer list) the interface's global address.
+    let global_peers = config
+        .unicast_peers
+        .iter()
+        .any(|p| matches!(p, IpAddr::V6(a) if !is_link_local(*a)));
     let addrs = rt.addresses()?;
     let primary_on = |index: u32| {
         addrs
             .iter()
             .filter(|a| a.index == index)
             .map(|a| a.address)
+            .filter(|a| !vips.iter().any(|v| v.address.address == *a))
             .find(|a| match a {
-                IpAddr::V4(_) => v4 && !vips.iter().any(|v| v.address.address == *a),
-                IpAddr::V6(a) => !v4 && is_link_local(*a),
+                IpAddr::V4(_) => v4,
+                IpAddr::V6(a) => !v4 && is_link_local(*a) != global_peers,
             })
     };
     // A VLAN without an address of its own advertises from its parent's.
