@@ -150,8 +150,11 @@ while [ $i -lt 10 ]; do
   i=$((i+1))
 done
 run requests_nat echo "answered $ok of 10"
+# IPVS folds its per-CPU counters into the totals every 2 s: wait (bounded) until both services show every
+# connection (31 on port 80 with the first request, 10 on port 9000).
+conns() { lbipvs -Ln --stats | awk -v k="$1" '$2 == k { print $3; exit }'; }
 i=0
-while c=$(lbipvs -Ln --stats | awk '$2 == "[2001:2::10]:80" { print $3; exit }'); [ "${c:-0}" -lt 30 ]; do
+while c=$(conns "[2001:2::10]:80"); n=$(conns "[2001:2::10]:9000"); [ "${c:-0}" -lt 31 ] || [ "${n:-0}" -lt 10 ]; do
   i=$((i+1)); if [ $i -gt 80 ]; then echo "TIMEOUT waiting for the IPVS counters"; break; fi
   sleep 0.1
 done
