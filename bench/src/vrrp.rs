@@ -2,7 +2,8 @@
 //! namespaces on the host kernel (root). Per trial: a fresh lab (switch, master 150, backup 100, prober), the
 //! pair elects, the prober pings the VIP every 10 ms, the master's link goes down (`ip link set eth0 down` in its
 //! namespace: a dead node, not a killed process), and the prober's longest run of unanswered probes is the
-//! outage. Settings: VRRPv2 at 1 s adverts and VRRPv3 at 100 ms, `--trials` each (default 20), contenders
+//! outage. Settings: VRRPv2 at 1 s adverts, VRRPv3 at 100 ms, and VRRPv3 at 100 ms over IPv6 (the IPv6 VIP
+//! alone, pinged over ICMPv6; `v6`), `--trials` each (default 20), contenders
 //! interleaved trial by trial. Prints median and worst per contender and their ratios lbfleet/keepalived.
 //!
 //! `--soak SECONDS`: the CPU-saturation false-failover soak instead: one agent pair and one keepalived pair (v3,
@@ -19,8 +20,9 @@ use std::time::{Duration, Instant};
 use anyhow::ensure;
 use clap::Parser;
 use lbfleet_tests::vrrp_lab::{
-    self, agent_state, holds, ip, start_agent, start_keepalived, start_prober, status, stop_prober,
-    wait_for, wait_prober_ready, wait_prober_recovered, Lab, Vrrp, A, B, VIP,
+    self, agent_state, holds, ip, start_agent, start_keepalived, start_prober, start_prober_to,
+    status, stop_prober, wait_for, wait_prober_ready, wait_prober_recovered, Lab, Vrrp, A, B, VIP,
+    VIP6,
 };
 
 #[derive(Debug, Parser)]
@@ -31,7 +33,7 @@ struct Args {
     /// Trials per contender and setting
     #[arg(long, default_value_t = 20)]
     trials: usize,
-    /// Only this setting: v2 (1 s adverts) or v3 (100 ms)
+    /// Only this setting: v2 (1 s adverts), v3 (100 ms) or v6 (v3 over IPv6, 100 ms)
     #[arg(long)]
     only: Option<String>,
     /// Run the CPU-saturation soak for this many seconds instead
@@ -84,7 +86,11 @@ impl Contender {
     }
 }
 
+/// The settings of one pair; `version` 6 is VRRPv3 over IPv6.
 fn setting(version: u8) -> (Vrrp, Vrrp) {
+    if version == 6 {
+        return (Vrrp::v6(150), Vrrp::v6(100));
+    }
     let interval_ms = if version == 2 { 1000 } else { 100 };
     let v = |priority| Vrrp {
         version,
@@ -100,23 +106,24 @@ fn trial(c: Contender, version: u8) -> f64 {
     let m = lab.host("m", A);
     let b = lab.host("b", B);
     let (vm, vb) = setting(version);
+    let vip = if version == 6 { VIP6 } else { VIP };
     c.start(&mut lab, &m, "master", &vm);
     wait_for(Duration::from_secs(20), "master holds the VIP", || {
-        holds(&m, VIP)
+        holds(&m, vip)
     });
     c.start(&mut lab, &b, "backup", &vb);
     wait_for(Duration::from_secs(20), "backup in BACKUP", || {
         c.is_backup(&lab, "backup")
     });
-    start_prober(&mut lab, 6000);
+    start_prober_to(&mut lab, 6000, vip);
     wait_prober_ready(&lab);
     // Let the prober run a few probes and the backup hear a few adverts in steady state.
     wait_for(Duration::from_secs(10), "steady state", || {
-        lab.log("prober").lines().any(|l| l == "ready") && holds(&m, VIP) && !holds(&b, VIP)
+        lab.log("prober").lines().any(|l| l == "ready") && holds(&m, vip) && !holds(&b, vip)
     });
     ip(&["-n", &m, "link", "set", "eth0", "down"]);
     wait_for(Duration::from_secs(20), "backup takes the VIP", || {
-        holds(&b, VIP)
+        holds(&b, vip)
     });
     wait_prober_recovered(&lab);
     let (_, _, longest_ms, _) = stop_prober(&mut lab);
@@ -140,8 +147,9 @@ fn failover(args: &Args) -> anyhow::Result<()> {
     let versions: Vec<u8> = match args.only.as_deref() {
         Some("v2") => vec![2],
         Some("v3") => vec![3],
-        None => vec![3, 2],
-        Some(o) => anyhow::bail!("--only v2 or v3, not {o}"),
+        Some("v6") => vec![6],
+        None => vec![3, 6, 2],
+        Some(o) => anyhow::bail!("--only v2, v3 or v6, not {o}"),
     };
     let mut table = String::new();
     for version in versions {
@@ -160,7 +168,8 @@ fn failover(args: &Args) -> anyhow::Result<()> {
         let (lw, kw) = (worst(&results[0]), worst(&results[1]));
         let (lm, km) = (median(&mut results[0]), median(&mut results[1]));
         let line = format!(
-            "| v{version}, {} adverts | {} | {lm:.0} ms | {lw:.0} ms | {km:.0} ms | {kw:.0} ms | {:.2}x | {:.2}x |\n",
+            "| {}, {} adverts | {} | {lm:.0} ms | {lw:.0} ms | {km:.0} ms | {kw:.0} ms | {:.2}x | {:.2}x |\n",
+            if version == 6 { "v3 over IPv6".to_owned() } else { format!("v{version}") },
             if version == 2 { "1 s" } else { "100 ms" },
             args.trials,
             lm / km,

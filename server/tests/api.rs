@@ -1712,3 +1712,46 @@ async fn database_files_are_private() {
         assert_eq!(mode, 0o600, "{}", path.display());
     }
 }
+
+/// Issue 23 item 3: a dual-stack cluster (an IPv4 and an IPv6 VIP, IPv6 DR and NAT services) is accepted,
+/// read back in canonical text, shown on its page with the IPv6 real servers' setup, and IPv6 TUN is refused
+/// with the field named.
+#[tokio::test]
+async fn a_dual_stack_cluster_round_trips_and_shows_its_ipv6_services() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = TestServer::start(dir.path()).await;
+    let op = &srv.tokens.operator;
+    let rs = |a: &str, port: u16| json!({"address": a, "port": port, "weight": 1});
+    let mut spec = json!({
+        "vrid": 51, "interface": "eth0", "vrrp_version": 3, "advert_interval_ms": 100,
+        "vips": ["198.18.0.10/24", "2001:2:0::10/64"],
+        "services": [
+            {"vip": "2001:2::10", "port": 80, "protocol": "tcp", "scheduler": "wrr", "forward": "dr",
+             "check": {"kind": "tcp"}, "real_servers": [rs("2001:2::51", 80)]},
+            {"vip": "2001:2::10", "port": 8080, "protocol": "tcp", "scheduler": "wrr", "forward": "nat",
+             "check": {"kind": "http", "path": "/healthz", "expect_status": 200},
+             "real_servers": [rs("2001:2:1::1", 8080)]},
+            {"vip": "198.18.0.10", "port": 80, "protocol": "tcp", "scheduler": "wrr", "forward": "nat",
+             "check": {"kind": "tcp"}, "real_servers": [rs("198.18.2.1", 8080)]}
+        ]
+    });
+    let (s, body) = srv.put("/api/v1/clusters/ext", op, spec.clone()).await;
+    assert_eq!(s, StatusCode::CREATED, "{body}");
+    let (s, got) = srv.get("/api/v1/clusters/ext", op).await;
+    assert_eq!(s, StatusCode::OK, "{got}");
+    let text = got.to_string();
+    assert!(text.contains("2001:2::10/64"), "{text}");
+    assert!(!text.contains("2001:2:0::10"), "canonical text: {text}");
+    let page = srv.page_as("view", "/clusters/ext").await;
+    assert!(page.contains("[2001:2::10]:80"), "{page}");
+    assert!(page.contains("2001:2::51"), "{page}");
+    assert!(
+        page.contains("ip addr replace 2001:2::10/128 dev lo"),
+        "{page}"
+    );
+
+    spec["services"][0]["forward"] = json!("tun");
+    let (s, body) = srv.put("/api/v1/clusters/ext", op, spec).await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert!(body.to_string().contains("services[0].forward"), "{body}");
+}

@@ -264,7 +264,7 @@ impl Drop for Netns {
 
 /// Whether any interface in the namespace named `ns` holds IPv4 `address` now.
 pub fn holds(ns: &str, address: &str) -> bool {
-    run(Command::new("ip").args(["-n", ns, "-4", "-o", "addr", "show"])).is_ok_and(|o| {
+    run(Command::new("ip").args(["-n", ns, "-o", "addr", "show"])).is_ok_and(|o| {
         String::from_utf8_lossy(&o.stdout)
             .split_whitespace()
             .any(|w| w.split('/').next() == Some(address))

@@ -53,6 +53,16 @@ pub fn db_url(path: &Path) -> String {
     }
 }
 
+/// The state directory (server id, self-signed TLS pair) of a test server whose database `db_path` names: the
+/// test's directory, on either backend (a PostgreSQL URL has no directory; the default would be the working
+/// directory, shared by every test of the process).
+fn state_dir_of(db_path: &Path) -> PathBuf {
+    db_path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+}
+
 /// The SQLite URL of `path`, whatever backend the tests run on (tests of the SQLite file itself).
 pub fn sqlite_url(path: &Path) -> String {
     format!("sqlite://{}", path.display())
@@ -127,6 +137,7 @@ impl TestServer {
         tweak: impl FnOnce(&mut ServerConfig),
     ) -> TestServer {
         let mut config = ServerConfig::with_database(db_url(&db_path));
+        config.state_dir = state_dir_of(&db_path);
         tweak(&mut config);
         Self::start_config(db_path, tokens, config).await
     }
@@ -188,6 +199,7 @@ impl TestServer {
         tftp: tokio::net::UdpSocket,
     ) -> TestServer {
         let mut config = ServerConfig::with_database(url);
+        config.state_dir = state_dir_of(&db_path);
         config.boot = Some(boot);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());

@@ -1,7 +1,9 @@
 //! A small network-namespace lab for the VRRP tests and benchmark, on the host kernel: one switch namespace
 //! with a bridge, load-balancer namespaces each with `eth0` on it and `int0` on a second bridge (the internal
 //! network, for internal VIPs), and a prober namespace. Names carry a per-lab suffix
-//! (`netns::unique_suffix`), addresses come from 198.18.0.0/24, and everything the lab started or created
+//! (`netns::unique_suffix`), addresses come from 198.18.0.0/24 (and, for the IPv6 tests, 2001:2::/64: a host
+//! `198.18.0.x` also has `2001:2::x/64` on `eth0`; duplicate address detection is off in the lab, so
+//! link-local addresses are usable at once, and addresses survive a link flap), and everything the lab started or created
 //! (processes by PID, namespaces: the kit's `netns::Netns`) is removed on drop, also when a test panics. The
 //! contenders (`start_agent`, `start_keepalived`) and the prober are shared by the tests
 //! (`tests/vrrp_netns.rs`) and the benchmark (`bench/src/vrrp.rs`). Setup failures panic: they are test
@@ -74,6 +76,20 @@ impl Lab {
     fn add_ns(&mut self, name: &str) -> &Netns {
         let ns = must(Netns::create(name));
         must(ns.link_up("lo"));
+        // Before any interface exists, so every one inherits it: no DAD wait for link-local addresses.
+        must(netns::run(Command::new("ip").args([
+            "netns",
+            "exec",
+            name,
+            "sysctl",
+            "-qw",
+            "net.ipv6.conf.all.accept_dad=0",
+            "net.ipv6.conf.default.accept_dad=0",
+            // A link flap keeps the IPv6 addresses, as it keeps the IPv4 ones (the kernel's default flushes
+            // them; a host's network manager would put them back).
+            "net.ipv6.conf.all.keep_addr_on_down=1",
+            "net.ipv6.conf.default.keep_addr_on_down=1",
+        ])));
         self.namespaces.push(ns);
         &self.namespaces[self.namespaces.len() - 1]
     }
@@ -99,6 +115,9 @@ impl Lab {
             must(sw.ip(&["link", "set", sw_end, "master", bridge, "up"]));
             must(ns.addr_add(&cidr, host_end));
             must(ns.link_up(host_end));
+        }
+        if let Some(v6) = lab_ipv6(address) {
+            must(ns.ip(&["addr", "add", &format!("{v6}/64"), "dev", "eth0", "nodad"]));
         }
         name
     }
@@ -258,10 +277,17 @@ pub fn unix_us() -> u64 {
 // Contenders: lbfleet-agent (`apply --watch`) and keepalived, and the prober.
 
 pub const VIP: &str = "198.18.0.10";
+/// The IPv6 VIP of the IPv6 and dual-stack tests.
+pub const VIP6: &str = "2001:2::10";
 pub const INTERNAL_VIP: &str = "198.18.2.254";
 pub const A: &str = "198.18.0.2";
 pub const B: &str = "198.18.0.3";
 pub const PROBER: &str = "198.18.0.200";
+/// The IPv6 twin of a lab address: `198.18.0.x` -> `2001:2::x` (hex digits of x's decimal text, as written).
+pub fn lab_ipv6(v4: &str) -> Option<String> {
+    v4.strip_prefix("198.18.0.").map(|x| format!("2001:2::{x}"))
+}
+
 /// Generous bounds: the machine is shared; precise figures are in bench/vrrp.
 pub const ELECTION: Duration = Duration::from_secs(15);
 
@@ -284,6 +310,8 @@ pub struct Vrrp {
     pub preempt: bool,
     pub peers: Vec<&'static str>,
     pub internal: bool,
+    /// The VIPs (address/prefix) on `eth0`: `198.18.0.10/32` unless a test says otherwise (IPv6, dual-stack).
+    pub vips: Vec<&'static str>,
 }
 
 impl Vrrp {
@@ -295,13 +323,22 @@ impl Vrrp {
             preempt: true,
             peers: vec![],
             internal: false,
+            vips: vec!["198.18.0.10/32"],
+        }
+    }
+
+    /// VRRPv3 with the IPv6 VIP alone (VRRP over IPv6).
+    pub fn v6(priority: u8) -> Vrrp {
+        Vrrp {
+            vips: vec!["2001:2::10/128"],
+            ..Vrrp::v3(priority)
         }
     }
 }
 
 /// Starts an agent named `name` in `ns`; returns its state directory.
 pub fn start_agent(lab: &mut Lab, ns: &str, name: &str, v: &Vrrp) -> PathBuf {
-    let mut vips = vec![json!(format!("{VIP}/32"))];
+    let mut vips: Vec<serde_json::Value> = v.vips.iter().map(|a| json!(a)).collect();
     if v.internal {
         vips.push(json!({"address": format!("{INTERNAL_VIP}/24"), "interface": "int0"}));
     }
@@ -346,13 +383,27 @@ pub fn start_keepalived(lab: &mut Lab, ns: &str, name: &str, v: &Vrrp) {
     } else {
         format!("unicast_peer {{ {} }}", v.peers.join(" "))
     };
+    // keepalived's instance runs over the family of its first address; addresses of the other family go in
+    // virtual_ipaddress_excluded (moved with the state, not advertised), which is what lbfleet does too.
+    let v4_first = v.vips.iter().any(|a| !a.contains(':'));
+    let (advertised, excluded): (Vec<&str>, Vec<&str>) =
+        v.vips.iter().partition(|a| a.contains(':') != v4_first);
     let conf = format!(
         "global_defs {{\n  router_id {name}\n  vrrp_version {}\n  script_user root\n  enable_script_security\n}}\n\
          vrrp_instance VI_51 {{\n  state BACKUP\n  interface eth0\n  virtual_router_id 51\n  priority {}\n  \
-         advert_int {interval}\n  {}\n  {peers}\n  virtual_ipaddress {{\n    {VIP}/32\n  }}\n}}\n",
+         advert_int {interval}\n  {}\n  {peers}\n  virtual_ipaddress {{\n    {}\n  }}\n{}}}\n",
         v.version,
         v.priority,
         if v.preempt { "" } else { "nopreempt" },
+        advertised.join("\n    "),
+        if excluded.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "  virtual_ipaddress_excluded {{\n    {}\n  }}\n",
+                excluded.join("\n    ")
+            )
+        },
     );
     let conf_file = lab.path(&format!("{name}.conf"));
     std::fs::write(&conf_file, conf).unwrap();
@@ -400,6 +451,11 @@ pub fn agent_state(state: &Path) -> String {
 
 /// Starts the prober in its own namespace; stop it with `stop_prober`.
 pub fn start_prober(lab: &mut Lab, count: u32) -> String {
+    start_prober_to(lab, count, VIP)
+}
+
+/// Starts the prober pinging `target` (IPv4 or IPv6) in its own namespace.
+pub fn start_prober_to(lab: &mut Lab, count: u32, target: &str) -> String {
     let ns = lab.host("pr", PROBER);
     let stop = lab.path("prober.stop");
     let bin = tool("vrrp-prober");
@@ -408,7 +464,7 @@ pub fn start_prober(lab: &mut Lab, count: u32) -> String {
         "prober",
         &bin,
         &[
-            VIP,
+            target,
             "--interval-ms",
             "10",
             "--count",

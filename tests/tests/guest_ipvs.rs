@@ -157,6 +157,11 @@ cap cap_add_udp ipvsadm -A -u 198.18.0.10:53 -s sh
 cap cap_list ipvsadm -Ln
 cap cap_del_dest ipvsadm -d -t 198.18.0.10:80 -r 198.18.2.1:8080
 cap cap_del_svc ipvsadm -D -t 198.18.0.10:80
+# IPv6 after the listing (cap_list's services are the IPv4 ones and the fwmarks).
+cap cap_add_svc6 ipvsadm -A -t [2001:2::10]:80 -s wrr
+cap cap_add_dest6 ipvsadm -a -t [2001:2::10]:80 -r [2001:2::2:1]:8080 -m -w 3
+cap cap_add_dest6_dr ipvsadm -a -t [2001:2::10]:80 -r [2001:2::51]:80 -g -w 1
+cap cap_edit_svc6 ipvsadm -E -t [2001:2::10]:80 -s rr -p 300 -M 64
 ipvsadm -C
 cap cap_start_daemon ipvsadm --start-daemon master --mcast-interface lo --syncid 7
 ipvsadm --stop-daemon master
@@ -363,6 +368,14 @@ fn tcp80() -> ServiceKey {
     }
 }
 
+fn tcp6() -> ServiceKey {
+    ServiceKey::Addr {
+        protocol: IpProto::Tcp,
+        addr: "2001:2::10".parse().unwrap(),
+        port: 80,
+    }
+}
+
 fn dest(addr: &str, port: u16, forward: Forward, weight: u32) -> Destination {
     Destination::new(addr.parse().unwrap(), port, forward, weight)
 }
@@ -373,6 +386,10 @@ fn codec_sends_the_same_bytes_as_ipvsadm() {
     persistent.flags = SVC_F_PERSISTENT;
     persistent.timeout_s = 300;
     persistent.netmask_prefix = 24;
+    let mut persistent6 = Service::new(tcp6(), "rr");
+    persistent6.flags = SVC_F_PERSISTENT;
+    persistent6.timeout_s = 300;
+    persistent6.netmask_prefix = 64;
     let cases: Vec<(&str, IpvsRequest)> = vec![
         (
             "cap_add_svc",
@@ -426,6 +443,20 @@ fn codec_sends_the_same_bytes_as_ipvsadm() {
                 "sh",
             )),
         ),
+        // IPv6 (issue 23 item 3): AF_INET6, 16-byte addresses, the persistence netmask as a prefix length.
+        (
+            "cap_add_svc6",
+            IpvsRequest::NewService(Service::new(tcp6(), "wrr")),
+        ),
+        (
+            "cap_add_dest6",
+            IpvsRequest::NewDest(tcp6(), dest("2001:2::2:1", 8080, Forward::Masq, 3)),
+        ),
+        (
+            "cap_add_dest6_dr",
+            IpvsRequest::NewDest(tcp6(), dest("2001:2::51", 80, Forward::Route, 1)),
+        ),
+        ("cap_edit_svc6", IpvsRequest::SetService(persistent6)),
         ("cap_list", IpvsRequest::DumpServices),
     ];
     let mut mismatches = Vec::new();

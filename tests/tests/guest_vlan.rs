@@ -75,18 +75,22 @@ run created ip -n a -d link show eth0.100
 run a_vip ip -n a -4 addr show dev eth0.100
 run ping_a ip netns exec pr ping -c 3 -W 2 198.18.100.10
 
+# How often each has entered a state so far (b may have been master for a moment at startup, before a
+# preempted it): the waits below count from here.
+count() { grep -c "$2" "$1"; }
+bm=$(count /tmp/b.log "to=Master"); bb=$(count /tmp/b.log "to=Backup"); am=$(count /tmp/a.log "to=Master")
 # a's parent link goes down: a is FAULT (VIP released), b takes over on its VLAN.
 ip -n a link set eth0 down
 waitcount /tmp/a.log "to=Fault" 1
-waitcount /tmp/b.log "to=Master" 1
+waitcount /tmp/b.log "to=Master" $((bm+1))
 run a_vip_fault ip -n a -4 addr show dev eth0.100
 run b_vip ip -n b -4 addr show dev eth0.100
 run ping_b ip netns exec pr ping -c 3 -W 2 198.18.100.10
 
 # The link returns: a goes through BACKUP and takes the VIP back (preempt).
 ip -n a link set eth0 up
-waitcount /tmp/a.log "to=Master" 2
-waitcount /tmp/b.log "to=Backup" 2
+waitcount /tmp/a.log "to=Master" $((am+1))
+waitcount /tmp/b.log "to=Backup" $((bb+1))
 run a_vip_back ip -n a -4 addr show dev eth0.100
 run ping_back ip netns exec pr ping -c 3 -W 2 198.18.100.10
 

@@ -405,7 +405,7 @@ async fn quorum_lowers_a_vrrp_masters_priority_until_it_yields() {
             g.1.extend(actions);
         }
     }
-    let lab = |n: u8| Ipv4Addr::new(198, 18, 0, n);
+    let lab = |n: u8| std::net::IpAddr::V4(Ipv4Addr::new(198, 18, 0, n));
     let vips = vec![lab(10)];
     let mut instance = Instance::new(InstanceConfig {
         version: Version::V3,

@@ -1,5 +1,7 @@
-//! Sans-IO rtnetlink codec for what the agent needs: IPv4 addresses (`RTM_NEWADDR`/`RTM_DELADDR`/
-//! `RTM_GETADDR`), links (`RTM_GETLINK`), and the 802.1Q links it creates for a VLAN interface
+//! Sans-IO rtnetlink codec for what the agent needs: IPv4 and IPv6 addresses (`RTM_NEWADDR`/`RTM_DELADDR`/
+//! `RTM_GETADDR`; IPv6 VIPs are added with `IFA_F_NODAD`, usable at once, and deprecated, never picked as
+//! the source of the node's own connections (`ip -6 addr add ... nodad preferred_lft 0`, as keepalived users
+//! do): a health check of a DR real server from the VIP would get its answer on the real server's own `lo`), links (`RTM_GETLINK`), and the 802.1Q links it creates for a VLAN interface
 //! (`RTM_NEWLINK` with `IFLA_LINKINFO` kind `vlan`, `RTM_DELLINK`). Layouts from linux `if_addr.h`,
 //! `if_link.h` and `rtnetlink.h`:
 //!
@@ -8,7 +10,7 @@
 //!  nlmsghdr (16) | ifinfomsg: family u8 | pad u8 | type u16 | index i32 | flags u32 | change u32 | IFLA_* attrs
 //! ```
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use crate::netlink::{
     message, AttrWriter, Attrs, DecodeError, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL,
@@ -25,6 +27,7 @@ pub const RTM_GETADDR: u16 = 22;
 pub const IFA_ADDRESS: u16 = 1;
 pub const IFA_LOCAL: u16 = 2;
 pub const IFA_LABEL: u16 = 3;
+pub const IFA_CACHEINFO: u16 = 6;
 
 pub const IFLA_ADDRESS: u16 = 1;
 pub const IFLA_IFNAME: u16 = 3;
@@ -39,15 +42,21 @@ pub const IFF_UP: u32 = 0x1;
 pub const IFF_RUNNING: u32 = 0x40;
 
 const AF_INET: u8 = 2;
+const AF_INET6: u8 = 10;
+/// No duplicate address detection: a VIP that moves to a new master must answer at once, and a
+/// tentative address cannot be an advert's or a neighbour advertisement's source.
+pub const IFA_F_NODAD: u8 = 0x02;
+/// Duplicate address detection is still running: not usable yet.
+pub const IFA_F_TENTATIVE: u8 = 0x40;
 const AF_UNSPEC: u8 = 0;
 const IFADDRMSG_LEN: usize = 8;
 const IFINFOMSG_LEN: usize = 16;
 
-/// An IPv4 address with its prefix on one interface.
+/// An IPv4 or IPv6 address with its prefix on one interface.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct InterfaceAddress {
     pub index: u32,
-    pub address: Ipv4Addr,
+    pub address: IpAddr,
     pub prefix: u8,
 }
 
@@ -68,20 +77,38 @@ pub struct Link {
     pub alias: Option<String>,
 }
 
-fn ifaddrmsg(prefix: u8, index: u32) -> [u8; IFADDRMSG_LEN] {
+fn ifaddrmsg(address: IpAddr, prefix: u8, index: u32) -> [u8; IFADDRMSG_LEN] {
     let mut h = [0u8; IFADDRMSG_LEN];
-    h[0] = AF_INET;
+    (h[0], h[2]) = match address {
+        IpAddr::V4(_) => (AF_INET, 0),
+        IpAddr::V6(_) => (AF_INET6, IFA_F_NODAD),
+    };
     h[1] = prefix;
-    // flags 0, scope RT_SCOPE_UNIVERSE (0)
+    // scope RT_SCOPE_UNIVERSE (0)
     h[4..8].copy_from_slice(&index.to_ne_bytes());
     h
 }
 
+fn octets(a: IpAddr) -> Vec<u8> {
+    match a {
+        IpAddr::V4(a) => a.octets().to_vec(),
+        IpAddr::V6(a) => a.octets().to_vec(),
+    }
+}
+
 fn addr_message(msg_type: u16, flags: u16, a: &InterfaceAddress, seq: u32, pid: u32) -> Vec<u8> {
     let mut w = AttrWriter::default();
-    w.bytes(IFA_LOCAL, &a.address.octets());
-    w.bytes(IFA_ADDRESS, &a.address.octets());
-    let mut payload = ifaddrmsg(a.prefix, a.index).to_vec();
+    w.bytes(IFA_LOCAL, &octets(a.address));
+    w.bytes(IFA_ADDRESS, &octets(a.address));
+    if msg_type == RTM_NEWADDR && a.address.is_ipv6() {
+        // struct ifa_cacheinfo: preferred 0 (deprecated), valid forever, two time stamps.
+        let mut info = Vec::with_capacity(16);
+        for v in [0u32, u32::MAX, 0, 0] {
+            info.extend_from_slice(&v.to_ne_bytes());
+        }
+        w.bytes(IFA_CACHEINFO, &info);
+    }
+    let mut payload = ifaddrmsg(a.address, a.prefix, a.index).to_vec();
     payload.extend_from_slice(&w.into_bytes());
     message(msg_type, flags, seq, pid, &payload)
 }
@@ -102,10 +129,10 @@ pub fn del_address(a: &InterfaceAddress, seq: u32, pid: u32) -> Vec<u8> {
     addr_message(RTM_DELADDR, NLM_F_REQUEST | NLM_F_ACK, a, seq, pid)
 }
 
-/// Dump of every IPv4 address.
+/// Dump of every address, IPv4 and IPv6 (family `AF_UNSPEC`).
 pub fn dump_addresses(seq: u32, pid: u32) -> Vec<u8> {
     let mut h = [0u8; IFADDRMSG_LEN];
-    h[0] = AF_INET;
+    h[0] = AF_UNSPEC;
     message(RTM_GETADDR, NLM_F_REQUEST | NLM_F_DUMP, seq, pid, &h)
 }
 
@@ -169,7 +196,8 @@ pub fn dump_links(seq: u32, pid: u32) -> Vec<u8> {
     message(RTM_GETLINK, NLM_F_REQUEST | NLM_F_DUMP, seq, pid, &h)
 }
 
-/// An address from an `RTM_NEWADDR` dump payload; `None` for non-IPv4 entries.
+/// An address from an `RTM_NEWADDR` dump payload; `None` for other families and for IPv6 addresses still
+/// in duplicate address detection (`IFA_F_TENTATIVE`: not usable as a source yet).
 pub fn parse_address(
     msg_type: u16,
     payload: &[u8],
@@ -182,7 +210,7 @@ pub fn parse_address(
         need: IFADDRMSG_LEN,
         have: payload.len(),
     })?;
-    if h[0] != AF_INET {
+    if h[0] != AF_INET && h[0] != AF_INET6 {
         return Ok(None);
     }
     let attrs = Attrs::parse(&payload[IFADDRMSG_LEN..])?;
@@ -192,10 +220,19 @@ pub fn parse_address(
     } else {
         IFA_ADDRESS
     };
-    let octets: [u8; 4] = attrs.fixed(ty, "IFA_LOCAL")?;
+    let address = if h[0] == AF_INET {
+        let o: [u8; 4] = attrs.fixed(ty, "IFA_LOCAL")?;
+        IpAddr::V4(Ipv4Addr::from(o))
+    } else {
+        if h[2] & IFA_F_TENTATIVE != 0 {
+            return Ok(None);
+        }
+        let o: [u8; 16] = attrs.fixed(ty, "IFA_ADDRESS")?;
+        IpAddr::V6(Ipv6Addr::from(o))
+    };
     Ok(Some(InterfaceAddress {
         index: u32::from_ne_bytes([h[4], h[5], h[6], h[7]]),
-        address: Ipv4Addr::from(octets),
+        address,
         prefix: h[1],
     }))
 }
@@ -272,6 +309,44 @@ mod tests {
         assert_eq!(parse_address(RTM_NEWADDR, payload).unwrap(), Some(a));
         assert!(parse_address(RTM_NEWADDR, &payload[..6]).is_err());
         assert!(parse_address(RTM_NEWADDR, &payload[..12]).is_err());
+    }
+
+    /// What `ip -6 addr add 2001:2::10/128 dev <index 7> nodad preferred_lft 0` sends (iproute2 6.1, strace):
+    /// AF_INET6, IFA_F_NODAD in ifa_flags, IFA_LOCAL and IFA_ADDRESS of 16 bytes each, IFA_CACHEINFO
+    /// {ifa_prefered=0, ifa_valid=4294967295, cstamp=0, tstamp=0}.
+    #[test]
+    fn new_ipv6_address_bytes() {
+        let a = InterfaceAddress {
+            index: 7,
+            address: "2001:2::10".parse().unwrap(),
+            prefix: 128,
+        };
+        let got = new_address(&a, 9, 0);
+        let v6 = [0x20, 0x01, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10];
+        #[rustfmt::skip]
+        let want: Vec<u8> = [
+            &[84, 0, 0, 0, 20, 0, 0x05, 0x06, 9, 0, 0, 0, 0, 0, 0, 0][..], // len 84, NEWADDR
+            &[10, 128, 0x02, 0, 7, 0, 0, 0],                               // AF_INET6 /128 NODAD, index 7
+            &[20, 0, 2, 0], &v6,                                           // IFA_LOCAL
+            &[20, 0, 1, 0], &v6,                                           // IFA_ADDRESS
+            &[20, 0, 6, 0, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0, 0, 0, 0, 0], // IFA_CACHEINFO
+        ]
+        .concat();
+        assert_eq!(got, want);
+        let m = &decode_messages(&got).unwrap()[0];
+        let crate::netlink::Body::Data(payload) = m.body else {
+            panic!()
+        };
+        assert_eq!(parse_address(RTM_NEWADDR, payload).unwrap(), Some(a));
+        // A delete names the address only.
+        assert_eq!(del_address(&a, 10, 0).len(), 64);
+        // A tentative address (DAD running) is not reported.
+        let mut tentative = payload.to_vec();
+        tentative[2] = IFA_F_TENTATIVE;
+        assert_eq!(parse_address(RTM_NEWADDR, &tentative).unwrap(), None);
+        // A family the agent does not use.
+        tentative[0] = 17;
+        assert_eq!(parse_address(RTM_NEWADDR, &tentative).unwrap(), None);
     }
 
     #[test]

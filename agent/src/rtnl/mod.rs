@@ -127,7 +127,7 @@ mod tests {
         assert!(lo.up);
         let addrs = s.addresses().unwrap_or_else(|e| panic!("{e}"));
         assert!(addrs.iter().any(|a| a.index == lo.index
-            && a.address == std::net::Ipv4Addr::LOCALHOST
+            && a.address == std::net::IpAddr::from(std::net::Ipv4Addr::LOCALHOST)
             && a.prefix == 8));
     }
 }

@@ -43,6 +43,9 @@ pub enum DecodeError {
     /// An IP fragment (adverts are never fragmented).
     #[error("fragmented IP packet")]
     Fragmented,
+    /// Source and destination of different address families (a caller's mistake, never on the wire).
+    #[error("source and destination of different address families")]
+    FamilyMismatch,
 }
 
 impl DecodeError {
@@ -59,6 +62,7 @@ impl DecodeError {
             DecodeError::BadProtocol(_) => DropReason::BadProtocol,
             DecodeError::BadTtl(_) => DropReason::BadTtl,
             DecodeError::Fragmented => DropReason::Fragmented,
+            DecodeError::FamilyMismatch => DropReason::BadIpHeader,
         }
     }
 }
@@ -175,4 +179,8 @@ pub enum ConfigError {
     NoVips,
     #[error("at most {max} virtual addresses fit in one advert, got {got}")]
     TooManyVips { got: usize, max: usize },
+    #[error("virtual address {0} is not of the family the instance runs over")]
+    VipFamily(std::net::IpAddr),
+    #[error("VRRPv2 runs over IPv4 only")]
+    V2OverIpv6,
 }

@@ -22,7 +22,7 @@
 //! ARP) as on every transition to Master. A Master that stayed Master on a dead link would, on the link's
 //! return, leave the hosts' ARP caches pointing at the router that took over meanwhile.
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use super::error::{ConfigError, DropReason};
@@ -50,11 +50,12 @@ pub struct InstanceConfig {
     /// v3 Accept_Mode: a non-owner Master accepts packets addressed to the virtual addresses. The state
     /// machine does not use it; the I/O layer does.
     pub accept: bool,
-    /// This router's primary address on the VRRP interface: the advert source, and the tie-break between
-    /// equal priorities (the higher address wins).
-    pub primary_address: Ipv4Addr,
+    /// This router's primary address on the VRRP interface (IPv6: its link-local address): the advert source,
+    /// the family the instance runs over, and the tie-break between equal priorities (the higher address
+    /// wins).
+    pub primary_address: IpAddr,
     /// The virtual addresses the adverts carry (1-255), in the order they are sent.
-    pub vips: Vec<Ipv4Addr>,
+    pub vips: Vec<IpAddr>,
     /// v2 authentication sent and required on receive ([`Auth::NONE`] unless the peer uses a password).
     /// Ignored for v3.
     pub auth: Auth,
@@ -85,6 +86,16 @@ impl InstanceConfig {
         }
         if self.vips.is_empty() {
             return Err(ConfigError::NoVips);
+        }
+        if let Some(v) = self
+            .vips
+            .iter()
+            .find(|v| v.is_ipv4() != self.primary_address.is_ipv4())
+        {
+            return Err(ConfigError::VipFamily(*v));
+        }
+        if self.version == Version::V2 && self.primary_address.is_ipv6() {
+            return Err(ConfigError::V2OverIpv6);
         }
         if self.vips.len() > MAX_ADDRESSES {
             return Err(ConfigError::TooManyVips {
@@ -137,10 +148,7 @@ pub enum Input {
     Shutdown,
     /// A decoded advert from `from` (the IPv4 source). The instance validates it against its config first:
     /// see [`Instance::validate`].
-    AdvertReceived {
-        from: Ipv4Addr,
-        advert: Advertisement,
-    },
+    AdvertReceived { from: IpAddr, advert: Advertisement },
     /// The timer from [`Action::StartMasterDownTimer`] fired.
     MasterDownTimerExpired,
     /// The timer from [`Action::StartAdvertTimer`] fired.
@@ -194,9 +202,9 @@ pub enum TransitionReason {
     /// Backup to Master: the master sent priority 0 (it stopped) and Skew_Time passed.
     MasterStopped,
     /// Master to Backup: an advert with a higher priority.
-    HigherPriority { from: Ipv4Addr, priority: u8 },
+    HigherPriority { from: IpAddr, priority: u8 },
     /// Master to Backup: an advert with the same priority from a higher primary address.
-    HigherAddress { from: Ipv4Addr },
+    HigherAddress { from: IpAddr },
     /// To Initialize on [`Input::Shutdown`].
     Shutdown,
     /// To Fault: the tracked link is down.
@@ -212,7 +220,7 @@ pub struct Instance {
     state: State,
     priority: u8,
     master_adver_interval: Duration,
-    master: Option<Ipv4Addr>,
+    master: Option<IpAddr>,
     master_priority: Option<u8>,
     master_down_at: Option<Instant>,
     advert_at: Option<Instant>,
@@ -256,7 +264,7 @@ impl Instance {
 
     /// The current master's address, for reports: this router's primary address in Master, the sender of
     /// the adverts heard in Backup, `None` when unknown (Initialize, no advert yet, or the master stopped).
-    pub fn master(&self) -> Option<Ipv4Addr> {
+    pub fn master(&self) -> Option<IpAddr> {
         self.master
     }
 
@@ -317,7 +325,7 @@ impl Instance {
     /// Checks a decoded advert from `from` against this instance (RFC 5798 and RFC 3768 section 7.1; the
     /// TTL, checksum and length checks are [`decode_ip_packet`](super::decode_ip_packet)'s).
     /// [`Instance::handle`] runs it on every [`Input::AdvertReceived`].
-    pub fn validate(&self, from: Ipv4Addr, advert: &Advertisement) -> Result<(), DropReason> {
+    pub fn validate(&self, from: IpAddr, advert: &Advertisement) -> Result<(), DropReason> {
         let c = &self.config;
         if advert.vrid != c.vrid {
             return Err(DropReason::VridMismatch);
@@ -473,7 +481,7 @@ impl Instance {
 
     fn backup_receive(
         &mut self,
-        from: Ipv4Addr,
+        from: IpAddr,
         advert: &Advertisement,
         now: Instant,
         out: &mut Vec<Action>,
@@ -502,7 +510,7 @@ impl Instance {
 
     fn master_receive(
         &mut self,
-        from: Ipv4Addr,
+        from: IpAddr,
         advert: &Advertisement,
         now: Instant,
         out: &mut Vec<Action>,
@@ -598,7 +606,7 @@ impl Instance {
 }
 
 /// Same set of addresses, in any order.
-fn same_addresses(a: &[Ipv4Addr], b: &[Ipv4Addr]) -> bool {
+fn same_addresses(a: &[IpAddr], b: &[IpAddr]) -> bool {
     let mut a = a.to_vec();
     let mut b = b.to_vec();
     a.sort_unstable();

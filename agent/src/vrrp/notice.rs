@@ -2,7 +2,7 @@
 //! transition. The daemon loop turns a [`VrrpNotice`] into its own event (`From`); nothing here knows the
 //! daemon, so the dependency runs one way (daemon -> vrrp).
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use lbfleet_proto::{VrrpState, VrrpTransition};
@@ -12,7 +12,7 @@ use lbfleet_proto::{VrrpState, VrrpTransition};
 pub struct VrrpStatus {
     pub state: VrrpState,
     /// The master's address as this node sees it.
-    pub master: Option<Ipv4Addr>,
+    pub master: Option<IpAddr>,
 }
 
 /// A notice from the VRRP task.

@@ -1,7 +1,10 @@
-//! VRRP advertisement codec, sans-IO: VRRPv3 for IPv4 (RFC 5798) and VRRPv2 (RFC 3768).
+//! VRRP advertisement codec, sans-IO: VRRPv3 for IPv4 and IPv6 (RFC 5798) and VRRPv2 (RFC 3768, IPv4 only).
 //!
-//! [`decode`] and [`encode`] work on the IP payload (what a raw `IPPROTO_VRRP` socket sends); the IPv4
-//! source and destination are inputs because the v3 checksum covers a pseudo-header. [`decode_ip_packet`]
+//! [`decode`] and [`encode`] work on the IP payload (what a raw `IPPROTO_VRRP` socket sends); the IP
+//! source and destination are inputs because the v3 checksum covers a pseudo-header, and their family says
+//! how wide the addresses in the message are (4 or 16 bytes). An IPv6 raw socket never hands over the IPv6
+//! header: [`decode_ipv6`] takes the payload with the source, destination and hop limit the socket
+//! reports (`IPV6_RECVPKTINFO`, `IPV6_RECVHOPLIMIT`). [`decode_ip_packet`]
 //! takes a whole IPv4 packet (what a raw socket receives) and checks the header fields VRRP relies on:
 //! protocol 112 and TTL 255 (an advert that crossed a router is spoofed or misrouted).
 //!
@@ -30,8 +33,10 @@
 //! +-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
 //! ```
 //! Max Adver Int is in centiseconds (12 bits). The checksum is the 16-bit one's complement of the one's
-//! complement sum of the VRRP message *and* the IPv4 pseudo-header (source, destination, zero, protocol 112,
-//! VRRP length), as for UDP.
+//! complement sum of the VRRP message *and* the IP pseudo-header, as for UDP: IPv4 (source, destination,
+//! zero, protocol 112, 16-bit VRRP length) or IPv6 (RFC 8200 section 8.1: source, destination, 32-bit VRRP
+//! length, three zero bytes, next header 112). Over IPv6 the source is the sender's link-local address, the
+//! destination ff02::12, the hop limit 255 (RFC 5798 section 5.1.2).
 //!
 //! VRRPv2 (RFC 3768 section 5.1):
 //! ```text
@@ -69,7 +74,7 @@
 //! ```
 
 use std::fmt;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
 
 use super::error::DecodeError;
@@ -78,6 +83,8 @@ use super::error::DecodeError;
 pub const IPPROTO_VRRP: u8 = 112;
 /// Multicast group adverts go to (RFC 5798 section 5.1.1.2).
 pub const VRRP_MULTICAST_V4: Ipv4Addr = Ipv4Addr::new(224, 0, 0, 18);
+/// The IPv6 group (RFC 5798 section 5.1.2.2).
+pub const VRRP_MULTICAST_V6: Ipv6Addr = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 0x12);
 /// The only TTL a sender uses and a receiver accepts.
 pub const VRRP_TTL: u8 = 255;
 /// The only VRRP packet type: ADVERTISEMENT.
@@ -180,8 +187,9 @@ pub struct Advertisement {
     pub advert_interval: u16,
     /// v2 authentication; always [`Auth::NONE`] for v3 (not on the wire).
     pub auth: Auth,
-    /// The virtual addresses (at most [`MAX_ADDRESSES`]; `encode` drops the rest).
-    pub addresses: Vec<Ipv4Addr>,
+    /// The virtual addresses, all of the family the advert travels in (at most [`MAX_ADDRESSES`]; `encode`
+    /// drops the rest, and addresses of the other family).
+    pub addresses: Vec<IpAddr>,
 }
 
 impl Advertisement {
@@ -193,25 +201,43 @@ impl Advertisement {
         }
     }
 
-    /// Length of the encoded VRRP message.
-    pub fn encoded_len(&self) -> usize {
-        let n = self.addresses.len().min(MAX_ADDRESSES);
+    /// Length of the encoded VRRP message when sent over `family` (an address of it: only the kind counts).
+    pub fn encoded_len(&self, family: IpAddr) -> usize {
+        let n = self.addresses_of(family).count();
         HEADER_LEN
-            + 4 * n
+            + address_len(family) * n
             + match self.version {
                 Version::V2 => AUTH_LEN,
                 Version::V3 => 0,
             }
     }
+
+    /// The addresses an advert over `family` carries: those of that family, at most [`MAX_ADDRESSES`].
+    fn addresses_of(&self, family: IpAddr) -> impl Iterator<Item = &IpAddr> {
+        self.addresses
+            .iter()
+            .filter(move |a| a.is_ipv4() == family.is_ipv4())
+            .take(MAX_ADDRESSES)
+    }
 }
 
-/// Decodes the VRRP message `ip_payload` received from `src` to `dst` (the IPv4 header's addresses, which the
-/// v3 checksum covers). Checks the version, type, length against the address count, and the checksum.
-pub fn decode(
-    ip_payload: &[u8],
-    src: Ipv4Addr,
-    dst: Ipv4Addr,
-) -> Result<Advertisement, DecodeError> {
+/// Bytes per address in a message sent over `family`'s IP.
+fn address_len(family: IpAddr) -> usize {
+    if family.is_ipv4() {
+        4
+    } else {
+        16
+    }
+}
+
+/// Decodes the VRRP message `ip_payload` received from `src` to `dst` (the IP header's addresses, which the
+/// v3 checksum covers; both of one family, else [`DecodeError::FamilyMismatch`]). Checks the version (v2
+/// only over IPv4), type, length against the address count, and the checksum.
+pub fn decode(ip_payload: &[u8], src: IpAddr, dst: IpAddr) -> Result<Advertisement, DecodeError> {
+    if src.is_ipv4() != dst.is_ipv4() {
+        return Err(DecodeError::FamilyMismatch);
+    }
+    let width = address_len(src);
     let len = ip_payload.len();
     let Some(header) = ip_payload.get(..HEADER_LEN) else {
         return Err(DecodeError::Truncated {
@@ -220,6 +246,7 @@ pub fn decode(
         });
     };
     let version = match Version::from_number(header[0] >> 4) {
+        Some(Version::V2) if src.is_ipv6() => return Err(DecodeError::BadVersion(2)),
         Some(v) => v,
         None => return Err(DecodeError::BadVersion(header[0] >> 4)),
     };
@@ -234,7 +261,7 @@ pub fn decode(
         Version::V2 => AUTH_LEN,
         Version::V3 => 0,
     };
-    let need = HEADER_LEN + 4 * usize::from(count) + trailer;
+    let need = HEADER_LEN + width * usize::from(count) + trailer;
     if len < need {
         return Err(DecodeError::Truncated { len, need });
     }
@@ -272,8 +299,11 @@ pub fn decode(
         ),
     };
     let addresses = ip_payload[HEADER_LEN..len - trailer]
-        .chunks_exact(4)
-        .map(|c| Ipv4Addr::new(c[0], c[1], c[2], c[3]))
+        .chunks_exact(width)
+        .map(|c| match <[u8; 16]>::try_from(c) {
+            Ok(o) => IpAddr::V6(Ipv6Addr::from(o)),
+            Err(_) => IpAddr::V4(Ipv4Addr::new(c[0], c[1], c[2], c[3])),
+        })
         .collect();
     Ok(Advertisement {
         version,
@@ -286,10 +316,11 @@ pub fn decode(
 }
 
 /// Encodes `advert` as the IP payload sent from `src` to `dst` (v3 puts them in the checksum; v2 ignores
-/// them). Out-of-range fields are bounded, never a panic: see [`Advertisement`].
-pub fn encode(advert: &Advertisement, src: Ipv4Addr, dst: Ipv4Addr) -> Vec<u8> {
-    let addresses = &advert.addresses[..advert.addresses.len().min(MAX_ADDRESSES)];
-    let mut out = Vec::with_capacity(advert.encoded_len());
+/// them; their family picks the addresses carried). Out-of-range fields are bounded, never a panic: see
+/// [`Advertisement`].
+pub fn encode(advert: &Advertisement, src: IpAddr, dst: IpAddr) -> Vec<u8> {
+    let addresses: Vec<&IpAddr> = advert.addresses_of(src).collect();
+    let mut out = Vec::with_capacity(advert.encoded_len(src));
     out.push((advert.version.number() << 4) | TYPE_ADVERTISEMENT);
     out.push(advert.vrid);
     out.push(advert.priority);
@@ -303,7 +334,10 @@ pub fn encode(advert: &Advertisement, src: Ipv4Addr, dst: Ipv4Addr) -> Vec<u8> {
     }
     out.extend_from_slice(&[0, 0]);
     for a in addresses {
-        out.extend_from_slice(&a.octets());
+        match a {
+            IpAddr::V4(a) => out.extend_from_slice(&a.octets()),
+            IpAddr::V6(a) => out.extend_from_slice(&a.octets()),
+        }
     }
     let initial = match advert.version {
         Version::V2 => {
@@ -392,14 +426,18 @@ pub fn decode_ip_packet(bytes: &[u8]) -> Result<(Ipv4Header, Advertisement), Dec
     if header.ttl != VRRP_TTL {
         return Err(DecodeError::BadTtl(header.ttl));
     }
-    let advert = decode(&bytes[header_len..total_len], header.src, header.dst)?;
+    let advert = decode(
+        &bytes[header_len..total_len],
+        header.src.into(),
+        header.dst.into(),
+    )?;
     Ok((header, advert))
 }
 
 /// Encodes `advert` in a whole IPv4 packet with `header` (no options; total length and header checksum
 /// computed), for a socket with `IP_HDRINCL` or a packet test.
 pub fn encode_ip_packet(header: &Ipv4Header, advert: &Advertisement) -> Vec<u8> {
-    let payload = encode(advert, header.src, header.dst);
+    let payload = encode(advert, header.src.into(), header.dst.into());
     let total = (IPV4_HEADER_LEN + payload.len()) as u16;
     let mut out = Vec::with_capacity(usize::from(total));
     out.push(0x45);
@@ -418,19 +456,47 @@ pub fn encode_ip_packet(header: &Ipv4Header, advert: &Advertisement) -> Vec<u8> 
     out
 }
 
-/// One's complement sum of the IPv4 pseudo-header for a `len`-byte VRRP message.
-fn pseudo_header_sum(src: Ipv4Addr, dst: Ipv4Addr, len: usize) -> u16 {
-    let mut pseudo = [0u8; 12];
-    pseudo[..4].copy_from_slice(&src.octets());
-    pseudo[4..8].copy_from_slice(&dst.octets());
-    pseudo[9] = IPPROTO_VRRP;
-    // A VRRP message is at most 8 + 4 * 255 + 8 bytes; anything longer was rejected before.
-    pseudo[10..12].copy_from_slice(&(len.min(usize::from(u16::MAX)) as u16).to_be_bytes());
-    ones_complement_sum(0, &pseudo)
+/// Decodes an advert an IPv6 raw socket received: the VRRP message `payload`, from `src` to `dst` with
+/// `hop_limit` (what the socket reports next to it). The hop limit must be 255 (RFC 5798 section 7.1).
+pub fn decode_ipv6(
+    payload: &[u8],
+    src: Ipv6Addr,
+    dst: Ipv6Addr,
+    hop_limit: u8,
+) -> Result<Advertisement, DecodeError> {
+    if hop_limit != VRRP_TTL {
+        return Err(DecodeError::BadTtl(hop_limit));
+    }
+    decode(payload, src.into(), dst.into())
+}
+
+/// One's complement sum of the IP pseudo-header for a `len`-byte VRRP message from `src` to `dst`.
+fn pseudo_header_sum(src: IpAddr, dst: IpAddr, len: usize) -> u16 {
+    match (src, dst) {
+        (IpAddr::V6(s), IpAddr::V6(d)) => {
+            let mut pseudo = [0u8; 40];
+            pseudo[..16].copy_from_slice(&s.octets());
+            pseudo[16..32].copy_from_slice(&d.octets());
+            pseudo[32..36].copy_from_slice(&(len.min(u32::MAX as usize) as u32).to_be_bytes());
+            pseudo[39] = IPPROTO_VRRP;
+            ones_complement_sum(0, &pseudo)
+        }
+        _ => {
+            let mut pseudo = [0u8; 12];
+            if let (IpAddr::V4(s), IpAddr::V4(d)) = (src, dst) {
+                pseudo[..4].copy_from_slice(&s.octets());
+                pseudo[4..8].copy_from_slice(&d.octets());
+            }
+            pseudo[9] = IPPROTO_VRRP;
+            // A VRRP message is at most 8 + 4 * 255 + 8 bytes; anything longer was rejected before.
+            pseudo[10..12].copy_from_slice(&(len.min(usize::from(u16::MAX)) as u16).to_be_bytes());
+            ones_complement_sum(0, &pseudo)
+        }
+    }
 }
 
 /// RFC 1071 one's complement sum of `data` (odd length padded with a zero byte), starting from `initial`.
-fn ones_complement_sum(initial: u16, data: &[u8]) -> u16 {
+pub(crate) fn ones_complement_sum(initial: u16, data: &[u8]) -> u16 {
     let mut sum = u32::from(initial);
     let mut chunks = data.chunks_exact(2);
     for c in &mut chunks {

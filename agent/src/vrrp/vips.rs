@@ -6,8 +6,14 @@
 //! rtnetlink and marked with the alias [`VLAN_ALIAS`]; [`remove_created_vlans`] deletes only links with that
 //! mark. Such a VLAN may carry no address of its own: the adverts then go out from the parent's primary
 //! address (as keepalived's `mcast_src_ip` allows).
+//!
+//! The instance runs over IPv4 when the role has an IPv4 VIP, else over IPv6 ([`election_is_ipv4`]); over
+//! IPv6 the adverts' source is the interface's link-local address (a global one of its addresses when the
+//! unicast peers are named by global addresses). VIPs of the other family (a dual-stack
+//! cluster's IPv6 VIPs) are added and removed with the rest but not carried in the adverts, as keepalived
+//! does with addresses of the other family in one `vrrp_instance`.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv6Addr};
 
 use lbfleet_proto::VrrpConfig;
 
@@ -35,11 +41,11 @@ pub enum SetupError {
     NoInterface(String),
     #[error("interface {name} does not exist, nor does {parent}, the parent of its VLAN")]
     NoVlanParent { name: String, parent: String },
-    #[error("interface {0} has no IPv4 address to send adverts from")]
-    NoPrimaryAddress(String),
-    #[error("VIP {0:?} is not an IPv4 address/prefix (this agent runs VRRP for IPv4)")]
+    #[error("interface {0} has no {1} address to send adverts from (yet: an IPv6 link-local address may still be in duplicate address detection)")]
+    NoPrimaryAddress(String, &'static str),
+    #[error("VIP {0:?} is not an address/prefix")]
     BadVip(String),
-    #[error("unicast peer {0:?} is not an IPv4 address")]
+    #[error("unicast peer {0:?} is not of the family VRRP runs over")]
     BadPeer(String),
     #[error(transparent)]
     Netlink(#[from] NetlinkError),
@@ -53,19 +59,40 @@ pub enum SetupError {
 #[derive(Debug, Clone)]
 pub struct Resolved {
     pub link: Link,
-    pub primary: Ipv4Addr,
+    /// The adverts' source: an IPv4 address of the interface, or its IPv6 link-local address.
+    pub primary: IpAddr,
+    /// Every VIP, both families.
     pub vips: Vec<Vip>,
-    pub peers: Vec<Ipv4Addr>,
+    pub peers: Vec<IpAddr>,
     /// Interface indexes whose link the instance tracks: the VRRP interface (and a VLAN's parent).
     pub tracked: Vec<u32>,
 }
 
-fn parse_vip(text: &str) -> Option<(Ipv4Addr, u8)> {
-    let (a, p) = match text.split_once('/') {
-        Some((a, p)) => (a, p.parse::<u8>().ok().filter(|p| *p <= 32)?),
-        None => (text, 32),
+fn parse_vip(text: &str) -> Option<(IpAddr, u8)> {
+    let (a, p) = text.split_once('/').unwrap_or((text, ""));
+    let a: IpAddr = a.parse().ok()?;
+    let max = if a.is_ipv4() { 32 } else { 128 };
+    let p = if p.is_empty() {
+        max
+    } else {
+        p.parse::<u8>().ok().filter(|p| *p <= max)?
     };
-    Some((a.parse().ok()?, p))
+    Some((a, p))
+}
+
+/// Whether the election of `config` runs over IPv4: it does when the role has an IPv4 VIP.
+pub fn election_is_ipv4(config: &VrrpConfig) -> bool {
+    let family = |v4: bool| {
+        config
+            .vips
+            .iter()
+            .any(|v| parse_vip(&v.address).is_some_and(|(a, _)| a.is_ipv4() == v4))
+    };
+    family(true) || !family(false)
+}
+
+fn is_link_local(a: Ipv6Addr) -> bool {
+    a.segments()[0] & 0xffc0 == 0xfe80
 }
 
 fn mac_of(link: &Link) -> Option<[u8; 6]> {
@@ -111,26 +138,45 @@ pub fn resolve(rt: &mut RouteSocket, config: &VrrpConfig) -> Result<Resolved, Se
             interface: on.name,
         });
     }
+    let v4 = election_is_ipv4(config);
+    // Over IPv6 the adverts come from the link-local address (RFC 5798), except to unicast peers named by
+    // global addresses: those see (and match against their own peer list) the interface's global address.
+    let global_peers = config
+        .unicast_peers
+        .iter()
+        .any(|p| matches!(p, IpAddr::V6(a) if !is_link_local(*a)));
     let addrs = rt.addresses()?;
     let primary_on = |index: u32| {
         addrs
             .iter()
             .filter(|a| a.index == index)
             .map(|a| a.address)
-            .find(|a| !vips.iter().any(|v| v.address.address == *a))
+            .filter(|a| !vips.iter().any(|v| v.address.address == *a))
+            .find(|a| match a {
+                IpAddr::V4(_) => v4,
+                IpAddr::V6(a) => !v4 && is_link_local(*a) != global_peers,
+            })
     };
     // A VLAN without an address of its own advertises from its parent's.
     let primary = primary_on(link.index)
         .or_else(|| link.parent.and_then(primary_on))
-        .ok_or_else(|| SetupError::NoPrimaryAddress(config.interface.clone()))?;
+        .ok_or_else(|| {
+            SetupError::NoPrimaryAddress(
+                config.interface.clone(),
+                if v4 { "IPv4" } else { "IPv6 link-local" },
+            )
+        })?;
     let peers = config
         .unicast_peers
         .iter()
-        .map(|p| match p {
-            std::net::IpAddr::V4(a) => Ok(*a),
-            other => Err(SetupError::BadPeer(other.to_string())),
+        .map(|p| {
+            if p.is_ipv4() == v4 {
+                Ok(*p)
+            } else {
+                Err(SetupError::BadPeer(p.to_string()))
+            }
         })
-        .collect::<Result<Vec<Ipv4Addr>, _>>()?;
+        .collect::<Result<Vec<IpAddr>, _>>()?;
     // A VLAN follows its parent's carrier; the parent is tracked too, as keepalived does.
     let tracked = std::iter::once(link.index)
         .chain(link.parent.filter(|p| links.iter().any(|l| l.index == *p)))
@@ -207,25 +253,38 @@ pub fn remove_all(rt: &mut RouteSocket, vips: &[Vip]) -> Result<(), NetlinkError
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
 
     #[test]
     fn vip_text() {
-        assert_eq!(
-            parse_vip("198.18.0.10/32"),
-            Some((Ipv4Addr::new(198, 18, 0, 10), 32))
-        );
+        let v4 = |a, b, c, d| IpAddr::V4(std::net::Ipv4Addr::new(a, b, c, d));
+        assert_eq!(parse_vip("198.18.0.10/32"), Some((v4(198, 18, 0, 10), 32)));
         assert_eq!(
             parse_vip("198.18.2.254/24"),
-            Some((Ipv4Addr::new(198, 18, 2, 254), 24))
+            Some((v4(198, 18, 2, 254), 24))
         );
-        assert_eq!(
-            parse_vip("198.18.0.10"),
-            Some((Ipv4Addr::new(198, 18, 0, 10), 32))
-        );
+        assert_eq!(parse_vip("198.18.0.10"), Some((v4(198, 18, 0, 10), 32)));
         assert_eq!(parse_vip("198.18.0.10/33"), None);
-        assert_eq!(parse_vip("2001:db8::1/128"), None);
+        let v6: IpAddr = "2001:2::1".parse().unwrap();
+        assert_eq!(parse_vip("2001:2::1/128"), Some((v6, 128)));
+        assert_eq!(parse_vip("2001:2::1/64"), Some((v6, 64)));
+        assert_eq!(parse_vip("2001:2::1"), Some((v6, 128)));
+        assert_eq!(parse_vip("2001:2::1/129"), None);
         assert_eq!(parse_vip("x/1"), None);
+    }
+
+    #[test]
+    fn the_election_runs_over_ipv4_when_there_is_an_ipv4_vip() {
+        let mut c: VrrpConfig = serde_json::from_value(
+            serde_json::json!({"version": 3, "vrid": 51, "interface": "eth0",
+                "priority": 100, "advert_interval_ms": 100, "preempt": true,
+                "vips": [{"address": "2001:2::10/128"}], "unicast_peers": []}),
+        )
+        .unwrap();
+        assert!(!election_is_ipv4(&c));
+        c.vips.push(lbfleet_proto::VipSpec::new("198.18.0.10/32"));
+        assert!(election_is_ipv4(&c));
     }
 
     fn link(index: u32, up: bool, running: bool) -> Link {

@@ -1,6 +1,8 @@
 //! What the real servers of a cluster need for direct routing (DR) and IP-in-IP tunnelling (TUN), which lbfleet
 //! does not run itself: the VIPs on the loopback interface, which the host then does not answer ARP for
 //! (`arp_ignore=1`, `arp_announce=2`), for DR (`lo` rather than a `dummy` link: every kernel has it), the `ipip` tunnel with loose reverse-path filtering for TUN.
+//! An IPv6 VIP on `lo` needs no sysctl: Linux answers a neighbour solicitation only for an address of the
+//! interface it arrived on, so the real server never claims the VIP on the segment.
 //! A pure function of the cluster spec ([`plan`]); `lbfleet-server realserver` prints it as a shell script
 //! ([`RealServerPlan::script`]) or JSON, and the cluster page shows it. NAT real servers need only a route
 //! back through the balancer (the internal VIP), which is no command of ours.
@@ -289,6 +291,24 @@ mod tests {
             )]),
         );
         assert!(nat.real_servers.is_empty());
+    }
+
+    #[test]
+    fn ipv6_dr_vips_go_on_lo_as_host_routes() {
+        let mut s = spec(vec![svc(
+            "2001:2::10",
+            80,
+            ForwardMethod::Dr,
+            &["2001:2::51"],
+        )]);
+        s.vips.push(VipSpec::new("2001:2::10/64"));
+        let p = plan("ext6", &s);
+        assert_eq!(p.real_servers[0].address, "2001:2::51");
+        assert_eq!(p.real_servers[0].dr_vips, ["2001:2::10/128"]);
+        assert!(p.real_servers[0]
+            .apply
+            .contains(&"ip addr replace 2001:2::10/128 dev lo".to_owned()));
+        assert!(p.script().contains("if is_local '2001:2::51'; then"));
     }
 
     #[test]

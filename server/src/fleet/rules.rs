@@ -343,7 +343,9 @@ pub fn cluster_spec(spec: &ClusterSpec) -> Result<ValidCluster, FieldErrors> {
         v => errs.push("vrrp_version", format!("must be 2 or 3, got {v}")),
     }
 
-    // VIPs: IPv4 only (the agent implements VRRP for IPv4), one family per VRRP instance.
+    // VIPs: IPv4, IPv6 or both (dual-stack). One election moves them all: it runs over IPv4 when the
+    // cluster has an IPv4 VIP, else over IPv6 (VRRPv3, RFC 5798); VIPs of the other family follow it
+    // (docs/data-path.md, "IPv6"). VRRPv2 (RFC 3768) is IPv4-only.
     if spec.vips.is_empty() {
         errs.push("vips", "at least one VIP is required");
     }
@@ -359,19 +361,18 @@ pub fn cluster_spec(spec: &ClusterSpec) -> Result<ValidCluster, FieldErrors> {
                     errs.push(&field, m);
                 } else if vip_addrs.contains(&addr) {
                     errs.push(&field, format!("{addr} is listed twice"));
-                } else if vip_addrs
-                    .first()
-                    .is_some_and(|f| f.is_ipv4() != addr.is_ipv4())
-                {
-                    errs.push(&field, "all VIPs of a cluster must be one address family");
-                } else if addr.is_ipv6() {
-                    // The agent's VRRP (both versions) and its gratuitous ARP are IPv4-only: an IPv6 VIP
-                    // would be accepted here and never held by any node.
+                } else if addr.is_ipv6() && spec.vrrp_version == 2 {
                     errs.push(
                         &field,
                         format!(
-                            "{addr}: IPv6 VIPs are not supported (the agent's VRRP is IPv4-only)"
+                            "{addr}: VRRPv2 is IPv4-only (RFC 3768); IPv6 VIPs need vrrp_version 3"
                         ),
+                    );
+                } else if matches!(addr, IpAddr::V6(a) if a.segments()[0] & 0xffc0 == 0xfe80) {
+                    // fe80::/10 is each interface's own; VRRP's adverts come from it, not to it.
+                    errs.push(
+                        &field,
+                        format!("{addr}: a link-local address cannot be a VIP"),
                     );
                 } else {
                     out.vips[i].address = format!("{addr}/{prefix}");
@@ -385,7 +386,8 @@ pub fn cluster_spec(spec: &ClusterSpec) -> Result<ValidCluster, FieldErrors> {
             Err(m) => errs.push(&field, m),
         }
     }
-    let family_v4 = vip_addrs.first().map(IpAddr::is_ipv4);
+    // The election's family: IPv4 when there is an IPv4 VIP.
+    let family_v4 = (!vip_addrs.is_empty()).then(|| vip_addrs.iter().any(IpAddr::is_ipv4));
     let subnets = on_link_subnets(spec);
 
     let mut peers = HashSet::new();
@@ -396,7 +398,10 @@ pub fn cluster_spec(spec: &ClusterSpec) -> Result<ValidCluster, FieldErrors> {
                 if let Err(m) = unicast(addr) {
                     errs.push(&field, m);
                 } else if family_v4.is_some_and(|v4| v4 != addr.is_ipv4()) {
-                    errs.push(&field, "must be the same address family as the VIPs");
+                    errs.push(
+                        &field,
+                        "must be the address family VRRP runs over (IPv4 when the cluster has an IPv4 VIP)",
+                    );
                 } else if !peers.insert(addr) {
                     errs.push(&field, format!("{addr} is listed twice"));
                 } else {
@@ -521,6 +526,13 @@ fn service_spec(
                 format!("must be 0 to {max}, got {prefix}"),
             );
         }
+    }
+    if svc.forward == ForwardMethod::Tun && vip.is_some_and(|v| v.is_ipv6()) {
+        // IPVS would send IPv6-in-IPv6 (ip6tnl); `lbfleet-server realserver` sets up only the ipip side.
+        errs.push(
+            format!("{field}.forward"),
+            "tun forwarding is IPv4-only here; use dr (same segment) or nat for an IPv6 VIP",
+        );
     }
     health_check(&format!("{field}.check"), &svc.check, svc, vip, errs);
 

@@ -25,7 +25,7 @@ fn main() -> Result<(), String> {
         priority: 254,
         advert_interval: 10,
         auth: Auth::NONE,
-        addresses: vec![Ipv4Addr::new(198, 18, 0, 10)],
+        addresses: vec![std::net::IpAddr::V4(Ipv4Addr::new(198, 18, 0, 10))],
     };
     let good = encode_ip_packet(&Ipv4Header::advert(src, dst, 1), &advert(vrid));
     let mut packets: Vec<(&str, Vec<u8>)> = Vec::new();

@@ -1,5 +1,5 @@
 //! The VRRP tests' and benchmark's prober: pings one address every `--interval-ms` (ICMP echo over a raw
-//! socket, so it needs root or CAP_NET_RAW, as inside a test namespace), for at most `--count` probes, and logs
+//! socket, so it needs root or CAP_NET_RAW, as inside a test namespace; ICMPv6 echo for an IPv6 address), for at most `--count` probes, and logs
 //! one line per probe: `seq <n> sent_us <t> reply_us <t|->`. The last line is a summary:
 //! `summary sent <n> answered <n> longest_outage_ms <ms> outages <k>`, where an outage is a run of unanswered
 //! probes between answered ones (its length is the time from the last answered probe before it to the first
@@ -11,7 +11,7 @@
 //! Usage: vrrp-prober ADDRESS [--interval-ms 10] [--count 6000] [--timeout-ms 1000] [--stop-file PATH]
 
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -29,14 +29,17 @@ fn checksum(data: &[u8]) -> u16 {
     !(sum as u16)
 }
 
-fn echo(id: u16, seq: u16) -> [u8; 16] {
+/// An echo request; over IPv6 (type 128) the kernel fills in the checksum of a raw ICMPv6 socket.
+fn echo(id: u16, seq: u16, v6: bool) -> [u8; 16] {
     let mut p = [0u8; 16];
-    p[0] = 8; // echo request
+    p[0] = if v6 { 128 } else { 8 }; // echo request
     p[4..6].copy_from_slice(&id.to_be_bytes());
     p[6..8].copy_from_slice(&seq.to_be_bytes());
     p[8..16].copy_from_slice(b"lbfleet!");
-    let c = checksum(&p);
-    p[2..4].copy_from_slice(&c.to_be_bytes());
+    if !v6 {
+        let c = checksum(&p);
+        p[2..4].copy_from_slice(&c.to_be_bytes());
+    }
     p
 }
 
@@ -52,7 +55,7 @@ fn arg(args: &[String], name: &str, default: u64) -> Result<u64, String> {
 
 fn main() -> Result<(), String> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let target: Ipv4Addr = args
+    let target: IpAddr = args
         .first()
         .and_then(|a| a.parse().ok())
         .ok_or("usage: vrrp-prober ADDRESS [--interval-ms N] [--count N] [--timeout-ms N]")?;
@@ -66,11 +69,16 @@ fn main() -> Result<(), String> {
         .map(PathBuf::from);
     let stopped = || stop_file.as_ref().is_some_and(|p| p.exists());
 
-    let mut sock = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::ICMPV4))
-        .map_err(|e| format!("raw ICMP socket: {e}"))?;
+    let v6 = target.is_ipv6();
+    let mut sock = if v6 {
+        Socket::new(Domain::IPV6, Type::RAW, Some(Protocol::ICMPV6))
+    } else {
+        Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::ICMPV4))
+    }
+    .map_err(|e| format!("raw ICMP socket: {e}"))?;
     sock.set_nonblocking(true)
         .map_err(|e| format!("nonblocking: {e}"))?;
-    let addr = SockAddr::from(SocketAddrV4::new(target, 0));
+    let addr = SockAddr::from(SocketAddr::new(target, 0));
     let id = (std::process::id() & 0xffff) as u16;
     let start = Instant::now();
     let start_unix_us = std::time::SystemTime::now()
@@ -94,7 +102,7 @@ fn main() -> Result<(), String> {
         }
         if !done_sending && now >= next {
             let seq = sent.len() as u16;
-            let pkt = echo(id, seq);
+            let pkt = echo(id, seq, v6);
             // A failed send (no route while the VIP moves) is an unanswered probe like any other.
             let _ = sock.send_to(&pkt, &addr);
             sent.push(start.elapsed().as_micros() as u64);
@@ -102,20 +110,29 @@ fn main() -> Result<(), String> {
             last_send = now;
             next += interval;
         }
-        // Drain replies (the raw socket hands over the IP header too).
+        // Drain replies (the raw IPv4 socket hands over the IP header too; the ICMPv6 one does not, and
+        // only echo replies carrying our id count: the probes go to the target alone).
         loop {
             let n = match sock.read(&mut buf) {
                 Ok(n) if n > 0 => n,
                 _ => break,
             };
             let pkt = &buf[..n];
-            let ihl = usize::from(pkt[0] & 0x0f) * 4;
-            let Some(icmp) = pkt.get(ihl..ihl + 8) else {
-                continue;
+            let icmp = match target {
+                IpAddr::V4(t) => {
+                    let ihl = usize::from(pkt[0] & 0x0f) * 4;
+                    match pkt.get(ihl..ihl + 8) {
+                        Some(icmp) if pkt.get(12..16) == Some(&t.octets()[..]) && icmp[0] == 0 => {
+                            icmp
+                        }
+                        _ => continue,
+                    }
+                }
+                IpAddr::V6(_) => match pkt.get(..8) {
+                    Some(icmp) if icmp[0] == 129 => icmp,
+                    _ => continue,
+                },
             };
-            if pkt.get(12..16) != Some(&target.octets()[..]) || icmp[0] != 0 {
-                continue;
-            }
             if u16::from_be_bytes([icmp[4], icmp[5]]) != id {
                 continue;
             }

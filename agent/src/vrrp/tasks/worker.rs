@@ -3,8 +3,12 @@
 //! VLAN's parent): link events (`rtnl::watch`) wake it, a fresh link dump decides, and the instance hears
 //! [`Input::LinkDown`] / [`Input::LinkUp`]. A tracked link that disappears ends the worker; the supervisor's
 //! retry loop sets it up again when the interface is back.
+//!
+//! Over IPv6 (a role whose VIPs are all IPv6) the same task runs on a [`Vrrp6Socket`] from the link-local
+//! address; a dual-stack role elects over IPv4 and its IPv6 VIPs move with the IPv4 ones, each announced
+//! the way its family needs (gratuitous ARP, unsolicited neighbour advertisement).
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -15,11 +19,12 @@ use tracing::{debug, info, warn};
 
 use super::super::garp::ArpSocket;
 use super::super::notice::{now_ms, VrrpNotice, VrrpStatus};
-use super::super::socket::VrrpSocket;
+use super::super::packet::{decode_ipv6, VRRP_MULTICAST_V6};
+use super::super::socket::{Received6, Vrrp6Socket, VrrpSocket};
 use super::super::vips::{self, Resolved, SetupError};
 use super::super::{
-    decode_ip_packet, encode_ip_packet, Action, Advertisement, Auth, DropReason, Input, Instance,
-    InstanceConfig, Ipv4Header, State, TransitionReason, Version, VRRP_MULTICAST_V4,
+    decode_ip_packet, encode, encode_ip_packet, Action, Advertisement, Auth, DropReason, Input,
+    Instance, InstanceConfig, Ipv4Header, State, TransitionReason, Version, VRRP_MULTICAST_V4,
 };
 use crate::rtnl::watch::LinkWatch;
 use crate::rtnl::RouteSocket;
@@ -90,7 +95,13 @@ pub fn instance_config(config: &VrrpConfig, r: &Resolved) -> Result<InstanceConf
         preempt_delay: Duration::from_millis(u64::from(config.preempt_delay_ms)),
         accept: false,
         primary_address: r.primary,
-        vips: r.vips.iter().map(|v| v.address.address).collect(),
+        // The adverts carry the VIPs of the family they travel in; the others follow the state.
+        vips: r
+            .vips
+            .iter()
+            .map(|v| v.address.address)
+            .filter(|a| a.is_ipv4() == r.primary.is_ipv4())
+            .collect(),
         auth: Auth::NONE,
     })
 }
@@ -189,11 +200,32 @@ pub(super) async fn run_instance<E: From<VrrpNotice> + Send + 'static>(
     }
 }
 
+/// The VRRP socket of the family the instance runs over.
+#[derive(Debug)]
+enum Socket {
+    V4(VrrpSocket),
+    V6(Vrrp6Socket),
+}
+
+/// A packet one of the sockets received (its bytes are in the caller's buffer).
+#[derive(Debug, Clone, Copy)]
+enum Packet {
+    V4(usize),
+    V6(Received6),
+}
+
+async fn recv_any(socket: &Socket, buf: &mut [u8]) -> std::io::Result<Packet> {
+    match socket {
+        Socket::V4(s) => s.recv(buf).await.map(Packet::V4),
+        Socket::V6(s) => s.recv(buf).await.map(Packet::V6),
+    }
+}
+
 /// The running instance and everything it owns; `E` is what its notices are sent as.
 struct Worker<E> {
     vrid: u8,
     instance: Instance,
-    socket: VrrpSocket,
+    socket: Socket,
     route: RouteSocket,
     resolved: Resolved,
     garp: lbfleet_proto::GarpSpec,
@@ -208,7 +240,7 @@ struct Worker<E> {
     resume_advert_at: Option<Instant>,
     ip_id: u16,
     /// The master last reported to the daemon.
-    reported_master: Option<Ipv4Addr>,
+    reported_master: Option<IpAddr>,
     /// Where priority changes come from (role and quorum).
     priority: Option<Priority>,
     /// Wakes on link changes; `None` when it could not be opened (the links are polled instead).
@@ -225,11 +257,16 @@ impl<E: From<VrrpNotice> + Send + 'static> Worker<E> {
         let mut route = RouteSocket::open()?;
         let resolved = vips::resolve(&mut route, config)?;
         let instance = Instance::new(instance_config(config, &resolved)?)?;
-        let socket = VrrpSocket::open(
+        let (name, index, multicast) = (
             &resolved.link.name,
             resolved.link.index,
             resolved.peers.is_empty(),
-        )?;
+        );
+        let socket = if resolved.primary.is_ipv4() {
+            Socket::V4(VrrpSocket::open(name, index, multicast)?)
+        } else {
+            Socket::V6(Vrrp6Socket::open(name, index, multicast)?)
+        };
         let resumed = vips::all_present(&mut route, &resolved.vips)?;
         let link_watch = match LinkWatch::open() {
             Ok(w) => Some(w),
@@ -310,8 +347,8 @@ impl<E: From<VrrpNotice> + Send + 'static> Worker<E> {
                     self.link_poll_at = Some(Instant::now() + LINK_POLL);
                     self.link_input(&mut link_gone)
                 }
-                r = self.socket.recv(&mut buf) => match r {
-                    Ok(n) => match self.received(&buf[..n]) {
+                r = recv_any(&self.socket, &mut buf) => match r {
+                    Ok(p) => match self.received(&buf, p) {
                         Some(input) => input,
                         None => continue,
                     },
@@ -432,33 +469,46 @@ impl<E: From<VrrpNotice> + Send + 'static> Worker<E> {
     }
 
     /// Decodes a received packet; drops (and counts) what is not a valid advert for us.
-    fn received(&mut self, bytes: &[u8]) -> Option<Input> {
-        match decode_ip_packet(bytes) {
-            Ok((header, advert)) => {
-                if !self.resolved.peers.is_empty() && !self.resolved.peers.contains(&header.src) {
+    fn received(&mut self, buf: &[u8], packet: Packet) -> Option<Input> {
+        let decoded = match packet {
+            Packet::V4(n) => {
+                let bytes = buf.get(..n).unwrap_or_default();
+                decode_ip_packet(bytes)
+                    .map(|(h, a)| (IpAddr::V4(h.src), a))
+                    .map_err(|e| {
+                        let src = bytes
+                            .get(12..16)
+                            .and_then(|b| <[u8; 4]>::try_from(b).ok())
+                            .map_or(Ipv4Addr::UNSPECIFIED, Ipv4Addr::from);
+                        (e, IpAddr::V4(src))
+                    })
+            }
+            Packet::V6(r) => {
+                let bytes = buf.get(..r.len).unwrap_or_default();
+                decode_ipv6(bytes, r.src, r.dst, r.hop_limit)
+                    .map(|a| (IpAddr::V6(r.src), a))
+                    .map_err(|e| (e, IpAddr::V6(r.src)))
+            }
+        };
+        match decoded {
+            Ok((src, advert)) => {
+                if !self.resolved.peers.is_empty() && !self.resolved.peers.contains(&src) {
                     if let Ok(mut d) = self.drops.lock() {
                         d.not_a_peer = d.not_a_peer.saturating_add(1);
                     }
-                    debug!(vrid = self.vrid, from = %header.src, "VRRP advert from a non-peer dropped");
+                    debug!(vrid = self.vrid, from = %src, "VRRP advert from a non-peer dropped");
                     return None;
                 }
-                Some(Input::AdvertReceived {
-                    from: header.src,
-                    advert,
-                })
+                Some(Input::AdvertReceived { from: src, advert })
             }
-            Err(e) => {
-                let src = bytes
-                    .get(12..16)
-                    .and_then(|b| <[u8; 4]>::try_from(b).ok())
-                    .map_or(Ipv4Addr::UNSPECIFIED, Ipv4Addr::from);
+            Err((e, src)) => {
                 self.count_drop(e.reason(), src);
                 None
             }
         }
     }
 
-    fn count_drop(&self, reason: DropReason, from: Ipv4Addr) {
+    fn count_drop(&self, reason: DropReason, from: IpAddr) {
         if let Ok(mut d) = self.drops.lock() {
             d.by_reason.record(reason);
         }
@@ -468,48 +518,66 @@ impl<E: From<VrrpNotice> + Send + 'static> Worker<E> {
     }
 
     async fn send_advert(&mut self, advert: &Advertisement) {
-        let targets: Vec<Ipv4Addr> = if self.resolved.peers.is_empty() {
-            vec![VRRP_MULTICAST_V4]
-        } else {
+        let targets: Vec<IpAddr> = if !self.resolved.peers.is_empty() {
             self.resolved.peers.clone()
+        } else if self.resolved.primary.is_ipv4() {
+            vec![VRRP_MULTICAST_V4.into()]
+        } else {
+            vec![VRRP_MULTICAST_V6.into()]
         };
         for dst in targets {
-            self.ip_id = self.ip_id.wrapping_add(1);
-            let header = Ipv4Header::advert(self.resolved.primary, dst, self.ip_id);
-            let packet = encode_ip_packet(&header, advert);
-            if let Err(e) = self.socket.send(&packet, dst).await {
+            let sent = match (&self.socket, self.resolved.primary, dst) {
+                (Socket::V4(sock), IpAddr::V4(src), IpAddr::V4(dst)) => {
+                    self.ip_id = self.ip_id.wrapping_add(1);
+                    let header = Ipv4Header::advert(src, dst, self.ip_id);
+                    sock.send(&encode_ip_packet(&header, advert), dst).await
+                }
+                (Socket::V6(sock), IpAddr::V6(src), IpAddr::V6(dst)) => {
+                    let message = encode(advert, src.into(), dst.into());
+                    sock.send(&message, src, dst).await
+                }
+                _ => Err(std::io::Error::other("peer of another address family")),
+            };
+            if let Err(e) = sent {
                 debug!(vrid = self.vrid, %dst, error = %e, "VRRP advert not sent");
             }
         }
     }
 
-    /// Gratuitous ARP burst for every VIP: `count` rounds, `spacing` apart, the first at once.
+    /// Gratuitous ARP (IPv4) or unsolicited neighbour advertisement (IPv6) burst for every VIP: `count`
+    /// rounds, `spacing` apart, the first at once.
     fn start_garp(&mut self) {
         if let Some(t) = self.garp_task.take() {
             t.abort();
         }
         let count = self.garp.count.max(1);
         let spacing = Duration::from_millis(u64::from(self.garp.spacing_ms));
-        let targets: Vec<(Ipv4Addr, [u8; 6], u32)> = self
+        let targets: Vec<(IpAddr, [u8; 6], u32, bool)> = self
             .resolved
             .vips
             .iter()
-            .filter_map(|v| v.mac.map(|m| (v.address.address, m, v.address.index)))
+            .filter_map(|v| {
+                let router =
+                    v.address.address.is_ipv6() && super::super::garp::forwards_ipv6(&v.interface);
+                v.mac
+                    .map(|m| (v.address.address, m, v.address.index, router))
+            })
             .collect();
         let vrid = self.vrid;
         self.garp_task = Some(tokio::spawn(async move {
             let sockets: Vec<Option<ArpSocket>> = targets
                 .iter()
-                .map(|(_, _, index)| ArpSocket::open(*index).ok())
+                .map(|(_, _, index, _)| ArpSocket::open(*index).ok())
                 .collect();
             for round in 0..count {
                 if round > 0 {
                     tokio::time::sleep(spacing).await;
                 }
-                for ((vip, mac, _), sock) in targets.iter().zip(&sockets) {
-                    let r = match sock {
-                        Some(s) => s.announce(*mac, *vip),
-                        None => Err(std::io::Error::other("no packet socket")),
+                for ((vip, mac, _, router), sock) in targets.iter().zip(&sockets) {
+                    let r = match (sock, vip) {
+                        (Some(s), IpAddr::V4(v)) => s.announce(*mac, *v),
+                        (Some(s), IpAddr::V6(v)) => s.advertise(*mac, *v, *router),
+                        (None, _) => Err(std::io::Error::other("no packet socket")),
                     };
                     if let Err(e) = r {
                         debug!(vrid, %vip, error = %e, "gratuitous ARP not sent");
@@ -548,7 +616,9 @@ impl<E: From<VrrpNotice> + Send + 'static> Worker<E> {
                 Action::StartAdvertTimer(d) => self.advert_at = Some(Instant::now() + d),
                 Action::CancelMasterDownTimer => self.master_down_at = None,
                 Action::CancelAdvertTimer => self.advert_at = None,
-                Action::Dropped(reason) => self.count_drop(reason, Ipv4Addr::UNSPECIFIED),
+                Action::Dropped(reason) => {
+                    self.count_drop(reason, IpAddr::V6(Ipv6Addr::UNSPECIFIED))
+                }
                 Action::Transition { from, to, reason } => transitions.push((from, to, reason)),
             }
         }

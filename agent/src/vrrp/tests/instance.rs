@@ -1,9 +1,9 @@
 //! Every RFC 5798 / RFC 3768 transition of one instance, driven with explicit instants.
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use super::lab;
+use super::{lab, lab6};
 use crate::vrrp::{
     Action, Advertisement, Auth, ConfigError, DropReason, Input, Instance, InstanceConfig, State,
     TransitionReason, Version,
@@ -44,7 +44,7 @@ fn advert(version: Version, priority: u8, interval: u16) -> Advertisement {
     }
 }
 
-fn recv(from: Ipv4Addr, advert: Advertisement) -> Input {
+fn recv(from: IpAddr, advert: Advertisement) -> Input {
     Input::AdvertReceived { from, advert }
 }
 
@@ -691,4 +691,39 @@ fn a_backup_without_link_is_fault_and_a_link_down_at_startup_starts_in_fault() {
         lbfleet_proto::VrrpState::from(State::Fault),
         lbfleet_proto::VrrpState::Fault
     );
+}
+
+/// An IPv6 instance: link-local primary address, IPv6 VIPs only, v3 only; the same election as over IPv4
+/// (the higher link-local address wins a tie).
+#[test]
+fn ipv6_instance_config_and_tie_break() {
+    let ll = |x: u16| IpAddr::V6(std::net::Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, x));
+    let mut c = config(Version::V3, 100);
+    c.primary_address = ll(2);
+    c.vips = vec![lab6(0x10)];
+    assert!(Instance::new(c.clone()).is_ok());
+    let mut mixed = c.clone();
+    mixed.vips.push(lab(10));
+    assert_eq!(
+        Instance::new(mixed).err(),
+        Some(ConfigError::VipFamily(lab(10)))
+    );
+    let mut v2 = c.clone();
+    v2.version = Version::V2;
+    assert_eq!(Instance::new(v2).err(), Some(ConfigError::V2OverIpv6));
+
+    let t0 = Instant::now();
+    let mut i = instance(c);
+    i.handle(Input::Startup, t0);
+    let at = i.master_down_deadline().expect("armed");
+    i.handle(Input::MasterDownTimerExpired, at);
+    assert_eq!(i.state(), State::Master);
+    let mut a = advert(Version::V3, 100, 100);
+    a.addresses = vec![lab6(0x10)];
+    // Same priority from a lower link-local address: we stay; from a higher one: we yield.
+    i.handle(recv(ll(1), a.clone()), at + MS);
+    assert_eq!(i.state(), State::Master);
+    i.handle(recv(ll(3), a), at + 2 * MS);
+    assert_eq!(i.state(), State::Backup);
+    assert_eq!(i.master(), Some(ll(3)));
 }

@@ -1,8 +1,9 @@
 //! The advert codec against keepalived 2.2.7's bytes and against malformed and spoofed packets.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 
-use super::lab;
+use super::{lab, lab6};
+use crate::vrrp::packet::{decode_ipv6, VRRP_MULTICAST_V6};
 use crate::vrrp::{
     decode, decode_ip_packet, encode, encode_ip_packet, Advertisement, Auth, DecodeError,
     DropCounters, DropReason, Ipv4Header, Version, IPPROTO_VRRP, VRRP_MULTICAST_V4, VRRP_TTL,
@@ -59,7 +60,7 @@ fn golden(hex: &str, expect: Advertisement) -> Vec<Advertisement> {
             "packet {i} re-encodes"
         );
         assert_eq!(
-            encode(&advert, header.src, header.dst),
+            encode(&advert, header.src.into(), header.dst.into()),
             bytes[20..],
             "packet {i}: VRRP message re-encodes"
         );
@@ -120,6 +121,118 @@ fn keepalived_v3_decodes_and_reencodes() {
     assert_eq!(adverts[0].interval(), std::time::Duration::from_secs(1));
 }
 
+/// An IPv6 packet's source, destination and hop limit, and its payload: what an IPv6 raw socket reports.
+fn ipv6_parts(p: &[u8]) -> (std::net::Ipv6Addr, std::net::Ipv6Addr, u8, &[u8]) {
+    let a = |r: std::ops::Range<usize>| {
+        std::net::Ipv6Addr::from(<[u8; 16]>::try_from(&p[r]).expect("16 bytes"))
+    };
+    (a(8..24), a(24..40), p[7], &p[40..])
+}
+
+/// keepalived's IPv6 VRRPv3 adverts (`capture6.sh`): link-local source, ff02::12, hop limit 255, next header
+/// 112, traffic class 0xc0, a 16-byte address; the checksum covers the IPv6 pseudo-header.
+#[test]
+fn keepalived_v3_over_ipv6_decodes_and_reencodes() {
+    let packets = packets(include_str!("../testdata/keepalived_v3_ipv6.hex"));
+    assert_eq!(packets.len(), 2, "one advert and the stop advert");
+    for (i, bytes) in packets.iter().enumerate() {
+        assert_eq!(bytes[0], 0x6c, "version 6, traffic class 0xc0");
+        assert_eq!(bytes[6], IPPROTO_VRRP);
+        let (src, dst, hops, payload) = ipv6_parts(bytes);
+        assert!(src.segments()[0] == 0xfe80, "link-local source {src}");
+        assert_eq!(dst, VRRP_MULTICAST_V6);
+        let advert = decode_ipv6(payload, src, dst, hops).unwrap_or_else(|e| panic!("{i}: {e}"));
+        assert_eq!(
+            advert,
+            Advertisement {
+                version: Version::V3,
+                vrid: 51,
+                priority: if i == 0 { 150 } else { 0 },
+                advert_interval: 100,
+                auth: Auth::NONE,
+                addresses: vec![lab6(0x10)],
+            }
+        );
+        assert_eq!(
+            encode(&advert, src.into(), dst.into()),
+            payload,
+            "{i} re-encodes"
+        );
+        // Hop limit other than 255: off-link, dropped.
+        assert_eq!(
+            decode_ipv6(payload, src, dst, 254),
+            Err(DecodeError::BadTtl(254))
+        );
+        // The checksum covers the IPv6 pseudo-header: another source does not verify.
+        let other = "fe80::1".parse().expect("address");
+        assert!(matches!(
+            decode_ipv6(payload, other, dst, 255),
+            Err(DecodeError::BadChecksum { .. })
+        ));
+        // Read as IPv4 (4-byte addresses), the length does not fit the count.
+        assert!(decode(payload, lab(3), VRRP_MULTICAST_V4.into()).is_err());
+    }
+}
+
+#[test]
+fn ipv6_adverts_carry_only_ipv6_addresses_and_v2_is_ipv4_only() {
+    let src: std::net::Ipv6Addr = "fe80::2".parse().expect("address");
+    let advert = Advertisement {
+        version: Version::V3,
+        vrid: 51,
+        priority: 100,
+        advert_interval: 10,
+        auth: Auth::NONE,
+        addresses: vec![lab6(0x10), lab(10), lab6(0x11)],
+    };
+    let bytes = encode(&advert, src.into(), VRRP_MULTICAST_V6.into());
+    assert_eq!(bytes.len(), 8 + 2 * 16);
+    assert_eq!(bytes.len(), advert.encoded_len(src.into()));
+    let back = decode_ipv6(&bytes, src, VRRP_MULTICAST_V6, 255).expect("decodes");
+    assert_eq!(back.addresses, vec![lab6(0x10), lab6(0x11)]);
+    // Over IPv4 the same advert carries the IPv4 address alone.
+    let v4 = encode(&advert, lab(2), VRRP_MULTICAST_V4.into());
+    assert_eq!(v4.len(), 8 + 4);
+    // VRRPv2 has no IPv6 form (RFC 3768).
+    let mut v2 = bytes.clone();
+    v2[0] = 0x21;
+    assert_eq!(
+        decode_ipv6(&v2, src, VRRP_MULTICAST_V6, 255),
+        Err(DecodeError::BadVersion(2))
+    );
+    // Mixed families are a caller's mistake, reported, never a panic.
+    assert_eq!(
+        decode(&bytes, src.into(), VRRP_MULTICAST_V4.into()),
+        Err(DecodeError::FamilyMismatch)
+    );
+}
+
+/// keepalived's unsolicited neighbour advertisement for its IPv6 VIP, byte for byte.
+#[test]
+fn neighbour_advertisement_matches_keepalived() {
+    let line = include_str!("../testdata/keepalived_ipv6_na.hex");
+    let (eth, ip) = line
+        .trim()
+        .split_once(' ')
+        .expect("ethernet and IPv6 parts");
+    let eth = packets(eth).remove(0);
+    let ip = packets(ip).remove(0);
+    assert_eq!(&eth[..6], &[0x33, 0x33, 0, 0, 0, 1], "to all nodes");
+    let mac: [u8; 6] = eth[6..12].try_into().expect("6 bytes");
+    let IpAddr::V6(vip) = lab6(0x10) else {
+        unreachable!()
+    };
+    assert_eq!(
+        crate::vrrp::garp::neighbour_advertisement(mac, vip, false).as_slice(),
+        ip.as_slice()
+    );
+    // With Router set only the flag and the checksum differ.
+    let r = crate::vrrp::garp::neighbour_advertisement(mac, vip, true);
+    assert_eq!(r[44], 0xa0);
+    let diff: Vec<usize> = (0..ip.len()).filter(|i| r[*i] != ip[*i]).collect();
+    assert!(diff.iter().all(|i| [42, 43, 44].contains(i)), "{diff:?}");
+}
+
 #[test]
 fn keepalived_v3_with_several_vips_decodes_and_reencodes() {
     let adverts = golden(
@@ -130,7 +243,12 @@ fn keepalived_v3_with_several_vips_decodes_and_reencodes() {
             priority: 120,
             advert_interval: 10,
             auth: Auth::NONE,
-            addresses: vec![lab(10), lab(11), lab(12), Ipv4Addr::new(198, 18, 2, 254)],
+            addresses: vec![
+                lab(10),
+                lab(11),
+                lab(12),
+                IpAddr::V4(Ipv4Addr::new(198, 18, 2, 254)),
+            ],
         },
     );
     assert_eq!(adverts[0].interval(), std::time::Duration::from_millis(100));
@@ -234,7 +352,7 @@ fn ip_options_are_skipped() {
 fn malformed_vrrp_messages_are_dropped_by_cause() {
     let (h, _, good) = v3_packet();
     let vrrp = &good[20..];
-    let d = |b: &[u8]| decode(b, h.src, h.dst);
+    let d = |b: &[u8]| decode(b, h.src.into(), h.dst.into());
 
     assert_eq!(
         d(&vrrp[..7]),
@@ -293,14 +411,14 @@ fn malformed_vrrp_messages_are_dropped_by_cause() {
 #[test]
 fn v3_checksum_covers_the_pseudo_header_and_v2_does_not() {
     let (h, _, good) = v3_packet();
-    let spoofed = decode(&good[20..], lab(3), h.dst);
+    let spoofed = decode(&good[20..], lab(3), h.dst.into());
     assert!(
         matches!(spoofed, Err(DecodeError::BadChecksum { .. })),
         "{spoofed:?}"
     );
 
     let v2 = packets(include_str!("../testdata/keepalived_v2.hex")).remove(0);
-    assert!(decode(&v2[20..], lab(3), Ipv4Addr::new(198, 18, 0, 1)).is_ok());
+    assert!(decode(&v2[20..], lab(3), IpAddr::V4(Ipv4Addr::new(198, 18, 0, 1))).is_ok());
 }
 
 #[test]
@@ -313,8 +431,8 @@ fn encode_bounds_out_of_range_fields() {
         auth: Auth::NONE,
         addresses: vec![lab(10); 300],
     };
-    let bytes = encode(&advert, lab(2), VRRP_MULTICAST_V4);
-    let back = decode(&bytes, lab(2), VRRP_MULTICAST_V4).expect("bounded encode decodes");
+    let bytes = encode(&advert, lab(2), VRRP_MULTICAST_V4.into());
+    let back = decode(&bytes, lab(2), VRRP_MULTICAST_V4.into()).expect("bounded encode decodes");
     assert_eq!(back.advert_interval, 255);
     assert_eq!(back.addresses.len(), 255);
 
@@ -324,9 +442,9 @@ fn encode_bounds_out_of_range_fields() {
         ..advert
     };
     let back = decode(
-        &encode(&v3, lab(2), VRRP_MULTICAST_V4),
+        &encode(&v3, lab(2), VRRP_MULTICAST_V4.into()),
         lab(2),
-        VRRP_MULTICAST_V4,
+        VRRP_MULTICAST_V4.into(),
     )
     .expect("bounded encode decodes");
     assert_eq!(back.advert_interval, 0x0abc);

@@ -4,7 +4,7 @@
 //! Master_Down_Interval, hand-over within Skew_Time on a graceful stop.
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};
 
 use super::lab;
@@ -64,7 +64,7 @@ fn node_config(version: Version, interval: Duration, address: u8, priority: u8) 
         preempt_delay: Duration::ZERO,
         accept: false,
         primary_address: lab(address),
-        vips: vec![lab(10), Ipv4Addr::new(198, 18, 2, 254)],
+        vips: vec![lab(10), IpAddr::V4(Ipv4Addr::new(198, 18, 2, 254))],
         auth: Auth::NONE,
     }
 }
@@ -115,7 +115,9 @@ impl Sim {
                         continue;
                     }
                     n.sent.push((now, advert.priority));
-                    let src = n.instance.config().primary_address;
+                    let IpAddr::V4(src) = n.instance.config().primary_address else {
+                        panic!("the simulated link is IPv4")
+                    };
                     let header = Ipv4Header::advert(src, VRRP_MULTICAST_V4, n.sent.len() as u16);
                     let packet = encode_ip_packet(&header, &advert);
                     for to in (0..self.nodes.len()).filter(|to| *to != node) {
@@ -170,7 +172,7 @@ impl Sim {
                         self.input(
                             to,
                             Input::AdvertReceived {
-                                from: header.src,
+                                from: header.src.into(),
                                 advert,
                             },
                         );

@@ -48,35 +48,90 @@ fn accepts_a_good_spec_and_normalises_it() {
 }
 
 #[test]
-fn ipv6_vips_are_refused_in_both_vrrp_versions() {
-    for version in [3, 2] {
-        let mut s = spec();
-        s.vrrp_version = version;
-        s.advert_interval_ms = 1000;
-        s.vips = vec!["2001:DB8:0:0::10/128".into()];
-        s.services[0].vip = "2001:db8::10".into();
-        s.services[0].real_servers[0].address = "2001:db8::2:1".into();
-        let errs = cluster_spec(&s).expect_err("an IPv6 VIP must be refused");
-        let vip = errs
-            .0
-            .iter()
-            .find(|f| f.field == "vips[0]")
-            .unwrap_or_else(|| panic!("no vips[0] error in {errs:?}"));
-        assert!(
-            vip.message.contains("IPv6 VIPs are not supported"),
-            "{}",
-            vip.message
-        );
-        // As an internal VIP on its own interface too.
-        let mut s = spec();
-        s.vrrp_version = version;
-        s.advert_interval_ms = 1000;
-        s.vips.push(VipSpec {
-            address: "2001:db8::254/64".into(),
-            interface: Some("eth1".into()),
-        });
-        assert_eq!(fields(cluster_spec(&s)), vec!["vips[1]"], "v{version}");
-    }
+fn ipv6_vips_with_vrrpv3_nat_and_dr() {
+    let mut s = spec();
+    s.vips = vec!["2001:2:0:0::10/128".into(), "2001:2::fe/64".into()];
+    s.services[0].vip = "2001:2:0::10".into();
+    s.services[0].real_servers[0].address = "2001:2::2:1".into();
+    let ValidCluster(v) = cluster_spec(&s).expect("an IPv6 cluster is valid");
+    // Canonical text, as for IPv4.
+    assert_eq!(v.vips, vec!["2001:2::10/128", "2001:2::fe/64"]);
+    assert_eq!(v.services[0].vip, "2001:2::10");
+    // DR: the real server must be on the balancers' IPv6 segment (2001:2::/64), and keep the port.
+    s.services[0].forward = ForwardMethod::Dr;
+    s.services[0].real_servers[0].port = 80;
+    assert!(cluster_spec(&s).is_ok());
+    s.services[0].real_servers[0].address = "2001:2:0:9::1".into();
+    assert_eq!(
+        fields(cluster_spec(&s)),
+        vec!["services[0].real_servers[0].address"]
+    );
+    // An IPv4 real server behind an IPv6 VIP: no.
+    s.services[0].real_servers[0].address = "198.18.0.5".into();
+    assert_eq!(
+        fields(cluster_spec(&s)),
+        vec!["services[0].real_servers[0].address"]
+    );
+    // TUN over IPv6 (ip6ip6) is not set up by the realserver command: refused.
+    s.services[0].real_servers[0].address = "2001:2::2:1".into();
+    s.services[0].forward = ForwardMethod::Tun;
+    assert_eq!(fields(cluster_spec(&s)), vec!["services[0].forward"]);
+    // Link-local addresses are the interfaces' own.
+    let mut s = spec();
+    s.vips.push("fe80::10".into());
+    assert_eq!(fields(cluster_spec(&s)), vec!["vips[1]"]);
+}
+
+#[test]
+fn dual_stack_cluster_runs_vrrp_over_ipv4() {
+    let mut s = spec();
+    s.vips = vec!["2001:2::10".into(), "198.18.0.10".into()];
+    let mut v6 = s.services[0].clone();
+    v6.vip = "2001:2::10".into();
+    v6.real_servers[0].address = "2001:2::2:1".into();
+    s.services.push(v6);
+    let ValidCluster(v) = cluster_spec(&s).expect("dual-stack is valid");
+    assert_eq!(v.vips, vec!["2001:2::10/128", "198.18.0.10/32"]);
+    // Same VIP port on each family: two services.
+    assert_eq!(v.services.len(), 2);
+    // The election is IPv4 (there is an IPv4 VIP): unicast peers are IPv4.
+    s.unicast_peers = vec!["198.18.0.3".into()];
+    assert!(cluster_spec(&s).is_ok());
+    s.unicast_peers = vec!["2001:2::3".into()];
+    assert_eq!(fields(cluster_spec(&s)), vec!["unicast_peers[0]"]);
+    // An IPv6-only cluster elects over IPv6: IPv6 peers.
+    let mut s = spec();
+    s.vips = vec!["2001:2::10".into()];
+    s.services.clear();
+    s.unicast_peers = vec!["2001:2::3".into()];
+    assert!(cluster_spec(&s).is_ok());
+    s.unicast_peers = vec!["198.18.0.3".into()];
+    assert_eq!(fields(cluster_spec(&s)), vec!["unicast_peers[0]"]);
+}
+
+#[test]
+fn ipv6_vips_need_vrrpv3() {
+    let mut s = spec();
+    s.vrrp_version = 2;
+    s.advert_interval_ms = 1000;
+    s.vips = vec!["2001:2::10".into()];
+    s.services.clear();
+    let errs = cluster_spec(&s).expect_err("VRRPv2 is IPv4-only");
+    assert!(
+        errs.0[0].message.contains("VRRPv2 is IPv4-only"),
+        "{errs:?}"
+    );
+    // As an internal VIP on its own interface too.
+    let mut s = spec();
+    s.vrrp_version = 2;
+    s.advert_interval_ms = 1000;
+    s.vips.push(VipSpec {
+        address: "2001:2::254/64".into(),
+        interface: Some("eth1".into()),
+    });
+    assert_eq!(fields(cluster_spec(&s)), vec!["vips[1]"]);
+    s.vrrp_version = 3;
+    assert!(cluster_spec(&s).is_ok());
 }
 
 #[test]
@@ -124,13 +179,13 @@ fn advert_interval_v3_and_v2() {
 }
 
 #[test]
-fn vips_must_be_unicast_one_family_and_v4_for_v2() {
+fn vips_must_be_unicast_and_v4_for_v2() {
     let mut s = spec();
     s.vips = vec!["198.18.0.10/33".into()];
     assert!(fields(cluster_spec(&s)).contains(&"vips[0]".to_string()));
     s.vips = vec!["198.18.0.10".into(), "198.18.0.10/32".into()];
     assert_eq!(fields(cluster_spec(&s)), vec!["vips[1]"]);
-    s.vips = vec!["198.18.0.10".into(), "2001:db8::1".into()];
+    s.vips = vec!["198.18.0.10".into(), "ff02::12".into()];
     assert_eq!(fields(cluster_spec(&s)), vec!["vips[1]"]);
     s.vips = vec!["198.18.0.10".into(), "224.0.0.18".into()];
     assert_eq!(fields(cluster_spec(&s)), vec!["vips[1]"]);

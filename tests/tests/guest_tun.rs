@@ -1,0 +1,271 @@
+//! VM tier: IP-in-IP tunnelling (TUN) end to end (issue 23 item 1) in a QEMU guest with Debian's kernel and
+//! IPVS.
+//!
+//! Inside the guest: a balancer namespace `lb` (198.18.0.2) running lbfleet-agent with VRRP (the VIP
+//! 198.18.0.10) and a TUN service VIP:80 over three real servers on *another subnet* (198.18.1.51-.53 behind
+//! a router namespace `rt`, weights 1, 2, 3, TCP checks), a client `cl` (198.18.0.200), and the real servers
+//! `rs1`-`rs3`, each a TCP echo server configured by the script `lbfleet-server realserver` prints (the VIP on
+//! `tunl0`, loose reverse-path filtering), run as is with the guest's `sh`. The balancer encapsulates each
+//! request to the real server's own address; the real servers answer the client directly (from the VIP,
+//! through the router): the balancer's IPVS counters show the inbound half only, the connections follow the
+//! weights, and a stopped real server is drained by its check on its own address.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use lbfleet_server::fleet::real_server_setup::plan;
+use lbfleet_tests::guest::{self, Initramfs, Section, SharedGuest};
+use serde_json::json;
+
+const REQUESTS: u64 = 60;
+
+fn role() -> Vec<u8> {
+    let rs = |a: &str, w: u32| json!({"address": a, "port": 80, "weight": w, "enabled": true});
+    serde_json::to_vec(&json!({
+        "generation": 1, "node": "lb", "cluster": "ext", "role": "active",
+        "vrrp": {"version": 3, "vrid": 51, "interface": "eth0", "priority": 150,
+                 "advert_interval_ms": 100, "preempt": true, "vips": ["198.18.0.10/24"],
+                 "unicast_peers": [], "garp": {"count": 2, "spacing_ms": 50, "refresh_ms": 0}},
+        "services": [{
+            "vip": "198.18.0.10", "port": 80, "protocol": "tcp", "scheduler": "wrr", "forward": "tun",
+            "persistence_s": 0,
+            "check": {"kind": "tcp", "interval_ms": 200, "timeout_ms": 200, "rise": 1, "fall": 2,
+                      "jitter_ms": 0},
+            "real_servers": [rs("198.18.1.51", 1), rs("198.18.1.52", 2), rs("198.18.1.53", 3)]
+        }]
+    }))
+    .unwrap()
+}
+
+/// The same cluster as the operator declares it: what `lbfleet-server realserver` reads.
+fn realserver_script() -> String {
+    let spec: lbfleet_proto::ClusterSpec = serde_json::from_value(json!({
+        "vrid": 51, "interface": "eth0", "vips": ["198.18.0.10/24"],
+        "services": [{"vip": "198.18.0.10", "port": 80, "protocol": "tcp", "scheduler": "wrr",
+                      "forward": "tun", "real_servers": [
+                          {"address": "198.18.1.51", "port": 80, "weight": 1},
+                          {"address": "198.18.1.52", "port": 80, "weight": 2},
+                          {"address": "198.18.1.53", "port": 80, "weight": 3}]}]
+    }))
+    .unwrap();
+    plan("ext", &spec).script()
+}
+
+const SCRIPT: &str = r#"
+# Busybox's shell runs its own applets before anything on PATH; iproute2's ip by path here (the real
+# servers' script runs with whatever `ip` its shell finds, as on a real server).
+ip() { /usr/local/sbin/ip "$@"; }
+. /lib/guest-lib.sh
+export RUST_LOG=info
+mount -t tmpfs tmpfs /run
+lbipvs() { ip netns exec lb ipvsadm "$@"; }
+
+ip link add br0 type bridge
+ip link set br0 up
+n=0
+ip link add br1 type bridge
+ip link set br1 up
+for ns in lb cl rt rs1 rs2 rs3; do
+  ip netns add $ns
+  br=br0; case $ns in rs*) br=br1;; esac
+  ip link add v$ns type veth peer name eth0 netns $ns
+  ip link set v$ns master $br up
+  ip -n $ns link set lo up
+  ip -n $ns link set eth0 up
+done
+# The router between the balancers' segment (198.18.0.0/24) and the real servers' (198.18.1.0/24).
+ip link add vrt1 type veth peer name eth1 netns rt
+ip link set vrt1 master br1 up
+ip -n rt link set eth1 up
+ip -n rt addr add 198.18.0.1/24 dev eth0
+ip -n rt addr add 198.18.1.1/24 dev eth1
+ip netns exec rt sysctl -qw net.ipv4.ip_forward=1
+ip -n lb addr add 198.18.0.2/24 dev eth0
+ip -n lb route add default via 198.18.0.1
+ip -n cl addr add 198.18.0.200/24 dev eth0
+ip -n cl route add default via 198.18.0.1
+for i in 1 2 3; do
+  ip -n rs$i addr add 198.18.1.5$i/24 dev eth0
+  ip -n rs$i route add default via 198.18.1.1
+  ip netns exec rs$i guest-tcp echo-server 0.0.0.0:80 > /tmp/rs$i.log 2>&1 &
+  waitfor /tmp/rs$i.log listening
+done
+# One connection through the VIP, one line echoed: prints "exchange 0: ok".
+request() { ip netns exec cl guest-tcp hold 198.18.0.10:80 2>&1; }
+
+# The real servers: `lbfleet-server realserver`'s script, as is, on each.
+for i in 1 2 3; do run rs_setup$i ip netns exec rs$i sh /rs.sh up; done
+run rs_lo ip -n rs1 -4 addr show dev tunl0
+run rs_sysctl ip netns exec rs1 sysctl net.ipv4.conf.tunl0.rp_filter net.ipv4.conf.all.rp_filter
+
+ip netns exec lb lbfleet-agent apply --role /lb.json --watch --resync 1s --state-dir /tmp/slb > /tmp/lb.log 2>&1 &
+waitfor /tmp/lb.log "to=Master"
+# Every real server in the table with its weight (checks passed).
+i=0
+while [ "$(lbipvs -Ln | awk '$3 == "Tunnel" && $4 > 0' | wc -l)" -lt 3 ]; do
+  i=$((i+1)); if [ $i -gt 300 ]; then echo "TIMEOUT waiting for three weighted real servers"; break; fi
+  sleep 0.1
+done
+run ipvs_before lbipvs -Ln
+run lb_addr ip -n lb -4 addr show dev eth0
+run first_request request
+
+ok=0; i=0
+while [ $i -lt 60 ]; do
+  request | grep -q "exchange 0: ok" && ok=$((ok+1))
+  i=$((i+1))
+done
+run requests echo "answered $ok of 60"
+# IPVS folds its per-CPU counters into the totals every 2 s: wait (bounded) until they show the requests.
+i=0
+while c=$(lbipvs -Ln --stats | awk '$1 == "TCP" { print $3; exit }'); [ "${c:-0}" -lt 60 ]; do
+  i=$((i+1)); if [ $i -gt 80 ]; then echo "TIMEOUT waiting for the IPVS counters"; break; fi
+  sleep 0.1
+done
+run ipvs_stats lbipvs -Ln --stats
+run client_neigh ip -n cl neigh show 198.18.0.10
+
+# A stopped real server: its check (on its own address) fails and the balancer drains it.
+kill $(ip netns pids rs3)
+i=0
+while ! lbipvs -Ln | grep -q '198.18.1.53:80 *Tunnel *0 '; do
+  i=$((i+1)); if [ $i -gt 300 ]; then echo "TIMEOUT waiting for the drain"; break; fi
+  sleep 0.1
+done
+run ipvs_drained lbipvs -Ln
+ok=0; i=0
+while [ $i -lt 10 ]; do
+  request | grep -q "exchange 0: ok" && ok=$((ok+1))
+  i=$((i+1))
+done
+run requests_drained echo "answered $ok of 10"
+
+run rs_down ip netns exec rs1 sh /rs.sh down
+run rs_lo_after ip -n rs1 -4 addr show dev tunl0
+run lb_log cat /tmp/lb.log
+"#;
+
+static GUEST: SharedGuest = SharedGuest::new();
+
+fn section(name: &str) -> Option<Section> {
+    let out = GUEST.output(
+        |prereqs| {
+            let agent = guest::workspace_binary("lbfleet-agent", "lbfleet-agent")?;
+            let tcp = std::path::PathBuf::from(env!("CARGO_BIN_EXE_guest-tcp"));
+            let mut img =
+                Initramfs::with_modules(prereqs, &["veth", "bridge", "af_packet", "ipip"])?;
+            img.iproute2()?;
+            img.binary(&agent, "/usr/bin/lbfleet-agent")?;
+            img.binary(&tcp, "/usr/bin/guest-tcp")?;
+            img.file("/lb.json", &role());
+            img.file("/rs.sh", realserver_script().as_bytes());
+            img.script(SCRIPT);
+            Ok(img)
+        },
+        "lbfleet-guest-tun-console.log",
+    )?;
+    Some(out.require_section(name))
+}
+
+fn log() -> String {
+    section("lb_log").map(|s| s.text).unwrap_or_default()
+}
+
+/// `(conns, out_pkts)` of the line starting with `key` in `ipvsadm -Ln --stats`.
+fn stats_of(stats: &str, key: &str) -> (u64, u64) {
+    let line = stats
+        .lines()
+        .find(|l| l.contains(key))
+        .unwrap_or_else(|| panic!("no {key} in\n{stats}"));
+    let w: Vec<&str> = line.split_whitespace().collect();
+    let at = w.iter().position(|x| x.contains(key)).unwrap();
+    let num = |i: usize| -> u64 {
+        let t = w[at + i];
+        // ipvsadm abbreviates large counts (12K); these stay small.
+        t.parse().unwrap_or_else(|_| panic!("{t:?} in {line}"))
+    };
+    (num(1), num(3))
+}
+
+#[test]
+fn the_realserver_script_runs_as_is_on_the_real_servers() {
+    let Some(s) = section("rs_setup1") else {
+        return;
+    };
+    for i in 1..=3 {
+        let s = section(&format!("rs_setup{i}")).unwrap();
+        assert_eq!(s.rc, 0, "rs{i}: {}", s.text);
+    }
+    assert_eq!(s.rc, 0);
+    let lo = section("rs_lo").unwrap();
+    assert!(lo.text.contains("198.18.0.10/32"), "{}", lo.text);
+    let sysctl = section("rs_sysctl").unwrap();
+    assert!(
+        sysctl.text.contains("tunl0.rp_filter = 2") && sysctl.text.contains("all.rp_filter = 2"),
+        "{}",
+        sysctl.text
+    );
+    let down = section("rs_down").unwrap();
+    assert_eq!(down.rc, 0, "{}", down.text);
+    let after = section("rs_lo_after").unwrap();
+    assert!(!after.text.contains("198.18.0.10"), "{}", after.text);
+}
+
+#[test]
+fn requests_tunnelled_to_another_subnet_are_answered_directly_by_weight() {
+    let Some(first) = section("first_request") else {
+        return;
+    };
+    assert!(
+        first.text.contains("exchange 0: ok"),
+        "{}\n{}",
+        first.text,
+        log()
+    );
+    let req = section("requests").unwrap();
+    assert_eq!(
+        req.text.trim(),
+        format!("answered {REQUESTS} of {REQUESTS}"),
+        "{}\n{}",
+        section("ipvs_before").unwrap().text,
+        log()
+    );
+    let stats = section("ipvs_stats").unwrap().text;
+    let (conns, out_pkts) = stats_of(&stats, "198.18.0.10:80");
+    assert!(conns >= REQUESTS, "{stats}");
+    // TUN: the replies never pass the balancer.
+    assert_eq!(out_pkts, 0, "the balancer saw outbound packets:\n{stats}");
+    let per: Vec<u64> = ["198.18.1.51:80", "198.18.1.52:80", "198.18.1.53:80"]
+        .iter()
+        .map(|k| stats_of(&stats, k).0)
+        .collect();
+    // wrr 1:2:3 over 61 new connections (the first request and 60 more): about 10, 20, 30.
+    assert_eq!(per.iter().sum::<u64>(), conns, "{stats}");
+    assert!(
+        per[0] < per[1] && per[1] < per[2],
+        "weights 1:2:3, got {per:?}\n{stats}"
+    );
+    assert!(
+        per[0].abs_diff(REQUESTS / 6) <= 2 && per[2].abs_diff(REQUESTS / 2) <= 2,
+        "{per:?}"
+    );
+}
+
+#[test]
+fn a_stopped_real_server_is_drained_by_its_own_check() {
+    let Some(drained) = section("ipvs_drained") else {
+        return;
+    };
+    let line = drained
+        .text
+        .lines()
+        .find(|l| l.contains("198.18.1.53:80"))
+        .unwrap_or_else(|| panic!("{}", drained.text));
+    assert_eq!(
+        line.split_whitespace().nth(3),
+        Some("0"),
+        "{}\n{}",
+        drained.text,
+        log()
+    );
+    let req = section("requests_drained").unwrap();
+    assert_eq!(req.text.trim(), "answered 10 of 10", "{}", req.text);
+}
