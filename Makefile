@@ -2,7 +2,7 @@
 CARGO ?= cargo
 SERVER := target/release/lbfleet-server
 
-.PHONY: all deps build image demo demo-ha demo-down demo-status check test lint guest bench bench-longpoll bench-dhcp bench-dhcp-takeover bench-ipvs bench-tftp bench-pxe bench-vrrp bench-health bench-site fuzz clean
+.PHONY: all deps build image demo demo-ha demo-down demo-status check test lint guest bench bench-longpoll bench-dhcp bench-dhcp-pg bench-dhcp-takeover bench-ipvs bench-tftp bench-pxe bench-vrrp bench-health bench-site fuzz clean
 
 all: build
 
@@ -61,7 +61,7 @@ guest: deps
 	LBFLEET_BIN_DIR=$(CURDIR)/target/debug $(CARGO) test --workspace \
 	  $(foreach t,$(basename $(notdir $(wildcard tests/tests/*.rs))),--test $(t))
 
-bench: bench-longpoll bench-dhcp bench-dhcp-takeover bench-ipvs bench-tftp bench-pxe bench-vrrp bench-health bench-site
+bench: bench-longpoll bench-dhcp bench-dhcp-pg bench-dhcp-takeover bench-ipvs bench-tftp bench-pxe bench-vrrp bench-health bench-site
 
 bench-longpoll: deps
 	$(CARGO) run --release -p lbfleet-bench --bin bench-longpoll -- $(BENCH_ARGS)
@@ -69,6 +69,10 @@ bench-longpoll: deps
 # perfdhcp against lbfleet, Kea and dnsmasq in namespaces this target creates (root).
 bench-dhcp: build
 	bash bench/dhcp.sh $(BENCH_SECONDS)
+
+# The same with both lease stores on one PostgreSQL cluster the script starts: lbfleet vs Kea's pgsql backend.
+bench-dhcp-pg: build
+	bash bench/dhcp.sh $(BENCH_SECONDS) --postgres
 
 # DHCP takeover after kill -9: lbfleet hot standby vs Kea's HA hook, in namespaces this target creates (root).
 bench-dhcp-takeover: build

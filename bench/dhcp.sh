@@ -5,11 +5,23 @@
 # fixed time; a server "sustains" a rate when at most 1% of DISCOVER-OFFER and REQUEST-ACK exchanges drop.
 # Every server restarts with an empty lease store for each step. Bounded: fixed steps, fixed seconds each.
 #
-# usage: bench/dhcp.sh [SECONDS_PER_STEP]        (as root; results table on stdout)
+# With --postgres both lease stores are one PostgreSQL 15 cluster this script starts (initdb in its work directory
+# as the postgres user, Unix socket only, trust authentication, removed afterwards): lbfleet-server with
+# `--database postgres://` against Kea with its PostgreSQL lease backend (`kea-admin db-init pgsql`), same
+# cluster, same lab. Each step starts from an empty lease table (a new lbfleet database; Kea's lease4 truncated).
+#
+# usage: bench/dhcp.sh [SECONDS_PER_STEP] [--postgres]   (as root; results table on stdout)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-STEP_SECONDS=${1:-5}
+STEP_SECONDS=5 POSTGRES=0
+for arg in "$@"; do
+  case $arg in
+    --postgres) POSTGRES=1 ;;
+    ''|*[!0-9]*) echo "usage: bench/dhcp.sh [SECONDS_PER_STEP] [--postgres]" >&2; exit 2 ;;
+    *) STEP_SECONDS=$arg ;;
+  esac
+done
 RATES=(50 100 150 200 250 300 400 500 1000 2000 3000 4000 5000 6000 7000 8000 9000 10000 11000 12000 14000 16000)
 SERVER_BIN=${SERVER_BIN:-target/release/lbfleet-server}
 ID=$$
@@ -22,8 +34,19 @@ for tool in perfdhcp kea-dhcp4 dnsmasq ip; do
 done
 [ -x "$SERVER_BIN" ] || { echo "bench-dhcp: build first: cargo build --release -p lbfleet-server" >&2; exit 1; }
 
+PG_BIN=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n1)
+PG_DIR= PG_PORT=55432 PG_PID=
+if [ "$POSTGRES" = 1 ]; then
+  [ -n "$PG_BIN" ] && command -v kea-admin >/dev/null && command -v psql >/dev/null || {
+    echo "bench-dhcp: --postgres needs postgresql and kea-admin (scripts/install-deps.sh installs them)" >&2; exit 1; }
+fi
+
 cleanup() {
   stop_server
+  if [ -n "$PG_PID" ]; then
+    kill -INT "$PG_PID" 2>/dev/null || true
+    for _ in $(seq 1 100); do kill -0 "$PG_PID" 2>/dev/null || break; sleep 0.1; done
+  fi
   ip netns pids "$NS_S" 2>/dev/null | xargs -r kill -9 2>/dev/null || true
   ip netns pids "$NS_C" 2>/dev/null | xargs -r kill -9 2>/dev/null || true
   ip netns del "$NS_S" 2>/dev/null || true
@@ -53,9 +76,36 @@ ip -n "$NS_C" link set "$IF_C" up
 
 POOL_FIRST=198.18.1.0 POOL_LAST=198.19.255.254
 
+# As the postgres user (the cluster's owner).
+as_pg() { setpriv --reuid=postgres --regid=postgres --init-groups -- "$@"; }
+psql_pg() { as_pg psql -h "$PG_DIR" -p "$PG_PORT" -U postgres -v ON_ERROR_STOP=1 -qAt "$@"; }
+
+if [ "$POSTGRES" = 1 ]; then
+  PG_DIR=$WORK/pg
+  mkdir -p "$PG_DIR"
+  chown postgres:postgres "$PG_DIR"
+  chmod 755 "$WORK"
+  as_pg "$PG_BIN/initdb" -D "$PG_DIR/data" -U postgres -A trust >/dev/null
+  # Durable commits, as in production (no fsync=off here: both servers pay the same).
+  as_pg "$PG_BIN/postgres" -D "$PG_DIR/data" -p "$PG_PORT" -k "$PG_DIR" -c listen_addresses= \
+    -c max_connections=100 -c shared_buffers=128MB >"$WORK/pg.log" 2>&1 &
+  PG_PID=$!
+  for _ in $(seq 1 100); do psql_pg -d postgres -c 'SELECT 1' >/dev/null 2>&1 && break; sleep 0.1; done
+  psql_pg -d postgres -c 'CREATE DATABASE kea' >/dev/null
+  as_pg kea-admin db-init pgsql -h "$PG_DIR" -P "$PG_PORT" -u postgres -n kea >"$WORK/kea-admin.log" 2>&1 || {
+    echo "kea-admin db-init failed:" >&2; cat "$WORK/kea-admin.log" >&2; exit 1; }
+fi
+
 start_lbfleet() {
-  rm -f "$WORK"/lbfleet.db*
-  ip netns exec "$NS_S" "$SERVER_BIN" serve --database "sqlite://$WORK/lbfleet.db" --listen 127.0.0.1:18081 \
+  local db
+  if [ "$POSTGRES" = 1 ]; then
+    psql_pg -d postgres -c 'DROP DATABASE IF EXISTS lbfleet' -c 'CREATE DATABASE lbfleet' >/dev/null
+    db="postgres://postgres@localhost/lbfleet?host=$PG_DIR&port=$PG_PORT"
+  else
+    rm -f "$WORK"/lbfleet.db*
+    db="sqlite://$WORK/lbfleet.db"
+  fi
+  ip netns exec "$NS_S" "$SERVER_BIN" serve --database "$db" --state-dir "$WORK" --listen 127.0.0.1:18081 \
     --boot-interface "$IF_S" --boot-server-address 198.18.0.1 --boot-subnet 198.18.0.0/15 \
     --boot-pool "$POOL_FIRST-$POOL_LAST" --boot-tftp-port 0 --boot-max-discovered 130000 \
     >"$WORK/lbfleet.out" 2>"$WORK/lbfleet.log" &
@@ -68,11 +118,18 @@ start_lbfleet() {
 }
 
 start_kea() {
-  rm -f "$WORK"/kea-leases4.csv*
+  local leases
+  if [ "$POSTGRES" = 1 ]; then
+    psql_pg -d kea -c 'TRUNCATE lease4' >/dev/null
+    leases="{ \"type\": \"postgresql\", \"name\": \"kea\", \"host\": \"$PG_DIR\", \"port\": $PG_PORT, \"user\": \"postgres\" }"
+  else
+    rm -f "$WORK"/kea-leases4.csv*
+    leases="{ \"type\": \"memfile\", \"persist\": true, \"name\": \"$WORK/kea-leases4.csv\", \"lfc-interval\": 0 }"
+  fi
   cat >"$WORK/kea.json" <<EOF
 { "Dhcp4": {
     "interfaces-config": { "interfaces": ["$IF_S"], "dhcp-socket-type": "udp" },
-    "lease-database": { "type": "memfile", "persist": true, "name": "$WORK/kea-leases4.csv", "lfc-interval": 0 },
+    "lease-database": $leases,
     "multi-threading": { "enable-multi-threading": true, "thread-pool-size": 2, "packet-queue-size": 256 },
     "valid-lifetime": 3600,
     "subnet4": [ { "id": 1, "subnet": "198.18.0.0/15", "pools": [ { "pool": "$POOL_FIRST - $POOL_LAST" } ] } ],
@@ -110,8 +167,10 @@ measure() {
   echo "$achieved $drops"
 }
 
+SYSTEMS=(lbfleet kea dnsmasq)
+[ "$POSTGRES" = 1 ] && SYSTEMS=(lbfleet kea)
 declare -A BEST
-for server in lbfleet kea dnsmasq; do
+for server in "${SYSTEMS[@]}"; do
   BEST[$server]=0
   for rate in "${RATES[@]}"; do
     "start_$server"
@@ -123,11 +182,17 @@ for server in lbfleet kea dnsmasq; do
   done
 done
 
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
 echo
 echo "DHCP DORA/s sustained with <= 1% drops (perfdhcp, ${STEP_SECONDS}s per step, /15 pool, fresh lease store per step)"
+if [ "$POSTGRES" = 1 ]; then
+  printf '  %-36s %8s\n' "lbfleet (PostgreSQL, group commit)" "${BEST[lbfleet]}"
+  printf '  %-36s %8s\n' "Kea, PostgreSQL lease backend, 2 thr" "${BEST[kea]}"
+  echo "  ratio lbfleet/kea (same PostgreSQL): $(ratio "${BEST[lbfleet]}" "${BEST[kea]}")"
+  exit 0
+fi
 printf '  %-28s %8s\n' "lbfleet (SQLite, group commit)" "${BEST[lbfleet]}"
 printf '  %-28s %8s\n' "Kea memfile, 2 threads" "${BEST[kea]}"
 printf '  %-28s %8s\n' "dnsmasq --no-ping" "${BEST[dnsmasq]}"
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
 echo "  ratio lbfleet/kea:     $(ratio "${BEST[lbfleet]}" "${BEST[kea]}")"
 echo "  ratio lbfleet/dnsmasq: $(ratio "${BEST[lbfleet]}" "${BEST[dnsmasq]}")"
