@@ -356,3 +356,63 @@ async fn the_boot_script_names_every_live_server_with_its_pin() {
     assert_eq!(args.server_cert, None);
     b.stop().await;
 }
+
+/// The control-plane page names, per boot network, the server answering DHCP (from the leadership row the
+/// election keeps), by name when its boot address is a registered server's, and flags a row not renewed within
+/// its TTL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_control_plane_page_says_who_answers_dhcp_on_each_network() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = common::seed(&shared_database(dir.path())).await;
+    let a = in_process(dir.path(), "a", &tokens, |_| {}).await;
+    until(&a, "/api/v1/servers", "a up", |v| {
+        state_of(v, "a").as_deref() == Some("up")
+    })
+    .await;
+    let page = a.page_as("view", "/servers").await;
+    assert!(page.contains("No server answers DHCP"), "{page}");
+    // What a's election would write, and a stale row of a server nobody knows.
+    let host = a
+        .base
+        .trim_start_matches("http://")
+        .split(':')
+        .next()
+        .unwrap()
+        .to_owned();
+    let pool = common::raw_pool(&shared_database(dir.path())).await;
+    let now = lbfleet_server::store::now_ms();
+    for (network, address, renewed) in [
+        ("198.18.0.0/16", host.as_str(), now),
+        ("198.19.0.0/16", "198.19.0.1", now - 60_000),
+    ] {
+        sqlx::query(
+            "INSERT INTO dhcp_leaders (network, holder, holder_address, epoch, seq, ttl_ms, renewed_at) \
+             VALUES ($1, $2, $3, 3, 1, 1000, $4)",
+        )
+        .bind(network)
+        .bind(format!("{address}/1/0"))
+        .bind(address)
+        .bind(renewed)
+        .execute(&pool)
+        .await
+        .unwrap();
+    }
+    pool.close().await;
+    let page = a.page_as("view", "/servers").await;
+    let row = |network: &str| {
+        let start = page
+            .find(&format!("data-network=\"{network}\""))
+            .unwrap_or_else(|| panic!("no row for {network}: {page}"));
+        page[start..start + page[start..].find("</tr>").unwrap()].to_owned()
+    };
+    let answered = row("198.18.0.0/16");
+    assert!(answered.contains("<strong>a</strong>"), "{answered}");
+    assert!(!answered.contains("not renewed"), "{answered}");
+    let stale = row("198.19.0.0/16");
+    assert!(
+        stale.contains("<strong>198.19.0.1</strong>")
+            && stale.contains("not renewed within its TTL"),
+        "{stale}"
+    );
+    a.stop().await;
+}

@@ -45,11 +45,27 @@ pub struct ServerRowView {
     pub removable: bool,
 }
 
+/// Who answers DHCP on one boot network (`dhcp_leaders`).
+#[derive(Debug, Clone)]
+pub struct DhcpNetworkView {
+    pub network: String,
+    /// The answering server's name, or its boot address when no registered server has it; "nobody" after a
+    /// graceful release.
+    pub answered_by: String,
+    pub address: String,
+    pub renewed: String,
+    pub renewed_at: String,
+    /// Renewed within its TTL (as this server's clock says; for people, not decisions).
+    pub current: bool,
+    pub epoch: i64,
+}
+
 #[derive(Template)]
 #[template(path = "servers.html")]
 struct ServersPage {
     p: Chrome,
     servers: Vec<ServerRowView>,
+    dhcp: Vec<DhcpNetworkView>,
     up: usize,
     misses: u32,
 }
@@ -60,10 +76,38 @@ pub async fn page(
     headers: HeaderMap,
 ) -> Result<Response, WebError> {
     let me = s.config.server_id.clone();
-    let servers: Vec<ServerRowView> = s
+    let registered = s.fleet.servers(s.liveness()).await?;
+    let now = crate::store::now_ms();
+    let dhcp = s
         .fleet
-        .servers(s.liveness())
-        .await?
+        .dhcp_leaders()
+        .await
+        .map_err(crate::fleet::FleetError::from)?
+        .into_iter()
+        .map(|l| {
+            let holder = (!l.holder.is_empty()).then_some(l.holder_address.as_str());
+            let name = holder.and_then(|a| {
+                registered
+                    .iter()
+                    .find(|v| boot_host(v.boot_url.as_deref()) == Some(a))
+                    .map(|v| v.name.clone())
+            });
+            DhcpNetworkView {
+                answered_by: match (holder, name) {
+                    (None, _) => "nobody (released)".into(),
+                    (Some(_), Some(n)) => n,
+                    (Some(a), None) => a.to_owned(),
+                },
+                address: l.holder_address.clone(),
+                renewed: ago_text(Some(l.renewed_at)),
+                renewed_at: time_text(l.renewed_at),
+                current: holder.is_some() && now.saturating_sub(l.renewed_at) <= l.ttl_ms,
+                epoch: l.epoch,
+                network: l.network,
+            }
+        })
+        .collect();
+    let servers: Vec<ServerRowView> = registered
         .into_iter()
         .map(|v| ServerRowView {
             this: me.as_deref() == Some(v.id.as_str()),
@@ -95,7 +139,15 @@ pub async fn page(
         up: servers.iter().filter(|r| r.state == "up").count(),
         misses: s.config.heartbeat_misses,
         servers,
+        dhcp,
     })
+}
+
+/// The host of a boot URL (`http://198.18.0.1:8080` -> `198.18.0.1`).
+fn boot_host(url: Option<&str>) -> Option<&str> {
+    let rest = url?.split_once("://")?.1;
+    let host = rest.split(['/', ':']).next()?;
+    (!host.is_empty()).then_some(host)
 }
 
 #[derive(Deserialize)]
