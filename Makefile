@@ -2,7 +2,7 @@
 CARGO ?= cargo
 SERVER := target/release/lbfleet-server
 
-.PHONY: all deps build image demo demo-ha demo-down demo-status check test lint guest bench bench-longpoll bench-dhcp bench-dhcp-pg bench-dhcp-takeover bench-ipvs bench-tftp bench-pxe bench-vrrp bench-health bench-site fuzz clean
+.PHONY: all deps build image demo demo-ha demo-down demo-status check test lint guest bench bench-longpoll bench-dhcp bench-dhcp-pg bench-dhcp-takeover bench-ipvs bench-tftp bench-pxe bench-vrrp bench-health bench-site bench-import fuzz clean
 
 all: build
 
@@ -61,7 +61,7 @@ guest: deps
 	LBFLEET_BIN_DIR=$(CURDIR)/target/debug $(CARGO) test --workspace \
 	  $(foreach t,$(basename $(notdir $(wildcard tests/tests/*.rs))),--test $(t))
 
-bench: bench-longpoll bench-dhcp bench-dhcp-pg bench-dhcp-takeover bench-ipvs bench-tftp bench-pxe bench-vrrp bench-health bench-site
+bench: bench-longpoll bench-dhcp bench-dhcp-pg bench-dhcp-takeover bench-ipvs bench-tftp bench-pxe bench-vrrp bench-health bench-site bench-import
 
 bench-longpoll: deps
 	$(CARGO) run --release -p lbfleet-bench --bin bench-longpoll -- $(BENCH_ARGS)
@@ -110,6 +110,13 @@ bench-vrrp: deps
 bench-site: deps
 	$(CARGO) build --release -p lbfleet-server -p lbfleet-agent -p lbfleet-tests -p lbfleet-bench --bins
 	./target/release/bench-site $(BENCH_SITE_ARGS)
+
+# keepalived.conf import of 1,000 virtual_server x 10 real_server over 20 includes: `import --dry-run` vs
+# `keepalived -t` on the same files (ratio of medians), and the applied import's time. Root (its own netns).
+# BENCH_IMPORT_TRIALS: runs of each (default 5).
+bench-import: deps
+	$(CARGO) build --release -p lbfleet-server --bin lbfleet-server
+	bash bench/keepalived-import.sh $(BENCH_IMPORT_TRIALS)
 
 # cargo-fuzz on the DHCP, TFTP and VRRP decoders and the keepalived.conf parser, FUZZ_SECONDS per target (not part of `make test`). cargo-fuzz
 # needs nightly rustc flags; RUSTC_BOOTSTRAP=1 lets the machine's stable toolchain accept them.
