@@ -9,11 +9,14 @@
 //! link. NAT: the real servers' default route is the balancer, so the replies come back through it and IPVS
 //! rewrites them. DR: the default route is `gw`, so the replies go to the client without touching the
 //! balancer. The switch is a new role generation for the running agent (`forward` nat -> dr) plus the real
-//! servers' route; each phase waits until `ipvsadm -Ln` shows all three destinations with the phase's
+//! servers' route (odd rounds NAT first, even rounds DR first, so neither always runs on a warmer or
+//! fuller guest); each phase waits until `ipvsadm -Ln` shows all three destinations with the phase's
 //! forwarding method (Masq or Route) and a weight.
 //!
 //! The load: `guest-tcp download` in `cl`, `--requests` requests over `--workers` parallel connections, at most
-//! `--seconds` per phase. Prints requests/s and bytes/s per method and the DR/NAT ratios. Under TCG every
+//! `--seconds` per phase. Prints requests/s and bytes/s per method and the DR/NAT ratios, and checks each phase's
+//! path by the bytes the balancer's LAN interface sent: at least the client's body bytes in NAT, under a tenth
+//! of them in DR. Under TCG every
 //! namespace shares one emulated CPU, so the absolute figures are low; the ratio in one run is the figure.
 
 #![allow(clippy::unwrap_used)]
@@ -30,7 +33,7 @@ use serde_json::json;
 #[command(about = "DR vs NAT throughput through the same lbfleet-agent balancer in one QEMU guest")]
 struct Args {
     /// Requests per phase (the load stops at this count or at --seconds, whichever comes first)
-    #[arg(long, default_value_t = 200)]
+    #[arg(long, default_value_t = 1000)]
     requests: u64,
     /// Time limit of one phase, seconds
     #[arg(long, default_value_t = 60)]
@@ -42,7 +45,7 @@ struct Args {
     #[arg(long, default_value_t = 1024)]
     size_kib: u64,
     /// Rounds, each a NAT phase then a DR phase
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = 3)]
     rounds: usize,
 }
 
@@ -85,10 +88,15 @@ fn script(args: &Args) -> String {
     let mut phases = String::new();
     let mut generation = 1;
     for k in 1..=args.rounds {
-        for (mode, method, gw) in [("nat", "Masq", "198.18.0.2"), ("dr", "Route", "198.18.0.1")] {
+        let mut order = [("nat", "Masq", "198.18.0.2"), ("dr", "Route", "198.18.0.1")];
+        if k % 2 == 0 {
+            order.reverse();
+        }
+        for (mode, method, gw) in order {
             generation += 1;
+            let ports = 10000 + 5000 * (generation - 2);
             phases.push_str(&format!(
-                "phase {mode}_{k} {mode} {generation} {method} {gw}\n"
+                "phase {mode}_{k} {mode} {generation} {method} {gw} {ports}\n"
             ));
         }
     }
@@ -141,8 +149,9 @@ cp /nat1.json /tmp/role.json
 ip netns exec lb lbfleet-agent apply --role /tmp/role.json --watch --resync 1s --state-dir /tmp/slb > /tmp/lb.log 2>&1 &
 waitfor /tmp/lb.log "to=Master"
 
-# phase NAME MODE GENERATION METHOD ROUTER: the role with MODE (generation GENERATION), the real servers'
-# default route via ROUTER, a bounded wait for three METHOD destinations with a weight, then the load.
+# phase NAME MODE GENERATION METHOD ROUTER PORTS: the role with MODE (generation GENERATION), the real servers'
+# default route via ROUTER, a bounded wait for three METHOD destinations with a weight, then the load from
+# client ports PORTS..PORTS+4999.
 phase() {{
   cp /$2$3.json /tmp/role.next && mv /tmp/role.next /tmp/role.json
   for i in 1 2 3; do ip -n rs$i route replace default via $5; done
@@ -152,13 +161,40 @@ phase() {{
     sleep 0.1
   done
   run table_$1 lbipvs -Ln
+  # A source port range of its own per phase: IPVS keeps the previous phase's connection entries (with their
+  # forwarding method: a DR entry reused by a NAT connection sends the SYN-ACK from the VIP to the balancer,
+  # which drops it) until they expire.
+  ip netns exec cl sysctl -qw net.ipv4.ip_local_port_range="$6 $(($6 + 4999))"
+  tx0=$(ip netns exec lb cat /sys/class/net/eth0/statistics/tx_bytes)
   run $1 ip netns exec cl guest-tcp download {VIP}:80 {count} {secs} {workers} {bytes}
+  tx1=$(ip netns exec lb cat /sys/class/net/eth0/statistics/tx_bytes)
+  run tx_$1 echo "BALANCER tx_bytes=$((tx1 - tx0))"
   run stats_$1 lbipvs -Ln --stats --exact
 }}
 {phases}
 run lb_log cat /tmp/lb.log
 "#
     )
+}
+
+/// The agent's log (the last lines), for a failed phase.
+fn agent_log(out: &GuestOutput) -> String {
+    let log = out.section("lb_log").map(|s| s.text).unwrap_or_default();
+    let lines: Vec<&str> = log.lines().collect();
+    lines[lines.len().saturating_sub(30)..].join("\n")
+}
+
+/// Bytes the balancer's LAN interface sent during phase `name`: the replies (and the forwarded requests) in NAT,
+/// the forwarded requests alone in DR.
+fn balancer_tx(out: &GuestOutput, name: &str) -> anyhow::Result<u64> {
+    let s = out
+        .section(&format!("tx_{name}"))
+        .with_context(|| format!("no section tx_{name}"))?;
+    s.text
+        .trim()
+        .strip_prefix("BALANCER tx_bytes=")
+        .and_then(|v| v.parse().ok())
+        .with_context(|| format!("tx_{name}: {}", s.text))
 }
 
 /// `(requests, failed, bytes, ms)` of a phase's `BENCH` line.
@@ -197,8 +233,9 @@ fn phase(out: &GuestOutput, name: &str) -> anyhow::Result<(u64, u64, u64, f64)> 
     );
     ensure!(
         s.rc == 0 && r.1 == 0,
-        "{name}: failed requests: {}\n{table}",
-        s.text
+        "{name}: failed requests: {}\n{table}\nagent log (end):\n{}",
+        s.text,
+        agent_log(out)
     );
     Ok(r)
 }
@@ -215,6 +252,10 @@ fn main() -> anyhow::Result<()> {
         args.rounds > 0 && args.requests > 0 && args.seconds > 0 && args.size_kib > 0,
         "nothing to measure"
     );
+    ensure!(
+        args.requests <= 4000 && args.rounds <= 5,
+        "at most 4000 requests and 5 rounds (each phase has 5000 client ports of its own)"
+    );
     lbfleet_bench::cleanup_on_signal("bench-dr");
     let load_start = loadavg();
     let prereqs = guest::prereqs()?;
@@ -227,21 +268,24 @@ fn main() -> anyhow::Result<()> {
     img.binary(&tcp, "/usr/bin/guest-tcp")?;
     img.file("/rs.sh", realserver_script()?.as_bytes());
     img.file("/nat1.json", &role(1, "nat"));
-    let mut generation = 1;
-    for _ in 0..args.rounds {
+    // Generation g (2..) is phase g-2 of the script's sequence; both methods per generation keep it simple.
+    for generation in 2..2 + 2 * args.rounds as u64 {
         for mode in ["nat", "dr"] {
-            generation += 1;
             img.file(&format!("/{mode}{generation}.json"), &role(generation, mode));
         }
     }
     img.script(&script(&args));
     let (initrd, _scratch) = img.write()?;
     eprintln!(
-        "booting the guest: {} rounds of NAT then DR, {} requests of {} KiB over {} connections, at most {} s each",
+        "booting the guest: {} rounds of NAT and DR (alternating which goes first), {} requests of {} KiB over {} connections, at most {} s each",
         args.rounds, args.requests, args.size_kib, args.workers, args.seconds
     );
     let timeout = Duration::from_secs(600 + 2 * args.rounds as u64 * (args.seconds + 120));
     let out = guest::boot(&prereqs, &initrd, timeout)?;
+    let console = std::env::temp_dir().join("lbfleet-bench-dr-console.log");
+    std::fs::write(&console, &out.console)
+        .with_context(|| format!("writing {}", console.display()))?;
+    eprintln!("guest console: {}", console.display());
     for i in 1..=3 {
         let s = out
             .section(&format!("rs_setup{i}"))
@@ -255,21 +299,29 @@ fn main() -> anyhow::Result<()> {
         "DR vs NAT, {} KiB per request, {} parallel connections, QEMU TCG guest",
         args.size_kib, args.workers
     );
-    println!("| round | method | requests | time | requests/s | bytes/s |");
-    println!("|---|---|---|---|---|---|");
+    println!("| round | method | requests | time | requests/s | bytes/s | sent by the balancer |");
+    println!("|---|---|---|---|---|---|---|");
     for k in 1..=args.rounds {
         for (i, mode) in ["nat", "dr"].into_iter().enumerate() {
             let (req, _, bytes, ms) = phase(&out, &format!("{mode}_{k}"))?;
             ensure!(req > 0, "{mode}_{k}: no request done");
+            // The path: in NAT the replies leave through the balancer, in DR they never touch it.
+            let tx = balancer_tx(&out, &format!("{mode}_{k}"))?;
+            if mode == "nat" {
+                ensure!(tx >= bytes, "{mode}_{k}: the balancer sent {tx} bytes, the client got {bytes}: the replies did not pass it");
+            } else {
+                ensure!(tx < bytes / 10, "{mode}_{k}: the balancer sent {tx} bytes of the client's {bytes}: the replies passed it");
+            }
             total[i].0 += req;
             total[i].1 += bytes;
             total[i].2 += ms;
             println!(
-                "| {k} | {} | {req} | {:.1} s | {:.1} | {:.1} MB/s |",
+                "| {k} | {} | {req} | {:.1} s | {:.1} | {:.1} MB/s | {:.1} MB |",
                 mode.to_uppercase(),
                 ms / 1000.0,
                 req as f64 * 1000.0 / ms,
-                bytes as f64 * 1000.0 / ms / 1e6
+                bytes as f64 * 1000.0 / ms / 1e6,
+                tx as f64 / 1e6
             );
         }
     }
@@ -277,13 +329,13 @@ fn main() -> anyhow::Result<()> {
     let (nat_rps, nat_bps) = rate(total[0]);
     let (dr_rps, dr_bps) = rate(total[1]);
     println!(
-        "| all | NAT | {} | {:.1} s | {nat_rps:.1} | {:.1} MB/s |",
+        "| all | NAT | {} | {:.1} s | {nat_rps:.1} | {:.1} MB/s | |",
         total[0].0,
         total[0].2 / 1000.0,
         nat_bps / 1e6
     );
     println!(
-        "| all | DR | {} | {:.1} s | {dr_rps:.1} | {:.1} MB/s |",
+        "| all | DR | {} | {:.1} s | {dr_rps:.1} | {:.1} MB/s | |",
         total[1].0,
         total[1].2 / 1000.0,
         dr_bps / 1e6
