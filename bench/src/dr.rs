@@ -206,7 +206,11 @@ fn phase(out: &GuestOutput, name: &str) -> anyhow::Result<(u64, u64, u64, f64)> 
         .section(&format!("table_{name}"))
         .map(|t| t.text)
         .unwrap_or_default();
-    let method = if name.starts_with("dr") { "Route" } else { "Masq" };
+    let method = if name.starts_with("dr") {
+        "Route"
+    } else {
+        "Masq"
+    };
     let dests = table
         .lines()
         .filter(|l| l.split_whitespace().nth(2) == Some(method))
@@ -271,7 +275,10 @@ fn main() -> anyhow::Result<()> {
     // Generation g (2..) is phase g-2 of the script's sequence; both methods per generation keep it simple.
     for generation in 2..2 + 2 * args.rounds as u64 {
         for mode in ["nat", "dr"] {
-            img.file(&format!("/{mode}{generation}.json"), &role(generation, mode));
+            img.file(
+                &format!("/{mode}{generation}.json"),
+                &role(generation, mode),
+            );
         }
     }
     img.script(&script(&args));

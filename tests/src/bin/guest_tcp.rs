@@ -177,9 +177,8 @@ fn blob_server(addr: SocketAddr, bytes: u64) -> Result<(), String> {
                 return;
             }
             let _ = conn.set_write_timeout(Some(Duration::from_secs(30)));
-            let head = format!(
-                "HTTP/1.1 200 OK\r\nContent-Length: {bytes}\r\nConnection: close\r\n\r\n"
-            );
+            let head =
+                format!("HTTP/1.1 200 OK\r\nContent-Length: {bytes}\r\nConnection: close\r\n\r\n");
             if conn.write_all(head.as_bytes()).is_err() {
                 return;
             }
@@ -301,18 +300,16 @@ fn main() -> ExitCode {
             (Err(e), ..) => Err(e),
             (_, Err(e), ..) | (_, _, Err(e), ..) | (_, _, _, Err(e), _) | (.., Err(e)) => Err(e),
         },
-        Some("chat") => {
-            match (parse(args.get(1)), number(2), number(3), args.get(4)) {
-                (Ok(a), Ok(ms), Ok(max), Some(stop)) => chat(
-                    a,
-                    Duration::from_millis(ms),
-                    usize::try_from(max).unwrap_or(usize::MAX),
-                    Path::new(stop),
-                ),
-                (Err(e), ..) | (_, Err(e), ..) | (_, _, Err(e), _) => Err(e),
-                _ => Err(usage.to_owned()),
-            }
-        }
+        Some("chat") => match (parse(args.get(1)), number(2), number(3), args.get(4)) {
+            (Ok(a), Ok(ms), Ok(max), Some(stop)) => chat(
+                a,
+                Duration::from_millis(ms),
+                usize::try_from(max).unwrap_or(usize::MAX),
+                Path::new(stop),
+            ),
+            (Err(e), ..) | (_, Err(e), ..) | (_, _, Err(e), _) => Err(e),
+            _ => Err(usage.to_owned()),
+        },
         _ => Err(usage.to_owned()),
     };
     match result {
