@@ -2,7 +2,7 @@
 CARGO ?= cargo
 SERVER := target/release/lbfleet-server
 
-.PHONY: all deps build image demo demo-ha demo-down demo-status check test lint guest bench bench-longpoll bench-dhcp bench-dhcp-pg bench-dhcp-takeover bench-ipvs bench-tftp bench-pxe bench-vrrp bench-health bench-site bench-import fuzz clean
+.PHONY: all deps build image demo demo-ha demo-down demo-status check test lint guest bench bench-longpoll bench-dhcp bench-dhcp-pg bench-dhcp-takeover bench-ipvs bench-tftp bench-pxe bench-vrrp bench-health bench-site bench-import bench-dr fuzz clean
 
 all: build
 
@@ -61,7 +61,7 @@ guest: deps
 	LBFLEET_BIN_DIR=$(CURDIR)/target/debug $(CARGO) test --workspace \
 	  $(foreach t,$(basename $(notdir $(wildcard tests/tests/*.rs))),--test $(t))
 
-bench: bench-longpoll bench-dhcp bench-dhcp-pg bench-dhcp-takeover bench-ipvs bench-tftp bench-pxe bench-vrrp bench-health bench-site bench-import
+bench: bench-longpoll bench-dhcp bench-dhcp-pg bench-dhcp-takeover bench-ipvs bench-tftp bench-pxe bench-vrrp bench-health bench-site bench-import bench-dr
 
 bench-longpoll: deps
 	$(CARGO) run --release -p lbfleet-bench --bin bench-longpoll -- $(BENCH_ARGS)
@@ -117,6 +117,12 @@ bench-site: deps
 bench-import: deps
 	$(CARGO) build --release -p lbfleet-server --bin lbfleet-server
 	bash bench/keepalived-import.sh $(BENCH_IMPORT_TRIALS)
+
+# DR vs NAT through the same balancer in a QEMU guest (TCG): requests/s and bytes/s of a download-heavy load
+# and the DR/NAT ratio. BENCH_DR_ARGS: --requests N, --seconds S, --workers N, --size-kib K, --rounds N.
+bench-dr: deps
+	$(CARGO) build --release -p lbfleet-agent -p lbfleet-tests -p lbfleet-bench --bins
+	./target/release/bench-dr $(BENCH_DR_ARGS)
 
 # cargo-fuzz on the DHCP, TFTP and VRRP decoders and the keepalived.conf parser, FUZZ_SECONDS per target (not part of `make test`). cargo-fuzz
 # needs nightly rustc flags; RUSTC_BOOTSTRAP=1 lets the machine's stable toolchain accept them.
