@@ -147,6 +147,16 @@ impl Lab {
             self.api_token = String::from_utf8_lossy(&out.stdout).trim().to_owned();
         }
         let log = std::fs::File::create(self.dir.path().join("server.log")).unwrap();
+        // In the test's directory: the default (var/boot, its boot cache in var/state) is relative to the
+        // working directory, the source tree.
+        // (Unless the test names its own.)
+        let boot_dir = self.dir.path().join("boot");
+        let default_boot_dir = ["--boot-dir", boot_dir.to_str().unwrap()];
+        let default_boot_dir: &[&str] = if extra.contains(&"--boot-dir") {
+            &[]
+        } else {
+            &default_boot_dir
+        };
         let child = self
             .cmd(
                 "s",
@@ -177,6 +187,7 @@ impl Lab {
                     &max_discovered.to_string(),
                 ]
                 .into_iter()
+                .chain(default_boot_dir.iter().copied())
                 .chain(extra.iter().copied())
                 .collect::<Vec<_>>(),
             )
