@@ -299,6 +299,53 @@ mod tests {
     use super::super::testing::{admin, fleet, member, spec};
     use super::*;
 
+    /// Real servers are stored many rows a statement: order, fields and the unchanged check hold across the
+    /// statements' boundaries.
+    #[tokio::test]
+    async fn a_service_of_250_real_servers_is_stored_in_order() {
+        let (f, _dir) = fleet().await;
+        let mut sp = spec(51, "198.18.0.10");
+        let rs = &mut sp.services[0].real_servers;
+        let template = rs[0].clone();
+        rs.clear();
+        for i in 0..250u16 {
+            let mut r = template.clone();
+            r.address = format!("198.18.{}.{}", 2 + i / 200, 1 + i % 200);
+            r.port = 1000 + i;
+            r.weight = u32::from(i % 7);
+            r.enabled = Some(i % 3 != 0);
+            rs.push(r);
+        }
+        let (outcome, view) = f.put_cluster(&admin(), "big", &sp).await.expect("create");
+        assert_eq!(outcome, PutOutcome::Created);
+        assert_eq!(view.spec.services[0].real_servers.len(), 250);
+        let stored = f.get_cluster("big").await.expect("get");
+        for (i, (got, want)) in stored.spec.services[0]
+            .real_servers
+            .iter()
+            .zip(&sp.services[0].real_servers)
+            .enumerate()
+        {
+            assert_eq!(
+                (
+                    &got.address,
+                    got.port,
+                    got.weight,
+                    got.enabled.unwrap_or(true)
+                ),
+                (
+                    &want.address,
+                    want.port,
+                    want.weight,
+                    want.enabled.unwrap_or(true)
+                ),
+                "real server {i}"
+            );
+        }
+        let (outcome, _) = f.put_cluster(&admin(), "big", &sp).await.expect("again");
+        assert_eq!(outcome, PutOutcome::Unchanged);
+    }
+
     #[tokio::test]
     async fn put_is_idempotent_checks_uniqueness_and_revisions() {
         let (f, _dir) = fleet().await;

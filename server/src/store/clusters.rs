@@ -294,9 +294,53 @@ pub async fn replace_contents(
         .bind(check)
         .fetch_one(&mut *conn)
         .await?;
-        for (rpos, r) in s.real_servers.iter().enumerate() {
-            insert_real_server(conn, sid, rpos as i64, r).await?;
+        insert_real_servers(conn, sid, &s.real_servers).await?;
+    }
+    Ok(())
+}
+
+/// Real servers inserted per statement: one round trip for many rows (a 30,000-real-server role is 300
+/// statements, not 30,000), 600 parameters, far under SQLite's and PostgreSQL's limits.
+const REAL_SERVERS_PER_INSERT: usize = 100;
+
+/// Inserts a service's real servers at positions 0.. in their order, many rows a statement.
+async fn insert_real_servers(
+    conn: &mut Conn,
+    service_id: i64,
+    real_servers: &[RealServerSpec],
+) -> Result<(), StoreError> {
+    for (chunk_no, chunk) in real_servers.chunks(REAL_SERVERS_PER_INSERT).enumerate() {
+        let mut sql = String::from(
+            "INSERT INTO real_servers (service_id, position, address, port, weight, enabled) VALUES ",
+        );
+        for i in 0..chunk.len() {
+            let b = i * 6;
+            if i > 0 {
+                sql.push_str(", ");
+            }
+            sql.push_str(&format!(
+                "(${}, ${}, ${}, ${}, ${}, ${})",
+                b + 1,
+                b + 2,
+                b + 3,
+                b + 4,
+                b + 5,
+                b + 6
+            ));
         }
+        let mut q = sqlx::query(&sql);
+        for (i, r) in chunk.iter().enumerate() {
+            let position =
+                i64::try_from(chunk_no * REAL_SERVERS_PER_INSERT + i).unwrap_or(i64::MAX);
+            q = q
+                .bind(service_id)
+                .bind(position)
+                .bind(&r.address)
+                .bind(i64::from(r.port))
+                .bind(i64::from(r.weight))
+                .bind(i64::from(r.enabled.unwrap_or(true)));
+        }
+        q.execute(&mut *conn).await?;
     }
     Ok(())
 }
