@@ -30,20 +30,12 @@ fn shared_database(dir: &Path) -> PathBuf {
     dir.join("fleet.db")
 }
 
-fn copy(t: &Tokens) -> Tokens {
-    Tokens {
-        admin: t.admin.clone(),
-        operator: t.operator.clone(),
-        viewer: t.viewer.clone(),
-    }
-}
-
 /// A server on the shared database with a state directory of its own (`dir/name`), plain HTTP or TLS with a
 /// self-signed certificate kept there.
 async fn server(dir: &Path, name: &str, tokens: &Tokens, tls: bool) -> TestServer {
     let state = dir.join(name);
     std::fs::create_dir_all(&state).unwrap();
-    TestServer::start_with(shared_database(dir), copy(tokens), |c| {
+    TestServer::start_with(shared_database(dir), tokens.clone(), |c| {
         c.state_dir = state.clone();
         c.heartbeat_interval = Duration::from_millis(200);
         if tls {

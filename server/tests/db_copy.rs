@@ -19,14 +19,6 @@ use serde_json::{json, Value};
 
 const SERVER_BIN: &str = env!("CARGO_BIN_EXE_lbfleet-server");
 
-fn copy_tokens(t: &Tokens) -> Tokens {
-    Tokens {
-        admin: t.admin.clone(),
-        operator: t.operator.clone(),
-        viewer: t.viewer.clone(),
-    }
-}
-
 async fn start_on(url: &str, dir: &Path, tokens: Tokens) -> TestServer {
     let mut config = ServerConfig::with_database(url.to_owned());
     config.state_dir = dir.to_owned();
@@ -82,7 +74,7 @@ async fn a_sqlite_site_moves_to_postgres_and_back_with_its_audit_chain() {
     let tokens = seed_url(&sqlite).await;
 
     // The site on SQLite: a cluster, two nodes (one enrolled and active), some audit history.
-    let srv = start_on(&sqlite, &dir.path().join("s1"), copy_tokens(&tokens)).await;
+    let srv = start_on(&sqlite, &dir.path().join("s1"), tokens.clone()).await;
     let op = srv.tokens.operator.clone();
     let (s, v) = srv
         .put("/api/v1/clusters/ext", &op, cluster_spec(51, "198.18.0.10"))
@@ -116,7 +108,7 @@ async fn a_sqlite_site_moves_to_postgres_and_back_with_its_audit_chain() {
     );
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("audit chain verified"), "{text}");
-    let on_pg = start_on(&pg, &dir.path().join("s2"), copy_tokens(&tokens)).await;
+    let on_pg = start_on(&pg, &dir.path().join("s2"), tokens.clone()).await;
     assert_eq!(fleet_view(&on_pg, &credential).await, before);
     // New rows after the copy get fresh ids (identity columns moved past the copied ones).
     let (s, v) = on_pg
@@ -135,7 +127,7 @@ async fn a_sqlite_site_moves_to_postgres_and_back_with_its_audit_chain() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("already holds a fleet"), "{err}");
-    let again = start_on(&pg, &dir.path().join("s3"), copy_tokens(&tokens)).await;
+    let again = start_on(&pg, &dir.path().join("s3"), tokens.clone()).await;
     assert_eq!(fleet_view(&again, &credential).await, moved);
     again.stop().await;
 

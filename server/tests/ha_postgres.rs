@@ -18,14 +18,6 @@ use serde_json::{json, Value};
 
 const RS: &str = "/api/v1/clusters/ext/services/tcp:198.18.0.10:80/real-servers/198.18.2.1:8080";
 
-fn copy(t: &Tokens) -> Tokens {
-    Tokens {
-        admin: t.admin.clone(),
-        operator: t.operator.clone(),
-        viewer: t.viewer.clone(),
-    }
-}
-
 /// Two in-process servers, each with its own state directory, on one new PostgreSQL database.
 async fn two_servers(dir: &Path, name: &str) -> (TestServer, TestServer, String) {
     let cluster = lbfleet_tests::postgres::shared();
@@ -37,7 +29,7 @@ async fn two_servers(dir: &Path, name: &str) -> (TestServer, TestServer, String)
         config.server_name = Some(which.into());
         TestServer::start_config(dir.join(which).join("unused.db"), tokens, config)
     };
-    let a = start("a", copy(&tokens)).await;
+    let a = start("a", tokens.clone()).await;
     let b = start("b", tokens).await;
     (a, b, url)
 }

@@ -269,13 +269,8 @@ async fn every_server_serves_an_image_only_as_its_manifest_says() {
             b"initrd-1"
         );
     }
-    let copy = |t: &common::Tokens| common::Tokens {
-        admin: t.admin.clone(),
-        operator: t.operator.clone(),
-        viewer: t.viewer.clone(),
-    };
     let mut servers = Vec::new();
-    for (boot, tokens) in [(&boot_a, copy(&tokens)), (&boot_b, tokens)] {
+    for (boot, tokens) in [(&boot_a, tokens.clone()), (&boot_b, tokens)] {
         servers.push(
             common::TestServer::start_boot(
                 db.clone(),

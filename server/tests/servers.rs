@@ -29,14 +29,6 @@ fn shared_database(dir: &Path) -> PathBuf {
     dir.join("fleet.db")
 }
 
-fn copy(t: &Tokens) -> Tokens {
-    Tokens {
-        admin: t.admin.clone(),
-        operator: t.operator.clone(),
-        viewer: t.viewer.clone(),
-    }
-}
-
 /// An in-process server on the shared database, state in `dir/name`, heartbeating every 200 ms.
 async fn in_process(
     dir: &Path,
@@ -45,7 +37,7 @@ async fn in_process(
     tweak: impl FnOnce(&mut lbfleet_server::ServerConfig),
 ) -> TestServer {
     let state = dir.join(name);
-    TestServer::start_with(shared_database(dir), copy(tokens), |c| {
+    TestServer::start_with(shared_database(dir), tokens.clone(), |c| {
         c.state_dir = state;
         c.server_name = Some(name.into());
         c.heartbeat_interval = humantime::parse_duration(HEARTBEAT).unwrap();

@@ -19,7 +19,7 @@ use tokio::task::JoinHandle;
 
 pub const PASSWORD: &str = "test-password-123";
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Tokens {
     pub admin: String,
     pub operator: String,
