@@ -32,7 +32,17 @@ fn rss_kib(pid: u32) -> Option<u64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn login_flood_keeps_memory_bounded_and_other_addresses_served() {
     let dir = tempfile::tempdir().unwrap();
-    let server = process::ServerProcess::start(dir.path(), None, &[]);
+    // The flood's client can hold more than 256 connections at once although only 200 requests are in
+    // flight (hyper's pool races a new connect against a connection coming back and keeps both), and at
+    // the default bound of 256 per address the server then closes the least recently used idle one, which
+    // the client may be reusing at that very moment (a reset, seen as a transport error). The bound is what
+    // tests/held_connections.rs proves; here it is raised so that only the login gate answers the flood.
+    let per_address = (4 * CONCURRENCY).to_string();
+    let server = process::ServerProcess::start(
+        dir.path(),
+        None,
+        &[("LBFLEET_MAX_CONNECTIONS_PER_ADDRESS", per_address.as_str())],
+    );
     let (pid, addr, password) = (
         server.pid(),
         server.addr.clone(),
@@ -65,16 +75,18 @@ async fn login_flood_keeps_memory_bounded_and_other_addresses_served() {
     let next = Arc::new(AtomicUsize::new(0));
     let done = Arc::new(AtomicUsize::new(0));
     let statuses = Arc::new(std::sync::Mutex::new(std::collections::BTreeMap::new()));
+    let errors = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
     let flood_started = Instant::now();
     let mut workers = Vec::new();
     for _ in 0..CONCURRENCY {
-        let (client, url, next, done, stop, statuses) = (
+        let (client, url, next, done, stop, statuses, errors) = (
             flood_client.clone(),
             url.clone(),
             next.clone(),
             done.clone(),
             stop.clone(),
             statuses.clone(),
+            errors.clone(),
         );
         workers.push(tokio::spawn(async move {
             while next.fetch_add(1, Ordering::Relaxed) < FLOOD && !stop.load(Ordering::Relaxed) {
@@ -86,7 +98,10 @@ async fn login_flood_keeps_memory_bounded_and_other_addresses_served() {
                     .await
                 {
                     Ok(r) => r.status().as_u16(),
-                    Err(_) => 0,
+                    Err(e) => {
+                        errors.lock().unwrap().push(format!("{e:?}"));
+                        0
+                    }
                 };
                 *statuses.lock().unwrap().entry(status).or_insert(0usize) += 1;
                 done.fetch_add(1, Ordering::Relaxed);
@@ -135,7 +150,8 @@ async fn login_flood_keeps_memory_bounded_and_other_addresses_served() {
     assert_eq!(done.load(Ordering::Relaxed), FLOOD, "the whole flood ran");
     assert!(
         statuses.keys().all(|s| *s == 401 || *s == 429),
-        "flood answers must be 401 or 429: {statuses:?}"
+        "flood answers must be 401 or 429: {statuses:?}; transport errors: {:?}",
+        errors.lock().unwrap()
     );
     let resp = resp.expect("login from another address answered");
     assert_eq!(resp.status().as_u16(), 200, "login from another address");

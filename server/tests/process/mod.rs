@@ -76,8 +76,15 @@ impl ServerProcess {
                 break (v["fields"]["addr"].as_str().unwrap().to_owned(), boot);
             }
         };
-        // Keep draining the log so the server never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
+        // Keep draining the log so the server never blocks on a full pipe; its warnings and errors go to the
+        // test's output (shown when the test fails).
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                if line.contains("\"level\":\"WARN\"") || line.contains("\"level\":\"ERROR\"") {
+                    eprintln!("server: {line}");
+                }
+            }
+        });
         let admin_password = std::fs::read_to_string(&pw_file).unwrap().trim().to_owned();
         ServerProcess {
             child,
