@@ -116,22 +116,28 @@ impl Fleet {
 
     /// Creates or replaces several clusters in one transaction, all or none, each with its audit row
     /// (`cluster.create` / `cluster.update`) and every rule of `put_cluster` (the later clusters are checked
-    /// against the earlier ones). `dry_run` runs everything and rolls back. Returns each cluster's outcome.
+    /// against the earlier ones). `dry_run` checks every rule against what is stored and writes nothing.
+    /// Returns each cluster's outcome.
     pub async fn put_clusters(
         &self,
         actor: &Actor,
         clusters: &[(String, ClusterSpec)],
         dry_run: bool,
     ) -> Result<Vec<(String, PutOutcome)>> {
-        let mut tx = self.store.begin().await?;
-        let mut outcomes = Vec::new();
-        let mut changes = Vec::new();
-        for (i, (name, spec)) in clusters.iter().enumerate() {
+        for (i, (name, _)) in clusters.iter().enumerate() {
             if clusters[..i].iter().any(|(n, _)| n == name) {
                 return Err(FleetError::Conflict(format!(
                     "cluster {name:?} is named twice in one change"
                 )));
             }
+        }
+        if dry_run {
+            return self.check_clusters(clusters).await;
+        }
+        let mut tx = self.store.begin().await?;
+        let mut outcomes = Vec::new();
+        let mut changes = Vec::new();
+        for (name, spec) in clusters {
             match Self::put_cluster_in(&mut tx, actor, name, spec, Precondition::Any).await? {
                 Some((outcome, c)) => {
                     outcomes.push((name.clone(), outcome));
@@ -139,10 +145,6 @@ impl Fleet {
                 }
                 None => outcomes.push((name.clone(), PutOutcome::Unchanged)),
             }
-        }
-        if dry_run {
-            drop(tx);
-            return Ok(outcomes);
         }
         store::commit(tx).await?;
         self.notifier.announce(&changes);
@@ -155,25 +157,50 @@ impl Fleet {
         Ok(outcomes)
     }
 
-    /// The write of `put_cluster_if` inside `tx`: `None` when the stored spec is already this one, else the
-    /// outcome and the generations to announce after commit.
-    async fn put_cluster_in(
-        tx: &mut store::WriteTx,
-        actor: &Actor,
+    /// The dry run of `put_clusters`: the same rules and outcomes, from one read of what is stored, without a
+    /// write transaction (a large import is planned without writing and rolling back thousands of rows, and
+    /// without holding the fleet's write lock). The keys of the clusters checked so far stand in for their
+    /// writes, so a later cluster is checked against them exactly as in the applied change.
+    async fn check_clusters(
+        &self,
+        clusters: &[(String, ClusterSpec)],
+    ) -> Result<Vec<(String, PutOutcome)>> {
+        let mut conn = self.store.read().await?;
+        let mut keys = store::clusters::other_keys(&mut conn, None).await?;
+        let mut outcomes = Vec::new();
+        for (name, spec) in clusters {
+            let before = store::clusters::load_one(&mut conn, name).await?;
+            let Some(spec) = Self::checked_spec(name, spec, before.as_ref())? else {
+                outcomes.push((name.clone(), PutOutcome::Unchanged));
+                continue;
+            };
+            uniqueness(&keys, name, &spec)?;
+            keys.vrids.retain(|_, owner| owner != name);
+            keys.vips.retain(|_, owner| owner != name);
+            keys.services.retain(|_, owner| owner != name);
+            keys.add(name, &spec);
+            let outcome = if before.is_some() {
+                PutOutcome::Updated
+            } else {
+                PutOutcome::Created
+            };
+            outcomes.push((name.clone(), outcome));
+        }
+        Ok(outcomes)
+    }
+
+    /// `spec` validated, with each omitted `enabled` filled in from `before` (a drained server stays drained,
+    /// new servers start enabled); `None` when that is exactly what is stored.
+    fn checked_spec(
         name: &str,
         spec: &ClusterSpec,
-        precondition: Precondition,
-    ) -> Result<Option<(PutOutcome, Vec<(i64, u64)>)>> {
+        before: Option<&store::clusters::StoredCluster>,
+    ) -> Result<Option<ClusterSpec>> {
         rules::cluster_name(name)?;
         let rules::ValidCluster(mut spec) =
             rules::cluster_spec(spec).map_err(FleetError::Invalid)?;
-
-        let before = store::clusters::load_one(&mut *tx, name).await?;
-        precondition.check(name, before.as_ref().map(|b| b.revision))?;
-
-        // Omitted `enabled`: keep what is stored (a drained server stays drained), new servers start enabled.
         let mut stored_enabled: HashMap<RealServerKey, bool> = HashMap::new();
-        if let Some(b) = &before {
+        if let Some(b) = before {
             for s in &b.spec.services {
                 for r in &s.real_servers {
                     stored_enabled.insert(RealServerKey::of_spec(s, r), r.enabled.unwrap_or(true));
@@ -188,49 +215,31 @@ impl Fleet {
                 }
             }
         }
-        if before.as_ref().is_some_and(|b| b.spec == spec) {
+        if before.is_some_and(|b| b.spec == spec) {
             return Ok(None);
         }
+        Ok(Some(spec))
+    }
+
+    /// The write of `put_cluster_if` inside `tx`: `None` when the stored spec is already this one, else the
+    /// outcome and the generations to announce after commit.
+    async fn put_cluster_in(
+        tx: &mut store::WriteTx,
+        actor: &Actor,
+        name: &str,
+        spec: &ClusterSpec,
+        precondition: Precondition,
+    ) -> Result<Option<(PutOutcome, Vec<(i64, u64)>)>> {
+        rules::cluster_name(name)?;
+        let before = store::clusters::load_one(&mut *tx, name).await?;
+        precondition.check(name, before.as_ref().map(|b| b.revision))?;
+        let Some(spec) = Self::checked_spec(name, spec, before.as_ref())? else {
+            return Ok(None);
+        };
 
         // Fleet-wide uniqueness, reported with the owner's name.
         let others = store::clusters::other_keys(&mut *tx, before.as_ref().map(|b| b.id)).await?;
-        let mut errs = Vec::new();
-        if let Some(owner) = others.vrids.get(&(spec.interface.clone(), spec.vrid)) {
-            errs.push(FieldError::new(
-                "vrid",
-                format!(
-                    "VRID {} on interface {} is already used by cluster {owner:?}",
-                    spec.vrid, spec.interface
-                ),
-            ));
-        }
-        for (i, vip) in spec.vips.iter().enumerate() {
-            let addr = vip.addr();
-            if let Some(owner) = others.vips.get(addr) {
-                errs.push(FieldError::new(
-                    format!("vips[{i}]"),
-                    format!("VIP {addr} already belongs to cluster {owner:?}"),
-                ));
-            }
-        }
-        for (i, s) in spec.services.iter().enumerate() {
-            if let Some(owner) =
-                others
-                    .services
-                    .get(&(s.vip.clone(), s.port, s.protocol.to_string()))
-            {
-                errs.push(FieldError::new(
-                    format!("services[{i}]"),
-                    format!(
-                        "service {}:{}:{} already exists in cluster {owner:?}",
-                        s.protocol, s.vip, s.port
-                    ),
-                ));
-            }
-        }
-        if !errs.is_empty() {
-            return Err(FleetError::Conflict(FieldErrors(errs).to_string()));
-        }
+        uniqueness(&others, name, &spec)?;
 
         let id = store::clusters::upsert(&mut *tx, name, &spec).await?;
         store::clusters::replace_contents(&mut *tx, id, &spec).await?;
@@ -292,12 +301,133 @@ impl Fleet {
     }
 }
 
+/// Fleet-wide uniqueness of `spec`'s VRID, VIPs and services against `others` (keys owned by clusters other
+/// than `name` count), each conflict reported with its owner's name.
+fn uniqueness(others: &store::clusters::OtherKeys, name: &str, spec: &ClusterSpec) -> Result<()> {
+    let foreign = |owner: Option<&String>| owner.filter(|o| o.as_str() != name).cloned();
+    let mut errs = Vec::new();
+    if let Some(owner) = foreign(others.vrids.get(&(spec.interface.clone(), spec.vrid))) {
+        errs.push(FieldError::new(
+            "vrid",
+            format!(
+                "VRID {} on interface {} is already used by cluster {owner:?}",
+                spec.vrid, spec.interface
+            ),
+        ));
+    }
+    for (i, vip) in spec.vips.iter().enumerate() {
+        let addr = vip.addr();
+        if let Some(owner) = foreign(others.vips.get(addr)) {
+            errs.push(FieldError::new(
+                format!("vips[{i}]"),
+                format!("VIP {addr} already belongs to cluster {owner:?}"),
+            ));
+        }
+    }
+    for (i, s) in spec.services.iter().enumerate() {
+        let key = (s.vip.clone(), s.port, s.protocol.to_string());
+        if let Some(owner) = foreign(others.services.get(&key)) {
+            errs.push(FieldError::new(
+                format!("services[{i}]"),
+                format!(
+                    "service {}:{}:{} already exists in cluster {owner:?}",
+                    s.protocol, s.vip, s.port
+                ),
+            ));
+        }
+    }
+    if errs.is_empty() {
+        Ok(())
+    } else {
+        Err(FleetError::Conflict(FieldErrors(errs).to_string()))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use lbfleet_proto::Role;
 
     use super::super::testing::{admin, fleet, member, spec};
     use super::*;
+
+    /// The dry run of several clusters writes nothing and gives what the applied change gives: outcomes,
+    /// and conflicts with what is stored and with the clusters earlier in the same change (a VIP one cluster
+    /// gives up may go to a later one, not to an earlier one).
+    #[tokio::test]
+    async fn a_dry_run_plans_what_the_change_does_and_writes_nothing() {
+        let (f, _dir) = fleet().await;
+        f.put_cluster(&admin(), "x", &spec(1, "198.18.0.10"))
+            .await
+            .unwrap();
+        f.put_cluster(&admin(), "same", &spec(2, "198.18.0.20"))
+            .await
+            .unwrap();
+        let head = f.audit_head_hash().await.unwrap();
+
+        // x gives 198.18.0.10 up, y (after it) takes it; `same` is unchanged.
+        let moved = vec![
+            ("x".to_owned(), spec(1, "198.18.0.11")),
+            ("y".to_owned(), spec(3, "198.18.0.10")),
+            ("same".to_owned(), spec(2, "198.18.0.20")),
+        ];
+        let want = vec![
+            ("x".to_owned(), PutOutcome::Updated),
+            ("y".to_owned(), PutOutcome::Created),
+            ("same".to_owned(), PutOutcome::Unchanged),
+        ];
+        assert_eq!(f.put_clusters(&admin(), &moved, true).await.unwrap(), want);
+        assert_eq!(
+            f.list_clusters().await.unwrap().len(),
+            2,
+            "a dry run creates nothing"
+        );
+        assert_eq!(
+            f.get_cluster("x").await.unwrap().spec.vips[0].address,
+            "198.18.0.10/32"
+        );
+        assert_eq!(
+            f.audit_head_hash().await.unwrap(),
+            head,
+            "a dry run audits nothing"
+        );
+
+        // Taken before it is given up: a conflict naming x, in the dry run and in the change alike.
+        let early = vec![moved[1].clone(), moved[0].clone()];
+        for dry_run in [true, false] {
+            match f.put_clusters(&admin(), &early, dry_run).await {
+                Err(FleetError::Conflict(m)) => {
+                    assert!(
+                        m.contains("198.18.0.10 already belongs to cluster \"x\""),
+                        "{m}"
+                    )
+                }
+                other => panic!("dry run {dry_run}: {other:?}"),
+            }
+        }
+        // Two new clusters of one change that collide: the second names the first.
+        let twins = vec![
+            ("p".to_owned(), spec(4, "198.18.0.30")),
+            ("q".to_owned(), spec(5, "198.18.0.30")),
+        ];
+        for dry_run in [true, false] {
+            match f.put_clusters(&admin(), &twins, dry_run).await {
+                Err(FleetError::Conflict(m)) => assert!(m.contains("cluster \"p\""), "{m}"),
+                other => panic!("dry run {dry_run}: {other:?}"),
+            }
+        }
+
+        assert_eq!(f.put_clusters(&admin(), &moved, false).await.unwrap(), want);
+        assert_eq!(
+            f.get_cluster("y").await.unwrap().spec.vips[0].address,
+            "198.18.0.10/32"
+        );
+        // Applied, the same change is unchanged throughout.
+        let again = f.put_clusters(&admin(), &moved, true).await.unwrap();
+        assert!(
+            again.iter().all(|(_, o)| *o == PutOutcome::Unchanged),
+            "{again:?}"
+        );
+    }
 
     /// Real servers are stored many rows a statement: order, fields and the unchanged check hold across the
     /// statements' boundaries.

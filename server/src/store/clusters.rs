@@ -258,83 +258,129 @@ pub async fn replace_contents(
         .bind(id)
         .execute(&mut *conn)
         .await?;
-    for (pos, vip) in spec.vips.iter().enumerate() {
+    let mut vips = Vec::with_capacity(spec.vips.len());
+    for vip in &spec.vips {
         let (addr, prefix) = vip
             .address
             .split_once('/')
             .ok_or_else(|| corrupt("vips", format!("{} has no prefix", vip.address)))?;
-        sqlx::query(
-            "INSERT INTO cluster_vips (cluster_id, position, address, prefix, interface) \
-             VALUES ($1, $2, $3, $4, $5)",
-        )
-        .bind(id)
-        .bind(pos as i64)
-        .bind(addr)
-        .bind(prefix.parse::<i64>().map_err(|e| corrupt("vips", e))?)
-        .bind(&vip.interface)
-        .execute(&mut *conn)
-        .await?;
+        vips.push((
+            addr,
+            prefix.parse::<i64>().map_err(|e| corrupt("vips", e))?,
+            vip,
+        ));
     }
-    for (pos, s) in spec.services.iter().enumerate() {
-        let check = serde_json::to_string(&s.check).map_err(|e| corrupt("health_check", e))?;
-        let sid: i64 = sqlx::query_scalar(
+    for (chunk_no, chunk) in vips.chunks(ROWS_PER_INSERT).enumerate() {
+        let sql = format!(
+            "INSERT INTO cluster_vips (cluster_id, position, address, prefix, interface) VALUES {}",
+            placeholders(chunk.len(), 5)
+        );
+        let mut q = sqlx::query(&sql);
+        for (i, (addr, prefix, vip)) in chunk.iter().enumerate() {
+            q = q
+                .bind(id)
+                .bind(position(chunk_no, i))
+                .bind(*addr)
+                .bind(*prefix)
+                .bind(&vip.interface);
+        }
+        q.execute(&mut *conn).await?;
+    }
+    let mut checks = Vec::with_capacity(spec.services.len());
+    for s in &spec.services {
+        checks.push(serde_json::to_string(&s.check).map_err(|e| corrupt("health_check", e))?);
+    }
+    for (chunk_no, chunk) in spec.services.chunks(ROWS_PER_INSERT).enumerate() {
+        let sql = format!(
             "INSERT INTO virtual_services (cluster_id, position, vip, port, protocol, scheduler, forward, \
-             persistence_s, persistence_prefix, health_check) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
-             RETURNING id",
-        )
-        .bind(id)
-        .bind(pos as i64)
-        .bind(&s.vip)
-        .bind(i64::from(s.port))
-        .bind(s.protocol.as_str())
-        .bind(s.scheduler.as_str())
-        .bind(s.forward.as_str())
-        .bind(i64::from(s.persistence_s))
-        .bind(s.persistence_prefix.map(i64::from))
-        .bind(check)
-        .fetch_one(&mut *conn)
-        .await?;
-        insert_real_servers(conn, sid, &s.real_servers).await?;
+             persistence_s, persistence_prefix, health_check) VALUES {}",
+            placeholders(chunk.len(), 10)
+        );
+        let mut q = sqlx::query(&sql);
+        for (i, s) in chunk.iter().enumerate() {
+            q = q
+                .bind(id)
+                .bind(position(chunk_no, i))
+                .bind(&s.vip)
+                .bind(i64::from(s.port))
+                .bind(s.protocol.as_str())
+                .bind(s.scheduler.as_str())
+                .bind(s.forward.as_str())
+                .bind(i64::from(s.persistence_s))
+                .bind(s.persistence_prefix.map(i64::from))
+                .bind(&checks[chunk_no * ROWS_PER_INSERT + i]);
+        }
+        q.execute(&mut *conn).await?;
     }
-    Ok(())
+    // The services' ids by position (a multi-row INSERT's RETURNING order is not promised).
+    let ids: Vec<(i64, i64)> =
+        sqlx::query_as("SELECT position, id FROM virtual_services WHERE cluster_id = $1")
+            .bind(id)
+            .fetch_all(&mut *conn)
+            .await?;
+    let mut service_ids = vec![None; spec.services.len()];
+    for (pos, sid) in ids {
+        if let Some(slot) = usize::try_from(pos)
+            .ok()
+            .and_then(|p| service_ids.get_mut(p))
+        {
+            *slot = Some(sid);
+        }
+    }
+    let mut rows = Vec::new();
+    for (s, sid) in spec.services.iter().zip(&service_ids) {
+        let sid = sid.ok_or_else(|| corrupt("virtual_services", "a service row went missing"))?;
+        rows.extend(
+            s.real_servers
+                .iter()
+                .enumerate()
+                .map(|(pos, r)| (sid, pos, r)),
+        );
+    }
+    insert_real_servers(conn, &rows).await
 }
 
-/// Real servers inserted per statement: one round trip for many rows (a 30,000-real-server role is 300
-/// statements, not 30,000), 600 parameters, far under SQLite's and PostgreSQL's limits.
-const REAL_SERVERS_PER_INSERT: usize = 100;
+/// Rows inserted per statement: one round trip for many rows (a 30,000-real-server role is 300 statements,
+/// not 30,000), at most 1,000 parameters, far under SQLite's and PostgreSQL's limits.
+const ROWS_PER_INSERT: usize = 100;
 
-/// Inserts a service's real servers at positions 0.. in their order, many rows a statement.
-async fn insert_real_servers(
-    conn: &mut Conn,
-    service_id: i64,
-    real_servers: &[RealServerSpec],
-) -> Result<(), StoreError> {
-    for (chunk_no, chunk) in real_servers.chunks(REAL_SERVERS_PER_INSERT).enumerate() {
-        let mut sql = String::from(
-            "INSERT INTO real_servers (service_id, position, address, port, weight, enabled) VALUES ",
-        );
-        for i in 0..chunk.len() {
-            let b = i * 6;
-            if i > 0 {
+/// `($1, .., $cols), ($cols+1, ..), ..` for `rows` rows.
+fn placeholders(rows: usize, cols: usize) -> String {
+    let mut sql = String::with_capacity(rows * cols * 5);
+    for r in 0..rows {
+        sql.push_str(if r == 0 { "(" } else { ", (" });
+        for c in 0..cols {
+            if c > 0 {
                 sql.push_str(", ");
             }
-            sql.push_str(&format!(
-                "(${}, ${}, ${}, ${}, ${}, ${})",
-                b + 1,
-                b + 2,
-                b + 3,
-                b + 4,
-                b + 5,
-                b + 6
-            ));
+            sql.push('$');
+            sql.push_str(&(r * cols + c + 1).to_string());
         }
+        sql.push(')');
+    }
+    sql
+}
+
+/// The position of row `i` of chunk `chunk_no`.
+fn position(chunk_no: usize, i: usize) -> i64 {
+    i64::try_from(chunk_no * ROWS_PER_INSERT + i).unwrap_or(i64::MAX)
+}
+
+/// Inserts real servers (service id, position in the service, spec), many rows a statement, across services.
+async fn insert_real_servers(
+    conn: &mut Conn,
+    rows: &[(i64, usize, &RealServerSpec)],
+) -> Result<(), StoreError> {
+    for chunk in rows.chunks(ROWS_PER_INSERT) {
+        let sql = format!(
+            "INSERT INTO real_servers (service_id, position, address, port, weight, enabled) VALUES {}",
+            placeholders(chunk.len(), 6)
+        );
         let mut q = sqlx::query(&sql);
-        for (i, r) in chunk.iter().enumerate() {
-            let position =
-                i64::try_from(chunk_no * REAL_SERVERS_PER_INSERT + i).unwrap_or(i64::MAX);
+        for (sid, pos, r) in chunk {
             q = q
-                .bind(service_id)
-                .bind(position)
+                .bind(*sid)
+                .bind(i64::try_from(*pos).unwrap_or(i64::MAX))
                 .bind(&r.address)
                 .bind(i64::from(r.port))
                 .bind(i64::from(r.weight))
@@ -404,6 +450,23 @@ pub struct OtherKeys {
     pub vips: HashMap<String, String>,
     /// (vip, port, protocol) -> cluster name
     pub services: HashMap<(String, u16, String), String>,
+}
+
+impl OtherKeys {
+    /// Records `spec`'s keys as owned by cluster `name`.
+    pub fn add(&mut self, name: &str, spec: &ClusterSpec) {
+        self.vrids
+            .insert((spec.interface.clone(), spec.vrid), name.to_owned());
+        for vip in &spec.vips {
+            self.vips.insert(vip.addr().to_owned(), name.to_owned());
+        }
+        for s in &spec.services {
+            self.services.insert(
+                (s.vip.clone(), s.port, s.protocol.to_string()),
+                name.to_owned(),
+            );
+        }
+    }
 }
 
 pub async fn other_keys(conn: &mut Conn, except: Option<i64>) -> Result<OtherKeys, StoreError> {
