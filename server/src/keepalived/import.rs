@@ -1,6 +1,6 @@
 //! The import as one operation, shared by the CLI, the API and the dashboard: read each machine's files,
-//! plan, and (unless a dry run) write every planned cluster in one transaction through the fleet, so each
-//! domain rule applies and the change is all or nothing.
+//! plan, and (unless a dry run, which checks the same rules and writes nothing) write every planned cluster in
+//! one transaction through the fleet, so each domain rule applies and the change is all or nothing.
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -91,8 +91,8 @@ pub struct ImportReport {
     pub not_imported: Vec<NotImported>,
 }
 
-/// Writes the plan's clusters in one transaction (rolled back for a dry run, which still checks every rule
-/// against what is stored).
+/// Writes the plan's clusters in one transaction, or for a dry run checks them against every rule and what is
+/// stored without writing.
 pub async fn apply(
     fleet: &Fleet,
     actor: &Actor,
