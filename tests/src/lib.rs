@@ -19,5 +19,6 @@ pub mod postgres;
 pub mod prereq;
 pub mod server;
 pub mod strace;
+pub mod vlan_arp;
 pub mod vrrp_lab;
 pub mod wait;

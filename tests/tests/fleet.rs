@@ -16,7 +16,10 @@
 //!    server gets its share again once it is back;
 //! 6. the active balancer's links are cut: the backup takes both VIPs, a client sending a request every 50 ms
 //!    sees an outage within the cluster's VRRP bound, a streaming TCP session opened before the cut completes
-//!    after it (connection sync), and the transition is in the events.
+//!    after it (connection sync), and the transition is in the events;
+//! 7. the cluster moves VRRP and its VIP onto tagged VLAN 100 (`eth0.100`): both balancers create it, the
+//!    master answers tagged ARP for the VIP, a cut of its link moves the VIP to the other, and when the
+//!    cluster drops the VLAN both remove the interface.
 //!
 //! Needs root, QEMU, Debian's kernel, ipxe and ipxe-qemu (scripts/install-deps.sh); fails without them. On a
 //! failure the site prints every console and the server log, and everything is removed (Drop).
@@ -29,7 +32,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use lbfleet_tests::lab::fleet::{self, FleetOptions, BALANCERS, REAL_SERVERS};
 use lbfleet_tests::lab::traffic::{self, Background, ProbeResult};
 use lbfleet_tests::lab::{self, wait, Netns, ServerOptions, Site};
-use serde_json::Value;
+use lbfleet_tests::vlan_arp;
+use serde_json::{json, Value};
 
 /// Three TCG machines booting at once on a shared two-core box.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(480);
@@ -40,6 +44,10 @@ const INTERVAL_MS: u64 = 50;
 /// A request not answered within this is failed. Below the kernel's first SYN retransmission (1 s), so a
 /// request whose SYN went to a dead balancer counts as failed instead of succeeding late.
 const REQUEST_TIMEOUT_MS: u64 = 900;
+
+/// The VIP of the VLAN phase, on VLAN 100, and the client's address there (for its ARP requests).
+const VLAN_VIP: &str = "198.18.100.10";
+const VLAN_CLIENT: &str = "198.18.100.200";
 
 fn vip_addr() -> String {
     format!("{}:{}", fleet::VIP, fleet::VIP_PORT)
@@ -484,6 +492,117 @@ fn full_fleet_serves_fails_over_and_switches_over() {
             .split("<li>")
             .any(|li| li.contains(">vrrp</span>") && li.contains("-> master")),
         "lb-01's node page lists no VRRP transition to master: {events_html}"
+    );
+
+    // 7. A tagged VLAN (issue 23): the cluster moves VRRP and its external VIP onto VLAN 100 over eth0 (the
+    // boot network stays untagged). Both balancers create eth0.100, the master answers for the VIP on the
+    // VLAN only, a failover moves it, and when the cluster drops the VLAN both remove the interface. The
+    // host's kernel has no 8021q: the client asks who has the VIP with tagged ARP (`vlan_arp`).
+    for tap in [&boot_tap, &internal_tap] {
+        site.ns
+            .ip(&["link", "set", tap, "up"])
+            .expect("restore link");
+    }
+    wait_vrrp(&site, "lb-02", "master");
+    wait_vrrp(&site, "lb-01", "backup");
+    let consoles: Vec<usize> = layout.vms[..2]
+        .iter()
+        .map(|&i| site.vms[i].console_len())
+        .collect();
+    let mut vlan_spec = fleet::cluster_spec();
+    vlan_spec["interface"] = json!("eth0.100");
+    vlan_spec["vips"][0] = json!(format!("{VLAN_VIP}/24"));
+    vlan_spec["services"][0]["vip"] = json!(VLAN_VIP);
+    site.server()
+        .api_ok(
+            "PUT",
+            &format!("/clusters/{}", fleet::CLUSTER),
+            Some(&vlan_spec),
+        )
+        .expect("cluster on VLAN 100");
+    let vlan_started = Instant::now();
+    for (&vm, &from) in layout.vms[..2].iter().zip(&consoles) {
+        site.vms[vm]
+            .wait_console_from(from, "VLAN interface created", REPORT_TIMEOUT)
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+    let client_mac = {
+        let out = client
+            .ip_output(&["-j", "link", "show", "eth0"])
+            .expect("client link");
+        let v: Value = serde_json::from_str(&out).expect("ip -j link");
+        vlan_arp::parse_mac(v[0]["address"].as_str().unwrap_or_default()).expect("client MAC")
+    };
+    let owner = |want: &str| {
+        let want = vlan_arp::parse_mac(want).expect("MAC");
+        wait::until(
+            &format!("{VLAN_VIP} on VLAN 100 at {}", vlan_arp::mac_string(want)),
+            wait::scaled(REPORT_TIMEOUT),
+            || {
+                let r = client
+                    .run_inside(|| {
+                        vlan_arp::who_has(
+                            "eth0",
+                            client_mac,
+                            100,
+                            VLAN_CLIENT.parse().expect("address"),
+                            VLAN_VIP.parse().expect("address"),
+                            Duration::from_millis(500),
+                        )
+                    })
+                    .expect("enter the client namespace")
+                    .expect("tagged ARP");
+                (r?.mac == want).then_some(())
+            },
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+    };
+    owner(BALANCERS[1].mac);
+    eprintln!(
+        "VIP on VLAN 100 at lb-02 after {:.1} s",
+        vlan_started.elapsed().as_secs_f64()
+    );
+    // Failover on the VLAN: lb-02's boot/external link (the VLAN's parent) goes down.
+    site.ns
+        .ip(&["link", "set", &boot_tap, "down"])
+        .expect("cut link");
+    wait_vrrp(&site, "lb-01", "master");
+    owner(BALANCERS[0].mac);
+    eprintln!("after lb-02's link cut: VIP on VLAN 100 at lb-01");
+    site.ns
+        .ip(&["link", "set", &boot_tap, "up"])
+        .expect("restore link");
+    wait_vrrp(&site, "lb-02", "master");
+    owner(BALANCERS[1].mac);
+    // The cluster drops the VLAN: both remove the interface they made, and the VIP is back untagged.
+    let consoles: Vec<usize> = layout.vms[..2]
+        .iter()
+        .map(|&i| site.vms[i].console_len())
+        .collect();
+    site.server()
+        .api_ok(
+            "PUT",
+            &format!("/clusters/{}", fleet::CLUSTER),
+            Some(&fleet::cluster_spec()),
+        )
+        .expect("cluster back on eth0");
+    for (&vm, &from) in layout.vms[..2].iter().zip(&consoles) {
+        site.vms[vm]
+            .wait_console_from(from, "VLAN interface removed", REPORT_TIMEOUT)
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+    wait::until(
+        "the VIP answering untagged again",
+        wait::scaled(Duration::from_secs(30)),
+        || {
+            let r = traffic::probe(client, &vip_addr(), "/", 0, 1, 2000).ok()?;
+            r.first()?.answer.is_ok().then_some(())
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    eprintln!(
+        "VLAN phase done in {:.1} s",
+        vlan_started.elapsed().as_secs_f64()
     );
     eprintln!(
         "full-fleet test done in {:.1} s",
