@@ -8,7 +8,8 @@
 //! `tunl0`, loose reverse-path filtering), run as is with the guest's `sh`. The balancer encapsulates each
 //! request to the real server's own address; the real servers answer the client directly (from the VIP,
 //! through the router): the balancer's IPVS counters show the inbound half only, the connections follow the
-//! weights, and a stopped real server is drained by its check on its own address.
+//! weights, and a stopped real server is drained by its check on its own address. A backup balancer `lb2`
+//! (198.18.0.3) takes over when `lb`'s link goes down, and TUN goes on working through it.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use lbfleet_server::fleet::real_server_setup::plan;
@@ -17,11 +18,13 @@ use serde_json::json;
 
 const REQUESTS: u64 = 60;
 
-fn role() -> Vec<u8> {
+/// The role of balancer `node`: `lb` is the active one (150), `lb2` the backup (100).
+fn role(node: &str, priority: u8) -> Vec<u8> {
     let rs = |a: &str, w: u32| json!({"address": a, "port": 80, "weight": w, "enabled": true});
+    let role = if priority > 100 { "active" } else { "backup" };
     serde_json::to_vec(&json!({
-        "generation": 1, "node": "lb", "cluster": "ext", "role": "active",
-        "vrrp": {"version": 3, "vrid": 51, "interface": "eth0", "priority": 150,
+        "generation": 1, "node": node, "cluster": "ext", "role": role,
+        "vrrp": {"version": 3, "vrid": 51, "interface": "eth0", "priority": priority,
                  "advert_interval_ms": 100, "preempt": true, "vips": ["198.18.0.10/24"],
                  "unicast_peers": [], "garp": {"count": 2, "spacing_ms": 50, "refresh_ms": 0}},
         "services": [{
@@ -63,7 +66,7 @@ ip link set br0 up
 n=0
 ip link add br1 type bridge
 ip link set br1 up
-for ns in lb cl rt rs1 rs2 rs3; do
+for ns in lb lb2 cl rt rs1 rs2 rs3; do
   ip netns add $ns
   br=br0; case $ns in rs*) br=br1;; esac
   ip link add v$ns type veth peer name eth0 netns $ns
@@ -80,6 +83,8 @@ ip -n rt addr add 198.18.1.1/24 dev eth1
 ip netns exec rt sysctl -qw net.ipv4.ip_forward=1
 ip -n lb addr add 198.18.0.2/24 dev eth0
 ip -n lb route add default via 198.18.0.1
+ip -n lb2 addr add 198.18.0.3/24 dev eth0
+ip -n lb2 route add default via 198.18.0.1
 ip -n cl addr add 198.18.0.200/24 dev eth0
 ip -n cl route add default via 198.18.0.1
 for i in 1 2 3; do
@@ -98,6 +103,9 @@ run rs_sysctl ip netns exec rs1 sysctl net.ipv4.conf.tunl0.rp_filter net.ipv4.co
 
 ip netns exec lb lbfleet-agent apply --role /lb.json --watch --resync 1s --state-dir /tmp/slb > /tmp/lb.log 2>&1 &
 waitfor /tmp/lb.log "to=Master"
+# The backup, started once lb is master (so it never holds the VIP for a moment at startup).
+ip netns exec lb2 lbfleet-agent apply --role /lb2.json --watch --resync 1s --state-dir /tmp/slb2 > /tmp/lb2.log 2>&1 &
+waitfor /tmp/lb2.log "to=Backup"
 # Every real server in the table with its weight (checks passed).
 i=0
 while [ "$(lbipvs -Ln | awk '$3 == "Tunnel" && $4 > 0' | wc -l)" -lt 3 ]; do
@@ -138,9 +146,31 @@ while [ $i -lt 10 ]; do
 done
 run requests_drained echo "answered $ok of 10"
 
+# A VRRP failover keeps TUN working: lb's link goes down, lb2 takes the VIP (and announces it), and the real
+# servers go on answering the client directly, now for lb2.
+ip -n lb link set eth0 down
+waitfor /tmp/lb2.log "to=Master"
+i=0
+while ! request | grep -q "exchange 0: ok"; do
+  i=$((i+1)); if [ $i -gt 100 ]; then echo "TIMEOUT waiting for an answer through lb2"; break; fi
+done
+ok=0; i=0
+while [ $i -lt 20 ]; do
+  request | grep -q "exchange 0: ok" && ok=$((ok+1))
+  i=$((i+1))
+done
+run requests_failover echo "answered $ok of 20"
+i=0
+while c=$(ip netns exec lb2 ipvsadm -Ln --stats | awk '$1 == "TCP" { print $3; exit }'); [ "${c:-0}" -lt 20 ]; do
+  i=$((i+1)); if [ $i -gt 80 ]; then echo "TIMEOUT waiting for lb2's IPVS counters"; break; fi
+  sleep 0.1
+done
+run ipvs2_stats ip netns exec lb2 ipvsadm -Ln --stats
+
 run rs_down ip netns exec rs1 sh /rs.sh down
 run rs_lo_after ip -n rs1 -4 addr show dev tunl0
 run lb_log cat /tmp/lb.log
+run lb2_log cat /tmp/lb2.log
 "#;
 
 static GUEST: SharedGuest = SharedGuest::new();
@@ -155,7 +185,8 @@ fn section(name: &str) -> Option<Section> {
             img.iproute2()?;
             img.binary(&agent, "/usr/bin/lbfleet-agent")?;
             img.binary(&tcp, "/usr/bin/guest-tcp")?;
-            img.file("/lb.json", &role());
+            img.file("/lb.json", &role("lb", 150));
+            img.file("/lb2.json", &role("lb2", 100));
             img.file("/rs.sh", realserver_script().as_bytes());
             img.script(SCRIPT);
             Ok(img)
@@ -167,6 +198,10 @@ fn section(name: &str) -> Option<Section> {
 
 fn log() -> String {
     section("lb_log").map(|s| s.text).unwrap_or_default()
+}
+
+fn log2() -> String {
+    section("lb2_log").map(|s| s.text).unwrap_or_default()
 }
 
 /// `(conns, out_pkts)` of the line starting with `key` in `ipvsadm -Ln --stats`.
@@ -268,4 +303,23 @@ fn a_stopped_real_server_is_drained_by_its_own_check() {
     );
     let req = section("requests_drained").unwrap();
     assert_eq!(req.text.trim(), "answered 10 of 10", "{}", req.text);
+}
+
+#[test]
+fn a_vrrp_failover_keeps_tun_working() {
+    let Some(req) = section("requests_failover") else {
+        return;
+    };
+    let stats = section("ipvs2_stats").unwrap().text;
+    assert_eq!(
+        req.text.trim(),
+        "answered 20 of 20",
+        "{stats}\n{}\n{}",
+        log(),
+        log2()
+    );
+    // Through lb2 now, and still TUN: its IPVS counts the connections but no reply passes it.
+    let (conns, out_pkts) = stats_of(&stats, "198.18.0.10:80");
+    assert!(conns >= 20, "{stats}");
+    assert_eq!(out_pkts, 0, "lb2 saw outbound packets:\n{stats}");
 }
