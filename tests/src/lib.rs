@@ -11,6 +11,7 @@
 //! - `lab`: the netns/QEMU PXE lab and the demo site; `vrrp_lab`: the VRRP lab (agent, keepalived, prober);
 //! - `ipvsadm`, `strace`: comparing IPVS tables as `ipvsadm -Ln` prints them, netlink bytes from strace dumps.
 
+pub mod dsr_lab;
 pub mod guest;
 pub mod ipvsadm;
 pub mod lab;

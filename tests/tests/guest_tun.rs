@@ -13,30 +13,14 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use lbfleet_server::fleet::real_server_setup::plan;
+use lbfleet_tests::dsr_lab;
 use lbfleet_tests::guest::{self, Initramfs, Section, SharedGuest};
 use serde_json::json;
 
 const REQUESTS: u64 = 60;
 
-/// The role of balancer `node`: `lb` is the active one (150), `lb2` the backup (100).
-fn role(node: &str, priority: u8) -> Vec<u8> {
-    let rs = |a: &str, w: u32| json!({"address": a, "port": 80, "weight": w, "enabled": true});
-    let role = if priority > 100 { "active" } else { "backup" };
-    serde_json::to_vec(&json!({
-        "generation": 1, "node": node, "cluster": "ext", "role": role,
-        "vrrp": {"version": 3, "vrid": 51, "interface": "eth0", "priority": priority,
-                 "advert_interval_ms": 100, "preempt": true, "vips": ["198.18.0.10/24"],
-                 "unicast_peers": [], "garp": {"count": 2, "spacing_ms": 50, "refresh_ms": 0}},
-        "services": [{
-            "vip": "198.18.0.10", "port": 80, "protocol": "tcp", "scheduler": "wrr", "forward": "tun",
-            "persistence_s": 0,
-            "check": {"kind": "tcp", "interval_ms": 200, "timeout_ms": 200, "rise": 1, "fall": 2,
-                      "jitter_ms": 0},
-            "real_servers": [rs("198.18.1.51", 1), rs("198.18.1.52", 2), rs("198.18.1.53", 3)]
-        }]
-    }))
-    .unwrap()
-}
+/// The real servers (address, weight).
+const REAL_SERVERS: [(&str, u32); 3] = [("198.18.1.51", 1), ("198.18.1.52", 2), ("198.18.1.53", 3)];
 
 /// The same cluster as the operator declares it: what `lbfleet-server realserver` reads.
 fn realserver_script() -> String {
@@ -116,18 +100,8 @@ run ipvs_before lbipvs -Ln
 run lb_addr ip -n lb -4 addr show dev eth0
 run first_request request
 
-ok=0; i=0
-while [ $i -lt 60 ]; do
-  request | grep -q "exchange 0: ok" && ok=$((ok+1))
-  i=$((i+1))
-done
-run requests echo "answered $ok of 60"
-# IPVS folds its per-CPU counters into the totals every 2 s: wait (bounded) until they show the requests.
-i=0
-while c=$(lbipvs -Ln --stats | awk '$1 == "TCP" { print $3; exit }'); [ "${c:-0}" -lt 60 ]; do
-  i=$((i+1)); if [ $i -gt 80 ]; then echo "TIMEOUT waiting for the IPVS counters"; break; fi
-  sleep 0.1
-done
+run requests count_answers 60
+wait_conns lb 60
 run ipvs_stats lbipvs -Ln --stats
 run client_neigh ip -n cl neigh show 198.18.0.10
 
@@ -139,33 +113,11 @@ while ! lbipvs -Ln | grep -q '198.18.1.53:80 *Tunnel *0 '; do
   sleep 0.1
 done
 run ipvs_drained lbipvs -Ln
-ok=0; i=0
-while [ $i -lt 10 ]; do
-  request | grep -q "exchange 0: ok" && ok=$((ok+1))
-  i=$((i+1))
-done
-run requests_drained echo "answered $ok of 10"
+run requests_drained count_answers 10
 
 # A VRRP failover keeps TUN working: lb's link goes down, lb2 takes the VIP (and announces it), and the real
 # servers go on answering the client directly, now for lb2.
-ip -n lb link set eth0 down
-waitfor /tmp/lb2.log "to=Master"
-i=0
-while ! request | grep -q "exchange 0: ok"; do
-  i=$((i+1)); if [ $i -gt 100 ]; then echo "TIMEOUT waiting for an answer through lb2"; break; fi
-done
-ok=0; i=0
-while [ $i -lt 20 ]; do
-  request | grep -q "exchange 0: ok" && ok=$((ok+1))
-  i=$((i+1))
-done
-run requests_failover echo "answered $ok of 20"
-i=0
-while c=$(ip netns exec lb2 ipvsadm -Ln --stats | awk '$1 == "TCP" { print $3; exit }'); [ "${c:-0}" -lt 20 ]; do
-  i=$((i+1)); if [ $i -gt 80 ]; then echo "TIMEOUT waiting for lb2's IPVS counters"; break; fi
-  sleep 0.1
-done
-run ipvs2_stats ip netns exec lb2 ipvsadm -Ln --stats
+failover
 
 run rs_down ip netns exec rs1 sh /rs.sh down
 run rs_lo_after ip -n rs1 -4 addr show dev tunl0
@@ -185,10 +137,16 @@ fn section(name: &str) -> Option<Section> {
             img.iproute2()?;
             img.binary(&agent, "/usr/bin/lbfleet-agent")?;
             img.binary(&tcp, "/usr/bin/guest-tcp")?;
-            img.file("/lb.json", &role("lb", 150));
-            img.file("/lb2.json", &role("lb2", 100));
+            img.file(
+                "/lb.json",
+                &dsr_lab::balancer_role("lb", 150, "tun", &REAL_SERVERS),
+            );
+            img.file(
+                "/lb2.json",
+                &dsr_lab::balancer_role("lb2", 100, "tun", &REAL_SERVERS),
+            );
             img.file("/rs.sh", realserver_script().as_bytes());
-            img.script(SCRIPT);
+            img.script(&format!("{}{SCRIPT}", dsr_lab::SHELL));
             Ok(img)
         },
         "lbfleet-guest-tun-console.log",
@@ -202,22 +160,6 @@ fn log() -> String {
 
 fn log2() -> String {
     section("lb2_log").map(|s| s.text).unwrap_or_default()
-}
-
-/// `(conns, out_pkts)` of the line starting with `key` in `ipvsadm -Ln --stats`.
-fn stats_of(stats: &str, key: &str) -> (u64, u64) {
-    let line = stats
-        .lines()
-        .find(|l| l.contains(key))
-        .unwrap_or_else(|| panic!("no {key} in\n{stats}"));
-    let w: Vec<&str> = line.split_whitespace().collect();
-    let at = w.iter().position(|x| x.contains(key)).unwrap();
-    let num = |i: usize| -> u64 {
-        let t = w[at + i];
-        // ipvsadm abbreviates large counts (12K); these stay small.
-        t.parse().unwrap_or_else(|_| panic!("{t:?} in {line}"))
-    };
-    (num(1), num(3))
 }
 
 #[test]
@@ -264,13 +206,13 @@ fn requests_tunnelled_to_another_subnet_are_answered_directly_by_weight() {
         log()
     );
     let stats = section("ipvs_stats").unwrap().text;
-    let (conns, out_pkts) = stats_of(&stats, "198.18.0.10:80");
+    let (conns, out_pkts) = dsr_lab::stats_of(&stats, "198.18.0.10:80");
     assert!(conns >= REQUESTS, "{stats}");
     // TUN: the replies never pass the balancer.
     assert_eq!(out_pkts, 0, "the balancer saw outbound packets:\n{stats}");
     let per: Vec<u64> = ["198.18.1.51:80", "198.18.1.52:80", "198.18.1.53:80"]
         .iter()
-        .map(|k| stats_of(&stats, k).0)
+        .map(|k| dsr_lab::stats_of(&stats, k).0)
         .collect();
     // wrr 1:2:3 over 61 new connections (the first request and 60 more): about 10, 20, 30.
     assert_eq!(per.iter().sum::<u64>(), conns, "{stats}");
@@ -311,15 +253,5 @@ fn a_vrrp_failover_keeps_tun_working() {
         return;
     };
     let stats = section("ipvs2_stats").unwrap().text;
-    assert_eq!(
-        req.text.trim(),
-        "answered 20 of 20",
-        "{stats}\n{}\n{}",
-        log(),
-        log2()
-    );
-    // Through lb2 now, and still TUN: its IPVS counts the connections but no reply passes it.
-    let (conns, out_pkts) = stats_of(&stats, "198.18.0.10:80");
-    assert!(conns >= 20, "{stats}");
-    assert_eq!(out_pkts, 0, "lb2 saw outbound packets:\n{stats}");
+    dsr_lab::assert_failover_kept_working(&req.text, &stats, &format!("{}\n{}", log(), log2()));
 }
