@@ -2,7 +2,8 @@
 //! by age, by count and by bytes, at start-up, every few minutes, and early as soon as an eighth of either
 //! bound was written since the last run, so a chatty fleet, an agent flooding reports or a boot-network flood
 //! cannot grow the database without bound. The audit log is never pruned (it is hash-chained and is the
-//! record of what people changed), nor open alerts (they live in rows of their own, `store::alerts`).
+//! record of what people changed), nor open alerts (they live in rows of their own, `store::alerts`). The
+//! traffic history (`fleet::traffic`) is pruned in the same loop, by age per step and by rows and bytes.
 
 use std::time::Duration;
 
@@ -48,6 +49,15 @@ pub async fn prune(fleet: &Fleet, r: Retention) -> Result<u64, StoreError> {
         .await
 }
 
+/// Prunes the traffic history once (`fleet::traffic`: 10 s buckets kept an hour, 5 min buckets a week, the
+/// table within its row and byte bounds); the number of rows deleted.
+pub async fn prune_traffic(fleet: &Fleet) -> Result<u64, StoreError> {
+    use crate::fleet::traffic::{DEFAULT_MAX_BYTES, DEFAULT_MAX_ROWS};
+    fleet
+        .prune_traffic(now_ms(), DEFAULT_MAX_ROWS, DEFAULT_MAX_BYTES)
+        .await
+}
+
 /// Prunes now and every `EVERY` until `stop` turns true.
 pub async fn run(
     fleet: Arc<Fleet>,
@@ -60,6 +70,11 @@ pub async fn run(
             Ok(0) => {}
             Ok(n) => tracing::info!(deleted = n, "old events pruned"),
             Err(e) => tracing::warn!(error = %e, "cannot prune events"),
+        }
+        match prune_traffic(&fleet).await {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(deleted = n, "old traffic history pruned"),
+            Err(e) => tracing::warn!(error = %e, "cannot prune the traffic history"),
         }
         tokio::select! {
             _ = tokio::time::sleep(EVERY) => {}
