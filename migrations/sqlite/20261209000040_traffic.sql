@@ -16,5 +16,6 @@ CREATE TABLE traffic_points (
     bytes_out    BIGINT NOT NULL,
     PRIMARY KEY (cluster, node_id, service, real_server, step_s, bucket_ms)
 );
+CREATE INDEX traffic_points_cluster ON traffic_points(cluster, real_server, step_s, bucket_ms);
 CREATE INDEX traffic_points_node ON traffic_points(node_id, step_s, bucket_ms);
 CREATE INDEX traffic_points_bucket ON traffic_points(bucket_ms);

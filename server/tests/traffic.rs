@@ -204,3 +204,63 @@ async fn reported_counters_become_rates_in_the_api_the_pages_and_metrics() {
     assert!(v > 0.0, "{line}");
     assert!(text.contains("# TYPE lbfleet_service_bytes_out_per_second gauge"));
 }
+
+/// The history's pruning on this backend (the statements differ little, but PostgreSQL is stricter): by age
+/// per step, then the oldest whole buckets past the row and the byte bound.
+#[tokio::test]
+async fn the_history_is_pruned_within_its_bounds_on_this_backend() {
+    use lbfleet_server::fleet::traffic::{COARSE_KEEP_MS, FINE_KEEP_MS};
+    use lbfleet_server::store::traffic::{add, TrafficPoint};
+    use lbfleet_server::store::{self, Store};
+
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("lbfleet.db");
+    let store = Store::open(&common::db_url(&db)).await.unwrap();
+    let fleet = lbfleet_server::fleet::Fleet::new(store.clone(), std::time::Duration::from_secs(600));
+    let now: i64 = 40 * 24 * 3600 * 1000;
+    let row = |step_s: i64, bucket_ms: i64, rs: String| TrafficPoint {
+        cluster: "ext".into(),
+        node_id: 1,
+        service: "tcp/198.18.0.10:80".into(),
+        real_server: rs,
+        step_s,
+        bucket_ms,
+        span_ms: 10_000,
+        connections: 1,
+        bytes_in: 2,
+        bytes_out: 3,
+    };
+    let mut rows = vec![
+        row(10, now - FINE_KEEP_MS - 10_000, String::new()),
+        row(300, now - COARSE_KEEP_MS - 300_000, String::new()),
+    ];
+    // 100 recent buckets of 8 real servers each.
+    for b in 0..100 {
+        for i in 0..8 {
+            rows.push(row(10, now - 1_000_000 + b * 10_000, format!("198.18.2.{i}:80")));
+        }
+    }
+    let mut tx = store.begin().await.unwrap();
+    add(&mut tx, &rows).await.unwrap();
+    // Adding to an existing bucket sums into it (one row per series and bucket).
+    add(&mut tx, &rows[2..3]).await.unwrap();
+    store::commit(tx).await.unwrap();
+    assert_eq!(fleet.traffic_totals().await.unwrap().0, 802);
+
+    assert_eq!(fleet.prune_traffic(now, i64::MAX, i64::MAX).await.unwrap(), 2, "the two too old");
+    fleet.prune_traffic(now, 404, i64::MAX).await.unwrap();
+    let (rows_left, bytes_left) = fleet.traffic_totals().await.unwrap();
+    assert_eq!(rows_left, 400, "50 whole buckets of 8 stay");
+    fleet.prune_traffic(now, i64::MAX, bytes_left / 2).await.unwrap();
+    let (rows_left, bytes_now) = fleet.traffic_totals().await.unwrap();
+    assert!(bytes_now <= bytes_left / 2, "{bytes_now} > {}", bytes_left / 2);
+    assert_eq!(rows_left, 200, "the newest 25 buckets stay");
+    let mut conn = store.read().await.unwrap();
+    let pts = lbfleet_server::store::traffic::node_real_servers(&mut conn, 1, 10, 0).await.unwrap();
+    let oldest = pts.iter().map(|p| p.bucket_ms).min().unwrap();
+    assert_eq!(oldest, now - 1_000_000 + 75 * 10_000);
+    let summed = pts.iter().find(|p| p.bucket_ms == rows[2].bucket_ms);
+    assert!(summed.is_none(), "that bucket was among the oldest");
+    drop(conn);
+    fleet.close().await;
+}
