@@ -99,6 +99,17 @@ pub fn nice_ceiling(v: f64) -> f64 {
     10.0 * p
 }
 
+/// How many equal steps the y axis of height `top` (from `nice_ceiling`) gets, so each tick is round too: 1 in
+/// fifths (0.2), 2 in quarters (0.5), 5 in fifths (1).
+pub fn divisions(top: f64) -> u32 {
+    let mantissa = top / 10f64.powf(top.log10().floor());
+    if (mantissa - 2.0).abs() < 1e-9 {
+        4
+    } else {
+        5
+    }
+}
+
 /// A rate for people: `12.5/s`, `3.2 kB/s`, `1.1 MB/s`.
 pub fn rate_text(v: f64, bytes: bool) -> String {
     let (v, prefix) = if v >= 1e9 {
@@ -193,9 +204,10 @@ fn chart(
         .flat_map(|p| metrics.iter().map(move |(m, _)| m(p)))
         .fold(0.0f64, f64::max);
     let top = nice_ceiling(peak);
-    let y_ticks = (0..=4)
+    let parts = divisions(top);
+    let y_ticks = (0..=parts)
         .map(|i| {
-            let v = top * f64::from(i) / 4.0;
+            let v = top * f64::from(i) / f64::from(parts);
             Tick {
                 at: n(y(v, top)),
                 label: rate_text(v, bytes),
@@ -350,6 +362,7 @@ mod tests {
         assert_eq!(nice_ceiling(130.0), 200.0);
         assert_eq!(nice_ceiling(4_100_000.0), 5_000_000.0);
         assert_eq!(rate_text(12.34, false), "12.3/s");
+        assert_eq!((divisions(5e6), divisions(200.0), divisions(10.0)), (5, 4, 5));
         assert_eq!(rate_text(2_500.0, true), "2.5 kB/s");
         assert_eq!(rate_text(3_000_000.0, true), "3 MB/s");
     }
@@ -380,7 +393,8 @@ mod tests {
         assert_eq!(conns.lines.len(), 1);
         assert_eq!(conns.lines[0].path.matches('M').count(), 2, "{}", conns.lines[0].path);
         assert_eq!(conns.lines[0].path.matches('L').count(), 1);
-        // y axis 0..10/s: the 10/s point is at the top of the plot.
+        // y axis 0..10/s in fifths: the 10/s point is at the top of the plot.
+        assert_eq!(conns.y_ticks.len(), 6);
         assert_eq!(conns.y_ticks.last().map(|t| t.label.as_str()), Some("10/s"));
         assert!(conns.lines[0].path.contains(&format!(",{}", n(TOP))), "{}", conns.lines[0].path);
         // Bytes: in and out per series, out dashed.
