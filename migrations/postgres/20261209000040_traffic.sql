@@ -1,7 +1,8 @@
 -- Traffic history for the dashboard's graphs, the traffic API and /metrics (server::fleet::traffic): what each
 -- node's IPVS counters moved by, per service (`real_server` = '') and per real server, summed into buckets of
 -- `step_s` seconds (10 s kept for an hour, 300 s kept for a week). `span_ms` is the time the summed counter
--- deltas cover, so a bucket's rate is delta * 1000 / span_ms. One row per series and bucket (the primary key):
+-- deltas cover, so a bucket's rate is delta * 1000 / span_ms. One row per node, series and bucket (the key; a node
+-- moved to another cluster within a bucket carries it along):
 -- the row count is bounded by series x buckets kept, and retention prunes by age, rows and bytes.
 CREATE TABLE traffic_points (
     cluster      TEXT   NOT NULL,
@@ -14,8 +15,8 @@ CREATE TABLE traffic_points (
     connections  BIGINT NOT NULL,
     bytes_in     BIGINT NOT NULL,
     bytes_out    BIGINT NOT NULL,
-    PRIMARY KEY (cluster, node_id, service, real_server, step_s, bucket_ms)
+    PRIMARY KEY (node_id, step_s, bucket_ms, service, real_server)
 );
-CREATE INDEX traffic_points_cluster ON traffic_points(cluster, real_server, step_s, bucket_ms);
-CREATE INDEX traffic_points_node ON traffic_points(node_id, step_s, bucket_ms);
+-- The cluster page reads only service rows: a partial index, which real-server rows (most of them) never touch.
+CREATE INDEX traffic_points_services ON traffic_points(cluster, step_s, bucket_ms) WHERE real_server = '';
 CREATE INDEX traffic_points_bucket ON traffic_points(bucket_ms);

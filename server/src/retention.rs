@@ -49,19 +49,35 @@ pub async fn prune(fleet: &Fleet, r: Retention) -> Result<u64, StoreError> {
         .await
 }
 
-/// Prunes the traffic history once (`fleet::traffic`: 10 s buckets kept an hour, 5 min buckets a week, the
-/// table within its row and byte bounds); the number of rows deleted.
-pub async fn prune_traffic(fleet: &Fleet) -> Result<u64, StoreError> {
-    use crate::fleet::traffic::{DEFAULT_MAX_BYTES, DEFAULT_MAX_ROWS};
-    fleet
-        .prune_traffic(now_ms(), DEFAULT_MAX_ROWS, DEFAULT_MAX_BYTES)
-        .await
+/// Bounds of the traffic history (`fleet::traffic`) as a whole.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TrafficBounds {
+    /// At most this many rows are kept (the newest buckets).
+    pub max_rows: i64,
+    /// At most this many bytes (names plus a fixed overhead a row, `store::traffic::ROW_OVERHEAD_BYTES`).
+    pub max_bytes: i64,
+}
+
+impl Default for TrafficBounds {
+    fn default() -> Self {
+        TrafficBounds {
+            max_rows: crate::fleet::traffic::DEFAULT_MAX_ROWS,
+            max_bytes: crate::fleet::traffic::DEFAULT_MAX_BYTES,
+        }
+    }
+}
+
+/// Prunes the traffic history once (10 s buckets kept an hour, 5 min buckets a week, the table within its row
+/// and byte bounds); the number of rows deleted.
+pub async fn prune_traffic(fleet: &Fleet, b: TrafficBounds) -> Result<u64, StoreError> {
+    fleet.prune_traffic(now_ms(), b.max_rows, b.max_bytes).await
 }
 
 /// Prunes now and every `EVERY` until `stop` turns true.
 pub async fn run(
     fleet: Arc<Fleet>,
     r: Retention,
+    traffic: TrafficBounds,
     mut stop: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
     let early = fleet.prune_early_after(r.max_rows / 8, r.max_bytes / 8);
@@ -71,7 +87,7 @@ pub async fn run(
             Ok(n) => tracing::info!(deleted = n, "old events pruned"),
             Err(e) => tracing::warn!(error = %e, "cannot prune events"),
         }
-        match prune_traffic(&fleet).await {
+        match prune_traffic(&fleet, traffic).await {
             Ok(0) => {}
             Ok(n) => tracing::debug!(deleted = n, "old traffic history pruned"),
             Err(e) => tracing::warn!(error = %e, "cannot prune the traffic history"),

@@ -979,7 +979,11 @@ async fn seed_traffic_history(srv: &TestServer, node_id: i64) -> i64 {
         let conns = (rate * 10.0) as i64;
         // 198.18.2.1 fails its check 28 minutes in: its weight goes to 0 and the other server takes all.
         let rs1 = if i < 168 { conns / 3 } else { 0 };
-        for (rs, c) in [("", conns), ("198.18.2.1:8080", rs1), ("198.18.2.2:8080", conns - rs1)] {
+        for (rs, c) in [
+            ("", conns),
+            ("198.18.2.1:8080", rs1),
+            ("198.18.2.2:8080", conns - rs1),
+        ] {
             sqlx::query(
                 "INSERT INTO traffic_points (cluster, node_id, service, real_server, step_s, bucket_ms, span_ms, \
                  connections, bytes_in, bytes_out) VALUES ('ext', $1, 'tcp/198.18.0.10:80', $2, 10, $3, 10000, $4, $5, $6)",
@@ -1062,7 +1066,11 @@ async fn traffic_graphs_are_drawn_on_the_cluster_page_and_follow_a_drain_live() 
         })
     };
     let (s, v) = srv
-        .post("/api/v1/agent/report", &cred, report(1_000_000, 2_000_000, false))
+        .post(
+            "/api/v1/agent/report",
+            &cred,
+            report(1_000_000, 2_000_000, false),
+        )
         .await;
     assert_eq!(s, StatusCode::NO_CONTENT, "{v}");
     let baseline_at = epoch_ms();

@@ -25,7 +25,10 @@ async fn next_millisecond() {
     let start = now_ms();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
     while now_ms() <= start {
-        assert!(std::time::Instant::now() < deadline, "the clock stands still");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the clock stands still"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(1)).await;
     }
 }
@@ -96,9 +99,24 @@ async fn reported_counters_become_rates_in_the_api_the_pages_and_metrics() {
     // Three reports: a baseline; +500 connections as the node becomes MASTER and 198.18.2.2 fails; then
     // 198.18.2.1's counters reset (the destination was re-added) to 50.
     let reports = [
-        report(g, "backup", (1_000, 10_000, 40_000), [(600, true), (400, true)]),
-        report(g, "master", (1_500, 15_000, 60_000), [(900, true), (600, false)]),
-        report(g, "master", (1_600, 16_000, 64_000), [(50, true), (650, false)]),
+        report(
+            g,
+            "backup",
+            (1_000, 10_000, 40_000),
+            [(600, true), (400, true)],
+        ),
+        report(
+            g,
+            "master",
+            (1_500, 15_000, 60_000),
+            [(900, true), (600, false)],
+        ),
+        report(
+            g,
+            "master",
+            (1_600, 16_000, 64_000),
+            [(50, true), (650, false)],
+        ),
     ];
     for r in reports {
         next_millisecond().await;
@@ -108,7 +126,10 @@ async fn reported_counters_become_rates_in_the_api_the_pages_and_metrics() {
 
     for range in ["1h", "24h", "7d"] {
         let (s, t) = srv
-            .get(&format!("/api/v1/clusters/ext/traffic?range={range}"), &viewer)
+            .get(
+                &format!("/api/v1/clusters/ext/traffic?range={range}"),
+                &viewer,
+            )
             .await;
         assert_eq!(s, StatusCode::OK, "{t}");
         assert_eq!(t["range"], range);
@@ -128,13 +149,16 @@ async fn reported_counters_become_rates_in_the_api_the_pages_and_metrics() {
         );
         let marks = t["marks"].as_array().unwrap();
         assert!(
-            marks.iter().any(|m| m["kind"] == "vrrp"
-                && m["text"].as_str().unwrap().contains("backup -> master")),
+            marks
+                .iter()
+                .any(|m| m["kind"] == "vrrp"
+                    && m["text"].as_str().unwrap().contains("backup -> master")),
             "{t}"
         );
         assert!(
-            marks.iter().any(|m| m["kind"] == "health"
-                && m["text"].as_str().unwrap().contains("198.18.2.2")),
+            marks.iter().any(
+                |m| m["kind"] == "health" && m["text"].as_str().unwrap().contains("198.18.2.2")
+            ),
             "{t}"
         );
     }
@@ -162,7 +186,10 @@ async fn reported_counters_become_rates_in_the_api_the_pages_and_metrics() {
 
     // The cluster page draws the service; the node page its two real servers; both mark the VRRP change.
     let html = srv.page_as("oper", "/clusters/ext").await;
-    assert!(html.contains("<div id=\"cluster-traffic\" data-live>"), "no live region");
+    assert!(
+        html.contains("<div id=\"cluster-traffic\" data-live>"),
+        "no live region"
+    );
     for id in ["cluster-traffic-conns", "cluster-traffic-bytes"] {
         let chart = html
             .split(&format!("<figure class=\"chart\" id=\"{id}\""))
@@ -170,7 +197,10 @@ async fn reported_counters_become_rates_in_the_api_the_pages_and_metrics() {
             .and_then(|c| c.split("</figure>").next())
             .unwrap_or_else(|| panic!("no chart {id}: {html}"));
         assert!(chart.contains("role=\"img\""), "{chart}");
-        assert!(chart.contains(&format!("<title id=\"{id}-title\">")), "{chart}");
+        assert!(
+            chart.contains(&format!("<title id=\"{id}-title\">")),
+            "{chart}"
+        );
         assert!(chart.contains("<path class=\"series s0"), "{chart}");
         assert!(chart.contains("d=\"M"), "{chart}");
         assert!(chart.contains("class=\"mark m-vrrp\""), "{chart}");
@@ -184,8 +214,14 @@ async fn reported_counters_become_rates_in_the_api_the_pages_and_metrics() {
         .split("<figure class=\"chart\" id=\"node-traffic-conns\"")
         .nth(1)
         .unwrap_or_else(|| panic!("no node chart: {html}"));
-    assert!(chart.starts_with(" data-lines=\"2\""), "two real servers: {chart}");
-    assert!(chart.contains("198.18.2.1:8080 (tcp/198.18.0.10:80)"), "{chart}");
+    assert!(
+        chart.starts_with(" data-lines=\"2\""),
+        "two real servers: {chart}"
+    );
+    assert!(
+        chart.contains("198.18.2.1:8080 (tcp/198.18.0.10:80)"),
+        "{chart}"
+    );
     assert!(chart.contains("last 7 days"), "{chart}");
 
     // /metrics: the same service series, labelled by cluster and service.
@@ -216,7 +252,8 @@ async fn the_history_is_pruned_within_its_bounds_on_this_backend() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("lbfleet.db");
     let store = Store::open(&common::db_url(&db)).await.unwrap();
-    let fleet = lbfleet_server::fleet::Fleet::new(store.clone(), std::time::Duration::from_secs(600));
+    let fleet =
+        lbfleet_server::fleet::Fleet::new(store.clone(), std::time::Duration::from_secs(600));
     let now: i64 = 40 * 24 * 3600 * 1000;
     let row = |step_s: i64, bucket_ms: i64, rs: String| TrafficPoint {
         cluster: "ext".into(),
@@ -234,10 +271,14 @@ async fn the_history_is_pruned_within_its_bounds_on_this_backend() {
         row(10, now - FINE_KEEP_MS - 10_000, String::new()),
         row(300, now - COARSE_KEEP_MS - 300_000, String::new()),
     ];
-    // 100 recent buckets of 8 real servers each.
+    // 100 five-minute buckets of 8 real servers each within the week.
     for b in 0..100 {
         for i in 0..8 {
-            rows.push(row(10, now - 1_000_000 + b * 10_000, format!("198.18.2.{i}:80")));
+            rows.push(row(
+                300,
+                now - 2 * 24 * 3600 * 1000 + b * 300_000,
+                format!("198.18.2.{i}:80"),
+            ));
         }
     }
     let mut tx = store.begin().await.unwrap();
@@ -247,20 +288,67 @@ async fn the_history_is_pruned_within_its_bounds_on_this_backend() {
     store::commit(tx).await.unwrap();
     assert_eq!(fleet.traffic_totals().await.unwrap().0, 802);
 
-    assert_eq!(fleet.prune_traffic(now, i64::MAX, i64::MAX).await.unwrap(), 2, "the two too old");
+    assert_eq!(
+        fleet.prune_traffic(now, i64::MAX, i64::MAX).await.unwrap(),
+        2,
+        "the two too old"
+    );
     fleet.prune_traffic(now, 404, i64::MAX).await.unwrap();
     let (rows_left, bytes_left) = fleet.traffic_totals().await.unwrap();
     assert_eq!(rows_left, 400, "50 whole buckets of 8 stay");
-    fleet.prune_traffic(now, i64::MAX, bytes_left / 2).await.unwrap();
+    fleet
+        .prune_traffic(now, i64::MAX, bytes_left / 2)
+        .await
+        .unwrap();
     let (rows_left, bytes_now) = fleet.traffic_totals().await.unwrap();
-    assert!(bytes_now <= bytes_left / 2, "{bytes_now} > {}", bytes_left / 2);
+    assert!(
+        bytes_now <= bytes_left / 2,
+        "{bytes_now} > {}",
+        bytes_left / 2
+    );
     assert_eq!(rows_left, 200, "the newest 25 buckets stay");
     let mut conn = store.read().await.unwrap();
-    let pts = lbfleet_server::store::traffic::node_real_servers(&mut conn, 1, 10, 0).await.unwrap();
+    let pts = lbfleet_server::store::traffic::node_real_servers(&mut conn, 1, 300, 0)
+        .await
+        .unwrap();
     let oldest = pts.iter().map(|p| p.bucket_ms).min().unwrap();
-    assert_eq!(oldest, now - 1_000_000 + 75 * 10_000);
+    assert_eq!(oldest, now - 2 * 24 * 3600 * 1000 + 75 * 300_000);
     let summed = pts.iter().find(|p| p.bucket_ms == rows[2].bucket_ms);
     assert!(summed.is_none(), "that bucket was among the oldest");
+    drop(conn);
+
+    // Downsampling on this backend: three 10 s buckets of a complete 5 min bucket become one 5 min row with
+    // their sums, the same after a second run.
+    let fine: Vec<_> = (0..3)
+        .map(|i| {
+            row(
+                10,
+                now - 20 * 60 * 1000 + i * 10_000,
+                "198.18.2.9:80".into(),
+            )
+        })
+        .collect();
+    let mut tx = store.begin().await.unwrap();
+    add(&mut tx, &fine).await.unwrap();
+    store::commit(tx).await.unwrap();
+    for _ in 0..2 {
+        fleet.prune_traffic(now, i64::MAX, i64::MAX).await.unwrap();
+    }
+    let mut conn = store.read().await.unwrap();
+    let coarse: Vec<_> =
+        lbfleet_server::store::traffic::node_real_servers(&mut conn, 1, 300, now - 3600 * 1000)
+            .await
+            .unwrap();
+    assert_eq!(coarse.len(), 1, "{coarse:?}");
+    assert_eq!(coarse[0].bucket_ms, now - 20 * 60 * 1000);
+    assert_eq!(
+        (
+            coarse[0].connections,
+            coarse[0].bytes_out,
+            coarse[0].span_ms
+        ),
+        (3, 9, 30_000)
+    );
     drop(conn);
     fleet.close().await;
 }

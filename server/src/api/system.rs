@@ -117,15 +117,24 @@ async fn metrics(State(s): State<AppState>, _: Viewer) -> Result<Response, ApiEr
 
 /// The traffic history's newest 10 s bucket per cluster and service (`fleet::traffic`; the same
 /// series as `GET /api/v1/clusters/{name}/traffic`). One series per service: real servers stay in the API.
-fn traffic_metrics(
-    out: &mut String,
-    series: &[(String, crate::fleet::traffic::TrafficSeries)],
-) {
+fn traffic_metrics(out: &mut String, series: &[(String, crate::fleet::traffic::TrafficSeries)]) {
     type Rate = fn(&crate::fleet::traffic::RatePoint) -> f64;
     let gauges: [(&str, &str, Rate); 3] = [
-        ("lbfleet_service_connections_per_second", "New connections per second", |p| p.connections_per_s),
-        ("lbfleet_service_bytes_in_per_second", "Bytes per second from clients", |p| p.bytes_in_per_s),
-        ("lbfleet_service_bytes_out_per_second", "Bytes per second to clients", |p| p.bytes_out_per_s),
+        (
+            "lbfleet_service_connections_per_second",
+            "New connections per second",
+            |p| p.connections_per_s,
+        ),
+        (
+            "lbfleet_service_bytes_in_per_second",
+            "Bytes per second from clients",
+            |p| p.bytes_in_per_s,
+        ),
+        (
+            "lbfleet_service_bytes_out_per_second",
+            "Bytes per second to clients",
+            |p| p.bytes_out_per_s,
+        ),
     ];
     for (name, help, rate) in gauges {
         let _ = writeln!(
@@ -148,7 +157,9 @@ fn traffic_metrics(
 
 /// A Prometheus label value: backslash, quote and newline escaped.
 fn label(v: &str) -> String {
-    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 /// DHCP hot standby (`boot::dhcp::leader`), labelled with the boot network.

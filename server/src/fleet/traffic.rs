@@ -6,7 +6,9 @@
 //! difference over the time between the two is one sample. A counter that went down was reset (a destination
 //! re-added, a node rebooted): the sample counts from zero, never negative. A sample spanning more than
 //! `MAX_SAMPLE_SPAN_MS` (a node that was away) is a gap, not an average over the absence. The samples of one
-//! report go to the database in one statement, inside the report's own transaction.
+//! report go to the database in one statement (10 s buckets), inside the report's own transaction; retention
+//! folds complete 5 min buckets from them (`prune_traffic`), and readers of the 5 min views fold the last hour
+//! themselves (`coarse_view`), so those views are never behind.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
@@ -26,10 +28,13 @@ pub const FINE_KEEP_MS: i64 = 3600 * 1000;
 /// The coarse step: 5 min buckets, kept `COARSE_KEEP_MS`.
 pub const COARSE_STEP_S: i64 = 300;
 pub const COARSE_KEEP_MS: i64 = 7 * 24 * 3600 * 1000;
+// `store::traffic::downsample` spells both steps out in its SQL.
+const _: () = assert!(FINE_STEP_S == 10 && COARSE_STEP_S == 300);
+
 /// Longest time one sample may cover; a longer one is a gap in the graph.
 pub const MAX_SAMPLE_SPAN_MS: i64 = 15 * 60 * 1000;
 /// Real-server series recorded per node and report (the first in report order); services are always recorded.
-/// With the 2 steps this bounds a node's rows: (services + 1,000) x (360 + 2,016).
+/// With both steps this bounds a node's rows: (services + 1,000) x (360 + 2,016).
 pub const MAX_REAL_SERVER_SERIES: usize = 1000;
 /// Bounds of the whole table, enforced by retention (whole oldest buckets go first).
 pub const DEFAULT_MAX_ROWS: i64 = 2_000_000;
@@ -141,27 +146,71 @@ pub fn take_samples(
     out
 }
 
-/// The rows the samples of one report add: each sample into its 10 s and its 5 min bucket.
+/// The rows the samples of one report add: each sample into its 10 s bucket (retention folds those into 5 min
+/// buckets, `downsample_traffic`).
 pub fn points(cluster: &str, node_id: i64, now_ms: i64, samples: &[Sample]) -> Vec<TrafficPoint> {
-    let mut out = Vec::with_capacity(samples.len() * 2);
-    for step_s in [FINE_STEP_S, COARSE_STEP_S] {
-        let step_ms = step_s * 1000;
-        let bucket_ms = now_ms.div_euclid(step_ms) * step_ms;
-        for s in samples {
-            out.push(TrafficPoint {
-                cluster: cluster.to_owned(),
-                node_id,
-                service: s.key.0.clone(),
-                real_server: s.key.1.clone(),
-                step_s,
+    let step_ms = FINE_STEP_S * 1000;
+    let bucket_ms = now_ms.div_euclid(step_ms) * step_ms;
+    samples
+        .iter()
+        .map(|s| TrafficPoint {
+            cluster: cluster.to_owned(),
+            node_id,
+            service: s.key.0.clone(),
+            real_server: s.key.1.clone(),
+            step_s: FINE_STEP_S,
+            bucket_ms,
+            span_ms: s.span_ms,
+            connections: s.delta.connections as i64,
+            bytes_in: s.delta.bytes_in as i64,
+            bytes_out: s.delta.bytes_out as i64,
+        })
+        .collect()
+}
+
+/// The first 5 min bucket whose 10 s buckets are all still kept at `now_ms`: from there on the fine rows say
+/// everything about a coarse bucket.
+pub fn fine_floor(now_ms: i64) -> i64 {
+    let coarse_ms = COARSE_STEP_S * 1000;
+    ((now_ms - FINE_KEEP_MS).div_euclid(coarse_ms) + 1) * coarse_ms
+}
+
+/// Coarse rows as a reader should see them at `now_ms`: the stored 5 min rows before `fine_floor`, and from
+/// there on the 10 s rows summed into 5 min buckets (fresher than the last downsampling run, the bucket still
+/// filling included).
+pub fn coarse_view(
+    coarse: Vec<TrafficPoint>,
+    fine: &[TrafficPoint],
+    now_ms: i64,
+) -> Vec<TrafficPoint> {
+    let floor = fine_floor(now_ms);
+    let coarse_ms = COARSE_STEP_S * 1000;
+    let mut out: Vec<TrafficPoint> = coarse.into_iter().filter(|r| r.bucket_ms < floor).collect();
+    let mut folded: BTreeMap<(i64, i64, String, String), TrafficPoint> = BTreeMap::new();
+    for r in fine.iter().filter(|r| r.bucket_ms >= floor) {
+        let bucket_ms = r.bucket_ms.div_euclid(coarse_ms) * coarse_ms;
+        let p = folded
+            .entry((
                 bucket_ms,
-                span_ms: s.span_ms,
-                connections: s.delta.connections as i64,
-                bytes_in: s.delta.bytes_in as i64,
-                bytes_out: s.delta.bytes_out as i64,
+                r.node_id,
+                r.service.clone(),
+                r.real_server.clone(),
+            ))
+            .or_insert_with(|| TrafficPoint {
+                step_s: COARSE_STEP_S,
+                bucket_ms,
+                span_ms: 0,
+                connections: 0,
+                bytes_in: 0,
+                bytes_out: 0,
+                ..r.clone()
             });
-        }
+        p.span_ms = p.span_ms.saturating_add(r.span_ms);
+        p.connections = p.connections.saturating_add(r.connections);
+        p.bytes_in = p.bytes_in.saturating_add(r.bytes_in);
+        p.bytes_out = p.bytes_out.saturating_add(r.bytes_out);
     }
+    out.extend(folded.into_values());
     out
 }
 
@@ -340,11 +389,17 @@ impl Fleet {
         let to_ms = store::now_ms();
         let from_ms = to_ms - range.span_ms();
         let mut conn = self.store.read().await?;
-        if store::clusters::load_one(&mut conn, name).await?.is_none() {
+        if !store::clusters::exists(&mut conn, name).await? {
             return Err(no_cluster(name));
         }
-        let rows =
+        let mut rows =
             store::traffic::cluster_services(&mut conn, name, range.step_s(), from_ms).await?;
+        if range.step_s() == COARSE_STEP_S {
+            let fine =
+                store::traffic::cluster_services(&mut conn, name, FINE_STEP_S, fine_floor(to_ms))
+                    .await?;
+            rows = coarse_view(rows, &fine, to_ms);
+        }
         drop(conn);
         let marks = self
             .traffic_marks(Some(name.to_owned()), None, from_ms)
@@ -365,8 +420,18 @@ impl Fleet {
         let from_ms = to_ms - range.span_ms();
         let mut conn = self.store.read().await?;
         let node = Self::node_in(&mut conn, key).await?;
-        let rows =
+        let mut rows =
             store::traffic::node_real_servers(&mut conn, node.id, range.step_s(), from_ms).await?;
+        if range.step_s() == COARSE_STEP_S {
+            let fine = store::traffic::node_real_servers(
+                &mut conn,
+                node.id,
+                FINE_STEP_S,
+                fine_floor(to_ms),
+            )
+            .await?;
+            rows = coarse_view(rows, &fine, to_ms);
+        }
         drop(conn);
         let marks = self.traffic_marks(None, Some(node.id), from_ms).await?;
         Ok(Traffic {
@@ -431,7 +496,7 @@ impl Fleet {
             .collect())
     }
 
-    /// Deletes history older than each step keeps, then the oldest buckets past `max_rows` or `max_bytes`;
+    /// Folds the 10 s buckets into 5 min buckets, deletes history older than each step keeps, then the oldest buckets past `max_rows` or `max_bytes`;
     /// forgets baselines of nodes that stopped reporting. The number of rows deleted.
     pub async fn prune_traffic(
         &self,
@@ -441,10 +506,27 @@ impl Fleet {
     ) -> Result<u64, StoreError> {
         self.traffic.forget_idle(now_ms);
         let mut tx = self.store.begin().await?;
-        let mut n = store::traffic::prune_older(&mut tx, FINE_STEP_S, now_ms - FINE_KEEP_MS).await?;
+        // First the complete 5 min buckets whose 10 s rows are all still there (again each run: the sums
+        // replace what an earlier run wrote, so runs on several servers agree), then the age limits.
+        let coarse_ms = COARSE_STEP_S * 1000;
+        store::traffic::downsample(
+            &mut tx,
+            fine_floor(now_ms),
+            now_ms.div_euclid(coarse_ms) * coarse_ms,
+        )
+        .await?;
+        let mut n =
+            store::traffic::prune_older(&mut tx, FINE_STEP_S, now_ms - FINE_KEEP_MS).await?;
         n += store::traffic::prune_older(&mut tx, COARSE_STEP_S, now_ms - COARSE_KEEP_MS).await?;
-        n += store::traffic::prune_over(&mut tx, max_rows, max_bytes).await?;
         store::commit(tx).await?;
+        // The bounds need a pass over the whole table: counted on a read connection first, so the write lock
+        // (which reports wait for) is only taken when something must go.
+        let (rows, bytes) = self.traffic_totals().await?;
+        if rows > max_rows || bytes > max_bytes {
+            let mut tx = self.store.begin().await?;
+            n += store::traffic::prune_over(&mut tx, max_rows, max_bytes).await?;
+            store::commit(tx).await?;
+        }
         Ok(n)
     }
 

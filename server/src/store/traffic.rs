@@ -52,8 +52,8 @@ pub async fn add(conn: &mut Conn, points: &[TrafficPoint]) -> Result<(), StoreEr
             ));
         }
         sql.push_str(
-            " ON CONFLICT (cluster, node_id, service, real_server, step_s, bucket_ms) DO UPDATE SET \
-             span_ms = traffic_points.span_ms + excluded.span_ms, \
+            " ON CONFLICT (node_id, step_s, bucket_ms, service, real_server) DO UPDATE SET \
+             cluster = excluded.cluster, span_ms = traffic_points.span_ms + excluded.span_ms, \
              connections = traffic_points.connections + excluded.connections, \
              bytes_in = traffic_points.bytes_in + excluded.bytes_in, \
              bytes_out = traffic_points.bytes_out + excluded.bytes_out",
@@ -132,16 +132,34 @@ pub async fn services_since(
     .await?)
 }
 
+/// Writes the 5 min buckets in [`from_ms`, `to_ms`) (multiples of 5 min) as the sums of their 10 s buckets,
+/// replacing what was there; the number of 5 min rows written.
+pub async fn downsample(conn: &mut Conn, from_ms: i64, to_ms: i64) -> Result<u64, StoreError> {
+    Ok(sqlx::query(
+        "INSERT INTO traffic_points (cluster, node_id, service, real_server, step_s, bucket_ms, span_ms, \
+         connections, bytes_in, bytes_out) \
+         SELECT MAX(cluster), node_id, service, real_server, 300, (bucket_ms / 300000) * 300000, \
+         CAST(SUM(span_ms) AS BIGINT), CAST(SUM(connections) AS BIGINT), CAST(SUM(bytes_in) AS BIGINT), \
+         CAST(SUM(bytes_out) AS BIGINT) FROM traffic_points \
+         WHERE step_s = 10 AND bucket_ms >= $1 AND bucket_ms < $2 \
+         GROUP BY node_id, service, real_server, (bucket_ms / 300000) * 300000 \
+         ON CONFLICT (node_id, step_s, bucket_ms, service, real_server) DO UPDATE SET \
+         cluster = excluded.cluster, span_ms = excluded.span_ms, connections = excluded.connections, \
+         bytes_in = excluded.bytes_in, bytes_out = excluded.bytes_out",
+    )
+    .bind(from_ms)
+    .bind(to_ms)
+    .execute(conn)
+    .await?
+    .rows_affected())
+}
+
 /// What one row is counted as besides its two names, for the byte bound (eight integers and the key's index
 /// entries, roughly).
 pub const ROW_OVERHEAD_BYTES: i64 = 96;
 
 /// Deletes rows of step `step_s` older than `before` (ms); the number deleted.
-pub async fn prune_older(
-    conn: &mut Conn,
-    step_s: i64,
-    before: i64,
-) -> Result<u64, StoreError> {
+pub async fn prune_older(conn: &mut Conn, step_s: i64, before: i64) -> Result<u64, StoreError> {
     Ok(
         sqlx::query("DELETE FROM traffic_points WHERE step_s = $1 AND bucket_ms < $2")
             .bind(step_s)

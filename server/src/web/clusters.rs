@@ -279,7 +279,16 @@ pub async fn cluster(
     axum::extract::Query(q): axum::extract::Query<super::traffic::TrafficQuery>,
 ) -> Result<Response, WebError> {
     let range = super::traffic::range_of(q.range.as_deref());
-    cluster_page_in(&s, &user, &headers, &name, None, ServiceForm::blank(), range).await
+    cluster_page_in(
+        &s,
+        &user,
+        &headers,
+        &name,
+        None,
+        ServiceForm::blank(),
+        range,
+    )
+    .await
 }
 
 pub async fn cluster_page(

@@ -301,7 +301,10 @@ pub async fn node(
         "node",
         &format!("real servers of {}", n.name),
         &s.fleet
-            .node_traffic(&crate::store::nodes::NodeKey::Id(n.id), super::traffic::range_of(q.range.as_deref()))
+            .node_traffic(
+                &crate::store::nodes::NodeKey::Id(n.id),
+                super::traffic::range_of(q.range.as_deref()),
+            )
             .await?,
     );
     let role = s.fleet.role_document(n.id).await?;

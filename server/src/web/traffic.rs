@@ -12,7 +12,8 @@ pub struct TrafficQuery {
 
 /// The page's range: what `?range=` names, the last hour when it names nothing known.
 pub fn range_of(text: Option<&str>) -> TrafficRange {
-    text.and_then(TrafficRange::parse).unwrap_or(TrafficRange::Hour)
+    text.and_then(TrafficRange::parse)
+        .unwrap_or(TrafficRange::Hour)
 }
 
 /// Width and height of a chart's view box, and the plot area inside it (room for axis labels).
@@ -220,7 +221,14 @@ fn chart(
             let peak = s.points.iter().map(metric).fold(0.0f64, f64::max);
             lines.push(Line {
                 label: format!("{}{suffix}", series_label(s)),
-                class: format!("s{i}{}", if suffix.is_empty() || *suffix == " in" { "" } else { " dashed" }),
+                class: format!(
+                    "s{i}{}",
+                    if suffix.is_empty() || *suffix == " in" {
+                        ""
+                    } else {
+                        " dashed"
+                    }
+                ),
                 path: path(&s.points, f, top, *metric),
                 peak: rate_text(peak, bytes),
             });
@@ -234,13 +242,21 @@ fn chart(
             .map(|l| format!("{}: peak {}", l.label, l.peak))
             .collect::<Vec<_>>()
             .join("; ");
-        format!("{} line(s), y axis 0 to {}. {busiest}.", lines.len(), rate_text(top, bytes))
+        format!(
+            "{} line(s), y axis 0 to {}. {busiest}.",
+            lines.len(),
+            rate_text(top, bytes)
+        )
     };
     Chart {
         id,
         title,
         desc,
-        unit: if bytes { "bytes/s".into() } else { "connections/s".into() },
+        unit: if bytes {
+            "bytes/s".into()
+        } else {
+            "connections/s".into()
+        },
         y_ticks,
         lines,
     }
@@ -256,7 +272,11 @@ pub fn panel(scope: &'static str, subject: &str, t: &Traffic) -> TrafficPanel {
     let total = |s: &TrafficSeries| -> i64 {
         s.points
             .iter()
-            .map(|p| p.connections.saturating_add(p.bytes_in / 1024).saturating_add(p.bytes_out / 1024))
+            .map(|p| {
+                p.connections
+                    .saturating_add(p.bytes_in / 1024)
+                    .saturating_add(p.bytes_out / 1024)
+            })
             .sum()
     };
     let mut drawn: Vec<&TrafficSeries> = t.series.iter().filter(|s| !s.points.is_empty()).collect();
@@ -285,16 +305,27 @@ pub fn panel(scope: &'static str, subject: &str, t: &Traffic) -> TrafficPanel {
         .filter(|m| m.at_ms >= t.from_ms && m.at_ms <= t.to_ms)
         .map(|m| Mark {
             x: n(f.x(m.at_ms)),
-            class: if m.kind == "vrrp" { "m-vrrp" } else { "m-health" },
+            class: if m.kind == "vrrp" {
+                "m-vrrp"
+            } else {
+                "m-health"
+            },
             text: format!(
                 "{} {}{}",
                 crate::clock::time_text(m.at_ms),
-                m.node.as_deref().map(|n| format!("{n}: ")).unwrap_or_default(),
+                m.node
+                    .as_deref()
+                    .map(|n| format!("{n}: "))
+                    .unwrap_or_default(),
                 m.text
             ),
         })
         .collect();
-    let what = if scope == "cluster" { "per service" } else { "per real server" };
+    let what = if scope == "cluster" {
+        "per service"
+    } else {
+        "per real server"
+    };
     let when = match t.range {
         TrafficRange::Hour => "last hour",
         TrafficRange::Day => "last 24 hours",
@@ -314,7 +345,10 @@ pub fn panel(scope: &'static str, subject: &str, t: &Traffic) -> TrafficPanel {
             format!("Bytes per second in and out {what}, {subject}, {when}"),
             &drawn,
             &f,
-            &[(|p: &RatePoint| p.bytes_in_per_s, " in"), (|p: &RatePoint| p.bytes_out_per_s, " out")],
+            &[
+                (|p: &RatePoint| p.bytes_in_per_s, " in"),
+                (|p: &RatePoint| p.bytes_out_per_s, " out"),
+            ],
             true,
         ),
     ];
@@ -326,7 +360,11 @@ pub fn panel(scope: &'static str, subject: &str, t: &Traffic) -> TrafficPanel {
             .into_iter()
             .map(|(k, label)| (k, label, k == t.range.as_str()))
             .collect(),
-        step: if t.step_s < 60 { format!("{} s", t.step_s) } else { format!("{} min", t.step_s / 60) },
+        step: if t.step_s < 60 {
+            format!("{} s", t.step_s)
+        } else {
+            format!("{} min", t.step_s / 60)
+        },
         empty: drawn.is_empty(),
         x_ticks,
         marks,
@@ -362,7 +400,10 @@ mod tests {
         assert_eq!(nice_ceiling(130.0), 200.0);
         assert_eq!(nice_ceiling(4_100_000.0), 5_000_000.0);
         assert_eq!(rate_text(12.34, false), "12.3/s");
-        assert_eq!((divisions(5e6), divisions(200.0), divisions(10.0)), (5, 4, 5));
+        assert_eq!(
+            (divisions(5e6), divisions(200.0), divisions(10.0)),
+            (5, 4, 5)
+        );
         assert_eq!(rate_text(2_500.0, true), "2.5 kB/s");
         assert_eq!(rate_text(3_000_000.0, true), "3 MB/s");
     }
@@ -378,7 +419,11 @@ mod tests {
                 service: "tcp/198.18.0.10:80".into(),
                 real_server: None,
                 // Two buckets, a gap of a minute, one more.
-                points: vec![point(600_000, 5.0), point(610_000, 10.0), point(680_000, 2.0)],
+                points: vec![
+                    point(600_000, 5.0),
+                    point(610_000, 10.0),
+                    point(680_000, 2.0),
+                ],
             }],
             marks: vec![TrafficMark {
                 at_ms: 1_800_000,
@@ -391,12 +436,21 @@ mod tests {
         assert!(!p.empty);
         let conns = &p.charts[0];
         assert_eq!(conns.lines.len(), 1);
-        assert_eq!(conns.lines[0].path.matches('M').count(), 2, "{}", conns.lines[0].path);
+        assert_eq!(
+            conns.lines[0].path.matches('M').count(),
+            2,
+            "{}",
+            conns.lines[0].path
+        );
         assert_eq!(conns.lines[0].path.matches('L').count(), 1);
         // y axis 0..10/s in fifths: the 10/s point is at the top of the plot.
         assert_eq!(conns.y_ticks.len(), 6);
         assert_eq!(conns.y_ticks.last().map(|t| t.label.as_str()), Some("10/s"));
-        assert!(conns.lines[0].path.contains(&format!(",{}", n(TOP))), "{}", conns.lines[0].path);
+        assert!(
+            conns.lines[0].path.contains(&format!(",{}", n(TOP))),
+            "{}",
+            conns.lines[0].path
+        );
         // Bytes: in and out per series, out dashed.
         assert_eq!(p.charts[1].lines.len(), 2);
         assert!(p.charts[1].lines[1].class.contains("dashed"));
@@ -432,6 +486,9 @@ mod tests {
         let p = panel("cluster", "ext", &t);
         assert_eq!(p.left_out, 4);
         assert_eq!(p.charts[0].lines.len(), MAX_LINES);
-        assert!(!p.charts[0].lines.iter().any(|l| l.label == "tcp/198.18.0.3:80"));
+        assert!(!p.charts[0]
+            .lines
+            .iter()
+            .any(|l| l.label == "tcp/198.18.0.3:80"));
     }
 }
