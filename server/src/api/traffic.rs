@@ -41,7 +41,7 @@ async fn cluster(
     Path(name): Path<String>,
     ApiQuery(q): ApiQuery<RangeQuery>,
 ) -> Result<Response, ApiError> {
-    let t = s.fleet.cluster_traffic(&name, range(&q)?).await?;
+    let t = s.fleet.cluster_traffic(&name, range(&q)?, None).await?;
     Ok(Json(t).into_response())
 }
 

@@ -384,20 +384,51 @@ impl Fleet {
         store::traffic::add(conn, &points(cluster, node_id, now, &samples)).await
     }
 
-    /// A cluster's services over `range`, with the VRRP and health events of its nodes in that time.
-    pub async fn cluster_traffic(&self, name: &str, range: TrafficRange) -> Result<Traffic> {
+    /// A cluster's services over `range`, with the VRRP and health events of its nodes in that time; only the
+    /// `busiest` services (by connections in the last hour) when given, so a page that draws a few does not
+    /// read a cluster's hundreds.
+    pub async fn cluster_traffic(
+        &self,
+        name: &str,
+        range: TrafficRange,
+        busiest: Option<usize>,
+    ) -> Result<Traffic> {
         let to_ms = store::now_ms();
         let from_ms = to_ms - range.span_ms();
         let mut conn = self.store.read().await?;
         if !store::clusters::exists(&mut conn, name).await? {
             return Err(no_cluster(name));
         }
-        let mut rows =
-            store::traffic::cluster_services(&mut conn, name, range.step_s(), from_ms).await?;
-        if range.step_s() == COARSE_STEP_S {
-            let fine =
-                store::traffic::cluster_services(&mut conn, name, FINE_STEP_S, fine_floor(to_ms))
+        // The busiest services of the last hour, else of the range (a week with a quiet last hour).
+        let only = match busiest {
+            None => None,
+            Some(n) => {
+                let limit = i64::try_from(n).unwrap_or(i64::MAX);
+                let hour = to_ms - FINE_KEEP_MS;
+                let mut keep =
+                    store::traffic::busiest_services(&mut conn, name, FINE_STEP_S, hour, limit)
+                        .await?;
+                if keep.is_empty() && range.step_s() == COARSE_STEP_S {
+                    keep = store::traffic::busiest_services(
+                        &mut conn,
+                        name,
+                        COARSE_STEP_S,
+                        from_ms,
+                        limit,
+                    )
                     .await?;
+                }
+                Some(keep)
+            }
+        };
+        let only = only.as_deref();
+        let mut rows =
+            store::traffic::cluster_services(&mut conn, name, range.step_s(), from_ms, only)
+                .await?;
+        if range.step_s() == COARSE_STEP_S {
+            let floor = fine_floor(to_ms);
+            let fine =
+                store::traffic::cluster_services(&mut conn, name, FINE_STEP_S, floor, only).await?;
             rows = coarse_view(rows, &fine, to_ms);
         }
         drop(conn);

@@ -80,20 +80,56 @@ pub async fn add(conn: &mut Conn, points: &[TrafficPoint]) -> Result<(), StoreEr
 const COLUMNS: &str =
     "cluster, node_id, service, real_server, step_s, bucket_ms, span_ms, connections, bytes_in, bytes_out";
 
-/// A cluster's service rows (`real_server` = '') of one step from `since_ms` on, oldest first.
+/// A cluster's service rows (`real_server` = '') of one step from `since_ms` on, oldest first; of the services
+/// in `only` when given (an empty list: none).
 pub async fn cluster_services(
     conn: &mut Conn,
     cluster: &str,
     step_s: i64,
     since_ms: i64,
+    only: Option<&[String]>,
 ) -> Result<Vec<TrafficPoint>, StoreError> {
-    Ok(sqlx::query_as(&format!(
+    let mut sql = format!(
         "SELECT {COLUMNS} FROM traffic_points WHERE cluster = $1 AND step_s = $2 AND bucket_ms >= $3 \
-         AND real_server = '' ORDER BY bucket_ms"
-    ))
+         AND real_server = ''"
+    );
+    if let Some(only) = only {
+        if only.is_empty() {
+            return Ok(Vec::new());
+        }
+        let marks: Vec<String> = (0..only.len()).map(|i| format!("${}", i + 4)).collect();
+        sql.push_str(&format!(" AND service IN ({})", marks.join(", ")));
+    }
+    sql.push_str(" ORDER BY bucket_ms");
+    let mut q = sqlx::query_as(&sql)
+        .bind(cluster)
+        .bind(step_s)
+        .bind(since_ms);
+    for s in only.unwrap_or_default() {
+        q = q.bind(s.as_str());
+    }
+    Ok(q.fetch_all(conn).await?)
+}
+
+/// The `limit` services of a cluster that moved the most connections (then bytes) in one step from `since_ms`
+/// on, busiest first.
+pub async fn busiest_services(
+    conn: &mut Conn,
+    cluster: &str,
+    step_s: i64,
+    since_ms: i64,
+    limit: i64,
+) -> Result<Vec<String>, StoreError> {
+    Ok(sqlx::query_scalar(
+        "SELECT service FROM traffic_points WHERE cluster = $1 AND step_s = $2 AND bucket_ms >= $3 \
+         AND real_server = '' GROUP BY service \
+         ORDER BY CAST(SUM(connections) AS BIGINT) DESC, CAST(SUM(bytes_in + bytes_out) AS BIGINT) DESC, service \
+         LIMIT $4",
+    )
     .bind(cluster)
     .bind(step_s)
     .bind(since_ms)
+    .bind(limit)
     .fetch_all(conn)
     .await?)
 }

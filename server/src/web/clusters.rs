@@ -316,7 +316,9 @@ async fn cluster_page_in(
     let traffic = super::traffic::panel(
         "cluster",
         &format!("services of {}", c.name),
-        &s.fleet.cluster_traffic(&c.name, range).await?,
+        &s.fleet
+            .cluster_traffic(&c.name, range, Some(super::traffic::MAX_LINES))
+            .await?,
     );
     let (picture, nodes) = fleet_picture(s).await?;
     let card = picture

@@ -234,7 +234,7 @@ async fn the_coarse_bucket_sums_the_fine_ones_written_into_it() {
     // What a reader sees before any downsampling: the coarse view folds the 10 s rows.
     let fine = {
         let mut conn = f.store.read().await.expect("read");
-        store::traffic::cluster_services(&mut conn, "ext", 10, 0)
+        store::traffic::cluster_services(&mut conn, "ext", 10, 0, None)
             .await
             .expect("fine")
     };
@@ -253,7 +253,7 @@ async fn the_coarse_bucket_sums_the_fine_ones_written_into_it() {
             .expect("prune");
     }
     let mut conn = f.store.read().await.expect("read");
-    let coarse = store::traffic::cluster_services(&mut conn, "ext", 300, 0)
+    let coarse = store::traffic::cluster_services(&mut conn, "ext", 300, 0, None)
         .await
         .expect("coarse");
     assert_eq!(coarse.len(), 1, "{coarse:?}");
@@ -337,7 +337,7 @@ async fn pruning_keeps_each_step_for_its_time_and_the_table_within_rows_and_byte
     );
     // The newest bucket (the service's 10 s one, 59 minutes ago) is one that stays.
     let mut conn = f.store.read().await.expect("read");
-    let newest = store::traffic::cluster_services(&mut conn, "ext", 10, 0)
+    let newest = store::traffic::cluster_services(&mut conn, "ext", 10, 0, None)
         .await
         .expect("rows");
     assert_eq!(newest.len(), 1, "{newest:?}");
@@ -373,7 +373,7 @@ async fn reports_through_the_fleet_write_one_row_per_series_and_step() {
         "service + 2 real servers, one 10 s row each"
     );
     let t = f
-        .cluster_traffic("ext", TrafficRange::Hour)
+        .cluster_traffic("ext", TrafficRange::Hour, None)
         .await
         .expect("traffic");
     assert_eq!(t.series.len(), 1);
@@ -405,4 +405,34 @@ async fn reports_through_the_fleet_write_one_row_per_series_and_step() {
             .sum::<i64>(),
         30
     );
+}
+
+#[tokio::test]
+async fn a_page_reads_only_the_busiest_services() {
+    let (f, _dir) = testing::fleet().await;
+    f.put_cluster(&testing::admin(), "ext", &testing::spec(51, "198.18.0.10"))
+        .await
+        .expect("cluster");
+    let now = store::now_ms();
+    let rows: Vec<_> = (0..3)
+        .map(|i| TrafficPoint {
+            service: format!("tcp/198.18.0.10:{}", 80 + i),
+            connections: 10 * (i + 1),
+            ..row(10, now - 60_000, 1, "")
+        })
+        .collect();
+    let mut tx = f.store.begin().await.expect("tx");
+    store::traffic::add(&mut tx, &rows).await.expect("add");
+    store::commit(tx).await.expect("commit");
+    for range in [TrafficRange::Hour, TrafficRange::Week] {
+        let all = f.cluster_traffic("ext", range, None).await.expect("all");
+        assert_eq!(all.series.len(), 3);
+        let two = f.cluster_traffic("ext", range, Some(2)).await.expect("two");
+        let names: Vec<_> = two.series.iter().map(|s| s.service.as_str()).collect();
+        assert_eq!(
+            names,
+            ["tcp/198.18.0.10:81", "tcp/198.18.0.10:82"],
+            "{range:?}"
+        );
+    }
 }
