@@ -273,6 +273,7 @@ pub async fn run_listeners(
     tasks.spawn(retention::run(
         fleet.clone(),
         config.retention,
+        config.traffic,
         stop_rx.clone(),
     ));
     tasks.spawn(notify::peers::run(

@@ -2,7 +2,8 @@
 //! by age, by count and by bytes, at start-up, every few minutes, and early as soon as an eighth of either
 //! bound was written since the last run, so a chatty fleet, an agent flooding reports or a boot-network flood
 //! cannot grow the database without bound. The audit log is never pruned (it is hash-chained and is the
-//! record of what people changed), nor open alerts (they live in rows of their own, `store::alerts`).
+//! record of what people changed), nor open alerts (they live in rows of their own, `store::alerts`). The
+//! traffic history (`fleet::traffic`) is pruned in the same loop, by age per step and by rows and bytes.
 
 use std::time::Duration;
 
@@ -48,10 +49,35 @@ pub async fn prune(fleet: &Fleet, r: Retention) -> Result<u64, StoreError> {
         .await
 }
 
+/// Bounds of the traffic history (`fleet::traffic`) as a whole.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TrafficBounds {
+    /// At most this many rows are kept (the newest buckets).
+    pub max_rows: i64,
+    /// At most this many bytes (names plus a fixed overhead a row, `store::traffic::ROW_OVERHEAD_BYTES`).
+    pub max_bytes: i64,
+}
+
+impl Default for TrafficBounds {
+    fn default() -> Self {
+        TrafficBounds {
+            max_rows: crate::fleet::traffic::DEFAULT_MAX_ROWS,
+            max_bytes: crate::fleet::traffic::DEFAULT_MAX_BYTES,
+        }
+    }
+}
+
+/// Prunes the traffic history once (10 s buckets kept an hour, 5 min buckets a week, the table within its row
+/// and byte bounds); the number of rows deleted.
+pub async fn prune_traffic(fleet: &Fleet, b: TrafficBounds) -> Result<u64, StoreError> {
+    fleet.prune_traffic(now_ms(), b.max_rows, b.max_bytes).await
+}
+
 /// Prunes now and every `EVERY` until `stop` turns true.
 pub async fn run(
     fleet: Arc<Fleet>,
     r: Retention,
+    traffic: TrafficBounds,
     mut stop: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
     let early = fleet.prune_early_after(r.max_rows / 8, r.max_bytes / 8);
@@ -60,6 +86,11 @@ pub async fn run(
             Ok(0) => {}
             Ok(n) => tracing::info!(deleted = n, "old events pruned"),
             Err(e) => tracing::warn!(error = %e, "cannot prune events"),
+        }
+        match prune_traffic(&fleet, traffic).await {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(deleted = n, "old traffic history pruned"),
+            Err(e) => tracing::warn!(error = %e, "cannot prune the traffic history"),
         }
         tokio::select! {
             _ = tokio::time::sleep(EVERY) => {}

@@ -951,3 +951,265 @@ async fn operator_imports_a_keepalived_conf_with_preview_then_apply() {
     .await;
     assert_eq!(srv.audit_len().await, audit_before + 1);
 }
+
+/// Milliseconds since the epoch.
+fn epoch_ms() -> i64 {
+    i64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis(),
+    )
+    .unwrap()
+}
+
+/// Forty minutes of traffic history before the test (rows as `fleet::traffic` writes them: 10 s buckets of
+/// counter deltas, and the events) for the screenshots: ~120 connections/s over two real servers, a failover to
+/// lb-01 8 minutes in, 198.18.2.1 failing its check 28 minutes in. The drain itself happens live in the test.
+async fn seed_traffic_history(srv: &TestServer, node_id: i64) -> i64 {
+    let pool = common::raw_pool(&srv.db_path).await;
+    let now_bucket = epoch_ms().div_euclid(10_000) * 10_000;
+    let start = now_bucket - 40 * 60 * 1000;
+    let mut last_bucket = start;
+    for i in 0..240i64 {
+        let bucket = start + i * 10_000;
+        last_bucket = bucket;
+        // A gentle wobble so the lines read as traffic; each server's share from the weights (1:2).
+        let rate = 120.0 + 25.0 * ((i as f64) / 18.0).sin() + 8.0 * ((i as f64) / 3.0).cos();
+        let conns = (rate * 10.0) as i64;
+        // 198.18.2.1 fails its check 28 minutes in: its weight goes to 0 and the other server takes all.
+        let rs1 = if i < 168 { conns / 3 } else { 0 };
+        for (rs, c) in [
+            ("", conns),
+            ("198.18.2.1:8080", rs1),
+            ("198.18.2.2:8080", conns - rs1),
+        ] {
+            sqlx::query(
+                "INSERT INTO traffic_points (cluster, node_id, service, real_server, step_s, bucket_ms, span_ms, \
+                 connections, bytes_in, bytes_out) VALUES ('ext', $1, 'tcp/198.18.0.10:80', $2, 10, $3, 10000, $4, $5, $6)",
+            )
+            .bind(node_id)
+            .bind(rs)
+            .bind(bucket)
+            .bind(c)
+            .bind(c * 1_800)
+            .bind(c * 24_000)
+            .execute(&pool)
+            .await
+            .unwrap();
+        }
+    }
+    sqlx::query(
+        "INSERT INTO events (at, kind, node_id, cluster, message) VALUES ($1, 'vrrp', $2, 'ext', \
+         'VRRP backup -> master: master down timer expired')",
+    )
+    .bind(start + 8 * 60 * 1000)
+    .bind(node_id)
+    .execute(&pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO events (at, kind, node_id, cluster, message) VALUES ($1, 'health', $2, 'ext', \
+         'real server 198.18.2.1:8080 of 198.18.0.10:80/tcp is down: connect: refused')",
+    )
+    .bind(start + 28 * 60 * 1000)
+    .bind(node_id)
+    .execute(&pool)
+    .await
+    .unwrap();
+    pool.close().await;
+    last_bucket
+}
+
+/// The traffic graphs on the cluster page: drawn (visible, with lines of real length, labelled axes and a
+/// legend), marked with the VRRP change, and following a drain live: the agent's next report after the
+/// operator's drain adds the health mark and the new point without a reload. Screenshots:
+/// `cluster-traffic-*.png` (docs/images/traffic-drain.png is the 1280x800 one).
+#[tokio::test]
+async fn traffic_graphs_are_drawn_on_the_cluster_page_and_follow_a_drain_live() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = start_https(dir.path()).await;
+    let op = srv.tokens.operator.clone();
+    let (s, v) = srv
+        .put("/api/v1/clusters/ext", &op, cluster_spec(51, "198.18.0.10"))
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let cred = srv.enrolled_node("52:54:00:00:01:01", "lb-01").await;
+    let (s, v) = srv
+        .post(
+            "/api/v1/nodes/lb-01/assign",
+            &op,
+            json!({"cluster": "ext", "role": "active"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let (_, node) = srv.get("/api/v1/nodes/lb-01", &op).await;
+    let node_id = node["id"].as_i64().unwrap();
+    let (_, role) = srv.get("/api/v1/agent/role", &cred).await;
+    let generation = role["generation"].clone();
+    seed_traffic_history(&srv, node_id).await;
+    // The agent's counters: running totals, the drained server's frozen after the drain.
+    let report = |rs1: u64, rs2: u64, drained: bool| {
+        let state = if drained { "admin_drained" } else { "down" };
+        json!({
+            "applied_generation": generation,
+            "vrrp_state": "master",
+            "services": [{"vip": "198.18.0.10", "port": 80, "protocol": "tcp",
+                "connections": rs1 + rs2, "bytes_in": (rs1 + rs2) * 1_800, "bytes_out": (rs1 + rs2) * 24_000,
+                "real_servers": [
+                    {"address": "198.18.2.1", "port": 8080, "healthy": false, "weight": 0,
+                     "connections": rs1, "bytes_in": rs1 * 1_800, "bytes_out": rs1 * 24_000,
+                     "health": {"state": state, "check": "HTTP GET /healthz expects 200"}},
+                    {"address": "198.18.2.2", "port": 8080, "healthy": true, "weight": 2,
+                     "connections": rs2, "bytes_in": rs2 * 1_800, "bytes_out": rs2 * 24_000,
+                     "health": {"state": "up", "check": "HTTP GET /healthz expects 200"}}]}]
+        })
+    };
+    let (s, v) = srv
+        .post(
+            "/api/v1/agent/report",
+            &cred,
+            report(1_000_000, 2_000_000, false),
+        )
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT, "{v}");
+    let baseline_at = epoch_ms();
+    let api = srv.http.clone();
+    let base = srv.base.clone();
+
+    with_browser(&srv, |b| async move {
+        b.login("oper").await;
+        b.goto("/clusters/ext").await;
+        b.wait_for_text("#cluster-traffic-h", "Traffic").await;
+        // Drawn and visible: the chart has a size on screen, the service's line has a real length, the axes
+        // say what they measure, the legend names the service.
+        let drawn = b
+            .client
+            .execute(
+                r#"const fig = document.getElementById('cluster-traffic-conns');
+                   fig.scrollIntoView();
+                   const svg = fig.querySelector('svg').getBoundingClientRect();
+                   const line = fig.querySelector('path.series');
+                   return { w: svg.width, h: svg.height, len: line ? line.getTotalLength() : 0,
+                            lineBox: line ? line.getBoundingClientRect().width : 0,
+                            yLabels: Array.from(fig.querySelectorAll('text.y-label')).map(t => t.textContent),
+                            xLabels: fig.querySelectorAll('text.x-label').length,
+                            marks: Array.from(fig.querySelectorAll('line.mark.m-vrrp')).map(m => m.textContent),
+                            health: fig.querySelectorAll('line.mark.m-health').length,
+                            title: fig.querySelector('svg title').textContent,
+                            legend: fig.querySelector('.legend').textContent };"#,
+                vec![],
+            )
+            .await
+            .unwrap();
+        assert!(drawn["w"].as_f64().unwrap() > 300.0, "{drawn}");
+        assert!(drawn["h"].as_f64().unwrap() > 80.0, "{drawn}");
+        assert!(drawn["len"].as_f64().unwrap() > 200.0, "the line is drawn: {drawn}");
+        assert!(drawn["lineBox"].as_f64().unwrap() > 200.0, "{drawn}");
+        let y = drawn["yLabels"].as_array().unwrap();
+        assert!(y.len() >= 5, "{drawn}");
+        assert!(y.iter().all(|l| l.as_str().unwrap().ends_with("/s")), "{drawn}");
+        assert!(drawn["xLabels"].as_u64().unwrap() >= 4, "{drawn}");
+        assert!(
+            drawn["marks"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|m| m.as_str().unwrap().contains("backup -> master: master down timer expired")),
+            "the failover is marked: {drawn}"
+        );
+        let health_before = drawn["health"].as_u64().unwrap() as usize;
+        assert!(drawn["legend"].as_str().unwrap().contains("tcp/198.18.0.10:80"), "{drawn}");
+        assert!(drawn["title"].as_str().unwrap().contains("New connections per second"), "{drawn}");
+        assert!(
+            b.client
+                .find(Locator::Css("#cluster-traffic-conns svg"))
+                .await
+                .unwrap()
+                .is_displayed()
+                .await
+                .unwrap()
+        );
+
+        // The operator drains 198.18.2.1; the agent's next report says so and carries the counters since the
+        // baseline (the other server takes all ~120 connections/s). The open page follows over SSE.
+        b.click("button[aria-label='Drain 198.18.2.1:8080']").await;
+        b.wait_for_text(".flash", "drained 198.18.2.1:8080").await;
+        b.goto("/clusters/ext").await;
+        b.wait_for_text("#cluster-traffic-h", "Traffic").await;
+        let refreshes = |b: &Browser| {
+            let c = b.client.clone();
+            async move {
+                c.execute("return document.body.getAttribute('data-refreshes') || '0';", vec![])
+                    .await
+                    .unwrap()
+                    .as_str()
+                    .unwrap()
+                    .parse::<u64>()
+                    .unwrap()
+            }
+        };
+        let before = refreshes(&b).await;
+        let elapsed_s = (epoch_ms() - baseline_at).max(1) as f64 / 1000.0;
+        let rs2 = 2_000_000 + (120.0 * elapsed_s).round() as u64;
+        let resp = api
+            .post(format!("{base}/api/v1/agent/report"))
+            .bearer_auth(&cred)
+            .json(&{
+                let mut r = report(1_000_000, rs2, true);
+                r["health_events"] = json!([{"service": "198.18.0.10:80/tcp", "address": "198.18.2.1",
+                    "port": 8080, "from": "down", "to": "admin_drained", "at": epoch_ms() / 1000,
+                    "reason": "drained by oper"}]);
+                r
+            })
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::NO_CONTENT, "{:?}", resp.text().await);
+        let start = Instant::now();
+        loop {
+            let marks = b.count("#cluster-traffic-conns line.mark.m-health").await;
+            if marks > health_before && refreshes(&b).await > before {
+                break;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(5),
+                "the drain never showed on the open page's graph ({marks} health marks)"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        b.client
+            .execute(
+                "document.getElementById('cluster-traffic').scrollIntoView();",
+                vec![],
+            )
+            .await
+            .unwrap();
+        b.screenshots("cluster-traffic").await;
+
+        // The node page draws each real server: 198.18.2.1 falls to nothing when it fails and the other takes
+        // its share; the drain is marked at the right edge.
+        b.goto(&format!("/nodes/{node_id}")).await;
+        b.wait_for_text("#node-traffic-h", "Traffic").await;
+        let node_chart = b
+            .client
+            .execute(
+                r#"const fig = document.getElementById('node-traffic-conns');
+                   document.getElementById('node-traffic').scrollIntoView();
+                   return { lines: fig.querySelectorAll('path.series').length,
+                            health: fig.querySelectorAll('line.mark.m-health').length,
+                            w: fig.querySelector('svg').getBoundingClientRect().width,
+                            legend: fig.querySelector('.legend').textContent };"#,
+                vec![],
+            )
+            .await
+            .unwrap();
+        assert_eq!(node_chart["lines"], 2, "{node_chart}");
+        assert!(node_chart["health"].as_u64().unwrap() >= 2, "{node_chart}");
+        assert!(node_chart["w"].as_f64().unwrap() > 300.0, "{node_chart}");
+        assert!(node_chart["legend"].as_str().unwrap().contains("198.18.2.2:8080"), "{node_chart}");
+        b.screenshots("node-traffic").await;
+        b
+    })
+    .await;
+}

@@ -15,6 +15,7 @@ pub mod nodes;
 pub mod servers;
 pub mod session;
 pub mod system;
+pub mod traffic;
 
 /// Every API route: `/api/v1/...` plus `/healthz` and `/metrics`.
 pub fn router() -> Router<AppState> {
@@ -27,6 +28,7 @@ pub fn router() -> Router<AppState> {
         .merge(admin::router())
         .merge(alerts::router())
         .merge(servers::router())
+        .merge(traffic::router())
         .nest("/agent", agent::router());
     Router::new().nest("/api/v1", v1).merge(system::router())
 }

@@ -93,6 +93,7 @@ async fn metrics(State(s): State<AppState>, _: Viewer) -> Result<Response, ApiEr
         );
     }
     server_metrics(&mut out, &s.fleet.servers(s.liveness()).await?);
+    traffic_metrics(&mut out, &s.fleet.traffic_now().await?);
     boot_metrics(&mut out, &s.boot_stats);
     let _ = writeln!(
         out,
@@ -112,6 +113,53 @@ async fn metrics(State(s): State<AppState>, _: Viewer) -> Result<Response, ApiEr
         out,
     )
         .into_response())
+}
+
+/// The traffic history's newest 10 s bucket per cluster and service (`fleet::traffic`; the same
+/// series as `GET /api/v1/clusters/{name}/traffic`). One series per service: real servers stay in the API.
+fn traffic_metrics(out: &mut String, series: &[(String, crate::fleet::traffic::TrafficSeries)]) {
+    type Rate = fn(&crate::fleet::traffic::RatePoint) -> f64;
+    let gauges: [(&str, &str, Rate); 3] = [
+        (
+            "lbfleet_service_connections_per_second",
+            "New connections per second",
+            |p| p.connections_per_s,
+        ),
+        (
+            "lbfleet_service_bytes_in_per_second",
+            "Bytes per second from clients",
+            |p| p.bytes_in_per_s,
+        ),
+        (
+            "lbfleet_service_bytes_out_per_second",
+            "Bytes per second to clients",
+            |p| p.bytes_out_per_s,
+        ),
+    ];
+    for (name, help, rate) in gauges {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help} of a virtual service in the newest 10 s bucket, summed over the cluster's nodes.\n# TYPE {name} gauge"
+        );
+        for (cluster, s) in series {
+            if let Some(p) = s.points.last() {
+                let _ = writeln!(
+                    out,
+                    "{name}{{cluster=\"{}\",service=\"{}\"}} {}",
+                    label(cluster),
+                    label(&s.service),
+                    rate(p)
+                );
+            }
+        }
+    }
+}
+
+/// A Prometheus label value: backslash, quote and newline escaped.
+fn label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 /// DHCP hot standby (`boot::dhcp::leader`), labelled with the boot network.

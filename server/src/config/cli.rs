@@ -227,6 +227,13 @@ pub struct ServeArgs {
     /// [default: 67108864 (64 MiB)]
     #[arg(long, env = "LBFLEET_EVENT_MAX_BYTES", value_name = "BYTES")]
     pub event_max_bytes: Option<i64>,
+    /// At most this many rows of traffic history are kept (the newest buckets) [default: 2000000]
+    #[arg(long, env = "LBFLEET_TRAFFIC_MAX_ROWS", value_name = "N")]
+    pub traffic_max_rows: Option<i64>,
+    /// At most this many bytes of traffic history are kept (the newest buckets; names plus 96 bytes a row)
+    /// [default: 268435456 (256 MiB)]
+    #[arg(long, env = "LBFLEET_TRAFFIC_MAX_BYTES", value_name = "BYTES")]
+    pub traffic_max_bytes: Option<i64>,
     /// Directory of this server's own state (its server id, kept across restarts) [default: the SQLite
     /// database's directory, else the current directory]
     #[arg(long, env = "LBFLEET_STATE_DIR", value_name = "DIR")]

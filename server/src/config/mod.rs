@@ -46,6 +46,8 @@ pub struct FileConfig {
     pub event_retention: Option<String>,
     pub event_max_rows: Option<i64>,
     pub event_max_bytes: Option<i64>,
+    pub traffic_max_rows: Option<i64>,
+    pub traffic_max_bytes: Option<i64>,
     pub state_dir: Option<PathBuf>,
     pub server_name: Option<String>,
     pub heartbeat_interval: Option<String>,
@@ -121,6 +123,8 @@ pub struct ServerConfig {
     /// `sha256:HEX` of the certificate being served; set at start-up once TLS is loaded, `None` without TLS.
     pub tls_pin: Option<String>,
     pub retention: crate::retention::Retention,
+    /// Bounds of the traffic history (`fleet::traffic`), enforced with the event retention.
+    pub traffic: crate::retention::TrafficBounds,
     /// This server's own state (its id in the control plane's registry).
     pub state_dir: PathBuf,
     /// Name in the registry; `None`: the host name.
@@ -162,6 +166,7 @@ impl std::fmt::Debug for ServerConfig {
             .field("send_timeout", &self.send_timeout)
             .field("min_send_rate", &self.min_send_rate)
             .field("retention", &self.retention)
+            .field("traffic", &self.traffic)
             .field("state_dir", &self.state_dir)
             .field("server_name", &self.server_name)
             .field("heartbeat_interval", &self.heartbeat_interval)
@@ -372,6 +377,23 @@ impl ServerConfig {
             heartbeat_misses,
             server_retention,
             server_id: None,
+            traffic: crate::retention::TrafficBounds {
+                max_rows: args
+                    .traffic_max_rows
+                    .or(file.traffic_max_rows)
+                    .unwrap_or(crate::fleet::traffic::DEFAULT_MAX_ROWS)
+                    .max(1),
+                max_bytes: match args.traffic_max_bytes.or(file.traffic_max_bytes) {
+                    None => crate::fleet::traffic::DEFAULT_MAX_BYTES,
+                    Some(b) if b >= 64 * 1024 => b,
+                    Some(_) => {
+                        return Err(ConfigError::Invalid {
+                            key: "traffic_max_bytes",
+                            reason: "must be at least 65536".into(),
+                        })
+                    }
+                },
+            },
             retention: crate::retention::Retention {
                 max_age: duration(
                     "event_retention",
@@ -448,6 +470,7 @@ impl ServerConfig {
             min_send_rate: 8192,
             tls_pin: None,
             retention: crate::retention::Retention::default(),
+            traffic: crate::retention::TrafficBounds::default(),
         }
     }
 

@@ -321,3 +321,31 @@ fn the_boot_cache_lives_beside_the_boot_directory_never_inside_it() {
     let err = ServerConfig::resolve(serve_args(&args)).expect_err("inside boot_dir");
     assert!(err.to_string().contains("boot.cache_dir"), "{err}");
 }
+
+#[test]
+fn traffic_history_bounds_default_read_the_file_and_flags_and_refuse_a_tiny_byte_bound() {
+    let cfg = ServerConfig::resolve(serve_args(&[])).expect("defaults");
+    assert_eq!(cfg.traffic, crate::retention::TrafficBounds::default());
+    assert_eq!(cfg.traffic.max_rows, 2_000_000);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("lbfleet.toml");
+    std::fs::write(
+        &path,
+        "traffic_max_rows = 5000\ntraffic_max_bytes = 1048576\n",
+    )
+    .expect("write");
+    let p = path.to_str().expect("utf-8 path");
+    let cfg = ServerConfig::resolve(serve_args(&["--config", p])).expect("file");
+    assert_eq!(
+        (cfg.traffic.max_rows, cfg.traffic.max_bytes),
+        (5000, 1_048_576)
+    );
+    let cfg = ServerConfig::resolve(serve_args(&["--config", p, "--traffic-max-rows", "7"]))
+        .expect("flag");
+    assert_eq!(cfg.traffic.max_rows, 7);
+    let err = ServerConfig::resolve(serve_args(&["--traffic-max-bytes", "100"]))
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(err.contains("traffic_max_bytes"), "{err}");
+}

@@ -231,6 +231,8 @@ impl Fleet {
         .await?;
         let name = row.name().to_owned();
         let cluster = row.cluster.as_deref();
+        self.record_traffic(&mut tx, cluster, node_id, report)
+            .await?;
         let mut events: Vec<(EventKind, String)> = Vec::new();
         let transitions = new_vrrp_transitions(row.last_report.as_deref(), report);
         for t in &transitions {

@@ -32,6 +32,7 @@ mod roles;
 pub mod rules;
 pub mod servers;
 mod switchover;
+pub mod traffic;
 mod users;
 mod views;
 
@@ -118,6 +119,8 @@ pub struct Fleet {
     max_discovered: i64,
     /// Events written since the last prune (retention runs early under a flood).
     event_writes: history::EventWrites,
+    /// Each node's last reported counters, for the traffic history's deltas.
+    traffic: traffic::Baselines,
 }
 
 /// Default cap on waiting discovered nodes.
@@ -146,6 +149,7 @@ impl Fleet {
             max_discovered: DEFAULT_MAX_DISCOVERED,
             cluster_cache: std::sync::Mutex::new(HashMap::new()),
             event_writes: history::EventWrites::default(),
+            traffic: traffic::Baselines::default(),
         }
     }
 

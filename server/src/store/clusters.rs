@@ -638,3 +638,12 @@ pub async fn count(conn: &mut Conn) -> Result<i64, StoreError> {
         .fetch_one(conn)
         .await?)
 }
+
+/// Whether a cluster of this name exists (without loading it: a cluster may hold 30,000 real servers).
+pub async fn exists(conn: &mut Conn, name: &str) -> Result<bool, StoreError> {
+    let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM clusters WHERE name = $1")
+        .bind(name)
+        .fetch_one(conn)
+        .await?;
+    Ok(n > 0)
+}

@@ -39,8 +39,9 @@ pub const FLEET_TABLES: &[&str] = &[
     "boot_credentials_redeemed",
 ];
 
-/// Tables about the running servers (registrations, DHCP leadership): rebuilt by the servers on the new database.
-pub const RUNTIME_TABLES: &[&str] = &["servers", "dhcp_leaders"];
+/// Tables about the running servers (registrations, DHCP leadership) and the traffic history (rebuilt from the next
+/// reports): not copied.
+pub const RUNTIME_TABLES: &[&str] = &["servers", "dhcp_leaders", "traffic_points"];
 
 /// How a column's values are read and written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -29,6 +29,7 @@ pub mod images;
 pub mod leases;
 pub mod nodes;
 pub mod servers;
+pub mod traffic;
 mod unreachable;
 
 /// A failure of the database layer.

@@ -267,6 +267,8 @@ pub(super) struct ClusterPage {
     back: String,
     /// What the DR and TUN real servers need (`lbfleet-server realserver`'s content).
     real_server_setup: Vec<crate::fleet::real_server_setup::RealServerSetup>,
+    /// The traffic graphs (`traffic.html`).
+    traffic: super::traffic::TrafficPanel,
 }
 
 pub async fn cluster(
@@ -274,8 +276,19 @@ pub async fn cluster(
     user: WebUser,
     headers: HeaderMap,
     Path(name): Path<String>,
+    axum::extract::Query(q): axum::extract::Query<super::traffic::TrafficQuery>,
 ) -> Result<Response, WebError> {
-    cluster_page(&s, &user, &headers, &name, None, ServiceForm::blank()).await
+    let range = super::traffic::range_of(q.range.as_deref());
+    cluster_page_in(
+        &s,
+        &user,
+        &headers,
+        &name,
+        None,
+        ServiceForm::blank(),
+        range,
+    )
+    .await
 }
 
 pub async fn cluster_page(
@@ -286,7 +299,27 @@ pub async fn cluster_page(
     form: Option<ClusterForm>,
     svc_form: ServiceForm,
 ) -> Result<Response, WebError> {
+    let range = crate::fleet::traffic::TrafficRange::Hour;
+    cluster_page_in(s, user, headers, name, form, svc_form, range).await
+}
+
+async fn cluster_page_in(
+    s: &AppState,
+    user: &WebUser,
+    headers: &HeaderMap,
+    name: &str,
+    form: Option<ClusterForm>,
+    svc_form: ServiceForm,
+    range: crate::fleet::traffic::TrafficRange,
+) -> Result<Response, WebError> {
     let c: ClusterView = s.fleet.get_cluster(name).await?;
+    let traffic = super::traffic::panel(
+        "cluster",
+        &format!("services of {}", c.name),
+        &s.fleet
+            .cluster_traffic(&c.name, range, Some(super::traffic::MAX_LINES))
+            .await?,
+    );
     let (picture, nodes) = fleet_picture(s).await?;
     let card = picture
         .cards
@@ -363,6 +396,7 @@ pub async fn cluster_page(
         || svc_form.general.is_some();
     let real_server_setup = crate::fleet::real_server_setup::plan(&c.name, &c.spec).real_servers;
     let mut resp = render(&ClusterPage {
+        traffic,
         p: Chrome::new(user, headers, "clusters", format!("Cluster {}", c.name)),
         real_server_setup,
         has_active: c.members.iter().any(|m| m.role == Role::Active),

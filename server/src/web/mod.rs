@@ -32,6 +32,7 @@ mod picture;
 mod servers;
 mod services;
 mod session;
+mod traffic;
 mod users;
 
 pub use error::{fleet_error_text, WebError};

@@ -285,6 +285,8 @@ pub(super) struct NodePage {
     can_unassign: bool,
     can_retire: bool,
     back: String,
+    /// The traffic graphs (`traffic.html`).
+    traffic: super::traffic::TrafficPanel,
 }
 
 pub async fn node(
@@ -292,8 +294,19 @@ pub async fn node(
     user: WebUser,
     headers: HeaderMap,
     Path(id): Path<String>,
+    Query(q): Query<super::traffic::TrafficQuery>,
 ) -> Result<Response, WebError> {
     let n = s.fleet.get_node(&node_key(&id)).await?;
+    let traffic = super::traffic::panel(
+        "node",
+        &format!("real servers of {}", n.name),
+        &s.fleet
+            .node_traffic(
+                &crate::store::nodes::NodeKey::Id(n.id),
+                super::traffic::range_of(q.range.as_deref()),
+            )
+            .await?,
+    );
     let role = s.fleet.role_document(n.id).await?;
     let report = report_of(&n);
     let ipvs = report
@@ -348,6 +361,7 @@ pub async fn node(
     let st = n.state;
     let op = user.can_operate();
     render(&NodePage {
+        traffic,
         p: Chrome::new(&user, &headers, "nodes", format!("Node {}", n.name)),
         role_generation: n.role_generation,
         applied_generation: n.applied_generation,
