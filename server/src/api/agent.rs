@@ -10,7 +10,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use lbfleet_proto::{AgentReport, EnrollRequest};
+use lbfleet_proto::{AgentReport, EnrollRequest, HeartbeatAnswer};
 use serde::Deserialize;
 
 use crate::auth::AgentNode;
@@ -24,6 +24,18 @@ pub fn router() -> Router<AppState> {
         .route("/enroll", post(enroll))
         .route("/role", get(role))
         .route("/report", post(report))
+        .route("/heartbeat", post(heartbeat))
+}
+
+/// `POST /api/v1/agent/heartbeat` (no body): "alive". Kept in memory and written with the others once per
+/// interval (`fleet::liveness`); the answer says how often to beat. A boot credential's beat is answered and
+/// not recorded: it changes nothing, like its reports.
+async fn heartbeat(State(s): State<AppState>, caller: AgentCaller) -> Response {
+    if let AgentCaller::Node(id) = caller {
+        s.fleet.heartbeat(id);
+    }
+    let interval_ms = u64::try_from(s.fleet.liveness().interval().as_millis()).unwrap_or(u64::MAX);
+    Json(HeartbeatAnswer { interval_ms }).into_response()
 }
 
 async fn enroll(

@@ -14,9 +14,6 @@ use super::{socket_text, Actor, Fleet, FleetError, Result};
 use crate::audit::AuditAction;
 use crate::store::{self, now_ms};
 
-/// A node counts as not reporting when its agent has been silent this long.
-pub const STALE_AFTER_MS: i64 = 60_000;
-
 wire_enum!(
     /// How urgent an alert is; the text always says what is wrong, the level only orders and colours it.
     AlertLevel { Crit => "crit", Warn => "warn", Info => "info" }
@@ -25,7 +22,8 @@ wire_enum!(
 wire_enum!(
     /// What an alert is about.
     AlertKind {
-        NoMaster => "no_master", SplitBrain => "split_brain", NotReporting => "not_reporting",
+        NoMaster => "no_master", SplitBrain => "split_brain", Takeover => "takeover",
+        NotReporting => "not_reporting",
         GenerationLag => "generation_lag", Reenrolled => "reenrolled", Drained => "drained",
         HardwareWaiting => "hardware_waiting", ServerDown => "server_down",
     }
@@ -39,7 +37,9 @@ impl AlertKind {
             | AlertKind::SplitBrain
             | AlertKind::Reenrolled
             | AlertKind::ServerDown => AlertLevel::Crit,
-            AlertKind::NotReporting | AlertKind::GenerationLag => AlertLevel::Warn,
+            AlertKind::Takeover | AlertKind::NotReporting | AlertKind::GenerationLag => {
+                AlertLevel::Warn
+            }
             AlertKind::Drained | AlertKind::HardwareWaiting => AlertLevel::Info,
         }
     }
@@ -49,6 +49,7 @@ impl AlertKind {
         match self {
             AlertKind::NoMaster => "No master",
             AlertKind::SplitBrain => "Split brain",
+            AlertKind::Takeover => "Took over",
             AlertKind::NotReporting => "Not reporting",
             AlertKind::GenerationLag => "Lagging",
             AlertKind::Reenrolled => "Re-enrolled",
@@ -113,9 +114,136 @@ impl Alert {
     }
 }
 
-/// Whether the node's agent was heard within `STALE_AFTER_MS` of `now`.
-fn reporting(now: i64, n: &store::nodes::NodeRow) -> bool {
-    n.last_seen_at.is_some_and(|t| now - t <= STALE_AFTER_MS)
+/// One cluster member as the VRRP rules see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct MemberLive<'a> {
+    id: i64,
+    name: &'a str,
+    /// Its last report (or, when silent, its last word) says MASTER.
+    claims_master: bool,
+    last_seen: Option<i64>,
+    /// Heard within `node_silent_after`.
+    reporting: bool,
+    /// Its most recent transition to MASTER as it reported it: when (its clock) and why.
+    took_over: Option<(i64, String)>,
+}
+
+impl<'a> MemberLive<'a> {
+    fn of(
+        n: &'a store::nodes::NodeRow,
+        last_seen: Option<i64>,
+        now: i64,
+        liveness: &super::liveness::Liveness,
+    ) -> Self {
+        let claims_master = n.vrrp_state.as_deref() == Some(VrrpState::Master.as_str());
+        // Only a master's report is read: the reason it gives for its takeover.
+        let took_over = claims_master
+            .then(|| n.last_report.as_deref())
+            .flatten()
+            .and_then(|r| serde_json::from_str::<lbfleet_proto::AgentReport>(r).ok())
+            .and_then(|r| {
+                r.vrrp_transitions
+                    .iter()
+                    .rev()
+                    .find(|t| t.to == VrrpState::Master)
+                    .map(|t| (i64::try_from(t.at_ms).unwrap_or(i64::MAX), t.reason.clone()))
+            });
+        MemberLive {
+            id: n.id,
+            name: n.name(),
+            claims_master,
+            last_seen,
+            reporting: liveness.reporting(now, last_seen),
+            took_over,
+        }
+    }
+}
+
+/// What a cluster's masters come to.
+#[derive(Debug, PartialEq, Eq)]
+enum Verdict<'m, 'a> {
+    /// One reporting master, no other node claiming it.
+    Fine,
+    /// No reporting master; `silent`: unreachable nodes whose last word was MASTER (they may still serve).
+    NoMaster { silent: Vec<&'m MemberLive<'a>> },
+    /// Several masters, each heard after the newest of them took over: both sides are alive (VRRP between them
+    /// is broken), so both hold the VIPs.
+    SplitBrain(Vec<&'m MemberLive<'a>>),
+    /// `by` is master and the other claimants went silent before it took over (or are unreachable): a failover,
+    /// not a split brain.
+    Takeover {
+        by: &'m MemberLive<'a>,
+        silent: Vec<&'m MemberLive<'a>>,
+    },
+}
+
+/// The split-brain rule. A node that claims MASTER but is not reporting is no evidence of a split brain: a
+/// balancer cut off from the server (and from its peer) still "says" master. Neither is a master not heard from
+/// since another took over (it has been silent since before the takeover, which is why the takeover happened;
+/// within `node_silent_after` it will be unreachable). Two masters both heard after the newer one took over
+/// are a split brain, raised as soon as the older one's next heartbeat arrives (one heartbeat interval). A
+/// master that reported no transition to MASTER gives no takeover time: two of those reporting is a split brain.
+fn masters_verdict<'m, 'a>(members: &'m [MemberLive<'a>]) -> Verdict<'m, 'a> {
+    let (reporting, silent): (Vec<&MemberLive>, Vec<&MemberLive>) = members
+        .iter()
+        .filter(|m| m.claims_master)
+        .partition(|m| m.reporting);
+    match reporting.as_slice() {
+        [] => Verdict::NoMaster { silent },
+        [_] if silent.is_empty() => Verdict::Fine,
+        [one] => Verdict::Takeover { by: one, silent },
+        several => {
+            let newest = several
+                .iter()
+                .filter_map(|m| m.took_over.as_ref().map(|(at, _)| (*at, *m)))
+                .max_by_key(|(at, _)| *at);
+            let Some((since, by)) = newest else {
+                return Verdict::SplitBrain(several.to_vec());
+            };
+            let (heard, not_heard): (Vec<&MemberLive>, Vec<&MemberLive>) = several
+                .iter()
+                .filter(|m| m.id != by.id)
+                .partition(|m| m.last_seen.is_some_and(|t| t > since));
+            if heard.is_empty() {
+                let mut all = not_heard;
+                all.extend(silent);
+                Verdict::Takeover { by, silent: all }
+            } else {
+                let mut masters = vec![by];
+                masters.extend(heard);
+                masters.sort_by_key(|m| m.name);
+                Verdict::SplitBrain(masters)
+            }
+        }
+    }
+}
+
+fn names(members: &[&MemberLive<'_>]) -> String {
+    members
+        .iter()
+        .map(|m| m.name)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// "lb-02 took over: master down timer expired; lb-01 unreachable (last seen 4 s ago)".
+fn takeover_text(now: i64, by: &MemberLive<'_>, silent: &[&MemberLive<'_>]) -> String {
+    let head = match &by.took_over {
+        Some((_, reason)) => format!("{} took over: {reason}", by.name),
+        None => format!("{} is master", by.name),
+    };
+    let tail: Vec<String> = silent
+        .iter()
+        .map(|m| {
+            let state = if m.reporting {
+                "not heard from since"
+            } else {
+                "unreachable"
+            };
+            format!("{} {state} ({})", m.name, silent_for(now, m.last_seen))
+        })
+        .collect();
+    format!("{head}; {}", tail.join("; "))
 }
 
 /// Whole seconds since `at` in words, for alert messages.
@@ -142,34 +270,57 @@ impl Fleet {
             }
         }
         let mut alerts = Vec::new();
+        // Silent nodes a takeover alert already names (no separate not-reporting alert for them).
+        let mut covered: Vec<i64> = Vec::new();
         for c in &clusters {
             let members = by_cluster.get(&c.id).map(Vec::as_slice).unwrap_or_default();
             if !members.is_empty() {
-                // A silent node's last word does not count: a balancer cut off from the server (and from its
-                // peer) still "says" master; the not-reporting alert names it instead.
-                let masters: Vec<&str> = members
+                let live: Vec<MemberLive<'_>> = members
                     .iter()
-                    .filter(|n| n.vrrp_state.as_deref() == Some(VrrpState::Master.as_str()))
-                    .filter(|n| reporting(now, n))
-                    .map(|n| n.name())
+                    .map(|n| {
+                        MemberLive::of(
+                            n,
+                            self.liveness.last_seen(n.id, n.last_seen_at),
+                            now,
+                            &self.liveness,
+                        )
+                    })
                     .collect();
-                if masters.is_empty() {
-                    alerts.push(Alert::cluster(
-                        AlertKind::NoMaster,
-                        &c.name,
-                        format!("cluster {} has no VRRP master", c.name),
-                    ));
-                } else if masters.len() > 1 {
-                    alerts.push(Alert::cluster(
-                        AlertKind::SplitBrain,
-                        &c.name,
-                        format!(
-                            "cluster {} has {} masters: {}",
-                            c.name,
-                            masters.len(),
-                            masters.join(", ")
-                        ),
-                    ));
+                match masters_verdict(&live) {
+                    Verdict::Fine => {}
+                    Verdict::NoMaster { silent } => {
+                        let message = if silent.is_empty() {
+                            format!("cluster {} has no VRRP master", c.name)
+                        } else {
+                            format!(
+                                "cluster {} has no reporting VRRP master; {} last said master and {} unreachable",
+                                c.name,
+                                names(&silent),
+                                if silent.len() > 1 { "are" } else { "is" }
+                            )
+                        };
+                        alerts.push(Alert::cluster(AlertKind::NoMaster, &c.name, message));
+                    }
+                    Verdict::SplitBrain(masters) => {
+                        alerts.push(Alert::cluster(
+                            AlertKind::SplitBrain,
+                            &c.name,
+                            format!(
+                                "cluster {} has {} masters: {}",
+                                c.name,
+                                masters.len(),
+                                names(&masters)
+                            ),
+                        ));
+                    }
+                    Verdict::Takeover { by, silent } => {
+                        covered.extend(silent.iter().map(|m| m.id));
+                        alerts.push(Alert::cluster(
+                            AlertKind::Takeover,
+                            &c.name,
+                            takeover_text(now, by, &silent),
+                        ));
+                    }
                 }
             }
             for svc in &c.spec.services {
@@ -189,14 +340,15 @@ impl Fleet {
             }
         }
         for n in nodes.iter().filter(|n| n.cluster.is_some()) {
-            if !reporting(now, n) {
+            let last_seen = self.liveness.last_seen(n.id, n.last_seen_at);
+            if !self.liveness.reporting(now, last_seen) && !covered.contains(&n.id) {
                 alerts.push(Alert::node(
                     AlertKind::NotReporting,
                     n,
                     format!(
                         "node {} is not reporting ({})",
                         n.name(),
-                        silent_for(now, n.last_seen_at)
+                        silent_for(now, last_seen)
                     ),
                 ));
             }
@@ -348,11 +500,11 @@ mod tests {
         );
         assert_eq!(got[0].message, "cluster ext has 2 masters: lb-01, lb-02");
 
-        // lb-01 goes silent (cut off from the server and its peer, its last report still says master): it is
-        // not reporting, and its stale word makes no split brain.
+        // lb-01 goes silent (cut off from the server and its peer, its last report still says master): its
+        // stale word makes no split brain; lb-02 is master and lb-01 unreachable.
         let mut tx = f.store.begin().await.expect("begin");
         sqlx::query("UPDATE nodes SET last_seen_at = $1 WHERE id = $2")
-            .bind(now_ms() - STALE_AFTER_MS - 1_000)
+            .bind(now_ms() - f.liveness().silent_after_ms() - 1_000)
             .bind(ida)
             .execute(&mut *tx)
             .await
@@ -362,9 +514,13 @@ mod tests {
         assert_eq!(
             kinds(&got),
             vec![
-                (AlertKind::NotReporting, Some("lb-01")),
+                (AlertKind::Takeover, None),
                 (AlertKind::HardwareWaiting, None)
             ]
+        );
+        assert_eq!(
+            got[0].message,
+            "lb-02 is master; lb-01 unreachable (last seen 4 s ago)"
         );
         f.report(ida, &report(ga, Some(VrrpState::Master)))
             .await

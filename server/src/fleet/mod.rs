@@ -24,6 +24,7 @@ mod history;
 mod images;
 mod leases;
 mod lifecycle;
+pub mod liveness;
 mod node_image;
 pub mod real_server_setup;
 mod real_servers;
@@ -38,7 +39,7 @@ mod views;
 #[cfg(test)]
 mod testing;
 
-pub use alerts::{Alert, AlertKind, AlertLevel, STALE_AFTER_MS};
+pub use alerts::{Alert, AlertKind, AlertLevel};
 pub use clusters::Precondition;
 pub use enrollment::EnrollmentToken;
 pub use history::{EventPage, FleetCounts, MAX_EVENTS_BYTES};
@@ -118,6 +119,8 @@ pub struct Fleet {
     max_discovered: i64,
     /// Events written since the last prune (retention runs early under a flood).
     event_writes: history::EventWrites,
+    /// Agents' heartbeats and when a node counts as unreachable (`liveness`).
+    liveness: liveness::Liveness,
 }
 
 /// Default cap on waiting discovered nodes.
@@ -146,7 +149,14 @@ impl Fleet {
             max_discovered: DEFAULT_MAX_DISCOVERED,
             cluster_cache: std::sync::Mutex::new(HashMap::new()),
             event_writes: history::EventWrites::default(),
+            liveness: liveness::Liveness::default(),
         }
+    }
+
+    /// Sets how often agents heartbeat and how long a silent node stays reporting.
+    pub fn with_heartbeats(mut self, interval: Duration, silent_after: Duration) -> Self {
+        self.liveness = liveness::Liveness::new(interval, silent_after);
+        self
     }
 
     /// The database engine behind the fleet.
