@@ -1,17 +1,18 @@
 //! Issue 24, item 4, on real agents: two `lbfleet-agent run` processes (server mode, VRRP v3 at 100 ms on the
-//! host kernel) in the VRRP lab's namespaces (`vrrp_lab`), talking to lbfleet-server in a third namespace of the
-//! same switch. The server runs in this process: its agent listener is bound inside that namespace, its API
-//! listener on this process's loopback (`lbfleet_server::run_listeners`). In order:
-//! 1. VRRP between the balancers is blocked on the switch (tc drops IP protocol 112), both links stay up: both
-//!    are master and both keep reporting, a split brain, alerted within seconds;
-//! 2. VRRP unblocked: lb-02 yields to lb-01 again, nothing needs attention;
-//! 3. lb-01's link is cut at the switch: within 5 s the alerts and the overview say lb-02 took over (the
-//!    reason its agent gave) and lb-01 is unreachable, and no look at the alerts in between finds a split brain.
+//! host kernel) in the VRRP lab's namespaces (`vrrp_lab`), talking to lbfleet-server in a third namespace. VRRP
+//! runs on the lab's `eth0` network, the agents reach the server over the second (`int0`) network, so the
+//! two can fail apart. The server runs in this process: its agent listener is bound inside its namespace, its
+//! API listener on this process's loopback (`lbfleet_server::run_listeners`). In order:
+//! 1. lb-01's VRRP port leaves the switch's bridge (its link stays up, so its agent sees no fault), its link to
+//!    the server stays: both balancers are master and both keep reporting, a real split brain, alerted within
+//!    seconds;
+//! 2. the port is back: lb-02 yields to lb-01 again, nothing needs attention;
+//! 3. both of lb-01's links are cut: within 5 s the alerts and the overview say lb-02 took over (the reason its
+//!    agent gave) and lb-01 is unreachable, and no look at the alerts in between finds a split brain.
 //!
-//! Needs root and iproute2 with tc (`vrrp_lab::require`); fails without them.
+//! Needs root and iproute2 (`vrrp_lab::require`); fails without them.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use lbfleet_server::config::ServerConfig;
@@ -22,7 +23,8 @@ use serde_json::{json, Value};
 use tokio::runtime::Runtime;
 use tokio::sync::oneshot;
 
-/// The server's address in the lab (agents reach it there) and its agent port.
+/// The server's namespace's address on the VRRP network, and its agent port (on every address of the
+/// namespace; agents use the `int0` one).
 const SRV: &str = "198.18.0.5";
 const PORT: u16 = 8080;
 /// Two agents enrolling, taking their role and settling VRRP on a busy two-core host.
@@ -48,7 +50,7 @@ impl Server {
         // Bound inside the lab namespace: the socket stays there whichever thread uses it.
         let agents = lab
             .netns(ns)
-            .run_inside(|| std::net::TcpListener::bind((SRV, PORT)))
+            .run_inside(|| std::net::TcpListener::bind(("0.0.0.0", PORT)))
             .unwrap()
             .unwrap();
         agents.set_nonblocking(true).unwrap();
@@ -170,7 +172,15 @@ fn kinds(alerts: &[Value]) -> Vec<String> {
 }
 
 /// Registers `name` with `mac`, puts it in cluster `ext` as `role` and starts its agent in `ns`.
-fn start_balancer(lab: &mut Lab, srv: &Server, ns: &str, name: &str, mac: &str, role: &str) {
+fn start_balancer(
+    lab: &mut Lab,
+    srv: &Server,
+    server_url: &str,
+    ns: &str,
+    name: &str,
+    mac: &str,
+    role: &str,
+) {
     use reqwest::Method;
     srv.ok(
         Method::POST,
@@ -193,11 +203,10 @@ fn start_balancer(lab: &mut Lab, srv: &Server, ns: &str, name: &str, mac: &str, 
     let cmdline = lab.path(&format!("{name}.cmdline"));
     std::fs::write(&cmdline, "").unwrap();
     let state = lab.path(&format!("{name}.state"));
-    let server = format!("http://{SRV}:{PORT}");
     let args = [
         "run",
         "--server",
-        &server,
+        server_url,
         "--token",
         &token,
         "--mac",
@@ -212,29 +221,42 @@ fn start_balancer(lab: &mut Lab, srv: &Server, ns: &str, name: &str, mac: &str, 
     lab.spawn(ns, name, &agent_bin(), &args);
 }
 
-/// `tc` in the switch namespace: IP protocol 112 (VRRP) entering from `port` is dropped, or passes again.
-fn vrrp_blocked(lab: &Lab, port: &str, blocked: bool) {
-    let tc = |args: &[&str]| {
-        let out = std::process::Command::new("tc")
-            .args(["-n", &lab.switch])
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "tc {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    if blocked {
-        tc(&["qdisc", "add", "dev", port, "ingress"]);
-        tc(&[
-            "filter", "add", "dev", port, "ingress", "protocol", "ip", "u32", "match", "ip",
-            "protocol", "112", "0xff", "action", "drop",
-        ]);
+/// Takes a switch port out of its bridge (the link stays up, frames go nowhere) or puts it back.
+fn bridged(lab: &Lab, port: &str, bridge: &str, on: bool) {
+    let master = if on {
+        vec!["master", bridge]
     } else {
-        tc(&["qdisc", "del", "dev", port, "ingress"]);
-    }
+        vec!["nomaster"]
+    };
+    let mut args = vec!["-n", lab.switch.as_str(), "link", "set", port];
+    args.extend(master);
+    vrrp_lab::ip(&args);
+}
+
+/// Sets a switch port (`p<n>`: the VRRP network, `i<n>`: the server's) down or up.
+fn link(lab: &Lab, port: &str, up: bool) {
+    vrrp_lab::ip(&[
+        "-n",
+        &lab.switch,
+        "link",
+        "set",
+        port,
+        if up { "up" } else { "down" },
+    ]);
+}
+
+/// The first IPv4 address of `dev` in namespace `ns`.
+fn address_of(lab: &Lab, ns: &str, dev: &str) -> String {
+    let out = lab
+        .netns(ns)
+        .ip_output(&["-4", "-o", "addr", "show", "dev", dev])
+        .unwrap();
+    let cidr = out
+        .split_whitespace()
+        .skip_while(|w| *w != "inet")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no IPv4 address on {dev} in {ns}: {out}"));
+    cidr.split('/').next().unwrap().to_owned()
 }
 
 fn dump(lab: &Lab) -> String {
@@ -250,15 +272,12 @@ fn cutting_the_masters_link_names_the_takeover_and_a_real_split_brain_still_aler
     if !vrrp_lab::require(false) {
         return;
     }
-    assert!(
-        Path::new("/usr/sbin/tc").exists() || Path::new("/sbin/tc").exists(),
-        "tc (package iproute2) is needed to block VRRP on the lab's switch"
-    );
     let mut lab = Lab::new("live");
-    let a = lab.host("a", A); // switch port p1
-    let b = lab.host("b", B); // p2
-    let s = lab.host("srv", SRV); // p3
+    let a = lab.host("a", A); // switch ports p1 (eth0, VRRP) and i1 (int0, to the server)
+    let b = lab.host("b", B); // p2, i2
+    let s = lab.host("srv", SRV); // p3, i3
     let srv = Server::start(&lab, &s);
+    let server_url = format!("http://{}:{PORT}", address_of(&lab, &s, "int0"));
     srv.ok(
         reqwest::Method::PUT,
         "/clusters/ext",
@@ -267,8 +286,24 @@ fn cutting_the_masters_link_names_the_takeover_and_a_real_split_brain_still_aler
                     "vips": ["198.18.0.10/24"], "services": []}),
         ),
     );
-    start_balancer(&mut lab, &srv, &a, "lb-01", "52:54:00:24:04:01", "active");
-    start_balancer(&mut lab, &srv, &b, "lb-02", "52:54:00:24:04:02", "backup");
+    start_balancer(
+        &mut lab,
+        &srv,
+        &server_url,
+        &a,
+        "lb-01",
+        "52:54:00:24:04:01",
+        "active",
+    );
+    start_balancer(
+        &mut lab,
+        &srv,
+        &server_url,
+        &b,
+        "lb-02",
+        "52:54:00:24:04:02",
+        "backup",
+    );
 
     let settled = |srv: &Server| {
         let (n1, n2) = (srv.node("lb-01"), srv.node("lb-02"));
@@ -291,8 +326,8 @@ fn cutting_the_masters_link_names_the_takeover_and_a_real_split_brain_still_aler
         dump(&lab)
     );
 
-    // 1. A real split brain: VRRP blocked between them, both links up, both reporting.
-    vrrp_blocked(&lab, "p1", true);
+    // 1. A real split brain: VRRP cut between them, both links up, both still reporting.
+    bridged(&lab, "p1", "br0", false);
     let blocked = Instant::now();
     let split = lbfleet_tests::wait::until(
         "a split-brain alert",
@@ -306,14 +341,14 @@ fn cutting_the_masters_link_names_the_takeover_and_a_real_split_brain_still_aler
     );
     let split = split.unwrap_or_else(|e| panic!("{e}\nalerts: {:?}\n{}", srv.alerts(), dump(&lab)));
     println!(
-        "split brain alerted {} ms after VRRP was blocked",
+        "split brain alerted {} ms after VRRP was cut",
         blocked.elapsed().as_millis()
     );
     assert_eq!(split["message"], "cluster ext has 2 masters: lb-01, lb-02");
     assert_eq!(split["level"], "crit");
 
     // 2. VRRP passes again: lb-02 yields to the higher priority, nothing needs attention.
-    vrrp_blocked(&lab, "p1", false);
+    bridged(&lab, "p1", "br0", true);
     let r = lbfleet_tests::wait::until(
         "the pair settled again",
         Duration::from_secs(20),
@@ -327,8 +362,10 @@ fn cutting_the_masters_link_names_the_takeover_and_a_real_split_brain_still_aler
         dump(&lab)
     );
 
-    // 3. lb-01's link is cut at the switch.
-    vrrp_lab::ip(&["-n", &lab.switch, "link", "set", "p1", "down"]);
+    // 3. Both of lb-01's links are cut at the switch (the server's first: its agent could report the VRRP
+    // link's fault otherwise; the wording is the same either way).
+    link(&lab, "i1", false);
+    link(&lab, "p1", false);
     let cut = Instant::now();
     let mut seen: Vec<Vec<String>> = Vec::new();
     let named = loop {

@@ -177,7 +177,7 @@ enum Verdict<'m, 'a> {
     },
 }
 
-/// The split-brain rule. A node that claims MASTER but is not reporting is no evidence of a split brain: a
+/// The split-brain rule (and the takeover wording). A node that claims MASTER but is not reporting is no evidence of a split brain: a
 /// balancer cut off from the server (and from its peer) still "says" master. Neither is a master not heard from
 /// since another took over (it has been silent since before the takeover, which is why the takeover happened;
 /// within `node_silent_after` it will be unreachable). Two masters both heard after the newer one took over
@@ -188,10 +188,29 @@ fn masters_verdict<'m, 'a>(members: &'m [MemberLive<'a>]) -> Verdict<'m, 'a> {
         .iter()
         .filter(|m| m.claims_master)
         .partition(|m| m.reporting);
+    // Members that went silent before `by` took over, whatever they said last (a master that saw its link go
+    // down says "fault" if it can still report): the takeover is why `by` is master.
+    let lost_before = |by: &MemberLive<'_>| -> Vec<&'m MemberLive<'a>> {
+        let Some((since, _)) = &by.took_over else {
+            return Vec::new();
+        };
+        members
+            .iter()
+            .filter(|m| !m.claims_master && !m.reporting)
+            .filter(|m| m.last_seen.is_some_and(|t| t <= *since))
+            .collect()
+    };
     match reporting.as_slice() {
         [] => Verdict::NoMaster { silent },
-        [_] if silent.is_empty() => Verdict::Fine,
-        [one] => Verdict::Takeover { by: one, silent },
+        [one] => {
+            let mut silent = silent;
+            silent.extend(lost_before(one));
+            if silent.is_empty() {
+                Verdict::Fine
+            } else {
+                Verdict::Takeover { by: one, silent }
+            }
+        }
         several => {
             let newest = several
                 .iter()
@@ -207,6 +226,7 @@ fn masters_verdict<'m, 'a>(members: &'m [MemberLive<'a>]) -> Verdict<'m, 'a> {
             if heard.is_empty() {
                 let mut all = not_heard;
                 all.extend(silent);
+                all.extend(lost_before(by));
                 Verdict::Takeover { by, silent: all }
             } else {
                 let mut masters = vec![by];
@@ -555,6 +575,106 @@ mod tests {
             got[2].message,
             "real server 198.18.2.2:80 of tcp:198.18.0.10:80 in cluster ext is drained"
         );
+    }
+
+    fn live(
+        id: i64,
+        name: &'static str,
+        master: bool,
+        last_seen: i64,
+        took_over: Option<i64>,
+    ) -> MemberLive<'static> {
+        MemberLive {
+            id,
+            name,
+            claims_master: master,
+            last_seen: Some(last_seen),
+            // The rule's input: whether `last_seen` is within node_silent_after of now (now = 10_000, 3 s).
+            reporting: 10_000 - last_seen <= 3_000,
+            took_over: took_over.map(|at| (at, "master down timer expired".to_owned())),
+        }
+    }
+
+    fn verdict_names(members: &[MemberLive<'static>]) -> (String, Vec<&'static str>) {
+        match masters_verdict(members) {
+            Verdict::Fine => ("fine".into(), vec![]),
+            Verdict::NoMaster { silent } => {
+                ("no_master".into(), silent.iter().map(|m| m.name).collect())
+            }
+            Verdict::SplitBrain(m) => ("split".into(), m.iter().map(|m| m.name).collect()),
+            Verdict::Takeover { by, silent } => (
+                format!("takeover by {}", by.name),
+                silent.iter().map(|m| m.name).collect(),
+            ),
+        }
+    }
+
+    #[test]
+    fn the_split_brain_rule_tells_a_takeover_from_two_live_masters() {
+        // Steady pair.
+        let steady = [
+            live(1, "lb-01", true, 9_500, Some(1_000)),
+            live(2, "lb-02", false, 9_600, None),
+        ];
+        assert_eq!(verdict_names(&steady), ("fine".into(), vec![]));
+        // lb-01 silent since 8_000, lb-02 took over at 8_400: within the 3 s lb-01 still counts as reporting, but
+        // has not been heard since the takeover: no split brain.
+        let cut = [
+            live(1, "lb-01", true, 8_000, Some(1_000)),
+            live(2, "lb-02", true, 9_900, Some(8_400)),
+        ];
+        assert_eq!(
+            verdict_names(&cut),
+            ("takeover by lb-02".into(), vec!["lb-01"])
+        );
+        // Later, lb-01 unreachable: the same takeover.
+        let later = [
+            live(1, "lb-01", true, 6_000, Some(1_000)),
+            live(2, "lb-02", true, 9_900, Some(6_400)),
+        ];
+        assert_eq!(
+            verdict_names(&later),
+            ("takeover by lb-02".into(), vec!["lb-01"])
+        );
+        // lb-01 said "fault" last (it saw its link go) before it went silent: still the takeover's cause.
+        let fault = [
+            live(1, "lb-01", false, 6_000, Some(1_000)),
+            live(2, "lb-02", true, 9_900, Some(6_400)),
+        ];
+        assert_eq!(
+            verdict_names(&fault),
+            ("takeover by lb-02".into(), vec!["lb-01"])
+        );
+        // A backup that went silent long after the master took over is no takeover: its own alert says it.
+        let backup_gone = [
+            live(1, "lb-01", true, 9_900, Some(1_000)),
+            live(2, "lb-02", false, 6_000, None),
+        ];
+        assert_eq!(verdict_names(&backup_gone), ("fine".into(), vec![]));
+        // Both heard after lb-02 took over: a split brain.
+        let split = [
+            live(1, "lb-01", true, 9_800, Some(1_000)),
+            live(2, "lb-02", true, 9_900, Some(9_000)),
+        ];
+        assert_eq!(
+            verdict_names(&split),
+            ("split".into(), vec!["lb-01", "lb-02"])
+        );
+        // Two masters that never said when they took over, both reporting: a split brain.
+        let unknown = [
+            live(1, "lb-01", true, 9_800, None),
+            live(2, "lb-02", true, 9_900, None),
+        ];
+        assert_eq!(
+            verdict_names(&unknown),
+            ("split".into(), vec!["lb-01", "lb-02"])
+        );
+        // Only a silent master: no reporting master, and which node last said so.
+        let alone = [
+            live(1, "lb-01", true, 6_000, Some(1_000)),
+            live(2, "lb-02", false, 9_900, None),
+        ];
+        assert_eq!(verdict_names(&alone), ("no_master".into(), vec!["lb-01"]));
     }
 
     #[tokio::test]
