@@ -324,3 +324,107 @@ async fn heartbeats_write_nothing_but_last_seen() {
     assert_eq!(s, StatusCode::UNAUTHORIZED);
     drop(a);
 }
+
+/// `utime + stime` of this process (the server runs in it, with the simulated agents), in seconds.
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    // After the command name: state is field 3, utime 14 and stime 15 (1-based), so 11 and 12 here.
+    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+    ticks / 100.0
+}
+
+/// Many agents beating every second: each beat answers quickly, the database follows all of them (one
+/// batched write a second), and nothing else is written. The number of agents is `LBFLEET_LIVENESS_AGENTS`
+/// (default 200, so the component tier stays quick; the figures in docs/high-availability.md are for 1,000).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_agents_beating_every_second_stay_cheap() {
+    use futures::stream::{self, StreamExt};
+    let agents: usize = std::env::var("LBFLEET_LIVENESS_AGENTS")
+        .ok()
+        .map_or(200, |v| v.parse().unwrap());
+    const ROUNDS: usize = 5;
+    let dir = tempfile::tempdir().unwrap();
+    let srv = TestServer::start(dir.path()).await;
+    let mut creds = Vec::with_capacity(agents);
+    for i in 0..agents {
+        let mac = format!("52:54:00:24:{:02x}:{:02x}", i / 256, i % 256);
+        creds.push(srv.enrolled_node(&mac, &format!("hb-{i}")).await);
+    }
+    let audit = srv.audit_len().await;
+    let (_, events) = srv.get("/api/v1/events", &srv.tokens.viewer).await;
+    let events_before = events["events"].as_array().map(Vec::len);
+    let url = srv.url("/api/v1/agent/heartbeat");
+    let cpu_before = cpu_seconds();
+    let started = Instant::now();
+    let mut latencies = Vec::with_capacity(agents * ROUNDS);
+    let mut last_round_at = 0;
+    for round in 0..ROUNDS {
+        let round_start = started + Duration::from_secs(round as u64);
+        tokio::time::sleep_until(round_start.into()).await;
+        last_round_at = now_ms();
+        // Every agent once a second, at most 64 in flight (a thousand agents are spread over the second).
+        let got: Vec<(StatusCode, Duration)> = stream::iter(creds.iter())
+            .map(|c| {
+                let (http, url) = (srv.http.clone(), url.clone());
+                async move {
+                    let t = Instant::now();
+                    let resp = http.post(&url).bearer_auth(c).send().await.unwrap();
+                    (resp.status(), t.elapsed())
+                }
+            })
+            .buffer_unordered(64)
+            .collect()
+            .await;
+        for (status, took) in got {
+            assert_eq!(status, StatusCode::OK);
+            // The first round checks every credential against the database (then each every 10 s): the
+            // steady state is the rounds after it.
+            if round > 0 {
+                latencies.push(took);
+            }
+        }
+    }
+    let wall = started.elapsed().as_secs_f64();
+    let cpu = cpu_seconds() - cpu_before;
+    latencies.sort();
+    let pct = |p: usize| latencies[(latencies.len() * p / 100).min(latencies.len() - 1)];
+    // Every node's last_seen_at in the database reaches the last round within one flush interval or two.
+    let pool = common::raw_pool(&srv.db_path).await;
+    let flushed = until_async(
+        "every node's last_seen_at written",
+        Duration::from_secs(5),
+        Duration::from_millis(50),
+        || async {
+            let n: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM nodes WHERE hostname LIKE 'hb-%' AND last_seen_at >= $1",
+            )
+            .bind(last_round_at)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+            (n == i64::try_from(agents).unwrap()).then_some(n)
+        },
+    )
+    .await;
+    pool.close().await;
+    assert!(flushed.is_ok(), "{flushed:?}");
+    println!(
+        "{agents} agents x {ROUNDS} heartbeats (latency of rounds 2-{ROUNDS}): p50 {:?}, p99 {:?}, max {:?}; process CPU {cpu:.2} s over {wall:.1} s \
+         ({:.0}% of one core, server and clients)",
+        pct(50),
+        pct(99),
+        latencies[latencies.len() - 1],
+        100.0 * cpu / wall
+    );
+    // Generous (a debug build on a shared machine); the figures above are what to look at.
+    assert!(pct(99) < Duration::from_secs(1), "p99 {:?}", pct(99));
+    assert_eq!(srv.audit_len().await, audit, "heartbeats are not audited");
+    let (_, events) = srv.get("/api/v1/events", &srv.tokens.viewer).await;
+    assert_eq!(events["events"].as_array().map(Vec::len), events_before);
+}

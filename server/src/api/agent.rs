@@ -28,14 +28,25 @@ pub fn router() -> Router<AppState> {
 }
 
 /// `POST /api/v1/agent/heartbeat` (no body): "alive". Kept in memory and written with the others once per
-/// interval (`fleet::liveness`); the answer says how often to beat. A boot credential's beat is answered and
-/// not recorded: it changes nothing, like its reports.
-async fn heartbeat(State(s): State<AppState>, caller: AgentCaller) -> Response {
-    if let AgentCaller::Node(id) = caller {
-        s.fleet.heartbeat(id);
+/// interval (`fleet::liveness`), the node credential checked against the database at most every 10 s; the
+/// answer says how often to beat. A boot credential's beat is answered and not recorded: it changes nothing,
+/// like its reports.
+async fn heartbeat(State(s): State<AppState>, mut parts: Parts) -> Result<Response, ApiError> {
+    match crate::auth::principal::bearer(&parts.headers) {
+        Some(token) if !token.starts_with(BOOT_CREDENTIAL_PREFIX) => {
+            if s.fleet.heartbeat_with(token).await?.is_none() {
+                return Err(ApiError::Unauthorized(
+                    "node credential is invalid or revoked; enroll again".into(),
+                ));
+            }
+        }
+        // A boot credential, or none: the usual checks and refusals.
+        _ => {
+            AgentCaller::from_request_parts(&mut parts, &s).await?;
+        }
     }
     let interval_ms = u64::try_from(s.fleet.liveness().interval().as_millis()).unwrap_or(u64::MAX);
-    Json(HeartbeatAnswer { interval_ms }).into_response()
+    Ok(Json(HeartbeatAnswer { interval_ms }).into_response())
 }
 
 async fn enroll(

@@ -22,6 +22,9 @@ pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
 pub const DEFAULT_SILENT_AFTER: Duration = Duration::from_secs(3);
 /// Nodes written per statement when the beats are flushed (two bound values each).
 const FLUSH_BATCH: usize = 500;
+/// How long a node credential checked against the database is taken as is by heartbeats (only by them: a
+/// credential revoked meanwhile keeps its node "reporting" this much longer, and gets nothing else).
+pub const CREDENTIAL_CACHE_MS: i64 = 10_000;
 
 /// A node's last beat as this server heard it.
 #[derive(Debug, Clone, Copy)]
@@ -37,6 +40,10 @@ pub struct Liveness {
     interval: Duration,
     silent_after_ms: i64,
     beats: Mutex<HashMap<i64, Beat>>,
+    /// SHA-256 (hex) of node credentials heartbeats presented, with their node and when the database last
+    /// confirmed them: a beat costs no database read within `CREDENTIAL_CACHE_MS`. Only valid credentials are
+    /// kept, so it holds at most one entry per node.
+    credentials: Mutex<HashMap<String, (i64, i64)>>,
 }
 
 impl Default for Liveness {
@@ -51,6 +58,7 @@ impl Liveness {
             interval,
             silent_after_ms: i64::try_from(silent_after.as_millis()).unwrap_or(i64::MAX),
             beats: Mutex::new(HashMap::new()),
+            credentials: Mutex::new(HashMap::new()),
         }
     }
 
@@ -105,11 +113,30 @@ impl Liveness {
         }
     }
 
+    fn credentials(&self) -> std::sync::MutexGuard<'_, HashMap<String, (i64, i64)>> {
+        self.credentials.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The node of a credential hash the database confirmed within `CREDENTIAL_CACHE_MS` of `now`.
+    pub fn cached_node(&self, hash: &str, now: i64) -> Option<i64> {
+        self.credentials()
+            .get(hash)
+            .filter(|(_, at)| now.saturating_sub(*at) <= CREDENTIAL_CACHE_MS)
+            .map(|(node, _)| *node)
+    }
+
+    /// Remembers that the database confirmed `hash` as `node`'s credential at `now`.
+    pub fn confirm_credential(&self, hash: String, node: i64, now: i64) {
+        self.credentials().insert(hash, (node, now));
+    }
+
     /// Forgets beats far older than the silence limit (already written; a node deleted since leaves no entry).
     fn prune(&self, now: i64) {
         let keep = self.silent_after_ms.saturating_mul(10).max(60_000);
         self.beats()
             .retain(|_, b| !b.flushed || now.saturating_sub(b.at) <= keep);
+        self.credentials()
+            .retain(|_, (_, at)| now.saturating_sub(*at) <= CREDENTIAL_CACHE_MS);
     }
 }
 
@@ -119,9 +146,25 @@ impl Fleet {
         &self.liveness
     }
 
-    /// A node's heartbeat: remembered in memory, written with the others at the next flush.
-    pub fn heartbeat(&self, node: i64) {
-        self.liveness.beat(node, now_ms());
+    /// The heartbeat of whoever holds node credential `credential` (remembered in memory, written with the
+    /// others at the next flush): its node, or `None` for a credential that
+    /// is unknown or revoked. The database is asked at most once per `CREDENTIAL_CACHE_MS` per credential.
+    pub async fn heartbeat_with(&self, credential: &str) -> super::Result<Option<i64>> {
+        let hash = crate::secrets::hash_secret(credential);
+        let now = now_ms();
+        let node = match self.liveness.cached_node(&hash, now) {
+            Some(n) => n,
+            None => {
+                let mut conn = self.store.read().await?;
+                let Some(n) = store::auth::node_by_credential(&mut conn, &hash).await? else {
+                    return Ok(None);
+                };
+                self.liveness.confirm_credential(hash, n, now);
+                n
+            }
+        };
+        self.liveness.beat(node, now);
+        Ok(Some(node))
     }
 
     /// A node view with this server's beats folded in: `last_seen_at` the newest known, `reporting` set.
@@ -242,5 +285,10 @@ mod tests {
         // Written beats are forgotten once long past.
         l.prune(8_000 + 60_001);
         assert_eq!(l.last_seen(1, None), None);
+        // A confirmed credential is taken as is for CREDENTIAL_CACHE_MS, then asked again.
+        l.confirm_credential("h".into(), 7, 1_000);
+        assert_eq!(l.cached_node("h", 1_000 + CREDENTIAL_CACHE_MS), Some(7));
+        assert_eq!(l.cached_node("h", 1_001 + CREDENTIAL_CACHE_MS), None);
+        assert_eq!(l.cached_node("x", 1_000), None);
     }
 }
