@@ -428,3 +428,37 @@ async fn many_agents_beating_every_second_stay_cheap() {
     let (_, events) = srv.get("/api/v1/events", &srv.tokens.viewer).await;
     assert_eq!(events["events"].as_array().map(Vec::len), events_before);
 }
+
+/// Two servers on one database (several servers on PostgreSQL; an SQLite file in WAL mode here when the tier
+/// runs on SQLite): the agents beat to A only, and B sees them alive from the database (A writes the beats once
+/// a second), and sees a silent one unreachable within a second of A.
+#[tokio::test]
+async fn another_server_on_the_same_database_sees_liveness() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = TestServer::start(dir.path()).await;
+    let tokens = a.tokens.clone();
+    let b_state = dir.path().join("b");
+    std::fs::create_dir_all(&b_state).unwrap();
+    let b =
+        TestServer::start_with(a.db_path.clone(), tokens, |c| c.state_dir = b_state.clone()).await;
+    let (mut lb1, _lb2) = pair(&a).await;
+    // B never hears a beat, yet both nodes stay reporting there, well past the 3 s limit.
+    let watched = Instant::now();
+    while watched.elapsed() < Duration::from_secs(4) {
+        assert!(reporting(&b, "lb-01").await && reporting(&b, "lb-02").await);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let last_beat = lb1.cut().await;
+    let r = until_async(
+        "lb-01 unreachable on server B",
+        Duration::from_secs(6),
+        Duration::from_millis(50),
+        || async { (!reporting(&b, "lb-01").await).then_some(now_ms() - last_beat) },
+    )
+    .await;
+    let after = r.unwrap();
+    println!("server B: lb-01 unreachable {after} ms after its last heartbeat (to A)");
+    // The limit (3 s), plus at most one interval for A's write, plus polling.
+    assert!((2_900..=5_000).contains(&after), "{after} ms");
+    assert!(reporting(&b, "lb-02").await);
+}

@@ -138,7 +138,7 @@ impl<'a> MemberLive<'a> {
         let claims_master = n.vrrp_state.as_deref() == Some(VrrpState::Master.as_str());
         // Only a master's report is read: the reason it gives for its takeover.
         let took_over = claims_master
-            .then(|| n.last_report.as_deref())
+            .then_some(n.last_report.as_deref())
             .flatten()
             .and_then(|r| serde_json::from_str::<lbfleet_proto::AgentReport>(r).ok())
             .and_then(|r| {
