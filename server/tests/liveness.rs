@@ -462,3 +462,48 @@ async fn another_server_on_the_same_database_sees_liveness() {
     assert!((2_900..=5_000).contains(&after), "{after} ms");
     assert!(reporting(&b, "lb-02").await);
 }
+
+/// The dashboards follow liveness with no request changing anything: when a node goes silent, the live stream
+/// (`GET /live`) says "changed" once it is unreachable, so the overview re-renders with the takeover.
+#[tokio::test]
+async fn dashboards_are_woken_when_a_node_goes_silent() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = TestServer::start(dir.path()).await;
+    let (mut a, _b) = pair(&srv).await;
+    let cookie = srv.session_cookie("view").await;
+    let mut live = srv
+        .http
+        .get(srv.url("/live"))
+        .header("cookie", cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(live.status(), StatusCode::OK);
+    // The stream's first event ("hello"), then quiet: heartbeats change nothing a page shows.
+    let mut text = String::new();
+    while !text.contains("event: hello") {
+        let chunk = tokio::time::timeout(Duration::from_secs(5), live.chunk())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        text.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    let last_beat = a.cut().await;
+    // The next "changed" comes when lb-01 turns unreachable (3 s after its last beat, within a tick).
+    let mut text = String::new();
+    let woken = loop {
+        let chunk = tokio::time::timeout(Duration::from_secs(6), live.chunk())
+            .await
+            .expect("no live event within 6 s of the cut")
+            .unwrap()
+            .unwrap();
+        text.push_str(&String::from_utf8_lossy(&chunk));
+        if text.contains("event: changed") {
+            break now_ms() - last_beat;
+        }
+    };
+    println!("live stream woken {woken} ms after lb-01's last heartbeat");
+    assert!((2_900..=5_000).contains(&woken), "{woken} ms: {text}");
+    assert!(!reporting(&srv, "lb-01").await);
+}
