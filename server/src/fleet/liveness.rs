@@ -225,13 +225,24 @@ pub async fn run(
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut silent: Option<BTreeSet<i64>> = None;
+    let mut flush_failing = false;
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             _ = stop.wait_for(|s| *s) => break,
         }
-        if let Err(e) = fleet.flush_heartbeats().await {
-            tracing::warn!(error = %e, "cannot write node heartbeats; retrying at the next interval");
+        match fleet.flush_heartbeats().await {
+            Ok(_) if flush_failing => {
+                tracing::info!("node heartbeats written again");
+                flush_failing = false;
+            }
+            Ok(_) => {}
+            // Once per outage (the database down would make it every interval).
+            Err(e) if !flush_failing => {
+                tracing::warn!(error = %e, "cannot write node heartbeats; retrying every interval");
+                flush_failing = true;
+            }
+            Err(e) => tracing::debug!(error = %e, "cannot write node heartbeats"),
         }
         let now = now_ms();
         fleet.liveness.prune(now);
