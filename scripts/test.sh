@@ -22,6 +22,7 @@ component=(
   lbfleet-server:web lbfleet-server:report_flood lbfleet-server:held_connections lbfleet-server:export_crawl
   lbfleet-server:healthz lbfleet-server:boot_cache lbfleet-server:servers lbfleet-server:keepalived_import
   lbfleet-server:traffic
+  lbfleet-server:liveness
   lbfleet-agent:cli lbfleet-agent:role_limit lbfleet-agent:server_mode lbfleet-agent:failover
 )
 # package:test-file of the tests that need PostgreSQL whatever the backend (several servers on one database): run

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use crate::pin::{pinned_config, CertPin, RefusedSlot};
 
-use lbfleet_proto::{AgentReport, EnrollRequest, EnrollResponse, RoleDocument};
+use lbfleet_proto::{AgentReport, EnrollRequest, EnrollResponse, HeartbeatAnswer, RoleDocument};
 use reqwest::StatusCode;
 
 /// Why a call to the server failed.
@@ -211,6 +211,27 @@ impl ServerClient {
             StatusCode::NO_CONTENT => Ok(None),
             _ => Err(refusal(resp).await),
         }
+    }
+
+    /// Says "alive" (`POST /api/v1/agent/heartbeat`), waiting at most `timeout`; the server's answer says how
+    /// often it wants the next.
+    pub async fn heartbeat(&self, timeout: Duration) -> Result<HeartbeatAnswer, ClientError> {
+        let resp = self
+            .http
+            .post(format!("{}/api/v1/agent/heartbeat", self.base))
+            .bearer_auth(self.credential_or_err()?)
+            .timeout(timeout)
+            .send()
+            .await
+            .map_err(|e| self.transport(e))?;
+        if !resp.status().is_success() {
+            return Err(refusal(resp).await);
+        }
+        let body = read_bounded(resp, 4096).await?;
+        serde_json::from_slice(&body).map_err(|e| ClientError::Refused {
+            status: StatusCode::OK,
+            message: format!("unreadable heartbeat answer: {e}"),
+        })
     }
 
     /// Sends a report of what is applied and how the node is doing.

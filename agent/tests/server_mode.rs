@@ -266,6 +266,68 @@ async fn enrolls_applies_reports_and_follows_changes_within_100ms() {
     assert!(saved.contains("198.18.0.10"), "{saved}");
 }
 
+/// Issue 24, item 4: between reports (none for a minute here) the agent's heartbeats keep its node reporting on
+/// a server that calls a node silent for 3 s unreachable; once the agent stops, the node is unreachable within
+/// 5 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeats_keep_a_quiet_node_reporting_and_stop_with_the_agent() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path()).await;
+    let token = server.node_with_role().await;
+    let kernel = RecordingApplier::new();
+    let mut cfg = config(&server, &dir.path().join("state"), Some(token));
+    cfg.resync = Duration::from_secs(60);
+    let agent = spawn_agent(cfg, &kernel);
+    let node = || async {
+        server
+            .call(reqwest::Method::GET, "/api/v1/nodes/lb-01", Value::Null)
+            .await
+            .1
+    };
+    let start = Instant::now();
+    let first = loop {
+        let v = node().await;
+        if v["state"] == "serving" && v["reporting"] == true {
+            break v;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "not serving: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    // Longer than the server's 3 s silence limit, with no report in between: the last report stays the one
+    // that made it serving, the heartbeats move last_seen_at on.
+    let quiet = Instant::now();
+    let mut last = first.clone();
+    while quiet.elapsed() < Duration::from_secs(5) {
+        last = node().await;
+        assert_eq!(last["reporting"], true, "{last}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        last["last_report"], first["last_report"],
+        "a report came meanwhile"
+    );
+    assert!(
+        last["last_seen_at"].as_i64().unwrap() >= first["last_seen_at"].as_i64().unwrap() + 3_000,
+        "{first} {last}"
+    );
+    agent.stop().await;
+    let stopped = Instant::now();
+    loop {
+        let v = node().await;
+        if v["reporting"] == false {
+            break;
+        }
+        assert!(
+            stopped.elapsed() < Duration::from_secs(5),
+            "still reporting 5 s after the agent stopped: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_token_is_refused() {
     let dir = tempfile::tempdir().unwrap();

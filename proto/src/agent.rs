@@ -136,3 +136,11 @@ pub struct AgentReport {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub health_events: Vec<HealthTransition>,
 }
+
+/// The answer to `POST /api/v1/agent/heartbeat` (a request with no body: the call itself says "alive"): how
+/// often the server wants the next ones. The server marks a node unreachable once it has been silent for a few
+/// of these intervals (`node_silent_after`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeartbeatAnswer {
+    pub interval_ms: u64,
+}

@@ -73,7 +73,8 @@ pub fn router(state: AppState) -> Router {
 /// Opens the store (running migrations) and builds the fleet service.
 pub async fn open_fleet(config: &ServerConfig) -> Result<fleet::Fleet, store::StoreError> {
     let store = store::Store::open(&config.database).await?;
-    let fleet = fleet::Fleet::new(store, config.enrollment_token_ttl);
+    let fleet = fleet::Fleet::new(store, config.enrollment_token_ttl)
+        .with_heartbeats(config.node_heartbeat_interval, config.node_silent_after);
     Ok(match &config.boot {
         Some(b) => fleet.with_discovery_cap(b.max_discovered),
         None => fleet,
@@ -83,7 +84,8 @@ pub async fn open_fleet(config: &ServerConfig) -> Result<fleet::Fleet, store::St
 /// The fleet over a database that cannot be reached now: it connects on first use (`store::Store::open_lazy`).
 async fn open_fleet_lazy(config: &ServerConfig) -> Result<fleet::Fleet, store::StoreError> {
     let store = store::Store::open_lazy(&config.database).await?;
-    let fleet = fleet::Fleet::new(store, config.enrollment_token_ttl);
+    let fleet = fleet::Fleet::new(store, config.enrollment_token_ttl)
+        .with_heartbeats(config.node_heartbeat_interval, config.node_silent_after);
     Ok(match &config.boot {
         Some(b) => fleet.with_discovery_cap(b.max_discovered),
         None => fleet,
@@ -276,6 +278,7 @@ pub async fn run_listeners(
         config.traffic,
         stop_rx.clone(),
     ));
+    tasks.spawn(fleet::liveness::run(fleet.clone(), stop_rx.clone()));
     tasks.spawn(notify::peers::run(
         fleet.clone(),
         config.database.clone(),

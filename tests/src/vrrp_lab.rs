@@ -122,6 +122,14 @@ impl Lab {
         name
     }
 
+    /// The namespace `name` of this lab (for `Netns::run_inside`: in-process servers and clients there).
+    pub fn netns(&self, name: &str) -> &Netns {
+        match self.namespaces.iter().find(|n| n.name() == name) {
+            Some(n) => n,
+            None => panic!("lab: no namespace {name}"),
+        }
+    }
+
     /// Starts `program args` inside `ns`, output to `<dir>/<name>.log`.
     pub fn spawn(&mut self, ns: &str, name: &str, program: &Path, args: &[&str]) -> PathBuf {
         let log = self.dir.path().join(format!("{name}.log"));

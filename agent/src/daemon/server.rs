@@ -459,6 +459,56 @@ async fn send_reports(
     }
 }
 
+/// Shortest and longest heartbeat interval the agent accepts from a server.
+const HEARTBEAT_MIN: Duration = Duration::from_millis(100);
+const HEARTBEAT_MAX: Duration = Duration::from_secs(60);
+/// Interval before the first answer says otherwise (the server's default).
+const HEARTBEAT_DEFAULT: Duration = Duration::from_secs(1);
+
+/// Says "alive" to the server in use every interval the server asks for (1 s by default), so the server knows
+/// within seconds when this node goes silent (`fleet::liveness` on the server). Each beat waits at most one
+/// interval: a late answer is as good as none. A beat that fails moves the next one (and the reports) to the
+/// next server; a refusal (a server that predates heartbeats answers 404) slows the beats down to the longest
+/// interval instead of ending anything.
+async fn send_heartbeats(servers: ServerSet) {
+    let mut interval = HEARTBEAT_DEFAULT;
+    let mut failing = false;
+    loop {
+        let started = tokio::time::Instant::now();
+        let i = servers.current();
+        let client = &servers.clients[i];
+        match client.heartbeat(interval.max(Duration::from_secs(1))).await {
+            Ok(answer) => {
+                let asked =
+                    Duration::from_millis(answer.interval_ms).clamp(HEARTBEAT_MIN, HEARTBEAT_MAX);
+                if asked != interval {
+                    debug!(
+                        interval_ms = asked.as_millis() as u64,
+                        "heartbeat interval set by the server"
+                    );
+                    interval = asked;
+                }
+                if failing {
+                    info!(server = client.base(), "heartbeats answered again");
+                    failing = false;
+                }
+            }
+            Err(e) if e.is_server_failure() => {
+                if !failing {
+                    warn!(error = %e, server = client.base(), "heartbeat failed; trying the next server");
+                    failing = true;
+                }
+                servers.advance(i);
+            }
+            Err(e) => {
+                debug!(error = %e, server = client.base(), "heartbeat refused");
+                interval = HEARTBEAT_MAX;
+            }
+        }
+        tokio::time::sleep_until(started + interval).await;
+    }
+}
+
 /// Completes a report for the wire: the waiting health transitions, then everything cut to the bounds the
 /// server enforces (`lbfleet_proto::bounds`), so a busy or failing node is never refused: many errors become a
 /// count, long or multi-line texts are cut.
@@ -544,6 +594,7 @@ async fn role_source(
             outbox.clone(),
             backoff.clone(),
         )));
+        let _heartbeats = super::AbortOnDrop(tokio::spawn(send_heartbeats(servers.clone())));
         // Ask from 0: the server answers at once with the current document, which may be newer than the saved
         // one or (after a server-side restore) the same.
         let Some(req) = pending.take() else {

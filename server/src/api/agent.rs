@@ -10,7 +10,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use lbfleet_proto::{AgentReport, EnrollRequest};
+use lbfleet_proto::{AgentReport, EnrollRequest, HeartbeatAnswer};
 use serde::Deserialize;
 
 use crate::auth::AgentNode;
@@ -24,6 +24,29 @@ pub fn router() -> Router<AppState> {
         .route("/enroll", post(enroll))
         .route("/role", get(role))
         .route("/report", post(report))
+        .route("/heartbeat", post(heartbeat))
+}
+
+/// `POST /api/v1/agent/heartbeat` (no body): "alive". Kept in memory and written with the others once per
+/// interval (`fleet::liveness`), the node credential checked against the database at most every 10 s; the
+/// answer says how often to beat. A boot credential's beat is answered and not recorded: it changes nothing,
+/// like its reports.
+async fn heartbeat(State(s): State<AppState>, mut parts: Parts) -> Result<Response, ApiError> {
+    match crate::auth::principal::bearer(&parts.headers) {
+        Some(token) if !token.starts_with(BOOT_CREDENTIAL_PREFIX) => {
+            if s.fleet.heartbeat_with(token).await?.is_none() {
+                return Err(ApiError::Unauthorized(
+                    "node credential is invalid or revoked; enroll again".into(),
+                ));
+            }
+        }
+        // A boot credential, or none: the usual checks and refusals.
+        _ => {
+            AgentCaller::from_request_parts(&mut parts, &s).await?;
+        }
+    }
+    let interval_ms = u64::try_from(s.fleet.liveness().interval().as_millis()).unwrap_or(u64::MAX);
+    Ok(Json(HeartbeatAnswer { interval_ms }).into_response())
 }
 
 async fn enroll(

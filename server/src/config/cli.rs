@@ -248,6 +248,13 @@ pub struct ServeArgs {
     /// [default: 3]
     #[arg(long, env = "LBFLEET_HEARTBEAT_MISSES", value_name = "N")]
     pub heartbeat_misses: Option<u32>,
+    /// How often agents send a heartbeat (told to them in each answer) [default: 1s]
+    #[arg(long, env = "LBFLEET_NODE_HEARTBEAT_INTERVAL", value_name = "DURATION")]
+    pub node_heartbeat_interval: Option<String>,
+    /// A node not heard from (heartbeat or report) for this long is unreachable: alerts, the overview's
+    /// takeover wording [default: 3s; at least twice node_heartbeat_interval]
+    #[arg(long, env = "LBFLEET_NODE_SILENT_AFTER", value_name = "DURATION")]
+    pub node_silent_after: Option<String>,
     /// Entries of servers not heard from for this long are removed from the registry [default: 7d]
     #[arg(long, env = "LBFLEET_SERVER_RETENTION", value_name = "DURATION")]
     pub server_retention: Option<String>,

@@ -52,6 +52,8 @@ pub struct FileConfig {
     pub server_name: Option<String>,
     pub heartbeat_interval: Option<String>,
     pub heartbeat_misses: Option<u32>,
+    pub node_heartbeat_interval: Option<String>,
+    pub node_silent_after: Option<String>,
     pub server_retention: Option<String>,
     pub boot: Option<BootArgs>,
 }
@@ -132,6 +134,10 @@ pub struct ServerConfig {
     pub heartbeat_interval: Duration,
     /// A server silent for this many of its heartbeat intervals counts as dead.
     pub heartbeat_misses: u32,
+    /// How often agents heartbeat (`fleet::liveness`).
+    pub node_heartbeat_interval: Duration,
+    /// A node silent this long is unreachable.
+    pub node_silent_after: Duration,
     /// Registry entries not heard from for this long are deleted.
     pub server_retention: Duration,
     /// This server's id in the registry; set at start-up from `state_dir`.
@@ -171,6 +177,8 @@ impl std::fmt::Debug for ServerConfig {
             .field("server_name", &self.server_name)
             .field("heartbeat_interval", &self.heartbeat_interval)
             .field("heartbeat_misses", &self.heartbeat_misses)
+            .field("node_heartbeat_interval", &self.node_heartbeat_interval)
+            .field("node_silent_after", &self.node_silent_after)
             .field("server_retention", &self.server_retention)
             .finish()
     }
@@ -335,6 +343,35 @@ impl ServerConfig {
                 reason: "must be at least 1".into(),
             });
         }
+        let node_heartbeat_interval = duration(
+            "node_heartbeat_interval",
+            args.node_heartbeat_interval
+                .or(file.node_heartbeat_interval),
+            "1s",
+        )?;
+        if node_heartbeat_interval < Duration::from_millis(100)
+            || node_heartbeat_interval > Duration::from_secs(60)
+        {
+            return Err(ConfigError::Invalid {
+                key: "node_heartbeat_interval",
+                reason: "must be between 100ms and 60s".into(),
+            });
+        }
+        let node_silent_after = duration(
+            "node_silent_after",
+            args.node_silent_after.or(file.node_silent_after),
+            "3s",
+        )?;
+        if node_silent_after < node_heartbeat_interval * 2 {
+            return Err(ConfigError::Invalid {
+                key: "node_silent_after",
+                reason: format!(
+                    "must be at least twice node_heartbeat_interval ({} ms), or every late heartbeat makes a \
+                     node unreachable",
+                    node_heartbeat_interval.as_millis()
+                ),
+            });
+        }
         let state_dir = args
             .state_dir
             .or(file.state_dir)
@@ -375,6 +412,8 @@ impl ServerConfig {
             server_name,
             heartbeat_interval,
             heartbeat_misses,
+            node_heartbeat_interval,
+            node_silent_after,
             server_retention,
             server_id: None,
             traffic: crate::retention::TrafficBounds {
@@ -450,6 +489,8 @@ impl ServerConfig {
             server_name: None,
             heartbeat_interval: Duration::from_secs(2),
             heartbeat_misses: 3,
+            node_heartbeat_interval: crate::fleet::liveness::DEFAULT_HEARTBEAT_INTERVAL,
+            node_silent_after: crate::fleet::liveness::DEFAULT_SILENT_AFTER,
             server_retention: Duration::from_secs(7 * 24 * 3600),
             server_id: None,
             database,

@@ -349,3 +349,42 @@ fn traffic_history_bounds_default_read_the_file_and_flags_and_refuse_a_tiny_byte
         .unwrap_or_default();
     assert!(err.contains("traffic_max_bytes"), "{err}");
 }
+
+#[test]
+fn node_liveness_settings_default_and_must_leave_room_for_a_late_beat() {
+    let cfg = ServerConfig::resolve(serve_args(&[])).expect("defaults");
+    assert_eq!(cfg.node_heartbeat_interval, Duration::from_secs(1));
+    assert_eq!(cfg.node_silent_after, Duration::from_secs(3));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("lbfleet.toml");
+    std::fs::write(
+        &path,
+        "node_heartbeat_interval = \"500ms\"\nnode_silent_after = \"2s\"\n",
+    )
+    .expect("write");
+    let p = path.to_str().expect("utf-8 path");
+    let cfg = ServerConfig::resolve(serve_args(&["--config", p])).expect("file");
+    assert_eq!(cfg.node_heartbeat_interval, Duration::from_millis(500));
+    assert_eq!(cfg.node_silent_after, Duration::from_secs(2));
+    let cfg = ServerConfig::resolve(serve_args(&["--config", p, "--node-silent-after", "5s"]))
+        .expect("flag over file");
+    assert_eq!(cfg.node_silent_after, Duration::from_secs(5));
+    let err = |args: &[&str]| {
+        ServerConfig::resolve(serve_args(args))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default()
+    };
+    let e = err(&[
+        "--node-heartbeat-interval",
+        "2s",
+        "--node-silent-after",
+        "3s",
+    ]);
+    assert!(
+        e.contains("node_silent_after") && e.contains("at least twice"),
+        "{e}"
+    );
+    let e = err(&["--node-heartbeat-interval", "10ms"]);
+    assert!(e.contains("node_heartbeat_interval"), "{e}");
+}

@@ -14,9 +14,6 @@ use super::{socket_text, Actor, Fleet, FleetError, Result};
 use crate::audit::AuditAction;
 use crate::store::{self, now_ms};
 
-/// A node counts as not reporting when its agent has been silent this long.
-pub const STALE_AFTER_MS: i64 = 60_000;
-
 wire_enum!(
     /// How urgent an alert is; the text always says what is wrong, the level only orders and colours it.
     AlertLevel { Crit => "crit", Warn => "warn", Info => "info" }
@@ -25,7 +22,8 @@ wire_enum!(
 wire_enum!(
     /// What an alert is about.
     AlertKind {
-        NoMaster => "no_master", SplitBrain => "split_brain", NotReporting => "not_reporting",
+        NoMaster => "no_master", SplitBrain => "split_brain", Takeover => "takeover",
+        NotReporting => "not_reporting",
         GenerationLag => "generation_lag", Reenrolled => "reenrolled", Drained => "drained",
         HardwareWaiting => "hardware_waiting", ServerDown => "server_down",
     }
@@ -39,7 +37,9 @@ impl AlertKind {
             | AlertKind::SplitBrain
             | AlertKind::Reenrolled
             | AlertKind::ServerDown => AlertLevel::Crit,
-            AlertKind::NotReporting | AlertKind::GenerationLag => AlertLevel::Warn,
+            AlertKind::Takeover | AlertKind::NotReporting | AlertKind::GenerationLag => {
+                AlertLevel::Warn
+            }
             AlertKind::Drained | AlertKind::HardwareWaiting => AlertLevel::Info,
         }
     }
@@ -49,6 +49,7 @@ impl AlertKind {
         match self {
             AlertKind::NoMaster => "No master",
             AlertKind::SplitBrain => "Split brain",
+            AlertKind::Takeover => "Took over",
             AlertKind::NotReporting => "Not reporting",
             AlertKind::GenerationLag => "Lagging",
             AlertKind::Reenrolled => "Re-enrolled",
@@ -113,9 +114,156 @@ impl Alert {
     }
 }
 
-/// Whether the node's agent was heard within `STALE_AFTER_MS` of `now`.
-fn reporting(now: i64, n: &store::nodes::NodeRow) -> bool {
-    n.last_seen_at.is_some_and(|t| now - t <= STALE_AFTER_MS)
+/// One cluster member as the VRRP rules see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct MemberLive<'a> {
+    id: i64,
+    name: &'a str,
+    /// Its last report (or, when silent, its last word) says MASTER.
+    claims_master: bool,
+    last_seen: Option<i64>,
+    /// Heard within `node_silent_after`.
+    reporting: bool,
+    /// Its most recent transition to MASTER as it reported it: when (its clock) and why.
+    took_over: Option<(i64, String)>,
+}
+
+impl<'a> MemberLive<'a> {
+    fn of(
+        n: &'a store::nodes::NodeRow,
+        last_seen: Option<i64>,
+        now: i64,
+        liveness: &super::liveness::Liveness,
+    ) -> Self {
+        let claims_master = n.vrrp_state.as_deref() == Some(VrrpState::Master.as_str());
+        // Only a master's report is read: the reason it gives for its takeover.
+        let took_over = claims_master
+            .then_some(n.last_report.as_deref())
+            .flatten()
+            .and_then(|r| serde_json::from_str::<lbfleet_proto::AgentReport>(r).ok())
+            .and_then(|r| {
+                r.vrrp_transitions
+                    .iter()
+                    .rev()
+                    .find(|t| t.to == VrrpState::Master)
+                    .map(|t| (i64::try_from(t.at_ms).unwrap_or(i64::MAX), t.reason.clone()))
+            });
+        MemberLive {
+            id: n.id,
+            name: n.name(),
+            claims_master,
+            last_seen,
+            reporting: liveness.reporting(now, last_seen),
+            took_over,
+        }
+    }
+}
+
+/// What a cluster's masters come to.
+#[derive(Debug, PartialEq, Eq)]
+enum Verdict<'m, 'a> {
+    /// One reporting master, no other node claiming it.
+    Fine,
+    /// No reporting master; `silent`: unreachable nodes whose last word was MASTER (they may still serve).
+    NoMaster { silent: Vec<&'m MemberLive<'a>> },
+    /// Several masters, each heard after the newest of them took over: both sides are alive (VRRP between them
+    /// is broken), so both hold the VIPs.
+    SplitBrain(Vec<&'m MemberLive<'a>>),
+    /// `by` is master and the other claimants went silent before it took over (or are unreachable): a failover,
+    /// not a split brain.
+    Takeover {
+        by: &'m MemberLive<'a>,
+        silent: Vec<&'m MemberLive<'a>>,
+    },
+}
+
+/// The split-brain rule (and the takeover wording). A node that claims MASTER but is not reporting is no evidence of a split brain: a
+/// balancer cut off from the server (and from its peer) still "says" master. Neither is a master not heard from
+/// since another took over (it has been silent since before the takeover, which is why the takeover happened;
+/// within `node_silent_after` it will be unreachable). Two masters both heard after the newer one took over
+/// are a split brain, raised as soon as the older one's next heartbeat arrives (one heartbeat interval). A
+/// master that reported no transition to MASTER gives no takeover time: two of those reporting is a split brain.
+fn masters_verdict<'m, 'a>(members: &'m [MemberLive<'a>]) -> Verdict<'m, 'a> {
+    let (reporting, silent): (Vec<&MemberLive>, Vec<&MemberLive>) = members
+        .iter()
+        .filter(|m| m.claims_master)
+        .partition(|m| m.reporting);
+    // Members that went silent before `by` took over, whatever they said last (a master that saw its link go
+    // down says "fault" if it can still report): the takeover is why `by` is master.
+    let lost_before = |by: &MemberLive<'_>| -> Vec<&'m MemberLive<'a>> {
+        let Some((since, _)) = &by.took_over else {
+            return Vec::new();
+        };
+        members
+            .iter()
+            .filter(|m| !m.claims_master && !m.reporting)
+            .filter(|m| m.last_seen.is_some_and(|t| t <= *since))
+            .collect()
+    };
+    match reporting.as_slice() {
+        [] => Verdict::NoMaster { silent },
+        [one] => {
+            let mut silent = silent;
+            silent.extend(lost_before(one));
+            if silent.is_empty() {
+                Verdict::Fine
+            } else {
+                Verdict::Takeover { by: one, silent }
+            }
+        }
+        several => {
+            let newest = several
+                .iter()
+                .filter_map(|m| m.took_over.as_ref().map(|(at, _)| (*at, *m)))
+                .max_by_key(|(at, _)| *at);
+            let Some((since, by)) = newest else {
+                return Verdict::SplitBrain(several.to_vec());
+            };
+            let (heard, not_heard): (Vec<&MemberLive>, Vec<&MemberLive>) = several
+                .iter()
+                .filter(|m| m.id != by.id)
+                .partition(|m| m.last_seen.is_some_and(|t| t > since));
+            if heard.is_empty() {
+                let mut all = not_heard;
+                all.extend(silent);
+                all.extend(lost_before(by));
+                Verdict::Takeover { by, silent: all }
+            } else {
+                let mut masters = vec![by];
+                masters.extend(heard);
+                masters.sort_by_key(|m| m.name);
+                Verdict::SplitBrain(masters)
+            }
+        }
+    }
+}
+
+fn names(members: &[&MemberLive<'_>]) -> String {
+    members
+        .iter()
+        .map(|m| m.name)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// "lb-02 took over: master down timer expired; lb-01 unreachable (last seen 4 s ago)".
+fn takeover_text(now: i64, by: &MemberLive<'_>, silent: &[&MemberLive<'_>]) -> String {
+    let head = match &by.took_over {
+        Some((_, reason)) => format!("{} took over: {reason}", by.name),
+        None => format!("{} is master", by.name),
+    };
+    let tail: Vec<String> = silent
+        .iter()
+        .map(|m| {
+            let state = if m.reporting {
+                "not heard from since"
+            } else {
+                "unreachable"
+            };
+            format!("{} {state} ({})", m.name, silent_for(now, m.last_seen))
+        })
+        .collect();
+    format!("{head}; {}", tail.join("; "))
 }
 
 /// Whole seconds since `at` in words, for alert messages.
@@ -142,34 +290,57 @@ impl Fleet {
             }
         }
         let mut alerts = Vec::new();
+        // Silent nodes a takeover alert already names (no separate not-reporting alert for them).
+        let mut covered: Vec<i64> = Vec::new();
         for c in &clusters {
             let members = by_cluster.get(&c.id).map(Vec::as_slice).unwrap_or_default();
             if !members.is_empty() {
-                // A silent node's last word does not count: a balancer cut off from the server (and from its
-                // peer) still "says" master; the not-reporting alert names it instead.
-                let masters: Vec<&str> = members
+                let live: Vec<MemberLive<'_>> = members
                     .iter()
-                    .filter(|n| n.vrrp_state.as_deref() == Some(VrrpState::Master.as_str()))
-                    .filter(|n| reporting(now, n))
-                    .map(|n| n.name())
+                    .map(|n| {
+                        MemberLive::of(
+                            n,
+                            self.liveness.last_seen(n.id, n.last_seen_at),
+                            now,
+                            &self.liveness,
+                        )
+                    })
                     .collect();
-                if masters.is_empty() {
-                    alerts.push(Alert::cluster(
-                        AlertKind::NoMaster,
-                        &c.name,
-                        format!("cluster {} has no VRRP master", c.name),
-                    ));
-                } else if masters.len() > 1 {
-                    alerts.push(Alert::cluster(
-                        AlertKind::SplitBrain,
-                        &c.name,
-                        format!(
-                            "cluster {} has {} masters: {}",
-                            c.name,
-                            masters.len(),
-                            masters.join(", ")
-                        ),
-                    ));
+                match masters_verdict(&live) {
+                    Verdict::Fine => {}
+                    Verdict::NoMaster { silent } => {
+                        let message = if silent.is_empty() {
+                            format!("cluster {} has no VRRP master", c.name)
+                        } else {
+                            format!(
+                                "cluster {} has no reporting VRRP master; {} last said master and {} unreachable",
+                                c.name,
+                                names(&silent),
+                                if silent.len() > 1 { "are" } else { "is" }
+                            )
+                        };
+                        alerts.push(Alert::cluster(AlertKind::NoMaster, &c.name, message));
+                    }
+                    Verdict::SplitBrain(masters) => {
+                        alerts.push(Alert::cluster(
+                            AlertKind::SplitBrain,
+                            &c.name,
+                            format!(
+                                "cluster {} has {} masters: {}",
+                                c.name,
+                                masters.len(),
+                                names(&masters)
+                            ),
+                        ));
+                    }
+                    Verdict::Takeover { by, silent } => {
+                        covered.extend(silent.iter().map(|m| m.id));
+                        alerts.push(Alert::cluster(
+                            AlertKind::Takeover,
+                            &c.name,
+                            takeover_text(now, by, &silent),
+                        ));
+                    }
                 }
             }
             for svc in &c.spec.services {
@@ -189,14 +360,15 @@ impl Fleet {
             }
         }
         for n in nodes.iter().filter(|n| n.cluster.is_some()) {
-            if !reporting(now, n) {
+            let last_seen = self.liveness.last_seen(n.id, n.last_seen_at);
+            if !self.liveness.reporting(now, last_seen) && !covered.contains(&n.id) {
                 alerts.push(Alert::node(
                     AlertKind::NotReporting,
                     n,
                     format!(
                         "node {} is not reporting ({})",
                         n.name(),
-                        silent_for(now, n.last_seen_at)
+                        silent_for(now, last_seen)
                     ),
                 ));
             }
@@ -348,11 +520,11 @@ mod tests {
         );
         assert_eq!(got[0].message, "cluster ext has 2 masters: lb-01, lb-02");
 
-        // lb-01 goes silent (cut off from the server and its peer, its last report still says master): it is
-        // not reporting, and its stale word makes no split brain.
+        // lb-01 goes silent (cut off from the server and its peer, its last report still says master): its
+        // stale word makes no split brain; lb-02 is master and lb-01 unreachable.
         let mut tx = f.store.begin().await.expect("begin");
         sqlx::query("UPDATE nodes SET last_seen_at = $1 WHERE id = $2")
-            .bind(now_ms() - STALE_AFTER_MS - 1_000)
+            .bind(now_ms() - f.liveness().silent_after_ms() - 1_000)
             .bind(ida)
             .execute(&mut *tx)
             .await
@@ -362,9 +534,13 @@ mod tests {
         assert_eq!(
             kinds(&got),
             vec![
-                (AlertKind::NotReporting, Some("lb-01")),
+                (AlertKind::Takeover, None),
                 (AlertKind::HardwareWaiting, None)
             ]
+        );
+        assert_eq!(
+            got[0].message,
+            "lb-02 is master; lb-01 unreachable (last seen 4 s ago)"
         );
         f.report(ida, &report(ga, Some(VrrpState::Master)))
             .await
@@ -399,6 +575,106 @@ mod tests {
             got[2].message,
             "real server 198.18.2.2:80 of tcp:198.18.0.10:80 in cluster ext is drained"
         );
+    }
+
+    fn live(
+        id: i64,
+        name: &'static str,
+        master: bool,
+        last_seen: i64,
+        took_over: Option<i64>,
+    ) -> MemberLive<'static> {
+        MemberLive {
+            id,
+            name,
+            claims_master: master,
+            last_seen: Some(last_seen),
+            // The rule's input: whether `last_seen` is within node_silent_after of now (now = 10_000, 3 s).
+            reporting: 10_000 - last_seen <= 3_000,
+            took_over: took_over.map(|at| (at, "master down timer expired".to_owned())),
+        }
+    }
+
+    fn verdict_names(members: &[MemberLive<'static>]) -> (String, Vec<&'static str>) {
+        match masters_verdict(members) {
+            Verdict::Fine => ("fine".into(), vec![]),
+            Verdict::NoMaster { silent } => {
+                ("no_master".into(), silent.iter().map(|m| m.name).collect())
+            }
+            Verdict::SplitBrain(m) => ("split".into(), m.iter().map(|m| m.name).collect()),
+            Verdict::Takeover { by, silent } => (
+                format!("takeover by {}", by.name),
+                silent.iter().map(|m| m.name).collect(),
+            ),
+        }
+    }
+
+    #[test]
+    fn the_split_brain_rule_tells_a_takeover_from_two_live_masters() {
+        // Steady pair.
+        let steady = [
+            live(1, "lb-01", true, 9_500, Some(1_000)),
+            live(2, "lb-02", false, 9_600, None),
+        ];
+        assert_eq!(verdict_names(&steady), ("fine".into(), vec![]));
+        // lb-01 silent since 8_000, lb-02 took over at 8_400: within the 3 s lb-01 still counts as reporting, but
+        // has not been heard since the takeover: no split brain.
+        let cut = [
+            live(1, "lb-01", true, 8_000, Some(1_000)),
+            live(2, "lb-02", true, 9_900, Some(8_400)),
+        ];
+        assert_eq!(
+            verdict_names(&cut),
+            ("takeover by lb-02".into(), vec!["lb-01"])
+        );
+        // Later, lb-01 unreachable: the same takeover.
+        let later = [
+            live(1, "lb-01", true, 6_000, Some(1_000)),
+            live(2, "lb-02", true, 9_900, Some(6_400)),
+        ];
+        assert_eq!(
+            verdict_names(&later),
+            ("takeover by lb-02".into(), vec!["lb-01"])
+        );
+        // lb-01 said "fault" last (it saw its link go) before it went silent: still the takeover's cause.
+        let fault = [
+            live(1, "lb-01", false, 6_000, Some(1_000)),
+            live(2, "lb-02", true, 9_900, Some(6_400)),
+        ];
+        assert_eq!(
+            verdict_names(&fault),
+            ("takeover by lb-02".into(), vec!["lb-01"])
+        );
+        // A backup that went silent long after the master took over is no takeover: its own alert says it.
+        let backup_gone = [
+            live(1, "lb-01", true, 9_900, Some(1_000)),
+            live(2, "lb-02", false, 6_000, None),
+        ];
+        assert_eq!(verdict_names(&backup_gone), ("fine".into(), vec![]));
+        // Both heard after lb-02 took over: a split brain.
+        let split = [
+            live(1, "lb-01", true, 9_800, Some(1_000)),
+            live(2, "lb-02", true, 9_900, Some(9_000)),
+        ];
+        assert_eq!(
+            verdict_names(&split),
+            ("split".into(), vec!["lb-01", "lb-02"])
+        );
+        // Two masters that never said when they took over, both reporting: a split brain.
+        let unknown = [
+            live(1, "lb-01", true, 9_800, None),
+            live(2, "lb-02", true, 9_900, None),
+        ];
+        assert_eq!(
+            verdict_names(&unknown),
+            ("split".into(), vec!["lb-01", "lb-02"])
+        );
+        // Only a silent master: no reporting master, and which node last said so.
+        let alone = [
+            live(1, "lb-01", true, 6_000, Some(1_000)),
+            live(2, "lb-02", false, 9_900, None),
+        ];
+        assert_eq!(verdict_names(&alone), ("no_master".into(), vec!["lb-01"]));
     }
 
     #[tokio::test]

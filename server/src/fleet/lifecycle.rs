@@ -89,16 +89,18 @@ impl Fleet {
 
     pub async fn list_nodes(&self, filter: &store::nodes::NodeFilter) -> Result<Vec<NodeView>> {
         let mut conn = self.store.read().await?;
+        let now = store::now_ms();
         Ok(store::nodes::list(&mut conn, filter)
             .await?
             .into_iter()
-            .map(|r| NodeView::new(r, false))
+            .map(|r| NodeView::new(r, false).map(|v| self.with_liveness(v, now)))
             .collect::<Result<_, _>>()?)
     }
 
     pub async fn get_node(&self, key: &NodeKey) -> Result<NodeView> {
         let mut conn = self.store.read().await?;
-        Ok(NodeView::new(Self::node_in(&mut conn, key).await?, true)?)
+        let view = NodeView::new(Self::node_in(&mut conn, key).await?, true)?;
+        Ok(self.with_liveness(view, store::now_ms()))
     }
 
     pub(super) async fn check_image(conn: &mut store::Conn, image: Option<&str>) -> Result<()> {

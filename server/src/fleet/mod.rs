@@ -24,6 +24,7 @@ mod history;
 mod images;
 mod leases;
 mod lifecycle;
+pub mod liveness;
 mod node_image;
 pub mod real_server_setup;
 mod real_servers;
@@ -39,7 +40,7 @@ mod views;
 #[cfg(test)]
 mod testing;
 
-pub use alerts::{Alert, AlertKind, AlertLevel, STALE_AFTER_MS};
+pub use alerts::{Alert, AlertKind, AlertLevel};
 pub use clusters::Precondition;
 pub use enrollment::EnrollmentToken;
 pub use history::{EventPage, FleetCounts, MAX_EVENTS_BYTES};
@@ -121,6 +122,8 @@ pub struct Fleet {
     event_writes: history::EventWrites,
     /// Each node's last reported counters, for the traffic history's deltas.
     traffic: traffic::Baselines,
+    /// Agents' heartbeats and when a node counts as unreachable (`liveness`).
+    liveness: liveness::Liveness,
 }
 
 /// Default cap on waiting discovered nodes.
@@ -150,7 +153,14 @@ impl Fleet {
             cluster_cache: std::sync::Mutex::new(HashMap::new()),
             event_writes: history::EventWrites::default(),
             traffic: traffic::Baselines::default(),
+            liveness: liveness::Liveness::default(),
         }
+    }
+
+    /// Sets how often agents heartbeat and how long a silent node stays reporting.
+    pub fn with_heartbeats(mut self, interval: Duration, silent_after: Duration) -> Self {
+        self.liveness = liveness::Liveness::new(interval, silent_after);
+        self
     }
 
     /// The database engine behind the fleet.

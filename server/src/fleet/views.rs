@@ -31,6 +31,8 @@ pub struct NodeView {
     pub agent_version: Option<String>,
     pub image_version: Option<String>,
     pub last_seen_at: Option<i64>,
+    /// Heard from within `node_silent_after` (a heartbeat or a report); false: unreachable or never seen.
+    pub reporting: bool,
     pub created_at: i64,
     pub updated_at: i64,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -80,6 +82,8 @@ impl NodeView {
             agent_version: row.agent_version,
             image_version: row.image_version,
             last_seen_at: row.last_seen_at,
+            // Set by the fleet, which knows the heartbeats (`Fleet::with_liveness`).
+            reporting: false,
             created_at: row.created_at,
             updated_at: row.updated_at,
             last_report,

@@ -348,3 +348,35 @@ pub async fn count_in_state(conn: &mut Conn, state: NodeState) -> Result<i64, St
             .await?,
     )
 }
+
+/// Heartbeats heard by this server, `(node id, ms since the epoch)`: `last_seen_at` moves forward only (another
+/// server, or a report, may have written a newer one). One statement for the whole batch.
+pub async fn record_heartbeats(conn: &mut Conn, beats: &[(i64, i64)]) -> Result<(), StoreError> {
+    if beats.is_empty() {
+        return Ok(());
+    }
+    // `VALUES` columns are `column1`, `column2` in SQLite and PostgreSQL alike.
+    let rows: Vec<String> = (0..beats.len())
+        .map(|i| format!("(${}, ${})", 2 * i + 1, 2 * i + 2))
+        .collect();
+    let sql = format!(
+        "UPDATE nodes SET last_seen_at = v.column2 FROM (VALUES {}) AS v \
+         WHERE nodes.id = v.column1 AND (nodes.last_seen_at IS NULL OR nodes.last_seen_at < v.column2)",
+        rows.join(", ")
+    );
+    let mut q = sqlx::query(&sql);
+    for (id, at) in beats {
+        q = q.bind(*id).bind(*at);
+    }
+    q.execute(conn).await?;
+    Ok(())
+}
+
+/// `(id, last_seen_at)` of every node assigned to a cluster (what liveness watches).
+pub async fn assigned_last_seen(conn: &mut Conn) -> Result<Vec<(i64, Option<i64>)>, StoreError> {
+    Ok(sqlx::query_as(
+        "SELECT n.id, n.last_seen_at FROM nodes n JOIN assignments a ON a.node_id = n.id",
+    )
+    .fetch_all(conn)
+    .await?)
+}

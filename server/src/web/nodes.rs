@@ -61,6 +61,8 @@ pub struct NodeRowView {
     pub image: String,
     pub agent: String,
     pub last_seen: String,
+    /// Assigned and not heard from within `node_silent_after`.
+    pub unreachable: bool,
     pub in_sync: bool,
     pub vrrp: String,
 }
@@ -80,6 +82,7 @@ pub(super) fn node_row(n: &NodeView) -> NodeRowView {
         image: n.image.clone().unwrap_or_else(|| "default".into()),
         agent: n.agent_version.clone().unwrap_or_else(|| "-".into()),
         last_seen: ago_text(n.last_seen_at),
+        unreachable: n.cluster.is_some() && !n.reporting,
         in_sync: n.in_sync,
         vrrp: vrrp_text(n),
     }

@@ -52,6 +52,8 @@ pub struct MemberRow {
     pub in_sync: bool,
     pub generation: String,
     pub last_seen: String,
+    /// Heard from within `node_silent_after`; false: unreachable (its VRRP state is its last word).
+    pub reachable: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -96,7 +98,8 @@ pub(super) async fn fleet_picture(s: &AppState) -> Result<(FleetPicture, Vec<Nod
             let Some(n) = by_name.get(m.node.as_str()) else {
                 continue;
             };
-            if n.vrrp_state == Some(VrrpState::Master) {
+            // A silent node's last word is no master (the alerts say what happened instead).
+            if n.vrrp_state == Some(VrrpState::Master) && n.reporting {
                 masters += 1;
             }
             if m.role == Role::Active {
@@ -169,5 +172,6 @@ pub(super) fn member_row(n: &NodeView, role: Role, priority: i64) -> MemberRow {
         in_sync: n.in_sync,
         generation: format!("{}/{}", n.applied_generation, n.role_generation),
         last_seen: ago_text(n.last_seen_at),
+        reachable: n.reporting,
     }
 }
