@@ -28,6 +28,7 @@ wire_enum!(
         NoMaster => "no_master", SplitBrain => "split_brain", NotReporting => "not_reporting",
         GenerationLag => "generation_lag", Reenrolled => "reenrolled", Drained => "drained",
         HardwareWaiting => "hardware_waiting", ServerDown => "server_down",
+        ImageDrift => "image_drift",
     }
 );
 
@@ -39,7 +40,9 @@ impl AlertKind {
             | AlertKind::SplitBrain
             | AlertKind::Reenrolled
             | AlertKind::ServerDown => AlertLevel::Crit,
-            AlertKind::NotReporting | AlertKind::GenerationLag => AlertLevel::Warn,
+            AlertKind::NotReporting | AlertKind::GenerationLag | AlertKind::ImageDrift => {
+                AlertLevel::Warn
+            }
             AlertKind::Drained | AlertKind::HardwareWaiting => AlertLevel::Info,
         }
     }
@@ -55,6 +58,7 @@ impl AlertKind {
             AlertKind::Drained => "Drained",
             AlertKind::HardwareWaiting => "New hardware",
             AlertKind::ServerDown => "Server down",
+            AlertKind::ImageDrift => "Image drift",
         }
     }
 }
@@ -114,7 +118,7 @@ impl Alert {
 }
 
 /// Whether the node's agent was heard within `STALE_AFTER_MS` of `now`.
-fn reporting(now: i64, n: &store::nodes::NodeRow) -> bool {
+pub(super) fn reporting(now: i64, n: &store::nodes::NodeRow) -> bool {
     n.last_seen_at.is_some_and(|t| now - t <= STALE_AFTER_MS)
 }
 
@@ -133,6 +137,7 @@ impl Fleet {
         let clusters = store::clusters::load(&mut conn, None).await?;
         let nodes = store::nodes::list(&mut conn, &store::nodes::NodeFilter::default()).await?;
         let stored = store::alerts::open(&mut conn, now_ms(), MAX_STORED_ALERTS).await?;
+        let images = store::images::list(&mut conn).await?;
         drop(conn);
         let now = now_ms();
         let mut by_cluster: HashMap<i64, Vec<&store::nodes::NodeRow>> = HashMap::new();
@@ -212,6 +217,23 @@ impl Fleet {
                     ),
                 ));
             }
+        }
+        for d in nodes
+            .iter()
+            .filter_map(|n| super::drift::node_drift(n, &images, now))
+            .filter(|d| d.state == super::drift::DriftState::Drifted)
+        {
+            alerts.push(Alert {
+                level: AlertKind::ImageDrift.level(),
+                kind: AlertKind::ImageDrift,
+                message: d.message(),
+                cluster: d.cluster.clone(),
+                node: Some(d.node.clone()),
+                node_id: Some(d.node_id),
+                id: None,
+                since: None,
+                count: None,
+            });
         }
         for a in stored {
             let Ok(kind) = a.kind.parse::<AlertKind>() else {

@@ -28,6 +28,7 @@ pub mod events;
 pub mod images;
 pub mod leases;
 pub mod nodes;
+pub mod rollouts;
 pub mod servers;
 mod unreachable;
 
