@@ -610,3 +610,124 @@ async fn rollouts_pause_resume_and_abort_and_a_reboot_is_audited_with_who_asked(
         .await;
     assert_eq!(s, StatusCode::FORBIDDEN);
 }
+
+/// The dashboard as `user`: its session cookie and a client that does not follow redirects.
+struct Dashboard {
+    cookie: String,
+    http: reqwest::Client,
+}
+
+impl Dashboard {
+    async fn login(srv: &TestServer, user: &str) -> Dashboard {
+        Dashboard {
+            cookie: srv.session_cookie(user).await,
+            http: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .unwrap(),
+        }
+    }
+
+    async fn page(&self, srv: &TestServer, path: &str) -> String {
+        let resp = self
+            .http
+            .get(srv.url(path))
+            .header("cookie", &self.cookie)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK, "{path}");
+        resp.text().await.unwrap()
+    }
+
+    /// Posts a form with the CSRF token of `from`; the redirect's target.
+    async fn post(&self, srv: &TestServer, from: &str, path: &str, form: &[(&str, &str)]) -> String {
+        let html = self.page(srv, from).await;
+        let at = html.find("name=\"csrf\" value=\"").unwrap() + "name=\"csrf\" value=\"".len();
+        let csrf = html[at..].split('"').next().unwrap().to_owned();
+        let mut fields = vec![("csrf", csrf.as_str())];
+        fields.extend_from_slice(form);
+        let resp = self
+            .http
+            .post(srv.url(path))
+            .header("cookie", &self.cookie)
+            .form(&fields)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::SEE_OTHER, "{path}");
+        resp.headers()["location"].to_str().unwrap().to_owned()
+    }
+}
+
+#[tokio::test]
+async fn the_dashboard_starts_watches_and_aborts_a_rollout_shows_drift_and_reboots_a_node() {
+    let site = Site::start().await;
+    let srv = &site.srv;
+    let web = Dashboard::login(srv, "oper").await;
+    let overview = web.page(srv, "/").await;
+    assert!(
+        overview.contains("<span class=\"num\">2</span> run what they should"),
+        "{overview}"
+    );
+    assert!(web.page(srv, "/nodes").await.contains("runs v1"));
+
+    let page = web.page(srv, "/rollouts").await;
+    assert!(page.contains("id=\"rollout-start\""));
+    let to = web
+        .post(
+            srv,
+            "/rollouts",
+            "/rollouts",
+            &[
+                ("image", "v2"),
+                ("clusters", "ext"),
+                ("timeout", "30s"),
+                ("checks_up", "1"),
+                ("in_sync", "1"),
+                ("pause_after_canary", "1"),
+            ],
+        )
+        .await;
+    assert_eq!(to, "/rollouts/1");
+    let paused = site.rollout_in(1, "paused").await;
+    assert_eq!(paused["request"]["gate"]["timeout"], "30s");
+    let page = web.page(srv, "/rollouts/1").await;
+    assert!(
+        page.contains("ro-paused")
+            && page.contains("canary lb-02 passed its gate")
+            && page.contains("action=\"/rollouts/1/resume\""),
+        "{page}"
+    );
+    web.post(srv, "/rollouts/1", "/rollouts/1/abort", &[]).await;
+    let aborted = site.rollout_in(1, "aborted").await;
+    assert_eq!(aborted["reason"], "aborted by oper");
+    assert!(web.page(srv, "/rollouts").await.contains("aborted by oper"));
+
+    // lb-01 should boot v2 but still runs v1: drift on its page and the overview, and an alert.
+    let (s, v) = srv
+        .put("/api/v1/nodes/lb-01/image", &srv.tokens.operator, json!({"image": "v2"}))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let node = web.page(srv, "/nodes/lb-01").await;
+    assert!(
+        node.contains("boots v2, runs v1 <span class=\"badge warn\">drift</span>")
+            && node.contains("id=\"node-reboot\""),
+        "{node}"
+    );
+    assert!(web
+        .page(srv, "/")
+        .await
+        .contains("<span class=\"num\">1</span> drifted"));
+    let (_, alerts) = srv.get("/api/v1/alerts", &srv.tokens.viewer).await;
+    assert!(alerts.to_string().contains("node lb-01 runs image v1, should run v2"), "{alerts}");
+    // The reboot button: the node hands over, reboots into v2, the drift is gone.
+    web.post(srv, "/nodes/lb-01", "/nodes/lb-01/reboot", &[]).await;
+    site.until("lb-01 on v2", |d| {
+        (d["in_sync"] == 2 && d["running"] == json!([["v2", 2]])).then_some(())
+    })
+    .await;
+    // Viewers see rollouts but no start form.
+    let viewer = Dashboard::login(srv, "view").await;
+    assert!(!viewer.page(srv, "/rollouts").await.contains("id=\"rollout-start\""));
+}
