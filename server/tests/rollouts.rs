@@ -731,3 +731,34 @@ async fn the_dashboard_starts_watches_and_aborts_a_rollout_shows_drift_and_reboo
     let viewer = Dashboard::login(srv, "view").await;
     assert!(!viewer.page(srv, "/rollouts").await.contains("id=\"rollout-start\""));
 }
+
+#[tokio::test]
+async fn the_cli_starts_a_rollout_waits_for_it_and_lists_it() {
+    let site = Site::start().await;
+    let db = db_url(&site.srv.db_path);
+    let bin = env!("CARGO_BIN_EXE_lbfleet-server");
+    let out = tokio::process::Command::new(bin)
+        .args(["rollout", "start", "v2", "--cluster", "ext", "--gate-timeout", "30s", "--wait"])
+        .args(["--database", &db])
+        .env("USER", "carol")
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(WITHIN, out).await.unwrap().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let started: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(started["created_by"], "cli:carol");
+    assert!(stderr.contains("succeeded | lb-02 done, lb-01 done"), "{stderr}");
+    let out = std::process::Command::new(bin)
+        .args(["rollout", "list", "--database", &db])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.contains("succeeded") && text.contains("v2"), "{text}");
+    let out = std::process::Command::new(bin)
+        .args(["rollout", "abort", "1", "--database", &db])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "a finished rollout cannot be aborted");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("succeeded"));
+}
