@@ -762,3 +762,63 @@ async fn the_cli_starts_a_rollout_waits_for_it_and_lists_it() {
     assert!(!out.status.success(), "a finished rollout cannot be aborted");
     assert!(String::from_utf8_lossy(&out.stderr).contains("succeeded"));
 }
+
+#[tokio::test]
+async fn with_two_servers_on_one_database_one_drives_a_rollout_and_the_other_takes_over_when_it_stops() {
+    let mut site = Site::start().await;
+    // A second server on the same database, with a state directory (server id) of its own.
+    let other_state = site._dir.path().join("second");
+    std::fs::create_dir_all(&other_state).unwrap();
+    let second = TestServer::start_with(site.srv.db_path.clone(), site.srv.tokens.clone(), |c| {
+        c.state_dir = other_state.clone();
+    })
+    .await;
+    let r = site
+        .start_rollout(json!({"image": "v2", "clusters": ["ext"], "pause_after_canary": true,
+            "gate": {"timeout": "60s"}}))
+        .await;
+    let id = r["id"].as_i64().unwrap();
+    let paused = site.rollout_in(id, "paused").await;
+    let driver = paused["driven_by"].as_str().unwrap().to_owned();
+    // Whichever server drives it, the other never did: every step so far has the same lease holder, and
+    // the canary was rebooted once.
+    assert_eq!(site.agent("lb-02").machine().reboots.len(), 1);
+    // Stop the driver; the rollout goes on under the other once its lease expired.
+    let first_id =
+        lbfleet_server::fleet::servers::server_id(site.srv.db_path.parent().unwrap()).unwrap();
+    let second_id = lbfleet_server::fleet::servers::server_id(&other_state).unwrap();
+    assert!(driver == first_id || driver == second_id, "{driver}");
+    let heir = if driver == first_id {
+        let spare = std::mem::replace(&mut site.srv, second);
+        spare.stop().await;
+        second_id
+    } else {
+        second.stop().await;
+        first_id
+    };
+    for (_, a) in &site.agents {
+        a.follow(&site.srv);
+    }
+    let (s, v) = site
+        .srv
+        .post(&format!("/api/v1/rollouts/{id}/resume"), &site.srv.tokens.operator, json!({}))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    until_async("the other server takes the rollout over", WITHIN, POLL, || {
+        let srv = &site.srv;
+        let heir = heir.clone();
+        async move {
+            let (_, r) = srv
+                .get(&format!("/api/v1/rollouts/{id}"), &srv.tokens.viewer)
+                .await;
+            (r["driven_by"].as_str() == Some(heir.as_str()) || r["state"] == "succeeded")
+                .then_some(())
+        }
+    })
+    .await
+    .unwrap();
+    site.rollout_in(id, "succeeded").await;
+    for n in ["lb-01", "lb-02"] {
+        assert_eq!(site.agent(n).machine().reboots.len(), 1, "{n} rebooted once");
+    }
+}
