@@ -38,8 +38,12 @@ async fn a_reboot_request_hands_over_first_then_reboots_once() {
         .put("/api/v1/clusters/ext", &op, cluster_spec(51, "198.18.0.10"))
         .await;
     assert!(s.is_success(), "{v}");
-    srv.post("/api/v1/nodes", &op, json!({"mac": MAC, "hostname": "lb-01"}))
-        .await;
+    srv.post(
+        "/api/v1/nodes",
+        &op,
+        json!({"mac": MAC, "hostname": "lb-01"}),
+    )
+    .await;
     let (s, v) = srv
         .post(
             "/api/v1/nodes/lb-01/assign",
@@ -79,11 +83,18 @@ async fn a_reboot_request_hands_over_first_then_reboots_once() {
     )
     .await
     .unwrap();
-    assert!(machine.0.lock().unwrap().is_empty(), "no reboot for the value it booted with");
+    assert!(
+        machine.0.lock().unwrap().is_empty(),
+        "no reboot for the value it booted with"
+    );
     assert!(!agent.is_finished());
 
     let (s, v) = srv.post("/api/v1/nodes/lb-01/reboot", &op, json!({})).await;
-    assert_eq!((s, v["reboot_generation"].as_i64()), (StatusCode::ACCEPTED, Some(2)), "{v}");
+    assert_eq!(
+        (s, v["reboot_generation"].as_i64()),
+        (StatusCode::ACCEPTED, Some(2)),
+        "{v}"
+    );
     let ended = tokio::time::timeout(Duration::from_secs(20), agent)
         .await
         .expect("the agent loop ends once it asked for the reboot")
@@ -93,7 +104,10 @@ async fn a_reboot_request_hands_over_first_then_reboots_once() {
     assert_eq!(reboots.len(), 1, "{reboots:?}");
     let h = &reboots[0];
     assert!(h.vrrp_was.is_some(), "the role runs VRRP: {h:?}");
-    assert!(h.vrrp_stopped && h.sync_stopped, "handed over before the reboot: {h:?}");
+    assert!(
+        h.vrrp_stopped && h.sync_stopped,
+        "handed over before the reboot: {h:?}"
+    );
     drop(stop_tx);
     let (_, audit) = srv.get("/api/v1/audit?limit=100", &srv.tokens.admin).await;
     let asked: Vec<&serde_json::Value> = audit["entries"]

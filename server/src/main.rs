@@ -353,7 +353,10 @@ async fn rollout_command(cmd: config::cli::RolloutCommand) -> anyhow::Result<Exi
                     "rollout {}: {}{} | {}",
                     v.id,
                     v.state,
-                    v.reason.as_deref().map(|r| format!(" ({r})")).unwrap_or_default(),
+                    v.reason
+                        .as_deref()
+                        .map(|r| format!(" ({r})"))
+                        .unwrap_or_default(),
                     v.steps
                         .iter()
                         .map(|s| format!("{} {}", s.node, s.phase))
@@ -376,7 +379,10 @@ async fn rollout_command(cmd: config::cli::RolloutCommand) -> anyhow::Result<Exi
         }
         R::List { db } => {
             let list = fleet_for(&db).await?.list_rollouts().await?;
-            println!("{:>5}  {:<10} {:<20} {:<12} reason", "id", "state", "image", "current");
+            println!(
+                "{:>5}  {:<10} {:<20} {:<12} reason",
+                "id", "state", "image", "current"
+            );
             for r in list {
                 println!(
                     "{:>5}  {:<10} {:<20} {:<12} {}",
@@ -390,9 +396,24 @@ async fn rollout_command(cmd: config::cli::RolloutCommand) -> anyhow::Result<Exi
             return Ok(ExitCode::SUCCESS);
         }
         R::Show { id, db } => fleet_for(&db).await?.get_rollout(id).await?,
-        R::Pause { id, db } => fleet_for(&db).await?.pause_rollout(&cli_actor(), id).await?,
-        R::Resume { id, db } => fleet_for(&db).await?.resume_rollout(&cli_actor(), id).await?,
-        R::Abort { id, db } => fleet_for(&db).await?.abort_rollout(&cli_actor(), id).await?,
+        R::Pause { id, db } => {
+            fleet_for(&db)
+                .await?
+                .pause_rollout(&cli_actor(), id)
+                .await?
+        }
+        R::Resume { id, db } => {
+            fleet_for(&db)
+                .await?
+                .resume_rollout(&cli_actor(), id)
+                .await?
+        }
+        R::Abort { id, db } => {
+            fleet_for(&db)
+                .await?
+                .abort_rollout(&cli_actor(), id)
+                .await?
+        }
     };
     println!("{}", serde_json::to_string_pretty(&view)?);
     Ok(ExitCode::SUCCESS)

@@ -308,7 +308,10 @@ impl Site {
         std::fs::create_dir_all(&spare_dir).unwrap();
         let spare = TestServer::start(&spare_dir).await;
         let (db, tokens) = std::mem::replace(&mut self.srv, spare).stop().await;
-        let spare = std::mem::replace(&mut self.srv, TestServer::start_with(db, tokens, |_| {}).await);
+        let spare = std::mem::replace(
+            &mut self.srv,
+            TestServer::start_with(db, tokens, |_| {}).await,
+        );
         spare.stop().await;
         for (_, a) in &self.agents {
             a.follow(&self.srv);
@@ -356,7 +359,9 @@ fn phases(r: &Value) -> Vec<(String, String)> {
 }
 
 fn pairs(v: &[(&str, &str)]) -> Vec<(String, String)> {
-    v.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect()
+    v.iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect()
 }
 
 #[tokio::test]
@@ -392,11 +397,17 @@ async fn a_pair_rollout_goes_backup_first_switches_over_and_audits_every_step() 
     assert_eq!(site.node("lb-02").await["role"], "active");
     assert_eq!(site.node("lb-01").await["role"], "backup");
     for n in ["lb-01", "lb-02"] {
-        assert_eq!(site.agent(n).machine().reboots.len(), 1, "{n} rebooted once");
+        assert_eq!(
+            site.agent(n).machine().reboots.len(),
+            1,
+            "{n} rebooted once"
+        );
         assert_eq!(site.node(n).await["image"], "v2");
     }
     let d = site
-        .until("both on v2 in sync", |d| (d["in_sync"] == 2).then(|| d.clone()))
+        .until("both on v2 in sync", |d| {
+            (d["in_sync"] == 2).then(|| d.clone())
+        })
         .await;
     assert_eq!(d["running"], json!([["v2", 2]]), "{d}");
 
@@ -411,7 +422,14 @@ async fn a_pair_rollout_goes_backup_first_switches_over_and_audits_every_step() 
         .collect();
     assert_eq!(
         steps,
-        ["upgrade", "passed", "switchover", "upgrade", "passed", "finished"],
+        [
+            "upgrade",
+            "passed",
+            "switchover",
+            "upgrade",
+            "passed",
+            "finished"
+        ],
         "{audit:#?}"
     );
     assert!(audit.iter().any(|e| e["action"] == "rollout.create"
@@ -428,10 +446,16 @@ async fn a_pair_rollout_goes_backup_first_switches_over_and_audits_every_step() 
         .any(|e| e["action"] == "cluster.switchover" && e["actor"] == target.as_str()));
     let (_, events) = site
         .srv
-        .get("/api/v1/events?kind=rollout&limit=100", &site.srv.tokens.viewer)
+        .get(
+            "/api/v1/events?kind=rollout&limit=100",
+            &site.srv.tokens.viewer,
+        )
         .await;
     let text = events.to_string();
-    assert!(text.contains("lb-02 passed its gate on image v2"), "{events}");
+    assert!(
+        text.contains("lb-02 passed its gate on image v2"),
+        "{events}"
+    );
     assert!(text.contains("succeeded"), "{events}");
 }
 
@@ -471,14 +495,25 @@ async fn a_canary_failing_its_gate_is_rolled_back_and_the_other_node_is_untouche
     // The active was never touched: no reboot, no image, still active, no change in its audit trail.
     assert!(site.agent("lb-01").machine().reboots.is_empty());
     let a = site.node("lb-01").await;
-    assert_eq!((a["image"].clone(), a["role"].clone()), (Value::Null, json!("active")));
+    assert_eq!(
+        (a["image"].clone(), a["role"].clone()),
+        (Value::Null, json!("active"))
+    );
     let touched: Vec<Value> = site
         .audit()
         .await
         .into_iter()
         .filter(|e| e["target"] == "node:lb-01")
-        .filter(|e| !["node.register", "node.enrollment_token", "node.enroll", "node.assign", "node.serving"]
-            .contains(&e["action"].as_str().unwrap_or("")))
+        .filter(|e| {
+            ![
+                "node.register",
+                "node.enrollment_token",
+                "node.enroll",
+                "node.assign",
+                "node.serving",
+            ]
+            .contains(&e["action"].as_str().unwrap_or(""))
+        })
         .collect();
     assert!(touched.is_empty(), "{touched:#?}");
     // The stopped rollout frees its nodes for the next one.
@@ -528,31 +563,57 @@ async fn rollouts_pause_resume_and_abort_and_a_reboot_is_audited_with_who_asked(
     for (body, field) in [
         (json!({"image": "nope", "clusters": ["ext"]}), "image"),
         (json!({"image": "v2"}), "clusters"),
-        (json!({"image": "v2", "clusters": ["ext"], "max_unavailable": 2}), "max_unavailable"),
-        (json!({"image": "v2", "clusters": ["ext"], "gate": {"timeout": "0s"}}), "gate.timeout"),
+        (
+            json!({"image": "v2", "clusters": ["ext"], "max_unavailable": 2}),
+            "max_unavailable",
+        ),
+        (
+            json!({"image": "v2", "clusters": ["ext"], "gate": {"timeout": "0s"}}),
+            "gate.timeout",
+        ),
     ] {
         let (s, v) = srv.post("/api/v1/rollouts", &op, body).await;
         assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
         assert!(v.to_string().contains(field), "{field}: {v}");
     }
     let (s, _) = srv
-        .post("/api/v1/rollouts", &srv.tokens.viewer, json!({"image": "v2", "clusters": ["ext"]}))
+        .post(
+            "/api/v1/rollouts",
+            &srv.tokens.viewer,
+            json!({"image": "v2", "clusters": ["ext"]}),
+        )
         .await;
     assert_eq!(s, StatusCode::FORBIDDEN);
 
     // Paused after the canary: the other node waits until resumed.
     let r = site
-        .start_rollout(json!({"image": "v2", "clusters": ["ext"], "pause_after_canary": true,
-            "gate": {"timeout": "30s"}}))
+        .start_rollout(
+            json!({"image": "v2", "clusters": ["ext"], "pause_after_canary": true,
+            "gate": {"timeout": "30s"}}),
+        )
         .await;
     let id = r["id"].as_i64().unwrap();
     let (s, v) = srv
-        .post("/api/v1/rollouts", &op, json!({"image": "v2", "nodes": ["lb-01"]}))
+        .post(
+            "/api/v1/rollouts",
+            &op,
+            json!({"image": "v2", "nodes": ["lb-01"]}),
+        )
         .await;
-    assert_eq!(s, StatusCode::CONFLICT, "a node in an unfinished rollout: {v}");
+    assert_eq!(
+        s,
+        StatusCode::CONFLICT,
+        "a node in an unfinished rollout: {v}"
+    );
     let paused = site.rollout_in(id, "paused").await;
-    assert!(paused["reason"].as_str().unwrap().contains("canary lb-02 passed"));
-    assert_eq!(phases(&paused), pairs(&[("lb-02", "done"), ("lb-01", "pending")]));
+    assert!(paused["reason"]
+        .as_str()
+        .unwrap()
+        .contains("canary lb-02 passed"));
+    assert_eq!(
+        phases(&paused),
+        pairs(&[("lb-02", "done"), ("lb-01", "pending")])
+    );
     // Several engine ticks later it is still paused and lb-01 untouched.
     let before = site.agent("lb-02").machine();
     until_async("more reports from the agents", WITHIN, POLL, || async {
@@ -566,27 +627,56 @@ async fn rollouts_pause_resume_and_abort_and_a_reboot_is_audited_with_who_asked(
     assert_eq!(still["state"], "paused");
     assert!(site.agent("lb-01").machine().reboots.is_empty());
     assert_eq!(site.agent("lb-02").machine().reboots, before.reboots);
-    let (s, v) = srv.post(&format!("/api/v1/rollouts/{id}/resume"), &op, json!({})).await;
-    assert_eq!((s, v["state"].as_str()), (StatusCode::OK, Some("running")), "{v}");
+    let (s, v) = srv
+        .post(&format!("/api/v1/rollouts/{id}/resume"), &op, json!({}))
+        .await;
+    assert_eq!(
+        (s, v["state"].as_str()),
+        (StatusCode::OK, Some("running")),
+        "{v}"
+    );
     site.rollout_in(id, "succeeded").await;
-    let (s, _) = srv.post(&format!("/api/v1/rollouts/{id}/pause"), &op, json!({})).await;
+    let (s, _) = srv
+        .post(&format!("/api/v1/rollouts/{id}/pause"), &op, json!({}))
+        .await;
     assert_eq!(s, StatusCode::CONFLICT, "a finished rollout cannot pause");
 
     // An operator's pause and abort; an aborted rollout does nothing more and cannot resume.
     let r = site
-        .start_rollout(json!({"image": "v1", "nodes": ["lb-01", "lb-02"], "gate": {"timeout": "30s"}}))
+        .start_rollout(
+            json!({"image": "v1", "nodes": ["lb-01", "lb-02"], "gate": {"timeout": "30s"}}),
+        )
         .await;
     let id2 = r["id"].as_i64().unwrap();
-    let (s, v) = srv.post(&format!("/api/v1/rollouts/{id2}/pause"), &op, json!({})).await;
-    assert_eq!((s, v["state"].as_str()), (StatusCode::OK, Some("paused")), "{v}");
-    let (s, v) = srv.post(&format!("/api/v1/rollouts/{id2}/abort"), &op, json!({})).await;
-    assert_eq!((s, v["state"].as_str()), (StatusCode::OK, Some("aborted")), "{v}");
+    let (s, v) = srv
+        .post(&format!("/api/v1/rollouts/{id2}/pause"), &op, json!({}))
+        .await;
+    assert_eq!(
+        (s, v["state"].as_str()),
+        (StatusCode::OK, Some("paused")),
+        "{v}"
+    );
+    let (s, v) = srv
+        .post(&format!("/api/v1/rollouts/{id2}/abort"), &op, json!({}))
+        .await;
+    assert_eq!(
+        (s, v["state"].as_str()),
+        (StatusCode::OK, Some("aborted")),
+        "{v}"
+    );
     assert_eq!(v["reason"], "aborted by oper");
-    let (s, _) = srv.post(&format!("/api/v1/rollouts/{id2}/resume"), &op, json!({})).await;
+    let (s, _) = srv
+        .post(&format!("/api/v1/rollouts/{id2}/resume"), &op, json!({}))
+        .await;
     assert_eq!(s, StatusCode::CONFLICT);
     let audit = site.audit().await;
     for action in ["rollout.pause", "rollout.abort", "rollout.resume"] {
-        assert!(audit.iter().any(|e| e["action"] == action && e["actor"] == "oper"), "{action}");
+        assert!(
+            audit
+                .iter()
+                .any(|e| e["action"] == action && e["actor"] == "oper"),
+            "{action}"
+        );
     }
     let (_, list) = srv.get("/api/v1/rollouts", &srv.tokens.viewer).await;
     assert_eq!(list["rollouts"][0]["id"], id2);
@@ -604,7 +694,9 @@ async fn rollouts_pause_resume_and_abort_and_a_reboot_is_audited_with_who_asked(
         .audit()
         .await
         .iter()
-        .any(|e| e["action"] == "node.reboot" && e["actor"] == "oper" && e["target"] == "node:lb-01"));
+        .any(|e| e["action"] == "node.reboot"
+            && e["actor"] == "oper"
+            && e["target"] == "node:lb-01"));
     let (s, _) = srv
         .post("/api/v1/nodes/lb-01/reboot", &srv.tokens.viewer, json!({}))
         .await;
@@ -641,7 +733,13 @@ impl Dashboard {
     }
 
     /// Posts a form with the CSRF token of `from`; the redirect's target.
-    async fn post(&self, srv: &TestServer, from: &str, path: &str, form: &[(&str, &str)]) -> String {
+    async fn post(
+        &self,
+        srv: &TestServer,
+        from: &str,
+        path: &str,
+        form: &[(&str, &str)],
+    ) -> String {
         let html = self.page(srv, from).await;
         let at = html.find("name=\"csrf\" value=\"").unwrap() + "name=\"csrf\" value=\"".len();
         let csrf = html[at..].split('"').next().unwrap().to_owned();
@@ -706,7 +804,11 @@ async fn the_dashboard_starts_watches_and_aborts_a_rollout_shows_drift_and_reboo
 
     // lb-01 should boot v2 but still runs v1: drift on its page and the overview, and an alert.
     let (s, v) = srv
-        .put("/api/v1/nodes/lb-01/image", &srv.tokens.operator, json!({"image": "v2"}))
+        .put(
+            "/api/v1/nodes/lb-01/image",
+            &srv.tokens.operator,
+            json!({"image": "v2"}),
+        )
         .await;
     assert_eq!(s, StatusCode::OK, "{v}");
     let node = web.page(srv, "/nodes/lb-01").await;
@@ -720,16 +822,25 @@ async fn the_dashboard_starts_watches_and_aborts_a_rollout_shows_drift_and_reboo
         .await
         .contains("<span class=\"num\">1</span> drifted"));
     let (_, alerts) = srv.get("/api/v1/alerts", &srv.tokens.viewer).await;
-    assert!(alerts.to_string().contains("node lb-01 runs image v1, should run v2"), "{alerts}");
+    assert!(
+        alerts
+            .to_string()
+            .contains("node lb-01 runs image v1, should run v2"),
+        "{alerts}"
+    );
     // The reboot button: the node hands over, reboots into v2, the drift is gone.
-    web.post(srv, "/nodes/lb-01", "/nodes/lb-01/reboot", &[]).await;
+    web.post(srv, "/nodes/lb-01", "/nodes/lb-01/reboot", &[])
+        .await;
     site.until("lb-01 on v2", |d| {
         (d["in_sync"] == 2 && d["running"] == json!([["v2", 2]])).then_some(())
     })
     .await;
     // Viewers see rollouts but no start form.
     let viewer = Dashboard::login(srv, "view").await;
-    assert!(!viewer.page(srv, "/rollouts").await.contains("id=\"rollout-start\""));
+    assert!(!viewer
+        .page(srv, "/rollouts")
+        .await
+        .contains("id=\"rollout-start\""));
 }
 
 #[tokio::test]
@@ -738,7 +849,16 @@ async fn the_cli_starts_a_rollout_waits_for_it_and_lists_it() {
     let db = db_url(&site.srv.db_path);
     let bin = env!("CARGO_BIN_EXE_lbfleet-server");
     let out = tokio::process::Command::new(bin)
-        .args(["rollout", "start", "v2", "--cluster", "ext", "--gate-timeout", "30s", "--wait"])
+        .args([
+            "rollout",
+            "start",
+            "v2",
+            "--cluster",
+            "ext",
+            "--gate-timeout",
+            "30s",
+            "--wait",
+        ])
         .args(["--database", &db])
         .env("USER", "carol")
         .kill_on_drop(true)
@@ -748,23 +868,33 @@ async fn the_cli_starts_a_rollout_waits_for_it_and_lists_it() {
     assert!(out.status.success(), "{stderr}");
     let started: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(started["created_by"], "cli:carol");
-    assert!(stderr.contains("succeeded | lb-02 done, lb-01 done"), "{stderr}");
+    assert!(
+        stderr.contains("succeeded | lb-02 done, lb-01 done"),
+        "{stderr}"
+    );
     let out = std::process::Command::new(bin)
         .args(["rollout", "list", "--database", &db])
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success() && text.contains("succeeded") && text.contains("v2"), "{text}");
+    assert!(
+        out.status.success() && text.contains("succeeded") && text.contains("v2"),
+        "{text}"
+    );
     let out = std::process::Command::new(bin)
         .args(["rollout", "abort", "1", "--database", &db])
         .output()
         .unwrap();
-    assert!(!out.status.success(), "a finished rollout cannot be aborted");
+    assert!(
+        !out.status.success(),
+        "a finished rollout cannot be aborted"
+    );
     assert!(String::from_utf8_lossy(&out.stderr).contains("succeeded"));
 }
 
 #[tokio::test]
-async fn with_two_servers_on_one_database_one_drives_a_rollout_and_the_other_takes_over_when_it_stops() {
+async fn with_two_servers_on_one_database_one_drives_a_rollout_and_the_other_takes_over_when_it_stops(
+) {
     let mut site = Site::start().await;
     // A second server on the same database, with a state directory (server id) of its own.
     let other_state = site._dir.path().join("second");
@@ -774,8 +904,10 @@ async fn with_two_servers_on_one_database_one_drives_a_rollout_and_the_other_tak
     })
     .await;
     let r = site
-        .start_rollout(json!({"image": "v2", "clusters": ["ext"], "pause_after_canary": true,
-            "gate": {"timeout": "60s"}}))
+        .start_rollout(
+            json!({"image": "v2", "clusters": ["ext"], "pause_after_canary": true,
+            "gate": {"timeout": "60s"}}),
+        )
         .await;
     let id = r["id"].as_i64().unwrap();
     let paused = site.rollout_in(id, "paused").await;
@@ -801,24 +933,37 @@ async fn with_two_servers_on_one_database_one_drives_a_rollout_and_the_other_tak
     }
     let (s, v) = site
         .srv
-        .post(&format!("/api/v1/rollouts/{id}/resume"), &site.srv.tokens.operator, json!({}))
+        .post(
+            &format!("/api/v1/rollouts/{id}/resume"),
+            &site.srv.tokens.operator,
+            json!({}),
+        )
         .await;
     assert_eq!(s, StatusCode::OK, "{v}");
-    until_async("the other server takes the rollout over", WITHIN, POLL, || {
-        let srv = &site.srv;
-        let heir = heir.clone();
-        async move {
-            let (_, r) = srv
-                .get(&format!("/api/v1/rollouts/{id}"), &srv.tokens.viewer)
-                .await;
-            (r["driven_by"].as_str() == Some(heir.as_str()) || r["state"] == "succeeded")
-                .then_some(())
-        }
-    })
+    until_async(
+        "the other server takes the rollout over",
+        WITHIN,
+        POLL,
+        || {
+            let srv = &site.srv;
+            let heir = heir.clone();
+            async move {
+                let (_, r) = srv
+                    .get(&format!("/api/v1/rollouts/{id}"), &srv.tokens.viewer)
+                    .await;
+                (r["driven_by"].as_str() == Some(heir.as_str()) || r["state"] == "succeeded")
+                    .then_some(())
+            }
+        },
+    )
     .await
     .unwrap();
     site.rollout_in(id, "succeeded").await;
     for n in ["lb-01", "lb-02"] {
-        assert_eq!(site.agent(n).machine().reboots.len(), 1, "{n} rebooted once");
+        assert_eq!(
+            site.agent(n).machine().reboots.len(),
+            1,
+            "{n} rebooted once"
+        );
     }
 }

@@ -393,7 +393,10 @@ impl Daemon {
                 if let Some(machine) = self.config.machine.clone() {
                     let g = role.reboot_generation;
                     if self.reboot_watch.asks_reboot(g) {
-                        info!(reboot_generation = g, "the server asks for a reboot: handing over first");
+                        info!(
+                            reboot_generation = g,
+                            "the server asks for a reboot: handing over first"
+                        );
                         match self.hand_over_and_reboot(machine.as_ref()).await {
                             Ok(()) => {
                                 self.rebooting = true;

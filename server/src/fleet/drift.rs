@@ -59,7 +59,9 @@ pub(super) fn node_drift(row: &NodeRow, images: &[ImageRow], now: i64) -> Option
         Some(name) => images.iter().find(|i| &i.name == name),
         None => images.iter().find(|i| i.is_default),
     };
-    let desired_image = desired.map(|i| i.name.clone()).or_else(|| row.image.clone());
+    let desired_image = desired
+        .map(|i| i.name.clone())
+        .or_else(|| row.image.clone());
     let desired_agent_version = desired.and_then(|i| i.agent_version.clone());
     let state = match (&desired_image, &row.image_version) {
         (Some(want), Some(have)) if reporting(now, row) => {

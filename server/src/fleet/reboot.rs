@@ -72,7 +72,12 @@ impl Fleet {
         .await?;
         store::commit(tx).await?;
         self.notifier.announce(&bumped);
-        tracing::info!(node = name, actor = actor.0, reboot_generation = reboot, "reboot requested");
+        tracing::info!(
+            node = name,
+            actor = actor.0,
+            reboot_generation = reboot,
+            "reboot requested"
+        );
         Ok(RebootRequest {
             node: name,
             node_id: row.id,
@@ -106,7 +111,10 @@ mod tests {
         assert_eq!(r.reboot_generation, 1);
         assert!(r.role_generation as i64 > before.role_generation);
         let doc = f.role_document(before.id).await.expect("role");
-        assert_eq!((doc.reboot_generation, doc.generation), (1, r.role_generation));
+        assert_eq!(
+            (doc.reboot_generation, doc.generation),
+            (1, r.role_generation)
+        );
         let r2 = f.reboot_node(&admin(), &a, None).await.expect("again");
         assert_eq!(r2.reboot_generation, 2);
         let audit = f

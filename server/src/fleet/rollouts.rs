@@ -14,7 +14,7 @@ use serde_json::json;
 
 use lbfleet_proto::{wire_enum, NodeState, Role};
 
-use super::{rules::FieldErrors, Actor, Fleet, FleetError, FieldError, Result};
+use super::{rules::FieldErrors, Actor, FieldError, Fleet, FleetError, Result};
 use crate::audit::AuditAction;
 use crate::store::events::EventKind;
 use crate::store::{self, rollouts::RolloutRow, StoreError};
@@ -196,7 +196,10 @@ pub struct RolloutView {
 impl RolloutView {
     pub(super) fn from_row(row: RolloutRow) -> Result<RolloutView> {
         let corrupt = |what: &str, e: String| {
-            FleetError::Store(StoreError::Corrupt(format!("rollout {} {what}: {e}", row.id)))
+            FleetError::Store(StoreError::Corrupt(format!(
+                "rollout {} {what}: {e}",
+                row.id
+            )))
         };
         let state: RolloutState = row
             .state
@@ -317,7 +320,10 @@ impl Fleet {
         let mut named: Vec<(Option<String>, store::nodes::NodeRow)> = Vec::new();
         for key in &req.nodes {
             let row = Self::node_in(&mut tx, &super::node_key(key)).await?;
-            if !matches!(row.state, NodeState::Assigned | NodeState::Serving | NodeState::Ready) {
+            if !matches!(
+                row.state,
+                NodeState::Assigned | NodeState::Serving | NodeState::Ready
+            ) {
                 return Err(FleetError::Conflict(format!(
                     "node {} is {}: only ready, assigned or serving nodes can be upgraded",
                     row.name(),
@@ -333,8 +339,11 @@ impl Fleet {
             }
         }
         for g in &groups {
-            let mut rows: Vec<&store::nodes::NodeRow> =
-                named.iter().filter(|(c, _)| c == g).map(|(_, r)| r).collect();
+            let mut rows: Vec<&store::nodes::NodeRow> = named
+                .iter()
+                .filter(|(c, _)| c == g)
+                .map(|(_, r)| r)
+                .collect();
             rows.sort_by_key(|r| {
                 (
                     r.role.as_deref() == Some(Role::Active.as_str()),
@@ -352,9 +361,15 @@ impl Fleet {
         let canary_at = match &req.canary {
             Some(key) => {
                 let row = Self::node_in(&mut tx, &super::node_key(key)).await?;
-                steps.iter().position(|s| s.node_id == row.id).ok_or_else(|| {
-                    FieldError::new("canary", format!("node {} is not in this rollout", row.name()))
-                })?
+                steps
+                    .iter()
+                    .position(|s| s.node_id == row.id)
+                    .ok_or_else(|| {
+                        FieldError::new(
+                            "canary",
+                            format!("node {} is not in this rollout", row.name()),
+                        )
+                    })?
             }
             None => 0,
         };
@@ -383,7 +398,8 @@ impl Fleet {
         let spec = serde_json::to_string(&req).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let progress_json =
             serde_json::to_string(&progress).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        let id = store::rollouts::insert(&mut tx, &req.image, &spec, &progress_json, &actor.0).await?;
+        let id =
+            store::rollouts::insert(&mut tx, &req.image, &spec, &progress_json, &actor.0).await?;
         let order: Vec<&str> = progress.steps.iter().map(|s| s.node.as_str()).collect();
         store::audit::append(
             &mut tx,
@@ -535,7 +551,10 @@ mod tests {
             serde_json::from_value(json!({"image": "v2", "nodes": ["x"], "gate": {"timeout": 5}}))
                 .expect("parse");
         assert_eq!(r.gate.timeout.0, Duration::from_secs(5));
-        assert_eq!(serde_json::to_value(r.gate.timeout).expect("ser"), json!("5s"));
+        assert_eq!(
+            serde_json::to_value(r.gate.timeout).expect("ser"),
+            json!("5s")
+        );
         assert!(serde_json::from_value::<RolloutRequest>(
             json!({"image": "v2", "nodes": ["x"], "gate": {"timeout": "soon"}})
         )
@@ -553,6 +572,9 @@ mod tests {
             .into_iter()
             .map(|e| e.field)
             .collect();
-        assert_eq!(fields, ["image", "clusters", "max_unavailable", "gate.timeout"]);
+        assert_eq!(
+            fields,
+            ["image", "clusters", "max_unavailable", "gate.timeout"]
+        );
     }
 }

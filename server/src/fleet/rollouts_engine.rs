@@ -116,10 +116,7 @@ pub(super) fn gate_missing(
     if let Some(r) = report {
         let up_ms = i64::try_from(r.uptime_s.saturating_mul(1000)).unwrap_or(i64::MAX);
         if up_ms > now - since {
-            missing.push(format!(
-                "has not rebooted (agent up {} s)",
-                r.uptime_s
-            ));
+            missing.push(format!("has not rebooted (agent up {} s)", r.uptime_s));
         }
     }
     if row.cluster.is_some() && row.state != NodeState::Serving {
@@ -221,7 +218,8 @@ impl Fleet {
                 state: Some((RolloutState::Succeeded, None)),
                 step: Some(("finished", msg, json!({}))),
             };
-            self.save_decision(owner, id, state, &progress, None, d).await?;
+            self.save_decision(owner, id, state, &progress, None, d)
+                .await?;
             let mut tx = self.store.begin().await?;
             store::rollouts::release(&mut tx, id, owner).await?;
             store::commit(tx).await?;
@@ -272,8 +270,15 @@ impl Fleet {
         }
         let node_id = progress.steps[i].node_id;
         let cluster = progress.steps[i].cluster.clone();
-        self.save_decision(owner, id, state, &progress, Some((node_id, cluster)), decision)
-            .await
+        self.save_decision(
+            owner,
+            id,
+            state,
+            &progress,
+            Some((node_id, cluster)),
+            decision,
+        )
+        .await
     }
 
     /// Writes the progress, the new state and the step's audit row and event in one transaction, only while
@@ -380,9 +385,7 @@ impl Fleet {
             (row, members)
         };
         let since = *step.since.get_or_insert(now);
-        if row.image_version.as_deref() == Some(req.image.as_str())
-            && available(now, &row)
-        {
+        if row.image_version.as_deref() == Some(req.image.as_str()) && available(now, &row) {
             if row.image.as_deref() != Some(req.image.as_str()) {
                 self.set_node_image(actor, &NodeKey::Id(row.id), Some(req.image.clone()))
                     .await?;
@@ -678,7 +681,14 @@ mod tests {
             ["no report since the reboot request"]
         );
         let old = row(Some(120_000), Some("v1"), NodeState::Assigned, 9);
-        let m = gate_missing(&old, Some(&report(3600, &[true, false])), "v2", since, &gate, now);
+        let m = gate_missing(
+            &old,
+            Some(&report(3600, &[true, false])),
+            "v2",
+            since,
+            &gate,
+            now,
+        );
         assert_eq!(m.len(), 5, "{m:?}");
         assert!(m[0].contains("runs image v1"));
         assert!(m[1].contains("has not rebooted"));
@@ -686,7 +696,15 @@ mod tests {
         assert!(m[3].contains("applied generation 9 of 10"));
         assert!(m[4].contains("checks down: 198.18.2.2:80"));
         let good = row(Some(120_000), Some("v2"), NodeState::Serving, 10);
-        assert!(gate_missing(&good, Some(&report(5, &[true, true])), "v2", since, &gate, now).is_empty());
+        assert!(gate_missing(
+            &good,
+            Some(&report(5, &[true, true])),
+            "v2",
+            since,
+            &gate,
+            now
+        )
+        .is_empty());
         // Checks and sync are the gate's to require.
         let lax = Gate {
             checks_up: false,
@@ -694,7 +712,9 @@ mod tests {
             ..Gate::default()
         };
         let behind = row(Some(120_000), Some("v2"), NodeState::Serving, 9);
-        assert!(gate_missing(&behind, Some(&report(5, &[false])), "v2", since, &lax, now).is_empty());
+        assert!(
+            gate_missing(&behind, Some(&report(5, &[false])), "v2", since, &lax, now).is_empty()
+        );
         assert_eq!(
             gate_missing(&behind, Some(&report(5, &[false])), "v2", since, &gate, now).len(),
             2

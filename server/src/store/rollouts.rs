@@ -21,7 +21,8 @@ pub struct RolloutRow {
     pub lease_until: Option<i64>,
 }
 
-const COLUMNS: &str = "id, image, state, spec, progress, reason, created_by, created_at, updated_at, \
+const COLUMNS: &str =
+    "id, image, state, spec, progress, reason, created_by, created_at, updated_at, \
                        lease_owner, lease_until";
 
 pub async fn insert(

@@ -104,7 +104,13 @@ async fn list(
     user: WebUser,
     headers: HeaderMap,
 ) -> Result<Response, WebError> {
-    let rollouts = s.fleet.list_rollouts().await?.into_iter().map(row).collect();
+    let rollouts = s
+        .fleet
+        .list_rollouts()
+        .await?
+        .into_iter()
+        .map(row)
+        .collect();
     let images = s
         .fleet
         .list_images()
@@ -225,7 +231,10 @@ struct Empty {}
 async fn act(
     State(s): State<AppState>,
     Path((id, action)): Path<(i64, String)>,
-    Posted { user, form: Empty {} }: Posted<Empty>,
+    Posted {
+        user,
+        form: Empty {},
+    }: Posted<Empty>,
 ) -> Result<Response, WebError> {
     user.require(UserRole::Operator)?;
     let actor = user.actor();
@@ -233,7 +242,9 @@ async fn act(
         "pause" => s.fleet.pause_rollout(&actor, id).await,
         "resume" => s.fleet.resume_rollout(&actor, id).await,
         "abort" => s.fleet.abort_rollout(&actor, id).await,
-        _ => Err(FleetError::NotFound(format!("no rollout action {action:?}"))),
+        _ => Err(FleetError::NotFound(format!(
+            "no rollout action {action:?}"
+        ))),
     };
     let back = format!("/rollouts/{id}");
     match r {
@@ -251,11 +262,18 @@ async fn act(
 async fn reboot(
     State(s): State<AppState>,
     Path(id): Path<String>,
-    Posted { user, form: Empty {} }: Posted<Empty>,
+    Posted {
+        user,
+        form: Empty {},
+    }: Posted<Empty>,
 ) -> Result<Response, WebError> {
     user.require(UserRole::Operator)?;
     let back = format!("/nodes/{id}");
-    match s.fleet.reboot_node(&user.actor(), &node_key(&id), None).await {
+    match s
+        .fleet
+        .reboot_node(&user.actor(), &node_key(&id), None)
+        .await
+    {
         Ok(r) => Ok(redirect_with(
             &back,
             true,
