@@ -4,6 +4,8 @@
 //! boot) and reports what it applied, its image and its health checks. An image named in `BadImages` boots
 //! but its health checks fail (a broken build).
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::collections::HashSet;

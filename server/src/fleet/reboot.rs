@@ -95,6 +95,55 @@ mod tests {
     use super::*;
 
     #[tokio::test]
+    async fn the_reenrollment_after_a_requested_reboot_raises_no_alert_but_a_second_one_does() {
+        use super::super::testing::ready_node;
+        use super::super::AlertKind;
+        let (f, _dir) = fleet().await;
+        let key = ready_node(&f, 7).await;
+        let enroll = |token: String| -> lbfleet_proto::EnrollRequest {
+            serde_json::from_value(serde_json::json!({"token": token, "mac": "52:54:00:00:00:07"}))
+                .expect("enroll request")
+        };
+        async fn reenrolled(f: &Fleet) -> usize {
+            f.alerts()
+                .await
+                .expect("alerts")
+                .into_iter()
+                .filter(|a| a.kind == AlertKind::Reenrolled)
+                .count()
+        }
+        let t = f
+            .issue_enrollment_token(&admin(), &key)
+            .await
+            .expect("token");
+        f.enroll(&enroll(t.token)).await.expect("enroll");
+        let node_id = f.get_node(&key).await.expect("node").id;
+        f.report(node_id, &lbfleet_proto::AgentReport::default())
+            .await
+            .expect("report");
+        // The server asked for the reboot: the node coming back with a fresh token is expected.
+        f.reboot_node(&admin(), &key, None).await.expect("reboot");
+        let t = f
+            .issue_enrollment_token(&admin(), &key)
+            .await
+            .expect("token");
+        f.enroll(&enroll(t.token))
+            .await
+            .expect("enroll after the reboot");
+        assert_eq!(reenrolled(&f).await, 0, "a requested reboot is no takeover");
+        // Once only: another re-enrollment while the agent is alive still alerts.
+        f.report(node_id, &lbfleet_proto::AgentReport::default())
+            .await
+            .expect("report");
+        let t = f
+            .issue_enrollment_token(&admin(), &key)
+            .await
+            .expect("token");
+        f.enroll(&enroll(t.token)).await.expect("enroll again");
+        assert_eq!(reenrolled(&f).await, 1);
+    }
+
+    #[tokio::test]
     async fn a_reboot_request_raises_both_generations_and_reaches_the_role_document() {
         let (f, _dir) = fleet().await;
         f.put_cluster(&admin(), "ext", &spec(51, "198.18.0.10"))

@@ -633,6 +633,7 @@ mod tests {
             role: Some("backup".into()),
             priority: Some(100),
             reboot_generation: 1,
+            reboot_requested_at: None,
         }
     }
 
