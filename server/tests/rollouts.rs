@@ -874,19 +874,23 @@ async fn the_cli_starts_a_rollout_waits_for_it_and_lists_it() {
         stderr.contains("succeeded | lb-02 done, lb-01 done"),
         "{stderr}"
     );
-    let out = std::process::Command::new(bin)
+    // tokio's process API: a blocking wait would stall the server under test (same runtime), which may hold
+    // a row lock the command waits for.
+    let out = tokio::process::Command::new(bin)
         .args(["rollout", "list", "--database", &db])
-        .output()
-        .unwrap();
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(WITHIN, out).await.unwrap().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success() && text.contains("succeeded") && text.contains("v2"),
         "{text}"
     );
-    let out = std::process::Command::new(bin)
+    let out = tokio::process::Command::new(bin)
         .args(["rollout", "abort", "1", "--database", &db])
-        .output()
-        .unwrap();
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(WITHIN, out).await.unwrap().unwrap();
     assert!(
         !out.status.success(),
         "a finished rollout cannot be aborted"
