@@ -23,7 +23,9 @@ component=(
   lbfleet-server:healthz lbfleet-server:boot_cache lbfleet-server:servers lbfleet-server:keepalived_import
   lbfleet-server:traffic
   lbfleet-server:liveness
+  lbfleet-server:rollouts
   lbfleet-agent:cli lbfleet-agent:role_limit lbfleet-agent:server_mode lbfleet-agent:failover
+  lbfleet-agent:reboot
 )
 # package:test-file of the tests that need PostgreSQL whatever the backend (several servers on one database): run
 # in full mode with the component tier's PostgreSQL pass.

@@ -65,6 +65,7 @@ async fn main() {
         ..HealthCheck::of_kind(CheckKind::Http)
     };
     let role = RoleDocument {
+        reboot_generation: 0,
         generation: 1,
         node: "scale".into(),
         cluster: None,

@@ -11,6 +11,7 @@ use std::time::Instant;
 
 fn role(services: usize, dests: usize, generation: u64) -> RoleDocument {
     RoleDocument {
+        reboot_generation: 0,
         generation,
         node: "bench".into(),
         cluster: None,

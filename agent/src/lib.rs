@@ -7,6 +7,7 @@ pub mod health;
 pub mod ipvs;
 pub mod netlink;
 pub mod pin;
+pub mod reboot;
 pub mod reconcile;
 pub mod rtnl;
 pub mod state;

@@ -257,6 +257,7 @@ async fn run_server_mode(
             .and_then(|t| t.lines().next().map(|l| l.trim().to_owned()))
             .filter(|v| !v.is_empty())
     });
+    config.machine = Some(std::sync::Arc::new(lbfleet_agent::reboot::SystemMachine));
     let applier: Box<dyn Applier> = Box::new(NetlinkApplier::new());
     daemon::run(config, applier, async {
         let mut term =

@@ -244,6 +244,7 @@ mod tests {
         assert!(state.load_role().unwrap().is_none());
         assert!(state.load_credential().unwrap().is_none());
         let role = RoleDocument {
+            reboot_generation: 0,
             generation: 3,
             node: "lb-01".into(),
             cluster: None,

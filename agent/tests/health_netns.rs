@@ -67,6 +67,7 @@ fn fast(kind: CheckKind) -> HealthCheck {
 
 fn role_with(services: Vec<(u16, HealthCheck, &str, u16)>) -> RoleDocument {
     RoleDocument {
+        reboot_generation: 0,
         generation: 1,
         node: "lb-test".into(),
         cluster: None,

@@ -63,6 +63,7 @@ fn server(i: usize) -> (String, u16) {
 /// Services of 100 real servers each on 198.18.0.10, ports 80...
 fn role(servers: &[(String, u16, u32)], per_service: usize) -> RoleDocument {
     RoleDocument {
+        reboot_generation: 0,
         generation: 1,
         node: "bench".into(),
         cluster: None,

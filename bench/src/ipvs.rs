@@ -35,6 +35,7 @@ struct Args {
 /// Service `i`: VIP 198.18.0.10-.59, port 80.. ; destinations 198.18.2.1.. with a per-service port.
 fn role(services: usize, dests: usize, generation: u64) -> RoleDocument {
     RoleDocument {
+        reboot_generation: 0,
         generation,
         node: "bench".into(),
         cluster: None,

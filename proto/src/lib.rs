@@ -490,6 +490,15 @@ pub struct RoleDocument {
     pub role: Option<Role>,
     pub vrrp: Option<VrrpConfig>,
     pub services: Vec<VirtualService>,
+    /// Remote reboot: an agent that sees this above the value it first saw since it booted hands over (as
+    /// VRRP master: a priority-0 advert) and reboots the machine. Only grows; 0 (omitted) from servers that
+    /// predate remote reboot.
+    #[serde(default, skip_serializing_if = "is_zero_u64")]
+    pub reboot_generation: u64,
+}
+
+fn is_zero_u64(n: &u64) -> bool {
+    *n == 0
 }
 
 #[cfg(test)]

@@ -26,6 +26,9 @@ wire_enum!(
         TokenCreate => "token.create", TokenRevoke => "token.revoke",
         AlertAcknowledge => "alert.acknowledge",
         ServerRemove => "server.remove",
+        NodeReboot => "node.reboot",
+        RolloutCreate => "rollout.create", RolloutStep => "rollout.step", RolloutPause => "rollout.pause",
+        RolloutResume => "rollout.resume", RolloutAbort => "rollout.abort",
     }
 );
 

@@ -294,6 +294,11 @@ pub async fn run_listeners(
     let identity = server_identity(&config, server_id.clone(), addr, boot_addr);
     tracing::info!(id = identity.id, name = identity.name, management_url = identity.management_url,
         boot_url = ?identity.boot_url, "registering in the control plane");
+    tasks.spawn(fleet::rollouts_engine::run(
+        fleet.clone(),
+        server_id.clone(),
+        stop_rx.clone(),
+    ));
     config.server_id = Some(server_id);
     tasks.spawn(fleet::servers::run_registry(
         fleet.clone(),

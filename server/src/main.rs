@@ -293,6 +293,10 @@ async fn main_inner(cli: Cli) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::from(2));
             }
         }
+        Command::Rollout(cmd) => {
+            init_tracing(LogFormat::Text);
+            return rollout_command(cmd).await;
+        }
         Command::Audit(AuditCommand::Verify { db }) => {
             init_tracing(LogFormat::Text);
             let fleet = fleet_for(&db).await?;
@@ -303,6 +307,115 @@ async fn main_inner(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `lbfleet-server rollout ...`: the same `Fleet` calls as the API, audited as `cli:USER`.
+async fn rollout_command(cmd: config::cli::RolloutCommand) -> anyhow::Result<ExitCode> {
+    use config::cli::RolloutCommand as R;
+    use lbfleet_server::fleet::rollouts::{Gate, GateTimeout, RolloutRequest, RolloutState};
+    let view = match cmd {
+        R::Start {
+            image,
+            clusters,
+            nodes,
+            canary,
+            pause_after_canary,
+            gate_timeout,
+            no_checks_up,
+            no_in_sync,
+            wait,
+            db,
+        } => {
+            let fleet = fleet_for(&db).await?;
+            let req = RolloutRequest {
+                image,
+                clusters,
+                nodes,
+                canary,
+                pause_after_canary,
+                max_unavailable: 1,
+                gate: Gate {
+                    timeout: GateTimeout(gate_timeout),
+                    checks_up: !no_checks_up,
+                    in_sync: !no_in_sync,
+                },
+            };
+            let v = fleet.create_rollout(&cli_actor(), req).await?;
+            println!("{}", serde_json::to_string_pretty(&v)?);
+            if !wait {
+                return Ok(ExitCode::SUCCESS);
+            }
+            let mut last = String::new();
+            loop {
+                let v = fleet.get_rollout(v.id).await?;
+                let line = format!(
+                    "rollout {}: {}{} | {}",
+                    v.id,
+                    v.state,
+                    v.reason
+                        .as_deref()
+                        .map(|r| format!(" ({r})"))
+                        .unwrap_or_default(),
+                    v.steps
+                        .iter()
+                        .map(|s| format!("{} {}", s.node, s.phase))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+                if line != last {
+                    eprintln!("{line}");
+                    last = line;
+                }
+                if !v.state.unfinished() {
+                    return Ok(if v.state == RolloutState::Succeeded {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::FAILURE
+                    });
+                }
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+        }
+        R::List { db } => {
+            let list = fleet_for(&db).await?.list_rollouts().await?;
+            println!(
+                "{:>5}  {:<10} {:<20} {:<12} reason",
+                "id", "state", "image", "current"
+            );
+            for r in list {
+                println!(
+                    "{:>5}  {:<10} {:<20} {:<12} {}",
+                    r.id,
+                    r.state,
+                    r.image,
+                    r.current.as_deref().unwrap_or("-"),
+                    r.reason.as_deref().unwrap_or("")
+                );
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        R::Show { id, db } => fleet_for(&db).await?.get_rollout(id).await?,
+        R::Pause { id, db } => {
+            fleet_for(&db)
+                .await?
+                .pause_rollout(&cli_actor(), id)
+                .await?
+        }
+        R::Resume { id, db } => {
+            fleet_for(&db)
+                .await?
+                .resume_rollout(&cli_actor(), id)
+                .await?
+        }
+        R::Abort { id, db } => {
+            fleet_for(&db)
+                .await?
+                .abort_rollout(&cli_actor(), id)
+                .await?
+        }
+    };
+    println!("{}", serde_json::to_string_pretty(&view)?);
     Ok(ExitCode::SUCCESS)
 }
 

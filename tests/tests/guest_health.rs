@@ -55,6 +55,7 @@ fn role() -> RoleDocument {
         ..check()
     };
     RoleDocument {
+        reboot_generation: 0,
         generation: 1,
         node: "lb-01".into(),
         cluster: Some("ext".into()),

@@ -52,6 +52,7 @@ fn vs(
 /// Several services: NAT and DR, rr/wrr/mh/sh, persistence with a netmask, a tunnel.
 fn role1() -> RoleDocument {
     RoleDocument {
+        reboot_generation: 0,
         generation: 1,
         node: "lb-01".into(),
         cluster: Some("ext".into()),

@@ -185,6 +185,7 @@ fn imported(name: &str, text: &str) -> ClusterSpec {
 /// compares the IPVS table, which keepalived's checkers program whatever the VRRP state.
 fn role(name: &str, spec: &ClusterSpec) -> RoleDocument {
     RoleDocument {
+        reboot_generation: 0,
         generation: 1,
         node: "lb1".into(),
         cluster: Some(name.into()),

@@ -17,6 +17,7 @@ use lbfleet_tests::guest::{self, Initramfs, Section, SharedGuest};
 
 fn role(generation: u64, w1: u32, second_enabled: bool) -> RoleDocument {
     RoleDocument {
+        reboot_generation: 0,
         generation,
         node: "lb-01".into(),
         cluster: Some("ext".into()),

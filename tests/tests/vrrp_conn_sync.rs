@@ -43,6 +43,7 @@ const AFTER_FAILOVER: usize = 20;
 
 fn role(node: &str, priority: u8, sync: bool) -> RoleDocument {
     RoleDocument {
+        reboot_generation: 0,
         generation: 1,
         node: node.into(),
         cluster: Some("ext".into()),

@@ -92,6 +92,7 @@ pub async fn apply_file(
             health,
             priority_observer: None,
             health_outbox: None,
+            machine: None,
         },
         applier,
         events_tx,

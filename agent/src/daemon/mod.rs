@@ -21,6 +21,7 @@ use crate::client::ClientError;
 use crate::health::{HealthChecks, HealthConfig, PrioritySink, PrioritySinks};
 use crate::ipvs::codec::{SyncDaemon, SyncState};
 use crate::ipvs::IpvsSocket;
+use crate::reboot::{self, HandOver, Machine, RebootError, RebootWatch};
 use crate::reconcile::{self, Applier, ApplyError, ReconcileOutcome, Reconciler};
 use crate::state::{StateDir, StateError};
 use crate::status;
@@ -124,6 +125,9 @@ pub(crate) struct LoopConfig {
     pub priority_observer: Option<Arc<dyn PrioritySink>>,
     /// Health transitions waiting for the reporter (server mode).
     pub health_outbox: Option<HealthOutbox>,
+    /// Remote reboot (server mode): the machine to reboot when the role's reboot generation rises; `None`
+    /// ignores it.
+    pub machine: Option<Arc<dyn Machine>>,
 }
 
 /// Most health transitions waiting for the server; the oldest are dropped first (the server refuses more
@@ -261,6 +265,10 @@ struct Daemon {
     saved_pass: bool,
     /// Turns the health checks' change notifications into `Event::HealthChange`.
     _health_notifier: AbortOnDrop<()>,
+    /// Whether a role's reboot generation asks for a reboot.
+    reboot_watch: RebootWatch,
+    /// Handed over and asked the machine to reboot: the loop ends.
+    rebooting: bool,
 }
 
 /// Runs the daemon loop until `shutdown` or a fatal event. Returns the last pass's outcome.
@@ -302,6 +310,11 @@ pub(crate) async fn run_loop(
         events_tx,
         saved_pass: false,
         _health_notifier: health_notifier,
+        reboot_watch: RebootWatch::load(
+            Some(config.state_dir.as_path()),
+            RebootWatch::current_boot_id(),
+        ),
+        rebooting: false,
         config,
     };
     let resync_every = d.config.resync;
@@ -327,6 +340,9 @@ pub(crate) async fn run_loop(
                 if let Err(e) = d.handle(event).await {
                     d.shutdown().await;
                     return Err(e);
+                }
+                if d.rebooting {
+                    break;
                 }
             }
         }
@@ -374,6 +390,27 @@ impl Daemon {
         let is_resync = matches!(event, Event::Resync);
         let pass = match event {
             Event::NewRole { role, origin } => {
+                if let Some(machine) = self.config.machine.clone() {
+                    let g = role.reboot_generation;
+                    if self.reboot_watch.asks_reboot(g) {
+                        info!(
+                            reboot_generation = g,
+                            "the server asks for a reboot: handing over first"
+                        );
+                        match self.hand_over_and_reboot(machine.as_ref()).await {
+                            Ok(()) => {
+                                self.rebooting = true;
+                                return Ok(());
+                            }
+                            Err(e) => {
+                                // Not retried in a loop: the role is applied again (VRRP restarts).
+                                warn!(error = %e, reboot_generation = g, "cannot reboot");
+                                self.reboot_watch.set_baseline(g);
+                                self.pending_errors.push(e.to_string());
+                            }
+                        }
+                    }
+                }
                 let first = self.role.is_none();
                 info!(
                     generation = role.generation,
@@ -467,6 +504,31 @@ impl Daemon {
             return Ok(());
         }
         self.pass(pass, is_resync).await
+    }
+
+    /// Remote reboot: the hand-over in `reboot::steps` order (VRRP stopped gracefully, priority 0 when
+    /// MASTER, VIPs removed; the sync daemon stopped), then the machine reboots.
+    async fn hand_over_and_reboot(&mut self, machine: &dyn Machine) -> Result<(), RebootError> {
+        let was = self
+            .vrrp_task
+            .config()
+            .map(|_| self.vrrp.as_ref().map_or(VrrpState::Init, |v| v.state));
+        for step in reboot::steps(was) {
+            match step {
+                reboot::Step::StopVrrp { .. } => self.vrrp_task.stop().await,
+                reboot::Step::StopSync => self.set_sync_daemon(None).await,
+                reboot::Step::Reboot => {
+                    let handed_over = HandOver {
+                        vrrp_was: was,
+                        vrrp_stopped: self.vrrp_task.config().is_none(),
+                        sync_stopped: self.sync_daemon.is_none(),
+                    };
+                    info!(?handed_over, "handed over: rebooting");
+                    return machine.reboot(&handed_over);
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Graceful stop: VRRP hands over (priority 0) and removes the VIPs; the sync daemon stops.

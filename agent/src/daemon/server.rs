@@ -137,6 +137,9 @@ pub struct RunConfig {
     pub health: HealthConfig,
     /// Also told the health quorum's VRRP priority (the VRRP instance always is): tests, embedders.
     pub priority_observer: Option<Arc<dyn PrioritySink>>,
+    /// What reboots when the server asks (`reboot_generation`): the binary sets the real machine; `None`
+    /// (the default, for tests and embedders) ignores reboot requests.
+    pub machine: Option<Arc<dyn crate::reboot::Machine>>,
 }
 
 impl RunConfig {
@@ -160,6 +163,7 @@ impl RunConfig {
             image_version: None,
             health: HealthConfig::default(),
             priority_observer: None,
+            machine: None,
         }
     }
 }
@@ -559,6 +563,7 @@ pub async fn run(
             health: config.health.clone(),
             priority_observer: config.priority_observer.clone(),
             health_outbox: Some(outbox),
+            machine: config.machine.clone(),
         },
         applier,
         events_tx,

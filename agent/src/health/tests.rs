@@ -119,6 +119,7 @@ fn service(vip: &str, port: u16, check: HealthCheck, servers: &[(&str, u16)]) ->
 
 fn role(services: Vec<VirtualService>) -> RoleDocument {
     RoleDocument {
+        reboot_generation: 0,
         generation: 1,
         node: "lb-01".into(),
         cluster: Some("ext".into()),

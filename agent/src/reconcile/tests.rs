@@ -38,6 +38,7 @@ fn vs(vip: &str, port: u16, protocol: Protocol, real_servers: Vec<RealServer>) -
 
 fn role(generation: u64, services: Vec<VirtualService>) -> RoleDocument {
     RoleDocument {
+        reboot_generation: 0,
         generation,
         node: "lb-01".into(),
         cluster: Some("ext".into()),

@@ -12,6 +12,7 @@ pub mod audit;
 pub mod clusters;
 pub mod import;
 pub mod nodes;
+pub mod rollouts;
 pub mod servers;
 pub mod session;
 pub mod system;
@@ -29,6 +30,7 @@ pub fn router() -> Router<AppState> {
         .merge(alerts::router())
         .merge(servers::router())
         .merge(traffic::router())
+        .merge(rollouts::router())
         .nest("/agent", agent::router());
     Router::new().nest("/api/v1", v1).merge(system::router())
 }

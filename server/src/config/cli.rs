@@ -54,6 +54,74 @@ pub enum Command {
     /// Write another tool's configuration from the fleet's (docs/keepalived-import.md).
     #[command(subcommand)]
     Export(ExportCommand),
+    /// Rolling image upgrades (docs/rollouts.md): start, list, show, pause, resume, abort. A running
+    /// lbfleet-server on the same database carries them out.
+    #[command(subcommand)]
+    Rollout(RolloutCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RolloutCommand {
+    /// Start a rollout of IMAGE over clusters and/or nodes; prints it (its plan) as JSON.
+    Start {
+        /// The image to roll out (registered with `image add`).
+        image: String,
+        /// Every member of this cluster (repeat for several).
+        #[arg(long = "cluster", value_name = "NAME")]
+        clusters: Vec<String>,
+        /// This node (name, MAC or id; repeat for several).
+        #[arg(long = "node", value_name = "NODE")]
+        nodes: Vec<String>,
+        /// The node upgraded first (default: the first backup).
+        #[arg(long, value_name = "NODE")]
+        canary: Option<String>,
+        /// Pause once the canary passed its gate.
+        #[arg(long)]
+        pause_after_canary: bool,
+        /// How long each node has, from its reboot, to pass its gate (e.g. 90s, 10m).
+        #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = humantime::parse_duration)]
+        gate_timeout: std::time::Duration,
+        /// Do not require every health check up.
+        #[arg(long)]
+        no_checks_up: bool,
+        /// Do not require the role in sync.
+        #[arg(long)]
+        no_in_sync: bool,
+        /// Wait until the rollout ends, printing each node's progress; exit 0 only when it succeeded.
+        #[arg(long)]
+        wait: bool,
+        #[command(flatten)]
+        db: DbArgs,
+    },
+    /// List the newest rollouts.
+    List {
+        #[command(flatten)]
+        db: DbArgs,
+    },
+    /// Show one rollout as JSON.
+    Show {
+        id: i64,
+        #[command(flatten)]
+        db: DbArgs,
+    },
+    /// Pause a running rollout (a node being upgraded finishes its gate).
+    Pause {
+        id: i64,
+        #[command(flatten)]
+        db: DbArgs,
+    },
+    /// Resume a paused rollout.
+    Resume {
+        id: i64,
+        #[command(flatten)]
+        db: DbArgs,
+    },
+    /// Abort a rollout: nothing more is done.
+    Abort {
+        id: i64,
+        #[command(flatten)]
+        db: DbArgs,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -26,6 +26,7 @@ wire_enum!(
         NotReporting => "not_reporting",
         GenerationLag => "generation_lag", Reenrolled => "reenrolled", Drained => "drained",
         HardwareWaiting => "hardware_waiting", ServerDown => "server_down",
+        ImageDrift => "image_drift",
     }
 );
 
@@ -37,7 +38,10 @@ impl AlertKind {
             | AlertKind::SplitBrain
             | AlertKind::Reenrolled
             | AlertKind::ServerDown => AlertLevel::Crit,
-            AlertKind::Takeover | AlertKind::NotReporting | AlertKind::GenerationLag => {
+            AlertKind::Takeover
+            | AlertKind::NotReporting
+            | AlertKind::GenerationLag
+            | AlertKind::ImageDrift => {
                 AlertLevel::Warn
             }
             AlertKind::Drained | AlertKind::HardwareWaiting => AlertLevel::Info,
@@ -56,6 +60,7 @@ impl AlertKind {
             AlertKind::Drained => "Drained",
             AlertKind::HardwareWaiting => "New hardware",
             AlertKind::ServerDown => "Server down",
+            AlertKind::ImageDrift => "Image drift",
         }
     }
 }
@@ -266,6 +271,15 @@ fn takeover_text(now: i64, by: &MemberLive<'_>, silent: &[&MemberLive<'_>]) -> S
     format!("{head}; {}", tail.join("; "))
 }
 
+/// How recently a node must have been heard for drift and rollout gates to trust its report (its database
+/// `last_seen_at`, which the liveness flush moves on once per heartbeat interval).
+const HEARD_WITHIN_MS: i64 = 10_000;
+
+/// Whether the node's agent was heard within `HEARD_WITHIN_MS` of `now` (drift and rollout gates).
+pub(super) fn reporting(now: i64, n: &store::nodes::NodeRow) -> bool {
+    n.last_seen_at.is_some_and(|t| now - t <= HEARD_WITHIN_MS)
+}
+
 /// Whole seconds since `at` in words, for alert messages.
 fn silent_for(now: i64, at: Option<i64>) -> String {
     match at {
@@ -281,6 +295,7 @@ impl Fleet {
         let clusters = store::clusters::load(&mut conn, None).await?;
         let nodes = store::nodes::list(&mut conn, &store::nodes::NodeFilter::default()).await?;
         let stored = store::alerts::open(&mut conn, now_ms(), MAX_STORED_ALERTS).await?;
+        let images = store::images::list(&mut conn).await?;
         drop(conn);
         let now = now_ms();
         let mut by_cluster: HashMap<i64, Vec<&store::nodes::NodeRow>> = HashMap::new();
@@ -384,6 +399,23 @@ impl Fleet {
                     ),
                 ));
             }
+        }
+        for d in nodes
+            .iter()
+            .filter_map(|n| super::drift::node_drift(n, &images, now))
+            .filter(|d| d.state == super::drift::DriftState::Drifted)
+        {
+            alerts.push(Alert {
+                level: AlertKind::ImageDrift.level(),
+                kind: AlertKind::ImageDrift,
+                message: d.message(),
+                cluster: d.cluster.clone(),
+                node: Some(d.node.clone()),
+                node_id: Some(d.node_id),
+                id: None,
+                since: None,
+                count: None,
+            });
         }
         for a in stored {
             let Ok(kind) = a.kind.parse::<AlertKind>() else {

@@ -13,9 +13,20 @@ pub const REENROLLED_ALIVE: EventKind = EventKind::ReenrolledWhileAlive;
 /// How recently the previous credential must have been used for a re-enrollment to be suspicious.
 pub const ALIVE_WINDOW_MS: i64 = 2 * 60 * 1000;
 
+/// How long after a reboot request (`fleet::reboot`) the node's re-enrollment is expected.
+pub const REBOOT_GRACE_MS: i64 = 30 * 60 * 1000;
+
 /// Records the event when `row` (the node, before its credential is replaced) still has a credential that was
-/// used within `ALIVE_WINDOW_MS`. True when it did.
+/// used within `ALIVE_WINDOW_MS`. True when it did. The first re-enrollment within `REBOOT_GRACE_MS` of a
+/// reboot the server asked for is expected: it clears that request and raises nothing.
 pub async fn note_if_alive(conn: &mut Conn, row: &NodeRow) -> Result<bool, StoreError> {
+    if row
+        .reboot_requested_at
+        .is_some_and(|t| now_ms().saturating_sub(t) <= REBOOT_GRACE_MS)
+    {
+        store::nodes::clear_reboot_request(conn, row.id).await?;
+        return Ok(false);
+    }
     let recently = row
         .last_seen_at
         .is_some_and(|t| now_ms().saturating_sub(t) <= ALIVE_WINDOW_MS);

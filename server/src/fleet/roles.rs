@@ -29,6 +29,7 @@ impl Fleet {
     ) -> Result<RoleDocument> {
         let generation = u64::try_from(row.role_generation).unwrap_or(0);
         let mut doc = RoleDocument {
+            reboot_generation: u64::try_from(row.reboot_generation).unwrap_or(0),
             generation,
             node: row.name().to_owned(),
             cluster: None,

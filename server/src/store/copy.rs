@@ -37,6 +37,7 @@ pub const FLEET_TABLES: &[&str] = &[
     "dhcp_circuit_pins",
     "boot_credential_key",
     "boot_credentials_redeemed",
+    "rollouts",
 ];
 
 /// Tables about the running servers (registrations, DHCP leadership) and the traffic history (rebuilt from the next

@@ -11,7 +11,7 @@ wire_enum!(
         Discovered => "discovered", Enrolled => "enrolled", Serving => "serving", Switchover => "switchover",
         Vrrp => "vrrp", Health => "health", AgentError => "agent_error", BootScript => "boot_script",
         ReenrolledWhileAlive => "reenrolled_while_alive", BootNotExpected => "boot_not_expected",
-        Server => "server",
+        Server => "server", Reboot => "reboot", Rollout => "rollout",
     }
 );
 

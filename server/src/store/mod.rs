@@ -28,6 +28,7 @@ pub mod events;
 pub mod images;
 pub mod leases;
 pub mod nodes;
+pub mod rollouts;
 pub mod servers;
 pub mod traffic;
 mod unreachable;

@@ -28,6 +28,10 @@ pub struct NodeRow {
     pub cluster: Option<String>,
     pub role: Option<String>,
     pub priority: Option<i64>,
+    /// Remote reboot requests so far (goes into the role document).
+    pub reboot_generation: i64,
+    /// When a reboot was requested and the node has not enrolled since (ms since the epoch).
+    pub reboot_requested_at: Option<i64>,
 }
 
 impl NodeRow {
@@ -39,7 +43,7 @@ impl NodeRow {
 
 const SELECT_NODE: &str = "SELECT n.id, n.mac, n.hostname, n.state, n.image, n.address, n.reserved_address, n.role_generation, \
      n.applied_generation, n.agent_version, n.image_version, n.vrrp_state, n.last_report, n.last_seen_at, \
-     n.created_at, n.updated_at, a.cluster_id, c.name AS cluster, a.role, a.priority \
+     n.created_at, n.updated_at, a.cluster_id, c.name AS cluster, a.role, a.priority, n.reboot_generation, n.reboot_requested_at \
      FROM nodes n LEFT JOIN assignments a ON a.node_id = n.id LEFT JOIN clusters c ON c.id = a.cluster_id";
 
 /// How a node is named in a URL: numeric id, MAC, or hostname.
@@ -309,6 +313,28 @@ pub async fn record_report(
     .bind(id)
     .execute(conn)
     .await?;
+    Ok(())
+}
+
+/// Asks the node to reboot: one more reboot generation (the caller takes a new role generation so the
+/// node's long-poll hands it out). Returns the new value.
+pub async fn request_reboot(conn: &mut Conn, id: i64) -> Result<i64, StoreError> {
+    Ok(sqlx::query_scalar(
+        "UPDATE nodes SET reboot_generation = reboot_generation + 1, reboot_requested_at = $1, updated_at = $1 \
+         WHERE id = $2 RETURNING reboot_generation",
+    )
+    .bind(now_ms())
+    .bind(id)
+    .fetch_one(conn)
+    .await?)
+}
+
+/// The node enrolled after the reboot it was asked for.
+pub async fn clear_reboot_request(conn: &mut Conn, id: i64) -> Result<(), StoreError> {
+    sqlx::query("UPDATE nodes SET reboot_requested_at = NULL WHERE id = $1")
+        .bind(id)
+        .execute(conn)
+        .await?;
     Ok(())
 }
 

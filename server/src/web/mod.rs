@@ -29,6 +29,7 @@ mod nodes;
 mod overview;
 mod page;
 mod picture;
+mod rollouts;
 mod servers;
 mod services;
 mod session;
@@ -57,6 +58,7 @@ pub fn router() -> Router<AppState> {
         .merge(audit::router())
         .merge(users::router())
         .merge(servers::router())
+        .merge(rollouts::router())
         .route("/live", get(live::stream))
         .route("/static/{file}", get(static_file))
         .layer(axum::middleware::from_fn(flash::clear_flash))

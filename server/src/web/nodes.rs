@@ -65,6 +65,22 @@ pub struct NodeRowView {
     pub unreachable: bool,
     pub in_sync: bool,
     pub vrrp: String,
+    /// The image the agent reports running ("-" when unknown).
+    pub running: String,
+    /// Runs another image (or agent version) than it should (`fleet::drift`).
+    pub drifted: bool,
+}
+
+/// Marks the rows whose node drifted.
+async fn mark_drift(s: &AppState, rows: &mut [NodeRowView]) -> Result<(), WebError> {
+    let drift = s.fleet.drift().await?;
+    for r in rows {
+        r.drifted = drift
+            .nodes
+            .iter()
+            .any(|d| d.node_id == r.id && d.state == crate::fleet::drift::DriftState::Drifted);
+    }
+    Ok(())
 }
 
 pub(super) fn node_row(n: &NodeView) -> NodeRowView {
@@ -85,6 +101,8 @@ pub(super) fn node_row(n: &NodeView) -> NodeRowView {
         unreachable: n.cluster.is_some() && !n.reporting,
         in_sync: n.in_sync,
         vrrp: vrrp_text(n),
+        running: n.image_version.clone().unwrap_or_else(|| "-".into()),
+        drifted: false,
     }
 }
 
@@ -152,6 +170,7 @@ pub async fn nodes(
         })
         .map(node_row)
         .collect();
+    mark_drift(&s, &mut rows).await?;
     let desc = q.dir == "desc";
     let sort = match q.sort.as_str() {
         "mac" | "address" | "state" | "placement" | "image" | "agent" | "seen" => q.sort.as_str(),
@@ -397,7 +416,12 @@ pub async fn node(
         can_unassign: op && NodeAction::Unassign.allowed_from(st),
         can_retire: op && NodeAction::Retire.allowed_from(st),
         back: format!("/nodes/{}", n.id),
-        n: node_row(&n),
+        n: {
+            let mut row = [node_row(&n)];
+            mark_drift(&s, &mut row).await?;
+            let [row] = row;
+            row
+        },
     })
 }
 

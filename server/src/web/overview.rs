@@ -28,6 +28,8 @@ pub(super) struct OverviewPage {
     total: i64,
     cards: Vec<ClusterCard>,
     alerts: Vec<Alert>,
+    /// Desired against running image, fleet-wide (`fleet::drift`).
+    drift: crate::fleet::drift::DriftReport,
 }
 
 pub async fn overview(
@@ -49,5 +51,6 @@ pub async fn overview(
         counts,
         cards: picture.cards,
         alerts: picture.alerts,
+        drift: s.fleet.drift().await?,
     })
 }
