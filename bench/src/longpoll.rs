@@ -48,6 +48,7 @@ struct Args {
 async fn start_server(
     db: &str,
     state_dir: &std::path::Path,
+    clients: usize,
 ) -> anyhow::Result<(
     String,
     tokio::sync::oneshot::Sender<()>,
@@ -58,6 +59,10 @@ async fn start_server(
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let mut config = ServerConfig::with_database(db.to_owned());
     config.state_dir = state_dir.to_owned();
+    // Every poller connects from 127.0.0.1, where a real fleet has one address per agent: the per-address
+    // cap (256 by default) would refuse the herd, so it is raised to the herd's size plus the admin client.
+    config.max_connections_per_address = config.max_connections_per_address.max(clients + 64);
+    config.max_connections = config.max_connections.max(clients + 64);
     let server = tokio::spawn(lbfleet_server::run(config, listener, async move {
         let _ = stop_rx.await;
     }));
@@ -132,10 +137,10 @@ async fn run(args: &Args, db: &str, dir: &std::path::Path, across: bool) -> anyh
         .create_token(&Actor::system(), "bench", "bench", None)
         .await?;
     fleet.close().await;
-    let (base, stop_tx, server) = start_server(&db, &dir.join("a")).await?;
+    let (base, stop_tx, server) = start_server(&db, &dir.join("a"), args.pollers).await?;
     // Where the pollers wait: the same server, or a second one on the same database.
     let second = if across {
-        Some(start_server(&db, &dir.join("b")).await?)
+        Some(start_server(&db, &dir.join("b"), args.pollers).await?)
     } else {
         None
     };
