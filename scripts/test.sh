@@ -21,6 +21,7 @@ component=(
   lbfleet-server:listeners lbfleet-server:login_flood lbfleet-server:retention lbfleet-server:tls
   lbfleet-server:web lbfleet-server:report_flood lbfleet-server:held_connections lbfleet-server:export_crawl
   lbfleet-server:healthz lbfleet-server:boot_cache lbfleet-server:servers lbfleet-server:keepalived_import
+  lbfleet-server:cluster_scale
   lbfleet-agent:cli lbfleet-agent:role_limit lbfleet-agent:server_mode lbfleet-agent:failover
 )
 # package:test-file of the tests that need PostgreSQL whatever the backend (several servers on one database): run

@@ -13,10 +13,13 @@ use lbfleet_proto::{NodeState, RoleDocument};
 
 use super::roles::ClusterAt;
 use super::{Fleet, FleetError, Result};
-use crate::store::{self, nodes::NodeKey, nodes::NodeRow, StoreError};
+use crate::store::{self, nodes::NodeRow, StoreError};
 
 /// How many generations' batches are kept (a herd is served from the newest; older ones serve stragglers).
 const BATCHES_KEPT: usize = 8;
+
+/// How young an announcement must be for a poll at that generation to wait without reading the database.
+const RECENT: Duration = Duration::from_secs(5);
 
 /// A role document as JSON, in three chunks: the node's own part up to the services, the services (shared by
 /// every member of the cluster at that content generation), and the closing brace.
@@ -218,15 +221,22 @@ impl Fleet {
         let deadline = tokio::time::Instant::now() + timeout;
         // Subscribe before reading, so a commit between the read and the wait still wakes us.
         let mut rx = self.notifier.subscribe(node_id);
-        let mut check_db = true;
+        // The herd's next poll, right after the generation it holds was announced: nothing to read.
+        let mut check_db =
+            after == 0 || self.notifier.recently_announced(node_id, RECENT) != Some(after);
         loop {
             if check_db {
                 let mut conn = self.store.read().await?;
-                let row = Self::node_in(&mut conn, &NodeKey::Id(node_id)).await?;
-                if matches!(row.state, NodeState::Retired | NodeState::Rejected) {
-                    return Err(FleetError::Forbidden(format!("node is {}", row.state)));
+                let (state, generation) = store::nodes::role_state(&mut conn, node_id)
+                    .await?
+                    .ok_or_else(|| FleetError::NotFound(format!("no node with id {node_id}")))?;
+                if matches!(state, NodeState::Retired | NodeState::Rejected) {
+                    return Err(FleetError::Forbidden(format!("node is {state}")));
                 }
-                if u64::try_from(row.role_generation).unwrap_or(0) > after {
+                if u64::try_from(generation).unwrap_or(0) > after {
+                    let row = store::nodes::get_for_role(&mut conn, node_id)
+                        .await?
+                        .ok_or_else(|| FleetError::NotFound(format!("no node with id {node_id}")))?;
                     return Ok(Some(self.role_wire_for(&mut conn, &row).await?));
                 }
             }

@@ -227,6 +227,34 @@ pub async fn set_cluster_generation(
     .await?)
 }
 
+/// A node with its assignment, without its last report (for its role document).
+pub async fn get_for_role(conn: &mut Conn, id: i64) -> Result<Option<NodeRow>, StoreError> {
+    let sql = format!(
+        "{} WHERE n.id = $1",
+        SELECT_NODE.replace("n.last_report", "CAST(NULL AS TEXT) AS last_report")
+    );
+    Ok(sqlx::query_as(&sql).bind(id).fetch_optional(conn).await?)
+}
+
+/// A node's state and role generation: what a long-poll checks before it waits.
+pub async fn role_state(
+    conn: &mut Conn,
+    id: i64,
+) -> Result<Option<(NodeState, i64)>, StoreError> {
+    let row: Option<(String, i64)> =
+        sqlx::query_as("SELECT state, role_generation FROM nodes WHERE id = $1")
+            .bind(id)
+            .fetch_optional(conn)
+            .await?;
+    row.map(|(state, g)| {
+        let state = state
+            .parse()
+            .map_err(|e| StoreError::Corrupt(format!("state of node {id}: {e}")))?;
+        Ok((state, g))
+    })
+    .transpose()
+}
+
 /// Every node whose role generation is `generation`, with its assignment, without its last report (the wake
 /// path builds role documents from these; a report can be megabytes).
 pub async fn at_generation(conn: &mut Conn, generation: i64) -> Result<Vec<NodeRow>, StoreError> {

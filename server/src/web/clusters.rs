@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use askama::Template;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
 use axum::routing::{get, post};
@@ -19,6 +19,7 @@ use super::format::{time_text, vip_list};
 use super::health::{check_extras, health_views, HealthView};
 use super::page::{render, Chrome};
 use super::picture::*;
+use super::rs_pager::{self, RsQuery};
 use super::session::{Posted, WebUser};
 use crate::fleet::{node_key, socket_text, ClusterView, FleetError, NodeAction, Precondition};
 use crate::state::AppState;
@@ -252,7 +253,10 @@ pub(super) struct ClusterPage {
     p: Chrome,
     name: String,
     card: ClusterCard,
+    /// The services with real servers on this page of the real-server tables (all of a small cluster).
     services: Vec<ServiceView>,
+    /// Where that page is: search, page number, rows shown.
+    rs_page: rs_pager::RsPage,
     vips: Vec<String>,
     candidates: Vec<Candidate>,
     has_active: bool,
@@ -274,8 +278,9 @@ pub async fn cluster(
     user: WebUser,
     headers: HeaderMap,
     Path(name): Path<String>,
+    Query(view): Query<RsQuery>,
 ) -> Result<Response, WebError> {
-    cluster_page(&s, &user, &headers, &name, None, ServiceForm::blank()).await
+    cluster_page_at(&s, &user, &headers, &name, None, ServiceForm::blank(), &view).await
 }
 
 pub async fn cluster_page(
@@ -285,6 +290,19 @@ pub async fn cluster_page(
     name: &str,
     form: Option<ClusterForm>,
     svc_form: ServiceForm,
+) -> Result<Response, WebError> {
+    cluster_page_at(s, user, headers, name, form, svc_form, &RsQuery::default()).await
+}
+
+/// The cluster page with its real-server tables at one page of one search (`rs_pager`).
+async fn cluster_page_at(
+    s: &AppState,
+    user: &WebUser,
+    headers: &HeaderMap,
+    name: &str,
+    form: Option<ClusterForm>,
+    svc_form: ServiceForm,
+    view: &RsQuery,
 ) -> Result<Response, WebError> {
     let c: ClusterView = s.fleet.get_cluster(name).await?;
     let (picture, nodes) = fleet_picture(s).await?;
@@ -299,12 +317,12 @@ pub async fn cluster_page(
         None => None,
     };
     let health = health_views(report.as_ref());
-    let services = c
-        .spec
+    let rs_page = rs_pager::page(&c.spec, view, rs_pager::PER_PAGE);
+    let services = rs_page
         .services
         .iter()
-        .enumerate()
-        .map(|(index, sv)| ServiceView {
+        .filter_map(|(index, shown)| c.spec.services.get(*index).map(|sv| (*index, sv, shown)))
+        .map(|(index, sv, shown)| ServiceView {
             index,
             check_spec: sv.check.clone(),
             check_extras: check_extras(&sv.check),
@@ -326,9 +344,9 @@ pub async fn cluster_page(
             } else {
                 format!("{} s", sv.persistence_s)
             },
-            servers: sv
-                .real_servers
+            servers: shown
                 .iter()
+                .filter_map(|ri| sv.real_servers.get(*ri))
                 .map(|r| RsView {
                     address: socket_text(&r.address, r.port),
                     weight: r.weight,
@@ -380,6 +398,7 @@ pub async fn cluster_page(
         name: c.name,
         card,
         services,
+        rs_page,
         candidates,
     })?;
     if has_errors {

@@ -29,6 +29,7 @@ mod nodes;
 mod overview;
 mod page;
 mod picture;
+mod rs_pager;
 mod servers;
 mod services;
 mod session;
