@@ -115,7 +115,12 @@ fn threads_cpu_ticks(prefixes: &[&str]) -> u64 {
         }
         let fields: Vec<&str> = stat[close + 2..].split_whitespace().collect();
         // After the comm: state is field 3 of stat(5); utime and stime are fields 14 and 15.
-        let tick = |i: usize| fields.get(i - 3).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
+        let tick = |i: usize| {
+            fields
+                .get(i - 3)
+                .and_then(|f| f.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
         total += tick(14) + tick(15);
     }
     total
@@ -427,10 +432,14 @@ async fn report_run(
             let mut refused = 0usize;
             let mut latencies = Vec::new();
             let start = tokio::time::Instant::from_std(t0) + offset;
+            let end = tokio::time::Instant::from_std(t0) + run_for;
             let mut tick = tokio::time::interval_at(start, interval);
             let mut counter = 0u64;
             loop {
-                tick.tick().await;
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = tokio::time::sleep_until(end) => break,
+                }
                 if t0.elapsed() >= run_for {
                     break;
                 }

@@ -106,7 +106,11 @@ async fn a_30000_real_server_cluster_is_stored_served_and_paged() {
         }
     };
     let (first, _) = page("/clusters/big".into()).await;
-    assert_eq!(rs_rows(&first), PER_PAGE, "the first page holds one page of rows");
+    assert_eq!(
+        rs_rows(&first),
+        PER_PAGE,
+        "the first page holds one page of rows"
+    );
     assert!(
         first.contains("Real servers 1–200 of 30000"),
         "the page says where it is"
@@ -130,7 +134,11 @@ async fn a_30000_real_server_cluster_is_stored_served_and_paged() {
     assert!(one.contains(&format!("data-rs=\"{}:8042\"", rs_address(6))));
     assert!(one.contains("data-service=\"tcp:198.18.0.10:1042\""));
     let (svc, _) = page("/clusters/big?q=tcp:198.18.0.10:1299".into()).await;
-    assert_eq!(rs_rows(&svc), SERVERS, "a service key matches all its real servers");
+    assert_eq!(
+        rs_rows(&svc),
+        SERVERS,
+        "a service key matches all its real servers"
+    );
     let (none, _) = page("/clusters/big?q=203.0.113.9".into()).await;
     assert_eq!(rs_rows(&none), 0);
     assert!(none.contains("Nothing matches"));

@@ -236,7 +236,9 @@ impl Fleet {
                 if u64::try_from(generation).unwrap_or(0) > after {
                     let row = store::nodes::get_for_role(&mut conn, node_id)
                         .await?
-                        .ok_or_else(|| FleetError::NotFound(format!("no node with id {node_id}")))?;
+                        .ok_or_else(|| {
+                            FleetError::NotFound(format!("no node with id {node_id}"))
+                        })?;
                     return Ok(Some(self.role_wire_for(&mut conn, &row).await?));
                 }
             }
@@ -313,7 +315,10 @@ mod tests {
             let wire = wire.expect("wait").expect("a newer document");
             let parsed: RoleDocument = serde_json::from_slice(&wire.to_vec()).expect("JSON");
             assert!(parsed.generation > before.max(before_b), "{id}: {parsed:?}");
-            assert!(!parsed.services[0].real_servers[0].enabled, "{id}: {parsed:?}");
+            assert!(
+                !parsed.services[0].real_servers[0].enabled,
+                "{id}: {parsed:?}"
+            );
             assert_eq!(parsed, f.role_document(id).await.expect("doc"));
         }
         let batch = f

@@ -77,6 +77,40 @@ impl Fleet {
         Ok((current, c))
     }
 
+    /// Clusters (all, or the one named) as stored, from the cluster cache while their content generation is
+    /// unchanged: a page of a 30,000-real-server cluster reads two small rows instead of the whole spec.
+    pub(super) async fn cached_clusters(
+        &self,
+        conn: &mut store::Conn,
+        name: Option<&str>,
+    ) -> Result<Vec<StoredCluster>> {
+        let mut out = Vec::new();
+        for (id, name, generation) in store::clusters::generations(conn, name).await? {
+            let cached = {
+                let cache = self.cluster_cache.lock().unwrap_or_else(|p| p.into_inner());
+                cache
+                    .get(&id)
+                    .filter(|(g, _)| *g == generation)
+                    .map(|(_, c)| c.clone())
+            };
+            let c = match cached {
+                Some(c) => c,
+                None => {
+                    // Generation first, then content (as `cached_cluster`): never cached older than its key.
+                    let Some(c) = store::clusters::load_one(conn, &name).await? else {
+                        continue; // deleted in between
+                    };
+                    let c = Arc::new(c);
+                    let mut cache = self.cluster_cache.lock().unwrap_or_else(|p| p.into_inner());
+                    cache.insert(id, (generation, c.clone()));
+                    c
+                }
+            };
+            out.push((*c).clone());
+        }
+        Ok(out)
+    }
+
     /// Long-poll: returns the node's role document as soon as its generation exceeds `after`, or `None` when
     /// `timeout` passes (or `shutdown` fires) first. The typed face of `wait_role_wire`.
     pub async fn wait_role(
@@ -115,8 +149,7 @@ pub(super) fn role_head_with(
         vrrp: None,
         services: vec![],
     };
-    let (Some(_), Some(role), Some(priority)) = (&row.cluster, &row.role, row.priority)
-    else {
+    let (Some(_), Some(role), Some(priority)) = (&row.cluster, &row.role, row.priority) else {
         return Ok((doc, None));
     };
     let Some((cluster_id, content_generation, c)) = loaded else {
@@ -195,8 +228,8 @@ mod tests {
     use std::time::Duration;
 
     use super::super::testing::{admin, fleet, member, ready_node, spec};
-    use super::super::{RealServerChange, RealServerRef, ServiceRef};
     use super::super::FleetError;
+    use super::super::{RealServerChange, RealServerRef, ServiceRef};
     use super::*;
 
     #[tokio::test]

@@ -237,10 +237,7 @@ pub async fn get_for_role(conn: &mut Conn, id: i64) -> Result<Option<NodeRow>, S
 }
 
 /// A node's state and role generation: what a long-poll checks before it waits.
-pub async fn role_state(
-    conn: &mut Conn,
-    id: i64,
-) -> Result<Option<(NodeState, i64)>, StoreError> {
+pub async fn role_state(conn: &mut Conn, id: i64) -> Result<Option<(NodeState, i64)>, StoreError> {
     let row: Option<(String, i64)> =
         sqlx::query_as("SELECT state, role_generation FROM nodes WHERE id = $1")
             .bind(id)
@@ -262,7 +259,10 @@ pub async fn at_generation(conn: &mut Conn, generation: i64) -> Result<Vec<NodeR
         "{} WHERE n.role_generation = $1 ORDER BY n.id",
         SELECT_NODE.replace("n.last_report", "CAST(NULL AS TEXT) AS last_report")
     );
-    Ok(sqlx::query_as(&sql).bind(generation).fetch_all(conn).await?)
+    Ok(sqlx::query_as(&sql)
+        .bind(generation)
+        .fetch_all(conn)
+        .await?)
 }
 
 pub async fn upsert_assignment(

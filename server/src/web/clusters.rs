@@ -280,7 +280,16 @@ pub async fn cluster(
     Path(name): Path<String>,
     Query(view): Query<RsQuery>,
 ) -> Result<Response, WebError> {
-    cluster_page_at(&s, &user, &headers, &name, None, ServiceForm::blank(), &view).await
+    cluster_page_at(
+        &s,
+        &user,
+        &headers,
+        &name,
+        None,
+        ServiceForm::blank(),
+        &view,
+    )
+    .await
 }
 
 pub async fn cluster_page(

@@ -182,7 +182,10 @@ mod tests {
         // A real server's address:port: it is in one service only (ports differ per service).
         let p = page(&s, &q(" 198.18.2.7:8042 ", "1"), PER_PAGE);
         assert_eq!(p.services, vec![(42, vec![6])]);
-        assert_eq!((p.total, p.matching_servers, p.query.as_str()), (1, 1, "198.18.2.7:8042"));
+        assert_eq!(
+            (p.total, p.matching_servers, p.query.as_str()),
+            (1, 1, "198.18.2.7:8042")
+        );
         // A service key: all its real servers.
         let p = page(&s, &q("TCP:198.18.0.10:1299", "1"), PER_PAGE);
         assert_eq!(p.services, vec![(299, (0..100).collect())]);
