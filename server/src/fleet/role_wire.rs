@@ -93,13 +93,15 @@ pub(super) struct RoleWireCache {
     /// Cluster id -> (content generation, the JSON of its service list).
     services: Mutex<HashMap<i64, (i64, Bytes)>>,
     /// The newest batches: generation -> the documents of every node at that generation, by node id.
-    batches: Mutex<VecDeque<(u64, Arc<tokio::sync::OnceCell<Arc<Batch>>>)>>,
+    batches: Mutex<VecDeque<(u64, BatchCell)>>,
 }
 
 type Batch = HashMap<i64, RoleWire>;
+/// One generation's batch, built by the first poller that needs it, awaited by the others.
+type BatchCell = Arc<tokio::sync::OnceCell<Arc<Batch>>>;
 
 impl RoleWireCache {
-    fn batch_cell(&self, generation: u64) -> Arc<tokio::sync::OnceCell<Arc<Batch>>> {
+    fn batch_cell(&self, generation: u64) -> BatchCell {
         let mut batches = self.batches.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((_, cell)) = batches.iter().find(|(g, _)| *g == generation) {
             return cell.clone();
