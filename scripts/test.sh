@@ -24,6 +24,7 @@ component=(
   lbfleet-server:traffic
   lbfleet-server:liveness
   lbfleet-server:rollouts
+  lbfleet-server:cluster_scale
   lbfleet-agent:cli lbfleet-agent:role_limit lbfleet-agent:server_mode lbfleet-agent:failover
   lbfleet-agent:reboot
 )

@@ -42,32 +42,120 @@ struct Args {
     /// one-server case on the same database for the ratio
     #[arg(long)]
     across_servers: bool,
+    /// After the wake run, every poller also reports like an agent, once per --report-interval-s, for this
+    /// many seconds: the server's CPU share and the database's write rate are printed (0: no report run)
+    #[arg(long, default_value_t = 0)]
+    report_seconds: u64,
+    /// Seconds between two reports of one agent (the agent's default is 10)
+    #[arg(long, default_value_t = 10)]
+    report_interval_s: u64,
 }
 
-/// A server on `db`, listening on a port-0 loopback listener.
+/// A server on `db`, listening on a port-0 loopback listener. It runs on a runtime of its own, on threads
+/// named `lbfleet-srv` (with SQLite, its database threads are sqlx's `sqlx-sqlite-worker-N`), so its CPU time
+/// can be told apart from the benchmark's clients (`server_cpu`).
 async fn start_server(
     db: &str,
     state_dir: &std::path::Path,
+    clients: usize,
 ) -> anyhow::Result<(
     String,
     tokio::sync::oneshot::Sender<()>,
-    tokio::task::JoinHandle<anyhow::Result<()>>,
+    tokio::sync::oneshot::Receiver<anyhow::Result<()>>,
 )> {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    listener.set_nonblocking(true)?;
     let base = format!("http://{}", listener.local_addr()?);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
     let mut config = ServerConfig::with_database(db.to_owned());
     config.state_dir = state_dir.to_owned();
-    let server = tokio::spawn(lbfleet_server::run(config, listener, async move {
-        let _ = stop_rx.await;
-    }));
-    Ok((base, stop_tx, server))
+    // Every poller connects from 127.0.0.1, where a real fleet has one address per agent: the per-address
+    // cap (256 by default) would refuse the herd, so it is raised to twice the herd (a long-poll and a
+    // report each) plus the admin client.
+    config.max_connections_per_address = config.max_connections_per_address.max(2 * clients + 64);
+    config.max_connections = config.max_connections.max(2 * clients + 64);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .thread_name("lbfleet-srv")
+        .enable_all()
+        .build()?;
+    std::thread::Builder::new()
+        .name("lbfleet-srv-main".into())
+        .spawn(move || {
+            let result = runtime.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener)?;
+                lbfleet_server::run(config, listener, async move {
+                    let _ = stop_rx.await;
+                })
+                .await
+            });
+            let _ = done_tx.send(result);
+        })?;
+    Ok((base, stop_tx, done_rx))
+}
+
+/// CPU time (user + system) of this process's threads whose name starts with one of `prefixes`, from
+/// /proc/self/task/*/stat, in clock ticks (100 per second on Linux).
+fn threads_cpu_ticks(prefixes: &[&str]) -> u64 {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return 0;
+    };
+    let mut total = 0;
+    for task in tasks.flatten() {
+        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
+            continue;
+        };
+        // pid (comm) state ... : comm may hold spaces, so split after the last ')'.
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let comm = &stat[open + 1..close];
+        if !prefixes.iter().any(|p| comm.starts_with(p)) {
+            continue;
+        }
+        let fields: Vec<&str> = stat[close + 2..].split_whitespace().collect();
+        // After the comm: state is field 3 of stat(5); utime and stime are fields 14 and 15.
+        let tick = |i: usize| {
+            fields
+                .get(i - 3)
+                .and_then(|f| f.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        total += tick(14) + tick(15);
+    }
+    total
+}
+
+/// The server's threads: its runtime and SQLite's connection threads.
+const SERVER_THREADS: &[&str] = &["lbfleet-srv", "sqlx-sqlite-wor"];
+
+/// Bytes this process caused to be written to storage so far (/proc/self/io `write_bytes`): the database file
+/// and its WAL (the benchmark writes nothing else).
+fn process_write_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/io")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("write_bytes: "))
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .unwrap_or(0)
 }
 
 /// Wake samples and admin-API call times of one run.
 struct Run {
     samples: Vec<Duration>,
     api_times: Vec<Duration>,
+}
+
+/// What the report run measured.
+struct ReportRun {
+    reports: usize,
+    refused: usize,
+    seconds: f64,
+    server_cpu_s: f64,
+    write_bytes: u64,
+    latencies: Vec<Duration>,
 }
 
 const TARGET: Duration = Duration::from_millis(100);
@@ -132,10 +220,10 @@ async fn run(args: &Args, db: &str, dir: &std::path::Path, across: bool) -> anyh
         .create_token(&Actor::system(), "bench", "bench", None)
         .await?;
     fleet.close().await;
-    let (base, stop_tx, server) = start_server(&db, &dir.join("a")).await?;
+    let (base, stop_tx, server) = start_server(&db, &dir.join("a"), args.pollers).await?;
     // Where the pollers wait: the same server, or a second one on the same database.
     let second = if across {
-        Some(start_server(&db, &dir.join("b")).await?)
+        Some(start_server(&db, &dir.join("b"), args.pollers).await?)
     } else {
         None
     };
@@ -163,6 +251,7 @@ async fn run(args: &Args, db: &str, dir: &std::path::Path, across: bool) -> anyh
     // Register, enroll and assign every node: one active, the rest backups.
     eprintln!("enrolling {} nodes...", args.pollers);
     let mut clients = Vec::with_capacity(args.pollers);
+    let mut reporters = Vec::with_capacity(args.pollers);
     for i in 0..args.pollers {
         let mac = format!("52:54:00:00:{:02x}:{:02x}", i / 256, i % 256);
         let name = format!("lb-{i:04}");
@@ -205,6 +294,7 @@ async fn run(args: &Args, db: &str, dir: &std::path::Path, across: bool) -> anyh
                 image_version: None,
             })
             .await?;
+        reporters.push(client.clone());
         clients.push(client);
     }
 
@@ -278,15 +368,183 @@ async fn run(args: &Args, db: &str, dir: &std::path::Path, across: bool) -> anyh
     for p in &pollers {
         p.abort();
     }
-    if let Some((_, stop, handle)) = second {
+    let reports = if args.report_seconds > 0 && !across {
+        Some(report_run(args, &poll_base, &http, &token, &mut reporters).await?)
+    } else {
+        None
+    };
+    if let Some((_, stop, done)) = second {
         let _ = stop.send(());
-        handle.await??;
+        done.await??;
     }
     let _ = stop_tx.send(());
     server.await??;
+    if let Some(r) = &reports {
+        print_reports(args, r);
+    }
     samples.sort();
     api_times.sort();
     Ok(Run { samples, api_times })
+}
+
+/// Every enrolled node reports once per interval (their start times spread evenly over the first interval)
+/// for `--report-seconds`; the server's CPU time and the bytes written to storage are taken around it.
+async fn report_run(
+    args: &Args,
+    base: &str,
+    http: &reqwest::Client,
+    token: &str,
+    reporters: &mut [ServerClient],
+) -> anyhow::Result<ReportRun> {
+    // What each node applied: its current generation (a report newer than that is refused).
+    let nodes: serde_json::Value = http
+        .get(format!("{base}/api/v1/nodes"))
+        .bearer_auth(token)
+        .send()
+        .await?
+        .json()
+        .await?;
+    let mut applied = std::collections::HashMap::new();
+    for n in nodes["nodes"].as_array().into_iter().flatten() {
+        if let (Some(name), Some(g)) = (n["hostname"].as_str(), n["role_generation"].as_u64()) {
+            applied.insert(name.to_owned(), g);
+        }
+    }
+    eprintln!(
+        "{} agents reporting every {} s for {} s...",
+        reporters.len(),
+        args.report_interval_s,
+        args.report_seconds
+    );
+    let interval = Duration::from_secs(args.report_interval_s.max(1));
+    let run_for = Duration::from_secs(args.report_seconds);
+    let n = reporters.len().max(1);
+    let cpu0 = threads_cpu_ticks(SERVER_THREADS);
+    let io0 = process_write_bytes();
+    let t0 = Instant::now();
+    let mut tasks = Vec::new();
+    for (i, client) in reporters.iter().enumerate() {
+        let client = client.clone();
+        let generation = applied.get(&format!("lb-{i:04}")).copied().unwrap_or(0);
+        let offset = interval.mul_f64(i as f64 / n as f64);
+        tasks.push(tokio::spawn(async move {
+            let mut sent = 0usize;
+            let mut refused = 0usize;
+            let mut latencies = Vec::new();
+            let start = tokio::time::Instant::from_std(t0) + offset;
+            let end = tokio::time::Instant::from_std(t0) + run_for;
+            let mut tick = tokio::time::interval_at(start, interval);
+            let mut counter = 0u64;
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = tokio::time::sleep_until(end) => break,
+                }
+                if t0.elapsed() >= run_for {
+                    break;
+                }
+                counter += 1;
+                let report = sample_report(generation, counter);
+                let at = Instant::now();
+                match client.report(&report).await {
+                    Ok(()) => {
+                        sent += 1;
+                        latencies.push(at.elapsed());
+                    }
+                    Err(e) => {
+                        refused += 1;
+                        if refused == 1 {
+                            eprintln!("report of lb-{i:04}: {e}");
+                        }
+                    }
+                }
+            }
+            (sent, refused, latencies)
+        }));
+    }
+    let mut run = ReportRun {
+        reports: 0,
+        refused: 0,
+        seconds: 0.0,
+        server_cpu_s: 0.0,
+        write_bytes: 0,
+        latencies: Vec::new(),
+    };
+    for t in tasks {
+        let (sent, refused, latencies) = t.await?;
+        run.reports += sent;
+        run.refused += refused;
+        run.latencies.extend(latencies);
+    }
+    run.seconds = t0.elapsed().as_secs_f64();
+    run.server_cpu_s = (threads_cpu_ticks(SERVER_THREADS).saturating_sub(cpu0)) as f64 / 100.0;
+    run.write_bytes = process_write_bytes().saturating_sub(io0);
+    run.latencies.sort();
+    Ok(run)
+}
+
+/// A report as an agent of the benchmark's cluster sends it: the role applied, VRRP backup, one service with
+/// its two real servers and counters that move.
+fn sample_report(generation: u64, counter: u64) -> lbfleet_proto::AgentReport {
+    use lbfleet_proto::{AgentReport, Protocol, RealServerReport, ServiceReport, VrrpState};
+    let rs = |address: &str| RealServerReport {
+        address: address.into(),
+        port: 80,
+        healthy: true,
+        weight: 1,
+        active_conns: counter % 7,
+        inactive_conns: counter % 3,
+        connections: counter * 10,
+        packets_in: counter * 100,
+        packets_out: counter * 90,
+        bytes_in: counter * 10_000,
+        bytes_out: counter * 90_000,
+        health: None,
+    };
+    AgentReport {
+        applied_generation: generation,
+        vrrp_state: Some(VrrpState::Backup),
+        services: vec![ServiceReport {
+            vip: "198.18.0.10".into(),
+            port: 80,
+            protocol: Protocol::Tcp,
+            connections: counter * 20,
+            packets_in: counter * 200,
+            packets_out: counter * 180,
+            bytes_in: counter * 20_000,
+            bytes_out: counter * 180_000,
+            real_servers: vec![rs("198.18.2.1"), rs("198.18.2.2")],
+        }],
+        agent_version: Some("bench".into()),
+        uptime_s: counter * 10,
+        ..AgentReport::default()
+    }
+}
+
+fn print_reports(args: &Args, r: &ReportRun) {
+    let rate = r.reports as f64 / r.seconds.max(0.001);
+    println!(
+        "reports: {} agents every {} s for {:.1} s: {} accepted ({:.1}/s), {} failed",
+        args.pollers, args.report_interval_s, r.seconds, r.reports, rate, r.refused
+    );
+    println!(
+        "  server CPU (its runtime and SQLite threads): {:.2} s = {:.1}% of one core",
+        r.server_cpu_s,
+        100.0 * r.server_cpu_s / r.seconds.max(0.001)
+    );
+    println!(
+        "  database writes: {:.1} write transactions/s, {:.1} KiB/s to storage ({} bytes, /proc/self/io)",
+        rate,
+        r.write_bytes as f64 / 1024.0 / r.seconds.max(0.001),
+        r.write_bytes
+    );
+    if !r.latencies.is_empty() {
+        println!(
+            "  report call: p50 {:.2} ms  p99 {:.2} ms",
+            ms(percentile(&r.latencies, 0.50)),
+            ms(percentile(&r.latencies, 0.99))
+        );
+    }
 }
 
 fn report(args: &Args, postgres: bool, across: bool, run: &Run) {

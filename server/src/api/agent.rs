@@ -157,12 +157,32 @@ async fn role(
     }
     match s
         .fleet
-        .wait_role(node, q.after, wait, s.shutdown.clone())
+        .wait_role_wire(node, q.after, wait, s.shutdown.clone())
         .await?
     {
-        Some(doc) => Ok(Json(doc).into_response()),
+        Some(doc) => Ok(role_response(&doc)),
         None => Ok(StatusCode::NO_CONTENT.into_response()),
     }
+}
+
+/// A role document already serialised (shared with every poller of its generation), sent as it is.
+fn role_response(doc: &crate::fleet::RoleWire) -> Response {
+    let len = doc.len();
+    let chunks = doc.chunks().map(Ok::<_, std::convert::Infallible>);
+    (
+        [
+            (
+                axum::http::header::CONTENT_TYPE,
+                axum::http::HeaderValue::from_static("application/json"),
+            ),
+            (
+                axum::http::header::CONTENT_LENGTH,
+                axum::http::HeaderValue::from(len),
+            ),
+        ],
+        axum::body::Body::from_stream(futures::stream::iter(chunks)),
+    )
+        .into_response()
 }
 
 /// The role long-poll of a boot credential: the node's role document as the boot cache holds it (the last one

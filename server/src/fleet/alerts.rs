@@ -41,9 +41,7 @@ impl AlertKind {
             AlertKind::Takeover
             | AlertKind::NotReporting
             | AlertKind::GenerationLag
-            | AlertKind::ImageDrift => {
-                AlertLevel::Warn
-            }
+            | AlertKind::ImageDrift => AlertLevel::Warn,
             AlertKind::Drained | AlertKind::HardwareWaiting => AlertLevel::Info,
         }
     }

@@ -54,7 +54,7 @@ impl Precondition {
 impl Fleet {
     pub async fn list_clusters(&self) -> Result<Vec<ClusterView>> {
         let mut conn = self.store.read().await?;
-        let clusters = store::clusters::load(&mut conn, None).await?;
+        let clusters = self.cached_clusters(&mut conn, None).await?;
         let mut members: HashMap<i64, Vec<Member>> = HashMap::new();
         for (cid, m) in store::nodes::all_members(&mut conn).await? {
             members.entry(cid).or_default().push(m);
@@ -70,7 +70,11 @@ impl Fleet {
 
     pub async fn get_cluster(&self, name: &str) -> Result<ClusterView> {
         let mut conn = self.store.read().await?;
-        let c = Self::cluster_in(&mut conn, name).await?;
+        let c = self
+            .cached_clusters(&mut conn, Some(name))
+            .await?
+            .pop()
+            .ok_or_else(|| no_cluster(name))?;
         let members = store::nodes::members(&mut conn, c.id).await?;
         Ok(ClusterView::new(c, members))
     }

@@ -31,6 +31,7 @@ pub mod real_server_setup;
 mod real_servers;
 mod reboot;
 pub mod reenrollment;
+mod role_wire;
 mod roles;
 pub mod rollouts;
 pub mod rollouts_engine;
@@ -51,6 +52,7 @@ pub use history::{EventPage, FleetCounts, MAX_EVENTS_BYTES};
 pub use leases::{DhcpReservations, LeaderClaim, LeaseFence, LeaseWrite};
 pub use lifecycle::{BootTarget, NodeAction};
 pub use real_servers::{RealServerChange, RealServerRef, ServiceRef};
+pub use role_wire::RoleWire;
 pub use rules::{FieldError, FieldErrors};
 pub use switchover::Switchover;
 pub use views::{ClusterView, MemberView, NodeView};
@@ -119,6 +121,8 @@ pub struct Fleet {
     /// Clusters as last loaded for role documents, by id, with the content generation they were loaded at:
     /// a herd of agents woken by one change shares one load instead of each reading the whole cluster.
     cluster_cache: std::sync::Mutex<HashMap<i64, (i64, std::sync::Arc<StoredCluster>)>>,
+    /// Role documents serialised once and shared: services by cluster, documents by generation.
+    role_wire: role_wire::RoleWireCache,
     /// Most nodes allowed in state `discovered` at once: a flood of random MACs cannot grow the database
     /// without bound.
     max_discovered: i64,
@@ -155,6 +159,7 @@ impl Fleet {
             enrollment_token_ttl,
             max_discovered: DEFAULT_MAX_DISCOVERED,
             cluster_cache: std::sync::Mutex::new(HashMap::new()),
+            role_wire: role_wire::RoleWireCache::default(),
             event_writes: history::EventWrites::default(),
             traffic: traffic::Baselines::default(),
             liveness: liveness::Liveness::default(),
@@ -240,12 +245,7 @@ impl Fleet {
     async fn bump_cluster(conn: &mut store::Conn, cluster_id: i64) -> Result<Vec<(i64, u64)>> {
         let g = store::next_generation(conn).await?;
         store::clusters::touch(conn, cluster_id, g).await?;
-        let ids: Vec<i64> = store::nodes::members(conn, cluster_id)
-            .await?
-            .iter()
-            .map(|m| m.node_id)
-            .collect();
-        store::nodes::set_generation(conn, &ids, g).await?;
+        let ids = store::nodes::set_cluster_generation(conn, cluster_id, g).await?;
         Ok(ids.iter().map(|id| (*id, g)).collect())
     }
 }

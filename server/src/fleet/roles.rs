@@ -1,11 +1,12 @@
 //! Role documents: what a node must apply, built from its assignment and its cluster (cached per cluster content
 //! generation, so a herd of woken agents shares one load), and the long-poll that hands them out.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use lbfleet_proto::{NodeState, RealServer, Role, RoleDocument, VirtualService, VrrpConfig};
+use lbfleet_proto::{RealServer, Role, RoleDocument, VirtualService, VrrpConfig};
 
-use super::{no_cluster, Fleet, FleetError, Result};
+use super::{no_cluster, Fleet, Result};
 use crate::store::{
     self,
     clusters::StoredCluster,
@@ -27,87 +28,36 @@ impl Fleet {
         conn: &mut store::Conn,
         row: &NodeRow,
     ) -> Result<RoleDocument> {
-        let generation = u64::try_from(row.role_generation).unwrap_or(0);
-        let mut doc = RoleDocument {
-            reboot_generation: u64::try_from(row.reboot_generation).unwrap_or(0),
-            generation,
-            node: row.name().to_owned(),
-            cluster: None,
-            role: None,
-            vrrp: None,
-            services: vec![],
-        };
-        let (Some(cluster), Some(role), Some(priority)) = (&row.cluster, &row.role, row.priority)
-        else {
-            return Ok(doc);
-        };
-        let cluster_id = row.cluster_id.ok_or_else(|| {
-            StoreError::Corrupt(format!("node {} has a cluster but no id", row.id))
-        })?;
-        let c = self.cached_cluster(conn, cluster_id, cluster).await?;
-        let role: Role = role
-            .parse()
-            .map_err(|e| StoreError::Corrupt(format!("assignment of node {}: {e}", row.id)))?;
-        doc.cluster = Some(c.name.clone());
-        doc.role = Some(role);
-        doc.vrrp = Some(VrrpConfig {
-            version: c.spec.vrrp_version,
-            vrid: u8::try_from(c.spec.vrid)
-                .map_err(|_| StoreError::Corrupt(format!("cluster {} vrid", c.name)))?,
-            interface: c.spec.interface.clone(),
-            priority: u8::try_from(priority)
-                .map_err(|_| StoreError::Corrupt(format!("node {} priority", row.id)))?,
-            advert_interval_ms: c.spec.advert_interval_ms,
-            preempt: c.spec.preempt,
-            preempt_delay_ms: c.spec.preempt_delay_ms,
-            vips: c.spec.vips.clone(),
-            unicast_peers: c
-                .spec
-                .unicast_peers
-                .iter()
-                .map(|p| stored_address(&c.name, p))
-                .collect::<Result<_>>()?,
-            garp: c.spec.garp,
-            conn_sync: c.spec.conn_sync.clone(),
-        });
-        doc.services = c
-            .spec
-            .services
-            .iter()
-            .map(|s| {
-                Ok(VirtualService {
-                    vip: stored_address(&c.name, &s.vip)?,
-                    port: s.port,
-                    protocol: s.protocol,
-                    scheduler: s.scheduler,
-                    forward: s.forward,
-                    persistence_s: s.persistence_s,
-                    persistence_prefix: s.persistence_prefix,
-                    check: s.check.clone(),
-                    real_servers: s
-                        .real_servers
-                        .iter()
-                        .map(|r| {
-                            Ok(RealServer {
-                                address: stored_address(&c.name, &r.address)?,
-                                port: r.port,
-                                weight: r.weight,
-                                enabled: r.enabled.unwrap_or(true),
-                            })
-                        })
-                        .collect::<Result<_>>()?,
-                })
-            })
-            .collect::<Result<_>>()?;
+        let (mut doc, cluster) = self.role_head_for(conn, row).await?;
+        if let Some((_, _, c)) = cluster {
+            doc.services = services_of(&c)?;
+        }
         Ok(doc)
     }
 
-    async fn cached_cluster(
+    /// A node's role document without its services, and the cluster (id, content generation, spec) they come
+    /// from when the node is assigned.
+    pub(super) async fn role_head_for(
+        &self,
+        conn: &mut store::Conn,
+        row: &NodeRow,
+    ) -> Result<(RoleDocument, Option<ClusterAt>)> {
+        let cluster = match (&row.cluster, row.cluster_id) {
+            (Some(name), Some(id)) => {
+                let (g, c) = self.cached_cluster(conn, id, name).await?;
+                Some((id, g, c))
+            }
+            _ => None,
+        };
+        role_head_with(row, cluster)
+    }
+
+    pub(super) async fn cached_cluster(
         &self,
         conn: &mut store::Conn,
         cluster_id: i64,
         name: &str,
-    ) -> Result<std::sync::Arc<StoredCluster>> {
+    ) -> Result<(i64, Arc<StoredCluster>)> {
         let current = store::clusters::content_generation(conn, cluster_id)
             .await?
             .ok_or_else(|| no_cluster(name))?;
@@ -115,55 +65,155 @@ impl Fleet {
             let cache = self.cluster_cache.lock().unwrap_or_else(|p| p.into_inner());
             if let Some((g, c)) = cache.get(&cluster_id) {
                 if *g == current {
-                    return Ok(c.clone());
+                    return Ok((current, c.clone()));
                 }
             }
         }
         // Read the generation before the content: a change committed in between makes the cached copy newer
         // than its key, which the next lookup corrects; never older.
-        let c = std::sync::Arc::new(Self::cluster_in(conn, name).await?);
+        let c = Arc::new(Self::cluster_in(conn, name).await?);
         let mut cache = self.cluster_cache.lock().unwrap_or_else(|p| p.into_inner());
         cache.insert(cluster_id, (current, c.clone()));
-        Ok(c)
+        Ok((current, c))
+    }
+
+    /// Clusters (all, or the one named) as stored, from the cluster cache while their content generation is
+    /// unchanged: a page of a 30,000-real-server cluster reads two small rows instead of the whole spec.
+    pub(super) async fn cached_clusters(
+        &self,
+        conn: &mut store::Conn,
+        name: Option<&str>,
+    ) -> Result<Vec<StoredCluster>> {
+        let mut out = Vec::new();
+        for (id, name, generation) in store::clusters::generations(conn, name).await? {
+            let cached = {
+                let cache = self.cluster_cache.lock().unwrap_or_else(|p| p.into_inner());
+                cache
+                    .get(&id)
+                    .filter(|(g, _)| *g == generation)
+                    .map(|(_, c)| c.clone())
+            };
+            let c = match cached {
+                Some(c) => c,
+                None => {
+                    // Generation first, then content (as `cached_cluster`): never cached older than its key.
+                    let Some(c) = store::clusters::load_one(conn, &name).await? else {
+                        continue; // deleted in between
+                    };
+                    let c = Arc::new(c);
+                    let mut cache = self.cluster_cache.lock().unwrap_or_else(|p| p.into_inner());
+                    cache.insert(id, (generation, c.clone()));
+                    c
+                }
+            };
+            out.push((*c).clone());
+        }
+        Ok(out)
     }
 
     /// Long-poll: returns the node's role document as soon as its generation exceeds `after`, or `None` when
-    /// `timeout` passes (or `shutdown` fires) first.
+    /// `timeout` passes (or `shutdown` fires) first. The typed face of `wait_role_wire`.
     pub async fn wait_role(
         &self,
         node_id: i64,
         after: u64,
         timeout: Duration,
-        mut shutdown: tokio::sync::watch::Receiver<bool>,
+        shutdown: tokio::sync::watch::Receiver<bool>,
     ) -> Result<Option<RoleDocument>> {
-        let deadline = tokio::time::Instant::now() + timeout;
-        // Subscribe before reading, so a commit between the read and the wait still wakes us.
-        let mut rx = self.notifier.subscribe(node_id);
-        let mut check_db = true;
-        loop {
-            if check_db {
-                let mut conn = self.store.read().await?;
-                let row = Self::node_in(&mut conn, &NodeKey::Id(node_id)).await?;
-                if matches!(row.state, NodeState::Retired | NodeState::Rejected) {
-                    return Err(FleetError::Forbidden(format!("node is {}", row.state)));
-                }
-                if u64::try_from(row.role_generation).unwrap_or(0) > after {
-                    return Ok(Some(self.role_document_for(&mut conn, &row).await?));
-                }
-            }
-            tokio::select! {
-                changed = rx.changed() => {
-                    if changed.is_err() {
-                        // The channel was dropped (cannot happen while we hold a receiver); re-check.
-                        rx = self.notifier.subscribe(node_id);
-                    }
-                    check_db = *rx.borrow_and_update() > after;
-                }
-                _ = tokio::time::sleep_until(deadline) => return Ok(None),
-                _ = shutdown.wait_for(|s| *s) => return Ok(None),
-            }
-        }
+        let Some(wire) = self
+            .wait_role_wire(node_id, after, timeout, shutdown)
+            .await?
+        else {
+            return Ok(None);
+        };
+        Ok(Some(serde_json::from_slice(&wire.to_vec()).map_err(
+            |e| StoreError::Corrupt(format!("role document of node {node_id}: {e}")),
+        )?))
     }
+}
+
+/// A cluster as loaded for role documents: id, content generation, spec.
+pub(super) type ClusterAt = (i64, i64, Arc<StoredCluster>);
+
+/// A node's role document without its services, given its cluster as loaded (`None` when unassigned).
+pub(super) fn role_head_with(
+    row: &NodeRow,
+    loaded: Option<ClusterAt>,
+) -> Result<(RoleDocument, Option<ClusterAt>)> {
+    let generation = u64::try_from(row.role_generation).unwrap_or(0);
+    let mut doc = RoleDocument {
+        reboot_generation: u64::try_from(row.reboot_generation).unwrap_or(0),
+        generation,
+        node: row.name().to_owned(),
+        cluster: None,
+        role: None,
+        vrrp: None,
+        services: vec![],
+    };
+    let (Some(_), Some(role), Some(priority)) = (&row.cluster, &row.role, row.priority) else {
+        return Ok((doc, None));
+    };
+    let Some((cluster_id, content_generation, c)) = loaded else {
+        return Err(StoreError::Corrupt(format!("node {} has a cluster but no id", row.id)).into());
+    };
+    let role: Role = role
+        .parse()
+        .map_err(|e| StoreError::Corrupt(format!("assignment of node {}: {e}", row.id)))?;
+    doc.cluster = Some(c.name.clone());
+    doc.role = Some(role);
+    doc.vrrp = Some(VrrpConfig {
+        version: c.spec.vrrp_version,
+        vrid: u8::try_from(c.spec.vrid)
+            .map_err(|_| StoreError::Corrupt(format!("cluster {} vrid", c.name)))?,
+        interface: c.spec.interface.clone(),
+        priority: u8::try_from(priority)
+            .map_err(|_| StoreError::Corrupt(format!("node {} priority", row.id)))?,
+        advert_interval_ms: c.spec.advert_interval_ms,
+        preempt: c.spec.preempt,
+        preempt_delay_ms: c.spec.preempt_delay_ms,
+        vips: c.spec.vips.clone(),
+        unicast_peers: c
+            .spec
+            .unicast_peers
+            .iter()
+            .map(|p| stored_address(&c.name, p))
+            .collect::<Result<_>>()?,
+        garp: c.spec.garp,
+        conn_sync: c.spec.conn_sync.clone(),
+    });
+    Ok((doc, Some((cluster_id, content_generation, c))))
+}
+
+/// The services of a stored cluster, typed for the role document.
+pub(super) fn services_of(c: &StoredCluster) -> Result<Vec<VirtualService>> {
+    c.spec
+        .services
+        .iter()
+        .map(|s| {
+            Ok(VirtualService {
+                vip: stored_address(&c.name, &s.vip)?,
+                port: s.port,
+                protocol: s.protocol,
+                scheduler: s.scheduler,
+                forward: s.forward,
+                persistence_s: s.persistence_s,
+                persistence_prefix: s.persistence_prefix,
+                check: s.check.clone(),
+                real_servers: s
+                    .real_servers
+                    .iter()
+                    .map(|r| {
+                        Ok(RealServer {
+                            address: stored_address(&c.name, &r.address)?,
+                            port: r.port,
+                            weight: r.weight,
+                            enabled: r.enabled.unwrap_or(true),
+                        })
+                    })
+                    .collect::<Result<_>>()?,
+            })
+        })
+        .collect()
 }
 
 /// An address of a stored cluster spec, typed for the role document. The spec was validated before it was
@@ -179,6 +229,7 @@ mod tests {
     use std::time::Duration;
 
     use super::super::testing::{admin, fleet, member, ready_node, spec};
+    use super::super::FleetError;
     use super::super::{RealServerChange, RealServerRef, ServiceRef};
     use super::*;
 

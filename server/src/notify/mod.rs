@@ -13,12 +13,15 @@ pub mod peers;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
 #[derive(Debug)]
 pub struct Notifier {
     nodes: Mutex<HashMap<i64, watch::Sender<u64>>>,
+    /// The newest generation announced here for each node, and when (`recently_announced`).
+    latest: Mutex<HashMap<i64, (u64, Instant)>>,
     /// Bumped on every committed fleet change (for dashboards and metrics).
     fleet: watch::Sender<u64>,
     /// The highest generation announced here, by this server or a peer.
@@ -42,6 +45,7 @@ impl Default for Notifier {
     fn default() -> Self {
         Notifier {
             nodes: Mutex::new(HashMap::new()),
+            latest: Mutex::new(HashMap::new()),
             fleet: watch::channel(0).0,
             max_generation: AtomicU64::new(0),
             publishing: AtomicBool::new(false),
@@ -92,6 +96,16 @@ impl Notifier {
             self.max_generation.fetch_max(max, Ordering::Relaxed);
         }
         {
+            let now = Instant::now();
+            let mut latest = self.latest.lock().unwrap_or_else(|p| p.into_inner());
+            for (node_id, generation) in changes {
+                let e = latest.entry(*node_id).or_insert((0, now));
+                if *generation >= e.0 {
+                    *e = (*generation, now);
+                }
+            }
+        }
+        {
             let mut nodes = self.nodes.lock().unwrap_or_else(|p| p.into_inner());
             for (node_id, generation) in changes {
                 if let Some(tx) = nodes.get(node_id) {
@@ -133,6 +147,18 @@ impl Notifier {
 
     fn fleet_changed_here(&self) {
         self.fleet.send_modify(|v| *v = v.wrapping_add(1));
+    }
+
+    /// The newest generation announced here for `node_id`, if that announcement is younger than `within`.
+    /// Generations are fleet-wide and only grow, and writers announce after every commit, so an agent that
+    /// polls again right after it got that generation can wait without reading the database; an older
+    /// announcement proves less (a writer this server does not hear from), and the poll reads it.
+    pub fn recently_announced(&self, node_id: i64, within: Duration) -> Option<u64> {
+        let latest = self.latest.lock().unwrap_or_else(|p| p.into_inner());
+        latest
+            .get(&node_id)
+            .filter(|(_, at)| at.elapsed() < within)
+            .map(|(g, _)| *g)
     }
 
     /// The highest generation announced here so far.

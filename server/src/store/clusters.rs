@@ -204,6 +204,19 @@ pub async fn load(conn: &mut Conn, name: Option<&str>) -> Result<Vec<StoredClust
         .collect()
 }
 
+/// Every cluster's id, name and content generation, by name (what the cluster cache is checked against).
+pub async fn generations(
+    conn: &mut Conn,
+    name: Option<&str>,
+) -> Result<Vec<(i64, String, i64)>, StoreError> {
+    Ok(sqlx::query_as(
+        "SELECT id, name, content_generation FROM clusters WHERE ($1 IS NULL OR name = $1) ORDER BY name",
+    )
+    .bind(name)
+    .fetch_all(conn)
+    .await?)
+}
+
 pub async fn load_one(conn: &mut Conn, name: &str) -> Result<Option<StoredCluster>, StoreError> {
     Ok(load(conn, Some(name)).await?.into_iter().next())
 }

@@ -193,14 +193,80 @@ pub async fn set_generation(
 ) -> Result<(), StoreError> {
     let g =
         i64::try_from(generation).map_err(|_| StoreError::Corrupt("generation overflow".into()))?;
-    for id in ids {
-        sqlx::query("UPDATE nodes SET role_generation = $1 WHERE id = $2")
-            .bind(g)
-            .bind(*id)
-            .execute(&mut *conn)
-            .await?;
+    // Up to 100 ids a statement: one round trip for many nodes (each statement is a hop to the database
+    // thread on SQLite, a network round trip on PostgreSQL).
+    for chunk in ids.chunks(SET_GENERATION_CHUNK) {
+        let list: Vec<String> = (0..chunk.len()).map(|i| format!("${}", i + 2)).collect();
+        let sql = format!(
+            "UPDATE nodes SET role_generation = $1 WHERE id IN ({})",
+            list.join(", ")
+        );
+        let mut q = sqlx::query(&sql).bind(g);
+        for id in chunk {
+            q = q.bind(*id);
+        }
+        q.execute(&mut *conn).await?;
     }
     Ok(())
+}
+
+const SET_GENERATION_CHUNK: usize = 100;
+
+/// Sets `generation` as the role generation of every member of a cluster, in one statement; returns their
+/// ids.
+pub async fn set_cluster_generation(
+    conn: &mut Conn,
+    cluster_id: i64,
+    generation: u64,
+) -> Result<Vec<i64>, StoreError> {
+    let g =
+        i64::try_from(generation).map_err(|_| StoreError::Corrupt("generation overflow".into()))?;
+    Ok(sqlx::query_scalar(
+        "UPDATE nodes SET role_generation = $1 \
+         WHERE id IN (SELECT node_id FROM assignments WHERE cluster_id = $2) RETURNING id",
+    )
+    .bind(g)
+    .bind(cluster_id)
+    .fetch_all(conn)
+    .await?)
+}
+
+/// A node with its assignment, without its last report (for its role document).
+pub async fn get_for_role(conn: &mut Conn, id: i64) -> Result<Option<NodeRow>, StoreError> {
+    let sql = format!(
+        "{} WHERE n.id = $1",
+        SELECT_NODE.replace("n.last_report", "CAST(NULL AS TEXT) AS last_report")
+    );
+    Ok(sqlx::query_as(&sql).bind(id).fetch_optional(conn).await?)
+}
+
+/// A node's state and role generation: what a long-poll checks before it waits.
+pub async fn role_state(conn: &mut Conn, id: i64) -> Result<Option<(NodeState, i64)>, StoreError> {
+    let row: Option<(String, i64)> =
+        sqlx::query_as("SELECT state, role_generation FROM nodes WHERE id = $1")
+            .bind(id)
+            .fetch_optional(conn)
+            .await?;
+    row.map(|(state, g)| {
+        let state = state
+            .parse()
+            .map_err(|e| StoreError::Corrupt(format!("state of node {id}: {e}")))?;
+        Ok((state, g))
+    })
+    .transpose()
+}
+
+/// Every node whose role generation is `generation`, with its assignment, without its last report (the wake
+/// path builds role documents from these; a report can be megabytes).
+pub async fn at_generation(conn: &mut Conn, generation: i64) -> Result<Vec<NodeRow>, StoreError> {
+    let sql = format!(
+        "{} WHERE n.role_generation = $1 ORDER BY n.id",
+        SELECT_NODE.replace("n.last_report", "CAST(NULL AS TEXT) AS last_report")
+    );
+    Ok(sqlx::query_as(&sql)
+        .bind(generation)
+        .fetch_all(conn)
+        .await?)
 }
 
 pub async fn upsert_assignment(

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use askama::Template;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
 use axum::routing::{get, post};
@@ -19,6 +19,7 @@ use super::format::{time_text, vip_list};
 use super::health::{check_extras, health_views, HealthView};
 use super::page::{render, Chrome};
 use super::picture::*;
+use super::rs_pager::{self, RsQuery};
 use super::session::{Posted, WebUser};
 use crate::fleet::{node_key, socket_text, ClusterView, FleetError, NodeAction, Precondition};
 use crate::state::AppState;
@@ -252,7 +253,10 @@ pub(super) struct ClusterPage {
     p: Chrome,
     name: String,
     card: ClusterCard,
+    /// The services with real servers on this page of the real-server tables (all of a small cluster).
     services: Vec<ServiceView>,
+    /// Where that page is: search, page number, rows shown.
+    rs_page: rs_pager::RsPage,
     vips: Vec<String>,
     candidates: Vec<Candidate>,
     has_active: bool,
@@ -277,9 +281,10 @@ pub async fn cluster(
     headers: HeaderMap,
     Path(name): Path<String>,
     axum::extract::Query(q): axum::extract::Query<super::traffic::TrafficQuery>,
+    Query(view): Query<RsQuery>,
 ) -> Result<Response, WebError> {
     let range = super::traffic::range_of(q.range.as_deref());
-    cluster_page_in(
+    cluster_page_at(
         &s,
         &user,
         &headers,
@@ -287,6 +292,7 @@ pub async fn cluster(
         None,
         ServiceForm::blank(),
         range,
+        &view,
     )
     .await
 }
@@ -300,10 +306,23 @@ pub async fn cluster_page(
     svc_form: ServiceForm,
 ) -> Result<Response, WebError> {
     let range = crate::fleet::traffic::TrafficRange::Hour;
-    cluster_page_in(s, user, headers, name, form, svc_form, range).await
+    cluster_page_at(
+        s,
+        user,
+        headers,
+        name,
+        form,
+        svc_form,
+        range,
+        &RsQuery::default(),
+    )
+    .await
 }
 
-async fn cluster_page_in(
+/// The cluster page with its traffic graphs over `range` and its real-server tables at one page of one search
+/// (`rs_pager`).
+#[allow(clippy::too_many_arguments)]
+async fn cluster_page_at(
     s: &AppState,
     user: &WebUser,
     headers: &HeaderMap,
@@ -311,6 +330,7 @@ async fn cluster_page_in(
     form: Option<ClusterForm>,
     svc_form: ServiceForm,
     range: crate::fleet::traffic::TrafficRange,
+    view: &RsQuery,
 ) -> Result<Response, WebError> {
     let c: ClusterView = s.fleet.get_cluster(name).await?;
     let traffic = super::traffic::panel(
@@ -332,12 +352,12 @@ async fn cluster_page_in(
         None => None,
     };
     let health = health_views(report.as_ref());
-    let services = c
-        .spec
+    let rs_page = rs_pager::page(&c.spec, view, rs_pager::PER_PAGE);
+    let services = rs_page
         .services
         .iter()
-        .enumerate()
-        .map(|(index, sv)| ServiceView {
+        .filter_map(|(index, shown)| c.spec.services.get(*index).map(|sv| (*index, sv, shown)))
+        .map(|(index, sv, shown)| ServiceView {
             index,
             check_spec: sv.check.clone(),
             check_extras: check_extras(&sv.check),
@@ -359,9 +379,9 @@ async fn cluster_page_in(
             } else {
                 format!("{} s", sv.persistence_s)
             },
-            servers: sv
-                .real_servers
+            servers: shown
                 .iter()
+                .filter_map(|ri| sv.real_servers.get(*ri))
                 .map(|r| RsView {
                     address: socket_text(&r.address, r.port),
                     weight: r.weight,
@@ -414,6 +434,7 @@ async fn cluster_page_in(
         name: c.name,
         card,
         services,
+        rs_page,
         candidates,
     })?;
     if has_errors {

@@ -30,6 +30,7 @@ mod overview;
 mod page;
 mod picture;
 mod rollouts;
+mod rs_pager;
 mod servers;
 mod services;
 mod session;
