@@ -999,24 +999,29 @@ async fn seed_traffic_history(srv: &TestServer, node_id: i64) -> i64 {
             .unwrap();
         }
     }
-    sqlx::query(
-        "INSERT INTO events (at, kind, node_id, cluster, message) VALUES ($1, 'vrrp', $2, 'ext', \
-         'VRRP backup -> master: master down timer expired')",
-    )
-    .bind(start + 8 * 60 * 1000)
-    .bind(node_id)
-    .execute(&pool)
-    .await
-    .unwrap();
-    sqlx::query(
-        "INSERT INTO events (at, kind, node_id, cluster, message) VALUES ($1, 'health', $2, 'ext', \
-         'real server 198.18.2.1:8080 of 198.18.0.10:80/tcp is down: connect: refused')",
-    )
-    .bind(start + 28 * 60 * 1000)
-    .bind(node_id)
-    .execute(&pool)
-    .await
-    .unwrap();
+    for (minute, kind, message) in [
+        (
+            8,
+            "vrrp",
+            "VRRP backup -> master: master down timer expired",
+        ),
+        (
+            28,
+            "health",
+            "real server 198.18.2.1:8080 of 198.18.0.10:80/tcp is down: connect: refused",
+        ),
+    ] {
+        sqlx::query(
+            "INSERT INTO events (at, kind, node_id, cluster, message) VALUES ($1, $2, $3, 'ext', $4)",
+        )
+        .bind(start + minute * 60 * 1000)
+        .bind(kind)
+        .bind(node_id)
+        .bind(message)
+        .execute(&pool)
+        .await
+        .unwrap();
+    }
     pool.close().await;
     last_bucket
 }
@@ -1034,15 +1039,9 @@ async fn traffic_graphs_are_drawn_on_the_cluster_page_and_follow_a_drain_live() 
         .put("/api/v1/clusters/ext", &op, cluster_spec(51, "198.18.0.10"))
         .await;
     assert_eq!(s, StatusCode::CREATED, "{v}");
-    let cred = srv.enrolled_node("52:54:00:00:01:01", "lb-01").await;
-    let (s, v) = srv
-        .post(
-            "/api/v1/nodes/lb-01/assign",
-            &op,
-            json!({"cluster": "ext", "role": "active"}),
-        )
+    let cred = srv
+        .assigned_node("52:54:00:00:01:01", "lb-01", "ext", "active")
         .await;
-    assert_eq!(s, StatusCode::OK, "{v}");
     let (_, node) = srv.get("/api/v1/nodes/lb-01", &op).await;
     let node_id = node["id"].as_i64().unwrap();
     let (_, role) = srv.get("/api/v1/agent/role", &cred).await;

@@ -237,16 +237,8 @@ impl Site {
             .enumerate()
         {
             let cred = srv
-                .enrolled_node(&format!("52:54:00:00:24:0{}", i + 1), name)
+                .assigned_node(&format!("52:54:00:00:24:0{}", i + 1), name, "ext", role)
                 .await;
-            let (s, v) = srv
-                .post(
-                    &format!("/api/v1/nodes/{name}/assign"),
-                    &op,
-                    json!({"cluster": "ext", "role": role}),
-                )
-                .await;
-            assert_eq!(s, StatusCode::OK, "{v}");
             agents.push((
                 name.to_string(),
                 SimAgent::start(&srv, name, cred, "v1", bad.clone(), log.clone()),

@@ -77,15 +77,9 @@ async fn reported_counters_become_rates_in_the_api_the_pages_and_metrics() {
         .put("/api/v1/clusters/ext", &op, cluster_spec(51, "198.18.0.10"))
         .await;
     assert_eq!(s, StatusCode::CREATED, "{v}");
-    let cred = srv.enrolled_node("52:54:00:00:00:01", "lb-01").await;
-    let (s, v) = srv
-        .post(
-            "/api/v1/nodes/lb-01/assign",
-            &op,
-            json!({"cluster": "ext", "role": "active"}),
-        )
+    let cred = srv
+        .assigned_node("52:54:00:00:00:01", "lb-01", "ext", "active")
         .await;
-    assert_eq!(s, StatusCode::OK, "{v}");
     let (_, role) = srv.get("/api/v1/agent/role", &cred).await;
     let g = &role["generation"];
 

@@ -361,6 +361,26 @@ impl TestServer {
         assert_eq!(s, StatusCode::OK, "{v}");
         v["credential"].as_str().unwrap().to_owned()
     }
+
+    /// `enrolled_node`, then assigned `role` in `cluster`; returns the node credential.
+    pub async fn assigned_node(
+        &self,
+        mac: &str,
+        hostname: &str,
+        cluster: &str,
+        role: &str,
+    ) -> String {
+        let credential = self.enrolled_node(mac, hostname).await;
+        let (s, v) = self
+            .post(
+                &format!("/api/v1/nodes/{hostname}/assign"),
+                &self.tokens.operator,
+                json!({"cluster": cluster, "role": role}),
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        credential
+    }
 }
 
 impl Drop for TestServer {

@@ -29,9 +29,9 @@
 use std::path::Path;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use lbfleet_tests::lab::fleet::{self, FleetOptions, BALANCERS, REAL_SERVERS};
+use lbfleet_tests::lab::fleet::{self, FleetLayout, FleetOptions, BALANCERS, REAL_SERVERS};
 use lbfleet_tests::lab::traffic::{self, Background, ProbeResult};
-use lbfleet_tests::lab::{self, wait, Netns, ServerOptions, Site};
+use lbfleet_tests::lab::{self, wait, Netns, ServerOptions, Site, Vm};
 use lbfleet_tests::vlan_arp;
 use serde_json::{json, Value};
 
@@ -78,6 +78,23 @@ fn wait_vrrp(site: &Site, host: &str, state: &str) {
     );
     if let Err(e) = r {
         panic!("{e}; node: {}", node(site, host));
+    }
+}
+
+/// Where each registered balancer's console stands now (to wait for what comes after).
+fn console_marks(site: &Site, layout: &FleetLayout) -> Vec<usize> {
+    layout.vms[..2]
+        .iter()
+        .map(|&i| site.vms[i].console_len())
+        .collect()
+}
+
+/// Waits until both registered balancers' consoles show `needle` after `marks`.
+fn wait_consoles(vms: &mut [Vm], layout: &FleetLayout, marks: &[usize], needle: &str) {
+    for (&vm, &from) in layout.vms[..2].iter().zip(marks) {
+        vms[vm]
+            .wait_console_from(from, needle, REPORT_TIMEOUT)
+            .unwrap_or_else(|e| panic!("{e}"));
     }
 }
 
@@ -505,10 +522,7 @@ fn full_fleet_serves_fails_over_and_switches_over() {
     }
     wait_vrrp(&site, "lb-02", "master");
     wait_vrrp(&site, "lb-01", "backup");
-    let consoles: Vec<usize> = layout.vms[..2]
-        .iter()
-        .map(|&i| site.vms[i].console_len())
-        .collect();
+    let consoles = console_marks(&site, &layout);
     let mut vlan_spec = fleet::cluster_spec();
     vlan_spec["interface"] = json!("eth0.100");
     vlan_spec["vips"][0] = json!(format!("{VLAN_VIP}/24"));
@@ -521,11 +535,7 @@ fn full_fleet_serves_fails_over_and_switches_over() {
         )
         .expect("cluster on VLAN 100");
     let vlan_started = Instant::now();
-    for (&vm, &from) in layout.vms[..2].iter().zip(&consoles) {
-        site.vms[vm]
-            .wait_console_from(from, "VLAN interface created", REPORT_TIMEOUT)
-            .unwrap_or_else(|e| panic!("{e}"));
-    }
+    wait_consoles(&mut site.vms, &layout, &consoles, "VLAN interface created");
     let client_mac = {
         let out = client
             .ip_output(&["-j", "link", "show", "eth0"])
@@ -575,10 +585,7 @@ fn full_fleet_serves_fails_over_and_switches_over() {
     wait_vrrp(&site, "lb-02", "master");
     owner(BALANCERS[1].mac);
     // The cluster drops the VLAN: both remove the interface they made, and the VIP is back untagged.
-    let consoles: Vec<usize> = layout.vms[..2]
-        .iter()
-        .map(|&i| site.vms[i].console_len())
-        .collect();
+    let consoles = console_marks(&site, &layout);
     site.server()
         .api_ok(
             "PUT",
@@ -586,11 +593,7 @@ fn full_fleet_serves_fails_over_and_switches_over() {
             Some(&fleet::cluster_spec()),
         )
         .expect("cluster back on eth0");
-    for (&vm, &from) in layout.vms[..2].iter().zip(&consoles) {
-        site.vms[vm]
-            .wait_console_from(from, "VLAN interface removed", REPORT_TIMEOUT)
-            .unwrap_or_else(|e| panic!("{e}"));
-    }
+    wait_consoles(&mut site.vms, &layout, &consoles, "VLAN interface removed");
     wait::until(
         "the VIP answering untagged again",
         wait::scaled(Duration::from_secs(30)),

@@ -90,3 +90,23 @@ async fn static_file(Path(file): Path<String>) -> Response {
         None => (StatusCode::NOT_FOUND, "no such file").into_response(),
     }
 }
+
+/// Every image's name, for the pages' image pickers.
+async fn image_names(s: &AppState) -> Result<Vec<String>, WebError> {
+    Ok(s.fleet
+        .list_images()
+        .await?
+        .into_iter()
+        .map(|i| i.name)
+        .collect())
+}
+
+/// Every cluster's name, for the pages' cluster pickers.
+async fn cluster_names(s: &AppState) -> Result<Vec<String>, WebError> {
+    Ok(s.fleet
+        .list_clusters()
+        .await?
+        .into_iter()
+        .map(|c| c.name)
+        .collect())
+}

@@ -238,13 +238,7 @@ pub async fn nodes(
         }
     })
     .collect();
-    let clusters = s
-        .fleet
-        .list_clusters()
-        .await?
-        .into_iter()
-        .map(|c| c.name)
-        .collect();
+    let clusters = super::cluster_names(&s).await?;
     render(&NodesPage {
         p: Chrome::new(&user, &headers, "nodes", "Nodes".into()),
         rows,
@@ -366,20 +360,8 @@ pub async fn node(
             ..EventFilter::default()
         })
         .await?;
-    let images = s
-        .fleet
-        .list_images()
-        .await?
-        .into_iter()
-        .map(|i| i.name)
-        .collect();
-    let clusters = s
-        .fleet
-        .list_clusters()
-        .await?
-        .into_iter()
-        .map(|c| c.name)
-        .collect();
+    let images = super::image_names(&s).await?;
+    let clusters = super::cluster_names(&s).await?;
     let st = n.state;
     let op = user.can_operate();
     render(&NodePage {
@@ -476,13 +458,7 @@ pub async fn discovered(
     };
     let waiting = rows(NodeState::Discovered).await?;
     let rejected = rows(NodeState::Rejected).await?;
-    let images = s
-        .fleet
-        .list_images()
-        .await?
-        .into_iter()
-        .map(|i| i.name)
-        .collect();
+    let images = super::image_names(&s).await?;
     render(&DiscoveredPage {
         p: Chrome::new(&user, &headers, "discovered", "Discovered hardware".into()),
         waiting,

@@ -111,20 +111,8 @@ async fn list(
         .into_iter()
         .map(row)
         .collect();
-    let images = s
-        .fleet
-        .list_images()
-        .await?
-        .into_iter()
-        .map(|i| i.name)
-        .collect();
-    let clusters = s
-        .fleet
-        .list_clusters()
-        .await?
-        .into_iter()
-        .map(|c| c.name)
-        .collect();
+    let images = super::image_names(&s).await?;
+    let clusters = super::cluster_names(&s).await?;
     render(&RolloutsPage {
         p: Chrome::new(&user, &headers, "rollouts", "Rollouts".into()),
         rollouts,
