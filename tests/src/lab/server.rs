@@ -233,10 +233,13 @@ impl LabServer {
 
     /// Stops the server (SIGTERM, as an operator's restart; SIGKILL after 10 s) and starts it again on the
     /// same database and boot directory; returns once it answers `/healthz`. The log is appended to.
+    /// A server already dead (`kill_hard`) is only started.
     pub fn restart(&mut self) -> Result<(), LabError> {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
+        if self.running() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &self.child.id().to_string()])
+                .status();
+        }
         let stopped = wait::until("lbfleet-server to stop", Duration::from_secs(10), || {
             matches!(self.child.try_wait(), Ok(Some(_)) | Err(_)).then_some(())
         });
