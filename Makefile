@@ -2,7 +2,7 @@
 CARGO ?= cargo
 SERVER := target/release/lbfleet-server
 
-.PHONY: all deps build image demo demo-ha demo-down demo-status check test lint guest bench bench-longpoll bench-dhcp bench-dhcp-pg bench-dhcp-takeover bench-ipvs bench-tftp bench-pxe bench-vrrp bench-health bench-site bench-import bench-dr fuzz clean
+.PHONY: all deps build image demo demo-ha demo-down demo-status check test lint guest bench bench-longpoll bench-dhcp bench-dhcp-pg bench-dhcp-takeover bench-ipvs bench-tftp bench-pxe bench-vrrp bench-health bench-site bench-import bench-dr bench-rollout fuzz clean
 
 all: build
 
@@ -61,7 +61,7 @@ guest: deps
 	LBFLEET_BIN_DIR=$(CURDIR)/target/debug $(CARGO) test --workspace \
 	  $(foreach t,$(basename $(notdir $(wildcard tests/tests/*.rs))),--test $(t))
 
-bench: bench-longpoll bench-dhcp bench-dhcp-pg bench-dhcp-takeover bench-ipvs bench-tftp bench-pxe bench-vrrp bench-health bench-site bench-import bench-dr
+bench: bench-longpoll bench-dhcp bench-dhcp-pg bench-dhcp-takeover bench-ipvs bench-tftp bench-pxe bench-vrrp bench-health bench-site bench-import bench-dr bench-rollout
 
 bench-longpoll: deps
 	$(CARGO) run --release -p lbfleet-bench --bin bench-longpoll -- $(BENCH_ARGS)
@@ -110,6 +110,12 @@ bench-vrrp: deps
 bench-site: deps
 	$(CARGO) build --release -p lbfleet-server -p lbfleet-agent -p lbfleet-tests -p lbfleet-bench --bins
 	./target/release/bench-site $(BENCH_SITE_ARGS)
+
+# A rollout of the demo pair (root, QEMU TCG): each node's time against its own reboot to serving (goal <= 1.3x)
+# and requests lost per rollout (goal <= 1). BENCH_ROLLOUT_ARGS: --rounds N, --interval-ms MS, --image DIR.
+bench-rollout: deps
+	$(CARGO) build --release -p lbfleet-server -p lbfleet-agent -p lbfleet-tests -p lbfleet-bench --bins
+	./target/release/bench-rollout $(BENCH_ROLLOUT_ARGS)
 
 # keepalived.conf import of 1,000 virtual_server x 10 real_server over 20 includes: `import --dry-run` vs
 # `keepalived -t` on the same files (ratio of medians), and the applied import's time. Root (its own netns).

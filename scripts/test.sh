@@ -83,6 +83,31 @@ run_list_pg() {
   LBFLEET_TEST_DATABASE=postgres run_list "$@"
 }
 
+# The privileged tier in two lanes side by side: the tests that run QEMU machines (CPU-bound under TCG) in one,
+# the network-namespace and browser tests (mostly waiting on their own timers) in the other. Each lane keeps its
+# order; the second lane's output is printed whole after it ends. Both lanes run to the end; either failing
+# fails the tier.
+run_privileged() {
+  local vm=() other=() key
+  for key in "$@"; do
+    case "$key" in
+      lbfleet-tests:guest_* | lbfleet-tests:fleet | lbfleet-tests:pxe_* | lbfleet-tests:site_* | \
+        lbfleet-tests:vrrp_conn_sync) vm+=("$key") ;;
+      *) other+=("$key") ;;
+    esac
+  done
+  local log rc=0 pid
+  log=$(mktemp)
+  run_list "${other[@]}" >"$log" 2>&1 &
+  pid=$!
+  run_list "${vm[@]}" || rc=$?
+  wait "$pid" || rc=$?
+  echo "== the network-namespace and browser lane (ran alongside): ${other[*]}"
+  cat "$log"
+  rm -f "$log"
+  return "$rc"
+}
+
 export LBFLEET_BIN_DIR="$PWD/target/debug"
 tier layout bash scripts/check-layout.sh
 tier fmt "$CARGO" fmt --all -- --check
@@ -94,7 +119,7 @@ tier component run_list "${component[@]}"
 if [ "$mode" = full ]; then
   # The component tests again on PostgreSQL: each test binary starts its own cluster (tests/src/postgres.rs).
   tier component-pg run_list_pg "${component[@]}" "${postgres[@]}"
-  tier privileged run_list "${privileged[@]}"
+  tier privileged run_privileged "${privileged[@]}"
 fi
 
 echo
