@@ -38,16 +38,19 @@ struct Args {
     /// Seconds of CPU measurement per checker (after 5 s of warm-up)
     #[arg(long, default_value_t = 20)]
     cpu_seconds: u32,
+    /// Check interval of the CPU measurement, seconds (keepalived's `delay_loop`; the drain trials use 1 s)
+    #[arg(long, default_value_t = 1)]
+    interval_s: u32,
     /// lbfleet-agent binary to put in the guest (default: built with this bench's profile)
     #[arg(long)]
     agent: Option<std::path::PathBuf>,
 }
 
-fn http_check() -> HealthCheck {
+fn http_check(interval_s: u32) -> HealthCheck {
     HealthCheck {
         path: Some("/healthz".into()),
         expect_status: Some(200),
-        interval_ms: 1000,
+        interval_ms: interval_s.saturating_mul(1000),
         timeout_ms: 500,
         rise: 1,
         fall: 3,
@@ -61,7 +64,7 @@ fn server(i: usize) -> (String, u16) {
 }
 
 /// Services of 100 real servers each on 198.18.0.10, ports 80...
-fn role(servers: &[(String, u16, u32)], per_service: usize) -> RoleDocument {
+fn role(servers: &[(String, u16, u32)], per_service: usize, interval_s: u32) -> RoleDocument {
     RoleDocument {
         reboot_generation: 0,
         generation: 1,
@@ -80,7 +83,7 @@ fn role(servers: &[(String, u16, u32)], per_service: usize) -> RoleDocument {
                 forward: ForwardMethod::Nat,
                 persistence_s: 0,
                 persistence_prefix: None,
-                check: http_check(),
+                check: http_check(interval_s),
                 real_servers: chunk
                     .iter()
                     .map(|(a, p, w)| RealServer {
@@ -96,12 +99,12 @@ fn role(servers: &[(String, u16, u32)], per_service: usize) -> RoleDocument {
 }
 
 /// keepalived's configuration of the same services and checks.
-fn keepalived_conf(servers: &[(String, u16, u32)], per_service: usize) -> String {
+fn keepalived_conf(servers: &[(String, u16, u32)], per_service: usize, interval_s: u32) -> String {
     let mut c = String::from("global_defs {\n  router_id bench\n}\n");
     for (k, chunk) in servers.chunks(per_service).enumerate() {
         let _ = writeln!(
             c,
-            "virtual_server 198.18.0.10 {} {{\n  delay_loop 1\n  lb_algo wrr\n  lb_kind NAT\n  protocol TCP",
+            "virtual_server 198.18.0.10 {} {{\n  delay_loop {interval_s}\n  lb_algo wrr\n  lb_kind NAT\n  protocol TCP",
             80 + k
         );
         for (a, p, w) in chunk {
@@ -283,14 +286,20 @@ fn main() -> anyhow::Result<()> {
     img.binary(&keepalived, "/usr/sbin/keepalived")?;
     img.file(
         "/bench/drain.json",
-        &serde_json::to_vec(&role(&drain, 100))?,
+        &serde_json::to_vec(&role(&drain, 100, 1))?,
     );
-    img.file("/bench/drain.conf", keepalived_conf(&drain, 100).as_bytes());
+    img.file(
+        "/bench/drain.conf",
+        keepalived_conf(&drain, 100, 1).as_bytes(),
+    );
     img.file(
         "/bench/scale.json",
-        &serde_json::to_vec(&role(&scale, 100))?,
+        &serde_json::to_vec(&role(&scale, 100, args.interval_s.max(1)))?,
     );
-    img.file("/bench/scale.conf", keepalived_conf(&scale, 100).as_bytes());
+    img.file(
+        "/bench/scale.conf",
+        keepalived_conf(&scale, 100, args.interval_s.max(1)).as_bytes(),
+    );
     img.script(&script(args.trials, args.servers, args.cpu_seconds));
     let (initrd, _scratch) = img.write()?;
     eprintln!(
@@ -336,8 +345,10 @@ fn cpu_report(out: &GuestOutput, args: &Args) -> anyhow::Result<()> {
     let (lc, lr, lf) = cpu(out, "lbfleet_cpu")?;
     let (kc, kr, kf) = cpu(out, "keepalived_cpu")?;
     println!(
-        "{} real servers, HTTP GET every 1 s, {} s:",
-        args.servers, args.cpu_seconds
+        "{} real servers, HTTP GET every {} s, {} s:",
+        args.servers,
+        args.interval_s.max(1),
+        args.cpu_seconds
     );
     println!("  lbfleet    CPU {lc:5.1}% of one core  RSS {lr} KiB  most open fds {lf}");
     println!("  keepalived CPU {kc:5.1}% of one core  RSS {kr} KiB  most open fds {kf} (checker process)");
