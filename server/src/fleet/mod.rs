@@ -47,7 +47,7 @@ mod testing;
 
 pub use alerts::{Alert, AlertKind, AlertLevel};
 pub use clusters::Precondition;
-pub use enrollment::EnrollmentToken;
+pub use enrollment::{DeltaOutcome, EnrollmentToken};
 pub use history::{EventPage, FleetCounts, MAX_EVENTS_BYTES};
 pub use leases::{DhcpReservations, LeaderClaim, LeaseFence, LeaseWrite};
 pub use lifecycle::{BootTarget, NodeAction};
