@@ -599,4 +599,135 @@ mod tests {
             Err(FleetError::Conflict(_))
         ));
     }
+
+    fn row(address: &str, healthy: bool, connections: u64) -> lbfleet_proto::RealServerReport {
+        lbfleet_proto::RealServerReport {
+            address: address.into(),
+            port: 80,
+            healthy,
+            weight: u32::from(healthy),
+            active_conns: 0,
+            inactive_conns: 0,
+            connections,
+            packets_in: 0,
+            packets_out: 0,
+            bytes_in: 0,
+            bytes_out: 0,
+            health: None,
+        }
+    }
+
+    async fn stored(f: &Fleet, key: &NodeKey) -> (AgentReport, i64) {
+        let mut conn = f.store.read().await.expect("read");
+        let row = store::nodes::get(&mut conn, key)
+            .await
+            .expect("node")
+            .expect("exists");
+        let report = serde_json::from_str(row.last_report.as_deref().expect("a report"))
+            .expect("stored report");
+        (report, store::nodes::report_seq(&mut conn, row.id).await.expect("seq"))
+    }
+
+    #[tokio::test]
+    async fn a_delta_is_merged_on_its_base_only_and_all_or_nothing() {
+        use lbfleet_proto::{Protocol, RealServerRef, ServiceDelta, ServiceReport};
+        let (f, _dir) = fleet().await;
+        f.put_cluster(&admin(), "ext", &spec(51, "198.18.0.10"))
+            .await
+            .expect("cluster");
+        let key = member(&f, 1, "ext", Role::Active).await;
+        let node = f.get_node(&key).await.expect("node");
+        let full = AgentReport {
+            applied_generation: node.role_generation as u64,
+            services: vec![ServiceReport {
+                vip: "198.18.0.10".into(),
+                port: 80,
+                protocol: Protocol::Tcp,
+                connections: 10,
+                packets_in: 0,
+                packets_out: 0,
+                bytes_in: 0,
+                bytes_out: 0,
+                real_servers: vec![row("198.18.2.1", true, 4), row("198.18.2.2", true, 6)],
+            }],
+            ..AgentReport::default()
+        };
+        let seq = f.report(node.id, &full).await.expect("full report");
+        assert_eq!(stored(&f, &key).await, (full.clone(), seq as i64));
+
+        let change = |base: u64, removed: &str| ReportDelta {
+            base,
+            head: AgentReport {
+                applied_generation: full.applied_generation,
+                uptime_s: 20,
+                ..AgentReport::default()
+            },
+            services: vec![ServiceDelta {
+                vip: "198.18.0.10".into(),
+                port: 80,
+                protocol: Protocol::Tcp,
+                connections: 12,
+                packets_in: 0,
+                packets_out: 0,
+                bytes_in: 0,
+                bytes_out: 0,
+                real_servers: vec![row("198.18.2.1", false, 4)],
+                removed: vec![RealServerRef {
+                    address: removed.into(),
+                    port: 80,
+                }],
+            }],
+            removed_services: vec![],
+        };
+        // Another base, a base of 0 and a delta that does not fit the base: nothing written.
+        for bad in [change(seq + 1, "198.18.2.2"), change(0, "198.18.2.2"), change(seq, "198.18.2.99")] {
+            assert_eq!(
+                f.report_delta(node.id, &bad).await.expect("answered"),
+                DeltaOutcome::BaseUnknown { held: seq }
+            );
+            assert_eq!(stored(&f, &key).await, (full.clone(), seq as i64));
+        }
+        // A delta that contradicts itself is refused whole.
+        let mut twice = change(seq, "198.18.2.2");
+        twice.services[0].real_servers.push(row("198.18.2.1", true, 1));
+        assert!(matches!(
+            f.report_delta(node.id, &twice).await,
+            Err(FleetError::Invalid(_))
+        ));
+        assert_eq!(stored(&f, &key).await, (full.clone(), seq as i64));
+
+        let good = change(seq, "198.18.2.2");
+        let DeltaOutcome::Applied { seq: next } =
+            f.report_delta(node.id, &good).await.expect("merged")
+        else {
+            panic!("the delta was not merged");
+        };
+        assert_eq!(next, seq + 1);
+        let (merged, held) = stored(&f, &key).await;
+        assert_eq!(held, next as i64);
+        assert_eq!(merged, good.apply(&full).expect("fits"));
+        assert_eq!(merged.uptime_s, 20);
+        assert_eq!(merged.services[0].connections, 12);
+        assert_eq!(merged.services[0].real_servers, [row("198.18.2.1", false, 4)]);
+        // The merged report goes through the same path as a full one: the health flip is an event.
+        let events = f
+            .events(&store::events::EventFilter {
+                node_id: Some(node.id),
+                limit: 10,
+                ..Default::default()
+            })
+            .await
+            .expect("events");
+        assert!(
+            events.iter().any(|e| e.message == "real server 198.18.2.1:80 is failing"),
+            "{events:?}"
+        );
+        // The same delta again is on an old base now.
+        assert_eq!(
+            f.report_delta(node.id, &good).await.expect("answered"),
+            DeltaOutcome::BaseUnknown { held: next }
+        );
+        // A full report (an older agent's, say) always lands, and moves the number on.
+        assert_eq!(f.report(node.id, &full).await.expect("full"), next + 1);
+    }
 }
