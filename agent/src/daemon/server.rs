@@ -16,7 +16,8 @@ use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
 use super::{AgentError, Event, HealthOutbox, LoopConfig, RoleOrigin};
-use crate::client::{ClientError, ServerClient};
+use super::delta::{Outgoing, ReportDeltas};
+use crate::client::{ClientError, DeltaAnswer, ServerClient};
 use crate::health::{HealthConfig, PrioritySink};
 use crate::reconcile::Applier;
 use crate::state::StateDir;
@@ -408,13 +409,16 @@ async fn poll_roles(
 
 /// Posts the newest report to the server in use, else to the next that takes it; while none does, retries
 /// with backoff and sends only the latest. Each report carries every health transition still waiting in
-/// `outbox`; they leave it once a server took them.
+/// `outbox`; they leave it once a server took them. A report goes as a delta against the one the server
+/// acknowledged when it can (`super::delta`), else whole; a server that does not hold the delta's base gets
+/// the full report at once.
 async fn send_reports(
     servers: ServerSet,
     mut rx: watch::Receiver<Option<AgentReport>>,
     outbox: HealthOutbox,
     mut backoff: Backoff,
 ) {
+    let mut deltas = ReportDeltas::default();
     loop {
         if rx.changed().await.is_err() {
             return;
@@ -430,7 +434,32 @@ async fn send_reports(
             report.address = local_address_towards(client.base()).await;
             let (events, mark) = outbox.waiting();
             outgoing(&mut report, events);
-            match client.report(&report).await {
+            let now = std::time::Instant::now();
+            let sent = match deltas.next(&report, now) {
+                Outgoing::Delta(delta) => match client.report_delta(&delta).await {
+                    Ok(DeltaAnswer::Merged { seq }) => {
+                        deltas.delta_accepted(&delta, seq);
+                        debug!(seq, services = delta.services.len(), "report delta sent");
+                        Ok(())
+                    }
+                    Ok(DeltaAnswer::SendFull) => {
+                        info!(server = client.base(), "the server asks for a full report");
+                        deltas.send_full();
+                        // At once, not after a backoff: nothing failed.
+                        continue;
+                    }
+                    Err(e) => Err(e),
+                },
+                Outgoing::Full => match client.report_full(&report).await {
+                    Ok(seq) => {
+                        debug!(seq, "full report sent");
+                        deltas.full_accepted(report.clone(), seq, now);
+                        Ok(())
+                    }
+                    Err(e) => Err(e),
+                },
+            };
+            match sent {
                 Ok(()) => {
                     outbox.sent(mark);
                     debug!(
@@ -515,10 +544,14 @@ async fn send_heartbeats(servers: ServerSet) {
 
 /// Completes a report for the wire: the waiting health transitions, then everything cut to the bounds the
 /// server enforces (`lbfleet_proto::bounds`), so a busy or failing node is never refused: many errors become a
-/// count, long or multi-line texts are cut.
+/// count, long or multi-line texts are cut, and a report over the body bound loses row texts, then rows.
 fn outgoing(report: &mut AgentReport, health_events: Vec<lbfleet_proto::HealthTransition>) {
     report.health_events = health_events;
     lbfleet_proto::bounds::fit_report(report);
+    // A little under the server's body bound: the reporter adds nothing after this, but leave room.
+    if lbfleet_proto::bounds::fit_report_size(report, lbfleet_proto::bounds::MAX_REPORT_BYTES - 64 * 1024) {
+        warn!("report over the body bound: row texts shortened or rows left out");
+    }
 }
 
 /// Server mode. Returns when `shutdown` completes (Ok) or on a refusal that retrying cannot fix.
