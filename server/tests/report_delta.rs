@@ -244,7 +244,15 @@ async fn a_30000_real_server_report_then_deltas_on_their_base_only() {
     let change_bytes = serde_json::to_vec(&change).unwrap();
     println!("delta of one failed and one removed real server: {} bytes", change_bytes.len());
     assert!(change_bytes.len() <= STEADY_DELTA_MAX_BYTES + 1024);
-    let (s, v, took) = post_bytes(&srv, "/api/v1/agent/report/delta", &cred, change_bytes).await;
+    // It goes to a second server on the same database (an agent moved to the next server of a fleet): the
+    // base is in the database, so that server merges it.
+    let twin_state = dir.path().join("twin");
+    std::fs::create_dir_all(&twin_state).unwrap();
+    let twin = TestServer::start_with(srv.db_path.clone(), srv.tokens.clone(), |c| {
+        c.state_dir = twin_state.clone();
+    })
+    .await;
+    let (s, v, took) = post_bytes(&twin, "/api/v1/agent/report/delta", &cred, change_bytes).await;
     assert_eq!(s, StatusCode::OK, "{v}");
     let seq3 = seq_of(&v);
     println!("change delta merged in {} ms (round trip)", took.as_millis());
