@@ -328,6 +328,18 @@ async fn a_30000_real_server_report_then_deltas_on_their_base_only() {
     assert_eq!(s, StatusCode::CONFLICT, "{v}");
     assert_eq!(stored(&srv, "lb-31").await, old);
 
+    // What this server took, as /metrics says: two full reports, one merged delta (the other went to the
+    // twin), five deltas answered "send a full report".
+    let (_, metrics) = srv.get("/metrics", &srv.tokens.viewer).await;
+    let metrics = metrics.as_str().unwrap_or_default().to_owned();
+    for line in [
+        "lbfleet_agent_reports_total{kind=\"full\"} 2",
+        "lbfleet_agent_reports_total{kind=\"delta\"} 1",
+        "lbfleet_agent_reports_total{kind=\"delta_refused\"} 5",
+    ] {
+        assert!(metrics.contains(line), "no {line:?} in {metrics}");
+    }
+
     // A second server with a database of its own never holds this base: "send a full report", nothing written.
     let dir2 = tempfile::tempdir().unwrap();
     let other = TestServer::start(dir2.path()).await;

@@ -3,6 +3,7 @@
 //! health and error events).
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::Ordering;
 
 use lbfleet_proto::{
     AgentReport, DeltaError, EnrollRequest, EnrollResponse, HealthState, NodeState, ReportDelta,
@@ -206,6 +207,7 @@ impl Fleet {
         let seq = self
             .store_report(tx, &row, previous.as_ref(), report, None, None)
             .await?;
+        self.report_counts.full.fetch_add(1, Ordering::Relaxed);
         // Without a base the update always writes.
         seq.map(|n| u64::try_from(n).unwrap_or(0))
             .ok_or_else(|| FleetError::Store(StoreError::Corrupt("report not stored".into())))
@@ -222,6 +224,9 @@ impl Fleet {
         let held = store::nodes::report_seq(&mut tx, node_id).await?;
         let held_u = u64::try_from(held).unwrap_or(0);
         let base_unknown = |why: &str| {
+            self.report_counts
+                .delta_refused
+                .fetch_add(1, Ordering::Relaxed);
             tracing::info!(node = row.name(), base = delta.base, held, why, "report delta refused: send a full report");
             Ok(DeltaOutcome::BaseUnknown { held: held_u })
         };
@@ -258,6 +263,7 @@ impl Fleet {
             // The row moved under us (cannot happen inside the write lock, but never merge on a stale base).
             return Ok(DeltaOutcome::BaseUnknown { held: held_u });
         };
+        self.report_counts.delta.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(
             node = row.name(),
             seq,
@@ -268,6 +274,11 @@ impl Fleet {
         Ok(DeltaOutcome::Applied {
             seq: u64::try_from(seq).unwrap_or(0),
         })
+    }
+
+    /// Reports taken by this server since it started, by kind.
+    pub fn report_counts(&self) -> &super::ReportCounts {
+        &self.report_counts
     }
 
     /// The reporting node, refused when retired or rejected.
