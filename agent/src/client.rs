@@ -305,7 +305,9 @@ impl ServerClient {
         if status.is_success() {
             let body = read_bounded(resp, 4096).await?;
             return Ok(serde_json::from_slice::<ReportAck>(&body)
-                .map_or(DeltaAnswer::SendFull, |a| DeltaAnswer::Merged { seq: a.seq }));
+                .map_or(DeltaAnswer::SendFull, |a| DeltaAnswer::Merged {
+                    seq: a.seq,
+                }));
         }
         if status == StatusCode::NOT_FOUND || status == StatusCode::METHOD_NOT_ALLOWED {
             return Ok(DeltaAnswer::SendFull);

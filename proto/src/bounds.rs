@@ -126,7 +126,9 @@ pub fn fit_report_size(r: &mut AgentReport, max: usize) -> bool {
             break;
         }
         // Leave out a share of the rows a little larger than the excess, at least one.
-        let cut = (rows.saturating_mul(now - max) / now).saturating_add(rows / 100).max(1);
+        let cut = (rows.saturating_mul(now - max) / now)
+            .saturating_add(rows / 100)
+            .max(1);
         let mut left = cut;
         for s in r.services.iter_mut().rev() {
             let n = left.min(s.real_servers.len());
@@ -248,7 +250,13 @@ mod tests {
         let mut r = small;
         assert!(fit_report_size(&mut r, 50_000));
         let rows = r.services[0].real_servers.len();
-        assert!(size(&r) <= 50_000 && rows > 150 && rows < 1000, "{rows} rows");
-        assert!(!fit_report_size(&mut r, 50_000), "a fitting report is left alone");
+        assert!(
+            size(&r) <= 50_000 && rows > 150 && rows < 1000,
+            "{rows} rows"
+        );
+        assert!(
+            !fit_report_size(&mut r, 50_000),
+            "a fitting report is left alone"
+        );
     }
 }

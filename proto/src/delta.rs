@@ -313,7 +313,10 @@ mod tests {
         let merged = d.apply(&base()).expect("fits");
         assert_eq!(merged.applied_generation, 4);
         assert_eq!(merged.uptime_s, 20);
-        assert!(merged.errors.is_empty(), "the head replaces the base's errors");
+        assert!(
+            merged.errors.is_empty(),
+            "the head replaces the base's errors"
+        );
         let s = &merged.services[0];
         assert_eq!(s.connections, 7);
         let rows: Vec<(&str, u32, u64)> = s

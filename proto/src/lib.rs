@@ -18,7 +18,7 @@ pub mod delta;
 
 pub use agent::*;
 pub use boot::{KernelArgs, KernelArgsError, Mac};
-pub use delta::{ReportAck, ReportDelta, ServiceDelta, ServiceRef, RealServerRef, DeltaError};
+pub use delta::{DeltaError, RealServerRef, ReportAck, ReportDelta, ServiceDelta, ServiceRef};
 
 /// Declares a closed string enum with its wire spelling, `Display` and `FromStr` (exported: the server declares
 /// its domain enums with it too).

@@ -12,6 +12,7 @@ mod common;
 use std::time::Instant;
 
 use common::{cluster_spec, TestServer};
+use lbfleet_agent::daemon::delta::{Outgoing, ReportDeltas, COUNTER_ROWS_PER_DELTA};
 use lbfleet_proto::{
     AgentReport, HealthState, Protocol, RealServerHealth, RealServerReport, ReportDelta,
     ServiceDelta, ServiceReport,
@@ -109,9 +110,7 @@ async fn stored(srv: &TestServer, node: &str) -> AgentReport {
 }
 
 fn seq_of(v: &Value) -> u64 {
-    v["seq"]
-        .as_u64()
-        .unwrap_or_else(|| panic!("no seq in {v}"))
+    v["seq"].as_u64().unwrap_or_else(|| panic!("no seq in {v}"))
 }
 
 #[tokio::test]
@@ -147,22 +146,28 @@ async fn a_30000_real_server_report_then_deltas_on_their_base_only() {
         full_bytes.len(),
         took.as_millis()
     );
-    assert!(full_bytes.len() > 4 * 1024 * 1024, "the old bound would have refused it");
+    assert!(
+        full_bytes.len() > 4 * 1024 * 1024,
+        "the old bound would have refused it"
+    );
     assert!(full_bytes.len() <= lbfleet_proto::bounds::MAX_REPORT_BYTES);
     let held = stored(&srv, "lb-31").await;
     assert_eq!(held, full);
 
-    // A steady state: nothing but the head moved. Small on the wire, and merged.
-    let steady = ReportDelta {
-        base: seq,
-        head: AgentReport {
-            services: Vec::new(),
-            uptime_s: 110,
-            ..full.clone()
-        },
-        services: Vec::new(),
-        removed_services: Vec::new(),
+    // A steady state: nothing but the head moved (the probes' latency is a measurement, not a change), as the
+    // agent's own delta builder sees it. Small on the wire, and merged.
+    let mut deltas = ReportDeltas::default();
+    let t0 = Instant::now();
+    deltas.full_accepted(full.clone(), Some(seq), t0);
+    let mut now = full.clone();
+    now.uptime_s = 110;
+    for r in now.services.iter_mut().flat_map(|s| &mut s.real_servers) {
+        r.health.as_mut().unwrap().latency_us = Some(160);
+    }
+    let Outgoing::Delta(steady) = deltas.next(&now, t0) else {
+        panic!("the agent would send a full report");
     };
+    assert!(steady.services.is_empty(), "{:?}", steady.services);
     let steady_bytes = serde_json::to_vec(&steady).unwrap();
     println!("steady-state delta: {} bytes", steady_bytes.len());
     assert!(
@@ -174,7 +179,10 @@ async fn a_30000_real_server_report_then_deltas_on_their_base_only() {
     assert_eq!(s, StatusCode::OK, "{v}");
     let seq2 = seq_of(&v);
     assert_eq!(seq2, seq + 1);
-    println!("steady-state delta merged in {} ms (round trip)", took.as_millis());
+    println!(
+        "steady-state delta merged in {} ms (round trip)",
+        took.as_millis()
+    );
 
     // A delta that changes one real server and one service's counters, and removes another real server.
     let mut down = row(12 * PER_SERVICE + 34);
@@ -242,7 +250,10 @@ async fn a_30000_real_server_report_then_deltas_on_their_base_only() {
         removed_services: Vec::new(),
     };
     let change_bytes = serde_json::to_vec(&change).unwrap();
-    println!("delta of one failed and one removed real server: {} bytes", change_bytes.len());
+    println!(
+        "delta of one failed and one removed real server: {} bytes",
+        change_bytes.len()
+    );
     assert!(change_bytes.len() <= STEADY_DELTA_MAX_BYTES + 1024);
     // It goes to a second server on the same database (an agent moved to the next server of a fleet): the
     // base is in the database, so that server merges it.
@@ -255,7 +266,10 @@ async fn a_30000_real_server_report_then_deltas_on_their_base_only() {
     let (s, v, took) = post_bytes(&twin, "/api/v1/agent/report/delta", &cred, change_bytes).await;
     assert_eq!(s, StatusCode::OK, "{v}");
     let seq3 = seq_of(&v);
-    println!("change delta merged in {} ms (round trip)", took.as_millis());
+    println!(
+        "change delta merged in {} ms (round trip)",
+        took.as_millis()
+    );
     let merged = stored(&srv, "lb-31").await;
     let mut expect = full.clone();
     expect.uptime_s = 120;
@@ -272,7 +286,9 @@ async fn a_30000_real_server_report_then_deltas_on_their_base_only() {
         .get("/api/v1/events?node=lb-31&kind=health", &srv.tokens.viewer)
         .await;
     assert!(
-        events.to_string().contains(&format!("{}:8080", down.address)),
+        events
+            .to_string()
+            .contains(&format!("{}:8080", down.address)),
         "no health event for the failed real server: {events}"
     );
 
@@ -291,7 +307,11 @@ async fn a_30000_real_server_report_then_deltas_on_their_base_only() {
         .await;
         assert_eq!(s, StatusCode::CONFLICT, "{v}");
         assert_eq!(v["error"]["code"], "report_base_unknown", "{v}");
-        assert_eq!(stored(&srv, "lb-31").await, expect, "a refused delta changed the report");
+        assert_eq!(
+            stored(&srv, "lb-31").await,
+            expect,
+            "a refused delta changed the report"
+        );
     }
     // A delta that does not fit the base it names (removes a real server the report lacks): the same answer.
     let (s, v, _) = post_bytes(
@@ -311,7 +331,13 @@ async fn a_30000_real_server_report_then_deltas_on_their_base_only() {
     // An older agent: a full report without `?deltas=1` gets 204 as before, is stored, and moves the number
     // on, so a delta on the previous base is refused.
     let old = full_report(generation);
-    let (s, v) = srv.post("/api/v1/agent/report", &cred, serde_json::to_value(&old).unwrap()).await;
+    let (s, v) = srv
+        .post(
+            "/api/v1/agent/report",
+            &cred,
+            serde_json::to_value(&old).unwrap(),
+        )
+        .await;
     assert_eq!(s, StatusCode::NO_CONTENT, "{v}");
     assert_eq!(stored(&srv, "lb-31").await, old);
     let (s, v, _) = post_bytes(
@@ -340,11 +366,83 @@ async fn a_30000_real_server_report_then_deltas_on_their_base_only() {
         assert!(metrics.contains(line), "no {line:?} in {metrics}");
     }
 
+    // A busy site: every real server's counters moved. The agent's delta carries one rotation's share of them
+    // (and the services' counters); the server stores exactly those rows' new counters.
+    let (s, v, _) = post_bytes(
+        &srv,
+        "/api/v1/agent/report?deltas=1",
+        &cred,
+        serde_json::to_vec(&old).unwrap(),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let mut deltas = ReportDeltas::default();
+    deltas.full_accepted(old.clone(), Some(seq_of(&v)), Instant::now());
+    let mut busy = old.clone();
+    for svc in &mut busy.services {
+        svc.connections += 100 * PER_SERVICE as u64;
+        svc.bytes_in += 1_000_000;
+        for r in &mut svc.real_servers {
+            r.active_conns = 12;
+            r.connections += 100;
+            r.packets_in += 1_000;
+            r.packets_out += 900;
+            r.bytes_in += 10_000;
+            r.bytes_out += 400_000;
+            r.health.as_mut().unwrap().latency_us = Some(180);
+        }
+    }
+    let Outgoing::Delta(busy_delta) = deltas.next(&busy, Instant::now()) else {
+        panic!("the agent would send a full report");
+    };
+    let rows: usize = busy_delta
+        .services
+        .iter()
+        .map(|s| s.real_servers.len())
+        .sum();
+    assert_eq!(rows, COUNTER_ROWS_PER_DELTA);
+    let busy_bytes = serde_json::to_vec(&busy_delta).unwrap();
+    let busy_full = serde_json::to_vec(&busy).unwrap().len();
+    println!(
+        "busy site: full report {} bytes, delta ({} counter rows, {} services) {} bytes",
+        busy_full,
+        rows,
+        busy_delta.services.len(),
+        busy_bytes.len()
+    );
+    assert!(
+        busy_bytes.len() * 10 < busy_full,
+        "a busy delta is a tenth of the full report at most"
+    );
+    let (s, v, took) = post_bytes(&srv, "/api/v1/agent/report/delta", &cred, busy_bytes).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    println!("busy delta merged in {} ms (round trip)", took.as_millis());
+    let merged = stored(&srv, "lb-31").await;
+    assert_eq!(merged, busy_delta.apply(&old).unwrap());
+    let moved = merged
+        .services
+        .iter()
+        .flat_map(|s| &s.real_servers)
+        .filter(|r| r.connections == 100)
+        .count();
+    assert_eq!(
+        moved, COUNTER_ROWS_PER_DELTA,
+        "only the rows the delta carried moved"
+    );
+    assert!(merged
+        .services
+        .iter()
+        .all(|s| s.connections == 100 * PER_SERVICE as u64));
+
     // A second server with a database of its own never holds this base: "send a full report", nothing written.
     let dir2 = tempfile::tempdir().unwrap();
     let other = TestServer::start(dir2.path()).await;
     let (s, v) = other
-        .put("/api/v1/clusters/ext", &other.tokens.operator, cluster_spec(51, "198.18.0.10"))
+        .put(
+            "/api/v1/clusters/ext",
+            &other.tokens.operator,
+            cluster_spec(51, "198.18.0.10"),
+        )
         .await;
     assert_eq!(s, StatusCode::CREATED, "{v}");
     let cred2 = other

@@ -15,8 +15,8 @@ use rand::Rng;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
-use super::{AgentError, Event, HealthOutbox, LoopConfig, RoleOrigin};
 use super::delta::{Outgoing, ReportDeltas};
+use super::{AgentError, Event, HealthOutbox, LoopConfig, RoleOrigin};
 use crate::client::{ClientError, DeltaAnswer, ServerClient};
 use crate::health::{HealthConfig, PrioritySink};
 use crate::reconcile::Applier;
@@ -549,7 +549,10 @@ fn outgoing(report: &mut AgentReport, health_events: Vec<lbfleet_proto::HealthTr
     report.health_events = health_events;
     lbfleet_proto::bounds::fit_report(report);
     // A little under the server's body bound: the reporter adds nothing after this, but leave room.
-    if lbfleet_proto::bounds::fit_report_size(report, lbfleet_proto::bounds::MAX_REPORT_BYTES - 64 * 1024) {
+    if lbfleet_proto::bounds::fit_report_size(
+        report,
+        lbfleet_proto::bounds::MAX_REPORT_BYTES - 64 * 1024,
+    ) {
         warn!("report over the body bound: row texts shortened or rows left out");
     }
 }

@@ -227,7 +227,13 @@ impl Fleet {
             self.report_counts
                 .delta_refused
                 .fetch_add(1, Ordering::Relaxed);
-            tracing::info!(node = row.name(), base = delta.base, held, why, "report delta refused: send a full report");
+            tracing::info!(
+                node = row.name(),
+                base = delta.base,
+                held,
+                why,
+                "report delta refused: send a full report"
+            );
             Ok(DeltaOutcome::BaseUnknown { held: held_u })
         };
         if held == 0 || delta.base != held_u {
@@ -257,7 +263,14 @@ impl Fleet {
         }
         let touched = delta_series(delta);
         let Some(seq) = self
-            .store_report(tx, &row, Some(&previous), &merged, Some(held), Some(&touched))
+            .store_report(
+                tx,
+                &row,
+                Some(&previous),
+                &merged,
+                Some(held),
+                Some(&touched),
+            )
             .await?
         else {
             // The row moved under us (cannot happen inside the write lock, but never merge on a stale base).
@@ -282,10 +295,7 @@ impl Fleet {
     }
 
     /// The reporting node, refused when retired or rejected.
-    async fn reporting_node(
-        conn: &mut store::Conn,
-        node_id: i64,
-    ) -> Result<store::nodes::NodeRow> {
+    async fn reporting_node(conn: &mut store::Conn, node_id: i64) -> Result<store::nodes::NodeRow> {
         let row = Self::node_in(conn, &NodeKey::Id(node_id)).await?;
         let state = row.state;
         if matches!(state, NodeState::Retired | NodeState::Rejected) {
@@ -636,7 +646,12 @@ mod tests {
             .expect("exists");
         let report = serde_json::from_str(row.last_report.as_deref().expect("a report"))
             .expect("stored report");
-        (report, store::nodes::report_seq(&mut conn, row.id).await.expect("seq"))
+        (
+            report,
+            store::nodes::report_seq(&mut conn, row.id)
+                .await
+                .expect("seq"),
+        )
     }
 
     #[tokio::test]
@@ -691,7 +706,11 @@ mod tests {
             removed_services: vec![],
         };
         // Another base, a base of 0 and a delta that does not fit the base: nothing written.
-        for bad in [change(seq + 1, "198.18.2.2"), change(0, "198.18.2.2"), change(seq, "198.18.2.99")] {
+        for bad in [
+            change(seq + 1, "198.18.2.2"),
+            change(0, "198.18.2.2"),
+            change(seq, "198.18.2.99"),
+        ] {
             assert_eq!(
                 f.report_delta(node.id, &bad).await.expect("answered"),
                 DeltaOutcome::BaseUnknown { held: seq }
@@ -700,7 +719,9 @@ mod tests {
         }
         // A delta that contradicts itself is refused whole.
         let mut twice = change(seq, "198.18.2.2");
-        twice.services[0].real_servers.push(row("198.18.2.1", true, 1));
+        twice.services[0]
+            .real_servers
+            .push(row("198.18.2.1", true, 1));
         assert!(matches!(
             f.report_delta(node.id, &twice).await,
             Err(FleetError::Invalid(_))
@@ -719,7 +740,10 @@ mod tests {
         assert_eq!(merged, good.apply(&full).expect("fits"));
         assert_eq!(merged.uptime_s, 20);
         assert_eq!(merged.services[0].connections, 12);
-        assert_eq!(merged.services[0].real_servers, [row("198.18.2.1", false, 4)]);
+        assert_eq!(
+            merged.services[0].real_servers,
+            [row("198.18.2.1", false, 4)]
+        );
         // The merged report goes through the same path as a full one: the health flip is an event.
         let events = f
             .events(&store::events::EventFilter {
@@ -730,7 +754,9 @@ mod tests {
             .await
             .expect("events");
         assert!(
-            events.iter().any(|e| e.message == "real server 198.18.2.1:80 is failing"),
+            events
+                .iter()
+                .any(|e| e.message == "real server 198.18.2.1:80 is failing"),
             "{events:?}"
         );
         // The same delta again is on an old base now.
