@@ -167,6 +167,7 @@ async fn a_30000_real_server_report_then_deltas_on_their_base_only() {
     let Outgoing::Delta(steady) = deltas.next(&now, t0) else {
         panic!("the agent would send a full report");
     };
+    let steady = *steady;
     assert!(steady.services.is_empty(), "{:?}", steady.services);
     let steady_bytes = serde_json::to_vec(&steady).unwrap();
     println!("steady-state delta: {} bytes", steady_bytes.len());

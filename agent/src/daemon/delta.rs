@@ -30,7 +30,7 @@ pub const COUNTER_ROWS_PER_DELTA: usize = 2048;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outgoing {
     Full,
-    Delta(ReportDelta),
+    Delta(Box<ReportDelta>),
 }
 
 /// The report the server holds as far as this agent knows: its number and content.
@@ -64,7 +64,7 @@ impl ReportDeltas {
         if rows > 0 && rows * 2 > total {
             return Outgoing::Full;
         }
-        Outgoing::Delta(delta)
+        Outgoing::Delta(Box::new(delta))
     }
 
     /// The server took a full report: numbered `seq` (the base of the next delta), or not numbered (a server
