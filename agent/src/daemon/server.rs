@@ -450,14 +450,17 @@ async fn send_reports(
                     }
                     Err(e) => Err(e),
                 },
-                Outgoing::Full => match client.report_full(&report).await {
-                    Ok(seq) => {
-                        debug!(seq, "full report sent");
-                        deltas.full_accepted(report.clone(), seq, now);
-                        Ok(())
+                Outgoing::Full => {
+                    fit_size(&mut report);
+                    match client.report_full(&report).await {
+                        Ok(seq) => {
+                            debug!(seq, "full report sent");
+                            deltas.full_accepted(report.clone(), seq, now);
+                            Ok(())
+                        }
+                        Err(e) => Err(e),
                     }
-                    Err(e) => Err(e),
-                },
+                }
             };
             match sent {
                 Ok(()) => {
@@ -544,15 +547,18 @@ async fn send_heartbeats(servers: ServerSet) {
 
 /// Completes a report for the wire: the waiting health transitions, then everything cut to the bounds the
 /// server enforces (`lbfleet_proto::bounds`), so a busy or failing node is never refused: many errors become a
-/// count, long or multi-line texts are cut, and a report over the body bound loses row texts, then rows.
+/// count, long or multi-line texts are cut.
 fn outgoing(report: &mut AgentReport, health_events: Vec<lbfleet_proto::HealthTransition>) {
     report.health_events = health_events;
     lbfleet_proto::bounds::fit_report(report);
-    // A little under the server's body bound: the reporter adds nothing after this, but leave room.
-    if lbfleet_proto::bounds::fit_report_size(
-        report,
-        lbfleet_proto::bounds::MAX_REPORT_BYTES - 64 * 1024,
-    ) {
+}
+
+/// A full report over the server's body bound loses row texts, then rows (`fit_report_size` serialises the
+/// report to know, so only full reports pay for it; a delta carries at most half the rows of one).
+fn fit_size(report: &mut AgentReport) {
+    // A little under the bound: leave room.
+    let max = lbfleet_proto::bounds::MAX_REPORT_BYTES - 64 * 1024;
+    if lbfleet_proto::bounds::fit_report_size(report, max) {
         warn!("report over the body bound: row texts shortened or rows left out");
     }
 }
