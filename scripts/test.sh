@@ -25,6 +25,7 @@ component=(
   lbfleet-server:liveness
   lbfleet-server:rollouts
   lbfleet-server:cluster_scale
+  lbfleet-server:report_delta
   lbfleet-agent:cli lbfleet-agent:role_limit lbfleet-agent:server_mode lbfleet-agent:failover
   lbfleet-agent:reboot
 )

@@ -4,7 +4,11 @@ use std::time::Duration;
 
 use crate::pin::{pinned_config, CertPin, RefusedSlot};
 
-use lbfleet_proto::{AgentReport, EnrollRequest, EnrollResponse, HeartbeatAnswer, RoleDocument};
+use lbfleet_proto::delta::REPORT_BASE_UNKNOWN;
+use lbfleet_proto::{
+    AgentReport, EnrollRequest, EnrollResponse, HeartbeatAnswer, ReportAck, ReportDelta,
+    RoleDocument,
+};
 use reqwest::StatusCode;
 
 /// Why a call to the server failed.
@@ -70,6 +74,16 @@ impl std::fmt::Debug for ServerClient {
             .field("enrolled", &self.credential.is_some())
             .finish()
     }
+}
+
+/// What the server made of a report delta.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeltaAnswer {
+    /// Merged; the merged report is numbered `seq`.
+    Merged { seq: u64 },
+    /// The server holds another base (409 `report_base_unknown`) or takes no deltas (a server that predates
+    /// them: 404): send a full report.
+    SendFull,
 }
 
 /// Extra time on top of the long-poll wait before the client gives up on a response.
@@ -250,5 +264,67 @@ impl ServerClient {
         } else {
             Err(refusal(resp).await)
         }
+    }
+
+    /// Sends a full report, asking for its sequence number (`?deltas=1`): `Some(seq)` from a server that
+    /// takes deltas, `None` from one that predates them (204, no body).
+    pub async fn report_full(&self, report: &AgentReport) -> Result<Option<u64>, ClientError> {
+        let resp = self
+            .http
+            .post(format!("{}/api/v1/agent/report?deltas=1", self.base))
+            .bearer_auth(self.credential_or_err()?)
+            .timeout(Duration::from_secs(30))
+            .json(report)
+            .send()
+            .await
+            .map_err(|e| self.transport(e))?;
+        if !resp.status().is_success() {
+            return Err(refusal(resp).await);
+        }
+        if resp.status() == StatusCode::NO_CONTENT {
+            return Ok(None);
+        }
+        let body = read_bounded(resp, 4096).await?;
+        Ok(serde_json::from_slice::<ReportAck>(&body)
+            .ok()
+            .map(|a| a.seq))
+    }
+
+    /// Sends a report delta (`POST /api/v1/agent/report/delta`).
+    pub async fn report_delta(&self, delta: &ReportDelta) -> Result<DeltaAnswer, ClientError> {
+        let resp = self
+            .http
+            .post(format!("{}/api/v1/agent/report/delta", self.base))
+            .bearer_auth(self.credential_or_err()?)
+            .timeout(Duration::from_secs(30))
+            .json(delta)
+            .send()
+            .await
+            .map_err(|e| self.transport(e))?;
+        let status = resp.status();
+        if status.is_success() {
+            let body = read_bounded(resp, 4096).await?;
+            return Ok(serde_json::from_slice::<ReportAck>(&body)
+                .map_or(DeltaAnswer::SendFull, |a| DeltaAnswer::Merged {
+                    seq: a.seq,
+                }));
+        }
+        if status == StatusCode::NOT_FOUND || status == StatusCode::METHOD_NOT_ALLOWED {
+            return Ok(DeltaAnswer::SendFull);
+        }
+        if status == StatusCode::CONFLICT {
+            let body = read_bounded(resp, 64 * 1024).await.unwrap_or_default();
+            let code = serde_json::from_slice::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| v["error"]["code"].as_str().map(str::to_owned));
+            if code.as_deref() == Some(REPORT_BASE_UNKNOWN) {
+                return Ok(DeltaAnswer::SendFull);
+            }
+            return Err(ClientError::Refused {
+                status,
+                message: String::from_utf8_lossy(&body).into_owned(),
+            });
+        }
+        Err(refusal(resp).await)
     }
 }

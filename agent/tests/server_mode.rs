@@ -576,6 +576,22 @@ async fn a_failing_real_server_is_drained_reported_and_restored_and_quorum_lower
             assert_eq!(r["health"]["last_error"], "HTTP 500 from /healthz", "{r}");
             assert_eq!(r["healthy"], false, "{r}");
             assert_eq!(r["health"]["flaps"], 1, "{r}");
+            // It came as a delta on the report the server acknowledged, not as a full report.
+            let m = server
+                .http
+                .get(format!("{}/metrics", server.base()))
+                .bearer_auth(&server.operator)
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            let merged = m
+                .lines()
+                .find_map(|l| l.strip_prefix("lbfleet_agent_reports_total{kind=\"delta\"} "))
+                .and_then(|n| n.parse::<u64>().ok());
+            assert!(merged.is_some_and(|n| n >= 1), "no merged delta: {m}");
             break;
         }
         assert!(

@@ -46,20 +46,20 @@ pub struct RealServerReport {
     /// Weight currently in the kernel.
     #[serde(default)]
     pub weight: u32,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub active_conns: u64,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub inactive_conns: u64,
     /// Kernel counters of this destination since it was added (IPVS folds them every 2 s).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub connections: u64,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub packets_in: u64,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub packets_out: u64,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub bytes_in: u64,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub bytes_out: u64,
     /// What the health check found (absent from agents that predate health checks).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -73,15 +73,15 @@ pub struct ServiceReport {
     pub vip: String,
     pub port: u16,
     pub protocol: crate::Protocol,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub connections: u64,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub packets_in: u64,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub packets_out: u64,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub bytes_in: u64,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub bytes_out: u64,
     #[serde(default)]
     pub real_servers: Vec<RealServerReport>,
@@ -143,4 +143,10 @@ pub struct AgentReport {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HeartbeatAnswer {
     pub interval_ms: u64,
+}
+
+/// Zero counters are left out of a report (an idle real server's row is a third of the size); every reader
+/// takes a missing counter as 0 (`#[serde(default)]`), servers that predate this too.
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }

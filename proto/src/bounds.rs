@@ -22,8 +22,18 @@ pub const MAX_ERRORS: usize = 16;
 pub const MAX_DROP_COUNTERS: usize = 32;
 /// Most virtual services one report may list.
 pub const MAX_SERVICES: usize = 4096;
-/// Most real servers one report may list, over all its services (about the 4 MiB body bound's worth).
-pub const MAX_REAL_SERVERS: usize = 16_384;
+/// Most real servers one report may list, over all its services: above keepalived's largest sites (300
+/// virtual servers x 100 real servers = 30,000 on one pair).
+pub const MAX_REAL_SERVERS: usize = 32_768;
+/// Largest report body (full report or delta) the server reads, in bytes. A full report of `MAX_REAL_SERVERS`
+/// rows is about 150 bytes a row when idle and 250 when busy (8 MB), so 16 MiB holds it with room; the agent
+/// shortens row texts, then rows, of a report that would still be larger ([`fit_report_size`]). A full
+/// report is rare (at start, every few minutes, after the server asks): the reports in between are deltas of
+/// a few KB.
+pub const MAX_REPORT_BYTES: usize = 16 * 1024 * 1024;
+/// What the per-row texts of a report over `MAX_REPORT_BYTES` are cut to (a check's description, its last
+/// error), before any row is left out.
+pub const SHORT_ROW_TEXT: usize = 64;
 
 /// Whether `text` passes the one text rule: at most `max` bytes and no control characters.
 pub fn text_ok(text: &str, max: usize) -> bool {
@@ -89,6 +99,50 @@ pub fn fit_report(r: &mut AgentReport) {
     }
 }
 
+/// Makes a fitted report's JSON at most `max` bytes: first the per-row texts (last error, check) are cut to
+/// `SHORT_ROW_TEXT`, then real servers are left out from the end, in proportion to the excess. Returns whether
+/// anything was cut. Only reports with thousands of rows, each with long texts, ever get here.
+pub fn fit_report_size(r: &mut AgentReport, max: usize) -> bool {
+    let size = |r: &AgentReport| serde_json::to_vec(r).map_or(usize::MAX, |v| v.len());
+    let mut now = size(r);
+    if now <= max {
+        return false;
+    }
+    for s in &mut r.services {
+        for rs in &mut s.real_servers {
+            if let Some(h) = &mut rs.health {
+                for t in [&mut h.last_error, &mut h.check].into_iter().flatten() {
+                    if t.len() > SHORT_ROW_TEXT {
+                        *t = fit_text(t, SHORT_ROW_TEXT);
+                    }
+                }
+            }
+        }
+    }
+    now = size(r);
+    while now > max {
+        let rows: usize = r.services.iter().map(|s| s.real_servers.len()).sum();
+        if rows == 0 {
+            break;
+        }
+        // Leave out a share of the rows a little larger than the excess, at least one.
+        let cut = (rows.saturating_mul(now - max) / now)
+            .saturating_add(rows / 100)
+            .max(1);
+        let mut left = cut;
+        for s in r.services.iter_mut().rev() {
+            let n = left.min(s.real_servers.len());
+            s.real_servers.truncate(s.real_servers.len() - n);
+            left -= n;
+            if left == 0 {
+                break;
+            }
+        }
+        now = size(r);
+    }
+    true
+}
+
 fn fit(text: &mut String) {
     if !text_ok(text, MAX_TEXT) {
         *text = fit_text(text, MAX_TEXT);
@@ -147,5 +201,62 @@ mod tests {
         let fitted = r.clone();
         fit_report(&mut r);
         assert_eq!(r, fitted, "fitting a fitted report changes nothing");
+    }
+
+    #[test]
+    fn a_report_over_the_byte_bound_loses_row_texts_then_rows() {
+        use crate::{HealthState, Protocol, RealServerHealth, RealServerReport, ServiceReport};
+        let row = |i: u32| RealServerReport {
+            address: format!("198.18.{}.{}", 2 + i / 250, 1 + i % 250),
+            port: 80,
+            healthy: false,
+            weight: 1,
+            active_conns: 0,
+            inactive_conns: 0,
+            connections: 0,
+            packets_in: 0,
+            packets_out: 0,
+            bytes_in: 0,
+            bytes_out: 0,
+            health: Some(RealServerHealth {
+                state: HealthState::Down,
+                since: Some(1),
+                last_error: Some("e".repeat(MAX_TEXT)),
+                latency_us: None,
+                flaps: 0,
+                check: Some("c".repeat(MAX_TEXT)),
+            }),
+        };
+        let mut r = AgentReport {
+            services: vec![ServiceReport {
+                vip: "198.18.0.10".into(),
+                port: 80,
+                protocol: Protocol::Tcp,
+                connections: 0,
+                packets_in: 0,
+                packets_out: 0,
+                bytes_in: 0,
+                bytes_out: 0,
+                real_servers: (0..1000).map(row).collect(),
+            }],
+            ..AgentReport::default()
+        };
+        let size = |r: &AgentReport| serde_json::to_vec(r).map(|v| v.len()).unwrap_or(0);
+        assert!(size(&r) > 1_000_000);
+        let small = r.clone();
+        assert!(fit_report_size(&mut r, 300_000));
+        assert_eq!(r.services[0].real_servers.len(), 1000, "texts cut first");
+        assert!(size(&r) <= 300_000);
+        let mut r = small;
+        assert!(fit_report_size(&mut r, 50_000));
+        let rows = r.services[0].real_servers.len();
+        assert!(
+            size(&r) <= 50_000 && rows > 150 && rows < 1000,
+            "{rows} rows"
+        );
+        assert!(
+            !fit_report_size(&mut r, 50_000),
+            "a fitting report is left alone"
+        );
     }
 }

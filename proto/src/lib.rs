@@ -14,9 +14,11 @@ use serde::{Deserialize, Serialize};
 pub mod agent;
 pub mod boot;
 pub mod bounds;
+pub mod delta;
 
 pub use agent::*;
 pub use boot::{KernelArgs, KernelArgsError, Mac};
+pub use delta::{DeltaError, RealServerRef, ReportAck, ReportDelta, ServiceDelta, ServiceRef};
 
 /// Declares a closed string enum with its wire spelling, `Display` and `FromStr` (exported: the server declares
 /// its domain enums with it too).

@@ -1550,17 +1550,19 @@ async fn oversized_bodies_get_413_per_endpoint() {
     let srv = TestServer::start(dir.path()).await;
     let credential = srv.enrolled_node("52:54:00:cc:00:01", "lb-b1").await;
     let big = |n: usize| "x".repeat(n);
-    // A 5 MiB agent report (the bound is 4 MiB).
-    let report = json!({"applied_generation": 0, "errors": [big(5 * 1024 * 1024)]});
-    let r = srv
-        .http
-        .post(srv.url("/api/v1/agent/report"))
-        .bearer_auth(&credential)
-        .json(&report)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    // A 17 MiB agent report or report delta (the bound is 16 MiB: a full report of 32,768 real servers).
+    let report = json!({"applied_generation": 0, "errors": [big(17 * 1024 * 1024)]});
+    for path in ["/api/v1/agent/report", "/api/v1/agent/report/delta"] {
+        let r = srv
+            .http
+            .post(srv.url(path))
+            .bearer_auth(&credential)
+            .json(&report)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE, "{path}");
+    }
     // A 100 KiB login (64 KiB bound), also when streamed without a length.
     let login = json!({"username": "admin", "password": big(100 * 1024)}).to_string();
     let r = srv

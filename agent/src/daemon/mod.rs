@@ -4,6 +4,7 @@
 //! adding a subsystem means adding an `Event` variant and its arm in [`Daemon::handle`], never a new branch of
 //! a string match. The health quorum's VRRP priority goes to the instance through [`VrrpSupervisor`].
 
+pub mod delta;
 pub mod file;
 pub mod server;
 

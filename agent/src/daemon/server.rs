@@ -15,8 +15,9 @@ use rand::Rng;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
+use super::delta::{Outgoing, ReportDeltas};
 use super::{AgentError, Event, HealthOutbox, LoopConfig, RoleOrigin};
-use crate::client::{ClientError, ServerClient};
+use crate::client::{ClientError, DeltaAnswer, ServerClient};
 use crate::health::{HealthConfig, PrioritySink};
 use crate::reconcile::Applier;
 use crate::state::StateDir;
@@ -408,13 +409,16 @@ async fn poll_roles(
 
 /// Posts the newest report to the server in use, else to the next that takes it; while none does, retries
 /// with backoff and sends only the latest. Each report carries every health transition still waiting in
-/// `outbox`; they leave it once a server took them.
+/// `outbox`; they leave it once a server took them. A report goes as a delta against the one the server
+/// acknowledged when it can (`super::delta`), else whole; a server that does not hold the delta's base gets
+/// the full report at once.
 async fn send_reports(
     servers: ServerSet,
     mut rx: watch::Receiver<Option<AgentReport>>,
     outbox: HealthOutbox,
     mut backoff: Backoff,
 ) {
+    let mut deltas = ReportDeltas::default();
     loop {
         if rx.changed().await.is_err() {
             return;
@@ -430,7 +434,35 @@ async fn send_reports(
             report.address = local_address_towards(client.base()).await;
             let (events, mark) = outbox.waiting();
             outgoing(&mut report, events);
-            match client.report(&report).await {
+            let now = std::time::Instant::now();
+            let sent = match deltas.next(&report, now) {
+                Outgoing::Delta(delta) => match client.report_delta(&delta).await {
+                    Ok(DeltaAnswer::Merged { seq }) => {
+                        deltas.delta_accepted(&delta, seq);
+                        debug!(seq, services = delta.services.len(), "report delta sent");
+                        Ok(())
+                    }
+                    Ok(DeltaAnswer::SendFull) => {
+                        info!(server = client.base(), "the server asks for a full report");
+                        deltas.send_full();
+                        // At once, not after a backoff: nothing failed.
+                        continue;
+                    }
+                    Err(e) => Err(e),
+                },
+                Outgoing::Full => {
+                    fit_size(&mut report);
+                    match client.report_full(&report).await {
+                        Ok(seq) => {
+                            debug!(seq, "full report sent");
+                            deltas.full_accepted(report.clone(), seq, now);
+                            Ok(())
+                        }
+                        Err(e) => Err(e),
+                    }
+                }
+            };
+            match sent {
                 Ok(()) => {
                     outbox.sent(mark);
                     debug!(
@@ -519,6 +551,16 @@ async fn send_heartbeats(servers: ServerSet) {
 fn outgoing(report: &mut AgentReport, health_events: Vec<lbfleet_proto::HealthTransition>) {
     report.health_events = health_events;
     lbfleet_proto::bounds::fit_report(report);
+}
+
+/// A full report over the server's body bound loses row texts, then rows (`fit_report_size` serialises the
+/// report to know, so only full reports pay for it; a delta carries at most half the rows of one).
+fn fit_size(report: &mut AgentReport) {
+    // A little under the bound: leave room.
+    let max = lbfleet_proto::bounds::MAX_REPORT_BYTES - 64 * 1024;
+    if lbfleet_proto::bounds::fit_report_size(report, max) {
+        warn!("report over the body bound: row texts shortened or rows left out");
+    }
 }
 
 /// Server mode. Returns when `shutdown` completes (Ok) or on a refusal that retrying cannot fix.

@@ -10,13 +10,15 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use lbfleet_proto::{AgentReport, EnrollRequest, HeartbeatAnswer};
+use lbfleet_proto::delta::REPORT_BASE_UNKNOWN;
+use lbfleet_proto::{AgentReport, EnrollRequest, HeartbeatAnswer, ReportAck, ReportDelta};
 use serde::Deserialize;
 
 use crate::auth::AgentNode;
 use crate::error::{ApiError, DATABASE_UNREACHABLE};
 use crate::extract::{ApiJson, ApiQuery};
 use crate::fleet::boot_cache::{self, BootClaim, BOOT_CREDENTIAL_PREFIX};
+use crate::fleet::DeltaOutcome;
 use crate::state::AppState;
 
 pub fn router() -> Router<AppState> {
@@ -24,6 +26,7 @@ pub fn router() -> Router<AppState> {
         .route("/enroll", post(enroll))
         .route("/role", get(role))
         .route("/report", post(report))
+        .route("/report/delta", post(report_delta))
         .route("/heartbeat", post(heartbeat))
 }
 
@@ -219,36 +222,75 @@ async fn role_from_cache(
     }
 }
 
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReportQuery {
+    /// `1` from an agent that sends deltas: the answer is 200 with the report's sequence number (`ReportAck`)
+    /// instead of 204 (what older agents get, and ignore).
+    #[serde(default)]
+    deltas: u8,
+}
+
+/// `POST /api/v1/agent/report[?deltas=1]`: a full report.
 async fn report(
     State(s): State<AppState>,
     caller: AgentCaller,
+    ApiQuery(q): ApiQuery<ReportQuery>,
     ApiJson(r): ApiJson<AgentReport>,
 ) -> Result<Response, ApiError> {
     let node = match caller {
         AgentCaller::Node(id) => id,
-        AgentCaller::Boot { .. } => {
-            // A boot credential changes nothing: its reports are dropped. 503 while the database is down (the
-            // agent keeps its role and retries with the latest report), 403 once it is back (enroll first).
-            let down = s.boot_cache.as_ref().is_some_and(|c| !c.db_reachable());
-            let (status, message) = if down {
-                (
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "database unreachable: the report was dropped; keep serving your role",
-                )
-            } else {
-                (
-                    StatusCode::FORBIDDEN,
-                    "a boot credential cannot report; exchange it for a node credential (POST /api/v1/agent/enroll)",
-                )
-            };
-            return Ok((
-                status,
-                Json(serde_json::json!({"error": {"code": if down { DATABASE_UNREACHABLE } else { "forbidden" }, "message": message}})),
-            )
-                .into_response());
-        }
+        AgentCaller::Boot { .. } => return Ok(boot_report_refused(&s)),
     };
     // Refused whole (422, naming each bad field) when a field breaks the report bounds; nothing is stored.
-    s.fleet.report(node, &r).await?;
-    Ok(StatusCode::NO_CONTENT.into_response())
+    let seq = s.fleet.report(node, &r).await?;
+    if q.deltas == 0 {
+        return Ok(StatusCode::NO_CONTENT.into_response());
+    }
+    Ok(Json(ReportAck { seq }).into_response())
+}
+
+/// `POST /api/v1/agent/report/delta`: what changed since the report numbered `base`. 200 with the merged
+/// report's number; 409 `report_base_unknown` (nothing merged) when this server's database holds another
+/// report: the agent sends a full one.
+async fn report_delta(
+    State(s): State<AppState>,
+    caller: AgentCaller,
+    ApiJson(d): ApiJson<ReportDelta>,
+) -> Result<Response, ApiError> {
+    let node = match caller {
+        AgentCaller::Node(id) => id,
+        AgentCaller::Boot { .. } => return Ok(boot_report_refused(&s)),
+    };
+    match s.fleet.report_delta(node, &d).await? {
+        DeltaOutcome::Applied { seq } => Ok(Json(ReportAck { seq }).into_response()),
+        DeltaOutcome::BaseUnknown { held } => Ok((
+            StatusCode::CONFLICT,
+            Json(serde_json::json!({"error": {"code": REPORT_BASE_UNKNOWN,
+                "message": format!("this server holds report {held}, not {}: send a full report", d.base)}})),
+        )
+            .into_response()),
+    }
+}
+
+/// A boot credential changes nothing: its reports are dropped. 503 while the database is down (the agent
+/// keeps its role and retries with the latest report), 403 once it is back (enroll first).
+fn boot_report_refused(s: &AppState) -> Response {
+    let down = s.boot_cache.as_ref().is_some_and(|c| !c.db_reachable());
+    let (status, message) = if down {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "database unreachable: the report was dropped; keep serving your role",
+        )
+    } else {
+        (
+            StatusCode::FORBIDDEN,
+            "a boot credential cannot report; exchange it for a node credential (POST /api/v1/agent/enroll)",
+        )
+    };
+    (
+        status,
+        Json(serde_json::json!({"error": {"code": if down { DATABASE_UNREACHABLE } else { "forbidden" }, "message": message}})),
+    )
+        .into_response()
 }

@@ -92,6 +92,22 @@ async fn metrics(State(s): State<AppState>, _: Viewer) -> Result<Response, ApiEr
             kind.level()
         );
     }
+    let reports = s.fleet.report_counts();
+    let _ = writeln!(
+        out,
+        "# HELP lbfleet_agent_reports_total Agent reports this server took: full reports, merged deltas, deltas answered \"send a full report\".\n# TYPE lbfleet_agent_reports_total counter"
+    );
+    for (kind, n) in [
+        ("full", &reports.full),
+        ("delta", &reports.delta),
+        ("delta_refused", &reports.delta_refused),
+    ] {
+        let _ = writeln!(
+            out,
+            "lbfleet_agent_reports_total{{kind=\"{kind}\"}} {}",
+            n.load(std::sync::atomic::Ordering::Relaxed)
+        );
+    }
     server_metrics(&mut out, &s.fleet.servers(s.liveness()).await?);
     traffic_metrics(&mut out, &s.fleet.traffic_now().await?);
     boot_metrics(&mut out, &s.boot_stats);

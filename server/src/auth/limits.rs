@@ -13,8 +13,9 @@ use axum::response::{IntoResponse, Response};
 
 /// Default body bound: logins, forms, actions.
 pub const DEFAULT_BODY_BYTES: usize = 64 * 1024;
-/// Agent reports: one line per service and real server.
-pub const REPORT_BODY_BYTES: usize = 4 * 1024 * 1024;
+/// Agent reports and report deltas: a full report of `MAX_REAL_SERVERS` real servers (the bound's reasoning:
+/// `lbfleet_proto::bounds::MAX_REPORT_BYTES`).
+pub const REPORT_BODY_BYTES: usize = lbfleet_proto::bounds::MAX_REPORT_BYTES;
 /// A whole cluster spec (thousands of real servers), through the API or the dashboard's service forms; and a
 /// keepalived.conf import (a site's files, API or dashboard).
 pub const CLUSTER_BODY_BYTES: usize = 16 * 1024 * 1024;
@@ -32,7 +33,7 @@ pub fn body_limit(method: &Method, path: &str) -> usize {
     if *method == Method::POST && (path == "/api/v1/import/keepalived" || path == "/import") {
         return CLUSTER_BODY_BYTES;
     }
-    if path == "/api/v1/agent/report" {
+    if path == "/api/v1/agent/report" || path == "/api/v1/agent/report/delta" {
         return REPORT_BODY_BYTES;
     }
     DEFAULT_BODY_BYTES
@@ -100,6 +101,10 @@ mod tests {
         );
         assert_eq!(
             body_limit(&Method::POST, "/api/v1/agent/report"),
+            REPORT_BODY_BYTES
+        );
+        assert_eq!(
+            body_limit(&Method::POST, "/api/v1/agent/report/delta"),
             REPORT_BODY_BYTES
         );
         assert_eq!(

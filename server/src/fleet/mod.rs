@@ -47,7 +47,7 @@ mod testing;
 
 pub use alerts::{Alert, AlertKind, AlertLevel};
 pub use clusters::Precondition;
-pub use enrollment::EnrollmentToken;
+pub use enrollment::{DeltaOutcome, EnrollmentToken};
 pub use history::{EventPage, FleetCounts, MAX_EVENTS_BYTES};
 pub use leases::{DhcpReservations, LeaderClaim, LeaseFence, LeaseWrite};
 pub use lifecycle::{BootTarget, NodeAction};
@@ -132,6 +132,17 @@ pub struct Fleet {
     traffic: traffic::Baselines,
     /// Agents' heartbeats and when a node counts as unreachable (`liveness`).
     liveness: liveness::Liveness,
+    /// Reports taken by this server since it started, by kind (`/metrics`).
+    report_counts: ReportCounts,
+}
+
+/// Agent reports this server took since it started: full reports, merged deltas, and deltas answered "send a
+/// full report" (`lbfleet_agent_reports_total` in `/metrics`).
+#[derive(Debug, Default)]
+pub struct ReportCounts {
+    pub full: std::sync::atomic::AtomicU64,
+    pub delta: std::sync::atomic::AtomicU64,
+    pub delta_refused: std::sync::atomic::AtomicU64,
 }
 
 /// Default cap on waiting discovered nodes.
@@ -162,6 +173,7 @@ impl Fleet {
             role_wire: role_wire::RoleWireCache::default(),
             event_writes: history::EventWrites::default(),
             traffic: traffic::Baselines::default(),
+            report_counts: ReportCounts::default(),
             liveness: liveness::Liveness::default(),
         }
     }

@@ -10,7 +10,7 @@
 //! folds complete 5 min buckets from them (`prune_traffic`), and readers of the 5 min views fold the last hour
 //! themselves (`coarse_view`), so those views are never behind.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Mutex;
 
 use lbfleet_proto::AgentReport;
@@ -58,7 +58,7 @@ pub fn service_key(protocol: &str, vip: &str, port: u16) -> String {
     format!("{protocol}/{}", socket(vip, port))
 }
 
-fn socket(addr: &str, port: u16) -> String {
+pub(super) fn socket(addr: &str, port: u16) -> String {
     if addr.contains(':') {
         format!("[{addr}]:{port}")
     } else {
@@ -219,12 +219,22 @@ pub fn coarse_view(
 pub(super) struct Baselines(Mutex<HashMap<i64, NodeBaseline>>);
 
 impl Baselines {
-    fn take(&self, node_id: i64, now_ms: i64, report: &AgentReport) -> Vec<Sample> {
+    fn take(
+        &self,
+        node_id: i64,
+        now_ms: i64,
+        report: &AgentReport,
+        only: Option<&HashSet<SeriesKey>>,
+    ) -> Vec<Sample> {
         let Ok(mut all) = self.0.lock() else {
             return Vec::new();
         };
         let baseline = all.entry(node_id).or_default();
-        let samples = take_samples(baseline, now_ms, report_series(report));
+        let mut series = report_series(report);
+        if let Some(only) = only {
+            series.retain(|(k, _)| only.contains(k));
+        }
+        let samples = take_samples(baseline, now_ms, series);
         // Series not reported for longer than a sample may span are forgotten (a removed service, a node
         // reassigned): the map stays as small as what nodes report.
         baseline.retain(|_, (_, at)| now_ms - *at <= MAX_SAMPLE_SPAN_MS);
@@ -371,9 +381,10 @@ impl Fleet {
         cluster: Option<&str>,
         node_id: i64,
         report: &AgentReport,
+        only: Option<&HashSet<SeriesKey>>,
     ) -> Result<(), StoreError> {
         let now = store::now_ms();
-        let samples = self.traffic.take(node_id, now, report);
+        let samples = self.traffic.take(node_id, now, report, only);
         // A node outside any cluster keeps its baseline (it may be assigned in a moment) but writes nothing.
         let Some(cluster) = cluster else {
             return Ok(());

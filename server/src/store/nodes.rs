@@ -358,16 +358,21 @@ pub struct ReportUpdate<'a> {
     pub report_json: &'a str,
 }
 
+/// Writes a report onto its node and numbers it: the node's report sequence number goes up by one, and the
+/// new number is returned. With `base`, only if the node's number is still `base` (a delta merged into the
+/// report numbered `base`); `None` when it is not (nothing written).
 pub async fn record_report(
     conn: &mut Conn,
     id: i64,
     r: &ReportUpdate<'_>,
-) -> Result<(), StoreError> {
+    base: Option<i64>,
+) -> Result<Option<i64>, StoreError> {
     let now = now_ms();
-    sqlx::query(
+    Ok(sqlx::query_scalar(
         "UPDATE nodes SET applied_generation = $1, vrrp_state = $2, agent_version = COALESCE($3, agent_version), \
          image_version = COALESCE($4, image_version), address = COALESCE($5, address), last_report = $6, \
-         last_seen_at = $7 WHERE id = $8",
+         last_seen_at = $7, report_seq = report_seq + 1 \
+         WHERE id = $8 AND ($9 = 0 OR report_seq = $10) RETURNING report_seq",
     )
     .bind(r.applied_generation)
     .bind(r.vrrp_state)
@@ -377,9 +382,21 @@ pub async fn record_report(
     .bind(r.report_json)
     .bind(now)
     .bind(id)
-    .execute(conn)
-    .await?;
-    Ok(())
+    .bind(i64::from(base.is_some()))
+    .bind(base.unwrap_or(0))
+    .fetch_optional(conn)
+    .await?)
+}
+
+/// The sequence number of the report a node holds (0: none numbered), the base a delta must name.
+pub async fn report_seq(conn: &mut Conn, id: i64) -> Result<i64, StoreError> {
+    Ok(
+        sqlx::query_scalar("SELECT report_seq FROM nodes WHERE id = $1")
+            .bind(id)
+            .fetch_optional(conn)
+            .await?
+            .unwrap_or(0),
+    )
 }
 
 /// Asks the node to reboot: one more reboot generation (the caller takes a new role generation so the
