@@ -31,7 +31,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 /// /proc/self/task/*/stat, in clock ticks of 10 ms.
 fn threads_cpu(prefix: &str) -> Duration {
     let mut ticks = 0u64;
-    for task in std::fs::read_dir("/proc/self/task").into_iter().flatten().flatten() {
+    for task in std::fs::read_dir("/proc/self/task")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
         let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
             continue;
         };
@@ -43,7 +47,11 @@ fn threads_cpu(prefix: &str) -> Duration {
         }
         let f: Vec<&str> = stat[close + 2..].split_whitespace().collect();
         // After the comm, state is field 3 of stat(5); utime and stime are fields 14 and 15.
-        let field = |i: usize| f.get(i - 3).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        let field = |i: usize| {
+            f.get(i - 3)
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
         ticks += field(14) + field(15);
     }
     Duration::from_millis(ticks * 10)
@@ -51,7 +59,12 @@ fn threads_cpu(prefix: &str) -> Duration {
 
 fn process_cpu() -> Duration {
     let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let f: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
+    let f: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
     let field = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
     Duration::from_millis((field(11) + field(12)) * 10)
 }
@@ -69,7 +82,11 @@ fn rss_kb() -> u64 {
 fn open_fds() -> (usize, usize) {
     let mut fds = 0;
     let mut sockets = 0;
-    for e in std::fs::read_dir("/proc/self/fd").into_iter().flatten().flatten() {
+    for e in std::fs::read_dir("/proc/self/fd")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
         fds += 1;
         if std::fs::read_link(e.path()).is_ok_and(|t| t.to_string_lossy().starts_with("socket:")) {
             sockets += 1;
@@ -222,7 +239,13 @@ fn main() {
     // Warm-up: every probe has started at least once (first probes are spread over one interval).
     let interval = Duration::from_millis(u64::from(interval_ms));
     std::thread::sleep(interval + Duration::from_secs(2));
-    let cpu = || (threads_cpu("monitor"), threads_cpu("http-srv"), process_cpu());
+    let cpu = || {
+        (
+            threads_cpu("monitor"),
+            threads_cpu("http-srv"),
+            process_cpu(),
+        )
+    };
     let (c0, t0, r0) = (cpu(), Instant::now(), requests.load(Ordering::Relaxed));
     let mut most = (0, 0);
     let end = t0 + Duration::from_secs(seconds);

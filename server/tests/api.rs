@@ -1855,7 +1855,11 @@ async fn a_replaced_or_revoked_credential_ends_its_waiting_poll_and_is_refused_a
         )
         .await;
     assert_eq!(s, StatusCode::UNAUTHORIZED, "{v}");
-    assert!(replaced.elapsed() < REVOKED_WITHIN, "{:?}", replaced.elapsed());
+    assert!(
+        replaced.elapsed() < REVOKED_WITHIN,
+        "{:?}",
+        replaced.elapsed()
+    );
 
     // The new credential works; retiring the node ends its waiting poll too.
     let (s, role) = srv.get("/api/v1/agent/role?after=0", &new).await;

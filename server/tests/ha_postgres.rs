@@ -173,7 +173,12 @@ async fn a_credential_replaced_through_one_server_is_refused_by_the_other_at_onc
     // B confirms the credential and remembers it.
     let after = generation(&b, &old).await;
     let (s, _) = b
-        .call(reqwest::Method::POST, "/api/v1/agent/heartbeat", Some(&old), None)
+        .call(
+            reqwest::Method::POST,
+            "/api/v1/agent/heartbeat",
+            Some(&old),
+            None,
+        )
         .await;
     assert_eq!(s, StatusCode::OK);
     let poll = tokio::spawn(
@@ -217,12 +222,24 @@ async fn a_credential_replaced_through_one_server_is_refused_by_the_other_at_onc
     let (s, v) = b.get("/api/v1/agent/role?after=0", &old).await;
     assert_eq!(s, StatusCode::UNAUTHORIZED, "{v}");
     let (s, _) = b
-        .call(reqwest::Method::POST, "/api/v1/agent/heartbeat", Some(&old), None)
+        .call(
+            reqwest::Method::POST,
+            "/api/v1/agent/heartbeat",
+            Some(&old),
+            None,
+        )
         .await;
     assert_eq!(s, StatusCode::UNAUTHORIZED);
-    assert!(replaced.elapsed() < REVOKED_WITHIN, "{:?}", replaced.elapsed());
+    assert!(
+        replaced.elapsed() < REVOKED_WITHIN,
+        "{:?}",
+        replaced.elapsed()
+    );
     let new = e["credential"].as_str().unwrap();
-    assert_eq!(b.get("/api/v1/agent/role?after=0", new).await.0, StatusCode::OK);
+    assert_eq!(
+        b.get("/api/v1/agent/role?after=0", new).await.0,
+        StatusCode::OK
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

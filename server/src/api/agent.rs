@@ -62,8 +62,14 @@ async fn enroll(
 enum AgentCaller {
     /// `epoch`: the credential revocation epoch taken before the check (`fleet::credentials`): a waiting role
     /// poll checks its credential again when its node's credentials are revoked after it.
-    Node { id: i64, epoch: u64 },
-    Boot { node_id: i64, claim: BootClaim },
+    Node {
+        id: i64,
+        epoch: u64,
+    },
+    Boot {
+        node_id: i64,
+        claim: BootClaim,
+    },
 }
 
 impl FromRequestParts<AppState> for AgentCaller {
@@ -195,7 +201,10 @@ async fn wait_while_credential_holds(
                 None => false,
             };
             if !still {
-                tracing::info!(node, "role long-poll ended: its node credential was revoked");
+                tracing::info!(
+                    node,
+                    "role long-poll ended: its node credential was revoked"
+                );
                 return Err(ApiError::Unauthorized(
                     "node credential is invalid or revoked; enroll again".into(),
                 ));

@@ -292,7 +292,18 @@ mod tests {
         let big = encode_revoked("a1", &out).unwrap_or_default();
         assert!(big.len() <= MAX_PAYLOAD);
         assert_eq!(decode(&big), Some(("a1", Notice::AllCredentialsRevoked)));
-        for bad in ["", "a1", "a1 g", "a1 g 7", "a1 g x:1", "a1 f extra", "a1 z", "a1 c", "a1 c x", "a1 C 1"] {
+        for bad in [
+            "",
+            "a1",
+            "a1 g",
+            "a1 g 7",
+            "a1 g x:1",
+            "a1 f extra",
+            "a1 z",
+            "a1 c",
+            "a1 c x",
+            "a1 C 1",
+        ] {
             assert_eq!(decode(bad), None, "{bad:?}");
         }
     }
