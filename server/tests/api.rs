@@ -1757,3 +1757,134 @@ async fn a_dual_stack_cluster_round_trips_and_shows_its_ipv6_services() {
     assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
     assert!(body.to_string().contains("services[0].forward"), "{body}");
 }
+
+/// How soon a revoked or replaced node credential must be refused, on a waiting role poll and on the next call
+/// (the server forgets a cached credential at the revocation's commit and wakes the node's waiting polls; the
+/// bound only leaves room for a debug build on a busy machine, and is far below the credential cache's 10 s).
+const REVOKED_WITHIN: Duration = Duration::from_secs(2);
+
+async fn waiting_pollers(srv: &TestServer) -> u64 {
+    let (_, body) = srv.get("/metrics", &srv.tokens.viewer).await;
+    body.as_str()
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("lbfleet_role_pollers "))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// A role long-poll of `credential` after `after`, spawned, once the server counts it as waiting.
+async fn waiting_poll(
+    srv: &TestServer,
+    credential: &str,
+    after: u64,
+) -> tokio::task::JoinHandle<reqwest::Result<reqwest::Response>> {
+    let poll = tokio::spawn(
+        srv.http
+            .get(srv.url(&format!("/api/v1/agent/role?after={after}&wait=20")))
+            .bearer_auth(credential)
+            .send(),
+    );
+    lbfleet_tests::wait::until_async(
+        "the role poll waits",
+        Duration::from_secs(5),
+        Duration::from_millis(5),
+        || async { (waiting_pollers(srv).await == 1).then_some(()) },
+    )
+    .await
+    .unwrap();
+    poll
+}
+
+#[tokio::test]
+async fn a_replaced_or_revoked_credential_ends_its_waiting_poll_and_is_refused_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = TestServer::start(dir.path()).await;
+    let op = srv.tokens.operator.clone();
+    let (s, v) = srv
+        .put("/api/v1/clusters/ext", &op, cluster_spec(51, "198.18.0.10"))
+        .await;
+    assert!(s.is_success(), "{v}");
+    let mac = "52:54:00:aa:00:61";
+    let old = srv.assigned_node(mac, "lb-61", "ext", "active").await;
+    // The old credential is in use (and so remembered by the server) on every agent call.
+    let (s, role) = srv.get("/api/v1/agent/role?after=0", &old).await;
+    assert_eq!(s, StatusCode::OK, "{role}");
+    let generation = role["generation"].as_u64().unwrap();
+    let (s, _) = srv
+        .call(Method::POST, "/api/v1/agent/heartbeat", Some(&old), None)
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let poll = waiting_poll(&srv, &old, generation).await;
+
+    // Re-enrollment replaces the credential: the old one's waiting poll ends, and its next calls are refused.
+    let (s, t) = srv
+        .post("/api/v1/nodes/lb-61/enrollment-token", &op, json!({}))
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{t}");
+    let (s, e) = srv
+        .call(
+            Method::POST,
+            "/api/v1/agent/enroll",
+            None,
+            Some(json!({"token": t["token"], "mac": mac})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{e}");
+    let replaced = Instant::now();
+    let new = e["credential"].as_str().unwrap().to_owned();
+    let answer = tokio::time::timeout(REVOKED_WITHIN, poll)
+        .await
+        .expect("the waiting poll of a replaced credential must end at once")
+        .unwrap()
+        .unwrap();
+    assert_eq!(answer.status(), StatusCode::UNAUTHORIZED);
+    for (method, path) in [
+        (Method::GET, "/api/v1/agent/role?after=0"),
+        (Method::POST, "/api/v1/agent/heartbeat"),
+    ] {
+        let (s, v) = srv.call(method, path, Some(&old), None).await;
+        assert_eq!(s, StatusCode::UNAUTHORIZED, "{path}: {v}");
+    }
+    let (s, v) = srv
+        .call(
+            Method::POST,
+            "/api/v1/agent/report",
+            Some(&old),
+            Some(json!({"applied_generation": 0})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED, "{v}");
+    assert!(
+        replaced.elapsed() < REVOKED_WITHIN,
+        "{:?}",
+        replaced.elapsed()
+    );
+
+    // The new credential works; retiring the node ends its waiting poll too.
+    let (s, role) = srv.get("/api/v1/agent/role?after=0", &new).await;
+    assert_eq!(s, StatusCode::OK, "{role}");
+    let poll = waiting_poll(&srv, &new, role["generation"].as_u64().unwrap()).await;
+    let (s, v) = srv.post("/api/v1/nodes/lb-61/retire", &op, json!({})).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let answer = tokio::time::timeout(REVOKED_WITHIN, poll)
+        .await
+        .expect("the waiting poll of a retired node must end at once")
+        .unwrap()
+        .unwrap();
+    // Refused either way: by the retirement's own wake-up (403, the node is retired) or by the revocation.
+    assert!(
+        matches!(
+            answer.status(),
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN
+        ),
+        "{}",
+        answer.status()
+    );
+    let (s, v) = srv
+        .call(Method::POST, "/api/v1/agent/heartbeat", Some(&new), None)
+        .await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED, "{v}");
+}

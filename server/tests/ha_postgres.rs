@@ -160,6 +160,88 @@ async fn a_change_through_one_server_wakes_a_poll_on_the_other_at_once() {
     pool.close().await;
 }
 
+/// A node credential replaced through A (re-enrollment) is refused by B at once, though B remembered it as
+/// valid (its credential cache keeps a confirmation 10 s): B hears of the revocation by a notice, which also
+/// ends the old credential's waiting poll on B. The bound is the same as on one server (`api.rs`): it leaves
+/// room for a debug build on a busy machine and is far below the cache's 10 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_credential_replaced_through_one_server_is_refused_by_the_other_at_once() {
+    const REVOKED_WITHIN: Duration = Duration::from_secs(2);
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b, _) = two_servers(dir.path(), "ha_revoke").await;
+    let old = active_node(&a).await;
+    // B confirms the credential and remembers it.
+    let after = generation(&b, &old).await;
+    let (s, _) = b
+        .call(
+            reqwest::Method::POST,
+            "/api/v1/agent/heartbeat",
+            Some(&old),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let poll = tokio::spawn(
+        b.http
+            .get(b.url(&format!("/api/v1/agent/role?after={after}&wait=20")))
+            .bearer_auth(&old)
+            .send(),
+    );
+    lbfleet_tests::wait::until_async(
+        "the poll waits on B",
+        Duration::from_secs(5),
+        Duration::from_millis(5),
+        || async { (pollers(&b).await == 1).then_some(()) },
+    )
+    .await
+    .unwrap();
+    let (s, t) = a
+        .post(
+            "/api/v1/nodes/lb-01/enrollment-token",
+            &a.tokens.operator,
+            json!({}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{t}");
+    let (s, e) = a
+        .call(
+            reqwest::Method::POST,
+            "/api/v1/agent/enroll",
+            None,
+            Some(json!({"token": t["token"], "mac": "52:54:00:21:00:01"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{e}");
+    let replaced = Instant::now();
+    let answer = tokio::time::timeout(REVOKED_WITHIN, poll)
+        .await
+        .expect("B must end the replaced credential's waiting poll at once")
+        .unwrap()
+        .unwrap();
+    assert_eq!(answer.status(), StatusCode::UNAUTHORIZED);
+    let (s, v) = b.get("/api/v1/agent/role?after=0", &old).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED, "{v}");
+    let (s, _) = b
+        .call(
+            reqwest::Method::POST,
+            "/api/v1/agent/heartbeat",
+            Some(&old),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    assert!(
+        replaced.elapsed() < REVOKED_WITHIN,
+        "{:?}",
+        replaced.elapsed()
+    );
+    let new = e["credential"].as_str().unwrap();
+    assert_eq!(
+        b.get("/api/v1/agent/role?after=0", new).await.0,
+        StatusCode::OK
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_opened_on_one_server_is_valid_on_the_other() {
     let dir = tempfile::tempdir().unwrap();

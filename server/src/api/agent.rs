@@ -63,8 +63,16 @@ async fn enroll(
 /// (checked against the fleet's boot key in the boot cache, no database involved).
 #[derive(Debug)]
 enum AgentCaller {
-    Node(i64),
-    Boot { node_id: i64, claim: BootClaim },
+    /// `epoch`: the credential revocation epoch taken before the check (`fleet::credentials`): a waiting role
+    /// poll checks its credential again when its node's credentials are revoked after it.
+    Node {
+        id: i64,
+        epoch: u64,
+    },
+    Boot {
+        node_id: i64,
+        claim: BootClaim,
+    },
 }
 
 impl FromRequestParts<AppState> for AgentCaller {
@@ -74,9 +82,11 @@ impl FromRequestParts<AppState> for AgentCaller {
         let Some(token) = crate::auth::principal::bearer(&parts.headers)
             .filter(|t| t.starts_with(BOOT_CREDENTIAL_PREFIX))
         else {
-            return Ok(AgentCaller::Node(
-                AgentNode::from_request_parts(parts, state).await?.0,
-            ));
+            let epoch = state.fleet.node_credentials().epoch();
+            return Ok(AgentCaller::Node {
+                id: AgentNode::from_request_parts(parts, state).await?.0,
+                epoch,
+            });
         };
         let refused = |why: String| ApiError::Unauthorized(why);
         let cache = state.boot_cache.as_ref().ok_or_else(|| {
@@ -119,7 +129,7 @@ impl FromRequestParts<AppState> for AgentCaller {
 impl AgentCaller {
     fn node_id(&self) -> i64 {
         match self {
-            AgentCaller::Node(id) | AgentCaller::Boot { node_id: id, .. } => *id,
+            AgentCaller::Node { id, .. } | AgentCaller::Boot { node_id: id, .. } => *id,
         }
     }
 }
@@ -138,6 +148,7 @@ struct RoleQuery {
 /// 204 when none appeared within the wait.
 async fn role(
     State(s): State<AppState>,
+    headers: axum::http::HeaderMap,
     caller: AgentCaller,
     ApiQuery(q): ApiQuery<RoleQuery>,
 ) -> Result<Response, ApiError> {
@@ -155,16 +166,62 @@ async fn role(
     };
     let max = s.config.long_poll_timeout;
     let wait = q.wait.map(Duration::from_secs).map_or(max, |w| w.min(max));
-    if let AgentCaller::Boot { claim, .. } = &caller {
-        return role_from_cache(&s, &claim.mac, q.after, wait).await;
-    }
-    match s
-        .fleet
-        .wait_role_wire(node, q.after, wait, s.shutdown.clone())
-        .await?
-    {
+    let epoch = match &caller {
+        AgentCaller::Boot { claim, .. } => {
+            return role_from_cache(&s, &claim.mac, q.after, wait).await
+        }
+        AgentCaller::Node { epoch, .. } => *epoch,
+    };
+    match wait_while_credential_holds(&s, &headers, node, epoch, q.after, wait).await? {
         Some(doc) => Ok(role_response(&doc)),
         None => Ok(StatusCode::NO_CONTENT.into_response()),
+    }
+}
+
+/// The role long-poll of a node credential, ended with 401 when the credential is revoked while it waits: a
+/// revocation of this node's credentials (here at once, from a peer when its notice arrives) wakes the poll,
+/// which checks its credential again (`fleet::credentials`). `epoch` was taken before the credential was first
+/// checked, so a revocation between that check and this wait is not missed.
+async fn wait_while_credential_holds(
+    s: &AppState,
+    headers: &axum::http::HeaderMap,
+    node: i64,
+    mut epoch: u64,
+    after: u64,
+    wait: Duration,
+) -> Result<Option<crate::fleet::RoleWire>, ApiError> {
+    let credentials = s.fleet.node_credentials();
+    let mut revocations = credentials.subscribe();
+    let doc = s
+        .fleet
+        .wait_role_wire(node, after, wait, s.shutdown.clone());
+    tokio::pin!(doc);
+    loop {
+        if credentials.revoked_since(node, epoch) {
+            epoch = credentials.epoch();
+            let still = match crate::auth::principal::bearer(headers) {
+                Some(token) => s.fleet.authenticate_node(token).await? == Some(node),
+                None => false,
+            };
+            if !still {
+                tracing::info!(
+                    node,
+                    "role long-poll ended: its node credential was revoked"
+                );
+                return Err(ApiError::Unauthorized(
+                    "node credential is invalid or revoked; enroll again".into(),
+                ));
+            }
+        }
+        tokio::select! {
+            doc = &mut doc => return Ok(doc?),
+            changed = revocations.changed() => {
+                if changed.is_err() {
+                    // The fleet is gone (cannot happen while `s` holds it): wait for the document alone.
+                    return Ok(doc.await?);
+                }
+            }
+        }
     }
 }
 
@@ -239,7 +296,7 @@ async fn report(
     ApiJson(r): ApiJson<AgentReport>,
 ) -> Result<Response, ApiError> {
     let node = match caller {
-        AgentCaller::Node(id) => id,
+        AgentCaller::Node { id, .. } => id,
         AgentCaller::Boot { .. } => return Ok(boot_report_refused(&s)),
     };
     // Refused whole (422, naming each bad field) when a field breaks the report bounds; nothing is stored.
@@ -259,7 +316,7 @@ async fn report_delta(
     ApiJson(d): ApiJson<ReportDelta>,
 ) -> Result<Response, ApiError> {
     let node = match caller {
-        AgentCaller::Node(id) => id,
+        AgentCaller::Node { id, .. } => id,
         AgentCaller::Boot { .. } => return Ok(boot_report_refused(&s)),
     };
     match s.fleet.report_delta(node, &d).await? {

@@ -175,6 +175,8 @@ impl Fleet {
         )
         .await?;
         store::commit(tx).await?;
+        // The node's previous credential, if any, was replaced.
+        self.credentials_revoked(&[node_id]);
         self.notifier.fleet_changed();
         tracing::info!(node = row.name(), mac, "node enrolled");
         Ok(EnrollResponse {
@@ -184,10 +186,36 @@ impl Fleet {
         })
     }
 
-    /// Resolves a node credential to its node id; `None` for unknown or revoked credentials.
+    /// Resolves a node credential to its node id; `None` for unknown or revoked credentials. The database is
+    /// asked at most once per `credentials::CREDENTIAL_CACHE_MS` per credential; a revocation forgets it
+    /// (`credentials`).
     pub async fn authenticate_node(&self, credential: &str) -> Result<Option<i64>> {
+        let hash = secrets::hash_secret(credential);
+        let now = store::now_ms();
+        if let Some(node) = self.credentials.cached(&hash, now) {
+            return Ok(Some(node));
+        }
+        // Taken before the read: a revocation committed meanwhile keeps this answer out of the cache.
+        let epoch = self.credentials.epoch();
         let mut conn = self.store.read().await?;
-        Ok(store::auth::node_by_credential(&mut conn, &secrets::hash_secret(credential)).await?)
+        let node = store::auth::node_by_credential(&mut conn, &hash).await?;
+        drop(conn);
+        if let Some(node) = node {
+            self.credentials.confirm(hash, node, now, epoch);
+        }
+        Ok(node)
+    }
+
+    /// The node credentials this server confirmed (agent calls) and the revocations it heard of.
+    pub fn node_credentials(&self) -> &super::credentials::NodeCredentials {
+        &self.credentials
+    }
+
+    /// After the commit that revoked or replaced the credentials of `nodes`: forgotten here at once, and by
+    /// the other servers on the same database when the notice arrives.
+    pub(super) fn credentials_revoked(&self, nodes: &[i64]) {
+        self.credentials.revoke(nodes, store::now_ms());
+        self.notifier.credentials_revoked(nodes);
     }
 
     /// Stores an agent's full report and returns its sequence number (the base of the agent's next delta);

@@ -329,13 +329,16 @@ impl Fleet {
 
     /// Rejects discovered hardware: it stays known (so it is not rediscovered) but never gets a role.
     pub async fn reject(&self, actor: &Actor, key: &NodeKey) -> Result<NodeView> {
-        self.transition(actor, key, NodeAction::Reject, |conn, row| {
-            Box::pin(async move {
-                store::auth::revoke_node(conn, row.id).await?;
-                Ok(NodeState::Rejected)
+        let view = self
+            .transition(actor, key, NodeAction::Reject, |conn, row| {
+                Box::pin(async move {
+                    store::auth::revoke_node(conn, row.id).await?;
+                    Ok(NodeState::Rejected)
+                })
             })
-        })
-        .await
+            .await?;
+        self.credentials_revoked(&[view.id]);
+        Ok(view)
     }
 
     /// Assigns a node to a cluster as active or backup (moving it from another cluster if needed).
@@ -407,14 +410,17 @@ impl Fleet {
 
     /// Retires a node for good: no assignment, no credentials; its history stays.
     pub async fn retire(&self, actor: &Actor, key: &NodeKey) -> Result<NodeView> {
-        self.transition(actor, key, NodeAction::Retire, |conn, row| {
-            Box::pin(async move {
-                store::nodes::delete_assignment(conn, row.id).await?;
-                store::auth::revoke_node(conn, row.id).await?;
-                Ok(NodeState::Retired)
+        let view = self
+            .transition(actor, key, NodeAction::Retire, |conn, row| {
+                Box::pin(async move {
+                    store::nodes::delete_assignment(conn, row.id).await?;
+                    store::auth::revoke_node(conn, row.id).await?;
+                    Ok(NodeState::Retired)
+                })
             })
-        })
-        .await
+            .await?;
+        self.credentials_revoked(&[view.id]);
+        Ok(view)
     }
 }
 

@@ -1,6 +1,6 @@
 //! Node liveness within seconds: agents call `POST /api/v1/agent/heartbeat` every `node_heartbeat_interval`
 //! (1 s); a node silent for `node_silent_after` (3 s) is unreachable. A heartbeat costs the server a credential
-//! lookup and a map insert, nothing else: no audit row, no event, no write of its own. The beats are kept in
+//! check (cached, `credentials`) and a map insert, nothing else: no audit row, no event, no write of its own. The beats are kept in
 //! memory (`Liveness`) and written to `nodes.last_seen_at` once per interval for every node heard since, in one
 //! statement per `FLUSH_BATCH` nodes, so 1,000 agents cost one small write transaction a second, and every
 //! server on the same PostgreSQL sees a node's liveness at most one interval late. Each server reads liveness as
@@ -22,9 +22,6 @@ pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
 pub const DEFAULT_SILENT_AFTER: Duration = Duration::from_secs(3);
 /// Nodes written per statement when the beats are flushed (two bound values each).
 const FLUSH_BATCH: usize = 500;
-/// How long a node credential checked against the database is taken as is by heartbeats (only by them: a
-/// credential revoked meanwhile keeps its node "reporting" this much longer, and gets nothing else).
-pub const CREDENTIAL_CACHE_MS: i64 = 10_000;
 
 /// A node's last beat as this server heard it.
 #[derive(Debug, Clone, Copy)]
@@ -40,10 +37,6 @@ pub struct Liveness {
     interval: Duration,
     silent_after_ms: i64,
     beats: Mutex<HashMap<i64, Beat>>,
-    /// SHA-256 (hex) of node credentials heartbeats presented, with their node and when the database last
-    /// confirmed them: a beat costs no database read within `CREDENTIAL_CACHE_MS`. Only valid credentials are
-    /// kept, so it holds at most one entry per node.
-    credentials: Mutex<HashMap<String, (i64, i64)>>,
 }
 
 impl Default for Liveness {
@@ -58,7 +51,6 @@ impl Liveness {
             interval,
             silent_after_ms: i64::try_from(silent_after.as_millis()).unwrap_or(i64::MAX),
             beats: Mutex::new(HashMap::new()),
-            credentials: Mutex::new(HashMap::new()),
         }
     }
 
@@ -113,30 +105,11 @@ impl Liveness {
         }
     }
 
-    fn credentials(&self) -> std::sync::MutexGuard<'_, HashMap<String, (i64, i64)>> {
-        self.credentials.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// The node of a credential hash the database confirmed within `CREDENTIAL_CACHE_MS` of `now`.
-    pub fn cached_node(&self, hash: &str, now: i64) -> Option<i64> {
-        self.credentials()
-            .get(hash)
-            .filter(|(_, at)| now.saturating_sub(*at) <= CREDENTIAL_CACHE_MS)
-            .map(|(node, _)| *node)
-    }
-
-    /// Remembers that the database confirmed `hash` as `node`'s credential at `now`.
-    pub fn confirm_credential(&self, hash: String, node: i64, now: i64) {
-        self.credentials().insert(hash, (node, now));
-    }
-
     /// Forgets beats far older than the silence limit (already written; a node deleted since leaves no entry).
     fn prune(&self, now: i64) {
         let keep = self.silent_after_ms.saturating_mul(10).max(60_000);
         self.beats()
             .retain(|_, b| !b.flushed || now.saturating_sub(b.at) <= keep);
-        self.credentials()
-            .retain(|_, (_, at)| now.saturating_sub(*at) <= CREDENTIAL_CACHE_MS);
     }
 }
 
@@ -147,23 +120,13 @@ impl Fleet {
     }
 
     /// The heartbeat of whoever holds node credential `credential` (remembered in memory, written with the
-    /// others at the next flush): its node, or `None` for a credential that
-    /// is unknown or revoked. The database is asked at most once per `CREDENTIAL_CACHE_MS` per credential.
+    /// others at the next flush): its node, or `None` for a credential that is unknown or revoked. The
+    /// credential is checked like every agent call's (`authenticate_node`: cached, forgotten on revocation).
     pub async fn heartbeat_with(&self, credential: &str) -> super::Result<Option<i64>> {
-        let hash = crate::secrets::hash_secret(credential);
-        let now = now_ms();
-        let node = match self.liveness.cached_node(&hash, now) {
-            Some(n) => n,
-            None => {
-                let mut conn = self.store.read().await?;
-                let Some(n) = store::auth::node_by_credential(&mut conn, &hash).await? else {
-                    return Ok(None);
-                };
-                self.liveness.confirm_credential(hash, n, now);
-                n
-            }
+        let Some(node) = self.authenticate_node(credential).await? else {
+            return Ok(None);
         };
-        self.liveness.beat(node, now);
+        self.liveness.beat(node, now_ms());
         Ok(Some(node))
     }
 
@@ -246,6 +209,7 @@ pub async fn run(
         }
         let now = now_ms();
         fleet.liveness.prune(now);
+        fleet.credentials.prune(now);
         match fleet.silent_nodes(now).await {
             Ok(now_silent) => {
                 if let Some(before) = &silent {
@@ -296,10 +260,5 @@ mod tests {
         // Written beats are forgotten once long past.
         l.prune(8_000 + 60_001);
         assert_eq!(l.last_seen(1, None), None);
-        // A confirmed credential is taken as is for CREDENTIAL_CACHE_MS, then asked again.
-        l.confirm_credential("h".into(), 7, 1_000);
-        assert_eq!(l.cached_node("h", 1_000 + CREDENTIAL_CACHE_MS), Some(7));
-        assert_eq!(l.cached_node("h", 1_001 + CREDENTIAL_CACHE_MS), None);
-        assert_eq!(l.cached_node("x", 1_000), None);
     }
 }

@@ -19,6 +19,7 @@ mod alerts;
 pub mod boot_cache;
 mod boot_window;
 mod clusters;
+pub mod credentials;
 pub mod drift;
 mod enrollment;
 mod history;
@@ -132,6 +133,8 @@ pub struct Fleet {
     traffic: traffic::Baselines,
     /// Agents' heartbeats and when a node counts as unreachable (`liveness`).
     liveness: liveness::Liveness,
+    /// Node credentials checked once and remembered, forgotten on revocation (`credentials`).
+    credentials: credentials::NodeCredentials,
     /// Reports taken by this server since it started, by kind (`/metrics`).
     report_counts: ReportCounts,
 }
@@ -175,6 +178,7 @@ impl Fleet {
             traffic: traffic::Baselines::default(),
             report_counts: ReportCounts::default(),
             liveness: liveness::Liveness::default(),
+            credentials: credentials::NodeCredentials::default(),
         }
     }
 

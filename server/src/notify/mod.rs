@@ -33,12 +33,13 @@ pub struct Notifier {
     outbound_ready: tokio::sync::Notify,
 }
 
-/// Announcements waiting for `peers` to send them, merged: the newest generation per node, and whether
-/// anything else changed.
+/// Announcements waiting for `peers` to send them, merged: the newest generation per node, whether anything
+/// else changed, and the nodes whose credentials were revoked or replaced (`fleet::credentials`).
 #[derive(Debug, Default)]
 pub struct Outbound {
     pub generations: HashMap<i64, u64>,
     pub fleet_changed: bool,
+    pub credentials_revoked: std::collections::BTreeSet<i64>,
 }
 
 impl Default for Notifier {
@@ -140,6 +141,19 @@ impl Notifier {
         self.fleet_changed_here();
     }
 
+    /// Queues for the peers that the credentials of `nodes` were revoked or replaced (this server's cache is
+    /// the caller's: `fleet::credentials`).
+    pub fn credentials_revoked(&self, nodes: &[i64]) {
+        if self.publishing.load(Ordering::Relaxed) && !nodes.is_empty() {
+            self.outbound
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .credentials_revoked
+                .extend(nodes.iter().copied());
+            self.outbound_ready.notify_one();
+        }
+    }
+
     /// A peer's change that affects no node's role: dashboards here wake.
     pub fn fleet_changed_from_peer(&self) {
         self.fleet_changed_here();
@@ -177,7 +191,10 @@ impl Notifier {
             let notified = self.outbound_ready.notified();
             {
                 let mut out = self.outbound.lock().unwrap_or_else(|p| p.into_inner());
-                if out.fleet_changed || !out.generations.is_empty() {
+                if out.fleet_changed
+                    || !out.generations.is_empty()
+                    || !out.credentials_revoked.is_empty()
+                {
                     return std::mem::take(&mut *out);
                 }
             }

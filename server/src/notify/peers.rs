@@ -15,6 +15,10 @@
 //!
 //! Payload: `<instance> g <node>:<generation>,...`, `<instance> f` (a change no role depends on: a report, an
 //! approval) or `<instance> r` (too many nodes for one notice: re-read). A server skips its own notices.
+//! Revoked or replaced node credentials travel in a notice of their own, `<instance> c <node>,...` (or
+//! `<instance> C`, too many nodes: forget every cached credential): the receiver forgets them at once
+//! (`fleet::credentials`). A lost one is bounded by the credential cache's lifetime, and a listener that
+//! reconnects forgets every cached credential (notices may have been lost meanwhile).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -40,6 +44,28 @@ enum Notice {
     Generations(Vec<(i64, u64)>),
     FleetChanged,
     Reread,
+    CredentialsRevoked(Vec<i64>),
+    AllCredentialsRevoked,
+}
+
+/// The notice of revoked credentials (`None` when there are none).
+fn encode_revoked(instance: &str, out: &super::Outbound) -> Option<String> {
+    if out.credentials_revoked.is_empty() {
+        return None;
+    }
+    let mut text = format!("{instance} c ");
+    let mut first = true;
+    for node in &out.credentials_revoked {
+        if !first {
+            text.push(',');
+        }
+        first = false;
+        text.push_str(&node.to_string());
+        if text.len() > MAX_PAYLOAD {
+            return Some(format!("{instance} C"));
+        }
+    }
+    Some(text)
 }
 
 fn encode(instance: &str, out: &super::Outbound) -> String {
@@ -68,6 +94,12 @@ fn decode(payload: &str) -> Option<(&str, Notice)> {
     let notice = match (parts.next()?, parts.next()) {
         ("f", None) => Notice::FleetChanged,
         ("r", None) => Notice::Reread,
+        ("C", None) => Notice::AllCredentialsRevoked,
+        ("c", Some(list)) => Notice::CredentialsRevoked(
+            list.split(',')
+                .map(|n| n.parse().ok())
+                .collect::<Option<Vec<_>>>()?,
+        ),
         ("g", Some(list)) => Notice::Generations(
             list.split(',')
                 .map(|pair| {
@@ -126,7 +158,15 @@ async fn publish(fleet: Arc<Fleet>, instance: String, mut stop: watch::Receiver<
             out = fleet.notifier().take_outbound() => out,
             _ = stopped(&mut stop) => return,
         };
-        match fleet.notify_peers(CHANNEL, &encode(&instance, &out)).await {
+        let mut sent = Ok(());
+        // Revocations first: a poll woken by the generation notice then already finds its credential gone.
+        if let Some(revoked) = encode_revoked(&instance, &out) {
+            sent = fleet.notify_peers(CHANNEL, &revoked).await;
+        }
+        if sent.is_ok() && (out.fleet_changed || !out.generations.is_empty()) {
+            sent = fleet.notify_peers(CHANNEL, &encode(&instance, &out)).await;
+        }
+        match sent {
             Ok(()) if failing => {
                 tracing::info!("peer wake-ups: notices go out again");
                 failing = false;
@@ -179,6 +219,10 @@ pub async fn run(
                         fleet.notifier().announce_from_peer(&changes);
                     }
                     Some((_, Notice::FleetChanged)) => fleet.notifier().fleet_changed_from_peer(),
+                    Some((_, Notice::CredentialsRevoked(nodes))) => {
+                        fleet.node_credentials().revoke(&nodes, crate::store::now_ms());
+                    }
+                    Some((_, Notice::AllCredentialsRevoked)) => fleet.node_credentials().revoke_all(),
                     Some((_, Notice::Reread)) => seen = reread(&fleet, seen).await,
                     None => {
                         tracing::debug!(payload = n.payload(), "peer wake-ups: unreadable notice; re-reading");
@@ -188,6 +232,7 @@ pub async fn run(
                 // The connection dropped (try_recv reconnects on the next call): notices may be lost.
                 Ok(None) => {
                     tracing::info!("peer wake-ups: listener reconnecting; re-reading the generations");
+                    fleet.node_credentials().revoke_all();
                     seen = reread(&fleet, seen).await;
                     fleet.notifier().fleet_changed_from_peer();
                 }
@@ -202,6 +247,8 @@ pub async fn run(
                         Ok(l) => {
                             tracing::debug!(channel = CHANNEL, "peer wake-ups: listening");
                             listener = Some(l);
+                            // Revocation notices sent while nobody listened are lost.
+                            fleet.node_credentials().revoke_all();
                         }
                         Err(e) => tracing::debug!(error = %e, "peer wake-ups: cannot listen yet"),
                     }
@@ -234,7 +281,29 @@ mod tests {
         let big = encode("a1", &out);
         assert!(big.len() <= MAX_PAYLOAD);
         assert_eq!(decode(&big), Some(("a1", Notice::Reread)));
-        for bad in ["", "a1", "a1 g", "a1 g 7", "a1 g x:1", "a1 f extra", "a1 z"] {
+        let mut out = super::super::Outbound::default();
+        assert_eq!(encode_revoked("a1", &out), None);
+        out.credentials_revoked.extend([3, 9]);
+        assert_eq!(
+            decode(&encode_revoked("a1", &out).unwrap_or_default()),
+            Some(("a1", Notice::CredentialsRevoked(vec![3, 9])))
+        );
+        out.credentials_revoked.extend(0..2000);
+        let big = encode_revoked("a1", &out).unwrap_or_default();
+        assert!(big.len() <= MAX_PAYLOAD);
+        assert_eq!(decode(&big), Some(("a1", Notice::AllCredentialsRevoked)));
+        for bad in [
+            "",
+            "a1",
+            "a1 g",
+            "a1 g 7",
+            "a1 g x:1",
+            "a1 f extra",
+            "a1 z",
+            "a1 c",
+            "a1 c x",
+            "a1 C 1",
+        ] {
             assert_eq!(decode(bad), None, "{bad:?}");
         }
     }
