@@ -436,3 +436,84 @@ async fn a_page_reads_only_the_busiest_services() {
         );
     }
 }
+
+/// A report delta samples only the series it carries: a real server whose counters the agent held back keeps
+/// its baseline (no zero sample), and its next sample covers the whole time since it last travelled.
+#[tokio::test]
+async fn a_delta_samples_only_the_series_it_carries() {
+    use crate::fleet::DeltaOutcome;
+    use lbfleet_proto::{ReportDelta, ServiceDelta};
+    let (f, _dir) = testing::fleet().await;
+    f.put_cluster(&testing::admin(), "ext", &testing::spec(51, "198.18.0.10"))
+        .await
+        .expect("cluster");
+    let node = testing::member(&f, 1, "ext", lbfleet_proto::Role::Active).await;
+    let id = f.get_node(&node).await.expect("node").id;
+    let full = report(2);
+    let mut seq = f.report(id, &full).await.expect("full report");
+    let next_ms = || async {
+        let start = store::now_ms();
+        while store::now_ms() == start {
+            tokio::task::yield_now().await;
+        }
+    };
+    let delta = |base: u64, connections: u64, rows: Vec<RealServerReport>| ReportDelta {
+        base,
+        head: AgentReport {
+            services: Vec::new(),
+            ..full.clone()
+        },
+        services: vec![ServiceDelta {
+            vip: "198.18.0.10".into(),
+            port: 80,
+            protocol: Protocol::Tcp,
+            connections,
+            packets_in: 0,
+            packets_out: 0,
+            bytes_in: 0,
+            bytes_out: 0,
+            real_servers: rows,
+            removed: Vec::new(),
+        }],
+        removed_services: Vec::new(),
+    };
+    let row = |i: usize, connections: u64| RealServerReport {
+        connections,
+        ..full.services[0].real_servers[i].clone()
+    };
+    next_ms().await;
+    // The service and 198.18.2.2 moved by 30 and travel; 198.18.2.1 moved too but was held back.
+    let base_conns = full.services[0].connections;
+    let rs1 = full.services[0].real_servers[1].connections;
+    let rs0 = full.services[0].real_servers[0].connections;
+    let d = delta(seq, base_conns + 80, vec![row(1, rs1 + 30)]);
+    let DeltaOutcome::Applied { seq: s } = f.report_delta(id, &d).await.expect("delta") else {
+        panic!("not merged");
+    };
+    seq = s;
+    assert_eq!(
+        f.traffic_totals().await.expect("totals").0,
+        2,
+        "the service and the one real server carried, no zero sample for the other"
+    );
+    next_ms().await;
+    let d = delta(seq, base_conns + 80, vec![row(0, rs0 + 50)]);
+    assert!(matches!(
+        f.report_delta(id, &d).await.expect("delta"),
+        DeltaOutcome::Applied { .. }
+    ));
+    let n = f
+        .node_traffic(&node, TrafficRange::Hour)
+        .await
+        .expect("node traffic");
+    let sum = |rs: &str| -> i64 {
+        n.series
+            .iter()
+            .filter(|s| s.real_server.as_deref() == Some(rs))
+            .flat_map(|s| &s.points)
+            .map(|p| p.connections)
+            .sum()
+    };
+    assert_eq!(sum("198.18.2.1:80"), 50, "the held-back counters, whole");
+    assert_eq!(sum("198.18.2.2:80"), 30);
+}
