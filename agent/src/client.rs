@@ -248,17 +248,25 @@ impl ServerClient {
         })
     }
 
-    /// Sends a report of what is applied and how the node is doing.
-    pub async fn report(&self, report: &AgentReport) -> Result<(), ClientError> {
-        let resp = self
-            .http
-            .post(format!("{}/api/v1/agent/report", self.base))
+    /// `POST` of a JSON body to an agent API path with the node credential (reports and deltas).
+    async fn post_json<T: serde::Serialize + ?Sized>(
+        &self,
+        path: &str,
+        body: &T,
+    ) -> Result<reqwest::Response, ClientError> {
+        self.http
+            .post(format!("{}{path}", self.base))
             .bearer_auth(self.credential_or_err()?)
             .timeout(Duration::from_secs(30))
-            .json(report)
+            .json(body)
             .send()
             .await
-            .map_err(|e| self.transport(e))?;
+            .map_err(|e| self.transport(e))
+    }
+
+    /// Sends a report of what is applied and how the node is doing.
+    pub async fn report(&self, report: &AgentReport) -> Result<(), ClientError> {
+        let resp = self.post_json("/api/v1/agent/report", report).await?;
         if resp.status().is_success() {
             Ok(())
         } else {
@@ -270,14 +278,8 @@ impl ServerClient {
     /// takes deltas, `None` from one that predates them (204, no body).
     pub async fn report_full(&self, report: &AgentReport) -> Result<Option<u64>, ClientError> {
         let resp = self
-            .http
-            .post(format!("{}/api/v1/agent/report?deltas=1", self.base))
-            .bearer_auth(self.credential_or_err()?)
-            .timeout(Duration::from_secs(30))
-            .json(report)
-            .send()
-            .await
-            .map_err(|e| self.transport(e))?;
+            .post_json("/api/v1/agent/report?deltas=1", report)
+            .await?;
         if !resp.status().is_success() {
             return Err(refusal(resp).await);
         }
@@ -292,15 +294,7 @@ impl ServerClient {
 
     /// Sends a report delta (`POST /api/v1/agent/report/delta`).
     pub async fn report_delta(&self, delta: &ReportDelta) -> Result<DeltaAnswer, ClientError> {
-        let resp = self
-            .http
-            .post(format!("{}/api/v1/agent/report/delta", self.base))
-            .bearer_auth(self.credential_or_err()?)
-            .timeout(Duration::from_secs(30))
-            .json(delta)
-            .send()
-            .await
-            .map_err(|e| self.transport(e))?;
+        let resp = self.post_json("/api/v1/agent/report/delta", delta).await?;
         let status = resp.status();
         if status.is_success() {
             let body = read_bounded(resp, 4096).await?;

@@ -1,4 +1,4 @@
-//! What several benchmarks share: cleanup of their lab when they are interrupted.
+//! What several benchmarks share: cleanup of their lab when they are interrupted, and the median.
 
 use lbfleet_tests::lab;
 
@@ -29,4 +29,13 @@ pub fn cleanup_on_signal(program: &'static str) {
             std::process::exit(130);
         });
     });
+}
+
+/// The median of `v` (sorted in place; the upper one of an even count), NaN when empty.
+pub fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v[v.len() / 2]
 }

@@ -14,14 +14,14 @@
 #![allow(clippy::unwrap_used)]
 
 use std::path::PathBuf;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::Parser;
 use lbfleet_tests::lab::fleet::{self, FleetOptions};
 use lbfleet_tests::lab::traffic::{self, Background};
 use lbfleet_tests::lab::{self, wait, LabServer, ServerOptions, Site};
-use serde_json::{json, Value};
+use serde_json::json;
 
 /// The goals the figures are compared with (issue 24).
 const OVERHEAD_GOAL: f64 = 1.3;
@@ -43,24 +43,13 @@ struct Args {
     interval_ms: u64,
 }
 
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
-fn node(server: &LabServer, host: &str) -> Option<Value> {
-    server.api_ok("GET", &format!("/nodes/{host}"), None).ok()
-}
-
 /// Whether `host` passes a rollout's gate for a reboot requested at `since` (ms): reported after the reboot,
 /// serving, in sync, every real server healthy.
 fn rebooted_and_serving(server: &LabServer, host: &str, since: i64) -> bool {
-    let Some(n) = node(server, host) else {
+    let Some(n) = server.node(host) else {
         return false;
     };
-    let now = now_ms();
+    let now = wait::now_ms();
     let fresh = n["last_seen_at"].as_i64().is_some_and(|t| t > since);
     let report = &n["last_report"];
     let rebooted = report["uptime_s"]
@@ -77,7 +66,11 @@ fn rebooted_and_serving(server: &LabServer, host: &str, since: i64) -> bool {
 }
 
 fn vrrp_pair(server: &LabServer) -> Option<(String, String)> {
-    let state = |h: &str| node(server, h).and_then(|n| n["vrrp_state"].as_str().map(str::to_owned));
+    let state = |h: &str| {
+        server
+            .node(h)
+            .and_then(|n| n["vrrp_state"].as_str().map(str::to_owned))
+    };
     match (state("lb-01")?.as_str(), state("lb-02")?.as_str()) {
         ("master", "backup") => Some(("lb-01".into(), "lb-02".into())),
         ("backup", "master") => Some(("lb-02".into(), "lb-01".into())),
@@ -91,14 +84,6 @@ fn boots(site: &Site, vm: usize) -> usize {
         .console()
         .matches("Kernel command line:")
         .count()
-}
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    v[v.len() / 2]
 }
 
 fn main() -> anyhow::Result<()> {
@@ -135,11 +120,11 @@ fn measure(
     wait::until("both balancers serving", Duration::from_secs(600), || {
         ["lb-01", "lb-02"]
             .iter()
-            .all(|h| node(server, h).is_some_and(|n| n["state"] == "serving"))
+            .all(|h| server.node(h).is_some_and(|n| n["state"] == "serving"))
             .then_some(())
     })
     .with_context(|| site.report())?;
-    let addr = format!("{}:{}", fleet::VIP, fleet::VIP_PORT);
+    let addr = fleet::vip_addr();
     let interval = args.interval_ms.max(5);
     let (mut ratios, mut lost) = (Vec::new(), Vec::new());
     for round in 1..=args.rounds {
@@ -147,7 +132,7 @@ fn measure(
             vrrp_pair(server)
         })?;
         // The node's own boot-to-serving: a plain reboot of the backup.
-        let since = now_ms();
+        let since = wait::now_ms();
         let asked = Instant::now();
         let vm_of = |host: &str| {
             if host == "lb-01" {
@@ -195,7 +180,7 @@ fn measure(
             &out,
         )?;
         wait::until("traffic flowing", Duration::from_secs(30), || {
-            (traffic::parse_probe(&probe.output()).len() >= 20).then_some(())
+            (probe.done() >= 20).then_some(())
         })?;
         let r = server.api_ok(
             "POST",
@@ -224,9 +209,9 @@ fn measure(
         );
         let took = started.elapsed().as_secs_f64();
         // A few more requests after the end, then the client's count.
-        let n = traffic::parse_probe(&probe.output()).len();
+        let n = probe.done();
         wait::until("20 more requests", Duration::from_secs(30), || {
-            (traffic::parse_probe(&probe.output()).len() >= n + 20).then_some(())
+            (probe.done() >= n + 20).then_some(())
         })?;
         let results = traffic::parse_probe(&probe.stop());
         if done["state"] != "succeeded" {
@@ -290,7 +275,7 @@ fn measure(
         "rollout per node vs the node's own reboot to serving, {} nodes: median {:.2}x, worst {worst_ratio:.2}x (goal <= {OVERHEAD_GOAL}x); \
          requests lost per rollout (client every {interval} ms, connection sync on): worst {worst_lost} (goal <= {LOST_GOAL})",
         ratios.len(),
-        median(&mut ratios.clone()),
+        lbfleet_bench::median(&mut ratios.clone()),
     );
     Ok(())
 }

@@ -48,14 +48,6 @@ struct Args {
     interval_ms: u64,
 }
 
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    v[v.len() / 2]
-}
-
 fn worst(v: &[f64]) -> f64 {
     v.iter().copied().fold(f64::NAN, f64::max)
 }
@@ -83,7 +75,7 @@ fn wait_states(site: &Site, master: &str, backup: &str) -> anyhow::Result<()> {
 
 /// Waits until `n` requests in a row are answered (by every real server when `all` is set).
 fn wait_answers(site: &Site, client: usize, all: bool) -> anyhow::Result<()> {
-    let addr = format!("{}:{}", fleet::VIP, fleet::VIP_PORT);
+    let addr = fleet::vip_addr();
     let mut last = String::new();
     wait::until("the VIP answering", Duration::from_secs(120), || {
         let r = traffic::probe(&site.extra[client], &addr, "/", 20, 12, 2000).ok()?;
@@ -148,7 +140,7 @@ fn measure(site: &mut Site, layout: &fleet::FleetLayout, args: &Args) -> anyhow:
     wait_states(site, "lb-01", "lb-02")?;
     wait_answers(site, layout.client, true)?;
 
-    let addr = format!("{}:{}", fleet::VIP, fleet::VIP_PORT);
+    let addr = fleet::vip_addr();
     let interval = args.interval_ms.max(5);
     // 3 s of traffic per trial: the disturbance comes after the first second.
     let count = (3000 / interval) as u32;
@@ -165,7 +157,7 @@ fn measure(site: &mut Site, layout: &fleet::FleetLayout, args: &Args) -> anyhow:
             &out,
         )?;
         wait::until("traffic flowing", Duration::from_secs(30), || {
-            (traffic::parse_probe(&probe.output()).len() as u64 * interval >= 1000).then_some(())
+            (probe.done() as u64 * interval >= 1000).then_some(())
         })?;
         let (boot_tap, internal_tap) = layout.taps[0].clone();
         for tap in [&boot_tap, &internal_tap] {
@@ -188,7 +180,7 @@ fn measure(site: &mut Site, layout: &fleet::FleetLayout, args: &Args) -> anyhow:
         wait_answers(site, layout.client, false)?;
     }
     if !outages.is_empty() {
-        let m = median(&mut outages.clone());
+        let m = lbfleet_bench::median(&mut outages.clone());
         println!(
             "failover outage (VRRP v3, 100 ms adverts, client every {interval} ms), {} trials: median {m:.3} s, worst {:.3} s; goal {VRRP_GOAL_S} s: ratio {:.2} (median), {:.2} (worst)",
             outages.len(),
@@ -217,7 +209,7 @@ fn measure(site: &mut Site, layout: &fleet::FleetLayout, args: &Args) -> anyhow:
         )?;
         let probe_start = Instant::now();
         wait::until("traffic flowing", Duration::from_secs(30), || {
-            (traffic::parse_probe(&probe.output()).len() as u64 * interval >= 1000).then_some(())
+            (probe.done() as u64 * interval >= 1000).then_some(())
         })?;
         let killed_ms = probe_start.elapsed().as_millis() as u64;
         site.processes[layout.real_server_process[victim]].kill();
@@ -244,7 +236,7 @@ fn measure(site: &mut Site, layout: &fleet::FleetLayout, args: &Args) -> anyhow:
         wait_answers(site, layout.client, true)?;
     }
     if !drains.is_empty() {
-        let m = median(&mut drains.clone());
+        let m = lbfleet_bench::median(&mut drains.clone());
         println!(
             "drain time (HTTP check every {} ms, timeout {} ms, fall {}), {} trials: median {m:.3} s, worst {:.3} s; \
              goal {HEALTH_GOAL_S} s (defaults): ratio {:.2}; this cluster's check bound {check_bound_s:.1} s: ratio {:.2}",

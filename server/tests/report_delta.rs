@@ -109,6 +109,21 @@ async fn stored(srv: &TestServer, node: &str) -> AgentReport {
     serde_json::from_value(v["last_report"].clone()).unwrap()
 }
 
+/// Cluster `ext` and its active node `name`: the node's credential and its role generation.
+async fn active_node(srv: &TestServer, mac: &str, name: &str) -> (String, u64) {
+    let (s, v) = srv
+        .put(
+            "/api/v1/clusters/ext",
+            &srv.tokens.operator,
+            cluster_spec(51, "198.18.0.10"),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let cred = srv.assigned_node(mac, name, "ext", "active").await;
+    let (_, role) = srv.get("/api/v1/agent/role", &cred).await;
+    (cred, role["generation"].as_u64().unwrap())
+}
+
 fn seq_of(v: &Value) -> u64 {
     v["seq"].as_u64().unwrap_or_else(|| panic!("no seq in {v}"))
 }
@@ -117,16 +132,7 @@ fn seq_of(v: &Value) -> u64 {
 async fn a_30000_real_server_report_then_deltas_on_their_base_only() {
     let dir = tempfile::tempdir().unwrap();
     let srv = TestServer::start(dir.path()).await;
-    let op = srv.tokens.operator.clone();
-    let (s, v) = srv
-        .put("/api/v1/clusters/ext", &op, cluster_spec(51, "198.18.0.10"))
-        .await;
-    assert_eq!(s, StatusCode::CREATED, "{v}");
-    let cred = srv
-        .assigned_node("52:54:00:00:00:31", "lb-31", "ext", "active")
-        .await;
-    let (_, role) = srv.get("/api/v1/agent/role", &cred).await;
-    let generation = role["generation"].as_u64().unwrap();
+    let (cred, generation) = active_node(&srv, "52:54:00:00:00:31", "lb-31").await;
 
     // The full report: 30,000 real servers in one body, under the server's bound, accepted and stored whole.
     let full = full_report(generation);
@@ -470,16 +476,7 @@ async fn a_30000_real_server_report_then_deltas_on_their_base_only() {
 async fn a_delta_that_breaks_the_bounds_is_refused_whole() {
     let dir = tempfile::tempdir().unwrap();
     let srv = TestServer::start(dir.path()).await;
-    let op = srv.tokens.operator.clone();
-    let (s, v) = srv
-        .put("/api/v1/clusters/ext", &op, cluster_spec(51, "198.18.0.10"))
-        .await;
-    assert_eq!(s, StatusCode::CREATED, "{v}");
-    let cred = srv
-        .assigned_node("52:54:00:00:00:32", "lb-32", "ext", "active")
-        .await;
-    let (_, role) = srv.get("/api/v1/agent/role", &cred).await;
-    let generation = role["generation"].as_u64().unwrap();
+    let (cred, generation) = active_node(&srv, "52:54:00:00:00:32", "lb-32").await;
     let small = AgentReport {
         services: vec![service(0)],
         ..full_report(generation)

@@ -28,7 +28,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::Path;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use lbfleet_tests::lab::fleet::{self, FleetLayout, FleetOptions, BALANCERS, REAL_SERVERS};
 use lbfleet_tests::lab::traffic::{self, Background, ProbeResult};
@@ -49,10 +49,6 @@ const REQUEST_TIMEOUT_MS: u64 = 900;
 /// The VIP of the VLAN phase, on VLAN 100, and the client's address there (for its ARP requests).
 const VLAN_VIP: &str = "198.18.100.10";
 const VLAN_CLIENT: &str = "198.18.100.200";
-
-fn vip_addr() -> String {
-    format!("{}:{}", fleet::VIP, fleet::VIP_PORT)
-}
 
 fn node(site: &Site, host: &str) -> Value {
     site.server()
@@ -99,34 +95,12 @@ fn wait_consoles(vms: &mut [Vm], layout: &FleetLayout, marks: &[usize], needle: 
     }
 }
 
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
-/// The client's view of a probe run, for failure messages.
-fn summary(results: &[ProbeResult]) -> String {
-    let failed: Vec<String> = traffic::failures(results)
-        .iter()
-        .map(|r| format!("{} ms: {:?}", r.slot_ms, r.answer))
-        .collect();
-    format!(
-        "{} requests, answers {:?}, {} failed: {failed:?}",
-        results.len(),
-        traffic::answers_by_body(results),
-        failed.len()
-    )
-}
-
-/// Waits until a background probe has `n` results (so traffic is flowing before the disturbance).
 /// A client in `client` sending 200 requests to the VIP, one every `INTERVAL_MS` (its output in
 /// `dir/probe-NAME.txt`), returned once the first 20 are done: the disturbance comes after that.
 fn start_probe(client: &Netns, dir: &Path, name: &str) -> Background {
     let probe = Background::probe(
         client,
-        &vip_addr(),
+        &fleet::vip_addr(),
         "/",
         INTERVAL_MS,
         200,
@@ -147,7 +121,7 @@ fn wait_results(probe: &Background, n: usize) {
     wait::until(
         &format!("{n} client requests done"),
         wait::scaled(Duration::from_secs(30)),
-        || (traffic::parse_probe(&probe.output()).len() >= n).then_some(()),
+        || (probe.done() >= n).then_some(()),
     )
     .unwrap_or_else(|e| panic!("{e}: {}", probe.output()));
 }
@@ -222,7 +196,7 @@ fn full_fleet_serves_fails_over_and_switches_over() {
         "a first answer through the VIP",
         wait::scaled(Duration::from_secs(60)),
         || {
-            let r = traffic::probe(client, &vip_addr(), "/", 0, 1, 2000).ok()?;
+            let r = traffic::probe(client, &fleet::vip_addr(), "/", 0, 1, 2000).ok()?;
             r.first()?.answer.is_ok().then_some(())
         },
     )
@@ -231,7 +205,7 @@ fn full_fleet_serves_fails_over_and_switches_over() {
     let total_weight: u32 = REAL_SERVERS.iter().map(|(_, _, w)| w).sum();
     let results = traffic::probe(
         client,
-        &vip_addr(),
+        &fleet::vip_addr(),
         "/",
         INTERVAL_MS,
         rounds * total_weight,
@@ -242,7 +216,7 @@ fn full_fleet_serves_fails_over_and_switches_over() {
     assert!(
         traffic::failures(&results).is_empty(),
         "{}",
-        summary(&results)
+        traffic::summary(&results)
     );
     for (name, _, weight) in REAL_SERVERS {
         let got = by.get(name).copied().unwrap_or(0);
@@ -251,7 +225,7 @@ fn full_fleet_serves_fails_over_and_switches_over() {
             got.abs_diff(want) <= 2,
             "{name} (weight {weight}) answered {got} of {}, want {want}: {}",
             results.len(),
-            summary(&results)
+            traffic::summary(&results)
         );
     }
     eprintln!("traffic by real server: {by:?}");
@@ -263,7 +237,7 @@ fn full_fleet_serves_fails_over_and_switches_over() {
         .expect("audit");
     let nodes_before = site.server().api_ok("GET", "/nodes", None).expect("nodes");
     let probe = start_probe(client, site.dir.path(), "restart");
-    let restarted_at = now_ms();
+    let restarted_at = wait::now_ms();
     site.server
         .as_mut()
         .expect("server")
@@ -271,11 +245,11 @@ fn full_fleet_serves_fails_over_and_switches_over() {
         .expect("server restart");
     eprintln!("lbfleet-server restarted");
     let results = finish_probe(probe);
-    assert_eq!(results.len(), 200, "{}", summary(&results));
+    assert_eq!(results.len(), 200, "{}", traffic::summary(&results));
     assert!(
         traffic::failures(&results).is_empty(),
         "{}",
-        summary(&results)
+        traffic::summary(&results)
     );
     let audit_after = site
         .server()
@@ -343,12 +317,12 @@ fn full_fleet_serves_fails_over_and_switches_over() {
     wait_vrrp(&site, "lb-02", "master");
     wait_vrrp(&site, "lb-01", "backup");
     let results = finish_probe(probe);
-    eprintln!("switchover: {}", summary(&results));
-    assert_eq!(results.len(), 200, "{}", summary(&results));
+    eprintln!("switchover: {}", traffic::summary(&results));
+    assert_eq!(results.len(), 200, "{}", traffic::summary(&results));
     assert!(
         traffic::failures(&results).len() <= 1,
         "{}",
-        summary(&results)
+        traffic::summary(&results)
     );
     let audit = site
         .server()
@@ -375,31 +349,32 @@ fn full_fleet_serves_fails_over_and_switches_over() {
     let drain_ms = last_failure.map_or(0, |l| l.saturating_sub(killed_ms));
     eprintln!(
         "drain: {drain_ms} ms after the kill (bound {drain_bound_ms} ms); {}",
-        summary(&results)
+        traffic::summary(&results)
     );
     assert!(
         traffic::failures(&results)
             .iter()
             .all(|r| r.slot_ms + INTERVAL_MS >= killed_ms),
         "a request failed before the kill: {}",
-        summary(&results)
+        traffic::summary(&results)
     );
     assert!(
         drain_ms <= wait::scaled(Duration::from_millis(drain_bound_ms)).as_millis() as u64,
         "{victim_name} drained {drain_ms} ms after the kill, over the bound {drain_bound_ms} ms: {}",
-        summary(&results)
+        traffic::summary(&results)
     );
     // After the drain: every request answered, none by the stopped server.
-    let results = traffic::probe(client, &vip_addr(), "/", INTERVAL_MS, 40, 2000).expect("probe");
+    let results =
+        traffic::probe(client, &fleet::vip_addr(), "/", INTERVAL_MS, 40, 2000).expect("probe");
     assert!(
         traffic::failures(&results).is_empty(),
         "{}",
-        summary(&results)
+        traffic::summary(&results)
     );
     assert!(
         !traffic::answers_by_body(&results).contains_key(victim_name),
         "{}",
-        summary(&results)
+        traffic::summary(&results)
     );
     // Back: the server rises again and gets its share.
     fleet::restart_real_server(&mut site, &layout, victim).expect("real server back");
@@ -408,7 +383,7 @@ fn full_fleet_serves_fails_over_and_switches_over() {
         &format!("{victim_name} answering again"),
         wait::scaled(Duration::from_secs(30)),
         || {
-            let r = traffic::probe(client, &vip_addr(), "/", INTERVAL_MS, 12, 2000).ok()?;
+            let r = traffic::probe(client, &fleet::vip_addr(), "/", INTERVAL_MS, 12, 2000).ok()?;
             traffic::answers_by_body(&r)
                 .contains_key(victim_name)
                 .then_some(())
@@ -418,8 +393,8 @@ fn full_fleet_serves_fails_over_and_switches_over() {
 
     // 6. Failover: cut the active balancer's (now lb-02) links to both networks.
     let stream_out = site.dir.path().join("stream.txt");
-    let stream =
-        Background::stream(client, &vip_addr(), "/cgi-bin/slow", &stream_out).expect("stream");
+    let stream = Background::stream(client, &fleet::vip_addr(), "/cgi-bin/slow", &stream_out)
+        .expect("stream");
     // The kernel's sync daemon sends a new connection to the backup within about 3 s (a 2 s buffer flush,
     // checked every second): cut only after the session has run that long.
     let lines_before_cut = 12;
@@ -430,7 +405,7 @@ fn full_fleet_serves_fails_over_and_switches_over() {
     )
     .unwrap_or_else(|e| panic!("{e}: {}", stream.output()));
     let probe = start_probe(client, site.dir.path(), "failover");
-    let cut_at = now_ms();
+    let cut_at = wait::now_ms();
     let (boot_tap, internal_tap) = layout.taps[1].clone();
     for tap in [&boot_tap, &internal_tap] {
         site.ns.ip(&["link", "set", tap, "down"]).expect("cut link");
@@ -502,12 +477,12 @@ fn full_fleet_serves_fails_over_and_switches_over() {
     let outage_ms = traffic::longest_outage(&results).map_or(0, |(_, n)| n as u64 * INTERVAL_MS);
     eprintln!(
         "failover: outage {outage_ms} ms (bound {bound_ms} ms); {}",
-        summary(&results)
+        traffic::summary(&results)
     );
     assert!(
         outage_ms <= wait::scaled(Duration::from_millis(bound_ms)).as_millis() as u64,
         "outage {outage_ms} ms over the VRRP bound {bound_ms} ms: {}",
-        summary(&results)
+        traffic::summary(&results)
     );
     // Nothing failed before the cut; besides the outage, at most two stray failures (a TCG guest or a busy host
     // stalling one request past its deadline has been seen once here; they are printed above).
@@ -517,13 +492,13 @@ fn full_fleet_serves_fails_over_and_switches_over() {
             .iter()
             .all(|r| r.slot_ms + 2 * INTERVAL_MS >= first_slot),
         "requests failed before the cut: {}",
-        summary(&results)
+        traffic::summary(&results)
     );
     let failed = traffic::failures(&results).len() as u64;
     assert!(
         failed * INTERVAL_MS <= outage_ms + 2 * INTERVAL_MS,
         "more failures than the outage: {}",
-        summary(&results)
+        traffic::summary(&results)
     );
     // The session opened before the cut streamed to its end through the new master.
     let last = format!(" {}", fleet::SLOW_LINES);
@@ -650,7 +625,7 @@ fn full_fleet_serves_fails_over_and_switches_over() {
         "the VIP answering untagged again",
         wait::scaled(Duration::from_secs(30)),
         || {
-            let r = traffic::probe(client, &vip_addr(), "/", 0, 1, 2000).ok()?;
+            let r = traffic::probe(client, &fleet::vip_addr(), "/", 0, 1, 2000).ok()?;
             r.first()?.answer.is_ok().then_some(())
         },
     )

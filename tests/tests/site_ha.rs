@@ -19,12 +19,11 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use lbfleet_tests::lab::fleet::{self, FleetOptions, BALANCERS, PEER_ADDRESS, REAL_SERVERS};
-use lbfleet_tests::lab::traffic::{self, Background, ProbeResult};
-use lbfleet_tests::lab::{self, wait, LabServer, ServerOptions, Site, SERVER_ADDRESS};
-use serde_json::Value;
+use lbfleet_tests::lab::traffic::{self, Background};
+use lbfleet_tests::lab::{self, wait, ServerOptions, Site, SERVER_ADDRESS};
 
 /// Two TCG machines booting at once on a shared two-core box.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(480);
@@ -36,17 +35,6 @@ const INTERVAL_MS: u64 = 50;
 const REQUEST_TIMEOUT_MS: u64 = 900;
 /// Bound of the client's run (it is stopped once the sequence is over): 15 minutes of requests.
 const MAX_REQUESTS: u32 = 18_000;
-
-fn vip_addr() -> String {
-    format!("{}:{}", fleet::VIP, fleet::VIP_PORT)
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
 
 /// The words of the last kernel command line on a console.
 fn kernel_line(console: &str) -> Option<String> {
@@ -85,23 +73,6 @@ fn console_ipvs_table(console: &str) -> Option<String> {
     (!lines.is_empty()).then(|| lines.join("\n"))
 }
 
-fn node(server: &LabServer, host: &str) -> Option<Value> {
-    server.api_ok("GET", &format!("/nodes/{host}"), None).ok()
-}
-
-fn summary(results: &[ProbeResult]) -> String {
-    let failed: Vec<String> = traffic::failures(results)
-        .iter()
-        .map(|r| format!("{} ms: {:?}", r.slot_ms, r.answer))
-        .collect();
-    format!(
-        "{} requests, answers {:?}, {} failed: {failed:?}",
-        results.len(),
-        traffic::answers_by_body(results),
-        failed.len()
-    )
-}
-
 #[test]
 fn balancer_boots_from_the_surviving_server_and_from_its_cache_without_the_database() {
     let Some(prereqs) = lab::require() else {
@@ -136,9 +107,9 @@ fn balancer_boots_from_the_surviving_server_and_from_its_cache_without_the_datab
         wait::until(
             &format!("{} serving", b.hostname),
             wait::scaled(BOOT_TIMEOUT),
-            || (node(site.server(), b.hostname)?["state"] == "serving").then_some(()),
+            || (site.server().node(b.hostname)?["state"] == "serving").then_some(()),
         )
-        .unwrap_or_else(|e| panic!("{e}; node: {:?}", node(site.server(), b.hostname)));
+        .unwrap_or_else(|e| panic!("{e}; node: {:?}", site.server().node(b.hostname)));
     }
     eprintln!(
         "lb-01 and lb-02 serving {:.1} s after the machines started",
@@ -148,9 +119,9 @@ fn balancer_boots_from_the_surviving_server_and_from_its_cache_without_the_datab
         wait::until(
             &format!("{host} reporting VRRP {state}"),
             wait::scaled(Duration::from_secs(60)),
-            || (node(site.server(), host)?["vrrp_state"] == state).then_some(()),
+            || (site.server().node(host)?["vrrp_state"] == state).then_some(()),
         )
-        .unwrap_or_else(|e| panic!("{e}; node: {:?}", node(site.server(), host)));
+        .unwrap_or_else(|e| panic!("{e}; node: {:?}", site.server().node(host)));
     }
     let urls = [
         format!("http://{SERVER_ADDRESS}:{}", lab::HTTP_PORT),
@@ -197,14 +168,15 @@ fn balancer_boots_from_the_surviving_server_and_from_its_cache_without_the_datab
         "a first answer through the VIP",
         wait::scaled(Duration::from_secs(60)),
         || {
-            let r = traffic::probe(&site.extra[client], &vip_addr(), "/", 0, 1, 2000).ok()?;
+            let r =
+                traffic::probe(&site.extra[client], &fleet::vip_addr(), "/", 0, 1, 2000).ok()?;
             r.first()?.answer.is_ok().then_some(())
         },
     )
     .expect("the VIP answers");
     let probe = Background::probe(
         &site.extra[client],
-        &vip_addr(),
+        &fleet::vip_addr(),
         "/",
         INTERVAL_MS,
         MAX_REQUESTS,
@@ -212,9 +184,8 @@ fn balancer_boots_from_the_surviving_server_and_from_its_cache_without_the_datab
         &site.dir.path().join("probe-ha.txt"),
     )
     .expect("client");
-    let results_so_far = |p: &Background| traffic::parse_probe(&p.output()).len();
     wait::until("20 client requests", Duration::from_secs(30), || {
-        (results_so_far(&probe) >= 20).then_some(())
+        (probe.done() >= 20).then_some(())
     })
     .expect("client running");
 
@@ -241,7 +212,7 @@ fn balancer_boots_from_the_surviving_server_and_from_its_cache_without_the_datab
         takeover.as_secs_f64()
     );
 
-    let cycled_at_ms = now_ms();
+    let cycled_at_ms = wait::now_ms();
     site.vms[lb02]
         .restart(&site.ns, site.dir.path(), &site.prereqs)
         .expect("power-cycle lb-02");
@@ -267,7 +238,7 @@ fn balancer_boots_from_the_surviving_server_and_from_its_cache_without_the_datab
         "lb-02 serving again (a report after the power-cycle, as backup)",
         wait::scaled(REBOOT_TIMEOUT),
         || {
-            let n = node(survivor_server, "lb-02")?;
+            let n = survivor_server.node("lb-02")?;
             let fresh = n["last_seen_at"].as_i64()? > cycled_at_ms;
             (fresh
                 && n["state"] == "serving"
@@ -279,7 +250,7 @@ fn balancer_boots_from_the_surviving_server_and_from_its_cache_without_the_datab
     .unwrap_or_else(|e| {
         panic!(
             "{e}; node: {:?}\n{}",
-            node(survivor_server, "lb-02"),
+            survivor_server.node("lb-02"),
             site.report()
         )
     });
@@ -289,18 +260,18 @@ fn balancer_boots_from_the_surviving_server_and_from_its_cache_without_the_datab
         serving_at.as_secs_f64()
     );
     // lb-01's agent moved to the survivor too: it reports there.
-    let moved_ms = now_ms();
+    let moved_ms = wait::now_ms();
     wait::until(
         "lb-01 reporting to the survivor",
         wait::scaled(Duration::from_secs(60)),
-        || (node(survivor_server, "lb-01")?["last_seen_at"].as_i64()? > moved_ms).then_some(()),
+        || (survivor_server.node("lb-01")?["last_seen_at"].as_i64()? > moved_ms).then_some(()),
     )
-    .unwrap_or_else(|e| panic!("{e}; node: {:?}", node(survivor_server, "lb-01")));
+    .unwrap_or_else(|e| panic!("{e}; node: {:?}", survivor_server.node("lb-01")));
 
     // The client's view of the whole sequence: a few more requests after lb-02 is back, then stop it.
-    let n = results_so_far(&probe);
+    let n = probe.done();
     wait::until("40 more client requests", Duration::from_secs(30), || {
-        (results_so_far(&probe) >= n + 40).then_some(())
+        (probe.done() >= n + 40).then_some(())
     })
     .expect("client running");
     let results = traffic::parse_probe(&probe.stop());
@@ -313,8 +284,8 @@ fn balancer_boots_from_the_surviving_server_and_from_its_cache_without_the_datab
         failed.len(),
         outage.map(|(at, slots)| format!("{} ms at {at} ms", slots as u64 * INTERVAL_MS))
     );
-    assert!(failed.len() <= 1, "{}", summary(&results));
-    assert!(results.len() >= 100, "{}", summary(&results));
+    assert!(failed.len() <= 1, "{}", traffic::summary(&results));
+    assert!(results.len() >= 100, "{}", traffic::summary(&results));
 
     // 3. PostgreSQL down; lb-02 power-cycled again boots from the survivor's cache.
     // (Its /metrics needs the database to check the token: the log says it.)
@@ -384,7 +355,7 @@ fn balancer_boots_from_the_surviving_server_and_from_its_cache_without_the_datab
         "the VIP answering through lb-02",
         wait::scaled(Duration::from_secs(60)),
         || {
-            let r = traffic::probe(&site.extra[client], &vip_addr(), "/", 0, 1, 900).ok()?;
+            let r = traffic::probe(&site.extra[client], &fleet::vip_addr(), "/", 0, 1, 900).ok()?;
             r.first()?.answer.is_ok().then(|| off.elapsed())
         },
     )

@@ -20,10 +20,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use lbfleet_tests::lab::fleet::{self, FleetOptions};
-use lbfleet_tests::lab::traffic::{self, Background, ProbeResult};
+use lbfleet_tests::lab::traffic::{self, Background};
 use lbfleet_tests::lab::{self, wait, LabServer, ServerOptions, Site};
 use serde_json::{json, Value};
 
@@ -38,21 +38,6 @@ const INTERVAL_MS: u64 = 50;
 const REQUEST_TIMEOUT_MS: u64 = 900;
 /// Bound of each client run (stopped once its phase is over): 15 minutes of requests.
 const MAX_REQUESTS: u32 = 18_000;
-
-fn vip_addr() -> String {
-    format!("{}:{}", fleet::VIP, fleet::VIP_PORT)
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
-fn node(server: &LabServer, host: &str) -> Option<Value> {
-    server.api_ok("GET", &format!("/nodes/{host}"), None).ok()
-}
 
 fn rollout(server: &LabServer, id: i64) -> Option<Value> {
     server.api_ok("GET", &format!("/rollouts/{id}"), None).ok()
@@ -72,29 +57,11 @@ fn boots(console: &str) -> (usize, Option<String>) {
     (lines.len(), image)
 }
 
-fn summary(results: &[ProbeResult]) -> String {
-    let failed: Vec<String> = traffic::failures(results)
-        .iter()
-        .map(|r| format!("{} ms: {:?}", r.slot_ms, r.answer))
-        .collect();
-    format!(
-        "{} requests, answers {:?}, {} failed: {failed:?}",
-        results.len(),
-        traffic::answers_by_body(results),
-        failed.len()
-    )
-}
-
-/// The client's requests so far.
-fn requests(p: &Background) -> usize {
-    traffic::parse_probe(&p.output()).len()
-}
-
 /// Starts the client and waits for its first 20 requests.
 fn start_client(site: &Site, client: usize, name: &str) -> Background {
     let probe = Background::probe(
         &site.extra[client],
-        &vip_addr(),
+        &fleet::vip_addr(),
         "/",
         INTERVAL_MS,
         MAX_REQUESTS,
@@ -103,7 +70,7 @@ fn start_client(site: &Site, client: usize, name: &str) -> Background {
     )
     .expect("client");
     wait::until("20 client requests", Duration::from_secs(30), || {
-        (requests(&probe) >= 20).then_some(())
+        (probe.done() >= 20).then_some(())
     })
     .expect("client running");
     probe
@@ -111,9 +78,9 @@ fn start_client(site: &Site, client: usize, name: &str) -> Background {
 
 /// Lets the client run 40 more requests, stops it and checks it lost at most 2.
 fn finish_client(probe: Background, what: &str) {
-    let n = requests(&probe);
+    let n = probe.done();
     wait::until("40 more client requests", Duration::from_secs(30), || {
-        (requests(&probe) >= n + 40).then_some(())
+        (probe.done() >= n + 40).then_some(())
     })
     .expect("client running");
     let results = traffic::parse_probe(&probe.stop());
@@ -125,8 +92,12 @@ fn finish_client(probe: Background, what: &str) {
         traffic::longest_outage(&results)
             .map(|(at, slots)| format!("{} ms at {at} ms", slots as u64 * INTERVAL_MS))
     );
-    assert!(failed.len() <= 2, "{what}: {}", summary(&results));
-    assert!(results.len() >= 100, "{what}: {}", summary(&results));
+    assert!(failed.len() <= 2, "{what}: {}", traffic::summary(&results));
+    assert!(
+        results.len() >= 100,
+        "{what}: {}",
+        traffic::summary(&results)
+    );
 }
 
 /// The `rollout.step` names of rollout `id` in the audit log, oldest first.
@@ -192,14 +163,14 @@ fn a_broken_canary_is_rolled_back_and_a_pair_is_upgraded_across_a_server_crash()
             &format!("{host} serving as VRRP {vrrp} on {v1}"),
             wait::scaled(BOOT_TIMEOUT),
             || {
-                let n = node(site.server(), host)?;
+                let n = site.server().node(host)?;
                 (n["state"] == "serving"
                     && n["vrrp_state"] == vrrp
                     && n["image_version"] == v1.as_str())
                 .then_some(())
             },
         )
-        .unwrap_or_else(|e| panic!("{e}; node: {:?}", node(site.server(), host)));
+        .unwrap_or_else(|e| panic!("{e}; node: {:?}", site.server().node(host)));
     }
     eprintln!(
         "lb-01 and lb-02 serving {:.1} s after the machines started",
@@ -230,7 +201,8 @@ fn a_broken_canary_is_rolled_back_and_a_pair_is_upgraded_across_a_server_crash()
         "a first answer through the VIP",
         wait::scaled(Duration::from_secs(60)),
         || {
-            let r = traffic::probe(&site.extra[client], &vip_addr(), "/", 0, 1, 2000).ok()?;
+            let r =
+                traffic::probe(&site.extra[client], &fleet::vip_addr(), "/", 0, 1, 2000).ok()?;
             r.first()?.answer.is_ok().then_some(())
         },
     )
@@ -287,7 +259,7 @@ fn a_broken_canary_is_rolled_back_and_a_pair_is_upgraded_across_a_server_crash()
         "lb-02 serving again on v1",
         wait::scaled(ROLLOUT_TIMEOUT),
         || {
-            let n = node(site.server(), "lb-02")?;
+            let n = site.server().node("lb-02")?;
             (n["state"] == "serving"
                 && n["vrrp_state"] == "backup"
                 && n["image_version"] == v1.as_str()
@@ -298,7 +270,7 @@ fn a_broken_canary_is_rolled_back_and_a_pair_is_upgraded_across_a_server_crash()
     .unwrap_or_else(|e| {
         panic!(
             "{e}; node: {:?}\n{}",
-            node(site.server(), "lb-02"),
+            site.server().node("lb-02"),
             site.report()
         )
     });
@@ -319,7 +291,7 @@ fn a_broken_canary_is_rolled_back_and_a_pair_is_upgraded_across_a_server_crash()
         lb01_boots,
         "lb-01 never rebooted"
     );
-    let lb01_node = node(site.server(), "lb-01").expect("lb-01");
+    let lb01_node = site.server().node("lb-01").expect("lb-01");
     assert_eq!(lb01_node["vrrp_state"], "master", "{lb01_node}");
     assert_eq!(lb01_node["image_version"], v1.as_str(), "{lb01_node}");
     eprintln!(
@@ -355,7 +327,7 @@ fn a_broken_canary_is_rolled_back_and_a_pair_is_upgraded_across_a_server_crash()
     .unwrap_or_else(|e| panic!("{e}: {:?}", rollout(site.server(), id)));
     let server = site.server.as_mut().expect("server");
     server.kill_hard();
-    let killed_at_ms = now_ms();
+    let killed_at_ms = wait::now_ms();
     server.restart().expect("server started again");
     eprintln!(
         "server killed during lb-02's upgrade, {:.1} s into the rollout, and started again",
@@ -392,19 +364,19 @@ fn a_broken_canary_is_rolled_back_and_a_pair_is_upgraded_across_a_server_crash()
             &format!("{host} serving on v2"),
             wait::scaled(Duration::from_secs(60)),
             || {
-                let n = node(site.server(), host)?;
+                let n = site.server().node(host)?;
                 (n["state"] == "serving"
                     && n["image_version"] == "v2"
                     && n["last_seen_at"].as_i64()? > killed_at_ms)
                     .then_some(())
             },
         )
-        .unwrap_or_else(|e| panic!("{e}; node: {:?}", node(site.server(), host)));
+        .unwrap_or_else(|e| panic!("{e}; node: {:?}", site.server().node(host)));
     }
     let drift = site.server().api_ok("GET", "/drift", None).expect("drift");
     assert_eq!(drift["running"], json!([["v2", 2]]), "{drift}");
     assert_eq!(
-        node(site.server(), "lb-02").expect("lb-02")["vrrp_state"],
+        site.server().node("lb-02").expect("lb-02")["vrrp_state"],
         "master",
         "the upgraded backup became active"
     );

@@ -30,6 +30,11 @@ pub const INTERNAL_BRIDGE: &str = "br1";
 pub const CLUSTER: &str = "web";
 pub const VIP: &str = "198.18.0.10";
 pub const VIP_PORT: u16 = 80;
+
+/// The VIP's socket address (`VIP:VIP_PORT`), as the client asks it.
+pub fn vip_addr() -> String {
+    format!("{VIP}:{VIP_PORT}")
+}
 /// The real servers' default gateway, held by the active balancer on its second NIC.
 pub const INTERNAL_VIP: &str = "198.18.2.254";
 pub const VRID: u32 = 10;

@@ -492,6 +492,11 @@ impl LabServer {
         Ok(name)
     }
 
+    /// `GET /api/v1/nodes/{name}` (with its last report), or `None` when it does not answer 2xx.
+    pub fn node(&self, name: &str) -> Option<serde_json::Value> {
+        self.api_ok("GET", &format!("/nodes/{name}"), None).ok()
+    }
+
     /// The node record with `mac`, if the server knows one.
     pub fn node_by_mac(&self, mac: &str) -> Result<Option<serde_json::Value>, LabError> {
         let nodes = self.api_ok("GET", "/nodes", None)?;

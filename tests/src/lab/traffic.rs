@@ -63,6 +63,20 @@ pub fn failures(results: &[ProbeResult]) -> Vec<&ProbeResult> {
     results.iter().filter(|r| r.answer.is_err()).collect()
 }
 
+/// One line for an assertion message: how many requests, the answers by body, and each failure with its slot.
+pub fn summary(results: &[ProbeResult]) -> String {
+    let failed: Vec<String> = failures(results)
+        .iter()
+        .map(|r| format!("{} ms: {:?}", r.slot_ms, r.answer))
+        .collect();
+    format!(
+        "{} requests, answers {:?}, {} failed: {failed:?}",
+        results.len(),
+        answers_by_body(results),
+        failed.len()
+    )
+}
+
 /// The longest run of consecutive failed slots: `(first slot ms, number of slots)`, or `None` when every
 /// request was answered. With requests every `interval` ms the outage a client saw is about
 /// `slots * interval`.
@@ -180,6 +194,11 @@ impl Background {
     /// The output so far.
     pub fn output(&self) -> String {
         std::fs::read_to_string(&self.out).unwrap_or_default()
+    }
+
+    /// How many requests a probe has finished so far (answered or failed).
+    pub fn done(&self) -> usize {
+        parse_probe(&self.output()).len()
     }
 
     /// Stops the program now (a probe's requests still in flight are not reported); returns its output.

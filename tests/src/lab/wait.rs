@@ -30,3 +30,11 @@ pub fn scaled(d: Duration) -> Duration {
         .unwrap_or(1.0);
     d.mul_f64(factor)
 }
+
+/// The wall clock in milliseconds since the epoch, as the API's timestamps (`last_seen_at`, `at`) count.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
