@@ -139,17 +139,26 @@ impl<'a> MemberLive<'a> {
         liveness: &super::liveness::Liveness,
     ) -> Self {
         let claims_master = n.vrrp_state.as_deref() == Some(VrrpState::Master.as_str());
-        // Only a master's report is read: the reason it gives for its takeover.
+        // When: by the server's clock, the first report that carried the takeover (`master_since_at`); the
+        // agent's own `at_ms` is by its clock, which may be off by more than a failover takes. Why: the reason
+        // the master gave for its newest transition to MASTER.
         let took_over = claims_master
-            .then_some(n.last_report.as_deref())
+            .then_some(n.master_since_at)
             .flatten()
-            .and_then(|r| serde_json::from_str::<lbfleet_proto::AgentReport>(r).ok())
-            .and_then(|r| {
-                r.vrrp_transitions
-                    .iter()
-                    .rev()
-                    .find(|t| t.to == VrrpState::Master)
-                    .map(|t| (i64::try_from(t.at_ms).unwrap_or(i64::MAX), t.reason.clone()))
+            .map(|since| {
+                let reason = n
+                    .last_report
+                    .as_deref()
+                    .and_then(|r| serde_json::from_str::<lbfleet_proto::AgentReport>(r).ok())
+                    .and_then(|r| {
+                        r.vrrp_transitions
+                            .iter()
+                            .rev()
+                            .find(|t| t.to == VrrpState::Master)
+                            .map(|t| t.reason.clone())
+                    })
+                    .unwrap_or_default();
+                (since, reason)
             });
         MemberLive {
             id: n.id,
@@ -225,7 +234,7 @@ fn masters_verdict<'m, 'a>(members: &'m [MemberLive<'a>]) -> Verdict<'m, 'a> {
             let (heard, not_heard): (Vec<&MemberLive>, Vec<&MemberLive>) = several
                 .iter()
                 .filter(|m| m.id != by.id)
-                .partition(|m| m.last_seen.is_some_and(|t| t > since));
+                .partition(|m| m.last_seen.is_some_and(|t| t >= since));
             if heard.is_empty() {
                 let mut all = not_heard;
                 all.extend(silent);
@@ -252,8 +261,8 @@ fn names(members: &[&MemberLive<'_>]) -> String {
 /// "lb-02 took over: master down timer expired; lb-01 unreachable (last seen 4 s ago)".
 fn takeover_text(now: i64, by: &MemberLive<'_>, silent: &[&MemberLive<'_>]) -> String {
     let head = match &by.took_over {
-        Some((_, reason)) => format!("{} took over: {reason}", by.name),
-        None => format!("{} is master", by.name),
+        Some((_, reason)) if !reason.is_empty() => format!("{} took over: {reason}", by.name),
+        _ => format!("{} is master", by.name),
     };
     let tail: Vec<String> = silent
         .iter()
@@ -540,6 +549,10 @@ mod tests {
         f.report(idb, &report(gb, Some(VrrpState::Master)))
             .await
             .expect("report b");
+        // lb-01 not heard since lb-02's mastership began: a takeover so far; its next report makes it two.
+        f.report(ida, &report(ga, Some(VrrpState::Master)))
+            .await
+            .expect("report a again");
         let got = f.alerts().await.expect("alerts");
         assert_eq!(
             kinds(&got),
@@ -605,6 +618,67 @@ mod tests {
             got[2].message,
             "real server 198.18.2.2:80 of tcp:198.18.0.10:80 in cluster ext is drained"
         );
+    }
+
+    /// The node's clock plays no part in telling a takeover from a split brain: a master whose clock is two
+    /// seconds behind the server's (a diskless node without NTP; a QEMU guest reads a whole-second RTC at boot)
+    /// reports a takeover "before" the old master's last heartbeat. Before `master_since_at` the rule compared
+    /// that agent-clock time with the server-clock `last_seen` and raised a split brain for a plain failover.
+    #[tokio::test]
+    async fn a_takeover_by_a_node_with_a_slow_clock_is_no_split_brain() {
+        let (f, _dir) = fleet().await;
+        f.put_cluster(&admin(), "ext", &spec(51, "198.18.0.10"))
+            .await
+            .expect("put");
+        let a = member(&f, 1, "ext", Role::Active).await;
+        let b = member(&f, 2, "ext", Role::Backup).await;
+        let (ra, rb) = (
+            f.get_node(&a).await.expect("a"),
+            f.get_node(&b).await.expect("b"),
+        );
+        let (ga, gb) = (ra.role_generation as u64, rb.role_generation as u64);
+        f.report(ra.id, &report(ga, Some(VrrpState::Master)))
+            .await
+            .expect("report a");
+        f.report(rb.id, &report(gb, Some(VrrpState::Backup)))
+            .await
+            .expect("report b");
+        // lb-01 was last heard 500 ms ago (then its links went), still within node_silent_after.
+        let mut tx = f.store.begin().await.expect("begin");
+        sqlx::query("UPDATE nodes SET last_seen_at = $1 WHERE id = $2")
+            .bind(now_ms() - 500)
+            .bind(ra.id)
+            .execute(&mut *tx)
+            .await
+            .expect("age lb-01");
+        store::commit(tx).await.expect("commit");
+        // lb-02 takes over now; its clock says 2 s ago.
+        let skewed = u64::try_from(now_ms() - 2_000).expect("time");
+        let takeover = AgentReport {
+            vrrp_transitions: vec![lbfleet_proto::VrrpTransition {
+                from: VrrpState::Backup,
+                to: VrrpState::Master,
+                reason: "master down timer expired".into(),
+                at_ms: skewed,
+            }],
+            ..report(gb, Some(VrrpState::Master))
+        };
+        f.report(rb.id, &takeover).await.expect("takeover");
+        let got = f.alerts().await.expect("alerts");
+        assert_eq!(kinds(&got), vec![(AlertKind::Takeover, None)], "{got:?}");
+        assert!(
+            got[0].message.starts_with(
+                "lb-02 took over: master down timer expired; lb-01 not heard from since"
+            ),
+            "{}",
+            got[0].message
+        );
+        // lb-01 heard again after the takeover while still master: now two live masters.
+        f.report(ra.id, &report(ga, Some(VrrpState::Master)))
+            .await
+            .expect("report a again");
+        let got = f.alerts().await.expect("alerts");
+        assert_eq!(kinds(&got), vec![(AlertKind::SplitBrain, None)], "{got:?}");
     }
 
     fn live(

@@ -7,6 +7,7 @@ use std::sync::atomic::Ordering;
 
 use lbfleet_proto::{
     AgentReport, DeltaError, EnrollRequest, EnrollResponse, HealthState, NodeState, ReportDelta,
+    VrrpState,
 };
 use serde::Serialize;
 use serde_json::json;
@@ -364,6 +365,7 @@ impl Fleet {
         let report_json =
             serde_json::to_string(report).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let vrrp = report.vrrp_state.map(|s| s.as_str());
+        let transitions = new_vrrp_transitions(previous, report);
         let Some(seq) = store::nodes::record_report(
             &mut tx,
             node_id,
@@ -374,6 +376,7 @@ impl Fleet {
                 image_version: report.image_version.as_deref(),
                 address: report.address.as_deref(),
                 report_json: &report_json,
+                new_takeover: transitions.iter().any(|t| t.to == VrrpState::Master),
             },
             base,
         )
@@ -386,7 +389,6 @@ impl Fleet {
         self.record_traffic(&mut tx, cluster, node_id, report, only)
             .await?;
         let mut events: Vec<(EventKind, String)> = Vec::new();
-        let transitions = new_vrrp_transitions(previous, report);
         for t in &transitions {
             // The agent's own account: what changed and why (its clock, ms since the epoch, in `at_ms`).
             let msg = format!("VRRP {} -> {}: {}", t.from, t.to, t.reason);

@@ -634,6 +634,7 @@ mod tests {
             priority: Some(100),
             reboot_generation: 1,
             reboot_requested_at: None,
+            master_since_at: None,
         }
     }
 

@@ -32,6 +32,9 @@ pub struct NodeRow {
     pub reboot_generation: i64,
     /// When a reboot was requested and the node has not enrolled since (ms since the epoch).
     pub reboot_requested_at: Option<i64>,
+    /// When its reports started to say MASTER, by the server's clock (the first report carrying its newest
+    /// transition to MASTER); `None` when not master.
+    pub master_since_at: Option<i64>,
 }
 
 impl NodeRow {
@@ -43,7 +46,7 @@ impl NodeRow {
 
 const SELECT_NODE: &str = "SELECT n.id, n.mac, n.hostname, n.state, n.image, n.address, n.reserved_address, n.role_generation, \
      n.applied_generation, n.agent_version, n.image_version, n.vrrp_state, n.last_report, n.last_seen_at, \
-     n.created_at, n.updated_at, a.cluster_id, c.name AS cluster, a.role, a.priority, n.reboot_generation, n.reboot_requested_at \
+     n.created_at, n.updated_at, a.cluster_id, c.name AS cluster, a.role, a.priority, n.reboot_generation, n.reboot_requested_at, n.master_since_at \
      FROM nodes n LEFT JOIN assignments a ON a.node_id = n.id LEFT JOIN clusters c ON c.id = a.cluster_id";
 
 /// How a node is named in a URL: numeric id, MAC, or hostname.
@@ -356,6 +359,9 @@ pub struct ReportUpdate<'a> {
     pub image_version: Option<&'a str>,
     pub address: Option<&'a str>,
     pub report_json: &'a str,
+    /// The report carries a transition to MASTER the node's stored report did not: its mastership starts now
+    /// (by this server's clock). Otherwise a master keeps the start already stored.
+    pub new_takeover: bool,
 }
 
 /// Writes a report onto its node and numbers it: the node's report sequence number goes up by one, and the
@@ -371,7 +377,10 @@ pub async fn record_report(
     Ok(sqlx::query_scalar(
         "UPDATE nodes SET applied_generation = $1, vrrp_state = $2, agent_version = COALESCE($3, agent_version), \
          image_version = COALESCE($4, image_version), address = COALESCE($5, address), last_report = $6, \
-         last_seen_at = $7, report_seq = report_seq + 1 \
+         last_seen_at = $7, report_seq = report_seq + 1, \
+         master_since_at = CASE WHEN $2 = 'master' THEN \
+           (CASE WHEN $11 = 1 OR master_since_at IS NULL OR vrrp_state IS NULL OR vrrp_state <> 'master' THEN $7 \
+            ELSE master_since_at END) ELSE NULL END \
          WHERE id = $8 AND ($9 = 0 OR report_seq = $10) RETURNING report_seq",
     )
     .bind(r.applied_generation)
@@ -384,6 +393,7 @@ pub async fn record_report(
     .bind(id)
     .bind(i64::from(base.is_some()))
     .bind(base.unwrap_or(0))
+    .bind(i64::from(r.new_takeover))
     .fetch_optional(conn)
     .await?)
 }
