@@ -154,9 +154,21 @@ poweroff -f
 "#;
 
 /// Shell helpers for test scripts (`. /lib/guest-lib.sh`): `run NAME CMD...` prints CMD's output as a marked
-/// section (see `GuestOutput::section`); `waitfor FILE PATTERN` waits at most 30 s for PATTERN in FILE.
+/// section (see `GuestOutput::section`); `waitfor FILE PATTERN` waits at most 30 s for PATTERN in FILE; `retry N
+/// CMD...` runs CMD until it succeeds, at most N times.
 const GUEST_LIB: &str = r#"
 run() { name=$1; shift; echo "=== BEGIN $name ==="; "$@" 2>&1; echo "=== END $name rc=$? ==="; }
+# retry TRIES CMD...: runs CMD until it succeeds, at most TRIES times 0.1 s apart; prints the last output and
+# returns the last status (a wait for an observable condition, bounded).
+retry() {
+  n=$1; shift; i=0
+  while :; do
+    out=$("$@" 2>&1); rc=$?; i=$((i+1))
+    if [ $rc -eq 0 ] || [ $i -ge $n ]; then break; fi
+    sleep 0.1
+  done
+  printf '%s\n' "$out"; return $rc
+}
 waitfor() {
   i=0
   while ! grep -q "$2" "$1" 2>/dev/null; do

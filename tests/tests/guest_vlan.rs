@@ -72,8 +72,10 @@ ip netns exec b lbfleet-agent apply --role /tmp/b.json --watch --resync 1s --sta
 waitcount /tmp/a.log "to=Master" 1
 waitcount /tmp/b.log "to=Backup" 1
 run created ip -n a -d link show eth0.100
+# The VIP is added before the transition is logged; wait for it anyway (a loaded CI host), then for an answer.
+retry 100 sh -c '/usr/local/sbin/ip -n a -4 addr show dev eth0.100 | grep -q 198.18.100.10/24' >/dev/null
 run a_vip ip -n a -4 addr show dev eth0.100
-run ping_a ip netns exec pr ping -c 3 -W 2 198.18.100.10
+run ping_a retry 20 ip netns exec pr ping -c 1 -W 1 198.18.100.10
 
 # How often each has entered a state so far (b may have been master for a moment at startup, before a
 # preempted it): the waits below count from here.
@@ -85,14 +87,14 @@ waitcount /tmp/a.log "to=Fault" 1
 waitcount /tmp/b.log "to=Master" $((bm+1))
 run a_vip_fault ip -n a -4 addr show dev eth0.100
 run b_vip ip -n b -4 addr show dev eth0.100
-run ping_b ip netns exec pr ping -c 3 -W 2 198.18.100.10
+run ping_b retry 20 ip netns exec pr ping -c 1 -W 1 198.18.100.10
 
 # The link returns: a goes through BACKUP and takes the VIP back (preempt).
 ip -n a link set eth0 up
 waitcount /tmp/a.log "to=Master" $((am+1))
 waitcount /tmp/b.log "to=Backup" $((bb+1))
 run a_vip_back ip -n a -4 addr show dev eth0.100
-run ping_back ip netns exec pr ping -c 3 -W 2 198.18.100.10
+run ping_back retry 20 ip netns exec pr ping -c 1 -W 1 198.18.100.10
 
 # The roles drop the VLAN: a removes the eth0.100 it created, b keeps the one it found.
 cp /a2.json /tmp/a.next && mv /tmp/a.next /tmp/a.json
@@ -145,16 +147,23 @@ fn the_agent_creates_the_vlan_and_holds_the_vip_on_it() {
     assert_eq!(created.rc, 0, "{}\n{}", created.text, logs());
     assert!(
         created.text.contains("vlan protocol 802.1Q id 100"),
-        "{}",
-        created.text
+        "{}\n{}",
+        created.text,
+        logs()
     );
     assert!(
         created.text.contains("alias lbfleet-agent vlan"),
-        "{}",
-        created.text
+        "{}\n{}",
+        created.text,
+        logs()
     );
     let vip = section("a_vip").unwrap();
-    assert!(vip.text.contains(&format!("{VIP}/24")), "{}", vip.text);
+    assert!(
+        vip.text.contains(&format!("{VIP}/24")),
+        "{}\n{}",
+        vip.text,
+        logs()
+    );
     let ping = section("ping_a").unwrap();
     assert_eq!(
         ping.rc,
