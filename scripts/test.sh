@@ -84,26 +84,42 @@ run_list_pg() {
   LBFLEET_TEST_DATABASE=postgres run_list "$@"
 }
 
-# The privileged tier in two lanes side by side: the tests that run QEMU machines (CPU-bound under TCG) in one,
-# the network-namespace and browser tests (mostly waiting on their own timers) in the other. Each lane keeps its
-# order; the second lane's output is printed whole after it ends. Both lanes run to the end; either failing
-# fails the tier.
+# The privileged tier and the PostgreSQL pass of the component tests, in two lanes side by side (the machine
+# has two cores; a lane that waits on timers leaves most of one idle):
+#   lane 1, the tests that run QEMU machines (CPU-bound under TCG): the one-machine guest and PXE tests first,
+#           then the two-balancer sites (site_*, then fleet and vrrp_conn_sync, whose failover and drain bounds are
+#           the most timing-sensitive), by when lane 2 is mostly done;
+#   lane 2, the network-namespace and browser tests, then the component tests on PostgreSQL (each test binary
+#           starts its own cluster).
+# Each lane keeps its order; lane 2's output is printed whole after it ends, with its own time. Both lanes run to
+# the end; either failing fails the tier.
 run_privileged() {
-  local vm=() other=() key
-  for key in "$@"; do
+  local single=() sites=() other=() key
+  for key in "${privileged[@]}"; do
     case "$key" in
-      lbfleet-tests:guest_* | lbfleet-tests:fleet | lbfleet-tests:pxe_* | lbfleet-tests:site_* | \
-        lbfleet-tests:vrrp_conn_sync) vm+=("$key") ;;
+      lbfleet-tests:guest_* | lbfleet-tests:pxe_*) single+=("$key") ;;
+      lbfleet-tests:site_*) sites+=("$key") ;;
+      lbfleet-tests:fleet | lbfleet-tests:vrrp_conn_sync) ;;
       *) other+=("$key") ;;
     esac
   done
   local log rc=0 pid
   log=$(mktemp)
-  run_list "${other[@]}" >"$log" 2>&1 &
+  (
+    start=$SECONDS lane=0
+    run_list "${other[@]}" || lane=$?
+    echo "== lane 2: network namespaces and browser done after $((SECONDS - start)) s"
+    run_list_pg "${component[@]}" "${postgres[@]}" || lane=$?
+    echo "== lane 2: component tests on PostgreSQL done after $((SECONDS - start)) s"
+    exit "$lane"
+  ) >"$log" 2>&1 &
   pid=$!
-  run_list "${vm[@]}" || rc=$?
+  run_list "${single[@]}" || rc=$?
+  run_list "${sites[@]}" || rc=$?
+  # The two with sub-second failover and drain bounds last (one cargo run orders its binaries by name).
+  run_list lbfleet-tests:fleet lbfleet-tests:vrrp_conn_sync || rc=$?
   wait "$pid" || rc=$?
-  echo "== the network-namespace and browser lane (ran alongside): ${other[*]}"
+  echo "== lane 2 (ran alongside): ${other[*]}; then on PostgreSQL: ${component[*]} ${postgres[*]}"
   cat "$log"
   rm -f "$log"
   return "$rc"
@@ -118,9 +134,9 @@ tier unit "$CARGO" test --no-fail-fast --workspace --lib --bins
 tier doc "$CARGO" test --workspace --doc
 tier component run_list "${component[@]}"
 if [ "$mode" = full ]; then
-  # The component tests again on PostgreSQL: each test binary starts its own cluster (tests/src/postgres.rs).
-  tier component-pg run_list_pg "${component[@]}" "${postgres[@]}"
-  tier privileged run_privileged "${privileged[@]}"
+  # The privileged tiers, and alongside them the component tests again on PostgreSQL: each test binary starts
+  # its own cluster (tests/src/postgres.rs).
+  tier privileged run_privileged
 fi
 
 echo

@@ -44,6 +44,11 @@ struct Args {
     /// lbfleet-agent binary to put in the guest (default: built with this bench's profile)
     #[arg(long)]
     agent: Option<std::path::PathBuf>,
+    /// After each CPU measurement, profile the checker for 10 s: system calls by count (`strace -c`, run
+    /// apart from the sampling) and where the CPU goes (`perf record -e cpu-clock`, by DSO and symbol). Needs
+    /// the host's strace and perf (linux-perf); the profiles are printed, the CPU figures are unaffected.
+    #[arg(long)]
+    profile: bool,
 }
 
 fn http_check(interval_s: u32) -> HealthCheck {
@@ -118,7 +123,7 @@ fn keepalived_conf(servers: &[(String, u16, u32)], per_service: usize, interval_
     c
 }
 
-fn script(trials: usize, servers: usize, cpu_seconds: u32) -> String {
+fn script(trials: usize, servers: usize, cpu_seconds: u32, profile: bool) -> String {
     format!(
         r#"
 . /lib/guest-lib.sh
@@ -166,6 +171,17 @@ cpu() {{
   rss=$(grep VmRSS /proc/$2/status | tr -s ' ' | cut -d' ' -f2)
   echo "CPU $1 ticks=$((b - a)) cs=$((t1 - t0)) rss_kb=$rss max_fds=$fdmax"
 }}
+# NAME PID: 10 s of system calls by count, then 10 s of CPU samples by DSO and symbol.
+prof() {{
+  [ {profile} = 1 ] || return 0
+  timeout -s INT 10 strace -c -f -p $2 -o /tmp/st-$1.txt > /dev/null 2>&1
+  head -40 /tmp/st-$1.txt
+  perf record -e cpu-clock -F 499 -p $2 -o /tmp/p-$1.data -- sleep 10 > /dev/null 2>&1
+  echo "--- by DSO"
+  perf report --stdio --no-children -i /tmp/p-$1.data --sort dso 2>/dev/null | grep -v '^#' | grep -v '^$' | head -12
+  echo "--- by symbol"
+  perf report --stdio --no-children -i /tmp/p-$1.data --sort dso,sym 2>/dev/null | grep -v '^#' | grep -v '^$' | head -60
+}}
 
 # lbfleet, drain trials
 lbfleet-agent apply --role /bench/drain.json --watch --resync 10s > /tmp/agent.log 2>&1 &
@@ -183,6 +199,7 @@ ipvsadm -C
 lbfleet-agent apply --role /bench/scale.json --watch --resync 10s > /tmp/agent2.log 2>&1 &
 P=$!
 run lbfleet_cpu cpu lbfleet $P
+run lbfleet_profile prof lbfleet $P
 run lbfleet_table sh -c 'ipvsadm -Ln | grep -c "Masq *1 "'
 kill $P; wait $P
 ipvsadm -C
@@ -193,12 +210,14 @@ waitfor /run/keepalived/c.pid .
 C=$(cat /run/keepalived/c.pid)
 echo "keepalived checker pid $C"
 run keepalived_cpu cpu keepalived $C
+run keepalived_profile prof keepalived $C
 run keepalived_table sh -c 'ipvsadm -Ln | grep -c "Masq *1 "'
 kill $P; wait $P
 ipvsadm -C
 run logs sh -c 'tail -5 /tmp/agent.log; tail -5 /tmp/agent2.log'
 "#,
         hosts = servers.div_ceil(4),
+        profile = u8::from(profile),
     )
 }
 
@@ -300,7 +319,18 @@ fn main() -> anyhow::Result<()> {
         "/bench/scale.conf",
         keepalived_conf(&scale, 100, args.interval_s.max(1)).as_bytes(),
     );
-    img.script(&script(args.trials, args.servers, args.cpu_seconds));
+    if args.profile {
+        for tool in ["strace", "perf"] {
+            let path = which(tool).with_context(|| format!("--profile needs {tool} on the host"))?;
+            img.binary(&path, &format!("/usr/bin/{tool}"))?;
+        }
+    }
+    img.script(&script(
+        args.trials,
+        args.servers,
+        args.cpu_seconds,
+        args.profile,
+    ));
     let (initrd, _scratch) = img.write()?;
     eprintln!(
         "booting the guest: {} drain trials per checker, {} servers for CPU",
@@ -315,7 +345,16 @@ fn main() -> anyhow::Result<()> {
     if args.trials > 0 {
         drain_report(&out)?;
     }
-    cpu_report(&out, &args)
+    cpu_report(&out, &args)?;
+    if args.profile {
+        for name in ["lbfleet_profile", "keepalived_profile"] {
+            let s = out
+                .section(name)
+                .with_context(|| format!("no section {name}"))?;
+            println!("== {name}\n{}", s.text);
+        }
+    }
+    Ok(())
 }
 
 fn drain_report(out: &GuestOutput) -> anyhow::Result<()> {
