@@ -157,19 +157,21 @@ trials() {{
     k=$((k+1))
   done
 }}
+# TCP connections this guest opened so far (only the checker opens any): the checks made.
+opens() {{ awk '/^Tcp: [0-9]/ {{ print $6 }}' /proc/net/snmp; }}
 cpu() {{
   sleep 5
   read -r s < /proc/$2/stat; set -- $1 $2 $(echo "$s" | sed 's/^.*) //')
-  a=$((${{14}} + ${{15}})); t0=$(cs)
+  a=$((${{14}} + ${{15}})); t0=$(cs); o0=$(opens)
   fdmax=0; n=0
   while [ $n -lt {cpu_seconds} ]; do
     f=$(ls /proc/$2/fd | wc -l); [ $f -gt $fdmax ] && fdmax=$f
     sleep 1; n=$((n+1))
   done
   read -r s < /proc/$2/stat; set -- $1 $2 $(echo "$s" | sed 's/^.*) //')
-  b=$((${{14}} + ${{15}})); t1=$(cs)
+  b=$((${{14}} + ${{15}})); t1=$(cs); o1=$(opens)
   rss=$(grep VmRSS /proc/$2/status | tr -s ' ' | cut -d' ' -f2)
-  echo "CPU $1 ticks=$((b - a)) cs=$((t1 - t0)) rss_kb=$rss max_fds=$fdmax"
+  echo "CPU $1 ticks=$((b - a)) cs=$((t1 - t0)) rss_kb=$rss max_fds=$fdmax checks=$((o1 - o0))"
 }}
 # NAME PID: 10 s of system calls by count, then 10 s of CPU samples by DSO and symbol.
 prof() {{
@@ -236,8 +238,24 @@ fn trials(out: &GuestOutput, name: &str, who: &str) -> anyhow::Result<Vec<f64>> 
     Ok(v)
 }
 
-/// (CPU share of one core in %, RSS in KiB, most open file descriptors).
-fn cpu(out: &GuestOutput, name: &str) -> anyhow::Result<(f64, u64, u64)> {
+/// One checker's CPU measurement.
+struct Cpu {
+    /// Share of one core, %.
+    share: f64,
+    rss_kb: u64,
+    max_fds: u64,
+    /// Checks made per second (TCP connections the guest opened in the window).
+    checks_per_s: f64,
+}
+
+impl Cpu {
+    /// CPU time per check, microseconds.
+    fn us_per_check(&self) -> f64 {
+        self.share * 10_000.0 / self.checks_per_s.max(0.001)
+    }
+}
+
+fn cpu(out: &GuestOutput, name: &str) -> anyhow::Result<Cpu> {
     let s = out
         .section(name)
         .with_context(|| format!("no section {name}"))?;
@@ -251,15 +269,21 @@ fn cpu(out: &GuestOutput, name: &str) -> anyhow::Result<(f64, u64, u64)> {
             .find_map(|w| w.strip_prefix(k))
             .and_then(|v| v.parse().ok())
     };
-    let (ticks, cs, rss, fds) = (
+    let (ticks, cs, rss, fds, checks) = (
         field("ticks=").context("ticks")?,
         field("cs=").context("cs")?,
         field("rss_kb=").context("rss")?,
         field("max_fds=").context("fds")?,
+        field("checks=").context("checks")?,
     );
     ensure!(cs > 0, "no time measured: {line}");
     // USER_HZ is 100: ticks and centiseconds are the same unit.
-    Ok((100.0 * ticks as f64 / cs as f64, rss, fds))
+    Ok(Cpu {
+        share: 100.0 * ticks as f64 / cs as f64,
+        rss_kb: rss,
+        max_fds: fds,
+        checks_per_s: checks as f64 * 100.0 / cs as f64,
+    })
 }
 
 fn median(v: &[f64]) -> f64 {
@@ -321,7 +345,8 @@ fn main() -> anyhow::Result<()> {
     );
     if args.profile {
         for tool in ["strace", "perf"] {
-            let path = which(tool).with_context(|| format!("--profile needs {tool} on the host"))?;
+            let path =
+                which(tool).with_context(|| format!("--profile needs {tool} on the host"))?;
             img.binary(&path, &format!("/usr/bin/{tool}"))?;
         }
     }
@@ -381,17 +406,33 @@ fn drain_report(out: &GuestOutput) -> anyhow::Result<()> {
 }
 
 fn cpu_report(out: &GuestOutput, args: &Args) -> anyhow::Result<()> {
-    let (lc, lr, lf) = cpu(out, "lbfleet_cpu")?;
-    let (kc, kr, kf) = cpu(out, "keepalived_cpu")?;
+    let l = cpu(out, "lbfleet_cpu")?;
+    let k = cpu(out, "keepalived_cpu")?;
+    let wanted = args.servers as f64 / f64::from(args.interval_s.max(1));
     println!(
-        "{} real servers, HTTP GET every {} s, {} s:",
+        "{} real servers, HTTP GET every {} s ({wanted:.0} checks/s wanted), {} s:",
         args.servers,
         args.interval_s.max(1),
         args.cpu_seconds
     );
-    println!("  lbfleet    CPU {lc:5.1}% of one core  RSS {lr} KiB  most open fds {lf}");
-    println!("  keepalived CPU {kc:5.1}% of one core  RSS {kr} KiB  most open fds {kf} (checker process)");
-    println!("  ratio lbfleet/keepalived CPU: {:.2}x", lc / kc.max(0.01));
+    for (who, c, tail) in [
+        ("lbfleet   ", &l, ""),
+        ("keepalived", &k, " (checker process)"),
+    ] {
+        println!(
+            "  {who} CPU {:5.1}% of one core  {:6.1} checks/s  {:5.0} us CPU per check  RSS {} KiB  most open fds {}{tail}",
+            c.share,
+            c.checks_per_s,
+            c.us_per_check(),
+            c.rss_kb,
+            c.max_fds
+        );
+    }
+    println!(
+        "  ratio lbfleet/keepalived CPU: {:.2}x at the rates each kept; per check {:.2}x (goal <= 0.8x)",
+        l.share / k.share.max(0.01),
+        l.us_per_check() / k.us_per_check().max(0.001)
+    );
     for t in ["lbfleet_table", "keepalived_table"] {
         if let Some(s) = out.section(t) {
             println!("  {t}: {} destinations at weight 1", s.text.trim());
