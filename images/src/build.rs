@@ -99,10 +99,19 @@ pub struct BuiltImage {
 
 /// `lbfleet-agent --version` prints `lbfleet-agent 0.1.0`.
 fn agent_version_of(agent: &Path) -> Result<String, ImageError> {
-    let out = Command::new(agent)
-        .arg("--version")
-        .output()
-        .map_err(ImageError::io(agent))?;
+    // ETXTBSY: a process forked elsewhere in this program (another thread spawning a command) may still hold
+    // a copy of the descriptor that just wrote the file, until its own exec closes it; that takes moments.
+    const ETXTBSY: i32 = 26;
+    let mut attempts = 0;
+    let out = loop {
+        match Command::new(agent).arg("--version").output() {
+            Err(e) if e.raw_os_error() == Some(ETXTBSY) && attempts < 100 => {
+                attempts += 1;
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            r => break r.map_err(ImageError::io(agent))?,
+        }
+    };
     let text = String::from_utf8_lossy(&out.stdout);
     text.split_whitespace()
         .nth(1)
