@@ -532,3 +532,32 @@ async fn dr_and_tun_real_servers_are_probed_at_their_own_address() {
         "a probe went to a VIP: {seen:?}"
     );
 }
+
+/// Random first delays land on the slot grid: at most 10 distinct start instants per second (plus the one
+/// that rounds up to the interval's end), each at or after the delay asked for and less than one slot after.
+#[test]
+fn first_probes_are_rounded_up_to_a_shared_slot() {
+    use super::monitor::{first_start, slot_of};
+    assert_eq!(slot_of(Duration::from_secs(1)), Duration::from_millis(100));
+    assert_eq!(
+        slot_of(Duration::from_millis(400)),
+        Duration::from_millis(50)
+    );
+    assert_eq!(slot_of(Duration::from_secs(5)), Duration::from_millis(100));
+    assert_eq!(slot_of(Duration::from_millis(4)), Duration::from_millis(1));
+    let epoch = Instant::now();
+    let now = epoch + Duration::from_millis(1_234);
+    let interval = Duration::from_secs(1);
+    let slot = slot_of(interval);
+    let mut starts = std::collections::HashSet::new();
+    for ms in 0..=1_000u64 {
+        let delay = Duration::from_millis(ms);
+        let start = first_start(epoch, now, delay, interval);
+        assert!(start >= now + delay, "{ms}: before its delay");
+        assert!(start < now + delay + slot, "{ms}: more than a slot late");
+        let since = (start - epoch).as_nanos();
+        assert_eq!(since % slot.as_nanos(), 0, "{ms}: off the grid");
+        starts.insert(start);
+    }
+    assert!(starts.len() <= 11, "{} distinct starts", starts.len());
+}
