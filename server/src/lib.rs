@@ -142,6 +142,9 @@ impl BootSockets {
                     format!("cannot bind DHCP to interface {iface} (needs root or CAP_NET_RAW)")
                 })?;
                 sock.set_broadcast(true)?;
+                socket2::SockRef::from(&sock)
+                    .set_recv_buffer_size(boot::dhcp::link::RECV_BUFFER)
+                    .context("cannot size the DHCP socket's receive buffer")?;
                 sockets.dhcp = Some(sock);
                 if b.check_link_address {
                     let link = boot::dhcp::link::LinkSocket::open(iface).with_context(|| {

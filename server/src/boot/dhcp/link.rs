@@ -249,6 +249,12 @@ pub struct LinkSocket {
     interface: String,
 }
 
+/// Receive buffer asked for the DHCP sockets (UDP and packet): a boot storm (a rack powered on at once) or a
+/// flood arrives faster than one thread answers, and the kernel's default (`net.core.rmem_default`, 208 KiB:
+/// ~90 small frames, counted with their overhead) drops the rest before the server sees them. The kernel caps
+/// it at twice `net.core.rmem_max` (Debian's default 208 KiB; raise it for large sites).
+pub const RECV_BUFFER: usize = 4 << 20;
+
 impl LinkSocket {
     /// Opens the socket on `interface`. Must run inside a tokio runtime.
     pub fn open(interface: &str) -> io::Result<LinkSocket> {
@@ -258,6 +264,7 @@ impl LinkSocket {
         let socket = Socket::new(Domain::PACKET, Type::RAW, Some(protocol))?;
         socket.attach_filter(&dhcp_filter(index))?;
         socket.set_nonblocking(true)?;
+        socket.set_recv_buffer_size(RECV_BUFFER)?;
         // Frames of any interface may have queued between socket() and the filter: throw them away.
         let mut scratch = [0u8; 64];
         for _ in 0..100_000 {
