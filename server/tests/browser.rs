@@ -1120,15 +1120,26 @@ async fn traffic_graphs_are_drawn_on_the_cluster_page_and_follow_a_drain_live() 
         let health_before = drawn["health"].as_u64().unwrap() as usize;
         assert!(drawn["legend"].as_str().unwrap().contains("tcp/198.18.0.10:80"), "{drawn}");
         assert!(drawn["title"].as_str().unwrap().contains("New connections per second"), "{drawn}");
-        assert!(
-            b.client
+        // The graph is redrawn live (SSE): an element found just before a redraw is stale by the time it is
+        // asked about; find it again then (bounded).
+        let mut displayed = None;
+        for _ in 0..50 {
+            let svg = b
+                .client
                 .find(Locator::Css("#cluster-traffic-conns svg"))
                 .await
-                .unwrap()
-                .is_displayed()
-                .await
-                .unwrap()
-        );
+                .unwrap();
+            match svg.is_displayed().await {
+                Ok(d) => {
+                    displayed = Some(d);
+                    break;
+                }
+                Err(fantoccini::error::CmdError::Standard(w))
+                    if w.error == fantoccini::error::ErrorStatus::StaleElementReference => {}
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert_eq!(displayed, Some(true), "the connections graph is displayed");
 
         // The operator drains 198.18.2.1; the agent's next report says so and carries the counters since the
         // baseline (the other server takes all ~120 connections/s). The open page follows over SSE.
