@@ -506,6 +506,18 @@ mod tests {
         }
     }
 
+    /// Sets when the node was last heard (as if its reports had stopped then).
+    async fn last_heard(f: &Fleet, id: i64, at: i64) {
+        let mut tx = f.store.begin().await.expect("begin");
+        sqlx::query("UPDATE nodes SET last_seen_at = $1 WHERE id = $2")
+            .bind(at)
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .expect("set last_seen_at");
+        store::commit(tx).await.expect("commit");
+    }
+
     fn kinds(alerts: &[Alert]) -> Vec<(AlertKind, Option<&str>)> {
         alerts.iter().map(|a| (a.kind, a.node.as_deref())).collect()
     }
@@ -565,14 +577,7 @@ mod tests {
 
         // lb-01 goes silent (cut off from the server and its peer, its last report still says master): its
         // stale word makes no split brain; lb-02 is master and lb-01 unreachable.
-        let mut tx = f.store.begin().await.expect("begin");
-        sqlx::query("UPDATE nodes SET last_seen_at = $1 WHERE id = $2")
-            .bind(now_ms() - f.liveness().silent_after_ms() - 1_000)
-            .bind(ida)
-            .execute(&mut *tx)
-            .await
-            .expect("age lb-01");
-        store::commit(tx).await.expect("commit");
+        last_heard(&f, ida, now_ms() - f.liveness().silent_after_ms() - 1_000).await;
         let got = f.alerts().await.expect("alerts");
         assert_eq!(
             kinds(&got),
@@ -644,14 +649,7 @@ mod tests {
             .await
             .expect("report b");
         // lb-01 was last heard 500 ms ago (then its links went), still within node_silent_after.
-        let mut tx = f.store.begin().await.expect("begin");
-        sqlx::query("UPDATE nodes SET last_seen_at = $1 WHERE id = $2")
-            .bind(now_ms() - 500)
-            .bind(ra.id)
-            .execute(&mut *tx)
-            .await
-            .expect("age lb-01");
-        store::commit(tx).await.expect("commit");
+        last_heard(&f, ra.id, now_ms() - 500).await;
         // lb-02 takes over now; its clock says 2 s ago.
         let skewed = u64::try_from(now_ms() - 2_000).expect("time");
         let takeover = AgentReport {
