@@ -20,7 +20,7 @@ use anyhow::{bail, Context};
 use clap::Parser;
 use lbfleet_tests::lab::fleet::{self, FleetOptions};
 use lbfleet_tests::lab::traffic::{self, Background};
-use lbfleet_tests::lab::{self, wait, LabServer, ServerOptions, Site};
+use lbfleet_tests::lab::{self, wait, LabServer, Site};
 use serde_json::json;
 
 /// The goals the figures are compared with (issue 24).
@@ -95,13 +95,7 @@ fn main() -> anyhow::Result<()> {
         Some(dir) => dir.clone(),
         None => lab::image::balancer_image(&site.dir.path().join("images"))?,
     };
-    let opts = FleetOptions {
-        image_dir: image.clone(),
-        cmdline: String::new(),
-        server: ServerOptions::default(),
-        discovered_machine: false,
-        second_server: false,
-    };
+    let opts = FleetOptions::new(image.clone());
     let layout = fleet::build(&mut site, &opts)?;
     let result = measure(&site, &layout, &args, &image);
     if result.is_err() {

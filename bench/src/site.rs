@@ -22,7 +22,7 @@ use anyhow::{bail, Context};
 use clap::Parser;
 use lbfleet_tests::lab::fleet::{self, FleetOptions, REAL_SERVERS};
 use lbfleet_tests::lab::traffic::{self, Background};
-use lbfleet_tests::lab::{self, wait, ServerOptions, Site};
+use lbfleet_tests::lab::{self, wait, Site};
 
 /// The goals the figures are compared with.
 const PXE_GOAL_S: f64 = 0.6 * 24.0;
@@ -97,13 +97,7 @@ fn main() -> anyhow::Result<()> {
         Some(dir) => dir.clone(),
         None => lab::image::balancer_image(&site.dir.path().join("images"))?,
     };
-    let opts = FleetOptions {
-        image_dir: image,
-        cmdline: String::new(),
-        server: ServerOptions::default(),
-        discovered_machine: false,
-        second_server: false,
-    };
+    let opts = FleetOptions::new(image);
     let layout = fleet::build(&mut site, &opts)?;
     let result = measure(&mut site, &layout, &args);
     if result.is_err() {

@@ -1763,41 +1763,6 @@ async fn a_dual_stack_cluster_round_trips_and_shows_its_ipv6_services() {
 /// bound only leaves room for a debug build on a busy machine, and is far below the credential cache's 10 s).
 const REVOKED_WITHIN: Duration = Duration::from_secs(2);
 
-async fn waiting_pollers(srv: &TestServer) -> u64 {
-    let (_, body) = srv.get("/metrics", &srv.tokens.viewer).await;
-    body.as_str()
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("lbfleet_role_pollers "))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap()
-}
-
-/// A role long-poll of `credential` after `after`, spawned, once the server counts it as waiting.
-async fn waiting_poll(
-    srv: &TestServer,
-    credential: &str,
-    after: u64,
-) -> tokio::task::JoinHandle<reqwest::Result<reqwest::Response>> {
-    let poll = tokio::spawn(
-        srv.http
-            .get(srv.url(&format!("/api/v1/agent/role?after={after}&wait=20")))
-            .bearer_auth(credential)
-            .send(),
-    );
-    lbfleet_tests::wait::until_async(
-        "the role poll waits",
-        Duration::from_secs(5),
-        Duration::from_millis(5),
-        || async { (waiting_pollers(srv).await == 1).then_some(()) },
-    )
-    .await
-    .unwrap();
-    poll
-}
-
 #[tokio::test]
 async fn a_replaced_or_revoked_credential_ends_its_waiting_poll_and_is_refused_at_once() {
     let dir = tempfile::tempdir().unwrap();
@@ -1813,11 +1778,8 @@ async fn a_replaced_or_revoked_credential_ends_its_waiting_poll_and_is_refused_a
     let (s, role) = srv.get("/api/v1/agent/role?after=0", &old).await;
     assert_eq!(s, StatusCode::OK, "{role}");
     let generation = role["generation"].as_u64().unwrap();
-    let (s, _) = srv
-        .call(Method::POST, "/api/v1/agent/heartbeat", Some(&old), None)
-        .await;
-    assert_eq!(s, StatusCode::OK);
-    let poll = waiting_poll(&srv, &old, generation).await;
+    assert_eq!(srv.heartbeat(&old).await, StatusCode::OK);
+    let poll = srv.waiting_role_poll(&old, generation).await;
 
     // Re-enrollment replaces the credential: the old one's waiting poll ends, and its next calls are refused.
     let (s, t) = srv
@@ -1866,7 +1828,9 @@ async fn a_replaced_or_revoked_credential_ends_its_waiting_poll_and_is_refused_a
     // The new credential works; retiring the node ends its waiting poll too.
     let (s, role) = srv.get("/api/v1/agent/role?after=0", &new).await;
     assert_eq!(s, StatusCode::OK, "{role}");
-    let poll = waiting_poll(&srv, &new, role["generation"].as_u64().unwrap()).await;
+    let poll = srv
+        .waiting_role_poll(&new, role["generation"].as_u64().unwrap())
+        .await;
     let (s, v) = srv.post("/api/v1/nodes/lb-61/retire", &op, json!({})).await;
     assert_eq!(s, StatusCode::OK, "{v}");
     let answer = tokio::time::timeout(REVOKED_WITHIN, poll)

@@ -60,18 +60,6 @@ async fn generation(srv: &TestServer, credential: &str) -> u64 {
     role["generation"].as_u64().unwrap()
 }
 
-async fn pollers(srv: &TestServer) -> u64 {
-    let (_, body) = srv.get("/metrics", &srv.tokens.viewer).await;
-    body.as_str()
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("lbfleet_role_pollers "))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap()
-}
-
 /// Starts a long-poll on `b` after `after`, waits until `b` counts it as waiting, runs `change`, and returns the
 /// time from the end of the change to the poll's answer, with the generation it answered.
 async fn wake_after(
@@ -80,20 +68,7 @@ async fn wake_after(
     after: u64,
     change: impl std::future::Future<Output = ()>,
 ) -> (Duration, u64) {
-    let poll = b
-        .http
-        .get(b.url(&format!("/api/v1/agent/role?after={after}&wait=10")))
-        .bearer_auth(credential)
-        .send();
-    let poll = tokio::spawn(poll);
-    lbfleet_tests::wait::until_async(
-        "the poll waits on B",
-        Duration::from_secs(5),
-        Duration::from_millis(5),
-        || async { (pollers(b).await == 1).then_some(()) },
-    )
-    .await
-    .unwrap();
+    let poll = b.waiting_role_poll(credential, after).await;
     change.await;
     let changed = Instant::now();
     let resp = poll.await.unwrap().unwrap();
@@ -172,29 +147,8 @@ async fn a_credential_replaced_through_one_server_is_refused_by_the_other_at_onc
     let old = active_node(&a).await;
     // B confirms the credential and remembers it.
     let after = generation(&b, &old).await;
-    let (s, _) = b
-        .call(
-            reqwest::Method::POST,
-            "/api/v1/agent/heartbeat",
-            Some(&old),
-            None,
-        )
-        .await;
-    assert_eq!(s, StatusCode::OK);
-    let poll = tokio::spawn(
-        b.http
-            .get(b.url(&format!("/api/v1/agent/role?after={after}&wait=20")))
-            .bearer_auth(&old)
-            .send(),
-    );
-    lbfleet_tests::wait::until_async(
-        "the poll waits on B",
-        Duration::from_secs(5),
-        Duration::from_millis(5),
-        || async { (pollers(&b).await == 1).then_some(()) },
-    )
-    .await
-    .unwrap();
+    assert_eq!(b.heartbeat(&old).await, StatusCode::OK);
+    let poll = b.waiting_role_poll(&old, after).await;
     let (s, t) = a
         .post(
             "/api/v1/nodes/lb-01/enrollment-token",
@@ -221,15 +175,7 @@ async fn a_credential_replaced_through_one_server_is_refused_by_the_other_at_onc
     assert_eq!(answer.status(), StatusCode::UNAUTHORIZED);
     let (s, v) = b.get("/api/v1/agent/role?after=0", &old).await;
     assert_eq!(s, StatusCode::UNAUTHORIZED, "{v}");
-    let (s, _) = b
-        .call(
-            reqwest::Method::POST,
-            "/api/v1/agent/heartbeat",
-            Some(&old),
-            None,
-        )
-        .await;
-    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    assert_eq!(b.heartbeat(&old).await, StatusCode::UNAUTHORIZED);
     assert!(
         replaced.elapsed() < REVOKED_WITHIN,
         "{:?}",

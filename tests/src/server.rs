@@ -287,6 +287,56 @@ impl TestServer {
         self.call(Method::DELETE, path, Some(token), None).await
     }
 
+    /// The value of an unlabelled metric in `/metrics` (read as the viewer), e.g. `lbfleet_role_pollers`.
+    pub async fn metric(&self, name: &str) -> u64 {
+        let (_, body) = self.get("/metrics", &self.tokens.viewer).await;
+        let prefix = format!("{name} ");
+        body.as_str()
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .unwrap_or_else(|| panic!("no {name} in /metrics"))
+            .trim()
+            .parse()
+            .unwrap()
+    }
+
+    /// `POST /api/v1/agent/heartbeat` with a node credential: its status.
+    pub async fn heartbeat(&self, credential: &str) -> StatusCode {
+        self.call(
+            Method::POST,
+            "/api/v1/agent/heartbeat",
+            Some(credential),
+            None,
+        )
+        .await
+        .0
+    }
+
+    /// A role long-poll of `credential` after generation `after` (`wait=20`), spawned, returned once the server
+    /// counts it as waiting (`lbfleet_role_pollers` 1: no other poll may wait on this server meanwhile).
+    pub async fn waiting_role_poll(
+        &self,
+        credential: &str,
+        after: u64,
+    ) -> JoinHandle<reqwest::Result<reqwest::Response>> {
+        let poll = tokio::spawn(
+            self.http
+                .get(self.url(&format!("/api/v1/agent/role?after={after}&wait=20")))
+                .bearer_auth(credential)
+                .send(),
+        );
+        crate::wait::until_async(
+            "the role poll waits",
+            std::time::Duration::from_secs(5),
+            std::time::Duration::from_millis(5),
+            || async { (self.metric("lbfleet_role_pollers").await == 1).then_some(()) },
+        )
+        .await
+        .unwrap();
+        poll
+    }
+
     /// Number of rows in the audit log.
     pub async fn audit_len(&self) -> usize {
         let (s, v) = self

@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 
 use lbfleet_tests::lab::fleet::{self, FleetLayout, FleetOptions, BALANCERS, REAL_SERVERS};
 use lbfleet_tests::lab::traffic::{self, Background, ProbeResult};
-use lbfleet_tests::lab::{self, wait, Netns, ServerOptions, Site, Vm};
+use lbfleet_tests::lab::{self, wait, Netns, Site, Vm};
 use lbfleet_tests::vlan_arp;
 use serde_json::{json, Value};
 
@@ -135,11 +135,8 @@ fn full_fleet_serves_fails_over_and_switches_over() {
     let mut site = Site::new(prereqs).expect("lab site");
     let image = lab::image::balancer_image(&site.dir.path().join("images")).expect("image");
     let opts = FleetOptions {
-        image_dir: image,
-        cmdline: String::new(),
-        server: ServerOptions::default(),
         discovered_machine: true,
-        second_server: false,
+        ..FleetOptions::new(image)
     };
     let layout = fleet::build(&mut site, &opts).expect("fleet site");
     assert_eq!(layout.vms.len(), 3);
@@ -192,15 +189,8 @@ fn full_fleet_serves_fails_over_and_switches_over() {
 
     // 2. Traffic through the VIP reaches every real server in proportion to its weight (wrr 1:2:3).
     let client = &site.extra[layout.client];
-    wait::until(
-        "a first answer through the VIP",
-        wait::scaled(Duration::from_secs(60)),
-        || {
-            let r = traffic::probe(client, &fleet::vip_addr(), "/", 0, 1, 2000).ok()?;
-            r.first()?.answer.is_ok().then_some(())
-        },
-    )
-    .unwrap_or_else(|e| panic!("{e}; lb-01: {}", node(&site, "lb-01")));
+    traffic::until_answered(client, &fleet::vip_addr(), Duration::from_secs(60))
+        .unwrap_or_else(|e| panic!("{e}; lb-01: {}", node(&site, "lb-01")));
     let rounds = 10u32;
     let total_weight: u32 = REAL_SERVERS.iter().map(|(_, _, w)| w).sum();
     let results = traffic::probe(

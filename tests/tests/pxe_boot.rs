@@ -233,20 +233,14 @@ fn bios_unknown_mac_to_serving_balancer() {
         .expect("client namespace");
     let addr = format!("{VIP}:80");
     // The first answer once the VM holds the VIPs and its checks found the real servers healthy.
-    wait::until(
-        "a first answer through the VIP",
-        wait::scaled(Duration::from_secs(90)),
-        || {
-            let r = traffic::probe(&site.extra[client], &addr, "/", 0, 1, 2000).ok()?;
-            r.first()?.answer.is_ok().then_some(())
+    traffic::until_answered(&site.extra[client], &addr, Duration::from_secs(90)).unwrap_or_else(
+        |e| {
+            panic!(
+                "{e}; node: {}",
+                site.server().api_ok("GET", "/nodes/lb-01", None).unwrap()
+            )
         },
-    )
-    .unwrap_or_else(|e| {
-        panic!(
-            "{e}; node: {}",
-            site.server().api_ok("GET", "/nodes/lb-01", None).unwrap()
-        )
-    });
+    );
     let results = traffic::probe(&site.extra[client], &addr, "/", 50, 20, 2000).expect("probe");
     let by = traffic::answers_by_body(&results);
     assert!(traffic::failures(&results).is_empty(), "{results:?}");

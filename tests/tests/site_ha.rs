@@ -164,14 +164,10 @@ fn balancer_boots_from_the_surviving_server_and_from_its_cache_without_the_datab
     eprintln!("the balancers booted from {booted_by}; killing it");
 
     // 2. The client runs; kill -9 the booting server; power-cycle lb-02.
-    wait::until(
-        "a first answer through the VIP",
-        wait::scaled(Duration::from_secs(60)),
-        || {
-            let r =
-                traffic::probe(&site.extra[client], &fleet::vip_addr(), "/", 0, 1, 2000).ok()?;
-            r.first()?.answer.is_ok().then_some(())
-        },
+    traffic::until_answered(
+        &site.extra[client],
+        &fleet::vip_addr(),
+        Duration::from_secs(60),
     )
     .expect("the VIP answers");
     let probe = Background::probe(

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use lbfleet_tests::lab::fleet::{self, FleetOptions};
 use lbfleet_tests::lab::traffic::{self, Background};
-use lbfleet_tests::lab::{self, wait, LabServer, ServerOptions, Site};
+use lbfleet_tests::lab::{self, wait, LabServer, Site};
 use serde_json::{json, Value};
 
 /// Two TCG machines booting at once on a shared two-core box.
@@ -142,13 +142,7 @@ fn a_broken_canary_is_rolled_back_and_a_pair_is_upgraded_across_a_server_crash()
     let test_started = Instant::now();
     let mut site = Site::new(prereqs).expect("lab site");
     let image = lab::image::balancer_image(&site.dir.path().join("images")).expect("image");
-    let opts = FleetOptions {
-        image_dir: image.clone(),
-        cmdline: String::new(),
-        server: ServerOptions::default(),
-        discovered_machine: false,
-        second_server: false,
-    };
+    let opts = FleetOptions::new(image.clone());
     let layout = fleet::build(&mut site, &opts).expect("fleet site");
     let started = Instant::now();
     let client = layout.client;
@@ -197,14 +191,10 @@ fn a_broken_canary_is_rolled_back_and_a_pair_is_upgraded_across_a_server_crash()
             false,
         )
         .expect("image v3-broken");
-    wait::until(
-        "a first answer through the VIP",
-        wait::scaled(Duration::from_secs(60)),
-        || {
-            let r =
-                traffic::probe(&site.extra[client], &fleet::vip_addr(), "/", 0, 1, 2000).ok()?;
-            r.first()?.answer.is_ok().then_some(())
-        },
+    traffic::until_answered(
+        &site.extra[client],
+        &fleet::vip_addr(),
+        Duration::from_secs(60),
     )
     .expect("the VIP answers");
 

@@ -105,6 +105,20 @@ pub struct FleetOptions {
     pub second_server: bool,
 }
 
+impl FleetOptions {
+    /// The demo's site on `image_dir`: one server with the default options, no extra kernel arguments, no
+    /// unregistered machine, no second server.
+    pub fn new(image_dir: PathBuf) -> FleetOptions {
+        FleetOptions {
+            image_dir,
+            cmdline: String::new(),
+            server: ServerOptions::default(),
+            discovered_machine: false,
+            second_server: false,
+        }
+    }
+}
+
 /// The cluster `web` as the API takes it.
 pub fn cluster_spec() -> Value {
     let real_servers: Vec<Value> = REAL_SERVERS

@@ -107,6 +107,19 @@ pub fn lab_binary() -> Result<PathBuf, LabError> {
         .map_err(|e| LabError::Other(e.to_string()))
 }
 
+/// Waits (at most `within`, scaled by `wait::scaled`) until one request for `/` on `addr` from `ns` is answered
+/// (each try bounded by 2 s): the site serves through its VIP.
+pub fn until_answered(ns: &Netns, addr: &str, within: Duration) -> Result<(), LabError> {
+    wait::until(
+        "a first answer through the VIP",
+        wait::scaled(within),
+        || {
+            let r = probe(ns, addr, "/", 0, 1, 2000).ok()?;
+            r.first()?.answer.is_ok().then_some(())
+        },
+    )
+}
+
 /// Runs `count` requests for `path` on `addr` from `ns`, one every `interval_ms`, each failed when not
 /// answered within `timeout_ms`; returns when all have ended.
 pub fn probe(
